@@ -1,0 +1,316 @@
+//! The etcd key layout. Every key nubo reads or writes is built here and
+//! nowhere else; [`parse`] turns a key back into its meaning, so watchers can
+//! classify events and ignore keys they do not understand.
+//!
+//! See `docs/etcd-layout.md` for who writes each key.
+
+use std::net::IpAddr;
+
+use crate::{
+    FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
+    ServerGroupId, VolumeId,
+};
+
+/// Everything nubo stores lives below this prefix.
+pub const ROOT: &str = "/nubo/v1/";
+
+/// `/nubo/v1/nodes/` — node records and their sub-keys.
+pub fn nodes_prefix() -> String {
+    format!("{ROOT}nodes/")
+}
+/// `/nubo/v1/nodes/<node>`
+pub fn node(n: &NodeName) -> String {
+    format!("{ROOT}nodes/{n}")
+}
+/// `/nubo/v1/nodes/<node>/alive` (bound to the agent's lease)
+pub fn node_alive(n: &NodeName) -> String {
+    format!("{ROOT}nodes/{n}/alive")
+}
+/// `/nubo/v1/nodes/<node>/usage` (coordinator, in placement transactions)
+pub fn node_usage(n: &NodeName) -> String {
+    format!("{ROOT}nodes/{n}/usage")
+}
+/// `/nubo/v1/nodes/<node>/admin` (operator switches)
+pub fn node_admin(n: &NodeName) -> String {
+    format!("{ROOT}nodes/{n}/admin")
+}
+
+/// `/nubo/v1/flavors/`
+pub fn flavors_prefix() -> String {
+    format!("{ROOT}flavors/")
+}
+/// `/nubo/v1/flavors/<name>`
+pub fn flavor(n: &FlavorName) -> String {
+    format!("{ROOT}flavors/{n}")
+}
+
+/// `/nubo/v1/images/`
+pub fn images_prefix() -> String {
+    format!("{ROOT}images/")
+}
+/// `/nubo/v1/images/<id>`
+pub fn image(id: &ImageId) -> String {
+    format!("{ROOT}images/{id}")
+}
+
+/// `/nubo/v1/networks/`
+pub fn networks_prefix() -> String {
+    format!("{ROOT}networks/")
+}
+/// `/nubo/v1/networks/<id>`
+pub fn network(id: &NetworkId) -> String {
+    format!("{ROOT}networks/{id}")
+}
+/// `/nubo/v1/vnis/<vni>` → network id (uniqueness of VNIs)
+pub fn vni(vni: u32) -> String {
+    format!("{ROOT}vnis/{vni}")
+}
+
+/// `/nubo/v1/ipam/<network>/` — every address taken on a network.
+pub fn ipam_prefix(net: &NetworkId) -> String {
+    format!("{ROOT}ipam/{net}/")
+}
+/// `/nubo/v1/ipam/<network>/<ip>` → the port holding it (create-if-absent)
+pub fn ipam(net: &NetworkId, ip: IpAddr) -> String {
+    format!("{ROOT}ipam/{net}/{ip}")
+}
+/// `/nubo/v1/macs/<mac>` → the port holding it (uniqueness of MACs)
+pub fn mac(mac: &crate::net::MacAddr) -> String {
+    format!("{ROOT}macs/{mac}")
+}
+
+/// `/nubo/v1/ports/`
+pub fn ports_prefix() -> String {
+    format!("{ROOT}ports/")
+}
+/// `/nubo/v1/ports/<id>`
+pub fn port(id: &PortId) -> String {
+    format!("{ROOT}ports/{id}")
+}
+
+/// `/nubo/v1/secgroups/`
+pub fn secgroups_prefix() -> String {
+    format!("{ROOT}secgroups/")
+}
+/// `/nubo/v1/secgroups/<id>`
+pub fn secgroup(id: &SecurityGroupId) -> String {
+    format!("{ROOT}secgroups/{id}")
+}
+
+/// `/nubo/v1/keypairs/<project>/`
+pub fn keypairs_prefix(p: &ProjectId) -> String {
+    format!("{ROOT}keypairs/{p}/")
+}
+/// `/nubo/v1/keypairs/<project>/<name>`
+pub fn keypair(p: &ProjectId, name: &str) -> String {
+    format!("{ROOT}keypairs/{p}/{name}")
+}
+
+/// `/nubo/v1/server-groups/`
+pub fn server_groups_prefix() -> String {
+    format!("{ROOT}server-groups/")
+}
+/// `/nubo/v1/server-groups/<id>`
+pub fn server_group(id: &ServerGroupId) -> String {
+    format!("{ROOT}server-groups/{id}")
+}
+
+/// `/nubo/v1/volumes/`
+pub fn volumes_prefix() -> String {
+    format!("{ROOT}volumes/")
+}
+/// `/nubo/v1/volumes/<id>`
+pub fn volume(id: &VolumeId) -> String {
+    format!("{ROOT}volumes/{id}")
+}
+
+/// `/nubo/v1/instances/` — specs and their status sub-keys.
+pub fn instances_prefix() -> String {
+    format!("{ROOT}instances/")
+}
+/// `/nubo/v1/instances/<id>` (desired spec, coordinator)
+pub fn instance(id: &InstanceId) -> String {
+    format!("{ROOT}instances/{id}")
+}
+/// `/nubo/v1/instances/<id>/status` (observed state, agent)
+pub fn instance_status(id: &InstanceId) -> String {
+    format!("{ROOT}instances/{id}/status")
+}
+
+/// `/nubo/v1/assignments/` — every node's assignments.
+pub fn all_assignments_prefix() -> String {
+    format!("{ROOT}assignments/")
+}
+/// `/nubo/v1/assignments/<node>/`
+pub fn assignments_prefix(n: &NodeName) -> String {
+    format!("{ROOT}assignments/{n}/")
+}
+/// `/nubo/v1/assignments/<node>/<instance>`
+pub fn assignment(n: &NodeName, id: &InstanceId) -> String {
+    format!("{ROOT}assignments/{n}/{id}")
+}
+
+/// `/nubo/v1/names/<kind>/<project>/<name>` → id: makes names unique per
+/// project for the kinds that need it (created in the same transaction as
+/// the resource).
+pub fn name_index(kind: NameKind, p: &ProjectId, name: &str) -> String {
+    format!("{ROOT}names/{}/{p}/{name}", kind.as_str())
+}
+
+/// `/nubo/v1/election/coordinator` — leader election of coordinators.
+pub fn election() -> String {
+    format!("{ROOT}election/coordinator")
+}
+
+/// `/nubo/v1/coordinators/<id>` — live coordinators (bound to their leases).
+pub fn coordinator(id: &str) -> String {
+    format!("{ROOT}coordinators/{id}")
+}
+
+/// Resource kinds whose names are unique within a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// Networks.
+    Network,
+    /// Security groups.
+    SecurityGroup,
+    /// Images.
+    Image,
+    /// Server groups.
+    ServerGroup,
+}
+
+impl NameKind {
+    /// Path segment.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Network => "network",
+            Self::SecurityGroup => "secgroup",
+            Self::Image => "image",
+            Self::ServerGroup => "server-group",
+        }
+    }
+}
+
+/// The meaning of a key under [`ROOT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// `/nodes/<node>`
+    Node(NodeName),
+    /// `/nodes/<node>/alive`
+    NodeAlive(NodeName),
+    /// `/nodes/<node>/usage`
+    NodeUsage(NodeName),
+    /// `/nodes/<node>/admin`
+    NodeAdmin(NodeName),
+    /// `/flavors/<name>`
+    Flavor(FlavorName),
+    /// `/images/<id>`
+    Image(ImageId),
+    /// `/networks/<id>`
+    Network(NetworkId),
+    /// `/ports/<id>`
+    Port(PortId),
+    /// `/secgroups/<id>`
+    SecurityGroup(SecurityGroupId),
+    /// `/keypairs/<project>/<name>`
+    Keypair(ProjectId, String),
+    /// `/server-groups/<id>`
+    ServerGroup(ServerGroupId),
+    /// `/volumes/<id>`
+    Volume(VolumeId),
+    /// `/instances/<id>`
+    Instance(InstanceId),
+    /// `/instances/<id>/status`
+    InstanceStatus(InstanceId),
+    /// `/assignments/<node>/<id>`
+    Assignment(NodeName, InstanceId),
+}
+
+/// Classifies a key. Returns `None` for keys outside the layout or with
+/// malformed ids (e.g. written by hand), which callers log and skip.
+pub fn parse(key: &str) -> Option<Key> {
+    let rest = key.strip_prefix(ROOT)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    Some(match parts.as_slice() {
+        ["nodes", n] => Key::Node(n.parse().ok()?),
+        ["nodes", n, "alive"] => Key::NodeAlive(n.parse().ok()?),
+        ["nodes", n, "usage"] => Key::NodeUsage(n.parse().ok()?),
+        ["nodes", n, "admin"] => Key::NodeAdmin(n.parse().ok()?),
+        ["flavors", n] => Key::Flavor(n.parse().ok()?),
+        ["images", id] => Key::Image(id.parse().ok()?),
+        ["networks", id] => Key::Network(id.parse().ok()?),
+        ["ports", id] => Key::Port(id.parse().ok()?),
+        ["secgroups", id] => Key::SecurityGroup(id.parse().ok()?),
+        ["keypairs", p, name] if !name.is_empty() => {
+            Key::Keypair(p.parse().ok()?, name.to_string())
+        }
+        ["server-groups", id] => Key::ServerGroup(id.parse().ok()?),
+        ["volumes", id] => Key::Volume(id.parse().ok()?),
+        ["instances", id] => Key::Instance(id.parse().ok()?),
+        ["instances", id, "status"] => Key::InstanceStatus(id.parse().ok()?),
+        ["assignments", n, id] => Key::Assignment(n.parse().ok()?, id.parse().ok()?),
+        _ => return None,
+    })
+}
+
+/// The smallest key greater than every key starting with `prefix`
+/// (etcd's `range_end` for a prefix scan).
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builder_parses_back() {
+        let n = NodeName::new("node-1").unwrap();
+        let i = InstanceId::new_random();
+        let p = PortId::new_random();
+        assert_eq!(parse(&node(&n)), Some(Key::Node(n.clone())));
+        assert_eq!(parse(&node_alive(&n)), Some(Key::NodeAlive(n.clone())));
+        assert_eq!(parse(&node_usage(&n)), Some(Key::NodeUsage(n.clone())));
+        assert_eq!(parse(&instance(&i)), Some(Key::Instance(i)));
+        assert_eq!(parse(&instance_status(&i)), Some(Key::InstanceStatus(i)));
+        assert_eq!(
+            parse(&assignment(&n, &i)),
+            Some(Key::Assignment(n.clone(), i))
+        );
+        assert_eq!(parse(&port(&p)), Some(Key::Port(p)));
+        let proj = ProjectId::default_project();
+        assert_eq!(
+            parse(&keypair(&proj, "k1")),
+            Some(Key::Keypair(proj, "k1".into()))
+        );
+    }
+
+    #[test]
+    fn garbage_keys_are_not_understood() {
+        assert_eq!(parse("/nubo/v1/instances/not-a-uuid"), None);
+        assert_eq!(parse("/nubo/v1/instances/"), None);
+        assert_eq!(parse("/other/thing"), None);
+        assert_eq!(parse("/nubo/v1/nodes/a/b/c"), None);
+    }
+
+    #[test]
+    fn prefix_end_is_exclusive_upper_bound() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+    }
+
+    #[test]
+    fn node_prefix_does_not_confuse_sub_keys() {
+        let n = NodeName::new("n1").unwrap();
+        assert!(node_alive(&n).starts_with(&node(&n)));
+        assert!(matches!(parse(&node_alive(&n)), Some(Key::NodeAlive(_))));
+    }
+}

@@ -1,0 +1,242 @@
+//! Flavors, images, keypairs, server groups and instances.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Resources, Timestamp};
+use crate::{FlavorName, ImageId, InstanceId, NodeName, PortId, ProjectId, ServerGroupId};
+
+/// An instance size. Flavors are global and keyed by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flavor {
+    /// Unique name, e.g. "m1.small".
+    pub name: FlavorName,
+    /// vCPUs, memory and root disk.
+    pub resources: Resources,
+    /// Free-form properties (e.g. `hw:cpu_policy`).
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// Format of an image's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A raw disk image.
+    Raw,
+    /// A qcow2 disk image.
+    Qcow2,
+}
+
+/// Lifecycle of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageStatus {
+    /// Metadata registered, data not (yet) uploaded.
+    Queued,
+    /// Data stored and verified.
+    Active,
+    /// Upload or verification failed.
+    Error,
+}
+
+/// A bootable image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Id.
+    pub id: ImageId,
+    /// Name (unique within the project).
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// Data format.
+    pub disk_format: DiskFormat,
+    /// Size of the data in bytes (0 while queued).
+    pub size_bytes: u64,
+    /// SHA-256 of the data, hex, when known.
+    #[serde(default)]
+    pub checksum_sha256: Option<String>,
+    /// Smallest root disk this image fits on.
+    pub min_disk_gb: u64,
+    /// Smallest memory it boots with.
+    pub min_ram_mb: u64,
+    /// Lifecycle state.
+    pub status: ImageStatus,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// An SSH public key injected through the metadata service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keypair {
+    /// Name (unique within the project).
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// The OpenSSH public key line.
+    pub public_key: String,
+    /// SHA-256 fingerprint ("SHA256:…").
+    pub fingerprint: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// Placement policy of a server group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerGroupPolicy {
+    /// All members on the same node.
+    Affinity,
+    /// Every member on a different node.
+    AntiAffinity,
+}
+
+/// A group of instances placed together or apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerGroup {
+    /// Id.
+    pub id: ServerGroupId,
+    /// Name (unique within the project).
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// Placement policy.
+    pub policy: ServerGroupPolicy,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// The power state the operator wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    /// Should be running.
+    Running,
+    /// Should be shut off.
+    Stopped,
+}
+
+/// What happens to an instance when its node fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvacuationPolicy {
+    /// Restarted elsewhere automatically (needs shared storage).
+    #[default]
+    Auto,
+    /// Restarted elsewhere only by `nubo node evacuate`.
+    Manual,
+    /// Never moved.
+    Never,
+}
+
+/// The desired state of an instance, written by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Id.
+    pub id: InstanceId,
+    /// Display name (not unique).
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// Flavor name at creation time.
+    pub flavor: FlavorName,
+    /// Resources reserved on the node (copied from the flavor).
+    pub resources: Resources,
+    /// Boot image.
+    pub image: ImageId,
+    /// Ports in NIC order.
+    pub ports: Vec<PortId>,
+    /// Keypair name whose key is served by the metadata service.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// User data, base64-encoded as in the OpenStack API.
+    #[serde(default)]
+    pub user_data_b64: Option<String>,
+    /// Desired power state.
+    pub power: PowerState,
+    /// Bumped by every reboot request; the agent reboots when it sees a
+    /// generation newer than the one it last acted on.
+    #[serde(default)]
+    pub reboot_generation: u64,
+    /// Requested availability zone.
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// Server group membership.
+    #[serde(default)]
+    pub server_group: Option<ServerGroupId>,
+    /// Node the instance is placed on (set together with its assignment).
+    #[serde(default)]
+    pub node: Option<NodeName>,
+    /// Index inside the batch that created it.
+    #[serde(default)]
+    pub launch_index: u32,
+    /// Evacuation policy.
+    #[serde(default)]
+    pub evacuation: EvacuationPolicy,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// The observed lifecycle state reported by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Accepted, no agent has reported yet.
+    Pending,
+    /// The agent is creating it.
+    Building,
+    /// Running.
+    Running,
+    /// Shut off.
+    Stopped,
+    /// Failed; see `last_error`.
+    Error,
+    /// Being torn down.
+    Deleting,
+}
+
+impl InstanceState {
+    /// The lowercase name used in the API and CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Building => "building",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Error => "error",
+            Self::Deleting => "deleting",
+        }
+    }
+}
+
+/// Observed state of an instance, written by the agent that runs it under
+/// `/nubo/v1/instances/<id>/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// Lifecycle state.
+    pub state: InstanceState,
+    /// Node that reported.
+    pub node: NodeName,
+    /// When the state last changed.
+    pub updated_at: Timestamp,
+    /// Human-readable reason for the last failure.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The reboot generation the agent has acted on.
+    #[serde(default)]
+    pub reboot_generation: u64,
+}
+
+/// `/nubo/v1/assignments/<node>/<instance>`: the instance is placed on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The node.
+    pub node: NodeName,
+    /// When it was placed.
+    pub assigned_at: Timestamp,
+}

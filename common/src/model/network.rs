@@ -1,0 +1,204 @@
+//! Networks, ports and security groups.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use super::Timestamp;
+use crate::net::MacAddr;
+use crate::{InstanceId, NetworkId, NodeName, PortId, ProjectId, RuleId, SecurityGroupId};
+
+/// A tenant network: one IPv4 subnet on one VXLAN segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Id.
+    pub id: NetworkId,
+    /// Name (unique within the project).
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// Subnet.
+    pub cidr: Ipv4Net,
+    /// Default gateway handed out by DHCP, if any.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// VXLAN network identifier, unique in the cluster.
+    pub vni: u32,
+    /// MTU of the guest interfaces (0 = underlay MTU − 50 on each node).
+    #[serde(default)]
+    pub mtu: u16,
+    /// DNS servers handed out by DHCP.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// A port: an address on a network, optionally plugged into an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// Id.
+    pub id: PortId,
+    /// Optional name.
+    #[serde(default)]
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// Network.
+    pub network: NetworkId,
+    /// MAC address (fa:16:3e:xx:xx:xx, unique in the cluster).
+    pub mac: MacAddr,
+    /// Fixed IPv4 address (reserved under `/nubo/v1/ipam/<network>/<ip>`).
+    pub ip: Ipv4Addr,
+    /// Security groups applied to the port.
+    #[serde(default)]
+    pub security_groups: Vec<SecurityGroupId>,
+    /// Anti-spoofing and security groups enabled.
+    #[serde(default = "yes")]
+    pub port_security: bool,
+    /// Instance the port is plugged into.
+    #[serde(default)]
+    pub device: Option<InstanceId>,
+    /// Node the port is bound to (the node of its instance).
+    #[serde(default)]
+    pub node: Option<NodeName>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Port {
+    /// The deterministic name of this port's tap device on its node:
+    /// `tap` + the first 11 hex digits of the id (15-byte IFNAMSIZ limit).
+    pub fn tap_name(&self) -> String {
+        tap_name(&self.id)
+    }
+}
+
+/// The tap device name of a port (`tap` + 11 hex digits of its id).
+pub fn tap_name(id: &PortId) -> String {
+    format!("tap{}", id.short_hex(11))
+}
+
+/// Direction of a security group rule, seen from the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Traffic towards the instance.
+    Ingress,
+    /// Traffic leaving the instance.
+    Egress,
+}
+
+/// IP version a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtherType {
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+/// The L4 protocol a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Any protocol.
+    Any,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP (v4) / ICMPv6.
+    Icmp,
+    /// Any other IP protocol number.
+    Number(u8),
+}
+
+/// Where the remote end of a rule may be.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Remote {
+    /// Anywhere.
+    Any,
+    /// An address range.
+    Cidr(IpNet),
+    /// Any port that is a member of this security group.
+    Group(SecurityGroupId),
+}
+
+/// One allow rule of a security group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroupRule {
+    /// Id.
+    pub id: RuleId,
+    /// Direction.
+    pub direction: Direction,
+    /// IP version.
+    pub ethertype: EtherType,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Inclusive destination port range for TCP/UDP (`None` = all ports).
+    #[serde(default)]
+    pub ports: Option<(u16, u16)>,
+    /// Remote end.
+    pub remote: Remote,
+}
+
+/// A named set of allow rules applied to ports (default: deny ingress).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    /// Id.
+    pub id: SecurityGroupId,
+    /// Name (unique within the project).
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Allow rules.
+    #[serde(default)]
+    pub rules: Vec<SecurityGroupRule>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+impl SecurityGroup {
+    /// The rules OpenStack puts in a project's "default" group: all egress,
+    /// and ingress from members of the same group.
+    pub fn default_rules(own: SecurityGroupId) -> Vec<SecurityGroupRule> {
+        vec![
+            SecurityGroupRule {
+                id: RuleId::new_random(),
+                direction: Direction::Egress,
+                ethertype: EtherType::Ipv4,
+                protocol: Protocol::Any,
+                ports: None,
+                remote: Remote::Any,
+            },
+            SecurityGroupRule {
+                id: RuleId::new_random(),
+                direction: Direction::Ingress,
+                ethertype: EtherType::Ipv4,
+                protocol: Protocol::Any,
+                ports: None,
+                remote: Remote::Group(own),
+            },
+        ]
+    }
+}
+
+/// An address of a network as stored by IPAM: `/nubo/v1/ipam/<network>/<ip>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpAllocation {
+    /// The port holding the address.
+    pub port: PortId,
+    /// The address.
+    pub ip: IpAddr,
+}

@@ -1,0 +1,78 @@
+//! Hypervisor nodes, their liveness and their usage.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Resources, Timestamp};
+use crate::NodeName;
+
+/// A hypervisor, registered by its agent at start-up under `/nubo/v1/nodes/<node>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique name.
+    pub name: NodeName,
+    /// Underlay (VTEP) address.
+    pub underlay_ip: IpAddr,
+    /// Underlay MTU (guest MTU defaults to this − 50).
+    #[serde(default = "default_mtu")]
+    pub underlay_mtu: u16,
+    /// Availability zone.
+    #[serde(default)]
+    pub availability_zone: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Physical capacity (before overcommit).
+    pub capacity: Resources,
+    /// Agent version.
+    #[serde(default)]
+    pub agent_version: String,
+    /// When the agent registered.
+    pub registered_at: Timestamp,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+/// `/nubo/v1/nodes/<node>/alive`: bound to the agent's etcd lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAlive {
+    /// Lease id, for debugging with `etcdctl lease timetolive`.
+    pub lease: i64,
+    /// When the agent (re)started.
+    pub since: Timestamp,
+    /// Agent process id.
+    pub pid: u32,
+}
+
+/// `/nubo/v1/nodes/<node>/usage`: resources reserved by placed instances,
+/// maintained by the coordinator in the same transaction as the assignment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// Reserved resources.
+    pub used: Resources,
+    /// Number of instances placed.
+    pub instances: u32,
+}
+
+/// `/nubo/v1/nodes/<node>/admin`: operator switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAdmin {
+    /// New instances may be placed on the node.
+    pub enabled: bool,
+    /// Why it was disabled.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Default for NodeAdmin {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reason: None,
+        }
+    }
+}

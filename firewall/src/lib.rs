@@ -1,0 +1,21 @@
+//! nubo-firewall: security groups and anti-spoofing for the ports of one
+//! node, enforced with nftables on Linux bridges.
+//!
+//! The agent maps its ports and security groups to a [`FirewallSpec`],
+//! renders it with the pure [`ruleset`] function, compares it with the live
+//! tables ([`current`] + [`plan`]) and, if needed, [`apply`]s it in one
+//! atomic `nft -f` transaction. See [`render`] for the layout of the tables
+//! and why conntrack state comes through `br_netfilter`.
+
+pub mod compile;
+pub mod error;
+pub mod interval;
+pub mod names;
+pub mod nft;
+pub mod render;
+pub mod spec;
+
+pub use error::FirewallError;
+pub use nft::{apply, apply_in, current, current_in, plan, remove, remove_in, FirewallAction, Netns};
+pub use render::{ruleset, ruleset_with_mode, RenderMode, Ruleset};
+pub use spec::{Direction, EtherType, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol, Remote, RuleSpec};

@@ -1,0 +1,562 @@
+//! Pure rendering of a [`FirewallSpec`] into nft text.
+//!
+//! # Why two tables
+//!
+//! Ports are filtered in `table bridge nubo`: only the bridge family sees
+//! which tap a frame enters and leaves by. Stateful filtering needs
+//! conntrack, and the bridge family's own conntrack (`nf_conntrack_bridge`,
+//! kernel >= 5.3) is optional; it is not built into this project's kernels
+//! (`ct` expressions in a bridge table fail with "Protocol error"). What is
+//! available everywhere Neutron's linuxbridge agent runs is `br_netfilter`:
+//! with `net.bridge.bridge-nf-call-ip{,6}tables=1`, bridged IP packets cross
+//! the IPv4/IPv6 hooks where the normal conntrack tracks them. So:
+//!
+//! 1. `bridge nubo` prerouting (priority -200, before br_netfilter) sets the
+//!    [`MARK_TRACKED`] bit on frames from nubo taps and `vx-*` devices and
+//!    runs each port's anti-spoofing chain;
+//! 2. `inet nubo` prerouting (priority -150, after conntrack) copies the
+//!    conntrack state of tracked packets into the [`MARK_ESTABLISHED`] /
+//!    [`MARK_INVALID`] bits;
+//! 3. `bridge nubo` forward/input (priority 0) accept established packets,
+//!    drop invalid ones, and dispatch new ones by tap through verdict maps to
+//!    the per-port chains.
+//!
+//! Only these three bits of the packet mark are used, and only on traffic of
+//! nubo taps and VXLAN devices.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::compile::{compile, Compiled, GroupSide, PortPolicy, Side, ValidRemote, ValidRule};
+use crate::interval::Range;
+use crate::names::{fnv1a64, ident};
+use crate::spec::{Direction, EtherType, FirewallSpec};
+
+/// Name of the tables nubo owns (in the `bridge` and `inet` families).
+pub const TABLE: &str = "nubo";
+/// Packet-mark bit: the packet entered the bridge from a nubo tap or a
+/// `vx-*` device.
+pub const MARK_TRACKED: u32 = 0x0100_0000;
+/// Packet-mark bit: conntrack says established or related.
+pub const MARK_ESTABLISHED: u32 = 0x0200_0000;
+/// Packet-mark bit: conntrack says invalid.
+pub const MARK_INVALID: u32 = 0x0400_0000;
+/// The metadata address every node's bridge owns.
+pub const METADATA_IP: &str = "169.254.169.254";
+/// Prefix of the table comment that carries the fingerprint.
+const COMMENT_PREFIX: &str = "nubo-firewall fp=";
+/// Bumped when the rendering changes in a way the fingerprint must reflect.
+const FORMAT_VERSION: &str = "nubo-firewall/1";
+
+/// How per-port rules are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RenderMode {
+    /// Interval + concatenation sets: a constant number of lookups per
+    /// packet whatever the number of rules. The production mode.
+    #[default]
+    Sets,
+    /// One nft rule per security-group rule. Only a benchmark baseline.
+    Linear,
+}
+
+/// A rendered ruleset: both nubo tables as `nft -f` text, deterministic for a
+/// given spec, with a fingerprint of its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    text: String,
+    fingerprint: String,
+}
+
+impl Ruleset {
+    /// The table definitions (`table bridge nubo {…}` and `table inet nubo
+    /// {…}`), without the add/delete preamble.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Hex fingerprint of the rendered content, also stored as the comment
+    /// of both tables so a live ruleset can be compared cheaply.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The complete `nft -f` input replacing nubo's tables atomically: `add
+    /// table` + `delete table` (so it works whether or not they exist),
+    /// then the full tables, in one transaction.
+    pub fn transaction(&self) -> String {
+        let mut out = String::new();
+        for family in ["bridge", "inet"] {
+            out.push_str(&format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n"));
+        }
+        out.push_str(&self.text);
+        out
+    }
+}
+
+/// Extracts the fingerprint from the comment of a listed nubo table.
+pub fn fingerprint_of(listing: &str) -> Option<&str> {
+    let start = listing.find(COMMENT_PREFIX)? + COMMENT_PREFIX.len();
+    let rest = &listing[start..];
+    let end = rest.find('"')?;
+    Some(&rest[..end])
+}
+
+/// Renders the complete nubo ruleset for `spec` with interval sets.
+pub fn ruleset(spec: &FirewallSpec) -> Ruleset {
+    ruleset_with_mode(spec, RenderMode::Sets)
+}
+
+/// Renders the complete nubo ruleset for `spec` in the given mode.
+pub fn ruleset_with_mode(spec: &FirewallSpec, mode: RenderMode) -> Ruleset {
+    let compiled = compile(spec);
+    let bridge = bridge_body(&compiled, mode);
+    let inet = inet_body();
+    let mut material = String::from(FORMAT_VERSION);
+    material.push_str(&bridge);
+    material.push_str(&inet);
+    let fingerprint = format!("{:016x}", fnv1a64(material.as_bytes()));
+    let comment = format!("\tcomment \"{COMMENT_PREFIX}{fingerprint}\"\n");
+    let text = format!(
+        "table bridge {TABLE} {{\n{comment}{bridge}}}\ntable inet {TABLE} {{\n{comment}{inet}}}\n"
+    );
+    Ruleset { text, fingerprint }
+}
+
+/// Small line writer with nft's tab indentation.
+#[derive(Default)]
+struct Out(String);
+
+impl Out {
+    fn line(&mut self, depth: usize, s: &str) {
+        for _ in 0..depth {
+            self.0.push('\t');
+        }
+        self.0.push_str(s);
+        self.0.push('\n');
+    }
+
+    fn set(&mut self, name: &str, ty: &str, interval: bool, elements: &[String]) {
+        self.line(1, &format!("set {name} {{"));
+        self.line(2, &format!("type {ty}"));
+        if interval {
+            self.line(2, "flags interval");
+        }
+        if !elements.is_empty() {
+            self.line(2, &format!("elements = {{ {} }}", elements.join(", ")));
+        }
+        self.line(1, "}");
+    }
+
+    fn chain(&mut self, name: &str, hook: Option<(&str, i32)>, rules: &[String]) {
+        self.line(1, &format!("chain {name} {{"));
+        if let Some((hook, prio)) = hook {
+            self.line(2, &format!("type filter hook {hook} priority {prio}; policy accept;"));
+        }
+        for r in rules {
+            self.line(2, r);
+        }
+        self.line(1, "}");
+    }
+}
+
+fn inet_body() -> String {
+    let mut out = Out::default();
+    let tracked = format!("meta mark & {MARK_TRACKED:#010x} == {MARK_TRACKED:#010x}");
+    out.chain(
+        "prerouting",
+        Some(("prerouting", -150)),
+        &[
+            format!("{tracked} ct state established,related meta mark set meta mark | {MARK_ESTABLISHED:#010x}"),
+            format!("{tracked} ct state invalid meta mark set meta mark | {MARK_INVALID:#010x}"),
+        ],
+    );
+    out.0
+}
+
+/// Names of a port's chains and sets.
+struct PortNames {
+    base: String,
+}
+
+impl PortNames {
+    fn new(port_id: &str) -> Self {
+        PortNames {
+            base: format!("p_{}", ident(port_id)),
+        }
+    }
+    fn chain(&self, what: &str) -> String {
+        format!("{}_{what}", self.base)
+    }
+    fn set(&self, dir: Direction, fam: EtherType, what: &str) -> String {
+        format!("{}_{}{}_{what}", self.base, dir_tag(dir), fam_tag(fam))
+    }
+}
+
+fn dir_tag(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "in",
+        Direction::Egress => "out",
+    }
+}
+
+fn fam_tag(fam: EtherType) -> &'static str {
+    match fam {
+        EtherType::V4 => "4",
+        EtherType::V6 => "6",
+    }
+}
+
+fn group_set(gid: &str, fam: EtherType) -> String {
+    format!("g_{}_v{}", ident(gid), fam_tag(fam))
+}
+
+fn bridge_body(c: &Compiled, mode: RenderMode) -> String {
+    let mut out = Out::default();
+
+    // Member sets of remote groups.
+    for (gid, (v4, v6)) in &c.members {
+        for (fam, members) in [(EtherType::V4, v4), (EtherType::V6, v6)] {
+            let elems: Vec<String> = members.iter().map(IpAddr::to_string).collect();
+            out.set(&group_set(gid, fam), addr_type(fam), false, &elems);
+        }
+    }
+    // Per-port rule sets.
+    if mode == RenderMode::Sets {
+        for p in &c.ports {
+            port_sets(&mut out, p);
+        }
+    }
+
+    let secured: Vec<&PortPolicy> = c.ports.iter().filter(|p| p.port.port_security).collect();
+    let vmap = |iface: &str, ports: &[&PortPolicy], target: &dyn Fn(&PortPolicy) -> String| {
+        let entries: Vec<String> = ports
+            .iter()
+            .map(|p| format!("\"{}\" : {}", p.port.tap, target(p)))
+            .collect();
+        (!entries.is_empty()).then(|| format!("{iface} vmap {{ {} }}", entries.join(", ")))
+    };
+
+    let tracked = format!("meta mark set meta mark | {MARK_TRACKED:#010x}");
+    let all: Vec<&PortPolicy> = c.ports.iter().collect();
+    let mut pre = vec![format!("iifname \"vx-*\" {tracked}")];
+    if !all.is_empty() {
+        let taps: Vec<String> = all.iter().map(|p| format!("\"{}\"", p.port.tap)).collect();
+        pre.push(format!("iifname {{ {} }} {tracked}", taps.join(", ")));
+    }
+    pre.extend(vmap("iifname", &secured, &|p| {
+        format!("jump {}", PortNames::new(&p.port.port_id).chain("spoof"))
+    }));
+    out.chain("prerouting", Some(("prerouting", -200)), &pre);
+
+    let est = format!("meta mark & {MARK_ESTABLISHED:#010x} == {MARK_ESTABLISHED:#010x} accept");
+    let inv = format!("meta mark & {MARK_INVALID:#010x} == {MARK_INVALID:#010x} drop");
+    let mut fwd = vec!["oifname \"vx-*\" jump overlay_guard".to_string(), inv.clone(), est.clone()];
+    fwd.extend(vmap("iifname", &secured, &|p| {
+        format!("jump {}", PortNames::new(&p.port.port_id).chain("egress"))
+    }));
+    fwd.extend(vmap("oifname", &secured, &|p| {
+        format!("jump {}", PortNames::new(&p.port.port_id).chain("ingress"))
+    }));
+    out.chain("forward", Some(("forward", 0)), &fwd);
+
+    let mut input = vec![inv, est];
+    input.extend(vmap("iifname", &all, &|_| "jump guest_to_host".to_string()));
+    out.chain("input", Some(("input", 0)), &input);
+    out.chain(
+        "output",
+        Some(("output", 0)),
+        &["oifname \"vx-*\" jump overlay_guard".to_string()],
+    );
+
+    // Metadata and DHCP stay on each node: never let them into the overlay.
+    out.chain(
+        "overlay_guard",
+        None,
+        &[
+            format!("ip daddr {METADATA_IP} drop"),
+            format!("ip saddr {METADATA_IP} drop"),
+            format!("arp daddr ip {METADATA_IP} drop"),
+            format!("arp saddr ip {METADATA_IP} drop"),
+            "udp dport { 67, 68 } drop".to_string(),
+            "udp dport { 546, 547 } drop".to_string(),
+        ],
+    );
+    // What a guest may send to the host itself (DHCP server and metadata
+    // live on the bridge): nothing else on the host is reachable.
+    out.chain(
+        "guest_to_host",
+        None,
+        &[
+            "ether type arp accept".to_string(),
+            "udp sport 68 udp dport 67 accept".to_string(),
+            format!("ip daddr {METADATA_IP} tcp dport 80 accept"),
+            format!("ip daddr {METADATA_IP} icmp type echo-request accept"),
+            "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report } accept"
+                .to_string(),
+            "drop".to_string(),
+        ],
+    );
+
+    for p in &secured {
+        port_chains(&mut out, p, mode);
+    }
+    out.0
+}
+
+fn addr_type(fam: EtherType) -> &'static str {
+    match fam {
+        EtherType::V4 => "ipv4_addr",
+        EtherType::V6 => "ipv6_addr",
+    }
+}
+
+fn addr_match(fam: EtherType, dir: Direction) -> &'static str {
+    match (fam, dir) {
+        (EtherType::V4, Direction::Ingress) => "ip saddr",
+        (EtherType::V4, Direction::Egress) => "ip daddr",
+        (EtherType::V6, Direction::Ingress) => "ip6 saddr",
+        (EtherType::V6, Direction::Egress) => "ip6 daddr",
+    }
+}
+
+fn port_sets(out: &mut Out, p: &PortPolicy) {
+    let names = PortNames::new(&p.port.port_id);
+    for (&(dir, fam), side) in &p.sides {
+        let a = |r: &Range| fmt_range(fam, *r);
+        if !side.ports.is_empty() {
+            let elems: Vec<String> = side
+                .ports
+                .iter()
+                .map(|(r, proto, ports)| format!("{} . {proto} . {}", a(r), fmt_ports(*ports)))
+                .collect();
+            let ty = format!("{} . inet_proto . inet_service", addr_type(fam));
+            out.set(&names.set(dir, fam, "ports"), &ty, true, &elems);
+        }
+        if !side.proto.is_empty() {
+            let elems: Vec<String> = side.proto.iter().map(|(r, proto)| format!("{} . {proto}", a(r))).collect();
+            let ty = format!("{} . inet_proto", addr_type(fam));
+            out.set(&names.set(dir, fam, "proto"), &ty, true, &elems);
+        }
+        if !side.any.is_empty() {
+            let elems: Vec<String> = side.any.iter().map(a).collect();
+            out.set(&names.set(dir, fam, "any"), addr_type(fam), true, &elems);
+        }
+        for (gid, g) in &side.groups {
+            let gname = ident(gid);
+            if !g.ports.is_empty() {
+                let elems: Vec<String> =
+                    g.ports.iter().map(|(proto, r)| format!("{proto} . {}", fmt_ports(*r))).collect();
+                out.set(
+                    &names.set(dir, fam, &format!("g_{gname}_ports")),
+                    "inet_proto . inet_service",
+                    true,
+                    &elems,
+                );
+            }
+            if !g.proto.is_empty() {
+                let elems: Vec<String> = g.proto.iter().map(u8::to_string).collect();
+                out.set(&names.set(dir, fam, &format!("g_{gname}_proto")), "inet_proto", false, &elems);
+            }
+        }
+    }
+}
+
+/// Rules matching the allowed traffic of one side, each ending in `verdict`.
+fn side_rules(names: &PortNames, dir: Direction, fam: EtherType, side: &Side, mode: RenderMode, verdict: &str) -> Vec<String> {
+    let addr = addr_match(fam, dir);
+    let mut rules = Vec::new();
+    match mode {
+        RenderMode::Sets => {
+            if !side.ports.is_empty() {
+                rules.push(format!("{addr} . meta l4proto . th dport @{} {verdict}", names.set(dir, fam, "ports")));
+            }
+            if !side.proto.is_empty() {
+                rules.push(format!("{addr} . meta l4proto @{} {verdict}", names.set(dir, fam, "proto")));
+            }
+            if !side.any.is_empty() {
+                rules.push(format!("{addr} @{} {verdict}", names.set(dir, fam, "any")));
+            }
+            for (gid, g) in &side.groups {
+                rules.extend(group_rules(names, dir, fam, gid, g, verdict));
+            }
+        }
+        RenderMode::Linear => {
+            for rule in &side.rules {
+                rules.push(linear_rule(dir, fam, rule, verdict));
+            }
+        }
+    }
+    rules
+}
+
+fn group_rules(names: &PortNames, dir: Direction, fam: EtherType, gid: &str, g: &GroupSide, verdict: &str) -> Vec<String> {
+    let head = format!("{} @{}", addr_match(fam, dir), group_set(gid, fam));
+    let gname = ident(gid);
+    let mut rules = Vec::new();
+    if g.any {
+        rules.push(format!("{head} {verdict}"));
+    }
+    if !g.ports.is_empty() {
+        let set = names.set(dir, fam, &format!("g_{gname}_ports"));
+        rules.push(format!("{head} meta l4proto . th dport @{set} {verdict}"));
+    }
+    if !g.proto.is_empty() {
+        let set = names.set(dir, fam, &format!("g_{gname}_proto"));
+        rules.push(format!("{head} meta l4proto @{set} {verdict}"));
+    }
+    rules
+}
+
+fn linear_rule(dir: Direction, fam: EtherType, rule: &ValidRule, verdict: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    match &rule.remote {
+        ValidRemote::Range(r) => parts.push(format!("{} {}", addr_match(fam, dir), fmt_range(fam, *r))),
+        ValidRemote::Group(g) => parts.push(format!("{} @{}", addr_match(fam, dir), group_set(g, fam))),
+    }
+    if let Some(proto) = rule.proto {
+        parts.push(format!("meta l4proto {proto}"));
+    }
+    if let Some(ports) = rule.ports {
+        parts.push(format!("th dport {}", fmt_ports(ports)));
+    }
+    parts.push(verdict.to_string());
+    parts.join(" ")
+}
+
+fn port_chains(out: &mut Out, p: &PortPolicy, mode: RenderMode) {
+    let names = PortNames::new(&p.port.port_id);
+    let port = &p.port;
+    let mac = port.mac.to_string();
+    let v4: Vec<String> = port.ips.iter().filter(|ip| ip.is_ipv4()).map(IpAddr::to_string).collect();
+    let mut v6: Vec<String> = port.ips.iter().filter(|ip| ip.is_ipv6()).map(IpAddr::to_string).collect();
+    v6.push(port.mac.ipv6_link_local().to_string());
+    v6.sort();
+    v6.dedup();
+
+    // Anti-spoofing: runs in prerouting for every frame the guest sends,
+    // whether it is bridged to another port or delivered to the host.
+    let mut spoof = vec![
+        format!("ether saddr != {mac} drop"),
+        "ether type != { ip, arp, ip6 } drop".to_string(),
+        format!("arp saddr ether != {mac} drop"),
+    ];
+    let mut arp_ips = vec![Ipv4Addr::UNSPECIFIED.to_string()];
+    arp_ips.extend(v4.iter().cloned());
+    spoof.push(format!("arp saddr ip != {} drop", anon_set(&arp_ips)));
+    spoof.push("ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return".to_string());
+    if v4.is_empty() {
+        spoof.push("ether type ip drop".to_string());
+    } else {
+        spoof.push(format!("ip saddr != {} drop", anon_set(&v4)));
+    }
+    spoof.push(format!(
+        "ip6 saddr {} icmpv6 type {{ nd-neighbor-solicit, mld-listener-report, mld2-listener-report }} return",
+        Ipv6Addr::UNSPECIFIED
+    ));
+    spoof.push(format!("ip6 saddr != {} drop", anon_set(&v6)));
+    spoof.push("udp sport { 67, 547 } drop".to_string());
+    spoof.push("icmpv6 type { nd-router-advert, nd-redirect } drop".to_string());
+    out.chain(&names.chain("spoof"), None, &spoof);
+
+    // Egress: what the guest may send to other ports (and the overlay).
+    let mut egress = vec![
+        "ether type arp return".to_string(),
+        "udp sport 68 udp dport 67 return".to_string(),
+        "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report } return"
+            .to_string(),
+    ];
+    for fam in [EtherType::V4, EtherType::V6] {
+        if let Some(side) = p.sides.get(&(Direction::Egress, fam)) {
+            egress.extend(side_rules(&names, Direction::Egress, fam, side, mode, "return"));
+        }
+    }
+    egress.push("drop".to_string());
+    out.chain(&names.chain("egress"), None, &egress);
+
+    // Ingress: what may reach the guest from other ports.
+    let mut ingress = vec![
+        "ether type arp accept".to_string(),
+        "icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query } accept".to_string(),
+    ];
+    for fam in [EtherType::V4, EtherType::V6] {
+        if let Some(side) = p.sides.get(&(Direction::Ingress, fam)) {
+            ingress.extend(side_rules(&names, Direction::Ingress, fam, side, mode, "accept"));
+        }
+    }
+    ingress.push("drop".to_string());
+    out.chain(&names.chain("ingress"), None, &ingress);
+}
+
+fn anon_set(items: &[String]) -> String {
+    match items {
+        [one] => one.clone(),
+        _ => format!("{{ {} }}", items.join(", ")),
+    }
+}
+
+fn fmt_ports((lo, hi): (u16, u16)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+fn fmt_addr(fam: EtherType, a: u128) -> String {
+    match fam {
+        // IPv4 ranges are built from u32 values, so this never truncates.
+        EtherType::V4 => Ipv4Addr::from(u32::try_from(a).unwrap_or(u32::MAX)).to_string(),
+        EtherType::V6 => Ipv6Addr::from(a).to_string(),
+    }
+}
+
+/// An address range as nft text: a single address, a prefix, or `a-b`.
+pub(crate) fn fmt_range(fam: EtherType, (lo, hi): Range) -> String {
+    let bits = match fam {
+        EtherType::V4 => 32,
+        EtherType::V6 => 128,
+    };
+    if lo == hi {
+        return fmt_addr(fam, lo);
+    }
+    let span = hi.wrapping_sub(lo);
+    let is_prefix = hi >= lo && span & span.wrapping_add(1) == 0 && lo & span == 0;
+    if is_prefix {
+        let len = bits - span.count_ones();
+        format!("{}/{len}", fmt_addr(fam, lo))
+    } else {
+        format!("{}-{}", fmt_addr(fam, lo), fmt_addr(fam, hi))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_render_as_prefixes_when_possible() {
+        let v4 = |s: &str| u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()));
+        assert_eq!(fmt_range(EtherType::V4, (0, u128::from(u32::MAX))), "0.0.0.0/0");
+        assert_eq!(fmt_range(EtherType::V4, (v4("10.1.0.0"), v4("10.1.255.255"))), "10.1.0.0/16");
+        assert_eq!(fmt_range(EtherType::V4, (v4("10.0.0.7"), v4("10.0.0.7"))), "10.0.0.7");
+        assert_eq!(fmt_range(EtherType::V4, (v4("10.0.0.1"), v4("10.0.0.5"))), "10.0.0.1-10.0.0.5");
+        assert_eq!(fmt_range(EtherType::V6, (0, u128::MAX)), "::/0");
+    }
+
+    #[test]
+    fn fingerprint_is_read_back_from_a_listing() {
+        let rs = ruleset(&FirewallSpec::default());
+        assert_eq!(fingerprint_of(rs.text()), Some(rs.fingerprint()));
+        assert_eq!(fingerprint_of("table bridge nubo {\n}"), None);
+    }
+
+    #[test]
+    fn transaction_replaces_both_tables() {
+        let rs = ruleset(&FirewallSpec::default());
+        let tx = rs.transaction();
+        assert!(tx.starts_with(
+            "add table bridge nubo\ndelete table bridge nubo\nadd table inet nubo\ndelete table inet nubo\n"
+        ));
+        assert!(tx.ends_with(rs.text()));
+    }
+}

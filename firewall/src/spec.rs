@@ -1,0 +1,202 @@
+//! Input types: what the agent wants enforced, independent of nubo-common.
+//!
+//! The agent maps its ports and security groups to these types; the engine
+//! never looks at etcd or at nubo's own resource types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+/// Everything the firewall of one node must enforce.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirewallSpec {
+    /// The ports plugged into bridges on this node.
+    pub ports: Vec<PortSpec>,
+    /// Every security group referenced by a port or by a remote-group rule,
+    /// keyed by group id.
+    pub groups: BTreeMap<String, GroupSpec>,
+}
+
+/// One instance port: a tap device on a Linux bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Cloud-wide port id (a UUID in nubo); used to name the port's chains.
+    pub port_id: String,
+    /// Interface name of the port on the bridge (e.g. `tap1a2b3c4d-5e`).
+    pub tap: String,
+    /// The only MAC address the guest may send from.
+    pub mac: MacAddr,
+    /// The only IP addresses the guest may send from.
+    pub ips: Vec<IpAddr>,
+    /// Ids of the security groups of this port.
+    pub groups: Vec<String>,
+    /// `false` disables anti-spoofing and security groups for this port
+    /// (OpenStack's `port_security_enabled=False`): its traffic is not
+    /// filtered, except towards the host itself.
+    pub port_security: bool,
+}
+
+/// A security group: its rules and the addresses of its members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// Group id (same as the key in [`FirewallSpec::groups`]).
+    pub id: String,
+    /// The rules; a port's allowed traffic is the union over its groups.
+    pub rules: Vec<RuleSpec>,
+    /// Addresses of every port in the cloud that is in this group, used by
+    /// rules of other groups whose remote is this group.
+    pub members: Vec<IpAddr>,
+}
+
+/// One security-group rule (OpenStack semantics).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleSpec {
+    /// Towards the guest ([`Direction::Ingress`]) or from it.
+    pub direction: Direction,
+    /// IPv4 or IPv6.
+    pub ethertype: EtherType,
+    /// Layer-4 protocol.
+    pub protocol: Protocol,
+    /// Inclusive destination port range; only valid with a protocol that
+    /// has ports (TCP, UDP, SCTP, DCCP, UDP-Lite).
+    pub port_range: Option<(u16, u16)>,
+    /// The other end of the traffic.
+    pub remote: Remote,
+}
+
+/// Direction of a rule, seen from the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Traffic arriving at the guest.
+    Ingress,
+    /// Traffic leaving the guest.
+    Egress,
+}
+
+/// Address family of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EtherType {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+/// Layer-4 protocol of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// Any protocol.
+    Any,
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+    /// ICMP (1) for IPv4 rules, ICMPv6 (58) for IPv6 rules.
+    Icmp,
+    /// Any other IP protocol number.
+    Number(u8),
+}
+
+/// The remote end of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Remote {
+    /// Any address of the rule's family.
+    Any,
+    /// Addresses in this prefix.
+    Cidr(IpNet),
+    /// Addresses of the members of this security group.
+    Group(String),
+}
+
+/// A 48-bit Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// Error returned when parsing a [`MacAddr`] fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {0:?}: expected six hex octets separated by ':'")]
+pub struct ParseMacError(pub String);
+
+impl FromStr for MacAddr {
+    type Err = ParseMacError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseMacError(s.to_owned());
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(err)?;
+            if part.len() != 2 {
+                return Err(err());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl MacAddr {
+    /// The IPv6 link-local address SLAAC derives from this MAC (EUI-64).
+    pub fn ipv6_link_local(&self) -> std::net::Ipv6Addr {
+        let b = self.0;
+        std::net::Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            b[0] ^ 0x02,
+            b[1],
+            b[2],
+            0xff,
+            0xfe,
+            b[3],
+            b[4],
+            b[5],
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trips() {
+        let mac: MacAddr = "02:AB:00:0c:ff:01".parse().unwrap();
+        assert_eq!(mac.to_string(), "02:ab:00:0c:ff:01");
+    }
+
+    #[test]
+    fn mac_rejects_garbage() {
+        for bad in ["", "02:ab", "02:ab:00:0c:ff:01:02", "zz:ab:00:0c:ff:01", "2:ab:00:0c:ff:011"] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn link_local_is_eui64() {
+        let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(mac.ipv6_link_local().to_string(), "fe80::5054:ff:fe12:3456");
+    }
+}

@@ -1,0 +1,44 @@
+//! `nubo-overlay`: the per-node L2 overlay of nubo.
+//!
+//! Per network (identified by its VNI) a node that hosts at least one of the
+//! network's ports has a Linux bridge `nb-<vni>` and a VXLAN device
+//! `vx-<vni>` enslaved to it (UDP 4789, `nolearning`, no multicast group,
+//! head-end replication through all-zeros FDB entries, one per remote VTEP,
+//! plus static FDB entries for known remote port MACs). Instance taps are
+//! enslaved to the bridge. The bridge owns `169.254.169.254/32`, the address
+//! the node's metadata and DHCP servers answer from.
+//!
+//! The reconciler follows the usual nubo shape:
+//! [`Netlink::observe`] → pure [`plan`] → [`Netlink::apply`].
+//!
+//! The crate also provides the primitives instance drivers need: persistent
+//! taps ([`Netlink::create_tap`], [`tap_name`]) and the netns "guest"
+//! driver, an instance that is a network namespace wired to the node with a
+//! veth pair ([`Netlink::create_netns_guest`] and friends).
+//!
+//! All netlink traffic goes through one [`Netlink`] handle, whose socket lives
+//! in the network namespace of the thread that created it.
+
+mod error;
+mod guest;
+mod mac;
+mod names;
+mod netlink;
+mod netns;
+mod observed;
+mod plan;
+mod spec;
+mod tap;
+
+pub use error::{ActionFailure, ApplyError, OverlayError};
+pub use guest::{list_netns_guests, netns_guest_exists, GUEST_IFNAME};
+pub use mac::{MacAddr, MacParseError};
+pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, tap_name, vxlan_name};
+pub use netlink::Netlink;
+pub use netns::run_in_netns;
+pub use observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
+pub use plan::{plan, OverlayAction};
+pub use spec::{
+    network_mtu, FdbEntry, LocalPort, NetworkSpec, OverlaySpec, METADATA_ADDR,
+    METADATA_PREFIX_LEN, VXLAN_PORT,
+};
