@@ -1,1 +1,121 @@
-fn main() {}
+//! `nubo`: the operator command line of the nubo private cloud.
+//!
+//! Nouns and verbs follow the OpenStack client (`nubo server create …`,
+//! `nubo flavor list`); every command talks to a coordinator's gRPC API.
+
+mod api;
+mod ctx;
+mod flavor;
+mod image;
+mod keypair;
+mod network;
+mod node;
+mod output;
+mod port;
+mod secgroup;
+mod server;
+mod server_create;
+mod server_group;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::Api;
+use crate::ctx::Ctx;
+use crate::output::Format;
+
+/// Operate a nubo cloud.
+#[derive(Debug, Parser)]
+#[command(name = "nubo", version, about)]
+struct Cli {
+    /// URL of the nubo API (a coordinator, or the coordinators' VIP).
+    #[arg(
+        long,
+        global = true,
+        env = "NUBO_ENDPOINT",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    endpoint: String,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Project to act in (default: the server's default project).
+    #[arg(long, global = true, env = "NUBO_PROJECT", default_value = "")]
+    project: String,
+    #[command(subcommand)]
+    noun: Noun,
+}
+
+#[derive(Debug, Subcommand)]
+enum Noun {
+    /// Instance sizes.
+    #[command(subcommand)]
+    Flavor(flavor::FlavorCmd),
+    /// Boot images.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Tenant networks.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
+    /// Ports (addresses on networks).
+    #[command(subcommand)]
+    Port(port::PortCmd),
+    /// Security groups and rules.
+    #[command(subcommand)]
+    Secgroup(secgroup::SecgroupCmd),
+    /// SSH keypairs.
+    #[command(subcommand)]
+    Keypair(keypair::KeypairCmd),
+    /// Affinity / anti-affinity groups.
+    #[command(subcommand, name = "server-group")]
+    ServerGroup(server_group::ServerGroupCmd),
+    /// Instances.
+    #[command(subcommand)]
+    Server(server::ServerCmd),
+    /// Hypervisors.
+    #[command(subcommand)]
+    Node(node::NodeCmd),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = Api::connect(&cli.endpoint, cli.project).await?;
+    let ctx = Ctx {
+        api,
+        format: cli.format,
+    };
+    match cli.noun {
+        Noun::Flavor(c) => flavor::run(c, &ctx).await,
+        Noun::Image(c) => image::run(c, &ctx).await,
+        Noun::Network(c) => network::run(c, &ctx).await,
+        Noun::Port(c) => port::run(c, &ctx).await,
+        Noun::Secgroup(c) => secgroup::run(c, &ctx).await,
+        Noun::Keypair(c) => keypair::run(c, &ctx).await,
+        Noun::ServerGroup(c) => server_group::run(c, &ctx).await,
+        Noun::Server(c) => server::run(c, &ctx).await,
+        Noun::Node(c) => node::run(c, &ctx).await,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", api::one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

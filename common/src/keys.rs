@@ -115,6 +115,24 @@ pub fn server_group(id: &ServerGroupId) -> String {
     format!("{ROOT}server-groups/{id}")
 }
 
+/// `/nubo/v1/server-group-members/<group>/` — the members of a server group.
+pub fn server_group_members_prefix(g: &ServerGroupId) -> String {
+    format!("{ROOT}server-group-members/{g}/")
+}
+/// `/nubo/v1/server-group-members/<group>/<instance>` → the node the member is
+/// placed on (coordinator, in the placement transaction), so affinity checks
+/// read one small prefix instead of every instance.
+pub fn server_group_member(g: &ServerGroupId, i: &InstanceId) -> String {
+    format!("{ROOT}server-group-members/{g}/{i}")
+}
+
+/// `/nubo/v1/port-owners/<port>` → the instance a port was created for
+/// (coordinator): such ports are deleted with their instance, while ports
+/// created beforehand and plugged in are only unplugged.
+pub fn port_owner(p: &PortId) -> String {
+    format!("{ROOT}port-owners/{p}")
+}
+
 /// `/nubo/v1/volumes/`
 pub fn volumes_prefix() -> String {
     format!("{ROOT}volumes/")

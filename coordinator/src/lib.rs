@@ -1,1 +1,162 @@
-//! stub
+//! The nubo coordinator: the gRPC API, validation, IPAM, the scheduler and
+//! leader election, with all state in etcd.
+//!
+//! Run one in-process with [`start`] (tests, benchmarks) or [`serve`] (the
+//! binary):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nubo_coordinator::ServeError> {
+//! let cfg = nubo_coordinator::Config::for_tests("http://127.0.0.1:2379");
+//! let c = nubo_coordinator::start(cfg).await?;
+//! println!("API on {}", c.endpoint());
+//! c.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod election;
+pub mod error;
+pub mod health;
+pub mod ipam;
+pub mod scheduler;
+pub mod store;
+pub mod validate;
+pub mod view;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{Cli, Config, LogFormat, Placement};
+pub use error::{ApiError, ServeError};
+
+/// A running coordinator.
+pub struct Coordinator {
+    grpc_addr: SocketAddr,
+    health_addr: SocketAddr,
+    leader: Arc<election::LeaderState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Coordinator {
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The gRPC endpoint URL for tonic clients (`http://ip:port`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// The bound health address.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health_addr
+    }
+
+    /// True while this coordinator is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader.is_leader()
+    }
+
+    /// Stops serving, resigns (revokes the lease) and waits for every task.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown.send_replace(true);
+        let mut first = Ok(());
+        for t in self.tasks {
+            match t.await {
+                Ok(Err(e)) if first.is_ok() => first = Err(e),
+                Err(e) if first.is_ok() => first = Err(ServeError::Io(std::io::Error::other(e))),
+                _ => {}
+            }
+        }
+        first
+    }
+}
+
+/// Connects to etcd, loads the node view, binds the listeners and starts
+/// serving; returns once the API accepts requests.
+pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
+    cfg.validate()?;
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(std::time::Duration::from_secs(5))
+        .with_keep_alive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(5));
+    let client = etcd_client::Client::connect(&cfg.etcd_endpoints, Some(opts)).await?;
+    let store = store::Store::new(client.clone());
+    let (shutdown, rx) = watch::channel(false);
+    let view = Arc::new(view::ClusterView::default());
+    let leader = Arc::new(election::LeaderState::default());
+
+    let mut tasks = Vec::new();
+    {
+        let view = view.clone();
+        let (client, rx) = (client.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            view.run(client, rx).await;
+            Ok(())
+        }));
+    }
+    {
+        let (client, rx, leader, id) = (client.clone(), rx.clone(), leader.clone(), cfg.id.clone());
+        let ttl = cfg.lease_ttl_secs;
+        tasks.push(tokio::spawn(async move {
+            election::run(client, id, ttl, leader, rx).await;
+            Ok(())
+        }));
+    }
+    // Serve only with a loaded view, so the first placements see the nodes.
+    tokio::time::timeout(std::time::Duration::from_secs(30), view.wait_ready())
+        .await
+        .map_err(|_| ServeError::Config("the node view did not load from etcd within 30 s".into()))?;
+
+    let grpc = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+    let grpc_addr = grpc.local_addr()?;
+    let health = tokio::net::TcpListener::bind(cfg.health_listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: cfg.health_listen, source })?;
+    let health_addr = health.local_addr()?;
+
+    let ctx = api::Ctx::new(store.clone(), view.clone(), leader.clone(), cfg.clone());
+    {
+        let mut rx = rx.clone();
+        let router = ctx.add_services(tonic::transport::Server::builder().add_routes(Default::default()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        tasks.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await?;
+            Ok(())
+        }));
+    }
+    {
+        let mut rx = rx.clone();
+        let app = health::router(health::Health { store, leader: leader.clone(), view });
+        tasks.push(tokio::spawn(async move {
+            axum::serve(health, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await?;
+            Ok(())
+        }));
+    }
+    tracing::info!(id = %cfg.id, %grpc_addr, %health_addr, "nubo-coordinator ready on {grpc_addr}");
+    Ok(Coordinator { grpc_addr, health_addr, leader, shutdown, tasks })
+}
+
+/// Runs a coordinator until `shutdown` completes.
+pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let c = start(cfg).await?;
+    shutdown.await;
+    c.shutdown().await
+}

@@ -66,6 +66,19 @@ pub enum DecodeError {
     /// `dhcproto` could not parse the message.
     #[error("malformed DHCP message: {0}")]
     Malformed(String),
+    /// An option is truncated or has a length its definition forbids.
+    #[error("option {code} with length {len}: {reason}")]
+    BadOption {
+        /// The option code.
+        code: u8,
+        /// Its (concatenated) length.
+        len: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The DHCP parser panicked on this datagram (a parser bug; contained).
+    #[error("the DHCP parser panicked on this datagram")]
+    ParserPanic,
     /// The message is a BOOTREPLY: clients never send those.
     #[error("BOOTREPLY received from a client port")]
     NotARequest,

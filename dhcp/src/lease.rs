@@ -123,7 +123,8 @@ impl Lease {
 
     /// The subnet broadcast address, if the subnet has one (prefix < 31).
     pub fn broadcast(&self) -> Option<Ipv4Addr> {
-        (self.prefix_len < 31).then(|| Ipv4Addr::from(u32::from(self.ip) | !u32::from(self.netmask())))
+        (self.prefix_len < 31)
+            .then(|| Ipv4Addr::from(u32::from(self.ip) | !u32::from(self.netmask())))
     }
 
     /// The routes sent in option 121: the caller's routes (destinations
@@ -246,11 +247,17 @@ mod tests {
         assert_eq!(l.classless_routes(), vec![(meta, Ipv4Addr::UNSPECIFIED)]);
 
         l.router = Some(Ipv4Addr::new(10, 1, 2, 1));
-        l.routes = vec![("192.168.7.9/16".parse().unwrap(), Ipv4Addr::new(10, 1, 2, 7))];
+        l.routes = vec![(
+            "192.168.7.9/16".parse().unwrap(),
+            Ipv4Addr::new(10, 1, 2, 7),
+        )];
         assert_eq!(
             l.classless_routes(),
             vec![
-                ("192.168.0.0/16".parse().unwrap(), Ipv4Addr::new(10, 1, 2, 7)),
+                (
+                    "192.168.0.0/16".parse().unwrap(),
+                    Ipv4Addr::new(10, 1, 2, 7)
+                ),
                 (meta, Ipv4Addr::UNSPECIFIED),
                 ("0.0.0.0/0".parse().unwrap(), Ipv4Addr::new(10, 1, 2, 1)),
             ]
@@ -271,20 +278,23 @@ mod tests {
     fn validation_rejects_nonsense() {
         let good = Lease::new(MAC, Ipv4Addr::new(10, 1, 2, 3), 24);
         assert!(good.validate().is_ok());
-        let cases: Vec<Box<dyn Fn(&mut Lease)>> = vec![
-            Box::new(|l| l.prefix_len = 33),
-            Box::new(|l| l.ip = Ipv4Addr::UNSPECIFIED),
-            Box::new(|l| l.mtu = Some(40)),
-            Box::new(|l| l.hostname = Some(String::new())),
-            Box::new(|l| l.domain = Some("a\0b".into())),
-            Box::new(|l| l.lease_secs = 0),
-            Box::new(|l| l.mac = [0x01, 0, 0, 0, 0, 1]),
+        let cases: [fn(&mut Lease); 7] = [
+            |l| l.prefix_len = 33,
+            |l| l.ip = Ipv4Addr::UNSPECIFIED,
+            |l| l.mtu = Some(40),
+            |l| l.hostname = Some(String::new()),
+            |l| l.domain = Some("a\0b".into()),
+            |l| l.lease_secs = 0,
+            |l| l.mac = [0x01, 0, 0, 0, 0, 1],
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut l = good.clone();
             mutate(&mut l);
             let err = l.validate().expect_err(&format!("case {i} accepted"));
-            assert!(err.to_string().contains("02:00:00:00:00:01") || i == 6, "{err}");
+            assert!(
+                err.to_string().contains("02:00:00:00:00:01") || i == 6,
+                "{err}"
+            );
         }
     }
 
@@ -295,13 +305,31 @@ mod tests {
         let lease = Lease::new(MAC, Ipv4Addr::new(10, 1, 2, 3), 24);
         assert_eq!(table.upsert(lease.clone()).unwrap(), None);
         assert_eq!(server_view.get(&MAC), Some(lease.clone()));
-        assert!(table.upsert(Lease { prefix_len: 40, ..lease.clone() }).is_err());
-        assert_eq!(server_view.get(&MAC), Some(lease.clone()), "invalid lease must not replace");
+        assert!(table
+            .upsert(Lease {
+                prefix_len: 40,
+                ..lease.clone()
+            })
+            .is_err());
+        assert_eq!(
+            server_view.get(&MAC),
+            Some(lease.clone()),
+            "invalid lease must not replace"
+        );
         assert_eq!(table.remove(&MAC), Some(lease.clone()));
         assert!(server_view.is_empty());
         table.replace_all([lease.clone()]).unwrap();
         assert_eq!(server_view.len(), 1);
-        assert!(table.replace_all([Lease { lease_secs: 0, ..lease }]).is_err());
-        assert_eq!(server_view.len(), 1, "failed replace_all must change nothing");
+        assert!(table
+            .replace_all([Lease {
+                lease_secs: 0,
+                ..lease
+            }])
+            .is_err());
+        assert_eq!(
+            server_view.len(),
+            1,
+            "failed replace_all must change nothing"
+        );
     }
 }

@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 mod error;
 mod lease;
 mod packet;
@@ -40,3 +42,5 @@ pub use socket::SERVER_PORT;
 
 /// The `dhcproto` crate this API speaks (`Message`, options).
 pub use dhcproto;
+/// The network type of [`Lease::routes`].
+pub use ipnet::Ipv4Net;

@@ -65,18 +65,32 @@ mod tests {
     fn bursts_then_suppresses_then_reports() {
         let mut l = LogLimiter::new(2, Duration::from_secs(10));
         let t0 = Instant::now();
-        assert_eq!(l.check(t0), Verdict::Log { suppressed_before: 0 });
-        assert_eq!(l.check(t0), Verdict::Log { suppressed_before: 0 });
+        assert_eq!(
+            l.check(t0),
+            Verdict::Log {
+                suppressed_before: 0
+            }
+        );
+        assert_eq!(
+            l.check(t0),
+            Verdict::Log {
+                suppressed_before: 0
+            }
+        );
         for _ in 0..5 {
             assert_eq!(l.check(t0 + Duration::from_secs(1)), Verdict::Suppress);
         }
         assert_eq!(
             l.check(t0 + Duration::from_secs(10)),
-            Verdict::Log { suppressed_before: 5 }
+            Verdict::Log {
+                suppressed_before: 5
+            }
         );
         assert_eq!(
             l.check(t0 + Duration::from_secs(11)),
-            Verdict::Log { suppressed_before: 0 }
+            Verdict::Log {
+                suppressed_before: 0
+            }
         );
         assert_eq!(l.check(t0 + Duration::from_secs(12)), Verdict::Suppress);
     }

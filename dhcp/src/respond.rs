@@ -34,6 +34,30 @@ pub enum Silence {
     NotAnswered(MacAddr, MessageType),
 }
 
+impl std::fmt::Display for Silence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotEthernetRequest => write!(f, "not an Ethernet BOOTREQUEST"),
+            Self::NoMessageType => write!(f, "BOOTP request without DHCP message type"),
+            Self::UnknownMac(m) => write!(f, "unknown MAC {}", MacDisplay(m)),
+            Self::Relayed(m) => write!(
+                f,
+                "relayed request from {} (relays unsupported)",
+                MacDisplay(m)
+            ),
+            Self::OtherServer(m, s) => write!(f, "{} selected another server ({s})", MacDisplay(m)),
+            Self::NoAddress(m) => write!(f, "REQUEST from {} names no address", MacDisplay(m)),
+            Self::Released(m, ip) => write!(f, "{} released {ip}", MacDisplay(m)),
+            Self::Declined(m, ip) => {
+                write!(f, "{} declined {ip} (in use on the link?)", MacDisplay(m))
+            }
+            Self::NotAnswered(m, t) => {
+                write!(f, "{t:?} from {} is not answered by servers", MacDisplay(m))
+            }
+        }
+    }
+}
+
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -101,7 +125,8 @@ fn requested_ip(req: &Message) -> Ipv4Addr {
 /// RFC 2131 section 4.3.2: SELECTING (server id + requested address),
 /// INIT-REBOOT (requested address only), RENEWING/REBINDING (ciaddr).
 fn handle_request(req: &Message, lease: &Lease, server_id: Ipv4Addr) -> Decision {
-    if let Some(DhcpOption::ServerIdentifier(chosen)) = req.opts().get(OptionCode::ServerIdentifier) {
+    if let Some(DhcpOption::ServerIdentifier(chosen)) = req.opts().get(OptionCode::ServerIdentifier)
+    {
         if *chosen != server_id {
             return Decision::Silent(Silence::OtherServer(lease.mac, *chosen));
         }
@@ -179,7 +204,9 @@ fn reply(req: &Message, lease: &Lease, server_id: Ipv4Addr, msg_type: MessageTyp
         opts.insert(DhcpOption::AddressLeaseTime(lease.lease_secs));
         if lease.lease_secs != u32::MAX {
             let secs = u64::from(lease.lease_secs);
-            opts.insert(DhcpOption::Renewal(u32::try_from(secs / 2).unwrap_or(u32::MAX)));
+            opts.insert(DhcpOption::Renewal(
+                u32::try_from(secs / 2).unwrap_or(u32::MAX),
+            ));
             opts.insert(DhcpOption::Rebinding(
                 u32::try_from(secs * 7 / 8).unwrap_or(u32::MAX),
             ));
@@ -222,7 +249,10 @@ pub(crate) mod tests {
             hostname: Some("vm-one".into()),
             domain: Some("nubo.internal".into()),
             lease_secs: 3600,
-            routes: vec![("10.200.0.0/16".parse().unwrap(), Ipv4Addr::new(10, 9, 0, 254))],
+            routes: vec![(
+                "10.200.0.0/16".parse().unwrap(),
+                Ipv4Addr::new(10, 9, 0, 254),
+            )],
             ..Lease::new(MAC, IP, 24)
         };
         HashMap::from([(MAC, lease)])
@@ -248,48 +278,98 @@ pub(crate) mod tests {
     #[test]
     fn discover_gets_full_offer() {
         let mut req = request(MAC, MessageType::Discover);
-        req.opts_mut().insert(DhcpOption::ClientIdentifier(vec![1, 2, 0, 0, 0, 0, 1]));
+        req.opts_mut()
+            .insert(DhcpOption::ClientIdentifier(vec![1, 2, 0, 0, 0, 0, 1]));
         let r = respond(&table(), &req, METADATA_IP).expect("offer");
         assert_eq!(r.opcode(), Opcode::BootReply);
         assert_eq!(r.xid(), 0xdead_beef);
         assert_eq!(r.chaddr(), &MAC);
         assert_eq!(r.yiaddr(), IP);
         assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
-        assert_eq!(opt(&r, OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(METADATA_IP)));
-        assert_eq!(opt(&r, OptionCode::SubnetMask), Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0))));
-        assert_eq!(opt(&r, OptionCode::BroadcastAddr), Some(&DhcpOption::BroadcastAddr(Ipv4Addr::new(10, 9, 0, 255))));
-        assert_eq!(opt(&r, OptionCode::Router), Some(&DhcpOption::Router(vec![GW])));
+        assert_eq!(
+            opt(&r, OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(METADATA_IP))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::SubnetMask),
+            Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::BroadcastAddr),
+            Some(&DhcpOption::BroadcastAddr(Ipv4Addr::new(10, 9, 0, 255)))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::Router),
+            Some(&DhcpOption::Router(vec![GW]))
+        );
         assert_eq!(
             opt(&r, OptionCode::DomainNameServer),
-            Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 3)]))
+            Some(&DhcpOption::DomainNameServer(vec![
+                Ipv4Addr::new(10, 9, 0, 2),
+                Ipv4Addr::new(10, 9, 0, 3)
+            ]))
         );
-        assert_eq!(opt(&r, OptionCode::Hostname), Some(&DhcpOption::Hostname("vm-one".into())));
-        assert_eq!(opt(&r, OptionCode::DomainName), Some(&DhcpOption::DomainName("nubo.internal".into())));
-        assert_eq!(opt(&r, OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(1450)));
-        assert_eq!(opt(&r, OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600)));
-        assert_eq!(opt(&r, OptionCode::Renewal), Some(&DhcpOption::Renewal(1800)));
-        assert_eq!(opt(&r, OptionCode::Rebinding), Some(&DhcpOption::Rebinding(3150)));
+        assert_eq!(
+            opt(&r, OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("vm-one".into()))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::DomainName),
+            Some(&DhcpOption::DomainName("nubo.internal".into()))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::InterfaceMtu),
+            Some(&DhcpOption::InterfaceMtu(1450))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(3600))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::Renewal),
+            Some(&DhcpOption::Renewal(1800))
+        );
+        assert_eq!(
+            opt(&r, OptionCode::Rebinding),
+            Some(&DhcpOption::Rebinding(3150))
+        );
         assert_eq!(
             opt(&r, OptionCode::ClientIdentifier),
             Some(&DhcpOption::ClientIdentifier(vec![1, 2, 0, 0, 0, 0, 1]))
         );
         let routes: Vec<(Ipv4Net, Ipv4Addr)> = vec![
-            ("10.200.0.0/16".parse().unwrap(), Ipv4Addr::new(10, 9, 0, 254)),
+            (
+                "10.200.0.0/16".parse().unwrap(),
+                Ipv4Addr::new(10, 9, 0, 254),
+            ),
             ("169.254.169.254/32".parse().unwrap(), Ipv4Addr::UNSPECIFIED),
             ("0.0.0.0/0".parse().unwrap(), GW),
         ];
-        assert_eq!(opt(&r, OptionCode::ClasslessStaticRoute), Some(&DhcpOption::ClasslessStaticRoute(routes)));
-        assert_eq!(reply_destination(&r), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(
+            opt(&r, OptionCode::ClasslessStaticRoute),
+            Some(&DhcpOption::ClasslessStaticRoute(routes))
+        );
+        assert_eq!(
+            reply_destination(&r),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
+        );
         // The reply survives an encode/decode round trip through the wire format.
         let bytes = crate::packet::encode(&r).unwrap();
         let mut back = bytes.clone();
         back[0] = 1; // pretend it is a request so decode_request accepts it
-        assert_eq!(crate::packet::decode_request(&back).unwrap().opts(), r.opts());
+        assert_eq!(
+            crate::packet::decode_request(&back).unwrap().opts(),
+            r.opts()
+        );
     }
 
     #[test]
     fn unknown_mac_gets_silence() {
-        for t in [MessageType::Discover, MessageType::Request, MessageType::Inform] {
+        for t in [
+            MessageType::Discover,
+            MessageType::Request,
+            MessageType::Inform,
+        ] {
             let mut req = request([0x02, 0, 0, 0, 0, 2], t);
             req.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
             assert!(respond(&table(), &req, METADATA_IP).is_none(), "{t:?}");
@@ -299,7 +379,8 @@ pub(crate) mod tests {
     #[test]
     fn selecting_request_for_our_address_is_acked() {
         let mut req = request(MAC, MessageType::Request);
-        req.opts_mut().insert(DhcpOption::ServerIdentifier(METADATA_IP));
+        req.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(METADATA_IP));
         req.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
         let r = respond(&table(), &req, METADATA_IP).expect("ack");
         assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
@@ -310,7 +391,8 @@ pub(crate) mod tests {
     #[test]
     fn request_for_other_server_is_ignored() {
         let mut req = request(MAC, MessageType::Request);
-        req.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 9, 0, 99)));
+        req.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 9, 0, 99)));
         req.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
         assert!(respond(&table(), &req, METADATA_IP).is_none());
     }
@@ -318,8 +400,10 @@ pub(crate) mod tests {
     #[test]
     fn request_for_foreign_address_is_naked() {
         let mut req = request(MAC, MessageType::Request);
-        req.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 9, 0, 77)));
-        req.opts_mut().insert(DhcpOption::ClientIdentifier(vec![1, 2, 3]));
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 9, 0, 77)));
+        req.opts_mut()
+            .insert(DhcpOption::ClientIdentifier(vec![1, 2, 3]));
         let r = respond(&table(), &req, METADATA_IP).expect("nak");
         assert_eq!(r.opts().msg_type(), Some(MessageType::Nak));
         assert_eq!(r.yiaddr(), Ipv4Addr::UNSPECIFIED);
@@ -404,12 +488,19 @@ pub(crate) mod tests {
         );
         let mut rel = request(MAC, MessageType::Release);
         rel.set_ciaddr(IP);
-        assert_eq!(decide(&t, &rel, METADATA_IP), Decision::Silent(Silence::Released(MAC, IP)));
+        assert_eq!(
+            decide(&t, &rel, METADATA_IP),
+            Decision::Silent(Silence::Released(MAC, IP))
+        );
         let mut dec = request(MAC, MessageType::Decline);
         dec.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
-        assert_eq!(decide(&t, &dec, METADATA_IP), Decision::Silent(Silence::Declined(MAC, IP)));
+        assert_eq!(
+            decide(&t, &dec, METADATA_IP),
+            Decision::Silent(Silence::Declined(MAC, IP))
+        );
         let mut sel = request(MAC, MessageType::Request);
-        sel.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 9, 0, 99)));
+        sel.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 9, 0, 99)));
         assert_eq!(
             decide(&t, &sel, METADATA_IP),
             Decision::Silent(Silence::OtherServer(MAC, Ipv4Addr::new(10, 9, 0, 99)))
@@ -423,7 +514,10 @@ pub(crate) mod tests {
             l.lease_secs = u32::MAX;
         }
         let r = respond(&t, &request(MAC, MessageType::Discover), METADATA_IP).expect("offer");
-        assert_eq!(opt(&r, OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(u32::MAX)));
+        assert_eq!(
+            opt(&r, OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(u32::MAX))
+        );
         assert!(opt(&r, OptionCode::Renewal).is_none());
         assert!(opt(&r, OptionCode::Rebinding).is_none());
     }

@@ -132,7 +132,13 @@ impl DhcpServer {
         let (tx, rx) = oneshot::channel();
         let counters = Arc::clone(&self.counters);
         let iface = self.iface.clone();
-        let worker = Worker::new(self.iface, self.server_id, self.table, socket, self.counters);
+        let worker = Worker::new(
+            self.iface,
+            self.server_id,
+            self.table,
+            socket,
+            self.counters,
+        );
         let task = runtime.spawn(worker.run(async {
             // A dropped sender (handle dropped) stops the server too.
             let _ = rx.await;
@@ -152,9 +158,15 @@ impl DhcpServer {
             iface: self.iface.clone(),
             source,
         })?;
-        Worker::new(self.iface, self.server_id, self.table, socket, self.counters)
-            .run(shutdown)
-            .await;
+        Worker::new(
+            self.iface,
+            self.server_id,
+            self.table,
+            socket,
+            self.counters,
+        )
+        .run(shutdown)
+        .await;
         Ok(())
     }
 }
@@ -300,14 +312,12 @@ impl Worker {
     }
 
     fn log_silence(&mut self, why: &Silence) {
-        match why {
-            Silence::Released(mac, ip) | Silence::Declined(mac, ip) => {
-                if let Verdict::Log { suppressed_before } = self.guest_log.check(Instant::now()) {
-                    let what = if matches!(why, Silence::Released(..)) { "DHCPRELEASE" } else { "DHCPDECLINE (address in use on the link?)" };
-                    info!(iface = %self.iface, mac = %MacDisplay(mac), %ip, suppressed_before, "{what}");
-                }
+        if matches!(why, Silence::Released(..) | Silence::Declined(..)) {
+            if let Verdict::Log { suppressed_before } = self.guest_log.check(Instant::now()) {
+                info!(iface = %self.iface, suppressed_before, "{why}");
             }
-            other => debug!(iface = %self.iface, reason = ?other, "request not answered"),
+        } else {
+            debug!(iface = %self.iface, "request not answered: {why}");
         }
     }
 }

@@ -9,6 +9,9 @@ use crate::error::DhcpError;
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
 
+/// Requested socket receive buffer size.
+const RECV_BUFFER: usize = 1 << 20;
+
 /// Checks that `iface` can name a Linux network device.
 pub fn validate_iface_name(iface: &str) -> Result<(), DhcpError> {
     let ok = !iface.is_empty()
@@ -48,6 +51,11 @@ pub fn bind_device_socket(iface: &str) -> Result<std::net::UdpSocket, DhcpError>
         .map_err(err("SO_BINDTODEVICE"))?;
     sock.set_broadcast(true).map_err(err("SO_BROADCAST"))?;
     sock.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
+    // Best effort: room for a burst of DISCOVERs from a batch of new VMs
+    // (the kernel caps it at net.core.rmem_max).
+    if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
+        tracing::debug!(iface, error = %e, "cannot enlarge the DHCP receive buffer");
+    }
     sock.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
     sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVER_PORT).into())
         .map_err(err("bind 0.0.0.0:67"))?;
@@ -65,7 +73,10 @@ mod tests {
         }
         for bad in ["", "sixteen-chars-xx", "a/b", "a b", "a:0", "..", "a\0"] {
             assert!(
-                matches!(validate_iface_name(bad), Err(DhcpError::InvalidInterfaceName(_))),
+                matches!(
+                    validate_iface_name(bad),
+                    Err(DhcpError::InvalidInterfaceName(_))
+                ),
                 "{bad:?}"
             );
         }

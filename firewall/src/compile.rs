@@ -119,12 +119,18 @@ pub fn compile(spec: &FirewallSpec) -> Compiled {
                         if let ValidRemote::Group(g) = &valid.remote {
                             remote_groups.insert(g.clone());
                         }
-                        sides.entry((rule.direction, rule.ethertype)).or_default().push(valid);
+                        sides
+                            .entry((rule.direction, rule.ethertype))
+                            .or_default()
+                            .push(valid);
                     }
                 }
             }
         }
-        let sides = sides.into_iter().map(|(k, rules)| (k, build_side(rules))).collect();
+        let sides = sides
+            .into_iter()
+            .map(|(k, rules)| (k, build_side(rules)))
+            .collect();
         out.ports.push(PortPolicy { port, sides });
     }
     for gid in remote_groups {
@@ -176,12 +182,15 @@ fn validate(rule: &RuleSpec, group: &str) -> Option<ValidRule> {
                 u128::from(u32::from(n.network())),
                 u128::from(u32::from(n.broadcast())),
             )),
-            (IpNet::V6(n), EtherType::V6) => ValidRemote::Range((
-                u128::from(n.network()),
-                u128::from(n.broadcast()),
-            )),
+            (IpNet::V6(n), EtherType::V6) => {
+                ValidRemote::Range((u128::from(n.network()), u128::from(n.broadcast())))
+            }
             _ => {
-                warn!(group, ?rule, "remote prefix does not match the rule's ethertype; rule ignored");
+                warn!(
+                    group,
+                    ?rule,
+                    "remote prefix does not match the rule's ethertype; rule ignored"
+                );
                 return None;
             }
         },
@@ -273,7 +282,8 @@ fn build_side(mut rules: Vec<ValidRule>) -> Side {
             side.any.push(range);
         }
         side.proto.extend(prof.proto.iter().map(|p| (range, *p)));
-        side.ports.extend(prof.ports.iter().map(|(p, r)| (range, *p, *r)));
+        side.ports
+            .extend(prof.ports.iter().map(|(p, r)| (range, *p, *r)));
     }
     side.any = merge_ranges(side.any);
     for (gid, allows) in groups {
@@ -296,7 +306,12 @@ mod tests {
     use super::*;
     use crate::spec::{GroupSpec, MacAddr};
 
-    fn rule(direction: Direction, protocol: Protocol, ports: Option<(u16, u16)>, remote: Remote) -> RuleSpec {
+    fn rule(
+        direction: Direction,
+        protocol: Protocol,
+        ports: Option<(u16, u16)>,
+        remote: Remote,
+    ) -> RuleSpec {
         RuleSpec {
             direction,
             ethertype: EtherType::V4,
@@ -340,8 +355,18 @@ mod tests {
     #[test]
     fn overlapping_cidrs_become_disjoint() {
         let spec = spec_with(vec![
-            rule(Direction::Ingress, Protocol::Tcp, Some((22, 22)), cidr("10.0.0.0/8")),
-            rule(Direction::Ingress, Protocol::Tcp, Some((20, 30)), cidr("10.1.0.0/16")),
+            rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                Some((22, 22)),
+                cidr("10.0.0.0/8"),
+            ),
+            rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                Some((20, 30)),
+                cidr("10.1.0.0/16"),
+            ),
         ]);
         let c = compile(&spec);
         let side = &c.ports[0].sides[&(Direction::Ingress, EtherType::V4)];
@@ -359,7 +384,12 @@ mod tests {
     fn any_protocol_absorbs_narrower_rules() {
         let spec = spec_with(vec![
             rule(Direction::Egress, Protocol::Any, None, Remote::Any),
-            rule(Direction::Egress, Protocol::Udp, Some((53, 53)), cidr("10.0.0.0/24")),
+            rule(
+                Direction::Egress,
+                Protocol::Udp,
+                Some((53, 53)),
+                cidr("10.0.0.0/24"),
+            ),
         ]);
         let c = compile(&spec);
         let side = &c.ports[0].sides[&(Direction::Egress, EtherType::V4)];
@@ -370,16 +400,38 @@ mod tests {
     #[test]
     fn protocol_without_ports_absorbs_port_ranges() {
         let spec = spec_with(vec![
-            rule(Direction::Ingress, Protocol::Tcp, None, Remote::Group("g".into())),
-            rule(Direction::Ingress, Protocol::Tcp, Some((1, 5)), Remote::Group("g".into())),
-            rule(Direction::Ingress, Protocol::Udp, Some((1, 5)), Remote::Group("g".into())),
-            rule(Direction::Ingress, Protocol::Udp, Some((4, 9)), Remote::Group("g".into())),
+            rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                None,
+                Remote::Group("g".into()),
+            ),
+            rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                Some((1, 5)),
+                Remote::Group("g".into()),
+            ),
+            rule(
+                Direction::Ingress,
+                Protocol::Udp,
+                Some((1, 5)),
+                Remote::Group("g".into()),
+            ),
+            rule(
+                Direction::Ingress,
+                Protocol::Udp,
+                Some((4, 9)),
+                Remote::Group("g".into()),
+            ),
         ]);
         let c = compile(&spec);
         let g = &c.ports[0].sides[&(Direction::Ingress, EtherType::V4)].groups["g"];
         assert_eq!(g.proto, BTreeSet::from([6]));
         assert_eq!(g.ports, vec![(17, (1, 9))]);
-        assert!(c.members["g"].0.contains(&"10.0.0.5".parse::<IpAddr>().unwrap()));
+        assert!(c.members["g"]
+            .0
+            .contains(&"10.0.0.5".parse::<IpAddr>().unwrap()));
     }
 
     #[test]
@@ -387,7 +439,12 @@ mod tests {
         let mut bad_family = rule(Direction::Ingress, Protocol::Tcp, None, cidr("fd00::/64"));
         bad_family.ethertype = EtherType::V4;
         let spec = spec_with(vec![
-            rule(Direction::Ingress, Protocol::Icmp, Some((8, 0)), Remote::Any),
+            rule(
+                Direction::Ingress,
+                Protocol::Icmp,
+                Some((8, 0)),
+                Remote::Any,
+            ),
             rule(Direction::Ingress, Protocol::Any, Some((1, 2)), Remote::Any),
             rule(Direction::Ingress, Protocol::Tcp, Some((9, 1)), Remote::Any),
             bad_family,
@@ -413,7 +470,12 @@ mod tests {
 
     #[test]
     fn no_port_security_means_no_rules() {
-        let mut spec = spec_with(vec![rule(Direction::Ingress, Protocol::Any, None, Remote::Any)]);
+        let mut spec = spec_with(vec![rule(
+            Direction::Ingress,
+            Protocol::Any,
+            None,
+            Remote::Any,
+        )]);
         spec.ports[0].port_security = false;
         let c = compile(&spec);
         assert!(c.ports[0].sides.is_empty());

@@ -93,12 +93,11 @@ where
             Some(next) => next - 1,
             None => u128::MAX,
         };
-        while let Some(&(&(hi, idx), _)) = active.first_key_value().map(|(k, v)| (k, v)) {
-            if hi < start {
-                active.remove(&(hi, idx));
-            } else {
+        while let Some((&(hi, idx), _)) = active.first_key_value() {
+            if hi >= start {
                 break;
             }
+            active.remove(&(hi, idx));
         }
         while let Some(item) = by_start.get(next_item) {
             if item.0 .0 > start {
@@ -145,7 +144,9 @@ mod tests {
     fn sweep_splits_nested_ranges() {
         // 0..=99 allows "a", 10..=19 additionally allows "b".
         let items = vec![((0, 99), "a"), ((10, 19), "b")];
-        let got = sweep(&items, |p| p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let got = sweep(&items, |p| {
+            p.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        });
         assert_eq!(
             got,
             vec![
@@ -173,7 +174,12 @@ mod tests {
     #[test]
     fn sweep_result_is_disjoint_for_many_overlaps() {
         let items: Vec<(Range, u32)> = (0..200u32)
-            .map(|i| ((u128::from(i * 7 % 50), u128::from(i * 7 % 50 + i % 13)), i % 3))
+            .map(|i| {
+                (
+                    (u128::from(i * 7 % 50), u128::from(i * 7 % 50 + i % 13)),
+                    i % 3,
+                )
+            })
             .collect();
         let got = sweep(&items, |p| {
             let mut v: Vec<u32> = p.iter().map(|x| **x).collect();
@@ -187,7 +193,10 @@ mod tests {
         // whose profile contains that item's payload.
         for ((lo, hi), p) in &items {
             for x in *lo..=*hi {
-                let hit: Vec<_> = got.iter().filter(|((a, b), _)| *a <= x && x <= *b).collect();
+                let hit: Vec<_> = got
+                    .iter()
+                    .filter(|((a, b), _)| *a <= x && x <= *b)
+                    .collect();
                 assert_eq!(hit.len(), 1);
                 assert!(hit[0].1.contains(p));
             }

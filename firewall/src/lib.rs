@@ -16,6 +16,10 @@ pub mod render;
 pub mod spec;
 
 pub use error::FirewallError;
-pub use nft::{apply, apply_in, current, current_in, plan, remove, remove_in, FirewallAction, Netns};
+pub use nft::{
+    apply, apply_in, current, current_in, plan, remove, remove_in, FirewallAction, Netns,
+};
 pub use render::{ruleset, ruleset_with_mode, RenderMode, Ruleset};
-pub use spec::{Direction, EtherType, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol, Remote, RuleSpec};
+pub use spec::{
+    Direction, EtherType, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol, Remote, RuleSpec,
+};

@@ -88,13 +88,27 @@ pub fn current() -> Result<Option<String>, FirewallError> {
 /// not exist.
 pub fn current_in(ns: &Netns) -> Result<Option<String>, FirewallError> {
     let tables = run_nft(ns, &["list", "tables"], None, "list tables")?;
-    let has = |family: &str| tables.lines().any(|l| l.trim() == format!("table {family} {TABLE}"));
+    let has = |family: &str| {
+        tables
+            .lines()
+            .any(|l| l.trim() == format!("table {family} {TABLE}"))
+    };
     if !has("bridge") {
         return Ok(None);
     }
-    let mut out = run_nft(ns, &["list", "table", "bridge", TABLE], None, "list bridge table")?;
+    let mut out = run_nft(
+        ns,
+        &["list", "table", "bridge", TABLE],
+        None,
+        "list bridge table",
+    )?;
     if has("inet") {
-        out.push_str(&run_nft(ns, &["list", "table", "inet", TABLE], None, "list inet table")?);
+        out.push_str(&run_nft(
+            ns,
+            &["list", "table", "inet", TABLE],
+            None,
+            "list inet table",
+        )?);
     }
     Ok(Some(out))
 }
@@ -108,7 +122,9 @@ pub fn remove() -> Result<(), FirewallError> {
 pub fn remove_in(ns: &Netns) -> Result<(), FirewallError> {
     let mut tx = String::new();
     for family in ["bridge", "inet"] {
-        tx.push_str(&format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n"));
+        tx.push_str(&format!(
+            "add table {family} {TABLE}\ndelete table {family} {TABLE}\n"
+        ));
     }
     run_nft(ns, &["-f", "-"], Some(&tx), "remove tables")?;
     info!("firewall tables removed");
@@ -127,10 +143,20 @@ fn command(ns: &Netns, program: &str) -> Command {
 }
 
 /// Runs `program args` (in `ns`) with optional stdin; returns stdout.
-fn run(ns: &Netns, program: &str, args: &[&str], input: Option<&str>, what: &'static str) -> Result<String, FirewallError> {
+fn run(
+    ns: &Netns,
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+    what: &'static str,
+) -> Result<String, FirewallError> {
     let mut cmd = command(ns, program);
     cmd.args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     debug!(?cmd, "running");
@@ -153,7 +179,12 @@ fn run(ns: &Netns, program: &str, args: &[&str], input: Option<&str>, what: &'st
     String::from_utf8(output.stdout).map_err(|_| FirewallError::BadOutput { what })
 }
 
-fn run_nft(ns: &Netns, args: &[&str], input: Option<&str>, what: &'static str) -> Result<String, FirewallError> {
+fn run_nft(
+    ns: &Netns,
+    args: &[&str],
+    input: Option<&str>,
+    what: &'static str,
+) -> Result<String, FirewallError> {
     run(ns, "nft", args, input, what)
 }
 
@@ -161,14 +192,18 @@ fn enable_bridge_netfilter(ns: &Netns) -> Result<(), FirewallError> {
     for path in BRIDGE_NF_SYSCTLS {
         match ns {
             Netns::Current => {
-                let value = std::fs::read_to_string(path).map_err(|source| FirewallError::BridgeNetfilter {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                if value.trim() != "1" {
-                    std::fs::write(path, "1\n").map_err(|source| FirewallError::BridgeNetfilter {
+                let value = std::fs::read_to_string(path).map_err(|source| {
+                    FirewallError::BridgeNetfilter {
                         path: path.to_owned(),
                         source,
+                    }
+                })?;
+                if value.trim() != "1" {
+                    std::fs::write(path, "1\n").map_err(|source| {
+                        FirewallError::BridgeNetfilter {
+                            path: path.to_owned(),
+                            source,
+                        }
                     })?;
                     info!(path, "enabled bridge netfilter");
                 }

@@ -24,7 +24,6 @@
 //! Only these three bits of the packet mark are used, and only on traffic of
 //! nubo taps and VXLAN devices.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::compile::{compile, Compiled, GroupSide, PortPolicy, Side, ValidRemote, ValidRule};
@@ -86,7 +85,9 @@ impl Ruleset {
     pub fn transaction(&self) -> String {
         let mut out = String::new();
         for family in ["bridge", "inet"] {
-            out.push_str(&format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n"));
+            out.push_str(&format!(
+                "add table {family} {TABLE}\ndelete table {family} {TABLE}\n"
+            ));
         }
         out.push_str(&self.text);
         out
@@ -150,7 +151,10 @@ impl Out {
     fn chain(&mut self, name: &str, hook: Option<(&str, i32)>, rules: &[String]) {
         self.line(1, &format!("chain {name} {{"));
         if let Some((hook, prio)) = hook {
-            self.line(2, &format!("type filter hook {hook} priority {prio}; policy accept;"));
+            self.line(
+                2,
+                &format!("type filter hook {hook} priority {prio}; policy accept;"),
+            );
         }
         for r in rules {
             self.line(2, r);
@@ -250,7 +254,11 @@ fn bridge_body(c: &Compiled, mode: RenderMode) -> String {
 
     let est = format!("meta mark & {MARK_ESTABLISHED:#010x} == {MARK_ESTABLISHED:#010x} accept");
     let inv = format!("meta mark & {MARK_INVALID:#010x} == {MARK_INVALID:#010x} drop");
-    let mut fwd = vec!["oifname \"vx-*\" jump overlay_guard".to_string(), inv.clone(), est.clone()];
+    let mut fwd = vec![
+        "oifname \"vx-*\" jump overlay_guard".to_string(),
+        inv.clone(),
+        est.clone(),
+    ];
     fwd.extend(vmap("iifname", &secured, &|p| {
         format!("jump {}", PortNames::new(&p.port.port_id).chain("egress"))
     }));
@@ -333,7 +341,11 @@ fn port_sets(out: &mut Out, p: &PortPolicy) {
             out.set(&names.set(dir, fam, "ports"), &ty, true, &elems);
         }
         if !side.proto.is_empty() {
-            let elems: Vec<String> = side.proto.iter().map(|(r, proto)| format!("{} . {proto}", a(r))).collect();
+            let elems: Vec<String> = side
+                .proto
+                .iter()
+                .map(|(r, proto)| format!("{} . {proto}", a(r)))
+                .collect();
             let ty = format!("{} . inet_proto", addr_type(fam));
             out.set(&names.set(dir, fam, "proto"), &ty, true, &elems);
         }
@@ -344,8 +356,11 @@ fn port_sets(out: &mut Out, p: &PortPolicy) {
         for (gid, g) in &side.groups {
             let gname = ident(gid);
             if !g.ports.is_empty() {
-                let elems: Vec<String> =
-                    g.ports.iter().map(|(proto, r)| format!("{proto} . {}", fmt_ports(*r))).collect();
+                let elems: Vec<String> = g
+                    .ports
+                    .iter()
+                    .map(|(proto, r)| format!("{proto} . {}", fmt_ports(*r)))
+                    .collect();
                 out.set(
                     &names.set(dir, fam, &format!("g_{gname}_ports")),
                     "inet_proto . inet_service",
@@ -355,23 +370,41 @@ fn port_sets(out: &mut Out, p: &PortPolicy) {
             }
             if !g.proto.is_empty() {
                 let elems: Vec<String> = g.proto.iter().map(u8::to_string).collect();
-                out.set(&names.set(dir, fam, &format!("g_{gname}_proto")), "inet_proto", false, &elems);
+                out.set(
+                    &names.set(dir, fam, &format!("g_{gname}_proto")),
+                    "inet_proto",
+                    false,
+                    &elems,
+                );
             }
         }
     }
 }
 
 /// Rules matching the allowed traffic of one side, each ending in `verdict`.
-fn side_rules(names: &PortNames, dir: Direction, fam: EtherType, side: &Side, mode: RenderMode, verdict: &str) -> Vec<String> {
+fn side_rules(
+    names: &PortNames,
+    dir: Direction,
+    fam: EtherType,
+    side: &Side,
+    mode: RenderMode,
+    verdict: &str,
+) -> Vec<String> {
     let addr = addr_match(fam, dir);
     let mut rules = Vec::new();
     match mode {
         RenderMode::Sets => {
             if !side.ports.is_empty() {
-                rules.push(format!("{addr} . meta l4proto . th dport @{} {verdict}", names.set(dir, fam, "ports")));
+                rules.push(format!(
+                    "{addr} . meta l4proto . th dport @{} {verdict}",
+                    names.set(dir, fam, "ports")
+                ));
             }
             if !side.proto.is_empty() {
-                rules.push(format!("{addr} . meta l4proto @{} {verdict}", names.set(dir, fam, "proto")));
+                rules.push(format!(
+                    "{addr} . meta l4proto @{} {verdict}",
+                    names.set(dir, fam, "proto")
+                ));
             }
             if !side.any.is_empty() {
                 rules.push(format!("{addr} @{} {verdict}", names.set(dir, fam, "any")));
@@ -389,7 +422,14 @@ fn side_rules(names: &PortNames, dir: Direction, fam: EtherType, side: &Side, mo
     rules
 }
 
-fn group_rules(names: &PortNames, dir: Direction, fam: EtherType, gid: &str, g: &GroupSide, verdict: &str) -> Vec<String> {
+fn group_rules(
+    names: &PortNames,
+    dir: Direction,
+    fam: EtherType,
+    gid: &str,
+    g: &GroupSide,
+    verdict: &str,
+) -> Vec<String> {
     let head = format!("{} @{}", addr_match(fam, dir), group_set(gid, fam));
     let gname = ident(gid);
     let mut rules = Vec::new();
@@ -410,8 +450,12 @@ fn group_rules(names: &PortNames, dir: Direction, fam: EtherType, gid: &str, g: 
 fn linear_rule(dir: Direction, fam: EtherType, rule: &ValidRule, verdict: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     match &rule.remote {
-        ValidRemote::Range(r) => parts.push(format!("{} {}", addr_match(fam, dir), fmt_range(fam, *r))),
-        ValidRemote::Group(g) => parts.push(format!("{} @{}", addr_match(fam, dir), group_set(g, fam))),
+        ValidRemote::Range(r) => {
+            parts.push(format!("{} {}", addr_match(fam, dir), fmt_range(fam, *r)))
+        }
+        ValidRemote::Group(g) => {
+            parts.push(format!("{} @{}", addr_match(fam, dir), group_set(g, fam)))
+        }
     }
     if let Some(proto) = rule.proto {
         parts.push(format!("meta l4proto {proto}"));
@@ -427,8 +471,18 @@ fn port_chains(out: &mut Out, p: &PortPolicy, mode: RenderMode) {
     let names = PortNames::new(&p.port.port_id);
     let port = &p.port;
     let mac = port.mac.to_string();
-    let v4: Vec<String> = port.ips.iter().filter(|ip| ip.is_ipv4()).map(IpAddr::to_string).collect();
-    let mut v6: Vec<String> = port.ips.iter().filter(|ip| ip.is_ipv6()).map(IpAddr::to_string).collect();
+    let v4: Vec<String> = port
+        .ips
+        .iter()
+        .filter(|ip| ip.is_ipv4())
+        .map(IpAddr::to_string)
+        .collect();
+    let mut v6: Vec<String> = port
+        .ips
+        .iter()
+        .filter(|ip| ip.is_ipv6())
+        .map(IpAddr::to_string)
+        .collect();
     v6.push(port.mac.ipv6_link_local().to_string());
     v6.sort();
     v6.dedup();
@@ -443,7 +497,9 @@ fn port_chains(out: &mut Out, p: &PortPolicy, mode: RenderMode) {
     let mut arp_ips = vec![Ipv4Addr::UNSPECIFIED.to_string()];
     arp_ips.extend(v4.iter().cloned());
     spoof.push(format!("arp saddr ip != {} drop", anon_set(&arp_ips)));
-    spoof.push("ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return".to_string());
+    spoof.push(
+        "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return".to_string(),
+    );
     if v4.is_empty() {
         spoof.push("ether type ip drop".to_string());
     } else {
@@ -467,7 +523,14 @@ fn port_chains(out: &mut Out, p: &PortPolicy, mode: RenderMode) {
     ];
     for fam in [EtherType::V4, EtherType::V6] {
         if let Some(side) = p.sides.get(&(Direction::Egress, fam)) {
-            egress.extend(side_rules(&names, Direction::Egress, fam, side, mode, "return"));
+            egress.extend(side_rules(
+                &names,
+                Direction::Egress,
+                fam,
+                side,
+                mode,
+                "return",
+            ));
         }
     }
     egress.push("drop".to_string());
@@ -480,7 +543,14 @@ fn port_chains(out: &mut Out, p: &PortPolicy, mode: RenderMode) {
     ];
     for fam in [EtherType::V4, EtherType::V6] {
         if let Some(side) = p.sides.get(&(Direction::Ingress, fam)) {
-            ingress.extend(side_rules(&names, Direction::Ingress, fam, side, mode, "accept"));
+            ingress.extend(side_rules(
+                &names,
+                Direction::Ingress,
+                fam,
+                side,
+                mode,
+                "accept",
+            ));
         }
     }
     ingress.push("drop".to_string());
@@ -536,10 +606,22 @@ mod tests {
     #[test]
     fn ranges_render_as_prefixes_when_possible() {
         let v4 = |s: &str| u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()));
-        assert_eq!(fmt_range(EtherType::V4, (0, u128::from(u32::MAX))), "0.0.0.0/0");
-        assert_eq!(fmt_range(EtherType::V4, (v4("10.1.0.0"), v4("10.1.255.255"))), "10.1.0.0/16");
-        assert_eq!(fmt_range(EtherType::V4, (v4("10.0.0.7"), v4("10.0.0.7"))), "10.0.0.7");
-        assert_eq!(fmt_range(EtherType::V4, (v4("10.0.0.1"), v4("10.0.0.5"))), "10.0.0.1-10.0.0.5");
+        assert_eq!(
+            fmt_range(EtherType::V4, (0, u128::from(u32::MAX))),
+            "0.0.0.0/0"
+        );
+        assert_eq!(
+            fmt_range(EtherType::V4, (v4("10.1.0.0"), v4("10.1.255.255"))),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            fmt_range(EtherType::V4, (v4("10.0.0.7"), v4("10.0.0.7"))),
+            "10.0.0.7"
+        );
+        assert_eq!(
+            fmt_range(EtherType::V4, (v4("10.0.0.1"), v4("10.0.0.5"))),
+            "10.0.0.1-10.0.0.5"
+        );
         assert_eq!(fmt_range(EtherType::V6, (0, u128::MAX)), "::/0");
     }
 

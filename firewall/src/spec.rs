@@ -189,7 +189,13 @@ mod tests {
 
     #[test]
     fn mac_rejects_garbage() {
-        for bad in ["", "02:ab", "02:ab:00:0c:ff:01:02", "zz:ab:00:0c:ff:01", "2:ab:00:0c:ff:011"] {
+        for bad in [
+            "",
+            "02:ab",
+            "02:ab:00:0c:ff:01:02",
+            "zz:ab:00:0c:ff:01",
+            "2:ab:00:0c:ff:011",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} parsed");
         }
     }

@@ -202,7 +202,10 @@ mod tests {
         table.remove_bridge("nb-1");
         assert_eq!(table.len(), 1);
         assert_eq!(
-            clone.lookup("nb-2", Ipv4Addr::new(10, 0, 0, 5)).unwrap().uuid,
+            clone
+                .lookup("nb-2", Ipv4Addr::new(10, 0, 0, 5))
+                .unwrap()
+                .uuid,
             "c"
         );
     }

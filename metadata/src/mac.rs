@@ -11,7 +11,9 @@ pub struct MacAddr(pub [u8; 6]);
 
 /// A string that is not a MAC address of the form `aa:bb:cc:dd:ee:ff`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a MAC address (expected six hex octets separated by ':', e.g. fa:16:3e:00:00:01)")]
+#[error(
+    "{0:?} is not a MAC address (expected six hex octets separated by ':', e.g. fa:16:3e:00:00:01)"
+)]
 pub struct ParseMacError(pub String);
 
 impl MacAddr {
@@ -92,7 +94,10 @@ mod tests {
 
     #[test]
     fn from_slice_needs_six_bytes() {
-        assert_eq!(MacAddr::from_slice(&[1, 2, 3, 4, 5, 6]), Some(MacAddr([1, 2, 3, 4, 5, 6])));
+        assert_eq!(
+            MacAddr::from_slice(&[1, 2, 3, 4, 5, 6]),
+            Some(MacAddr([1, 2, 3, 4, 5, 6]))
+        );
         assert_eq!(MacAddr::from_slice(&[1, 2, 3, 4, 5]), None);
         assert_eq!(MacAddr::from_slice(&[0; 20]), None);
     }

@@ -169,8 +169,16 @@ mod tests {
 
     #[test]
     fn incomplete_and_failed_entries_are_ignored() {
-        for state in [NeighbourState::Incomplete, NeighbourState::Failed, NeighbourState::None] {
-            assert_eq!(usable_mac(&entry(7, state, IP, &MAC), 7, IP), None, "{state:?}");
+        for state in [
+            NeighbourState::Incomplete,
+            NeighbourState::Failed,
+            NeighbourState::None,
+        ] {
+            assert_eq!(
+                usable_mac(&entry(7, state, IP, &MAC), 7, IP),
+                None,
+                "{state:?}"
+            );
         }
     }
 

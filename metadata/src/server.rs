@@ -130,13 +130,12 @@ impl MetadataServer {
         let std_listener = socket::bind_listener(name, self.config.listen, self.config.backlog)?;
 
         let _runtime = self.runtime.enter();
-        let listener = TcpListener::from_std(std_listener).map_err(|source| {
-            MetadataError::Socket {
+        let listener =
+            TcpListener::from_std(std_listener).map_err(|source| MetadataError::Socket {
                 bridge: name.to_owned(),
                 step: "register with the tokio reactor",
                 source,
-            }
-        })?;
+            })?;
         let (neighbours, netlink) =
             NeighbourResolver::new(ifindex).map_err(|source| MetadataError::Netlink {
                 bridge: name.to_owned(),
@@ -211,7 +210,10 @@ impl MetadataServer {
 
 impl Drop for MetadataServer {
     fn drop(&mut self) {
-        let bridges = self.bridges.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let bridges = self
+            .bridges
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         for task in bridges.values() {
             task.stop.send_replace(true);
         }
@@ -275,7 +277,10 @@ async fn serve_bridge(
     }
     drop(listener);
     let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(config.shutdown_grace, drain).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
         warn!(
             bridge = %context.name,
             remaining = connections.len(),

@@ -67,9 +67,11 @@ pub(crate) fn bind_listener(
             source,
         }
     };
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
-        .map_err(step("socket"))?;
-    socket.set_reuse_address(true).map_err(step("SO_REUSEADDR"))?;
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(step("socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(step("SO_REUSEADDR"))?;
     socket.set_freebind_v4(true).map_err(step("IP_FREEBIND"))?;
     socket
         .bind_device(Some(bridge.as_bytes()))
@@ -89,7 +91,16 @@ mod tests {
         for good in ["nb-1", "br0", "nb-16777215", "a"] {
             assert!(validate_ifname(good).is_ok(), "{good}");
         }
-        for bad in ["", "a/b", "a:b", "a b", "sixteen-chars-xx", ".", "..", "a\0b"] {
+        for bad in [
+            "",
+            "a/b",
+            "a:b",
+            "a b",
+            "sixteen-chars-xx",
+            ".",
+            "..",
+            "a\0b",
+        ] {
             assert!(validate_ifname(bad).is_err(), "{bad:?}");
         }
     }
@@ -97,6 +108,9 @@ mod tests {
     #[test]
     fn missing_interface_is_reported() {
         let err = ifindex("nbt-nonexist0").unwrap_err();
-        assert!(matches!(err, MetadataError::NoSuchInterface { .. }), "{err}");
+        assert!(
+            matches!(err, MetadataError::NoSuchInterface { .. }),
+            "{err}"
+        );
     }
 }

@@ -23,6 +23,9 @@ pub enum OverlayError {
     /// A link that an operation needs does not exist.
     #[error("network interface {0:?} does not exist")]
     NoSuchLink(String),
+    /// A link with this name already exists.
+    #[error("network interface {0:?} already exists")]
+    LinkExists(String),
     /// An interface name is empty, too long (> 15 bytes) or contains `/`,
     /// whitespace or NUL.
     #[error("invalid interface name {0:?}: must be 1-15 bytes without '/', whitespace or NUL")]
@@ -68,10 +71,7 @@ impl OverlayError {
     /// The kernel's errno if this is a netlink error reply.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            OverlayError::Netlink {
-                source: rtnetlink::Error::NetlinkError(msg),
-                ..
-            } => msg.code.map(|c| -c.get()),
+            OverlayError::Netlink { source, .. } => crate::netlink::netlink_errno(source),
             OverlayError::Sys { source, .. } => source.raw_os_error(),
             _ => None,
         }

@@ -19,6 +19,8 @@
 //! All netlink traffic goes through one [`Netlink`] handle, whose socket lives
 //! in the network namespace of the thread that created it.
 
+#![warn(missing_docs)]
+
 mod error;
 mod guest;
 mod mac;
@@ -31,7 +33,7 @@ mod spec;
 mod tap;
 
 pub use error::{ActionFailure, ApplyError, OverlayError};
-pub use guest::{list_netns_guests, netns_guest_exists, GUEST_IFNAME};
+pub use guest::{delete_netns_guest, list_netns_guests, netns_guest_exists, GUEST_IFNAME};
 pub use mac::{MacAddr, MacParseError};
 pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, tap_name, vxlan_name};
 pub use netlink::Netlink;
@@ -39,6 +41,6 @@ pub use netns::run_in_netns;
 pub use observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 pub use plan::{plan, OverlayAction};
 pub use spec::{
-    network_mtu, FdbEntry, LocalPort, NetworkSpec, OverlaySpec, METADATA_ADDR,
-    METADATA_PREFIX_LEN, VXLAN_PORT,
+    network_mtu, FdbEntry, LocalPort, NetworkSpec, OverlaySpec, METADATA_ADDR, METADATA_PREFIX_LEN,
+    VXLAN_PORT,
 };

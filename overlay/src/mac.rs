@@ -9,7 +9,9 @@ pub struct MacAddr(pub [u8; 6]);
 
 /// Why a string could not be parsed as a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address {input:?}: expected six colon-separated hex bytes like 02:00:00:aa:bb:cc")]
+#[error(
+    "invalid MAC address {input:?}: expected six colon-separated hex bytes like 02:00:00:aa:bb:cc"
+)]
 pub struct MacParseError {
     /// The rejected input.
     pub input: String,
@@ -83,7 +85,13 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "02:ab:cd:00:01", "02:ab:cd:00:01:ff:00", "2:ab:cd:00:01:ff", "zz:ab:cd:00:01:ff"] {
+        for bad in [
+            "",
+            "02:ab:cd:00:01",
+            "02:ab:cd:00:01:ff:00",
+            "2:ab:cd:00:01:ff",
+            "zz:ab:cd:00:01:ff",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} accepted");
         }
     }

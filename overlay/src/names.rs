@@ -64,7 +64,16 @@ mod tests {
 
     #[test]
     fn foreign_names_are_not_ours() {
-        for name in ["nb-", "nb-01", "nb-x", "nb-+1", "nb-1a", "vx-5", "br-5", "nb-99999999999"] {
+        for name in [
+            "nb-",
+            "nb-01",
+            "nb-x",
+            "nb-+1",
+            "nb-1a",
+            "vx-5",
+            "br-5",
+            "nb-99999999999",
+        ] {
             assert_eq!(parse_bridge_name(name), None, "{name}");
         }
         assert_eq!(parse_vxlan_name("nb-5"), None);

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
     NLM_F_REQUEST,
@@ -69,8 +69,7 @@ impl Netlink {
     /// the remote FDB entries of the `vx-*` devices.
     pub async fn observe(&self) -> Result<ObservedOverlay, OverlayError> {
         let links = self.links().await?;
-        let names: HashMap<u32, String> =
-            links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
         let mut addresses = self.addresses().await?;
         let mut fdb = self.vxlan_fdb().await?;
         let mut obs = ObservedOverlay::default();
@@ -170,7 +169,9 @@ impl Netlink {
             OverlayAction::CreateBridge { vni, mtu, mac } => {
                 let name = bridge_name(*vni);
                 info!(vni, %name, mtu, %mac, "creating bridge");
-                let msg = LinkBridge::new(&name).address(mac.octets().to_vec()).build();
+                let msg = LinkBridge::new(&name)
+                    .address(mac.octets().to_vec())
+                    .build();
                 self.handle
                     .link()
                     .add(msg)
@@ -184,9 +185,7 @@ impl Netlink {
             OverlayAction::CreateVxlan { vni, local, mtu } => {
                 let name = vxlan_name(*vni);
                 info!(vni, %name, %local, mtu, "creating vxlan device");
-                let builder = LinkVxlan::new(&name, *vni)
-                    .port(VXLAN_PORT)
-                    .learning(false);
+                let builder = LinkVxlan::new(&name, *vni).port(VXLAN_PORT).learning(false);
                 let builder = match local {
                     IpAddr::V4(a) => builder.local(*a),
                     IpAddr::V6(a) => builder.local6(*a),
@@ -382,16 +381,17 @@ impl Netlink {
     /// device's own forwarding database, by device index.
     async fn vxlan_fdb(&self) -> Result<HashMap<u32, BTreeSet<FdbEntry>>, OverlayError> {
         let mut out: HashMap<u32, BTreeSet<FdbEntry>> = HashMap::new();
-        let stream = self
+        let mut stream = self
             .handle
             .neighbours()
             .get()
             .set_address_family(AddressFamily::Bridge)
             .execute();
-        let entries = collect_stream(stream)
+        while let Some(msg) = stream
+            .try_next()
             .await
-            .map_err(|e| OverlayError::netlink("dump bridge forwarding databases", e))?;
-        for msg in entries {
+            .map_err(|e| OverlayError::netlink("dump bridge forwarding databases", e))?
+        {
             if let Some(entry) = fdb_entry(&msg) {
                 out.entry(msg.header.ifindex).or_default().insert(entry);
             }
@@ -458,12 +458,6 @@ impl Netlink {
     }
 }
 
-async fn collect_stream<T>(
-    stream: impl Stream<Item = Result<T, rtnetlink::Error>>,
-) -> Result<Vec<T>, rtnetlink::Error> {
-    stream.try_collect().await
-}
-
 /// The positive errno of a netlink error reply.
 pub(crate) fn netlink_errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -478,10 +472,13 @@ fn fdb_message(index: u32, entry: &FdbEntry) -> NeighbourMessage {
     msg.header.ifindex = index;
     msg.header.state = NeighbourState::Permanent;
     msg.header.flags = NeighbourFlags::Own;
+    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(
+        entry.mac.octets().to_vec(),
+    ));
     msg.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(entry.mac.octets().to_vec()));
-    msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::from(entry.dst)));
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(
+            entry.dst,
+        )));
     msg
 }
 
@@ -573,9 +570,9 @@ mod tests {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Other(vec![
-                10, 99, 0, 2,
-            ])));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Other(
+                vec![10, 99, 0, 2],
+            )));
         assert_eq!(
             fdb_entry(&msg),
             Some(FdbEntry {

@@ -157,11 +157,17 @@ fn desired_networks(spec: &OverlaySpec) -> BTreeMap<u32, DesiredNetwork> {
     let mut by_vni: BTreeMap<u32, &crate::spec::NetworkSpec> = BTreeMap::new();
     for net in &spec.networks {
         if net.vni == 0 || net.vni > MAX_VNI {
-            warn!(vni = net.vni, "ignoring network with a VNI outside 1..=16777215");
+            warn!(
+                vni = net.vni,
+                "ignoring network with a VNI outside 1..=16777215"
+            );
             continue;
         }
         if by_vni.contains_key(&net.vni) {
-            warn!(vni = net.vni, "ignoring network listed twice in the overlay spec");
+            warn!(
+                vni = net.vni,
+                "ignoring network listed twice in the overlay spec"
+            );
             continue;
         }
         by_vni.insert(net.vni, net);
@@ -324,8 +330,7 @@ fn plan_ports(
 ) {
     let bridge = bridge_name(vni);
     for (name, port) in ports {
-        if port.master.as_deref() == Some(bridge.as_str()) && !wanted_taps.contains(name.as_str())
-        {
+        if port.master.as_deref() == Some(bridge.as_str()) && !wanted_taps.contains(name.as_str()) {
             actions.push(OverlayAction::Detach { link: name.clone() });
         }
     }

@@ -134,25 +134,102 @@ impl Etcd {
 
     /// Runs `etcdctl` against this server and returns stdout.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
-            .args(args)
-            .output()
-            .context("running etcdctl (is Debian's etcd-client installed?)")?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        etcdctl(&self.endpoint(), args)
+    }
+
+    /// Every key under `prefix` with its raw value, in key order.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        get_prefix(&self.endpoint(), prefix)
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(get_prefix_impl(&self.endpoint(), key, false)?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v))
     }
 
     /// A connected etcd client.
     pub async fn client(&self) -> Result<etcd_client::Client> {
         Ok(etcd_client::Client::connect([self.endpoint()], None).await?)
     }
+}
+
+/// Runs `etcdctl` (API v3) against `endpoints` (comma-separated URLs) and
+/// returns stdout; fails with its stderr.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .output()
+        .context("running etcdctl (is Debian's etcd-client installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Every key under `prefix` with its raw value, read with `etcdctl -w json`
+/// (so values with newlines or binary bytes come back intact).
+pub fn get_prefix(endpoints: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    get_prefix_impl(endpoints, prefix, true)
+}
+
+fn get_prefix_impl(endpoints: &str, key: &str, prefix: bool) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut args = vec!["get", key, "-w", "json"];
+    if prefix {
+        args.push("--prefix");
+    }
+    let out = etcdctl(endpoints, &args)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("etcdctl json output: {out}"))?;
+    let mut kvs = Vec::new();
+    for kv in v
+        .get("kvs")
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let field = |name: &str| -> Result<Vec<u8>> {
+            base64_decode(kv.get(name).and_then(|x| x.as_str()).unwrap_or(""))
+        };
+        kvs.push((
+            String::from_utf8_lossy(&field("key")?).into_owned(),
+            field("value")?,
+        ));
+    }
+    Ok(kvs)
+}
+
+/// Standard base64 (with padding), as etcdctl's JSON output uses.
+fn base64_decode(s: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => bail!("invalid base64 {s:?}"),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
 }
 
 fn etcd_binary() -> String {
@@ -176,5 +253,22 @@ mod tests {
         assert!(etcd.etcdctl(&["get", "/nbt/k"]).unwrap().contains('v'));
         etcd.restart().unwrap();
         assert!(etcd.etcdctl(&["get", "/nbt/k"]).unwrap().contains('v'));
+        etcd.etcdctl(&["put", "/nbt/k2", "{\"a\":\n1}"]).unwrap();
+        assert_eq!(
+            etcd.get_prefix("/nbt/").unwrap(),
+            vec![
+                ("/nbt/k".to_string(), b"v".to_vec()),
+                ("/nbt/k2".to_string(), b"{\"a\":\n1}".to_vec())
+            ]
+        );
+        assert_eq!(etcd.get("/nbt/k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(etcd.get("/nbt/none").unwrap(), None);
+    }
+
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("L251Ym8vdjEv").unwrap(), b"/nubo/v1/");
+        assert_eq!(base64_decode("").unwrap(), b"");
     }
 }

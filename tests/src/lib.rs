@@ -1,8 +1,31 @@
 //! Test harness for nubo: starts real daemons (etcd, coordinators, agents) as
 //! child processes in temporary directories, and cleans everything up on drop,
 //! even when a test panics.
+//!
+//! - [`bin_path`] finds the workspace binaries (`cargo build --bins` first);
+//! - [`Etcd`], [`Coordinator`], [`Agent`] guard one process each (SIGKILL by
+//!   pid on drop) and fail to start with the tail of the daemon's log;
+//! - [`Cli`] runs `nubo -f json …`;
+//! - [`Cluster`] is etcd + N coordinators + M fake agents;
+//! - [`Underlay`] and [`Host`] simulate hypervisors as network namespaces;
+//! - [`wait_until`] / [`wait_for`] poll with a deadline.
 
+pub mod agent;
+pub mod cli;
+pub mod cluster;
+pub mod coordinator;
 pub mod etcd;
+pub mod http;
+pub mod netns;
 pub mod ports;
+pub mod process;
+pub mod wait;
 
+pub use agent::{Agent, AgentOpts};
+pub use cli::{list_items, Cli, CliOutput};
+pub use cluster::{Cluster, ClusterBuilder};
+pub use coordinator::{Coordinator, CoordinatorOpts};
 pub use etcd::Etcd;
+pub use netns::{Host, Underlay};
+pub use process::{bin_path, pid_alive, Daemon};
+pub use wait::{wait_for, wait_until};

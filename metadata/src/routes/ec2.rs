@@ -3,7 +3,7 @@
 
 use axum::extract::{Extension, Path};
 use axum::http::{header::HeaderName, HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::{listing, not_found, text, user_data, Caller};
 use crate::instance::InstanceMeta;
@@ -13,7 +13,8 @@ use crate::instance::InstanceMeta;
 /// extended (network interfaces) tree of newer versions.
 pub const EC2_VERSIONS: &[&str] = &["2009-04-04"];
 
-const TOKEN_TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+const TOKEN_TTL_HEADER: HeaderName =
+    HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
 const MAX_TOKEN_TTL_SECONDS: u32 = 21_600;
 
 fn is_version(version: &str) -> bool {

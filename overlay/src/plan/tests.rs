@@ -74,7 +74,11 @@ fn converged(spec: &OverlaySpec) -> ObservedOverlay {
                 dst: *v,
             })
             .collect();
-        fdb.extend(n.remote_macs.iter().map(|(m, v)| FdbEntry { mac: *m, dst: *v }));
+        fdb.extend(
+            n.remote_macs
+                .iter()
+                .map(|(m, v)| FdbEntry { mac: *m, dst: *v }),
+        );
         obs.vxlans.insert(
             n.vni,
             ObservedVxlan {
@@ -104,7 +108,12 @@ fn converged(spec: &OverlaySpec) -> ObservedOverlay {
 
 fn two_networks() -> OverlaySpec {
     spec(vec![
-        net(100, &["tapa", "tapb"], &[PEER, PEER2], &[("02:00:00:00:00:aa", PEER)]),
+        net(
+            100,
+            &["tapa", "tapb"],
+            &[PEER, PEER2],
+            &[("02:00:00:00:00:aa", PEER)],
+        ),
         net(200, &["tapc"], &[PEER], &[]),
     ])
 }
@@ -122,7 +131,12 @@ fn converged_node_gives_empty_plan() {
 
 #[test]
 fn builds_network_from_scratch_in_order() {
-    let s = spec(vec![net(7, &["tap1"], &[PEER], &[("02:00:00:00:00:aa", PEER)])]);
+    let s = spec(vec![net(
+        7,
+        &["tap1"],
+        &[PEER],
+        &[("02:00:00:00:00:aa", PEER)],
+    )]);
     let mut obs = ObservedOverlay::default();
     obs.ports.insert("tap1".into(), port(None, 1500, false));
     let actions = plan(&s, &obs);
@@ -137,7 +151,9 @@ fn builds_network_from_scratch_in_order() {
             addr: ip("169.254.169.254"),
             prefix_len: 32,
         },
-        OverlayAction::SetUp { link: "nb-7".into() },
+        OverlayAction::SetUp {
+            link: "nb-7".into(),
+        },
         OverlayAction::CreateVxlan {
             vni: 7,
             local: ip(LOCAL),
@@ -147,7 +163,9 @@ fn builds_network_from_scratch_in_order() {
             link: "vx-7".into(),
             master: "nb-7".into(),
         },
-        OverlayAction::SetUp { link: "vx-7".into() },
+        OverlayAction::SetUp {
+            link: "vx-7".into(),
+        },
         OverlayAction::AddFdb {
             vni: 7,
             entry: FdbEntry {
@@ -170,7 +188,9 @@ fn builds_network_from_scratch_in_order() {
             link: "tap1".into(),
             master: "nb-7".into(),
         },
-        OverlayAction::SetUp { link: "tap1".into() },
+        OverlayAction::SetUp {
+            link: "tap1".into(),
+        },
     ];
     assert_eq!(actions, expected);
 }
@@ -244,9 +264,15 @@ fn last_port_leaving_deletes_the_network() {
     let obs = converged(&before);
     let mut after = before.clone();
     after.networks[1].ports.clear();
-    assert_eq!(plan(&after, &obs), vec![OverlayAction::DeleteNetwork { vni: 200 }]);
+    assert_eq!(
+        plan(&after, &obs),
+        vec![OverlayAction::DeleteNetwork { vni: 200 }]
+    );
     after.networks.remove(1);
-    assert_eq!(plan(&after, &obs), vec![OverlayAction::DeleteNetwork { vni: 200 }]);
+    assert_eq!(
+        plan(&after, &obs),
+        vec![OverlayAction::DeleteNetwork { vni: 200 }]
+    );
 }
 
 #[test]
@@ -273,7 +299,10 @@ fn underlay_mtu_change_resizes_bridge_vxlan_and_ports() {
         link: link.into(),
         mtu: 8950,
     };
-    assert_eq!(plan(&after, &obs), vec![set("nb-5"), set("vx-5"), set("tapx")]);
+    assert_eq!(
+        plan(&after, &obs),
+        vec![set("nb-5"), set("vx-5"), set("tapx")]
+    );
 }
 
 #[test]
@@ -286,7 +315,9 @@ fn vxlan_with_wrong_local_ip_is_recreated() {
     assert_eq!(
         plan(&s, &obs),
         vec![
-            OverlayAction::DeleteLink { name: "vx-9".into() },
+            OverlayAction::DeleteLink {
+                name: "vx-9".into()
+            },
             OverlayAction::CreateVxlan {
                 vni: 9,
                 local: ip(LOCAL),
@@ -296,7 +327,9 @@ fn vxlan_with_wrong_local_ip_is_recreated() {
                 link: "vx-9".into(),
                 master: "nb-9".into()
             },
-            OverlayAction::SetUp { link: "vx-9".into() },
+            OverlayAction::SetUp {
+                link: "vx-9".into()
+            },
             OverlayAction::AddFdb {
                 vni: 9,
                 entry: FdbEntry {
@@ -325,9 +358,14 @@ fn vxlan_with_learning_or_group_or_port_is_recreated() {
         let actions = plan(&s, &obs);
         assert_eq!(
             actions.first(),
-            Some(&OverlayAction::DeleteLink { name: "vx-9".into() })
+            Some(&OverlayAction::DeleteLink {
+                name: "vx-9".into()
+            })
         );
-        assert!(matches!(actions.get(1), Some(OverlayAction::CreateVxlan { vni: 9, .. })));
+        assert!(matches!(
+            actions.get(1),
+            Some(OverlayAction::CreateVxlan { vni: 9, .. })
+        ));
     }
 }
 
@@ -339,8 +377,16 @@ fn non_bridge_named_like_a_bridge_is_recreated() {
         b.kind = LinkKind::Other("dummy".into());
     }
     let actions = plan(&s, &obs);
-    assert_eq!(actions[0], OverlayAction::DeleteLink { name: "nb-3".into() });
-    assert!(matches!(actions[1], OverlayAction::CreateBridge { vni: 3, .. }));
+    assert_eq!(
+        actions[0],
+        OverlayAction::DeleteLink {
+            name: "nb-3".into()
+        }
+    );
+    assert!(matches!(
+        actions[1],
+        OverlayAction::CreateBridge { vni: 3, .. }
+    ));
     assert!(actions.contains(&OverlayAction::AddAddress {
         link: "nb-3".into(),
         addr: ip("169.254.169.254"),
@@ -364,7 +410,9 @@ fn missing_address_and_down_bridge_are_fixed() {
                 addr: ip("169.254.169.254"),
                 prefix_len: 32
             },
-            OverlayAction::SetUp { link: "nb-3".into() },
+            OverlayAction::SetUp {
+                link: "nb-3".into()
+            },
         ]
     );
 }
@@ -422,7 +470,12 @@ fn stray_port_is_detached_but_moving_port_is_not() {
 #[test]
 fn own_vtep_and_invalid_input_are_ignored() {
     let mut s = spec(vec![
-        net(1, &["tapa"], &[LOCAL, PEER], &[("02:00:00:00:00:01", LOCAL)]),
+        net(
+            1,
+            &["tapa"],
+            &[LOCAL, PEER],
+            &[("02:00:00:00:00:01", LOCAL)],
+        ),
         net(0, &["tapzero"], &[], &[]),
         net(1 << 24, &["tapbig"], &[], &[]),
         net(2, &["tapa"], &[], &[]),
@@ -456,7 +509,8 @@ fn duplicate_remote_mac_keeps_last() {
         &[("02:00:00:00:00:aa", PEER), ("02:00:00:00:00:aa", PEER2)],
     )]);
     let mut obs = converged(&spec(vec![net(6, &["tapm"], &[], &[])]));
-    obs.ports.insert("tapm".into(), port(Some("nb-6"), 1450, true));
+    obs.ports
+        .insert("tapm".into(), port(Some("nb-6"), 1450, true));
     assert_eq!(
         plan(&s, &obs),
         vec![OverlayAction::AddFdb {

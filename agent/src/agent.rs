@@ -1,0 +1,158 @@
+//! Wiring: registration, the etcd mirror and the reconcile loop, until
+//! shutdown.
+//!
+//! On shutdown the agent simply stops: instances keep running and the
+//! liveness lease is not revoked (the node shows dead after the TTL), so a
+//! restart is indistinguishable from a short hiccup and touches nothing.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::compute::Compute;
+use crate::config::{AgentConfig, DriverKind};
+use crate::desired;
+use crate::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError};
+use crate::mirror::{Mirror, MirrorHandle};
+use crate::reconciler::{reconcile_all, Subsystem};
+use crate::registration::Liveness;
+use crate::store::{self, StoreError};
+
+/// Quiet period after a change before reconciling (coalesces bursts).
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Delay before retrying after a subsystem failed.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+/// The agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The hypervisor driver could not be opened.
+    #[error("hypervisor: {0}")]
+    Hypervisor(#[from] HypervisorError),
+    /// The etcd client could not be built (bad endpoint URL).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens the driver selected by `cfg.driver`.
+pub fn open_driver(cfg: &AgentConfig) -> Result<Arc<dyn Hypervisor>, HypervisorError> {
+    match cfg.driver {
+        DriverKind::Fake => Ok(Arc::new(FakeHypervisor::open(
+            &cfg.state_dir,
+            cfg.fake_boot,
+        )?)),
+        DriverKind::Netns => Err(HypervisorError::Unavailable("netns")),
+        DriverKind::Libvirt => Err(HypervisorError::Unavailable("libvirt")),
+    }
+}
+
+/// Runs the agent with the driver from the configuration until `shutdown`
+/// completes.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let hv = open_driver(&cfg)?;
+    run_with_hypervisor(cfg, hv, shutdown).await
+}
+
+/// Runs the agent on the given hypervisor until `shutdown` completes. Only
+/// a malformed configuration makes it return an error: etcd outages are
+/// waited out.
+pub async fn run_with_hypervisor(
+    cfg: AgentConfig,
+    hv: Arc<dyn Hypervisor>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let span = info_span!("agent", node = %cfg.node);
+    async move {
+        info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
+        let client = store::connect(&cfg.etcd_endpoints).await?;
+        let (mirror, handle) = Mirror::new(client.clone());
+        let (registered_tx, registered) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(mirror.run().in_current_span());
+        tasks.spawn(
+            Liveness::new(client.clone(), cfg.clone(), registered_tx)
+                .run()
+                .in_current_span(),
+        );
+        // Subsystems run in this order on every pass. Network, firewall,
+        // DHCP and metadata reconcilers are appended here (after compute,
+        // skipped with `--no-network`); see `reconciler` module docs.
+        let subsystems: Vec<Box<dyn Subsystem>> =
+            vec![Box::new(Compute::new(cfg.node.clone(), hv, client))];
+        tokio::select! {
+            () = shutdown => info!("shutdown requested; leaving instances running"),
+            () = reconcile_loop(&cfg, handle, registered, subsystems) => {}
+        }
+        tasks.shutdown().await;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reconcile_loop(
+    cfg: &AgentConfig,
+    mut handle: MirrorHandle,
+    mut registered: watch::Receiver<bool>,
+    mut subsystems: Vec<Box<dyn Subsystem>>,
+) {
+    // Never reconcile from an empty cache: that would destroy everything.
+    if handle.synced.wait_for(|s| *s).await.is_err() {
+        return;
+    }
+    let mut ready = false;
+    loop {
+        handle.changes.borrow_and_update();
+        let desired = {
+            let cache = handle.cache.read().await;
+            desired::build(&cache, &cfg.node, cfg.underlay_mtu)
+        };
+        let span = info_span!("reconcile", revision = desired.revision);
+        let outcome = reconcile_all(&mut subsystems, &desired)
+            .instrument(span)
+            .await;
+        if outcome.actions > 0 {
+            info!(actions = outcome.actions, "reconcile pass done");
+        }
+        let next_periodic = Instant::now()
+            + if outcome.failures > 0 {
+                RETRY_AFTER_FAILURE
+            } else {
+                cfg.resync_interval
+            };
+        loop {
+            if !ready && *registered.borrow() {
+                ready = true;
+                info!("nubo-agent ready node={}", cfg.node);
+                match crate::notify::ready() {
+                    Ok(true) => info!("systemd notified (READY=1)"),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "systemd notification failed"),
+                }
+            }
+            tokio::select! {
+                r = handle.changes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    break;
+                }
+                () = tokio::time::sleep_until(next_periodic) => break,
+                r = registered.changed(), if !ready => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Agent configuration: a TOML file (`/etc/nubo/agent.toml` by default)
+//! overridden field by field by the command-line flags of
+//! `docs/CONTRACTS.md`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use nubo_common::NodeName;
+use serde::Deserialize;
+
+/// Default location of the configuration file (used only when it exists).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nubo/agent.toml";
+/// Default etcd endpoint.
+pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+
+/// The configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// Which hypervisor driver runs instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// In-memory driver persisted to `<state-dir>/fake-hypervisor.json`.
+    Fake,
+    /// Network-namespace guests (not implemented yet).
+    Netns,
+    /// libvirt/QEMU (not implemented yet).
+    Libvirt,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Command-line flags (see `docs/CONTRACTS.md`). Every flag overrides the
+/// corresponding field of the configuration file.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "nubo-agent", version, about = "nubo per-hypervisor agent")]
+pub struct Cli {
+    /// TOML configuration file (default /etc/nubo/agent.toml if it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// etcd endpoints, comma separated.
+    #[arg(long, env = "NUBO_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Node name (default: hostname).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Underlay (VTEP) address (default 127.0.0.1).
+    #[arg(long)]
+    pub underlay_ip: Option<IpAddr>,
+    /// Underlay MTU (default 1500).
+    #[arg(long)]
+    pub underlay_mtu: Option<u16>,
+    /// Availability zone (default "nova").
+    #[arg(long)]
+    pub availability_zone: Option<String>,
+    /// Node label `k=v` (repeatable; added to the file's labels).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Hypervisor driver (default libvirt).
+    #[arg(long, value_enum)]
+    pub driver: Option<DriverKind>,
+    /// TTL of the liveness lease, in seconds (default 5).
+    #[arg(long)]
+    pub lease_ttl: Option<u64>,
+    /// Capacity override: vCPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Capacity override: memory in MiB.
+    #[arg(long)]
+    pub ram_mb: Option<u64>,
+    /// Capacity override: disk in GiB.
+    #[arg(long)]
+    pub disk_gb: Option<u64>,
+    /// State directory (default /var/lib/nubo).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Fake driver: simulated boot time in milliseconds (default 0).
+    #[arg(long)]
+    pub fake_boot_ms: Option<u64>,
+    /// netns driver: guest namespace name prefix (default "nubo-").
+    #[arg(long)]
+    pub netns_prefix: Option<String>,
+    /// Do not run the network reconcilers.
+    #[arg(long)]
+    pub no_network: bool,
+    /// Log format (default text).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration file. Field names are the flag names with `_`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// etcd endpoints.
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Node name.
+    pub node: Option<String>,
+    /// Underlay address.
+    pub underlay_ip: Option<IpAddr>,
+    /// Underlay MTU.
+    pub underlay_mtu: Option<u16>,
+    /// Availability zone.
+    pub availability_zone: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Driver.
+    pub driver: Option<DriverKind>,
+    /// Lease TTL in seconds.
+    pub lease_ttl: Option<u64>,
+    /// Capacity override: vCPUs.
+    pub vcpus: Option<u32>,
+    /// Capacity override: MiB.
+    pub ram_mb: Option<u64>,
+    /// Capacity override: GiB.
+    pub disk_gb: Option<u64>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Fake boot time in ms.
+    pub fake_boot_ms: Option<u64>,
+    /// netns guest prefix.
+    pub netns_prefix: Option<String>,
+    /// Disable network reconcilers.
+    #[serde(default)]
+    pub no_network: bool,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    /// Parses a configuration file's text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Reads `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// Capacity overrides; `None` components come from `sysinfo`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapacityOverride {
+    /// vCPUs.
+    pub vcpus: Option<u32>,
+    /// Memory in MiB.
+    pub ram_mb: Option<u64>,
+    /// Disk in GiB.
+    pub disk_gb: Option<u64>,
+}
+
+/// The resolved agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// etcd endpoints (at least one).
+    pub etcd_endpoints: Vec<String>,
+    /// This node's name.
+    pub node: NodeName,
+    /// Underlay (VTEP) address.
+    pub underlay_ip: IpAddr,
+    /// Underlay MTU.
+    pub underlay_mtu: u16,
+    /// Availability zone.
+    pub availability_zone: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Hypervisor driver.
+    pub driver: DriverKind,
+    /// Liveness lease TTL.
+    pub lease_ttl: Duration,
+    /// Capacity overrides.
+    pub capacity: CapacityOverride,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Fake driver boot time.
+    pub fake_boot: Duration,
+    /// netns guest prefix.
+    pub netns_prefix: String,
+    /// Network reconcilers disabled.
+    pub no_network: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Period of the safety-net reconcile (not a flag; 30 s).
+    pub resync_interval: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with every default and the given node and endpoints
+    /// (handy for tests and embedding).
+    pub fn new(node: NodeName, etcd_endpoints: Vec<String>) -> Self {
+        Self {
+            etcd_endpoints,
+            node,
+            underlay_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            underlay_mtu: 1500,
+            availability_zone: "nova".into(),
+            labels: BTreeMap::new(),
+            driver: DriverKind::Libvirt,
+            lease_ttl: Duration::from_secs(5),
+            capacity: CapacityOverride::default(),
+            state_dir: PathBuf::from("/var/lib/nubo"),
+            fake_boot: Duration::ZERO,
+            netns_prefix: "nubo-".into(),
+            no_network: false,
+            log_format: LogFormat::Text,
+            resync_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// Loads the file named by `--config` (or the default path if it exists)
+    /// and applies the flags on top.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => FileConfig::read(p)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                FileConfig::read(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(file, cli)
+    }
+
+    /// Merges a parsed file and the flags (flags win).
+    pub fn merge(file: FileConfig, cli: &Cli) -> Result<Self, ConfigError> {
+        let node_name = match cli.node.clone().or(file.node) {
+            Some(n) => n,
+            None => sysinfo::System::host_name().ok_or_else(|| ConfigError::Invalid {
+                field: "node",
+                reason: "no --node given and the hostname is unknown".into(),
+            })?,
+        };
+        let node = NodeName::new(node_name).map_err(|e| ConfigError::Invalid {
+            field: "node",
+            reason: e.to_string(),
+        })?;
+        let etcd_endpoints: Vec<String> = cli
+            .etcd_endpoints
+            .clone()
+            .or(file.etcd_endpoints)
+            .unwrap_or_else(|| vec![DEFAULT_ETCD_ENDPOINT.into()])
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if etcd_endpoints.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "etcd_endpoints",
+                reason: "at least one endpoint is required".into(),
+            });
+        }
+        let mut labels = file.labels;
+        for l in &cli.labels {
+            let (k, v) = l.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                field: "label",
+                reason: format!("{l:?} is not k=v"),
+            })?;
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let lease_secs = cli.lease_ttl.or(file.lease_ttl).unwrap_or(5);
+        if lease_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "lease_ttl",
+                reason: "must be at least 1 second".into(),
+            });
+        }
+        let mut cfg = Self::new(node, etcd_endpoints);
+        cfg.underlay_ip = cli
+            .underlay_ip
+            .or(file.underlay_ip)
+            .unwrap_or(cfg.underlay_ip);
+        cfg.underlay_mtu = cli
+            .underlay_mtu
+            .or(file.underlay_mtu)
+            .unwrap_or(cfg.underlay_mtu);
+        cfg.availability_zone = cli
+            .availability_zone
+            .clone()
+            .or(file.availability_zone)
+            .unwrap_or(cfg.availability_zone);
+        cfg.labels = labels;
+        cfg.driver = cli.driver.or(file.driver).unwrap_or(cfg.driver);
+        cfg.lease_ttl = Duration::from_secs(lease_secs);
+        cfg.capacity = CapacityOverride {
+            vcpus: cli.vcpus.or(file.vcpus),
+            ram_mb: cli.ram_mb.or(file.ram_mb),
+            disk_gb: cli.disk_gb.or(file.disk_gb),
+        };
+        cfg.state_dir = cli
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or(cfg.state_dir);
+        cfg.fake_boot = Duration::from_millis(cli.fake_boot_ms.or(file.fake_boot_ms).unwrap_or(0));
+        cfg.netns_prefix = cli
+            .netns_prefix
+            .clone()
+            .or(file.netns_prefix)
+            .unwrap_or(cfg.netns_prefix);
+        cfg.no_network = cli.no_network || file.no_network;
+        cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["nubo-agent"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse(
+            r#"
+            etcd_endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+            node = "from-file"
+            underlay_ip = "10.1.0.5"
+            availability_zone = "az1"
+            labels = { rack = "r1", ssd = "yes" }
+            driver = "fake"
+            lease_ttl = 9
+            state_dir = "/srv/nubo"
+            "#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = AgentConfig::merge(
+            file,
+            &cli(&[
+                "--node",
+                "from-flag",
+                "--label",
+                "rack=r2",
+                "--lease-ttl",
+                "3",
+                "--vcpus",
+                "7",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.node.as_str(), "from-flag");
+        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert_eq!(c.underlay_ip.to_string(), "10.1.0.5");
+        assert_eq!(c.availability_zone, "az1");
+        assert_eq!(c.labels["rack"], "r2");
+        assert_eq!(c.labels["ssd"], "yes");
+        assert_eq!(c.driver, DriverKind::Fake);
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.capacity.vcpus, Some(7));
+        assert_eq!(c.capacity.ram_mb, None);
+        assert_eq!(c.state_dir, PathBuf::from("/srv/nubo"));
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.underlay_ip.to_string(), "127.0.0.1");
+        assert_eq!(c.underlay_mtu, 1500);
+        assert_eq!(c.availability_zone, "nova");
+        assert_eq!(c.driver, DriverKind::Libvirt);
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/nubo"));
+        assert_eq!(c.netns_prefix, "nubo-");
+    }
+
+    #[test]
+    fn comma_separated_endpoints_and_bad_values() {
+        let c = AgentConfig::merge(
+            FileConfig::default(),
+            &cli(&["--node", "n1", "--etcd-endpoints", "http://a:1,http://b:2"]),
+        )
+        .unwrap();
+        assert_eq!(c.etcd_endpoints, vec!["http://a:1", "http://b:2"]);
+        assert!(AgentConfig::merge(FileConfig::default(), &cli(&["--node", "bad/name"])).is_err());
+        assert!(AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n", "--label", "x"])).is_err());
+        assert!(FileConfig::parse("nope = 1", Path::new("x")).is_err());
+    }
+}

@@ -1,0 +1,419 @@
+//! The desired state of this node, resolved from the [`Cache`] by a pure
+//! function: every instance assigned here with everything needed to run and
+//! plug it, plus the cluster-wide facts networking needs (remote VTEPs, remote
+//! MACs, security group members).
+//!
+//! An instance whose references cannot be resolved (missing or undecodable
+//! spec, port, network, image, keypair or security group) is never dropped
+//! silently: it lands in [`DesiredNode::broken`] with the reason, and
+//! reconcilers leave whatever already exists for it alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use nubo_common::keys;
+use nubo_common::model::{
+    tap_name, Image, Instance, Keypair, PowerState, Remote, Resources, SecurityGroup,
+};
+use nubo_common::net::MacAddr;
+use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId};
+
+use crate::cache::{Cache, StoredStatus};
+
+/// Everything this node should be running, resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredNode {
+    /// This node.
+    pub node: Option<NodeName>,
+    /// Revision of the cache this was built from.
+    pub revision: i64,
+    /// Instances assigned here whose references all resolve.
+    pub instances: BTreeMap<InstanceId, DesiredInstance>,
+    /// Instances assigned here that cannot be resolved, with the reason.
+    /// Reconcilers must neither create nor destroy anything for them.
+    pub broken: BTreeMap<InstanceId, String>,
+    /// Networks with at least one port on this node.
+    pub networks: BTreeMap<NetworkId, DesiredNetwork>,
+    /// Security groups used by local ports (directly or as the remote group
+    /// of one of their rules), with their members cluster-wide.
+    pub security_groups: BTreeMap<SecurityGroupId, DesiredSecurityGroup>,
+    /// Status keys currently stored in etcd that this node wrote (keyed by
+    /// instance), so reporters can avoid rewriting identical values and know
+    /// which reboot generation was acted on.
+    pub reported: BTreeMap<InstanceId, StoredStatus>,
+}
+
+/// One instance to run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredInstance {
+    /// The spec as written by the coordinator.
+    pub spec: Instance,
+    /// vCPUs, memory and disk (from the flavor if it still exists, else the
+    /// copy in the spec).
+    pub resources: Resources,
+    /// The boot image.
+    pub image: Image,
+    /// The keypair served by the metadata service.
+    pub keypair: Option<Keypair>,
+    /// User data, base64 as in the API.
+    pub user_data_b64: Option<String>,
+    /// Ports in NIC order.
+    pub ports: Vec<DesiredPort>,
+}
+
+impl DesiredInstance {
+    /// The instance id.
+    pub fn id(&self) -> InstanceId {
+        self.spec.id
+    }
+    /// Desired power state.
+    pub fn power(&self) -> PowerState {
+        self.spec.power
+    }
+}
+
+/// A port of a local instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPort {
+    /// Id.
+    pub id: PortId,
+    /// MAC address.
+    pub mac: MacAddr,
+    /// Fixed IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Tap device name on this node.
+    pub tap: String,
+    /// Network.
+    pub network: NetworkId,
+    /// Security groups (empty when port security is off).
+    pub security_groups: Vec<SecurityGroupId>,
+    /// Anti-spoofing and security groups enabled.
+    pub port_security: bool,
+}
+
+/// A network present on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredNetwork {
+    /// Id.
+    pub id: NetworkId,
+    /// Subnet.
+    pub cidr: Ipv4Net,
+    /// Gateway handed out by DHCP.
+    pub gateway: Option<Ipv4Addr>,
+    /// VXLAN id.
+    pub vni: u32,
+    /// Guest MTU (resolved: the network's, else underlay MTU − 50).
+    pub mtu: u16,
+    /// DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// Local ports on it.
+    pub local_ports: BTreeSet<PortId>,
+    /// Underlay addresses of the other nodes with ports on it.
+    pub remote_vteps: BTreeSet<IpAddr>,
+    /// MACs of ports on other nodes → their node's VTEP.
+    pub remote_macs: BTreeMap<MacAddr, IpAddr>,
+}
+
+/// A security group with its member addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredSecurityGroup {
+    /// The group and its rules.
+    pub group: SecurityGroup,
+    /// IPs of every port (cluster-wide) that is a member.
+    pub members: BTreeSet<Ipv4Addr>,
+}
+
+/// VXLAN overhead subtracted from the underlay MTU when a network has none.
+const VXLAN_OVERHEAD: u16 = 50;
+
+/// Builds the desired state of `node` (whose underlay MTU is `underlay_mtu`)
+/// from the cache. Pure.
+pub fn build(cache: &Cache, node: &NodeName, underlay_mtu: u16) -> DesiredNode {
+    let mut out = DesiredNode {
+        node: Some(node.clone()),
+        revision: cache.revision,
+        ..DesiredNode::default()
+    };
+    out.reported = cache
+        .statuses
+        .iter()
+        .filter(|(_, s)| &s.status.node == node)
+        .map(|(id, s)| (*id, s.clone()))
+        .collect();
+
+    // Assignments whose value is garbage still name an instance (the key is
+    // valid): hold those.
+    let assign_prefix = keys::assignments_prefix(node);
+    for (key, reason) in cache.garbage.range(assign_prefix.clone()..) {
+        if !key.starts_with(&assign_prefix) {
+            break;
+        }
+        if let Some(keys::Key::Assignment(_, id)) = keys::parse(key) {
+            out.broken
+                .insert(id, format!("assignment is undecodable: {reason}"));
+        }
+    }
+
+    let assigned = cache.assignments.get(node);
+    for id in assigned.into_iter().flat_map(|a| a.keys()) {
+        match resolve_instance(cache, *id) {
+            Ok(inst) => {
+                out.instances.insert(*id, inst);
+            }
+            Err(reason) => {
+                out.broken.insert(*id, reason);
+            }
+        }
+    }
+
+    // Networks and security groups used locally.
+    let mut used_groups: BTreeSet<SecurityGroupId> = BTreeSet::new();
+    for inst in out.instances.values() {
+        for p in &inst.ports {
+            // resolve_instance checked the network exists.
+            if let Some(net) = cache.networks.get(&p.network) {
+                let entry = out.networks.entry(net.id).or_insert_with(|| DesiredNetwork {
+                    id: net.id,
+                    cidr: net.cidr,
+                    gateway: net.gateway,
+                    vni: net.vni,
+                    mtu: if net.mtu == 0 {
+                        underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
+                    } else {
+                        net.mtu
+                    },
+                    dns: net.dns.clone(),
+                    local_ports: BTreeSet::new(),
+                    remote_vteps: BTreeSet::new(),
+                    remote_macs: BTreeMap::new(),
+                });
+                entry.local_ports.insert(p.id);
+            }
+            used_groups.extend(p.security_groups.iter().copied());
+        }
+    }
+    // Remote groups referenced by the rules of used groups need members too.
+    let direct: Vec<SecurityGroupId> = used_groups.iter().copied().collect();
+    for g in direct {
+        if let Some(sg) = cache.secgroups.get(&g) {
+            for r in &sg.rules {
+                if let Remote::Group(other) = &r.remote {
+                    used_groups.insert(*other);
+                }
+            }
+        }
+    }
+    for g in &used_groups {
+        if let Some(sg) = cache.secgroups.get(g) {
+            out.security_groups.insert(
+                *g,
+                DesiredSecurityGroup {
+                    group: sg.clone(),
+                    members: BTreeSet::new(),
+                },
+            );
+        }
+    }
+
+    // One pass over every port in the cluster: remote VTEPs/MACs and members.
+    let local_ports: BTreeSet<PortId> = out
+        .networks
+        .values()
+        .flat_map(|n| n.local_ports.iter().copied())
+        .collect();
+    for port in cache.ports.values() {
+        for g in &port.security_groups {
+            if let Some(dsg) = out.security_groups.get_mut(g) {
+                dsg.members.insert(port.ip);
+            }
+        }
+        if local_ports.contains(&port.id) {
+            continue;
+        }
+        let Some(net) = out.networks.get_mut(&port.network) else {
+            continue;
+        };
+        let Some(port_node) = cache.port_node(port) else {
+            continue;
+        };
+        if &port_node == node {
+            continue;
+        }
+        if let Some(remote) = cache.nodes.get(&port_node) {
+            net.remote_vteps.insert(remote.underlay_ip);
+            net.remote_macs.insert(port.mac, remote.underlay_ip);
+        }
+    }
+    out
+}
+
+/// Why an object referenced by key `key` is unavailable.
+fn missing(cache: &Cache, what: &str, key: &str) -> String {
+    match cache.garbage_reason(key) {
+        Some(reason) => format!("{what} is undecodable: {reason}"),
+        None => format!("{what} not found"),
+    }
+}
+
+fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, String> {
+    let spec = cache
+        .instances
+        .get(&id)
+        .ok_or_else(|| missing(cache, "instance spec", &keys::instance(&id)))?;
+    let image = cache
+        .images
+        .get(&spec.image)
+        .ok_or_else(|| missing(cache, &format!("image {}", spec.image), &keys::image(&spec.image)))?;
+    let keypair = match &spec.key_name {
+        None => None,
+        Some(name) => Some(
+            cache
+                .keypairs
+                .get(&(spec.project.clone(), name.clone()))
+                .ok_or_else(|| {
+                    missing(
+                        cache,
+                        &format!("keypair {name}"),
+                        &keys::keypair(&spec.project, name),
+                    )
+                })?
+                .clone(),
+        ),
+    };
+    let resources = cache
+        .flavors
+        .get(&spec.flavor)
+        .map(|f| f.resources)
+        .unwrap_or(spec.resources);
+    let mut ports = Vec::with_capacity(spec.ports.len());
+    for pid in &spec.ports {
+        let port = cache
+            .ports
+            .get(pid)
+            .ok_or_else(|| missing(cache, &format!("port {pid}"), &keys::port(pid)))?;
+        if !cache.networks.contains_key(&port.network) {
+            return Err(missing(
+                cache,
+                &format!("network {} of port {pid}", port.network),
+                &keys::network(&port.network),
+            ));
+        }
+        for g in &port.security_groups {
+            if !cache.secgroups.contains_key(g) {
+                return Err(missing(
+                    cache,
+                    &format!("security group {g} of port {pid}"),
+                    &keys::secgroup(g),
+                ));
+            }
+        }
+        ports.push(DesiredPort {
+            id: port.id,
+            mac: port.mac,
+            ip: port.ip,
+            tap: tap_name(&port.id),
+            network: port.network,
+            security_groups: if port.port_security {
+                port.security_groups.clone()
+            } else {
+                Vec::new()
+            },
+            port_security: port.port_security,
+        });
+    }
+    Ok(DesiredInstance {
+        spec: spec.clone(),
+        resources,
+        image: image.clone(),
+        keypair,
+        user_data_b64: spec.user_data_b64.clone(),
+        ports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use nubo_common::model::{self, InstanceState};
+
+    #[test]
+    fn resolves_local_instances_and_cluster_wide_networking() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        let n2 = node_name("n2");
+        let n3 = node_name("n3");
+        w.node(&n1, "10.0.0.1");
+        w.node(&n2, "10.0.0.2");
+        w.node(&n3, "10.0.0.3");
+        let net = w.network(100, 0);
+        let other_net = w.network(200, 1400);
+        let sg = w.secgroup_self_referencing();
+        let (i1, p1) = w.instance_on(&n1, net, &[sg]);
+        let (_i2, p2) = w.instance_on(&n2, net, &[sg]);
+        let (_i3, _p3) = w.instance_on(&n3, other_net, &[]);
+        let d = build(&w.cache, &n1, 1500);
+
+        assert_eq!(d.instances.len(), 1);
+        assert!(d.broken.is_empty());
+        let di = &d.instances[&i1];
+        assert_eq!(di.ports.len(), 1);
+        assert_eq!(di.ports[0].tap, tap_name(&p1.id));
+        assert_eq!(di.ports[0].mac, p1.mac);
+
+        // Only the network with a local port is present, MTU resolved.
+        assert_eq!(d.networks.len(), 1);
+        let dn = &d.networks[&net];
+        assert_eq!(dn.mtu, 1450);
+        assert_eq!(dn.vni, 100);
+        assert_eq!(dn.local_ports, BTreeSet::from([p1.id]));
+        let vtep2: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(dn.remote_vteps, BTreeSet::from([vtep2]));
+        assert_eq!(dn.remote_macs, BTreeMap::from([(p2.mac, vtep2)]));
+
+        // Members cluster-wide.
+        assert_eq!(d.security_groups[&sg].members, BTreeSet::from([p1.ip, p2.ip]));
+    }
+
+    #[test]
+    fn broken_references_are_reported_not_dropped() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(100, 0);
+        let (ok, _) = w.instance_on(&n1, net, &[]);
+        let (bad_port, p) = w.instance_on(&n1, net, &[]);
+        w.cache.apply(&keys::port(&p.id), Some(b"garbage"), 100);
+        let (no_image, _) = w.instance_on(&n1, net, &[]);
+        let img = w.cache.instances[&no_image].image;
+        w.cache.apply(&keys::image(&img), None, 101);
+        let garbage_assign = InstanceId::new_random();
+        w.cache
+            .apply(&keys::assignment(&n1, &garbage_assign), Some(b"{"), 102);
+        let (no_spec, _) = w.instance_on(&n1, net, &[]);
+        w.cache.apply(&keys::instance(&no_spec), None, 103);
+
+        let d = build(&w.cache, &n1, 1500);
+        assert_eq!(d.instances.keys().collect::<Vec<_>>(), vec![&ok]);
+        assert!(d.broken[&bad_port].contains("undecodable"), "{:?}", d.broken);
+        assert!(d.broken[&no_image].contains("not found"));
+        assert!(d.broken[&garbage_assign].contains("assignment"));
+        assert!(d.broken[&no_spec].contains("instance spec"));
+    }
+
+    #[test]
+    fn reported_holds_only_this_nodes_statuses() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        let a = InstanceId::new_random();
+        let b = InstanceId::new_random();
+        let st = |n: &NodeName| model::encode(&status(n, InstanceState::Running, 0));
+        w.cache.apply(&keys::instance_status(&a), Some(&st(&n1)), 7);
+        w.cache
+            .apply(&keys::instance_status(&b), Some(&st(&node_name("n2"))), 8);
+        let d = build(&w.cache, &n1, 1500);
+        assert_eq!(d.reported.keys().collect::<Vec<_>>(), vec![&a]);
+        assert_eq!(d.reported[&a].mod_revision, 7);
+    }
+}

@@ -1,0 +1,323 @@
+//! An in-memory hypervisor whose "VMs" survive the agent: every change is
+//! persisted to `<state-dir>/fake-hypervisor.json` (temp file + rename), so a
+//! `kill -9`'d agent finds its instances again as it would real VMs.
+//!
+//! Each record counts its boots and keeps its creation time: tests compare
+//! them across agent restarts to prove a restart touched nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nubo_common::model::{self, Timestamp};
+use nubo_common::InstanceId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{HypervisorError, ObservedInstance, ObservedPower};
+use crate::desired::DesiredInstance;
+use nubo_common::model::PowerState;
+
+/// File name of the persisted state inside the state directory.
+pub const STATE_FILE: &str = "fake-hypervisor.json";
+
+/// One fake instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FakeRecord {
+    /// Display name at creation.
+    pub name: String,
+    /// Power state.
+    pub power: ObservedPower,
+    /// Number of boots (create-and-boot, start, reboot).
+    pub boot_count: u64,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Created by nubo (false for instances planted by tests to stand for
+    /// VMs someone else started on the host).
+    pub managed: bool,
+}
+
+/// The persisted state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FakeState {
+    /// Instances by id.
+    pub instances: BTreeMap<InstanceId, FakeRecord>,
+}
+
+impl FakeState {
+    /// Reads a state file (an absent file is an empty state).
+    pub fn load(path: &Path) -> Result<Self, HypervisorError> {
+        let err = |source| HypervisorError::State {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(e.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(err(e)),
+        }
+    }
+}
+
+/// The fake driver.
+#[derive(Debug)]
+pub struct FakeHypervisor {
+    path: PathBuf,
+    boot_time: Duration,
+    state: Mutex<FakeState>,
+}
+
+impl FakeHypervisor {
+    /// Opens (or starts) the state kept in `state_dir`; every boot takes
+    /// `boot_time`.
+    pub fn open(state_dir: &Path, boot_time: Duration) -> Result<Self, HypervisorError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| HypervisorError::State {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = state_dir.join(STATE_FILE);
+        let state = FakeState::load(&path)?;
+        Ok(Self {
+            path,
+            boot_time,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A copy of the current records.
+    pub async fn snapshot(&self) -> FakeState {
+        self.state.lock().await.clone()
+    }
+
+    /// Plants an instance nubo did not create (stands for a VM started by
+    /// hand on the host); the agent must leave it alone.
+    pub async fn insert_foreign(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            st.instances.insert(
+                id,
+                FakeRecord {
+                    name: "foreign".into(),
+                    power: ObservedPower::Running,
+                    boot_count: 1,
+                    created_at: model::now(),
+                    managed: false,
+                },
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn boot_delay(&self) {
+        if !self.boot_time.is_zero() {
+            tokio::time::sleep(self.boot_time).await;
+        }
+    }
+
+    /// Applies `f` under the lock and persists the result atomically.
+    async fn mutate(
+        &self,
+        id: InstanceId,
+        f: impl FnOnce(&mut FakeState) -> Result<(), HypervisorError>,
+    ) -> Result<(), HypervisorError> {
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        f(&mut next)?;
+        self.persist(&next).await?;
+        *st = next;
+        tracing::trace!(instance = %id, "fake hypervisor state persisted");
+        Ok(())
+    }
+
+    async fn persist(&self, st: &FakeState) -> Result<(), HypervisorError> {
+        let err = |source| HypervisorError::State {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(e.into()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        tokio::fs::write(&tmp, bytes).await.map_err(err)?;
+        tokio::fs::rename(&tmp, &self.path).await.map_err(err)
+    }
+
+    fn managed(st: &mut FakeState, id: InstanceId) -> Result<&mut FakeRecord, HypervisorError> {
+        let rec = st
+            .instances
+            .get_mut(&id)
+            .ok_or(HypervisorError::NotFound(id))?;
+        if !rec.managed {
+            return Err(HypervisorError::Foreign(id));
+        }
+        Ok(rec)
+    }
+}
+
+#[async_trait]
+impl super::Hypervisor for FakeHypervisor {
+    fn driver(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedInstance>, HypervisorError> {
+        let st = self.state.lock().await;
+        Ok(st
+            .instances
+            .iter()
+            .map(|(id, r)| ObservedInstance {
+                id: *id,
+                power: r.power,
+                boot_count: r.boot_count,
+                created_at: r.created_at,
+                managed: r.managed,
+            })
+            .collect())
+    }
+
+    async fn create(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        let id = spec.id();
+        if self.state.lock().await.instances.contains_key(&id) {
+            return Err(HypervisorError::AlreadyExists(id));
+        }
+        let boot = spec.power() == PowerState::Running;
+        if boot {
+            self.boot_delay().await;
+        }
+        let name = spec.spec.name.clone();
+        self.mutate(id, |st| {
+            if st.instances.contains_key(&id) {
+                return Err(HypervisorError::AlreadyExists(id));
+            }
+            st.instances.insert(
+                id,
+                FakeRecord {
+                    name,
+                    power: if boot {
+                        ObservedPower::Running
+                    } else {
+                        ObservedPower::Stopped
+                    },
+                    boot_count: u64::from(boot),
+                    created_at: model::now(),
+                    managed: true,
+                },
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn start(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.boot_delay().await;
+        self.mutate(id, |st| {
+            let r = Self::managed(st, id)?;
+            if r.power != ObservedPower::Running {
+                r.power = ObservedPower::Running;
+                r.boot_count += 1;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stop(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            Self::managed(st, id)?.power = ObservedPower::Stopped;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reboot(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.boot_delay().await;
+        self.mutate(id, |st| {
+            let r = Self::managed(st, id)?;
+            r.power = ObservedPower::Running;
+            r.boot_count += 1;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn destroy(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            Self::managed(st, id)?;
+            st.instances.remove(&id);
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::Hypervisor;
+    use crate::testutil::*;
+
+    fn desired(power: PowerState) -> DesiredInstance {
+        let mut w = World::new();
+        let n = node_name("n1");
+        w.node(&n, "10.0.0.1");
+        let net = w.network(1, 0);
+        let (id, _) = w.instance_on(&n, net, &[]);
+        let mut d = crate::desired::build(&w.cache, &n, 1500)
+            .instances
+            .remove(&id)
+            .unwrap();
+        d.spec.power = power;
+        d
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen_and_counts_boots() {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
+        let d = desired(PowerState::Running);
+        hv.create(&d).await.unwrap();
+        assert!(matches!(
+            hv.create(&d).await,
+            Err(HypervisorError::AlreadyExists(_))
+        ));
+        hv.reboot(d.id()).await.unwrap();
+        hv.stop(d.id()).await.unwrap();
+        let before = hv.snapshot().await;
+        assert_eq!(before.instances[&d.id()].boot_count, 2);
+
+        let again = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
+        assert_eq!(again.snapshot().await, before);
+        again.start(d.id()).await.unwrap();
+        let l = again.list().await.unwrap();
+        assert_eq!(l[0].power, ObservedPower::Running);
+        assert_eq!(l[0].boot_count, 3);
+        again.destroy(d.id()).await.unwrap();
+        assert!(again.list().await.unwrap().is_empty());
+        assert!(!dir.path().join("fake-hypervisor.json.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn foreign_instances_cannot_be_touched_and_stopped_create_does_not_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
+        let f = InstanceId::new_random();
+        hv.insert_foreign(f).await.unwrap();
+        assert!(matches!(hv.destroy(f).await, Err(HypervisorError::Foreign(_))));
+        let d = desired(PowerState::Stopped);
+        hv.create(&d).await.unwrap();
+        let st = hv.snapshot().await;
+        assert_eq!(st.instances[&d.id()].power, ObservedPower::Stopped);
+        assert_eq!(st.instances[&d.id()].boot_count, 0);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_an_empty_hypervisor() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{oops").unwrap();
+        assert!(FakeHypervisor::open(dir.path(), Duration::ZERO).is_err());
+    }
+}

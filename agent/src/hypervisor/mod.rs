@@ -1,0 +1,86 @@
+//! The compute backend interface. One real implementation per hypervisor
+//! technology (libvirt, netns guests — to come) plus [`fake::FakeHypervisor`].
+
+pub mod fake;
+
+use async_trait::async_trait;
+use nubo_common::model::Timestamp;
+use nubo_common::InstanceId;
+
+use crate::desired::DesiredInstance;
+
+pub use fake::FakeHypervisor;
+
+/// Power state as seen on the hypervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservedPower {
+    /// Running.
+    Running,
+    /// Defined but shut off.
+    Stopped,
+}
+
+/// An instance as the hypervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedInstance {
+    /// Id (from the domain name / metadata).
+    pub id: InstanceId,
+    /// Current power state.
+    pub power: ObservedPower,
+    /// How many times it has been booted (create, start and reboot each count).
+    pub boot_count: u64,
+    /// When it was created on this hypervisor.
+    pub created_at: Timestamp,
+    /// Whether nubo created it. Instances that nubo did not create are never
+    /// touched, only reported.
+    pub managed: bool,
+}
+
+/// A hypervisor operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// The instance does not exist.
+    #[error("instance {0} does not exist on this hypervisor")]
+    NotFound(InstanceId),
+    /// The instance already exists.
+    #[error("instance {0} already exists on this hypervisor")]
+    AlreadyExists(InstanceId),
+    /// The instance was not created by nubo and is left alone.
+    #[error("instance {0} is not managed by nubo")]
+    Foreign(InstanceId),
+    /// Persisting or reading the driver's state failed.
+    #[error("hypervisor state at {path}: {source}")]
+    State {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// The I/O or JSON error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The driver is not implemented.
+    #[error("driver {0} is not available in this build")]
+    Unavailable(&'static str),
+}
+
+/// A compute backend. Object-safe; the agent holds an `Arc<dyn Hypervisor>`.
+///
+/// Every operation is idempotent from the reconciler's point of view: the
+/// compute plan only asks for what differs from [`Hypervisor::list`].
+#[async_trait]
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Short driver name for logs ("fake", "libvirt", …).
+    fn driver(&self) -> &'static str;
+    /// Every instance on this hypervisor, managed by nubo or not.
+    async fn list(&self) -> Result<Vec<ObservedInstance>, HypervisorError>;
+    /// Creates the instance, and boots it if its desired power is running.
+    async fn create(&self, spec: &DesiredInstance) -> Result<(), HypervisorError>;
+    /// Boots a stopped instance.
+    async fn start(&self, id: InstanceId) -> Result<(), HypervisorError>;
+    /// Shuts a running instance off.
+    async fn stop(&self, id: InstanceId) -> Result<(), HypervisorError>;
+    /// Reboots a running instance.
+    async fn reboot(&self, id: InstanceId) -> Result<(), HypervisorError>;
+    /// Destroys the instance and its local resources.
+    async fn destroy(&self, id: InstanceId) -> Result<(), HypervisorError>;
+}

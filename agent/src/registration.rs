@@ -1,0 +1,259 @@
+//! Node registration and liveness.
+//!
+//! `/nodes/<node>` describes the node (capacity from `sysinfo` or the
+//! overrides); `/nodes/<node>/alive` is bound to an etcd lease of TTL
+//! `--lease-ttl`, kept alive every TTL/3. If the lease is lost (etcd was
+//! unreachable for longer than the TTL), a new one is granted and `alive`
+//! written again: the agent never exits and never touches instances because
+//! of it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use nubo_common::keys;
+use nubo_common::model::{self, Node, NodeAlive, Resources};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::store::{self, Backoff, StoreError};
+
+/// The agent's version, recorded in the node record.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+/// The node's capacity: overrides where given, `sysinfo` otherwise (disk =
+/// size of the filesystem holding `state_dir`).
+pub fn capacity(cfg: &AgentConfig) -> Resources {
+    use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+    let need_sys = cfg.capacity.vcpus.is_none() || cfg.capacity.ram_mb.is_none();
+    let sys = need_sys.then(|| {
+        System::new_with_specifics(
+            RefreshKind::nothing()
+                .with_cpu(CpuRefreshKind::nothing())
+                .with_memory(MemoryRefreshKind::nothing().with_ram()),
+        )
+    });
+    let vcpus = cfg.capacity.vcpus.unwrap_or_else(|| {
+        sys.as_ref()
+            .map(|s| u32::try_from(s.cpus().len()).unwrap_or(u32::MAX))
+            .unwrap_or_default()
+    });
+    let ram_mb = cfg.capacity.ram_mb.unwrap_or_else(|| {
+        sys.as_ref()
+            .map(|s| s.total_memory() / MIB)
+            .unwrap_or_default()
+    });
+    let disk_gb = cfg
+        .capacity
+        .disk_gb
+        .unwrap_or_else(|| disk_size_of(&cfg.state_dir) / GIB);
+    Resources {
+        vcpus,
+        ram_mb,
+        disk_gb,
+    }
+}
+
+/// Total size in bytes of the filesystem whose mount point is the longest
+/// prefix of `path` (0 if unknown).
+fn disk_size_of(path: &Path) -> u64 {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let disks = sysinfo::Disks::new_with_refreshed_list();
+    disks
+        .list()
+        .iter()
+        .filter(|d| path.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| d.total_space())
+        .unwrap_or_default()
+}
+
+/// The node record for `cfg` with the given capacity.
+pub fn node_record(cfg: &AgentConfig, capacity: Resources) -> Node {
+    Node {
+        name: cfg.node.clone(),
+        underlay_ip: cfg.underlay_ip,
+        underlay_mtu: cfg.underlay_mtu,
+        availability_zone: cfg.availability_zone.clone(),
+        labels: cfg.labels.clone(),
+        capacity,
+        agent_version: AGENT_VERSION.to_string(),
+        registered_at: model::now(),
+    }
+}
+
+/// Two records describe the same node (registration time aside).
+fn same_node(a: &Node, b: &Node) -> bool {
+    Node {
+        registered_at: b.registered_at,
+        ..a.clone()
+    } == *b
+}
+
+/// Writes `/nodes/<node>` unless an identical record is already there.
+pub async fn put_node(client: &Client, node: &Node) -> Result<(), StoreError> {
+    let key = keys::node(&node.name);
+    if let Some((bytes, _)) = store::get(client, &key).await? {
+        if let Ok(existing) = model::decode::<Node>(&key, &bytes) {
+            if same_node(node, &existing) {
+                return Ok(());
+            }
+        }
+    }
+    store::put(client, &key, model::encode(node)).await?;
+    info!(key, "node record written");
+    Ok(())
+}
+
+/// Holds the liveness lease forever. Signals `registered` (true) once the
+/// node record and `alive` key are written.
+pub struct Liveness {
+    client: Client,
+    cfg: AgentConfig,
+    since: model::Timestamp,
+    registered: watch::Sender<bool>,
+}
+
+/// The lease and its keep-alive stream.
+struct Held {
+    id: i64,
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl Liveness {
+    /// A liveness task for the agent configured by `cfg`.
+    pub fn new(client: Client, cfg: AgentConfig, registered: watch::Sender<bool>) -> Self {
+        Self {
+            client,
+            cfg,
+            since: model::now(),
+            registered,
+        }
+    }
+
+    /// Grants a lease, writes the node record and `alive` on it.
+    async fn register(&self) -> Result<i64, StoreError> {
+        let node = node_record(&self.cfg, capacity(&self.cfg));
+        put_node(&self.client, &node).await?;
+        let ttl = i64::try_from(self.cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX);
+        let mut lc = self.client.lease_client();
+        let lease = store::bounded(lc.grant(ttl, None)).await?.id();
+        let alive = NodeAlive {
+            lease,
+            since: self.since,
+            pid: std::process::id(),
+        };
+        store::put_with(
+            &self.client,
+            &keys::node_alive(&self.cfg.node),
+            model::encode(&alive),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+        info!(lease, ttl, "registered; liveness lease held");
+        self.registered.send_replace(true);
+        Ok(lease)
+    }
+
+    /// One keep-alive round trip. `Ok(false)` = the lease no longer exists.
+    async fn refresh(&self, held: &mut Held) -> Result<bool, StoreError> {
+        if held.stream.is_none() {
+            let mut lc = self.client.lease_client();
+            held.stream = Some(store::bounded(lc.keep_alive(held.id)).await?);
+        }
+        let Some((keeper, stream)) = held.stream.as_mut() else {
+            return Ok(true);
+        };
+        let r = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match store::bounded(r).await {
+            Ok(Some(resp)) => Ok(resp.ttl() > 0),
+            Ok(None) => {
+                held.stream = None;
+                Err(StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(
+                    "keep-alive stream closed".into(),
+                )))
+            }
+            Err(e) => {
+                held.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(self) {
+        let period = (self.cfg.lease_ttl / 3).max(Duration::from_millis(300));
+        let mut backoff = Backoff::new(period);
+        let mut held: Option<Held> = None;
+        loop {
+            match held.as_mut() {
+                None => match self.register().await {
+                    Ok(id) => {
+                        held = Some(Held { id, stream: None });
+                        backoff.reset();
+                    }
+                    Err(e) => {
+                        let d = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?d, "registration failed; retrying");
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                },
+                Some(h) => match self.refresh(h).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(lease = h.id, "liveness lease expired; granting a new one");
+                        held = None;
+                        continue;
+                    }
+                    Err(e) => warn!(lease = h.id, error = %e, "lease keep-alive failed; retrying"),
+                },
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CapacityOverride;
+    use crate::testutil::node_name;
+
+    #[test]
+    fn overrides_win_and_sysinfo_fills_the_rest() {
+        let mut cfg = AgentConfig::new(node_name("n1"), vec![]);
+        cfg.state_dir = std::env::temp_dir();
+        cfg.capacity = CapacityOverride {
+            vcpus: Some(64),
+            ram_mb: None,
+            disk_gb: Some(1000),
+        };
+        let c = capacity(&cfg);
+        assert_eq!(c.vcpus, 64);
+        assert_eq!(c.disk_gb, 1000);
+        assert!(c.ram_mb > 0, "sysinfo memory");
+        cfg.capacity = CapacityOverride::default();
+        let c = capacity(&cfg);
+        assert!(c.vcpus > 0);
+        assert!(c.disk_gb > 0, "disk of {:?}", cfg.state_dir);
+    }
+
+    #[test]
+    fn registration_time_alone_does_not_make_a_new_record() {
+        let cfg = AgentConfig::new(node_name("n1"), vec![]);
+        let a = node_record(&cfg, Resources::default());
+        let mut b = a.clone();
+        b.registered_at = a.registered_at + chrono::Duration::seconds(5);
+        assert!(same_node(&a, &b));
+        b.underlay_mtu = 9000;
+        assert!(!same_node(&a, &b));
+    }
+}

@@ -1,0 +1,175 @@
+//! Builders for unit tests: a [`World`] is a cache filled the way the
+//! coordinator would fill etcd.
+
+use nubo_common::keys;
+use nubo_common::model::{
+    self, Assignment, DiskFormat, Image, ImageStatus, Instance, InstanceState, InstanceStatus,
+    Network, Node, Port, PowerState, Resources, SecurityGroup,
+};
+use nubo_common::net::MacAddr;
+use nubo_common::{
+    FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
+};
+
+use crate::cache::Cache;
+
+pub fn node_name(s: &str) -> NodeName {
+    NodeName::new(s).unwrap()
+}
+
+pub fn instance(ports: Vec<PortId>) -> Instance {
+    Instance {
+        id: InstanceId::new_random(),
+        name: "vm".into(),
+        project: ProjectId::default_project(),
+        flavor: FlavorName::new("m1.tiny").unwrap(),
+        resources: Resources {
+            vcpus: 1,
+            ram_mb: 512,
+            disk_gb: 1,
+        },
+        image: ImageId::new_random(),
+        ports,
+        key_name: None,
+        user_data_b64: None,
+        power: PowerState::Running,
+        reboot_generation: 0,
+        availability_zone: None,
+        server_group: None,
+        node: None,
+        launch_index: 0,
+        evacuation: Default::default(),
+        created_at: model::now(),
+    }
+}
+
+pub fn assignment(n: &NodeName, id: InstanceId) -> Assignment {
+    Assignment {
+        instance: id,
+        node: n.clone(),
+        assigned_at: model::now(),
+    }
+}
+
+pub fn status(n: &NodeName, state: InstanceState, reboot_generation: u64) -> InstanceStatus {
+    InstanceStatus {
+        state,
+        node: n.clone(),
+        updated_at: model::now(),
+        last_error: None,
+        reboot_generation,
+    }
+}
+
+/// A cache plus a revision counter.
+pub struct World {
+    pub cache: Cache,
+    rev: i64,
+    next_ip: u8,
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self {
+            cache: Cache::default(),
+            rev: 1,
+            next_ip: 10,
+        }
+    }
+
+    fn put<T: serde::Serialize>(&mut self, key: String, v: &T) {
+        self.rev += 1;
+        self.cache.apply(&key, Some(&model::encode(v)), self.rev);
+    }
+
+    pub fn node(&mut self, n: &NodeName, ip: &str) {
+        let node = Node {
+            name: n.clone(),
+            underlay_ip: ip.parse().unwrap(),
+            underlay_mtu: 1500,
+            availability_zone: "nova".into(),
+            labels: Default::default(),
+            capacity: Resources::default(),
+            agent_version: "t".into(),
+            registered_at: model::now(),
+        };
+        self.put(keys::node(n), &node);
+    }
+
+    pub fn network(&mut self, vni: u32, mtu: u16) -> NetworkId {
+        let net = Network {
+            id: NetworkId::new_random(),
+            name: format!("net{vni}"),
+            project: ProjectId::default_project(),
+            cidr: "192.168.0.0/24".parse().unwrap(),
+            gateway: Some("192.168.0.1".parse().unwrap()),
+            vni,
+            mtu,
+            dns: vec![],
+            created_at: model::now(),
+        };
+        let id = net.id;
+        self.put(keys::network(&id), &net);
+        id
+    }
+
+    pub fn secgroup_self_referencing(&mut self) -> SecurityGroupId {
+        let id = SecurityGroupId::new_random();
+        let sg = SecurityGroup {
+            id,
+            name: "default".into(),
+            project: ProjectId::default_project(),
+            description: String::new(),
+            rules: SecurityGroup::default_rules(id),
+            created_at: model::now(),
+        };
+        self.put(keys::secgroup(&id), &sg);
+        id
+    }
+
+    /// An instance with one port on `net`, assigned to `n`.
+    pub fn instance_on(
+        &mut self,
+        n: &NodeName,
+        net: NetworkId,
+        sgs: &[SecurityGroupId],
+    ) -> (InstanceId, Port) {
+        self.next_ip += 1;
+        let port = Port {
+            id: PortId::new_random(),
+            name: String::new(),
+            project: ProjectId::default_project(),
+            network: net,
+            mac: MacAddr::port_mac([0, 0, self.next_ip]),
+            ip: format!("192.168.0.{}", self.next_ip).parse().unwrap(),
+            security_groups: sgs.to_vec(),
+            port_security: true,
+            device: None,
+            node: None,
+            created_at: model::now(),
+        };
+        let mut inst = instance(vec![port.id]);
+        let image = Image {
+            id: inst.image,
+            name: "img".into(),
+            project: ProjectId::default_project(),
+            disk_format: DiskFormat::Raw,
+            size_bytes: 1,
+            checksum_sha256: None,
+            min_disk_gb: 0,
+            min_ram_mb: 0,
+            status: ImageStatus::Active,
+            created_at: model::now(),
+        };
+        inst.node = Some(n.clone());
+        let port = Port {
+            device: Some(inst.id),
+            ..port
+        };
+        self.put(keys::image(&image.id), &image);
+        self.put(keys::port(&port.id), &port);
+        self.put(keys::instance(&inst.id), &inst);
+        self.put(keys::assignment(n, &inst.id), &assignment(n, inst.id));
+        (inst.id, port)
+    }
+}

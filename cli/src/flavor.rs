@@ -1,0 +1,160 @@
+//! `nubo flavor …`: instance sizes.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use nubo_common::proto::{CreateFlavorRequest, Flavor};
+use serde_json::{json, Value};
+
+use crate::api::Call;
+use crate::ctx::{opt, Ctx};
+use crate::output::{self, Table};
+
+/// Flavor commands.
+#[derive(Debug, Subcommand)]
+pub enum FlavorCmd {
+    /// Create a flavor.
+    Create(CreateArgs),
+    /// List flavors.
+    List,
+    /// Show one flavor.
+    Show {
+        /// Flavor name.
+        name: String,
+    },
+    /// Delete flavors.
+    Delete {
+        /// Flavor names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `nubo flavor create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Flavor name, e.g. m1.small.
+    pub name: String,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long)]
+    pub ram: u64,
+    /// Root disk in GiB.
+    #[arg(long)]
+    pub disk: u64,
+}
+
+impl CreateArgs {
+    /// The API request.
+    pub fn request(&self) -> CreateFlavorRequest {
+        CreateFlavorRequest {
+            name: self.name.clone(),
+            vcpus: self.vcpus,
+            ram_mb: self.ram,
+            disk_gb: self.disk,
+        }
+    }
+}
+
+/// The JSON (and `show`) form of a flavor.
+pub fn to_json(f: &Flavor) -> Value {
+    json!({
+        "name": f.name,
+        "vcpus": f.vcpus,
+        "ram_mb": f.ram_mb,
+        "disk_gb": f.disk_gb,
+        "created_at": opt(&f.created_at),
+    })
+}
+
+/// The `flavor list` table.
+pub fn table(flavors: &[Flavor]) -> Table {
+    let mut t = Table::new(&["Name", "VCPUs", "RAM (MiB)", "Disk (GiB)"]);
+    for f in flavors {
+        t.row(vec![
+            f.name.clone(),
+            f.vcpus.to_string(),
+            f.ram_mb.to_string(),
+            f.disk_gb.to_string(),
+        ]);
+    }
+    t
+}
+
+/// Runs a flavor command.
+pub async fn run(cmd: FlavorCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    match cmd {
+        FlavorCmd::Create(args) => {
+            let f = api.flavors().create(args.request()).await.or_fail(api)?;
+            output::show(ctx.format, &to_json(&f))
+        }
+        FlavorCmd::List => {
+            let items = api
+                .list_all(false, |req| {
+                    let mut c = api.flavors();
+                    async move {
+                        let r = c.list(req).await?.into_inner();
+                        Ok((r.flavors, r.next_page_token))
+                    }
+                })
+                .await?;
+            output::list(
+                ctx.format,
+                &table(&items),
+                items.iter().map(to_json).collect(),
+            )
+        }
+        FlavorCmd::Show { name } => {
+            let f = api.flavors().get(api.get_req(&name)).await.or_fail(api)?;
+            output::show(ctx.format, &to_json(&f))
+        }
+        FlavorCmd::Delete { names } => {
+            ctx.delete_all("flavors", &names, |name| async move {
+                let req = api.delete_req(&name);
+                api.flavors().delete(req).await.or_fail(api).map(drop)
+            })
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_maps_flags_to_the_request() {
+        let a = CreateArgs {
+            name: "m1.small".into(),
+            vcpus: 2,
+            ram: 4096,
+            disk: 20,
+        };
+        assert_eq!(
+            a.request(),
+            CreateFlavorRequest {
+                name: "m1.small".into(),
+                vcpus: 2,
+                ram_mb: 4096,
+                disk_gb: 20
+            }
+        );
+    }
+
+    #[test]
+    fn json_is_stable() {
+        let f = Flavor {
+            name: "m1".into(),
+            vcpus: 1,
+            ram_mb: 512,
+            disk_gb: 1,
+            created_at: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&to_json(&f)).unwrap(),
+            r#"{"created_at":null,"disk_gb":1,"name":"m1","ram_mb":512,"vcpus":1}"#
+        );
+    }
+}

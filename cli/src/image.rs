@@ -1,0 +1,201 @@
+//! `nubo image …`: bootable images (metadata only for now).
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use nubo_common::proto::{CreateImageRequest, Image};
+use serde_json::{json, Value};
+
+use crate::api::Call;
+use crate::ctx::{opt, Ctx};
+use crate::output::{self, Table};
+
+/// Image commands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Register an image.
+    Create(CreateArgs),
+    /// List images.
+    List,
+    /// Show one image.
+    Show {
+        /// Image name or id.
+        image: String,
+    },
+    /// Delete images.
+    Delete {
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+/// Image data formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskFormat {
+    /// Raw disk image.
+    Raw,
+    /// qcow2 disk image.
+    Qcow2,
+}
+
+/// `nubo image create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Image name.
+    pub name: String,
+    /// Format of the image data.
+    #[arg(long, value_enum, default_value_t = DiskFormat::Raw)]
+    pub disk_format: DiskFormat,
+    /// Smallest root disk (GiB) the image fits on.
+    #[arg(long, default_value_t = 0)]
+    pub min_disk: u64,
+    /// Smallest memory (MiB) the image boots with.
+    #[arg(long, default_value_t = 0)]
+    pub min_ram: u64,
+    /// Size of the image data in bytes.
+    #[arg(long, default_value_t = 0)]
+    pub size: u64,
+    /// SHA-256 of the image data (64 hex digits).
+    #[arg(long)]
+    pub checksum: Option<String>,
+}
+
+impl CreateArgs {
+    /// The API request for `project`.
+    pub fn request(&self, project: &str) -> Result<CreateImageRequest> {
+        let checksum = match &self.checksum {
+            None => String::new(),
+            Some(c) if c.len() == 64 && c.chars().all(|ch| ch.is_ascii_hexdigit()) => {
+                c.to_ascii_lowercase()
+            }
+            Some(c) => bail!("--checksum {c:?} is not a SHA-256 (64 hex digits)"),
+        };
+        Ok(CreateImageRequest {
+            name: self.name.clone(),
+            project: project.to_string(),
+            disk_format: match self.disk_format {
+                DiskFormat::Raw => "raw",
+                DiskFormat::Qcow2 => "qcow2",
+            }
+            .to_string(),
+            size_bytes: self.size,
+            checksum_sha256: checksum,
+            min_disk_gb: self.min_disk,
+            min_ram_mb: self.min_ram,
+        })
+    }
+}
+
+/// The JSON (and `show`) form of an image.
+pub fn to_json(i: &Image) -> Value {
+    json!({
+        "id": i.id,
+        "name": i.name,
+        "project": i.project,
+        "disk_format": i.disk_format,
+        "size_bytes": i.size_bytes,
+        "checksum_sha256": opt(&i.checksum_sha256),
+        "min_disk_gb": i.min_disk_gb,
+        "min_ram_mb": i.min_ram_mb,
+        "status": i.status,
+        "created_at": opt(&i.created_at),
+    })
+}
+
+/// The `image list` table.
+pub fn table(images: &[Image]) -> Table {
+    let mut t = Table::new(&["ID", "Name", "Status", "Disk Format", "Size"]);
+    for i in images {
+        t.row(vec![
+            i.id.clone(),
+            i.name.clone(),
+            i.status.clone(),
+            i.disk_format.clone(),
+            i.size_bytes.to_string(),
+        ]);
+    }
+    t
+}
+
+/// Runs an image command.
+pub async fn run(cmd: ImageCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    match cmd {
+        ImageCmd::Create(args) => {
+            let req = args.request(&api.project)?;
+            let i = api.images().create(req).await.or_fail(api)?;
+            output::show(ctx.format, &to_json(&i))
+        }
+        ImageCmd::List => {
+            let items = api
+                .list_all(false, |req| {
+                    let mut c = api.images();
+                    async move {
+                        let r = c.list(req).await?.into_inner();
+                        Ok((r.images, r.next_page_token))
+                    }
+                })
+                .await?;
+            output::list(
+                ctx.format,
+                &table(&items),
+                items.iter().map(to_json).collect(),
+            )
+        }
+        ImageCmd::Show { image } => {
+            let i = api.images().get(api.get_req(&image)).await.or_fail(api)?;
+            output::show(ctx.format, &to_json(&i))
+        }
+        ImageCmd::Delete { images } => {
+            ctx.delete_all("images", &images, |r| async move {
+                let req = api.delete_req(&r);
+                api.images().delete(req).await.or_fail(api).map(drop)
+            })
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(checksum: Option<&str>) -> CreateArgs {
+        CreateArgs {
+            name: "cirros".into(),
+            disk_format: DiskFormat::Qcow2,
+            min_disk: 1,
+            min_ram: 64,
+            size: 12_345,
+            checksum: checksum.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn create_maps_flags_to_the_request() {
+        let sum = "AB".repeat(32);
+        let r = args(Some(&sum)).request("p1").unwrap();
+        assert_eq!(
+            r,
+            CreateImageRequest {
+                name: "cirros".into(),
+                project: "p1".into(),
+                disk_format: "qcow2".into(),
+                size_bytes: 12_345,
+                checksum_sha256: "ab".repeat(32),
+                min_disk_gb: 1,
+                min_ram_mb: 64,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_checksum_is_refused_before_calling_the_api() {
+        let err = args(Some("abc")).request("").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--checksum \"abc\" is not a SHA-256 (64 hex digits)"
+        );
+        assert_eq!(args(None).request("").unwrap().checksum_sha256, "");
+    }
+}

@@ -1,0 +1,224 @@
+//! `nubo network …`: tenant networks (one IPv4 subnet on a VXLAN segment).
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use nubo_common::proto::{CreateNetworkRequest, Network};
+use serde_json::{json, Value};
+
+use crate::api::Call;
+use crate::ctx::{opt, Ctx};
+use crate::output::{self, Table};
+
+/// Network commands.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    List {
+        /// List the networks of every project.
+        #[arg(long)]
+        all_projects: bool,
+    },
+    /// Show one network.
+    Show {
+        /// Network name or id.
+        network: String,
+    },
+    /// Delete networks.
+    Delete {
+        /// Network names or ids.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+/// `--gateway IP|none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gateway {
+    /// This address.
+    Ip(Ipv4Addr),
+    /// No gateway.
+    None,
+}
+
+fn parse_gateway(s: &str) -> Result<Gateway, String> {
+    if s == "none" {
+        return Ok(Gateway::None);
+    }
+    s.parse()
+        .map(Gateway::Ip)
+        .map_err(|_| format!("expected an IPv4 address or \"none\", got {s:?}"))
+}
+
+/// `nubo network create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Network name.
+    pub name: String,
+    /// IPv4 subnet, e.g. 10.20.0.0/24.
+    #[arg(long)]
+    pub cidr: String,
+    /// Gateway address handed out by DHCP, or "none" (default: first host address).
+    #[arg(long, value_parser = parse_gateway)]
+    pub gateway: Option<Gateway>,
+    /// DNS server handed out by DHCP (repeatable).
+    #[arg(long = "dns")]
+    pub dns: Vec<Ipv4Addr>,
+    /// Guest MTU (default: underlay MTU − 50).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+}
+
+impl CreateArgs {
+    /// The API request for `project`.
+    pub fn request(&self, project: &str) -> CreateNetworkRequest {
+        CreateNetworkRequest {
+            name: self.name.clone(),
+            project: project.to_string(),
+            cidr: self.cidr.clone(),
+            gateway: match self.gateway {
+                None => String::new(),
+                Some(Gateway::None) => "none".into(),
+                Some(Gateway::Ip(ip)) => ip.to_string(),
+            },
+            dns: self.dns.iter().map(Ipv4Addr::to_string).collect(),
+            mtu: self.mtu.unwrap_or(0),
+        }
+    }
+}
+
+/// The JSON (and `show`) form of a network.
+pub fn to_json(n: &Network) -> Value {
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "project": n.project,
+        "cidr": n.cidr,
+        "gateway": opt(&n.gateway),
+        "vni": n.vni,
+        "mtu": n.mtu,
+        "dns": n.dns,
+        "created_at": opt(&n.created_at),
+    })
+}
+
+/// The `network list` table.
+pub fn table(nets: &[Network]) -> Table {
+    let mut t = Table::new(&["ID", "Name", "CIDR", "Gateway", "VNI", "MTU"]);
+    for n in nets {
+        t.row(vec![
+            n.id.clone(),
+            n.name.clone(),
+            n.cidr.clone(),
+            n.gateway.clone(),
+            n.vni.to_string(),
+            n.mtu.to_string(),
+        ]);
+    }
+    t
+}
+
+/// Runs a network command.
+pub async fn run(cmd: NetworkCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    match cmd {
+        NetworkCmd::Create(args) => {
+            let n = api
+                .networks()
+                .create(args.request(&api.project))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&n))
+        }
+        NetworkCmd::List { all_projects } => {
+            let items = api
+                .list_all(all_projects, |req| {
+                    let mut c = api.networks();
+                    async move {
+                        let r = c.list(req).await?.into_inner();
+                        Ok((r.networks, r.next_page_token))
+                    }
+                })
+                .await?;
+            output::list(
+                ctx.format,
+                &table(&items),
+                items.iter().map(to_json).collect(),
+            )
+        }
+        NetworkCmd::Show { network } => {
+            let n = api
+                .networks()
+                .get(api.get_req(&network))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&n))
+        }
+        NetworkCmd::Delete { networks } => {
+            ctx.delete_all("networks", &networks, |r| async move {
+                let req = api.delete_req(&r);
+                api.networks().delete(req).await.or_fail(api).map(drop)
+            })
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: CreateArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<CreateNetworkRequest, clap::Error> {
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(args);
+        T::try_parse_from(argv).map(|t| t.a.request("p"))
+    }
+
+    #[test]
+    fn create_maps_flags_to_the_request() {
+        let r = parse(&[
+            "net1",
+            "--cidr",
+            "10.0.0.0/24",
+            "--gateway",
+            "10.0.0.254",
+            "--dns",
+            "1.1.1.1",
+            "--dns",
+            "9.9.9.9",
+            "--mtu",
+            "1400",
+        ])
+        .unwrap();
+        assert_eq!(
+            r,
+            CreateNetworkRequest {
+                name: "net1".into(),
+                project: "p".into(),
+                cidr: "10.0.0.0/24".into(),
+                gateway: "10.0.0.254".into(),
+                dns: vec!["1.1.1.1".into(), "9.9.9.9".into()],
+                mtu: 1400,
+            }
+        );
+    }
+
+    #[test]
+    fn gateway_none_and_default() {
+        let r = parse(&["n", "--cidr", "10.0.0.0/24", "--gateway", "none"]).unwrap();
+        assert_eq!(r.gateway, "none");
+        let r = parse(&["n", "--cidr", "10.0.0.0/24"]).unwrap();
+        assert_eq!((r.gateway.as_str(), r.mtu), ("", 0));
+        assert!(parse(&["n", "--cidr", "x", "--gateway", "bogus"]).is_err());
+    }
+}

@@ -1,0 +1,440 @@
+//! `nubo server …`: instances. Creation and `--wait` live in
+//! [`crate::server_create`].
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use nubo_common::proto::{ListServersRequest, Server, ServerActionRequest};
+use serde_json::{json, Value};
+
+use crate::api::{Api, Call, PAGE_SIZE};
+use crate::ctx::{opt, Ctx};
+use crate::output::{self, Format, Table};
+use crate::server_create;
+
+/// Server commands.
+#[derive(Debug, Subcommand)]
+pub enum ServerCmd {
+    /// Create one or many servers.
+    Create(server_create::CreateArgs),
+    /// List servers.
+    List(ListArgs),
+    /// Show a server: placement, ports, taps and where to tcpdump.
+    Show {
+        /// Server name or id.
+        server: String,
+    },
+    /// Delete servers.
+    Delete {
+        /// Server names or ids.
+        #[arg(required = true)]
+        servers: Vec<String>,
+        /// Wait until they are gone.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Power a server on.
+    Start {
+        /// Server name or id.
+        server: String,
+    },
+    /// Power a server off.
+    Stop {
+        /// Server name or id.
+        server: String,
+    },
+    /// Reboot a server.
+    Reboot {
+        /// Server name or id.
+        server: String,
+    },
+}
+
+/// `nubo server list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only servers on this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only servers whose name starts with this.
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Servers of every project.
+    #[arg(long)]
+    pub all_projects: bool,
+}
+
+impl ListArgs {
+    /// The first-page request for `project`.
+    pub fn request(&self, project: &str) -> ListServersRequest {
+        ListServersRequest {
+            page_size: PAGE_SIZE,
+            page_token: String::new(),
+            project: project.to_string(),
+            all_projects: self.all_projects,
+            node: self.node.clone().unwrap_or_default(),
+            name_prefix: self.name_prefix.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Every server matching `base`, following pagination to the end.
+pub async fn list_all(api: &Api, base: ListServersRequest) -> Result<Vec<Server>> {
+    crate::api::all_pages(|page_token| {
+        let mut c = api.servers();
+        let req = ListServersRequest {
+            page_token,
+            ..base.clone()
+        };
+        async move {
+            let r = c.list(req).await.or_fail(api)?;
+            Ok((r.servers, r.next_page_token))
+        }
+    })
+    .await
+}
+
+/// `net=ip; net2=ip2` (network name, or id when the name is unknown).
+pub fn networks_text(s: &Server) -> String {
+    s.addresses
+        .iter()
+        .map(|a| {
+            let net = if a.network_name.is_empty() {
+                &a.network_id
+            } else {
+                &a.network_name
+            };
+            format!("{net}={}", a.ip)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The command that captures a tap's traffic on its node.
+pub fn tcpdump(tap: &str) -> String {
+    format!("tcpdump -i {tap} -nn")
+}
+
+/// The JSON (and `show`) form of a server.
+pub fn to_json(s: &Server) -> Value {
+    let res = s.resources.unwrap_or_default();
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "project": s.project,
+        "flavor": s.flavor,
+        "image_id": s.image_id,
+        "key_name": opt(&s.key_name),
+        "desired_power": s.desired_power,
+        "state": s.state,
+        "node": opt(&s.node),
+        "last_error": opt(&s.last_error),
+        "addresses": s.addresses.iter().map(|a| json!({
+            "network_id": a.network_id,
+            "network_name": a.network_name,
+            "port_id": a.port_id,
+            "ip": a.ip,
+            "mac": a.mac,
+            "tap": a.tap,
+            "tcpdump": tcpdump(&a.tap),
+        })).collect::<Vec<_>>(),
+        "availability_zone": opt(&s.availability_zone),
+        "server_group_id": opt(&s.server_group_id),
+        "resources": { "vcpus": res.vcpus, "ram_mb": res.ram_mb, "disk_gb": res.disk_gb },
+        "created_at": opt(&s.created_at),
+        "updated_at": opt(&s.updated_at),
+        "launch_index": s.launch_index,
+        "evacuation_policy": opt(&s.evacuation_policy),
+    })
+}
+
+/// The `server list` table.
+pub fn table(servers: &[Server]) -> Table {
+    let mut t = Table::new(&["ID", "Name", "Status", "Node", "Networks", "Flavor"]);
+    for s in servers {
+        t.row(vec![
+            s.id.clone(),
+            s.name.clone(),
+            s.state.clone(),
+            s.node.clone(),
+            networks_text(s),
+            s.flavor.clone(),
+        ]);
+    }
+    t
+}
+
+/// `server show` in table format: the fields, a ports table and the exact
+/// capture command for each tap, with the node to run it on.
+pub fn show_text(s: &Server) -> String {
+    let mut fields = to_json(s);
+    if let Value::Object(m) = &mut fields {
+        m.insert("addresses".into(), Value::String(networks_text(s)));
+    }
+    let mut out = output::fields_table(&fields).render();
+    if s.addresses.is_empty() {
+        return out;
+    }
+    let mut ports = Table::new(&["Network", "IP", "MAC", "Tap", "Port ID"]);
+    for a in &s.addresses {
+        let net = if a.network_name.is_empty() {
+            &a.network_id
+        } else {
+            &a.network_name
+        };
+        ports.row(vec![
+            net.clone(),
+            a.ip.clone(),
+            a.mac.clone(),
+            a.tap.clone(),
+            a.port_id.clone(),
+        ]);
+    }
+    out.push_str(&ports.render());
+    if s.node.is_empty() {
+        out.push_str("Not placed on a node yet: no tap to capture on.\n");
+    } else {
+        out.push_str(&format!("Capture traffic on node {}:\n", s.node));
+        for a in &s.addresses {
+            out.push_str(&format!("  {}    # {}\n", tcpdump(&a.tap), a.ip));
+        }
+    }
+    out
+}
+
+fn show(format: Format, s: &Server) -> Result<()> {
+    match format {
+        Format::Json => output::emit_json(&to_json(s)),
+        Format::Table => output::emit(&show_text(s)),
+    }
+}
+
+/// Runs a server command.
+pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    let action = |r: String| ServerActionRequest {
+        r#ref: r,
+        project: api.project.clone(),
+    };
+    match cmd {
+        ServerCmd::Create(args) => server_create::run(args, ctx).await,
+        ServerCmd::List(args) => {
+            let items = list_all(api, args.request(&api.project)).await?;
+            output::list(
+                ctx.format,
+                &table(&items),
+                items.iter().map(to_json).collect(),
+            )
+        }
+        ServerCmd::Show { server } => {
+            let s = api.servers().get(api.get_req(&server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Start { server } => {
+            let s = api.servers().start(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Stop { server } => {
+            let s = api.servers().stop(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Reboot { server } => {
+            let s = api.servers().reboot(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Delete {
+            servers,
+            wait,
+            timeout,
+        } => delete(ctx, servers, wait, Duration::from_secs(timeout)).await,
+    }
+}
+
+/// Deletes servers; with `wait`, polls until none of them is listed any more.
+async fn delete(ctx: &Ctx, refs: Vec<String>, wait: bool, timeout: Duration) -> Result<()> {
+    let api = &ctx.api;
+    let gone: RefCell<Vec<(String, String)>> = RefCell::default(); // (id, name)
+    ctx.delete_all("servers", &refs, |r| {
+        let gone = &gone;
+        async move {
+            // Resolve first so that waiting can follow ids, not names.
+            let s = api.servers().get(api.get_req(&r)).await.or_fail(api)?;
+            api.servers()
+                .delete(api.delete_req(&s.id))
+                .await
+                .or_fail(api)?;
+            gone.borrow_mut().push((s.id, s.name));
+            Ok(())
+        }
+    })
+    .await?;
+    let gone = gone.into_inner();
+    if !wait || gone.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = gone.iter().map(|(_, n)| n.as_str()).collect();
+    let base = ListServersRequest {
+        page_size: PAGE_SIZE,
+        project: api.project.clone(),
+        name_prefix: common_prefix(&names),
+        ..Default::default()
+    };
+    let mut pending: HashSet<String> = gone.into_iter().map(|(id, _)| id).collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listed: HashMap<String, Server> = list_all(api, base.clone())
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        pending.retain(|id| listed.contains_key(id));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if let Some(s) = pending
+            .iter()
+            .filter_map(|id| listed.get(id))
+            .find(|s| s.state == "error")
+        {
+            bail!("server {} failed to delete: {}", s.name, s.last_error);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {}s: {} server(s) still deleting",
+                timeout.as_secs(),
+                pending.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The longest common prefix of `names` (used as a List filter when waiting).
+pub fn common_prefix(names: &[&str]) -> String {
+    let Some(first) = names.first() else {
+        return String::new();
+    };
+    let mut len = first.len();
+    for n in &names[1..] {
+        len = first
+            .char_indices()
+            .zip(n.chars())
+            .take_while(|((_, a), b)| a == b)
+            .map(|((i, a), _)| i + a.len_utf8())
+            .last()
+            .unwrap_or(0)
+            .min(len);
+    }
+    first[..len].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nubo_common::proto::ServerAddress;
+
+    fn server() -> Server {
+        Server {
+            id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+            name: "web-1".into(),
+            flavor: "m1.small".into(),
+            state: "running".into(),
+            node: "cmp-3".into(),
+            addresses: vec![
+                ServerAddress {
+                    network_id: "n1".into(),
+                    network_name: "front".into(),
+                    port_id: "p1".into(),
+                    ip: "10.0.0.5".into(),
+                    mac: "fa:16:3e:00:00:01".into(),
+                    tap: "tap0123456789a".into(),
+                },
+                ServerAddress {
+                    network_id: "n2".into(),
+                    ip: "10.1.0.9".into(),
+                    tap: "tapbbbbbbbbbbb".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn list_row_has_the_operator_columns() {
+        let out = table(&[server()]).render();
+        let row: Vec<&str> = out
+            .lines()
+            .nth(3)
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            row[1..7],
+            [
+                "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+                "web-1",
+                "running",
+                "cmp-3",
+                "front=10.0.0.5; n2=10.1.0.9",
+                "m1.small"
+            ]
+        );
+    }
+
+    #[test]
+    fn show_tells_where_to_tcpdump() {
+        let text = show_text(&server());
+        assert!(text.contains("Capture traffic on node cmp-3:\n"), "{text}");
+        assert!(
+            text.contains("  tcpdump -i tap0123456789a -nn    # 10.0.0.5\n"),
+            "{text}"
+        );
+        assert!(text.contains("| fa:16:3e:00:00:01 |"), "{text}");
+        let mut unplaced = server();
+        unplaced.node.clear();
+        assert!(show_text(&unplaced).contains("Not placed on a node yet"));
+        let j = to_json(&server());
+        assert_eq!(
+            j["addresses"][1]["tcpdump"],
+            "tcpdump -i tapbbbbbbbbbbb -nn"
+        );
+        assert_eq!(j["node"], "cmp-3");
+        assert_eq!(j["key_name"], Value::Null);
+    }
+
+    #[test]
+    fn list_args_map_to_filters() {
+        let a = ListArgs {
+            node: Some("cmp-1".into()),
+            name_prefix: Some("web-".into()),
+            all_projects: true,
+        };
+        let r = a.request("p");
+        assert_eq!(
+            (
+                r.node.as_str(),
+                r.name_prefix.as_str(),
+                r.all_projects,
+                r.page_size
+            ),
+            ("cmp-1", "web-", true, PAGE_SIZE)
+        );
+    }
+
+    #[test]
+    fn common_prefix_of_names() {
+        assert_eq!(common_prefix(&["web-1", "web-10", "web-2"]), "web-");
+        assert_eq!(common_prefix(&["a", "b"]), "");
+        assert_eq!(common_prefix(&["solo"]), "solo");
+        assert_eq!(common_prefix(&[]), "");
+        assert_eq!(common_prefix(&["été-1", "été-2"]), "été-");
+    }
+}

@@ -1,0 +1,628 @@
+//! Networks, ports, security groups and the IPAM reservations behind ports.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use etcd_client::{Compare, GetOptions, KeyValue, Txn, TxnOp};
+use nubo_common::keys::{self, NameKind};
+use nubo_common::model::{self, IpAllocation, Network, Port, SecurityGroup};
+use nubo_common::proto::{self as pb, networks_server, ports_server, security_groups_server};
+use nubo_common::{NetworkId, PortId, ProjectId, SecurityGroupId};
+use rand::Rng;
+use tonic::{Request, Response, Status};
+
+use super::{in_scope, reply, Ctx};
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::ipam;
+use crate::store::{self, absent, decode_or_skip, op_kvs, prefix_empty, prefix_unchanged_since, put, unchanged, Versioned};
+use crate::validate;
+
+type R<T> = Result<Response<T>, Status>;
+
+/// Networks up to this many addresses have their taken set read before
+/// picking (cheap, and avoids blind collisions on nearly full networks).
+const SMALL_NETWORK: u64 = 4096;
+/// Attempts at reserving an address / MAC before giving up.
+pub(crate) const MAX_ALLOC_ATTEMPTS: usize = 64;
+
+/// Addresses known to be taken on one network, for picking candidates.
+#[derive(Debug)]
+pub(crate) struct IpPool {
+    pub(crate) net: Network,
+    taken: HashSet<Ipv4Addr>,
+    loaded: bool,
+}
+
+impl IpPool {
+    pub(crate) fn new(net: Network) -> Self {
+        Self { net, taken: HashSet::new(), loaded: false }
+    }
+
+    /// Marks `ip` as taken (a reservation lost a race); small networks are
+    /// re-read before the next pick.
+    pub(crate) fn conflict(&mut self, ip: Ipv4Addr) {
+        self.taken.insert(ip);
+        if ipam::usable_count(self.net.cidr, self.net.gateway) <= SMALL_NETWORK {
+            self.loaded = false;
+        }
+    }
+
+    fn full(&self) -> ApiError {
+        ApiError::ResourceExhausted(format!(
+            "network {:?} is full: all {} addresses are in use",
+            self.net.name,
+            ipam::usable_count(self.net.cidr, self.net.gateway)
+        ))
+    }
+}
+
+/// The parts of a transaction that reserve a new port: compares, puts, and
+/// the gets run when the transaction fails (to see which reservation lost).
+pub(crate) fn reserve_port(p: &Port, compares: &mut Vec<Compare>, ops: &mut Vec<TxnOp>, probes: &mut Vec<TxnOp>) {
+    let ip_key = keys::ipam(&p.network, IpAddr::V4(p.ip));
+    let mac_key = keys::mac(&p.mac);
+    compares.push(absent(&ip_key));
+    compares.push(absent(&mac_key));
+    ops.push(put(&ip_key, &IpAllocation { port: p.id, ip: IpAddr::V4(p.ip) }));
+    ops.push(put(&mac_key, &p.id));
+    ops.push(put(&keys::port(&p.id), p));
+    probes.push(TxnOp::get(ip_key, None));
+    probes.push(TxnOp::get(mac_key, None));
+}
+
+/// The ops that delete a port and release its address, MAC and owner mark.
+pub(crate) fn release_port(p: &Port, ops: &mut Vec<TxnOp>) {
+    ops.push(TxnOp::delete(keys::port(&p.id), None));
+    ops.push(TxnOp::delete(keys::ipam(&p.network, IpAddr::V4(p.ip)), None));
+    ops.push(TxnOp::delete(keys::mac(&p.mac), None));
+    ops.push(TxnOp::delete(keys::port_owner(&p.id), None));
+}
+
+impl Ctx {
+    /// The current etcd revision.
+    async fn revision(&self) -> ApiResult<i64> {
+        let r = self.store.range(keys::election(), GetOptions::new().with_count_only()).await?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    async fn load_taken(&self, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> {
+        let prefix = keys::ipam_prefix(net);
+        let mut taken = HashSet::new();
+        let mut start = prefix.clone().into_bytes();
+        let end = keys::prefix_end(&prefix);
+        loop {
+            let resp = self
+                .store
+                .range(start.clone(), GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(5000))
+                .await?;
+            for kv in resp.kvs() {
+                let k = String::from_utf8_lossy(kv.key());
+                if let Some(Ok(ip)) = k.strip_prefix(&prefix).map(str::parse::<Ipv4Addr>) {
+                    taken.insert(ip);
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(taken),
+            }
+        }
+    }
+
+    /// Picks the next address to try on a network.
+    pub(crate) async fn next_ip(&self, pool: &mut IpPool) -> ApiResult<Ipv4Addr> {
+        let small = ipam::usable_count(pool.net.cidr, pool.net.gateway) <= SMALL_NETWORK;
+        if small && !pool.loaded {
+            pool.taken = self.load_taken(&pool.net.id).await?;
+            pool.loaded = true;
+        }
+        loop {
+            let pick = ipam::pick(pool.net.cidr, pool.net.gateway, &pool.taken, &mut rand::rng());
+            match pick {
+                Some(ip) => return Ok(ip),
+                None if pool.loaded => return Err(pool.full()),
+                None => {
+                    pool.taken = self.load_taken(&pool.net.id).await?;
+                    pool.loaded = true;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn network(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Network>> {
+        self.resolve(NameKind::Network, "network", project, r, |u| keys::network(&NetworkId::from_uuid(u)))
+            .await
+    }
+
+    async fn create_network(&self, r: pb::CreateNetworkRequest) -> ApiResult<pb::Network> {
+        let project = validate::project(&r.project)?;
+        validate::name("network", &r.name)?;
+        let cidr = validate::cidr(&r.cidr)?;
+        let gateway = validate::gateway(&r.gateway, cidr)?;
+        let dns = validate::dns(&r.dns)?;
+        let mtu = match r.mtu {
+            0 => 0,
+            m @ 576..=9000 => m as u16,
+            m => return Err(ApiError::InvalidArgument(format!("mtu {m} must be 0 (default) or 576-9000"))),
+        };
+        let idx = keys::name_index(NameKind::Network, &project, &r.name);
+        for _ in 0..16 {
+            // The project's networks, read at a revision the txn then
+            // compares against: a concurrent create forces a re-check.
+            let rev = self.revision().await?;
+            let mut existing = Vec::new();
+            let mut token = String::new();
+            loop {
+                let (page, next) = self
+                    .store
+                    .list_page(&keys::networks_prefix(), store::MAX_PAGE as u32, &token, |kv| {
+                        decode_or_skip::<Network>(kv).filter(|n| n.project == project).map(|n| (n.name, n.cidr))
+                    })
+                    .await?;
+                existing.extend(page);
+                if next.is_empty() {
+                    break;
+                }
+                token = next;
+            }
+            if existing.iter().any(|(n, _)| *n == r.name) {
+                return Err(ApiError::AlreadyExists(format!(
+                    "network {:?} already exists in project {project}",
+                    r.name
+                )));
+            }
+            if let Some((name, other)) = validate::find_overlap(cidr, &existing) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "network {cidr} overlaps network {name:?} ({other}) in project {project}"
+                )));
+            }
+            let vni = rand::rng().random_range(1..16_000_000u32);
+            let net = Network {
+                id: NetworkId::new_random(),
+                name: r.name.clone(),
+                project: project.clone(),
+                cidr,
+                gateway,
+                vni,
+                mtu,
+                dns: dns.clone(),
+                created_at: model::now(),
+            };
+            let vkey = keys::vni(vni);
+            let resp = self
+                .store
+                .txn(
+                    Txn::new()
+                        .when([absent(&idx), absent(&vkey), prefix_unchanged_since(&keys::networks_prefix(), rev)])
+                        .and_then([put(&idx, &net.id), put(&vkey, &net.id), put(&keys::network(&net.id), &net)])
+                        .or_else([TxnOp::get(idx.as_str(), None)]),
+                )
+                .await?;
+            if resp.succeeded() {
+                tracing::info!(network = %net.id, project = %project, %cidr, vni, "network created");
+                return Ok(convert::network(&net));
+            }
+            if !op_kvs(&resp, 0).is_empty() {
+                return Err(ApiError::AlreadyExists(format!(
+                    "network {:?} already exists in project {project}",
+                    r.name
+                )));
+            }
+        }
+        Err(ApiError::Unavailable("too many concurrent network changes; retry".into()))
+    }
+
+    async fn delete_network(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
+        let project = validate::project(&r.project)?;
+        let net = self.network(&project, &r.r#ref).await?;
+        let n = &net.value;
+        let key = keys::network(&n.id);
+        let ipam_prefix = keys::ipam_prefix(&n.id);
+        let resp = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([unchanged(&key, net.mod_rev), prefix_empty(&ipam_prefix)])
+                    .and_then([
+                        TxnOp::delete(key.as_str(), None),
+                        TxnOp::delete(keys::name_index(NameKind::Network, &project, &n.name), None),
+                        TxnOp::delete(keys::vni(n.vni), None),
+                    ]),
+            )
+            .await?;
+        if !resp.succeeded() {
+            let used = self
+                .store
+                .range(ipam_prefix.as_str(), GetOptions::new().with_prefix().with_count_only())
+                .await?
+                .count();
+            return Err(ApiError::FailedPrecondition(format!(
+                "network {:?} still has {used} ports; delete them first",
+                n.name
+            )));
+        }
+        tracing::info!(network = %n.id, "network deleted");
+        Ok(pb::Empty {})
+    }
+
+    pub(crate) async fn port(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Port>> {
+        self.resolve_scan("port", project, r, &keys::ports_prefix(), |u| keys::port(&PortId::from_uuid(u)))
+            .await
+    }
+
+    async fn create_port(&self, r: pb::CreatePortRequest) -> ApiResult<pb::Port> {
+        let project = validate::project(&r.project)?;
+        if !r.name.is_empty() {
+            validate::name("port", &r.name)?;
+        }
+        let net = self.network(&project, &r.network_ref).await?.value;
+        let fixed = match r.ip.trim() {
+            "" => None,
+            s => {
+                let ip: Ipv4Addr = s
+                    .parse()
+                    .map_err(|_| ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address")))?;
+                if !ipam::assignable(net.cidr, net.gateway, ip) {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "ip {ip} is not an assignable address of network {:?} ({}, gateway {})",
+                        net.name,
+                        net.cidr,
+                        net.gateway.map_or("none".to_string(), |g| g.to_string())
+                    )));
+                }
+                Some(ip)
+            }
+        };
+        let sgs = self.secgroups(&project, &r.security_groups).await?;
+        let mut pool = IpPool::new(net);
+        let mut port = Port {
+            id: PortId::new_random(),
+            name: r.name.clone(),
+            project,
+            network: pool.net.id,
+            mac: ipam::random_mac(&mut rand::rng()),
+            ip: Ipv4Addr::UNSPECIFIED,
+            security_groups: sgs,
+            port_security: !r.no_port_security,
+            device: None,
+            node: None,
+            created_at: model::now(),
+        };
+        for _ in 0..MAX_ALLOC_ATTEMPTS {
+            port.ip = match fixed {
+                Some(ip) => ip,
+                None => self.next_ip(&mut pool).await?,
+            };
+            let (mut compares, mut ops, mut probes) = (Vec::new(), Vec::new(), Vec::new());
+            reserve_port(&port, &mut compares, &mut ops, &mut probes);
+            let resp = self.store.txn(Txn::new().when(compares).and_then(ops).or_else(probes)).await?;
+            if resp.succeeded() {
+                tracing::info!(port = %port.id, network = %port.network, ip = %port.ip, "port created");
+                return Ok(convert::port(&port));
+            }
+            if !op_kvs(&resp, 0).is_empty() {
+                if fixed.is_some() {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "address {} is already in use on network {:?}",
+                        port.ip, pool.net.name
+                    )));
+                }
+                pool.conflict(port.ip);
+            }
+            if !op_kvs(&resp, 1).is_empty() {
+                port.mac = ipam::random_mac(&mut rand::rng());
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "could not reserve an address on network {:?} after {MAX_ALLOC_ATTEMPTS} attempts (heavy contention); retry",
+            pool.net.name
+        )))
+    }
+
+    async fn update_port(&self, r: pb::UpdatePortRequest) -> ApiResult<pb::Port> {
+        let project = validate::project(&r.project)?;
+        let sgs = self.secgroups(&project, &r.security_groups).await?;
+        for _ in 0..8 {
+            let mut p = self.port(&project, &r.r#ref).await?;
+            p.value.security_groups = sgs.clone();
+            let key = keys::port(&p.value.id);
+            let resp = self
+                .store
+                .txn(Txn::new().when([unchanged(&key, p.mod_rev)]).and_then([put(&key, &p.value)]))
+                .await?;
+            if resp.succeeded() {
+                return Ok(convert::port(&p.value));
+            }
+        }
+        Err(ApiError::Unavailable("the port changed concurrently too often; retry".into()))
+    }
+
+    async fn delete_port(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
+        let project = validate::project(&r.project)?;
+        for _ in 0..8 {
+            let p = self.port(&project, &r.r#ref).await?;
+            if let Some(dev) = p.value.device {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "port {} is plugged into server {dev}; delete the server first",
+                    p.value.id
+                )));
+            }
+            let mut ops = Vec::new();
+            release_port(&p.value, &mut ops);
+            let resp = self
+                .store
+                .txn(Txn::new().when([unchanged(&keys::port(&p.value.id), p.mod_rev)]).and_then(ops))
+                .await?;
+            if resp.succeeded() {
+                tracing::info!(port = %p.value.id, "port deleted");
+                return Ok(pb::Empty {});
+            }
+        }
+        Err(ApiError::Unavailable("the port changed concurrently too often; retry".into()))
+    }
+
+    pub(crate) async fn secgroup(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<SecurityGroup>> {
+        self.resolve(NameKind::SecurityGroup, "security group", project, r, |u| {
+            keys::secgroup(&SecurityGroupId::from_uuid(u))
+        })
+        .await
+    }
+
+    async fn create_secgroup(&self, r: pb::CreateSecurityGroupRequest) -> ApiResult<pb::SecurityGroup> {
+        let project = validate::project(&r.project)?;
+        validate::name("security group", &r.name)?;
+        if r.description.len() > 255 {
+            return Err(ApiError::InvalidArgument("description is longer than 255 characters".into()));
+        }
+        let id = SecurityGroupId::new_random();
+        let g = SecurityGroup {
+            id,
+            name: r.name.clone(),
+            project: project.clone(),
+            description: r.description.clone(),
+            rules: if r.name == "default" { SecurityGroup::default_rules(id) } else { Vec::new() },
+            created_at: model::now(),
+        };
+        let idx = keys::name_index(NameKind::SecurityGroup, &project, &g.name);
+        let resp = self
+            .store
+            .txn(Txn::new().when([absent(&idx)]).and_then([put(&idx, &id), put(&keys::secgroup(&id), &g)]))
+            .await?;
+        if !resp.succeeded() {
+            return Err(ApiError::AlreadyExists(format!(
+                "security group {:?} already exists in project {project}",
+                g.name
+            )));
+        }
+        Ok(convert::secgroup(&g))
+    }
+
+    async fn delete_secgroup(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
+        let project = validate::project(&r.project)?;
+        for _ in 0..8 {
+            let g = self.secgroup(&project, &r.r#ref).await?;
+            let id = g.value.id;
+            let rev = self.revision().await?;
+            let mut users: Vec<PortId> = Vec::new();
+            let mut token = String::new();
+            loop {
+                let (page, next) = self
+                    .store
+                    .list_page(&keys::ports_prefix(), store::MAX_PAGE as u32, &token, |kv: &KeyValue| {
+                        decode_or_skip::<Port>(kv).filter(|p| p.security_groups.contains(&id)).map(|p| p.id)
+                    })
+                    .await?;
+                users.extend(page);
+                if next.is_empty() {
+                    break;
+                }
+                token = next;
+            }
+            if let Some(first) = users.first() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "security group {:?} is used by port {first}{}; remove it from the ports first",
+                    g.value.name,
+                    match users.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more", n - 1),
+                    }
+                )));
+            }
+            let key = keys::secgroup(&id);
+            let resp = self
+                .store
+                .txn(
+                    Txn::new()
+                        .when([unchanged(&key, g.mod_rev), prefix_unchanged_since(&keys::ports_prefix(), rev)])
+                        .and_then([
+                            TxnOp::delete(key.as_str(), None),
+                            TxnOp::delete(keys::name_index(NameKind::SecurityGroup, &project, &g.value.name), None),
+                        ]),
+                )
+                .await?;
+            if resp.succeeded() {
+                return Ok(pb::Empty {});
+            }
+        }
+        Err(ApiError::Unavailable("ports changed concurrently too often; retry".into()))
+    }
+
+    async fn edit_rules(
+        &self,
+        project: &ProjectId,
+        group_ref: &str,
+        edit: impl Fn(&mut SecurityGroup) -> ApiResult<()>,
+    ) -> ApiResult<pb::SecurityGroup> {
+        for _ in 0..8 {
+            let mut g = self.secgroup(project, group_ref).await?;
+            edit(&mut g.value)?;
+            let key = keys::secgroup(&g.value.id);
+            let resp = self
+                .store
+                .txn(Txn::new().when([unchanged(&key, g.mod_rev)]).and_then([put(&key, &g.value)]))
+                .await?;
+            if resp.succeeded() {
+                return Ok(convert::secgroup(&g.value));
+            }
+        }
+        Err(ApiError::Unavailable("the security group changed concurrently too often; retry".into()))
+    }
+
+    async fn add_rule(&self, r: pb::AddRuleRequest) -> ApiResult<pb::SecurityGroup> {
+        let project = validate::project(&r.project)?;
+        let Some(rule) = r.rule.as_ref() else {
+            return Err(ApiError::InvalidArgument("rule is required".into()));
+        };
+        let rule = convert::rule_from_proto(rule)?;
+        if let model::Remote::Group(g) = &rule.remote {
+            self.secgroup(&project, &g.to_string()).await?;
+        }
+        self.edit_rules(&project, &r.group_ref, |g| {
+            let same = g.rules.iter().any(|x| {
+                (x.direction, x.ethertype, x.protocol, x.ports, &x.remote)
+                    == (rule.direction, rule.ethertype, rule.protocol, rule.ports, &rule.remote)
+            });
+            if same {
+                return Err(ApiError::AlreadyExists(format!(
+                    "security group {:?} already has this rule",
+                    g.name
+                )));
+            }
+            g.rules.push(rule.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, r: pb::DeleteRuleRequest) -> ApiResult<pb::SecurityGroup> {
+        let project = validate::project(&r.project)?;
+        let id: nubo_common::RuleId = r.rule_id.trim().parse()?;
+        self.edit_rules(&project, &r.group_ref, |g| {
+            let before = g.rules.len();
+            g.rules.retain(|x| x.id != id);
+            if g.rules.len() == before {
+                return Err(ApiError::NotFound(format!(
+                    "rule {id} not found in security group {:?}",
+                    g.name
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl networks_server::Networks for Ctx {
+    async fn create(&self, r: Request<pb::CreateNetworkRequest>) -> R<pb::Network> {
+        reply(self.create_network(r.into_inner()).await)
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Network> {
+        let r = r.into_inner();
+        let go = async {
+            let p = validate::project(&r.project)?;
+            Ok(convert::network(&self.network(&p, &r.r#ref).await?.value))
+        };
+        reply(go.await)
+    }
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListNetworksResponse> {
+        let r = r.into_inner();
+        let go = async {
+            let p = validate::project(&r.project)?;
+            let (networks, next_page_token) = self
+                .store
+                .list_page(&keys::networks_prefix(), r.page_size, &r.page_token, |kv| {
+                    decode_or_skip::<Network>(kv)
+                        .filter(|n| in_scope(r.all_projects, &p, &n.project))
+                        .map(|n| convert::network(&n))
+                })
+                .await?;
+            Ok(pb::ListNetworksResponse { networks, next_page_token })
+        };
+        reply(go.await)
+    }
+    async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        reply(self.delete_network(r.into_inner()).await)
+    }
+}
+
+#[tonic::async_trait]
+impl ports_server::Ports for Ctx {
+    async fn create(&self, r: Request<pb::CreatePortRequest>) -> R<pb::Port> {
+        reply(self.create_port(r.into_inner()).await)
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Port> {
+        let r = r.into_inner();
+        let go = async {
+            let p = validate::project(&r.project)?;
+            Ok(convert::port(&self.port(&p, &r.r#ref).await?.value))
+        };
+        reply(go.await)
+    }
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListPortsResponse> {
+        let r = r.into_inner();
+        let go = async {
+            let p = validate::project(&r.project)?;
+            let (ports, next_page_token) = self
+                .store
+                .list_page(&keys::ports_prefix(), r.page_size, &r.page_token, |kv| {
+                    decode_or_skip::<Port>(kv)
+                        .filter(|x| in_scope(r.all_projects, &p, &x.project))
+                        .map(|x| convert::port(&x))
+                })
+                .await?;
+            Ok(pb::ListPortsResponse { ports, next_page_token })
+        };
+        reply(go.await)
+    }
+    async fn update(&self, r: Request<pb::UpdatePortRequest>) -> R<pb::Port> {
+        reply(self.update_port(r.into_inner()).await)
+    }
+    async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        reply(self.delete_port(r.into_inner()).await)
+    }
+}
+
+#[tonic::async_trait]
+impl security_groups_server::SecurityGroups for Ctx {
+    async fn create(&self, r: Request<pb::CreateSecurityGroupRequest>) -> R<pb::SecurityGroup> {
+        reply(self.create_secgroup(r.into_inner()).await)
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::SecurityGroup> {
+        let r = r.into_inner();
+        let go = async {
+            let p = validate::project(&r.project)?;
+            Ok(convert::secgroup(&self.secgroup(&p, &r.r#ref).await?.value))
+        };
+        reply(go.await)
+    }
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListSecurityGroupsResponse> {
+        let r = r.into_inner();
+        let go = async {
+            let p = validate::project(&r.project)?;
+            let (security_groups, next_page_token) = self
+                .store
+                .list_page(&keys::secgroups_prefix(), r.page_size, &r.page_token, |kv| {
+                    decode_or_skip::<SecurityGroup>(kv)
+                        .filter(|g| in_scope(r.all_projects, &p, &g.project))
+                        .map(|g| convert::secgroup(&g))
+                })
+                .await?;
+            Ok(pb::ListSecurityGroupsResponse { security_groups, next_page_token })
+        };
+        reply(go.await)
+    }
+    async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        reply(self.delete_secgroup(r.into_inner()).await)
+    }
+    async fn add_rule(&self, r: Request<pb::AddRuleRequest>) -> R<pb::SecurityGroup> {
+        reply(self.add_rule(r.into_inner()).await)
+    }
+    async fn delete_rule(&self, r: Request<pb::DeleteRuleRequest>) -> R<pb::SecurityGroup> {
+        reply(self.delete_rule(r.into_inner()).await)
+    }
+}
+

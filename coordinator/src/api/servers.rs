@@ -1,0 +1,565 @@
+//! Servers: batch creation with placement, deletion, power actions.
+//!
+//! Creating one server is ONE etcd transaction that reserves its addresses
+//! and MACs, creates its ports, plugs pre-existing ports, bumps the node's
+//! usage (compare on the usage key's mod_revision) and writes the
+//! assignment and the spec. A failed compare leaves nothing behind; the
+//! failure's probes tell which reservation lost, and only that is retried.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use base64::Engine;
+use etcd_client::{Txn, TxnOp};
+use futures::StreamExt;
+use nubo_common::keys::{self, Key};
+use nubo_common::model::{
+    self, Assignment, EvacuationPolicy, Flavor, Instance, InstanceStatus, Network, NodeUsage, Port, PowerState,
+    ServerGroup,
+};
+use nubo_common::proto::{self as pb, servers_server};
+use nubo_common::{ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId};
+use rand::seq::IndexedRandom;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::network::{release_port, reserve_port, IpPool};
+use super::{reply, Ctx};
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
+use crate::store::{self, absent, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged, Versioned};
+use crate::validate;
+
+type R<T> = Result<Response<T>, Status>;
+
+/// Largest `count` of one create call.
+pub const MAX_BATCH: u32 = 1000;
+/// Servers of one batch placed concurrently.
+const BATCH_CONCURRENCY: usize = 16;
+/// Placement transactions tried for one server before giving up.
+const MAX_PLACE_ATTEMPTS: usize = 64;
+/// Conflicts on one node before the next candidate is preferred.
+const NODE_CONFLICTS: u32 = 3;
+/// The best candidates among which one is chosen at random.
+const TOP_K: usize = 16;
+/// Largest accepted user data.
+const MAX_USER_DATA: usize = 64 * 1024;
+
+/// A validated create request, shared by the servers of a batch.
+struct Plan {
+    project: ProjectId,
+    name: String,
+    count: u32,
+    flavor: Flavor,
+    image: ImageId,
+    networks: Vec<Network>,
+    existing_ports: Vec<Versioned<Port>>,
+    security_groups: Vec<SecurityGroupId>,
+    key_name: Option<String>,
+    user_data_b64: Option<String>,
+    availability_zone: Option<String>,
+    group: Option<ServerGroup>,
+    power: PowerState,
+    evacuation: EvacuationPolicy,
+}
+
+impl Plan {
+    fn net_names(&self) -> HashMap<NetworkId, String> {
+        self.networks.iter().map(|n| (n.id, n.name.clone())).collect()
+    }
+}
+
+impl Ctx {
+    async fn plan(&self, r: pb::CreateServerRequest) -> ApiResult<Plan> {
+        let project = validate::project(&r.project)?;
+        validate::name("server", &r.name)?;
+        let count = if r.count == 0 { 1 } else { r.count };
+        if count > MAX_BATCH {
+            return Err(ApiError::InvalidArgument(format!(
+                "count {count} is larger than the maximum of {MAX_BATCH} servers per request"
+            )));
+        }
+        if count > 1 && !r.ports.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "existing ports can only be plugged when count is 1".into(),
+            ));
+        }
+        let flavor = self.flavor(&r.flavor).await?.value;
+        let image = self.image(&project, &r.image_ref).await?.value;
+        if image.min_ram_mb > flavor.resources.ram_mb || image.min_disk_gb > flavor.resources.disk_gb {
+            return Err(ApiError::InvalidArgument(format!(
+                "image {:?} needs at least {} MiB RAM and {} GiB disk; flavor {} has {} MiB and {} GiB",
+                image.name,
+                image.min_ram_mb,
+                image.min_disk_gb,
+                flavor.name,
+                flavor.resources.ram_mb,
+                flavor.resources.disk_gb
+            )));
+        }
+        let mut networks = Vec::with_capacity(r.networks.len());
+        for n in &r.networks {
+            networks.push(self.network(&project, n).await?.value);
+        }
+        let mut existing_ports: Vec<Versioned<Port>> = Vec::with_capacity(r.ports.len());
+        for p in &r.ports {
+            let port = self.port(&project, p).await?;
+            if let Some(dev) = port.value.device {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "port {} is already plugged into server {dev}",
+                    port.value.id
+                )));
+            }
+            if existing_ports.iter().any(|e| e.value.id == port.value.id) {
+                return Err(ApiError::InvalidArgument(format!("port {} is listed twice", port.value.id)));
+            }
+            existing_ports.push(port);
+        }
+        let security_groups = if networks.is_empty() {
+            Vec::new()
+        } else {
+            self.secgroups(&project, &r.security_groups).await?
+        };
+        let key_name = match r.key_name.trim() {
+            "" => None,
+            k => Some(self.keypair(&project, k).await?.value.name),
+        };
+        if r.user_data.len() > MAX_USER_DATA {
+            return Err(ApiError::InvalidArgument(format!(
+                "user_data is {} bytes; the limit is {MAX_USER_DATA}",
+                r.user_data.len()
+            )));
+        }
+        let user_data_b64 =
+            (!r.user_data.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&r.user_data));
+        let group = match r.server_group.trim() {
+            "" => None,
+            g => Some(self.server_group(&project, g).await?.value),
+        };
+        let evacuation = match r.evacuation_policy.to_ascii_lowercase().as_str() {
+            "" | "auto" => EvacuationPolicy::Auto,
+            "manual" => EvacuationPolicy::Manual,
+            "never" => EvacuationPolicy::Never,
+            other => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "evacuation_policy {other:?} must be auto, manual or never"
+                )))
+            }
+        };
+        Ok(Plan {
+            project,
+            name: r.name,
+            count,
+            flavor,
+            image: image.id,
+            networks,
+            existing_ports,
+            security_groups,
+            key_name,
+            user_data_b64,
+            availability_zone: Some(r.availability_zone.trim().to_string()).filter(|s| !s.is_empty()),
+            group,
+            power: if r.stopped { PowerState::Stopped } else { PowerState::Running },
+            evacuation,
+        })
+    }
+
+    async fn create_servers(&self, r: pb::CreateServerRequest) -> ApiResult<pb::CreateServerResponse> {
+        let plan = self.plan(r).await?;
+        let plan = &plan;
+        let mut results: Vec<pb::ServerResult> = futures::stream::iter(0..plan.count)
+            .map(|i| async move {
+                let id = InstanceId::new_random();
+                let span = tracing::info_span!("create_server", instance = %id, index = i);
+                match self.create_one(plan, id, i).instrument(span).await {
+                    Ok(server) => pb::ServerResult { server: Some(server), error: String::new(), code: String::new(), index: i },
+                    Err(e) => {
+                        tracing::info!(instance = %id, index = i, error = %e, "server not created");
+                        pb::ServerResult { server: None, error: e.to_string(), code: e.code_name().into(), index: i }
+                    }
+                }
+            })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        results.sort_by_key(|r| r.index);
+        Ok(pb::CreateServerResponse { results })
+    }
+
+    async fn group_members(&self, g: &ServerGroup) -> ApiResult<(HashSet<NodeName>, i64)> {
+        let resp = self
+            .store
+            .range(
+                keys::server_group_members_prefix(&g.id),
+                etcd_client::GetOptions::new().with_prefix(),
+            )
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.kvs().iter().filter_map(decode_or_skip::<NodeName>).collect(), rev))
+    }
+
+    async fn create_one(&self, plan: &Plan, id: InstanceId, index: u32) -> ApiResult<pb::Server> {
+        let name = if plan.count > 1 { format!("{}-{}", plan.name, index + 1) } else { plan.name.clone() };
+        let now = model::now();
+        let mut pools: Vec<IpPool> = plan.networks.iter().cloned().map(IpPool::new).collect();
+        let mut new_ports: Vec<Port> = plan
+            .networks
+            .iter()
+            .map(|n| Port {
+                id: PortId::new_random(),
+                name: String::new(),
+                project: plan.project.clone(),
+                network: n.id,
+                mac: crate::ipam::random_mac(&mut rand::rng()),
+                ip: Ipv4Addr::UNSPECIFIED,
+                security_groups: plan.security_groups.clone(),
+                port_security: true,
+                device: Some(id),
+                node: None,
+                created_at: now,
+            })
+            .collect();
+        let mut need_ip = vec![true; new_ports.len()];
+        let mut existing: Vec<Versioned<Port>> = plan.existing_ports.clone();
+        let mut members = match &plan.group {
+            Some(g) => Some(self.group_members(g).await?),
+            None => None,
+        };
+        let mut conflicts: HashMap<NodeName, u32> = HashMap::new();
+        let mut exclude: HashSet<NodeName> = HashSet::new();
+        let usage_of = |n: &NodeName| keys::node_usage(n);
+
+        for _attempt in 0..MAX_PLACE_ATTEMPTS {
+            for (j, p) in new_ports.iter_mut().enumerate() {
+                if need_ip[j] {
+                    p.ip = self.next_ip(&mut pools[j]).await?;
+                    need_ip[j] = false;
+                }
+            }
+            let req = PlaceRequest {
+                resources: plan.flavor.resources,
+                availability_zone: plan.availability_zone.as_deref(),
+                group: match (&plan.group, &members) {
+                    (Some(g), Some((m, _))) => Some(GroupConstraint { policy: g.policy, member_nodes: m }),
+                    _ => None,
+                },
+            };
+            let cands = match self.view.candidates(&req, &self.ratios, self.cfg.placement, &exclude, TOP_K) {
+                Ok(c) => c,
+                Err(_) if !exclude.is_empty() => {
+                    exclude.clear();
+                    continue;
+                }
+                Err(rej) => return Err(ApiError::ResourceExhausted(rej.explain(&req))),
+            };
+            let Some((node, usage, usage_rev)) = cands.choose(&mut rand::rng()).cloned() else {
+                return Err(ApiError::ResourceExhausted("no capacity: no candidate node".into()));
+            };
+            let new_usage = NodeUsage {
+                used: usage.used.saturating_add(plan.flavor.resources),
+                instances: usage.instances.saturating_add(1),
+            };
+            let inst = Instance {
+                id,
+                name: name.clone(),
+                project: plan.project.clone(),
+                flavor: plan.flavor.name.clone(),
+                resources: plan.flavor.resources,
+                image: plan.image,
+                ports: new_ports.iter().map(|p| p.id).chain(existing.iter().map(|p| p.value.id)).collect(),
+                key_name: plan.key_name.clone(),
+                user_data_b64: plan.user_data_b64.clone(),
+                power: plan.power,
+                reboot_generation: 0,
+                availability_zone: plan.availability_zone.clone(),
+                server_group: plan.group.as_ref().map(|g| g.id),
+                node: Some(node.clone()),
+                launch_index: index,
+                evacuation: plan.evacuation,
+                created_at: now,
+            };
+            let ukey = usage_of(&node);
+            let ikey = keys::instance(&id);
+            let mut compares = vec![unchanged(&ukey, usage_rev), absent(&ikey)];
+            let mut ops = vec![
+                put(&ukey, &new_usage),
+                put(&keys::assignment(&node, &id), &Assignment { instance: id, node: node.clone(), assigned_at: now }),
+                put(&ikey, &inst),
+            ];
+            let mut probes = vec![TxnOp::get(ukey.as_str(), None)];
+            for p in new_ports.iter_mut() {
+                p.node = Some(node.clone());
+                reserve_port(p, &mut compares, &mut ops, &mut probes);
+                ops.push(put(&keys::port_owner(&p.id), &id));
+            }
+            for p in &existing {
+                let key = keys::port(&p.value.id);
+                let mut plugged = p.value.clone();
+                plugged.device = Some(id);
+                plugged.node = Some(node.clone());
+                compares.push(unchanged(&key, p.mod_rev));
+                ops.push(put(&key, &plugged));
+                probes.push(TxnOp::get(key, None));
+            }
+            if let (Some(g), Some((_, rev))) = (&plan.group, &members) {
+                let prefix = keys::server_group_members_prefix(&g.id);
+                compares.push(prefix_unchanged_since(&prefix, *rev));
+                ops.push(put(&keys::server_group_member(&g.id, &id), &node));
+                probes.push(TxnOp::get(prefix, Some(etcd_client::GetOptions::new().with_prefix())));
+            }
+            let resp = self.store.txn(Txn::new().when(compares).and_then(ops).or_else(probes)).await?;
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if resp.succeeded() {
+                self.view.record_usage(&node, Some(new_usage), rev);
+                tracing::info!(instance = %id, node = %node, "server placed");
+                let mut ports = new_ports;
+                ports.extend(existing.into_iter().map(|p| {
+                    let mut v = p.value;
+                    v.device = Some(id);
+                    v.node = Some(node.clone());
+                    v
+                }));
+                return Ok(convert::server(&inst, None, &ports, &plan.net_names()));
+            }
+            // Which reservation lost?
+            let mut probe = 0;
+            match op_kvs(&resp, probe).first() {
+                Some(kv) if kv.mod_revision() != usage_rev => self.view.apply_usage_kv(&node, kv),
+                None if usage_rev != 0 => self.view.record_usage(&node, None, rev),
+                _ => {}
+            }
+            let node_lost = op_kvs(&resp, probe).first().map_or(0, |kv| kv.mod_revision()) != usage_rev;
+            if node_lost {
+                let c = conflicts.entry(node.clone()).or_default();
+                *c += 1;
+                if *c >= NODE_CONFLICTS {
+                    exclude.insert(node.clone());
+                }
+            }
+            probe += 1;
+            for (j, p) in new_ports.iter_mut().enumerate() {
+                if !op_kvs(&resp, probe).is_empty() {
+                    pools[j].conflict(p.ip);
+                    need_ip[j] = true;
+                }
+                if !op_kvs(&resp, probe + 1).is_empty() {
+                    p.mac = crate::ipam::random_mac(&mut rand::rng());
+                }
+                probe += 2;
+            }
+            for p in existing.iter_mut() {
+                let kvs = op_kvs(&resp, probe);
+                probe += 1;
+                let Some(kv) = kvs.first() else {
+                    return Err(ApiError::NotFound(format!("port {} was deleted meanwhile", p.value.id)));
+                };
+                if kv.mod_revision() != p.mod_rev {
+                    let fresh: Port = decode_kv(kv).map_err(store::corrupt)?;
+                    if let Some(dev) = fresh.device {
+                        return Err(ApiError::FailedPrecondition(format!(
+                            "port {} is already plugged into server {dev}",
+                            fresh.id
+                        )));
+                    }
+                    *p = Versioned { value: fresh, mod_rev: kv.mod_revision() };
+                }
+            }
+            if let Some((set, mrev)) = members.as_mut() {
+                *set = op_kvs(&resp, probe).iter().filter_map(decode_or_skip::<NodeName>).collect();
+                *mrev = rev;
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "could not place the server after {MAX_PLACE_ATTEMPTS} attempts because of contention; retry"
+        )))
+    }
+
+    pub(crate) async fn server_spec(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Instance>> {
+        self.resolve_scan("server", project, r, &keys::instances_prefix(), |u| {
+            keys::instance(&InstanceId::from_uuid(u))
+        })
+        .await
+    }
+
+    /// Builds the API view of servers: statuses, ports and network names in
+    /// a few batched reads.
+    async fn render(&self, insts: &[Instance]) -> ApiResult<Vec<pb::Server>> {
+        let status_keys: Vec<String> = insts.iter().map(|i| keys::instance_status(&i.id)).collect();
+        let port_ids: Vec<PortId> = insts.iter().flat_map(|i| i.ports.iter().copied()).collect();
+        let port_keys: Vec<String> = port_ids.iter().map(keys::port).collect();
+        let statuses = self.store.get_many(&status_keys).await?;
+        let ports: HashMap<PortId, Port> = self
+            .store
+            .get_many(&port_keys)
+            .await?
+            .iter()
+            .flatten()
+            .filter_map(decode_or_skip::<Port>)
+            .map(|p| (p.id, p))
+            .collect();
+        let net_ids: Vec<NetworkId> =
+            ports.values().map(|p| p.network).collect::<HashSet<_>>().into_iter().collect();
+        let net_keys: Vec<String> = net_ids.iter().map(keys::network).collect();
+        let names: HashMap<NetworkId, String> = self
+            .store
+            .get_many(&net_keys)
+            .await?
+            .iter()
+            .flatten()
+            .filter_map(decode_or_skip::<Network>)
+            .map(|n| (n.id, n.name))
+            .collect();
+        Ok(insts
+            .iter()
+            .zip(statuses)
+            .map(|(i, st)| {
+                let st: Option<InstanceStatus> = st.as_ref().and_then(decode_or_skip);
+                let ps: Vec<Port> = i.ports.iter().filter_map(|p| ports.get(p).cloned()).collect();
+                convert::server(i, st.as_ref(), &ps, &names)
+            })
+            .collect())
+    }
+
+    async fn get_server(&self, r: pb::GetRequest) -> ApiResult<pb::Server> {
+        let project = validate::project(&r.project)?;
+        let inst = self.server_spec(&project, &r.r#ref).await?;
+        let mut v = self.render(std::slice::from_ref(&inst.value)).await?;
+        v.pop().ok_or_else(|| ApiError::NotFound(format!("server {:?} not found", r.r#ref)))
+    }
+
+    async fn list_servers(&self, r: pb::ListServersRequest) -> ApiResult<pb::ListServersResponse> {
+        let project = validate::project(&r.project)?;
+        let node = match r.node.trim() {
+            "" => None,
+            n => Some(NodeName::new(n)?),
+        };
+        let (insts, next_page_token) = self
+            .store
+            .list_page(&keys::instances_prefix(), r.page_size, &r.page_token, |kv| {
+                let k = std::str::from_utf8(kv.key()).ok()?;
+                if !matches!(keys::parse(k), Some(Key::Instance(_))) {
+                    return None;
+                }
+                let i: Instance = decode_or_skip(kv)?;
+                let ok = (r.all_projects || i.project == project)
+                    && node.as_ref().is_none_or(|n| i.node.as_ref() == Some(n))
+                    && i.name.starts_with(&r.name_prefix);
+                ok.then_some(i)
+            })
+            .await?;
+        Ok(pb::ListServersResponse { servers: self.render(&insts).await?, next_page_token })
+    }
+
+    async fn delete_server(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
+        let project = validate::project(&r.project)?;
+        for _ in 0..16 {
+            let inst = self.server_spec(&project, &r.r#ref).await?;
+            let i = &inst.value;
+            let mut keys_to_read: Vec<String> = i.ports.iter().map(keys::port).collect();
+            keys_to_read.extend(i.ports.iter().map(keys::port_owner));
+            let read = self.store.get_many(&keys_to_read).await?;
+            let (port_kvs, owner_kvs) = read.split_at(i.ports.len());
+            let ikey = keys::instance(&i.id);
+            let mut compares = vec![unchanged(&ikey, inst.mod_rev)];
+            let mut ops = vec![TxnOp::delete(ikey.as_str(), None), TxnOp::delete(keys::instance_status(&i.id), None)];
+            let mut new_usage = None;
+            if let Some(node) = &i.node {
+                ops.push(TxnOp::delete(keys::assignment(node, &i.id), None));
+                let ukey = keys::node_usage(node);
+                if let Some(u) = self.store.get::<NodeUsage>(&ukey).await? {
+                    let nu = NodeUsage {
+                        used: u.value.used.saturating_sub(i.resources),
+                        instances: u.value.instances.saturating_sub(1),
+                    };
+                    compares.push(unchanged(&ukey, u.mod_rev));
+                    ops.push(put(&ukey, &nu));
+                    new_usage = Some((node.clone(), nu));
+                }
+            }
+            if let Some(g) = &i.server_group {
+                ops.push(TxnOp::delete(keys::server_group_member(g, &i.id), None));
+            }
+            for (pkv, okv) in port_kvs.iter().zip(owner_kvs) {
+                let Some(pkv) = pkv else { continue };
+                let Ok(port) = decode_kv::<Port>(pkv) else {
+                    tracing::warn!(instance = %i.id, key = crate::view::kv_key(pkv), "unreadable port left in place");
+                    continue;
+                };
+                let owned = okv
+                    .as_ref()
+                    .and_then(|kv| decode_kv::<InstanceId>(kv).ok())
+                    .is_some_and(|o| o == i.id);
+                compares.push(unchanged(&keys::port(&port.id), pkv.mod_revision()));
+                if owned {
+                    release_port(&port, &mut ops);
+                } else if port.device == Some(i.id) {
+                    let mut p = port;
+                    p.device = None;
+                    p.node = None;
+                    ops.push(put(&keys::port(&p.id), &p));
+                }
+            }
+            let resp = self.store.txn(Txn::new().when(compares).and_then(ops)).await?;
+            if resp.succeeded() {
+                if let Some((node, nu)) = new_usage {
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    self.view.record_usage(&node, Some(nu), rev);
+                }
+                tracing::info!(instance = %i.id, "server deleted");
+                return Ok(pb::Empty {});
+            }
+        }
+        Err(ApiError::Unavailable("the server changed concurrently too often; retry".into()))
+    }
+
+    async fn power(&self, r: pb::ServerActionRequest, edit: impl Fn(&mut Instance)) -> ApiResult<pb::Server> {
+        let project = validate::project(&r.project)?;
+        for _ in 0..16 {
+            let mut inst = self.server_spec(&project, &r.r#ref).await?;
+            edit(&mut inst.value);
+            let key = keys::instance(&inst.value.id);
+            let resp = self
+                .store
+                .txn(Txn::new().when([unchanged(&key, inst.mod_rev)]).and_then([put(&key, &inst.value)]))
+                .await?;
+            if resp.succeeded() {
+                tracing::info!(instance = %inst.value.id, power = ?inst.value.power, reboot_generation = inst.value.reboot_generation, "power state requested");
+                let mut v = self.render(std::slice::from_ref(&inst.value)).await?;
+                return v.pop().ok_or_else(|| ApiError::NotFound("server vanished".into()));
+            }
+        }
+        Err(ApiError::Unavailable("the server changed concurrently too often; retry".into()))
+    }
+}
+
+#[tonic::async_trait]
+impl servers_server::Servers for Ctx {
+    async fn create(&self, r: Request<pb::CreateServerRequest>) -> R<pb::CreateServerResponse> {
+        reply(self.create_servers(r.into_inner()).await)
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Server> {
+        reply(self.get_server(r.into_inner()).await)
+    }
+    async fn list(&self, r: Request<pb::ListServersRequest>) -> R<pb::ListServersResponse> {
+        reply(self.list_servers(r.into_inner()).await)
+    }
+    async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        reply(self.delete_server(r.into_inner()).await)
+    }
+    async fn start(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        reply(self.power(r.into_inner(), |i| i.power = PowerState::Running).await)
+    }
+    async fn stop(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        reply(self.power(r.into_inner(), |i| i.power = PowerState::Stopped).await)
+    }
+    async fn reboot(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        reply(
+            self.power(r.into_inner(), |i| {
+                i.power = PowerState::Running;
+                i.reboot_generation = i.reboot_generation.saturating_add(1);
+            })
+            .await,
+        )
+    }
+}

@@ -1,0 +1,292 @@
+//! Configuration: a TOML file (`/etc/nubo/coordinator.toml`) overridden by
+//! command-line flags (see `docs/CONTRACTS.md`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::ServeError;
+
+/// Default configuration file, read when it exists and `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nubo/coordinator.toml";
+
+/// How the scheduler weighs candidate nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Prefer the node with the most free memory (spread the load).
+    #[default]
+    Spread,
+    /// Prefer the node with the least free memory (fill nodes up).
+    Pack,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Paths of TLS material (parsed; TLS is not supported yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// CA bundle.
+    pub ca: Option<PathBuf>,
+    /// Certificate.
+    pub cert: Option<PathBuf>,
+    /// Private key.
+    pub key: Option<PathBuf>,
+}
+
+/// The effective configuration of a coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// gRPC API address (port 0 = any free port).
+    pub listen: SocketAddr,
+    /// HTTP health address (port 0 = any free port).
+    pub health_listen: SocketAddr,
+    /// Coordinator id used for registration and leader election.
+    pub id: String,
+    /// vCPU overcommit ratio.
+    pub cpu_ratio: f64,
+    /// Memory overcommit ratio.
+    pub ram_ratio: f64,
+    /// Disk overcommit ratio.
+    pub disk_ratio: f64,
+    /// Weighing policy.
+    pub placement: Placement,
+    /// Log format (used by the binary).
+    pub log_format: LogFormat,
+    /// TTL in seconds of the lease holding registration and leadership.
+    pub lease_ttl_secs: i64,
+    /// TLS towards etcd (rejected at start: not supported yet).
+    pub etcd_tls: Option<TlsPaths>,
+}
+
+impl Config {
+    /// Defaults suitable for tests: the given etcd, ephemeral ports on
+    /// 127.0.0.1, a random id.
+    pub fn for_tests(etcd_endpoint: impl Into<String>) -> Self {
+        Self {
+            etcd_endpoints: vec![etcd_endpoint.into()],
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            health_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            id: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            cpu_ratio: 4.0,
+            ram_ratio: 1.0,
+            disk_ratio: 1.0,
+            placement: Placement::Spread,
+            log_format: LogFormat::Text,
+            lease_ttl_secs: 5,
+            etcd_tls: None,
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        if self.etcd_endpoints.is_empty() {
+            return Err(ServeError::Config("at least one etcd endpoint is required".into()));
+        }
+        for (name, v) in [
+            ("cpu-ratio", self.cpu_ratio),
+            ("ram-ratio", self.ram_ratio),
+            ("disk-ratio", self.disk_ratio),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ServeError::Config(format!(
+                    "{name} must be a positive number, got {v}"
+                )));
+            }
+        }
+        if self.id.is_empty() || self.id.contains('/') {
+            return Err(ServeError::Config(format!(
+                "coordinator id {:?} must be non-empty and contain no '/'",
+                self.id
+            )));
+        }
+        if !(1..=3600).contains(&self.lease_ttl_secs) {
+            return Err(ServeError::Config("lease-ttl must be 1..=3600 seconds".into()));
+        }
+        if self.etcd_tls.is_some() {
+            return Err(ServeError::Config(
+                "TLS towards etcd is not supported yet; remove the [etcd_tls] section".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The TOML file; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    etcd_endpoints: Option<Vec<String>>,
+    listen: Option<SocketAddr>,
+    health_listen: Option<SocketAddr>,
+    id: Option<String>,
+    cpu_ratio: Option<f64>,
+    ram_ratio: Option<f64>,
+    disk_ratio: Option<f64>,
+    placement: Option<Placement>,
+    log_format: Option<LogFormat>,
+    lease_ttl_secs: Option<i64>,
+    etcd_tls: Option<TlsPaths>,
+}
+
+/// Command-line flags of `nubo-coordinator`; each overrides the file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "nubo-coordinator", version, about = "nubo coordinator: API, scheduler, IPAM")]
+pub struct Cli {
+    /// TOML configuration file (default /etc/nubo/coordinator.toml if it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// etcd endpoints, comma-separated (default http://127.0.0.1:2379).
+    #[arg(long, env = "NUBO_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// gRPC API address (default 0.0.0.0:7400).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// HTTP /healthz and /readyz address (default 0.0.0.0:7401).
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
+    /// Coordinator id for leader election (default <hostname>-<pid>).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// vCPU overcommit ratio (default 4.0).
+    #[arg(long)]
+    pub cpu_ratio: Option<f64>,
+    /// Memory overcommit ratio (default 1.0).
+    #[arg(long)]
+    pub ram_ratio: Option<f64>,
+    /// Disk overcommit ratio (default 1.0).
+    #[arg(long)]
+    pub disk_ratio: Option<f64>,
+    /// Weighing policy (default spread).
+    #[arg(long, value_enum)]
+    pub placement: Option<Placement>,
+    /// Log format (default text); the level comes from RUST_LOG.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// Reads the configuration file (if any) and applies the flags on top.
+    pub fn resolve(self) -> Result<Config, ServeError> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => FileConfig::default(),
+        };
+        self.merge(file)
+    }
+
+    fn merge(self, f: FileConfig) -> Result<Config, ServeError> {
+        let cfg = Config {
+            etcd_endpoints: self
+                .etcd_endpoints
+                .or(f.etcd_endpoints)
+                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            listen: self
+                .listen
+                .or(f.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7400))),
+            health_listen: self
+                .health_listen
+                .or(f.health_listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7401))),
+            id: self.id.or(f.id).unwrap_or_else(default_id),
+            cpu_ratio: self.cpu_ratio.or(f.cpu_ratio).unwrap_or(4.0),
+            ram_ratio: self.ram_ratio.or(f.ram_ratio).unwrap_or(1.0),
+            disk_ratio: self.disk_ratio.or(f.disk_ratio).unwrap_or(1.0),
+            placement: self.placement.or(f.placement).unwrap_or_default(),
+            log_format: self.log_format.or(f.log_format).unwrap_or_default(),
+            lease_ttl_secs: f.lease_ttl_secs.unwrap_or(5),
+            etcd_tls: f.etcd_tls,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn read_file(p: &Path) -> Result<FileConfig, ServeError> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| ServeError::Config(format!("cannot read {}: {e}", p.display())))?;
+    parse_file(&text).map_err(|e| ServeError::Config(format!("{}: {e}", p.display())))
+}
+
+fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
+    toml::from_str(text)
+}
+
+/// `<hostname>-<pid>`.
+pub fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "coordinator".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file = parse_file(
+            "etcd_endpoints = [\"http://a:2379\", \"http://b:2379\"]\nlisten = \"127.0.0.1:9000\"\ncpu_ratio = 8.0\nplacement = \"pack\"\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..Cli::default()
+        };
+        let cfg = cli.merge(file).unwrap();
+        assert_eq!(cfg.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
+        assert_eq!(cfg.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(cfg.cpu_ratio, 8.0);
+        assert_eq!(cfg.ram_ratio, 1.0);
+        assert_eq!(cfg.placement, Placement::Pack);
+        assert_eq!(cfg.health_listen, "0.0.0.0:7401".parse().unwrap());
+    }
+
+    #[test]
+    fn cli_parses_comma_separated_endpoints() {
+        let cli = Cli::try_parse_from([
+            "nubo-coordinator",
+            "--etcd-endpoints",
+            "http://a:1,http://b:2",
+            "--placement",
+            "pack",
+        ])
+        .unwrap();
+        assert_eq!(cli.etcd_endpoints.unwrap().len(), 2);
+        assert_eq!(cli.placement, Some(Placement::Pack));
+    }
+
+    #[test]
+    fn bad_values_and_tls_are_rejected() {
+        assert!(parse_file("bogus = 1").is_err());
+        let cli = Cli {
+            cpu_ratio: Some(0.0),
+            ..Cli::default()
+        };
+        assert!(cli.merge(FileConfig::default()).is_err());
+        let file = parse_file("[etcd_tls]\nca = \"/x\"\n").unwrap();
+        let err = Cli::default().merge(file).unwrap_err();
+        assert!(err.to_string().contains("not supported yet"));
+    }
+}

@@ -1,0 +1,100 @@
+//! The coordinator's error type and its mapping onto gRPC status codes.
+
+use tonic::{Code, Status};
+
+/// Why an API call failed. Every variant carries a sentence meant for a
+/// person; the variant chooses the gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong (bad CIDR, bad name, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A referenced resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A resource with that name or id exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The system is not in a state that allows the call (in use, ambiguous name, ...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Out of capacity or addresses.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// Transient: too much contention, etcd unreachable; retrying may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Talking to etcd failed.
+    #[error("etcd request failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+}
+
+impl ApiError {
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) | Self::Etcd(_) => Code::Unavailable,
+        }
+    }
+
+    /// The name of the gRPC code, as reported in `ServerResult.code`.
+    pub fn code_name(&self) -> &'static str {
+        match self.code() {
+            Code::InvalidArgument => "InvalidArgument",
+            Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::FailedPrecondition => "FailedPrecondition",
+            Code::ResourceExhausted => "ResourceExhausted",
+            _ => "Unavailable",
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        if matches!(e, ApiError::Etcd(_)) {
+            tracing::warn!(error = %e, "etcd error while serving a request");
+        }
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<nubo_common::IdError> for ApiError {
+    fn from(e: nubo_common::IdError) -> Self {
+        Self::InvalidArgument(e.to_string())
+    }
+}
+
+/// Shorthand for results of API operations.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Errors starting or running the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// etcd could not be reached or answered with an error.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Another I/O failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,105 @@
+//! Pure IPAM helpers: which addresses of a network may be handed out, and
+//! which one to try next. The reservation itself is an etcd create-if-absent
+//! transaction on `keys::ipam(net, ip)` (see `ops`).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use nubo_common::net::MacAddr;
+use rand::Rng;
+
+/// Addresses a port may get: the host range minus the gateway.
+pub fn usable_count(cidr: Ipv4Net, gateway: Option<Ipv4Addr>) -> u64 {
+    let (first, last) = host_range(cidr);
+    let hosts = u64::from(last.saturating_sub(first)) + 1;
+    match gateway {
+        Some(g) if cidr.contains(&g) && is_host(cidr, g) => hosts - 1,
+        _ => hosts,
+    }
+}
+
+/// First and last host address (network and broadcast excluded) as integers.
+fn host_range(cidr: Ipv4Net) -> (u32, u32) {
+    let net = u32::from(cidr.network());
+    let bc = u32::from(cidr.broadcast());
+    (net + 1, bc.saturating_sub(1).max(net + 1))
+}
+
+fn is_host(cidr: Ipv4Net, ip: Ipv4Addr) -> bool {
+    let (first, last) = host_range(cidr);
+    (first..=last).contains(&u32::from(ip))
+}
+
+/// True when `ip` may be assigned to a port: a host address of the network
+/// that is not its gateway.
+pub fn assignable(cidr: Ipv4Net, gateway: Option<Ipv4Addr>, ip: Ipv4Addr) -> bool {
+    cidr.contains(&ip) && is_host(cidr, ip) && Some(ip) != gateway
+}
+
+/// Picks an address to try: starts at a random offset in the host range and
+/// walks forward (wrapping) to the first assignable address not in `taken`.
+/// Random starts keep concurrent allocators from all racing for the same
+/// address. `None` when every address is taken.
+pub fn pick(
+    cidr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    taken: &HashSet<Ipv4Addr>,
+    rng: &mut impl Rng,
+) -> Option<Ipv4Addr> {
+    let (first, last) = host_range(cidr);
+    let size = last - first + 1;
+    let start = rng.random_range(0..size);
+    (0..size)
+        .map(|i| Ipv4Addr::from(first + (start + i) % size))
+        .find(|ip| Some(*ip) != gateway && !taken.contains(ip))
+}
+
+/// A random port MAC with nubo's `fa:16:3e` prefix.
+pub fn random_mac(rng: &mut impl Rng) -> MacAddr {
+    MacAddr::port_mac(rng.random())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slash_24_has_253_usable_addresses_with_a_gateway() {
+        let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(usable_count(net, Some("10.0.0.1".parse().unwrap())), 253);
+        assert_eq!(usable_count(net, None), 254);
+        let small: Ipv4Net = "10.0.0.0/29".parse().unwrap();
+        assert_eq!(usable_count(small, Some("10.0.0.1".parse().unwrap())), 5);
+    }
+
+    #[test]
+    fn pick_never_returns_reserved_or_taken_addresses_and_exhausts() {
+        let net: Ipv4Net = "10.0.0.0/29".parse().unwrap();
+        let gw = Some("10.0.0.1".parse().unwrap());
+        let mut rng = rand::rng();
+        let mut taken = HashSet::new();
+        for _ in 0..5 {
+            let ip = pick(net, gw, &taken, &mut rng).unwrap();
+            assert!(assignable(net, gw, ip), "{ip}");
+            assert!(taken.insert(ip), "{ip} handed out twice");
+        }
+        assert_eq!(pick(net, gw, &taken, &mut rng), None);
+    }
+
+    #[test]
+    fn assignable_excludes_network_broadcast_gateway_and_outside() {
+        let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let gw = Some("10.0.0.1".parse().unwrap());
+        for bad in ["10.0.0.0", "10.0.0.255", "10.0.0.1", "10.0.1.5"] {
+            assert!(!assignable(net, gw, bad.parse().unwrap()), "{bad}");
+        }
+        assert!(assignable(net, gw, "10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn random_macs_have_the_nubo_prefix() {
+        let m = random_mac(&mut rand::rng());
+        assert!(m.to_string().starts_with("fa:16:3e:"));
+    }
+}

@@ -1,0 +1,224 @@
+//! Pure validation of API input: names, projects, CIDRs, gateways, SSH keys.
+//! Every error is a sentence for a person, mapped to InvalidArgument.
+
+use std::net::Ipv4Addr;
+
+use base64::Engine;
+use ipnet::Ipv4Net;
+use nubo_common::ProjectId;
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+
+/// The project of a request: empty means "default".
+pub fn project(s: &str) -> ApiResult<ProjectId> {
+    if s.is_empty() {
+        return Ok(ProjectId::default_project());
+    }
+    ProjectId::new(s).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// Checks a resource name: 1..=63 characters of letters, digits, `-`, `_`,
+/// `.`, starting with a letter or digit, and not parseable as a UUID (so a
+/// `ref` is never ambiguous between an id and a name).
+pub fn name(kind: &str, s: &str) -> ApiResult<()> {
+    let bad = |why: &str| Err(ApiError::InvalidArgument(format!("{kind} name {s:?} {why}")));
+    if s.is_empty() {
+        return Err(ApiError::InvalidArgument(format!("{kind} name must not be empty")));
+    }
+    if s.len() > 63 {
+        return bad("is longer than 63 characters");
+    }
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return bad("must start with a letter or digit");
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return bad("may contain only letters, digits, '-', '_' and '.'");
+    }
+    if uuid::Uuid::parse_str(s).is_ok() {
+        return bad("looks like an id; choose a name that is not a UUID");
+    }
+    Ok(())
+}
+
+/// Parses an IPv4 network in CIDR notation that can hold instances
+/// (prefix /8 to /29, no host bits set).
+pub fn cidr(s: &str) -> ApiResult<Ipv4Net> {
+    let net: Ipv4Net = s.trim().parse().map_err(|_| {
+        ApiError::InvalidArgument(format!("cidr {s} is not a valid IPv4 network"))
+    })?;
+    if net.prefix_len() > 29 {
+        return Err(ApiError::InvalidArgument(format!(
+            "cidr {s} is too small: use a prefix of /29 or shorter"
+        )));
+    }
+    if net.prefix_len() < 8 {
+        return Err(ApiError::InvalidArgument(format!(
+            "cidr {s} is too large: use a prefix of /8 or longer"
+        )));
+    }
+    if net.network() != net.addr() {
+        return Err(ApiError::InvalidArgument(format!(
+            "cidr {s} has host bits set; did you mean {}?",
+            net.trunc()
+        )));
+    }
+    Ok(net)
+}
+
+/// The first network in `existing` (name, cidr) that overlaps `new`.
+pub fn find_overlap<'a>(new: Ipv4Net, existing: &'a [(String, Ipv4Net)]) -> Option<&'a (String, Ipv4Net)> {
+    existing
+        .iter()
+        .find(|(_, c)| c.contains(&new.network()) || new.contains(&c.network()))
+}
+
+/// The gateway of a new network: empty = first host address, "none" = no
+/// gateway, otherwise an address inside the network that is not its
+/// network or broadcast address.
+pub fn gateway(s: &str, net: Ipv4Net) -> ApiResult<Option<Ipv4Addr>> {
+    match s.trim() {
+        "" => Ok(net.hosts().next()),
+        "none" => Ok(None),
+        other => {
+            let ip: Ipv4Addr = other.parse().map_err(|_| {
+                ApiError::InvalidArgument(format!("gateway {other} is not an IPv4 address"))
+            })?;
+            if !net.contains(&ip) || ip == net.network() || ip == net.broadcast() {
+                return Err(ApiError::InvalidArgument(format!(
+                    "gateway {ip} is not a host address of {net}"
+                )));
+            }
+            Ok(Some(ip))
+        }
+    }
+}
+
+/// Parses a list of DNS server addresses.
+pub fn dns(list: &[String]) -> ApiResult<Vec<Ipv4Addr>> {
+    list.iter()
+        .map(|s| {
+            s.trim().parse().map_err(|_| {
+                ApiError::InvalidArgument(format!("dns server {s} is not an IPv4 address"))
+            })
+        })
+        .collect()
+}
+
+/// Key types accepted in keypairs.
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// Validates an OpenSSH public key line (`type base64 [comment]`) and returns
+/// it normalised (one line, trimmed) with its fingerprint as printed by
+/// `ssh-keygen -l -E sha256` (`SHA256:` + unpadded base64 of the blob's SHA-256).
+pub fn ssh_public_key(line: &str) -> ApiResult<(String, String)> {
+    let line = line.trim();
+    let bad = |why: String| Err(ApiError::InvalidArgument(format!("public key is not valid: {why}")));
+    if line.contains('\n') {
+        return bad("it must be a single line".into());
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
+        return bad("expected \"<type> <base64> [comment]\", e.g. \"ssh-ed25519 AAAA... me@host\"".into());
+    };
+    if !SSH_KEY_TYPES.contains(&kind) {
+        return bad(format!("unsupported key type {kind:?}"));
+    }
+    let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+        return bad("the key data is not base64".into());
+    };
+    // The blob starts with the key type as an SSH string (u32 length + bytes).
+    let embedded = blob
+        .get(0..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .and_then(|n| blob.get(4..4 + n));
+    if embedded != Some(kind.as_bytes()) {
+        return bad(format!("the key data does not contain a {kind} key"));
+    }
+    let digest = Sha256::digest(&blob);
+    let fp = format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    );
+    Ok((line.to_string(), fp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projects_default_and_validate() {
+        assert_eq!(project("").unwrap().as_str(), "default");
+        assert_eq!(project("p1").unwrap().as_str(), "p1");
+        assert!(project("a/b").is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(name("network", "net-1.a_b").is_ok());
+        assert!(name("network", "").is_err());
+        assert!(name("network", "has space").is_err());
+        assert!(name("network", "-x").is_err());
+        assert!(name("network", &uuid::Uuid::new_v4().to_string()).is_err());
+    }
+
+    #[test]
+    fn cidrs_are_validated_with_readable_errors() {
+        assert_eq!(cidr("10.0.0.0/24").unwrap().to_string(), "10.0.0.0/24");
+        let e = cidr("10.0.0.0/33").unwrap_err().to_string();
+        assert_eq!(e, "cidr 10.0.0.0/33 is not a valid IPv4 network");
+        assert!(cidr("fd00::/64").is_err());
+        assert!(cidr("10.0.0.0/30").unwrap_err().to_string().contains("too small"));
+        assert!(cidr("10.0.0.5/24").unwrap_err().to_string().contains("10.0.0.0/24"));
+    }
+
+    #[test]
+    fn overlaps_are_found_both_ways() {
+        let existing = vec![
+            ("a".to_string(), "10.1.0.0/16".parse().unwrap()),
+            ("b".to_string(), "192.168.0.0/24".parse().unwrap()),
+        ];
+        let hit = find_overlap("10.1.0.0/24".parse().unwrap(), &existing).unwrap();
+        assert_eq!(hit.0, "a");
+        let hit = find_overlap("192.168.0.0/16".parse().unwrap(), &existing).unwrap();
+        assert_eq!(hit.0, "b");
+        assert!(find_overlap("10.2.0.0/16".parse().unwrap(), &existing).is_none());
+    }
+
+    #[test]
+    fn gateways_default_and_are_checked() {
+        let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(gateway("", net).unwrap(), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(gateway("none", net).unwrap(), None);
+        assert_eq!(gateway("10.0.0.254", net).unwrap(), Some("10.0.0.254".parse().unwrap()));
+        assert!(gateway("10.0.0.255", net).is_err());
+        assert!(gateway("10.0.1.1", net).is_err());
+        assert!(gateway("bogus", net).is_err());
+    }
+
+    #[test]
+    fn ssh_keys_are_validated_and_fingerprinted() {
+        // Generated with ssh-keygen -t ed25519; fingerprint from ssh-keygen -l.
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMOF/1IwvkaqwaYxw5uqOXwU+yMz99O0NSqMQYWuHQD0 test@host";
+        let (line, fp) = ssh_public_key(key).unwrap();
+        assert_eq!(line, key);
+        assert_eq!(fp, "SHA256:OdvSEa8Af8/xDsJIu8XQnvIr8tCQwVeX1Fkv4hkHNew");
+        assert!(ssh_public_key("ssh-ed25519").is_err());
+        assert!(ssh_public_key("ssh-foo AAAA").is_err());
+        assert!(ssh_public_key("ssh-ed25519 !!!!").is_err());
+        // Valid base64 but a key of another type inside.
+        assert!(ssh_public_key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIMOF/1IwvkaqwaYxw5uqOXwU+yMz99O0NSqMQYWuHQD0").is_err());
+    }
+}

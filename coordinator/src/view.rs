@@ -1,0 +1,313 @@
+//! The in-memory view of nodes (info, liveness, admin switch, usage) kept
+//! current by an etcd watch on `/nubo/v1/nodes/`: list, then watch from the
+//! list revision + 1, and re-list when the watch is compacted or broken.
+//!
+//! The lock is a plain `std::sync::RwLock`, never held across an await.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use nubo_common::keys::{self, Key};
+use nubo_common::model::{self, NodeUsage};
+use nubo_common::NodeName;
+use tokio::sync::watch;
+
+use crate::config::Placement;
+use crate::scheduler::{self, NodeState, Ratios, Request, Rejections};
+
+/// Shared view of every node.
+#[derive(Debug)]
+pub struct ClusterView {
+    nodes: RwLock<BTreeMap<NodeName, Slot>>,
+    ready: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Slot {
+    state: NodeState,
+    /// Highest revision applied to the usage key (puts and deletes), so a
+    /// late watch event never rolls back a newer local update.
+    usage_seen: i64,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        Self {
+            nodes: RwLock::new(BTreeMap::new()),
+            ready: watch::channel(false).0,
+        }
+    }
+}
+
+impl ClusterView {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<NodeName, Slot>> {
+        // A poisoned lock only means a panic elsewhere; the map stays usable.
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeName, Slot>> {
+        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once the first full listing has been loaded.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits for the first listing.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        // The sender lives in self, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// A copy of one node's state.
+    pub fn get(&self, n: &NodeName) -> Option<NodeState> {
+        self.read().get(n).map(|s| s.state.clone())
+    }
+
+    /// Up to `limit` nodes with names after `after`, in name order, and
+    /// whether more follow.
+    pub fn page(&self, after: Option<&NodeName>, limit: usize) -> (Vec<(NodeName, NodeState)>, bool) {
+        let map = self.read();
+        let mut it = map
+            .iter()
+            .filter(|(n, s)| s.state.info.is_some() && after.is_none_or(|a| *n > a));
+        let page: Vec<_> = it
+            .by_ref()
+            .take(limit)
+            .map(|(n, s)| (n.clone(), s.state.clone()))
+            .collect();
+        let more = it.next().is_some();
+        (page, more)
+    }
+
+    /// Scheduler candidates (see [`scheduler::candidates`]).
+    pub fn candidates(
+        &self,
+        req: &Request<'_>,
+        ratios: &Ratios,
+        placement: Placement,
+        exclude: &HashSet<NodeName>,
+        top: usize,
+    ) -> Result<Vec<(NodeName, NodeUsage, i64)>, Rejections> {
+        let map = self.read();
+        let names = scheduler::candidates(
+            map.iter().map(|(n, s)| (n, &s.state)),
+            req,
+            ratios,
+            placement,
+            exclude,
+            top,
+        )?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| {
+                let s = map.get(&n)?;
+                Some((n, s.state.usage.clone(), s.state.usage_rev))
+            })
+            .collect())
+    }
+
+    /// Records a usage value read or written at `rev` (mod_revision), unless
+    /// something newer is known.
+    pub fn record_usage(&self, n: &NodeName, usage: Option<NodeUsage>, rev: i64) {
+        let mut map = self.write();
+        let slot = map.entry(n.clone()).or_default();
+        if rev < slot.usage_seen {
+            return;
+        }
+        slot.usage_seen = rev;
+        slot.state.usage_corrupt = false;
+        match usage {
+            Some(u) => {
+                slot.state.usage = u;
+                slot.state.usage_rev = rev;
+            }
+            None => {
+                slot.state.usage = NodeUsage::default();
+                slot.state.usage_rev = 0;
+            }
+        }
+    }
+
+    /// Records an undecodable usage value.
+    fn record_corrupt_usage(&self, n: &NodeName, rev: i64) {
+        let mut map = self.write();
+        let slot = map.entry(n.clone()).or_default();
+        if rev >= slot.usage_seen {
+            slot.usage_seen = rev;
+            slot.state.usage_corrupt = true;
+            slot.state.usage_rev = rev;
+        }
+    }
+
+    /// Applies a usage key/value read from etcd (decode or mark corrupt).
+    pub fn apply_usage_kv(&self, n: &NodeName, kv: &KeyValue) {
+        match model::decode::<NodeUsage>(kv_key(kv), kv.value()) {
+            Ok(u) => self.record_usage(n, Some(u), kv.mod_revision()),
+            Err(e) => {
+                tracing::warn!(key = kv_key(kv), error = %e, "unreadable node usage; node excluded from scheduling");
+                self.record_corrupt_usage(n, kv.mod_revision());
+            }
+        }
+    }
+
+    /// Sets the admin switch locally (after writing it to etcd).
+    pub fn set_admin(&self, n: &NodeName, admin: model::NodeAdmin) {
+        if let Some(s) = self.write().get_mut(n) {
+            s.state.admin = admin;
+        }
+    }
+
+    fn apply(&self, kv: &KeyValue, deleted: bool) {
+        let key = kv_key(kv);
+        let Some(parsed) = keys::parse(key) else {
+            return;
+        };
+        match parsed {
+            Key::NodeUsage(n) => {
+                if deleted {
+                    self.record_usage(&n, None, kv.mod_revision());
+                } else {
+                    self.apply_usage_kv(&n, kv);
+                }
+            }
+            Key::Node(n) => {
+                let info = if deleted {
+                    None
+                } else {
+                    match model::decode::<model::Node>(key, kv.value()) {
+                        Ok(info) if info.name == n => Some(info),
+                        Ok(info) => {
+                            tracing::warn!(key, name = %info.name, "node record names another node; skipped");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(key, error = %e, "unreadable node record; skipped");
+                            None
+                        }
+                    }
+                };
+                self.write().entry(n).or_default().state.info = info;
+            }
+            Key::NodeAlive(n) => {
+                self.write().entry(n).or_default().state.alive = !deleted;
+            }
+            Key::NodeAdmin(n) => {
+                let admin = if deleted {
+                    model::NodeAdmin::default()
+                } else {
+                    model::decode(key, kv.value()).unwrap_or_else(|e| {
+                        tracing::warn!(key, error = %e, "unreadable admin switch; treating the node as disabled");
+                        model::NodeAdmin {
+                            enabled: false,
+                            reason: Some("unreadable admin record".into()),
+                        }
+                    })
+                };
+                self.write().entry(n).or_default().state.admin = admin;
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs the list + watch loop until `shutdown` fires.
+    pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                r = self.list_and_watch(client.clone()) => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "node watch interrupted; re-listing");
+                    }
+                }
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn list_and_watch(&self, client: Client) -> Result<(), etcd_client::Error> {
+        let mut kv = client.kv_client();
+        let prefix = keys::nodes_prefix();
+        let end = keys::prefix_end(&prefix);
+        let mut fresh: BTreeMap<NodeName, Slot> = BTreeMap::new();
+        let staging = ClusterView::default();
+        let mut start = prefix.clone().into_bytes();
+        let mut rev = 0;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(2000);
+            if rev > 0 {
+                opts = opts.with_revision(rev);
+            }
+            let resp = kv.get(start.clone(), Some(opts)).await?;
+            if rev == 0 {
+                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in resp.kvs() {
+                staging.apply(kv, false);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        fresh.append(&mut staging.write());
+        {
+            let mut map = self.write();
+            for (n, slot) in fresh.iter_mut() {
+                // Keep usage updates newer than the listing (local placements).
+                if let Some(old) = map.get(n) {
+                    if old.usage_seen > rev {
+                        slot.state.usage = old.state.usage.clone();
+                        slot.state.usage_rev = old.state.usage_rev;
+                        slot.state.usage_corrupt = old.state.usage_corrupt;
+                        slot.usage_seen = old.usage_seen;
+                    }
+                }
+                slot.usage_seen = slot.usage_seen.max(slot.state.usage_rev);
+            }
+            *map = fresh;
+        }
+        self.ready.send_replace(true);
+        tracing::debug!(revision = rev, "node view listed");
+
+        let mut watcher = client
+            .watch_client()
+            .watch(
+                prefix.clone(),
+                Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)),
+            )
+            .await?;
+        while let Some(resp) = watcher.message().await? {
+            if resp.canceled() || resp.compact_revision() > 0 {
+                tracing::info!(
+                    compact_revision = resp.compact_revision(),
+                    reason = resp.cancel_reason(),
+                    "node watch cancelled"
+                );
+                return Ok(());
+            }
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    self.apply(kv, ev.event_type() == EventType::Delete);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The key of a kv as text (keys nubo writes are ASCII; others are skipped
+/// by `keys::parse`).
+pub fn kv_key(kv: &KeyValue) -> &str {
+    std::str::from_utf8(kv.key()).unwrap_or("")
+}

@@ -1,0 +1,401 @@
+//! Real DHCP clients (busybox udhcpc, ISC dhclient) against the server, in
+//! network namespaces. Needs root, busybox-static, isc-dhcp-client, iproute2.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use nubo_dhcp::dhcproto::v4::{DhcpOption, Message, MessageType};
+use nubo_dhcp::dhcproto::{Decodable, Decoder, Encodable};
+use nubo_dhcp::{Lease, LeaseTable, MacAddr};
+
+fn lease(m: MacAddr, ip: [u8; 4], host: &str) -> Lease {
+    Lease {
+        router: Some(Ipv4Addr::new(ip[0], ip[1], ip[2], 1)),
+        dns: vec![Ipv4Addr::new(10, 53, 0, 1), Ipv4Addr::new(10, 53, 0, 2)],
+        mtu: Some(1400),
+        hostname: Some(host.to_string()),
+        domain: Some("nubo.test".to_string()),
+        lease_secs: 3600,
+        routes: vec![(
+            "10.99.0.0/16".parse().expect("net"),
+            Ipv4Addr::new(ip[0], ip[1], ip[2], 254),
+        )],
+        ..Lease::new(m, ip.into(), 24)
+    }
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udhcpc_and_dhclient_get_exact_config_unknown_mac_gets_nothing() {
+    init_logs();
+    let mut topo = Topology::new(&["br0"]);
+    let (a, b, stranger) = (mac(1), mac(2), mac(3));
+    let guests = topo.add_guests(&[(1, a, "br0"), (2, b, "br0"), (3, stranger, "br0")]);
+    let table = LeaseTable::new();
+    table
+        .upsert(lease(a, [10, 20, 0, 5], "vm-a"))
+        .expect("lease a");
+    table
+        .upsert(lease(b, [10, 20, 0, 6], "vm-b"))
+        .expect("lease b");
+    let server = topo.server("br0", table.clone()).spawn().expect("spawn");
+
+    // Hostile input first: garbage and a BOOTREPLY from a guest are dropped.
+    let garbage_from = guests[2].clone();
+    sh(&["ip", "-n", &garbage_from, "link", "set", "eth0", "up"]);
+    in_netns(&garbage_from, || {
+        let sock = guest_socket(Ipv4Addr::UNSPECIFIED);
+        let mut bootreply = request(mac(3), MessageType::Offer, Ipv4Addr::UNSPECIFIED);
+        bootreply.set_opcode(nubo_dhcp::dhcproto::v4::Opcode::BootReply);
+        let mut datagrams = vec![
+            bootreply.to_vec().expect("encode"),
+            vec![0xff; 300],
+            vec![1; 10],
+        ];
+        let mut fqdn_bomb = request(mac(3), MessageType::Discover, Ipv4Addr::UNSPECIFIED)
+            .to_vec()
+            .expect("encode");
+        fqdn_bomb.splice(240..240, [81u8, 1, 0]);
+        datagrams.push(fqdn_bomb);
+        for d in datagrams {
+            sock.send_to(&d, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67))
+                .expect("send garbage");
+        }
+    });
+    wait_for("4 dropped datagrams", || server.stats().dropped >= 4).await;
+
+    let script = topo.udhcpc_script();
+    let run = udhcpc(&guests[0], &script, 5).await;
+    assert!(run.ok, "udhcpc failed:\n{}", run.output);
+    let expect = [
+        ("ip", "10.20.0.5"),
+        ("subnet", "255.255.255.0"),
+        ("mask", "24"),
+        ("router", "10.20.0.1"),
+        ("mtu", "1400"),
+        ("hostname", "vm-a"),
+        ("domain", "nubo.test"),
+        ("dns", "10.53.0.1 10.53.0.2"),
+        ("broadcast", "10.20.0.255"),
+        ("lease", "3600"),
+        ("serverid", "169.254.169.254"),
+        (
+            "staticroutes",
+            "10.99.0.0/16 10.20.0.254 169.254.169.254/32 0.0.0.0 0.0.0.0/0 10.20.0.1",
+        ),
+    ];
+    for (k, v) in expect {
+        assert_eq!(
+            run.env.get(k).map(String::as_str),
+            Some(v),
+            "udhcpc {k}:\n{}",
+            run.output
+        );
+    }
+
+    let dh = dhclient(&topo, &guests[1]).await;
+    let expect = [
+        ("new_ip_address", "10.20.0.6"),
+        ("new_subnet_mask", "255.255.255.0"),
+        ("new_routers", "10.20.0.1"),
+        ("new_interface_mtu", "1400"),
+        ("new_host_name", "vm-b"),
+        ("new_domain_name", "nubo.test"),
+        ("new_domain_name_servers", "10.53.0.1 10.53.0.2"),
+        ("new_dhcp_server_identifier", "169.254.169.254"),
+        (
+            "new_rfc3442_classless_static_routes",
+            "16 10 99 10 20 0 254 32 169 254 169 254 0 0 0 0 0 10 20 0 1",
+        ),
+    ];
+    for (k, v) in expect {
+        assert_eq!(
+            dh.get(k).map(String::as_str),
+            Some(v),
+            "dhclient {k}: {dh:?}"
+        );
+    }
+
+    // Unknown MAC: the server sees it (counted) but stays silent.
+    let ignored_before = server.stats().ignored;
+    let run = udhcpc(&guests[2], &script, 2).await;
+    assert!(
+        !run.ok && run.env.is_empty(),
+        "unknown MAC got a lease:\n{}",
+        run.output
+    );
+    assert!(
+        server.stats().ignored > ignored_before,
+        "server never saw the unknown MAC"
+    );
+
+    // Live update: the port appears in the table, no restart needed...
+    table
+        .upsert(lease(stranger, [10, 20, 0, 7], "vm-c"))
+        .expect("lease c");
+    let run = udhcpc(&guests[2], &script, 5).await;
+    assert_eq!(
+        run.env.get("ip").map(String::as_str),
+        Some("10.20.0.7"),
+        "{}",
+        run.output
+    );
+    // ...and disappears again.
+    table.remove(&a);
+    let run = udhcpc(&guests[0], &script, 2).await;
+    assert!(!run.ok, "removed port still leased:\n{}", run.output);
+
+    let stats = server.stats();
+    assert!(stats.offers >= 3 && stats.acks >= 3, "{stats:?}");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_subnets_on_two_bridges_stay_apart() {
+    init_logs();
+    let mut topo = Topology::new(&["br0", "br1"]);
+    let (a, b) = (mac(11), mac(12));
+    // g1: MAC a on br0; g2: MAC b on br1; g3: MAC a again, but on br1.
+    let guests = topo.add_guests(&[(1, a, "br0"), (2, b, "br1"), (3, a, "br1")]);
+    // A route for the shared subnet via br0: replies on br1 must not follow it.
+    sh(&[
+        "ip",
+        "-n",
+        &topo.host.name,
+        "route",
+        "add",
+        "10.30.0.0/24",
+        "dev",
+        "br0",
+    ]);
+    let (t0, t1) = (LeaseTable::new(), LeaseTable::new());
+    t0.upsert(lease(a, [10, 30, 0, 5], "vm-a"))
+        .expect("lease a");
+    t1.upsert(lease(b, [10, 30, 0, 6], "vm-b"))
+        .expect("lease b");
+    let s0 = topo.server("br0", t0).spawn().expect("spawn br0");
+    let s1 = topo.server("br1", t1).spawn().expect("spawn br1");
+    let script = topo.udhcpc_script();
+
+    let (r1, r2, r3) = tokio::join!(
+        udhcpc(&guests[0], &script, 5),
+        udhcpc(&guests[1], &script, 5),
+        udhcpc(&guests[2], &script, 2)
+    );
+    assert_eq!(
+        r1.env.get("ip").map(String::as_str),
+        Some("10.30.0.5"),
+        "{}",
+        r1.output
+    );
+    assert_eq!(
+        r2.env.get("ip").map(String::as_str),
+        Some("10.30.0.6"),
+        "{}",
+        r2.output
+    );
+    assert!(!r3.ok, "br1 answered a MAC only br0 knows:\n{}", r3.output);
+    assert_eq!((s0.stats().offers, s1.stats().offers), (1, 1));
+
+    // Unicast renewal from g2 (on br1): the ACK must come back to ciaddr on
+    // br1 although the host's only route for 10.30.0.0/24 points at br0.
+    // The socket is bound to 10.30.0.6, so it cannot receive broadcasts.
+    sh(&[
+        "ip",
+        "-n",
+        &guests[1],
+        "addr",
+        "add",
+        "10.30.0.6/24",
+        "dev",
+        "eth0",
+    ]);
+    let ack = in_netns(&guests[1], move || {
+        let sock = guest_socket(Ipv4Addr::new(10, 30, 0, 6));
+        let req = request(b, MessageType::Request, Ipv4Addr::new(10, 30, 0, 6));
+        let bytes = req.to_vec().expect("encode");
+        let mut buf = [0u8; 1500];
+        // Retry a few times: the first one may race with DAD/neighbour setup.
+        for _ in 0..10 {
+            sock.send_to(&bytes, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67))
+                .expect("send renewal");
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return Message::decode(&mut Decoder::new(&buf[..n])).expect("decode ack");
+            }
+        }
+        panic!("no unicast reply to the renewal");
+    });
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 30, 0, 6));
+    assert_eq!(s0.stats().acks, 1, "br0 answered br1's renewal");
+    assert_eq!(s1.stats().acks, 2);
+
+    s0.shutdown().await.expect("shutdown br0");
+    s1.shutdown().await.expect("shutdown br1");
+}
+
+/// 120 guests on one bridge lease concurrently with udhcpc; prints the wall
+/// time. `cargo test -p nubo-dhcp --release --test netns -- --ignored --nocapture`
+#[ignore = "benchmark: 120 namespaces"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_120_guests_lease_concurrently() {
+    const N: u16 = 120;
+    init_logs();
+    let mut topo = Topology::new(&["br0"]);
+    let specs: Vec<(u16, MacAddr, &str)> = (1..=N).map(|i| (i, mac(i), "br0")).collect();
+    let setup = std::time::Instant::now();
+    let guests = topo.add_guests(&specs);
+    let table = LeaseTable::new();
+    for i in 1..=N {
+        let [hi, lo] = i.to_be_bytes();
+        table
+            .upsert(lease(mac(i), [10, 40, hi, lo], &format!("vm-{i}")))
+            .expect("lease");
+    }
+    let server = topo.server("br0", table.clone()).spawn().expect("spawn");
+    for g in &guests {
+        sh(&["ip", "-n", g, "link", "set", "eth0", "up"]);
+    }
+    eprintln!("setup of {N} guest namespaces: {:?}", setup.elapsed());
+
+    let script = topo.udhcpc_script();
+    let start = std::time::Instant::now();
+    let children: Vec<_> = guests
+        .iter()
+        .map(|g| {
+            udhcpc_command_direct(g, &script, 5)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut leased = 0;
+    for (i, child) in children.into_iter().enumerate() {
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("udhcpc hung")
+            .expect("udhcpc");
+        let run = parse_udhcpc(out);
+        let n = u16::try_from(i + 1).expect("index");
+        let [hi, lo] = n.to_be_bytes();
+        assert_eq!(
+            run.env.get("ip"),
+            Some(&format!("10.40.{hi}.{lo}")),
+            "{}",
+            run.output
+        );
+        leased += 1;
+    }
+    let elapsed = start.elapsed();
+    let snmp = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.host.name,
+        "cat",
+        "/proc/net/snmp",
+    ]);
+    eprintln!(
+        "host UDP counters: {}",
+        snmp.lines()
+            .filter(|l| l.starts_with("Udp:"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    eprintln!(
+        "BENCH: {leased} guests leased concurrently with udhcpc in {elapsed:?} ({:?})",
+        server.stats()
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+/// A client-side UDP socket in the current (guest) namespace on `ip`:68,
+/// bound to eth0, with a 1 s receive timeout.
+fn guest_socket(ip: Ipv4Addr) -> UdpSocket {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
+    sock.bind_device(Some(b"eth0")).expect("bind eth0");
+    sock.set_broadcast(true).expect("broadcast");
+    sock.bind(&SocketAddrV4::new(ip, 68).into())
+        .expect("bind :68");
+    let sock: UdpSocket = sock.into();
+    sock.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    sock
+}
+
+fn request(m: MacAddr, t: MessageType, ciaddr: Ipv4Addr) -> Message {
+    let unspec = Ipv4Addr::UNSPECIFIED;
+    let mut msg = Message::new_with_id(0x6e75_626f, ciaddr, unspec, unspec, unspec, &m);
+    msg.opts_mut().insert(DhcpOption::MessageType(t));
+    msg
+}
+
+/// Runs ISC dhclient once in `ns` until it is bound (or 20 s), then kills it
+/// by PID; returns the variables its script saw on BOUND.
+async fn dhclient(topo: &Topology, ns: &str) -> std::collections::HashMap<String, String> {
+    let dir = topo.dir.path();
+    let out = dir.join(format!("{ns}.env"));
+    let script = topo.script(
+        &format!("{ns}-dhclient.sh"),
+        &format!(
+            "#!/bin/sh\ncase \"$reason\" in\n  PREINIT) ip link set \"$interface\" up ;;\n  BOUND|REBOOT) env | sort > {o}.tmp && mv {o}.tmp {o} ;;\nesac\nexit 0\n",
+            o = out.display()
+        ),
+    );
+    let conf = dir.join(format!("{ns}-dhclient.conf"));
+    std::fs::write(
+        &conf,
+        "option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;\n\
+         request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers,\n\
+         host-name, interface-mtu, rfc3442-classless-static-routes;\n",
+    )
+    .expect("write dhclient.conf");
+    let lf = dir.join(format!("{ns}.leases"));
+    let pf = dir.join(format!("{ns}.pid"));
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", ns, "dhclient", "-d", "-1", "-v"])
+        .arg("-sf")
+        .arg(&script)
+        .arg("-cf")
+        .arg(&conf)
+        .arg("-lf")
+        .arg(&lf)
+        .arg("-pf")
+        .arg(&pf)
+        .arg("eth0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dhclient");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !out.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dhclient never bound in {ns}"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("dhclient exited early with {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `ip netns exec` execs dhclient: the child PID is dhclient's.
+    child.start_kill().expect("kill dhclient");
+    let _ = child.wait().await;
+    std::fs::read_to_string(&out)
+        .expect("read env")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

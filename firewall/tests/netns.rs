@@ -1,0 +1,372 @@
+//! Real traffic through real rulesets, each test in fresh namespaces (root).
+
+mod common;
+
+use common::lab::{eventually, Lab};
+use common::specs::*;
+use nubo_firewall::{
+    apply_in, current_in, plan, remove_in, ruleset, ruleset_with_mode, Direction, FirewallAction,
+    FirewallSpec, PortSpec, Protocol, Remote, RenderMode,
+};
+
+fn lab_port(lab: &Lab, g: usize, groups: &[&str]) -> PortSpec {
+    let guest = &lab.guests[g];
+    port(
+        &format!("port-{g}"),
+        &guest.tap,
+        guest.mac,
+        &guest.ip,
+        groups,
+    )
+}
+
+fn apply(lab: &Lab, spec: &FirewallSpec) {
+    apply_in(&lab.netns(), &ruleset(spec)).expect("apply");
+}
+
+#[test]
+fn kernel_accepts_every_rendering_and_restart_is_a_noop() {
+    let lab = Lab::new(0);
+    let ns = lab.netns();
+    let mut specs: Vec<(String, nubo_firewall::Ruleset)> = Vec::new();
+    for (name, spec) in [
+        (
+            "default",
+            spec(
+                vec![port("a", "tapa", [2, 0, 0, 0, 0, 1], "10.77.0.11", &["d"])],
+                vec![default_group("d", &["10.77.0.11"])],
+            ),
+        ),
+        (
+            "many",
+            many_rules(10_000, "tapa", [2, 0, 0, 0, 0, 1], "10.77.0.11"),
+        ),
+    ] {
+        specs.push((format!("{name}/sets"), ruleset(&spec)));
+        specs.push((
+            format!("{name}/linear"),
+            ruleset_with_mode(&spec, RenderMode::Linear),
+        ));
+    }
+    assert_eq!(current_in(&ns).expect("list"), None);
+    for (name, rs) in &specs {
+        apply_in(&ns, rs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let listed = current_in(&ns).expect("list").expect("tables exist");
+        assert_eq!(plan(rs, Some(&listed)), FirewallAction::Noop, "{name}");
+        // A restarted agent plans against the live tables: nothing to do, and
+        // the tables stay byte-for-byte the same.
+        let again = current_in(&ns).expect("list").expect("tables exist");
+        assert_eq!(listed, again, "{name}");
+        let other = &specs[0].1;
+        if other != rs {
+            assert_eq!(
+                plan(other, Some(&listed)),
+                FirewallAction::Replace,
+                "{name}"
+            );
+        }
+    }
+    remove_in(&ns).expect("remove");
+    assert_eq!(current_in(&ns).expect("list"), None);
+    remove_in(&ns).expect("remove is idempotent");
+}
+
+#[test]
+fn same_group_reaches_non_members_do_not() {
+    let lab = Lab::new(3);
+    // g0, g1 in "default" (egress any, ingress from members); g2 in "other"
+    // (egress any, no ingress at all).
+    let spec = spec(
+        vec![
+            lab_port(&lab, 0, &["default"]),
+            lab_port(&lab, 1, &["default"]),
+            lab_port(&lab, 2, &["other"]),
+        ],
+        vec![
+            default_group("default", &[&lab.guests[0].ip, &lab.guests[1].ip]),
+            group(
+                "other",
+                vec![rule(Direction::Egress, Protocol::Any, None, Remote::Any)],
+                &[&lab.guests[2].ip],
+            ),
+        ],
+    );
+    apply(&lab, &spec);
+    let (ip0, ip1, ip2) = (
+        lab.guests[0].ip.clone(),
+        lab.guests[1].ip.clone(),
+        lab.guests[2].ip.clone(),
+    );
+    assert!(eventually(|| lab.ping(0, &ip1)), "member to member");
+    assert!(eventually(|| lab.ping(1, &ip0)), "member to member");
+    assert!(
+        !lab.ping(2, &ip0),
+        "non-member must not reach a default-group port"
+    );
+    assert!(
+        !lab.ping(0, &ip2),
+        "nothing may reach a port without ingress rules"
+    );
+}
+
+#[test]
+fn tcp22_from_cidr_only_and_removing_the_rule_closes_new_connections() {
+    let lab = Lab::new(3);
+    let ssh_only_from_g0 = |with_rule: bool| {
+        let mut rules = vec![rule(Direction::Egress, Protocol::Any, None, Remote::Any)];
+        if with_rule {
+            rules.push(rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                Some((22, 22)),
+                cidr(&format!("{}/32", lab.guests[0].ip)),
+            ));
+        }
+        spec(
+            vec![
+                lab_port(&lab, 0, &["client"]),
+                lab_port(&lab, 1, &["ssh"]),
+                lab_port(&lab, 2, &["client"]),
+            ],
+            vec![
+                group("ssh", rules, &[]),
+                group(
+                    "client",
+                    vec![rule(Direction::Egress, Protocol::Any, None, Remote::Any)],
+                    &[],
+                ),
+            ],
+        )
+    };
+    lab.listen(Some(1), 22);
+    lab.listen(Some(1), 23);
+    apply(&lab, &ssh_only_from_g0(true));
+    let ip1 = lab.guests[1].ip.clone();
+    assert!(
+        eventually(|| lab.tcp(0, &ip1, 22)),
+        "tcp/22 from the CIDR is open"
+    );
+    assert!(!lab.tcp(0, &ip1, 23), "tcp/23 is not");
+    assert!(!lab.ping(0, &ip1), "icmp is not");
+    assert!(!lab.tcp(2, &ip1, 22), "tcp/22 from outside the CIDR is not");
+
+    apply(&lab, &ssh_only_from_g0(false));
+    assert!(
+        !lab.tcp(0, &ip1, 22),
+        "after removing the rule new connections fail"
+    );
+    apply(&lab, &ssh_only_from_g0(true));
+    assert!(eventually(|| lab.tcp(0, &ip1, 22)), "and it opens again");
+}
+
+/// g0 and g1 in a group that allows everything in and out, so only
+/// anti-spoofing can stop traffic between them.
+fn open_spec(lab: &Lab, g0_secured: bool) -> FirewallSpec {
+    let open = group(
+        "open",
+        vec![
+            rule(Direction::Egress, Protocol::Any, None, Remote::Any),
+            rule(Direction::Ingress, Protocol::Any, None, Remote::Any),
+        ],
+        &[],
+    );
+    let mut ports: Vec<PortSpec> = (0..lab.guests.len())
+        .map(|g| lab_port(lab, g, &["open"]))
+        .collect();
+    ports[0].port_security = g0_secured;
+    spec(ports, vec![open])
+}
+
+#[test]
+fn spoofed_ip_and_mac_are_dropped() {
+    let lab = Lab::new(2);
+    apply(&lab, &open_spec(&lab, true));
+    let ip1 = lab.guests[1].ip.clone();
+    assert!(eventually(|| lab.ping(0, &ip1)), "own address works");
+
+    lab.guest_ok(0, &["ip", "addr", "flush", "dev", "eth0"]);
+    lab.guest_ok(0, &["ip", "addr", "add", "10.77.0.50/24", "dev", "eth0"]);
+    assert!(!lab.ping(0, &ip1), "spoofed source IP must be dropped");
+
+    lab.guest_ok(0, &["ip", "addr", "flush", "dev", "eth0"]);
+    lab.guest_ok(
+        0,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", lab.guests[0].ip),
+            "dev",
+            "eth0",
+        ],
+    );
+    assert!(eventually(|| lab.ping(0, &ip1)), "own address works again");
+
+    lab.guest_ok(
+        0,
+        &["ip", "link", "set", "eth0", "address", "02:77:00:00:00:99"],
+    );
+    assert!(!lab.ping(0, &ip1), "changed MAC must be dropped");
+}
+
+fn dhcp_lease(lab: &Lab) -> bool {
+    let out = lab.exec(
+        &lab.guests[1].ns,
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.success() && text.contains("obtained")
+}
+
+/// Starts a busybox udhcpd serving 10.77.0.100-110 in `ns`; returns the
+/// files to delete afterwards.
+fn start_udhcpd(lab: &Lab, ns: &str) -> [std::path::PathBuf; 2] {
+    let conf = std::env::temp_dir().join(format!("{ns}-udhcpd.conf"));
+    let leases = std::env::temp_dir().join(format!("{ns}-udhcpd.leases"));
+    std::fs::write(
+        &conf,
+        format!(
+            "start 10.77.0.100\nend 10.77.0.110\ninterface eth0\nlease_file {}\n",
+            leases.display()
+        ),
+    )
+    .expect("write udhcpd.conf");
+    std::fs::write(&leases, "").expect("write leases");
+    lab.spawn(
+        ns,
+        &["busybox", "udhcpd", "-f", &conf.display().to_string()],
+    );
+    [conf, leases]
+}
+
+#[test]
+fn dhcp_never_crosses_into_vxlan_devices() {
+    let mut lab = Lab::new(2);
+    let remote = lab.add_remote("vx-1");
+    let files = start_udhcpd(&lab, &remote);
+    // Control: without nubo's tables the remote node's DHCP server answers.
+    assert!(
+        eventually(|| dhcp_lease(&lab)),
+        "control: lease across the overlay"
+    );
+    apply(&lab, &open_spec(&lab, true));
+    assert!(!dhcp_lease(&lab), "DHCP must stay on the node");
+    // Ordinary traffic still crosses the overlay.
+    assert!(
+        eventually(|| lab.ping(1, "10.77.0.99")),
+        "overlay traffic still flows"
+    );
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn guest_cannot_act_as_dhcp_server() {
+    let lab = Lab::new(2);
+    let files = start_udhcpd(&lab, &lab.guests[0].ns);
+
+    // Control: with g0 unfiltered, the rogue server does hand out a lease.
+    apply(&lab, &open_spec(&lab, false));
+    assert!(
+        eventually(|| dhcp_lease(&lab)),
+        "control: lease from unfiltered server"
+    );
+    // With port security on g0, it cannot.
+    apply(&lab, &open_spec(&lab, true));
+    assert!(!dhcp_lease(&lab), "guest DHCP server must be blocked");
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+fn neigh_mac(lab: &Lab, g: usize, ip: &str) -> String {
+    let out = lab.exec(
+        &lab.guests[g].ns,
+        &["ip", "neigh", "show", ip, "dev", "eth0"],
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn arp_spoof(lab: &Lab, claimed_ip: &str) {
+    // Unsolicited ARP replies claiming `claimed_ip` with g0's MAC.
+    let _ = lab.exec(
+        &lab.guests[0].ns,
+        &[
+            "busybox", "arping", "-A", "-c", "2", "-w", "2", "-I", "eth0", "-s", claimed_ip,
+            claimed_ip,
+        ],
+    );
+}
+
+#[test]
+fn arp_reply_for_another_ip_is_dropped() {
+    let lab = Lab::new(3);
+    let (ip1, g0_mac) = (
+        lab.guests[1].ip.clone(),
+        nubo_firewall::MacAddr(lab.guests[0].mac).to_string(),
+    );
+    // arping must bind to the address it claims.
+    lab.guest_ok(0, &["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"]);
+    // Control: unfiltered g0 can poison g2's cache entry for g1.
+    apply(&lab, &open_spec(&lab, false));
+    assert!(eventually(|| lab.ping(2, &ip1)));
+    assert!(
+        eventually(|| {
+            arp_spoof(&lab, &ip1);
+            neigh_mac(&lab, 2, &ip1).contains(&g0_mac)
+        }),
+        "control: spoofed ARP reaches g2"
+    );
+    // Secured: g2 learns g1's real MAC again and g0's replies are dropped.
+    apply(&lab, &open_spec(&lab, true));
+    let _ = lab.exec(&lab.guests[2].ns, &["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(eventually(|| lab.ping(2, &ip1)));
+    for _ in 0..3 {
+        arp_spoof(&lab, &ip1);
+        assert!(
+            !neigh_mac(&lab, 2, &ip1).contains(&g0_mac),
+            "spoofed ARP must be dropped"
+        );
+    }
+}
+
+#[test]
+fn guest_reaches_metadata_on_the_host_but_nothing_else() {
+    let lab = Lab::new(1);
+    lab.listen(None, 80);
+    lab.listen(None, 22);
+    // The metadata server answers guests through the bridge.
+    lab.host_ok(&["ip", "route", "add", "10.77.0.0/24", "dev", "br0"]);
+    let spec = spec(
+        vec![lab_port(&lab, 0, &["default"])],
+        vec![default_group("default", &[&lab.guests[0].ip])],
+    );
+    apply(&lab, &spec);
+    assert!(
+        eventually(|| lab.tcp(0, "169.254.169.254", 80)),
+        "metadata port reachable"
+    );
+    assert!(
+        !lab.tcp(0, "169.254.169.254", 22),
+        "other host ports are not"
+    );
+}

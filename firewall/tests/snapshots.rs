@@ -1,0 +1,167 @@
+//! Golden files of rendered rulesets (`UPDATE_SNAPSHOTS=1` rewrites them).
+
+mod common;
+
+use common::snapshot::assert_snapshot;
+use common::specs::*;
+use nubo_firewall::{
+    ruleset, ruleset_with_mode, Direction, FirewallSpec, Protocol, Remote, RenderMode,
+};
+
+const MAC_A: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x11];
+const MAC_B: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x12];
+
+/// The specs covered by snapshots (also applied for real by the netns tests).
+pub fn cases() -> Vec<(&'static str, FirewallSpec)> {
+    let default_group_spec = spec(
+        vec![port("port-a", "tapa", MAC_A, "10.77.0.11", &["default"])],
+        vec![default_group("default", &["10.77.0.11"])],
+    );
+    let ssh = spec(
+        vec![port("port-a", "tapa", MAC_A, "10.77.0.11", &["ssh"])],
+        vec![group(
+            "ssh",
+            vec![rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                Some((22, 22)),
+                cidr("10.77.0.0/24"),
+            )],
+            &[],
+        )],
+    );
+    let remote_group = spec(
+        vec![port("port-a", "tapa", MAC_A, "10.77.0.11", &["web"])],
+        vec![
+            group(
+                "web",
+                vec![
+                    rule(
+                        Direction::Ingress,
+                        Protocol::Tcp,
+                        Some((80, 80)),
+                        Remote::Group("lb".into()),
+                    ),
+                    rule(
+                        Direction::Ingress,
+                        Protocol::Tcp,
+                        Some((443, 443)),
+                        Remote::Group("lb".into()),
+                    ),
+                    rule(
+                        Direction::Ingress,
+                        Protocol::Icmp,
+                        None,
+                        Remote::Group("lb".into()),
+                    ),
+                ],
+                &["10.77.0.11"],
+            ),
+            group("lb", vec![], &["10.77.0.20", "10.77.0.21"]),
+        ],
+    );
+    let mut anti_spoof = spec(
+        vec![port("port-a", "tapa", MAC_A, "10.77.0.11", &[])],
+        vec![],
+    );
+    anti_spoof.ports[0]
+        .ips
+        .push("fd00::11".parse().expect("ip"));
+    let mut unsecured = port("port-b", "tapb", MAC_B, "10.77.0.12", &["default"]);
+    unsecured.port_security = false;
+    let two_ports = spec(
+        vec![
+            port("port-a", "tapa", MAC_A, "10.77.0.11", &["default", "ssh"]),
+            port(
+                "port-c",
+                "tapc",
+                [0x02, 0x77, 0, 0, 0, 0x13],
+                "10.77.0.13",
+                &["default"],
+            ),
+            unsecured,
+        ],
+        vec![
+            default_group("default", &["10.77.0.11", "10.77.0.13"]),
+            group(
+                "ssh",
+                vec![
+                    rule(
+                        Direction::Ingress,
+                        Protocol::Tcp,
+                        Some((22, 22)),
+                        cidr("10.0.0.0/8"),
+                    ),
+                    rule(
+                        Direction::Ingress,
+                        Protocol::Tcp,
+                        Some((20, 30)),
+                        cidr("10.77.0.0/16"),
+                    ),
+                ],
+                &["10.77.0.11"],
+            ),
+        ],
+    );
+    vec![
+        ("default_group", default_group_spec),
+        ("tcp22_from_cidr", ssh),
+        ("remote_group", remote_group),
+        ("anti_spoof", anti_spoof),
+        ("two_ports", two_ports),
+    ]
+}
+
+#[test]
+fn rendered_rulesets_match_snapshots() {
+    for (name, spec) in cases() {
+        assert_snapshot(&format!("{name}.nft"), ruleset(&spec).text());
+    }
+    let (_, two) = cases().pop().expect("cases");
+    assert_snapshot(
+        "two_ports_linear.nft",
+        ruleset_with_mode(&two, RenderMode::Linear).text(),
+    );
+}
+
+#[test]
+fn rendering_is_deterministic_and_order_independent() {
+    for (_, spec) in cases() {
+        let mut shuffled = spec.clone();
+        shuffled.ports.reverse();
+        for g in shuffled.groups.values_mut() {
+            g.rules.reverse();
+            g.members.reverse();
+        }
+        let a = ruleset(&spec);
+        assert_eq!(a, ruleset(&spec));
+        assert_eq!(a, ruleset(&shuffled));
+    }
+}
+
+#[test]
+fn fingerprint_changes_with_the_spec() {
+    let cases = cases();
+    let prints: std::collections::BTreeSet<String> = cases
+        .iter()
+        .map(|(_, s)| ruleset(s).fingerprint().to_string())
+        .collect();
+    assert_eq!(prints.len(), cases.len());
+}
+
+#[test]
+fn many_rules_stay_a_constant_number_of_nft_rules() {
+    let count_rules = |text: &str| {
+        text.lines()
+            .filter(|l| l.ends_with(" accept") || l.ends_with(" return"))
+            .count()
+    };
+    let small = ruleset(&many_rules(10, "tapa", MAC_A, "10.77.0.11"));
+    let big = ruleset(&many_rules(10_000, "tapa", MAC_A, "10.77.0.11"));
+    assert_eq!(count_rules(small.text()), count_rules(big.text()));
+    let linear = ruleset_with_mode(
+        &many_rules(10_000, "tapa", MAC_A, "10.77.0.11"),
+        RenderMode::Linear,
+    );
+    assert!(count_rules(linear.text()) > 10_000);
+}

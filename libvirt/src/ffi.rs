@@ -1,0 +1,332 @@
+//! A minimal safe wrapper over the libvirt C API (`virt-sys`).
+//!
+//! Only the calls the driver needs. Every pointer is owned by an RAII type
+//! ([`Conn`], [`Dom`]); every failure is turned into a [`VirError`] read
+//! from libvirt's thread-local last error on the calling thread.
+//!
+//! The `virt` crate 0.5 pins `libc = "=0.2.183"`, which conflicts with the
+//! rest of the workspace, and has no domain event registration; hence this
+//! thin layer over the raw bindings.
+
+use std::ffi::{c_char, c_int, c_uint, CStr, CString};
+use std::ptr::{self, NonNull};
+use std::sync::Once;
+
+use virt_sys as sys;
+
+/// An error reported by libvirt (`virError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("libvirt error {code} (domain {domain}): {message}")]
+pub struct VirError {
+    /// `virErrorNumber` (e.g. 42 = no domain, 55 = operation invalid).
+    pub code: i32,
+    /// `virErrorDomain`: the libvirt subsystem that raised it.
+    pub domain: i32,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl VirError {
+    /// Reads (and clears) libvirt's last error of this thread.
+    pub(crate) fn last() -> Self {
+        // SAFETY: virGetLastError returns null or a pointer to this thread's
+        // error object, valid until the next libvirt call on this thread.
+        unsafe {
+            let e = sys::virGetLastError();
+            let err = if e.is_null() {
+                VirError {
+                    code: -1,
+                    domain: -1,
+                    message: "unknown libvirt error".to_owned(),
+                }
+            } else {
+                let message = if (*e).message.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr((*e).message).to_string_lossy().into_owned()
+                };
+                VirError {
+                    code: (*e).code,
+                    domain: (*e).domain,
+                    message,
+                }
+            };
+            sys::virResetLastError();
+            err
+        }
+    }
+
+    fn is(&self, code: sys::virErrorNumber) -> bool {
+        i64::from(self.code) == i64::from(code)
+    }
+
+    /// The domain does not exist.
+    pub fn is_no_domain(&self) -> bool {
+        self.is(sys::VIR_ERR_NO_DOMAIN)
+    }
+
+    /// The operation is invalid in the domain's current state (e.g. destroying
+    /// a domain that is not running).
+    pub fn is_operation_invalid(&self) -> bool {
+        self.is(sys::VIR_ERR_OPERATION_INVALID)
+    }
+}
+
+fn input_error(what: &str) -> VirError {
+    VirError {
+        code: -1,
+        domain: -1,
+        message: format!("{what} contains a NUL byte"),
+    }
+}
+
+/// Error handler that drops libvirt's default stderr printing; errors are
+/// reported through [`VirError`] instead.
+unsafe extern "C" fn quiet_error_handler(_: *mut libc::c_void, _: sys::virErrorPtr) {}
+
+/// Initialises libvirt once per process (thread-safety set-up and error
+/// printing). Idempotent.
+pub(crate) fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // SAFETY: plain library initialisation calls with valid arguments.
+        unsafe {
+            sys::virInitialize();
+            sys::virSetErrorFunc(ptr::null_mut(), Some(quiet_error_handler));
+        }
+    });
+}
+
+/// Takes ownership of a libvirt-allocated C string.
+///
+/// # Safety
+/// `p` must be null or a string allocated by libvirt with `malloc`.
+unsafe fn owned_cstring(p: *mut c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+    libc::free(p.cast());
+    Some(s)
+}
+
+/// An open libvirt connection (`virConnectPtr`), closed on drop.
+#[derive(Debug)]
+pub(crate) struct Conn(NonNull<sys::virConnect>);
+
+// SAFETY: libvirt connections are thread-safe (documented since 0.6.0);
+// every call goes through libvirt's own locking.
+unsafe impl Send for Conn {}
+// SAFETY: as above.
+unsafe impl Sync for Conn {}
+
+impl Conn {
+    /// Opens a read-write connection to `uri`.
+    pub(crate) fn open(uri: &str) -> Result<Self, VirError> {
+        init();
+        let c = CString::new(uri).map_err(|_| input_error("URI"))?;
+        // SAFETY: `c` is a valid NUL-terminated string.
+        let p = unsafe { sys::virConnectOpen(c.as_ptr()) };
+        NonNull::new(p).map(Conn).ok_or_else(VirError::last)
+    }
+
+    pub(crate) fn as_ptr(&self) -> sys::virConnectPtr {
+        self.0.as_ptr()
+    }
+
+    /// Enables keepalive probes (needs the event loop to be running).
+    pub(crate) fn set_keepalive(&self, interval_s: i32, count: u32) -> Result<(), VirError> {
+        // SAFETY: valid connection.
+        check(unsafe { sys::virConnectSetKeepAlive(self.as_ptr(), interval_s, count) })
+    }
+
+    /// All domains, active and inactive.
+    pub(crate) fn list_all(&self) -> Result<Vec<Dom>, VirError> {
+        let mut arr: *mut sys::virDomainPtr = ptr::null_mut();
+        // SAFETY: libvirt allocates `arr` with `n` owned domain pointers.
+        let n = unsafe { sys::virConnectListAllDomains(self.as_ptr(), &mut arr, 0) };
+        if n < 0 {
+            return Err(VirError::last());
+        }
+        let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        if !arr.is_null() {
+            for i in 0..usize::try_from(n).unwrap_or(0) {
+                // SAFETY: `i < n`; each element is an owned reference.
+                if let Some(d) = NonNull::new(unsafe { *arr.add(i) }) {
+                    out.push(Dom(d));
+                }
+            }
+            // SAFETY: the array itself was malloc'ed by libvirt.
+            unsafe { libc::free(arr.cast()) };
+        }
+        Ok(out)
+    }
+
+    /// Looks a domain up by UUID; `Ok(None)` if it does not exist.
+    pub(crate) fn lookup_uuid(&self, uuid: &str) -> Result<Option<Dom>, VirError> {
+        let c = CString::new(uuid).map_err(|_| input_error("UUID"))?;
+        // SAFETY: valid connection and string.
+        let p = unsafe { sys::virDomainLookupByUUIDString(self.as_ptr(), c.as_ptr()) };
+        match NonNull::new(p) {
+            Some(d) => Ok(Some(Dom(d))),
+            None => {
+                let e = VirError::last();
+                if e.is_no_domain() {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Defines (or redefines) a persistent domain from XML.
+    pub(crate) fn define_xml(&self, xml: &str) -> Result<Dom, VirError> {
+        let c = CString::new(xml).map_err(|_| input_error("domain XML"))?;
+        // SAFETY: valid connection and string.
+        let p = unsafe { sys::virDomainDefineXML(self.as_ptr(), c.as_ptr()) };
+        NonNull::new(p).map(Dom).ok_or_else(VirError::last)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference to the connection.
+        unsafe { sys::virConnectClose(self.0.as_ptr()) };
+    }
+}
+
+/// A reference to a libvirt domain (`virDomainPtr`), freed on drop.
+#[derive(Debug)]
+pub(crate) struct Dom(NonNull<sys::virDomain>);
+
+// SAFETY: domain objects are reference counted and thread-safe in libvirt.
+unsafe impl Send for Dom {}
+
+fn check(rc: c_int) -> Result<(), VirError> {
+    if rc < 0 {
+        Err(VirError::last())
+    } else {
+        Ok(())
+    }
+}
+
+impl Dom {
+    fn as_ptr(&self) -> sys::virDomainPtr {
+        self.0.as_ptr()
+    }
+
+    /// UUID in canonical string form.
+    pub(crate) fn uuid_string(&self) -> Result<String, VirError> {
+        uuid_of(self.as_ptr())
+    }
+
+    /// Domain name.
+    pub(crate) fn name(&self) -> Result<String, VirError> {
+        name_of(self.as_ptr())
+    }
+
+    /// `(virDomainState, reason)`.
+    pub(crate) fn state(&self) -> Result<(c_int, c_int), VirError> {
+        let (mut st, mut reason) = (0, 0);
+        // SAFETY: valid domain, valid out pointers.
+        check(unsafe { sys::virDomainGetState(self.as_ptr(), &mut st, &mut reason, 0) })?;
+        Ok((st, reason))
+    }
+
+    /// Whether the domain is running (or paused).
+    pub(crate) fn is_active(&self) -> Result<bool, VirError> {
+        // SAFETY: valid domain.
+        let rc = unsafe { sys::virDomainIsActive(self.as_ptr()) };
+        if rc < 0 {
+            Err(VirError::last())
+        } else {
+            Ok(rc == 1)
+        }
+    }
+
+    /// The custom metadata element in namespace `ns`, if present.
+    pub(crate) fn metadata_element(&self, ns: &str) -> Result<Option<String>, VirError> {
+        let c = CString::new(ns).map_err(|_| input_error("namespace"))?;
+        // SAFETY: valid domain and string; the result is malloc'ed.
+        let p = unsafe {
+            sys::virDomainGetMetadata(
+                self.as_ptr(),
+                sys::VIR_DOMAIN_METADATA_ELEMENT as c_int,
+                c.as_ptr(),
+                0,
+            )
+        };
+        // SAFETY: null or a libvirt-allocated string.
+        match unsafe { owned_cstring(p) } {
+            Some(s) => Ok(Some(s)),
+            None => {
+                let e = VirError::last();
+                if e.is(sys::VIR_ERR_NO_DOMAIN_METADATA) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Starts the defined domain.
+    pub(crate) fn create(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainCreate(self.as_ptr()) })
+    }
+
+    /// Hard power-off.
+    pub(crate) fn destroy(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainDestroy(self.as_ptr()) })
+    }
+
+    /// Asks the guest to shut down (ACPI power button).
+    pub(crate) fn shutdown(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainShutdown(self.as_ptr()) })
+    }
+
+    /// Hard reset (like pressing the reset button).
+    pub(crate) fn reset(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainReset(self.as_ptr(), 0) })
+    }
+
+    /// Removes the persistent definition with `flags`.
+    pub(crate) fn undefine(&self, flags: c_uint) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainUndefineFlags(self.as_ptr(), flags) })
+    }
+}
+
+impl Drop for Dom {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference to the domain.
+        unsafe { sys::virDomainFree(self.0.as_ptr()) };
+    }
+}
+
+/// UUID string of a borrowed domain pointer (no RPC: cached client-side).
+pub(crate) fn uuid_of(dom: sys::virDomainPtr) -> Result<String, VirError> {
+    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `buf` has VIR_UUID_STRING_BUFLEN bytes as the API requires.
+    check(unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) })?;
+    // SAFETY: libvirt NUL-terminated the buffer.
+    Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Name of a borrowed domain pointer (no RPC: cached client-side).
+pub(crate) fn name_of(dom: sys::virDomainPtr) -> Result<String, VirError> {
+    // SAFETY: the returned string belongs to the domain object.
+    let p = unsafe { sys::virDomainGetName(dom) };
+    if p.is_null() {
+        return Err(VirError::last());
+    }
+    // SAFETY: non-null NUL-terminated string owned by `dom`.
+    Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}

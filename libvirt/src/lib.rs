@@ -1,0 +1,30 @@
+//! nubo's libvirt compute driver.
+//!
+//! - [`DomainSpec`] + [`domain_xml`]: a pure, deterministic rendering of the
+//!   domain nubo wants (direct kernel boot optional, virtio disk, taps owned
+//!   by nubo, serial console to a file, `<nubo:instance>` metadata marking
+//!   ownership).
+//! - [`LibvirtDriver`]: define/start/stop/reboot/undefine, listing of nubo
+//!   and foreign domains, lifecycle [`EventStream`].
+//! - [`ImageCache`]: verified local base images and qcow2 overlays.
+//!
+//! This crate does not depend on the agent; the agent wraps it behind its
+//! `Hypervisor` trait.
+
+mod driver;
+mod error;
+mod events;
+mod ffi;
+mod image;
+mod info;
+mod spec;
+mod xml;
+
+pub use driver::{DriverConfig, LibvirtDriver, ShutdownOutcome};
+pub use error::DriverError;
+pub use events::{DomainEvent, EventStream, LifecycleEvent, StopReason};
+pub use ffi::VirError;
+pub use image::{ImageCache, ImageError};
+pub use info::{DomainInfo, ForeignDomain, PowerState};
+pub use spec::{DiskSpec, DomainSpec, DomainType, KernelBoot, Nic, SpecError, DEFAULT_NAME_PREFIX};
+pub use xml::{domain_xml, domain_xml_with_prefix, NUBO_METADATA_NS};

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Builds the tiny test guest the suite boots under libvirt/QEMU: the kernel of
+# Debian's linux-image-*-cloud-amd64 (downloaded and unpacked, not installed)
+# and a busybox initramfs whose /init brings up virtio-net, runs udhcpc,
+# prints its address, fetches its instance id from the metadata service and
+# pings the targets named on the kernel command line (nubo.ping=IP).
+#
+# Output (cached; rebuilt only when missing or when this script changes):
+#   $NUBO_GUEST_DIR/vmlinuz, $NUBO_GUEST_DIR/initrd.gz
+# Default NUBO_GUEST_DIR: /var/cache/nubo/test-guest (world-readable: libvirt
+# chowns kernel and initrd while a domain runs).
+set -euo pipefail
+OUT=${NUBO_GUEST_DIR:-/var/cache/nubo/test-guest}
+HERE=$(cd "$(dirname "$0")" && pwd)
+STAMP=$(sha256sum "$HERE/build-test-guest.sh" | cut -c1-16)
+if [[ -f $OUT/vmlinuz && -f $OUT/initrd.gz && "$(cat "$OUT/stamp" 2>/dev/null)" == "$STAMP" ]]; then
+  echo "$OUT (cached)"
+  exit 0
+fi
+mkdir -p "$OUT"; chmod 755 "$OUT"
+command -v cpio >/dev/null && [[ -x /bin/busybox ]] || \
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends busybox-static cpio >/dev/null
+
+W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+IMG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+[[ -n $IMG ]] || { echo "error: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
+KVER=${IMG#linux-image-}
+(cd "$W" && apt-get download "$IMG" >/dev/null && dpkg -x "${IMG}"_*.deb k)
+cp "$W/k/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+
+R=$W/root
+mkdir -p "$R"/{bin,proc,sys,dev,tmp,etc,lib/modules}
+cp /bin/busybox "$R/bin/busybox"
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover \
+         drivers/net/net_failover drivers/net/virtio_net drivers/block/virtio_blk; do
+  f=$W/k/lib/modules/$KVER/kernel/$m.ko
+  [[ -f $f ]] || f=$f.xz
+  [[ -f $f ]] && cp "$f" "$R/lib/modules/"
+done
+cat > "$R/bin/udhcpc.script" <<'S'
+#!/bin/busybox sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    if [ -n "$staticroutes" ]; then
+      set -- $staticroutes
+      while [ $# -ge 2 ]; do
+        if [ "$2" = "0.0.0.0" ]; then ip route add "$1" dev "$interface"; else ip route add "$1" via "$2" dev "$interface"; fi
+        shift 2
+      done
+    else
+      for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    fi ;;
+esac
+S
+cat > "$R/init" <<'S'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net virtio_blk; do
+  insmod /lib/modules/$m.ko* 2>/dev/null
+done
+echo "NUBO-GUEST: init uptime $(cut -d' ' -f1 /proc/uptime)"
+ip link set lo up; ip link set eth0 up
+udhcpc -i eth0 -s /bin/udhcpc.script -q -f -n -t 30 -T 2 -O staticroutes -O mtu || echo "NUBO-GUEST: dhcp failed"
+echo "NUBO-GUEST-IP: $(ip -4 -o addr show dev eth0 | awk '{print $4}') uptime $(cut -d' ' -f1 /proc/uptime)"
+MD=""
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  MD=$(timeout 5 wget -qO- http://169.254.169.254/latest/meta-data/instance-id 2>/dev/null) && break
+  sleep 1
+done
+echo "NUBO-GUEST-METADATA: ${MD:-<none>} uptime $(cut -d' ' -f1 /proc/uptime)"
+for a in $(cat /proc/cmdline); do case "$a" in nubo.ping=*)
+  t=${a#nubo.ping=}
+  ( while :; do
+      if ping -c 1 -W 1 "$t" >/dev/null 2>&1; then echo "NUBO-GUEST-PING $t ok"; else echo "NUBO-GUEST-PING $t fail"; fi
+      sleep 1
+    done ) & ;;
+esac; done
+grep -q nubo.poweroff /proc/cmdline && poweroff -f
+while :; do sleep 3600; done
+S
+chmod +x "$R/init" "$R/bin/udhcpc.script"
+(cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) > "$OUT/initrd.gz"
+chmod 644 "$OUT/vmlinuz" "$OUT/initrd.gz"
+echo "$STAMP" > "$OUT/stamp"
+echo "$OUT"

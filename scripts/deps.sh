@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages nubo's daemons, demo and test suite need.
+# Idempotent; safe to run on every CI run.
+set -euo pipefail
+
+PACKAGES=(
+  # state store
+  etcd-server etcd-client
+  # gRPC code generation (protoc + well-known types, needed by etcd-client too)
+  protobuf-compiler libprotobuf-dev
+  # data path: nftables, netlink tools for tests, real DHCP/HTTP clients
+  nftables iproute2 busybox-static isc-dhcp-client netcat-openbsd curl
+  tcpdump iputils-ping iperf3 procps psmisc
+  # build
+  pkg-config build-essential
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian starts etcd as a system service on install; nubo's tests and demo
+# run their own etcd on free ports, the packaged one is not needed.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi

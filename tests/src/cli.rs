@@ -1,0 +1,154 @@
+//! Running the `nubo` CLI.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::process::bin_path;
+
+/// What one `nubo` invocation produced.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// The command line, for messages.
+    pub command: String,
+    /// Exit code (`-1` when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// True for exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout).with_context(|| {
+            format!(
+                "`{}` did not print JSON on stdout:\n{}\nstderr: {}",
+                self.command, self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Fails with the whole output unless the command succeeded.
+    pub fn ok(self) -> Result<Self> {
+        if !self.success() {
+            bail!(
+                "`{}` exited with {}\nstdout: {}\nstderr: {}",
+                self.command,
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Runs `nubo --endpoint <endpoint> -f json <args>`.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    bin: PathBuf,
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl Cli {
+    /// A CLI talking to `endpoint` (e.g. [`crate::Coordinator::endpoint`]).
+    pub fn new(endpoint: &str) -> Result<Self> {
+        Ok(Self {
+            bin: bin_path("nubo")?,
+            endpoint: endpoint.to_string(),
+            timeout: Duration::from_secs(300),
+        })
+    }
+
+    /// Kill a command still running after `timeout` (default 300 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs `nubo --endpoint … -f json <args>` and returns whatever it did,
+    /// failing only if it could not be run or outlived the timeout.
+    pub fn run(&self, args: &[&str]) -> Result<CliOutput> {
+        let mut full = vec!["--endpoint", self.endpoint.as_str(), "-f", "json"];
+        full.extend_from_slice(args);
+        self.run_raw(&full)
+    }
+
+    /// Runs `nubo <args>` exactly as given (no endpoint or format flags).
+    pub fn run_raw(&self, args: &[&str]) -> Result<CliOutput> {
+        let command = format!("nubo {}", args.join(" "));
+        // Files, not pipes: a large listing must not block on a full pipe
+        // while we wait with a timeout.
+        let dir = tempfile::Builder::new().prefix("nbt-cli-").tempdir()?;
+        let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+        let mut child = Command::new(&self.bin)
+            .args(args)
+            .env_remove("NUBO_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path)?)
+            .stderr(std::fs::File::create(&err_path)?)
+            .spawn()
+            .with_context(|| format!("running {}", self.bin.display()))?;
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if start.elapsed() > self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "`{command}` still running after {:?}; killed. stderr so far: {}",
+                    self.timeout,
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let read = |p: &PathBuf| {
+            std::fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        Ok(CliOutput {
+            command,
+            code: status.code().unwrap_or(-1),
+            stdout: read(&out_path),
+            stderr: read(&err_path),
+        })
+    }
+
+    /// Runs a command that must succeed and returns its JSON output.
+    pub fn json(&self, args: &[&str]) -> Result<Value> {
+        self.run(args)?.ok()?.json()
+    }
+
+    /// The endpoint the CLI talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+/// The objects of a JSON listing: the array itself, or the first array
+/// value of an object (e.g. `{"servers": [...], "next_page_token": ""}`).
+pub fn list_items(v: &Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(a) => Ok(a.clone()),
+        Value::Object(o) => o
+            .values()
+            .find_map(|x| x.as_array().cloned())
+            .with_context(|| format!("no list in JSON output: {v}")),
+        _ => bail!("expected a JSON list, got: {v}"),
+    }
+}
