@@ -161,12 +161,20 @@ impl Liveness {
 
     /// One keep-alive round trip. `Ok(false)` = the lease no longer exists.
     async fn refresh(&self, held: &mut Held) -> Result<bool, StoreError> {
-        if held.stream.is_none() {
-            let mut lc = self.client.lease_client();
-            held.stream = Some(store::bounded(lc.keep_alive(held.id)).await?);
-        }
         let Some((keeper, stream)) = held.stream.as_mut() else {
-            return Ok(true);
+            // Opening the stream is itself a keep-alive; the client reports a
+            // lease that is gone as an error, so ask etcd what happened.
+            let mut lc = self.client.lease_client();
+            return match store::bounded(lc.keep_alive(held.id)).await {
+                Ok(s) => {
+                    held.stream = Some(s);
+                    Ok(true)
+                }
+                Err(e) => match self.lease_exists(held.id).await? {
+                    true => Err(e),
+                    false => Ok(false),
+                },
+            };
         };
         let r = async {
             keeper.keep_alive().await?;
@@ -185,6 +193,13 @@ impl Liveness {
                 Err(e)
             }
         }
+    }
+
+    /// Whether etcd still knows the lease (`TimeToLive` answers -1 when not).
+    async fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
+        let mut lc = self.client.lease_client();
+        let r = store::bounded(lc.time_to_live(id, None)).await?;
+        Ok(r.ttl() > 0)
     }
 
     /// Runs until the task is dropped.

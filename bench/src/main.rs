@@ -1,1 +1,287 @@
-fn main() {}
+//! `nubo-bench`: measures nubo against real processes.
+//!
+//! `nubo-bench place` starts a real etcd and ONE `nubo-coordinator`,
+//! registers simulated nodes directly in etcd, answers assignments with fake
+//! in-process agents, drives instance creates through the gRPC API and
+//! reports placement throughput, latencies, capacity safety and the
+//! coordinator's memory.
+
+mod agents;
+mod cluster;
+mod coordinator;
+mod load;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use nubo_tests::ports::free_port;
+use nubo_tests::Etcd;
+use tokio::signal::unix::{signal, SignalKind};
+use tonic::transport::Endpoint;
+
+use crate::coordinator::{Coordinator, Ratios};
+use crate::report::{percentile, Report};
+
+/// Benchmarks of nubo.
+#[derive(Debug, Parser)]
+#[command(name = "nubo-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Placement throughput and safety of one coordinator.
+    Place(PlaceArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlaceArgs {
+    /// Simulated nodes (16 vCPUs, 64 GiB, 1 TB each).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Instances to create (one create request each).
+    #[arg(long, default_value_t = 10_000)]
+    instances: usize,
+    /// Create requests in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// The coordinator binary (default: nubo-coordinator next to this executable).
+    #[arg(long)]
+    coordinator_bin: Option<PathBuf>,
+    /// Seconds to wait, after the last create, for every instance to run.
+    #[arg(long, default_value_t = 120)]
+    settle_timeout: u64,
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Ratios the coordinator runs with (its defaults, passed explicitly so the
+/// capacity audit checks against exactly what the scheduler used).
+const RATIOS: Ratios = Ratios {
+    cpu: 4.0,
+    ram: 1.0,
+    disk: 1.0,
+};
+
+/// Processes to stop on exit, whatever the exit path. The coordinator is
+/// declared first so that it is stopped before etcd.
+#[derive(Default)]
+struct Guards {
+    coordinator: Option<Coordinator>,
+    etcd: Option<Etcd>,
+}
+
+fn coordinator_bin(arg: Option<PathBuf>) -> Result<PathBuf> {
+    let bin = match arg {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("nubo-coordinator"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "coordinator binary not found at {} (cargo build --release -p nubo-coordinator, \
+             or pass --coordinator-bin)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn step(msg: &str) {
+    eprintln!("nubo-bench: {msg}");
+}
+
+async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
+    let bin = coordinator_bin(args.coordinator_bin.clone())?;
+    step("starting etcd");
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await??;
+    let etcd_endpoint = etcd.endpoint();
+    let log = etcd.dir().join("coordinator.log");
+    let client = etcd.client().await?;
+    guards.etcd = Some(etcd);
+
+    step(&format!("registering {} nodes", args.nodes));
+    cluster::register_nodes(&client, args.nodes).await?;
+
+    step(&format!("starting {}", bin.display()));
+    let grpc = ([127, 0, 0, 1], free_port()).into();
+    let health = ([127, 0, 0, 1], free_port()).into();
+    let coord = tokio::task::spawn_blocking(move || {
+        Coordinator::start(&bin, &etcd_endpoint, grpc, health, RATIOS, log)
+    })
+    .await??;
+    let pid = coord.pid();
+    guards.coordinator = Some(coord);
+
+    let channel = Endpoint::from_shared(format!("http://{grpc}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the coordinator on {grpc}"))?;
+    cluster::create_resources(&channel).await?;
+    let observed = Arc::new(agents::Observed::default());
+    agents::start(&client, observed.clone()).await?;
+
+    step(&format!(
+        "creating {} instances, {} at a time (coordinator pid {pid})",
+        args.instances, args.concurrency
+    ));
+    let t0 = Instant::now();
+    let load = load::run(channel, args.instances, args.concurrency as usize).await;
+    let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
+    while observed.running_count() < load.accepted.len() && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wall = t0.elapsed();
+
+    step("auditing node capacity");
+    let audit = cluster::audit(&client, args.nodes, RATIOS).await?;
+    let (hwm, rss) = guards
+        .coordinator
+        .as_ref()
+        .map(Coordinator::memory_kib)
+        .transpose()?
+        .unwrap_or_default();
+
+    let assigned = observed
+        .assigned
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let running = observed
+        .running
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut api: Vec<Duration> = load.accepted.iter().map(|a| a.latency).collect();
+    api.sort_unstable();
+    let mut to_running: Vec<Duration> = load
+        .accepted
+        .iter()
+        .filter_map(|a| {
+            running
+                .get(&a.id)
+                .map(|t| t.saturating_duration_since(a.sent))
+        })
+        .collect();
+    to_running.sort_unstable();
+    let placed = load
+        .accepted
+        .iter()
+        .filter(|a| assigned.contains_key(&a.id))
+        .count();
+    let last_assigned = assigned.values().max().copied();
+    let placements_per_sec = match last_assigned {
+        Some(t) if t > t0 => placed as f64 / t.duration_since(t0).as_secs_f64(),
+        _ => 0.0,
+    };
+    let mut error_samples: Vec<String> = Vec::new();
+    for e in &load.errors {
+        if error_samples.len() < 3 && !error_samples.contains(e) {
+            error_samples.push(e.clone());
+        }
+    }
+    Ok(Report {
+        nodes: args.nodes,
+        instances: args.instances,
+        concurrency: args.concurrency as usize,
+        accepted: load.accepted.len(),
+        errors: load.errors.len(),
+        error_samples,
+        placed,
+        placements_per_sec,
+        api_p50: percentile(&api, 50.0),
+        api_p99: percentile(&api, 99.0),
+        running: to_running.len(),
+        running_p50: percentile(&to_running, 50.0),
+        running_p99: percentile(&to_running, 99.0),
+        over_capacity: audit.over_capacity,
+        usage_mismatch: audit.usage_mismatch,
+        min_per_node: audit.min_per_node,
+        max_per_node: audit.max_per_node,
+        coordinator_hwm_kib: hwm,
+        coordinator_rss_kib: rss,
+        wall,
+    })
+}
+
+fn print(report: &Report, json: bool) -> Result<()> {
+    let text = if json {
+        format!("{}\n", serde_json::to_string_pretty(&report.json())?)
+    } else {
+        report.table()
+    };
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let Cmd::Place(args) = cli.cmd;
+    let mut guards = Guards::default();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let outcome = tokio::select! {
+        r = place(&args, &mut guards) => r.map(Some),
+        _ = tokio::signal::ctrl_c() => Ok(None),
+        _ = sigterm.recv() => Ok(None),
+    };
+    // Stop the coordinator, then etcd, on every path.
+    drop(guards);
+    let Some(report) = outcome? else {
+        bail!("interrupted; coordinator and etcd stopped");
+    };
+    print(&report, args.json)?;
+    if report.over_capacity > 0 {
+        bail!("{} node(s) over capacity", report.over_capacity);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("error: {}", msg.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let Cmd::Place(a) = Cli::try_parse_from(["nubo-bench", "place"]).unwrap().cmd;
+        assert_eq!((a.nodes, a.instances, a.concurrency), (1000, 10_000, 64));
+        assert!(Cli::try_parse_from(["nubo-bench", "place", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn missing_coordinator_binary_is_explained() {
+        let err = coordinator_bin(Some("/nonexistent/nubo-coordinator".into())).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("coordinator binary not found at /nonexistent/nubo-coordinator"));
+    }
+}

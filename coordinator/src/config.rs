@@ -95,7 +95,9 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ServeError> {
         if self.etcd_endpoints.is_empty() {
-            return Err(ServeError::Config("at least one etcd endpoint is required".into()));
+            return Err(ServeError::Config(
+                "at least one etcd endpoint is required".into(),
+            ));
         }
         for (name, v) in [
             ("cpu-ratio", self.cpu_ratio),
@@ -115,7 +117,9 @@ impl Config {
             )));
         }
         if !(1..=3600).contains(&self.lease_ttl_secs) {
-            return Err(ServeError::Config("lease-ttl must be 1..=3600 seconds".into()));
+            return Err(ServeError::Config(
+                "lease-ttl must be 1..=3600 seconds".into(),
+            ));
         }
         if self.etcd_tls.is_some() {
             return Err(ServeError::Config(
@@ -145,7 +149,11 @@ struct FileConfig {
 
 /// Command-line flags of `nubo-coordinator`; each overrides the file.
 #[derive(Debug, Default, Parser)]
-#[command(name = "nubo-coordinator", version, about = "nubo coordinator: API, scheduler, IPAM")]
+#[command(
+    name = "nubo-coordinator",
+    version,
+    about = "nubo coordinator: API, scheduler, IPAM"
+)]
 pub struct Cli {
     /// TOML configuration file (default /etc/nubo/coordinator.toml if it exists).
     #[arg(long)]

@@ -16,7 +16,11 @@ fn ts(t: &Timestamp) -> String {
 }
 
 fn res(r: model::Resources) -> pb::Resources {
-    pb::Resources { vcpus: r.vcpus, ram_mb: r.ram_mb, disk_gb: r.disk_gb }
+    pb::Resources {
+        vcpus: r.vcpus,
+        ram_mb: r.ram_mb,
+        disk_gb: r.disk_gb,
+    }
 }
 
 /// Flavor.
@@ -90,7 +94,10 @@ pub fn port(p: &model::Port) -> pb::Port {
 
 /// Security group rule.
 pub fn rule(r: &SecurityGroupRule) -> pb::SecurityGroupRule {
-    let (port_min, port_max) = r.ports.map(|(a, b)| (u32::from(a), u32::from(b))).unwrap_or((0, 0));
+    let (port_min, port_max) = r
+        .ports
+        .map(|(a, b)| (u32::from(a), u32::from(b)))
+        .unwrap_or((0, 0));
     let (remote_cidr, remote_group_id) = match &r.remote {
         Remote::Any => (String::new(), String::new()),
         Remote::Cidr(c) => (c.to_string(), String::new()),
@@ -129,12 +136,20 @@ pub fn rule_from_proto(r: &pb::SecurityGroupRule) -> ApiResult<SecurityGroupRule
     let direction = match r.direction.to_ascii_lowercase().as_str() {
         "ingress" => Direction::Ingress,
         "egress" => Direction::Egress,
-        other => return bad(format!("rule direction {other:?} must be \"ingress\" or \"egress\"")),
+        other => {
+            return bad(format!(
+                "rule direction {other:?} must be \"ingress\" or \"egress\""
+            ))
+        }
     };
     let ethertype = match r.ethertype.to_ascii_lowercase().as_str() {
         "" | "ipv4" => EtherType::Ipv4,
         "ipv6" => EtherType::Ipv6,
-        other => return bad(format!("rule ethertype {other:?} must be \"ipv4\" or \"ipv6\"")),
+        other => {
+            return bad(format!(
+                "rule ethertype {other:?} must be \"ipv4\" or \"ipv6\""
+            ))
+        }
     };
     let protocol = match r.protocol.to_ascii_lowercase().as_str() {
         "" | "any" => Protocol::Any,
@@ -159,26 +174,38 @@ pub fn rule_from_proto(r: &pb::SecurityGroupRule) -> ApiResult<SecurityGroupRule
             return bad(format!("rule ports {a}-{b} need protocol tcp or udp"))
         }
         (a, b) if a == 0 || a > b || b > 65535 => {
-            return bad(format!("rule port range {a}-{b} is not valid (1 <= min <= max <= 65535)"))
+            return bad(format!(
+                "rule port range {a}-{b} is not valid (1 <= min <= max <= 65535)"
+            ))
         }
         (a, b) => Some((a as u16, b as u16)),
     };
     let remote = match (r.remote_cidr.trim(), r.remote_group_id.trim()) {
         ("", "") => Remote::Any,
         (c, "") => {
-            let net: IpNet = c
-                .parse()
-                .map_err(|_| ApiError::InvalidArgument(format!("rule remote_cidr {c} is not a valid network")))?;
+            let net: IpNet = c.parse().map_err(|_| {
+                ApiError::InvalidArgument(format!("rule remote_cidr {c} is not a valid network"))
+            })?;
             let v4 = matches!(net, IpNet::V4(_));
             if v4 != (ethertype == EtherType::Ipv4) {
-                return bad(format!("rule remote_cidr {c} does not match ethertype {}", r.ethertype));
+                return bad(format!(
+                    "rule remote_cidr {c} does not match ethertype {}",
+                    r.ethertype
+                ));
             }
             Remote::Cidr(net.trunc())
         }
         ("", g) => Remote::Group(g.parse::<SecurityGroupId>()?),
         _ => return bad("a rule may set remote_cidr or remote_group_id, not both".into()),
     };
-    Ok(SecurityGroupRule { id: RuleId::new_random(), direction, ethertype, protocol, ports, remote })
+    Ok(SecurityGroupRule {
+        id: RuleId::new_random(),
+        direction,
+        ethertype,
+        protocol,
+        ports,
+        remote,
+    })
 }
 
 /// Security group.
@@ -229,8 +256,12 @@ pub fn node(name: &NodeName, st: &NodeState, _ratios: &Ratios) -> pb::Node {
     pb::Node {
         name: name.to_string(),
         underlay_ip: info.map(|i| i.underlay_ip.to_string()).unwrap_or_default(),
-        availability_zone: info.map(|i| i.availability_zone.clone()).unwrap_or_default(),
-        labels: info.map(|i| i.labels.clone().into_iter().collect()).unwrap_or_default(),
+        availability_zone: info
+            .map(|i| i.availability_zone.clone())
+            .unwrap_or_default(),
+        labels: info
+            .map(|i| i.labels.clone().into_iter().collect())
+            .unwrap_or_default(),
         capacity: info.map(|i| res(i.capacity)),
         usage: Some(res(st.usage.used)),
         instances: st.usage.instances,
@@ -271,7 +302,9 @@ pub fn server(
         .into(),
         state: status.map_or("pending", |s| s.state.as_str()).into(),
         node: i.node.as_ref().map(ToString::to_string).unwrap_or_default(),
-        last_error: status.and_then(|s| s.last_error.clone()).unwrap_or_default(),
+        last_error: status
+            .and_then(|s| s.last_error.clone())
+            .unwrap_or_default(),
         addresses: ports
             .iter()
             .map(|p| pb::ServerAddress {
@@ -287,7 +320,9 @@ pub fn server(
         server_group_id: i.server_group.map(|g| g.to_string()).unwrap_or_default(),
         resources: Some(res(i.resources)),
         created_at: ts(&i.created_at),
-        updated_at: status.map(|s| ts(&s.updated_at)).unwrap_or_else(|| ts(&i.created_at)),
+        updated_at: status
+            .map(|s| ts(&s.updated_at))
+            .unwrap_or_else(|| ts(&i.created_at)),
         launch_index: i.launch_index,
         evacuation_policy: evacuation_name(i.evacuation).into(),
     }

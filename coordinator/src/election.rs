@@ -97,8 +97,10 @@ async fn session(
     let mut kv = client.kv_client();
     kv.put(
         keys::coordinator(id),
-        serde_json::to_vec(&serde_json::json!({ "id": id, "lease": lease, "pid": std::process::id() }))
-            .unwrap_or_default(),
+        serde_json::to_vec(
+            &serde_json::json!({ "id": id, "lease": lease, "pid": std::process::id() }),
+        )
+        .unwrap_or_default(),
         Some(PutOptions::new().with_lease(lease)),
     )
     .await?;
@@ -109,7 +111,11 @@ async fn session(
     loop {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), id, Some(PutOptions::new().with_lease(lease)))])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                id,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = kv.txn(txn).await?;
         let (leader, holder) = if resp.succeeded() {

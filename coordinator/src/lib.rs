@@ -86,7 +86,10 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
     cfg.validate()?;
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(std::time::Duration::from_secs(5))
-        .with_keep_alive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(5));
+        .with_keep_alive(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(5),
+        );
     let client = etcd_client::Client::connect(&cfg.etcd_endpoints, Some(opts)).await?;
     let store = store::Store::new(client.clone());
     let (shutdown, rx) = watch::channel(false);
@@ -113,21 +116,30 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
     // Serve only with a loaded view, so the first placements see the nodes.
     tokio::time::timeout(std::time::Duration::from_secs(30), view.wait_ready())
         .await
-        .map_err(|_| ServeError::Config("the node view did not load from etcd within 30 s".into()))?;
+        .map_err(|_| {
+            ServeError::Config("the node view did not load from etcd within 30 s".into())
+        })?;
 
     let grpc = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
     let grpc_addr = grpc.local_addr()?;
     let health = tokio::net::TcpListener::bind(cfg.health_listen)
         .await
-        .map_err(|source| ServeError::Bind { addr: cfg.health_listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.health_listen,
+            source,
+        })?;
     let health_addr = health.local_addr()?;
 
     let ctx = api::Ctx::new(store.clone(), view.clone(), leader.clone(), cfg.clone());
     {
         let mut rx = rx.clone();
-        let router = ctx.add_services(tonic::transport::Server::builder().add_routes(Default::default()));
+        let router =
+            ctx.add_services(tonic::transport::Server::builder().add_routes(Default::default()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         tasks.push(tokio::spawn(async move {
             router
@@ -140,7 +152,11 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
     }
     {
         let mut rx = rx.clone();
-        let app = health::router(health::Health { store, leader: leader.clone(), view });
+        let app = health::router(health::Health {
+            store,
+            leader: leader.clone(),
+            view,
+        });
         tasks.push(tokio::spawn(async move {
             axum::serve(health, app)
                 .with_graceful_shutdown(async move {
@@ -151,7 +167,13 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
         }));
     }
     tracing::info!(id = %cfg.id, %grpc_addr, %health_addr, "nubo-coordinator ready on {grpc_addr}");
-    Ok(Coordinator { grpc_addr, health_addr, leader, shutdown, tasks })
+    Ok(Coordinator {
+        grpc_addr,
+        health_addr,
+        leader,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Runs a coordinator until `shutdown` completes.

@@ -202,14 +202,22 @@ mod tests {
                 underlay_mtu: 1500,
                 availability_zone: az.into(),
                 labels: BTreeMap::new(),
-                capacity: Resources { vcpus, ram_mb: ram, disk_gb: 100 },
+                capacity: Resources {
+                    vcpus,
+                    ram_mb: ram,
+                    disk_gb: 100,
+                },
                 agent_version: String::new(),
                 registered_at: nubo_common::model::now(),
             }),
             alive: true,
             admin: NodeAdmin::default(),
             usage: NodeUsage {
-                used: Resources { vcpus: 0, ram_mb: used_ram, disk_gb: 0 },
+                used: Resources {
+                    vcpus: 0,
+                    ram_mb: used_ram,
+                    disk_gb: 0,
+                },
                 instances: 0,
             },
             usage_rev: 0,
@@ -218,11 +226,19 @@ mod tests {
         (n, st)
     }
 
-    const R: Ratios = Ratios { cpu: 4.0, ram: 1.0, disk: 1.0 };
+    const R: Ratios = Ratios {
+        cpu: 4.0,
+        ram: 1.0,
+        disk: 1.0,
+    };
 
     fn req(ram: u64) -> Request<'static> {
         Request {
-            resources: Resources { vcpus: 1, ram_mb: ram, disk_gb: 10 },
+            resources: Resources {
+                vcpus: 1,
+                ram_mb: ram,
+                disk_gb: 10,
+            },
             availability_zone: None,
             group: None,
         }
@@ -272,7 +288,15 @@ mod tests {
         let rej = candidates(nodes.iter(), &r, &R, Placement::Spread, &excl, 10).unwrap_err();
         assert_eq!(
             rej,
-            Rejections { total: 5, unusable: 0, dead: 1, disabled: 1, zone: 1, group: 0, capacity: 2 }
+            Rejections {
+                total: 5,
+                unusable: 0,
+                dead: 1,
+                disabled: 1,
+                zone: 1,
+                group: 0,
+                capacity: 2
+            }
         );
         let msg = rej.explain(&r);
         assert!(msg.starts_with("no capacity"), "{msg}");
@@ -297,14 +321,28 @@ mod tests {
         let none = HashSet::new();
         let members: HashSet<_> = [NodeName::new("a").unwrap()].into();
         let mut r = req(1024);
-        r.group = Some(GroupConstraint { policy: ServerGroupPolicy::Affinity, member_nodes: &members });
+        r.group = Some(GroupConstraint {
+            policy: ServerGroupPolicy::Affinity,
+            member_nodes: &members,
+        });
         let s = candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).unwrap();
         assert_eq!(names(&s), ["a"]);
-        r.group = Some(GroupConstraint { policy: ServerGroupPolicy::AntiAffinity, member_nodes: &members });
+        r.group = Some(GroupConstraint {
+            policy: ServerGroupPolicy::AntiAffinity,
+            member_nodes: &members,
+        });
         let s = candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).unwrap();
         assert_eq!(names(&s), ["b"]);
         let empty = HashSet::new();
-        r.group = Some(GroupConstraint { policy: ServerGroupPolicy::Affinity, member_nodes: &empty });
-        assert_eq!(candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).unwrap().len(), 2);
+        r.group = Some(GroupConstraint {
+            policy: ServerGroupPolicy::Affinity,
+            member_nodes: &empty,
+        });
+        assert_eq!(
+            candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

@@ -79,7 +79,11 @@ impl Store {
     }
 
     /// Range read with options.
-    pub async fn range(&self, key: impl Into<Vec<u8>>, opts: GetOptions) -> ApiResult<etcd_client::GetResponse> {
+    pub async fn range(
+        &self,
+        key: impl Into<Vec<u8>>,
+        opts: GetOptions,
+    ) -> ApiResult<etcd_client::GetResponse> {
         Ok(self.kv().get(key, Some(opts)).await?)
     }
 
@@ -137,7 +141,11 @@ impl Store {
                     items.push(t);
                     if items.len() == size {
                         let more = resp.more() || i + 1 < kvs.len();
-                        let token = if more { encode_token(kv.key()) } else { String::new() };
+                        let token = if more {
+                            encode_token(kv.key())
+                        } else {
+                            String::new()
+                        };
                         return Ok((items, token));
                     }
                 }
@@ -233,7 +241,11 @@ pub fn decode_token(token: &str, prefix: &str) -> ApiResult<Option<Vec<u8>>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || ApiError::InvalidArgument("page_token is not valid for this list; start again without one".into());
+    let bad = || {
+        ApiError::InvalidArgument(
+            "page_token is not valid for this list; start again without one".into(),
+        )
+    };
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;

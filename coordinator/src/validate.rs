@@ -22,9 +22,15 @@ pub fn project(s: &str) -> ApiResult<ProjectId> {
 /// `.`, starting with a letter or digit, and not parseable as a UUID (so a
 /// `ref` is never ambiguous between an id and a name).
 pub fn name(kind: &str, s: &str) -> ApiResult<()> {
-    let bad = |why: &str| Err(ApiError::InvalidArgument(format!("{kind} name {s:?} {why}")));
+    let bad = |why: &str| {
+        Err(ApiError::InvalidArgument(format!(
+            "{kind} name {s:?} {why}"
+        )))
+    };
     if s.is_empty() {
-        return Err(ApiError::InvalidArgument(format!("{kind} name must not be empty")));
+        return Err(ApiError::InvalidArgument(format!(
+            "{kind} name must not be empty"
+        )));
     }
     if s.len() > 63 {
         return bad("is longer than 63 characters");
@@ -47,9 +53,10 @@ pub fn name(kind: &str, s: &str) -> ApiResult<()> {
 /// Parses an IPv4 network in CIDR notation that can hold instances
 /// (prefix /8 to /29, no host bits set).
 pub fn cidr(s: &str) -> ApiResult<Ipv4Net> {
-    let net: Ipv4Net = s.trim().parse().map_err(|_| {
-        ApiError::InvalidArgument(format!("cidr {s} is not a valid IPv4 network"))
-    })?;
+    let net: Ipv4Net = s
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::InvalidArgument(format!("cidr {s} is not a valid IPv4 network")))?;
     if net.prefix_len() > 29 {
         return Err(ApiError::InvalidArgument(format!(
             "cidr {s} is too small: use a prefix of /29 or shorter"
@@ -70,7 +77,7 @@ pub fn cidr(s: &str) -> ApiResult<Ipv4Net> {
 }
 
 /// The first network in `existing` (name, cidr) that overlaps `new`.
-pub fn find_overlap<'a>(new: Ipv4Net, existing: &'a [(String, Ipv4Net)]) -> Option<&'a (String, Ipv4Net)> {
+pub fn find_overlap(new: Ipv4Net, existing: &[(String, Ipv4Net)]) -> Option<&(String, Ipv4Net)> {
     existing
         .iter()
         .find(|(_, c)| c.contains(&new.network()) || new.contains(&c.network()))
@@ -124,13 +131,19 @@ const SSH_KEY_TYPES: &[&str] = &[
 /// `ssh-keygen -l -E sha256` (`SHA256:` + unpadded base64 of the blob's SHA-256).
 pub fn ssh_public_key(line: &str) -> ApiResult<(String, String)> {
     let line = line.trim();
-    let bad = |why: String| Err(ApiError::InvalidArgument(format!("public key is not valid: {why}")));
+    let bad = |why: String| {
+        Err(ApiError::InvalidArgument(format!(
+            "public key is not valid: {why}"
+        )))
+    };
     if line.contains('\n') {
         return bad("it must be a single line".into());
     }
     let mut parts = line.split_whitespace();
     let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
-        return bad("expected \"<type> <base64> [comment]\", e.g. \"ssh-ed25519 AAAA... me@host\"".into());
+        return bad(
+            "expected \"<type> <base64> [comment]\", e.g. \"ssh-ed25519 AAAA... me@host\"".into(),
+        );
     };
     if !SSH_KEY_TYPES.contains(&kind) {
         return bad(format!("unsupported key type {kind:?}"));
@@ -180,8 +193,14 @@ mod tests {
         let e = cidr("10.0.0.0/33").unwrap_err().to_string();
         assert_eq!(e, "cidr 10.0.0.0/33 is not a valid IPv4 network");
         assert!(cidr("fd00::/64").is_err());
-        assert!(cidr("10.0.0.0/30").unwrap_err().to_string().contains("too small"));
-        assert!(cidr("10.0.0.5/24").unwrap_err().to_string().contains("10.0.0.0/24"));
+        assert!(cidr("10.0.0.0/30")
+            .unwrap_err()
+            .to_string()
+            .contains("too small"));
+        assert!(cidr("10.0.0.5/24")
+            .unwrap_err()
+            .to_string()
+            .contains("10.0.0.0/24"));
     }
 
     #[test]
@@ -202,7 +221,10 @@ mod tests {
         let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
         assert_eq!(gateway("", net).unwrap(), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(gateway("none", net).unwrap(), None);
-        assert_eq!(gateway("10.0.0.254", net).unwrap(), Some("10.0.0.254".parse().unwrap()));
+        assert_eq!(
+            gateway("10.0.0.254", net).unwrap(),
+            Some("10.0.0.254".parse().unwrap())
+        );
         assert!(gateway("10.0.0.255", net).is_err());
         assert!(gateway("10.0.1.1", net).is_err());
         assert!(gateway("bogus", net).is_err());
@@ -219,6 +241,9 @@ mod tests {
         assert!(ssh_public_key("ssh-foo AAAA").is_err());
         assert!(ssh_public_key("ssh-ed25519 !!!!").is_err());
         // Valid base64 but a key of another type inside.
-        assert!(ssh_public_key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIMOF/1IwvkaqwaYxw5uqOXwU+yMz99O0NSqMQYWuHQD0").is_err());
+        assert!(ssh_public_key(
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIMOF/1IwvkaqwaYxw5uqOXwU+yMz99O0NSqMQYWuHQD0"
+        )
+        .is_err());
     }
 }

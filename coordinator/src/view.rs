@@ -15,7 +15,7 @@ use nubo_common::NodeName;
 use tokio::sync::watch;
 
 use crate::config::Placement;
-use crate::scheduler::{self, NodeState, Ratios, Request, Rejections};
+use crate::scheduler::{self, NodeState, Ratios, Rejections, Request};
 
 /// Shared view of every node.
 #[derive(Debug)]
@@ -70,7 +70,11 @@ impl ClusterView {
 
     /// Up to `limit` nodes with names after `after`, in name order, and
     /// whether more follow.
-    pub fn page(&self, after: Option<&NodeName>, limit: usize) -> (Vec<(NodeName, NodeState)>, bool) {
+    pub fn page(
+        &self,
+        after: Option<&NodeName>,
+        limit: usize,
+    ) -> (Vec<(NodeName, NodeState)>, bool) {
         let map = self.read();
         let mut it = map
             .iter()
@@ -284,7 +288,11 @@ impl ClusterView {
             .watch_client()
             .watch(
                 prefix.clone(),
-                Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
             )
             .await?;
         while let Some(resp) = watcher.message().await? {

@@ -41,8 +41,7 @@ fn iperf3_between_two_guests() {
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let line = text
             .lines()
-            .filter(|l| l.contains("receiver"))
-            .last()
+            .rfind(|l| l.contains("receiver"))
             .unwrap_or("no result")
             .to_string();
         println!("{n:>6} rules {mode:?}: {line}");

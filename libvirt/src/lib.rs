@@ -24,7 +24,7 @@ pub use driver::{DriverConfig, LibvirtDriver, ShutdownOutcome};
 pub use error::DriverError;
 pub use events::{DomainEvent, EventStream, LifecycleEvent, StopReason};
 pub use ffi::VirError;
-pub use image::{ImageCache, ImageError};
+pub use image::{image_info, ImageCache, ImageError, ImageInfo};
 pub use info::{DomainInfo, ForeignDomain, PowerState};
 pub use spec::{DiskSpec, DomainSpec, DomainType, KernelBoot, Nic, SpecError, DEFAULT_NAME_PREFIX};
 pub use xml::{domain_xml, domain_xml_with_prefix, NUBO_METADATA_NS};

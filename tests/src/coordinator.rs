@@ -54,8 +54,27 @@ impl Coordinator {
     }
 
     /// Starts a coordinator with `opts` and waits until its gRPC port
-    /// accepts connections and `/healthz` answers 200.
+    /// accepts connections and `/healthz` answers 200. A start that fails
+    /// because a port picked as free was taken meanwhile is retried on other
+    /// ports; any other failure is returned with the log tail.
     pub fn start_with(opts: CoordinatorOpts, dir: &Path) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut c = Self::spawn(opts.clone(), dir)?;
+            match c.wait_serving() {
+                Ok(()) => return Ok(c),
+                Err(e) => {
+                    let raced = !c.daemon.is_running() && c.daemon.current_log().contains("in use");
+                    if !raced || attempt >= 3 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn(opts: CoordinatorOpts, dir: &Path) -> Result<Self> {
         let grpc = SocketAddr::new(opts.ip, free_port_on(opts.ip));
         let health = SocketAddr::new(opts.ip, free_port_on(opts.ip));
         let mut args = vec![
@@ -77,14 +96,12 @@ impl Coordinator {
             dir.join(format!("coordinator-{}.log", opts.id)),
             &[("RUST_LOG", "info")],
         )?;
-        let mut c = Self {
+        Ok(Self {
             daemon,
             opts,
             grpc,
             health,
-        };
-        c.wait_serving()?;
-        Ok(c)
+        })
     }
 
     fn wait_serving(&mut self) -> Result<()> {

@@ -80,6 +80,26 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Removes ANSI escape sequences (colours) from a log text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, then one final byte @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last `lines` lines of a text.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
@@ -145,6 +165,8 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        // Plain logs (tracing-subscriber honours NO_COLOR).
+        cmd.env("NO_COLOR", "1");
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -187,14 +209,15 @@ impl Daemon {
         }
     }
 
-    /// The whole log file (every incarnation).
+    /// The whole log file (every incarnation), without colour codes.
     pub fn log(&self) -> String {
         std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map(|b| strip_ansi(&String::from_utf8_lossy(&b)))
             .unwrap_or_default()
     }
 
-    /// The log of the current incarnation only (since the last start).
+    /// The log of the current incarnation only (since the last start),
+    /// without colour codes.
     pub fn current_log(&self) -> String {
         let mut buf = Vec::new();
         if let Ok(mut f) = File::open(&self.log_path) {
@@ -202,7 +225,7 @@ impl Daemon {
                 let _ = f.read_to_end(&mut buf);
             }
         }
-        String::from_utf8_lossy(&buf).into_owned()
+        strip_ansi(&String::from_utf8_lossy(&buf))
     }
 
     /// The last lines of the log, for error messages.
@@ -245,6 +268,14 @@ impl Drop for Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ansi_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m ready"),
+            "2026  INFO ready"
+        );
+    }
 
     #[test]
     fn missing_binary_asks_for_cargo_build() {

@@ -84,3 +84,67 @@ fn hosts_on_different_underlays_get_distinct_names_and_subnets() {
     let h = a.host(1).unwrap();
     assert!(h.ping(b.gateway(), Duration::from_secs(1)).is_err());
 }
+
+/// An agent runs inside a simulated host and registers with its underlay
+/// address, against etcd and a coordinator listening on the bridge.
+#[test]
+fn agent_runs_inside_a_host_namespace() {
+    use nubo_tests::{Agent, AgentOpts, Cli, Coordinator, CoordinatorOpts};
+
+    let underlay = Underlay::new().unwrap();
+    let host = underlay.host(1).unwrap();
+    let etcd = Etcd::start_on(underlay.gateway().into()).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut copts = CoordinatorOpts::new(&etcd.endpoint(), "c1");
+    copts.ip = underlay.gateway().into();
+    let coordinator = Coordinator::start_with(copts, logs.path()).unwrap();
+
+    let mut opts = AgentOpts::fake("hv-1", &etcd.endpoint());
+    opts.netns = Some(host.netns().to_string());
+    opts.underlay_ip = Some(host.ip().into());
+    let mut agent = Agent::start(opts).unwrap();
+    let pid = agent.pid().unwrap();
+    // The agent process really lives in the host's namespace.
+    let ns_of = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+    let ns_pids = host.exec("ip", &["netns", "pids", host.netns()]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&ns_pids.stdout)
+            .split_whitespace()
+            .any(|p| p == pid.to_string()),
+        "agent pid {pid} not in {}",
+        host.netns()
+    );
+    assert_ne!(ns_of(&pid.to_string()), ns_of("self"));
+
+    let node = etcd
+        .get("/nubo/v1/nodes/hv-1")
+        .unwrap()
+        .expect("node record");
+    let node: serde_json::Value = serde_json::from_slice(&node).unwrap();
+    assert_eq!(node["underlay_ip"], host.ip().to_string());
+
+    let cli = Cli::new(&coordinator.endpoint()).unwrap();
+    cli.json(&[
+        "flavor", "create", "t", "--vcpus", "1", "--ram", "64", "--disk", "1",
+    ])
+    .unwrap();
+    cli.json(&["image", "create", "i"]).unwrap();
+    cli.json(&["network", "create", "n", "--cidr", "10.21.0.0/24"])
+        .unwrap();
+    let out = cli
+        .json(&[
+            "server",
+            "create",
+            "vm",
+            "--wait",
+            "--flavor",
+            "t",
+            "--image",
+            "i",
+            "--network",
+            "n",
+        ])
+        .unwrap();
+    assert!(out.to_string().contains("hv-1"), "{out}");
+    agent.kill9();
+}

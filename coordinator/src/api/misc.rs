@@ -2,15 +2,21 @@
 
 use etcd_client::{Txn, TxnOp};
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, DiskFormat, Flavor, Image, ImageStatus, Keypair, NodeAdmin, Resources, ServerGroup, ServerGroupPolicy};
-use nubo_common::proto::{self as pb, cluster_server, flavors_server, images_server, keypairs_server, nodes_server, server_groups_server};
+use nubo_common::model::{
+    self, DiskFormat, Flavor, Image, ImageStatus, Keypair, NodeAdmin, Resources, ServerGroup,
+    ServerGroupPolicy,
+};
+use nubo_common::proto::{
+    self as pb, cluster_server, flavors_server, images_server, keypairs_server, nodes_server,
+    server_groups_server,
+};
 use nubo_common::{FlavorName, ImageId, NodeName, ServerGroupId};
 use tonic::{Request, Response, Status};
 
 use super::{in_scope, reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{self, absent, decode_or_skip, put, prefix_empty, unchanged, Versioned};
+use crate::store::{self, absent, decode_or_skip, prefix_empty, put, unchanged, Versioned};
 use crate::validate;
 
 type R<T> = Result<Response<T>, Status>;
@@ -38,14 +44,24 @@ impl Ctx {
         }
         let f = Flavor {
             name: name.clone(),
-            resources: Resources { vcpus: r.vcpus, ram_mb: r.ram_mb, disk_gb: r.disk_gb },
+            resources: Resources {
+                vcpus: r.vcpus,
+                ram_mb: r.ram_mb,
+                disk_gb: r.disk_gb,
+            },
             extra: Default::default(),
             created_at: model::now(),
         };
         let key = keys::flavor(&name);
-        let resp = self.store.txn(Txn::new().when([absent(&key)]).and_then([put(&key, &f)])).await?;
+        let resp = self
+            .store
+            .txn(Txn::new().when([absent(&key)]).and_then([put(&key, &f)]))
+            .await?;
         if !resp.succeeded() {
-            return Err(ApiError::AlreadyExists(format!("flavor {:?} already exists", name.as_str())));
+            return Err(ApiError::AlreadyExists(format!(
+                "flavor {:?} already exists",
+                name.as_str()
+            )));
         }
         Ok(convert::flavor(&f))
     }
@@ -64,7 +80,9 @@ impl Ctx {
         };
         let checksum = match r.checksum_sha256.trim() {
             "" => None,
-            c if c.len() == 64 && c.chars().all(|x| x.is_ascii_hexdigit()) => Some(c.to_ascii_lowercase()),
+            c if c.len() == 64 && c.chars().all(|x| x.is_ascii_hexdigit()) => {
+                Some(c.to_ascii_lowercase())
+            }
             c => {
                 return Err(ApiError::InvalidArgument(format!(
                     "checksum_sha256 {c:?} is not 64 hex digits"
@@ -86,7 +104,11 @@ impl Ctx {
         let idx = keys::name_index(NameKind::Image, &project, &img.name);
         let resp = self
             .store
-            .txn(Txn::new().when([absent(&idx)]).and_then([put(&idx, &img.id), put(&keys::image(&img.id), &img)]))
+            .txn(
+                Txn::new()
+                    .when([absent(&idx)])
+                    .and_then([put(&idx, &img.id), put(&keys::image(&img.id), &img)]),
+            )
             .await?;
         if !resp.succeeded() {
             return Err(ApiError::AlreadyExists(format!(
@@ -97,9 +119,15 @@ impl Ctx {
         Ok(convert::image(&img))
     }
 
-    pub(crate) async fn image(&self, project: &nubo_common::ProjectId, r: &str) -> ApiResult<Versioned<Image>> {
-        self.resolve(NameKind::Image, "image", project, r, |u| keys::image(&ImageId::from_uuid(u)))
-            .await
+    pub(crate) async fn image(
+        &self,
+        project: &nubo_common::ProjectId,
+        r: &str,
+    ) -> ApiResult<Versioned<Image>> {
+        self.resolve(NameKind::Image, "image", project, r, |u| {
+            keys::image(&ImageId::from_uuid(u))
+        })
+        .await
     }
 
     async fn delete_image(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
@@ -108,11 +136,10 @@ impl Ctx {
         let idx = keys::name_index(NameKind::Image, &project, &img.value.name);
         let key = keys::image(&img.value.id);
         self.store
-            .txn(
-                Txn::new()
-                    .when([unchanged(&key, img.mod_rev)])
-                    .and_then([TxnOp::delete(key.as_str(), None), TxnOp::delete(idx.as_str(), None)]),
-            )
+            .txn(Txn::new().when([unchanged(&key, img.mod_rev)]).and_then([
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(idx.as_str(), None),
+            ]))
             .await?;
         Ok(pb::Empty {})
     }
@@ -121,9 +148,18 @@ impl Ctx {
         let project = validate::project(&r.project)?;
         validate::name("keypair", &r.name)?;
         let (public_key, fingerprint) = validate::ssh_public_key(&r.public_key)?;
-        let k = Keypair { name: r.name.clone(), project: project.clone(), public_key, fingerprint, created_at: model::now() };
+        let k = Keypair {
+            name: r.name.clone(),
+            project: project.clone(),
+            public_key,
+            fingerprint,
+            created_at: model::now(),
+        };
         let key = keys::keypair(&project, &k.name);
-        let resp = self.store.txn(Txn::new().when([absent(&key)]).and_then([put(&key, &k)])).await?;
+        let resp = self
+            .store
+            .txn(Txn::new().when([absent(&key)]).and_then([put(&key, &k)]))
+            .await?;
         if !resp.succeeded() {
             return Err(ApiError::AlreadyExists(format!(
                 "keypair {:?} already exists in project {project}",
@@ -133,15 +169,24 @@ impl Ctx {
         Ok(convert::keypair(&k))
     }
 
-    pub(crate) async fn keypair(&self, project: &nubo_common::ProjectId, name: &str) -> ApiResult<Versioned<Keypair>> {
+    pub(crate) async fn keypair(
+        &self,
+        project: &nubo_common::ProjectId,
+        name: &str,
+    ) -> ApiResult<Versioned<Keypair>> {
         validate::name("keypair", name)?;
         self.store
             .get(&keys::keypair(project, name))
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("keypair {name:?} not found in project {project}")))
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("keypair {name:?} not found in project {project}"))
+            })
     }
 
-    async fn create_server_group(&self, r: pb::CreateServerGroupRequest) -> ApiResult<pb::ServerGroup> {
+    async fn create_server_group(
+        &self,
+        r: pb::CreateServerGroupRequest,
+    ) -> ApiResult<pb::ServerGroup> {
         let project = validate::project(&r.project)?;
         validate::name("server group", &r.name)?;
         let policy = match r.policy.to_ascii_lowercase().as_str() {
@@ -153,11 +198,21 @@ impl Ctx {
                 )))
             }
         };
-        let g = ServerGroup { id: ServerGroupId::new_random(), name: r.name.clone(), project: project.clone(), policy, created_at: model::now() };
+        let g = ServerGroup {
+            id: ServerGroupId::new_random(),
+            name: r.name.clone(),
+            project: project.clone(),
+            policy,
+            created_at: model::now(),
+        };
         let idx = keys::name_index(NameKind::ServerGroup, &project, &g.name);
         let resp = self
             .store
-            .txn(Txn::new().when([absent(&idx)]).and_then([put(&idx, &g.id), put(&keys::server_group(&g.id), &g)]))
+            .txn(
+                Txn::new()
+                    .when([absent(&idx)])
+                    .and_then([put(&idx, &g.id), put(&keys::server_group(&g.id), &g)]),
+            )
             .await?;
         if !resp.succeeded() {
             return Err(ApiError::AlreadyExists(format!(
@@ -168,7 +223,11 @@ impl Ctx {
         Ok(convert::server_group(&g))
     }
 
-    pub(crate) async fn server_group(&self, project: &nubo_common::ProjectId, r: &str) -> ApiResult<Versioned<ServerGroup>> {
+    pub(crate) async fn server_group(
+        &self,
+        project: &nubo_common::ProjectId,
+        r: &str,
+    ) -> ApiResult<Versioned<ServerGroup>> {
         self.resolve(NameKind::ServerGroup, "server group", project, r, |u| {
             keys::server_group(&ServerGroupId::from_uuid(u))
         })
@@ -186,7 +245,10 @@ impl Ctx {
             .txn(
                 Txn::new()
                     .when([unchanged(&key, g.mod_rev), prefix_empty(&members)])
-                    .and_then([TxnOp::delete(key.as_str(), None), TxnOp::delete(idx.as_str(), None)]),
+                    .and_then([
+                        TxnOp::delete(key.as_str(), None),
+                        TxnOp::delete(idx.as_str(), None),
+                    ]),
             )
             .await?;
         if !resp.succeeded() {
@@ -206,7 +268,10 @@ impl Ctx {
         let name = Self::node_name(r)?;
         match self.view.get(&name) {
             Some(st) if st.info.is_some() => Ok(convert::node(&name, &st, &self.ratios)),
-            _ => Err(ApiError::NotFound(format!("node {:?} not found", name.as_str()))),
+            _ => Err(ApiError::NotFound(format!(
+                "node {:?} not found",
+                name.as_str()
+            ))),
         }
     }
 
@@ -217,7 +282,11 @@ impl Ctx {
                 let k = String::from_utf8_lossy(&raw).into_owned();
                 match keys::parse(&k) {
                     Some(keys::Key::Node(n)) => Some(n),
-                    _ => return Err(ApiError::InvalidArgument("page_token is not valid for this list".into())),
+                    _ => {
+                        return Err(ApiError::InvalidArgument(
+                            "page_token is not valid for this list".into(),
+                        ))
+                    }
                 }
             }
             None => None,
@@ -228,7 +297,10 @@ impl Ctx {
             _ => String::new(),
         };
         Ok(pb::ListNodesResponse {
-            nodes: page.iter().map(|(n, st)| convert::node(n, st, &self.ratios)).collect(),
+            nodes: page
+                .iter()
+                .map(|(n, st)| convert::node(n, st, &self.ratios))
+                .collect(),
             next_page_token: next,
         })
     }
@@ -236,13 +308,18 @@ impl Ctx {
     async fn set_node_enabled(&self, r: pb::SetNodeEnabledRequest) -> ApiResult<pb::Node> {
         let name = Self::node_name(&r.name)?;
         if self.view.get(&name).and_then(|s| s.info).is_none() {
-            return Err(ApiError::NotFound(format!("node {:?} not found", name.as_str())));
+            return Err(ApiError::NotFound(format!(
+                "node {:?} not found",
+                name.as_str()
+            )));
         }
         let admin = NodeAdmin {
             enabled: r.enabled,
             reason: (!r.enabled).then(|| "disabled through the API".to_string()),
         };
-        self.store.txn(Txn::new().and_then([put(&keys::node_admin(&name), &admin)])).await?;
+        self.store
+            .txn(Txn::new().and_then([put(&keys::node_admin(&name), &admin)]))
+            .await?;
         self.view.set_admin(&name, admin);
         tracing::info!(node = %name, enabled = r.enabled, "node admin switch set");
         self.get_node(name.as_str())
@@ -255,7 +332,11 @@ impl flavors_server::Flavors for Ctx {
         reply(self.create_flavor(r.into_inner()).await)
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Flavor> {
-        reply(self.flavor(&r.into_inner().r#ref).await.map(|f| convert::flavor(&f.value)))
+        reply(
+            self.flavor(&r.into_inner().r#ref)
+                .await
+                .map(|f| convert::flavor(&f.value)),
+        )
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListFlavorsResponse> {
         let r = r.into_inner();
@@ -265,19 +346,28 @@ impl flavors_server::Flavors for Ctx {
                     decode_or_skip::<Flavor>(kv).map(|f| convert::flavor(&f))
                 })
                 .await
-                .map(|(flavors, next_page_token)| pb::ListFlavorsResponse { flavors, next_page_token }),
+                .map(|(flavors, next_page_token)| pb::ListFlavorsResponse {
+                    flavors,
+                    next_page_token,
+                }),
         )
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let go = async {
             let name = flavor_name(&r.into_inner().r#ref)?;
-            let resp = self.store.txn(Txn::new().and_then([TxnOp::delete(keys::flavor(&name), None)])).await?;
+            let resp = self
+                .store
+                .txn(Txn::new().and_then([TxnOp::delete(keys::flavor(&name), None)]))
+                .await?;
             let deleted = match resp.op_responses().into_iter().next() {
                 Some(etcd_client::TxnOpResponse::Delete(d)) => d.deleted(),
                 _ => 0,
             };
             if deleted == 0 {
-                return Err(ApiError::NotFound(format!("flavor {:?} not found", name.as_str())));
+                return Err(ApiError::NotFound(format!(
+                    "flavor {:?} not found",
+                    name.as_str()
+                )));
             }
             Ok(pb::Empty {})
         };
@@ -310,7 +400,10 @@ impl images_server::Images for Ctx {
                         .map(|i| convert::image(&i))
                 })
                 .await?;
-            Ok(pb::ListImagesResponse { images, next_page_token })
+            Ok(pb::ListImagesResponse {
+                images,
+                next_page_token,
+            })
         };
         reply(go.await)
     }
@@ -328,7 +421,9 @@ impl keypairs_server::Keypairs for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = validate::project(&r.project)?;
-            Ok(convert::keypair(&self.keypair(&p, r.r#ref.trim()).await?.value))
+            Ok(convert::keypair(
+                &self.keypair(&p, r.r#ref.trim()).await?.value,
+            ))
         };
         reply(go.await)
     }
@@ -338,11 +433,17 @@ impl keypairs_server::Keypairs for Ctx {
             let p = validate::project(&r.project)?;
             let (keypairs, next_page_token) = self
                 .store
-                .list_page(&keys::keypairs_prefix(&p), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<Keypair>(kv).map(|k| convert::keypair(&k))
-                })
+                .list_page(
+                    &keys::keypairs_prefix(&p),
+                    r.page_size,
+                    &r.page_token,
+                    |kv| decode_or_skip::<Keypair>(kv).map(|k| convert::keypair(&k)),
+                )
                 .await?;
-            Ok(pb::ListKeypairsResponse { keypairs, next_page_token })
+            Ok(pb::ListKeypairsResponse {
+                keypairs,
+                next_page_token,
+            })
         };
         reply(go.await)
     }
@@ -352,7 +453,9 @@ impl keypairs_server::Keypairs for Ctx {
             let p = validate::project(&r.project)?;
             let k = self.keypair(&p, r.r#ref.trim()).await?;
             let key = keys::keypair(&p, &k.value.name);
-            self.store.txn(Txn::new().and_then([TxnOp::delete(key, None)])).await?;
+            self.store
+                .txn(Txn::new().and_then([TxnOp::delete(key, None)]))
+                .await?;
             Ok(pb::Empty {})
         };
         reply(go.await)
@@ -368,7 +471,9 @@ impl server_groups_server::ServerGroups for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = validate::project(&r.project)?;
-            Ok(convert::server_group(&self.server_group(&p, &r.r#ref).await?.value))
+            Ok(convert::server_group(
+                &self.server_group(&p, &r.r#ref).await?.value,
+            ))
         };
         reply(go.await)
     }
@@ -378,13 +483,21 @@ impl server_groups_server::ServerGroups for Ctx {
             let p = validate::project(&r.project)?;
             let (server_groups, next_page_token) = self
                 .store
-                .list_page(&keys::server_groups_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<ServerGroup>(kv)
-                        .filter(|g| in_scope(r.all_projects, &p, &g.project))
-                        .map(|g| convert::server_group(&g))
-                })
+                .list_page(
+                    &keys::server_groups_prefix(),
+                    r.page_size,
+                    &r.page_token,
+                    |kv| {
+                        decode_or_skip::<ServerGroup>(kv)
+                            .filter(|g| in_scope(r.all_projects, &p, &g.project))
+                            .map(|g| convert::server_group(&g))
+                    },
+                )
                 .await?;
-            Ok(pb::ListServerGroupsResponse { server_groups, next_page_token })
+            Ok(pb::ListServerGroupsResponse {
+                server_groups,
+                next_page_token,
+            })
         };
         reply(go.await)
     }

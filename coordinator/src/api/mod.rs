@@ -50,9 +50,24 @@ impl std::ops::Deref for Ctx {
 
 impl Ctx {
     /// Builds the context.
-    pub fn new(store: Store, view: Arc<ClusterView>, leader: Arc<LeaderState>, cfg: Config) -> Self {
-        let ratios = Ratios { cpu: cfg.cpu_ratio, ram: cfg.ram_ratio, disk: cfg.disk_ratio };
-        Self(Arc::new(Inner { store, view, leader, cfg, ratios }))
+    pub fn new(
+        store: Store,
+        view: Arc<ClusterView>,
+        leader: Arc<LeaderState>,
+        cfg: Config,
+    ) -> Self {
+        let ratios = Ratios {
+            cpu: cfg.cpu_ratio,
+            ram: cfg.ram_ratio,
+            disk: cfg.disk_ratio,
+        };
+        Self(Arc::new(Inner {
+            store,
+            view,
+            leader,
+            cfg,
+            ratios,
+        }))
     }
 
     /// Adds every service to a tonic router.
@@ -63,7 +78,9 @@ impl Ctx {
             .add_service(images_server::ImagesServer::new(self.clone()))
             .add_service(networks_server::NetworksServer::new(self.clone()))
             .add_service(ports_server::PortsServer::new(self.clone()))
-            .add_service(security_groups_server::SecurityGroupsServer::new(self.clone()))
+            .add_service(security_groups_server::SecurityGroupsServer::new(
+                self.clone(),
+            ))
             .add_service(keypairs_server::KeypairsServer::new(self.clone()))
             .add_service(server_groups_server::ServerGroupsServer::new(self.clone()))
             .add_service(servers_server::ServersServer::new(self.clone()))
@@ -83,9 +100,12 @@ impl Ctx {
     ) -> ApiResult<Versioned<T>> {
         let r = r.trim();
         if r.is_empty() {
-            return Err(ApiError::InvalidArgument(format!("a {label} id or name is required")));
+            return Err(ApiError::InvalidArgument(format!(
+                "a {label} id or name is required"
+            )));
         }
-        let not_found = || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
+        let not_found =
+            || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
         let key = match uuid::Uuid::parse_str(r) {
             Ok(u) => key_of(u),
             Err(_) => {
@@ -115,9 +135,12 @@ impl Ctx {
     ) -> ApiResult<Versioned<T>> {
         let r = r.trim();
         if r.is_empty() {
-            return Err(ApiError::InvalidArgument(format!("a {label} id or name is required")));
+            return Err(ApiError::InvalidArgument(format!(
+                "a {label} id or name is required"
+            )));
         }
-        let not_found = || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
+        let not_found =
+            || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
         if let Ok(u) = uuid::Uuid::parse_str(r) {
             return match self.store.get::<T>(&key_of(u)).await? {
                 Some(v) if v.value.project() == project => Ok(v),
@@ -132,7 +155,13 @@ impl Ctx {
                 .list_page(prefix, store::MAX_PAGE as u32, &token, |kv| {
                     let v: T = decode_or_skip(kv)?;
                     (v.project() == project && v.name() == r).then(|| {
-                        (v.id_string(), Versioned { value: v, mod_rev: kv.mod_revision() })
+                        (
+                            v.id_string(),
+                            Versioned {
+                                value: v,
+                                mod_rev: kv.mod_revision(),
+                            },
+                        )
                     })
                 })
                 .await?;
@@ -145,10 +174,12 @@ impl Ctx {
         match found.len() {
             0 => Err(not_found()),
             1 => Ok(found.remove(0).1),
-            _ => Err(ApiError::FailedPrecondition(format!(
+            _ => {
+                Err(ApiError::FailedPrecondition(format!(
                 "{label} name {r:?} is ambiguous in project {project}: it matches {}; use an id",
                 found.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
-            ))),
+            )))
+            }
         }
     }
 
@@ -181,11 +212,17 @@ impl Ctx {
                 return Ok(id);
             }
         }
-        Err(ApiError::Unavailable("could not create the default security group; retry".into()))
+        Err(ApiError::Unavailable(
+            "could not create the default security group; retry".into(),
+        ))
     }
 
     /// Resolves security group refs (empty = the project's default group).
-    pub(crate) async fn secgroups(&self, project: &ProjectId, refs: &[String]) -> ApiResult<Vec<SecurityGroupId>> {
+    pub(crate) async fn secgroups(
+        &self,
+        project: &ProjectId,
+        refs: &[String],
+    ) -> ApiResult<Vec<SecurityGroupId>> {
         if refs.is_empty() {
             return Ok(vec![self.default_secgroup(project).await?]);
         }

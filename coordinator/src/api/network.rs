@@ -15,7 +15,10 @@ use super::{in_scope, reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::ipam;
-use crate::store::{self, absent, decode_or_skip, op_kvs, prefix_empty, prefix_unchanged_since, put, unchanged, Versioned};
+use crate::store::{
+    self, absent, decode_or_skip, op_kvs, prefix_empty, prefix_unchanged_since, put, unchanged,
+    Versioned,
+};
 use crate::validate;
 
 type R<T> = Result<Response<T>, Status>;
@@ -36,7 +39,11 @@ pub(crate) struct IpPool {
 
 impl IpPool {
     pub(crate) fn new(net: Network) -> Self {
-        Self { net, taken: HashSet::new(), loaded: false }
+        Self {
+            net,
+            taken: HashSet::new(),
+            loaded: false,
+        }
     }
 
     /// Marks `ip` as taken (a reservation lost a race); small networks are
@@ -59,12 +66,23 @@ impl IpPool {
 
 /// The parts of a transaction that reserve a new port: compares, puts, and
 /// the gets run when the transaction fails (to see which reservation lost).
-pub(crate) fn reserve_port(p: &Port, compares: &mut Vec<Compare>, ops: &mut Vec<TxnOp>, probes: &mut Vec<TxnOp>) {
+pub(crate) fn reserve_port(
+    p: &Port,
+    compares: &mut Vec<Compare>,
+    ops: &mut Vec<TxnOp>,
+    probes: &mut Vec<TxnOp>,
+) {
     let ip_key = keys::ipam(&p.network, IpAddr::V4(p.ip));
     let mac_key = keys::mac(&p.mac);
     compares.push(absent(&ip_key));
     compares.push(absent(&mac_key));
-    ops.push(put(&ip_key, &IpAllocation { port: p.id, ip: IpAddr::V4(p.ip) }));
+    ops.push(put(
+        &ip_key,
+        &IpAllocation {
+            port: p.id,
+            ip: IpAddr::V4(p.ip),
+        },
+    ));
     ops.push(put(&mac_key, &p.id));
     ops.push(put(&keys::port(&p.id), p));
     probes.push(TxnOp::get(ip_key, None));
@@ -74,7 +92,10 @@ pub(crate) fn reserve_port(p: &Port, compares: &mut Vec<Compare>, ops: &mut Vec<
 /// The ops that delete a port and release its address, MAC and owner mark.
 pub(crate) fn release_port(p: &Port, ops: &mut Vec<TxnOp>) {
     ops.push(TxnOp::delete(keys::port(&p.id), None));
-    ops.push(TxnOp::delete(keys::ipam(&p.network, IpAddr::V4(p.ip)), None));
+    ops.push(TxnOp::delete(
+        keys::ipam(&p.network, IpAddr::V4(p.ip)),
+        None,
+    ));
     ops.push(TxnOp::delete(keys::mac(&p.mac), None));
     ops.push(TxnOp::delete(keys::port_owner(&p.id), None));
 }
@@ -82,7 +103,10 @@ pub(crate) fn release_port(p: &Port, ops: &mut Vec<TxnOp>) {
 impl Ctx {
     /// The current etcd revision.
     async fn revision(&self) -> ApiResult<i64> {
-        let r = self.store.range(keys::election(), GetOptions::new().with_count_only()).await?;
+        let r = self
+            .store
+            .range(keys::election(), GetOptions::new().with_count_only())
+            .await?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -94,7 +118,13 @@ impl Ctx {
         loop {
             let resp = self
                 .store
-                .range(start.clone(), GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(5000))
+                .range(
+                    start.clone(),
+                    GetOptions::new()
+                        .with_range(end.clone())
+                        .with_keys_only()
+                        .with_limit(5000),
+                )
                 .await?;
             for kv in resp.kvs() {
                 let k = String::from_utf8_lossy(kv.key());
@@ -120,7 +150,12 @@ impl Ctx {
             pool.loaded = true;
         }
         loop {
-            let pick = ipam::pick(pool.net.cidr, pool.net.gateway, &pool.taken, &mut rand::rng());
+            let pick = ipam::pick(
+                pool.net.cidr,
+                pool.net.gateway,
+                &pool.taken,
+                &mut rand::rng(),
+            );
             match pick {
                 Some(ip) => return Ok(ip),
                 None if pool.loaded => return Err(pool.full()),
@@ -132,9 +167,15 @@ impl Ctx {
         }
     }
 
-    pub(crate) async fn network(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Network>> {
-        self.resolve(NameKind::Network, "network", project, r, |u| keys::network(&NetworkId::from_uuid(u)))
-            .await
+    pub(crate) async fn network(
+        &self,
+        project: &ProjectId,
+        r: &str,
+    ) -> ApiResult<Versioned<Network>> {
+        self.resolve(NameKind::Network, "network", project, r, |u| {
+            keys::network(&NetworkId::from_uuid(u))
+        })
+        .await
     }
 
     async fn create_network(&self, r: pb::CreateNetworkRequest) -> ApiResult<pb::Network> {
@@ -146,7 +187,11 @@ impl Ctx {
         let mtu = match r.mtu {
             0 => 0,
             m @ 576..=9000 => m as u16,
-            m => return Err(ApiError::InvalidArgument(format!("mtu {m} must be 0 (default) or 576-9000"))),
+            m => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "mtu {m} must be 0 (default) or 576-9000"
+                )))
+            }
         };
         let idx = keys::name_index(NameKind::Network, &project, &r.name);
         for _ in 0..16 {
@@ -158,9 +203,16 @@ impl Ctx {
             loop {
                 let (page, next) = self
                     .store
-                    .list_page(&keys::networks_prefix(), store::MAX_PAGE as u32, &token, |kv| {
-                        decode_or_skip::<Network>(kv).filter(|n| n.project == project).map(|n| (n.name, n.cidr))
-                    })
+                    .list_page(
+                        &keys::networks_prefix(),
+                        store::MAX_PAGE as u32,
+                        &token,
+                        |kv| {
+                            decode_or_skip::<Network>(kv)
+                                .filter(|n| n.project == project)
+                                .map(|n| (n.name, n.cidr))
+                        },
+                    )
                     .await?;
                 existing.extend(page);
                 if next.is_empty() {
@@ -196,8 +248,16 @@ impl Ctx {
                 .store
                 .txn(
                     Txn::new()
-                        .when([absent(&idx), absent(&vkey), prefix_unchanged_since(&keys::networks_prefix(), rev)])
-                        .and_then([put(&idx, &net.id), put(&vkey, &net.id), put(&keys::network(&net.id), &net)])
+                        .when([
+                            absent(&idx),
+                            absent(&vkey),
+                            prefix_unchanged_since(&keys::networks_prefix(), rev),
+                        ])
+                        .and_then([
+                            put(&idx, &net.id),
+                            put(&vkey, &net.id),
+                            put(&keys::network(&net.id), &net),
+                        ])
                         .or_else([TxnOp::get(idx.as_str(), None)]),
                 )
                 .await?;
@@ -212,7 +272,9 @@ impl Ctx {
                 )));
             }
         }
-        Err(ApiError::Unavailable("too many concurrent network changes; retry".into()))
+        Err(ApiError::Unavailable(
+            "too many concurrent network changes; retry".into(),
+        ))
     }
 
     async fn delete_network(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
@@ -236,7 +298,10 @@ impl Ctx {
         if !resp.succeeded() {
             let used = self
                 .store
-                .range(ipam_prefix.as_str(), GetOptions::new().with_prefix().with_count_only())
+                .range(
+                    ipam_prefix.as_str(),
+                    GetOptions::new().with_prefix().with_count_only(),
+                )
                 .await?
                 .count();
             return Err(ApiError::FailedPrecondition(format!(
@@ -249,8 +314,10 @@ impl Ctx {
     }
 
     pub(crate) async fn port(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Port>> {
-        self.resolve_scan("port", project, r, &keys::ports_prefix(), |u| keys::port(&PortId::from_uuid(u)))
-            .await
+        self.resolve_scan("port", project, r, &keys::ports_prefix(), |u| {
+            keys::port(&PortId::from_uuid(u))
+        })
+        .await
     }
 
     async fn create_port(&self, r: pb::CreatePortRequest) -> ApiResult<pb::Port> {
@@ -262,9 +329,9 @@ impl Ctx {
         let fixed = match r.ip.trim() {
             "" => None,
             s => {
-                let ip: Ipv4Addr = s
-                    .parse()
-                    .map_err(|_| ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address")))?;
+                let ip: Ipv4Addr = s.parse().map_err(|_| {
+                    ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address"))
+                })?;
                 if !ipam::assignable(net.cidr, net.gateway, ip) {
                     return Err(ApiError::InvalidArgument(format!(
                         "ip {ip} is not an assignable address of network {:?} ({}, gateway {})",
@@ -298,7 +365,10 @@ impl Ctx {
             };
             let (mut compares, mut ops, mut probes) = (Vec::new(), Vec::new(), Vec::new());
             reserve_port(&port, &mut compares, &mut ops, &mut probes);
-            let resp = self.store.txn(Txn::new().when(compares).and_then(ops).or_else(probes)).await?;
+            let resp = self
+                .store
+                .txn(Txn::new().when(compares).and_then(ops).or_else(probes))
+                .await?;
             if resp.succeeded() {
                 tracing::info!(port = %port.id, network = %port.network, ip = %port.ip, "port created");
                 return Ok(convert::port(&port));
@@ -331,13 +401,19 @@ impl Ctx {
             let key = keys::port(&p.value.id);
             let resp = self
                 .store
-                .txn(Txn::new().when([unchanged(&key, p.mod_rev)]).and_then([put(&key, &p.value)]))
+                .txn(
+                    Txn::new()
+                        .when([unchanged(&key, p.mod_rev)])
+                        .and_then([put(&key, &p.value)]),
+                )
                 .await?;
             if resp.succeeded() {
                 return Ok(convert::port(&p.value));
             }
         }
-        Err(ApiError::Unavailable("the port changed concurrently too often; retry".into()))
+        Err(ApiError::Unavailable(
+            "the port changed concurrently too often; retry".into(),
+        ))
     }
 
     async fn delete_port(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
@@ -354,28 +430,43 @@ impl Ctx {
             release_port(&p.value, &mut ops);
             let resp = self
                 .store
-                .txn(Txn::new().when([unchanged(&keys::port(&p.value.id), p.mod_rev)]).and_then(ops))
+                .txn(
+                    Txn::new()
+                        .when([unchanged(&keys::port(&p.value.id), p.mod_rev)])
+                        .and_then(ops),
+                )
                 .await?;
             if resp.succeeded() {
                 tracing::info!(port = %p.value.id, "port deleted");
                 return Ok(pb::Empty {});
             }
         }
-        Err(ApiError::Unavailable("the port changed concurrently too often; retry".into()))
+        Err(ApiError::Unavailable(
+            "the port changed concurrently too often; retry".into(),
+        ))
     }
 
-    pub(crate) async fn secgroup(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<SecurityGroup>> {
+    pub(crate) async fn secgroup(
+        &self,
+        project: &ProjectId,
+        r: &str,
+    ) -> ApiResult<Versioned<SecurityGroup>> {
         self.resolve(NameKind::SecurityGroup, "security group", project, r, |u| {
             keys::secgroup(&SecurityGroupId::from_uuid(u))
         })
         .await
     }
 
-    async fn create_secgroup(&self, r: pb::CreateSecurityGroupRequest) -> ApiResult<pb::SecurityGroup> {
+    async fn create_secgroup(
+        &self,
+        r: pb::CreateSecurityGroupRequest,
+    ) -> ApiResult<pb::SecurityGroup> {
         let project = validate::project(&r.project)?;
         validate::name("security group", &r.name)?;
         if r.description.len() > 255 {
-            return Err(ApiError::InvalidArgument("description is longer than 255 characters".into()));
+            return Err(ApiError::InvalidArgument(
+                "description is longer than 255 characters".into(),
+            ));
         }
         let id = SecurityGroupId::new_random();
         let g = SecurityGroup {
@@ -383,13 +474,21 @@ impl Ctx {
             name: r.name.clone(),
             project: project.clone(),
             description: r.description.clone(),
-            rules: if r.name == "default" { SecurityGroup::default_rules(id) } else { Vec::new() },
+            rules: if r.name == "default" {
+                SecurityGroup::default_rules(id)
+            } else {
+                Vec::new()
+            },
             created_at: model::now(),
         };
         let idx = keys::name_index(NameKind::SecurityGroup, &project, &g.name);
         let resp = self
             .store
-            .txn(Txn::new().when([absent(&idx)]).and_then([put(&idx, &id), put(&keys::secgroup(&id), &g)]))
+            .txn(
+                Txn::new()
+                    .when([absent(&idx)])
+                    .and_then([put(&idx, &id), put(&keys::secgroup(&id), &g)]),
+            )
             .await?;
         if !resp.succeeded() {
             return Err(ApiError::AlreadyExists(format!(
@@ -411,9 +510,16 @@ impl Ctx {
             loop {
                 let (page, next) = self
                     .store
-                    .list_page(&keys::ports_prefix(), store::MAX_PAGE as u32, &token, |kv: &KeyValue| {
-                        decode_or_skip::<Port>(kv).filter(|p| p.security_groups.contains(&id)).map(|p| p.id)
-                    })
+                    .list_page(
+                        &keys::ports_prefix(),
+                        store::MAX_PAGE as u32,
+                        &token,
+                        |kv: &KeyValue| {
+                            decode_or_skip::<Port>(kv)
+                                .filter(|p| p.security_groups.contains(&id))
+                                .map(|p| p.id)
+                        },
+                    )
                     .await?;
                 users.extend(page);
                 if next.is_empty() {
@@ -436,10 +542,16 @@ impl Ctx {
                 .store
                 .txn(
                     Txn::new()
-                        .when([unchanged(&key, g.mod_rev), prefix_unchanged_since(&keys::ports_prefix(), rev)])
+                        .when([
+                            unchanged(&key, g.mod_rev),
+                            prefix_unchanged_since(&keys::ports_prefix(), rev),
+                        ])
                         .and_then([
                             TxnOp::delete(key.as_str(), None),
-                            TxnOp::delete(keys::name_index(NameKind::SecurityGroup, &project, &g.value.name), None),
+                            TxnOp::delete(
+                                keys::name_index(NameKind::SecurityGroup, &project, &g.value.name),
+                                None,
+                            ),
                         ]),
                 )
                 .await?;
@@ -447,7 +559,9 @@ impl Ctx {
                 return Ok(pb::Empty {});
             }
         }
-        Err(ApiError::Unavailable("ports changed concurrently too often; retry".into()))
+        Err(ApiError::Unavailable(
+            "ports changed concurrently too often; retry".into(),
+        ))
     }
 
     async fn edit_rules(
@@ -462,13 +576,19 @@ impl Ctx {
             let key = keys::secgroup(&g.value.id);
             let resp = self
                 .store
-                .txn(Txn::new().when([unchanged(&key, g.mod_rev)]).and_then([put(&key, &g.value)]))
+                .txn(
+                    Txn::new()
+                        .when([unchanged(&key, g.mod_rev)])
+                        .and_then([put(&key, &g.value)]),
+                )
                 .await?;
             if resp.succeeded() {
                 return Ok(convert::secgroup(&g.value));
             }
         }
-        Err(ApiError::Unavailable("the security group changed concurrently too often; retry".into()))
+        Err(ApiError::Unavailable(
+            "the security group changed concurrently too often; retry".into(),
+        ))
     }
 
     async fn add_rule(&self, r: pb::AddRuleRequest) -> ApiResult<pb::SecurityGroup> {
@@ -483,7 +603,13 @@ impl Ctx {
         self.edit_rules(&project, &r.group_ref, |g| {
             let same = g.rules.iter().any(|x| {
                 (x.direction, x.ethertype, x.protocol, x.ports, &x.remote)
-                    == (rule.direction, rule.ethertype, rule.protocol, rule.ports, &rule.remote)
+                    == (
+                        rule.direction,
+                        rule.ethertype,
+                        rule.protocol,
+                        rule.ports,
+                        &rule.remote,
+                    )
             });
             if same {
                 return Err(ApiError::AlreadyExists(format!(
@@ -540,7 +666,10 @@ impl networks_server::Networks for Ctx {
                         .map(|n| convert::network(&n))
                 })
                 .await?;
-            Ok(pb::ListNetworksResponse { networks, next_page_token })
+            Ok(pb::ListNetworksResponse {
+                networks,
+                next_page_token,
+            })
         };
         reply(go.await)
     }
@@ -574,7 +703,10 @@ impl ports_server::Ports for Ctx {
                         .map(|x| convert::port(&x))
                 })
                 .await?;
-            Ok(pb::ListPortsResponse { ports, next_page_token })
+            Ok(pb::ListPortsResponse {
+                ports,
+                next_page_token,
+            })
         };
         reply(go.await)
     }
@@ -605,13 +737,21 @@ impl security_groups_server::SecurityGroups for Ctx {
             let p = validate::project(&r.project)?;
             let (security_groups, next_page_token) = self
                 .store
-                .list_page(&keys::secgroups_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<SecurityGroup>(kv)
-                        .filter(|g| in_scope(r.all_projects, &p, &g.project))
-                        .map(|g| convert::secgroup(&g))
-                })
+                .list_page(
+                    &keys::secgroups_prefix(),
+                    r.page_size,
+                    &r.page_token,
+                    |kv| {
+                        decode_or_skip::<SecurityGroup>(kv)
+                            .filter(|g| in_scope(r.all_projects, &p, &g.project))
+                            .map(|g| convert::secgroup(&g))
+                    },
+                )
                 .await?;
-            Ok(pb::ListSecurityGroupsResponse { security_groups, next_page_token })
+            Ok(pb::ListSecurityGroupsResponse {
+                security_groups,
+                next_page_token,
+            })
         };
         reply(go.await)
     }
@@ -625,4 +765,3 @@ impl security_groups_server::SecurityGroups for Ctx {
         reply(self.delete_rule(r.into_inner()).await)
     }
 }
-

@@ -14,8 +14,8 @@ use etcd_client::{Txn, TxnOp};
 use futures::StreamExt;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
-    self, Assignment, EvacuationPolicy, Flavor, Instance, InstanceStatus, Network, NodeUsage, Port, PowerState,
-    ServerGroup,
+    self, Assignment, EvacuationPolicy, Flavor, Instance, InstanceStatus, Network, NodeUsage, Port,
+    PowerState, ServerGroup,
 };
 use nubo_common::proto::{self as pb, servers_server};
 use nubo_common::{ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId};
@@ -28,7 +28,10 @@ use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
-use crate::store::{self, absent, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged, Versioned};
+use crate::store::{
+    self, absent, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged,
+    Versioned,
+};
 use crate::validate;
 
 type R<T> = Result<Response<T>, Status>;
@@ -66,7 +69,10 @@ struct Plan {
 
 impl Plan {
     fn net_names(&self) -> HashMap<NetworkId, String> {
-        self.networks.iter().map(|n| (n.id, n.name.clone())).collect()
+        self.networks
+            .iter()
+            .map(|n| (n.id, n.name.clone()))
+            .collect()
     }
 }
 
@@ -87,7 +93,9 @@ impl Ctx {
         }
         let flavor = self.flavor(&r.flavor).await?.value;
         let image = self.image(&project, &r.image_ref).await?.value;
-        if image.min_ram_mb > flavor.resources.ram_mb || image.min_disk_gb > flavor.resources.disk_gb {
+        if image.min_ram_mb > flavor.resources.ram_mb
+            || image.min_disk_gb > flavor.resources.disk_gb
+        {
             return Err(ApiError::InvalidArgument(format!(
                 "image {:?} needs at least {} MiB RAM and {} GiB disk; flavor {} has {} MiB and {} GiB",
                 image.name,
@@ -112,7 +120,10 @@ impl Ctx {
                 )));
             }
             if existing_ports.iter().any(|e| e.value.id == port.value.id) {
-                return Err(ApiError::InvalidArgument(format!("port {} is listed twice", port.value.id)));
+                return Err(ApiError::InvalidArgument(format!(
+                    "port {} is listed twice",
+                    port.value.id
+                )));
             }
             existing_ports.push(port);
         }
@@ -131,8 +142,8 @@ impl Ctx {
                 r.user_data.len()
             )));
         }
-        let user_data_b64 =
-            (!r.user_data.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&r.user_data));
+        let user_data_b64 = (!r.user_data.is_empty())
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&r.user_data));
         let group = match r.server_group.trim() {
             "" => None,
             g => Some(self.server_group(&project, g).await?.value),
@@ -158,14 +169,22 @@ impl Ctx {
             security_groups,
             key_name,
             user_data_b64,
-            availability_zone: Some(r.availability_zone.trim().to_string()).filter(|s| !s.is_empty()),
+            availability_zone: Some(r.availability_zone.trim().to_string())
+                .filter(|s| !s.is_empty()),
             group,
-            power: if r.stopped { PowerState::Stopped } else { PowerState::Running },
+            power: if r.stopped {
+                PowerState::Stopped
+            } else {
+                PowerState::Running
+            },
             evacuation,
         })
     }
 
-    async fn create_servers(&self, r: pb::CreateServerRequest) -> ApiResult<pb::CreateServerResponse> {
+    async fn create_servers(
+        &self,
+        r: pb::CreateServerRequest,
+    ) -> ApiResult<pb::CreateServerResponse> {
         let plan = self.plan(r).await?;
         let plan = &plan;
         let mut results: Vec<pb::ServerResult> = futures::stream::iter(0..plan.count)
@@ -173,10 +192,20 @@ impl Ctx {
                 let id = InstanceId::new_random();
                 let span = tracing::info_span!("create_server", instance = %id, index = i);
                 match self.create_one(plan, id, i).instrument(span).await {
-                    Ok(server) => pb::ServerResult { server: Some(server), error: String::new(), code: String::new(), index: i },
+                    Ok(server) => pb::ServerResult {
+                        server: Some(server),
+                        error: String::new(),
+                        code: String::new(),
+                        index: i,
+                    },
                     Err(e) => {
                         tracing::info!(instance = %id, index = i, error = %e, "server not created");
-                        pb::ServerResult { server: None, error: e.to_string(), code: e.code_name().into(), index: i }
+                        pb::ServerResult {
+                            server: None,
+                            error: e.to_string(),
+                            code: e.code_name().into(),
+                            index: i,
+                        }
                     }
                 }
             })
@@ -196,11 +225,21 @@ impl Ctx {
             )
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok((resp.kvs().iter().filter_map(decode_or_skip::<NodeName>).collect(), rev))
+        Ok((
+            resp.kvs()
+                .iter()
+                .filter_map(decode_or_skip::<NodeName>)
+                .collect(),
+            rev,
+        ))
     }
 
     async fn create_one(&self, plan: &Plan, id: InstanceId, index: u32) -> ApiResult<pb::Server> {
-        let name = if plan.count > 1 { format!("{}-{}", plan.name, index + 1) } else { plan.name.clone() };
+        let name = if plan.count > 1 {
+            format!("{}-{}", plan.name, index + 1)
+        } else {
+            plan.name.clone()
+        };
         let now = model::now();
         let mut pools: Vec<IpPool> = plan.networks.iter().cloned().map(IpPool::new).collect();
         let mut new_ports: Vec<Port> = plan
@@ -241,20 +280,29 @@ impl Ctx {
                 resources: plan.flavor.resources,
                 availability_zone: plan.availability_zone.as_deref(),
                 group: match (&plan.group, &members) {
-                    (Some(g), Some((m, _))) => Some(GroupConstraint { policy: g.policy, member_nodes: m }),
+                    (Some(g), Some((m, _))) => Some(GroupConstraint {
+                        policy: g.policy,
+                        member_nodes: m,
+                    }),
                     _ => None,
                 },
             };
-            let cands = match self.view.candidates(&req, &self.ratios, self.cfg.placement, &exclude, TOP_K) {
-                Ok(c) => c,
-                Err(_) if !exclude.is_empty() => {
-                    exclude.clear();
-                    continue;
-                }
-                Err(rej) => return Err(ApiError::ResourceExhausted(rej.explain(&req))),
-            };
+            let cands =
+                match self
+                    .view
+                    .candidates(&req, &self.ratios, self.cfg.placement, &exclude, TOP_K)
+                {
+                    Ok(c) => c,
+                    Err(_) if !exclude.is_empty() => {
+                        exclude.clear();
+                        continue;
+                    }
+                    Err(rej) => return Err(ApiError::ResourceExhausted(rej.explain(&req))),
+                };
             let Some((node, usage, usage_rev)) = cands.choose(&mut rand::rng()).cloned() else {
-                return Err(ApiError::ResourceExhausted("no capacity: no candidate node".into()));
+                return Err(ApiError::ResourceExhausted(
+                    "no capacity: no candidate node".into(),
+                ));
             };
             let new_usage = NodeUsage {
                 used: usage.used.saturating_add(plan.flavor.resources),
@@ -267,7 +315,11 @@ impl Ctx {
                 flavor: plan.flavor.name.clone(),
                 resources: plan.flavor.resources,
                 image: plan.image,
-                ports: new_ports.iter().map(|p| p.id).chain(existing.iter().map(|p| p.value.id)).collect(),
+                ports: new_ports
+                    .iter()
+                    .map(|p| p.id)
+                    .chain(existing.iter().map(|p| p.value.id))
+                    .collect(),
                 key_name: plan.key_name.clone(),
                 user_data_b64: plan.user_data_b64.clone(),
                 power: plan.power,
@@ -284,7 +336,14 @@ impl Ctx {
             let mut compares = vec![unchanged(&ukey, usage_rev), absent(&ikey)];
             let mut ops = vec![
                 put(&ukey, &new_usage),
-                put(&keys::assignment(&node, &id), &Assignment { instance: id, node: node.clone(), assigned_at: now }),
+                put(
+                    &keys::assignment(&node, &id),
+                    &Assignment {
+                        instance: id,
+                        node: node.clone(),
+                        assigned_at: now,
+                    },
+                ),
                 put(&ikey, &inst),
             ];
             let mut probes = vec![TxnOp::get(ukey.as_str(), None)];
@@ -306,9 +365,15 @@ impl Ctx {
                 let prefix = keys::server_group_members_prefix(&g.id);
                 compares.push(prefix_unchanged_since(&prefix, *rev));
                 ops.push(put(&keys::server_group_member(&g.id, &id), &node));
-                probes.push(TxnOp::get(prefix, Some(etcd_client::GetOptions::new().with_prefix())));
+                probes.push(TxnOp::get(
+                    prefix,
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                ));
             }
-            let resp = self.store.txn(Txn::new().when(compares).and_then(ops).or_else(probes)).await?;
+            let resp = self
+                .store
+                .txn(Txn::new().when(compares).and_then(ops).or_else(probes))
+                .await?;
             let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
             if resp.succeeded() {
                 self.view.record_usage(&node, Some(new_usage), rev);
@@ -329,7 +394,10 @@ impl Ctx {
                 None if usage_rev != 0 => self.view.record_usage(&node, None, rev),
                 _ => {}
             }
-            let node_lost = op_kvs(&resp, probe).first().map_or(0, |kv| kv.mod_revision()) != usage_rev;
+            let node_lost = op_kvs(&resp, probe)
+                .first()
+                .map_or(0, |kv| kv.mod_revision())
+                != usage_rev;
             if node_lost {
                 let c = conflicts.entry(node.clone()).or_default();
                 *c += 1;
@@ -352,7 +420,10 @@ impl Ctx {
                 let kvs = op_kvs(&resp, probe);
                 probe += 1;
                 let Some(kv) = kvs.first() else {
-                    return Err(ApiError::NotFound(format!("port {} was deleted meanwhile", p.value.id)));
+                    return Err(ApiError::NotFound(format!(
+                        "port {} was deleted meanwhile",
+                        p.value.id
+                    )));
                 };
                 if kv.mod_revision() != p.mod_rev {
                     let fresh: Port = decode_kv(kv).map_err(store::corrupt)?;
@@ -362,11 +433,17 @@ impl Ctx {
                             fresh.id
                         )));
                     }
-                    *p = Versioned { value: fresh, mod_rev: kv.mod_revision() };
+                    *p = Versioned {
+                        value: fresh,
+                        mod_rev: kv.mod_revision(),
+                    };
                 }
             }
             if let Some((set, mrev)) = members.as_mut() {
-                *set = op_kvs(&resp, probe).iter().filter_map(decode_or_skip::<NodeName>).collect();
+                *set = op_kvs(&resp, probe)
+                    .iter()
+                    .filter_map(decode_or_skip::<NodeName>)
+                    .collect();
                 *mrev = rev;
             }
         }
@@ -375,7 +452,11 @@ impl Ctx {
         )))
     }
 
-    pub(crate) async fn server_spec(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Instance>> {
+    pub(crate) async fn server_spec(
+        &self,
+        project: &ProjectId,
+        r: &str,
+    ) -> ApiResult<Versioned<Instance>> {
         self.resolve_scan("server", project, r, &keys::instances_prefix(), |u| {
             keys::instance(&InstanceId::from_uuid(u))
         })
@@ -398,8 +479,12 @@ impl Ctx {
             .filter_map(decode_or_skip::<Port>)
             .map(|p| (p.id, p))
             .collect();
-        let net_ids: Vec<NetworkId> =
-            ports.values().map(|p| p.network).collect::<HashSet<_>>().into_iter().collect();
+        let net_ids: Vec<NetworkId> = ports
+            .values()
+            .map(|p| p.network)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let net_keys: Vec<String> = net_ids.iter().map(keys::network).collect();
         let names: HashMap<NetworkId, String> = self
             .store
@@ -415,7 +500,11 @@ impl Ctx {
             .zip(statuses)
             .map(|(i, st)| {
                 let st: Option<InstanceStatus> = st.as_ref().and_then(decode_or_skip);
-                let ps: Vec<Port> = i.ports.iter().filter_map(|p| ports.get(p).cloned()).collect();
+                let ps: Vec<Port> = i
+                    .ports
+                    .iter()
+                    .filter_map(|p| ports.get(p).cloned())
+                    .collect();
                 convert::server(i, st.as_ref(), &ps, &names)
             })
             .collect())
@@ -425,7 +514,8 @@ impl Ctx {
         let project = validate::project(&r.project)?;
         let inst = self.server_spec(&project, &r.r#ref).await?;
         let mut v = self.render(std::slice::from_ref(&inst.value)).await?;
-        v.pop().ok_or_else(|| ApiError::NotFound(format!("server {:?} not found", r.r#ref)))
+        v.pop()
+            .ok_or_else(|| ApiError::NotFound(format!("server {:?} not found", r.r#ref)))
     }
 
     async fn list_servers(&self, r: pb::ListServersRequest) -> ApiResult<pb::ListServersResponse> {
@@ -436,19 +526,27 @@ impl Ctx {
         };
         let (insts, next_page_token) = self
             .store
-            .list_page(&keys::instances_prefix(), r.page_size, &r.page_token, |kv| {
-                let k = std::str::from_utf8(kv.key()).ok()?;
-                if !matches!(keys::parse(k), Some(Key::Instance(_))) {
-                    return None;
-                }
-                let i: Instance = decode_or_skip(kv)?;
-                let ok = (r.all_projects || i.project == project)
-                    && node.as_ref().is_none_or(|n| i.node.as_ref() == Some(n))
-                    && i.name.starts_with(&r.name_prefix);
-                ok.then_some(i)
-            })
+            .list_page(
+                &keys::instances_prefix(),
+                r.page_size,
+                &r.page_token,
+                |kv| {
+                    let k = std::str::from_utf8(kv.key()).ok()?;
+                    if !matches!(keys::parse(k), Some(Key::Instance(_))) {
+                        return None;
+                    }
+                    let i: Instance = decode_or_skip(kv)?;
+                    let ok = (r.all_projects || i.project == project)
+                        && node.as_ref().is_none_or(|n| i.node.as_ref() == Some(n))
+                        && i.name.starts_with(&r.name_prefix);
+                    ok.then_some(i)
+                },
+            )
             .await?;
-        Ok(pb::ListServersResponse { servers: self.render(&insts).await?, next_page_token })
+        Ok(pb::ListServersResponse {
+            servers: self.render(&insts).await?,
+            next_page_token,
+        })
     }
 
     async fn delete_server(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
@@ -462,7 +560,10 @@ impl Ctx {
             let (port_kvs, owner_kvs) = read.split_at(i.ports.len());
             let ikey = keys::instance(&i.id);
             let mut compares = vec![unchanged(&ikey, inst.mod_rev)];
-            let mut ops = vec![TxnOp::delete(ikey.as_str(), None), TxnOp::delete(keys::instance_status(&i.id), None)];
+            let mut ops = vec![
+                TxnOp::delete(ikey.as_str(), None),
+                TxnOp::delete(keys::instance_status(&i.id), None),
+            ];
             let mut new_usage = None;
             if let Some(node) = &i.node {
                 ops.push(TxnOp::delete(keys::assignment(node, &i.id), None));
@@ -500,7 +601,10 @@ impl Ctx {
                     ops.push(put(&keys::port(&p.id), &p));
                 }
             }
-            let resp = self.store.txn(Txn::new().when(compares).and_then(ops)).await?;
+            let resp = self
+                .store
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await?;
             if resp.succeeded() {
                 if let Some((node, nu)) = new_usage {
                     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -510,10 +614,16 @@ impl Ctx {
                 return Ok(pb::Empty {});
             }
         }
-        Err(ApiError::Unavailable("the server changed concurrently too often; retry".into()))
+        Err(ApiError::Unavailable(
+            "the server changed concurrently too often; retry".into(),
+        ))
     }
 
-    async fn power(&self, r: pb::ServerActionRequest, edit: impl Fn(&mut Instance)) -> ApiResult<pb::Server> {
+    async fn power(
+        &self,
+        r: pb::ServerActionRequest,
+        edit: impl Fn(&mut Instance),
+    ) -> ApiResult<pb::Server> {
         let project = validate::project(&r.project)?;
         for _ in 0..16 {
             let mut inst = self.server_spec(&project, &r.r#ref).await?;
@@ -521,15 +631,23 @@ impl Ctx {
             let key = keys::instance(&inst.value.id);
             let resp = self
                 .store
-                .txn(Txn::new().when([unchanged(&key, inst.mod_rev)]).and_then([put(&key, &inst.value)]))
+                .txn(
+                    Txn::new()
+                        .when([unchanged(&key, inst.mod_rev)])
+                        .and_then([put(&key, &inst.value)]),
+                )
                 .await?;
             if resp.succeeded() {
                 tracing::info!(instance = %inst.value.id, power = ?inst.value.power, reboot_generation = inst.value.reboot_generation, "power state requested");
                 let mut v = self.render(std::slice::from_ref(&inst.value)).await?;
-                return v.pop().ok_or_else(|| ApiError::NotFound("server vanished".into()));
+                return v
+                    .pop()
+                    .ok_or_else(|| ApiError::NotFound("server vanished".into()));
             }
         }
-        Err(ApiError::Unavailable("the server changed concurrently too often; retry".into()))
+        Err(ApiError::Unavailable(
+            "the server changed concurrently too often; retry".into(),
+        ))
     }
 }
 
@@ -548,10 +666,16 @@ impl servers_server::Servers for Ctx {
         reply(self.delete_server(r.into_inner()).await)
     }
     async fn start(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
-        reply(self.power(r.into_inner(), |i| i.power = PowerState::Running).await)
+        reply(
+            self.power(r.into_inner(), |i| i.power = PowerState::Running)
+                .await,
+        )
     }
     async fn stop(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
-        reply(self.power(r.into_inner(), |i| i.power = PowerState::Stopped).await)
+        reply(
+            self.power(r.into_inner(), |i| i.power = PowerState::Stopped)
+                .await,
+        )
     }
     async fn reboot(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         reply(

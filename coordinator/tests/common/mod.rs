@@ -26,7 +26,11 @@ pub struct Clients {
 }
 
 pub async fn clients(c: &Coordinator) -> Clients {
-    let ch = Channel::from_shared(c.endpoint()).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(c.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     Clients {
         flavors: pb::flavors_client::FlavorsClient::new(ch.clone()),
         images: pb::images_client::ImagesClient::new(ch.clone()),
@@ -42,7 +46,9 @@ pub async fn clients(c: &Coordinator) -> Clients {
 }
 
 pub async fn coordinator(etcd: &Etcd) -> Coordinator {
-    nubo_coordinator::start(Config::for_tests(etcd.endpoint())).await.unwrap()
+    nubo_coordinator::start(Config::for_tests(etcd.endpoint()))
+        .await
+        .unwrap()
 }
 
 /// Registers a node the way an agent does: record + alive key on a lease.
@@ -59,35 +65,66 @@ pub async fn register_node(etcd: &Etcd, name: &str, capacity: Resources, az: &st
         agent_version: "test".into(),
         registered_at: model::now(),
     };
-    c.put(keys::node(&n), model::encode(&node), None).await.unwrap();
-    let lease = c.lease_grant(60, None).await.unwrap().id();
-    let alive = model::NodeAlive { lease, since: model::now(), pid: 1 };
-    c.put(keys::node_alive(&n), model::encode(&alive), Some(PutOptions::new().with_lease(lease)))
+    c.put(keys::node(&n), model::encode(&node), None)
         .await
         .unwrap();
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    let alive = model::NodeAlive {
+        lease,
+        since: model::now(),
+        pid: 1,
+    };
+    c.put(
+        keys::node_alive(&n),
+        model::encode(&alive),
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
     lease
 }
 
 /// Reads a node's usage straight from etcd.
 pub async fn usage(etcd: &Etcd, name: &str) -> NodeUsage {
     let mut c = etcd.client().await.unwrap();
-    let r = c.get(keys::node_usage(&NodeName::new(name).unwrap()), None).await.unwrap();
-    r.kvs().first().map(|kv| model::decode(name, kv.value()).unwrap()).unwrap_or_default()
+    let r = c
+        .get(keys::node_usage(&NodeName::new(name).unwrap()), None)
+        .await
+        .unwrap();
+    r.kvs()
+        .first()
+        .map(|kv| model::decode(name, kv.value()).unwrap())
+        .unwrap_or_default()
 }
 
 /// Number of keys under a prefix.
 pub async fn count(etcd: &Etcd, prefix: &str) -> i64 {
     let mut c = etcd.client().await.unwrap();
-    c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_count_only()))
-        .await
-        .unwrap()
-        .count()
+    c.get(
+        prefix,
+        Some(
+            etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only(),
+        ),
+    )
+    .await
+    .unwrap()
+    .count()
 }
 
 /// Waits until the coordinator's view shows `n` alive nodes.
 pub async fn wait_nodes(cl: &mut Clients, n: usize) {
     for _ in 0..200 {
-        let l = cl.nodes.list(pb::ListRequest { page_size: 1000, ..Default::default() }).await.unwrap().into_inner();
+        let l = cl
+            .nodes
+            .list(pb::ListRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         if l.nodes.iter().filter(|x| x.alive).count() >= n {
             return;
         }
@@ -97,16 +134,29 @@ pub async fn wait_nodes(cl: &mut Clients, n: usize) {
 }
 
 pub fn res(vcpus: u32, ram_mb: u64, disk_gb: u64) -> Resources {
-    Resources { vcpus, ram_mb, disk_gb }
+    Resources {
+        vcpus,
+        ram_mb,
+        disk_gb,
+    }
 }
 
 pub async fn setup_basics(cl: &mut Clients) {
     cl.flavors
-        .create(pb::CreateFlavorRequest { name: "m1.small".into(), vcpus: 1, ram_mb: 512, disk_gb: 1 })
+        .create(pb::CreateFlavorRequest {
+            name: "m1.small".into(),
+            vcpus: 1,
+            ram_mb: 512,
+            disk_gb: 1,
+        })
         .await
         .unwrap();
     cl.images
-        .create(pb::CreateImageRequest { name: "cirros".into(), disk_format: "qcow2".into(), ..Default::default() })
+        .create(pb::CreateImageRequest {
+            name: "cirros".into(),
+            disk_format: "qcow2".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
 }

@@ -1,0 +1,221 @@
+//! The `nubo-agent` binary as a process: `kill -9`, lease expiry, restart
+//! without side effects, and a watch that resumes into a compacted revision.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nubo_agent::hypervisor::fake::{FakeState, STATE_FILE};
+use nubo_common::keys;
+use nubo_common::model::{self, InstanceState, NodeAlive};
+use nubo_common::NodeName;
+use nubo_tests::Etcd;
+
+const T: Duration = Duration::from_secs(60);
+const LEASE_TTL: u64 = 2;
+
+/// A `nubo-agent` child process, killed (SIGKILL) on drop.
+struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn spawn(endpoint: &str, node: &NodeName, state_dir: &Path, log_name: &str) -> Self {
+        let log = state_dir.join(log_name);
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nubo-agent"))
+            .args(["--etcd-endpoints", endpoint])
+            .args(["--node", node.as_str()])
+            .args(["--driver", "fake"])
+            .args(["--fake-boot-ms", "10"])
+            .args(["--lease-ttl", &LEASE_TTL.to_string()])
+            .args(["--vcpus", "32", "--ram-mb", "65536", "--disk-gb", "500"])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--config")
+            .arg(state_dir.join("agent.toml"))
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self, node: &NodeName) {
+        let line = format!("nubo-agent ready node={node}");
+        let deadline = Instant::now() + T;
+        while !self.log().contains(&line) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("agent exited with {st}; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "agent not ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path) {
+    // Exercise the file too; flags override its node and endpoints.
+    std::fs::write(
+        dir.join("agent.toml"),
+        "node = \"from-file\"\navailability_zone = \"az-test\"\nlabels = { rack = \"r7\" }\n",
+    )
+    .unwrap();
+}
+
+async fn alive_lease(c: &etcd_client::Client, node: &NodeName) -> Option<i64> {
+    let r = c.kv_client().get(keys::node_alive(node), None).await.ok()?;
+    let kv = r.kvs().first()?;
+    let a: NodeAlive = model::decode("alive", kv.value()).ok()?;
+    Some(a.lease)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
+    let etcd = Etcd::start().unwrap();
+    let c = etcd.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let node = NodeName::new("kill9-1").unwrap();
+    let mut w = World::create(&c).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(w.add_instance(&c, &node).await.id);
+    }
+
+    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run1.log");
+    agent.wait_ready(&node).await;
+    wait_until(T, "running", || {
+        all_in_state(&c, ids.clone(), &node, InstanceState::Running)
+    })
+    .await;
+    let r = c.kv_client().get(keys::node(&node), None).await.unwrap();
+    let rec: model::Node = model::decode("node", r.kvs()[0].value()).unwrap();
+    assert_eq!(rec.availability_zone, "az-test");
+    assert_eq!(rec.labels["rack"], "r7");
+    assert_eq!(rec.capacity.vcpus, 32);
+
+    let hv_before = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
+    assert_eq!(hv_before.instances.len(), 20);
+    let statuses_before = statuses(&c).await;
+
+    agent.kill9();
+    let killed = Instant::now();
+    wait_until(
+        Duration::from_secs(LEASE_TTL + 4),
+        "alive key gone after kill -9",
+        || async { !exists(&c, keys::node_alive(&node)).await },
+    )
+    .await;
+    eprintln!("alive key gone {:?} after kill -9", killed.elapsed());
+    assert!(exists(&c, keys::node(&node)).await, "node record stays");
+
+    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run2.log");
+    agent.wait_ready(&node).await;
+    wait_until(T, "alive again", || exists(&c, keys::node_alive(&node))).await;
+    // Give a second reconcile pass (triggered by its own alive write) a chance.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hv_after = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
+    assert_eq!(hv_after, hv_before, "restart changed the hypervisor");
+    assert_eq!(statuses(&c).await, statuses_before, "restart rewrote statuses");
+    let log = agent.log();
+    assert!(
+        !log.contains("applying compute plan"),
+        "restart planned actions:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_into_a_compacted_revision_relists() {
+    let mut etcd = Etcd::start().unwrap();
+    let c = etcd.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let node = NodeName::new("compact-1").unwrap();
+    let mut w = World::create(&c).await;
+    let a = w.add_instance(&c, &node).await.id;
+    let b = w.add_instance(&c, &node).await.id;
+
+    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run.log");
+    agent.wait_ready(&node).await;
+    wait_until(T, "running", || {
+        all_in_state(&c, vec![a, b], &node, InstanceState::Running)
+    })
+    .await;
+    let old_lease = alive_lease(&c, &node).await.unwrap();
+
+    // Freeze the agent, break its connections, change things and compact
+    // behind its back; freeze long enough for its lease to expire too.
+    agent.signal("STOP");
+    etcd.restart().unwrap();
+    let c = etcd.client().await.unwrap();
+    delete(&c, &keys::assignment(&node, &a)).await;
+    let d = w.add_instance(&c, &node).await.id;
+    let rev = c
+        .kv_client()
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.etcdctl(&["compact", &rev.to_string()]).unwrap();
+    tokio::time::sleep(Duration::from_secs(LEASE_TTL + 2)).await;
+    agent.signal("CONT");
+
+    wait_until(T, "new instance running after relist", || {
+        all_in_state(&c, vec![d], &node, InstanceState::Running)
+    })
+    .await;
+    wait_until(T, "unassigned instance destroyed after relist", || async {
+        let st = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
+        !st.instances.contains_key(&a) && st.instances.contains_key(&b)
+    })
+    .await;
+    wait_until(T, "status of the unassigned instance removed", || async {
+        !statuses(&c).await.contains_key(&a)
+    })
+    .await;
+    assert!(agent.log().contains("compacted; listing again"), "{}", agent.log());
+    eprintln!("{}", agent.log());
+    wait_until(Duration::from_secs(10), "alive on a new lease", || async {
+        alive_lease(&c, &node).await.is_some_and(|l| l != old_lease)
+    })
+    .await;
+    let st = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
+    assert_eq!(st.instances[&b].boot_count, 1);
+    assert!(agent.child.try_wait().unwrap().is_none(), "agent still running");
+}

@@ -1,0 +1,146 @@
+//! Fake agents, in-process and cheap: ONE watch on every node's
+//! assignments; each new assignment gets its status `running` written under
+//! `/instances/<id>/status` as the node's agent would (batched into
+//! transactions to keep the benchmark's own CPU use low). A second watch
+//! observes those status writes, which is when an instance counts as running.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use etcd_client::{Client, EventType, Txn, TxnOp, WatchOptions, WatchStream};
+use nubo_common::model::{self, InstanceState, InstanceStatus};
+use nubo_common::{keys, InstanceId, NodeName};
+use tokio::sync::mpsc;
+
+use crate::cluster::{assignment_instance, MAX_TXN_OPS};
+
+/// When each instance was seen assigned, and seen running.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// First time its assignment key appeared.
+    pub assigned: Mutex<HashMap<InstanceId, Instant>>,
+    /// First time a `running` status was observed.
+    pub running: Mutex<HashMap<InstanceId, Instant>>,
+}
+
+impl Observed {
+    /// Number of instances seen running.
+    pub fn running_count(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+fn record(map: &Mutex<HashMap<InstanceId, Instant>>, id: InstanceId, at: Instant) {
+    map.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(id)
+        .or_insert(at);
+}
+
+/// Starts the fake agents and the status observer; they run until the
+/// runtime shuts down. No event after this call returns is missed.
+pub async fn start(client: &Client, observed: Arc<Observed>) -> Result<()> {
+    let mut c = client.clone();
+    // Watch from the revision after "now" so nothing between here and the
+    // watches being created is lost.
+    let rev = c
+        .get(keys::ROOT, None)
+        .await
+        .context("reading the etcd revision")?
+        .header()
+        .map_or(0, |h| h.revision());
+    let opts = || {
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1)
+    };
+    let assignments = c
+        .watch(keys::all_assignments_prefix(), Some(opts()))
+        .await
+        .context("watching assignments")?;
+    let statuses = c
+        .watch(keys::instances_prefix(), Some(opts()))
+        .await
+        .context("watching instance statuses")?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(watch_assignments(assignments, tx, observed.clone()));
+    tokio::spawn(write_statuses(client.clone(), rx));
+    tokio::spawn(watch_statuses(statuses, observed));
+    Ok(())
+}
+
+async fn watch_assignments(
+    mut stream: WatchStream,
+    tx: mpsc::UnboundedSender<(NodeName, InstanceId)>,
+    observed: Arc<Observed>,
+) {
+    while let Ok(Some(resp)) = stream.message().await {
+        let now = Instant::now();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            // Only creations: version 1 is the key's first write.
+            if ev.event_type() != EventType::Put || kv.version() != 1 {
+                continue;
+            }
+            let Some((node, id)) = kv.key_str().ok().and_then(assignment_instance) else {
+                continue;
+            };
+            record(&observed.assigned, id, now);
+            if tx.send((node, id)).is_err() {
+                return;
+            }
+        }
+    }
+    eprintln!("warning: the assignments watch ended; fake agents stopped");
+}
+
+/// Writes `running` for each assignment, draining whatever queued up while
+/// the previous transaction was in flight (at most [`MAX_TXN_OPS`] at once).
+async fn write_statuses(mut c: Client, mut rx: mpsc::UnboundedReceiver<(NodeName, InstanceId)>) {
+    let mut batch = Vec::with_capacity(MAX_TXN_OPS);
+    while rx.recv_many(&mut batch, MAX_TXN_OPS).await > 0 {
+        let now = model::now();
+        let ops: Vec<TxnOp> = batch
+            .drain(..)
+            .map(|(node, id)| {
+                let status = InstanceStatus {
+                    state: InstanceState::Running,
+                    node,
+                    updated_at: now,
+                    last_error: None,
+                    reboot_generation: 0,
+                };
+                TxnOp::put(keys::instance_status(&id), model::encode(&status), None)
+            })
+            .collect();
+        if let Err(e) = c.txn(Txn::new().and_then(ops)).await {
+            eprintln!("warning: a fake agent status write failed: {e}");
+        }
+    }
+}
+
+async fn watch_statuses(mut stream: WatchStream, observed: Arc<Observed>) {
+    while let Ok(Some(resp)) = stream.message().await {
+        let now = Instant::now();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            if ev.event_type() != EventType::Put {
+                continue;
+            }
+            let Ok(key) = kv.key_str() else { continue };
+            let Some(keys::Key::InstanceStatus(id)) = keys::parse(key) else {
+                continue;
+            };
+            if let Ok(s) = model::decode::<InstanceStatus>(key, kv.value()) {
+                if s.state == InstanceState::Running {
+                    record(&observed.running, id, now);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! Servers: placement under concurrency with two coordinators, IPAM under
+//! contention, batch failures without leaks, power actions, garbage values.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::*;
+use futures::StreamExt;
+use nubo_common::proto as pb;
+use nubo_tests::Etcd;
+use tonic::Code;
+
+fn server(name: &str, networks: &[&str], count: u32) -> pb::CreateServerRequest {
+    pb::CreateServerRequest {
+        name: name.into(),
+        flavor: "m1.small".into(),
+        image_ref: "cirros".into(),
+        networks: networks.iter().map(|s| s.to_string()).collect(),
+        count,
+        ..Default::default()
+    }
+}
+
+async fn all_servers(cl: &mut Clients) -> Vec<pb::Server> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = cl
+            .servers
+            .list(pb::ListServersRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(r.servers);
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        token = r.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_coordinators_fill_exactly_to_capacity() {
+    let etcd = Etcd::start().unwrap();
+    let (a, b) = (coordinator(&etcd).await, coordinator(&etcd).await);
+    let (mut ca, mut cb) = (clients(&a).await, clients(&b).await);
+    setup_basics(&mut ca).await;
+    // 10 nodes x 100 instances of 512 MiB = exactly 1000.
+    for i in 0..10 {
+        register_node(&etcd, &format!("n{i}"), res(100, 100 * 512, 1000), "nova").await;
+    }
+    wait_nodes(&mut ca, 10).await;
+    wait_nodes(&mut cb, 10).await;
+    let sa = ca.servers.clone();
+    let sb = cb.servers.clone();
+    let results: Vec<_> = futures::stream::iter(0..1000)
+        .map(|i| {
+            let mut s = if i % 2 == 0 { sa.clone() } else { sb.clone() };
+            async move { s.create(server(&format!("vm{i}"), &[], 1)).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut placed = 0;
+    for r in results {
+        let r = r.unwrap().into_inner();
+        assert_eq!(r.results.len(), 1);
+        assert!(r.results[0].server.is_some(), "{:?}", r.results[0]);
+        placed += 1;
+    }
+    assert_eq!(placed, 1000);
+    let mut total = 0;
+    for i in 0..10 {
+        let u = usage(&etcd, &format!("n{i}")).await;
+        assert!(u.used.ram_mb <= 100 * 512, "n{i} over capacity: {u:?}");
+        assert_eq!(u.used.ram_mb, u64::from(u.instances) * 512);
+        total += u.instances;
+    }
+    assert_eq!(total, 1000);
+    assert_eq!(count(&etcd, "/nubo/v1/assignments/").await, 1000);
+    let r = cb
+        .servers
+        .create(server("one-more", &[], 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].code, "ResourceExhausted");
+    assert!(
+        r.results[0].error.starts_with("no capacity"),
+        "{}",
+        r.results[0].error
+    );
+    // Exactly one leader.
+    let la = ca.cluster.status(pb::Empty {}).await.unwrap().into_inner();
+    let lb = cb.cluster.status(pb::Empty {}).await.unwrap().into_inner();
+    assert!(la.is_leader ^ lb.is_leader, "{la:?} {lb:?}");
+    assert_eq!(la.leader_id, lb.leader_id);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_port_creates_never_share_an_address() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    cl.networks
+        .create(pb::CreateNetworkRequest {
+            name: "small".into(),
+            cidr: "10.9.0.0/24".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ports = cl.ports.clone();
+    let results: Vec<_> = futures::stream::iter(0..500)
+        .map(|_| {
+            let mut p = ports.clone();
+            async move {
+                p.create(pb::CreatePortRequest {
+                    network_ref: "small".into(),
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut ips = HashSet::new();
+    let mut full = 0;
+    for r in results {
+        match r {
+            Ok(p) => assert!(ips.insert(p.into_inner().ip), "address handed out twice"),
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+                assert_eq!(
+                    e.message(),
+                    "network \"small\" is full: all 253 addresses are in use"
+                );
+                full += 1;
+            }
+        }
+    }
+    assert_eq!(ips.len(), 253);
+    assert_eq!(full, 247);
+    assert!(!ips.contains("10.9.0.1") && !ips.contains("10.9.0.0") && !ips.contains("10.9.0.255"));
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_beyond_network_size_fails_cleanly_and_delete_releases_everything() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    for i in 0..4 {
+        register_node(&etcd, &format!("n{i}"), res(64, 64 * 1024, 1000), "nova").await;
+    }
+    wait_nodes(&mut cl, 4).await;
+    // A /25 has 125 assignable addresses; 25 pre-existing ports leave 100.
+    cl.networks
+        .create(pb::CreateNetworkRequest {
+            name: "n100".into(),
+            cidr: "10.5.0.0/25".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut pre = Vec::new();
+    for _ in 0..25 {
+        pre.push(
+            cl.ports
+                .create(pb::CreatePortRequest {
+                    network_ref: "n100".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .id,
+        );
+    }
+    let r = cl
+        .servers
+        .create(server("batch", &["n100"], 120))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), 120);
+    let ok: Vec<_> = r.results.iter().filter(|x| x.server.is_some()).collect();
+    let bad: Vec<_> = r.results.iter().filter(|x| x.server.is_none()).collect();
+    assert_eq!(ok.len(), 100);
+    assert_eq!(bad.len(), 20);
+    for b in &bad {
+        assert_eq!(b.code, "ResourceExhausted");
+        assert_eq!(
+            b.error,
+            "network \"n100\" is full: all 125 addresses are in use"
+        );
+    }
+    let names: HashSet<_> = ok
+        .iter()
+        .map(|x| x.server.as_ref().unwrap().name.clone())
+        .collect();
+    assert!(names.contains("batch-1") || names.contains("batch-120"));
+    // Nothing leaked: 125 addresses, 125 ports, 100 instances, 100 assignments.
+    assert_eq!(count(&etcd, "/nubo/v1/ipam/").await, 125);
+    assert_eq!(count(&etcd, "/nubo/v1/ports/").await, 125);
+    assert_eq!(count(&etcd, "/nubo/v1/macs/").await, 125);
+    assert_eq!(count(&etcd, "/nubo/v1/assignments/").await, 100);
+    let mut used = 0;
+    for i in 0..4 {
+        used += usage(&etcd, &format!("n{i}")).await.instances;
+    }
+    assert_eq!(used, 100);
+
+    // Plug a pre-existing port into a server in another network-less batch: it is kept on delete.
+    let e = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            ports: vec![pre[0].clone()],
+            count: 2,
+            ..server("x", &[], 2)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let plugged = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            ports: vec![pre[0].clone()],
+            ..server("plug", &[], 1)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let plugged = plugged.results[0].server.clone().unwrap();
+    assert_eq!(plugged.addresses[0].port_id, pre[0]);
+    let e = cl
+        .ports
+        .delete(pb::DeleteRequest {
+            r#ref: pre[0].clone(),
+            project: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // Power actions.
+    let s = cl
+        .servers
+        .stop(pb::ServerActionRequest {
+            r#ref: plugged.id.clone(),
+            project: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.desired_power, "stopped");
+    let s = cl
+        .servers
+        .start(pb::ServerActionRequest {
+            r#ref: plugged.id.clone(),
+            project: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.desired_power, "running");
+    cl.servers
+        .reboot(pb::ServerActionRequest {
+            r#ref: plugged.id.clone(),
+            project: String::new(),
+        })
+        .await
+        .unwrap();
+    let spec = etcd
+        .etcdctl(&[
+            "get",
+            "--print-value-only",
+            &format!("/nubo/v1/instances/{}", plugged.id),
+        ])
+        .unwrap();
+    assert!(spec.contains("\"reboot_generation\":1"), "{spec}");
+
+    // Delete everything: usage back to 0, only the 25 pre-existing ports remain (unplugged).
+    let servers = Arc::new(all_servers(&mut cl).await);
+    assert_eq!(servers.len(), 101);
+    let srv = cl.servers.clone();
+    let results: Vec<_> =
+        futures::stream::iter(servers.iter().map(|s| s.id.clone()).collect::<Vec<_>>())
+            .map(|id| {
+                let mut s = srv.clone();
+                async move {
+                    s.delete(pb::DeleteRequest {
+                        r#ref: id,
+                        project: String::new(),
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+    for r in results {
+        r.unwrap();
+    }
+    for i in 0..4 {
+        let u = usage(&etcd, &format!("n{i}")).await;
+        assert_eq!(
+            (u.instances, u.used.ram_mb, u.used.vcpus),
+            (0, 0, 0),
+            "n{i}"
+        );
+    }
+    assert_eq!(count(&etcd, "/nubo/v1/instances/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/assignments/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/ipam/").await, 25);
+    let p = cl
+        .ports
+        .get(pb::GetRequest {
+            r#ref: pre[0].clone(),
+            project: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(p.device_id.is_empty() && p.node.is_empty());
+    for id in pre {
+        cl.ports
+            .delete(pb::DeleteRequest {
+                r#ref: id,
+                project: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(&etcd, "/nubo/v1/ipam/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/macs/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/port-owners/").await, 0);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_filters_and_server_groups_and_node_api() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "a", res(8, 8192, 100), "az1").await;
+    register_node(&etcd, "b", res(8, 8192, 100), "az1").await;
+    register_node(&etcd, "c", res(8, 8192, 100), "az2").await;
+    wait_nodes(&mut cl, 3).await;
+    let r = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            availability_zone: "az2".into(),
+            ..server("z", &[], 3)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.results
+            .iter()
+            .all(|x| x.server.as_ref().is_some_and(|s| s.node == "c")),
+        "{r:?}"
+    );
+    cl.groups
+        .create(pb::CreateServerGroupRequest {
+            name: "apart".into(),
+            project: String::new(),
+            policy: "anti-affinity".into(),
+        })
+        .await
+        .unwrap();
+    let r = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            server_group: "apart".into(),
+            ..server("g", &[], 4)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let nodes: Vec<_> = r
+        .results
+        .iter()
+        .filter_map(|x| x.server.as_ref().map(|s| s.node.clone()))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{r:?}");
+    assert_eq!(nodes.iter().collect::<HashSet<_>>().len(), 3);
+    let failed = r.results.iter().find(|x| x.server.is_none()).unwrap();
+    assert!(failed.error.contains("server group"), "{}", failed.error);
+    let e = cl
+        .groups
+        .delete(pb::DeleteRequest {
+            r#ref: "apart".into(),
+            project: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // Disabling a node keeps new servers off it.
+    let n = cl
+        .nodes
+        .set_enabled(pb::SetNodeEnabledRequest {
+            name: "a".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!n.enabled);
+    let r = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            availability_zone: "az1".into(),
+            ..server("d", &[], 5)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.results
+            .iter()
+            .all(|x| x.server.as_ref().is_some_and(|s| s.node == "b")),
+        "{r:?}"
+    );
+    let node = cl
+        .nodes
+        .get(pb::GetRequest {
+            r#ref: "b".into(),
+            project: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node.instances, 6);
+    assert_eq!(node.usage.unwrap().ram_mb, 6 * 512);
+    assert_eq!(
+        cl.nodes
+            .get(pb::GetRequest {
+                r#ref: "zz".into(),
+                project: String::new()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let page = cl
+        .nodes
+        .list(pb::ListRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.nodes.len(), 2);
+    let page2 = cl
+        .nodes
+        .list(pb::ListRequest {
+            page_size: 2,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page2.nodes.len(), 1);
+    assert!(page2.next_page_token.is_empty());
+    // Filters of the server list.
+    let on_c = cl
+        .servers
+        .list(pb::ListServersRequest {
+            node: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(on_c.servers.len(), 4);
+    let named = cl
+        .servers
+        .list(pb::ListServersRequest {
+            name_prefix: "d-".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(named.servers.len(), 5);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_values_are_skipped_and_reported() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "a", res(8, 8192, 100), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    let ok = cl
+        .servers
+        .create(server("good", &[], 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.results[0].server.is_some());
+    let bad = uuid::Uuid::new_v4().to_string();
+    etcd.etcdctl(&["put", &format!("/nubo/v1/instances/{bad}"), "garbage"])
+        .unwrap();
+    etcd.etcdctl(&["put", "/nubo/v1/flavors/junk", "{not json"])
+        .unwrap();
+    etcd.etcdctl(&["put", "/nubo/v1/nodes/b", "garbage"])
+        .unwrap();
+    let l = all_servers(&mut cl).await;
+    assert_eq!(l.len(), 1);
+    let e = cl
+        .servers
+        .get(pb::GetRequest {
+            r#ref: bad.clone(),
+            project: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains(&bad) && e.message().contains("unreadable"),
+        "{}",
+        e.message()
+    );
+    let f = cl
+        .flavors
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.flavors.len(), 1);
+    // Still serving, still placing.
+    let again = cl
+        .servers
+        .create(server("good2", &[], 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.results[0].server.is_some(), "{again:?}");
+    let http = reqwest_like_get(c.health_addr(), "/readyz").await;
+    assert!(
+        http.contains("leader") || http.contains("follower"),
+        "{http}"
+    );
+    c.shutdown().await.unwrap();
+}
+
+/// Minimal HTTP GET (no client crate needed).
+async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
