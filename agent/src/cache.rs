@@ -213,8 +213,14 @@ mod tests {
         let change = c.apply(&keys::instance_status(&id), Some(&model::encode(&st)), 42);
         assert_eq!(change, Change::Report);
         assert_eq!(c.statuses[&id].mod_revision, 42);
-        assert_eq!(c.apply("/nubo/v1/ipam/x/y", Some(b"1"), 43), Change::Ignored);
-        assert_eq!(c.apply("/nubo/v1/instances/nope", Some(b"1"), 44), Change::Ignored);
+        assert_eq!(
+            c.apply("/nubo/v1/ipam/x/y", Some(b"1"), 43),
+            Change::Ignored
+        );
+        assert_eq!(
+            c.apply("/nubo/v1/instances/nope", Some(b"1"), 44),
+            Change::Ignored
+        );
         assert!(c.garbage.is_empty());
     }
 }

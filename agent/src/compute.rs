@@ -225,6 +225,9 @@ pub struct Compute {
     etcd: Client,
     book: StatusBook,
     foreign: BTreeSet<InstanceId>,
+    /// Set when a status write failed in this pass: further writes are
+    /// skipped (each would wait for the etcd timeout) and the pass is retried.
+    writes_blocked: bool,
 }
 
 impl Compute {
@@ -236,6 +239,7 @@ impl Compute {
             etcd,
             book: StatusBook::default(),
             foreign: BTreeSet::new(),
+            writes_blocked: false,
         }
     }
 
@@ -275,13 +279,13 @@ impl Compute {
         id: InstanceId,
         r: Report,
         reported: &mut BTreeMap<InstanceId, (InstanceStatus, i64)>,
-    ) -> bool {
-        match self.report(id, r, reported).await {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(instance = %id, error = %e, "could not write status; will retry");
-                false
-            }
+    ) {
+        if self.writes_blocked {
+            return;
+        }
+        if let Err(e) = self.report(id, r, reported).await {
+            warn!(instance = %id, error = %e, "could not write status; will retry");
+            self.writes_blocked = true;
         }
     }
 }
@@ -333,6 +337,7 @@ impl Subsystem for Compute {
     }
 
     async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+        self.writes_blocked = false;
         let instances = self.hv.list().await?;
         let mut reported = self.book.merge(desired);
         let observed = ComputeObserved {
@@ -358,7 +363,10 @@ impl Subsystem for Compute {
         for a in &plan.actions {
             if let (Action::Create(id), Some(d)) = (a, desired.instances.get(&a.instance())) {
                 let prev = reported.get(id).map(|(s, _)| s.clone());
-                if prev.as_ref().is_some_and(|s| s.state == InstanceState::Error) {
+                if prev
+                    .as_ref()
+                    .is_some_and(|s| s.state == InstanceState::Error)
+                {
                     continue;
                 }
                 let r = report_for(d, None, None, prev.as_ref());
@@ -447,6 +455,9 @@ impl Subsystem for Compute {
             .map(|(id, (_, rev))| (*id, *rev))
             .collect();
         for (id, rev) in stale {
+            if self.writes_blocked {
+                break;
+            }
             match store::delete_if_unchanged(&self.etcd, &keys::instance_status(&id), rev).await {
                 Ok((txn_rev, deleted)) => {
                     if deleted {
@@ -454,8 +465,16 @@ impl Subsystem for Compute {
                     }
                     self.book.written.insert(id, (txn_rev, None));
                 }
-                Err(e) => warn!(instance = %id, error = %e, "could not remove status; will retry"),
+                Err(e) => {
+                    warn!(instance = %id, error = %e, "could not remove status; will retry");
+                    self.writes_blocked = true;
+                }
             }
+        }
+        if self.writes_blocked {
+            return Err(SubsystemError::Other(format!(
+                "{n_actions} actions applied but statuses could not all be written"
+            )));
         }
         Ok(n_actions)
     }
@@ -617,10 +636,8 @@ mod tests {
         let mut book = StatusBook::default();
         let mut d = f.desired.clone();
         d.revision = 10;
-        book.written.insert(
-            id,
-            (11, Some(status(&f.n, InstanceState::Running, 5))),
-        );
+        book.written
+            .insert(id, (11, Some(status(&f.n, InstanceState::Running, 5))));
         assert_eq!(book.merge(&d)[&id].0.reboot_generation, 5);
         d.revision = 11;
         assert!(book.merge(&d).is_empty());

@@ -425,7 +425,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.etcd_endpoints, vec!["http://a:1", "http://b:2"]);
         assert!(AgentConfig::merge(FileConfig::default(), &cli(&["--node", "bad/name"])).is_err());
-        assert!(AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n", "--label", "x"])).is_err());
+        assert!(AgentConfig::merge(
+            FileConfig::default(),
+            &cli(&["--node", "n", "--label", "x"])
+        )
+        .is_err());
         assert!(FileConfig::parse("nope = 1", Path::new("x")).is_err());
     }
 }

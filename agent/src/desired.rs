@@ -173,21 +173,24 @@ pub fn build(cache: &Cache, node: &NodeName, underlay_mtu: u16) -> DesiredNode {
         for p in &inst.ports {
             // resolve_instance checked the network exists.
             if let Some(net) = cache.networks.get(&p.network) {
-                let entry = out.networks.entry(net.id).or_insert_with(|| DesiredNetwork {
-                    id: net.id,
-                    cidr: net.cidr,
-                    gateway: net.gateway,
-                    vni: net.vni,
-                    mtu: if net.mtu == 0 {
-                        underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
-                    } else {
-                        net.mtu
-                    },
-                    dns: net.dns.clone(),
-                    local_ports: BTreeSet::new(),
-                    remote_vteps: BTreeSet::new(),
-                    remote_macs: BTreeMap::new(),
-                });
+                let entry = out
+                    .networks
+                    .entry(net.id)
+                    .or_insert_with(|| DesiredNetwork {
+                        id: net.id,
+                        cidr: net.cidr,
+                        gateway: net.gateway,
+                        vni: net.vni,
+                        mtu: if net.mtu == 0 {
+                            underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
+                        } else {
+                            net.mtu
+                        },
+                        dns: net.dns.clone(),
+                        local_ports: BTreeSet::new(),
+                        remote_vteps: BTreeSet::new(),
+                        remote_macs: BTreeMap::new(),
+                    });
                 entry.local_ports.insert(p.id);
             }
             used_groups.extend(p.security_groups.iter().copied());
@@ -261,10 +264,13 @@ fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, St
         .instances
         .get(&id)
         .ok_or_else(|| missing(cache, "instance spec", &keys::instance(&id)))?;
-    let image = cache
-        .images
-        .get(&spec.image)
-        .ok_or_else(|| missing(cache, &format!("image {}", spec.image), &keys::image(&spec.image)))?;
+    let image = cache.images.get(&spec.image).ok_or_else(|| {
+        missing(
+            cache,
+            &format!("image {}", spec.image),
+            &keys::image(&spec.image),
+        )
+    })?;
     let keypair = match &spec.key_name {
         None => None,
         Some(name) => Some(
@@ -373,7 +379,10 @@ mod tests {
         assert_eq!(dn.remote_macs, BTreeMap::from([(p2.mac, vtep2)]));
 
         // Members cluster-wide.
-        assert_eq!(d.security_groups[&sg].members, BTreeSet::from([p1.ip, p2.ip]));
+        assert_eq!(
+            d.security_groups[&sg].members,
+            BTreeSet::from([p1.ip, p2.ip])
+        );
     }
 
     #[test]
@@ -396,7 +405,11 @@ mod tests {
 
         let d = build(&w.cache, &n1, 1500);
         assert_eq!(d.instances.keys().collect::<Vec<_>>(), vec![&ok]);
-        assert!(d.broken[&bad_port].contains("undecodable"), "{:?}", d.broken);
+        assert!(
+            d.broken[&bad_port].contains("undecodable"),
+            "{:?}",
+            d.broken
+        );
         assert!(d.broken[&no_image].contains("not found"));
         assert!(d.broken[&garbage_assign].contains("assignment"));
         assert!(d.broken[&no_spec].contains("instance spec"));

@@ -126,7 +126,12 @@ impl Mirror {
     }
 
     /// Watches from `start`, applying events; updates `at` as they arrive.
-    async fn watch_from(&self, start: i64, at: &mut Option<i64>, backoff: &mut Backoff) -> WatchEnd {
+    async fn watch_from(
+        &self,
+        start: i64,
+        at: &mut Option<i64>,
+        backoff: &mut Backoff,
+    ) -> WatchEnd {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_prev_key()

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 
 /// Bound of every unary etcd request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);

@@ -59,7 +59,11 @@ impl AgentProcess {
             if let Some(st) = self.child.try_wait().unwrap() {
                 panic!("agent exited with {st}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "agent not ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -150,7 +154,11 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let hv_after = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
     assert_eq!(hv_after, hv_before, "restart changed the hypervisor");
-    assert_eq!(statuses(&c).await, statuses_before, "restart rewrote statuses");
+    assert_eq!(
+        statuses(&c).await,
+        statuses_before,
+        "restart rewrote statuses"
+    );
     let log = agent.log();
     assert!(
         !log.contains("applying compute plan"),
@@ -209,13 +217,19 @@ async fn resuming_into_a_compacted_revision_relists() {
         !statuses(&c).await.contains_key(&a)
     })
     .await;
-    assert!(agent.log().contains("compacted; listing again"), "{}", agent.log());
-    eprintln!("{}", agent.log());
-    wait_until(Duration::from_secs(10), "alive on a new lease", || async {
+    assert!(
+        agent.log().contains("compacted; listing again"),
+        "{}",
+        agent.log()
+    );
+    wait_until(T, "alive on a new lease", || async {
         alive_lease(&c, &node).await.is_some_and(|l| l != old_lease)
     })
     .await;
     let st = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
     assert_eq!(st.instances[&b].boot_count, 1);
-    assert!(agent.child.try_wait().unwrap().is_none(), "agent still running");
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "agent still running"
+    );
 }

@@ -30,7 +30,11 @@ async fn converges_120_instances_and_follows_spec_changes() {
     let resp = c.kv_client().get(keys::node(&node), None).await.unwrap();
     let rec: Node = model::decode("node", resp.kvs()[0].value()).unwrap();
     assert_eq!(rec.capacity.vcpus, 64);
-    let alive = c.kv_client().get(keys::node_alive(&node), None).await.unwrap();
+    let alive = c
+        .kv_client()
+        .get(keys::node_alive(&node), None)
+        .await
+        .unwrap();
     let lease = alive.kvs()[0].lease();
     assert_ne!(lease, 0, "alive is bound to a lease");
     let a: NodeAlive = model::decode("alive", alive.kvs()[0].value()).unwrap();
@@ -58,12 +62,20 @@ async fn converges_120_instances_and_follows_spec_changes() {
     // across a few more reconcile passes triggered by unrelated changes.
     let before = statuses(&c).await;
     put(&c, &keys::network(&w.network), &{
-        let r = c.kv_client().get(keys::network(&w.network), None).await.unwrap();
+        let r = c
+            .kv_client()
+            .get(keys::network(&w.network), None)
+            .await
+            .unwrap();
         model::decode::<model::Network>("n", r.kvs()[0].value()).unwrap()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(statuses(&c).await, before, "statuses rewritten without change");
+    assert_eq!(
+        statuses(&c).await,
+        before,
+        "statuses rewritten without change"
+    );
 
     // Unassign 10: destroyed and their status removed.
     let (gone, kept) = ids.split_at(10);
@@ -147,7 +159,12 @@ async fn garbage_values_are_skipped_and_nothing_is_torn_down() {
 
     // Garbage: a new instance spec, b's port, and an assignment.
     let junk_instance = InstanceId::new_random();
-    put_raw(&c, &keys::instance(&junk_instance), b"{\"this is\": not json").await;
+    put_raw(
+        &c,
+        &keys::instance(&junk_instance),
+        b"{\"this is\": not json",
+    )
+    .await;
     put(
         &c,
         &keys::assignment(&node, &junk_instance),
@@ -192,7 +209,11 @@ async fn garbage_values_are_skipped_and_nothing_is_torn_down() {
     // Healing the port clears the error without touching the VM.
     let mut port: model::Port = {
         // Rebuild b's port as it was (the test wrote it; re-create from spec).
-        let r = c.kv_client().get(keys::port(&a.ports[0]), None).await.unwrap();
+        let r = c
+            .kv_client()
+            .get(keys::port(&a.ports[0]), None)
+            .await
+            .unwrap();
         model::decode("p", r.kvs()[0].value()).unwrap()
     };
     port.id = b.ports[0];
@@ -231,7 +252,11 @@ async fn etcd_outage_leaves_instances_alone_and_the_agent_resyncs() {
 
     etcd.stop();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(agent.snapshot().await, before, "instances touched during the outage");
+    assert_eq!(
+        agent.snapshot().await,
+        before,
+        "instances touched during the outage"
+    );
     assert!(agent.is_running());
     etcd.restart().unwrap();
 

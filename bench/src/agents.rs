@@ -96,7 +96,6 @@ async fn watch_assignments(
             }
         }
     }
-    eprintln!("warning: the assignments watch ended; fake agents stopped");
 }
 
 /// Writes `running` for each assignment, draining whatever queued up while

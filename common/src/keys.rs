@@ -35,6 +35,29 @@ pub fn node_admin(n: &NodeName) -> String {
     format!("{ROOT}nodes/{n}/admin")
 }
 
+/// `/nubo/v1/nodes/<node>/health` (`NodeHealth`, written by the leading
+/// coordinator's failure handling; see `docs/failure-handling.md`).
+pub fn node_health(n: &NodeName) -> String {
+    format!("{ROOT}nodes/{n}/health")
+}
+
+/// The node of a `/nubo/v1/nodes/<node>/health` key. (Kept out of [`Key`]
+/// so that exhaustive matches on [`Key`] elsewhere keep compiling.)
+pub fn parse_node_health(key: &str) -> Option<NodeName> {
+    let rest = key.strip_prefix(ROOT)?.strip_prefix("nodes/")?;
+    let n = rest.strip_suffix("/health")?;
+    if n.contains('/') {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// `/nubo/v1/config/evacuation` (`EvacuationConfig`): the cluster-wide
+/// switch of automatic evacuation (absent = enabled).
+pub fn evacuation_config() -> String {
+    format!("{ROOT}config/evacuation")
+}
+
 /// `/nubo/v1/flavors/`
 pub fn flavors_prefix() -> String {
     format!("{ROOT}flavors/")
@@ -309,6 +332,15 @@ mod tests {
             parse(&keypair(&proj, "k1")),
             Some(Key::Keypair(proj, "k1".into()))
         );
+    }
+
+    #[test]
+    fn node_health_keys_parse_back() {
+        let n = NodeName::new("node-1").unwrap();
+        assert_eq!(parse_node_health(&node_health(&n)), Some(n.clone()));
+        assert_eq!(parse_node_health(&node_alive(&n)), None);
+        assert_eq!(parse_node_health("/nubo/v1/nodes/a/b/health"), None);
+        assert_eq!(parse(&node_health(&n)), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
@@ -67,10 +68,52 @@ pub struct Config {
     pub placement: Placement,
     /// Log format (used by the binary).
     pub log_format: LogFormat,
-    /// TTL in seconds of the lease holding registration and leadership.
+    /// TTL in seconds of the lease holding registration and leadership
+    /// (default [`DEFAULT_LEASE_TTL_SECS`]): a killed leader is replaced
+    /// after about this long.
     pub lease_ttl_secs: i64,
     /// TLS towards etcd (rejected at start: not supported yet).
     pub etcd_tls: Option<TlsPaths>,
+    /// Failure handling timings (see `docs/failure-handling.md`).
+    pub failure: FailureConfig,
+}
+
+/// Default coordinator lease TTL: etcd's smallest effective lease TTL with
+/// its default election timeout (1 s → minimum TTL 1.5 s, rounded up to 2 s),
+/// so a killed leader is replaced in ≈ 2 s.
+pub const DEFAULT_LEASE_TTL_SECS: i64 = 2;
+
+/// Failure handling timings of the leader. Defaults assume the agent's
+/// lease TTL of 5 s and self-fence after 4 s without a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureConfig {
+    /// Time, on this coordinator's monotonic clock, between noticing that a
+    /// node's alive key is gone and fencing it (default 3 s). Measured from
+    /// the moment *this* leader saw it gone, so a new leader waits again.
+    pub suspect_grace: Duration,
+    /// Longest a `Fencer` call may take before it counts as failed and is
+    /// retried (default 10 s). A node is never evacuated unless fenced.
+    pub fence_timeout: Duration,
+    /// Interval between evacuation passes of a fenced node whose instances
+    /// could not all be placed (default 10 s).
+    pub evacuation_retry: Duration,
+    /// Period of the leader's failure-handling loop (default 250 ms).
+    pub tick: Duration,
+    /// Pause before each move of an evacuation pass (default 0: rate
+    /// limiting for very large nodes; tests use it to stop a leader half-way).
+    pub move_delay: Duration,
+}
+
+impl Default for FailureConfig {
+    fn default() -> Self {
+        Self {
+            suspect_grace: Duration::from_secs(3),
+            fence_timeout: Duration::from_secs(10),
+            evacuation_retry: Duration::from_secs(10),
+            tick: Duration::from_millis(250),
+            move_delay: Duration::ZERO,
+        }
+    }
 }
 
 impl Config {
@@ -87,8 +130,15 @@ impl Config {
             disk_ratio: 1.0,
             placement: Placement::Spread,
             log_format: LogFormat::Text,
-            lease_ttl_secs: 5,
+            lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
             etcd_tls: None,
+            failure: FailureConfig {
+                suspect_grace: Duration::from_millis(500),
+                fence_timeout: Duration::from_secs(5),
+                evacuation_retry: Duration::from_millis(500),
+                tick: Duration::from_millis(100),
+                move_delay: Duration::ZERO,
+            },
         }
     }
 
@@ -121,6 +171,12 @@ impl Config {
                 "lease-ttl must be 1..=3600 seconds".into(),
             ));
         }
+        let f = &self.failure;
+        if f.tick.is_zero() || f.fence_timeout.is_zero() || f.evacuation_retry.is_zero() {
+            return Err(ServeError::Config(
+                "failure tick, fence-timeout and evacuation-retry must be positive".into(),
+            ));
+        }
         if self.etcd_tls.is_some() {
             return Err(ServeError::Config(
                 "TLS towards etcd is not supported yet; remove the [etcd_tls] section".into(),
@@ -145,6 +201,11 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     lease_ttl_secs: Option<i64>,
     etcd_tls: Option<TlsPaths>,
+    suspect_grace_secs: Option<f64>,
+    fence_timeout_secs: Option<f64>,
+    evacuation_retry_secs: Option<f64>,
+    failure_tick_ms: Option<u64>,
+    evacuation_move_delay_ms: Option<u64>,
 }
 
 /// Command-line flags of `nubo-coordinator`; each overrides the file.
@@ -185,6 +246,18 @@ pub struct Cli {
     /// Log format (default text); the level comes from RUST_LOG.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// TTL in seconds of the coordinator lease (leader failover time; default 2).
+    #[arg(long)]
+    pub lease_ttl: Option<i64>,
+    /// Seconds between a node's alive key vanishing and fencing it (default 3).
+    #[arg(long)]
+    pub suspect_grace: Option<f64>,
+    /// Seconds a fencing call may take before it is retried (default 10).
+    #[arg(long)]
+    pub fence_timeout: Option<f64>,
+    /// Seconds between evacuation retries of unplaceable instances (default 10).
+    #[arg(long)]
+    pub evacuation_retry: Option<f64>,
 }
 
 impl Cli {
@@ -220,11 +293,48 @@ impl Cli {
             disk_ratio: self.disk_ratio.or(f.disk_ratio).unwrap_or(1.0),
             placement: self.placement.or(f.placement).unwrap_or_default(),
             log_format: self.log_format.or(f.log_format).unwrap_or_default(),
-            lease_ttl_secs: f.lease_ttl_secs.unwrap_or(5),
+            lease_ttl_secs: self
+                .lease_ttl
+                .or(f.lease_ttl_secs)
+                .unwrap_or(DEFAULT_LEASE_TTL_SECS),
             etcd_tls: f.etcd_tls,
+            failure: {
+                let d = FailureConfig::default();
+                FailureConfig {
+                    suspect_grace: secs(
+                        "suspect-grace",
+                        self.suspect_grace.or(f.suspect_grace_secs),
+                        d.suspect_grace,
+                    )?,
+                    fence_timeout: secs(
+                        "fence-timeout",
+                        self.fence_timeout.or(f.fence_timeout_secs),
+                        d.fence_timeout,
+                    )?,
+                    evacuation_retry: secs(
+                        "evacuation-retry",
+                        self.evacuation_retry.or(f.evacuation_retry_secs),
+                        d.evacuation_retry,
+                    )?,
+                    tick: f.failure_tick_ms.map_or(d.tick, Duration::from_millis),
+                    move_delay: f
+                        .evacuation_move_delay_ms
+                        .map_or(d.move_delay, Duration::from_millis),
+                }
+            },
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// A duration in seconds from the file or a flag.
+fn secs(name: &str, v: Option<f64>, default: Duration) -> Result<Duration, ServeError> {
+    match v {
+        None => Ok(default),
+        Some(v) => Duration::try_from_secs_f64(v).map_err(|_| {
+            ServeError::Config(format!("{name} must be a non-negative number of seconds"))
+        }),
     }
 }
 
@@ -269,6 +379,27 @@ mod tests {
         assert_eq!(cfg.ram_ratio, 1.0);
         assert_eq!(cfg.placement, Placement::Pack);
         assert_eq!(cfg.health_listen, "0.0.0.0:7401".parse().unwrap());
+        assert_eq!(cfg.lease_ttl_secs, DEFAULT_LEASE_TTL_SECS);
+        assert_eq!(cfg.failure, FailureConfig::default());
+    }
+
+    #[test]
+    fn failure_timings_come_from_file_and_flags() {
+        let file = parse_file("suspect_grace_secs = 7.5\nlease_ttl_secs = 4\n").unwrap();
+        let cli = Cli {
+            fence_timeout: Some(2.0),
+            lease_ttl: Some(3),
+            ..Cli::default()
+        };
+        let cfg = cli.merge(file).unwrap();
+        assert_eq!(cfg.failure.suspect_grace, Duration::from_millis(7500));
+        assert_eq!(cfg.failure.fence_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.lease_ttl_secs, 3);
+        let bad = Cli {
+            suspect_grace: Some(-1.0),
+            ..Cli::default()
+        };
+        assert!(bad.merge(FileConfig::default()).is_err());
     }
 
     #[test]

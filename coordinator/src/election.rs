@@ -1,13 +1,23 @@
 //! Registration (`keys::coordinator(id)`) and leader election
-//! (`keys::election()`), both bound to one etcd lease: the leader is the
-//! coordinator whose create-if-absent put of the election key succeeded;
-//! when its lease expires (crash, partition) the key vanishes and a peer
-//! takes over within a lease TTL.
+//! (`keys::election()`), both bound to one etcd lease.
+//!
+//! The leader is the coordinator whose create-if-absent put of the election
+//! key (on its lease) succeeded. Followers do not poll: they WATCH the
+//! election key and campaign again the moment it is deleted, which happens
+//! when the leader's lease expires (kill -9, partition: ≈ one lease TTL) or
+//! when the leader resigns (clean shutdown revokes the lease: immediate).
+//!
+//! Leader-only writes (node health, automatic evacuation) additionally
+//! compare `lease(election key) == our lease` inside their transaction (see
+//! [`leader_guard`]), so a deposed leader that has not noticed yet can never
+//! write.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use nubo_common::keys;
 use tokio::sync::watch;
 
@@ -22,12 +32,19 @@ struct Inner {
     is_leader: bool,
     leader_id: String,
     registered: bool,
+    lease: i64,
 }
 
 impl LeaderState {
     /// True while this coordinator holds the election key on a live lease.
     pub fn is_leader(&self) -> bool {
         self.snapshot().is_leader
+    }
+
+    /// The lease holding the election key while this coordinator leads.
+    pub fn leader_lease(&self) -> Option<i64> {
+        let s = self.snapshot();
+        s.is_leader.then_some(s.lease)
     }
 
     /// The id of the current leader, if known.
@@ -49,8 +66,14 @@ impl LeaderState {
     }
 }
 
+/// The transaction compare that makes a write conditional on `lease` still
+/// holding the election key (i.e. on this coordinator still leading).
+pub fn leader_guard(lease: i64) -> Compare {
+    Compare::lease(keys::election(), CompareOp::Equal, lease)
+}
+
 /// Runs registration + election until `shutdown`; on shutdown revokes the
-/// lease so a peer takes over at once.
+/// lease (resigning) so a peer takes over at once.
 pub async fn run(
     client: Client,
     id: String,
@@ -67,23 +90,32 @@ pub async fn run(
         state.set(|s| {
             s.is_leader = false;
             s.registered = false;
+            s.lease = 0;
         });
         if lease_id != 0 {
-            let _ = client.lease_client().revoke(lease_id).await;
+            let mut leases = client.lease_client();
+            let _ = tokio::time::timeout(Duration::from_secs(2), leases.revoke(lease_id)).await;
         }
         if *shutdown.borrow() {
+            tracing::info!(coordinator = %id, "resigned (lease revoked)");
             return;
         }
         if let Err(e) = r {
             tracing::warn!(coordinator = %id, error = %e, "election session lost; starting a new one");
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }
 
+fn lost(msg: String) -> etcd_client::Error {
+    etcd_client::Error::LeaseKeepAliveError(msg)
+}
+
+/// One lease: keeps it alive (every TTL/3, each renewal bounded by TTL/3)
+/// while campaigning; returns when the lease is lost.
 async fn session(
     client: &Client,
     id: &str,
@@ -94,6 +126,7 @@ async fn session(
     let mut leases = client.lease_client();
     let lease = leases.grant(ttl, None).await?.id();
     *lease_out = lease;
+    state.set(|s| s.lease = lease);
     let mut kv = client.kv_client();
     kv.put(
         keys::coordinator(id),
@@ -106,8 +139,39 @@ async fn session(
     .await?;
     state.set(|s| s.registered = true);
     let (mut keeper, mut stream) = leases.keep_alive(lease).await?;
-    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+    let period = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).max(200));
+    let keep = async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let renewed = tokio::time::timeout(period, async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await
+            .map_err(|_| lost(format!("lease {lease:x}: renewal timed out")))??;
+            match renewed {
+                Some(r) if r.ttl() > 0 => {}
+                _ => return Err(lost(format!("lease {lease:x} expired"))),
+            }
+        }
+    };
+    tokio::select! {
+        r = keep => r,
+        r = campaign(client, id, lease, state) => r,
+    }
+}
+
+/// Campaigns, then watches the election key; campaigns again as soon as it
+/// is deleted. Never returns `Ok`.
+async fn campaign(
+    client: &Client,
+    id: &str,
+    lease: i64,
+    state: &LeaderState,
+) -> Result<(), etcd_client::Error> {
     let key = keys::election();
+    let mut kv = client.kv_client();
+    let mut watch = client.watch_client();
     loop {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -118,37 +182,61 @@ async fn session(
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = kv.txn(txn).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let (leader, holder) = if resp.succeeded() {
             (true, id.to_string())
         } else {
             match resp.op_responses().into_iter().next() {
                 Some(TxnOpResponse::Get(g)) => match g.kvs().first() {
-                    Some(kv) => {
-                        let holder = String::from_utf8_lossy(kv.value()).into_owned();
-                        (kv.lease() == lease && holder == id, holder)
-                    }
-                    None => (false, String::new()),
+                    Some(kv) => (
+                        kv.lease() == lease,
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                    ),
+                    // Deleted between the compare and the get: try again.
+                    None => continue,
                 },
                 _ => (false, String::new()),
             }
         };
-        let was = state.is_leader();
-        state.set(|s| {
-            s.is_leader = leader;
-            s.leader_id = holder;
-        });
-        if leader != was {
-            tracing::info!(coordinator = %id, leader, "leadership changed");
-        }
-        tokio::time::sleep(period).await;
-        keeper.keep_alive().await?;
-        match stream.message().await? {
-            Some(r) if r.ttl() > 0 => {}
-            _ => {
-                return Err(etcd_client::Error::LeaseKeepAliveError(format!(
-                    "lease {lease:x} expired"
-                )))
+        publish(state, id, leader, holder);
+        let (_watcher, mut events) = watch
+            .watch(
+                key.as_str(),
+                Some(WatchOptions::new().with_start_revision(rev + 1)),
+            )
+            .await?;
+        'watching: loop {
+            let Some(msg) = events.message().await? else {
+                return Err(lost("election watch closed".into()));
+            };
+            if msg.canceled() || msg.compact_revision() > 0 {
+                break 'watching;
+            }
+            for ev in msg.events() {
+                match (ev.event_type(), ev.kv()) {
+                    (EventType::Delete, _) => {
+                        tracing::debug!(coordinator = %id, "election key deleted; campaigning");
+                        break 'watching;
+                    }
+                    (EventType::Put, Some(kv)) => {
+                        let holder = String::from_utf8_lossy(kv.value()).into_owned();
+                        publish(state, id, kv.lease() == lease, holder);
+                    }
+                    _ => {}
+                }
             }
         }
+        publish(state, id, false, String::new());
+    }
+}
+
+fn publish(state: &LeaderState, id: &str, leader: bool, holder: String) {
+    let was = state.is_leader();
+    state.set(|s| {
+        s.is_leader = leader;
+        s.leader_id = holder.clone();
+    });
+    if leader != was {
+        tracing::info!(coordinator = %id, leader, leader_id = %holder, "leadership changed");
     }
 }

@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use nubo_common::model::{Node, NodeAdmin, NodeUsage, Resources, ServerGroupPolicy};
+use nubo_common::model::{
+    Node, NodeAdmin, NodeHealth, NodeHealthState, NodeUsage, Resources, ServerGroupPolicy,
+};
 use nubo_common::NodeName;
 
 use crate::config::Placement;
@@ -24,6 +26,18 @@ pub struct NodeState {
     /// The usage key holds a value that does not decode: never place there
     /// (a transaction would overwrite what an operator must look at).
     pub usage_corrupt: bool,
+    /// `/nodes/<n>/health` (failure handling), when written.
+    pub health: Option<NodeHealth>,
+}
+
+impl NodeState {
+    /// The node is fenced or evacuated: nothing is placed there until the
+    /// leader has marked it `up` again (and unfenced it).
+    pub fn fenced(&self) -> bool {
+        self.health.as_ref().is_some_and(|h| {
+            matches!(h.state, NodeHealthState::Fenced | NodeHealthState::Evacuated)
+        })
+    }
 }
 
 /// Overcommit ratios.
@@ -149,7 +163,7 @@ pub fn candidates<'n>(
         };
         if st.usage_corrupt {
             rej.unusable += 1;
-        } else if !st.alive {
+        } else if !st.alive || st.fenced() {
             rej.dead += 1;
         } else if !st.admin.enabled {
             rej.disabled += 1;
@@ -222,6 +236,7 @@ mod tests {
             },
             usage_rev: 0,
             usage_corrupt: false,
+            health: None,
         };
         (n, st)
     }
@@ -271,9 +286,16 @@ mod tests {
         dead.1.alive = false;
         let mut off = node("off", 4, 8192, 0, "nova");
         off.1.admin.enabled = false;
+        let mut fenced = node("fenced", 4, 8192, 0, "nova");
+        fenced.1.health = Some(nubo_common::model::NodeHealth {
+            state: NodeHealthState::Fenced,
+            since: nubo_common::model::now(),
+            reason: String::new(),
+        });
         let nodes: BTreeMap<_, _> = [
             dead,
             off,
+            fenced,
             node("az2", 4, 8192, 0, "other"),
             node("full", 4, 8192, 8000, "nova"),
             node("ok", 4, 8192, 0, "nova"),
@@ -289,9 +311,9 @@ mod tests {
         assert_eq!(
             rej,
             Rejections {
-                total: 5,
+                total: 6,
                 unusable: 0,
-                dead: 1,
+                dead: 2,
                 disabled: 1,
                 zone: 1,
                 group: 0,
@@ -300,7 +322,7 @@ mod tests {
         );
         let msg = rej.explain(&r);
         assert!(msg.starts_with("no capacity"), "{msg}");
-        assert!(msg.contains("1 not alive"), "{msg}");
+        assert!(msg.contains("2 not alive"), "{msg}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ struct Slot {
     /// Highest revision applied to the usage key (puts and deletes), so a
     /// late watch event never rolls back a newer local update.
     usage_seen: i64,
+    /// Highest revision applied to the health key.
+    health_seen: i64,
 }
 
 impl Default for ClusterView {
@@ -137,6 +139,23 @@ impl ClusterView {
         }
     }
 
+    /// Every registered node, in name order.
+    pub fn all(&self) -> Vec<(NodeName, NodeState)> {
+        self.page(None, usize::MAX).0
+    }
+
+    /// Records a health value read or written at `rev`, unless something
+    /// newer is known.
+    pub fn record_health(&self, n: &NodeName, health: Option<model::NodeHealth>, rev: i64) {
+        let mut map = self.write();
+        let slot = map.entry(n.clone()).or_default();
+        if rev < slot.health_seen {
+            return;
+        }
+        slot.health_seen = rev;
+        slot.state.health = health;
+    }
+
     /// Records an undecodable usage value.
     fn record_corrupt_usage(&self, n: &NodeName, rev: i64) {
         let mut map = self.write();
@@ -168,6 +187,21 @@ impl ClusterView {
 
     fn apply(&self, kv: &KeyValue, deleted: bool) {
         let key = kv_key(kv);
+        if let Some(n) = keys::parse_node_health(key) {
+            let health = if deleted {
+                None
+            } else {
+                match model::decode::<model::NodeHealth>(key, kv.value()) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "unreadable node health; treated as absent");
+                        None
+                    }
+                }
+            };
+            self.record_health(&n, health, kv.mod_revision());
+            return;
+        }
         let Some(parsed) = keys::parse(key) else {
             return;
         };
@@ -278,6 +312,12 @@ impl ClusterView {
                     }
                 }
                 slot.usage_seen = slot.usage_seen.max(slot.state.usage_rev);
+                if let Some(old) = map.get(n) {
+                    if old.health_seen > rev {
+                        slot.state.health = old.state.health.clone();
+                        slot.health_seen = old.health_seen;
+                    }
+                }
             }
             *map = fresh;
         }

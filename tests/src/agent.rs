@@ -130,7 +130,7 @@ impl Agent {
         let alive_key = format!("/nubo/v1/nodes/{node}/alive");
         let daemon = &mut self.daemon;
         wait_until(START_TIMEOUT, &format!("agent {node} to be ready"), || {
-            daemon.check_running()?;
+            daemon.check_running().map_err(crate::wait::fatal)?;
             if daemon.current_log().contains("nubo-agent ready") {
                 return Ok(true);
             }

@@ -1,5 +1,6 @@
 //! A whole control plane in processes: etcd, coordinators and fake agents.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -8,6 +9,7 @@ use crate::agent::{Agent, AgentOpts};
 use crate::cli::Cli;
 use crate::coordinator::Coordinator;
 use crate::etcd::Etcd;
+use crate::netns::Host;
 
 /// Builds a [`Cluster`].
 #[derive(Debug, Clone)]
@@ -16,9 +18,39 @@ pub struct ClusterBuilder {
     agents: usize,
     agent_template: AgentOpts,
     coordinator_args: Vec<String>,
+    listen_ip: Option<IpAddr>,
+    hosts: Vec<(String, IpAddr)>,
 }
 
 impl ClusterBuilder {
+    /// Runs the agents on simulated hosts: agent `i` inside `hosts[i]`'s
+    /// namespace with `--underlay-ip` its address, and etcd plus the
+    /// coordinators on the underlay bridge address so the hosts reach them.
+    /// Sets the number of agents to `hosts.len()`.
+    pub fn on_hosts(mut self, hosts: &[&Host]) -> Self {
+        self.hosts = hosts
+            .iter()
+            .map(|h| (h.netns().to_string(), IpAddr::V4(h.ip())))
+            .collect();
+        self.agents = hosts.len();
+        if let Some(h) = hosts.first() {
+            self.listen_ip = Some(IpAddr::V4(h.gateway()));
+        }
+        self
+    }
+
+    /// `--driver` of every agent (default `fake`).
+    pub fn driver(mut self, driver: &str) -> Self {
+        self.agent_template.driver = driver.to_string();
+        self
+    }
+
+    /// Run the agents' network reconcilers (default: `--no-network`).
+    pub fn network(mut self, on: bool) -> Self {
+        self.agent_template.no_network = !on;
+        self
+    }
+
     /// Number of coordinators (default 1).
     pub fn coordinators(mut self, n: usize) -> Self {
         self.coordinators = n;
@@ -64,7 +96,10 @@ impl ClusterBuilder {
     /// each waited for; on any failure everything started so far is stopped.
     pub fn start(self) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("nbt-cluster-").tempdir()?;
-        let etcd = Etcd::start()?;
+        let etcd = match self.listen_ip {
+            Some(ip) => Etcd::start_on(ip)?,
+            None => Etcd::start()?,
+        };
         let mut cluster = Cluster {
             agents: Vec::new(),
             coordinators: Vec::new(),
@@ -75,6 +110,9 @@ impl ClusterBuilder {
             let mut opts =
                 crate::CoordinatorOpts::new(&cluster.etcd.endpoint(), &format!("coord-{i}"));
             opts.extra_args = self.coordinator_args.clone();
+            if let Some(ip) = self.listen_ip {
+                opts.ip = ip;
+            }
             let c = Coordinator::start_with(opts, cluster.dir.path())
                 .with_context(|| format!("starting coordinator coord-{i}"))?;
             cluster.coordinators.push(c);
@@ -83,6 +121,10 @@ impl ClusterBuilder {
             let mut opts = self.agent_template.clone();
             opts.node = format!("node-{i}");
             opts.etcd_endpoints = cluster.etcd.endpoint();
+            if let Some((netns, ip)) = self.hosts.get(i - 1) {
+                opts.netns = Some(netns.clone());
+                opts.underlay_ip = Some(*ip);
+            }
             let a = Agent::start(opts).with_context(|| format!("starting agent node-{i}"))?;
             cluster.agents.push(a);
         }
@@ -111,6 +153,8 @@ impl Cluster {
             agents: 1,
             agent_template: AgentOpts::fake("node", ""),
             coordinator_args: Vec::new(),
+            listen_ip: None,
+            hosts: Vec::new(),
         }
     }
 

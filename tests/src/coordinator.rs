@@ -111,7 +111,7 @@ impl Coordinator {
             START_TIMEOUT,
             &format!("coordinator {} to serve on {grpc}", self.opts.id),
             || {
-                daemon.check_running()?;
+                daemon.check_running().map_err(crate::wait::fatal)?;
                 TcpStream::connect_timeout(&grpc, Duration::from_secs(1))
                     .with_context(|| format!("gRPC port {grpc}"))?;
                 let (status, body) = crate::http::get(health, "/healthz")?;

@@ -10,6 +10,8 @@
 //! - [`Underlay`] and [`Host`] simulate hypervisors as network namespaces;
 //! - [`wait_until`] / [`wait_for`] poll with a deadline.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod cli;
 pub mod cluster;
@@ -28,4 +30,4 @@ pub use coordinator::{Coordinator, CoordinatorOpts};
 pub use etcd::Etcd;
 pub use netns::{Host, Underlay};
 pub use process::{bin_path, pid_alive, Daemon};
-pub use wait::{wait_for, wait_until};
+pub use wait::{fatal, wait_for, wait_until};

@@ -5,13 +5,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+/// An error that ends a wait at once instead of counting as "not yet"
+/// (e.g. the daemon being waited for has exited). Build it with [`fatal`].
+#[derive(Debug)]
+pub struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Wraps `e` so that [`wait_until`] / [`wait_for`] return it immediately.
+pub fn fatal(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Fatal(format!("{e:#}")))
+}
+
 /// Interval between two polls.
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
 /// Calls `check` until it returns `Ok(true)` or `timeout` elapses.
 ///
 /// An `Err` from `check` counts as "not yet" (the system may still be
-/// starting), and is remembered: on timeout the error message names `what`,
+/// starting) unless built with [`fatal`], and is remembered: on timeout the error message names `what`,
 /// the time waited and the last observation (`false`, or the last error).
 pub fn wait_until(
     timeout: Duration,
@@ -39,6 +57,7 @@ pub fn wait_for<T, O: Debug>(
         let last = match observe() {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(o)) => format!("{o:?}"),
+            Err(e) if e.is::<Fatal>() => return Err(e),
             Err(e) => format!("error: {e:#}"),
         };
         if start.elapsed() >= timeout {
@@ -77,6 +96,18 @@ mod tests {
         .to_string();
         assert!(err.contains("waiting for never"), "{err}");
         assert!(err.contains(&format!("seen {n}")), "{err}");
+    }
+
+    #[test]
+    fn fatal_errors_end_the_wait_at_once() {
+        let mut n = 0;
+        let err = wait_until(Duration::from_secs(60), "x", || {
+            n += 1;
+            Err(fatal(anyhow::anyhow!("daemon exited")))
+        })
+        .unwrap_err();
+        assert_eq!(n, 1);
+        assert!(err.to_string().contains("daemon exited"), "{err}");
     }
 
     #[test]

@@ -478,7 +478,7 @@ fn bad_input_fails_with_one_clear_line_and_garbage_in_etcd_is_survived() {
     let agent_pid = cluster.agents[0].pid().unwrap();
     wait_until(CONVERGE, "both daemons to log the garbage key", || {
         let c = cluster.coordinators[0].log().contains(&bad_key);
-        let a = cluster.agents[0].log().contains(bad_id);
+        let a = cluster.agents[0].log().contains(&bad_key);
         Ok(c && a)
     })
     .with_context(|| cluster.logs())

@@ -148,3 +148,77 @@ fn agent_runs_inside_a_host_namespace() {
     assert!(out.to_string().contains("hv-1"), "{out}");
     agent.kill9();
 }
+
+/// A cluster whose agents run on simulated hosts.
+#[test]
+fn cluster_on_hosts_places_servers_on_both_hosts() {
+    let underlay = Underlay::new().unwrap();
+    let (h1, h2) = (underlay.host(1).unwrap(), underlay.host(2).unwrap());
+    let cluster = nubo_tests::Cluster::builder()
+        .on_hosts(&[&h1, &h2])
+        .start()
+        .unwrap();
+    assert!(cluster
+        .etcd
+        .endpoint()
+        .contains(&underlay.gateway().to_string()));
+    for (node, host) in [("node-1", &h1), ("node-2", &h2)] {
+        let v = cluster.etcd.get(&format!("/nubo/v1/nodes/{node}")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&v.expect("node record")).unwrap();
+        assert_eq!(v["underlay_ip"], host.ip().to_string());
+    }
+    let cli = cluster.cli().unwrap();
+    cli.json(&[
+        "flavor", "create", "t", "--vcpus", "1", "--ram", "64", "--disk", "1",
+    ])
+    .unwrap();
+    cli.json(&["image", "create", "i"]).unwrap();
+    cli.json(&["network", "create", "n", "--cidr", "10.21.0.0/24"])
+        .unwrap();
+    cli.json(&[
+        "server",
+        "create",
+        "vm",
+        "--count",
+        "4",
+        "--wait",
+        "--flavor",
+        "t",
+        "--image",
+        "i",
+        "--network",
+        "n",
+    ])
+    .unwrap();
+    let list = nubo_tests::list_items(&cli.json(&["server", "list"]).unwrap()).unwrap();
+    let nodes: std::collections::BTreeSet<&str> =
+        list.iter().filter_map(|s| s["node"].as_str()).collect();
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), ["node-1", "node-2"]);
+}
+
+/// Leftovers of a test process that died without running destructors are
+/// deleted by the next run.
+#[test]
+fn leftovers_of_a_dead_run_are_swept() {
+    use nubo_tests::netns::run;
+    // A pid that certainly is dead: a child we spawned and reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    let dead = child.id();
+    let token = format!("zz{:02}", std::process::id() % 100);
+    let registry = std::env::temp_dir().join("nbt-net");
+    std::fs::create_dir_all(&registry).unwrap();
+    std::fs::write(registry.join(&token), dead.to_string()).unwrap();
+    let bridge = format!("nbt{token}u");
+    let ns = format!("nbt{token}h1");
+    run("ip", &["link", "add", &bridge, "type", "bridge"]).unwrap();
+    run("ip", &["netns", "add", &ns]).unwrap();
+
+    let _u = Underlay::new().unwrap();
+    assert!(
+        !link_names().unwrap().contains(&bridge),
+        "{bridge} not swept"
+    );
+    assert!(!netns_names().unwrap().contains(&ns), "{ns} not swept");
+    assert!(!registry.join(&token).exists());
+}

@@ -306,7 +306,10 @@ mod tests {
         let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
         let f = InstanceId::new_random();
         hv.insert_foreign(f).await.unwrap();
-        assert!(matches!(hv.destroy(f).await, Err(HypervisorError::Foreign(_))));
+        assert!(matches!(
+            hv.destroy(f).await,
+            Err(HypervisorError::Foreign(_))
+        ));
         let d = desired(PowerState::Stopped);
         hv.create(&d).await.unwrap();
         let st = hv.snapshot().await;

@@ -22,15 +22,17 @@ use nubo_common::{FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_test_writer()
         .try_init();
 }
 
 pub async fn put<T: serde::Serialize>(c: &Client, key: &str, v: &T) {
-    c.kv_client().put(key, model::encode(v), None).await.unwrap();
+    c.kv_client()
+        .put(key, model::encode(v), None)
+        .await
+        .unwrap();
 }
 
 pub async fn put_raw(c: &Client, key: &str, v: &[u8]) {
@@ -139,7 +141,10 @@ impl World {
 pub async fn statuses(c: &Client) -> BTreeMap<InstanceId, (InstanceStatus, i64)> {
     let resp = c
         .kv_client()
-        .get(keys::instances_prefix(), Some(GetOptions::new().with_prefix()))
+        .get(
+            keys::instances_prefix(),
+            Some(GetOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
     let mut out = BTreeMap::new();
@@ -169,7 +174,10 @@ where
         if f().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -76,3 +76,61 @@ impl Default for NodeAdmin {
         }
     }
 }
+
+/// Failure-handling state of a node, as seen by the leading coordinator.
+/// Transitions: `up → suspect` (the alive key vanished) `→ fenced` (grace
+/// passed and storage fencing succeeded) `→ evacuated` (every instance with
+/// policy `auto` moved away); any state `→ up` when the alive key returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeHealthState {
+    /// The agent holds its lease.
+    #[default]
+    Up,
+    /// The alive key is gone; waiting `suspect_grace` before fencing.
+    Suspect,
+    /// Storage-fenced: its instances may be restarted elsewhere.
+    Fenced,
+    /// Fenced and every automatically evacuable instance was moved away.
+    Evacuated,
+}
+
+impl NodeHealthState {
+    /// The lowercase name used in etcd, the API and the CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Suspect => "suspect",
+            Self::Fenced => "fenced",
+            Self::Evacuated => "evacuated",
+        }
+    }
+}
+
+/// `/nubo/v1/nodes/<node>/health`: written by the leading coordinator only
+/// (every write compares that the election key is on its lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// Current state.
+    pub state: NodeHealthState,
+    /// When the state was entered (informational: decisions use the
+    /// coordinator's monotonic clock, never this wall-clock time).
+    pub since: Timestamp,
+    /// Why (human-readable).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `/nubo/v1/config/evacuation`: cluster-wide switch of automatic
+/// evacuation; an absent key means enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvacuationConfig {
+    /// Automatic evacuation of fenced nodes is allowed.
+    pub enabled: bool,
+}
+
+impl Default for EvacuationConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}

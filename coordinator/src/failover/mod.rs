@@ -1,0 +1,371 @@
+//! Failure handling, run by the leader only: the node health state machine
+//! ([`machine`]), storage fencing ([`fencer`]) and evacuation ([`moves`]).
+//! See `docs/failure-handling.md` for the protocol and its timings.
+//!
+//! Every write of this loop compares that the election key is still on this
+//! coordinator's lease, so two coordinators never drive it at once. All its
+//! state is in etcd (`/nodes/<n>/health`, assignments), so a new leader just
+//! continues: nodes still `fenced` with instances assigned get evacuated.
+
+pub mod fencer;
+pub mod machine;
+pub mod moves;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::Txn;
+use futures::StreamExt;
+use nubo_common::keys;
+use nubo_common::model::{
+    self, EvacuationConfig, EvacuationPolicy, NodeHealth, NodeHealthState,
+};
+use nubo_common::NodeName;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::api::Ctx;
+use crate::election::leader_guard;
+use crate::error::{ApiError, ApiResult};
+use crate::store::put;
+use machine::{Observation, Step};
+use moves::{MoveOpts, Moved};
+
+/// Moves of one evacuation pass run concurrently.
+const EVACUATION_CONCURRENCY: usize = 8;
+
+/// The message of instances that could not be re-placed.
+pub const NO_CAPACITY: &str = "evacuation failed: no capacity";
+
+/// What an evacuation pass achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassOutcome {
+    /// Instances moved.
+    pub moved: usize,
+    /// Instances that could not be moved (retried later).
+    pub failed: usize,
+}
+
+#[derive(Default)]
+struct NodeRt {
+    /// When this leader first saw the alive key absent (monotonic).
+    down_since: Option<Instant>,
+    /// The running evacuation pass.
+    pass: Option<JoinHandle<ApiResult<PassOutcome>>>,
+    /// Earliest next pass.
+    next_pass: Option<Instant>,
+    /// Result of the last pass: instances it could not move.
+    last_failed: Option<usize>,
+    /// Last fencing error written, to avoid rewriting the same reason.
+    fence_error: Option<String>,
+}
+
+/// Reads the cluster-wide evacuation switch (absent or unreadable =
+/// enabled: evacuation is the safe default once fenced).
+pub async fn evacuation_enabled(ctx: &Ctx) -> ApiResult<bool> {
+    Ok(ctx
+        .store
+        .get::<EvacuationConfig>(&keys::evacuation_config())
+        .await
+        .unwrap_or(None)
+        .map_or(true, |v| v.value.enabled))
+}
+
+/// Writes a node's health (with the leader guard when `lease` is given) and
+/// records it in the view. Returns false when the guard failed.
+pub async fn write_health(
+    ctx: &Ctx,
+    node: &NodeName,
+    state: NodeHealthState,
+    reason: &str,
+    lease: Option<i64>,
+) -> ApiResult<bool> {
+    let h = NodeHealth {
+        state,
+        since: model::now(),
+        reason: reason.to_string(),
+    };
+    let key = keys::node_health(node);
+    let compares: Vec<_> = lease.map(leader_guard).into_iter().collect();
+    let resp = ctx
+        .store
+        .txn(Txn::new().when(compares).and_then([put(&key, &h)]))
+        .await?;
+    if resp.succeeded() {
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        ctx.view.record_health(node, Some(h), rev);
+        tracing::info!(node = %node, health = state.as_str(), reason, "node health changed");
+    }
+    Ok(resp.succeeded())
+}
+
+/// Fences a node within `fence_timeout`.
+pub async fn fence(ctx: &Ctx, node: &NodeName) -> Result<(), String> {
+    match tokio::time::timeout(ctx.cfg.failure.fence_timeout, ctx.fencer.fence(node)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "fencing did not complete within {:?}",
+            ctx.cfg.failure.fence_timeout
+        )),
+    }
+}
+
+/// One evacuation pass over `node`: moves every instance whose policy is in
+/// `policies`. Instances that do not fit anywhere get status error
+/// [`NO_CAPACITY`] and stay assigned to `node`.
+pub async fn evacuation_pass(
+    ctx: &Ctx,
+    node: &NodeName,
+    policies: &[EvacuationPolicy],
+    lease: Option<i64>,
+) -> ApiResult<(PassOutcome, Vec<(nubo_common::InstanceId, ApiResult<Moved>)>)> {
+    let insts = ctx.assigned_instances(node).await?;
+    let todo: Vec<_> = insts
+        .into_iter()
+        .filter(|i| policies.contains(&i.evacuation))
+        .map(|i| i.id)
+        .collect();
+    let delay = ctx.cfg.failure.move_delay;
+    let results: Vec<_> = futures::stream::iter(todo)
+        .map(|id| {
+            let span = tracing::info_span!("evacuate", node = %node, instance = %id);
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let opts = MoveOpts {
+                    leader_lease: lease,
+                    power: None,
+                };
+                let r = ctx.move_instance(id, node, opts).await;
+                if let Err(ApiError::ResourceExhausted(why)) = &r {
+                    tracing::warn!(instance = %id, node = %node, why, "cannot evacuate: no capacity");
+                    let _ = ctx
+                        .mark_move_failed(id, node, NO_CAPACITY, lease)
+                        .await
+                        .map_err(|e| tracing::warn!(instance = %id, error = %e, "could not record the failure"));
+                }
+                (id, r)
+            }
+            .instrument(span)
+        })
+        .buffer_unordered(EVACUATION_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = PassOutcome::default();
+    for (_, r) in &results {
+        match r {
+            Ok(Moved::To(_)) => out.moved += 1,
+            Ok(Moved::AlreadyGone) => {}
+            Err(_) => out.failed += 1,
+        }
+    }
+    Ok((out, results))
+}
+
+/// The leader's failure-handling loop; idle while following.
+pub async fn run(ctx: Ctx, mut shutdown: watch::Receiver<bool>) {
+    let mut rts: HashMap<NodeName, NodeRt> = HashMap::new();
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.cfg.failure.tick) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        let Some(lease) = ctx.leader.leader_lease() else {
+            if leading {
+                tracing::info!("no longer leader: failure handling paused");
+                abort_all(&mut rts);
+                leading = false;
+            }
+            continue;
+        };
+        if !leading {
+            tracing::info!("leader: failure handling active");
+            rts.clear();
+            leading = true;
+        }
+        if let Err(e) = tick(&ctx, lease, &mut rts).await {
+            tracing::warn!(error = %e, "failure handling tick failed");
+        }
+    }
+    abort_all(&mut rts);
+}
+
+fn abort_all(rts: &mut HashMap<NodeName, NodeRt>) {
+    for rt in rts.values_mut() {
+        if let Some(p) = rt.pass.take() {
+            p.abort();
+        }
+    }
+    rts.clear();
+}
+
+async fn tick(ctx: &Ctx, lease: i64, rts: &mut HashMap<NodeName, NodeRt>) -> ApiResult<()> {
+    let now = Instant::now();
+    let mut switch: Option<bool> = None;
+    for (name, st) in ctx.view.all() {
+        let rt = rts.entry(name.clone()).or_default();
+        if st.alive {
+            rt.down_since = None;
+        } else if rt.down_since.is_none() {
+            rt.down_since = Some(now);
+        }
+        // Collect a finished pass.
+        if rt.pass.as_ref().is_some_and(|p| p.is_finished()) {
+            if let Some(p) = rt.pass.take() {
+                match p.await {
+                    Ok(Ok(o)) => {
+                        tracing::info!(node = %name, moved = o.moved, failed = o.failed, "evacuation pass done");
+                        rt.last_failed = Some(o.failed);
+                        if o.failed > 0 {
+                            rt.next_pass = Some(now + ctx.cfg.failure.evacuation_retry);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(node = %name, error = %e, "evacuation pass failed");
+                        rt.next_pass = Some(now + ctx.cfg.failure.evacuation_retry);
+                    }
+                    Err(e) => tracing::warn!(node = %name, error = %e, "evacuation pass aborted"),
+                }
+            }
+        }
+        let stored = st.health.as_ref().map(|h| h.state);
+        let fenced_down = stored == Some(NodeHealthState::Fenced) && !st.alive;
+        let mut auto_left = None;
+        let mut enabled = true;
+        let due = rt.pass.is_none() && rt.next_pass.is_none_or(|t| t <= now);
+        if fenced_down && due {
+            auto_left = Some(
+                ctx.assigned_instances(&name)
+                    .await?
+                    .iter()
+                    .filter(|i| i.evacuation == EvacuationPolicy::Auto)
+                    .count(),
+            );
+            enabled = match switch {
+                Some(s) => s,
+                None => *switch.insert(evacuation_enabled(ctx).await?),
+            };
+        }
+        let obs = Observation {
+            stored,
+            alive: st.alive,
+            down_for: rt.down_since.map(|t| now.saturating_duration_since(t)),
+            auto_left,
+            evacuation_enabled: enabled,
+            evacuation_due: due,
+        };
+        let span = tracing::info_span!("node_health", node = %name);
+        match machine::step(&obs, ctx.cfg.failure.suspect_grace) {
+            Step::Nothing => {
+                if fenced_down && due && !enabled {
+                    let reason = "automatic evacuation is disabled cluster-wide";
+                    if st.health.as_ref().is_some_and(|h| h.reason != reason) {
+                        write_health(ctx, &name, NodeHealthState::Fenced, reason, Some(lease))
+                            .instrument(span)
+                            .await?;
+                    }
+                }
+            }
+            Step::MarkUp { unfence } => {
+                async {
+                    if unfence {
+                        if let Err(e) = ctx.fencer.unfence(&name).await {
+                            tracing::warn!(node = %name, error = %e, "unfencing failed; retrying");
+                            return Ok(false);
+                        }
+                    }
+                    rt.fence_error = None;
+                    rt.last_failed = None;
+                    rt.next_pass = None;
+                    write_health(ctx, &name, NodeHealthState::Up, "agent alive", Some(lease)).await
+                }
+                .instrument(span)
+                .await?;
+            }
+            Step::MarkSuspect => {
+                write_health(
+                    ctx,
+                    &name,
+                    NodeHealthState::Suspect,
+                    "alive key gone: the agent's lease expired",
+                    Some(lease),
+                )
+                .instrument(span)
+                .await?;
+            }
+            Step::Fence => {
+                async {
+                    match fence(ctx, &name).await {
+                        Ok(()) => {
+                            write_health(
+                                ctx,
+                                &name,
+                                NodeHealthState::Fenced,
+                                "storage fenced after the suspect grace",
+                                Some(lease),
+                            )
+                            .await
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %name, error = %e, "fencing failed; retrying");
+                            if rt.fence_error.as_deref() == Some(e.as_str()) {
+                                return Ok(false);
+                            }
+                            rt.fence_error = Some(e.clone());
+                            write_health(
+                                ctx,
+                                &name,
+                                NodeHealthState::Suspect,
+                                &format!("fencing failed, retrying: {e}"),
+                                Some(lease),
+                            )
+                            .await
+                        }
+                    }
+                }
+                .instrument(span)
+                .await?;
+            }
+            Step::Evacuate => {
+                let (c, n) = (ctx.clone(), name.clone());
+                tracing::info!(node = %name, auto_left = ?auto_left, "starting an evacuation pass");
+                rt.pass = Some(tokio::spawn(
+                    async move {
+                        evacuation_pass(&c, &n, &[EvacuationPolicy::Auto], Some(lease))
+                            .await
+                            .map(|(o, _)| o)
+                    }
+                    .instrument(span),
+                ));
+            }
+            Step::MarkEvacuated => {
+                write_health(
+                    ctx,
+                    &name,
+                    NodeHealthState::Evacuated,
+                    "every instance with evacuation policy auto was moved",
+                    Some(lease),
+                )
+                .instrument(span)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps `d` or until shutdown; true on shutdown.
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    }
+}
+
+/// Keeps the compiler honest about `Arc` use in signatures.
+pub type SharedFencer = Arc<dyn fencer::Fencer>;
