@@ -17,7 +17,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::compute::Compute;
 use crate::config::{AgentConfig, DriverKind};
 use crate::desired;
-use crate::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError};
+use crate::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError, NetnsHypervisor};
 use crate::mirror::{Mirror, MirrorHandle};
 use crate::reconciler::{reconcile_all, Subsystem};
 use crate::registration::Liveness;
@@ -37,6 +37,9 @@ pub enum AgentError {
     /// The etcd client could not be built (bad endpoint URL).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The network subsystems could not be set up.
+    #[error("network: {0}")]
+    Network(String),
 }
 
 /// Opens the driver selected by `cfg.driver`.
@@ -46,7 +49,11 @@ pub fn open_driver(cfg: &AgentConfig) -> Result<Arc<dyn Hypervisor>, HypervisorE
             &cfg.state_dir,
             cfg.fake_boot,
         )?)),
-        DriverKind::Netns => Err(HypervisorError::Unavailable("netns")),
+        DriverKind::Netns => Ok(Arc::new(NetnsHypervisor::open(
+            &cfg.netns_prefix,
+            &cfg.state_dir,
+            u32::from(cfg.underlay_mtu.saturating_sub(50).max(68)),
+        )?)),
         DriverKind::Libvirt => Err(HypervisorError::Unavailable("libvirt")),
     }
 }
@@ -82,11 +89,21 @@ pub async fn run_with_hypervisor(
                 .run()
                 .in_current_span(),
         );
-        // Subsystems run in this order on every pass. Network, firewall,
-        // DHCP and metadata reconcilers are appended here (after compute,
-        // skipped with `--no-network`); see `reconciler` module docs.
-        let subsystems: Vec<Box<dyn Subsystem>> =
+        // Subsystems run in this order on every pass: compute creates the
+        // guests and their taps, then overlay, firewall, DHCP, metadata
+        // (skipped with `--no-network`); see `reconciler` module docs.
+        let mut subsystems: Vec<Box<dyn Subsystem>> =
             vec![Box::new(Compute::new(cfg.node.clone(), hv, client))];
+        if !cfg.no_network {
+            subsystems.extend(
+                crate::network::subsystems(
+                    cfg.underlay_ip,
+                    cfg.underlay_mtu,
+                    &cfg.availability_zone,
+                )
+                .map_err(|e| AgentError::Network(e.to_string()))?,
+            );
+        }
         tokio::select! {
             () = shutdown => info!("shutdown requested; leaving instances running"),
             () = reconcile_loop(&cfg, handle, registered, subsystems) => {}
@@ -109,6 +126,7 @@ async fn reconcile_loop(
         return;
     }
     let mut ready = false;
+    let mut first_pass = true;
     loop {
         handle.changes.borrow_and_update();
         let desired = {
@@ -119,7 +137,14 @@ async fn reconcile_loop(
         let outcome = reconcile_all(&mut subsystems, &desired)
             .instrument(span)
             .await;
-        if outcome.actions > 0 {
+        if std::mem::take(&mut first_pass) {
+            // On a converged node (e.g. after a restart) this says 0.
+            info!(
+                actions = outcome.actions,
+                failures = outcome.failures,
+                "first reconcile pass done"
+            );
+        } else if outcome.actions > 0 {
             info!(actions = outcome.actions, "reconcile pass done");
         }
         let next_periodic = Instant::now()

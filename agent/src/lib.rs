@@ -4,7 +4,9 @@
 //! ([`registration`]), mirrors `/nubo/v1/` into a typed cache ([`mirror`],
 //! [`cache`]), derives this node's [`desired::DesiredNode`] with a pure
 //! function, and hands it to each [`reconciler::Subsystem`] in turn —
-//! [`compute`] first, driving a [`hypervisor::Hypervisor`].
+//! [`compute`] first, driving a [`hypervisor::Hypervisor`] (fake or
+//! [`hypervisor::NetnsHypervisor`]), then the [`network`] subsystems
+//! (overlay, firewall, DHCP, metadata) unless `--no-network`.
 //!
 //! Embed it with [`run`] (driver from the configuration) or
 //! [`run_with_hypervisor`]:
@@ -25,6 +27,7 @@ pub mod config;
 pub mod desired;
 pub mod hypervisor;
 pub mod mirror;
+pub mod network;
 pub mod notify;
 pub mod reconciler;
 pub mod registration;
@@ -36,4 +39,4 @@ mod testutil;
 pub use agent::{open_driver, run, run_with_hypervisor, AgentError};
 pub use config::{AgentConfig, Cli, DriverKind, LogFormat};
 pub use desired::DesiredNode;
-pub use hypervisor::{FakeHypervisor, Hypervisor, ObservedInstance};
+pub use hypervisor::{FakeHypervisor, Hypervisor, NetnsHypervisor, ObservedInstance};

@@ -1,9 +1,8 @@
 //! The reconcile loop: every subsystem is handed the same [`DesiredNode`]
-//! snapshot, in order. Compute is the first and, for now, only subsystem.
+//! snapshot, in order. Compute is the first subsystem.
 //!
-//! Network subsystems plug in here, after compute (which creates the
-//! instances and therefore their taps): in [`crate::agent`] the list built by
-//! `subsystems()` gets, unless `--no-network`,
+//! The network subsystems ([`crate::network`]) follow compute (which creates
+//! the instances and therefore their taps), unless `--no-network`:
 //!   - `network`  (nubo-overlay: bridges `nb-<vni>`, VXLAN `vx-<vni>`, FDB
 //!     from `DesiredNetwork::remote_vteps`/`remote_macs`, taps on bridges),
 //!   - `firewall` (nubo-firewall: one `nft -f` batch from the ports'

@@ -41,8 +41,8 @@ struct Cli {
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// Project to act in (default: the server's default project).
-    #[arg(long, global = true, env = "NUBO_PROJECT", default_value = "")]
-    project: String,
+    #[arg(long, global = true, env = "NUBO_PROJECT")]
+    project: Option<String>,
     #[command(subcommand)]
     noun: Noun,
 }
@@ -79,7 +79,7 @@ enum Noun {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = Api::connect(&cli.endpoint, cli.project).await?;
+    let api = Api::connect(&cli.endpoint, cli.project.unwrap_or_default()).await?;
     let ctx = Ctx {
         api,
         format: cli.format,

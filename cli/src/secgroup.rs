@@ -14,7 +14,7 @@ use crate::output::{self, Format, Table};
 /// Security group commands.
 #[derive(Debug, Subcommand)]
 pub enum SecgroupCmd {
-    /// Create a security group (no rules: it denies all ingress, allows nothing out).
+    /// Create a security group.
     Create(CreateArgs),
     /// List security groups.
     List {

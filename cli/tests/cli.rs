@@ -61,54 +61,63 @@ fn malformed_endpoint_is_reported() {
     );
 }
 
-/// A `nubo-coordinator` child process, killed (by pid) on drop.
-struct Coordinator {
+/// A daemon child process (coordinator, agent), killed by pid on drop.
+struct Daemon {
     child: Child,
     log: PathBuf,
 }
 
-impl Drop for Coordinator {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Coordinator {
-    fn start(bin: &Path, etcd: &Etcd, listen: &str, dir: &Path) -> Coordinator {
-        let log = dir.join("coordinator.log");
+impl Daemon {
+    /// Starts `bin args…` logging to `dir/<name>.log`, then waits (30 s at
+    /// most) until `ready(&log)` holds.
+    fn start(bin: &Path, args: &[String], dir: &Path, ready: impl Fn(&Daemon) -> bool) -> Daemon {
+        let name = bin.file_name().and_then(|n| n.to_str()).unwrap_or("daemon");
+        let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin)
-            .arg("--etcd-endpoints")
-            .arg(etcd.endpoint())
-            .arg("--listen")
-            .arg(listen)
-            .arg("--health-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
-            .expect("starting nubo-coordinator");
-        let mut c = Coordinator { child, log };
+            .expect("starting a daemon");
+        let mut d = Daemon { child, log };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(listen).is_err() {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                panic!("nubo-coordinator exited with {status}:\n{}", c.log());
+        while !ready(&d) {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("{name} exited with {status}:\n{}", d.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "coordinator not serving:\n{}",
-                c.log()
-            );
+            assert!(Instant::now() < deadline, "{name} not ready:\n{}", d.log());
             std::thread::sleep(Duration::from_millis(100));
         }
-        c
+        d
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Starts a coordinator on `listen`; ready once it accepts connections.
+fn start_coordinator(bin: &Path, etcd: &Etcd, listen: &str) -> Daemon {
+    let args = [
+        "--etcd-endpoints".to_string(),
+        etcd.endpoint(),
+        "--listen".into(),
+        listen.into(),
+        "--health-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    Daemon::start(bin, &args, &etcd.dir(), |_| {
+        TcpStream::connect(listen).is_ok()
+    })
 }
 
 /// Registers a node the way an agent does (record + `/alive` on a lease).
@@ -164,9 +173,8 @@ async fn flavor_network_server_round_trip_against_a_real_coordinator() {
         return;
     }
     let etcd = Etcd::start().expect("etcd");
-    let dir = etcd.dir();
     let listen = format!("127.0.0.1:{}", free_port());
-    let coord = Coordinator::start(&bin, &etcd, &listen, &dir);
+    let coord = start_coordinator(&bin, &etcd, &listen);
     let ep = format!("http://{listen}");
     register_node(&etcd, "cmp-1").await;
 
@@ -265,4 +273,97 @@ async fn flavor_network_server_round_trip_against_a_real_coordinator() {
     let del = ok_json(run(&["server", "delete", &ids[0], &ids[1]]));
     assert_eq!(del["deleted"].as_array().map(Vec::len), Some(2));
     drop(coord);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_create_wait_follows_a_batch_until_running() {
+    let coordinator = Path::new(nubo_bin()).with_file_name("nubo-coordinator");
+    let agent = Path::new(nubo_bin()).with_file_name("nubo-agent");
+    if !coordinator.exists() || !agent.exists() {
+        println!("SKIP: coordinator or agent not built");
+        return;
+    }
+    let etcd = Etcd::start().expect("etcd");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _coord = start_coordinator(&coordinator, &etcd, &listen);
+    let state = etcd.dir().join("agent-state");
+    let args: Vec<String> = [
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--node",
+        "cmp-w",
+        "--driver",
+        "fake",
+        "--no-network",
+        "--state-dir",
+        &state.to_string_lossy(),
+        "--vcpus",
+        "8",
+        "--ram-mb",
+        "16384",
+        "--disk-gb",
+        "200",
+        "--fake-boot-ms",
+        "300",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _agent = Daemon::start(&agent, &args, &etcd.dir(), |d| {
+        d.log().contains("nubo-agent ready")
+    });
+    let ep = format!("http://{listen}");
+    for args in [
+        &[
+            "flavor", "create", "m1.big", "--vcpus", "4", "--ram", "8192", "--disk", "10",
+        ][..],
+        &["image", "create", "cirros"],
+        &["network", "create", "front", "--cidr", "10.30.0.0/24"],
+    ] {
+        let out = nubo(&ep, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // 16 GiB of RAM hold two 8 GiB instances: the third is refused.
+    let out = nubo(
+        &ep,
+        &[
+            "server",
+            "create",
+            "db",
+            "--flavor",
+            "m1.big",
+            "--image",
+            "cirros",
+            "--network",
+            "front",
+            "--count",
+            "3",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 requested: 2 running, 0 error, 1 not created"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("| running ").count(), 2, "{stdout}");
+    assert!(stdout.contains("| not created |"), "{stdout}");
+    // Not a terminal: progress comes as lines, the last one complete.
+    assert!(
+        stderr.contains("2/2 running, 0 error, 0 building…\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("error: 1 of 3 instances failed\n"),
+        "{stderr}"
+    );
 }

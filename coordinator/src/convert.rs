@@ -268,11 +268,7 @@ pub fn node(name: &NodeName, st: &NodeState, _ratios: &Ratios) -> pb::Node {
         alive: st.alive,
         enabled: st.admin.enabled,
         registered_at: info.map(|i| ts(&i.registered_at)).unwrap_or_default(),
-        health: st
-            .health
-            .as_ref()
-            .map_or("up", |h| h.state.as_str())
-            .into(),
+        health: st.health.as_ref().map_or("up", |h| h.state.as_str()).into(),
         health_reason: st
             .health
             .as_ref()

@@ -199,7 +199,7 @@ async fn campaign(
             }
         };
         publish(state, id, leader, holder);
-        let (_watcher, mut events) = watch
+        let mut events = watch
             .watch(
                 key.as_str(),
                 Some(WatchOptions::new().with_start_revision(rev + 1)),

@@ -18,9 +18,11 @@ pub mod config;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod failover;
 pub mod health;
 pub mod ipam;
 pub mod scheduler;
+pub mod sdnotify;
 pub mod store;
 pub mod validate;
 pub mod view;
@@ -32,14 +34,16 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{Cli, Config, LogFormat, Placement};
+pub use config::{Cli, Config, FailureConfig, LogFormat, Placement};
 pub use error::{ApiError, ServeError};
+pub use failover::fencer::{FenceCall, Fencer, LogFencer, RecordingFencer};
 
 /// A running coordinator.
 pub struct Coordinator {
     grpc_addr: SocketAddr,
     health_addr: SocketAddr,
     leader: Arc<election::LeaderState>,
+    store: store::Store,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
@@ -65,6 +69,13 @@ impl Coordinator {
         self.leader.is_leader()
     }
 
+    /// True when etcd answers a status request within `timeout` (the
+    /// systemd watchdog is only fed while this holds).
+    pub async fn etcd_healthy(&self, timeout: std::time::Duration) -> bool {
+        let mut m = self.store.client().maintenance_client();
+        matches!(tokio::time::timeout(timeout, m.status()).await, Ok(Ok(_)))
+    }
+
     /// Stops serving, resigns (revokes the lease) and waits for every task.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.shutdown.send_replace(true);
@@ -81,8 +92,16 @@ impl Coordinator {
 }
 
 /// Connects to etcd, loads the node view, binds the listeners and starts
-/// serving; returns once the API accepts requests.
+/// serving; returns once the API accepts requests. Uses [`LogFencer`].
 pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
+    start_with_fencer(cfg, Arc::new(LogFencer)).await
+}
+
+/// [`start`] with a storage [`Fencer`].
+pub async fn start_with_fencer(
+    cfg: Config,
+    fencer: Arc<dyn Fencer>,
+) -> Result<Coordinator, ServeError> {
     cfg.validate()?;
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(std::time::Duration::from_secs(5))
@@ -135,7 +154,20 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
         })?;
     let health_addr = health.local_addr()?;
 
-    let ctx = api::Ctx::new(store.clone(), view.clone(), leader.clone(), cfg.clone());
+    let ctx = api::Ctx::new(
+        store.clone(),
+        view.clone(),
+        leader.clone(),
+        cfg.clone(),
+        fencer,
+    );
+    {
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            failover::run(ctx, rx).await;
+            Ok(())
+        }));
+    }
     {
         let mut rx = rx.clone();
         let router =
@@ -153,7 +185,7 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
     {
         let mut rx = rx.clone();
         let app = health::router(health::Health {
-            store,
+            store: store.clone(),
             leader: leader.clone(),
             view,
         });
@@ -171,6 +203,7 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
         grpc_addr,
         health_addr,
         leader,
+        store,
         shutdown,
         tasks,
     })

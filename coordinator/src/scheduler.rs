@@ -35,7 +35,10 @@ impl NodeState {
     /// leader has marked it `up` again (and unfenced it).
     pub fn fenced(&self) -> bool {
         self.health.as_ref().is_some_and(|h| {
-            matches!(h.state, NodeHealthState::Fenced | NodeHealthState::Evacuated)
+            matches!(
+                h.state,
+                NodeHealthState::Fenced | NodeHealthState::Evacuated
+            )
         })
     }
 }

@@ -169,6 +169,8 @@ fn assert_clear_failure(out: &nubo_tests::CliOutput, words: &[&str]) {
     }
 }
 
+/// The OpenStack pain point: a batch of 120 must all come up, spread, with
+/// unique addresses, and give everything back when deleted.
 #[test]
 fn hundred_twenty_servers_run_spread_over_three_nodes_and_free_everything_on_delete() {
     let cluster = Cluster::builder()
@@ -295,6 +297,10 @@ fn hundred_twenty_servers_run_spread_over_three_nodes_and_free_everything_on_del
     }
 }
 
+/// kill -9 of an agent: its liveness key goes with its lease, and the
+/// restarted agent adopts the fake driver's instances as they are (same boot
+/// counters). The agent is restarted as soon as its key is gone, well before
+/// any evacuation grace period could move its instances.
 #[test]
 fn killed_agent_loses_its_alive_key_and_restarts_without_touching_its_instances() {
     let lease_ttl = 2;
@@ -399,6 +405,8 @@ fn killed_agent_loses_its_alive_key_and_restarts_without_touching_its_instances(
     );
 }
 
+/// Mistakes are refused with one readable line and leave nothing behind;
+/// hand-written garbage in etcd is logged and skipped, never fatal.
 #[test]
 fn bad_input_fails_with_one_clear_line_and_garbage_in_etcd_is_survived() {
     let mut cluster = Cluster::builder()
@@ -497,6 +505,8 @@ fn bad_input_fails_with_one_clear_line_and_garbage_in_etcd_is_survived() {
     assert!(cluster.agent("node-1").unwrap().is_running());
 }
 
+/// `etcdctl get --prefix /nubo/v1/` is readable: every value is JSON
+/// (docs/etcd-layout.md: "Every value is JSON").
 #[test]
 fn every_value_under_nubo_v1_is_json() {
     let cluster = Cluster::builder()

@@ -1,7 +1,9 @@
 //! The compute backend interface. One real implementation per hypervisor
-//! technology (libvirt, netns guests — to come) plus [`fake::FakeHypervisor`].
+//! technology: [`netns::NetnsHypervisor`] (network-namespace guests; libvirt to
+//! come) plus [`fake::FakeHypervisor`].
 
 pub mod fake;
+pub mod netns;
 
 use async_trait::async_trait;
 use nubo_common::model::Timestamp;
@@ -10,6 +12,7 @@ use nubo_common::InstanceId;
 use crate::desired::DesiredInstance;
 
 pub use fake::FakeHypervisor;
+pub use netns::NetnsHypervisor;
 
 /// Power state as seen on the hypervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,6 +64,13 @@ pub enum HypervisorError {
     /// The driver is not implemented.
     #[error("driver {0} is not available in this build")]
     Unavailable(&'static str),
+    /// The driver cannot do what the spec asks (e.g. a second port on a
+    /// netns guest).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The backend (netlink, namespaces, …) failed.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// A compute backend. Object-safe; the agent holds an `Arc<dyn Hypervisor>`.

@@ -260,7 +260,7 @@ impl Ctx {
         Ok(pb::Empty {})
     }
 
-    fn node_name(r: &str) -> ApiResult<NodeName> {
+    pub(crate) fn node_name(r: &str) -> ApiResult<NodeName> {
         NodeName::new(r.trim()).map_err(|e| ApiError::InvalidArgument(e.to_string()))
     }
 
@@ -517,16 +517,32 @@ impl nodes_server::Nodes for Ctx {
     async fn set_enabled(&self, r: Request<pb::SetNodeEnabledRequest>) -> R<pb::Node> {
         reply(self.set_node_enabled(r.into_inner()).await)
     }
+    async fn evacuate(&self, r: Request<pb::EvacuateNodeRequest>) -> R<pb::EvacuateNodeResponse> {
+        reply(self.evacuate_node(r.into_inner()).await)
+    }
+    async fn drain(&self, r: Request<pb::DrainNodeRequest>) -> R<pb::DrainNodeResponse> {
+        reply(self.drain_node(r.into_inner()).await)
+    }
+    async fn set_evacuation_enabled(
+        &self,
+        r: Request<pb::SetEvacuationEnabledRequest>,
+    ) -> R<pb::EvacuationSettings> {
+        reply(self.set_evacuation_enabled(r.into_inner()).await)
+    }
 }
 
 #[tonic::async_trait]
 impl cluster_server::Cluster for Ctx {
     async fn status(&self, _r: Request<pb::Empty>) -> R<pb::ClusterStatus> {
+        let evacuation_enabled = crate::failover::evacuation_enabled(self)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(pb::ClusterStatus {
             coordinator_id: self.cfg.id.clone(),
             is_leader: self.leader.is_leader(),
             leader_id: self.leader.leader_id(),
             version: env!("CARGO_PKG_VERSION").into(),
+            evacuation_enabled,
         }))
     }
 }

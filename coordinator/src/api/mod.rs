@@ -1,6 +1,7 @@
 //! The gRPC services. Each service is a thin adapter: parse and validate the
 //! request, run the etcd reads/transactions, convert back to proto.
 
+mod failover;
 mod misc;
 mod network;
 mod servers;
@@ -39,6 +40,8 @@ pub struct Inner {
     pub cfg: Config,
     /// Overcommit ratios.
     pub ratios: Ratios,
+    /// Storage fencing (failure handling).
+    pub fencer: crate::failover::SharedFencer,
 }
 
 impl std::ops::Deref for Ctx {
@@ -55,6 +58,7 @@ impl Ctx {
         view: Arc<ClusterView>,
         leader: Arc<LeaderState>,
         cfg: Config,
+        fencer: crate::failover::SharedFencer,
     ) -> Self {
         let ratios = Ratios {
             cpu: cfg.cpu_ratio,
@@ -67,6 +71,7 @@ impl Ctx {
             leader,
             cfg,
             ratios,
+            fencer,
         }))
     }
 

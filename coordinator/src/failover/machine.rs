@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn a_live_node_is_up_and_stays_up() {
-        assert_eq!(step(&obs(None, true), GRACE), Step::MarkUp { unfence: false });
+        assert_eq!(
+            step(&obs(None, true), GRACE),
+            Step::MarkUp { unfence: false }
+        );
         assert_eq!(step(&obs(Some(Up), true), GRACE), Step::Nothing);
     }
 
@@ -138,7 +141,10 @@ mod tests {
             Step::MarkUp { unfence: false }
         );
         for s in [Fenced, Evacuated] {
-            assert_eq!(step(&obs(Some(s), true), GRACE), Step::MarkUp { unfence: true });
+            assert_eq!(
+                step(&obs(Some(s), true), GRACE),
+                Step::MarkUp { unfence: true }
+            );
         }
     }
 }

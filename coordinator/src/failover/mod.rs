@@ -13,14 +13,12 @@ pub mod moves;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use etcd_client::Txn;
 use futures::StreamExt;
 use nubo_common::keys;
-use nubo_common::model::{
-    self, EvacuationConfig, EvacuationPolicy, NodeHealth, NodeHealthState,
-};
+use nubo_common::model::{self, EvacuationConfig, EvacuationPolicy, NodeHealth, NodeHealthState};
 use nubo_common::NodeName;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -65,12 +63,18 @@ struct NodeRt {
 /// Reads the cluster-wide evacuation switch (absent or unreadable =
 /// enabled: evacuation is the safe default once fenced).
 pub async fn evacuation_enabled(ctx: &Ctx) -> ApiResult<bool> {
-    Ok(ctx
+    match ctx
         .store
         .get::<EvacuationConfig>(&keys::evacuation_config())
         .await
-        .unwrap_or(None)
-        .map_or(true, |v| v.value.enabled))
+    {
+        Ok(v) => Ok(v.is_none_or(|v| v.value.enabled)),
+        Err(ApiError::FailedPrecondition(why)) => {
+            tracing::warn!(why, "unreadable evacuation switch; treating it as enabled");
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes a node's health (with the leader guard when `lease` is given) and
@@ -121,7 +125,10 @@ pub async fn evacuation_pass(
     node: &NodeName,
     policies: &[EvacuationPolicy],
     lease: Option<i64>,
-) -> ApiResult<(PassOutcome, Vec<(nubo_common::InstanceId, ApiResult<Moved>)>)> {
+) -> ApiResult<(
+    PassOutcome,
+    Vec<(nubo_common::InstanceId, ApiResult<Moved>)>,
+)> {
     let insts = ctx.assigned_instances(node).await?;
     let todo: Vec<_> = insts
         .into_iter()
@@ -359,13 +366,5 @@ async fn tick(ctx: &Ctx, lease: i64, rts: &mut HashMap<NodeName, NodeRt>) -> Api
     Ok(())
 }
 
-/// Sleeps `d` or until shutdown; true on shutdown.
-pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = shutdown.wait_for(|s| *s) => true,
-    }
-}
-
-/// Keeps the compiler honest about `Arc` use in signatures.
+/// The fencer shared by the API and the leader loop.
 pub type SharedFencer = Arc<dyn fencer::Fencer>;

@@ -25,7 +25,9 @@ use crate::api::Ctx;
 use crate::election::leader_guard;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
-use crate::store::{self, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged};
+use crate::store::{
+    self, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged,
+};
 
 /// Transactions tried for one move before giving up (contention).
 const MAX_MOVE_ATTEMPTS: usize = 32;
@@ -139,20 +141,18 @@ impl Ctx {
                     _ => None,
                 },
             };
-            let cands = match self.view.candidates(
-                &req,
-                &self.ratios,
-                self.cfg.placement,
-                &exclude,
-                TOP_K,
-            ) {
-                Ok(c) => c,
-                Err(_) if exclude.len() > 1 => {
-                    exclude = HashSet::from([from.clone()]);
-                    continue;
-                }
-                Err(rej) => return Err(ApiError::ResourceExhausted(rej.explain(&req))),
-            };
+            let cands =
+                match self
+                    .view
+                    .candidates(&req, &self.ratios, self.cfg.placement, &exclude, TOP_K)
+                {
+                    Ok(c) => c,
+                    Err(_) if exclude.len() > 1 => {
+                        exclude = HashSet::from([from.clone()]);
+                        continue;
+                    }
+                    Err(rej) => return Err(ApiError::ResourceExhausted(rej.explain(&req))),
+                };
             let Some((to, to_usage, to_rev)) = cands.choose(&mut rand::rng()).cloned() else {
                 return Err(ApiError::ResourceExhausted(
                     "no capacity: no candidate node".into(),

@@ -1,7 +1,12 @@
 //! Shared helpers of the coordinator integration tests.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+use etcd_client::GetOptions;
+use nubo_common::model::{Assignment, Instance, Port};
+use nubo_common::InstanceId;
 
 use etcd_client::PutOptions;
 use nubo_common::keys;
@@ -23,6 +28,20 @@ pub struct Clients {
     pub servers: pb::servers_client::ServersClient<Channel>,
     pub nodes: pb::nodes_client::NodesClient<Channel>,
     pub cluster: pb::cluster_client::ClusterClient<Channel>,
+}
+
+impl Clients {
+    /// A clone of the nodes client (for use inside polling closures).
+    pub fn clone_nodes(&self) -> NodesOnly {
+        NodesOnly {
+            nodes: self.nodes.clone(),
+        }
+    }
+}
+
+/// Just a nodes client.
+pub struct NodesOnly {
+    pub nodes: pb::nodes_client::NodesClient<Channel>,
 }
 
 pub async fn clients(c: &Coordinator) -> Clients {
@@ -159,4 +178,100 @@ pub async fn setup_basics(cl: &mut Clients) {
         })
         .await
         .unwrap();
+}
+
+pub async fn prefix(etcd: &Etcd, p: &str) -> Vec<(String, Vec<u8>)> {
+    let mut c = etcd.client().await.unwrap();
+    c.get(p, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_string(), kv.value().to_vec()))
+        .collect()
+}
+
+pub async fn get<T: serde::de::DeserializeOwned>(etcd: &Etcd, key: &str) -> Option<T> {
+    let mut c = etcd.client().await.unwrap();
+    let r = c.get(key, None).await.unwrap();
+    r.kvs()
+        .first()
+        .map(|kv| model::decode(key, kv.value()).unwrap())
+}
+
+/// Every instance spec and assignment in etcd.
+pub struct Snapshot {
+    pub specs: HashMap<InstanceId, Instance>,
+    pub assignments: Vec<(NodeName, InstanceId)>,
+    pub ports: HashMap<nubo_common::PortId, Port>,
+}
+
+pub async fn snapshot(etcd: &Etcd) -> Snapshot {
+    let mut specs = HashMap::new();
+    for (k, v) in prefix(etcd, &keys::instances_prefix()).await {
+        if let Some(keys::Key::Instance(id)) = keys::parse(&k) {
+            specs.insert(id, model::decode::<Instance>(&k, &v).unwrap());
+        }
+    }
+    let assignments = prefix(etcd, &keys::all_assignments_prefix())
+        .await
+        .into_iter()
+        .map(|(k, v)| {
+            let a: Assignment = model::decode(&k, &v).unwrap();
+            (a.node, a.instance)
+        })
+        .collect();
+    let ports = prefix(etcd, &keys::ports_prefix())
+        .await
+        .into_iter()
+        .map(|(k, v)| {
+            let p: Port = model::decode(&k, &v).unwrap();
+            (p.id, p)
+        })
+        .collect();
+    Snapshot {
+        specs,
+        assignments,
+        ports,
+    }
+}
+
+/// Exactly-once placement, usage bookkeeping, capacity and unique IPs.
+pub async fn check_invariants(etcd: &Etcd, capacity_ram: &HashMap<NodeName, u64>) -> Snapshot {
+    let s = snapshot(etcd).await;
+    let mut seen = HashSet::new();
+    for (node, id) in &s.assignments {
+        assert!(seen.insert(*id), "instance {id} assigned twice");
+        let spec = s.specs.get(id).expect("assignment without spec");
+        assert_eq!(
+            spec.node.as_ref(),
+            Some(node),
+            "spec of {id} names another node"
+        );
+    }
+    assert_eq!(seen.len(), s.specs.len(), "instances without assignment");
+    let mut ram: HashMap<NodeName, (u64, u32)> = HashMap::new();
+    for (node, id) in &s.assignments {
+        let e = ram.entry(node.clone()).or_default();
+        e.0 += s.specs[id].resources.ram_mb;
+        e.1 += 1;
+    }
+    for (node, cap) in capacity_ram {
+        let u: NodeUsage = get(etcd, &keys::node_usage(node)).await.unwrap_or_default();
+        let (r, n) = ram.get(node).copied().unwrap_or_default();
+        assert_eq!((u.used.ram_mb, u.instances), (r, n), "usage of {node}");
+        assert!(r <= *cap, "{node} over capacity: {r} > {cap}");
+    }
+    let mut ips = HashSet::new();
+    for p in s.ports.values() {
+        assert!(ips.insert((p.network, p.ip)), "duplicate address {}", p.ip);
+        if let Some(dev) = p.device {
+            assert_eq!(
+                p.node, s.specs[&dev].node,
+                "port {} bound to another node",
+                p.id
+            );
+        }
+    }
+    s
 }

@@ -1,0 +1,216 @@
+//! The firewall subsystem: [`firewall_spec`] maps local ports, their
+//! security groups' rules and the groups' cluster-wide members to a
+//! nubo-firewall [`FirewallSpec`]; each pass renders it, reads the live
+//! tables and applies one atomic `nft -f` batch only when the library's
+//! `plan` says [`FirewallAction::Replace`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use nubo_common::model::{self, SecurityGroupRule};
+use nubo_firewall::{
+    Direction, EtherType, FirewallAction, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol,
+    Remote, RuleSpec, Ruleset,
+};
+use tracing::info;
+
+use super::{log_plan, running_ports};
+use crate::desired::DesiredNode;
+use crate::reconciler::{Subsystem, SubsystemError};
+
+/// Maps one security group rule. Pure.
+pub fn rule_spec(r: &SecurityGroupRule) -> RuleSpec {
+    RuleSpec {
+        direction: match r.direction {
+            model::Direction::Ingress => Direction::Ingress,
+            model::Direction::Egress => Direction::Egress,
+        },
+        ethertype: match r.ethertype {
+            model::EtherType::Ipv4 => EtherType::V4,
+            model::EtherType::Ipv6 => EtherType::V6,
+        },
+        protocol: match r.protocol {
+            model::Protocol::Any => Protocol::Any,
+            model::Protocol::Tcp => Protocol::Tcp,
+            model::Protocol::Udp => Protocol::Udp,
+            model::Protocol::Icmp => Protocol::Icmp,
+            model::Protocol::Number(n) => Protocol::Number(n),
+        },
+        port_range: r.ports,
+        remote: match &r.remote {
+            model::Remote::Any => Remote::Any,
+            model::Remote::Cidr(net) => Remote::Cidr(*net),
+            model::Remote::Group(g) => Remote::Group(g.to_string()),
+        },
+    }
+}
+
+/// Builds the firewall spec of this node from the running local ports and
+/// the security groups they use (directly or as remote groups). Pure and
+/// deterministic (ports sorted by tap), so the rendered ruleset — and its
+/// fingerprint — only changes when the inputs do.
+pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
+    let mut ports: Vec<PortSpec> = running_ports(desired)
+        .into_iter()
+        .map(|lp| PortSpec {
+            port_id: lp.port.id.to_string(),
+            tap: lp.port.tap.clone(),
+            mac: MacAddr(lp.port.mac.octets()),
+            ips: vec![IpAddr::V4(lp.port.ip)],
+            groups: lp
+                .port
+                .security_groups
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            port_security: lp.port.port_security,
+        })
+        .collect();
+    ports.sort_by(|a, b| a.tap.cmp(&b.tap));
+    let groups: BTreeMap<String, GroupSpec> = desired
+        .security_groups
+        .iter()
+        .map(|(id, g)| {
+            let id = id.to_string();
+            (
+                id.clone(),
+                GroupSpec {
+                    id,
+                    rules: g.group.rules.iter().map(rule_spec).collect(),
+                    members: g.members.iter().map(|ip| IpAddr::V4(*ip)).collect(),
+                },
+            )
+        })
+        .collect();
+    FirewallSpec { ports, groups }
+}
+
+/// The firewall reconciler (in the agent's network namespace).
+#[derive(Debug)]
+pub struct Firewall {
+    first: bool,
+}
+
+impl Firewall {
+    /// A reconciler; nothing is touched until the first pass.
+    pub fn new() -> Self {
+        Self { first: true }
+    }
+}
+
+impl Default for Firewall {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn observe_and_plan(rs: &Ruleset) -> Result<FirewallAction, nubo_firewall::FirewallError> {
+    let live = nubo_firewall::current()?;
+    Ok(nubo_firewall::plan(rs, live.as_deref()))
+}
+
+#[async_trait]
+impl Subsystem for Firewall {
+    fn name(&self) -> &'static str {
+        "firewall"
+    }
+
+    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+        let rs = nubo_firewall::ruleset(&firewall_spec(desired));
+        // nft is a child process: keep it off the async workers.
+        let outcome = tokio::task::spawn_blocking(move || {
+            let action = observe_and_plan(&rs)?;
+            if action == FirewallAction::Replace {
+                nubo_firewall::apply(&rs)?;
+            }
+            Ok::<_, nubo_firewall::FirewallError>((action, rs.fingerprint().to_string()))
+        })
+        .await
+        .map_err(|e| SubsystemError::Other(format!("firewall task: {e}")))?
+        .map_err(|e| SubsystemError::Other(format!("firewall: {e}")))?;
+        let (action, fingerprint) = outcome;
+        let n = usize::from(action == FirewallAction::Replace);
+        log_plan("firewall", &mut self.first, n);
+        if n > 0 {
+            info!(%fingerprint, "firewall ruleset replaced");
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::build;
+    use crate::testutil::*;
+
+    #[test]
+    fn spec_holds_ports_rules_and_members() {
+        let mut w = World::new();
+        let (n1, n2) = (node_name("n1"), node_name("n2"));
+        w.node(&n1, "10.0.0.1");
+        w.node(&n2, "10.0.0.2");
+        let net = w.network(100, 0);
+        let sg = w.secgroup_self_referencing();
+        let (_i1, p1) = w.instance_on(&n1, net, &[sg]);
+        let (_i2, p2) = w.instance_on(&n2, net, &[sg]);
+        let (_i3, p3) = w.instance_on(&n1, net, &[]);
+        let d = build(&w.cache, &n1, 1500);
+        let spec = firewall_spec(&d);
+        assert_eq!(spec.ports.len(), 2);
+        let port1 = spec.ports.iter().find(|p| p.tap == p1.tap_name()).unwrap();
+        assert_eq!(port1.mac.0, p1.mac.octets());
+        assert_eq!(port1.ips, vec![IpAddr::V4(p1.ip)]);
+        assert_eq!(port1.groups, vec![sg.to_string()]);
+        assert!(port1.port_security);
+        let port3 = spec.ports.iter().find(|p| p.tap == p3.tap_name()).unwrap();
+        assert!(port3.groups.is_empty());
+        let g = &spec.groups[&sg.to_string()];
+        assert_eq!(g.rules.len(), 2);
+        assert!(g.rules.iter().any(
+            |r| r.remote == Remote::Group(sg.to_string()) && r.direction == Direction::Ingress
+        ));
+        let mut members = g.members.clone();
+        members.sort();
+        assert_eq!(members, vec![IpAddr::V4(p1.ip), IpAddr::V4(p2.ip)]);
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(100, 0);
+        let sg = w.secgroup_self_referencing();
+        for _ in 0..3 {
+            w.instance_on(&n1, net, &[sg]);
+        }
+        let d = build(&w.cache, &n1, 1500);
+        let a = nubo_firewall::ruleset(&firewall_spec(&d));
+        let b = nubo_firewall::ruleset(&firewall_spec(&d.clone()));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn rules_map_field_by_field() {
+        let r = SecurityGroupRule {
+            id: nubo_common::RuleId::new_random(),
+            direction: model::Direction::Ingress,
+            ethertype: model::EtherType::Ipv4,
+            protocol: model::Protocol::Tcp,
+            ports: Some((22, 22)),
+            remote: model::Remote::Cidr("10.9.0.0/16".parse().unwrap()),
+        };
+        assert_eq!(
+            rule_spec(&r),
+            RuleSpec {
+                direction: Direction::Ingress,
+                ethertype: EtherType::V4,
+                protocol: Protocol::Tcp,
+                port_range: Some((22, 22)),
+                remote: Remote::Cidr("10.9.0.0/16".parse().unwrap()),
+            }
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The network subsystems of the agent, run after compute on every pass
+//! (unless `--no-network`), in this order:
+//!
+//! 1. [`overlay`]: bridges `nb-<vni>`, VXLAN `vx-<vni>`, FDB, taps on
+//!    bridges (nubo-overlay);
+//! 2. [`firewall`]: security groups and anti-spoofing in one nft batch
+//!    (nubo-firewall), applied only when the live fingerprint differs;
+//! 3. [`dhcp`]: one DHCP server per bridge with a live lease table
+//!    (nubo-dhcp);
+//! 4. [`metadata`]: one metadata server serving every bridge (nubo-metadata).
+//!
+//! Each maps the [`DesiredNode`] to its library's input with a pure function
+//! (unit-tested here), observes, plans and applies. All of them work from
+//! the agent's cache: an etcd outage changes nothing on the node.
+//!
+//! Only ports of instances whose desired power is running are wired: a
+//! stopped instance has no tap.
+
+pub mod dhcp;
+pub mod firewall;
+pub mod metadata;
+pub mod overlay;
+
+use std::net::IpAddr;
+
+use crate::desired::{DesiredInstance, DesiredNetwork, DesiredNode, DesiredPort};
+use crate::reconciler::{Subsystem, SubsystemError};
+use nubo_common::model::PowerState;
+
+/// A local port with its instance and network.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalPort<'a> {
+    /// The instance.
+    pub instance: &'a DesiredInstance,
+    /// The port.
+    pub port: &'a DesiredPort,
+    /// Its network.
+    pub network: &'a DesiredNetwork,
+}
+
+/// Ports of the local instances that should be running, in instance then
+/// NIC order. Pure.
+pub fn running_ports(desired: &DesiredNode) -> Vec<LocalPort<'_>> {
+    let mut out = Vec::new();
+    for inst in desired.instances.values() {
+        if inst.power() != PowerState::Running {
+            continue;
+        }
+        for port in &inst.ports {
+            if let Some(network) = desired.networks.get(&port.network) {
+                out.push(LocalPort {
+                    instance: inst,
+                    port,
+                    network,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A DNS label (RFC 1123) from an instance name: lowercase ASCII letters,
+/// digits and `-`, other characters become `-`, runs of `-` collapse, no
+/// leading or trailing `-`, at most 63 characters; `fallback` when nothing
+/// is left. Pure.
+pub fn sanitize_hostname(name: &str, fallback: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        let c = if c.is_ascii_alphanumeric() { c } else { '-' };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
+        }
+        out.push(c);
+    }
+    out.truncate(63);
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() {
+        fallback.to_string()
+    } else {
+        out
+    }
+}
+
+/// Builds the network subsystems in their reconcile order.
+pub fn subsystems(
+    underlay_ip: IpAddr,
+    underlay_mtu: u16,
+    availability_zone: &str,
+) -> Result<Vec<Box<dyn Subsystem>>, SubsystemError> {
+    Ok(vec![
+        Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?),
+        Box::new(firewall::Firewall::new()),
+        Box::new(dhcp::Dhcp::new()),
+        Box::new(metadata::Metadata::new(availability_zone)),
+    ])
+}
+
+/// Logs the first plan of a subsystem (on a converged node, after a
+/// restart, every one of them is 0) and afterwards only non-empty ones.
+pub(crate) fn log_plan(subsystem: &'static str, first: &mut bool, actions: usize) {
+    if std::mem::take(first) {
+        tracing::info!(subsystem, actions, "initial plan");
+    } else if actions > 0 {
+        tracing::info!(subsystem, actions, "plan applied");
+    }
+}
+
+/// The interface index of `name` in the calling thread's network namespace
+/// (`None` if it does not exist).
+pub(crate) fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_dns_labels() {
+        assert_eq!(sanitize_hostname("Web Server_1", "x"), "web-server-1");
+        assert_eq!(sanitize_hostname("--a..b--", "x"), "a-b");
+        assert_eq!(sanitize_hostname("ü", "host-1"), "host-1");
+        assert_eq!(sanitize_hostname(&"a".repeat(80), "x").len(), 63);
+        assert_eq!(
+            sanitize_hostname(&format!("{}-b", "a".repeat(62)), "x"),
+            "a".repeat(62)
+        );
+    }
+
+    #[test]
+    fn ifindex_of_loopback() {
+        assert!(ifindex("lo").is_some());
+        assert_eq!(ifindex("nbt-no-such"), None);
+    }
+}

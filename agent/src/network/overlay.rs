@@ -1,0 +1,208 @@
+//! The overlay subsystem: [`overlay_spec`] maps the desired node to a
+//! nubo-overlay [`OverlaySpec`]; each pass observes the namespace over
+//! netlink, plans with the library's pure [`nubo_overlay::plan`] and applies.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use nubo_overlay::{LocalPort, MacAddr, Netlink, NetworkSpec, OverlayAction, OverlaySpec};
+use tracing::{debug, info};
+
+use super::{log_plan, running_ports};
+use crate::desired::DesiredNode;
+use crate::reconciler::{Subsystem, SubsystemError};
+
+/// Builds the overlay spec of this node. Pure.
+///
+/// Every network with a running local port gets its VNI, the taps and MACs
+/// of those ports, the remote VTEPs and the remote MACs. The device MTU is
+/// derived by the library from the underlay MTU (underlay − VXLAN overhead);
+/// a network MTU below that is enforced on the guests through DHCP.
+pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u16) -> OverlaySpec {
+    let mut ports: BTreeMap<u32, Vec<LocalPort>> = BTreeMap::new();
+    for lp in running_ports(desired) {
+        ports.entry(lp.network.vni).or_default().push(LocalPort {
+            tap: lp.port.tap.clone(),
+            mac: MacAddr(lp.port.mac.octets()),
+        });
+    }
+    let networks = desired
+        .networks
+        .values()
+        .filter_map(|net| {
+            let mut local = ports.remove(&net.vni)?;
+            local.sort_by(|a, b| a.tap.cmp(&b.tap));
+            Some(NetworkSpec {
+                vni: net.vni,
+                ports: local,
+                remote_vteps: net
+                    .remote_vteps
+                    .iter()
+                    .copied()
+                    .filter(|v| *v != underlay_ip)
+                    .collect(),
+                remote_macs: net
+                    .remote_macs
+                    .iter()
+                    .filter(|(_, v)| **v != underlay_ip)
+                    .map(|(m, v)| (MacAddr(m.octets()), *v))
+                    .collect(),
+            })
+        })
+        .collect();
+    OverlaySpec {
+        underlay_ip,
+        underlay_mtu,
+        networks,
+    }
+}
+
+/// Splits a plan into the actions that change the node and the taps still
+/// missing (created by the hypervisor driver, not by the overlay). Pure.
+pub fn split_plan(plan: Vec<OverlayAction>) -> (Vec<OverlayAction>, Vec<String>) {
+    let mut waiting = Vec::new();
+    let actions = plan
+        .into_iter()
+        .filter(|a| match a {
+            OverlayAction::WaitForPort { tap, .. } => {
+                waiting.push(tap.clone());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (actions, waiting)
+}
+
+/// The overlay reconciler.
+pub struct Overlay {
+    netlink: Netlink,
+    underlay_ip: IpAddr,
+    underlay_mtu: u16,
+    first: bool,
+}
+
+impl Overlay {
+    /// Opens a netlink socket in the agent's network namespace. Must be
+    /// called inside a tokio runtime.
+    pub fn new(underlay_ip: IpAddr, underlay_mtu: u16) -> Result<Self, SubsystemError> {
+        let netlink = Netlink::new().map_err(|e| SubsystemError::Other(e.to_string()))?;
+        Ok(Self {
+            netlink,
+            underlay_ip,
+            underlay_mtu,
+            first: true,
+        })
+    }
+}
+
+#[async_trait]
+impl Subsystem for Overlay {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+
+    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+        let spec = overlay_spec(desired, self.underlay_ip, self.underlay_mtu);
+        let observed = self
+            .netlink
+            .observe()
+            .await
+            .map_err(|e| SubsystemError::Other(format!("observe overlay: {e}")))?;
+        let (actions, waiting) = split_plan(nubo_overlay::plan(&spec, &observed));
+        if !waiting.is_empty() {
+            debug!(taps = ?waiting, "taps not created yet; attached once they exist");
+        }
+        log_plan("overlay", &mut self.first, actions.len());
+        if actions.is_empty() {
+            return Ok(0);
+        }
+        info!(plan = ?actions, "applying overlay plan");
+        self.netlink
+            .apply(&actions)
+            .await
+            .map_err(|e| SubsystemError::Other(format!("apply overlay: {e}")))?;
+        Ok(actions.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::build;
+    use crate::testutil::*;
+    use nubo_common::keys;
+    use nubo_common::model::PowerState;
+
+    #[test]
+    fn spec_has_local_taps_remote_vteps_and_macs() {
+        let mut w = World::new();
+        let (n1, n2) = (node_name("n1"), node_name("n2"));
+        w.node(&n1, "10.0.0.1");
+        w.node(&n2, "10.0.0.2");
+        let net = w.network(100, 0);
+        let other = w.network(200, 0);
+        let (_i1, p1) = w.instance_on(&n1, net, &[]);
+        let (_i2, p2) = w.instance_on(&n2, net, &[]);
+        let (_i3, _p3) = w.instance_on(&n2, other, &[]);
+        let d = build(&w.cache, &n1, 1500);
+        let ip1: IpAddr = "10.0.0.1".parse().unwrap();
+        let spec = overlay_spec(&d, ip1, 1500);
+        assert_eq!(spec.underlay_ip, ip1);
+        assert_eq!(spec.networks.len(), 1, "only networks with local ports");
+        let n = &spec.networks[0];
+        assert_eq!(n.vni, 100);
+        assert_eq!(
+            n.ports,
+            vec![LocalPort {
+                tap: p1.tap_name(),
+                mac: MacAddr(p1.mac.octets())
+            }]
+        );
+        let ip2: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(n.remote_vteps.iter().collect::<Vec<_>>(), vec![&ip2]);
+        assert_eq!(n.remote_macs, vec![(MacAddr(p2.mac.octets()), ip2)]);
+    }
+
+    #[test]
+    fn stopped_instances_have_no_tap() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(100, 0);
+        let (i1, _) = w.instance_on(&n1, net, &[]);
+        let mut spec = w.cache.instances[&i1].clone();
+        spec.power = PowerState::Stopped;
+        w.cache.apply(
+            &keys::instance(&i1),
+            Some(&nubo_common::model::encode(&spec)),
+            1000,
+        );
+        let d = build(&w.cache, &n1, 1500);
+        assert!(overlay_spec(&d, "10.0.0.1".parse().unwrap(), 1500)
+            .networks
+            .is_empty());
+    }
+
+    #[test]
+    fn waiting_for_taps_is_not_an_action() {
+        let plan = vec![
+            OverlayAction::SetUp {
+                link: "nb-1".into(),
+            },
+            OverlayAction::WaitForPort {
+                vni: 1,
+                tap: "tapx".into(),
+            },
+        ];
+        let (actions, waiting) = split_plan(plan);
+        assert_eq!(
+            actions,
+            vec![OverlayAction::SetUp {
+                link: "nb-1".into()
+            }]
+        );
+        assert_eq!(waiting, vec!["tapx".to_string()]);
+    }
+}

@@ -1,0 +1,343 @@
+//! The block-store interface the agent and coordinator use, and its Ceph RBD
+//! implementation. (The local-qcow2 implementation lives elsewhere.)
+//!
+//! All methods block: call them from `tokio::task::spawn_blocking`.
+
+use std::io::Read;
+
+use crate::cluster::{validate_name, Cluster};
+use crate::error::{Error, Result};
+use crate::image::{Features, Image, Pool};
+
+/// A disk (root disk or volume): an RBD image `pool/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiskRef {
+    /// Pool.
+    pub pool: String,
+    /// Image name.
+    pub name: String,
+}
+
+impl DiskRef {
+    /// `pool/name`, as `rbd` and QEMU's `rbd:` URLs spell it.
+    pub fn spec(&self) -> String {
+        format!("{}/{}", self.pool, self.name)
+    }
+}
+
+/// A snapshot of a disk or of an imported image: `pool/name@snap`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SnapshotRef {
+    /// The image.
+    pub disk: DiskRef,
+    /// Snapshot name.
+    pub snap: String,
+}
+
+impl SnapshotRef {
+    /// `pool/name@snap`.
+    pub fn spec(&self) -> String {
+        format!("{}@{}", self.disk.spec(), self.snap)
+    }
+}
+
+/// Block storage for images, root disks and volumes.
+///
+/// Blocking; implementations are `Send + Sync` so one instance can be shared
+/// (in an `Arc`) by many `spawn_blocking` tasks.
+pub trait BlockStore: Send + Sync {
+    /// Imports `size` bytes from `reader` as glance-like image `image_id`,
+    /// then snapshots it as `base` and protects the snapshot, ready to clone.
+    fn import_image(&self, image_id: &str, reader: &mut dyn Read, size: u64) -> Result<SnapshotRef>;
+
+    /// Makes instance `instance_id`'s root disk: a COW clone of `image`,
+    /// grown to `size_gb` GiB (never shrunk below the image).
+    fn clone_root_disk(&self, image: &SnapshotRef, instance_id: &str, size_gb: u64)
+        -> Result<DiskRef>;
+
+    /// Creates an empty volume of `size_gb` GiB.
+    fn create_volume(&self, volume_id: &str, size_gb: u64) -> Result<DiskRef>;
+
+    /// Deletes a disk or imported image with its (unprotected or protected)
+    /// snapshots. Refuses with [`Error::InUse`] if a client has it open and
+    /// with [`Error::HasChildren`] if any of its snapshots has clones.
+    fn delete(&self, disk: &DiskRef) -> Result<()>;
+
+    /// Creates snapshot `snap` of `disk`.
+    fn snapshot_create(&self, disk: &DiskRef, snap: &str) -> Result<SnapshotRef>;
+
+    /// Snapshot names of `disk`, oldest first.
+    fn snapshot_list(&self, disk: &DiskRef) -> Result<Vec<String>>;
+
+    /// Deletes a snapshot (unprotecting it first); [`Error::Busy`] if it has
+    /// clones.
+    fn snapshot_delete(&self, snap: &SnapshotRef) -> Result<()>;
+
+    /// Rolls the disk back to the snapshot (the disk must not be in use).
+    fn snapshot_rollback(&self, snap: &SnapshotRef) -> Result<()>;
+
+    /// Fences a client address (`ip:port/nonce`, from [`crate::Watcher`] or
+    /// the node's registration) for `expire_secs`: its I/O fails from now on.
+    fn fence_client(&self, client_addr: &str, expire_secs: u32) -> Result<()>;
+}
+
+/// Pools used by [`RbdStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdPools {
+    /// Imported images (Nova/Glance: `images`).
+    pub images: String,
+    /// Instance root disks (Nova: `vms`).
+    pub disks: String,
+    /// Volumes (Cinder: `volumes`).
+    pub volumes: String,
+}
+
+/// Name of the protected snapshot every imported image gets.
+pub const BASE_SNAP: &str = "base";
+/// Import chunk size: one default RBD object.
+pub const IMPORT_CHUNK: usize = 4 << 20;
+const GIB: u64 = 1 << 30;
+
+/// [`BlockStore`] on Ceph RBD. Image names: `img-<image_id>`,
+/// `<instance_id>-disk`, `vol-<volume_id>`.
+#[derive(Debug, Clone)]
+pub struct RbdStore {
+    cluster: Cluster,
+    pools: RbdPools,
+    features: Features,
+}
+
+impl RbdStore {
+    /// A store on `cluster` using `pools` (which must exist).
+    pub fn new(cluster: Cluster, pools: RbdPools) -> Self {
+        RbdStore {
+            cluster,
+            pools,
+            features: Features::DEFAULT,
+        }
+    }
+
+    /// The connection.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    fn pool(&self, name: &str) -> Result<Pool> {
+        self.cluster.pool(name)
+    }
+
+    fn open(&self, disk: &DiskRef) -> Result<(Pool, Image)> {
+        let pool = self.pool(&disk.pool)?;
+        let image = pool.open(&disk.name)?;
+        Ok((pool, image))
+    }
+
+    /// Streams `reader` into the open image in [`IMPORT_CHUNK`]s, skipping
+    /// all-zero chunks (the new image reads as zeros there: stays sparse).
+    /// Returns the bytes actually written.
+    fn copy_in(image: &mut Image, reader: &mut dyn Read, size: u64) -> Result<u64> {
+        let mut buf = vec![0u8; IMPORT_CHUNK];
+        let (mut offset, mut written) = (0u64, 0u64);
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        return Err(Error::Io {
+                            op: "import image",
+                            object: image.spec().to_owned(),
+                            source,
+                        })
+                    }
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            let chunk_len = u64::try_from(filled).unwrap_or(u64::MAX);
+            if offset.saturating_add(chunk_len) > size {
+                return Err(Error::invalid(
+                    "import image",
+                    image.spec(),
+                    format!("source is longer than the declared {size} bytes"),
+                ));
+            }
+            let chunk = &buf[..filled];
+            if chunk.iter().any(|&b| b != 0) {
+                image.write(offset, chunk)?;
+                written += chunk_len;
+            }
+            offset += chunk_len;
+        }
+        if offset != size {
+            return Err(Error::invalid(
+                "import image",
+                image.spec(),
+                format!("source ended after {offset} of the declared {size} bytes"),
+            ));
+        }
+        image.flush()?;
+        Ok(written)
+    }
+
+    /// Best-effort removal of a half-made image (after a failed import or
+    /// resize); the original error is what the caller reports.
+    fn discard(pool: &Pool, name: &str) {
+        if let Err(e) = pool.remove(name) {
+            tracing::warn!(image = %name, error = %e, "could not remove half-made image");
+        }
+    }
+}
+
+impl BlockStore for RbdStore {
+    fn import_image(&self, image_id: &str, reader: &mut dyn Read, size: u64) -> Result<SnapshotRef> {
+        let name = format!("img-{image_id}");
+        validate_name("import image", &name)?;
+        let pool = self.pool(&self.pools.images)?;
+        pool.create(&name, size, self.features)?;
+        let result = (|| {
+            let mut image = pool.open(&name)?;
+            let written = Self::copy_in(&mut image, reader, size)?;
+            image.snap_create(BASE_SNAP)?;
+            image.snap_protect(BASE_SNAP)?;
+            tracing::info!(image = %image.spec(), size, written, "imported image");
+            Ok(())
+        })();
+        if let Err(e) = result {
+            if let Ok(mut image) = pool.open(&name) {
+                // Undo a snapshot made before the failure, then the image.
+                let _ = image.snap_unprotect(BASE_SNAP);
+                let _ = image.snap_remove(BASE_SNAP);
+            }
+            Self::discard(&pool, &name);
+            return Err(e);
+        }
+        Ok(SnapshotRef {
+            disk: DiskRef {
+                pool: self.pools.images.clone(),
+                name,
+            },
+            snap: BASE_SNAP.to_owned(),
+        })
+    }
+
+    fn clone_root_disk(&self, image: &SnapshotRef, instance_id: &str, size_gb: u64)
+        -> Result<DiskRef> {
+        let name = format!("{instance_id}-disk");
+        validate_name("clone root disk", &name)?;
+        let want = size_gb.checked_mul(GIB).filter(|&b| b > 0).ok_or_else(|| {
+            Error::invalid("clone root disk", &name, "size_gb must be 1..=2^34")
+        })?;
+        let parent_pool = self.pool(&image.disk.pool)?;
+        let pool = self.pool(&self.pools.disks)?;
+        pool.clone_from(&parent_pool, &image.disk.name, &image.snap, &name, self.features)?;
+        let grow = (|| {
+            let mut disk = pool.open(&name)?;
+            let have = disk.size()?;
+            if want < have {
+                return Err(Error::invalid(
+                    "clone root disk",
+                    disk.spec(),
+                    format!("{size_gb} GiB is smaller than the image ({have} bytes)"),
+                ));
+            }
+            if want > have {
+                disk.resize(want)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = grow {
+            Self::discard(&pool, &name);
+            return Err(e);
+        }
+        Ok(DiskRef {
+            pool: self.pools.disks.clone(),
+            name,
+        })
+    }
+
+    fn create_volume(&self, volume_id: &str, size_gb: u64) -> Result<DiskRef> {
+        let name = format!("vol-{volume_id}");
+        let bytes = size_gb
+            .checked_mul(GIB)
+            .filter(|&b| b > 0)
+            .ok_or_else(|| Error::invalid("create volume", &name, "size_gb must be 1..=2^34"))?;
+        self.pool(&self.pools.volumes)?
+            .create(&name, bytes, self.features)?;
+        Ok(DiskRef {
+            pool: self.pools.volumes.clone(),
+            name,
+        })
+    }
+
+    fn delete(&self, disk: &DiskRef) -> Result<()> {
+        let (pool, mut image) = self.open(disk)?;
+        let children = image.children()?;
+        if !children.is_empty() {
+            return Err(Error::HasChildren {
+                op: "delete disk",
+                object: disk.spec(),
+                children,
+            });
+        }
+        // Our own handle is one watcher; anyone else means the disk is in use.
+        let own = self.cluster.instance_id();
+        let others: Vec<String> = image
+            .watchers()?
+            .into_iter()
+            .filter(|w| u64::try_from(w.id).ok() != Some(own))
+            .map(|w| w.addr)
+            .collect();
+        if !others.is_empty() {
+            return Err(Error::InUse {
+                op: "delete disk",
+                object: disk.spec(),
+                watchers: others,
+            });
+        }
+        for snap in image.snap_list()? {
+            if image.snap_is_protected(&snap.name)? {
+                image.snap_unprotect(&snap.name)?;
+            }
+            image.snap_remove(&snap.name)?;
+        }
+        drop(image);
+        pool.remove(&disk.name)
+    }
+
+    fn snapshot_create(&self, disk: &DiskRef, snap: &str) -> Result<SnapshotRef> {
+        let (_pool, mut image) = self.open(disk)?;
+        image.snap_create(snap)?;
+        Ok(SnapshotRef {
+            disk: disk.clone(),
+            snap: snap.to_owned(),
+        })
+    }
+
+    fn snapshot_list(&self, disk: &DiskRef) -> Result<Vec<String>> {
+        let (_pool, image) = self.open(disk)?;
+        Ok(image.snap_list()?.into_iter().map(|s| s.name).collect())
+    }
+
+    fn snapshot_delete(&self, snap: &SnapshotRef) -> Result<()> {
+        let (_pool, mut image) = self.open(&snap.disk)?;
+        if image.snap_is_protected(&snap.snap)? {
+            image.snap_unprotect(&snap.snap)?;
+        }
+        image.snap_remove(&snap.snap)
+    }
+
+    fn snapshot_rollback(&self, snap: &SnapshotRef) -> Result<()> {
+        let (_pool, mut image) = self.open(&snap.disk)?;
+        image.snap_rollback(&snap.snap)
+    }
+
+    fn fence_client(&self, client_addr: &str, expire_secs: u32) -> Result<()> {
+        self.cluster.blocklist_add(client_addr, expire_secs)?;
+        tracing::warn!(client = %client_addr, expire_secs, "fenced ceph client");
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! A throwaway single-node Ceph cluster for tests (feature `testing`).
+//!
+//! [`TestCluster::start`] runs `scripts/ceph-up.sh DIR` (1 mon, 1 mgr, 1
+//! memstore OSD on 127.0.0.1, cephx, ~12 s) and [`Drop`] runs
+//! `scripts/ceph-down.sh DIR`, which kills the daemons by their PID files
+//! and removes DIR. Only one such cluster runs per host at a time (fixed mon
+//! ports; the script waits for a lock on `/run/nubo-ceph.lock`).
+//!
+//! If the Ceph daemons are not installed, `start` prints
+//! `SKIP: ceph not installed` to stderr and returns `Ok(None)`; any other
+//! failure is an error, never a skip.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::{Cluster, ConnectOptions};
+
+/// Binaries the cluster needs (packages ceph-mon ceph-mgr ceph-osd ceph-common).
+pub const CEPH_BINARIES: &[&str] = &["ceph-mon", "ceph-mgr", "ceph-osd", "ceph", "rbd"];
+
+/// A running throwaway cluster; stopped and wiped on drop.
+#[derive(Debug)]
+pub struct TestCluster {
+    dir: PathBuf,
+    scripts: PathBuf,
+}
+
+static SHARED: Mutex<Weak<TestCluster>> = Mutex::new(Weak::new());
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// True when `bin` is an executable file on `PATH`.
+pub fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join(bin).is_file())
+    })
+}
+
+impl TestCluster {
+    /// Starts a new cluster in a fresh directory under the temp dir.
+    /// `Ok(None)` (after printing `SKIP: ceph not installed`) when the Ceph
+    /// binaries are missing.
+    pub fn start() -> io::Result<Option<TestCluster>> {
+        let missing: Vec<&str> = CEPH_BINARIES.iter().copied().filter(|b| !on_path(b)).collect();
+        if !missing.is_empty() {
+            eprintln!("SKIP: ceph not installed (missing {})", missing.join(", "));
+            return Ok(None);
+        }
+        let scripts = std::env::var_os("NUBO_SCRIPTS_DIR").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts"),
+            PathBuf::from,
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "nubo-ceph-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        // From here on, Drop cleans up whatever the script managed to start.
+        let cluster = TestCluster { dir, scripts };
+        // Output goes to a file, not a pipe: the daemons and the lock holder
+        // outlive the script and would keep a pipe open.
+        let log_path = cluster.dir.with_extension("up.log");
+        let log = File::create(&log_path)?;
+        let status = Command::new(cluster.scripts.join("ceph-up.sh"))
+            .arg(&cluster.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()?;
+        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&log_path);
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "ceph-up.sh {} failed ({status}):\n{output}",
+                cluster.dir.display()
+            )));
+        }
+        eprintln!("test ceph cluster up in {}", cluster.dir.display());
+        Ok(Some(cluster))
+    }
+
+    /// One cluster shared by the tests of this process that overlap in
+    /// time: the first caller starts it, it is torn down when the last `Arc`
+    /// is dropped (a later caller then starts a new one).
+    pub fn shared() -> io::Result<Option<Arc<TestCluster>>> {
+        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.upgrade() {
+            return Ok(Some(c));
+        }
+        let Some(c) = TestCluster::start()? else {
+            return Ok(None);
+        };
+        let c = Arc::new(c);
+        *slot = Arc::downgrade(&c);
+        Ok(Some(c))
+    }
+
+    /// The cluster's directory (daemon data, logs in `log/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `DIR/ceph.conf`; pass as `CEPH_CONF` to `ceph`/`rbd`/`qemu-img`.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.join("ceph.conf")
+    }
+
+    /// `DIR/keyring`: `client.admin`'s key.
+    pub fn admin_keyring(&self) -> PathBuf {
+        self.dir.join("keyring")
+    }
+
+    /// Connect options for `client.admin`.
+    pub fn admin_options(&self) -> ConnectOptions {
+        ConnectOptions::new(self.conf_path(), self.admin_keyring(), "admin")
+    }
+
+    /// Connects as `client.admin`.
+    pub fn admin(&self) -> crate::Result<Cluster> {
+        Cluster::connect(&self.admin_options())
+    }
+
+    /// Creates (or fetches) cephx user `client.<id>` with `caps` (pairs like
+    /// `("mon", "profile rbd")`), writes its keyring to `DIR/<id>.keyring`
+    /// and returns options to connect as it.
+    pub fn create_user(&self, id: &str, caps: &[(&str, &str)]) -> crate::Result<ConnectOptions> {
+        let admin = self.admin()?;
+        let caps: Vec<&str> = caps.iter().flat_map(|(k, v)| [*k, *v]).collect();
+        let keyring = admin.mon_command(&serde_json::json!({
+            "prefix": "auth get-or-create",
+            "entity": format!("client.{id}"),
+            "caps": caps,
+        }))?;
+        let path = self.dir.join(format!("{id}.keyring"));
+        std::fs::write(&path, keyring).map_err(|source| crate::Error::Io {
+            op: "write keyring",
+            object: path.display().to_string(),
+            source,
+        })?;
+        Ok(ConnectOptions::new(self.conf_path(), path, id))
+    }
+
+    /// Runs a CLI tool (`ceph`, `rbd`, `qemu-img`, …) against this cluster
+    /// as admin; returns stdout, or an error with stderr.
+    pub fn cli(&self, program: &str, args: &[&str]) -> io::Result<String> {
+        let out = Command::new(program)
+            .args(args)
+            .env("CEPH_CONF", self.conf_path())
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "{program} {}: {}: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let down = self.scripts.join("ceph-down.sh");
+        match Command::new(&down)
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+        {
+            Ok(s) if s.success() => {}
+            Ok(s) => eprintln!("{} {}: {s}", down.display(), self.dir.display()),
+            Err(e) => eprintln!("{} {}: {e}", down.display(), self.dir.display()),
+        }
+    }
+}
