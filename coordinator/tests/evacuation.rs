@@ -11,9 +11,7 @@ use std::time::Duration;
 use common::*;
 use etcd_client::GetOptions;
 use nubo_common::keys;
-use nubo_common::model::{
-    self, Instance, InstanceState, InstanceStatus, PowerState,
-};
+use nubo_common::model::{self, Instance, InstanceState, InstanceStatus, PowerState};
 use nubo_common::proto as pb;
 use nubo_common::{InstanceId, NodeName};
 use nubo_coordinator::{Config, Coordinator, FenceCall, RecordingFencer};

@@ -26,12 +26,19 @@ fn start(etcd: &Etcd, id: &str, dir: &std::path::Path) -> Proc {
 }
 
 async fn channel(p: &Proc) -> Channel {
-    Channel::from_shared(p.endpoint()).unwrap().connect().await.unwrap()
+    Channel::from_shared(p.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 async fn is_leader(ch: &Channel) -> Option<bool> {
     let mut c = pb::cluster_client::ClusterClient::new(ch.clone());
-    c.status(pb::Empty {}).await.ok().map(|s| s.into_inner().is_leader)
+    c.status(pb::Empty {})
+        .await
+        .ok()
+        .map(|s| s.into_inner().is_leader)
 }
 
 /// Polls until `p` (by its channel) is leader; returns the time waited.
@@ -125,7 +132,10 @@ async fn batch_while_the_leader_dies(seed_delay_ms: u64) -> (usize, usize) {
         let t = Instant::now();
         loop {
             let l = nodes
-                .list(pb::ListRequest { page_size: 100, ..Default::default() })
+                .list(pb::ListRequest {
+                    page_size: 100,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner();

@@ -102,7 +102,9 @@ pub enum SpecError {
         memory_mb: u64,
     },
     /// A tap name that Linux would reject.
-    #[error("instance {instance_id}: invalid tap name {tap:?} (1-15 bytes, no '/', ':' or whitespace)")]
+    #[error(
+        "instance {instance_id}: invalid tap name {tap:?} (1-15 bytes, no '/', ':' or whitespace)"
+    )]
     TapName {
         /// Instance concerned.
         instance_id: String,

@@ -63,7 +63,10 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
     match &spec.disk {
         DiskSpec::LocalQcow2 { path } => {
             let _ = writeln!(x, "    <disk type='file' device='disk'>");
-            let _ = writeln!(x, "      <driver name='qemu' type='qcow2' discard='unmap'/>");
+            let _ = writeln!(
+                x,
+                "      <driver name='qemu' type='qcow2' discard='unmap'/>"
+            );
             let _ = writeln!(x, "      <source file='{}'/>", esc_path(path));
             let _ = writeln!(x, "      <target dev='vda' bus='virtio'/>");
             let _ = writeln!(x, "    </disk>");
@@ -71,7 +74,11 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
     }
     for nic in &spec.nics {
         let _ = writeln!(x, "    <interface type='ethernet'>");
-        let _ = writeln!(x, "      <mac address='{}'/>", esc(&nic.mac.to_ascii_lowercase()));
+        let _ = writeln!(
+            x,
+            "      <mac address='{}'/>",
+            esc(&nic.mac.to_ascii_lowercase())
+        );
         let _ = writeln!(x, "      <target dev='{}' managed='no'/>", esc(&nic.tap));
         let _ = writeln!(x, "      <model type='virtio'/>");
         if let Some(mtu) = nic.mtu {
@@ -89,7 +96,10 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
     let _ = writeln!(x, "      <target type='serial' port='0'/>");
     let _ = writeln!(x, "    </console>");
     if spec.vnc {
-        let _ = writeln!(x, "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'>");
+        let _ = writeln!(
+            x,
+            "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'>"
+        );
         let _ = writeln!(x, "      <listen type='address' address='127.0.0.1'/>");
         let _ = writeln!(x, "    </graphics>");
     }
@@ -126,6 +136,9 @@ mod tests {
 
     #[test]
     fn escapes_all_specials() {
-        assert_eq!(esc(r#"a<b>&'c'"d""#), "a&lt;b&gt;&amp;&apos;c&apos;&quot;d&quot;");
+        assert_eq!(
+            esc(r#"a<b>&'c'"d""#),
+            "a&lt;b&gt;&amp;&apos;c&apos;&quot;d&quot;"
+        );
     }
 }

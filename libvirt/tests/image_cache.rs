@@ -69,7 +69,10 @@ async fn corrupt_source_is_refused_and_leaves_nothing() {
         .ensure_base("img-2", &src, "abc")
         .await
         .expect_err("bad checksum string");
-    assert!(matches!(err, ImageError::BadExpectedChecksum { .. }), "{err}");
+    assert!(
+        matches!(err, ImageError::BadExpectedChecksum { .. }),
+        "{err}"
+    );
     let err = cache
         .ensure_base("../x", &src, &wrong)
         .await
@@ -124,11 +127,17 @@ async fn overlay_uses_detected_base_format_and_size_is_checked() {
 
     cache.remove_overlay(id2).await.expect("remove");
     assert!(!overlay2.exists());
-    cache.remove_overlay(id2).await.expect("remove is idempotent");
+    cache
+        .remove_overlay(id2)
+        .await
+        .expect("remove is idempotent");
 
     let err = cache
         .create_overlay(&dir.path().join("missing"), "x-1", 1)
         .await
         .expect_err("missing base");
-    assert!(matches!(err, ImageError::QemuImg { op: "info", .. }), "{err}");
+    assert!(
+        matches!(err, ImageError::QemuImg { op: "info", .. }),
+        "{err}"
+    );
 }

@@ -95,9 +95,15 @@ impl Env {
         run("ip", &["netns", "add", &ns]);
         run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
         run("ip", &["-n", &ns, "link", "add", &br, "type", "bridge"]);
-        run("ip", &["-n", &ns, "addr", "add", "10.77.0.1/24", "dev", &br]);
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", "10.77.0.1/24", "dev", &br],
+        );
         run("ip", &["-n", &ns, "link", "set", &br, "up"]);
-        run("ip", &["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+        run(
+            "ip",
+            &["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"],
+        );
         run("ip", &["-n", &ns, "link", "set", &tap, "master", &br, "up"]);
         let script = format!(
             "mkdir -p /run/libvirt /var/cache/libvirt /var/log/libvirt && mount --bind {base}/run /run/libvirt && mount --bind {base}/etcq /etc/libvirt/qemu \
@@ -108,7 +114,15 @@ impl Env {
         run(
             "ip",
             &[
-                "netns", "exec", &ns, "unshare", "-m", "--propagation", "private", "sh", "-c",
+                "netns",
+                "exec",
+                &ns,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
                 &script,
             ],
         );
@@ -121,7 +135,10 @@ impl Env {
             if ok {
                 break;
             }
-            assert!(Instant::now() < deadline, "private libvirtd did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "private libvirtd did not come up"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         env
@@ -178,7 +195,9 @@ impl Drop for Env {
         }
         self.kill_pidfile("libvirtd.pid");
         self.kill_pidfile("virtlogd.pid");
-        let _ = Command::new("ip").args(["netns", "del", &self.ns()]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns()])
+            .output();
     }
 }
 
@@ -325,7 +344,10 @@ async fn full_lifecycle_on_private_libvirtd() {
             "",
         )
         .await;
-    driver.define_and_start(&spec).await.expect("define_and_start");
+    driver
+        .define_and_start(&spec)
+        .await
+        .expect("define_and_start");
     wait_event(&mut events, id, LifecycleEvent::Started).await;
     wait_until("NUBO-GUEST: init", || {
         count_in(&spec.console_log, "NUBO-GUEST: init") >= 1
@@ -373,14 +395,22 @@ async fn full_lifecycle_on_private_libvirtd() {
     let info = driver.get(id).await.expect("get").expect("exists");
     assert_eq!(info.state, PowerState::ShutOff);
     assert_eq!(info.qemu_pid, None);
-    wait_event(&mut events, id, LifecycleEvent::Stopped(StopReason::Destroyed)).await;
+    wait_event(
+        &mut events,
+        id,
+        LifecycleEvent::Stopped(StopReason::Destroyed),
+    )
+    .await;
     let err = driver.reboot(id).await.expect_err("not running");
     assert!(matches!(err, DriverError::WrongState { .. }), "{err}");
 
     // Resize while stopped, start again.
     driver.redefine(&bigger).await.expect("redefine");
     let dumped = env.virsh(&["dumpxml", &format!("{}{id}", env.prefix())]);
-    assert!(dumped.contains("<memory unit='KiB'>262144</memory>"), "{dumped}");
+    assert!(
+        dumped.contains("<memory unit='KiB'>262144</memory>"),
+        "{dumped}"
+    );
     driver.start(id).await.expect("start");
     let before = count_in(&spec.console_log, "NUBO-GUEST: init");
     wait_until("init after start", || {
@@ -397,21 +427,36 @@ async fn full_lifecycle_on_private_libvirtd() {
         let tspec = fx.spec(&tid, vec![], "").await;
         let t0 = Instant::now();
         driver.define_and_start(&tspec).await.expect("timed start");
+        let started = t0.elapsed();
         wait_until("timed init", || {
             count_in(&tspec.console_log, "NUBO-GUEST: init") >= 1
         })
         .await;
         times.push(t0.elapsed());
+        let log =
+            String::from_utf8_lossy(&std::fs::read(&tspec.console_log).expect("log")).into_owned();
+        let line = log
+            .lines()
+            .find(|l| l.contains("NUBO-GUEST: init"))
+            .unwrap_or_default()
+            .to_owned();
+        eprintln!("run {i}: define_and_start returned after {started:?}; guest says {line:?}");
         driver.undefine(&tid).await.expect("undefine timed");
         fx.cache.remove_overlay(&tid).await.expect("rm overlay");
     }
     times.sort();
-    eprintln!("define_and_start -> NUBO-GUEST: init: {times:?}, median {:?}", times[1]);
+    eprintln!(
+        "define_and_start -> NUBO-GUEST: init: {times:?}, median {:?}",
+        times[1]
+    );
 
     // A guest that powers itself off is seen through the event stream.
     let off = "7b0c1a2e-3333-4000-8000-0000000000f1";
     let off_spec = fx.spec(off, vec![], "nubo.poweroff").await;
-    driver.define_and_start(&off_spec).await.expect("poweroff guest");
+    driver
+        .define_and_start(&off_spec)
+        .await
+        .expect("poweroff guest");
     let seen = wait_event(
         &mut events,
         off,
@@ -434,7 +479,11 @@ async fn full_lifecycle_on_private_libvirtd() {
     }
     assert!(driver.list_nubo_domains().await.expect("list").is_empty());
     let all = env.virsh(&["list", "--all", "--name"]);
-    let names: Vec<&str> = all.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let names: Vec<&str> = all
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(names, vec![format!("nbt{}-foreign", env.token)]);
     let err = driver.start(id).await.expect_err("gone");
     assert!(matches!(err, DriverError::NotFound(_)), "{err}");

@@ -233,11 +233,17 @@ impl Cluster {
             "prefix": "osd blocklist ls",
             "format": "json",
         }))?;
-        serde_json::from_slice(&out).map_err(|e| Error::Protocol {
-            op: "blocklist ls",
-            object: self.client.clone(),
-            reason: e.to_string(),
-        })
+        // Ceph 16.2.11+ prints two JSON arrays back to back: single
+        // addresses, then address ranges. Both are entries.
+        let mut entries = Vec::new();
+        for list in serde_json::Deserializer::from_slice(&out).into_iter::<Vec<BlocklistEntry>>() {
+            entries.extend(list.map_err(|e| Error::Protocol {
+                op: "blocklist ls",
+                object: self.client.clone(),
+                reason: format!("{e} in {:?}", String::from_utf8_lossy(&out)),
+            })?);
+        }
+        Ok(entries)
     }
 }
 

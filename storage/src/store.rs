@@ -283,14 +283,14 @@ impl BlockStore for RbdStore {
                 children,
             });
         }
-        // Our own handle is one watcher; anyone else means the disk is in use.
-        let own = self.cluster.instance_id();
-        let others: Vec<String> = image
-            .watchers()?
-            .into_iter()
-            .filter(|w| u64::try_from(w.id).ok() != Some(own))
-            .map(|w| w.addr)
-            .collect();
+        // Our own handle is one watcher; any other (another client, or
+        // another handle of this one) means the disk is in use.
+        let own = i64::try_from(self.cluster.instance_id()).ok();
+        let mut watchers = image.watchers()?;
+        if let Some(i) = watchers.iter().position(|w| Some(w.id) == own) {
+            watchers.remove(i);
+        }
+        let others: Vec<String> = watchers.into_iter().map(|w| w.addr).collect();
         if !others.is_empty() {
             return Err(Error::InUse {
                 op: "delete disk",

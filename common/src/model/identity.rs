@@ -1,0 +1,565 @@
+//! Identity: projects, users, role assignments, application credentials,
+//! quotas and their usage, the audit trail and the token signing key.
+//!
+//! The logic that works on these records (password hashing, tokens,
+//! authorization, quota checks) lives in the `nubo-identity` crate; this
+//! module only holds what is stored in etcd.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Timestamp;
+use crate::{IdError, ProjectId};
+
+// ------------------------------------------------------------------ names
+
+/// A user's login name: 1..=63 characters of `[a-zA-Z0-9._@-]`, starting
+/// with a letter or digit (so it never collides with the `_cloud` marker in
+/// role keys and never contains `/`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct UserName(String);
+
+impl UserName {
+    /// Validates and wraps a user name.
+    pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+        let s = s.into();
+        let err = |reason| IdError {
+            kind: "user name",
+            value: s.chars().take(64).collect(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(err("must not be empty"));
+        }
+        if s.len() > 63 {
+            return Err(err("must be at most 63 characters"));
+        }
+        if !s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+            return Err(err("must start with a letter or digit"));
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        {
+            return Err(err("may contain only letters, digits, '-', '_', '.' and '@'"));
+        }
+        Ok(Self(s))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UserName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserName({:?})", self.0)
+    }
+}
+
+impl FromStr for UserName {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Identifies an application credential (a UUID).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AppCredId(Uuid);
+
+impl AppCredId {
+    /// A fresh random id.
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+    /// Wraps an existing UUID.
+    pub const fn from_uuid(u: Uuid) -> Self {
+        Self(u)
+    }
+}
+
+impl fmt::Display for AppCredId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for AppCredId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppCredId({})", self.0.hyphenated())
+    }
+}
+
+impl FromStr for AppCredId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self).map_err(|_| IdError {
+            kind: "application credential id",
+            value: s.chars().take(64).collect(),
+            reason: "expected a UUID",
+        })
+    }
+}
+
+// ------------------------------------------------------------------ records
+
+/// `/nubo/v1/projects/<id>`: a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Id (a validated name, e.g. "admin", "team-a").
+    pub id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// A disabled project cannot get tokens.
+    pub enabled: bool,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// `/nubo/v1/users/<name>`: a person or a service account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Login name.
+    pub name: UserName,
+    /// Argon2id hash in PHC string format (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
+    pub password_hash: String,
+    /// A disabled user cannot get tokens.
+    pub enabled: bool,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// What a user may do in a project (or, cloud-wide, everywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, in every project, including cloud-wide resources (nodes,
+    /// flavors, projects, users, quotas). Only meaningful cloud-wide.
+    Admin,
+    /// Read and change the project's resources.
+    Member,
+    /// Read the project's resources.
+    Reader,
+}
+
+impl Role {
+    /// Lower-case name, as stored.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Member => "member",
+            Self::Reader => "reader",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "member" => Ok(Self::Member),
+            "reader" => Ok(Self::Reader),
+            _ => Err(IdError {
+                kind: "role",
+                value: s.chars().take(64).collect(),
+                reason: "expected admin, member or reader",
+            }),
+        }
+    }
+}
+
+/// `/nubo/v1/roles/<user>/<project|_cloud>`: one role of a user in a
+/// project, or cloud-wide when `project` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleAssignment {
+    /// The user.
+    pub user: UserName,
+    /// The project, or `None` for a cloud-wide assignment.
+    #[serde(default)]
+    pub project: Option<ProjectId>,
+    /// The role.
+    pub role: Role,
+}
+
+/// `/nubo/v1/app-creds/<id>`: a secret a program uses instead of a
+/// password, bound to one user and project, possibly with fewer roles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplicationCredential {
+    /// Id (public half of the credential).
+    pub id: AppCredId,
+    /// The user it acts for.
+    pub user: UserName,
+    /// The project it is scoped to.
+    pub project: ProjectId,
+    /// Hash of the secret (see `nubo_identity::appcred`).
+    pub secret_hash: String,
+    /// Expiry, if any.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Roles it may use (a subset of the user's roles in `project`).
+    pub roles: Vec<Role>,
+}
+
+// ------------------------------------------------------------------ quotas
+
+/// One countable resource limited by a quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaResource {
+    /// Instances.
+    Instances,
+    /// Virtual CPUs of instances.
+    Vcpus,
+    /// Memory of instances, MiB.
+    RamMb,
+    /// Volumes.
+    Volumes,
+    /// Volume size, GiB.
+    Gigabytes,
+    /// Ports.
+    Ports,
+    /// Networks.
+    Networks,
+    /// Security groups.
+    SecurityGroups,
+}
+
+impl QuotaResource {
+    /// Every resource, in the order checks report them.
+    pub const ALL: [QuotaResource; 8] = [
+        Self::Instances,
+        Self::Vcpus,
+        Self::RamMb,
+        Self::Volumes,
+        Self::Gigabytes,
+        Self::Ports,
+        Self::Networks,
+        Self::SecurityGroups,
+    ];
+
+    /// Name as in the JSON records and messages.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Instances => "instances",
+            Self::Vcpus => "vcpus",
+            Self::RamMb => "ram_mb",
+            Self::Volumes => "volumes",
+            Self::Gigabytes => "gigabytes",
+            Self::Ports => "ports",
+            Self::Networks => "networks",
+            Self::SecurityGroups => "security_groups",
+        }
+    }
+}
+
+impl fmt::Display for QuotaResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `/nubo/v1/quotas/<project>` (or `/nubo/v1/quotas/_default` for every
+/// project without its own record): limits; `None` (JSON `null` or a
+/// missing field) means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Instances.
+    #[serde(default)]
+    pub instances: Option<u64>,
+    /// vCPUs.
+    #[serde(default)]
+    pub vcpus: Option<u64>,
+    /// RAM, MiB.
+    #[serde(default)]
+    pub ram_mb: Option<u64>,
+    /// Volumes.
+    #[serde(default)]
+    pub volumes: Option<u64>,
+    /// Volume GiB.
+    #[serde(default)]
+    pub gigabytes: Option<u64>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Option<u64>,
+    /// Networks.
+    #[serde(default)]
+    pub networks: Option<u64>,
+    /// Security groups.
+    #[serde(default)]
+    pub security_groups: Option<u64>,
+}
+
+impl Quota {
+    /// No limit on anything.
+    pub const UNLIMITED: Quota = Quota {
+        instances: None,
+        vcpus: None,
+        ram_mb: None,
+        volumes: None,
+        gigabytes: None,
+        ports: None,
+        networks: None,
+        security_groups: None,
+    };
+
+    /// The built-in cloud-wide default, used when neither
+    /// `/quotas/<project>` nor `/quotas/_default` exists (OpenStack's
+    /// defaults: 10 instances, 20 vCPUs, 50 GiB RAM, 10 volumes, 1000 GiB,
+    /// 500 ports, 100 networks, 10 security groups).
+    pub const fn cloud_default() -> Quota {
+        Quota {
+            instances: Some(10),
+            vcpus: Some(20),
+            ram_mb: Some(51_200),
+            volumes: Some(10),
+            gigabytes: Some(1_000),
+            ports: Some(500),
+            networks: Some(100),
+            security_groups: Some(10),
+        }
+    }
+
+    /// The limit of one resource (`None` = unlimited).
+    pub fn get(&self, r: QuotaResource) -> Option<u64> {
+        match r {
+            QuotaResource::Instances => self.instances,
+            QuotaResource::Vcpus => self.vcpus,
+            QuotaResource::RamMb => self.ram_mb,
+            QuotaResource::Volumes => self.volumes,
+            QuotaResource::Gigabytes => self.gigabytes,
+            QuotaResource::Ports => self.ports,
+            QuotaResource::Networks => self.networks,
+            QuotaResource::SecurityGroups => self.security_groups,
+        }
+    }
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self::cloud_default()
+    }
+}
+
+/// `/nubo/v1/quota-usage/<project>`: what a project holds, maintained by
+/// the coordinator in the same transaction as the resources themselves.
+/// Also used for a request's delta.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsage {
+    /// Instances.
+    #[serde(default)]
+    pub instances: u64,
+    /// vCPUs.
+    #[serde(default)]
+    pub vcpus: u64,
+    /// RAM, MiB.
+    #[serde(default)]
+    pub ram_mb: u64,
+    /// Volumes.
+    #[serde(default)]
+    pub volumes: u64,
+    /// Volume GiB.
+    #[serde(default)]
+    pub gigabytes: u64,
+    /// Ports.
+    #[serde(default)]
+    pub ports: u64,
+    /// Networks.
+    #[serde(default)]
+    pub networks: u64,
+    /// Security groups.
+    #[serde(default)]
+    pub security_groups: u64,
+}
+
+impl QuotaUsage {
+    /// The counter of one resource.
+    pub fn get(&self, r: QuotaResource) -> u64 {
+        match r {
+            QuotaResource::Instances => self.instances,
+            QuotaResource::Vcpus => self.vcpus,
+            QuotaResource::RamMb => self.ram_mb,
+            QuotaResource::Volumes => self.volumes,
+            QuotaResource::Gigabytes => self.gigabytes,
+            QuotaResource::Ports => self.ports,
+            QuotaResource::Networks => self.networks,
+            QuotaResource::SecurityGroups => self.security_groups,
+        }
+    }
+
+    /// A mutable reference to the counter of one resource.
+    pub fn get_mut(&mut self, r: QuotaResource) -> &mut u64 {
+        match r {
+            QuotaResource::Instances => &mut self.instances,
+            QuotaResource::Vcpus => &mut self.vcpus,
+            QuotaResource::RamMb => &mut self.ram_mb,
+            QuotaResource::Volumes => &mut self.volumes,
+            QuotaResource::Gigabytes => &mut self.gigabytes,
+            QuotaResource::Ports => &mut self.ports,
+            QuotaResource::Networks => &mut self.networks,
+            QuotaResource::SecurityGroups => &mut self.security_groups,
+        }
+    }
+
+    /// Component-wise sum, saturating at `u64::MAX`.
+    pub fn saturating_add(mut self, o: &QuotaUsage) -> QuotaUsage {
+        for r in QuotaResource::ALL {
+            let v = self.get_mut(r);
+            *v = v.saturating_add(o.get(r));
+        }
+        self
+    }
+
+    /// Component-wise difference, saturating at zero (releasing more than
+    /// is held, e.g. after a hand edit, never underflows).
+    pub fn saturating_sub(mut self, o: &QuotaUsage) -> QuotaUsage {
+        for r in QuotaResource::ALL {
+            let v = self.get_mut(r);
+            *v = v.saturating_sub(o.get(r));
+        }
+        self
+    }
+}
+
+// ------------------------------------------------------------------ audit
+
+/// How an audited call ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum AuditOutcome {
+    /// It succeeded.
+    Ok,
+    /// It failed with a gRPC code name (e.g. "PermissionDenied") and a message.
+    Error {
+        /// gRPC code name.
+        code: String,
+        /// The message returned to the caller.
+        message: String,
+    },
+}
+
+/// `/nubo/v1/audit/<time-ordered id>`: one mutating (or denied) API call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the call was made.
+    pub time: Timestamp,
+    /// Who made it (`None` when authentication failed).
+    #[serde(default)]
+    pub user: Option<UserName>,
+    /// The project the token was scoped to.
+    #[serde(default)]
+    pub project: Option<ProjectId>,
+    /// The API action, e.g. "servers.create".
+    pub action: String,
+    /// The resource kind, e.g. "server".
+    pub resource_kind: String,
+    /// The resource id or name, when known.
+    #[serde(default)]
+    pub resource_id: Option<String>,
+    /// How it ended.
+    pub outcome: AuditOutcome,
+    /// The request id (also logged by the coordinator).
+    pub request_id: String,
+}
+
+// ------------------------------------------------------------------ secrets
+
+/// `/nubo/v1/secrets/token-key`: the cluster's token signing keys
+/// (base64, standard alphabet, 32+ random bytes each). Written by the
+/// coordinator (bootstrap and rotation); readable by anyone with read
+/// access to etcd, which is why etcd must require client certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenKeySet {
+    /// The key new tokens are signed with.
+    pub current: String,
+    /// When `current` became current.
+    pub rotated_at: Timestamp,
+    /// The key before the last rotation, still accepted for verification
+    /// until `previous_valid_until` (= rotation time + the longest token
+    /// lifetime), so tokens issued just before a rotation keep working.
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// End of the grace window for `previous`.
+    #[serde(default)]
+    pub previous_valid_until: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_validated() {
+        assert!(UserName::new("alice@example.org").is_ok());
+        assert!(UserName::new("_cloud").is_err());
+        assert!(UserName::new("a/b").is_err());
+        assert!(UserName::new("").is_err());
+        assert!(serde_json::from_str::<UserName>("\"x/y\"").is_err());
+    }
+
+    #[test]
+    fn quota_null_means_unlimited_and_usage_saturates() {
+        let q: Quota = serde_json::from_str(r#"{"instances":3,"vcpus":null}"#).unwrap();
+        assert_eq!(q.get(QuotaResource::Instances), Some(3));
+        assert_eq!(q.get(QuotaResource::Vcpus), None);
+        assert_eq!(q.get(QuotaResource::Ports), None);
+        let a = QuotaUsage {
+            instances: u64::MAX,
+            ports: 1,
+            ..Default::default()
+        };
+        let b = QuotaUsage {
+            instances: 1,
+            ports: 2,
+            ..Default::default()
+        };
+        assert_eq!(a.saturating_add(&b).instances, u64::MAX);
+        assert_eq!(a.saturating_sub(&b).ports, 0);
+        assert_eq!(a.saturating_sub(&b).instances, u64::MAX - 1);
+    }
+
+    #[test]
+    fn audit_outcome_json_is_readable() {
+        let o = AuditOutcome::Error {
+            code: "NotFound".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"status":"error","code":"NotFound","message":"m"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&AuditOutcome::Ok).unwrap(),
+            r#"{"status":"ok"}"#
+        );
+    }
+}

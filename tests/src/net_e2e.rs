@@ -1,0 +1,562 @@
+//! End-to-end networking labs: simulated hosts ([`Underlay`]/[`Host`]) each
+//! running a real `nubo-agent --driver netns`, etcd and one coordinator on
+//! the underlay bridge, guests that are network namespaces.
+//!
+//! Agents are started with `nsenter --net=/run/netns/<host>` (not `ip netns
+//! exec`, whose private mount namespace would hide the guest namespaces the
+//! agent creates). Guest namespaces are named `nbt<token>g<host>…`; the
+//! [`NetLab`] guard kills the agents (by pid) and deletes every namespace
+//! and link carrying its token, even on panic.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::netns::{link_names, netns_names, run};
+use crate::process::{bin_path, Daemon};
+use crate::wait::{fatal, wait_until};
+use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
+
+/// How long an agent may take to register.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `nubo-agent --driver netns` inside a host namespace.
+pub struct NetAgent {
+    daemon: Daemon,
+    node: String,
+    dir: tempfile::TempDir,
+}
+
+impl NetAgent {
+    /// Starts the agent of host `i` (node `hv-<i>`, zone `az-<i>`).
+    pub fn start(host: &Host, i: u8, etcd: &str, guest_prefix: &str) -> Result<Self> {
+        let node = format!("hv-{i}");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("nbt-netagent-{i}-"))
+            .tempdir()?;
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state)?;
+        let args: Vec<String> = [
+            "--driver",
+            "netns",
+            "--netns-prefix",
+            guest_prefix,
+            "--node",
+            &node,
+            "--etcd-endpoints",
+            etcd,
+            "--state-dir",
+            &state.display().to_string(),
+            "--underlay-ip",
+            &host.ip().to_string(),
+            "--underlay-mtu",
+            "1500",
+            "--availability-zone",
+            &format!("az-{i}"),
+            "--lease-ttl",
+            "3",
+            "--vcpus",
+            "256",
+            "--ram-mb",
+            "1048576",
+            "--disk-gb",
+            "100000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let daemon = Daemon::spawn(
+            &format!("nubo-agent {node}"),
+            vec!["nsenter".into(), format!("--net=/run/netns/{}", host.netns())],
+            bin_path("nubo-agent")?,
+            args,
+            dir.path().join("agent.log"),
+            &[("RUST_LOG", "info")],
+        )?;
+        let mut a = Self { daemon, node, dir };
+        a.wait_ready()?;
+        Ok(a)
+    }
+
+    /// Waits for `nubo-agent ready` in the current incarnation's log.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let daemon = &mut self.daemon;
+        wait_until(READY_TIMEOUT, &format!("agent {} ready", self.node), || {
+            daemon.check_running().map_err(fatal)?;
+            Ok(daemon.current_log().contains("nubo-agent ready"))
+        })
+        .with_context(|| format!("log tail:\n{}", self.daemon.log_tail()))
+    }
+
+    /// SIGKILL by pid.
+    pub fn kill9(&mut self) {
+        self.daemon.kill9();
+    }
+
+    /// Starts it again (same flags and state directory) and waits until ready.
+    pub fn restart(&mut self) -> Result<()> {
+        self.daemon.start(&[("RUST_LOG", "info")])?;
+        self.wait_ready()
+    }
+
+    /// Node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Log of the current incarnation.
+    pub fn current_log(&self) -> String {
+        self.daemon.current_log()
+    }
+
+    /// Whole log.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// Last lines of the log.
+    pub fn log_tail(&self) -> String {
+        self.daemon.log_tail()
+    }
+
+    /// State directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+/// A guest (instance) as the API and the lab know it.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// Instance id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Node.
+    pub node: String,
+    /// Fixed IP.
+    pub ip: Ipv4Addr,
+    /// MAC.
+    pub mac: String,
+    /// Port id.
+    pub port: String,
+    /// Network namespace of the guest.
+    pub netns: String,
+    /// The host namespace it runs in.
+    pub host_netns: String,
+}
+
+impl Guest {
+    /// A command running `program` inside the guest.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, program]);
+        c
+    }
+
+    /// Runs `program args` in the guest.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        self.command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {program} in {}", self.netns))
+    }
+
+    /// Runs `program args` in the guest; fails unless it succeeds; stdout.
+    pub fn ok(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = self.exec(program, args)?;
+        if !out.status.success() {
+            bail!(
+                "`{program} {}` in {} failed ({}): {}{}",
+                args.join(" "),
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One ping with a `secs` deadline; true if answered.
+    pub fn pings(&self, ip: Ipv4Addr, secs: u32) -> bool {
+        self.exec(
+            "ping",
+            &["-c", "1", "-W", "1", "-w", &secs.to_string(), "-q", &ip.to_string()],
+        )
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    }
+
+    /// `nc -z -w <secs> ip port`: true if a TCP connection was established.
+    pub fn tcp_open(&self, ip: Ipv4Addr, port: u16, secs: u32) -> bool {
+        self.exec(
+            "nc",
+            &["-z", "-w", &secs.to_string(), &ip.to_string(), &port.to_string()],
+        )
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    }
+
+    /// IPv4 addresses on eth0 as `a.b.c.d/len`.
+    pub fn addresses(&self) -> Result<Vec<String>> {
+        let out = self.ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                it.position(|w| w == "inet")?;
+                it.next().map(str::to_string)
+            })
+            .collect())
+    }
+
+    /// Gets an address with busybox `udhcpc` and the lab's script (address,
+    /// MTU, option-121 routes); returns udhcpc's output.
+    pub fn udhcpc(&self, script: &Path) -> Result<String> {
+        let s = script.display().to_string();
+        self.ok(
+            "busybox",
+            &["udhcpc", "-i", "eth0", "-n", "-q", "-t", "5", "-s", &s],
+        )
+    }
+
+    /// `curl -s` of the metadata service with extra headers.
+    pub fn metadata(&self, path: &str, headers: &[&str]) -> Result<String> {
+        let url = format!("http://169.254.169.254{path}");
+        let mut args = vec!["-sS", "--max-time", "5", "-f"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        self.ok("curl", &args)
+    }
+
+    /// Spawns a long-running process in the guest (killed by pid by the
+    /// returned guard).
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Result<ChildGuard> {
+        let child = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {program} in {}", self.netns))?;
+        Ok(ChildGuard(Some(child)))
+    }
+}
+
+/// A child process killed (SIGKILL, by pid) and reaped on drop.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// The child.
+    pub fn child(&mut self) -> Result<&mut Child> {
+        self.0.as_mut().context("child already reaped")
+    }
+
+    /// Writes a line to its stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self.child()?.stdin.as_mut().context("no stdin")?;
+        stdin.write_all(format!("{line}\n").as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills it and returns its stdout and stderr.
+    pub fn finish(mut self) -> Result<(String, String)> {
+        let mut child = self.0.take().context("child already reaped")?;
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The udhcpc script the tests use: applies address, MTU and the
+/// option-121 routes (else the router) like a cloud image would.
+pub const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  deconfig)
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip addr replace "$ip/$mask" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    if [ -n "$staticroutes" ]; then
+      set -- $staticroutes
+      while [ $# -ge 2 ]; do
+        if [ "$2" = "0.0.0.0" ]; then
+          ip route replace "$1" dev "$interface"
+        else
+          ip route replace "$1" via "$2" dev "$interface" onlink
+        fi
+        shift 2
+      done
+    elif [ -n "$router" ]; then
+      ip route replace default via "${router%% *}" dev "$interface"
+    fi
+    echo "lease ip=$ip mask=$mask mtu=$mtu hostname=$hostname routes=$staticroutes"
+    ;;
+esac
+exit 0
+"#;
+
+/// A dhclient script (no /etc/resolv.conf or other host file is touched):
+/// records the environment and applies address, MTU and the metadata route.
+pub const DHCLIENT_SCRIPT: &str = r#"#!/bin/sh
+env | grep '^new_\|^reason' > "$(dirname "$0")/dhclient-$interface.env"
+case "$reason" in
+  BOUND|RENEW|REBIND|REBOOT)
+    ip addr replace "$new_ip_address/$new_subnet_mask" dev "$interface"
+    [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
+    case " $new_rfc3442_classless_static_routes " in
+      *" 32 169 254 169 254 0 0 0 0 "*) ip route replace 169.254.169.254/32 dev "$interface" ;;
+    esac
+    ;;
+esac
+exit 0
+"#;
+
+/// A dhclient configuration requesting MTU and classless routes.
+pub const DHCLIENT_CONF: &str = "option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;\n\
+request subnet-mask, broadcast-address, routers, interface-mtu, rfc3442-classless-static-routes, host-name;\n";
+
+/// etcd, a coordinator, N hosts with a netns agent each.
+pub struct NetLab {
+    /// The agents (index 0 = host 1).
+    pub agents: Vec<NetAgent>,
+    /// The coordinator (root namespace, on the underlay address).
+    pub coordinator: Coordinator,
+    /// etcd on the underlay address.
+    pub etcd: Etcd,
+    /// The hosts.
+    pub hosts: Vec<Host>,
+    /// The underlay bridge.
+    pub underlay: Underlay,
+    /// CLI bound to the coordinator.
+    pub cli: Cli,
+    /// Scratch directory (scripts, logs).
+    pub dir: tempfile::TempDir,
+}
+
+impl NetLab {
+    /// Starts a lab with `n` hosts.
+    pub fn start(n: u8) -> Result<Self> {
+        let underlay = Underlay::new()?;
+        let mut hosts = Vec::new();
+        for i in 1..=n {
+            hosts.push(underlay.host(i)?);
+        }
+        let dir = tempfile::Builder::new().prefix("nbt-netlab-").tempdir()?;
+        let etcd = Etcd::start_on(underlay.gateway().into())?;
+        let mut copts = CoordinatorOpts::new(&etcd.endpoint(), "c1");
+        copts.ip = underlay.gateway().into();
+        let coordinator = Coordinator::start_with(copts, dir.path())?;
+        let cli = Cli::new(&coordinator.endpoint())?;
+        let mut lab = Self {
+            agents: Vec::new(),
+            coordinator,
+            etcd,
+            hosts,
+            underlay,
+            cli,
+            dir,
+        };
+        for i in 1..=n {
+            let prefix = lab.guest_prefix(i);
+            let a = NetAgent::start(&lab.hosts[usize::from(i) - 1], i, &lab.etcd.endpoint(), &prefix)
+                .with_context(|| format!("agent of host {i}"))?;
+            lab.agents.push(a);
+        }
+        for (name, text) in [
+            ("udhcpc.sh", UDHCPC_SCRIPT),
+            ("dhclient.sh", DHCLIENT_SCRIPT),
+            ("dhclient.conf", DHCLIENT_CONF),
+        ] {
+            let p = lab.dir.path().join(name);
+            std::fs::write(&p, text)?;
+            run("chmod", &["755", &p.display().to_string()])?;
+        }
+        Ok(lab)
+    }
+
+    /// Prefix of every name this lab creates.
+    pub fn token_prefix(&self) -> String {
+        self.underlay.name_prefix()
+    }
+
+    /// Guest namespace prefix of host `i`: `nbt<token>g<i>`.
+    pub fn guest_prefix(&self, i: u8) -> String {
+        format!("{}g{i}", self.underlay.name_prefix())
+    }
+
+    /// Path of the udhcpc script.
+    pub fn udhcpc_script(&self) -> PathBuf {
+        self.dir.path().join("udhcpc.sh")
+    }
+
+    /// Creates a server on host `host` (through its availability zone) and
+    /// waits until it runs; extra CLI flags are appended.
+    pub fn server(&self, name: &str, network: &str, host: u8, extra: &[&str]) -> Result<Guest> {
+        let az = format!("az-{host}");
+        let mut args = vec![
+            "server",
+            "create",
+            name,
+            "--wait",
+            "--timeout",
+            "120",
+            "--flavor",
+            "t",
+            "--image",
+            "i",
+            "--network",
+            network,
+            "--availability-zone",
+            &az,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cli.json(&args)?;
+        let text = out.to_string();
+        let id = find_str(&out, "id").with_context(|| format!("no id in {text}"))?;
+        let show = self.cli.json(&["server", "show", &id])?;
+        anyhow::ensure!(show["state"] == "running", "server not running: {show}");
+        let addr = &show["addresses"][0];
+        let short: String = id.chars().filter(|c| *c != '-').take(8).collect();
+        Ok(Guest {
+            id: id.clone(),
+            name: name.to_string(),
+            node: show["node"].as_str().unwrap_or_default().to_string(),
+            ip: addr["ip"]
+                .as_str()
+                .context("no ip")?
+                .parse()
+                .context("bad ip")?,
+            mac: addr["mac"].as_str().context("no mac")?.to_string(),
+            port: addr["port_id"].as_str().context("no port")?.to_string(),
+            netns: format!("{}{short}", self.guest_prefix(host)),
+            host_netns: self.hosts[usize::from(host) - 1].netns().to_string(),
+        })
+    }
+
+    /// Waits until the guest namespace exists and its tap is on a bridge.
+    pub fn wait_wired(&self, g: &Guest) -> Result<()> {
+        let host = self
+            .hosts
+            .iter()
+            .find(|h| h.netns() == g.host_netns)
+            .context("unknown host")?;
+        let tap = format!("tap{}", g.port.chars().filter(|c| *c != '-').take(11).collect::<String>());
+        wait_until(Duration::from_secs(30), &format!("{} wired", g.name), || {
+            let out = host.exec("ip", &["-o", "link", "show", &tap])?;
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(netns_names()?.contains(&g.netns) && s.contains("master nb-") && s.contains("UP"))
+        })
+    }
+
+    /// `nft list ruleset` in host `i`'s namespace.
+    pub fn ruleset(&self, i: u8) -> Result<String> {
+        let out = self.hosts[usize::from(i) - 1].exec("nft", &["list", "ruleset"])?;
+        anyhow::ensure!(out.status.success(), "nft list ruleset failed: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Namespaces and root links still carrying this lab's token.
+    pub fn leftovers(prefix: &str) -> Result<Vec<String>> {
+        Ok(netns_names()?
+            .into_iter()
+            .chain(link_names()?)
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.kill9();
+        }
+        // Guests outlive their agent (as VMs would): delete them here.
+        let prefix = format!("{}g", self.underlay.name_prefix());
+        if let Ok(names) = netns_names() {
+            for ns in names.iter().filter(|n| n.starts_with(&prefix)) {
+                let _ = run("ip", &["netns", "del", ns]);
+            }
+        }
+        // Hosts, etcd, coordinator and underlay go with the fields.
+    }
+}
+
+/// The first string field `key` anywhere in `v` (depth first).
+pub fn find_str(v: &Value, key: &str) -> Option<String> {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(s)) = m.get(key) {
+                return Some(s.clone());
+            }
+            m.values().find_map(|x| find_str(x, key))
+        }
+        Value::Array(a) => a.iter().find_map(|x| find_str(x, key)),
+        _ => None,
+    }
+}
+
+/// Runs `tcpdump` in `ns` on eth0 with `filter` while `action` runs, plus
+/// `linger`; returns the captured lines (one per packet).
+pub fn capture(
+    ns: &str,
+    filter: &str,
+    linger: Duration,
+    action: impl FnOnce() -> Result<()>,
+) -> Result<Vec<String>> {
+    let mut child = ChildGuard(Some(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-n", "-l", "-e"])
+            .args(filter.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("tcpdump")?,
+    ));
+    // tcpdump needs a moment to attach; poll its stderr is awkward with
+    // pipes, so give it a fixed settle time bounded by a readiness check.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+        if !child.running() {
+            break;
+        }
+    }
+    action()?;
+    std::thread::sleep(linger);
+    let (out, err) = child.finish()?;
+    anyhow::ensure!(err.contains("listening on"), "tcpdump did not start: {err}");
+    Ok(out.lines().map(str::to_string).collect())
+}
