@@ -11,6 +11,10 @@ PACKAGES=(
   # data path: nftables, netlink tools for tests, real DHCP/HTTP clients
   nftables iproute2 busybox-static isc-dhcp-client netcat-openbsd curl
   tcpdump iputils-ping iperf3 procps psmisc
+  # compute: libvirt + QEMU (TCG where KVM cannot run guests), test guest build
+  qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev cpio
+  # storage: Ceph RBD (librados/librbd are linked by nubo-storage), QEMU rbd driver
+  ceph-mon ceph-mgr ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra
   # build
   pkg-config build-essential
 )
@@ -26,6 +30,9 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=600 update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# libvirt must never create its default NAT network (virbr0) on this host.
+rm -f /etc/libvirt/qemu/networks/autostart/*.xml 2>/dev/null || true
 
 # Debian starts etcd as a system service on install; nubo's tests and demo
 # run their own etcd on free ports, the packaged one is not needed.

@@ -31,6 +31,8 @@ impl AgentProcess {
             .args(["--etcd-endpoints", endpoint])
             .args(["--node", node.as_str()])
             .args(["--driver", "fake"])
+            // Root namespace: no bridges, no nftables.
+            .arg("--no-network")
             .args(["--fake-boot-ms", "10"])
             .args(["--lease-ttl", &LEASE_TTL.to_string()])
             .args(["--vcpus", "32", "--ram-mb", "65536", "--disk-gb", "500"])

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use crate::model::{AppCredId, UserName};
+
 use crate::{
     FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
     ServerGroupId, VolumeId,
@@ -208,6 +210,130 @@ pub fn coordinator(id: &str) -> String {
     format!("{ROOT}coordinators/{id}")
 }
 
+// ------------------------------------------------------------------ identity
+//
+// Written by the coordinator only. Kept out of [`Key`] (see
+// [`parse_identity`]) so exhaustive matches on [`Key`] keep compiling.
+
+/// Marker used instead of a project id for cloud-wide role assignments
+/// (`_` cannot start a project id, so it never collides).
+pub const CLOUD_SCOPE: &str = "_cloud";
+/// Marker used instead of a project id for the default quota.
+pub const DEFAULT_QUOTA: &str = "_default";
+
+/// `/nubo/v1/projects/`
+pub fn projects_prefix() -> String {
+    format!("{ROOT}projects/")
+}
+/// `/nubo/v1/projects/<id>` (`Project`)
+pub fn project(p: &ProjectId) -> String {
+    format!("{ROOT}projects/{p}")
+}
+/// `/nubo/v1/users/`
+pub fn users_prefix() -> String {
+    format!("{ROOT}users/")
+}
+/// `/nubo/v1/users/<name>` (`User`)
+pub fn user(u: &UserName) -> String {
+    format!("{ROOT}users/{u}")
+}
+/// `/nubo/v1/roles/` — every role assignment.
+pub fn roles_prefix() -> String {
+    format!("{ROOT}roles/")
+}
+/// `/nubo/v1/roles/<user>/` — one user's role assignments (read with one
+/// prefix get when issuing a token).
+pub fn user_roles_prefix(u: &UserName) -> String {
+    format!("{ROOT}roles/{u}/")
+}
+/// `/nubo/v1/roles/<user>/<project>` or `/nubo/v1/roles/<user>/_cloud`
+/// (`RoleAssignment`; `None` = cloud-wide).
+pub fn role(u: &UserName, p: Option<&ProjectId>) -> String {
+    match p {
+        Some(p) => format!("{ROOT}roles/{u}/{p}"),
+        None => format!("{ROOT}roles/{u}/{CLOUD_SCOPE}"),
+    }
+}
+/// `/nubo/v1/app-creds/`
+pub fn app_creds_prefix() -> String {
+    format!("{ROOT}app-creds/")
+}
+/// `/nubo/v1/app-creds/<id>` (`ApplicationCredential`)
+pub fn app_cred(id: &AppCredId) -> String {
+    format!("{ROOT}app-creds/{id}")
+}
+/// `/nubo/v1/quotas/`
+pub fn quotas_prefix() -> String {
+    format!("{ROOT}quotas/")
+}
+/// `/nubo/v1/quotas/<project>` (`Quota`, a project's own limits)
+pub fn quota(p: &ProjectId) -> String {
+    format!("{ROOT}quotas/{p}")
+}
+/// `/nubo/v1/quotas/_default` (`Quota` for projects without their own)
+pub fn quota_default() -> String {
+    format!("{ROOT}quotas/{DEFAULT_QUOTA}")
+}
+/// `/nubo/v1/quota-usage/<project>` (`QuotaUsage`, changed in the same
+/// transaction as the resources it counts, compared by mod revision)
+pub fn quota_usage(p: &ProjectId) -> String {
+    format!("{ROOT}quota-usage/{p}")
+}
+/// `/nubo/v1/audit/` — the audit trail, oldest first.
+pub fn audit_prefix() -> String {
+    format!("{ROOT}audit/")
+}
+/// `/nubo/v1/audit/<id>` (`AuditRecord`); `id` is a time-ordered suffix
+/// (see `nubo_identity::audit::audit_id`) so a prefix get lists records
+/// in time order.
+pub fn audit(id: &str) -> String {
+    format!("{ROOT}audit/{id}")
+}
+/// `/nubo/v1/secrets/token-key` (`TokenKeySet`)
+pub fn token_key() -> String {
+    format!("{ROOT}secrets/token-key")
+}
+
+/// The meaning of an identity key under [`ROOT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityKey {
+    /// `/projects/<id>`
+    Project(ProjectId),
+    /// `/users/<name>`
+    User(UserName),
+    /// `/roles/<user>/<project|_cloud>` (`None` = cloud-wide)
+    Role(UserName, Option<ProjectId>),
+    /// `/app-creds/<id>`
+    AppCred(AppCredId),
+    /// `/quotas/<project>` (`None` = `_default`)
+    Quota(Option<ProjectId>),
+    /// `/quota-usage/<project>`
+    QuotaUsage(ProjectId),
+    /// `/audit/<id>`
+    Audit(String),
+    /// `/secrets/token-key`
+    TokenKey,
+}
+
+/// Classifies an identity key; `None` for anything else.
+pub fn parse_identity(key: &str) -> Option<IdentityKey> {
+    let rest = key.strip_prefix(ROOT)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    Some(match parts.as_slice() {
+        ["projects", p] => IdentityKey::Project(p.parse().ok()?),
+        ["users", u] => IdentityKey::User(u.parse().ok()?),
+        ["roles", u, s] if *s == CLOUD_SCOPE => IdentityKey::Role(u.parse().ok()?, None),
+        ["roles", u, p] => IdentityKey::Role(u.parse().ok()?, Some(p.parse().ok()?)),
+        ["app-creds", id] => IdentityKey::AppCred(id.parse().ok()?),
+        ["quotas", s] if *s == DEFAULT_QUOTA => IdentityKey::Quota(None),
+        ["quotas", p] => IdentityKey::Quota(Some(p.parse().ok()?)),
+        ["quota-usage", p] => IdentityKey::QuotaUsage(p.parse().ok()?),
+        ["audit", id] if !id.is_empty() => IdentityKey::Audit(id.to_string()),
+        ["secrets", "token-key"] => IdentityKey::TokenKey,
+        _ => return None,
+    })
+}
+
 /// Resource kinds whose names are unique within a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameKind {
@@ -341,6 +467,50 @@ mod tests {
         assert_eq!(parse_node_health(&node_alive(&n)), None);
         assert_eq!(parse_node_health("/nubo/v1/nodes/a/b/health"), None);
         assert_eq!(parse(&node_health(&n)), None);
+    }
+
+    #[test]
+    fn identity_keys_parse_back() {
+        let u = UserName::new("alice").unwrap();
+        let p = ProjectId::new("p1").unwrap();
+        let a = AppCredId::new_random();
+        assert_eq!(
+            parse_identity(&project(&p)),
+            Some(IdentityKey::Project(p.clone()))
+        );
+        assert_eq!(
+            parse_identity(&user(&u)),
+            Some(IdentityKey::User(u.clone()))
+        );
+        assert_eq!(
+            parse_identity(&role(&u, Some(&p))),
+            Some(IdentityKey::Role(u.clone(), Some(p.clone())))
+        );
+        assert_eq!(
+            parse_identity(&role(&u, None)),
+            Some(IdentityKey::Role(u.clone(), None))
+        );
+        assert!(role(&u, None).starts_with(&user_roles_prefix(&u)));
+        assert_eq!(parse_identity(&app_cred(&a)), Some(IdentityKey::AppCred(a)));
+        assert_eq!(
+            parse_identity(&quota(&p)),
+            Some(IdentityKey::Quota(Some(p.clone())))
+        );
+        assert_eq!(
+            parse_identity(&quota_default()),
+            Some(IdentityKey::Quota(None))
+        );
+        assert_eq!(
+            parse_identity(&quota_usage(&p)),
+            Some(IdentityKey::QuotaUsage(p))
+        );
+        assert_eq!(
+            parse_identity(&audit("0001-ab")),
+            Some(IdentityKey::Audit("0001-ab".into()))
+        );
+        assert_eq!(parse_identity(&token_key()), Some(IdentityKey::TokenKey));
+        assert_eq!(parse_identity("/nubo/v1/roles/alice/_bad"), None);
+        assert_eq!(parse(&user(&u)), None);
     }
 
     #[test]

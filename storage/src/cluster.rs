@@ -57,7 +57,9 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("client", &self.client).finish()
+        f.debug_struct("Cluster")
+            .field("client", &self.client)
+            .finish()
     }
 }
 
@@ -103,7 +105,9 @@ impl Cluster {
                 "rados_mon_op_timeout",
                 "rados_osd_op_timeout",
             ] {
-                rados.conf_set(option, &secs).ctx("set option", || option.to_owned())?;
+                rados
+                    .conf_set(option, &secs)
+                    .ctx("set option", || option.to_owned())?;
             }
         }
         rados.connect().ctx("connect", who)?;
@@ -271,7 +275,11 @@ fn validate_addr(op: &'static str, addr: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(op, addr, "expected a client address ip:port/nonce"))
+        Err(Error::invalid(
+            op,
+            addr,
+            "expected a client address ip:port/nonce",
+        ))
     }
 }
 

@@ -200,7 +200,11 @@ impl Error {
     }
 
     /// Our own validation failure.
-    pub(crate) fn invalid(op: &'static str, object: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(
+        op: &'static str,
+        object: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::InvalidArgument {
             op,
             object: object.into(),
@@ -243,14 +247,17 @@ mod tests {
         assert!(matches!(e(libc::ENOSPC), Error::NoSpace { .. }));
         assert!(matches!(e(libc::EINVAL), Error::InvalidArgument { .. }));
         let other = e(libc::EIO);
-        assert!(matches!(other, Error::Ceph { errno: libc::EIO, .. }));
+        assert!(matches!(
+            other,
+            Error::Ceph {
+                errno: libc::EIO,
+                ..
+            }
+        ));
         assert_eq!(
             other.to_string(),
             "remove image rbd/x: Input/output error (os error 5)"
         );
-        assert_eq!(
-            e(libc::ENOENT).to_string(),
-            "remove image rbd/x: not found"
-        );
+        assert_eq!(e(libc::ENOENT).to_string(), "remove image rbd/x: not found");
     }
 }

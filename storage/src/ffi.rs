@@ -110,8 +110,11 @@ mod sys {
             flags: u64,
         ) -> c_int;
         pub fn rados_conf_read_file(cluster: rados_t, path: *const c_char) -> c_int;
-        pub fn rados_conf_set(cluster: rados_t, option: *const c_char, value: *const c_char)
-            -> c_int;
+        pub fn rados_conf_set(
+            cluster: rados_t,
+            option: *const c_char,
+            value: *const c_char,
+        ) -> c_int;
         pub fn rados_connect(cluster: rados_t) -> c_int;
         pub fn rados_shutdown(cluster: rados_t);
         pub fn rados_cluster_fsid(cluster: rados_t, buf: *mut c_char, len: usize) -> c_int;
@@ -687,7 +690,8 @@ impl Image {
             .iter()
             .map(|c| {
                 // SAFETY: entries filled by librbd with strdup()ed strings.
-                let (pool, image) = unsafe { (string_from(c.pool_name), string_from(c.image_name)) };
+                let (pool, image) =
+                    unsafe { (string_from(c.pool_name), string_from(c.image_name)) };
                 format!(
                     "{}/{}{}",
                     pool.unwrap_or_default(),
@@ -776,14 +780,8 @@ impl Image {
 
     pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         // SAFETY: live image; `data` is readable for `data.len()` bytes.
-        let r = unsafe {
-            sys::rbd_write(
-                self.raw,
-                offset,
-                data.len(),
-                data.as_ptr().cast::<c_char>(),
-            )
-        };
+        let r =
+            unsafe { sys::rbd_write(self.raw, offset, data.len(), data.as_ptr().cast::<c_char>()) };
         usize::try_from(r).map_err(|_| Errno(i32::try_from(-r).unwrap_or(libc::EIO)))
     }
 
@@ -854,7 +852,13 @@ impl Image {
         let out = buf[..n]
             .iter()
             // SAFETY: filled entries carry strdup()ed addresses.
-            .map(|w| (unsafe { string_from(w.addr) }.unwrap_or_default(), w.id, w.cookie))
+            .map(|w| {
+                (
+                    unsafe { string_from(w.addr) }.unwrap_or_default(),
+                    w.id,
+                    w.cookie,
+                )
+            })
             .collect();
         // SAFETY: frees exactly the `n` filled entries.
         unsafe { sys::rbd_watchers_list_cleanup(buf.as_mut_ptr(), n) };

@@ -181,7 +181,11 @@ impl Pool {
             .io
             .clone_image(parent_image, snap, &self.io, child, &opts)
             .ctx("clone image", || {
-                format!("{}@{snap} -> {}", parent_pool.spec(parent_image), self.spec(child))
+                format!(
+                    "{}@{snap} -> {}",
+                    parent_pool.spec(parent_image),
+                    self.spec(child)
+                )
             })
     }
 
@@ -195,7 +199,9 @@ impl Pool {
 
     /// Names of the pool's images.
     pub fn list(&self) -> Result<Vec<String>> {
-        self.io.list_images().ctx("list images", || self.name.clone())
+        self.io
+            .list_images()
+            .ctx("list images", || self.name.clone())
     }
 
     /// Opens an image read-write at its head.
@@ -273,7 +279,11 @@ impl Image {
     /// Grows or shrinks the image (shrinking discards data past the end).
     pub fn resize(&mut self, size_bytes: u64) -> Result<()> {
         if size_bytes == 0 {
-            return Err(Error::invalid("resize image", &self.spec, "size must be > 0"));
+            return Err(Error::invalid(
+                "resize image",
+                &self.spec,
+                "size must be > 0",
+            ));
         }
         self.raw
             .resize(size_bytes)
@@ -293,7 +303,9 @@ impl Image {
 
     /// Clones of any of this image's snapshots, as `pool/image`.
     pub fn children(&self) -> Result<Vec<String>> {
-        self.raw.children().ctx("list children", || self.spec.clone())
+        self.raw
+            .children()
+            .ctx("list children", || self.spec.clone())
     }
 
     /// Writes all of `data` at `offset`. Past the end of the image is
@@ -330,7 +342,10 @@ impl Image {
 
     /// Snapshots of the image.
     pub fn snap_list(&self) -> Result<Vec<SnapInfo>> {
-        let snaps = self.raw.snap_list().ctx("list snapshots", || self.spec.clone())?;
+        let snaps = self
+            .raw
+            .snap_list()
+            .ctx("list snapshots", || self.spec.clone())?;
         Ok(snaps
             .into_iter()
             .map(|s| SnapInfo {
@@ -395,7 +410,9 @@ impl Image {
 
     /// Releases a lock taken with [`Image::lock_acquire`].
     pub fn lock_release(&mut self) -> Result<()> {
-        self.raw.lock_release().ctx("release lock", || self.spec.clone())
+        self.raw
+            .lock_release()
+            .ctx("release lock", || self.spec.clone())
     }
 
     /// True when this handle holds the exclusive lock.
@@ -425,9 +442,11 @@ impl Image {
 
     /// Clients that have the image open (`rbd status`), this handle included.
     pub fn watchers(&self) -> Result<Vec<Watcher>> {
-        let w = self.raw.watchers().ctx("list watchers", || self.spec.clone())?;
-        Ok(w
-            .into_iter()
+        let w = self
+            .raw
+            .watchers()
+            .ctx("list watchers", || self.spec.clone())?;
+        Ok(w.into_iter()
             .map(|(addr, id, cookie)| Watcher { addr, id, cookie })
             .collect())
     }

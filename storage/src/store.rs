@@ -48,12 +48,17 @@ impl SnapshotRef {
 pub trait BlockStore: Send + Sync {
     /// Imports `size` bytes from `reader` as glance-like image `image_id`,
     /// then snapshots it as `base` and protects the snapshot, ready to clone.
-    fn import_image(&self, image_id: &str, reader: &mut dyn Read, size: u64) -> Result<SnapshotRef>;
+    fn import_image(&self, image_id: &str, reader: &mut dyn Read, size: u64)
+        -> Result<SnapshotRef>;
 
     /// Makes instance `instance_id`'s root disk: a COW clone of `image`,
     /// grown to `size_gb` GiB (never shrunk below the image).
-    fn clone_root_disk(&self, image: &SnapshotRef, instance_id: &str, size_gb: u64)
-        -> Result<DiskRef>;
+    fn clone_root_disk(
+        &self,
+        image: &SnapshotRef,
+        instance_id: &str,
+        size_gb: u64,
+    ) -> Result<DiskRef>;
 
     /// Creates an empty volume of `size_gb` GiB.
     fn create_volume(&self, volume_id: &str, size_gb: u64) -> Result<DiskRef>;
@@ -193,7 +198,12 @@ impl RbdStore {
 }
 
 impl BlockStore for RbdStore {
-    fn import_image(&self, image_id: &str, reader: &mut dyn Read, size: u64) -> Result<SnapshotRef> {
+    fn import_image(
+        &self,
+        image_id: &str,
+        reader: &mut dyn Read,
+        size: u64,
+    ) -> Result<SnapshotRef> {
         let name = format!("img-{image_id}");
         validate_name("import image", &name)?;
         let pool = self.pool(&self.pools.images)?;
@@ -224,16 +234,27 @@ impl BlockStore for RbdStore {
         })
     }
 
-    fn clone_root_disk(&self, image: &SnapshotRef, instance_id: &str, size_gb: u64)
-        -> Result<DiskRef> {
+    fn clone_root_disk(
+        &self,
+        image: &SnapshotRef,
+        instance_id: &str,
+        size_gb: u64,
+    ) -> Result<DiskRef> {
         let name = format!("{instance_id}-disk");
         validate_name("clone root disk", &name)?;
-        let want = size_gb.checked_mul(GIB).filter(|&b| b > 0).ok_or_else(|| {
-            Error::invalid("clone root disk", &name, "size_gb must be 1..=2^34")
-        })?;
+        let want = size_gb
+            .checked_mul(GIB)
+            .filter(|&b| b > 0)
+            .ok_or_else(|| Error::invalid("clone root disk", &name, "size_gb must be 1..=2^34"))?;
         let parent_pool = self.pool(&image.disk.pool)?;
         let pool = self.pool(&self.pools.disks)?;
-        pool.clone_from(&parent_pool, &image.disk.name, &image.snap, &name, self.features)?;
+        pool.clone_from(
+            &parent_pool,
+            &image.disk.name,
+            &image.snap,
+            &name,
+            self.features,
+        )?;
         let grow = (|| {
             let mut disk = pool.open(&name)?;
             let have = disk.size()?;

@@ -34,9 +34,8 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// True when `bin` is an executable file on `PATH`.
 pub fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(bin).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
 }
 
 impl TestCluster {
@@ -44,7 +43,11 @@ impl TestCluster {
     /// `Ok(None)` (after printing `SKIP: ceph not installed`) when the Ceph
     /// binaries are missing.
     pub fn start() -> io::Result<Option<TestCluster>> {
-        let missing: Vec<&str> = CEPH_BINARIES.iter().copied().filter(|b| !on_path(b)).collect();
+        let missing: Vec<&str> = CEPH_BINARIES
+            .iter()
+            .copied()
+            .filter(|b| !on_path(b))
+            .collect();
         if !missing.is_empty() {
             eprintln!("SKIP: ceph not installed (missing {})", missing.join(", "));
             return Ok(None);

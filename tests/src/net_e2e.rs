@@ -72,7 +72,10 @@ impl NetAgent {
         .collect();
         let daemon = Daemon::spawn(
             &format!("nubo-agent {node}"),
-            vec!["nsenter".into(), format!("--net=/run/netns/{}", host.netns())],
+            vec![
+                "nsenter".into(),
+                format!("--net=/run/netns/{}", host.netns()),
+            ],
             bin_path("nubo-agent")?,
             args,
             dir.path().join("agent.log"),
@@ -188,7 +191,16 @@ impl Guest {
     pub fn pings(&self, ip: Ipv4Addr, secs: u32) -> bool {
         self.exec(
             "ping",
-            &["-c", "1", "-W", "1", "-w", &secs.to_string(), "-q", &ip.to_string()],
+            &[
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-w",
+                &secs.to_string(),
+                "-q",
+                &ip.to_string(),
+            ],
         )
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -198,7 +210,13 @@ impl Guest {
     pub fn tcp_open(&self, ip: Ipv4Addr, port: u16, secs: u32) -> bool {
         self.exec(
             "nc",
-            &["-z", "-w", &secs.to_string(), &ip.to_string(), &port.to_string()],
+            &[
+                "-z",
+                "-w",
+                &secs.to_string(),
+                &ip.to_string(),
+                &port.to_string(),
+            ],
         )
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -390,8 +408,13 @@ impl NetLab {
         };
         for i in 1..=n {
             let prefix = lab.guest_prefix(i);
-            let a = NetAgent::start(&lab.hosts[usize::from(i) - 1], i, &lab.etcd.endpoint(), &prefix)
-                .with_context(|| format!("agent of host {i}"))?;
+            let a = NetAgent::start(
+                &lab.hosts[usize::from(i) - 1],
+                i,
+                &lab.etcd.endpoint(),
+                &prefix,
+            )
+            .with_context(|| format!("agent of host {i}"))?;
             lab.agents.push(a);
         }
         for (name, text) in [
@@ -422,7 +445,8 @@ impl NetLab {
     }
 
     /// Creates a server on host `host` (through its availability zone) and
-    /// waits until it runs; extra CLI flags are appended.
+    /// waits until it runs; extra CLI flags are appended (`network` may be
+    /// empty when `--port` is among them).
     pub fn server(&self, name: &str, network: &str, host: u8, extra: &[&str]) -> Result<Guest> {
         let az = format!("az-{host}");
         let mut args = vec![
@@ -436,16 +460,21 @@ impl NetLab {
             "t",
             "--image",
             "i",
-            "--network",
-            network,
             "--availability-zone",
             &az,
         ];
+        if !network.is_empty() {
+            args.extend(["--network", network]);
+        }
         args.extend_from_slice(extra);
         let out = self.cli.json(&args)?;
         let text = out.to_string();
         let id = find_str(&out, "id").with_context(|| format!("no id in {text}"))?;
-        let show = self.cli.json(&["server", "show", &id])?;
+        let mut show_args = vec!["server", "show", id.as_str()];
+        if let Some(pos) = extra.iter().position(|a| *a == "--project") {
+            show_args.extend(extra.get(pos..pos + 2).unwrap_or_default());
+        }
+        let show = self.cli.json(&show_args)?;
         anyhow::ensure!(show["state"] == "running", "server not running: {show}");
         let addr = &show["addresses"][0];
         let short: String = id.chars().filter(|c| *c != '-').take(8).collect();
@@ -472,12 +501,25 @@ impl NetLab {
             .iter()
             .find(|h| h.netns() == g.host_netns)
             .context("unknown host")?;
-        let tap = format!("tap{}", g.port.chars().filter(|c| *c != '-').take(11).collect::<String>());
-        wait_until(Duration::from_secs(30), &format!("{} wired", g.name), || {
-            let out = host.exec("ip", &["-o", "link", "show", &tap])?;
-            let s = String::from_utf8_lossy(&out.stdout).into_owned();
-            Ok(netns_names()?.contains(&g.netns) && s.contains("master nb-") && s.contains("UP"))
-        })
+        let tap = format!(
+            "tap{}",
+            g.port
+                .chars()
+                .filter(|c| *c != '-')
+                .take(11)
+                .collect::<String>()
+        );
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{} wired", g.name),
+            || {
+                let out = host.exec("ip", &["-o", "link", "show", &tap])?;
+                let s = String::from_utf8_lossy(&out.stdout).into_owned();
+                Ok(netns_names()?.contains(&g.netns)
+                    && s.contains("master nb-")
+                    && s.contains("UP"))
+            },
+        )
     }
 
     /// `nft list ruleset` in host `i`'s namespace.
@@ -537,7 +579,9 @@ pub fn capture(
 ) -> Result<Vec<String>> {
     let mut child = ChildGuard(Some(
         Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-n", "-l", "-e"])
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", "eth0", "-n", "-l", "-e",
+            ])
             .args(filter.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -17,8 +17,10 @@ const T: Duration = Duration::from_secs(30);
 
 fn base_objects(lab: &NetLab) {
     let cli = &lab.cli;
-    cli.json(&["flavor", "create", "t", "--vcpus", "1", "--ram", "16", "--disk", "1"])
-        .unwrap();
+    cli.json(&[
+        "flavor", "create", "t", "--vcpus", "1", "--ram", "16", "--disk", "1",
+    ])
+    .unwrap();
     cli.json(&["image", "create", "i"]).unwrap();
 }
 
@@ -51,15 +53,26 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2k7N3tJ0nKc4Wc3yYb0m7l5d2rS7pD0c9Y1QxkQ5aR nbt@test";
         let keyfile = lab.dir.path().join("k.pub");
         std::fs::write(&keyfile, key).unwrap();
-        cli.json(&["keypair", "create", "k1", "--public-key", &keyfile.display().to_string()])
-            .unwrap();
+        cli.json(&[
+            "keypair",
+            "create",
+            "k1",
+            "--public-key",
+            &keyfile.display().to_string(),
+        ])
+        .unwrap();
         let ud = lab.dir.path().join("ud");
         std::fs::write(&ud, "#cloud-config\nhello: nbt\n").unwrap();
         cli.json(&["network", "create", "n1", "--cidr", "10.77.1.0/24"])
             .unwrap();
         cli.json(&["secgroup", "create", "other"]).unwrap();
         cli.json(&[
-            "secgroup", "rule", "create", "other", "--direction", "egress",
+            "secgroup",
+            "rule",
+            "create",
+            "other",
+            "--direction",
+            "egress",
         ])
         .unwrap();
 
@@ -97,8 +110,17 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
             .exec(
                 "dhclient",
                 &[
-                    "-1", "-v", "-cf", &format!("{dir}/dhclient.conf"), "-sf",
-                    &format!("{dir}/dhclient.sh"), "-pf", &pf, "-lf", &lf, "eth0",
+                    "-1",
+                    "-v",
+                    "-cf",
+                    &format!("{dir}/dhclient.conf"),
+                    "-sf",
+                    &format!("{dir}/dhclient.sh"),
+                    "-pf",
+                    &pf,
+                    "-lf",
+                    &lf,
+                    "eth0",
                 ],
             )
             .unwrap();
@@ -114,22 +136,33 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
         assert!(g4.addresses().unwrap().contains(&format!("{}/24", g4.ip)));
 
         // Metadata: own id, key and user data, OpenStack and EC2 layouts.
-        let md = g1.metadata("/openstack/latest/meta_data.json", &[]).unwrap();
+        let md = g1
+            .metadata("/openstack/latest/meta_data.json", &[])
+            .unwrap();
         let md: serde_json::Value = serde_json::from_str(&md).unwrap();
         assert_eq!(md["uuid"], g1.id.as_str(), "{md}");
         assert!(md.to_string().contains(key), "{md}");
         assert_eq!(
-            g1.metadata("/latest/meta-data/instance-id", &[]).unwrap().trim(),
+            g1.metadata("/latest/meta-data/instance-id", &[])
+                .unwrap()
+                .trim(),
             g1.id
         );
         assert!(g1
             .metadata("/openstack/latest/user_data", &[])
             .unwrap()
             .contains("hello: nbt"));
-        let nd = g1.metadata("/openstack/latest/network_data.json", &[]).unwrap();
-        assert!(nd.contains(&g1.ip.to_string()) && nd.contains(&g1.mac), "{nd}");
+        let nd = g1
+            .metadata("/openstack/latest/network_data.json", &[])
+            .unwrap();
+        assert!(
+            nd.contains(&g1.ip.to_string()) && nd.contains(&g1.mac),
+            "{nd}"
+        );
         assert_eq!(
-            g4.metadata("/latest/meta-data/instance-id", &[]).unwrap().trim(),
+            g4.metadata("/latest/meta-data/instance-id", &[])
+                .unwrap()
+                .trim(),
             g4.id,
             "dhclient guest reaches metadata"
         );
@@ -161,8 +194,18 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
         let cidr = format!("{}/32", g3.ip);
         let grp = cli
             .json(&[
-                "secgroup", "rule", "create", "default", "--direction", "ingress",
-                "--protocol", "tcp", "--port", "22", "--remote-ip", &cidr,
+                "secgroup",
+                "rule",
+                "create",
+                "default",
+                "--direction",
+                "ingress",
+                "--protocol",
+                "tcp",
+                "--port",
+                "22",
+                "--remote-ip",
+                &cidr,
             ])
             .unwrap();
         let rule_id = grp["rules"]
@@ -195,11 +238,14 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
             "MEASURED rule removal: API call {api_done:?}, closed for new connections after {closed_after:?} from the call"
         );
         // Generous bound (loaded 2-core machines); the number is reported.
-        assert!(closed_after < Duration::from_secs(10), "closing took {closed_after:?}");
+        assert!(
+            closed_after < Duration::from_secs(10),
+            "closing took {closed_after:?}"
+        );
 
         // Restart: a long-lived nc session g1 -> g2 and the DHCP lease
         // survive, plans are empty, the ruleset is byte-for-byte the same.
-        let mut server = g2.spawn("nc", &["-l", "5555"]).unwrap();
+        let server = g2.spawn("nc", &["-l", "5555"]).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let mut client = g1.spawn("nc", &[&g2.ip.to_string(), "5555"]).unwrap();
         client.send_line("before-restart").unwrap();
@@ -229,10 +275,21 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
                     "{node}: {s} plan not empty:\n{log}"
                 );
             }
-            assert!(!log.contains("netns guest created"), "{node} recreated a guest");
+            assert!(
+                !log.contains("netns guest created"),
+                "{node} recreated a guest"
+            );
         }
-        assert_eq!(rules_before[0], lab.ruleset(1).unwrap(), "hv-1 ruleset changed");
-        assert_eq!(rules_before[1], lab.ruleset(2).unwrap(), "hv-2 ruleset changed");
+        assert_eq!(
+            rules_before[0],
+            lab.ruleset(1).unwrap(),
+            "hv-1 ruleset changed"
+        );
+        assert_eq!(
+            rules_before[1],
+            lab.ruleset(2).unwrap(),
+            "hv-2 ruleset changed"
+        );
         assert_eq!(addrs_before, g1.addresses().unwrap());
         // The lease renews against the new agent with the same address.
         dhcp(&lab, &g1);
@@ -246,7 +303,9 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
         );
         // Metadata still answers after the restart.
         assert_eq!(
-            g1.metadata("/latest/meta-data/instance-id", &[]).unwrap().trim(),
+            g1.metadata("/latest/meta-data/instance-id", &[])
+                .unwrap()
+                .trim(),
             g1.id
         );
     }
@@ -265,35 +324,67 @@ fn isolation_and_anti_spoofing() {
         let cli = &lab.cli;
         cli.json(&["network", "create", "a", "--cidr", "10.78.0.0/24"])
             .unwrap();
-        cli.json(&["network", "create", "b", "--cidr", "10.78.0.0/24"])
+        // Overlapping subnets are refused inside a project: the second
+        // network belongs to another tenant.
+        cli.json(&["image", "create", "i", "--project", "p2"])
             .unwrap();
+        cli.json(&[
+            "network",
+            "create",
+            "b",
+            "--cidr",
+            "10.78.0.0/24",
+            "--project",
+            "p2",
+        ])
+        .unwrap();
         let a1 = lab.server("a1", "a", 1, &[]).unwrap();
         let a2 = lab.server("a2", "a", 2, &[]).unwrap();
         let a3 = lab.server("a3", "a", 2, &[]).unwrap();
-        let b1 = lab.server("b1", "b", 1, &[]).unwrap();
-        let b2 = lab.server("b2", "b", 2, &[]).unwrap();
+        // b1 and b2 get exactly a1's and a2's addresses.
+        for (port, ip) in [("pb1", a1.ip), ("pb2", a2.ip)] {
+            cli.json(&[
+                "port",
+                "create",
+                port,
+                "--network",
+                "b",
+                "--ip",
+                &ip.to_string(),
+                "--project",
+                "p2",
+            ])
+            .unwrap();
+        }
+        let b1 = lab
+            .server("b1", "", 1, &["--port", "pb1", "--project", "p2"])
+            .unwrap();
+        let b2 = lab
+            .server("b2", "", 2, &["--port", "pb2", "--project", "p2"])
+            .unwrap();
+        assert_eq!((b1.ip, b2.ip), (a1.ip, a2.ip));
         for g in [&a1, &a2, &a3, &b1, &b2] {
             lab.wait_wired(g).unwrap();
             dhcp(&lab, g);
         }
-        // Same CIDR, overlapping addresses, separate segments.
-        assert!(a1.pings(a2.ip, 10));
-        assert!(b1.pings(b2.ip, 10));
-        assert_eq!(a1.ip, b1.ip, "IPAM of both networks starts alike");
-        let b_neigh = b1.ok("ip", &["neigh", "show", &b2.ip.to_string()]).unwrap();
-        assert!(b_neigh.contains(&b2.mac), "{b_neigh}");
-        // a3's address exists only on network a.
-        assert!(a3.ip != b2.ip);
-        assert!(!b1.pings(a3.ip, 2), "network b reached a host of network a");
-        let got = capture(&a1.netns, "icmp", Duration::from_millis(500), || {
-            let _ = b2.pings(a1.ip, 1);
+        // Same CIDR, same addresses, separate segments: each pair reaches
+        // its own peer (by MAC), never the other network's twin.
+        let got = capture(&a2.netns, "icmp", Duration::from_millis(500), || {
+            anyhow::ensure!(b1.pings(b2.ip, 10), "b1 -> b2");
             Ok(())
         })
         .unwrap();
         assert!(
-            got.iter().all(|l| !l.contains(&b2.mac)),
-            "b2's ping reached a1: {got:?}"
+            got.iter().all(|l| !l.contains(&b1.mac)),
+            "b1's ping reached a2: {got:?}"
         );
+        assert!(a1.pings(a2.ip, 10), "a1 -> a2");
+        let b_neigh = b1.ok("ip", &["neigh", "show", &b2.ip.to_string()]).unwrap();
+        assert!(b_neigh.contains(&b2.mac), "{b_neigh}");
+        let a_neigh = a1.ok("ip", &["neigh", "show", &a2.ip.to_string()]).unwrap();
+        assert!(a_neigh.contains(&a2.mac), "{a_neigh}");
+        // a3's address exists only on network a.
+        assert!(!b1.pings(a3.ip, 2), "network b reached a host of network a");
 
         // 1. A changed MAC: frames never arrive.
         let fake_mac = "fa:16:3e:ee:ee:01";
@@ -316,8 +407,11 @@ fn isolation_and_anti_spoofing() {
 
         // 2. A changed IP: packets never arrive.
         let fake_ip = Ipv4Addr::new(10, 78, 0, 250);
-        a1.ok("ip", &["addr", "add", &format!("{fake_ip}/32"), "dev", "eth0"])
-            .unwrap();
+        a1.ok(
+            "ip",
+            &["addr", "add", &format!("{fake_ip}/32"), "dev", "eth0"],
+        )
+        .unwrap();
         let got = capture(
             &a2.netns,
             &format!("src host {fake_ip}"),
@@ -325,15 +419,26 @@ fn isolation_and_anti_spoofing() {
             || {
                 let _ = a1.exec(
                     "ping",
-                    &["-c", "2", "-W", "1", "-I", &fake_ip.to_string(), &a2.ip.to_string()],
+                    &[
+                        "-c",
+                        "2",
+                        "-W",
+                        "1",
+                        "-I",
+                        &fake_ip.to_string(),
+                        &a2.ip.to_string(),
+                    ],
                 );
                 Ok(())
             },
         )
         .unwrap();
         assert!(got.is_empty(), "spoofed IP arrived: {got:?}");
-        a1.ok("ip", &["addr", "del", &format!("{fake_ip}/32"), "dev", "eth0"])
-            .unwrap();
+        a1.ok(
+            "ip",
+            &["addr", "del", &format!("{fake_ip}/32"), "dev", "eth0"],
+        )
+        .unwrap();
 
         // 3. A rogue DHCP server (busybox udhcpd in a3) is never heard.
         let conf = lab.dir.path().join("udhcpd.conf");
@@ -364,7 +469,8 @@ fn isolation_and_anti_spoofing() {
         .unwrap();
         assert!(!got.is_empty(), "no DHCP reply captured at all");
         assert!(
-            got.iter().all(|l| !l.contains(&a3.mac) && !l.contains(&a3.ip.to_string())),
+            got.iter()
+                .all(|l| !l.contains(&a3.mac) && !l.contains(&a3.ip.to_string())),
             "rogue DHCP reply arrived: {got:?}"
         );
 
@@ -376,7 +482,17 @@ fn isolation_and_anti_spoofing() {
             || {
                 let _ = a3.exec(
                     "busybox",
-                    &["arping", "-A", "-c", "3", "-I", "eth0", "-s", &a2.ip.to_string(), &a2.ip.to_string()],
+                    &[
+                        "arping",
+                        "-A",
+                        "-c",
+                        "3",
+                        "-I",
+                        "eth0",
+                        "-s",
+                        &a2.ip.to_string(),
+                        &a2.ip.to_string(),
+                    ],
                 );
                 Ok(())
             },
@@ -405,8 +521,12 @@ fn bench_secgroup_convergence() {
     cli.json(&["network", "create", "n", "--cidr", "10.79.0.0/24"])
         .unwrap();
     cli.json(&["secgroup", "create", "bench"]).unwrap();
-    let t1 = lab.server("t1", "n", 1, &["--security-group", "bench"]).unwrap();
-    let t2 = lab.server("t2", "n", 2, &["--security-group", "bench"]).unwrap();
+    let t1 = lab
+        .server("t1", "n", 1, &["--security-group", "bench"])
+        .unwrap();
+    let t2 = lab
+        .server("t2", "n", 2, &["--security-group", "bench"])
+        .unwrap();
     let p = lab.server("p", "n", 1, &[]).unwrap();
     for g in [&t1, &t2, &p] {
         lab.wait_wired(g).unwrap();
@@ -421,12 +541,23 @@ fn bench_secgroup_convergence() {
         let open = rule.is_none();
         let t0 = Instant::now();
         if let Some(id) = rule.take() {
-            cli.json(&["secgroup", "rule", "delete", "bench", &id]).unwrap();
+            cli.json(&["secgroup", "rule", "delete", "bench", &id])
+                .unwrap();
         } else {
             let g = cli
                 .json(&[
-                    "secgroup", "rule", "create", "bench", "--direction", "ingress",
-                    "--protocol", "tcp", "--port", "7000", "--remote-ip", &cidr,
+                    "secgroup",
+                    "rule",
+                    "create",
+                    "bench",
+                    "--direction",
+                    "ingress",
+                    "--protocol",
+                    "tcp",
+                    "--port",
+                    "7000",
+                    "--remote-ip",
+                    &cidr,
                 ])
                 .unwrap();
             rule = g["rules"]
@@ -447,7 +578,10 @@ fn bench_secgroup_convergence() {
                     done[k] = Some(start);
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "update {i} never converged");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "update {i} never converged"
+            );
         }
         samples.push(done.iter().flatten().copied().max().unwrap_or_default());
     }
@@ -474,20 +608,46 @@ fn bench_dhcp_120_guests() {
     let t0 = Instant::now();
     let out = cli
         .json(&[
-            "server", "create", "d", "--count", "120", "--wait", "--timeout", "600",
-            "--flavor", "t", "--image", "i", "--network", "n", "--availability-zone", "az-1",
+            "server",
+            "create",
+            "d",
+            "--count",
+            "120",
+            "--wait",
+            "--timeout",
+            "600",
+            "--flavor",
+            "t",
+            "--image",
+            "i",
+            "--network",
+            "n",
+            "--availability-zone",
+            "az-1",
         ])
         .unwrap();
-    println!("BENCH 120 netns guests created and running in {:?}", t0.elapsed());
+    println!(
+        "BENCH 120 netns guests created and running in {:?}",
+        t0.elapsed()
+    );
     let ids: Vec<String> = out
         .as_array()
-        .map(|a| a.iter().filter_map(|o| o["id"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| o["id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     assert_eq!(ids.len(), 120, "{out}");
     let prefix = lab.guest_prefix(1);
     let guests: Vec<String> = ids
         .iter()
-        .map(|id| format!("{prefix}{}", id.chars().filter(|c| *c != '-').take(8).collect::<String>()))
+        .map(|id| {
+            format!(
+                "{prefix}{}",
+                id.chars().filter(|c| *c != '-').take(8).collect::<String>()
+            )
+        })
         .collect();
     let vni = cli.json(&["network", "show", "n"]).unwrap()["vni"].to_string();
     let bridge = format!("nb-{vni}");
@@ -505,7 +665,10 @@ fn bench_dhcp_120_guests() {
         .iter()
         .map(|ns| {
             std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10", "-s", &script])
+                .args([
+                    "netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10",
+                    "-s", &script,
+                ])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -519,6 +682,9 @@ fn bench_dhcp_120_guests() {
             ok += 1;
         }
     }
-    println!("BENCH DHCP: {ok}/120 guests bound in {:?} (parallel udhcpc)", t0.elapsed());
+    println!(
+        "BENCH DHCP: {ok}/120 guests bound in {:?} (parallel udhcpc)",
+        t0.elapsed()
+    );
     assert_eq!(ok, 120);
 }

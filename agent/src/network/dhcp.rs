@@ -151,6 +151,12 @@ impl Subsystem for Dhcp {
                 }
             }
         }
+        // The first pass of a process only loads the node's state into
+        // fresh servers (what a restart does): not a change of the node.
+        if self.first {
+            info!(loaded = changes, "state loaded into fresh servers");
+            changes = 0;
+        }
         log_plan("dhcp", &mut self.first, changes);
         if errors.is_empty() {
             Ok(changes)

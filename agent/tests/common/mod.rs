@@ -193,6 +193,9 @@ pub struct InProcessAgent {
 pub fn config(endpoint: &str, node: &NodeName, state_dir: &Path) -> AgentConfig {
     let mut cfg = AgentConfig::new(node.clone(), vec![endpoint.to_string()]);
     cfg.driver = DriverKind::Fake;
+    // Fake guests have no taps, and these tests run in the root namespace:
+    // never touch its bridges or nftables.
+    cfg.no_network = true;
     cfg.state_dir = state_dir.to_path_buf();
     cfg.lease_ttl = Duration::from_secs(2);
     cfg.capacity.vcpus = Some(64);

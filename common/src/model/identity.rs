@@ -45,7 +45,9 @@ impl UserName {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
         {
-            return Err(err("may contain only letters, digits, '-', '_', '.' and '@'"));
+            return Err(err(
+                "may contain only letters, digits, '-', '_', '.' and '@'",
+            ));
         }
         Ok(Self(s))
     }

@@ -6,11 +6,13 @@
 //! [`DecodeError`] naming the key, and the caller logs and skips it.
 
 mod compute;
+mod identity;
 mod network;
 mod node;
 mod storage;
 
 pub use compute::*;
+pub use identity::*;
 pub use network::*;
 pub use node::*;
 pub use storage::*;
