@@ -98,11 +98,26 @@ async fn watch_assignments(
     }
 }
 
+/// How long the status writer waits for more assignments before a
+/// transaction that is not full (adds at most this to create→running).
+const STATUS_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Writes `running` for each assignment, draining whatever queued up while
 /// the previous transaction was in flight (at most [`MAX_TXN_OPS`] at once).
 async fn write_statuses(mut c: Client, mut rx: mpsc::UnboundedReceiver<(NodeName, InstanceId)>) {
     let mut batch = Vec::with_capacity(MAX_TXN_OPS);
     while rx.recv_many(&mut batch, MAX_TXN_OPS).await > 0 {
+        // Linger briefly so that a busy second fills one transaction with
+        // many statuses instead of sending one transaction per assignment.
+        if batch.len() < MAX_TXN_OPS {
+            tokio::time::sleep(STATUS_LINGER).await;
+            while batch.len() < MAX_TXN_OPS {
+                match rx.try_recv() {
+                    Ok(x) => batch.push(x),
+                    Err(_) => break,
+                }
+            }
+        }
         let now = model::now();
         let ops: Vec<TxnOp> = batch
             .drain(..)

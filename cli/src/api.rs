@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use nubo_common::proto::{
-    flavors_client::FlavorsClient, images_client::ImagesClient, keypairs_client::KeypairsClient,
+    cluster_client::ClusterClient, flavors_client::FlavorsClient, images_client::ImagesClient, keypairs_client::KeypairsClient,
     networks_client::NetworksClient, nodes_client::NodesClient, ports_client::PortsClient,
     security_groups_client::SecurityGroupsClient, server_groups_client::ServerGroupsClient,
     servers_client::ServersClient, DeleteRequest, GetRequest, ListRequest,
@@ -89,6 +89,11 @@ impl Api {
     /// Nodes service.
     pub fn nodes(&self) -> NodesClient<Channel> {
         NodesClient::new(self.channel.clone())
+    }
+
+    /// Cluster service.
+    pub fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel.clone())
     }
 
     /// A `Get` request for `r` (id or name) in this project.

@@ -4,6 +4,7 @@
 //! `nubo flavor list`); every command talks to a coordinator's gRPC API.
 
 mod api;
+mod cluster;
 mod ctx;
 mod flavor;
 mod image;
@@ -76,6 +77,9 @@ enum Noun {
     /// Hypervisors.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Coordinators, leader and the automatic evacuation switch.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -94,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Noun::ServerGroup(c) => server_group::run(c, &ctx).await,
         Noun::Server(c) => server::run(c, &ctx).await,
         Noun::Node(c) => node::run(c, &ctx).await,
+        Noun::Cluster(c) => cluster::run(c, &ctx).await,
     }
 }
 

@@ -1,8 +1,11 @@
-//! `nubo node …`: hypervisors, their capacity and the enable switch.
+//! `nubo node …`: hypervisors, their capacity, health and the enable
+//! switch; evacuation of a failed node and draining for maintenance.
 
 use anyhow::Result;
 use clap::Subcommand;
-use nubo_common::proto::{Node, Resources, SetNodeEnabledRequest};
+use nubo_common::proto::{
+    DrainNodeRequest, EvacuateNodeRequest, MoveResult, Node, Resources, SetNodeEnabledRequest,
+};
 use serde_json::{json, Value};
 
 use crate::api::Call;
@@ -29,6 +32,42 @@ pub enum NodeCmd {
         /// Node name.
         name: String,
     },
+    /// Move the instances (evacuation policy auto and manual) of a node
+    /// that is down to other nodes; the node is fenced first.
+    Evacuate {
+        /// Node name.
+        name: String,
+        /// Evacuate although the node's agent is alive (you vouch that its
+        /// instances are not running).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned maintenance: disable the node, then stop, move and restart
+    /// each of its instances elsewhere.
+    Drain {
+        /// Node name.
+        name: String,
+        /// Seconds to wait for the agent to report an instance stopped
+        /// (default: the server's, 120).
+        #[arg(long, value_name = "S")]
+        stop_timeout: Option<u32>,
+    },
+}
+
+/// The API request of `node evacuate`.
+pub fn evacuate_request(name: &str, force: bool) -> EvacuateNodeRequest {
+    EvacuateNodeRequest {
+        name: name.to_string(),
+        force,
+    }
+}
+
+/// The API request of `node drain`.
+pub fn drain_request(name: &str, stop_timeout: Option<u32>) -> DrainNodeRequest {
+    DrainNodeRequest {
+        name: name.to_string(),
+        stop_timeout_secs: stop_timeout.unwrap_or(0),
+    }
 }
 
 fn resources_json(r: Option<&Resources>) -> Value {
@@ -48,6 +87,9 @@ pub fn to_json(n: &Node) -> Value {
         "instances": n.instances,
         "alive": n.alive,
         "enabled": n.enabled,
+        "health": opt(&n.health),
+        "health_reason": opt(&n.health_reason),
+        "health_since": opt(&n.health_since),
         "registered_at": opt(&n.registered_at),
     })
 }
@@ -62,6 +104,7 @@ pub fn table(nodes: &[Node]) -> Table {
         "Name",
         "AZ",
         "Alive",
+        "Health",
         "Enabled",
         "vCPU used/total",
         "RAM MiB used/total",
@@ -75,6 +118,11 @@ pub fn table(nodes: &[Node]) -> Table {
             n.name.clone(),
             n.availability_zone.clone(),
             yes_no(n.alive),
+            if n.health.is_empty() {
+                "-".to_string()
+            } else {
+                n.health.clone()
+            },
             yes_no(n.enabled),
             used_total(use_.vcpus.into(), cap.vcpus.into()),
             used_total(use_.ram_mb, cap.ram_mb),
@@ -115,7 +163,65 @@ pub async fn run(cmd: NodeCmd, ctx: &Ctx) -> Result<()> {
         }
         NodeCmd::Enable { name } => set_enabled(ctx, name, true).await,
         NodeCmd::Disable { name } => set_enabled(ctx, name, false).await,
+        NodeCmd::Evacuate { name, force } => {
+            let r = api
+                .nodes()
+                .evacuate(evacuate_request(&name, force))
+                .await
+                .or_fail(api)?;
+            moves(ctx, "evacuated", &name, &r.results)
+        }
+        NodeCmd::Drain { name, stop_timeout } => {
+            let r = api
+                .nodes()
+                .drain(drain_request(&name, stop_timeout))
+                .await
+                .or_fail(api)?;
+            moves(ctx, "drained", &name, &r.results)
+        }
     }
+}
+
+/// The per-instance table of an evacuation or a drain.
+pub fn moves_table(results: &[MoveResult]) -> Table {
+    let mut t = Table::new(&["Server", "Moved to", "Error"]);
+    for m in results {
+        t.row(vec![
+            m.server_id.clone(),
+            if m.to_node.is_empty() {
+                "-".to_string()
+            } else {
+                m.to_node.clone()
+            },
+            m.error.clone(),
+        ]);
+    }
+    t
+}
+
+fn moves(ctx: &Ctx, verb: &str, node: &str, results: &[MoveResult]) -> Result<()> {
+    let json: Vec<Value> = results
+        .iter()
+        .map(|m| {
+            json!({
+                "server_id": m.server_id,
+                "to_node": opt(&m.to_node),
+                "error": opt(&m.error),
+            })
+        })
+        .collect();
+    output::list(ctx.format, &moves_table(results), json)?;
+    let failed = results.iter().filter(|m| m.to_node.is_empty()).count();
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} instances could not be moved off {node}",
+            results.len()
+        );
+    }
+    if ctx.format == crate::output::Format::Table {
+        eprintln!("{node} {verb}: {} instances moved", results.len());
+    }
+    Ok(())
 }
 
 async fn set_enabled(ctx: &Ctx, name: String, enabled: bool) -> Result<()> {
@@ -162,6 +268,7 @@ mod tests {
                 "cmp1",
                 "nova",
                 "yes",
+                "-",
                 "no",
                 "4/16",
                 "8192/65536",
@@ -170,5 +277,95 @@ mod tests {
                 ""
             ]
         );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct T {
+        #[command(subcommand)]
+        c: NodeCmd,
+    }
+
+    fn parse(args: &[&str]) -> Result<NodeCmd, clap::Error> {
+        use clap::Parser;
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(args);
+        T::try_parse_from(argv).map(|t| t.c)
+    }
+
+    #[test]
+    fn evacuate_maps_name_and_force() {
+        match parse(&["evacuate", "cmp1"]).unwrap() {
+            NodeCmd::Evacuate { name, force } => {
+                assert_eq!(
+                    evacuate_request(&name, force),
+                    EvacuateNodeRequest {
+                        name: "cmp1".into(),
+                        force: false
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["evacuate", "cmp2", "--force"]).unwrap() {
+            NodeCmd::Evacuate { name, force } => {
+                assert_eq!(
+                    evacuate_request(&name, force),
+                    EvacuateNodeRequest {
+                        name: "cmp2".into(),
+                        force: true
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["evacuate"]).is_err());
+    }
+
+    #[test]
+    fn drain_maps_the_stop_timeout() {
+        match parse(&["drain", "cmp1", "--stop-timeout", "30"]).unwrap() {
+            NodeCmd::Drain { name, stop_timeout } => assert_eq!(
+                drain_request(&name, stop_timeout),
+                DrainNodeRequest {
+                    name: "cmp1".into(),
+                    stop_timeout_secs: 30
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["drain", "cmp1"]).unwrap() {
+            NodeCmd::Drain { name, stop_timeout } => {
+                assert_eq!(drain_request(&name, stop_timeout).stop_timeout_secs, 0)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["drain", "cmp1", "--stop-timeout", "-1"]).is_err());
+    }
+
+    #[test]
+    fn list_shows_health_and_moves_show_where_to() {
+        let n = Node {
+            name: "cmp9".into(),
+            health: "fenced".into(),
+            ..Default::default()
+        };
+        let out = table(&[n]).render();
+        let row = out.lines().nth(3).unwrap();
+        assert_eq!(row.split('|').map(str::trim).nth(4), Some("fenced"));
+        let t = moves_table(&[
+            MoveResult {
+                server_id: "s1".into(),
+                to_node: "cmp2".into(),
+                error: String::new(),
+            },
+            MoveResult {
+                server_id: "s2".into(),
+                to_node: String::new(),
+                error: "no capacity".into(),
+            },
+        ])
+        .render();
+        assert!(t.contains("cmp2"));
+        assert!(t.lines().any(|l| l.contains("s2") && l.contains("no capacity")));
     }
 }

@@ -59,11 +59,16 @@ pub struct CreateArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600, requires = "wait")]
     pub timeout: u64,
+    /// Idempotency token (default: a new random one per invocation). The
+    /// create is retried once with it when the API is unavailable, and a
+    /// rerun with the same token returns the servers already created.
+    #[arg(long)]
+    pub client_token: Option<String>,
 }
 
 impl CreateArgs {
     /// The API request for `project`, with the user data already read.
-    pub fn request(&self, project: &str, user_data: Vec<u8>) -> CreateServerRequest {
+    pub fn request(&self, project: &str, user_data: Vec<u8>, token: &str) -> CreateServerRequest {
         CreateServerRequest {
             name: self.name.clone(),
             project: project.to_string(),
@@ -79,8 +84,26 @@ impl CreateArgs {
             server_group: self.server_group.clone().unwrap_or_default(),
             stopped: false,
             evacuation_policy: String::new(),
+            client_token: token.to_string(),
         }
     }
+
+    /// The token of this invocation: `--client-token`, or a new random one.
+    pub fn token(&self) -> String {
+        self.client_token
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+/// Pause before the one retry of a create that met an unavailable API.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// A create that failed this way may not have reached (or may have been
+/// cut off inside) a coordinator: retrying with the same client token is
+/// safe and cannot duplicate servers.
+pub fn retryable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
 }
 
 /// The fate of one requested instance.
@@ -245,11 +268,19 @@ pub async fn run(args: CreateArgs, ctx: &Ctx) -> Result<()> {
         None => Vec::new(),
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
     };
-    let resp = api
-        .servers()
-        .create(args.request(&api.project, user_data))
-        .await
-        .or_fail(api)?;
+    let req = args.request(&api.project, user_data, &args.token());
+    let resp = match api.servers().create(req.clone()).await {
+        Err(status) if retryable(&status) => {
+            eprintln!(
+                "warning: {}; retrying once with the same client token",
+                crate::api::one_line(status.message())
+            );
+            tokio::time::sleep(RETRY_AFTER).await;
+            api.servers().create(req).await
+        }
+        other => other,
+    }
+    .or_fail(api)?;
     let mut outcomes: Vec<Outcome> = resp.results.into_iter().map(Outcome::from_result).collect();
     outcomes.sort_by_key(|o| o.index);
     let mut timed_out = false;
@@ -390,7 +421,7 @@ mod tests {
         assert!(a.wait);
         assert_eq!(a.timeout, 30);
         assert_eq!(
-            a.request("p", b"#cloud-config\n".to_vec()),
+            a.request("p", b"#cloud-config\n".to_vec(), "tok-1"),
             CreateServerRequest {
                 name: "web".into(),
                 project: "p".into(),
@@ -406,8 +437,29 @@ mod tests {
                 server_group: "spread".into(),
                 stopped: false,
                 evacuation_policy: String::new(),
+                client_token: "tok-1".into(),
             }
         );
+    }
+
+    #[test]
+    fn every_invocation_gets_its_own_token_unless_one_is_given() {
+        let base = ["w", "--flavor", "f", "--image", "i"];
+        let a = parse(&base).unwrap();
+        let (t1, t2) = (a.token(), a.token());
+        assert_ne!(t1, t2);
+        assert_eq!(t1.len(), 32);
+        assert!(t1.chars().all(|c| c.is_ascii_hexdigit()));
+        let b = parse(&[&base[..], &["--client-token", "mine"]].concat()).unwrap();
+        assert_eq!(b.token(), "mine");
+        assert_eq!(b.request("", Vec::new(), &b.token()).client_token, "mine");
+    }
+
+    #[test]
+    fn only_unavailable_is_retried() {
+        assert!(retryable(&tonic::Status::unavailable("down")));
+        assert!(!retryable(&tonic::Status::resource_exhausted("full")));
+        assert!(!retryable(&tonic::Status::invalid_argument("bad")));
     }
 
     #[test]

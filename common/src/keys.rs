@@ -205,6 +205,29 @@ pub fn election() -> String {
     format!("{ROOT}election/coordinator")
 }
 
+/// `/nubo/v1/keypairs/` — every project's keypairs.
+pub fn keypairs_root() -> String {
+    format!("{ROOT}keypairs/")
+}
+
+/// `/nubo/v1/names/` — the name index of every kind and project.
+pub fn names_prefix() -> String {
+    format!("{ROOT}names/")
+}
+
+/// `/nubo/v1/client-tokens/<project>/<token>/` — the servers created by one
+/// idempotent create request (see [`client_token`]).
+pub fn client_token_prefix(p: &ProjectId, token: &str) -> String {
+    format!("{ROOT}client-tokens/{p}/{token}/")
+}
+
+/// `/nubo/v1/client-tokens/<project>/<token>/<index>` → instance id: the
+/// server with launch index `index` of the create request carrying client
+/// token `token`, written in that server's placement transaction.
+pub fn client_token(p: &ProjectId, token: &str, index: u32) -> String {
+    format!("{ROOT}client-tokens/{p}/{token}/{index}")
+}
+
 /// `/nubo/v1/coordinators/<id>` — live coordinators (bound to their leases).
 pub fn coordinator(id: &str) -> String {
     format!("{ROOT}coordinators/{id}")

@@ -19,6 +19,7 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use nubo_common::keys;
+use nubo_common::model::{self, LeaderRecord};
 use tokio::sync::watch;
 
 /// What this coordinator knows about the election.
@@ -177,7 +178,11 @@ async fn campaign(
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
                 key.as_str(),
-                id,
+                model::encode(&LeaderRecord {
+                    id: id.to_string(),
+                    lease,
+                    since: model::now(),
+                }),
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
@@ -188,10 +193,7 @@ async fn campaign(
         } else {
             match resp.op_responses().into_iter().next() {
                 Some(TxnOpResponse::Get(g)) => match g.kvs().first() {
-                    Some(kv) => (
-                        kv.lease() == lease,
-                        String::from_utf8_lossy(kv.value()).into_owned(),
-                    ),
+                    Some(kv) => (kv.lease() == lease, holder_id(kv.value())),
                     // Deleted between the compare and the get: try again.
                     None => continue,
                 },
@@ -219,7 +221,7 @@ async fn campaign(
                         break 'watching;
                     }
                     (EventType::Put, Some(kv)) => {
-                        let holder = String::from_utf8_lossy(kv.value()).into_owned();
+                        let holder = holder_id(kv.value());
                         publish(state, id, kv.lease() == lease, holder);
                     }
                     _ => {}
@@ -227,6 +229,15 @@ async fn campaign(
             }
         }
         publish(state, id, false, String::new());
+    }
+}
+
+/// The leader id held by the election key: its JSON [`LeaderRecord`], or
+/// the raw value as written by coordinators older than the JSON record.
+pub fn holder_id(value: &[u8]) -> String {
+    match serde_json::from_slice::<LeaderRecord>(value) {
+        Ok(r) => r.id,
+        Err(_) => String::from_utf8_lossy(value).into_owned(),
     }
 }
 
@@ -238,5 +249,25 @@ fn publish(state: &LeaderState, id: &str, leader: bool, holder: String) {
     });
     if leader != was {
         tracing::info!(coordinator = %id, leader, leader_id = %holder, "leadership changed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_election_value_is_json_naming_the_leader() {
+        let v = model::encode(&LeaderRecord {
+            id: "coord-1".into(),
+            lease: 0x1234,
+            since: model::now(),
+        });
+        let json: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(json["id"], "coord-1");
+        assert_eq!(json["lease"], 0x1234);
+        assert_eq!(holder_id(&v), "coord-1");
+        // A value written by an older coordinator (plain id) still reads.
+        assert_eq!(holder_id(b"coord-0"), "coord-0");
     }
 }

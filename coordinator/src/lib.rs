@@ -14,6 +14,7 @@
 //! ```
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod convert;
 pub mod election;
@@ -161,6 +162,16 @@ pub async fn start_with_fencer(
         cfg.clone(),
         fencer,
     );
+    {
+        let (cache, client, rx) = (ctx.cache.clone(), client.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            cache.run(client, rx).await;
+            Ok(())
+        }));
+        // Not required for correctness (a miss reads etcd), only for speed.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.cache.wait_ready())
+            .await;
+    }
     {
         let (ctx, rx) = (ctx.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {

@@ -167,6 +167,32 @@ pub fn ssh_public_key(line: &str) -> ApiResult<(String, String)> {
     Ok((line.to_string(), fp))
 }
 
+/// Longest accepted client token.
+pub const MAX_CLIENT_TOKEN: usize = 128;
+
+/// Checks an idempotency token of a create request: empty (no
+/// idempotency) or 1..=128 characters of letters, digits, `-`, `_`, `.`
+/// (it becomes an etcd key segment). Returns `None` when empty.
+pub fn client_token(s: &str) -> ApiResult<Option<&str>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > MAX_CLIENT_TOKEN {
+        return Err(ApiError::InvalidArgument(format!(
+            "client_token is longer than {MAX_CLIENT_TOKEN} characters"
+        )));
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "client_token {s:?} may only contain letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(Some(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +271,15 @@ mod tests {
             "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIMOF/1IwvkaqwaYxw5uqOXwU+yMz99O0NSqMQYWuHQD0"
         )
         .is_err());
+    }
+
+    #[test]
+    fn client_tokens_are_key_safe() {
+        assert_eq!(client_token("").unwrap(), None);
+        assert_eq!(client_token("a-1_b.C").unwrap(), Some("a-1_b.C"));
+        assert!(client_token("a/b").is_err());
+        assert!(client_token("a b").is_err());
+        assert!(client_token(&"x".repeat(129)).is_err());
+        assert!(client_token(&"x".repeat(128)).is_ok());
     }
 }

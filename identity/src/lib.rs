@@ -16,6 +16,21 @@
 //!   interceptor, and the mapping of every error here onto gRPC codes;
 //! - [`audit`]: audit record builder, time-ordered keys and retention;
 //! - [`bootstrap`]: the etcd writes that create the first admin.
+//!
+//! # Wiring into the coordinator
+//!
+//! 1. On start, read `keys::token_key()` into a [`token::TokenSigner`]
+//!    behind an [`auth::SignerHandle`]; watch the key and replace the
+//!    signer when it changes (rotation).
+//! 2. Wrap every gRPC service except `Tokens` with
+//!    `XServer::with_interceptor(api.clone(), AuthInterceptor::new(handle.clone()))`.
+//! 3. In each handler: `let claims = auth::claims_of(&req)?;` then
+//!    `authorize(claims, Action::mutate("servers"), &project, all_projects)?`
+//!    where `project` is the resource's project (for creates/lists: the
+//!    request's project, defaulting to `claims.project`). [`Denied`] converts
+//!    into `NotFound` / `PermissionDenied`.
+//! 4. Creates that consume quota follow the recipe in [`quota`].
+//! 5. Mutations (and refusals) write an [`audit`] record after the call.
 
 #![warn(missing_docs)]
 

@@ -6,8 +6,10 @@
 //!
 //! Production parameters ([`Passwords::production`]) are OWASP's argon2id
 //! recommendation: 19 MiB of memory, 2 passes, 1 lane. On this project's
-//! 2-core test machine one hash or verification takes roughly 30–60 ms,
-//! slow enough to make offline guessing expensive, fast enough for a login.
+//! (loaded) 2-core test machine one hash takes about 70–130 ms with the dev
+//! profile (dependencies at opt-level 1) and should be around 50 ms in a
+//! release build: slow enough to make offline guessing expensive, fast
+//! enough for a login. Run verification in `spawn_blocking`.
 //! Tests use [`Passwords::with_params`] with a few KiB.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

@@ -22,6 +22,7 @@ pub mod net_e2e;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod tls;
 pub mod wait;
 
 pub use agent::{Agent, AgentOpts};

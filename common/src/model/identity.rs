@@ -291,34 +291,46 @@ impl fmt::Display for QuotaResource {
 }
 
 /// `/nubo/v1/quotas/<project>` (or `/nubo/v1/quotas/_default` for every
-/// project without its own record): limits; `None` (JSON `null` or a
-/// missing field) means unlimited.
+/// project without its own record): limits; `None` (JSON `null`, `-1` or a
+/// missing field) means unlimited. Serialised as `null`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
     /// Instances.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub instances: Option<u64>,
     /// vCPUs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub vcpus: Option<u64>,
     /// RAM, MiB.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub ram_mb: Option<u64>,
     /// Volumes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub volumes: Option<u64>,
     /// Volume GiB.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub gigabytes: Option<u64>,
     /// Ports.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub ports: Option<u64>,
     /// Networks.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub networks: Option<u64>,
     /// Security groups.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit")]
     pub security_groups: Option<u64>,
+}
+
+/// A quota limit: a non-negative number, or `null` / `-1` for unlimited.
+fn limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<i64>::deserialize(d)? {
+        None | Some(-1) => Ok(None),
+        Some(n) => u64::try_from(n).map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "quota limit {n} is invalid: use a number >= 0, or -1 / null for unlimited"
+            ))
+        }),
+    }
 }
 
 impl Quota {
@@ -530,9 +542,13 @@ mod tests {
 
     #[test]
     fn quota_null_means_unlimited_and_usage_saturates() {
-        let q: Quota = serde_json::from_str(r#"{"instances":3,"vcpus":null}"#).unwrap();
+        let q: Quota = serde_json::from_str(r#"{"instances":3,"vcpus":null,"ram_mb":-1}"#).unwrap();
         assert_eq!(q.get(QuotaResource::Instances), Some(3));
         assert_eq!(q.get(QuotaResource::Vcpus), None);
+        assert_eq!(q.get(QuotaResource::RamMb), None);
+        assert!(serde_json::from_str::<Quota>(r#"{"ports":-2}"#).is_err());
+        let back: Quota = serde_json::from_str(&serde_json::to_string(&q).unwrap()).unwrap();
+        assert_eq!(back, q);
         assert_eq!(q.get(QuotaResource::Ports), None);
         let a = QuotaUsage {
             instances: u64::MAX,

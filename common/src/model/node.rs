@@ -121,6 +121,18 @@ pub struct NodeHealth {
     pub reason: String,
 }
 
+/// `/nubo/v1/election/coordinator`: the leading coordinator, put
+/// create-if-absent on that coordinator's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The coordinator's id (`--id`).
+    pub id: String,
+    /// The etcd lease holding the key (hex in `etcdctl lease` output).
+    pub lease: i64,
+    /// When it became leader.
+    pub since: Timestamp,
+}
+
 /// `/nubo/v1/config/evacuation`: cluster-wide switch of automatic
 /// evacuation; an absent key means enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ use nubo_common::{ProjectId, SecurityGroupId};
 use serde::de::DeserializeOwned;
 use tonic::transport::server::Router;
 
+use crate::cache::ResourceCache;
 use crate::config::Config;
 use crate::election::LeaderState;
 use crate::error::{ApiError, ApiResult};
@@ -42,6 +43,11 @@ pub struct Inner {
     pub ratios: Ratios,
     /// Storage fencing (failure handling).
     pub fencer: crate::failover::SharedFencer,
+    /// Watch-fed copy of flavors, images, networks, security groups,
+    /// keypairs, server groups and the name index (see [`crate::cache`]);
+    /// fed by whoever runs [`crate::cache::ResourceCache::run`], and simply
+    /// missing (every lookup reads etcd) otherwise.
+    pub cache: Arc<ResourceCache>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -72,6 +78,7 @@ impl Ctx {
             cfg,
             ratios,
             fencer,
+            cache: Arc::new(ResourceCache::default()),
         }))
     }
 

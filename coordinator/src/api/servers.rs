@@ -8,23 +8,29 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use base64::Engine;
 use etcd_client::{Txn, TxnOp};
 use futures::StreamExt;
-use nubo_common::keys::{self, Key};
+use nubo_common::keys::{self, Key, NameKind};
 use nubo_common::model::{
     self, Assignment, EvacuationPolicy, Flavor, Instance, InstanceStatus, Network, NodeUsage, Port,
-    PowerState, ServerGroup,
+    Image, Keypair, PowerState, SecurityGroup, ServerGroup,
 };
 use nubo_common::proto::{self as pb, servers_server};
-use nubo_common::{ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId};
+use nubo_common::{
+    FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
+    ServerGroupId,
+};
+use serde::de::DeserializeOwned;
 use rand::seq::IndexedRandom;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::network::{release_port, reserve_port, IpPool};
-use super::{reply, Ctx};
+use super::{reply, Ctx, Owned};
+use crate::cache::FromCached;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
@@ -65,7 +71,33 @@ struct Plan {
     group: Option<ServerGroup>,
     power: PowerState,
     evacuation: EvacuationPolicy,
+    /// Every key the plan was decided from, with the mod_revision read
+    /// (cache or etcd); each placement transaction compares them all, so a
+    /// stale read can fail a placement but never commit one.
+    deps: Vec<(String, i64)>,
 }
+
+/// Where [`Ctx::plan`] reads flavors, images, networks, groups and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The watch-fed cache, falling back to etcd on a miss.
+    Cache,
+    /// etcd only.
+    Etcd,
+}
+
+/// How one server's placement ended (errors aside).
+enum Placed {
+    /// Created and placed.
+    Server(pb::Server),
+    /// Something the plan was decided from changed: re-plan from etcd.
+    StalePlan,
+    /// A concurrent request with the same client token created it.
+    Existing(InstanceId),
+}
+
+/// Re-plans (from etcd) of one server whose plan went stale.
+const MAX_REPLANS: usize = 4;
 
 impl Plan {
     fn net_names(&self) -> HashMap<NetworkId, String> {
@@ -77,7 +109,118 @@ impl Plan {
 }
 
 impl Ctx {
-    async fn plan(&self, r: pb::CreateServerRequest) -> ApiResult<Plan> {
+    /// Reads `key` from the cache (when `src` allows and it is there) or
+    /// from etcd, and records the revision it was read at in `deps`.
+    async fn fetch<T: FromCached + DeserializeOwned>(
+        &self,
+        key: &str,
+        src: Source,
+        deps: &mut Vec<(String, i64)>,
+    ) -> ApiResult<Option<Arc<T>>> {
+        if src == Source::Cache {
+            if let Some((v, rev)) = self.cache.get::<T>(key) {
+                deps.push((key.to_string(), rev));
+                return Ok(Some(v));
+            }
+        }
+        Ok(match self.store.get::<T>(key).await? {
+            Some(v) => {
+                deps.push((key.to_string(), v.mod_rev));
+                Some(Arc::new(v.value))
+            }
+            None => None,
+        })
+    }
+
+    /// [`Ctx::resolve`] through [`Ctx::fetch`].
+    async fn resolve_dep<T: FromCached + DeserializeOwned + Owned>(
+        &self,
+        kind: NameKind,
+        label: &str,
+        project: &ProjectId,
+        r: &str,
+        key_of: impl Fn(uuid::Uuid) -> String,
+        src: Source,
+        deps: &mut Vec<(String, i64)>,
+    ) -> ApiResult<Arc<T>> {
+        let r = r.trim();
+        if r.is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "a {label} id or name is required"
+            )));
+        }
+        let not_found =
+            || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
+        let key = match uuid::Uuid::parse_str(r) {
+            Ok(u) => key_of(u),
+            Err(_) => {
+                let idx = keys::name_index(kind, project, r);
+                match self.fetch::<uuid::Uuid>(&idx, src, deps).await? {
+                    Some(id) => key_of(*id),
+                    None => return Err(not_found()),
+                }
+            }
+        };
+        match self.fetch::<T>(&key, src, deps).await? {
+            Some(v) if v.project() == project => Ok(v),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// The security groups of new ports, through [`Ctx::fetch`] (empty refs
+    /// = the project's default group, created on first use).
+    async fn secgroups_dep(
+        &self,
+        project: &ProjectId,
+        refs: &[String],
+        src: Source,
+        deps: &mut Vec<(String, i64)>,
+    ) -> ApiResult<Vec<SecurityGroupId>> {
+        if refs.is_empty() {
+            let idx = keys::name_index(NameKind::SecurityGroup, project, "default");
+            if let Some(id) = self.fetch::<uuid::Uuid>(&idx, src, deps).await? {
+                return Ok(vec![SecurityGroupId::from_uuid(*id)]);
+            }
+            self.default_secgroup(project).await?;
+            return match self.fetch::<uuid::Uuid>(&idx, Source::Etcd, deps).await? {
+                Some(id) => Ok(vec![SecurityGroupId::from_uuid(*id)]),
+                None => Err(ApiError::Unavailable(
+                    "the default security group was deleted while being created; retry".into(),
+                )),
+            };
+        }
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let g: Arc<SecurityGroup> = self
+                .resolve_dep(
+                    NameKind::SecurityGroup,
+                    "security group",
+                    project,
+                    r,
+                    |u| keys::secgroup(&SecurityGroupId::from_uuid(u)),
+                    src,
+                    deps,
+                )
+                .await?;
+            if !out.contains(&g.id) {
+                out.push(g.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Validates a create request and resolves everything it references.
+    /// With [`Source::Cache`] an error is never trusted: the plan is made
+    /// again from etcd, so every error the caller sees is authoritative.
+    async fn plan(&self, r: &pb::CreateServerRequest) -> ApiResult<Plan> {
+        match self.plan_from(r, Source::Cache).await {
+            Ok(p) => Ok(p),
+            Err(_) => self.plan_from(r, Source::Etcd).await,
+        }
+    }
+
+    async fn plan_from(&self, r: &pb::CreateServerRequest, src: Source) -> ApiResult<Plan> {
+        let mut deps = Vec::new();
         let project = validate::project(&r.project)?;
         validate::name("server", &r.name)?;
         let count = if r.count == 0 { 1 } else { r.count };
@@ -91,8 +234,25 @@ impl Ctx {
                 "existing ports can only be plugged when count is 1".into(),
             ));
         }
-        let flavor = self.flavor(&r.flavor).await?.value;
-        let image = self.image(&project, &r.image_ref).await?.value;
+        let flavor_name = FlavorName::new(r.flavor.trim())
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let flavor: Arc<Flavor> = self
+            .fetch(&keys::flavor(&flavor_name), src, &mut deps)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("flavor {:?} not found", flavor_name.as_str()))
+            })?;
+        let image: Arc<Image> = self
+            .resolve_dep(
+                NameKind::Image,
+                "image",
+                &project,
+                &r.image_ref,
+                |u| keys::image(&ImageId::from_uuid(u)),
+                src,
+                &mut deps,
+            )
+            .await?;
         if image.min_ram_mb > flavor.resources.ram_mb
             || image.min_disk_gb > flavor.resources.disk_gb
         {
@@ -108,7 +268,18 @@ impl Ctx {
         }
         let mut networks = Vec::with_capacity(r.networks.len());
         for n in &r.networks {
-            networks.push(self.network(&project, n).await?.value);
+            let net: Arc<Network> = self
+                .resolve_dep(
+                    NameKind::Network,
+                    "network",
+                    &project,
+                    n,
+                    |u| keys::network(&NetworkId::from_uuid(u)),
+                    src,
+                    &mut deps,
+                )
+                .await?;
+            networks.push(Network::clone(&net));
         }
         let mut existing_ports: Vec<Versioned<Port>> = Vec::with_capacity(r.ports.len());
         for p in &r.ports {
@@ -130,11 +301,23 @@ impl Ctx {
         let security_groups = if networks.is_empty() {
             Vec::new()
         } else {
-            self.secgroups(&project, &r.security_groups).await?
+            self.secgroups_dep(&project, &r.security_groups, src, &mut deps)
+                .await?
         };
         let key_name = match r.key_name.trim() {
             "" => None,
-            k => Some(self.keypair(&project, k).await?.value.name),
+            k => {
+                validate::name("keypair", k)?;
+                let kp: Arc<Keypair> = self
+                    .fetch(&keys::keypair(&project, k), src, &mut deps)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!(
+                            "keypair {k:?} not found in project {project}"
+                        ))
+                    })?;
+                Some(kp.name.clone())
+            }
         };
         if r.user_data.len() > MAX_USER_DATA {
             return Err(ApiError::InvalidArgument(format!(
@@ -146,7 +329,20 @@ impl Ctx {
             .then(|| base64::engine::general_purpose::STANDARD.encode(&r.user_data));
         let group = match r.server_group.trim() {
             "" => None,
-            g => Some(self.server_group(&project, g).await?.value),
+            g => {
+                let g: Arc<ServerGroup> = self
+                    .resolve_dep(
+                        NameKind::ServerGroup,
+                        "server group",
+                        &project,
+                        g,
+                        |u| keys::server_group(&ServerGroupId::from_uuid(u)),
+                        src,
+                        &mut deps,
+                    )
+                    .await?;
+                Some(ServerGroup::clone(&g))
+            }
         };
         let evacuation = match r.evacuation_policy.to_ascii_lowercase().as_str() {
             "" | "auto" => EvacuationPolicy::Auto,
@@ -160,9 +356,9 @@ impl Ctx {
         };
         Ok(Plan {
             project,
-            name: r.name,
+            name: r.name.clone(),
             count,
-            flavor,
+            flavor: Flavor::clone(&flavor),
             image: image.id,
             networks,
             existing_ports,
@@ -178,6 +374,7 @@ impl Ctx {
                 PowerState::Running
             },
             evacuation,
+            deps,
         })
     }
 
@@ -185,13 +382,40 @@ impl Ctx {
         &self,
         r: pb::CreateServerRequest,
     ) -> ApiResult<pb::CreateServerResponse> {
-        let plan = self.plan(r).await?;
+        let token = validate::client_token(&r.client_token)?;
+        let plan = Arc::new(self.plan(&r).await?);
+        // With a client token, the servers an earlier attempt created are
+        // returned as they are, and only the missing indices are created.
+        let mut done: HashMap<u32, InstanceId> = HashMap::new();
+        if let Some(t) = token {
+            let resp = self
+                .store
+                .range(
+                    keys::client_token_prefix(&plan.project, t),
+                    etcd_client::GetOptions::new().with_prefix(),
+                )
+                .await?;
+            for kv in resp.kvs() {
+                let index = crate::view::kv_key(kv)
+                    .rsplit('/')
+                    .next()
+                    .and_then(|i| i.parse::<u32>().ok());
+                if let (Some(i), Some(id)) = (index, decode_or_skip::<InstanceId>(kv)) {
+                    if i < plan.count {
+                        done.insert(i, id);
+                    }
+                }
+            }
+        }
+        let mut results = self.existing_results(&done).await?;
         let plan = &plan;
-        let mut results: Vec<pb::ServerResult> = futures::stream::iter(0..plan.count)
+        let r = &r;
+        let todo: Vec<u32> = (0..plan.count).filter(|i| !done.contains_key(i)).collect();
+        let created: Vec<pb::ServerResult> = futures::stream::iter(todo)
             .map(|i| async move {
                 let id = InstanceId::new_random();
                 let span = tracing::info_span!("create_server", instance = %id, index = i);
-                match self.create_one(plan, id, i).instrument(span).await {
+                match self.create_with_replans(r, plan, token, id, i).instrument(span).await {
                     Ok(server) => pb::ServerResult {
                         server: Some(server),
                         error: String::new(),
@@ -212,8 +436,88 @@ impl Ctx {
             .buffer_unordered(BATCH_CONCURRENCY)
             .collect()
             .await;
+        results.extend(created);
         results.sort_by_key(|r| r.index);
         Ok(pb::CreateServerResponse { results })
+    }
+
+    /// One server: placement with the batch's plan, re-planned from etcd
+    /// when something the plan used changed meanwhile.
+    async fn create_with_replans(
+        &self,
+        r: &pb::CreateServerRequest,
+        plan: &Arc<Plan>,
+        token: Option<&str>,
+        id: InstanceId,
+        index: u32,
+    ) -> ApiResult<pb::Server> {
+        let mut plan = plan.clone();
+        for _ in 0..MAX_REPLANS {
+            match self.create_one(&plan, id, index, token).await? {
+                Placed::Server(s) => return Ok(s),
+                Placed::Existing(other) => {
+                    let done = HashMap::from([(index, other)]);
+                    let mut v = self.existing_results(&done).await?;
+                    return match v.pop() {
+                        Some(pb::ServerResult {
+                            server: Some(s), ..
+                        }) => Ok(s),
+                        Some(res) => Err(ApiError::NotFound(res.error)),
+                        None => Err(ApiError::NotFound(format!("server {other} vanished"))),
+                    };
+                }
+                Placed::StalePlan => {
+                    tracing::debug!(instance = %id, "plan went stale; re-planning from etcd");
+                    plan = Arc::new(self.plan_from(r, Source::Etcd).await?);
+                }
+            }
+        }
+        Err(ApiError::Unavailable(
+            "the flavor, image, networks or groups of this request changed concurrently too often; retry"
+                .into(),
+        ))
+    }
+
+    /// The results of servers created earlier under a client token.
+    async fn existing_results(
+        &self,
+        done: &HashMap<u32, InstanceId>,
+    ) -> ApiResult<Vec<pb::ServerResult>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let order: Vec<(u32, InstanceId)> = done.iter().map(|(i, id)| (*i, *id)).collect();
+        let keys_: Vec<String> = order.iter().map(|(_, id)| keys::instance(id)).collect();
+        let specs = self.store.get_many(&keys_).await?;
+        let mut found = Vec::new();
+        let mut out = Vec::new();
+        for ((index, id), kv) in order.iter().zip(&specs) {
+            match kv.as_ref().and_then(decode_or_skip::<Instance>) {
+                Some(inst) => found.push((*index, inst)),
+                None => out.push(pb::ServerResult {
+                    server: None,
+                    error: format!(
+                        "server {id} created earlier with this client token no longer exists"
+                    ),
+                    code: "NotFound".into(),
+                    index: *index,
+                }),
+            }
+        }
+        let insts: Vec<Instance> = found.iter().map(|(_, i)| i.clone()).collect();
+        let rendered = self.render(&insts).await?;
+        out.extend(
+            found
+                .iter()
+                .zip(rendered)
+                .map(|((index, _), server)| pb::ServerResult {
+                    server: Some(server),
+                    error: String::new(),
+                    code: String::new(),
+                    index: *index,
+                }),
+        );
+        Ok(out)
     }
 
     async fn group_members(&self, g: &ServerGroup) -> ApiResult<(HashSet<NodeName>, i64)> {
@@ -234,7 +538,13 @@ impl Ctx {
         ))
     }
 
-    async fn create_one(&self, plan: &Plan, id: InstanceId, index: u32) -> ApiResult<pb::Server> {
+    async fn create_one(
+        &self,
+        plan: &Plan,
+        id: InstanceId,
+        index: u32,
+        token: Option<&str>,
+    ) -> ApiResult<Placed> {
         let name = if plan.count > 1 {
             format!("{}-{}", plan.name, index + 1)
         } else {
@@ -370,6 +680,21 @@ impl Ctx {
                     Some(etcd_client::GetOptions::new().with_prefix()),
                 ));
             }
+            let token_probe = probes.len();
+            if let Some(t) = token {
+                let tkey = keys::client_token(&plan.project, t, index);
+                compares.push(absent(&tkey));
+                ops.push(put(&tkey, &id));
+                probes.push(TxnOp::get(tkey, None));
+            }
+            let deps_probe = probes.len();
+            for (key, rev) in &plan.deps {
+                compares.push(unchanged(key, *rev));
+                probes.push(TxnOp::get(
+                    key.as_str(),
+                    Some(etcd_client::GetOptions::new().with_keys_only()),
+                ));
+            }
             let resp = self
                 .store
                 .txn(Txn::new().when(compares).and_then(ops).or_else(probes))
@@ -385,7 +710,27 @@ impl Ctx {
                     v.node = Some(node.clone());
                     v
                 }));
-                return Ok(convert::server(&inst, None, &ports, &plan.net_names()));
+                return Ok(Placed::Server(convert::server(
+                    &inst,
+                    None,
+                    &ports,
+                    &plan.net_names(),
+                )));
+            }
+            if token.is_some() {
+                if let Some(kv) = op_kvs(&resp, token_probe).first() {
+                    let other: InstanceId = decode_kv(kv).map_err(store::corrupt)?;
+                    return Ok(Placed::Existing(other));
+                }
+            }
+            let stale = plan.deps.iter().enumerate().any(|(k, (_, rev))| {
+                op_kvs(&resp, deps_probe + k)
+                    .first()
+                    .map(|kv| kv.mod_revision())
+                    != Some(*rev)
+            });
+            if stale {
+                return Ok(Placed::StalePlan);
             }
             // Which reservation lost?
             let mut probe = 0;

@@ -1,0 +1,322 @@
+//! etcd over mutual TLS: certificates from `scripts/make-certs.sh` and an
+//! etcd that requires a client certificate (`--client-cert-auth`).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let etcd = nubo_tests::tls::TlsEtcd::start()?;
+//! etcd.etcdctl_as(Some("cli"), &["put", "/k", "v"])?;
+//! let mut client = etcd.client("coordinator").await?;
+//! client.get("/k", None).await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+
+use crate::ports::free_port_on;
+
+/// `scripts/make-certs.sh` of this workspace.
+pub fn make_certs_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh")
+}
+
+/// A certificate directory made by `scripts/make-certs.sh` (removed on drop).
+pub struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    /// Runs the script into a fresh temporary directory; `args` are passed
+    /// on (extra SANs, `client:NAME`). Clients `coordinator` and `cli`
+    /// always exist.
+    pub fn generate(args: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nbt-certs-").tempdir()?;
+        let out = Command::new("bash")
+            .arg(make_certs_script())
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .context("running scripts/make-certs.sh")?;
+        if !out.status.success() {
+            bail!(
+                "make-certs.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `ca.crt`.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// `(client-NAME.crt, client-NAME.key)`.
+    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join(format!("client-{name}.crt")),
+            self.dir.path().join(format!("client-{name}.key")),
+        )
+    }
+
+    /// etcd-client TLS options: trust the CA, present client `name`'s cert.
+    pub fn tls_options(&self, name: &str) -> Result<TlsOptions> {
+        let (crt, key) = self.client(name);
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca())?))
+            .identity(Identity::from_pem(read(&crt)?, read(&key)?)))
+    }
+}
+
+/// A single-member etcd serving clients only over HTTPS and requiring a
+/// client certificate signed by its CA. Killed (by pid) on drop.
+pub struct TlsEtcd {
+    certs: Certs,
+    child: Option<Child>,
+    data: tempfile::TempDir,
+    client_port: u16,
+}
+
+impl TlsEtcd {
+    /// Makes certificates and starts etcd on 127.0.0.1.
+    pub fn start() -> Result<Self> {
+        let certs = Certs::generate(&[])?;
+        let data = tempfile::Builder::new().prefix("nbt-tls-etcd-").tempdir()?;
+        let ip = "127.0.0.1".parse()?;
+        let client_port = free_port_on(ip);
+        let peer_port = free_port_on(ip);
+        let client = format!("https://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(data.path().join("etcd.log"))?;
+        let p = |name: &str| certs.dir().join(name).display().to_string();
+        let child = Command::new(std::env::var("NUBO_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
+            .arg("--name=nbt")
+            .arg(format!("--data-dir={}", data.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=nbt={peer}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--client-cert-auth")
+            .arg(format!("--trusted-ca-file={}", p("ca.crt")))
+            .arg(format!("--cert-file={}", p("etcd-server.crt")))
+            .arg(format!("--key-file={}", p("etcd-server.key")))
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (is Debian's etcd-server installed?)")?;
+        let mut etcd = Self {
+            certs,
+            child: Some(child),
+            data,
+            client_port,
+        };
+        etcd.wait_healthy(Duration::from_secs(20))?;
+        Ok(etcd)
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (crt, key) = self.certs.client("cli");
+        let url = format!("{}/health", self.endpoint());
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("etcd exited early with {status}; log:\n{}", self.log());
+                }
+            }
+            let ok = Command::new("curl")
+                .args(["-sf", "--max-time", "1", "--cacert"])
+                .arg(self.certs.ca())
+                .arg("--cert")
+                .arg(&crt)
+                .arg("--key")
+                .arg(&key)
+                .arg(&url)
+                .output()
+                .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"))
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd not healthy after {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The certificates.
+    pub fn certs(&self) -> &Certs {
+        &self.certs
+    }
+
+    /// The etcd log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Runs `etcdctl` trusting the CA, presenting client `name`'s
+    /// certificate (or none), with a short timeout; returns the raw output
+    /// whatever the exit status.
+    pub fn etcdctl_as(&self, client: Option<&str>, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--dial-timeout=2s")
+            .arg("--command-timeout=3s")
+            .arg(format!("--cacert={}", self.certs.ca().display()));
+        if let Some(name) = client {
+            let (crt, key) = self.certs.client(name);
+            cmd.arg(format!("--cert={}", crt.display()))
+                .arg(format!("--key={}", key.display()));
+        }
+        cmd.args(args).output().context("running etcdctl")
+    }
+
+    /// An etcd client authenticated as client `name`.
+    pub async fn client(&self, name: &str) -> Result<etcd_client::Client> {
+        let opts = ConnectOptions::new()
+            .with_tls(self.certs.tls_options(name)?)
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(5));
+        Ok(etcd_client::Client::connect([self.endpoint()], Some(opts)).await?)
+    }
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stdout(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    #[test]
+    fn script_makes_verifiable_certs_with_the_requested_names() {
+        let certs = Certs::generate(&["10.1.2.3", "etcd.example", "client:node-1"]).unwrap();
+        for c in ["coordinator", "cli", "node-1"] {
+            let (crt, key) = certs.client(c);
+            assert!(key.exists());
+            let v = Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(certs.ca())
+                .arg(&crt)
+                .output()
+                .unwrap();
+            assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+            let subject = Command::new("openssl")
+                .args(["x509", "-noout", "-subject", "-in"])
+                .arg(&crt)
+                .output()
+                .unwrap();
+            assert!(stdout(&subject).contains(&format!("CN = {c}")));
+        }
+        let text = Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(certs.dir().join("etcd-server.crt"))
+            .output()
+            .unwrap();
+        let sans = stdout(&text);
+        for want in [
+            "IP Address:127.0.0.1",
+            "IP Address:10.1.2.3",
+            "DNS:etcd.example",
+        ] {
+            assert!(sans.contains(want), "{want} missing in {sans}");
+        }
+        assert!(Certs::generate(&["client:bad/name"]).is_err());
+    }
+
+    #[test]
+    fn etcdctl_needs_a_client_cert_from_the_ca() {
+        let etcd = TlsEtcd::start().unwrap();
+        let put = etcd
+            .etcdctl_as(Some("cli"), &["put", "/tls/k", "v"])
+            .unwrap();
+        assert!(
+            put.status.success(),
+            "{}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+        let get = etcd
+            .etcdctl_as(Some("coordinator"), &["get", "/tls/k"])
+            .unwrap();
+        assert!(get.status.success());
+        assert!(stdout(&get).contains("/tls/k\nv"), "{}", stdout(&get));
+
+        let anonymous = etcd.etcdctl_as(None, &["get", "/tls/k"]).unwrap();
+        assert!(!anonymous.status.success(), "accepted without a cert");
+        assert!(!stdout(&anonymous).contains("/tls/k"));
+
+        // A certificate from another CA is refused too.
+        let foreign = Certs::generate(&[]).unwrap();
+        let (crt, key) = foreign.client("cli");
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", etcd.endpoint()))
+            .args(["--dial-timeout=2s", "--command-timeout=3s"])
+            .arg(format!("--cacert={}", etcd.certs().ca().display()))
+            .arg(format!("--cert={}", crt.display()))
+            .arg(format!("--key={}", key.display()))
+            .args(["get", "/tls/k"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "accepted a foreign client cert");
+    }
+
+    #[tokio::test]
+    async fn etcd_client_connects_with_tls_and_a_client_cert() {
+        let etcd = TlsEtcd::start().unwrap();
+        let mut c = etcd.client("coordinator").await.unwrap();
+        c.put("/tls/rust", "ok", None).await.unwrap();
+        let resp = c.get("/tls/rust", None).await.unwrap();
+        assert_eq!(resp.kvs()[0].value(), b"ok");
+        let seen = etcd.etcdctl_as(Some("cli"), &["get", "/tls/rust"]).unwrap();
+        assert!(stdout(&seen).contains("ok"));
+
+        // Trusting the CA but presenting no certificate fails.
+        let tls = TlsOptions::new().ca_certificate(Certificate::from_pem(
+            std::fs::read(etcd.certs().ca()).unwrap(),
+        ));
+        let opts = ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(3));
+        let refused = match etcd_client::Client::connect([etcd.endpoint()], Some(opts)).await {
+            Err(_) => true,
+            Ok(mut c) => c.get("/tls/rust", None).await.is_err(),
+        };
+        assert!(refused, "connected without a client cert");
+    }
+}
