@@ -82,18 +82,34 @@ pub async fn run_with_hypervisor(
         let client = store::connect(&cfg.etcd_endpoints).await?;
         let (mirror, handle) = Mirror::new(client.clone());
         let (registered_tx, registered) = watch::channel(false);
+        let (acks_tx, acks) = watch::channel(None);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());
         tasks.spawn(
             Liveness::new(client.clone(), cfg.clone(), registered_tx)
+                .with_acks(acks_tx)
                 .run()
                 .in_current_span(),
         );
+        // Self-fencing (docs/failure-handling.md): compute drives the gated
+        // driver and does not run while the node is fenced.
+        let clock: Arc<dyn crate::fencing::Clock> = Arc::new(crate::fencing::MonotonicClock);
+        let fencing = crate::fencer::setup(&cfg, hv, handle.clone(), acks, clock.clone());
+        tasks.spawn(fencing.task.run().in_current_span());
+        let heartbeat = crate::watchdog::Heartbeat::new(clock);
+        let watchdog_period = crate::notify::watchdog_period();
+        if let (Some(period), Some(socket)) = (watchdog_period, std::env::var_os("NOTIFY_SOCKET")) {
+            let socket = socket.to_string_lossy().into_owned();
+            tasks.spawn(crate::watchdog::run(heartbeat.clone(), period, socket).in_current_span());
+        }
         // Subsystems run in this order on every pass: compute creates the
         // guests and their taps, then overlay, firewall, DHCP, metadata
         // (skipped with `--no-network`); see `reconciler` module docs.
         let mut subsystems: Vec<Box<dyn Subsystem>> =
-            vec![Box::new(Compute::new(cfg.node.clone(), hv, client))];
+            vec![Box::new(crate::fencer::GatedSubsystem::new(
+                Compute::new(cfg.node.clone(), fencing.hypervisor, client),
+                fencing.gate,
+            ))];
         if !cfg.no_network {
             subsystems.extend(
                 crate::network::subsystems(
@@ -106,7 +122,10 @@ pub async fn run_with_hypervisor(
         }
         tokio::select! {
             () = shutdown => info!("shutdown requested; leaving instances running"),
-            () = reconcile_loop(&cfg, handle, registered, subsystems) => {}
+            () = reconcile_loop(&cfg, handle, registered, subsystems, Beat {
+                heartbeat,
+                every: crate::watchdog::beat_interval(watchdog_period),
+            }) => {}
         }
         tasks.shutdown().await;
         Ok(())
@@ -115,19 +134,34 @@ pub async fn run_with_hypervisor(
     .await
 }
 
+/// The watchdog heartbeat of the reconcile loop and its idle period.
+struct Beat {
+    heartbeat: crate::watchdog::Heartbeat,
+    every: Duration,
+}
+
 async fn reconcile_loop(
     cfg: &AgentConfig,
     mut handle: MirrorHandle,
     mut registered: watch::Receiver<bool>,
     mut subsystems: Vec<Box<dyn Subsystem>>,
+    beat: Beat,
 ) {
     // Never reconcile from an empty cache: that would destroy everything.
-    if handle.synced.wait_for(|s| *s).await.is_err() {
-        return;
+    loop {
+        beat.heartbeat.beat();
+        tokio::select! {
+            r = handle.synced.wait_for(|s| *s) => match r {
+                Ok(_) => break,
+                Err(_) => return,
+            },
+            () = tokio::time::sleep(beat.every) => {}
+        }
     }
     let mut ready = false;
     let mut first_pass = true;
     loop {
+        beat.heartbeat.beat();
         handle.changes.borrow_and_update();
         let desired = {
             let cache = handle.cache.read().await;
@@ -172,6 +206,7 @@ async fn reconcile_loop(
                     break;
                 }
                 () = tokio::time::sleep_until(next_periodic) => break,
+                () = tokio::time::sleep(beat.every) => beat.heartbeat.beat(),
                 r = registered.changed(), if !ready => {
                     if r.is_err() {
                         return;

@@ -39,6 +39,9 @@ pub enum Action {
     },
     /// Destroy an instance nubo created that is no longer assigned here.
     Destroy(InstanceId),
+    /// Continue a paused (e.g. left frozen by self-fencing) instance that
+    /// should run.
+    Resume(InstanceId),
 }
 
 impl Action {
@@ -49,6 +52,7 @@ impl Action {
             | Action::Start(id)
             | Action::Stop(id)
             | Action::Destroy(id)
+            | Action::Resume(id)
             | Action::Reboot { id, .. } => id,
         }
     }
@@ -88,7 +92,10 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
         }
         match (d.power(), o.power) {
             (PowerState::Running, ObservedPower::Stopped) => out.actions.push(Action::Start(*id)),
-            (PowerState::Stopped, ObservedPower::Running) => out.actions.push(Action::Stop(*id)),
+            (PowerState::Running, ObservedPower::Paused) => out.actions.push(Action::Resume(*id)),
+            (PowerState::Stopped, ObservedPower::Running | ObservedPower::Paused) => {
+                out.actions.push(Action::Stop(*id))
+            }
             (PowerState::Running, ObservedPower::Running) => {
                 let acted = observed.reported.get(id).map(|s| s.reboot_generation);
                 let wanted = d.spec.reboot_generation;
@@ -149,7 +156,8 @@ pub fn report_for(
         (Some(_), _) => InstanceState::Error,
         (None, None) => InstanceState::Building,
         (None, Some(ObservedPower::Running)) => InstanceState::Running,
-        (None, Some(ObservedPower::Stopped)) => InstanceState::Stopped,
+        // Paused is not running; compute only sees it if a resume failed.
+        (None, Some(ObservedPower::Stopped | ObservedPower::Paused)) => InstanceState::Stopped,
     };
     // A pending reboot stays pending until it succeeded; anything else
     // (created, stopped, already running without a record) has nothing left
@@ -179,7 +187,7 @@ pub fn report_broken(
     Report {
         state: match observed {
             Some(ObservedPower::Running) => InstanceState::Running,
-            Some(ObservedPower::Stopped) => InstanceState::Stopped,
+            Some(ObservedPower::Stopped | ObservedPower::Paused) => InstanceState::Stopped,
             None => InstanceState::Error,
         },
         last_error: Some(reason.to_string()),
@@ -262,12 +270,13 @@ impl Compute {
             last_error: r.last_error,
             reboot_generation: r.reboot_generation,
         };
-        let rev = store::put(
-            &self.etcd,
-            &keys::instance_status(&id),
-            model::encode(&status),
-        )
-        .await?;
+        let Some(rev) = put_status_if_assigned(&self.etcd, &self.node, id, &status).await? else {
+            // The assignment is gone from etcd (the cache lags, or the
+            // instance was moved while this node was cut off): the status
+            // now belongs to whoever runs it.
+            info!(instance = %id, "not assigned here any more; status left alone");
+            return Ok(());
+        };
         tracing::debug!(instance = %id, state = status.state.as_str(), "status written");
         self.book.written.insert(id, (rev, Some(status.clone())));
         reported.insert(id, (status, rev));
@@ -290,6 +299,31 @@ impl Compute {
     }
 }
 
+/// Writes `/instances/<id>/status` in one transaction guarded by
+/// `version(/assignments/<node>/<id>) > 0`, so a node that lost the instance
+/// (evacuated while it was cut off) can never overwrite the status written
+/// for the node that runs it now. `Ok(None)` = not assigned here.
+async fn put_status_if_assigned(
+    etcd: &Client,
+    node: &NodeName,
+    id: InstanceId,
+    status: &InstanceStatus,
+) -> Result<Option<i64>, store::StoreError> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let guard = keys::assignment(node, &id);
+    let txn = Txn::new()
+        .when([Compare::version(guard, CompareOp::Greater, 0)])
+        .and_then([TxnOp::put(
+            keys::instance_status(&id),
+            model::encode(status),
+            None,
+        )]);
+    let mut kv = etcd.kv_client();
+    let resp = store::bounded(kv.txn(txn)).await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+    Ok(resp.succeeded().then_some(rev))
+}
+
 async fn perform(
     hv: Arc<dyn Hypervisor>,
     action: Action,
@@ -305,6 +339,7 @@ async fn perform(
             (Action::Stop(_), _) => hv.stop(id).await,
             (Action::Reboot { .. }, _) => hv.reboot(id).await,
             (Action::Destroy(_), _) => hv.destroy(id).await,
+            (Action::Resume(_), _) => hv.resume(id).await,
         };
         match &r {
             Ok(()) => info!("done"),
@@ -324,7 +359,9 @@ fn power_after(action: Action, d: Option<&DesiredInstance>) -> Option<ObservedPo
             Some(PowerState::Stopped) => ObservedPower::Stopped,
             _ => ObservedPower::Running,
         }),
-        Action::Start(_) | Action::Reboot { .. } => Some(ObservedPower::Running),
+        Action::Start(_) | Action::Reboot { .. } | Action::Resume(_) => {
+            Some(ObservedPower::Running)
+        }
         Action::Stop(_) => Some(ObservedPower::Stopped),
         Action::Destroy(_) => None,
     }
@@ -548,6 +585,21 @@ mod tests {
         let mut actions = plan(&f.desired, &obs).actions;
         actions.sort();
         let mut expected = vec![Action::Stop(a), Action::Start(b)];
+        expected.sort();
+        assert_eq!(actions, expected);
+    }
+
+    #[test]
+    fn a_paused_instance_is_resumed_or_stopped_never_started() {
+        let mut f = fixture(2);
+        let (a, b) = (f.ids[0], f.ids[1]);
+        f.desired.instances.get_mut(&b).unwrap().spec.power = PowerState::Stopped;
+        let mut obs = converged(&f);
+        obs.instances[0].power = ObservedPower::Paused;
+        obs.instances[1].power = ObservedPower::Paused;
+        let mut actions = plan(&f.desired, &obs).actions;
+        actions.sort();
+        let mut expected = vec![Action::Resume(a), Action::Stop(b)];
         expected.sort();
         assert_eq!(actions, expected);
     }

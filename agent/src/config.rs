@@ -102,6 +102,11 @@ pub struct Cli {
     /// TTL of the liveness lease, in seconds (default 5).
     #[arg(long)]
     pub lease_ttl: Option<u64>,
+    /// Freeze instances when no keep-alive has been acknowledged for this
+    /// long, in seconds; must be less than the lease TTL (default: TTL − 1 s,
+    /// at least 4/5 of the TTL; 4 s with the default TTL).
+    #[arg(long)]
+    pub self_fence_after_secs: Option<u64>,
     /// Capacity override: vCPUs.
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -149,6 +154,8 @@ pub struct FileConfig {
     pub driver: Option<DriverKind>,
     /// Lease TTL in seconds.
     pub lease_ttl: Option<u64>,
+    /// Self-fence after this many seconds without an acknowledged keep-alive.
+    pub self_fence_after_secs: Option<u64>,
     /// Capacity override: vCPUs.
     pub vcpus: Option<u32>,
     /// Capacity override: MiB.
@@ -217,6 +224,9 @@ pub struct AgentConfig {
     pub driver: DriverKind,
     /// Liveness lease TTL.
     pub lease_ttl: Duration,
+    /// Self-fencing delay; `None` = derived from the TTL (see
+    /// [`AgentConfig::self_fence_after`]).
+    pub self_fence_after: Option<Duration>,
     /// Capacity overrides.
     pub capacity: CapacityOverride,
     /// State directory.
@@ -246,6 +256,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             driver: DriverKind::Libvirt,
             lease_ttl: Duration::from_secs(5),
+            self_fence_after: None,
             capacity: CapacityOverride::default(),
             state_dir: PathBuf::from("/var/lib/nubo"),
             fake_boot: Duration::ZERO,
@@ -253,6 +264,21 @@ impl AgentConfig {
             no_network: false,
             log_format: LogFormat::Text,
             resync_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// The effective self-fencing delay: the configured one if it is less
+    /// than the lease TTL, else TTL − 1 s but at least 4/5 of the TTL (4 s at
+    /// the default TTL of 5 s). Always strictly less than the TTL, which is
+    /// what makes the agent freeze before its lease can expire
+    /// (`docs/failure-handling.md`).
+    pub fn self_fence_after(&self) -> Duration {
+        let ttl = self.lease_ttl;
+        match self.self_fence_after {
+            Some(d) if !d.is_zero() && d < ttl => d,
+            _ => ttl
+                .saturating_sub(Duration::from_secs(1))
+                .max(ttl.mul_f64(0.8)),
         }
     }
 
@@ -312,7 +338,20 @@ impl AgentConfig {
                 reason: "must be at least 1 second".into(),
             });
         }
+        let self_fence_after = cli.self_fence_after_secs.or(file.self_fence_after_secs);
+        if let Some(sfa) = self_fence_after {
+            if sfa == 0 || sfa >= lease_secs {
+                return Err(ConfigError::Invalid {
+                    field: "self_fence_after_secs",
+                    reason: format!(
+                        "{sfa} s: must be at least 1 s and less than the lease TTL ({lease_secs} s), \
+                         so the agent freezes its instances before its lease can expire"
+                    ),
+                });
+            }
+        }
         let mut cfg = Self::new(node, etcd_endpoints);
+        cfg.self_fence_after = self_fence_after.map(Duration::from_secs);
         cfg.underlay_ip = cli
             .underlay_ip
             .or(file.underlay_ip)
@@ -414,6 +453,34 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(5));
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/nubo"));
         assert_eq!(c.netns_prefix, "nubo-");
+    }
+
+    #[test]
+    fn self_fence_after_is_validated_against_the_lease_ttl() {
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.self_fence_after(), Duration::from_secs(4));
+        let c = AgentConfig::merge(
+            FileConfig::default(),
+            &cli(&["--node", "n1", "--lease-ttl", "2"]),
+        )
+        .unwrap();
+        assert_eq!(c.self_fence_after(), Duration::from_millis(1600));
+        let c = AgentConfig::merge(
+            FileConfig::parse("self_fence_after_secs = 7\nlease_ttl = 10", Path::new("t")).unwrap(),
+            &cli(&["--node", "n1"]),
+        )
+        .unwrap();
+        assert_eq!(c.self_fence_after(), Duration::from_secs(7));
+        for bad in [["--self-fence-after-secs", "5"], ["--self-fence-after-secs", "0"]] {
+            let mut args = vec!["--node", "n1"];
+            args.extend(bad);
+            assert!(AgentConfig::merge(FileConfig::default(), &cli(&args)).is_err());
+        }
+        // A programmatic configuration cannot get it wrong either.
+        let mut c = AgentConfig::new(c.node.clone(), vec![]);
+        c.lease_ttl = Duration::from_secs(3);
+        c.self_fence_after = Some(Duration::from_secs(3));
+        assert_eq!(c.self_fence_after(), Duration::from_millis(2400));
     }
 
     #[test]

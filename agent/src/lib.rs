@@ -25,6 +25,8 @@ pub mod cache;
 pub mod compute;
 pub mod config;
 pub mod desired;
+pub mod fencer;
+pub mod fencing;
 pub mod hypervisor;
 pub mod mirror;
 pub mod network;
@@ -32,6 +34,7 @@ pub mod notify;
 pub mod reconciler;
 pub mod registration;
 pub mod store;
+pub mod watchdog;
 
 #[cfg(test)]
 mod testutil;

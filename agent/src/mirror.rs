@@ -3,14 +3,16 @@
 //! watch resumes from the last revision seen + 1; if etcd answers that this
 //! revision is compacted, the prefix is listed again and the cache rebuilt.
 //! While etcd is unreachable the cache stays as it was (nothing is torn down)
-//! and the mirror retries with backoff.
+//! and the mirror retries with backoff. [`MirrorHandle::request_relist`]
+//! forces a fresh list (self-fencing recovery: decide on a list made after
+//! the lease came back, not on a watch that may still be catching up).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions};
 use nubo_common::keys;
-use tokio::sync::{watch, RwLock};
+use tokio::sync::{watch, Notify, RwLock};
 use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, Change};
@@ -25,6 +27,19 @@ pub struct MirrorHandle {
     pub changes: watch::Receiver<u64>,
     /// True once the first list has been loaded.
     pub synced: watch::Receiver<bool>,
+    /// Monotonic time at which the last *completed* list of the prefix was
+    /// started (`None` before the first).
+    pub listed: watch::Receiver<Option<std::time::Instant>>,
+    relist: Arc<Notify>,
+}
+
+impl MirrorHandle {
+    /// Asks the mirror to drop its watch and list the prefix again; the list
+    /// is done when [`MirrorHandle::listed`] is at or after the time of the
+    /// call.
+    pub fn request_relist(&self) {
+        self.relist.notify_one();
+    }
 }
 
 /// Why a watch stream ended.
@@ -42,6 +57,8 @@ pub struct Mirror {
     cache: Arc<RwLock<Cache>>,
     changes: watch::Sender<u64>,
     synced: watch::Sender<bool>,
+    listed: watch::Sender<Option<std::time::Instant>>,
+    relist: Arc<Notify>,
 }
 
 impl Mirror {
@@ -50,17 +67,23 @@ impl Mirror {
         let cache = Arc::new(RwLock::new(Cache::default()));
         let (changes, changes_rx) = watch::channel(0);
         let (synced, synced_rx) = watch::channel(false);
+        let (listed, listed_rx) = watch::channel(None);
+        let relist = Arc::new(Notify::new());
         (
             Self {
                 client,
                 cache: cache.clone(),
                 changes,
                 synced,
+                listed,
+                relist: relist.clone(),
             },
             MirrorHandle {
                 cache,
                 changes: changes_rx,
                 synced: synced_rx,
+                listed: listed_rx,
+                relist,
             },
         )
     }
@@ -71,6 +94,7 @@ impl Mirror {
 
     /// Lists the whole prefix and replaces the cache. Returns its revision.
     async fn relist(&self) -> Result<i64, StoreError> {
+        let started = std::time::Instant::now();
         let (kvs, rev) = store::list_prefix(&self.client, keys::ROOT).await?;
         let mut fresh = Cache::default();
         for (k, v, mod_rev) in &kvs {
@@ -81,6 +105,7 @@ impl Mirror {
         *self.cache.write().await = fresh;
         info!(keys = n, revision = rev, "state listed from etcd");
         self.synced.send_replace(true);
+        self.listed.send_replace(Some(started));
         self.bump();
         Ok(rev)
     }
@@ -106,7 +131,15 @@ impl Mirror {
                     }
                 },
             };
-            match self.watch_from(rev + 1, &mut at, &mut backoff).await {
+            let end = tokio::select! {
+                end = self.watch_from(rev + 1, &mut at, &mut backoff) => end,
+                () = self.relist.notified() => {
+                    info!("fresh list requested");
+                    at = None;
+                    continue;
+                }
+            };
+            match end {
                 WatchEnd::Compacted(c) => {
                     warn!(
                         from = rev + 1,

@@ -2,13 +2,18 @@
 //!
 //! `/nodes/<node>` describes the node (capacity from `sysinfo` or the
 //! overrides); `/nodes/<node>/alive` is bound to an etcd lease of TTL
-//! `--lease-ttl`, kept alive every TTL/3. If the lease is lost (etcd was
-//! unreachable for longer than the TTL), a new one is granted and `alive`
-//! written again: the agent never exits and never touches instances because
-//! of it.
+//! `--lease-ttl`, kept alive every TTL/3 (each attempt bounded by TTL/6, a
+//! failed one retried after [`RETRY_AFTER_FAILED_KEEPALIVE`]). If the lease is
+//! lost (etcd was unreachable for longer than the TTL), a new one is granted
+//! and `alive` written again: the agent never exits because of it.
+//!
+//! Every acknowledged keep-alive (and every grant) is published as a
+//! [`LeaseAck`] carrying the monotonic time its request was *sent*: that is
+//! what [`crate::fencer`] measures to self-fence before the lease can expire.
+//! A new lease is published only after `alive` has been written on it.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use nubo_common::keys;
@@ -17,7 +22,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
+use crate::fencing::LeaseAck;
 use crate::store::{self, Backoff, StoreError};
+
+/// Delay before retrying a keep-alive that failed or timed out (much less
+/// than the period, so one lost keep-alive does not make the agent fence).
+pub const RETRY_AFTER_FAILED_KEEPALIVE: Duration = Duration::from_millis(100);
 
 /// The agent's version, recorded in the node record.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -116,6 +126,7 @@ pub struct Liveness {
     cfg: AgentConfig,
     since: model::Timestamp,
     registered: watch::Sender<bool>,
+    acks: Option<watch::Sender<Option<LeaseAck>>>,
 }
 
 /// The lease and its keep-alive stream.
@@ -132,7 +143,25 @@ impl Liveness {
             cfg,
             since: model::now(),
             registered,
+            acks: None,
         }
+    }
+
+    /// Publishes every acknowledged keep-alive on `acks`.
+    pub fn with_acks(mut self, acks: watch::Sender<Option<LeaseAck>>) -> Self {
+        self.acks = Some(acks);
+        self
+    }
+
+    fn acked(&self, sent: Instant, lease: i64) {
+        if let Some(tx) = &self.acks {
+            tx.send_replace(Some(LeaseAck { sent, lease }));
+        }
+    }
+
+    /// Bound of one keep-alive round trip: half the keep-alive period.
+    fn keepalive_timeout(&self) -> Duration {
+        (self.cfg.lease_ttl / 6).max(Duration::from_millis(150))
     }
 
     /// Grants a lease, writes the node record and `alive` on it.
@@ -141,6 +170,7 @@ impl Liveness {
         put_node(&self.client, &node).await?;
         let ttl = i64::try_from(self.cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX);
         let mut lc = self.client.lease_client();
+        let sent = Instant::now();
         let lease = store::bounded(lc.grant(ttl, None)).await?.id();
         let alive = NodeAlive {
             lease,
@@ -155,6 +185,7 @@ impl Liveness {
         )
         .await?;
         info!(lease, ttl, "registered; liveness lease held");
+        self.acked(sent, lease);
         self.registered.send_replace(true);
         Ok(lease)
     }
@@ -165,9 +196,17 @@ impl Liveness {
             // Opening the stream is itself a keep-alive; the client reports a
             // lease that is gone as an error, so ask etcd what happened.
             let mut lc = self.client.lease_client();
-            return match store::bounded(lc.keep_alive(held.id)).await {
+            let sent = Instant::now();
+            let timeout = self.keepalive_timeout();
+            let opened = match tokio::time::timeout(timeout, lc.keep_alive(held.id)).await {
+                Ok(r) => r.map_err(StoreError::from),
+                Err(_) => Err(StoreError::Timeout(timeout)),
+            };
+            return match opened {
+                // The client waits for the first answer and rejects a TTL ≤ 0.
                 Ok(s) => {
                     held.stream = Some(s);
+                    self.acked(sent, held.id);
                     Ok(true)
                 }
                 Err(e) => match self.lease_exists(held.id).await? {
@@ -176,12 +215,22 @@ impl Liveness {
                 },
             };
         };
+        let sent = Instant::now();
         let r = async {
             keeper.keep_alive().await?;
             stream.message().await
         };
-        match store::bounded(r).await {
-            Ok(Some(resp)) => Ok(resp.ttl() > 0),
+        let timeout = self.keepalive_timeout();
+        let r = match tokio::time::timeout(timeout, r).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        };
+        match r {
+            Ok(Some(resp)) if resp.ttl() > 0 => {
+                self.acked(sent, held.id);
+                Ok(true)
+            }
+            Ok(Some(_)) => Ok(false),
             Ok(None) => {
                 held.stream = None;
                 Err(StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(
@@ -228,7 +277,11 @@ impl Liveness {
                         held = None;
                         continue;
                     }
-                    Err(e) => warn!(lease = h.id, error = %e, "lease keep-alive failed; retrying"),
+                    Err(e) => {
+                        warn!(lease = h.id, error = %e, "lease keep-alive failed; retrying");
+                        tokio::time::sleep(RETRY_AFTER_FAILED_KEEPALIVE).await;
+                        continue;
+                    }
                 },
             }
             tokio::time::sleep(period).await;

@@ -10,6 +10,7 @@ mod agents;
 mod cluster;
 mod coordinator;
 mod load;
+mod raw;
 mod report;
 
 use std::path::PathBuf;
@@ -39,6 +40,21 @@ struct Cli {
 enum Cmd {
     /// Placement throughput and safety of one coordinator.
     Place(PlaceArgs),
+    /// The etcd ceiling: placement-shaped transactions straight to etcd.
+    EtcdTxn(EtcdTxnArgs),
+}
+
+#[derive(Debug, Args)]
+struct EtcdTxnArgs {
+    /// Transactions to send.
+    #[arg(long, default_value_t = 10_000)]
+    txns: usize,
+    /// Transactions in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Distinct usage keys (nodes).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +151,8 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
         "creating {} instances, {} at a time (coordinator pid {pid})",
         args.instances, args.concurrency
     ));
+    let procs = [Some(pid), guards.etcd.as_ref().and_then(Etcd::pid), Some(std::process::id())];
+    let cpu0 = procs.map(|p| p.and_then(cpu_seconds));
     let t0 = Instant::now();
     let load = load::run(channel, args.instances, args.concurrency as usize).await;
     let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
@@ -142,6 +160,11 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let wall = t0.elapsed();
+    let cpu1 = procs.map(|p| p.and_then(cpu_seconds));
+    let cpu_used = |i: usize| match (cpu0[i], cpu1[i]) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
 
     step("auditing node capacity");
     let audit = cluster::audit(&client, args.nodes, RATIOS).await?;
@@ -210,6 +233,9 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
         max_per_node: audit.max_per_node,
         coordinator_hwm_kib: hwm,
         coordinator_rss_kib: rss,
+        coordinator_cpu_s: cpu_used(0),
+        etcd_cpu_s: cpu_used(1),
+        bench_cpu_s: cpu_used(2),
         wall,
     })
 }
@@ -227,8 +253,63 @@ fn print(report: &Report, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) used so far by process `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = stat_ticks(&stat)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line; the
+/// command name (field 2) may contain spaces, so fields are counted after
+/// its closing parenthesis.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+async fn etcd_txn(args: &EtcdTxnArgs, guards: &mut Guards) -> Result<()> {
+    step("starting etcd");
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await??;
+    let client = etcd.client().await?;
+    let epid = etcd.pid();
+    guards.etcd = Some(etcd);
+    step(&format!(
+        "{} placement-shaped transactions, {} at a time",
+        args.txns, args.concurrency
+    ));
+    let c0 = epid.and_then(cpu_seconds);
+    let b0 = cpu_seconds(std::process::id());
+    let r = raw::run(&client, args.txns, args.concurrency as usize, args.nodes).await;
+    let c1 = epid.and_then(cpu_seconds);
+    let b1 = cpu_seconds(std::process::id());
+    let diff = |a: Option<f64>, b: Option<f64>| b.zip(a).map_or(0.0, |(b, a)| b - a);
+    println!(
+        "etcd txns/s                  {:.1}\ncommitted / failed           {} / {}\nelapsed                      {:.2} s\netcd CPU                     {:.2} s\nbench CPU                    {:.2} s",
+        r.per_sec(),
+        r.committed,
+        r.failed,
+        r.elapsed.as_secs_f64(),
+        diff(c0, c1),
+        diff(b0, b1),
+    );
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
-    let Cmd::Place(args) = cli.cmd;
+    let args = match cli.cmd {
+        Cmd::Place(args) => args,
+        Cmd::EtcdTxn(args) => {
+            let mut guards = Guards::default();
+            let r = etcd_txn(&args, &mut guards).await;
+            drop(guards);
+            return r;
+        }
+    };
     let mut guards = Guards::default();
     let mut sigterm = signal(SignalKind::terminate())?;
     let outcome = tokio::select! {
@@ -272,9 +353,19 @@ mod tests {
 
     #[test]
     fn defaults_match_the_brief() {
-        let Cmd::Place(a) = Cli::try_parse_from(["nubo-bench", "place"]).unwrap().cmd;
+        let Cmd::Place(a) = Cli::try_parse_from(["nubo-bench", "place"]).unwrap().cmd else {
+            panic!("not place");
+        };
         assert_eq!((a.nodes, a.instances, a.concurrency), (1000, 10_000, 64));
         assert!(Cli::try_parse_from(["nubo-bench", "place", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn proc_stat_cpu_fields_are_read_after_the_command_name() {
+        let line = "42 (nubo (x) y) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 1";
+        assert_eq!(stat_ticks(line), Some(175));
+        assert_eq!(stat_ticks("garbage"), None);
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub struct Report {
     pub coordinator_hwm_kib: u64,
     /// Coordinator RSS at the end (VmRSS), KiB.
     pub coordinator_rss_kib: u64,
+    /// CPU seconds the coordinator used during the load phase.
+    pub coordinator_cpu_s: f64,
+    /// CPU seconds etcd used during the load phase.
+    pub etcd_cpu_s: f64,
+    /// CPU seconds this benchmark (load + fake agents) used meanwhile.
+    pub bench_cpu_s: f64,
     /// Duration of the load phase (first request → last running).
     pub wall: Duration,
 }
@@ -99,6 +105,13 @@ impl Report {
                 "coordinator VmRSS",
                 format!("{} MiB", mib(self.coordinator_rss_kib)),
             ),
+            (
+                "CPU coordinator/etcd/bench",
+                format!(
+                    "{:.1} / {:.1} / {:.1} s",
+                    self.coordinator_cpu_s, self.etcd_cpu_s, self.bench_cpu_s
+                ),
+            ),
             ("wall time", format!("{:.2} s", self.wall.as_secs_f64())),
         ]
     }
@@ -140,6 +153,11 @@ impl Report {
             "usage_mismatch_nodes": self.usage_mismatch,
             "instances_per_node": { "min": self.min_per_node, "max": self.max_per_node },
             "coordinator_kib": { "vm_hwm": self.coordinator_hwm_kib, "vm_rss": self.coordinator_rss_kib },
+            "cpu_s": {
+                "coordinator": (self.coordinator_cpu_s * 100.0).round() / 100.0,
+                "etcd": (self.etcd_cpu_s * 100.0).round() / 100.0,
+                "bench": (self.bench_cpu_s * 100.0).round() / 100.0,
+            },
             "wall_s": (self.wall.as_secs_f64() * 100.0).round() / 100.0,
         })
     }

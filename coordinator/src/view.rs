@@ -4,8 +4,8 @@
 //!
 //! The lock is a plain `std::sync::RwLock`, never held across an await.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
@@ -22,6 +22,34 @@ use crate::scheduler::{self, NodeState, Ratios, Rejections, Request};
 pub struct ClusterView {
     nodes: RwLock<BTreeMap<NodeName, Slot>>,
     ready: watch::Sender<bool>,
+    /// Placements in flight from this coordinator, per node (see
+    /// [`ClusterView::claim`]).
+    busy: Mutex<HashMap<NodeName, u32>>,
+}
+
+/// A node chosen for one placement transaction, counted as busy until
+/// dropped.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    view: &'a ClusterView,
+    /// The node.
+    pub node: NodeName,
+    /// Its usage as known when chosen.
+    pub usage: NodeUsage,
+    /// The mod_revision of that usage (0 = absent), for the compare.
+    pub usage_rev: i64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.view.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = busy.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                busy.remove(&self.node);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -39,6 +67,7 @@ impl Default for ClusterView {
         Self {
             nodes: RwLock::new(BTreeMap::new()),
             ready: watch::channel(false).0,
+            busy: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -115,6 +144,53 @@ impl ClusterView {
                 Some((n, s.state.usage.clone(), s.state.usage_rev))
             })
             .collect())
+    }
+
+    /// Chooses a node for one placement at random among the `top` best
+    /// candidates, preferring nodes without a placement in flight from this
+    /// coordinator: a second transaction on such a node would compare a
+    /// usage revision that the first is about to change, and fail. Nodes
+    /// with placements in flight are only used when nothing else fits.
+    pub fn claim(
+        &self,
+        req: &Request<'_>,
+        ratios: &Ratios,
+        placement: Placement,
+        exclude: &HashSet<NodeName>,
+        top: usize,
+    ) -> Result<Option<Claim<'_>>, Rejections> {
+        let map = self.read();
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let nodes = || map.iter().map(|(n, s)| (n, &s.state));
+        let names = if busy.is_empty() {
+            scheduler::candidates(nodes(), req, ratios, placement, exclude, top)?
+        } else {
+            let mut idle = exclude.clone();
+            idle.extend(busy.keys().cloned());
+            match scheduler::candidates(nodes(), req, ratios, placement, &idle, top) {
+                Ok(n) => n,
+                Err(_) => scheduler::candidates(nodes(), req, ratios, placement, exclude, top)?,
+            }
+        };
+        let Some(node) = rand::seq::IndexedRandom::choose(names.as_slice(), &mut rand::rng())
+        else {
+            return Ok(None);
+        };
+        let Some(slot) = map.get(node) else {
+            return Ok(None);
+        };
+        *busy.entry(node.clone()).or_default() += 1;
+        Ok(Some(Claim {
+            view: self,
+            node: node.clone(),
+            usage: slot.state.usage.clone(),
+            usage_rev: slot.state.usage_rev,
+        }))
+    }
+
+    /// Number of nodes with placements in flight from this coordinator.
+    pub fn busy_nodes(&self) -> usize {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Records a usage value read or written at `rev` (mod_revision), unless
@@ -358,4 +434,93 @@ impl ClusterView {
 /// by `keys::parse`).
 pub fn kv_key(kv: &KeyValue) -> &str {
     std::str::from_utf8(kv.key()).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nubo_common::model::{Node, Resources};
+
+    fn view_with(nodes: usize) -> ClusterView {
+        let v = ClusterView::default();
+        {
+            let mut map = v.write();
+            for i in 0..nodes {
+                let name = NodeName::new(format!("n{i}")).unwrap();
+                let mut slot = Slot::default();
+                slot.state.alive = true;
+                slot.state.info = Some(Node {
+                    name: name.clone(),
+                    underlay_ip: "10.0.0.1".parse().unwrap(),
+                    underlay_mtu: 1500,
+                    availability_zone: "nova".into(),
+                    labels: Default::default(),
+                    capacity: Resources {
+                        vcpus: 16,
+                        ram_mb: 4096,
+                        disk_gb: 100,
+                    },
+                    agent_version: String::new(),
+                    registered_at: model::now(),
+                });
+                map.insert(name, slot);
+            }
+        }
+        v
+    }
+
+    const R: Ratios = Ratios {
+        cpu: 1.0,
+        ram: 1.0,
+        disk: 1.0,
+    };
+
+    fn req() -> Request<'static> {
+        Request {
+            resources: Resources {
+                vcpus: 1,
+                ram_mb: 512,
+                disk_gb: 1,
+            },
+            availability_zone: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn concurrent_claims_prefer_idle_nodes_and_release_on_drop() {
+        let v = view_with(4);
+        let none = HashSet::new();
+        let claims: Vec<_> = (0..4)
+            .map(|_| {
+                v.claim(&req(), &R, Placement::Spread, &none, 16)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        let nodes: HashSet<_> = claims.iter().map(|c| c.node.clone()).collect();
+        assert_eq!(nodes.len(), 4, "four placements in flight use four nodes");
+        assert_eq!(v.busy_nodes(), 4);
+        // All busy: a fifth placement still gets a node (they all fit).
+        let fifth = v
+            .claim(&req(), &R, Placement::Spread, &none, 16)
+            .unwrap()
+            .unwrap();
+        drop(claims);
+        assert_eq!(v.busy_nodes(), 1);
+        drop(fifth);
+        assert_eq!(v.busy_nodes(), 0);
+    }
+
+    #[test]
+    fn claims_report_rejections_when_nothing_fits() {
+        let v = view_with(2);
+        let mut big = req();
+        big.resources.ram_mb = 8192;
+        let rej = v
+            .claim(&big, &R, Placement::Spread, &HashSet::new(), 16)
+            .unwrap_err();
+        assert_eq!((rej.total, rej.capacity), (2, 2));
+        assert_eq!(v.busy_nodes(), 0);
+    }
 }

@@ -12,6 +12,7 @@ async fn main() {
             disk: DiskSpec::LocalQcow2 { path: "/tmp/nbtdiag/d.qcow2".into() },
             kernel: Some(KernelBoot { kernel: "/var/cache/nubo/test-guest/vmlinuz".into(), initrd: Some("/var/cache/nubo/test-guest/initrd.gz".into()), cmdline: Some("console=ttyS0 panic=-1 quiet".into()) }),
             nics: vec![], console_log: format!("/tmp/nbtdiag/logs/{id}.log").into(), domain_type: DomainType::Qemu, vnc: true };
+        if i == 1 { std::fs::write(format!("/tmp/nbtdiag/logs/{id}.log"), b"").unwrap(); }
         let t = Instant::now(); d.define_and_start(&spec).await.unwrap(); println!("fresh define_and_start mem={mem} {:?}", t.elapsed());
         d.undefine(&id).await.unwrap();
     }

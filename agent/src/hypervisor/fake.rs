@@ -252,6 +252,38 @@ impl super::Hypervisor for FakeHypervisor {
         })
         .await
     }
+
+    async fn pause(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            let r = Self::managed(st, id)?;
+            match r.power {
+                ObservedPower::Running | ObservedPower::Paused => {
+                    r.power = ObservedPower::Paused;
+                    Ok(())
+                }
+                ObservedPower::Stopped => Err(HypervisorError::Backend(format!(
+                    "cannot pause {id}: it is shut off"
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn resume(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            let r = Self::managed(st, id)?;
+            match r.power {
+                ObservedPower::Running | ObservedPower::Paused => {
+                    r.power = ObservedPower::Running;
+                    Ok(())
+                }
+                ObservedPower::Stopped => Err(HypervisorError::Backend(format!(
+                    "cannot resume {id}: it is shut off"
+                ))),
+            }
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +347,33 @@ mod tests {
         let st = hv.snapshot().await;
         assert_eq!(st.instances[&d.id()].power, ObservedPower::Stopped);
         assert_eq!(st.instances[&d.id()].boot_count, 0);
+    }
+
+    #[tokio::test]
+    async fn pause_and_resume_keep_the_boot_count_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
+        let d = desired(PowerState::Running);
+        hv.create(&d).await.unwrap();
+        hv.pause(d.id()).await.unwrap();
+        hv.pause(d.id()).await.unwrap();
+        let again = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
+        let st = again.snapshot().await;
+        assert_eq!(st.instances[&d.id()].power, ObservedPower::Paused);
+        again.resume(d.id()).await.unwrap();
+        again.resume(d.id()).await.unwrap();
+        let st = again.snapshot().await;
+        assert_eq!(st.instances[&d.id()].power, ObservedPower::Running);
+        assert_eq!(st.instances[&d.id()].boot_count, 1, "resume is not a boot");
+        again.stop(d.id()).await.unwrap();
+        assert!(again.pause(d.id()).await.is_err());
+        assert!(again.resume(d.id()).await.is_err());
+        let f = InstanceId::new_random();
+        again.insert_foreign(f).await.unwrap();
+        assert!(matches!(
+            again.pause(f).await,
+            Err(HypervisorError::Foreign(_))
+        ));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum ObservedPower {
     Running,
     /// Defined but shut off.
     Stopped,
+    /// Frozen in memory (vCPUs stopped, no guest I/O), e.g. by self-fencing;
+    /// [`Hypervisor::resume`] continues it without a reboot.
+    Paused,
 }
 
 /// An instance as the hypervisor reports it.
@@ -71,6 +74,9 @@ pub enum HypervisorError {
     /// The backend (netlink, namespaces, …) failed.
     #[error("{0}")]
     Backend(String),
+    /// The node is self-fenced (no etcd lease): nothing is booted or resumed.
+    #[error("node is self-fenced (no acknowledged etcd keep-alive); not booting {0}")]
+    Fenced(InstanceId),
 }
 
 /// A compute backend. Object-safe; the agent holds an `Arc<dyn Hypervisor>`.
@@ -93,4 +99,23 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn reboot(&self, id: InstanceId) -> Result<(), HypervisorError>;
     /// Destroys the instance and its local resources.
     async fn destroy(&self, id: InstanceId) -> Result<(), HypervisorError>;
+    /// Freezes a running instance in memory (libvirt `virDomainSuspend`):
+    /// it keeps its memory, devices and leases but executes nothing and
+    /// issues no I/O. Idempotent on a paused instance. Used by self-fencing;
+    /// drivers that cannot pause answer [`HypervisorError::Unsupported`] and
+    /// the agent hard-stops instead.
+    async fn pause(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "pause ({id}) on the {} driver",
+            self.driver()
+        )))
+    }
+    /// Continues a paused instance (libvirt `virDomainResume`) without a
+    /// reboot. Idempotent on a running instance.
+    async fn resume(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "resume ({id}) on the {} driver",
+            self.driver()
+        )))
+    }
 }

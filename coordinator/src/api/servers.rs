@@ -24,7 +24,6 @@ use nubo_common::{
     ServerGroupId,
 };
 use serde::de::DeserializeOwned;
-use rand::seq::IndexedRandom;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -597,23 +596,27 @@ impl Ctx {
                     _ => None,
                 },
             };
-            let cands =
+            // Held until this attempt's transaction is answered and the
+            // view updated: other placements from here avoid the node.
+            let claim =
                 match self
                     .view
-                    .candidates(&req, &self.ratios, self.cfg.placement, &exclude, TOP_K)
+                    .claim(&req, &self.ratios, self.cfg.placement, &exclude, TOP_K)
                 {
-                    Ok(c) => c,
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        return Err(ApiError::ResourceExhausted(
+                            "no capacity: no candidate node".into(),
+                        ))
+                    }
                     Err(_) if !exclude.is_empty() => {
                         exclude.clear();
                         continue;
                     }
                     Err(rej) => return Err(ApiError::ResourceExhausted(rej.explain(&req))),
                 };
-            let Some((node, usage, usage_rev)) = cands.choose(&mut rand::rng()).cloned() else {
-                return Err(ApiError::ResourceExhausted(
-                    "no capacity: no candidate node".into(),
-                ));
-            };
+            let (node, usage, usage_rev) =
+                (claim.node.clone(), claim.usage.clone(), claim.usage_rev);
             let new_usage = NodeUsage {
                 used: usage.used.saturating_add(plan.flavor.resources),
                 instances: usage.instances.saturating_add(1),
