@@ -471,7 +471,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.self_fence_after(), Duration::from_secs(7));
-        for bad in [["--self-fence-after-secs", "5"], ["--self-fence-after-secs", "0"]] {
+        for bad in [
+            ["--self-fence-after-secs", "5"],
+            ["--self-fence-after-secs", "0"],
+        ] {
             let mut args = vec!["--node", "n1"];
             args.extend(bad);
             assert!(AgentConfig::merge(FileConfig::default(), &cli(&args)).is_err());

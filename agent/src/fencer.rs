@@ -366,8 +366,13 @@ impl Fencer {
                 error!(?took, budget = ?FENCE_BUDGET, frozen_total = c.frozen,
                     hard_stopped_total = c.hard_stopped, "self-fence completed late");
             } else {
-                warn!(?took, frozen_total = c.frozen, hard_stopped_total = c.hard_stopped,
-                    failures_total = c.failures, "self-fence complete");
+                warn!(
+                    ?took,
+                    frozen_total = c.frozen,
+                    hard_stopped_total = c.hard_stopped,
+                    failures_total = c.failures,
+                    "self-fence complete"
+                );
             }
         }
     }
@@ -567,9 +572,15 @@ mod tests {
             hv.create(&d.instances[&b]).await,
             Err(HypervisorError::Fenced(_))
         ));
-        assert!(matches!(hv.reboot(a).await, Err(HypervisorError::Fenced(_))));
+        assert!(matches!(
+            hv.reboot(a).await,
+            Err(HypervisorError::Fenced(_))
+        ));
         hv.pause(a).await.unwrap();
-        assert!(matches!(hv.resume(a).await, Err(HypervisorError::Fenced(_))));
+        assert!(matches!(
+            hv.resume(a).await,
+            Err(HypervisorError::Fenced(_))
+        ));
         assert_eq!(gate.counters().fences, 1);
 
         // Acknowledged keep-alive sent after the fence: boots allowed for the

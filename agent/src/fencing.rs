@@ -63,7 +63,10 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        self.0.lock().map(|t| *t).unwrap_or_else(|e| *e.into_inner())
+        self.0
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|e| *e.into_inner())
     }
 }
 
@@ -240,8 +243,7 @@ pub enum RecoveryAction {
 pub fn recovery_plan(observed: &[ObservedInstance], desired: &DesiredNode) -> Vec<RecoveryAction> {
     let mut out = Vec::new();
     for o in observed.iter().filter(|o| o.managed) {
-        let assigned =
-            desired.instances.contains_key(&o.id) || desired.broken.contains_key(&o.id);
+        let assigned = desired.instances.contains_key(&o.id) || desired.broken.contains_key(&o.id);
         if !assigned {
             out.push(RecoveryAction::Destroy(o.id));
             continue;
@@ -282,7 +284,11 @@ mod tests {
         assert_eq!(st.observe(clock.now(), None), None);
         let a = ack(clock.now(), 7);
         clock.advance(Duration::from_secs(4));
-        assert_eq!(st.observe(clock.now(), a), None, "exactly 4 s is not overdue");
+        assert_eq!(
+            st.observe(clock.now(), a),
+            None,
+            "exactly 4 s is not overdue"
+        );
         assert!(st.compute_allowed() && st.boots_allowed());
         clock.advance(Duration::from_millis(1));
         assert_eq!(

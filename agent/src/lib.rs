@@ -7,6 +7,9 @@
 //! [`compute`] first, driving a [`hypervisor::Hypervisor`] (fake or
 //! [`hypervisor::NetnsHypervisor`]), then the [`network`] subsystems
 //! (overlay, firewall, DHCP, metadata) unless `--no-network`.
+//! [`fencing`]/[`fencer`] freeze the node's instances when its liveness
+//! lease can no longer be confirmed and bring them back (or destroy them)
+//! when it returns; [`watchdog`] feeds systemd's watchdog from the loop.
 //!
 //! Embed it with [`run`] (driver from the configuration) or
 //! [`run_with_hypervisor`]:

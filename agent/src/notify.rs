@@ -14,15 +14,6 @@ pub fn ready() -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Sends `WATCHDOG=1` if `NOTIFY_SOCKET` is set. Returns whether it was sent.
-pub fn watchdog_ping() -> std::io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(false);
-    };
-    send(&path.to_string_lossy(), "WATCHDOG=1\n")?;
-    Ok(true)
-}
-
 /// The watchdog period systemd expects pings within (`WATCHDOG_USEC`), if
 /// it is enabled for this process (`WATCHDOG_PID` unset or ours).
 pub fn watchdog_period() -> Option<Duration> {

@@ -46,7 +46,10 @@ impl Heartbeat {
 
     /// When the main loop last beat.
     pub fn last(&self) -> Instant {
-        self.last.lock().map(|l| *l).unwrap_or_else(|e| *e.into_inner())
+        self.last
+            .lock()
+            .map(|l| *l)
+            .unwrap_or_else(|e| *e.into_inner())
     }
 }
 
@@ -54,7 +57,9 @@ impl Heartbeat {
 /// period, at most 1 s (1 s without a watchdog).
 pub fn beat_interval(period: Option<Duration>) -> Duration {
     period
-        .map_or(Duration::from_secs(1), |p| (p / 4).min(Duration::from_secs(1)))
+        .map_or(Duration::from_secs(1), |p| {
+            (p / 4).min(Duration::from_secs(1))
+        })
         .max(Duration::from_millis(10))
 }
 
@@ -145,7 +150,7 @@ mod tests {
         let _ = beating.await;
         let stopped = hb.last();
         // Wait until the heartbeat is stale, then drain what was sent before.
-        while !(Instant::now().saturating_duration_since(stopped) > period) {
+        while Instant::now().saturating_duration_since(stopped) <= period {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         rx.set_nonblocking(true).unwrap();

@@ -55,6 +55,10 @@ struct EtcdTxnArgs {
     /// Distinct usage keys (nodes).
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
+    /// Placements per transaction (1 = one transaction per placement, as
+    /// the coordinator does).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    group: u32,
 }
 
 #[derive(Debug, Args)]
@@ -284,12 +288,19 @@ async fn etcd_txn(args: &EtcdTxnArgs, guards: &mut Guards) -> Result<()> {
     ));
     let c0 = epid.and_then(cpu_seconds);
     let b0 = cpu_seconds(std::process::id());
-    let r = raw::run(&client, args.txns, args.concurrency as usize, args.nodes).await;
+    let r = raw::run(
+        &client,
+        args.txns,
+        args.concurrency as usize,
+        args.group as usize,
+        args.nodes,
+    )
+    .await;
     let c1 = epid.and_then(cpu_seconds);
     let b1 = cpu_seconds(std::process::id());
     let diff = |a: Option<f64>, b: Option<f64>| b.zip(a).map_or(0.0, |(b, a)| b - a);
     println!(
-        "etcd txns/s                  {:.1}\ncommitted / failed           {} / {}\nelapsed                      {:.2} s\netcd CPU                     {:.2} s\nbench CPU                    {:.2} s",
+        "placements/s                 {:.1}\ncommitted / failed           {} / {}\nelapsed                      {:.2} s\netcd CPU                     {:.2} s\nbench CPU                    {:.2} s",
         r.per_sec(),
         r.committed,
         r.failed,

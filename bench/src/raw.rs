@@ -13,7 +13,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 /// What the raw loop measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawResult {
-    /// Committed transactions.
+    /// Committed placements.
     pub committed: usize,
     /// Failed (error or compare) transactions.
     pub failed: usize,
@@ -22,7 +22,7 @@ pub struct RawResult {
 }
 
 impl RawResult {
-    /// Committed transactions per second.
+    /// Committed placements per second.
     pub fn per_sec(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
@@ -37,8 +37,8 @@ impl RawResult {
 /// instance spec, IP allocation, MAC, port, port owner.
 const VALUE_SIZES: [usize; 7] = [90, 130, 720, 90, 40, 420, 40];
 
-/// The placement-shaped transaction number `i` (on one of `nodes` nodes).
-pub fn txn(i: usize, nodes: usize) -> Txn {
+/// The compares and puts of placement number `i` (on one of `nodes` nodes).
+fn placement(i: usize, nodes: usize) -> (Vec<Compare>, Vec<TxnOp>) {
     let node = i % nodes.max(1);
     let keys = [
         format!("/raw/nodes/n{node}/usage"),
@@ -61,11 +61,30 @@ pub fn txn(i: usize, nodes: usize) -> Txn {
         .zip(VALUE_SIZES)
         .map(|(k, n)| TxnOp::put(k.as_str(), vec![b'x'; n], None))
         .collect();
+    (compares, ops)
+}
+
+/// One transaction holding placements `first..first + group`.
+pub fn txn(first: usize, group: usize, nodes: usize) -> Txn {
+    let (mut compares, mut ops) = (Vec::new(), Vec::new());
+    for i in first..first + group.max(1) {
+        let (c, o) = placement(i, nodes);
+        compares.extend(c);
+        ops.extend(o);
+    }
     Txn::new().when(compares).and_then(ops)
 }
 
-/// Sends `txns` transactions, `concurrency` at a time.
-pub async fn run(client: &Client, txns: usize, concurrency: usize, nodes: usize) -> RawResult {
+/// Sends `txns` placements, `concurrency` transactions at a time, `group`
+/// placements per transaction.
+pub async fn run(
+    client: &Client,
+    txns: usize,
+    concurrency: usize,
+    group: usize,
+    nodes: usize,
+) -> RawResult {
+    let group = group.max(1);
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut workers = Vec::new();
@@ -75,13 +94,14 @@ pub async fn run(client: &Client, txns: usize, concurrency: usize, nodes: usize)
         workers.push(tokio::spawn(async move {
             let (mut ok, mut bad) = (0, 0);
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let i = next.fetch_add(group, Ordering::Relaxed);
                 if i >= txns {
                     return (ok, bad);
                 }
-                match c.txn(txn(i, nodes)).await {
-                    Ok(r) if r.succeeded() => ok += 1,
-                    _ => bad += 1,
+                let n = group.min(txns - i);
+                match c.txn(txn(i, n, nodes)).await {
+                    Ok(r) if r.succeeded() => ok += n,
+                    _ => bad += n,
                 }
             }
         }));

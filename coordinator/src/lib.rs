@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod commit;
 pub mod config;
 pub mod convert;
 pub mod election;

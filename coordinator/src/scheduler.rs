@@ -182,10 +182,13 @@ pub fn candidates<'n>(
             ServerGroupPolicy::AntiAffinity => g.member_nodes.contains(name),
         }) {
             rej.group += 1;
-        } else if exclude.contains(name) || !req.resources.fits_in(&st.free(ratios)) {
-            rej.capacity += 1;
         } else {
-            ok.push((st.free(ratios).ram_mb, name));
+            let free = st.free(ratios);
+            if req.resources.fits_in(&free) {
+                ok.push((free.ram_mb, name));
+            } else {
+                rej.capacity += 1;
+            }
         }
     }
     if ok.is_empty() {
@@ -195,13 +198,30 @@ pub fn candidates<'n>(
         Placement::Spread => std::cmp::Reverse(e.0),
         Placement::Pack => std::cmp::Reverse(u64::MAX - e.0),
     };
-    let top = top.clamp(1, ok.len());
-    if top < ok.len() {
-        ok.select_nth_unstable_by_key(top - 1, key);
-        ok.truncate(top);
+    // Excluded nodes are dropped after ranking (hashing every node name
+    // against `exclude` would dominate the cost with 1000s of nodes): rank
+    // `top + |exclude|`, which leaves `top` non-excluded ones whenever
+    // that many exist.
+    let top = top.max(1);
+    let want = top.saturating_add(exclude.len()).min(ok.len());
+    if want < ok.len() {
+        ok.select_nth_unstable_by_key(want - 1, key);
+        ok.truncate(want);
     }
     ok.sort_by_key(key);
-    Ok(ok.into_iter().map(|(_, n)| n.clone()).collect())
+    let fit = ok.len();
+    let names: Vec<NodeName> = ok
+        .into_iter()
+        .filter(|(_, n)| exclude.is_empty() || !exclude.contains(*n))
+        .take(top)
+        .map(|(_, n)| n.clone())
+        .collect();
+    if names.is_empty() {
+        // Every fitting node was excluded (all were ranked, see above).
+        rej.capacity += fit;
+        return Err(rej);
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

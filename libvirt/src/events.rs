@@ -97,13 +97,16 @@ impl LifecycleEvent {
     /// implies one (`Defined`/`Undefined` do not).
     pub fn power_state(self) -> Option<PowerState> {
         match self {
-            LifecycleEvent::Started | LifecycleEvent::Resumed | LifecycleEvent::Shutdown => {
-                Some(PowerState::Running)
-            }
+            LifecycleEvent::Started | LifecycleEvent::Resumed => Some(PowerState::Running),
             LifecycleEvent::Suspended | LifecycleEvent::PmSuspended => Some(PowerState::Paused),
             LifecycleEvent::Stopped(_) => Some(PowerState::ShutOff),
             LifecycleEvent::Crashed => Some(PowerState::Crashed),
-            LifecycleEvent::Defined | LifecycleEvent::Undefined | LifecycleEvent::Other(_) => None,
+            // `Shutdown` is also emitted right before `Stopped` on destroy:
+            // it implies no stable state.
+            LifecycleEvent::Defined
+            | LifecycleEvent::Undefined
+            | LifecycleEvent::Shutdown
+            | LifecycleEvent::Other(_) => None,
         }
     }
 }
@@ -278,5 +281,6 @@ mod tests {
         assert_eq!(started.power_state(), Some(PowerState::Running));
         assert_eq!(LifecycleEvent::from_raw(99, 0), LifecycleEvent::Other(99));
         assert_eq!(LifecycleEvent::Undefined.power_state(), None);
+        assert_eq!(LifecycleEvent::Shutdown.power_state(), None);
     }
 }

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::server::Router;
 
 use crate::cache::ResourceCache;
+use crate::commit::Committer;
 use crate::config::Config;
 use crate::election::LeaderState;
 use crate::error::{ApiError, ApiResult};
@@ -48,6 +49,8 @@ pub struct Inner {
     /// fed by whoever runs [`crate::cache::ResourceCache::run`], and simply
     /// missing (every lookup reads etcd) otherwise.
     pub cache: Arc<ResourceCache>,
+    /// Group commit of placement transactions (see [`crate::commit`]).
+    pub committer: Committer,
 }
 
 impl std::ops::Deref for Ctx {
@@ -58,7 +61,8 @@ impl std::ops::Deref for Ctx {
 }
 
 impl Ctx {
-    /// Builds the context.
+    /// Builds the context (inside a tokio runtime: it starts the
+    /// placement committer's task).
     pub fn new(
         store: Store,
         view: Arc<ClusterView>,
@@ -71,6 +75,7 @@ impl Ctx {
             ram: cfg.ram_ratio,
             disk: cfg.disk_ratio,
         };
+        let committer = Committer::start(store.clone());
         Self(Arc::new(Inner {
             store,
             view,
@@ -79,6 +84,7 @@ impl Ctx {
             ratios,
             fencer,
             cache: Arc::new(ResourceCache::default()),
+            committer,
         }))
     }
 

@@ -7,7 +7,7 @@
 //! failure's probes tell which reservation lost, and only that is retried.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -30,6 +30,7 @@ use tracing::Instrument;
 use super::network::{release_port, reserve_port, IpPool};
 use super::{reply, Ctx, Owned};
 use crate::cache::FromCached;
+use crate::commit::{Committed, Member};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
@@ -660,13 +661,17 @@ impl Ctx {
                 put(&ikey, &inst),
             ];
             let mut probes = vec![TxnOp::get(ukey.as_str(), None)];
+            let mut contended = vec![ukey.clone()];
             for p in new_ports.iter_mut() {
                 p.node = Some(node.clone());
                 reserve_port(p, &mut compares, &mut ops, &mut probes);
                 ops.push(put(&keys::port_owner(&p.id), &id));
+                contended.push(keys::ipam(&p.network, IpAddr::V4(p.ip)));
+                contended.push(keys::mac(&p.mac));
             }
             for p in &existing {
                 let key = keys::port(&p.value.id);
+                contended.push(key.clone());
                 let mut plugged = p.value.clone();
                 plugged.device = Some(id);
                 plugged.node = Some(node.clone());
@@ -688,23 +693,31 @@ impl Ctx {
                 let tkey = keys::client_token(&plan.project, t, index);
                 compares.push(absent(&tkey));
                 ops.push(put(&tkey, &id));
-                probes.push(TxnOp::get(tkey, None));
+                probes.push(TxnOp::get(tkey.clone(), None));
+                contended.push(tkey);
             }
             let deps_probe = probes.len();
-            for (key, rev) in &plan.deps {
-                compares.push(unchanged(key, *rev));
+            for (key, _) in &plan.deps {
                 probes.push(TxnOp::get(
                     key.as_str(),
                     Some(etcd_client::GetOptions::new().with_keys_only()),
                 ));
             }
-            let resp = self
-                .store
-                .txn(Txn::new().when(compares).and_then(ops).or_else(probes))
+            let outcome = self
+                .committer
+                .commit(Member {
+                    compares,
+                    deps: plan.deps.clone(),
+                    ops,
+                    probes,
+                    contended,
+                    mergeable: plan.group.is_none(),
+                })
                 .await?;
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if resp.succeeded() {
-                self.view.record_usage(&node, Some(new_usage), rev);
+            let resp = match outcome {
+                Committed::No(resp) => *resp,
+                Committed::Yes { revision } => {
+                    self.view.record_usage(&node, Some(new_usage), revision);
                 tracing::info!(instance = %id, node = %node, "server placed");
                 let mut ports = new_ports;
                 ports.extend(existing.into_iter().map(|p| {
@@ -719,7 +732,9 @@ impl Ctx {
                     &ports,
                     &plan.net_names(),
                 )));
-            }
+                }
+            };
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
             if token.is_some() {
                 if let Some(kv) = op_kvs(&resp, token_probe).first() {
                     let other: InstanceId = decode_kv(kv).map_err(store::corrupt)?;
