@@ -55,8 +55,19 @@ pub enum DriverKind {
     Fake,
     /// Network-namespace guests (not implemented yet).
     Netns,
-    /// libvirt/QEMU (not implemented yet).
+    /// libvirt/QEMU (`hypervisor::libvirt`).
     Libvirt,
+}
+
+/// libvirt domain type (`<domain type=…>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainTypeKind {
+    /// Hardware virtualisation.
+    #[default]
+    Kvm,
+    /// QEMU TCG emulation (no /dev/kvm needed).
+    Qemu,
 }
 
 /// Log output format.
@@ -131,6 +142,27 @@ pub struct Cli {
     /// Log format (default text).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// libvirt driver: connection URI (default qemu:///system).
+    #[arg(long)]
+    pub libvirt_uri: Option<String>,
+    /// libvirt driver: domain type (default kvm).
+    #[arg(long, value_enum)]
+    pub domain_type: Option<DomainTypeKind>,
+    /// libvirt driver: domain name prefix (default "nubo-").
+    #[arg(long)]
+    pub libvirt_prefix: Option<String>,
+    /// libvirt driver: seconds a graceful shutdown may take before the
+    /// domain is destroyed (default 30).
+    #[arg(long)]
+    pub shutdown_timeout_secs: Option<u64>,
+    /// Coordinator API the agent downloads image data from (default
+    /// http://127.0.0.1:7400).
+    #[arg(long)]
+    pub api_endpoint: Option<String>,
+    /// Address of the node API (console logs, captures; default
+    /// <underlay-ip>:7402).
+    #[arg(long)]
+    pub node_api_listen: Option<std::net::SocketAddr>,
 }
 
 /// The configuration file. Field names are the flag names with `_`.
@@ -173,6 +205,18 @@ pub struct FileConfig {
     pub no_network: bool,
     /// Log format.
     pub log_format: Option<LogFormat>,
+    /// libvirt URI.
+    pub libvirt_uri: Option<String>,
+    /// libvirt domain type.
+    pub domain_type: Option<DomainTypeKind>,
+    /// libvirt domain name prefix.
+    pub libvirt_prefix: Option<String>,
+    /// Graceful shutdown timeout in seconds.
+    pub shutdown_timeout_secs: Option<u64>,
+    /// Coordinator API endpoint for image downloads.
+    pub api_endpoint: Option<String>,
+    /// Node API address.
+    pub node_api_listen: Option<std::net::SocketAddr>,
 }
 
 impl FileConfig {
@@ -241,7 +285,42 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     /// Period of the safety-net reconcile (not a flag; 30 s).
     pub resync_interval: Duration,
+    /// libvirt driver settings.
+    pub libvirt: LibvirtSettings,
+    /// Coordinator API endpoint for image downloads.
+    pub api_endpoint: String,
+    /// Node API address (`None` = `<underlay-ip>:7402`).
+    pub node_api_listen: Option<std::net::SocketAddr>,
 }
+
+/// Settings of the libvirt driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtSettings {
+    /// Connection URI.
+    pub uri: String,
+    /// Domain type.
+    pub domain_type: DomainTypeKind,
+    /// Domain name prefix.
+    pub prefix: String,
+    /// Graceful shutdown timeout.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for LibvirtSettings {
+    fn default() -> Self {
+        Self {
+            uri: "qemu:///system".into(),
+            domain_type: DomainTypeKind::Kvm,
+            prefix: "nubo-".into(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Default coordinator endpoint for image downloads.
+pub const DEFAULT_API_ENDPOINT: &str = "http://127.0.0.1:7400";
+/// Default port of the node API.
+pub const DEFAULT_NODE_API_PORT: u16 = 7402;
 
 impl AgentConfig {
     /// A configuration with every default and the given node and endpoints
@@ -264,6 +343,9 @@ impl AgentConfig {
             no_network: false,
             log_format: LogFormat::Text,
             resync_interval: Duration::from_secs(30),
+            libvirt: LibvirtSettings::default(),
+            api_endpoint: DEFAULT_API_ENDPOINT.into(),
+            node_api_listen: None,
         }
     }
 
@@ -280,6 +362,14 @@ impl AgentConfig {
                 .saturating_sub(Duration::from_secs(1))
                 .max(ttl.mul_f64(0.8)),
         }
+    }
+
+    /// The node API address: the configured one or `<underlay-ip>:7402`.
+    pub fn node_api(&self) -> std::net::SocketAddr {
+        self.node_api_listen.unwrap_or(std::net::SocketAddr::new(
+            self.underlay_ip,
+            DEFAULT_NODE_API_PORT,
+        ))
     }
 
     /// Loads the file named by `--config` (or the default path if it exists)
@@ -386,6 +476,27 @@ impl AgentConfig {
             .unwrap_or(cfg.netns_prefix);
         cfg.no_network = cli.no_network || file.no_network;
         cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+        let lv = &mut cfg.libvirt;
+        lv.uri = cli
+            .libvirt_uri
+            .clone()
+            .or(file.libvirt_uri)
+            .unwrap_or_else(|| lv.uri.clone());
+        lv.domain_type = cli.domain_type.or(file.domain_type).unwrap_or_default();
+        lv.prefix = cli
+            .libvirt_prefix
+            .clone()
+            .or(file.libvirt_prefix)
+            .unwrap_or_else(|| lv.prefix.clone());
+        if let Some(t) = cli.shutdown_timeout_secs.or(file.shutdown_timeout_secs) {
+            lv.shutdown_timeout = Duration::from_secs(t);
+        }
+        cfg.api_endpoint = cli
+            .api_endpoint
+            .clone()
+            .or(file.api_endpoint)
+            .unwrap_or(cfg.api_endpoint);
+        cfg.node_api_listen = cli.node_api_listen.or(file.node_api_listen);
         Ok(cfg)
     }
 }
@@ -453,6 +564,29 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(5));
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/nubo"));
         assert_eq!(c.netns_prefix, "nubo-");
+        assert_eq!(c.libvirt, LibvirtSettings::default());
+        assert_eq!(c.api_endpoint, DEFAULT_API_ENDPOINT);
+        assert_eq!(c.node_api(), "127.0.0.1:7402".parse().unwrap());
+        let c = AgentConfig::merge(
+            FileConfig::default(),
+            &cli(&[
+                "--node",
+                "n1",
+                "--domain-type",
+                "qemu",
+                "--libvirt-uri",
+                "qemu+unix:///system?socket=/x/libvirt-sock",
+                "--api-endpoint",
+                "http://10.0.0.1:7400",
+                "--shutdown-timeout-secs",
+                "2",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.libvirt.domain_type, DomainTypeKind::Qemu);
+        assert_eq!(c.libvirt.uri, "qemu+unix:///system?socket=/x/libvirt-sock");
+        assert_eq!(c.libvirt.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(c.api_endpoint, "http://10.0.0.1:7400");
     }
 
     #[test]

@@ -160,6 +160,10 @@ impl World {
             min_ram_mb: 0,
             status: ImageStatus::Active,
             created_at: model::now(),
+            kernel_sha256: None,
+            initrd_sha256: None,
+            kernel_cmdline: None,
+            status_reason: None,
         };
         inst.node = Some(n.clone());
         let port = Port {

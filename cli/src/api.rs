@@ -62,6 +62,10 @@ impl Api {
     pub fn images(&self) -> ImagesClient<Channel> {
         ImagesClient::new(self.channel.clone())
     }
+    /// The underlying channel (for services without a helper here).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
     /// Networks service.
     pub fn networks(&self) -> NetworksClient<Channel> {
         NetworksClient::new(self.channel.clone())

@@ -1,4 +1,4 @@
-//! `nubo image …`: bootable images (metadata only for now).
+//! `nubo image …`: bootable images; `create --file` uploads the data.
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -43,9 +43,9 @@ pub enum DiskFormat {
 pub struct CreateArgs {
     /// Image name.
     pub name: String,
-    /// Format of the image data.
-    #[arg(long, value_enum, default_value_t = DiskFormat::Raw)]
-    pub disk_format: DiskFormat,
+    /// Format of the image data (default: detected from `--file`, else raw).
+    #[arg(long, value_enum)]
+    pub disk_format: Option<DiskFormat>,
     /// Smallest root disk (GiB) the image fits on.
     #[arg(long, default_value_t = 0)]
     pub min_disk: u64,
@@ -58,6 +58,19 @@ pub struct CreateArgs {
     /// SHA-256 of the image data (64 hex digits).
     #[arg(long)]
     pub checksum: Option<String>,
+    /// Disk data to upload (raw or qcow2; the format is detected unless
+    /// `--disk-format` is given); size and checksum are computed.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// Kernel for direct kernel boot (uploaded with the image).
+    #[arg(long, requires = "file")]
+    pub kernel: Option<std::path::PathBuf>,
+    /// Initrd for direct kernel boot.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<std::path::PathBuf>,
+    /// Kernel command line for direct kernel boot.
+    #[arg(long, requires = "kernel")]
+    pub cmdline: Option<String>,
 }
 
 impl CreateArgs {
@@ -74,14 +87,17 @@ impl CreateArgs {
             name: self.name.clone(),
             project: project.to_string(),
             disk_format: match self.disk_format {
-                DiskFormat::Raw => "raw",
-                DiskFormat::Qcow2 => "qcow2",
+                None | Some(DiskFormat::Raw) => "raw",
+                Some(DiskFormat::Qcow2) => "qcow2",
             }
             .to_string(),
             size_bytes: self.size,
             checksum_sha256: checksum,
             min_disk_gb: self.min_disk,
             min_ram_mb: self.min_ram,
+            kernel_sha256: String::new(),
+            initrd_sha256: String::new(),
+            kernel_cmdline: self.cmdline.clone().unwrap_or_default(),
         })
     }
 }
@@ -98,6 +114,10 @@ pub fn to_json(i: &Image) -> Value {
         "min_disk_gb": i.min_disk_gb,
         "min_ram_mb": i.min_ram_mb,
         "status": i.status,
+        "status_reason": opt(&i.status_reason),
+        "kernel_sha256": opt(&i.kernel_sha256),
+        "initrd_sha256": opt(&i.initrd_sha256),
+        "kernel_cmdline": opt(&i.kernel_cmdline),
         "created_at": opt(&i.created_at),
     })
 }
@@ -122,8 +142,32 @@ pub async fn run(cmd: ImageCmd, ctx: &Ctx) -> Result<()> {
     let api = &ctx.api;
     match cmd {
         ImageCmd::Create(args) => {
-            let req = args.request(&api.project)?;
-            let i = api.images().create(req).await.or_fail(api)?;
+            let mut req = args.request(&api.project)?;
+            let mut parts = Vec::new();
+            if let Some(file) = &args.file {
+                let (sum, size) = crate::image_upload::hash_file(file)?;
+                if !req.checksum_sha256.is_empty() && req.checksum_sha256 != sum {
+                    bail!("--checksum does not match {} (sha256 {sum})", file.display());
+                }
+                req.checksum_sha256 = sum;
+                req.size_bytes = size;
+                if args.disk_format.is_none() {
+                    req.disk_format = crate::image_upload::sniff_format(file)?.to_string();
+                }
+                parts.push(("disk", file.clone()));
+                if let Some(k) = &args.kernel {
+                    req.kernel_sha256 = crate::image_upload::hash_file(k)?.0;
+                    parts.push(("kernel", k.clone()));
+                }
+                if let Some(i) = &args.initrd {
+                    req.initrd_sha256 = crate::image_upload::hash_file(i)?.0;
+                    parts.push(("initrd", i.clone()));
+                }
+            }
+            let mut i = api.images().create(req).await.or_fail(api)?;
+            for (part, path) in parts {
+                i = crate::image_upload::upload(api, &i.id, part, &path).await?;
+            }
             output::show(ctx.format, &to_json(&i))
         }
         ImageCmd::List => {
@@ -163,11 +207,15 @@ mod tests {
     fn args(checksum: Option<&str>) -> CreateArgs {
         CreateArgs {
             name: "cirros".into(),
-            disk_format: DiskFormat::Qcow2,
+            disk_format: Some(DiskFormat::Qcow2),
             min_disk: 1,
             min_ram: 64,
             size: 12_345,
             checksum: checksum.map(str::to_string),
+            file: None,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
         }
     }
 
@@ -185,6 +233,9 @@ mod tests {
                 checksum_sha256: "ab".repeat(32),
                 min_disk_gb: 1,
                 min_ram_mb: 64,
+                kernel_sha256: String::new(),
+                initrd_sha256: String::new(),
+                kernel_cmdline: String::new(),
             }
         );
     }

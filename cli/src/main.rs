@@ -8,6 +8,7 @@ mod cluster;
 mod ctx;
 mod flavor;
 mod image;
+mod image_upload;
 mod keypair;
 mod network;
 mod node;

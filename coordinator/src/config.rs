@@ -76,7 +76,14 @@ pub struct Config {
     pub etcd_tls: Option<TlsPaths>,
     /// Failure handling timings (see `docs/failure-handling.md`).
     pub failure: FailureConfig,
+    /// Where uploaded image data is stored (`<dir>/<image id>/<part>`).
+    /// Several coordinators must share it (NFS or similar) until Ceph RBD
+    /// replaces it (storage issue).
+    pub image_dir: PathBuf,
 }
+
+/// Default image directory.
+pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/nubo/images";
 
 /// Default coordinator lease TTL: etcd's smallest effective lease TTL with
 /// its default election timeout (1 s → minimum TTL 1.5 s, rounded up to 2 s),
@@ -139,6 +146,7 @@ impl Config {
                 tick: Duration::from_millis(100),
                 move_delay: Duration::ZERO,
             },
+            image_dir: std::env::temp_dir().join("nubo-test-images"),
         }
     }
 
@@ -206,6 +214,7 @@ struct FileConfig {
     evacuation_retry_secs: Option<f64>,
     failure_tick_ms: Option<u64>,
     evacuation_move_delay_ms: Option<u64>,
+    image_dir: Option<PathBuf>,
 }
 
 /// Command-line flags of `nubo-coordinator`; each overrides the file.
@@ -258,6 +267,10 @@ pub struct Cli {
     /// Seconds between evacuation retries of unplaceable instances (default 10).
     #[arg(long)]
     pub evacuation_retry: Option<f64>,
+    /// Directory of uploaded image data (default /var/lib/nubo/images);
+    /// must be shared by all coordinators.
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
 }
 
 impl Cli {
@@ -322,6 +335,10 @@ impl Cli {
                         .map_or(d.move_delay, Duration::from_millis),
                 }
             },
+            image_dir: self
+                .image_dir
+                .or(f.image_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_DIR)),
         };
         cfg.validate()?;
         Ok(cfg)

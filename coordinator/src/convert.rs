@@ -56,6 +56,10 @@ pub fn image(i: &model::Image) -> pb::Image {
         }
         .into(),
         created_at: ts(&i.created_at),
+        kernel_sha256: i.kernel_sha256.clone().unwrap_or_default(),
+        initrd_sha256: i.initrd_sha256.clone().unwrap_or_default(),
+        kernel_cmdline: i.kernel_cmdline.clone().unwrap_or_default(),
+        status_reason: i.status_reason.clone().unwrap_or_default(),
     }
 }
 

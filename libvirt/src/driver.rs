@@ -191,6 +191,61 @@ impl LibvirtDriver {
         .await
     }
 
+    /// Defines the domain (or updates the definition of a shut-off one)
+    /// without starting it. Idempotent.
+    pub async fn define(&self, spec: &DomainSpec) -> Result<(), DriverError> {
+        spec.validate()?;
+        let spec = spec.clone();
+        self.blocking(move |conn, cfg| {
+            let id = spec.instance_id.as_str();
+            if let Some(existing) = lookup(conn, id)? {
+                ensure_nubo(&existing, id)?;
+            }
+            let xml = domain_xml_with_prefix(&spec, &cfg.name_prefix);
+            conn.define_xml(&xml).map_err(dom_err(id, "define"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Freezes a running domain in memory; no-op if it is paused already.
+    pub async fn suspend(&self, instance_id: &str) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            match state_of(&dom, &id)? {
+                PowerState::Paused => Ok(()),
+                PowerState::Running => dom.suspend().map_err(dom_err(&id, "suspend")),
+                state => Err(DriverError::WrongState {
+                    instance_id: id,
+                    op: "suspend",
+                    needed: "running",
+                    state,
+                }),
+            }
+        })
+        .await
+    }
+
+    /// Continues a paused domain; no-op if it runs.
+    pub async fn resume(&self, instance_id: &str) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            match state_of(&dom, &id)? {
+                PowerState::Running => Ok(()),
+                PowerState::Paused => dom.resume().map_err(dom_err(&id, "resume")),
+                state => Err(DriverError::WrongState {
+                    instance_id: id,
+                    op: "resume",
+                    needed: "paused",
+                    state,
+                }),
+            }
+        })
+        .await
+    }
+
     /// Replaces the definition of a shut-off domain (e.g. a resize).
     pub async fn redefine(&self, spec: &DomainSpec) -> Result<(), DriverError> {
         spec.validate()?;

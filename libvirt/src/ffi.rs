@@ -289,6 +289,18 @@ impl Dom {
         check(unsafe { sys::virDomainShutdown(self.as_ptr()) })
     }
 
+    /// Freezes the vCPUs (virDomainSuspend).
+    pub(crate) fn suspend(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainSuspend(self.as_ptr()) })
+    }
+
+    /// Continues a suspended domain (virDomainResume).
+    pub(crate) fn resume(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainResume(self.as_ptr()) })
+    }
+
     /// Hard reset (like pressing the reset button).
     pub(crate) fn reset(&self) -> Result<(), VirError> {
         // SAFETY: valid domain.

@@ -14,14 +14,41 @@
 //!
 //! Only one port per instance is supported; creating an instance with more
 //! fails with [`HypervisorError::Unsupported`].
+//!
+//! ## Pause and resume (self-fencing)
+//!
+//! A paused guest is cut off and cannot act: [`Hypervisor::pause`]
+//! (1) saves the IPv4 main-table routes through `eth0` (the kernel drops them
+//! when the link goes down), (2) marks the record `paused` with those routes
+//! and persists it, (3) stops every process whose network namespace is the
+//! guest's with `SIGSTOP` (the vCPUs of a netns guest) and (4) sets the
+//! guest's `eth0` administratively down, so its veth peer (the tap) has no
+//! carrier and no frame passes either way. The host end is left alone: the
+//! overlay reconciler owns its state (and would set it up again); the
+//! guest end is inside the guest and nothing else touches it.
+//! [`Hypervisor::resume`] undoes it in reverse: `eth0` up, the saved routes
+//! that the kernel did not re-create itself are added back, `SIGCONT` to the
+//! processes in the namespace, record unmarked. The namespace, addresses
+//! (IPv4 addresses survive a link down), MAC and boot counter are unchanged.
+//! Limits: IPv6 addresses other than link-local and routes in other tables
+//! are not restored; a process entering the namespace while it is paused
+//! is not stopped; `SIGCONT` also continues a process someone else had
+//! stopped; stopping or destroying a paused guest leaves its stopped
+//! processes alone.
+//!
+//! [`Hypervisor::pause`]: super::Hypervisor::pause
+//! [`Hypervisor::resume`]: super::Hypervisor::resume
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use nubo_common::model::{self, PowerState, Timestamp};
 use nubo_common::InstanceId;
-use nubo_overlay::{delete_netns_guest, list_netns_guests, netns_guest_exists, Netlink};
+use nubo_overlay::{
+    delete_netns_guest, list_netns_guests, netns_guest_exists, run_in_netns, Netlink, GUEST_IFNAME,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -50,6 +77,27 @@ pub struct GuestRecord {
     pub boot_count: u64,
     /// When the guest was first created.
     pub created_at: Timestamp,
+    /// Paused by [`super::Hypervisor::pause`]: `eth0` down, processes stopped.
+    #[serde(default)]
+    pub paused: bool,
+    /// Routes through `eth0` saved by the pause, restored by the resume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub saved_routes: Vec<SavedRoute>,
+}
+
+/// An IPv4 route through the guest's `eth0`, as `/proc/net/route` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedRoute {
+    /// Destination network.
+    pub dst: Ipv4Addr,
+    /// Destination mask.
+    pub mask: Ipv4Addr,
+    /// Gateway (`0.0.0.0` for an on-link route).
+    pub gateway: Ipv4Addr,
+    /// `RTF_*` flags (`RTF_GATEWAY`, `RTF_HOST`, …).
+    pub flags: u16,
+    /// Metric (priority).
+    pub metric: u32,
 }
 
 /// The persisted state: guests by namespace name.
@@ -89,10 +137,10 @@ fn backend(what: &str, e: impl std::fmt::Display) -> HypervisorError {
 /// Observed power of a recorded guest whose namespace does or does not
 /// exist. Pure.
 pub fn observed_power(rec: &GuestRecord, exists: bool) -> ObservedPower {
-    if exists && !rec.stopped {
-        ObservedPower::Running
-    } else {
-        ObservedPower::Stopped
+    match (exists && !rec.stopped, rec.paused) {
+        (true, false) => ObservedPower::Running,
+        (true, true) => ObservedPower::Paused,
+        (false, _) => ObservedPower::Stopped,
     }
 }
 
@@ -193,6 +241,212 @@ fn load(path: &Path) -> Result<NetnsState, HypervisorError> {
     }
 }
 
+/// Parses `/proc/net/route` and keeps the routes through `ifname`. Pure.
+///
+/// Addresses are printed as the in-memory (network order) `u32` in hex, so
+/// they are converted back with the native byte order.
+pub fn parse_proc_routes(text: &str, ifname: &str) -> Vec<SavedRoute> {
+    let addr = |h: &str| {
+        u32::from_str_radix(h, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 || f[0] != ifname {
+                return None;
+            }
+            Some(SavedRoute {
+                dst: addr(f[1])?,
+                gateway: addr(f[2])?,
+                flags: u16::from_str_radix(f[3], 16).ok()?,
+                metric: f[6].parse().ok()?,
+                mask: addr(f[7])?,
+            })
+        })
+        .collect()
+}
+
+/// The saved routes that are not present (same destination, mask, gateway
+/// and metric) in `now`: those the resume must add back. Pure.
+pub fn routes_to_restore(saved: &[SavedRoute], now: &[SavedRoute]) -> Vec<SavedRoute> {
+    let key = |r: &SavedRoute| (r.dst, r.mask, r.gateway, r.metric);
+    saved
+        .iter()
+        .filter(|s| !now.iter().any(|n| key(n) == key(s)))
+        .copied()
+        .collect()
+}
+
+/// The routes through the guest's `eth0`; call on a thread inside the guest
+/// namespace (`/proc/thread-self/net` is that thread's namespace).
+fn read_guest_routes() -> std::io::Result<Vec<SavedRoute>> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/route")?;
+    Ok(parse_proc_routes(&text, GUEST_IFNAME))
+}
+
+/// An `AF_INET` datagram socket in the calling thread's namespace, for
+/// interface and route ioctls.
+fn ioctl_socket() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `ifname` as a NUL-terminated C buffer of `IFNAMSIZ`.
+fn c_ifname(ifname: &str) -> std::io::Result<[libc::c_char; libc::IFNAMSIZ]> {
+    let mut buf = [0 as libc::c_char; libc::IFNAMSIZ];
+    if ifname.len() >= libc::IFNAMSIZ || ifname.bytes().any(|b| b == 0) {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    for (d, b) in buf.iter_mut().zip(ifname.bytes()) {
+        *d = b as libc::c_char;
+    }
+    Ok(buf)
+}
+
+/// Sets `ifname` administratively up or down (SIOCGIFFLAGS/SIOCSIFFLAGS) in
+/// the calling thread's namespace.
+fn set_link_admin(ifname: &str, up: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = ioctl_socket()?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = c_ifname(ifname)?;
+    // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags of `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    let up_flag = libc::IFF_UP as libc::c_short;
+    req.ifr_ifru.ifru_flags = if up {
+        flags | up_flag
+    } else {
+        flags & !up_flag
+    };
+    // SAFETY: SIOCSIFFLAGS reads ifr_name and ifr_flags of `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's `struct rtentry` (linux/route.h) for SIOCADDRT.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+fn sockaddr_v4(ip: Ipv4Addr) -> libc::sockaddr {
+    // SAFETY: both are plain old data of the same size (16 bytes).
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+    // SAFETY: sockaddr_in and sockaddr have the same size and alignment
+    // requirements compatible with a by-value copy.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Adds `r` through `ifname` (SIOCADDRT) in the calling thread's namespace;
+/// a route that exists already is not an error.
+fn add_route(ifname: &str, r: &SavedRoute) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = ioctl_socket()?;
+    let mut dev = c_ifname(ifname)?;
+    let entry = RtEntry {
+        rt_pad1: 0,
+        rt_dst: sockaddr_v4(r.dst),
+        rt_gateway: sockaddr_v4(r.gateway),
+        rt_genmask: sockaddr_v4(r.mask),
+        // Only the flags SIOCADDRT understands: UP, GATEWAY, HOST.
+        rt_flags: (r.flags & 0x7) | 0x1,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        // The ioctl API stores metric − 1 as the priority.
+        rt_metric: libc::c_short::try_from(r.metric.saturating_add(1))
+            .unwrap_or(libc::c_short::MAX),
+        rt_dev: dev.as_mut_ptr(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads a struct rtentry; `dev` outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &entry) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Pids of the processes whose network namespace is the named one.
+fn pids_in_netns(ns: &str) -> std::io::Result<Vec<libc::pid_t>> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(Path::new("/run/netns").join(ns))?;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // Processes exiting meanwhile (or kernel threads) are skipped.
+        if let Ok(m) = std::fs::metadata(entry.path().join("ns/net")) {
+            if m.dev() == target.dev() && m.ino() == target.ino() {
+                pids.push(pid);
+            }
+        }
+    }
+    Ok(pids)
+}
+
+/// Sends `signal` to every process in the named namespace; returns how many.
+fn signal_netns(ns: &str, signal: libc::c_int) -> std::io::Result<usize> {
+    let pids = pids_in_netns(ns)?;
+    for pid in &pids {
+        // SAFETY: kill(2) with a pid found above; ESRCH (gone) is ignored.
+        unsafe { libc::kill(*pid, signal) };
+    }
+    Ok(pids.len())
+}
+
+/// Runs blocking `f` on a thread inside the guest namespace `ns`.
+async fn in_guest<T: Send + 'static>(
+    ns: &str,
+    what: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, HypervisorError> {
+    run_in_netns(ns, move |_netlink| async move { f() })
+        .await
+        .map_err(|e| backend(&format!("{what} in {ns}"), e))?
+        .map_err(|e| backend(&format!("{what} in {ns}"), e))
+}
+
 #[async_trait]
 impl super::Hypervisor for NetnsHypervisor {
     fn driver(&self) -> &'static str {
@@ -253,6 +507,8 @@ impl super::Hypervisor for NetnsHypervisor {
             stopped: !running,
             boot_count: u64::from(running),
             created_at: model::now(),
+            paused: false,
+            saved_routes: Vec::new(),
         };
         if let Some(prev) = st.guests.get(&ns) {
             rec.created_at = prev.created_at;
@@ -275,6 +531,8 @@ impl super::Hypervisor for NetnsHypervisor {
         let rec = Self::record_of(&mut next, &ns, id)?;
         self.boot(&ns, rec).await?;
         rec.stopped = false;
+        rec.paused = false;
+        rec.saved_routes.clear();
         rec.boot_count += 1;
         self.persist(&next).await?;
         *st = next;
@@ -305,6 +563,8 @@ impl super::Hypervisor for NetnsHypervisor {
             .await
             .map_err(|e| backend(&format!("delete netns guest {ns}"), e))?;
         self.boot(&ns, rec).await?;
+        rec.paused = false;
+        rec.saved_routes.clear();
         rec.boot_count += 1;
         self.persist(&next).await?;
         *st = next;
@@ -338,6 +598,63 @@ impl super::Hypervisor for NetnsHypervisor {
         *st = next;
         Ok(())
     }
+
+    async fn pause(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        let ns = self.netns_name(&id);
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let rec = Self::record_of(&mut next, &ns, id)?;
+        if rec.stopped || !netns_guest_exists(&ns) {
+            return Err(backend(&format!("cannot pause {id}"), "it is shut off"));
+        }
+        if !rec.paused {
+            // Saved and persisted before the link goes down: a crash in
+            // between leaves a paused record that a resume completes.
+            rec.saved_routes = in_guest(&ns, "read routes", read_guest_routes).await?;
+            rec.paused = true;
+            self.persist(&next).await?;
+            *st = next;
+        }
+        // Also on an already paused guest: catches anything that got in.
+        let stopped = signal_netns(&ns, libc::SIGSTOP)
+            .map_err(|e| backend(&format!("stop processes in {ns}"), e))?;
+        in_guest(&ns, "set eth0 down", || set_link_admin(GUEST_IFNAME, false)).await?;
+        info!(netns = %ns, processes = stopped, "netns guest paused (eth0 down, processes stopped)");
+        Ok(())
+    }
+
+    async fn resume(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        let ns = self.netns_name(&id);
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let rec = Self::record_of(&mut next, &ns, id)?;
+        if rec.stopped || !netns_guest_exists(&ns) {
+            return Err(backend(&format!("cannot resume {id}"), "it is shut off"));
+        }
+        if !rec.paused {
+            return Ok(());
+        }
+        let saved = rec.saved_routes.clone();
+        let restored = in_guest(&ns, "set eth0 up and restore routes", move || {
+            set_link_admin(GUEST_IFNAME, true)?;
+            // The kernel re-creates the prefix routes of the addresses at
+            // once; add back what it does not (default, static routes).
+            let missing = routes_to_restore(&saved, &read_guest_routes()?);
+            for r in &missing {
+                add_route(GUEST_IFNAME, r)?;
+            }
+            Ok(missing.len())
+        })
+        .await?;
+        let continued = signal_netns(&ns, libc::SIGCONT)
+            .map_err(|e| backend(&format!("continue processes in {ns}"), e))?;
+        rec.paused = false;
+        rec.saved_routes.clear();
+        self.persist(&next).await?;
+        *st = next;
+        info!(netns = %ns, routes = restored, processes = continued, "netns guest resumed");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +670,8 @@ mod tests {
             stopped,
             boot_count: 1,
             created_at: model::now(),
+            paused: false,
+            saved_routes: Vec::new(),
         }
     }
 
@@ -382,5 +701,81 @@ mod tests {
         st.guests.insert("nbtxg1".into(), rec(true));
         std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
         assert_eq!(load(&path).unwrap(), st);
+    }
+
+    #[test]
+    fn a_paused_guest_is_observed_paused_only_while_its_namespace_exists() {
+        let mut r = rec(false);
+        r.paused = true;
+        assert_eq!(observed_power(&r, true), ObservedPower::Paused);
+        assert_eq!(observed_power(&r, false), ObservedPower::Stopped);
+        r.stopped = true;
+        assert_eq!(observed_power(&r, true), ObservedPower::Stopped);
+    }
+
+    const PROC_ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t00000000\t01014D0A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+eth0\t00014D0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+eth0\tFEA9FEA9\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+lo\t0000007F\t00000000\t0001\t0\t0\t5\t000000FF\t0\t0\t0\n";
+
+    #[test]
+    fn proc_routes_are_parsed_for_one_interface() {
+        let r = parse_proc_routes(PROC_ROUTE, "eth0");
+        assert_eq!(r.len(), 3);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        // Only meaningful on a little-endian host, where /proc prints the
+        // network-order word reversed.
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                (r[0].dst, r[0].gateway, r[0].mask),
+                (ip("0.0.0.0"), ip("10.77.1.1"), ip("0.0.0.0"))
+            );
+            assert_eq!(r[0].flags, 0x3);
+            assert_eq!(
+                (r[1].dst, r[1].mask),
+                (ip("10.77.1.0"), ip("255.255.255.0"))
+            );
+            assert_eq!((r[2].dst, r[2].flags), (ip("169.254.169.254"), 0x5));
+        }
+        assert!(parse_proc_routes(PROC_ROUTE, "eth1").is_empty());
+        assert_eq!(parse_proc_routes(PROC_ROUTE, "lo")[0].metric, 5);
+        assert!(parse_proc_routes("garbage\nnot a route line\n", "eth0").is_empty());
+    }
+
+    #[test]
+    fn only_the_routes_the_kernel_did_not_recreate_are_restored() {
+        let saved = parse_proc_routes(PROC_ROUTE, "eth0");
+        // After `eth0 up` the kernel re-added the prefix route only.
+        let now = vec![saved[1]];
+        assert_eq!(routes_to_restore(&saved, &now), vec![saved[0], saved[2]]);
+        assert!(routes_to_restore(&saved, &saved).is_empty());
+        let mut other_metric = saved[0];
+        other_metric.metric = 100;
+        assert_eq!(
+            routes_to_restore(&[other_metric], &saved),
+            vec![other_metric]
+        );
+    }
+
+    #[test]
+    fn records_without_the_pause_fields_still_load() {
+        let old = r#"{"guests":{"nbtxg1":{"id":"5f0c7a9e-8a53-4a7c-9d55-0d6ab4f5b3d1","tap":"tap1","mac":"fa:16:3e:00:00:01","mtu":1450,"boot_count":2,"created_at":"2024-01-01T00:00:00Z"}}}"#;
+        let st: NetnsState = serde_json::from_str(old).unwrap();
+        let r = &st.guests["nbtxg1"];
+        assert!(!r.paused && r.saved_routes.is_empty() && !r.stopped);
+        let mut paused = r.clone();
+        paused.paused = true;
+        paused.saved_routes = parse_proc_routes(PROC_ROUTE, "eth0");
+        let json = serde_json::to_string(&paused).unwrap();
+        assert_eq!(serde_json::from_str::<GuestRecord>(&json).unwrap(), paused);
+    }
+
+    #[test]
+    fn interface_names_must_fit_ifnamsiz() {
+        assert!(c_ifname("eth0").is_ok());
+        assert!(c_ifname("0123456789abcdef").is_err());
+        assert!(c_ifname("a\0b").is_err());
     }
 }

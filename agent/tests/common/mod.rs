@@ -75,6 +75,10 @@ impl World {
             min_ram_mb: 0,
             status: ImageStatus::Active,
             created_at: model::now(),
+            kernel_sha256: None,
+            initrd_sha256: None,
+            kernel_cmdline: None,
+            status_reason: None,
         };
         put(c, &keys::image(&image.id), &image).await;
         Self {

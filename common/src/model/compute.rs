@@ -67,6 +67,18 @@ pub struct Image {
     pub status: ImageStatus,
     /// Creation time.
     pub created_at: Timestamp,
+    /// SHA-256 (hex) of the kernel for direct kernel boot, if the image has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_sha256: Option<String>,
+    /// SHA-256 (hex) of the initrd, if the image has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_sha256: Option<String>,
+    /// Kernel command line for direct kernel boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_cmdline: Option<String>,
+    /// Why the image is in `error` (e.g. a checksum mismatch on upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
 }
 
 /// An SSH public key injected through the metadata service.

@@ -100,6 +100,10 @@ impl Ctx {
             min_ram_mb: r.min_ram_mb,
             status: ImageStatus::Queued,
             created_at: model::now(),
+            kernel_sha256: crate::image_store::optional_sha256("kernel_sha256", &r.kernel_sha256)?,
+            initrd_sha256: crate::image_store::optional_sha256("initrd_sha256", &r.initrd_sha256)?,
+            kernel_cmdline: Some(r.kernel_cmdline.trim().to_string()).filter(|c| !c.is_empty()),
+            status_reason: None,
         };
         let idx = keys::name_index(NameKind::Image, &project, &img.name);
         let resp = self
@@ -140,6 +144,10 @@ impl Ctx {
                 TxnOp::delete(key.as_str(), None),
                 TxnOp::delete(idx.as_str(), None),
             ]))
+            .await?;
+        // Its data goes with it (hook of the image-data feature).
+        crate::image_store::ImageStore::new(&self.cfg.image_dir)
+            .remove(&img.value.id.to_string())
             .await?;
         Ok(pb::Empty {})
     }

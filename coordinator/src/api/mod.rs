@@ -2,6 +2,7 @@
 //! request, run the etcd reads/transactions, convert back to proto.
 
 mod failover;
+mod image_data;
 mod misc;
 mod network;
 mod servers;
@@ -94,6 +95,7 @@ impl Ctx {
         router
             .add_service(flavors_server::FlavorsServer::new(self.clone()))
             .add_service(images_server::ImagesServer::new(self.clone()))
+            .add_service(image_data_server::ImageDataServer::new(self.clone()))
             .add_service(networks_server::NetworksServer::new(self.clone()))
             .add_service(ports_server::PortsServer::new(self.clone()))
             .add_service(security_groups_server::SecurityGroupsServer::new(
