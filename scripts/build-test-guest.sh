@@ -3,7 +3,8 @@
 # Debian's linux-image-*-cloud-amd64 (downloaded and unpacked, not installed)
 # and a busybox initramfs whose /init brings up virtio-net, runs udhcpc,
 # prints its address, fetches its instance id from the metadata service and
-# pings the targets named on the kernel command line (nubo.ping=IP).
+# pings the targets named on the kernel command line (nubo.ping=IP) or in the
+# user data (lines "ping IP"; a line "poweroff" powers the guest off).
 #
 # Output (cached; rebuilt only when missing or when this script changes):
 #   $NUBO_GUEST_DIR/vmlinuz, $NUBO_GUEST_DIR/initrd.gz
@@ -73,14 +74,22 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
   sleep 1
 done
 echo "NUBO-GUEST-METADATA: ${MD:-<none>} uptime $(cut -d' ' -f1 /proc/uptime)"
-for a in $(cat /proc/cmdline); do case "$a" in nubo.ping=*)
-  t=${a#nubo.ping=}
+# Targets and actions: nubo.ping=IP / nubo.poweroff on the kernel command
+# line, or lines "ping IP" / "poweroff" in the user data.
+UD=""
+[ -n "$MD" ] && UD=$(timeout 5 wget -qO- http://169.254.169.254/latest/user-data 2>/dev/null)
+PINGS=""
+for a in $(cat /proc/cmdline); do case "$a" in nubo.ping=*) PINGS="$PINGS ${a#nubo.ping=}" ;; esac; done
+PINGS="$PINGS $(echo "$UD" | awk '$1=="ping"{print $2}')"
+for t in $PINGS; do
   ( while :; do
       if ping -c 1 -W 1 "$t" >/dev/null 2>&1; then echo "NUBO-GUEST-PING $t ok"; else echo "NUBO-GUEST-PING $t fail"; fi
       sleep 1
-    done ) & ;;
-esac; done
-grep -q nubo.poweroff /proc/cmdline && poweroff -f
+    done ) &
+done
+if grep -q nubo.poweroff /proc/cmdline || echo "$UD" | grep -qx poweroff; then
+  echo "NUBO-GUEST: powering off"; sleep 1; poweroff -f
+fi
 while :; do sleep 3600; done
 S
 chmod +x "$R/init" "$R/bin/udhcpc.script"

@@ -54,18 +54,34 @@ pub fn open_driver(cfg: &AgentConfig) -> Result<Arc<dyn Hypervisor>, HypervisorE
             &cfg.state_dir,
             u32::from(cfg.underlay_mtu.saturating_sub(50).max(68)),
         )?)),
-        DriverKind::Libvirt => Err(HypervisorError::Unavailable("libvirt")),
+        // Needs an async connection: opened by [`run`].
+        DriverKind::Libvirt => Err(HypervisorError::Unavailable("libvirt (use agent::run)")),
     }
 }
 
 /// Runs the agent with the driver from the configuration until `shutdown`
 /// completes.
 pub async fn run(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let hv = open_driver(&cfg)?;
-    run_with_hypervisor(cfg, hv, shutdown).await
+    // Tasks that live as long as this call (aborted on return).
+    let mut side = JoinSet::new();
+    let hv: Arc<dyn Hypervisor> = match cfg.driver {
+        DriverKind::Libvirt => {
+            let lv = crate::hypervisor::LibvirtHypervisor::open(&cfg).await?;
+            if let Some(rx) = lv.guest_stops().await {
+                let client = store::connect(&cfg.etcd_endpoints).await?;
+                side.spawn(crate::power_sync::run(client, cfg.node.clone(), rx).in_current_span());
+            }
+            Arc::new(lv)
+        }
+        _ => open_driver(&cfg)?,
+    };
+    crate::node_api::spawn(&mut cfg, &mut side).await;
+    let r = run_with_hypervisor(cfg, hv, shutdown).await;
+    side.shutdown().await;
+    r
 }
 
 /// Runs the agent on the given hypervisor until `shutdown` completes. Only

@@ -1,8 +1,11 @@
 //! Fake agents, in-process and cheap: ONE watch on every node's
 //! assignments; each new assignment gets its status `running` written under
-//! `/instances/<id>/status` as the node's agent would (batched into
-//! transactions to keep the benchmark's own CPU use low). A second watch
-//! observes those status writes, which is when an instance counts as running.
+//! `/instances/<id>/status` as the node's agent would, batched into
+//! transactions (up to 128 statuses, lingering a few ms) to keep the
+//! benchmark's own CPU use, and etcd's, low. An instance counts as running
+//! when the transaction writing its status has committed (watching the
+//! statuses back would make etcd send every instance spec and status to
+//! the benchmark: CPU taken from the system under test).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +24,7 @@ use crate::cluster::{assignment_instance, MAX_TXN_OPS};
 pub struct Observed {
     /// First time its assignment key appeared.
     pub assigned: Mutex<HashMap<InstanceId, Instant>>,
-    /// First time a `running` status was observed.
+    /// When the `running` status write committed.
     pub running: Mutex<HashMap<InstanceId, Instant>>,
 }
 
@@ -63,14 +66,9 @@ pub async fn start(client: &Client, observed: Arc<Observed>) -> Result<()> {
         .watch(keys::all_assignments_prefix(), Some(opts()))
         .await
         .context("watching assignments")?;
-    let statuses = c
-        .watch(keys::instances_prefix(), Some(opts()))
-        .await
-        .context("watching instance statuses")?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(watch_assignments(assignments, tx, observed.clone()));
-    tokio::spawn(write_statuses(client.clone(), rx));
-    tokio::spawn(watch_statuses(statuses, observed));
+    tokio::spawn(write_statuses(client.clone(), rx, observed));
     Ok(())
 }
 
@@ -104,7 +102,11 @@ const STATUS_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Writes `running` for each assignment, draining whatever queued up while
 /// the previous transaction was in flight (at most [`MAX_TXN_OPS`] at once).
-async fn write_statuses(mut c: Client, mut rx: mpsc::UnboundedReceiver<(NodeName, InstanceId)>) {
+async fn write_statuses(
+    mut c: Client,
+    mut rx: mpsc::UnboundedReceiver<(NodeName, InstanceId)>,
+    observed: Arc<Observed>,
+) {
     let mut batch = Vec::with_capacity(MAX_TXN_OPS);
     while rx.recv_many(&mut batch, MAX_TXN_OPS).await > 0 {
         // Linger briefly so that a busy second fills one transaction with
@@ -119,6 +121,7 @@ async fn write_statuses(mut c: Client, mut rx: mpsc::UnboundedReceiver<(NodeName
             }
         }
         let now = model::now();
+        let ids: Vec<InstanceId> = batch.iter().map(|(_, id)| *id).collect();
         let ops: Vec<TxnOp> = batch
             .drain(..)
             .map(|(node, id)| {
@@ -132,29 +135,18 @@ async fn write_statuses(mut c: Client, mut rx: mpsc::UnboundedReceiver<(NodeName
                 TxnOp::put(keys::instance_status(&id), model::encode(&status), None)
             })
             .collect();
-        if let Err(e) = c.txn(Txn::new().and_then(ops)).await {
-            eprintln!("warning: a fake agent status write failed: {e}");
-        }
-    }
-}
-
-async fn watch_statuses(mut stream: WatchStream, observed: Arc<Observed>) {
-    while let Ok(Some(resp)) = stream.message().await {
-        let now = Instant::now();
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            if ev.event_type() != EventType::Put {
-                continue;
-            }
-            let Ok(key) = kv.key_str() else { continue };
-            let Some(keys::Key::InstanceStatus(id)) = keys::parse(key) else {
-                continue;
-            };
-            if let Ok(s) = model::decode::<InstanceStatus>(key, kv.value()) {
-                if s.state == InstanceState::Running {
-                    record(&observed.running, id, now);
+        match c.txn(Txn::new().and_then(ops)).await {
+            Ok(_) => {
+                let at = Instant::now();
+                let mut running = observed
+                    .running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for id in ids {
+                    running.entry(id).or_insert(at);
                 }
             }
+            Err(e) => eprintln!("warning: a fake agent status write failed: {e}"),
         }
     }
 }

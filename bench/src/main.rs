@@ -155,7 +155,11 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
         "creating {} instances, {} at a time (coordinator pid {pid})",
         args.instances, args.concurrency
     ));
-    let procs = [Some(pid), guards.etcd.as_ref().and_then(Etcd::pid), Some(std::process::id())];
+    let procs = [
+        Some(pid),
+        guards.etcd.as_ref().and_then(Etcd::pid),
+        Some(std::process::id()),
+    ];
     let cpu0 = procs.map(|p| p.and_then(cpu_seconds));
     let t0 = Instant::now();
     let load = load::run(channel, args.instances, args.concurrency as usize).await;

@@ -27,7 +27,7 @@ pub struct Report {
     pub api_p50: Duration,
     /// API latency of accepted creates.
     pub api_p99: Duration,
-    /// Instances observed running.
+    /// Instances whose running status committed.
     pub running: usize,
     /// Request sent → running status observed.
     pub running_p50: Duration,
@@ -85,7 +85,7 @@ impl Report {
             ("placements/s", format!("{:.1}", self.placements_per_sec)),
             ("API latency p50", format!("{} ms", ms(self.api_p50))),
             ("API latency p99", format!("{} ms", ms(self.api_p99))),
-            ("running (status seen)", self.running.to_string()),
+            ("running (status committed)", self.running.to_string()),
             ("create→running p50", format!("{} ms", ms(self.running_p50))),
             ("create→running p99", format!("{} ms", ms(self.running_p99))),
             ("over-capacity nodes", self.over_capacity.to_string()),

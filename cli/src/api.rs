@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use nubo_common::proto::{
-    cluster_client::ClusterClient, flavors_client::FlavorsClient, images_client::ImagesClient, keypairs_client::KeypairsClient,
-    networks_client::NetworksClient, nodes_client::NodesClient, ports_client::PortsClient,
-    security_groups_client::SecurityGroupsClient, server_groups_client::ServerGroupsClient,
-    servers_client::ServersClient, DeleteRequest, GetRequest, ListRequest,
+    cluster_client::ClusterClient, flavors_client::FlavorsClient, images_client::ImagesClient,
+    keypairs_client::KeypairsClient, networks_client::NetworksClient, nodes_client::NodesClient,
+    ports_client::PortsClient, security_groups_client::SecurityGroupsClient,
+    server_groups_client::ServerGroupsClient, servers_client::ServersClient, DeleteRequest,
+    GetRequest, ListRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};

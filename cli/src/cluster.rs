@@ -61,10 +61,7 @@ pub async fn run(cmd: ClusterCmd, ctx: &Ctx) -> Result<()> {
                 .set_evacuation_enabled(evacuation_request(c))
                 .await
                 .or_fail(api)?;
-            output::show(
-                ctx.format,
-                &json!({ "evacuation_enabled": r.enabled }),
-            )
+            output::show(ctx.format, &json!({ "evacuation_enabled": r.enabled }))
         }
     }
 }

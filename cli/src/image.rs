@@ -147,7 +147,10 @@ pub async fn run(cmd: ImageCmd, ctx: &Ctx) -> Result<()> {
             if let Some(file) = &args.file {
                 let (sum, size) = crate::image_upload::hash_file(file)?;
                 if !req.checksum_sha256.is_empty() && req.checksum_sha256 != sum {
-                    bail!("--checksum does not match {} (sha256 {sum})", file.display());
+                    bail!(
+                        "--checksum does not match {} (sha256 {sum})",
+                        file.display()
+                    );
                 }
                 req.checksum_sha256 = sum;
                 req.size_bytes = size;

@@ -54,8 +54,7 @@ pub async fn upload(api: &Api, image: &str, part: &str, path: &Path) -> Result<I
     let size = std::fs::metadata(path)
         .with_context(|| format!("stat {}", path.display()))?
         .len();
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<ImageChunk>(4);
     let (image_s, project, part_s) = (image.to_string(), api.project.clone(), part.to_string());
     let label = format!("{part} {}", path.display());
@@ -72,8 +71,16 @@ pub async fn upload(api: &Api, image: &str, part: &str, path: &Path) -> Result<I
             buf.truncate(n);
             sent += n as u64;
             let chunk = ImageChunk {
-                image: if first { image_s.clone() } else { String::new() },
-                project: if first { project.clone() } else { String::new() },
+                image: if first {
+                    image_s.clone()
+                } else {
+                    String::new()
+                },
+                project: if first {
+                    project.clone()
+                } else {
+                    String::new()
+                },
                 part: if first { part_s.clone() } else { String::new() },
                 size_bytes: if first { size } else { 0 },
                 data: buf,
@@ -84,7 +91,7 @@ pub async fn upload(api: &Api, image: &str, part: &str, path: &Path) -> Result<I
                 break;
             }
             if tty {
-                let pct = if size == 0 { 100 } else { sent * 100 / size };
+                let pct = (sent * 100).checked_div(size).unwrap_or(100);
                 eprint!("\rupload {label}: {pct:3}% ({sent}/{size} bytes)");
                 let _ = std::io::stderr().flush();
             }

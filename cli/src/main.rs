@@ -12,6 +12,7 @@ mod image_upload;
 mod keypair;
 mod network;
 mod node;
+mod node_api;
 mod output;
 mod port;
 mod secgroup;

@@ -366,6 +366,8 @@ mod tests {
         ])
         .render();
         assert!(t.contains("cmp2"));
-        assert!(t.lines().any(|l| l.contains("s2") && l.contains("no capacity")));
+        assert!(t
+            .lines()
+            .any(|l| l.contains("s2") && l.contains("no capacity")));
     }
 }

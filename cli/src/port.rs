@@ -15,6 +15,13 @@ use crate::output::{self, Table};
 #[derive(Debug, Subcommand)]
 pub enum PortCmd {
     /// Create a port.
+    Capture {
+        /// Port id.
+        port: String,
+        /// Stop after this many packets.
+        #[arg(long)]
+        count: Option<u32>,
+    },
     Create(CreateArgs),
     /// List ports.
     List {
@@ -152,6 +159,12 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
                 &table(&items),
                 items.iter().map(to_json).collect(),
             )
+        }
+        PortCmd::Capture { port, count } => {
+            let p = api.ports().get(api.get_req(&port)).await.or_fail(api)?;
+            let addr = crate::node_api::address(api, &p.node).await?;
+            let q = count.map(|c| format!("?count={c}")).unwrap_or_default();
+            crate::node_api::stream(&addr, &format!("/v1/capture/{}{q}", p.tap)).await
         }
         PortCmd::Show { port } => {
             let p = api.ports().get(api.get_req(&port)).await.or_fail(api)?;

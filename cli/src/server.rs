@@ -19,13 +19,21 @@ use crate::server_create;
 #[derive(Debug, Subcommand)]
 pub enum ServerCmd {
     /// Create one or many servers.
-    Create(server_create::CreateArgs),
+    Create(Box<server_create::CreateArgs>),
     /// List servers.
     List(ListArgs),
     /// Show a server: placement, ports, taps and where to tcpdump.
     Show {
         /// Server name or id.
         server: String,
+    },
+    /// Print the serial console log (from the node's agent).
+    Console {
+        /// Server name or id.
+        server: String,
+        /// Keep printing what the guest writes.
+        #[arg(long)]
+        follow: bool,
     },
     /// Delete servers.
     Delete {
@@ -223,7 +231,7 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         project: api.project.clone(),
     };
     match cmd {
-        ServerCmd::Create(args) => server_create::run(args, ctx).await,
+        ServerCmd::Create(args) => server_create::run(*args, ctx).await,
         ServerCmd::List(args) => {
             let items = list_all(api, args.request(&api.project)).await?;
             output::list(
@@ -235,6 +243,12 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         ServerCmd::Show { server } => {
             let s = api.servers().get(api.get_req(&server)).await.or_fail(api)?;
             show(ctx.format, &s)
+        }
+        ServerCmd::Console { server, follow } => {
+            let s = api.servers().get(api.get_req(&server)).await.or_fail(api)?;
+            let addr = crate::node_api::address(api, &s.node).await?;
+            let q = if follow { "?follow=1" } else { "" };
+            crate::node_api::stream(&addr, &format!("/v1/console/{}{q}", s.id)).await
         }
         ServerCmd::Start { server } => {
             let s = api.servers().start(action(server)).await.or_fail(api)?;

@@ -556,4 +556,14 @@ mod tests {
         assert!(node_alive(&n).starts_with(&node(&n)));
         assert!(matches!(parse(&node_alive(&n)), Some(Key::NodeAlive(_))));
     }
+
+    #[test]
+    fn client_token_keys_nest_under_their_token() {
+        let p = ProjectId::default_project();
+        let k = client_token(&p, "tok-1", 7);
+        assert_eq!(k, format!("{ROOT}client-tokens/{p}/tok-1/7"));
+        assert!(k.starts_with(&client_token_prefix(&p, "tok-1")));
+        assert!(!k.starts_with(&client_token_prefix(&p, "tok")));
+        assert!(parse(&k).is_none());
+    }
 }

@@ -31,6 +31,9 @@ use crate::store::{unchanged, Store};
 pub const MAX_TXN_OPS: usize = 128;
 /// Most placements merged into one transaction.
 pub const MAX_GROUP: usize = 16;
+/// Most (estimated) bytes merged into one transaction; etcd refuses
+/// requests above `--max-request-bytes` (1.5 MiB by default).
+pub const MAX_GROUP_BYTES: usize = 512 * 1024;
 /// Merged transactions in flight at once.
 const GROUPS_IN_FLIGHT: usize = 8;
 
@@ -52,6 +55,8 @@ pub struct Member {
     /// False for placements whose compares cover keys other members may
     /// write (server-group members): they always commit alone.
     pub mergeable: bool,
+    /// Estimated size of the transaction's values in bytes.
+    pub bytes: usize,
 }
 
 impl Member {
@@ -137,6 +142,7 @@ pub fn take_group<T>(
 ) -> (Vec<T>, Option<T>) {
     let mut compares = member(&first).compare_count();
     let mut ops = member(&first).ops.len();
+    let mut bytes = member(&first).bytes;
     let mut keys: HashSet<String> = member(&first).contended.iter().cloned().collect();
     let mergeable = member(&first).mergeable;
     let mut group = vec![first];
@@ -151,12 +157,14 @@ pub fn take_group<T>(
         let fits = m.mergeable
             && compares + m.compare_count() <= MAX_TXN_OPS
             && ops + m.ops.len() <= MAX_TXN_OPS
+            && bytes + m.bytes <= MAX_GROUP_BYTES
             && !m.contended.iter().any(|k| keys.contains(k));
         if !fits {
             return (group, Some(j));
         }
         compares += m.compare_count();
         ops += m.ops.len();
+        bytes += m.bytes;
         keys.extend(m.contended.iter().cloned());
         group.push(j);
     }
@@ -258,10 +266,13 @@ mod tests {
         Member {
             compares: vec![unchanged("/c", 1)],
             deps: vec![("/flavor".into(), 3)],
-            ops: (0..ops).map(|i| TxnOp::put(format!("/k{i}"), "v", None)).collect(),
+            ops: (0..ops)
+                .map(|i| TxnOp::put(format!("/k{i}"), "v", None))
+                .collect(),
             probes: Vec::new(),
             contended: contended.iter().map(|s| s.to_string()).collect(),
             mergeable,
+            bytes: 4096,
         }
     }
 
@@ -295,10 +306,16 @@ mod tests {
 
     #[test]
     fn group_members_and_full_transactions_go_alone() {
-        let (g, rest) = group(vec![member(&["/u/a"], 7, false), member(&["/u/b"], 7, true)]);
+        let (g, rest) = group(vec![
+            member(&["/u/a"], 7, false),
+            member(&["/u/b"], 7, true),
+        ]);
         assert_eq!(g.len(), 1);
         assert!(rest.is_none(), "the second is left in the queue");
-        let (g, rest) = group(vec![member(&["/u/a"], 7, true), member(&["/u/b"], 7, false)]);
+        let (g, rest) = group(vec![
+            member(&["/u/a"], 7, true),
+            member(&["/u/b"], 7, false),
+        ]);
         assert_eq!(g.len(), 1);
         assert!(rest.is_some());
         let (g, rest) = group(vec![
@@ -306,6 +323,11 @@ mod tests {
             member(&["/u/b"], 29, true),
         ]);
         assert_eq!(g.len(), 1, "129 operations do not fit in one transaction");
+        assert!(rest.is_some());
+        let mut big = member(&["/u/b"], 7, true);
+        big.bytes = MAX_GROUP_BYTES;
+        let (g, rest) = group(vec![member(&["/u/a"], 7, true), big]);
+        assert_eq!(g.len(), 1, "user data too large to merge");
         assert!(rest.is_some());
     }
 

@@ -171,8 +171,8 @@ pub async fn start_with_fencer(
             Ok(())
         }));
         // Not required for correctness (a miss reads etcd), only for speed.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.cache.wait_ready())
-            .await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), ctx.cache.wait_ready()).await;
     }
     {
         let (ctx, rx) = (ctx.clone(), rx.clone());

@@ -38,6 +38,9 @@ pub struct Claim<'a> {
     pub usage: NodeUsage,
     /// The mod_revision of that usage (0 = absent), for the compare.
     pub usage_rev: i64,
+    /// Another placement from this coordinator was in flight on the node
+    /// when it was chosen (only when nothing idle fitted).
+    pub shared: bool,
 }
 
 impl Drop for Claim<'_> {
@@ -179,12 +182,15 @@ impl ClusterView {
         let Some(slot) = map.get(node) else {
             return Ok(None);
         };
-        *busy.entry(node.clone()).or_default() += 1;
+        let count = busy.entry(node.clone()).or_default();
+        let shared = *count > 0;
+        *count += 1;
         Ok(Some(Claim {
             view: self,
             node: node.clone(),
             usage: slot.state.usage.clone(),
             usage_rev: slot.state.usage_rev,
+            shared,
         }))
     }
 
@@ -500,12 +506,14 @@ mod tests {
             .collect();
         let nodes: HashSet<_> = claims.iter().map(|c| c.node.clone()).collect();
         assert_eq!(nodes.len(), 4, "four placements in flight use four nodes");
+        assert!(claims.iter().all(|c| !c.shared));
         assert_eq!(v.busy_nodes(), 4);
         // All busy: a fifth placement still gets a node (they all fit).
         let fifth = v
             .claim(&req(), &R, Placement::Spread, &none, 16)
             .unwrap()
             .unwrap();
+        assert!(fifth.shared);
         drop(claims);
         assert_eq!(v.busy_nodes(), 1);
         drop(fifth);

@@ -61,7 +61,11 @@ async fn a_retried_create_with_its_token_returns_the_same_servers() {
         .into_inner();
     let three = ids(&retry);
     assert_eq!(three.len(), 3);
-    assert_eq!(&three[..2], &two[..], "indices 0 and 1 are the same servers");
+    assert_eq!(
+        &three[..2],
+        &two[..],
+        "indices 0 and 1 are the same servers"
+    );
     assert_eq!(
         retry.results.iter().map(|r| r.index).collect::<Vec<_>>(),
         [0, 1, 2]
@@ -99,7 +103,12 @@ async fn a_retried_create_with_its_token_returns_the_same_servers() {
             cb.servers.clone()
         };
         handles.push(tokio::spawn(async move {
-            ids(&s.create(req("race", 1, "tok-race")).await.unwrap().into_inner())[0].clone()
+            ids(&s
+                .create(req("race", 1, "tok-race"))
+                .await
+                .unwrap()
+                .into_inner())[0]
+                .clone()
         }));
     }
     let mut seen = HashSet::new();
@@ -137,25 +146,34 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
     );
     register_node(&etcd, "n0", res(64, 64 * 512, 1000), "nova").await;
     let t = Instant::now();
-    while view.get(&NodeName::new("n0").unwrap()).is_none_or(|n| !n.alive) {
+    while view
+        .get(&NodeName::new("n0").unwrap())
+        .is_none_or(|n| !n.alive)
+    {
         assert!(t.elapsed() < Duration::from_secs(10), "node not seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     use nubo_common::proto::flavors_server::Flavors;
     use nubo_common::proto::images_server::Images;
-    Flavors::create(&ctx, tonic::Request::new(pb::CreateFlavorRequest {
-        name: "m1.small".into(),
-        vcpus: 1,
-        ram_mb: 512,
-        disk_gb: 1,
-    }))
+    Flavors::create(
+        &ctx,
+        tonic::Request::new(pb::CreateFlavorRequest {
+            name: "m1.small".into(),
+            vcpus: 1,
+            ram_mb: 512,
+            disk_gb: 1,
+        }),
+    )
     .await
     .unwrap();
-    Images::create(&ctx, tonic::Request::new(pb::CreateImageRequest {
-        name: "cirros".into(),
-        disk_format: "qcow2".into(),
-        ..Default::default()
-    }))
+    Images::create(
+        &ctx,
+        tonic::Request::new(pb::CreateImageRequest {
+            name: "cirros".into(),
+            disk_format: "qcow2".into(),
+            ..Default::default()
+        }),
+    )
     .await
     .unwrap();
 
@@ -182,7 +200,10 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
     let inst: Instance = get(&etcd, &keys::instance(&s.id.parse().unwrap()))
         .await
         .unwrap();
-    assert_eq!(inst.resources.ram_mb, 512, "placed from etcd, not the stale cache");
+    assert_eq!(
+        inst.resources.ram_mb, 512,
+        "placed from etcd, not the stale cache"
+    );
     let u: NodeUsage = get(&etcd, &keys::node_usage(&NodeName::new("n0").unwrap()))
         .await
         .unwrap();

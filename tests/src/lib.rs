@@ -23,6 +23,7 @@ pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod tls;
+pub mod vm_e2e;
 pub mod wait;
 
 pub use agent::{Agent, AgentOpts};

@@ -3,6 +3,7 @@
 //! come) plus [`fake::FakeHypervisor`].
 
 pub mod fake;
+pub mod libvirt;
 pub mod netns;
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use nubo_common::InstanceId;
 use crate::desired::DesiredInstance;
 
 pub use fake::FakeHypervisor;
+pub use libvirt::LibvirtHypervisor;
 pub use netns::NetnsHypervisor;
 
 /// Power state as seen on the hypervisor.

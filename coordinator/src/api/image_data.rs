@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::image_store::{hex, ImageStore, Part, MAX_CHUNK};
+use crate::image_store::{ImageStore, Part, MAX_CHUNK};
 use crate::store::{put, unchanged};
 use crate::validate;
 
@@ -59,7 +59,9 @@ impl Ctx {
         let img = self.image(&project, &first.image).await?.value;
         let span = tracing::info_span!("image_upload", image = %img.id, part = part.as_str());
         let _enter = span.enter();
-        if img.status == ImageStatus::Active && self.image_store().has(&img.id.to_string(), part).await {
+        if img.status == ImageStatus::Active
+            && self.image_store().has(&img.id.to_string(), part).await
+        {
             return Err(ApiError::FailedPrecondition(format!(
                 "image {}: {} is already uploaded",
                 img.name,
@@ -194,7 +196,7 @@ impl Ctx {
                     project: String::new(),
                     part: part.as_str().into(),
                     size_bytes: if first { size } else { 0 },
-                    data: buf.into(),
+                    data: buf,
                 };
                 first = false;
                 if tx.send(Ok(chunk)).await.is_err() || n == 0 {

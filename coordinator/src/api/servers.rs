@@ -15,8 +15,8 @@ use etcd_client::{Txn, TxnOp};
 use futures::StreamExt;
 use nubo_common::keys::{self, Key, NameKind};
 use nubo_common::model::{
-    self, Assignment, EvacuationPolicy, Flavor, Instance, InstanceStatus, Network, NodeUsage, Port,
-    Image, Keypair, PowerState, SecurityGroup, ServerGroup,
+    self, Assignment, EvacuationPolicy, Flavor, Image, Instance, InstanceStatus, Keypair, Network,
+    NodeUsage, Port, PowerState, SecurityGroup, ServerGroup,
 };
 use nubo_common::proto::{self as pb, servers_server};
 use nubo_common::{
@@ -48,6 +48,9 @@ pub const MAX_BATCH: u32 = 1000;
 const BATCH_CONCURRENCY: usize = 16;
 /// Placement transactions tried for one server before giving up.
 const MAX_PLACE_ATTEMPTS: usize = 64;
+/// Bound on placement rounds including those lost to this coordinator's
+/// own concurrent placements on the same node.
+const MAX_PLACE_ROUNDS: usize = MAX_PLACE_ATTEMPTS + MAX_BATCH as usize;
 /// Conflicts on one node before the next candidate is preferred.
 const NODE_CONFLICTS: u32 = 3;
 /// The best candidates among which one is chosen at random.
@@ -89,7 +92,7 @@ enum Source {
 /// How one server's placement ended (errors aside).
 enum Placed {
     /// Created and placed.
-    Server(pb::Server),
+    Server(Box<pb::Server>),
     /// Something the plan was decided from changed: re-plan from etcd.
     StalePlan,
     /// A concurrent request with the same client token created it.
@@ -136,13 +139,18 @@ impl Ctx {
     async fn resolve_dep<T: FromCached + DeserializeOwned + Owned>(
         &self,
         kind: NameKind,
-        label: &str,
         project: &ProjectId,
         r: &str,
         key_of: impl Fn(uuid::Uuid) -> String,
         src: Source,
         deps: &mut Vec<(String, i64)>,
     ) -> ApiResult<Arc<T>> {
+        let label = match kind {
+            NameKind::Network => "network",
+            NameKind::SecurityGroup => "security group",
+            NameKind::Image => "image",
+            NameKind::ServerGroup => "server group",
+        };
         let r = r.trim();
         if r.is_empty() {
             return Err(ApiError::InvalidArgument(format!(
@@ -194,7 +202,6 @@ impl Ctx {
             let g: Arc<SecurityGroup> = self
                 .resolve_dep(
                     NameKind::SecurityGroup,
-                    "security group",
                     project,
                     r,
                     |u| keys::secgroup(&SecurityGroupId::from_uuid(u)),
@@ -245,7 +252,6 @@ impl Ctx {
         let image: Arc<Image> = self
             .resolve_dep(
                 NameKind::Image,
-                "image",
                 &project,
                 &r.image_ref,
                 |u| keys::image(&ImageId::from_uuid(u)),
@@ -271,7 +277,6 @@ impl Ctx {
             let net: Arc<Network> = self
                 .resolve_dep(
                     NameKind::Network,
-                    "network",
                     &project,
                     n,
                     |u| keys::network(&NetworkId::from_uuid(u)),
@@ -312,9 +317,7 @@ impl Ctx {
                     .fetch(&keys::keypair(&project, k), src, &mut deps)
                     .await?
                     .ok_or_else(|| {
-                        ApiError::NotFound(format!(
-                            "keypair {k:?} not found in project {project}"
-                        ))
+                        ApiError::NotFound(format!("keypair {k:?} not found in project {project}"))
                     })?;
                 Some(kp.name.clone())
             }
@@ -333,7 +336,6 @@ impl Ctx {
                 let g: Arc<ServerGroup> = self
                     .resolve_dep(
                         NameKind::ServerGroup,
-                        "server group",
                         &project,
                         g,
                         |u| keys::server_group(&ServerGroupId::from_uuid(u)),
@@ -415,7 +417,11 @@ impl Ctx {
             .map(|i| async move {
                 let id = InstanceId::new_random();
                 let span = tracing::info_span!("create_server", instance = %id, index = i);
-                match self.create_with_replans(r, plan, token, id, i).instrument(span).await {
+                match self
+                    .create_with_replans(r, plan, token, id, i)
+                    .instrument(span)
+                    .await
+                {
                     Ok(server) => pb::ServerResult {
                         server: Some(server),
                         error: String::new(),
@@ -454,7 +460,7 @@ impl Ctx {
         let mut plan = plan.clone();
         for _ in 0..MAX_REPLANS {
             match self.create_one(&plan, id, index, token).await? {
-                Placed::Server(s) => return Ok(s),
+                Placed::Server(s) => return Ok(*s),
                 Placed::Existing(other) => {
                     let done = HashMap::from([(index, other)]);
                     let mut v = self.existing_results(&done).await?;
@@ -579,7 +585,13 @@ impl Ctx {
         let mut exclude: HashSet<NodeName> = HashSet::new();
         let usage_of = |n: &NodeName| keys::node_usage(n);
 
-        for _attempt in 0..MAX_PLACE_ATTEMPTS {
+        // Attempts lost to another placement from this coordinator on the
+        // same node (it held a claim there) are progress, not contention:
+        // they do not count, up to a hard bound.
+        let (mut attempts, mut rounds) = (0, 0);
+        while attempts < MAX_PLACE_ATTEMPTS && rounds < MAX_PLACE_ROUNDS {
+            attempts += 1;
+            rounds += 1;
             for (j, p) in new_ports.iter_mut().enumerate() {
                 if need_ip[j] {
                     p.ip = self.next_ip(&mut pools[j]).await?;
@@ -712,26 +724,28 @@ impl Ctx {
                     probes,
                     contended,
                     mergeable: plan.group.is_none(),
+                    // The spec carries the user data; the rest is small.
+                    bytes: 4096 + plan.user_data_b64.as_ref().map_or(0, String::len),
                 })
                 .await?;
             let resp = match outcome {
                 Committed::No(resp) => *resp,
                 Committed::Yes { revision } => {
                     self.view.record_usage(&node, Some(new_usage), revision);
-                tracing::info!(instance = %id, node = %node, "server placed");
-                let mut ports = new_ports;
-                ports.extend(existing.into_iter().map(|p| {
-                    let mut v = p.value;
-                    v.device = Some(id);
-                    v.node = Some(node.clone());
-                    v
-                }));
-                return Ok(Placed::Server(convert::server(
-                    &inst,
-                    None,
-                    &ports,
-                    &plan.net_names(),
-                )));
+                    tracing::info!(instance = %id, node = %node, "server placed");
+                    let mut ports = new_ports;
+                    ports.extend(existing.into_iter().map(|p| {
+                        let mut v = p.value;
+                        v.device = Some(id);
+                        v.node = Some(node.clone());
+                        v
+                    }));
+                    return Ok(Placed::Server(Box::new(convert::server(
+                        &inst,
+                        None,
+                        &ports,
+                        &plan.net_names(),
+                    ))));
                 }
             };
             let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -761,7 +775,9 @@ impl Ctx {
                 .first()
                 .map_or(0, |kv| kv.mod_revision())
                 != usage_rev;
-            if node_lost {
+            if node_lost && claim.shared {
+                attempts -= 1;
+            } else if node_lost {
                 let c = conflicts.entry(node.clone()).or_default();
                 *c += 1;
                 if *c >= NODE_CONFLICTS {

@@ -1,0 +1,604 @@
+//! The libvirt driver: instances are QEMU domains managed through
+//! [`nubo_libvirt::LibvirtDriver`].
+//!
+//! Create = image parts downloaded and verified into the local cache
+//! ([`crate::images`]) → qcow2 overlay sized by the flavor → one persistent
+//! tap per port (nubo owns the taps; the overlay subsystem enslaves them) →
+//! domain defined and started (serial console appended to
+//! `<state-dir>/console/<id>.log`, VNC on 127.0.0.1).
+//!
+//! What runs is discovered from libvirt, never remembered: existing nubo
+//! domains are adopted as they are after an agent restart (same QEMU
+//! process). A small state file (`<state-dir>/libvirt-instances.json`) only
+//! keeps what libvirt does not: the taps to recreate before a cold start and
+//! to delete with the instance, the boot counter and the creation time.
+//!
+//! Lifecycle events feed [`LibvirtHypervisor::guest_stops`]: a guest that
+//! powered itself off (not stopped by nubo) is reported there so the agent
+//! can record the new desired power (see `crate::power_sync`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nubo_common::model::{self, PowerState as DesiredPower, Timestamp};
+use nubo_common::InstanceId;
+use nubo_libvirt::{
+    DiskSpec, DomainSpec, DomainType, DriverConfig, KernelBoot, LibvirtDriver, LifecycleEvent, Nic,
+    PowerState, StopReason,
+};
+use nubo_overlay::Netlink;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Mutex};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::{HypervisorError, ObservedInstance, ObservedPower};
+use crate::config::{AgentConfig, DomainTypeKind};
+use crate::desired::DesiredInstance;
+use crate::images::ImageFetcher;
+
+/// File name of the driver's state inside the state directory.
+pub const STATE_FILE: &str = "libvirt-instances.json";
+
+/// A tap nubo created for a port of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapRecord {
+    /// Device name.
+    pub name: String,
+    /// MAC of the guest NIC (the port's MAC).
+    pub mac: String,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// What the driver remembers about one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Taps in NIC order.
+    pub taps: Vec<TapRecord>,
+    /// Boots (create, start, reboot).
+    pub boot_count: u64,
+    /// When it was created here.
+    pub created_at: Timestamp,
+}
+
+/// The persisted state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibvirtState {
+    /// Instances by id.
+    pub instances: BTreeMap<InstanceId, InstanceRecord>,
+}
+
+/// Maps libvirt's power state to nubo's. Pure.
+pub fn observed_power(p: PowerState) -> ObservedPower {
+    match p {
+        PowerState::Running => ObservedPower::Running,
+        PowerState::Paused => ObservedPower::Paused,
+        PowerState::ShutOff | PowerState::Crashed | PowerState::Unknown => ObservedPower::Stopped,
+    }
+}
+
+/// Whether a lifecycle event means the guest stopped by itself (powered
+/// off, crashed, QEMU died) rather than on nubo's request. Pure.
+pub fn is_guest_stop(ev: LifecycleEvent, requested_by_nubo: bool) -> bool {
+    match ev {
+        LifecycleEvent::Stopped(
+            StopReason::Shutdown | StopReason::Crashed | StopReason::Failed,
+        )
+        | LifecycleEvent::Crashed => !requested_by_nubo,
+        _ => false,
+    }
+}
+
+/// The QEMU pid-file directory libvirtd uses for `uri`: `<dir>/qemu` when
+/// the URI names a socket `<dir>/libvirt-sock` (a private libvirtd whose
+/// run directory is bind-mounted), `/run/libvirt/qemu` otherwise. Pure.
+pub fn qemu_pid_dir(uri: &str) -> PathBuf {
+    let socket = uri
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("socket="));
+    match socket.and_then(|s| Path::new(s).parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("qemu"),
+        _ => PathBuf::from("/run/libvirt/qemu"),
+    }
+}
+
+/// Renders the domain spec of a desired instance. Pure.
+pub fn domain_spec(
+    d: &DesiredInstance,
+    disk: PathBuf,
+    kernel: Option<(PathBuf, Option<PathBuf>)>,
+    mtu: u32,
+    console_log: PathBuf,
+    domain_type: DomainType,
+) -> DomainSpec {
+    DomainSpec {
+        instance_id: d.id().to_string(),
+        name: d.spec.name.clone(),
+        vcpus: d.resources.vcpus.max(1),
+        memory_mb: d.resources.ram_mb,
+        disk: DiskSpec::LocalQcow2 { path: disk },
+        kernel: kernel.map(|(kernel, initrd)| KernelBoot {
+            kernel,
+            initrd,
+            cmdline: d.image.kernel_cmdline.clone(),
+        }),
+        nics: d
+            .ports
+            .iter()
+            .map(|p| Nic {
+                tap: p.tap.clone(),
+                mac: p.mac.to_string(),
+                mtu: Some(mtu),
+            })
+            .collect(),
+        console_log,
+        domain_type,
+        vnc: true,
+    }
+}
+
+/// The libvirt driver.
+pub struct LibvirtHypervisor {
+    driver: LibvirtDriver,
+    images: ImageFetcher,
+    netlink: Netlink,
+    state_path: PathBuf,
+    console_dir: PathBuf,
+    domain_type: DomainType,
+    mtu: u32,
+    shutdown_timeout: Duration,
+    state: Mutex<LibvirtState>,
+    /// Instances nubo is stopping right now (their stop events are ours).
+    stopping: Arc<std::sync::Mutex<BTreeSet<InstanceId>>>,
+    guest_stops: Mutex<Option<mpsc::UnboundedReceiver<InstanceId>>>,
+    foreign_seen: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for LibvirtHypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibvirtHypervisor")
+            .field("uri", &self.driver.config().uri)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(what: &str, e: impl std::fmt::Display) -> HypervisorError {
+    HypervisorError::Backend(format!("{what}: {e}"))
+}
+
+fn state_err(path: &Path) -> impl Fn(std::io::Error) -> HypervisorError + '_ {
+    move |source| HypervisorError::State {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn mkdir_world_traversable(dir: &Path) -> Result<(), HypervisorError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(state_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(state_err(dir))
+}
+
+impl LibvirtHypervisor {
+    /// Connects to libvirt as configured, loads the state file and starts
+    /// following lifecycle events. Must run in the network namespace where
+    /// the taps belong (the agent's).
+    pub async fn open(cfg: &AgentConfig) -> Result<Self, HypervisorError> {
+        let lv = &cfg.libvirt;
+        let state_dir = &cfg.state_dir;
+        // QEMU runs unprivileged and must reach overlays, bases and logs.
+        mkdir_world_traversable(state_dir)?;
+        let console_dir = state_dir.join("console");
+        mkdir_world_traversable(&console_dir)?;
+        let state_path = state_dir.join(STATE_FILE);
+        let state = load(&state_path)?;
+        let mut dcfg = DriverConfig::new(lv.uri.clone());
+        dcfg.name_prefix = lv.prefix.clone();
+        dcfg.qemu_pid_dir = qemu_pid_dir(&lv.uri);
+        let driver = LibvirtDriver::connect_with(dcfg)
+            .await
+            .map_err(|e| backend("libvirt", e))?;
+        let netlink = Netlink::new().map_err(|e| backend("open netlink", e))?;
+        let stopping: Arc<std::sync::Mutex<BTreeSet<InstanceId>>> = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut events = driver
+            .events()
+            .await
+            .map_err(|e| backend("libvirt events", e))?;
+        {
+            let stopping = stopping.clone();
+            tokio::spawn(
+                async move {
+                    while let Some(ev) = events.recv().await {
+                        let Ok(id) = ev.instance_id.parse::<InstanceId>() else {
+                            continue;
+                        };
+                        let ours = stopping.lock().map(|s| s.contains(&id)).unwrap_or(false);
+                        tracing::debug!(instance = %id, event = ?ev.event, "libvirt event");
+                        if is_guest_stop(ev.event, ours) {
+                            info!(instance = %id, event = ?ev.event, "guest stopped by itself");
+                            let _ = tx.send(id);
+                        }
+                    }
+                    warn!("libvirt event stream ended");
+                }
+                .instrument(info_span!("libvirt_events")),
+            );
+        }
+        Ok(Self {
+            driver,
+            images: ImageFetcher::new(cfg.api_endpoint.clone(), state_dir),
+            netlink,
+            state_path,
+            console_dir,
+            domain_type: match lv.domain_type {
+                DomainTypeKind::Kvm => DomainType::Kvm,
+                DomainTypeKind::Qemu => DomainType::Qemu,
+            },
+            mtu: u32::from(cfg.underlay_mtu.saturating_sub(50).max(68)),
+            shutdown_timeout: lv.shutdown_timeout,
+            state: Mutex::new(state),
+            stopping,
+            guest_stops: Mutex::new(Some(rx)),
+            foreign_seen: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Takes the receiver of "guest stopped by itself" notifications (once).
+    pub async fn guest_stops(&self) -> Option<mpsc::UnboundedReceiver<InstanceId>> {
+        self.guest_stops.lock().await.take()
+    }
+
+    /// Console log path of an instance.
+    pub fn console_log(&self, id: &InstanceId) -> PathBuf {
+        self.console_dir.join(format!("{id}.log"))
+    }
+
+    async fn persist(&self, st: &LibvirtState) -> Result<(), HypervisorError> {
+        let err = state_err(&self.state_path);
+        let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(e.into()))?;
+        let tmp = self.state_path.with_extension("json.tmp");
+        tokio::fs::write(&tmp, bytes).await.map_err(&err)?;
+        tokio::fs::rename(&tmp, &self.state_path).await.map_err(err)
+    }
+
+    async fn ensure_taps(&self, taps: &[TapRecord]) -> Result<(), HypervisorError> {
+        for t in taps {
+            let exists = self
+                .netlink
+                .link_exists(&t.name)
+                .await
+                .map_err(|e| backend("look up tap", e))?;
+            if !exists {
+                let mac: nubo_overlay::MacAddr = t
+                    .mac
+                    .parse()
+                    .map_err(|e| backend(&format!("MAC of tap {}", t.name), e))?;
+                self.netlink
+                    .create_tap(&t.name, mac, t.mtu)
+                    .await
+                    .map_err(|e| backend(&format!("create tap {}", t.name), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_taps(&self, taps: &[TapRecord]) {
+        for t in taps {
+            match self.netlink.link_exists(&t.name).await {
+                Ok(true) => {
+                    if let Err(e) = self.netlink.delete_link(&t.name).await {
+                        warn!(tap = %t.name, error = %e, "could not delete tap");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => warn!(tap = %t.name, error = %e, "could not look up tap"),
+            }
+        }
+    }
+
+    fn mark_stopping(&self, id: InstanceId, on: bool) {
+        if let Ok(mut s) = self.stopping.lock() {
+            if on {
+                s.insert(id);
+            } else {
+                s.remove(&id);
+            }
+        }
+    }
+
+    async fn bump_boot(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        if let Some(r) = next.instances.get_mut(&id) {
+            r.boot_count += 1;
+            self.persist(&next).await?;
+            *st = next;
+        }
+        Ok(())
+    }
+
+    fn dom_err(&self, id: InstanceId, e: nubo_libvirt::DriverError) -> HypervisorError {
+        match e {
+            nubo_libvirt::DriverError::NotFound(_) => HypervisorError::NotFound(id),
+            nubo_libvirt::DriverError::Foreign { .. } => HypervisorError::Foreign(id),
+            e => HypervisorError::Backend(e.to_string()),
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<LibvirtState, HypervisorError> {
+    let err = state_err(path);
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(e.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LibvirtState::default()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+#[async_trait]
+impl super::Hypervisor for LibvirtHypervisor {
+    fn driver(&self) -> &'static str {
+        "libvirt"
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedInstance>, HypervisorError> {
+        let doms = self
+            .driver
+            .list_nubo_domains()
+            .await
+            .map_err(|e| backend("list libvirt domains", e))?;
+        let foreign = self
+            .driver
+            .list_foreign_domains()
+            .await
+            .map_err(|e| backend("list libvirt domains", e))?;
+        let st = self.state.lock().await;
+        let mut out = Vec::with_capacity(doms.len());
+        for d in doms {
+            let Ok(id) = d.instance_id.parse::<InstanceId>() else {
+                continue;
+            };
+            let rec = st.instances.get(&id);
+            out.push(ObservedInstance {
+                id,
+                power: observed_power(d.state),
+                boot_count: rec.map_or(0, |r| r.boot_count),
+                created_at: rec.map_or_else(model::now, |r| r.created_at),
+                managed: true,
+            });
+        }
+        for f in foreign {
+            if let Ok(mut seen) = self.foreign_seen.lock() {
+                if seen.insert(f.uuid.clone()) {
+                    warn!(domain = %f.name, uuid = %f.uuid, state = ?f.state, "foreign libvirt domain; leaving it alone");
+                }
+            }
+            if let Ok(id) = f.uuid.parse::<InstanceId>() {
+                out.push(ObservedInstance {
+                    id,
+                    power: observed_power(f.state),
+                    boot_count: 0,
+                    created_at: model::now(),
+                    managed: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        let id = spec.id();
+        let span = info_span!("libvirt_create", instance = %id, name = %spec.spec.name);
+        async {
+            let started = std::time::Instant::now();
+            let local = self
+                .images
+                .ensure(&spec.image)
+                .await
+                .map_err(|e| HypervisorError::Backend(e.to_string()))?;
+            let overlay = self
+                .images
+                .cache()
+                .create_overlay(&local.disk, &id.to_string(), spec.resources.disk_gb)
+                .await
+                .map_err(|e| HypervisorError::Backend(format!("instance {id}: {e}")))?;
+            let taps: Vec<TapRecord> = spec
+                .ports
+                .iter()
+                .map(|p| TapRecord {
+                    name: p.tap.clone(),
+                    mac: p.mac.to_string(),
+                    mtu: self.mtu,
+                })
+                .collect();
+            let running = spec.power() == DesiredPower::Running;
+            {
+                let mut st = self.state.lock().await;
+                let mut next = st.clone();
+                let prev = next.instances.get(&id).cloned();
+                next.instances.insert(
+                    id,
+                    InstanceRecord {
+                        taps: taps.clone(),
+                        boot_count: prev.as_ref().map_or(0, |p| p.boot_count) + u64::from(running),
+                        created_at: prev.map_or_else(model::now, |p| p.created_at),
+                    },
+                );
+                // Recorded before the taps exist, so a failure below still
+                // lets destroy clean them up.
+                self.persist(&next).await?;
+                *st = next;
+            }
+            self.ensure_taps(&taps).await?;
+            let ds = domain_spec(
+                spec,
+                overlay,
+                local.kernel.map(|k| (k, local.initrd)),
+                self.mtu,
+                self.console_log(&id),
+                self.domain_type,
+            );
+            let r = if running {
+                self.driver.define_and_start(&ds).await
+            } else {
+                self.driver.define(&ds).await
+            };
+            r.map_err(|e| self.dom_err(id, e))?;
+            info!(
+                ms = started.elapsed().as_millis() as u64,
+                running, "domain defined"
+            );
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        let taps = {
+            let st = self.state.lock().await;
+            st.instances
+                .get(&id)
+                .map(|r| r.taps.clone())
+                .unwrap_or_default()
+        };
+        // Taps vanish with a host reboot; QEMU needs them to exist.
+        self.ensure_taps(&taps).await?;
+        self.driver
+            .start(&id.to_string())
+            .await
+            .map_err(|e| self.dom_err(id, e))?;
+        self.bump_boot(id).await
+    }
+
+    async fn stop(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.mark_stopping(id, true);
+        let r = self
+            .driver
+            .shutdown(&id.to_string(), self.shutdown_timeout)
+            .await;
+        // Late events of this stop are still ours for a moment.
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if let Ok(mut s) = stopping.lock() {
+                s.remove(&id);
+            }
+        });
+        let outcome = r.map_err(|e| self.dom_err(id, e))?;
+        info!(instance = %id, ?outcome, "stopped");
+        Ok(())
+    }
+
+    async fn reboot(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.driver
+            .reboot(&id.to_string())
+            .await
+            .map_err(|e| self.dom_err(id, e))?;
+        self.bump_boot(id).await
+    }
+
+    async fn destroy(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.mark_stopping(id, true);
+        let r = self.driver.undefine(&id.to_string()).await;
+        self.mark_stopping(id, false);
+        r.map_err(|e| self.dom_err(id, e))?;
+        self.images
+            .cache()
+            .remove_overlay(&id.to_string())
+            .await
+            .map_err(|e| backend("remove overlay", e))?;
+        let _ = tokio::fs::remove_file(self.console_log(&id)).await;
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        if let Some(rec) = next.instances.remove(&id) {
+            self.delete_taps(&rec.taps).await;
+        }
+        self.persist(&next).await?;
+        *st = next;
+        Ok(())
+    }
+
+    async fn pause(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.driver
+            .suspend(&id.to_string())
+            .await
+            .map_err(|e| self.dom_err(id, e))
+    }
+
+    async fn resume(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.driver
+            .resume(&id.to_string())
+            .await
+            .map_err(|e| self.dom_err(id, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_dir_follows_the_socket() {
+        assert_eq!(
+            qemu_pid_dir("qemu:///system"),
+            PathBuf::from("/run/libvirt/qemu")
+        );
+        assert_eq!(
+            qemu_pid_dir("qemu+unix:///system?socket=/tmp/x/run/libvirt-sock"),
+            PathBuf::from("/tmp/x/run/qemu")
+        );
+        assert_eq!(
+            qemu_pid_dir("qemu+unix:///system?foo=1&socket=/a/libvirt-sock"),
+            PathBuf::from("/a/qemu")
+        );
+    }
+
+    #[test]
+    fn only_unrequested_stops_are_guest_stops() {
+        let off = LifecycleEvent::Stopped(StopReason::Shutdown);
+        assert!(is_guest_stop(off, false));
+        assert!(!is_guest_stop(off, true));
+        assert!(!is_guest_stop(
+            LifecycleEvent::Stopped(StopReason::Destroyed),
+            false
+        ));
+        assert!(!is_guest_stop(LifecycleEvent::Started, false));
+    }
+
+    #[test]
+    fn power_mapping() {
+        assert_eq!(observed_power(PowerState::Running), ObservedPower::Running);
+        assert_eq!(observed_power(PowerState::Paused), ObservedPower::Paused);
+        assert_eq!(observed_power(PowerState::Crashed), ObservedPower::Stopped);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        assert_eq!(load(&path).unwrap(), LibvirtState::default());
+        let mut st = LibvirtState::default();
+        st.instances.insert(
+            InstanceId::new_random(),
+            InstanceRecord {
+                taps: vec![TapRecord {
+                    name: "tap1".into(),
+                    mac: "fa:16:3e:00:00:01".into(),
+                    mtu: 1450,
+                }],
+                boot_count: 2,
+                created_at: model::now(),
+            },
+        );
+        std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
+        assert_eq!(load(&path).unwrap(), st);
+    }
+}

@@ -1,0 +1,490 @@
+//! End-to-end compute labs: simulated hosts ([`Underlay`]/[`Host`]) each
+//! with a private libvirtd ([`HostLibvirtd`]) and a real
+//! `nubo-agent --driver libvirt` booting real (TCG) QEMU guests, plus etcd
+//! and a coordinator with an image directory on the underlay bridge.
+//!
+//! Every libvirtd runs in its host's network namespace and in a private
+//! mount namespace where `/run/libvirt`, `/etc/libvirt/qemu`,
+//! `/var/lib/libvirt`, `/var/cache/libvirt` and `/var/log/libvirt` are
+//! bind mounts of directories under the lab's temporary directory; its
+//! socket is `<dir>/run/libvirt-sock`. The agent itself runs with
+//! `nsenter --net` only (it must see the normal `/run/netns`) and connects
+//! with `qemu+unix:///system?socket=…`.
+//!
+//! Domains are named `nbt<token>-<uuid>`. Guards clean up on panic:
+//! [`HostLibvirtd`] destroys and undefines its domains, kills leftover QEMU
+//! processes and then libvirtd and virtlogd, all by pid.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::netns::run;
+use crate::process::{bin_path, pid_alive, Daemon};
+use crate::wait::{fatal, wait_until};
+use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
+
+/// Where `scripts/build-test-guest.sh` caches the test guest.
+pub const GUEST_DIR: &str = "/var/cache/nubo/test-guest";
+
+/// A private libvirtd (and virtlogd) inside one host namespace.
+pub struct HostLibvirtd {
+    base: PathBuf,
+    uri: String,
+    prefix: String,
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn kill_pid(pid: u32, sig: i32) {
+    if let Ok(p) = i32::try_from(pid) {
+        // SAFETY: plain kill(2) on a pid we started (read from its pid file).
+        unsafe {
+            libc::kill(p, sig);
+        }
+    }
+}
+
+impl HostLibvirtd {
+    /// Starts libvirtd for `host` with state under `base` (created); domains
+    /// named `prefix…` are cleaned up on drop.
+    pub fn start(host: &Host, base: &Path, prefix: &str) -> Result<Self> {
+        for d in ["run", "etcq", "lib", "cache", "log"] {
+            std::fs::create_dir_all(base.join(d))?;
+        }
+        let b = base.display().to_string();
+        let script = format!(
+            "set -e
+mount --bind {b}/run /run/libvirt
+mount --bind {b}/etcq /etc/libvirt/qemu
+mount --bind {b}/lib /var/lib/libvirt
+mount --bind {b}/cache /var/cache/libvirt
+mount --bind {b}/log /var/log/libvirt
+virtlogd -d -p /run/libvirt/virtlogd.pid
+libvirtd -d -p /run/libvirt/libvirtd.pid"
+        );
+        let me = Self {
+            base: base.to_path_buf(),
+            uri: format!("qemu+unix:///system?socket={b}/run/libvirt-sock"),
+            prefix: prefix.to_string(),
+        };
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                host.netns(),
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )
+        .context("starting libvirtd in the host namespace")?;
+        wait_until(Duration::from_secs(60), "private libvirtd answers", || {
+            Ok(std::process::Command::new("virsh")
+                .args(["-c", &me.uri, "version"])
+                .output()?
+                .status
+                .success())
+        })?;
+        Ok(me)
+    }
+
+    /// The connection URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// `virsh -c <uri> <args>` output (must succeed).
+    pub fn virsh(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-c", self.uri.as_str()];
+        full.extend_from_slice(args);
+        run("virsh", &full)
+    }
+
+    /// Names of every domain (any state).
+    pub fn domains(&self) -> Result<Vec<String>> {
+        Ok(self
+            .virsh(&["list", "--all", "--name"])?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// PID of the QEMU process of domain `name`, if it runs.
+    pub fn qemu_pid(&self, name: &str) -> Option<u32> {
+        read_pid(&self.base.join("run/qemu").join(format!("{name}.pid"))).filter(|p| pid_alive(*p))
+    }
+}
+
+impl Drop for HostLibvirtd {
+    fn drop(&mut self) {
+        if let Ok(names) = self.domains() {
+            for n in names.iter().filter(|n| n.starts_with(&self.prefix)) {
+                let _ = self.virsh(&["destroy", n]);
+                let _ = self.virsh(&["undefine", n, "--nvram"]);
+            }
+        }
+        // QEMU processes left behind (libvirtd unresponsive).
+        if let Ok(rd) = std::fs::read_dir(self.base.join("run/qemu")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "pid") {
+                    if let Some(pid) = read_pid(&p) {
+                        kill_pid(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+        for f in ["libvirtd.pid", "virtlogd.pid"] {
+            if let Some(pid) = read_pid(&self.base.join("run").join(f)) {
+                kill_pid(pid, libc::SIGTERM);
+                for _ in 0..50 {
+                    if !pid_alive(pid) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if pid_alive(pid) {
+                    kill_pid(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// A `nubo-agent --driver libvirt` inside a host namespace.
+pub struct VmAgent {
+    daemon: Daemon,
+    node: String,
+    state: PathBuf,
+}
+
+impl VmAgent {
+    /// Starts the agent of host `i` (node `hv-<i>`, zone `az-<i>`).
+    pub fn start(
+        host: &Host,
+        i: u8,
+        etcd: &str,
+        api: &str,
+        lv: &HostLibvirtd,
+        prefix: &str,
+        dir: &Path,
+    ) -> Result<Self> {
+        let node = format!("hv-{i}");
+        let state = dir.join(format!("agent-{i}"));
+        std::fs::create_dir_all(&state)?;
+        let args: Vec<String> = [
+            "--driver",
+            "libvirt",
+            "--libvirt-uri",
+            lv.uri(),
+            "--domain-type",
+            "qemu",
+            "--libvirt-prefix",
+            prefix,
+            "--shutdown-timeout-secs",
+            "3",
+            "--api-endpoint",
+            api,
+            "--node-api-listen",
+            &format!("{}:7402", host.ip()),
+            "--node",
+            &node,
+            "--etcd-endpoints",
+            etcd,
+            "--state-dir",
+            &state.display().to_string(),
+            "--underlay-ip",
+            &host.ip().to_string(),
+            "--availability-zone",
+            &format!("az-{i}"),
+            "--lease-ttl",
+            "3",
+            "--vcpus",
+            "64",
+            "--ram-mb",
+            "65536",
+            "--disk-gb",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let daemon = Daemon::spawn(
+            &format!("nubo-agent {node}"),
+            vec![
+                "nsenter".into(),
+                format!("--net=/run/netns/{}", host.netns()),
+            ],
+            bin_path("nubo-agent")?,
+            args,
+            dir.join(format!("agent-{i}.log")),
+            &[("RUST_LOG", "info")],
+        )?;
+        let mut a = Self {
+            daemon,
+            node,
+            state,
+        };
+        a.wait_ready()?;
+        Ok(a)
+    }
+
+    /// Waits for `nubo-agent ready` in the current incarnation's log.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let daemon = &mut self.daemon;
+        wait_until(
+            Duration::from_secs(90),
+            &format!("agent {} ready", self.node),
+            || {
+                daemon.check_running().map_err(fatal)?;
+                Ok(daemon.current_log().contains("nubo-agent ready"))
+            },
+        )
+        .with_context(|| format!("log tail:\n{}", self.daemon.log_tail()))
+    }
+
+    /// SIGKILL by pid.
+    pub fn kill9(&mut self) {
+        self.daemon.kill9();
+    }
+
+    /// Starts it again and waits until ready.
+    pub fn restart(&mut self) -> Result<()> {
+        self.daemon.start(&[("RUST_LOG", "info")])?;
+        self.wait_ready()
+    }
+
+    /// Node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Log of the current incarnation.
+    pub fn current_log(&self) -> String {
+        self.daemon.current_log()
+    }
+
+    /// Whole log.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// State directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// The console log of an instance on this node.
+    pub fn console(&self, id: &str) -> String {
+        std::fs::read_to_string(self.state.join("console").join(format!("{id}.log")))
+            .unwrap_or_default()
+    }
+}
+
+/// etcd, a coordinator with an image directory, N hosts each with a
+/// private libvirtd and a libvirt agent.
+pub struct VmLab {
+    /// The agents (index 0 = host 1).
+    pub agents: Vec<VmAgent>,
+    /// The libvirt daemons (index 0 = host 1).
+    pub libvirtds: Vec<HostLibvirtd>,
+    /// The coordinator.
+    pub coordinator: Coordinator,
+    /// etcd.
+    pub etcd: Etcd,
+    /// The hosts.
+    pub hosts: Vec<Host>,
+    /// The underlay.
+    pub underlay: Underlay,
+    /// CLI bound to the coordinator.
+    pub cli: Cli,
+    /// The coordinator's image directory.
+    pub image_dir: PathBuf,
+    /// Scratch directory (world-traversable: QEMU reads from it).
+    pub dir: tempfile::TempDir,
+}
+
+impl VmLab {
+    /// Starts a lab with `n` hosts. Builds the test guest if needed.
+    pub fn start(n: u8) -> Result<Self> {
+        ensure_test_guest()?;
+        let underlay = Underlay::new()?;
+        let mut hosts = Vec::new();
+        for i in 1..=n {
+            hosts.push(underlay.host(i)?);
+        }
+        let dir = tempfile::Builder::new().prefix("nbt-vmlab-").tempdir()?;
+        run("chmod", &["755", &dir.path().display().to_string()])?;
+        let image_dir = dir.path().join("images");
+        let etcd = Etcd::start_on(underlay.gateway().into())?;
+        let mut copts = CoordinatorOpts::new(&etcd.endpoint(), "c1");
+        copts.ip = underlay.gateway().into();
+        copts
+            .extra_args
+            .extend(["--image-dir".to_string(), image_dir.display().to_string()]);
+        let coordinator = Coordinator::start_with(copts, dir.path())?;
+        let cli = Cli::new(&coordinator.endpoint())?;
+        let mut lab = Self {
+            agents: Vec::new(),
+            libvirtds: Vec::new(),
+            coordinator,
+            etcd,
+            hosts,
+            underlay,
+            cli,
+            image_dir,
+            dir,
+        };
+        let prefix = lab.domain_prefix();
+        for i in 1..=n {
+            let h = &lab.hosts[usize::from(i) - 1];
+            let lv = HostLibvirtd::start(h, &lab.dir.path().join(format!("libvirt-{i}")), &prefix)
+                .with_context(|| format!("libvirtd of host {i}"))?;
+            lab.libvirtds.push(lv);
+        }
+        for i in 1..=n {
+            let idx = usize::from(i) - 1;
+            let a = VmAgent::start(
+                &lab.hosts[idx],
+                i,
+                &lab.etcd.endpoint(),
+                &lab.coordinator.endpoint(),
+                &lab.libvirtds[idx],
+                &prefix,
+                lab.dir.path(),
+            )
+            .with_context(|| format!("agent of host {i}"))?;
+            lab.agents.push(a);
+        }
+        Ok(lab)
+    }
+
+    /// Domain name prefix: `nbt<token>-`.
+    pub fn domain_prefix(&self) -> String {
+        format!("{}-", self.underlay.name_prefix())
+    }
+
+    /// Domain name of an instance.
+    pub fn domain_name(&self, id: &str) -> String {
+        format!("{}{id}", self.domain_prefix())
+    }
+
+    /// Index (0-based) of the host whose agent is node `node`.
+    pub fn host_of(&self, node: &str) -> Result<usize> {
+        self.agents
+            .iter()
+            .position(|a| a.node() == node)
+            .with_context(|| format!("no agent for node {node:?}"))
+    }
+
+    /// `nubo server show` as JSON.
+    pub fn show(&self, server: &str) -> Result<Value> {
+        self.cli.json(&["server", "show", server])
+    }
+
+    /// Waits until the console of `id` (on node `node`) contains `needle`;
+    /// returns the console text.
+    pub fn wait_console(
+        &self,
+        node: &str,
+        id: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let a = &self.agents[self.host_of(node)?];
+        let mut text = String::new();
+        let r = wait_until(
+            timeout,
+            &format!("console of {id} shows {needle:?}"),
+            || {
+                text = a.console(id);
+                Ok(text.contains(needle))
+            },
+        );
+        match r {
+            Ok(()) => Ok(text),
+            Err(e) => bail!("{e}\nconsole:\n{}", crate::process::tail(&text, 30)),
+        }
+    }
+
+    /// Uploads the test guest as image `name` (kernel + initrd + a small
+    /// empty raw disk), returning the CLI's JSON.
+    pub fn upload_test_guest(&self, name: &str) -> Result<Value> {
+        let disk = self.dir.path().join("empty.raw");
+        if !disk.exists() {
+            let f = std::fs::File::create(&disk)?;
+            f.set_len(1 << 20)?;
+        }
+        let g = Path::new(GUEST_DIR);
+        self.cli.json(&[
+            "image",
+            "create",
+            name,
+            "--file",
+            &disk.display().to_string(),
+            "--kernel",
+            &g.join("vmlinuz").display().to_string(),
+            "--initrd",
+            &g.join("initrd.gz").display().to_string(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ])
+    }
+}
+
+impl Drop for VmLab {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.kill9();
+        }
+        // libvirtds (domains), then the rest, go with the fields.
+    }
+}
+
+/// Builds (or finds cached) the test guest.
+pub fn ensure_test_guest() -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-guest.sh");
+    let out = std::process::Command::new(&script).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The first IPv4 address printed as `NUBO-GUEST-IP: a.b.c.d/len` in a
+/// console log. Pure.
+pub fn guest_ip(console: &str) -> Option<Ipv4Addr> {
+    console.lines().find_map(|l| {
+        let rest = l.split("NUBO-GUEST-IP: ").nth(1)?;
+        rest.split('/').next()?.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_guest_ip_line() {
+        let c = "boot\r\nNUBO-GUEST-IP: 10.9.0.5/24 uptime 3.1\nNUBO-GUEST-METADATA: x";
+        assert_eq!(guest_ip(c), Some(Ipv4Addr::new(10, 9, 0, 5)));
+        assert_eq!(guest_ip("NUBO-GUEST-IP:  uptime"), None);
+    }
+}

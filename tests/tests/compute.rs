@@ -1,0 +1,425 @@
+//! Compute end to end: real QEMU (TCG) guests through libvirt on two
+//! simulated hosts (a private libvirtd per host namespace), driven only
+//! through the `nubo` CLI. The guest is `scripts/build-test-guest.sh`'s
+//! kernel + busybox initramfs: it prints its DHCP address and its instance
+//! id from metadata on the serial console and pings the IPs listed in its
+//! user data. Needs root; `cargo build --bins` first.
+
+use std::time::{Duration, Instant};
+
+use nubo_tests::net_e2e::find_str;
+use nubo_tests::vm_e2e::{guest_ip, VmLab};
+use nubo_tests::wait_until;
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn base_objects(lab: &VmLab) -> Value {
+    let cli = &lab.cli;
+    cli.json(&[
+        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
+    ])
+    .unwrap();
+    cli.json(&[
+        "flavor", "create", "zero", "--vcpus", "1", "--ram", "128", "--disk", "0",
+    ])
+    .unwrap();
+    let img = lab.upload_test_guest("guest").unwrap();
+    assert_eq!(img["status"], "active", "{img}");
+    cli.json(&["network", "create", "n1", "--cidr", "10.91.0.0/24"])
+        .unwrap();
+    // Members of "icmp" accept ICMP from the network only through this rule.
+    cli.json(&["secgroup", "create", "icmp"]).unwrap();
+    // A new group has no rules at all: allow egress explicitly.
+    cli.json(&[
+        "secgroup",
+        "rule",
+        "create",
+        "icmp",
+        "--direction",
+        "egress",
+    ])
+    .unwrap();
+    cli.json(&[
+        "secgroup",
+        "rule",
+        "create",
+        "icmp",
+        "--direction",
+        "ingress",
+        "--protocol",
+        "icmp",
+        "--remote-ip",
+        "10.91.0.0/24",
+    ])
+    .unwrap()
+}
+
+fn create(lab: &VmLab, name: &str, host: u8, extra: &[&str]) -> Value {
+    let az = format!("az-{host}");
+    let mut args = vec![
+        "server",
+        "create",
+        name,
+        "--flavor",
+        "t",
+        "--image",
+        "guest",
+        "--network",
+        "n1",
+        "--availability-zone",
+        &az,
+        "--wait",
+        "--timeout",
+        "180",
+    ];
+    args.extend_from_slice(extra);
+    let out = lab.cli.json(&args).unwrap();
+    let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
+    lab.show(&id).unwrap()
+}
+
+/// Two VMs on two hosts: DHCP, metadata, ping across VXLAN, security group
+/// removal stops it, kill -9 of the agent adopts the domains (same QEMU
+/// pid), a guest that powers itself off is reported stopped and booted
+/// again by `nubo server start`, and delete leaves nothing behind.
+#[test]
+fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
+    let mut lab = VmLab::start(2).unwrap();
+    let sg = base_objects(&lab);
+    let t0 = Instant::now();
+    let a = create(&lab, "vm-a", 1, &["--security-group", "icmp"]);
+    let a_id = id_of(&a);
+    let a_node = a["node"].as_str().unwrap().to_string();
+    let a_ip = a["addresses"][0]["ip"].as_str().unwrap().to_string();
+    let ud = lab.dir.path().join("ud-b");
+    std::fs::write(&ud, format!("ping {a_ip}\n")).unwrap();
+    let b = create(
+        &lab,
+        "vm-b",
+        2,
+        &[
+            "--security-group",
+            "icmp",
+            "--user-data",
+            &ud.display().to_string(),
+        ],
+    );
+    let b_id = id_of(&b);
+    let b_node = b["node"].as_str().unwrap().to_string();
+    assert_ne!(a_node, b_node, "AZs pin the VMs to different hosts");
+
+    for (id, node, ip) in [
+        (&a_id, &a_node, a_ip.clone()),
+        (
+            &b_id,
+            &b_node,
+            b["addresses"][0]["ip"].as_str().unwrap().to_string(),
+        ),
+    ] {
+        let c = lab
+            .wait_console(node, id, &format!("NUBO-GUEST-METADATA: {id}"), BOOT)
+            .unwrap();
+        assert_eq!(guest_ip(&c).map(|i| i.to_string()), Some(ip), "{c}");
+    }
+    eprintln!(
+        "both guests have leases and metadata after {:?}",
+        t0.elapsed()
+    );
+    let ok = format!("NUBO-GUEST-PING {a_ip} ok");
+    if let Err(e) = lab.wait_console(&b_node, &b_id, &ok, Duration::from_secs(60)) {
+        let mut diag = String::new();
+        for h in &lab.hosts {
+            for args in [
+                &["nft", "list", "ruleset"][..],
+                &["bridge", "fdb", "show"],
+                &["ip", "-d", "link"],
+            ] {
+                let o = h.exec(args[0], &args[1..]).unwrap();
+                diag.push_str(&format!(
+                    "== {} {args:?}\n{}\n",
+                    h.netns(),
+                    String::from_utf8_lossy(&o.stdout)
+                ));
+            }
+        }
+        panic!("{e}\n{diag}");
+    }
+
+    // Removing the ICMP rule stops the ping.
+    let rule = sg["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["protocol"] == "icmp")
+        .and_then(|r| r["id"].as_str())
+        .unwrap()
+        .to_string();
+    lab.cli
+        .json(&["secgroup", "rule", "delete", "icmp", &rule])
+        .unwrap();
+    let b_host = lab.host_of(&b_node).unwrap();
+    let before = lab.agents[b_host].console(&b_id).len();
+    wait_until(
+        Duration::from_secs(30),
+        "ping fails after the rule is gone",
+        || {
+            let c = lab.agents[b_host].console(&b_id);
+            let tail = &c[before.min(c.len())..];
+            let fails = tail
+                .matches(&format!("NUBO-GUEST-PING {a_ip} fail"))
+                .count();
+            Ok(fails >= 3 && !tail.rsplit("fail").next().unwrap_or("").contains("ok"))
+        },
+    )
+    .unwrap();
+
+    // kill -9 the agent of vm-a's host: the domain is adopted, not recreated.
+    let a_host = lab.host_of(&a_node).unwrap();
+    let a_dom = lab.domain_name(&a_id);
+    let pid = lab.libvirtds[a_host].qemu_pid(&a_dom).expect("qemu pid");
+    lab.agents[a_host].kill9();
+    lab.agents[a_host].restart().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.libvirtds[a_host].qemu_pid(&a_dom),
+        Some(pid),
+        "QEMU replaced"
+    );
+    assert_eq!(lab.show(&a_id).unwrap()["state"], "running");
+    let log = lab.agents[a_host].current_log();
+    assert!(
+        !log.contains("domain defined"),
+        "recreated after restart:\n{log}"
+    );
+
+    // A guest that powers itself off is stopped until `server start`.
+    let ud_off = lab.dir.path().join("ud-off");
+    std::fs::write(&ud_off, "poweroff\n").unwrap();
+    let c = create(
+        &lab,
+        "vm-c",
+        1,
+        &["--user-data", &ud_off.display().to_string()],
+    );
+    let c_id = id_of(&c);
+    wait_until(BOOT, "vm-c stopped after powering off", || {
+        Ok(lab.show(&c_id)?["state"] == "stopped")
+    })
+    .unwrap();
+    let c_dom = lab.domain_name(&c_id);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.libvirtds[a_host].qemu_pid(&c_dom),
+        None,
+        "restarted by itself"
+    );
+    lab.cli.json(&["server", "start", &c_id]).unwrap();
+    wait_until(Duration::from_secs(30), "vm-c boots again", || {
+        Ok(lab.libvirtds[a_host].qemu_pid(&c_dom).is_some()
+            || lab.agents[a_host]
+                .console(&c_id)
+                .matches("NUBO-GUEST: init")
+                .count()
+                >= 2)
+    })
+    .unwrap();
+
+    // Delete: no domain, tap, overlay or console file left.
+    for id in [&a_id, &b_id, &c_id] {
+        lab.cli.json(&["server", "delete", id]).unwrap();
+    }
+    for (i, lv) in lab.libvirtds.iter().enumerate() {
+        wait_until(Duration::from_secs(60), "domains gone", || {
+            Ok(lv
+                .domains()?
+                .iter()
+                .all(|d| !d.starts_with(&lab.domain_prefix())))
+        })
+        .unwrap();
+        let links = lab.hosts[i].exec("ip", &["-o", "link"]).unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        wait_until(Duration::from_secs(30), "taps gone", || {
+            let l = lab.hosts[i].exec("ip", &["-o", "link"])?;
+            Ok(!String::from_utf8_lossy(&l.stdout).contains(": tap"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{links}"));
+        let inst = lab.agents[i].state_dir().join("instances");
+        let left: Vec<_> = std::fs::read_dir(&inst)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "overlays left: {left:?}");
+    }
+}
+
+/// Bad input ends in `error` with the reason, and nothing else is
+/// disturbed: a corrupt image file, a flavor disk too small for the image,
+/// an image whose data is missing from the store.
+#[test]
+fn bad_input_ends_in_error_with_the_reason() {
+    let lab = VmLab::start(1).unwrap();
+    let _ = base_objects(&lab);
+    let good = create(&lab, "good", 1, &[]);
+    let good_id = id_of(&good);
+
+    // Too small: a 1 MiB disk image on a 0 GiB flavor.
+    let out = lab
+        .cli
+        .run(&[
+            "server",
+            "create",
+            "small",
+            "--flavor",
+            "zero",
+            "--image",
+            "guest",
+            "--network",
+            "n1",
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+        .unwrap();
+    let _ = out;
+    wait_until(Duration::from_secs(60), "small in error", || {
+        let s = lab.show("small")?;
+        Ok(s["state"] == "error" && s.to_string().contains("smaller than the virtual size"))
+    })
+    .unwrap();
+
+    // Corrupt: the stored disk of a second image is altered.
+    let img2 = lab.upload_test_guest("guest2").unwrap();
+    let disk = lab.image_dir.join(id_of(&img2)).join("disk");
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&disk, bytes).unwrap();
+    let _ = lab.cli.run(&[
+        "server",
+        "create",
+        "corrupt",
+        "--flavor",
+        "t",
+        "--image",
+        "guest2",
+        "--network",
+        "n1",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    wait_until(Duration::from_secs(60), "corrupt in error", || {
+        let s = lab.show("corrupt")?;
+        Ok(s["state"] == "error" && s.to_string().contains("checksum mismatch"))
+    })
+    .unwrap();
+
+    // Missing: the data of a third image is gone from the store.
+    let img3 = lab.upload_test_guest("guest3").unwrap();
+    std::fs::remove_dir_all(lab.image_dir.join(id_of(&img3))).unwrap();
+    let _ = lab.cli.run(&[
+        "server",
+        "create",
+        "missing",
+        "--flavor",
+        "t",
+        "--image",
+        "guest3",
+        "--network",
+        "n1",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    wait_until(Duration::from_secs(60), "missing in error", || {
+        let s = lab.show("missing")?;
+        Ok(s["state"] == "error" && s.to_string().contains("missing from the coordinator"))
+    })
+    .unwrap();
+
+    // The good VM never noticed.
+    assert_eq!(lab.show(&good_id).unwrap()["state"], "running");
+    let node = good["node"].as_str().unwrap();
+    lab.wait_console(
+        node,
+        &good_id,
+        &format!("NUBO-GUEST-METADATA: {good_id}"),
+        BOOT,
+    )
+    .unwrap();
+}
+
+/// `--count 10 --wait` on two hosts: every guest gets its lease; deleting
+/// them leaves no domain, tap, overlay or nft chain.
+#[test]
+fn ten_vms_get_leases_and_leave_nothing() {
+    let lab = VmLab::start(2).unwrap();
+    let _ = base_objects(&lab);
+    let t0 = Instant::now();
+    let out = lab
+        .cli
+        .json(&[
+            "server",
+            "create",
+            "many",
+            "--count",
+            "10",
+            "--flavor",
+            "t",
+            "--image",
+            "guest",
+            "--network",
+            "n1",
+            "--wait",
+            "--timeout",
+            "300",
+        ])
+        .unwrap();
+    let ids: Vec<String> = lab
+        .cli
+        .json(&["server", "list"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(ids.len(), 10, "{out}");
+    for id in &ids {
+        let s = lab.show(id).unwrap();
+        let node = s["node"].as_str().unwrap().to_string();
+        lab.wait_console(
+            &node,
+            id,
+            "NUBO-GUEST-IP: 10.91.0.",
+            Duration::from_secs(300),
+        )
+        .unwrap();
+    }
+    eprintln!("10 guests leased after {:?}", t0.elapsed());
+    for id in &ids {
+        lab.cli.json(&["server", "delete", id]).unwrap();
+    }
+    for (i, lv) in lab.libvirtds.iter().enumerate() {
+        wait_until(Duration::from_secs(90), "domains gone", || {
+            Ok(lv
+                .domains()?
+                .iter()
+                .all(|d| !d.starts_with(&lab.domain_prefix())))
+        })
+        .unwrap();
+        wait_until(Duration::from_secs(30), "taps and port chains gone", || {
+            let l = lab.hosts[i].exec("ip", &["-o", "link"])?;
+            let n = lab.hosts[i].exec("nft", &["list", "ruleset"])?;
+            Ok(!String::from_utf8_lossy(&l.stdout).contains(": tap")
+                && !String::from_utf8_lossy(&n.stdout).contains("chain port"))
+        })
+        .unwrap();
+        let inst = lab.agents[i].state_dir().join("instances");
+        let left = std::fs::read_dir(&inst).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "overlays left on host {i}");
+    }
+}
