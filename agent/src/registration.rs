@@ -19,7 +19,7 @@ use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use nubo_common::keys;
 use nubo_common::model::{self, Node, NodeAlive, Resources};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
 use crate::fencing::LeaseAck;
@@ -256,6 +256,10 @@ impl Liveness {
         let period = (self.cfg.lease_ttl / 3).max(Duration::from_millis(300));
         let mut backoff = Backoff::new(period);
         let mut held: Option<Held> = None;
+        // Keep-alive failures are retried every 100 ms while etcd is away:
+        // log the first at warn, then a summary at most every 5 s.
+        let mut failed_keepalives: u64 = 0;
+        let mut last_warn: Option<std::time::Instant> = None;
         loop {
             match held.as_mut() {
                 None => match self.register().await {
@@ -271,14 +275,30 @@ impl Liveness {
                     }
                 },
                 Some(h) => match self.refresh(h).await {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        if failed_keepalives > 0 {
+                            info!(
+                                lease = h.id,
+                                failed = failed_keepalives,
+                                "lease keep-alive recovered"
+                            );
+                            failed_keepalives = 0;
+                            last_warn = None;
+                        }
+                    }
                     Ok(false) => {
                         warn!(lease = h.id, "liveness lease expired; granting a new one");
                         held = None;
                         continue;
                     }
                     Err(e) => {
-                        warn!(lease = h.id, error = %e, "lease keep-alive failed; retrying");
+                        failed_keepalives += 1;
+                        if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                            warn!(lease = h.id, error = %e, failed = failed_keepalives, "lease keep-alive failing; retrying every 100 ms");
+                            last_warn = Some(std::time::Instant::now());
+                        } else {
+                            debug!(lease = h.id, error = %e, "lease keep-alive failed");
+                        }
                         tokio::time::sleep(RETRY_AFTER_FAILED_KEEPALIVE).await;
                         continue;
                     }

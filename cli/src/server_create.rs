@@ -53,6 +53,13 @@ pub struct CreateArgs {
     /// Server group (name or id) the instances join.
     #[arg(long)]
     pub server_group: Option<String>,
+    /// What happens when the server's node fails: auto (restarted elsewhere),
+    /// manual (only by `nubo node evacuate`) or never. Default: the cluster's.
+    #[arg(long, value_parser = ["auto", "manual", "never"])]
+    pub evacuation_policy: Option<String>,
+    /// Create the servers powered off.
+    #[arg(long)]
+    pub stopped: bool,
     /// Wait until every instance is running or in error.
     #[arg(long)]
     pub wait: bool,
@@ -82,8 +89,8 @@ impl CreateArgs {
             count: self.count,
             availability_zone: self.availability_zone.clone().unwrap_or_default(),
             server_group: self.server_group.clone().unwrap_or_default(),
-            stopped: false,
-            evacuation_policy: String::new(),
+            stopped: self.stopped,
+            evacuation_policy: self.evacuation_policy.clone().unwrap_or_default(),
             client_token: token.to_string(),
         }
     }
@@ -390,6 +397,20 @@ mod tests {
     }
 
     #[test]
+    fn unknown_evacuation_policy_is_rejected() {
+        assert!(parse(&[
+            "web",
+            "--flavor",
+            "f",
+            "--image",
+            "i",
+            "--evacuation-policy",
+            "sometimes"
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn create_maps_flags_to_the_request() {
         let a = parse(&[
             "web",
@@ -413,6 +434,8 @@ mod tests {
             "az2",
             "--server-group",
             "spread",
+            "--evacuation-policy",
+            "never",
             "--wait",
             "--timeout",
             "30",
@@ -436,7 +459,7 @@ mod tests {
                 availability_zone: "az2".into(),
                 server_group: "spread".into(),
                 stopped: false,
-                evacuation_policy: String::new(),
+                evacuation_policy: "never".into(),
                 client_token: "tok-1".into(),
             }
         );

@@ -108,6 +108,16 @@ pub fn qemu_pid_dir(uri: &str) -> PathBuf {
     }
 }
 
+/// The MAC of the host end of a tap whose guest NIC has `guest_mac`:
+/// libvirt's convention, first octet `fe` (locally administered, unicast).
+/// Pure.
+pub fn host_side_mac(guest_mac: &str) -> String {
+    match guest_mac.split_once(':') {
+        Some((_, rest)) => format!("fe:{rest}"),
+        None => guest_mac.to_string(),
+    }
+}
+
 /// Renders the domain spec of a desired instance. Pure.
 pub fn domain_spec(
     d: &DesiredInstance,
@@ -276,8 +286,10 @@ impl LibvirtHypervisor {
                 .await
                 .map_err(|e| backend("look up tap", e))?;
             if !exists {
-                let mac: nubo_overlay::MacAddr = t
-                    .mac
+                // The tap's own address must differ from the guest's: with
+                // the guest MAC on the tap the bridge would treat frames for
+                // the guest as its own and never forward them to the tap.
+                let mac: nubo_overlay::MacAddr = host_side_mac(&t.mac)
                     .parse()
                     .map_err(|e| backend(&format!("MAC of tap {}", t.name), e))?;
                 self.netlink
@@ -571,6 +583,11 @@ mod tests {
             false
         ));
         assert!(!is_guest_stop(LifecycleEvent::Started, false));
+    }
+
+    #[test]
+    fn tap_mac_differs_from_the_guest_mac() {
+        assert_eq!(host_side_mac("fa:16:3e:98:82:c5"), "fe:16:3e:98:82:c5");
     }
 
     #[test]

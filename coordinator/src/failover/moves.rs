@@ -180,6 +180,16 @@ impl Ctx {
             ];
             if let Some(l) = opts.leader_lease {
                 compares.push(leader_guard(l));
+                // Automatic evacuation: the source node must still be dead
+                // when the move commits. A node whose agent came back (and
+                // re-listed its assignments) between the decision and this
+                // txn keeps its instance; without this compare it could run
+                // on both nodes for a moment.
+                compares.push(etcd_client::Compare::version(
+                    keys::node_alive(from),
+                    etcd_client::CompareOp::Equal,
+                    0,
+                ));
             }
             let mut ops = vec![
                 TxnOp::delete(akey.as_str(), None),
