@@ -35,6 +35,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// How API callers are authenticated (`auth` in the TOML, `--auth`).
+///
+/// The default is `none` for now (the test harnesses do not bootstrap an
+/// admin yet); production must run with `token`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: every caller may do everything (development only).
+    #[default]
+    None,
+    /// Every call except `Tokens.Issue` needs `authorization: Bearer <token>`.
+    Token,
+}
+
 /// Paths of TLS material (parsed; TLS is not supported yet).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +94,8 @@ pub struct Config {
     /// Several coordinators must share it (NFS or similar) until Ceph RBD
     /// replaces it (storage issue).
     pub image_dir: PathBuf,
+    /// Authentication of API callers.
+    pub auth: AuthMode,
 }
 
 /// Default image directory.
@@ -147,6 +163,7 @@ impl Config {
                 move_delay: Duration::ZERO,
             },
             image_dir: std::env::temp_dir().join("nubo-test-images"),
+            auth: AuthMode::None,
         }
     }
 
@@ -215,6 +232,7 @@ struct FileConfig {
     failure_tick_ms: Option<u64>,
     evacuation_move_delay_ms: Option<u64>,
     image_dir: Option<PathBuf>,
+    auth: Option<AuthMode>,
 }
 
 /// Command-line flags of `nubo-coordinator`; each overrides the file.
@@ -271,6 +289,29 @@ pub struct Cli {
     /// must be shared by all coordinators.
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
+    /// Authentication of API callers: `none` (default, development only)
+    /// or `token` (production).
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+    /// A one-off command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands of `nubo-coordinator`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Creates the first cloud admin (project `admin`, user, cloud-wide
+    /// admin role, token signing key, default quota) in one etcd
+    /// transaction; refuses when the cloud is already bootstrapped.
+    Bootstrap {
+        /// A file holding the admin password (one line).
+        #[arg(long)]
+        admin_password_file: PathBuf,
+        /// The admin user name.
+        #[arg(long, default_value = "admin")]
+        admin_user: String,
+    },
 }
 
 impl Cli {
@@ -339,6 +380,7 @@ impl Cli {
                 .image_dir
                 .or(f.image_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_DIR)),
+            auth: self.auth.or(f.auth).unwrap_or_default(),
         };
         cfg.validate()?;
         Ok(cfg)
