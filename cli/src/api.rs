@@ -14,16 +14,72 @@ use nubo_common::proto::{
     server_groups_client::ServerGroupsClient, servers_client::ServersClient, DeleteRequest,
     GetRequest, ListRequest,
 };
+use nubo_common::proto::{
+    audit_client::AuditClient, identity_client::IdentityClient, quotas_client::QuotasClient,
+    tokens_client::TokensClient,
+};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// Largest page the API serves; lists ask for full pages to make few calls.
 pub const PAGE_SIZE: u32 = 1000;
 
+/// The channel every authenticated call goes through.
+pub type Chan = InterceptedService<Channel, AuthHeader>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is
+/// known: `NUBO_TOKEN`, else the file written by `nubo login`.
+#[derive(Clone, Debug, Default)]
+pub struct AuthHeader(Option<MetadataValue<Ascii>>);
+
+impl AuthHeader {
+    /// The token from `NUBO_TOKEN` or [`token_path`].
+    pub fn from_env() -> Result<Self> {
+        let token = match std::env::var("NUBO_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => token_path()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        };
+        Ok(Self(match token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| anyhow!("the token is not printable ASCII; run `nubo login` again"))?,
+            ),
+        }))
+    }
+}
+
+impl Interceptor for AuthHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Where `nubo login` keeps the token: `$XDG_CONFIG_HOME/nubo/token`, else
+/// `~/.config/nubo/token`.
+pub fn token_path() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
+        _ => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".config"),
+    };
+    Some(base.join("nubo").join("token"))
+}
+
 /// A connected API client plus the request context (project).
 #[derive(Clone)]
 pub struct Api {
     channel: Channel,
+    auth: AuthHeader,
     endpoint: String,
     /// Project sent with every request ("" = the server's default project).
     pub project: String,
@@ -45,6 +101,7 @@ impl Api {
             .map_err(|e| unreachable_error(endpoint, &e))?;
         Ok(Self {
             channel,
+            auth: AuthHeader::from_env()?,
             endpoint: endpoint.to_string(),
             project,
         })
@@ -56,49 +113,70 @@ impl Api {
     }
 
     /// Flavors service.
-    pub fn flavors(&self) -> FlavorsClient<Channel> {
-        FlavorsClient::new(self.channel.clone())
+    pub fn flavors(&self) -> FlavorsClient<Chan> {
+        FlavorsClient::new(self.chan())
     }
     /// Images service.
-    pub fn images(&self) -> ImagesClient<Channel> {
-        ImagesClient::new(self.channel.clone())
+    pub fn images(&self) -> ImagesClient<Chan> {
+        ImagesClient::new(self.chan())
     }
-    /// The underlying channel (for services without a helper here).
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// The channel, sending the token (for services without a helper here).
+    pub fn channel(&self) -> Chan {
+        self.chan()
+    }
+
+    fn chan(&self) -> Chan {
+        InterceptedService::new(self.channel.clone(), self.auth.clone())
+    }
+
+    /// Tokens service (needs no token).
+    pub fn tokens(&self) -> TokensClient<Channel> {
+        TokensClient::new(self.channel.clone())
+    }
+    /// Quotas service.
+    pub fn quotas(&self) -> QuotasClient<Chan> {
+        QuotasClient::new(self.chan())
+    }
+    /// Audit service.
+    pub fn audit(&self) -> AuditClient<Chan> {
+        AuditClient::new(self.chan())
+    }
+    /// Identity service.
+    pub fn identity(&self) -> IdentityClient<Chan> {
+        IdentityClient::new(self.chan())
     }
     /// Networks service.
-    pub fn networks(&self) -> NetworksClient<Channel> {
-        NetworksClient::new(self.channel.clone())
+    pub fn networks(&self) -> NetworksClient<Chan> {
+        NetworksClient::new(self.chan())
     }
     /// Ports service.
-    pub fn ports(&self) -> PortsClient<Channel> {
-        PortsClient::new(self.channel.clone())
+    pub fn ports(&self) -> PortsClient<Chan> {
+        PortsClient::new(self.chan())
     }
     /// Security groups service.
-    pub fn secgroups(&self) -> SecurityGroupsClient<Channel> {
-        SecurityGroupsClient::new(self.channel.clone())
+    pub fn secgroups(&self) -> SecurityGroupsClient<Chan> {
+        SecurityGroupsClient::new(self.chan())
     }
     /// Keypairs service.
-    pub fn keypairs(&self) -> KeypairsClient<Channel> {
-        KeypairsClient::new(self.channel.clone())
+    pub fn keypairs(&self) -> KeypairsClient<Chan> {
+        KeypairsClient::new(self.chan())
     }
     /// Server groups service.
-    pub fn server_groups(&self) -> ServerGroupsClient<Channel> {
-        ServerGroupsClient::new(self.channel.clone())
+    pub fn server_groups(&self) -> ServerGroupsClient<Chan> {
+        ServerGroupsClient::new(self.chan())
     }
     /// Servers service.
-    pub fn servers(&self) -> ServersClient<Channel> {
-        ServersClient::new(self.channel.clone())
+    pub fn servers(&self) -> ServersClient<Chan> {
+        ServersClient::new(self.chan())
     }
     /// Nodes service.
-    pub fn nodes(&self) -> NodesClient<Channel> {
-        NodesClient::new(self.channel.clone())
+    pub fn nodes(&self) -> NodesClient<Chan> {
+        NodesClient::new(self.chan())
     }
 
     /// Cluster service.
-    pub fn cluster(&self) -> ClusterClient<Channel> {
-        ClusterClient::new(self.channel.clone())
+    pub fn cluster(&self) -> ClusterClient<Chan> {
+        ClusterClient::new(self.chan())
     }
 
     /// A `Get` request for `r` (id or name) in this project.

@@ -7,6 +7,7 @@ mod api;
 mod cluster;
 mod ctx;
 mod flavor;
+mod identity;
 mod image;
 mod image_upload;
 mod keypair;
@@ -43,7 +44,8 @@ struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Project to act in (default: the server's default project).
+    /// Project to act in (default: the token's project, or the server's
+    /// default project without authentication).
     #[arg(long, global = true, env = "NUBO_PROJECT")]
     project: Option<String>,
     #[command(subcommand)]
@@ -82,6 +84,24 @@ enum Noun {
     /// Coordinators, leader and the automatic evacuation switch.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Get a token (stored in ~/.config/nubo/token, mode 0600; `NUBO_TOKEN`
+    /// overrides it) for a coordinator running with auth = "token".
+    Login(identity::LoginArgs),
+    /// Projects (cloud admin).
+    #[command(subcommand)]
+    Project(identity::ProjectCmd),
+    /// Users (cloud admin).
+    #[command(subcommand)]
+    User(identity::UserCmd),
+    /// Role assignments (cloud admin).
+    #[command(subcommand)]
+    Role(identity::RoleCmd),
+    /// Project quotas and usage.
+    #[command(subcommand)]
+    Quota(identity::QuotaCmd),
+    /// The audit trail (cloud admin).
+    #[command(subcommand)]
+    Audit(identity::AuditCmd),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -101,6 +121,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Noun::Server(c) => server::run(c, &ctx).await,
         Noun::Node(c) => node::run(c, &ctx).await,
         Noun::Cluster(c) => cluster::run(c, &ctx).await,
+        Noun::Login(a) => identity::login(a, &ctx).await,
+        Noun::Project(c) => identity::project(c, &ctx).await,
+        Noun::User(c) => identity::user(c, &ctx).await,
+        Noun::Role(c) => identity::role(c, &ctx).await,
+        Noun::Quota(c) => identity::quota(c, &ctx).await,
+        Noun::Audit(c) => identity::audit(c, &ctx).await,
     }
 }
 

@@ -244,10 +244,10 @@ struct FileConfig {
 )]
 pub struct Cli {
     /// TOML configuration file (default /etc/nubo/coordinator.toml if it exists).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// etcd endpoints, comma-separated (default http://127.0.0.1:2379).
-    #[arg(long, env = "NUBO_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(long, global = true, env = "NUBO_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Option<Vec<String>>,
     /// gRPC API address (default 0.0.0.0:7400).
     #[arg(long)]

@@ -24,6 +24,12 @@ pub enum ApiError {
     /// Transient: too much contention, etcd unreachable; retrying may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's role does not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller could not be authenticated.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// Talking to etcd failed.
     #[error("etcd request failed: {0}")]
     Etcd(#[from] etcd_client::Error),
@@ -38,6 +44,8 @@ impl ApiError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Unavailable(_) | Self::Etcd(_) => Code::Unavailable,
         }
     }
@@ -50,6 +58,8 @@ impl ApiError {
             Code::AlreadyExists => "AlreadyExists",
             Code::FailedPrecondition => "FailedPrecondition",
             Code::ResourceExhausted => "ResourceExhausted",
+            Code::PermissionDenied => "PermissionDenied",
+            Code::Unauthenticated => "Unauthenticated",
             _ => "Unavailable",
         }
     }

@@ -14,6 +14,8 @@
 //! ```
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod cache;
 pub mod commit;
 pub mod config;
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{Cli, Config, FailureConfig, LogFormat, Placement};
+pub use config::{AuthMode, Cli, Command, Config, FailureConfig, LogFormat, Placement};
 pub use error::{ApiError, ServeError};
 pub use failover::fencer::{FenceCall, Fencer, LogFencer, RecordingFencer};
 
@@ -164,6 +166,47 @@ pub async fn start_with_fencer(
         cfg.clone(),
         fencer,
     );
+    let signer = match cfg.auth {
+        AuthMode::None => None,
+        AuthMode::Token => {
+            let set = load_token_keys(&store).await?;
+            let h = auth::handle(token_signer(&set)?);
+            let _ = ctx.signer.set(h.clone());
+            let (kstore, h, mut krx) = (store.clone(), h.clone(), rx.clone());
+            // Key rotation: pick up a changed key set within seconds.
+            tasks.push(tokio::spawn(async move {
+                let mut last = set;
+                loop {
+                    tokio::select! {
+                        _ = krx.wait_for(|s| *s) => return Ok(()),
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    }
+                    match load_token_keys(&kstore).await {
+                        Ok(set) if set != last => match token_signer(&set) {
+                            Ok(s) => {
+                                if let Ok(mut w) = h.write() {
+                                    *w = s;
+                                    tracing::info!("token signing keys reloaded");
+                                }
+                                last = set;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "unusable token key set"),
+                        },
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot reload the token keys"),
+                    }
+                }
+            }));
+            {
+                let (ctx, rx) = (ctx.clone(), rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    audit::run_pruner(ctx, rx).await;
+                    Ok(())
+                }));
+            }
+            Some(ctx.signer.get().cloned().expect("set above"))
+        }
+    };
     {
         let (cache, client, rx) = (ctx.cache.clone(), client.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
@@ -183,8 +226,27 @@ pub async fn start_with_fencer(
     }
     {
         let mut rx = rx.clone();
-        let router =
-            ctx.add_services(tonic::transport::Server::builder().add_routes(Default::default()));
+        let routes = match signer {
+            Some(h) => tonic::service::Routes::from(auth::layer(
+                ctx.routes()
+                    // Only behind authentication: open, they would let
+                    // anyone make themselves a cloud admin.
+                    .add_service(nubo_common::proto::audit_server::AuditServer::new(
+                        ctx.clone(),
+                    ))
+                    .add_service(nubo_common::proto::identity_server::IdentityServer::new(
+                        ctx.clone(),
+                    ))
+                    .prepare()
+                    .into_axum_router(),
+                auth::AuthState {
+                    signer: h,
+                    store: store.clone(),
+                },
+            )),
+            None => ctx.routes(),
+        };
+        let router = tonic::transport::Server::builder().add_routes(routes);
         // Responses are small: without TCP_NODELAY each one can wait for
         // the client's delayed ACK (~40 ms), which capped throughput at
         // concurrency / 40 ms. (Server::tcp_nodelay only applies to
@@ -234,6 +296,26 @@ pub async fn start_with_fencer(
         shutdown,
         tasks,
     })
+}
+
+async fn load_token_keys(
+    store: &store::Store,
+) -> Result<nubo_common::model::TokenKeySet, ServeError> {
+    let key = nubo_common::keys::token_key();
+    match store.get(&key).await {
+        Ok(Some(v)) => Ok(v.value),
+        Ok(None) => Err(ServeError::Config(format!(
+            "auth = \"token\" but {key} is missing: run `nubo-coordinator bootstrap --admin-password-file F` first"
+        ))),
+        Err(e) => Err(ServeError::Config(format!("cannot read {key}: {e}"))),
+    }
+}
+
+fn token_signer(
+    set: &nubo_common::model::TokenKeySet,
+) -> Result<nubo_identity::TokenSigner, ServeError> {
+    nubo_identity::TokenSigner::from_key_set(set)
+        .map_err(|e| ServeError::Config(format!("unusable token signing key: {e}")))
 }
 
 /// Runs a coordinator until `shutdown` completes.

@@ -2,14 +2,21 @@
 
 use anyhow::Context;
 use clap::Parser;
-use nubo_coordinator::{sdnotify, Cli, LogFormat};
+use nubo_coordinator::{sdnotify, Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Cli::parse()
-        .resolve()
-        .context("reading the configuration")?;
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    let cfg = cli.resolve().context("reading the configuration")?;
+    if let Some(Command::Bootstrap {
+        admin_password_file,
+        admin_user,
+    }) = command
+    {
+        return bootstrap(&cfg, &admin_password_file, &admin_user).await;
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -52,4 +59,36 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     c.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// `nubo-coordinator bootstrap`: the first cloud admin, in one transaction.
+async fn bootstrap(cfg: &Config, password_file: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(password_file)
+        .with_context(|| format!("reading {}", password_file.display()))?;
+    let password = nubo_identity::bootstrap::password_from_file(&text)?;
+    let admin = nubo_common::model::UserName::new(user)?;
+    let client = etcd_client::Client::connect(&cfg.etcd_endpoints, None)
+        .await
+        .context("connecting to etcd")?;
+    let store = nubo_coordinator::store::Store::new(client);
+    match nubo_coordinator::api::bootstrap(
+        &store,
+        &admin,
+        password,
+        &nubo_identity::Passwords::production(),
+    )
+    .await?
+    {
+        nubo_coordinator::api::Bootstrapped::Created => {
+            println!(
+                "bootstrapped: user {admin} is cloud admin in project {}; run the coordinators with auth = \"token\"",
+                nubo_identity::bootstrap::ADMIN_PROJECT
+            );
+            Ok(())
+        }
+        nubo_coordinator::api::Bootstrapped::AlreadyDone(keys) => anyhow::bail!(
+            "the cloud is already bootstrapped ({} exist); nothing was changed",
+            keys.join(", ")
+        ),
+    }
 }

@@ -11,11 +11,12 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 
 /// The project of a request: empty means "default".
+///
+/// With `auth = "token"`, under an authenticated caller (see
+/// [`crate::auth`]): empty means the token's project, and the caller must
+/// be allowed the call there (another project answers `NotFound`).
 pub fn project(s: &str) -> ApiResult<ProjectId> {
-    if s.is_empty() {
-        return Ok(ProjectId::default_project());
-    }
-    ProjectId::new(s).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+    crate::auth::scope(s, ProjectId::default_project)
 }
 
 /// Checks a resource name: 1..=63 characters of letters, digits, `-`, `_`,

@@ -18,7 +18,7 @@ use crate::token::{Claims, TokenError, TokenSigner};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `authorization` metadata.
-    #[error("missing authorization metadata: send `authorization: Bearer <token>` (get one with `nubo token issue`)")]
+    #[error("missing authorization metadata: send `authorization: Bearer <token>` (get one with `nubo login`)")]
     Missing,
     /// The header is not printable ASCII.
     #[error("the authorization metadata is not valid ASCII")]

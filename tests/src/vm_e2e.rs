@@ -65,6 +65,9 @@ mount --bind {b}/etcq /etc/libvirt/qemu
 mount --bind {b}/lib /var/lib/libvirt
 mount --bind {b}/cache /var/cache/libvirt
 mount --bind {b}/log /var/log/libvirt
+# Hide /dev/kvm (it cannot run guests here): with it visible libvirtd 9
+# re-probes QEMU on every define (30-50 s each); see docs/CONTRACTS.md.
+if [ -e /dev/kvm ]; then mount --bind /dev/null /dev/kvm; fi
 virtlogd -d -p /run/libvirt/virtlogd.pid
 libvirtd -d -p /run/libvirt/libvirtd.pid"
         );

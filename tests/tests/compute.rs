@@ -361,7 +361,7 @@ fn ten_vms_get_leases_and_leave_nothing() {
     let t0 = Instant::now();
     let out = lab
         .cli
-        .json(&[
+        .run(&[
             "server",
             "create",
             "many",
@@ -378,6 +378,22 @@ fn ten_vms_get_leases_and_leave_nothing() {
             "300",
         ])
         .unwrap();
+    if !out.success() {
+        let errors: Vec<String> = lab
+            .agents
+            .iter()
+            .flat_map(|a| {
+                a.log()
+                    .lines()
+                    .filter(|l| l.contains("failed"))
+                    .take(5)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!("{out:?}\nagent errors:\n{}", errors.join("\n"));
+    }
+    let out = out.stdout;
     let ids: Vec<String> = lab
         .cli
         .json(&["server", "list"])

@@ -168,6 +168,9 @@ pub struct LibvirtHypervisor {
     stopping: Arc<std::sync::Mutex<BTreeSet<InstanceId>>>,
     guest_stops: Mutex<Option<mpsc::UnboundedReceiver<InstanceId>>>,
     foreign_seen: std::sync::Mutex<BTreeSet<String>>,
+    /// Serializes define/start: a burst of concurrent defines on one
+    /// connection made libvirtd 9 reset it (seen with 5 at once).
+    libvirt_writes: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -257,6 +260,7 @@ impl LibvirtHypervisor {
             stopping,
             guest_stops: Mutex::new(Some(rx)),
             foreign_seen: std::sync::Mutex::default(),
+            libvirt_writes: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -457,6 +461,11 @@ impl super::Hypervisor for LibvirtHypervisor {
                 self.console_log(&id),
                 self.domain_type,
             );
+            let _permit = self
+                .libvirt_writes
+                .acquire()
+                .await
+                .map_err(|e| backend("libvirt write permit", e))?;
             let r = if running {
                 self.driver.define_and_start(&ds).await
             } else {

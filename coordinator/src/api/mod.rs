@@ -2,6 +2,8 @@
 //! request, run the etcd reads/transactions, convert back to proto.
 
 mod failover;
+mod identity;
+mod quota;
 mod image_data;
 mod misc;
 mod network;
@@ -14,7 +16,6 @@ use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{self, SecurityGroup};
 use nubo_common::{ProjectId, SecurityGroupId};
 use serde::de::DeserializeOwned;
-use tonic::transport::server::Router;
 
 use crate::cache::ResourceCache;
 use crate::commit::Committer;
@@ -25,6 +26,7 @@ use crate::scheduler::Ratios;
 use crate::store::{self, absent, decode_or_skip, put, Store, Versioned};
 use crate::view::ClusterView;
 
+pub use identity::{bootstrap, Bootstrapped};
 pub use servers::MAX_BATCH;
 
 /// Everything a request handler needs; cheap to clone.
@@ -52,6 +54,9 @@ pub struct Inner {
     pub cache: Arc<ResourceCache>,
     /// Group commit of placement transactions (see [`crate::commit`]).
     pub committer: Committer,
+    /// The token signer (set at start with `auth = "token"`; `Tokens.Issue`
+    /// refuses without it).
+    pub signer: std::sync::OnceLock<nubo_identity::auth::SignerHandle>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -86,13 +91,16 @@ impl Ctx {
             fencer,
             cache: Arc::new(ResourceCache::default()),
             committer,
+            signer: std::sync::OnceLock::new(),
         }))
     }
 
-    /// Adds every service to a tonic router.
-    pub fn add_services(&self, router: Router) -> Router {
+    /// Every service as tonic routes (`Tokens` included).
+    pub fn routes(&self) -> tonic::service::Routes {
         use nubo_common::proto::*;
-        router
+        tonic::service::Routes::default()
+            .add_service(tokens_server::TokensServer::new(self.clone()))
+            .add_service(quotas_server::QuotasServer::new(self.clone()))
             .add_service(flavors_server::FlavorsServer::new(self.clone()))
             .add_service(images_server::ImagesServer::new(self.clone()))
             .add_service(image_data_server::ImageDataServer::new(self.clone()))
@@ -293,5 +301,5 @@ pub(crate) fn reply<T>(r: ApiResult<T>) -> Result<tonic::Response<T>, tonic::Sta
 
 /// Filters listings by project unless `all_projects`.
 pub(crate) fn in_scope(all: bool, want: &ProjectId, have: &ProjectId) -> bool {
-    all || want == have
+    (all && crate::auth::may_see_all()) || want == have
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use etcd_client::{Compare, GetOptions, KeyValue, Txn, TxnOp};
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, IpAllocation, Network, Port, SecurityGroup};
+use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage, SecurityGroup};
 use nubo_common::proto::{self as pb, networks_server, ports_server, security_groups_server};
 use nubo_common::{NetworkId, PortId, ProjectId, SecurityGroupId};
 use rand::Rng;
@@ -244,20 +244,30 @@ impl Ctx {
                 created_at: model::now(),
             };
             let vkey = keys::vni(vni);
+            let mut when = vec![
+                absent(&idx),
+                absent(&vkey),
+                prefix_unchanged_since(&keys::networks_prefix(), rev),
+            ];
+            let mut then = vec![
+                put(&idx, &net.id),
+                put(&vkey, &net.id),
+                put(&keys::network(&net.id), &net),
+            ];
+            let delta = QuotaUsage {
+                networks: 1,
+                ..Default::default()
+            };
+            if let Some((c, o)) = self.quota_add(&project, &delta).await? {
+                when.push(c);
+                then.push(o);
+            }
             let resp = self
                 .store
                 .txn(
                     Txn::new()
-                        .when([
-                            absent(&idx),
-                            absent(&vkey),
-                            prefix_unchanged_since(&keys::networks_prefix(), rev),
-                        ])
-                        .and_then([
-                            put(&idx, &net.id),
-                            put(&vkey, &net.id),
-                            put(&keys::network(&net.id), &net),
-                        ])
+                        .when(when)
+                        .and_then(then)
                         .or_else([TxnOp::get(idx.as_str(), None)]),
                 )
                 .await?;
@@ -279,23 +289,42 @@ impl Ctx {
 
     async fn delete_network(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
         let project = validate::project(&r.project)?;
-        let net = self.network(&project, &r.r#ref).await?;
-        let n = &net.value;
-        let key = keys::network(&n.id);
-        let ipam_prefix = keys::ipam_prefix(&n.id);
-        let resp = self
-            .store
-            .txn(
-                Txn::new()
-                    .when([unchanged(&key, net.mod_rev), prefix_empty(&ipam_prefix)])
-                    .and_then([
-                        TxnOp::delete(key.as_str(), None),
-                        TxnOp::delete(keys::name_index(NameKind::Network, &project, &n.name), None),
-                        TxnOp::delete(keys::vni(n.vni), None),
-                    ]),
-            )
-            .await?;
-        if !resp.succeeded() {
+        let mut attempt = 0;
+        let (n, ipam_prefix) = loop {
+            attempt += 1;
+            let net = self.network(&project, &r.r#ref).await?;
+            let n = net.value;
+            let key = keys::network(&n.id);
+            let ipam_prefix = keys::ipam_prefix(&n.id);
+            let mut when = vec![unchanged(&key, net.mod_rev), prefix_empty(&ipam_prefix)];
+            let mut then = vec![
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(keys::name_index(NameKind::Network, &project, &n.name), None),
+                TxnOp::delete(keys::vni(n.vni), None),
+            ];
+            let delta = QuotaUsage {
+                networks: 1,
+                ..Default::default()
+            };
+            let quota = self.quota_release(&n.project, &delta).await?;
+            let quota_on = quota.is_some();
+            if let Some((c, o)) = quota {
+                when.push(c);
+                then.push(o);
+            }
+            let resp = self
+                .store
+                .txn(Txn::new().when(when).and_then(then))
+                .await?;
+            if resp.succeeded() {
+                tracing::info!(network = %n.id, "network deleted");
+                return Ok(pb::Empty {});
+            }
+            // Without quotas, only the port check can fail; with them, a
+            // concurrent usage change is retried.
+            if !quota_on || attempt >= 16 {
+                break (n, ipam_prefix);
+            }
             let used = self
                 .store
                 .range(
@@ -304,13 +333,27 @@ impl Ctx {
                 )
                 .await?
                 .count();
-            return Err(ApiError::FailedPrecondition(format!(
-                "network {:?} still has {used} ports; delete them first",
-                n.name
-            )));
+            if used > 0 {
+                break (n, ipam_prefix);
+            }
+        };
+        let used = self
+            .store
+            .range(
+                ipam_prefix.as_str(),
+                GetOptions::new().with_prefix().with_count_only(),
+            )
+            .await?
+            .count();
+        if used == 0 {
+            return Err(ApiError::Unavailable(
+                "the network changed concurrently too often; retry".into(),
+            ));
         }
-        tracing::info!(network = %n.id, "network deleted");
-        Ok(pb::Empty {})
+        Err(ApiError::FailedPrecondition(format!(
+            "network {:?} still has {used} ports; delete them first",
+            n.name
+        )))
     }
 
     pub(crate) async fn port(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Port>> {
@@ -365,6 +408,14 @@ impl Ctx {
             };
             let (mut compares, mut ops, mut probes) = (Vec::new(), Vec::new(), Vec::new());
             reserve_port(&port, &mut compares, &mut ops, &mut probes);
+            let delta = QuotaUsage {
+                ports: 1,
+                ..Default::default()
+            };
+            if let Some((c, o)) = self.quota_add(&port.project, &delta).await? {
+                compares.push(c);
+                ops.push(o);
+            }
             let resp = self
                 .store
                 .txn(Txn::new().when(compares).and_then(ops).or_else(probes))
@@ -418,7 +469,7 @@ impl Ctx {
 
     async fn delete_port(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
         let project = validate::project(&r.project)?;
-        for _ in 0..8 {
+        for _ in 0..32 {
             let p = self.port(&project, &r.r#ref).await?;
             if let Some(dev) = p.value.device {
                 return Err(ApiError::FailedPrecondition(format!(
@@ -428,13 +479,18 @@ impl Ctx {
             }
             let mut ops = Vec::new();
             release_port(&p.value, &mut ops);
+            let mut when = vec![unchanged(&keys::port(&p.value.id), p.mod_rev)];
+            let delta = QuotaUsage {
+                ports: 1,
+                ..Default::default()
+            };
+            if let Some((c, o)) = self.quota_release(&p.value.project, &delta).await? {
+                when.push(c);
+                ops.push(o);
+            }
             let resp = self
                 .store
-                .txn(
-                    Txn::new()
-                        .when([unchanged(&keys::port(&p.value.id), p.mod_rev)])
-                        .and_then(ops),
-                )
+                .txn(Txn::new().when(when).and_then(ops))
                 .await?;
             if resp.succeeded() {
                 tracing::info!(port = %p.value.id, "port deleted");
@@ -482,26 +538,49 @@ impl Ctx {
             created_at: model::now(),
         };
         let idx = keys::name_index(NameKind::SecurityGroup, &project, &g.name);
-        let resp = self
-            .store
-            .txn(
-                Txn::new()
-                    .when([absent(&idx)])
-                    .and_then([put(&idx, &id), put(&keys::secgroup(&id), &g)]),
-            )
-            .await?;
-        if !resp.succeeded() {
-            return Err(ApiError::AlreadyExists(format!(
-                "security group {:?} already exists in project {project}",
-                g.name
-            )));
+        // The project's "default" group (also created on first use) is free.
+        let delta = QuotaUsage {
+            security_groups: u64::from(g.name != "default"),
+            ..Default::default()
+        };
+        for _ in 0..16 {
+            let mut when = vec![absent(&idx)];
+            let mut then = vec![put(&idx, &id), put(&keys::secgroup(&id), &g)];
+            let quota_on = match self.quota_add(&project, &delta).await? {
+                Some((c, o)) => {
+                    when.push(c);
+                    then.push(o);
+                    true
+                }
+                None => false,
+            };
+            let resp = self
+                .store
+                .txn(
+                    Txn::new()
+                        .when(when)
+                        .and_then(then)
+                        .or_else([TxnOp::get(idx.as_str(), None)]),
+                )
+                .await?;
+            if resp.succeeded() {
+                return Ok(convert::secgroup(&g));
+            }
+            if !quota_on || !op_kvs(&resp, 0).is_empty() {
+                return Err(ApiError::AlreadyExists(format!(
+                    "security group {:?} already exists in project {project}",
+                    g.name
+                )));
+            }
         }
-        Ok(convert::secgroup(&g))
+        Err(ApiError::Unavailable(
+            "the project's usage changed concurrently too often; retry".into(),
+        ))
     }
 
     async fn delete_secgroup(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
         let project = validate::project(&r.project)?;
-        for _ in 0..8 {
+        for _ in 0..32 {
             let g = self.secgroup(&project, &r.r#ref).await?;
             let id = g.value.id;
             let rev = self.revision().await?;
@@ -538,22 +617,28 @@ impl Ctx {
                 )));
             }
             let key = keys::secgroup(&id);
+            let mut when = vec![
+                unchanged(&key, g.mod_rev),
+                prefix_unchanged_since(&keys::ports_prefix(), rev),
+            ];
+            let mut then = vec![
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(
+                    keys::name_index(NameKind::SecurityGroup, &project, &g.value.name),
+                    None,
+                ),
+            ];
+            let delta = QuotaUsage {
+                security_groups: u64::from(g.value.name != "default"),
+                ..Default::default()
+            };
+            if let Some((c, o)) = self.quota_release(&g.value.project, &delta).await? {
+                when.push(c);
+                then.push(o);
+            }
             let resp = self
                 .store
-                .txn(
-                    Txn::new()
-                        .when([
-                            unchanged(&key, g.mod_rev),
-                            prefix_unchanged_since(&keys::ports_prefix(), rev),
-                        ])
-                        .and_then([
-                            TxnOp::delete(key.as_str(), None),
-                            TxnOp::delete(
-                                keys::name_index(NameKind::SecurityGroup, &project, &g.value.name),
-                                None,
-                            ),
-                        ]),
-                )
+                .txn(Txn::new().when(when).and_then(then))
                 .await?;
             if resp.succeeded() {
                 return Ok(pb::Empty {});

@@ -584,6 +584,15 @@ impl Ctx {
         let mut conflicts: HashMap<NodeName, u32> = HashMap::new();
         let mut exclude: HashSet<NodeName> = HashSet::new();
         let usage_of = |n: &NodeName| keys::node_usage(n);
+        // Quotas (auth = "token"): the project's usage is compared and
+        // written in the placement transaction itself.
+        let quota = if self.quotas_on() {
+            Some(self.quota_limit(&plan.project).await?)
+        } else {
+            None
+        };
+        let mut qdelta = quota_delta(&plan.flavor.resources);
+        qdelta.ports = new_ports.len() as u64;
 
         // Attempts lost to another placement from this coordinator on the
         // same node (it held a claim there) are progress, not contention:
@@ -598,6 +607,15 @@ impl Ctx {
                     need_ip[j] = false;
                 }
             }
+            let quota_step = match &quota {
+                Some(limit) => {
+                    let (usage, qrev) = self.quota_usage(&plan.project).await?;
+                    let new = nubo_identity::check_quota(&plan.project, limit, &usage, &qdelta)
+                        .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
+                    Some((qrev, super::quota::usage_txn(&plan.project, qrev, &new)))
+                }
+                None => None,
+            };
             let req = PlaceRequest {
                 resources: plan.flavor.resources,
                 availability_zone: plan.availability_zone.as_deref(),
@@ -715,6 +733,23 @@ impl Ctx {
                     Some(etcd_client::GetOptions::new().with_keys_only()),
                 ));
             }
+            let quota_probe = probes.len();
+            let quota_rev = match quota_step {
+                Some((qrev, (cmp, op))) => {
+                    let qkey = keys::quota_usage(&plan.project);
+                    compares.push(cmp);
+                    ops.push(op);
+                    probes.push(TxnOp::get(
+                        qkey.as_str(),
+                        Some(etcd_client::GetOptions::new().with_keys_only()),
+                    ));
+                    // Like a node's usage: two placements of one project
+                    // are never merged into one transaction.
+                    contended.push(qkey);
+                    Some(qrev)
+                }
+                None => None,
+            };
             let outcome = self
                 .committer
                 .commit(Member {
@@ -775,7 +810,14 @@ impl Ctx {
                 .first()
                 .map_or(0, |kv| kv.mod_revision())
                 != usage_rev;
-            if node_lost && claim.shared {
+            let quota_lost = quota_rev.is_some_and(|qrev| {
+                op_kvs(&resp, quota_probe)
+                    .first()
+                    .map_or(0, |kv| kv.mod_revision())
+                    != qrev
+            });
+            if (node_lost && claim.shared) || (quota_lost && !node_lost) {
+                // Another placement progressed: not contention.
                 attempts -= 1;
             } else if node_lost {
                 let c = conflicts.entry(node.clone()).or_default();
@@ -915,7 +957,7 @@ impl Ctx {
                         return None;
                     }
                     let i: Instance = decode_or_skip(kv)?;
-                    let ok = (r.all_projects || i.project == project)
+                    let ok = (super::in_scope(r.all_projects, &project, &i.project))
                         && node.as_ref().is_none_or(|n| i.node.as_ref() == Some(n))
                         && i.name.starts_with(&r.name_prefix);
                     ok.then_some(i)
@@ -930,7 +972,7 @@ impl Ctx {
 
     async fn delete_server(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
         let project = validate::project(&r.project)?;
-        for _ in 0..16 {
+        for _ in 0..64 {
             let inst = self.server_spec(&project, &r.r#ref).await?;
             let i = &inst.value;
             let mut keys_to_read: Vec<String> = i.ports.iter().map(keys::port).collect();
@@ -960,6 +1002,7 @@ impl Ctx {
             if let Some(g) = &i.server_group {
                 ops.push(TxnOp::delete(keys::server_group_member(g, &i.id), None));
             }
+            let mut owned_ports = 0;
             for (pkv, okv) in port_kvs.iter().zip(owner_kvs) {
                 let Some(pkv) = pkv else { continue };
                 let Ok(port) = decode_kv::<Port>(pkv) else {
@@ -972,6 +1015,7 @@ impl Ctx {
                     .is_some_and(|o| o == i.id);
                 compares.push(unchanged(&keys::port(&port.id), pkv.mod_revision()));
                 if owned {
+                    owned_ports += 1;
                     release_port(&port, &mut ops);
                 } else if port.device == Some(i.id) {
                     let mut p = port;
@@ -979,6 +1023,12 @@ impl Ctx {
                     p.node = None;
                     ops.push(put(&keys::port(&p.id), &p));
                 }
+            }
+            let mut qdelta = quota_delta(&i.resources);
+            qdelta.ports = owned_ports;
+            if let Some((cmp, op)) = self.quota_release(&i.project, &qdelta).await? {
+                compares.push(cmp);
+                ops.push(op);
             }
             let resp = self
                 .store
@@ -1065,4 +1115,9 @@ impl servers_server::Servers for Ctx {
             .await,
         )
     }
+}
+
+/// What one server of these resources counts against its project's quota.
+fn quota_delta(r: &nubo_common::model::Resources) -> nubo_identity::QuotaDelta {
+    nubo_identity::quota::instances_delta(1, u64::from(r.vcpus), r.ram_mb)
 }
