@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use nubo_common::proto::{
+    audit_client::AuditClient, identity_client::IdentityClient, quotas_client::QuotasClient,
+    tokens_client::TokensClient,
+};
+use nubo_common::proto::{
     cluster_client::ClusterClient, flavors_client::FlavorsClient, images_client::ImagesClient,
     keypairs_client::KeypairsClient, networks_client::NetworksClient, nodes_client::NodesClient,
     ports_client::PortsClient, security_groups_client::SecurityGroupsClient,
     server_groups_client::ServerGroupsClient, servers_client::ServersClient, DeleteRequest,
     GetRequest, ListRequest,
-};
-use nubo_common::proto::{
-    audit_client::AuditClient, identity_client::IdentityClient, quotas_client::QuotasClient,
-    tokens_client::TokensClient,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -47,17 +47,18 @@ impl AuthHeader {
         };
         Ok(Self(match token {
             None => None,
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| anyhow!("the token is not printable ASCII; run `nubo login` again"))?,
-            ),
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                anyhow!("the token is not printable ASCII; run `nubo login` again")
+            })?),
         }))
     }
 }
 
 impl Interceptor for AuthHeader {
-    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, Status> {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }

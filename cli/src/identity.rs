@@ -393,7 +393,11 @@ pub async fn role(cmd: RoleCmd, ctx: &Ctx) -> Result<()> {
                 };
                 t.row(vec![a.user.clone(), scope, a.role.clone()]);
             }
-            output::list(ctx.format, &t, r.assignments.iter().map(role_json).collect())
+            output::list(
+                ctx.format,
+                &t,
+                r.assignments.iter().map(role_json).collect(),
+            )
         }
     }
 }
@@ -405,9 +409,7 @@ fn quota_value(v: Option<u64>) -> Value {
 fn quota_json(q: &ProjectQuota) -> Value {
     let l = q.limits.unwrap_or_default();
     let u = q.usage.unwrap_or_default();
-    let row = |limit: Option<u64>, used: Option<u64>| {
-        json!({ "limit": quota_value(limit), "in_use": used.unwrap_or(0) })
-    };
+    let row = |limit: Option<u64>, used: Option<u64>| json!({ "limit": quota_value(limit), "in_use": used.unwrap_or(0) });
     json!({
         "project": opt(&q.project),
         "instances": row(l.instances, u.instances),

@@ -51,7 +51,10 @@ pub async fn record(
 pub async fn prune(store: &Store, keep: usize) -> ApiResult<u64> {
     let prefix = keys::audit_prefix();
     let count = store
-        .range(prefix.as_str(), GetOptions::new().with_prefix().with_count_only())
+        .range(
+            prefix.as_str(),
+            GetOptions::new().with_prefix().with_count_only(),
+        )
         .await?
         .count();
     let Some(n) = excess(u64::try_from(count).unwrap_or(0), keep) else {

@@ -222,9 +222,7 @@ fn outcome_of(resp: &Response) -> AuditOutcome {
             let message = h
                 .get("grpc-message")
                 .and_then(|v| v.to_str().ok())
-                .map(|m| {
-                    percent_decode(m)
-                })
+                .map(percent_decode)
                 .unwrap_or_default();
             AuditOutcome::Error { code, message }
         }

@@ -96,6 +96,8 @@ pub struct Config {
     pub image_dir: PathBuf,
     /// Authentication of API callers.
     pub auth: AuthMode,
+    /// PEM certificate and key of the gRPC API (TLS when both are set).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Default image directory.
@@ -164,6 +166,7 @@ impl Config {
             },
             image_dir: std::env::temp_dir().join("nubo-test-images"),
             auth: AuthMode::None,
+            tls: None,
         }
     }
 
@@ -202,10 +205,12 @@ impl Config {
                 "failure tick, fence-timeout and evacuation-retry must be positive".into(),
             ));
         }
-        if self.etcd_tls.is_some() {
-            return Err(ServeError::Config(
-                "TLS towards etcd is not supported yet; remove the [etcd_tls] section".into(),
-            ));
+        if let Some(t) = &self.etcd_tls {
+            if t.ca.is_none() || t.cert.is_some() != t.key.is_some() {
+                return Err(ServeError::Config(
+                    "[etcd_tls] needs ca, and cert and key together".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -233,6 +238,8 @@ struct FileConfig {
     evacuation_move_delay_ms: Option<u64>,
     image_dir: Option<PathBuf>,
     auth: Option<AuthMode>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Command-line flags of `nubo-coordinator`; each overrides the file.
@@ -247,7 +254,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// etcd endpoints, comma-separated (default http://127.0.0.1:2379).
-    #[arg(long, global = true, env = "NUBO_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "NUBO_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub etcd_endpoints: Option<Vec<String>>,
     /// gRPC API address (default 0.0.0.0:7400).
     #[arg(long)]
@@ -293,6 +305,12 @@ pub struct Cli {
     /// or `token` (production).
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
+    /// PEM certificate (chain) of the gRPC API; with --tls-key, serve TLS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC API.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
     /// A one-off command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -381,6 +399,15 @@ impl Cli {
                 .or(f.image_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_DIR)),
             auth: self.auth.or(f.auth).unwrap_or_default(),
+            tls: match (self.tls_cert.or(f.tls_cert), self.tls_key.or(f.tls_key)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(ServeError::Config(
+                        "tls-cert and tls-key must be given together".into(),
+                    ))
+                }
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -483,8 +510,32 @@ mod tests {
             ..Cli::default()
         };
         assert!(cli.merge(FileConfig::default()).is_err());
-        let file = parse_file("[etcd_tls]\nca = \"/x\"\n").unwrap();
+        let file = parse_file("[etcd_tls]\ncert = \"/x\"\n").unwrap();
         let err = Cli::default().merge(file).unwrap_err();
-        assert!(err.to_string().contains("not supported yet"));
+        assert!(err.to_string().contains("needs ca"), "{err}");
+        let file = parse_file("[etcd_tls]\nca = \"/x\"\n").unwrap();
+        assert!(Cli::default().merge(file).is_ok());
+        let cli = Cli::parse_from(["nubo-coordinator", "--tls-cert", "/c"]);
+        assert!(cli.merge(FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn auth_defaults_to_none_and_is_set_by_file_or_flag() {
+        let cfg = Cli::default().merge(FileConfig::default()).unwrap();
+        assert_eq!(cfg.auth, AuthMode::None);
+        let file = parse_file("auth = \"token\"\n").unwrap();
+        assert_eq!(Cli::default().merge(file).unwrap().auth, AuthMode::Token);
+        let cli = Cli::parse_from(["nubo-coordinator", "--auth", "token"]);
+        assert_eq!(cli.auth, Some(AuthMode::Token));
+        let cli = Cli::parse_from([
+            "nubo-coordinator",
+            "bootstrap",
+            "--admin-password-file",
+            "/pw",
+            "--etcd-endpoints",
+            "http://e:2379",
+        ]);
+        assert_eq!(cli.etcd_endpoints, Some(vec!["http://e:2379".to_string()]));
+        assert!(matches!(cli.command, Some(Command::Bootstrap { .. })));
     }
 }

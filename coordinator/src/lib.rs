@@ -39,13 +39,14 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{AuthMode, Cli, Command, Config, FailureConfig, LogFormat, Placement};
+pub use config::{AuthMode, Cli, Command, Config, FailureConfig, LogFormat, Placement, TlsPaths};
 pub use error::{ApiError, ServeError};
 pub use failover::fencer::{FenceCall, Fencer, LogFencer, RecordingFencer};
 
 /// A running coordinator.
 pub struct Coordinator {
     grpc_addr: SocketAddr,
+    tls: bool,
     health_addr: SocketAddr,
     leader: Arc<election::LeaderState>,
     store: store::Store,
@@ -59,9 +60,11 @@ impl Coordinator {
         self.grpc_addr
     }
 
-    /// The gRPC endpoint URL for tonic clients (`http://ip:port`).
+    /// The gRPC endpoint URL for tonic clients (`http://ip:port`, or
+    /// `https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
     }
 
     /// The bound health address.
@@ -108,13 +111,7 @@ pub async fn start_with_fencer(
     fencer: Arc<dyn Fencer>,
 ) -> Result<Coordinator, ServeError> {
     cfg.validate()?;
-    let opts = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(std::time::Duration::from_secs(5))
-        .with_keep_alive(
-            std::time::Duration::from_secs(10),
-            std::time::Duration::from_secs(5),
-        );
-    let client = etcd_client::Client::connect(&cfg.etcd_endpoints, Some(opts)).await?;
+    let client = connect_etcd(&cfg).await?;
     let store = store::Store::new(client.clone());
     let (shutdown, rx) = watch::channel(false);
     let view = Arc::new(view::ClusterView::default());
@@ -246,7 +243,12 @@ pub async fn start_with_fencer(
             )),
             None => ctx.routes(),
         };
-        let router = tonic::transport::Server::builder().add_routes(routes);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = &cfg.tls {
+            let id = tonic::transport::Identity::from_pem(read_pem(cert)?, read_pem(key)?);
+            builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(id))?;
+        }
+        let router = builder.add_routes(routes);
         // Responses are small: without TCP_NODELAY each one can wait for
         // the client's delayed ACK (~40 ms), which capped throughput at
         // concurrency / 40 ms. (Server::tcp_nodelay only applies to
@@ -290,6 +292,7 @@ pub async fn start_with_fencer(
     tracing::info!(id = %cfg.id, %grpc_addr, %health_addr, "nubo-coordinator ready on {grpc_addr}");
     Ok(Coordinator {
         grpc_addr,
+        tls: cfg.tls.is_some(),
         health_addr,
         leader,
         store,
@@ -316,6 +319,31 @@ fn token_signer(
 ) -> Result<nubo_identity::TokenSigner, ServeError> {
     nubo_identity::TokenSigner::from_key_set(set)
         .map_err(|e| ServeError::Config(format!("unusable token signing key: {e}")))
+}
+
+fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(p).map_err(|e| ServeError::Config(format!("cannot read {}: {e}", p.display())))
+}
+
+/// Connects to etcd (with client certificates when `[etcd_tls]` is set).
+pub async fn connect_etcd(cfg: &Config) -> Result<etcd_client::Client, ServeError> {
+    let mut opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(std::time::Duration::from_secs(5))
+        .with_keep_alive(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(5),
+        );
+    if let Some(t) = &cfg.etcd_tls {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &t.ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read_pem(ca)?));
+        }
+        if let (Some(c), Some(k)) = (&t.cert, &t.key) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read_pem(c)?, read_pem(k)?));
+        }
+        opts = opts.with_tls(tls);
+    }
+    Ok(etcd_client::Client::connect(&cfg.etcd_endpoints, Some(opts)).await?)
 }
 
 /// Runs a coordinator until `shutdown` completes.

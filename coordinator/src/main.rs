@@ -62,12 +62,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `nubo-coordinator bootstrap`: the first cloud admin, in one transaction.
-async fn bootstrap(cfg: &Config, password_file: &std::path::Path, user: &str) -> anyhow::Result<()> {
+async fn bootstrap(
+    cfg: &Config,
+    password_file: &std::path::Path,
+    user: &str,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(password_file)
         .with_context(|| format!("reading {}", password_file.display()))?;
     let password = nubo_identity::bootstrap::password_from_file(&text)?;
     let admin = nubo_common::model::UserName::new(user)?;
-    let client = etcd_client::Client::connect(&cfg.etcd_endpoints, None)
+    let client = nubo_coordinator::connect_etcd(cfg)
         .await
         .context("connecting to etcd")?;
     let store = nubo_coordinator::store::Store::new(client);

@@ -180,7 +180,10 @@ async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
         .await
         .unwrap()
         .into_inner();
-    let server = r.results[0].server.clone().unwrap_or_else(|| panic!("{r:?}"));
+    let server = r.results[0]
+        .server
+        .clone()
+        .unwrap_or_else(|| panic!("{r:?}"));
     (server.id, net.id, port.id)
 }
 
@@ -211,7 +214,9 @@ async fn tokens_and_project_isolation() {
     let store = nubo_coordinator::store::Store::new(etcd.client().await.unwrap());
     let admin = UserName::new("admin").unwrap();
     assert_eq!(
-        bootstrap(&store, &admin, "adminpw", &cheap()).await.unwrap(),
+        bootstrap(&store, &admin, "adminpw", &cheap())
+            .await
+            .unwrap(),
         Bootstrapped::Created
     );
     // A second bootstrap changes nothing.
@@ -422,18 +427,34 @@ async fn tokens_and_project_isolation() {
         .map(|r| (r.user, r.action, r.resource_id, r.outcome))
         .collect();
     let has = |u: &str, act: &str, res: &str, out: &str| {
-        trail
-            .iter()
-            .any(|t| t == &(u.to_string(), act.to_string(), res.to_string(), out.to_string()))
+        trail.iter().any(|t| {
+            t == &(
+                u.to_string(),
+                act.to_string(),
+                res.to_string(),
+                out.to_string(),
+            )
+        })
     };
     assert!(has("alice", "servers.create", "vm", "ok"), "{trail:#?}");
     assert!(has("bob", "networks.create", "net", "ok"), "{trail:#?}");
     assert!(has("alice", "servers.delete", &sa, "ok"), "{trail:#?}");
     assert!(has("admin", "servers.delete", &sb, "ok"), "{trail:#?}");
-    assert!(has("alice", "servers.delete", &sb, "NotFound"), "{trail:#?}");
-    assert!(has("rita", "networks.create", "x", "PermissionDenied"), "{trail:#?}");
-    assert!(has("alice", "flavors.create", "m1.small", "PermissionDenied"), "{trail:#?}");
-    assert!(!trail.iter().any(|t| t.1.ends_with(".list") || t.1.ends_with(".get")));
+    assert!(
+        has("alice", "servers.delete", &sb, "NotFound"),
+        "{trail:#?}"
+    );
+    assert!(
+        has("rita", "networks.create", "x", "PermissionDenied"),
+        "{trail:#?}"
+    );
+    assert!(
+        has("alice", "flavors.create", "m1.small", "PermissionDenied"),
+        "{trail:#?}"
+    );
+    assert!(!trail
+        .iter()
+        .any(|t| t.1.ends_with(".list") || t.1.ends_with(".get")));
     // Retention keeps the newest.
     let pruned = nubo_coordinator::audit::prune(&store, 3).await.unwrap();
     assert_eq!(pruned as usize, trail.len() - 3);
@@ -463,7 +484,9 @@ async fn token_mode_refuses_to_start_without_bootstrap() {
 async fn token_cloud(etcd: &Etcd) -> (Coordinator, Api, String) {
     let store = nubo_coordinator::store::Store::new(etcd.client().await.unwrap());
     let admin = UserName::new("admin").unwrap();
-    bootstrap(&store, &admin, "adminpw", &cheap()).await.unwrap();
+    bootstrap(&store, &admin, "adminpw", &cheap())
+        .await
+        .unwrap();
     add_people(etcd).await;
     let mut cfg = Config::for_tests(etcd.endpoint());
     cfg.auth = AuthMode::Token;
@@ -570,14 +593,13 @@ async fn quota_holds_under_concurrent_creates() {
         }
     }
     assert_eq!(ids.len(), 10, "{results:?}");
-    let q = quotas
-        .get(req(&alice, get("")))
-        .await
-        .unwrap()
-        .into_inner();
+    let q = quotas.get(req(&alice, get(""))).await.unwrap().into_inner();
     assert_eq!(q.project, "p1");
     let u = q.usage.unwrap();
-    assert_eq!((u.instances, u.vcpus, u.ram_mb), (Some(10), Some(10), Some(5120)));
+    assert_eq!(
+        (u.instances, u.vcpus, u.ram_mb),
+        (Some(10), Some(10), Some(5120))
+    );
     // Bob cannot read p1's quota.
     let bob = login(&mut a, "bob", "pw").await;
     let e = quotas
@@ -604,6 +626,57 @@ async fn quota_holds_under_concurrent_creates() {
         .into_inner()
         .usage
         .unwrap();
-    assert_eq!((u.instances, u.vcpus, u.ram_mb), (Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (u.instances, u.vcpus, u.ram_mb),
+        (Some(0), Some(0), Some(0))
+    );
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_credentials_issue_tokens() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, _root) = token_cloud(&etcd).await;
+    let (secret, hash) = nubo_identity::appcred::new_secret();
+    let cred = nubo_common::model::ApplicationCredential {
+        id: nubo_common::model::AppCredId::new_random(),
+        user: UserName::new("rita").unwrap(),
+        project: ProjectId::new("p1").unwrap(),
+        secret_hash: hash,
+        expires_at: None,
+        // rita is only a reader: the member role is not granted.
+        roles: vec![Role::Member, Role::Reader],
+    };
+    let mut kv = etcd.client().await.unwrap();
+    kv.put(keys::app_cred(&cred.id), encode(&cred), None)
+        .await
+        .unwrap();
+    let issue = |secret: &str| pb::IssueTokenRequest {
+        application_credential_id: cred.id.to_string(),
+        application_credential_secret: secret.into(),
+        ..Default::default()
+    };
+    let e = a.tokens.issue(issue("wrong")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let t = a.tokens.issue(issue(&secret)).await.unwrap().into_inner();
+    assert_eq!((t.user.as_str(), t.project.as_str()), ("rita", "p1"));
+    assert_eq!(t.roles, ["reader"]);
+    a.servers
+        .list(req(&t.token, pb::ListServersRequest::default()))
+        .await
+        .unwrap();
+    let e = a
+        .networks
+        .create(req(
+            &t.token,
+            pb::CreateNetworkRequest {
+                name: "n".into(),
+                cidr: "10.3.0.0/24".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     c.shutdown().await.unwrap();
 }

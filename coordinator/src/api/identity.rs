@@ -2,7 +2,9 @@
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use nubo_common::keys;
-use nubo_common::model::{Project, RoleAssignment, User, UserName};
+use nubo_common::model::{
+    AppCredId, ApplicationCredential, Project, RoleAssignment, User, UserName,
+};
 use nubo_common::proto::{self as pb, tokens_server::Tokens};
 use nubo_common::ProjectId;
 use nubo_identity::authz::effective_roles;
@@ -29,9 +31,7 @@ impl Ctx {
             )
         })?;
         if !r.application_credential_id.is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "application credentials are not supported yet: use user and password".into(),
-            ));
+            return self.issue_for_app_cred(&signer, &r).await;
         }
         let user = UserName::new(r.user.as_str()).map_err(|_| bad_login())?;
         let rec: User = self
@@ -50,13 +50,18 @@ impl Ctx {
         }
         let resp = self
             .store
-            .range(keys::user_roles_prefix(&user), GetOptions::new().with_prefix())
+            .range(
+                keys::user_roles_prefix(&user),
+                GetOptions::new().with_prefix(),
+            )
             .await?;
         let assignments: Vec<RoleAssignment> =
             resp.kvs().iter().filter_map(decode_or_skip).collect();
         let project = if r.project.is_empty() {
-            let mut projects: Vec<ProjectId> =
-                assignments.iter().filter_map(|a| a.project.clone()).collect();
+            let mut projects: Vec<ProjectId> = assignments
+                .iter()
+                .filter_map(|a| a.project.clone())
+                .collect();
             projects.sort();
             projects.dedup();
             match projects.len() {
@@ -91,7 +96,69 @@ impl Ctx {
             Some(p) if p.value.enabled => {}
             _ => return Err(no_role()),
         }
-        let ttl = match r.ttl_secs {
+        sign_token(&signer, user, project, roles, r.ttl_secs)
+    }
+
+    /// `Tokens.Issue` with an application credential: the token carries
+    /// the credential's roles that the user still holds in its project.
+    async fn issue_for_app_cred(
+        &self,
+        signer: &nubo_identity::auth::SignerHandle,
+        r: &pb::IssueTokenRequest,
+    ) -> ApiResult<pb::Token> {
+        let bad = || ApiError::Unauthenticated("invalid application credential".into());
+        let id: AppCredId = r.application_credential_id.parse().map_err(|_| bad())?;
+        let cred: ApplicationCredential = self
+            .store
+            .get(&keys::app_cred(&id))
+            .await?
+            .ok_or_else(bad)?
+            .value;
+        nubo_identity::appcred::verify(&cred, &r.application_credential_secret, chrono::Utc::now())
+            .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        match self.store.get::<User>(&keys::user(&cred.user)).await? {
+            Some(u) if u.value.enabled => {}
+            _ => return Err(bad()),
+        }
+        let resp = self
+            .store
+            .range(
+                keys::user_roles_prefix(&cred.user),
+                GetOptions::new().with_prefix(),
+            )
+            .await?;
+        let assignments: Vec<RoleAssignment> =
+            resp.kvs().iter().filter_map(decode_or_skip).collect();
+        let held = effective_roles(&assignments, &cred.user, &cred.project);
+        let roles: Vec<_> = cred
+            .roles
+            .iter()
+            .copied()
+            .filter(|r| held.contains(r))
+            .collect();
+        let enabled = matches!(
+            self.store.get::<Project>(&keys::project(&cred.project)).await?,
+            Some(p) if p.value.enabled
+        );
+        if roles.is_empty() || !enabled {
+            return Err(ApiError::PermissionDenied(format!(
+                "application credential {id}: user {} no longer holds its roles in project {}",
+                cred.user, cred.project
+            )));
+        }
+        sign_token(signer, cred.user, cred.project, roles, r.ttl_secs)
+    }
+}
+
+fn sign_token(
+    signer: &nubo_identity::auth::SignerHandle,
+    user: UserName,
+    project: ProjectId,
+    roles: Vec<nubo_common::model::Role>,
+    ttl_secs: u32,
+) -> ApiResult<pb::Token> {
+    {
+        let ttl = match ttl_secs {
             0 => DEFAULT_TTL_SECS,
             t => i64::from(t).min(MAX_TTL_SECS),
         };
@@ -110,7 +177,11 @@ impl Ctx {
             token,
             user: claims.user.to_string(),
             project: claims.project.to_string(),
-            roles: claims.roles.iter().map(|r| r.as_str().to_string()).collect(),
+            roles: claims
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
             issued_at: ts(claims.issued_at),
             expires_at: ts(claims.expires_at),
         })
@@ -201,7 +272,11 @@ fn user_pb(u: &User) -> pb::User {
 fn assignment_pb(a: &RoleAssignment) -> pb::RoleAssignment {
     pb::RoleAssignment {
         user: a.user.to_string(),
-        project: a.project.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+        project: a
+            .project
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         role: a.role.as_str().to_string(),
     }
 }
@@ -289,7 +364,9 @@ impl Ctx {
             )
             .await?;
         if !resp.succeeded() {
-            return Err(ApiError::AlreadyExists(format!("user {name} already exists")));
+            return Err(ApiError::AlreadyExists(format!(
+                "user {name} already exists"
+            )));
         }
         Ok(user_pb(&u))
     }
@@ -336,7 +413,11 @@ impl Ctx {
     async fn grant(&self, r: pb::RoleAssignment) -> ApiResult<pb::RoleAssignment> {
         let a = Self::assignment(&r)?;
         let ukey = keys::user(&a.user);
-        let mut when = vec![Compare::create_revision(ukey.as_str(), CompareOp::Greater, 0)];
+        let mut when = vec![Compare::create_revision(
+            ukey.as_str(),
+            CompareOp::Greater,
+            0,
+        )];
         if let Some(p) = &a.project {
             when.push(Compare::create_revision(
                 keys::project(p),
@@ -347,13 +428,19 @@ impl Ctx {
         let key = keys::role(&a.user, a.project.as_ref());
         let resp = self
             .store
-            .txn(Txn::new().when(when).and_then([crate::store::put(&key, &a)]))
+            .txn(
+                Txn::new()
+                    .when(when)
+                    .and_then([crate::store::put(&key, &a)]),
+            )
             .await?;
         if !resp.succeeded() {
             return Err(ApiError::NotFound(format!(
                 "user {} or project {} not found",
                 a.user,
-                a.project.as_ref().map_or("(cloud)".to_string(), |p| p.to_string())
+                a.project
+                    .as_ref()
+                    .map_or("(cloud)".to_string(), |p| p.to_string())
             )));
         }
         Ok(assignment_pb(&a))
@@ -411,10 +498,7 @@ impl pb::identity_server::Identity for Ctx {
     async fn create_project(&self, r: Request<pb::CreateProjectRequest>) -> R<pb::Project> {
         reply(Ctx::create_project(self, r.into_inner()).await)
     }
-    async fn list_projects(
-        &self,
-        r: Request<pb::ListRequest>,
-    ) -> R<pb::ListProjectsResponse> {
+    async fn list_projects(&self, r: Request<pb::ListRequest>) -> R<pb::ListProjectsResponse> {
         let r = r.into_inner();
         reply(
             self.store

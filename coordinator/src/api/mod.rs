@@ -3,10 +3,10 @@
 
 mod failover;
 mod identity;
-mod quota;
 mod image_data;
 mod misc;
 mod network;
+mod quota;
 mod servers;
 
 use std::sync::Arc;

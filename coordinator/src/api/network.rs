@@ -312,10 +312,7 @@ impl Ctx {
                 when.push(c);
                 then.push(o);
             }
-            let resp = self
-                .store
-                .txn(Txn::new().when(when).and_then(then))
-                .await?;
+            let resp = self.store.txn(Txn::new().when(when).and_then(then)).await?;
             if resp.succeeded() {
                 tracing::info!(network = %n.id, "network deleted");
                 return Ok(pb::Empty {});
@@ -488,10 +485,7 @@ impl Ctx {
                 when.push(c);
                 ops.push(o);
             }
-            let resp = self
-                .store
-                .txn(Txn::new().when(when).and_then(ops))
-                .await?;
+            let resp = self.store.txn(Txn::new().when(when).and_then(ops)).await?;
             if resp.succeeded() {
                 tracing::info!(port = %p.value.id, "port deleted");
                 return Ok(pb::Empty {});
@@ -636,10 +630,7 @@ impl Ctx {
                 when.push(c);
                 then.push(o);
             }
-            let resp = self
-                .store
-                .txn(Txn::new().when(when).and_then(then))
-                .await?;
+            let resp = self.store.txn(Txn::new().when(when).and_then(then)).await?;
             if resp.succeeded() {
                 return Ok(pb::Empty {});
             }

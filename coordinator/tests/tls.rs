@@ -1,0 +1,82 @@
+//! The gRPC API over TLS (`--tls-cert/--tls-key`) and etcd over mutual TLS
+//! (`[etcd_tls]`), with `auth = "token"`.
+
+use nubo_common::model::UserName;
+use nubo_common::proto as pb;
+use nubo_coordinator::api::{bootstrap, Bootstrapped};
+use nubo_coordinator::{AuthMode, Config, TlsPaths};
+use nubo_identity::Passwords;
+use nubo_tests::tls::TlsEtcd;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_over_tls_with_etcd_over_mtls() {
+    let etcd = TlsEtcd::start().unwrap();
+    let certs = etcd.certs();
+    let (cert, key) = certs.client("coordinator");
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.etcd_tls = Some(TlsPaths {
+        ca: Some(certs.ca()),
+        cert: Some(cert),
+        key: Some(key),
+    });
+    cfg.tls = Some((
+        certs.dir().join("coordinator-server.crt"),
+        certs.dir().join("coordinator-server.key"),
+    ));
+    cfg.auth = AuthMode::Token;
+    let client = nubo_coordinator::connect_etcd(&cfg).await.unwrap();
+    let store = nubo_coordinator::store::Store::new(client);
+    let admin = UserName::new("admin").unwrap();
+    let cheap = Passwords::with_params(64, 1, 1).unwrap();
+    assert_eq!(
+        bootstrap(&store, &admin, "pw", &cheap).await.unwrap(),
+        Bootstrapped::Created
+    );
+    let c = nubo_coordinator::start(cfg).await.unwrap();
+    assert!(c.endpoint().starts_with("https://"));
+
+    let ca = std::fs::read(certs.ca()).unwrap();
+    let ch = Channel::from_shared(c.endpoint())
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let t = pb::tokens_client::TokensClient::new(ch.clone())
+        .issue(pb::IssueTokenRequest {
+            user: "admin".into(),
+            password: "pw".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r = tonic::Request::new(pb::Empty {});
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", t.token).parse().unwrap(),
+    );
+    pb::cluster_client::ClusterClient::new(ch)
+        .status(r)
+        .await
+        .unwrap();
+
+    // Plain HTTP/2 is refused.
+    let plain = format!("http://{}", c.grpc_addr());
+    let res = async {
+        let ch = Channel::from_shared(plain)?.connect().await?;
+        pb::tokens_client::TokensClient::new(ch)
+            .issue(pb::IssueTokenRequest::default())
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .await;
+    assert!(res.is_err());
+    c.shutdown().await.unwrap();
+}
