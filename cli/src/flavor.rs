@@ -100,11 +100,7 @@ pub async fn run(cmd: FlavorCmd, ctx: &Ctx) -> Result<()> {
                     }
                 })
                 .await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         FlavorCmd::Show { name } => {
             let f = api.flavors().get(api.get_req(&name)).await.or_fail(api)?;

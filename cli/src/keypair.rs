@@ -115,11 +115,7 @@ pub async fn run(cmd: KeypairCmd, ctx: &Ctx) -> Result<()> {
                     }
                 })
                 .await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         KeypairCmd::Show { name } => {
             let k = api.keypairs().get(api.get_req(&name)).await.or_fail(api)?;

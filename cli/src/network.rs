@@ -143,11 +143,7 @@ pub async fn run(cmd: NetworkCmd, ctx: &Ctx) -> Result<()> {
                     }
                 })
                 .await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         NetworkCmd::Show { network } => {
             let n = api

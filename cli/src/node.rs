@@ -151,11 +151,7 @@ pub async fn run(cmd: NodeCmd, ctx: &Ctx) -> Result<()> {
                     }
                 })
                 .await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         NodeCmd::Show { name } => {
             let n = api.nodes().get(api.get_req(&name)).await.or_fail(api)?;

@@ -150,6 +150,17 @@ pub fn list(format: Format, table: &Table, objs: Vec<Value>) -> Result<()> {
     }
 }
 
+/// Prints a list of resources: the table `table` makes of them, or the array
+/// of their `json` objects.
+pub fn items<T>(
+    format: Format,
+    items: &[T],
+    table: impl Fn(&[T]) -> Table,
+    json: impl Fn(&T) -> Value,
+) -> Result<()> {
+    list(format, &table(items), items.iter().map(json).collect())
+}
+
 /// Confirms deletions: nothing in table format (as the OpenStack client),
 /// `{"deleted": [...]}` in JSON so scripts always get a document.
 pub fn deleted(format: Format, refs: &[String]) -> Result<()> {

@@ -154,11 +154,7 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
                     }
                 })
                 .await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         PortCmd::Capture { port, count } => {
             let p = api.ports().get(api.get_req(&port)).await.or_fail(api)?;

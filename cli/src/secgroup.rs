@@ -299,11 +299,7 @@ pub async fn run(cmd: SecgroupCmd, ctx: &Ctx) -> Result<()> {
                     }
                 })
                 .await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         SecgroupCmd::Show { group } => {
             let g = api

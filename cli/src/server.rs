@@ -234,11 +234,7 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         ServerCmd::Create(args) => server_create::run(*args, ctx).await,
         ServerCmd::List(args) => {
             let items = list_all(api, args.request(&api.project)).await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         ServerCmd::Show { server } => {
             let s = api.servers().get(api.get_req(&server)).await.or_fail(api)?;

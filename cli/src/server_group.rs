@@ -105,11 +105,7 @@ pub async fn run(cmd: ServerGroupCmd, ctx: &Ctx) -> Result<()> {
                     }
                 })
                 .await?;
-            output::list(
-                ctx.format,
-                &table(&items),
-                items.iter().map(to_json).collect(),
-            )
+            output::items(ctx.format, &items, table, to_json)
         }
         ServerGroupCmd::Show { group } => {
             let g = api

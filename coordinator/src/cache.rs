@@ -23,7 +23,7 @@ use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, Flavor, Image, Keypair, Network, SecurityGroup, ServerGroup};
 use tokio::sync::watch;
 
-use crate::view::kv_key;
+use crate::view::{follow_watch, kv_key, list_prefix_at, watch_from};
 
 /// One cached value.
 #[derive(Debug, Clone)]
@@ -214,36 +214,18 @@ impl ResourceCache {
         let mut fresh: HashMap<String, Entry> = HashMap::new();
         let mut rev = 0;
         for prefix in prefixes() {
-            let end = keys::prefix_end(&prefix);
-            let mut start = prefix.into_bytes();
-            loop {
-                let mut opts = GetOptions::new().with_range(end.clone()).with_limit(2000);
-                if rev > 0 {
-                    opts = opts.with_revision(rev);
+            list_prefix_at(&mut kv, &prefix, &mut rev, |kv| {
+                if let Some(value) = decode(kv_key(kv), kv.value()) {
+                    fresh.insert(
+                        kv_key(kv).to_string(),
+                        Entry {
+                            value,
+                            mod_rev: kv.mod_revision(),
+                        },
+                    );
                 }
-                let resp = kv.get(start.clone(), Some(opts)).await?;
-                if rev == 0 {
-                    rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                }
-                for kv in resp.kvs() {
-                    if let Some(value) = decode(kv_key(kv), kv.value()) {
-                        fresh.insert(
-                            kv_key(kv).to_string(),
-                            Entry {
-                                value,
-                                mod_rev: kv.mod_revision(),
-                            },
-                        );
-                    }
-                }
-                match resp.kvs().last() {
-                    Some(last) if resp.more() => {
-                        start = last.key().to_vec();
-                        start.push(0);
-                    }
-                    _ => break,
-                }
-            }
+            })
+            .await?;
         }
         let n = fresh.len();
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = fresh;
@@ -252,41 +234,16 @@ impl ResourceCache {
 
         let mut watches = Vec::new();
         for prefix in prefixes() {
-            let stream = client
-                .watch_client()
-                .watch(
-                    prefix,
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(rev + 1),
-                    ),
-                )
-                .await?;
-            watches.push(Box::pin(self.follow(stream)));
+            let stream = watch_from(client, prefix, rev).await?;
+            watches.push(Box::pin(follow_watch(
+                stream,
+                "resource cache",
+                |kv, deleted| self.apply(kv, deleted),
+            )));
         }
         // The first watch that ends (error, compaction) ends them all: the
         // caller re-lists everything at one revision again.
         select_all(watches).await.0
-    }
-
-    async fn follow(&self, mut stream: etcd_client::WatchStream) -> Result<(), etcd_client::Error> {
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() || resp.compact_revision() > 0 {
-                tracing::info!(
-                    compact_revision = resp.compact_revision(),
-                    reason = resp.cancel_reason(),
-                    "resource cache watch cancelled"
-                );
-                return Ok(());
-            }
-            for ev in resp.events() {
-                if let Some(kv) = ev.kv() {
-                    self.apply(kv, ev.event_type() == EventType::Delete);
-                }
-            }
-        }
-        Ok(())
     }
 }
 

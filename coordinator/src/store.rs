@@ -159,6 +159,29 @@ impl Store {
             }
         }
     }
+
+    /// Every key under `prefix` that `keep` keeps, read with [`list_page`]
+    /// page by page ([`MAX_PAGE`] a page) until the end.
+    ///
+    /// [`list_page`]: Store::list_page
+    pub async fn list_all<T>(
+        &self,
+        prefix: &str,
+        mut keep: impl FnMut(&KeyValue) -> Option<T>,
+    ) -> ApiResult<Vec<T>> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (page, next) = self
+                .list_page(prefix, MAX_PAGE as u32, &token, &mut keep)
+                .await?;
+            out.extend(page);
+            if next.is_empty() {
+                return Ok(out);
+            }
+            token = next;
+        }
+    }
 }
 
 /// Compare: the key does not exist.

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{
+    Client, EventType, GetOptions, KeyValue, KvClient, WatchOptions, WatchStream,
+};
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, NodeUsage};
 use nubo_common::NodeName;
@@ -355,31 +357,10 @@ impl ClusterView {
     async fn list_and_watch(&self, client: Client) -> Result<(), etcd_client::Error> {
         let mut kv = client.kv_client();
         let prefix = keys::nodes_prefix();
-        let end = keys::prefix_end(&prefix);
         let mut fresh: BTreeMap<NodeName, Slot> = BTreeMap::new();
         let staging = ClusterView::default();
-        let mut start = prefix.clone().into_bytes();
         let mut rev = 0;
-        loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(2000);
-            if rev > 0 {
-                opts = opts.with_revision(rev);
-            }
-            let resp = kv.get(start.clone(), Some(opts)).await?;
-            if rev == 0 {
-                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            for kv in resp.kvs() {
-                staging.apply(kv, false);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => break,
-            }
-        }
+        list_prefix_at(&mut kv, &prefix, &mut rev, |kv| staging.apply(kv, false)).await?;
         fresh.append(&mut staging.write());
         {
             let mut map = self.write();
@@ -406,34 +387,87 @@ impl ClusterView {
         self.ready.send_replace(true);
         tracing::debug!(revision = rev, "node view listed");
 
-        let mut watcher = client
-            .watch_client()
-            .watch(
-                prefix.clone(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(rev + 1),
-                ),
-            )
-            .await?;
-        while let Some(resp) = watcher.message().await? {
-            if resp.canceled() || resp.compact_revision() > 0 {
-                tracing::info!(
-                    compact_revision = resp.compact_revision(),
-                    reason = resp.cancel_reason(),
-                    "node watch cancelled"
-                );
-                return Ok(());
+        let watcher = watch_from(&client, prefix, rev).await?;
+        follow_watch(watcher, "node", |kv, deleted| self.apply(kv, deleted)).await
+    }
+}
+
+/// Reads every key under `prefix`, 2000 a request, all at one revision:
+/// `*rev`, or (if 0) the revision of the first read, which `*rev` is then
+/// set to. Passes each key-value to `each`, in key order.
+pub(crate) async fn list_prefix_at(
+    kv: &mut KvClient,
+    prefix: &str,
+    rev: &mut i64,
+    mut each: impl FnMut(&KeyValue),
+) -> Result<(), etcd_client::Error> {
+    let end = keys::prefix_end(prefix);
+    let mut start = prefix.as_bytes().to_vec();
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(2000);
+        if *rev > 0 {
+            opts = opts.with_revision(*rev);
+        }
+        let resp = kv.get(start.clone(), Some(opts)).await?;
+        if *rev == 0 {
+            *rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in resp.kvs() {
+            each(kv);
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                start = last.key().to_vec();
+                start.push(0);
             }
-            for ev in resp.events() {
-                if let Some(kv) = ev.kv() {
-                    self.apply(kv, ev.event_type() == EventType::Delete);
-                }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// A watch of every key under `prefix`, from the revision after `rev`.
+pub(crate) async fn watch_from(
+    client: &Client,
+    prefix: String,
+    rev: i64,
+) -> Result<WatchStream, etcd_client::Error> {
+    client
+        .watch_client()
+        .watch(
+            prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1),
+            ),
+        )
+        .await
+}
+
+/// Passes each event of a watch to `apply` (the key-value, whether it was
+/// deleted) until the watch ends; a cancelled or compacted watch (logged,
+/// `what` naming it) ends it with `Ok`.
+pub(crate) async fn follow_watch(
+    mut stream: WatchStream,
+    what: &str,
+    mut apply: impl FnMut(&KeyValue, bool),
+) -> Result<(), etcd_client::Error> {
+    while let Some(resp) = stream.message().await? {
+        if resp.canceled() || resp.compact_revision() > 0 {
+            tracing::info!(
+                compact_revision = resp.compact_revision(),
+                reason = resp.cancel_reason(),
+                "{what} watch cancelled"
+            );
+            return Ok(());
+        }
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv() {
+                apply(kv, ev.event_type() == EventType::Delete);
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The key of a kv as text (keys nubo writes are ASCII; others are skipped

@@ -210,35 +210,39 @@ impl LibvirtDriver {
 
     /// Freezes a running domain in memory; no-op if it is paused already.
     pub async fn suspend(&self, instance_id: &str) -> Result<(), DriverError> {
-        let id = instance_id.to_owned();
-        self.blocking(move |conn, _| {
-            let dom = owned(conn, &id)?;
-            match state_of(&dom, &id)? {
-                PowerState::Paused => Ok(()),
-                PowerState::Running => dom.suspend().map_err(dom_err(&id, "suspend")),
-                state => Err(DriverError::WrongState {
-                    instance_id: id,
-                    op: "suspend",
-                    needed: "running",
-                    state,
-                }),
-            }
-        })
-        .await
+        let (from, to) = (PowerState::Running, PowerState::Paused);
+        self.pause_toggle(instance_id, "suspend", from, to, "running", Dom::suspend)
+            .await
     }
 
     /// Continues a paused domain; no-op if it runs.
     pub async fn resume(&self, instance_id: &str) -> Result<(), DriverError> {
+        let (from, to) = (PowerState::Paused, PowerState::Running);
+        self.pause_toggle(instance_id, "resume", from, to, "paused", Dom::resume)
+            .await
+    }
+
+    /// Moves a domain from state `from` to `to` with `act`; a no-op if it is
+    /// in `to` already, an error naming `needed` in any other state.
+    async fn pause_toggle(
+        &self,
+        instance_id: &str,
+        op: &'static str,
+        from: PowerState,
+        to: PowerState,
+        needed: &'static str,
+        act: fn(&Dom) -> Result<(), VirError>,
+    ) -> Result<(), DriverError> {
         let id = instance_id.to_owned();
         self.blocking(move |conn, _| {
             let dom = owned(conn, &id)?;
             match state_of(&dom, &id)? {
-                PowerState::Running => Ok(()),
-                PowerState::Paused => dom.resume().map_err(dom_err(&id, "resume")),
+                state if state == to => Ok(()),
+                state if state == from => act(&dom).map_err(dom_err(&id, op)),
                 state => Err(DriverError::WrongState {
                     instance_id: id,
-                    op: "resume",
-                    needed: "paused",
+                    op,
+                    needed,
                     state,
                 }),
             }

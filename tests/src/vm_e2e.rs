@@ -150,6 +150,16 @@ impl Drop for HostLibvirtd {
                 }
             }
         }
+        // A capability probe QEMU (`qmp-*/qmp.pid`) would outlive libvirtd.
+        if let Ok(rd) = std::fs::read_dir(self.base.join("lib/qemu")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("qmp-") {
+                    if let Some(pid) = read_pid(&e.path().join("qmp.pid")) {
+                        kill_pid(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
         for f in ["libvirtd.pid", "virtlogd.pid"] {
             if let Some(pid) = read_pid(&self.base.join("run").join(f)) {
                 kill_pid(pid, libc::SIGTERM);

@@ -15,7 +15,7 @@ use nubo_dhcp::{DhcpHandle, DhcpServer, Lease, LeaseTable, METADATA_IP};
 use nubo_overlay::bridge_name;
 use tracing::{info, warn};
 
-use super::{ifindex, log_plan, running_ports, sanitize_hostname};
+use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname};
 use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
 
@@ -151,18 +151,7 @@ impl Subsystem for Dhcp {
                 }
             }
         }
-        // The first pass of a process only loads the node's state into
-        // fresh servers (what a restart does): not a change of the node.
-        if self.first {
-            info!(loaded = changes, "state loaded into fresh servers");
-            changes = 0;
-        }
-        log_plan("dhcp", &mut self.first, changes);
-        if errors.is_empty() {
-            Ok(changes)
-        } else {
-            Err(SubsystemError::Other(errors.join("; ")))
-        }
+        finish_server_pass("dhcp", &mut self.first, changes, errors)
     }
 }
 

@@ -18,7 +18,7 @@ use nubo_overlay::bridge_name;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{ifindex, log_plan, running_ports, sanitize_hostname, LocalPort};
+use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname, LocalPort};
 use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
 
@@ -203,18 +203,7 @@ impl Subsystem for Metadata {
                 Err(e) => errors.push(format!("metadata on {b}: {e}")),
             }
         }
-        // The first pass of a process only loads the node's state into
-        // fresh servers (what a restart does): not a change of the node.
-        if self.first {
-            info!(loaded = changes, "state loaded into fresh servers");
-            changes = 0;
-        }
-        log_plan("metadata", &mut self.first, changes);
-        if errors.is_empty() {
-            Ok(changes)
-        } else {
-            Err(SubsystemError::Other(errors.join("; ")))
-        }
+        finish_server_pass("metadata", &mut self.first, changes, errors)
     }
 }
 

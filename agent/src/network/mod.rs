@@ -108,6 +108,28 @@ pub(crate) fn log_plan(subsystem: &'static str, first: &mut bool, actions: usize
     }
 }
 
+/// Ends a pass of a subsystem that runs servers (DHCP, metadata): the first
+/// pass of a process only loads the node's state into fresh servers (what a
+/// restart does), so it counts as no change of the node; logs the plan and
+/// turns the collected errors into one.
+pub(crate) fn finish_server_pass(
+    subsystem: &'static str,
+    first: &mut bool,
+    mut changes: usize,
+    errors: Vec<String>,
+) -> Result<usize, SubsystemError> {
+    if *first {
+        tracing::info!(loaded = changes, "state loaded into fresh servers");
+        changes = 0;
+    }
+    log_plan(subsystem, first, changes);
+    if errors.is_empty() {
+        Ok(changes)
+    } else {
+        Err(SubsystemError::Other(errors.join("; ")))
+    }
+}
+
 /// The interface index of `name` in the calling thread's network namespace
 /// (`None` if it does not exist).
 pub(crate) fn ifindex(name: &str) -> Option<u32> {

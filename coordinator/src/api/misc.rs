@@ -13,7 +13,7 @@ use nubo_common::proto::{
 use nubo_common::{FlavorName, ImageId, NodeName, ServerGroupId};
 use tonic::{Request, Response, Status};
 
-use super::{in_scope, reply, Ctx};
+use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{self, absent, decode_or_skip, prefix_empty, put, unchanged, Versioned};
@@ -399,14 +399,8 @@ impl images_server::Images for Ctx {
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListImagesResponse> {
         let r = r.into_inner();
         let go = async {
-            let p = validate::project(&r.project)?;
             let (images, next_page_token) = self
-                .store
-                .list_page(&keys::images_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<Image>(kv)
-                        .filter(|i| in_scope(r.all_projects, &p, &i.project))
-                        .map(|i| convert::image(&i))
-                })
+                .list_scoped(&keys::images_prefix(), &r, convert::image)
                 .await?;
             Ok(pb::ListImagesResponse {
                 images,
@@ -488,19 +482,8 @@ impl server_groups_server::ServerGroups for Ctx {
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListServerGroupsResponse> {
         let r = r.into_inner();
         let go = async {
-            let p = validate::project(&r.project)?;
             let (server_groups, next_page_token) = self
-                .store
-                .list_page(
-                    &keys::server_groups_prefix(),
-                    r.page_size,
-                    &r.page_token,
-                    |kv| {
-                        decode_or_skip::<ServerGroup>(kv)
-                            .filter(|g| in_scope(r.all_projects, &p, &g.project))
-                            .map(|g| convert::server_group(&g))
-                    },
-                )
+                .list_scoped(&keys::server_groups_prefix(), &r, convert::server_group)
                 .await?;
             Ok(pb::ListServerGroupsResponse {
                 server_groups,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use etcd_client::Txn;
 use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{self, SecurityGroup};
+use nubo_common::proto as pb;
 use nubo_common::{ProjectId, SecurityGroupId};
 use serde::de::DeserializeOwned;
 
@@ -23,7 +24,8 @@ use crate::config::Config;
 use crate::election::LeaderState;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::Ratios;
-use crate::store::{self, absent, decode_or_skip, put, Store, Versioned};
+use crate::store::{absent, decode_or_skip, put, Store, Versioned};
+use crate::validate;
 use crate::view::ClusterView;
 
 pub use identity::{bootstrap, Bootstrapped};
@@ -175,30 +177,21 @@ impl Ctx {
                 _ => Err(not_found()),
             };
         }
-        let mut found: Vec<(String, Versioned<T>)> = Vec::new();
-        let mut token = String::new();
-        loop {
-            let (page, next) = self
-                .store
-                .list_page(prefix, store::MAX_PAGE as u32, &token, |kv| {
-                    let v: T = decode_or_skip(kv)?;
-                    (v.project() == project && v.name() == r).then(|| {
-                        (
-                            v.id_string(),
-                            Versioned {
-                                value: v,
-                                mod_rev: kv.mod_revision(),
-                            },
-                        )
-                    })
+        let mut found: Vec<(String, Versioned<T>)> = self
+            .store
+            .list_all(prefix, |kv| {
+                let v: T = decode_or_skip(kv)?;
+                (v.project() == project && v.name() == r).then(|| {
+                    (
+                        v.id_string(),
+                        Versioned {
+                            value: v,
+                            mod_rev: kv.mod_revision(),
+                        },
+                    )
                 })
-                .await?;
-            found.extend(page);
-            if next.is_empty() {
-                break;
-            }
-            token = next;
-        }
+            })
+            .await?;
         match found.len() {
             0 => Err(not_found()),
             1 => Ok(found.remove(0).1),
@@ -297,6 +290,27 @@ owned!(
 /// Converts a handler result into a tonic response.
 pub(crate) fn reply<T>(r: ApiResult<T>) -> Result<tonic::Response<T>, tonic::Status> {
     r.map(tonic::Response::new).map_err(Into::into)
+}
+
+impl Ctx {
+    /// One page of the resources under `prefix` that the request may see
+    /// (its project's; every project's with `all_projects` for an admin),
+    /// converted with `conv`; returns them and the next page token.
+    pub(crate) async fn list_scoped<T: DeserializeOwned + Owned, U>(
+        &self,
+        prefix: &str,
+        r: &pb::ListRequest,
+        conv: impl Fn(&T) -> U,
+    ) -> ApiResult<(Vec<U>, String)> {
+        let p = validate::project(&r.project)?;
+        self.store
+            .list_page(prefix, r.page_size, &r.page_token, |kv| {
+                decode_or_skip::<T>(kv)
+                    .filter(|t| in_scope(r.all_projects, &p, t.project()))
+                    .map(|t| conv(&t))
+            })
+            .await
+    }
 }
 
 /// Filters listings by project unless `all_projects`.

@@ -11,13 +11,12 @@ use nubo_common::{NetworkId, PortId, ProjectId, SecurityGroupId};
 use rand::Rng;
 use tonic::{Request, Response, Status};
 
-use super::{in_scope, reply, Ctx};
+use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::ipam;
 use crate::store::{
-    self, absent, decode_or_skip, op_kvs, prefix_empty, prefix_unchanged_since, put, unchanged,
-    Versioned,
+    absent, decode_or_skip, op_kvs, prefix_empty, prefix_unchanged_since, put, unchanged, Versioned,
 };
 use crate::validate;
 
@@ -198,28 +197,14 @@ impl Ctx {
             // The project's networks, read at a revision the txn then
             // compares against: a concurrent create forces a re-check.
             let rev = self.revision().await?;
-            let mut existing = Vec::new();
-            let mut token = String::new();
-            loop {
-                let (page, next) = self
-                    .store
-                    .list_page(
-                        &keys::networks_prefix(),
-                        store::MAX_PAGE as u32,
-                        &token,
-                        |kv| {
-                            decode_or_skip::<Network>(kv)
-                                .filter(|n| n.project == project)
-                                .map(|n| (n.name, n.cidr))
-                        },
-                    )
-                    .await?;
-                existing.extend(page);
-                if next.is_empty() {
-                    break;
-                }
-                token = next;
-            }
+            let existing = self
+                .store
+                .list_all(&keys::networks_prefix(), |kv| {
+                    decode_or_skip::<Network>(kv)
+                        .filter(|n| n.project == project)
+                        .map(|n| (n.name, n.cidr))
+                })
+                .await?;
             if existing.iter().any(|(n, _)| *n == r.name) {
                 return Err(ApiError::AlreadyExists(format!(
                     "network {:?} already exists in project {project}",
@@ -578,28 +563,14 @@ impl Ctx {
             let g = self.secgroup(&project, &r.r#ref).await?;
             let id = g.value.id;
             let rev = self.revision().await?;
-            let mut users: Vec<PortId> = Vec::new();
-            let mut token = String::new();
-            loop {
-                let (page, next) = self
-                    .store
-                    .list_page(
-                        &keys::ports_prefix(),
-                        store::MAX_PAGE as u32,
-                        &token,
-                        |kv: &KeyValue| {
-                            decode_or_skip::<Port>(kv)
-                                .filter(|p| p.security_groups.contains(&id))
-                                .map(|p| p.id)
-                        },
-                    )
-                    .await?;
-                users.extend(page);
-                if next.is_empty() {
-                    break;
-                }
-                token = next;
-            }
+            let users: Vec<PortId> = self
+                .store
+                .list_all(&keys::ports_prefix(), |kv: &KeyValue| {
+                    decode_or_skip::<Port>(kv)
+                        .filter(|p| p.security_groups.contains(&id))
+                        .map(|p| p.id)
+                })
+                .await?;
             if let Some(first) = users.first() {
                 return Err(ApiError::FailedPrecondition(format!(
                     "security group {:?} is used by port {first}{}; remove it from the ports first",
@@ -733,14 +704,8 @@ impl networks_server::Networks for Ctx {
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListNetworksResponse> {
         let r = r.into_inner();
         let go = async {
-            let p = validate::project(&r.project)?;
             let (networks, next_page_token) = self
-                .store
-                .list_page(&keys::networks_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<Network>(kv)
-                        .filter(|n| in_scope(r.all_projects, &p, &n.project))
-                        .map(|n| convert::network(&n))
-                })
+                .list_scoped(&keys::networks_prefix(), &r, convert::network)
                 .await?;
             Ok(pb::ListNetworksResponse {
                 networks,
@@ -770,14 +735,8 @@ impl ports_server::Ports for Ctx {
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListPortsResponse> {
         let r = r.into_inner();
         let go = async {
-            let p = validate::project(&r.project)?;
             let (ports, next_page_token) = self
-                .store
-                .list_page(&keys::ports_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<Port>(kv)
-                        .filter(|x| in_scope(r.all_projects, &p, &x.project))
-                        .map(|x| convert::port(&x))
-                })
+                .list_scoped(&keys::ports_prefix(), &r, convert::port)
                 .await?;
             Ok(pb::ListPortsResponse {
                 ports,
@@ -810,19 +769,8 @@ impl security_groups_server::SecurityGroups for Ctx {
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListSecurityGroupsResponse> {
         let r = r.into_inner();
         let go = async {
-            let p = validate::project(&r.project)?;
             let (security_groups, next_page_token) = self
-                .store
-                .list_page(
-                    &keys::secgroups_prefix(),
-                    r.page_size,
-                    &r.page_token,
-                    |kv| {
-                        decode_or_skip::<SecurityGroup>(kv)
-                            .filter(|g| in_scope(r.all_projects, &p, &g.project))
-                            .map(|g| convert::secgroup(&g))
-                    },
-                )
+                .list_scoped(&keys::secgroups_prefix(), &r, convert::secgroup)
                 .await?;
             Ok(pb::ListSecurityGroupsResponse {
                 security_groups,
