@@ -3,7 +3,7 @@
 # end-to-end tests in network namespaces. Needs root (namespaces, nftables).
 #
 #   sudo ./scripts/test.sh            # everything
-#   sudo ./scripts/test.sh -p nubo-firewall   # extra args go to `cargo test`
+#   sudo ./scripts/test.sh dhcp       # only tests whose name contains "dhcp" (args go to `cargo test`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ echo "== tests"
 # threads. The end-to-end tests start many processes: cap the threads so a
 # 2-core machine is not oversubscribed.
 status=0
-cargo test --workspace "$@" -- --test-threads="${NUBO_TEST_THREADS:-2}" || status=$?
+cargo test --workspace --no-fail-fast "$@" -- --test-threads="${NUBO_TEST_THREADS:-2}" || status=$?
 
 echo "== leftovers"
 left_ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^nbt' || true)

@@ -19,6 +19,7 @@ use crate::config::{AgentConfig, DriverKind};
 use crate::desired;
 use crate::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError, NetnsHypervisor};
 use crate::mirror::{Mirror, MirrorHandle};
+use crate::plug_gate::{PlugGate, PlugWaiters, PLUG_RECHECK};
 use crate::reconciler::{reconcile_all, Subsystem};
 use crate::registration::Liveness;
 use crate::store::{self, StoreError};
@@ -67,6 +68,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     // Tasks that live as long as this call (aborted on return).
     let mut side = JoinSet::new();
+    let mut plug = None;
     let hv: Arc<dyn Hypervisor> = match cfg.driver {
         DriverKind::Libvirt => {
             let lv = crate::hypervisor::LibvirtHypervisor::open(&cfg).await?;
@@ -74,12 +76,13 @@ pub async fn run(
                 let client = store::connect(&cfg.etcd_endpoints).await?;
                 side.spawn(crate::power_sync::run(client, cfg.node.clone(), rx).in_current_span());
             }
+            plug = lv.plug_waiters();
             Arc::new(lv)
         }
         _ => open_driver(&cfg)?,
     };
     crate::node_api::spawn(&mut cfg, &mut side).await;
-    let r = run_with_hypervisor(cfg, hv, shutdown).await;
+    let r = run_inner(cfg, hv, plug, shutdown).await;
     side.shutdown().await;
     r
 }
@@ -90,6 +93,17 @@ pub async fn run(
 pub async fn run_with_hypervisor(
     cfg: AgentConfig,
     hv: Arc<dyn Hypervisor>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    run_inner(cfg, hv, None, shutdown).await
+}
+
+/// [`run_with_hypervisor`], plus the plug gate when the driver starts
+/// instances paused until their NICs are plugged (`plug`).
+async fn run_inner(
+    cfg: AgentConfig,
+    hv: Arc<dyn Hypervisor>,
+    plug: Option<Arc<PlugWaiters>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     let span = info_span!("agent", node = %cfg.node);
@@ -123,8 +137,8 @@ pub async fn run_with_hypervisor(
         // (skipped with `--no-network`); see `reconciler` module docs.
         let mut subsystems: Vec<Box<dyn Subsystem>> =
             vec![Box::new(crate::fencer::GatedSubsystem::new(
-                Compute::new(cfg.node.clone(), fencing.hypervisor, client),
-                fencing.gate,
+                Compute::new(cfg.node.clone(), fencing.hypervisor.clone(), client),
+                fencing.gate.clone(),
             ))];
         if !cfg.no_network {
             subsystems.extend(
@@ -136,12 +150,22 @@ pub async fn run_with_hypervisor(
                 .map_err(|e| AgentError::Network(e.to_string()))?,
             );
         }
+        // Last: resumes guests started paused once their taps are wired
+        // (see `plug_gate`); like compute, never while fenced.
+        let plug = plug.filter(|_| !cfg.no_network);
+        if let Some(waiters) = &plug {
+            subsystems.push(Box::new(crate::fencer::GatedSubsystem::new(
+                PlugGate::new(waiters.clone(), fencing.hypervisor)
+                    .map_err(|e| AgentError::Network(e.to_string()))?,
+                fencing.gate,
+            )));
+        }
         tokio::select! {
             () = shutdown => info!("shutdown requested; leaving instances running"),
             () = reconcile_loop(&cfg, handle, registered, subsystems, Beat {
                 heartbeat,
                 every: crate::watchdog::beat_interval(watchdog_period),
-            }) => {}
+            }, plug) => {}
         }
         tasks.shutdown().await;
         Ok(())
@@ -162,6 +186,7 @@ async fn reconcile_loop(
     mut registered: watch::Receiver<bool>,
     mut subsystems: Vec<Box<dyn Subsystem>>,
     beat: Beat,
+    plug: Option<Arc<PlugWaiters>>,
 ) {
     // Never reconcile from an empty cache: that would destroy everything.
     loop {
@@ -197,12 +222,16 @@ async fn reconcile_loop(
         } else if outcome.actions > 0 {
             info!(actions = outcome.actions, "reconcile pass done");
         }
-        let next_periodic = Instant::now()
+        let mut next_periodic = Instant::now()
             + if outcome.failures > 0 {
                 RETRY_AFTER_FAILURE
             } else {
                 cfg.resync_interval
             };
+        if plug.as_ref().is_some_and(|p| p.recheck_soon()) {
+            // A guest waits paused for its NICs: look again soon.
+            next_periodic = next_periodic.min(Instant::now() + PLUG_RECHECK);
+        }
         loop {
             if !ready && *registered.borrow() {
                 ready = true;

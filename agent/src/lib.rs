@@ -36,6 +36,7 @@ pub mod mirror;
 pub mod network;
 pub mod node_api;
 pub mod notify;
+pub mod plug_gate;
 pub mod power_sync;
 pub mod reconciler;
 pub mod registration;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{Client, KeyValue};
 use futures::future::select_all;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, Flavor, Image, Keypair, Network, SecurityGroup, ServerGroup};

@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, EventType, GetOptions, KeyValue, KvClient, WatchOptions, WatchStream,
-};
+use etcd_client::{Client, EventType, GetOptions, KeyValue, KvClient, WatchOptions, WatchStream};
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, NodeUsage};
 use nubo_common::NodeName;

@@ -178,15 +178,49 @@ impl LibvirtDriver {
         let spec = spec.clone();
         self.blocking(move |conn, cfg| {
             let id = spec.instance_id.as_str();
+            let dom = define_owned(conn, cfg, &spec)?;
+            if !dom.is_active().map_err(dom_err(id, "state"))? {
+                dom.create().map_err(dom_err(id, "start"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Like [`Self::define_and_start`], but a domain this call starts is
+    /// started with its vCPUs paused (QEMU holds the taps, the guest runs
+    /// nothing until [`Self::resume`]). Returns whether it started it (a
+    /// domain already active is left as it is). Idempotent.
+    pub async fn define_and_start_paused(&self, spec: &DomainSpec) -> Result<bool, DriverError> {
+        spec.validate()?;
+        let spec = spec.clone();
+        self.blocking(move |conn, cfg| {
+            let id = spec.instance_id.as_str();
             if let Some(existing) = lookup(conn, id)? {
                 ensure_nubo(&existing, id)?;
             }
             let xml = domain_xml_with_prefix(&spec, &cfg.name_prefix);
             let dom = conn.define_xml(&xml).map_err(dom_err(id, "define"))?;
-            if !dom.is_active().map_err(dom_err(id, "state"))? {
-                dom.create().map_err(dom_err(id, "start"))?;
+            if dom.is_active().map_err(dom_err(id, "state"))? {
+                return Ok(false);
             }
-            Ok(())
+            dom.create_paused().map_err(dom_err(id, "start paused"))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Starts a defined domain with its vCPUs paused; no-op if it is active
+    /// already. Returns whether it started it.
+    pub async fn start_paused(&self, instance_id: &str) -> Result<bool, DriverError> {
+        let id = instance_id.to_owned();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            if dom.is_active().map_err(dom_err(&id, "state"))? {
+                return Ok(false);
+            }
+            dom.create_paused().map_err(dom_err(&id, "start paused"))?;
+            Ok(true)
         })
         .await
     }
@@ -196,16 +230,8 @@ impl LibvirtDriver {
     pub async fn define(&self, spec: &DomainSpec) -> Result<(), DriverError> {
         spec.validate()?;
         let spec = spec.clone();
-        self.blocking(move |conn, cfg| {
-            let id = spec.instance_id.as_str();
-            if let Some(existing) = lookup(conn, id)? {
-                ensure_nubo(&existing, id)?;
-            }
-            let xml = domain_xml_with_prefix(&spec, &cfg.name_prefix);
-            conn.define_xml(&xml).map_err(dom_err(id, "define"))?;
-            Ok(())
-        })
-        .await
+        self.blocking(move |conn, cfg| define_owned(conn, cfg, &spec).map(drop))
+            .await
     }
 
     /// Freezes a running domain in memory; no-op if it is paused already.
@@ -435,6 +461,17 @@ fn dom_err<'a>(id: &'a str, op: &'static str) -> impl FnOnce(VirError) -> Driver
         op,
         source,
     }
+}
+
+/// Defines the domain of `spec` (or updates its definition), refusing to
+/// touch a domain of that uuid that nubo does not own.
+fn define_owned(conn: &Conn, cfg: &DriverConfig, spec: &DomainSpec) -> Result<Dom, DriverError> {
+    let id = spec.instance_id.as_str();
+    if let Some(existing) = lookup(conn, id)? {
+        ensure_nubo(&existing, id)?;
+    }
+    let xml = domain_xml_with_prefix(spec, &cfg.name_prefix);
+    conn.define_xml(&xml).map_err(dom_err(id, "define"))
 }
 
 fn lookup(conn: &Conn, id: &str) -> Result<Option<Dom>, DriverError> {

@@ -277,6 +277,14 @@ impl Dom {
         check(unsafe { sys::virDomainCreate(self.as_ptr()) })
     }
 
+    /// Starts the defined domain with its vCPUs paused
+    /// (`virDomainCreateWithFlags(VIR_DOMAIN_START_PAUSED)`): QEMU runs and
+    /// holds its devices (taps), the guest executes nothing until resumed.
+    pub(crate) fn create_paused(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainCreateWithFlags(self.as_ptr(), sys::VIR_DOMAIN_START_PAUSED) })
+    }
+
     /// Hard power-off.
     pub(crate) fn destroy(&self) -> Result<(), VirError> {
         // SAFETY: valid domain.

@@ -13,6 +13,12 @@
 //! keeps what libvirt does not: the taps to recreate before a cold start and
 //! to delete with the instance, the boot counter and the creation time.
 //!
+//! Unless `--no-network`, domains are started with their vCPUs paused and
+//! registered in [`PlugWaiters`]: the plug gate ([`crate::plug_gate`])
+//! resumes each once its taps are on their bridges, so no guest boots with
+//! an unplugged NIC. While held, a domain is reported running (booting) and
+//! [`LibvirtHypervisor::resume`] leaves it paused.
+//!
 //! Lifecycle events feed [`LibvirtHypervisor::guest_stops`]: a guest that
 //! powered itself off (not stopped by nubo) is reported there so the agent
 //! can record the new desired power (see `crate::power_sync`).
@@ -38,6 +44,7 @@ use super::{HypervisorError, ObservedInstance, ObservedPower};
 use crate::config::{AgentConfig, DomainTypeKind};
 use crate::desired::DesiredInstance;
 use crate::images::ImageFetcher;
+use crate::plug_gate::PlugWaiters;
 
 /// File name of the driver's state inside the state directory.
 pub const STATE_FILE: &str = "libvirt-instances.json";
@@ -171,6 +178,9 @@ pub struct LibvirtHypervisor {
     /// Serializes define/start: a burst of concurrent defines on one
     /// connection made libvirtd 9 reset it (seen with 5 at once).
     libvirt_writes: tokio::sync::Semaphore,
+    /// Domains started paused until their NICs are plugged (`None` with
+    /// `--no-network`: nothing would plug them).
+    plug: Option<Arc<PlugWaiters>>,
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -261,12 +271,62 @@ impl LibvirtHypervisor {
             guest_stops: Mutex::new(Some(rx)),
             foreign_seen: std::sync::Mutex::default(),
             libvirt_writes: tokio::sync::Semaphore::new(1),
+            plug: (!cfg.no_network).then(PlugWaiters::new),
         })
     }
 
     /// Takes the receiver of "guest stopped by itself" notifications (once).
     pub async fn guest_stops(&self) -> Option<mpsc::UnboundedReceiver<InstanceId>> {
         self.guest_stops.lock().await.take()
+    }
+
+    /// The instances started paused until their NICs are plugged, for the
+    /// plug gate (`None` with `--no-network`).
+    pub fn plug_waiters(&self) -> Option<Arc<PlugWaiters>> {
+        self.plug.clone()
+    }
+
+    fn plug_held(&self, id: &InstanceId) -> bool {
+        self.plug.as_ref().is_some_and(|p| p.contains(id))
+    }
+
+    fn plug_forget(&self, id: &InstanceId) {
+        if let Some(p) = &self.plug {
+            p.forget(id);
+        }
+    }
+
+    /// Boots a defined domain: paused and held for the plug gate when there
+    /// is one, else running. `define` first when `spec` is given.
+    async fn boot(&self, id: InstanceId, spec: Option<&DomainSpec>) -> Result<(), HypervisorError> {
+        let Some(plug) = &self.plug else {
+            let r = match spec {
+                Some(ds) => self.driver.define_and_start(ds).await,
+                None => self.driver.start(&id.to_string()).await,
+            };
+            return r.map_err(|e| self.dom_err(id, e));
+        };
+        // Held before it starts: never observed paused and unheld.
+        plug.hold(id);
+        let r = match spec {
+            Some(ds) => self.driver.define_and_start_paused(ds).await,
+            None => self.driver.start_paused(&id.to_string()).await,
+        };
+        match r {
+            Ok(true) => {
+                info!(instance = %id, "started paused; resumed once its NICs are plugged");
+                Ok(())
+            }
+            // It was active already: its state is whatever libvirt shows.
+            Ok(false) => {
+                plug.forget(&id);
+                Ok(())
+            }
+            Err(e) => {
+                plug.forget(&id);
+                Err(self.dom_err(id, e))
+            }
+        }
     }
 
     /// Console log path of an instance.
@@ -382,9 +442,14 @@ impl super::Hypervisor for LibvirtHypervisor {
                 continue;
             };
             let rec = st.instances.get(&id);
+            // Held for plugging: booting, as far as nubo is concerned.
+            let power = match observed_power(d.state) {
+                ObservedPower::Paused if self.plug_held(&id) => ObservedPower::Running,
+                p => p,
+            };
             out.push(ObservedInstance {
                 id,
-                power: observed_power(d.state),
+                power,
                 boot_count: rec.map_or(0, |r| r.boot_count),
                 created_at: rec.map_or_else(model::now, |r| r.created_at),
                 managed: true,
@@ -466,12 +531,14 @@ impl super::Hypervisor for LibvirtHypervisor {
                 .acquire()
                 .await
                 .map_err(|e| backend("libvirt write permit", e))?;
-            let r = if running {
-                self.driver.define_and_start(&ds).await
+            if running {
+                self.boot(id, Some(&ds)).await?;
             } else {
-                self.driver.define(&ds).await
-            };
-            r.map_err(|e| self.dom_err(id, e))?;
+                self.driver
+                    .define(&ds)
+                    .await
+                    .map_err(|e| self.dom_err(id, e))?;
+            }
             info!(
                 ms = started.elapsed().as_millis() as u64,
                 running, "domain defined"
@@ -492,14 +559,22 @@ impl super::Hypervisor for LibvirtHypervisor {
         };
         // Taps vanish with a host reboot; QEMU needs them to exist.
         self.ensure_taps(&taps).await?;
-        self.driver
-            .start(&id.to_string())
-            .await
-            .map_err(|e| self.dom_err(id, e))?;
+        self.boot(id, None).await?;
         self.bump_boot(id).await
     }
 
     async fn stop(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        if self.plug_held(&id) {
+            // Still paused for plugging: the guest never ran, nothing to
+            // shut down gracefully.
+            self.mark_stopping(id, true);
+            let r = self.driver.destroy(&id.to_string()).await;
+            self.mark_stopping(id, false);
+            r.map_err(|e| self.dom_err(id, e))?;
+            self.plug_forget(&id);
+            info!(instance = %id, "stopped (was waiting for its NICs)");
+            return Ok(());
+        }
         self.mark_stopping(id, true);
         let r = self
             .driver
@@ -531,6 +606,7 @@ impl super::Hypervisor for LibvirtHypervisor {
         let r = self.driver.undefine(&id.to_string()).await;
         self.mark_stopping(id, false);
         r.map_err(|e| self.dom_err(id, e))?;
+        self.plug_forget(&id);
         self.images
             .cache()
             .remove_overlay(&id.to_string())
@@ -555,10 +631,17 @@ impl super::Hypervisor for LibvirtHypervisor {
     }
 
     async fn resume(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        if self.plug.as_ref().is_some_and(|p| p.is_held(&id)) {
+            // Paused for plugging: only the plug gate lets it run.
+            tracing::debug!(instance = %id, "resume deferred until its NICs are plugged");
+            return Ok(());
+        }
         self.driver
             .resume(&id.to_string())
             .await
-            .map_err(|e| self.dom_err(id, e))
+            .map_err(|e| self.dom_err(id, e))?;
+        self.plug_forget(&id);
+        Ok(())
     }
 }
 

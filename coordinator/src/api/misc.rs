@@ -398,16 +398,15 @@ impl images_server::Images for Ctx {
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListImagesResponse> {
         let r = r.into_inner();
-        let go = async {
-            let (images, next_page_token) = self
-                .list_scoped(&keys::images_prefix(), &r, convert::image)
-                .await?;
-            Ok(pb::ListImagesResponse {
+        let page = self
+            .list_scoped(&keys::images_prefix(), &r, convert::image)
+            .await;
+        reply(
+            page.map(|(images, next_page_token)| pb::ListImagesResponse {
                 images,
                 next_page_token,
-            })
-        };
-        reply(go.await)
+            }),
+        )
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         reply(self.delete_image(r.into_inner()).await)
@@ -481,16 +480,15 @@ impl server_groups_server::ServerGroups for Ctx {
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListServerGroupsResponse> {
         let r = r.into_inner();
-        let go = async {
-            let (server_groups, next_page_token) = self
-                .list_scoped(&keys::server_groups_prefix(), &r, convert::server_group)
-                .await?;
-            Ok(pb::ListServerGroupsResponse {
+        let page = self
+            .list_scoped(&keys::server_groups_prefix(), &r, convert::server_group)
+            .await;
+        reply(page.map(
+            |(server_groups, next_page_token)| pb::ListServerGroupsResponse {
                 server_groups,
                 next_page_token,
-            })
-        };
-        reply(go.await)
+            },
+        ))
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         reply(self.delete_server_group(r.into_inner()).await)

@@ -703,16 +703,15 @@ impl networks_server::Networks for Ctx {
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListNetworksResponse> {
         let r = r.into_inner();
-        let go = async {
-            let (networks, next_page_token) = self
-                .list_scoped(&keys::networks_prefix(), &r, convert::network)
-                .await?;
-            Ok(pb::ListNetworksResponse {
+        let page = self
+            .list_scoped(&keys::networks_prefix(), &r, convert::network)
+            .await;
+        reply(
+            page.map(|(networks, next_page_token)| pb::ListNetworksResponse {
                 networks,
                 next_page_token,
-            })
-        };
-        reply(go.await)
+            }),
+        )
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         reply(self.delete_network(r.into_inner()).await)
@@ -734,16 +733,13 @@ impl ports_server::Ports for Ctx {
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListPortsResponse> {
         let r = r.into_inner();
-        let go = async {
-            let (ports, next_page_token) = self
-                .list_scoped(&keys::ports_prefix(), &r, convert::port)
-                .await?;
-            Ok(pb::ListPortsResponse {
-                ports,
-                next_page_token,
-            })
-        };
-        reply(go.await)
+        let page = self
+            .list_scoped(&keys::ports_prefix(), &r, convert::port)
+            .await;
+        reply(page.map(|(ports, next_page_token)| pb::ListPortsResponse {
+            ports,
+            next_page_token,
+        }))
     }
     async fn update(&self, r: Request<pb::UpdatePortRequest>) -> R<pb::Port> {
         reply(self.update_port(r.into_inner()).await)
@@ -768,16 +764,15 @@ impl security_groups_server::SecurityGroups for Ctx {
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListSecurityGroupsResponse> {
         let r = r.into_inner();
-        let go = async {
-            let (security_groups, next_page_token) = self
-                .list_scoped(&keys::secgroups_prefix(), &r, convert::secgroup)
-                .await?;
-            Ok(pb::ListSecurityGroupsResponse {
+        let page = self
+            .list_scoped(&keys::secgroups_prefix(), &r, convert::secgroup)
+            .await;
+        reply(page.map(
+            |(security_groups, next_page_token)| pb::ListSecurityGroupsResponse {
                 security_groups,
                 next_page_token,
-            })
-        };
-        reply(go.await)
+            },
+        ))
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         reply(self.delete_secgroup(r.into_inner()).await)

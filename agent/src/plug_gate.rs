@@ -1,0 +1,344 @@
+//! The plug gate (local equivalent of Nova waiting for Neutron's
+//! `vif-plugged` event, without a timeout): the libvirt driver starts new
+//! domains with their vCPUs paused and registers them in [`PlugWaiters`];
+//! [`PlugGate`], which runs after the network subsystems on every pass,
+//! resumes each of them once every one of its taps is enslaved to the bridge
+//! `nb-<vni>` of its network and up (bridge up too). A guest therefore never
+//! boots with an unplugged NIC (its DHCP client would give up).
+//!
+//! "Paused for plugging" is distinct from "paused by self-fencing": only
+//! instances the driver registered here are ever resumed by the gate, the
+//! gate runs only while the node is not fenced (it is wrapped like compute)
+//! and resumes through the gated driver. While held, the driver reports the
+//! instance as running (it is booting), so neither compute nor the fencer's
+//! recovery resumes it early, and its `resume` is a no-op until the gate
+//! released it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nubo_common::model::PowerState;
+use nubo_common::InstanceId;
+use nubo_overlay::{bridge_name, Netlink, ObservedOverlay};
+use tracing::{debug, info, warn};
+
+use crate::desired::DesiredNode;
+use crate::hypervisor::Hypervisor;
+use crate::reconciler::{Subsystem, SubsystemError};
+
+/// While an instance waits for its NICs, the next pass comes at most this
+/// long after the previous one.
+pub const PLUG_RECHECK: Duration = Duration::from_secs(1);
+/// Waiting longer than this is logged as a warning (once per instance) and
+/// no longer shortens the pass interval (e.g. a network that cannot be
+/// wired); the instance stays held until it is wired.
+pub const PLUG_SLOW: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    since: Instant,
+    /// Set by the gate just before it resumes the instance.
+    released: bool,
+    warned: bool,
+}
+
+/// Instances started paused that wait for their NICs to be plugged. Shared
+/// by the libvirt driver (registers, honours) and [`PlugGate`] (releases).
+#[derive(Debug, Default)]
+pub struct PlugWaiters {
+    held: Mutex<BTreeMap<InstanceId, Held>>,
+}
+
+impl PlugWaiters {
+    /// An empty set.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<InstanceId, Held>) -> T) -> T {
+        match self.held.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Registers an instance just started paused.
+    pub fn hold(&self, id: InstanceId) {
+        self.with(|h| {
+            h.insert(
+                id,
+                Held {
+                    since: Instant::now(),
+                    released: false,
+                    warned: false,
+                },
+            )
+        });
+    }
+
+    /// Whether the instance waits for its NICs (held and not released):
+    /// it must stay paused.
+    pub fn is_held(&self, id: &InstanceId) -> bool {
+        self.with(|h| h.get(id).is_some_and(|w| !w.released))
+    }
+
+    /// Whether the instance is registered at all (released or not).
+    pub fn contains(&self, id: &InstanceId) -> bool {
+        self.with(|h| h.contains_key(id))
+    }
+
+    /// Allows (`true`) or again forbids (`false`) resuming a held instance.
+    pub fn set_released(&self, id: &InstanceId, released: bool) {
+        self.with(|h| {
+            if let Some(w) = h.get_mut(id) {
+                w.released = released;
+            }
+        });
+    }
+
+    /// Forgets the instance (resumed, stopped or destroyed).
+    pub fn forget(&self, id: &InstanceId) {
+        self.with(|h| h.remove(id));
+    }
+
+    /// The instances waiting (not released).
+    pub fn waiting(&self) -> BTreeSet<InstanceId> {
+        self.with(|h| {
+            h.iter()
+                .filter(|(_, w)| !w.released)
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    /// Whether another pass should come soon ([`PLUG_RECHECK`]): some
+    /// instance waits, and not for longer than [`PLUG_SLOW`].
+    pub fn recheck_soon(&self) -> bool {
+        self.with(|h| {
+            h.values()
+                .any(|w| !w.released && w.since.elapsed() <= PLUG_SLOW)
+        })
+    }
+
+    /// Instances waiting longer than [`PLUG_SLOW`] not yet warned about
+    /// (marked as warned).
+    fn newly_slow(&self) -> Vec<InstanceId> {
+        self.with(|h| {
+            h.iter_mut()
+                .filter(|(_, w)| !w.released && !w.warned && w.since.elapsed() > PLUG_SLOW)
+                .map(|(id, w)| {
+                    w.warned = true;
+                    *id
+                })
+                .collect()
+        })
+    }
+}
+
+/// The instances of `waiting` to resume now: still desired here and
+/// running, and every port's tap is up and enslaved to the bridge of its
+/// network, which is up too. An instance without ports is resumed at once;
+/// one no longer desired (or desired stopped) is left to compute. Pure.
+pub fn ready_to_resume(
+    waiting: &BTreeSet<InstanceId>,
+    desired: &DesiredNode,
+    observed: &ObservedOverlay,
+) -> Vec<InstanceId> {
+    waiting
+        .iter()
+        .filter(|id| {
+            let Some(d) = desired.instances.get(id) else {
+                return false;
+            };
+            d.power() == PowerState::Running
+                && d.ports.iter().all(|p| {
+                    let Some(net) = desired.networks.get(&p.network) else {
+                        return false;
+                    };
+                    let bridge = bridge_name(net.vni);
+                    let bridge_up = observed.bridges.get(&net.vni).is_some_and(|b| b.up);
+                    bridge_up
+                        && observed
+                            .ports
+                            .get(&p.tap)
+                            .is_some_and(|t| t.up && t.master.as_deref() == Some(bridge.as_str()))
+                })
+        })
+        .copied()
+        .collect()
+}
+
+/// The plug gate subsystem (runs last, after the network subsystems).
+pub struct PlugGate {
+    waiters: Arc<PlugWaiters>,
+    /// The gated driver: refuses to resume while the node is fenced.
+    hv: Arc<dyn Hypervisor>,
+    netlink: Netlink,
+}
+
+impl PlugGate {
+    /// A gate releasing `waiters` through `hv`. Must be called inside a
+    /// tokio runtime (opens a netlink socket).
+    pub fn new(waiters: Arc<PlugWaiters>, hv: Arc<dyn Hypervisor>) -> Result<Self, SubsystemError> {
+        let netlink = Netlink::new().map_err(|e| SubsystemError::Other(e.to_string()))?;
+        Ok(Self {
+            waiters,
+            hv,
+            netlink,
+        })
+    }
+}
+
+#[async_trait]
+impl Subsystem for PlugGate {
+    fn name(&self) -> &'static str {
+        "plug_gate"
+    }
+
+    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+        let waiting = self.waiters.waiting();
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let observed = self
+            .netlink
+            .observe()
+            .await
+            .map_err(|e| SubsystemError::Other(format!("observe taps: {e}")))?;
+        let ready = ready_to_resume(&waiting, desired, &observed);
+        let mut resumed = 0;
+        let mut errors = Vec::new();
+        for id in &ready {
+            self.waiters.set_released(id, true);
+            match self.hv.resume(*id).await {
+                Ok(()) => {
+                    self.waiters.forget(id);
+                    info!(instance = %id, "NICs plugged; guest resumed");
+                    resumed += 1;
+                }
+                Err(e) => {
+                    self.waiters.set_released(id, false);
+                    errors.push(format!("resume {id}: {e}"));
+                }
+            }
+        }
+        if ready.len() < waiting.len() {
+            debug!(
+                waiting = waiting.len() - ready.len(),
+                "instances still waiting for their NICs"
+            );
+        }
+        for id in self.waiters.newly_slow() {
+            warn!(instance = %id, after = ?PLUG_SLOW, "still waiting for its NICs to be plugged; guest kept paused");
+        }
+        if errors.is_empty() {
+            Ok(resumed)
+        } else {
+            Err(SubsystemError::Other(errors.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use nubo_overlay::{LinkKind, ObservedBridge, ObservedPort};
+
+    fn port(up: bool, master: Option<&str>) -> ObservedPort {
+        ObservedPort {
+            kind: LinkKind::Tun,
+            mtu: 1450,
+            up,
+            master: master.map(str::to_string),
+        }
+    }
+
+    fn bridge(up: bool) -> ObservedBridge {
+        ObservedBridge {
+            kind: LinkKind::Bridge,
+            mtu: 1450,
+            up,
+            addresses: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn resumes_only_instances_whose_taps_are_all_wired() {
+        let mut w = World::new();
+        let n = node_name("n1");
+        w.node(&n, "10.0.0.1");
+        let net = w.network(7, 0);
+        let (a, pa) = w.instance_on(&n, net, &[]);
+        let (b, pb) = w.instance_on(&n, net, &[]);
+        let (c, pc) = w.instance_on(&n, net, &[]);
+        let (gone, _) = w.instance_on(&n, net, &[]);
+        let mut d = crate::desired::build(&w.cache, &n, 1500);
+        d.instances.remove(&gone);
+        let waiting = BTreeSet::from([a, b, c, gone]);
+        let mut obs = ObservedOverlay::default();
+        obs.bridges.insert(7, bridge(true));
+        obs.ports.insert(pa.tap_name(), port(true, Some("nb-7")));
+        // Enslaved but down; c's tap is not enslaved yet.
+        obs.ports.insert(pb.tap_name(), port(false, Some("nb-7")));
+        obs.ports.insert(pc.tap_name(), port(true, None));
+        assert_eq!(ready_to_resume(&waiting, &d, &obs), vec![a]);
+        // Wrong bridge.
+        obs.ports.insert(pc.tap_name(), port(true, Some("nb-8")));
+        assert_eq!(ready_to_resume(&waiting, &d, &obs), vec![a]);
+        // The bridge itself down: nothing.
+        obs.bridges.insert(7, bridge(false));
+        assert!(ready_to_resume(&waiting, &d, &obs).is_empty());
+        // Not waiting (e.g. paused by self-fencing): never resumed.
+        obs.bridges.insert(7, bridge(true));
+        obs.ports.insert(pb.tap_name(), port(true, Some("nb-7")));
+        obs.ports.insert(pc.tap_name(), port(true, Some("nb-7")));
+        let only_b = BTreeSet::from([b]);
+        assert_eq!(ready_to_resume(&only_b, &d, &obs), vec![b]);
+        let mut all = ready_to_resume(&waiting, &d, &obs);
+        all.sort();
+        let mut expected = vec![a, b, c];
+        expected.sort();
+        assert_eq!(
+            all, expected,
+            "an instance no longer desired is left to compute"
+        );
+    }
+
+    #[test]
+    fn a_stopped_or_portless_instance() {
+        let mut w = World::new();
+        let n = node_name("n1");
+        w.node(&n, "10.0.0.1");
+        let net = w.network(7, 0);
+        let (a, _) = w.instance_on(&n, net, &[]);
+        let (b, _) = w.instance_on(&n, net, &[]);
+        let mut d = crate::desired::build(&w.cache, &n, 1500);
+        d.instances.get_mut(&a).unwrap().ports.clear();
+        d.instances.get_mut(&b).unwrap().spec.power = PowerState::Stopped;
+        let waiting = BTreeSet::from([a, b]);
+        assert_eq!(
+            ready_to_resume(&waiting, &d, &ObservedOverlay::default()),
+            vec![a]
+        );
+    }
+
+    #[test]
+    fn waiters_hold_release_and_forget() {
+        let w = PlugWaiters::new();
+        let id = InstanceId::new_random();
+        assert!(!w.is_held(&id) && !w.recheck_soon());
+        w.hold(id);
+        assert!(w.is_held(&id) && w.recheck_soon());
+        assert_eq!(w.waiting(), BTreeSet::from([id]));
+        w.set_released(&id, true);
+        assert!(!w.is_held(&id) && w.contains(&id) && !w.recheck_soon());
+        assert!(w.waiting().is_empty());
+        w.set_released(&id, false);
+        assert!(w.is_held(&id));
+        w.forget(&id);
+        assert!(!w.contains(&id));
+    }
+}
