@@ -355,7 +355,6 @@ fn bad_input_ends_in_error_with_the_reason() {
 /// `--count 10 --wait` on two hosts: every guest gets its lease; deleting
 /// them leaves no domain, tap, overlay or nft chain.
 #[test]
-#[ignore = "known issue: with 10 guests on 2 hosts some DHCP discovers stay unanswered (see docs/benchmarks.md)"]
 fn ten_vms_get_leases_and_leave_nothing() {
     let lab = VmLab::start(2).unwrap();
     let _ = base_objects(&lab);
