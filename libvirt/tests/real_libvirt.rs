@@ -459,7 +459,7 @@ async fn full_lifecycle_on_private_libvirtd() {
 
     // A guest that powers itself off is seen through the event stream.
     let off = "7b0c1a2e-3333-4000-8000-0000000000f1";
-    let off_spec = fx.spec(off, vec![], "nubo.poweroff").await;
+    let off_spec = fx.spec(off, vec![], "nubo.nonet nubo.poweroff").await;
     driver
         .define_and_start(&off_spec)
         .await
