@@ -347,7 +347,19 @@ fn fencing_blocklists_a_writer_and_hands_the_lock_over() {
         .any(|e| e.addr == a_addr));
     // A's next op is judged against the map with the blocklist entry.
     a.wait_for_latest_osdmap().unwrap();
-    let e = a_img.write(0, b"A again").unwrap_err();
+    // librbd's write-back cache may accept a write locally; the flush is
+    // what reaches the OSDs. Under load the new OSD map can take a moment
+    // to reach A's session: retry for a bounded time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let e = loop {
+        match a_img.write(0, b"A again").and_then(|()| a_img.flush()) {
+            Err(e) => break e,
+            Ok(()) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Ok(()) => panic!("A could still write 30 s after being blocklisted"),
+        }
+    };
     assert!(matches!(e, Error::Blocklisted { .. }), "{e}");
 
     // Client B takes over: the dead owner's lock is broken, B writes.
