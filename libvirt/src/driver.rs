@@ -196,11 +196,7 @@ impl LibvirtDriver {
         let spec = spec.clone();
         self.blocking(move |conn, cfg| {
             let id = spec.instance_id.as_str();
-            if let Some(existing) = lookup(conn, id)? {
-                ensure_nubo(&existing, id)?;
-            }
-            let xml = domain_xml_with_prefix(&spec, &cfg.name_prefix);
-            let dom = conn.define_xml(&xml).map_err(dom_err(id, "define"))?;
+            let dom = define_owned(conn, cfg, &spec)?;
             if dom.is_active().map_err(dom_err(id, "state"))? {
                 return Ok(false);
             }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::netns::{link_names, netns_names, run};
 use crate::process::{bin_path, Daemon};
-use crate::wait::{fatal, wait_until};
+use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
 /// How long an agent may take to register.
@@ -88,12 +88,7 @@ impl NetAgent {
 
     /// Waits for `nubo-agent ready` in the current incarnation's log.
     pub fn wait_ready(&mut self) -> Result<()> {
-        let daemon = &mut self.daemon;
-        wait_until(READY_TIMEOUT, &format!("agent {} ready", self.node), || {
-            daemon.check_running().map_err(fatal)?;
-            Ok(daemon.current_log().contains("nubo-agent ready"))
-        })
-        .with_context(|| format!("log tail:\n{}", self.daemon.log_tail()))
+        self.daemon.wait_for_log("nubo-agent ready", READY_TIMEOUT)
     }
 
     /// SIGKILL by pid.

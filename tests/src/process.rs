@@ -253,6 +253,17 @@ impl Daemon {
         }
     }
 
+    /// Waits until the current incarnation's log contains `needle`, failing
+    /// at once (with the log tail) if the process exits meanwhile.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: std::time::Duration) -> Result<()> {
+        let what = format!("{} logs {needle:?}", self.name);
+        crate::wait::wait_until(timeout, &what, || {
+            self.check_running().map_err(crate::wait::fatal)?;
+            Ok(self.current_log().contains(needle))
+        })
+        .with_context(|| format!("log tail:\n{}", self.log_tail()))
+    }
+
     /// The daemon's name in messages.
     pub fn name(&self) -> &str {
         &self.name

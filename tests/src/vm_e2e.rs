@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::netns::run;
 use crate::process::{bin_path, pid_alive, Daemon};
-use crate::wait::{fatal, wait_until};
+use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
 /// Where `scripts/build-test-guest.sh` caches the test guest.
@@ -257,16 +257,8 @@ impl VmAgent {
 
     /// Waits for `nubo-agent ready` in the current incarnation's log.
     pub fn wait_ready(&mut self) -> Result<()> {
-        let daemon = &mut self.daemon;
-        wait_until(
-            Duration::from_secs(90),
-            &format!("agent {} ready", self.node),
-            || {
-                daemon.check_running().map_err(fatal)?;
-                Ok(daemon.current_log().contains("nubo-agent ready"))
-            },
-        )
-        .with_context(|| format!("log tail:\n{}", self.daemon.log_tail()))
+        self.daemon
+            .wait_for_log("nubo-agent ready", Duration::from_secs(90))
     }
 
     /// SIGKILL by pid.
