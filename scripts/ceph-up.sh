@@ -2,7 +2,10 @@
 # Start a throwaway single-node Ceph cluster (1 mon, 1 mgr, 1 memstore OSD) on
 # 127.0.0.1 with cephx, no systemd. Used by nubo-storage's tests.
 #
-# Usage: scripts/ceph-up.sh DIR
+# Usage: [CEPH_ADDR=10.x.y.z] scripts/ceph-up.sh DIR
+#   CEPH_ADDR: the IPv4 address the mon/mgr/OSD bind to (default 127.0.0.1);
+#   tests whose clients live in other network namespaces pass an address on
+#   their nbt underlay bridge.
 #   DIR must not exist or be empty. Afterwards: export CEPH_CONF=DIR/ceph.conf
 #   (ceph, rbd, librados and qemu all read it); the admin keyring is DIR/keyring.
 # Stop with: scripts/ceph-down.sh DIR
@@ -17,6 +20,8 @@ set -euo pipefail
 
 DIR=${1:?usage: $0 DIR}
 LOCK=${NUBO_CEPH_LOCK:-/run/nubo-ceph.lock}
+ADDR=${CEPH_ADDR:-127.0.0.1}
+[[ $ADDR =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "ceph-up: CEPH_ADDR=$ADDR is not an IPv4 address" >&2; exit 2; }
 now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 T0=$(now_ms)
 ts() { local d=$(($(now_ms) - T0)); printf '[%3d.%03ds] %s\n' $((d / 1000)) $((d % 1000)) "$*"; }
@@ -66,8 +71,9 @@ cat >"$CONF" <<EOF
 [global]
 fsid = $FSID
 mon initial members = a
-mon host = v2:127.0.0.1:3300,v1:127.0.0.1:6789
-public network = 127.0.0.0/8
+mon host = v2:$ADDR:3300,v1:$ADDR:6789
+public addr = $ADDR
+public network = $ADDR/32
 ms bind ipv6 = false
 auth cluster required = cephx
 auth service required = cephx
@@ -114,7 +120,7 @@ ceph-authtool --create-keyring "$DIR/keyring" --gen-key -n client.admin \
   --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
 ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/keyring" >/dev/null
 
-monmaptool --create --fsid "$FSID" --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' "$DIR/monmap" >/dev/null
+monmaptool --create --fsid "$FSID" --addv a "[v2:$ADDR:3300,v1:$ADDR:6789]" "$DIR/monmap" >/dev/null
 ceph-mon --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.keyring"
 ceph-mon -i a
 ts "mon started"

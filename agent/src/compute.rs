@@ -269,6 +269,7 @@ impl Compute {
             updated_at: model::now(),
             last_error: r.last_error,
             reboot_generation: r.reboot_generation,
+            volumes: Vec::new(),
         };
         let Some(rev) = put_status_if_assigned(&self.etcd, &self.node, id, &status).await? else {
             // The assignment is gone from etcd (the cache lags, or the

@@ -39,6 +39,8 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         node: None,
         launch_index: 0,
         evacuation: Default::default(),
+        volumes: Vec::new(),
+        boot_volume: None,
         created_at: model::now(),
     }
 }
@@ -58,6 +60,7 @@ pub fn status(n: &NodeName, state: InstanceState, reboot_generation: u64) -> Ins
         updated_at: model::now(),
         last_error: None,
         reboot_generation,
+        volumes: Vec::new(),
     }
 }
 

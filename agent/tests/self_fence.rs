@@ -175,6 +175,7 @@ async fn move_instance(c: &Client, id: &InstanceId, from: &NodeName, to: &NodeNa
         updated_at: model::now(),
         last_error: None,
         reboot_generation: 0,
+        volumes: Vec::new(),
     };
     let from_key = keys::assignment(from, id);
     let txn = Txn::new()

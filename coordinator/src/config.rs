@@ -37,15 +37,16 @@ pub enum LogFormat {
 
 /// How API callers are authenticated (`auth` in the TOML, `--auth`).
 ///
-/// The default is `none` for now (the test harnesses do not bootstrap an
-/// admin yet); production must run with `token`.
+/// The default is `token`; `none` is refused unless the coordinator also
+/// runs with `insecure` (development only, see [`Config::check_security`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
-    /// No authentication: every caller may do everything (development only).
-    #[default]
+    /// No authentication: every caller may do everything (development
+    /// only; needs `insecure`).
     None,
     /// Every call except `Tokens.Issue` needs `authorization: Bearer <token>`.
+    #[default]
     Token,
 }
 
@@ -98,6 +99,65 @@ pub struct Config {
     pub auth: AuthMode,
     /// PEM certificate and key of the gRPC API (TLS when both are set).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Development mode (`--insecure`, TOML `insecure = true`): allows a
+    /// plain-text API and `auth = "none"`. Without it the coordinator
+    /// refuses to start unless it serves TLS with token authentication.
+    pub insecure: bool,
+    /// Ceph access (volumes, RBD image import, storage fencing), if any.
+    pub ceph: Option<CephConfig>,
+}
+
+/// Ceph access of the coordinator (`[ceph]` in the TOML, `--ceph-*` flags):
+/// volumes, image import into RBD and storage fencing of failed nodes.
+/// Without it the volume API answers `FailedPrecondition` and fencing only
+/// logs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CephConfig {
+    /// `ceph.conf` (mon addresses).
+    pub conf: PathBuf,
+    /// Ceph client id without the `client.` prefix (default `nubo`).
+    #[serde(default = "default_ceph_id")]
+    pub client_id: String,
+    /// Keyring of that client (default: what `ceph.conf` says).
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
+    /// Pool of imported images (default `images`).
+    #[serde(default = "default_images_pool")]
+    pub images_pool: String,
+    /// Pool of instance root disks (default `vms`).
+    #[serde(default = "default_disks_pool")]
+    pub disks_pool: String,
+    /// Pool of volumes (default `volumes`).
+    #[serde(default = "default_volumes_pool")]
+    pub volumes_pool: String,
+}
+
+fn default_ceph_id() -> String {
+    "nubo".into()
+}
+fn default_images_pool() -> String {
+    "images".into()
+}
+fn default_disks_pool() -> String {
+    "vms".into()
+}
+fn default_volumes_pool() -> String {
+    "volumes".into()
+}
+
+impl CephConfig {
+    /// Defaults for everything but the `ceph.conf` path.
+    pub fn new(conf: impl Into<PathBuf>) -> Self {
+        Self {
+            conf: conf.into(),
+            client_id: default_ceph_id(),
+            keyring: None,
+            images_pool: default_images_pool(),
+            disks_pool: default_disks_pool(),
+            volumes_pool: default_volumes_pool(),
+        }
+    }
 }
 
 /// Default image directory.
@@ -167,6 +227,8 @@ impl Config {
             image_dir: std::env::temp_dir().join("nubo-test-images"),
             auth: AuthMode::None,
             tls: None,
+            insecure: true,
+            ceph: None,
         }
     }
 
@@ -214,6 +276,40 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Refuses an insecure serving configuration unless `insecure` is set:
+    /// the API must serve TLS (`tls_cert` + `tls_key`) and authenticate
+    /// callers (`auth = "token"`). Checked when serving starts (not by the
+    /// `bootstrap` command, which only talks to etcd).
+    pub fn check_security(&self) -> Result<(), ServeError> {
+        if self.insecure {
+            return Ok(());
+        }
+        if self.auth == AuthMode::None {
+            return Err(ServeError::Config(
+                "auth = \"none\" lets every caller do everything: it needs --insecure (development only)".into(),
+            ));
+        }
+        if self.tls.is_none() {
+            return Err(ServeError::Config(
+                "the API serves TLS only: give --tls-cert and --tls-key (scripts/make-certs.sh makes them), or --insecure for plain text (development only)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `insecure` currently allows, for the loud start-up warning
+    /// (`None` when the configuration is secure).
+    pub fn insecurity(&self) -> Option<String> {
+        let mut what = Vec::new();
+        if self.tls.is_none() {
+            what.push("the API is plain text");
+        }
+        if self.auth == AuthMode::None {
+            what.push("there is no authentication (every caller may do everything)");
+        }
+        (!what.is_empty()).then(|| what.join(" and "))
+    }
 }
 
 /// The TOML file; every field optional.
@@ -240,6 +336,8 @@ struct FileConfig {
     auth: Option<AuthMode>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    insecure: Option<bool>,
+    ceph: Option<CephConfig>,
 }
 
 /// Command-line flags of `nubo-coordinator`; each overrides the file.
@@ -301,16 +399,29 @@ pub struct Cli {
     /// must be shared by all coordinators.
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
-    /// Authentication of API callers: `none` (default, development only)
-    /// or `token` (production).
+    /// Authentication of API callers: `token` (default) or `none`
+    /// (development only: needs --insecure).
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
+    /// Development only: allow a plain-text API (no --tls-cert/--tls-key)
+    /// and --auth none. Never use it where the API is reachable by others.
+    #[arg(long)]
+    pub insecure: bool,
     /// PEM certificate (chain) of the gRPC API; with --tls-key, serve TLS.
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of the gRPC API.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// `ceph.conf` of the cluster holding volumes (enables `[ceph]`).
+    #[arg(long)]
+    pub ceph_conf: Option<PathBuf>,
+    /// Ceph client id, without `client.` (default `nubo`).
+    #[arg(long)]
+    pub ceph_id: Option<String>,
+    /// Keyring of the Ceph client.
+    #[arg(long)]
+    pub ceph_keyring: Option<PathBuf>,
     /// A one-off command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -399,6 +510,7 @@ impl Cli {
                 .or(f.image_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_DIR)),
             auth: self.auth.or(f.auth).unwrap_or_default(),
+            insecure: self.insecure || f.insecure.unwrap_or(false),
             tls: match (self.tls_cert.or(f.tls_cert), self.tls_key.or(f.tls_key)) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,
@@ -408,10 +520,48 @@ impl Cli {
                     ))
                 }
             },
+            ceph: merge_ceph(self.ceph_conf, self.ceph_id, self.ceph_keyring, f.ceph)?,
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// `[ceph]` from the file with the `--ceph-*` flags on top; the flags alone
+/// (with `--ceph-conf`) enable it too.
+fn merge_ceph(
+    conf: Option<PathBuf>,
+    id: Option<String>,
+    keyring: Option<PathBuf>,
+    file: Option<CephConfig>,
+) -> Result<Option<CephConfig>, ServeError> {
+    let mut c = match (file, conf) {
+        (Some(mut f), Some(conf)) => {
+            f.conf = conf;
+            f
+        }
+        (Some(f), None) => f,
+        (None, Some(conf)) => CephConfig::new(conf),
+        (None, None) if id.is_some() || keyring.is_some() => {
+            return Err(ServeError::Config(
+                "--ceph-id and --ceph-keyring need --ceph-conf (or [ceph] conf)".into(),
+            ))
+        }
+        (None, None) => return Ok(None),
+    };
+    if let Some(id) = id {
+        c.client_id = id;
+    }
+    if keyring.is_some() {
+        c.keyring = keyring;
+    }
+    if c.client_id.is_empty() || c.client_id.starts_with("client.") {
+        return Err(ServeError::Config(format!(
+            "ceph client id {:?} must be non-empty and without the \"client.\" prefix",
+            c.client_id
+        )));
+    }
+    Ok(Some(c))
 }
 
 /// A duration in seconds from the file or a flag.
@@ -520,13 +670,14 @@ mod tests {
     }
 
     #[test]
-    fn auth_defaults_to_none_and_is_set_by_file_or_flag() {
+    fn auth_defaults_to_token_and_is_set_by_file_or_flag() {
         let cfg = Cli::default().merge(FileConfig::default()).unwrap();
-        assert_eq!(cfg.auth, AuthMode::None);
-        let file = parse_file("auth = \"token\"\n").unwrap();
-        assert_eq!(Cli::default().merge(file).unwrap().auth, AuthMode::Token);
-        let cli = Cli::parse_from(["nubo-coordinator", "--auth", "token"]);
-        assert_eq!(cli.auth, Some(AuthMode::Token));
+        assert_eq!(cfg.auth, AuthMode::Token);
+        assert!(!cfg.insecure);
+        let file = parse_file("auth = \"none\"\n").unwrap();
+        assert_eq!(Cli::default().merge(file).unwrap().auth, AuthMode::None);
+        let cli = Cli::parse_from(["nubo-coordinator", "--auth", "none"]);
+        assert_eq!(cli.auth, Some(AuthMode::None));
         let cli = Cli::parse_from([
             "nubo-coordinator",
             "bootstrap",
@@ -537,5 +688,40 @@ mod tests {
         ]);
         assert_eq!(cli.etcd_endpoints, Some(vec!["http://e:2379".to_string()]));
         assert!(matches!(cli.command, Some(Command::Bootstrap { .. })));
+    }
+
+    #[test]
+    fn insecure_serving_needs_the_insecure_flag() {
+        // Default: token auth, but no TLS → refused.
+        let cfg = Cli::default().merge(FileConfig::default()).unwrap();
+        let err = cfg.check_security().unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        // TLS + token: fine.
+        let cli = Cli::parse_from(["nubo-coordinator", "--tls-cert", "/c", "--tls-key", "/k"]);
+        let cfg = cli.merge(FileConfig::default()).unwrap();
+        cfg.check_security().unwrap();
+        assert_eq!(cfg.insecurity(), None);
+        // auth none over TLS: refused without --insecure.
+        let cli = Cli::parse_from([
+            "nubo-coordinator",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+            "--auth",
+            "none",
+        ]);
+        let err = cli.merge(FileConfig::default()).unwrap().check_security();
+        assert!(err.unwrap_err().to_string().contains("--insecure"));
+        // --insecure (flag or file) allows both, and says so.
+        let cli = Cli::parse_from(["nubo-coordinator", "--insecure", "--auth", "none"]);
+        let cfg = cli.merge(FileConfig::default()).unwrap();
+        cfg.check_security().unwrap();
+        let warn = cfg.insecurity().unwrap();
+        assert!(warn.contains("plain text") && warn.contains("no authentication"));
+        let file = parse_file("insecure = true\n").unwrap();
+        let cfg = Cli::default().merge(file).unwrap();
+        assert!(cfg.insecure && cfg.auth == AuthMode::Token);
+        cfg.check_security().unwrap();
     }
 }

@@ -17,6 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod ceph;
 pub mod commit;
 pub mod config;
 pub mod convert;
@@ -111,6 +112,12 @@ pub async fn start_with_fencer(
     fencer: Arc<dyn Fencer>,
 ) -> Result<Coordinator, ServeError> {
     cfg.validate()?;
+    cfg.check_security()?;
+    if let Some(what) = cfg.insecurity() {
+        tracing::warn!(
+            "INSECURE (--insecure, development only): {what}; never expose this coordinator"
+        );
+    }
     let client = connect_etcd(&cfg).await?;
     let store = store::Store::new(client.clone());
     let (shutdown, rx) = watch::channel(false);
@@ -234,6 +241,11 @@ pub async fn start_with_fencer(
                     .add_service(nubo_common::proto::identity_server::IdentityServer::new(
                         ctx.clone(),
                     ))
+                    .add_service(
+                        nubo_common::proto::application_credentials_server::ApplicationCredentialsServer::new(
+                            ctx.clone(),
+                        ),
+                    )
                     .prepare()
                     .into_axum_router(),
                 auth::AuthState {

@@ -393,6 +393,7 @@ async fn drain_cold_migrates_everything_and_restores_power() {
                             updated_at: model::now(),
                             last_error: None,
                             reboot_generation: 0,
+                            volumes: Vec::new(),
                         };
                         c.put(keys::instance_status(&id), model::encode(&st), None)
                             .await

@@ -1,7 +1,8 @@
 //! A throwaway single-node Ceph cluster for tests (feature `testing`).
 //!
 //! [`TestCluster::start`] runs `scripts/ceph-up.sh DIR` (1 mon, 1 mgr, 1
-//! memstore OSD on 127.0.0.1, cephx, ~12 s) and [`Drop`] runs
+//! memstore OSD on 127.0.0.1 or the address given to
+//! [`TestCluster::start_on`], cephx, ~12 s) and [`Drop`] runs
 //! `scripts/ceph-down.sh DIR`, which kills the daemons by their PID files
 //! and removes DIR. Only one such cluster runs per host at a time (fixed mon
 //! ports; the script waits for a lock on `/run/nubo-ceph.lock`).
@@ -12,6 +13,7 @@
 
 use std::fs::File;
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,6 +45,15 @@ impl TestCluster {
     /// `Ok(None)` (after printing `SKIP: ceph not installed`) when the Ceph
     /// binaries are missing.
     pub fn start() -> io::Result<Option<TestCluster>> {
+        Self::start_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// Like [`TestCluster::start`], with the daemons bound to `addr` instead
+    /// of 127.0.0.1: pass an address of the test's `nbt` underlay bridge so
+    /// that clients in the simulated hosts' network namespaces (agents,
+    /// QEMU) reach the cluster. The cluster must be dropped before the
+    /// bridge goes away.
+    pub fn start_on(addr: Ipv4Addr) -> io::Result<Option<TestCluster>> {
         let missing: Vec<&str> = CEPH_BINARIES
             .iter()
             .copied()
@@ -70,6 +81,7 @@ impl TestCluster {
         let log = File::create(&log_path)?;
         let status = Command::new(cluster.scripts.join("ceph-up.sh"))
             .arg(&cluster.dir)
+            .env("CEPH_ADDR", addr.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -127,6 +127,8 @@ impl World {
             node: Some(node.clone()),
             launch_index: 0,
             evacuation: Default::default(),
+            volumes: Vec::new(),
+            boot_volume: None,
             created_at: model::now(),
         };
         put(c, &keys::port(&port.id), &port).await;

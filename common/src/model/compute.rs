@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Resources, Timestamp};
-use crate::{FlavorName, ImageId, InstanceId, NodeName, PortId, ProjectId, ServerGroupId};
+use super::storage::VolumeAttachment;
+use crate::{
+    FlavorName, ImageId, InstanceId, NodeName, PortId, ProjectId, ServerGroupId, VolumeId,
+};
 
 /// An instance size. Flavors are global and keyed by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +191,14 @@ pub struct Instance {
     /// Evacuation policy.
     #[serde(default)]
     pub evacuation: EvacuationPolicy,
+    /// Volumes attached, in attach order (hot-plugged by the agent when
+    /// they change while the instance runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeAttachment>,
+    /// Boot from this volume (the guest's `vda`) instead of a root disk
+    /// made from `image`; `image` still names where it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_volume: Option<VolumeAttachment>,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -240,6 +251,10 @@ pub struct InstanceStatus {
     /// The reboot generation the agent has acted on.
     #[serde(default)]
     pub reboot_generation: u64,
+    /// Volumes attached on the hypervisor right now (the agent's view); the
+    /// coordinator completes a detach once a volume is gone from here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeId>,
 }
 
 /// `/nubo/v1/assignments/<node>/<instance>`: the instance is placed on the node.

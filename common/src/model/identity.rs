@@ -165,6 +165,9 @@ pub enum Role {
     Member,
     /// Read the project's resources.
     Reader,
+    /// A hypervisor's agent (assigned cloud-wide to a service user): may
+    /// only download image data, and never change tenant resources.
+    Node,
 }
 
 impl Role {
@@ -174,6 +177,7 @@ impl Role {
             Self::Admin => "admin",
             Self::Member => "member",
             Self::Reader => "reader",
+            Self::Node => "node",
         }
     }
 }
@@ -191,10 +195,11 @@ impl FromStr for Role {
             "admin" => Ok(Self::Admin),
             "member" => Ok(Self::Member),
             "reader" => Ok(Self::Reader),
+            "node" => Ok(Self::Node),
             _ => Err(IdError {
                 kind: "role",
                 value: s.chars().take(64).collect(),
-                reason: "expected admin, member or reader",
+                reason: "expected admin, member, reader or node",
             }),
         }
     }
@@ -230,6 +235,12 @@ pub struct ApplicationCredential {
     pub expires_at: Option<Timestamp>,
     /// Roles it may use (a subset of the user's roles in `project`).
     pub roles: Vec<Role>,
+    /// A name for people (e.g. "ci"); may repeat.
+    #[serde(default)]
+    pub name: String,
+    /// Creation time (absent in records written before it existed).
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
 }
 
 // ------------------------------------------------------------------ quotas

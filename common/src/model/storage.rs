@@ -1,10 +1,15 @@
-//! Volumes (block storage). Only the model exists so far; the storage
-//! backends come with Ceph RBD support.
+//! Volumes (block storage on Ceph RBD), volume types with QoS, volume
+//! snapshots, and how volumes are attached to instances.
+//!
+//! Naming on Ceph (shared by the coordinator and agents through
+//! `nubo_storage::RbdStore`): volume `<volumes pool>/vol-<volume id>`,
+//! root disk `<disks pool>/<instance id>-disk`, image
+//! `<images pool>/img-<image id>@base`.
 
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
-use crate::{InstanceId, ProjectId, VolumeId};
+use crate::{ImageId, InstanceId, ProjectId, VolumeId};
 
 /// Lifecycle of a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,7 +21,11 @@ pub enum VolumeStatus {
     Available,
     /// Attached to an instance.
     InUse,
-    /// Failed.
+    /// Detach requested; the agent has not confirmed it yet.
+    Detaching,
+    /// Being deleted.
+    Deleting,
+    /// Failed; see `status_reason`.
     Error,
 }
 
@@ -39,6 +48,85 @@ pub struct Volume {
     /// Instance it is attached to.
     #[serde(default)]
     pub attached_to: Option<InstanceId>,
+    /// Image it was created from (a bootable volume), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<ImageId>,
+    /// Why the volume is in `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+/// I/O limits of a volume type, applied as libvirt `<iotune>` on every disk
+/// of that type. `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qos {
+    /// Read operations per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_iops_sec: Option<u64>,
+    /// Write operations per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_iops_sec: Option<u64>,
+    /// Read bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_bytes_sec: Option<u64>,
+    /// Write bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_bytes_sec: Option<u64>,
+}
+
+impl Qos {
+    /// True when no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Qos::default()
+    }
+}
+
+/// A class of volumes (`/nubo/v1/volume-types/<name>`), global like flavors.
+/// Changing its QoS reaches disks already attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeType {
+    /// Unique name, e.g. "ssd-200iops".
+    pub name: String,
+    /// Limits applied to every disk of this type.
+    #[serde(default)]
+    pub qos: Qos,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// A snapshot of a volume (`/nubo/v1/volume-snapshots/<volume>/<name>`);
+/// the RBD snapshot of the same name on the volume's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSnapshot {
+    /// Name, unique per volume (also the RBD snapshot name).
+    pub name: String,
+    /// The volume.
+    pub volume: VolumeId,
+    /// Owner (the volume's project).
+    pub project: ProjectId,
+    /// Volume size when taken, GiB.
+    pub size_gb: u64,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// A volume attached to an instance (`Instance::volumes`), in attach order:
+/// the first is the guest's second disk (`vdb`) unless the instance boots
+/// from a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    /// The volume.
+    pub volume: VolumeId,
+    /// Delete the volume when the instance is deleted.
+    #[serde(default)]
+    pub delete_on_termination: bool,
+}
+
+/// The serial a volume's disk carries in the guest
+/// (`/dev/disk/by-id/virtio-<serial>`): the first 20 characters of the
+/// volume id (virtio-blk's limit).
+pub fn volume_serial(id: &VolumeId) -> String {
+    id.to_string().chars().filter(|c| *c != '-').take(20).collect()
 }

@@ -673,6 +673,8 @@ impl Ctx {
                 node: Some(node.clone()),
                 launch_index: index,
                 evacuation: plan.evacuation,
+                volumes: Vec::new(),
+                boot_volume: None,
                 created_at: now,
             };
             let ukey = usage_of(&node);

@@ -212,6 +212,7 @@ impl Ctx {
                         updated_at: now,
                         last_error: None,
                         reboot_generation: inst.reboot_generation,
+                        volumes: Vec::new(),
                     },
                 ),
             ];
@@ -286,6 +287,7 @@ impl Ctx {
             node: from.clone(),
             updated_at: model::now(),
             last_error: Some(msg.to_string()),
+            volumes: old.as_ref().map(|s| s.value.volumes.clone()).unwrap_or_default(),
             reboot_generation: old.map_or(0, |s| s.value.reboot_generation),
         };
         let mut compares = vec![etcd_client::Compare::version(
