@@ -8,6 +8,10 @@
 #
 #   sudo ./scripts/demo.sh          # keep running until Ctrl-C
 #   sudo ./scripts/demo.sh --once   # boot, show, tear down (smoke test)
+#
+# The demo coordinator runs in development mode (--insecure --auth none:
+# plain text, no tokens) on this machine only; a real deployment serves TLS
+# with tokens (docs/operator-guide.md, "Security").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::compute::Compute;
 use crate::config::{AgentConfig, DriverKind};
@@ -24,7 +24,10 @@ use crate::reconciler::{reconcile_all, Subsystem};
 use crate::registration::Liveness;
 use crate::store::{self, StoreError};
 
-/// Quiet period after a change before reconciling (coalesces bursts).
+/// Minimum gap between the end of a pass and the start of the next one
+/// triggered by a change (coalesces bursts). A change arriving after at
+/// least this long without a pass is reconciled at once; see
+/// [`next_pass_at`].
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Delay before retrying after a subsystem failed.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
@@ -69,20 +72,26 @@ pub async fn run(
     // Tasks that live as long as this call (aborted on return).
     let mut side = JoinSet::new();
     let mut plug = None;
+    let mut resizer: Option<Arc<dyn crate::compute::Resizer>> = None;
     let hv: Arc<dyn Hypervisor> = match cfg.driver {
         DriverKind::Libvirt => {
             let lv = crate::hypervisor::LibvirtHypervisor::open(&cfg).await?;
             if let Some(rx) = lv.guest_stops().await {
-                let client = store::connect(&cfg.etcd_endpoints).await?;
+                let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
                 side.spawn(crate::power_sync::run(client, cfg.node.clone(), rx).in_current_span());
             }
             plug = lv.plug_waiters();
-            Arc::new(lv)
+            let lv = Arc::new(lv);
+            resizer = Some(lv.clone());
+            lv
         }
         _ => open_driver(&cfg)?,
     };
-    crate::node_api::spawn(&mut cfg, &mut side).await;
-    let r = run_inner(cfg, hv, plug, shutdown).await;
+    // The etcd session, shared by registration, fencing and the node API
+    // (`/v1/etcd-status`, asked by the other agents' peer witnesses).
+    let session = crate::fencer::session(&cfg, Arc::new(crate::fencing::MonotonicClock));
+    crate::node_api::spawn(&mut cfg, &mut side, Some(session.1.clone())).await;
+    let r = run_inner(cfg, hv, plug, resizer, shutdown, session).await;
     side.shutdown().await;
     r
 }
@@ -95,7 +104,8 @@ pub async fn run_with_hypervisor(
     hv: Arc<dyn Hypervisor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    run_inner(cfg, hv, None, shutdown).await
+    let session = crate::fencer::session(&cfg, Arc::new(crate::fencing::MonotonicClock));
+    run_inner(cfg, hv, None, None, shutdown, session).await
 }
 
 /// [`run_with_hypervisor`], plus the plug gate when the driver starts
@@ -104,27 +114,29 @@ async fn run_inner(
     cfg: AgentConfig,
     hv: Arc<dyn Hypervisor>,
     plug: Option<Arc<PlugWaiters>>,
+    resizer: Option<Arc<dyn crate::compute::Resizer>>,
     shutdown: impl Future<Output = ()> + Send,
+    (senders, session): (crate::fencer::SessionSenders, crate::fencer::SessionWatch),
 ) -> Result<(), AgentError> {
     let span = info_span!("agent", node = %cfg.node);
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
-        let client = store::connect(&cfg.etcd_endpoints).await?;
+        let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
         let (mirror, handle) = Mirror::new(client.clone());
         let (registered_tx, registered) = watch::channel(false);
-        let (acks_tx, acks) = watch::channel(None);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());
         tasks.spawn(
             Liveness::new(client.clone(), cfg.clone(), registered_tx)
-                .with_acks(acks_tx)
+                .with_acks(senders.acks)
+                .with_failures(senders.failures)
                 .run()
                 .in_current_span(),
         );
         // Self-fencing (docs/failure-handling.md): compute drives the gated
         // driver and does not run while the node is fenced.
         let clock: Arc<dyn crate::fencing::Clock> = Arc::new(crate::fencing::MonotonicClock);
-        let fencing = crate::fencer::setup(&cfg, hv, handle.clone(), acks, clock.clone());
+        let fencing = crate::fencer::setup(&cfg, hv, handle.clone(), session, clock.clone());
         tasks.spawn(fencing.task.run().in_current_span());
         let heartbeat = crate::watchdog::Heartbeat::new(clock);
         let watchdog_period = crate::notify::watchdog_period();
@@ -137,7 +149,8 @@ async fn run_inner(
         // (skipped with `--no-network`); see `reconciler` module docs.
         let mut subsystems: Vec<Box<dyn Subsystem>> =
             vec![Box::new(crate::fencer::GatedSubsystem::new(
-                Compute::new(cfg.node.clone(), fencing.hypervisor.clone(), client),
+                Compute::new(cfg.node.clone(), fencing.hypervisor.clone(), client)
+                    .with_resizer(resizer),
                 fencing.gate.clone(),
             ))];
         if !cfg.no_network {
@@ -180,6 +193,14 @@ struct Beat {
     every: Duration,
 }
 
+/// When a pass triggered by a change seen at `now` starts, given when the
+/// previous pass ended: at once after a quiet period (an isolated API update
+/// is not delayed), else [`DEBOUNCE`] after the previous pass (bursts, e.g.
+/// a batch of instances, are coalesced as before). Pure.
+pub fn next_pass_at(last_pass_end: Instant, now: Instant) -> Instant {
+    (last_pass_end + DEBOUNCE).max(now)
+}
+
 async fn reconcile_loop(
     cfg: &AgentConfig,
     mut handle: MirrorHandle,
@@ -204,14 +225,24 @@ async fn reconcile_loop(
     loop {
         beat.heartbeat.beat();
         handle.changes.borrow_and_update();
+        let started = Instant::now();
         let desired = {
             let cache = handle.cache.read().await;
             desired::build(&cache, &cfg.node, cfg.underlay_mtu)
         };
+        let built = started.elapsed();
         let span = info_span!("reconcile", revision = desired.revision);
         let outcome = reconcile_all(&mut subsystems, &desired)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        let pass_end = Instant::now();
+        span.in_scope(|| {
+            debug!(
+                desired_us = built.as_micros() as u64,
+                pass_us = (pass_end - started).as_micros() as u64,
+                "reconcile pass timing"
+            );
+        });
         if std::mem::take(&mut first_pass) {
             // On a converged node (e.g. after a restart) this says 0.
             info!(
@@ -247,7 +278,18 @@ async fn reconcile_loop(
                     if r.is_err() {
                         return;
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
+                    let seen = Instant::now();
+                    let at = next_pass_at(pass_end, seen);
+                    if at > seen {
+                        // (Not when due already: the timer would round up
+                        // to its next 1 ms tick.)
+                        tokio::time::sleep_until(at).await;
+                    }
+                    debug!(
+                        generation = *handle.changes.borrow(),
+                        waited_us = seen.elapsed().as_micros() as u64,
+                        "change seen; reconciling"
+                    );
                     break;
                 }
                 () = tokio::time::sleep_until(next_periodic) => break,
@@ -259,5 +301,22 @@ async fn reconcile_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolated_change_runs_at_once_bursts_wait_for_the_debounce() {
+        let end = Instant::now();
+        // Long after the last pass: no delay.
+        let later = end + DEBOUNCE * 3;
+        assert_eq!(next_pass_at(end, later), later);
+        // Right after a pass: wait until DEBOUNCE after its end.
+        let soon = end + DEBOUNCE / 5;
+        assert_eq!(next_pass_at(end, soon), end + DEBOUNCE);
+        assert_eq!(next_pass_at(end, end), end + DEBOUNCE);
     }
 }

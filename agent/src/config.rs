@@ -118,6 +118,17 @@ pub struct Cli {
     /// at least 4/5 of the TTL; 4 s with the default TTL).
     #[arg(long)]
     pub self_fence_after_secs: Option<u64>,
+    /// Address this node's Ceph clients connect from, the one the storage
+    /// fencer blocklists (default: the underlay address).
+    #[arg(long)]
+    pub storage_ip: Option<IpAddr>,
+    /// Never hold instances running on a peer-witnessed etcd outage: freeze whenever
+    /// keep-alives go unacknowledged (docs/failure-handling.md).
+    #[arg(long)]
+    pub no_peer_witness: bool,
+    /// Timeout of one peer etcd-status probe, in ms (default 500).
+    #[arg(long)]
+    pub peer_probe_timeout_ms: Option<u64>,
     /// Capacity override: vCPUs.
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -163,6 +174,36 @@ pub struct Cli {
     /// <underlay-ip>:7402).
     #[arg(long)]
     pub node_api_listen: Option<std::net::SocketAddr>,
+    /// PEM CA that signed the coordinators' TLS certificate (for an
+    /// https:// --api-endpoint).
+    #[arg(long)]
+    pub api_ca_cert: Option<PathBuf>,
+    /// File holding this node's application credential, one line
+    /// `<id>:<secret>` (a user with the cloud-wide `node` role); the agent
+    /// exchanges it for a token before each image download.
+    #[arg(long)]
+    pub api_credential_file: Option<PathBuf>,
+    /// PEM CA of etcd's server certificate (etcd over TLS).
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate presented to etcd (with --etcd-key).
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM key of --etcd-cert.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+}
+
+/// etcd over TLS: `[etcd_tls]` in the file, `--etcd-ca/--etcd-cert/--etcd-key`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// CA of etcd's server certificate (required).
+    pub ca: Option<PathBuf>,
+    /// Client certificate (etcd's `--client-cert-auth`), with `key`.
+    pub cert: Option<PathBuf>,
+    /// Key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 /// The configuration file. Field names are the flag names with `_`.
@@ -188,6 +229,12 @@ pub struct FileConfig {
     pub lease_ttl: Option<u64>,
     /// Self-fence after this many seconds without an acknowledged keep-alive.
     pub self_fence_after_secs: Option<u64>,
+    /// Address of the node's Ceph clients (default: the underlay address).
+    pub storage_ip: Option<IpAddr>,
+    /// Hold instead of freezing on a peer-witnessed etcd outage (default true).
+    pub peer_witness: Option<bool>,
+    /// Timeout of one peer etcd-status probe, in ms.
+    pub peer_probe_timeout_ms: Option<u64>,
     /// Capacity override: vCPUs.
     pub vcpus: Option<u32>,
     /// Capacity override: MiB.
@@ -217,6 +264,14 @@ pub struct FileConfig {
     pub api_endpoint: Option<String>,
     /// Node API address.
     pub node_api_listen: Option<std::net::SocketAddr>,
+    /// CA of the coordinators' TLS certificate.
+    pub api_ca_cert: Option<PathBuf>,
+    /// This node's application credential file (`<id>:<secret>`).
+    pub api_credential_file: Option<PathBuf>,
+    /// etcd over TLS.
+    pub etcd_tls: Option<EtcdTls>,
+    /// `[storage]`: where root disks and volumes live.
+    pub storage: Option<crate::storage::StorageFile>,
 }
 
 impl FileConfig {
@@ -271,6 +326,14 @@ pub struct AgentConfig {
     /// Self-fencing delay; `None` = derived from the TTL (see
     /// [`AgentConfig::self_fence_after`]).
     pub self_fence_after: Option<Duration>,
+    /// Address of the node's Ceph clients, published as the node label
+    /// `nubo.storage-ip` (`None` = the underlay address).
+    pub storage_ip: Option<IpAddr>,
+    /// Ask peers before freezing on unacknowledged keep-alives, and keep
+    /// instances running when every peer has lost etcd too.
+    pub peer_witness: bool,
+    /// Timeout of one peer etcd-status probe.
+    pub peer_probe_timeout: Duration,
     /// Capacity overrides.
     pub capacity: CapacityOverride,
     /// State directory.
@@ -291,6 +354,21 @@ pub struct AgentConfig {
     pub api_endpoint: String,
     /// Node API address (`None` = `<underlay-ip>:7402`).
     pub node_api_listen: Option<std::net::SocketAddr>,
+    /// How image downloads authenticate to the coordinator API.
+    pub api_auth: ApiAuth,
+    /// etcd over TLS (`None` = plain http://).
+    pub etcd_tls: Option<EtcdTls>,
+    /// Where root disks and volumes live (`[storage]`).
+    pub storage: crate::storage::StorageSettings,
+}
+
+/// The agent's credentials towards the coordinator API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiAuth {
+    /// CA of the coordinators' TLS certificate (https:// endpoints).
+    pub ca_cert: Option<PathBuf>,
+    /// Application credential file, one line `<id>:<secret>`.
+    pub credential_file: Option<PathBuf>,
 }
 
 /// Settings of the libvirt driver.
@@ -336,6 +414,9 @@ impl AgentConfig {
             driver: DriverKind::Libvirt,
             lease_ttl: Duration::from_secs(5),
             self_fence_after: None,
+            storage_ip: None,
+            peer_witness: true,
+            peer_probe_timeout: Duration::from_millis(500),
             capacity: CapacityOverride::default(),
             state_dir: PathBuf::from("/var/lib/nubo"),
             fake_boot: Duration::ZERO,
@@ -346,6 +427,9 @@ impl AgentConfig {
             libvirt: LibvirtSettings::default(),
             api_endpoint: DEFAULT_API_ENDPOINT.into(),
             node_api_listen: None,
+            api_auth: ApiAuth::default(),
+            etcd_tls: None,
+            storage: crate::storage::StorageSettings::default(),
         }
     }
 
@@ -362,6 +446,15 @@ impl AgentConfig {
                 .saturating_sub(Duration::from_secs(1))
                 .max(ttl.mul_f64(0.8)),
         }
+    }
+
+    /// How recent an acknowledged keep-alive must be for the etcd session to
+    /// count as healthy: one keep-alive period plus two keep-alive timeouts
+    /// (TTL/3 + 2·TTL/6: the previous round trip, the pause, the next round
+    /// trip), so a working session never looks unhealthy to peers (an
+    /// unhealthy report is the direction that lets a peer keep running).
+    pub fn session_healthy_within(&self) -> Duration {
+        self.lease_ttl.mul_f64(2.0 / 3.0)
     }
 
     /// The node API address: the configured one or `<underlay-ip>:7402`.
@@ -442,6 +535,11 @@ impl AgentConfig {
         }
         let mut cfg = Self::new(node, etcd_endpoints);
         cfg.self_fence_after = self_fence_after.map(Duration::from_secs);
+        cfg.storage_ip = cli.storage_ip.or(file.storage_ip);
+        cfg.peer_witness = !cli.no_peer_witness && file.peer_witness.unwrap_or(true);
+        if let Some(ms) = cli.peer_probe_timeout_ms.or(file.peer_probe_timeout_ms) {
+            cfg.peer_probe_timeout = Duration::from_millis(ms.max(1));
+        }
         cfg.underlay_ip = cli
             .underlay_ip
             .or(file.underlay_ip)
@@ -497,6 +595,26 @@ impl AgentConfig {
             .or(file.api_endpoint)
             .unwrap_or(cfg.api_endpoint);
         cfg.node_api_listen = cli.node_api_listen.or(file.node_api_listen);
+        cfg.api_auth = ApiAuth {
+            ca_cert: cli.api_ca_cert.clone().or(file.api_ca_cert),
+            credential_file: cli.api_credential_file.clone().or(file.api_credential_file),
+        };
+        cfg.storage =
+            crate::storage::StorageSettings::from_file(file.storage.clone().unwrap_or_default());
+        let mut tls = file.etcd_tls.unwrap_or_default();
+        tls.ca = cli.etcd_ca.clone().or(tls.ca);
+        tls.cert = cli.etcd_cert.clone().or(tls.cert);
+        tls.key = cli.etcd_key.clone().or(tls.key);
+        cfg.etcd_tls = if tls == EtcdTls::default() {
+            None
+        } else if tls.ca.is_none() || tls.cert.is_some() != tls.key.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "etcd_tls",
+                reason: "needs ca, and cert and key together".into(),
+            });
+        } else {
+            Some(tls)
+        };
         Ok(cfg)
     }
 }
@@ -552,6 +670,37 @@ mod tests {
         assert_eq!(c.capacity.vcpus, Some(7));
         assert_eq!(c.capacity.ram_mb, None);
         assert_eq!(c.state_dir, PathBuf::from("/srv/nubo"));
+    }
+
+    #[test]
+    fn storage_ip_and_peer_witness_settings() {
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.storage_ip, None);
+        assert!(c.peer_witness);
+        assert_eq!(c.peer_probe_timeout, Duration::from_millis(500));
+        assert_eq!(c.session_healthy_within().as_millis(), 3333);
+        let file = FileConfig::parse(
+            "storage_ip = \"10.9.0.7\"\npeer_witness = false\npeer_probe_timeout_ms = 200",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = AgentConfig::merge(file, &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.storage_ip, Some("10.9.0.7".parse().unwrap()));
+        assert!(!c.peer_witness);
+        assert_eq!(c.peer_probe_timeout, Duration::from_millis(200));
+        let c = AgentConfig::merge(
+            FileConfig::default(),
+            &cli(&[
+                "--node",
+                "n1",
+                "--storage-ip",
+                "10.9.0.8",
+                "--no-peer-witness",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage_ip, Some("10.9.0.8".parse().unwrap()));
+        assert!(!c.peer_witness);
     }
 
     #[test]
@@ -635,5 +784,55 @@ mod tests {
         )
         .is_err());
         assert!(FileConfig::parse("nope = 1", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn credentials_and_etcd_tls_from_file_and_flags() {
+        let file = FileConfig::parse(
+            "api_endpoint = \"https://10.0.0.1:7400\"\napi_ca_cert = \"/etc/nubo/ca.crt\"\n\
+             api_credential_file = \"/etc/nubo/node.cred\"\n\
+             [etc_placeholder]\n",
+            Path::new("x"),
+        );
+        assert!(file.is_err(), "unknown sections are refused");
+        let file = FileConfig::parse(
+            "api_ca_cert = \"/etc/nubo/ca.crt\"\napi_credential_file = \"/etc/nubo/node.cred\"\n\
+             [etcd_tls]\nca = \"/etc/nubo/ca.crt\"\ncert = \"/c\"\nkey = \"/k\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let c = AgentConfig::merge(file.clone(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.api_auth.ca_cert, Some(PathBuf::from("/etc/nubo/ca.crt")));
+        assert_eq!(
+            c.api_auth.credential_file,
+            Some(PathBuf::from("/etc/nubo/node.cred"))
+        );
+        let tls = c.etcd_tls.unwrap();
+        assert_eq!(tls.cert, Some(PathBuf::from("/c")));
+        let c = AgentConfig::merge(file, &cli(&["--node", "n1", "--etcd-cert", "/c2"])).unwrap();
+        assert_eq!(c.etcd_tls.unwrap().cert, Some(PathBuf::from("/c2")));
+        let plain = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(plain.etcd_tls, None);
+        assert_eq!(plain.api_auth, ApiAuth::default());
+        // A client certificate without its key, or no CA: refused.
+        for bad in [
+            vec!["--node", "n1", "--etcd-ca", "/ca", "--etcd-cert", "/c"],
+            vec!["--node", "n1", "--etcd-cert", "/c", "--etcd-key", "/k"],
+        ] {
+            assert!(AgentConfig::merge(FileConfig::default(), &cli(&bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let file = FileConfig::parse(
+            include_str!("../../docs/examples/agent.toml"),
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        let c = AgentConfig::merge(file, &cli(&[])).unwrap();
+        assert!(c.api_endpoint.starts_with("https://"));
+        assert!(c.api_auth.ca_cert.is_some() && c.api_auth.credential_file.is_some());
+        assert!(c.etcd_tls.and_then(|t| t.cert).is_some());
     }
 }

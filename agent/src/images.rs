@@ -95,6 +95,7 @@ pub struct LocalImage {
 #[derive(Debug, Clone)]
 pub struct ImageFetcher {
     endpoint: String,
+    auth: crate::config::ApiAuth,
     cache: ImageCache,
     downloads: PathBuf,
     locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
@@ -130,10 +131,69 @@ impl ImageFetcher {
     pub fn new(endpoint: impl Into<String>, state_dir: &Path) -> Self {
         Self {
             endpoint: endpoint.into(),
+            auth: crate::config::ApiAuth::default(),
             cache: ImageCache::new(state_dir),
             downloads: state_dir.join("downloads"),
             locks: Arc::default(),
         }
+    }
+
+    /// Authenticates downloads with `auth`: TLS against its CA, and a
+    /// token issued for its application credential before each download.
+    pub fn with_auth(mut self, auth: crate::config::ApiAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// A channel to the coordinator (TLS with the configured CA for an
+    /// https:// endpoint).
+    async fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        let mut ep = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| format!("bad endpoint: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if self.endpoint.starts_with("https://") {
+            let ca = self
+                .auth
+                .ca_cert
+                .as_ref()
+                .ok_or("an https:// api_endpoint needs api_ca_cert")?;
+            let pem = tokio::fs::read(ca)
+                .await
+                .map_err(|e| format!("reading {}: {e}", ca.display()))?;
+            ep = ep
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                )
+                .map_err(|e| format!("TLS: {e}"))?;
+        }
+        ep.connect().await.map_err(|e| format!("{e} ({e:?})"))
+    }
+
+    /// A fresh token for the node's application credential, if one is
+    /// configured (downloads are rare: no caching, no expiry to track).
+    async fn token(&self, ch: &tonic::transport::Channel) -> Result<Option<String>, String> {
+        let Some(path) = &self.auth.credential_file else {
+            return Ok(None);
+        };
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("reading the API credential {}: {e}", path.display()))?;
+        let (id, secret) = parse_credential(&text).ok_or_else(|| {
+            format!(
+                "{}: expected one line <application credential id>:<secret>",
+                path.display()
+            )
+        })?;
+        let t = nubo_common::proto::tokens_client::TokensClient::new(ch.clone())
+            .issue(nubo_common::proto::IssueTokenRequest {
+                application_credential_id: id.into(),
+                application_credential_secret: secret.into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("login with the node credential: {}", s.message()))?;
+        Ok(Some(t.into_inner().token))
     }
 
     /// The local cache (overlays are made there too).
@@ -240,14 +300,21 @@ impl ImageFetcher {
         tokio::fs::create_dir_all(&self.downloads)
             .await
             .map_err(|e| fail(format!("create {}: {e}", self.downloads.display())))?;
-        let mut client = ImageDataClient::connect(self.endpoint.clone())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let ch = self.channel().await.map_err(fail)?;
+        let token = self.token(&ch).await.map_err(fail)?;
+        let mut req = tonic::Request::new(DownloadImageRequest {
+            image_id: img.id.to_string(),
+            part: part.into(),
+        });
+        if let Some(t) = token {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| fail("the issued token is not ASCII".into()))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        let mut client = ImageDataClient::new(ch);
         let mut stream = client
-            .download(DownloadImageRequest {
-                image_id: img.id.to_string(),
-                part: part.into(),
-            })
+            .download(req)
             .await
             .map_err(|s| fail(s.message().to_string()))?
             .into_inner();
@@ -291,10 +358,25 @@ fn uuid_suffix() -> String {
     )
 }
 
+/// `<id>:<secret>` (surrounding whitespace ignored). Pure.
+pub fn parse_credential(text: &str) -> Option<(&str, &str)> {
+    let (id, secret) = text.trim().split_once(':')?;
+    let ok = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == ':');
+    (ok(id) && ok(secret)).then_some((id, secret))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nubo_common::model::{self, DiskFormat, ImageStatus};
+
+    #[test]
+    fn credential_file_is_id_colon_secret() {
+        assert_eq!(parse_credential(" a-b:c_d\n"), Some(("a-b", "c_d")));
+        for bad in ["", "ab", ":s", "id:", "id:s:x", "id:s t"] {
+            assert_eq!(parse_credential(bad), None, "{bad:?}");
+        }
+    }
     use nubo_common::{ImageId, ProjectId};
 
     fn image() -> Image {

@@ -18,6 +18,15 @@ pub enum StoreError {
     /// No answer within the timeout.
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+    /// The TLS material of `[etcd_tls]` could not be read.
+    #[error("etcd TLS: cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs `fut` with [`REQUEST_TIMEOUT`].
@@ -33,10 +42,35 @@ pub async fn bounded<T>(
 /// Connects lazily to `endpoints` (no request is made; an unreachable etcd
 /// surfaces on the first call, which callers retry).
 pub async fn connect(endpoints: &[String]) -> Result<Client, StoreError> {
-    let opts = ConnectOptions::new()
+    connect_tls(endpoints, None).await
+}
+
+/// [`connect`] over TLS when `tls` is set: trust its CA and present its
+/// client certificate (etcd's `--client-cert-auth`).
+pub async fn connect_tls(
+    endpoints: &[String],
+    tls: Option<&crate::config::EtcdTls>,
+) -> Result<Client, StoreError> {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
+    if let Some(t) = tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| StoreError::TlsFile {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let mut o = etcd_client::TlsOptions::new();
+        if let Some(ca) = &t.ca {
+            o = o.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(c), Some(k)) = (&t.cert, &t.key) {
+            o = o.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+        }
+        opts = opts.with_tls(o);
+    }
     Ok(Client::connect(endpoints, Some(opts)).await?)
 }
 

@@ -131,6 +131,7 @@ async fn write_statuses(
                     updated_at: now,
                     last_error: None,
                     reboot_generation: 0,
+                    volumes: Vec::new(),
                 };
                 TxnOp::put(keys::instance_status(&id), model::encode(&status), None)
             })

@@ -53,6 +53,9 @@ impl Coordinator {
             .arg(ratios.ram.to_string())
             .arg("--disk-ratio")
             .arg(ratios.disk.to_string())
+            // The benchmarks measure placement and the data path, not
+            // authentication: plain text without tokens (development mode).
+            .args(["--insecure", "--auth", "none"])
             // Per-request info logs would cost the coordinator CPU it shares
             // with the benchmark; keep them unless the caller asks.
             .env(

@@ -87,15 +87,37 @@ pub struct Api {
 }
 
 impl Api {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7400`).
-    pub async fn connect(endpoint: &str, project: String) -> Result<Self> {
+    /// Connects to `endpoint` (e.g. `https://10.0.0.10:7400`); an
+    /// `https://` endpoint needs `ca_cert` (PEM: the cluster's CA, e.g.
+    /// `ca.crt` of `scripts/make-certs.sh`) to verify the coordinator.
+    pub async fn connect(
+        endpoint: &str,
+        project: String,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self> {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             bail!("invalid endpoint {endpoint:?}: expected http://HOST:PORT");
         }
-        let ep = Endpoint::from_shared(endpoint.to_string())
+        let mut ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| anyhow!("invalid endpoint {endpoint:?}: {}", root_cause(&e)))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        if endpoint.starts_with("https://") {
+            let Some(p) = ca_cert else {
+                bail!(
+                    "{endpoint} is https: give the cluster's CA certificate with --ca-cert or NUBO_CA_CERT"
+                );
+            };
+            let pem = std::fs::read(p)
+                .map_err(|e| anyhow!("reading the CA certificate {}: {e}", p.display()))?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| anyhow!("TLS setup for {endpoint}: {}", root_cause(&e)))?;
+        } else if ca_cert.is_some() {
+            bail!("--ca-cert needs an https:// endpoint (got {endpoint})");
+        }
         let channel = ep
             .connect()
             .await

@@ -17,18 +17,31 @@ use crate::api::{all_pages, token_path, Call, PAGE_SIZE};
 use crate::ctx::{opt, Ctx};
 use crate::output::{self, Table};
 
-/// `nubo login`.
+/// `nubo login`: user + password, or an application credential (id +
+/// secret).
 #[derive(Debug, Args)]
 pub struct LoginArgs {
     /// User name.
-    #[arg(long)]
-    pub user: String,
+    #[arg(long, required_unless_present = "application_credential_id")]
+    pub user: Option<String>,
     /// A file holding the password (one line).
-    #[arg(long, conflicts_with = "password_stdin")]
+    #[arg(long, conflicts_with_all = ["password_stdin", "secret_file"])]
     pub password_file: Option<PathBuf>,
-    /// Read the password from standard input.
+    /// Read the password (or the application credential secret) from
+    /// standard input.
     #[arg(long)]
     pub password_stdin: bool,
+    /// Log in with this application credential instead of a user (its
+    /// project is the credential's).
+    #[arg(long, conflicts_with = "user")]
+    pub application_credential_id: Option<String>,
+    /// A file holding the application credential secret (one line).
+    #[arg(
+        long,
+        requires = "application_credential_id",
+        conflicts_with_all = ["password_stdin", "user"]
+    )]
+    pub secret_file: Option<PathBuf>,
     /// Lifetime in seconds (0 = the server's default).
     #[arg(long, default_value_t = 0)]
     pub ttl: u32,
@@ -85,7 +98,7 @@ pub enum UserCmd {
 /// A role assignment on the command line.
 #[derive(Debug, Args)]
 pub struct RoleArgs {
-    /// admin, member or reader.
+    /// admin, member, reader or node (cloud-wide only: agents).
     pub role: String,
     /// The user.
     #[arg(long)]
@@ -213,18 +226,27 @@ pub fn store_token(token: &str) -> Result<PathBuf> {
 /// Runs `nubo login`.
 pub async fn login(args: LoginArgs, ctx: &Ctx) -> Result<()> {
     let api = &ctx.api;
-    let password = read_password(args.password_file.as_ref(), args.password_stdin)?;
-    let t = api
-        .tokens()
-        .issue(IssueTokenRequest {
-            user: args.user,
-            password,
+    let req = match (args.user, args.application_credential_id) {
+        (Some(user), None) => IssueTokenRequest {
+            user,
+            password: read_password(args.password_file.as_ref(), args.password_stdin)?,
             project: api.project.clone(),
             ttl_secs: args.ttl,
             ..Default::default()
-        })
-        .await
-        .or_fail(api)?;
+        },
+        (None, Some(id)) => IssueTokenRequest {
+            application_credential_id: id,
+            application_credential_secret: read_password(
+                args.secret_file.as_ref(),
+                args.password_stdin,
+            )
+            .context("the application credential secret (--secret-file or --password-stdin)")?,
+            ttl_secs: args.ttl,
+            ..Default::default()
+        },
+        _ => bail!("give either --user or --application-credential-id"),
+    };
+    let t = api.tokens().issue(req).await.or_fail(api)?;
     let path = store_token(&t.token)?;
     output::show(
         ctx.format,

@@ -4,6 +4,7 @@
 //! `nubo flavor list`); every command talks to a coordinator's gRPC API.
 
 mod api;
+mod app_cred;
 mod cluster;
 mod ctx;
 mod flavor;
@@ -20,6 +21,9 @@ mod secgroup;
 mod server;
 mod server_create;
 mod server_group;
+mod volume;
+mod volume_size;
+mod volume_type;
 
 use std::process::ExitCode;
 
@@ -41,6 +45,10 @@ struct Cli {
         default_value = "http://127.0.0.1:7400"
     )]
     endpoint: String,
+    /// PEM CA certificate that signed the coordinators' TLS certificate
+    /// (needed for https:// endpoints; `ca.crt` of scripts/make-certs.sh).
+    #[arg(long, global = true, env = "NUBO_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -102,10 +110,22 @@ enum Noun {
     /// The audit trail (cloud admin).
     #[command(subcommand)]
     Audit(identity::AuditCmd),
+    /// Volumes (Ceph RBD block devices), their snapshots and types.
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
+    /// Application credentials (`nubo application credential …`): secrets
+    /// for programs, used with `nubo login --application-credential-id`.
+    #[command(subcommand)]
+    Application(app_cred::ApplicationCmd),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = Api::connect(&cli.endpoint, cli.project.unwrap_or_default()).await?;
+    let api = Api::connect(
+        &cli.endpoint,
+        cli.project.unwrap_or_default(),
+        cli.ca_cert.as_deref(),
+    )
+    .await?;
     let ctx = Ctx {
         api,
         format: cli.format,
@@ -127,6 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Noun::Role(c) => identity::role(c, &ctx).await,
         Noun::Quota(c) => identity::quota(c, &ctx).await,
         Noun::Audit(c) => identity::audit(c, &ctx).await,
+        Noun::Application(c) => app_cred::run(c, &ctx).await,
+        Noun::Volume(c) => volume::run(c, &ctx).await,
     }
 }
 
@@ -150,5 +172,44 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn login_takes_a_user_or_an_application_credential() {
+        let ok = |args: &[&str]| Cli::try_parse_from(args).map(drop);
+        ok(&["nubo", "login", "--user", "u", "--password-file", "f"]).unwrap();
+        ok(&[
+            "nubo",
+            "login",
+            "--application-credential-id",
+            "id",
+            "--secret-file",
+            "f",
+        ])
+        .unwrap();
+        for bad in [
+            &["nubo", "login"][..],
+            &[
+                "nubo",
+                "login",
+                "--user",
+                "u",
+                "--application-credential-id",
+                "i",
+            ],
+            &["nubo", "login", "--user", "u", "--secret-file", "f"],
+        ] {
+            assert!(ok(bad).is_err(), "{bad:?}");
+        }
+        let c = Cli::try_parse_from([
+            "nubo",
+            "--ca-cert",
+            "/ca.crt",
+            "application",
+            "credential",
+            "list",
+        ])
+        .unwrap();
+        assert_eq!(c.ca_cert, Some(std::path::PathBuf::from("/ca.crt")));
     }
 }

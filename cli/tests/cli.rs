@@ -114,6 +114,10 @@ fn start_coordinator(bin: &Path, etcd: &Etcd, listen: &str) -> Daemon {
         listen.into(),
         "--health-listen".into(),
         format!("127.0.0.1:{}", free_port()),
+        // Not about security: development mode (plain text, no tokens).
+        "--insecure".into(),
+        "--auth".into(),
+        "none".into(),
     ];
     Daemon::start(bin, &args, &etcd.dir(), |_| {
         TcpStream::connect(listen).is_ok()

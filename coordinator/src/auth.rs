@@ -13,7 +13,8 @@
 //! (`NotFound`, exactly like a missing resource). Listing across projects
 //! (`all_projects`) is only honoured for cloud admins ([`may_see_all`]).
 //!
-//! With `auth = "none"` (the default for now) nothing is checked.
+//! With `auth = "none"` (development only: it needs `--insecure`) nothing
+//! is checked.
 
 use std::sync::{Arc, RwLock};
 
@@ -111,8 +112,13 @@ pub fn action_for(path: &str) -> Option<Action> {
         "SecurityGroups" => "security groups",
         "Keypairs" => "keypairs",
         "ServerGroups" => "server groups",
-        "Images" | "ImageData" => "images",
+        "Images" => "images",
+        // Its own kind: the only thing the `node` role may read.
+        "ImageData" => "image data",
+        "ApplicationCredentials" => "application credentials",
         "Flavors" => "flavors",
+        "Volumes" => "volumes",
+        "VolumeTypes" => "volume types",
         "Nodes" => "nodes",
         "Cluster" => "cluster",
         "Identity" => "identity",
@@ -123,14 +129,18 @@ pub fn action_for(path: &str) -> Option<Action> {
     };
     let admin_only = match service {
         "Nodes" | "Identity" | "Audit" => true,
-        "Flavors" | "Cluster" | "Quotas" => !read,
+        "Flavors" | "Cluster" | "Quotas" | "VolumeTypes" => !read,
         "Servers" | "Networks" | "Ports" | "SecurityGroups" | "Keypairs" | "ServerGroups"
-        | "Images" | "ImageData" => false,
+        | "Images" | "ImageData" | "Volumes" => false,
+        // Any authenticated user manages its own (handlers check the owner).
+        "ApplicationCredentials" => false,
         _ => true,
     };
     Some(if admin_only {
         Action::admin(kind)
-    } else if read {
+    } else if read || service == "ApplicationCredentials" {
+        // A reader may make a credential with its (reader) role: creating
+        // one is audited but needs no write role.
         Action::read(kind)
     } else {
         Action::mutate(kind)

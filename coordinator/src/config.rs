@@ -724,4 +724,13 @@ mod tests {
         assert!(cfg.insecure && cfg.auth == AuthMode::Token);
         cfg.check_security().unwrap();
     }
+
+    #[test]
+    fn the_example_configuration_is_valid_and_secure() {
+        let file = parse_file(include_str!("../../docs/examples/coordinator.toml")).unwrap();
+        let cfg = Cli::default().merge(file).unwrap();
+        cfg.check_security().unwrap();
+        assert_eq!(cfg.insecurity(), None);
+        assert!(cfg.etcd_tls.is_some());
+    }
 }

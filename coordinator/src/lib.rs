@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{AuthMode, Cli, Command, Config, FailureConfig, LogFormat, Placement, TlsPaths};
 pub use error::{ApiError, ServeError};
-pub use failover::fencer::{FenceCall, Fencer, LogFencer, RecordingFencer};
+pub use failover::fencer::{CephFencer, FenceCall, Fencer, LogFencer, RecordingFencer};
 
 /// A running coordinator.
 pub struct Coordinator {
@@ -101,15 +101,43 @@ impl Coordinator {
 }
 
 /// Connects to etcd, loads the node view, binds the listeners and starts
-/// serving; returns once the API accepts requests. Uses [`LogFencer`].
+/// serving; returns once the API accepts requests. Storage fencing: a
+/// [`CephFencer`] when `[ceph]` is configured, else [`LogFencer`].
 pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
-    start_with_fencer(cfg, Arc::new(LogFencer)).await
+    // The one Ceph connection: fencer, volume API and reconciler share it.
+    let rbd = connect_ceph(&cfg).await?;
+    let fencer: Arc<dyn Fencer> = match &rbd {
+        Some(rbd) => Arc::new(CephFencer::new(
+            rbd.cluster().clone(),
+            connect_etcd(&cfg).await?,
+        )),
+        None => Arc::new(LogFencer),
+    };
+    start_inner(cfg, fencer, rbd).await
 }
 
 /// [`start`] with a storage [`Fencer`].
 pub async fn start_with_fencer(
     cfg: Config,
     fencer: Arc<dyn Fencer>,
+) -> Result<Coordinator, ServeError> {
+    let rbd = connect_ceph(&cfg).await?;
+    start_inner(cfg, fencer, rbd).await
+}
+
+/// Connects to Ceph when `[ceph]` is configured (before anything else, so a
+/// wrong cephx key or a missing pool stops the start with a clear error).
+async fn connect_ceph(cfg: &Config) -> Result<Option<Arc<nubo_storage::RbdStore>>, ServeError> {
+    match &cfg.ceph {
+        Some(c) => Ok(Some(ceph::connect(c).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn start_inner(
+    cfg: Config,
+    fencer: Arc<dyn Fencer>,
+    ceph: Option<Arc<nubo_storage::RbdStore>>,
 ) -> Result<Coordinator, ServeError> {
     cfg.validate()?;
     cfg.check_security()?;
@@ -170,6 +198,9 @@ pub async fn start_with_fencer(
         cfg.clone(),
         fencer,
     );
+    if let Some(c) = ceph {
+        let _ = ctx.ceph.set(c);
+    }
     let signer = match cfg.auth {
         AuthMode::None => None,
         AuthMode::Token => {
@@ -225,6 +256,13 @@ pub async fn start_with_fencer(
         let (ctx, rx) = (ctx.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
             failover::run(ctx, rx).await;
+            Ok(())
+        }));
+    }
+    {
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            api::volume_reconcile::run(ctx, rx).await;
             Ok(())
         }));
     }

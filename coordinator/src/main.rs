@@ -85,7 +85,7 @@ async fn bootstrap(
     {
         nubo_coordinator::api::Bootstrapped::Created => {
             println!(
-                "bootstrapped: user {admin} is cloud admin in project {}; run the coordinators with auth = \"token\"",
+                "bootstrapped: user {admin} is cloud admin in project {}; start the coordinators (auth = \"token\" is the default)",
                 nubo_identity::bootstrap::ADMIN_PROJECT
             );
             Ok(())

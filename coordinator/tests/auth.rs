@@ -344,6 +344,53 @@ async fn tokens_and_project_isolation() {
     assert_eq!(e.code(), Code::NotFound);
     let e = a.ports.delete(req(&bob, del(&pa))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    // Attaching to the other project's network or port: NotFound too.
+    let e = a
+        .ports
+        .create(req(
+            &bob,
+            pb::CreatePortRequest {
+                name: "sneak".into(),
+                network_ref: na.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    for (networks, ports) in [(vec![na.clone()], vec![]), (vec![], vec![pa.clone()])] {
+        let r = a
+            .servers
+            .create(req(
+                &bob,
+                pb::CreateServerRequest {
+                    name: "sneak".into(),
+                    flavor: "m1.small".into(),
+                    image_ref: "cirros".into(),
+                    networks,
+                    ports,
+                    count: 1,
+                    ..Default::default()
+                },
+            ))
+            .await;
+        match r {
+            Err(e) => assert_eq!(e.code(), Code::NotFound, "{e:?}"),
+            Ok(r) => panic!("bob attached to p1's network/port: {:?}", r.into_inner()),
+        }
+    }
+    let e = a
+        .ports
+        .update(req(
+            &bob,
+            pb::UpdatePortRequest {
+                r#ref: pa.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
     let e = a
         .networks
         .list(req(
@@ -646,6 +693,8 @@ async fn application_credentials_issue_tokens() {
         expires_at: None,
         // rita is only a reader: the member role is not granted.
         roles: vec![Role::Member, Role::Reader],
+        name: "old".into(),
+        created_at: None,
     };
     let mut kv = etcd.client().await.unwrap();
     kv.put(keys::app_cred(&cred.id), encode(&cred), None)
@@ -678,5 +727,447 @@ async fn application_credentials_issue_tokens() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    c.shutdown().await.unwrap();
+}
+
+fn app_creds(
+    c: &Channel,
+) -> pb::application_credentials_client::ApplicationCredentialsClient<Channel> {
+    pb::application_credentials_client::ApplicationCredentialsClient::new(c.clone())
+}
+
+fn new_cred(name: &str, roles: &[&str]) -> pb::CreateApplicationCredentialRequest {
+    pb::CreateApplicationCredentialRequest {
+        name: name.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        expires_at: String::new(),
+    }
+}
+
+async fn issue_with(a: &mut Api, id: &str, secret: &str) -> Result<pb::Token, tonic::Status> {
+    a.tokens
+        .issue(pb::IssueTokenRequest {
+            application_credential_id: id.into(),
+            application_credential_secret: secret.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_credentials_api_create_list_login_delete() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, root) = token_cloud(&etcd).await;
+    let ch = Channel::from_shared(c.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut ac = app_creds(&ch);
+    let alice = login(&mut a, "alice", "pw").await;
+    let bob = login(&mut a, "bob", "pw").await;
+    let rita = login(&mut a, "rita", "pw").await;
+
+    // Unauthenticated: refused.
+    let e = ac.create(req("", new_cred("x", &[]))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    // alice (member of p1): default = the token's roles; secret shown once.
+    let cred = ac
+        .create(req(&alice, new_cred("ci", &[])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((cred.user.as_str(), cred.project.as_str()), ("alice", "p1"));
+    assert_eq!(cred.roles, ["member"]);
+    assert_eq!(cred.secret.len(), 43);
+    // Stored hashed, never in clear.
+    let mut kv = etcd.client().await.unwrap();
+    let stored = kv
+        .get(keys::app_cred(&cred.id.parse().unwrap()), None)
+        .await
+        .unwrap();
+    let raw = String::from_utf8_lossy(stored.kvs()[0].value()).into_owned();
+    assert!(!raw.contains(&cred.secret), "{raw}");
+    assert!(raw.contains("sha256:"), "{raw}");
+
+    // More roles than the creator holds: refused; a subset is fine.
+    for (tok, roles) in [(&alice, &["admin"][..]), (&rita, &["member"][..])] {
+        let e = ac
+            .create(req(tok, new_cred("up", roles)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    let ro = ac
+        .create(req(&rita, new_cred("ro", &["reader"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ro.roles, ["reader"]);
+    let e = ac
+        .create(req(
+            &alice,
+            pb::CreateApplicationCredentialRequest {
+                expires_at: "2001-01-01T00:00:00Z".into(),
+                ..new_cred("old", &[])
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Each user lists only its own, without secrets; the admin sees all.
+    let list = |all| pb::ListRequest {
+        all_projects: all,
+        ..Default::default()
+    };
+    let mine = ac
+        .list(req(&alice, list(false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .application_credentials;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].id, cred.id);
+    assert!(mine[0].secret.is_empty());
+    let bobs = ac.list(req(&bob, list(true))).await.unwrap().into_inner();
+    assert!(bobs.application_credentials.is_empty());
+    let all = ac.list(req(&root, list(true))).await.unwrap().into_inner();
+    assert_eq!(all.application_credentials.len(), 2);
+
+    // Login with it: alice's project and role.
+    let t = issue_with(&mut a, &cred.id, &cred.secret).await.unwrap();
+    assert_eq!((t.user.as_str(), t.project.as_str()), ("alice", "p1"));
+    assert_eq!(t.roles, ["member"]);
+    a.networks
+        .create(req(
+            &t.token,
+            pb::CreateNetworkRequest {
+                name: "by-cred".into(),
+                cidr: "10.4.0.0/24".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let e = issue_with(&mut a, &cred.id, &ro.secret).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // A credential's token may not mint more credentials.
+    let e = ac
+        .create(req(&t.token, new_cred("more", &[])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Someone else's: NotFound; the owner deletes it, then it is useless.
+    let e = ac.delete(req(&bob, del(&cred.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = ac.delete(req(&rita, del(&cred.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    ac.delete(req(&alice, del(&cred.id))).await.unwrap();
+    let e = issue_with(&mut a, &cred.id, &cred.secret)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = ac.delete(req(&alice, del(&cred.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Audited.
+    let trail: Vec<(String, String, String)> = pb::audit_client::AuditClient::new(ch)
+        .list(req(&root, pb::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .into_iter()
+        .map(|r| (r.user, r.action, r.outcome))
+        .collect();
+    for want in [
+        ("alice", "applicationcredentials.create", "ok"),
+        ("alice", "applicationcredentials.delete", "ok"),
+        ("bob", "applicationcredentials.delete", "NotFound"),
+        ("alice", "networks.create", "ok"),
+    ] {
+        let want = (want.0.to_string(), want.1.to_string(), want.2.to_string());
+        assert!(trail.contains(&want), "{want:?} missing in {trail:#?}");
+    }
+    c.shutdown().await.unwrap();
+}
+
+/// An agent's credential: a user with the cloud-wide `node` role gets an
+/// application credential and may download image data, nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_credential_reads_image_data_only() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, root) = token_cloud(&etcd).await;
+    {
+        let mut kv = etcd.client().await.unwrap();
+        let name = UserName::new("nubo-node").unwrap();
+        let user = User {
+            name: name.clone(),
+            password_hash: cheap().hash("nodepw").unwrap(),
+            enabled: true,
+            created_at: chrono::Utc::now(),
+        };
+        kv.put(keys::user(&name), encode(&user), None)
+            .await
+            .unwrap();
+        let ra = RoleAssignment {
+            user: name.clone(),
+            project: None,
+            role: Role::Node,
+        };
+        kv.put(keys::role(&name, None), encode(&ra), None)
+            .await
+            .unwrap();
+    }
+    let ch = Channel::from_shared(c.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // alice's image with data, network and server in p1.
+    a.flavors
+        .create(req(
+            &root,
+            pb::CreateFlavorRequest {
+                name: "m1.small".into(),
+                vcpus: 1,
+                ram_mb: 512,
+                disk_gb: 1,
+            },
+        ))
+        .await
+        .unwrap();
+    register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
+    let alice = login(&mut a, "alice", "pw").await;
+    let (server, net, port) = populate(&mut a, &alice).await;
+    let mut data = pb::image_data_client::ImageDataClient::new(ch.clone());
+    let chunk = pb::ImageChunk {
+        image: "cirros".into(),
+        project: String::new(),
+        part: "disk".into(),
+        size_bytes: 5,
+        data: b"hello".to_vec(),
+    };
+    let img = data
+        .upload(req(&alice, tokio_stream::iter(vec![chunk])))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The node user makes its own application credential (as an operator
+    // would for the agents) and logs in with it.
+    let node = login(&mut a, "nubo-node", "nodepw").await;
+    let cred = app_creds(&ch)
+        .create(req(&node, new_cred("agents", &[])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cred.roles, ["node"]);
+    let t = issue_with(&mut a, &cred.id, &cred.secret).await.unwrap();
+    assert_eq!(t.roles, ["node"]);
+    let node = t.token;
+
+    // Image data of another project: yes.
+    let mut got = Vec::new();
+    let mut s = data
+        .download(req(
+            &node,
+            pb::DownloadImageRequest {
+                image_id: img.id.clone(),
+                part: "disk".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(c) = s.message().await.unwrap() {
+        got.extend(c.data);
+    }
+    assert_eq!(got, b"hello");
+
+    // Anything else: no, neither reading nor changing tenant resources.
+    let denied = |r: Result<(), tonic::Status>, what: &str| match r {
+        Ok(()) => panic!("the node credential could {what}"),
+        Err(e) => assert!(
+            matches!(e.code(), Code::PermissionDenied | Code::NotFound),
+            "{what}: {e:?}"
+        ),
+    };
+    let in_p1 = |r: &str| pb::DeleteRequest {
+        r#ref: r.into(),
+        project: "p1".into(),
+    };
+    denied(
+        a.servers.delete(req(&node, in_p1(&server))).await.map(drop),
+        "delete a server",
+    );
+    denied(
+        a.servers.delete(req(&node, del(&server))).await.map(drop),
+        "delete a server in its own project",
+    );
+    denied(
+        a.networks.delete(req(&node, in_p1(&net))).await.map(drop),
+        "delete a network",
+    );
+    denied(
+        a.ports.delete(req(&node, in_p1(&port))).await.map(drop),
+        "delete a port",
+    );
+    denied(
+        a.networks
+            .create(req(
+                &node,
+                pb::CreateNetworkRequest {
+                    name: "n".into(),
+                    cidr: "10.5.0.0/24".into(),
+                    project: "p1".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        "create a network",
+    );
+    denied(
+        a.servers
+            .list(req(&node, pb::ListServersRequest::default()))
+            .await
+            .map(drop),
+        "list servers",
+    );
+    denied(
+        a.images
+            .list(req(&node, pb::ListRequest::default()))
+            .await
+            .map(drop),
+        "list images",
+    );
+    denied(
+        a.nodes
+            .list(req(&node, pb::ListRequest::default()))
+            .await
+            .map(drop),
+        "list nodes",
+    );
+    let stream = tokio_stream::iter(vec![pb::ImageChunk {
+        image: img.id.clone(),
+        project: "p1".into(),
+        part: "disk".into(),
+        size_bytes: 1,
+        data: b"x".to_vec(),
+    }]);
+    denied(
+        data.upload(req(&node, stream)).await.map(drop),
+        "upload image data",
+    );
+    // alice's server is untouched.
+    a.servers.get(req(&alice, get(&server))).await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+/// Volumes follow the same isolation: another project's volume is NotFound
+/// for get, delete, resize and attach; a reader may not delete; the admin
+/// sees it. (The record is written directly: no Ceph here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_isolated_between_projects() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, root) = token_cloud(&etcd).await;
+    let p1 = ProjectId::new("p1").unwrap();
+    let vol = nubo_common::model::Volume {
+        id: nubo_common::VolumeId::new_random(),
+        name: "data".into(),
+        project: p1.clone(),
+        size_gb: 1,
+        volume_type: None,
+        status: nubo_common::model::VolumeStatus::Available,
+        attached_to: None,
+        source_image: None,
+        status_reason: None,
+        created_at: chrono::Utc::now(),
+    };
+    let mut kv = etcd.client().await.unwrap();
+    kv.put(keys::volume(&vol.id), encode(&vol), None)
+        .await
+        .unwrap();
+    let id = vol.id.to_string();
+    let ch = Channel::from_shared(c.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut v = pb::volumes_client::VolumesClient::new(ch);
+    let alice = login(&mut a, "alice", "pw").await;
+    let bob = login(&mut a, "bob", "pw").await;
+    let rita = login(&mut a, "rita", "pw").await;
+    let mut bob_codes = None;
+
+    assert_eq!(
+        v.get(req(&alice, get(&id)))
+            .await
+            .unwrap()
+            .into_inner()
+            .name,
+        "data"
+    );
+    let e = v.get(req(&bob, get(&id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let listed = v
+        .list(req(&bob, pb::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volumes;
+    assert!(listed.is_empty(), "{listed:?}");
+    // Mutations of another project's volume answer exactly what they
+    // answer for a volume that does not exist (NotFound with Ceph;
+    // FailedPrecondition "volumes need Ceph" here): existence never leaks.
+    let missing = nubo_common::VolumeId::new_random().to_string();
+    for r in [&id, &missing] {
+        let attach = pb::AttachVolumeRequest {
+            r#ref: r.clone(),
+            server_ref: "vm".into(),
+            ..Default::default()
+        };
+        let resize = pb::ResizeVolumeRequest {
+            r#ref: r.clone(),
+            size_gb: 2,
+            ..Default::default()
+        };
+        let codes = [
+            v.delete(req(&bob, del(r))).await.map(drop),
+            v.attach(req(&bob, attach)).await.map(drop),
+            v.resize(req(&bob, resize)).await.map(drop),
+        ]
+        .map(|res| match res {
+            Ok(()) => panic!("bob changed volume {r}"),
+            Err(e) => e.code(),
+        });
+        for code in codes {
+            assert!(
+                matches!(code, Code::NotFound | Code::FailedPrecondition),
+                "{code:?}"
+            );
+        }
+        if r == &id {
+            bob_codes = Some(codes);
+        } else {
+            assert_eq!(
+                Some(codes),
+                bob_codes,
+                "a foreign volume differs from a missing one"
+            );
+        }
+    }
+    let e = v.delete(req(&rita, del(&id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let in_p1 = pb::GetRequest {
+        r#ref: id.clone(),
+        project: "p1".into(),
+    };
+    v.get(req(&root, in_p1)).await.unwrap();
     c.shutdown().await.unwrap();
 }

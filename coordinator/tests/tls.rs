@@ -25,6 +25,8 @@ async fn api_over_tls_with_etcd_over_mtls() {
         certs.dir().join("coordinator-server.key"),
     ));
     cfg.auth = AuthMode::Token;
+    // The production default: no development mode.
+    cfg.insecure = false;
     let client = nubo_coordinator::connect_etcd(&cfg).await.unwrap();
     let store = nubo_coordinator::store::Store::new(client);
     let admin = UserName::new("admin").unwrap();
@@ -79,4 +81,24 @@ async fn api_over_tls_with_etcd_over_mtls() {
     .await;
     assert!(res.is_err());
     c.shutdown().await.unwrap();
+}
+
+/// Without `insecure` (the default outside tests), a coordinator refuses to
+/// serve plain text or without authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_default_refuses_plain_text_and_no_auth() {
+    let etcd = nubo_tests::Etcd::start().unwrap();
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.insecure = false;
+    cfg.auth = AuthMode::Token;
+    let err = |r: Result<nubo_coordinator::Coordinator, nubo_coordinator::ServeError>| match r {
+        Ok(_) => panic!("an insecure configuration started"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(nubo_coordinator::start(cfg.clone()).await);
+    assert!(e.contains("--tls-cert") && e.contains("--insecure"), "{e}");
+    cfg.tls = Some(("/nonexistent.crt".into(), "/nonexistent.key".into()));
+    cfg.auth = AuthMode::None;
+    let e = err(nubo_coordinator::start(cfg).await);
+    assert!(e.contains("--insecure"), "{e}");
 }

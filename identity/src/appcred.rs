@@ -71,6 +71,8 @@ mod tests {
             secret_hash: hash,
             expires_at: None,
             roles: vec![Role::Member],
+            name: "ci".into(),
+            created_at: Some(now),
         };
         verify(&cred, &secret, now).unwrap();
         assert_eq!(verify(&cred, "nope", now), Err(AppCredError::BadSecret));

@@ -5,7 +5,11 @@
 //!   (`all_projects`) or use [`Verb::Admin`] (nodes, flavors, projects,
 //!   users, quotas, evacuation);
 //! - a **member** reads and changes the resources of its token's project;
-//! - a **reader** only reads them.
+//! - a **reader** only reads them;
+//! - a **node** (an agent's service credential) may only read image data
+//!   (of any project: the agent boots every project's instances) and
+//!   manage its own application credentials ([`NODE_ACTIONS`]), so a
+//!   stolen node credential cannot touch tenant resources.
 //!
 //! A resource of another project must look exactly like a missing one, so
 //! cross-project access is [`Denied::Hidden`] (the API answers `NotFound`,
@@ -130,6 +134,13 @@ impl From<Denied> for tonic::Status {
     }
 }
 
+/// The only actions the `node` role allows: downloading image data, and
+/// its own application credentials (how an agent gets its credential).
+pub const NODE_ACTIONS: [Action; 2] = [
+    Action::read("image data"),
+    Action::read("application credentials"),
+];
+
 /// Decides whether the bearer of `claims` may perform `action` on a
 /// resource of `resource_project` (for list calls: the project listed,
 /// with `all_projects` when the caller asked for every project).
@@ -140,6 +151,9 @@ pub fn authorize(
     all_projects: bool,
 ) -> Result<(), Denied> {
     if claims.has(Role::Admin) {
+        return Ok(());
+    }
+    if claims.has(Role::Node) && NODE_ACTIONS.contains(&action) {
         return Ok(());
     }
     if all_projects {
@@ -260,6 +274,11 @@ mod tests {
             (&[], Verb::Read, "p1", false, Forbidden),
             (&[], Verb::Read, "p2", false, Hidden),
             (&[], Verb::Mutate, "p1", false, Forbidden),
+            // node: nothing on servers, in any project
+            (&[Node], Verb::Read, "p1", false, Forbidden),
+            (&[Node], Verb::Mutate, "p1", false, Forbidden),
+            (&[Node], Verb::Admin, "p1", false, Forbidden),
+            (&[Node], Verb::Read, "p1", true, AllProjects),
         ];
         for (i, (roles, verb, project, all, want)) in cases.iter().enumerate() {
             let c = claims("p1", roles);
@@ -277,6 +296,25 @@ mod tests {
                 got, *want,
                 "case {i}: {roles:?} {verb:?} {project} all={all}"
             );
+        }
+    }
+
+    #[test]
+    fn node_only_reads_image_data_of_any_project() {
+        let c = claims("admin", &[Role::Node]);
+        for p in ["admin", "p1"] {
+            let p = ProjectId::new(p).unwrap();
+            for a in NODE_ACTIONS {
+                authorize(&c, a, &p, false).unwrap();
+            }
+            for a in [
+                Action::mutate("image data"),
+                Action::read("images"),
+                Action::mutate("servers"),
+                Action::admin("nodes"),
+            ] {
+                assert!(authorize(&c, a, &p, false).is_err(), "{a:?}");
+            }
         }
     }
 

@@ -52,6 +52,11 @@ pub struct Claims {
     pub expires_at: i64,
     /// Random id, for audit and logs.
     pub token_id: String,
+    /// The application credential the token was issued for (`None`: a
+    /// password login). Such a token may not create application
+    /// credentials, so a leaked one cannot outlive its own revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_cred: Option<String>,
 }
 
 impl Claims {
@@ -73,6 +78,7 @@ impl Claims {
             issued_at,
             expires_at: issued_at.saturating_add(ttl_secs),
             token_id: URL_SAFE_NO_PAD.encode(id),
+            app_cred: None,
         }
     }
 
@@ -289,6 +295,19 @@ mod tests {
         assert_eq!(c.expires_at, T0 + 3600);
         assert_eq!(c.token_id.len(), 16);
         assert_ne!(c.token_id, claims(T0).token_id);
+    }
+
+    #[test]
+    fn the_app_cred_marker_is_signed_and_optional() {
+        let s = TokenSigner::new(&[7; 32]).unwrap();
+        let mut c = claims(T0);
+        assert_eq!(s.verify(&s.sign(&c), t(T0 + 1)).unwrap().app_cred, None);
+        c.app_cred = Some("cred-1".into());
+        let tok = s.sign(&c);
+        assert_eq!(
+            s.verify(&tok, t(T0 + 1)).unwrap().app_cred.as_deref(),
+            Some("cred-1")
+        );
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub struct Cli {
     bin: PathBuf,
     endpoint: String,
     timeout: Duration,
+    envs: Vec<(String, String)>,
 }
 
 impl Cli {
@@ -68,7 +69,17 @@ impl Cli {
             bin: bin_path("nubo")?,
             endpoint: endpoint.to_string(),
             timeout: Duration::from_secs(300),
+            envs: Vec::new(),
         })
+    }
+
+    /// Sets an environment variable for every invocation (e.g.
+    /// `NUBO_CA_CERT`, `NUBO_TOKEN`, or `XDG_CONFIG_HOME` so that
+    /// `nubo login` keeps its token in a test directory).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Kill a command still running after `timeout` (default 300 s).
@@ -95,6 +106,7 @@ impl Cli {
         let mut child = Command::new(&self.bin)
             .args(args)
             .env_remove("NUBO_ENDPOINT")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path)?)
             .stderr(std::fs::File::create(&err_path)?)

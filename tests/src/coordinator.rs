@@ -1,7 +1,7 @@
 //! A `nubo-coordinator` process.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -24,6 +24,21 @@ pub struct CoordinatorOpts {
     pub ip: IpAddr,
     /// Extra command-line flags (e.g. `--placement pack`).
     pub extra_args: Vec<String>,
+    /// `None` (default): `--insecure --auth none`, for tests that are not
+    /// about security. `Some`: the production default (TLS API, token
+    /// authentication, etcd settings from a TOML file).
+    pub secure: Option<SecureOpts>,
+}
+
+/// The secure (default) configuration of a harness coordinator.
+#[derive(Debug, Clone)]
+pub struct SecureOpts {
+    /// PEM certificate of the gRPC API (`--tls-cert`).
+    pub tls_cert: PathBuf,
+    /// PEM key of the gRPC API (`--tls-key`).
+    pub tls_key: PathBuf,
+    /// A `--config` TOML (e.g. its `[etcd_tls]` section), if any.
+    pub config: Option<PathBuf>,
 }
 
 impl CoordinatorOpts {
@@ -34,6 +49,7 @@ impl CoordinatorOpts {
             id: id.to_string(),
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             extra_args: Vec::new(),
+            secure: None,
         }
     }
 }
@@ -87,6 +103,20 @@ impl Coordinator {
             "--id".into(),
             opts.id.clone(),
         ];
+        match &opts.secure {
+            None => args.extend(["--insecure".into(), "--auth".into(), "none".into()]),
+            Some(s) => {
+                args.extend([
+                    "--tls-cert".into(),
+                    s.tls_cert.display().to_string(),
+                    "--tls-key".into(),
+                    s.tls_key.display().to_string(),
+                ]);
+                if let Some(c) = &s.config {
+                    args.extend(["--config".into(), c.display().to_string()]);
+                }
+            }
+        }
         args.extend(opts.extra_args.iter().cloned());
         let daemon = Daemon::spawn(
             &format!("nubo-coordinator {}", opts.id),
@@ -143,9 +173,15 @@ impl Coordinator {
         self.daemon.is_running()
     }
 
-    /// The gRPC endpoint URL for the CLI, e.g. `http://127.0.0.1:24001`.
+    /// The gRPC endpoint URL for the CLI, e.g. `http://127.0.0.1:24001`
+    /// (`https://` when started with [`SecureOpts`]).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.opts.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.grpc)
     }
 
     /// The health listener address (`/healthz`, `/readyz`).

@@ -24,6 +24,23 @@ pub fn make_certs_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh")
 }
 
+/// Runs `scripts/make-certs.sh DIR ARGS…`.
+fn run_script(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("bash")
+        .arg(make_certs_script())
+        .arg(dir)
+        .args(args)
+        .output()
+        .context("running scripts/make-certs.sh")?;
+    if !out.status.success() {
+        bail!(
+            "make-certs.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// A certificate directory made by `scripts/make-certs.sh` (removed on drop).
 pub struct Certs {
     dir: tempfile::TempDir,
@@ -35,19 +52,22 @@ impl Certs {
     /// always exist.
     pub fn generate(args: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("nbt-certs-").tempdir()?;
-        let out = Command::new("bash")
-            .arg(make_certs_script())
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .context("running scripts/make-certs.sh")?;
-        if !out.status.success() {
-            bail!(
-                "make-certs.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        run_script(dir.path(), args)?;
         Ok(Self { dir })
+    }
+
+    /// Runs the script again into the same directory (the CA is kept), e.g.
+    /// `&["client:node-1"]` for one more client certificate.
+    pub fn add(&self, args: &[&str]) -> Result<()> {
+        run_script(self.dir.path(), args)
+    }
+
+    /// `(coordinator-server.crt, coordinator-server.key)`: the gRPC API's.
+    pub fn coordinator_server(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("coordinator-server.crt"),
+            self.dir.path().join("coordinator-server.key"),
+        )
     }
 
     /// The directory.

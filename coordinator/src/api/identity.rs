@@ -96,7 +96,7 @@ impl Ctx {
             Some(p) if p.value.enabled => {}
             _ => return Err(no_role()),
         }
-        sign_token(&signer, user, project, roles, r.ttl_secs)
+        sign_token(&signer, user, project, roles, r.ttl_secs, None)
     }
 
     /// `Tokens.Issue` with an application credential: the token carries
@@ -146,7 +146,14 @@ impl Ctx {
                 cred.user, cred.project
             )));
         }
-        sign_token(signer, cred.user, cred.project, roles, r.ttl_secs)
+        sign_token(
+            signer,
+            cred.user,
+            cred.project,
+            roles,
+            r.ttl_secs,
+            Some(id.to_string()),
+        )
     }
 }
 
@@ -156,13 +163,15 @@ fn sign_token(
     project: ProjectId,
     roles: Vec<nubo_common::model::Role>,
     ttl_secs: u32,
+    app_cred: Option<String>,
 ) -> ApiResult<pb::Token> {
     {
         let ttl = match ttl_secs {
             0 => DEFAULT_TTL_SECS,
             t => i64::from(t).min(MAX_TTL_SECS),
         };
-        let claims = Claims::new(user, project, roles, chrono::Utc::now(), ttl);
+        let mut claims = Claims::new(user, project, roles, chrono::Utc::now(), ttl);
+        claims.app_cred = app_cred;
         let token = signer
             .read()
             .map_err(|_| ApiError::Unavailable("the token signer is unavailable".into()))?
@@ -403,7 +412,7 @@ impl Ctx {
             },
             role: r.role.parse().map_err(|_| {
                 ApiError::InvalidArgument(format!(
-                    "role {:?} must be admin, member or reader",
+                    "role {:?} must be admin, member, reader or node",
                     r.role
                 ))
             })?,

@@ -1,13 +1,20 @@
 //! The gRPC services. Each service is a thin adapter: parse and validate the
 //! request, run the etcd reads/transactions, convert back to proto.
 
+mod app_creds;
 mod failover;
 mod identity;
 mod image_data;
 mod misc;
 mod network;
 mod quota;
+mod resize;
+mod server_volumes;
 mod servers;
+pub mod volume_reconcile;
+mod volume_snapshots;
+mod volume_types;
+mod volumes;
 
 use std::sync::Arc;
 
@@ -59,6 +66,10 @@ pub struct Inner {
     /// The token signer (set at start with `auth = "token"`; `Tokens.Issue`
     /// refuses without it).
     pub signer: std::sync::OnceLock<nubo_identity::auth::SignerHandle>,
+    /// The one Ceph connection of this coordinator (set at start when
+    /// `[ceph]` is configured): the volume API, its reconciler and storage
+    /// fencing share it. Unset = the volume API answers FailedPrecondition.
+    pub ceph: std::sync::OnceLock<Arc<nubo_storage::RbdStore>>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -94,6 +105,7 @@ impl Ctx {
             cache: Arc::new(ResourceCache::default()),
             committer,
             signer: std::sync::OnceLock::new(),
+            ceph: std::sync::OnceLock::new(),
         }))
     }
 
@@ -116,6 +128,8 @@ impl Ctx {
             .add_service(servers_server::ServersServer::new(self.clone()))
             .add_service(nodes_server::NodesServer::new(self.clone()))
             .add_service(cluster_server::ClusterServer::new(self.clone()))
+            .add_service(volumes_server::VolumesServer::new(self.clone()))
+            .add_service(volume_types_server::VolumeTypesServer::new(self.clone()))
     }
 
     /// Looks a project-scoped resource up by id or by its unique name (via
@@ -284,7 +298,8 @@ owned!(
     model::SecurityGroup,
     model::Image,
     model::ServerGroup,
-    model::Instance
+    model::Instance,
+    model::Volume
 );
 
 /// Converts a handler result into a tonic response.

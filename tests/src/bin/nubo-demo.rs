@@ -71,7 +71,10 @@ fn main() -> Result<()> {
 
     let nubo = nubo_tests::bin_path("nubo")?;
     println!();
-    println!("Try it (in another shell):");
+    println!("Try it (in another shell; this demo coordinator runs --insecure --auth none,");
+    println!(
+        "development mode: plain text and no tokens, see docs/operator-guide.md \"Security\"):"
+    );
     println!("  export NUBO_ENDPOINT={}", lab.coordinator.endpoint());
     println!("  alias nubo={}", nubo.display());
     println!("  nubo server list");

@@ -1,0 +1,216 @@
+//! The production default end to end: an etcd that requires client
+//! certificates, a coordinator serving TLS with token authentication (no
+//! `--insecure`) bootstrapped with `nubo-coordinator bootstrap`, CLIs that
+//! trust the cluster CA and `nubo login`, and agents with an etcd client
+//! certificate and a node application credential.
+//!
+//! ```no_run
+//! # fn demo() -> anyhow::Result<()> {
+//! let cloud = nubo_tests::secure::SecureCloud::start()?;
+//! cloud.admin.json(&["flavor", "list"])?;
+//! let cred = cloud.node_credential()?;
+//! let agent = nubo_tests::Agent::start(cloud.agent_opts("node-1", &cred)?)?;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::agent::AgentOpts;
+use crate::cli::Cli;
+use crate::coordinator::{Coordinator, CoordinatorOpts, SecureOpts};
+use crate::process::bin_path;
+use crate::tls::TlsEtcd;
+
+/// The bootstrap admin's password.
+pub const ADMIN_PASSWORD: &str = "nbt-admin-password";
+/// The node service user made by [`SecureCloud::node_credential`].
+pub const NODE_USER: &str = "nubo-node";
+
+/// etcd with client-certificate auth + one secure coordinator + an admin
+/// CLI. Everything is stopped (by pid) on drop, the coordinator first.
+pub struct SecureCloud {
+    /// The coordinator (TLS API, token authentication).
+    pub coordinator: Coordinator,
+    /// etcd (HTTPS, client certificates required) and the certificates.
+    pub etcd: TlsEtcd,
+    /// A CLI logged in as the bootstrap admin.
+    pub admin: Cli,
+    dir: tempfile::TempDir,
+}
+
+/// A TOML basic string of a path.
+fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// Writes `text` to a new 0600 file.
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+impl SecureCloud {
+    /// Certificates, etcd, `nubo-coordinator bootstrap`, the coordinator
+    /// (waited for) and `nubo login` as the admin.
+    pub fn start() -> Result<Self> {
+        let etcd = TlsEtcd::start()?;
+        let dir = tempfile::Builder::new().prefix("nbt-secure-").tempdir()?;
+        let certs = etcd.certs();
+        let (crt, key) = certs.client("coordinator");
+        let config = dir.path().join("coordinator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[etcd_tls]\nca = {}\ncert = {}\nkey = {}\n",
+                toml_path(&certs.ca()),
+                toml_path(&crt),
+                toml_path(&key)
+            ),
+        )?;
+        let pw = dir.path().join("admin-password");
+        write_secret(&pw, &format!("{ADMIN_PASSWORD}\n"))?;
+        let out = Command::new(bin_path("nubo-coordinator")?)
+            .arg("--config")
+            .arg(&config)
+            .args(["--etcd-endpoints", &etcd.endpoint()])
+            .args(["bootstrap", "--admin-password-file"])
+            .arg(&pw)
+            .output()
+            .context("running nubo-coordinator bootstrap")?;
+        ensure!(
+            out.status.success(),
+            "nubo-coordinator bootstrap failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (tls_cert, tls_key) = certs.coordinator_server();
+        let mut opts = CoordinatorOpts::new(&etcd.endpoint(), "secure-1");
+        opts.secure = Some(SecureOpts {
+            tls_cert,
+            tls_key,
+            config: Some(config),
+        });
+        let coordinator = Coordinator::start_with(opts, dir.path())?;
+        let admin = login_cli(&coordinator, &etcd, dir.path(), "admin", ADMIN_PASSWORD)?;
+        Ok(Self {
+            coordinator,
+            etcd,
+            admin,
+            dir,
+        })
+    }
+
+    /// A CLI trusting the cluster CA, with its own (empty) token store and
+    /// no token: every call but `login` is refused until it logs in.
+    pub fn anonymous_cli(&self, name: &str) -> Result<Cli> {
+        anonymous_cli(&self.coordinator, &self.etcd, self.dir.path(), name)
+    }
+
+    /// A CLI that ran `nubo login --user USER --password-file …`.
+    pub fn login(&self, user: &str, password: &str) -> Result<Cli> {
+        login_cli(
+            &self.coordinator,
+            &self.etcd,
+            self.dir.path(),
+            user,
+            password,
+        )
+    }
+
+    /// Makes the service user [`NODE_USER`] with the cloud-wide `node`
+    /// role, lets it create an application credential, and writes it as
+    /// `<id>:<secret>` to a 0600 file: what `api_credential_file` of an
+    /// agent names.
+    pub fn node_credential(&self) -> Result<PathBuf> {
+        let password = "nbt-node-password";
+        let pw = self.dir.path().join("node-password");
+        write_secret(&pw, &format!("{password}\n"))?;
+        let pw_s = pw.display().to_string();
+        self.admin
+            .json(&["user", "create", NODE_USER, "--password-file", &pw_s])?;
+        self.admin
+            .json(&["role", "grant", "node", "--user", NODE_USER])?;
+        let node = self.login(NODE_USER, password)?;
+        let c = node.json(&["application", "credential", "create", "agents"])?;
+        let (id, secret) = (
+            c["id"].as_str().unwrap_or_default(),
+            c["secret"].as_str().unwrap_or_default(),
+        );
+        ensure!(!id.is_empty() && !secret.is_empty(), "no id/secret in {c}");
+        let path = self.dir.path().join("node.credential");
+        write_secret(&path, &format!("{id}:{secret}\n"))?;
+        Ok(path)
+    }
+
+    /// A fake-driver agent talking TLS to etcd with its own client
+    /// certificate (CN = `node`) and to the coordinator with `credential`.
+    pub fn agent_opts(&self, node: &str, credential: &Path) -> Result<AgentOpts> {
+        let certs = self.etcd.certs();
+        certs.add(&[&format!("client:{node}")])?;
+        let (crt, key) = certs.client(node);
+        let ca = certs.ca().display().to_string();
+        let mut o = AgentOpts::fake(node, &self.etcd.endpoint());
+        o.extra_args = vec![
+            "--etcd-ca".into(),
+            ca.clone(),
+            "--etcd-cert".into(),
+            crt.display().to_string(),
+            "--etcd-key".into(),
+            key.display().to_string(),
+            "--api-endpoint".into(),
+            self.coordinator.endpoint(),
+            "--api-ca-cert".into(),
+            ca,
+            "--api-credential-file".into(),
+            credential.display().to_string(),
+        ];
+        Ok(o)
+    }
+
+    /// A scratch directory removed with the cloud.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn anonymous_cli(c: &Coordinator, etcd: &TlsEtcd, dir: &Path, name: &str) -> Result<Cli> {
+    let home = dir.join(format!("home-{name}"));
+    std::fs::create_dir_all(&home)?;
+    Ok(Cli::new(&c.endpoint())?
+        .with_env("NUBO_CA_CERT", &etcd.certs().ca().display().to_string())
+        .with_env("XDG_CONFIG_HOME", &home.display().to_string())
+        // Empty: the token file under XDG_CONFIG_HOME counts, not the caller's.
+        .with_env("NUBO_TOKEN", ""))
+}
+
+fn login_cli(
+    c: &Coordinator,
+    etcd: &TlsEtcd,
+    dir: &Path,
+    user: &str,
+    password: &str,
+) -> Result<Cli> {
+    let cli = anonymous_cli(c, etcd, dir, user)?;
+    let pw = dir.join(format!("password-{user}"));
+    write_secret(&pw, &format!("{password}\n"))?;
+    cli.json(&[
+        "login",
+        "--user",
+        user,
+        "--password-file",
+        &pw.display().to_string(),
+    ])?;
+    Ok(cli)
+}
