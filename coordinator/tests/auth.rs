@@ -989,6 +989,24 @@ async fn node_credential_reads_image_data_only() {
     }
     assert_eq!(got, b"hello");
 
+    // A member of another project cannot fetch alice's image data: it
+    // answers like a missing image.
+    let bob = login(&mut a, "bob", "pw").await;
+    let foreign = data
+        .download(req(
+            &bob,
+            pb::DownloadImageRequest {
+                image_id: img.id.clone(),
+                part: "disk".into(),
+            },
+        ))
+        .await
+        .map(drop);
+    match foreign {
+        Err(e) => assert_eq!(e.code(), Code::NotFound, "{e:?}"),
+        Ok(()) => panic!("bob downloaded alice's image"),
+    }
+
     // Anything else: no, neither reading nor changing tenant resources.
     let denied = |r: Result<(), tonic::Status>, what: &str| match r {
         Ok(()) => panic!("the node credential could {what}"),

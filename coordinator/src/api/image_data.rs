@@ -4,7 +4,7 @@
 use etcd_client::Txn;
 use futures::StreamExt;
 use nubo_common::keys;
-use nubo_common::model::{Image, ImageStatus};
+use nubo_common::model::{Image, ImageStatus, Role};
 use nubo_common::proto::{self as pb, image_data_server};
 use nubo_common::ImageId;
 use tokio::io::AsyncReadExt;
@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{reply, Ctx};
+use crate::auth;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::image_store::{ImageStore, Part, MAX_CHUNK};
@@ -158,9 +159,17 @@ impl Ctx {
             .parse()
             .map_err(|_| ApiError::InvalidArgument(format!("bad image id {:?}", r.image_id)))?;
         let part = Part::parse(&r.part)?;
-        let Some(_img) = self.store.get::<Image>(&keys::image(&id)).await? else {
+        let Some(img) = self.store.get::<Image>(&keys::image(&id)).await? else {
             return Err(ApiError::NotFound(format!("image {id} does not exist")));
         };
+        // Agents (node role) and admins fetch any image; a tenant only its
+        // own project's, and another project's answers like a missing one.
+        if let Some(c) = auth::caller() {
+            let cloud_wide = c.claims.has(Role::Admin) || c.claims.has(Role::Node);
+            if !cloud_wide && c.claims.project != img.value.project {
+                return Err(ApiError::NotFound(format!("image {id} does not exist")));
+            }
+        }
         let path = self.image_store().path(&id.to_string(), part);
         let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
             ApiError::NotFound(format!(
