@@ -14,7 +14,7 @@
 //! `plan(desired, observed)`, apply.
 
 use async_trait::async_trait;
-use tracing::{info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use crate::desired::DesiredNode;
 use crate::hypervisor::HypervisorError;
@@ -63,7 +63,14 @@ pub async fn reconcile_all(
     for s in subsystems.iter_mut() {
         let name = s.name();
         let span = info_span!("subsystem", subsystem = name);
-        match s.reconcile(desired).instrument(span).await {
+        let started = std::time::Instant::now();
+        let result = s.reconcile(desired).instrument(span).await;
+        debug!(
+            subsystem = name,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "subsystem pass timing"
+        );
+        match result {
             Ok(n) => out.actions += n,
             Err(e) => {
                 out.failures += 1;

@@ -25,6 +25,12 @@ use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 /// How long an agent may take to register.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The agents' `RUST_LOG`: `info`, or `$NUBO_TEST_AGENT_LOG` when set (e.g.
+/// `info,nubo_agent=debug` for the reconcile timings of a profiling run).
+fn agent_log_filter() -> String {
+    std::env::var("NUBO_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
 /// A `nubo-agent --driver netns` inside a host namespace.
 pub struct NetAgent {
     daemon: Daemon,
@@ -79,7 +85,7 @@ impl NetAgent {
             bin_path("nubo-agent")?,
             args,
             dir.path().join("agent.log"),
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", &agent_log_filter())],
         )?;
         let mut a = Self { daemon, node, dir };
         a.wait_ready()?;
@@ -98,7 +104,7 @@ impl NetAgent {
 
     /// Starts it again (same flags and state directory) and waits until ready.
     pub fn restart(&mut self) -> Result<()> {
-        self.daemon.start(&[("RUST_LOG", "info")])?;
+        self.daemon.start(&[("RUST_LOG", &agent_log_filter())])?;
         self.wait_ready()
     }
 

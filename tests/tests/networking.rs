@@ -510,12 +510,28 @@ fn isolation_and_anti_spoofing() {
 }
 
 /// Security-group convergence: API update → enforced on 2 hosts, p50/p99
-/// over 100 updates (alternately adding and removing a tcp rule; a probe
-/// from a third guest polls both targets, and a second, precise probe polls
-/// both host namespaces' `bridge nubo` table for the rule's set element).
+/// over 100 updates (alternately adding and removing a tcp rule), release
+/// build: `cargo build --release --bins && cargo test -p nubo-tests
+/// --release --test networking -- --ignored --nocapture
+/// bench_secgroup_convergence`.
+///
+/// The updates go through an in-process tonic client (one HTTP/2
+/// connection). "Enforced" is event-driven: an `nft monitor` runs in each
+/// host namespace, and every `# new generation` line (one per committed
+/// nftables transaction) is timestamped when read. Once every host has
+/// committed after the call, each host's `bridge nubo` table is listed; the
+/// host's convergence time is the generation after which the per-port set
+/// element `<probe ip> . tcp . 7000` is present (absent after a removal).
+/// No polling interval, and no probe process runs while the agents work. An etcd watch on the security
+/// groups, in the benchmark, timestamps when the commit reaches watchers.
+/// `NUBO_BENCH_SG_GAP_MS` (default 200) is the pause between updates;
+/// `0` sends them back to back.
 #[test]
 #[ignore]
 fn bench_secgroup_convergence() {
+    use nubo_common::proto as pb;
+    use pb::security_groups_client::SecurityGroupsClient;
+
     let lab = NetLab::start(2).unwrap();
     base_objects(&lab);
     let cli = &lab.cli;
@@ -537,110 +553,337 @@ fn bench_secgroup_convergence() {
     let _l2 = t2.spawn("nc", &["-lk", "7000"]).unwrap();
     let cidr = format!("{}/32", p.ip);
     let elem = format!("{} . tcp . 7000", p.ip);
-    let elem = elem.as_str();
-    let mut samples = Vec::new();
-    let mut ksamples = Vec::new();
+    let gap = Duration::from_millis(
+        std::env::var("NUBO_BENCH_SG_GAP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200),
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = lab.coordinator.endpoint();
+    let mut sg = rt
+        .block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(endpoint)?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            Ok::<_, anyhow::Error>(SecurityGroupsClient::new(ch))
+        })
+        .unwrap();
+    // etcd watch on the security groups: when a commit reaches watchers.
+    let (wtx, wrx) = std::sync::mpsc::channel::<Instant>();
+    let etcd_ep = lab.etcd.endpoint();
+    rt.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd_ep], None).await?;
+        let mut stream = client
+            .watch(
+                nubo_common::keys::secgroups_prefix(),
+                Some(etcd_client::WatchOptions::new().with_prefix()),
+            )
+            .await?;
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = stream.message().await {
+                if !msg.events().is_empty() && wtx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok::<_, anyhow::Error>(())
+    })
+    .unwrap();
+    let monitors: Vec<NftMonitor> = lab
+        .hosts
+        .iter()
+        .map(|h| NftMonitor::start(h).unwrap())
+        .collect();
+
+    let log_start: Vec<usize> = lab.agents.iter().map(|a| a.log().len()).collect();
+    let mut rows: Vec<[f64; 5]> = Vec::new();
     let mut rule: Option<String> = None;
     for i in 0..100 {
+        std::thread::sleep(gap);
         let open = rule.is_none();
-        let t0 = Instant::now();
-        if let Some(id) = rule.take() {
-            cli.json(&["secgroup", "rule", "delete", "bench", &id])
-                .unwrap();
-        } else {
-            let g = cli
-                .json(&[
-                    "secgroup",
-                    "rule",
-                    "create",
-                    "bench",
-                    "--direction",
-                    "ingress",
-                    "--protocol",
-                    "tcp",
-                    "--port",
-                    "7000",
-                    "--remote-ip",
-                    &cidr,
-                ])
-                .unwrap();
-            rule = g["rules"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["port_min"] == 7000)
-                .and_then(|r| r["id"].as_str())
-                .map(str::to_string);
+        for m in &monitors {
+            m.drain();
         }
-        // Converged = both targets show the new state; each target is
-        // probed by its own thread, a probe counts from when it started.
-        let (pr, targets) = (&p, [&t1, &t2]);
-        let (done, kdone): (Vec<Duration>, Vec<Duration>) = std::thread::scope(|sc| {
-            let hs: Vec<_> = targets
+        while wrx.try_recv().is_ok() {}
+        let issued = Instant::now();
+        if let Some(id) = rule.take() {
+            rt.block_on(sg.delete_rule(pb::DeleteRuleRequest {
+                group_ref: "bench".into(),
+                project: String::new(),
+                rule_id: id,
+            }))
+            .unwrap();
+        } else {
+            let g = rt
+                .block_on(sg.add_rule(pb::AddRuleRequest {
+                    group_ref: "bench".into(),
+                    project: String::new(),
+                    rule: Some(pb::SecurityGroupRule {
+                        direction: "ingress".into(),
+                        ethertype: "ipv4".into(),
+                        protocol: "tcp".into(),
+                        port_min: 7000,
+                        port_max: 7000,
+                        remote_cidr: cidr.clone(),
+                        ..Default::default()
+                    }),
+                }))
+                .unwrap()
+                .into_inner();
+            rule = g
+                .rules
                 .iter()
-                .map(|t| {
-                    sc.spawn(move || loop {
-                        let start = t0.elapsed();
-                        if pr.tcp_open(t.ip, 7000, 1) == open {
-                            return start;
-                        }
-                        assert!(
-                            t0.elapsed() < Duration::from_secs(30),
-                            "update {i} never converged"
-                        );
-                    })
-                })
-                .collect();
-            // Precise probe: poll each host's kernel ruleset (~5 ms) until
-            // the per-port set element `<p.ip> . tcp . 7000` is present
-            // (or absent after a removal); counts until that listing ended.
-            let ks: Vec<_> = lab
-                .hosts
-                .iter()
-                .map(|h| {
-                    sc.spawn(move || loop {
-                        if kernel_has_rule(h, elem) == open {
-                            return t0.elapsed();
-                        }
-                        assert!(
-                            t0.elapsed() < Duration::from_secs(30),
-                            "update {i} never reached the kernel"
-                        );
-                        std::thread::sleep(Duration::from_millis(5));
-                    })
-                })
-                .collect();
-            (
-                hs.into_iter().map(|h| h.join().unwrap()).collect(),
-                ks.into_iter().map(|h| h.join().unwrap()).collect(),
-            )
-        });
-        samples.push(done.iter().copied().max().unwrap_or_default());
-        ksamples.push(kdone.iter().copied().max().unwrap_or_default());
+                .find(|r| r.port_min == 7000)
+                .map(|r| r.id.clone());
+            assert!(rule.is_some(), "update {i}: rule missing from the reply");
+        }
+        let returned = Instant::now();
+        // First the next commit on every host, without listing anything
+        // (nothing of the benchmark competes with the agents for the CPU
+        // until both committed); then each table is checked, and a host
+        // whose table does not show the update yet waits for its next one.
+        let mut hosts: Vec<Instant> = monitors.iter().map(|m| m.next(i)).collect();
+        for ((h, m), t) in lab.hosts.iter().zip(&monitors).zip(hosts.iter_mut()) {
+            while kernel_has_rule(h, &elem) != open {
+                *t = m.next(i);
+            }
+        }
+        let watched = wrx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no etcd watch event");
+        let ms = |t: Instant| t.saturating_duration_since(issued).as_secs_f64() * 1e3;
+        let first = hosts.iter().copied().min().unwrap();
+        let both = hosts.iter().copied().max().unwrap();
+        let both_from_return = if both >= returned {
+            both.duration_since(returned).as_secs_f64() * 1e3
+        } else {
+            -(returned.duration_since(both).as_secs_f64() * 1e3)
+        };
+        rows.push([
+            ms(returned),
+            ms(watched),
+            ms(first),
+            ms(both),
+            both_from_return,
+        ]);
     }
-    samples.sort();
-    ksamples.sort();
-    let pct = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    drop(monitors);
+    let agent_logs: Vec<String> = lab
+        .agents
+        .iter()
+        .zip(&log_start)
+        .map(|(a, &from)| a.log().get(from..).unwrap_or_default().to_string())
+        .collect();
+    // The element really is the enforcement: the probe reaches both targets
+    // while the rule exists, and neither once it is removed.
+    if rule.is_none() {
+        cli.json(&[
+            "secgroup",
+            "rule",
+            "create",
+            "bench",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "tcp",
+            "--port",
+            "7000",
+            "--remote-ip",
+            &cidr,
+        ])
+        .unwrap();
+    }
+    wait_until(T, "the probe reaches both targets", || {
+        Ok(p.tcp_open(t1.ip, 7000, 1) && p.tcp_open(t2.ip, 7000, 1))
+    })
+    .unwrap();
+
+    let pct = |v: &[f64], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     println!(
-        "BENCH secgroup convergence (2 hosts, {} updates, incl. CLI ~process start): p50 {:?} p99 {:?} max {:?}",
-        samples.len(),
-        pct(&samples, 0.5),
-        pct(&samples, 0.99),
-        samples[samples.len() - 1]
+        "BENCH secgroup convergence: 2 hosts, {} updates (add/remove alternately), {gap:?} between updates, in-process gRPC client",
+        rows.len()
     );
-    println!("BENCH secgroup convergence, {} updates, timed from before the CLI call (incl. its process start):", samples.len());
-    println!("| probe                                   | p50        | p99        | max        |");
-    println!("|-----------------------------------------|------------|------------|------------|");
-    for (name, v) in [
-        ("TCP SYN from a guest (1 s retransmit)", &samples),
-        ("nft ruleset in both host netns (~5 ms)", &ksamples),
-    ] {
+    println!("| from → to (ms)                              |    p50 |    p90 |    p99 |    max |");
+    println!("|---------------------------------------------|--------|--------|--------|--------|");
+    for (c, name) in [
+        "call issued → call returned (API latency)",
+        "call issued → etcd watch event (benchmark)",
+        "call issued → rule in first host's kernel",
+        "call issued → rule in both hosts' kernels",
+        "call returned → rule in both hosts' kernels",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut v: Vec<f64> = rows.iter().map(|r| r[c]).collect();
+        v.sort_by(f64::total_cmp);
         println!(
-            "| {name:<39} | {:>10.1?} | {:>10.1?} | {:>10.1?} |",
-            pct(v, 0.5),
-            pct(v, 0.99),
+            "| {name:<43} | {:>6.1} | {:>6.1} | {:>6.1} | {:>6.1} |",
+            pct(&v, 0.5),
+            pct(&v, 0.9),
+            pct(&v, 0.99),
             v[v.len() - 1]
         );
+    }
+    print_agent_timings(&agent_logs);
+}
+
+/// The agents' debug timings (`NUBO_TEST_AGENT_LOG=info,nubo_agent=debug`)
+/// found in `logs`: every `…_us=N` field of the reconcile loop's timing
+/// events, by event (and subsystem), with p50/p90/max in ms.
+fn print_agent_timings(logs: &[String]) {
+    let mut by: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for line in logs.iter().flat_map(|l| l.lines()) {
+        let line = strip_ansi(line);
+        let Some(event) = [
+            "change seen; reconciling",
+            "reconcile pass timing",
+            "subsystem pass timing",
+            "firewall pass timing",
+        ]
+        .into_iter()
+        .find(|e| line.contains(e)) else {
+            continue;
+        };
+        let mut subsystem = String::new();
+        let mut fields = Vec::new();
+        for tok in line.split_whitespace() {
+            let Some((k, v)) = tok.split_once('=') else {
+                continue;
+            };
+            if k == "subsystem" && event == "subsystem pass timing" {
+                subsystem = format!(" {}", v.trim_matches('"'));
+            } else if let (Some(k), Ok(v)) = (k.strip_suffix("_us"), v.parse::<f64>()) {
+                fields.push((k.to_string(), v / 1e3));
+            }
+        }
+        for (k, v) in fields {
+            by.entry(format!("{event}{subsystem}: {k}"))
+                .or_default()
+                .push(v);
+        }
+    }
+    if by.is_empty() {
+        println!("(agent timings: run with NUBO_TEST_AGENT_LOG=info,nubo_agent=debug)");
+        return;
+    }
+    println!("agent timings during the updates, both agents (ms):");
+    println!("| event: field                                 |     n |    p50 |    p90 |    max |");
+    println!("|----------------------------------------------|-------|--------|--------|--------|");
+    for (name, mut v) in by {
+        v.sort_by(f64::total_cmp);
+        let pct = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+        println!(
+            "| {name:<44} | {:>5} | {:>6.1} | {:>6.1} | {:>6.1} |",
+            v.len(),
+            pct(0.5),
+            pct(0.9),
+            v[v.len() - 1]
+        );
+    }
+}
+
+/// `line` without ANSI colour sequences (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `nft monitor` in a host namespace: the time each committed nftables
+/// transaction (`# new generation …` line) was read. Killed (by pid) on drop.
+struct NftMonitor {
+    child: std::process::Child,
+    generations: std::sync::mpsc::Receiver<Instant>,
+}
+
+impl NftMonitor {
+    fn start(h: &nubo_tests::netns::Host) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = h
+            .command("nft")
+            .arg("monitor")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("nft monitor: no stdout"))?;
+        let (tx, generations) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("# new generation") && tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        // The monitor is subscribed once it prints the first event; make one
+        // with a transaction that changes nothing nubo owns.
+        let m = Self { child, generations };
+        let scratch = "table bridge nbtmon { }\ndelete table bridge nbtmon\n";
+        let deadline = Instant::now() + T;
+        loop {
+            let mut c = h.command("nft");
+            c.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+            let mut c = c.spawn()?;
+            if let Some(mut stdin) = c.stdin.take() {
+                std::io::Write::write_all(&mut stdin, scratch.as_bytes())?;
+            }
+            c.wait()?;
+            if m.generations
+                .recv_timeout(Duration::from_millis(200))
+                .is_ok()
+            {
+                return Ok(m);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "nft monitor prints nothing");
+        }
+    }
+
+    /// Forgets generations seen so far.
+    fn drain(&self) {
+        while self.generations.try_recv().is_ok() {}
+    }
+
+    /// The time of the next generation; when several are already queued,
+    /// of the latest (a listing made now shows the state after it).
+    fn next(&self, update: usize) -> Instant {
+        let mut at = self
+            .generations
+            .recv_timeout(T)
+            .unwrap_or_else(|_| panic!("update {update}: no nftables commit in {T:?}"));
+        while let Ok(t) = self.generations.try_recv() {
+            at = t;
+        }
+        at
+    }
+}
+
+impl Drop for NftMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -2,10 +2,13 @@
 //! security groups' rules and the groups' cluster-wide members to a
 //! nubo-firewall [`FirewallSpec`]; each pass renders it, reads the live
 //! tables and applies one atomic `nft -f` batch only when the library's
-//! `plan` says [`FirewallAction::Replace`].
+//! `plan` says [`FirewallAction::Replace`]. A ruleset that differs from the
+//! one this process just applied is applied without listing first
+//! ([`must_observe`]): that is the security-group update path.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use nubo_common::model::{self, SecurityGroupRule};
@@ -13,7 +16,7 @@ use nubo_firewall::{
     Direction, EtherType, FirewallAction, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol,
     Remote, RuleSpec, Ruleset,
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{log_plan, running_ports};
 use crate::desired::DesiredNode;
@@ -86,16 +89,36 @@ pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
     FirewallSpec { ports, groups }
 }
 
+/// Whether a pass must list the live tables before deciding, given the
+/// desired ruleset's fingerprint and the one this process knows to be live
+/// (last applied or observed; `None` on the first pass and after a failed
+/// apply). Pure.
+///
+/// Known and different: the live tables carry the old fingerprint, so
+/// [`nubo_firewall::plan`] would answer `Replace` whatever else the listing
+/// shows; the listing (3 `nft` runs) is skipped and the update goes
+/// straight to the one atomic transaction. Unknown, or equal (a pass for
+/// another subsystem's change, the periodic resync): list and plan as
+/// always, which catches tables deleted or replaced behind nubo's back.
+pub fn must_observe(desired_fingerprint: &str, known_live: Option<&str>) -> bool {
+    known_live.is_none_or(|live| live == desired_fingerprint)
+}
+
 /// The firewall reconciler (in the agent's network namespace).
 #[derive(Debug)]
 pub struct Firewall {
     first: bool,
+    /// Fingerprint of the ruleset last applied or found live by this process.
+    known_live: Option<String>,
 }
 
 impl Firewall {
     /// A reconciler; nothing is touched until the first pass.
     pub fn new() -> Self {
-        Self { first: true }
+        Self {
+            first: true,
+            known_live: None,
+        }
     }
 }
 
@@ -117,19 +140,39 @@ impl Subsystem for Firewall {
     }
 
     async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+        let started = Instant::now();
         let rs = nubo_firewall::ruleset(&firewall_spec(desired));
+        let rendered = started.elapsed();
+        let fingerprint = rs.fingerprint().to_string();
+        let observe = must_observe(&fingerprint, self.known_live.as_deref());
+        // Until this pass succeeds, what is live is unknown.
+        self.known_live = None;
         // nft is a child process: keep it off the async workers.
         let outcome = tokio::task::spawn_blocking(move || {
-            let action = observe_and_plan(&rs)?;
+            let t = Instant::now();
+            let action = if observe {
+                observe_and_plan(&rs)?
+            } else {
+                FirewallAction::Replace
+            };
+            let observed = t.elapsed();
             if action == FirewallAction::Replace {
                 nubo_firewall::apply(&rs)?;
             }
-            Ok::<_, nubo_firewall::FirewallError>((action, rs.fingerprint().to_string()))
+            Ok::<_, nubo_firewall::FirewallError>((action, observed, t.elapsed() - observed))
         })
         .await
         .map_err(|e| SubsystemError::Other(format!("firewall task: {e}")))?
         .map_err(|e| SubsystemError::Other(format!("firewall: {e}")))?;
-        let (action, fingerprint) = outcome;
+        let (action, observed, applied) = outcome;
+        debug!(
+            render_us = rendered.as_micros() as u64,
+            observed = observe,
+            observe_us = observed.as_micros() as u64,
+            apply_us = applied.as_micros() as u64,
+            "firewall pass timing"
+        );
+        self.known_live = Some(fingerprint.clone());
         let n = usize::from(action == FirewallAction::Replace);
         log_plan("firewall", &mut self.first, n);
         if n > 0 {
@@ -190,6 +233,16 @@ mod tests {
         let a = nubo_firewall::ruleset(&firewall_spec(&d));
         let b = nubo_firewall::ruleset(&firewall_spec(&d.clone()));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn live_tables_are_listed_unless_known_to_differ() {
+        // First pass (or after a failure): list.
+        assert!(must_observe("aa", None));
+        // Nothing changed since the last apply: list (drift check).
+        assert!(must_observe("aa", Some("aa")));
+        // A new ruleset while the old one is known live: replace directly.
+        assert!(!must_observe("bb", Some("aa")));
     }
 
     #[test]
