@@ -10,7 +10,7 @@ use etcd_client::Client;
 use futures::StreamExt;
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, InstanceStatus, PowerState};
-use nubo_common::{InstanceId, NodeName};
+use nubo_common::{InstanceId, NodeName, VolumeId};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::desired::{DesiredInstance, DesiredNode};
@@ -42,6 +42,14 @@ pub enum Action {
     /// Continue a paused (e.g. left frozen by self-fencing) instance that
     /// should run.
     Resume(InstanceId),
+    /// Redefine a shut-off instance with the spec's vCPUs and memory (after
+    /// `nubo server resize`), then boot it if it should run.
+    Resize {
+        /// The instance.
+        id: InstanceId,
+        /// Boot it once redefined (its desired power is running).
+        start: bool,
+    },
 }
 
 impl Action {
@@ -53,7 +61,8 @@ impl Action {
             | Action::Stop(id)
             | Action::Destroy(id)
             | Action::Resume(id)
-            | Action::Reboot { id, .. } => id,
+            | Action::Reboot { id, .. }
+            | Action::Resize { id, .. } => id,
         }
     }
 }
@@ -74,6 +83,38 @@ pub struct ComputeObserved {
     pub instances: Vec<ObservedInstance>,
     /// The statuses this node reported (the reboot generation acted on).
     pub reported: BTreeMap<InstanceId, InstanceStatus>,
+    /// The size of shut-off instances, from drivers that can resize them
+    /// ([`Resizer`]); empty otherwise.
+    pub sizes: BTreeMap<InstanceId, InstanceSize>,
+}
+
+/// vCPUs and memory of an instance's definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceSize {
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+}
+
+impl InstanceSize {
+    /// The size the spec asks for (at least one vCPU, as domains get).
+    pub fn of(d: &DesiredInstance) -> Self {
+        InstanceSize {
+            vcpus: d.resources.vcpus.max(1),
+            memory_mb: d.resources.ram_mb,
+        }
+    }
+}
+
+/// A driver that can change the size of a shut-off instance (libvirt:
+/// redefine the domain). Not a boot, so not behind the fencing gate.
+#[async_trait]
+pub trait Resizer: Send + Sync + 'static {
+    /// The size of every shut-off instance nubo manages.
+    async fn stopped_sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError>;
+    /// Redefines a shut-off instance with `spec`'s vCPUs and memory.
+    async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError>;
 }
 
 /// Computes the operations that bring the hypervisor to `desired`. Pure.
@@ -88,6 +129,18 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
         };
         if !o.managed {
             out.foreign.insert(*id);
+            continue;
+        }
+        let resized = o.power == ObservedPower::Stopped
+            && observed
+                .sizes
+                .get(id)
+                .is_some_and(|s| *s != InstanceSize::of(d));
+        if resized {
+            out.actions.push(Action::Resize {
+                id: *id,
+                start: d.power() == PowerState::Running,
+            });
             continue;
         }
         match (d.power(), o.power) {
@@ -230,12 +283,16 @@ impl StatusBook {
 pub struct Compute {
     node: NodeName,
     hv: Arc<dyn Hypervisor>,
+    resizer: Option<Arc<dyn Resizer>>,
     etcd: Client,
     book: StatusBook,
     foreign: BTreeSet<InstanceId>,
     /// Set when a status write failed in this pass: further writes are
     /// skipped (each would wait for the etcd timeout) and the pass is retried.
     writes_blocked: bool,
+    /// Volumes attached per instance, as last observed ([`crate::volumes`]);
+    /// reported in `InstanceStatus.volumes`.
+    attached: BTreeMap<InstanceId, Vec<VolumeId>>,
 }
 
 impl Compute {
@@ -244,11 +301,20 @@ impl Compute {
         Self {
             node,
             hv,
+            resizer: None,
             etcd,
             book: StatusBook::default(),
             foreign: BTreeSet::new(),
             writes_blocked: false,
+            attached: BTreeMap::new(),
         }
+    }
+
+    /// Lets compute resize shut-off instances through `resizer` (without
+    /// one, a resized spec takes effect only for new instances).
+    pub fn with_resizer(mut self, resizer: Option<Arc<dyn Resizer>>) -> Self {
+        self.resizer = resizer;
+        self
     }
 
     /// Writes the status if it differs from what is reported.
@@ -258,8 +324,9 @@ impl Compute {
         r: Report,
         reported: &mut BTreeMap<InstanceId, (InstanceStatus, i64)>,
     ) -> Result<(), store::StoreError> {
+        let volumes = self.attached.get(&id).cloned().unwrap_or_default();
         if let Some((prev, _)) = reported.get(&id) {
-            if prev.node == self.node && Report::of(prev) == r {
+            if prev.node == self.node && Report::of(prev) == r && prev.volumes == volumes {
                 return Ok(());
             }
         }
@@ -269,7 +336,7 @@ impl Compute {
             updated_at: model::now(),
             last_error: r.last_error,
             reboot_generation: r.reboot_generation,
-            volumes: Vec::new(),
+            volumes,
         };
         let Some(rev) = put_status_if_assigned(&self.etcd, &self.node, id, &status).await? else {
             // The assignment is gone from etcd (the cache lags, or the
@@ -327,6 +394,7 @@ async fn put_status_if_assigned(
 
 async fn perform(
     hv: Arc<dyn Hypervisor>,
+    resizer: Option<Arc<dyn Resizer>>,
     action: Action,
     spec: Option<DesiredInstance>,
 ) -> (Action, Result<(), HypervisorError>) {
@@ -341,6 +409,14 @@ async fn perform(
             (Action::Reboot { .. }, _) => hv.reboot(id).await,
             (Action::Destroy(_), _) => hv.destroy(id).await,
             (Action::Resume(_), _) => hv.resume(id).await,
+            (Action::Resize { start, .. }, Some(spec)) => match &resizer {
+                Some(r) => match r.resize_stopped(&spec).await {
+                    Ok(()) if start => hv.start(id).await,
+                    other => other,
+                },
+                None => Err(HypervisorError::Unsupported(format!("resize of {id}"))),
+            },
+            (Action::Resize { .. }, None) => Err(HypervisorError::NotFound(id)),
         };
         match &r {
             Ok(()) => info!("done"),
@@ -363,7 +439,8 @@ fn power_after(action: Action, d: Option<&DesiredInstance>) -> Option<ObservedPo
         Action::Start(_) | Action::Reboot { .. } | Action::Resume(_) => {
             Some(ObservedPower::Running)
         }
-        Action::Stop(_) => Some(ObservedPower::Stopped),
+        Action::Stop(_) | Action::Resize { start: false, .. } => Some(ObservedPower::Stopped),
+        Action::Resize { start: true, .. } => Some(ObservedPower::Running),
         Action::Destroy(_) => None,
     }
 }
@@ -377,8 +454,13 @@ impl Subsystem for Compute {
     async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
         self.writes_blocked = false;
         let instances = self.hv.list().await?;
+        let sizes = match &self.resizer {
+            Some(r) => r.stopped_sizes().await?,
+            None => BTreeMap::new(),
+        };
         let mut reported = self.book.merge(desired);
         let observed = ComputeObserved {
+            sizes,
             instances,
             reported: reported
                 .iter()
@@ -413,9 +495,10 @@ impl Subsystem for Compute {
         }
 
         let hv = self.hv.clone();
+        let resizer = self.resizer.clone();
         let mut results = futures::stream::iter(plan.actions.clone().into_iter().map(|a| {
             let spec = desired.instances.get(&a.instance()).cloned();
-            perform(hv.clone(), a, spec)
+            perform(hv.clone(), resizer.clone(), a, spec)
         }))
         .buffer_unordered(MAX_CONCURRENT_ACTIONS);
         let mut errors: BTreeMap<InstanceId, String> = BTreeMap::new();
@@ -453,6 +536,9 @@ impl Subsystem for Compute {
             .into_iter()
             .map(|o| (o.id, o))
             .collect();
+        self.attached =
+            crate::volumes::reconcile_node(&self.hv, &self.etcd, desired, &now, &self.attached)
+                .await;
         for (id, d) in &desired.instances {
             let o = now.get(id).filter(|o| o.managed);
             if now.get(id).is_some_and(|o| !o.managed) {
@@ -554,6 +640,7 @@ mod tests {
 
     fn converged(f: &Fixture) -> ComputeObserved {
         ComputeObserved {
+            sizes: BTreeMap::new(),
             instances: f
                 .ids
                 .iter()
@@ -632,6 +719,47 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_instance_of_another_size_is_redefined_then_started_if_wanted() {
+        let mut f = fixture(3);
+        let (a, b, c) = (f.ids[0], f.ids[1], f.ids[2]);
+        let mut obs = converged(&f);
+        for o in &mut obs.instances {
+            o.power = ObservedPower::Stopped;
+        }
+        for id in [a, b] {
+            f.desired.instances.get_mut(&id).unwrap().spec.power = PowerState::Stopped;
+        }
+        let want = InstanceSize::of(&f.desired.instances[&a]);
+        let bigger = InstanceSize {
+            vcpus: want.vcpus + 1,
+            memory_mb: want.memory_mb * 2,
+        };
+        // a: stopped, right size. b: stopped, old size. c: to start, old size.
+        obs.sizes.insert(a, want);
+        obs.sizes.insert(b, bigger);
+        obs.sizes.insert(c, bigger);
+        let mut actions = plan(&f.desired, &obs).actions;
+        actions.sort();
+        let mut expected = vec![
+            Action::Resize {
+                id: b,
+                start: false,
+            },
+            Action::Resize { id: c, start: true },
+        ];
+        expected.sort();
+        assert_eq!(actions, expected);
+        // Redefined: c is simply started; a running domain is never resized
+        // (the coordinator only resizes stopped servers).
+        obs.sizes.insert(b, want);
+        obs.sizes.insert(c, want);
+        assert_eq!(plan(&f.desired, &obs).actions, vec![Action::Start(c)]);
+        obs.instances[2].power = ObservedPower::Running;
+        obs.sizes.insert(c, bigger);
+        assert!(plan(&f.desired, &obs).actions.is_empty());
+    }
+
+    #[test]
     fn destroys_unassigned_but_spares_foreign_and_broken() {
         let mut f = fixture(1);
         let gone = InstanceId::new_random();
@@ -656,6 +784,7 @@ mod tests {
         let obs = ComputeObserved {
             instances: vec![observed(f.ids[0], ObservedPower::Stopped, false)],
             reported: BTreeMap::new(),
+            sizes: BTreeMap::new(),
         };
         let p = plan(&f.desired, &obs);
         assert!(p.actions.is_empty());

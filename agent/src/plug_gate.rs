@@ -13,6 +13,12 @@
 //! instance as running (it is booting), so neither compute nor the fencer's
 //! recovery resumes it early, and its `resume` is a no-op until the gate
 //! released it.
+//!
+//! The holds survive an agent restart: the libvirt driver records each in
+//! its state file before starting the domain and, when it opens, holds
+//! again every recorded domain that is still paused
+//! (`hypervisor::libvirt::holds_to_restore`), so compute never resumes a
+//! guest whose taps the previous incarnation had not wired yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use nubo_common::proto::{ListServersRequest, Server, ServerActionRequest};
+use nubo_common::proto::{ListServersRequest, ResizeServerRequest, Server, ServerActionRequest};
 use serde_json::{json, Value};
 
 use crate::api::{Api, Call, PAGE_SIZE};
@@ -61,6 +61,15 @@ pub enum ServerCmd {
     Reboot {
         /// Server name or id.
         server: String,
+    },
+    /// Give a stopped server another flavor's vCPUs and RAM (same disk
+    /// size); `nubo server start` boots it with the new size.
+    Resize {
+        /// Server name or id.
+        server: String,
+        /// The new flavor.
+        #[arg(long)]
+        flavor: String,
     },
 }
 
@@ -256,6 +265,15 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         }
         ServerCmd::Reboot { server } => {
             let s = api.servers().reboot(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Resize { server, flavor } => {
+            let req = ResizeServerRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                flavor,
+            };
+            let s = api.servers().resize(req).await.or_fail(api)?;
             show(ctx.format, &s)
         }
         ServerCmd::Delete {

@@ -3,16 +3,25 @@
 //! libvirt calls block; every operation runs them on tokio's blocking pool.
 //! Every mutating operation first checks that the domain carries the nubo
 //! metadata element, so foreign domains are never touched.
+//!
+//! The connection survives libvirtd restarts: a call that finds it closed
+//! opens a new one (attempts spaced by an exponential backoff, 100 ms up to
+//! [`RECONNECT_MAX_DELAY`]), and every [`EventStream`] re-registers its
+//! lifecycle callback on the new connection. Running domains are not
+//! affected (QEMU keeps running while libvirtd restarts).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use virt_sys as sys;
 
+use crate::disk::{parse_disks, volume_disk_xml, AttachedDisk, IoTune, VolumeDisk};
 use crate::error::DriverError;
-use crate::events::{self, EventStream};
-use crate::ffi::{Conn, Dom, VirError};
+use crate::events::{self, DomainEvent, EventStream, Registration};
+use crate::ffi::{affect_flags, Conn, Dom, VirError};
 use crate::info::{DomainInfo, ForeignDomain, PowerState};
 use crate::spec::{DomainSpec, DEFAULT_NAME_PREFIX};
 use crate::xml::{domain_xml_with_prefix, NUBO_METADATA_NS};
@@ -52,11 +61,119 @@ pub enum ShutdownOutcome {
     Forced,
 }
 
+/// The longest wait between two reconnection attempts.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
+/// How often an [`EventStream`] checks that its connection is still open.
+const EVENT_CONN_CHECK: Duration = Duration::from_millis(250);
+
+/// The current connection, replaced when it closes.
+#[derive(Debug)]
+struct Shared {
+    cfg: DriverConfig,
+    conn: RwLock<Arc<Conn>>,
+    /// Serializes reconnection attempts and spaces them out.
+    backoff: Mutex<Backoff>,
+}
+
+/// When the next reconnection attempt may happen. Pure state machine.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next_attempt: Option<Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    const fn new() -> Self {
+        Backoff {
+            next_attempt: None,
+            delay: RECONNECT_MIN_DELAY,
+        }
+    }
+
+    /// Whether an attempt may be made at `now`.
+    fn may_try(&self, now: Instant) -> bool {
+        self.next_attempt.is_none_or(|t| now >= t)
+    }
+
+    /// Records a failed attempt at `now`: the next one waits twice as long.
+    fn failed(&mut self, now: Instant) {
+        self.next_attempt = Some(now + self.delay);
+        self.delay = (self.delay * 2).min(RECONNECT_MAX_DELAY);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+fn open_conn(uri: &str) -> Result<Conn, DriverError> {
+    let connect = |source| DriverError::Connect {
+        uri: uri.to_owned(),
+        source,
+    };
+    events::ensure_event_loop().map_err(DriverError::Events)?;
+    let conn = Conn::open(uri).map_err(connect)?;
+    conn.set_keepalive(5, 3).map_err(connect)?;
+    Ok(conn)
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Conn> {
+        match self.conn.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// An open connection: the current one, or a new one if it closed
+    /// (libvirtd restarted). Blocking. Fails at once, without an attempt,
+    /// while the backoff after a failed attempt runs.
+    fn live_conn(&self) -> Result<Arc<Conn>, DriverError> {
+        let conn = self.current();
+        if conn.is_alive() {
+            return Ok(conn);
+        }
+        let mut backoff = match self.backoff.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        // Another caller may have reconnected while we waited for the lock.
+        let conn = self.current();
+        if conn.is_alive() {
+            return Ok(conn);
+        }
+        let now = Instant::now();
+        if !backoff.may_try(now) {
+            return Err(DriverError::Disconnected {
+                uri: self.cfg.uri.clone(),
+            });
+        }
+        match open_conn(&self.cfg.uri) {
+            Ok(new) => {
+                backoff.succeeded();
+                let new = Arc::new(new);
+                match self.conn.write() {
+                    Ok(mut c) => *c = Arc::clone(&new),
+                    Err(p) => *p.into_inner() = Arc::clone(&new),
+                }
+                tracing::info!(uri = %self.cfg.uri, "reconnected to libvirt");
+                Ok(new)
+            }
+            Err(e) => {
+                let retry_in = backoff.delay;
+                backoff.failed(now);
+                tracing::warn!(uri = %self.cfg.uri, error = %e, ?retry_in, "libvirt connection lost; reconnecting");
+                Err(e)
+            }
+        }
+    }
+}
+
 /// The libvirt compute driver. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
 pub struct LibvirtDriver {
-    conn: Arc<Conn>,
-    cfg: Arc<DriverConfig>,
+    shared: Arc<Shared>,
 }
 
 const UNDEFINE_FLAGS: u32 = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -74,31 +191,30 @@ impl LibvirtDriver {
     /// thread (once per process) and enables keepalives.
     pub async fn connect_with(cfg: DriverConfig) -> Result<Self, DriverError> {
         let uri = cfg.uri.clone();
-        let conn = tokio::task::spawn_blocking(move || {
-            events::ensure_event_loop().map_err(DriverError::Events)?;
-            let conn = Conn::open(&uri).map_err(|source| DriverError::Connect {
-                uri: uri.clone(),
-                source,
-            })?;
-            conn.set_keepalive(5, 3)
-                .map_err(|source| DriverError::Connect { uri, source })?;
-            Ok::<_, DriverError>(conn)
-        })
-        .await??;
+        let conn = tokio::task::spawn_blocking(move || open_conn(&uri)).await??;
         Ok(LibvirtDriver {
-            conn: Arc::new(conn),
-            cfg: Arc::new(cfg),
+            shared: Arc::new(Shared {
+                cfg,
+                conn: RwLock::new(Arc::new(conn)),
+                backoff: Mutex::new(Backoff::new()),
+            }),
         })
     }
 
     /// The configuration this driver was connected with.
     pub fn config(&self) -> &DriverConfig {
-        &self.cfg
+        &self.shared.cfg
     }
 
     /// Renders the domain XML exactly as [`Self::define_and_start`] defines it.
     pub fn domain_xml(&self, spec: &DomainSpec) -> String {
-        domain_xml_with_prefix(spec, &self.cfg.name_prefix)
+        domain_xml_with_prefix(spec, &self.shared.cfg.name_prefix)
+    }
+
+    /// Whether the current connection is open (a closed one is replaced
+    /// by the next call).
+    pub fn is_connected(&self) -> bool {
+        self.shared.current().is_alive()
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, DriverError>
@@ -106,9 +222,12 @@ impl LibvirtDriver {
         T: Send + 'static,
         F: FnOnce(&Conn, &DriverConfig) -> Result<T, DriverError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        let cfg = Arc::clone(&self.cfg);
-        tokio::task::spawn_blocking(move || f(&conn, &cfg)).await?
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let conn = shared.live_conn()?;
+            f(&conn, &shared.cfg)
+        })
+        .await?
     }
 
     /// Every nubo-owned domain (those carrying the nubo metadata element).
@@ -399,17 +518,207 @@ impl LibvirtDriver {
     }
 
     /// Subscribes to lifecycle events of nubo domains (named
-    /// `<prefix><uuid>`), e.g. a guest powering itself off.
+    /// `<prefix><uuid>`), e.g. a guest powering itself off. The callback is
+    /// registered before this returns; when the connection closes (libvirtd
+    /// restarted), a task of the stream reconnects with backoff and
+    /// registers it again. Events while libvirtd is down are lost: callers
+    /// resync from [`Self::list_nubo_domains`]. Needs a tokio runtime.
     pub async fn events(&self) -> Result<EventStream, DriverError> {
-        let conn = Arc::clone(&self.conn);
-        let prefix = self.cfg.name_prefix.clone();
-        tokio::task::spawn_blocking(move || events::subscribe(conn, &prefix))
-            .await?
-            .map_err(DriverError::Events)
+        let (tx, rx) = mpsc::unbounded_channel();
+        let first = self.register(tx.clone()).await?;
+        let count = Arc::new(AtomicU64::new(1));
+        let me = self.clone();
+        let c = Arc::clone(&count);
+        let supervisor = tokio::spawn(async move { me.keep_registered(first, tx, c).await });
+        Ok(EventStream::new(rx, supervisor, count))
+    }
+
+    async fn register(
+        &self,
+        tx: mpsc::UnboundedSender<DomainEvent>,
+    ) -> Result<Registration, DriverError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let conn = shared.live_conn()?;
+            events::subscribe(conn, &shared.cfg.name_prefix, tx).map_err(DriverError::Events)
+        })
+        .await?
+    }
+
+    /// Keeps a callback registered on the current connection until the
+    /// receiver is gone.
+    async fn keep_registered(
+        &self,
+        mut reg: Registration,
+        tx: mpsc::UnboundedSender<DomainEvent>,
+        count: Arc<AtomicU64>,
+    ) {
+        loop {
+            while reg.conn().is_alive() {
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(EVENT_CONN_CHECK).await;
+            }
+            tracing::warn!(uri = %self.shared.cfg.uri, "libvirt connection closed; re-registering lifecycle events");
+            drop(reg);
+            reg = loop {
+                if tx.is_closed() {
+                    return;
+                }
+                match self.register(tx.clone()).await {
+                    Ok(r) => break r,
+                    // `live_conn` logs and spaces the attempts.
+                    Err(_) => tokio::time::sleep(RECONNECT_MIN_DELAY).await,
+                }
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(uri = %self.shared.cfg.uri, "lifecycle events registered on the new libvirt connection");
+        }
     }
 }
 
 /// `Ok(None)` when the domain vanished while we looked at it.
+/// Disks and secrets: hot-plug of volumes, live I/O limits, the Ceph
+/// secret QEMU authenticates with.
+impl LibvirtDriver {
+    /// The disks of a domain as libvirt shows them now (the live definition
+    /// when it runs).
+    pub async fn disks(&self, instance_id: &str) -> Result<Vec<AttachedDisk>, DriverError> {
+        let id = instance_id.to_owned();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            let xml = dom.xml_desc(false).map_err(dom_err(&id, "get XML"))?;
+            Ok(parse_disks(&xml))
+        })
+        .await
+    }
+
+    /// Attaches a volume: live (hot-plug) and persistent when the domain
+    /// runs, persistent only when it is shut off. A no-op if a disk with
+    /// that target and serial is attached already.
+    pub async fn attach_volume(
+        &self,
+        instance_id: &str,
+        volume: &VolumeDisk,
+    ) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
+        let volume = volume.clone();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            let xml = dom.xml_desc(false).map_err(dom_err(&id, "get XML"))?;
+            if parse_disks(&xml)
+                .iter()
+                .any(|d| d.target == volume.target && d.serial.as_deref() == Some(&volume.serial))
+            {
+                return Ok(());
+            }
+            let active = dom.is_active().map_err(dom_err(&id, "state"))?;
+            dom.attach_device(&volume_disk_xml(&volume), affect_flags(active))
+                .map_err(dom_err(&id, "attach disk"))
+        })
+        .await
+    }
+
+    /// Detaches the disk with guest device `target` (live and persistent).
+    /// On a running domain the guest completes the unplug asynchronously:
+    /// [`Self::disks`] shows the disk until it did. A no-op if no such disk
+    /// is attached.
+    pub async fn detach_disk(&self, instance_id: &str, target: &str) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
+        let target = target.to_owned();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            let active = dom.is_active().map_err(dom_err(&id, "state"))?;
+            let detach = |inactive: bool, flags| -> Result<(), DriverError> {
+                let xml = dom.xml_desc(inactive).map_err(dom_err(&id, "get XML"))?;
+                let Some(disk) = disk_element(&xml, &target) else {
+                    return Ok(());
+                };
+                match dom.detach_device(disk, flags) {
+                    // Gone already, or the guest has not acknowledged an
+                    // earlier request yet.
+                    Err(e) if e.is_device_missing() || e.is_unplug_pending() => Ok(()),
+                    r => r.map_err(dom_err(&id, "detach disk")),
+                }
+            };
+            if active {
+                detach(false, affect_flags(true))?;
+            }
+            // The persistent definition too (a no-op when the flags above
+            // already removed it there).
+            detach(true, affect_flags(false))
+        })
+        .await
+    }
+
+    /// Changes the I/O limits of disk `target`, live when the domain runs
+    /// and in its persistent definition.
+    pub async fn set_disk_iotune(
+        &self,
+        instance_id: &str,
+        target: &str,
+        iotune: IoTune,
+    ) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
+        let target = target.to_owned();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            let active = dom.is_active().map_err(dom_err(&id, "state"))?;
+            dom.set_block_iotune(&target, &iotune.params(), affect_flags(active))
+                .map_err(dom_err(&id, "set block I/O tune"))
+        })
+        .await
+    }
+
+    /// Defines (once) the Ceph secret with usage `<usage>` and sets its
+    /// value to the raw cephx `key`; returns its UUID. Idempotent: an
+    /// existing secret of that usage keeps its UUID and gets the value.
+    pub async fn ensure_ceph_secret(&self, usage: &str, key: &[u8]) -> Result<String, DriverError> {
+        let usage = usage.to_owned();
+        let key = key.to_vec();
+        self.blocking(move |conn, _| {
+            let err = |source| DriverError::Secret {
+                usage: usage.clone(),
+                source,
+            };
+            let secret = match conn.ceph_secret(&usage).map_err(err)? {
+                Some(s) => s,
+                None => conn.define_secret(&ceph_secret_xml(&usage)).map_err(err)?,
+            };
+            secret.set_value(&key).map_err(err)?;
+            secret.uuid_string().map_err(err)
+        })
+        .await
+    }
+}
+
+/// The XML of a private, persistent Ceph secret with usage `usage`. Pure.
+pub fn ceph_secret_xml(usage: &str) -> String {
+    format!(
+        "<secret ephemeral='no' private='yes'>\n  <usage type='ceph'>\n    <name>{}</name>\n  </usage>\n</secret>\n",
+        crate::xml::esc(usage)
+    )
+}
+
+/// The `<disk>…</disk>` element of `domain_xml` whose target is `target`.
+fn disk_element<'a>(domain_xml: &'a str, target: &str) -> Option<&'a str> {
+    let mut offset = 0;
+    while let Some(start) = domain_xml[offset..].find("<disk ") {
+        let start = offset + start;
+        let len = domain_xml[start..].find("</disk>")? + "</disk>".len();
+        let elem = &domain_xml[start..start + len];
+        if parse_disks(elem)
+            .first()
+            .is_some_and(|d| d.target == target)
+        {
+            return Some(elem);
+        }
+        offset = start + len;
+    }
+    None
+}
+
 fn skip_vanished<T>(r: Result<T, VirError>) -> Result<Option<T>, DriverError> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -431,11 +740,14 @@ fn nubo_info(dom: &Dom, cfg: &DriverConfig) -> Result<Option<DomainInfo>, VirErr
     } else {
         None
     };
+    let (vcpus, memory_kib) = dom.size()?;
     Ok(Some(DomainInfo {
         instance_id,
         name,
         state,
         qemu_pid,
+        vcpus,
+        memory_mb: memory_kib / 1024,
     }))
 }
 
@@ -513,5 +825,32 @@ fn destroy_if_active(dom: &Dom, id: &str) -> Result<(), DriverError> {
         // It stopped by itself in the meantime.
         Err(e) if e.is_operation_invalid() => Ok(()),
         Err(e) => Err(dom_err(id, "destroy")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_attempts_back_off_exponentially_and_reset() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new();
+        assert!(b.may_try(t0));
+        b.failed(t0);
+        assert!(!b.may_try(t0 + Duration::from_millis(50)));
+        assert!(b.may_try(t0 + Duration::from_millis(100)));
+        let t1 = t0 + Duration::from_millis(100);
+        b.failed(t1);
+        assert!(!b.may_try(t1 + Duration::from_millis(150)));
+        assert!(b.may_try(t1 + Duration::from_millis(200)));
+        for _ in 0..10 {
+            b.failed(t1);
+        }
+        assert_eq!(b.delay, RECONNECT_MAX_DELAY);
+        assert!(b.may_try(t1 + RECONNECT_MAX_DELAY));
+        b.succeeded();
+        assert!(b.may_try(t1));
+        assert_eq!(b.delay, RECONNECT_MIN_DELAY);
     }
 }

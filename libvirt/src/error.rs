@@ -15,6 +15,13 @@ pub enum DriverError {
         /// libvirt's error.
         source: VirError,
     },
+    /// The connection closed (libvirtd restarted or stopped) and the last
+    /// reconnection attempt failed; the next one waits for the backoff.
+    #[error("not connected to libvirt at {uri} (reconnecting)")]
+    Disconnected {
+        /// The URI.
+        uri: String,
+    },
     /// The libvirt event loop could not be started or the callback not registered.
     #[error("libvirt event registration failed: {0}")]
     Events(#[source] VirError),
@@ -56,6 +63,14 @@ pub enum DriverError {
         needed: &'static str,
         /// The state it is in.
         state: PowerState,
+    },
+    /// Defining or setting the Ceph secret failed.
+    #[error("libvirt secret {usage:?}: {source}")]
+    Secret {
+        /// The secret's usage name (`client.<id> secret`).
+        usage: String,
+        /// libvirt's error.
+        source: VirError,
     },
     /// A blocking libvirt task panicked or was cancelled.
     #[error("libvirt worker task failed: {0}")]

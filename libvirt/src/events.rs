@@ -3,10 +3,13 @@
 //! libvirt's default event loop (`virEventRegisterDefaultImpl`) runs on one
 //! dedicated thread per process (`virEventRunDefaultImpl` in a loop). A
 //! lifecycle callback registered per connection forwards events of nubo
-//! domains into a tokio channel; [`EventStream`] deregisters it on drop.
+//! domains into a tokio channel. The driver keeps one registration per
+//! stream on its current connection and registers again after a reconnect;
+//! [`EventStream`] deregisters it on drop.
 
 use std::ffi::{c_int, c_void};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -195,17 +198,37 @@ unsafe extern "C" fn free_ctx(opaque: *mut c_void) {
     drop(unsafe { Box::from_raw(opaque as *mut CallbackCtx) });
 }
 
-/// A stream of lifecycle events of nubo domains on one connection.
-/// Dropping it deregisters the callback.
+/// A stream of lifecycle events of nubo domains. It outlives libvirtd
+/// restarts: the driver re-registers the callback on every new connection
+/// (see [`crate::LibvirtDriver::events`]). Dropping it deregisters the
+/// callback and stops that supervision.
 #[derive(Debug)]
 pub struct EventStream {
     rx: mpsc::UnboundedReceiver<DomainEvent>,
-    conn: Arc<Conn>,
-    callback_id: c_int,
+    supervisor: tokio::task::JoinHandle<()>,
+    registrations: Arc<AtomicU64>,
 }
 
 impl EventStream {
-    /// Waits for the next event; `None` once the registration is gone.
+    pub(crate) fn new(
+        rx: mpsc::UnboundedReceiver<DomainEvent>,
+        supervisor: tokio::task::JoinHandle<()>,
+        registrations: Arc<AtomicU64>,
+    ) -> Self {
+        EventStream {
+            rx,
+            supervisor,
+            registrations,
+        }
+    }
+
+    /// How many times the callback has been registered: 1, plus one per
+    /// reconnection to libvirtd.
+    pub fn registrations(&self) -> u64 {
+        self.registrations.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the next event; `None` once the stream has ended.
     pub async fn recv(&mut self) -> Option<DomainEvent> {
         self.rx.recv().await
     }
@@ -218,20 +241,48 @@ impl EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
+        // The supervisor owns the current [`Registration`]: aborting it
+        // drops (deregisters) that.
+        self.supervisor.abort();
+    }
+}
+
+/// One lifecycle callback registered on one connection; deregistered on
+/// drop.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    conn: Arc<Conn>,
+    callback_id: c_int,
+}
+
+impl Registration {
+    /// The connection the callback is registered on.
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
         // SAFETY: valid connection and an id returned by RegisterAny.
         let rc = unsafe {
             sys::virConnectDomainEventDeregisterAny(self.conn.as_ptr(), self.callback_id)
         };
-        if rc < 0 {
+        // On a closed connection the callback is gone with it.
+        if rc < 0 && self.conn.is_alive() {
             tracing::warn!(error = %VirError::last(), "cannot deregister libvirt event callback");
         }
     }
 }
 
-/// Registers a lifecycle callback for every domain named `<prefix><uuid>`.
-pub(crate) fn subscribe(conn: Arc<Conn>, prefix: &str) -> Result<EventStream, VirError> {
+/// Registers a lifecycle callback on `conn` forwarding events of every
+/// domain named `<prefix><uuid>` into `tx`.
+pub(crate) fn subscribe(
+    conn: Arc<Conn>,
+    prefix: &str,
+    tx: mpsc::UnboundedSender<DomainEvent>,
+) -> Result<Registration, VirError> {
     ensure_event_loop()?;
-    let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Box::into_raw(Box::new(CallbackCtx {
         tx,
         prefix: prefix.to_owned(),
@@ -258,8 +309,7 @@ pub(crate) fn subscribe(conn: Arc<Conn>, prefix: &str) -> Result<EventStream, Vi
         drop(unsafe { Box::from_raw(ctx) });
         return Err(err);
     }
-    Ok(EventStream {
-        rx,
+    Ok(Registration {
         conn,
         callback_id: id,
     })

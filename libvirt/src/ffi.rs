@@ -140,6 +140,14 @@ impl Conn {
         check(unsafe { sys::virConnectSetKeepAlive(self.as_ptr(), interval_s, count) })
     }
 
+    /// Whether the connection is still open (`virConnectIsAlive`: a local
+    /// check, no RPC). A connection whose daemon went away (restart, crash)
+    /// is closed by libvirt's event loop and answers `false` for good.
+    pub(crate) fn is_alive(&self) -> bool {
+        // SAFETY: valid connection.
+        unsafe { sys::virConnectIsAlive(self.as_ptr()) == 1 }
+    }
+
     /// All domains, active and inactive.
     pub(crate) fn list_all(&self) -> Result<Vec<Dom>, VirError> {
         let mut arr: *mut sys::virDomainPtr = ptr::null_mut();
@@ -232,6 +240,24 @@ impl Dom {
         // SAFETY: valid domain, valid out pointers.
         check(unsafe { sys::virDomainGetState(self.as_ptr(), &mut st, &mut reason, 0) })?;
         Ok((st, reason))
+    }
+
+    /// `(vCPUs, maximum memory in KiB)` of the domain (`virDomainGetInfo`;
+    /// for a shut-off domain, its definition's).
+    pub(crate) fn size(&self) -> Result<(u32, u64), VirError> {
+        let mut info = sys::_virDomainInfo {
+            state: 0,
+            maxMem: 0,
+            memory: 0,
+            nrVirtCpu: 0,
+            cpuTime: 0,
+        };
+        // SAFETY: valid domain, valid out pointer.
+        check(unsafe { sys::virDomainGetInfo(self.as_ptr(), &mut info) })?;
+        // `c_ulong` is `u64` here but `u32` on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let max_kib = u64::from(info.maxMem);
+        Ok((u32::from(info.nrVirtCpu), max_kib))
     }
 
     /// Whether the domain is running (or paused).
@@ -349,4 +375,186 @@ pub(crate) fn name_of(dom: sys::virDomainPtr) -> Result<String, VirError> {
     }
     // SAFETY: non-null NUL-terminated string owned by `dom`.
     Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+// ---- Disks (hot-plug, I/O limits) and secrets --------------------------
+
+/// `VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG` when the domain runs,
+/// `VIR_DOMAIN_AFFECT_CONFIG` alone otherwise.
+pub(crate) fn affect_flags(active: bool) -> c_uint {
+    if active {
+        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+    } else {
+        sys::VIR_DOMAIN_AFFECT_CONFIG
+    }
+}
+
+impl VirError {
+    /// An unplug of that device was requested before and is not finished.
+    pub fn is_unplug_pending(&self) -> bool {
+        self.message.contains("already in the process of unplug")
+            || self.message.contains("unplug already in progress")
+    }
+
+    /// The device is not (or no longer) attached.
+    pub fn is_device_missing(&self) -> bool {
+        self.is(sys::VIR_ERR_DEVICE_MISSING)
+            || (self.is(sys::VIR_ERR_OPERATION_FAILED) && self.message.contains("not found"))
+            || self.message.contains("no target device")
+    }
+}
+
+impl Dom {
+    /// The domain XML: the live one when running, else the persistent one
+    /// (`flags` 0), or the inactive definition (`VIR_DOMAIN_XML_INACTIVE`).
+    pub(crate) fn xml_desc(&self, inactive: bool) -> Result<String, VirError> {
+        let flags = if inactive {
+            sys::VIR_DOMAIN_XML_INACTIVE
+        } else {
+            0
+        };
+        // SAFETY: valid domain; the result is malloc'ed.
+        let p = unsafe { sys::virDomainGetXMLDesc(self.as_ptr(), flags) };
+        // SAFETY: null or a libvirt-allocated string.
+        unsafe { owned_cstring(p) }.ok_or_else(VirError::last)
+    }
+
+    /// Hot-plugs (and persists) a device.
+    pub(crate) fn attach_device(&self, xml: &str, flags: c_uint) -> Result<(), VirError> {
+        let c = CString::new(xml).map_err(|_| input_error("device XML"))?;
+        // SAFETY: valid domain and string.
+        check(unsafe { sys::virDomainAttachDeviceFlags(self.as_ptr(), c.as_ptr(), flags) })
+    }
+
+    /// Asks for a device's removal (the guest acknowledges asynchronously).
+    pub(crate) fn detach_device(&self, xml: &str, flags: c_uint) -> Result<(), VirError> {
+        let c = CString::new(xml).map_err(|_| input_error("device XML"))?;
+        // SAFETY: valid domain and string.
+        check(unsafe { sys::virDomainDetachDeviceFlags(self.as_ptr(), c.as_ptr(), flags) })
+    }
+
+    /// Sets I/O limits of disk `target` (`virDomainSetBlockIoTune`); each
+    /// `(name, value)` is a typed `unsigned long long` parameter, 0 = none.
+    pub(crate) fn set_block_iotune(
+        &self,
+        target: &str,
+        params: &[(&str, u64)],
+        flags: c_uint,
+    ) -> Result<(), VirError> {
+        let disk = CString::new(target).map_err(|_| input_error("disk target"))?;
+        let mut tp = TypedParams::default();
+        for (name, value) in params {
+            tp.add_ullong(name, *value)?;
+        }
+        // SAFETY: valid domain and string; `tp` holds `n` initialised params.
+        check(unsafe {
+            sys::virDomainSetBlockIoTune(self.as_ptr(), disk.as_ptr(), tp.ptr, tp.n, flags)
+        })
+    }
+}
+
+/// A libvirt-allocated typed-parameter array, freed on drop.
+struct TypedParams {
+    ptr: sys::virTypedParameterPtr,
+    n: c_int,
+    max: c_int,
+}
+
+impl Default for TypedParams {
+    fn default() -> Self {
+        TypedParams {
+            ptr: ptr::null_mut(),
+            n: 0,
+            max: 0,
+        }
+    }
+}
+
+impl TypedParams {
+    fn add_ullong(&mut self, name: &str, value: u64) -> Result<(), VirError> {
+        let c = CString::new(name).map_err(|_| input_error("parameter name"))?;
+        // SAFETY: the three out-pointers describe the array libvirt grows.
+        check(unsafe {
+            sys::virTypedParamsAddULLong(
+                &mut self.ptr,
+                &mut self.n,
+                &mut self.max,
+                c.as_ptr(),
+                value,
+            )
+        })
+    }
+}
+
+impl Drop for TypedParams {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated by virTypedParamsAdd*, `n` entries.
+            unsafe { sys::virTypedParamsFree(self.ptr, self.n) };
+        }
+    }
+}
+
+/// A libvirt secret (`virSecretPtr`), freed on drop.
+#[derive(Debug)]
+pub(crate) struct Secret(NonNull<sys::virSecret>);
+
+impl Secret {
+    /// Its UUID.
+    pub(crate) fn uuid_string(&self) -> Result<String, VirError> {
+        let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+        // SAFETY: `buf` has VIR_UUID_STRING_BUFLEN bytes as the API requires.
+        check(unsafe { sys::virSecretGetUUIDString(self.0.as_ptr(), buf.as_mut_ptr()) })?;
+        // SAFETY: NUL-terminated by libvirt.
+        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
+    }
+
+    /// Stores the secret's value.
+    pub(crate) fn set_value(&self, value: &[u8]) -> Result<(), VirError> {
+        // SAFETY: valid secret; `value` is readable for its length.
+        check(unsafe { sys::virSecretSetValue(self.0.as_ptr(), value.as_ptr(), value.len(), 0) })
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference.
+        unsafe { sys::virSecretFree(self.0.as_ptr()) };
+    }
+}
+
+impl Conn {
+    /// The Ceph secret with usage `usage`, if defined.
+    pub(crate) fn ceph_secret(&self, usage: &str) -> Result<Option<Secret>, VirError> {
+        let c = CString::new(usage).map_err(|_| input_error("secret usage"))?;
+        // SAFETY: valid connection and string.
+        let p = unsafe {
+            sys::virSecretLookupByUsage(
+                self.as_ptr(),
+                sys::VIR_SECRET_USAGE_TYPE_CEPH as c_int,
+                c.as_ptr(),
+            )
+        };
+        match NonNull::new(p) {
+            Some(s) => Ok(Some(Secret(s))),
+            None => {
+                let e = VirError::last();
+                if e.is(sys::VIR_ERR_NO_SECRET) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Defines a secret from XML.
+    pub(crate) fn define_secret(&self, xml: &str) -> Result<Secret, VirError> {
+        let c = CString::new(xml).map_err(|_| input_error("secret XML"))?;
+        // SAFETY: valid connection and string.
+        let p = unsafe { sys::virSecretDefineXML(self.as_ptr(), c.as_ptr(), 0) };
+        NonNull::new(p).map(Secret).ok_or_else(VirError::last)
+    }
 }

@@ -51,6 +51,10 @@ pub struct DomainInfo {
     /// PID of the QEMU process while active. It changes on every cold start,
     /// so it doubles as a boot generation.
     pub qemu_pid: Option<u32>,
+    /// Virtual CPUs (of the definition while shut off).
+    pub vcpus: u32,
+    /// Memory in MiB (of the definition while shut off).
+    pub memory_mb: u64,
 }
 
 /// A domain on this hypervisor that nubo does not own (no nubo metadata).

@@ -9,13 +9,25 @@ use anyhow::{bail, Context, Result};
 
 /// The path of the workspace binary `name` (e.g. `nubo-agent`).
 ///
-/// Looked up in `$CARGO_TARGET_DIR/debug/` when that variable is set, else in
+/// Looked up in `$NUBO_BIN_DIR/` (relative to the workspace; e.g.
+/// `target/release` for benchmarks) when set, then in
+/// `$CARGO_TARGET_DIR/debug/` when that variable is set, else in
 /// the directory two levels above the running test executable (which is
 /// `target/debug/deps/<test>-<hash>`), then its parent (for `target/debug/<x>`
 /// executables). Fails with a message asking for `cargo build --bins` when
 /// the binary does not exist: `cargo test` does not build other crates' bins.
 pub fn bin_path(name: &str) -> Result<PathBuf> {
     let mut candidates = Vec::new();
+    // Explicit override, e.g. `NUBO_BIN_DIR=target/release` for benchmarks.
+    if let Some(dir) = std::env::var_os("NUBO_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        let dir = if dir.is_relative() {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir)
+        } else {
+            dir
+        };
+        candidates.push(dir.join(name));
+    }
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
         let dir = if dir.is_relative() {

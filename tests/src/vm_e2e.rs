@@ -65,9 +65,15 @@ mount --bind {b}/etcq /etc/libvirt/qemu
 mount --bind {b}/lib /var/lib/libvirt
 mount --bind {b}/cache /var/cache/libvirt
 mount --bind {b}/log /var/log/libvirt
-# Hide /dev/kvm (it cannot run guests here): with it visible libvirtd 9
-# re-probes QEMU on every define (30-50 s each); see docs/CONTRACTS.md.
-if [ -e /dev/kvm ]; then mount --bind /dev/null /dev/kvm; fi
+# Hide /dev/kvm (it cannot run guests here) behind a root-only file: while
+# it is accessible to QEMU's user (as /dev/null would be) libvirtd 9
+# re-probes QEMU on every define (16-50 s each); see docs/CONTRACTS.md.
+: > {b}/nokvm; chmod 600 {b}/nokvm
+if [ -e /dev/kvm ]; then mount --bind {b}/nokvm /dev/kvm; fi
+# No per-QEMU /dev namespace: it would try to move that bind mount into
+# each QEMU's /dev and fail (EINVAL). (The stock qemu.conf sets nothing.)
+echo 'namespaces = []' > {b}/qemu.conf
+mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
 virtlogd -d -p /run/libvirt/virtlogd.pid
 libvirtd -d -p /run/libvirt/libvirtd.pid"
         );
@@ -76,6 +82,13 @@ libvirtd -d -p /run/libvirt/libvirtd.pid"
             uri: format!("qemu+unix:///system?socket={b}/run/libvirt-sock"),
             prefix: prefix.to_string(),
         };
+        me.launch(host, &script)?;
+        Ok(me)
+    }
+
+    /// Runs `script` in a private mount namespace inside the host's network
+    /// namespace, then waits until libvirtd answers.
+    fn launch(&self, host: &Host, script: &str) -> Result<()> {
         run(
             "ip",
             &[
@@ -88,18 +101,42 @@ libvirtd -d -p /run/libvirt/libvirtd.pid"
                 "private",
                 "sh",
                 "-c",
-                &script,
+                script,
             ],
         )
         .context("starting libvirtd in the host namespace")?;
         wait_until(Duration::from_secs(60), "private libvirtd answers", || {
             Ok(std::process::Command::new("virsh")
-                .args(["-c", &me.uri, "version"])
+                .args(["-c", &self.uri, "version"])
                 .output()?
                 .status
                 .success())
+        })
+    }
+
+    /// Restarts libvirtd (SIGTERM by pid, then started again with the same
+    /// state directories; virtlogd keeps running). Running domains survive:
+    /// the new libvirtd reattaches to their QEMU processes.
+    pub fn restart(&self, host: &Host) -> Result<()> {
+        let pidfile = self.base.join("run/libvirtd.pid");
+        let pid = read_pid(&pidfile).context("libvirtd pid file")?;
+        kill_pid(pid, libc::SIGTERM);
+        wait_until(Duration::from_secs(30), "libvirtd exits", || {
+            Ok(!pid_alive(pid))
         })?;
-        Ok(me)
+        let b = self.base.display();
+        let script = format!(
+            "set -e
+mount --bind {b}/run /run/libvirt
+mount --bind {b}/etcq /etc/libvirt/qemu
+mount --bind {b}/lib /var/lib/libvirt
+mount --bind {b}/cache /var/cache/libvirt
+mount --bind {b}/log /var/log/libvirt
+if [ -e /dev/kvm ]; then mount --bind {b}/nokvm /dev/kvm; fi
+mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
+libvirtd -d -p /run/libvirt/libvirtd.pid"
+        );
+        self.launch(host, &script)
     }
 
     /// The connection URI.
@@ -195,6 +232,22 @@ impl VmAgent {
         prefix: &str,
         dir: &Path,
     ) -> Result<Self> {
+        Self::start_with(host, i, etcd, api, lv, prefix, dir, &[])
+    }
+
+    /// Like [`VmAgent::start`], with extra command-line arguments (e.g.
+    /// `--config FILE` with a `[storage]` table).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        host: &Host,
+        i: u8,
+        etcd: &str,
+        api: &str,
+        lv: &HostLibvirtd,
+        prefix: &str,
+        dir: &Path,
+        extra: &[String],
+    ) -> Result<Self> {
         let node = format!("hv-{i}");
         let state = dir.join(format!("agent-{i}"));
         std::fs::create_dir_all(&state)?;
@@ -234,6 +287,7 @@ impl VmAgent {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
         let daemon = Daemon::spawn(
             &format!("nubo-agent {node}"),
@@ -264,6 +318,11 @@ impl VmAgent {
     /// SIGKILL by pid.
     pub fn kill9(&mut self) {
         self.daemon.kill9();
+    }
+
+    /// The agent's pid while it runs (`nsenter` execs it: same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
     }
 
     /// Starts it again and waits until ready.
@@ -325,6 +384,37 @@ pub struct VmLab {
 impl VmLab {
     /// Starts a lab with `n` hosts. Builds the test guest if needed.
     pub fn start(n: u8) -> Result<Self> {
+        let mut lab = Self::start_without_agents(n)?;
+        lab.start_agents(&[])?;
+        Ok(lab)
+    }
+
+    /// Starts the agent of every host with `extra` arguments (after
+    /// [`VmLab::start_without_agents`]).
+    pub fn start_agents(&mut self, extra: &[String]) -> Result<()> {
+        let prefix = self.domain_prefix();
+        for idx in self.agents.len()..self.hosts.len() {
+            let i = u8::try_from(idx + 1)?;
+            let a = VmAgent::start_with(
+                &self.hosts[idx],
+                i,
+                &self.etcd.endpoint(),
+                &self.coordinator.endpoint(),
+                &self.libvirtds[idx],
+                &prefix,
+                self.dir.path(),
+                extra,
+            )
+            .with_context(|| format!("agent of host {i}"))?;
+            self.agents.push(a);
+        }
+        Ok(())
+    }
+
+    /// Everything of [`VmLab::start`] but the agents: for tests that must
+    /// start something on the underlay first (a Ceph cluster) and configure
+    /// the agents for it ([`VmLab::start_agents`]).
+    pub fn start_without_agents(n: u8) -> Result<Self> {
         ensure_test_guest()?;
         let underlay = Underlay::new()?;
         let mut hosts = Vec::new();
@@ -359,20 +449,6 @@ impl VmLab {
             let lv = HostLibvirtd::start(h, &lab.dir.path().join(format!("libvirt-{i}")), &prefix)
                 .with_context(|| format!("libvirtd of host {i}"))?;
             lab.libvirtds.push(lv);
-        }
-        for i in 1..=n {
-            let idx = usize::from(i) - 1;
-            let a = VmAgent::start(
-                &lab.hosts[idx],
-                i,
-                &lab.etcd.endpoint(),
-                &lab.coordinator.endpoint(),
-                &lab.libvirtds[idx],
-                &prefix,
-                lab.dir.path(),
-            )
-            .with_context(|| format!("agent of host {i}"))?;
-            lab.agents.push(a);
         }
         Ok(lab)
     }

@@ -85,8 +85,10 @@ fn create(lab: &VmLab, name: &str, host: u8, extra: &[&str]) -> Value {
 
 /// Two VMs on two hosts: DHCP, metadata, ping across VXLAN, security group
 /// removal stops it, kill -9 of the agent adopts the domains (same QEMU
-/// pid), a guest that powers itself off is reported stopped and booted
-/// again by `nubo server start`, and delete leaves nothing behind.
+/// pid), a libvirtd restart leaves them running and the agent reconnects
+/// (stop, resize while stopped, start), a guest that powers itself off is
+/// reported stopped and booted again by `nubo server start`, and delete
+/// leaves nothing behind.
 #[test]
 fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     let mut lab = VmLab::start(2).unwrap();
@@ -195,6 +197,66 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     assert!(
         !log.contains("domain defined"),
         "recreated after restart:\n{log}"
+    );
+
+    // libvirtd restarts under the agent: vm-a keeps running (same QEMU),
+    // the agent reconnects and re-registers its event callback; stop,
+    // resize and start go through the new connection (and vm-c below
+    // shows that a guest power-off is still noticed).
+    lab.libvirtds[a_host].restart(&lab.hosts[a_host]).unwrap();
+    assert_eq!(
+        lab.libvirtds[a_host].qemu_pid(&a_dom),
+        Some(pid),
+        "QEMU died with libvirtd"
+    );
+    lab.cli
+        .json(&[
+            "flavor", "create", "t2", "--vcpus", "2", "--ram", "192", "--disk", "1",
+        ])
+        .unwrap();
+    let refused = lab
+        .cli
+        .run(&["server", "resize", &a_id, "--flavor", "t2"])
+        .unwrap();
+    assert!(
+        !refused.success() && refused.stderr.contains("stop it before resizing"),
+        "{refused:?}"
+    );
+    lab.cli.json(&["server", "stop", &a_id]).unwrap();
+    wait_until(Duration::from_secs(60), "vm-a stopped", || {
+        Ok(lab.show(&a_id)?["state"] == "stopped")
+    })
+    .unwrap();
+    assert_eq!(lab.libvirtds[a_host].qemu_pid(&a_dom), None);
+    lab.cli
+        .json(&["server", "resize", &a_id, "--flavor", "t2"])
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "vm-a redefined with 2 vCPUs",
+        || {
+            let info = lab.libvirtds[a_host].virsh(&["dominfo", &a_dom])?;
+            Ok(info
+                .lines()
+                .any(|l| l.starts_with("CPU(s):") && l.ends_with(" 2"))
+                && info.contains("196608 KiB"))
+        },
+    )
+    .unwrap();
+    lab.cli.json(&["server", "start", &a_id]).unwrap();
+    wait_until(BOOT, "vm-a boots again with its new size", || {
+        Ok(lab.show(&a_id)?["state"] == "running"
+            && lab.agents[a_host]
+                .console(&a_id)
+                .matches(&format!("NUBO-GUEST-METADATA: {a_id}"))
+                .count()
+                >= 2)
+    })
+    .unwrap();
+    let log = lab.agents[a_host].current_log();
+    assert!(
+        log.contains("lifecycle events registered on the new libvirt connection"),
+        "no event re-registration:\n{log}"
     );
 
     // A guest that powers itself off is stopped until `server start`.

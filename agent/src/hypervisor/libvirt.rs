@@ -1,8 +1,9 @@
 //! The libvirt driver: instances are QEMU domains managed through
 //! [`nubo_libvirt::LibvirtDriver`].
 //!
-//! Create = image parts downloaded and verified into the local cache
-//! ([`crate::images`]) → qcow2 overlay sized by the flavor → one persistent
+//! Create = root disk from the storage backend ([`crate::storage`]: image
+//! parts downloaded and verified into the local cache, then a qcow2 overlay
+//! or an RBD clone sized by the flavor) → one persistent
 //! tap per port (nubo owns the taps; the overlay subsystem enslaves them) →
 //! domain defined and started (serial console appended to
 //! `<state-dir>/console/<id>.log`, VNC on 127.0.0.1).
@@ -17,7 +18,14 @@
 //! registered in [`PlugWaiters`]: the plug gate ([`crate::plug_gate`])
 //! resumes each once its taps are on their bridges, so no guest boots with
 //! an unplugged NIC. While held, a domain is reported running (booting) and
-//! [`LibvirtHypervisor::resume`] leaves it paused.
+//! [`LibvirtHypervisor::resume`] leaves it paused. The hold is also recorded
+//! in the state file, so an agent restarted while a domain waits holds it
+//! again ([`holds_to_restore`]) rather than letting compute resume it early.
+//!
+//! Volumes are RBD network disks `vdb`… hot-plugged with
+//! `virDomainAttachDeviceFlags` (live + config) and read back from the
+//! domain XML (`pool/vol-<id>` sources); QoS is `<iotune>`, changed live
+//! with `virDomainSetBlockIoTune`.
 //!
 //! Lifecycle events feed [`LibvirtHypervisor::guest_stops`]: a guest that
 //! powered itself off (not stopped by nubo) is reported there so the agent
@@ -29,22 +37,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use nubo_common::model::Qos;
 use nubo_common::model::{self, PowerState as DesiredPower, Timestamp};
-use nubo_common::InstanceId;
+use nubo_common::{InstanceId, VolumeId};
 use nubo_libvirt::{
-    DiskSpec, DomainSpec, DomainType, DriverConfig, KernelBoot, LibvirtDriver, LifecycleEvent, Nic,
-    PowerState, StopReason,
+    AttachedDisk, DiskSpec, DomainSpec, DomainType, DriverConfig, IoTune, KernelBoot,
+    LibvirtDriver, LifecycleEvent, Nic, PowerState, StopReason, VolumeDisk,
 };
 use nubo_overlay::Netlink;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::{HypervisorError, ObservedInstance, ObservedPower};
+use super::{AttachedVolume, HypervisorError, ObservedInstance, ObservedPower, VolumeToAttach};
+use crate::compute::InstanceSize;
 use crate::config::{AgentConfig, DomainTypeKind};
 use crate::desired::DesiredInstance;
 use crate::images::ImageFetcher;
 use crate::plug_gate::PlugWaiters;
+use crate::storage::StorageBackend;
 
 /// File name of the driver's state inside the state directory.
 pub const STATE_FILE: &str = "libvirt-instances.json";
@@ -69,6 +80,11 @@ pub struct InstanceRecord {
     pub boot_count: u64,
     /// When it was created here.
     pub created_at: Timestamp,
+    /// Started paused for the plug gate and not released yet: an agent
+    /// restarted meanwhile holds it again ([`holds_to_restore`]) instead of
+    /// letting compute resume it before its taps are wired.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plug_held: bool,
 }
 
 /// The persisted state.
@@ -76,6 +92,29 @@ pub struct InstanceRecord {
 pub struct LibvirtState {
     /// Instances by id.
     pub instances: BTreeMap<InstanceId, InstanceRecord>,
+}
+
+/// The plug holds to restore when the driver opens (after an agent
+/// restart), from the state file and the domains libvirt shows: an instance
+/// recorded as held whose domain is still paused is held again (its taps
+/// may not be on their bridges yet); the other recorded holds are stale
+/// (the gate released it just before the restart, or it was stopped or
+/// removed since) and are cleared. Returns `(hold, stale)`. Pure.
+pub fn holds_to_restore(
+    state: &LibvirtState,
+    domains: &[(InstanceId, PowerState)],
+) -> (BTreeSet<InstanceId>, BTreeSet<InstanceId>) {
+    let paused: BTreeSet<InstanceId> = domains
+        .iter()
+        .filter(|(_, p)| *p == PowerState::Paused)
+        .map(|(id, _)| *id)
+        .collect();
+    state
+        .instances
+        .iter()
+        .filter(|(_, r)| r.plug_held)
+        .map(|(id, _)| *id)
+        .partition(|id| paused.contains(id))
 }
 
 /// Maps libvirt's power state to nubo's. Pure.
@@ -128,7 +167,7 @@ pub fn host_side_mac(guest_mac: &str) -> String {
 /// Renders the domain spec of a desired instance. Pure.
 pub fn domain_spec(
     d: &DesiredInstance,
-    disk: PathBuf,
+    disk: DiskSpec,
     kernel: Option<(PathBuf, Option<PathBuf>)>,
     mtu: u32,
     console_log: PathBuf,
@@ -139,7 +178,8 @@ pub fn domain_spec(
         name: d.spec.name.clone(),
         vcpus: d.resources.vcpus.max(1),
         memory_mb: d.resources.ram_mb,
-        disk: DiskSpec::LocalQcow2 { path: disk },
+        disk,
+        volumes: vec![],
         kernel: kernel.map(|(kernel, initrd)| KernelBoot {
             kernel,
             initrd,
@@ -160,10 +200,52 @@ pub fn domain_spec(
     }
 }
 
+/// libvirt `<iotune>` limits of a volume type's QoS. Pure.
+pub fn iotune_of(q: &Qos) -> IoTune {
+    IoTune {
+        read_iops_sec: q.read_iops_sec,
+        write_iops_sec: q.write_iops_sec,
+        read_bytes_sec: q.read_bytes_sec,
+        write_bytes_sec: q.write_bytes_sec,
+    }
+}
+
+/// The volume of an RBD source `pool/vol-<id>`, if it is one. Pure.
+pub fn volume_of_source(source: &str) -> Option<VolumeId> {
+    source
+        .rsplit('/')
+        .next()?
+        .strip_prefix("vol-")?
+        .parse()
+        .ok()
+}
+
+/// The volumes among a domain's disks (the root disk `vda` excluded, even
+/// when it is a boot volume). Pure.
+pub fn attached_volumes(disks: &[AttachedDisk]) -> Vec<AttachedVolume> {
+    disks
+        .iter()
+        .filter(|d| d.target != "vda")
+        .filter_map(|d| {
+            Some(AttachedVolume {
+                volume: volume_of_source(d.source.as_deref()?)?,
+                target: d.target.clone(),
+                qos: Qos {
+                    read_iops_sec: d.iotune.read_iops_sec,
+                    write_iops_sec: d.iotune.write_iops_sec,
+                    read_bytes_sec: d.iotune.read_bytes_sec,
+                    write_bytes_sec: d.iotune.write_bytes_sec,
+                },
+            })
+        })
+        .collect()
+}
+
 /// The libvirt driver.
 pub struct LibvirtHypervisor {
     driver: LibvirtDriver,
-    images: ImageFetcher,
+    /// Where root disks live and how QEMU reaches volumes.
+    storage: Arc<dyn StorageBackend>,
     netlink: Netlink,
     state_path: PathBuf,
     console_dir: PathBuf,
@@ -181,6 +263,9 @@ pub struct LibvirtHypervisor {
     /// Domains started paused until their NICs are plugged (`None` with
     /// `--no-network`: nothing would plug them).
     plug: Option<Arc<PlugWaiters>>,
+    /// Sizes of the shut-off domains seen by the last [`Self::list`], for
+    /// [`crate::compute::Resizer::stopped_sizes`].
+    stopped_sizes: std::sync::Mutex<BTreeMap<InstanceId, InstanceSize>>,
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -254,9 +339,14 @@ impl LibvirtHypervisor {
                 .instrument(info_span!("libvirt_events")),
             );
         }
-        Ok(Self {
+        let images =
+            ImageFetcher::new(cfg.api_endpoint.clone(), state_dir).with_auth(cfg.api_auth.clone());
+        let storage = crate::storage::open(cfg, images, &driver)
+            .await
+            .map_err(|e| backend("storage", e))?;
+        Self {
             driver,
-            images: ImageFetcher::new(cfg.api_endpoint.clone(), state_dir),
+            storage,
             netlink,
             state_path,
             console_dir,
@@ -272,7 +362,48 @@ impl LibvirtHypervisor {
             foreign_seen: std::sync::Mutex::default(),
             libvirt_writes: tokio::sync::Semaphore::new(1),
             plug: (!cfg.no_network).then(PlugWaiters::new),
-        })
+            stopped_sizes: std::sync::Mutex::default(),
+        }
+        .restore_plug_holds()
+        .await
+    }
+
+    /// Holds again the domains a previous incarnation of the agent started
+    /// paused and had not released yet ([`holds_to_restore`]).
+    async fn restore_plug_holds(self) -> Result<Self, HypervisorError> {
+        let doms = self
+            .driver
+            .list_nubo_domains()
+            .await
+            .map_err(|e| backend("list libvirt domains", e))?;
+        let observed: Vec<(InstanceId, PowerState)> = doms
+            .iter()
+            .filter_map(|d| Some((d.instance_id.parse().ok()?, d.state)))
+            .collect();
+        let mut st = self.state.lock().await;
+        let (hold, mut stale) = holds_to_restore(&st, &observed);
+        match &self.plug {
+            Some(plug) => {
+                for id in &hold {
+                    plug.hold(*id);
+                    info!(instance = %id, "held for its NICs before the restart; kept paused until they are plugged");
+                }
+            }
+            // Nothing would release them: compute resumes them.
+            None => stale.extend(hold),
+        }
+        if !stale.is_empty() {
+            let mut next = st.clone();
+            for id in &stale {
+                if let Some(r) = next.instances.get_mut(id) {
+                    r.plug_held = false;
+                }
+            }
+            self.persist(&next).await?;
+            *st = next;
+        }
+        drop(st);
+        Ok(self)
     }
 
     /// Takes the receiver of "guest stopped by itself" notifications (once).
@@ -296,6 +427,31 @@ impl LibvirtHypervisor {
         }
     }
 
+    /// Records in the state file whether the instance is held for the plug
+    /// gate (no-op without a record or when it says so already).
+    async fn record_plug_held(&self, id: InstanceId, held: bool) -> Result<(), HypervisorError> {
+        let mut st = self.state.lock().await;
+        if st.instances.get(&id).is_none_or(|r| r.plug_held == held) {
+            return Ok(());
+        }
+        let mut next = st.clone();
+        if let Some(r) = next.instances.get_mut(&id) {
+            r.plug_held = held;
+        }
+        self.persist(&next).await?;
+        *st = next;
+        Ok(())
+    }
+
+    /// Forgets a plug hold, in memory and in the state file.
+    async fn release_hold(&self, id: InstanceId) {
+        self.plug_forget(&id);
+        if let Err(e) = self.record_plug_held(id, false).await {
+            // Harmless: a stale record is cleared when the agent restarts.
+            warn!(instance = %id, error = %e, "could not clear the plug hold record");
+        }
+    }
+
     /// Boots a defined domain: paused and held for the plug gate when there
     /// is one, else running. `define` first when `spec` is given.
     async fn boot(&self, id: InstanceId, spec: Option<&DomainSpec>) -> Result<(), HypervisorError> {
@@ -306,7 +462,9 @@ impl LibvirtHypervisor {
             };
             return r.map_err(|e| self.dom_err(id, e));
         };
-        // Held before it starts: never observed paused and unheld.
+        // Held (and recorded, for a restarted agent) before it starts:
+        // never observed paused and unheld.
+        self.record_plug_held(id, true).await?;
         plug.hold(id);
         let r = match spec {
             Some(ds) => self.driver.define_and_start_paused(ds).await,
@@ -319,11 +477,11 @@ impl LibvirtHypervisor {
             }
             // It was active already: its state is whatever libvirt shows.
             Ok(false) => {
-                plug.forget(&id);
+                self.release_hold(id).await;
                 Ok(())
             }
             Err(e) => {
-                plug.forget(&id);
+                self.release_hold(id).await;
                 Err(self.dom_err(id, e))
             }
         }
@@ -437,10 +595,20 @@ impl super::Hypervisor for LibvirtHypervisor {
             .map_err(|e| backend("list libvirt domains", e))?;
         let st = self.state.lock().await;
         let mut out = Vec::with_capacity(doms.len());
+        let mut sizes = BTreeMap::new();
         for d in doms {
             let Ok(id) = d.instance_id.parse::<InstanceId>() else {
                 continue;
             };
+            if !d.state.is_active() {
+                sizes.insert(
+                    id,
+                    InstanceSize {
+                        vcpus: d.vcpus,
+                        memory_mb: d.memory_mb,
+                    },
+                );
+            }
             let rec = st.instances.get(&id);
             // Held for plugging: booting, as far as nubo is concerned.
             let power = match observed_power(d.state) {
@@ -454,6 +622,9 @@ impl super::Hypervisor for LibvirtHypervisor {
                 created_at: rec.map_or_else(model::now, |r| r.created_at),
                 managed: true,
             });
+        }
+        if let Ok(mut s) = self.stopped_sizes.lock() {
+            *s = sizes;
         }
         for f in foreign {
             if let Ok(mut seen) = self.foreign_seen.lock() {
@@ -479,17 +650,11 @@ impl super::Hypervisor for LibvirtHypervisor {
         let span = info_span!("libvirt_create", instance = %id, name = %spec.spec.name);
         async {
             let started = std::time::Instant::now();
-            let local = self
-                .images
-                .ensure(&spec.image)
+            let root = self
+                .storage
+                .prepare_root(spec)
                 .await
                 .map_err(|e| HypervisorError::Backend(e.to_string()))?;
-            let overlay = self
-                .images
-                .cache()
-                .create_overlay(&local.disk, &id.to_string(), spec.resources.disk_gb)
-                .await
-                .map_err(|e| HypervisorError::Backend(format!("instance {id}: {e}")))?;
             let taps: Vec<TapRecord> = spec
                 .ports
                 .iter()
@@ -509,7 +674,8 @@ impl super::Hypervisor for LibvirtHypervisor {
                     InstanceRecord {
                         taps: taps.clone(),
                         boot_count: prev.as_ref().map_or(0, |p| p.boot_count) + u64::from(running),
-                        created_at: prev.map_or_else(model::now, |p| p.created_at),
+                        created_at: prev.as_ref().map_or_else(model::now, |p| p.created_at),
+                        plug_held: prev.is_some_and(|p| p.plug_held),
                     },
                 );
                 // Recorded before the taps exist, so a failure below still
@@ -520,8 +686,8 @@ impl super::Hypervisor for LibvirtHypervisor {
             self.ensure_taps(&taps).await?;
             let ds = domain_spec(
                 spec,
-                overlay,
-                local.kernel.map(|k| (k, local.initrd)),
+                root.disk,
+                root.kernel,
                 self.mtu,
                 self.console_log(&id),
                 self.domain_type,
@@ -571,7 +737,7 @@ impl super::Hypervisor for LibvirtHypervisor {
             let r = self.driver.destroy(&id.to_string()).await;
             self.mark_stopping(id, false);
             r.map_err(|e| self.dom_err(id, e))?;
-            self.plug_forget(&id);
+            self.release_hold(id).await;
             info!(instance = %id, "stopped (was waiting for its NICs)");
             return Ok(());
         }
@@ -607,11 +773,10 @@ impl super::Hypervisor for LibvirtHypervisor {
         self.mark_stopping(id, false);
         r.map_err(|e| self.dom_err(id, e))?;
         self.plug_forget(&id);
-        self.images
-            .cache()
-            .remove_overlay(&id.to_string())
+        self.storage
+            .remove_root(id)
             .await
-            .map_err(|e| backend("remove overlay", e))?;
+            .map_err(|e| backend("remove root disk", e))?;
         let _ = tokio::fs::remove_file(self.console_log(&id)).await;
         let mut st = self.state.lock().await;
         let mut next = st.clone();
@@ -630,6 +795,76 @@ impl super::Hypervisor for LibvirtHypervisor {
             .map_err(|e| self.dom_err(id, e))
     }
 
+    async fn volumes(&self, id: InstanceId) -> Result<Vec<AttachedVolume>, HypervisorError> {
+        let disks = self
+            .driver
+            .disks(&id.to_string())
+            .await
+            .map_err(|e| self.dom_err(id, e))?;
+        Ok(attached_volumes(&disks))
+    }
+
+    async fn attach_volume(
+        &self,
+        id: InstanceId,
+        volume: &VolumeToAttach,
+    ) -> Result<(), HypervisorError> {
+        let source = self
+            .storage
+            .volume_source(&volume.volume)
+            .map_err(|e| backend("volume", e))?;
+        let disk = VolumeDisk {
+            target: volume.target.clone(),
+            source,
+            serial: model::volume_serial(&volume.volume),
+            iotune: iotune_of(&volume.qos),
+        };
+        self.driver
+            .attach_volume(&id.to_string(), &disk)
+            .await
+            .map_err(|e| self.dom_err(id, e))
+    }
+
+    async fn detach_volume(&self, id: InstanceId, volume: VolumeId) -> Result<(), HypervisorError> {
+        let Some(target) = self
+            .volumes(id)
+            .await?
+            .into_iter()
+            .find(|v| v.volume == volume)
+            .map(|v| v.target)
+        else {
+            return Ok(());
+        };
+        self.driver
+            .detach_disk(&id.to_string(), &target)
+            .await
+            .map_err(|e| self.dom_err(id, e))
+    }
+
+    async fn set_disk_qos(
+        &self,
+        id: InstanceId,
+        volume: VolumeId,
+        qos: Qos,
+    ) -> Result<(), HypervisorError> {
+        let target = self
+            .volumes(id)
+            .await?
+            .into_iter()
+            .find(|v| v.volume == volume)
+            .map(|v| v.target)
+            .ok_or_else(|| {
+                backend(
+                    "set QoS",
+                    format!("volume {volume} is not attached to {id}"),
+                )
+            })?;
+        self.driver
+            .set_disk_iotune(&id.to_string(), &target, iotune_of(&qos))
+            .await
+            .map_err(|e| self.dom_err(id, e))
+    }
+
     async fn resume(&self, id: InstanceId) -> Result<(), HypervisorError> {
         if self.plug.as_ref().is_some_and(|p| p.is_held(&id)) {
             // Paused for plugging: only the plug gate lets it run.
@@ -640,7 +875,48 @@ impl super::Hypervisor for LibvirtHypervisor {
             .resume(&id.to_string())
             .await
             .map_err(|e| self.dom_err(id, e))?;
-        self.plug_forget(&id);
+        self.release_hold(id).await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::compute::Resizer for LibvirtHypervisor {
+    /// From the last [`super::Hypervisor::list`] (compute lists first).
+    async fn stopped_sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError> {
+        Ok(self
+            .stopped_sizes
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default())
+    }
+
+    async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        let id = spec.id();
+        // Idempotent: the existing root disk is kept as it is.
+        let root = self
+            .storage
+            .prepare_root(spec)
+            .await
+            .map_err(|e| HypervisorError::Backend(e.to_string()))?;
+        let ds = domain_spec(
+            spec,
+            root.disk,
+            root.kernel,
+            self.mtu,
+            self.console_log(&id),
+            self.domain_type,
+        );
+        let _permit = self
+            .libvirt_writes
+            .acquire()
+            .await
+            .map_err(|e| backend("libvirt write permit", e))?;
+        self.driver
+            .redefine(&ds)
+            .await
+            .map_err(|e| self.dom_err(id, e))?;
+        info!(instance = %id, vcpus = ds.vcpus, memory_mb = ds.memory_mb, "domain redefined with the new size");
         Ok(())
     }
 }
@@ -678,6 +954,31 @@ mod tests {
     }
 
     #[test]
+    fn volumes_are_read_back_from_their_disks() {
+        let vol: VolumeId = "7c9e6679-7425-40de-944b-e07fc1f90ae7".parse().unwrap();
+        let disk = |target: &str, source: &str| AttachedDisk {
+            target: target.into(),
+            serial: None,
+            source: Some(source.into()),
+            iotune: IoTune {
+                write_iops_sec: Some(200),
+                ..IoTune::default()
+            },
+        };
+        let disks = [
+            disk("vda", &format!("volumes/vol-{vol}")),
+            disk("vdb", &format!("volumes/vol-{vol}")),
+            disk("vdc", "vms/x-disk"),
+            disk("vdd", "volumes/vol-garbage"),
+        ];
+        let v = attached_volumes(&disks);
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].volume, v[0].target.as_str()), (vol, "vdb"));
+        assert_eq!(v[0].qos.write_iops_sec, Some(200));
+        assert_eq!(iotune_of(&v[0].qos), disks[1].iotune);
+    }
+
+    #[test]
     fn tap_mac_differs_from_the_guest_mac() {
         assert_eq!(host_side_mac("fa:16:3e:98:82:c5"), "fe:16:3e:98:82:c5");
     }
@@ -705,9 +1006,58 @@ mod tests {
                 }],
                 boot_count: 2,
                 created_at: model::now(),
+                plug_held: true,
             },
         );
         std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
         assert_eq!(load(&path).unwrap(), st);
+        // A state file written before `plug_held` existed still loads.
+        std::fs::write(
+            &path,
+            r#"{"instances":{"6f1e1d3c-0000-4000-8000-000000000001":{"taps":[],"boot_count":1,"created_at":"2026-01-01T00:00:00Z"}}}"#,
+        )
+        .unwrap();
+        assert!(load(&path)
+            .unwrap()
+            .instances
+            .values()
+            .all(|r| !r.plug_held));
+    }
+
+    #[test]
+    fn plug_holds_survive_a_restart_only_while_the_domain_is_paused() {
+        let rec = |held| InstanceRecord {
+            taps: vec![],
+            boot_count: 1,
+            created_at: model::now(),
+            plug_held: held,
+        };
+        let ids: Vec<InstanceId> = (0..5).map(|_| InstanceId::new_random()).collect();
+        let (paused_held, running_held, off_held, gone_held, paused_not_held) =
+            (ids[0], ids[1], ids[2], ids[3], ids[4]);
+        let mut st = LibvirtState::default();
+        for (id, held) in [
+            (paused_held, true),
+            (running_held, true),
+            (off_held, true),
+            (gone_held, true),
+            (paused_not_held, false),
+        ] {
+            st.instances.insert(id, rec(held));
+        }
+        let doms = [
+            (paused_held, PowerState::Paused),
+            (running_held, PowerState::Running),
+            (off_held, PowerState::ShutOff),
+            // Paused by self-fencing, not by the plug gate: compute's.
+            (paused_not_held, PowerState::Paused),
+        ];
+        let (hold, stale) = holds_to_restore(&st, &doms);
+        assert_eq!(hold, BTreeSet::from([paused_held]));
+        assert_eq!(stale, BTreeSet::from([running_held, off_held, gone_held]));
+        assert_eq!(
+            holds_to_restore(&LibvirtState::default(), &doms),
+            (BTreeSet::new(), BTreeSet::new())
+        );
     }
 }

@@ -74,6 +74,8 @@ struct Plan {
     group: Option<ServerGroup>,
     power: PowerState,
     evacuation: EvacuationPolicy,
+    /// Volumes attached at create / the boot volume (see `server_volumes`).
+    vols: super::server_volumes::ServerVolumes,
     /// Every key the plan was decided from, with the mod_revision read
     /// (cache or etcd); each placement transaction compares them all, so a
     /// stale read can fail a placement but never commit one.
@@ -150,6 +152,7 @@ impl Ctx {
             NameKind::SecurityGroup => "security group",
             NameKind::Image => "image",
             NameKind::ServerGroup => "server group",
+            NameKind::Volume => "volume",
         };
         let r = r.trim();
         if r.is_empty() {
@@ -241,6 +244,18 @@ impl Ctx {
                 "existing ports can only be plugged when count is 1".into(),
             ));
         }
+        let vols = self.server_volumes(&project, r, count).await?;
+        deps.extend(vols.deps());
+        // Booting from a volume made from an image: that image by default.
+        let image_ref = match (&vols.boot, r.image_ref.trim()) {
+            (Some(b), "") => b.value.source_image.map(|i| i.to_string()).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "boot volume {:?} was not made from an image; name the image it holds",
+                    b.value.name
+                ))
+            })?,
+            _ => r.image_ref.clone(),
+        };
         let flavor_name = FlavorName::new(r.flavor.trim())
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let flavor: Arc<Flavor> = self
@@ -253,15 +268,18 @@ impl Ctx {
             .resolve_dep(
                 NameKind::Image,
                 &project,
-                &r.image_ref,
+                &image_ref,
                 |u| keys::image(&ImageId::from_uuid(u)),
                 src,
                 &mut deps,
             )
             .await?;
-        if image.min_ram_mb > flavor.resources.ram_mb
-            || image.min_disk_gb > flavor.resources.disk_gb
-        {
+        // The root disk is the boot volume when there is one.
+        let disk_gb = vols
+            .boot
+            .as_ref()
+            .map_or(flavor.resources.disk_gb, |b| b.value.size_gb);
+        if image.min_ram_mb > flavor.resources.ram_mb || image.min_disk_gb > disk_gb {
             return Err(ApiError::InvalidArgument(format!(
                 "image {:?} needs at least {} MiB RAM and {} GiB disk; flavor {} has {} MiB and {} GiB",
                 image.name,
@@ -376,11 +394,37 @@ impl Ctx {
                 PowerState::Running
             },
             evacuation,
+            vols,
             deps,
         })
     }
 
     async fn create_servers(
+        &self,
+        r: pb::CreateServerRequest,
+    ) -> ApiResult<pb::CreateServerResponse> {
+        validate::client_token(&r.client_token)?;
+        // Boot from a new volume: made first, deleted again on failure.
+        let (r, boot) = self.boot_from_new_volume(r).await?;
+        let res = self.create_servers_planned(r).await;
+        if let Some(vol) = boot {
+            // Unused also when a retry with the same client token returned
+            // the server an earlier attempt made (with its own volume).
+            let used = res.as_ref().is_ok_and(|x| {
+                x.results.iter().any(|s| {
+                    s.server
+                        .as_ref()
+                        .is_some_and(|s| s.boot_volume_id == vol.id.to_string())
+                })
+            });
+            if !used {
+                self.drop_unused_boot_volume(&vol).await;
+            }
+        }
+        res
+    }
+
+    async fn create_servers_planned(
         &self,
         r: pb::CreateServerRequest,
     ) -> ApiResult<pb::CreateServerResponse> {
@@ -673,8 +717,8 @@ impl Ctx {
                 node: Some(node.clone()),
                 launch_index: index,
                 evacuation: plan.evacuation,
-                volumes: Vec::new(),
-                boot_volume: None,
+                volumes: plan.vols.attachments().0,
+                boot_volume: plan.vols.attachments().1,
                 created_at: now,
             };
             let ukey = usage_of(&node);
@@ -694,6 +738,7 @@ impl Ctx {
             ];
             let mut probes = vec![TxnOp::get(ukey.as_str(), None)];
             let mut contended = vec![ukey.clone()];
+            plan.vols.attach_ops(id, &mut ops, &mut contended);
             for p in new_ports.iter_mut() {
                 p.node = Some(node.clone());
                 reserve_port(p, &mut compares, &mut ops, &mut probes);
@@ -888,7 +933,7 @@ impl Ctx {
 
     /// Builds the API view of servers: statuses, ports and network names in
     /// a few batched reads.
-    async fn render(&self, insts: &[Instance]) -> ApiResult<Vec<pb::Server>> {
+    pub(super) async fn render(&self, insts: &[Instance]) -> ApiResult<Vec<pb::Server>> {
         let status_keys: Vec<String> = insts.iter().map(|i| keys::instance_status(&i.id)).collect();
         let port_ids: Vec<PortId> = insts.iter().flat_map(|i| i.ports.iter().copied()).collect();
         let port_keys: Vec<String> = port_ids.iter().map(keys::port).collect();
@@ -1026,6 +1071,9 @@ impl Ctx {
                     ops.push(put(&keys::port(&p.id), &p));
                 }
             }
+            // Attached volumes: released or (delete_on_termination)
+            // deleted by the volume reconciler once the hypervisor let go.
+            self.release_volumes_of(i, &mut compares, &mut ops).await?;
             let mut qdelta = quota_delta(&i.resources);
             qdelta.ports = owned_ports;
             if let Some((cmp, op)) = self.quota_release(&i.project, &qdelta).await? {
@@ -1108,6 +1156,9 @@ impl servers_server::Servers for Ctx {
                 .await,
         )
     }
+    async fn resize(&self, r: Request<pb::ResizeServerRequest>) -> R<pb::Server> {
+        reply(self.resize_server(r.into_inner()).await)
+    }
     async fn reboot(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         reply(
             self.power(r.into_inner(), |i| {
@@ -1120,6 +1171,6 @@ impl servers_server::Servers for Ctx {
 }
 
 /// What one server of these resources counts against its project's quota.
-fn quota_delta(r: &nubo_common::model::Resources) -> nubo_identity::QuotaDelta {
+pub(super) fn quota_delta(r: &nubo_common::model::Resources) -> nubo_identity::QuotaDelta {
     nubo_identity::quota::instances_delta(1, u64::from(r.vcpus), r.ram_mb)
 }
