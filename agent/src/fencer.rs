@@ -3,22 +3,28 @@
 //! [`Clock`]), the [`GatedHypervisor`] and [`GatedSubsystem`] wrappers that
 //! keep compute from booting anything while fenced, and the [`Fencer`] task
 //! that freezes instances and, on return, re-lists etcd and applies the
-//! recovery plan. The decisions themselves are in [`crate::fencing`].
+//! recovery plan. The peer witness ([`Witness`]) asks the other agents
+//! about their etcd sessions while this one's keep-alives go unanswered,
+//! and [`SessionWatch`] answers the same question for them (node API
+//! `GET /v1/etcd-status`). The decisions themselves are in
+//! [`crate::fencing`].
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nubo_common::model::EvacuationPolicy;
+use nubo_common::model::{EtcdSessionStatus, EvacuationPolicy, FencePhase};
 use nubo_common::{InstanceId, NodeName};
 use tokio::sync::watch;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::AgentConfig;
 use crate::desired::{self, DesiredInstance, DesiredNode};
-use crate::fencing::{self, Clock, FenceState, LeaseAck, Phase, RecoveryAction, Transition};
+use crate::fencing::{
+    self, Clock, FenceState, LeaseAck, Phase, RecoveryAction, Transition, WitnessRound,
+};
 use crate::hypervisor::{Hypervisor, HypervisorError, ObservedInstance};
 use crate::mirror::MirrorHandle;
 use crate::reconciler::{Subsystem, SubsystemError};
@@ -32,6 +38,15 @@ pub const FENCE_TICK: Duration = Duration::from_millis(100);
 pub const FENCE_BUDGET: Duration = Duration::from_secs(3);
 /// How long recovery waits for the fresh list before asking again.
 pub const RELIST_WAIT: Duration = Duration::from_secs(5);
+/// Pause between two peer witness rounds while this node's etcd session
+/// is not healthy (no probing otherwise).
+pub const PEER_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A witness round counts for this long after it started: one pause and two
+/// probe timeouts, so a round is always replaced before it goes stale.
+pub fn witness_max_age(probe_timeout: Duration) -> Duration {
+    PEER_PROBE_INTERVAL + probe_timeout * 2
+}
 
 /// Counters of self-fencing, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,6 +87,9 @@ pub struct FenceGate {
     node: NodeName,
     state: Mutex<FenceState>,
     acks: watch::Receiver<Option<LeaseAck>>,
+    /// The latest peer witness round and how long a round counts (`None`:
+    /// no witness, overdue always fences).
+    witness: Option<(watch::Receiver<Option<WitnessRound>>, Duration)>,
     clock: Arc<dyn Clock>,
     stats: Stats,
 }
@@ -85,11 +103,25 @@ impl FenceGate {
         clock: Arc<dyn Clock>,
         acks: watch::Receiver<Option<LeaseAck>>,
     ) -> Arc<Self> {
+        Self::with_witness(node, self_fence_after, clock, acks, None)
+    }
+
+    /// [`FenceGate::new`] that holds instead of fencing while the latest
+    /// round on `witness.0`, at most `witness.1` old, shows the whole
+    /// control plane down.
+    pub fn with_witness(
+        node: NodeName,
+        self_fence_after: Duration,
+        clock: Arc<dyn Clock>,
+        acks: watch::Receiver<Option<LeaseAck>>,
+        witness: Option<(watch::Receiver<Option<WitnessRound>>, Duration)>,
+    ) -> Arc<Self> {
         let started = clock.now();
         Arc::new(Self {
             node,
             state: Mutex::new(FenceState::new(self_fence_after, started)),
             acks,
+            witness,
             clock,
             stats: Stats::default(),
         })
@@ -100,9 +132,13 @@ impl FenceGate {
     pub fn poll(&self) -> Phase {
         let ack = *self.acks.borrow();
         let now = self.clock.now();
+        let outage = self.witness.as_ref().is_some_and(|(rx, max_age)| {
+            rx.borrow()
+                .is_some_and(|r| r.shows_outage_at(now, *max_age))
+        });
         let (phase, t) = match self.state.lock() {
             Ok(mut st) => {
-                let t = st.observe(now, ack);
+                let t = st.observe_with(now, ack, outage);
                 (st.phase(), t)
             }
             // A panic while holding the lock: stay on the safe side.
@@ -121,6 +157,14 @@ impl FenceGate {
                     "SELF-FENCING: no etcd keep-alive acknowledged in time; freezing instances \
                      (evacuation auto/manual), booting nothing");
             }
+            Some(Transition::Hold { silent_for }) => {
+                warn!(node = %self.node, ?silent_for,
+                    "etcd unreachable here AND for every peer (control plane down, nobody can \
+                     move instances): NOT freezing; instances keep running, nothing boots");
+            }
+            Some(Transition::Unhold) => {
+                info!(node = %self.node, "etcd session back on the same lease; hold lifted");
+            }
             Some(Transition::Recover { lease_kept }) => {
                 info!(node = %self.node, lease_kept,
                     "liveness lease held again; re-listing etcd before resuming anything");
@@ -132,7 +176,17 @@ impl FenceGate {
 
     /// Whether instances may be booted or resumed now.
     pub fn boots_allowed(&self) -> bool {
-        !matches!(self.poll(), Phase::Fenced { .. })
+        !matches!(self.poll(), Phase::Fenced { .. } | Phase::Held { .. })
+    }
+
+    /// The phase as reported to peers and the coordinator.
+    pub fn reported_phase(&self) -> FencePhase {
+        match self.poll() {
+            Phase::Normal => FencePhase::Normal,
+            Phase::Held { .. } => FencePhase::Held,
+            Phase::Fenced { .. } => FencePhase::Fenced,
+            Phase::Recovering { .. } => FencePhase::Recovering,
+        }
     }
 
     /// Whether the compute reconciler may run now.
@@ -217,6 +271,36 @@ impl Hypervisor for GatedHypervisor {
         self.check(id)?;
         self.inner.resume(id).await
     }
+    // Volumes: forwarded as they are (compute, their only caller, does not
+    // run while the node is fenced).
+    async fn volumes(
+        &self,
+        id: InstanceId,
+    ) -> Result<Vec<crate::hypervisor::AttachedVolume>, HypervisorError> {
+        self.inner.volumes(id).await
+    }
+    async fn attach_volume(
+        &self,
+        id: InstanceId,
+        volume: &crate::hypervisor::VolumeToAttach,
+    ) -> Result<(), HypervisorError> {
+        self.inner.attach_volume(id, volume).await
+    }
+    async fn detach_volume(
+        &self,
+        id: InstanceId,
+        volume: nubo_common::VolumeId,
+    ) -> Result<(), HypervisorError> {
+        self.inner.detach_volume(id, volume).await
+    }
+    async fn set_disk_qos(
+        &self,
+        id: InstanceId,
+        volume: nubo_common::VolumeId,
+        qos: nubo_common::model::Qos,
+    ) -> Result<(), HypervisorError> {
+        self.inner.set_disk_qos(id, volume, qos).await
+    }
 }
 
 /// A [`Subsystem`] that only runs while the node is not fenced or
@@ -248,6 +332,9 @@ impl<S: Subsystem> Subsystem for GatedSubsystem<S> {
             Phase::Recovering { .. } => Err(SubsystemError::Other(
                 "returning from a self-fence; waiting for the fresh etcd list".into(),
             )),
+            Phase::Held { .. } => Err(SubsystemError::Other(
+                "etcd unreachable here and for every peer; holding (instances keep running)".into(),
+            )),
         }
     }
 }
@@ -266,6 +353,8 @@ pub struct Fencer {
     never: BTreeSet<InstanceId>,
     /// When the fresh list for the current recovery was requested.
     relist_requested: Option<Instant>,
+    /// The peer witness, run alongside.
+    witness: Option<Witness>,
 }
 
 impl Fencer {
@@ -285,17 +374,27 @@ impl Fencer {
             fence_began: None,
             never: BTreeSet::new(),
             relist_requested: None,
+            witness: None,
         }
     }
 
-    /// Runs until the task is dropped.
+    /// Runs until the task is dropped (with the peer witness, if any).
     pub async fn run(mut self) {
+        match self.witness.take() {
+            Some(w) => {
+                futures::future::join(self.fence_loop(), w.run()).await;
+            }
+            None => self.fence_loop().await,
+        }
+    }
+
+    async fn fence_loop(mut self) {
         let mut tick = tokio::time::interval(FENCE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             match self.gate.poll() {
-                Phase::Normal => {
+                Phase::Normal | Phase::Held { .. } => {
                     self.fence_began = None;
                     self.relist_requested = None;
                 }
@@ -526,20 +625,199 @@ pub struct Fencing {
     pub task: Fencer,
 }
 
-/// Builds the fencing pieces for the agent configured by `cfg`.
+/// Builds the fencing pieces for the agent configured by `cfg`, fed by the
+/// etcd session `session` (whose node API answers get the gate's phase).
 pub fn setup(
     cfg: &AgentConfig,
     hv: Arc<dyn Hypervisor>,
     mirror: MirrorHandle,
-    acks: watch::Receiver<Option<LeaseAck>>,
+    session: SessionWatch,
     clock: Arc<dyn Clock>,
 ) -> Fencing {
-    let gate = FenceGate::new(cfg.node.clone(), cfg.self_fence_after(), clock, acks);
-    info!(self_fence_after = ?cfg.self_fence_after(), lease_ttl = ?cfg.lease_ttl, "self-fencing armed");
+    let (witness, rounds) = if cfg.peer_witness {
+        let (tx, rx) = watch::channel(None);
+        let w = Witness {
+            node: cfg.node.clone(),
+            mirror: mirror.clone(),
+            session: session.clone(),
+            rounds: tx,
+            timeout: cfg.peer_probe_timeout,
+            clock: clock.clone(),
+        };
+        (Some(w), Some((rx, witness_max_age(cfg.peer_probe_timeout))))
+    } else {
+        (None, None)
+    };
+    let gate = FenceGate::with_witness(
+        cfg.node.clone(),
+        cfg.self_fence_after(),
+        clock,
+        session.acks.clone(),
+        rounds,
+    );
+    // Only the first gate of a session is reported (one per agent).
+    let _ = session.gate.set(gate.clone());
+    info!(self_fence_after = ?cfg.self_fence_after(), lease_ttl = ?cfg.lease_ttl,
+        peer_witness = cfg.peer_witness, peer_probe_timeout = ?cfg.peer_probe_timeout,
+        "self-fencing armed");
+    let mut task = Fencer::new(cfg, gate.clone(), hv.clone(), mirror);
+    task.witness = witness;
     Fencing {
-        hypervisor: Arc::new(GatedHypervisor::new(hv.clone(), gate.clone())),
-        task: Fencer::new(cfg, gate.clone(), hv, mirror),
+        hypervisor: Arc::new(GatedHypervisor::new(hv, gate.clone())),
+        task,
         gate,
+    }
+}
+
+/// The writing ends of the etcd session channels, for
+/// [`crate::registration::Liveness`].
+pub struct SessionSenders {
+    /// Acknowledged keep-alives ([`crate::registration::Liveness::with_acks`]).
+    pub acks: watch::Sender<Option<LeaseAck>>,
+    /// Failed attempts ([`crate::registration::Liveness::with_failures`]).
+    pub failures: watch::Sender<Option<Instant>>,
+}
+
+/// The reading side of this agent's etcd session: whether it is healthy
+/// ([`fencing::session_healthy`]) and, once [`setup`] ran, the fencing
+/// phase. Cheap to clone; the node API serves [`SessionWatch::status`].
+#[derive(Clone)]
+pub struct SessionWatch {
+    node: NodeName,
+    acks: watch::Receiver<Option<LeaseAck>>,
+    failures: watch::Receiver<Option<Instant>>,
+    healthy_within: Duration,
+    clock: Arc<dyn Clock>,
+    gate: Arc<OnceLock<Arc<FenceGate>>>,
+}
+
+/// The session channels of the agent configured by `cfg`.
+pub fn session(cfg: &AgentConfig, clock: Arc<dyn Clock>) -> (SessionSenders, SessionWatch) {
+    let (acks_tx, acks) = watch::channel(None);
+    let (failures_tx, failures) = watch::channel(None);
+    (
+        SessionSenders {
+            acks: acks_tx,
+            failures: failures_tx,
+        },
+        SessionWatch {
+            node: cfg.node.clone(),
+            acks,
+            failures,
+            healthy_within: cfg.session_healthy_within(),
+            clock,
+            gate: Arc::new(OnceLock::new()),
+        },
+    )
+}
+
+impl SessionWatch {
+    /// Whether this agent's keep-alives are being acknowledged now.
+    pub fn healthy(&self) -> bool {
+        fencing::session_healthy(
+            self.clock.now(),
+            *self.acks.borrow(),
+            *self.failures.borrow(),
+            self.healthy_within,
+        )
+    }
+
+    /// The answer of `GET /v1/etcd-status`.
+    pub fn status(&self) -> EtcdSessionStatus {
+        let now = self.clock.now();
+        let ack = *self.acks.borrow();
+        EtcdSessionStatus {
+            node: self.node.clone(),
+            healthy: self.healthy(),
+            last_ack_age_ms: ack.map(|a| {
+                u64::try_from(now.saturating_duration_since(a.sent).as_millis()).unwrap_or(u64::MAX)
+            }),
+            phase: self
+                .gate
+                .get()
+                .map_or(FencePhase::Normal, |g| g.reported_phase()),
+        }
+    }
+}
+
+/// The peer witness: while this agent's etcd session is not healthy, asks
+/// every other node of the cache (its node API, `GET /v1/etcd-status`, each
+/// bounded by the probe timeout) and publishes the [`WitnessRound`]s the
+/// gate decides on.
+pub struct Witness {
+    node: NodeName,
+    mirror: MirrorHandle,
+    session: SessionWatch,
+    rounds: watch::Sender<Option<WitnessRound>>,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Witness {
+    /// Runs until the task is dropped.
+    pub async fn run(self) {
+        let mut last: Option<(usize, usize, usize)> = None;
+        loop {
+            tokio::time::sleep(PEER_PROBE_INTERVAL).await;
+            if self.session.healthy() {
+                last = None;
+                continue;
+            }
+            let peers: Vec<(NodeName, Option<String>)> = {
+                let cache = self.mirror.cache.read().await;
+                cache
+                    .nodes
+                    .values()
+                    .filter(|n| n.name != self.node)
+                    .map(|n| (n.name.clone(), n.node_api().map(str::to_owned)))
+                    .collect()
+            };
+            let started = self.clock.now();
+            let answers = futures::future::join_all(peers.iter().map(|(name, api)| async move {
+                let api = api.as_deref()?;
+                let st = tokio::time::timeout(self.timeout, get_etcd_status(api))
+                    .await
+                    .ok()?
+                    .map_err(
+                        |e| debug!(peer = %name, %api, error = %e, "peer witness probe failed"),
+                    )
+                    .ok()?;
+                // An answer from another node (address reused) is no answer.
+                (st.node == *name).then_some(st.healthy)
+            }))
+            .await;
+            let round = WitnessRound {
+                started,
+                asked: peers.len(),
+                answered: answers.iter().flatten().count(),
+                healthy: answers.iter().flatten().filter(|h| **h).count(),
+            };
+            let summary = (round.asked, round.answered, round.healthy);
+            if last != Some(summary) {
+                info!(node = %self.node, asked = round.asked, answered = round.answered,
+                    healthy = round.healthy, control_plane_down = round.control_plane_down(),
+                    "peer witness: etcd sessions of the other nodes");
+                last = Some(summary);
+            }
+            self.rounds.send_replace(Some(round));
+        }
+    }
+}
+
+/// `GET http://<api>/v1/etcd-status` (HTTP/1.0, no keep-alive).
+async fn get_etcd_status(api: &str) -> std::io::Result<EtcdSessionStatus> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(api).await?;
+    let req = format!("GET /v1/etcd-status HTTP/1.0\r\nHost: {api}\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.take(64 * 1024).read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.split(' ').nth(1) == Some("200") => {
+            serde_json::from_str(body).map_err(std::io::Error::other)
+        }
+        _ => Err(std::io::Error::other("not a 200 answer")),
     }
 }
 
@@ -597,6 +875,40 @@ mod tests {
         let st = fake.snapshot().await;
         assert_eq!(st.instances[&a].power, ObservedPower::Running);
         assert_eq!(st.instances[&a].boot_count, 1);
+    }
+
+    #[tokio::test]
+    async fn the_gate_holds_on_a_fresh_witnessed_outage_and_fences_when_it_goes_stale() {
+        let clock = Arc::new(ManualClock::new(Instant::now()));
+        let (acks_tx, acks) = watch::channel(None);
+        let (rounds_tx, rounds) = watch::channel(None);
+        let max_age = witness_max_age(Duration::from_millis(500));
+        let gate = FenceGate::with_witness(
+            node_name("n1"),
+            Duration::from_secs(4),
+            clock.clone(),
+            acks,
+            Some((rounds, max_age)),
+        );
+        acks_tx.send_replace(Some(LeaseAck {
+            sent: clock.now(),
+            lease: 3,
+        }));
+        clock.advance(Duration::from_secs(5));
+        let down = WitnessRound {
+            started: clock.now(),
+            asked: 2,
+            answered: 2,
+            healthy: 0,
+        };
+        rounds_tx.send_replace(Some(down));
+        assert_eq!(gate.reported_phase(), FencePhase::Held);
+        assert!(!gate.boots_allowed() && !gate.compute_allowed());
+        assert_eq!(gate.counters().fences, 0, "a hold is not a fence");
+        // No newer round: the old one goes stale and the hold becomes a fence.
+        clock.advance(max_age + Duration::from_millis(1));
+        assert_eq!(gate.reported_phase(), FencePhase::Fenced);
+        assert_eq!(gate.counters().fences, 1);
     }
 
     struct CountingSubsystem(usize);

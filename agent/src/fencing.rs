@@ -12,6 +12,11 @@
 //!   evacuation policy is not `never` — or whose policy is unknown —, and
 //!   falls back to a hard stop when the driver cannot pause.
 //! * While fenced, nothing is booted or resumed and compute does not run.
+//! * **Hold** instead of fencing when a fresh [`WitnessRound`] shows the
+//!   whole control plane down: every other node answered and none has a
+//!   working etcd session. Instances keep running (nothing boots); the hold
+//!   turns into a fence as soon as a round no longer shows that (a peer
+//!   regained etcd, a peer does not answer, or no fresh round).
 //! * **Recover** once a keep-alive sent after the fence began is
 //!   acknowledged (the node holds a lease and its `alive` key again). The
 //!   runtime then re-lists etcd and only after that applies
@@ -81,11 +86,63 @@ pub struct LeaseAck {
     pub lease: i64,
 }
 
+/// Whether the agent's own etcd session works at `now`: a keep-alive sent
+/// within `healthy_within` was acknowledged and no attempt sent after it
+/// failed. This is what an agent reports to its peers. Pure.
+pub fn session_healthy(
+    now: Instant,
+    ack: Option<LeaseAck>,
+    last_failure: Option<Instant>,
+    healthy_within: Duration,
+) -> bool {
+    ack.is_some_and(|a| {
+        now.saturating_duration_since(a.sent) <= healthy_within
+            && last_failure.is_none_or(|f| f < a.sent)
+    })
+}
+
+/// One round of asking every other node (the cached node records) about its
+/// etcd session (`GET /v1/etcd-status` on its node API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WitnessRound {
+    /// When the round started (monotonic).
+    pub started: Instant,
+    /// Peers asked.
+    pub asked: usize,
+    /// Peers that answered in time.
+    pub answered: usize,
+    /// Peers that answered with a healthy etcd session.
+    pub healthy: usize,
+}
+
+impl WitnessRound {
+    /// The round shows the whole control plane down: at least one peer,
+    /// every peer answered, none has a working etcd session. Pure.
+    pub fn control_plane_down(&self) -> bool {
+        self.asked > 0 && self.answered == self.asked && self.healthy == 0
+    }
+
+    /// [`WitnessRound::control_plane_down`], from a round started at most
+    /// `max_age` before `now`. Pure.
+    pub fn shows_outage_at(&self, now: Instant, max_age: Duration) -> bool {
+        now.saturating_duration_since(self.started) <= max_age && self.control_plane_down()
+    }
+}
+
 /// Where the agent stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Keep-alives are acknowledged: everything runs normally.
     Normal,
+    /// No acknowledged keep-alive for `self_fence_after`, but every peer
+    /// witnesses that etcd is unreachable for it too: instances keep
+    /// running, nothing boots, compute does not run.
+    Held {
+        /// When the hold began.
+        since: Instant,
+        /// The lease held when it began.
+        lease: Option<i64>,
+    },
     /// No acknowledged keep-alive for `self_fence_after`: freeze, boot nothing.
     Fenced {
         /// When the fence began.
@@ -113,11 +170,20 @@ pub enum Transition {
         /// the start).
         silent_for: Duration,
     },
-    /// Fenced → recovering: re-list, then recover.
+    /// Fenced (or held on a lease that was lost) → recovering: re-list,
+    /// then recover.
     Recover {
         /// See [`Phase::Recovering::lease_kept`].
         lease_kept: bool,
     },
+    /// Normal → held: overdue, but the peers witness a control-plane outage.
+    Hold {
+        /// Time since the last acknowledged keep-alive was sent.
+        silent_for: Duration,
+    },
+    /// Held → normal: a keep-alive was acknowledged on the same lease (its
+    /// `alive` key never went away, so nothing can have been moved).
+    Unhold,
 }
 
 /// The fencing state machine. Pure: the caller supplies the time and the
@@ -146,7 +212,7 @@ impl FenceState {
 
     /// Whether instances may be created, started, rebooted or resumed now.
     pub fn boots_allowed(&self) -> bool {
-        !matches!(self.phase, Phase::Fenced { .. })
+        !matches!(self.phase, Phase::Fenced { .. } | Phase::Held { .. })
     }
 
     /// Whether the compute reconciler may run now.
@@ -161,10 +227,52 @@ impl FenceState {
         (silent > self.self_fence_after).then_some(silent)
     }
 
-    /// Advances the machine to `now` with the latest acknowledgement.
+    /// Advances the machine to `now` with the latest acknowledgement (no
+    /// peer witness: overdue always fences).
     pub fn observe(&mut self, now: Instant, ack: Option<LeaseAck>) -> Option<Transition> {
+        self.observe_with(now, ack, false)
+    }
+
+    /// Advances the machine to `now` with the latest acknowledgement and
+    /// whether a fresh peer witness round shows the whole control plane
+    /// down ([`WitnessRound::shows_outage_at`]).
+    pub fn observe_with(
+        &mut self,
+        now: Instant,
+        ack: Option<LeaseAck>,
+        outage_witnessed: bool,
+    ) -> Option<Transition> {
         let overdue = self.overdue(now, ack);
         match self.phase {
+            Phase::Normal if overdue.is_some() && outage_witnessed => {
+                self.phase = Phase::Held {
+                    since: now,
+                    lease: ack.map(|a| a.lease),
+                };
+                overdue.map(|silent_for| Transition::Hold { silent_for })
+            }
+            Phase::Held { since, lease } => match (overdue, ack) {
+                (None, Some(a)) if lease == Some(a.lease) => {
+                    self.phase = Phase::Normal;
+                    Some(Transition::Unhold)
+                }
+                // A new lease: the old one expired, so the coordinator may
+                // have fenced and moved instances: re-list and recover.
+                (None, Some(_)) => {
+                    self.phase = Phase::Recovering {
+                        since,
+                        lease_kept: false,
+                    };
+                    Some(Transition::Recover { lease_kept: false })
+                }
+                (Some(_), _) if outage_witnessed => None,
+                (silent, _) => {
+                    self.phase = Phase::Fenced { since: now, lease };
+                    Some(Transition::Fence {
+                        silent_for: silent.unwrap_or_default(),
+                    })
+                }
+            },
             Phase::Normal | Phase::Recovering { .. } => {
                 let silent_for = overdue?;
                 let (since, lease) = match self.phase {
@@ -363,6 +471,136 @@ mod tests {
             st.observe(again, ack(again, 2)),
             Some(Transition::Recover { lease_kept: false })
         );
+    }
+
+    #[test]
+    fn a_session_is_healthy_only_with_a_recent_ack_and_no_later_failure() {
+        let clock = ManualClock::new(Instant::now());
+        let within = Duration::from_millis(2500);
+        let t0 = clock.now();
+        assert!(
+            !session_healthy(t0, None, None, within),
+            "never acknowledged"
+        );
+        let a = ack(t0, 1);
+        assert!(session_healthy(t0, a, None, within));
+        // An attempt sent before the ack failed: irrelevant.
+        assert!(session_healthy(
+            t0,
+            a,
+            Some(t0 - Duration::from_millis(1)),
+            within
+        ));
+        clock.advance(within);
+        assert!(session_healthy(clock.now(), a, None, within));
+        // A later attempt failed (etcd refused it): unhealthy at once.
+        assert!(!session_healthy(
+            clock.now(),
+            a,
+            Some(t0 + Duration::from_millis(100)),
+            within
+        ));
+        // No failure reported, but the last ack is too old (hung attempt).
+        clock.advance(Duration::from_millis(1));
+        assert!(!session_healthy(clock.now(), a, None, within));
+    }
+
+    #[test]
+    fn only_a_complete_fresh_round_of_unhealthy_peers_shows_an_outage() {
+        let t0 = Instant::now();
+        let r = |asked, answered, healthy| WitnessRound {
+            started: t0,
+            asked,
+            answered,
+            healthy,
+        };
+        assert!(r(2, 2, 0).control_plane_down());
+        assert!(
+            !r(0, 0, 0).control_plane_down(),
+            "no peer: single node or cut off"
+        );
+        assert!(
+            !r(2, 1, 0).control_plane_down(),
+            "a silent peer may have etcd"
+        );
+        assert!(
+            !r(2, 2, 1).control_plane_down(),
+            "a peer has etcd: we are cut off"
+        );
+        let max_age = Duration::from_millis(1500);
+        assert!(r(2, 2, 0).shows_outage_at(t0 + max_age, max_age));
+        assert!(!r(2, 2, 0).shows_outage_at(t0 + max_age + Duration::from_millis(1), max_age));
+    }
+
+    #[test]
+    fn a_witnessed_outage_holds_instead_of_fencing_until_a_peer_has_etcd_again() {
+        let clock = ManualClock::new(Instant::now());
+        let t0 = clock.now();
+        let mut st = FenceState::new(SFA, t0);
+        let a = ack(t0, 1);
+        // Witnessed before being overdue: nothing happens.
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(st.observe_with(clock.now(), a, true), None);
+        clock.advance(Duration::from_millis(2001));
+        assert_eq!(
+            st.observe_with(clock.now(), a, true),
+            Some(Transition::Hold {
+                silent_for: Duration::from_millis(4001)
+            })
+        );
+        assert!(matches!(st.phase(), Phase::Held { lease: Some(1), .. }));
+        assert!(!st.boots_allowed() && !st.compute_allowed());
+        // Still witnessed a minute later: still held, nothing to do.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(st.observe_with(clock.now(), a, true), None);
+        // etcd returns on the same lease (etcd keeps leases across its
+        // restart): back to normal without any recovery.
+        let back = ack(clock.now(), 1);
+        assert_eq!(
+            st.observe_with(clock.now(), back, true),
+            Some(Transition::Unhold)
+        );
+        assert_eq!(st.phase(), Phase::Normal);
+    }
+
+    #[test]
+    fn a_hold_becomes_a_fence_when_the_witness_goes_and_a_new_lease_recovers() {
+        let clock = ManualClock::new(Instant::now());
+        let t0 = clock.now();
+        let mut st = FenceState::new(SFA, t0);
+        let a = ack(t0, 1);
+        clock.advance(Duration::from_secs(5));
+        assert!(matches!(
+            st.observe_with(clock.now(), a, true),
+            Some(Transition::Hold { .. })
+        ));
+        // A peer regained etcd (or stopped answering): fence now.
+        clock.advance(Duration::from_secs(3));
+        assert!(matches!(
+            st.observe_with(clock.now(), a, false),
+            Some(Transition::Fence { .. })
+        ));
+        assert!(matches!(st.phase(), Phase::Fenced { lease: Some(1), .. }));
+        // Once fenced, a witness never un-fences: only an ack does.
+        assert_eq!(st.observe_with(clock.now(), a, true), None);
+        assert!(!st.boots_allowed());
+
+        // Held, then back on a NEW lease: the old one expired, instances may
+        // have been moved: recover (re-list, destroy what moved).
+        let mut st = FenceState::new(SFA, t0);
+        st.observe_with(t0 + Duration::from_secs(5), a, true);
+        let now = t0 + Duration::from_secs(30);
+        assert_eq!(
+            st.observe_with(now, ack(now, 2), true),
+            Some(Transition::Recover { lease_kept: false })
+        );
+        assert!(!st.compute_allowed());
+        // Without a witness the old rule applies: overdue fences.
+        let mut st = FenceState::new(SFA, t0);
+        assert!(matches!(
+            st.observe_with(t0 + Duration::from_secs(5), a, false),
+            Some(Transition::Fence { .. })
+        ));
     }
 
     fn obs(id: InstanceId, power: ObservedPower, managed: bool) -> ObservedInstance {

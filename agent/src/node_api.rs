@@ -5,6 +5,10 @@
 //!   (`<state-dir>/console/<id>.log`), followed while the client reads.
 //! - `GET /v1/capture/<tap>[?count=N]`: `tcpdump -l -n -e` text on a local
 //!   tap, streamed.
+//! - `GET /v1/etcd-status`: this agent's etcd session and self-fencing
+//!   phase ([`nubo_common::model::EtcdSessionStatus`], JSON), read by the
+//!   peer witnesses of the other agents and by the coordinator before it
+//!   lifts a storage fence (`docs/failure-handling.md`).
 //!
 //! Its address is published in the node record as the label
 //! [`NODE_API_LABEL`], which `nubo server console` / `nubo port capture`
@@ -27,13 +31,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn, Instrument};
 
 use crate::config::AgentConfig;
+use crate::fencer::SessionWatch;
 
 /// Node label carrying the node API address.
-pub const NODE_API_LABEL: &str = "nubo.node-api";
+pub const NODE_API_LABEL: &str = nubo_common::model::NODE_API_LABEL;
 
 #[derive(Clone)]
 struct Ctx {
     console_dir: PathBuf,
+    session: Option<SessionWatch>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,9 +61,10 @@ pub fn valid_tap(s: &str) -> bool {
             .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// Publishes the address as a label and serves the node API in `tasks`.
+/// Publishes the address as a label and serves the node API in `tasks`;
+/// `/v1/etcd-status` answers from `session` (404 without).
 /// A bind failure is logged, not fatal: instances matter more.
-pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>) {
+pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>, session: Option<SessionWatch>) {
     let addr = cfg.node_api();
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -66,9 +73,11 @@ pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>) {
             return;
         }
     };
+    // The bound address (a configured port 0 gets a real one).
+    let addr = listener.local_addr().unwrap_or(addr);
     cfg.labels
         .insert(NODE_API_LABEL.to_string(), addr.to_string());
-    let app = router(cfg.state_dir.join("console"));
+    let app = router(cfg.state_dir.join("console"), session);
     info!(%addr, "node API listening");
     tasks.spawn(
         async move {
@@ -80,11 +89,22 @@ pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>) {
     );
 }
 
-fn router(console_dir: PathBuf) -> Router {
+fn router(console_dir: PathBuf, session: Option<SessionWatch>) -> Router {
     Router::new()
         .route("/v1/console/{id}", get(console))
         .route("/v1/capture/{tap}", get(capture))
-        .with_state(Ctx { console_dir })
+        .route("/v1/etcd-status", get(etcd_status))
+        .with_state(Ctx {
+            console_dir,
+            session,
+        })
+}
+
+async fn etcd_status(State(ctx): State<Ctx>) -> Response {
+    match &ctx.session {
+        Some(s) => axum::Json(s.status()).into_response(),
+        None => (StatusCode::NOT_FOUND, "no etcd session here\n").into_response(),
+    }
 }
 
 fn stream_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
@@ -222,7 +242,7 @@ mod tests {
         std::fs::write(dir.path().join(format!("{id}.log")), "NUBO-GUEST-IP: x\n").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(dir.path().to_path_buf());
+        let app = router(dir.path().to_path_buf(), None);
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let body = http_get(addr, &format!("/v1/console/{id}")).await;
         assert!(body.contains("200 OK"), "{body}");
@@ -233,6 +253,42 @@ mod tests {
         )
         .await;
         assert!(body.contains("404"), "{body}");
+        srv.abort();
+    }
+
+    #[tokio::test]
+    async fn etcd_status_reports_the_session() {
+        use crate::fencing::{Clock, LeaseAck, ManualClock};
+        use nubo_common::model::{EtcdSessionStatus, FencePhase};
+        let clock = std::sync::Arc::new(ManualClock::new(std::time::Instant::now()));
+        let cfg = AgentConfig::new(crate::testutil::node_name("n1"), vec![]);
+        let (tx, session) = crate::fencer::session(&cfg, clock.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(std::env::temp_dir(), Some(session));
+        let srv = tokio::spawn(async move { axum::serve(listener, app).await });
+        let status = |body: String| -> EtcdSessionStatus {
+            let (_, json) = body.split_once("\r\n\r\n").unwrap();
+            serde_json::from_str(json).unwrap()
+        };
+        let st = status(http_get(addr, "/v1/etcd-status").await);
+        assert_eq!(
+            (st.healthy, st.last_ack_age_ms),
+            (false, None),
+            "never acked"
+        );
+        assert_eq!(st.node.as_str(), "n1");
+        assert_eq!(st.phase, FencePhase::Normal, "no gate yet");
+        tx.acks.send_replace(Some(LeaseAck {
+            sent: clock.now(),
+            lease: 1,
+        }));
+        clock.advance(std::time::Duration::from_millis(300));
+        let st = status(http_get(addr, "/v1/etcd-status").await);
+        assert_eq!((st.healthy, st.last_ack_age_ms), (true, Some(300)));
+        // A later keep-alive failed: unhealthy at once.
+        tx.failures.send_replace(Some(clock.now()));
+        assert!(!status(http_get(addr, "/v1/etcd-status").await).healthy);
         srv.abort();
     }
 

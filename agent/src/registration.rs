@@ -11,6 +11,8 @@
 //! [`LeaseAck`] carrying the monotonic time its request was *sent*: that is
 //! what [`crate::fencer`] measures to self-fence before the lease can expire.
 //! A new lease is published only after `alive` has been written on it.
+//! Failed attempts are published too (the time they were made), so that the
+//! agent can tell its peers at once that its session is not working.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -84,12 +86,16 @@ fn disk_size_of(path: &Path) -> u64 {
 
 /// The node record for `cfg` with the given capacity.
 pub fn node_record(cfg: &AgentConfig, capacity: Resources) -> Node {
+    let mut labels = cfg.labels.clone();
+    if let Some(ip) = cfg.storage_ip {
+        labels.insert(model::STORAGE_IP_LABEL.to_string(), ip.to_string());
+    }
     Node {
         name: cfg.node.clone(),
         underlay_ip: cfg.underlay_ip,
         underlay_mtu: cfg.underlay_mtu,
         availability_zone: cfg.availability_zone.clone(),
-        labels: cfg.labels.clone(),
+        labels,
         capacity,
         agent_version: AGENT_VERSION.to_string(),
         registered_at: model::now(),
@@ -127,6 +133,7 @@ pub struct Liveness {
     since: model::Timestamp,
     registered: watch::Sender<bool>,
     acks: Option<watch::Sender<Option<LeaseAck>>>,
+    failures: Option<watch::Sender<Option<Instant>>>,
 }
 
 /// The lease and its keep-alive stream.
@@ -144,6 +151,7 @@ impl Liveness {
             since: model::now(),
             registered,
             acks: None,
+            failures: None,
         }
     }
 
@@ -151,6 +159,19 @@ impl Liveness {
     pub fn with_acks(mut self, acks: watch::Sender<Option<LeaseAck>>) -> Self {
         self.acks = Some(acks);
         self
+    }
+
+    /// Publishes the time of every failed keep-alive or registration
+    /// attempt on `failures`.
+    pub fn with_failures(mut self, failures: watch::Sender<Option<Instant>>) -> Self {
+        self.failures = Some(failures);
+        self
+    }
+
+    fn failed(&self) {
+        if let Some(tx) = &self.failures {
+            tx.send_replace(Some(Instant::now()));
+        }
     }
 
     fn acked(&self, sent: Instant, lease: i64) {
@@ -268,6 +289,7 @@ impl Liveness {
                         backoff.reset();
                     }
                     Err(e) => {
+                        self.failed();
                         let d = backoff.next_delay();
                         warn!(error = %e, retry_in = ?d, "registration failed; retrying");
                         tokio::time::sleep(d).await;
@@ -287,11 +309,13 @@ impl Liveness {
                         }
                     }
                     Ok(false) => {
+                        self.failed();
                         warn!(lease = h.id, "liveness lease expired; granting a new one");
                         held = None;
                         continue;
                     }
                     Err(e) => {
+                        self.failed();
                         failed_keepalives += 1;
                         if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                             warn!(lease = h.id, error = %e, failed = failed_keepalives, "lease keep-alive failing; retrying every 100 ms");

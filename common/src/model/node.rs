@@ -146,3 +146,87 @@ impl Default for EvacuationConfig {
         Self { enabled: true }
     }
 }
+
+/// Node label carrying the agent's node API address (`ip:port`), published
+/// by the agent at registration (`nubo server console`, peer witnesses and
+/// the coordinator's unfence check use it).
+pub const NODE_API_LABEL: &str = "nubo.node-api";
+
+/// Node label carrying the address the node's Ceph clients (agent, QEMU's
+/// librbd) connect from; absent = the underlay address. The storage fencer
+/// blocklists this address.
+pub const STORAGE_IP_LABEL: &str = "nubo.storage-ip";
+
+impl Node {
+    /// The address the node's storage clients use ([`STORAGE_IP_LABEL`],
+    /// else the underlay address). `None` when the label does not parse.
+    pub fn storage_ip(&self) -> Option<IpAddr> {
+        match self.labels.get(STORAGE_IP_LABEL) {
+            Some(s) => s.parse().ok(),
+            None => Some(self.underlay_ip),
+        }
+    }
+
+    /// The node API address ([`NODE_API_LABEL`]), when published.
+    pub fn node_api(&self) -> Option<&str> {
+        self.labels.get(NODE_API_LABEL).map(String::as_str)
+    }
+}
+
+/// Where an agent's self-fencing stands, as reported by its node API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FencePhase {
+    /// Keep-alives acknowledged; everything runs.
+    #[default]
+    Normal,
+    /// Keep-alives unacknowledged, but every peer reports etcd unreachable
+    /// too: the control plane is down, instances keep running.
+    Held,
+    /// Self-fenced: instances frozen.
+    Fenced,
+    /// Back from a fence; re-listing etcd before resuming anything.
+    Recovering,
+}
+
+/// `GET /v1/etcd-status` on an agent's node API: its etcd session as the
+/// agent sees it (peer witnesses, coordinator unfence check).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdSessionStatus {
+    /// The answering node.
+    pub node: NodeName,
+    /// Its liveness keep-alives are being acknowledged (the last one was
+    /// sent recently and no later attempt failed).
+    pub healthy: bool,
+    /// Milliseconds since the last acknowledged keep-alive was sent (`None`:
+    /// none yet).
+    #[serde(default)]
+    pub last_ack_age_ms: Option<u64>,
+    /// Its self-fencing phase.
+    pub phase: FencePhase,
+}
+
+#[cfg(test)]
+mod storage_ip_tests {
+    use super::*;
+
+    #[test]
+    fn storage_ip_defaults_to_the_underlay_address() {
+        let mut n = Node {
+            name: NodeName::new("n1").unwrap(),
+            underlay_ip: "10.0.0.1".parse().unwrap(),
+            underlay_mtu: 1500,
+            availability_zone: String::new(),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            agent_version: String::new(),
+            registered_at: crate::model::now(),
+        };
+        assert_eq!(n.storage_ip(), Some("10.0.0.1".parse().unwrap()));
+        n.labels.insert(STORAGE_IP_LABEL.into(), "10.9.0.1".into());
+        assert_eq!(n.storage_ip(), Some("10.9.0.1".parse().unwrap()));
+        n.labels.insert(STORAGE_IP_LABEL.into(), "junk".into());
+        assert_eq!(n.storage_ip(), None);
+        assert_eq!(n.node_api(), None);
+    }
+}

@@ -9,9 +9,10 @@
 //!    └──────── alive key back (from any state) ──────────── evacuated ◀──┘
 //! ```
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nubo_common::model::NodeHealthState;
+use nubo_common::NodeName;
 
 /// What the leader observes about one registered node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,19 @@ pub struct Observation {
     pub evacuation_enabled: bool,
     /// The retry timer of evacuation passes has expired and no pass runs.
     pub evacuation_due: bool,
+    /// No other node came (back) up after this one went down less than
+    /// [`TARGET_SETTLE`] ago. A node that just regained etcd may be the first
+    /// witness a *holding* agent can see (`docs/failure-handling.md`, "peer
+    /// witness"); moving instances onto it waits until that agent has had
+    /// time to notice and freeze.
+    pub targets_settled: bool,
 }
+
+/// How long a node that came up after a failed node went down is not used
+/// for its evacuation: an agent holding on a witnessed outage sees a peer's
+/// regained etcd session within one witness round (≤ 0.25 s pause + 2 ×
+/// 0.5 s probe timeout) and freezes within its 3 s budget: 4.25 s.
+pub const TARGET_SETTLE: Duration = Duration::from_secs(5);
 
 /// What to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +65,22 @@ pub enum Step {
     MarkEvacuated,
 }
 
+/// [`Observation::targets_settled`] for `node`, down since `down_since`
+/// (`None`: not down), given when this leader saw every node come up
+/// (`ups`, nodes currently up) and the current time. Pure.
+pub fn targets_settled(
+    node: &NodeName,
+    down_since: Option<Instant>,
+    ups: &[(NodeName, Instant)],
+    now: Instant,
+) -> bool {
+    ups.iter().all(|(n, up)| {
+        n == node
+            || down_since.is_none_or(|d| *up < d)
+            || now.saturating_duration_since(*up) >= TARGET_SETTLE
+    })
+}
+
 /// The next step for a node (see the module diagram).
 pub fn step(o: &Observation, suspect_grace: Duration) -> Step {
     use NodeHealthState::*;
@@ -70,7 +99,7 @@ pub fn step(o: &Observation, suspect_grace: Duration) -> Step {
         },
         Some(Fenced) => match o.auto_left {
             Some(0) => Step::MarkEvacuated,
-            _ if o.evacuation_enabled && o.evacuation_due => Step::Evacuate,
+            _ if o.evacuation_enabled && o.evacuation_due && o.targets_settled => Step::Evacuate,
             _ => Step::Nothing,
         },
         Some(Evacuated) => Step::Nothing,
@@ -92,6 +121,7 @@ mod tests {
             auto_left: None,
             evacuation_enabled: true,
             evacuation_due: true,
+            targets_settled: true,
         }
     }
 
@@ -129,9 +159,48 @@ mod tests {
         o.evacuation_due = true;
         o.evacuation_enabled = false;
         assert_eq!(step(&o, GRACE), Step::Nothing);
+        o.evacuation_enabled = true;
+        o.targets_settled = false;
+        assert_eq!(
+            step(&o, GRACE),
+            Step::Nothing,
+            "a target that just came up may be a holding agent's first witness"
+        );
         o.auto_left = Some(0);
         assert_eq!(step(&o, GRACE), Step::MarkEvacuated);
         assert_eq!(step(&obs(Some(Evacuated), false), GRACE), Step::Nothing);
+    }
+
+    #[test]
+    fn targets_that_came_up_after_the_failure_settle_first() {
+        let t0 = Instant::now();
+        let (a, b, c) = (
+            NodeName::new("a").unwrap(),
+            NodeName::new("b").unwrap(),
+            NodeName::new("c").unwrap(),
+        );
+        let down = Some(t0 + Duration::from_secs(10));
+        // b was up before a went down: settled at once.
+        let ups = vec![(b.clone(), t0)];
+        assert!(targets_settled(
+            &a,
+            down,
+            &ups,
+            t0 + Duration::from_secs(10)
+        ));
+        // c came (back) up after a went down: not before TARGET_SETTLE.
+        let c_up = t0 + Duration::from_secs(20);
+        let ups = vec![(b, t0), (c, c_up)];
+        assert!(!targets_settled(&a, down, &ups, c_up));
+        assert!(!targets_settled(
+            &a,
+            down,
+            &ups,
+            c_up + TARGET_SETTLE - Duration::from_millis(1)
+        ));
+        assert!(targets_settled(&a, down, &ups, c_up + TARGET_SETTLE));
+        // A node that is up itself is not waiting for anything.
+        assert!(targets_settled(&a, None, &ups, c_up));
     }
 
     #[test]

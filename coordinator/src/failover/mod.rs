@@ -50,6 +50,9 @@ pub struct PassOutcome {
 struct NodeRt {
     /// When this leader first saw the alive key absent (monotonic).
     down_since: Option<Instant>,
+    /// When this leader first saw the alive key present (its first tick for
+    /// nodes already alive when it took over).
+    up_since: Option<Instant>,
     /// The running evacuation pass.
     pass: Option<JoinHandle<ApiResult<PassOutcome>>>,
     /// Earliest next pass.
@@ -214,13 +217,24 @@ fn abort_all(rts: &mut HashMap<NodeName, NodeRt>) {
 async fn tick(ctx: &Ctx, lease: i64, rts: &mut HashMap<NodeName, NodeRt>) -> ApiResult<()> {
     let now = Instant::now();
     let mut switch: Option<bool> = None;
-    for (name, st) in ctx.view.all() {
+    let nodes = ctx.view.all();
+    for (name, st) in &nodes {
         let rt = rts.entry(name.clone()).or_default();
         if st.alive {
             rt.down_since = None;
-        } else if rt.down_since.is_none() {
-            rt.down_since = Some(now);
+            rt.up_since.get_or_insert(now);
+        } else {
+            rt.up_since = None;
+            rt.down_since.get_or_insert(now);
         }
+    }
+    let ups: Vec<(NodeName, Instant)> = rts
+        .iter()
+        .filter_map(|(n, rt)| rt.up_since.map(|u| (n.clone(), u)))
+        .collect();
+    for (name, st) in nodes {
+        let rt = rts.entry(name.clone()).or_default();
+        let targets_settled = machine::targets_settled(&name, rt.down_since, &ups, now);
         // Collect a finished pass.
         if rt.pass.as_ref().is_some_and(|p| p.is_finished()) {
             if let Some(p) = rt.pass.take() {
@@ -265,6 +279,7 @@ async fn tick(ctx: &Ctx, lease: i64, rts: &mut HashMap<NodeName, NodeRt>) -> Api
             auto_left,
             evacuation_enabled: enabled,
             evacuation_due: due,
+            targets_settled,
         };
         let span = tracing::info_span!("node_health", node = %name);
         match machine::step(&obs, ctx.cfg.failure.suspect_grace) {
@@ -282,7 +297,12 @@ async fn tick(ctx: &Ctx, lease: i64, rts: &mut HashMap<NodeName, NodeRt>) -> Api
                 async {
                     if unfence {
                         if let Err(e) = ctx.fencer.unfence(&name).await {
-                            tracing::warn!(node = %name, error = %e, "unfencing failed; retrying");
+                            // Retried every tick: log each new reason once.
+                            let e = e.to_string();
+                            if rt.fence_error.as_deref() != Some(e.as_str()) {
+                                tracing::warn!(node = %name, error = %e, "unfencing failed; retrying");
+                                rt.fence_error = Some(e);
+                            }
                             return Ok(false);
                         }
                     }

@@ -287,7 +287,10 @@ impl Ctx {
             node: from.clone(),
             updated_at: model::now(),
             last_error: Some(msg.to_string()),
-            volumes: old.as_ref().map(|s| s.value.volumes.clone()).unwrap_or_default(),
+            volumes: old
+                .as_ref()
+                .map(|s| s.value.volumes.clone())
+                .unwrap_or_default(),
             reboot_generation: old.map_or(0, |s| s.value.reboot_generation),
         };
         let mut compares = vec![etcd_client::Compare::version(
