@@ -5,6 +5,15 @@
 # prints its address, fetches its instance id from the metadata service and
 # pings the targets named on the kernel command line (nubo.ping=IP) or in the
 # user data (lines "ping IP"; a line "poweroff" powers the guest off).
+# Disk lines in the user data (each runs in the background and first waits,
+# polling every 0.5 s, for the virtio disk whose serial is SERIAL, so it
+# works for disks hot-plugged after boot):
+#   disk-write SERIAL PATTERN  writes 1 MiB of PATTERN repeated (O_DIRECT,
+#                              fsync), prints NUBO-GUEST-DISK-WRITE SERIAL ok SHA256
+#   disk-read SERIAL           prints NUBO-GUEST-DISK-READ SERIAL SHA256 of its first MiB
+#   disk-iops SERIAL SECONDS   4 KiB O_DIRECT writes for SECONDS, prints
+#                              NUBO-GUEST-DISK-IOPS SERIAL <ops/s> <ops> <centiseconds>
+#   disk-watch                 prints NUBO-GUEST-DISK-ADDED/REMOVED DEV SERIAL on hot-plug
 #
 # Output (cached; rebuilt only when missing or when this script changes):
 #   $NUBO_GUEST_DIR/vmlinuz, $NUBO_GUEST_DIR/initrd.gz
@@ -27,7 +36,7 @@ IMG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-
 [[ -n $IMG ]] || { echo "error: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 KVER=${IMG#linux-image-}
 (cd "$W" && apt-get download "$IMG" >/dev/null && dpkg -x "${IMG}"_*.deb k)
-cp "$W/k/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+cp "$W/k/boot/vmlinuz-$KVER" "$OUT/vmlinuz.new" && mv -f "$OUT/vmlinuz.new" "$OUT/vmlinuz"
 
 R=$W/root
 mkdir -p "$R"/{bin,proc,sys,dev,tmp,etc,lib/modules}
@@ -93,13 +102,45 @@ for t in $PINGS; do
       sleep 1
     done ) &
 done
+# Disks, by virtio serial (/sys/block/vd*/serial).
+disk_of() { for d in /sys/block/vd*; do [ -f "$d/serial" ] && [ "$(cat "$d/serial")" = "$1" ] && { echo "/dev/${d##*/}"; return 0; }; done; return 1; }
+wait_disk() { while ! disk_of "$1"; do sleep 0.5; done; }
+cs() { awk '{printf "%d", $1*100}' /proc/uptime; }
+echo "$UD" | while read -r cmd a1 a2; do
+  case "$cmd" in
+    disk-write) ( D=$(wait_disk "$a1")
+        yes "$a2" | head -c 1048576 > /tmp/pattern.$a1
+        if dd if=/tmp/pattern.$a1 of="$D" bs=65536 count=16 oflag=direct conv=fsync 2>/dev/null; then
+          sync; echo "NUBO-GUEST-DISK-WRITE $a1 ok $(sha256sum /tmp/pattern.$a1 | cut -d' ' -f1)"
+        else echo "NUBO-GUEST-DISK-WRITE $a1 fail"; fi ) & ;;
+    disk-read) ( D=$(wait_disk "$a1")
+        echo "NUBO-GUEST-DISK-READ $a1 $(dd if="$D" bs=65536 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)" ) & ;;
+    disk-iops) ( D=$(wait_disk "$a1"); N=0; T0=$(cs); END=$((T0 + ${a2:-5} * 100))
+        while [ "$(cs)" -lt "$END" ]; do
+          dd if=/dev/zero of="$D" bs=4096 count=20 seek=$((N % 20000)) oflag=direct 2>/dev/null || break
+          N=$((N + 20))
+        done
+        T=$(( $(cs) - T0 )); [ "$T" -gt 0 ] || T=1
+        echo "NUBO-GUEST-DISK-IOPS $a1 $((N * 100 / T)) $N $T" ) & ;;
+    disk-watch) ( OLD=""
+        while :; do
+          NOW=$(for d in /sys/block/vd*; do [ -e "$d" ] && echo "${d##*/}:$(cat "$d/serial" 2>/dev/null)"; done)
+          for x in $NOW; do echo "$OLD" | grep -qx "$x" || echo "NUBO-GUEST-DISK-ADDED ${x%%:*} ${x#*:}"; done
+          for x in $OLD; do echo "$NOW" | grep -qx "$x" || echo "NUBO-GUEST-DISK-REMOVED ${x%%:*} ${x#*:}"; done
+          OLD=$NOW; sleep 0.5
+        done ) & ;;
+  esac
+done
 if grep -q nubo.poweroff /proc/cmdline || echo "$UD" | grep -qx poweroff; then
   echo "NUBO-GUEST: powering off"; sleep 1; poweroff -f
 fi
 while :; do sleep 3600; done
 S
 chmod +x "$R/init" "$R/bin/udhcpc.script"
-(cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) > "$OUT/initrd.gz"
-chmod 644 "$OUT/vmlinuz" "$OUT/initrd.gz"
+# Replaced atomically: other test runs may be booting the previous guest.
+(cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) > "$OUT/initrd.gz.new"
+chmod 644 "$OUT/initrd.gz.new"
+mv -f "$OUT/initrd.gz.new" "$OUT/initrd.gz"
+chmod 644 "$OUT/vmlinuz"
 echo "$STAMP" > "$OUT/stamp"
 echo "$OUT"

@@ -9,7 +9,8 @@ PACKAGES=(
   # gRPC code generation (protoc + well-known types, needed by etcd-client too)
   protobuf-compiler libprotobuf-dev
   # data path: nftables, netlink tools for tests, real DHCP/HTTP clients
-  nftables iproute2 busybox-static isc-dhcp-client netcat-openbsd curl
+  # (libnftables-dev: nubo-firewall links libnftables and applies in-process)
+  nftables libnftables-dev iproute2 busybox-static isc-dhcp-client netcat-openbsd curl
   tcpdump iputils-ping iperf3 procps psmisc
   # compute: libvirt + QEMU (TCG where KVM cannot run guests), test guest build
   qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev cpio

@@ -40,7 +40,9 @@ pub mod plug_gate;
 pub mod power_sync;
 pub mod reconciler;
 pub mod registration;
+pub mod storage;
 pub mod store;
+pub mod volumes;
 pub mod watchdog;
 
 #[cfg(test)]

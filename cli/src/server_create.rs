@@ -25,9 +25,23 @@ pub struct CreateArgs {
     /// Flavor name.
     #[arg(long)]
     pub flavor: String,
-    /// Image name or id.
-    #[arg(long)]
+    /// Image name or id (optional with --boot-volume of a volume made from
+    /// an image).
+    #[arg(long, default_value = "", required_unless_present = "boot_volume")]
     pub image: String,
+    /// Existing volume (name or id) to attach at create; repeatable
+    /// (only with --count 1).
+    #[arg(long = "volume")]
+    pub volumes: Vec<String>,
+    /// Boot from this existing volume (name or id) instead of a root disk.
+    #[arg(long, conflicts_with = "boot_from_volume")]
+    pub boot_volume: Option<String>,
+    /// Boot from a new volume of this size (e.g. 20G) cloned from --image.
+    #[arg(long, value_parser = crate::volume_size::parse_size_gb)]
+    pub boot_from_volume: Option<i64>,
+    /// Delete the boot volume and the --volume ones with the server.
+    #[arg(long)]
+    pub delete_on_termination: bool,
     /// Network (name or id) to create a port on; repeat for more NICs.
     #[arg(long = "network")]
     pub networks: Vec<String>,
@@ -92,6 +106,14 @@ impl CreateArgs {
             stopped: self.stopped,
             evacuation_policy: self.evacuation_policy.clone().unwrap_or_default(),
             client_token: token.to_string(),
+            volumes: self.volumes.clone(),
+            boot_volume: self.boot_volume.clone().unwrap_or_default(),
+            // Negative sizes were refused by the parser.
+            boot_from_volume_size_gb: self
+                .boot_from_volume
+                .and_then(|g| u64::try_from(g).ok())
+                .unwrap_or_default(),
+            delete_on_termination: self.delete_on_termination,
         }
     }
 
@@ -461,6 +483,7 @@ mod tests {
                 stopped: false,
                 evacuation_policy: "never".into(),
                 client_token: "tok-1".into(),
+                ..Default::default()
             }
         );
     }

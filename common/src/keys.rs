@@ -167,6 +167,52 @@ pub fn volume(id: &VolumeId) -> String {
     format!("{ROOT}volumes/{id}")
 }
 
+/// `/nubo/v1/volume-types/`
+pub fn volume_types_prefix() -> String {
+    format!("{ROOT}volume-types/")
+}
+/// `/nubo/v1/volume-types/<name>` (`VolumeType`, global like flavors)
+pub fn volume_type(name: &str) -> String {
+    format!("{ROOT}volume-types/{name}")
+}
+/// `/nubo/v1/volume-snapshots/` — every volume's snapshots.
+pub fn volume_snapshots_root() -> String {
+    format!("{ROOT}volume-snapshots/")
+}
+/// `/nubo/v1/volume-snapshots/<volume>/` — one volume's snapshots.
+pub fn volume_snapshots_prefix(v: &VolumeId) -> String {
+    format!("{ROOT}volume-snapshots/{v}/")
+}
+/// `/nubo/v1/volume-snapshots/<volume>/<name>` (`VolumeSnapshot`; the RBD
+/// snapshot of the same name on the volume's image)
+pub fn volume_snapshot(v: &VolumeId, name: &str) -> String {
+    format!("{ROOT}volume-snapshots/{v}/{name}")
+}
+
+/// The meaning of a volume-type or volume-snapshot key. (Kept out of
+/// [`Key`] so that exhaustive matches on [`Key`] elsewhere keep compiling.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeKey {
+    /// `/volume-types/<name>`
+    Type(String),
+    /// `/volume-snapshots/<volume>/<name>`
+    Snapshot(VolumeId, String),
+}
+
+/// Classifies a volume-type or volume-snapshot key; `None` for anything
+/// else (volumes themselves are [`Key::Volume`]).
+pub fn parse_volume(key: &str) -> Option<VolumeKey> {
+    let rest = key.strip_prefix(ROOT)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    Some(match parts.as_slice() {
+        ["volume-types", n] if !n.is_empty() => VolumeKey::Type(n.to_string()),
+        ["volume-snapshots", v, n] if !n.is_empty() => {
+            VolumeKey::Snapshot(v.parse().ok()?, n.to_string())
+        }
+        _ => return None,
+    })
+}
+
 /// `/nubo/v1/instances/` — specs and their status sub-keys.
 pub fn instances_prefix() -> String {
     format!("{ROOT}instances/")
@@ -368,6 +414,8 @@ pub enum NameKind {
     Image,
     /// Server groups.
     ServerGroup,
+    /// Volumes.
+    Volume,
 }
 
 impl NameKind {
@@ -378,6 +426,7 @@ impl NameKind {
             Self::SecurityGroup => "secgroup",
             Self::Image => "image",
             Self::ServerGroup => "server-group",
+            Self::Volume => "volume",
         }
     }
 }
@@ -534,6 +583,29 @@ mod tests {
         assert_eq!(parse_identity(&token_key()), Some(IdentityKey::TokenKey));
         assert_eq!(parse_identity("/nubo/v1/roles/alice/_bad"), None);
         assert_eq!(parse(&user(&u)), None);
+    }
+
+    #[test]
+    fn volume_keys_parse_back() {
+        let v = VolumeId::new_random();
+        assert_eq!(
+            parse_volume(&volume_type("ssd")),
+            Some(VolumeKey::Type("ssd".into()))
+        );
+        assert_eq!(
+            parse_volume(&volume_snapshot(&v, "s1")),
+            Some(VolumeKey::Snapshot(v, "s1".into()))
+        );
+        assert!(volume_snapshot(&v, "s1").starts_with(&volume_snapshots_prefix(&v)));
+        assert!(volume_snapshots_prefix(&v).starts_with(&volume_snapshots_root()));
+        assert_eq!(parse(&volume(&v)), Some(Key::Volume(v)));
+        assert_eq!(parse(&volume_type("ssd")), None);
+        assert_eq!(parse_volume(&volume(&v)), None);
+        assert_eq!(
+            parse_volume("/nubo/v1/volume-snapshots/not-a-uuid/s1"),
+            None
+        );
+        assert_eq!(parse_volume("/nubo/v1/volume-types/"), None);
     }
 
     #[test]

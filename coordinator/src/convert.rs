@@ -336,6 +336,80 @@ pub fn server(
             .unwrap_or_else(|| ts(&i.created_at)),
         launch_index: i.launch_index,
         evacuation_policy: evacuation_name(i.evacuation).into(),
+        volume_ids: i.volumes.iter().map(|v| v.volume.to_string()).collect(),
+        boot_volume_id: i
+            .boot_volume
+            .as_ref()
+            .map(|v| v.volume.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// The API name of a volume status (`in-use` as in OpenStack).
+pub fn volume_status_name(s: model::VolumeStatus) -> &'static str {
+    match s {
+        model::VolumeStatus::Creating => "creating",
+        model::VolumeStatus::Available => "available",
+        model::VolumeStatus::InUse => "in-use",
+        model::VolumeStatus::Detaching => "detaching",
+        model::VolumeStatus::Deleting => "deleting",
+        model::VolumeStatus::Error => "error",
+        model::VolumeStatus::Reverting => "reverting",
+    }
+}
+
+/// Volume; `rbd_image` is `pool/vol-<id>` (empty when Ceph is not
+/// configured), `attachment` the server's attachment record, if any.
+pub fn volume(
+    v: &model::Volume,
+    rbd_image: String,
+    attachment: Option<(&model::VolumeAttachment, bool)>,
+) -> pb::Volume {
+    pb::Volume {
+        id: v.id.to_string(),
+        name: v.name.clone(),
+        project: v.project.to_string(),
+        size_gb: v.size_gb,
+        volume_type: v.volume_type.clone().unwrap_or_default(),
+        status: volume_status_name(v.status).into(),
+        attached_to: v.attached_to.map(|i| i.to_string()).unwrap_or_default(),
+        source_image: v.source_image.map(|i| i.to_string()).unwrap_or_default(),
+        status_reason: v.status_reason.clone().unwrap_or_default(),
+        created_at: ts(&v.created_at),
+        rbd_image,
+        serial: model::volume_serial(&v.id),
+        boot: attachment.is_some_and(|(_, boot)| boot),
+        delete_on_termination: attachment.is_some_and(|(a, _)| a.delete_on_termination),
+    }
+}
+
+/// Volume QoS to proto (absent = unlimited).
+pub fn qos(q: &model::Qos) -> pb::VolumeQos {
+    pb::VolumeQos {
+        read_iops_sec: q.read_iops_sec,
+        write_iops_sec: q.write_iops_sec,
+        read_bytes_sec: q.read_bytes_sec,
+        write_bytes_sec: q.write_bytes_sec,
+    }
+}
+
+/// Volume type.
+pub fn volume_type(t: &model::VolumeType) -> pb::VolumeType {
+    pb::VolumeType {
+        name: t.name.clone(),
+        qos: Some(qos(&t.qos)),
+        created_at: ts(&t.created_at),
+    }
+}
+
+/// Volume snapshot.
+pub fn volume_snapshot(s: &model::VolumeSnapshot) -> pb::VolumeSnapshot {
+    pb::VolumeSnapshot {
+        volume_id: s.volume.to_string(),
+        name: s.name.clone(),
+        project: s.project.to_string(),
+        size_gb: s.size_gb,
+        created_at: ts(&s.created_at),
     }
 }
 

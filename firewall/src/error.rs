@@ -3,31 +3,58 @@
 /// Why applying, listing or removing the firewall failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    /// A helper program (`nft`, `ip`, `tee`) could not be started or fed.
-    #[error("could not run {program}: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A helper program ran and failed.
-    #[error("{what} failed ({status}): {stderr}")]
-    CommandFailed {
+    /// libnftables ran the commands and failed (a syntax or evaluation
+    /// error, or the kernel refused the transaction, which then changed
+    /// nothing). `message` is the library's error buffer: what `nft` would
+    /// have printed on stderr.
+    #[error("{what} failed (libnftables returned {code}): {message}")]
+    Nft {
         /// The operation, e.g. "apply ruleset".
         what: &'static str,
-        /// Exit status.
-        status: String,
-        /// What the program printed on stderr.
-        stderr: String,
+        /// The return code of `nft_run_cmd_from_buffer`.
+        code: i32,
+        /// The library's error text.
+        message: String,
     },
-    /// A helper program printed something that is not UTF-8.
+    /// The commands contain a NUL byte, which a C string cannot carry.
+    #[error("{what}: command text contains a NUL byte at offset {position}")]
+    NulInCommand {
+        /// The operation.
+        what: &'static str,
+        /// Offset of the first NUL byte.
+        position: usize,
+    },
+    /// nftables printed something that is not UTF-8.
     #[error("{what}: output is not UTF-8")]
     BadOutput {
         /// The operation.
         what: &'static str,
     },
+    /// A libnftables context could not be set up.
+    #[error("cannot set up a libnftables context: {0}")]
+    Context(&'static str),
+    /// No netfilter netlink socket can be opened in the namespace (no
+    /// nf_tables support, no permission, out of descriptors); checked
+    /// before creating a context because libnftables would exit the
+    /// process instead of reporting it.
+    #[error("cannot open a netfilter netlink socket: {source}")]
+    Netlink {
+        /// The socket(2) error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A network namespace could not be identified or entered.
+    #[error("cannot enter network namespace {name}: {source}")]
+    Netns {
+        /// The namespace name (or the file that failed).
+        name: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The helper thread that enters a named namespace failed.
+    #[error("namespace helper thread: {0}")]
+    Thread(String),
     /// The bridge netfilter sysctls are missing or not writable (is
     /// `br_netfilter` loaded?); stateful filtering cannot work without them.
     #[error("cannot enable bridge netfilter via {path} (is br_netfilter loaded?): {source}")]

@@ -4,18 +4,22 @@
 //! The agent maps its ports and security groups to a [`FirewallSpec`],
 //! renders it with the pure [`ruleset`] function, compares it with the live
 //! tables ([`current`] + [`plan`]) and, if needed, [`apply`]s it in one
-//! atomic `nft -f` transaction. See [`render`] for the layout of the tables
-//! and why conntrack state comes through `br_netfilter`.
+//! atomic transaction: the same text `nft -f` would read, run in process
+//! through libnftables ([`libnft`], linked from `libnftables.so.1`). See
+//! [`render`] for the layout of the tables and why conntrack state comes
+//! through `br_netfilter`.
 
 pub mod compile;
 pub mod error;
 pub mod interval;
+pub mod libnft;
 pub mod names;
 pub mod nft;
 pub mod render;
 pub mod spec;
 
 pub use error::FirewallError;
+pub use libnft::Nft;
 pub use nft::{
     apply, apply_in, current, current_in, plan, remove, remove_in, FirewallAction, Netns,
 };

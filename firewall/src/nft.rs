@@ -1,24 +1,26 @@
-//! Side effects: running `nft` to apply, list and remove nubo's tables.
+//! Side effects: applying, listing and removing nubo's tables through
+//! libnftables, in process (see [`crate::libnft`]).
 //!
 //! Every function works in the caller's current network namespace; the `_in`
 //! variants take a [`Netns`] so tests (and tools) can target a named
-//! namespace through `ip netns exec`.
+//! namespace.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::error::FirewallError;
+use crate::libnft::{in_named_netns, NetnsId, Nft};
 use crate::render::{fingerprint_of, Ruleset, TABLE};
 
-/// Where to run `nft`.
+/// Where to act.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Netns {
     /// The calling thread's network namespace.
     #[default]
     Current,
-    /// A namespace created with `ip netns add` (run via `ip netns exec`).
+    /// A namespace created with `ip netns add` (a file under `/run/netns`),
+    /// entered with `setns` on a short-lived helper thread.
     Named(String),
 }
 
@@ -66,13 +68,18 @@ pub fn apply(rs: &Ruleset) -> Result<(), FirewallError> {
     apply_in(&Netns::Current, rs)
 }
 
-/// Applies `rs` in `ns`: one `nft -f -` transaction that creates, flushes
-/// and refills both nubo tables, so packets see either the old or the new
-/// ruleset. Also turns on `bridge-nf-call-ip{,6}tables` in that namespace,
-/// without which stateful filtering cannot work. No other table is touched.
+/// Applies `rs` in `ns`: one libnftables command buffer, hence one netlink
+/// batch and one kernel transaction, that creates, deletes and refills both
+/// nubo tables, so packets see either the old or the new ruleset (exactly
+/// what `nft -f` of the same text does). Also turns on
+/// `bridge-nf-call-ip{,6}tables` in that namespace, without which stateful
+/// filtering cannot work. No other table is touched.
 pub fn apply_in(ns: &Netns, rs: &Ruleset) -> Result<(), FirewallError> {
-    enable_bridge_netfilter(ns)?;
-    run_nft(ns, &["-f", "-"], Some(&rs.transaction()), "apply ruleset")?;
+    let transaction = rs.transaction();
+    with_nft(ns, |nft| {
+        enable_bridge_netfilter()?;
+        nft.run("apply ruleset", &transaction).map(drop)
+    })?;
     info!(fingerprint = rs.fingerprint(), "firewall ruleset applied");
     Ok(())
 }
@@ -84,33 +91,25 @@ pub fn current() -> Result<Option<String>, FirewallError> {
 }
 
 /// Lists nubo's live tables in `ns` (nft's own listing of `table bridge
-/// nubo` followed by `table inet nubo`); `None` when the bridge table does
-/// not exist.
+/// nubo` followed by `table inet nubo`, as `nft list table …` prints them);
+/// `None` when the bridge table does not exist.
 pub fn current_in(ns: &Netns) -> Result<Option<String>, FirewallError> {
-    let tables = run_nft(ns, &["list", "tables"], None, "list tables")?;
-    let has = |family: &str| {
-        tables
-            .lines()
-            .any(|l| l.trim() == format!("table {family} {TABLE}"))
-    };
-    if !has("bridge") {
-        return Ok(None);
-    }
-    let mut out = run_nft(
-        ns,
-        &["list", "table", "bridge", TABLE],
-        None,
-        "list bridge table",
-    )?;
-    if has("inet") {
-        out.push_str(&run_nft(
-            ns,
-            &["list", "table", "inet", TABLE],
-            None,
-            "list inet table",
-        )?);
-    }
-    Ok(Some(out))
+    with_nft(ns, |nft| {
+        let tables = nft.run("list tables", "list tables")?;
+        let has = |family: &str| {
+            tables
+                .lines()
+                .any(|l| l.trim() == format!("table {family} {TABLE}"))
+        };
+        if !has("bridge") {
+            return Ok(None);
+        }
+        let mut out = nft.run("list bridge table", &format!("list table bridge {TABLE}"))?;
+        if has("inet") {
+            out.push_str(&nft.run("list inet table", &format!("list table inet {TABLE}"))?);
+        }
+        Ok(Some(out))
+    })
 }
 
 /// Deletes nubo's tables in the current namespace (a no-op if absent).
@@ -118,7 +117,7 @@ pub fn remove() -> Result<(), FirewallError> {
     remove_in(&Netns::Current)
 }
 
-/// Deletes nubo's tables in `ns` (a no-op if absent).
+/// Deletes nubo's tables in `ns` (a no-op if absent), in one transaction.
 pub fn remove_in(ns: &Netns) -> Result<(), FirewallError> {
     let mut tx = String::new();
     for family in ["bridge", "inet"] {
@@ -126,91 +125,57 @@ pub fn remove_in(ns: &Netns) -> Result<(), FirewallError> {
             "add table {family} {TABLE}\ndelete table {family} {TABLE}\n"
         ));
     }
-    run_nft(ns, &["-f", "-"], Some(&tx), "remove tables")?;
+    with_nft(ns, |nft| nft.run("remove tables", &tx).map(drop))?;
     info!("firewall tables removed");
     Ok(())
 }
 
-fn command(ns: &Netns, program: &str) -> Command {
+/// The context for [`Netns::Current`], kept for the life of the process
+/// (one netlink socket, no set-up per call) together with the namespace it
+/// acts on; replaced when the calling thread is in another namespace, and
+/// dropped after a failed call so the next one starts afresh.
+static CURRENT: Mutex<Option<Nft>> = Mutex::new(None);
+
+/// Runs `f` with a libnftables context acting on `ns`, from the calling
+/// thread ([`Netns::Current`]) or a helper thread inside the named
+/// namespace (with a context of its own); either way one thread at a time.
+fn with_nft<T: Send>(
+    ns: &Netns,
+    f: impl FnOnce(&mut Nft) -> Result<T, FirewallError> + Send,
+) -> Result<T, FirewallError> {
     match ns {
-        Netns::Current => Command::new(program),
-        Netns::Named(name) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", name, program]);
-            c
-        }
-    }
-}
-
-/// Runs `program args` (in `ns`) with optional stdin; returns stdout.
-fn run(
-    ns: &Netns,
-    program: &str,
-    args: &[&str],
-    input: Option<&str>,
-    what: &'static str,
-) -> Result<String, FirewallError> {
-    let mut cmd = command(ns, program);
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    debug!(?cmd, "running");
-    let spawn_err = |source| FirewallError::Spawn {
-        program: program.to_owned(),
-        source,
-    };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(spawn_err)?;
-    }
-    let output = child.wait_with_output().map_err(spawn_err)?;
-    if !output.status.success() {
-        return Err(FirewallError::CommandFailed {
-            what,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    String::from_utf8(output.stdout).map_err(|_| FirewallError::BadOutput { what })
-}
-
-fn run_nft(
-    ns: &Netns,
-    args: &[&str],
-    input: Option<&str>,
-    what: &'static str,
-) -> Result<String, FirewallError> {
-    run(ns, "nft", args, input, what)
-}
-
-fn enable_bridge_netfilter(ns: &Netns) -> Result<(), FirewallError> {
-    for path in BRIDGE_NF_SYSCTLS {
-        match ns {
-            Netns::Current => {
-                let value = std::fs::read_to_string(path).map_err(|source| {
-                    FirewallError::BridgeNetfilter {
-                        path: path.to_owned(),
-                        source,
-                    }
-                })?;
-                if value.trim() != "1" {
-                    std::fs::write(path, "1\n").map_err(|source| {
-                        FirewallError::BridgeNetfilter {
-                            path: path.to_owned(),
-                            source,
-                        }
-                    })?;
-                    info!(path, "enabled bridge netfilter");
+        Netns::Current => {
+            let here = NetnsId::of_current_thread()?;
+            let mut slot = CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
+            let nft = match slot.take() {
+                Some(nft) if nft.netns() == here => slot.insert(nft),
+                stale => {
+                    drop(stale);
+                    slot.insert(Nft::new()?)
                 }
+            };
+            let result = f(nft);
+            if result.is_err() {
+                *slot = None;
             }
-            Netns::Named(_) => {
-                run(ns, "tee", &[path], Some("1\n"), "enable bridge netfilter")?;
-            }
+            result
+        }
+        Netns::Named(name) => in_named_netns(name, || f(&mut Nft::new()?)),
+    }
+}
+
+/// Turns on bridge netfilter in the calling thread's namespace
+/// (`/proc/sys/net` is per network namespace).
+fn enable_bridge_netfilter() -> Result<(), FirewallError> {
+    for path in BRIDGE_NF_SYSCTLS {
+        let io_err = |source| FirewallError::BridgeNetfilter {
+            path: path.to_owned(),
+            source,
+        };
+        let value = std::fs::read_to_string(path).map_err(io_err)?;
+        if value.trim() != "1" {
+            std::fs::write(path, "1\n").map_err(io_err)?;
+            info!(path, "enabled bridge netfilter");
         }
     }
     Ok(())

@@ -4,9 +4,10 @@ mod common;
 
 use common::lab::{eventually, Lab};
 use common::specs::*;
+use nubo_firewall::libnft::in_named_netns;
 use nubo_firewall::{
     apply_in, current_in, plan, remove_in, ruleset, ruleset_with_mode, Direction, FirewallAction,
-    FirewallSpec, PortSpec, Protocol, Remote, RenderMode,
+    FirewallError, FirewallSpec, Nft, PortSpec, Protocol, Remote, RenderMode,
 };
 
 fn lab_port(lab: &Lab, g: usize, groups: &[&str]) -> PortSpec {
@@ -69,6 +70,108 @@ fn kernel_accepts_every_rendering_and_restart_is_a_noop() {
     remove_in(&ns).expect("remove");
     assert_eq!(current_in(&ns).expect("list"), None);
     remove_in(&ns).expect("remove is idempotent");
+}
+
+/// `cat` of a file inside the lab's host namespace.
+fn host_cat(lab: &Lab, path: &str) -> String {
+    let out = lab.exec(&lab.host, &["cat", path]);
+    assert!(out.status.success(), "cat {path}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn library_applies_in_a_fresh_namespace_and_reads_it_back() {
+    let lab = Lab::new(1);
+    let ns = lab.netns();
+    let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    // Off, so the apply has to turn it on: in the lab's namespace.
+    lab.host_ok(&["sh", "-c", &format!("echo 0 > {sysctl}")]);
+    assert_eq!(host_cat(&lab, sysctl), "0");
+    let rs = ruleset(&spec(
+        vec![lab_port(&lab, 0, &["default"])],
+        vec![default_group("default", &[&lab.guests[0].ip])],
+    ));
+    assert_eq!(current_in(&ns).expect("list"), None);
+
+    apply_in(&ns, &rs).expect("apply through libnftables");
+    assert_eq!(
+        host_cat(&lab, sysctl),
+        "1",
+        "bridge netfilter enabled there"
+    );
+
+    // Read back through the library: both tables, our fingerprint, no-op.
+    let listed = current_in(&ns).expect("list").expect("tables exist");
+    assert!(listed.starts_with("table bridge nubo {"), "{listed}");
+    assert!(listed.contains("table inet nubo {"), "{listed}");
+    assert_eq!(plan(&rs, Some(&listed)), FirewallAction::Noop);
+    // The `nft` program in that namespace sees the very same tables, and
+    // the library prints them as it does.
+    let by_program = lab.exec(&lab.host, &["nft", "list", "table", "bridge", "nubo"]);
+    assert!(by_program.status.success(), "{by_program:?}");
+    let by_program = String::from_utf8_lossy(&by_program.stdout).to_string();
+    assert!(
+        listed.starts_with(&by_program),
+        "library:\n{listed}\nnft:\n{by_program}"
+    );
+    // And they are where the lab's guest port is filtered.
+    assert!(listed.contains(&lab.guests[0].tap), "{listed}");
+
+    // JSON output through the wrapper, in the same namespace.
+    let json = in_named_netns(&lab.host, || {
+        let mut nft = Nft::new()?;
+        nft.set_json(true);
+        nft.run("list as JSON", "list table bridge nubo")
+    })
+    .expect("JSON listing");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let items = json["nftables"].as_array().expect("nftables array");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["table"]["family"] == "bridge" && i["table"]["name"] == "nubo"),
+        "{json}"
+    );
+
+    // A transaction the kernel rejects (its second command fails) changes
+    // nothing, and the error carries libnftables' text.
+    let err = in_named_netns(&lab.host, || {
+        Nft::new()?.run(
+            "bad transaction",
+            "delete table bridge nubo\ndelete table bridge nubo\n",
+        )
+    })
+    .expect_err("the second delete fails");
+    let FirewallError::Nft { what, message, .. } = &err else {
+        panic!("unexpected error {err:?}");
+    };
+    assert_eq!(*what, "bad transaction");
+    assert!(message.contains("No such file or directory"), "{message}");
+    assert_eq!(
+        current_in(&ns).expect("list").as_deref(),
+        Some(listed.as_str()),
+        "the failed transaction left the tables as they were"
+    );
+
+    remove_in(&ns).expect("remove");
+    assert_eq!(current_in(&ns).expect("list"), None);
+}
+
+#[test]
+fn current_acts_on_the_calling_threads_namespace() {
+    // `Netns::Current` keeps one library context; a thread in another
+    // namespace must get one of its own, not the cached one.
+    let (a, b) = (Lab::new(0), Lab::new(0));
+    let rs = ruleset(&FirewallSpec::default());
+    in_named_netns(&a.host, || nubo_firewall::apply(&rs)).expect("apply in a");
+    let in_b = in_named_netns(&b.host, nubo_firewall::current).expect("list in b");
+    assert_eq!(in_b, None, "b is untouched");
+    let in_a = in_named_netns(&a.host, nubo_firewall::current).expect("list in a");
+    assert_eq!(plan(&rs, in_a.as_deref()), FirewallAction::Noop);
+    in_named_netns(&a.host, nubo_firewall::remove).expect("remove in a");
+    assert_eq!(current_in(&a.netns()).expect("list"), None);
+    // Removing absent tables is a no-op, in b too.
+    in_named_netns(&b.host, nubo_firewall::remove).expect("remove in b");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! This crate does not depend on the agent; the agent wraps it behind its
 //! `Hypervisor` trait.
 
+mod disk;
 mod driver;
 mod error;
 mod events;
@@ -20,7 +21,10 @@ mod info;
 mod spec;
 mod xml;
 
-pub use driver::{DriverConfig, LibvirtDriver, ShutdownOutcome};
+pub use disk::{
+    parse_disks, rbd_disk_xml, volume_disk_xml, AttachedDisk, IoTune, MonHost, RbdDisk, VolumeDisk,
+};
+pub use driver::{ceph_secret_xml, DriverConfig, LibvirtDriver, ShutdownOutcome};
 pub use error::DriverError;
 pub use events::{DomainEvent, EventStream, LifecycleEvent, StopReason};
 pub use ffi::VirError;

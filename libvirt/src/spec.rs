@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use crate::disk::{RbdDisk, VolumeDisk};
+
 /// Prefix of the libvirt domain name of every nubo instance (`nubo-<uuid>`).
 pub const DEFAULT_NAME_PREFIX: &str = "nubo-";
 
@@ -35,6 +37,9 @@ pub enum DiskSpec {
         /// Absolute path of the qcow2 file.
         path: PathBuf,
     },
+    /// A Ceph RBD image (e.g. a COW clone of an imported image), reached
+    /// by QEMU's librbd client.
+    Rbd(RbdDisk),
 }
 
 /// A network interface backed by a tap device that nubo creates and owns.
@@ -72,6 +77,8 @@ pub struct DomainSpec {
     pub memory_mb: u64,
     /// Root disk.
     pub disk: DiskSpec,
+    /// Data disks (volumes) after the root disk, in target order.
+    pub volumes: Vec<VolumeDisk>,
     /// Direct kernel boot; `None` boots from the disk.
     pub kernel: Option<KernelBoot>,
     /// Network interfaces, in guest order.
@@ -129,6 +136,16 @@ pub enum SpecError {
         /// Offending path.
         path: PathBuf,
     },
+    /// A volume with a bad target, serial or RBD name.
+    #[error("instance {instance_id}: volume disk {target:?}: {reason}")]
+    Volume {
+        /// Instance concerned.
+        instance_id: String,
+        /// The volume's target device.
+        target: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// MTU outside 68..=65535.
     #[error("instance {instance_id}: MTU {mtu} out of range 68..=65535")]
     Mtu {
@@ -178,8 +195,11 @@ impl DomainSpec {
                 }
             }
         }
-        let DiskSpec::LocalQcow2 { path } = &self.disk;
-        let mut paths = vec![("disk", path), ("console log", &self.console_log)];
+        let mut paths = vec![("console log", &self.console_log)];
+        if let DiskSpec::LocalQcow2 { path } = &self.disk {
+            paths.push(("disk", path));
+        }
+        self.validate_volumes()?;
         if let Some(k) = &self.kernel {
             paths.push(("kernel", &k.kernel));
             if let Some(initrd) = &k.initrd {
@@ -197,6 +217,43 @@ impl DomainSpec {
         }
         Ok(())
     }
+}
+
+impl DomainSpec {
+    fn validate_volumes(&self) -> Result<(), SpecError> {
+        let mut seen = std::collections::BTreeSet::from(["vda".to_owned()]);
+        for v in &self.volumes {
+            let bad = |reason| SpecError::Volume {
+                instance_id: self.instance_id.clone(),
+                target: v.target.clone(),
+                reason,
+            };
+            if !valid_target(&v.target) {
+                return Err(bad("target must be vd[b-z]"));
+            }
+            if !seen.insert(v.target.clone()) {
+                return Err(bad("target used twice"));
+            }
+            if v.serial.is_empty()
+                || v.serial.len() > 20
+                || !v
+                    .serial
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad("serial must be 1-20 characters of [A-Za-z0-9_-]"));
+            }
+            if !v.source.name.contains('/') || v.source.name.contains(char::is_whitespace) {
+                return Err(bad("RBD name must be pool/image"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `vdb` … `vdz`.
+fn valid_target(t: &str) -> bool {
+    t.len() == 3 && t.starts_with("vd") && t.as_bytes()[2].is_ascii_lowercase() && t != "vda"
 }
 
 /// Linux interface name rules: 1..=15 bytes, no '/', ':' or whitespace.

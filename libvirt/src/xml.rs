@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::disk::{rbd_disk_xml, IoTune};
 use crate::spec::{DiskSpec, DomainSpec, DEFAULT_NAME_PREFIX};
 
 /// XML namespace of the `<nubo:instance>` metadata element that marks a
@@ -71,6 +72,18 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
             let _ = writeln!(x, "      <target dev='vda' bus='virtio'/>");
             let _ = writeln!(x, "    </disk>");
         }
+        DiskSpec::Rbd(rbd) => {
+            x.push_str(&rbd_disk_xml(rbd, "vda", None, &IoTune::default(), 4));
+        }
+    }
+    for v in &spec.volumes {
+        x.push_str(&rbd_disk_xml(
+            &v.source,
+            &v.target,
+            Some(&v.serial),
+            &v.iotune,
+            4,
+        ));
     }
     for nic in &spec.nics {
         let _ = writeln!(x, "    <interface type='ethernet'>");

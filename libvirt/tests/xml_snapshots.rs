@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nubo_libvirt::{
-    domain_xml, domain_xml_with_prefix, DiskSpec, DomainSpec, DomainType, KernelBoot, Nic,
-    SpecError,
+    domain_xml, domain_xml_with_prefix, parse_disks, DiskSpec, DomainSpec, DomainType, IoTune,
+    KernelBoot, MonHost, Nic, RbdDisk, SpecError, VolumeDisk,
 };
 
 fn full_spec() -> DomainSpec {
@@ -18,6 +18,7 @@ fn full_spec() -> DomainSpec {
         disk: DiskSpec::LocalQcow2 {
             path: "/var/lib/nubo/instances/3f2a9c1e-8b7d-4e6f-a5c4-1d2e3f4a5b6c/disk.qcow2".into(),
         },
+        volumes: vec![],
         kernel: Some(KernelBoot {
             kernel: "/var/cache/nubo/test-guest/vmlinuz".into(),
             initrd: Some("/var/cache/nubo/test-guest/initrd.gz".into()),
@@ -50,6 +51,7 @@ fn minimal_spec() -> DomainSpec {
         disk: DiskSpec::LocalQcow2 {
             path: "/srv/disk.qcow2".into(),
         },
+        volumes: vec![],
         kernel: None,
         nics: vec![],
         console_log: "/srv/console.log".into(),
@@ -172,4 +174,84 @@ fn invalid_specs_are_rejected_precisely() {
             ..
         })
     ));
+}
+
+fn rbd(name: &str) -> RbdDisk {
+    RbdDisk {
+        name: name.to_owned(),
+        hosts: vec![
+            MonHost {
+                host: "10.0.0.1".to_owned(),
+                port: 6789,
+            },
+            MonHost {
+                host: "10.0.0.2".to_owned(),
+                port: 6789,
+            },
+        ],
+        username: "nubo-agent".to_owned(),
+        secret_uuid: "9f0b6a8e-1c2d-4e3f-8a9b-0c1d2e3f4a5b".to_owned(),
+    }
+}
+
+/// Root disk on RBD (a clone) plus two volumes, one with QoS.
+fn rbd_spec() -> DomainSpec {
+    let mut s = minimal_spec();
+    s.disk = DiskSpec::Rbd(rbd("vms/00000000-0000-4000-8000-000000000001-disk"));
+    s.volumes = vec![
+        VolumeDisk {
+            target: "vdb".to_owned(),
+            source: rbd("volumes/vol-7c9e6679-7425-40de-944b-e07fc1f90ae7"),
+            serial: "7c9e6679742540de944b".to_owned(),
+            iotune: IoTune {
+                write_iops_sec: Some(200),
+                read_bytes_sec: Some(10 << 20),
+                ..IoTune::default()
+            },
+        },
+        VolumeDisk {
+            target: "vdc".to_owned(),
+            source: rbd("volumes/vol-2"),
+            serial: "vol2".to_owned(),
+            iotune: IoTune::default(),
+        },
+    ];
+    s
+}
+
+#[test]
+fn rbd_spec_snapshot() {
+    let spec = rbd_spec();
+    spec.validate().expect("valid spec");
+    let xml = domain_xml(&spec);
+    assert_snapshot("rbd.xml", &xml);
+    validate_with_libvirt("rbd.xml", &xml);
+    let disks = parse_disks(&xml);
+    let targets: Vec<&str> = disks.iter().map(|d| d.target.as_str()).collect();
+    assert_eq!(targets, ["vda", "vdb", "vdc"]);
+    assert_eq!(disks[1].iotune, spec.volumes[0].iotune);
+}
+
+#[test]
+fn bad_volume_disks_are_rejected() {
+    for (i, f) in [
+        (|v: &mut VolumeDisk| v.target = "vda".into()) as fn(&mut VolumeDisk),
+        |v| v.target = "sdb".into(),
+        |v| v.serial = "x".repeat(21),
+        |v| v.serial = "a b".into(),
+        |v| v.source.name = "no-pool".into(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = rbd_spec();
+        f(&mut s.volumes[0]);
+        assert!(
+            matches!(s.validate(), Err(SpecError::Volume { .. })),
+            "case {i}"
+        );
+    }
+    let mut s = rbd_spec();
+    s.volumes[1].target = "vdb".into();
+    assert!(matches!(s.validate(), Err(SpecError::Volume { .. })));
 }

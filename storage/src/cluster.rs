@@ -87,7 +87,8 @@ impl Cluster {
                 "client_id must be the bare cephx id, e.g. \"admin\"",
             ));
         }
-        let rados = ffi::Rados::create(&opts.client_id).ctx("create cluster handle", who)?;
+        let api = ffi::Api::get()?;
+        let rados = ffi::Rados::create(api, &opts.client_id).ctx("create cluster handle", who)?;
         let conf = opts.conf_path.to_string_lossy();
         rados
             .conf_read_file(&conf)

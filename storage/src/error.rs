@@ -138,6 +138,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The Ceph client library could not be loaded (it is `dlopen`ed at the
+    /// first [`crate::Cluster::connect`], so only hosts using RBD need it):
+    /// not installed (Debian `librados2`/`librbd1`), or lacking a function
+    /// nubo calls (older than Ceph 16.2).
+    #[error("cannot load the Ceph client library {file} (install librados2 and librbd1 for the RBD backend): {dlerror}")]
+    LibraryLoad {
+        /// The file `dlopen` was asked for, e.g. `"librados.so.2"`.
+        file: &'static str,
+        /// What `dlopen`/`dlsym` said (`dlerror()`).
+        dlerror: String,
+    },
     /// A mon command answered something this crate could not parse.
     #[error("{op} {object}: unexpected reply: {reason}")]
     Protocol {

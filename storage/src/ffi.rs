@@ -1,7 +1,16 @@
-//! The only module with `unsafe` code: a hand-written `extern "C"` block for
-//! the subset of librados (`librados.so.2`) and librbd (`librbd.so.1`, API
-//! 1.16 as in Debian 12 / Ceph 16.2) that nubo uses, and owning handle types
-//! whose methods are safe.
+//! The only module with `unsafe` code: the subset of librados
+//! (`librados.so.2`) and librbd (`librbd.so.1`, API 1.16 as in Debian 12 /
+//! Ceph 16.2) that nubo uses, as a table of typed function pointers, and
+//! owning handle types whose methods are safe.
+//!
+//! The libraries are loaded at run time (`dlopen` through `libloading`) the
+//! first time a cluster handle is created ([`Api::get`]), not linked: linked,
+//! they and what they pull in (libceph-common, boost, libstdc++, ibverbs,
+//! rdmacm, fmt, …) were mapped into every agent at start, ~11 MB of its RSS
+//! on nodes whose disks are local files (docs/benchmarks.md, "Compute"). Now
+//! a process that never connects to Ceph never maps them, and a host without
+//! the Ceph packages runs until RBD is configured, which then fails with
+//! [`crate::Error::LibraryLoad`] naming the file and `dlerror`.
 //!
 //! Why not `rados-sys`/`rbd-sys`: their build script runs bindgen 0.73, which
 //! currently resolves to `syn` 3 next to `prettyplease` 0.2 (syn 2) and does
@@ -15,7 +24,11 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use libloading::Library;
+
+pub(crate) use sys::Api;
 
 /// A positive errno value returned (negated) by a librados/librbd call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,131 +114,231 @@ mod sys {
     pub const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
     pub const RBD_LOCK_MODE_SHARED: c_int = 1;
 
-    #[link(name = "rados")]
-    extern "C" {
-        pub fn rados_create2(
-            cluster: *mut rados_t,
-            clustername: *const c_char,
-            name: *const c_char,
-            flags: u64,
-        ) -> c_int;
-        pub fn rados_conf_read_file(cluster: rados_t, path: *const c_char) -> c_int;
-        pub fn rados_conf_set(
-            cluster: rados_t,
-            option: *const c_char,
-            value: *const c_char,
-        ) -> c_int;
-        pub fn rados_connect(cluster: rados_t) -> c_int;
-        pub fn rados_shutdown(cluster: rados_t);
-        pub fn rados_cluster_fsid(cluster: rados_t, buf: *mut c_char, len: usize) -> c_int;
-        pub fn rados_get_instance_id(cluster: rados_t) -> u64;
-        pub fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
-        pub fn rados_wait_for_latest_osdmap(cluster: rados_t) -> c_int;
-        pub fn rados_pool_create(cluster: rados_t, pool_name: *const c_char) -> c_int;
-        pub fn rados_pool_lookup(cluster: rados_t, pool_name: *const c_char) -> i64;
-        pub fn rados_ioctx_create(
-            cluster: rados_t,
-            pool_name: *const c_char,
-            ioctx: *mut rados_ioctx_t,
-        ) -> c_int;
-        pub fn rados_ioctx_destroy(io: rados_ioctx_t);
-        #[allow(clippy::too_many_arguments)]
-        pub fn rados_mon_command(
-            cluster: rados_t,
-            cmd: *const *const c_char,
-            cmdlen: usize,
-            inbuf: *const c_char,
-            inbuflen: usize,
-            outbuf: *mut *mut c_char,
-            outbuflen: *mut usize,
-            outs: *mut *mut c_char,
-            outslen: *mut usize,
-        ) -> c_int;
-        pub fn rados_buffer_free(buf: *mut c_char);
+    /// File names `dlopen` looks up (the runtime packages' sonames:
+    /// Debian `librados2`, `librbd1`).
+    pub const LIBRADOS: &str = "librados.so.2";
+    /// See [`LIBRADOS`].
+    pub const LIBRBD: &str = "librbd.so.1";
+
+    /// Declares the librados/librbd functions nubo calls, per library:
+    /// each becomes a typed function pointer field of [`Api`], resolved by
+    /// `dlsym` in [`Api::load`]. The signatures are the C prototypes.
+    macro_rules! ceph_api {
+        ($($lib:ident: $file:ident {
+            $(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;)*
+        })*) => {
+            /// The loaded Ceph client libraries and typed pointers to the
+            /// functions nubo uses (valid while the libraries stay loaded:
+            /// the one `Api` lives in a `static` and is never dropped).
+            pub(crate) struct Api {
+                $(
+                    /// Keeps this library loaded for the pointers below
+                    /// (held, never read).
+                    #[allow(dead_code)]
+                    $lib: libloading::Library,
+                )*
+                $($(
+                    pub(crate) $name: unsafe extern "C" fn($($ty),*) $(-> $ret)?,
+                )*)*
+            }
+
+            impl Api {
+                /// `dlopen`s the libraries (in order: librbd needs librados)
+                /// and resolves every declared function.
+                pub(super) fn load() -> Result<Api, crate::Error> {
+                    $(
+                        let $lib = super::open($file)?;
+                    )*
+                    Ok(Api {
+                        $($(
+                            // SAFETY: the field's type is the function's C
+                            // prototype from librados.h/librbd.h.
+                            $name: unsafe {
+                                super::symbol(&$lib, $file, concat!(stringify!($name), "\0"))
+                            }?,
+                        )*)*
+                        $($lib,)*
+                    })
+                }
+            }
+        };
     }
 
-    #[link(name = "rbd")]
-    extern "C" {
-        pub fn rbd_image_options_create(opts: *mut rbd_image_options_t);
-        pub fn rbd_image_options_destroy(opts: rbd_image_options_t);
-        pub fn rbd_image_options_set_uint64(
-            opts: rbd_image_options_t,
-            optname: c_int,
-            optval: u64,
-        ) -> c_int;
-        pub fn rbd_pool_init(io: rados_ioctx_t, force: bool) -> c_int;
-        pub fn rbd_create4(
-            io: rados_ioctx_t,
-            name: *const c_char,
-            size: u64,
-            opts: rbd_image_options_t,
-        ) -> c_int;
-        pub fn rbd_clone3(
-            p_ioctx: rados_ioctx_t,
-            p_name: *const c_char,
-            p_snapname: *const c_char,
-            c_ioctx: rados_ioctx_t,
-            c_name: *const c_char,
-            c_opts: rbd_image_options_t,
-        ) -> c_int;
-        pub fn rbd_remove(io: rados_ioctx_t, name: *const c_char) -> c_int;
-        pub fn rbd_list2(io: rados_ioctx_t, images: *mut ImageSpec, max: *mut usize) -> c_int;
-        pub fn rbd_image_spec_list_cleanup(images: *mut ImageSpec, num: usize);
-        pub fn rbd_open(
-            io: rados_ioctx_t,
-            name: *const c_char,
-            image: *mut rbd_image_t,
-            snap_name: *const c_char,
-        ) -> c_int;
-        pub fn rbd_close(image: rbd_image_t) -> c_int;
-        pub fn rbd_stat(image: rbd_image_t, info: *mut ImageInfo, infosize: usize) -> c_int;
-        pub fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> c_int;
-        pub fn rbd_resize(image: rbd_image_t, size: u64) -> c_int;
-        pub fn rbd_get_parent(
-            image: rbd_image_t,
-            parent_image: *mut LinkedImageSpec,
-            parent_snap: *mut SnapSpec,
-        ) -> c_int;
-        pub fn rbd_linked_image_spec_cleanup(image: *mut LinkedImageSpec);
-        pub fn rbd_snap_spec_cleanup(snap: *mut SnapSpec);
-        pub fn rbd_list_children3(
-            image: rbd_image_t,
-            images: *mut LinkedImageSpec,
-            max: *mut usize,
-        ) -> c_int;
-        pub fn rbd_linked_image_spec_list_cleanup(images: *mut LinkedImageSpec, num: usize);
-        pub fn rbd_snap_list(image: rbd_image_t, snaps: *mut SnapInfo, max: *mut c_int) -> c_int;
-        pub fn rbd_snap_list_end(snaps: *mut SnapInfo);
-        pub fn rbd_snap_create(image: rbd_image_t, name: *const c_char) -> c_int;
-        pub fn rbd_snap_remove(image: rbd_image_t, name: *const c_char) -> c_int;
-        pub fn rbd_snap_rollback(image: rbd_image_t, name: *const c_char) -> c_int;
-        pub fn rbd_snap_protect(image: rbd_image_t, name: *const c_char) -> c_int;
-        pub fn rbd_snap_unprotect(image: rbd_image_t, name: *const c_char) -> c_int;
-        pub fn rbd_snap_is_protected(
-            image: rbd_image_t,
-            name: *const c_char,
-            is_protected: *mut c_int,
-        ) -> c_int;
-        pub fn rbd_read(image: rbd_image_t, ofs: u64, len: usize, buf: *mut c_char) -> isize;
-        pub fn rbd_write(image: rbd_image_t, ofs: u64, len: usize, buf: *const c_char) -> isize;
-        pub fn rbd_flush(image: rbd_image_t) -> c_int;
-        pub fn rbd_is_exclusive_lock_owner(image: rbd_image_t, is_owner: *mut c_int) -> c_int;
-        pub fn rbd_lock_acquire(image: rbd_image_t, mode: c_int) -> c_int;
-        pub fn rbd_lock_release(image: rbd_image_t) -> c_int;
-        pub fn rbd_lock_get_owners(
-            image: rbd_image_t,
-            mode: *mut c_int,
-            owners: *mut *mut c_char,
-            max: *mut usize,
-        ) -> c_int;
-        pub fn rbd_lock_get_owners_cleanup(owners: *mut *mut c_char, count: usize);
-        pub fn rbd_lock_break(image: rbd_image_t, mode: c_int, owner: *const c_char) -> c_int;
-        pub fn rbd_watchers_list(
-            image: rbd_image_t,
-            watchers: *mut ImageWatcher,
-            max: *mut usize,
-        ) -> c_int;
-        pub fn rbd_watchers_list_cleanup(watchers: *mut ImageWatcher, num: usize);
+    ceph_api! {
+        librados: LIBRADOS {
+            fn rados_create2(
+                cluster: *mut rados_t,
+                clustername: *const c_char,
+                name: *const c_char,
+                flags: u64,
+            ) -> c_int;
+            fn rados_conf_read_file(cluster: rados_t, path: *const c_char) -> c_int;
+            fn rados_conf_set(
+                cluster: rados_t,
+                option: *const c_char,
+                value: *const c_char,
+            ) -> c_int;
+            fn rados_connect(cluster: rados_t) -> c_int;
+            fn rados_shutdown(cluster: rados_t);
+            fn rados_cluster_fsid(cluster: rados_t, buf: *mut c_char, len: usize) -> c_int;
+            fn rados_get_instance_id(cluster: rados_t) -> u64;
+            fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
+            fn rados_wait_for_latest_osdmap(cluster: rados_t) -> c_int;
+            fn rados_pool_create(cluster: rados_t, pool_name: *const c_char) -> c_int;
+            fn rados_pool_lookup(cluster: rados_t, pool_name: *const c_char) -> i64;
+            fn rados_ioctx_create(
+                cluster: rados_t,
+                pool_name: *const c_char,
+                ioctx: *mut rados_ioctx_t,
+            ) -> c_int;
+            fn rados_ioctx_destroy(io: rados_ioctx_t);
+            fn rados_mon_command(
+                cluster: rados_t,
+                cmd: *const *const c_char,
+                cmdlen: usize,
+                inbuf: *const c_char,
+                inbuflen: usize,
+                outbuf: *mut *mut c_char,
+                outbuflen: *mut usize,
+                outs: *mut *mut c_char,
+                outslen: *mut usize,
+            ) -> c_int;
+            fn rados_buffer_free(buf: *mut c_char);
+        }
+
+        librbd: LIBRBD {
+            fn rbd_image_options_create(opts: *mut rbd_image_options_t);
+            fn rbd_image_options_destroy(opts: rbd_image_options_t);
+            fn rbd_image_options_set_uint64(
+                opts: rbd_image_options_t,
+                optname: c_int,
+                optval: u64,
+            ) -> c_int;
+            fn rbd_pool_init(io: rados_ioctx_t, force: bool) -> c_int;
+            fn rbd_create4(
+                io: rados_ioctx_t,
+                name: *const c_char,
+                size: u64,
+                opts: rbd_image_options_t,
+            ) -> c_int;
+            fn rbd_clone3(
+                p_ioctx: rados_ioctx_t,
+                p_name: *const c_char,
+                p_snapname: *const c_char,
+                c_ioctx: rados_ioctx_t,
+                c_name: *const c_char,
+                c_opts: rbd_image_options_t,
+            ) -> c_int;
+            fn rbd_remove(io: rados_ioctx_t, name: *const c_char) -> c_int;
+            fn rbd_list2(io: rados_ioctx_t, images: *mut ImageSpec, max: *mut usize) -> c_int;
+            fn rbd_image_spec_list_cleanup(images: *mut ImageSpec, num: usize);
+            fn rbd_open(
+                io: rados_ioctx_t,
+                name: *const c_char,
+                image: *mut rbd_image_t,
+                snap_name: *const c_char,
+            ) -> c_int;
+            fn rbd_close(image: rbd_image_t) -> c_int;
+            fn rbd_stat(image: rbd_image_t, info: *mut ImageInfo, infosize: usize) -> c_int;
+            fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> c_int;
+            fn rbd_resize(image: rbd_image_t, size: u64) -> c_int;
+            fn rbd_get_parent(
+                image: rbd_image_t,
+                parent_image: *mut LinkedImageSpec,
+                parent_snap: *mut SnapSpec,
+            ) -> c_int;
+            fn rbd_linked_image_spec_cleanup(image: *mut LinkedImageSpec);
+            fn rbd_snap_spec_cleanup(snap: *mut SnapSpec);
+            fn rbd_list_children3(
+                image: rbd_image_t,
+                images: *mut LinkedImageSpec,
+                max: *mut usize,
+            ) -> c_int;
+            fn rbd_linked_image_spec_list_cleanup(images: *mut LinkedImageSpec, num: usize);
+            fn rbd_snap_list(image: rbd_image_t, snaps: *mut SnapInfo, max: *mut c_int) -> c_int;
+            fn rbd_snap_list_end(snaps: *mut SnapInfo);
+            fn rbd_snap_create(image: rbd_image_t, name: *const c_char) -> c_int;
+            fn rbd_snap_remove(image: rbd_image_t, name: *const c_char) -> c_int;
+            fn rbd_snap_rollback(image: rbd_image_t, name: *const c_char) -> c_int;
+            fn rbd_snap_protect(image: rbd_image_t, name: *const c_char) -> c_int;
+            fn rbd_snap_unprotect(image: rbd_image_t, name: *const c_char) -> c_int;
+            fn rbd_snap_is_protected(
+                image: rbd_image_t,
+                name: *const c_char,
+                is_protected: *mut c_int,
+            ) -> c_int;
+            fn rbd_read(image: rbd_image_t, ofs: u64, len: usize, buf: *mut c_char) -> isize;
+            fn rbd_write(image: rbd_image_t, ofs: u64, len: usize, buf: *const c_char) -> isize;
+            fn rbd_flush(image: rbd_image_t) -> c_int;
+            fn rbd_is_exclusive_lock_owner(image: rbd_image_t, is_owner: *mut c_int) -> c_int;
+            fn rbd_lock_acquire(image: rbd_image_t, mode: c_int) -> c_int;
+            fn rbd_lock_release(image: rbd_image_t) -> c_int;
+            fn rbd_lock_get_owners(
+                image: rbd_image_t,
+                mode: *mut c_int,
+                owners: *mut *mut c_char,
+                max: *mut usize,
+            ) -> c_int;
+            fn rbd_lock_get_owners_cleanup(owners: *mut *mut c_char, count: usize);
+            fn rbd_lock_break(image: rbd_image_t, mode: c_int, owner: *const c_char) -> c_int;
+            fn rbd_watchers_list(
+                image: rbd_image_t,
+                watchers: *mut ImageWatcher,
+                max: *mut usize,
+            ) -> c_int;
+            fn rbd_watchers_list_cleanup(watchers: *mut ImageWatcher, num: usize);
+        }
+    }
+}
+
+/// `dlopen(file)`; a failure names the file and carries `dlerror()`.
+fn open(file: &'static str) -> Result<Library, crate::Error> {
+    // SAFETY: loading runs the library's initialisers; librados/librbd (and
+    // what they link) are ordinary shared libraries whose constructors only
+    // set up their own globals (QEMU's block-rbd module loads them this way).
+    unsafe { Library::new(file) }.map_err(|e| crate::Error::LibraryLoad {
+        file,
+        dlerror: e.to_string(),
+    })
+}
+
+/// `dlsym(name)` from `lib` (`file`) as a `T`; `name` ends with NUL.
+///
+/// # Safety
+/// `T` must be the function pointer type of the C prototype of `name`.
+unsafe fn symbol<T: Copy>(
+    lib: &Library,
+    file: &'static str,
+    name: &'static str,
+) -> Result<T, crate::Error> {
+    // SAFETY: `T` matches the symbol's type per this function's contract;
+    // the pointer is copied out and used only while `lib` stays loaded
+    // (it is stored next to the pointers in the never-dropped `Api`).
+    unsafe { lib.get::<T>(name.as_bytes()) }
+        .map(|sym| *sym)
+        .map_err(|e| crate::Error::LibraryLoad {
+            file,
+            dlerror: e.to_string(),
+        })
+}
+
+/// The process-wide table, filled by the first successful [`Api::get`].
+static API: OnceLock<Api> = OnceLock::new();
+
+impl Api {
+    /// The loaded librados/librbd table, loading it on first use. A failed
+    /// load is not remembered: installing the packages and retrying works
+    /// without a restart.
+    pub(crate) fn get() -> Result<&'static Api, crate::Error> {
+        if let Some(api) = API.get() {
+            return Ok(api);
+        }
+        let api = Api::load()?;
+        // Two threads may both load; the loser's handles just drop a
+        // reference (`dlclose` of a library that stays loaded).
+        let api = API.get_or_init(|| api);
+        tracing::debug!("loaded {} and {}", sys::LIBRADOS, sys::LIBRBD);
+        Ok(api)
     }
 }
 
@@ -270,7 +383,10 @@ fn cstring(s: &str) -> Result<CString, Errno> {
 
 /// A `rados_t` cluster handle; shut down on drop (after every [`IoCtx`] and
 /// [`Image`] made from it, which hold an `Arc` to it).
-pub(crate) struct Rados(sys::rados_t);
+pub(crate) struct Rados {
+    raw: sys::rados_t,
+    api: &'static Api,
+}
 
 // SAFETY: librados cluster handles are internally synchronised and documented
 // as usable from many threads at once (the Objecter and MonClient have their
@@ -281,50 +397,53 @@ unsafe impl Sync for Rados {}
 
 impl Rados {
     /// `rados_create2("ceph", "client.<id>")`: not connected yet.
-    pub(crate) fn create(client_id: &str) -> Result<Self, Errno> {
+    pub(crate) fn create(api: &'static Api, client_id: &str) -> Result<Self, Errno> {
         let cluster = cstring("ceph")?;
         let name = cstring(&format!("client.{client_id}"))?;
         let mut raw: sys::rados_t = ptr::null_mut();
         // SAFETY: `raw` is a valid out pointer; the strings are NUL-terminated
         // and outlive the call.
-        Errno::check(unsafe { sys::rados_create2(&mut raw, cluster.as_ptr(), name.as_ptr(), 0) })?;
-        Ok(Rados(raw))
+        Errno::check(unsafe { (api.rados_create2)(&mut raw, cluster.as_ptr(), name.as_ptr(), 0) })?;
+        Ok(Rados { raw, api })
     }
 
     pub(crate) fn conf_read_file(&self, path: &str) -> Result<(), Errno> {
         let path = cstring(path)?;
-        // SAFETY: `self.0` is a live handle; `path` is NUL-terminated.
-        Errno::check(unsafe { sys::rados_conf_read_file(self.0, path.as_ptr()) }).map(drop)
+        // SAFETY: `self.raw` is a live handle; `path` is NUL-terminated.
+        Errno::check(unsafe { (self.api.rados_conf_read_file)(self.raw, path.as_ptr()) }).map(drop)
     }
 
     pub(crate) fn conf_set(&self, option: &str, value: &str) -> Result<(), Errno> {
         let (o, v) = (cstring(option)?, cstring(value)?);
         // SAFETY: live handle, NUL-terminated strings.
-        Errno::check(unsafe { sys::rados_conf_set(self.0, o.as_ptr(), v.as_ptr()) }).map(drop)
+        Errno::check(unsafe { (self.api.rados_conf_set)(self.raw, o.as_ptr(), v.as_ptr()) })
+            .map(drop)
     }
 
     pub(crate) fn connect(&self) -> Result<(), Errno> {
         // SAFETY: live, configured, not yet connected handle.
-        Errno::check(unsafe { sys::rados_connect(self.0) }).map(drop)
+        Errno::check(unsafe { (self.api.rados_connect)(self.raw) }).map(drop)
     }
 
     pub(crate) fn fsid(&self) -> Result<String, Errno> {
         let mut buf = [0 as c_char; 64];
         // SAFETY: `buf` is writable for `buf.len()` bytes; librados NUL-terminates.
-        Errno::check(unsafe { sys::rados_cluster_fsid(self.0, buf.as_mut_ptr(), buf.len()) })?;
+        Errno::check(unsafe {
+            (self.api.rados_cluster_fsid)(self.raw, buf.as_mut_ptr(), buf.len())
+        })?;
         // SAFETY: NUL-terminated by librados (the fsid is 36 chars).
         Ok(unsafe { string_from(buf.as_ptr()) }.unwrap_or_default())
     }
 
     pub(crate) fn instance_id(&self) -> u64 {
         // SAFETY: live, connected handle.
-        unsafe { sys::rados_get_instance_id(self.0) }
+        unsafe { (self.api.rados_get_instance_id)(self.raw) }
     }
 
     pub(crate) fn addrs(&self) -> Result<String, Errno> {
         let mut p: *mut c_char = ptr::null_mut();
         // SAFETY: out pointer valid; on success librados strdup()s the string.
-        Errno::check(unsafe { sys::rados_getaddrs(self.0, &mut p) })?;
+        Errno::check(unsafe { (self.api.rados_getaddrs)(self.raw, &mut p) })?;
         // SAFETY: NULL or a NUL-terminated string from strdup().
         let s = unsafe { string_from(p) };
         // SAFETY: `p` came from strdup() (librados' C API) and is freed once.
@@ -334,20 +453,20 @@ impl Rados {
 
     pub(crate) fn wait_for_latest_osdmap(&self) -> Result<(), Errno> {
         // SAFETY: live, connected handle.
-        Errno::check(unsafe { sys::rados_wait_for_latest_osdmap(self.0) }).map(drop)
+        Errno::check(unsafe { (self.api.rados_wait_for_latest_osdmap)(self.raw) }).map(drop)
     }
 
     pub(crate) fn pool_create(&self, pool: &str) -> Result<(), Errno> {
         let pool = cstring(pool)?;
         // SAFETY: live handle, NUL-terminated name.
-        Errno::check(unsafe { sys::rados_pool_create(self.0, pool.as_ptr()) }).map(drop)
+        Errno::check(unsafe { (self.api.rados_pool_create)(self.raw, pool.as_ptr()) }).map(drop)
     }
 
     /// Pool id, or `Err(ENOENT)`.
     pub(crate) fn pool_lookup(&self, pool: &str) -> Result<i64, Errno> {
         let pool = cstring(pool)?;
         // SAFETY: live handle, NUL-terminated name.
-        let r = unsafe { sys::rados_pool_lookup(self.0, pool.as_ptr()) };
+        let r = unsafe { (self.api.rados_pool_lookup)(self.raw, pool.as_ptr()) };
         if r < 0 {
             Err(Errno(i32::try_from(-r).unwrap_or(libc::EIO)))
         } else {
@@ -370,8 +489,8 @@ impl Rados {
         // for its length; the out pointers are valid; librados allocates the
         // outputs, freed below with rados_buffer_free().
         let r = unsafe {
-            sys::rados_mon_command(
-                self.0,
+            (self.api.rados_mon_command)(
+                self.raw,
                 cmds.as_ptr(),
                 cmds.len(),
                 input.as_ptr().cast::<c_char>(),
@@ -389,7 +508,7 @@ impl Rados {
             // SAFETY: librados returned `len` readable bytes at `p`.
             let v = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec();
             // SAFETY: `p` was allocated by librados for this call; freed once.
-            unsafe { sys::rados_buffer_free(p) };
+            unsafe { (self.api.rados_buffer_free)(p) };
             v
         };
         let out = take(outbuf, outbuflen);
@@ -405,13 +524,14 @@ impl Drop for Rados {
     fn drop(&mut self) {
         // SAFETY: the handle came from rados_create2 and every IoCtx/Image
         // using it holds an Arc<Rados>, so none is left when this runs.
-        unsafe { sys::rados_shutdown(self.0) };
+        unsafe { (self.api.rados_shutdown)(self.raw) };
     }
 }
 
 /// A `rados_ioctx_t` for one pool; destroyed on drop.
 pub(crate) struct IoCtx {
     raw: sys::rados_ioctx_t,
+    api: &'static Api,
     _cluster: Arc<Rados>,
 }
 
@@ -429,14 +549,17 @@ pub(crate) struct CreateOpts {
 }
 
 /// An `rbd_image_options_t`, destroyed on drop.
-struct ImageOptions(sys::rbd_image_options_t);
+struct ImageOptions {
+    raw: sys::rbd_image_options_t,
+    api: &'static Api,
+}
 
 impl ImageOptions {
-    fn new(o: &CreateOpts) -> Result<Self, Errno> {
+    fn new(api: &'static Api, o: &CreateOpts) -> Result<Self, Errno> {
         let mut raw: sys::rbd_image_options_t = ptr::null_mut();
         // SAFETY: valid out pointer.
-        unsafe { sys::rbd_image_options_create(&mut raw) };
-        let opts = ImageOptions(raw);
+        unsafe { (api.rbd_image_options_create)(&mut raw) };
+        let opts = ImageOptions { raw, api };
         opts.set(sys::RBD_IMAGE_OPTION_FORMAT, 2)?;
         opts.set(sys::RBD_IMAGE_OPTION_FEATURES, o.features)?;
         if let Some(order) = o.order {
@@ -447,14 +570,15 @@ impl ImageOptions {
 
     fn set(&self, opt: c_int, value: u64) -> Result<(), Errno> {
         // SAFETY: live options handle.
-        Errno::check(unsafe { sys::rbd_image_options_set_uint64(self.0, opt, value) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_image_options_set_uint64)(self.raw, opt, value) })
+            .map(drop)
     }
 }
 
 impl Drop for ImageOptions {
     fn drop(&mut self) {
         // SAFETY: created by rbd_image_options_create, destroyed once.
-        unsafe { sys::rbd_image_options_destroy(self.0) };
+        unsafe { (self.api.rbd_image_options_destroy)(self.raw) };
     }
 }
 
@@ -470,23 +594,27 @@ impl IoCtx {
         let name = cstring(pool)?;
         let mut raw: sys::rados_ioctx_t = ptr::null_mut();
         // SAFETY: live cluster handle, NUL-terminated name, valid out pointer.
-        Errno::check(unsafe { sys::rados_ioctx_create(cluster.0, name.as_ptr(), &mut raw) })?;
+        Errno::check(unsafe {
+            (cluster.api.rados_ioctx_create)(cluster.raw, name.as_ptr(), &mut raw)
+        })?;
         Ok(IoCtx {
             raw,
+            api: cluster.api,
             _cluster: Arc::clone(cluster),
         })
     }
 
     pub(crate) fn pool_init(&self) -> Result<(), Errno> {
         // SAFETY: live ioctx.
-        Errno::check(unsafe { sys::rbd_pool_init(self.raw, false) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_pool_init)(self.raw, false) }).map(drop)
     }
 
     pub(crate) fn create_image(&self, name: &str, size: u64, o: &CreateOpts) -> Result<(), Errno> {
         let name = cstring(name)?;
-        let opts = ImageOptions::new(o)?;
+        let opts = ImageOptions::new(self.api, o)?;
         // SAFETY: live ioctx and options, NUL-terminated name.
-        Errno::check(unsafe { sys::rbd_create4(self.raw, name.as_ptr(), size, opts.0) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_create4)(self.raw, name.as_ptr(), size, opts.raw) })
+            .map(drop)
     }
 
     pub(crate) fn clone_image(
@@ -498,16 +626,16 @@ impl IoCtx {
         o: &CreateOpts,
     ) -> Result<(), Errno> {
         let (p, s, c) = (cstring(parent)?, cstring(snap)?, cstring(child)?);
-        let opts = ImageOptions::new(o)?;
+        let opts = ImageOptions::new(self.api, o)?;
         // SAFETY: live ioctxs and options, NUL-terminated names.
         Errno::check(unsafe {
-            sys::rbd_clone3(
+            (self.api.rbd_clone3)(
                 self.raw,
                 p.as_ptr(),
                 s.as_ptr(),
                 child_io.raw,
                 c.as_ptr(),
-                opts.0,
+                opts.raw,
             )
         })
         .map(drop)
@@ -516,7 +644,7 @@ impl IoCtx {
     pub(crate) fn remove_image(&self, name: &str) -> Result<(), Errno> {
         let name = cstring(name)?;
         // SAFETY: live ioctx, NUL-terminated name.
-        Errno::check(unsafe { sys::rbd_remove(self.raw, name.as_ptr()) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_remove)(self.raw, name.as_ptr()) }).map(drop)
     }
 
     pub(crate) fn list_images(&self) -> Result<Vec<String>, Errno> {
@@ -527,7 +655,7 @@ impl IoCtx {
                 name: ptr::null_mut(),
             },
             // SAFETY: `p` points to `*n` writable specs (grow_until_fits).
-            |p, n| unsafe { sys::rbd_list2(self.raw, p, n) },
+            |p, n| unsafe { (self.api.rbd_list2)(self.raw, p, n) },
         )?;
         let names = buf[..n]
             .iter()
@@ -535,7 +663,7 @@ impl IoCtx {
             .filter_map(|s| unsafe { string_from(s.name) })
             .collect();
         // SAFETY: frees exactly the `n` entries librbd filled in.
-        unsafe { sys::rbd_image_spec_list_cleanup(buf.as_mut_ptr(), n) };
+        unsafe { (self.api.rbd_image_spec_list_cleanup)(buf.as_mut_ptr(), n) };
         Ok(names)
     }
 
@@ -547,9 +675,10 @@ impl IoCtx {
         let mut raw: sys::rbd_image_t = ptr::null_mut();
         // SAFETY: live ioctx, NUL-terminated strings (or NULL snap), valid out
         // pointer. librbd keeps its own copy of the ioctx.
-        Errno::check(unsafe { sys::rbd_open(self.raw, name.as_ptr(), &mut raw, snap_ptr) })?;
+        Errno::check(unsafe { (self.api.rbd_open)(self.raw, name.as_ptr(), &mut raw, snap_ptr) })?;
         Ok(Image {
             raw,
+            api: self.api,
             _cluster: Arc::clone(&self._cluster),
         })
     }
@@ -559,7 +688,7 @@ impl Drop for IoCtx {
     fn drop(&mut self) {
         // SAFETY: created by rados_ioctx_create, destroyed once; images opened
         // from it hold their own copy.
-        unsafe { sys::rados_ioctx_destroy(self.raw) };
+        unsafe { (self.api.rados_ioctx_destroy)(self.raw) };
     }
 }
 
@@ -567,6 +696,7 @@ impl Drop for IoCtx {
 /// exclusive lock).
 pub(crate) struct Image {
     raw: sys::rbd_image_t,
+    api: &'static Api,
     _cluster: Arc<Rados>,
 }
 
@@ -616,7 +746,7 @@ impl Image {
         let mut info: sys::ImageInfo = unsafe { std::mem::zeroed() };
         // SAFETY: live image; `info` is writable for its size.
         Errno::check(unsafe {
-            sys::rbd_stat(self.raw, &mut info, std::mem::size_of::<sys::ImageInfo>())
+            (self.api.rbd_stat)(self.raw, &mut info, std::mem::size_of::<sys::ImageInfo>())
         })?;
         Ok(RawInfo {
             size: info.size,
@@ -629,13 +759,13 @@ impl Image {
     pub(crate) fn features(&self) -> Result<u64, Errno> {
         let mut f = 0u64;
         // SAFETY: live image, valid out pointer.
-        Errno::check(unsafe { sys::rbd_get_features(self.raw, &mut f) })?;
+        Errno::check(unsafe { (self.api.rbd_get_features)(self.raw, &mut f) })?;
         Ok(f)
     }
 
     pub(crate) fn resize(&self, size: u64) -> Result<(), Errno> {
         // SAFETY: live image.
-        Errno::check(unsafe { sys::rbd_resize(self.raw, size) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_resize)(self.raw, size) }).map(drop)
     }
 
     pub(crate) fn parent(&self) -> Result<RawParent, Errno> {
@@ -653,7 +783,7 @@ impl Image {
             name: ptr::null_mut(),
         };
         // SAFETY: live image; both out structs are valid for writes.
-        Errno::check(unsafe { sys::rbd_get_parent(self.raw, &mut img, &mut snap) })?;
+        Errno::check(unsafe { (self.api.rbd_get_parent)(self.raw, &mut img, &mut snap) })?;
         // SAFETY: on success librbd filled the strings (strdup) and we read
         // them before the cleanup calls free them.
         let parent = unsafe {
@@ -665,8 +795,8 @@ impl Image {
         };
         // SAFETY: filled by rbd_get_parent, cleaned up once each.
         unsafe {
-            sys::rbd_linked_image_spec_cleanup(&mut img);
-            sys::rbd_snap_spec_cleanup(&mut snap);
+            (self.api.rbd_linked_image_spec_cleanup)(&mut img);
+            (self.api.rbd_snap_spec_cleanup)(&mut snap);
         }
         Ok(parent)
     }
@@ -684,7 +814,7 @@ impl Image {
                 trash: false,
             },
             // SAFETY: `p` points to `*n` writable specs.
-            |p, n| unsafe { sys::rbd_list_children3(self.raw, p, n) },
+            |p, n| unsafe { (self.api.rbd_list_children3)(self.raw, p, n) },
         )?;
         let children = buf[..n]
             .iter()
@@ -701,7 +831,7 @@ impl Image {
             })
             .collect();
         // SAFETY: frees exactly the `n` filled entries.
-        unsafe { sys::rbd_linked_image_spec_list_cleanup(buf.as_mut_ptr(), n) };
+        unsafe { (self.api.rbd_linked_image_spec_list_cleanup)(buf.as_mut_ptr(), n) };
         Ok(children)
     }
 
@@ -719,7 +849,7 @@ impl Image {
             let mut max = cap;
             // SAFETY: `buf` holds `max` writable entries; librbd writes at
             // most `max` (count + a NULL-name terminator) or answers -ERANGE.
-            let r = unsafe { sys::rbd_snap_list(self.raw, buf.as_mut_ptr(), &mut max) };
+            let r = unsafe { (self.api.rbd_snap_list)(self.raw, buf.as_mut_ptr(), &mut max) };
             if r == -libc::ERANGE && max > cap {
                 cap = max;
                 continue;
@@ -736,39 +866,39 @@ impl Image {
                 .collect();
             // SAFETY: the list is terminated by an entry with a NULL name,
             // which librbd wrote; frees each name once.
-            unsafe { sys::rbd_snap_list_end(buf.as_mut_ptr()) };
+            unsafe { (self.api.rbd_snap_list_end)(buf.as_mut_ptr()) };
             return Ok(snaps);
         }
     }
 
     pub(crate) fn snap_create(&self, name: &str) -> Result<(), Errno> {
-        self.with_name(name, sys::rbd_snap_create)
+        self.with_name(name, self.api.rbd_snap_create)
     }
     pub(crate) fn snap_remove(&self, name: &str) -> Result<(), Errno> {
-        self.with_name(name, sys::rbd_snap_remove)
+        self.with_name(name, self.api.rbd_snap_remove)
     }
     pub(crate) fn snap_rollback(&self, name: &str) -> Result<(), Errno> {
-        self.with_name(name, sys::rbd_snap_rollback)
+        self.with_name(name, self.api.rbd_snap_rollback)
     }
     pub(crate) fn snap_protect(&self, name: &str) -> Result<(), Errno> {
-        self.with_name(name, sys::rbd_snap_protect)
+        self.with_name(name, self.api.rbd_snap_protect)
     }
     pub(crate) fn snap_unprotect(&self, name: &str) -> Result<(), Errno> {
-        self.with_name(name, sys::rbd_snap_unprotect)
+        self.with_name(name, self.api.rbd_snap_unprotect)
     }
 
     pub(crate) fn snap_is_protected(&self, name: &str) -> Result<bool, Errno> {
         let name = cstring(name)?;
         let mut p: c_int = 0;
         // SAFETY: live image, NUL-terminated name, valid out pointer.
-        Errno::check(unsafe { sys::rbd_snap_is_protected(self.raw, name.as_ptr(), &mut p) })?;
+        Errno::check(unsafe { (self.api.rbd_snap_is_protected)(self.raw, name.as_ptr(), &mut p) })?;
         Ok(p != 0)
     }
 
     pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         // SAFETY: live image; `buf` is writable for `buf.len()` bytes.
         let r = unsafe {
-            sys::rbd_read(
+            (self.api.rbd_read)(
                 self.raw,
                 offset,
                 buf.len(),
@@ -780,31 +910,32 @@ impl Image {
 
     pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         // SAFETY: live image; `data` is readable for `data.len()` bytes.
-        let r =
-            unsafe { sys::rbd_write(self.raw, offset, data.len(), data.as_ptr().cast::<c_char>()) };
+        let r = unsafe {
+            (self.api.rbd_write)(self.raw, offset, data.len(), data.as_ptr().cast::<c_char>())
+        };
         usize::try_from(r).map_err(|_| Errno(i32::try_from(-r).unwrap_or(libc::EIO)))
     }
 
     pub(crate) fn flush(&self) -> Result<(), Errno> {
         // SAFETY: live image.
-        Errno::check(unsafe { sys::rbd_flush(self.raw) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_flush)(self.raw) }).map(drop)
     }
 
     pub(crate) fn is_exclusive_lock_owner(&self) -> Result<bool, Errno> {
         let mut owner: c_int = 0;
         // SAFETY: live image, valid out pointer.
-        Errno::check(unsafe { sys::rbd_is_exclusive_lock_owner(self.raw, &mut owner) })?;
+        Errno::check(unsafe { (self.api.rbd_is_exclusive_lock_owner)(self.raw, &mut owner) })?;
         Ok(owner != 0)
     }
 
     pub(crate) fn lock_acquire(&self, mode: c_int) -> Result<(), Errno> {
         // SAFETY: live image; mode is an rbd_lock_mode_t value.
-        Errno::check(unsafe { sys::rbd_lock_acquire(self.raw, mode) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_lock_acquire)(self.raw, mode) }).map(drop)
     }
 
     pub(crate) fn lock_release(&self) -> Result<(), Errno> {
         // SAFETY: live image.
-        Errno::check(unsafe { sys::rbd_lock_release(self.raw) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_lock_release)(self.raw) }).map(drop)
     }
 
     /// (exclusive?, owners); no owner is `Ok((_, vec![]))`.
@@ -814,7 +945,7 @@ impl Image {
             4,
             ptr::null_mut::<c_char>,
             // SAFETY: `p` points to `*n` writable pointers; `mode` is valid.
-            |p, n| unsafe { sys::rbd_lock_get_owners(self.raw, &mut mode, p, n) },
+            |p, n| unsafe { (self.api.rbd_lock_get_owners)(self.raw, &mut mode, p, n) },
         );
         let (mut buf, n) = match res {
             Ok(v) => v,
@@ -827,14 +958,14 @@ impl Image {
             .filter_map(|p| unsafe { string_from(*p) })
             .collect();
         // SAFETY: frees exactly the `n` filled entries.
-        unsafe { sys::rbd_lock_get_owners_cleanup(buf.as_mut_ptr(), n) };
+        unsafe { (self.api.rbd_lock_get_owners_cleanup)(buf.as_mut_ptr(), n) };
         Ok((mode == sys::RBD_LOCK_MODE_EXCLUSIVE, owners))
     }
 
     pub(crate) fn lock_break(&self, mode: c_int, owner: &str) -> Result<(), Errno> {
         let owner = cstring(owner)?;
         // SAFETY: live image, NUL-terminated owner string.
-        Errno::check(unsafe { sys::rbd_lock_break(self.raw, mode, owner.as_ptr()) }).map(drop)
+        Errno::check(unsafe { (self.api.rbd_lock_break)(self.raw, mode, owner.as_ptr()) }).map(drop)
     }
 
     /// Watchers: (address, client id, cookie).
@@ -847,7 +978,7 @@ impl Image {
                 cookie: 0,
             },
             // SAFETY: `p` points to `*n` writable entries.
-            |p, n| unsafe { sys::rbd_watchers_list(self.raw, p, n) },
+            |p, n| unsafe { (self.api.rbd_watchers_list)(self.raw, p, n) },
         )?;
         let out = buf[..n]
             .iter()
@@ -861,7 +992,7 @@ impl Image {
             })
             .collect();
         // SAFETY: frees exactly the `n` filled entries.
-        unsafe { sys::rbd_watchers_list_cleanup(buf.as_mut_ptr(), n) };
+        unsafe { (self.api.rbd_watchers_list_cleanup)(buf.as_mut_ptr(), n) };
         Ok(out)
     }
 }
@@ -870,7 +1001,7 @@ impl Drop for Image {
     fn drop(&mut self) {
         // SAFETY: opened by rbd_open, closed exactly once. A failure (e.g.
         // blocklisted client) still frees the handle; nothing to do with it.
-        let r = unsafe { sys::rbd_close(self.raw) };
+        let r = unsafe { (self.api.rbd_close)(self.raw) };
         if r < 0 {
             tracing::debug!(errno = -r, "rbd_close failed");
         }
@@ -881,6 +1012,55 @@ impl Drop for Image {
 mod tests {
     use super::sys;
     use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn missing_library_names_the_file_and_dlerror() {
+        let Err(e) = super::open("libnubo-no-such-library.so.0") else {
+            panic!("loaded a library that does not exist");
+        };
+        assert!(matches!(
+            &e,
+            crate::Error::LibraryLoad {
+                file: "libnubo-no-such-library.so.0",
+                dlerror,
+            } if dlerror.contains("cannot open shared object file")
+        ));
+        let msg = e.to_string();
+        assert!(msg.starts_with("cannot load the Ceph client library libnubo-no-such-library.so.0 (install librados2 and librbd1"), "{msg}");
+    }
+
+    #[test]
+    fn missing_symbol_names_the_symbol() {
+        let lib = super::open("libc.so.6").expect("libc");
+        // SAFETY: never called; the lookup fails.
+        let r =
+            unsafe { super::symbol::<extern "C" fn()>(&lib, "libc.so.6", "nubo_no_such_symbol\0") };
+        let Err(crate::Error::LibraryLoad { file, dlerror }) = r else {
+            panic!("found a symbol that does not exist");
+        };
+        assert_eq!(file, "libc.so.6");
+        assert!(dlerror.contains("nubo_no_such_symbol"), "{dlerror}");
+    }
+
+    /// The only test in this binary that loads Ceph: nothing of it is mapped
+    /// before the first `Api::get` (it is not linked), all of it after.
+    #[test]
+    fn ceph_is_mapped_on_first_use_only() {
+        let mapped = |lib: &str| {
+            std::fs::read_to_string("/proc/self/maps")
+                .expect("maps")
+                .contains(lib)
+        };
+        for lib in ["librados.so", "librbd.so", "libceph-common"] {
+            assert!(!mapped(lib), "{lib} mapped before first use");
+        }
+        let api = super::Api::get().expect("librados2 and librbd1 are installed");
+        for lib in ["librados.so", "librbd.so", "libceph-common"] {
+            assert!(mapped(lib), "{lib} not mapped after Api::get");
+        }
+        let again = super::Api::get().expect("second get");
+        assert!(std::ptr::eq(api, again), "loaded twice");
+    }
 
     /// Layouts as computed by the C compiler for librbd.h 16.2 on x86_64.
     #[test]

@@ -6,9 +6,11 @@
 //! [`Cluster`], [`Pool`] are `Sync`), so async callers move them into
 //! `tokio::task::spawn_blocking`.
 //!
-//! Linking: `librados.so.2` and `librbd.so.1` from Debian 12 (Ceph 16.2,
-//! librbd API 1.16; build needs `librados-dev librbd-dev`). All `unsafe` code
-//! is in the private `ffi` module.
+//! Loading: `librados.so.2` and `librbd.so.1` from Debian 12 (Ceph 16.2,
+//! librbd API 1.16; packages `librados2 librbd1`) are `dlopen`ed at the first
+//! [`Cluster::connect`], not linked, so a process that never connects maps
+//! no Ceph code and the build needs no Ceph headers; a missing library is
+//! [`Error::LibraryLoad`]. All `unsafe` code is in the private `ffi` module.
 //!
 //! With feature `testing`, [`testing::TestCluster`] runs a throwaway
 //! single-node cluster via `scripts/ceph-up.sh`.
@@ -24,4 +26,6 @@ pub mod testing;
 pub use cluster::{BlocklistEntry, Cluster, ConnectOptions};
 pub use error::{Error, Result};
 pub use image::{Features, Image, ImageInfo, LockOwners, ParentInfo, Pool, SnapInfo, Watcher};
-pub use store::{BlockStore, DiskRef, RbdPools, RbdStore, SnapshotRef, BASE_SNAP, IMPORT_CHUNK};
+pub use store::{
+    BlockStore, DiskRef, ImportWait, RbdPools, RbdStore, SnapshotRef, BASE_SNAP, IMPORT_CHUNK,
+};

@@ -197,6 +197,243 @@ impl RbdStore {
     }
 }
 
+/// Volume operations of the coordinator's volume API (inherent, so the
+/// [`BlockStore`] trait stays what the agents need). All block.
+impl RbdStore {
+    /// The pools this store uses.
+    pub fn pools(&self) -> &RbdPools {
+        &self.pools
+    }
+
+    /// Volume `volume_id`'s image: `<volumes pool>/vol-<volume_id>`.
+    pub fn volume_ref(&self, volume_id: &str) -> DiskRef {
+        DiskRef {
+            pool: self.pools.volumes.clone(),
+            name: format!("vol-{volume_id}"),
+        }
+    }
+
+    /// Imported image `image_id`'s protected base snapshot:
+    /// `<images pool>/img-<image_id>@base`.
+    pub fn image_ref(&self, image_id: &str) -> SnapshotRef {
+        SnapshotRef {
+            disk: DiskRef {
+                pool: self.pools.images.clone(),
+                name: format!("img-{image_id}"),
+            },
+            snap: BASE_SNAP.to_owned(),
+        }
+    }
+
+    /// Makes volume `volume_id` a COW clone of `image`, grown to `size_gb`
+    /// GiB (refused when smaller than the image; the half-made clone is
+    /// removed on any failure).
+    pub fn clone_volume_from_image(
+        &self,
+        image: &SnapshotRef,
+        volume_id: &str,
+        size_gb: u64,
+    ) -> Result<DiskRef> {
+        let disk = self.volume_ref(volume_id);
+        validate_name("clone volume", &disk.name)?;
+        let want = size_gb.checked_mul(GIB).filter(|&b| b > 0).ok_or_else(|| {
+            Error::invalid("clone volume", disk.spec(), "size_gb must be 1..=2^34")
+        })?;
+        let parent_pool = self.pool(&image.disk.pool)?;
+        let pool = self.pool(&disk.pool)?;
+        pool.clone_from(
+            &parent_pool,
+            &image.disk.name,
+            &image.snap,
+            &disk.name,
+            self.features,
+        )?;
+        let grow = (|| {
+            let mut img = pool.open(&disk.name)?;
+            let have = img.size()?;
+            if want < have {
+                return Err(Error::invalid(
+                    "clone volume",
+                    img.spec(),
+                    format!("{size_gb} GiB is smaller than the image ({have} bytes)"),
+                ));
+            }
+            if want > have {
+                img.resize(want)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = grow {
+            Self::discard(&pool, &disk.name);
+            return Err(e);
+        }
+        Ok(disk)
+    }
+
+    /// Grows `disk` to `size_gb` GiB; shrinking (or a size of 0) is refused
+    /// with [`Error::InvalidArgument`], the same size is a no-op.
+    pub fn resize_volume(&self, disk: &DiskRef, size_gb: u64) -> Result<()> {
+        let want = size_gb.checked_mul(GIB).filter(|&b| b > 0).ok_or_else(|| {
+            Error::invalid("resize volume", disk.spec(), "size_gb must be 1..=2^34")
+        })?;
+        let (_pool, mut image) = self.open(disk)?;
+        let have = image.size()?;
+        if want < have {
+            return Err(Error::invalid(
+                "resize volume",
+                disk.spec(),
+                format!(
+                    "{size_gb} GiB is smaller than the current {have} bytes (volumes only grow)"
+                ),
+            ));
+        }
+        if want > have {
+            image.resize(want)?;
+        }
+        Ok(())
+    }
+
+    /// Addresses of the clients other than this one that have `disk` open
+    /// (`rbd status`): empty once every hypervisor let it go.
+    pub fn disk_watchers(&self, disk: &DiskRef) -> Result<Vec<String>> {
+        let (_pool, image) = self.open(disk)?;
+        let own = i64::try_from(self.cluster.instance_id()).ok();
+        Ok(image
+            .watchers()?
+            .into_iter()
+            .filter(|w| Some(w.id) != own)
+            .map(|w| w.addr)
+            .collect())
+    }
+
+    /// Bytes that can still be written to `pool` (`ceph df`'s `max_avail`,
+    /// which accounts for replication and the fullest OSD).
+    pub fn pool_max_avail(&self, pool: &str) -> Result<u64> {
+        let out = self
+            .cluster
+            .mon_command(&serde_json::json!({"prefix": "df", "format": "json"}))?;
+        let bad = |reason: String| Error::Protocol {
+            op: "ceph df",
+            object: pool.to_owned(),
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&out).map_err(|e| bad(format!("not JSON: {e}")))?;
+        v["pools"]
+            .as_array()
+            .ok_or_else(|| bad("no \"pools\" array".into()))?
+            .iter()
+            .find(|p| p["name"].as_str() == Some(pool))
+            .ok_or_else(|| Error::NotFound {
+                op: "ceph df",
+                object: pool.to_owned(),
+            })?["stats"]["max_avail"]
+            .as_u64()
+            .ok_or_else(|| bad("no stats.max_avail".into()))
+    }
+}
+
+/// How [`RbdStore::ensure_image`] waits for another client's import.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportWait {
+    /// Give up after this long.
+    pub timeout: std::time::Duration,
+    /// Poll interval.
+    pub poll: std::time::Duration,
+}
+
+impl Default for ImportWait {
+    fn default() -> Self {
+        ImportWait {
+            timeout: std::time::Duration::from_secs(600),
+            poll: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+impl RbdStore {
+    /// The protected `base` snapshot of image `image_id` if the image is
+    /// fully imported (it has the snapshot, protected), else `None`.
+    pub fn image_snapshot(&self, image_id: &str) -> Result<Option<SnapshotRef>> {
+        let snap = self.image_ref(image_id);
+        validate_name("look up image", &snap.disk.name)?;
+        let image = match self.pool(&snap.disk.pool)?.open(&snap.disk.name) {
+            Ok(i) => i,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let has_base = image.snap_list()?.iter().any(|s| s.name == BASE_SNAP);
+        if !has_base || !image.snap_is_protected(BASE_SNAP)? {
+            return Ok(None);
+        }
+        Ok(Some(snap))
+    }
+
+    /// Makes sure image `image_id` is imported (with its protected `base`
+    /// snapshot), importing it from `open()` (reader, size) only if it is
+    /// not. Race-safe across clients: when another one is importing it
+    /// (create fails with "already exists"), waits for its `base` snapshot;
+    /// if that import fails and removes the image, imports it here. Returns
+    /// the snapshot and whether this call imported it.
+    pub fn ensure_image(
+        &self,
+        image_id: &str,
+        open: &mut dyn FnMut() -> Result<(Box<dyn Read>, u64)>,
+        wait: ImportWait,
+    ) -> Result<(SnapshotRef, bool)> {
+        let deadline = std::time::Instant::now() + wait.timeout;
+        loop {
+            if let Some(snap) = self.image_snapshot(image_id)? {
+                return Ok((snap, false));
+            }
+            if !self.disk_exists(&self.image_ref(image_id).disk)? {
+                let (mut reader, size) = open()?;
+                match self.import_image(image_id, &mut reader, size) {
+                    Ok(snap) => return Ok((snap, true)),
+                    // Another client created it first: wait for its snapshot.
+                    Err(Error::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    op: "wait for image import",
+                    object: format!("{}/img-{image_id}@{BASE_SNAP}", self.pools.images),
+                });
+            }
+            std::thread::sleep(wait.poll);
+        }
+    }
+
+    /// Removes the root disk of `instance_id` (`<disks>/<id>-disk`) if it
+    /// exists; `Ok(false)` when there was none.
+    pub fn remove_root_disk(&self, instance_id: &str) -> Result<bool> {
+        let disk = self.root_disk_ref(instance_id);
+        match self.delete(&disk) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `<disks pool>/<instance_id>-disk`.
+    pub fn root_disk_ref(&self, instance_id: &str) -> DiskRef {
+        DiskRef {
+            pool: self.pools.disks.clone(),
+            name: format!("{instance_id}-disk"),
+        }
+    }
+
+    /// Whether disk `disk` exists.
+    pub fn disk_exists(&self, disk: &DiskRef) -> Result<bool> {
+        match self.pool(&disk.pool)?.open(&disk.name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl BlockStore for RbdStore {
     fn import_image(
         &self,

@@ -15,9 +15,11 @@ use nubo_common::InstanceId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{HypervisorError, ObservedInstance, ObservedPower};
+use super::{AttachedVolume, HypervisorError, ObservedInstance, ObservedPower, VolumeToAttach};
 use crate::desired::DesiredInstance;
 use nubo_common::model::PowerState;
+use nubo_common::model::Qos;
+use nubo_common::VolumeId;
 
 /// File name of the persisted state inside the state directory.
 pub const STATE_FILE: &str = "fake-hypervisor.json";
@@ -36,6 +38,9 @@ pub struct FakeRecord {
     /// Created by nubo (false for instances planted by tests to stand for
     /// VMs someone else started on the host).
     pub managed: bool,
+    /// Attached volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<AttachedVolume>,
 }
 
 /// The persisted state.
@@ -107,6 +112,7 @@ impl FakeHypervisor {
                     boot_count: 1,
                     created_at: model::now(),
                     managed: false,
+                    volumes: Vec::new(),
                 },
             );
             Ok(())
@@ -205,6 +211,7 @@ impl super::Hypervisor for FakeHypervisor {
                     boot_count: u64::from(boot),
                     created_at: model::now(),
                     managed: true,
+                    volumes: Vec::new(),
                 },
             );
             Ok(())
@@ -281,6 +288,68 @@ impl super::Hypervisor for FakeHypervisor {
                     "cannot resume {id}: it is shut off"
                 ))),
             }
+        })
+        .await
+    }
+
+    async fn volumes(&self, id: InstanceId) -> Result<Vec<AttachedVolume>, HypervisorError> {
+        let mut st = self.state.lock().await;
+        Ok(Self::managed(&mut st, id)?.volumes.clone())
+    }
+
+    async fn attach_volume(
+        &self,
+        id: InstanceId,
+        volume: &VolumeToAttach,
+    ) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            let r = Self::managed(st, id)?;
+            if r.volumes.iter().any(|v| v.volume == volume.volume) {
+                return Ok(());
+            }
+            if r.volumes.iter().any(|v| v.target == volume.target) {
+                return Err(HypervisorError::Backend(format!(
+                    "{id}: device {} is in use",
+                    volume.target
+                )));
+            }
+            r.volumes.push(AttachedVolume {
+                volume: volume.volume,
+                target: volume.target.clone(),
+                qos: volume.qos,
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn detach_volume(&self, id: InstanceId, volume: VolumeId) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            Self::managed(st, id)?
+                .volumes
+                .retain(|v| v.volume != volume);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_disk_qos(
+        &self,
+        id: InstanceId,
+        volume: VolumeId,
+        qos: Qos,
+    ) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            let r = Self::managed(st, id)?;
+            let v = r
+                .volumes
+                .iter_mut()
+                .find(|v| v.volume == volume)
+                .ok_or_else(|| {
+                    HypervisorError::Backend(format!("{id}: volume {volume} is not attached"))
+                })?;
+            v.qos = qos;
+            Ok(())
         })
         .await
     }
@@ -374,6 +443,33 @@ mod tests {
             again.pause(f).await,
             Err(HypervisorError::Foreign(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn volumes_attach_retune_detach_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
+        let d = desired(PowerState::Running);
+        hv.create(&d).await.unwrap();
+        let vol: VolumeId = "00000000-0000-4000-8000-000000000001".parse().unwrap();
+        let a = VolumeToAttach {
+            volume: vol,
+            target: "vdb".into(),
+            qos: Qos::default(),
+        };
+        hv.attach_volume(d.id(), &a).await.unwrap();
+        hv.attach_volume(d.id(), &a).await.unwrap();
+        let qos = Qos {
+            write_iops_sec: Some(200),
+            ..Qos::default()
+        };
+        hv.set_disk_qos(d.id(), vol, qos).await.unwrap();
+        let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
+        let v = hv.volumes(d.id()).await.unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].target.as_str(), v[0].qos), ("vdb", qos));
+        hv.detach_volume(d.id(), vol).await.unwrap();
+        assert!(hv.volumes(d.id()).await.unwrap().is_empty());
     }
 
     #[test]

@@ -7,8 +7,8 @@ pub mod libvirt;
 pub mod netns;
 
 use async_trait::async_trait;
-use nubo_common::model::Timestamp;
-use nubo_common::InstanceId;
+use nubo_common::model::{Qos, Timestamp};
+use nubo_common::{InstanceId, VolumeId};
 
 use crate::desired::DesiredInstance;
 
@@ -43,6 +43,28 @@ pub struct ObservedInstance {
     /// Whether nubo created it. Instances that nubo did not create are never
     /// touched, only reported.
     pub managed: bool,
+}
+
+/// A volume attached to an instance, as the hypervisor shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachedVolume {
+    /// The volume.
+    pub volume: VolumeId,
+    /// Guest device (`vdb`, …).
+    pub target: String,
+    /// I/O limits in effect.
+    pub qos: Qos,
+}
+
+/// A volume to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeToAttach {
+    /// The volume.
+    pub volume: VolumeId,
+    /// Guest device (`vdb`, …), free on the instance.
+    pub target: String,
+    /// I/O limits.
+    pub qos: Qos,
 }
 
 /// A hypervisor operation failed.
@@ -117,6 +139,47 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn resume(&self, id: InstanceId) -> Result<(), HypervisorError> {
         Err(HypervisorError::Unsupported(format!(
             "resume ({id}) on the {} driver",
+            self.driver()
+        )))
+    }
+    /// The volumes attached to a managed instance (none on drivers without
+    /// volume support).
+    async fn volumes(&self, id: InstanceId) -> Result<Vec<AttachedVolume>, HypervisorError> {
+        let _ = id;
+        Ok(Vec::new())
+    }
+    /// Attaches a volume: hot-plugged into a running instance, and kept in
+    /// its definition. Idempotent.
+    async fn attach_volume(
+        &self,
+        id: InstanceId,
+        volume: &VolumeToAttach,
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "attaching volume {} to {id} on the {} driver",
+            volume.volume,
+            self.driver()
+        )))
+    }
+    /// Detaches a volume (a running guest completes the unplug
+    /// asynchronously; [`Hypervisor::volumes`] shows it until then).
+    /// Idempotent.
+    async fn detach_volume(&self, id: InstanceId, volume: VolumeId) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "detaching volume {volume} from {id} on the {} driver",
+            self.driver()
+        )))
+    }
+    /// Changes the I/O limits of an attached volume, live.
+    async fn set_disk_qos(
+        &self,
+        id: InstanceId,
+        volume: VolumeId,
+        qos: Qos,
+    ) -> Result<(), HypervisorError> {
+        let _ = qos;
+        Err(HypervisorError::Unsupported(format!(
+            "QoS of volume {volume} on {id} on the {} driver",
             self.driver()
         )))
     }

@@ -1,9 +1,10 @@
 //! The firewall subsystem: [`firewall_spec`] maps local ports, their
 //! security groups' rules and the groups' cluster-wide members to a
 //! nubo-firewall [`FirewallSpec`]; each pass renders it, reads the live
-//! tables and applies one atomic `nft -f` batch only when the library's
-//! `plan` says [`FirewallAction::Replace`]. A ruleset that differs from the
-//! one this process just applied is applied without listing first
+//! tables and applies one atomic nftables transaction (libnftables, in
+//! process: no `nft` child) only when the library's `plan` says
+//! [`FirewallAction::Replace`]. A ruleset that differs from the one this
+//! process just applied is applied without listing first
 //! ([`must_observe`]): that is the security-group update path.
 
 use std::collections::BTreeMap;
@@ -96,7 +97,7 @@ pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
 ///
 /// Known and different: the live tables carry the old fingerprint, so
 /// [`nubo_firewall::plan`] would answer `Replace` whatever else the listing
-/// shows; the listing (3 `nft` runs) is skipped and the update goes
+/// shows; the listing (3 nftables commands) is skipped and the update goes
 /// straight to the one atomic transaction. Unknown, or equal (a pass for
 /// another subsystem's change, the periodic resync): list and plan as
 /// always, which catches tables deleted or replaced behind nubo's back.
@@ -147,7 +148,10 @@ impl Subsystem for Firewall {
         let observe = must_observe(&fingerprint, self.known_live.as_deref());
         // Until this pass succeeds, what is live is unknown.
         self.known_live = None;
-        // nft is a child process: keep it off the async workers.
+        // libnftables blocks on netlink (and on its process-wide lock):
+        // keep it off the async workers. The agent runs inside its host's
+        // network namespace, so `Netns::Current` is the right one on any
+        // blocking-pool thread.
         let outcome = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             let action = if observe {

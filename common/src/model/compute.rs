@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Resources, Timestamp};
 use super::storage::VolumeAttachment;
+use super::{Resources, Timestamp};
 use crate::{
     FlavorName, ImageId, InstanceId, NodeName, PortId, ProjectId, ServerGroupId, VolumeId,
 };

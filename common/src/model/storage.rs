@@ -27,6 +27,8 @@ pub enum VolumeStatus {
     Deleting,
     /// Failed; see `status_reason`.
     Error,
+    /// Being rolled back to a snapshot (not attachable meanwhile).
+    Reverting,
 }
 
 /// A block device.
@@ -128,5 +130,9 @@ pub struct VolumeAttachment {
 /// (`/dev/disk/by-id/virtio-<serial>`): the first 20 characters of the
 /// volume id (virtio-blk's limit).
 pub fn volume_serial(id: &VolumeId) -> String {
-    id.to_string().chars().filter(|c| *c != '-').take(20).collect()
+    id.to_string()
+        .chars()
+        .filter(|c| *c != '-')
+        .take(20)
+        .collect()
 }

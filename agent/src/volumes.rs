@@ -1,0 +1,457 @@
+//! Volumes of the instances on this node: observe what the hypervisor has
+//! attached, [`plan`] the difference with `Instance.volumes` (attach order
+//! gives `vdb`, `vdc`, …; a volume keeps its device while attached) and the
+//! volume types' QoS, apply it (hot-plug, unplug, live I/O limits), and
+//! report the attached set (`InstanceStatus.volumes`, which the
+//! coordinator uses to complete a detach).
+//!
+//! The QoS of a volume comes from its record's `volume_type`
+//! (`/nubo/v1/volumes/<id>` → `/nubo/v1/volume-types/<name>`), read from
+//! etcd at each pass for the instances that have volumes, so a changed
+//! type reaches disks already attached at the next pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use etcd_client::Client;
+use nubo_common::keys;
+use nubo_common::model::{self, Qos, Volume, VolumeType};
+use nubo_common::{InstanceId, VolumeId};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::desired::DesiredInstance;
+use crate::hypervisor::{AttachedVolume, Hypervisor, VolumeToAttach};
+use crate::store;
+
+/// A volume that should be attached, with its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedVolume {
+    /// The volume.
+    pub volume: VolumeId,
+    /// Its type's QoS (unlimited when the type is unknown).
+    pub qos: Qos,
+}
+
+/// One volume operation on one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeOp {
+    /// Unplug a volume no longer wanted.
+    Detach(VolumeId),
+    /// Plug a wanted volume at a free device.
+    Attach(VolumeToAttach),
+    /// Apply changed limits to an attached volume.
+    Retune {
+        /// The volume.
+        volume: VolumeId,
+        /// The new limits.
+        qos: Qos,
+    },
+}
+
+/// Guest devices volumes may use, in order (`vda` is the root disk).
+pub fn targets() -> impl Iterator<Item = String> {
+    (b'b'..=b'z').map(|c| format!("vd{}", c as char))
+}
+
+/// The operations that bring an instance's attached volumes to `wanted`:
+/// detaches first (freeing devices), then attaches in `wanted` order at
+/// the lowest free device, then retunes of attached volumes whose limits
+/// differ. Volumes beyond the 25 devices are left out (never panics).
+/// Pure.
+pub fn plan(wanted: &[WantedVolume], observed: &[AttachedVolume]) -> Vec<VolumeOp> {
+    let want: BTreeMap<VolumeId, &WantedVolume> = wanted.iter().map(|w| (w.volume, w)).collect();
+    let mut ops = Vec::new();
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut attached: BTreeSet<VolumeId> = BTreeSet::new();
+    for o in observed {
+        if want.contains_key(&o.volume) {
+            used.insert(o.target.clone());
+            attached.insert(o.volume);
+        } else {
+            ops.push(VolumeOp::Detach(o.volume));
+            // Busy until the guest completes the unplug.
+            used.insert(o.target.clone());
+        }
+    }
+    let mut free = targets().filter(|t| !used.contains(t));
+    let mut seen = BTreeSet::new();
+    for w in wanted {
+        if attached.contains(&w.volume) || !seen.insert(w.volume) {
+            continue;
+        }
+        let Some(target) = free.next() else {
+            break;
+        };
+        ops.push(VolumeOp::Attach(VolumeToAttach {
+            volume: w.volume,
+            target,
+            qos: w.qos,
+        }));
+    }
+    for o in observed {
+        if let Some(w) = want.get(&o.volume) {
+            if w.qos != o.qos {
+                ops.push(VolumeOp::Retune {
+                    volume: o.volume,
+                    qos: w.qos,
+                });
+            }
+        }
+    }
+    ops
+}
+
+/// The QoS of each volume of `d` (boot volume excluded), read from etcd.
+/// A missing or undecodable volume or type means no limits, logged.
+pub async fn wanted_volumes(
+    etcd: &Client,
+    d: &DesiredInstance,
+) -> Result<Vec<WantedVolume>, store::StoreError> {
+    let mut types: BTreeMap<String, Qos> = BTreeMap::new();
+    let mut out = Vec::with_capacity(d.spec.volumes.len());
+    for a in &d.spec.volumes {
+        let key = keys::volume(&a.volume);
+        let vtype = match store::get(etcd, &key).await? {
+            Some((bytes, _)) => match model::decode::<Volume>(&key, &bytes) {
+                Ok(v) => v.volume_type,
+                Err(e) => {
+                    warn!(instance = %d.id(), volume = %a.volume, error = %e, "undecodable volume; no QoS");
+                    None
+                }
+            },
+            None => None,
+        };
+        let qos = match vtype {
+            None => Qos::default(),
+            Some(t) => match types.get(&t) {
+                Some(q) => *q,
+                None => {
+                    let key = keys::volume_type(&t);
+                    let q = match store::get(etcd, &key).await? {
+                        Some((bytes, _)) => model::decode::<VolumeType>(&key, &bytes)
+                            .map(|t| t.qos)
+                            .unwrap_or_default(),
+                        None => Qos::default(),
+                    };
+                    types.insert(t, q);
+                    q
+                }
+            },
+        };
+        out.push(WantedVolume {
+            volume: a.volume,
+            qos,
+        });
+    }
+    Ok(out)
+}
+
+/// How long a pass waits for a guest to complete an unplug it requested,
+/// so the detach is reported in the same pass.
+const UNPLUG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Observes, plans and applies the volumes of one running or stopped
+/// instance. Returns the volumes attached afterwards, in attach order
+/// (a volume whose unplug the guest has not completed yet still counts),
+/// and the first error, if any; `Err` when the volumes could not even be
+/// observed (the caller keeps what it reported before).
+pub async fn reconcile_instance(
+    hv: Arc<dyn Hypervisor>,
+    id: InstanceId,
+    wanted: Vec<WantedVolume>,
+) -> InstanceOutcome {
+    let span = info_span!("volumes", instance = %id);
+    async move {
+        let observed = hv
+            .volumes(id)
+            .await
+            .map_err(|e| format!("list volumes: {e}"))?;
+        let ops = plan(&wanted, &observed);
+        let mut error = None;
+        let mut attached: BTreeSet<VolumeId> = observed.iter().map(|o| o.volume).collect();
+        for op in ops {
+            let r = match &op {
+                VolumeOp::Detach(v) => hv.detach_volume(id, *v).await,
+                VolumeOp::Attach(a) => hv.attach_volume(id, a).await,
+                VolumeOp::Retune { volume, qos } => hv.set_disk_qos(id, *volume, *qos).await,
+            };
+            match (&op, r) {
+                (VolumeOp::Attach(a), Ok(())) => {
+                    info!(volume = %a.volume, target = %a.target, "volume attached");
+                    attached.insert(a.volume);
+                }
+                (VolumeOp::Detach(v), Ok(())) => {
+                    info!(volume = %v, "volume detach requested");
+                }
+                (VolumeOp::Retune { volume, qos }, Ok(())) => {
+                    info!(volume = %volume, ?qos, "volume QoS applied");
+                }
+                (op, Err(e)) => {
+                    warn!(?op, error = %e, "volume operation failed");
+                    error.get_or_insert_with(|| format!("{op:?}: {e}"));
+                }
+            }
+        }
+        let detaching: Vec<VolumeId> = observed
+            .iter()
+            .map(|o| o.volume)
+            .filter(|v| !wanted.iter().any(|w| w.volume == *v))
+            .collect();
+        if !detaching.is_empty() {
+            let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                match hv.volumes(id).await {
+                    Ok(now) if !now.iter().any(|o| detaching.contains(&o.volume)) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("list volumes: {e}")),
+                }
+            }
+            let now = hv
+                .volumes(id)
+                .await
+                .map_err(|e| format!("list volumes: {e}"))?;
+            for v in &detaching {
+                if !now.iter().any(|o| o.volume == *v) {
+                    info!(volume = %v, "volume detached");
+                    attached.remove(v);
+                }
+            }
+        }
+        // Report in the instance's attach order, then any others.
+        let mut out: Vec<VolumeId> = wanted
+            .iter()
+            .map(|w| w.volume)
+            .filter(|v| attached.contains(v))
+            .collect();
+        let rest: Vec<VolumeId> = attached
+            .iter()
+            .copied()
+            .filter(|v| !out.contains(v))
+            .collect();
+        out.extend(rest);
+        Ok((out, error))
+    }
+    .instrument(span)
+    .await
+}
+
+/// What [`reconcile_instance`] returns.
+pub type InstanceOutcome = Result<(Vec<VolumeId>, Option<String>), String>;
+
+/// How many instances' volumes are reconciled at once.
+const MAX_CONCURRENT: usize = 8;
+
+/// Reconciles the volumes of every desired instance that exists (managed)
+/// on the hypervisor (`now`); returns the attached volumes per instance.
+/// Failures are logged and retried at the next pass; they never fail the
+/// compute pass.
+pub async fn reconcile_node(
+    hv: &Arc<dyn Hypervisor>,
+    etcd: &Client,
+    desired: &crate::desired::DesiredNode,
+    now: &BTreeMap<InstanceId, crate::hypervisor::ObservedInstance>,
+    previous: &BTreeMap<InstanceId, Vec<VolumeId>>,
+) -> BTreeMap<InstanceId, Vec<VolumeId>> {
+    let mut out: BTreeMap<InstanceId, Vec<VolumeId>> = BTreeMap::new();
+    use futures::StreamExt;
+    let mut jobs = Vec::new();
+    for (id, d) in &desired.instances {
+        if !now.get(id).is_some_and(|o| o.managed) {
+            continue;
+        }
+        let wanted = if d.spec.volumes.is_empty() {
+            Vec::new()
+        } else {
+            match wanted_volumes(etcd, d).await {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(instance = %id, error = %e, "could not read volume records; volumes left as they are");
+                    if let Some(p) = previous.get(id) {
+                        out.insert(*id, p.clone());
+                    }
+                    continue;
+                }
+            }
+        };
+        jobs.push((*id, wanted));
+    }
+    let results: Vec<(InstanceId, InstanceOutcome)> =
+        futures::stream::iter(jobs.into_iter().map(|(id, wanted)| {
+            let hv = hv.clone();
+            async move { (id, reconcile_instance(hv, id, wanted).await) }
+        }))
+        .buffer_unordered(MAX_CONCURRENT)
+        .collect()
+        .await;
+    for (id, r) in results {
+        let attached = match r {
+            Ok((attached, _)) => attached,
+            Err(e) => {
+                warn!(instance = %id, error = %e, "could not observe volumes; keeping the last report");
+                previous.get(&id).cloned().unwrap_or_default()
+            }
+        };
+        if !attached.is_empty() {
+            out.insert(id, attached);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vid(n: u8) -> VolumeId {
+        format!("00000000-0000-4000-8000-0000000000{n:02}")
+            .parse()
+            .unwrap()
+    }
+
+    fn want(n: u8, iops: Option<u64>) -> WantedVolume {
+        WantedVolume {
+            volume: vid(n),
+            qos: Qos {
+                write_iops_sec: iops,
+                ..Qos::default()
+            },
+        }
+    }
+
+    fn att(n: u8, target: &str, iops: Option<u64>) -> AttachedVolume {
+        AttachedVolume {
+            volume: vid(n),
+            target: target.into(),
+            qos: Qos {
+                write_iops_sec: iops,
+                ..Qos::default()
+            },
+        }
+    }
+
+    #[test]
+    fn new_volumes_get_devices_in_attach_order() {
+        let ops = plan(&[want(1, None), want(2, Some(200))], &[]);
+        assert_eq!(
+            ops,
+            vec![
+                VolumeOp::Attach(VolumeToAttach {
+                    volume: vid(1),
+                    target: "vdb".into(),
+                    qos: Qos::default()
+                }),
+                VolumeOp::Attach(VolumeToAttach {
+                    volume: vid(2),
+                    target: "vdc".into(),
+                    qos: want(2, Some(200)).qos
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn converged_is_a_no_op() {
+        assert!(plan(&[want(1, Some(5))], &[att(1, "vdb", Some(5))]).is_empty());
+        assert!(plan(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn detached_volumes_go_and_their_device_stays_busy_until_gone() {
+        let ops = plan(
+            &[want(2, None), want(3, None)],
+            &[att(1, "vdb", None), att(2, "vdc", None)],
+        );
+        assert_eq!(
+            ops,
+            vec![
+                VolumeOp::Detach(vid(1)),
+                VolumeOp::Attach(VolumeToAttach {
+                    volume: vid(3),
+                    target: "vdd".into(),
+                    qos: Qos::default()
+                }),
+            ]
+        );
+        // Once vdb is gone, it is reused.
+        let ops = plan(&[want(2, None), want(4, None)], &[att(2, "vdc", None)]);
+        assert_eq!(
+            ops,
+            vec![VolumeOp::Attach(VolumeToAttach {
+                volume: vid(4),
+                target: "vdb".into(),
+                qos: Qos::default()
+            })]
+        );
+    }
+
+    #[test]
+    fn changed_qos_retunes_attached_disks() {
+        let ops = plan(&[want(1, Some(200))], &[att(1, "vdb", None)]);
+        assert_eq!(
+            ops,
+            vec![VolumeOp::Retune {
+                volume: vid(1),
+                qos: want(1, Some(200)).qos
+            }]
+        );
+        let ops = plan(&[want(1, None)], &[att(1, "vdb", Some(200))]);
+        assert_eq!(
+            ops,
+            vec![VolumeOp::Retune {
+                volume: vid(1),
+                qos: Qos::default()
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn reconcile_attaches_retunes_and_detaches_on_the_fake_driver() {
+        use crate::hypervisor::FakeHypervisor;
+        use crate::testutil::*;
+        use nubo_common::model::PowerState;
+        let mut w = World::new();
+        let n = node_name("n1");
+        w.node(&n, "10.0.0.1");
+        let net = w.network(1, 0);
+        let (id, _) = w.instance_on(&n, net, &[]);
+        let mut d = crate::desired::build(&w.cache, &n, 1500)
+            .instances
+            .remove(&id)
+            .unwrap();
+        d.spec.power = PowerState::Running;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeHypervisor::open(dir.path(), std::time::Duration::ZERO).unwrap());
+        let hv: Arc<dyn Hypervisor> = fake.clone();
+        hv.create(&d).await.unwrap();
+
+        let r = reconcile_instance(hv.clone(), id, vec![want(1, None), want(2, Some(200))]).await;
+        assert_eq!(r, Ok((vec![vid(1), vid(2)], None)));
+        // A changed type reaches the attached disk.
+        let r = reconcile_instance(hv.clone(), id, vec![want(1, None), want(2, Some(100))]).await;
+        assert_eq!(r, Ok((vec![vid(1), vid(2)], None)));
+        assert_eq!(
+            hv.volumes(id).await.unwrap()[1].qos.write_iops_sec,
+            Some(100)
+        );
+        // Detach: reported gone once the hypervisor no longer shows it.
+        let r = reconcile_instance(hv.clone(), id, vec![want(2, Some(100))]).await;
+        assert_eq!(r, Ok((vec![vid(2)], None)));
+        let left = hv.volumes(id).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].target, "vdc", "a volume keeps its device");
+        // An unknown instance cannot be observed: the caller keeps its report.
+        let r = reconcile_instance(hv, InstanceId::new_random(), vec![]).await;
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn duplicates_and_too_many_volumes_never_panic() {
+        let ops = plan(&[want(1, None), want(1, None)], &[]);
+        assert_eq!(ops.len(), 1);
+        let many: Vec<WantedVolume> = (0..30).map(|n| want(n, None)).collect();
+        let ops = plan(&many, &[]);
+        assert_eq!(ops.len(), 25);
+        assert!(matches!(&ops[24], VolumeOp::Attach(a) if a.target == "vdz"));
+    }
+}

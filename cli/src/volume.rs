@@ -1,0 +1,411 @@
+//! `nubo volume …`: block devices on Ceph RBD, their snapshots, attach and
+//! detach. Volume types are `nubo volume type …` ([`crate::volume_type`]).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use nubo_common::proto::{
+    volumes_client::VolumesClient, AttachVolumeRequest, CreateVolumeRequest, DetachVolumeRequest,
+    ResizeVolumeRequest, Volume, VolumeSnapshot, VolumeSnapshotRequest,
+};
+use serde_json::{json, Value};
+
+use crate::api::{Api, Call, Chan};
+use crate::ctx::{opt, Ctx};
+use crate::output::{self, Table};
+use crate::volume_size::parse_size_gb;
+use crate::volume_type::TypeCmd;
+
+/// Volume commands.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCmd {
+    /// Create a volume (blank, or a clone of an image with --image).
+    Create(CreateArgs),
+    /// List volumes.
+    List {
+        /// Every project's volumes (cloud admin).
+        #[arg(long)]
+        all_projects: bool,
+    },
+    /// Show one volume.
+    Show {
+        /// Volume name or id.
+        volume: String,
+    },
+    /// Delete volumes (they must not be attached).
+    Delete {
+        /// Volume names or ids.
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Grow a volume (it must not be attached).
+    Resize {
+        /// Volume name or id.
+        volume: String,
+        /// New size, e.g. 20G.
+        #[arg(long, value_parser = parse_size_gb, allow_hyphen_values = true)]
+        size: i64,
+    },
+    /// Attach a volume to a server (hot-plugged if it runs).
+    Attach {
+        /// Volume name or id.
+        volume: String,
+        /// Server name or id.
+        server: String,
+        /// Delete the volume when the server is deleted.
+        #[arg(long)]
+        delete_on_termination: bool,
+    },
+    /// Detach a volume from its server.
+    Detach {
+        /// Volume name or id.
+        volume: String,
+        /// Wait until the hypervisor let it go (status available).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120, requires = "wait")]
+        timeout: u64,
+    },
+    /// Volume snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Volume types (QoS classes).
+    #[command(subcommand, name = "type")]
+    Type(TypeCmd),
+}
+
+/// `nubo volume create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Volume name.
+    pub name: String,
+    /// Size, e.g. 10G (GiB) or 1T.
+    #[arg(long, value_parser = parse_size_gb, allow_hyphen_values = true)]
+    pub size: i64,
+    /// Volume type (QoS class).
+    #[arg(long = "type")]
+    pub volume_type: Option<String>,
+    /// Image (name or id) to clone into the volume (a bootable volume).
+    #[arg(long)]
+    pub image: Option<String>,
+}
+
+impl CreateArgs {
+    /// The API request for `project`.
+    pub fn request(&self, project: &str) -> CreateVolumeRequest {
+        CreateVolumeRequest {
+            name: self.name.clone(),
+            project: project.to_string(),
+            size_gb: self.size,
+            volume_type: self.volume_type.clone().unwrap_or_default(),
+            image_ref: self.image.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// `nubo volume snapshot …`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a volume (crash-consistent if attached).
+    Create {
+        /// Volume name or id.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// List a volume's snapshots, oldest first.
+    List {
+        /// Volume name or id.
+        volume: String,
+    },
+    /// Delete snapshots of a volume.
+    Delete {
+        /// Volume name or id.
+        volume: String,
+        /// Snapshot names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Roll a (detached) volume back to a snapshot.
+    Revert {
+        /// Volume name or id.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+}
+
+fn client(api: &Api) -> VolumesClient<Chan> {
+    VolumesClient::new(api.channel())
+}
+
+fn snap_req(api: &Api, volume: &str, name: &str) -> VolumeSnapshotRequest {
+    VolumeSnapshotRequest {
+        r#ref: volume.to_string(),
+        project: api.project.clone(),
+        name: name.to_string(),
+    }
+}
+
+/// The JSON (and `show`) form of a volume.
+pub fn to_json(v: &Volume) -> Value {
+    json!({
+        "id": v.id,
+        "name": v.name,
+        "project": v.project,
+        "size_gb": v.size_gb,
+        "status": v.status,
+        "status_reason": opt(&v.status_reason),
+        "type": opt(&v.volume_type),
+        "attached_to": opt(&v.attached_to),
+        "boot": v.boot,
+        "delete_on_termination": v.delete_on_termination,
+        "source_image": opt(&v.source_image),
+        "rbd_image": opt(&v.rbd_image),
+        "serial": v.serial,
+        "created_at": opt(&v.created_at),
+    })
+}
+
+/// The `volume list` table (as `openstack volume list`).
+pub fn table(vols: &[Volume]) -> Table {
+    let mut t = Table::new(&["ID", "Name", "Status", "Size", "Type", "Attached to"]);
+    for v in vols {
+        t.row(vec![
+            v.id.clone(),
+            v.name.clone(),
+            v.status.clone(),
+            format!("{}G", v.size_gb),
+            v.volume_type.clone(),
+            if v.attached_to.is_empty() {
+                String::new()
+            } else if v.boot {
+                format!("{} (boot)", v.attached_to)
+            } else {
+                v.attached_to.clone()
+            },
+        ]);
+    }
+    t
+}
+
+fn snap_json(s: &VolumeSnapshot) -> Value {
+    json!({
+        "name": s.name,
+        "volume_id": s.volume_id,
+        "size_gb": s.size_gb,
+        "created_at": opt(&s.created_at),
+    })
+}
+
+fn snap_table(snaps: &[VolumeSnapshot]) -> Table {
+    let mut t = Table::new(&["Name", "Volume", "Size", "Created"]);
+    for s in snaps {
+        t.row(vec![
+            s.name.clone(),
+            s.volume_id.clone(),
+            format!("{}G", s.size_gb),
+            s.created_at.clone(),
+        ]);
+    }
+    t
+}
+
+/// Runs a volume command.
+pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    match cmd {
+        VolumeCmd::Create(args) => {
+            let v = client(api)
+                .create(args.request(&api.project))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&v))
+        }
+        VolumeCmd::List { all_projects } => {
+            let items = api
+                .list_all(all_projects, |req| {
+                    let mut c = client(api);
+                    async move {
+                        let r = c.list(req).await?.into_inner();
+                        Ok((r.volumes, r.next_page_token))
+                    }
+                })
+                .await?;
+            output::items(ctx.format, &items, table, to_json)
+        }
+        VolumeCmd::Show { volume } => {
+            let v = client(api).get(api.get_req(&volume)).await.or_fail(api)?;
+            output::show(ctx.format, &to_json(&v))
+        }
+        VolumeCmd::Delete { volumes } => {
+            ctx.delete_all("volumes", &volumes, |r| async move {
+                client(api)
+                    .delete(api.delete_req(&r))
+                    .await
+                    .or_fail(api)
+                    .map(drop)
+            })
+            .await
+        }
+        VolumeCmd::Resize { volume, size } => {
+            let v = client(api)
+                .resize(ResizeVolumeRequest {
+                    r#ref: volume,
+                    project: api.project.clone(),
+                    size_gb: size,
+                })
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&v))
+        }
+        VolumeCmd::Attach {
+            volume,
+            server,
+            delete_on_termination,
+        } => {
+            let v = client(api)
+                .attach(AttachVolumeRequest {
+                    r#ref: volume,
+                    project: api.project.clone(),
+                    server_ref: server,
+                    delete_on_termination,
+                })
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&v))
+        }
+        VolumeCmd::Detach {
+            volume,
+            wait,
+            timeout,
+        } => {
+            let mut v = client(api)
+                .detach(DetachVolumeRequest {
+                    r#ref: volume.clone(),
+                    project: api.project.clone(),
+                })
+                .await
+                .or_fail(api)?;
+            if wait {
+                v = wait_available(api, &v.id, Duration::from_secs(timeout)).await?;
+            }
+            output::show(ctx.format, &to_json(&v))
+        }
+        VolumeCmd::Snapshot(c) => snapshot(c, ctx).await,
+        VolumeCmd::Type(c) => crate::volume_type::run(c, ctx).await,
+    }
+}
+
+/// Polls until the volume is available again (after a detach).
+async fn wait_available(api: &Api, id: &str, timeout: Duration) -> Result<Volume> {
+    let start = Instant::now();
+    loop {
+        let v = client(api).get(api.get_req(id)).await.or_fail(api)?;
+        match v.status.as_str() {
+            "available" => return Ok(v),
+            "detaching" => {}
+            other => bail!(
+                "volume {id} is {other} instead of available: {}",
+                v.status_reason
+            ),
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "volume {id} is still detaching after {} s (the server's node has not released it)",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn snapshot(cmd: SnapshotCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    match cmd {
+        SnapshotCmd::Create { volume, name } => {
+            let s = client(api)
+                .create_snapshot(snap_req(api, &volume, &name))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &snap_json(&s))
+        }
+        SnapshotCmd::List { volume } => {
+            let l = client(api)
+                .list_snapshots(api.get_req(&volume))
+                .await
+                .or_fail(api)?;
+            output::items(ctx.format, &l.snapshots, snap_table, snap_json)
+        }
+        SnapshotCmd::Delete { volume, names } => {
+            let volume = &volume;
+            ctx.delete_all("snapshots", &names, |n| async move {
+                client(api)
+                    .delete_snapshot(snap_req(api, volume, &n))
+                    .await
+                    .or_fail(api)
+                    .map(drop)
+            })
+            .await
+        }
+        SnapshotCmd::Revert { volume, name } => {
+            let v = client(api)
+                .revert_snapshot(snap_req(api, &volume, &name))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&v))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
+    }
+
+    #[test]
+    fn create_maps_flags_to_the_request() {
+        let t = T::try_parse_from([
+            "nubo", "create", "data", "--size", "10G", "--type", "ssd", "--image", "cirros",
+        ])
+        .unwrap();
+        let VolumeCmd::Create(a) = t.cmd else {
+            panic!("not create")
+        };
+        assert_eq!(
+            a.request("p1"),
+            CreateVolumeRequest {
+                name: "data".into(),
+                project: "p1".into(),
+                size_gb: 10,
+                volume_type: "ssd".into(),
+                image_ref: "cirros".into(),
+            }
+        );
+        // A negative size reaches the API, which refuses it with its reason.
+        let t = T::try_parse_from(["nubo", "create", "d", "--size", "-1G"]).unwrap();
+        assert!(matches!(
+            t.cmd,
+            VolumeCmd::Create(CreateArgs { size: -1, .. })
+        ));
+        assert!(T::try_parse_from(["nubo", "create", "d", "--size", "1.5G"]).is_err());
+    }
+
+    #[test]
+    fn snapshot_and_type_commands_parse() {
+        assert!(T::try_parse_from(["nubo", "snapshot", "create", "v", "s1"]).is_ok());
+        assert!(T::try_parse_from(["nubo", "snapshot", "revert", "v", "s1"]).is_ok());
+        assert!(T::try_parse_from(["nubo", "detach", "v", "--wait"]).is_ok());
+        assert!(
+            T::try_parse_from(["nubo", "type", "create", "ssd", "--write-iops", "200"]).is_ok()
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Volumes of a server being created: `volumes` attached at create, a
+//! `boot_volume`, or `boot_from_volume_size_gb` (a new volume cloned from
+//! the image first). The placement transaction compares every volume's
+//! revision (they are plan dependencies, so a volume attached elsewhere
+//! meanwhile re-plans and then fails) and marks them `in-use` in the same
+//! transaction that writes the instance.
+
+use etcd_client::TxnOp;
+use nubo_common::keys;
+use nubo_common::model::{Volume, VolumeAttachment, VolumeStatus};
+use nubo_common::proto as pb;
+use nubo_common::{InstanceId, ProjectId};
+
+use super::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{put, Versioned};
+
+/// The validated volumes of a create request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerVolumes {
+    /// Attached in this order.
+    pub(crate) data: Vec<Versioned<Volume>>,
+    /// The boot disk.
+    pub(crate) boot: Option<Versioned<Volume>>,
+    /// Delete them with the server.
+    pub(crate) delete_on_termination: bool,
+}
+
+impl ServerVolumes {
+    /// `(key, mod_revision)` of every volume, for the plan's compares.
+    pub(crate) fn deps(&self) -> impl Iterator<Item = (String, i64)> + '_ {
+        self.boot
+            .iter()
+            .chain(&self.data)
+            .map(|v| (keys::volume(&v.value.id), v.mod_rev))
+    }
+
+    /// The instance's `volumes` and `boot_volume`.
+    pub(crate) fn attachments(&self) -> (Vec<VolumeAttachment>, Option<VolumeAttachment>) {
+        let att = |v: &Versioned<Volume>| VolumeAttachment {
+            volume: v.value.id,
+            delete_on_termination: self.delete_on_termination,
+        };
+        (
+            self.data.iter().map(att).collect(),
+            self.boot.as_ref().map(att),
+        )
+    }
+
+    /// Puts every volume `in-use` by `id`; their keys are contended (two
+    /// placements using one volume are never merged into one transaction).
+    pub(crate) fn attach_ops(
+        &self,
+        id: InstanceId,
+        ops: &mut Vec<TxnOp>,
+        contended: &mut Vec<String>,
+    ) {
+        for v in self.boot.iter().chain(&self.data) {
+            let key = keys::volume(&v.value.id);
+            let mut nv = v.value.clone();
+            nv.status = VolumeStatus::InUse;
+            nv.attached_to = Some(id);
+            ops.push(put(&key, &nv));
+            contended.push(key);
+        }
+    }
+}
+
+impl Ctx {
+    /// Resolves and checks the volumes of a create request (`count` is the
+    /// batch size: volumes need a single server).
+    pub(crate) async fn server_volumes(
+        &self,
+        project: &ProjectId,
+        r: &pb::CreateServerRequest,
+        count: u32,
+    ) -> ApiResult<ServerVolumes> {
+        let boot_ref = r.boot_volume.trim();
+        if r.volumes.is_empty() && boot_ref.is_empty() {
+            return Ok(ServerVolumes::default());
+        }
+        if count > 1 {
+            return Err(ApiError::InvalidArgument(
+                "volumes can only be attached at create when count is 1".into(),
+            ));
+        }
+        let mut out = ServerVolumes {
+            delete_on_termination: r.delete_on_termination,
+            ..ServerVolumes::default()
+        };
+        if !boot_ref.is_empty() {
+            out.boot = Some(self.available_volume(project, boot_ref).await?);
+        }
+        for v in &r.volumes {
+            let v = self.available_volume(project, v).await?;
+            if out
+                .boot
+                .iter()
+                .chain(&out.data)
+                .any(|x| x.value.id == v.value.id)
+            {
+                return Err(ApiError::InvalidArgument(format!(
+                    "volume {:?} is listed twice",
+                    v.value.name
+                )));
+            }
+            out.data.push(v);
+        }
+        if out.data.len() > super::volumes::MAX_ATTACHED {
+            return Err(ApiError::InvalidArgument(format!(
+                "at most {} volumes can be attached to a server",
+                super::volumes::MAX_ATTACHED
+            )));
+        }
+        Ok(out)
+    }
+
+    async fn available_volume(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Volume>> {
+        let v = self.volume(project, r).await?;
+        if let Some(i) = v.value.attached_to {
+            return Err(ApiError::FailedPrecondition(format!(
+                "volume {:?} ({}) is attached to server {}",
+                v.value.name,
+                v.value.id,
+                self.server_label(i).await
+            )));
+        }
+        if v.value.status != VolumeStatus::Available {
+            return Err(ApiError::FailedPrecondition(format!(
+                "volume {:?} is {}; only an available volume can be attached",
+                v.value.name,
+                crate::convert::volume_status_name(v.value.status)
+            )));
+        }
+        Ok(v)
+    }
+
+    /// With `boot_from_volume_size_gb`: creates the boot volume (named
+    /// `<server>-boot`, cloned from the image) and returns the request
+    /// rewritten to boot from it, plus the volume to delete if the server
+    /// is not created.
+    pub(crate) async fn boot_from_new_volume(
+        &self,
+        r: pb::CreateServerRequest,
+    ) -> ApiResult<(pb::CreateServerRequest, Option<Volume>)> {
+        if r.boot_from_volume_size_gb == 0 {
+            return Ok((r, None));
+        }
+        if !r.boot_volume.trim().is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "boot_volume and boot_from_volume_size_gb exclude each other".into(),
+            ));
+        }
+        if r.count > 1 {
+            return Err(ApiError::InvalidArgument(
+                "boot from a new volume needs count 1".into(),
+            ));
+        }
+        if r.image_ref.trim().is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "boot from a new volume needs an image to clone".into(),
+            ));
+        }
+        let project = crate::validate::project(&r.project)?;
+        crate::validate::name("server", &r.name)?;
+        let size = i64::try_from(r.boot_from_volume_size_gb).unwrap_or(i64::MAX);
+        let nv = self
+            .new_volume(project, &format!("{}-boot", r.name), size, "", &r.image_ref)
+            .await?;
+        let vol = self.create_volume_from(nv).await?;
+        let mut r = r;
+        r.boot_volume = vol.id.to_string();
+        Ok((r, Some(vol)))
+    }
+
+    /// Deletes a boot volume made for a server that was not created.
+    pub(crate) async fn drop_unused_boot_volume(&self, vol: &Volume) {
+        let req = pb::DeleteRequest {
+            r#ref: vol.id.to_string(),
+            project: vol.project.to_string(),
+        };
+        if let Err(e) = self.delete_volume(req).await {
+            tracing::warn!(volume = %vol.id, error = %e, "could not delete the unused boot volume");
+        }
+    }
+}

@@ -1,0 +1,1190 @@
+//! Volumes through the gRPC API against a real etcd and a real throwaway
+//! Ceph cluster (storage/src/testing.rs): lifecycle, bad input, snapshot
+//! churn by concurrent clients on two coordinators, attach races, quotas.
+//! Each test uses its own pools (`<test>-volumes`, …) on the shared cluster,
+//! and checks them with the admin client at the end.
+//!
+//! They print `SKIP: ceph not installed` and pass only when the Ceph
+//! binaries are missing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use nubo_common::keys;
+use nubo_common::model::{Image, Volume};
+use nubo_common::proto as pb;
+use nubo_coordinator::config::CephConfig;
+use nubo_coordinator::{Config, Coordinator};
+use nubo_storage::testing::TestCluster;
+use nubo_storage::{BlockStore, Cluster, Error as CephError, RbdPools, RbdStore};
+use nubo_tests::Etcd;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type Volumes = pb::volumes_client::VolumesClient<Channel>;
+type Types = pb::volume_types_client::VolumeTypesClient<Channel>;
+
+fn cluster() -> Option<Arc<TestCluster>> {
+    TestCluster::shared().expect("start throwaway ceph cluster")
+}
+
+/// Pools `<prefix>-images|vms|volumes`, created if missing.
+fn pools(admin: &Cluster, prefix: &str) -> RbdPools {
+    let p = RbdPools {
+        images: format!("{prefix}-images"),
+        disks: format!("{prefix}-vms"),
+        volumes: format!("{prefix}-volumes"),
+    };
+    for name in [&p.images, &p.disks, &p.volumes] {
+        match admin.create_pool(name) {
+            Ok(()) | Err(CephError::AlreadyExists { .. }) => {}
+            Err(e) => panic!("create pool {name}: {e}"),
+        }
+    }
+    p
+}
+
+/// A cephx user like a production coordinator's (`profile rbd`).
+fn ceph_config(c: &TestCluster, p: &RbdPools) -> CephConfig {
+    let opts = c
+        .create_user(
+            "nubo-coord",
+            &[
+                ("mon", "profile rbd, allow command df"),
+                ("osd", "profile rbd"),
+            ],
+        )
+        .expect("create cephx user");
+    CephConfig {
+        conf: opts.conf_path,
+        client_id: opts.client_id,
+        keyring: opts.keyring_path,
+        images_pool: p.images.clone(),
+        disks_pool: p.disks.clone(),
+        volumes_pool: p.volumes.clone(),
+    }
+}
+
+async fn ceph_coordinator(etcd: &Etcd, ceph: &CephConfig) -> Coordinator {
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.ceph = Some(ceph.clone());
+    nubo_coordinator::start(cfg)
+        .await
+        .expect("start coordinator with ceph")
+}
+
+async fn channel(c: &Coordinator) -> Channel {
+    Channel::from_shared(c.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn create(name: &str, size_gb: i64) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name: name.into(),
+        size_gb,
+        ..Default::default()
+    }
+}
+
+fn snap(volume: &str, name: &str) -> pb::VolumeSnapshotRequest {
+    pb::VolumeSnapshotRequest {
+        r#ref: volume.into(),
+        project: String::new(),
+        name: name.into(),
+    }
+}
+
+fn get(r: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        r#ref: r.into(),
+        project: String::new(),
+    }
+}
+
+fn del(r: &str) -> pb::DeleteRequest {
+    pb::DeleteRequest {
+        r#ref: r.into(),
+        project: String::new(),
+    }
+}
+
+async fn server(cl: &mut Clients, name: &str) -> String {
+    let r = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            name: name.into(),
+            flavor: "m1.small".into(),
+            image_ref: "cirros".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.results[0]
+        .server
+        .as_ref()
+        .unwrap_or_else(|| panic!("server {name}: {:?}", r.results[0]))
+        .id
+        .clone()
+}
+
+/// Polls until the volume has `status` (the reconciler runs every second).
+async fn wait_status(v: &mut Volumes, r: &str, status: &str) -> pb::Volume {
+    let mut last = None;
+    for _ in 0..300 {
+        match v.get(get(r)).await {
+            Ok(x) if x.get_ref().status == status => return x.into_inner(),
+            Ok(x) => last = Some(x.into_inner().status),
+            Err(e) if e.code() == Code::NotFound && status == "gone" => {
+                return pb::Volume::default()
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("volume {r} never became {status}; last: {last:?}");
+}
+
+/// Images and snapshots left in a pool, as `image` and `image@snap`.
+fn leftovers(admin: &Cluster, pool: &str) -> Vec<String> {
+    let p = admin.pool(pool).expect("open pool");
+    let mut out = Vec::new();
+    for name in p.list().expect("list pool") {
+        if let Ok(img) = p.open(&name) {
+            for s in img.snap_list().unwrap_or_default() {
+                out.push(format!("{name}@{}", s.name));
+            }
+        }
+        out.push(name);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_lifecycle_and_bad_input() {
+    let Some(c) = cluster() else { return };
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, "vt-life");
+    let ceph = ceph_config(&c, &p);
+    let etcd = Etcd::start().unwrap();
+    let coord = ceph_coordinator(&etcd, &ceph).await;
+    let ch = channel(&coord).await;
+    let mut cl = clients(&coord).await;
+    let mut v = Volumes::new(ch.clone());
+    let mut t = Types::new(ch.clone());
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+
+    // Types.
+    let ty = t
+        .create(pb::CreateVolumeTypeRequest {
+            name: "ssd".into(),
+            qos: Some(pb::VolumeQos {
+                write_iops_sec: Some(200),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ty.qos.unwrap().write_iops_sec, Some(200));
+    let ty = t
+        .set_qos(pb::SetVolumeTypeQosRequest {
+            name: "ssd".into(),
+            qos: Some(pb::VolumeQos {
+                read_iops_sec: Some(500),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let q = ty.qos.unwrap();
+    assert_eq!((q.read_iops_sec, q.write_iops_sec), (Some(500), Some(200)));
+
+    // Create, show.
+    let mut req = create("data1", 1);
+    req.volume_type = "ssd".into();
+    let vol = v.create(req).await.unwrap().into_inner();
+    assert_eq!(vol.status, "available");
+    assert_eq!(vol.size_gb, 1);
+    assert_eq!(vol.volume_type, "ssd");
+    assert_eq!(vol.rbd_image, format!("{}/vol-{}", p.volumes, vol.id));
+    let pool = admin.pool(&p.volumes).unwrap();
+    assert_eq!(
+        pool.open(&format!("vol-{}", vol.id))
+            .unwrap()
+            .size()
+            .unwrap(),
+        1 << 30
+    );
+    assert_eq!(v.get(get("data1")).await.unwrap().into_inner().id, vol.id);
+    let e = t.delete(del("ssd")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // Bad input: clear errors and nothing left behind.
+    let before = leftovers(&admin, &p.volumes);
+    // Every key but the nodes' (the leader's failure handling writes
+    // their health in the background).
+    let keys_of = |kvs: Vec<(String, Vec<u8>)>| -> Vec<String> {
+        kvs.into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !k.starts_with(&keys::nodes_prefix()))
+            .collect()
+    };
+    let keys_before = keys_of(prefix(&etcd, "/nubo/v1/").await);
+    for (req, code, words) in [
+        (
+            create("zero", 0),
+            Code::InvalidArgument,
+            "at least 1 GiB (got 0)",
+        ),
+        (create("neg", -5), Code::InvalidArgument, "negative"),
+        (
+            create("huge", 60_000),
+            Code::ResourceExhausted,
+            "beyond the free space",
+        ),
+        (
+            create("bad/name", 1),
+            Code::InvalidArgument,
+            "may contain only",
+        ),
+        (create("data1", 1), Code::AlreadyExists, "exists"),
+        (
+            pb::CreateVolumeRequest {
+                volume_type: "nope".into(),
+                ..create("typed", 1)
+            },
+            Code::NotFound,
+            "volume type \"nope\" not found",
+        ),
+        // An image that was never imported into Ceph: the clone fails after
+        // the reservation, which is undone.
+        (
+            pb::CreateVolumeRequest {
+                image_ref: "cirros".into(),
+                ..create("from-missing", 1)
+            },
+            Code::FailedPrecondition,
+            "not imported into Ceph",
+        ),
+    ] {
+        let e = v.create(req.clone()).await.unwrap_err();
+        assert_eq!(e.code(), code, "{req:?}: {e:?}");
+        assert!(e.message().contains(words), "{req:?}: {}", e.message());
+    }
+    assert_eq!(leftovers(&admin, &p.volumes), before);
+    assert_eq!(keys_of(prefix(&etcd, "/nubo/v1/").await), keys_before);
+
+    // Resize: grow only.
+    let r = v
+        .resize(pb::ResizeVolumeRequest {
+            r#ref: "data1".into(),
+            project: String::new(),
+            size_gb: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.size_gb, 2);
+    assert_eq!(
+        pool.open(&format!("vol-{}", vol.id))
+            .unwrap()
+            .size()
+            .unwrap(),
+        2 << 30
+    );
+    let e = v
+        .resize(pb::ResizeVolumeRequest {
+            r#ref: "data1".into(),
+            project: String::new(),
+            size_gb: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // Snapshots and revert: the data comes back.
+    let spec = format!("vol-{}", vol.id);
+    {
+        let mut img = pool.open(&spec).unwrap();
+        img.write(4096, b"before-snapshot").unwrap();
+        img.flush().unwrap();
+    }
+    v.create_snapshot(snap("data1", "s1")).await.unwrap();
+    let e = v.create_snapshot(snap("data1", "s1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    {
+        let mut img = pool.open(&spec).unwrap();
+        img.write(4096, b"after--snapshot").unwrap();
+        img.flush().unwrap();
+    }
+    let list = v.list_snapshots(get("data1")).await.unwrap().into_inner();
+    assert_eq!(list.snapshots.len(), 1);
+    assert_eq!(list.snapshots[0].size_gb, 2);
+    let reverted = v.revert_snapshot(snap("data1", "s1")).await.unwrap();
+    assert_eq!(reverted.get_ref().status, "available");
+    assert_eq!(
+        pool.open(&spec).unwrap().read(4096, 15).unwrap(),
+        b"before-snapshot"
+    );
+
+    // Attach; attach elsewhere, delete, resize, revert while attached fail.
+    let s1 = server(&mut cl, "vm1").await;
+    let s2 = server(&mut cl, "vm2").await;
+    let a = v
+        .attach(pb::AttachVolumeRequest {
+            r#ref: "data1".into(),
+            server_ref: "vm1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (a.status.as_str(), a.attached_to.as_str()),
+        ("in-use", s1.as_str())
+    );
+    let inst: nubo_common::model::Instance =
+        common::get(&etcd, &keys::instance(&s1.parse().unwrap()))
+            .await
+            .unwrap();
+    assert_eq!(inst.volumes.len(), 1);
+    assert_eq!(inst.volumes[0].volume.to_string(), vol.id);
+    let e = v
+        .attach(pb::AttachVolumeRequest {
+            r#ref: "data1".into(),
+            server_ref: "vm2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("\"vm1\"") && e.message().contains(&s1),
+        "{}",
+        e.message()
+    );
+    let e = v.delete(del("data1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("attached to server \"vm1\""),
+        "{}",
+        e.message()
+    );
+    assert!(
+        pool.open(&spec).is_ok(),
+        "an attached volume's image must stay"
+    );
+    let e = v.revert_snapshot(snap("data1", "s1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // Snapshots of attached volumes are allowed (crash-consistent).
+    v.create_snapshot(snap("data1", "s2")).await.unwrap();
+
+    // Detach: detaching, then available once nothing holds the image.
+    let d = v
+        .detach(pb::DetachVolumeRequest {
+            r#ref: "data1".into(),
+            project: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.status, "detaching");
+    let inst: nubo_common::model::Instance =
+        common::get(&etcd, &keys::instance(&s1.parse().unwrap()))
+            .await
+            .unwrap();
+    assert!(inst.volumes.is_empty());
+    let back = wait_status(&mut v, "data1", "available").await;
+    assert!(back.attached_to.is_empty());
+
+    // Delete-on-termination: deleting vm2 deletes its volume; a volume
+    // without it becomes available when vm1 goes.
+    v.create(create("scratch", 1)).await.unwrap();
+    v.attach(pb::AttachVolumeRequest {
+        r#ref: "scratch".into(),
+        server_ref: s2.clone(),
+        delete_on_termination: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    v.attach(pb::AttachVolumeRequest {
+        r#ref: "data1".into(),
+        server_ref: s1.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    cl.servers.delete(del("vm2")).await.unwrap();
+    cl.servers.delete(del("vm1")).await.unwrap();
+    wait_status(&mut v, "scratch", "gone").await;
+    wait_status(&mut v, "data1", "available").await;
+
+    // Delete: RBD image, snapshots and records go.
+    v.delete(del("data1")).await.unwrap();
+    assert_eq!(
+        v.get(get("data1")).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(
+        leftovers(&admin, &p.volumes).is_empty(),
+        "{:?}",
+        leftovers(&admin, &p.volumes)
+    );
+    assert!(prefix(&etcd, &keys::volume_snapshots_root())
+        .await
+        .is_empty());
+    assert!(prefix(&etcd, &keys::volumes_prefix()).await.is_empty());
+    t.delete(del("ssd")).await.unwrap();
+
+    // A volume cloned from an image imported into Ceph.
+    let img: Vec<(String, Vec<u8>)> = prefix(&etcd, &keys::images_prefix()).await;
+    let image: Image = nubo_common::model::decode(&img[0].0, &img[0].1).unwrap();
+    let store = RbdStore::new(admin.clone(), p.clone());
+    let data = vec![0x5a_u8; 1 << 20];
+    let parent = store
+        .import_image(
+            &image.id.to_string(),
+            &mut std::io::Cursor::new(data.clone()),
+            1 << 20,
+        )
+        .unwrap();
+    let boot = v
+        .create(pb::CreateVolumeRequest {
+            image_ref: "cirros".into(),
+            ..create("boot1", 1)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(boot.source_image, image.id.to_string());
+    let cloned = pool.open(&format!("vol-{}", boot.id)).unwrap();
+    let parent_info = cloned.parent_info().unwrap();
+    assert_eq!(
+        (parent_info.image.as_str(), parent_info.snap.as_str()),
+        (parent.disk.name.as_str(), "base")
+    );
+    assert_eq!(cloned.read(0, 16).unwrap(), data[..16]);
+    drop(cloned);
+    v.delete(del("boot1")).await.unwrap();
+    store.delete(&parent.disk).unwrap();
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+
+    coord.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_cephx_key_or_pool_stops_the_start() {
+    let Some(c) = cluster() else { return };
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, "vt-key");
+    let mut ceph = ceph_config(&c, &p);
+    let etcd = Etcd::start().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.keyring");
+    std::fs::write(
+        &wrong,
+        "[client.nubo-coord]\n\tkey = AQBJvXVlAAAAABAAEvEb7pm1e0K2cbTyWgEbjg==\n",
+    )
+    .unwrap();
+    let good = ceph.keyring.replace(wrong);
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.ceph = Some(ceph.clone());
+    let e = nubo_coordinator::start(cfg)
+        .await
+        .err()
+        .expect("must refuse");
+    let msg = e.to_string();
+    assert!(msg.contains("client.nubo-coord"), "{msg}");
+    assert!(
+        msg.contains("permission denied") || msg.contains("wrong cephx key"),
+        "{msg}"
+    );
+
+    ceph.keyring = good;
+    ceph.volumes_pool = "vt-no-such-pool".into();
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.ceph = Some(ceph);
+    let e = nubo_coordinator::start(cfg)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        e.to_string().contains("\"vt-no-such-pool\" does not exist"),
+        "{e}"
+    );
+}
+
+/// The proof-of-concept killer: 10 volumes × 8 snapshots created and
+/// deleted in a loop by 4 concurrent clients spread over two coordinators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_churn_by_four_clients_leaves_nothing() {
+    churn("vt-churn", 2).await;
+}
+
+/// `bench_volume_snapshot_churn`: the churn above for
+/// `NUBO_BENCH_ROUNDS` rounds (default 5); prints the wall time and the
+/// latencies of snapshot create/delete (docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark"]
+async fn bench_volume_snapshot_churn() {
+    let rounds = std::env::var("NUBO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let Some(st) = churn("vt-bench", rounds).await else {
+        return;
+    };
+    let pct = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[i].as_secs_f64() * 1000.0
+    };
+    let (mut c, mut d) = (st.snap_create, st.snap_delete);
+    let ops = rounds * (10 + 80 + 40 + 10);
+    println!(
+        "BENCH volume churn: {rounds} rounds x (10 volumes, 80 snapshot creates, 40 snapshot deletes, 10 volume deletes) = {ops} API calls in {:.1} s ({:.1} calls/s); snapshot create p50 {:.0} ms p99 {:.0} ms; snapshot delete p50 {:.0} ms p99 {:.0} ms",
+        st.elapsed.as_secs_f64(),
+        ops as f64 / st.elapsed.as_secs_f64(),
+        pct(&mut c, 0.5),
+        pct(&mut c, 0.99),
+        pct(&mut d, 0.5),
+        pct(&mut d, 0.99),
+    );
+}
+
+/// What [`churn`] measured.
+struct ChurnStats {
+    elapsed: Duration,
+    snap_create: Vec<Duration>,
+    snap_delete: Vec<Duration>,
+}
+
+/// `rounds` of: 10 volumes created, 8 snapshots each (4 concurrent clients
+/// over two coordinators), half the snapshots deleted one by one, every
+/// volume deleted; after each round neither Ceph nor etcd holds anything.
+async fn churn(pool_prefix: &str, rounds: usize) -> Option<ChurnStats> {
+    let c = cluster()?;
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, pool_prefix);
+    let ceph = ceph_config(&c, &p);
+    let etcd = Etcd::start().unwrap();
+    let (a, b) = (
+        ceph_coordinator(&etcd, &ceph).await,
+        ceph_coordinator(&etcd, &ceph).await,
+    );
+    let (cha, chb) = (channel(&a).await, channel(&b).await);
+    let client = |i: usize| {
+        Volumes::new(if i.is_multiple_of(2) {
+            cha.clone()
+        } else {
+            chb.clone()
+        })
+    };
+    let started = std::time::Instant::now();
+    let (mut snap_create, mut snap_delete) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // 4 clients create the 10 volumes.
+        let names: Vec<String> = (0..10).map(|i| format!("churn-{round}-{i}")).collect();
+        let created: Vec<Result<_, tonic::Status>> =
+            futures::stream::iter(names.iter().enumerate())
+                .map(|(i, n)| {
+                    let mut v = client(i);
+                    async move { v.create(create(n, 1)).await }
+                })
+                .buffer_unordered(4)
+                .collect()
+                .await;
+        for r in created {
+            r.unwrap();
+        }
+        // Every volume gets 8 snapshots, the 80 requests spread over the 4
+        // clients, 4 at a time, several on one volume at once.
+        let work: Vec<(usize, String, String)> = (0..8)
+            .flat_map(|s| names.iter().map(move |n| (n.clone(), format!("s{s}"))))
+            .enumerate()
+            .map(|(i, (n, s))| (i % 4, n, s))
+            .collect();
+        let made: Vec<(Result<_, tonic::Status>, Duration)> = futures::stream::iter(work.clone())
+            .map(|(i, n, s)| {
+                let mut v = client(i);
+                async move {
+                    let t = std::time::Instant::now();
+                    (v.create_snapshot(snap(&n, &s)).await, t.elapsed())
+                }
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for (r, took) in made {
+            r.unwrap();
+            snap_create.push(took);
+        }
+        for n in &names {
+            let l = client(0).list_snapshots(get(n)).await.unwrap().into_inner();
+            assert_eq!(l.snapshots.len(), 8, "{n}");
+            let spec = format!(
+                "vol-{}",
+                client(1).get(get(n)).await.unwrap().into_inner().id
+            );
+            let rbd = admin
+                .pool(&p.volumes)
+                .unwrap()
+                .open(&spec)
+                .unwrap()
+                .snap_list()
+                .unwrap();
+            assert_eq!(rbd.len(), 8, "{spec}");
+        }
+        // Half the volumes lose their snapshots one by one; the other half
+        // are deleted with theirs.
+        let (one_by_one, with_volume) = names.split_at(5);
+        let gone: Vec<(Result<_, tonic::Status>, Duration)> =
+            futures::stream::iter(work.into_iter().filter(|(_, n, _)| one_by_one.contains(n)))
+                .map(|(i, n, s)| {
+                    let mut v = client(i);
+                    async move {
+                        let t = std::time::Instant::now();
+                        (v.delete_snapshot(snap(&n, &s)).await, t.elapsed())
+                    }
+                })
+                .buffer_unordered(4)
+                .collect()
+                .await;
+        for (r, took) in gone {
+            r.unwrap();
+            snap_delete.push(took);
+        }
+        let deleted: Vec<Result<_, tonic::Status>> =
+            futures::stream::iter(one_by_one.iter().chain(with_volume).enumerate())
+                .map(|(i, n)| {
+                    let mut v = client(i);
+                    async move { v.delete(del(n)).await }
+                })
+                .buffer_unordered(4)
+                .collect()
+                .await;
+        for r in deleted {
+            r.unwrap();
+        }
+        let left = leftovers(&admin, &p.volumes);
+        assert!(left.is_empty(), "round {round}: left in Ceph: {left:?}");
+        assert!(prefix(&etcd, &keys::volumes_prefix()).await.is_empty());
+        assert!(prefix(&etcd, &keys::volume_snapshots_root())
+            .await
+            .is_empty());
+    }
+    let elapsed = started.elapsed();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    Some(ChurnStats {
+        elapsed,
+        snap_create,
+        snap_delete,
+    })
+}
+
+/// Two coordinators, 8 clients attaching one volume to 8 servers at once:
+/// exactly one wins; the others are told which server holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_attaches_through_two_coordinators_attach_once() {
+    let Some(c) = cluster() else { return };
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, "vt-race");
+    let ceph = ceph_config(&c, &p);
+    let etcd = Etcd::start().unwrap();
+    let (a, b) = (
+        ceph_coordinator(&etcd, &ceph).await,
+        ceph_coordinator(&etcd, &ceph).await,
+    );
+    let mut cl = clients(&a).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "n1", res(64, 64 * 1024, 1000), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    let mut servers = Vec::new();
+    for i in 0..8 {
+        servers.push(server(&mut cl, &format!("vm{i}")).await);
+    }
+    let (cha, chb) = (channel(&a).await, channel(&b).await);
+    Volumes::new(cha.clone())
+        .create(create("shared", 1))
+        .await
+        .unwrap();
+    let results: Vec<Result<_, tonic::Status>> =
+        futures::stream::iter(servers.clone().into_iter().enumerate())
+            .map(|(i, s)| {
+                let mut v = Volumes::new(if i.is_multiple_of(2) {
+                    cha.clone()
+                } else {
+                    chb.clone()
+                });
+                async move {
+                    v.attach(pb::AttachVolumeRequest {
+                        r#ref: "shared".into(),
+                        server_ref: s,
+                        ..Default::default()
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    let holder = won[0].get_ref().attached_to.clone();
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().contains(&holder), "{}", e.message());
+        }
+    }
+    // Exactly one instance spec lists it, and it is the holder.
+    let mut listing = 0;
+    for s in &servers {
+        let i: nubo_common::model::Instance =
+            common::get(&etcd, &keys::instance(&s.parse().unwrap()))
+                .await
+                .unwrap();
+        if !i.volumes.is_empty() {
+            listing += 1;
+            assert_eq!(&i.id.to_string(), &holder);
+        }
+    }
+    assert_eq!(listing, 1);
+    let vols: Vec<(String, Vec<u8>)> = prefix(&etcd, &keys::volumes_prefix()).await;
+    let v: Volume = nubo_common::model::decode(&vols[0].0, &vols[0].1).unwrap();
+    assert_eq!(v.attached_to.map(|i| i.to_string()), Some(holder));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// `boot_from_volume_size_gb` clones the image into a new volume the server
+/// boots from; `volumes` are attached at create; with
+/// `delete_on_termination` they go with the server. A failed create leaves
+/// no boot volume behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn boot_from_volume_and_volumes_at_create() {
+    let Some(c) = cluster() else { return };
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, "vt-boot");
+    let ceph = ceph_config(&c, &p);
+    let etcd = Etcd::start().unwrap();
+    let coord = ceph_coordinator(&etcd, &ceph).await;
+    let mut cl = clients(&coord).await;
+    let mut v = Volumes::new(channel(&coord).await);
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    let img: Vec<(String, Vec<u8>)> = prefix(&etcd, &keys::images_prefix()).await;
+    let image: Image = nubo_common::model::decode(&img[0].0, &img[0].1).unwrap();
+    let store = RbdStore::new(admin.clone(), p.clone());
+    let parent = store
+        .import_image(
+            &image.id.to_string(),
+            &mut std::io::Read::take(std::io::repeat(0x42), 1 << 20),
+            1 << 20,
+        )
+        .unwrap();
+
+    v.create(create("data", 1)).await.unwrap();
+    let r = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            name: "bfv".into(),
+            flavor: "m1.small".into(),
+            image_ref: "cirros".into(),
+            boot_from_volume_size_gb: 2,
+            volumes: vec!["data".into()],
+            delete_on_termination: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = r.results[0]
+        .server
+        .clone()
+        .unwrap_or_else(|| panic!("{:?}", r.results[0]));
+    assert!(!s.boot_volume_id.is_empty());
+    let boot = v.get(get(&s.boot_volume_id)).await.unwrap().into_inner();
+    assert_eq!(boot.name, "bfv-boot");
+    assert_eq!(
+        (boot.status.as_str(), boot.attached_to.as_str()),
+        ("in-use", s.id.as_str())
+    );
+    assert!(boot.boot && boot.delete_on_termination);
+    assert_eq!(boot.size_gb, 2);
+    let data = v.get(get("data")).await.unwrap().into_inner();
+    assert_eq!(s.volume_ids, vec![data.id.clone()]);
+    assert_eq!(data.status, "in-use");
+    let pool = admin.pool(&p.volumes).unwrap();
+    let parent_info = pool
+        .open(&format!("vol-{}", boot.id))
+        .unwrap()
+        .parent_info()
+        .unwrap();
+    assert_eq!(parent_info.image, parent.disk.name);
+    // The boot disk cannot be detached.
+    let e = v
+        .detach(pb::DetachVolumeRequest {
+            r#ref: boot.id.clone(),
+            project: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // A volume in use cannot be attached at create; nothing is left over
+    // from that attempt (its boot volume is removed again).
+    let e = cl
+        .servers
+        .create(pb::CreateServerRequest {
+            name: "again".into(),
+            flavor: "m1.small".into(),
+            image_ref: "cirros".into(),
+            boot_from_volume_size_gb: 1,
+            volumes: vec!["data".into()],
+            ..Default::default()
+        })
+        .await;
+    let msg = match e {
+        Err(e) => e.message().to_string(),
+        Ok(r) => r.into_inner().results[0].error.clone(),
+    };
+    assert!(msg.contains("attached to server \"bfv\""), "{msg}");
+    wait_status(&mut v, "again-boot", "gone").await;
+
+    // Deleting the server deletes both volumes (delete_on_termination).
+    cl.servers.delete(del("bfv")).await.unwrap();
+    wait_status(&mut v, &boot.id, "gone").await;
+    wait_status(&mut v, "data", "gone").await;
+    let left: Vec<String> = leftovers(&admin, &p.volumes);
+    assert!(left.is_empty(), "{left:?}");
+    store.delete(&parent.disk).unwrap();
+    coord.shutdown().await.unwrap();
+}
+
+/// Quotas `volumes` and `gigabytes` (auth = "token") hold under concurrent
+/// creates and resizes through two coordinators; another project does not
+/// see the volumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_quotas_hold_under_concurrency() {
+    use nubo_common::model::{encode, Project, Role, RoleAssignment, User, UserName};
+    use nubo_common::ProjectId;
+    use tonic::Request;
+
+    let Some(c) = cluster() else { return };
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, "vt-quota");
+    let ceph = ceph_config(&c, &p);
+    let etcd = Etcd::start().unwrap();
+    let store = nubo_coordinator::store::Store::new(etcd.client().await.unwrap());
+    let passwords = nubo_identity::Passwords::with_params(64, 1, 1).unwrap();
+    nubo_coordinator::api::bootstrap(
+        &store,
+        &UserName::new("admin").unwrap(),
+        "adminpw",
+        &passwords,
+    )
+    .await
+    .unwrap();
+    let mut kv = etcd.client().await.unwrap();
+    let hash = passwords.hash("pw").unwrap();
+    for (u, proj) in [("alice", "p1"), ("bob", "p2")] {
+        let id = ProjectId::new(proj).unwrap();
+        let project = Project {
+            id: id.clone(),
+            name: proj.into(),
+            description: String::new(),
+            enabled: true,
+            created_at: chrono::Utc::now(),
+        };
+        kv.put(keys::project(&id), encode(&project), None)
+            .await
+            .unwrap();
+        let name = UserName::new(u).unwrap();
+        let user = User {
+            name: name.clone(),
+            password_hash: hash.clone(),
+            enabled: true,
+            created_at: chrono::Utc::now(),
+        };
+        kv.put(keys::user(&name), encode(&user), None)
+            .await
+            .unwrap();
+        let ra = RoleAssignment {
+            user: name.clone(),
+            project: Some(id.clone()),
+            role: Role::Member,
+        };
+        kv.put(keys::role(&name, Some(&id)), encode(&ra), None)
+            .await
+            .unwrap();
+    }
+    let start = || {
+        let mut cfg = Config::for_tests(etcd.endpoint());
+        cfg.auth = nubo_coordinator::AuthMode::Token;
+        cfg.ceph = Some(ceph.clone());
+        nubo_coordinator::start(cfg)
+    };
+    let (a, b) = (start().await.unwrap(), start().await.unwrap());
+    let (cha, chb) = (channel(&a).await, channel(&b).await);
+    let login = |user: &'static str, pw: &'static str| {
+        let ch = cha.clone();
+        async move {
+            pb::tokens_client::TokensClient::new(ch)
+                .issue(pb::IssueTokenRequest {
+                    user: user.into(),
+                    password: pw.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+        }
+    };
+    let (root, alice, bob) = (
+        login("admin", "adminpw").await,
+        login("alice", "pw").await,
+        login("bob", "pw").await,
+    );
+    fn req<T>(tok: &str, m: T) -> Request<T> {
+        let mut r = Request::new(m);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {tok}").parse().unwrap());
+        r
+    }
+    pb::quotas_client::QuotasClient::new(cha.clone())
+        .set(req(
+            &root,
+            pb::SetQuotaRequest {
+                project: "p1".into(),
+                limits: Some(pb::QuotaSet {
+                    volumes: Some(3),
+                    gigabytes: Some(5),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+
+    // 10 concurrent creates of 1 GiB: exactly 3 fit.
+    let results: Vec<Result<_, tonic::Status>> = futures::stream::iter(0..10_u32)
+        .map(|i| {
+            let mut v = Volumes::new(if i.is_multiple_of(2) {
+                cha.clone()
+            } else {
+                chb.clone()
+            });
+            let r = req(&alice, create(&format!("q{i}"), 1));
+            async move { v.create(r).await }
+        })
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    let ok: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|v| v.get_ref().name.clone()))
+        .collect();
+    assert_eq!(ok.len(), 3, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            assert!(
+                e.message()
+                    .starts_with("quota exceeded for volumes in project \"p1\": limit 3"),
+                "{}",
+                e.message()
+            );
+        }
+    }
+    // Concurrent grows: 2 GiB more fit (5 in all), not 4.
+    let grows: Vec<Result<_, tonic::Status>> = futures::stream::iter(ok.clone())
+        .map(|n| {
+            let mut v = Volumes::new(chb.clone());
+            let r = req(
+                &alice,
+                pb::ResizeVolumeRequest {
+                    r#ref: n,
+                    project: String::new(),
+                    size_gb: 3,
+                },
+            );
+            async move { v.resize(r).await }
+        })
+        .buffer_unordered(3)
+        .collect()
+        .await;
+    assert_eq!(grows.iter().filter(|r| r.is_ok()).count(), 1, "{grows:?}");
+    for r in &grows {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            assert!(e.message().contains("gigabytes"), "{}", e.message());
+        }
+    }
+    let usage = pb::quotas_client::QuotasClient::new(cha.clone())
+        .get(req(&alice, get("")))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap();
+    assert_eq!((usage.volumes, usage.gigabytes), (Some(3), Some(5)));
+
+    // Another project neither sees nor touches them.
+    let mut vb = Volumes::new(cha.clone());
+    let e = vb.get(req(&bob, get(&ok[0]))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = vb.delete(req(&bob, del(&ok[0]))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let listed = vb
+        .list(req(&bob, pb::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.volumes.is_empty());
+    // Members cannot make volume types.
+    let e = Types::new(cha.clone())
+        .create(req(
+            &alice,
+            pb::CreateVolumeTypeRequest {
+                name: "fast".into(),
+                qos: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // Deletes give the quota back.
+    for n in &ok {
+        Volumes::new(cha.clone())
+            .delete(req(&alice, del(n)))
+            .await
+            .unwrap();
+    }
+    let usage = pb::quotas_client::QuotasClient::new(cha.clone())
+        .get(req(&alice, get("")))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap();
+    assert_eq!(
+        (usage.volumes.unwrap_or(0), usage.gigabytes.unwrap_or(0)),
+        (0, 0)
+    );
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+    // Mutating calls are audited, refused ones included.
+    let audit = pb::audit_client::AuditClient::new(cha.clone())
+        .list(req(
+            &root,
+            pb::ListRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let actions: Vec<(&str, &str)> = audit
+        .records
+        .iter()
+        .map(|r| (r.action.as_str(), r.outcome.as_str()))
+        .collect();
+    for want in [
+        ("volumes.create", "ok"),
+        ("volumes.create", "ResourceExhausted"),
+        ("volumes.resize", "ok"),
+        ("volumes.delete", "ok"),
+        ("volumetypes.create", "PermissionDenied"),
+    ] {
+        assert!(actions.contains(&want), "{want:?} not in {actions:?}");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// The operator's view: `nubo volume …` against a coordinator with Ceph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_volume_smoke() {
+    let Some(c) = cluster() else { return };
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, "vt-cli");
+    let ceph = ceph_config(&c, &p);
+    let etcd = Etcd::start().unwrap();
+    let coord = ceph_coordinator(&etcd, &ceph).await;
+    let mut cl = clients(&coord).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    let cli =
+        nubo_tests::Cli::new(&coord.endpoint()).expect("nubo binary (cargo build -p nubo-cli)");
+    let pool = p.volumes.clone();
+    tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| cli.json(args).unwrap_or_else(|e| panic!("{e:#}"));
+        let t = run(&["volume", "type", "create", "ssd", "--write-iops", "200"]);
+        assert_eq!(t["write_iops_sec"], 200);
+        let t = run(&["volume", "type", "set", "ssd", "--read-iops", "300"]);
+        assert_eq!(
+            (t["read_iops_sec"].as_u64(), t["write_iops_sec"].as_u64()),
+            (Some(300), Some(200))
+        );
+        let v = run(&["volume", "create", "d1", "--size", "1G", "--type", "ssd"]);
+        assert_eq!(v["status"], "available");
+        assert_eq!(
+            v["rbd_image"],
+            format!("{pool}/vol-{}", v["id"].as_str().unwrap())
+        );
+        let bad = cli.run(&["volume", "create", "d0", "--size", "0"]).unwrap();
+        assert!(!bad.success());
+        assert!(bad.stderr.contains("at least 1 GiB"), "{}", bad.stderr);
+        let bad = cli
+            .run(&["volume", "create", "dn", "--size", "-2G"])
+            .unwrap();
+        assert!(bad.stderr.contains("negative"), "{}", bad.stderr);
+        let list = run(&["volume", "list"]);
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        run(&[
+            "server", "create", "vm1", "--flavor", "m1.small", "--image", "cirros",
+        ]);
+        let a = run(&["volume", "attach", "d1", "vm1"]);
+        assert_eq!(a["status"], "in-use");
+        let bad = cli.run(&["volume", "delete", "d1"]).unwrap();
+        assert!(
+            bad.stderr.contains("attached to server \"vm1\""),
+            "{}",
+            bad.stderr
+        );
+        run(&["volume", "snapshot", "create", "d1", "s1"]);
+        let snaps = run(&["volume", "snapshot", "list", "d1"]);
+        assert_eq!(snaps[0]["name"], "s1");
+        let d = run(&["volume", "detach", "d1", "--wait"]);
+        assert_eq!(d["status"], "available");
+        let r = run(&["volume", "resize", "d1", "--size", "2G"]);
+        assert_eq!(r["size_gb"], 2);
+        run(&["volume", "snapshot", "delete", "d1", "s1"]);
+        run(&["volume", "delete", "d1"]);
+        run(&["volume", "type", "delete", "ssd"]);
+        assert!(run(&["volume", "list"]).as_array().unwrap().is_empty());
+    })
+    .await
+    .unwrap();
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+    coord.shutdown().await.unwrap();
+}
