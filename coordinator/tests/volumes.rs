@@ -481,6 +481,61 @@ async fn volume_lifecycle_and_bad_input() {
     store.delete(&parent.disk).unwrap();
     assert!(leftovers(&admin, &p.volumes).is_empty());
 
+    // An image uploaded to the coordinator but never booted anywhere: the
+    // coordinator imports it into Ceph itself (once), then clones.
+    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let sha = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(&payload))
+    };
+    pb::images_client::ImagesClient::new(ch.clone())
+        .create(pb::CreateImageRequest {
+            name: "uploaded".into(),
+            disk_format: "raw".into(),
+            size_bytes: payload.len() as u64,
+            checksum_sha256: sha,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let up = pb::image_data_client::ImageDataClient::new(ch.clone())
+        .upload(tokio_stream::iter(vec![pb::ImageChunk {
+            image: "uploaded".into(),
+            project: String::new(),
+            part: "disk".into(),
+            size_bytes: payload.len() as u64,
+            data: payload.clone(),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut from_upload = Vec::new();
+    for name in ["up1", "up2"] {
+        let vol = v
+            .create(pb::CreateVolumeRequest {
+                image_ref: "uploaded".into(),
+                ..create(name, 1)
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let img = pool.open(&format!("vol-{}", vol.id)).unwrap();
+        let parent = img.parent_info().unwrap();
+        assert_eq!(
+            (parent.image.as_str(), parent.snap.as_str()),
+            (format!("img-{}", up.id).as_str(), "base")
+        );
+        assert_eq!(img.read(4096, 4096).unwrap(), payload[4096..8192]);
+        from_upload.push(name);
+    }
+    for name in from_upload {
+        v.delete(del(name)).await.unwrap();
+    }
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+    store
+        .delete(&store.image_ref(&up.id).disk)
+        .unwrap();
+
     coord.shutdown().await.unwrap();
 }
 

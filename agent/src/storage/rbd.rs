@@ -131,7 +131,7 @@ impl RbdBackend {
         let id = image_id.clone();
         let started = std::time::Instant::now();
         let (snap, imported) = tokio::task::spawn_blocking(move || {
-            let mut open = || raw_reader(&disk, &format, &scratch, &id);
+            let mut open = || nubo_storage::raw_image_reader(&disk, &format, &scratch, &id);
             store.ensure_image(&id, &mut open, ImportWait::default())
         })
         .await?
@@ -141,48 +141,6 @@ impl RbdBackend {
         }
         Ok(snap)
     }
-}
-
-/// A reader of the image's raw bytes and their length: the file itself
-/// when it is raw, else a raw copy made with `qemu-img convert` (unlinked
-/// at once; the open handle keeps it readable).
-fn raw_reader(
-    disk: &Path,
-    format: &str,
-    scratch: &Path,
-    image_id: &str,
-) -> nubo_storage::Result<(Box<dyn std::io::Read>, u64)> {
-    let io = |op: &'static str, p: &Path| {
-        let object = p.display().to_string();
-        move |source| nubo_storage::Error::Io { op, object, source }
-    };
-    let path = if format == "raw" {
-        disk.to_path_buf()
-    } else {
-        std::fs::create_dir_all(scratch).map_err(io("create", scratch))?;
-        let tmp = scratch.join(format!("{image_id}.raw.partial"));
-        let out = std::process::Command::new("qemu-img")
-            .args(["convert", "-q", "-f", format, "-O", "raw"])
-            .arg(disk)
-            .arg(&tmp)
-            .output()
-            .map_err(io("run qemu-img convert for", &tmp))?;
-        if !out.status.success() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(nubo_storage::Error::Io {
-                op: "convert to raw",
-                object: disk.display().to_string(),
-                source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-            });
-        }
-        tmp
-    };
-    let file = std::fs::File::open(&path).map_err(io("open", &path))?;
-    let size = file.metadata().map_err(io("stat", &path))?.len();
-    if path != disk {
-        let _ = std::fs::remove_file(&path);
-    }
-    Ok((Box::new(std::io::BufReader::new(file)), size))
 }
 
 #[async_trait]

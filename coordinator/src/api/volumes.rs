@@ -14,22 +14,25 @@
 //! one transaction); the agent hot-plugs. A detach leaves the volume in
 //! `detaching` until [`super::volume_reconcile`] sees it released.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{
-    self, Image, Instance, QuotaUsage, Volume, VolumeAttachment, VolumeStatus, VolumeType,
+    self, DiskFormat, Image, Instance, QuotaUsage, Volume, VolumeAttachment, VolumeStatus,
+    VolumeType,
 };
 use nubo_common::proto::{self as pb, volumes_server};
 use nubo_common::{ImageId, InstanceId, ProjectId, VolumeId};
-use nubo_storage::{BlockStore, RbdStore};
+use nubo_storage::{BlockStore, ImportWait, RbdStore};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::{in_scope, reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
+use crate::image_store::{ImageStore, Part};
 use crate::store::{absent, decode_or_skip, put, unchanged, Versioned};
 use crate::validate;
 
@@ -99,6 +102,33 @@ fn status_name(s: VolumeStatus) -> &'static str {
     convert::volume_status_name(s)
 }
 
+/// An image's data in this coordinator's image store, to be imported into
+/// the images pool (once per cluster) before volumes are cloned from it.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageSource {
+    id: String,
+    disk: PathBuf,
+    format: &'static str,
+    scratch: PathBuf,
+}
+
+impl ImageSource {
+    /// The image's `base` snapshot in Ceph, importing the image first if no
+    /// client has (race-safe: a concurrent importer is waited for). Blocks.
+    fn ensure_in(&self, s: &RbdStore) -> nubo_storage::Result<(nubo_storage::SnapshotRef, bool)> {
+        let mut open = || {
+            if !self.disk.exists() {
+                return Err(nubo_storage::Error::NotFound {
+                    op: "read image data",
+                    object: self.disk.display().to_string(),
+                });
+            }
+            nubo_storage::raw_image_reader(&self.disk, self.format, &self.scratch, &self.id)
+        };
+        s.ensure_image(&self.id, &mut open, ImportWait::default())
+    }
+}
+
 /// What a new volume is made from.
 #[derive(Debug, Clone)]
 pub(crate) struct NewVolume {
@@ -118,6 +148,19 @@ impl Ctx {
                     .into(),
             )
         })
+    }
+
+    /// Where image `img`'s disk data lives on this coordinator.
+    fn image_source(&self, img: &Image) -> ImageSource {
+        ImageSource {
+            id: img.id.to_string(),
+            disk: ImageStore::new(&self.cfg.image_dir).path(&img.id.to_string(), Part::Disk),
+            format: match img.disk_format {
+                DiskFormat::Raw => "raw",
+                DiskFormat::Qcow2 => "qcow2",
+            },
+            scratch: self.cfg.image_dir.join("rbd-import"),
+        }
     }
 
     /// Runs blocking RBD work on the blocking pool.
@@ -264,22 +307,26 @@ impl Ctx {
             };
             let rev = self.reserve_volume(&vol).await?;
             let (vid, size) = (id.to_string(), nv.size_gb);
-            let image = nv.image.as_ref().map(|i| i.id.to_string());
+            let source = nv.image.as_ref().map(|i| self.image_source(i));
             let made = self
-                .ceph(move |s| match image {
+                .ceph(move |s| match source {
                     None => s.create_volume(&vid, size),
-                    Some(img) => {
-                        let parent = s.image_ref(&img);
+                    Some(src) => {
+                        let (parent, imported) = src.ensure_in(s)?;
+                        if imported {
+                            tracing::info!(image = %src.id, "imported image into ceph");
+                        }
                         s.clone_volume_from_image(&parent, &vid, size)
                     }
                 })
                 .await;
             if let Err(e) = made {
-                let e = match e {
-                    ApiError::NotFound(m) if nv.image.is_some() => ApiError::FailedPrecondition(
-                        format!("the image is not imported into Ceph yet ({m})"),
-                    ),
-                    e => e,
+                let e = match (e, &nv.image) {
+                    (ApiError::NotFound(m), Some(img)) => ApiError::FailedPrecondition(format!(
+                        "image {} is not imported into Ceph and this coordinator has no data to import it from ({m}); upload it with `nubo image create --file`",
+                        img.name
+                    )),
+                    (e, _) => e,
                 };
                 tracing::warn!(error = %e, "creating the RBD image failed; undoing the reservation");
                 self.undo_create(&vol, rev, &e).await;
