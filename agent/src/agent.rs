@@ -123,6 +123,7 @@ async fn run_inner(
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
         let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
         let (mirror, handle) = Mirror::new(client.clone());
+        let mirror = mirror.with_local_node(cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());

@@ -5,16 +5,22 @@
 //! logged with their key and remembered in [`Cache::garbage`] (so that the
 //! objects they describe are held, never torn down); keys outside the layout
 //! are ignored.
+//!
+//! Volumes and volume types are kept too, so that the agent resolves the
+//! volumes of its instances and their QoS from the mirror (never from etcd
+//! directly): a change to one used by an instance of [`Cache::local_node`]
+//! is [`Change::Relevant`] and reaches attached disks at once.
 
 use std::collections::BTreeMap;
 
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
     self, Assignment, Flavor, Image, Instance, InstanceStatus, Keypair, Network, Node, Port,
-    SecurityGroup,
+    SecurityGroup, Volume, VolumeType,
 };
 use nubo_common::{
     FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
+    VolumeId,
 };
 use serde::de::DeserializeOwned;
 
@@ -30,6 +36,10 @@ pub struct StoredStatus {
 /// The mirror of `/nubo/v1/`.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
+    /// The node whose reconcilers this cache feeds: volume and volume-type
+    /// changes are [`Change::Relevant`] only when one of its instances uses
+    /// them. `None`: every instance counts (conservative).
+    pub local_node: Option<NodeName>,
     /// Revision of the store this cache reflects.
     pub revision: i64,
     /// Nodes by name.
@@ -52,6 +62,11 @@ pub struct Cache {
     pub statuses: BTreeMap<InstanceId, StoredStatus>,
     /// Assignments of every node (ports of remote nodes are located through them).
     pub assignments: BTreeMap<NodeName, BTreeMap<InstanceId, Assignment>>,
+    /// Volumes by id (every volume: which ones matter follows from the
+    /// instances' `volumes`).
+    pub volumes: BTreeMap<VolumeId, Volume>,
+    /// Volume types (QoS classes) by name.
+    pub volume_types: BTreeMap<String, VolumeType>,
     /// Keys whose value did not decode, with the reason.
     pub garbage: BTreeMap<String, String>,
 }
@@ -64,7 +79,8 @@ pub enum Change {
     Relevant,
     /// A status or liveness key changed (written by agents themselves).
     Report,
-    /// The key is not understood or not needed.
+    /// The key is not understood or not needed (a volume or volume type no
+    /// local instance uses is still stored, but reports `Ignored`).
     Ignored,
 }
 
@@ -97,12 +113,24 @@ fn put_or_remove<K: Ord, T: DeserializeOwned>(
 }
 
 impl Cache {
+    /// An empty cache feeding the reconcilers of `node` (see
+    /// [`Cache::local_node`]).
+    pub fn for_node(node: Option<NodeName>) -> Self {
+        Self {
+            local_node: node,
+            ..Self::default()
+        }
+    }
+
     /// Applies a put (`Some(value)`) or a delete (`None`) of `key` at
     /// `mod_revision`.
     pub fn apply(&mut self, key: &str, value: Option<&[u8]>, mod_revision: i64) -> Change {
         self.revision = self.revision.max(mod_revision);
         let Some(parsed) = keys::parse(key) else {
-            return Change::Ignored;
+            return match keys::parse_volume(key) {
+                Some(keys::VolumeKey::Type(name)) => self.apply_volume_type(name, key, value),
+                Some(keys::VolumeKey::Snapshot(..)) | None => Change::Ignored,
+            };
         };
         let g = &mut self.garbage;
         match parsed {
@@ -146,9 +174,62 @@ impl Cache {
                 return Change::Report;
             }
             Key::NodeAlive(_) | Key::NodeUsage(_) | Key::NodeAdmin(_) => return Change::Report,
-            Key::ServerGroup(_) | Key::Volume(_) => return Change::Ignored,
+            Key::Volume(id) => {
+                put_or_remove(&mut self.volumes, g, id, key, value);
+                return if self.volume_used_locally(&id) {
+                    Change::Relevant
+                } else {
+                    Change::Ignored
+                };
+            }
+            Key::ServerGroup(_) => return Change::Ignored,
         }
         Change::Relevant
+    }
+
+    /// Stores a volume type; relevant when a local instance has a volume of
+    /// that type (the type's volumes do not change with it, so one check
+    /// covers the old and the new value).
+    fn apply_volume_type(&mut self, name: String, key: &str, value: Option<&[u8]>) -> Change {
+        let used = self.type_used_locally(&name);
+        put_or_remove(&mut self.volume_types, &mut self.garbage, name, key, value);
+        if used {
+            Change::Relevant
+        } else {
+            Change::Ignored
+        }
+    }
+
+    /// The specs of the instances assigned to [`Cache::local_node`] (every
+    /// instance when it is `None`).
+    fn local_instances(&self) -> Box<dyn Iterator<Item = &Instance> + '_> {
+        match &self.local_node {
+            None => Box::new(self.instances.values()),
+            Some(n) => Box::new(
+                self.assignments
+                    .get(n)
+                    .into_iter()
+                    .flat_map(|a| a.keys())
+                    .filter_map(|id| self.instances.get(id)),
+            ),
+        }
+    }
+
+    /// Whether a local instance has `volume` attached (in its spec).
+    fn volume_used_locally(&self, volume: &VolumeId) -> bool {
+        self.local_instances()
+            .any(|i| i.volumes.iter().any(|a| a.volume == *volume))
+    }
+
+    /// Whether a local instance has a volume of type `name` attached.
+    fn type_used_locally(&self, name: &str) -> bool {
+        self.local_instances().any(|i| {
+            i.volumes.iter().any(|a| {
+                self.volumes
+                    .get(&a.volume)
+                    .is_some_and(|v| v.volume_type.as_deref() == Some(name))
+            })
+        })
     }
 
     /// Whether the value stored at `key` was undecodable, and why.
@@ -222,5 +303,74 @@ mod tests {
             Change::Ignored
         );
         assert!(c.garbage.is_empty());
+    }
+
+    #[test]
+    fn volumes_and_types_are_kept_and_wake_only_for_local_instances() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.cache.local_node = Some(n1.clone());
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(1, 0);
+        let (local, _) = w.instance_on(&n1, net, &[]);
+        let (remote, _) = w.instance_on(&node_name("n2"), net, &[]);
+        // A type no local disk uses: stored, no pass.
+        assert_eq!(w.volume_type("gold", Some(200)), Change::Ignored);
+        assert_eq!(w.cache.volume_types["gold"].qos.write_iops_sec, Some(200));
+        let v_local = w.volume(Some("gold"));
+        let v_remote = w.volume(Some("silver"));
+        assert_eq!(
+            w.cache.volumes[&v_local].volume_type.as_deref(),
+            Some("gold")
+        );
+        w.attach(local, v_local);
+        w.attach(remote, v_remote);
+
+        // Used here: a type change and a volume change wake the reconcilers.
+        assert_eq!(w.volume_type("gold", Some(100)), Change::Relevant);
+        assert_eq!(w.cache.volume_types["gold"].qos.write_iops_sec, Some(100));
+        let vk = keys::volume(&v_local);
+        let rec = model::encode(&w.cache.volumes[&v_local]);
+        assert_eq!(w.cache.apply(&vk, Some(&rec), 100), Change::Relevant);
+        // Used only on another node: stored, no pass here.
+        assert_eq!(w.volume_type("silver", Some(5)), Change::Ignored);
+        let rk = keys::volume(&v_remote);
+        let remote_rec = model::encode(&w.cache.volumes[&v_remote]);
+        assert_eq!(w.cache.apply(&rk, None, 101), Change::Ignored);
+        assert!(!w.cache.volumes.contains_key(&v_remote));
+        // Without a local node every instance counts.
+        w.cache.local_node = None;
+        assert_eq!(w.cache.apply(&rk, Some(&remote_rec), 102), Change::Relevant);
+        assert_eq!(w.volume_type("silver", Some(6)), Change::Relevant);
+        w.cache.local_node = Some(n1);
+
+        // Undecodable values: remembered as garbage, the old value dropped,
+        // never a panic; a good value heals them.
+        let tk = keys::volume_type("gold");
+        assert_eq!(w.cache.apply(&tk, Some(b"{nope"), 103), Change::Relevant);
+        assert!(!w.cache.volume_types.contains_key("gold"));
+        assert!(w.cache.garbage_reason(&tk).is_some());
+        assert_eq!(w.cache.apply(&vk, Some(b"[]"), 104), Change::Relevant);
+        assert!(!w.cache.volumes.contains_key(&v_local));
+        assert!(w.cache.garbage_reason(&vk).is_some());
+        assert_eq!(w.cache.apply(&vk, Some(&rec), 105), Change::Relevant);
+        assert!(w.cache.garbage_reason(&vk).is_none());
+        assert_eq!(w.cache.apply(&tk, None, 106), Change::Relevant);
+        assert!(w.cache.garbage_reason(&tk).is_none());
+        assert_eq!(w.cache.revision, 106);
+
+        // Snapshots and malformed volume keys are not kept.
+        let snap = keys::volume_snapshot(&v_local, "s1");
+        assert_eq!(w.cache.apply(&snap, Some(b"{}"), 107), Change::Ignored);
+        assert_eq!(
+            w.cache.apply("/nubo/v1/volume-types/", Some(b"{}"), 108),
+            Change::Ignored
+        );
+        assert_eq!(
+            w.cache
+                .apply("/nubo/v1/volumes/not-a-uuid", Some(b"{}"), 109),
+            Change::Ignored
+        );
+        assert!(w.cache.garbage.is_empty(), "{:?}", w.cache.garbage);
     }
 }

@@ -537,8 +537,7 @@ impl Subsystem for Compute {
             .map(|o| (o.id, o))
             .collect();
         self.attached =
-            crate::volumes::reconcile_node(&self.hv, &self.etcd, desired, &now, &self.attached)
-                .await;
+            crate::volumes::reconcile_node(&self.hv, desired, &now, &self.attached).await;
         for (id, d) in &desired.instances {
             let o = now.get(id).filter(|o| o.managed);
             if now.get(id).is_some_and(|o| !o.managed) {

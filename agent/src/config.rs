@@ -245,6 +245,10 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// Fake boot time in ms.
     pub fake_boot_ms: Option<u64>,
+    /// Period of the safety-net reconcile pass in seconds (default 30;
+    /// watch events start passes at once, this only catches what a lost
+    /// event or an outside change left behind).
+    pub resync_interval_secs: Option<u64>,
     /// netns guest prefix.
     pub netns_prefix: Option<String>,
     /// Disable network reconcilers.
@@ -346,7 +350,8 @@ pub struct AgentConfig {
     pub no_network: bool,
     /// Log format.
     pub log_format: LogFormat,
-    /// Period of the safety-net reconcile (not a flag; 30 s).
+    /// Period of the safety-net reconcile (`resync_interval_secs` in the
+    /// file; 30 s).
     pub resync_interval: Duration,
     /// libvirt driver settings.
     pub libvirt: LibvirtSettings,
@@ -567,6 +572,15 @@ impl AgentConfig {
             .or(file.state_dir)
             .unwrap_or(cfg.state_dir);
         cfg.fake_boot = Duration::from_millis(cli.fake_boot_ms.or(file.fake_boot_ms).unwrap_or(0));
+        if let Some(secs) = file.resync_interval_secs {
+            if !(1..=86_400).contains(&secs) {
+                return Err(ConfigError::Invalid {
+                    field: "resync_interval_secs",
+                    reason: format!("{secs} is outside 1..=86400"),
+                });
+            }
+            cfg.resync_interval = Duration::from_secs(secs);
+        }
         cfg.netns_prefix = cli
             .netns_prefix
             .clone()

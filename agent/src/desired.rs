@@ -7,6 +7,13 @@
 //! spec, port, network, image, keypair or security group) is never dropped
 //! silently: it lands in [`DesiredNode::broken`] with the reason, and
 //! reconcilers leave whatever already exists for it alone.
+//!
+//! Volumes follow the same rule at their own level: a volume listed in an
+//! instance's spec is always wanted (a missing or undecodable volume record
+//! never detaches it), and when its QoS cannot be resolved (record or type
+//! missing or undecodable) it is [`WantedQos::Held`]: an attached disk keeps
+//! the limits it has, and a volume not attached yet waits rather than being
+//! plugged without its limits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,10 +21,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use nubo_common::keys;
 use nubo_common::model::{
-    tap_name, Image, Instance, Keypair, PowerState, Remote, Resources, SecurityGroup,
+    tap_name, Image, Instance, Keypair, PowerState, Qos, Remote, Resources, SecurityGroup,
 };
 use nubo_common::net::MacAddr;
-use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId};
+use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId, VolumeId};
 
 use crate::cache::{Cache, StoredStatus};
 
@@ -60,6 +67,41 @@ pub struct DesiredInstance {
     pub user_data_b64: Option<String>,
     /// Ports in NIC order.
     pub ports: Vec<DesiredPort>,
+    /// Attached volumes in attach order (the boot volume excluded), with
+    /// their QoS.
+    pub volumes: Vec<WantedVolume>,
+}
+
+/// A volume that should be attached to an instance, with its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedVolume {
+    /// The volume.
+    pub volume: VolumeId,
+    /// Its limits, from its record's `volume_type`.
+    pub qos: WantedQos,
+}
+
+/// The I/O limits a wanted volume should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WantedQos {
+    /// Apply these (a volume without a type is unlimited:
+    /// `Qos::default()`).
+    Limits(Qos),
+    /// Not known now, with the reason: the volume record or its type is
+    /// missing or undecodable. An attached disk keeps the limits it has (a
+    /// bad value never lifts a tenant's limits) and is never detached for
+    /// it; a volume not attached yet is not plugged until it resolves.
+    Held(String),
+}
+
+impl WantedQos {
+    /// The limits, when known.
+    pub fn limits(&self) -> Option<&Qos> {
+        match self {
+            WantedQos::Limits(q) => Some(q),
+            WantedQos::Held(_) => None,
+        }
+    }
 }
 
 impl DesiredInstance {
@@ -328,6 +370,14 @@ fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, St
             port_security: port.port_security,
         });
     }
+    let volumes = spec
+        .volumes
+        .iter()
+        .map(|a| WantedVolume {
+            volume: a.volume,
+            qos: volume_qos(cache, &a.volume),
+        })
+        .collect();
     Ok(DesiredInstance {
         spec: spec.clone(),
         resources,
@@ -335,7 +385,33 @@ fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, St
         keypair,
         user_data_b64: spec.user_data_b64.clone(),
         ports,
+        volumes,
     })
+}
+
+/// The limits of `volume`: its type's QoS, unlimited without a type,
+/// [`WantedQos::Held`] when the record or the type cannot be read (the
+/// coordinator refuses to delete a type in use, so a missing type is a
+/// damaged or lagging store, not "no limits").
+fn volume_qos(cache: &Cache, volume: &VolumeId) -> WantedQos {
+    let Some(v) = cache.volumes.get(volume) else {
+        return WantedQos::Held(missing(
+            cache,
+            &format!("volume {volume}"),
+            &keys::volume(volume),
+        ));
+    };
+    match &v.volume_type {
+        None => WantedQos::Limits(Qos::default()),
+        Some(t) => match cache.volume_types.get(t) {
+            Some(vt) => WantedQos::Limits(vt.qos),
+            None => WantedQos::Held(missing(
+                cache,
+                &format!("volume type {t} of volume {volume}"),
+                &keys::volume_type(t),
+            )),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -428,5 +504,64 @@ mod tests {
         let d = build(&w.cache, &n1, 1500);
         assert_eq!(d.reported.keys().collect::<Vec<_>>(), vec![&a]);
         assert_eq!(d.reported[&a].mod_revision, 7);
+    }
+
+    #[test]
+    fn attached_volumes_resolve_their_qos_and_unknowns_are_held_not_dropped() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(1, 0);
+        let (id, _) = w.instance_on(&n1, net, &[]);
+        w.volume_type("gold", Some(200));
+        let gold = w.volume(Some("gold"));
+        let plain = w.volume(None);
+        let orphan = w.volume(Some("gold"));
+        let bad_type = w.volume(Some("bad"));
+        w.cache.apply(&keys::volume_type("bad"), Some(b"{"), 500);
+        let gone_type = w.volume(Some("gone"));
+        let bad_record = w.volume(None);
+        let order = vec![gold, plain, orphan, bad_type, gone_type, bad_record];
+        for v in &order {
+            w.attach(id, *v);
+        }
+        w.cache.apply(&keys::volume(&orphan), None, 501);
+        w.cache.apply(&keys::volume(&bad_record), Some(b"1"), 502);
+
+        let d = build(&w.cache, &n1, 1500);
+        // Volume trouble never makes the instance broken.
+        assert!(d.broken.is_empty(), "{:?}", d.broken);
+        let vols = &d.instances[&id].volumes;
+        // Every attached volume stays wanted, in attach order.
+        assert_eq!(vols.iter().map(|v| v.volume).collect::<Vec<_>>(), order);
+        assert_eq!(
+            vols[0].qos,
+            WantedQos::Limits(Qos {
+                write_iops_sec: Some(200),
+                ..Qos::default()
+            })
+        );
+        assert_eq!(vols[1].qos, WantedQos::Limits(Qos::default()));
+        let held = |i: usize| match &vols[i].qos {
+            WantedQos::Held(r) => r.clone(),
+            q => panic!("{i}: {q:?}"),
+        };
+        assert!(held(2).contains(&format!("volume {orphan} not found")));
+        assert!(held(3).contains("volume type bad"));
+        assert!(held(3).contains("undecodable"));
+        assert!(held(4).contains("volume type gone"));
+        assert!(held(4).contains("not found"));
+        assert!(held(5).contains("undecodable"));
+
+        // The type comes back: resolved at the next build.
+        w.volume_type("gone", Some(7));
+        let d = build(&w.cache, &n1, 1500);
+        assert_eq!(
+            d.instances[&id].volumes[4]
+                .qos
+                .limits()
+                .map(|q| q.write_iops_sec),
+            Some(Some(7))
+        );
     }
 }

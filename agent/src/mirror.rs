@@ -59,6 +59,8 @@ pub struct Mirror {
     synced: watch::Sender<bool>,
     listed: watch::Sender<Option<std::time::Instant>>,
     relist: Arc<Notify>,
+    /// The node the cache feeds ([`Cache::local_node`]).
+    local_node: Option<nubo_common::NodeName>,
 }
 
 impl Mirror {
@@ -77,6 +79,7 @@ impl Mirror {
                 synced,
                 listed,
                 relist: relist.clone(),
+                local_node: None,
             },
             MirrorHandle {
                 cache,
@@ -88,6 +91,13 @@ impl Mirror {
         )
     }
 
+    /// Scopes the relevance of volume and volume-type changes to the
+    /// instances of `node` ([`Cache::local_node`]).
+    pub fn with_local_node(mut self, node: nubo_common::NodeName) -> Self {
+        self.local_node = Some(node);
+        self
+    }
+
     fn bump(&self) {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
@@ -96,7 +106,7 @@ impl Mirror {
     async fn relist(&self) -> Result<i64, StoreError> {
         let started = std::time::Instant::now();
         let (kvs, rev) = store::list_prefix(&self.client, keys::ROOT).await?;
-        let mut fresh = Cache::default();
+        let mut fresh = Cache::for_node(self.local_node.clone());
         for (k, v, mod_rev) in &kvs {
             fresh.apply(k, Some(v), *mod_rev);
         }

@@ -4,14 +4,16 @@
 use nubo_common::keys;
 use nubo_common::model::{
     self, Assignment, DiskFormat, Image, ImageStatus, Instance, InstanceState, InstanceStatus,
-    Network, Node, Port, PowerState, Resources, SecurityGroup,
+    Network, Node, Port, PowerState, Qos, Resources, SecurityGroup, Volume, VolumeAttachment,
+    VolumeStatus, VolumeType,
 };
 use nubo_common::net::MacAddr;
 use nubo_common::{
     FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
+    VolumeId,
 };
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Change};
 
 pub fn node_name(s: &str) -> NodeName {
     NodeName::new(s).unwrap()
@@ -80,9 +82,57 @@ impl World {
         }
     }
 
-    fn put<T: serde::Serialize>(&mut self, key: String, v: &T) {
+    fn put<T: serde::Serialize>(&mut self, key: String, v: &T) -> Change {
         self.rev += 1;
-        self.cache.apply(&key, Some(&model::encode(v)), self.rev);
+        self.cache.apply(&key, Some(&model::encode(v)), self.rev)
+    }
+
+    /// Puts volume type `name` limiting write IOPS to `write_iops`.
+    pub fn volume_type(&mut self, name: &str, write_iops: Option<u64>) -> Change {
+        let t = VolumeType {
+            name: name.into(),
+            qos: Qos {
+                write_iops_sec: write_iops,
+                ..Qos::default()
+            },
+            created_at: model::now(),
+        };
+        self.put(keys::volume_type(name), &t)
+    }
+
+    /// Puts a new available volume of type `vtype`.
+    pub fn volume(&mut self, vtype: Option<&str>) -> VolumeId {
+        let v = Volume {
+            id: VolumeId::new_random(),
+            name: "vol".into(),
+            project: ProjectId::default_project(),
+            size_gb: 1,
+            volume_type: vtype.map(str::to_string),
+            status: VolumeStatus::Available,
+            attached_to: None,
+            source_image: None,
+            status_reason: None,
+            created_at: model::now(),
+        };
+        let id = v.id;
+        self.put(keys::volume(&id), &v);
+        id
+    }
+
+    /// Attaches `volume` to `instance` the way the coordinator does: the
+    /// instance's spec lists it, the volume record points back.
+    pub fn attach(&mut self, instance: InstanceId, volume: VolumeId) {
+        if let Some(mut v) = self.cache.volumes.get(&volume).cloned() {
+            v.attached_to = Some(instance);
+            v.status = VolumeStatus::InUse;
+            self.put(keys::volume(&volume), &v);
+        }
+        let mut spec = self.cache.instances[&instance].clone();
+        spec.volumes.push(VolumeAttachment {
+            volume,
+            delete_on_termination: false,
+        });
+        self.put(keys::instance(&instance), &spec);
     }
 
     pub fn node(&mut self, n: &NodeName, ip: &str) {

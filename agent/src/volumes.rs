@@ -1,36 +1,27 @@
 //! Volumes of the instances on this node: observe what the hypervisor has
-//! attached, [`plan`] the difference with `Instance.volumes` (attach order
-//! gives `vdb`, `vdc`, …; a volume keeps its device while attached) and the
-//! volume types' QoS, apply it (hot-plug, unplug, live I/O limits), and
-//! report the attached set (`InstanceStatus.volumes`, which the
+//! attached, [`plan`] the difference with the instance's wanted volumes
+//! (attach order gives `vdb`, `vdc`, …; a volume keeps its device while
+//! attached) and their QoS, apply it (hot-plug, unplug, live I/O limits),
+//! and report the attached set (`InstanceStatus.volumes`, which the
 //! coordinator uses to complete a detach).
 //!
-//! The QoS of a volume comes from its record's `volume_type`
-//! (`/nubo/v1/volumes/<id>` → `/nubo/v1/volume-types/<name>`), read from
-//! etcd at each pass for the instances that have volumes, so a changed
-//! type reaches disks already attached at the next pass.
+//! What is wanted comes from [`crate::desired::DesiredInstance::volumes`],
+//! resolved by [`crate::desired::build`] from the agent's mirror
+//! (`Instance.volumes`, `/nubo/v1/volumes/<id>` →
+//! `/nubo/v1/volume-types/<name>`): no etcd read here, so volumes are
+//! reconciled from the cache while etcd is unreachable, and a changed type
+//! wakes the reconcile loop through the watch and reaches attached disks in
+//! the pass that follows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use etcd_client::Client;
-use nubo_common::keys;
-use nubo_common::model::{self, Qos, Volume, VolumeType};
+use nubo_common::model::Qos;
 use nubo_common::{InstanceId, VolumeId};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::desired::DesiredInstance;
+pub use crate::desired::{WantedQos, WantedVolume};
 use crate::hypervisor::{AttachedVolume, Hypervisor, VolumeToAttach};
-use crate::store;
-
-/// A volume that should be attached, with its limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WantedVolume {
-    /// The volume.
-    pub volume: VolumeId,
-    /// Its type's QoS (unlimited when the type is unknown).
-    pub qos: Qos,
-}
 
 /// One volume operation on one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +47,9 @@ pub fn targets() -> impl Iterator<Item = String> {
 /// The operations that bring an instance's attached volumes to `wanted`:
 /// detaches first (freeing devices), then attaches in `wanted` order at
 /// the lowest free device, then retunes of attached volumes whose limits
-/// differ. Volumes beyond the 25 devices are left out (never panics).
-/// Pure.
+/// differ. A volume whose QoS is [`WantedQos::Held`] stays attached with
+/// its limits untouched, and is not attached until it resolves. Volumes
+/// beyond the 25 devices are left out (never panics). Pure.
 pub fn plan(wanted: &[WantedVolume], observed: &[AttachedVolume]) -> Vec<VolumeOp> {
     let want: BTreeMap<VolumeId, &WantedVolume> = wanted.iter().map(|w| (w.volume, w)).collect();
     let mut ops = Vec::new();
@@ -79,71 +71,29 @@ pub fn plan(wanted: &[WantedVolume], observed: &[AttachedVolume]) -> Vec<VolumeO
         if attached.contains(&w.volume) || !seen.insert(w.volume) {
             continue;
         }
+        let Some(qos) = w.qos.limits() else {
+            continue;
+        };
         let Some(target) = free.next() else {
             break;
         };
         ops.push(VolumeOp::Attach(VolumeToAttach {
             volume: w.volume,
             target,
-            qos: w.qos,
+            qos: *qos,
         }));
     }
     for o in observed {
-        if let Some(w) = want.get(&o.volume) {
-            if w.qos != o.qos {
+        if let Some(qos) = want.get(&o.volume).and_then(|w| w.qos.limits()) {
+            if *qos != o.qos {
                 ops.push(VolumeOp::Retune {
                     volume: o.volume,
-                    qos: w.qos,
+                    qos: *qos,
                 });
             }
         }
     }
     ops
-}
-
-/// The QoS of each volume of `d` (boot volume excluded), read from etcd.
-/// A missing or undecodable volume or type means no limits, logged.
-pub async fn wanted_volumes(
-    etcd: &Client,
-    d: &DesiredInstance,
-) -> Result<Vec<WantedVolume>, store::StoreError> {
-    let mut types: BTreeMap<String, Qos> = BTreeMap::new();
-    let mut out = Vec::with_capacity(d.spec.volumes.len());
-    for a in &d.spec.volumes {
-        let key = keys::volume(&a.volume);
-        let vtype = match store::get(etcd, &key).await? {
-            Some((bytes, _)) => match model::decode::<Volume>(&key, &bytes) {
-                Ok(v) => v.volume_type,
-                Err(e) => {
-                    warn!(instance = %d.id(), volume = %a.volume, error = %e, "undecodable volume; no QoS");
-                    None
-                }
-            },
-            None => None,
-        };
-        let qos = match vtype {
-            None => Qos::default(),
-            Some(t) => match types.get(&t) {
-                Some(q) => *q,
-                None => {
-                    let key = keys::volume_type(&t);
-                    let q = match store::get(etcd, &key).await? {
-                        Some((bytes, _)) => model::decode::<VolumeType>(&key, &bytes)
-                            .map(|t| t.qos)
-                            .unwrap_or_default(),
-                        None => Qos::default(),
-                    };
-                    types.insert(t, q);
-                    q
-                }
-            },
-        };
-        out.push(WantedVolume {
-            volume: a.volume,
-            qos,
-        });
-    }
-    Ok(out)
 }
 
 /// How long a pass waits for a guest to complete an unplug it requested,
@@ -248,7 +198,6 @@ const MAX_CONCURRENT: usize = 8;
 /// compute pass.
 pub async fn reconcile_node(
     hv: &Arc<dyn Hypervisor>,
-    etcd: &Client,
     desired: &crate::desired::DesiredNode,
     now: &BTreeMap<InstanceId, crate::hypervisor::ObservedInstance>,
     previous: &BTreeMap<InstanceId, Vec<VolumeId>>,
@@ -260,21 +209,13 @@ pub async fn reconcile_node(
         if !now.get(id).is_some_and(|o| o.managed) {
             continue;
         }
-        let wanted = if d.spec.volumes.is_empty() {
-            Vec::new()
-        } else {
-            match wanted_volumes(etcd, d).await {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(instance = %id, error = %e, "could not read volume records; volumes left as they are");
-                    if let Some(p) = previous.get(id) {
-                        out.insert(*id, p.clone());
-                    }
-                    continue;
-                }
+        for w in &d.volumes {
+            if let WantedQos::Held(reason) = &w.qos {
+                warn!(instance = %id, volume = %w.volume, %reason,
+                    "volume QoS unknown; attached disk keeps its limits, attach waits");
             }
-        };
-        jobs.push((*id, wanted));
+        }
+        jobs.push((*id, d.volumes.clone()));
     }
     let results: Vec<(InstanceId, InstanceOutcome)> =
         futures::stream::iter(jobs.into_iter().map(|(id, wanted)| {
@@ -312,11 +253,22 @@ mod tests {
     fn want(n: u8, iops: Option<u64>) -> WantedVolume {
         WantedVolume {
             volume: vid(n),
-            qos: Qos {
+            qos: WantedQos::Limits(Qos {
                 write_iops_sec: iops,
                 ..Qos::default()
-            },
+            }),
         }
+    }
+
+    fn held(n: u8) -> WantedVolume {
+        WantedVolume {
+            volume: vid(n),
+            qos: WantedQos::Held("volume type gold not found".into()),
+        }
+    }
+
+    fn limits(w: &WantedVolume) -> Qos {
+        w.qos.limits().copied().unwrap()
     }
 
     fn att(n: u8, target: &str, iops: Option<u64>) -> AttachedVolume {
@@ -344,7 +296,7 @@ mod tests {
                 VolumeOp::Attach(VolumeToAttach {
                     volume: vid(2),
                     target: "vdc".into(),
-                    qos: want(2, Some(200)).qos
+                    qos: limits(&want(2, Some(200)))
                 }),
             ]
         );
@@ -392,7 +344,7 @@ mod tests {
             ops,
             vec![VolumeOp::Retune {
                 volume: vid(1),
-                qos: want(1, Some(200)).qos
+                qos: limits(&want(1, Some(200)))
             }]
         );
         let ops = plan(&[want(1, None)], &[att(1, "vdb", Some(200))]);
@@ -443,6 +395,77 @@ mod tests {
         // An unknown instance cannot be observed: the caller keeps its report.
         let r = reconcile_instance(hv, InstanceId::new_random(), vec![]).await;
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn held_qos_keeps_attached_disks_as_they_are_and_defers_new_attaches() {
+        // Attached with unknown QoS: neither detached nor retuned, keeps vdb.
+        let ops = plan(&[held(1), want(2, None)], &[att(1, "vdb", Some(5))]);
+        assert_eq!(
+            ops,
+            vec![VolumeOp::Attach(VolumeToAttach {
+                volume: vid(2),
+                target: "vdc".into(),
+                qos: Qos::default()
+            })]
+        );
+        // Not attached yet: waits, without taking a device.
+        let ops = plan(&[held(1), want(2, None)], &[]);
+        assert_eq!(
+            ops,
+            vec![VolumeOp::Attach(VolumeToAttach {
+                volume: vid(2),
+                target: "vdb".into(),
+                qos: Qos::default()
+            })]
+        );
+    }
+
+    #[test]
+    fn a_type_change_in_the_cache_retunes_the_attached_disk() {
+        use crate::cache::Change;
+        use crate::testutil::*;
+        use nubo_common::keys;
+        let mut w = World::new();
+        let n = node_name("n1");
+        w.cache.local_node = Some(n.clone());
+        w.node(&n, "10.0.0.1");
+        let net = w.network(1, 0);
+        let (id, _) = w.instance_on(&n, net, &[]);
+        w.volume_type("gold", Some(200));
+        let v = w.volume(Some("gold"));
+        w.attach(id, v);
+        let wanted = |w: &World| {
+            crate::desired::build(&w.cache, &n, 1500).instances[&id]
+                .volumes
+                .clone()
+        };
+        let iops = |n: u64| Qos {
+            write_iops_sec: Some(n),
+            ..Qos::default()
+        };
+        let observed = vec![AttachedVolume {
+            volume: v,
+            target: "vdb".into(),
+            qos: iops(200),
+        }];
+        assert!(plan(&wanted(&w), &observed).is_empty());
+
+        // `nubo volume type set gold --write-iops 100`: the watch event wakes
+        // the loop, and the plan built from the cache retunes the disk.
+        assert_eq!(w.volume_type("gold", Some(100)), Change::Relevant);
+        assert_eq!(
+            plan(&wanted(&w), &observed),
+            vec![VolumeOp::Retune {
+                volume: v,
+                qos: iops(100)
+            }]
+        );
+        // A damaged type or a lost volume record changes nothing on the disk.
+        w.cache.apply(&keys::volume_type("gold"), Some(b"{"), 1000);
+        assert!(plan(&wanted(&w), &observed).is_empty());
+        w.cache.apply(&keys::volume(&v), None, 1001);
+        assert!(plan(&wanted(&w), &observed).is_empty());
     }
 
     #[test]

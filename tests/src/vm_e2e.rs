@@ -415,6 +415,18 @@ impl VmLab {
     /// start something on the underlay first (a Ceph cluster) and configure
     /// the agents for it ([`VmLab::start_agents`]).
     pub fn start_without_agents(n: u8) -> Result<Self> {
+        Self::start_without_agents_with(n, |_, _| Ok(Vec::new()))
+    }
+
+    /// [`VmLab::start_without_agents`] with a step between the underlay and
+    /// the coordinator: `before_coordinator` gets the underlay and the lab's
+    /// scratch directory once etcd runs, may start something there (a Ceph
+    /// cluster on the underlay gateway) and returns extra coordinator
+    /// arguments (e.g. `--ceph-conf`, `--ceph-id`, `--ceph-keyring`).
+    pub fn start_without_agents_with(
+        n: u8,
+        before_coordinator: impl FnOnce(&Underlay, &Path) -> Result<Vec<String>>,
+    ) -> Result<Self> {
         ensure_test_guest()?;
         let underlay = Underlay::new()?;
         let mut hosts = Vec::new();
@@ -430,6 +442,9 @@ impl VmLab {
         copts
             .extra_args
             .extend(["--image-dir".to_string(), image_dir.display().to_string()]);
+        copts
+            .extra_args
+            .extend(before_coordinator(&underlay, dir.path())?);
         let coordinator = Coordinator::start_with(copts, dir.path())?;
         let cli = Cli::new(&coordinator.endpoint())?;
         let mut lab = Self {

@@ -1,68 +1,99 @@
-//! Storage end to end: a throwaway Ceph cluster on the underlay, two
-//! simulated hosts whose agents run with `[storage] backend = "rbd"`, real
-//! QEMU (TCG) guests whose disks are RBD images opened by QEMU's librbd.
+//! Storage end to end: a throwaway Ceph cluster on the underlay, a
+//! coordinator started with `--ceph-conf`/`--ceph-id`/`--ceph-keyring`
+//! (its own cephx user), two simulated hosts whose agents run with
+//! `[storage] backend = "rbd"`, real QEMU (TCG) guests whose disks are RBD
+//! images opened by QEMU's librbd.
 //!
-//! Root disks are COW clones of the imported image; a volume hot-plugged
-//! into a running guest is written there, detached, attached to a guest on
-//! the other host and read back identical; a volume type's QoS reaches the
-//! domain's `<iotune>` and bounds the guest's write rate, and a changed
-//! type reaches the attached disk live (also through an agent restart,
-//! which adopts the RBD-backed domain and finds its libvirt secret again);
-//! the RBD exclusive lock is held by the VM's QEMU; nothing is left in the
-//! pools after the servers are deleted.
+//! Root disks are COW clones of the imported image; volumes are driven
+//! through the CLI only (`nubo volume type create/set`, `nubo volume
+//! create/attach/detach --wait/delete`): a volume hot-plugged into a running
+//! guest is written there, detached, attached to a guest on the other host
+//! and read back identical; a volume type's QoS reaches the domain's
+//! `<iotune>` and bounds the guest's write rate, and a changed type reaches
+//! the attached disk live, through the agent's watch (also through an agent
+//! restart, which adopts the RBD-backed domain and finds its libvirt secret
+//! again); the RBD exclusive lock is held by the VM's QEMU; nothing is left
+//! in the pools after the volumes and servers are deleted.
 //!
-//! The volume API (`nubo volume`) is not in the CLI yet: the test writes
-//! the volume, volume-type and attachment records into etcd itself, as the
-//! coordinator would, and creates the RBD images with `rbd`. Needs root and
-//! the Ceph packages (`scripts/deps.sh`); `cargo build --bins` first.
+//! Needs root and the Ceph packages (`scripts/deps.sh`);
+//! `cargo build -p nubo-agent -p nubo-coordinator -p nubo-cli --bins` first.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nubo_common::keys;
-use nubo_common::model::{volume_serial, Instance, InstanceStatus};
+use nubo_common::model::{volume_serial, InstanceStatus};
 use nubo_common::{InstanceId, VolumeId};
 use nubo_storage::testing::TestCluster;
 use nubo_tests::net_e2e::find_str;
 use nubo_tests::vm_e2e::VmLab;
-use nubo_tests::wait_until;
-use serde_json::{json, Value};
+use nubo_tests::{wait_until, Underlay};
+use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(180);
 const POOLS: [&str; 3] = ["images", "vms", "volumes"];
 
-/// Starts the Ceph cluster on the lab's underlay, creates the pools and
-/// the agents' cephx user, and writes the agents' config; `None` = Ceph
-/// not installed (skipped loudly by `TestCluster`).
-fn ceph_for(lab: &VmLab) -> Option<(TestCluster, std::path::PathBuf)> {
-    let ceph = TestCluster::start_on(lab.underlay.gateway()).expect("start ceph")?;
+/// The Ceph side of the lab.
+struct Storage {
+    ceph: TestCluster,
+    /// The agents' `--config` (a `[storage]` table).
+    agent_cfg: PathBuf,
+}
+
+/// Starts the Ceph cluster on the underlay gateway, creates the pools, the
+/// coordinator's and the agents' cephx users (the caps a production set-up
+/// gives them) and the agents' config in `dir`; returns them with the
+/// coordinator's `--ceph-*` arguments. `None` = Ceph not installed (skipped
+/// loudly by `TestCluster`).
+fn ceph_on(underlay: &Underlay, dir: &Path) -> anyhow::Result<Option<(Storage, Vec<String>)>> {
+    let Some(ceph) = TestCluster::start_on(underlay.gateway())? else {
+        return Ok(None);
+    };
     for p in POOLS {
-        ceph.cli("ceph", &["osd", "pool", "create", p, "8", "8"])
-            .expect("create pool");
-        ceph.cli("rbd", &["pool", "init", p]).expect("init pool");
+        ceph.cli("ceph", &["osd", "pool", "create", p, "8", "8"])?;
+        ceph.cli("rbd", &["pool", "init", p])?;
     }
-    let opts = ceph
-        .create_user(
-            "nubo-agent",
-            &[
-                ("mon", "profile rbd"),
-                (
-                    "osd",
-                    "profile rbd pool=images, profile rbd pool=vms, profile rbd pool=volumes",
-                ),
-            ],
-        )
-        .expect("cephx user");
-    let cfg = lab.dir.path().join("agent-storage.toml");
+    let rbd_pools = "profile rbd pool=images, profile rbd pool=vms, profile rbd pool=volumes";
+    let agent = ceph.create_user("nubo-agent", &[("mon", "profile rbd"), ("osd", rbd_pools)])?;
+    // As docs/operator-guide.md: `df` for the up-front size check, the two
+    // blocklist commands for the storage fencer.
+    let coord = ceph.create_user(
+        "nubo-coord",
+        &[
+            (
+                "mon",
+                "profile rbd, allow command df, allow command \"osd blocklist\", allow command \"osd blocklist ls\"",
+            ),
+            ("osd", rbd_pools),
+        ],
+    )?;
+    let agent_cfg = dir.join("agent-storage.toml");
     std::fs::write(
-        &cfg,
+        &agent_cfg,
         format!(
-            "[storage]\nbackend = \"rbd\"\nceph_conf = \"{}\"\nceph_id = \"nubo-agent\"\nkeyring = \"{}\"\n",
+            // The safety-net pass is pushed out of the test's reach: every
+            // change below must arrive through the agent's watch.
+            "resync_interval_secs = 3600\n[storage]\nbackend = \"rbd\"\nceph_conf = \"{}\"\nceph_id = \"{}\"\nkeyring = \"{}\"\n",
             ceph.conf_path().display(),
-            opts.keyring_path.expect("keyring").display()
+            agent.client_id,
+            agent
+                .keyring_path
+                .ok_or_else(|| anyhow::anyhow!("no agent keyring"))?
+                .display()
         ),
-    )
-    .expect("write agent config");
-    Some((ceph, cfg))
+    )?;
+    let coord_keyring = coord
+        .keyring_path
+        .ok_or_else(|| anyhow::anyhow!("no coordinator keyring"))?;
+    let args = vec![
+        "--ceph-conf".to_string(),
+        coord.conf_path.display().to_string(),
+        "--ceph-id".to_string(),
+        coord.client_id,
+        "--ceph-keyring".to_string(),
+        coord_keyring.display().to_string(),
+    ];
+    Ok(Some((Storage { ceph, agent_cfg }, args)))
 }
 
 fn base_objects(lab: &VmLab) -> Value {
@@ -108,41 +139,60 @@ fn create(lab: &VmLab, name: &str, host: u8, user_data: &str) -> (InstanceId, St
     (id.parse().unwrap(), node)
 }
 
-fn put_json(lab: &VmLab, key: &str, v: &Value) {
-    lab.etcd.etcdctl(&["put", key, &v.to_string()]).unwrap();
+/// `nubo volume create NAME --size 1G [--type T]`: the coordinator creates
+/// the RBD image `volumes/vol-<id>`.
+fn create_volume(lab: &VmLab, ceph: &TestCluster, name: &str, vtype: Option<&str>) -> VolumeId {
+    let mut args = vec!["volume", "create", name, "--size", "1G"];
+    if let Some(t) = vtype {
+        args.extend(["--type", t]);
+    }
+    let v = lab.cli.json(&args).unwrap();
+    assert_eq!(v["status"], "available", "{v}");
+    assert_eq!(v["type"].as_str(), vtype, "{v}");
+    let id: VolumeId = v["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(v["rbd_image"], format!("volumes/vol-{id}"), "{v}");
+    let info = rbd_json(ceph, &["info", &format!("volumes/vol-{id}")]);
+    assert_eq!(info["size"], 1u64 << 30, "{info}");
+    id
 }
 
-/// Creates volume `id` (1 GiB RBD image + its record), of type `vtype`.
-fn create_volume(lab: &VmLab, ceph: &TestCluster, id: VolumeId, vtype: Option<&str>) {
-    ceph.cli(
-        "rbd",
-        &["create", &format!("volumes/vol-{id}"), "--size", "1024"],
+/// `nubo volume attach VOLUME SERVER`.
+fn attach(lab: &VmLab, volume: &str, server: &str) {
+    let v = lab.cli.json(&["volume", "attach", volume, server]).unwrap();
+    assert_eq!(v["status"], "in-use", "{v}");
+}
+
+/// `nubo volume detach VOLUME --wait`: returns once the coordinator saw the
+/// agent let it go.
+fn detach(lab: &VmLab, volume: &str) {
+    let v = lab
+        .cli
+        .json(&["volume", "detach", volume, "--wait", "--timeout", "120"])
+        .unwrap();
+    assert_eq!(v["status"], "available", "{v}");
+    assert!(v["attached_to"].is_null(), "{v}");
+}
+
+/// Waits until the live `write_iops_sec` of `dev` in domain `dom` is `iops`.
+fn wait_live_iops(
+    lab: &VmLab,
+    host: usize,
+    dom: &str,
+    dev: &str,
+    iops: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let suffix = format!(" {iops}");
+    wait_until(
+        timeout,
+        &format!("live write_iops_sec of {dev} is {iops}"),
+        || {
+            let live = lab.libvirtds[host].virsh(&["blkdeviotune", dom, dev, "--live"])?;
+            Ok(live
+                .lines()
+                .any(|l| l.starts_with("write_iops_sec") && l.trim_end().ends_with(&suffix)))
+        },
     )
-    .unwrap();
-    put_json(
-        lab,
-        &keys::volume(&id),
-        &json!({
-            "id": id, "name": format!("v-{id}"), "project": "admin", "size_gb": 1,
-            "volume_type": vtype, "status": "available",
-            "created_at": "2026-01-01T00:00:00Z",
-        }),
-    );
-}
-
-/// Sets the volumes of instance `id` (what the coordinator's attach and
-/// detach write).
-fn set_volumes(lab: &VmLab, id: InstanceId, volumes: &[VolumeId]) {
-    let key = keys::instance(&id);
-    let mut inst: Value =
-        serde_json::from_slice(&lab.etcd.get(&key).unwrap().expect("instance record")).unwrap();
-    inst["volumes"] = volumes
-        .iter()
-        .map(|v| json!({"volume": v, "delete_on_termination": false}))
-        .collect();
-    // Still a valid Instance.
-    let _: Instance = serde_json::from_value(inst.clone()).unwrap();
-    put_json(lab, &key, &inst);
 }
 
 fn reported_volumes(lab: &VmLab, id: InstanceId) -> Vec<VolumeId> {
@@ -193,16 +243,36 @@ fn diag(lab: &VmLab, host: usize, id: InstanceId) -> String {
 
 #[test]
 fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
-    let mut lab = VmLab::start_without_agents(2).unwrap();
-    let Some((ceph, cfg)) = ceph_for(&lab) else {
+    // Declared before the lab: dropped after it (guests, agents and the
+    // coordinator go before the cluster).
+    let mut storage: Option<Storage> = None;
+    let mut lab = VmLab::start_without_agents_with(2, |underlay, dir| {
+        Ok(match ceph_on(underlay, dir)? {
+            Some((s, args)) => {
+                storage = Some(s);
+                args
+            }
+            None => Vec::new(),
+        })
+    })
+    .unwrap();
+    let Some(Storage { ceph, agent_cfg }) = storage.as_ref() else {
         return;
     };
-    lab.start_agents(&["--config".into(), cfg.display().to_string()])
+    lab.start_agents(&["--config".into(), agent_cfg.display().to_string()])
         .unwrap();
     let img = base_objects(&lab);
     let image_id = img["id"].as_str().unwrap().to_string();
 
-    let (vol, fast) = (VolumeId::new_random(), VolumeId::new_random());
+    // A plain volume and one of a type limited to 200 write IOPS, through
+    // the CLI (the guests' user data names their serials).
+    let t = lab
+        .cli
+        .json(&["volume", "type", "create", "iops200", "--write-iops", "200"])
+        .unwrap();
+    assert_eq!(t["write_iops_sec"], 200, "{t}");
+    let vol = create_volume(&lab, ceph, "data", None);
+    let fast = create_volume(&lab, ceph, "fast", Some("iops200"));
     let (serial, serial_fast) = (volume_serial(&vol), volume_serial(&fast));
     let t0 = Instant::now();
     let (a, a_node) = create(
@@ -234,22 +304,15 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
 
     // Root disks are COW clones of the imported image's base snapshot.
     for id in [a, b] {
-        let info = rbd_json(&ceph, &["info", &format!("vms/{id}-disk")]);
+        let info = rbd_json(ceph, &["info", &format!("vms/{id}-disk")]);
         assert_eq!(info["parent"]["pool"], "images", "{info}");
         assert_eq!(info["parent"]["image"], format!("img-{image_id}"), "{info}");
         assert_eq!(info["parent"]["snapshot"], "base", "{info}");
     }
 
-    // A plain volume and one of a type limited to 200 write IOPS, hot-plugged
-    // into running vm-a.
-    put_json(
-        &lab,
-        &keys::volume_type("iops200"),
-        &json!({"name": "iops200", "qos": {"write_iops_sec": 200}, "created_at": "2026-01-01T00:00:00Z"}),
-    );
-    create_volume(&lab, &ceph, vol, None);
-    create_volume(&lab, &ceph, fast, Some("iops200"));
-    set_volumes(&lab, a, &[vol, fast]);
+    // Both volumes hot-plugged into running vm-a, in attach order.
+    attach(&lab, "data", "vm-a");
+    attach(&lab, "fast", "vm-a");
     let a_host = lab.host_of(&a_node).unwrap();
     let c = lab
         .wait_console(
@@ -265,6 +328,8 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         Ok(reported_volumes(&lab, a) == vec![vol, fast])
     })
     .unwrap();
+    let shown = lab.cli.json(&["volume", "show", "fast"]).unwrap();
+    assert_eq!(shown["attached_to"], a.to_string(), "{shown}");
 
     // QoS: in the domain's <iotune>, and the guest's write loop is bounded.
     let xml = lab.libvirtds[a_host]
@@ -288,25 +353,20 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     eprintln!("guest write loop on the 200-IOPS volume: {iops} IOPS");
     assert!(iops <= 220, "QoS not applied: {iops} IOPS > 110% of 200");
     assert!(iops > 0);
-    // A changed type reaches the disk already attached (live
-    // virDomainSetBlockIoTune, at the agent's next pass: ≤ resync interval).
-    put_json(
-        &lab,
-        &keys::volume_type("iops200"),
-        &json!({"name": "iops200", "qos": {"write_iops_sec": 100}, "created_at": "2026-01-01T00:00:00Z"}),
-    );
+    // A changed type reaches the disk already attached: live
+    // virDomainSetBlockIoTune, in the pass the agent's watch starts (the
+    // periodic pass is an hour away here).
     let dom = lab.domain_name(&a.to_string());
-    wait_until(
-        Duration::from_secs(60),
-        "live iotune follows the type",
-        || {
-            let live = lab.libvirtds[a_host].virsh(&["blkdeviotune", &dom, "vdc", "--live"])?;
-            Ok(live
-                .lines()
-                .any(|l| l.starts_with("write_iops_sec") && l.trim_end().ends_with(" 100")))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", diag(&lab, a_host, a)));
+    let changed = Instant::now();
+    let t = lab
+        .cli
+        .json(&["volume", "type", "set", "iops200", "--write-iops", "100"])
+        .unwrap();
+    assert_eq!(t["write_iops_sec"], 100, "{t}");
+    wait_live_iops(&lab, a_host, &dom, "vdc", 100, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", diag(&lab, a_host, a)));
+    let took = changed.elapsed();
+    eprintln!("type change reached the attached disk after {took:?}");
 
     // kill -9 of the agent; the type changes back meanwhile. The restarted
     // agent finds its libvirt secret again (one secret of that usage),
@@ -314,11 +374,9 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     // disk in its first pass.
     let pid = lab.libvirtds[a_host].qemu_pid(&dom).expect("qemu of vm-a");
     lab.agents[a_host].kill9();
-    put_json(
-        &lab,
-        &keys::volume_type("iops200"),
-        &json!({"name": "iops200", "qos": {"write_iops_sec": 200}, "created_at": "2026-01-01T00:00:00Z"}),
-    );
+    lab.cli
+        .json(&["volume", "type", "set", "iops200", "--write-iops", "200"])
+        .unwrap();
     lab.agents[a_host].restart().unwrap();
     let secrets = lab.libvirtds[a_host].virsh(&["secret-list"]).unwrap();
     assert_eq!(
@@ -326,17 +384,12 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         1,
         "{secrets}"
     );
-    wait_until(
-        Duration::from_secs(30),
-        "restarted agent retunes vdc",
-        || {
-            let live = lab.libvirtds[a_host].virsh(&["blkdeviotune", &dom, "vdc", "--live"])?;
-            Ok(live
-                .lines()
-                .any(|l| l.starts_with("write_iops_sec") && l.trim_end().ends_with(" 200")))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", diag(&lab, a_host, a)));
+    wait_live_iops(&lab, a_host, &dom, "vdc", 200, Duration::from_secs(30)).unwrap_or_else(|e| {
+        panic!(
+            "restarted agent retunes vdc: {e}\n{}",
+            diag(&lab, a_host, a)
+        )
+    });
     assert_eq!(
         lab.libvirtds[a_host].qemu_pid(&dom),
         Some(pid),
@@ -346,9 +399,9 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     assert_eq!(reported_volumes(&lab, a), vec![vol, fast]);
 
     // Exclusive lock: held by the one client that has the volume open,
-    // vm-a's QEMU (the agent never opens volumes).
-    let locks = rbd_json(&ceph, &["lock", "ls", &format!("volumes/vol-{vol}")]);
-    let status = rbd_json(&ceph, &["status", &format!("volumes/vol-{vol}")]);
+    // vm-a's QEMU (neither the agent nor the coordinator keeps volumes open).
+    let locks = rbd_json(ceph, &["lock", "ls", &format!("volumes/vol-{vol}")]);
+    let status = rbd_json(ceph, &["status", &format!("volumes/vol-{vol}")]);
     let watchers = status["watchers"].as_array().cloned().unwrap_or_default();
     assert_eq!(watchers.len(), 1, "{status}");
     let locker_addr = locks
@@ -368,19 +421,19 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     eprintln!("exclusive lock of vol-{vol}: {locker_addr} (vm-a's QEMU, pid {qemu_pid})");
 
     // Detach from vm-a, attach to vm-b on the other host: same bytes.
-    set_volumes(&lab, a, &[fast]);
+    detach(&lab, "data");
     wait_until(
         Duration::from_secs(90),
         "vm-a no longer reports the volume",
         || Ok(reported_volumes(&lab, a) == vec![fast]),
     )
     .unwrap();
-    let status = rbd_json(&ceph, &["status", &format!("volumes/vol-{vol}")]);
+    let status = rbd_json(ceph, &["status", &format!("volumes/vol-{vol}")]);
     assert!(
         status["watchers"].as_array().is_none_or(|w| w.is_empty()),
         "vm-a's QEMU still has the volume open: {status}"
     );
-    set_volumes(&lab, b, &[vol]);
+    attach(&lab, "data", "vm-b");
     let c = lab
         .wait_console(
             &b_node,
@@ -393,9 +446,12 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     assert_eq!(read, written, "pattern differs after moving the volume");
     eprintln!("pattern {written} read back on the other host");
 
-    // Delete: root disks go, volumes stay (the coordinator owns them).
-    set_volumes(&lab, a, &[]);
-    set_volumes(&lab, b, &[]);
+    // Detach both, delete the servers (root disks go) and the volumes
+    // (`nubo volume delete`: the coordinator removes their RBD images).
+    detach(&lab, "data");
+    detach(&lab, "fast");
+    assert!(reported_volumes(&lab, a).is_empty());
+    assert!(reported_volumes(&lab, b).is_empty());
     for id in [a, b] {
         lab.cli.run(&["server", "delete", &id.to_string()]).unwrap();
     }
@@ -403,19 +459,33 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         Ok(ceph.cli("rbd", &["ls", "vms"])?.trim().is_empty())
     })
     .unwrap();
-    for v in [vol, fast] {
-        ceph.cli("rbd", &["rm", &format!("volumes/vol-{v}")])
-            .unwrap();
-    }
+    let out = lab.cli.run(&["volume", "delete", "data", "fast"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(60), "volumes removed", || {
+        Ok(ceph.cli("rbd", &["ls", "volumes"])?.trim().is_empty()
+            && lab
+                .cli
+                .json(&["volume", "list"])?
+                .as_array()
+                .is_some_and(|l| l.is_empty()))
+    })
+    .unwrap();
+    let out = lab
+        .cli
+        .run(&["volume", "type", "delete", "iops200"])
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    // Empty pools; only the imported image remains (a cache shared by all
+    // instances).
+    assert!(ceph.cli("rbd", &["ls", "vms"]).unwrap().trim().is_empty());
     assert!(ceph
         .cli("rbd", &["ls", "volumes"])
         .unwrap()
         .trim()
         .is_empty());
-    // Only the imported image remains (a cache shared by all instances).
     assert_eq!(
         ceph.cli("rbd", &["ls", "images"]).unwrap().trim(),
         format!("img-{image_id}")
     );
-    drop(ceph);
+    drop(lab);
 }
