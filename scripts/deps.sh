@@ -13,7 +13,7 @@ PACKAGES=(
   nftables libnftables-dev iproute2 busybox-static isc-dhcp-client netcat-openbsd curl
   tcpdump iputils-ping iperf3 procps psmisc
   # compute: libvirt + QEMU (TCG where KVM cannot run guests), test guest build
-  qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev cpio
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev cpio
   # storage: Ceph RBD (librados/librbd are linked by nubo-storage), QEMU rbd driver
   ceph-mon ceph-mgr ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra
   # build
