@@ -14,6 +14,7 @@ use nubo_common::{
 };
 
 use crate::cache::{Cache, Change};
+use crate::desired::DesiredInstance;
 
 pub fn node_name(s: &str) -> NodeName {
     NodeName::new(s).unwrap()
@@ -229,4 +230,20 @@ impl World {
         self.put(keys::assignment(n, &inst.id), &assignment(n, inst.id));
         (inst.id, port)
     }
+}
+
+/// The desired state of one instance on node `n1` (on a fresh network,
+/// no ports), with `power` asked for.
+pub fn desired_instance(power: PowerState) -> DesiredInstance {
+    let mut w = World::new();
+    let n = node_name("n1");
+    w.node(&n, "10.0.0.1");
+    let net = w.network(1, 0);
+    let (id, _) = w.instance_on(&n, net, &[]);
+    let mut d = crate::desired::build(&w.cache, &n, 1500)
+        .instances
+        .remove(&id)
+        .unwrap();
+    d.spec.power = power;
+    d
 }

@@ -360,18 +360,10 @@ mod tests {
     #[tokio::test]
     async fn reconcile_attaches_retunes_and_detaches_on_the_fake_driver() {
         use crate::hypervisor::FakeHypervisor;
-        use crate::testutil::*;
+        use crate::testutil::desired_instance;
         use nubo_common::model::PowerState;
-        let mut w = World::new();
-        let n = node_name("n1");
-        w.node(&n, "10.0.0.1");
-        let net = w.network(1, 0);
-        let (id, _) = w.instance_on(&n, net, &[]);
-        let mut d = crate::desired::build(&w.cache, &n, 1500)
-            .instances
-            .remove(&id)
-            .unwrap();
-        d.spec.power = PowerState::Running;
+        let d = desired_instance(PowerState::Running);
+        let id = d.id();
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeHypervisor::open(dir.path(), std::time::Duration::ZERO).unwrap());
         let hv: Arc<dyn Hypervisor> = fake.clone();

@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::register_node;
+use common::req::{del, get};
 use common::res;
-use etcd_client::PutOptions;
+use common::{channel, issue_token, put_project, put_user, register_node};
 use nubo_common::keys;
-use nubo_common::model::{encode, Project, Role, RoleAssignment, TokenKeySet, User, UserName};
+use nubo_common::model::{encode, Role, TokenKeySet, UserName};
 use nubo_common::proto as pb;
 use nubo_common::ProjectId;
 use nubo_coordinator::api::{bootstrap, Bootstrapped};
@@ -41,11 +41,7 @@ struct Api {
 }
 
 async fn api(c: &Coordinator) -> Api {
-    let ch = Channel::from_shared(c.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = channel(c).await;
     Api {
         tokens: pb::tokens_client::TokensClient::new(ch.clone()),
         flavors: pb::flavors_client::FlavorsClient::new(ch.clone()),
@@ -59,71 +55,21 @@ async fn api(c: &Coordinator) -> Api {
 
 /// Projects p1, p2; alice member of p1, bob member of p2, rita reader of p1.
 async fn add_people(etcd: &Etcd) {
-    let mut c = etcd.client().await.unwrap();
-    let now = chrono::Utc::now();
     let hash = cheap().hash("pw").unwrap();
     for p in ["p1", "p2"] {
-        let id = ProjectId::new(p).unwrap();
-        let rec = Project {
-            id: id.clone(),
-            name: p.into(),
-            description: String::new(),
-            enabled: true,
-            created_at: now,
-        };
-        c.put(keys::project(&id), encode(&rec), None::<PutOptions>)
-            .await
-            .unwrap();
+        put_project(etcd, p).await;
     }
     for (u, p, role) in [
         ("alice", "p1", Role::Member),
         ("bob", "p2", Role::Member),
         ("rita", "p1", Role::Reader),
     ] {
-        let name = UserName::new(u).unwrap();
-        let user = User {
-            name: name.clone(),
-            password_hash: hash.clone(),
-            enabled: true,
-            created_at: now,
-        };
-        c.put(keys::user(&name), encode(&user), None).await.unwrap();
-        let project = ProjectId::new(p).unwrap();
-        let ra = RoleAssignment {
-            user: name.clone(),
-            project: Some(project.clone()),
-            role,
-        };
-        c.put(keys::role(&name, Some(&project)), encode(&ra), None)
-            .await
-            .unwrap();
+        put_user(etcd, u, &hash, Some(p), role).await;
     }
 }
 
 async fn login(a: &mut Api, user: &str, password: &str) -> String {
-    a.tokens
-        .issue(pb::IssueTokenRequest {
-            user: user.into(),
-            password: password.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
-fn get(r: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        r#ref: r.into(),
-        project: String::new(),
-    }
-}
-fn del(r: &str) -> pb::DeleteRequest {
-    pb::DeleteRequest {
-        r#ref: r.into(),
-        project: String::new(),
-    }
+    issue_token(&mut a.tokens, user, password).await
 }
 
 /// A member's image, network, port and server in its own project.
@@ -453,11 +399,7 @@ async fn tokens_and_project_isolation() {
     a.ports.delete(req(&alice, del(&pa))).await.unwrap();
 
     // The audit trail: who created and deleted what, and the refusals.
-    let ch = Channel::from_shared(c.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = channel(&c).await;
     let mut audit = pb::audit_client::AuditClient::new(ch);
     let e = audit
         .list(req(&alice, pb::ListRequest::default()))
@@ -548,11 +490,7 @@ async fn quota_holds_under_concurrent_creates() {
     let etcd = Etcd::start().unwrap();
     let (c, mut a, root) = token_cloud(&etcd).await;
     let alice = login(&mut a, "alice", "pw").await;
-    let ch = Channel::from_shared(c.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = channel(&c).await;
     let mut quotas = pb::quotas_client::QuotasClient::new(ch);
     let set = pb::SetQuotaRequest {
         project: "p1".into(),
@@ -759,11 +697,7 @@ async fn issue_with(a: &mut Api, id: &str, secret: &str) -> Result<pb::Token, to
 async fn application_credentials_api_create_list_login_delete() {
     let etcd = Etcd::start().unwrap();
     let (c, mut a, root) = token_cloud(&etcd).await;
-    let ch = Channel::from_shared(c.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = channel(&c).await;
     let mut ac = app_creds(&ch);
     let alice = login(&mut a, "alice", "pw").await;
     let bob = login(&mut a, "bob", "pw").await;
@@ -902,32 +836,9 @@ async fn application_credentials_api_create_list_login_delete() {
 async fn node_credential_reads_image_data_only() {
     let etcd = Etcd::start().unwrap();
     let (c, mut a, root) = token_cloud(&etcd).await;
-    {
-        let mut kv = etcd.client().await.unwrap();
-        let name = UserName::new("nubo-node").unwrap();
-        let user = User {
-            name: name.clone(),
-            password_hash: cheap().hash("nodepw").unwrap(),
-            enabled: true,
-            created_at: chrono::Utc::now(),
-        };
-        kv.put(keys::user(&name), encode(&user), None)
-            .await
-            .unwrap();
-        let ra = RoleAssignment {
-            user: name.clone(),
-            project: None,
-            role: Role::Node,
-        };
-        kv.put(keys::role(&name, None), encode(&ra), None)
-            .await
-            .unwrap();
-    }
-    let ch = Channel::from_shared(c.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let node_pw = cheap().hash("nodepw").unwrap();
+    put_user(&etcd, "nubo-node", &node_pw, None, Role::Node).await;
+    let ch = channel(&c).await;
     // alice's image with data, network and server in p1.
     a.flavors
         .create(req(
@@ -1112,11 +1023,7 @@ async fn volumes_are_isolated_between_projects() {
         .await
         .unwrap();
     let id = vol.id.to_string();
-    let ch = Channel::from_shared(c.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = channel(&c).await;
     let mut v = pb::volumes_client::VolumesClient::new(ch);
     let alice = login(&mut a, "alice", "pw").await;
     let bob = login(&mut a, "bob", "pw").await;

@@ -175,15 +175,7 @@ async fn register_n0(etcd: &Etcd, storage_ip: &str, api: std::net::SocketAddr) -
 }
 
 async fn health(cl: &mut Clients, node: &str) -> String {
-    cl.nodes
-        .get(pb::GetRequest {
-            r#ref: node.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .health
+    node_info(&mut cl.nodes, node).await.health
 }
 
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -248,14 +240,7 @@ async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
     let c = nubo_coordinator::start(cfg).await.unwrap();
     let mut cl = clients(&c).await;
     setup_basics(&mut cl).await;
-    cl.networks
-        .create(pb::CreateNetworkRequest {
-            name: "net".into(),
-            cidr: "10.40.0.0/22".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_network(&mut cl, "net", "10.40.0.0/22").await;
     let phase = Arc::new(Mutex::new(FencePhase::Normal));
     let api = node_api_stub(phase.clone()).await;
     let lease = register_n0(&etcd, &storage_ip, api).await;
@@ -284,12 +269,7 @@ async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
 
     // n0's lease goes: suspect → CephFencer → fenced → moved to n1.
     let t0 = std::time::Instant::now();
-    etcd.client()
-        .await
-        .unwrap()
-        .lease_revoke(lease)
-        .await
-        .unwrap();
+    revoke(&etcd, lease).await;
     until("the instance to move to n1", async || {
         (spec_node(&etcd, id).await.as_deref() == Some("n1")).then_some(())
     })

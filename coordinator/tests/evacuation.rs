@@ -78,35 +78,8 @@ async fn create(cl: &mut Clients, name: &str, count: u32, policy: &str) -> Vec<I
         .collect()
 }
 
-async fn network(cl: &mut Clients) {
-    cl.networks
-        .create(pb::CreateNetworkRequest {
-            name: "net".into(),
-            cidr: "10.40.0.0/22".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 async fn health(mut cl: NodesOnly, node: &str) -> pb::Node {
-    cl.nodes
-        .get(pb::GetRequest {
-            r#ref: node.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn revoke(etcd: &Etcd, lease: i64) {
-    etcd.client()
-        .await
-        .unwrap()
-        .lease_revoke(lease)
-        .await
-        .unwrap();
+    node_info(&mut cl.nodes, node).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,7 +89,7 @@ async fn failed_node_is_fenced_and_evacuated_with_its_ports_and_comes_back_up() 
     let c = start(&etcd, fencer.clone(), |_| {}).await;
     let mut cl = clients(&c).await;
     setup_basics(&mut cl).await;
-    network(&mut cl).await;
+    create_network(&mut cl, "net", "10.40.0.0/22").await;
     let lease0 = register_node(&etcd, "n0", res(8, 8 * 512, 100), "nova").await;
     wait_nodes(&mut cl, 1).await;
     let auto = create(&mut cl, "auto", 5, "").await;
@@ -205,7 +178,7 @@ async fn no_capacity_is_reported_and_retried_and_the_switch_stops_evacuation() {
     let c = start(&etcd, fencer.clone(), |_| {}).await;
     let mut cl = clients(&c).await;
     setup_basics(&mut cl).await;
-    network(&mut cl).await;
+    create_network(&mut cl, "net", "10.40.0.0/22").await;
     cl.nodes
         .set_evacuation_enabled(pb::SetEvacuationEnabledRequest { enabled: false })
         .await
@@ -301,7 +274,7 @@ async fn a_leader_stopped_half_way_is_finished_by_the_next_one() {
     let b = start(&etcd, fencer.clone(), slow).await;
     let mut cb = clients(&b).await;
     setup_basics(&mut ca).await;
-    network(&mut ca).await;
+    create_network(&mut ca, "net", "10.40.0.0/22").await;
     let lease0 = register_node(&etcd, "n0", res(64, 64 * 512, 100), "nova").await;
     wait_nodes(&mut ca, 1).await;
     let ids = create(&mut ca, "vm", 48, "").await;
@@ -352,7 +325,7 @@ async fn drain_cold_migrates_everything_and_restores_power() {
     let c = start(&etcd, Arc::new(RecordingFencer::default()), |_| {}).await;
     let mut cl = clients(&c).await;
     setup_basics(&mut cl).await;
-    network(&mut cl).await;
+    create_network(&mut cl, "net", "10.40.0.0/22").await;
     register_node(&etcd, "n0", res(8, 8 * 512, 100), "nova").await;
     wait_nodes(&mut cl, 1).await;
     let ids = create(&mut cl, "vm", 4, "never").await;
@@ -445,7 +418,7 @@ async fn manual_evacuate_refuses_a_live_node_and_moves_manual_instances() {
     .await;
     let mut cl = clients(&c).await;
     setup_basics(&mut cl).await;
-    network(&mut cl).await;
+    create_network(&mut cl, "net", "10.40.0.0/22").await;
     let lease0 = register_node(&etcd, "n0", res(8, 8 * 512, 100), "nova").await;
     wait_nodes(&mut cl, 1).await;
     let manual = create(&mut cl, "m", 2, "manual").await;

@@ -2,23 +2,11 @@
 
 mod common;
 
+use common::req::{del, get};
 use common::*;
 use nubo_common::proto as pb;
 use nubo_tests::Etcd;
 use tonic::Code;
-
-fn get(r: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        r#ref: r.into(),
-        project: String::new(),
-    }
-}
-fn del(r: &str) -> pb::DeleteRequest {
-    pb::DeleteRequest {
-        r#ref: r.into(),
-        project: String::new(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flavors_images_keypairs_groups_crud_and_errors() {

@@ -12,6 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::req::{del, get};
 use common::*;
 use futures::StreamExt;
 use nubo_common::keys;
@@ -48,6 +49,15 @@ fn pools(admin: &Cluster, prefix: &str) -> RbdPools {
     p
 }
 
+/// The admin client, pools `<prefix>-…` (see [`pools`]) and a
+/// coordinator's Ceph configuration for them.
+fn ceph_setup(c: &TestCluster, prefix: &str) -> (Cluster, RbdPools, CephConfig) {
+    let admin = c.admin().expect("admin");
+    let p = pools(&admin, prefix);
+    let ceph = ceph_config(c, &p);
+    (admin, p, ceph)
+}
+
 /// A cephx user like a production coordinator's (`profile rbd`).
 fn ceph_config(c: &TestCluster, p: &RbdPools) -> CephConfig {
     let opts = c
@@ -77,12 +87,15 @@ async fn ceph_coordinator(etcd: &Etcd, ceph: &CephConfig) -> Coordinator {
         .expect("start coordinator with ceph")
 }
 
-async fn channel(c: &Coordinator) -> Channel {
-    Channel::from_shared(c.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+/// A coordinator with `ceph`, the basics (flavor, image) and node `n1`
+/// (16 vCPUs, 16 GiB), seen alive.
+async fn one_node_cloud(etcd: &Etcd, ceph: &CephConfig) -> (Coordinator, Clients) {
+    let coord = ceph_coordinator(etcd, ceph).await;
+    let mut cl = clients(&coord).await;
+    setup_basics(&mut cl).await;
+    register_node(etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    (coord, cl)
 }
 
 fn create(name: &str, size_gb: i64) -> pb::CreateVolumeRequest {
@@ -98,20 +111,6 @@ fn snap(volume: &str, name: &str) -> pb::VolumeSnapshotRequest {
         r#ref: volume.into(),
         project: String::new(),
         name: name.into(),
-    }
-}
-
-fn get(r: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        r#ref: r.into(),
-        project: String::new(),
-    }
-}
-
-fn del(r: &str) -> pb::DeleteRequest {
-    pb::DeleteRequest {
-        r#ref: r.into(),
-        project: String::new(),
     }
 }
 
@@ -170,18 +169,12 @@ fn leftovers(admin: &Cluster, pool: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_lifecycle_and_bad_input() {
     let Some(c) = cluster() else { return };
-    let admin = c.admin().expect("admin");
-    let p = pools(&admin, "vt-life");
-    let ceph = ceph_config(&c, &p);
+    let (admin, p, ceph) = ceph_setup(&c, "vt-life");
     let etcd = Etcd::start().unwrap();
-    let coord = ceph_coordinator(&etcd, &ceph).await;
+    let (coord, mut cl) = one_node_cloud(&etcd, &ceph).await;
     let ch = channel(&coord).await;
-    let mut cl = clients(&coord).await;
     let mut v = Volumes::new(ch.clone());
     let mut t = Types::new(ch.clone());
-    setup_basics(&mut cl).await;
-    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
-    wait_nodes(&mut cl, 1).await;
 
     // Types.
     let ty = t
@@ -532,9 +525,7 @@ async fn volume_lifecycle_and_bad_input() {
         v.delete(del(name)).await.unwrap();
     }
     assert!(leftovers(&admin, &p.volumes).is_empty());
-    store
-        .delete(&store.image_ref(&up.id).disk)
-        .unwrap();
+    store.delete(&store.image_ref(&up.id).disk).unwrap();
 
     coord.shutdown().await.unwrap();
 }
@@ -542,9 +533,7 @@ async fn volume_lifecycle_and_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_cephx_key_or_pool_stops_the_start() {
     let Some(c) = cluster() else { return };
-    let admin = c.admin().expect("admin");
-    let p = pools(&admin, "vt-key");
-    let mut ceph = ceph_config(&c, &p);
+    let (_admin, _p, mut ceph) = ceph_setup(&c, "vt-key");
     let etcd = Etcd::start().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -756,9 +745,7 @@ async fn churn(pool_prefix: &str, rounds: usize) -> Option<ChurnStats> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_attaches_through_two_coordinators_attach_once() {
     let Some(c) = cluster() else { return };
-    let admin = c.admin().expect("admin");
-    let p = pools(&admin, "vt-race");
-    let ceph = ceph_config(&c, &p);
+    let (_admin, _p, ceph) = ceph_setup(&c, "vt-race");
     let etcd = Etcd::start().unwrap();
     let (a, b) = (
         ceph_coordinator(&etcd, &ceph).await,
@@ -833,16 +820,10 @@ async fn concurrent_attaches_through_two_coordinators_attach_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn boot_from_volume_and_volumes_at_create() {
     let Some(c) = cluster() else { return };
-    let admin = c.admin().expect("admin");
-    let p = pools(&admin, "vt-boot");
-    let ceph = ceph_config(&c, &p);
+    let (admin, p, ceph) = ceph_setup(&c, "vt-boot");
     let etcd = Etcd::start().unwrap();
-    let coord = ceph_coordinator(&etcd, &ceph).await;
-    let mut cl = clients(&coord).await;
+    let (coord, mut cl) = one_node_cloud(&etcd, &ceph).await;
     let mut v = Volumes::new(channel(&coord).await);
-    setup_basics(&mut cl).await;
-    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
-    wait_nodes(&mut cl, 1).await;
     let img: Vec<(String, Vec<u8>)> = prefix(&etcd, &keys::images_prefix()).await;
     let image: Image = nubo_common::model::decode(&img[0].0, &img[0].1).unwrap();
     let store = RbdStore::new(admin.clone(), p.clone());
@@ -937,14 +918,11 @@ async fn boot_from_volume_and_volumes_at_create() {
 /// see the volumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_quotas_hold_under_concurrency() {
-    use nubo_common::model::{encode, Project, Role, RoleAssignment, User, UserName};
-    use nubo_common::ProjectId;
+    use nubo_common::model::{Role, UserName};
     use tonic::Request;
 
     let Some(c) = cluster() else { return };
-    let admin = c.admin().expect("admin");
-    let p = pools(&admin, "vt-quota");
-    let ceph = ceph_config(&c, &p);
+    let (admin, p, ceph) = ceph_setup(&c, "vt-quota");
     let etcd = Etcd::start().unwrap();
     let store = nubo_coordinator::store::Store::new(etcd.client().await.unwrap());
     let passwords = nubo_identity::Passwords::with_params(64, 1, 1).unwrap();
@@ -956,38 +934,10 @@ async fn volume_quotas_hold_under_concurrency() {
     )
     .await
     .unwrap();
-    let mut kv = etcd.client().await.unwrap();
     let hash = passwords.hash("pw").unwrap();
     for (u, proj) in [("alice", "p1"), ("bob", "p2")] {
-        let id = ProjectId::new(proj).unwrap();
-        let project = Project {
-            id: id.clone(),
-            name: proj.into(),
-            description: String::new(),
-            enabled: true,
-            created_at: chrono::Utc::now(),
-        };
-        kv.put(keys::project(&id), encode(&project), None)
-            .await
-            .unwrap();
-        let name = UserName::new(u).unwrap();
-        let user = User {
-            name: name.clone(),
-            password_hash: hash.clone(),
-            enabled: true,
-            created_at: chrono::Utc::now(),
-        };
-        kv.put(keys::user(&name), encode(&user), None)
-            .await
-            .unwrap();
-        let ra = RoleAssignment {
-            user: name.clone(),
-            project: Some(id.clone()),
-            role: Role::Member,
-        };
-        kv.put(keys::role(&name, Some(&id)), encode(&ra), None)
-            .await
-            .unwrap();
+        put_project(&etcd, proj).await;
+        put_user(&etcd, u, &hash, Some(proj), Role::Member).await;
     }
     let start = || {
         let mut cfg = Config::for_tests(etcd.endpoint());
@@ -999,18 +949,7 @@ async fn volume_quotas_hold_under_concurrency() {
     let (cha, chb) = (channel(&a).await, channel(&b).await);
     let login = |user: &'static str, pw: &'static str| {
         let ch = cha.clone();
-        async move {
-            pb::tokens_client::TokensClient::new(ch)
-                .issue(pb::IssueTokenRequest {
-                    user: user.into(),
-                    password: pw.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token
-        }
+        async move { issue_token(&mut pb::tokens_client::TokensClient::new(ch), user, pw).await }
     };
     let (root, alice, bob) = (
         login("admin", "adminpw").await,
@@ -1179,15 +1118,9 @@ async fn volume_quotas_hold_under_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_volume_smoke() {
     let Some(c) = cluster() else { return };
-    let admin = c.admin().expect("admin");
-    let p = pools(&admin, "vt-cli");
-    let ceph = ceph_config(&c, &p);
+    let (admin, p, ceph) = ceph_setup(&c, "vt-cli");
     let etcd = Etcd::start().unwrap();
-    let coord = ceph_coordinator(&etcd, &ceph).await;
-    let mut cl = clients(&coord).await;
-    setup_basics(&mut cl).await;
-    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
-    wait_nodes(&mut cl, 1).await;
+    let (coord, _cl) = one_node_cloud(&etcd, &ceph).await;
     let cli =
         nubo_tests::Cli::new(&coord.endpoint()).expect("nubo binary (cargo build -p nubo-cli)");
     let pool = p.volumes.clone();

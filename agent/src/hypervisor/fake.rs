@@ -361,25 +361,11 @@ mod tests {
     use crate::hypervisor::Hypervisor;
     use crate::testutil::*;
 
-    fn desired(power: PowerState) -> DesiredInstance {
-        let mut w = World::new();
-        let n = node_name("n1");
-        w.node(&n, "10.0.0.1");
-        let net = w.network(1, 0);
-        let (id, _) = w.instance_on(&n, net, &[]);
-        let mut d = crate::desired::build(&w.cache, &n, 1500)
-            .instances
-            .remove(&id)
-            .unwrap();
-        d.spec.power = power;
-        d
-    }
-
     #[tokio::test]
     async fn state_survives_reopen_and_counts_boots() {
         let dir = tempfile::tempdir().unwrap();
         let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
-        let d = desired(PowerState::Running);
+        let d = desired_instance(PowerState::Running);
         hv.create(&d).await.unwrap();
         assert!(matches!(
             hv.create(&d).await,
@@ -411,7 +397,7 @@ mod tests {
             hv.destroy(f).await,
             Err(HypervisorError::Foreign(_))
         ));
-        let d = desired(PowerState::Stopped);
+        let d = desired_instance(PowerState::Stopped);
         hv.create(&d).await.unwrap();
         let st = hv.snapshot().await;
         assert_eq!(st.instances[&d.id()].power, ObservedPower::Stopped);
@@ -422,7 +408,7 @@ mod tests {
     async fn pause_and_resume_keep_the_boot_count_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
-        let d = desired(PowerState::Running);
+        let d = desired_instance(PowerState::Running);
         hv.create(&d).await.unwrap();
         hv.pause(d.id()).await.unwrap();
         hv.pause(d.id()).await.unwrap();
@@ -449,7 +435,7 @@ mod tests {
     async fn volumes_attach_retune_detach_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let hv = FakeHypervisor::open(dir.path(), Duration::ZERO).unwrap();
-        let d = desired(PowerState::Running);
+        let d = desired_instance(PowerState::Running);
         hv.create(&d).await.unwrap();
         let vol: VolumeId = "00000000-0000-4000-8000-000000000001".parse().unwrap();
         let a = VolumeToAttach {

@@ -492,6 +492,33 @@ impl LibvirtHypervisor {
         self.console_dir.join(format!("{id}.log"))
     }
 
+    /// Prepares `spec`'s root disk (idempotent: an existing one is kept)
+    /// and renders the domain for it on this node.
+    async fn prepare_domain(&self, spec: &DesiredInstance) -> Result<DomainSpec, HypervisorError> {
+        let root = self
+            .storage
+            .prepare_root(spec)
+            .await
+            .map_err(|e| HypervisorError::Backend(e.to_string()))?;
+        Ok(domain_spec(
+            spec,
+            root.disk,
+            root.kernel,
+            self.mtu,
+            self.console_log(&spec.id()),
+            self.domain_type,
+        ))
+    }
+
+    /// The one permit for changing domain definitions (libvirt writes
+    /// are serialised on this node).
+    async fn write_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, HypervisorError> {
+        self.libvirt_writes
+            .acquire()
+            .await
+            .map_err(|e| backend("libvirt write permit", e))
+    }
+
     async fn persist(&self, st: &LibvirtState) -> Result<(), HypervisorError> {
         let err = state_err(&self.state_path);
         let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(e.into()))?;
@@ -650,11 +677,7 @@ impl super::Hypervisor for LibvirtHypervisor {
         let span = info_span!("libvirt_create", instance = %id, name = %spec.spec.name);
         async {
             let started = std::time::Instant::now();
-            let root = self
-                .storage
-                .prepare_root(spec)
-                .await
-                .map_err(|e| HypervisorError::Backend(e.to_string()))?;
+            let ds = self.prepare_domain(spec).await?;
             let taps: Vec<TapRecord> = spec
                 .ports
                 .iter()
@@ -684,19 +707,7 @@ impl super::Hypervisor for LibvirtHypervisor {
                 *st = next;
             }
             self.ensure_taps(&taps).await?;
-            let ds = domain_spec(
-                spec,
-                root.disk,
-                root.kernel,
-                self.mtu,
-                self.console_log(&id),
-                self.domain_type,
-            );
-            let _permit = self
-                .libvirt_writes
-                .acquire()
-                .await
-                .map_err(|e| backend("libvirt write permit", e))?;
+            let _permit = self.write_permit().await?;
             if running {
                 self.boot(id, Some(&ds)).await?;
             } else {
@@ -894,24 +905,8 @@ impl crate::compute::Resizer for LibvirtHypervisor {
     async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
         let id = spec.id();
         // Idempotent: the existing root disk is kept as it is.
-        let root = self
-            .storage
-            .prepare_root(spec)
-            .await
-            .map_err(|e| HypervisorError::Backend(e.to_string()))?;
-        let ds = domain_spec(
-            spec,
-            root.disk,
-            root.kernel,
-            self.mtu,
-            self.console_log(&id),
-            self.domain_type,
-        );
-        let _permit = self
-            .libvirt_writes
-            .acquire()
-            .await
-            .map_err(|e| backend("libvirt write permit", e))?;
+        let ds = self.prepare_domain(spec).await?;
+        let _permit = self.write_permit().await?;
         self.driver
             .redefine(&ds)
             .await

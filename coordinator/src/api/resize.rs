@@ -8,7 +8,6 @@
 //! placement, start or resize can never over-fill the node. The root disk
 //! size cannot change (the agent does not grow disks yet).
 
-use etcd_client::Txn;
 use nubo_common::keys;
 use nubo_common::model::{
     Flavor, Image, Instance, InstanceState, InstanceStatus, Node, NodeUsage, PowerState, Resources,
@@ -169,13 +168,10 @@ impl Ctx {
                 compares.push(cmp);
                 ops.push(op);
             }
-            let resp = self
-                .store
-                .txn(Txn::new().when(compares).and_then(ops))
-                .await?;
-            if resp.succeeded() {
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                self.view.record_usage(&node, Some(new_usage), rev);
+            if self
+                .commit_usage(compares, ops, Some((node, new_usage)))
+                .await?
+            {
                 tracing::info!(instance = %i.id, flavor = %flavor.value.name, vcpus = new.vcpus, ram_mb = new.ram_mb, "server resized");
                 let mut v = self.render(std::slice::from_ref(&next)).await?;
                 return v

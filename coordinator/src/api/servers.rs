@@ -114,6 +114,29 @@ impl Plan {
 }
 
 impl Ctx {
+    /// Runs `ops` if `compares` all hold. When it did and `usage` names a
+    /// node's new usage (written by `ops`), the view records it at the
+    /// transaction's revision. `false`: something changed, read again.
+    pub(super) async fn commit_usage(
+        &self,
+        compares: Vec<etcd_client::Compare>,
+        ops: Vec<TxnOp>,
+        usage: Option<(NodeName, NodeUsage)>,
+    ) -> ApiResult<bool> {
+        let resp = self
+            .store
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?;
+        if !resp.succeeded() {
+            return Ok(false);
+        }
+        if let Some((node, nu)) = usage {
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            self.view.record_usage(&node, Some(nu), rev);
+        }
+        Ok(true)
+    }
+
     /// Reads `key` from the cache (when `src` allows and it is there) or
     /// from etcd, and records the revision it was read at in `deps`.
     async fn fetch<T: FromCached + DeserializeOwned>(
@@ -1080,15 +1103,7 @@ impl Ctx {
                 compares.push(cmp);
                 ops.push(op);
             }
-            let resp = self
-                .store
-                .txn(Txn::new().when(compares).and_then(ops))
-                .await?;
-            if resp.succeeded() {
-                if let Some((node, nu)) = new_usage {
-                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    self.view.record_usage(&node, Some(nu), rev);
-                }
+            if self.commit_usage(compares, ops, new_usage).await? {
                 tracing::info!(instance = %i.id, "server deleted");
                 return Ok(pb::Empty {});
             }

@@ -12,7 +12,7 @@ use etcd_client::PutOptions;
 use nubo_common::keys;
 use nubo_common::model::{self, Node, NodeUsage, Resources};
 use nubo_common::proto as pb;
-use nubo_common::NodeName;
+use nubo_common::{NodeName, ProjectId};
 use nubo_coordinator::{Config, Coordinator};
 use nubo_tests::Etcd;
 use tonic::transport::Channel;
@@ -44,12 +44,17 @@ pub struct NodesOnly {
     pub nodes: pb::nodes_client::NodesClient<Channel>,
 }
 
-pub async fn clients(c: &Coordinator) -> Clients {
-    let ch = Channel::from_shared(c.endpoint())
+/// A connection to the coordinator's gRPC endpoint.
+pub async fn channel(c: &Coordinator) -> Channel {
+    Channel::from_shared(c.endpoint())
         .unwrap()
         .connect()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn clients(c: &Coordinator) -> Clients {
+    let ch = channel(c).await;
     Clients {
         flavors: pb::flavors_client::FlavorsClient::new(ch.clone()),
         images: pb::images_client::ImagesClient::new(ch.clone()),
@@ -103,6 +108,67 @@ pub async fn register_node(etcd: &Etcd, name: &str, capacity: Resources, az: &st
     lease
 }
 
+/// Writes project `name` straight to etcd.
+pub async fn put_project(etcd: &Etcd, name: &str) {
+    let mut c = etcd.client().await.unwrap();
+    let id = ProjectId::new(name).unwrap();
+    let rec = model::Project {
+        id: id.clone(),
+        name: name.into(),
+        description: String::new(),
+        enabled: true,
+        created_at: chrono::Utc::now(),
+    };
+    c.put(keys::project(&id), model::encode(&rec), None)
+        .await
+        .unwrap();
+}
+
+/// Writes user `name` with `password_hash` and its `role` in `project`
+/// (cloud-wide with `None`) straight to etcd.
+pub async fn put_user(
+    etcd: &Etcd,
+    name: &str,
+    password_hash: &str,
+    project: Option<&str>,
+    role: model::Role,
+) {
+    let mut c = etcd.client().await.unwrap();
+    let name = model::UserName::new(name).unwrap();
+    let user = model::User {
+        name: name.clone(),
+        password_hash: password_hash.into(),
+        enabled: true,
+        created_at: chrono::Utc::now(),
+    };
+    c.put(keys::user(&name), model::encode(&user), None)
+        .await
+        .unwrap();
+    let project = project.map(|p| ProjectId::new(p).unwrap());
+    let ra = model::RoleAssignment {
+        user: name.clone(),
+        project: project.clone(),
+        role,
+    };
+    c.put(
+        keys::role(&name, project.as_ref()),
+        model::encode(&ra),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// Revokes an etcd lease (a node's alive key goes with it).
+pub async fn revoke(etcd: &Etcd, lease: i64) {
+    etcd.client()
+        .await
+        .unwrap()
+        .lease_revoke(lease)
+        .await
+        .unwrap();
+}
+
 /// Reads a node's usage straight from etcd.
 pub async fn usage(etcd: &Etcd, name: &str) -> NodeUsage {
     let mut c = etcd.client().await.unwrap();
@@ -150,6 +216,48 @@ pub async fn wait_nodes(cl: &mut Clients, n: usize) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("nodes did not show up");
+}
+
+/// A node as the nodes API shows it.
+pub async fn node_info(nodes: &mut pb::nodes_client::NodesClient<Channel>, name: &str) -> pb::Node {
+    nodes
+        .get(pb::GetRequest {
+            r#ref: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Creates network `name` with `cidr` in the caller's project.
+pub async fn create_network(cl: &mut Clients, name: &str, cidr: &str) {
+    cl.networks
+        .create(pb::CreateNetworkRequest {
+            name: name.into(),
+            cidr: cidr.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// A token for `user` with `password`.
+pub async fn issue_token(
+    tokens: &mut pb::tokens_client::TokensClient<Channel>,
+    user: &str,
+    password: &str,
+) -> String {
+    tokens
+        .issue(pb::IssueTokenRequest {
+            user: user.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
 }
 
 pub fn res(vcpus: u32, ram_mb: u64, disk_gb: u64) -> Resources {
@@ -274,4 +382,25 @@ pub async fn check_invariants(etcd: &Etcd, capacity_ram: &HashMap<NodeName, u64>
         }
     }
     s
+}
+
+/// Request builders by reference (in the caller's project).
+pub mod req {
+    use nubo_common::proto as pb;
+
+    /// Get by name or id.
+    pub fn get(r: &str) -> pb::GetRequest {
+        pb::GetRequest {
+            r#ref: r.into(),
+            project: String::new(),
+        }
+    }
+
+    /// Delete by name or id.
+    pub fn del(r: &str) -> pb::DeleteRequest {
+        pb::DeleteRequest {
+            r#ref: r.into(),
+            project: String::new(),
+        }
+    }
 }
