@@ -14,8 +14,8 @@ PACKAGES=(
   tcpdump iputils-ping iperf3 procps psmisc
   # compute: libvirt + QEMU (TCG where KVM cannot run guests), test guest build
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev cpio
-  # storage: Ceph RBD (librados/librbd are linked by nubo-storage), QEMU rbd driver
-  ceph-mon ceph-mgr ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra
+  # storage: Ceph RBD (nubo-storage dlopens librados/librbd from ceph-common's deps), QEMU rbd driver
+  ceph-mon ceph-mgr ceph-osd ceph-common librados2 librbd1 qemu-block-extra
   # build
   pkg-config build-essential
 )
