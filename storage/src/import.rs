@@ -77,7 +77,10 @@ mod tests {
         std::fs::write(&f, b"not a qcow2 file").unwrap();
         match raw_image_reader(&f, "qcow2", &dir, "b") {
             Err(Error::Io { op, object, .. }) => {
-                assert!(op == "convert to raw" || op == "run qemu-img convert for", "{op}");
+                assert!(
+                    op == "convert to raw" || op == "run qemu-img convert for",
+                    "{op}"
+                );
                 assert!(object.contains("b"), "{object}");
             }
             Ok(_) => panic!("garbage converted"),

@@ -26,8 +26,8 @@ pub mod testing;
 
 pub use cluster::{BlocklistEntry, Cluster, ConnectOptions};
 pub use error::{Error, Result};
-pub use import::raw_image_reader;
 pub use image::{Features, Image, ImageInfo, LockOwners, ParentInfo, Pool, SnapInfo, Watcher};
+pub use import::raw_image_reader;
 pub use store::{
     BlockStore, DiskRef, ImportWait, RbdPools, RbdStore, SnapshotRef, BASE_SNAP, IMPORT_CHUNK,
 };
