@@ -274,9 +274,7 @@ impl Ctx {
 
     async fn delete_network(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
         let project = validate::project(&r.project)?;
-        let mut attempt = 0;
-        let (n, ipam_prefix) = loop {
-            attempt += 1;
+        for attempt in 1..=16 {
             let net = self.network(&project, &r.r#ref).await?;
             let n = net.value;
             let key = keys::network(&n.id);
@@ -302,11 +300,6 @@ impl Ctx {
                 tracing::info!(network = %n.id, "network deleted");
                 return Ok(pb::Empty {});
             }
-            // Without quotas, only the port check can fail; with them, a
-            // concurrent usage change is retried.
-            if !quota_on || attempt >= 16 {
-                break (n, ipam_prefix);
-            }
             let used = self
                 .store
                 .range(
@@ -316,26 +309,20 @@ impl Ctx {
                 .await?
                 .count();
             if used > 0 {
-                break (n, ipam_prefix);
+                return Err(ApiError::FailedPrecondition(format!(
+                    "network {:?} still has {used} ports; delete them first",
+                    n.name
+                )));
             }
-        };
-        let used = self
-            .store
-            .range(
-                ipam_prefix.as_str(),
-                GetOptions::new().with_prefix().with_count_only(),
-            )
-            .await?
-            .count();
-        if used == 0 {
-            return Err(ApiError::Unavailable(
-                "the network changed concurrently too often; retry".into(),
-            ));
+            // Without quotas, only the port check can fail; with them, a
+            // concurrent usage change is retried.
+            if !quota_on || attempt == 16 {
+                break;
+            }
         }
-        Err(ApiError::FailedPrecondition(format!(
-            "network {:?} still has {used} ports; delete them first",
-            n.name
-        )))
+        Err(ApiError::Unavailable(
+            "the network changed concurrently too often; retry".into(),
+        ))
     }
 
     pub(crate) async fn port(&self, project: &ProjectId, r: &str) -> ApiResult<Versioned<Port>> {
