@@ -286,6 +286,10 @@ async fn networks_ports_secgroups_validation() {
         "{}",
         e.message()
     );
+    // A network with ports cannot be deleted, and says how many it has.
+    let e = cl.networks.delete(del("net1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("still has 2 ports"), "{}", e.message());
 
     // Security groups: rules, in-use deletion.
     let sg = cl
