@@ -808,17 +808,11 @@ impl Witness {
 async fn get_etcd_status(api: &str) -> std::io::Result<EtcdSessionStatus> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(api).await?;
-    let req = format!("GET /v1/etcd-status HTTP/1.0\r\nHost: {api}\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
+    s.write_all(EtcdSessionStatus::http_request(api).as_bytes())
+        .await?;
     let mut buf = Vec::new();
     s.take(64 * 1024).read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.split(' ').nth(1) == Some("200") => {
-            serde_json::from_str(body).map_err(std::io::Error::other)
-        }
-        _ => Err(std::io::Error::other("not a 200 answer")),
-    }
+    EtcdSessionStatus::from_http_response(&buf).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]

@@ -93,7 +93,10 @@ fn router(console_dir: PathBuf, session: Option<SessionWatch>) -> Router {
     Router::new()
         .route("/v1/console/{id}", get(console))
         .route("/v1/capture/{tap}", get(capture))
-        .route("/v1/etcd-status", get(etcd_status))
+        .route(
+            nubo_common::model::EtcdSessionStatus::PATH,
+            get(etcd_status),
+        )
         .with_state(Ctx {
             console_dir,
             session,

@@ -269,21 +269,11 @@ impl Fencer for CephFencer {
 async fn etcd_status(api: &str) -> std::io::Result<EtcdSessionStatus> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(api).await?;
-    s.write_all(format!("GET /v1/etcd-status HTTP/1.0\r\nHost: {api}\r\n\r\n").as_bytes())
+    s.write_all(EtcdSessionStatus::http_request(api).as_bytes())
         .await?;
     let mut buf = Vec::new();
     s.take(64 * 1024).read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("malformed HTTP answer"))?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other(format!(
-            "answered {:?}",
-            head.lines().next().unwrap_or("")
-        )));
-    }
-    serde_json::from_str(body).map_err(std::io::Error::other)
+    EtcdSessionStatus::from_http_response(&buf).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
