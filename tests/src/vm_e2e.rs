@@ -57,9 +57,31 @@ impl HostLibvirtd {
         for d in ["run", "etcq", "lib", "cache", "log"] {
             std::fs::create_dir_all(base.join(d))?;
         }
-        let b = base.display().to_string();
+        let me = Self {
+            base: base.to_path_buf(),
+            uri: format!(
+                "qemu+unix:///system?socket={}/run/libvirt-sock",
+                base.display()
+            ),
+            prefix: prefix.to_string(),
+        };
         let script = format!(
+            "{}virtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
+            me.mounts()
+        );
+        me.launch(host, &script)?;
+        Ok(me)
+    }
+
+    /// The shell lines that give libvirtd its private state: the mount points
+    /// are created first (a brand-new machine has no `/run/libvirt` until a
+    /// libvirtd ran there), then bind-mounted from this lab's directories
+    /// inside the private mount namespace of [`HostLibvirtd::launch`].
+    fn mounts(&self) -> String {
+        let b = self.base.display();
+        format!(
             "set -e
+mkdir -p /run/libvirt /etc/libvirt/qemu /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
 mount --bind {b}/run /run/libvirt
 mount --bind {b}/etcq /etc/libvirt/qemu
 mount --bind {b}/lib /var/lib/libvirt
@@ -74,16 +96,8 @@ if [ -e /dev/kvm ]; then mount --bind {b}/nokvm /dev/kvm; fi
 # each QEMU's /dev and fail (EINVAL). (The stock qemu.conf sets nothing.)
 echo 'namespaces = []' > {b}/qemu.conf
 mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
-virtlogd -d -p /run/libvirt/virtlogd.pid
-libvirtd -d -p /run/libvirt/libvirtd.pid"
-        );
-        let me = Self {
-            base: base.to_path_buf(),
-            uri: format!("qemu+unix:///system?socket={b}/run/libvirt-sock"),
-            prefix: prefix.to_string(),
-        };
-        me.launch(host, &script)?;
-        Ok(me)
+"
+        )
     }
 
     /// Runs `script` in a private mount namespace inside the host's network
@@ -124,18 +138,7 @@ libvirtd -d -p /run/libvirt/libvirtd.pid"
         wait_until(Duration::from_secs(30), "libvirtd exits", || {
             Ok(!pid_alive(pid))
         })?;
-        let b = self.base.display();
-        let script = format!(
-            "set -e
-mount --bind {b}/run /run/libvirt
-mount --bind {b}/etcq /etc/libvirt/qemu
-mount --bind {b}/lib /var/lib/libvirt
-mount --bind {b}/cache /var/cache/libvirt
-mount --bind {b}/log /var/log/libvirt
-if [ -e /dev/kvm ]; then mount --bind {b}/nokvm /dev/kvm; fi
-mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
-libvirtd -d -p /run/libvirt/libvirtd.pid"
-        );
+        let script = format!("{}libvirtd -d -p /run/libvirt/libvirtd.pid", self.mounts());
         self.launch(host, &script)
     }
 
