@@ -29,7 +29,14 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+  # The whole list, not only the missing ones: apt resolves them together, so
+  # installing one package can never remove another of the list (a machine
+  # with a newer qemu-utils from backports lost it to qemu-system-x86 7.2).
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${PACKAGES[@]}"
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+      { echo "error: package $p is not installed after apt-get install" >&2; exit 1; }
+  done
 fi
 
 # libvirt must never create its default NAT network (virbr0) on this host.
