@@ -36,6 +36,8 @@ pub struct MemberHealth {
     pub leader: bool,
     /// The last failure, if down.
     pub error: Option<String>,
+    /// Requests go to this member now.
+    pub in_use: bool,
 }
 
 struct Member {
@@ -213,10 +215,13 @@ impl Pool {
     /// The members' health.
     pub(crate) fn health(&self) -> Vec<MemberHealth> {
         let st = self.lock();
+        let using = self.preferred(&st);
         self.members
             .iter()
             .zip(&st.health)
-            .map(|(m, h)| MemberHealth {
+            .enumerate()
+            .map(|(i, (m, h))| MemberHealth {
+                in_use: Some(i) == using,
                 url: m.url.clone(),
                 up: h.up,
                 id: h.id,
@@ -226,19 +231,24 @@ impl Pool {
             .collect()
     }
 
+    /// The leader's member if wanted and up, else the current one if up.
+    fn preferred(&self, st: &State) -> Option<usize> {
+        if self.prefer_leader {
+            if let Some((lid, _)) = st.leader {
+                if let Some(i) = st.health.iter().position(|h| h.id == lid && h.up) {
+                    return Some(i);
+                }
+            }
+        }
+        st.health[st.current].up.then_some(st.current)
+    }
+
     /// The member to send the next request to.
     fn pick(&self) -> usize {
         let mut st = self.lock();
         let n = self.members.len();
-        if self.prefer_leader {
-            if let Some((lid, _)) = st.leader {
-                if let Some(i) = st.health.iter().position(|h| h.id == lid && h.up) {
-                    return i;
-                }
-            }
-        }
-        if st.health[st.current].up {
-            return st.current;
+        if let Some(i) = self.preferred(&st) {
+            return i;
         }
         for k in 1..n {
             let i = (st.current + k) % n;

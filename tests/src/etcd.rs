@@ -1,4 +1,6 @@
-//! A throwaway etcd server (Debian's `etcd-server`) per test.
+//! Throwaway etcd (Debian's `etcd-server`) per test: one member, or a
+//! cluster of several members on loopback (separate ports, one `nbt-etcd-…`
+//! directory), each member killable and restartable on its own.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,78 +11,165 @@ use anyhow::{bail, Context, Result};
 
 use crate::ports::free_port_on;
 
-/// A running etcd; stopped (SIGKILL, by pid) and its data removed on drop.
-pub struct Etcd {
+/// How to start an [`Etcd`].
+#[derive(Debug, Clone)]
+pub struct EtcdOpts {
+    /// Number of members (1, 3, 5…).
+    pub members: usize,
+    /// Address every member listens on.
+    pub ip: IpAddr,
+    /// `--quota-backend-bytes` (etcd's space quota; default etcd's 2 GiB).
+    pub quota_backend_bytes: Option<u64>,
+}
+
+impl Default for EtcdOpts {
+    fn default() -> Self {
+        Self {
+            members: 1,
+            ip: IpAddr::from([127, 0, 0, 1]),
+            quota_backend_bytes: None,
+        }
+    }
+}
+
+/// One member process.
+struct Member {
+    name: String,
     child: Option<Child>,
-    dir: tempfile::TempDir,
-    ip: IpAddr,
     client_port: u16,
     peer_port: u16,
 }
 
+/// A running etcd (one member or a cluster); every member is stopped
+/// (SIGKILL, by pid) and the data removed on drop.
+pub struct Etcd {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+    ip: IpAddr,
+    quota_backend_bytes: Option<u64>,
+}
+
 impl Etcd {
-    /// Starts etcd listening on 127.0.0.1.
+    /// Starts one etcd listening on 127.0.0.1.
     pub fn start() -> Result<Self> {
-        Self::start_on("127.0.0.1".parse()?)
+        Self::start_with(EtcdOpts::default())
     }
 
-    /// Starts etcd listening on `ip` (e.g. an address on a test bridge that
-    /// network namespaces can reach).
+    /// Starts one etcd listening on `ip` (e.g. an address on a test bridge
+    /// that network namespaces can reach).
     pub fn start_on(ip: IpAddr) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("nbt-etcd-").tempdir()?;
-        let client_port = free_port_on(ip);
-        let peer_port = free_port_on(ip);
-        let mut etcd = Self {
-            child: None,
-            dir,
+        Self::start_with(EtcdOpts {
             ip,
-            client_port,
-            peer_port,
+            ..EtcdOpts::default()
+        })
+    }
+
+    /// Starts a cluster of `members` members on 127.0.0.1.
+    pub fn start_cluster(members: usize) -> Result<Self> {
+        Self::start_with(EtcdOpts {
+            members,
+            ..EtcdOpts::default()
+        })
+    }
+
+    /// Starts etcd as `opts` says; returns once every member is healthy
+    /// (the cluster has a leader).
+    pub fn start_with(opts: EtcdOpts) -> Result<Self> {
+        if opts.members == 0 {
+            bail!("an etcd cluster needs at least one member");
+        }
+        let dir = tempfile::Builder::new().prefix("nbt-etcd-").tempdir()?;
+        let members = (0..opts.members)
+            .map(|i| Member {
+                name: if opts.members == 1 {
+                    "nbt".to_string()
+                } else {
+                    format!("nbt{i}")
+                },
+                child: None,
+                client_port: free_port_on(opts.ip),
+                peer_port: free_port_on(opts.ip),
+            })
+            .collect();
+        let mut etcd = Self {
+            members,
+            dir,
+            ip: opts.ip,
+            quota_backend_bytes: opts.quota_backend_bytes,
         };
-        etcd.spawn()?;
+        for i in 0..etcd.members.len() {
+            etcd.spawn(i)?;
+        }
+        for i in 0..etcd.members.len() {
+            etcd.wait_healthy(i, Duration::from_secs(30))?;
+        }
         Ok(etcd)
     }
 
-    fn spawn(&mut self) -> Result<()> {
-        let client = format!("http://{}:{}", self.ip, self.client_port);
-        let peer = format!("http://{}:{}", self.ip, self.peer_port);
+    fn member_dir(&self, i: usize) -> PathBuf {
+        if self.members.len() == 1 {
+            self.dir.path().to_path_buf()
+        } else {
+            self.dir.path().join(&self.members[i].name)
+        }
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://{}:{}", m.name, self.ip, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let dir = self.member_dir(i);
+        std::fs::create_dir_all(&dir)?;
+        let m = &self.members[i];
+        let client = format!("http://{}:{}", self.ip, m.client_port);
+        let peer = format!("http://{}:{}", self.ip, m.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("etcd.log"))?;
-        let child = Command::new(etcd_binary())
-            .arg("--name=nbt")
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join("data").display()
-            ))
+            .open(dir.join("etcd.log"))?;
+        let mut cmd = Command::new(etcd_binary());
+        cmd.arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=nbt={peer}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster()))
             .arg("--initial-cluster-state=new")
+            .arg(format!("--initial-cluster-token=nbt-{}", std::process::id()))
             // Faster leader election on a loaded 2-core machine.
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500")
             .arg("--snapshot-count=100000")
-            .arg("--log-level=warn")
+            .arg("--log-level=warn");
+        if let Some(q) = self.quota_backend_bytes {
+            cmd.arg(format!("--quota-backend-bytes={q}"));
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting etcd (is Debian's etcd-server installed?)")?;
-        self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(20))
+        self.members[i].child = Some(child);
+        Ok(())
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+    fn wait_healthy(&mut self, i: usize, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let url = format!("{}/health", self.endpoint());
+        let url = format!("{}/health", self.member_endpoint(i));
         loop {
-            if let Some(child) = self.child.as_mut() {
+            if let Some(child) = self.members[i].child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("etcd exited early with {status}; log:\n{}", self.log());
+                    bail!(
+                        "etcd member {i} exited early with {status}; log:\n{}",
+                        self.member_log(i)
+                    );
                 }
             }
             let ok = Command::new("curl")
@@ -92,39 +181,143 @@ impl Etcd {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("etcd not healthy after {timeout:?}; log:\n{}", self.log());
+                bail!(
+                    "etcd member {i} not healthy after {timeout:?}; log:\n{}",
+                    self.member_log(i)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:23791`.
+    /// The client URLs, comma-separated (what `--etcd-endpoints` and
+    /// `etcdctl --endpoints` take), e.g. `http://127.0.0.1:23791`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.ip, self.client_port)
+        self.endpoints().join(",")
     }
 
-    /// The etcd process id (to stop or freeze it in chaos tests).
+    /// The client URL of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len())
+            .map(|i| self.member_endpoint(i))
+            .collect()
+    }
+
+    /// Number of members.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The client URL of member `i`.
+    pub fn member_endpoint(&self, i: usize) -> String {
+        format!("http://{}:{}", self.ip, self.members[i].client_port)
+    }
+
+    /// The process id of the first member (to stop or freeze it in chaos
+    /// tests of a single etcd).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.member_pid(0)
     }
 
-    /// Stops etcd (SIGKILL) but keeps its data, for outage tests.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    /// The process id of member `i`, while it runs.
+    pub fn member_pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// Kills member `i` with SIGKILL (by pid), keeping its data.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Restarts a stopped etcd on the same ports with the same data.
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop();
-        self.spawn()
+    /// Restarts member `i` (after [`Etcd::kill_member`]) on its ports with
+    /// its data; returns once it reports healthy.
+    pub fn restart_member(&mut self, i: usize) -> Result<()> {
+        self.kill_member(i);
+        self.spawn(i)?;
+        self.wait_healthy(i, Duration::from_secs(30))
     }
 
-    /// The etcd log so far (for failure messages).
+    /// The index of the member that is the raft leader now, asked of every
+    /// running member (`etcdctl endpoint status`).
+    pub fn leader(&self) -> Option<usize> {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            let Ok(out) = etcdctl(&self.member_endpoint(i), &["endpoint", "status", "-w", "json"])
+            else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
+                continue;
+            };
+            let st = &v[0]["Status"];
+            let (Some(me), Some(leader)) = (
+                st["header"]["member_id"].as_u64(),
+                st["leader"].as_u64(),
+            ) else {
+                continue;
+            };
+            if leader == 0 {
+                continue;
+            }
+            if me == leader {
+                return Some(i);
+            }
+            // Ask the leader itself next: it confirms.
+        }
+        None
+    }
+
+    /// [`Etcd::leader`], waited for (up to `timeout`).
+    pub fn wait_leader(&self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.leader() {
+                return Ok(i);
+            }
+            if Instant::now() > deadline {
+                bail!("no etcd leader after {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops every member (SIGKILL) but keeps the data, for outage tests.
+    pub fn stop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+
+    /// Restarts every member on the same ports with the same data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        for i in 0..self.members.len() {
+            self.spawn(i)?;
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i, Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    fn member_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.member_dir(i).join("etcd.log")).unwrap_or_default()
+    }
+
+    /// The etcd logs so far (every member's, for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        if self.members.len() == 1 {
+            return self.member_log(0);
+        }
+        (0..self.members.len())
+            .map(|i| format!("--- etcd member {i} ---\n{}", self.member_log(i)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The data directory.
@@ -132,7 +325,7 @@ impl Etcd {
         self.dir.path().to_path_buf()
     }
 
-    /// Runs `etcdctl` against this server and returns stdout.
+    /// Runs `etcdctl` against this etcd (every member) and returns stdout.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
         etcdctl(&self.endpoint(), args)
     }
@@ -150,9 +343,15 @@ impl Etcd {
             .map(|(_, v)| v))
     }
 
-    /// A connected etcd client.
+    /// A connection through nubo's etcd layer (failover across members).
+    pub async fn store(&self) -> Result<nubo_store::Etcd> {
+        Ok(nubo_store::Etcd::connect(&nubo_store::EtcdConfig::new(self.endpoints())).await?)
+    }
+
+    /// A connected etcd client (over nubo's failover channel, so it keeps
+    /// working while a member is down).
     pub async fn client(&self) -> Result<etcd_client::Client> {
-        Ok(etcd_client::Client::connect([self.endpoint()], None).await?)
+        Ok(self.store().await?.client().clone())
     }
 }
 
@@ -263,6 +462,37 @@ mod tests {
         );
         assert_eq!(etcd.get("/nbt/k").unwrap(), Some(b"v".to_vec()));
         assert_eq!(etcd.get("/nbt/none").unwrap(), None);
+    }
+
+    #[test]
+    fn a_three_member_cluster_survives_a_member_kill_and_takes_it_back() {
+        let mut etcd = Etcd::start_cluster(3).unwrap();
+        assert_eq!(etcd.endpoints().len(), 3);
+        assert_eq!(etcd.endpoint().split(',').count(), 3);
+        let leader = etcd.wait_leader(Duration::from_secs(10)).unwrap();
+        etcd.etcdctl(&["put", "/nbt/k", "v"]).unwrap();
+        etcd.kill_member(leader);
+        assert!(etcd.member_pid(leader).is_none());
+        let next = etcd.wait_leader(Duration::from_secs(10)).unwrap();
+        assert_ne!(next, leader, "a survivor leads");
+        etcd.etcdctl(&["put", "/nbt/k2", "w"]).unwrap();
+        etcd.restart_member(leader).unwrap();
+        // The restarted member caught up with the write made without it.
+        let only = etcdctl(
+            &etcd.member_endpoint(leader),
+            &["get", "/nbt/k2", "--print-value-only", "--consistency=s"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = only.unwrap_or_default();
+        while !got.contains('w') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            got = etcdctl(
+                &etcd.member_endpoint(leader),
+                &["get", "/nbt/k2", "--print-value-only", "--consistency=s"],
+            )
+            .unwrap_or_default();
+        }
+        assert!(got.contains('w'), "{got:?}");
     }
 
     #[test]
