@@ -386,8 +386,7 @@ async fn put_status_if_assigned(
             model::encode(status),
             None,
         )]);
-    let mut kv = etcd.kv_client();
-    let resp = store::bounded(kv.txn(txn)).await?;
+    let resp = store::txn(etcd, txn).await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
     Ok(resp.succeeded().then_some(rev))
 }

@@ -33,12 +33,10 @@ pub async fn record_guest_stop(
 ) -> Result<bool, StoreError> {
     let key = keys::instance(&id);
     for _ in 0..8 {
-        let mut kv = etcd.kv_client();
-        let resp = store::bounded(kv.get(key.as_str(), None)).await?;
-        let Some(cur) = resp.kvs().first() else {
+        let Some((value, mod_rev)) = store::get(etcd, &key).await? else {
             return Ok(false);
         };
-        let Ok(spec) = model::decode::<Instance>(&key, cur.value()) else {
+        let Ok(spec) = model::decode::<Instance>(&key, &value) else {
             return Ok(false);
         };
         let Some(next) = stopped_spec(&spec) else {
@@ -46,11 +44,11 @@ pub async fn record_guest_stop(
         };
         let txn = Txn::new()
             .when([
-                Compare::mod_revision(key.as_str(), CompareOp::Equal, cur.mod_revision()),
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev),
                 Compare::version(keys::assignment(node, &id), CompareOp::Greater, 0),
             ])
             .and_then([TxnOp::put(key.as_str(), model::encode(&next), None)]);
-        if store::bounded(kv.txn(txn)).await?.succeeded() {
+        if store::txn(etcd, txn).await?.succeeded() {
             return Ok(true);
         }
     }

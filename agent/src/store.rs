@@ -1,10 +1,12 @@
-//! A thin wrapper around the etcd client: every unary call is bounded by a
-//! timeout (the balanced channel would otherwise wait forever for an
-//! unreachable etcd), and errors are typed.
+//! A thin wrapper around the etcd layer (`nubo-store`): the client goes to
+//! a live etcd member (failover when one dies), every unary call is bounded
+//! by a timeout and retried on another member within [`policy`]'s deadline,
+//! and errors are typed.
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use nubo_store::RetryPolicy;
 
 /// Bound of every unary etcd request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -18,15 +20,20 @@ pub enum StoreError {
     /// No answer within the timeout.
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
-    /// The TLS material of `[etcd_tls]` could not be read.
-    #[error("etcd TLS: cannot read {path}: {source}")]
-    TlsFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The etcd layer gave up (retries exhausted, NOSPACE, bad TLS files).
+    #[error("{0}")]
+    Store(#[from] nubo_store::StoreError),
+}
+
+/// Retries of the agent's unary etcd calls: each attempt bounded by
+/// [`REQUEST_TIMEOUT`], retried (other member, backoff with jitter) for up
+/// to 6 s. A longer etcd outage is left to the callers' own loops.
+pub fn policy() -> RetryPolicy {
+    RetryPolicy {
+        attempt_timeout: REQUEST_TIMEOUT,
+        deadline: Duration::from_secs(6),
+        ..RetryPolicy::default()
+    }
 }
 
 /// Runs `fut` with [`REQUEST_TIMEOUT`].
@@ -46,32 +53,21 @@ pub async fn connect(endpoints: &[String]) -> Result<Client, StoreError> {
 }
 
 /// [`connect`] over TLS when `tls` is set: trust its CA and present its
-/// client certificate (etcd's `--client-cert-auth`).
+/// client certificate (etcd's `--client-cert-auth`). Requests go to one
+/// member chosen at random (spreading agents over the members) while it
+/// works, to another as soon as it fails.
 pub async fn connect_tls(
     endpoints: &[String],
     tls: Option<&crate::config::EtcdTls>,
 ) -> Result<Client, StoreError> {
-    let mut opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
-    if let Some(t) = tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|source| StoreError::TlsFile {
-                path: p.to_path_buf(),
-                source,
-            })
-        };
-        let mut o = etcd_client::TlsOptions::new();
-        if let Some(ca) = &t.ca {
-            o = o.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-        }
-        if let (Some(c), Some(k)) = (&t.cert, &t.key) {
-            o = o.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
-        }
-        opts = opts.with_tls(o);
-    }
-    Ok(Client::connect(endpoints, Some(opts)).await?)
+    let cfg = nubo_store::EtcdConfig::new(endpoints.to_vec())
+        .with_tls(tls.map(|t| nubo_store::TlsFiles {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }))
+        .with_retry(policy());
+    Ok(nubo_store::Etcd::connect(&cfg).await?.client().clone())
 }
 
 /// Puts `value` at `key`; returns the revision of the write.
@@ -86,19 +82,31 @@ pub async fn put_with(
     value: Vec<u8>,
     opts: Option<PutOptions>,
 ) -> Result<i64, StoreError> {
-    let mut kv = client.kv_client();
-    let resp = bounded(kv.put(key, value, opts)).await?;
+    let resp = nubo_store::retry::retry(&policy(), "put", || {
+        let (mut kv, v, o) = (client.kv_client(), value.clone(), opts.clone());
+        async move { kv.put(key, v, o).await }
+    })
+    .await?;
     Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
 }
 
 /// Reads one key: its value and mod revision.
 pub async fn get(client: &Client, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
-    let mut kv = client.kv_client();
-    let resp = bounded(kv.get(key, None)).await?;
+    let resp = nubo_store::retry::retry(&policy(), "get", || {
+        let mut kv = client.kv_client();
+        async move { kv.get(key, None).await }
+    })
+    .await?;
     Ok(resp
         .kvs()
         .first()
         .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+}
+
+/// Runs a transaction through the etcd layer (retried; a guarded one whose
+/// answer was lost is resolved by reading back what it wrote).
+pub async fn txn(client: &Client, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+    Ok(nubo_store::txn::txn(client, &policy(), txn).await?)
 }
 
 /// Deletes `key` only if it was last modified at `mod_revision`. Returns the
@@ -108,11 +116,10 @@ pub async fn delete_if_unchanged(
     key: &str,
     mod_revision: i64,
 ) -> Result<(i64, bool), StoreError> {
-    let mut kv = client.kv_client();
-    let txn = Txn::new()
+    let t = Txn::new()
         .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
         .and_then([TxnOp::delete(key, None)]);
-    let resp = bounded(kv.txn(txn)).await?;
+    let resp = txn(client, t).await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
     Ok((rev, resp.succeeded()))
 }
@@ -123,8 +130,11 @@ pub async fn list_prefix(
     client: &Client,
     prefix: &str,
 ) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), StoreError> {
-    let mut kv = client.kv_client();
-    let resp = bounded(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+    let resp = nubo_store::retry::retry(&policy(), "list", || {
+        let mut kv = client.kv_client();
+        async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+    })
+    .await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
     let kvs = resp
         .kvs()

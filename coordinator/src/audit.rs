@@ -41,8 +41,7 @@ pub async fn record(
         request_id: uuid::Uuid::new_v4().simple().to_string(),
     };
     let key = keys::audit(&new_audit_id(time));
-    let mut kv = store.client().kv_client();
-    if let Err(e) = kv.put(key, encode(&rec), None).await {
+    if let Err(e) = store.etcd().put(key, encode(&rec), None).await {
         tracing::warn!(error = %e, action = %rec.action, "could not write the audit record");
     }
 }
@@ -74,8 +73,8 @@ pub async fn prune(store: &Store, keep: usize) -> ApiResult<u64> {
         return Ok(0);
     };
     let end = delete_range_end(&String::from_utf8_lossy(last.key()));
-    let mut kv = store.client().kv_client();
-    let deleted = kv
+    let deleted = store
+        .etcd()
         .delete(prefix.as_str(), Some(DeleteOptions::new().with_range(end)))
         .await?
         .deleted();

@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, KeyValue};
+use etcd_client::KeyValue;
 use futures::future::select_all;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, Flavor, Image, Keypair, Network, SecurityGroup, ServerGroup};
+use nubo_store::{Etcd, StoreError};
 use tokio::sync::watch;
 
 use crate::view::{follow_watch, kv_key, list_prefix_at, watch_from};
@@ -192,12 +193,12 @@ impl ResourceCache {
     }
 
     /// Runs the list + watch loop until `shutdown` fires.
-    pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
-                r = self.list_and_watch(&client) => {
+                r = self.list_and_watch(&etcd) => {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "resource cache watch interrupted; re-listing");
+                        tracing::warn!(error = %e, "resource cache: listing failed; listing again");
                     }
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -209,12 +210,11 @@ impl ResourceCache {
         }
     }
 
-    async fn list_and_watch(&self, client: &Client) -> Result<(), etcd_client::Error> {
-        let mut kv = client.kv_client();
+    async fn list_and_watch(&self, etcd: &Etcd) -> Result<(), StoreError> {
         let mut fresh: HashMap<String, Entry> = HashMap::new();
         let mut rev = 0;
         for prefix in prefixes() {
-            list_prefix_at(&mut kv, &prefix, &mut rev, |kv| {
+            list_prefix_at(etcd, &prefix, &mut rev, |kv| {
                 if let Some(value) = decode(kv_key(kv), kv.value()) {
                     fresh.insert(
                         kv_key(kv).to_string(),
@@ -234,16 +234,17 @@ impl ResourceCache {
 
         let mut watches = Vec::new();
         for prefix in prefixes() {
-            let stream = watch_from(client, prefix, rev).await?;
+            let stream = watch_from(etcd, prefix, rev);
             watches.push(Box::pin(follow_watch(
                 stream,
                 "resource cache",
                 |kv, deleted| self.apply(kv, deleted),
             )));
         }
-        // The first watch that ends (error, compaction) ends them all: the
-        // caller re-lists everything at one revision again.
-        select_all(watches).await.0
+        // The first watch that ends (compaction) ends them all: the caller
+        // re-lists everything at one revision again.
+        select_all(watches).await;
+        Ok(())
     }
 }
 

@@ -11,15 +11,20 @@
 //! compare `lease(election key) == our lease` inside their transaction (see
 //! [`leader_guard`]), so a deposed leader that has not noticed yet can never
 //! write.
+//!
+//! Losing the etcd member the coordinator talks to loses neither the lease
+//! nor the leadership: every keep-alive goes out on a fresh stream (routed
+//! to a live member by `nubo-store`) and is retried until the lease's TTL
+//! has passed since the last acknowledged renewal; the election watch
+//! resumes on a live member from the last revision seen.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse};
 use nubo_common::keys;
 use nubo_common::model::{self, LeaderRecord};
+use nubo_store::{Etcd, RetryPolicy, StoreError, WatchSpec};
 use tokio::sync::watch;
 
 /// What this coordinator knows about the election.
@@ -76,7 +81,7 @@ pub fn leader_guard(lease: i64) -> Compare {
 /// Runs registration + election until `shutdown`; on shutdown revokes the
 /// lease (resigning) so a peer takes over at once.
 pub async fn run(
-    client: Client,
+    etcd: Etcd,
     id: String,
     ttl: i64,
     state: Arc<LeaderState>,
@@ -85,7 +90,7 @@ pub async fn run(
     loop {
         let mut lease_id = 0;
         let r = tokio::select! {
-            r = session(&client, &id, ttl, &state, &mut lease_id) => r,
+            r = session(&etcd, &id, ttl, &state, &mut lease_id) => r,
             _ = shutdown.wait_for(|s| *s) => Ok(()),
         };
         state.set(|s| {
@@ -94,8 +99,7 @@ pub async fn run(
             s.lease = 0;
         });
         if lease_id != 0 {
-            let mut leases = client.lease_client();
-            let _ = tokio::time::timeout(Duration::from_secs(2), leases.revoke(lease_id)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), etcd.lease_revoke(lease_id)).await;
         }
         if *shutdown.borrow() {
             tracing::info!(coordinator = %id, "resigned (lease revoked)");
@@ -111,25 +115,24 @@ pub async fn run(
     }
 }
 
-fn lost(msg: String) -> etcd_client::Error {
-    etcd_client::Error::LeaseKeepAliveError(msg)
+fn lost(msg: String) -> StoreError {
+    StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(msg))
 }
 
-/// One lease: keeps it alive (every TTL/3, each renewal bounded by TTL/3)
-/// while campaigning; returns when the lease is lost.
+/// One lease: keeps it alive (every TTL/3; a renewal that fails is retried
+/// on live members until the TTL has passed since the last one that
+/// worked) while campaigning; returns when the lease is lost.
 async fn session(
-    client: &Client,
+    etcd: &Etcd,
     id: &str,
     ttl: i64,
     state: &LeaderState,
     lease_out: &mut i64,
-) -> Result<(), etcd_client::Error> {
-    let mut leases = client.lease_client();
-    let lease = leases.grant(ttl, None).await?.id();
+) -> Result<(), StoreError> {
+    let lease = etcd.lease_grant(ttl).await?;
     *lease_out = lease;
     state.set(|s| s.lease = lease);
-    let mut kv = client.kv_client();
-    kv.put(
+    etcd.put(
         keys::coordinator(id),
         serde_json::to_vec(
             &serde_json::json!({ "id": id, "lease": lease, "pid": std::process::id() }),
@@ -139,40 +142,49 @@ async fn session(
     )
     .await?;
     state.set(|s| s.registered = true);
-    let (mut keeper, mut stream) = leases.keep_alive(lease).await?;
-    let period = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).max(200));
+    let ttl_d = Duration::from_secs(u64::try_from(ttl.max(1)).unwrap_or(1));
+    let period = (ttl_d / 3).max(Duration::from_millis(200));
     let keep = async move {
+        let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(period).await;
-            let renewed = tokio::time::timeout(period, async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await
-            .map_err(|_| lost(format!("lease {lease:x}: renewal timed out")))??;
-            match renewed {
-                Some(r) if r.ttl() > 0 => {}
-                _ => return Err(lost(format!("lease {lease:x} expired"))),
+            let left = ttl_d.saturating_sub(renewed.elapsed());
+            if left.is_zero() {
+                return Err(lost(format!("lease {lease:x}: not renewed for {ttl_d:?}")));
+            }
+            let policy = RetryPolicy {
+                deadline: left,
+                attempt_timeout: period.max(Duration::from_millis(300)).min(left),
+                ..*etcd.policy()
+            };
+            let sent = Instant::now();
+            match etcd.with_policy(policy).lease_keep_alive_once(lease).await {
+                Ok(true) => renewed = sent,
+                Ok(false) => return Err(lost(format!("lease {lease:x} expired"))),
+                Err(e) => {
+                    return Err(lost(format!(
+                        "lease {lease:x}: no renewal for {:?}: {e}",
+                        renewed.elapsed()
+                    )))
+                }
             }
         }
     };
     tokio::select! {
         r = keep => r,
-        r = campaign(client, id, lease, state) => r,
+        r = campaign(etcd, id, lease, state) => r,
     }
 }
 
 /// Campaigns, then watches the election key; campaigns again as soon as it
 /// is deleted. Never returns `Ok`.
 async fn campaign(
-    client: &Client,
+    etcd: &Etcd,
     id: &str,
     lease: i64,
     state: &LeaderState,
-) -> Result<(), etcd_client::Error> {
+) -> Result<(), StoreError> {
     let key = keys::election();
-    let mut kv = client.kv_client();
-    let mut watch = client.watch_client();
     loop {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -186,7 +198,7 @@ async fn campaign(
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let resp = kv.txn(txn).await?;
+        let resp = etcd.txn(txn).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let (leader, holder) = if resp.succeeded() {
             (true, id.to_string())
@@ -201,19 +213,13 @@ async fn campaign(
             }
         };
         publish(state, id, leader, holder);
-        let mut events = watch
-            .watch(
-                key.as_str(),
-                Some(WatchOptions::new().with_start_revision(rev + 1)),
-            )
-            .await?;
+        let mut events = etcd.watch(key.as_str(), WatchSpec::default(), rev + 1);
         'watching: loop {
-            let Some(msg) = events.message().await? else {
-                return Err(lost("election watch closed".into()));
+            let msg = match events.next().await {
+                Ok(m) => m,
+                // Compacted or cancelled: read the key again.
+                Err(_) => break 'watching,
             };
-            if msg.canceled() || msg.compact_revision() > 0 {
-                break 'watching;
-            }
             for ev in msg.events() {
                 match (ev.event_type(), ev.kv()) {
                     (EventType::Delete, _) => {

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// Talking to etcd failed.
     #[error("etcd request failed: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// The etcd layer gave up (after its retries), or etcd is out of space.
+    #[error("{0}")]
+    Store(#[from] nubo_store::StoreError),
 }
 
 impl ApiError {
@@ -47,6 +50,12 @@ impl ApiError {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Unavailable(_) | Self::Etcd(_) => Code::Unavailable,
+            Self::Store(e) => match e {
+                // etcd's own code for it; the message names the cause.
+                nubo_store::StoreError::NoSpace { .. } => Code::ResourceExhausted,
+                nubo_store::StoreError::Compacted(_) => Code::FailedPrecondition,
+                _ => Code::Unavailable,
+            },
         }
     }
 
@@ -67,7 +76,7 @@ impl ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        if matches!(e, ApiError::Etcd(_)) {
+        if matches!(e, ApiError::Etcd(_) | ApiError::Store(_)) {
             tracing::warn!(error = %e, "etcd error while serving a request");
         }
         Status::new(e.code(), e.to_string())
@@ -92,6 +101,9 @@ pub enum ServeError {
     /// etcd could not be reached or answered with an error.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// The etcd layer failed (configuration, or etcd unavailable).
+    #[error("{0}")]
+    Store(#[from] nubo_store::StoreError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

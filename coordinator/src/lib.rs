@@ -81,8 +81,15 @@ impl Coordinator {
     /// True when etcd answers a status request within `timeout` (the
     /// systemd watchdog is only fed while this holds).
     pub async fn etcd_healthy(&self, timeout: std::time::Duration) -> bool {
-        let mut m = self.store.client().maintenance_client();
-        matches!(tokio::time::timeout(timeout, m.status()).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(timeout, self.store.etcd().status()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// What the etcd layer knows about each etcd member (up, leader, in use).
+    pub fn etcd_members(&self) -> Vec<nubo_store::MemberHealth> {
+        self.store.etcd().members()
     }
 
     /// Stops serving, resigns (revokes the lease) and waits for every task.
@@ -146,8 +153,8 @@ async fn start_inner(
             "INSECURE (--insecure, development only): {what}; never expose this coordinator"
         );
     }
-    let client = connect_etcd(&cfg).await?;
-    let store = store::Store::new(client.clone());
+    let etcd = connect_etcd(&cfg).await?;
+    let store = store::Store::new(etcd.clone());
     let (shutdown, rx) = watch::channel(false);
     let view = Arc::new(view::ClusterView::default());
     let leader = Arc::new(election::LeaderState::default());
@@ -155,17 +162,17 @@ async fn start_inner(
     let mut tasks = Vec::new();
     {
         let view = view.clone();
-        let (client, rx) = (client.clone(), rx.clone());
+        let (etcd, rx) = (etcd.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
-            view.run(client, rx).await;
+            view.run(etcd, rx).await;
             Ok(())
         }));
     }
     {
-        let (client, rx, leader, id) = (client.clone(), rx.clone(), leader.clone(), cfg.id.clone());
+        let (etcd, rx, leader, id) = (etcd.clone(), rx.clone(), leader.clone(), cfg.id.clone());
         let ttl = cfg.lease_ttl_secs;
         tasks.push(tokio::spawn(async move {
-            election::run(client, id, ttl, leader, rx).await;
+            election::run(etcd, id, ttl, leader, rx).await;
             Ok(())
         }));
     }
@@ -243,9 +250,9 @@ async fn start_inner(
         }
     };
     {
-        let (cache, client, rx) = (ctx.cache.clone(), client.clone(), rx.clone());
+        let (cache, etcd, rx) = (ctx.cache.clone(), etcd.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
-            cache.run(client, rx).await;
+            cache.run(etcd, rx).await;
             Ok(())
         }));
         // Not required for correctness (a miss reads etcd), only for speed.
@@ -375,25 +382,22 @@ fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, ServeError> {
     std::fs::read(p).map_err(|e| ServeError::Config(format!("cannot read {}: {e}", p.display())))
 }
 
-/// Connects to etcd (with client certificates when `[etcd_tls]` is set).
-pub async fn connect_etcd(cfg: &Config) -> Result<etcd_client::Client, ServeError> {
-    let mut opts = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(std::time::Duration::from_secs(5))
-        .with_keep_alive(
-            std::time::Duration::from_secs(10),
-            std::time::Duration::from_secs(5),
-        );
-    if let Some(t) = &cfg.etcd_tls {
-        let mut tls = etcd_client::TlsOptions::new();
-        if let Some(ca) = &t.ca {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read_pem(ca)?));
-        }
-        if let (Some(c), Some(k)) = (&t.cert, &t.key) {
-            tls = tls.identity(etcd_client::Identity::from_pem(read_pem(c)?, read_pem(k)?));
-        }
-        opts = opts.with_tls(tls);
-    }
-    Ok(etcd_client::Client::connect(&cfg.etcd_endpoints, Some(opts)).await?)
+/// The etcd layer's settings for this coordinator: every endpoint, client
+/// certificates when `[etcd_tls]` is set, requests to the raft leader.
+pub fn etcd_config(cfg: &Config) -> nubo_store::EtcdConfig {
+    nubo_store::EtcdConfig::new(cfg.etcd_endpoints.clone())
+        .with_tls(cfg.etcd_tls.as_ref().map(|t| nubo_store::TlsFiles {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }))
+        .prefer_leader(true)
+}
+
+/// Connects to etcd through the etcd layer (`nubo-store`: failover across
+/// members, retries). Lazy: an etcd that is down surfaces on first use.
+pub async fn connect_etcd(cfg: &Config) -> Result<nubo_store::Etcd, ServeError> {
+    Ok(nubo_store::Etcd::connect(&etcd_config(cfg)).await?)
 }
 
 /// Runs a coordinator until `shutdown` completes.

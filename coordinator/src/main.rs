@@ -71,10 +71,10 @@ async fn bootstrap(
         .with_context(|| format!("reading {}", password_file.display()))?;
     let password = nubo_identity::bootstrap::password_from_file(&text)?;
     let admin = nubo_common::model::UserName::new(user)?;
-    let client = nubo_coordinator::connect_etcd(cfg)
+    let etcd = nubo_coordinator::connect_etcd(cfg)
         .await
         .context("connecting to etcd")?;
-    let store = nubo_coordinator::store::Store::new(client);
+    let store = nubo_coordinator::store::Store::new(etcd);
     match nubo_coordinator::api::bootstrap(
         &store,
         &admin,

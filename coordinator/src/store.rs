@@ -1,10 +1,10 @@
-//! Thin helpers over the etcd KV API: typed reads, transactions and
-//! key-ordered pagination.
+//! Thin helpers over the etcd layer (`nubo-store`: member failover,
+//! retries, resolution of transactions whose answer was lost): typed reads,
+//! transactions and key-ordered pagination.
 
 use base64::Engine;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse,
-    TxnResponse,
+    Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use nubo_common::keys;
 use nubo_common::model::{self, DecodeError};
@@ -18,10 +18,10 @@ pub const DEFAULT_PAGE: usize = 100;
 /// See [`DEFAULT_PAGE`].
 pub const MAX_PAGE: usize = 1000;
 
-/// The shared etcd client (multiplexed; cheap to clone).
+/// The shared etcd connection (multiplexed; cheap to clone).
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    etcd: nubo_store::Etcd,
 }
 
 impl std::fmt::Debug for Store {
@@ -40,23 +40,25 @@ pub struct Versioned<T> {
 }
 
 impl Store {
-    /// Wraps a connected client.
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    /// Wraps a connection.
+    pub fn new(etcd: nubo_store::Etcd) -> Self {
+        Self { etcd }
     }
 
-    /// The underlying client.
+    /// The etcd client (over the failover channel; calls made with it are
+    /// not retried: prefer [`Store::etcd`]).
     pub fn client(&self) -> &Client {
-        &self.client
+        self.etcd.client()
     }
 
-    fn kv(&self) -> KvClient {
-        self.client.kv_client()
+    /// The etcd layer (retrying operations, watches, leases).
+    pub fn etcd(&self) -> &nubo_store::Etcd {
+        &self.etcd
     }
 
     /// Reads one key.
     pub async fn get_kv(&self, key: &str) -> ApiResult<Option<KeyValue>> {
-        let mut resp = self.kv().get(key, None).await?;
+        let mut resp = self.etcd.get(key, None).await?;
         Ok(resp.take_kvs().into_iter().next())
     }
 
@@ -73,9 +75,10 @@ impl Store {
         }
     }
 
-    /// Runs a transaction.
+    /// Runs a transaction (retried; a guarded one whose answer was lost is
+    /// resolved by reading back what it wrote, see `nubo_store::txn`).
     pub async fn txn(&self, txn: Txn) -> ApiResult<TxnResponse> {
-        Ok(self.kv().txn(txn).await?)
+        Ok(self.etcd.txn(txn).await?)
     }
 
     /// Range read with options.
@@ -84,7 +87,7 @@ impl Store {
         key: impl Into<Vec<u8>>,
         opts: GetOptions,
     ) -> ApiResult<etcd_client::GetResponse> {
-        Ok(self.kv().get(key, Some(opts)).await?)
+        Ok(self.etcd.get(key, Some(opts)).await?)
     }
 
     /// Reads many keys in one round trip (chunks of 100 gets per txn).
@@ -131,7 +134,7 @@ impl Store {
             if rev > 0 {
                 opts = opts.with_revision(rev);
             }
-            let resp = self.kv().get(start.clone(), Some(opts)).await?;
+            let resp = self.etcd.get(start.clone(), Some(opts)).await?;
             if rev == 0 {
                 rev = resp.header().map(|h| h.revision()).unwrap_or(0);
             }

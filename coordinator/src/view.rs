@@ -1,6 +1,7 @@
 //! The in-memory view of nodes (info, liveness, admin switch, usage) kept
 //! current by an etcd watch on `/nubo/v1/nodes/`: list, then watch from the
-//! list revision + 1, and re-list when the watch is compacted or broken.
+//! list revision + 1 (the watch resumes on a live etcd member by itself,
+//! see `nubo_store::watch`), and re-list when the watch is compacted.
 //!
 //! The lock is a plain `std::sync::RwLock`, never held across an await.
 
@@ -8,10 +9,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, KvClient, WatchOptions, WatchStream};
+use etcd_client::{EventType, GetOptions, KeyValue};
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, NodeUsage};
 use nubo_common::NodeName;
+use nubo_store::{Etcd, StoreError, Watch, WatchSpec};
 use tokio::sync::watch;
 
 use crate::config::Placement;
@@ -335,12 +337,12 @@ impl ClusterView {
     }
 
     /// Runs the list + watch loop until `shutdown` fires.
-    pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
-                r = self.list_and_watch(client.clone()) => {
+                r = self.list_and_watch(&etcd) => {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "node watch interrupted; re-listing");
+                        tracing::warn!(error = %e, "node view: listing failed; listing again");
                     }
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -352,13 +354,12 @@ impl ClusterView {
         }
     }
 
-    async fn list_and_watch(&self, client: Client) -> Result<(), etcd_client::Error> {
-        let mut kv = client.kv_client();
+    async fn list_and_watch(&self, etcd: &Etcd) -> Result<(), StoreError> {
         let prefix = keys::nodes_prefix();
         let mut fresh: BTreeMap<NodeName, Slot> = BTreeMap::new();
         let staging = ClusterView::default();
         let mut rev = 0;
-        list_prefix_at(&mut kv, &prefix, &mut rev, |kv| staging.apply(kv, false)).await?;
+        list_prefix_at(etcd, &prefix, &mut rev, |kv| staging.apply(kv, false)).await?;
         fresh.append(&mut staging.write());
         {
             let mut map = self.write();
@@ -385,20 +386,22 @@ impl ClusterView {
         self.ready.send_replace(true);
         tracing::debug!(revision = rev, "node view listed");
 
-        let watcher = watch_from(&client, prefix, rev).await?;
-        follow_watch(watcher, "node", |kv, deleted| self.apply(kv, deleted)).await
+        let watcher = watch_from(etcd, prefix, rev);
+        follow_watch(watcher, "node", |kv, deleted| self.apply(kv, deleted)).await;
+        Ok(())
     }
 }
 
 /// Reads every key under `prefix`, 2000 a request, all at one revision:
 /// `*rev`, or (if 0) the revision of the first read, which `*rev` is then
-/// set to. Passes each key-value to `each`, in key order.
+/// set to. Passes each key-value to `each`, in key order. Each read is
+/// retried by the etcd layer.
 pub(crate) async fn list_prefix_at(
-    kv: &mut KvClient,
+    etcd: &Etcd,
     prefix: &str,
     rev: &mut i64,
     mut each: impl FnMut(&KeyValue),
-) -> Result<(), etcd_client::Error> {
+) -> Result<(), StoreError> {
     let end = keys::prefix_end(prefix);
     let mut start = prefix.as_bytes().to_vec();
     loop {
@@ -406,7 +409,7 @@ pub(crate) async fn list_prefix_at(
         if *rev > 0 {
             opts = opts.with_revision(*rev);
         }
-        let resp = kv.get(start.clone(), Some(opts)).await?;
+        let resp = etcd.get(start.clone(), Some(opts)).await?;
         if *rev == 0 {
             *rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         }
@@ -423,49 +426,42 @@ pub(crate) async fn list_prefix_at(
     }
 }
 
-/// A watch of every key under `prefix`, from the revision after `rev`.
-pub(crate) async fn watch_from(
-    client: &Client,
-    prefix: String,
-    rev: i64,
-) -> Result<WatchStream, etcd_client::Error> {
-    client
-        .watch_client()
-        .watch(
-            prefix,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        )
-        .await
+/// A watch of every key under `prefix`, from the revision after `rev`
+/// (resumed on a live member after any interruption).
+pub(crate) fn watch_from(etcd: &Etcd, prefix: String, rev: i64) -> Watch {
+    etcd.watch(
+        prefix,
+        WatchSpec {
+            prefix: true,
+            prev_kv: false,
+        },
+        rev + 1,
+    )
 }
 
 /// Passes each event of a watch to `apply` (the key-value, whether it was
-/// deleted) until the watch ends; a cancelled or compacted watch (logged,
-/// `what` naming it) ends it with `Ok`.
+/// deleted) until the watch cannot go on (compacted or cancelled: logged,
+/// `what` naming it; the caller lists again).
 pub(crate) async fn follow_watch(
-    mut stream: WatchStream,
+    mut watch: Watch,
     what: &str,
     mut apply: impl FnMut(&KeyValue, bool),
-) -> Result<(), etcd_client::Error> {
-    while let Some(resp) = stream.message().await? {
-        if resp.canceled() || resp.compact_revision() > 0 {
-            tracing::info!(
-                compact_revision = resp.compact_revision(),
-                reason = resp.cancel_reason(),
-                "{what} watch cancelled"
-            );
-            return Ok(());
-        }
-        for ev in resp.events() {
-            if let Some(kv) = ev.kv() {
-                apply(kv, ev.event_type() == EventType::Delete);
+) {
+    loop {
+        match watch.next().await {
+            Ok(resp) => {
+                for ev in resp.events() {
+                    if let Some(kv) = ev.kv() {
+                        apply(kv, ev.event_type() == EventType::Delete);
+                    }
+                }
+            }
+            Err(end) => {
+                tracing::info!(reason = %end, "{what} watch ended; listing again");
+                return;
             }
         }
     }
-    Ok(())
 }
 
 /// The key of a kv as text (keys nubo writes are ASCII; others are skipped

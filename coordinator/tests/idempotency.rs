@@ -132,13 +132,13 @@ async fn a_retried_create_with_its_token_returns_the_same_servers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_cache_entry_never_commits_a_placement() {
     let etcd = Etcd::start().unwrap();
-    let client = etcd.client().await.unwrap();
+    let store = etcd.store().await.unwrap();
     let cfg = Config::for_tests(etcd.endpoint());
     let view = Arc::new(ClusterView::default());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(view.clone().run(client.clone(), rx));
+    tokio::spawn(view.clone().run(store.clone(), rx));
     let ctx = Ctx::new(
-        Store::new(client.clone()),
+        Store::new(store.clone()),
         view.clone(),
         Arc::new(LeaderState::default()),
         cfg,

@@ -141,7 +141,10 @@ impl Etcd {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster()))
             .arg("--initial-cluster-state=new")
-            .arg(format!("--initial-cluster-token=nbt-{}", std::process::id()))
+            .arg(format!(
+                "--initial-cluster-token=nbt-{}",
+                std::process::id()
+            ))
             // Faster leader election on a loaded 2-core machine.
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500")
@@ -247,18 +250,19 @@ impl Etcd {
             if self.members[i].child.is_none() {
                 continue;
             }
-            let Ok(out) = etcdctl(&self.member_endpoint(i), &["endpoint", "status", "-w", "json"])
-            else {
+            let Ok(out) = etcdctl(
+                &self.member_endpoint(i),
+                &["endpoint", "status", "-w", "json"],
+            ) else {
                 continue;
             };
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
                 continue;
             };
             let st = &v[0]["Status"];
-            let (Some(me), Some(leader)) = (
-                st["header"]["member_id"].as_u64(),
-                st["leader"].as_u64(),
-            ) else {
+            let (Some(me), Some(leader)) =
+                (st["header"]["member_id"].as_u64(), st["leader"].as_u64())
+            else {
                 continue;
             };
             if leader == 0 {

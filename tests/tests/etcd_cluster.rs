@@ -42,16 +42,21 @@ async fn load(store: nubo_store::Etcd, tag: &'static str, stop: Arc<AtomicBool>,
             loop {
                 let cur = store.get(ckey.clone(), None).await?;
                 let (n, rev) = cur.kvs().first().map_or((0u64, 0), |kv| {
-                    (String::from_utf8_lossy(kv.value()).parse().unwrap_or(0), kv.mod_revision())
+                    (
+                        String::from_utf8_lossy(kv.value()).parse().unwrap_or(0),
+                        kv.mod_revision(),
+                    )
                 });
                 let guard = if rev == 0 {
                     Compare::create_revision(ckey.clone(), CompareOp::Equal, 0)
                 } else {
                     Compare::mod_revision(ckey.clone(), CompareOp::Equal, rev)
                 };
-                let t = Txn::new()
-                    .when([guard])
-                    .and_then([TxnOp::put(ckey.clone(), (n + 1).to_string(), None)]);
+                let t = Txn::new().when([guard]).and_then([TxnOp::put(
+                    ckey.clone(),
+                    (n + 1).to_string(),
+                    None,
+                )]);
                 if store.txn(t).await?.succeeded() {
                     break;
                 }
@@ -120,12 +125,20 @@ async fn no_request_fails_while_a_follower_and_then_the_leader_are_killed() {
         .unwrap();
     let mut raw_errors = 0;
     for i in 0..60 {
-        if raw.kv_client().put(format!("/nbt/raw/{i}"), "x", None).await.is_err() {
+        if raw
+            .kv_client()
+            .put(format!("/nbt/raw/{i}"), "x", None)
+            .await
+            .is_err()
+        {
             raw_errors += 1;
         }
     }
     eprintln!("plain etcd_client: {raw_errors}/60 puts failed with one member down");
-    assert!(raw_errors > 0, "the plain client should hit the dead member");
+    assert!(
+        raw_errors > 0,
+        "the plain client should hit the dead member"
+    );
 
     etcd.restart_member(follower).unwrap();
     let leader = etcd.wait_leader(Duration::from_secs(10)).unwrap();
@@ -134,7 +147,11 @@ async fn no_request_fails_while_a_follower_and_then_the_leader_are_killed() {
     progress(&sa, 50).await;
     progress(&sb, 50).await;
     let up: Vec<bool> = a.members().iter().map(|m| m.up).collect();
-    assert!(!up[leader], "the pool took the dead leader out: {:?}", a.members());
+    assert!(
+        !up[leader],
+        "the pool took the dead leader out: {:?}",
+        a.members()
+    );
 
     stop.store(true, Ordering::Relaxed);
     ta.await.unwrap();
@@ -143,7 +160,11 @@ async fn no_request_fails_while_a_follower_and_then_the_leader_are_killed() {
         let errors = s.errors.lock().unwrap().clone();
         assert!(errors.is_empty(), "client {tag}: {errors:?}");
         let ok = s.ok.load(Ordering::Relaxed);
-        assert_eq!(counter(store, tag).await, ok, "client {tag}: one increment per round");
+        assert_eq!(
+            counter(store, tag).await,
+            ok,
+            "client {tag}: one increment per round"
+        );
         eprintln!("client {tag}: {ok} rounds, 0 errors");
     }
 }
@@ -152,7 +173,11 @@ async fn no_request_fails_while_a_follower_and_then_the_leader_are_killed() {
 /// chunk contains `marker`, either forwards it and drops every answer
 /// (`forward = true`: the write reaches etcd, its answer is lost) or drops
 /// it (`forward = false`), then cuts the connection.
-async fn cutting_proxy(target: String, marker: &'static [u8], forward: bool) -> (String, Arc<AtomicBool>) {
+async fn cutting_proxy(
+    target: String,
+    marker: &'static [u8],
+    forward: bool,
+) -> (String, Arc<AtomicBool>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", l.local_addr().unwrap());
     let cut = Arc::new(AtomicBool::new(false));
@@ -160,13 +185,17 @@ async fn cutting_proxy(target: String, marker: &'static [u8], forward: bool) -> 
     let target = target.trim_start_matches("http://").to_string();
     tokio::spawn(async move {
         loop {
-            let Ok((client, _)) = l.accept().await else { return };
+            let Ok((client, _)) = l.accept().await else {
+                return;
+            };
             if cut2.load(Ordering::SeqCst) {
                 // After the cut the member stays "down".
                 drop(client);
                 continue;
             }
-            let Ok(server) = TcpStream::connect(&target).await else { continue };
+            let Ok(server) = TcpStream::connect(&target).await else {
+                continue;
+            };
             let cut = cut2.clone();
             tokio::spawn(async move {
                 let (mut cr, mut cw) = client.into_split();
@@ -223,8 +252,14 @@ async fn cutting_proxy(target: String, marker: &'static [u8], forward: bool) -> 
 /// leader) and whose others are the real members.
 async fn client_through(etcd: &Etcd, proxy: &str, leader: usize) -> nubo_store::Etcd {
     let mut eps = vec![proxy.to_string()];
-    eps.extend((0..3).filter(|i| *i != leader).map(|i| etcd.member_endpoint(i)));
-    nubo_store::Etcd::connect(&EtcdConfig::new(eps)).await.unwrap()
+    eps.extend(
+        (0..3)
+            .filter(|i| *i != leader)
+            .map(|i| etcd.member_endpoint(i)),
+    );
+    nubo_store::Etcd::connect(&EtcdConfig::new(eps))
+        .await
+        .unwrap()
 }
 
 /// The answer of a guarded create is lost after etcd applied it: the
@@ -251,7 +286,10 @@ async fn a_lost_answer_of_an_applied_transaction_is_resolved_as_applied() {
         ])
         .or_else([TxnOp::get("/nbt/inst/x", None)]);
     let resp = store.txn(t).await.unwrap();
-    assert!(cut.load(Ordering::SeqCst), "the proxy cut the answer (the test did what it says)");
+    assert!(
+        cut.load(Ordering::SeqCst),
+        "the proxy cut the answer (the test did what it says)"
+    );
     assert!(resp.succeeded(), "reported as applied, not as a conflict");
     let usage = setup.get("/nbt/usage", None).await.unwrap();
     assert_eq!(usage.kvs()[0].value(), b"1", "applied exactly once");
@@ -280,7 +318,11 @@ async fn a_transaction_lost_before_etcd_is_sent_again_and_applies_once() {
     assert!(resp.succeeded());
     let usage = setup.get("/nbt/usage", None).await.unwrap();
     assert_eq!(usage.kvs()[0].value(), b"1 CUT-BEFORE-ETCD");
-    assert_eq!(usage.kvs()[0].version(), 2, "written once after the initial put");
+    assert_eq!(
+        usage.kvs()[0].version(),
+        2,
+        "written once after the initial put"
+    );
 }
 
 /// A client with the proxy as the member it uses (retried until the random
@@ -317,7 +359,10 @@ async fn a_watch_moves_to_a_live_member_and_misses_nothing() {
     let n = 300u64;
     let w = tokio::spawn(async move {
         for i in 1..=n {
-            writer.put(format!("/nbt/w/{i}"), i.to_string(), None).await.unwrap();
+            writer
+                .put(format!("/nbt/w/{i}"), i.to_string(), None)
+                .await
+                .unwrap();
         }
     });
     let mut got = Vec::new();
@@ -329,18 +374,29 @@ async fn a_watch_moves_to_a_live_member_and_misses_nothing() {
             .unwrap();
         for ev in resp.events() {
             assert_eq!(ev.event_type(), EventType::Put);
-            got.push(String::from_utf8_lossy(ev.kv().unwrap().value()).parse::<u64>().unwrap());
+            got.push(
+                String::from_utf8_lossy(ev.kv().unwrap().value())
+                    .parse::<u64>()
+                    .unwrap(),
+            );
         }
         if killed.is_none() && got.len() > 50 {
             let i = store.members().iter().position(|m| m.in_use).unwrap();
             etcd.kill_member(i);
-            eprintln!("killed member {i} under the watch after {} events", got.len());
+            eprintln!(
+                "killed member {i} under the watch after {} events",
+                got.len()
+            );
             killed = Some(i);
         }
     }
     w.await.unwrap();
     assert!(killed.is_some());
-    assert_eq!(got, (1..=n).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(
+        got,
+        (1..=n).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
 }
 
 /// A lease kept alive through the layer outlives the loss of the member
@@ -355,13 +411,22 @@ async fn a_lease_survives_the_loss_of_its_member() {
         .await
         .unwrap();
     let observer = etcd.store().await.unwrap();
-    let rev = observer.get("/nbt/alive", None).await.unwrap().header().unwrap().revision();
+    let rev = observer
+        .get("/nbt/alive", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     let mut watch = observer.watch("/nbt/alive", WatchSpec::default(), rev + 1);
     let deleted = Arc::new(AtomicBool::new(false));
     let d2 = deleted.clone();
     let wt = tokio::spawn(async move {
         while let Ok(r) = watch.next().await {
-            if r.events().iter().any(|e| e.event_type() == EventType::Delete) {
+            if r.events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
                 d2.store(true, Ordering::SeqCst);
             }
         }
@@ -380,12 +445,18 @@ async fn a_lease_survives_the_loss_of_its_member() {
         i += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(renewals.get(&true).copied().unwrap_or(0) >= 5, "{renewals:?}");
+    assert!(
+        renewals.get(&true).copied().unwrap_or(0) >= 5,
+        "{renewals:?}"
+    );
     assert!(!deleted.load(Ordering::SeqCst), "the alive key was deleted");
     // Positive control: stop renewing and the key goes.
     let t = Instant::now();
     while !deleted.load(Ordering::SeqCst) {
-        assert!(t.elapsed() < Duration::from_secs(20), "the lease never expired");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the lease never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wt.abort();

@@ -138,7 +138,7 @@ pub fn may_unfence(status: &EtcdSessionStatus) -> bool {
 /// fails and the leader retries.
 pub struct CephFencer {
     cluster: nubo_storage::Cluster,
-    etcd: etcd_client::Client,
+    etcd: nubo_store::Etcd,
     expiry: Duration,
 }
 
@@ -155,7 +155,7 @@ impl CephFencer {
     /// A fencer acting through `cluster` (a client with `mon` caps allowing
     /// `osd blocklist`, e.g. `profile rbd` or admin), reading node records
     /// from `etcd`.
-    pub fn new(cluster: nubo_storage::Cluster, etcd: etcd_client::Client) -> Self {
+    pub fn new(cluster: nubo_storage::Cluster, etcd: nubo_store::Etcd) -> Self {
         Self {
             cluster,
             etcd,
@@ -178,8 +178,8 @@ impl CephFencer {
 
     async fn node_record(&self, node: &NodeName) -> Result<Node, FenceError> {
         let key = keys::node(node);
-        let mut kv = self.etcd.kv_client();
-        let resp = kv
+        let resp = self
+            .etcd
             .get(key.as_str(), None)
             .await
             .map_err(|e| Self::err(node, format!("cannot read {key}: {e}")))?;
