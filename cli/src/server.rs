@@ -1,7 +1,6 @@
 //! `nubo server …`: instances. Creation and `--wait` live in
 //! [`crate::server_create`].
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -284,25 +283,139 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
     }
 }
 
-/// Deletes servers; with `wait`, polls until none of them is listed any more.
+/// Pauses between the attempts of one server's delete that met an
+/// unavailable API.
+const DELETE_RETRIES: [Duration; 4] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
+/// What became of one server of a `server delete`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deleted {
+    /// The reference given on the command line.
+    pub reference: String,
+    /// The server's id and name, once resolved.
+    pub server: Option<(String, String)>,
+    /// The error, if it was not deleted.
+    pub error: Option<String>,
+}
+
+/// Deletes the server `r`: resolves it, then deletes it by id. Transient
+/// failures are retried; a server that is gone after a delete whose answer
+/// was lost counts as deleted.
+async fn delete_one(api: &Api, r: &str) -> Deleted {
+    let mut out = Deleted {
+        reference: r.to_string(),
+        server: None,
+        error: None,
+    };
+    let mut pauses = DELETE_RETRIES.iter();
+    let mut sent = false;
+    loop {
+        let step = async {
+            let id = match &out.server {
+                Some((id, _)) => id.clone(),
+                None => {
+                    let s = api.servers().get(api.get_req(r)).await?.into_inner();
+                    out.server = Some((s.id.clone(), s.name.clone()));
+                    s.id
+                }
+            };
+            sent = true;
+            api.servers().delete(api.delete_req(&id)).await.map(|_| ())
+        }
+        .await;
+        match step {
+            Ok(()) => return out,
+            // The delete whose answer was lost did it.
+            Err(s) if s.code() == tonic::Code::NotFound && sent && out.server.is_some() => {
+                return out
+            }
+            Err(s) if server_create::transient(&s) => match pauses.next() {
+                Some(d) => {
+                    eprintln!(
+                        "warning: deleting {r}: {}; retrying in {d:?}",
+                        crate::api::one_line(s.message())
+                    );
+                    tokio::time::sleep(*d).await;
+                }
+                None => {
+                    out.error = Some(format!("{:#}", api.error(s)));
+                    return out;
+                }
+            },
+            Err(s) => {
+                out.error = Some(format!("{:#}", api.error(s)));
+                return out;
+            }
+        }
+    }
+}
+
+/// The per-server outcome table of a delete.
+pub fn deleted_table(results: &[Deleted]) -> Table {
+    let mut t = Table::new(&["Server", "ID", "Result", "Error"]);
+    for d in results {
+        t.row(vec![
+            d.server
+                .as_ref()
+                .map_or(d.reference.clone(), |(_, n)| n.clone()),
+            d.server
+                .as_ref()
+                .map(|(id, _)| id.clone())
+                .unwrap_or_default(),
+            if d.error.is_none() {
+                "deleted"
+            } else {
+                "failed"
+            }
+            .to_string(),
+            d.error.clone().unwrap_or_default(),
+        ]);
+    }
+    t
+}
+
+/// Deletes servers, reporting each one's outcome (a table when more than
+/// one was asked for or any failed; JSON: `deleted` and `results`); with
+/// `wait`, polls until none of them is listed any more.
 async fn delete(ctx: &Ctx, refs: Vec<String>, wait: bool, timeout: Duration) -> Result<()> {
     let api = &ctx.api;
-    let gone: RefCell<Vec<(String, String)>> = RefCell::default(); // (id, name)
-    ctx.delete_all("servers", &refs, |r| {
-        let gone = &gone;
-        async move {
-            // Resolve first so that waiting can follow ids, not names.
-            let s = api.servers().get(api.get_req(&r)).await.or_fail(api)?;
-            api.servers()
-                .delete(api.delete_req(&s.id))
-                .await
-                .or_fail(api)?;
-            gone.borrow_mut().push((s.id, s.name));
-            Ok(())
+    let mut results = Vec::with_capacity(refs.len());
+    for r in &refs {
+        results.push(delete_one(api, r).await);
+    }
+    let failed: Vec<&Deleted> = results.iter().filter(|d| d.error.is_some()).collect();
+    if refs.len() == 1 {
+        if let Some(e) = failed.first().and_then(|d| d.error.clone()) {
+            bail!("{e}");
         }
-    })
-    .await?;
-    let gone = gone.into_inner();
+    }
+    match ctx.format {
+        Format::Json => output::emit_json(&json!({
+            "deleted": results.iter().filter(|d| d.error.is_none()).map(|d| d.reference.as_str()).collect::<Vec<_>>(),
+            "results": results.iter().map(|d| json!({
+                "ref": d.reference,
+                "id": d.server.as_ref().map(|(id, _)| id.as_str()),
+                "name": d.server.as_ref().map(|(_, n)| n.as_str()),
+                "result": if d.error.is_none() { "deleted" } else { "failed" },
+                "error": d.error,
+            })).collect::<Vec<_>>(),
+        }))?,
+        Format::Table if refs.len() > 1 => output::emit(&deleted_table(&results).render())?,
+        Format::Table => {}
+    }
+    if !failed.is_empty() {
+        bail!(
+            "failed to delete {} of {} servers",
+            failed.len(),
+            refs.len()
+        );
+    }
+    let gone: Vec<(String, String)> = results.into_iter().filter_map(|d| d.server).collect();
     if !wait || gone.is_empty() {
         return Ok(());
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::api::{Call, PAGE_SIZE};
 use crate::ctx::{opt, Ctx};
 use crate::output::{self, Format, Table};
-use crate::server::{list_all, networks_text};
+use crate::server::networks_text;
 
 /// `nubo server create`.
 #[derive(Debug, Args)]
@@ -125,14 +125,33 @@ impl CreateArgs {
     }
 }
 
-/// Pause before the one retry of a create that met an unavailable API.
-const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// Pauses before the retries of a create that met an unavailable API (the
+/// same client token each time).
+const CREATE_RETRIES: [Duration; 4] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
 
 /// A create that failed this way may not have reached (or may have been
 /// cut off inside) a coordinator: retrying with the same client token is
 /// safe and cannot duplicate servers.
 pub fn retryable(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
+}
+
+/// A call that failed this way may work when made again (the API or etcd
+/// was briefly unavailable, the connection broke): polls retry it.
+pub fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+            | tonic::Code::Aborted
+    )
 }
 
 /// The fate of one requested instance.
@@ -298,40 +317,57 @@ pub async fn run(args: CreateArgs, ctx: &Ctx) -> Result<()> {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
     };
     let req = args.request(&api.project, user_data, &args.token());
-    let resp = match api.servers().create(req.clone()).await {
-        Err(status) if retryable(&status) => {
-            eprintln!(
-                "warning: {}; retrying once with the same client token",
-                crate::api::one_line(status.message())
-            );
-            tokio::time::sleep(RETRY_AFTER).await;
-            api.servers().create(req).await
+    let mut pauses = CREATE_RETRIES.iter();
+    let resp = loop {
+        match api.servers().create(req.clone()).await {
+            Err(status) if retryable(&status) => match pauses.next() {
+                Some(d) => {
+                    eprintln!(
+                        "warning: {}; retrying in {d:?} with the same client token",
+                        crate::api::one_line(status.message())
+                    );
+                    tokio::time::sleep(*d).await;
+                }
+                None => break Err(status),
+            },
+            other => break other,
         }
-        other => other,
     }
     .or_fail(api)?;
     let mut outcomes: Vec<Outcome> = resp.results.into_iter().map(Outcome::from_result).collect();
     outcomes.sort_by_key(|o| o.index);
-    let mut timed_out = false;
+    let mut end = WaitEnd::Done;
     if args.wait {
-        timed_out = !wait(
+        end = wait(
             ctx,
             &args.name,
             &mut outcomes,
             Duration::from_secs(args.timeout),
         )
-        .await?;
+        .await;
     }
+    // Whatever happened while waiting, every instance's outcome is shown.
     let tally = Tally::of(&outcomes);
     print(ctx.format, &outcomes, tally)?;
     let failed = outcomes.iter().filter(|o| o.failed()).count();
-    if timed_out {
-        bail!(
-            "timed out after {}s with {} of {} instances not running",
+    match end {
+        WaitEnd::Done => {}
+        WaitEnd::TimedOut { last_error } => bail!(
+            "timed out after {}s with {} of {} instances not running{}",
             args.timeout,
             outcomes.len() - tally.running,
-            outcomes.len()
-        );
+            outcomes.len(),
+            last_error
+                .map(|e| format!(" (last poll failed: {e})"))
+                .unwrap_or_default()
+        ),
+        WaitEnd::Failed(e) => {
+            return Err(e.context(format!(
+                "stopped waiting: {} of {} instances not known to run (states above as last seen)",
+                outcomes.len() - tally.running,
+                outcomes.len()
+            )))
+        }
     }
     if failed > 0 {
         bail!("{failed} of {} instances failed", outcomes.len());
@@ -339,10 +375,51 @@ pub async fn run(args: CreateArgs, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// How waiting ended.
+#[derive(Debug)]
+enum WaitEnd {
+    /// Every created instance is running or in error.
+    Done,
+    /// Out of time (with the last poll's error if it failed).
+    TimedOut {
+        /// The last poll's error, if the last poll failed.
+        last_error: Option<String>,
+    },
+    /// A poll failed with an error that retrying cannot fix.
+    Failed(anyhow::Error),
+}
+
+/// Every server whose name starts with `base.name_prefix`, all pages; the
+/// raw status on failure (so that the caller can tell transient errors).
+async fn list_servers(
+    api: &crate::api::Api,
+    base: &ListServersRequest,
+) -> std::result::Result<Vec<Server>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = api
+            .servers()
+            .list(ListServersRequest {
+                page_token: token.clone(),
+                ..base.clone()
+            })
+            .await?
+            .into_inner();
+        out.extend(r.servers);
+        if r.next_page_token.is_empty() || r.next_page_token == token {
+            return Ok(out);
+        }
+        token = r.next_page_token;
+    }
+}
+
 /// Polls until every created instance is running or in error; progress
 /// goes to stderr (one rewritten line on a terminal, a line every few
-/// seconds otherwise). Returns false on timeout.
-async fn wait(ctx: &Ctx, name: &str, outcomes: &mut [Outcome], timeout: Duration) -> Result<bool> {
+/// seconds otherwise). A poll that fails with a transient error (the API or
+/// etcd briefly unavailable) is retried at the next tick; the outcomes keep
+/// the states last seen.
+async fn wait(ctx: &Ctx, name: &str, outcomes: &mut [Outcome], timeout: Duration) -> WaitEnd {
     let api = &ctx.api;
     let tty = std::io::stderr().is_terminal();
     let base = ListServersRequest {
@@ -353,12 +430,40 @@ async fn wait(ctx: &Ctx, name: &str, outcomes: &mut [Outcome], timeout: Duration
     };
     let started = Instant::now();
     let mut last_line: Option<Instant> = None;
+    let mut last_error: Option<String> = None;
     loop {
-        let listed: HashMap<String, Server> = list_all(api, base.clone())
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
+        let listed: HashMap<String, Server> = match list_servers(api, &base).await {
+            Ok(l) => {
+                if let Some(e) = last_error.take() {
+                    eprintln!("polling works again (it failed with: {e})");
+                }
+                l.into_iter().map(|s| (s.id.clone(), s)).collect()
+            }
+            Err(status) if transient(&status) => {
+                let msg = crate::api::one_line(status.message());
+                if last_error.is_none() {
+                    if tty {
+                        eprintln!();
+                    }
+                    eprintln!("warning: polling failed ({msg}); retrying");
+                }
+                last_error = Some(msg);
+                if started.elapsed() >= timeout {
+                    if tty {
+                        eprintln!();
+                    }
+                    return WaitEnd::TimedOut { last_error };
+                }
+                tokio::time::sleep(POLL_EVERY).await;
+                continue;
+            }
+            Err(status) => {
+                if tty {
+                    eprintln!();
+                }
+                return WaitEnd::Failed(api.error(status));
+            }
+        };
         for o in outcomes.iter_mut() {
             let Some(prev) = &o.server else { continue };
             match listed.get(&prev.id) {
@@ -387,10 +492,10 @@ async fn wait(ctx: &Ctx, name: &str, outcomes: &mut [Outcome], timeout: Duration
             last_line = Some(Instant::now());
         }
         if done {
-            return Ok(true);
+            return WaitEnd::Done;
         }
         if out_of_time {
-            return Ok(false);
+            return WaitEnd::TimedOut { last_error: None };
         }
         tokio::time::sleep(POLL_EVERY).await;
     }

@@ -98,12 +98,24 @@ impl Cli {
 
     /// Runs `nubo <args>` exactly as given (no endpoint or format flags).
     pub fn run_raw(&self, args: &[&str]) -> Result<CliOutput> {
+        self.spawn_raw(args)?.wait(self.timeout)
+    }
+
+    /// Starts `nubo --endpoint … -f json <args>` in the background.
+    pub fn spawn(&self, args: &[&str]) -> Result<Running> {
+        let mut full = vec!["--endpoint", self.endpoint.as_str(), "-f", "json"];
+        full.extend_from_slice(args);
+        self.spawn_raw(&full)
+    }
+
+    /// Starts `nubo <args>` exactly as given, in the background.
+    pub fn spawn_raw(&self, args: &[&str]) -> Result<Running> {
         let command = format!("nubo {}", args.join(" "));
         // Files, not pipes: a large listing must not block on a full pipe
         // while we wait with a timeout.
         let dir = tempfile::Builder::new().prefix("nbt-cli-").tempdir()?;
         let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-        let mut child = Command::new(&self.bin)
+        let child = Command::new(&self.bin)
             .args(args)
             .env_remove("NUBO_ENDPOINT")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -112,32 +124,12 @@ impl Cli {
             .stderr(std::fs::File::create(&err_path)?)
             .spawn()
             .with_context(|| format!("running {}", self.bin.display()))?;
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait()? {
-                break s;
-            }
-            if start.elapsed() > self.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "`{command}` still running after {:?}; killed. stderr so far: {}",
-                    self.timeout,
-                    std::fs::read_to_string(&err_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let read = |p: &PathBuf| {
-            std::fs::read(p)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
-        Ok(CliOutput {
+        Ok(Running {
             command,
-            code: status.code().unwrap_or(-1),
-            stdout: read(&out_path),
-            stderr: read(&err_path),
+            child,
+            out_path,
+            err_path,
+            _dir: dir,
         })
     }
 
@@ -149,6 +141,68 @@ impl Cli {
     /// The endpoint the CLI talks to.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+}
+
+/// A `nubo` command running in the background; killed on drop.
+#[derive(Debug)]
+pub struct Running {
+    command: String,
+    child: std::process::Child,
+    out_path: PathBuf,
+    err_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// True while the command runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        std::fs::read_to_string(&self.err_path).unwrap_or_default()
+    }
+
+    /// Waits for the command to end (killed after `timeout`).
+    pub fn wait(mut self, timeout: Duration) -> Result<CliOutput> {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "`{}` still running after {timeout:?}; killed. stderr so far: {}",
+                    self.command,
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let read = |p: &PathBuf| {
+            std::fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        Ok(CliOutput {
+            command: self.command.clone(),
+            code: status.code().unwrap_or(-1),
+            stdout: read(&self.out_path),
+            stderr: read(&self.err_path),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

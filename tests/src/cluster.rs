@@ -20,6 +20,8 @@ pub struct ClusterBuilder {
     coordinator_args: Vec<String>,
     listen_ip: Option<IpAddr>,
     hosts: Vec<(String, IpAddr)>,
+    etcd_members: usize,
+    etcd_quota: Option<u64>,
 }
 
 impl ClusterBuilder {
@@ -48,6 +50,18 @@ impl ClusterBuilder {
     /// Run the agents' network reconcilers (default: `--no-network`).
     pub fn network(mut self, on: bool) -> Self {
         self.agent_template.no_network = !on;
+        self
+    }
+
+    /// Number of etcd members (default 1; 3 for control-plane safety tests).
+    pub fn etcd_members(mut self, n: usize) -> Self {
+        self.etcd_members = n;
+        self
+    }
+
+    /// etcd's `--quota-backend-bytes` (default etcd's own).
+    pub fn etcd_quota(mut self, bytes: u64) -> Self {
+        self.etcd_quota = Some(bytes);
         self
     }
 
@@ -96,10 +110,15 @@ impl ClusterBuilder {
     /// each waited for; on any failure everything started so far is stopped.
     pub fn start(self) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("nbt-cluster-").tempdir()?;
-        let etcd = match self.listen_ip {
-            Some(ip) => Etcd::start_on(ip)?,
-            None => Etcd::start()?,
+        let mut eo = crate::etcd::EtcdOpts {
+            members: self.etcd_members,
+            quota_backend_bytes: self.etcd_quota,
+            ..Default::default()
         };
+        if let Some(ip) = self.listen_ip {
+            eo.ip = ip;
+        }
+        let etcd = Etcd::start_with(eo)?;
         let mut cluster = Cluster {
             agents: Vec::new(),
             coordinators: Vec::new(),
@@ -140,7 +159,7 @@ pub struct Cluster {
     pub agents: Vec<Agent>,
     /// The coordinators, `coord-1`….
     pub coordinators: Vec<Coordinator>,
-    /// The etcd server.
+    /// The etcd server (one member or a cluster).
     pub etcd: Etcd,
     dir: tempfile::TempDir,
 }
@@ -155,6 +174,8 @@ impl Cluster {
             coordinator_args: Vec::new(),
             listen_ip: None,
             hosts: Vec::new(),
+            etcd_members: 1,
+            etcd_quota: None,
         }
     }
 

@@ -347,13 +347,21 @@ impl Etcd {
             .map(|(_, v)| v))
     }
 
-    /// A connection through nubo's etcd layer (failover across members).
+    /// A connection through nubo's etcd layer (failover across members;
+    /// its operations are retried).
     pub async fn store(&self) -> Result<nubo_store::Etcd> {
-        Ok(nubo_store::Etcd::connect(&nubo_store::EtcdConfig::new(self.endpoints())).await?)
+        let store =
+            nubo_store::Etcd::connect(&nubo_store::EtcdConfig::new(self.endpoints())).await?;
+        if self.members.len() > 1 {
+            // Settles on a live member (a dead one fails the first request
+            // and is taken out), so that plain calls on `client()` work too.
+            let _ = tokio::time::timeout(Duration::from_secs(3), store.status()).await;
+        }
+        Ok(store)
     }
 
-    /// A connected etcd client (over nubo's failover channel, so it keeps
-    /// working while a member is down).
+    /// A connected etcd client over nubo's failover channel, settled on a
+    /// live member (its calls are not retried; see [`Etcd::store`]).
     pub async fn client(&self) -> Result<etcd_client::Client> {
         Ok(self.store().await?.client().clone())
     }

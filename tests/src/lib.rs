@@ -28,10 +28,10 @@ pub mod vm_e2e;
 pub mod wait;
 
 pub use agent::{Agent, AgentOpts};
-pub use cli::{list_items, Cli, CliOutput};
+pub use cli::{list_items, Cli, CliOutput, Running};
 pub use cluster::{Cluster, ClusterBuilder};
 pub use coordinator::{Coordinator, CoordinatorOpts, SecureOpts};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdOpts};
 pub use netns::{Host, Underlay};
 pub use process::{bin_path, pid_alive, Daemon};
 pub use wait::{fatal, wait_for, wait_until};

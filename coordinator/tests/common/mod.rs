@@ -289,8 +289,9 @@ pub async fn setup_basics(cl: &mut Clients) {
 }
 
 pub async fn prefix(etcd: &Etcd, p: &str) -> Vec<(String, Vec<u8>)> {
-    let mut c = etcd.client().await.unwrap();
-    c.get(p, Some(GetOptions::new().with_prefix()))
+    let store = etcd.store().await.unwrap();
+    store
+        .get(p, Some(GetOptions::new().with_prefix()))
         .await
         .unwrap()
         .kvs()
@@ -300,8 +301,8 @@ pub async fn prefix(etcd: &Etcd, p: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 pub async fn get<T: serde::de::DeserializeOwned>(etcd: &Etcd, key: &str) -> Option<T> {
-    let mut c = etcd.client().await.unwrap();
-    let r = c.get(key, None).await.unwrap();
+    let store = etcd.store().await.unwrap();
+    let r = store.get(key, None).await.unwrap();
     r.kvs()
         .first()
         .map(|kv| model::decode(key, kv.value()).unwrap())

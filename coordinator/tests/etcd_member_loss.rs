@@ -1,0 +1,221 @@
+//! A 500-server batch through two `nubo-coordinator` processes while one
+//! member of a 3-member etcd is killed with SIGKILL: the leader, and in
+//! another run a follower. No client-side retry: every create must succeed
+//! the first time, each server exists exactly once, no node is over
+//! capacity, and every API call made while the member stays down succeeds.
+//!
+//! `cargo build --bins && cargo test -p nubo-coordinator --test etcd_member_loss -- --test-threads=1`
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use nubo_common::proto as pb;
+use nubo_common::NodeName;
+use nubo_tests::{Coordinator as Proc, Etcd};
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(60);
+const BATCH: usize = 500;
+
+fn start(etcd: &Etcd, id: &str, dir: &std::path::Path) -> Proc {
+    let o = nubo_tests::coordinator::CoordinatorOpts::new(&etcd.endpoint(), id);
+    Proc::start_with(o, dir).unwrap()
+}
+
+async fn channel(p: &Proc) -> Channel {
+    Channel::from_shared(p.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    Leader,
+    Follower,
+}
+
+async fn batch_while_an_etcd_member_dies(victim: Victim) {
+    let mut etcd = Etcd::start_cluster(3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&etcd, "a", dir.path());
+    let b = start(&etcd, "b", dir.path());
+    let (cha, chb) = (channel(&a).await, channel(&b).await);
+    let mut caps = HashMap::new();
+    for i in 0..10 {
+        let n = format!("n{i}");
+        register_node(&etcd, &n, res(64, 55 * 512, 1000), "nova").await;
+        caps.insert(NodeName::new(&n).unwrap(), 55 * 512);
+    }
+    pb::flavors_client::FlavorsClient::new(cha.clone())
+        .create(pb::CreateFlavorRequest {
+            name: "m1.small".into(),
+            vcpus: 1,
+            ram_mb: 512,
+            disk_gb: 1,
+        })
+        .await
+        .unwrap();
+    pb::images_client::ImagesClient::new(cha.clone())
+        .create(pb::CreateImageRequest {
+            name: "cirros".into(),
+            disk_format: "qcow2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    pb::networks_client::NetworksClient::new(cha.clone())
+        .create(pb::CreateNetworkRequest {
+            name: "net".into(),
+            cidr: "10.50.0.0/22".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for ch in [&cha, &chb] {
+        let mut nodes = pb::nodes_client::NodesClient::new(ch.clone());
+        let t = Instant::now();
+        loop {
+            let l = nodes
+                .list(pb::ListRequest {
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if l.nodes.iter().filter(|n| n.alive).count() == 10 {
+                break;
+            }
+            assert!(t.elapsed() < WAIT, "nodes not visible");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let leader = etcd.wait_leader(Duration::from_secs(10)).unwrap();
+    let target = match victim {
+        Victim::Leader => leader,
+        Victim::Follower => (leader + 1) % 3,
+    };
+
+    // Half the requests go to each coordinator; the member dies once 150
+    // answers are in.
+    let done = Arc::new(AtomicUsize::new(0));
+    let kill_at = 150;
+    let requests = futures::stream::iter(0..BATCH)
+        .map(|i| {
+            let ch = if i % 2 == 0 { cha.clone() } else { chb.clone() };
+            let done = done.clone();
+            async move {
+                let req = pb::CreateServerRequest {
+                    name: format!("vm-{i}"),
+                    flavor: "m1.small".into(),
+                    image_ref: "cirros".into(),
+                    networks: vec!["net".into()],
+                    client_token: format!("vm-{i}-token"),
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let r = pb::servers_client::ServersClient::new(ch).create(req).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                (i, r.map(|r| r.into_inner()), t.elapsed())
+            }
+        })
+        .buffer_unordered(32);
+    let mut results = Vec::new();
+    let mut requests = std::pin::pin!(requests);
+    let mut killed_after = None;
+    while let Some(r) = requests.next().await {
+        results.push(r);
+        if killed_after.is_none() && results.len() >= kill_at {
+            etcd.kill_member(target);
+            killed_after = Some(done.load(Ordering::SeqCst));
+        }
+    }
+    let killed_after = killed_after.expect("the member was killed");
+    eprintln!("{victim:?} (member {target}) killed after {killed_after} of {BATCH} answers");
+    assert!(
+        killed_after < BATCH - 32,
+        "the kill landed mid-batch ({killed_after} answered, more sent after it)"
+    );
+
+    let mut failed = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for (i, r, took) in &results {
+        slowest = slowest.max(*took);
+        match r {
+            Ok(resp) => match resp.results.first() {
+                Some(x) if x.server.is_some() => {}
+                other => failed.push(format!("vm-{i}: {other:?}")),
+            },
+            Err(s) => failed.push(format!("vm-{i}: {s}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} creates failed: {failed:?}",
+        failed.len()
+    );
+    eprintln!("all {BATCH} creates succeeded; slowest {slowest:?}");
+
+    let s = check_invariants(&etcd, &caps).await;
+    let names: HashSet<&str> = s.specs.values().map(|i| i.name.as_str()).collect();
+    assert_eq!(s.specs.len(), BATCH, "every server exactly once");
+    assert_eq!(names.len(), BATCH);
+
+    // While the member stays down, every call works, on both coordinators.
+    for round in 0..20 {
+        for ch in [&cha, &chb] {
+            let l = pb::servers_client::ServersClient::new(ch.clone())
+                .list(pb::ListServersRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("list {round}: {e}"))
+                .into_inner();
+            assert_eq!(l.servers.len(), BATCH);
+        }
+    }
+    let extra = pb::servers_client::ServersClient::new(chb.clone())
+        .create(pb::CreateServerRequest {
+            name: "after".into(),
+            flavor: "m1.small".into(),
+            image_ref: "cirros".into(),
+            networks: vec!["net".into()],
+            count: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        extra.results.iter().all(|r| r.server.is_some()),
+        "{extra:?}"
+    );
+    let del = pb::servers_client::ServersClient::new(cha.clone())
+        .delete(pb::DeleteRequest {
+            r#ref: "vm-0".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(del.is_ok(), "{del:?}");
+    check_invariants(&etcd, &caps).await;
+    etcd.restart_member(target).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_of_500_survives_kill9_of_the_etcd_leader() {
+    batch_while_an_etcd_member_dies(Victim::Leader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_of_500_survives_kill9_of_an_etcd_follower() {
+    batch_while_an_etcd_member_dies(Victim::Follower).await;
+}
