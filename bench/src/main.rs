@@ -4,12 +4,15 @@
 //! registers simulated nodes directly in etcd, answers assignments with fake
 //! in-process agents, drives instance creates through the gRPC API and
 //! reports placement throughput, latencies, capacity safety and the
-//! coordinator's memory.
+//! coordinator's memory; `--etcd-members 1,3` runs it once per etcd size
+//! and compares. `nubo-bench member-loss` measures API errors and latency
+//! around the SIGKILL of an etcd member.
 
 mod agents;
 mod cluster;
 mod coordinator;
 mod load;
+mod member_loss;
 mod raw;
 mod report;
 
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use nubo_tests::ports::free_port;
-use nubo_tests::Etcd;
+use nubo_tests::{Etcd, EtcdOpts};
 use tokio::signal::unix::{signal, SignalKind};
 use tonic::transport::Endpoint;
 
@@ -42,6 +45,8 @@ enum Cmd {
     Place(PlaceArgs),
     /// The etcd ceiling: placement-shaped transactions straight to etcd.
     EtcdTxn(EtcdTxnArgs),
+    /// API errors and latency when an etcd member of three is killed.
+    MemberLoss(member_loss::Args),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +83,12 @@ struct PlaceArgs {
     /// Seconds to wait, after the last create, for every instance to run.
     #[arg(long, default_value_t = 120)]
     settle_timeout: u64,
+    /// etcd sizes to run with, in this order, each on a fresh etcd and
+    /// coordinator (e.g. `1,3`: the ratio of the last to the first is
+    /// printed).
+    #[arg(long, value_delimiter = ',', default_value = "1",
+          value_parser = clap::value_parser!(u16).range(1..=7))]
+    etcd_members: Vec<u16>,
     /// Print the report as one JSON document.
     #[arg(long)]
     json: bool,
@@ -120,10 +131,16 @@ fn step(msg: &str) {
     eprintln!("nubo-bench: {msg}");
 }
 
-async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
+async fn place(args: &PlaceArgs, members: usize, guards: &mut Guards) -> Result<Report> {
     let bin = coordinator_bin(args.coordinator_bin.clone())?;
-    step("starting etcd");
-    let etcd = tokio::task::spawn_blocking(Etcd::start).await??;
+    step(&format!("starting etcd ({members} member(s))"));
+    let etcd = tokio::task::spawn_blocking(move || {
+        Etcd::start_with(EtcdOpts {
+            members,
+            ..EtcdOpts::default()
+        })
+    })
+    .await??;
     let etcd_endpoint = etcd.endpoint();
     let log = etcd.dir().join("coordinator.log");
     let client = etcd.client().await?;
@@ -155,12 +172,15 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
         "creating {} instances, {} at a time (coordinator pid {pid})",
         args.instances, args.concurrency
     ));
-    let procs = [
-        Some(pid),
-        guards.etcd.as_ref().and_then(Etcd::pid),
-        Some(std::process::id()),
-    ];
+    let etcd_pids: Vec<u32> = guards
+        .etcd
+        .as_ref()
+        .map(|e| (0..e.size()).filter_map(|i| e.member_pid(i)).collect())
+        .unwrap_or_default();
+    let etcd_cpu = || -> Option<f64> { etcd_pids.iter().map(|p| cpu_seconds(*p)).sum() };
+    let procs = [Some(pid), Some(std::process::id())];
     let cpu0 = procs.map(|p| p.and_then(cpu_seconds));
+    let etcd0 = etcd_cpu();
     let t0 = Instant::now();
     let load = load::run(channel, args.instances, args.concurrency as usize).await;
     let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
@@ -169,6 +189,7 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
     }
     let wall = t0.elapsed();
     let cpu1 = procs.map(|p| p.and_then(cpu_seconds));
+    let etcd1 = etcd_cpu();
     let cpu_used = |i: usize| match (cpu0[i], cpu1[i]) {
         (Some(a), Some(b)) => b - a,
         _ => 0.0,
@@ -222,6 +243,7 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
         }
     }
     Ok(Report {
+        etcd_members: members,
         nodes: args.nodes,
         instances: args.instances,
         concurrency: args.concurrency as usize,
@@ -242,17 +264,43 @@ async fn place(args: &PlaceArgs, guards: &mut Guards) -> Result<Report> {
         coordinator_hwm_kib: hwm,
         coordinator_rss_kib: rss,
         coordinator_cpu_s: cpu_used(0),
-        etcd_cpu_s: cpu_used(1),
-        bench_cpu_s: cpu_used(2),
+        etcd_cpu_s: match (etcd0, etcd1) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0.0,
+        },
+        bench_cpu_s: cpu_used(1),
         wall,
     })
 }
 
-fn print(report: &Report, json: bool) -> Result<()> {
+fn print(reports: &[Report], json: bool) -> Result<()> {
+    let ratio = match (reports.first(), reports.last()) {
+        (Some(a), Some(b)) if reports.len() > 1 && a.placements_per_sec > 0.0 => {
+            Some(b.placements_per_sec / a.placements_per_sec)
+        }
+        _ => None,
+    };
     let text = if json {
-        format!("{}\n", serde_json::to_string_pretty(&report.json())?)
+        let mut v = serde_json::json!({
+            "runs": reports.iter().map(Report::json).collect::<Vec<_>>(),
+        });
+        if let Some(r) = ratio {
+            v["placements_per_sec_ratio_last_to_first"] = serde_json::json!((r * 100.0).round() / 100.0);
+        }
+        format!("{}\n", serde_json::to_string_pretty(&v)?)
     } else {
-        report.table()
+        let mut t = reports
+            .iter()
+            .map(Report::table)
+            .collect::<Vec<_>>()
+            .join("\n");
+        if let (Some(r), Some(a), Some(b)) = (ratio, reports.first(), reports.last()) {
+            t.push_str(&format!(
+                "\nplacements/s with {} etcd members: {:.1}; with {}: {:.1}; ratio {:.2}\n",
+                b.etcd_members, b.placements_per_sec, a.etcd_members, a.placements_per_sec, r
+            ));
+        }
+        t
     };
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -324,22 +372,36 @@ async fn run(cli: Cli) -> Result<()> {
             drop(guards);
             return r;
         }
+        Cmd::MemberLoss(args) => {
+            let bin = coordinator_bin(args.coordinator_bin.clone())?;
+            let mut sigterm = signal(SignalKind::terminate())?;
+            return tokio::select! {
+                r = member_loss::run(&args, &bin) => r,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+                _ = sigterm.recv() => bail!("interrupted"),
+            };
+        }
     };
-    let mut guards = Guards::default();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let outcome = tokio::select! {
-        r = place(&args, &mut guards) => r.map(Some),
-        _ = tokio::signal::ctrl_c() => Ok(None),
-        _ = sigterm.recv() => Ok(None),
-    };
-    // Stop the coordinator, then etcd, on every path.
-    drop(guards);
-    let Some(report) = outcome? else {
-        bail!("interrupted; coordinator and etcd stopped");
-    };
-    print(&report, args.json)?;
-    if report.over_capacity > 0 {
-        bail!("{} node(s) over capacity", report.over_capacity);
+    let mut reports = Vec::new();
+    for members in args.etcd_members.clone() {
+        let mut guards = Guards::default();
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let outcome = tokio::select! {
+            r = place(&args, usize::from(members), &mut guards) => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = sigterm.recv() => Ok(None),
+        };
+        // Stop the coordinator, then etcd, on every path.
+        drop(guards);
+        let Some(report) = outcome? else {
+            bail!("interrupted; coordinator and etcd stopped");
+        };
+        reports.push(report);
+    }
+    print(&reports, args.json)?;
+    let over: usize = reports.iter().map(|r| r.over_capacity).sum();
+    if over > 0 {
+        bail!("{over} node(s) over capacity");
     }
     Ok(())
 }
@@ -372,6 +434,14 @@ mod tests {
             panic!("not place");
         };
         assert_eq!((a.nodes, a.instances, a.concurrency), (1000, 10_000, 64));
+        assert_eq!(a.etcd_members, vec![1]);
+        let Cmd::Place(a) = Cli::try_parse_from(["nubo-bench", "place", "--etcd-members", "1,3"])
+            .unwrap()
+            .cmd
+        else {
+            panic!("not place");
+        };
+        assert_eq!(a.etcd_members, vec![1, 3]);
         assert!(Cli::try_parse_from(["nubo-bench", "place", "--concurrency", "0"]).is_err());
     }
 

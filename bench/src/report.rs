@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 /// The outcome of `nubo-bench place`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
+    /// etcd members.
+    pub etcd_members: usize,
     /// Simulated nodes.
     pub nodes: usize,
     /// Creates requested.
@@ -76,6 +78,7 @@ impl Report {
     /// The rows of the table: (metric, value).
     fn rows(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("etcd members", self.etcd_members.to_string()),
             ("nodes", self.nodes.to_string()),
             ("instances requested", self.instances.to_string()),
             ("concurrency", self.concurrency.to_string()),
@@ -138,6 +141,7 @@ impl Report {
     /// The JSON document (`--json`); durations in milliseconds.
     pub fn json(&self) -> Value {
         json!({
+            "etcd_members": self.etcd_members,
             "nodes": self.nodes,
             "instances": self.instances,
             "concurrency": self.concurrency,

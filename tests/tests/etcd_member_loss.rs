@@ -433,6 +433,7 @@ fn etcd_out_of_space_is_named_and_the_runbook_recovers_it() {
     let results = list_items(&v).unwrap_or_default();
     let errors: Vec<&str> = results.iter().map(|r| field(r, "error")).collect();
     let text = format!("{}{}", out.stdout, out.stderr);
+    eprintln!("out of space, `nubo server create` says:\n{text}");
     assert!(
         text.contains("out of space")
             && text.contains("NOSPACE")
@@ -453,6 +454,7 @@ fn etcd_out_of_space_is_named_and_the_runbook_recovers_it() {
         .unwrap();
     assert!(!f.success());
     assert!(f.stderr.contains("out of space"), "{}", f.stderr);
+    eprintln!("`nubo flavor create` says: {}", f.stderr);
     // Nothing half-written; reads still work.
     let after: Vec<(String, Vec<u8>)> = cluster
         .etcd
