@@ -372,15 +372,12 @@ impl Pool {
         }
     }
 
-    /// How long the prober sleeps: fast while a lost leader is awaited,
-    /// `probe_interval` when the leader is wanted or a member is down,
-    /// forever (until woken) otherwise.
+    /// How long the prober sleeps: fast while a lost leader is awaited
+    /// (requests are held meanwhile), `probe_interval` when the leader is
+    /// wanted or a member is down, until woken otherwise.
     fn probe_delay(&self) -> Option<Duration> {
         let st = self.lock();
-        if st.leader_lost.is_some() && st.leader.is_none() {
-            return Some(FAST_PROBE);
-        }
-        if self.prefer_leader && st.leader.is_none() {
+        if st.leader.is_none() && st.leader_lost.is_some_and(|t| t.elapsed() < self.leader_hold * 2) {
             return Some(FAST_PROBE);
         }
         if self.prefer_leader || st.health.iter().any(|h| !h.up) {

@@ -89,11 +89,11 @@ fn op_writes(op: &Option<PbTxnOpRequest>) -> bool {
 fn is_absent_compare(c: &PbCompare) -> bool {
     c.range_end.is_empty()
         && c.result == RESULT_EQUAL
-        && match (c.target, &c.target_union) {
-            (TARGET_CREATE, Some(PbTargetUnion::CreateRevision(0))) => true,
-            (TARGET_VERSION, Some(PbTargetUnion::Version(0))) => true,
-            _ => false,
-        }
+        && matches!(
+            (c.target, &c.target_union),
+            (TARGET_CREATE, Some(PbTargetUnion::CreateRevision(0)))
+                | (TARGET_VERSION, Some(PbTargetUnion::Version(0)))
+        )
 }
 
 impl Shape {
