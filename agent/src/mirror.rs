@@ -122,7 +122,7 @@ impl Mirror {
 
     /// Runs until the task is dropped.
     pub async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let mut backoff = Backoff::new(store::first_backoff(), Duration::from_secs(5));
         // The revision the cache reflects; `None` = list needed.
         let mut at: Option<i64> = None;
         loop {

@@ -275,7 +275,7 @@ impl Liveness {
     /// Runs until the task is dropped.
     pub async fn run(self) {
         let period = (self.cfg.lease_ttl / 3).max(Duration::from_millis(300));
-        let mut backoff = Backoff::new(period);
+        let mut backoff = Backoff::new(store::first_backoff(), period);
         let mut held: Option<Held> = None;
         // Keep-alive failures are retried every 100 ms while etcd is away:
         // log the first at warn, then a summary at most every 5 s.

@@ -150,45 +150,11 @@ pub async fn list_prefix(
     Ok((kvs, rev))
 }
 
-/// Exponential backoff between retries: 100 ms doubling up to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
+/// Exponential backoff with jitter between retries (`nubo_store`'s):
+/// [`first_backoff`] doubling up to a maximum.
+pub use nubo_store::Backoff;
 
-impl Backoff {
-    /// Starts at 100 ms, capped at `max`.
-    pub fn new(max: Duration) -> Self {
-        Self {
-            next: Duration::from_millis(100),
-            max,
-        }
-    }
-    /// The delay to wait now; doubles the next one.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-    /// Back to the initial delay after a success.
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(350));
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-        assert_eq!(b.next_delay(), Duration::from_millis(200));
-        assert_eq!(b.next_delay(), Duration::from_millis(350));
-        assert_eq!(b.next_delay(), Duration::from_millis(350));
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-    }
+/// First pause of the agent's retry loops.
+pub fn first_backoff() -> Duration {
+    Duration::from_millis(100)
 }

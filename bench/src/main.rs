@@ -285,7 +285,8 @@ fn print(reports: &[Report], json: bool) -> Result<()> {
             "runs": reports.iter().map(Report::json).collect::<Vec<_>>(),
         });
         if let Some(r) = ratio {
-            v["placements_per_sec_ratio_last_to_first"] = serde_json::json!((r * 100.0).round() / 100.0);
+            v["placements_per_sec_ratio_last_to_first"] =
+                serde_json::json!((r * 100.0).round() / 100.0);
         }
         format!("{}\n", serde_json::to_string_pretty(&v)?)
     } else {

@@ -108,7 +108,7 @@ async fn load(channel: Channel, rate: u32, stop: tokio::sync::watch::Receiver<bo
         let calls = calls.clone();
         tasks.spawn(async move {
             let sent = Instant::now();
-            let error = if i % 2 == 0 {
+            let error = if i.is_multiple_of(2) {
                 let req = CreateServerRequest {
                     name: format!("ml-{i}"),
                     flavor: FLAVOR_NAME.into(),
@@ -169,7 +169,11 @@ pub async fn run(args: &Args, bin: &Path) -> Result<()> {
     crate::cluster::register_nodes(&client, args.nodes).await?;
     let grpc = ([127, 0, 0, 1], free_port()).into();
     let health = ([127, 0, 0, 1], free_port()).into();
-    let (bin2, ep, log) = (bin.to_path_buf(), etcd.endpoint(), etcd.dir().join("coordinator.log"));
+    let (bin2, ep, log) = (
+        bin.to_path_buf(),
+        etcd.endpoint(),
+        etcd.dir().join("coordinator.log"),
+    );
     let coord = tokio::task::spawn_blocking(move || {
         Coordinator::start(&bin2, &ep, grpc, health, crate::RATIOS, log)
     })
@@ -190,7 +194,11 @@ pub async fn run(args: &Args, bin: &Path) -> Result<()> {
     let mut kills = Vec::new();
     for victim in ["follower", "leader"] {
         let leader = tokio::task::block_in_place(|| etcd.wait_leader(Duration::from_secs(30)))?;
-        let target = if victim == "leader" { leader } else { (leader + 1) % 3 };
+        let target = if victim == "leader" {
+            leader
+        } else {
+            (leader + 1) % 3
+        };
         step(&format!("kill -9 of the etcd {victim} (member {target})"));
         let at = Instant::now();
         etcd.kill_member(target);
@@ -211,8 +219,14 @@ pub async fn run(args: &Args, bin: &Path) -> Result<()> {
         .iter()
         .flat_map(|(victim, at)| {
             [
-                (format!("{victim}: {}s before", args.window), window(&calls, *at - w, *at)),
-                (format!("{victim}: {}s after", args.window), window(&calls, *at, *at + w)),
+                (
+                    format!("{victim}: {}s before", args.window),
+                    window(&calls, *at - w, *at),
+                ),
+                (
+                    format!("{victim}: {}s after", args.window),
+                    window(&calls, *at, *at + w),
+                ),
             ]
         })
         .collect();
@@ -227,7 +241,10 @@ pub async fn run(args: &Args, bin: &Path) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rate": args.rate, "windows": v }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "rate": args.rate, "windows": v }))?
+        );
     } else {
         println!(
             "{:<24} {:>6} {:>7} {:>9} {:>9} {:>9}",
@@ -263,8 +280,17 @@ mod tests {
             latency: Duration::from_millis(ms),
             error: err.then(|| "boom".to_string()),
         };
-        let calls = vec![call(0, 5, false), call(10, 50, true), call(20, 7, true), call(30, 1, false)];
-        let w = window(&calls, t0 + Duration::from_millis(10), t0 + Duration::from_millis(30));
+        let calls = vec![
+            call(0, 5, false),
+            call(10, 50, true),
+            call(20, 7, true),
+            call(30, 1, false),
+        ];
+        let w = window(
+            &calls,
+            t0 + Duration::from_millis(10),
+            t0 + Duration::from_millis(30),
+        );
         assert_eq!((w.calls, w.errors), (2, 2));
         assert_eq!(w.max, Duration::from_millis(50));
         assert_eq!(w.samples, vec!["boom".to_string()]);

@@ -377,7 +377,11 @@ impl Pool {
     /// wanted or a member is down, until woken otherwise.
     fn probe_delay(&self) -> Option<Duration> {
         let st = self.lock();
-        if st.leader.is_none() && st.leader_lost.is_some_and(|t| t.elapsed() < self.leader_hold * 2) {
+        if st.leader.is_none()
+            && st
+                .leader_lost
+                .is_some_and(|t| t.elapsed() < self.leader_hold * 2)
+        {
             return Some(FAST_PROBE);
         }
         if self.prefer_leader || st.health.iter().any(|h| !h.up) {
