@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,24 +16,13 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use nubo_common::proto as pb;
-use nubo_common::NodeName;
 use nubo_tests::{Coordinator as Proc, Etcd};
-use tonic::transport::Channel;
 
-const WAIT: Duration = Duration::from_secs(60);
 const BATCH: usize = 500;
 
 fn start(etcd: &Etcd, id: &str, dir: &std::path::Path) -> Proc {
     let o = nubo_tests::coordinator::CoordinatorOpts::new(&etcd.endpoint(), id);
     Proc::start_with(o, dir).unwrap()
-}
-
-async fn channel(p: &Proc) -> Channel {
-    Channel::from_shared(p.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,57 +36,8 @@ async fn batch_while_an_etcd_member_dies(victim: Victim) {
     let dir = tempfile::tempdir().unwrap();
     let a = start(&etcd, "a", dir.path());
     let b = start(&etcd, "b", dir.path());
-    let (cha, chb) = (channel(&a).await, channel(&b).await);
-    let mut caps = HashMap::new();
-    for i in 0..10 {
-        let n = format!("n{i}");
-        register_node(&etcd, &n, res(64, 55 * 512, 1000), "nova").await;
-        caps.insert(NodeName::new(&n).unwrap(), 55 * 512);
-    }
-    pb::flavors_client::FlavorsClient::new(cha.clone())
-        .create(pb::CreateFlavorRequest {
-            name: "m1.small".into(),
-            vcpus: 1,
-            ram_mb: 512,
-            disk_gb: 1,
-        })
-        .await
-        .unwrap();
-    pb::images_client::ImagesClient::new(cha.clone())
-        .create(pb::CreateImageRequest {
-            name: "cirros".into(),
-            disk_format: "qcow2".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    pb::networks_client::NetworksClient::new(cha.clone())
-        .create(pb::CreateNetworkRequest {
-            name: "net".into(),
-            cidr: "10.50.0.0/22".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    for ch in [&cha, &chb] {
-        let mut nodes = pb::nodes_client::NodesClient::new(ch.clone());
-        let t = Instant::now();
-        loop {
-            let l = nodes
-                .list(pb::ListRequest {
-                    page_size: 100,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if l.nodes.iter().filter(|n| n.alive).count() == 10 {
-                break;
-            }
-            assert!(t.elapsed() < WAIT, "nodes not visible");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let (cha, chb) = (proc_channel(&a).await, proc_channel(&b).await);
+    let caps = batch_setup(&etcd, &cha, &[&cha, &chb]).await;
     let leader = etcd.wait_leader(Duration::from_secs(10)).unwrap();
     let target = match victim {
         Victim::Leader => leader,

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
 use nubo_common::proto as pb;
-use nubo_common::NodeName;
 use nubo_tests::{Coordinator as Proc, Etcd};
 use rand::Rng;
 use tonic::transport::Channel;
@@ -24,14 +23,6 @@ fn start(etcd: &Etcd, id: &str, dir: &std::path::Path) -> Proc {
     let mut o = nubo_tests::coordinator::CoordinatorOpts::new(&etcd.endpoint(), id);
     o.extra_args = vec!["--lease-ttl".into(), "2".into()];
     Proc::start_with(o, dir).unwrap()
-}
-
-async fn channel(p: &Proc) -> Channel {
-    Channel::from_shared(p.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 async fn is_leader(ch: &Channel) -> Option<bool> {
@@ -57,10 +48,10 @@ async fn kill9_of_the_leader_process_elects_the_follower() {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut a = start(&etcd, "a", dir.path());
-    let cha = channel(&a).await;
+    let cha = proc_channel(&a).await;
     wait_leader(&cha).await;
     let b = start(&etcd, "b", dir.path());
-    let chb = channel(&b).await;
+    let chb = proc_channel(&b).await;
     assert_eq!(is_leader(&chb).await, Some(false));
     a.kill9();
     let took = wait_leader(&chb).await;
@@ -90,63 +81,11 @@ async fn batch_while_the_leader_dies(seed_delay_ms: u64) -> (usize, usize) {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut a = start(&etcd, "a", dir.path());
-    let cha = channel(&a).await;
+    let cha = proc_channel(&a).await;
     wait_leader(&cha).await;
     let b = start(&etcd, "b", dir.path());
-    let chb = channel(&b).await;
-    let mut caps = HashMap::new();
-    for i in 0..10 {
-        let n = format!("n{i}");
-        register_node(&etcd, &n, res(64, 55 * 512, 1000), "nova").await;
-        caps.insert(NodeName::new(&n).unwrap(), 55 * 512);
-    }
-    {
-        let mut f = pb::flavors_client::FlavorsClient::new(chb.clone());
-        f.create(pb::CreateFlavorRequest {
-            name: "m1.small".into(),
-            vcpus: 1,
-            ram_mb: 512,
-            disk_gb: 1,
-        })
-        .await
-        .unwrap();
-        let mut im = pb::images_client::ImagesClient::new(chb.clone());
-        im.create(pb::CreateImageRequest {
-            name: "cirros".into(),
-            disk_format: "qcow2".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let mut n = pb::networks_client::NetworksClient::new(chb.clone());
-        n.create(pb::CreateNetworkRequest {
-            name: "net".into(),
-            cidr: "10.50.0.0/22".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    // Both coordinators must see the nodes before the run.
-    for ch in [&cha, &chb] {
-        let mut nodes = pb::nodes_client::NodesClient::new(ch.clone());
-        let t = Instant::now();
-        loop {
-            let l = nodes
-                .list(pb::ListRequest {
-                    page_size: 100,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if l.nodes.iter().filter(|n| n.alive).count() == 10 {
-                break;
-            }
-            assert!(t.elapsed() < WAIT, "nodes not visible");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let chb = proc_channel(&b).await;
+    let caps = batch_setup(&etcd, &chb, &[&cha, &chb]).await;
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(seed_delay_ms)).await;
         a.kill9();

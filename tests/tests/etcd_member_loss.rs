@@ -381,6 +381,11 @@ fn wait_survives_an_api_outage_and_ends_with_the_table() {
     assert_eq!(list_items(&v).unwrap().len(), 3);
 }
 
+/// Every key and value under `/nubo/v1/`.
+fn everything(cluster: &Cluster) -> Result<Vec<(String, Vec<u8>)>> {
+    cluster.etcd.get_prefix("/nubo/v1/")
+}
+
 /// etcd with a small space quota: fill it (history of one key, as status
 /// churn does), then the API refuses writes with an error naming the cause,
 /// nothing is half-written, reads still work; the runbook's recovery
@@ -419,13 +424,7 @@ fn etcd_out_of_space_is_named_and_the_runbook_recovers_it() {
     let alarms = cluster.etcd.etcdctl(&["alarm", "list"]).unwrap();
     assert!(alarms.contains("NOSPACE"), "{alarms}");
 
-    let before: Vec<(String, Vec<u8>)> = cluster
-        .etcd
-        .get_prefix("/nubo/v1/")
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| !k.ends_with("/status") && !k.contains("/audit/"))
-        .collect();
+    let before = everything(&cluster).unwrap();
     // A batch: each instance fails, naming the cause.
     let out = cli.run(&create_args("full", "3")).unwrap();
     assert!(!out.success(), "{}", out.stdout);
@@ -456,13 +455,7 @@ fn etcd_out_of_space_is_named_and_the_runbook_recovers_it() {
     assert!(f.stderr.contains("out of space"), "{}", f.stderr);
     eprintln!("`nubo flavor create` says: {}", f.stderr);
     // Nothing half-written; reads still work.
-    let after: Vec<(String, Vec<u8>)> = cluster
-        .etcd
-        .get_prefix("/nubo/v1/")
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| !k.ends_with("/status") && !k.contains("/audit/"))
-        .collect();
+    let after = everything(&cluster).unwrap();
     assert_eq!(
         before.iter().map(|(k, _)| k).collect::<Vec<_>>(),
         after.iter().map(|(k, _)| k).collect::<Vec<_>>(),

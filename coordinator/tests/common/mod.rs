@@ -54,7 +54,20 @@ pub async fn channel(c: &Coordinator) -> Channel {
 }
 
 pub async fn clients(c: &Coordinator) -> Clients {
-    let ch = channel(c).await;
+    clients_on(channel(c).await)
+}
+
+/// A connection to a coordinator process's gRPC endpoint.
+pub async fn proc_channel(p: &nubo_tests::Coordinator) -> Channel {
+    Channel::from_shared(p.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Every client on one channel.
+pub fn clients_on(ch: Channel) -> Clients {
     Clients {
         flavors: pb::flavors_client::FlavorsClient::new(ch.clone()),
         images: pb::images_client::ImagesClient::new(ch.clone()),
@@ -286,6 +299,49 @@ pub async fn setup_basics(cl: &mut Clients) {
         })
         .await
         .unwrap();
+}
+
+/// The set-up of the 500-server batch tests: 10 nodes of 55 × 512 MiB,
+/// flavor `m1.small` (512 MiB), image `cirros`, network `net`
+/// (10.50.0.0/22), created through `via`; returns once every coordinator
+/// in `all` sees the 10 nodes alive. Returns each node's RAM capacity.
+pub async fn batch_setup(etcd: &Etcd, via: &Channel, all: &[&Channel]) -> HashMap<NodeName, u64> {
+    let mut caps = HashMap::new();
+    for i in 0..10 {
+        let n = format!("n{i}");
+        register_node(etcd, &n, res(64, 55 * 512, 1000), "nova").await;
+        caps.insert(NodeName::new(&n).unwrap(), 55 * 512);
+    }
+    let mut cl = clients_on(via.clone());
+    setup_basics(&mut cl).await;
+    cl.networks
+        .create(pb::CreateNetworkRequest {
+            name: "net".into(),
+            cidr: "10.50.0.0/22".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for ch in all {
+        let mut nodes = pb::nodes_client::NodesClient::new((*ch).clone());
+        let t = std::time::Instant::now();
+        loop {
+            let l = nodes
+                .list(pb::ListRequest {
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if l.nodes.iter().filter(|n| n.alive).count() == 10 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "nodes not visible");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    caps
 }
 
 pub async fn prefix(etcd: &Etcd, p: &str) -> Vec<(String, Vec<u8>)> {
