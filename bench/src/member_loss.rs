@@ -37,6 +37,11 @@ pub struct Args {
     /// Seconds measured before and after each kill.
     #[arg(long, default_value_t = 10)]
     window: u64,
+    /// etcd's `--election-timeout` in ms (the test harness's 500 by
+    /// default; etcd's own default is 1000): how long the survivors wait
+    /// before electing a new leader bounds the latency after a leader loss.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(100..=10_000))]
+    etcd_election_ms: u64,
     /// The coordinator binary (default: nubo-coordinator next to this executable).
     #[arg(long)]
     pub coordinator_bin: Option<PathBuf>,
@@ -156,10 +161,15 @@ fn step(msg: &str) {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: &Args, bin: &Path) -> Result<()> {
-    step("starting a 3-member etcd");
-    let mut etcd = tokio::task::spawn_blocking(|| {
+    step(&format!(
+        "starting a 3-member etcd (election timeout {} ms)",
+        args.etcd_election_ms
+    ));
+    let election_timeout_ms = args.etcd_election_ms;
+    let mut etcd = tokio::task::spawn_blocking(move || {
         Etcd::start_with(EtcdOpts {
             members: 3,
+            election_timeout_ms,
             ..EtcdOpts::default()
         })
     })

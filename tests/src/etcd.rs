@@ -20,6 +20,10 @@ pub struct EtcdOpts {
     pub ip: IpAddr,
     /// `--quota-backend-bytes` (etcd's space quota; default etcd's 2 GiB).
     pub quota_backend_bytes: Option<u64>,
+    /// `--election-timeout` in ms (default 500: faster elections on a
+    /// loaded 2-core machine; etcd's own default is 1000); the heartbeat
+    /// interval is a tenth of it.
+    pub election_timeout_ms: u64,
 }
 
 impl Default for EtcdOpts {
@@ -28,6 +32,7 @@ impl Default for EtcdOpts {
             members: 1,
             ip: IpAddr::from([127, 0, 0, 1]),
             quota_backend_bytes: None,
+            election_timeout_ms: 500,
         }
     }
 }
@@ -47,6 +52,7 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     ip: IpAddr,
     quota_backend_bytes: Option<u64>,
+    election_timeout_ms: u64,
 }
 
 impl Etcd {
@@ -96,6 +102,7 @@ impl Etcd {
             dir,
             ip: opts.ip,
             quota_backend_bytes: opts.quota_backend_bytes,
+            election_timeout_ms: opts.election_timeout_ms.max(10),
         };
         for i in 0..etcd.members.len() {
             etcd.spawn(i)?;
@@ -145,9 +152,8 @@ impl Etcd {
                 "--initial-cluster-token=nbt-{}",
                 std::process::id()
             ))
-            // Faster leader election on a loaded 2-core machine.
-            .arg("--heartbeat-interval=50")
-            .arg("--election-timeout=500")
+            .arg(format!("--heartbeat-interval={}", self.election_timeout_ms / 10))
+            .arg(format!("--election-timeout={}", self.election_timeout_ms))
             .arg("--snapshot-count=100000")
             .arg("--log-level=warn");
         if let Some(q) = self.quota_backend_bytes {
