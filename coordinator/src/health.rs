@@ -33,9 +33,8 @@ pub fn router(h: Health) -> Router {
 }
 
 async fn etcd_ok(h: &Health) -> bool {
-    let mut m = h.store.client().maintenance_client();
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), m.status()).await,
+        tokio::time::timeout(Duration::from_secs(2), h.store.etcd().status()).await,
         Ok(Ok(_))
     )
 }

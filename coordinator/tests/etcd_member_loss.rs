@@ -25,6 +25,13 @@ fn start(etcd: &Etcd, id: &str, dir: &std::path::Path) -> Proc {
     Proc::start_with(o, dir).unwrap()
 }
 
+/// The election record: which coordinator leads, on which lease.
+async fn election(etcd: &Etcd) -> serde_json::Value {
+    get::<serde_json::Value>(etcd, &nubo_common::keys::election())
+        .await
+        .expect("a coordinator leads")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Victim {
     Leader,
@@ -38,6 +45,8 @@ async fn batch_while_an_etcd_member_dies(victim: Victim) {
     let b = start(&etcd, "b", dir.path());
     let (cha, chb) = (proc_channel(&a).await, proc_channel(&b).await);
     let caps = batch_setup(&etcd, &cha, &[&cha, &chb]).await;
+    // The coordinators' election: who leads, on which lease.
+    let led_by = election(&etcd).await;
     let leader = etcd.wait_leader(Duration::from_secs(10)).unwrap();
     let target = match victim {
         Victim::Leader => leader,
@@ -105,6 +114,11 @@ async fn batch_while_an_etcd_member_dies(victim: Victim) {
     eprintln!("all {BATCH} creates succeeded; slowest {slowest:?}");
 
     let s = check_invariants(&etcd, &caps).await;
+    assert_eq!(
+        election(&etcd).await,
+        led_by,
+        "the coordinator leader kept its lease through the member loss"
+    );
     let names: HashSet<&str> = s.specs.values().map(|i| i.name.as_str()).collect();
     assert_eq!(s.specs.len(), BATCH, "every server exactly once");
     assert_eq!(names.len(), BATCH);

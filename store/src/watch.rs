@@ -63,8 +63,9 @@ impl std::fmt::Debug for Watch {
 }
 
 impl Watch {
-    /// A watch of `key` from `start_revision` (0 = from now on). Nothing is
-    /// opened before the first [`Watch::next`].
+    /// A watch of `key` from `start_revision` (0 = from the moment the
+    /// watch is first established). Nothing is opened before the first
+    /// [`Watch::next`].
     pub fn new(
         client: Client,
         policy: &RetryPolicy,
@@ -181,6 +182,13 @@ impl Watch {
                 return Err(WatchEnd::Canceled(reason));
             }
             if msg.created() {
+                if self.next == 0 {
+                    // "From now on": pin "now", so that a resumption before
+                    // the first event misses nothing.
+                    if let Some(h) = msg.header() {
+                        self.next = h.revision() + 1;
+                    }
+                }
                 if self.failures > 0 {
                     tracing::info!(key = %String::from_utf8_lossy(&self.key), from = self.next, "etcd watch resumed");
                 }
