@@ -87,11 +87,6 @@ impl Coordinator {
         )
     }
 
-    /// What the etcd layer knows about each etcd member (up, leader, in use).
-    pub fn etcd_members(&self) -> Vec<nubo_store::MemberHealth> {
-        self.store.etcd().members()
-    }
-
     /// Stops serving, resigns (revokes the lease) and waits for every task.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.shutdown.send_replace(true);

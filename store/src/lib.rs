@@ -20,7 +20,7 @@
 //!   forwarded into the void by a follower that has not noticed yet.
 //! - **[`retry`]**: every operation is retried with exponential backoff
 //!   and jitter within a deadline, each attempt bounded by a timeout, for
-//!   the errors that are safe to retry ([`classify`]).
+//!   the errors that are safe to retry ([`mod@classify`]).
 //! - **transactions whose outcome was lost** (sent, then the connection or
 //!   the member died; "request timed out"): re-sent only when that cannot
 //!   apply them twice, and *resolved* by reading back what they wrote

@@ -160,7 +160,8 @@ impl Shape {
         Txn::new().and_then(ops)
     }
 
-    /// Decides from the answer of [`Shape::check_txn`] whether the
+    /// Decides from the answer of the read-back (one get per put key, then
+    /// one count per deleted key or range) whether the
     /// transaction applied; `Some(revision)` if it did (module docs).
     pub fn applied(&self, check: &TxnResponse) -> Option<i64> {
         let answers = check.op_responses();
