@@ -152,7 +152,10 @@ impl Etcd {
                 "--initial-cluster-token=nbt-{}",
                 std::process::id()
             ))
-            .arg(format!("--heartbeat-interval={}", self.election_timeout_ms / 10))
+            .arg(format!(
+                "--heartbeat-interval={}",
+                self.election_timeout_ms / 10
+            ))
             .arg(format!("--election-timeout={}", self.election_timeout_ms))
             .arg("--snapshot-count=100000")
             .arg("--log-level=warn");
