@@ -8,12 +8,8 @@ use nubo_tests::net_e2e::{Guest, NetLab};
 use nubo_tests::Cli;
 
 fn objects(lab: &NetLab) {
+    lab.base_objects().unwrap();
     let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "16", "--disk", "1",
-    ])
-    .unwrap();
-    cli.json(&["image", "create", "i"]).unwrap();
     cli.json(&["network", "create", "n", "--cidr", "10.93.0.0/24"])
         .unwrap();
     // Egress anywhere, ICMP in: the pings of the test.
