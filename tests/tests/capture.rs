@@ -4,6 +4,8 @@
 //! real tcpdump on the node, real ICMP between two guests. Needs root,
 //! `cargo build --bins` first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use nubo_tests::net_e2e::{Guest, NetLab};
 use nubo_tests::Cli;
 

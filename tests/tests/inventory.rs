@@ -4,6 +4,8 @@
 //! source, not of this machine: a program installed here by hand or by an
 //! earlier run does not hide a missing entry.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
