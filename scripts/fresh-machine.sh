@@ -13,9 +13,10 @@
 #   sudo ./scripts/fresh-machine.sh --after-deps -- CMD...
 #        # from a root where scripts/deps.sh already ran once (cached layer):
 #        # "the first thing run after deps.sh on a new machine"
-#   sudo ./scripts/fresh-machine.sh --services ...   # also start the distribution's own
-#        # etcd and libvirtd first (as apt does where systemd is PID 1) and
-#        # check that they are still running, untouched, afterwards
+#   sudo ./scripts/fresh-machine.sh --systemd ...  # the after-deps root booted with
+#        # systemd as PID 1 (in a PID namespace): the distribution's etcd.service and
+#        # libvirtd.service run, as apt leaves them on such a machine; afterwards
+#        # they must still be active with the same main PIDs and answering
 #
 # The debootstrap root is cached in $NUBO_FRESH_DIR (default
 # /var/tmp/nubo-fresh); every run starts from it through an overlay whose
@@ -47,26 +48,61 @@ if [[ ${1:-} == --inner ]]; then
   mkdir -p "$F_ROOT/root/nubo/target"
   mount --bind "$F_TARGET" "$F_ROOT/root/nubo/target"
   cp /etc/resolv.conf "$F_ROOT/etc/resolv.conf"
-  script='cd /root/nubo
-rc=0
-if [ "$F_SERVICES" = 1 ]; then ./scripts/fresh-services.sh start || exit 1; fi
-bash -c "$F_CMD" || rc=$?
-if [ "$F_SERVICES" = 1 ]; then ./scripts/fresh-services.sh check || rc=1; fi
-exit $rc'
-  exec chroot "$F_ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-    PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    F_SERVICES="$F_SERVICES" F_CMD="$F_CMD" bash -c "$script"
+  env=(HOME=/root TERM=dumb LANG=C.UTF-8
+    PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
+  if [[ $F_SYSTEMD != 1 ]]; then
+    exec chroot "$F_ROOT" /usr/bin/env -i "${env[@]}" bash -c "cd /root/nubo && $F_CMD"
+  fi
+  # systemd as PID 1 of a new PID namespace, chrooted into the root.
+  umount "$F_ROOT/proc"
+  unshare --pid --fork bash -c "mount -t proc proc '$F_ROOT/proc' &&
+    exec chroot '$F_ROOT' /usr/bin/env -i container=nubo-fresh /lib/systemd/systemd" \
+    >"$F_WORKDIR/systemd.log" 2>&1 &
+  spid=
+  for _ in $(seq 1 100); do
+    spid=$(cat "/proc/$!/task/$!/children" 2>/dev/null | awk '{print $1}')
+    [[ -n $spid ]] && break
+    sleep 0.1
+  done
+  [[ -n $spid ]] || { echo "error: systemd did not start" >&2; cat "$F_WORKDIR/systemd.log" >&2; exit 1; }
+  inside() { nsenter -t "$spid" -m -p -u -i -r -w /usr/bin/env -i "${env[@]}" "$@"; }
+  for _ in $(seq 1 300); do
+    [[ -S $F_ROOT/run/systemd/private ]] && break
+    sleep 0.1
+  done
+  state=$(inside timeout 120 systemctl is-system-running --wait || true)
+  echo "==> systemd is PID 1 in the root ($state)"
+  units=(etcd.service libvirtd.service)
+  pids_before=$(inside systemctl show -p MainPID --value "${units[@]}" | tr '\n' ' ')
+  inside systemctl --no-pager is-active "${units[@]}" >/dev/null ||
+    { echo "error: the distribution's services are not running before the test" >&2; inside systemctl --no-pager status "${units[@]}" >&2; exit 1; }
+  echo "==> distribution services active: ${units[*]} (main PIDs $pids_before)"
+  rc=0
+  inside bash -c "cd /root/nubo && $F_CMD" || rc=$?
+  pids_after=$(inside systemctl show -p MainPID --value "${units[@]}" | tr '\n' ' ')
+  if ! inside systemctl --no-pager is-active "${units[@]}" >/dev/null || [[ $pids_after != "$pids_before" ]] ||
+    ! inside etcdctl --endpoints=http://127.0.0.1:2379 endpoint health >/dev/null 2>&1 ||
+    ! inside virsh -c qemu:///system version >/dev/null 2>&1; then
+    echo "error: the distribution's services were not left as they were (main PIDs $pids_before -> $pids_after)" >&2
+    inside systemctl --no-pager status "${units[@]}" >&2 || true
+    rc=1
+  else
+    echo "==> distribution services untouched: ${units[*]} active, same main PIDs, answering"
+  fi
+  inside systemctl poweroff || kill -s SIGRTMIN+4 "$spid"
+  wait || true
+  exit $rc
 fi
 
 after_deps=0
-services=0
+systemd=0
 while (($#)); do
   case "$1" in
     --after-deps) after_deps=1; shift ;;
-    --services) services=1; shift ;;
+    --systemd) systemd=1; after_deps=1; shift ;;
     --) shift; break ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--after-deps] [--services] [-- CMD...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--after-deps] [--systemd] [-- CMD...]" >&2; exit 2 ;;
   esac
 done
 if (($#)); then
@@ -122,5 +158,6 @@ mkdir -p /run/netns
 [[ ${NUBO_FRESH_CLEAN_BUILD:-0} = 1 ]] && rm -rf "${DIR:?}/target"/*
 echo "==> in the fresh root: $cmd"
 export F_ROOT=$ROOT F_LOWER=$lower F_UPPER=$upper F_WORK=$work F_CLONE=$WORK/clone \
-  F_TARGET=$DIR/target F_RUSTUP=$RUSTUP_HOME F_CARGO=$CARGO_HOME F_SERVICES=$services F_CMD=$cmd
+  F_TARGET=$DIR/target F_RUSTUP=$RUSTUP_HOME F_CARGO=$CARGO_HOME F_SYSTEMD=$systemd F_CMD=$cmd \
+  F_WORKDIR=$WORK
 unshare -m --propagation private "$0" --inner
