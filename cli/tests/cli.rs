@@ -2,6 +2,8 @@
 //! `nubo-coordinator` has been built next to it — against a real
 //! coordinator and etcd.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -13,6 +13,8 @@
 //! Prints `SKIP: ceph not installed` and passes when Ceph is missing. Needs
 //! root (namespaces): `cargo test -p nubo-coordinator --test ceph_fencing`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

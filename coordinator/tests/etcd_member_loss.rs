@@ -6,6 +6,8 @@
 //!
 //! `cargo build --bins && cargo test -p nubo-coordinator --test etcd_member_loss -- --test-threads=1`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::collections::HashSet;

@@ -7,6 +7,8 @@
 //! They print `SKIP: ceph not installed` and pass only when the Ceph
 //! binaries are missing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::sync::Arc;

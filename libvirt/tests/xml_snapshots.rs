@@ -1,6 +1,8 @@
 //! Golden-file tests of `domain_xml` (`UPDATE_SNAPSHOTS=1` rewrites them),
 //! plus schema validation with `virt-xml-validate`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -4,6 +4,8 @@
 //!
 //! Set `NUBO_SKIP_NETNS_TESTS=1` to skip them on machines without root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -2,6 +2,8 @@
 //! They print `SKIP: ceph not installed` and pass only when the Ceph
 //! binaries are missing; any other setup failure fails them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::BTreeSet;
 use std::io::{Cursor, Read};
 use std::sync::Arc;

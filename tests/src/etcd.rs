@@ -139,7 +139,7 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(dir.join("etcd.log"))?;
-        let mut cmd = Command::new(etcd_binary());
+        let mut cmd = etcd_command();
         cmd.arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -452,8 +452,13 @@ fn base64_decode(s: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn etcd_binary() -> String {
-    std::env::var("NUBO_TEST_ETCD").unwrap_or_else(|_| "etcd".into())
+/// `etcd` from `PATH` (package etcd-server), or the binary named by
+/// `NUBO_TEST_ETCD`.
+fn etcd_command() -> Command {
+    match std::env::var_os("NUBO_TEST_ETCD") {
+        Some(path) => Command::new(path),
+        None => Command::new("etcd"),
+    }
 }
 
 impl Drop for Etcd {

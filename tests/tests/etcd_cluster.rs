@@ -4,6 +4,8 @@
 //!
 //! `cargo test -p nubo-tests --test etcd_cluster -- --test-threads=2`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -10,6 +10,8 @@
 //! `cargo test -p nubo-tests --test etcd_member_loss -- --test-threads=1`
 //! (the 60 s variant: `-- --ignored member_down_60s`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
