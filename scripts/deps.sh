@@ -13,7 +13,8 @@ PACKAGES=(
   nftables libnftables-dev iproute2 busybox-static isc-dhcp-client netcat-openbsd curl
   tcpdump iputils-ping iperf3 procps psmisc
   # compute: libvirt + QEMU (TCG where KVM cannot run guests), test guest build
-  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev cpio
+  # (libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML)
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev cpio libxml2-utils
   # storage: Ceph RBD (nubo-storage dlopens librados/librbd from ceph-common's deps), QEMU rbd driver
   ceph-mon ceph-mgr ceph-osd ceph-common librados2 librbd1 qemu-block-extra
   # build

@@ -10,7 +10,8 @@
 //! lease, as an agent writes them, and its node API a stub answering
 //! `/v1/etcd-status`.
 //!
-//! Prints `SKIP: ceph not installed` and passes when Ceph is missing. Needs
+//! Fails when Ceph does not start (skipped only with the Ceph binaries
+//! missing and `NUBO_TEST_ALLOW_SKIP=ceph`). Needs
 //! root (namespaces): `cargo test -p nubo-coordinator --test ceph_fencing`.
 
 mod common;
@@ -212,7 +213,8 @@ async fn blocklisted(admin: &nubo_storage::Cluster, addr: &str) -> bool {
 async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
     let underlay = Underlay::new().expect("underlay bridge");
     let host = underlay.host(1).expect("host namespace");
-    let Some(ceph) = TestCluster::start_on(underlay.gateway()).expect("start ceph") else {
+    let Some(ceph) = TestCluster::start_on(underlay.gateway()).unwrap_or_else(|e| panic!("{e}"))
+    else {
         return;
     };
     let admin = ceph.admin().expect("admin");
