@@ -580,34 +580,38 @@ fn isolation_and_anti_spoofing() {
 
         // Spoofing, all on host 1: sender s (port security on), control c
         // (no port security), receiver r; s and r are in "open".
-        // Static neighbour entries for r: the forged frames go out without
-        // depending on ARP (which anti-spoofing filters too).
+        // Static neighbour entries for r (set again after each MAC change,
+        // which flushes them): the forged frames go out without depending
+        // on ARP (which anti-spoofing filters too).
+        let r_ip = r.ip.to_string();
+        let neigh_r = |g: &Guest| {
+            let args = [
+                "neigh",
+                "replace",
+                &r_ip,
+                "lladdr",
+                &r.mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ];
+            g.ok("ip", &args).map(drop)
+        };
         for g in [&s, &c] {
-            g.ok(
-                "ip",
-                &[
-                    "neigh",
-                    "replace",
-                    &r.ip.to_string(),
-                    "lladdr",
-                    &r.mac,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ],
-            )
-            .unwrap();
+            neigh_r(g).unwrap();
         }
         ping_answered(&s, None, r.ip).expect("s -> r with its own MAC and IP");
 
         // 1. A changed MAC.
         let (fake_s, fake_c) = ("fa:16:3e:ee:ee:01", "fa:16:3e:ee:ee:02");
         let set_mac = |g: &Guest, mac: &str| {
-            g.ok("ip", &["link", "set", "eth0", "address", mac])
-                .map(drop)
+            g.ok("ip", &["link", "set", "eth0", "address", mac])?;
+            neigh_r(g)
         };
-        let from_mac = |mac: &'static str| move |l: &str| l.contains(&format!(" {mac} > "));
+        let from_mac = |mac: &'static str| {
+            move |l: &str| l.contains(&format!(" {mac} > ")) && l.contains("ICMP echo request")
+        };
         assert_dropped(
             "frame with a changed source MAC",
             &s,
