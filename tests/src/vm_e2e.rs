@@ -301,7 +301,7 @@ impl VmAgent {
             bin_path("nubo-agent")?,
             args,
             dir.join(format!("agent-{i}.log")),
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", crate::agent::PASS_LOG_FILTER)],
         )?;
         let mut a = Self {
             daemon,
@@ -330,7 +330,8 @@ impl VmAgent {
 
     /// Starts it again and waits until ready.
     pub fn restart(&mut self) -> Result<()> {
-        self.daemon.start(&[("RUST_LOG", "info")])?;
+        self.daemon
+            .start(&[("RUST_LOG", crate::agent::PASS_LOG_FILTER)])?;
         self.wait_ready()
     }
 
@@ -492,6 +493,16 @@ impl VmLab {
     /// `nubo server show` as JSON.
     pub fn show(&self, server: &str) -> Result<Value> {
         self.cli.json(&["server", "show", server])
+    }
+
+    /// Makes the agent of host index `host` run one more reconcile pass and
+    /// waits until it has completed: `key` (something that node watches,
+    /// e.g. a network it hosts) is written again with the same value. The
+    /// event a test waits for before asserting that a pass did nothing.
+    pub fn reconcile_once(&self, host: usize, key: &str) -> Result<()> {
+        let rev = crate::agent::touch(&self.etcd.endpoint(), key)?;
+        let a = &self.agents[host];
+        crate::agent::wait_reconciled(a.node(), rev, Duration::from_secs(60), || a.log())
     }
 
     /// Waits until the console of `id` (on node `node`) contains `needle`;
