@@ -262,6 +262,19 @@ pub fn touch(etcd_endpoints: &str, key: &str) -> Result<i64> {
         .with_context(|| format!("no revision in {out}"))
 }
 
+/// [`touch`]es `key` (something the node watches, e.g. a network it hosts)
+/// and waits until the agent whose log `log()` returns (node `node`) has
+/// completed a pass that saw it.
+pub fn reconcile_once(
+    etcd_endpoints: &str,
+    key: &str,
+    node: &str,
+    log: impl Fn() -> String,
+) -> Result<()> {
+    let rev = touch(etcd_endpoints, key)?;
+    wait_reconciled(node, rev, Duration::from_secs(60), log)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

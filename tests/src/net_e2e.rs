@@ -26,10 +26,13 @@ use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 /// How long an agent may take to register.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The agents' `RUST_LOG`: `info`, or `$NUBO_TEST_AGENT_LOG` when set (e.g.
-/// `info,nubo_agent=debug` for the reconcile timings of a profiling run).
+/// The agents' `RUST_LOG`: [`crate::agent::PASS_LOG_FILTER`] (info, plus
+/// the line ending each reconcile pass), or `$NUBO_TEST_AGENT_LOG` when set
+/// (e.g. `info,nubo_agent=debug` for the reconcile timings of a profiling
+/// run).
 fn agent_log_filter() -> String {
-    std::env::var("NUBO_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_string())
+    std::env::var("NUBO_TEST_AGENT_LOG")
+        .unwrap_or_else(|_| crate::agent::PASS_LOG_FILTER.to_string())
 }
 
 /// A `nubo-agent --driver netns` inside a host namespace.
@@ -553,6 +556,14 @@ impl NetLab {
                     && s.contains("UP"))
             },
         )
+    }
+
+    /// Makes the agent of host `i` run one more reconcile pass and waits
+    /// until it has completed ([`crate::agent::reconcile_once`] on `key`, a
+    /// network that host serves).
+    pub fn reconcile_once(&self, i: u8, key: &str) -> Result<()> {
+        let a = &self.agents[usize::from(i) - 1];
+        crate::agent::reconcile_once(&self.etcd.endpoint(), key, a.node(), || a.log())
     }
 
     /// `nft list ruleset` in host `i`'s namespace.

@@ -500,9 +500,8 @@ impl VmLab {
     /// e.g. a network it hosts) is written again with the same value. The
     /// event a test waits for before asserting that a pass did nothing.
     pub fn reconcile_once(&self, host: usize, key: &str) -> Result<()> {
-        let rev = crate::agent::touch(&self.etcd.endpoint(), key)?;
         let a = &self.agents[host];
-        crate::agent::wait_reconciled(a.node(), rev, Duration::from_secs(60), || a.log())
+        crate::agent::reconcile_once(&self.etcd.endpoint(), key, a.node(), || a.log())
     }
 
     /// Waits until the console of `id` (on node `node`) contains `needle`;

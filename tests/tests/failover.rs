@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -73,6 +73,13 @@ fn host_index(node: &str) -> Result<u8> {
     node.strip_prefix("hv-")
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("unexpected node name {node:?}"))
+}
+
+/// The etcd key of network `n1`.
+fn network_key(lab: &NetLab) -> Result<String> {
+    let n = lab.cli.json(&["network", "show", "n1"])?;
+    let id = n["id"].as_str().context("network id")?.parse()?;
+    Ok(nubo_common::keys::network(&id))
 }
 
 fn server_show(cli: &Cli, id: &str) -> Result<Value> {
@@ -244,6 +251,8 @@ struct Sampler {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<SamplerReport>>,
     latest: Arc<Mutex<Vec<BTreeSet<u8>>>>,
+    /// Samples taken so far.
+    taken: Arc<AtomicU64>,
 }
 
 impl Sampler {
@@ -261,7 +270,8 @@ impl Sampler {
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let latest = Arc::new(Mutex::new(vec![BTreeSet::new(); guests.len()]));
-        let (stop2, latest2) = (stop.clone(), latest.clone());
+        let taken = Arc::new(AtomicU64::new(0));
+        let (stop2, latest2, taken2) = (stop.clone(), latest.clone(), taken.clone());
         let handle = std::thread::spawn(move || {
             let mut r = SamplerReport::default();
             let mut last: Option<Instant> = None;
@@ -274,6 +284,7 @@ impl Sampler {
                 match running_hosts(&hosts, &guests) {
                     Ok(now) => {
                         r.samples += 1;
+                        taken2.fetch_add(1, Ordering::SeqCst);
                         let t = tick - start;
                         for (g, on) in guests.iter().zip(&now) {
                             if on.len() > 1 {
@@ -300,7 +311,16 @@ impl Sampler {
             stop,
             handle: Some(handle),
             latest,
+            taken,
         }
+    }
+
+    /// Waits until `n` more samples than now have been taken.
+    fn wait_samples(&self, n: u64) -> Result<()> {
+        let target = self.taken.load(Ordering::SeqCst) + n;
+        wait_until(T, &format!("{n} more samples"), || {
+            Ok(self.taken.load(Ordering::SeqCst) >= target)
+        })
     }
 
     fn latest(&self) -> Vec<BTreeSet<u8>> {
@@ -468,8 +488,13 @@ fn host_cut_off_guests_move_with_same_ip_and_mac_and_never_run_twice() -> Result
             "host 1 back at t={back:?}: up and copies destroyed after {:?}",
             start.elapsed().saturating_sub(back)
         );
-        // Keep sampling a little after the return, then check the whole run.
-        std::thread::sleep(Duration::from_secs(3));
+        // Every agent has completed a pass after the return, and the
+        // sampler has looked 20 more times; then check the whole run.
+        let net_key = network_key(&lab)?;
+        for i in 1..=3 {
+            lab.reconcile_once(i, &net_key)?;
+        }
+        sampler.wait_samples(20)?;
         for (g, m) in gs.iter().zip(&moved) {
             let s = server_show(&lab.cli, &g.id)?;
             anyhow::ensure!(s["node"] == m.node.as_str(), "{} moved again: {s}", g.name);
