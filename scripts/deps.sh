@@ -17,6 +17,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev cpio libxml2-utils
   # storage: Ceph RBD (nubo-storage dlopens librados/librbd from ceph-common's deps), QEMU rbd driver
   ceph-mon ceph-mgr ceph-osd ceph-common librados2 librbd1 qemu-block-extra
+  # certificates (scripts/make-certs.sh, the TLS tests)
+  openssl
   # build
   pkg-config build-essential
 )

@@ -96,13 +96,7 @@ impl SecureCloud {
             String::from_utf8_lossy(&out.stderr)
         );
         let (tls_cert, tls_key) = certs.coordinator_server();
-        let mut opts = CoordinatorOpts::new(&etcd.endpoint(), "secure-1");
-        opts.secure = Some(SecureOpts {
-            tls_cert,
-            tls_key,
-            config: Some(config),
-        });
-        let coordinator = Coordinator::start_with(opts, dir.path())?;
+        let coordinator = secure_coordinator(&etcd, dir.path(), "secure-1", tls_cert, tls_key)?;
         let admin = login_cli(&coordinator, &etcd, dir.path(), "admin", ADMIN_PASSWORD)?;
         Ok(Self {
             coordinator,
@@ -179,10 +173,40 @@ impl SecureCloud {
         Ok(o)
     }
 
+    /// One more coordinator of this cloud (same etcd, same configuration),
+    /// serving the API with another certificate: e.g. one of the cluster
+    /// CA for another name ([`crate::tls::Certs::server_cert_for`]).
+    pub fn coordinator_with_cert(
+        &self,
+        id: &str,
+        tls_cert: PathBuf,
+        tls_key: PathBuf,
+    ) -> Result<Coordinator> {
+        secure_coordinator(&self.etcd, self.dir.path(), id, tls_cert, tls_key)
+    }
+
     /// A scratch directory removed with the cloud.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// A coordinator without `--insecure` (TLS API with `tls_cert`, token
+/// authentication) on `etcd`, configured by `dir/coordinator.toml`.
+fn secure_coordinator(
+    etcd: &TlsEtcd,
+    dir: &Path,
+    id: &str,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+) -> Result<Coordinator> {
+    let mut opts = CoordinatorOpts::new(&etcd.endpoint(), id);
+    opts.secure = Some(SecureOpts {
+        tls_cert,
+        tls_key,
+        config: Some(dir.join("coordinator.toml")),
+    });
+    Coordinator::start_with(opts, dir)
 }
 
 fn anonymous_cli(c: &Coordinator, etcd: &TlsEtcd, dir: &Path, name: &str) -> Result<Cli> {
