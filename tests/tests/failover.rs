@@ -6,6 +6,9 @@
 //!   elsewhere with the same IP and MAC; a sampler checks every 100 ms, from
 //!   the data path, that no guest ever runs on two hosts; when the host
 //!   comes back its copies are destroyed and its health is `up` again;
+//! * the same with real (TCG) VMs whose root disks are RBD images in a
+//!   real Ceph cluster: they boot elsewhere with the same IP and MAC and
+//!   find the marker they wrote on their disk before the failure;
 //! * etcd stopped (20 s here, 60 s `#[ignore]`d) with `auto` guests: the
 //!   agents witness each other's lost etcd sessions and hold instead of
 //!   freezing, so guests keep executing (ping, DHCP renewal, metadata), are
@@ -552,6 +555,179 @@ fn host_cut_off_guests_move_with_same_ip_and_mac_and_never_run_twice() -> Result
     }
     let left = NetLab::leftovers(&prefix)?;
     anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+/// A guest of [`host_failure_moves_real_vms_with_their_rbd_disks_ip_and_mac`]
+/// as it was on host 1.
+struct VmBefore {
+    name: String,
+    id: String,
+    ip: String,
+    mac: String,
+    /// SHA-256 of the marker it wrote to its root disk.
+    marker: String,
+}
+
+/// Three hosts with real (TCG) VMs whose root disks are RBD clones in a
+/// real Ceph cluster: two guests on host 1 write a marker to their root
+/// disk (the guest's `disk-mark vda`); host 1 is cut off (its underlay link
+/// down; its agent and QEMU keep running): the leader fences it (its
+/// storage address blocklisted in Ceph) and both guests boot on host 2 or 3
+/// with the same IP and MAC and find their marker on the same disk, writing
+/// nothing. The timing with 10 VMs is the benchmark `bench_host_failure_10_vms`.
+#[test]
+fn host_failure_moves_real_vms_with_their_rbd_disks_ip_and_mac() -> Result<()> {
+    use nubo_tests::vm_e2e::{console_value, guest_ip, RbdVmLab};
+    const BOOT: Duration = Duration::from_secs(300);
+    let Some(rbd) = RbdVmLab::start(3)? else {
+        return Ok(());
+    };
+    let (lab, ceph) = (&rbd.lab, &rbd.storage.ceph);
+    let cli = &lab.cli;
+    cli.json(&[
+        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
+    ])?;
+    let img = lab.upload_test_guest("guest")?;
+    anyhow::ensure!(img["status"] == "active", "{img}");
+    cli.json(&["network", "create", "n1", "--cidr", "10.94.0.0/24"])?;
+    // No zone (an evacuation stays in the requested zone, and each host is
+    // its own zone): placed on host 1 by disabling the others meanwhile.
+    for n in ["hv-2", "hv-3"] {
+        cli.json(&["node", "disable", n])?;
+    }
+    let mut ids = Vec::new();
+    for name in ["vm1", "vm2"] {
+        let ud = lab.dir.path().join(format!("ud-{name}"));
+        std::fs::write(&ud, format!("disk-mark vda nubo-marker-{name}\n"))?;
+        let out = cli.json(&[
+            "server",
+            "create",
+            name,
+            "--flavor",
+            "t",
+            "--image",
+            "guest",
+            "--network",
+            "n1",
+            "--user-data",
+            &ud.display().to_string(),
+        ])?;
+        ids.push((
+            name,
+            find_str(&out, "id").with_context(|| format!("no id in {out}"))?,
+        ));
+    }
+    for n in ["hv-2", "hv-3"] {
+        cli.json(&["node", "enable", n])?;
+    }
+
+    // On host 1: booted, leased, the marker written to the RBD root disk.
+    let mut before = Vec::new();
+    for (name, id) in &ids {
+        let c = lab.wait_console("hv-1", id, "NUBO-GUEST-DISK-WRITE vda ok ", BOOT)?;
+        let marker = console_value(&c, "NUBO-GUEST-DISK-WRITE vda ok ").context("marker")?;
+        let first_read = console_value(&c, "NUBO-GUEST-DISK-READ vda ").context("first read")?;
+        anyhow::ensure!(first_read != marker, "{name}: marked before its first boot");
+        let show = lab.show(id)?;
+        let addr = &show["addresses"][0];
+        let ip = addr["ip"].as_str().context("ip")?.to_string();
+        let mac = addr["mac"].as_str().context("mac")?.to_lowercase();
+        anyhow::ensure!(
+            guest_ip(&c).map(|i| i.to_string()).as_deref() == Some(ip.as_str()),
+            "{name}: DHCP address differs from {ip}:\n{c}"
+        );
+        let xml = lab.libvirtds[0].virsh(&["dumpxml", &lab.domain_name(id)])?;
+        anyhow::ensure!(xml.contains(&format!("<mac address='{mac}'/>")), "{xml}");
+        anyhow::ensure!(
+            xml.contains(&format!("name='vms/{id}-disk'")),
+            "{name}: root disk not in RBD: {xml}"
+        );
+        before.push(VmBefore {
+            name: name.to_string(),
+            id: id.clone(),
+            ip,
+            mac,
+            marker,
+        });
+    }
+
+    // Cut host 1 off.
+    let h1 = &lab.hosts[0];
+    let out = h1.exec("ip", &["link", "set", h1.interface(), "down"])?;
+    anyhow::ensure!(out.status.success(), "link down: {out:?}");
+    let cut = Instant::now();
+
+    // Running elsewhere, same address, the marker found on the disk.
+    wait_until(BOOT, "both VMs booted elsewhere with their disk", || {
+        for vm in &before {
+            let s = lab.show(&vm.id)?;
+            let node = s["node"].as_str().unwrap_or_default();
+            if node.is_empty() || node == "hv-1" || s["state"] != "running" {
+                return Ok(false);
+            }
+            let c = lab.agents[lab.host_of(node)?].console(&vm.id);
+            if console_value(&c, "NUBO-GUEST-DISK-READ vda ").is_none() || guest_ip(&c).is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    println!(
+        "both VMs running elsewhere with their disks {:?} after the cut",
+        cut.elapsed()
+    );
+    for vm in &before {
+        let s = lab.show(&vm.id)?;
+        let node = s["node"].as_str().unwrap_or_default().to_string();
+        let host = lab.host_of(&node)?;
+        let c = lab.agents[host].console(&vm.id);
+        anyhow::ensure!(
+            console_value(&c, "NUBO-GUEST-DISK-READ vda ").as_deref() == Some(vm.marker.as_str()),
+            "{} on {node}: the marker is gone from its root disk:\n{c}",
+            vm.name
+        );
+        anyhow::ensure!(
+            !c.contains("NUBO-GUEST-DISK-WRITE vda"),
+            "{} on {node} wrote its marker again:\n{c}",
+            vm.name
+        );
+        anyhow::ensure!(
+            guest_ip(&c).map(|i| i.to_string()).as_deref() == Some(vm.ip.as_str()),
+            "{} on {node}: another address:\n{c}",
+            vm.name
+        );
+        let addr = &s["addresses"][0];
+        anyhow::ensure!(
+            addr["ip"] == vm.ip.as_str()
+                && addr["mac"].as_str().map(str::to_lowercase).as_deref() == Some(vm.mac.as_str()),
+            "{}: API shows {addr}",
+            vm.name
+        );
+        let xml = lab.libvirtds[host].virsh(&["dumpxml", &lab.domain_name(&vm.id)])?;
+        anyhow::ensure!(
+            xml.contains(&format!("<mac address='{}'/>", vm.mac))
+                && xml.contains(&format!("name='vms/{}-disk'", vm.id)),
+            "{} on {node}: {xml}",
+            vm.name
+        );
+        println!(
+            "{} on {node}: same IP {}, MAC {}, marker found",
+            vm.name, vm.ip, vm.mac
+        );
+    }
+    // Host 1 was fenced in Ceph before its guests moved.
+    let h1_ip = h1.ip().to_string();
+    let blocklist = ceph.cli("ceph", &["osd", "blocklist", "ls"])?;
+    anyhow::ensure!(
+        blocklist.contains(&format!("{h1_ip}:0/0")),
+        "host 1 ({h1_ip}) not blocklisted: {blocklist}"
+    );
+    let health = node_health(cli, "hv-1")?;
+    anyhow::ensure!(
+        health == "fenced" || health == "evacuated",
+        "hv-1 is {health}"
+    );
     Ok(())
 }
 

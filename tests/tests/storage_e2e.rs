@@ -18,7 +18,6 @@
 //! Needs root and the Ceph packages (`scripts/deps.sh`);
 //! `cargo build -p nubo-agent -p nubo-coordinator -p nubo-cli --bins` first.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nubo_common::keys;
@@ -26,75 +25,11 @@ use nubo_common::model::{volume_serial, InstanceStatus};
 use nubo_common::{InstanceId, VolumeId};
 use nubo_storage::testing::TestCluster;
 use nubo_tests::net_e2e::find_str;
-use nubo_tests::vm_e2e::VmLab;
-use nubo_tests::{wait_until, Underlay};
+use nubo_tests::vm_e2e::{console_value, RbdVmLab, VmLab};
+use nubo_tests::wait_until;
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(180);
-const POOLS: [&str; 3] = ["images", "vms", "volumes"];
-
-/// The Ceph side of the lab.
-struct Storage {
-    ceph: TestCluster,
-    /// The agents' `--config` (a `[storage]` table).
-    agent_cfg: PathBuf,
-}
-
-/// Starts the Ceph cluster on the underlay gateway, creates the pools, the
-/// coordinator's and the agents' cephx users (the caps a production set-up
-/// gives them) and the agents' config in `dir`; returns them with the
-/// coordinator's `--ceph-*` arguments. `None` only when the Ceph binaries
-/// are missing and `NUBO_TEST_ALLOW_SKIP=ceph` allows skipping.
-fn ceph_on(underlay: &Underlay, dir: &Path) -> anyhow::Result<Option<(Storage, Vec<String>)>> {
-    let Some(ceph) = TestCluster::start_on(underlay.gateway())? else {
-        return Ok(None);
-    };
-    for p in POOLS {
-        ceph.cli("ceph", &["osd", "pool", "create", p, "8", "8"])?;
-        ceph.cli("rbd", &["pool", "init", p])?;
-    }
-    let rbd_pools = "profile rbd pool=images, profile rbd pool=vms, profile rbd pool=volumes";
-    let agent = ceph.create_user("nubo-agent", &[("mon", "profile rbd"), ("osd", rbd_pools)])?;
-    // As docs/operator-guide.md: `df` for the up-front size check, the two
-    // blocklist commands for the storage fencer.
-    let coord = ceph.create_user(
-        "nubo-coord",
-        &[
-            (
-                "mon",
-                "profile rbd, allow command df, allow command \"osd blocklist\", allow command \"osd blocklist ls\"",
-            ),
-            ("osd", rbd_pools),
-        ],
-    )?;
-    let agent_cfg = dir.join("agent-storage.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            // The safety-net pass is pushed out of the test's reach: every
-            // change below must arrive through the agent's watch.
-            "resync_interval_secs = 3600\n[storage]\nbackend = \"rbd\"\nceph_conf = \"{}\"\nceph_id = \"{}\"\nkeyring = \"{}\"\n",
-            ceph.conf_path().display(),
-            agent.client_id,
-            agent
-                .keyring_path
-                .ok_or_else(|| anyhow::anyhow!("no agent keyring"))?
-                .display()
-        ),
-    )?;
-    let coord_keyring = coord
-        .keyring_path
-        .ok_or_else(|| anyhow::anyhow!("no coordinator keyring"))?;
-    let args = vec![
-        "--ceph-conf".to_string(),
-        coord.conf_path.display().to_string(),
-        "--ceph-id".to_string(),
-        coord.client_id,
-        "--ceph-keyring".to_string(),
-        coord_keyring.display().to_string(),
-    ];
-    Ok(Some((Storage { ceph, agent_cfg }, args)))
-}
 
 fn base_objects(lab: &VmLab) -> Value {
     let cli = &lab.cli;
@@ -205,14 +140,6 @@ fn reported_volumes(lab: &VmLab, id: InstanceId) -> Vec<VolumeId> {
         .unwrap_or_default()
 }
 
-/// The text after `prefix` up to the end of its line, on the console.
-fn console_value(console: &str, prefix: &str) -> Option<String> {
-    console
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
-}
-
 fn rbd_json(ceph: &TestCluster, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.extend(["--format", "json"]);
@@ -243,24 +170,10 @@ fn diag(lab: &VmLab, host: usize, id: InstanceId) -> String {
 
 #[test]
 fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
-    // Declared before the lab: dropped after it (guests, agents and the
-    // coordinator go before the cluster).
-    let mut storage: Option<Storage> = None;
-    let mut lab = VmLab::start_without_agents_with(2, |underlay, dir| {
-        Ok(match ceph_on(underlay, dir)? {
-            Some((s, args)) => {
-                storage = Some(s);
-                args
-            }
-            None => Vec::new(),
-        })
-    })
-    .unwrap();
-    let Some(Storage { ceph, agent_cfg }) = storage.as_ref() else {
+    let Some(mut rbd) = RbdVmLab::start(2).unwrap() else {
         return;
     };
-    lab.start_agents(&["--config".into(), agent_cfg.display().to_string()])
-        .unwrap();
+    let (lab, ceph) = (&mut rbd.lab, &rbd.storage.ceph);
     let img = base_objects(&lab);
     let image_id = img["id"].as_str().unwrap().to_string();
 
@@ -487,5 +400,5 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         ceph.cli("rbd", &["ls", "images"]).unwrap().trim(),
         format!("img-{image_id}")
     );
-    drop(lab);
+    drop(rbd);
 }
