@@ -72,8 +72,24 @@ async fn login(a: &mut Api, user: &str, password: &str) -> String {
     issue_token(&mut a.tokens, user, password).await
 }
 
-/// A member's image, network, port and server in its own project.
-async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
+/// Flavor `name` (1 GiB disk), made by the admin token `root`.
+async fn create_flavor(a: &mut Api, root: &str, name: &str, vcpus: u32, ram_mb: u64) {
+    a.flavors
+        .create(req(
+            root,
+            pb::CreateFlavorRequest {
+                name: name.into(),
+                vcpus,
+                ram_mb,
+                disk_gb: 1,
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+/// Image "cirros" (qcow2, no data) in the token's project.
+async fn create_image(a: &mut Api, tok: &str) {
     a.images
         .create(req(
             tok,
@@ -85,6 +101,28 @@ async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
         ))
         .await
         .unwrap();
+}
+
+/// Waits until the admin `root` lists `n` nodes.
+async fn wait_listed(a: &mut Api, root: &str, n: usize) {
+    for _ in 0..200 {
+        let l = a
+            .nodes
+            .list(req(root, pb::ListRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        if l.nodes.len() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{n} nodes not listed");
+}
+
+/// A member's image, network, port and server in its own project.
+async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
+    create_image(a, tok).await;
     let net = a
         .networks
         .create(req(
@@ -502,44 +540,12 @@ async fn quota_holds_under_concurrent_creates() {
     let e = quotas.set(req(&alice, set.clone())).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     quotas.set(req(&root, set)).await.unwrap();
-    a.flavors
-        .create(req(
-            &root,
-            pb::CreateFlavorRequest {
-                name: "m1.small".into(),
-                vcpus: 1,
-                ram_mb: 512,
-                disk_gb: 1,
-            },
-        ))
-        .await
-        .unwrap();
-    a.images
-        .create(req(
-            &alice,
-            pb::CreateImageRequest {
-                name: "cirros".into(),
-                disk_format: "qcow2".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    create_flavor(&mut a, &root, "m1.small", 1, 512).await;
+    create_image(&mut a, &alice).await;
     for i in 0..4 {
         register_node(&etcd, &format!("n{i}"), res(64, 64 * 1024, 1000), "nova").await;
     }
-    for _ in 0..100 {
-        let n = a
-            .nodes
-            .list(req(&root, pb::ListRequest::default()))
-            .await
-            .unwrap()
-            .into_inner();
-        if n.nodes.len() == 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_listed(&mut a, &root, 4).await;
     let results = futures::future::join_all((0..50).map(|i| {
         let mut s = a.servers.clone();
         let tok = alice.clone();
@@ -840,18 +846,7 @@ async fn node_credential_reads_image_data_only() {
     put_user(&etcd, "nubo-node", &node_pw, None, Role::Node).await;
     let ch = channel(&c).await;
     // alice's image with data, network and server in p1.
-    a.flavors
-        .create(req(
-            &root,
-            pb::CreateFlavorRequest {
-                name: "m1.small".into(),
-                vcpus: 1,
-                ram_mb: 512,
-                disk_gb: 1,
-            },
-        ))
-        .await
-        .unwrap();
+    create_flavor(&mut a, &root, "m1.small", 1, 512).await;
     register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
     let alice = login(&mut a, "alice", "pw").await;
     let (server, net, port) = populate(&mut a, &alice).await;
@@ -1100,22 +1095,11 @@ async fn volumes_are_isolated_between_projects() {
 /// A CLI against `c` with its own token store in `dir`, after
 /// `nubo login --user USER --password-file …`.
 fn cli_as(c: &Coordinator, dir: &std::path::Path, user: &str, password: &str) -> nubo_tests::Cli {
-    let home = dir.join(format!("home-{user}"));
-    std::fs::create_dir_all(&home).unwrap();
     let cli = nubo_tests::Cli::new(&c.endpoint())
-        .unwrap()
-        .with_env("XDG_CONFIG_HOME", &home.display().to_string())
-        .with_env("NUBO_TOKEN", "");
-    let pw = dir.join(format!("pw-{user}"));
-    std::fs::write(&pw, format!("{password}\n")).unwrap();
-    cli.json(&[
-        "login",
-        "--user",
-        user,
-        "--password-file",
-        &pw.display().to_string(),
-    ])
-    .unwrap_or_else(|e| panic!("nubo login as {user}: {e:#}"));
+        .and_then(|cli| cli.with_token_store(&dir.join(format!("home-{user}"))))
+        .unwrap();
+    cli.login(user, password, dir)
+        .unwrap_or_else(|e| panic!("nubo login as {user}: {e:#}"));
     cli
 }
 
@@ -1227,43 +1211,11 @@ async fn every_quota_is_refused_with_its_numbers_through_the_api_and_the_cli() {
         ("fat", 1, 2048),
         ("mid", 2, 512),
     ] {
-        a.flavors
-            .create(req(
-                &root,
-                pb::CreateFlavorRequest {
-                    name: name.into(),
-                    vcpus,
-                    ram_mb,
-                    disk_gb: 1,
-                },
-            ))
-            .await
-            .unwrap();
+        create_flavor(&mut a, &root, name, vcpus, ram_mb).await;
     }
-    a.images
-        .create(req(
-            &alice,
-            pb::CreateImageRequest {
-                name: "cirros".into(),
-                disk_format: "qcow2".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    create_image(&mut a, &alice).await;
     register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
-    for _ in 0..200 {
-        let n = a
-            .nodes
-            .list(req(&root, pb::ListRequest::default()))
-            .await
-            .unwrap()
-            .into_inner();
-        if n.nodes.iter().any(|n| n.alive) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    wait_listed(&mut a, &root, 1).await;
 
     // Networks: 1.
     let net = |name: &str, cidr: &str| {

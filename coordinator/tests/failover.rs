@@ -153,7 +153,7 @@ async fn batch_while_the_leader_dies(kill_after: usize) -> (usize, usize) {
     }
     // Answers from the leader so far; the killer acts on that event.
     let (answered_tx, mut answered) = tokio::sync::watch::channel(0_usize);
-    let etcd_ep = etcd.endpoint();
+    let mut kv = etcd.client().await.unwrap();
     let killer = tokio::spawn(async move {
         answered
             .wait_for(|n| *n >= kill_after)
@@ -161,19 +161,7 @@ async fn batch_while_the_leader_dies(kill_after: usize) -> (usize, usize) {
             .expect("the batch ended before the kill");
         a.kill9();
         let answered_at_kill = *answered.borrow();
-        let mut c = etcd_client::Client::connect([etcd_ep], None).await.unwrap();
-        let in_etcd_at_kill = c
-            .get(
-                nubo_common::keys::instances_prefix(),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_count_only(),
-                ),
-            )
-            .await
-            .unwrap()
-            .count();
+        let in_etcd_at_kill = count_with(&mut kv, &nubo_common::keys::instances_prefix()).await;
         (a, answered_at_kill, in_etcd_at_kill)
     });
     let retried: Vec<bool> = futures::stream::iter(0..500)

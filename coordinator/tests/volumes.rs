@@ -967,22 +967,10 @@ async fn volume_quotas_hold_under_concurrency() {
     // read back through the API.
     let cli_dir = tempfile::tempdir().unwrap();
     let cli_as = |user: &str, pw: &str| {
-        let home = cli_dir.path().join(user);
-        std::fs::create_dir_all(&home).unwrap();
         let cli = nubo_tests::Cli::new(&a.endpoint())
-            .unwrap()
-            .with_env("XDG_CONFIG_HOME", &home.display().to_string())
-            .with_env("NUBO_TOKEN", "");
-        let pw_file = cli_dir.path().join(format!("{user}.pw"));
-        std::fs::write(&pw_file, format!("{pw}\n")).unwrap();
-        cli.json(&[
-            "login",
-            "--user",
-            user,
-            "--password-file",
-            &pw_file.display().to_string(),
-        ])
-        .unwrap();
+            .and_then(|cli| cli.with_token_store(&cli_dir.path().join(user)))
+            .unwrap();
+        cli.login(user, pw, cli_dir.path()).unwrap();
         cli
     };
     let (admin_cli, alice_cli) =

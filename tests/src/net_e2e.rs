@@ -710,32 +710,26 @@ impl Watched {
         what: &str,
         pred: impl Fn(&str) -> bool,
     ) -> Result<String> {
+        let find = || {
+            buf.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .skip(from)
+                .find(|l| pred(l))
+                .cloned()
+        };
         let start = Instant::now();
         loop {
             // Whether it ran before the look at the lines: a process that
             // printed the line and then exited still counts.
             let running = self.child.running();
-            let found = buf
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .skip(from)
-                .find(|l| pred(l))
-                .cloned();
-            if let Some(l) = found {
+            if let Some(l) = find() {
                 return Ok(l);
             }
             if !running {
                 // The readers may still be draining the pipes.
                 std::thread::sleep(WATCH_POLL);
-                let late = buf
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .skip(from)
-                    .find(|l| pred(l))
-                    .cloned();
-                if let Some(l) = late {
+                if let Some(l) = find() {
                     return Ok(l);
                 }
                 bail!(

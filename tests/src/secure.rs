@@ -47,7 +47,7 @@ fn toml_path(p: &Path) -> String {
 }
 
 /// Writes `text` to a new 0600 file.
-fn write_secret(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -210,13 +210,9 @@ fn secure_coordinator(
 }
 
 fn anonymous_cli(c: &Coordinator, etcd: &TlsEtcd, dir: &Path, name: &str) -> Result<Cli> {
-    let home = dir.join(format!("home-{name}"));
-    std::fs::create_dir_all(&home)?;
-    Ok(Cli::new(&c.endpoint())?
+    Cli::new(&c.endpoint())?
         .with_env("NUBO_CA_CERT", &etcd.certs().ca().display().to_string())
-        .with_env("XDG_CONFIG_HOME", &home.display().to_string())
-        // Empty: the token file under XDG_CONFIG_HOME counts, not the caller's.
-        .with_env("NUBO_TOKEN", ""))
+        .with_token_store(&dir.join(format!("home-{name}")))
 }
 
 fn login_cli(
@@ -227,14 +223,6 @@ fn login_cli(
     password: &str,
 ) -> Result<Cli> {
     let cli = anonymous_cli(c, etcd, dir, user)?;
-    let pw = dir.join(format!("password-{user}"));
-    write_secret(&pw, &format!("{password}\n"))?;
-    cli.json(&[
-        "login",
-        "--user",
-        user,
-        "--password-file",
-        &pw.display().to_string(),
-    ])?;
+    cli.login(user, password, dir)?;
     Ok(cli)
 }

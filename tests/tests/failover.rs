@@ -558,6 +558,54 @@ fn host_cut_off_guests_move_with_same_ip_and_mac_and_never_run_twice() -> Result
     Ok(())
 }
 
+/// Flavor `t`, the test guest as image `guest`, network `n1` on `cidr`,
+/// and one server per `(name, user data)`, all placed on host 1 of a
+/// 3-host lab: with no zone (an evacuation stays in the requested zone,
+/// and each host is its own zone), hosts 2 and 3 are disabled meanwhile.
+/// Returns their ids, in order.
+fn vms_on_host1(
+    lab: &nubo_tests::vm_e2e::VmLab,
+    cidr: &str,
+    vms: &[(String, Option<String>)],
+) -> Result<Vec<String>> {
+    let cli = &lab.cli;
+    cli.json(&[
+        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
+    ])?;
+    let img = lab.upload_test_guest("guest")?;
+    anyhow::ensure!(img["status"] == "active", "{img}");
+    cli.json(&["network", "create", "n1", "--cidr", cidr])?;
+    for n in ["hv-2", "hv-3"] {
+        cli.json(&["node", "disable", n])?;
+    }
+    let mut ids = Vec::new();
+    for (name, user_data) in vms {
+        let mut args = vec![
+            "server",
+            "create",
+            name,
+            "--flavor",
+            "t",
+            "--image",
+            "guest",
+            "--network",
+            "n1",
+        ];
+        let ud = lab.dir.path().join(format!("ud-{name}"));
+        let ud_arg = ud.display().to_string();
+        if let Some(text) = user_data {
+            std::fs::write(&ud, text)?;
+            args.extend(["--user-data", &ud_arg]);
+        }
+        let out = cli.json(&args)?;
+        ids.push(find_str(&out, "id").with_context(|| format!("no id in {out}"))?);
+    }
+    for n in ["hv-2", "hv-3"] {
+        cli.json(&["node", "enable", n])?;
+    }
+    Ok(ids)
+}
+
 /// A guest of [`host_failure_moves_real_vms_with_their_rbd_disks_ip_and_mac`]
 /// as it was on host 1.
 struct VmBefore {
@@ -585,42 +633,20 @@ fn host_failure_moves_real_vms_with_their_rbd_disks_ip_and_mac() -> Result<()> {
     };
     let (lab, ceph) = (&rbd.lab, &rbd.storage.ceph);
     let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
-    ])?;
-    let img = lab.upload_test_guest("guest")?;
-    anyhow::ensure!(img["status"] == "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", "10.94.0.0/24"])?;
-    // No zone (an evacuation stays in the requested zone, and each host is
-    // its own zone): placed on host 1 by disabling the others meanwhile.
-    for n in ["hv-2", "hv-3"] {
-        cli.json(&["node", "disable", n])?;
-    }
-    let mut ids = Vec::new();
-    for name in ["vm1", "vm2"] {
-        let ud = lab.dir.path().join(format!("ud-{name}"));
-        std::fs::write(&ud, format!("disk-mark vda nubo-marker-{name}\n"))?;
-        let out = cli.json(&[
-            "server",
-            "create",
-            name,
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-            "--user-data",
-            &ud.display().to_string(),
-        ])?;
-        ids.push((
-            name,
-            find_str(&out, "id").with_context(|| format!("no id in {out}"))?,
-        ));
-    }
-    for n in ["hv-2", "hv-3"] {
-        cli.json(&["node", "enable", n])?;
-    }
+    let names = ["vm1", "vm2"];
+    let vms: Vec<(String, Option<String>)> = names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Some(format!("disk-mark vda nubo-marker-{n}\n")),
+            )
+        })
+        .collect();
+    let ids: Vec<(&str, String)> = names
+        .into_iter()
+        .zip(vms_on_host1(lab, "10.94.0.0/24", &vms)?)
+        .collect();
 
     // On host 1: booted, leased, the marker written to the RBD root disk.
     let mut before = Vec::new();
@@ -1105,36 +1131,8 @@ fn bench_host_failure_10_vms() -> Result<()> {
     const N: usize = 10;
     const BOOT: Duration = Duration::from_secs(600);
     let lab = VmLab::start(3)?;
-    let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
-    ])?;
-    let img = lab.upload_test_guest("guest")?;
-    anyhow::ensure!(img["status"] == "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", "10.93.0.0/24"])?;
-    // No zone (an evacuation stays in the requested zone, and each host is
-    // its own zone): place on host 1 by disabling the others meanwhile.
-    for n in ["hv-2", "hv-3"] {
-        cli.json(&["node", "disable", n])?;
-    }
-    let mut ids = Vec::new();
-    for k in 0..N {
-        let out = cli.json(&[
-            "server",
-            "create",
-            &format!("vm{k}"),
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-        ])?;
-        ids.push(find_str(&out, "id").with_context(|| format!("no id in {out}"))?);
-    }
-    for n in ["hv-2", "hv-3"] {
-        cli.json(&["node", "enable", n])?;
-    }
+    let vms: Vec<(String, Option<String>)> = (0..N).map(|k| (format!("vm{k}"), None)).collect();
+    let ids = vms_on_host1(&lab, "10.93.0.0/24", &vms)?;
     for id in &ids {
         lab.wait_console("hv-1", id, "NUBO-GUEST-IP", BOOT)?;
     }

@@ -240,11 +240,7 @@ fn cli_refuses_a_coordinator_certificate_from_another_ca_or_for_another_name() -
             "NUBO_CA_CERT",
             &cloud.etcd.certs().ca().display().to_string(),
         )
-        .with_env(
-            "XDG_CONFIG_HOME",
-            &cloud.dir().join("home-trusting").display().to_string(),
-        )
-        .with_env("NUBO_TOKEN", "");
+        .with_token_store(&cloud.dir().join("home-to-misnamed"))?;
     let e = refused(&to_misnamed, &["flavor", "list"])?;
     let want = "invalid peer certificate: certificate not valid for name \"127.0.0.1\"; \
                 certificate is only valid for DnsName(\"other.example\")";
