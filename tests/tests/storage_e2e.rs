@@ -174,7 +174,7 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         return;
     };
     let (lab, ceph) = (&mut rbd.lab, &rbd.storage.ceph);
-    let img = base_objects(&lab);
+    let img = base_objects(lab);
     let image_id = img["id"].as_str().unwrap().to_string();
 
     // A plain volume and one of a type limited to 200 write IOPS, through
@@ -184,22 +184,17 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         .json(&["volume", "type", "create", "iops200", "--write-iops", "200"])
         .unwrap();
     assert_eq!(t["write_iops_sec"], 200, "{t}");
-    let vol = create_volume(&lab, ceph, "data", None);
-    let fast = create_volume(&lab, ceph, "fast", Some("iops200"));
+    let vol = create_volume(lab, ceph, "data", None);
+    let fast = create_volume(lab, ceph, "fast", Some("iops200"));
     let (serial, serial_fast) = (volume_serial(&vol), volume_serial(&fast));
     let t0 = Instant::now();
     let (a, a_node) = create(
-        &lab,
+        lab,
         "vm-a",
         1,
         &format!("disk-watch\ndisk-write {serial} nubo-pattern-42\ndisk-iops {serial_fast} 8\n"),
     );
-    let (b, b_node) = create(
-        &lab,
-        "vm-b",
-        2,
-        &format!("disk-watch\ndisk-read {serial}\n"),
-    );
+    let (b, b_node) = create(lab, "vm-b", 2, &format!("disk-watch\ndisk-read {serial}\n"));
     assert_ne!(a_node, b_node);
     for (id, node) in [(a, &a_node), (b, &b_node)] {
         lab.wait_console(
@@ -224,8 +219,8 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     }
 
     // Both volumes hot-plugged into running vm-a, in attach order.
-    attach(&lab, "data", "vm-a");
-    attach(&lab, "fast", "vm-a");
+    attach(lab, "data", "vm-a");
+    attach(lab, "fast", "vm-a");
     let a_host = lab.host_of(&a_node).unwrap();
     let c = lab
         .wait_console(
@@ -234,11 +229,11 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
             &format!("NUBO-GUEST-DISK-WRITE {serial} ok"),
             BOOT,
         )
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag(&lab, a_host, a)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", diag(lab, a_host, a)));
     let written = console_value(&c, &format!("NUBO-GUEST-DISK-WRITE {serial} ok")).unwrap();
     assert!(c.contains("NUBO-GUEST-DISK-ADDED vdb"), "{c}");
     wait_until(Duration::from_secs(60), "vm-a reports both volumes", || {
-        Ok(reported_volumes(&lab, a) == vec![vol, fast])
+        Ok(reported_volumes(lab, a) == vec![vol, fast])
     })
     .unwrap();
     let shown = lab.cli.json(&["volume", "show", "fast"]).unwrap();
@@ -276,8 +271,8 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         .json(&["volume", "type", "set", "iops200", "--write-iops", "100"])
         .unwrap();
     assert_eq!(t["write_iops_sec"], 100, "{t}");
-    wait_live_iops(&lab, a_host, &dom, "vdc", 100, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag(&lab, a_host, a)));
+    wait_live_iops(lab, a_host, &dom, "vdc", 100, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", diag(lab, a_host, a)));
     let took = changed.elapsed();
     eprintln!("type change reached the attached disk after {took:?}");
 
@@ -297,19 +292,15 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         1,
         "{secrets}"
     );
-    wait_live_iops(&lab, a_host, &dom, "vdc", 200, Duration::from_secs(30)).unwrap_or_else(|e| {
-        panic!(
-            "restarted agent retunes vdc: {e}\n{}",
-            diag(&lab, a_host, a)
-        )
-    });
+    wait_live_iops(lab, a_host, &dom, "vdc", 200, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("restarted agent retunes vdc: {e}\n{}", diag(lab, a_host, a)));
     assert_eq!(
         lab.libvirtds[a_host].qemu_pid(&dom),
         Some(pid),
         "QEMU replaced"
     );
     assert!(!lab.agents[a_host].current_log().contains("domain defined"));
-    assert_eq!(reported_volumes(&lab, a), vec![vol, fast]);
+    assert_eq!(reported_volumes(lab, a), vec![vol, fast]);
 
     // Exclusive lock: held by the one client that has the volume open,
     // vm-a's QEMU (neither the agent nor the coordinator keeps volumes open).
@@ -334,11 +325,11 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     eprintln!("exclusive lock of vol-{vol}: {locker_addr} (vm-a's QEMU, pid {qemu_pid})");
 
     // Detach from vm-a, attach to vm-b on the other host: same bytes.
-    detach(&lab, "data");
+    detach(lab, "data");
     wait_until(
         Duration::from_secs(90),
         "vm-a no longer reports the volume",
-        || Ok(reported_volumes(&lab, a) == vec![fast]),
+        || Ok(reported_volumes(lab, a) == vec![fast]),
     )
     .unwrap();
     let status = rbd_json(ceph, &["status", &format!("volumes/vol-{vol}")]);
@@ -346,7 +337,7 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         status["watchers"].as_array().is_none_or(|w| w.is_empty()),
         "vm-a's QEMU still has the volume open: {status}"
     );
-    attach(&lab, "data", "vm-b");
+    attach(lab, "data", "vm-b");
     let c = lab
         .wait_console(
             &b_node,
@@ -361,10 +352,10 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
 
     // Detach both, delete the servers (root disks go) and the volumes
     // (`nubo volume delete`: the coordinator removes their RBD images).
-    detach(&lab, "data");
-    detach(&lab, "fast");
-    assert!(reported_volumes(&lab, a).is_empty());
-    assert!(reported_volumes(&lab, b).is_empty());
+    detach(lab, "data");
+    detach(lab, "fast");
+    assert!(reported_volumes(lab, a).is_empty());
+    assert!(reported_volumes(lab, b).is_empty());
     for id in [a, b] {
         lab.cli.run(&["server", "delete", &id.to_string()]).unwrap();
     }
