@@ -1,57 +1,74 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages nubo's daemons, demo and test suite need.
-# Idempotent; safe to run on every CI run.
+# Installs the Debian 12 packages that scripts/inventory declares (every
+# program nubo's scripts, daemons, harness and tests run, plus the build's
+# libraries), then checks that every program of the inventory resolves.
+# Idempotent; run by the demo and by the test suite (so by CI) every time.
+#
+#   ./scripts/deps.sh           # install what is missing, then check
+#   ./scripts/deps.sh --check   # only check (exit 1 naming what is missing)
+#
+# Services: packages are installed with a policy-rc.d that forbids starting
+# services, so on a machine with systemd as PID 1 the distribution's own
+# etcd, libvirtd or Ceph units are neither started nor stopped by us; a
+# service that was running before keeps running. nubo's demo and tests run
+# their own daemons on their own ports and directories.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+INVENTORY=scripts/inventory
 
-PACKAGES=(
-  # state store
-  etcd-server etcd-client
-  # gRPC code generation (protoc + well-known types, needed by etcd-client too)
-  protobuf-compiler libprotobuf-dev
-  # data path: nftables, netlink tools for tests, real DHCP/HTTP clients
-  # (libnftables-dev: nubo-firewall links libnftables and applies in-process)
-  nftables libnftables-dev iproute2 busybox-static isc-dhcp-client netcat-openbsd curl
-  tcpdump iputils-ping iperf3 procps psmisc
-  # compute: libvirt + QEMU (TCG where KVM cannot run guests), test guest build
-  # (libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML)
-  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev cpio libxml2-utils
-  # storage: Ceph RBD (nubo-storage dlopens librados/librbd from ceph-common's deps), QEMU rbd driver
-  ceph-mon ceph-mgr ceph-osd ceph-common librados2 librbd1 qemu-block-extra
-  # certificates (scripts/make-certs.sh, the TLS tests)
-  openssl
-  # build
-  pkg-config build-essential
-)
+check_only=0
+case "${1:-}" in
+  --check) check_only=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+# PROGRAM PACKAGE lines; "-" programs are library-only packages; packages
+# starting with "@" do not come from Debian (@toolchain: rustup).
+mapfile -t PACKAGES < <(awk '!/^[[:space:]]*(#|$)/ && $2 !~ /^@/ {print $2}' "$INVENTORY" | sort -u)
+mapfile -t PROGRAMS < <(awk '!/^[[:space:]]*(#|$)/ && $1 != "-" {print $1 " " $2}' "$INVENTORY")
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
 
-if ((${#missing[@]})); then
+if ((${#missing[@]})) && ((check_only == 0)); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# scripts/deps.sh: no service starts while nubo installs packages\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get -o DPkg::Lock::Timeout=600 update -qq
   # The whole list, not only the missing ones: apt resolves them together, so
-  # installing one package can never remove another of the list (a machine
-  # with a newer qemu-utils from backports lost it to qemu-system-x86 7.2).
+  # installing one package never removes another of the list (a machine with
+  # a newer qemu-utils from backports lost it to qemu-system-x86 7.2).
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${PACKAGES[@]}"
+  missing=()
   for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-      { echo "error: package $p is not installed after apt-get install" >&2; exit 1; }
+    installed "$p" || missing+=("$p")
   done
 fi
 
-# libvirt must never create its default NAT network (virbr0) on this host.
-rm -f /etc/libvirt/qemu/networks/autostart/*.xml 2>/dev/null || true
-
-# Debian starts etcd as a system service on install; nubo's tests and demo
-# run their own etcd on free ports, the packaged one is not needed.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl disable --now etcd >/dev/null 2>&1 || true
+status=0
+if ((${#missing[@]})); then
+  echo "error: packages of $INVENTORY not installed: ${missing[*]}" >&2
+  status=1
 fi
-
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "error: cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
-  exit 1
-fi
+for line in "${PROGRAMS[@]}"; do
+  read -r prog pkg <<<"$line"
+  if ! PATH=$PATH:/usr/sbin:/sbin command -v "$prog" >/dev/null 2>&1; then
+    if [[ $pkg == @toolchain ]]; then
+      echo "error: $prog not found: install the Rust toolchain (https://rustup.rs) first" >&2
+    else
+      echo "error: $prog (package $pkg, $INVENTORY) does not resolve on PATH" >&2
+    fi
+    status=1
+  fi
+done
+exit $status

@@ -17,11 +17,15 @@ fi
 echo "== build"
 cargo build --workspace --bins --quiet
 
+status=0
+echo "== lint (rustfmt, clippy -D warnings)"
+cargo fmt --all -- --check || { echo "error: cargo fmt --all would change files" >&2; status=1; }
+cargo clippy --workspace --all-targets --quiet -- -D warnings || status=1
+
 echo "== tests"
 # Test binaries run one after the other; inside each, tests run in parallel
 # threads. The end-to-end tests start many processes: cap the threads so a
 # 2-core machine is not oversubscribed.
-status=0
 cargo test --workspace --no-fail-fast "$@" -- --test-threads="${NUBO_TEST_THREADS:-2}" || status=$?
 
 echo "== leftovers"

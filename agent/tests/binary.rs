@@ -1,6 +1,8 @@
 //! The `nubo-agent` binary as a process: `kill -9`, lease expiry, restart
 //! without side effects, and a watch that resumes into a compacted revision.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! The agent run in-process against a real etcd, on the fake hypervisor.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::time::Duration;

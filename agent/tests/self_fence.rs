@@ -3,6 +3,8 @@
 //! the return: resume what is still assigned, destroy what was moved away,
 //! never overwrite the status written for the new node.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! loop runs from its cache). Its own test binary: it sets `NOTIFY_SOCKET`
 //! and `WATCHDOG_USEC` for the whole process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::os::unix::net::UnixDatagram;

@@ -2,26 +2,32 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use nubo_common::proto::{CreatePortRequest, Port, UpdatePortRequest};
+use nubo_common::proto::{CreatePortRequest, Port, Server, ServerAddress, UpdatePortRequest};
 use serde_json::{json, Value};
+use tonic::Code;
 
-use crate::api::Call;
+use crate::api::{Api, Call};
 use crate::ctx::{opt, Ctx};
 use crate::output::{self, Table};
 
 /// Port commands.
 #[derive(Debug, Subcommand)]
 pub enum PortCmd {
-    /// Create a port.
+    /// Capture a port's traffic (tcpdump on its node, streamed here).
     Capture {
-        /// Port id.
-        port: String,
+        /// Port name or id, or a server name or id (its port; with several
+        /// ports, `--network` chooses one).
+        target: String,
+        /// With a server: the network whose port to capture (name or id).
+        #[arg(long)]
+        network: Option<String>,
         /// Stop after this many packets.
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Create a port.
     Create(CreateArgs),
     /// List ports.
     List {
@@ -156,11 +162,15 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
                 .await?;
             output::items(ctx.format, &items, table, to_json)
         }
-        PortCmd::Capture { port, count } => {
-            let p = api.ports().get(api.get_req(&port)).await.or_fail(api)?;
-            let addr = crate::node_api::address(api, &p.node).await?;
+        PortCmd::Capture {
+            target,
+            network,
+            count,
+        } => {
+            let (node, tap) = capture_target(api, &target, network.as_deref()).await?;
+            let addr = crate::node_api::address(api, &node).await?;
             let q = count.map(|c| format!("?count={c}")).unwrap_or_default();
-            crate::node_api::stream(&addr, &format!("/v1/capture/{}{q}", p.tap)).await
+            crate::node_api::stream(&addr, &format!("/v1/capture/{tap}{q}")).await
         }
         PortCmd::Show { port } => {
             let p = api.ports().get(api.get_req(&port)).await.or_fail(api)?;
@@ -182,6 +192,88 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
             .await
         }
     }
+}
+
+/// The (node, tap) to capture for `target`: a port, or else a server.
+async fn capture_target(
+    api: &Api,
+    target: &str,
+    network: Option<&str>,
+) -> Result<(String, String)> {
+    match api.ports().get(api.get_req(target)).await {
+        Ok(p) => {
+            let p = p.into_inner();
+            if let Some(n) = network {
+                if n != p.network_id {
+                    bail!(
+                        "--network {n} is for a server; port {target} is on network {}",
+                        p.network_id
+                    );
+                }
+            }
+            if p.node.is_empty() || p.tap.is_empty() {
+                bail!("port {target} is not plugged on a node: nothing to capture");
+            }
+            return Ok((p.node, p.tap));
+        }
+        Err(s) if s.code() == Code::NotFound => {}
+        Err(s) => return Err(api.error(s)),
+    }
+    let server = match api.servers().get(api.get_req(target)).await {
+        Ok(s) => s.into_inner(),
+        Err(s) if s.code() == Code::NotFound => {
+            bail!("no port or server {target:?} in project {}", api.project)
+        }
+        Err(s) => return Err(api.error(s)),
+    };
+    server_port(&server, network)
+}
+
+/// Picks the server's port to capture: its only one, or the one on
+/// `network` (name or id).
+pub fn server_port(s: &Server, network: Option<&str>) -> Result<(String, String)> {
+    let name_of = |a: &ServerAddress| {
+        if a.network_name.is_empty() {
+            a.network_id.clone()
+        } else {
+            a.network_name.clone()
+        }
+    };
+    let chosen: Vec<&ServerAddress> = s
+        .addresses
+        .iter()
+        .filter(|a| network.is_none_or(|n| n == a.network_id || n == a.network_name))
+        .collect();
+    let a = match (chosen.as_slice(), network) {
+        ([a], _) => *a,
+        ([], None) => bail!("server {} has no port", s.name),
+        ([], Some(n)) => bail!(
+            "server {} has no port on network {n} (its networks: {})",
+            s.name,
+            s.addresses
+                .iter()
+                .map(name_of)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (_, _) => bail!(
+            "server {} has {} ports: choose one with --network ({})",
+            s.name,
+            chosen.len(),
+            chosen
+                .iter()
+                .map(|a| name_of(a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if s.node.is_empty() || a.tap.is_empty() {
+        bail!(
+            "server {} is not placed on a node yet: no tap to capture on",
+            s.name
+        );
+    }
+    Ok((s.node.clone(), a.tap.clone()))
 }
 
 #[cfg(test)]
@@ -228,6 +320,57 @@ mod tests {
                 no_port_security: false,
             }
         );
+    }
+
+    fn server(node: &str, nets: &[(&str, &str)]) -> Server {
+        Server {
+            name: "vm-a".into(),
+            node: node.into(),
+            addresses: nets
+                .iter()
+                .map(|(net, tap)| ServerAddress {
+                    network_id: format!("id-{net}"),
+                    network_name: net.to_string(),
+                    tap: tap.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn capture_by_server_picks_its_port() {
+        let one = server("hv-1", &[("net1", "tapaaa")]);
+        assert_eq!(
+            server_port(&one, None).unwrap(),
+            ("hv-1".into(), "tapaaa".into())
+        );
+        let two = server("hv-1", &[("net1", "tapaaa"), ("net2", "tapbbb")]);
+        let e = server_port(&two, None).unwrap_err().to_string();
+        assert!(
+            e.contains("has 2 ports: choose one with --network (net1, net2)"),
+            "{e}"
+        );
+        assert_eq!(server_port(&two, Some("net2")).unwrap().1, "tapbbb");
+        assert_eq!(server_port(&two, Some("id-net1")).unwrap().1, "tapaaa");
+        let e = server_port(&two, Some("net9")).unwrap_err().to_string();
+        assert!(
+            e.contains("no port on network net9 (its networks: net1, net2)"),
+            "{e}"
+        );
+        let e = server_port(&server("", &[("net1", "")]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not placed on a node yet"), "{e}");
+        let e = server_port(&server("hv-1", &[]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no port"), "{e}");
+        assert!(matches!(
+            parse(&["capture", "vm-a", "--network", "net2", "--count", "5"]),
+            Ok(PortCmd::Capture { count: Some(5), .. })
+        ));
     }
 
     #[test]

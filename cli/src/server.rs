@@ -221,6 +221,11 @@ pub fn show_text(s: &Server) -> String {
         for a in &s.addresses {
             out.push_str(&format!("  {}    # {}\n", tcpdump(&a.tap), a.ip));
         }
+        out.push_str(&format!("or from here: nubo port capture {}", s.name));
+        if s.addresses.len() > 1 {
+            out.push_str(" --network NETWORK");
+        }
+        out.push('\n');
     }
     out
 }

@@ -3,6 +3,8 @@
 //! crates' binaries: `cargo build --bins` first (`scripts/test.sh` does);
 //! a missing `nubo-coordinator`/`nubo-agent` fails the test with that hint.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -207,7 +207,8 @@ async fn start_inner(
             let set = load_token_keys(&store).await?;
             let h = auth::handle(token_signer(&set)?);
             let _ = ctx.signer.set(h.clone());
-            let (kstore, h, mut krx) = (store.clone(), h.clone(), rx.clone());
+            let signer = h.clone();
+            let (kstore, mut krx) = (store.clone(), rx.clone());
             // Key rotation: pick up a changed key set within seconds.
             tasks.push(tokio::spawn(async move {
                 let mut last = set;
@@ -239,7 +240,7 @@ async fn start_inner(
                     Ok(())
                 }));
             }
-            Some(ctx.signer.get().cloned().expect("set above"))
+            Some(signer)
         }
     };
     {

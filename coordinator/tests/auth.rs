@@ -1,6 +1,8 @@
 //! `auth = "token"`: bootstrap, token issue, authentication and per-project
 //! authorization, against a real etcd with the coordinator in-process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use common::req::{del, get};

@@ -15,6 +15,8 @@
 //! missing and `NUBO_TEST_ALLOW_SKIP=ceph`). Needs
 //! root (namespaces): `cargo test -p nubo-coordinator --test ceph_fencing`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

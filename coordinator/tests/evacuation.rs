@@ -2,6 +2,8 @@
 //! evacuated (same ports), policies, the cluster switch, recovery, a leader
 //! stopped half-way through an evacuation, and drain with a fake agent.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::collections::HashMap;

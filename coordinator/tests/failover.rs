@@ -6,6 +6,8 @@
 //!
 //! The 20-iteration soak: `cargo test -p nubo-coordinator --test failover -- --ignored`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

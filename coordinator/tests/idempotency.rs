@@ -1,6 +1,8 @@
 //! Client tokens (idempotent creates) and the resource cache's staleness
 //! guard, against real etcd.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::collections::HashSet;

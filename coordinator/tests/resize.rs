@@ -4,6 +4,8 @@
 //! the disk size differs; otherwise the spec and the node's usage change in
 //! one transaction.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! CRUD of every resource, validation errors and pagination, against a real etcd.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use common::req::{del, get};

@@ -1,6 +1,8 @@
 //! Servers: placement under concurrency with two coordinators, IPAM under
 //! contention, batch failures without leaks, power actions, garbage values.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::collections::HashSet;

@@ -1,6 +1,8 @@
 //! The gRPC API over TLS (`--tls-cert/--tls-key`) and etcd over mutual TLS
 //! (`[etcd_tls]`), with `auth = "token"`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use nubo_common::model::UserName;
 use nubo_common::proto as pb;
 use nubo_coordinator::api::{bootstrap, Bootstrapped};

@@ -8,6 +8,8 @@
 //! skipped only when the Ceph binaries are missing and
 //! `NUBO_TEST_ALLOW_SKIP=ceph` is set.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Real DHCP clients (busybox udhcpc, ISC dhclient) against the server, in
 //! network namespaces. Needs root, busybox-static, isc-dhcp-client, iproute2.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};

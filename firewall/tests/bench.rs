@@ -1,6 +1,8 @@
 //! Throughput benchmark (manual): `cargo test -p nubo-firewall --release
 //! --test bench -- --ignored --nocapture`. Needs root and `iperf3`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use common::lab::{eventually, Lab};

@@ -1,5 +1,7 @@
 //! Real traffic through real rulesets, each test in fresh namespaces (root).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use common::lab::{eventually, Lab};

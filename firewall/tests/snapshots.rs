@@ -1,5 +1,7 @@
 //! Golden files of rendered rulesets (`UPDATE_SNAPSHOTS=1` rewrites them).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use common::snapshot::assert_snapshot;

@@ -105,8 +105,10 @@ unsafe fn owned_cstring(p: *mut c_char) -> Option<String> {
     if p.is_null() {
         return None;
     }
-    let s = CStr::from_ptr(p).to_string_lossy().into_owned();
-    libc::free(p.cast());
+    // SAFETY: non-null, NUL-terminated and malloc'ed by libvirt (the
+    // caller's contract); freed exactly once, after the copy.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    unsafe { libc::free(p.cast()) };
     Some(s)
 }
 

@@ -1,5 +1,7 @@
 //! The local image store against the real `qemu-img`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::path::Path;
 
 use nubo_libvirt::{image_info, ImageCache, ImageError};

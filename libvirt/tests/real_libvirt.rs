@@ -15,6 +15,8 @@
 //! QEMU's private /dev (which fails with EINVAL).
 //! [`Env`]'s `Drop` tears it all down, also when an assertion fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! plus schema validation with `virt-xml-validate` (libvirt-clients and
 //! libxml2-utils must be installed: the test fails without them).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

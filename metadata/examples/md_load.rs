@@ -5,6 +5,8 @@
 //! (defaults: 32, 5, /openstack/latest/meta_data.json, keep-alive). It sends
 //! to 169.254.169.254:80 and prints requests/s and latency percentiles.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 #[path = "../tests/support/load.rs"]
 mod load;
 

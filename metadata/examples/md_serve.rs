@@ -5,6 +5,8 @@
 //! `table.json` is a list of `{"bridge": "...", "instance": InstanceMeta}`
 //! (see `nubo_metadata::InstanceMeta`'s serde form). Stops on Ctrl-C/SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::process::ExitCode;
 
 use nubo_metadata::{InstanceMeta, InstanceTable, MetadataServer};

@@ -5,6 +5,8 @@
 //! Without root they fail; `NUBO_TEST_ALLOW_SKIP=root` (never set in CI)
 //! skips them there instead.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

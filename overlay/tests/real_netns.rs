@@ -1,6 +1,8 @@
 //! Real (root) tests: the library runs inside throw-away network namespaces
 //! named `nbt<token>…`, which a guard removes even when a test panics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::{Command, Output};

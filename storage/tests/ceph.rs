@@ -3,6 +3,8 @@
 //! skipped only when the Ceph binaries are missing and
 //! `NUBO_TEST_ALLOW_SKIP=ceph` is set.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::BTreeSet;
 use std::io::{Cursor, Read};
 use std::sync::Arc;

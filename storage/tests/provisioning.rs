@@ -3,6 +3,8 @@
 //! clients race for it, and the `bench_*` test compares COW clones with full
 //! copies (docs/benchmarks.md, "Storage").
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::io::{Cursor, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

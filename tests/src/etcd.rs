@@ -48,7 +48,7 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))?;
-        let child = Command::new(etcd_binary())
+        let child = etcd_command()
             .arg("--name=nbt")
             .arg(format!(
                 "--data-dir={}",
@@ -232,8 +232,13 @@ fn base64_decode(s: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn etcd_binary() -> String {
-    std::env::var("NUBO_TEST_ETCD").unwrap_or_else(|_| "etcd".into())
+/// `etcd` from `PATH` (package etcd-server), or the binary named by
+/// `NUBO_TEST_ETCD`.
+fn etcd_command() -> Command {
+    match std::env::var_os("NUBO_TEST_ETCD") {
+        Some(path) => Command::new(path),
+        None => Command::new("etcd"),
+    }
 }
 
 impl Drop for Etcd {

@@ -18,6 +18,8 @@ pub mod cluster;
 pub mod coordinator;
 pub mod etcd;
 pub mod http;
+pub mod inventory;
+pub mod modgraph;
 pub mod net_e2e;
 pub mod netns;
 pub mod ports;

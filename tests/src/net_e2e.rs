@@ -465,6 +465,16 @@ impl NetLab {
         Ok(lab)
     }
 
+    /// Creates the flavor `t` (1 vCPU, 16 MiB) and the image `i` that
+    /// [`NetLab::server`] boots (the netns driver needs no image data).
+    pub fn base_objects(&self) -> Result<()> {
+        self.cli.json(&[
+            "flavor", "create", "t", "--vcpus", "1", "--ram", "16", "--disk", "1",
+        ])?;
+        self.cli.json(&["image", "create", "i"])?;
+        Ok(())
+    }
+
     /// Prefix of every name this lab creates.
     pub fn token_prefix(&self) -> String {
         self.underlay.name_prefix()

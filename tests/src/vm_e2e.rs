@@ -74,8 +74,8 @@ impl HostLibvirtd {
             prefix: prefix.to_string(),
         };
         let script = format!(
-            "{}virtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
-            me.mounts()
+            "set -e\n{mounts}\nvirtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
+            mounts = me.mounts()
         );
         me.launch(host, &script)?;
         Ok(me)
@@ -146,7 +146,10 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
         wait_until(Duration::from_secs(30), "libvirtd exits", || {
             Ok(!pid_alive(pid))
         })?;
-        let script = format!("{}libvirtd -d -p /run/libvirt/libvirtd.pid", self.mounts());
+        let script = format!(
+            "set -e\n{mounts}\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
+            mounts = self.mounts()
+        );
         self.launch(host, &script)
     }
 

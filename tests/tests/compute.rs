@@ -5,6 +5,8 @@
 //! id from metadata on the serial console and pings the IPs listed in its
 //! user data. Needs root; `cargo build --bins` first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::time::{Duration, Instant};
 
 use nubo_tests::net_e2e::find_str;

@@ -17,6 +17,8 @@
 //! 169.254.169.254. Rounds alternate bare/nubo; medians are printed in a
 //! table, with the agents' VmRSS while 10 VMs run and the load average.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -18,6 +18,8 @@
 //! --bins && cargo test -p nubo-tests --release --test failover -- --ignored
 //! --nocapture bench`. Needs root; `cargo build --bins` first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -3,6 +3,8 @@
 //!
 //! Needs the binaries: `cargo build --bins` before `cargo test -p nubo-tests`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};

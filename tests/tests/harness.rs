@@ -1,5 +1,7 @@
 //! The process guards report failures usefully and clean up after themselves.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use nubo_tests::{pid_alive, Agent, AgentOpts, Coordinator, CoordinatorOpts, Etcd};
 
 #[test]

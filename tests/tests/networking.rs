@@ -7,6 +7,8 @@
 //! networking -- --ignored --nocapture` (build the bins in the same profile
 //! you point `CARGO_TARGET_DIR`/`bin_path` at).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 //! is never started), and `check-coordinator URL` tells a serving
 //! coordinator from a dead one. Needs `cargo build --bins` first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -7,6 +7,8 @@
 //!
 //! Needs the binaries: `cargo build --bins` before `cargo test -p nubo-tests`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};

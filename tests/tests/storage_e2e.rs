@@ -18,6 +18,8 @@
 //! Needs root and the Ceph packages (`scripts/deps.sh`);
 //! `cargo build -p nubo-agent -p nubo-coordinator -p nubo-cli --bins` first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::time::{Duration, Instant};
 
 use nubo_common::keys;

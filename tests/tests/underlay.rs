@@ -1,6 +1,8 @@
 //! The simulated-host harness itself: two hosts on an underlay reach each
 //! other and the bridge, and leave nothing behind.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::time::Duration;
 
 use nubo_tests::netns::{link_names, netns_names};
