@@ -43,8 +43,8 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// The environment variable that lists the components a test run may skip
 /// when they are missing (comma-separated, e.g. `ceph` or `ceph,root`).
-/// Unset — as in CI and `scripts/test.sh` — nothing is skipped: a missing
-/// component fails the tests that need it.
+/// Unset (CI unsets it; `scripts/test.sh` warns when it is set), nothing is
+/// skipped: a missing component fails the tests that need it.
 pub const ALLOW_SKIP_ENV: &str = "NUBO_TEST_ALLOW_SKIP";
 
 /// True when [`ALLOW_SKIP_ENV`] names `component`.
