@@ -421,6 +421,27 @@ fn arp_claim(g: &Guest, claimed: Ipv4Addr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `g` asks for `target`'s MAC in ARP requests whose sender IP is `claimed`
+/// (not its own): what a guest's kernel sends when it uses an address that
+/// is not its port's (seen once arriving, in a run on a brand-new machine).
+fn arp_request_as(g: &Guest, claimed: Ipv4Addr, target: Ipv4Addr) -> anyhow::Result<()> {
+    g.ok("sysctl", &["-qw", "net.ipv4.ip_nonlocal_bind=1"])?;
+    let (c, t) = (claimed.to_string(), target.to_string());
+    // No answer is expected (the request is dropped): arping's exit code
+    // says nothing; its count of probes sent does.
+    let out = g.exec(
+        "busybox",
+        &["arping", "-c", "2", "-w", "2", "-I", "eth0", "-s", &c, &t],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        text.contains("Sent 2 probe"),
+        "arping in {}: {text}",
+        g.name
+    );
+    Ok(())
+}
+
 /// A busybox udhcpd in `g` handing out `range` (two addresses), waited for
 /// until it listens on UDP 67.
 fn rogue_dhcp_server(lab: &NetLab, g: &Guest, range: (u8, u8)) -> anyhow::Result<Watched> {
@@ -714,6 +735,28 @@ fn isolation_and_anti_spoofing() {
         );
         let neigh = r.ok("ip", &["neigh", "show", &a2.ip.to_string()]).unwrap();
         assert!(!neigh.contains(&s.mac), "r's ARP cache poisoned: {neigh}");
+
+        // 5. An ARP request whose sender IP is not the port's.
+        let forged_ip = Ipv4Addr::new(10, 78, 0, 252);
+        let asked_by = move |mac: String| {
+            // busybox arping broadcasts: "who-has R (ff:ff:…) tell F".
+            let (asks, tells) = (
+                format!("Request who-has {} ", r.ip),
+                format!(" tell {forged_ip},"),
+            );
+            move |l: &str| {
+                l.contains(&asks) && l.contains(&tells) && l.contains(&format!(" {mac} > "))
+            }
+        };
+        assert_dropped(
+            "ARP request with another sender IP",
+            &s,
+            &r,
+            asked_by(s.mac.clone()),
+            || arp_request_as(&s, forged_ip, r.ip),
+            asked_by(c.mac.clone()),
+            || arp_request_as(&c, forged_ip, r.ip),
+        );
     }
     assert_guard_clean(&prefix);
 }
