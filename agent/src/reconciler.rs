@@ -16,16 +16,16 @@
 use async_trait::async_trait;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::desired::DesiredNode;
-use crate::hypervisor::HypervisorError;
+use crate::state::desired::DesiredNode;
 use crate::store::StoreError;
 
 /// A subsystem failed to reconcile this round (it is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum SubsystemError {
-    /// The hypervisor could not be observed or driven.
-    #[error(transparent)]
-    Hypervisor(#[from] HypervisorError),
+    /// A driver of the node (hypervisor, netlink, nftables, …) could not
+    /// be observed or driven.
+    #[error("{0}")]
+    Driver(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// etcd could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),

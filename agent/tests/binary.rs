@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nubo_agent::hypervisor::fake::{FakeState, STATE_FILE};
+use nubo_agent::compute::hypervisor::fake::{FakeState, STATE_FILE};
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, NodeAlive};
 use nubo_common::NodeName;

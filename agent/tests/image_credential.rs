@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use nubo_agent::config::ApiAuth;
-use nubo_agent::images::{FetchError, ImageFetcher};
+use nubo_agent::storage::images::{FetchError, ImageFetcher};
 use nubo_common::model::Image;
 use nubo_tests::secure::SecureCloud;
 

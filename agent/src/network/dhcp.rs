@@ -16,8 +16,8 @@ use nubo_overlay::bridge_name;
 use tracing::{info, warn};
 
 use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname};
-use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// Lease time handed out (one day; addresses are fixed anyway).
 pub const LEASE_SECS: u32 = 86_400;
@@ -158,7 +158,7 @@ impl Subsystem for Dhcp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
 
     #[test]

@@ -20,8 +20,8 @@ use nubo_firewall::{
 use tracing::{debug, info};
 
 use super::{log_plan, running_ports};
-use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// Maps one security group rule. Pure.
 pub fn rule_spec(r: &SecurityGroupRule) -> RuleSpec {
@@ -189,7 +189,7 @@ impl Subsystem for Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
 
     #[test]

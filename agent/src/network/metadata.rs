@@ -19,8 +19,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname, LocalPort};
-use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// OpenStack `network_data.json` for one port (the netns driver and most
 /// guests have one NIC): the link with MAC and MTU, the static IPv4 network
@@ -210,7 +210,7 @@ impl Subsystem for Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
     use nubo_common::keys;
     use nubo_common::model::{self, Keypair};

@@ -23,8 +23,8 @@ pub mod overlay;
 
 use std::net::IpAddr;
 
-use crate::desired::{DesiredInstance, DesiredNetwork, DesiredNode, DesiredPort};
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::{DesiredInstance, DesiredNetwork, DesiredNode, DesiredPort};
 use nubo_common::model::PowerState;
 
 /// A local port with its instance and network.

@@ -10,8 +10,8 @@ use nubo_overlay::{LocalPort, MacAddr, Netlink, NetworkSpec, OverlayAction, Over
 use tracing::{debug, info};
 
 use super::{log_plan, running_ports};
-use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// Builds the overlay spec of this node. Pure.
 ///
@@ -130,7 +130,7 @@ impl Subsystem for Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
     use nubo_common::keys;
     use nubo_common::model::PowerState;

@@ -15,7 +15,7 @@ use nubo_common::keys;
 use tokio::sync::{watch, Notify, RwLock};
 use tracing::{debug, info, warn};
 
-use crate::cache::{Cache, Change};
+use crate::state::cache::{Cache, Change};
 use crate::store::{self, Backoff, StoreError};
 
 /// Shared handle on the mirrored state.

@@ -2,6 +2,11 @@
 //! with the [`DesiredNode`], apply it with bounded concurrency, and report
 //! `/instances/<id>/status` only when it changes.
 
+pub mod hypervisor;
+pub mod plug_gate;
+pub mod power_sync;
+pub mod volumes;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -13,10 +18,11 @@ use nubo_common::model::{self, InstanceState, InstanceStatus, PowerState};
 use nubo_common::{InstanceId, NodeName, VolumeId};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::desired::{DesiredInstance, DesiredNode};
-use crate::hypervisor::{Hypervisor, HypervisorError, ObservedInstance, ObservedPower};
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::{DesiredInstance, DesiredNode};
 use crate::store;
+use hypervisor::{Hypervisor, HypervisorError, ObservedInstance, ObservedPower};
+pub use hypervisor::{InstanceSize, Resizer};
 
 /// How many hypervisor operations run at once.
 pub const MAX_CONCURRENT_ACTIONS: usize = 8;
@@ -86,35 +92,6 @@ pub struct ComputeObserved {
     /// The size of shut-off instances, from drivers that can resize them
     /// ([`Resizer`]); empty otherwise.
     pub sizes: BTreeMap<InstanceId, InstanceSize>,
-}
-
-/// vCPUs and memory of an instance's definition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceSize {
-    /// Virtual CPUs.
-    pub vcpus: u32,
-    /// Memory in MiB.
-    pub memory_mb: u64,
-}
-
-impl InstanceSize {
-    /// The size the spec asks for (at least one vCPU, as domains get).
-    pub fn of(d: &DesiredInstance) -> Self {
-        InstanceSize {
-            vcpus: d.resources.vcpus.max(1),
-            memory_mb: d.resources.ram_mb,
-        }
-    }
-}
-
-/// A driver that can change the size of a shut-off instance (libvirt:
-/// redefine the domain). Not a boot, so not behind the fencing gate.
-#[async_trait]
-pub trait Resizer: Send + Sync + 'static {
-    /// The size of every shut-off instance nubo manages.
-    async fn stopped_sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError>;
-    /// Redefines a shut-off instance with `spec`'s vCPUs and memory.
-    async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError>;
 }
 
 /// Computes the operations that bring the hypervisor to `desired`. Pure.
@@ -290,7 +267,7 @@ pub struct Compute {
     /// Set when a status write failed in this pass: further writes are
     /// skipped (each would wait for the etcd timeout) and the pass is retried.
     writes_blocked: bool,
-    /// Volumes attached per instance, as last observed ([`crate::volumes`]);
+    /// Volumes attached per instance, as last observed ([`crate::compute::volumes`]);
     /// reported in `InstanceStatus.volumes`.
     attached: BTreeMap<InstanceId, Vec<VolumeId>>,
 }
@@ -536,7 +513,7 @@ impl Subsystem for Compute {
             .map(|o| (o.id, o))
             .collect();
         self.attached =
-            crate::volumes::reconcile_node(&self.hv, desired, &now, &self.attached).await;
+            crate::compute::volumes::reconcile_node(&self.hv, desired, &now, &self.attached).await;
         for (id, d) in &desired.instances {
             let o = now.get(id).filter(|o| o.managed);
             if now.get(id).is_some_and(|o| !o.managed) {
@@ -630,7 +607,7 @@ mod tests {
         let net = w.network(7, 0);
         let ids = (0..count).map(|_| w.instance_on(&n, net, &[]).0).collect();
         Fixture {
-            desired: crate::desired::build(&w.cache, &n, 1500),
+            desired: crate::state::desired::build(&w.cache, &n, 1500),
             ids,
             n,
         }

@@ -1,5 +1,5 @@
 //! Self-fencing at run time: the [`FenceGate`] (the [`FenceState`] machine
-//! fed with the lease acknowledgements of [`crate::registration`] and a
+//! fed with the lease acknowledgements of [`crate::node::registration`] and a
 //! [`Clock`]), the [`GatedHypervisor`] and [`GatedSubsystem`] wrappers that
 //! keep compute from booting anything while fenced, and the [`Fencer`] task
 //! that freezes instances and, on return, re-lists etcd and applies the
@@ -7,7 +7,9 @@
 //! about their etcd sessions while this one's keep-alives go unanswered,
 //! and [`SessionWatch`] answers the same question for them (node API
 //! `GET /v1/etcd-status`). The decisions themselves are in
-//! [`crate::fencing`].
+//! [`crate::fencing::rules`].
+
+pub mod rules;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,14 +22,12 @@ use nubo_common::{InstanceId, NodeName};
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::compute::hypervisor::{Hypervisor, HypervisorError, ObservedInstance};
 use crate::config::AgentConfig;
-use crate::desired::{self, DesiredInstance, DesiredNode};
-use crate::fencing::{
-    self, Clock, FenceState, LeaseAck, Phase, RecoveryAction, Transition, WitnessRound,
-};
-use crate::hypervisor::{Hypervisor, HypervisorError, ObservedInstance};
-use crate::mirror::MirrorHandle;
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::{self, DesiredInstance, DesiredNode};
+use crate::state::mirror::MirrorHandle;
+use rules::{Clock, FenceState, LeaseAck, Phase, RecoveryAction, Transition, WitnessRound};
 
 /// How often the fencer re-evaluates the gate (and re-sweeps while fenced,
 /// catching an instance a compute action already under way booted).
@@ -276,13 +276,13 @@ impl Hypervisor for GatedHypervisor {
     async fn volumes(
         &self,
         id: InstanceId,
-    ) -> Result<Vec<crate::hypervisor::AttachedVolume>, HypervisorError> {
+    ) -> Result<Vec<crate::compute::hypervisor::AttachedVolume>, HypervisorError> {
         self.inner.volumes(id).await
     }
     async fn attach_volume(
         &self,
         id: InstanceId,
-        volume: &crate::hypervisor::VolumeToAttach,
+        volume: &crate::compute::hypervisor::VolumeToAttach,
     ) -> Result<(), HypervisorError> {
         self.inner.attach_volume(id, volume).await
     }
@@ -416,7 +416,7 @@ impl Fencer {
         desired::build(&cache, &self.node, self.underlay_mtu)
     }
 
-    /// Freezes every instance [`fencing::fence_plan`] selects.
+    /// Freezes every instance [`rules::fence_plan`] selects.
     async fn sweep(&mut self) {
         let observed = match tokio::time::timeout(FENCE_BUDGET, self.hv.list()).await {
             Ok(Ok(o)) => o,
@@ -431,18 +431,18 @@ impl Fencer {
                 return;
             }
         };
-        let candidates = fencing::fence_plan(&observed, &Default::default());
+        let candidates = rules::fence_plan(&observed, &Default::default());
         if candidates.iter().all(|id| self.never.contains(id)) {
             self.log_complete();
             return;
         }
-        let policies = fencing::policies(&self.desired().await);
+        let policies = rules::policies(&self.desired().await);
         self.never = policies
             .iter()
             .filter(|(_, p)| **p == EvacuationPolicy::Never)
             .map(|(id, _)| *id)
             .collect();
-        let plan = fencing::fence_plan(&observed, &policies);
+        let plan = rules::fence_plan(&observed, &policies);
         let ops = plan.into_iter().map(|id| {
             let hv = self.hv.clone();
             let gate = self.gate.clone();
@@ -516,7 +516,7 @@ impl Fencer {
                 return;
             }
         };
-        let plan = fencing::recovery_plan(&observed, &desired);
+        let plan = rules::recovery_plan(&observed, &desired);
         let mut ok = true;
         for action in plan {
             ok &= self.apply(action).await;
@@ -670,16 +670,16 @@ pub fn setup(
 }
 
 /// The writing ends of the etcd session channels, for
-/// [`crate::registration::Liveness`].
+/// [`crate::node::registration::Liveness`].
 pub struct SessionSenders {
-    /// Acknowledged keep-alives ([`crate::registration::Liveness::with_acks`]).
+    /// Acknowledged keep-alives ([`crate::node::registration::Liveness::with_acks`]).
     pub acks: watch::Sender<Option<LeaseAck>>,
-    /// Failed attempts ([`crate::registration::Liveness::with_failures`]).
+    /// Failed attempts ([`crate::node::registration::Liveness::with_failures`]).
     pub failures: watch::Sender<Option<Instant>>,
 }
 
 /// The reading side of this agent's etcd session: whether it is healthy
-/// ([`fencing::session_healthy`]) and, once [`setup`] ran, the fencing
+/// ([`rules::session_healthy`]) and, once [`setup`] ran, the fencing
 /// phase. Cheap to clone; the node API serves [`SessionWatch::status`].
 #[derive(Clone)]
 pub struct SessionWatch {
@@ -714,7 +714,7 @@ pub fn session(cfg: &AgentConfig, clock: Arc<dyn Clock>) -> (SessionSenders, Ses
 impl SessionWatch {
     /// Whether this agent's keep-alives are being acknowledged now.
     pub fn healthy(&self) -> bool {
-        fencing::session_healthy(
+        rules::session_healthy(
             self.clock.now(),
             *self.acks.borrow(),
             *self.failures.borrow(),
@@ -818,9 +818,9 @@ async fn get_etcd_status(api: &str) -> std::io::Result<EtcdSessionStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fencing::ManualClock;
-    use crate::hypervisor::{FakeHypervisor, ObservedPower};
+    use crate::compute::hypervisor::{FakeHypervisor, ObservedPower};
     use crate::testutil::*;
+    use rules::ManualClock;
 
     #[tokio::test]
     async fn the_gated_driver_refuses_boots_while_fenced_and_allows_stops() {
@@ -836,7 +836,7 @@ mod tests {
         let net = w.network(7, 0);
         let (a, _) = w.instance_on(&n, net, &[]);
         let (b, _) = w.instance_on(&n, net, &[]);
-        let d = crate::desired::build(&w.cache, &n, 1500);
+        let d = crate::state::desired::build(&w.cache, &n, 1500);
         hv.create(&d.instances[&a]).await.unwrap();
 
         clock.advance(Duration::from_secs(5));

@@ -26,7 +26,7 @@ use nubo_common::model::{
 use nubo_common::net::MacAddr;
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId, VolumeId};
 
-use crate::cache::{Cache, StoredStatus};
+use crate::state::cache::{Cache, StoredStatus};
 
 /// Everything this node should be running, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

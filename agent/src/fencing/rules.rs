@@ -2,7 +2,7 @@
 //! when it may let them run again, and what to do with each one on return.
 //! No etcd, no hypervisor, no clock reads: every function takes the
 //! monotonic time it reasons about, so the rules are unit-tested with a
-//! [`ManualClock`]. The runtime side is [`crate::fencer`].
+//! [`ManualClock`]. The runtime side is [`crate::fencing`].
 //!
 //! The rule (argued in `docs/failure-handling.md`, "Agent side"):
 //!
@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use nubo_common::model::{EvacuationPolicy, PowerState};
 use nubo_common::InstanceId;
 
-use crate::desired::DesiredNode;
-use crate::hypervisor::{ObservedInstance, ObservedPower};
+use crate::compute::hypervisor::{ObservedInstance, ObservedPower};
+use crate::state::desired::DesiredNode;
 
 /// A monotonic clock (never the wall clock: only elapsed time matters, and
 /// only its rate has to agree with etcd's).
@@ -619,7 +619,7 @@ mod tests {
         w.node(&node, "10.0.0.1");
         let net = w.network(7, 0);
         let ids = (0..n).map(|_| w.instance_on(&node, net, &[]).0).collect();
-        (crate::desired::build(&w.cache, &node, 1500), ids)
+        (crate::state::desired::build(&w.cache, &node, 1500), ids)
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! and report the attached set (`InstanceStatus.volumes`, which the
 //! coordinator uses to complete a detach).
 //!
-//! What is wanted comes from [`crate::desired::DesiredInstance::volumes`],
-//! resolved by [`crate::desired::build`] from the agent's mirror
+//! What is wanted comes from [`crate::state::desired::DesiredInstance::volumes`],
+//! resolved by [`crate::state::desired::build`] from the agent's mirror
 //! (`Instance.volumes`, `/nubo/v1/volumes/<id>` →
 //! `/nubo/v1/volume-types/<name>`): no etcd read here, so volumes are
 //! reconciled from the cache while etcd is unreachable, and a changed type
@@ -20,8 +20,8 @@ use nubo_common::model::Qos;
 use nubo_common::{InstanceId, VolumeId};
 use tracing::{info, info_span, warn, Instrument};
 
-pub use crate::desired::{WantedQos, WantedVolume};
-use crate::hypervisor::{AttachedVolume, Hypervisor, VolumeToAttach};
+use crate::compute::hypervisor::{AttachedVolume, Hypervisor, VolumeToAttach};
+pub use crate::state::desired::{WantedQos, WantedVolume};
 
 /// One volume operation on one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,8 +198,8 @@ const MAX_CONCURRENT: usize = 8;
 /// compute pass.
 pub async fn reconcile_node(
     hv: &Arc<dyn Hypervisor>,
-    desired: &crate::desired::DesiredNode,
-    now: &BTreeMap<InstanceId, crate::hypervisor::ObservedInstance>,
+    desired: &crate::state::desired::DesiredNode,
+    now: &BTreeMap<InstanceId, crate::compute::hypervisor::ObservedInstance>,
     previous: &BTreeMap<InstanceId, Vec<VolumeId>>,
 ) -> BTreeMap<InstanceId, Vec<VolumeId>> {
     let mut out: BTreeMap<InstanceId, Vec<VolumeId>> = BTreeMap::new();
@@ -359,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn reconcile_attaches_retunes_and_detaches_on_the_fake_driver() {
-        use crate::hypervisor::FakeHypervisor;
+        use crate::compute::hypervisor::FakeHypervisor;
         use crate::testutil::desired_instance;
         use nubo_common::model::PowerState;
         let d = desired_instance(PowerState::Running);
@@ -415,7 +415,7 @@ mod tests {
 
     #[test]
     fn a_type_change_in_the_cache_retunes_the_attached_disk() {
-        use crate::cache::Change;
+        use crate::state::cache::Change;
         use crate::testutil::*;
         use nubo_common::keys;
         let mut w = World::new();
@@ -428,7 +428,7 @@ mod tests {
         let v = w.volume(Some("gold"));
         w.attach(id, v);
         let wanted = |w: &World| {
-            crate::desired::build(&w.cache, &n, 1500).instances[&id]
+            crate::state::desired::build(&w.cache, &n, 1500).instances[&id]
                 .volumes
                 .clone()
         };

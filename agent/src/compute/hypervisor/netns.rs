@@ -54,7 +54,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::{HypervisorError, ObservedInstance, ObservedPower};
-use crate::desired::DesiredInstance;
+use crate::state::desired::DesiredInstance;
 
 /// File name of the driver's state inside the state directory.
 pub const STATE_FILE: &str = "netns-guests.json";
