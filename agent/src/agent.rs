@@ -17,10 +17,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::compute::hypervisor::plug::{PlugWaiters, PLUG_RECHECK};
 use crate::compute::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError, NetnsHypervisor};
 use crate::compute::plug_gate::PlugGate;
-use crate::compute::Compute;
 use crate::config::{AgentConfig, DriverKind};
 use crate::node::registration::Liveness;
-use crate::reconciler::{reconcile_all, Subsystem};
+use crate::reconciler::{reconcile_all, Reconcile};
 use crate::state::desired;
 use crate::state::mirror::{Mirror, MirrorHandle};
 use crate::store::{self, StoreError};
@@ -152,14 +151,29 @@ async fn run_inner(
             );
         }
         // Subsystems run in this order on every pass: compute creates the
-        // guests and their taps, then overlay, firewall, DHCP, metadata
+        // guests and their taps, volumes plugs their disks, status reports
+        // both (never while fenced), then overlay, firewall, DHCP, metadata
         // (skipped with `--no-network`); see `reconciler` module docs.
-        let mut subsystems: Vec<Box<dyn Subsystem>> =
-            vec![Box::new(crate::fencing::GatedSubsystem::new(
-                Compute::new(cfg.node.clone(), fencing.hypervisor.clone(), client)
-                    .with_resizer(resizer),
+        let (compute, volumes, status) = crate::compute::subsystems(
+            cfg.node.clone(),
+            fencing.hypervisor.clone(),
+            client,
+            resizer,
+        );
+        let mut subsystems: Vec<Box<dyn Reconcile>> = vec![
+            Box::new(crate::fencing::GatedSubsystem::new(
+                compute,
                 fencing.gate.clone(),
-            ))];
+            )),
+            Box::new(crate::fencing::GatedSubsystem::new(
+                volumes,
+                fencing.gate.clone(),
+            )),
+            Box::new(crate::fencing::GatedSubsystem::new(
+                status,
+                fencing.gate.clone(),
+            )),
+        ];
         if !cfg.no_network {
             subsystems.extend(
                 crate::network::subsystems(
@@ -212,7 +226,7 @@ async fn reconcile_loop(
     cfg: &AgentConfig,
     mut handle: MirrorHandle,
     mut registered: watch::Receiver<bool>,
-    mut subsystems: Vec<Box<dyn Subsystem>>,
+    mut subsystems: Vec<Box<dyn Reconcile>>,
     beat: Beat,
     plug: Option<Arc<PlugWaiters>>,
 ) {

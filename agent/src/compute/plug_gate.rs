@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::compute::hypervisor::plug::{PlugWaiters, PLUG_SLOW};
 use crate::compute::hypervisor::Hypervisor;
-use crate::reconciler::{Subsystem, SubsystemError};
+use crate::reconciler::{Plan, Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
 
 /// The instances of `waiting` to resume now: still desired here and
@@ -88,26 +88,78 @@ impl PlugGate {
     }
 }
 
+/// What the plug gate observes: the instances waiting and, when there are
+/// any, the taps and bridges of the namespace.
+#[derive(Debug, Clone, Default)]
+pub struct PlugObserved {
+    /// Instances held paused for their NICs.
+    pub waiting: BTreeSet<InstanceId>,
+    /// The overlay as netlink shows it (`None` when nothing waits).
+    pub overlay: Option<ObservedOverlay>,
+}
+
+/// The plug gate's plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlugPlan {
+    /// Instances to resume now.
+    pub resume: Vec<InstanceId>,
+    /// Instances that keep waiting.
+    pub waiting: usize,
+}
+
+impl Plan for PlugPlan {
+    fn len(&self) -> usize {
+        self.resume.len()
+    }
+}
+
 #[async_trait]
 impl Subsystem for PlugGate {
+    type Observed = PlugObserved;
+    type Plan = PlugPlan;
+
     fn name(&self) -> &'static str {
         "plug_gate"
     }
 
-    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+    async fn observe(&mut self, _desired: &DesiredNode) -> Result<PlugObserved, SubsystemError> {
         let waiting = self.waiters.waiting();
         if waiting.is_empty() {
-            return Ok(0);
+            return Ok(PlugObserved::default());
         }
-        let observed = self
+        let overlay = self
             .netlink
             .observe()
             .await
             .map_err(|e| SubsystemError::Other(format!("observe taps: {e}")))?;
-        let ready = ready_to_resume(&waiting, desired, &observed);
+        Ok(PlugObserved {
+            waiting,
+            overlay: Some(overlay),
+        })
+    }
+
+    fn plan(&self, desired: &DesiredNode, observed: &PlugObserved) -> PlugPlan {
+        let Some(overlay) = &observed.overlay else {
+            return PlugPlan::default();
+        };
+        let resume = ready_to_resume(&observed.waiting, desired, overlay);
+        PlugPlan {
+            waiting: observed.waiting.len() - resume.len(),
+            resume,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: PlugPlan,
+    ) -> Result<usize, SubsystemError> {
+        if plan.resume.is_empty() && plan.waiting == 0 {
+            return Ok(0);
+        }
         let mut resumed = 0;
         let mut errors = Vec::new();
-        for id in &ready {
+        for id in &plan.resume {
             self.waiters.set_released(id, true);
             match self.hv.resume(*id).await {
                 Ok(()) => {
@@ -121,9 +173,9 @@ impl Subsystem for PlugGate {
                 }
             }
         }
-        if ready.len() < waiting.len() {
+        if plan.waiting > 0 {
             debug!(
-                waiting = waiting.len() - ready.len(),
+                waiting = plan.waiting,
                 "instances still waiting for their NICs"
             );
         }

@@ -119,12 +119,18 @@ impl<S> GatedSubsystem<S> {
 
 #[async_trait]
 impl<S: Subsystem> Subsystem for GatedSubsystem<S> {
+    type Observed = S::Observed;
+    type Plan = S::Plan;
+
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+
+    /// Observes only while the phase is normal: a pass started while the
+    /// node is fenced, held or recovering fails here, before any plan.
+    async fn observe(&mut self, desired: &DesiredNode) -> Result<S::Observed, SubsystemError> {
         match self.gate.poll() {
-            Phase::Normal => self.inner.reconcile(desired).await,
+            Phase::Normal => self.inner.observe(desired).await,
             Phase::Fenced { .. } => Err(SubsystemError::Other(
                 "node is self-fenced (no etcd lease); not reconciling".into(),
             )),
@@ -136,6 +142,18 @@ impl<S: Subsystem> Subsystem for GatedSubsystem<S> {
             )),
         }
     }
+
+    fn plan(&self, desired: &DesiredNode, observed: &S::Observed) -> S::Plan {
+        self.inner.plan(desired, observed)
+    }
+
+    async fn apply(
+        &mut self,
+        desired: &DesiredNode,
+        plan: S::Plan,
+    ) -> Result<usize, SubsystemError> {
+        self.inner.apply(desired, plan).await
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +161,7 @@ mod tests {
     use super::*;
     use crate::compute::hypervisor::{FakeHypervisor, ObservedPower};
     use crate::fencing::rules::{Clock, LeaseAck, ManualClock};
+    use crate::reconciler::Reconcile;
     use crate::testutil::*;
     use std::time::{Duration, Instant};
     use tokio::sync::watch;
@@ -200,11 +219,19 @@ mod tests {
 
     #[async_trait]
     impl Subsystem for CountingSubsystem {
+        type Observed = ();
+        type Plan = Vec<()>;
         fn name(&self) -> &'static str {
             "counting"
         }
-        async fn reconcile(&mut self, _: &DesiredNode) -> Result<usize, SubsystemError> {
+        async fn observe(&mut self, _: &DesiredNode) -> Result<(), SubsystemError> {
             self.0 += 1;
+            Ok(())
+        }
+        fn plan(&self, _: &DesiredNode, _: &()) -> Vec<()> {
+            Vec::new()
+        }
+        async fn apply(&mut self, _: &DesiredNode, _: Vec<()>) -> Result<usize, SubsystemError> {
             Ok(0)
         }
     }
