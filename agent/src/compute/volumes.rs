@@ -107,7 +107,7 @@ pub type Attached = Arc<Mutex<BTreeMap<InstanceId, Vec<VolumeId>>>>;
 
 /// How long a pass waits for a guest to complete an unplug it requested,
 /// so the detach is reported in the same pass.
-const UNPLUG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const UNPLUG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many instances' volumes are observed or changed at once.
 const MAX_CONCURRENT: usize = 8;

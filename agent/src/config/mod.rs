@@ -173,7 +173,7 @@ pub struct Cli {
     #[arg(long)]
     pub api_endpoint: Option<String>,
     /// Address of the node API (console logs, captures; default
-    /// <underlay-ip>:7402).
+    /// `<underlay-ip>:7402`).
     #[arg(long)]
     pub node_api_listen: Option<std::net::SocketAddr>,
     /// PEM CA that signed the coordinators' TLS certificate (for an

@@ -8,7 +8,7 @@
 //!   keep compute from booting anything while fenced;
 //! - [`task`]: the [`Fencer`] task, which [`freeze`]s instances while fenced
 //!   and runs the [`recovery`] on return;
-//! - [`session`]: this agent's etcd session as the others see it
+//! - [`mod@session`]: this agent's etcd session as the others see it
 //!   ([`SessionWatch`], node API `GET /v1/etcd-status`);
 //! - [`witness`]: the peer [`Witness`] asking the others about theirs.
 //!

@@ -18,7 +18,7 @@
 //! registered in [`PlugWaiters`]: the plug gate ([`crate::compute::plug_gate`])
 //! resumes each once its taps are on their bridges, so no guest boots with
 //! an unplugged NIC. While held, a domain is reported running (booting) and
-//! [`LibvirtHypervisor::resume`] leaves it paused. The hold is also recorded
+//! [`resume`](super::Hypervisor::resume) leaves it paused. The hold is also recorded
 //! in the state file, so an agent restarted while a domain waits holds it
 //! again ([`holds_to_restore`]) rather than letting compute resume it early.
 //!

@@ -4,7 +4,7 @@
 //! the overlay plugs it into the bridge like any VM tap. Guests are real
 //! enough for DHCP clients, `curl`, `ping` and `nc`, with no hypervisor.
 //!
-//! What runs is discovered, not remembered: [`NetnsHypervisor::list`] scans
+//! What runs is discovered, not remembered: [`list`](super::Hypervisor::list) scans
 //! `/run/netns` with [`nubo_overlay::list_netns_guests`]; a guest whose
 //! namespace exists is running. A small state file
 //! (`<state-dir>/netns-guests.json`) only holds what a namespace name cannot
