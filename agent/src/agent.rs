@@ -123,8 +123,9 @@ async fn run_inner(
     let span = info_span!("agent", node = %cfg.node);
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
-        let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
-        let (mirror, handle) = Mirror::new(client.clone());
+        let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
+        let client = etcd.client().clone();
+        let (mirror, handle) = Mirror::new(etcd);
         let mirror = mirror.with_local_node(cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -243,20 +244,30 @@ async fn reconcile_loop(
     }
     let mut ready = false;
     let mut first_pass = true;
+    // The desired state of the previous pass: a pending instance keeps its
+    // resolution from there (see `DesiredNode::pending`).
+    let mut previous: Option<desired::DesiredNode> = None;
     loop {
         beat.heartbeat.beat();
         handle.changes.borrow_and_update();
         let started = Instant::now();
         let desired = {
             let cache = handle.cache.read().await;
-            desired::build(&cache, &cfg.node, cfg.underlay_mtu)
+            desired::rebuild(&cache, &cfg.node, cfg.underlay_mtu, previous.as_ref())
         };
+        if previous.as_ref().map(|p| &p.awaited) != Some(&desired.awaited) {
+            if !desired.pending.is_empty() {
+                debug!(pending = ?desired.pending, "instances wait for objects not received yet");
+            }
+            handle.set_awaited(desired.awaited.clone());
+        }
         let built = started.elapsed();
         let span = info_span!("reconcile", revision = desired.revision);
         let outcome = reconcile_all(&mut subsystems, &desired)
             .instrument(span.clone())
             .await;
         let pass_end = Instant::now();
+        previous = Some(desired);
         span.in_scope(|| {
             debug!(
                 desired_us = built.as_micros() as u64,

@@ -147,7 +147,7 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
         }
         if !o.managed {
             out.foreign.insert(o.id);
-        } else if !desired.broken.contains_key(&o.id) {
+        } else if !desired.broken.contains_key(&o.id) && !desired.pending.contains_key(&o.id) {
             out.actions.push(Action::Destroy(o.id));
         }
     }
@@ -498,12 +498,16 @@ mod tests {
     }
 
     #[test]
-    fn destroys_unassigned_but_spares_foreign_and_broken() {
+    fn destroys_unassigned_but_spares_foreign_broken_and_pending() {
         let mut f = fixture(1);
         let gone = InstanceId::new_random();
         let foreign = InstanceId::new_random();
         let held = InstanceId::new_random();
         f.desired.broken.insert(held, "port not found".into());
+        let waiting = InstanceId::new_random();
+        f.desired
+            .pending
+            .insert(waiting, "port not received yet".into());
         let mut obs = converged(&f);
         obs.instances
             .push(observed(gone, ObservedPower::Running, true));
@@ -511,6 +515,8 @@ mod tests {
             .push(observed(foreign, ObservedPower::Running, false));
         obs.instances
             .push(observed(held, ObservedPower::Running, true));
+        obs.instances
+            .push(observed(waiting, ObservedPower::Running, true));
         let p = plan(&f.desired, &obs);
         assert_eq!(p.actions, vec![Action::Destroy(gone)]);
         assert_eq!(p.foreign, BTreeSet::from([foreign]));

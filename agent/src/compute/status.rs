@@ -109,7 +109,8 @@ impl StatusBook {
     /// The effective reported statuses: the cache's, overridden by our own
     /// writes it has not caught up with yet.
     fn merge(&mut self, desired: &DesiredNode) -> BTreeMap<InstanceId, (InstanceStatus, i64)> {
-        self.written.retain(|_, (rev, _)| *rev > desired.revision);
+        self.written
+            .retain(|_, (rev, _)| *rev > desired.statuses_revision);
         let mut out: BTreeMap<InstanceId, (InstanceStatus, i64)> = desired
             .reported
             .iter()
@@ -405,6 +406,7 @@ pub fn status_plan(
         if s.node == *node
             && !desired.instances.contains_key(id)
             && !desired.broken.contains_key(id)
+            && !desired.pending.contains_key(id)
             && !now.get(id).is_some_and(|o| o.managed)
         {
             out.push(StatusAction::Remove {
@@ -591,13 +593,15 @@ mod tests {
     }
 
     #[test]
-    fn foreign_broken_and_departed_instances() {
+    fn foreign_broken_pending_and_departed_instances() {
         let (mut d, ids, n) = fixture(1);
         let a = ids[0];
         let held = InstanceId::new_random();
         let gone = InstanceId::new_random();
         let elsewhere = InstanceId::new_random();
         d.broken.insert(held, "port not found".into());
+        let waiting = InstanceId::new_random();
+        d.pending.insert(waiting, "port not received yet".into());
         let obs = StatusObserved {
             instances: [
                 on_hv(a, ObservedPower::Running, false),
@@ -606,6 +610,8 @@ mod tests {
             .into(),
             reported: BTreeMap::from([
                 (gone, (status(&n, InstanceState::Running, 0), 40)),
+                // Pending: neither reported nor removed.
+                (waiting, (status(&n, InstanceState::Running, 0), 42)),
                 (
                     elsewhere,
                     (status(&node_name("n2"), InstanceState::Running, 0), 41),
@@ -650,11 +656,11 @@ mod tests {
         let id = ids[0];
         let mut book = StatusBook::default();
         let mut d = desired.clone();
-        d.revision = 10;
+        d.statuses_revision = 10;
         book.written
             .insert(id, (11, Some(status(&n, InstanceState::Running, 5))));
         assert_eq!(book.merge(&d)[&id].0.reboot_generation, 5);
-        d.revision = 11;
+        d.statuses_revision = 11;
         assert!(book.merge(&d).is_empty());
         assert!(book.written.is_empty());
     }

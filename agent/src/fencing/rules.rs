@@ -351,7 +351,9 @@ pub enum RecoveryAction {
 pub fn recovery_plan(observed: &[ObservedInstance], desired: &DesiredNode) -> Vec<RecoveryAction> {
     let mut out = Vec::new();
     for o in observed.iter().filter(|o| o.managed) {
-        let assigned = desired.instances.contains_key(&o.id) || desired.broken.contains_key(&o.id);
+        let assigned = desired.instances.contains_key(&o.id)
+            || desired.broken.contains_key(&o.id)
+            || desired.pending.contains_key(&o.id);
         if !assigned {
             out.push(RecoveryAction::Destroy(o.id));
             continue;

@@ -1,22 +1,36 @@
-//! Keeps the [`Cache`] in step with etcd: one list of `/nubo/v1/`, then one
-//! watch from the next revision (with `prev_kv`). After a disconnect the
-//! watch resumes from the last revision seen + 1; if etcd answers that this
-//! revision is compacted, the prefix is listed again and the cache rebuilt.
-//! While etcd is unreachable the cache stays as it was (nothing is torn down)
-//! and the mirror retries with backoff. [`MirrorHandle::request_relist`]
-//! forces a fresh list (self-fencing recovery: decide on a list made after
-//! the lease came back, not on a watch that may still be catching up).
+//! Keeps the [`Cache`] in step with etcd through nubo-store's list-then-watch
+//! loop ([`ListWatch`]) over the node-relevant prefixes only
+//! ([`keys::agent_watch_prefixes`]: never the coordinator's private data):
+//! one list of every prefix at one revision, then one resumable watch per
+//! prefix from the next revision. A watch resumes on a live member after a
+//! disconnect; if its revision was compacted, everything is listed again
+//! and the cache rebuilt. While etcd is unreachable the cache stays as it
+//! was (nothing is torn down) and listing is retried with backoff.
+//!
+//! The watches deliver each prefix in revision order, each with how far it
+//! is known ([`Cache::set_progress`]); a transaction writing under two
+//! prefixes may thus reach the cache in two steps, which
+//! [`crate::state::desired`] tells from a missing object with
+//! [`Cache::in_flight`]. When a pending instance waits for a key, the
+//! reconcile loop says so ([`MirrorHandle::set_awaited`]) and the mirror
+//! reads the key: absent, it is recorded so ([`Cache::confirm_absent`]).
+//!
+//! [`MirrorHandle::request_relist`] forces a fresh list (self-fencing
+//! recovery: decide on a list made after the lease came back, not on a
+//! watch that may still be catching up).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions};
+use etcd_client::EventType;
 use nubo_common::keys;
-use tokio::sync::{watch, Notify, RwLock};
+use nubo_store::{ListWatch, Update};
+use tokio::sync::{mpsc, watch, Notify, RwLock};
 use tracing::{debug, info, warn};
 
 use crate::state::cache::{Cache, Change};
-use crate::store::{self, Backoff, StoreError};
+use crate::store::{self, Backoff};
 
 /// Shared handle on the mirrored state.
 #[derive(Debug, Clone)]
@@ -27,59 +41,79 @@ pub struct MirrorHandle {
     pub changes: watch::Receiver<u64>,
     /// True once the first list has been loaded.
     pub synced: watch::Receiver<bool>,
-    /// Monotonic time at which the last *completed* list of the prefix was
-    /// started (`None` before the first).
+    /// Monotonic time at which the last *completed* list of the prefixes
+    /// was started (`None` before the first).
     pub listed: watch::Receiver<Option<std::time::Instant>>,
     relist: Arc<Notify>,
+    awaited: mpsc::UnboundedSender<BTreeSet<String>>,
 }
 
 impl MirrorHandle {
-    /// Asks the mirror to drop its watch and list the prefix again; the list
-    /// is done when [`MirrorHandle::listed`] is at or after the time of the
-    /// call.
+    /// Asks the mirror to drop its watches and list the prefixes again; the
+    /// list is done when [`MirrorHandle::listed`] is at or after the time
+    /// of the call.
     pub fn request_relist(&self) {
         self.relist.notify_one();
     }
+
+    /// Tells the mirror which keys pending instances wait for now (the
+    /// desired state's `awaited`; call it when that set changes). The
+    /// mirror reads each from etcd: one etcd does not hold is recorded as
+    /// absent in the cache and the reconcile loop woken; while any remains
+    /// awaited, every change wakes the loop.
+    pub fn set_awaited(&self, keys: BTreeSet<String>) {
+        // The mirror task gone: nothing left to ask.
+        let _ = self.awaited.send(keys);
+    }
 }
 
-/// Why a watch stream ended.
-#[derive(Debug)]
-enum WatchEnd {
-    /// The start revision was compacted: re-list.
-    Compacted(i64),
-    /// Transport error, timeout or cancellation: resume from the last revision.
-    Broken(String),
+/// What woke the mirror.
+enum Wake {
+    Update(Result<Update, nubo_store::StoreError>),
+    Relist,
+    Awaited(BTreeSet<String>),
 }
 
 /// The mirror task's state.
 pub struct Mirror {
-    client: Client,
+    etcd: nubo_store::Etcd,
+    lw: ListWatch,
     cache: Arc<RwLock<Cache>>,
     changes: watch::Sender<u64>,
     synced: watch::Sender<bool>,
     listed: watch::Sender<Option<std::time::Instant>>,
     relist: Arc<Notify>,
+    awaited_rx: mpsc::UnboundedReceiver<BTreeSet<String>>,
     /// The node the cache feeds ([`Cache::local_node`]).
     local_node: Option<nubo_common::NodeName>,
+    /// Keys pending instances wait for ([`MirrorHandle::set_awaited`]),
+    /// until they arrive or are read absent: while there are any, every
+    /// change wakes the reconcile loop (the progress it carries may settle
+    /// them).
+    awaited: BTreeSet<String>,
 }
 
 impl Mirror {
-    /// A mirror over `client` and its handle.
-    pub fn new(client: Client) -> (Self, MirrorHandle) {
+    /// A mirror over `etcd` and its handle.
+    pub fn new(etcd: nubo_store::Etcd) -> (Self, MirrorHandle) {
         let cache = Arc::new(RwLock::new(Cache::default()));
         let (changes, changes_rx) = watch::channel(0);
         let (synced, synced_rx) = watch::channel(false);
         let (listed, listed_rx) = watch::channel(None);
+        let (awaited_tx, awaited_rx) = mpsc::unbounded_channel();
         let relist = Arc::new(Notify::new());
         (
             Self {
-                client,
+                lw: ListWatch::new(etcd.clone(), keys::agent_watch_prefixes()),
+                etcd,
                 cache: cache.clone(),
                 changes,
                 synced,
                 listed,
                 relist: relist.clone(),
+                awaited_rx,
                 local_node: None,
+                awaited: BTreeSet::new(),
             },
             MirrorHandle {
                 cache,
@@ -87,6 +121,7 @@ impl Mirror {
                 synced: synced_rx,
                 listed: listed_rx,
                 relist,
+                awaited: awaited_tx,
             },
         )
     }
@@ -102,126 +137,116 @@ impl Mirror {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    /// Lists the whole prefix and replaces the cache. Returns its revision.
-    async fn relist(&self) -> Result<i64, StoreError> {
-        let started = std::time::Instant::now();
-        let (kvs, rev) = store::list_prefix(&self.client, keys::ROOT).await?;
-        let mut fresh = Cache::for_node(self.local_node.clone());
-        for (k, v, mod_rev) in &kvs {
-            fresh.apply(k, Some(v), *mod_rev);
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new(store::first_backoff(), Duration::from_secs(5));
+        loop {
+            let wake = tokio::select! {
+                u = self.lw.next() => Wake::Update(u),
+                () = self.relist.notified() => Wake::Relist,
+                Some(keys) = self.awaited_rx.recv() => Wake::Awaited(keys),
+            };
+            match wake {
+                Wake::Update(Ok(Update::Listed {
+                    revision,
+                    kvs,
+                    started,
+                })) => {
+                    backoff.reset();
+                    self.replace(revision, kvs, started).await;
+                }
+                Wake::Update(Ok(Update::Events {
+                    prefix,
+                    events,
+                    progress,
+                })) => self.apply(prefix, &events, progress).await,
+                Wake::Update(Err(e)) => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?d, "listing etcd failed; running from cache");
+                    tokio::time::sleep(d).await;
+                }
+                Wake::Relist => {
+                    info!("fresh list requested");
+                    self.lw.relist();
+                }
+                Wake::Awaited(keys) => self.await_keys(keys).await,
+            }
         }
-        fresh.revision = rev;
-        let n = kvs.len();
+    }
+
+    /// Replaces the cache with a fresh listing.
+    async fn replace(
+        &mut self,
+        revision: i64,
+        kvs: Vec<etcd_client::KeyValue>,
+        started: std::time::Instant,
+    ) {
+        let mut fresh = Cache::for_node(self.local_node.clone());
+        for kv in &kvs {
+            let key = String::from_utf8_lossy(kv.key());
+            fresh.apply(&key, Some(kv.value()), kv.mod_revision());
+        }
+        fresh.revision = revision;
+        for p in self.lw.prefixes() {
+            fresh.set_progress(p, revision);
+        }
         *self.cache.write().await = fresh;
-        info!(keys = n, revision = rev, "state listed from etcd");
+        self.awaited.clear();
+        info!(keys = kvs.len(), revision, "state listed from etcd");
         self.synced.send_replace(true);
         self.listed.send_replace(Some(started));
         self.bump();
-        Ok(rev)
     }
 
-    /// Runs until the task is dropped.
-    pub async fn run(self) {
-        let mut backoff = Backoff::new(store::first_backoff(), Duration::from_secs(5));
-        // The revision the cache reflects; `None` = list needed.
-        let mut at: Option<i64> = None;
-        loop {
-            let rev = match at {
-                Some(r) => r,
-                None => match self.relist().await {
-                    Ok(r) => {
-                        at = Some(r);
-                        r
-                    }
-                    Err(e) => {
-                        let d = backoff.next_delay();
-                        warn!(error = %e, retry_in = ?d, "listing etcd failed; running from cache");
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
-                },
-            };
-            let end = tokio::select! {
-                end = self.watch_from(rev + 1, &mut at, &mut backoff) => end,
-                () = self.relist.notified() => {
-                    info!("fresh list requested");
-                    at = None;
-                    continue;
-                }
-            };
-            match end {
-                WatchEnd::Compacted(c) => {
-                    warn!(
-                        from = rev + 1,
-                        compact_revision = c,
-                        "watch revision compacted; listing again"
-                    );
-                    at = None;
-                }
-                WatchEnd::Broken(reason) => {
-                    let d = backoff.next_delay();
-                    warn!(%reason, resume_from = at.map(|r| r + 1), retry_in = ?d,
-                        "etcd watch interrupted; running from cache");
-                    tokio::time::sleep(d).await;
+    /// Applies the events of one watch response of prefix `prefix`.
+    async fn apply(&mut self, prefix: usize, events: &[etcd_client::Event], progress: i64) {
+        // While instances wait, any progress may settle them.
+        let mut relevant = !self.awaited.is_empty();
+        {
+            let mut cache = self.cache.write().await;
+            for ev in events {
+                let Some(kv) = ev.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key());
+                let rev = kv.mod_revision();
+                let change = match ev.event_type() {
+                    EventType::Put => cache.apply(&key, Some(kv.value()), rev),
+                    EventType::Delete => cache.apply(&key, None, rev),
+                };
+                relevant |= change == Change::Relevant;
+                if ev.event_type() == EventType::Put {
+                    self.awaited.remove(key.as_ref());
                 }
             }
+            if let Some(p) = self.lw.prefixes().get(prefix) {
+                cache.set_progress(p, progress);
+            }
+        }
+        if relevant {
+            self.bump();
         }
     }
 
-    /// Watches from `start`, applying events; updates `at` as they arrive.
-    async fn watch_from(
-        &self,
-        start: i64,
-        at: &mut Option<i64>,
-        backoff: &mut Backoff,
-    ) -> WatchEnd {
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_prev_key()
-            .with_start_revision(start);
-        let mut wc = self.client.watch_client();
-        let mut stream = match store::bounded(wc.watch(keys::ROOT, Some(opts))).await {
-            Ok(s) => s,
-            Err(e) => return WatchEnd::Broken(e.to_string()),
-        };
-        debug!(start, "watching");
-        loop {
-            let msg = match stream.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return WatchEnd::Broken("watch stream closed".into()),
-                Err(e) => return WatchEnd::Broken(e.to_string()),
-            };
-            if msg.compact_revision() > 0 {
-                return WatchEnd::Compacted(msg.compact_revision());
-            }
-            if msg.canceled() {
-                return WatchEnd::Broken(format!("watch canceled: {}", msg.cancel_reason()));
-            }
-            if msg.created() {
-                backoff.reset();
-                info!(from = start, "watch established");
-            }
-            if msg.events().is_empty() {
-                continue;
-            }
-            let mut relevant = false;
-            {
-                let mut cache = self.cache.write().await;
-                for ev in msg.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key());
-                    let rev = kv.mod_revision();
-                    let change = match ev.event_type() {
-                        EventType::Put => cache.apply(&key, Some(kv.value()), rev),
-                        EventType::Delete => cache.apply(&key, None, rev),
-                    };
-                    relevant |= change == Change::Relevant;
-                    *at = Some(at.unwrap_or_default().max(rev));
+    /// Awaits `keys` (replacing the previous set) and reads them: those
+    /// etcd does not hold are recorded as absent.
+    async fn await_keys(&mut self, keys: BTreeSet<String>) {
+        let mut confirmed = false;
+        self.awaited = keys.clone();
+        for key in keys {
+            match self.etcd.get(key.as_str(), None).await {
+                Ok(resp) if resp.kvs().is_empty() => {
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+                    debug!(%key, revision = rev, "awaited key is not in etcd");
+                    self.cache.write().await.confirm_absent(&key, rev);
+                    self.awaited.remove(&key);
+                    confirmed = true;
                 }
+                // There: its event is on the way and wakes the loop.
+                Ok(_) => {}
+                Err(e) => warn!(%key, error = %e, "could not read an awaited key"),
             }
-            if relevant {
-                self.bump();
-            }
+        }
+        if confirmed {
+            self.bump();
         }
     }
 }
