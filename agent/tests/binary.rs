@@ -42,7 +42,8 @@ impl AgentProcess {
             .arg(state_dir)
             .arg("--config")
             .arg(state_dir.join("agent.toml"))
-            .env("RUST_LOG", "info")
+            // Every reconcile pass logs its revision (see `wait_reconciled`).
+            .env("RUST_LOG", nubo_tests::agent::PASS_LOG_FILTER)
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -222,8 +223,20 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
     let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run2.log");
     agent.wait_ready(&node).await;
     wait_until(T, "alive again", || exists(&c, keys::node_alive(&node))).await;
-    // Give a second reconcile pass (triggered by its own alive write) a chance.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One more pass, after the agent's own alive write and a rewrite of
+    // the network (no change of content), has completed: the restarted
+    // agent settled without touching anything.
+    let log_path = agent.log.clone();
+    let (endpoint, net_key) = (etcd.endpoint(), keys::network(&w.network));
+    tokio::task::spawn_blocking(move || {
+        let rev = nubo_tests::agent::touch(&endpoint, &net_key)?;
+        nubo_tests::agent::wait_reconciled("restarted agent", rev, T, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let hv_after = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
     assert_eq!(hv_after, hv_before, "restart changed the hypervisor");
     assert_eq!(
@@ -273,7 +286,15 @@ async fn resuming_into_a_compacted_revision_relists() {
         .unwrap()
         .revision();
     etcd.etcdctl(&["compact", &rev.to_string()]).unwrap();
-    tokio::time::sleep(Duration::from_secs(LEASE_TTL + 2)).await;
+    let frozen = Instant::now();
+    wait_until(T, "the frozen agent's lease expired", || async {
+        !exists(&c, keys::node_alive(&node)).await
+    })
+    .await;
+    eprintln!(
+        "lease of the frozen agent expired after {:?}",
+        frozen.elapsed()
+    );
     agent.signal("CONT");
 
     wait_until(T, "new instance running after relist", || {
