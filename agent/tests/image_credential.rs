@@ -118,7 +118,7 @@ fn image_download_over_tls_with_the_node_credential() {
 }
 
 /// A download refused with `want` in its message (and nothing cached).
-fn refused(r: Result<nubo_agent::images::LocalImage, FetchError>, want: &str) {
+fn refused(r: Result<nubo_agent::storage::images::LocalImage, FetchError>, want: &str) {
     match r {
         Err(e @ FetchError::Download { .. }) => {
             assert!(e.to_string().contains(want), "no {want:?} in: {e}")
