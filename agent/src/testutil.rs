@@ -13,6 +13,7 @@ use nubo_common::{
     VolumeId,
 };
 
+use crate::compute::hypervisor::{ObservedInstance, ObservedPower};
 use crate::state::cache::{Cache, Change};
 use crate::state::desired::DesiredInstance;
 
@@ -246,4 +247,15 @@ pub fn desired_instance(power: PowerState) -> DesiredInstance {
         .unwrap();
     d.spec.power = power;
     d
+}
+
+/// An instance as a hypervisor shows it (booted once, created now).
+pub fn observed_instance(id: InstanceId, power: ObservedPower, managed: bool) -> ObservedInstance {
+    ObservedInstance {
+        id,
+        power,
+        boot_count: 1,
+        created_at: model::now(),
+        managed,
+    }
 }

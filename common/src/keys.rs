@@ -664,7 +664,12 @@ mod tests {
     #[test]
     fn agents_watch_what_nodes_need_and_nothing_private() {
         let prefixes = agent_watch_prefixes();
-        let watched = |k: &str| prefixes.iter().filter(|p| k.starts_with(p.as_str())).count();
+        let watched = |k: &str| {
+            prefixes
+                .iter()
+                .filter(|p| k.starts_with(p.as_str()))
+                .count()
+        };
         let n = NodeName::new("node-1").unwrap();
         let i = InstanceId::new_random();
         let p = ProjectId::default_project();

@@ -344,18 +344,7 @@ fn power_after(action: Action, d: Option<&DesiredInstance>) -> Option<ObservedPo
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use nubo_common::model;
     use nubo_common::NodeName;
-
-    fn observed(id: InstanceId, power: ObservedPower, managed: bool) -> ObservedInstance {
-        ObservedInstance {
-            id,
-            power,
-            boot_count: 1,
-            created_at: model::now(),
-            managed,
-        }
-    }
 
     struct Fixture {
         desired: DesiredNode,
@@ -382,7 +371,7 @@ mod tests {
             instances: f
                 .ids
                 .iter()
-                .map(|id| observed(*id, ObservedPower::Running, true))
+                .map(|id| observed_instance(*id, ObservedPower::Running, true))
                 .collect(),
             reported: f
                 .ids
@@ -510,13 +499,13 @@ mod tests {
             .insert(waiting, "port not received yet".into());
         let mut obs = converged(&f);
         obs.instances
-            .push(observed(gone, ObservedPower::Running, true));
+            .push(observed_instance(gone, ObservedPower::Running, true));
         obs.instances
-            .push(observed(foreign, ObservedPower::Running, false));
+            .push(observed_instance(foreign, ObservedPower::Running, false));
         obs.instances
-            .push(observed(held, ObservedPower::Running, true));
+            .push(observed_instance(held, ObservedPower::Running, true));
         obs.instances
-            .push(observed(waiting, ObservedPower::Running, true));
+            .push(observed_instance(waiting, ObservedPower::Running, true));
         let p = plan(&f.desired, &obs);
         assert_eq!(p.actions, vec![Action::Destroy(gone)]);
         assert_eq!(p.foreign, BTreeSet::from([foreign]));
@@ -526,7 +515,7 @@ mod tests {
     fn a_foreign_instance_with_an_assigned_id_is_not_touched() {
         let f = fixture(1);
         let obs = ComputeObserved {
-            instances: vec![observed(f.ids[0], ObservedPower::Stopped, false)],
+            instances: vec![observed_instance(f.ids[0], ObservedPower::Stopped, false)],
             reported: BTreeMap::new(),
             sizes: BTreeMap::new(),
         };

@@ -515,16 +515,7 @@ mod tests {
         power: ObservedPower,
         managed: bool,
     ) -> (InstanceId, ObservedInstance) {
-        (
-            id,
-            ObservedInstance {
-                id,
-                power,
-                boot_count: 1,
-                created_at: model::now(),
-                managed,
-            },
-        )
+        (id, observed_instance(id, power, managed))
     }
 
     #[test]

@@ -376,7 +376,6 @@ pub fn recovery_plan(observed: &[ObservedInstance], desired: &DesiredNode) -> Ve
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use nubo_common::model;
 
     const SFA: Duration = Duration::from_secs(4);
 
@@ -606,13 +605,7 @@ mod tests {
     }
 
     fn obs(id: InstanceId, power: ObservedPower, managed: bool) -> ObservedInstance {
-        ObservedInstance {
-            id,
-            power,
-            boot_count: 1,
-            created_at: model::now(),
-            managed,
-        }
+        observed_instance(id, power, managed)
     }
 
     fn world(n: usize) -> (DesiredNode, Vec<InstanceId>) {

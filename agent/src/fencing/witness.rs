@@ -59,7 +59,7 @@ impl Witness {
             let started = self.clock.now();
             let answers = futures::future::join_all(peers.iter().map(|(name, api)| async move {
                 let api = api.as_deref()?;
-                let st = tokio::time::timeout(self.timeout, get_etcd_status(api))
+                let st = tokio::time::timeout(self.timeout, EtcdSessionStatus::fetch(api))
                     .await
                     .ok()?
                     .map_err(
@@ -86,15 +86,4 @@ impl Witness {
             self.rounds.send_replace(Some(round));
         }
     }
-}
-
-/// `GET http://<api>/v1/etcd-status` (HTTP/1.0, no keep-alive).
-async fn get_etcd_status(api: &str) -> std::io::Result<EtcdSessionStatus> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(api).await?;
-    s.write_all(EtcdSessionStatus::http_request(api).as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.take(64 * 1024).read_to_end(&mut buf).await?;
-    EtcdSessionStatus::from_http_response(&buf).map_err(std::io::Error::other)
 }
