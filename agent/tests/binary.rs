@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nubo_agent::hypervisor::fake::{FakeState, STATE_FILE};
+use nubo_agent::compute::hypervisor::fake::{FakeState, STATE_FILE};
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, NodeAlive};
 use nubo_common::NodeName;
@@ -112,6 +112,60 @@ async fn alive_lease(c: &etcd_client::Client, node: &NodeName) -> Option<i64> {
     Some(a.lease)
 }
 
+/// The agent's first listing (`state listed from etcd keys=N revision=R`)
+/// holds exactly the keys under `keys::agent_watch_prefixes()` at R, and
+/// fewer than `/nubo/v1/` holds (the private keys exist, unread).
+async fn listed_only_node_relevant_keys(c: &etcd_client::Client, log: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("state listed from etcd"))
+        .unwrap_or_else(|| panic!("no listing in the log:\n{log}"));
+    // Without the terminal colours around field names.
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for ch in line.chars() {
+        match (in_escape, ch) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, _) => plain.push(ch),
+            (true, _) => {}
+        }
+    }
+    let line = plain.as_str();
+    let field = |name: &str| -> i64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+        let rest = &line[at + name.len() + 1..];
+        rest.split(|ch: char| !ch.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (listed, revision) = (field("keys"), field("revision"));
+    let count = |prefix: String| {
+        let mut kv = c.kv_client();
+        async move {
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only()
+                .with_revision(revision);
+            kv.get(prefix, Some(opts)).await.unwrap().count()
+        }
+    };
+    let mut relevant = 0;
+    for p in keys::agent_watch_prefixes() {
+        relevant += count(p).await;
+    }
+    let all = count(keys::ROOT.to_string()).await;
+    assert_eq!(listed, relevant, "{line}");
+    assert!(
+        all >= relevant + 4,
+        "the private keys exist: {all} vs {relevant}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
     let etcd = Etcd::start().unwrap();
@@ -125,8 +179,22 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
         ids.push(w.add_instance(&c, &node).await.id);
     }
 
+    // Coordinator-private data a hypervisor must never read.
+    for (k, v) in [
+        (keys::token_key(), "secret"),
+        (keys::audit("0001"), "{}"),
+        (
+            keys::quota_usage(&nubo_common::ProjectId::default_project()),
+            "{}",
+        ),
+        (keys::users_prefix() + "admin", "{}"),
+    ] {
+        c.kv_client().put(k, v, None).await.unwrap();
+    }
+
     let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run1.log");
     agent.wait_ready(&node).await;
+    listed_only_node_relevant_keys(&c, &agent.log()).await;
     wait_until(T, "running", || {
         all_in_state(&c, ids.clone(), &node, InstanceState::Running)
     })

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use nubo_agent::config::ApiAuth;
-use nubo_agent::images::{FetchError, ImageFetcher};
+use nubo_agent::storage::images::{FetchError, ImageFetcher};
 use nubo_common::model::Image;
 use nubo_tests::secure::SecureCloud;
 
@@ -118,7 +118,7 @@ fn image_download_over_tls_with_the_node_credential() {
 }
 
 /// A download refused with `want` in its message (and nothing cached).
-fn refused(r: Result<nubo_agent::images::LocalImage, FetchError>, want: &str) {
+fn refused(r: Result<nubo_agent::storage::images::LocalImage, FetchError>, want: &str) {
     match r {
         Err(e @ FetchError::Download { .. }) => {
             assert!(e.to_string().contains(want), "no {want:?} in: {e}")

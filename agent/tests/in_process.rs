@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use nubo_agent::hypervisor::ObservedPower;
+use nubo_agent::compute::hypervisor::ObservedPower;
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, Node, NodeAlive, PowerState};
 use nubo_common::{InstanceId, NodeName};

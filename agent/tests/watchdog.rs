@@ -10,7 +10,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use common::*;
-use nubo_agent::hypervisor::ObservedPower;
+use nubo_agent::compute::hypervisor::ObservedPower;
 use nubo_common::model::InstanceState;
 use nubo_common::NodeName;
 use nubo_tests::Etcd;

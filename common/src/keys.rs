@@ -279,6 +279,28 @@ pub fn coordinator(id: &str) -> String {
     format!("{ROOT}coordinators/{id}")
 }
 
+/// The prefixes a node agent lists and watches: what a hypervisor needs to
+/// run and wire its instances (nodes for VTEPs and peers, flavors, images,
+/// networks, ports, security groups, keypairs, instance specs and
+/// statuses, every node's assignments, volumes and volume types), never
+/// coordinator-private data (identity, audit, quotas, IPAM, indexes). No
+/// prefix contains another: each key is delivered once.
+pub fn agent_watch_prefixes() -> Vec<String> {
+    vec![
+        all_assignments_prefix(),
+        flavors_prefix(),
+        images_prefix(),
+        instances_prefix(),
+        keypairs_root(),
+        networks_prefix(),
+        nodes_prefix(),
+        ports_prefix(),
+        secgroups_prefix(),
+        volume_types_prefix(),
+        volumes_prefix(),
+    ]
+}
+
 // ------------------------------------------------------------------ identity
 //
 // Written by the coordinator only. Kept out of [`Key`] (see
@@ -637,5 +659,44 @@ mod tests {
         assert!(k.starts_with(&client_token_prefix(&p, "tok-1")));
         assert!(!k.starts_with(&client_token_prefix(&p, "tok")));
         assert!(parse(&k).is_none());
+    }
+
+    #[test]
+    fn agents_watch_what_nodes_need_and_nothing_private() {
+        let prefixes = agent_watch_prefixes();
+        let watched = |k: &str| {
+            prefixes
+                .iter()
+                .filter(|p| k.starts_with(p.as_str()))
+                .count()
+        };
+        let n = NodeName::new("node-1").unwrap();
+        let i = InstanceId::new_random();
+        let p = ProjectId::default_project();
+        for k in [
+            node(&n),
+            node_alive(&n),
+            assignment(&n, &i),
+            instance(&i),
+            instance_status(&i),
+            port(&PortId::new_random()),
+            keypair(&p, "k"),
+            volume_type("gold"),
+            volume(&VolumeId::new_random()),
+        ] {
+            assert_eq!(watched(&k), 1, "{k}");
+        }
+        for k in [
+            audit("x"),
+            token_key(),
+            quota_usage(&p),
+            ipam(&NetworkId::new_random(), "10.0.0.1".parse().unwrap()),
+            client_token(&p, "t", 0),
+            name_index(NameKind::Network, &p, "net"),
+            users_prefix(),
+            election(),
+        ] {
+            assert_eq!(watched(&k), 0, "{k}");
+        }
     }
 }

@@ -29,6 +29,9 @@
 //! - **[`watch`]**: a watch that moves to a live member and resumes from the
 //!   last revision seen + 1; it ends only on compaction (the caller lists
 //!   again) or a real cancellation.
+//! - **[`listwatch`]**: the list-then-watch loop both daemons keep their
+//!   copies of etcd with ([`ListWatch`]): several prefixes listed at one
+//!   revision, watched from the next, listed again after a compaction.
 //! - NOSPACE (etcd's space quota exceeded) is a distinct error
 //!   ([`StoreError::NoSpace`]) naming the cause and the runbook.
 //!
@@ -50,6 +53,7 @@ pub mod classify;
 pub mod config;
 pub mod error;
 mod etcd;
+pub mod listwatch;
 pub mod pool;
 pub mod retry;
 pub mod txn;
@@ -59,6 +63,7 @@ pub use classify::{classify, Class};
 pub use config::{EtcdConfig, TlsFiles};
 pub use error::StoreError;
 pub use etcd::Etcd;
+pub use listwatch::{ListWatch, Update};
 pub use pool::MemberHealth;
 pub use retry::{Backoff, RetryPolicy};
 pub use watch::{Watch, WatchEnd, WatchSpec};

@@ -42,7 +42,7 @@ pub enum FetchError {
         image: String,
         /// Its status.
         status: String,
-        /// ": <status reason>" or "".
+        /// `": <status reason>"` or `""`.
         reason: String,
     },
     /// The coordinator could not be reached or refused the download.
