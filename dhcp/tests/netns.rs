@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::*;
 use nubo_dhcp::dhcproto::v4::{DhcpOption, Message, MessageType};
 use nubo_dhcp::dhcproto::{Decodable, Decoder, Encodable};
-use nubo_dhcp::{Lease, LeaseTable, MacAddr};
+use nubo_dhcp::{Lease, LeaseTable};
+use nubo_netid::MacAddr;
 
 fn lease(m: MacAddr, ip: [u8; 4], host: &str) -> Lease {
     Lease {
@@ -337,7 +338,7 @@ fn guest_socket(ip: Ipv4Addr) -> UdpSocket {
 
 fn request(m: MacAddr, t: MessageType, ciaddr: Ipv4Addr) -> Message {
     let unspec = Ipv4Addr::UNSPECIFIED;
-    let mut msg = Message::new_with_id(0x6e75_626f, ciaddr, unspec, unspec, unspec, &m);
+    let mut msg = Message::new_with_id(0x6e75_626f, ciaddr, unspec, unspec, unspec, &m.0);
     msg.opts_mut().insert(DhcpOption::MessageType(t));
     msg
 }

@@ -427,7 +427,7 @@ fn arp_reply_for_another_ip_is_dropped() {
     let lab = Lab::new(3);
     let (ip1, g0_mac) = (
         lab.guests[1].ip.clone(),
-        nubo_firewall::MacAddr(lab.guests[0].mac).to_string(),
+        nubo_netid::MacAddr(lab.guests[0].mac).to_string(),
     );
     // arping must bind to the address it claims.
     lab.guest_ok(0, &["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"]);

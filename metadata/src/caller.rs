@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::instance::{InstanceLookup, InstanceMeta};
-use crate::mac::MacAddr;
+use nubo_netid::MacAddr;
 
 /// The caller of one HTTP request, as seen by the host.
 ///

@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mac::MacAddr;
+use nubo_netid::MacAddr;
 
 /// Everything the metadata service serves about one instance port.
 ///

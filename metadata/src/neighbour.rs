@@ -16,7 +16,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use tokio::task::JoinHandle;
 
-use crate::mac::MacAddr;
+use nubo_netid::MacAddr;
 
 /// How long one neighbour query may take before the caller is refused.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);

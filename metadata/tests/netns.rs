@@ -12,7 +12,8 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use nubo_metadata::{InstanceMeta, InstanceTable, MacAddr, MetadataServer};
+use nubo_metadata::{InstanceMeta, InstanceTable, MetadataServer};
+use nubo_netid::MacAddr;
 use support::netns::{curl, in_netns, Guest, Topology};
 
 /// True (after saying so) when not root and `NUBO_TEST_ALLOW_SKIP` names

@@ -165,6 +165,8 @@ mod tests {
         assert_eq!(mac.0, [0x02, 0xab, 0xcd, 0x00, 0x01, 0xff]);
         assert_eq!(mac.to_string(), "02:ab:cd:00:01:ff");
         assert_eq!(format!("{mac:?}"), "MacAddr(02:ab:cd:00:01:ff)");
+        let mac: MacAddr = "02:AB:00:0c:ff:01".parse().unwrap();
+        assert_eq!(mac.to_string(), "02:ab:00:0c:ff:01");
     }
 
     #[test]
@@ -178,6 +180,12 @@ mod tests {
             "fa:16:3e:0a:0b:fff",
             "2:ab:cd:00:01:ff",
             "2:ab:00:0c:ff:011",
+            "02:ab",
+            "02:ab:cd:00:01",
+            "02:ab:cd:00:01:ff:00",
+            "02:ab:00:0c:ff:01:02",
+            "zz:ab:cd:00:01:ff",
+            "zz:ab:00:0c:ff:01",
             "fa-16-3e-0a-0b-ff",
             "zz:16:3e:0a:0b:ff",
             "+a:16:3e:0a:0b:ff",

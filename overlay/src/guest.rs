@@ -11,10 +11,10 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
 use crate::error::OverlayError;
-use crate::mac::MacAddr;
 use crate::netlink::Netlink;
 use crate::netns::{create_netns, delete_netns, netns_path, run_in_netns, NETNS_DIR};
 use crate::tap::validate_ifname;
+use nubo_netid::MacAddr;
 
 /// Name of the guest's interface inside its namespace.
 pub const GUEST_IFNAME: &str = "eth0";

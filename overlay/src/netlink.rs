@@ -20,11 +20,11 @@ use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use tracing::{debug, info, warn};
 
 use crate::error::{ActionFailure, ApplyError, OverlayError};
-use crate::mac::MacAddr;
 use crate::names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 use crate::observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 use crate::plan::OverlayAction;
 use crate::spec::{FdbEntry, VXLAN_PORT};
+use nubo_netid::MacAddr;
 
 const ENODEV: i32 = libc::ENODEV;
 const EEXIST: i32 = libc::EEXIST;

@@ -8,8 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use tracing::info;
 
 use crate::error::OverlayError;
-use crate::mac::MacAddr;
 use crate::netlink::Netlink;
+use nubo_netid::MacAddr;
 
 /// Validates a Linux interface name (1-15 bytes, no `/`, whitespace, NUL,
 /// `:`; not `.` or `..`).

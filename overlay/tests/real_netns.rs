@@ -9,10 +9,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nubo_netid::{tap_name, MacAddr};
 use nubo_overlay::{
-    delete_netns_guest, list_netns_guests, netns_guest_exists, plan, run_in_netns, tap_name,
-    FdbEntry, LinkKind, LocalPort, MacAddr, Netlink, NetworkSpec, ObservedOverlay, OverlayAction,
-    OverlaySpec,
+    delete_netns_guest, list_netns_guests, netns_guest_exists, plan, run_in_netns, FdbEntry,
+    LinkKind, LocalPort, Netlink, NetworkSpec, ObservedOverlay, OverlayAction, OverlaySpec,
 };
 
 // ---------------------------------------------------------------- harness

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use nubo_dhcp::{DhcpHandle, DhcpServer, Lease, LeaseTable, METADATA_IP};
+use nubo_netid::MacAddr;
 use nubo_overlay::bridge_name;
 use tracing::{info, warn};
 
@@ -24,11 +25,11 @@ pub const LEASE_SECS: u32 = 86_400;
 
 /// The leases of every bridge with running local ports, by bridge name and
 /// MAC. Pure.
-pub fn leases(desired: &DesiredNode) -> BTreeMap<String, BTreeMap<[u8; 6], Lease>> {
-    let mut out: BTreeMap<String, BTreeMap<[u8; 6], Lease>> = BTreeMap::new();
+pub fn leases(desired: &DesiredNode) -> BTreeMap<String, BTreeMap<MacAddr, Lease>> {
+    let mut out: BTreeMap<String, BTreeMap<MacAddr, Lease>> = BTreeMap::new();
     for lp in running_ports(desired) {
         let net = lp.network;
-        let mac = lp.port.mac.octets();
+        let mac = lp.port.mac;
         let fallback = format!("host-{}", lp.instance.id().short_hex(8));
         let lease = Lease {
             router: net.gateway,
@@ -50,7 +51,7 @@ struct Served {
     handle: DhcpHandle,
     table: LeaseTable,
     ifindex: u32,
-    applied: BTreeMap<[u8; 6], Lease>,
+    applied: BTreeMap<MacAddr, Lease>,
 }
 
 /// The DHCP reconciler.
@@ -176,14 +177,14 @@ mod tests {
             l.keys().collect::<Vec<_>>(),
             vec![&"nb-100".to_string(), &"nb-200".to_string()]
         );
-        let lease = &l["nb-100"][&p1.mac.octets()];
+        let lease = &l["nb-100"][&p1.mac];
         assert_eq!(lease.ip, p1.ip);
         assert_eq!(lease.prefix_len, 24);
         assert_eq!(lease.router, Some("192.168.0.1".parse().unwrap()));
         assert_eq!(lease.mtu, Some(1450));
         assert_eq!(lease.hostname.as_deref(), Some("vm"));
         assert!(lease.validate().is_ok());
-        assert_eq!(l["nb-200"][&p2.mac.octets()].mtu, Some(1400));
+        assert_eq!(l["nb-200"][&p2.mac].mtu, Some(1400));
         assert!(d.instances.contains_key(&i1));
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use base64::Engine;
-use nubo_metadata::{InstanceMeta, InstanceTable, MacAddr, MetadataServer};
+use nubo_metadata::{InstanceMeta, InstanceTable, MetadataServer};
 use nubo_overlay::bridge_name;
 use serde_json::json;
 use tracing::{info, warn};
@@ -75,8 +75,7 @@ pub fn instance_rows(
         .map(|lp| {
             let inst = lp.instance;
             let id = inst.id();
-            let mut m =
-                InstanceMeta::new(id.to_string(), lp.port.ip, MacAddr(lp.port.mac.octets()));
+            let mut m = InstanceMeta::new(id.to_string(), lp.port.ip, lp.port.mac);
             m.name = inst.spec.name.clone();
             m.hostname = sanitize_hostname(&inst.spec.name, &format!("host-{}", id.short_hex(8)));
             m.project_id = inst.spec.project.to_string();

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nubo_dhcp::{DhcpServer, LeaseTable, MacAddr, METADATA_IP};
+use nubo_dhcp::{DhcpServer, LeaseTable, METADATA_IP};
+use nubo_netid::MacAddr;
 
 /// Fails the test unless running as root (the tests need netns/veth).
 pub fn require_root() {
@@ -151,12 +152,12 @@ pub struct Topology {
 /// A deterministic locally administered MAC for test guest `i`.
 pub fn mac(i: u16) -> MacAddr {
     let [hi, lo] = i.to_be_bytes();
-    [0x02, 0x6e, 0x62, 0x74, hi, lo]
+    MacAddr([0x02, 0x6e, 0x62, 0x74, hi, lo])
 }
 
 /// `aa:bb:...` form of a MAC.
 pub fn mac_str(m: &MacAddr) -> String {
-    nubo_dhcp::MacDisplay(m).to_string()
+    m.to_string()
 }
 
 impl Topology {

@@ -116,7 +116,7 @@ impl Lab {
             lab.namespaces.push(ns.clone());
             let tap = format!("tap{i}");
             let mac = [0x02, 0x77, 0, 0, 0, 0x11 + i as u8];
-            let mac_s = nubo_firewall::MacAddr(mac).to_string();
+            let mac_s = nubo_netid::MacAddr(mac).to_string();
             let ip = format!("10.77.0.{}", 11 + i);
             lab.host_ok(&[
                 "ip", "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", &ns,

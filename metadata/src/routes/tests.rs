@@ -12,7 +12,7 @@ use tower::ServiceExt;
 use super::router;
 use crate::caller::CallerIdentity;
 use crate::instance::{InstanceMeta, InstanceTable};
-use crate::mac::MacAddr;
+use nubo_netid::MacAddr;
 
 const BRIDGE: &str = "nb-7";
 const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
