@@ -4,9 +4,8 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
-use tracing::debug;
-
 use nubo_netid::MacAddr;
+use tracing::debug;
 
 use crate::lease::Lease;
 

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::MessageType;
+use nubo_netid::MacAddr;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::error::DhcpError;
-use nubo_netid::MacAddr;
 
 use crate::lease::LeaseTable;
 use crate::packet::{decode_request, encode, MAX_PACKET};

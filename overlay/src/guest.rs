@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 
+use nubo_netid::MacAddr;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
@@ -14,7 +15,6 @@ use crate::error::OverlayError;
 use crate::netlink::Netlink;
 use crate::netns::{create_netns, delete_netns, netns_path, run_in_netns, NETNS_DIR};
 use crate::tap::validate_ifname;
-use nubo_netid::MacAddr;
 
 /// Name of the guest's interface inside its namespace.
 pub const GUEST_IFNAME: &str = "eth0";

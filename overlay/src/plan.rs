@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use nubo_netid::MacAddr;
 use tracing::warn;
 
 use crate::names::{bridge_name, vxlan_name};
 use crate::observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 use crate::spec::{network_mtu, FdbEntry, OverlaySpec, METADATA_ADDR, METADATA_PREFIX_LEN};
-use nubo_netid::MacAddr;
 
 /// Largest valid VNI (24 bits).
 const MAX_VNI: u32 = (1 << 24) - 1;

@@ -5,11 +5,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
+use nubo_netid::MacAddr;
 use tracing::info;
 
 use crate::error::OverlayError;
 use crate::netlink::Netlink;
-use nubo_netid::MacAddr;
 
 /// Validates a Linux interface name (1-15 bytes, no `/`, whitespace, NUL,
 /// `:`; not `.` or `..`).

@@ -3,11 +3,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
+use nubo_netid::MacAddr;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
 use crate::{InstanceId, NetworkId, NodeName, PortId, ProjectId, RuleId, SecurityGroupId};
-use nubo_netid::MacAddr;
 
 /// A tenant network: one IPv4 subnet on one VXLAN segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
