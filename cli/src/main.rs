@@ -19,7 +19,6 @@ mod output;
 mod port;
 mod secgroup;
 mod server;
-mod server_create;
 mod server_group;
 mod volume;
 mod volume_size;

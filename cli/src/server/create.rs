@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use crate::api::{Call, PAGE_SIZE};
 use crate::ctx::{opt, Ctx};
 use crate::output::{self, Format, Table};
-use crate::server::networks_text;
+
+use super::networks_text;
 
 /// `nubo server create`.
 #[derive(Debug, Args)]
