@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod coordinator;
 pub mod etcd;
+pub mod files;
 pub mod http;
 pub mod inventory;
 pub mod modgraph;
