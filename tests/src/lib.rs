@@ -30,7 +30,7 @@ pub mod tls;
 pub mod vm_e2e;
 pub mod wait;
 
-pub use agent::{Agent, AgentOpts};
+pub use agent::{Agent, AgentOpts, Driver};
 pub use cli::{list_items, Cli, CliOutput, Running};
 pub use cluster::{Cluster, ClusterBuilder};
 pub use coordinator::{Coordinator, CoordinatorOpts, SecureOpts};
