@@ -24,8 +24,9 @@ use serde_json::Value;
 
 use nubo_storage::testing::TestCluster;
 
+use crate::agent::{Agent, AgentOpts, Driver};
 use crate::netns::run;
-use crate::process::{bin_path, pid_alive, Daemon};
+use crate::process::pid_alive;
 use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
@@ -228,156 +229,11 @@ impl Drop for HostLibvirtd {
     }
 }
 
-/// A `nubo-agent --driver libvirt` inside a host namespace.
-pub struct VmAgent {
-    daemon: Daemon,
-    node: String,
-    state: PathBuf,
-}
-
-impl VmAgent {
-    /// Starts the agent of host `i` (node `hv-<i>`, zone `az-<i>`).
-    pub fn start(
-        host: &Host,
-        i: u8,
-        etcd: &str,
-        api: &str,
-        lv: &HostLibvirtd,
-        prefix: &str,
-        dir: &Path,
-    ) -> Result<Self> {
-        Self::start_with(host, i, etcd, api, lv, prefix, dir, &[])
-    }
-
-    /// Like [`VmAgent::start`], with extra command-line arguments (e.g.
-    /// `--config FILE` with a `[storage]` table).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_with(
-        host: &Host,
-        i: u8,
-        etcd: &str,
-        api: &str,
-        lv: &HostLibvirtd,
-        prefix: &str,
-        dir: &Path,
-        extra: &[String],
-    ) -> Result<Self> {
-        let node = format!("hv-{i}");
-        let state = dir.join(format!("agent-{i}"));
-        std::fs::create_dir_all(&state)?;
-        let args: Vec<String> = [
-            "--driver",
-            "libvirt",
-            "--libvirt-uri",
-            lv.uri(),
-            "--domain-type",
-            "qemu",
-            "--libvirt-prefix",
-            prefix,
-            "--shutdown-timeout-secs",
-            "3",
-            "--api-endpoint",
-            api,
-            "--node-api-listen",
-            &format!("{}:7402", host.ip()),
-            "--node",
-            &node,
-            "--etcd-endpoints",
-            etcd,
-            "--state-dir",
-            &state.display().to_string(),
-            "--underlay-ip",
-            &host.ip().to_string(),
-            "--availability-zone",
-            &format!("az-{i}"),
-            "--lease-ttl",
-            "3",
-            "--vcpus",
-            "64",
-            "--ram-mb",
-            "65536",
-            "--disk-gb",
-            "1000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(extra.iter().cloned())
-        .collect();
-        let daemon = Daemon::spawn(
-            &format!("nubo-agent {node}"),
-            vec![
-                "nsenter".into(),
-                format!("--net=/run/netns/{}", host.netns()),
-            ],
-            bin_path("nubo-agent")?,
-            args,
-            dir.join(format!("agent-{i}.log")),
-            &[("RUST_LOG", crate::agent::PASS_LOG_FILTER)],
-        )?;
-        let mut a = Self {
-            daemon,
-            node,
-            state,
-        };
-        a.wait_ready()?;
-        Ok(a)
-    }
-
-    /// Waits for `nubo-agent ready` in the current incarnation's log.
-    pub fn wait_ready(&mut self) -> Result<()> {
-        self.daemon
-            .wait_for_log("nubo-agent ready", Duration::from_secs(90))
-    }
-
-    /// SIGKILL by pid.
-    pub fn kill9(&mut self) {
-        self.daemon.kill9();
-    }
-
-    /// The agent's pid while it runs (`nsenter` execs it: same process).
-    pub fn pid(&self) -> Option<u32> {
-        self.daemon.pid()
-    }
-
-    /// Starts it again and waits until ready.
-    pub fn restart(&mut self) -> Result<()> {
-        self.daemon
-            .start(&[("RUST_LOG", crate::agent::PASS_LOG_FILTER)])?;
-        self.wait_ready()
-    }
-
-    /// Node name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Log of the current incarnation.
-    pub fn current_log(&self) -> String {
-        self.daemon.current_log()
-    }
-
-    /// Whole log.
-    pub fn log(&self) -> String {
-        self.daemon.log()
-    }
-
-    /// State directory.
-    pub fn state_dir(&self) -> &Path {
-        &self.state
-    }
-
-    /// The console log of an instance on this node.
-    pub fn console(&self, id: &str) -> String {
-        std::fs::read_to_string(self.state.join("console").join(format!("{id}.log")))
-            .unwrap_or_default()
-    }
-}
-
 /// etcd, a coordinator with an image directory, N hosts each with a
 /// private libvirtd and a libvirt agent.
 pub struct VmLab {
     /// The agents (index 0 = host 1).
-    pub agents: Vec<VmAgent>,
+    pub agents: Vec<Agent>,
     /// The libvirt daemons (index 0 = host 1).
     pub libvirtds: Vec<HostLibvirtd>,
     /// The coordinator.
@@ -410,17 +266,16 @@ impl VmLab {
         let prefix = self.domain_prefix();
         for idx in self.agents.len()..self.hosts.len() {
             let i = u8::try_from(idx + 1)?;
-            let a = VmAgent::start_with(
-                &self.hosts[idx],
-                i,
-                &self.etcd.endpoint(),
-                &self.coordinator.endpoint(),
-                &self.libvirtds[idx],
-                &prefix,
-                self.dir.path(),
-                extra,
-            )
-            .with_context(|| format!("agent of host {i}"))?;
+            let driver = Driver::Libvirt {
+                uri: self.libvirtds[idx].uri().to_string(),
+                domain_prefix: prefix.clone(),
+            };
+            let mut opts = AgentOpts::lab(&self.hosts[idx], i, &self.etcd.endpoint(), driver);
+            opts.dir_in = Some(self.dir.path().to_path_buf());
+            opts.extra_args
+                .extend(["--api-endpoint".into(), self.coordinator.endpoint()]);
+            opts.extra_args.extend(extra.iter().cloned());
+            let a = Agent::start(opts).with_context(|| format!("agent of host {i}"))?;
             self.agents.push(a);
         }
         Ok(())

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nubo_common::proto as pb;
-use nubo_tests::net_e2e::{find_str, Guest, NetLab};
+use nubo_tests::net_e2e::{find_str, guest_suffix, Guest, NetLab};
 use nubo_tests::netns::netns_names;
 use nubo_tests::{list_items, Agent, AgentOpts, Cli, Coordinator, CoordinatorOpts, Etcd};
 use nubo_tests::{wait_until, Underlay};
@@ -48,26 +48,10 @@ fn base_objects(lab: &NetLab, cidr: &str) -> Result<()> {
     Ok(())
 }
 
-/// First 8 hex digits of an id (the guest namespace suffix).
-fn short(id: &str) -> String {
-    id.chars().filter(|c| *c != '-').take(8).collect()
-}
-
-/// The tap (veth host end) name of a port.
-fn tap_of(port: &str) -> String {
-    format!(
-        "tap{}",
-        port.chars()
-            .filter(|c| *c != '-')
-            .take(11)
-            .collect::<String>()
-    )
-}
-
 /// `g` as it would be on host `i` (another guest namespace, same port).
 fn guest_on(lab: &NetLab, g: &Guest, i: u8) -> Guest {
     let mut m = g.clone();
-    m.netns = format!("{}{}", lab.guest_prefix(i), short(&g.id));
+    m.netns = lab.guest_netns(i, &g.id);
     m.node = format!("hv-{i}");
     m.host_netns = lab.hosts[usize::from(i) - 1].netns().to_string();
     m
@@ -159,7 +143,7 @@ fn server_via_api(
         ip: addr["ip"].as_str().context("no ip")?.parse()?,
         mac: addr["mac"].as_str().context("no mac")?.to_string(),
         port: addr["port_id"].as_str().context("no port")?.to_string(),
-        netns: format!("{}{}", lab.guest_prefix(host), short(&id)),
+        netns: lab.guest_netns(host, &id),
         host_netns: lab.hosts[usize::from(host) - 1].netns().to_string(),
     })
 }
@@ -398,8 +382,8 @@ fn host_cut_off_guests_move_with_same_ip_and_mac_and_never_run_twice() -> Result
             .chain([&p2, &p3])
             .map(|g| Tracked {
                 name: g.name.clone(),
-                short: short(&g.id),
-                tap: tap_of(&g.port),
+                short: guest_suffix(&g.id),
+                tap: g.tap(),
             })
             .collect();
         let sampler = Sampler::start(&lab, tracked, start);
