@@ -322,10 +322,14 @@ impl Agent {
         self.dir.path().join("state")
     }
 
+    /// Where the console log of instance `id` on this node is written.
+    pub fn console_path(&self, id: &str) -> PathBuf {
+        self.state_dir().join("console").join(format!("{id}.log"))
+    }
+
     /// The console log of an instance on this node (empty until it exists).
     pub fn console(&self, id: &str) -> String {
-        std::fs::read_to_string(self.state_dir().join("console").join(format!("{id}.log")))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.console_path(id)).unwrap_or_default()
     }
 
     /// The whole log (every incarnation).

@@ -395,6 +395,115 @@ impl VmLab {
         }
     }
 
+    /// Flavor `t` (1 vCPU, `ram_mb` MiB, 1 GB disk), the test guest as image
+    /// `guest` (checked `active`) and network `n1` on `cidr`: what
+    /// [`VmLab::create_server`] boots. Returns the image's JSON.
+    pub fn base_objects(&self, ram_mb: u32, cidr: &str) -> Result<Value> {
+        let ram = ram_mb.to_string();
+        self.cli.json(&[
+            "flavor", "create", "t", "--vcpus", "1", "--ram", &ram, "--disk", "1",
+        ])?;
+        let img = self.upload_test_guest("guest")?;
+        anyhow::ensure!(img["status"] == "active", "image not active: {img}");
+        self.cli
+            .json(&["network", "create", "n1", "--cidr", cidr])?;
+        Ok(img)
+    }
+
+    /// The arguments of `nubo server create NAME --flavor t --image guest
+    /// --network n1` (the [`VmLab::base_objects`]) followed by `extra`; in
+    /// zone `az-<host>` (that host's) when `host` is set; with `user_data`
+    /// written to a file in the lab directory first.
+    pub fn server_create_args(
+        &self,
+        name: &str,
+        host: Option<u8>,
+        user_data: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Vec<String>> {
+        let mut args: Vec<String> = [
+            "server",
+            "create",
+            name,
+            "--flavor",
+            "t",
+            "--image",
+            "guest",
+            "--network",
+            "n1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(h) = host {
+            args.extend(["--availability-zone".into(), format!("az-{h}")]);
+        }
+        if let Some(text) = user_data {
+            let ud = self.dir.path().join(format!("ud-{name}"));
+            std::fs::write(&ud, text)?;
+            args.extend(["--user-data".into(), ud.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Ok(args)
+    }
+
+    /// Runs `nubo server create` with [`VmLab::server_create_args`] and
+    /// returns its JSON.
+    pub fn create_server(
+        &self,
+        name: &str,
+        host: Option<u8>,
+        user_data: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Value> {
+        let args = self.server_create_args(name, host, user_data, extra)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli.json(&args)
+    }
+
+    /// Waits until no host has a domain of this lab, a tap, or a port chain
+    /// in its ruleset (each host in turn, `timeout` for its domains), then
+    /// checks that no agent kept an instance overlay: what deleting every
+    /// server must leave.
+    pub fn wait_nothing_left(&self, timeout: Duration) -> Result<()> {
+        for (i, lv) in self.libvirtds.iter().enumerate() {
+            wait_until(
+                timeout,
+                &format!("domains gone from host {}", i + 1),
+                || {
+                    Ok(lv
+                        .domains()?
+                        .iter()
+                        .all(|d| !d.starts_with(&self.domain_prefix())))
+                },
+            )?;
+            let host = &self.hosts[i];
+            let mut seen = String::new();
+            let r = wait_until(
+                Duration::from_secs(30),
+                &format!("taps and port chains gone from host {}", i + 1),
+                || {
+                    let l = host.exec("ip", &["-o", "link"])?;
+                    let n = host.exec("nft", &["list", "ruleset"])?;
+                    let (links, rules) = (
+                        String::from_utf8_lossy(&l.stdout).into_owned(),
+                        String::from_utf8_lossy(&n.stdout).into_owned(),
+                    );
+                    let gone = !links.contains(": tap") && !rules.contains("chain port");
+                    seen = format!("{links}\n{rules}");
+                    Ok(gone)
+                },
+            );
+            r.with_context(|| format!("last seen:\n{seen}"))?;
+            let inst = self.agents[i].state_dir().join("instances");
+            let left: Vec<_> = std::fs::read_dir(&inst)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            anyhow::ensure!(left.is_empty(), "overlays left on host {}: {left:?}", i + 1);
+        }
+        Ok(())
+    }
+
     /// Uploads the test guest as image `name` (kernel + initrd + a small
     /// empty raw disk), returning the CLI's JSON.
     pub fn upload_test_guest(&self, name: &str) -> Result<Value> {

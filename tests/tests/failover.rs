@@ -38,13 +38,10 @@ use serde_json::Value;
 /// Generous bound for anything the cluster does on a loaded machine.
 const T: Duration = Duration::from_secs(120);
 
+/// [`NetLab::base_objects`] and network `n1` on `cidr`.
 fn base_objects(lab: &NetLab, cidr: &str) -> Result<()> {
-    let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "16", "--disk", "1",
-    ])?;
-    cli.json(&["image", "create", "i"])?;
-    cli.json(&["network", "create", "n1", "--cidr", cidr])?;
+    lab.base_objects()?;
+    lab.cli.json(&["network", "create", "n1", "--cidr", cidr])?;
     Ok(())
 }
 
@@ -555,35 +552,13 @@ fn vms_on_host1(
     vms: &[(String, Option<String>)],
 ) -> Result<Vec<String>> {
     let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
-    ])?;
-    let img = lab.upload_test_guest("guest")?;
-    anyhow::ensure!(img["status"] == "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", cidr])?;
+    lab.base_objects(128, cidr)?;
     for n in ["hv-2", "hv-3"] {
         cli.json(&["node", "disable", n])?;
     }
     let mut ids = Vec::new();
     for (name, user_data) in vms {
-        let mut args = vec![
-            "server",
-            "create",
-            name,
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-        ];
-        let ud = lab.dir.path().join(format!("ud-{name}"));
-        let ud_arg = ud.display().to_string();
-        if let Some(text) = user_data {
-            std::fs::write(&ud, text)?;
-            args.extend(["--user-data", &ud_arg]);
-        }
-        let out = cli.json(&args)?;
+        let out = lab.create_server(name, None, user_data.as_deref(), &[])?;
         ids.push(find_str(&out, "id").with_context(|| format!("no id in {out}"))?);
     }
     for n in ["hv-2", "hv-3"] {
