@@ -73,7 +73,8 @@ async fn udhcpc_and_dhclient_get_exact_config_unknown_mac_gets_nothing() {
             sock.send_to(&d, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67))
                 .expect("send garbage");
         }
-    });
+    })
+    .unwrap();
     wait_for("4 dropped datagrams", || server.stats().dropped >= 4).await;
 
     let script = topo.udhcpc_script();
@@ -173,7 +174,7 @@ async fn overlapping_subnets_on_two_bridges_stay_apart() {
     sh(&[
         "ip",
         "-n",
-        &topo.host.name,
+        &topo.host,
         "route",
         "add",
         "10.30.0.0/24",
@@ -236,7 +237,8 @@ async fn overlapping_subnets_on_two_bridges_stay_apart() {
             }
         }
         panic!("no unicast reply to the renewal");
-    });
+    })
+    .unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 30, 0, 6));
     assert_eq!(s0.stats().acks, 1, "br0 answered br1's renewal");
@@ -299,14 +301,7 @@ async fn bench_120_guests_lease_concurrently() {
         leased += 1;
     }
     let elapsed = start.elapsed();
-    let snmp = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &topo.host.name,
-        "cat",
-        "/proc/net/snmp",
-    ]);
+    let snmp = sh(&["ip", "netns", "exec", &topo.host, "cat", "/proc/net/snmp"]);
     eprintln!(
         "host UDP counters: {}",
         snmp.lines()
