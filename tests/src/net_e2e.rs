@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::agent::{Agent, AgentOpts, Driver};
-use crate::netns::{link_names, netns_names, run};
+use crate::netns::{link_names, netns_command, netns_exec, netns_names, run};
 use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
@@ -52,18 +52,12 @@ impl Guest {
 
     /// A command running `program` inside the guest.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, program]);
-        c
+        netns_command(&self.netns, program)
     }
 
     /// Runs `program args` in the guest.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        self.command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {program} in {}", self.netns))
+        netns_exec(&self.netns, program, args)
     }
 
     /// Runs `program args` in the guest; fails unless it succeeds; stdout.

@@ -124,6 +124,56 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     }
 }
 
+/// A command that runs `program` inside namespace `ns` (`ip netns exec`).
+pub fn netns_command(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// Runs `program args` inside namespace `ns` (stdin empty) and returns its
+/// output, whatever its exit status.
+pub fn netns_exec(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+    netns_command(ns, program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} in {ns}"))
+}
+
+/// One DHCP exchange in namespace `ns` with busybox `udhcpc` on `eth0`,
+/// configuring nothing (`-s /bin/true`, 3 tries 1 s apart): its output if
+/// it obtained a lease from some server, else an error carrying it.
+pub fn udhcpc_once(ns: &str) -> Result<String> {
+    let out = netns_exec(
+        ns,
+        "busybox",
+        &[
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ],
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !(out.status.success() && text.contains("obtained")) {
+        bail!("udhcpc in {ns}: {text}");
+    }
+    Ok(text)
+}
+
 /// Deletes namespace `ns`, first killing (SIGKILL, by pid) every process
 /// left inside. Errors mean it is already gone.
 pub fn delete_netns(ns: &str) {
@@ -548,17 +598,12 @@ impl Host {
 
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, program]);
-        c
+        netns_command(&self.netns, program)
     }
 
     /// Runs `program args` inside the namespace and returns its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        self.command(program)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {program} in {}", self.netns))
+        netns_exec(&self.netns, program, args)
     }
 
     /// Sends ICMP echo requests to `ip` until one is answered (or `timeout`).
