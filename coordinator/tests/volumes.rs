@@ -23,8 +23,8 @@ use nubo_common::model::{Image, Volume};
 use nubo_common::proto as pb;
 use nubo_coordinator::config::CephConfig;
 use nubo_coordinator::{Config, Coordinator};
-use nubo_storage::testing::TestCluster;
-use nubo_storage::{BlockStore, Cluster, Error as CephError, RbdPools, RbdStore};
+use nubo_storage::testing::{test_pools, TestCluster};
+use nubo_storage::{BlockStore, Cluster, RbdPools, RbdStore};
 use nubo_tests::Etcd;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -38,18 +38,7 @@ fn cluster() -> Option<Arc<TestCluster>> {
 
 /// Pools `<prefix>-images|vms|volumes`, created if missing.
 fn pools(admin: &Cluster, prefix: &str) -> RbdPools {
-    let p = RbdPools {
-        images: format!("{prefix}-images"),
-        disks: format!("{prefix}-vms"),
-        volumes: format!("{prefix}-volumes"),
-    };
-    for name in [&p.images, &p.disks, &p.volumes] {
-        match admin.create_pool(name) {
-            Ok(()) | Err(CephError::AlreadyExists { .. }) => {}
-            Err(e) => panic!("create pool {name}: {e}"),
-        }
-    }
-    p
+    test_pools(admin, prefix).unwrap_or_else(|e| panic!("create pools {prefix}-…: {e}"))
 }
 
 /// The admin client, pools `<prefix>-…` (see [`pools`]) and a
