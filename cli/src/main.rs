@@ -20,6 +20,8 @@ mod port;
 mod secgroup;
 mod server;
 mod server_group;
+#[cfg(test)]
+mod testutil;
 mod volume;
 mod volume_size;
 mod volume_type;
