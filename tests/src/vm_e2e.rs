@@ -63,6 +63,11 @@ impl HostLibvirtd {
     /// Starts libvirtd for `host` with state under `base` (created); domains
     /// named `prefix…` are cleaned up on drop.
     pub fn start(host: &Host, base: &Path, prefix: &str) -> Result<Self> {
+        Self::start_in(host.netns(), base, prefix)
+    }
+
+    /// [`HostLibvirtd::start`] in network namespace `netns`.
+    pub fn start_in(netns: &str, base: &Path, prefix: &str) -> Result<Self> {
         for d in ["run", "etcq", "lib", "cache", "log"] {
             std::fs::create_dir_all(base.join(d))?;
         }
@@ -78,7 +83,7 @@ impl HostLibvirtd {
             "set -e\n{mounts}\nvirtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
             mounts = me.mounts()
         );
-        me.launch(host, &script)?;
+        me.launch(netns, &script)?;
         Ok(me)
     }
 
@@ -109,15 +114,15 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
         )
     }
 
-    /// Runs `script` in a private mount namespace inside the host's network
-    /// namespace, then waits until libvirtd answers.
-    fn launch(&self, host: &Host, script: &str) -> Result<()> {
+    /// Runs `script` in a private mount namespace inside network namespace
+    /// `netns`, then waits until libvirtd answers.
+    fn launch(&self, netns: &str, script: &str) -> Result<()> {
         run(
             "ip",
             &[
                 "netns",
                 "exec",
-                host.netns(),
+                netns,
                 "unshare",
                 "-m",
                 "--propagation",
@@ -141,6 +146,11 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
     /// state directories; virtlogd keeps running). Running domains survive:
     /// the new libvirtd reattaches to their QEMU processes.
     pub fn restart(&self, host: &Host) -> Result<()> {
+        self.restart_in(host.netns())
+    }
+
+    /// [`HostLibvirtd::restart`] in network namespace `netns`.
+    pub fn restart_in(&self, netns: &str) -> Result<()> {
         let pidfile = self.base.join("run/libvirtd.pid");
         let pid = read_pid(&pidfile).context("libvirtd pid file")?;
         kill_pid(pid, libc::SIGTERM);
@@ -151,7 +161,7 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
             "set -e\n{mounts}\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
             mounts = self.mounts()
         );
-        self.launch(host, &script)
+        self.launch(netns, &script)
     }
 
     /// The connection URI.
@@ -199,6 +209,19 @@ impl Drop for HostLibvirtd {
                     if let Some(pid) = read_pid(&p) {
                         kill_pid(pid, libc::SIGKILL);
                     }
+                }
+            }
+        }
+        // A QEMU of ours whose pid file is gone (found by its domain name).
+        let needle = format!("guest={}", self.prefix);
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                    kill_pid(pid, libc::SIGKILL);
                 }
             }
         }
