@@ -7,11 +7,11 @@ use nubo_common::model::{
     Network, Node, Port, PowerState, Qos, Resources, SecurityGroup, Volume, VolumeAttachment,
     VolumeStatus, VolumeType,
 };
-use nubo_common::net::MacAddr;
 use nubo_common::{
     FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
     VolumeId,
 };
+use nubo_netid::MacAddr;
 
 use crate::compute::hypervisor::{ObservedInstance, ObservedPower};
 use crate::state::cache::{Cache, Change};

@@ -69,18 +69,9 @@ pub async fn run(cmd: ClusterCmd, ctx: &Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct T {
-        #[command(subcommand)]
-        c: ClusterCmd,
-    }
 
     fn parse(args: &[&str]) -> Result<ClusterCmd, clap::Error> {
-        let mut argv = vec!["t"];
-        argv.extend_from_slice(args);
-        T::try_parse_from(argv).map(|t| t.c)
+        crate::testutil::parse_cmd(args)
     }
 
     #[test]

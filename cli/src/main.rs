@@ -19,8 +19,9 @@ mod output;
 mod port;
 mod secgroup;
 mod server;
-mod server_create;
 mod server_group;
+#[cfg(test)]
+mod testutil;
 mod volume;
 mod volume_size;
 mod volume_type;

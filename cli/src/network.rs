@@ -166,18 +166,9 @@ pub async fn run(cmd: NetworkCmd, ctx: &Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        a: CreateArgs,
-    }
 
     fn parse(args: &[&str]) -> Result<CreateNetworkRequest, clap::Error> {
-        let mut argv = vec!["t"];
-        argv.extend_from_slice(args);
-        T::try_parse_from(argv).map(|t| t.a.request("p"))
+        crate::testutil::parse_args::<CreateArgs>(args).map(|a| a.request("p"))
     }
 
     #[test]

@@ -275,17 +275,8 @@ mod tests {
         );
     }
 
-    #[derive(Debug, clap::Parser)]
-    struct T {
-        #[command(subcommand)]
-        c: NodeCmd,
-    }
-
     fn parse(args: &[&str]) -> Result<NodeCmd, clap::Error> {
-        use clap::Parser;
-        let mut argv = vec!["t"];
-        argv.extend_from_slice(args);
-        T::try_parse_from(argv).map(|t| t.c)
+        crate::testutil::parse_cmd(args)
     }
 
     #[test]

@@ -279,18 +279,9 @@ pub fn server_port(s: &Server, network: Option<&str>) -> Result<(String, String)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(subcommand)]
-        c: PortCmd,
-    }
 
     fn parse(args: &[&str]) -> Result<PortCmd, clap::Error> {
-        let mut argv = vec!["t"];
-        argv.extend_from_slice(args);
-        T::try_parse_from(argv).map(|t| t.c)
+        crate::testutil::parse_cmd(args)
     }
 
     #[test]

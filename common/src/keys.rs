@@ -100,7 +100,7 @@ pub fn ipam(net: &NetworkId, ip: IpAddr) -> String {
     format!("{ROOT}ipam/{net}/{ip}")
 }
 /// `/nubo/v1/macs/<mac>` → the port holding it (uniqueness of MACs)
-pub fn mac(mac: &crate::net::MacAddr) -> String {
+pub fn mac(mac: &nubo_netid::MacAddr) -> String {
     format!("{ROOT}macs/{mac}")
 }
 

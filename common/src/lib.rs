@@ -7,7 +7,6 @@
 pub mod ids;
 pub mod keys;
 pub mod model;
-pub mod net;
 pub mod proto;
 
 pub use ids::*;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use nubo_common::net::MacAddr;
+use nubo_netid::MacAddr;
 use rand::Rng;
 
 /// Addresses a port may get: the host range minus the gateway.

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::authed as req;
 use common::req::{del, get};
 use common::res;
-use common::{channel, issue_token, put_project, put_user, register_node};
+use common::{channel, created, issue_token, put_project, put_user, register_node, server_req};
 use nubo_common::keys;
 use nubo_common::model::{encode, Role, TokenKeySet, UserName};
 use nubo_common::proto as pb;
@@ -17,19 +18,10 @@ use nubo_coordinator::{AuthMode, Config, Coordinator};
 use nubo_identity::{Claims, Passwords, TokenSigner};
 use nubo_tests::Etcd;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 
 fn cheap() -> Passwords {
     Passwords::with_params(64, 1, 1).unwrap()
-}
-
-fn req<T>(token: &str, m: T) -> Request<T> {
-    let mut r = Request::new(m);
-    if !token.is_empty() {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    r
 }
 
 struct Api {
@@ -153,24 +145,11 @@ async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
         .into_inner();
     let r = a
         .servers
-        .create(req(
-            tok,
-            pb::CreateServerRequest {
-                name: "vm".into(),
-                flavor: "m1.small".into(),
-                image_ref: "cirros".into(),
-                count: 1,
-                ..Default::default()
-            },
-        ))
+        .create(req(tok, server_req("vm", &[], 1)))
         .await
         .unwrap()
         .into_inner();
-    let server = r.results[0]
-        .server
-        .clone()
-        .unwrap_or_else(|| panic!("{r:?}"));
-    (server.id, net.id, port.id)
+    (created(&r, 0).id, net.id, port.id)
 }
 
 async fn server_names(a: &mut Api, tok: &str, all: bool) -> Vec<String> {
@@ -350,13 +329,9 @@ async fn tokens_and_project_isolation() {
             .create(req(
                 &bob,
                 pb::CreateServerRequest {
-                    name: "sneak".into(),
-                    flavor: "m1.small".into(),
-                    image_ref: "cirros".into(),
                     networks,
                     ports,
-                    count: 1,
-                    ..Default::default()
+                    ..server_req("sneak", &[], 1)
                 },
             ))
             .await;
@@ -552,21 +527,12 @@ async fn quota_holds_under_concurrent_creates() {
         let mut s = a.servers.clone();
         let tok = alice.clone();
         async move {
-            s.create(req(
-                &tok,
-                pb::CreateServerRequest {
-                    name: format!("vm{i}"),
-                    flavor: "m1.small".into(),
-                    image_ref: "cirros".into(),
-                    count: 1,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .results
-            .remove(0)
+            s.create(req(&tok, server_req(&format!("vm{i}"), &[], 1)))
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+                .remove(0)
         }
     }))
     .await;

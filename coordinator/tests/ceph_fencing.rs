@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use common::*;
 use nubo_common::model::{self, EtcdSessionStatus, FencePhase, Node};
-use nubo_common::proto as pb;
 use nubo_common::{keys, InstanceId, NodeName};
 use nubo_coordinator::config::CephConfig;
 use nubo_coordinator::Config;
@@ -261,20 +260,8 @@ async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
     let api = node_api_stub(phase.clone(), asked.clone()).await;
     let lease = register_n0(&etcd, &storage_ip, api).await;
     wait_nodes(&mut cl, 1).await;
-    let r = cl
-        .servers
-        .create(pb::CreateServerRequest {
-            name: "vm".into(),
-            flavor: "m1.small".into(),
-            image_ref: "cirros".into(),
-            networks: vec!["net".into()],
-            count: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let id: InstanceId = r.results[0].server.as_ref().unwrap().id.parse().unwrap();
+    let r = create_servers(&mut cl, server_req("vm", &["net"], 1)).await;
+    let id: InstanceId = created(&r, 0).id.parse().unwrap();
     register_node(&etcd, "n1", res(8, 4096, 100), "nova").await;
     wait_nodes(&mut cl, 2).await;
     assert_eq!(spec_node(&etcd, id).await.as_deref(), Some("n0"));

@@ -65,12 +65,8 @@ async fn batch_while_an_etcd_member_dies(victim: Victim) {
             let done = done.clone();
             async move {
                 let req = pb::CreateServerRequest {
-                    name: format!("vm-{i}"),
-                    flavor: "m1.small".into(),
-                    image_ref: "cirros".into(),
-                    networks: vec!["net".into()],
                     client_token: format!("vm-{i}-token"),
-                    ..Default::default()
+                    ..server_req(&format!("vm-{i}"), &["net"], 0)
                 };
                 let t = Instant::now();
                 let r = pb::servers_client::ServersClient::new(ch).create(req).await;
@@ -140,14 +136,7 @@ async fn batch_while_an_etcd_member_dies(victim: Victim) {
         }
     }
     let extra = pb::servers_client::ServersClient::new(chb.clone())
-        .create(pb::CreateServerRequest {
-            name: "after".into(),
-            flavor: "m1.small".into(),
-            image_ref: "cirros".into(),
-            networks: vec!["net".into()],
-            count: 10,
-            ..Default::default()
-        })
+        .create(server_req("after", &["net"], 10))
         .await
         .unwrap()
         .into_inner();

@@ -57,31 +57,35 @@ where
 }
 
 async fn create(cl: &mut Clients, name: &str, count: u32, policy: &str) -> Vec<InstanceId> {
-    let r = cl
-        .servers
-        .create(pb::CreateServerRequest {
-            name: name.into(),
-            flavor: "m1.small".into(),
-            image_ref: "cirros".into(),
-            networks: vec!["net".into()],
-            count,
+    let r = create_servers(
+        cl,
+        pb::CreateServerRequest {
             evacuation_policy: policy.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    r.results
-        .iter()
-        .map(|x| {
-            let s = x.server.as_ref().unwrap_or_else(|| panic!("{x:?}"));
-            s.id.parse().unwrap()
-        })
+            ..server_req(name, &["net"], count)
+        },
+    )
+    .await;
+    (0..r.results.len())
+        .map(|i| created(&r, i).id.parse().unwrap())
         .collect()
 }
 
 async fn health(mut cl: NodesOnly, node: &str) -> pb::Node {
     node_info(&mut cl.nodes, node).await
+}
+
+/// Waits until `node` has health `health`; returns the node as the nodes
+/// API shows it then.
+async fn wait_health(cl: &Clients, node: &str, health: &str) -> pb::Node {
+    until(&format!("{node} {health}"), || async {
+        let h = self::health(cl.clone_nodes(), node).await;
+        if h.health == health {
+            Ok(h)
+        } else {
+            Err((h.health, h.health_reason))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -100,27 +104,11 @@ async fn failed_node_is_fenced_and_evacuated_with_its_ports_and_comes_back_up() 
     register_node(&etcd, "n1", res(8, 3 * 512, 100), "nova").await;
     register_node(&etcd, "n2", res(8, 3 * 512, 100), "nova").await;
     wait_nodes(&mut cl, 3).await;
-    until("n0 up", || async {
-        let h = health(cl.clone_nodes(), "n0").await;
-        if h.health == "up" {
-            Ok(())
-        } else {
-            Err(h.health)
-        }
-    })
-    .await;
+    wait_health(&cl, "n0", "up").await;
     let before = snapshot(&etcd).await;
 
     revoke(&etcd, lease0).await;
-    let h = until("n0 evacuated", || async {
-        let h = health(cl.clone_nodes(), "n0").await;
-        if h.health == "evacuated" {
-            Ok(h)
-        } else {
-            Err((h.health, h.health_reason))
-        }
-    })
-    .await;
+    let h = wait_health(&cl, "n0", "evacuated").await;
     assert!(!h.alive);
     assert_eq!(fencer.calls(), vec![FenceCall::Fence(nn("n0"))]);
 
@@ -153,15 +141,7 @@ async fn failed_node_is_fenced_and_evacuated_with_its_ports_and_comes_back_up() 
 
     // The agent comes back: up again, unfenced, nothing moves back.
     register_node(&etcd, "n0", res(8, 8 * 512, 100), "nova").await;
-    until("n0 up again", || async {
-        let h = health(cl.clone_nodes(), "n0").await;
-        if h.health == "up" {
-            Ok(())
-        } else {
-            Err(h.health)
-        }
-    })
-    .await;
+    wait_health(&cl, "n0", "up").await;
     assert_eq!(
         fencer.calls(),
         vec![FenceCall::Fence(nn("n0")), FenceCall::Unfence(nn("n0"))]
@@ -238,15 +218,7 @@ async fn no_capacity_is_reported_and_retried_and_the_switch_stops_evacuation() {
     .await;
     assert_eq!(errors, 2);
     register_node(&etcd, "n2", res(8, 2 * 512, 100), "nova").await;
-    until("n0 evacuated after capacity appeared", || async {
-        let h = health(cl.clone_nodes(), "n0").await;
-        if h.health == "evacuated" {
-            Ok(())
-        } else {
-            Err((h.health, h.health_reason))
-        }
-    })
-    .await;
+    wait_health(&cl, "n0", "evacuated").await;
     let caps: HashMap<_, _> = [
         (nn("n0"), 8 * 512),
         (nn("n1"), 2 * 512),

@@ -36,6 +36,17 @@ async fn is_leader(ch: &Channel) -> Option<bool> {
         .map(|s| s.into_inner().is_leader)
 }
 
+/// Coordinator `a` (waited for until it leads) and `b`, with their
+/// channels.
+async fn leader_and_follower(etcd: &Etcd, dir: &std::path::Path) -> (Proc, Channel, Proc, Channel) {
+    let a = start(etcd, "a", dir);
+    let cha = proc_channel(&a).await;
+    wait_leader(&cha).await;
+    let b = start(etcd, "b", dir);
+    let chb = proc_channel(&b).await;
+    (a, cha, b, chb)
+}
+
 /// Polls until `p` (by its channel) is leader; returns the time waited.
 async fn wait_leader(ch: &Channel) -> Duration {
     let t = Instant::now();
@@ -50,11 +61,7 @@ async fn wait_leader(ch: &Channel) -> Duration {
 async fn kill9_of_the_leader_process_elects_the_follower() {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut a = start(&etcd, "a", dir.path());
-    let cha = proc_channel(&a).await;
-    wait_leader(&cha).await;
-    let b = start(&etcd, "b", dir.path());
-    let chb = proc_channel(&b).await;
+    let (mut a, _cha, _b, chb) = leader_and_follower(&etcd, dir.path()).await;
     assert_eq!(is_leader(&chb).await, Some(false));
     a.kill9();
     let took = wait_leader(&chb).await;
@@ -86,11 +93,7 @@ async fn kill9_of_the_leader_process_elects_the_follower() {
 async fn batch_while_the_leader_dies(kill_after: usize) -> (usize, usize) {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut a = start(&etcd, "a", dir.path());
-    let cha = proc_channel(&a).await;
-    wait_leader(&cha).await;
-    let b = start(&etcd, "b", dir.path());
-    let chb = proc_channel(&b).await;
+    let (mut a, cha, _b, chb) = leader_and_follower(&etcd, dir.path()).await;
     let caps = batch_setup(&etcd, &chb, &[&cha, &chb]).await;
     // Answers from the leader so far; the killer acts on that event.
     let (answered_tx, mut answered) = tokio::sync::watch::channel(0_usize);
@@ -111,15 +114,11 @@ async fn batch_while_the_leader_dies(kill_after: usize) -> (usize, usize) {
             let answered_tx = answered_tx.clone();
             async move {
                 let req = pb::CreateServerRequest {
-                    name: format!("vm-{i}"),
-                    flavor: "m1.small".into(),
-                    image_ref: "cirros".into(),
-                    networks: vec!["net".into()],
                     // One token per request, reused by its retries: a
                     // commit whose answer was lost in the kill is returned,
                     // not duplicated.
                     client_token: format!("vm-{i}-token"),
-                    ..Default::default()
+                    ..server_req(&format!("vm-{i}"), &["net"], 0)
                 };
                 let mut sa = pb::servers_client::ServersClient::new(cha);
                 let ok = matches!(

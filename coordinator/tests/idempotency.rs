@@ -20,12 +20,8 @@ use nubo_tests::Etcd;
 
 fn req(name: &str, count: u32, token: &str) -> pb::CreateServerRequest {
     pb::CreateServerRequest {
-        name: name.into(),
-        flavor: "m1.small".into(),
-        image_ref: "cirros".into(),
-        count,
         client_token: token.into(),
-        ..Default::default()
+        ..server_req(name, &[], count)
     }
 }
 

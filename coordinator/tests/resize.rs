@@ -67,20 +67,8 @@ async fn resize_only_a_stopped_server_and_only_if_it_fits() {
     flavor(&mut cl, "m1.disk", 1, 512, 5).await;
     let mut ids = Vec::new();
     for name in ["a", "b"] {
-        let r = cl
-            .servers
-            .create(pb::CreateServerRequest {
-                name: name.into(),
-                flavor: "m1.small".into(),
-                image_ref: "cirros".into(),
-                count: 1,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let s = r.results[0].server.clone().expect("placed");
-        ids.push(s.id);
+        let r = create_servers(&mut cl, server_req(name, &[], 1)).await;
+        ids.push(created(&r, 0).id);
     }
     let a = ids[0].clone();
     // a + b: 1024 of 2048 MiB.

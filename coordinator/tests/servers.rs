@@ -14,17 +14,6 @@ use nubo_common::proto as pb;
 use nubo_tests::Etcd;
 use tonic::Code;
 
-fn server(name: &str, networks: &[&str], count: u32) -> pb::CreateServerRequest {
-    pb::CreateServerRequest {
-        name: name.into(),
-        flavor: "m1.small".into(),
-        image_ref: "cirros".into(),
-        networks: networks.iter().map(|s| s.to_string()).collect(),
-        count,
-        ..Default::default()
-    }
-}
-
 async fn all_servers(cl: &mut Clients) -> Vec<pb::Server> {
     let mut out = Vec::new();
     let mut token = String::new();
@@ -64,7 +53,7 @@ async fn two_coordinators_fill_exactly_to_capacity() {
     let results: Vec<_> = futures::stream::iter(0..1000)
         .map(|i| {
             let mut s = if i % 2 == 0 { sa.clone() } else { sb.clone() };
-            async move { s.create(server(&format!("vm{i}"), &[], 1)).await }
+            async move { s.create(server_req(&format!("vm{i}"), &[], 1)).await }
         })
         .buffer_unordered(64)
         .collect()
@@ -88,7 +77,7 @@ async fn two_coordinators_fill_exactly_to_capacity() {
     assert_eq!(count(&etcd, "/nubo/v1/assignments/").await, 1000);
     let r = cb
         .servers
-        .create(server("one-more", &[], 1))
+        .create(server_req("one-more", &[], 1))
         .await
         .unwrap()
         .into_inner();
@@ -189,12 +178,7 @@ async fn batch_beyond_network_size_fails_cleanly_and_delete_releases_everything(
                 .id,
         );
     }
-    let r = cl
-        .servers
-        .create(server("batch", &["n100"], 120))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = create_servers(&mut cl, server_req("batch", &["n100"], 120)).await;
     assert_eq!(r.results.len(), 120);
     let ok: Vec<_> = r.results.iter().filter(|x| x.server.is_some()).collect();
     let bad: Vec<_> = r.results.iter().filter(|x| x.server.is_none()).collect();
@@ -229,20 +213,19 @@ async fn batch_beyond_network_size_fails_cleanly_and_delete_releases_everything(
         .create(pb::CreateServerRequest {
             ports: vec![pre[0].clone()],
             count: 2,
-            ..server("x", &[], 2)
+            ..server_req("x", &[], 2)
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let plugged = cl
-        .servers
-        .create(pb::CreateServerRequest {
+    let plugged = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
             ports: vec![pre[0].clone()],
-            ..server("plug", &[], 1)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            ..server_req("plug", &[], 1)
+        },
+    )
+    .await;
     let plugged = plugged.results[0].server.clone().unwrap();
     assert_eq!(plugged.addresses[0].port_id, pre[0]);
     let e = cl
@@ -360,15 +343,14 @@ async fn scheduler_filters_and_server_groups_and_node_api() {
     register_node(&etcd, "b", res(8, 8192, 100), "az1").await;
     register_node(&etcd, "c", res(8, 8192, 100), "az2").await;
     wait_nodes(&mut cl, 3).await;
-    let r = cl
-        .servers
-        .create(pb::CreateServerRequest {
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
             availability_zone: "az2".into(),
-            ..server("z", &[], 3)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            ..server_req("z", &[], 3)
+        },
+    )
+    .await;
     assert!(
         r.results
             .iter()
@@ -383,15 +365,14 @@ async fn scheduler_filters_and_server_groups_and_node_api() {
         })
         .await
         .unwrap();
-    let r = cl
-        .servers
-        .create(pb::CreateServerRequest {
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
             server_group: "apart".into(),
-            ..server("g", &[], 4)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            ..server_req("g", &[], 4)
+        },
+    )
+    .await;
     let nodes: Vec<_> = r
         .results
         .iter()
@@ -422,15 +403,14 @@ async fn scheduler_filters_and_server_groups_and_node_api() {
         .unwrap()
         .into_inner();
     assert!(!n.enabled);
-    let r = cl
-        .servers
-        .create(pb::CreateServerRequest {
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
             availability_zone: "az1".into(),
-            ..server("d", &[], 5)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            ..server_req("d", &[], 5)
+        },
+    )
+    .await;
     assert!(
         r.results
             .iter()
@@ -513,12 +493,7 @@ async fn garbage_values_are_skipped_and_reported() {
     setup_basics(&mut cl).await;
     register_node(&etcd, "a", res(8, 8192, 100), "nova").await;
     wait_nodes(&mut cl, 1).await;
-    let ok = cl
-        .servers
-        .create(server("good", &[], 1))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = create_servers(&mut cl, server_req("good", &[], 1)).await;
     assert!(ok.results[0].server.is_some());
     let bad = uuid::Uuid::new_v4().to_string();
     etcd.etcdctl(&["put", &format!("/nubo/v1/instances/{bad}"), "garbage"])
@@ -551,12 +526,7 @@ async fn garbage_values_are_skipped_and_reported() {
         .into_inner();
     assert_eq!(f.flavors.len(), 1);
     // Still serving, still placing.
-    let again = cl
-        .servers
-        .create(server("good2", &[], 1))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = create_servers(&mut cl, server_req("good2", &[], 1)).await;
     assert!(again.results[0].server.is_some(), "{again:?}");
     let http = reqwest_like_get(c.health_addr(), "/readyz").await;
     assert!(

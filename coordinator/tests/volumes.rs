@@ -23,8 +23,8 @@ use nubo_common::model::{Image, Volume};
 use nubo_common::proto as pb;
 use nubo_coordinator::config::CephConfig;
 use nubo_coordinator::{Config, Coordinator};
-use nubo_storage::testing::TestCluster;
-use nubo_storage::{BlockStore, Cluster, Error as CephError, RbdPools, RbdStore};
+use nubo_storage::testing::{test_pools, TestCluster};
+use nubo_storage::{BlockStore, Cluster, RbdPools, RbdStore};
 use nubo_tests::Etcd;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -38,18 +38,7 @@ fn cluster() -> Option<Arc<TestCluster>> {
 
 /// Pools `<prefix>-images|vms|volumes`, created if missing.
 fn pools(admin: &Cluster, prefix: &str) -> RbdPools {
-    let p = RbdPools {
-        images: format!("{prefix}-images"),
-        disks: format!("{prefix}-vms"),
-        volumes: format!("{prefix}-volumes"),
-    };
-    for name in [&p.images, &p.disks, &p.volumes] {
-        match admin.create_pool(name) {
-            Ok(()) | Err(CephError::AlreadyExists { .. }) => {}
-            Err(e) => panic!("create pool {name}: {e}"),
-        }
-    }
-    p
+    test_pools(admin, prefix).unwrap_or_else(|e| panic!("create pools {prefix}-…: {e}"))
 }
 
 /// The admin client, pools `<prefix>-…` (see [`pools`]) and a
@@ -118,23 +107,8 @@ fn snap(volume: &str, name: &str) -> pb::VolumeSnapshotRequest {
 }
 
 async fn server(cl: &mut Clients, name: &str) -> String {
-    let r = cl
-        .servers
-        .create(pb::CreateServerRequest {
-            name: name.into(),
-            flavor: "m1.small".into(),
-            image_ref: "cirros".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    r.results[0]
-        .server
-        .as_ref()
-        .unwrap_or_else(|| panic!("server {name}: {:?}", r.results[0]))
-        .id
-        .clone()
+    let r = create_servers(cl, server_req(name, &[], 0)).await;
+    created(&r, 0).id
 }
 
 /// Polls until the volume has `status` (the reconciler runs every second).
@@ -839,24 +813,17 @@ async fn boot_from_volume_and_volumes_at_create() {
         .unwrap();
 
     v.create(create("data", 1)).await.unwrap();
-    let r = cl
-        .servers
-        .create(pb::CreateServerRequest {
-            name: "bfv".into(),
-            flavor: "m1.small".into(),
-            image_ref: "cirros".into(),
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
             boot_from_volume_size_gb: 2,
             volumes: vec!["data".into()],
             delete_on_termination: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let s = r.results[0]
-        .server
-        .clone()
-        .unwrap_or_else(|| panic!("{:?}", r.results[0]));
+            ..server_req("bfv", &[], 0)
+        },
+    )
+    .await;
+    let s = created(&r, 0);
     assert!(!s.boot_volume_id.is_empty());
     let boot = v.get(get(&s.boot_volume_id)).await.unwrap().into_inner();
     assert_eq!(boot.name, "bfv-boot");
@@ -891,12 +858,9 @@ async fn boot_from_volume_and_volumes_at_create() {
     let e = cl
         .servers
         .create(pb::CreateServerRequest {
-            name: "again".into(),
-            flavor: "m1.small".into(),
-            image_ref: "cirros".into(),
             boot_from_volume_size_gb: 1,
             volumes: vec!["data".into()],
-            ..Default::default()
+            ..server_req("again", &[], 0)
         })
         .await;
     let msg = match e {
@@ -922,7 +886,6 @@ async fn boot_from_volume_and_volumes_at_create() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_quotas_hold_under_concurrency() {
     use nubo_common::model::{Role, UserName};
-    use tonic::Request;
 
     let Some(c) = cluster() else { return };
     let (admin, p, ceph) = ceph_setup(&c, "vt-quota");
@@ -959,12 +922,7 @@ async fn volume_quotas_hold_under_concurrency() {
         login("alice", "pw").await,
         login("bob", "pw").await,
     );
-    fn req<T>(tok: &str, m: T) -> Request<T> {
-        let mut r = Request::new(m);
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {tok}").parse().unwrap());
-        r
-    }
+    use common::authed as req;
     // The limits through the CLI (`nubo quota set --volumes --gigabytes`),
     // read back through the API.
     let cli_dir = tempfile::tempdir().unwrap();

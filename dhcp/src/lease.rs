@@ -1,35 +1,17 @@
 //! Leases (one fixed address per port) and the shared, live-updatable table.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use ipnet::Ipv4Net;
+use nubo_netid::MacAddr;
 
 use crate::error::DhcpError;
-
-/// An Ethernet MAC address.
-pub type MacAddr = [u8; 6];
 
 /// The link-local address every nubo bridge owns (as /32): DHCP server
 /// identifier and metadata service address.
 pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-
-/// Displays a MAC address as `aa:bb:cc:dd:ee:ff`.
-#[derive(Clone, Copy)]
-pub struct MacDisplay<'a>(pub &'a MacAddr);
-
-impl fmt::Display for MacDisplay<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
 
 /// Everything the server tells one port (identified by its MAC).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +61,7 @@ impl Lease {
     pub fn validate(&self) -> Result<(), DhcpError> {
         let fail = |reason: String| {
             Err(DhcpError::InvalidLease {
-                mac: MacDisplay(&self.mac).to_string(),
+                mac: self.mac.to_string(),
                 reason,
             })
         };
@@ -89,7 +71,7 @@ impl Lease {
         if self.ip.is_unspecified() || self.ip.is_broadcast() || self.ip.is_multicast() {
             return fail(format!("{} cannot be a host address", self.ip));
         }
-        if self.mac[0] & 1 == 1 {
+        if self.mac.0[0] & 1 == 1 {
             return fail("a multicast MAC cannot own a port".to_string());
         }
         if let Some(mtu) = self.mtu {
@@ -223,7 +205,7 @@ impl LeaseTable {
 mod tests {
     use super::*;
 
-    const MAC: MacAddr = [0x02, 0, 0, 0, 0, 1];
+    const MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
 
     #[test]
     fn netmask_and_broadcast() {
@@ -285,7 +267,7 @@ mod tests {
             |l| l.hostname = Some(String::new()),
             |l| l.domain = Some("a\0b".into()),
             |l| l.lease_secs = 0,
-            |l| l.mac = [0x01, 0, 0, 0, 0, 1],
+            |l| l.mac = MacAddr([0x01, 0, 0, 0, 0, 1]),
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut l = good.clone();

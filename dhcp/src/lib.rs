@@ -34,7 +34,7 @@ mod server;
 mod socket;
 
 pub use error::{DecodeError, DhcpError};
-pub use lease::{Lease, LeaseTable, MacAddr, MacDisplay, METADATA_IP};
+pub use lease::{Lease, LeaseTable, METADATA_IP};
 pub use packet::{decode_request, encode, MAX_PACKET, MIN_PACKET};
 pub use respond::{decide, reply_destination, respond, Decision, Silence, CLIENT_PORT};
 pub use server::{DhcpHandle, DhcpServer, DhcpStats};

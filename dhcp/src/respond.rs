@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
+use nubo_netid::MacAddr;
 use tracing::debug;
 
-use crate::lease::{Lease, MacAddr, MacDisplay};
+use crate::lease::Lease;
 
 /// UDP port DHCP clients listen on.
 pub const CLIENT_PORT: u16 = 68;
@@ -39,20 +40,16 @@ impl std::fmt::Display for Silence {
         match self {
             Self::NotEthernetRequest => write!(f, "not an Ethernet BOOTREQUEST"),
             Self::NoMessageType => write!(f, "BOOTP request without DHCP message type"),
-            Self::UnknownMac(m) => write!(f, "unknown MAC {}", MacDisplay(m)),
-            Self::Relayed(m) => write!(
-                f,
-                "relayed request from {} (relays unsupported)",
-                MacDisplay(m)
-            ),
-            Self::OtherServer(m, s) => write!(f, "{} selected another server ({s})", MacDisplay(m)),
-            Self::NoAddress(m) => write!(f, "REQUEST from {} names no address", MacDisplay(m)),
-            Self::Released(m, ip) => write!(f, "{} released {ip}", MacDisplay(m)),
+            Self::UnknownMac(m) => write!(f, "unknown MAC {}", m),
+            Self::Relayed(m) => write!(f, "relayed request from {} (relays unsupported)", m),
+            Self::OtherServer(m, s) => write!(f, "{} selected another server ({s})", m),
+            Self::NoAddress(m) => write!(f, "REQUEST from {} names no address", m),
+            Self::Released(m, ip) => write!(f, "{} released {ip}", m),
             Self::Declined(m, ip) => {
-                write!(f, "{} declined {ip} (in use on the link?)", MacDisplay(m))
+                write!(f, "{} declined {ip} (in use on the link?)", m)
             }
             Self::NotAnswered(m, t) => {
-                write!(f, "{t:?} from {} is not answered by servers", MacDisplay(m))
+                write!(f, "{t:?} from {} is not answered by servers", m)
             }
         }
     }
@@ -93,8 +90,9 @@ pub fn decide(leases: &HashMap<MacAddr, Lease>, req: &Message, server_id: Ipv4Ad
     if req.opcode() != Opcode::BootRequest || req.htype() != HType::Eth || req.hlen() != 6 {
         return Silent(Silence::NotEthernetRequest);
     }
-    let mut mac: MacAddr = [0; 6];
-    mac.copy_from_slice(&req.chaddr()[..6]);
+    let mut octets = [0; 6];
+    octets.copy_from_slice(&req.chaddr()[..6]);
+    let mac = MacAddr(octets);
     let Some(msg_type) = req.opts().msg_type() else {
         return Silent(Silence::NoMessageType);
     };
@@ -140,7 +138,7 @@ fn handle_request(req: &Message, lease: &Lease, server_id: Ipv4Addr) -> Decision
     } else if requested == lease.ip {
         Decision::Reply(reply(req, lease, server_id, MessageType::Ack))
     } else {
-        debug!(mac = %MacDisplay(&lease.mac), %requested, assigned = %lease.ip, "REQUEST for a foreign address");
+        debug!(mac = %lease.mac, %requested, assigned = %lease.ip, "REQUEST for a foreign address");
         Decision::Reply(nak(req, server_id))
     }
 }
@@ -237,7 +235,7 @@ pub(crate) mod tests {
     use crate::METADATA_IP;
     use ipnet::Ipv4Net;
 
-    pub(crate) const MAC: MacAddr = [0x02, 0, 0, 0, 0, 1];
+    pub(crate) const MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
     const IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 5);
     const GW: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 
@@ -265,7 +263,7 @@ pub(crate) mod tests {
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
-            &mac,
+            &mac.0,
         );
         m.opts_mut().insert(DhcpOption::MessageType(t));
         m
@@ -283,7 +281,7 @@ pub(crate) mod tests {
         let r = respond(&table(), &req, METADATA_IP).expect("offer");
         assert_eq!(r.opcode(), Opcode::BootReply);
         assert_eq!(r.xid(), 0xdead_beef);
-        assert_eq!(r.chaddr(), &MAC);
+        assert_eq!(r.chaddr(), &MAC.0);
         assert_eq!(r.yiaddr(), IP);
         assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
         assert_eq!(
@@ -370,7 +368,7 @@ pub(crate) mod tests {
             MessageType::Request,
             MessageType::Inform,
         ] {
-            let mut req = request([0x02, 0, 0, 0, 0, 2], t);
+            let mut req = request(MacAddr([0x02, 0, 0, 0, 0, 2]), t);
             req.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
             assert!(respond(&table(), &req, METADATA_IP).is_none(), "{t:?}");
         }
@@ -481,7 +479,7 @@ pub(crate) mod tests {
     #[test]
     fn silences_carry_their_reason() {
         let t = table();
-        let other = [0x02, 0, 0, 0, 0, 9];
+        let other = MacAddr([0x02, 0, 0, 0, 0, 9]);
         assert_eq!(
             decide(&t, &request(other, MessageType::Discover), METADATA_IP),
             Decision::Silent(Silence::UnknownMac(other))

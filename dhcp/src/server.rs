@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::MessageType;
+use nubo_netid::MacAddr;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::error::DhcpError;
-use crate::lease::{LeaseTable, MacDisplay};
+
+use crate::lease::LeaseTable;
 use crate::packet::{decode_request, encode, MAX_PACKET};
 use crate::ratelimit::{LogLimiter, Verdict};
 use crate::respond::{decide, reply_destination, Decision, Silence};
@@ -324,8 +326,8 @@ impl Worker {
 
 /// The client MAC of a reply, for logs.
 fn mac_of(reply: &dhcproto::v4::Message) -> String {
-    match <[u8; 6]>::try_from(reply.chaddr()) {
-        Ok(mac) => MacDisplay(&mac).to_string(),
-        Err(_) => "?".to_string(),
+    match MacAddr::from_slice(reply.chaddr()) {
+        Some(mac) => mac.to_string(),
+        None => "?".to_string(),
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::*;
 use nubo_dhcp::dhcproto::v4::{DhcpOption, Message, MessageType};
 use nubo_dhcp::dhcproto::{Decodable, Decoder, Encodable};
-use nubo_dhcp::{Lease, LeaseTable, MacAddr};
+use nubo_dhcp::{Lease, LeaseTable};
+use nubo_netid::MacAddr;
 
 fn lease(m: MacAddr, ip: [u8; 4], host: &str) -> Lease {
     Lease {
@@ -72,7 +73,8 @@ async fn udhcpc_and_dhclient_get_exact_config_unknown_mac_gets_nothing() {
             sock.send_to(&d, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67))
                 .expect("send garbage");
         }
-    });
+    })
+    .unwrap();
     wait_for("4 dropped datagrams", || server.stats().dropped >= 4).await;
 
     let script = topo.udhcpc_script();
@@ -172,7 +174,7 @@ async fn overlapping_subnets_on_two_bridges_stay_apart() {
     sh(&[
         "ip",
         "-n",
-        &topo.host.name,
+        &topo.host,
         "route",
         "add",
         "10.30.0.0/24",
@@ -235,7 +237,8 @@ async fn overlapping_subnets_on_two_bridges_stay_apart() {
             }
         }
         panic!("no unicast reply to the renewal");
-    });
+    })
+    .unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 30, 0, 6));
     assert_eq!(s0.stats().acks, 1, "br0 answered br1's renewal");
@@ -298,14 +301,7 @@ async fn bench_120_guests_lease_concurrently() {
         leased += 1;
     }
     let elapsed = start.elapsed();
-    let snmp = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &topo.host.name,
-        "cat",
-        "/proc/net/snmp",
-    ]);
+    let snmp = sh(&["ip", "netns", "exec", &topo.host, "cat", "/proc/net/snmp"]);
     eprintln!(
         "host UDP counters: {}",
         snmp.lines()
@@ -337,7 +333,7 @@ fn guest_socket(ip: Ipv4Addr) -> UdpSocket {
 
 fn request(m: MacAddr, t: MessageType, ciaddr: Ipv4Addr) -> Message {
     let unspec = Ipv4Addr::UNSPECIFIED;
-    let mut msg = Message::new_with_id(0x6e75_626f, ciaddr, unspec, unspec, unspec, &m);
+    let mut msg = Message::new_with_id(0x6e75_626f, ciaddr, unspec, unspec, unspec, &m.0);
     msg.opts_mut().insert(DhcpOption::MessageType(t));
     msg
 }

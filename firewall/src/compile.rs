@@ -304,7 +304,8 @@ fn build_side(mut rules: Vec<ValidRule>) -> Side {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{GroupSpec, MacAddr};
+    use crate::spec::GroupSpec;
+    use nubo_netid::MacAddr;
 
     fn rule(
         direction: Direction,

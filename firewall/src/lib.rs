@@ -25,5 +25,5 @@ pub use nft::{
 };
 pub use render::{ruleset, ruleset_with_mode, RenderMode, Ruleset};
 pub use spec::{
-    Direction, EtherType, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol, Remote, RuleSpec,
+    Direction, EtherType, FirewallSpec, GroupSpec, PortSpec, Protocol, Remote, RuleSpec,
 };

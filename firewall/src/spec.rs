@@ -4,11 +4,10 @@
 //! never looks at etcd or at nubo's own resource types.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use ipnet::IpNet;
+use nubo_netid::MacAddr;
 
 /// Everything the firewall of one node must enforce.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,100 +108,4 @@ pub enum Remote {
     Cidr(IpNet),
     /// Addresses of the members of this security group.
     Group(String),
-}
-
-/// A 48-bit Ethernet MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-/// Error returned when parsing a [`MacAddr`] fails.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address {0:?}: expected six hex octets separated by ':'")]
-pub struct ParseMacError(pub String);
-
-impl FromStr for MacAddr {
-    type Err = ParseMacError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseMacError(s.to_owned());
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut out {
-            let part = parts.next().ok_or_else(err)?;
-            if part.len() != 2 {
-                return Err(err());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl MacAddr {
-    /// The IPv6 link-local address SLAAC derives from this MAC (EUI-64).
-    pub fn ipv6_link_local(&self) -> std::net::Ipv6Addr {
-        let b = self.0;
-        std::net::Ipv6Addr::from([
-            0xfe,
-            0x80,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            b[0] ^ 0x02,
-            b[1],
-            b[2],
-            0xff,
-            0xfe,
-            b[3],
-            b[4],
-            b[5],
-        ])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_round_trips() {
-        let mac: MacAddr = "02:AB:00:0c:ff:01".parse().unwrap();
-        assert_eq!(mac.to_string(), "02:ab:00:0c:ff:01");
-    }
-
-    #[test]
-    fn mac_rejects_garbage() {
-        for bad in [
-            "",
-            "02:ab",
-            "02:ab:00:0c:ff:01:02",
-            "zz:ab:00:0c:ff:01",
-            "2:ab:00:0c:ff:011",
-        ] {
-            assert!(bad.parse::<MacAddr>().is_err(), "{bad} parsed");
-        }
-    }
-
-    #[test]
-    fn link_local_is_eui64() {
-        let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
-        assert_eq!(mac.ipv6_link_local().to_string(), "fe80::5054:ff:fe12:3456");
-    }
 }

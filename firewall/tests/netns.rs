@@ -315,30 +315,7 @@ fn spoofed_ip_and_mac_are_dropped() {
 }
 
 fn dhcp_lease(lab: &Lab) -> bool {
-    let out = lab.exec(
-        &lab.guests[1].ns,
-        &[
-            "busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-n",
-            "-q",
-            "-f",
-            "-t",
-            "3",
-            "-T",
-            "1",
-            "-s",
-            "/bin/true",
-        ],
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.status.success() && text.contains("obtained")
+    nubo_tests::netns::udhcpc_once(&lab.guests[1].ns).is_ok()
 }
 
 /// Starts a busybox udhcpd serving 10.77.0.100-110 in `ns`; returns the
@@ -427,7 +404,7 @@ fn arp_reply_for_another_ip_is_dropped() {
     let lab = Lab::new(3);
     let (ip1, g0_mac) = (
         lab.guests[1].ip.clone(),
-        nubo_firewall::MacAddr(lab.guests[0].mac).to_string(),
+        nubo_netid::MacAddr(lab.guests[0].mac).to_string(),
     );
     // arping must bind to the address it claims.
     lab.guest_ok(0, &["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"]);

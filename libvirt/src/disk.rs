@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::xml::esc;
+use crate::escape::{esc, unesc};
 
 /// A Ceph monitor QEMU connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,16 +216,6 @@ fn text_of<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
     let start = body.find(&open)? + open.len();
     let len = body[start..].find(&close)?;
     Some(&body[start..start + len])
-}
-
-/// Undoes [`esc`] (and libvirt's numeric apostrophe).
-fn unesc(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&apos;", "'")
-        .replace("&#39;", "'")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&")
 }
 
 #[cfg(test)]

@@ -697,7 +697,7 @@ impl LibvirtDriver {
 pub fn ceph_secret_xml(usage: &str) -> String {
     format!(
         "<secret ephemeral='no' private='yes'>\n  <usage type='ceph'>\n    <name>{}</name>\n  </usage>\n</secret>\n",
-        crate::xml::esc(usage)
+        crate::escape::esc(usage)
     )
 }
 

@@ -14,6 +14,7 @@
 mod disk;
 mod driver;
 mod error;
+mod escape;
 mod events;
 mod ffi;
 mod image;

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::disk::{rbd_disk_xml, IoTune};
+use crate::escape::esc;
 use crate::spec::{DiskSpec, DomainSpec, DEFAULT_NAME_PREFIX};
 
 /// XML namespace of the `<nubo:instance>` metadata element that marks a
@@ -122,36 +123,6 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
     x
 }
 
-/// Escapes the five XML special characters (valid in text and in
-/// single- or double-quoted attributes).
-pub(crate) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn esc_path(p: &Path) -> String {
     esc(&p.to_string_lossy())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_all_specials() {
-        assert_eq!(
-            esc(r#"a<b>&'c'"d""#),
-            "a&lt;b&gt;&amp;&apos;c&apos;&quot;d&quot;"
-        );
-    }
 }

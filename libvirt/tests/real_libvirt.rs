@@ -13,78 +13,67 @@
 //! start and defines take ~20-60 ms. A private qemu.conf with
 //! `namespaces = []` keeps libvirt from moving that bind mount into each
 //! QEMU's private /dev (which fails with EINVAL).
-//! [`Env`]'s `Drop` tears it all down, also when an assertion fails.
+//! [`Env`] (the harness's [`HostLibvirtd`] in a namespace of this run's
+//! [`Names`]) tears it all down on drop, also when an assertion fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nubo_libvirt::{
     DiskSpec, DomainEvent, DomainSpec, DomainType, DriverConfig, DriverError, EventStream,
     ImageCache, KernelBoot, LibvirtDriver, LifecycleEvent, Nic, PowerState, StopReason,
 };
+use nubo_tests::netns::{ip_batch, is_root, Names};
+use nubo_tests::vm_e2e::{ensure_test_guest, guest_dir, HostLibvirtd};
 use sha2::{Digest, Sha256};
 
-const GUEST_DIR: &str = "/var/cache/nubo/test-guest";
 const WAIT: Duration = Duration::from_secs(90);
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    nubo_tests::netns::run(cmd, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Per-run test environment; torn down on drop.
+/// Per-run test environment: the harness's [`HostLibvirtd`] in a namespace
+/// of this run's [`Names`]; torn down on drop (domains, QEMUs and daemons
+/// first, then the namespace, then the directory).
 struct Env {
-    token: String,
+    lv: HostLibvirtd,
+    names: Names,
     dir: tempfile::TempDir,
-    uri: String,
 }
 
 impl Env {
+    fn token(&self) -> &str {
+        self.names.token()
+    }
     fn ns(&self) -> String {
-        format!("nbt{}", self.token)
+        self.names.prefix()
     }
     fn bridge(&self) -> String {
-        format!("nbt{}b", self.token)
+        self.names.name("b")
     }
     fn tap(&self) -> String {
-        format!("nbt{}t0", self.token)
+        self.names.name("t0")
     }
     fn prefix(&self) -> String {
-        format!("nbt{}-", self.token)
+        format!("{}-", self.names.prefix())
     }
     fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
     fn virsh(&self, args: &[&str]) -> String {
-        let mut all = vec!["-q", "-c", self.uri.as_str()];
+        let mut all = vec!["-q", "-c", self.lv.uri()];
         all.extend_from_slice(args);
         run("virsh", &all)
     }
 
     fn start() -> Env {
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "the real libvirt test needs root"
-        );
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let token = format!("{:06x}", (std::process::id() ^ nanos) & 0xff_ffff);
+        assert!(is_root(), "the real libvirt test needs root");
+        let names = Names::new().expect("names");
         let dir = tempfile::Builder::new()
-            .prefix(&format!("nbt{token}"))
+            .prefix(&names.prefix())
             .tempdir()
             .expect("tempdir");
         std::fs::set_permissions(
@@ -92,155 +81,39 @@ impl Env {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .expect("chmod");
-        let base = dir.path().to_str().expect("utf8").to_owned();
-        let uri = format!("qemu+unix:///system?socket={base}/run/libvirt-sock");
-        let env = Env { token, dir, uri };
-        for d in ["run", "etcq", "lib", "cache", "log", "disks", "logs"] {
-            std::fs::create_dir_all(env.dir.path().join(d)).expect("mkdir");
+        for d in ["disks", "logs"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
         std::fs::set_permissions(
-            env.dir.path().join("logs"),
+            dir.path().join("logs"),
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )
         .expect("chmod logs");
-        let (ns, br, tap) = (env.ns(), env.bridge(), env.tap());
-        run("ip", &["netns", "add", &ns]);
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        run("ip", &["-n", &ns, "link", "add", &br, "type", "bridge"]);
-        run(
-            "ip",
-            &["-n", &ns, "addr", "add", "10.77.0.1/24", "dev", &br],
-        );
-        run("ip", &["-n", &ns, "link", "set", &br, "up"]);
-        run(
-            "ip",
-            &["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"],
-        );
-        run("ip", &["-n", &ns, "link", "set", &tap, "master", &br, "up"]);
-        env.launch(true);
-        env
-    }
-
-    /// Starts libvirtd (and virtlogd when `with_virtlogd`) in the
-    /// namespace, with the private state directories; waits until it answers.
-    fn launch(&self, with_virtlogd: bool) {
-        let base = self.dir.path().to_str().expect("utf8");
-        let virtlogd = if with_virtlogd {
-            "virtlogd -d -p /run/libvirt/virtlogd.pid && "
-        } else {
-            ""
-        };
-        let script = format!(
-            "mkdir -p /run/libvirt /var/cache/libvirt /var/log/libvirt && mount --bind {base}/run /run/libvirt && mount --bind {base}/etcq /etc/libvirt/qemu \
-             && mount --bind {base}/lib /var/lib/libvirt && mount --bind {base}/cache /var/cache/libvirt \
-             && mount --bind {base}/log /var/log/libvirt \
-             && : > {base}/nokvm && chmod 600 {base}/nokvm \
-             && {{ [ ! -e /dev/kvm ] || mount --bind {base}/nokvm /dev/kvm; }} \
-             && echo 'namespaces = []' > {base}/qemu.conf && mount --bind {base}/qemu.conf /etc/libvirt/qemu.conf \
-             && {virtlogd}libvirtd -d -p /run/libvirt/libvirtd.pid"
-        );
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns(),
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ],
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = Command::new("virsh")
-                .args(["-c", &self.uri, "version"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "private libvirtd did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let ns = names.add_netns("").expect("namespace");
+        let (br, tap) = (names.name("b"), names.name("t0"));
+        ip_batch(
+            Some(&ns),
+            &format!(
+                "link add {br} type bridge\naddr add 10.77.0.1/24 dev {br}\nlink set {br} up\n\
+                 tuntap add dev {tap} mode tap\nlink set {tap} master {br} up\n"
+            ),
+        )
+        .expect("bridge and tap");
+        let prefix = format!("{}-", names.prefix());
+        let lv = HostLibvirtd::start_in(&ns, dir.path(), &prefix).expect("private libvirtd");
+        Env { lv, names, dir }
     }
 
     /// Stops libvirtd (SIGTERM by pid; domains keep running) and starts it
     /// again.
     fn restart_libvirtd(&self) {
-        self.kill_pidfile("libvirtd.pid");
-        self.launch(false);
-    }
-
-    fn kill_pidfile(&self, name: &str) {
-        let Ok(pid) = std::fs::read_to_string(self.run_dir().join(name)) else {
-            return;
-        };
-        let Ok(pid) = pid.trim().parse::<i32>() else {
-            return;
-        };
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        for _ in 0..50 {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Ok(out) = Command::new("virsh")
-            .args(["-q", "-c", &self.uri, "list", "--all", "--name"])
-            .output()
-        {
-            for name in String::from_utf8_lossy(&out.stdout).lines() {
-                let name = name.trim();
-                if name.starts_with(&format!("nbt{}", self.token)) {
-                    let _ = Command::new("virsh")
-                        .args(["-c", &self.uri, "destroy", name])
-                        .output();
-                    let _ = Command::new("virsh")
-                        .args(["-c", &self.uri, "undefine", "--nvram", name])
-                        .output();
-                }
-            }
-        }
-        // Any QEMU of ours that survived (found by our unique token).
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-                let needle = format!("guest=nbt{}-", self.token);
-                if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        self.kill_pidfile("libvirtd.pid");
-        self.kill_pidfile("virtlogd.pid");
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns()])
-            .output();
+        self.lv.restart_in(&self.ns()).expect("restart libvirtd");
     }
 }
 
 fn guest_files() -> (PathBuf, PathBuf) {
-    let dir = Path::new(GUEST_DIR);
-    if !dir.join("vmlinuz").exists() || !dir.join("initrd.gz").exists() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-guest.sh");
-        run("bash", &[script.to_str().expect("utf8")]);
-    }
+    ensure_test_guest().expect("test guest");
+    let dir = guest_dir();
     (dir.join("vmlinuz"), dir.join("initrd.gz"))
 }
 
@@ -338,7 +211,7 @@ async fn full_lifecycle_on_private_libvirtd() {
     let env = &fx.env;
 
     let driver = LibvirtDriver::connect_with(DriverConfig {
-        uri: env.uri.clone(),
+        uri: env.lv.uri().to_string(),
         name_prefix: env.prefix(),
         qemu_pid_dir: env.run_dir().join("qemu"),
     })
@@ -354,7 +227,7 @@ async fn full_lifecycle_on_private_libvirtd() {
         format!(
             "<domain type='qemu'><name>nbt{}-foreign</name><uuid>{foreign_uuid}</uuid>\
              <memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>",
-            env.token
+            env.token()
         ),
     )
     .expect("write foreign");
@@ -522,7 +395,7 @@ async fn full_lifecycle_on_private_libvirtd() {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    assert_eq!(names, vec![format!("nbt{}-foreign", env.token)]);
+    assert_eq!(names, vec![format!("nbt{}-foreign", env.token())]);
     let err = driver.start(id).await.expect_err("gone");
     assert!(matches!(err, DriverError::NotFound(_)), "{err}");
     let link = run("ip", &["-n", &env.ns(), "-o", "link", "show", &env.tap()]);

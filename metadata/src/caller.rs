@@ -12,8 +12,9 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use nubo_netid::MacAddr;
+
 use crate::instance::{InstanceLookup, InstanceMeta};
-use crate::mac::MacAddr;
 
 /// The caller of one HTTP request, as seen by the host.
 ///

@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use nubo_netid::MacAddr;
 use serde::{Deserialize, Serialize};
-
-use crate::mac::MacAddr;
 
 /// Everything the metadata service serves about one instance port.
 ///

@@ -20,7 +20,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), nubo_metadata::MetadataError> {
-//! use nubo_metadata::{InstanceMeta, InstanceTable, MacAddr, MetadataServer};
+//! use nubo_metadata::{InstanceMeta, InstanceTable, MetadataServer};
+//! use nubo_netid::MacAddr;
 //! let table = InstanceTable::new();
 //! let mac: MacAddr = "fa:16:3e:00:00:01".parse().expect("valid MAC");
 //! table.insert("nb-42", InstanceMeta::new("uuid", [10, 0, 0, 5].into(), mac));
@@ -34,7 +35,6 @@
 mod caller;
 mod error;
 mod instance;
-mod mac;
 mod neighbour;
 mod routes;
 mod server;
@@ -43,7 +43,6 @@ mod socket;
 pub use caller::{resolve, CallerIdentity, Rejection};
 pub use error::MetadataError;
 pub use instance::{InstanceLookup, InstanceMeta, InstanceTable};
-pub use mac::{MacAddr, ParseMacError};
 pub use neighbour::NeighbourError;
 pub use routes::{router, EC2_VERSIONS, OPENSTACK_VERSIONS, TOKEN_PATH};
 pub use server::{MetadataServer, ServerConfig, METADATA_ADDR};

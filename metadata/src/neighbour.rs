@@ -9,14 +9,13 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures::StreamExt;
+use nubo_netid::MacAddr;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use tokio::task::JoinHandle;
-
-use crate::mac::MacAddr;
 
 /// How long one neighbour query may take before the caller is refused.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);

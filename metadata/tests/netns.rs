@@ -12,20 +12,15 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use nubo_metadata::{InstanceMeta, InstanceTable, MacAddr, MetadataServer};
-use support::netns::{curl, in_netns, Guest, Topology};
+use nubo_metadata::{InstanceMeta, InstanceTable, MetadataServer};
+use nubo_netid::MacAddr;
+use nubo_tests::netns::{in_netns, need_root, run};
+use support::netns::{curl, Guest, Topology};
 
 /// True (after saying so) when not root and `NUBO_TEST_ALLOW_SKIP` names
-/// `root`; without root and that opt-out, the test fails in `Topology::new`.
+/// `root`; without root and that opt-out, the test fails.
 fn skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let allowed = std::env::var("NUBO_TEST_ALLOW_SKIP")
-        .is_ok_and(|v| v.split(',').any(|c| c.trim() == "root"));
-    if !root && allowed {
-        eprintln!("SKIP (NUBO_TEST_ALLOW_SKIP=root): network namespace test needs root");
-    }
-    !root && allowed
+    !need_root().unwrap()
 }
 
 fn init_tracing() {
@@ -73,6 +68,7 @@ fn start_in(
         }
         server
     })
+    .unwrap()
 }
 
 fn assert_instance(guest: &Guest, uuid: &str, key_name: &str) {
@@ -106,11 +102,11 @@ fn assert_instance(guest: &Guest, uuid: &str, key_name: &str) {
 
 /// The TCP listeners on port 80 in the host namespace, as `ss` shows them.
 fn listeners(topo: &Topology) -> String {
-    let output = support::netns::run(
+    run(
         "ip",
         &["netns", "exec", &topo.host, "ss", "-Hltn", "sport = :80"],
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    )
+    .unwrap()
 }
 
 /// Nothing listens any more, and a guest gets no answer. (Without a socket
@@ -240,6 +236,7 @@ fn bridges_can_be_removed_and_added_again() {
             let _entered = handle.enter();
             server.add_bridge("br1").map_err(|e| e.to_string())
         })
+        .unwrap()
     };
     assert!(again.is_err(), "{again:?}");
 
@@ -253,7 +250,8 @@ fn bridges_can_be_removed_and_added_again() {
         in_netns(&topo.host, move || {
             let _entered = handle.enter();
             server.add_bridge("br1").expect("re-add br1");
-        });
+        })
+        .unwrap();
     }
     assert_instance(&g1, UUID_1, "key-one");
 
@@ -300,7 +298,8 @@ fn load_32_clients() {
                 Duration::from_secs(seconds),
                 keep_alive,
             ))
-        });
+        })
+        .unwrap();
         let mode = if keep_alive {
             "keep-alive"
         } else {

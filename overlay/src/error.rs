@@ -71,10 +71,18 @@ impl OverlayError {
     /// The kernel's errno if this is a netlink error reply.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            OverlayError::Netlink { source, .. } => crate::netlink::netlink_errno(source),
+            OverlayError::Netlink { source, .. } => netlink_errno(source),
             OverlayError::Sys { source, .. } => source.raw_os_error(),
             _ => None,
         }
+    }
+}
+
+/// The positive errno of a netlink error reply.
+pub(crate) fn netlink_errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().abs()),
+        _ => None,
     }
 }
 

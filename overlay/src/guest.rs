@@ -6,12 +6,12 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 
+use nubo_netid::MacAddr;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
 use crate::error::OverlayError;
-use crate::mac::MacAddr;
 use crate::netlink::Netlink;
 use crate::netns::{create_netns, delete_netns, netns_path, run_in_netns, NETNS_DIR};
 use crate::tap::validate_ifname;

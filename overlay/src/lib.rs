@@ -12,7 +12,7 @@
 //! [`Netlink::observe`] → pure [`plan`] → [`Netlink::apply`].
 //!
 //! The crate also provides the primitives instance drivers need: persistent
-//! taps ([`Netlink::create_tap`], [`tap_name`]) and the netns "guest"
+//! taps ([`Netlink::create_tap`]; names from [`nubo_netid::tap_name`]) and the netns "guest"
 //! driver, an instance that is a network namespace wired to the node with a
 //! veth pair ([`Netlink::create_netns_guest`] and friends).
 //!
@@ -23,7 +23,6 @@
 
 mod error;
 mod guest;
-mod mac;
 mod names;
 mod netlink;
 mod netns;
@@ -34,8 +33,7 @@ mod tap;
 
 pub use error::{ActionFailure, ApplyError, OverlayError};
 pub use guest::{delete_netns_guest, list_netns_guests, netns_guest_exists, GUEST_IFNAME};
-pub use mac::{MacAddr, MacParseError};
-pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, tap_name, vxlan_name};
+pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 pub use netlink::Netlink;
 pub use netns::run_in_netns;
 pub use observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};

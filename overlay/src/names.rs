@@ -35,20 +35,6 @@ fn parse_vni_suffix(name: &str, prefix: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Tap name of a port: `tap` + the first 11 hex digits of the port id with
-/// dashes removed (14 characters at most, within the 15-character
-/// `IFNAMSIZ` limit). Non-hex characters are dropped too, so the result is
-/// always a valid interface name.
-pub fn tap_name(port_id: &str) -> String {
-    let hex: String = port_id
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .map(|c| c.to_ascii_lowercase())
-        .take(11)
-        .collect();
-    format!("tap{hex}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,16 +63,5 @@ mod tests {
             assert_eq!(parse_bridge_name(name), None, "{name}");
         }
         assert_eq!(parse_vxlan_name("nb-5"), None);
-    }
-
-    #[test]
-    fn tap_name_from_uuid() {
-        assert_eq!(
-            tap_name("3f2a9c1e-7b4d-4e8a-9f00-1234567890ab"),
-            "tap3f2a9c1e7b4"
-        );
-        assert_eq!(tap_name("ABCDEF01-2345"), "tapabcdef01234");
-        assert!(tap_name("3f2a9c1e-7b4d-4e8a-9f00-1234567890ab").len() <= 15);
-        assert_eq!(tap_name("12"), "tap12");
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
+use nubo_netid::MacAddr;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
     NLM_F_REQUEST,
@@ -19,8 +20,7 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use tracing::{debug, info, warn};
 
-use crate::error::{ActionFailure, ApplyError, OverlayError};
-use crate::mac::MacAddr;
+use crate::error::{netlink_errno, ActionFailure, ApplyError, OverlayError};
 use crate::names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 use crate::observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 use crate::plan::OverlayAction;
@@ -455,14 +455,6 @@ impl Netlink {
             }
         }
         Ok(())
-    }
-}
-
-/// The positive errno of a netlink error reply.
-pub(crate) fn netlink_errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().abs()),
-        _ => None,
     }
 }
 

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use nubo_netid::MacAddr;
 use tracing::warn;
 
-use crate::mac::MacAddr;
 use crate::names::{bridge_name, vxlan_name};
 use crate::observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 use crate::spec::{network_mtu, FdbEntry, OverlaySpec, METADATA_ADDR, METADATA_PREFIX_LEN};

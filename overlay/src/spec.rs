@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::mac::MacAddr;
+use nubo_netid::MacAddr;
 
 /// UDP destination port of every VXLAN device (IANA VXLAN port).
 pub const VXLAN_PORT: u16 = 4789;

@@ -5,10 +5,10 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
+use nubo_netid::MacAddr;
 use tracing::info;
 
 use crate::error::OverlayError;
-use crate::mac::MacAddr;
 use crate::netlink::Netlink;
 
 /// Validates a Linux interface name (1-15 bytes, no `/`, whitespace, NUL,

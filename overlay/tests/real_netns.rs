@@ -6,78 +6,20 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use nubo_netid::{tap_name, MacAddr};
 use nubo_overlay::{
-    delete_netns_guest, list_netns_guests, netns_guest_exists, plan, run_in_netns, tap_name,
-    FdbEntry, LinkKind, LocalPort, MacAddr, Netlink, NetworkSpec, ObservedOverlay, OverlayAction,
-    OverlaySpec,
+    delete_netns_guest, list_netns_guests, netns_guest_exists, plan, run_in_netns, FdbEntry,
+    LinkKind, LocalPort, Netlink, NetworkSpec, ObservedOverlay, OverlayAction, OverlaySpec,
 };
+use nubo_tests::netns::{need_root, Names};
+use nubo_tests::wait_until;
 
 // ---------------------------------------------------------------- harness
 
-/// Owns every namespace whose name starts with `nbt<token>`; removes them
-/// (and with them every link inside) on drop.
-struct Lab {
-    token: String,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let n = std::process::id()
-            .wrapping_mul(2_654_435_761)
-            .wrapping_add(nanos)
-            .wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503));
-        Lab {
-            token: format!("{:04x}", n & 0xffff),
-        }
-    }
-
-    fn prefix(&self) -> String {
-        format!("nbt{}", self.token)
-    }
-
-    /// `nbt<token><suffix>` (suffix ≤ 6 chars keeps it within 15).
-    fn name(&self, suffix: &str) -> String {
-        format!("{}{}", self.prefix(), suffix)
-    }
-
-    fn add_netns(&self, suffix: &str) -> String {
-        let name = self.name(suffix);
-        run_ok(&["ip", "netns", "add", &name]);
-        run_ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // Guests first (they hold the host ends of their veths), then hosts.
-        if let Ok(names) = list_netns_guests(&self.prefix()) {
-            for ns in names {
-                let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-            }
-        }
-    }
-}
-
 fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("NUBO_TEST_ALLOW_SKIP").is_ok_and(|v| v.split(',').any(|c| c.trim() == "root"))
-    {
-        eprintln!("SKIP (NUBO_TEST_ALLOW_SKIP=root): needs root");
-        return false;
-    }
-    panic!("these tests need root (run as root, or set NUBO_TEST_ALLOW_SKIP=root to skip them)");
+    need_root().unwrap()
 }
 
 fn run(args: &[&str]) -> Output {
@@ -88,13 +30,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    nubo_tests::netns::run(args[0], &args[1..]).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn pings(ns: &str, target: &str) -> bool {
@@ -107,14 +43,7 @@ fn pings(ns: &str, target: &str) -> bool {
 
 /// Polls `cond` for up to 10 s.
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for: {what}");
+    wait_until(Duration::from_secs(10), what, || Ok(cond())).unwrap();
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -139,9 +68,9 @@ async fn reconcile(
 }
 
 /// Two hosts joined by a veth underlay 10.99.0.0/24.
-fn two_hosts(lab: &Lab) -> (String, String) {
-    let h1 = lab.add_netns("h1");
-    let h2 = lab.add_netns("h2");
+fn two_hosts(lab: &Names) -> (String, String) {
+    let h1 = lab.add_netns("h1").unwrap();
+    let h2 = lab.add_netns("h2").unwrap();
     run_ok(&[
         "ip", "-n", &h1, "link", "add", "ul", "type", "veth", "peer", "name", "ul", "netns", &h2,
     ]);
@@ -174,7 +103,7 @@ async fn vxlan_between_two_hosts_pings_isolates_and_cleans_up() {
     if !require_root() {
         return;
     }
-    let lab = Lab::new();
+    let lab = Names::new().unwrap();
     let (h1, h2) = two_hosts(&lab);
 
     // Two networks with the SAME CIDR 10.0.0.0/24, one guest of each on
@@ -185,7 +114,7 @@ async fn vxlan_between_two_hosts_pings_isolates_and_cleans_up() {
         lab.name("g2a"),
         lab.name("g2b"),
     );
-    let tap = |id: &str| tap_name(&format!("{}{id}-0000-4000-8000-000000000000", lab.token));
+    let tap = |id: &str| tap_name(&format!("{}{id}-0000-4000-8000-000000000000", lab.token()));
     let (t1a, t1b, t2a, t2b) = (tap("1a1"), tap("1b1"), tap("2a1"), tap("2b1"));
     let (m1a, m1b, m2a, m2b) = (
         mac("02:00:00:64:01:01"),
@@ -334,8 +263,8 @@ async fn misconfigured_vxlan_is_recreated_and_fdb_follows_vteps() {
     if !require_root() {
         return;
     }
-    let lab = Lab::new();
-    let host = lab.add_netns("r");
+    let lab = Names::new().unwrap();
+    let host = lab.add_netns("r").unwrap();
     run_ok(&[
         "ip", "-n", &host, "link", "add", "ul", "type", "veth", "peer", "name", "ulp",
     ]);
@@ -465,8 +394,8 @@ async fn taps_and_guests_are_created_and_deleted() {
     if !require_root() {
         return;
     }
-    let lab = Lab::new();
-    let host = lab.add_netns("t");
+    let lab = Names::new().unwrap();
+    let host = lab.add_netns("t").unwrap();
     let tap = lab.name("tap");
     let guest = lab.name("g");
     let veth = lab.name("veth");
@@ -529,8 +458,8 @@ async fn panics_inside_a_namespace_are_reported() {
     if !require_root() {
         return;
     }
-    let lab = Lab::new();
-    let host = lab.add_netns("p");
+    let lab = Names::new().unwrap();
+    let host = lab.add_netns("p").unwrap();
     let err = run_in_netns::<_, _, ()>(&host, |_nl| async { panic!("boom") })
         .await
         .unwrap_err();

@@ -6,9 +6,9 @@
 
 use std::ops::BitOr;
 
-use crate::cluster::validate_name;
 use crate::error::{Context, Error, Result};
 use crate::ffi;
+use crate::name::validate_name;
 
 /// RBD image feature bits (`rbd/features.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,7 @@ mod error;
 mod ffi;
 mod image;
 mod import;
+mod name;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

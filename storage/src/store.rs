@@ -5,9 +5,10 @@
 
 use std::io::Read;
 
-use crate::cluster::{validate_name, Cluster};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::image::{Features, Image, Pool};
+use crate::name::validate_name;
 
 /// A disk (root disk or volume): an RBD image `pool/name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::{Cluster, ConnectOptions};
+use crate::{Cluster, ConnectOptions, Error, RbdPools};
 
 /// Binaries the cluster needs (packages ceph-mon ceph-mgr ceph-osd ceph-common).
 pub const CEPH_BINARIES: &[&str] = &["ceph-mon", "ceph-mgr", "ceph-osd", "ceph", "rbd"];
@@ -56,6 +56,24 @@ pub fn skip_allowed(component: &str) -> bool {
 pub fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
+}
+
+/// Pools `<prefix>-images`, `<prefix>-vms` and `<prefix>-volumes`,
+/// created unless they exist: one set per test, so tests sharing a cluster
+/// do not see each other's images.
+pub fn test_pools(admin: &Cluster, prefix: &str) -> crate::Result<RbdPools> {
+    let p = RbdPools {
+        images: format!("{prefix}-images"),
+        disks: format!("{prefix}-vms"),
+        volumes: format!("{prefix}-volumes"),
+    };
+    for name in [&p.images, &p.disks, &p.volumes] {
+        match admin.create_pool(name) {
+            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(p)
 }
 
 impl TestCluster {

@@ -10,7 +10,7 @@ use std::io::{Cursor, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nubo_storage::testing::TestCluster;
+use nubo_storage::testing::{test_pools, TestCluster};
 use nubo_storage::{
     BlockStore, Cluster, ConnectOptions, DiskRef, Error, Features, RbdPools, RbdStore,
 };
@@ -30,14 +30,8 @@ fn pool(admin: &Cluster, name: &str) {
 }
 
 fn store(admin: &Cluster, prefix: &str) -> RbdStore {
-    let pools = RbdPools {
-        images: format!("{prefix}-images"),
-        disks: format!("{prefix}-vms"),
-        volumes: format!("{prefix}-volumes"),
-    };
-    for p in [&pools.images, &pools.disks, &pools.volumes] {
-        pool(admin, p);
-    }
+    let pools =
+        test_pools(admin, prefix).unwrap_or_else(|e| panic!("create pools {prefix}-…: {e}"));
     RbdStore::new(admin.clone(), pools)
 }
 

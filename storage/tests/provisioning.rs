@@ -10,23 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nubo_storage::testing::TestCluster;
-use nubo_storage::{BlockStore, Cluster, Error, ImportWait, RbdPools, RbdStore, BASE_SNAP};
+use nubo_storage::testing::{test_pools, TestCluster};
+use nubo_storage::{BlockStore, Cluster, ImportWait, RbdStore, BASE_SNAP};
 
 const MIB: u64 = 1 << 20;
 
 fn store(admin: &Cluster, prefix: &str) -> RbdStore {
-    let pools = RbdPools {
-        images: format!("{prefix}-images"),
-        disks: format!("{prefix}-vms"),
-        volumes: format!("{prefix}-volumes"),
-    };
-    for p in [&pools.images, &pools.disks, &pools.volumes] {
-        match admin.create_pool(p) {
-            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
-            Err(e) => panic!("create pool {p}: {e}"),
-        }
-    }
+    let pools =
+        test_pools(admin, prefix).unwrap_or_else(|e| panic!("create pools {prefix}-…: {e}"));
     RbdStore::new(admin.clone(), pools)
 }
 

@@ -1,4 +1,8 @@
-//! A `nubo-agent` process, optionally inside a network namespace.
+//! A `nubo-agent` process, optionally inside a network namespace: the one
+//! agent guard of the harness, for fake-driver clusters and for the labs
+//! whose agents run real guests ([`Driver::Netns`] in
+//! [`crate::net_e2e::NetLab`], [`Driver::Libvirt`] in
+//! [`crate::vm_e2e::VmLab`]).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -6,11 +10,64 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::netns::Host;
 use crate::process::{bin_path, Daemon};
 use crate::wait::wait_until;
 
 /// How long an agent may take to register (a loaded 2-core machine).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a libvirt agent may take to be ready (it probes libvirtd).
+const LIBVIRT_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How the agent runs instances (`--driver`), with the flags that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driver {
+    /// `--driver fake`: instances exist only in the agent's state file.
+    Fake,
+    /// `--driver netns`: every guest is a network namespace named
+    /// `<guest_prefix><8 hex digits of the instance id>`.
+    Netns {
+        /// `--netns-prefix`.
+        guest_prefix: String,
+    },
+    /// `--driver libvirt` (domain type `qemu`, TCG) against a private
+    /// libvirtd; domains are named `<domain_prefix><instance id>`.
+    Libvirt {
+        /// `--libvirt-uri`.
+        uri: String,
+        /// `--libvirt-prefix`.
+        domain_prefix: String,
+    },
+}
+
+impl Driver {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec!["--driver".to_string()];
+        match self {
+            Driver::Fake => a.push("fake".into()),
+            Driver::Netns { guest_prefix } => {
+                a.extend([
+                    "netns".into(),
+                    "--netns-prefix".into(),
+                    guest_prefix.clone(),
+                ]);
+            }
+            Driver::Libvirt { uri, domain_prefix } => a.extend([
+                "libvirt".into(),
+                "--libvirt-uri".into(),
+                uri.clone(),
+                "--domain-type".into(),
+                "qemu".into(),
+                "--libvirt-prefix".into(),
+                domain_prefix.clone(),
+                "--shutdown-timeout-secs".into(),
+                "3".into(),
+            ]),
+        }
+        a
+    }
+}
 
 /// Options of [`Agent::start`].
 #[derive(Debug, Clone)]
@@ -19,8 +76,8 @@ pub struct AgentOpts {
     pub node: String,
     /// etcd client URLs, comma-separated.
     pub etcd_endpoints: String,
-    /// `--driver` (`fake`, `netns`, `libvirt`).
-    pub driver: String,
+    /// `--driver` and its flags.
+    pub driver: Driver,
     /// `--lease-ttl` in seconds.
     pub lease_ttl: u32,
     /// `--vcpus`.
@@ -31,10 +88,26 @@ pub struct AgentOpts {
     pub disk_gb: u64,
     /// `--underlay-ip`, if set.
     pub underlay_ip: Option<IpAddr>,
-    /// Run the agent inside this network namespace (`ip netns exec`).
+    /// `--availability-zone`, if set.
+    pub availability_zone: Option<String>,
+    /// Run the agent inside this network namespace (`nsenter --net`, not
+    /// `ip netns exec`, whose private mount namespace would hide the guest
+    /// namespaces a netns-driver agent creates from everyone else).
     pub netns: Option<String>,
     /// Pass `--no-network` (fake-driver clusters need no data path).
     pub no_network: bool,
+    /// The agent's `RUST_LOG`.
+    pub log_filter: String,
+    /// How long [`Agent::start`] and [`Agent::restart`] wait for the agent.
+    pub ready_timeout: Duration,
+    /// Also count the agent as started once its
+    /// `/nubo/v1/nodes/<node>/alive` key names its pid (before its first
+    /// reconcile pass is done and it logs `nubo-agent ready`).
+    pub ready_on_alive_key: bool,
+    /// Where the agent's directory (state directory and log) is made:
+    /// inside this directory, world-traversable (QEMU reads the disks and
+    /// writes the consoles in it), instead of a private temporary directory.
+    pub dir_in: Option<PathBuf>,
     /// Extra command-line flags.
     pub extra_args: Vec<String>,
 }
@@ -46,22 +119,59 @@ impl AgentOpts {
         Self {
             node: node.to_string(),
             etcd_endpoints: etcd_endpoints.to_string(),
-            driver: "fake".into(),
+            driver: Driver::Fake,
             lease_ttl: 2,
             vcpus: 64,
             ram_mb: 131_072,
             disk_gb: 2_048,
             underlay_ip: None,
+            availability_zone: None,
             netns: None,
             no_network: true,
+            log_filter: "info".into(),
+            ready_timeout: START_TIMEOUT,
+            ready_on_alive_key: true,
+            dir_in: None,
             extra_args: Vec::new(),
         }
     }
 
+    /// The agent of lab host `i` running real guests with `driver`: node
+    /// `hv-<i>`, zone `az-<i>`, inside the host's namespace with its
+    /// underlay address, a 3 s lease, the network reconcilers on, and
+    /// [`lab_log_filter`] (its reconcile passes in the log). Started once
+    /// it logs `nubo-agent ready` (its first reconcile pass is done).
+    ///
+    /// [`Driver::Libvirt`] gets 64 vCPUs / 64 GiB / 1 TB and the node API
+    /// on `<host ip>:7402`; the others room for hundreds of guests and
+    /// `--underlay-mtu 1500`.
+    pub fn lab(host: &Host, i: u8, etcd_endpoints: &str, driver: Driver) -> Self {
+        let mut o = Self::fake(&format!("hv-{i}"), etcd_endpoints);
+        o.lease_ttl = 3;
+        o.underlay_ip = Some(host.ip().into());
+        o.availability_zone = Some(format!("az-{i}"));
+        o.netns = Some(host.netns().to_string());
+        o.no_network = false;
+        o.log_filter = lab_log_filter();
+        o.ready_on_alive_key = false;
+        match driver {
+            Driver::Libvirt { .. } => {
+                (o.vcpus, o.ram_mb, o.disk_gb) = (64, 65_536, 1_000);
+                o.ready_timeout = LIBVIRT_START_TIMEOUT;
+                o.extra_args = vec!["--node-api-listen".into(), format!("{}:7402", host.ip())];
+            }
+            Driver::Netns { .. } | Driver::Fake => {
+                (o.vcpus, o.ram_mb, o.disk_gb) = (256, 1_048_576, 100_000);
+                o.extra_args = vec!["--underlay-mtu".into(), "1500".into()];
+            }
+        }
+        o.driver = driver;
+        o
+    }
+
     fn args(&self, state_dir: &Path) -> Vec<String> {
-        let mut a = vec![
-            "--driver".to_string(),
-            self.driver.clone(),
+        let mut a = self.driver.args();
+        a.extend([
             "--node".into(),
             self.node.clone(),
             "--etcd-endpoints".into(),
@@ -76,9 +186,12 @@ impl AgentOpts {
             self.ram_mb.to_string(),
             "--disk-gb".into(),
             self.disk_gb.to_string(),
-        ];
+        ]);
         if let Some(ip) = self.underlay_ip {
             a.extend(["--underlay-ip".into(), ip.to_string()]);
+        }
+        if let Some(az) = &self.availability_zone {
+            a.extend(["--availability-zone".into(), az.clone()]);
         }
         if self.no_network {
             a.push("--no-network".into());
@@ -86,6 +199,13 @@ impl AgentOpts {
         a.extend(self.extra_args.iter().cloned());
         a
     }
+}
+
+/// The `RUST_LOG` of lab agents: [`PASS_LOG_FILTER`] (info, plus the line
+/// ending each reconcile pass), or `$NUBO_TEST_AGENT_LOG` when set (e.g.
+/// `info,nubo_agent=debug` for the reconcile timings of a profiling run).
+pub fn lab_log_filter() -> String {
+    std::env::var("NUBO_TEST_AGENT_LOG").unwrap_or_else(|_| PASS_LOG_FILTER.to_string())
 }
 
 /// A running `nubo-agent`; killed (SIGKILL, by pid) on drop. Its state
@@ -98,50 +218,68 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent and waits until it is registered: its log prints
-    /// `nubo-agent ready` or its `/nubo/v1/nodes/<node>/alive` key names its pid.
+    /// Starts an agent and waits until it is ready: its log prints
+    /// `nubo-agent ready` (or, with [`AgentOpts::ready_on_alive_key`], its
+    /// `/nubo/v1/nodes/<node>/alive` key names its pid).
     pub fn start(opts: AgentOpts) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("nbt-agent-{}-", opts.node))
-            .tempdir()?;
+        let prefix = format!("nbt-agent-{}-", opts.node);
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix);
+        let dir = match &opts.dir_in {
+            Some(parent) => {
+                let d = builder.tempdir_in(parent)?;
+                crate::netns::run("chmod", &["755", &d.path().display().to_string()])?;
+                d
+            }
+            None => builder.tempdir()?,
+        };
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state)?;
-        let prefix = match &opts.netns {
-            Some(ns) => vec!["ip".into(), "netns".into(), "exec".into(), ns.clone()],
+        let enter = match &opts.netns {
+            Some(ns) => vec!["nsenter".into(), format!("--net=/run/netns/{ns}")],
             None => vec![],
         };
         let daemon = Daemon::spawn(
             &format!("nubo-agent {}", opts.node),
-            prefix,
+            enter,
             bin_path("nubo-agent")?,
             opts.args(&state),
             dir.path().join("agent.log"),
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", &opts.log_filter)],
         )?;
         let mut a = Self { daemon, opts, dir };
         a.wait_ready()?;
         Ok(a)
     }
 
-    /// Waits until the current incarnation is registered.
+    /// Waits until the current incarnation is ready.
     pub fn wait_ready(&mut self) -> Result<()> {
         let node = self.opts.node.clone();
         let endpoints = self.opts.etcd_endpoints.clone();
         let alive_key = format!("/nubo/v1/nodes/{node}/alive");
+        let by_key = self.opts.ready_on_alive_key;
         let daemon = &mut self.daemon;
-        wait_until(START_TIMEOUT, &format!("agent {node} to be ready"), || {
-            daemon.check_running().map_err(crate::wait::fatal)?;
-            if daemon.current_log().contains("nubo-agent ready") {
-                return Ok(true);
-            }
-            // Fallback: the alive key carries the agent's pid.
-            let pid = daemon.pid().unwrap_or(0);
-            let v = crate::etcd::etcdctl(&endpoints, &["get", &alive_key, "--print-value-only"])?;
-            Ok(serde_json::from_str::<serde_json::Value>(v.trim())
-                .ok()
-                .and_then(|j| j.get("pid").and_then(|p| p.as_u64()))
-                == Some(u64::from(pid)))
-        })
+        wait_until(
+            self.opts.ready_timeout,
+            &format!("agent {node} to be ready"),
+            || {
+                daemon.check_running().map_err(crate::wait::fatal)?;
+                if daemon.current_log().contains("nubo-agent ready") {
+                    return Ok(true);
+                }
+                if !by_key {
+                    return Ok(false);
+                }
+                // The alive key carries the agent's pid.
+                let pid = daemon.pid().unwrap_or(0);
+                let v =
+                    crate::etcd::etcdctl(&endpoints, &["get", &alive_key, "--print-value-only"])?;
+                Ok(serde_json::from_str::<serde_json::Value>(v.trim())
+                    .ok()
+                    .and_then(|j| j.get("pid").and_then(|p| p.as_u64()))
+                    == Some(u64::from(pid)))
+            },
+        )
         .with_context(|| format!("log tail:\n{}", self.daemon.log_tail()))
     }
 
@@ -154,11 +292,12 @@ impl Agent {
     /// Starts the agent again with the same flags and state directory and
     /// waits until it is ready.
     pub fn restart(&mut self) -> Result<()> {
-        self.daemon.start(&[("RUST_LOG", "info")])?;
+        self.daemon.start(&[("RUST_LOG", &self.opts.log_filter)])?;
         self.wait_ready()
     }
 
-    /// The process id, or `None` once killed.
+    /// The process id, or `None` once killed (`nsenter` execs the agent:
+    /// same process).
     pub fn pid(&self) -> Option<u32> {
         self.daemon.pid()
     }
@@ -181,6 +320,16 @@ impl Agent {
     /// The `--state-dir`.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// Where the console log of instance `id` on this node is written.
+    pub fn console_path(&self, id: &str) -> PathBuf {
+        self.state_dir().join("console").join(format!("{id}.log"))
+    }
+
+    /// The console log of an instance on this node (empty until it exists).
+    pub fn console(&self, id: &str) -> String {
+        std::fs::read_to_string(self.console_path(id)).unwrap_or_default()
     }
 
     /// The whole log (every incarnation).

@@ -97,7 +97,7 @@ impl Cli {
     /// CLI's token store ([`Cli::with_token_store`]).
     pub fn login(&self, user: &str, password: &str, dir: &Path) -> Result<Value> {
         let pw = dir.join(format!("password-{user}"));
-        crate::secure::write_secret(&pw, &format!("{password}\n"))?;
+        crate::files::write_secret(&pw, &format!("{password}\n"))?;
         self.json(&[
             "login",
             "--user",

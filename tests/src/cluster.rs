@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::agent::{Agent, AgentOpts};
+use crate::agent::{Agent, AgentOpts, Driver};
 use crate::cli::Cli;
 use crate::coordinator::Coordinator;
 use crate::etcd::Etcd;
@@ -41,9 +41,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// `--driver` of every agent (default `fake`).
-    pub fn driver(mut self, driver: &str) -> Self {
-        self.agent_template.driver = driver.to_string();
+    /// `--driver` of every agent (default [`Driver::Fake`]).
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.agent_template.driver = driver;
         self
     }
 

@@ -173,33 +173,9 @@ impl Etcd {
     }
 
     fn wait_healthy(&mut self, i: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let url = format!("{}/health", self.member_endpoint(i));
-        loop {
-            if let Some(child) = self.members[i].child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "etcd member {i} exited early with {status}; log:\n{}",
-                        self.member_log(i)
-                    );
-                }
-            }
-            let ok = Command::new("curl")
-                .args(["-sf", "--max-time", "1", &url])
-                .output()
-                .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"))
-                .unwrap_or(false);
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd member {i} not healthy after {timeout:?}; log:\n{}",
-                    self.member_log(i)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let r = poll_health(self.members[i].child.as_mut(), &url, &[], timeout)?;
+        r.map_err(|u| u.error(&format!("etcd member {i}"), timeout, &self.member_log(i)))
     }
 
     /// The client URLs, comma-separated (what `--etcd-endpoints` and
@@ -450,6 +426,61 @@ fn base64_decode(s: &str) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// Why [`poll_health`] gave up.
+pub(crate) enum Unhealthy {
+    /// The process exited.
+    Exited(std::process::ExitStatus),
+    /// No healthy answer before the deadline.
+    Timeout,
+}
+
+impl Unhealthy {
+    /// The error to report for `what` (e.g. `etcd member 2`), with its log.
+    pub(crate) fn error(&self, what: &str, timeout: Duration, log: &str) -> anyhow::Error {
+        match self {
+            Unhealthy::Exited(status) => {
+                anyhow::anyhow!("{what} exited early with {status}; log:\n{log}")
+            }
+            Unhealthy::Timeout => {
+                anyhow::anyhow!("{what} not healthy after {timeout:?}; log:\n{log}")
+            }
+        }
+    }
+}
+
+/// Polls etcd's `/health` at `url` (`curl` with `curl_args` first, e.g.
+/// client certificates) every 100 ms until it answers healthy, the process
+/// `child` exits, or `timeout` passes.
+pub(crate) fn poll_health(
+    mut child: Option<&mut Child>,
+    url: &str,
+    curl_args: &[std::ffi::OsString],
+    timeout: Duration,
+) -> Result<std::result::Result<(), Unhealthy>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(child) = child.as_deref_mut() {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Err(Unhealthy::Exited(status)));
+            }
+        }
+        let ok = Command::new("curl")
+            .args(["-sf", "--max-time", "1"])
+            .args(curl_args)
+            .arg(url)
+            .output()
+            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"))
+            .unwrap_or(false);
+        if ok {
+            return Ok(Ok(()));
+        }
+        if Instant::now() > deadline {
+            return Ok(Err(Unhealthy::Timeout));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `etcd` from `PATH` (package etcd-server), or the binary named by

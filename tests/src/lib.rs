@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod coordinator;
 pub mod etcd;
+pub mod files;
 pub mod http;
 pub mod inventory;
 pub mod modgraph;
@@ -29,7 +30,7 @@ pub mod tls;
 pub mod vm_e2e;
 pub mod wait;
 
-pub use agent::{Agent, AgentOpts};
+pub use agent::{Agent, AgentOpts, Driver};
 pub use cli::{list_items, Cli, CliOutput, Running};
 pub use cluster::{Cluster, ClusterBuilder};
 pub use coordinator::{Coordinator, CoordinatorOpts, SecureOpts};

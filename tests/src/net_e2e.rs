@@ -18,125 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::netns::{link_names, netns_names, run};
-use crate::process::{bin_path, Daemon};
+use crate::agent::{Agent, AgentOpts, Driver};
+use crate::netns::{link_names, netns_command, netns_exec, netns_names, run};
 use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
-
-/// How long an agent may take to register.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The agents' `RUST_LOG`: [`crate::agent::PASS_LOG_FILTER`] (info, plus
-/// the line ending each reconcile pass), or `$NUBO_TEST_AGENT_LOG` when set
-/// (e.g. `info,nubo_agent=debug` for the reconcile timings of a profiling
-/// run).
-fn agent_log_filter() -> String {
-    std::env::var("NUBO_TEST_AGENT_LOG")
-        .unwrap_or_else(|_| crate::agent::PASS_LOG_FILTER.to_string())
-}
-
-/// A `nubo-agent --driver netns` inside a host namespace.
-pub struct NetAgent {
-    daemon: Daemon,
-    node: String,
-    dir: tempfile::TempDir,
-}
-
-impl NetAgent {
-    /// Starts the agent of host `i` (node `hv-<i>`, zone `az-<i>`).
-    pub fn start(host: &Host, i: u8, etcd: &str, guest_prefix: &str) -> Result<Self> {
-        let node = format!("hv-{i}");
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("nbt-netagent-{i}-"))
-            .tempdir()?;
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(&state)?;
-        let args: Vec<String> = [
-            "--driver",
-            "netns",
-            "--netns-prefix",
-            guest_prefix,
-            "--node",
-            &node,
-            "--etcd-endpoints",
-            etcd,
-            "--state-dir",
-            &state.display().to_string(),
-            "--underlay-ip",
-            &host.ip().to_string(),
-            "--underlay-mtu",
-            "1500",
-            "--availability-zone",
-            &format!("az-{i}"),
-            "--lease-ttl",
-            "3",
-            "--vcpus",
-            "256",
-            "--ram-mb",
-            "1048576",
-            "--disk-gb",
-            "100000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let daemon = Daemon::spawn(
-            &format!("nubo-agent {node}"),
-            vec![
-                "nsenter".into(),
-                format!("--net=/run/netns/{}", host.netns()),
-            ],
-            bin_path("nubo-agent")?,
-            args,
-            dir.path().join("agent.log"),
-            &[("RUST_LOG", &agent_log_filter())],
-        )?;
-        let mut a = Self { daemon, node, dir };
-        a.wait_ready()?;
-        Ok(a)
-    }
-
-    /// Waits for `nubo-agent ready` in the current incarnation's log.
-    pub fn wait_ready(&mut self) -> Result<()> {
-        self.daemon.wait_for_log("nubo-agent ready", READY_TIMEOUT)
-    }
-
-    /// SIGKILL by pid.
-    pub fn kill9(&mut self) {
-        self.daemon.kill9();
-    }
-
-    /// Starts it again (same flags and state directory) and waits until ready.
-    pub fn restart(&mut self) -> Result<()> {
-        self.daemon.start(&[("RUST_LOG", &agent_log_filter())])?;
-        self.wait_ready()
-    }
-
-    /// Node name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Log of the current incarnation.
-    pub fn current_log(&self) -> String {
-        self.daemon.current_log()
-    }
-
-    /// Whole log.
-    pub fn log(&self) -> String {
-        self.daemon.log()
-    }
-
-    /// Last lines of the log.
-    pub fn log_tail(&self) -> String {
-        self.daemon.log_tail()
-    }
-
-    /// State directory.
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-}
 
 /// A guest (instance) as the API and the lab know it.
 #[derive(Debug, Clone)]
@@ -160,20 +45,19 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// The name of its port's tap (the host end of its veth).
+    pub fn tap(&self) -> String {
+        nubo_netid::tap_name(&self.port)
+    }
+
     /// A command running `program` inside the guest.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, program]);
-        c
+        netns_command(&self.netns, program)
     }
 
     /// Runs `program args` in the guest.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        self.command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {program} in {}", self.netns))
+        netns_exec(&self.netns, program, args)
     }
 
     /// Runs `program args` in the guest; fails unless it succeeds; stdout.
@@ -404,7 +288,7 @@ request subnet-mask, broadcast-address, routers, interface-mtu, rfc3442-classles
 /// etcd, a coordinator, N hosts with a netns agent each.
 pub struct NetLab {
     /// The agents (index 0 = host 1).
-    pub agents: Vec<NetAgent>,
+    pub agents: Vec<Agent>,
     /// The coordinator (root namespace, on the underlay address).
     pub coordinator: Coordinator,
     /// etcd on the underlay address.
@@ -443,14 +327,16 @@ impl NetLab {
             dir,
         };
         for i in 1..=n {
-            let prefix = lab.guest_prefix(i);
-            let a = NetAgent::start(
+            let driver = Driver::Netns {
+                guest_prefix: lab.guest_prefix(i),
+            };
+            let opts = AgentOpts::lab(
                 &lab.hosts[usize::from(i) - 1],
                 i,
                 &lab.etcd.endpoint(),
-                &prefix,
-            )
-            .with_context(|| format!("agent of host {i}"))?;
+                driver,
+            );
+            let a = Agent::start(opts).with_context(|| format!("agent of host {i}"))?;
             lab.agents.push(a);
         }
         for (name, text) in [
@@ -483,6 +369,12 @@ impl NetLab {
     /// Guest namespace prefix of host `i`: `nbt<token>g<i>`.
     pub fn guest_prefix(&self, i: u8) -> String {
         format!("{}g{i}", self.underlay.name_prefix())
+    }
+
+    /// The namespace of guest `id` on host `i`: its [`NetLab::guest_prefix`]
+    /// and the first 8 hex digits of the id (what the netns driver names it).
+    pub fn guest_netns(&self, i: u8, id: &str) -> String {
+        format!("{}{}", self.guest_prefix(i), guest_suffix(id))
     }
 
     /// Path of the udhcpc script.
@@ -523,7 +415,6 @@ impl NetLab {
         let show = self.cli.json(&show_args)?;
         anyhow::ensure!(show["state"] == "running", "server not running: {show}");
         let addr = &show["addresses"][0];
-        let short: String = id.chars().filter(|c| *c != '-').take(8).collect();
         Ok(Guest {
             id: id.clone(),
             name: name.to_string(),
@@ -535,7 +426,7 @@ impl NetLab {
                 .context("bad ip")?,
             mac: addr["mac"].as_str().context("no mac")?.to_string(),
             port: addr["port_id"].as_str().context("no port")?.to_string(),
-            netns: format!("{}{short}", self.guest_prefix(host)),
+            netns: self.guest_netns(host, &id),
             host_netns: self.hosts[usize::from(host) - 1].netns().to_string(),
         })
     }
@@ -547,14 +438,7 @@ impl NetLab {
             .iter()
             .find(|h| h.netns() == g.host_netns)
             .context("unknown host")?;
-        let tap = format!(
-            "tap{}",
-            g.port
-                .chars()
-                .filter(|c| *c != '-')
-                .take(11)
-                .collect::<String>()
-        );
+        let tap = g.tap();
         wait_until(
             Duration::from_secs(30),
             &format!("{} wired", g.name),
@@ -607,6 +491,12 @@ impl Drop for NetLab {
         }
         // Hosts, etcd, coordinator and underlay go with the fields.
     }
+}
+
+/// The first 8 hex digits of an instance id: what the netns driver appends
+/// to its `--netns-prefix` to name the guest's namespace.
+pub fn guest_suffix(id: &str) -> String {
+    id.chars().filter(|c| *c != '-').take(8).collect()
 }
 
 /// The first string field `key` anywhere in `v` (depth first).

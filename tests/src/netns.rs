@@ -1,17 +1,27 @@
-//! Simulated hosts for networking tests: an underlay bridge in the root
-//! namespace and one network namespace per "host", joined to it by a veth.
+//! Network namespaces for tests, shared by the end-to-end labs and by the
+//! root tests of the leaf crates (overlay, firewall, DHCP, metadata), which
+//! use this crate as a dev-dependency:
+//!
+//! - [`Names`]: a per-run name prefix `nbt<token>`; dropping it deletes every
+//!   namespace (killing what runs inside) and root link carrying it;
+//! - [`BridgeHost`]: a "hypervisor" namespace with bridges and guest
+//!   namespaces plugged into them by veth pairs;
+//! - [`Underlay`] and [`Host`]: an underlay bridge in the root namespace and
+//!   one namespace per simulated host, joined to it by a veth;
+//! - [`in_netns`], [`need_root`], [`run`], [`ip_batch`], [`delete_netns`].
 //!
 //! Hygiene: every namespace and link is named `nbt<token>…` with a 4-char
-//! token unique to this [`Underlay`], addresses are 10.250.<k>.0/24 with a
-//! `<k>` no root-namespace address uses yet, and guards delete what they
-//! created. Tokens are registered in `/tmp/nbt-net/<token>` with the owning
-//! pid; a later run deletes the leftovers of owners that died without
-//! running their destructors (SIGKILL'd test binaries).
+//! token unique to its [`Names`], underlay addresses are 10.250.<k>.0/24
+//! with a `<k>` no root-namespace address uses yet, and guards delete what
+//! they created. Tokens are registered in `/tmp/nbt-net/<token>` with the
+//! owning pid; a later run deletes the leftovers of owners that died
+//! without running their destructors (SIGKILL'd test binaries).
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -41,6 +51,142 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `ip [-n ns] -batch -` with `lines` (one `ip` command per line, no
+/// leading `ip`): many commands for the price of one process.
+pub fn ip_batch(ns: Option<&str>, lines: &str) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("stdin of ip -batch")?
+        .write_all(lines.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch in {} failed ({}): {}",
+            ns.unwrap_or("the root namespace"),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests that need root (namespaces, veth, nftables): `Ok(true)` as
+/// root; `Ok(false)` (after printing `SKIP`) when not root and
+/// `NUBO_TEST_ALLOW_SKIP` names `root`; an error otherwise.
+pub fn need_root() -> Result<bool> {
+    if is_root() {
+        return Ok(true);
+    }
+    if std::env::var("NUBO_TEST_ALLOW_SKIP").is_ok_and(|v| v.split(',').any(|c| c.trim() == "root"))
+    {
+        eprintln!("SKIP (NUBO_TEST_ALLOW_SKIP=root): needs root");
+        return Ok(false);
+    }
+    bail!("these tests need root (run as root, or set NUBO_TEST_ALLOW_SKIP=root to skip them)")
+}
+
+/// Runs `f` on a fresh thread that first joins network namespace `ns`; the
+/// thread ends afterwards, so no other thread ever changes namespace. A
+/// panic of `f` is passed on.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = PathBuf::from("/run/netns").join(ns);
+    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    let thread = std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(f())
+    });
+    match thread.join() {
+        Ok(r) => r.with_context(|| format!("setns {}", path.display())),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// A command that runs `program` inside namespace `ns` (`ip netns exec`).
+pub fn netns_command(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// Runs `program args` inside namespace `ns` (stdin empty) and returns its
+/// output, whatever its exit status.
+pub fn netns_exec(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+    netns_command(ns, program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} in {ns}"))
+}
+
+/// One DHCP exchange in namespace `ns` with busybox `udhcpc` on `eth0`,
+/// configuring nothing (`-s /bin/true`, 3 tries 1 s apart): its output if
+/// it obtained a lease from some server, else an error carrying it.
+pub fn udhcpc_once(ns: &str) -> Result<String> {
+    let out = netns_exec(
+        ns,
+        "busybox",
+        &[
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ],
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !(out.status.success() && text.contains("obtained")) {
+        bail!("udhcpc in {ns}: {text}");
+    }
+    Ok(text)
+}
+
+/// Deletes namespace `ns`, first killing (SIGKILL, by pid) every process
+/// left inside. Errors mean it is already gone.
+pub fn delete_netns(ns: &str) {
+    if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on a pid living in a namespace of this run.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = run("ip", &["netns", "del", ns]);
 }
 
 /// Names of all network namespaces (`ip netns list`).
@@ -101,7 +247,7 @@ fn sweep_stale(_lock: &RegistryLock) -> Result<()> {
         }
         let ours = format!("{PREFIX}{token}");
         for ns in netns.iter().filter(|n| n.starts_with(&ours)) {
-            let _ = run("ip", &["netns", "del", ns]);
+            delete_netns(ns);
         }
         for l in links.iter().filter(|n| n.starts_with(&ours)) {
             let _ = run("ip", &["link", "del", l]);
@@ -151,14 +297,169 @@ fn free_subnet(_lock: &RegistryLock) -> Result<u8> {
         .context("no free 10.250.<k>.0/24 subnet")
 }
 
+/// A per-run name prefix `nbt<token>` (a 4-char token no namespace, link
+/// or live run uses; registered with this process's pid). Dropping it
+/// deletes every namespace whose name starts with the prefix (killing what
+/// runs inside) and every root-namespace link, then the registration.
+pub struct Names {
+    token: String,
+}
+
+impl Names {
+    /// Takes a fresh token (and deletes the leftovers of dead runs first).
+    pub fn new() -> Result<Self> {
+        let lock = RegistryLock::take()?;
+        sweep_stale(&lock)?;
+        Ok(Self {
+            token: new_token(&lock)?,
+        })
+    }
+
+    /// The token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `nbt<token>`: the prefix of every name of this run.
+    pub fn prefix(&self) -> String {
+        format!("{PREFIX}{}", self.token)
+    }
+
+    /// `nbt<token><suffix>`; interface names allow 15 characters, so a
+    /// suffix of up to 8.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix())
+    }
+
+    /// Creates namespace `nbt<token><suffix>` with `lo` up; returns its name.
+    pub fn add_netns(&self, suffix: &str) -> Result<String> {
+        let ns = self.name(suffix);
+        run("ip", &["netns", "add", &ns])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let ours = self.prefix();
+        if let Ok(names) = netns_names() {
+            for ns in names.iter().filter(|n| n.starts_with(&ours)) {
+                delete_netns(ns);
+            }
+        }
+        if let Ok(links) = link_names() {
+            for l in links.iter().filter(|n| n.starts_with(&ours)) {
+                let _ = run("ip", &["link", "del", l]);
+            }
+        }
+        let _ = std::fs::remove_file(registry_dir().join(&self.token));
+    }
+}
+
+/// A guest namespace of a [`BridgeHost`]: `eth0` inside, the other end of
+/// its veth (`host_end`) a port of `bridge` in the host namespace.
+#[derive(Debug, Clone, Default)]
+pub struct GuestLink {
+    /// Full name of the guest namespace (see [`Names::name`]).
+    pub netns: String,
+    /// Name of the host end of the veth.
+    pub host_end: String,
+    /// Bridge of the host namespace the host end is plugged into.
+    pub bridge: String,
+    /// MAC address of the guest's `eth0` (the kernel's random one if unset).
+    pub mac: Option<String>,
+    /// Bring `lo` and `eth0` up in the guest (else only the host end is up).
+    pub up: bool,
+    /// Address of `eth0` (`a.b.c.d/len`), if any (needs `up`).
+    pub addr: Option<String>,
+    /// Routes through `eth0` (destinations, e.g. `169.254.169.254/32`).
+    pub routes: Vec<String>,
+}
+
+/// A "hypervisor" namespace `nbt<token>h` with bridges, and guest
+/// namespaces plugged into them by veth pairs. Everything goes with its
+/// [`Names`] on drop.
+pub struct BridgeHost {
+    host: String,
+    names: Names,
+}
+
+impl BridgeHost {
+    /// Creates the host namespace (with `lo` up) under fresh [`Names`].
+    pub fn new() -> Result<Self> {
+        let names = Names::new()?;
+        let host = names.add_netns("h")?;
+        Ok(Self { host, names })
+    }
+
+    /// The host namespace.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The names of this run.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Runs `program args` in the host namespace; fails unless it succeeds.
+    pub fn host_run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", &self.host, program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Adds bridge `bridge` holding `addr` (`a.b.c.d/len`), up.
+    pub fn add_bridge(&self, bridge: &str, addr: &str) -> Result<()> {
+        ip_batch(
+            Some(&self.host),
+            &format!("link add {bridge} type bridge\naddr add {addr} dev {bridge}\nlink set {bridge} up\n"),
+        )
+    }
+
+    /// Creates the guests' namespaces and veth pairs (a few `ip -batch`
+    /// runs, not one process per step).
+    pub fn add_guests(&self, guests: &[GuestLink]) -> Result<()> {
+        let mut root = String::new();
+        let mut host = String::new();
+        for g in guests {
+            root += &format!("netns add {}\n", g.netns);
+            let mac = g
+                .mac
+                .as_ref()
+                .map(|m| format!(" address {m}"))
+                .unwrap_or_default();
+            host += &format!(
+                "link add {} type veth peer name eth0{mac} netns {}\nlink set {} master {} up\n",
+                g.host_end, g.netns, g.host_end, g.bridge
+            );
+        }
+        ip_batch(None, &root)?;
+        ip_batch(Some(&self.host), &host)?;
+        for g in guests.iter().filter(|g| g.up) {
+            let mut lines = String::from("link set lo up\n");
+            if let Some(a) = &g.addr {
+                lines += &format!("addr add {a} dev eth0\n");
+            }
+            lines += "link set eth0 up\n";
+            for r in &g.routes {
+                lines += &format!("route add {r} dev eth0\n");
+            }
+            ip_batch(Some(&g.netns), &lines)?;
+        }
+        Ok(())
+    }
+}
+
 /// A bridge `nbt<token>u` in the root namespace holding `10.250.<k>.1/24`:
 /// the simulated underlay network. etcd and coordinators can listen on
 /// [`Underlay::gateway`]; hosts created with [`Underlay::host`] reach it.
 /// The bridge is deleted on drop.
 pub struct Underlay {
-    token: String,
     subnet: u8,
     bridge: String,
+    names: Names,
 }
 
 impl Underlay {
@@ -166,14 +467,16 @@ impl Underlay {
     pub fn new() -> Result<Self> {
         let lock = RegistryLock::take()?;
         sweep_stale(&lock)?;
-        let token = new_token(&lock)?;
+        let names = Names {
+            token: new_token(&lock)?,
+        };
         let subnet = free_subnet(&lock)?;
-        let bridge = format!("{PREFIX}{token}u");
+        let bridge = names.name("u");
         // From here on, Drop cleans up whatever was created.
         let u = Self {
-            token,
             subnet,
             bridge,
+            names,
         };
         let br = u.bridge.as_str();
         run("ip", &["link", "add", br, "type", "bridge"])?;
@@ -189,12 +492,12 @@ impl Underlay {
 
     /// The per-underlay token (names start with `nbt<token>`).
     pub fn token(&self) -> &str {
-        &self.token
+        self.names.token()
     }
 
     /// `nbt<token>`: the prefix of every name this underlay and its hosts use.
     pub fn name_prefix(&self) -> String {
-        format!("{PREFIX}{}", self.token)
+        self.names.prefix()
     }
 
     /// The bridge's name.
@@ -256,8 +559,8 @@ impl Underlay {
 impl Drop for Underlay {
     fn drop(&mut self) {
         // Errors mean it is already gone; nothing else to do in a destructor.
+        // Whatever else carries the prefix goes with `names`.
         let _ = run("ip", &["link", "del", &self.bridge]);
-        let _ = std::fs::remove_file(registry_dir().join(&self.token));
     }
 }
 
@@ -295,17 +598,12 @@ impl Host {
 
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, program]);
-        c
+        netns_command(&self.netns, program)
     }
 
     /// Runs `program args` inside the namespace and returns its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        self.command(program)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {program} in {}", self.netns))
+        netns_exec(&self.netns, program, args)
     }
 
     /// Sends ICMP echo requests to `ip` until one is answered (or `timeout`).

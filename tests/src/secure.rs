@@ -21,6 +21,7 @@ use anyhow::{ensure, Context, Result};
 use crate::agent::AgentOpts;
 use crate::cli::Cli;
 use crate::coordinator::{Coordinator, CoordinatorOpts, SecureOpts};
+use crate::files::write_secret;
 use crate::process::bin_path;
 use crate::tls::TlsEtcd;
 
@@ -44,21 +45,6 @@ pub struct SecureCloud {
 /// A TOML basic string of a path.
 fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
-}
-
-/// Writes `text` to a new 0600 file.
-pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 impl SecureCloud {

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
@@ -230,34 +230,18 @@ impl TlsEtcd {
     }
 
     fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let (crt, key) = self.certs.client("cli");
         let url = format!("{}/health", self.endpoint());
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("etcd exited early with {status}; log:\n{}", self.log());
-                }
-            }
-            let ok = Command::new("curl")
-                .args(["-sf", "--max-time", "1", "--cacert"])
-                .arg(self.certs.ca())
-                .arg("--cert")
-                .arg(&crt)
-                .arg("--key")
-                .arg(&key)
-                .arg(&url)
-                .output()
-                .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"))
-                .unwrap_or(false);
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("etcd not healthy after {timeout:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let args = [
+            "--cacert".into(),
+            self.certs.ca().into_os_string(),
+            "--cert".into(),
+            crt.into_os_string(),
+            "--key".into(),
+            key.into_os_string(),
+        ];
+        let r = crate::etcd::poll_health(self.child.as_mut(), &url, &args, timeout)?;
+        r.map_err(|u| u.error("etcd", timeout, &self.log()))
     }
 
     /// `https://127.0.0.1:<port>`.

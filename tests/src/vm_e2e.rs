@@ -24,8 +24,9 @@ use serde_json::Value;
 
 use nubo_storage::testing::TestCluster;
 
+use crate::agent::{Agent, AgentOpts, Driver};
 use crate::netns::run;
-use crate::process::{bin_path, pid_alive, Daemon};
+use crate::process::pid_alive;
 use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
@@ -62,6 +63,11 @@ impl HostLibvirtd {
     /// Starts libvirtd for `host` with state under `base` (created); domains
     /// named `prefix…` are cleaned up on drop.
     pub fn start(host: &Host, base: &Path, prefix: &str) -> Result<Self> {
+        Self::start_in(host.netns(), base, prefix)
+    }
+
+    /// [`HostLibvirtd::start`] in network namespace `netns`.
+    pub fn start_in(netns: &str, base: &Path, prefix: &str) -> Result<Self> {
         for d in ["run", "etcq", "lib", "cache", "log"] {
             std::fs::create_dir_all(base.join(d))?;
         }
@@ -77,7 +83,7 @@ impl HostLibvirtd {
             "set -e\n{mounts}\nvirtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
             mounts = me.mounts()
         );
-        me.launch(host, &script)?;
+        me.launch(netns, &script)?;
         Ok(me)
     }
 
@@ -108,15 +114,15 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
         )
     }
 
-    /// Runs `script` in a private mount namespace inside the host's network
-    /// namespace, then waits until libvirtd answers.
-    fn launch(&self, host: &Host, script: &str) -> Result<()> {
+    /// Runs `script` in a private mount namespace inside network namespace
+    /// `netns`, then waits until libvirtd answers.
+    fn launch(&self, netns: &str, script: &str) -> Result<()> {
         run(
             "ip",
             &[
                 "netns",
                 "exec",
-                host.netns(),
+                netns,
                 "unshare",
                 "-m",
                 "--propagation",
@@ -140,6 +146,11 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
     /// state directories; virtlogd keeps running). Running domains survive:
     /// the new libvirtd reattaches to their QEMU processes.
     pub fn restart(&self, host: &Host) -> Result<()> {
+        self.restart_in(host.netns())
+    }
+
+    /// [`HostLibvirtd::restart`] in network namespace `netns`.
+    pub fn restart_in(&self, netns: &str) -> Result<()> {
         let pidfile = self.base.join("run/libvirtd.pid");
         let pid = read_pid(&pidfile).context("libvirtd pid file")?;
         kill_pid(pid, libc::SIGTERM);
@@ -150,7 +161,7 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
             "set -e\n{mounts}\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
             mounts = self.mounts()
         );
-        self.launch(host, &script)
+        self.launch(netns, &script)
     }
 
     /// The connection URI.
@@ -201,6 +212,19 @@ impl Drop for HostLibvirtd {
                 }
             }
         }
+        // A QEMU of ours whose pid file is gone (found by its domain name).
+        let needle = format!("guest={}", self.prefix);
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                    kill_pid(pid, libc::SIGKILL);
+                }
+            }
+        }
         // A capability probe QEMU (`qmp-*/qmp.pid`) would outlive libvirtd.
         if let Ok(rd) = std::fs::read_dir(self.base.join("lib/qemu")) {
             for e in rd.flatten() {
@@ -228,156 +252,11 @@ impl Drop for HostLibvirtd {
     }
 }
 
-/// A `nubo-agent --driver libvirt` inside a host namespace.
-pub struct VmAgent {
-    daemon: Daemon,
-    node: String,
-    state: PathBuf,
-}
-
-impl VmAgent {
-    /// Starts the agent of host `i` (node `hv-<i>`, zone `az-<i>`).
-    pub fn start(
-        host: &Host,
-        i: u8,
-        etcd: &str,
-        api: &str,
-        lv: &HostLibvirtd,
-        prefix: &str,
-        dir: &Path,
-    ) -> Result<Self> {
-        Self::start_with(host, i, etcd, api, lv, prefix, dir, &[])
-    }
-
-    /// Like [`VmAgent::start`], with extra command-line arguments (e.g.
-    /// `--config FILE` with a `[storage]` table).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_with(
-        host: &Host,
-        i: u8,
-        etcd: &str,
-        api: &str,
-        lv: &HostLibvirtd,
-        prefix: &str,
-        dir: &Path,
-        extra: &[String],
-    ) -> Result<Self> {
-        let node = format!("hv-{i}");
-        let state = dir.join(format!("agent-{i}"));
-        std::fs::create_dir_all(&state)?;
-        let args: Vec<String> = [
-            "--driver",
-            "libvirt",
-            "--libvirt-uri",
-            lv.uri(),
-            "--domain-type",
-            "qemu",
-            "--libvirt-prefix",
-            prefix,
-            "--shutdown-timeout-secs",
-            "3",
-            "--api-endpoint",
-            api,
-            "--node-api-listen",
-            &format!("{}:7402", host.ip()),
-            "--node",
-            &node,
-            "--etcd-endpoints",
-            etcd,
-            "--state-dir",
-            &state.display().to_string(),
-            "--underlay-ip",
-            &host.ip().to_string(),
-            "--availability-zone",
-            &format!("az-{i}"),
-            "--lease-ttl",
-            "3",
-            "--vcpus",
-            "64",
-            "--ram-mb",
-            "65536",
-            "--disk-gb",
-            "1000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(extra.iter().cloned())
-        .collect();
-        let daemon = Daemon::spawn(
-            &format!("nubo-agent {node}"),
-            vec![
-                "nsenter".into(),
-                format!("--net=/run/netns/{}", host.netns()),
-            ],
-            bin_path("nubo-agent")?,
-            args,
-            dir.join(format!("agent-{i}.log")),
-            &[("RUST_LOG", crate::agent::PASS_LOG_FILTER)],
-        )?;
-        let mut a = Self {
-            daemon,
-            node,
-            state,
-        };
-        a.wait_ready()?;
-        Ok(a)
-    }
-
-    /// Waits for `nubo-agent ready` in the current incarnation's log.
-    pub fn wait_ready(&mut self) -> Result<()> {
-        self.daemon
-            .wait_for_log("nubo-agent ready", Duration::from_secs(90))
-    }
-
-    /// SIGKILL by pid.
-    pub fn kill9(&mut self) {
-        self.daemon.kill9();
-    }
-
-    /// The agent's pid while it runs (`nsenter` execs it: same process).
-    pub fn pid(&self) -> Option<u32> {
-        self.daemon.pid()
-    }
-
-    /// Starts it again and waits until ready.
-    pub fn restart(&mut self) -> Result<()> {
-        self.daemon
-            .start(&[("RUST_LOG", crate::agent::PASS_LOG_FILTER)])?;
-        self.wait_ready()
-    }
-
-    /// Node name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Log of the current incarnation.
-    pub fn current_log(&self) -> String {
-        self.daemon.current_log()
-    }
-
-    /// Whole log.
-    pub fn log(&self) -> String {
-        self.daemon.log()
-    }
-
-    /// State directory.
-    pub fn state_dir(&self) -> &Path {
-        &self.state
-    }
-
-    /// The console log of an instance on this node.
-    pub fn console(&self, id: &str) -> String {
-        std::fs::read_to_string(self.state.join("console").join(format!("{id}.log")))
-            .unwrap_or_default()
-    }
-}
-
 /// etcd, a coordinator with an image directory, N hosts each with a
 /// private libvirtd and a libvirt agent.
 pub struct VmLab {
     /// The agents (index 0 = host 1).
-    pub agents: Vec<VmAgent>,
+    pub agents: Vec<Agent>,
     /// The libvirt daemons (index 0 = host 1).
     pub libvirtds: Vec<HostLibvirtd>,
     /// The coordinator.
@@ -410,17 +289,16 @@ impl VmLab {
         let prefix = self.domain_prefix();
         for idx in self.agents.len()..self.hosts.len() {
             let i = u8::try_from(idx + 1)?;
-            let a = VmAgent::start_with(
-                &self.hosts[idx],
-                i,
-                &self.etcd.endpoint(),
-                &self.coordinator.endpoint(),
-                &self.libvirtds[idx],
-                &prefix,
-                self.dir.path(),
-                extra,
-            )
-            .with_context(|| format!("agent of host {i}"))?;
+            let driver = Driver::Libvirt {
+                uri: self.libvirtds[idx].uri().to_string(),
+                domain_prefix: prefix.clone(),
+            };
+            let mut opts = AgentOpts::lab(&self.hosts[idx], i, &self.etcd.endpoint(), driver);
+            opts.dir_in = Some(self.dir.path().to_path_buf());
+            opts.extra_args
+                .extend(["--api-endpoint".into(), self.coordinator.endpoint()]);
+            opts.extra_args.extend(extra.iter().cloned());
+            let a = Agent::start(opts).with_context(|| format!("agent of host {i}"))?;
             self.agents.push(a);
         }
         Ok(())
@@ -538,6 +416,115 @@ impl VmLab {
             Ok(()) => Ok(text),
             Err(e) => bail!("{e}\nconsole:\n{}", crate::process::tail(&text, 30)),
         }
+    }
+
+    /// Flavor `t` (1 vCPU, `ram_mb` MiB, 1 GB disk), the test guest as image
+    /// `guest` (checked `active`) and network `n1` on `cidr`: what
+    /// [`VmLab::create_server`] boots. Returns the image's JSON.
+    pub fn base_objects(&self, ram_mb: u32, cidr: &str) -> Result<Value> {
+        let ram = ram_mb.to_string();
+        self.cli.json(&[
+            "flavor", "create", "t", "--vcpus", "1", "--ram", &ram, "--disk", "1",
+        ])?;
+        let img = self.upload_test_guest("guest")?;
+        anyhow::ensure!(img["status"] == "active", "image not active: {img}");
+        self.cli
+            .json(&["network", "create", "n1", "--cidr", cidr])?;
+        Ok(img)
+    }
+
+    /// The arguments of `nubo server create NAME --flavor t --image guest
+    /// --network n1` (the [`VmLab::base_objects`]) followed by `extra`; in
+    /// zone `az-<host>` (that host's) when `host` is set; with `user_data`
+    /// written to a file in the lab directory first.
+    pub fn server_create_args(
+        &self,
+        name: &str,
+        host: Option<u8>,
+        user_data: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Vec<String>> {
+        let mut args: Vec<String> = [
+            "server",
+            "create",
+            name,
+            "--flavor",
+            "t",
+            "--image",
+            "guest",
+            "--network",
+            "n1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(h) = host {
+            args.extend(["--availability-zone".into(), format!("az-{h}")]);
+        }
+        if let Some(text) = user_data {
+            let ud = self.dir.path().join(format!("ud-{name}"));
+            std::fs::write(&ud, text)?;
+            args.extend(["--user-data".into(), ud.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Ok(args)
+    }
+
+    /// Runs `nubo server create` with [`VmLab::server_create_args`] and
+    /// returns its JSON.
+    pub fn create_server(
+        &self,
+        name: &str,
+        host: Option<u8>,
+        user_data: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Value> {
+        let args = self.server_create_args(name, host, user_data, extra)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli.json(&args)
+    }
+
+    /// Waits until no host has a domain of this lab, a tap, or a port chain
+    /// in its ruleset (each host in turn, `timeout` for its domains), then
+    /// checks that no agent kept an instance overlay: what deleting every
+    /// server must leave.
+    pub fn wait_nothing_left(&self, timeout: Duration) -> Result<()> {
+        for (i, lv) in self.libvirtds.iter().enumerate() {
+            wait_until(
+                timeout,
+                &format!("domains gone from host {}", i + 1),
+                || {
+                    Ok(lv
+                        .domains()?
+                        .iter()
+                        .all(|d| !d.starts_with(&self.domain_prefix())))
+                },
+            )?;
+            let host = &self.hosts[i];
+            let mut seen = String::new();
+            let r = wait_until(
+                Duration::from_secs(30),
+                &format!("taps and port chains gone from host {}", i + 1),
+                || {
+                    let l = host.exec("ip", &["-o", "link"])?;
+                    let n = host.exec("nft", &["list", "ruleset"])?;
+                    let (links, rules) = (
+                        String::from_utf8_lossy(&l.stdout).into_owned(),
+                        String::from_utf8_lossy(&n.stdout).into_owned(),
+                    );
+                    let gone = !links.contains(": tap") && !rules.contains("chain port");
+                    seen = format!("{links}\n{rules}");
+                    Ok(gone)
+                },
+            );
+            r.with_context(|| format!("last seen:\n{seen}"))?;
+            let inst = self.agents[i].state_dir().join("instances");
+            let left: Vec<_> = std::fs::read_dir(&inst)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            anyhow::ensure!(left.is_empty(), "overlays left on host {}: {left:?}", i + 1);
+        }
+        Ok(())
     }
 
     /// Uploads the test guest as image `name` (kernel + initrd + a small

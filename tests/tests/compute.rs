@@ -22,18 +22,11 @@ fn id_of(v: &Value) -> String {
 
 fn base_objects(lab: &VmLab) -> Value {
     let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
-    ])
-    .unwrap();
+    lab.base_objects(128, "10.91.0.0/24").unwrap();
     cli.json(&[
         "flavor", "create", "zero", "--vcpus", "1", "--ram", "128", "--disk", "0",
     ])
     .unwrap();
-    let img = lab.upload_test_guest("guest").unwrap();
-    assert_eq!(img["status"], "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", "10.91.0.0/24"])
-        .unwrap();
     // Members of "icmp" accept ICMP from the network only through this rule.
     cli.json(&["secgroup", "create", "icmp"]).unwrap();
     // A new group has no rules at all: allow egress explicitly.
@@ -71,7 +64,8 @@ fn network_key(lab: &VmLab) -> String {
 
 /// `server create … --wait` of an instance that must end in `error`: the
 /// CLI exits with 1 and says the batch failed, its summary counts one
-/// error, and the instance's row carries the reason (`reason`).
+/// error, and the instance's row carries the reason (`reason`), as does
+/// `server show` afterwards.
 fn create_fails(lab: &VmLab, name: &str, image: &str, flavor: &str, reason: &str) {
     let out = lab
         .cli
@@ -111,28 +105,18 @@ fn create_fails(lab: &VmLab, name: &str, image: &str, flavor: &str, reason: &str
         row["error"].as_str().is_some_and(|e| e.contains(reason)),
         "{name}: no {reason:?} in {text}"
     );
+    let s = lab.show(name).unwrap();
+    assert_eq!(s["state"], "error", "{s}");
+    assert!(s.to_string().contains(reason), "{s}");
 }
 
-fn create(lab: &VmLab, name: &str, host: u8, extra: &[&str]) -> Value {
-    let az = format!("az-{host}");
-    let mut args = vec![
-        "server",
-        "create",
-        name,
-        "--flavor",
-        "t",
-        "--image",
-        "guest",
-        "--network",
-        "n1",
-        "--availability-zone",
-        &az,
-        "--wait",
-        "--timeout",
-        "180",
-    ];
+/// Creates `name` on host `host` (`--wait`) and returns `server show`.
+fn create(lab: &VmLab, name: &str, host: u8, user_data: Option<&str>, extra: &[&str]) -> Value {
+    let mut args = vec!["--wait", "--timeout", "180"];
     args.extend_from_slice(extra);
-    let out = lab.cli.json(&args).unwrap();
+    let out = lab
+        .create_server(name, Some(host), user_data, &args)
+        .unwrap();
     let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
     lab.show(&id).unwrap()
 }
@@ -148,22 +132,16 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     let mut lab = VmLab::start(2).unwrap();
     let sg = base_objects(&lab);
     let t0 = Instant::now();
-    let a = create(&lab, "vm-a", 1, &["--security-group", "icmp"]);
+    let a = create(&lab, "vm-a", 1, None, &["--security-group", "icmp"]);
     let a_id = id_of(&a);
     let a_node = a["node"].as_str().unwrap().to_string();
     let a_ip = a["addresses"][0]["ip"].as_str().unwrap().to_string();
-    let ud = lab.dir.path().join("ud-b");
-    std::fs::write(&ud, format!("ping {a_ip}\n")).unwrap();
     let b = create(
         &lab,
         "vm-b",
         2,
-        &[
-            "--security-group",
-            "icmp",
-            "--user-data",
-            &ud.display().to_string(),
-        ],
+        Some(&format!("ping {a_ip}\n")),
+        &["--security-group", "icmp"],
     );
     let b_id = id_of(&b);
     let b_node = b["node"].as_str().unwrap().to_string();
@@ -317,14 +295,7 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     );
 
     // A guest that powers itself off is stopped until `server start`.
-    let ud_off = lab.dir.path().join("ud-off");
-    std::fs::write(&ud_off, "poweroff\n").unwrap();
-    let c = create(
-        &lab,
-        "vm-c",
-        1,
-        &["--user-data", &ud_off.display().to_string()],
-    );
+    let c = create(&lab, "vm-c", 1, Some("poweroff\n"), &[]);
     let c_id = id_of(&c);
     wait_until(BOOT, "vm-c stopped after powering off", || {
         Ok(lab.show(&c_id)?["state"] == "stopped")
@@ -353,27 +324,7 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     for id in [&a_id, &b_id, &c_id] {
         lab.cli.json(&["server", "delete", id]).unwrap();
     }
-    for (i, lv) in lab.libvirtds.iter().enumerate() {
-        wait_until(Duration::from_secs(60), "domains gone", || {
-            Ok(lv
-                .domains()?
-                .iter()
-                .all(|d| !d.starts_with(&lab.domain_prefix())))
-        })
-        .unwrap();
-        let links = lab.hosts[i].exec("ip", &["-o", "link"]).unwrap();
-        let links = String::from_utf8_lossy(&links.stdout).into_owned();
-        wait_until(Duration::from_secs(30), "taps gone", || {
-            let l = lab.hosts[i].exec("ip", &["-o", "link"])?;
-            Ok(!String::from_utf8_lossy(&l.stdout).contains(": tap"))
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{links}"));
-        let inst = lab.agents[i].state_dir().join("instances");
-        let left: Vec<_> = std::fs::read_dir(&inst)
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "overlays left: {left:?}");
-    }
+    lab.wait_nothing_left(Duration::from_secs(60)).unwrap();
 }
 
 /// Bad input ends in `error` with the reason, and nothing else is
@@ -383,7 +334,7 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
 fn bad_input_ends_in_error_with_the_reason() {
     let lab = VmLab::start(1).unwrap();
     let _ = base_objects(&lab);
-    let good = create(&lab, "good", 1, &[]);
+    let good = create(&lab, "good", 1, None, &[]);
     let good_id = id_of(&good);
 
     // Too small: a 1 MiB disk image on a 0 GiB flavor.
@@ -394,12 +345,6 @@ fn bad_input_ends_in_error_with_the_reason() {
         "zero",
         "smaller than the virtual size",
     );
-    let s = lab.show("small").unwrap();
-    assert_eq!(s["state"], "error", "{s}");
-    assert!(
-        s.to_string().contains("smaller than the virtual size"),
-        "{s}"
-    );
 
     // Corrupt: the stored disk of a second image is altered.
     let img2 = lab.upload_test_guest("guest2").unwrap();
@@ -408,9 +353,6 @@ fn bad_input_ends_in_error_with_the_reason() {
     bytes[0] ^= 0xff;
     std::fs::write(&disk, bytes).unwrap();
     create_fails(&lab, "corrupt", "guest2", "t", "checksum mismatch");
-    let s = lab.show("corrupt").unwrap();
-    assert_eq!(s["state"], "error", "{s}");
-    assert!(s.to_string().contains("checksum mismatch"), "{s}");
 
     // Missing: the data of a third image is gone from the store.
     let img3 = lab.upload_test_guest("guest3").unwrap();
@@ -421,12 +363,6 @@ fn bad_input_ends_in_error_with_the_reason() {
         "guest3",
         "t",
         "missing from the coordinator",
-    );
-    let s = lab.show("missing").unwrap();
-    assert_eq!(s["state"], "error", "{s}");
-    assert!(
-        s.to_string().contains("missing from the coordinator"),
-        "{s}"
     );
 
     // The good VM never noticed.
@@ -448,25 +384,16 @@ fn ten_vms_get_leases_and_leave_nothing() {
     let lab = VmLab::start(2).unwrap();
     let _ = base_objects(&lab);
     let t0 = Instant::now();
-    let out = lab
-        .cli
-        .run(&[
-            "server",
-            "create",
+    let args = lab
+        .server_create_args(
             "many",
-            "--count",
-            "10",
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-            "--wait",
-            "--timeout",
-            "300",
-        ])
+            None,
+            None,
+            &["--count", "10", "--wait", "--timeout", "300"],
+        )
         .unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.cli.run(&args).unwrap();
     if !out.success() {
         let errors: Vec<String> = lab
             .agents
@@ -508,23 +435,5 @@ fn ten_vms_get_leases_and_leave_nothing() {
     for id in &ids {
         lab.cli.json(&["server", "delete", id]).unwrap();
     }
-    for (i, lv) in lab.libvirtds.iter().enumerate() {
-        wait_until(Duration::from_secs(90), "domains gone", || {
-            Ok(lv
-                .domains()?
-                .iter()
-                .all(|d| !d.starts_with(&lab.domain_prefix())))
-        })
-        .unwrap();
-        wait_until(Duration::from_secs(30), "taps and port chains gone", || {
-            let l = lab.hosts[i].exec("ip", &["-o", "link"])?;
-            let n = lab.hosts[i].exec("nft", &["list", "ruleset"])?;
-            Ok(!String::from_utf8_lossy(&l.stdout).contains(": tap")
-                && !String::from_utf8_lossy(&n.stdout).contains("chain port"))
-        })
-        .unwrap();
-        let inst = lab.agents[i].state_dir().join("instances");
-        let left = std::fs::read_dir(&inst).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(left, 0, "overlays left on host {i}");
-    }
+    lab.wait_nothing_left(Duration::from_secs(90)).unwrap();
 }

@@ -446,38 +446,21 @@ fn bare_round(
 }
 
 fn console_path(lab: &VmLab, id: &str) -> Vec<PathBuf> {
-    lab.agents
-        .iter()
-        .map(|a| a.state_dir().join("console").join(format!("{id}.log")))
-        .collect()
+    lab.agents.iter().map(|a| a.console_path(id)).collect()
 }
 
-/// `nubo server create NAME --count n [--availability-zone az]` (no
-/// `--wait`) → consoles, and the agents' VmRSS (kB) once every guest
-/// fetched its metadata; then deletes them.
+/// `nubo server create NAME --count n` (no `--wait`; on host `host` when
+/// set) → consoles, and the agents' VmRSS (kB) once every guest fetched its
+/// metadata; then deletes them.
 fn nubo_round(
     lab: &VmLab,
     name: &str,
     n: usize,
-    az: Option<&str>,
+    host: Option<u8>,
 ) -> Result<(Vec<Times>, Vec<Rss>)> {
     let count = n.to_string();
-    let mut args = vec![
-        "server",
-        "create",
-        name,
-        "--count",
-        &count,
-        "--flavor",
-        "t",
-        "--image",
-        "guest",
-        "--network",
-        "n1",
-    ];
-    if let Some(az) = az {
-        args.extend(["--availability-zone", az]);
-    }
+    let args = lab.server_create_args(name, host, None, &["--count", &count])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let t0 = Instant::now();
     let out = lab.cli.json(&args)?;
     let api = t0.elapsed();
@@ -552,23 +535,7 @@ fn row(what: &str, bare: &[Batch], nubo: &[Batch], pick: fn(&Batch) -> f64) -> S
 fn bench_boot_nubo_vs_bare_libvirt() {
     let lab = VmLab::start(2).unwrap();
     let load0 = load_avg();
-    let cli = &lab.cli;
-    cli.json(&[
-        "flavor",
-        "create",
-        "t",
-        "--vcpus",
-        "1",
-        "--ram",
-        &RAM_MB.to_string(),
-        "--disk",
-        "1",
-    ])
-    .unwrap();
-    let img = lab.upload_test_guest("guest").unwrap();
-    assert_eq!(img["status"], "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", "10.91.0.0/24"])
-        .unwrap();
+    lab.base_objects(RAM_MB, "10.91.0.0/24").unwrap();
     let nets: Vec<BareNet> = (0..lab.hosts.len())
         .map(|h| BareNet::start(&lab, h, lab.dir.path()).unwrap())
         .collect();
@@ -590,9 +557,9 @@ fn bench_boot_nubo_vs_bare_libvirt() {
         };
         if r % 2 == 0 {
             go_bare();
-            n1.push(batch(&nubo_round(&lab, &name, 1, Some("az-1")).unwrap().0));
+            n1.push(batch(&nubo_round(&lab, &name, 1, Some(1)).unwrap().0));
         } else {
-            n1.push(batch(&nubo_round(&lab, &name, 1, Some("az-1")).unwrap().0));
+            n1.push(batch(&nubo_round(&lab, &name, 1, Some(1)).unwrap().0));
             go_bare();
         }
         eprintln!(

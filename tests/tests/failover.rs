@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nubo_common::proto as pb;
-use nubo_tests::net_e2e::{find_str, Guest, NetLab};
+use nubo_tests::net_e2e::{find_str, guest_suffix, Guest, NetLab};
 use nubo_tests::netns::netns_names;
 use nubo_tests::{list_items, Agent, AgentOpts, Cli, Coordinator, CoordinatorOpts, Etcd};
 use nubo_tests::{wait_until, Underlay};
@@ -38,36 +38,17 @@ use serde_json::Value;
 /// Generous bound for anything the cluster does on a loaded machine.
 const T: Duration = Duration::from_secs(120);
 
+/// [`NetLab::base_objects`] and network `n1` on `cidr`.
 fn base_objects(lab: &NetLab, cidr: &str) -> Result<()> {
-    let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "16", "--disk", "1",
-    ])?;
-    cli.json(&["image", "create", "i"])?;
-    cli.json(&["network", "create", "n1", "--cidr", cidr])?;
+    lab.base_objects()?;
+    lab.cli.json(&["network", "create", "n1", "--cidr", cidr])?;
     Ok(())
-}
-
-/// First 8 hex digits of an id (the guest namespace suffix).
-fn short(id: &str) -> String {
-    id.chars().filter(|c| *c != '-').take(8).collect()
-}
-
-/// The tap (veth host end) name of a port.
-fn tap_of(port: &str) -> String {
-    format!(
-        "tap{}",
-        port.chars()
-            .filter(|c| *c != '-')
-            .take(11)
-            .collect::<String>()
-    )
 }
 
 /// `g` as it would be on host `i` (another guest namespace, same port).
 fn guest_on(lab: &NetLab, g: &Guest, i: u8) -> Guest {
     let mut m = g.clone();
-    m.netns = format!("{}{}", lab.guest_prefix(i), short(&g.id));
+    m.netns = lab.guest_netns(i, &g.id);
     m.node = format!("hv-{i}");
     m.host_netns = lab.hosts[usize::from(i) - 1].netns().to_string();
     m
@@ -159,7 +140,7 @@ fn server_via_api(
         ip: addr["ip"].as_str().context("no ip")?.parse()?,
         mac: addr["mac"].as_str().context("no mac")?.to_string(),
         port: addr["port_id"].as_str().context("no port")?.to_string(),
-        netns: format!("{}{}", lab.guest_prefix(host), short(&id)),
+        netns: lab.guest_netns(host, &id),
         host_netns: lab.hosts[usize::from(host) - 1].netns().to_string(),
     })
 }
@@ -398,8 +379,8 @@ fn host_cut_off_guests_move_with_same_ip_and_mac_and_never_run_twice() -> Result
             .chain([&p2, &p3])
             .map(|g| Tracked {
                 name: g.name.clone(),
-                short: short(&g.id),
-                tap: tap_of(&g.port),
+                short: guest_suffix(&g.id),
+                tap: g.tap(),
             })
             .collect();
         let sampler = Sampler::start(&lab, tracked, start);
@@ -571,35 +552,13 @@ fn vms_on_host1(
     vms: &[(String, Option<String>)],
 ) -> Result<Vec<String>> {
     let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
-    ])?;
-    let img = lab.upload_test_guest("guest")?;
-    anyhow::ensure!(img["status"] == "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", cidr])?;
+    lab.base_objects(128, cidr)?;
     for n in ["hv-2", "hv-3"] {
         cli.json(&["node", "disable", n])?;
     }
     let mut ids = Vec::new();
     for (name, user_data) in vms {
-        let mut args = vec![
-            "server",
-            "create",
-            name,
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-        ];
-        let ud = lab.dir.path().join(format!("ud-{name}"));
-        let ud_arg = ud.display().to_string();
-        if let Some(text) = user_data {
-            std::fs::write(&ud, text)?;
-            args.extend(["--user-data", &ud_arg]);
-        }
-        let out = cli.json(&args)?;
+        let out = lab.create_server(name, None, user_data.as_deref(), &[])?;
         ids.push(find_str(&out, "id").with_context(|| format!("no id in {out}"))?);
     }
     for n in ["hv-2", "hv-3"] {

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use nubo_tests::net_e2e::{Capture, Guest, NetLab, Watched};
+use nubo_tests::netns::udhcpc_once;
 use nubo_tests::wait_until;
 
 const T: Duration = Duration::from_secs(30);
@@ -462,39 +463,6 @@ fn rogue_dhcp_server(lab: &NetLab, g: &Guest, range: (u8, u8)) -> anyhow::Result
     Ok(server)
 }
 
-/// One DHCP exchange of `g` with busybox udhcpc, configuring nothing
-/// (`-s /bin/true`): it must obtain a lease from some server.
-fn dhcp_exchange(g: &Guest) -> anyhow::Result<String> {
-    let out = g.exec(
-        "busybox",
-        &[
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-n",
-            "-q",
-            "-f",
-            "-t",
-            "3",
-            "-T",
-            "1",
-            "-s",
-            "/bin/true",
-        ],
-    )?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    anyhow::ensure!(
-        out.status.success() && text.contains("obtained"),
-        "udhcpc in {}: {text}",
-        g.name
-    );
-    Ok(text)
-}
-
 /// Two networks with the same CIDR on the same two hosts stay isolated;
 /// spoofed MACs, IPs, DHCP replies and ARP replies never leave a guest —
 /// each shown leaving the sender's eth0 and compared with the same frame
@@ -699,7 +667,7 @@ fn isolation_and_anti_spoofing() {
                 rogues
                     .borrow_mut()
                     .push(rogue_dhcp_server(&lab, &s, (200, 201))?);
-                let out = dhcp_exchange(&r)?;
+                let out = udhcpc_once(&r.netns)?;
                 anyhow::ensure!(
                     out.contains(&format!("lease of {} obtained", r.ip)),
                     "{out}"
@@ -711,7 +679,7 @@ fn isolation_and_anti_spoofing() {
                 rogues
                     .borrow_mut()
                     .push(rogue_dhcp_server(&lab, &c, (210, 211))?);
-                dhcp_exchange(&r).map(drop)
+                udhcpc_once(&r.netns).map(drop)
             },
         );
         for rogue in rogues.into_inner() {

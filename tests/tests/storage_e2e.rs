@@ -33,43 +33,14 @@ use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-fn base_objects(lab: &VmLab) -> Value {
-    let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
-    ])
-    .unwrap();
-    let img = lab.upload_test_guest("guest").unwrap();
-    assert_eq!(img["status"], "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", "10.93.0.0/24"])
-        .unwrap();
-    img
-}
-
 fn create(lab: &VmLab, name: &str, host: u8, user_data: &str) -> (InstanceId, String) {
-    let ud = lab.dir.path().join(format!("ud-{name}"));
-    std::fs::write(&ud, user_data).unwrap();
-    let az = format!("az-{host}");
     let out = lab
-        .cli
-        .json(&[
-            "server",
-            "create",
+        .create_server(
             name,
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-            "--availability-zone",
-            &az,
-            "--user-data",
-            &ud.display().to_string(),
-            "--wait",
-            "--timeout",
-            "240",
-        ])
+            Some(host),
+            Some(user_data),
+            &["--wait", "--timeout", "240"],
+        )
         .unwrap();
     let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
     let node = lab.show(&id).unwrap()["node"].as_str().unwrap().to_string();
@@ -176,7 +147,7 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         return;
     };
     let (lab, ceph) = (&mut rbd.lab, &rbd.storage.ceph);
-    let img = base_objects(lab);
+    let img = lab.base_objects(128, "10.93.0.0/24").unwrap();
     let image_id = img["id"].as_str().unwrap().to_string();
 
     // A plain volume and one of a type limited to 200 write IOPS, through

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use nubo_dhcp::{DhcpHandle, DhcpServer, Lease, LeaseTable, METADATA_IP};
+use nubo_netid::MacAddr;
 use nubo_overlay::bridge_name;
 use tracing::{info, warn};
 
@@ -29,7 +30,7 @@ pub fn leases(desired: &DesiredNode) -> BTreeMap<String, Leases> {
     let mut out: BTreeMap<String, Leases> = BTreeMap::new();
     for lp in running_ports(desired) {
         let net = lp.network;
-        let mac = lp.port.mac.octets();
+        let mac = lp.port.mac;
         let fallback = format!("host-{}", lp.instance.id().short_hex(8));
         let lease = Lease {
             router: net.gateway,
@@ -47,7 +48,7 @@ pub fn leases(desired: &DesiredNode) -> BTreeMap<String, Leases> {
 }
 
 /// The leases of one bridge, by MAC.
-pub type Leases = BTreeMap<[u8; 6], Lease>;
+pub type Leases = BTreeMap<MacAddr, Lease>;
 
 /// A DHCP server of this process, as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,14 +309,14 @@ mod tests {
             l.keys().collect::<Vec<_>>(),
             vec![&"nb-100".to_string(), &"nb-200".to_string()]
         );
-        let lease = &l["nb-100"][&p1.mac.octets()];
+        let lease = &l["nb-100"][&p1.mac];
         assert_eq!(lease.ip, p1.ip);
         assert_eq!(lease.prefix_len, 24);
         assert_eq!(lease.router, Some("192.168.0.1".parse().unwrap()));
         assert_eq!(lease.mtu, Some(1450));
         assert_eq!(lease.hostname.as_deref(), Some("vm"));
         assert!(lease.validate().is_ok());
-        assert_eq!(l["nb-200"][&p2.mac.octets()].mtu, Some(1400));
+        assert_eq!(l["nb-200"][&p2.mac].mtu, Some(1400));
         assert!(d.instances.contains_key(&i1));
     }
 
@@ -323,7 +324,7 @@ mod tests {
         entries
             .iter()
             .map(|(m, ip)| {
-                let mac = [2, 0, 0, 0, 0, *m];
+                let mac = MacAddr::from([2, 0, 0, 0, 0, *m]);
                 (
                     mac,
                     Lease::new(mac, std::net::Ipv4Addr::new(10, 0, 0, *ip), 24),

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use nubo_common::model::{self, SecurityGroupRule};
 use nubo_firewall::{
-    Direction, EtherType, FirewallAction, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol,
-    Remote, RuleSpec, Ruleset,
+    Direction, EtherType, FirewallAction, FirewallSpec, GroupSpec, PortSpec, Protocol, Remote,
+    RuleSpec, Ruleset,
 };
 use tracing::{debug, info};
 
@@ -61,7 +61,7 @@ pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
         .map(|lp| PortSpec {
             port_id: lp.port.id.to_string(),
             tap: lp.port.tap.clone(),
-            mac: MacAddr(lp.port.mac.octets()),
+            mac: lp.port.mac,
             ips: vec![IpAddr::V4(lp.port.ip)],
             groups: lp
                 .port

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use base64::Engine;
-use nubo_metadata::{InstanceMeta, InstanceTable, MacAddr, MetadataServer};
+use nubo_metadata::{InstanceMeta, InstanceTable, MetadataServer};
 use nubo_overlay::bridge_name;
 use serde_json::json;
 use tracing::{info, warn};
@@ -76,8 +76,7 @@ pub fn instance_rows(
         .map(|lp| {
             let inst = lp.instance;
             let id = inst.id();
-            let mut m =
-                InstanceMeta::new(id.to_string(), lp.port.ip, MacAddr(lp.port.mac.octets()));
+            let mut m = InstanceMeta::new(id.to_string(), lp.port.ip, lp.port.mac);
             m.name = inst.spec.name.clone();
             m.hostname = sanitize_hostname(&inst.spec.name, &format!("host-{}", id.short_hex(8)));
             m.project_id = inst.spec.project.to_string();
@@ -327,6 +326,7 @@ mod tests {
     use crate::testutil::*;
     use nubo_common::keys;
     use nubo_common::model::{self, Keypair};
+    use nubo_netid::MacAddr;
 
     #[test]
     fn rows_carry_identity_keys_user_data_and_network_data() {

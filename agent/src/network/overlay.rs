@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use nubo_overlay::{
-    LocalPort, MacAddr, Netlink, NetworkSpec, ObservedOverlay, OverlayAction, OverlaySpec,
-};
+use nubo_overlay::{LocalPort, Netlink, NetworkSpec, ObservedOverlay, OverlayAction, OverlaySpec};
 use tracing::{debug, info};
 
 use super::{log_plan, running_ports};
@@ -27,7 +25,7 @@ pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u1
     for lp in running_ports(desired) {
         ports.entry(lp.network.vni).or_default().push(LocalPort {
             tap: lp.port.tap.clone(),
-            mac: MacAddr(lp.port.mac.octets()),
+            mac: lp.port.mac,
         });
     }
     let networks = desired
@@ -49,7 +47,7 @@ pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u1
                     .remote_macs
                     .iter()
                     .filter(|(_, v)| **v != underlay_ip)
-                    .map(|(m, v)| (MacAddr(m.octets()), *v))
+                    .map(|(m, v)| (*m, *v))
                     .collect(),
             })
         })
@@ -188,12 +186,12 @@ mod tests {
             n.ports,
             vec![LocalPort {
                 tap: p1.tap_name(),
-                mac: MacAddr(p1.mac.octets())
+                mac: p1.mac
             }]
         );
         let ip2: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(n.remote_vteps.iter().collect::<Vec<_>>(), vec![&ip2]);
-        assert_eq!(n.remote_macs, vec![(MacAddr(p2.mac.octets()), ip2)]);
+        assert_eq!(n.remote_macs, vec![(p2.mac, ip2)]);
     }
 
     #[test]

@@ -21,10 +21,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use nubo_common::keys;
 use nubo_common::model::{
-    tap_name, Image, Instance, Keypair, PowerState, Qos, Remote, Resources, SecurityGroup,
+    Image, Instance, Keypair, PowerState, Qos, Remote, Resources, SecurityGroup,
 };
-use nubo_common::net::MacAddr;
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId, VolumeId};
+use nubo_netid::MacAddr;
 
 use crate::state::cache::{Cache, StoredStatus};
 
@@ -434,7 +434,7 @@ fn resolve_instance(
             id: port.id,
             mac: port.mac,
             ip: port.ip,
-            tap: tap_name(&port.id),
+            tap: port.tap_name(),
             network: port.network,
             security_groups: if port.port_security {
                 port.security_groups.clone()
@@ -515,7 +515,7 @@ mod tests {
         assert!(d.broken.is_empty());
         let di = &d.instances[&i1];
         assert_eq!(di.ports.len(), 1);
-        assert_eq!(di.ports[0].tap, tap_name(&p1.id));
+        assert_eq!(di.ports[0].tap, p1.tap_name());
         assert_eq!(di.ports[0].mac, p1.mac);
 
         // Only the network with a local port is present, MTU resolved.

@@ -16,8 +16,8 @@ use nubo_common::model::{
     self, Assignment, DiskFormat, Image, ImageStatus, Instance, InstanceStatus, Network, Port,
     PowerState, Resources,
 };
-use nubo_common::net::MacAddr;
 use nubo_common::{FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId};
+use nubo_netid::MacAddr;
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

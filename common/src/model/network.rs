@@ -3,10 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
+use nubo_netid::MacAddr;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
-use crate::net::MacAddr;
 use crate::{InstanceId, NetworkId, NodeName, PortId, ProjectId, RuleId, SecurityGroupId};
 
 /// A tenant network: one IPv4 subnet on one VXLAN segment.
@@ -72,16 +72,11 @@ fn yes() -> bool {
 }
 
 impl Port {
-    /// The deterministic name of this port's tap device on its node:
-    /// `tap` + the first 11 hex digits of the id (15-byte IFNAMSIZ limit).
+    /// The deterministic name of this port's tap device on its node
+    /// ([`nubo_netid::tap_name`] of its id).
     pub fn tap_name(&self) -> String {
-        tap_name(&self.id)
+        nubo_netid::tap_name(&self.id.to_string())
     }
-}
-
-/// The tap device name of a port (`tap` + 11 hex digits of its id).
-pub fn tap_name(id: &PortId) -> String {
-    format!("tap{}", id.short_hex(11))
 }
 
 /// Direction of a security group rule, seen from the instance.

@@ -259,6 +259,17 @@ pub async fn create_network(cl: &mut Clients, name: &str, cidr: &str) {
         .unwrap();
 }
 
+/// `m` as a request carrying `Authorization: Bearer <token>` (none when
+/// `token` is empty).
+pub fn authed<T>(token: &str, m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    if !token.is_empty() {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    r
+}
+
 /// A token for `user` with `password`.
 pub async fn issue_token(
     tokens: &mut pb::tokens_client::TokensClient<Channel>,
@@ -275,6 +286,36 @@ pub async fn issue_token(
         .unwrap()
         .into_inner()
         .token
+}
+
+/// A request for `count` servers `name` (flavor `m1.small`, image `cirros`:
+/// what [`setup_basics`] creates) on `networks`.
+pub fn server_req(name: &str, networks: &[&str], count: u32) -> pb::CreateServerRequest {
+    pb::CreateServerRequest {
+        name: name.into(),
+        flavor: "m1.small".into(),
+        image_ref: "cirros".into(),
+        networks: networks.iter().map(|s| s.to_string()).collect(),
+        count,
+        ..Default::default()
+    }
+}
+
+/// `servers.create(r)`, which must answer (its results may hold errors).
+pub async fn create_servers(
+    cl: &mut Clients,
+    r: pb::CreateServerRequest,
+) -> pb::CreateServerResponse {
+    cl.servers.create(r).await.unwrap().into_inner()
+}
+
+/// The server of result `i` of a create; panics with that result when it
+/// failed.
+pub fn created(r: &pb::CreateServerResponse, i: usize) -> pb::Server {
+    r.results[i]
+        .server
+        .clone()
+        .unwrap_or_else(|| panic!("result {i}: {:?}", r.results[i]))
 }
 
 pub fn res(vcpus: u32, ram_mb: u64, disk_gb: u64) -> Resources {

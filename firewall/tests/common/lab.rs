@@ -1,14 +1,15 @@
 //! A throw-away network lab: one "host" namespace with a bridge `br0`
 //! (owning 169.254.169.254) and N guest namespaces, each attached by a veth
 //! whose host end `tapN` is a bridge port. Everything is named `nbt<token>…`
-//! and removed on drop, together with every process the lab started.
+//! (the harness's [`BridgeHost`]) and removed on drop, together with every
+//! process the lab started.
 
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nubo_firewall::Netns;
+use nubo_tests::netns::{BridgeHost, GuestLink};
 
 /// One guest namespace.
 #[derive(Debug, Clone)]
@@ -23,27 +24,15 @@ pub struct Guest {
     pub ip: String,
 }
 
-/// The lab; dropping it deletes all namespaces and kills started processes.
+/// The lab; dropping it kills the processes it started and deletes every
+/// namespace (with its [`BridgeHost`]).
 pub struct Lab {
     /// Name of the host namespace.
     pub host: String,
     /// The guests.
     pub guests: Vec<Guest>,
-    namespaces: Vec<String>,
     children: Mutex<Vec<Child>>,
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn token() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mix = std::process::id().wrapping_mul(2_654_435_761)
-        ^ nanos
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503);
-    format!("{:04x}", mix & 0xffff)
+    net: BridgeHost,
 }
 
 /// Runs a command, returning its output (never panics on failure status).
@@ -57,103 +46,69 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Runs a command that must succeed.
 pub fn must(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = nubo_tests::netns::run(args[0], &args[1..]) {
+        panic!("{e:#}");
+    }
 }
 
 /// Polls `f` until it is true or 10 s have passed; returns the last result.
 pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    nubo_tests::wait_until(Duration::from_secs(10), "the condition", || Ok(f())).is_ok()
 }
 
 impl Lab {
     /// Builds a lab with `n` guests (10.77.0.11, .12, …).
     pub fn new(n: usize) -> Lab {
         assert!(
-            std::fs::read_to_string("/proc/self/status")
-                .map(|s| s
-                    .lines()
-                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-                .unwrap_or(false),
+            nubo_tests::netns::is_root(),
             "network namespace tests need root"
         );
-        let existing = String::from_utf8_lossy(&run(&["ip", "netns", "list"]).stdout).to_string();
-        let tok = loop {
-            let t = token();
-            if !existing.contains(&format!("nbt{t}")) {
-                break t;
-            }
-        };
-        let host = format!("nbt{tok}h");
-        let mut lab = Lab {
-            host: host.clone(),
-            guests: Vec::new(),
-            namespaces: Vec::new(),
+        let net = BridgeHost::new().expect("host namespace");
+        net.add_bridge("br0", "169.254.169.254/16").expect("br0");
+        let guests: Vec<Guest> = (0..n)
+            .map(|i| Guest {
+                ns: net.names().name(&format!("g{i}")),
+                tap: format!("tap{i}"),
+                mac: [0x02, 0x77, 0, 0, 0, 0x11 + i as u8],
+                ip: format!("10.77.0.{}", 11 + i),
+            })
+            .collect();
+        let links: Vec<GuestLink> = guests
+            .iter()
+            .map(|g| GuestLink {
+                netns: g.ns.clone(),
+                host_end: g.tap.clone(),
+                bridge: "br0".into(),
+                mac: Some(nubo_netid::MacAddr(g.mac).to_string()),
+                up: true,
+                addr: Some(format!("{}/24", g.ip)),
+                routes: vec!["169.254.0.0/16".into()],
+            })
+            .collect();
+        net.add_guests(&links).expect("guests");
+        Lab {
+            host: net.host().to_string(),
+            guests,
             children: Mutex::new(Vec::new()),
-        };
-        must(&["ip", "netns", "add", &host]);
-        lab.namespaces.push(host.clone());
-        lab.host_ok(&["ip", "link", "set", "lo", "up"]);
-        lab.host_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-        lab.host_ok(&["ip", "addr", "add", "169.254.169.254/16", "dev", "br0"]);
-        lab.host_ok(&["ip", "link", "set", "br0", "up"]);
-        for i in 0..n {
-            let ns = format!("nbt{tok}g{i}");
-            must(&["ip", "netns", "add", &ns]);
-            lab.namespaces.push(ns.clone());
-            let tap = format!("tap{i}");
-            let mac = [0x02, 0x77, 0, 0, 0, 0x11 + i as u8];
-            let mac_s = nubo_firewall::MacAddr(mac).to_string();
-            let ip = format!("10.77.0.{}", 11 + i);
-            lab.host_ok(&[
-                "ip", "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ]);
-            lab.host_ok(&["ip", "link", "set", &tap, "master", "br0", "up"]);
-            for cmd in [
-                vec!["ip", "link", "set", "lo", "up"],
-                vec!["ip", "link", "set", "eth0", "address", &mac_s],
-                vec!["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-                vec!["ip", "link", "set", "eth0", "up"],
-                vec!["ip", "route", "add", "169.254.0.0/16", "dev", "eth0"],
-            ] {
-                must(&[&["ip", "netns", "exec", &ns][..], &cmd[..]].concat());
-            }
-            lab.guests.push(Guest { ns, tap, mac, ip });
+            net,
         }
-        lab
     }
 
     /// Adds a namespace `nbt<token>r` whose `eth0` (10.77.0.99/24) is
     /// bridged through a port named `ifname` (e.g. `vx-1`, standing in for a
     /// VXLAN device towards another node). Returns the namespace name.
     pub fn add_remote(&mut self, ifname: &str) -> String {
-        let ns = format!("{}r", self.host.trim_end_matches('h'));
-        must(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        self.host_ok(&[
-            "ip", "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
-        self.host_ok(&["ip", "link", "set", ifname, "master", "br0", "up"]);
-        for cmd in [
-            vec!["ip", "link", "set", "lo", "up"],
-            vec!["ip", "addr", "add", "10.77.0.99/24", "dev", "eth0"],
-            vec!["ip", "link", "set", "eth0", "up"],
-        ] {
-            must(&[&["ip", "netns", "exec", &ns][..], &cmd[..]].concat());
-        }
+        let ns = self.net.names().name("r");
+        self.net
+            .add_guests(&[GuestLink {
+                netns: ns.clone(),
+                host_end: ifname.to_string(),
+                bridge: "br0".into(),
+                up: true,
+                addr: Some("10.77.0.99/24".into()),
+                ..GuestLink::default()
+            }])
+            .expect("remote");
         ns
     }
 
@@ -225,8 +180,6 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = run(&["ip", "netns", "del", ns]);
-        }
+        // The namespaces go with `net`.
     }
 }

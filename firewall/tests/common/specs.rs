@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use nubo_firewall::{
-    Direction, EtherType, FirewallSpec, GroupSpec, MacAddr, PortSpec, Protocol, Remote, RuleSpec,
+    Direction, EtherType, FirewallSpec, GroupSpec, PortSpec, Protocol, Remote, RuleSpec,
 };
+use nubo_netid::MacAddr;
 
 /// A port with one IPv4 address and port security on.
 pub fn port(id: &str, tap: &str, mac: [u8; 6], ip: &str, groups: &[&str]) -> PortSpec {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use axum::body::{to_bytes, Body};
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use nubo_netid::MacAddr;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::router;
 use crate::caller::CallerIdentity;
 use crate::instance::{InstanceMeta, InstanceTable};
-use crate::mac::MacAddr;
 
 const BRIDGE: &str = "nb-7";
 const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);

@@ -539,7 +539,7 @@ impl LibvirtHypervisor {
                 // The tap's own address must differ from the guest's: with
                 // the guest MAC on the tap the bridge would treat frames for
                 // the guest as its own and never forward them to the tap.
-                let mac: nubo_overlay::MacAddr = host_side_mac(&t.mac)
+                let mac: nubo_netid::MacAddr = host_side_mac(&t.mac)
                     .parse()
                     .map_err(|e| backend(&format!("MAC of tap {}", t.name), e))?;
                 self.netlink

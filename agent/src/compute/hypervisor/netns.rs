@@ -194,7 +194,7 @@ impl NetnsHypervisor {
             info!(netns = ns, "guest namespace exists; adopting it");
             return Ok(());
         }
-        let mac: nubo_overlay::MacAddr = rec
+        let mac: nubo_netid::MacAddr = rec
             .mac
             .parse()
             .map_err(|e| backend("guest MAC in state file", e))?;

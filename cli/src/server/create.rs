@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use crate::api::{Call, PAGE_SIZE};
 use crate::ctx::{opt, Ctx};
 use crate::output::{self, Format, Table};
-use crate::server::networks_text;
+
+use super::networks_text;
 
 /// `nubo server create`.
 #[derive(Debug, Args)]
@@ -509,18 +510,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        a: CreateArgs,
-    }
 
     fn parse(args: &[&str]) -> Result<CreateArgs, clap::Error> {
-        let mut argv = vec!["t"];
-        argv.extend_from_slice(args);
-        T::try_parse_from(argv).map(|t| t.a)
+        crate::testutil::parse_args(args)
     }
 
     #[test]

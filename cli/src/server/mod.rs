@@ -1,5 +1,7 @@
 //! `nubo server …`: instances. Creation and `--wait` live in
-//! [`crate::server_create`].
+//! [`create`].
+
+mod create;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -12,13 +14,12 @@ use serde_json::{json, Value};
 use crate::api::{Api, Call, PAGE_SIZE};
 use crate::ctx::{opt, Ctx};
 use crate::output::{self, Format, Table};
-use crate::server_create;
 
 /// Server commands.
 #[derive(Debug, Subcommand)]
 pub enum ServerCmd {
     /// Create one or many servers.
-    Create(Box<server_create::CreateArgs>),
+    Create(Box<create::CreateArgs>),
     /// List servers.
     List(ListArgs),
     /// Show a server: placement, ports, taps and where to tcpdump.
@@ -244,7 +245,7 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         project: api.project.clone(),
     };
     match cmd {
-        ServerCmd::Create(args) => server_create::run(*args, ctx).await,
+        ServerCmd::Create(args) => create::run(*args, ctx).await,
         ServerCmd::List(args) => {
             let items = list_all(api, args.request(&api.project)).await?;
             output::items(ctx.format, &items, table, to_json)
@@ -339,7 +340,7 @@ async fn delete_one(api: &Api, r: &str) -> Deleted {
             Err(s) if s.code() == tonic::Code::NotFound && sent && out.server.is_some() => {
                 return out
             }
-            Err(s) if server_create::transient(&s) => match pauses.next() {
+            Err(s) if create::transient(&s) => match pauses.next() {
                 Some(d) => {
                     eprintln!(
                         "warning: deleting {r}: {}; retrying in {d:?}",
