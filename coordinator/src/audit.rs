@@ -1,22 +1,17 @@
 //! The audit trail (`auth = "token"`): every mutating call (and every
 //! refused one) is recorded under `/nubo/v1/audit/<time-ordered id>` by
-//! the authentication layer ([`crate::auth`]); the leader prunes the
-//! trail to the newest [`RETENTION`] records; `Audit.List` reads it.
-
-use std::time::Duration;
+//! the authentication layer ([`crate::api::auth`]); the leader prunes the
+//! trail to the newest `RETENTION` records
+//! ([`crate::background::audit`]); `Audit.List` reads it.
 
 use etcd_client::{DeleteOptions, GetOptions, SortOrder, SortTarget};
 use nubo_common::keys;
 use nubo_common::model::{encode, AuditOutcome, AuditRecord, UserName};
-use nubo_common::proto::{self as pb, audit_server::Audit};
 use nubo_common::ProjectId;
-use nubo_identity::audit::{delete_range_end, excess, new_audit_id, RETENTION};
-use tokio::sync::watch;
-use tonic::{Request, Response, Status};
+use nubo_identity::audit::{delete_range_end, excess, new_audit_id};
 
-use crate::api::Ctx;
 use crate::error::ApiResult;
-use crate::store::{decode_or_skip, Store};
+use crate::store::Store;
 
 /// Writes one record (best effort: a failure is logged, never returned).
 #[allow(clippy::too_many_arguments)]
@@ -80,57 +75,4 @@ pub async fn prune(store: &Store, keep: usize) -> ApiResult<u64> {
         .deleted();
     tracing::info!(deleted, "audit trail pruned");
     Ok(u64::try_from(deleted).unwrap_or(0))
-}
-
-/// The leader's pruning loop (every minute).
-pub async fn run_pruner(ctx: Ctx, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-        }
-        if ctx.leader.is_leader() {
-            if let Err(e) = prune(&ctx.store, RETENTION).await {
-                tracing::warn!(error = %e, "could not prune the audit trail");
-            }
-        }
-    }
-}
-
-fn entry(r: AuditRecord) -> pb::AuditEntry {
-    let (outcome, message) = match r.outcome {
-        AuditOutcome::Ok => ("ok".to_string(), String::new()),
-        AuditOutcome::Error { code, message } => (code, message),
-    };
-    pb::AuditEntry {
-        time: r.time.to_rfc3339(),
-        user: r.user.map(|u| u.to_string()).unwrap_or_default(),
-        project: r.project.map(|p| p.to_string()).unwrap_or_default(),
-        action: r.action,
-        resource_kind: r.resource_kind,
-        resource_id: r.resource_id.unwrap_or_default(),
-        outcome,
-        message,
-        request_id: r.request_id,
-    }
-}
-
-#[tonic::async_trait]
-impl Audit for Ctx {
-    async fn list(
-        &self,
-        r: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let r = r.into_inner();
-        let (records, next) = self
-            .store
-            .list_page(&keys::audit_prefix(), r.page_size, &r.page_token, |kv| {
-                decode_or_skip::<AuditRecord>(kv).map(entry)
-            })
-            .await?;
-        Ok(Response::new(pb::ListAuditResponse {
-            records,
-            next_page_token: next,
-        }))
-    }
 }

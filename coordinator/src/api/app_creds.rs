@@ -23,7 +23,7 @@ type R<T> = Result<Response<T>, Status>;
 const MAX_NAME: usize = 255;
 
 fn claims() -> ApiResult<Claims> {
-    crate::auth::caller().map(|c| c.claims).ok_or_else(|| {
+    crate::caller::caller().map(|c| c.claims).ok_or_else(|| {
         ApiError::FailedPrecondition("application credentials need auth = \"token\"".into())
     })
 }

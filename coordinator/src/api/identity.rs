@@ -480,7 +480,7 @@ impl Ctx {
         r: pb::GetRequest,
     ) -> ApiResult<pb::ListRoleAssignmentsResponse> {
         let prefix = if r.r#ref.is_empty() {
-            match crate::auth::caller() {
+            match crate::caller::caller() {
                 Some(c) => keys::user_roles_prefix(&c.claims.user),
                 None => keys::roles_prefix(),
             }

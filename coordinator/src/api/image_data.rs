@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{reply, Ctx};
-use crate::auth;
+use crate::caller;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::image_store::{ImageStore, Part, MAX_CHUNK};
@@ -164,7 +164,7 @@ impl Ctx {
         };
         // Agents (node role) and admins fetch any image; a tenant only its
         // own project's, and another project's answers like a missing one.
-        if let Some(c) = auth::caller() {
+        if let Some(c) = caller::caller() {
             let cloud_wide = c.claims.has(Role::Admin) || c.claims.has(Role::Node);
             if !cloud_wide && c.claims.project != img.value.project {
                 return Err(ApiError::NotFound(format!("image {id} does not exist")));

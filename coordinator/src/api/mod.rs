@@ -2,21 +2,25 @@
 //! request, run the etcd reads/transactions, convert back to proto.
 
 mod app_creds;
+mod audit;
+pub mod auth;
+mod cluster;
 mod failover;
+mod flavors;
 mod identity;
 mod image_data;
-mod misc;
+mod images;
+mod keypairs;
 mod network;
+mod nodes;
 mod quota;
 mod resize;
+mod server_groups;
 mod server_volumes;
 mod servers;
-pub mod volume_reconcile;
 mod volume_snapshots;
 mod volume_types;
-mod volumes;
-
-use std::sync::Arc;
+pub mod volumes;
 
 use etcd_client::Txn;
 use nubo_common::keys::{self, NameKind};
@@ -25,113 +29,39 @@ use nubo_common::proto as pb;
 use nubo_common::{ProjectId, SecurityGroupId};
 use serde::de::DeserializeOwned;
 
-use crate::cache::ResourceCache;
-use crate::commit::Committer;
-use crate::config::Config;
-use crate::election::LeaderState;
 use crate::error::{ApiError, ApiResult};
-use crate::scheduler::Ratios;
-use crate::store::{absent, decode_or_skip, put, Store, Versioned};
+use crate::state::Ctx;
+use crate::store::{absent, decode_or_skip, put, Versioned};
 use crate::validate;
-use crate::view::ClusterView;
 
 pub use identity::{bootstrap, Bootstrapped};
 pub use servers::MAX_BATCH;
 
-/// Everything a request handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct Ctx(Arc<Inner>);
-
-/// See [`Ctx`].
-pub struct Inner {
-    /// etcd.
-    pub store: Store,
-    /// Node view.
-    pub view: Arc<ClusterView>,
-    /// Election state.
-    pub leader: Arc<LeaderState>,
-    /// Configuration.
-    pub cfg: Config,
-    /// Overcommit ratios.
-    pub ratios: Ratios,
-    /// Storage fencing (failure handling).
-    pub fencer: crate::failover::SharedFencer,
-    /// Watch-fed copy of flavors, images, networks, security groups,
-    /// keypairs, server groups and the name index (see [`crate::cache`]);
-    /// fed by whoever runs [`crate::cache::ResourceCache::run`], and simply
-    /// missing (every lookup reads etcd) otherwise.
-    pub cache: Arc<ResourceCache>,
-    /// Group commit of placement transactions (see [`crate::commit`]).
-    pub committer: Committer,
-    /// The token signer (set at start with `auth = "token"`; `Tokens.Issue`
-    /// refuses without it).
-    pub signer: std::sync::OnceLock<nubo_identity::auth::SignerHandle>,
-    /// The one Ceph connection of this coordinator (set at start when
-    /// `[ceph]` is configured): the volume API, its reconciler and storage
-    /// fencing share it. Unset = the volume API answers FailedPrecondition.
-    pub ceph: std::sync::OnceLock<Arc<nubo_storage::RbdStore>>,
-}
-
-impl std::ops::Deref for Ctx {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
+/// Every service as tonic routes (`Tokens` included; `Audit`, `Identity`
+/// and `ApplicationCredentials` are added by the caller, behind
+/// authentication only).
+pub fn routes(ctx: &Ctx) -> tonic::service::Routes {
+    use nubo_common::proto::*;
+    let s = || ctx.clone();
+    tonic::service::Routes::default()
+        .add_service(tokens_server::TokensServer::new(s()))
+        .add_service(quotas_server::QuotasServer::new(s()))
+        .add_service(flavors_server::FlavorsServer::new(s()))
+        .add_service(images_server::ImagesServer::new(s()))
+        .add_service(image_data_server::ImageDataServer::new(s()))
+        .add_service(networks_server::NetworksServer::new(s()))
+        .add_service(ports_server::PortsServer::new(s()))
+        .add_service(security_groups_server::SecurityGroupsServer::new(s()))
+        .add_service(keypairs_server::KeypairsServer::new(s()))
+        .add_service(server_groups_server::ServerGroupsServer::new(s()))
+        .add_service(servers_server::ServersServer::new(s()))
+        .add_service(nodes_server::NodesServer::new(s()))
+        .add_service(cluster_server::ClusterServer::new(s()))
+        .add_service(volumes_server::VolumesServer::new(s()))
+        .add_service(volume_types_server::VolumeTypesServer::new(s()))
 }
 
 impl Ctx {
-    /// Builds the context (inside a tokio runtime: it starts the
-    /// placement committer's task).
-    pub fn new(
-        store: Store,
-        view: Arc<ClusterView>,
-        leader: Arc<LeaderState>,
-        cfg: Config,
-        fencer: crate::failover::SharedFencer,
-    ) -> Self {
-        let ratios = Ratios {
-            cpu: cfg.cpu_ratio,
-            ram: cfg.ram_ratio,
-            disk: cfg.disk_ratio,
-        };
-        let committer = Committer::start(store.clone());
-        Self(Arc::new(Inner {
-            store,
-            view,
-            leader,
-            cfg,
-            ratios,
-            fencer,
-            cache: Arc::new(ResourceCache::default()),
-            committer,
-            signer: std::sync::OnceLock::new(),
-            ceph: std::sync::OnceLock::new(),
-        }))
-    }
-
-    /// Every service as tonic routes (`Tokens` included).
-    pub fn routes(&self) -> tonic::service::Routes {
-        use nubo_common::proto::*;
-        tonic::service::Routes::default()
-            .add_service(tokens_server::TokensServer::new(self.clone()))
-            .add_service(quotas_server::QuotasServer::new(self.clone()))
-            .add_service(flavors_server::FlavorsServer::new(self.clone()))
-            .add_service(images_server::ImagesServer::new(self.clone()))
-            .add_service(image_data_server::ImageDataServer::new(self.clone()))
-            .add_service(networks_server::NetworksServer::new(self.clone()))
-            .add_service(ports_server::PortsServer::new(self.clone()))
-            .add_service(security_groups_server::SecurityGroupsServer::new(
-                self.clone(),
-            ))
-            .add_service(keypairs_server::KeypairsServer::new(self.clone()))
-            .add_service(server_groups_server::ServerGroupsServer::new(self.clone()))
-            .add_service(servers_server::ServersServer::new(self.clone()))
-            .add_service(nodes_server::NodesServer::new(self.clone()))
-            .add_service(cluster_server::ClusterServer::new(self.clone()))
-            .add_service(volumes_server::VolumesServer::new(self.clone()))
-            .add_service(volume_types_server::VolumeTypesServer::new(self.clone()))
-    }
-
     /// Looks a project-scoped resource up by id or by its unique name (via
     /// the name index). Resources of other projects are not found.
     pub(crate) async fn resolve<T: DeserializeOwned + Owned>(
@@ -330,5 +260,5 @@ impl Ctx {
 
 /// Filters listings by project unless `all_projects`.
 pub(crate) fn in_scope(all: bool, want: &ProjectId, have: &ProjectId) -> bool {
-    (all && crate::auth::may_see_all()) || want == have
+    (all && crate::caller::may_see_all()) || want == have
 }

@@ -21,10 +21,10 @@ use nubo_common::model::{
 use nubo_common::{InstanceId, NodeName};
 use rand::seq::IndexedRandom;
 
-use crate::api::Ctx;
 use crate::election::leader_guard;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
+use crate::state::Ctx;
 use crate::store::{
     self, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged,
 };

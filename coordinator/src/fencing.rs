@@ -276,6 +276,9 @@ async fn etcd_status(api: &str) -> std::io::Result<EtcdSessionStatus> {
     EtcdSessionStatus::from_http_response(&buf).map_err(std::io::Error::other)
 }
 
+/// The fencer shared by the API and the leader loop.
+pub type SharedFencer = std::sync::Arc<dyn Fencer>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,72 +21,13 @@ use std::sync::{Arc, RwLock};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use nubo_common::model::{AuditOutcome, Role, UserName};
+use nubo_common::model::{AuditOutcome, UserName};
 use nubo_common::ProjectId;
 use nubo_identity::auth::{authenticate, AuthError, SignerHandle};
-use nubo_identity::{authorize, Action, Claims, Denied, TokenSigner};
+use nubo_identity::{authorize, Action, TokenSigner};
 
-use crate::error::{ApiError, ApiResult};
+use crate::caller::{self, Caller};
 use crate::store::Store;
-
-/// The authenticated caller of the current call.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Verified token claims.
-    pub claims: Claims,
-    /// What the called method needs.
-    pub action: Action,
-}
-
-tokio::task_local! {
-    static CALLER: Caller;
-}
-
-/// The caller of the call being served (None with `auth = "none"`, and
-/// outside request handling).
-pub fn caller() -> Option<Caller> {
-    CALLER.try_with(|c| c.clone()).ok()
-}
-
-/// The user name of the current caller, if any (for logs and audit).
-pub fn caller_name() -> Option<String> {
-    CALLER.try_with(|c| c.claims.user.to_string()).ok()
-}
-
-/// True when the current call may list across every project: always with
-/// `auth = "none"`, otherwise only for a cloud admin.
-pub fn may_see_all() -> bool {
-    CALLER
-        .try_with(|c| c.claims.has(Role::Admin))
-        .unwrap_or(true)
-}
-
-/// Maps an authorization refusal onto the API error.
-pub fn denied(d: Denied) -> ApiError {
-    match d {
-        Denied::Hidden { .. } => ApiError::NotFound(d.to_string()),
-        _ => ApiError::PermissionDenied(d.to_string()),
-    }
-}
-
-/// The project a request is scoped to. `requested` is the request's
-/// `project` field (may be empty). Without a caller this is
-/// `default_project` for an empty field; with one, the token's project,
-/// and the caller must be allowed the call's action there.
-pub fn scope(requested: &str, default_project: impl FnOnce() -> ProjectId) -> ApiResult<ProjectId> {
-    let c = caller();
-    let p = match (&c, requested.is_empty()) {
-        (None, true) => return Ok(default_project()),
-        (Some(c), true) => c.claims.project.clone(),
-        (_, false) => {
-            ProjectId::new(requested).map_err(|e| ApiError::InvalidArgument(e.to_string()))?
-        }
-    };
-    if let Some(c) = c {
-        authorize(&c.claims, c.action, &p, false).map_err(denied)?;
-    }
-    Ok(p)
-}
 
 /// Get/List/Status/Download methods only read.
 fn is_read_method(method: &str) -> bool {
@@ -341,7 +282,7 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
         return status_response(status);
     }
     let (user, project) = (claims.user.clone(), claims.project.clone());
-    let resp = CALLER.scope(Caller { claims, action }, next.run(req)).await;
+    let resp = caller::run_as(Caller { claims, action }, next.run(req)).await;
     if mutating {
         audit(Some(user), Some(project), outcome_of(&resp)).await;
     }
@@ -389,14 +330,5 @@ mod tests {
         assert_eq!(action_for("/nubo.v1.Flavors/Get").unwrap().verb, Verb::Read);
         assert_eq!(action_for("/nubo.v1.Nodes/List").unwrap().verb, Verb::Admin);
         assert_eq!(action_for("/x.Unknown/Get").unwrap().verb, Verb::Admin);
-    }
-
-    #[test]
-    fn no_caller_means_no_checks() {
-        assert!(may_see_all());
-        assert_eq!(
-            scope("", ProjectId::default_project).unwrap(),
-            ProjectId::default_project()
-        );
     }
 }

@@ -24,9 +24,9 @@ use nubo_common::model::{
 use nubo_common::VolumeId;
 use tokio::sync::watch;
 
-use super::volumes::DELETED_WITH_SERVER;
-use super::Ctx;
+use crate::api::volumes::DELETED_WITH_SERVER;
 use crate::error::ApiResult;
+use crate::state::Ctx;
 use crate::store::{decode_or_skip, put, unchanged, Versioned};
 
 /// Period of the loop.

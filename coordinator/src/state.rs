@@ -1,0 +1,85 @@
+//! The coordinator's state: what every operation, adapter and background
+//! loop works with ([`Ctx`]). It holds connections and in-memory views of
+//! etcd, never state of its own that etcd does not have.
+
+use std::sync::Arc;
+
+use crate::cache::ResourceCache;
+use crate::commit::Committer;
+use crate::config::Config;
+use crate::election::LeaderState;
+use crate::scheduler::Ratios;
+use crate::store::Store;
+use crate::view::ClusterView;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Ctx(Arc<Inner>);
+
+/// See [`Ctx`].
+pub struct Inner {
+    /// etcd.
+    pub store: Store,
+    /// Node view.
+    pub view: Arc<ClusterView>,
+    /// Election state.
+    pub leader: Arc<LeaderState>,
+    /// Configuration.
+    pub cfg: Config,
+    /// Overcommit ratios.
+    pub ratios: Ratios,
+    /// Storage fencing (failure handling).
+    pub fencer: crate::fencing::SharedFencer,
+    /// Watch-fed copy of flavors, images, networks, security groups,
+    /// keypairs, server groups and the name index (see [`crate::cache`]);
+    /// fed by whoever runs [`crate::cache::ResourceCache::run`], and simply
+    /// missing (every lookup reads etcd) otherwise.
+    pub cache: Arc<ResourceCache>,
+    /// Group commit of placement transactions (see [`crate::commit`]).
+    pub committer: Committer,
+    /// The token signer (set at start with `auth = "token"`; `Tokens.Issue`
+    /// refuses without it).
+    pub signer: std::sync::OnceLock<nubo_identity::auth::SignerHandle>,
+    /// The one Ceph connection of this coordinator (set at start when
+    /// `[ceph]` is configured): the volume API, its reconciler and storage
+    /// fencing share it. Unset = the volume API answers FailedPrecondition.
+    pub ceph: std::sync::OnceLock<Arc<nubo_storage::RbdStore>>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Ctx {
+    /// Builds the context (inside a tokio runtime: it starts the
+    /// placement committer's task).
+    pub fn new(
+        store: Store,
+        view: Arc<ClusterView>,
+        leader: Arc<LeaderState>,
+        cfg: Config,
+        fencer: crate::fencing::SharedFencer,
+    ) -> Self {
+        let ratios = Ratios {
+            cpu: cfg.cpu_ratio,
+            ram: cfg.ram_ratio,
+            disk: cfg.disk_ratio,
+        };
+        let committer = Committer::start(store.clone());
+        Self(Arc::new(Inner {
+            store,
+            view,
+            leader,
+            cfg,
+            ratios,
+            fencer,
+            cache: Arc::new(ResourceCache::default()),
+            committer,
+            signer: std::sync::OnceLock::new(),
+            ceph: std::sync::OnceLock::new(),
+        }))
+    }
+}
