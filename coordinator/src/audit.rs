@@ -11,12 +11,12 @@ use nubo_common::ProjectId;
 use nubo_identity::audit::{delete_range_end, excess, new_audit_id};
 
 use crate::error::ApiResult;
-use crate::store::Store;
+use nubo_store::Etcd;
 
 /// Writes one record (best effort: a failure is logged, never returned).
 #[allow(clippy::too_many_arguments)]
 pub async fn record(
-    store: &Store,
+    store: &Etcd,
     user: Option<UserName>,
     project: Option<ProjectId>,
     action: String,
@@ -36,18 +36,18 @@ pub async fn record(
         request_id: uuid::Uuid::new_v4().simple().to_string(),
     };
     let key = keys::audit(&new_audit_id(time));
-    if let Err(e) = store.etcd().put(key, encode(&rec), None).await {
+    if let Err(e) = store.put(key, encode(&rec), None).await {
         tracing::warn!(error = %e, action = %rec.action, "could not write the audit record");
     }
 }
 
 /// Deletes the oldest records beyond `keep`; returns how many.
-pub async fn prune(store: &Store, keep: usize) -> ApiResult<u64> {
+pub async fn prune(store: &Etcd, keep: usize) -> ApiResult<u64> {
     let prefix = keys::audit_prefix();
     let count = store
-        .range(
+        .get(
             prefix.as_str(),
-            GetOptions::new().with_prefix().with_count_only(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
         )
         .await?
         .count();
@@ -55,13 +55,15 @@ pub async fn prune(store: &Store, keep: usize) -> ApiResult<u64> {
         return Ok(0);
     };
     let resp = store
-        .range(
+        .get(
             prefix.as_str(),
-            GetOptions::new()
-                .with_prefix()
-                .with_keys_only()
-                .with_sort(SortTarget::Key, SortOrder::Ascend)
-                .with_limit(i64::try_from(n).unwrap_or(i64::MAX)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_sort(SortTarget::Key, SortOrder::Ascend)
+                    .with_limit(i64::try_from(n).unwrap_or(i64::MAX)),
+            ),
         )
         .await?;
     let Some(last) = resp.kvs().last() else {
@@ -69,7 +71,6 @@ pub async fn prune(store: &Store, keep: usize) -> ApiResult<u64> {
     };
     let end = delete_range_end(&String::from_utf8_lossy(last.key()));
     let deleted = store
-        .etcd()
         .delete(prefix.as_str(), Some(DeleteOptions::new().with_range(end)))
         .await?
         .deleted();

@@ -24,7 +24,16 @@ use etcd_client::{Compare, Txn, TxnOp, TxnResponse};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{unchanged, Store};
+use nubo_store::kv::unchanged;
+use nubo_store::Etcd;
+
+/// The kvs returned by the `i`-th op of a transaction (a get).
+pub fn op_kvs(resp: &TxnResponse, i: usize) -> Vec<etcd_client::KeyValue> {
+    match resp.op_responses().into_iter().nth(i) {
+        Some(etcd_client::TxnOpResponse::Get(mut g)) => g.take_kvs(),
+        _ => Vec::new(),
+    }
+}
 
 /// etcd's default `--max-txn-ops`: the most compares, and the most
 /// operations, one transaction may carry.
@@ -110,7 +119,7 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer's task (must run inside a tokio runtime).
-    pub fn start(store: Store) -> Self {
+    pub fn start(store: Etcd) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         tokio::spawn(run(store, rx, stats.clone()));
@@ -189,7 +198,7 @@ pub fn merged_txn(members: &[&Member]) -> Txn {
     Txn::new().when(compares).and_then(ops)
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<Stats>) {
+async fn run(store: Etcd, mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<Stats>) {
     let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     let mut held: Option<Job> = None;
     loop {
@@ -215,7 +224,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<Stat
     }
 }
 
-async fn commit_alone(store: &Store, m: &Member, stats: &Stats) -> ApiResult<Committed> {
+async fn commit_alone(store: &Etcd, m: &Member, stats: &Stats) -> ApiResult<Committed> {
     stats.txns.fetch_add(1, Ordering::Relaxed);
     let resp = store.txn(m.txn()).await?;
     Ok(if resp.succeeded() {
@@ -227,7 +236,7 @@ async fn commit_alone(store: &Store, m: &Member, stats: &Stats) -> ApiResult<Com
     })
 }
 
-async fn commit_group(store: &Store, group: Vec<Job>, stats: &Stats) {
+async fn commit_group(store: &Etcd, group: Vec<Job>, stats: &Stats) {
     if group.len() > 1 {
         stats.txns.fetch_add(1, Ordering::Relaxed);
         let members: Vec<&Member> = group.iter().map(|j| &j.0).collect();

@@ -29,10 +29,10 @@ pub mod fencing;
 pub mod health;
 pub mod image_store;
 pub mod ipam;
+pub mod paging;
 pub mod scheduler;
 pub mod sdnotify;
 pub mod state;
-pub mod store;
 pub mod validate;
 pub mod view;
 
@@ -53,7 +53,7 @@ pub struct Coordinator {
     tls: bool,
     health_addr: SocketAddr,
     leader: Arc<election::LeaderState>,
-    store: store::Store,
+    store: nubo_store::Etcd,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
@@ -85,7 +85,7 @@ impl Coordinator {
     /// systemd watchdog is only fed while this holds).
     pub async fn etcd_healthy(&self, timeout: std::time::Duration) -> bool {
         matches!(
-            tokio::time::timeout(timeout, self.store.etcd().status()).await,
+            tokio::time::timeout(timeout, self.store.status()).await,
             Ok(Ok(_))
         )
     }
@@ -152,7 +152,7 @@ async fn start_inner(
         );
     }
     let etcd = connect_etcd(&cfg).await?;
-    let store = store::Store::new(etcd.clone());
+    let store = etcd.clone();
     let (shutdown, rx) = watch::channel(false);
     let view = Arc::new(view::ClusterView::default());
     let leader = Arc::new(election::LeaderState::default());

@@ -9,8 +9,8 @@ use crate::commit::Committer;
 use crate::config::Config;
 use crate::election::LeaderState;
 use crate::scheduler::Ratios;
-use crate::store::Store;
 use crate::view::ClusterView;
+use nubo_store::Etcd;
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -19,7 +19,7 @@ pub struct Ctx(Arc<Inner>);
 /// See [`Ctx`].
 pub struct Inner {
     /// etcd.
-    pub store: Store,
+    pub store: Etcd,
     /// Node view.
     pub view: Arc<ClusterView>,
     /// Election state.
@@ -57,7 +57,7 @@ impl Ctx {
     /// Builds the context (inside a tokio runtime: it starts the
     /// placement committer's task).
     pub fn new(
-        store: Store,
+        store: Etcd,
         view: Arc<ClusterView>,
         leader: Arc<LeaderState>,
         cfg: Config,

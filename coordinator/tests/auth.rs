@@ -159,7 +159,7 @@ async fn server_names(a: &mut Api, tok: &str, all: bool) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_project_isolation() {
     let etcd = Etcd::start().unwrap();
-    let store = nubo_coordinator::store::Store::new(etcd.store().await.unwrap());
+    let store = etcd.store().await.unwrap();
     let admin = UserName::new("admin").unwrap();
     assert_eq!(
         bootstrap(&store, &admin, "adminpw", &cheap())
@@ -473,7 +473,7 @@ async fn token_mode_refuses_to_start_without_bootstrap() {
 }
 
 async fn token_cloud(etcd: &Etcd) -> (Coordinator, Api, String) {
-    let store = nubo_coordinator::store::Store::new(etcd.store().await.unwrap());
+    let store = etcd.store().await.unwrap();
     let admin = UserName::new("admin").unwrap();
     bootstrap(&store, &admin, "adminpw", &cheap())
         .await

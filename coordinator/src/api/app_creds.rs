@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::{reply, Ctx};
 use crate::error::{ApiError, ApiResult};
-use crate::store::decode_or_skip;
+use nubo_store::kv::decode_or_skip;
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -119,8 +119,8 @@ impl Ctx {
             .store
             .txn(
                 Txn::new()
-                    .when([crate::store::absent(&key)])
-                    .and_then([crate::store::put(&key, &cred)]),
+                    .when([nubo_store::kv::absent(&key)])
+                    .and_then([nubo_store::kv::put(&key, &cred)]),
             )
             .await?;
         if !resp.succeeded() {
@@ -141,7 +141,10 @@ impl Ctx {
         let all = r.all_projects && claims.has(Role::Admin);
         let resp = self
             .store
-            .range(keys::app_creds_prefix(), GetOptions::new().with_prefix())
+            .get(
+                keys::app_creds_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await?;
         let mut creds: Vec<ApplicationCredential> = resp
             .kvs()
@@ -169,7 +172,7 @@ impl Ctx {
         };
         let id: AppCredId = r.r#ref.trim().parse().map_err(|_| missing())?;
         let key = keys::app_cred(&id);
-        let Some(cur) = self.store.get::<ApplicationCredential>(&key).await? else {
+        let Some(cur) = self.store.read::<ApplicationCredential>(&key).await? else {
             return Err(missing());
         };
         if cur.value.user != claims.user && !claims.has(Role::Admin) {

@@ -6,7 +6,7 @@ use nubo_common::proto::{self as pb, audit_server::Audit};
 use tonic::{Request, Response, Status};
 
 use crate::state::Ctx;
-use crate::store::decode_or_skip;
+use nubo_store::kv::decode_or_skip;
 
 fn entry(r: AuditRecord) -> pb::AuditEntry {
     let (outcome, message) = match r.outcome {
@@ -33,12 +33,14 @@ impl Audit for Ctx {
         r: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let r = r.into_inner();
-        let (records, next) = self
-            .store
-            .list_page(&keys::audit_prefix(), r.page_size, &r.page_token, |kv| {
-                decode_or_skip::<AuditRecord>(kv).map(entry)
-            })
-            .await?;
+        let (records, next) = crate::paging::list_page(
+            &self.store,
+            &keys::audit_prefix(),
+            r.page_size,
+            &r.page_token,
+            |kv| decode_or_skip::<AuditRecord>(kv).map(entry),
+        )
+        .await?;
         Ok(Response::new(pb::ListAuditResponse {
             records,
             next_page_token: next,

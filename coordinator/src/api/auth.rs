@@ -27,7 +27,7 @@ use nubo_identity::auth::{authenticate, AuthError, SignerHandle};
 use nubo_identity::{authorize, Action, TokenSigner};
 
 use crate::caller::{self, Caller};
-use crate::store::Store;
+use nubo_store::Etcd;
 
 /// Get/List/Status/Download methods only read.
 fn is_read_method(method: &str) -> bool {
@@ -98,7 +98,7 @@ pub struct AuthState {
     /// Verifies tokens.
     pub signer: SignerHandle,
     /// Where audit records go.
-    pub store: Store,
+    pub store: Etcd,
 }
 
 /// "servers.create" for `/nubo.v1.Servers/Create`.

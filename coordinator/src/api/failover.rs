@@ -20,7 +20,7 @@ use super::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::failover::moves::{MoveOpts, Moved};
 use crate::failover::{self, NO_CAPACITY};
-use crate::store::{put, unchanged};
+use nubo_store::kv::{put, unchanged};
 
 /// Default time to wait for an agent to report a drained instance stopped.
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -193,7 +193,7 @@ impl Ctx {
     async fn set_power(&self, id: InstanceId, power: PowerState) -> ApiResult<()> {
         let key = keys::instance(&id);
         for _ in 0..16 {
-            let Some(mut v) = self.store.get::<Instance>(&key).await? else {
+            let Some(mut v) = self.store.read::<Instance>(&key).await? else {
                 return Err(ApiError::NotFound(format!("server {id} was deleted")));
             };
             if v.value.power == power {
@@ -226,7 +226,7 @@ impl Ctx {
         let deadline = tokio::time::Instant::now() + timeout;
         let key = keys::instance_status(&id);
         loop {
-            if let Some(s) = self.store.get::<InstanceStatus>(&key).await? {
+            if let Some(s) = self.store.read::<InstanceStatus>(&key).await? {
                 if s.value.state == InstanceState::Stopped && &s.value.node == node {
                     return Ok(());
                 }

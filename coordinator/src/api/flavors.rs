@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{absent, decode_or_skip, put, Versioned};
+use nubo_store::kv::{absent, decode_or_skip, put, Versioned};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -21,7 +21,7 @@ impl Ctx {
     pub(crate) async fn flavor(&self, r: &str) -> ApiResult<Versioned<Flavor>> {
         let name = flavor_name(r)?;
         self.store
-            .get(&keys::flavor(&name))
+            .read(&keys::flavor(&name))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("flavor {:?} not found", name.as_str())))
     }
@@ -75,15 +75,18 @@ impl flavors_server::Flavors for Ctx {
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListFlavorsResponse> {
         let r = r.into_inner();
         reply(
-            self.store
-                .list_page(&keys::flavors_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<Flavor>(kv).map(|f| convert::flavor(&f))
-                })
-                .await
-                .map(|(flavors, next_page_token)| pb::ListFlavorsResponse {
-                    flavors,
-                    next_page_token,
-                }),
+            crate::paging::list_page(
+                &self.store,
+                &keys::flavors_prefix(),
+                r.page_size,
+                &r.page_token,
+                |kv| decode_or_skip::<Flavor>(kv).map(|f| convert::flavor(&f)),
+            )
+            .await
+            .map(|(flavors, next_page_token)| pb::ListFlavorsResponse {
+                flavors,
+                next_page_token,
+            }),
         )
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {

@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 
 use super::{reply, Ctx};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{decode_or_skip, Store};
+use nubo_store::kv::decode_or_skip;
+use nubo_store::Etcd;
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -36,7 +37,7 @@ impl Ctx {
         let user = UserName::new(r.user.as_str()).map_err(|_| bad_login())?;
         let rec: User = self
             .store
-            .get::<User>(&keys::user(&user))
+            .read::<User>(&keys::user(&user))
             .await?
             .ok_or_else(bad_login)?
             .value;
@@ -50,9 +51,9 @@ impl Ctx {
         }
         let resp = self
             .store
-            .range(
+            .get(
                 keys::user_roles_prefix(&user),
-                GetOptions::new().with_prefix(),
+                Some(GetOptions::new().with_prefix()),
             )
             .await?;
         let assignments: Vec<RoleAssignment> =
@@ -92,7 +93,7 @@ impl Ctx {
         if roles.is_empty() {
             return Err(no_role());
         }
-        match self.store.get::<Project>(&keys::project(&project)).await? {
+        match self.store.read::<Project>(&keys::project(&project)).await? {
             Some(p) if p.value.enabled => {}
             _ => return Err(no_role()),
         }
@@ -110,21 +111,21 @@ impl Ctx {
         let id: AppCredId = r.application_credential_id.parse().map_err(|_| bad())?;
         let cred: ApplicationCredential = self
             .store
-            .get(&keys::app_cred(&id))
+            .read(&keys::app_cred(&id))
             .await?
             .ok_or_else(bad)?
             .value;
         nubo_identity::appcred::verify(&cred, &r.application_credential_secret, chrono::Utc::now())
             .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
-        match self.store.get::<User>(&keys::user(&cred.user)).await? {
+        match self.store.read::<User>(&keys::user(&cred.user)).await? {
             Some(u) if u.value.enabled => {}
             _ => return Err(bad()),
         }
         let resp = self
             .store
-            .range(
+            .get(
                 keys::user_roles_prefix(&cred.user),
-                GetOptions::new().with_prefix(),
+                Some(GetOptions::new().with_prefix()),
             )
             .await?;
         let assignments: Vec<RoleAssignment> =
@@ -137,7 +138,7 @@ impl Ctx {
             .filter(|r| held.contains(r))
             .collect();
         let enabled = matches!(
-            self.store.get::<Project>(&keys::project(&cred.project)).await?,
+            self.store.read::<Project>(&keys::project(&cred.project)).await?,
             Some(p) if p.value.enabled
         );
         if roles.is_empty() || !enabled {
@@ -217,7 +218,7 @@ pub enum Bootstrapped {
 /// Creates the first cloud admin in ONE etcd transaction, only if none of
 /// its keys exists yet (see `nubo_identity::bootstrap`).
 pub async fn bootstrap(
-    store: &Store,
+    store: &Etcd,
     admin: &UserName,
     password: &str,
     passwords: &Passwords,
@@ -313,8 +314,8 @@ impl Ctx {
             .store
             .txn(
                 Txn::new()
-                    .when([crate::store::absent(&key)])
-                    .and_then([crate::store::put(&key, &p)]),
+                    .when([nubo_store::kv::absent(&key)])
+                    .and_then([nubo_store::kv::put(&key, &p)]),
             )
             .await?;
         if !resp.succeeded() {
@@ -368,8 +369,8 @@ impl Ctx {
             .store
             .txn(
                 Txn::new()
-                    .when([crate::store::absent(&key)])
-                    .and_then([crate::store::put(&key, &u)]),
+                    .when([nubo_store::kv::absent(&key)])
+                    .and_then([nubo_store::kv::put(&key, &u)]),
             )
             .await?;
         if !resp.succeeded() {
@@ -440,7 +441,7 @@ impl Ctx {
             .txn(
                 Txn::new()
                     .when(when)
-                    .and_then([crate::store::put(&key, &a)]),
+                    .and_then([nubo_store::kv::put(&key, &a)]),
             )
             .await?;
         if !resp.succeeded() {
@@ -489,7 +490,7 @@ impl Ctx {
         };
         let resp = self
             .store
-            .range(prefix, GetOptions::new().with_prefix())
+            .get(prefix, Some(GetOptions::new().with_prefix()))
             .await?;
         Ok(pb::ListRoleAssignmentsResponse {
             assignments: resp
@@ -510,15 +511,18 @@ impl pb::identity_server::Identity for Ctx {
     async fn list_projects(&self, r: Request<pb::ListRequest>) -> R<pb::ListProjectsResponse> {
         let r = r.into_inner();
         reply(
-            self.store
-                .list_page(&keys::projects_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<Project>(kv).map(|p| project_pb(&p))
-                })
-                .await
-                .map(|(projects, next_page_token)| pb::ListProjectsResponse {
-                    projects,
-                    next_page_token,
-                }),
+            crate::paging::list_page(
+                &self.store,
+                &keys::projects_prefix(),
+                r.page_size,
+                &r.page_token,
+                |kv| decode_or_skip::<Project>(kv).map(|p| project_pb(&p)),
+            )
+            .await
+            .map(|(projects, next_page_token)| pb::ListProjectsResponse {
+                projects,
+                next_page_token,
+            }),
         )
     }
     async fn delete_project(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
@@ -530,15 +534,18 @@ impl pb::identity_server::Identity for Ctx {
     async fn list_users(&self, r: Request<pb::ListRequest>) -> R<pb::ListUsersResponse> {
         let r = r.into_inner();
         reply(
-            self.store
-                .list_page(&keys::users_prefix(), r.page_size, &r.page_token, |kv| {
-                    decode_or_skip::<User>(kv).map(|u| user_pb(&u))
-                })
-                .await
-                .map(|(users, next_page_token)| pb::ListUsersResponse {
-                    users,
-                    next_page_token,
-                }),
+            crate::paging::list_page(
+                &self.store,
+                &keys::users_prefix(),
+                r.page_size,
+                &r.page_token,
+                |kv| decode_or_skip::<User>(kv).map(|u| user_pb(&u)),
+            )
+            .await
+            .map(|(users, next_page_token)| pb::ListUsersResponse {
+                users,
+                next_page_token,
+            }),
         )
     }
     async fn delete_user(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {

@@ -16,8 +16,8 @@ use crate::caller;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::image_store::{ImageStore, Part, MAX_CHUNK};
-use crate::store::{put, unchanged};
 use crate::validate;
+use nubo_store::kv::{put, unchanged};
 
 impl Ctx {
     fn image_store(&self) -> ImageStore {
@@ -28,7 +28,7 @@ impl Ctx {
     async fn edit_image(&self, id: &ImageId, edit: impl Fn(&mut Image)) -> ApiResult<Image> {
         let key = keys::image(id);
         for _ in 0..16 {
-            let Some(mut cur) = self.store.get::<Image>(&key).await? else {
+            let Some(mut cur) = self.store.read::<Image>(&key).await? else {
                 return Err(ApiError::NotFound(format!("image {id} was deleted")));
             };
             edit(&mut cur.value);
@@ -159,7 +159,7 @@ impl Ctx {
             .parse()
             .map_err(|_| ApiError::InvalidArgument(format!("bad image id {:?}", r.image_id)))?;
         let part = Part::parse(&r.part)?;
-        let Some(img) = self.store.get::<Image>(&keys::image(&id)).await? else {
+        let Some(img) = self.store.read::<Image>(&keys::image(&id)).await? else {
             return Err(ApiError::NotFound(format!("image {id} does not exist")));
         };
         // Agents (node role) and admins fetch any image; a tenant only its

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{absent, put, unchanged, Versioned};
 use crate::validate;
+use nubo_store::kv::{absent, put, unchanged, Versioned};
 
 type R<T> = Result<Response<T>, Status>;
 

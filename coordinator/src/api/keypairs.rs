@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{absent, decode_or_skip, put, Versioned};
 use crate::validate;
+use nubo_store::kv::{absent, decode_or_skip, put, Versioned};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -47,7 +47,7 @@ impl Ctx {
     ) -> ApiResult<Versioned<Keypair>> {
         validate::name("keypair", name)?;
         self.store
-            .get(&keys::keypair(project, name))
+            .read(&keys::keypair(project, name))
             .await?
             .ok_or_else(|| {
                 ApiError::NotFound(format!("keypair {name:?} not found in project {project}"))
@@ -74,15 +74,14 @@ impl keypairs_server::Keypairs for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = validate::project(&r.project)?;
-            let (keypairs, next_page_token) = self
-                .store
-                .list_page(
-                    &keys::keypairs_prefix(&p),
-                    r.page_size,
-                    &r.page_token,
-                    |kv| decode_or_skip::<Keypair>(kv).map(|k| convert::keypair(&k)),
-                )
-                .await?;
+            let (keypairs, next_page_token) = crate::paging::list_page(
+                &self.store,
+                &keys::keypairs_prefix(&p),
+                r.page_size,
+                &r.page_token,
+                |kv| decode_or_skip::<Keypair>(kv).map(|k| convert::keypair(&k)),
+            )
+            .await?;
             Ok(pb::ListKeypairsResponse {
                 keypairs,
                 next_page_token,

@@ -31,8 +31,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
-use crate::store::{absent, decode_or_skip, put, Versioned};
 use crate::validate;
+use nubo_store::kv::{absent, decode_or_skip, put, Versioned};
 
 pub use identity::{bootstrap, Bootstrapped};
 pub use servers::MAX_BATCH;
@@ -84,13 +84,13 @@ impl Ctx {
             Ok(u) => key_of(u),
             Err(_) => {
                 let idx = keys::name_index(kind, project, r);
-                let Some(id) = self.store.get::<uuid::Uuid>(&idx).await? else {
+                let Some(id) = self.store.read::<uuid::Uuid>(&idx).await? else {
                     return Err(not_found());
                 };
                 key_of(id.value)
             }
         };
-        match self.store.get::<T>(&key).await? {
+        match self.store.read::<T>(&key).await? {
             Some(v) if v.value.project() == project => Ok(v),
             _ => Err(not_found()),
         }
@@ -116,7 +116,7 @@ impl Ctx {
         let not_found =
             || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
         if let Ok(u) = uuid::Uuid::parse_str(r) {
-            return match self.store.get::<T>(&key_of(u)).await? {
+            return match self.store.read::<T>(&key_of(u)).await? {
                 Some(v) if v.value.project() == project => Ok(v),
                 _ => Err(not_found()),
             };
@@ -152,7 +152,7 @@ impl Ctx {
     pub(crate) async fn default_secgroup(&self, project: &ProjectId) -> ApiResult<SecurityGroupId> {
         let idx = keys::name_index(NameKind::SecurityGroup, project, "default");
         for _ in 0..5 {
-            if let Some(id) = self.store.get::<SecurityGroupId>(&idx).await? {
+            if let Some(id) = self.store.read::<SecurityGroupId>(&idx).await? {
                 return Ok(id.value);
             }
             let id = SecurityGroupId::new_random();
@@ -248,13 +248,12 @@ impl Ctx {
         conv: impl Fn(&T) -> U,
     ) -> ApiResult<(Vec<U>, String)> {
         let p = validate::project(&r.project)?;
-        self.store
-            .list_page(prefix, r.page_size, &r.page_token, |kv| {
-                decode_or_skip::<T>(kv)
-                    .filter(|t| in_scope(r.all_projects, &p, t.project()))
-                    .map(|t| conv(&t))
-            })
-            .await
+        crate::paging::list_page(&self.store, prefix, r.page_size, &r.page_token, |kv| {
+            decode_or_skip::<T>(kv)
+                .filter(|t| in_scope(r.all_projects, &p, t.project()))
+                .map(|t| conv(&t))
+        })
+        .await
     }
 }
 

@@ -12,13 +12,14 @@ use rand::Rng;
 use tonic::{Request, Response, Status};
 
 use super::{reply, Ctx};
+use crate::commit::op_kvs;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::ipam;
-use crate::store::{
-    absent, decode_or_skip, op_kvs, prefix_empty, prefix_unchanged_since, put, unchanged, Versioned,
-};
 use crate::validate;
+use nubo_store::kv::{
+    absent, decode_or_skip, prefix_empty, prefix_unchanged_since, put, unchanged, Versioned,
+};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -104,7 +105,7 @@ impl Ctx {
     async fn revision(&self) -> ApiResult<i64> {
         let r = self
             .store
-            .range(keys::election(), GetOptions::new().with_count_only())
+            .get(keys::election(), Some(GetOptions::new().with_count_only()))
             .await?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     }
@@ -117,12 +118,14 @@ impl Ctx {
         loop {
             let resp = self
                 .store
-                .range(
+                .get(
                     start.clone(),
-                    GetOptions::new()
-                        .with_range(end.clone())
-                        .with_keys_only()
-                        .with_limit(5000),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_keys_only()
+                            .with_limit(5000),
+                    ),
                 )
                 .await?;
             for kv in resp.kvs() {
@@ -302,9 +305,9 @@ impl Ctx {
             }
             let used = self
                 .store
-                .range(
+                .get(
                     ipam_prefix.as_str(),
-                    GetOptions::new().with_prefix().with_count_only(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
                 )
                 .await?
                 .count();

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{self, put};
+use nubo_store::kv::put;
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -32,8 +32,8 @@ impl Ctx {
     }
 
     fn list_nodes(&self, r: &pb::ListRequest) -> ApiResult<pb::ListNodesResponse> {
-        let size = store::page_size_of(r.page_size)?;
-        let after = match store::decode_token(&r.page_token, &keys::nodes_prefix())? {
+        let size = crate::paging::page_size_of(r.page_size)?;
+        let after = match crate::paging::decode_token(&r.page_token, &keys::nodes_prefix())? {
             Some(raw) => {
                 let k = String::from_utf8_lossy(&raw).into_owned();
                 match keys::parse(&k) {
@@ -49,7 +49,7 @@ impl Ctx {
         };
         let (page, more) = self.view.page(after.as_ref(), size);
         let next = match (more, page.last()) {
-            (true, Some((n, _))) => store::encode_token(keys::node(n).as_bytes()),
+            (true, Some((n, _))) => crate::paging::encode_token(keys::node(n).as_bytes()),
             _ => String::new(),
         };
         Ok(pb::ListNodesResponse {

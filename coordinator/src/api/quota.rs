@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 
 use super::{reply, Ctx};
 use crate::config::AuthMode;
-use crate::error::ApiResult;
-use crate::store::{absent, decode_kv, put, unchanged};
+use crate::error::{ApiError, ApiResult};
+use nubo_store::kv::{absent, decode_kv, put, unchanged};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -50,8 +50,9 @@ impl Ctx {
         let kvs = self.store.get_many(&[pk, dk]).await?;
         let dec = |kv: &Option<etcd_client::KeyValue>| -> ApiResult<Option<Quota>> {
             kv.as_ref()
-                .map(|kv| decode_kv::<Quota>(kv).map_err(crate::store::corrupt))
+                .map(decode_kv::<Quota>)
                 .transpose()
+                .map_err(ApiError::from)
         };
         Ok(effective_quota(dec(&kvs[0])?, dec(&kvs[1])?))
     }
@@ -61,7 +62,7 @@ impl Ctx {
         Ok(
             match self
                 .store
-                .get::<QuotaUsage>(&keys::quota_usage(project))
+                .read::<QuotaUsage>(&keys::quota_usage(project))
                 .await?
             {
                 Some(v) => (v.value, v.mod_rev),

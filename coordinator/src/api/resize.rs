@@ -18,8 +18,8 @@ use nubo_common::FlavorName;
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::Ratios;
-use crate::store::{absent, put, unchanged};
 use crate::validate;
+use nubo_store::kv::{absent, put, unchanged};
 
 /// Transactions tried before answering Unavailable.
 const ATTEMPTS: usize = 16;
@@ -94,7 +94,7 @@ impl Ctx {
             let i = &inst.value;
             let flavor = self
                 .store
-                .get::<Flavor>(&keys::flavor(&flavor_name))
+                .read::<Flavor>(&keys::flavor(&flavor_name))
                 .await?
                 .ok_or_else(|| {
                     ApiError::NotFound(format!("flavor {:?} not found", flavor_name.as_str()))
@@ -106,17 +106,17 @@ impl Ctx {
                 )));
             };
             let skey = keys::instance_status(&i.id);
-            let status = self.store.get::<InstanceStatus>(&skey).await?;
-            let image = self.store.get::<Image>(&keys::image(&i.image)).await?;
+            let status = self.store.read::<InstanceStatus>(&skey).await?;
+            let image = self.store.read::<Image>(&keys::image(&i.image)).await?;
             let node_info = self
                 .store
-                .get::<Node>(&keys::node(&node))
+                .read::<Node>(&keys::node(&node))
                 .await?
                 .ok_or_else(|| {
                     ApiError::FailedPrecondition(format!("node {node} not registered"))
                 })?;
             let ukey = keys::node_usage(&node);
-            let usage = self.store.get::<NodeUsage>(&ukey).await?;
+            let usage = self.store.read::<NodeUsage>(&ukey).await?;
             let used = usage.as_ref().map(|u| u.value.used).unwrap_or_default();
             let Some(new) = check_resize(
                 i,

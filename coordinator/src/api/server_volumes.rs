@@ -13,7 +13,7 @@ use nubo_common::{InstanceId, ProjectId};
 
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{put, Versioned};
+use nubo_store::kv::{put, Versioned};
 
 /// The validated volumes of a create request.
 #[derive(Debug, Clone, Default)]

@@ -30,15 +30,15 @@ use tracing::Instrument;
 use super::network::{release_port, reserve_port, IpPool};
 use super::{reply, Ctx, Owned};
 use crate::cache::FromCached;
+use crate::commit::op_kvs;
 use crate::commit::{Committed, Member};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
-use crate::store::{
-    self, absent, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged,
-    Versioned,
-};
 use crate::validate;
+use nubo_store::kv::{
+    absent, decode_kv, decode_or_skip, prefix_unchanged_since, put, unchanged, Versioned,
+};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -151,7 +151,7 @@ impl Ctx {
                 return Ok(Some(v));
             }
         }
-        Ok(match self.store.get::<T>(key).await? {
+        Ok(match self.store.read::<T>(key).await? {
             Some(v) => {
                 deps.push((key.to_string(), v.mod_rev));
                 Some(Arc::new(v.value))
@@ -459,9 +459,9 @@ impl Ctx {
         if let Some(t) = token {
             let resp = self
                 .store
-                .range(
+                .get(
                     keys::client_token_prefix(&plan.project, t),
-                    etcd_client::GetOptions::new().with_prefix(),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
                 )
                 .await?;
             for kv in resp.kvs() {
@@ -596,9 +596,9 @@ impl Ctx {
     async fn group_members(&self, g: &ServerGroup) -> ApiResult<(HashSet<NodeName>, i64)> {
         let resp = self
             .store
-            .range(
+            .get(
                 keys::server_group_members_prefix(&g.id),
-                etcd_client::GetOptions::new().with_prefix(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
             )
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -856,7 +856,7 @@ impl Ctx {
             let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
             if token.is_some() {
                 if let Some(kv) = op_kvs(&resp, token_probe).first() {
-                    let other: InstanceId = decode_kv(kv).map_err(store::corrupt)?;
+                    let other: InstanceId = decode_kv(kv)?;
                     return Ok(Placed::Existing(other));
                 }
             }
@@ -917,7 +917,7 @@ impl Ctx {
                     )));
                 };
                 if kv.mod_revision() != p.mod_rev {
-                    let fresh: Port = decode_kv(kv).map_err(store::corrupt)?;
+                    let fresh: Port = decode_kv(kv)?;
                     if let Some(dev) = fresh.device {
                         return Err(ApiError::FailedPrecondition(format!(
                             "port {} is already plugged into server {dev}",
@@ -1015,25 +1015,24 @@ impl Ctx {
             "" => None,
             n => Some(NodeName::new(n)?),
         };
-        let (insts, next_page_token) = self
-            .store
-            .list_page(
-                &keys::instances_prefix(),
-                r.page_size,
-                &r.page_token,
-                |kv| {
-                    let k = std::str::from_utf8(kv.key()).ok()?;
-                    if !matches!(keys::parse(k), Some(Key::Instance(_))) {
-                        return None;
-                    }
-                    let i: Instance = decode_or_skip(kv)?;
-                    let ok = (super::in_scope(r.all_projects, &project, &i.project))
-                        && node.as_ref().is_none_or(|n| i.node.as_ref() == Some(n))
-                        && i.name.starts_with(&r.name_prefix);
-                    ok.then_some(i)
-                },
-            )
-            .await?;
+        let (insts, next_page_token) = crate::paging::list_page(
+            &self.store,
+            &keys::instances_prefix(),
+            r.page_size,
+            &r.page_token,
+            |kv| {
+                let k = std::str::from_utf8(kv.key()).ok()?;
+                if !matches!(keys::parse(k), Some(Key::Instance(_))) {
+                    return None;
+                }
+                let i: Instance = decode_or_skip(kv)?;
+                let ok = (super::in_scope(r.all_projects, &project, &i.project))
+                    && node.as_ref().is_none_or(|n| i.node.as_ref() == Some(n))
+                    && i.name.starts_with(&r.name_prefix);
+                ok.then_some(i)
+            },
+        )
+        .await?;
         Ok(pb::ListServersResponse {
             servers: self.render(&insts).await?,
             next_page_token,
@@ -1059,7 +1058,7 @@ impl Ctx {
             if let Some(node) = &i.node {
                 ops.push(TxnOp::delete(keys::assignment(node, &i.id), None));
                 let ukey = keys::node_usage(node);
-                if let Some(u) = self.store.get::<NodeUsage>(&ukey).await? {
+                if let Some(u) = self.store.read::<NodeUsage>(&ukey).await? {
                     let nu = NodeUsage {
                         used: u.value.used.saturating_sub(i.resources),
                         instances: u.value.instances.saturating_sub(1),

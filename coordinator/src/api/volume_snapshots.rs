@@ -20,8 +20,8 @@ use super::volumes::TXN_RETRIES;
 use super::Ctx;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{absent, decode_or_skip, put, unchanged};
 use crate::validate;
+use nubo_store::kv::{absent, decode_or_skip, put, unchanged};
 
 impl Ctx {
     pub(super) async fn create_snapshot(
@@ -116,11 +116,11 @@ impl Ctx {
     async fn snapshot(
         &self,
         r: &pb::VolumeSnapshotRequest,
-    ) -> ApiResult<(crate::store::Versioned<Volume>, VolumeSnapshot, i64)> {
+    ) -> ApiResult<(nubo_store::Versioned<Volume>, VolumeSnapshot, i64)> {
         let project = validate::project(&r.project)?;
         let v = self.volume(&project, &r.r#ref).await?;
         let skey = keys::volume_snapshot(&v.value.id, &r.name);
-        match self.store.get::<VolumeSnapshot>(&skey).await? {
+        match self.store.read::<VolumeSnapshot>(&skey).await? {
             Some(s) => Ok((v, s.value, s.mod_rev)),
             None => Err(ApiError::NotFound(format!(
                 "volume {:?} has no snapshot named {:?}",

@@ -12,8 +12,8 @@ use super::volumes::TXN_RETRIES;
 use super::{reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{absent, decode_or_skip, prefix_unchanged_since, put, unchanged};
 use crate::validate;
+use nubo_store::kv::{absent, decode_or_skip, prefix_unchanged_since, put, unchanged};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -31,11 +31,11 @@ fn apply_qos(q: &mut Qos, p: &pb::VolumeQos) {
 }
 
 impl Ctx {
-    async fn volume_type_get(&self, name: &str) -> ApiResult<crate::store::Versioned<VolumeType>> {
+    async fn volume_type_get(&self, name: &str) -> ApiResult<nubo_store::Versioned<VolumeType>> {
         let name = name.trim();
         validate::name("volume type", name)?;
         self.store
-            .get::<VolumeType>(&keys::volume_type(name))
+            .read::<VolumeType>(&keys::volume_type(name))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("volume type {name:?} not found")))
     }
@@ -108,9 +108,9 @@ impl Ctx {
             let prefix = keys::volumes_prefix();
             let resp = self
                 .store
-                .range(
+                .get(
                     prefix.as_str(),
-                    etcd_client::GetOptions::new().with_prefix().with_limit(0),
+                    Some(etcd_client::GetOptions::new().with_prefix().with_limit(0)),
                 )
                 .await?;
             let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -167,20 +167,20 @@ impl volume_types_server::VolumeTypes for Ctx {
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListVolumeTypesResponse> {
         let r = r.into_inner();
         reply(
-            self.store
-                .list_page(
-                    &keys::volume_types_prefix(),
-                    r.page_size,
-                    &r.page_token,
-                    |kv| decode_or_skip::<VolumeType>(kv).map(|t| convert::volume_type(&t)),
-                )
-                .await
-                .map(
-                    |(volume_types, next_page_token)| pb::ListVolumeTypesResponse {
-                        volume_types,
-                        next_page_token,
-                    },
-                ),
+            crate::paging::list_page(
+                &self.store,
+                &keys::volume_types_prefix(),
+                r.page_size,
+                &r.page_token,
+                |kv| decode_or_skip::<VolumeType>(kv).map(|t| convert::volume_type(&t)),
+            )
+            .await
+            .map(
+                |(volume_types, next_page_token)| pb::ListVolumeTypesResponse {
+                    volume_types,
+                    next_page_token,
+                },
+            ),
         )
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {

@@ -33,8 +33,8 @@ use super::{in_scope, reply, Ctx};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::image_store::{ImageStore, Part};
-use crate::store::{absent, decode_or_skip, put, unchanged, Versioned};
 use crate::validate;
+use nubo_store::kv::{absent, decode_or_skip, put, unchanged, Versioned};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -193,7 +193,7 @@ impl Ctx {
         let inst = match v.attached_to {
             Some(i) => self
                 .store
-                .get::<Instance>(&keys::instance(&i))
+                .read::<Instance>(&keys::instance(&i))
                 .await
                 .ok()
                 .flatten()
@@ -231,7 +231,7 @@ impl Ctx {
             t => {
                 if self
                     .store
-                    .get::<VolumeType>(&keys::volume_type(t))
+                    .read::<VolumeType>(&keys::volume_type(t))
                     .await?
                     .is_none()
                 {
@@ -345,7 +345,7 @@ impl Ctx {
             if !resp.succeeded() {
                 // Only the reconciler touches a `creating` volume (after
                 // a long time): report what is there now.
-                if let Some(v) = self.store.get::<Volume>(&key).await? {
+                if let Some(v) = self.store.read::<Volume>(&key).await? {
                     return Ok(v.value);
                 }
                 return Err(ApiError::Unavailable(format!(
@@ -485,7 +485,7 @@ impl Ctx {
             }
             // Only the quota usage may have moved (nothing else changes a
             // `deleting` volume but another finisher).
-            match self.store.get::<Volume>(&key).await? {
+            match self.store.read::<Volume>(&key).await? {
                 None => return Ok(()),
                 Some(v) => rev = v.mod_rev,
             }
@@ -512,12 +512,14 @@ impl Ctx {
 
     async fn list_volumes(&self, r: pb::ListRequest) -> ApiResult<pb::ListVolumesResponse> {
         let p = validate::project(&r.project)?;
-        let (vols, next_page_token) = self
-            .store
-            .list_page(&keys::volumes_prefix(), r.page_size, &r.page_token, |kv| {
-                decode_or_skip::<Volume>(kv).filter(|v| in_scope(r.all_projects, &p, &v.project))
-            })
-            .await?;
+        let (vols, next_page_token) = crate::paging::list_page(
+            &self.store,
+            &keys::volumes_prefix(),
+            r.page_size,
+            &r.page_token,
+            |kv| decode_or_skip::<Volume>(kv).filter(|v| in_scope(r.all_projects, &p, &v.project)),
+        )
+        .await?;
         let inst_keys: Vec<String> = vols
             .iter()
             .filter_map(|v| v.attached_to.map(|i| keys::instance(&i)))
@@ -601,7 +603,7 @@ impl Ctx {
                 let mut failed = d.clone();
                 failed.status = VolumeStatus::Error;
                 failed.status_reason = Some(format!("delete failed: {e}"));
-                if let Ok(Some(cur)) = self.store.get::<Volume>(&key).await {
+                if let Ok(Some(cur)) = self.store.read::<Volume>(&key).await {
                     let _ = self
                         .store
                         .txn(
@@ -622,7 +624,7 @@ impl Ctx {
 
     /// `name (id)` of a server, or its id when it cannot be read.
     pub(crate) async fn server_label(&self, i: InstanceId) -> String {
-        match self.store.get::<Instance>(&keys::instance(&i)).await {
+        match self.store.read::<Instance>(&keys::instance(&i)).await {
             Ok(Some(s)) => format!("{:?} ({i})", s.value.name),
             _ => i.to_string(),
         }
@@ -712,7 +714,7 @@ impl Ctx {
                 .await
             {
                 Ok(r) if r.succeeded() => return,
-                Ok(_) => match self.store.get::<Volume>(&key).await {
+                Ok(_) => match self.store.read::<Volume>(&key).await {
                     Ok(Some(v)) if v.value.size_gb == old.size_gb + grow => rev = v.mod_rev,
                     _ => return,
                 },
@@ -813,7 +815,7 @@ impl Ctx {
             let ikey = keys::instance(&iid);
             let mut nv = vol.clone();
             nv.status = VolumeStatus::Detaching;
-            let (compares, ops) = match self.store.get::<Instance>(&ikey).await? {
+            let (compares, ops) = match self.store.read::<Instance>(&ikey).await? {
                 Some(inst) => {
                     if inst.value.boot_volume.as_ref().map(|b| b.volume) == Some(vol.id) {
                         return Err(ApiError::FailedPrecondition(format!(

@@ -9,15 +9,15 @@ use nubo_identity::auth::SignerHandle;
 use tokio::sync::watch;
 
 use crate::error::ServeError;
-use crate::store::Store;
+use nubo_store::Etcd;
 
 /// How often the key set is read again.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// Reads the key set (missing = the cloud was never bootstrapped).
-pub async fn load(store: &Store) -> Result<TokenKeySet, ServeError> {
+pub async fn load(store: &Etcd) -> Result<TokenKeySet, ServeError> {
     let key = nubo_common::keys::token_key();
-    match store.get(&key).await {
+    match store.read::<TokenKeySet>(&key).await {
         Ok(Some(v)) => Ok(v.value),
         Ok(None) => Err(ServeError::Config(format!(
             "auth = \"token\" but {key} is missing: run `nubo-coordinator bootstrap --admin-password-file F` first"
@@ -35,7 +35,7 @@ pub fn signer(set: &TokenKeySet) -> Result<nubo_identity::TokenSigner, ServeErro
 /// Key rotation: replaces the signer behind `handle` whenever the stored
 /// key set changes (`last` is the one it holds now), until shutdown.
 pub async fn run_reload(
-    store: Store,
+    store: Etcd,
     handle: SignerHandle,
     mut last: TokenKeySet,
     mut shutdown: watch::Receiver<bool>,

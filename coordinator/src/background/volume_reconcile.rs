@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::api::volumes::DELETED_WITH_SERVER;
 use crate::error::ApiResult;
 use crate::state::Ctx;
-use crate::store::{decode_or_skip, put, unchanged, Versioned};
+use nubo_store::kv::{decode_or_skip, put, unchanged, Versioned};
 
 /// Period of the loop.
 pub const PERIOD: Duration = Duration::from_secs(1);

@@ -15,8 +15,8 @@ use tracing::Instrument;
 use crate::election::leader_guard;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
-use crate::store::put;
 use moves::{MoveOpts, Moved};
+use nubo_store::kv::put;
 
 /// Moves of one evacuation pass run concurrently.
 const EVACUATION_CONCURRENCY: usize = 8;
@@ -38,8 +38,9 @@ pub struct PassOutcome {
 pub async fn evacuation_enabled(ctx: &Ctx) -> ApiResult<bool> {
     match ctx
         .store
-        .get::<EvacuationConfig>(&keys::evacuation_config())
+        .read::<EvacuationConfig>(&keys::evacuation_config())
         .await
+        .map_err(ApiError::from)
     {
         Ok(v) => Ok(v.is_none_or(|v| v.value.enabled)),
         Err(ApiError::FailedPrecondition(why)) => {

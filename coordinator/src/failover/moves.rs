@@ -21,13 +21,12 @@ use nubo_common::model::{
 use nubo_common::{InstanceId, NodeName};
 use rand::seq::IndexedRandom;
 
+use crate::commit::op_kvs;
 use crate::election::leader_guard;
 use crate::error::{ApiError, ApiResult};
 use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
 use crate::state::Ctx;
-use crate::store::{
-    self, decode_kv, decode_or_skip, op_kvs, prefix_unchanged_since, put, unchanged,
-};
+use nubo_store::kv::{decode_kv, decode_or_skip, prefix_unchanged_since, put, unchanged};
 
 /// Transactions tried for one move before giving up (contention).
 const MAX_MOVE_ATTEMPTS: usize = 32;
@@ -82,7 +81,7 @@ impl Ctx {
             let (Some(ikv), Some(akv)) = (&got[0], &got[1]) else {
                 return Ok(Moved::AlreadyGone);
             };
-            let mut inst: Instance = decode_kv(ikv).map_err(store::corrupt)?;
+            let mut inst: Instance = decode_kv(ikv)?;
             if inst.node.as_ref() != Some(from) {
                 tracing::warn!(instance = %id, node = %from, spec_node = ?inst.node, "assignment and spec disagree; not moving");
                 return Err(ApiError::FailedPrecondition(format!(
@@ -91,10 +90,7 @@ impl Ctx {
                 )));
             }
             let (from_usage, from_rev) = match &got[2] {
-                Some(kv) => (
-                    decode_kv::<NodeUsage>(kv).map_err(store::corrupt)?,
-                    kv.mod_revision(),
-                ),
+                Some(kv) => (decode_kv::<NodeUsage>(kv)?, kv.mod_revision()),
                 None => (NodeUsage::default(), 0),
             };
             let port_keys: Vec<String> = inst.ports.iter().map(keys::port).collect();
@@ -103,9 +99,9 @@ impl Ctx {
                 Some(g) => {
                     let resp = self
                         .store
-                        .range(
+                        .get(
                             keys::server_group_members_prefix(g),
-                            GetOptions::new().with_prefix(),
+                            Some(GetOptions::new().with_prefix()),
                         )
                         .await?;
                     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -125,7 +121,7 @@ impl Ctx {
             let policy = match &inst.server_group {
                 Some(g) => self
                     .store
-                    .get::<model::ServerGroup>(&keys::server_group(g))
+                    .read::<model::ServerGroup>(&keys::server_group(g))
                     .await?
                     .map(|v| v.value.policy),
                 None => None,
@@ -276,7 +272,12 @@ impl Ctx {
     ) -> ApiResult<()> {
         let akey = keys::assignment(from, &id);
         let skey = keys::instance_status(&id);
-        let old = self.store.get::<InstanceStatus>(&skey).await.ok().flatten();
+        let old = self
+            .store
+            .read::<InstanceStatus>(&skey)
+            .await
+            .ok()
+            .flatten();
         if old.as_ref().is_some_and(|s| {
             s.value.state == InstanceState::Error && s.value.last_error.as_deref() == Some(msg)
         }) {
@@ -312,9 +313,9 @@ impl Ctx {
     pub async fn assigned_instances(&self, node: &NodeName) -> ApiResult<Vec<Instance>> {
         let resp = self
             .store
-            .range(
+            .get(
                 keys::assignments_prefix(node),
-                GetOptions::new().with_prefix().with_keys_only(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
             )
             .await?;
         let ids: Vec<InstanceId> = resp
