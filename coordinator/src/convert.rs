@@ -9,7 +9,7 @@ use nubo_common::model::{
 use nubo_common::{proto as pb, NetworkId, NodeName, RuleId, SecurityGroupId};
 
 use crate::error::{ApiError, ApiResult};
-use crate::scheduler::{NodeState, Ratios};
+use crate::placement::scheduler::{NodeState, Ratios};
 
 fn ts(t: &Timestamp) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

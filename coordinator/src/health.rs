@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::election::LeaderState;
-use crate::view::ClusterView;
+use crate::placement::view::ClusterView;
 use nubo_store::Etcd;
 
 /// State shared with the health handlers.

@@ -19,7 +19,6 @@ pub mod background;
 pub mod cache;
 pub mod caller;
 pub mod ceph;
-pub mod commit;
 pub mod config;
 pub mod convert;
 pub mod election;
@@ -30,11 +29,10 @@ pub mod health;
 pub mod image_store;
 pub mod ipam;
 pub mod paging;
-pub mod scheduler;
+pub mod placement;
 pub mod sdnotify;
 pub mod state;
 pub mod validate;
-pub mod view;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -154,7 +152,7 @@ async fn start_inner(
     let etcd = connect_etcd(&cfg).await?;
     let store = etcd.clone();
     let (shutdown, rx) = watch::channel(false);
-    let view = Arc::new(view::ClusterView::default());
+    let view = Arc::new(placement::ClusterView::default());
     let leader = Arc::new(election::LeaderState::default());
 
     let mut tasks = Vec::new();

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
+use nubo_store::Etcd;
+
 use crate::cache::ResourceCache;
-use crate::commit::Committer;
 use crate::config::Config;
 use crate::election::LeaderState;
-use crate::scheduler::Ratios;
-use crate::view::ClusterView;
-use nubo_store::Etcd;
+use crate::placement::{ClusterView, Engine, Ratios};
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -26,8 +25,6 @@ pub struct Inner {
     pub leader: Arc<LeaderState>,
     /// Configuration.
     pub cfg: Config,
-    /// Overcommit ratios.
-    pub ratios: Ratios,
     /// Storage fencing (failure handling).
     pub fencer: crate::fencing::SharedFencer,
     /// Watch-fed copy of flavors, images, networks, security groups,
@@ -35,8 +32,9 @@ pub struct Inner {
     /// fed by whoever runs [`crate::cache::ResourceCache::run`], and simply
     /// missing (every lookup reads etcd) otherwise.
     pub cache: Arc<ResourceCache>,
-    /// Group commit of placement transactions (see [`crate::commit`]).
-    pub committer: Committer,
+    /// The placement engine (see [`crate::placement`]): every placement
+    /// and every change of a node's usage goes through it.
+    pub placement: Engine,
     /// The token signer (set at start with `auth = "token"`; `Tokens.Issue`
     /// refuses without it).
     pub signer: std::sync::OnceLock<nubo_identity::auth::SignerHandle>,
@@ -55,7 +53,7 @@ impl std::ops::Deref for Ctx {
 
 impl Ctx {
     /// Builds the context (inside a tokio runtime: it starts the
-    /// placement committer's task).
+    /// placement engine's group committer).
     pub fn new(
         store: Etcd,
         view: Arc<ClusterView>,
@@ -68,16 +66,15 @@ impl Ctx {
             ram: cfg.ram_ratio,
             disk: cfg.disk_ratio,
         };
-        let committer = Committer::start(store.clone());
+        let placement = Engine::new(view.clone(), store.clone(), ratios, cfg.placement);
         Self(Arc::new(Inner {
             store,
             view,
             leader,
             cfg,
-            ratios,
             fencer,
             cache: Arc::new(ResourceCache::default()),
-            committer,
+            placement,
             signer: std::sync::OnceLock::new(),
             ceph: std::sync::OnceLock::new(),
         }))

@@ -14,7 +14,7 @@ use nubo_common::model::{self, Flavor, Instance, NodeUsage};
 use nubo_common::proto as pb;
 use nubo_common::proto::servers_server::Servers;
 use nubo_common::{keys, FlavorName, NodeName};
-use nubo_coordinator::{election::LeaderState, state::Ctx, view::ClusterView};
+use nubo_coordinator::{election::LeaderState, placement::ClusterView, state::Ctx};
 use nubo_coordinator::{Config, LogFencer};
 use nubo_tests::Etcd;
 

@@ -48,7 +48,7 @@ fn result(id: InstanceId, r: ApiResult<Moved>) -> pb::MoveResult {
 }
 
 impl Ctx {
-    fn registered(&self, r: &str) -> ApiResult<(NodeName, crate::scheduler::NodeState)> {
+    fn registered(&self, r: &str) -> ApiResult<(NodeName, crate::placement::scheduler::NodeState)> {
         let name = Self::node_name(r)?;
         match self.view.get(&name) {
             Some(st) if st.info.is_some() => Ok((name, st)),

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use etcd_client::{Compare, GetOptions, KeyValue, Txn, TxnOp};
+use etcd_client::{GetOptions, KeyValue, Txn};
 use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage, SecurityGroup};
 use nubo_common::proto::{self as pb, networks_server, ports_server, security_groups_server};
@@ -12,14 +12,12 @@ use rand::Rng;
 use tonic::{Request, Response, Status};
 
 use super::{reply, Ctx};
-use crate::commit::op_kvs;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::ipam;
 use crate::validate;
-use nubo_store::kv::{
-    absent, decode_or_skip, prefix_empty, prefix_unchanged_since, put, unchanged, Versioned,
-};
+use nubo_store::kv::{decode_or_skip, prefix_empty, put, unchanged, Versioned};
+use nubo_store::{Guard, TxnBuilder};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -64,40 +62,32 @@ impl IpPool {
     }
 }
 
-/// The parts of a transaction that reserve a new port: compares, puts, and
-/// the gets run when the transaction fails (to see which reservation lost).
-pub(crate) fn reserve_port(
-    p: &Port,
-    compares: &mut Vec<Compare>,
-    ops: &mut Vec<TxnOp>,
-    probes: &mut Vec<TxnOp>,
-) {
+/// Reserves a new port in `t`: its address and its MAC must be free (the
+/// returned guards, in that order, tell which was taken when `t` fails),
+/// and writes the port.
+pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Guard, Guard) {
     let ip_key = keys::ipam(&p.network, IpAddr::V4(p.ip));
     let mac_key = keys::mac(&p.mac);
-    compares.push(absent(&ip_key));
-    compares.push(absent(&mac_key));
-    ops.push(put(
+    let ip = t.absent(&ip_key);
+    let mac = t.absent(&mac_key);
+    t.put(
         &ip_key,
         &IpAllocation {
             port: p.id,
             ip: IpAddr::V4(p.ip),
         },
-    ));
-    ops.push(put(&mac_key, &p.id));
-    ops.push(put(&keys::port(&p.id), p));
-    probes.push(TxnOp::get(ip_key, None));
-    probes.push(TxnOp::get(mac_key, None));
+    );
+    t.put(&mac_key, &p.id);
+    t.put(&keys::port(&p.id), p);
+    (ip, mac)
 }
 
-/// The ops that delete a port and release its address, MAC and owner mark.
-pub(crate) fn release_port(p: &Port, ops: &mut Vec<TxnOp>) {
-    ops.push(TxnOp::delete(keys::port(&p.id), None));
-    ops.push(TxnOp::delete(
-        keys::ipam(&p.network, IpAddr::V4(p.ip)),
-        None,
-    ));
-    ops.push(TxnOp::delete(keys::mac(&p.mac), None));
-    ops.push(TxnOp::delete(keys::port_owner(&p.id), None));
+/// Deletes a port in `t` and releases its address, MAC and owner mark.
+pub(crate) fn release_port(p: &Port, t: &mut TxnBuilder) {
+    t.delete(&keys::port(&p.id));
+    t.delete(&keys::ipam(&p.network, IpAddr::V4(p.ip)));
+    t.delete(&keys::mac(&p.mac));
+    t.delete(&keys::port_owner(&p.id));
 }
 
 impl Ctx {
@@ -232,38 +222,24 @@ impl Ctx {
                 created_at: model::now(),
             };
             let vkey = keys::vni(vni);
-            let mut when = vec![
-                absent(&idx),
-                absent(&vkey),
-                prefix_unchanged_since(&keys::networks_prefix(), rev),
-            ];
-            let mut then = vec![
-                put(&idx, &net.id),
-                put(&vkey, &net.id),
-                put(&keys::network(&net.id), &net),
-            ];
+            let mut t = TxnBuilder::new();
+            let name_free = t.absent(&idx);
+            t.absent(&vkey);
+            t.prefix_unchanged_since(&keys::networks_prefix(), rev);
+            t.put(&idx, &net.id);
+            t.put(&vkey, &net.id);
+            t.put(&keys::network(&net.id), &net);
             let delta = QuotaUsage {
                 networks: 1,
                 ..Default::default()
             };
-            if let Some((c, o)) = self.quota_add(&project, &delta).await? {
-                when.push(c);
-                then.push(o);
-            }
-            let resp = self
-                .store
-                .txn(
-                    Txn::new()
-                        .when(when)
-                        .and_then(then)
-                        .or_else([TxnOp::get(idx.as_str(), None)]),
-                )
-                .await?;
-            if resp.succeeded() {
+            self.quota_add(&mut t, &project, &delta).await?;
+            let a = self.store.commit(&t).await?;
+            if a.succeeded() {
                 tracing::info!(network = %net.id, project = %project, %cidr, vni, "network created");
                 return Ok(convert::network(&net));
             }
-            if !op_kvs(&resp, 0).is_empty() {
+            if !a.held(name_free) {
                 return Err(ApiError::AlreadyExists(format!(
                     "network {:?} already exists in project {project}",
                     r.name
@@ -282,24 +258,21 @@ impl Ctx {
             let n = net.value;
             let key = keys::network(&n.id);
             let ipam_prefix = keys::ipam_prefix(&n.id);
-            let mut when = vec![unchanged(&key, net.mod_rev), prefix_empty(&ipam_prefix)];
-            let mut then = vec![
-                TxnOp::delete(key.as_str(), None),
-                TxnOp::delete(keys::name_index(NameKind::Network, &project, &n.name), None),
-                TxnOp::delete(keys::vni(n.vni), None),
-            ];
+            let mut t = TxnBuilder::new();
+            t.unchanged(&key, net.mod_rev);
+            t.when(prefix_empty(&ipam_prefix));
+            t.delete(&key);
+            t.delete(&keys::name_index(NameKind::Network, &project, &n.name));
+            t.delete(&keys::vni(n.vni));
             let delta = QuotaUsage {
                 networks: 1,
                 ..Default::default()
             };
-            let quota = self.quota_release(&n.project, &delta).await?;
-            let quota_on = quota.is_some();
-            if let Some((c, o)) = quota {
-                when.push(c);
-                then.push(o);
-            }
-            let resp = self.store.txn(Txn::new().when(when).and_then(then)).await?;
-            if resp.succeeded() {
+            let quota_on = self
+                .quota_release(&mut t, &n.project, &delta)
+                .await?
+                .is_some();
+            if self.store.commit(&t).await?.succeeded() {
                 tracing::info!(network = %n.id, "network deleted");
                 return Ok(pb::Empty {});
             }
@@ -378,25 +351,19 @@ impl Ctx {
                 Some(ip) => ip,
                 None => self.next_ip(&mut pool).await?,
             };
-            let (mut compares, mut ops, mut probes) = (Vec::new(), Vec::new(), Vec::new());
-            reserve_port(&port, &mut compares, &mut ops, &mut probes);
+            let mut t = TxnBuilder::new();
+            let (ip_free, mac_free) = reserve_port(&port, &mut t);
             let delta = QuotaUsage {
                 ports: 1,
                 ..Default::default()
             };
-            if let Some((c, o)) = self.quota_add(&port.project, &delta).await? {
-                compares.push(c);
-                ops.push(o);
-            }
-            let resp = self
-                .store
-                .txn(Txn::new().when(compares).and_then(ops).or_else(probes))
-                .await?;
-            if resp.succeeded() {
+            self.quota_add(&mut t, &port.project, &delta).await?;
+            let a = self.store.commit(&t).await?;
+            if a.succeeded() {
                 tracing::info!(port = %port.id, network = %port.network, ip = %port.ip, "port created");
                 return Ok(convert::port(&port));
             }
-            if !op_kvs(&resp, 0).is_empty() {
+            if !a.held(ip_free) {
                 if fixed.is_some() {
                     return Err(ApiError::AlreadyExists(format!(
                         "address {} is already in use on network {:?}",
@@ -405,7 +372,7 @@ impl Ctx {
                 }
                 pool.conflict(port.ip);
             }
-            if !op_kvs(&resp, 1).is_empty() {
+            if !a.held(mac_free) {
                 port.mac = ipam::random_mac(&mut rand::rng());
             }
         }
@@ -449,19 +416,15 @@ impl Ctx {
                     p.value.id
                 )));
             }
-            let mut ops = Vec::new();
-            release_port(&p.value, &mut ops);
-            let mut when = vec![unchanged(&keys::port(&p.value.id), p.mod_rev)];
+            let mut t = TxnBuilder::new();
+            t.unchanged(&keys::port(&p.value.id), p.mod_rev);
+            release_port(&p.value, &mut t);
             let delta = QuotaUsage {
                 ports: 1,
                 ..Default::default()
             };
-            if let Some((c, o)) = self.quota_release(&p.value.project, &delta).await? {
-                when.push(c);
-                ops.push(o);
-            }
-            let resp = self.store.txn(Txn::new().when(when).and_then(ops)).await?;
-            if resp.succeeded() {
+            self.quota_release(&mut t, &p.value.project, &delta).await?;
+            if self.store.commit(&t).await?.succeeded() {
                 tracing::info!(port = %p.value.id, "port deleted");
                 return Ok(pb::Empty {});
             }
@@ -513,29 +476,16 @@ impl Ctx {
             ..Default::default()
         };
         for _ in 0..16 {
-            let mut when = vec![absent(&idx)];
-            let mut then = vec![put(&idx, &id), put(&keys::secgroup(&id), &g)];
-            let quota_on = match self.quota_add(&project, &delta).await? {
-                Some((c, o)) => {
-                    when.push(c);
-                    then.push(o);
-                    true
-                }
-                None => false,
-            };
-            let resp = self
-                .store
-                .txn(
-                    Txn::new()
-                        .when(when)
-                        .and_then(then)
-                        .or_else([TxnOp::get(idx.as_str(), None)]),
-                )
-                .await?;
-            if resp.succeeded() {
+            let mut t = TxnBuilder::new();
+            let name_free = t.absent(&idx);
+            t.put(&idx, &id);
+            t.put(&keys::secgroup(&id), &g);
+            let quota_on = self.quota_add(&mut t, &project, &delta).await?.is_some();
+            let a = self.store.commit(&t).await?;
+            if a.succeeded() {
                 return Ok(convert::secgroup(&g));
             }
-            if !quota_on || !op_kvs(&resp, 0).is_empty() {
+            if !quota_on || !a.held(name_free) {
                 return Err(ApiError::AlreadyExists(format!(
                     "security group {:?} already exists in project {project}",
                     g.name
@@ -572,27 +522,21 @@ impl Ctx {
                 )));
             }
             let key = keys::secgroup(&id);
-            let mut when = vec![
-                unchanged(&key, g.mod_rev),
-                prefix_unchanged_since(&keys::ports_prefix(), rev),
-            ];
-            let mut then = vec![
-                TxnOp::delete(key.as_str(), None),
-                TxnOp::delete(
-                    keys::name_index(NameKind::SecurityGroup, &project, &g.value.name),
-                    None,
-                ),
-            ];
+            let mut t = TxnBuilder::new();
+            t.unchanged(&key, g.mod_rev);
+            t.prefix_unchanged_since(&keys::ports_prefix(), rev);
+            t.delete(&key);
+            t.delete(&keys::name_index(
+                NameKind::SecurityGroup,
+                &project,
+                &g.value.name,
+            ));
             let delta = QuotaUsage {
                 security_groups: u64::from(g.value.name != "default"),
                 ..Default::default()
             };
-            if let Some((c, o)) = self.quota_release(&g.value.project, &delta).await? {
-                when.push(c);
-                then.push(o);
-            }
-            let resp = self.store.txn(Txn::new().when(when).and_then(then)).await?;
-            if resp.succeeded() {
+            self.quota_release(&mut t, &g.value.project, &delta).await?;
+            if self.store.commit(&t).await?.succeeded() {
                 return Ok(pb::Empty {});
             }
         }

@@ -23,7 +23,7 @@ impl Ctx {
     fn get_node(&self, r: &str) -> ApiResult<pb::Node> {
         let name = Self::node_name(r)?;
         match self.view.get(&name) {
-            Some(st) if st.info.is_some() => Ok(convert::node(&name, &st, &self.ratios)),
+            Some(st) if st.info.is_some() => Ok(convert::node(&name, &st, self.placement.ratios())),
             _ => Err(ApiError::NotFound(format!(
                 "node {:?} not found",
                 name.as_str()
@@ -55,7 +55,7 @@ impl Ctx {
         Ok(pb::ListNodesResponse {
             nodes: page
                 .iter()
-                .map(|(n, st)| convert::node(n, st, &self.ratios))
+                .map(|(n, st)| convert::node(n, st, self.placement.ratios()))
                 .collect(),
             next_page_token: next,
         })

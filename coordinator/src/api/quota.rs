@@ -18,24 +18,23 @@ use tonic::{Request, Response, Status};
 use super::{reply, Ctx};
 use crate::config::AuthMode;
 use crate::error::{ApiError, ApiResult};
-use nubo_store::kv::{absent, decode_kv, put, unchanged};
+use nubo_store::kv::{decode_kv, put};
+use nubo_store::{Guard, TxnBuilder};
 
 type R<T> = Result<Response<T>, Status>;
 
-/// The compare and the write that move a project's usage from the value
-/// read at `rev` (0 = absent) to `new`.
-pub(crate) fn usage_txn(
+/// Moves a project's quota usage from the value read at `rev` (0 =
+/// absent) to `new` in `t`; the guard tells whether it moved meanwhile.
+pub(crate) fn reserve(
+    t: &mut TxnBuilder,
     project: &ProjectId,
     rev: i64,
     new: &QuotaUsage,
-) -> (etcd_client::Compare, etcd_client::TxnOp) {
+) -> Guard {
     let key = keys::quota_usage(project);
-    let cmp = if rev == 0 {
-        absent(&key)
-    } else {
-        unchanged(&key, rev)
-    };
-    (cmp, put(&key, new))
+    let guard = t.unchanged(&key, rev);
+    t.put(&key, new);
+    guard
 }
 
 impl Ctx {
@@ -71,13 +70,15 @@ impl Ctx {
         )
     }
 
-    /// The compare and write that add `delta` to `project`'s usage, after
-    /// checking its limits (`None` when quotas are off).
+    /// Adds `delta` to `project`'s usage in `t`, after checking its limits;
+    /// the guard tells whether the usage moved meanwhile (`None` when
+    /// quotas are off).
     pub(crate) async fn quota_add(
         &self,
+        t: &mut TxnBuilder,
         project: &ProjectId,
         delta: &QuotaUsage,
-    ) -> ApiResult<Option<(etcd_client::Compare, etcd_client::TxnOp)>> {
+    ) -> ApiResult<Option<Guard>> {
         if !self.quotas_on() {
             return Ok(None);
         }
@@ -85,21 +86,22 @@ impl Ctx {
         let (usage, rev) = self.quota_usage(project).await?;
         let new = nubo_identity::check_quota(project, &limit, &usage, delta)
             .map_err(|e| crate::error::ApiError::ResourceExhausted(e.to_string()))?;
-        Ok(Some(usage_txn(project, rev, &new)))
+        Ok(Some(reserve(t, project, rev, &new)))
     }
 
-    /// The compare and write that subtract `delta` from `project`'s usage
-    /// (`None` when quotas are off).
+    /// Subtracts `delta` from `project`'s usage in `t` (`None` when quotas
+    /// are off).
     pub(crate) async fn quota_release(
         &self,
+        t: &mut TxnBuilder,
         project: &ProjectId,
         delta: &QuotaUsage,
-    ) -> ApiResult<Option<(etcd_client::Compare, etcd_client::TxnOp)>> {
+    ) -> ApiResult<Option<Guard>> {
         if !self.quotas_on() {
             return Ok(None);
         }
         let (usage, rev) = self.quota_usage(project).await?;
-        Ok(Some(usage_txn(project, rev, &usage.saturating_sub(delta))))
+        Ok(Some(reserve(t, project, rev, &usage.saturating_sub(delta))))
     }
 
     async fn get_quota(&self, r: pb::GetRequest) -> ApiResult<pb::ProjectQuota> {

@@ -10,31 +10,28 @@
 
 use nubo_common::keys;
 use nubo_common::model::{
-    Flavor, Image, Instance, InstanceState, InstanceStatus, Node, NodeUsage, PowerState, Resources,
+    Flavor, Image, Instance, InstanceState, InstanceStatus, NodeUsage, PowerState, QuotaUsage,
+    Resources,
 };
 use nubo_common::proto as pb;
-use nubo_common::FlavorName;
+use nubo_common::{FlavorName, NodeName, ProjectId};
+use nubo_store::{Answer, TxnBuilder, Versioned};
 
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::scheduler::Ratios;
+use crate::placement::{Chosen, Job, Limits, Ratios, Reservation, Retry, Target};
 use crate::validate;
-use nubo_store::kv::{absent, put, unchanged};
 
 /// Transactions tried before answering Unavailable.
 const ATTEMPTS: usize = 16;
 
-/// Decides whether `inst` may take `flavor`'s size. `node_capacity` is the
-/// node's physical capacity, `used` what is reserved there now (including
-/// this server). `Ok(None)` = nothing to change (same size). Pure.
-pub fn check_resize(
+/// The size `inst` would get from `flavor`, when it may be resized at all
+/// (see the module docs); `Ok(None)` = same size. Pure.
+pub fn resize_to(
     inst: &Instance,
     status: Option<&InstanceStatus>,
     flavor: &Flavor,
     image_min: Option<(u64, u64)>,
-    node_capacity: Resources,
-    used: Resources,
-    ratios: &Ratios,
 ) -> ApiResult<Option<Resources>> {
     let name = &inst.name;
     if inst.power != PowerState::Stopped {
@@ -65,129 +62,249 @@ pub fn check_resize(
             )));
         }
     }
-    if new == inst.resources {
-        return Ok(None);
-    }
-    // What the node offers once this server's current size is given back.
+    Ok((new != inst.resources).then_some(new))
+}
+
+/// ResourceExhausted unless `new` fits on the server's node once its
+/// current size is given back. Pure.
+pub fn check_fits(
+    inst: &Instance,
+    flavor: &FlavorName,
+    new: Resources,
+    node_capacity: Resources,
+    used: Resources,
+    ratios: &Ratios,
+) -> ApiResult<()> {
     let free = ratios
         .effective(node_capacity)
         .saturating_sub(used.saturating_sub(inst.resources));
     if new.vcpus > free.vcpus || new.ram_mb > free.ram_mb {
         let node = inst.node.as_ref().map_or("?", |n| n.as_str());
         return Err(ApiError::ResourceExhausted(format!(
-            "node {node} cannot hold flavor {} ({} vCPUs, {} MiB) for server {name:?}: \
+            "node {node} cannot hold flavor {flavor} ({} vCPUs, {} MiB) for server {:?}: \
              {} vCPUs and {} MiB free counting the server's current size",
-            flavor.name, new.vcpus, new.ram_mb, free.vcpus, free.ram_mb
+            new.vcpus, new.ram_mb, inst.name, free.vcpus, free.ram_mb
         )));
     }
-    Ok(Some(new))
+    Ok(())
+}
+
+/// A resize as a job of the placement engine: the new size is reserved on
+/// the server's own node.
+struct ResizeJob<'a> {
+    ctx: &'a Ctx,
+    project: ProjectId,
+    server: &'a str,
+    flavor: FlavorName,
+    /// What this attempt read.
+    read: Option<ResizeRead>,
+}
+
+struct ResizeRead {
+    inst: Versioned<Instance>,
+    node: NodeName,
+    capacity: Resources,
+    flavor: Flavor,
+    new: Resources,
+    status_rev: i64,
+    /// The project's quota usage: its revision and the value to write.
+    quota: Option<(i64, QuotaUsage)>,
+    /// The spec written.
+    next: Instance,
+}
+
+impl Job for ResizeJob<'_> {
+    type Output = pb::Server;
+
+    async fn prepare(&mut self) -> ApiResult<Option<pb::Server>> {
+        let ctx = self.ctx;
+        let inst = ctx.server_spec(&self.project, self.server).await?;
+        let i = &inst.value;
+        let flavor = ctx
+            .store
+            .read::<Flavor>(&keys::flavor(&self.flavor))
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("flavor {:?} not found", self.flavor.as_str()))
+            })?
+            .value;
+        let Some(node) = i.node.clone() else {
+            return Err(ApiError::FailedPrecondition(format!(
+                "server {:?} is not placed on a node",
+                i.name
+            )));
+        };
+        let status = ctx
+            .store
+            .read::<InstanceStatus>(&keys::instance_status(&i.id))
+            .await?;
+        let image = ctx.store.read::<Image>(&keys::image(&i.image)).await?;
+        let Some(new) = resize_to(
+            i,
+            status.as_ref().map(|s| &s.value),
+            &flavor,
+            image
+                .as_ref()
+                .map(|im| (im.value.min_ram_mb, im.value.min_disk_gb)),
+        )?
+        else {
+            let mut v = ctx.render(std::slice::from_ref(i)).await?;
+            return v
+                .pop()
+                .map(Some)
+                .ok_or_else(|| ApiError::NotFound("server vanished".into()));
+        };
+        let capacity = ctx
+            .view
+            .get(&node)
+            .and_then(|n| n.info)
+            .map(|n| n.capacity)
+            .ok_or_else(|| ApiError::FailedPrecondition(format!("node {node} not registered")))?;
+        // Decide from the node's usage as etcd has it now.
+        if let Some(kv) = ctx.store.get_kv(&keys::node_usage(&node)).await? {
+            ctx.view.apply_usage_kv(&node, &kv);
+        }
+        let quota = if ctx.quotas_on() {
+            let limit = ctx.quota_limit(&i.project).await?;
+            let (qu, qrev) = ctx.quota_usage(&i.project).await?;
+            let without = qu.saturating_sub(&super::servers::quota_delta(&i.resources));
+            let with = nubo_identity::check_quota(
+                &i.project,
+                &limit,
+                &without,
+                &super::servers::quota_delta(&new),
+            )
+            .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
+            Some((qrev, with))
+        } else {
+            None
+        };
+        let mut next = i.clone();
+        next.flavor = flavor.name.clone();
+        next.resources = new;
+        self.read = Some(ResizeRead {
+            status_rev: status.map_or(0, |s| s.mod_rev),
+            inst,
+            node,
+            capacity,
+            flavor,
+            new,
+            quota,
+            next,
+        });
+        Ok(None)
+    }
+
+    fn target(&self) -> ApiResult<Target<'_>> {
+        match &self.read {
+            Some(r) => Ok(Target::Node(&r.node)),
+            None => Err(ApiError::Unavailable("resize without a reading".into())),
+        }
+    }
+
+    fn build(&mut self, at: &Chosen, t: &mut TxnBuilder) -> ApiResult<Reservation> {
+        let Some(r) = &self.read else {
+            return Err(ApiError::Unavailable("resize without a reading".into()));
+        };
+        let i = &r.inst.value;
+        let used = at.usage.used;
+        check_fits(
+            i,
+            &r.flavor.name,
+            r.new,
+            r.capacity,
+            used,
+            self.ctx.placement.ratios(),
+        )?;
+        let ikey = keys::instance(&i.id);
+        t.unchanged(&ikey, r.inst.mod_rev);
+        t.unchanged(&keys::instance_status(&i.id), r.status_rev);
+        t.put(&ikey, &r.next);
+        if let Some((qrev, with)) = &r.quota {
+            super::quota::reserve(t, &i.project, *qrev, with);
+        }
+        Ok(Reservation {
+            usage: NodeUsage {
+                used: used.saturating_sub(i.resources).saturating_add(r.new),
+                instances: if at.usage_rev == 0 {
+                    1
+                } else {
+                    at.usage.instances
+                },
+            },
+            contended: Vec::new(),
+            mergeable: false,
+            bytes: 4096,
+        })
+    }
+
+    async fn committed(&mut self, _at: &Chosen, _revision: i64) -> ApiResult<pb::Server> {
+        let Some(r) = self.read.take() else {
+            return Err(ApiError::Unavailable("resize without a reading".into()));
+        };
+        tracing::info!(instance = %r.next.id, flavor = %r.flavor.name, vcpus = r.new.vcpus, ram_mb = r.new.ram_mb, "server resized");
+        let mut v = self.ctx.render(std::slice::from_ref(&r.next)).await?;
+        v.pop()
+            .ok_or_else(|| ApiError::NotFound("server vanished".into()))
+    }
+
+    fn failed(&mut self, _at: &Chosen, _a: &Answer, _lost: bool) -> ApiResult<Retry<pb::Server>> {
+        Ok(Retry::Again)
+    }
+
+    fn contention(&self) -> ApiError {
+        ApiError::Unavailable("the server or its node changed concurrently too often; retry".into())
+    }
 }
 
 impl Ctx {
     /// Resizes a stopped server (see the module docs).
     pub(crate) async fn resize_server(&self, r: pb::ResizeServerRequest) -> ApiResult<pb::Server> {
         let project = validate::project(&r.project)?;
-        let flavor_name = FlavorName::new(r.flavor.trim())
+        let flavor = FlavorName::new(r.flavor.trim())
             .map_err(|e| ApiError::InvalidArgument(format!("flavor: {e}")))?;
-        for _ in 0..ATTEMPTS {
-            let inst = self.server_spec(&project, &r.r#ref).await?;
-            let i = &inst.value;
-            let flavor = self
-                .store
-                .read::<Flavor>(&keys::flavor(&flavor_name))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!("flavor {:?} not found", flavor_name.as_str()))
-                })?;
-            let Some(node) = i.node.clone() else {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "server {:?} is not placed on a node",
-                    i.name
-                )));
-            };
-            let skey = keys::instance_status(&i.id);
-            let status = self.store.read::<InstanceStatus>(&skey).await?;
-            let image = self.store.read::<Image>(&keys::image(&i.image)).await?;
-            let node_info = self
-                .store
-                .read::<Node>(&keys::node(&node))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::FailedPrecondition(format!("node {node} not registered"))
-                })?;
-            let ukey = keys::node_usage(&node);
-            let usage = self.store.read::<NodeUsage>(&ukey).await?;
-            let used = usage.as_ref().map(|u| u.value.used).unwrap_or_default();
-            let Some(new) = check_resize(
-                i,
-                status.as_ref().map(|s| &s.value),
-                &flavor.value,
-                image
-                    .as_ref()
-                    .map(|im| (im.value.min_ram_mb, im.value.min_disk_gb)),
-                node_info.value.capacity,
-                used,
-                &self.ratios,
-            )?
-            else {
-                let mut v = self.render(std::slice::from_ref(i)).await?;
-                return v
-                    .pop()
-                    .ok_or_else(|| ApiError::NotFound("server vanished".into()));
-            };
-            let mut next = i.clone();
-            next.flavor = flavor.value.name.clone();
-            next.resources = new;
-            let ikey = keys::instance(&i.id);
-            let mut compares = vec![unchanged(&ikey, inst.mod_rev)];
-            compares.push(match &status {
-                Some(s) => unchanged(&skey, s.mod_rev),
-                None => absent(&skey),
-            });
-            let new_usage = NodeUsage {
-                used: used.saturating_sub(i.resources).saturating_add(new),
-                instances: usage.as_ref().map_or(1, |u| u.value.instances),
-            };
-            compares.push(match &usage {
-                Some(u) => unchanged(&ukey, u.mod_rev),
-                None => absent(&ukey),
-            });
-            let mut ops = vec![put(&ikey, &next), put(&ukey, &new_usage)];
-            if self.quotas_on() {
-                let limit = self.quota_limit(&i.project).await?;
-                let (qu, qrev) = self.quota_usage(&i.project).await?;
-                let without = qu.saturating_sub(&super::servers::quota_delta(&i.resources));
-                let with = nubo_identity::check_quota(
-                    &i.project,
-                    &limit,
-                    &without,
-                    &super::servers::quota_delta(&new),
-                )
-                .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
-                let (cmp, op) = super::quota::usage_txn(&i.project, qrev, &with);
-                compares.push(cmp);
-                ops.push(op);
-            }
-            if self
-                .commit_usage(compares, ops, Some((node, new_usage)))
-                .await?
-            {
-                tracing::info!(instance = %i.id, flavor = %flavor.value.name, vcpus = new.vcpus, ram_mb = new.ram_mb, "server resized");
-                let mut v = self.render(std::slice::from_ref(&next)).await?;
-                return v
-                    .pop()
-                    .ok_or_else(|| ApiError::NotFound("server vanished".into()));
-            }
-        }
-        Err(ApiError::Unavailable(
-            "the server or its node changed concurrently too often; retry".into(),
-        ))
+        let mut job = ResizeJob {
+            ctx: self,
+            project,
+            server: &r.r#ref,
+            flavor,
+            read: None,
+        };
+        self.placement
+            .place(
+                &mut job,
+                Limits {
+                    attempts: ATTEMPTS,
+                    rounds: ATTEMPTS,
+                    top_k: 1,
+                },
+            )
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decides whether `inst` may take `flavor`'s size. `node_capacity` is the
+    /// node's physical capacity, `used` what is reserved there now (including
+    /// this server). `Ok(None)` = nothing to change (same size). Pure.
+    fn check_resize(
+        inst: &Instance,
+        status: Option<&InstanceStatus>,
+        flavor: &Flavor,
+        image_min: Option<(u64, u64)>,
+        node_capacity: Resources,
+        used: Resources,
+        ratios: &Ratios,
+    ) -> ApiResult<Option<Resources>> {
+        let Some(new) = resize_to(inst, status, flavor, image_min)? else {
+            return Ok(None);
+        };
+        check_fits(inst, &flavor.name, new, node_capacity, used, ratios)?;
+        Ok(Some(new))
+    }
     use nubo_common::{InstanceId, NodeName};
 
     fn res(vcpus: u32, ram_mb: u64, disk_gb: u64) -> Resources {

@@ -5,7 +5,6 @@
 //! meanwhile re-plans and then fails) and marks them `in-use` in the same
 //! transaction that writes the instance.
 
-use etcd_client::TxnOp;
 use nubo_common::keys;
 use nubo_common::model::{Volume, VolumeAttachment, VolumeStatus};
 use nubo_common::proto as pb;
@@ -13,7 +12,7 @@ use nubo_common::{InstanceId, ProjectId};
 
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use nubo_store::kv::{put, Versioned};
+use nubo_store::{TxnBuilder, Versioned};
 
 /// The validated volumes of a create request.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +51,7 @@ impl ServerVolumes {
     pub(crate) fn attach_ops(
         &self,
         id: InstanceId,
-        ops: &mut Vec<TxnOp>,
+        t: &mut TxnBuilder,
         contended: &mut Vec<String>,
     ) {
         for v in self.boot.iter().chain(&self.data) {
@@ -60,7 +59,7 @@ impl ServerVolumes {
             let mut nv = v.value.clone();
             nv.status = VolumeStatus::InUse;
             nv.attached_to = Some(id);
-            ops.push(put(&key, &nv));
+            t.put(&key, &nv);
             contended.push(key);
         }
     }

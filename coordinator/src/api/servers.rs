@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use base64::Engine;
-use etcd_client::{Txn, TxnOp};
+use etcd_client::Txn;
 use futures::StreamExt;
 use nubo_common::keys::{self, Key, NameKind};
 use nubo_common::model::{
@@ -27,18 +27,18 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, put, unchanged, Versioned};
+use nubo_store::{Answer, Guard, TxnBuilder};
+
 use super::network::{release_port, reserve_port, IpPool};
-use super::{reply, Ctx, Owned};
+use super::{quota, reply, Ctx, Owned};
 use crate::cache::FromCached;
-use crate::commit::op_kvs;
-use crate::commit::{Committed, Member};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::scheduler::{GroupConstraint, Request as PlaceRequest};
-use crate::validate;
-use nubo_store::kv::{
-    absent, decode_kv, decode_or_skip, prefix_unchanged_since, put, unchanged, Versioned,
+use crate::placement::{
+    Chosen, GroupConstraint, Job, Limits, Request as PlaceRequest, Reservation, Retry, Target,
 };
+use crate::validate;
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -51,8 +51,6 @@ const MAX_PLACE_ATTEMPTS: usize = 64;
 /// Bound on placement rounds including those lost to this coordinator's
 /// own concurrent placements on the same node.
 const MAX_PLACE_ROUNDS: usize = MAX_PLACE_ATTEMPTS + MAX_BATCH as usize;
-/// Conflicts on one node before the next candidate is preferred.
-const NODE_CONFLICTS: u32 = 3;
 /// The best candidates among which one is chosen at random.
 const TOP_K: usize = 16;
 /// Largest accepted user data.
@@ -113,30 +111,356 @@ impl Plan {
     }
 }
 
-impl Ctx {
-    /// Runs `ops` if `compares` all hold. When it did and `usage` names a
-    /// node's new usage (written by `ops`), the view records it at the
-    /// transaction's revision. `false`: something changed, read again.
-    pub(super) async fn commit_usage(
-        &self,
-        compares: Vec<etcd_client::Compare>,
-        ops: Vec<TxnOp>,
-        usage: Option<(NodeName, NodeUsage)>,
-    ) -> ApiResult<bool> {
-        let resp = self
-            .store
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await?;
-        if !resp.succeeded() {
-            return Ok(false);
+/// One server's placement (a [`Job`] of the placement engine): ONE
+/// transaction that reserves its addresses and MACs, creates its ports,
+/// plugs pre-existing ports, writes the assignment and the spec, counts it
+/// in the project's quota and, with a client token, records its index.
+/// When a compare fails, its guards tell which reservation lost, and only
+/// that is retried.
+struct CreateJob<'a> {
+    ctx: &'a Ctx,
+    plan: &'a Plan,
+    id: InstanceId,
+    index: u32,
+    token: Option<&'a str>,
+    name: String,
+    now: chrono::DateTime<chrono::Utc>,
+    pools: Vec<IpPool>,
+    new_ports: Vec<Port>,
+    need_ip: Vec<bool>,
+    existing: Vec<Versioned<Port>>,
+    /// Nodes holding members of the server group, and the revision read.
+    members: Option<(HashSet<NodeName>, i64)>,
+    /// The project's limits (quotas on).
+    quota: Option<nubo_common::model::Quota>,
+    qdelta: nubo_identity::QuotaDelta,
+    /// This attempt's quota usage: its revision and the value to write.
+    quota_step: Option<(i64, nubo_common::model::QuotaUsage)>,
+    /// This attempt's guards.
+    guards: Option<CreateGuards>,
+    /// The spec of this attempt.
+    inst: Option<Instance>,
+}
+
+/// The guards of one creation attempt, by what they protect.
+struct CreateGuards {
+    /// Per new port: its address and its MAC are free.
+    ports: Vec<(Guard, Guard)>,
+    /// Per plugged port: unchanged since read.
+    existing: Vec<Guard>,
+    /// No member joined the server group since read.
+    group: Option<Guard>,
+    /// No other request with this token created this index.
+    token: Option<Guard>,
+    /// Everything the plan was decided from is unchanged.
+    deps: Vec<Guard>,
+    /// The project's quota usage is unchanged.
+    quota: Option<Guard>,
+}
+
+impl<'a> CreateJob<'a> {
+    async fn new(
+        ctx: &'a Ctx,
+        plan: &'a Plan,
+        id: InstanceId,
+        index: u32,
+        token: Option<&'a str>,
+    ) -> ApiResult<Self> {
+        let name = if plan.count > 1 {
+            format!("{}-{}", plan.name, index + 1)
+        } else {
+            plan.name.clone()
+        };
+        let now = model::now();
+        let pools: Vec<IpPool> = plan.networks.iter().cloned().map(IpPool::new).collect();
+        let new_ports: Vec<Port> = plan
+            .networks
+            .iter()
+            .map(|n| Port {
+                id: PortId::new_random(),
+                name: String::new(),
+                project: plan.project.clone(),
+                network: n.id,
+                mac: crate::ipam::random_mac(&mut rand::rng()),
+                ip: Ipv4Addr::UNSPECIFIED,
+                security_groups: plan.security_groups.clone(),
+                port_security: true,
+                device: Some(id),
+                node: None,
+                created_at: now,
+            })
+            .collect();
+        let members = match &plan.group {
+            Some(g) => Some(ctx.group_members(g).await?),
+            None => None,
+        };
+        // Quotas (auth = "token"): the project's usage is compared and
+        // written in the placement transaction itself.
+        let quota = if ctx.quotas_on() {
+            Some(ctx.quota_limit(&plan.project).await?)
+        } else {
+            None
+        };
+        let mut qdelta = quota_delta(&plan.flavor.resources);
+        qdelta.ports = new_ports.len() as u64;
+        Ok(Self {
+            ctx,
+            plan,
+            id,
+            index,
+            token,
+            name,
+            now,
+            pools,
+            need_ip: vec![true; new_ports.len()],
+            new_ports,
+            existing: plan.existing_ports.clone(),
+            members,
+            quota,
+            qdelta,
+            quota_step: None,
+            guards: None,
+            inst: None,
+        })
+    }
+}
+
+impl Job for CreateJob<'_> {
+    type Output = Placed;
+
+    async fn prepare(&mut self) -> ApiResult<Option<Placed>> {
+        for (j, p) in self.new_ports.iter_mut().enumerate() {
+            if self.need_ip[j] {
+                p.ip = self.ctx.next_ip(&mut self.pools[j]).await?;
+                self.need_ip[j] = false;
+            }
         }
-        if let Some((node, nu)) = usage {
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            self.view.record_usage(&node, Some(nu), rev);
-        }
-        Ok(true)
+        self.quota_step = match &self.quota {
+            Some(limit) => {
+                let (usage, qrev) = self.ctx.quota_usage(&self.plan.project).await?;
+                let new =
+                    nubo_identity::check_quota(&self.plan.project, limit, &usage, &self.qdelta)
+                        .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
+                Some((qrev, new))
+            }
+            None => None,
+        };
+        Ok(None)
     }
 
+    fn target(&self) -> ApiResult<Target<'_>> {
+        let plan = self.plan;
+        Ok(Target::Scheduled {
+            request: PlaceRequest {
+                resources: plan.flavor.resources,
+                availability_zone: plan.availability_zone.as_deref(),
+                group: match (&plan.group, &self.members) {
+                    (Some(g), Some((m, _))) => Some(GroupConstraint {
+                        policy: g.policy,
+                        member_nodes: m,
+                    }),
+                    _ => None,
+                },
+            },
+            avoid: None,
+        })
+    }
+
+    fn build(&mut self, at: &Chosen, t: &mut TxnBuilder) -> ApiResult<Reservation> {
+        let (plan, id, node) = (self.plan, self.id, &at.node);
+        let inst = Instance {
+            id,
+            name: self.name.clone(),
+            project: plan.project.clone(),
+            flavor: plan.flavor.name.clone(),
+            resources: plan.flavor.resources,
+            image: plan.image,
+            ports: self
+                .new_ports
+                .iter()
+                .map(|p| p.id)
+                .chain(self.existing.iter().map(|p| p.value.id))
+                .collect(),
+            key_name: plan.key_name.clone(),
+            user_data_b64: plan.user_data_b64.clone(),
+            power: plan.power,
+            reboot_generation: 0,
+            availability_zone: plan.availability_zone.clone(),
+            server_group: plan.group.as_ref().map(|g| g.id),
+            node: Some(node.clone()),
+            launch_index: self.index,
+            evacuation: plan.evacuation,
+            volumes: plan.vols.attachments().0,
+            boot_volume: plan.vols.attachments().1,
+            created_at: self.now,
+        };
+        let ikey = keys::instance(&id);
+        // A fresh id: never there (no failure read needed).
+        t.when(nubo_store::kv::absent(&ikey));
+        t.put(
+            &keys::assignment(node, &id),
+            &Assignment {
+                instance: id,
+                node: node.clone(),
+                assigned_at: self.now,
+            },
+        );
+        t.put(&ikey, &inst);
+        let mut contended = Vec::new();
+        plan.vols.attach_ops(id, t, &mut contended);
+        let mut ports = Vec::with_capacity(self.new_ports.len());
+        for p in self.new_ports.iter_mut() {
+            p.node = Some(node.clone());
+            ports.push(reserve_port(p, t));
+            t.put(&keys::port_owner(&p.id), &id);
+            contended.push(keys::ipam(&p.network, IpAddr::V4(p.ip)));
+            contended.push(keys::mac(&p.mac));
+        }
+        let mut existing = Vec::with_capacity(self.existing.len());
+        for p in &self.existing {
+            let key = keys::port(&p.value.id);
+            let mut plugged = p.value.clone();
+            plugged.device = Some(id);
+            plugged.node = Some(node.clone());
+            existing.push(t.unchanged_read(&key, p.mod_rev));
+            t.put(&key, &plugged);
+            contended.push(key);
+        }
+        let group = match (&plan.group, &self.members) {
+            (Some(g), Some((_, rev))) => {
+                let guard =
+                    t.prefix_unchanged_since(&keys::server_group_members_prefix(&g.id), *rev);
+                t.put(&keys::server_group_member(&g.id, &id), node);
+                Some(guard)
+            }
+            _ => None,
+        };
+        let token = self.token.map(|tok| {
+            let tkey = keys::client_token(&plan.project, tok, self.index);
+            let guard = t.absent(&tkey);
+            t.put(&tkey, &id);
+            contended.push(tkey);
+            guard
+        });
+        let deps = plan
+            .deps
+            .iter()
+            .map(|(key, rev)| t.depends_on(key, *rev))
+            .collect();
+        let quota = self.quota_step.as_ref().map(|(qrev, new)| {
+            // Like a node's usage: two placements of one project are never
+            // merged into one transaction.
+            contended.push(keys::quota_usage(&plan.project));
+            quota::reserve(t, &plan.project, *qrev, new)
+        });
+        self.guards = Some(CreateGuards {
+            ports,
+            existing,
+            group,
+            token,
+            deps,
+            quota,
+        });
+        self.inst = Some(inst);
+        Ok(Reservation {
+            usage: NodeUsage {
+                used: at.usage.used.saturating_add(plan.flavor.resources),
+                instances: at.usage.instances.saturating_add(1),
+            },
+            contended,
+            mergeable: plan.group.is_none(),
+            // The spec carries the user data; the rest is small.
+            bytes: 4096 + plan.user_data_b64.as_ref().map_or(0, String::len),
+        })
+    }
+
+    async fn committed(&mut self, at: &Chosen, _revision: i64) -> ApiResult<Placed> {
+        let inst = self
+            .inst
+            .take()
+            .ok_or_else(|| ApiError::Unavailable("placement lost its spec".into()))?;
+        tracing::info!(instance = %self.id, node = %at.node, "server placed");
+        let mut ports = std::mem::take(&mut self.new_ports);
+        ports.extend(std::mem::take(&mut self.existing).into_iter().map(|p| {
+            let mut v = p.value;
+            v.device = Some(self.id);
+            v.node = Some(at.node.clone());
+            v
+        }));
+        Ok(Placed::Server(Box::new(convert::server(
+            &inst,
+            None,
+            &ports,
+            &self.plan.net_names(),
+        ))))
+    }
+
+    fn failed(&mut self, _at: &Chosen, a: &Answer, node_lost: bool) -> ApiResult<Retry<Placed>> {
+        let Some(g) = self.guards.take() else {
+            return Ok(Retry::Again);
+        };
+        if let Some(kv) = g.token.and_then(|t| a.current(t)) {
+            let other: InstanceId = decode_kv(kv)?;
+            return Ok(Retry::Done(Placed::Existing(other)));
+        }
+        if g.deps.iter().any(|d| !a.held(*d)) {
+            return Ok(Retry::Done(Placed::StalePlan));
+        }
+        for (j, (p, (ip, mac))) in self.new_ports.iter_mut().zip(&g.ports).enumerate() {
+            if !a.held(*ip) {
+                self.pools[j].conflict(p.ip);
+                self.need_ip[j] = true;
+            }
+            if !a.held(*mac) {
+                p.mac = crate::ipam::random_mac(&mut rand::rng());
+            }
+        }
+        for (p, guard) in self.existing.iter_mut().zip(&g.existing) {
+            let Some(kv) = a.current(*guard) else {
+                return Err(ApiError::NotFound(format!(
+                    "port {} was deleted meanwhile",
+                    p.value.id
+                )));
+            };
+            if !a.held(*guard) {
+                let fresh: Port = decode_kv(kv)?;
+                if let Some(dev) = fresh.device {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "port {} is already plugged into server {dev}",
+                        fresh.id
+                    )));
+                }
+                *p = Versioned {
+                    value: fresh,
+                    mod_rev: kv.mod_revision(),
+                };
+            }
+        }
+        if let (Some((set, rev)), Some(guard)) = (self.members.as_mut(), g.group) {
+            *set = a
+                .current_all(guard)
+                .iter()
+                .filter_map(decode_or_skip::<NodeName>)
+                .collect();
+            *rev = a.revision();
+        }
+        let quota_lost = g.quota.is_some_and(|q| !a.held(q));
+        Ok(if quota_lost && !node_lost {
+            // Another placement of the project progressed: not contention.
+            Retry::AgainFree
+        } else {
+            Retry::Again
+        })
+    }
+
+    fn contention(&self) -> ApiError {
+        ApiError::Unavailable(format!(
+            "could not place the server after {MAX_PLACE_ATTEMPTS} attempts because of contention; retry"
+        ))
+    }
+}
+
+impl Ctx {
     /// Reads `key` from the cache (when `src` allows and it is there) or
     /// from etcd, and records the revision it was read at in `deps`.
     async fn fetch<T: FromCached + DeserializeOwned>(
@@ -465,7 +789,7 @@ impl Ctx {
                 )
                 .await?;
             for kv in resp.kvs() {
-                let index = crate::view::kv_key(kv)
+                let index = kv_key(kv)
                     .rsplit('/')
                     .next()
                     .and_then(|i| i.parse::<u32>().ok());
@@ -618,329 +942,17 @@ impl Ctx {
         index: u32,
         token: Option<&str>,
     ) -> ApiResult<Placed> {
-        let name = if plan.count > 1 {
-            format!("{}-{}", plan.name, index + 1)
-        } else {
-            plan.name.clone()
-        };
-        let now = model::now();
-        let mut pools: Vec<IpPool> = plan.networks.iter().cloned().map(IpPool::new).collect();
-        let mut new_ports: Vec<Port> = plan
-            .networks
-            .iter()
-            .map(|n| Port {
-                id: PortId::new_random(),
-                name: String::new(),
-                project: plan.project.clone(),
-                network: n.id,
-                mac: crate::ipam::random_mac(&mut rand::rng()),
-                ip: Ipv4Addr::UNSPECIFIED,
-                security_groups: plan.security_groups.clone(),
-                port_security: true,
-                device: Some(id),
-                node: None,
-                created_at: now,
-            })
-            .collect();
-        let mut need_ip = vec![true; new_ports.len()];
-        let mut existing: Vec<Versioned<Port>> = plan.existing_ports.clone();
-        let mut members = match &plan.group {
-            Some(g) => Some(self.group_members(g).await?),
-            None => None,
-        };
-        let mut conflicts: HashMap<NodeName, u32> = HashMap::new();
-        let mut exclude: HashSet<NodeName> = HashSet::new();
-        let usage_of = |n: &NodeName| keys::node_usage(n);
-        // Quotas (auth = "token"): the project's usage is compared and
-        // written in the placement transaction itself.
-        let quota = if self.quotas_on() {
-            Some(self.quota_limit(&plan.project).await?)
-        } else {
-            None
-        };
-        let mut qdelta = quota_delta(&plan.flavor.resources);
-        qdelta.ports = new_ports.len() as u64;
-
-        // Attempts lost to another placement from this coordinator on the
-        // same node (it held a claim there) are progress, not contention:
-        // they do not count, up to a hard bound.
-        let (mut attempts, mut rounds) = (0, 0);
-        while attempts < MAX_PLACE_ATTEMPTS && rounds < MAX_PLACE_ROUNDS {
-            attempts += 1;
-            rounds += 1;
-            for (j, p) in new_ports.iter_mut().enumerate() {
-                if need_ip[j] {
-                    p.ip = self.next_ip(&mut pools[j]).await?;
-                    need_ip[j] = false;
-                }
-            }
-            let quota_step = match &quota {
-                Some(limit) => {
-                    let (usage, qrev) = self.quota_usage(&plan.project).await?;
-                    let new = nubo_identity::check_quota(&plan.project, limit, &usage, &qdelta)
-                        .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
-                    Some((qrev, super::quota::usage_txn(&plan.project, qrev, &new)))
-                }
-                None => None,
-            };
-            let req = PlaceRequest {
-                resources: plan.flavor.resources,
-                availability_zone: plan.availability_zone.as_deref(),
-                group: match (&plan.group, &members) {
-                    (Some(g), Some((m, _))) => Some(GroupConstraint {
-                        policy: g.policy,
-                        member_nodes: m,
-                    }),
-                    _ => None,
+        let mut job = CreateJob::new(self, plan, id, index, token).await?;
+        self.placement
+            .place(
+                &mut job,
+                Limits {
+                    attempts: MAX_PLACE_ATTEMPTS,
+                    rounds: MAX_PLACE_ROUNDS,
+                    top_k: TOP_K,
                 },
-            };
-            // Held until this attempt's transaction is answered and the
-            // view updated: other placements from here avoid the node.
-            let claim =
-                match self
-                    .view
-                    .claim(&req, &self.ratios, self.cfg.placement, &exclude, TOP_K)
-                {
-                    Ok(Some(c)) => c,
-                    Ok(None) => {
-                        return Err(ApiError::ResourceExhausted(
-                            "no capacity: no candidate node".into(),
-                        ))
-                    }
-                    Err(_) if !exclude.is_empty() => {
-                        exclude.clear();
-                        continue;
-                    }
-                    Err(rej) => return Err(ApiError::ResourceExhausted(rej.explain(&req))),
-                };
-            let (node, usage, usage_rev) =
-                (claim.node.clone(), claim.usage.clone(), claim.usage_rev);
-            let new_usage = NodeUsage {
-                used: usage.used.saturating_add(plan.flavor.resources),
-                instances: usage.instances.saturating_add(1),
-            };
-            let inst = Instance {
-                id,
-                name: name.clone(),
-                project: plan.project.clone(),
-                flavor: plan.flavor.name.clone(),
-                resources: plan.flavor.resources,
-                image: plan.image,
-                ports: new_ports
-                    .iter()
-                    .map(|p| p.id)
-                    .chain(existing.iter().map(|p| p.value.id))
-                    .collect(),
-                key_name: plan.key_name.clone(),
-                user_data_b64: plan.user_data_b64.clone(),
-                power: plan.power,
-                reboot_generation: 0,
-                availability_zone: plan.availability_zone.clone(),
-                server_group: plan.group.as_ref().map(|g| g.id),
-                node: Some(node.clone()),
-                launch_index: index,
-                evacuation: plan.evacuation,
-                volumes: plan.vols.attachments().0,
-                boot_volume: plan.vols.attachments().1,
-                created_at: now,
-            };
-            let ukey = usage_of(&node);
-            let ikey = keys::instance(&id);
-            let mut compares = vec![unchanged(&ukey, usage_rev), absent(&ikey)];
-            let mut ops = vec![
-                put(&ukey, &new_usage),
-                put(
-                    &keys::assignment(&node, &id),
-                    &Assignment {
-                        instance: id,
-                        node: node.clone(),
-                        assigned_at: now,
-                    },
-                ),
-                put(&ikey, &inst),
-            ];
-            let mut probes = vec![TxnOp::get(ukey.as_str(), None)];
-            let mut contended = vec![ukey.clone()];
-            plan.vols.attach_ops(id, &mut ops, &mut contended);
-            for p in new_ports.iter_mut() {
-                p.node = Some(node.clone());
-                reserve_port(p, &mut compares, &mut ops, &mut probes);
-                ops.push(put(&keys::port_owner(&p.id), &id));
-                contended.push(keys::ipam(&p.network, IpAddr::V4(p.ip)));
-                contended.push(keys::mac(&p.mac));
-            }
-            for p in &existing {
-                let key = keys::port(&p.value.id);
-                contended.push(key.clone());
-                let mut plugged = p.value.clone();
-                plugged.device = Some(id);
-                plugged.node = Some(node.clone());
-                compares.push(unchanged(&key, p.mod_rev));
-                ops.push(put(&key, &plugged));
-                probes.push(TxnOp::get(key, None));
-            }
-            if let (Some(g), Some((_, rev))) = (&plan.group, &members) {
-                let prefix = keys::server_group_members_prefix(&g.id);
-                compares.push(prefix_unchanged_since(&prefix, *rev));
-                ops.push(put(&keys::server_group_member(&g.id, &id), &node));
-                probes.push(TxnOp::get(
-                    prefix,
-                    Some(etcd_client::GetOptions::new().with_prefix()),
-                ));
-            }
-            let token_probe = probes.len();
-            if let Some(t) = token {
-                let tkey = keys::client_token(&plan.project, t, index);
-                compares.push(absent(&tkey));
-                ops.push(put(&tkey, &id));
-                probes.push(TxnOp::get(tkey.clone(), None));
-                contended.push(tkey);
-            }
-            let deps_probe = probes.len();
-            for (key, _) in &plan.deps {
-                probes.push(TxnOp::get(
-                    key.as_str(),
-                    Some(etcd_client::GetOptions::new().with_keys_only()),
-                ));
-            }
-            let quota_probe = probes.len();
-            let quota_rev = match quota_step {
-                Some((qrev, (cmp, op))) => {
-                    let qkey = keys::quota_usage(&plan.project);
-                    compares.push(cmp);
-                    ops.push(op);
-                    probes.push(TxnOp::get(
-                        qkey.as_str(),
-                        Some(etcd_client::GetOptions::new().with_keys_only()),
-                    ));
-                    // Like a node's usage: two placements of one project
-                    // are never merged into one transaction.
-                    contended.push(qkey);
-                    Some(qrev)
-                }
-                None => None,
-            };
-            let outcome = self
-                .committer
-                .commit(Member {
-                    compares,
-                    deps: plan.deps.clone(),
-                    ops,
-                    probes,
-                    contended,
-                    mergeable: plan.group.is_none(),
-                    // The spec carries the user data; the rest is small.
-                    bytes: 4096 + plan.user_data_b64.as_ref().map_or(0, String::len),
-                })
-                .await?;
-            let resp = match outcome {
-                Committed::No(resp) => *resp,
-                Committed::Yes { revision } => {
-                    self.view.record_usage(&node, Some(new_usage), revision);
-                    tracing::info!(instance = %id, node = %node, "server placed");
-                    let mut ports = new_ports;
-                    ports.extend(existing.into_iter().map(|p| {
-                        let mut v = p.value;
-                        v.device = Some(id);
-                        v.node = Some(node.clone());
-                        v
-                    }));
-                    return Ok(Placed::Server(Box::new(convert::server(
-                        &inst,
-                        None,
-                        &ports,
-                        &plan.net_names(),
-                    ))));
-                }
-            };
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if token.is_some() {
-                if let Some(kv) = op_kvs(&resp, token_probe).first() {
-                    let other: InstanceId = decode_kv(kv)?;
-                    return Ok(Placed::Existing(other));
-                }
-            }
-            let stale = plan.deps.iter().enumerate().any(|(k, (_, rev))| {
-                op_kvs(&resp, deps_probe + k)
-                    .first()
-                    .map(|kv| kv.mod_revision())
-                    != Some(*rev)
-            });
-            if stale {
-                return Ok(Placed::StalePlan);
-            }
-            // Which reservation lost?
-            let mut probe = 0;
-            match op_kvs(&resp, probe).first() {
-                Some(kv) if kv.mod_revision() != usage_rev => self.view.apply_usage_kv(&node, kv),
-                None if usage_rev != 0 => self.view.record_usage(&node, None, rev),
-                _ => {}
-            }
-            let node_lost = op_kvs(&resp, probe)
-                .first()
-                .map_or(0, |kv| kv.mod_revision())
-                != usage_rev;
-            let quota_lost = quota_rev.is_some_and(|qrev| {
-                op_kvs(&resp, quota_probe)
-                    .first()
-                    .map_or(0, |kv| kv.mod_revision())
-                    != qrev
-            });
-            if (node_lost && claim.shared) || (quota_lost && !node_lost) {
-                // Another placement progressed: not contention.
-                attempts -= 1;
-            } else if node_lost {
-                let c = conflicts.entry(node.clone()).or_default();
-                *c += 1;
-                if *c >= NODE_CONFLICTS {
-                    exclude.insert(node.clone());
-                }
-            }
-            probe += 1;
-            for (j, p) in new_ports.iter_mut().enumerate() {
-                if !op_kvs(&resp, probe).is_empty() {
-                    pools[j].conflict(p.ip);
-                    need_ip[j] = true;
-                }
-                if !op_kvs(&resp, probe + 1).is_empty() {
-                    p.mac = crate::ipam::random_mac(&mut rand::rng());
-                }
-                probe += 2;
-            }
-            for p in existing.iter_mut() {
-                let kvs = op_kvs(&resp, probe);
-                probe += 1;
-                let Some(kv) = kvs.first() else {
-                    return Err(ApiError::NotFound(format!(
-                        "port {} was deleted meanwhile",
-                        p.value.id
-                    )));
-                };
-                if kv.mod_revision() != p.mod_rev {
-                    let fresh: Port = decode_kv(kv)?;
-                    if let Some(dev) = fresh.device {
-                        return Err(ApiError::FailedPrecondition(format!(
-                            "port {} is already plugged into server {dev}",
-                            fresh.id
-                        )));
-                    }
-                    *p = Versioned {
-                        value: fresh,
-                        mod_rev: kv.mod_revision(),
-                    };
-                }
-            }
-            if let Some((set, mrev)) = members.as_mut() {
-                *set = op_kvs(&resp, probe)
-                    .iter()
-                    .filter_map(decode_or_skip::<NodeName>)
-                    .collect();
-                *mrev = rev;
-            }
-        }
-        Err(ApiError::Unavailable(format!(
-            "could not place the server after {MAX_PLACE_ATTEMPTS} attempts because of contention; retry"
-        )))
+            )
+            .await
     }
 
     pub(crate) async fn server_spec(
@@ -1049,60 +1061,56 @@ impl Ctx {
             let read = self.store.get_many(&keys_to_read).await?;
             let (port_kvs, owner_kvs) = read.split_at(i.ports.len());
             let ikey = keys::instance(&i.id);
-            let mut compares = vec![unchanged(&ikey, inst.mod_rev)];
-            let mut ops = vec![
-                TxnOp::delete(ikey.as_str(), None),
-                TxnOp::delete(keys::instance_status(&i.id), None),
-            ];
+            let mut t = TxnBuilder::new();
+            t.unchanged(&ikey, inst.mod_rev);
+            t.delete(&ikey);
+            t.delete(&keys::instance_status(&i.id));
             let mut new_usage = None;
             if let Some(node) = &i.node {
-                ops.push(TxnOp::delete(keys::assignment(node, &i.id), None));
+                t.delete(&keys::assignment(node, &i.id));
                 let ukey = keys::node_usage(node);
                 if let Some(u) = self.store.read::<NodeUsage>(&ukey).await? {
                     let nu = NodeUsage {
                         used: u.value.used.saturating_sub(i.resources),
                         instances: u.value.instances.saturating_sub(1),
                     };
-                    compares.push(unchanged(&ukey, u.mod_rev));
-                    ops.push(put(&ukey, &nu));
+                    t.unchanged(&ukey, u.mod_rev);
+                    t.put(&ukey, &nu);
                     new_usage = Some((node.clone(), nu));
                 }
             }
             if let Some(g) = &i.server_group {
-                ops.push(TxnOp::delete(keys::server_group_member(g, &i.id), None));
+                t.delete(&keys::server_group_member(g, &i.id));
             }
             let mut owned_ports = 0;
             for (pkv, okv) in port_kvs.iter().zip(owner_kvs) {
                 let Some(pkv) = pkv else { continue };
                 let Ok(port) = decode_kv::<Port>(pkv) else {
-                    tracing::warn!(instance = %i.id, key = crate::view::kv_key(pkv), "unreadable port left in place");
+                    tracing::warn!(instance = %i.id, key = kv_key(pkv), "unreadable port left in place");
                     continue;
                 };
                 let owned = okv
                     .as_ref()
                     .and_then(|kv| decode_kv::<InstanceId>(kv).ok())
                     .is_some_and(|o| o == i.id);
-                compares.push(unchanged(&keys::port(&port.id), pkv.mod_revision()));
+                t.unchanged(&keys::port(&port.id), pkv.mod_revision());
                 if owned {
                     owned_ports += 1;
-                    release_port(&port, &mut ops);
+                    release_port(&port, &mut t);
                 } else if port.device == Some(i.id) {
                     let mut p = port;
                     p.device = None;
                     p.node = None;
-                    ops.push(put(&keys::port(&p.id), &p));
+                    t.put(&keys::port(&p.id), &p);
                 }
             }
             // Attached volumes: released or (delete_on_termination)
             // deleted by the volume reconciler once the hypervisor let go.
-            self.release_volumes_of(i, &mut compares, &mut ops).await?;
+            self.release_volumes_of(i, &mut t).await?;
             let mut qdelta = quota_delta(&i.resources);
             qdelta.ports = owned_ports;
-            if let Some((cmp, op)) = self.quota_release(&i.project, &qdelta).await? {
-                compares.push(cmp);
-                ops.push(op);
-            }
-            if self.commit_usage(compares, ops, new_usage).await? {
+            self.quota_release(&mut t, &i.project, &qdelta).await?;
+            if self.placement.release(&t, new_usage).await? {
                 tracing::info!(instance = %i.id, "server deleted");
                 return Ok(pb::Empty {});
             }

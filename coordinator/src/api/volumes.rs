@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::Txn;
 use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{
     self, DiskFormat, Image, Instance, QuotaUsage, Volume, VolumeAttachment, VolumeStatus,
@@ -35,6 +35,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::image_store::{ImageStore, Part};
 use crate::validate;
 use nubo_store::kv::{absent, decode_or_skip, put, unchanged, Versioned};
+use nubo_store::TxnBuilder;
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -91,11 +92,6 @@ pub(crate) fn quota_delta(volumes: u64, gb: u64) -> QuotaUsage {
         gigabytes: gb,
         ..QuotaUsage::default()
     }
-}
-
-/// Compare: the key exists.
-pub(crate) fn present(key: &str) -> Compare {
-    Compare::version(key, CompareOp::Greater, 0)
 }
 
 fn status_name(s: VolumeStatus) -> &'static str {
@@ -364,34 +360,30 @@ impl Ctx {
         let vkey = keys::volume(&vol.id);
         let idx = keys::name_index(NameKind::Volume, &vol.project, &vol.name);
         for _ in 0..TXN_RETRIES {
-            let mut compares = vec![absent(&idx), absent(&vkey)];
-            let mut ops = vec![put(&idx, &vol.id), put(&vkey, vol)];
-            if let Some(t) = &vol.volume_type {
-                compares.push(present(&keys::volume_type(t)));
-            }
-            if let Some((c, o)) = self
-                .quota_add(&vol.project, &quota_delta(1, vol.size_gb))
-                .await?
-            {
-                compares.push(c);
-                ops.push(o);
-            }
-            let resp = self
-                .store
-                .txn(Txn::new().when(compares).and_then(ops))
+            let mut t = TxnBuilder::new();
+            let name_free = t.absent(&idx);
+            t.absent(&vkey);
+            let type_there = vol
+                .volume_type
+                .as_ref()
+                .map(|ty| (ty, t.present(&keys::volume_type(ty))));
+            t.put(&idx, &vol.id);
+            t.put(&vkey, vol);
+            self.quota_add(&mut t, &vol.project, &quota_delta(1, vol.size_gb))
                 .await?;
-            if resp.succeeded() {
-                return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
+            let a = self.store.commit(&t).await?;
+            if a.succeeded() {
+                return Ok(a.revision());
             }
-            if self.store.get_kv(&idx).await?.is_some() {
+            if !a.held(name_free) {
                 return Err(ApiError::AlreadyExists(format!(
                     "a volume named {:?} exists in project {}",
                     vol.name, vol.project
                 )));
             }
-            if let Some(t) = &vol.volume_type {
-                if self.store.get_kv(&keys::volume_type(t)).await?.is_none() {
-                    return Err(ApiError::NotFound(format!("volume type {t:?} not found")));
+            if let Some((ty, there)) = type_there {
+                if !a.held(there) {
+                    return Err(ApiError::NotFound(format!("volume type {ty:?} not found")));
                 }
             }
             // The quota usage moved: check again.
@@ -414,7 +406,7 @@ impl Ctx {
             .await;
         let key = keys::volume(&vol.id);
         for _ in 0..TXN_RETRIES {
-            let txn = match &cleaned {
+            let t = match &cleaned {
                 Ok(()) => match self.delete_ops(vol, rev).await {
                     Ok(t) => t,
                     Err(e) => {
@@ -427,12 +419,13 @@ impl Ctx {
                     v.status = VolumeStatus::Error;
                     v.status_reason =
                         Some(format!("creation failed ({cause}); cleanup failed: {e}"));
-                    Txn::new()
-                        .when([unchanged(&key, rev)])
-                        .and_then([put(&key, &v)])
+                    let mut t = TxnBuilder::new();
+                    t.unchanged(&key, rev);
+                    t.put(&key, &v);
+                    t
                 }
             };
-            match self.store.txn(txn).await {
+            match self.store.commit(&t).await {
                 Ok(r) if r.succeeded() => return,
                 Ok(_) => {}
                 Err(e) => {
@@ -445,26 +438,16 @@ impl Ctx {
 
     /// The transaction removing volume `vol` (read at `rev`): its record,
     /// name, snapshot records and quota usage.
-    pub(crate) async fn delete_ops(&self, vol: &Volume, rev: i64) -> ApiResult<Txn> {
+    pub(crate) async fn delete_ops(&self, vol: &Volume, rev: i64) -> ApiResult<TxnBuilder> {
         let key = keys::volume(&vol.id);
-        let idx = keys::name_index(NameKind::Volume, &vol.project, &vol.name);
-        let mut compares = vec![unchanged(&key, rev)];
-        let mut ops = vec![
-            TxnOp::delete(key.as_str(), None),
-            TxnOp::delete(idx.as_str(), None),
-            TxnOp::delete(
-                keys::volume_snapshots_prefix(&vol.id),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            ),
-        ];
-        if let Some((c, o)) = self
-            .quota_release(&vol.project, &quota_delta(1, vol.size_gb))
-            .await?
-        {
-            compares.push(c);
-            ops.push(o);
-        }
-        Ok(Txn::new().when(compares).and_then(ops))
+        let mut t = TxnBuilder::new();
+        t.unchanged(&key, rev);
+        t.delete(&key);
+        t.delete(&keys::name_index(NameKind::Volume, &vol.project, &vol.name));
+        t.delete_prefix(&keys::volume_snapshots_prefix(&vol.id));
+        self.quota_release(&mut t, &vol.project, &quota_delta(1, vol.size_gb))
+            .await?;
+        Ok(t)
     }
 
     /// Removes volume `vol` (already `deleting`, read at `rev`) from Ceph,
@@ -478,8 +461,8 @@ impl Ctx {
         .await?;
         let key = keys::volume(&vol.id);
         for _ in 0..TXN_RETRIES {
-            let resp = self.store.txn(self.delete_ops(vol, rev).await?).await?;
-            if resp.succeeded() {
+            let t = self.delete_ops(vol, rev).await?;
+            if self.store.commit(&t).await?.succeeded() {
                 tracing::info!(volume = %vol.id, "volume deleted");
                 return Ok(());
             }
@@ -658,20 +641,16 @@ impl Ctx {
             let key = keys::volume(&old.id);
             let mut grown = old.clone();
             grown.size_gb = new;
-            let mut compares = vec![unchanged(&key, v.mod_rev)];
-            let mut ops = vec![put(&key, &grown)];
-            if let Some((c, o)) = self.quota_add(&old.project, &quota_delta(0, grow)).await? {
-                compares.push(c);
-                ops.push(o);
-            }
-            let resp = self
-                .store
-                .txn(Txn::new().when(compares).and_then(ops))
+            let mut t = TxnBuilder::new();
+            t.unchanged(&key, v.mod_rev);
+            t.put(&key, &grown);
+            self.quota_add(&mut t, &old.project, &quota_delta(0, grow))
                 .await?;
-            if !resp.succeeded() {
+            let a = self.store.commit(&t).await?;
+            if !a.succeeded() {
                 continue;
             }
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let rev = a.revision();
             let vid = old.id.to_string();
             if let Err(e) = self
                 .ceph(move |s| s.resize_volume(&s.volume_ref(&vid), new))
@@ -692,27 +671,17 @@ impl Ctx {
     async fn undo_resize(&self, old: &Volume, mut rev: i64, grow: u64) {
         let key = keys::volume(&old.id);
         for _ in 0..TXN_RETRIES {
-            let mut compares = vec![unchanged(&key, rev)];
-            let mut ops = vec![put(&key, old)];
-            match self
-                .quota_release(&old.project, &quota_delta(0, grow))
+            let mut t = TxnBuilder::new();
+            t.unchanged(&key, rev);
+            t.put(&key, old);
+            if let Err(e) = self
+                .quota_release(&mut t, &old.project, &quota_delta(0, grow))
                 .await
             {
-                Ok(Some((c, o))) => {
-                    compares.push(c);
-                    ops.push(o);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(volume = %old.id, error = %e, "cannot undo the resize");
-                    return;
-                }
+                tracing::warn!(volume = %old.id, error = %e, "cannot undo the resize");
+                return;
             }
-            match self
-                .store
-                .txn(Txn::new().when(compares).and_then(ops))
-                .await
-            {
+            match self.store.commit(&t).await {
                 Ok(r) if r.succeeded() => return,
                 Ok(_) => match self.store.read::<Volume>(&key).await {
                     Ok(Some(v)) if v.value.size_gb == old.size_gb + grow => rev = v.mod_rev,
@@ -857,8 +826,7 @@ impl Ctx {
     pub(crate) async fn release_volumes_of(
         &self,
         inst: &Instance,
-        compares: &mut Vec<Compare>,
-        ops: &mut Vec<TxnOp>,
+        t: &mut TxnBuilder,
     ) -> ApiResult<()> {
         let atts: Vec<&VolumeAttachment> =
             inst.boot_volume.iter().chain(inst.volumes.iter()).collect();
@@ -881,8 +849,8 @@ impl Ctx {
             } else {
                 v.status = VolumeStatus::Detaching;
             }
-            compares.push(unchanged(key, kv.mod_revision()));
-            ops.push(put(key, &v));
+            t.unchanged(key, kv.mod_revision());
+            t.put(key, &v);
         }
         Ok(())
     }

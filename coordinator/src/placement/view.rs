@@ -9,15 +9,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, KeyValue};
+use etcd_client::KeyValue;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, NodeUsage};
 use nubo_common::NodeName;
-use nubo_store::{Etcd, StoreError, Watch, WatchSpec};
+use nubo_store::kv::kv_key;
+use nubo_store::{Etcd, StoreError};
 use tokio::sync::watch;
 
+use super::scheduler::{self, NodeState, Ratios, Rejections, Request};
 use crate::config::Placement;
-use crate::scheduler::{self, NodeState, Ratios, Rejections, Request};
 
 /// Shared view of every node.
 #[derive(Debug)]
@@ -124,33 +125,6 @@ impl ClusterView {
         (page, more)
     }
 
-    /// Scheduler candidates (see [`scheduler::candidates`]).
-    pub fn candidates(
-        &self,
-        req: &Request<'_>,
-        ratios: &Ratios,
-        placement: Placement,
-        exclude: &HashSet<NodeName>,
-        top: usize,
-    ) -> Result<Vec<(NodeName, NodeUsage, i64)>, Rejections> {
-        let map = self.read();
-        let names = scheduler::candidates(
-            map.iter().map(|(n, s)| (n, &s.state)),
-            req,
-            ratios,
-            placement,
-            exclude,
-            top,
-        )?;
-        Ok(names
-            .into_iter()
-            .filter_map(|n| {
-                let s = map.get(&n)?;
-                Some((n, s.state.usage.clone(), s.state.usage_rev))
-            })
-            .collect())
-    }
-
     /// Chooses a node for one placement at random among the `top` best
     /// candidates, preferring nodes without a placement in flight from this
     /// coordinator: a second transaction on such a node would compare a
@@ -194,6 +168,25 @@ impl ClusterView {
             usage_rev: slot.state.usage_rev,
             shared,
         }))
+    }
+
+    /// Claims node `n` itself (a resize on its node, a move to a named
+    /// node): counted as busy like [`ClusterView::claim`]; `None` when the
+    /// node is not registered.
+    pub fn claim_node(&self, n: &NodeName) -> Option<Claim<'_>> {
+        let map = self.read();
+        let slot = map.get(n).filter(|s| s.state.info.is_some())?;
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let count = busy.entry(n.clone()).or_default();
+        let shared = *count > 0;
+        *count += 1;
+        Some(Claim {
+            view: self,
+            node: n.clone(),
+            usage: slot.state.usage.clone(),
+            usage_rev: slot.state.usage_rev,
+            shared,
+        })
     }
 
     /// Number of nodes with placements in flight from this coordinator.
@@ -359,7 +352,8 @@ impl ClusterView {
         let mut fresh: BTreeMap<NodeName, Slot> = BTreeMap::new();
         let staging = ClusterView::default();
         let mut rev = 0;
-        list_prefix_at(etcd, &prefix, &mut rev, |kv| staging.apply(kv, false)).await?;
+        etcd.list_at(&prefix, &mut rev, |kv| staging.apply(kv, false))
+            .await?;
         fresh.append(&mut staging.write());
         {
             let mut map = self.write();
@@ -386,88 +380,13 @@ impl ClusterView {
         self.ready.send_replace(true);
         tracing::debug!(revision = rev, "node view listed");
 
-        let watcher = watch_from(etcd, prefix, rev);
-        follow_watch(watcher, "node", |kv, deleted| self.apply(kv, deleted)).await;
+        let end = etcd
+            .watch_prefix_after(prefix, rev)
+            .follow(|kv, deleted| self.apply(kv, deleted))
+            .await;
+        tracing::info!(reason = %end, "node watch ended; listing again");
         Ok(())
     }
-}
-
-/// Reads every key under `prefix`, 2000 a request, all at one revision:
-/// `*rev`, or (if 0) the revision of the first read, which `*rev` is then
-/// set to. Passes each key-value to `each`, in key order. Each read is
-/// retried by the etcd layer.
-pub(crate) async fn list_prefix_at(
-    etcd: &Etcd,
-    prefix: &str,
-    rev: &mut i64,
-    mut each: impl FnMut(&KeyValue),
-) -> Result<(), StoreError> {
-    let end = keys::prefix_end(prefix);
-    let mut start = prefix.as_bytes().to_vec();
-    loop {
-        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(2000);
-        if *rev > 0 {
-            opts = opts.with_revision(*rev);
-        }
-        let resp = etcd.get(start.clone(), Some(opts)).await?;
-        if *rev == 0 {
-            *rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        }
-        for kv in resp.kvs() {
-            each(kv);
-        }
-        match resp.kvs().last() {
-            Some(last) if resp.more() => {
-                start = last.key().to_vec();
-                start.push(0);
-            }
-            _ => return Ok(()),
-        }
-    }
-}
-
-/// A watch of every key under `prefix`, from the revision after `rev`
-/// (resumed on a live member after any interruption).
-pub(crate) fn watch_from(etcd: &Etcd, prefix: String, rev: i64) -> Watch {
-    etcd.watch(
-        prefix,
-        WatchSpec {
-            prefix: true,
-            prev_kv: false,
-        },
-        rev + 1,
-    )
-}
-
-/// Passes each event of a watch to `apply` (the key-value, whether it was
-/// deleted) until the watch cannot go on (compacted or cancelled: logged,
-/// `what` naming it; the caller lists again).
-pub(crate) async fn follow_watch(
-    mut watch: Watch,
-    what: &str,
-    mut apply: impl FnMut(&KeyValue, bool),
-) {
-    loop {
-        match watch.next().await {
-            Ok(resp) => {
-                for ev in resp.events() {
-                    if let Some(kv) = ev.kv() {
-                        apply(kv, ev.event_type() == EventType::Delete);
-                    }
-                }
-            }
-            Err(end) => {
-                tracing::info!(reason = %end, "{what} watch ended; listing again");
-                return;
-            }
-        }
-    }
-}
-
-/// The key of a kv as text (keys nubo writes are ASCII; others are skipped
-/// by `keys::parse`).
-pub fn kv_key(kv: &KeyValue) -> &str {
-    std::str::from_utf8(kv.key()).unwrap_or("")
 }
 
 #[cfg(test)]

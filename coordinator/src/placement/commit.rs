@@ -20,20 +20,10 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use etcd_client::{Compare, Txn, TxnOp, TxnResponse};
+use nubo_store::{Answer, Etcd, TxnBuilder};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
-use nubo_store::kv::unchanged;
-use nubo_store::Etcd;
-
-/// The kvs returned by the `i`-th op of a transaction (a get).
-pub fn op_kvs(resp: &TxnResponse, i: usize) -> Vec<etcd_client::KeyValue> {
-    match resp.op_responses().into_iter().nth(i) {
-        Some(etcd_client::TxnOpResponse::Get(mut g)) => g.take_kvs(),
-        _ => Vec::new(),
-    }
-}
 
 /// etcd's default `--max-txn-ops`: the most compares, and the most
 /// operations, one transaction may carry.
@@ -49,15 +39,9 @@ const GROUPS_IN_FLIGHT: usize = 8;
 /// One placement transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Member {
-    /// Compares specific to this placement.
-    pub compares: Vec<Compare>,
-    /// Keys read to decide the placement, with their mod_revisions
-    /// (compared `unchanged`; shared by many placements, deduplicated).
-    pub deps: Vec<(String, i64)>,
-    /// The writes.
-    pub ops: Vec<TxnOp>,
-    /// Reads run when the transaction fails (only on a lone transaction).
-    pub probes: Vec<TxnOp>,
+    /// Its compares (shared ones are deduplicated when merged), writes and
+    /// failure reads.
+    pub txn: TxnBuilder,
     /// Keys this placement compares and writes that another concurrent
     /// placement might also touch; members sharing one are never merged.
     pub contended: Vec<String>,
@@ -66,34 +50,6 @@ pub struct Member {
     pub mergeable: bool,
     /// Estimated size of the transaction's values in bytes.
     pub bytes: usize,
-}
-
-impl Member {
-    fn compare_count(&self) -> usize {
-        self.compares.len() + self.deps.len()
-    }
-
-    /// The member's own transaction, with its probes.
-    pub fn txn(&self) -> Txn {
-        let mut compares = self.compares.clone();
-        compares.extend(self.deps.iter().map(|(k, r)| unchanged(k, *r)));
-        Txn::new()
-            .when(compares)
-            .and_then(self.ops.clone())
-            .or_else(self.probes.clone())
-    }
-}
-
-/// The outcome of one placement transaction.
-#[derive(Debug)]
-pub enum Committed {
-    /// Applied at this revision.
-    Yes {
-        /// The etcd revision of the commit.
-        revision: i64,
-    },
-    /// A compare failed; the response holds the member's probes.
-    No(Box<TxnResponse>),
 }
 
 /// Counters of the committer.
@@ -107,7 +63,7 @@ pub struct Stats {
     pub merge_failures: AtomicU64,
 }
 
-type Job = (Member, oneshot::Sender<ApiResult<Committed>>);
+type Job = (Member, oneshot::Sender<ApiResult<Answer>>);
 
 /// The group committer: cheap to clone; the background task ends when the
 /// last clone is dropped.
@@ -126,8 +82,9 @@ impl Committer {
         Self { tx, stats }
     }
 
-    /// Commits one placement (possibly merged with others).
-    pub async fn commit(&self, m: Member) -> ApiResult<Committed> {
+    /// Commits one placement (possibly merged with others). A failed
+    /// answer carries the member's own failure reads.
+    pub async fn commit(&self, m: Member) -> ApiResult<Answer> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send((m, reply))
@@ -149,8 +106,8 @@ pub fn take_group<T>(
     mut next: impl FnMut() -> Option<T>,
     member: impl Fn(&T) -> &Member,
 ) -> (Vec<T>, Option<T>) {
-    let mut compares = member(&first).compare_count();
-    let mut ops = member(&first).ops.len();
+    let mut compares = member(&first).txn.compare_count();
+    let mut ops = member(&first).txn.op_count();
     let mut bytes = member(&first).bytes;
     let mut keys: HashSet<String> = member(&first).contended.iter().cloned().collect();
     let mergeable = member(&first).mergeable;
@@ -164,38 +121,20 @@ pub fn take_group<T>(
         // Deps shared with the group cost nothing; count them anyway (an
         // upper bound keeps this simple and safe).
         let fits = m.mergeable
-            && compares + m.compare_count() <= MAX_TXN_OPS
-            && ops + m.ops.len() <= MAX_TXN_OPS
+            && compares + m.txn.compare_count() <= MAX_TXN_OPS
+            && ops + m.txn.op_count() <= MAX_TXN_OPS
             && bytes + m.bytes <= MAX_GROUP_BYTES
             && !m.contended.iter().any(|k| keys.contains(k));
         if !fits {
             return (group, Some(j));
         }
-        compares += m.compare_count();
-        ops += m.ops.len();
+        compares += m.txn.compare_count();
+        ops += m.txn.op_count();
         bytes += m.bytes;
         keys.extend(m.contended.iter().cloned());
         group.push(j);
     }
     (group, None)
-}
-
-/// The merged transaction of `members`: every compare (deps deduplicated),
-/// every write, no probes.
-pub fn merged_txn(members: &[&Member]) -> Txn {
-    let mut compares = Vec::new();
-    let mut deps: HashSet<(&str, i64)> = HashSet::new();
-    let mut ops = Vec::new();
-    for m in members {
-        compares.extend(m.compares.iter().cloned());
-        for (k, r) in &m.deps {
-            if deps.insert((k.as_str(), *r)) {
-                compares.push(unchanged(k, *r));
-            }
-        }
-        ops.extend(m.ops.iter().cloned());
-    }
-    Txn::new().when(compares).and_then(ops)
 }
 
 async fn run(store: Etcd, mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<Stats>) {
@@ -224,30 +163,23 @@ async fn run(store: Etcd, mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<Stats
     }
 }
 
-async fn commit_alone(store: &Etcd, m: &Member, stats: &Stats) -> ApiResult<Committed> {
+async fn commit_alone(store: &Etcd, m: &Member, stats: &Stats) -> ApiResult<Answer> {
     stats.txns.fetch_add(1, Ordering::Relaxed);
-    let resp = store.txn(m.txn()).await?;
-    Ok(if resp.succeeded() {
-        Committed::Yes {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-        }
-    } else {
-        Committed::No(Box::new(resp))
-    })
+    Ok(store.commit(&m.txn).await?)
 }
 
 async fn commit_group(store: &Etcd, group: Vec<Job>, stats: &Stats) {
     if group.len() > 1 {
         stats.txns.fetch_add(1, Ordering::Relaxed);
-        let members: Vec<&Member> = group.iter().map(|j| &j.0).collect();
-        match store.txn(merged_txn(&members)).await {
+        let members: Vec<&TxnBuilder> = group.iter().map(|j| &j.0.txn).collect();
+        match store.txn(nubo_store::merged(&members)).await {
             Ok(resp) if resp.succeeded() => {
                 let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
                 stats
                     .merged
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
                 for (_, reply) in group {
-                    let _ = reply.send(Ok(Committed::Yes { revision }));
+                    let _ = reply.send(Ok(Answer::applied(revision)));
                 }
                 return;
             }
@@ -272,13 +204,14 @@ mod tests {
     use super::*;
 
     fn member(contended: &[&str], ops: usize, mergeable: bool) -> Member {
+        let mut txn = TxnBuilder::new();
+        txn.unchanged("/c", 1);
+        txn.depends_on("/flavor", 3);
+        for i in 0..ops {
+            txn.put(&format!("/k{i}"), &"v");
+        }
         Member {
-            compares: vec![unchanged("/c", 1)],
-            deps: vec![("/flavor".into(), 3)],
-            ops: (0..ops)
-                .map(|i| TxnOp::put(format!("/k{i}"), "v", None))
-                .collect(),
-            probes: Vec::new(),
+            txn,
             contended: contended.iter().map(|s| s.to_string()).collect(),
             mergeable,
             bytes: 4096,
