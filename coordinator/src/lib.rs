@@ -14,20 +14,18 @@
 //! ```
 
 pub mod api;
-pub mod audit;
 pub mod background;
 pub mod cache;
 pub mod caller;
 pub mod ceph;
 pub mod config;
-pub mod convert;
 pub mod election;
 pub mod error;
-pub mod failover;
 pub mod fencing;
 pub mod health;
 pub mod image_store;
 pub mod ipam;
+pub mod operations;
 pub mod paging;
 pub mod placement;
 pub mod sdnotify;

@@ -447,7 +447,9 @@ async fn tokens_and_project_isolation() {
         .iter()
         .any(|t| t.1.ends_with(".list") || t.1.ends_with(".get")));
     // Retention keeps the newest.
-    let pruned = nubo_coordinator::audit::prune(&store, 3).await.unwrap();
+    let pruned = nubo_coordinator::operations::audit::prune(&store, 3)
+        .await
+        .unwrap();
     assert_eq!(pruned as usize, trail.len() - 3);
     let left = audit
         .list(req(&root, pb::ListRequest::default()))

@@ -1,12 +1,12 @@
-//! `Audit.List`: the audit trail, oldest first (see [`crate::audit`]).
+//! `Audit.List`: the gRPC adapter of [`crate::operations::audit`].
 
-use nubo_common::keys;
 use nubo_common::model::{AuditOutcome, AuditRecord};
 use nubo_common::proto::{self as pb, audit_server::Audit};
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
+use super::{page, reply, R};
+use crate::operations::audit;
 use crate::state::Ctx;
-use nubo_store::kv::decode_or_skip;
 
 fn entry(r: AuditRecord) -> pb::AuditEntry {
     let (outcome, message) = match r.outcome {
@@ -28,22 +28,11 @@ fn entry(r: AuditRecord) -> pb::AuditEntry {
 
 #[tonic::async_trait]
 impl Audit for Ctx {
-    async fn list(
-        &self,
-        r: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let r = r.into_inner();
-        let (records, next) = crate::paging::list_page(
-            &self.store,
-            &keys::audit_prefix(),
-            r.page_size,
-            &r.page_token,
-            |kv| decode_or_skip::<AuditRecord>(kv).map(entry),
-        )
-        .await?;
-        Ok(Response::new(pb::ListAuditResponse {
-            records,
-            next_page_token: next,
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListAuditResponse> {
+        let p = audit::list(self, &page(&r.into_inner())).await;
+        reply(p.map(|p| pb::ListAuditResponse {
+            records: p.items.into_iter().map(entry).collect(),
+            next_page_token: p.next,
         }))
     }
 }

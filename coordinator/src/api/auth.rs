@@ -236,7 +236,7 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
         Err(_) => Err(AuthError::SignerUnavailable),
     };
     let audit = |user: Option<UserName>, project: Option<ProjectId>, outcome: AuditOutcome| {
-        crate::audit::record(
+        crate::operations::audit::record(
             &st.store,
             user,
             project,

@@ -1,24 +1,21 @@
-//! Cluster status: this coordinator, the leader, the evacuation switch.
+//! `Cluster`: the gRPC adapter of [`crate::operations::cluster`].
 
 use nubo_common::proto::{self as pb, cluster_server};
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use super::Ctx;
-
-type R<T> = Result<Response<T>, Status>;
+use super::{reply, R};
+use crate::operations::cluster;
+use crate::state::Ctx;
 
 #[tonic::async_trait]
 impl cluster_server::Cluster for Ctx {
     async fn status(&self, _r: Request<pb::Empty>) -> R<pb::ClusterStatus> {
-        let evacuation_enabled = crate::failover::evacuation_enabled(self)
-            .await
-            .map_err(Status::from)?;
-        Ok(Response::new(pb::ClusterStatus {
-            coordinator_id: self.cfg.id.clone(),
-            is_leader: self.leader.is_leader(),
-            leader_id: self.leader.leader_id(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            evacuation_enabled,
+        reply(cluster::status(self).await.map(|s| pb::ClusterStatus {
+            coordinator_id: s.coordinator_id,
+            is_leader: s.is_leader,
+            leader_id: s.leader_id,
+            version: s.version,
+            evacuation_enabled: s.evacuation_enabled,
         }))
     }
 }

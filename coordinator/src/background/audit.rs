@@ -5,7 +5,7 @@ use std::time::Duration;
 use nubo_identity::audit::RETENTION;
 use tokio::sync::watch;
 
-use crate::audit::prune;
+use crate::operations::audit::prune;
 use crate::state::Ctx;
 
 /// The leader's pruning loop (every minute).

@@ -1,6 +1,6 @@
 //! The leader's failure-handling loop: drives every node through the health
 //! state machine ([`super::health_machine`]), fences, and starts evacuation
-//! passes ([`crate::failover`]). Idle while following. See
+//! passes ([`crate::operations::evacuation`]). Idle while following. See
 //! `docs/failure-handling.md` for the protocol and its timings.
 //!
 //! Every write of this loop compares that the election key is still on this
@@ -19,7 +19,9 @@ use tracing::Instrument;
 
 use super::health_machine::{self as machine, Observation, Step};
 use crate::error::ApiResult;
-use crate::failover::{evacuation_enabled, evacuation_pass, fence, write_health, PassOutcome};
+use crate::operations::evacuation::{
+    evacuation_enabled, evacuation_pass, fence, write_health, PassOutcome,
+};
 use crate::state::Ctx;
 
 #[derive(Default)]
@@ -124,7 +126,7 @@ async fn tick(ctx: &Ctx, lease: i64, rts: &mut HashMap<NodeName, NodeRt>) -> Api
         let due = rt.pass.is_none() && rt.next_pass.is_none_or(|t| t <= now);
         if fenced_down && due {
             auto_left = Some(
-                ctx.assigned_instances(&name)
+                crate::operations::moves::assigned_instances(ctx, &name)
                     .await?
                     .iter()
                     .filter(|i| i.evacuation == EvacuationPolicy::Auto)

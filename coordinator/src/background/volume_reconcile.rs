@@ -24,8 +24,8 @@ use nubo_common::model::{
 use nubo_common::VolumeId;
 use tokio::sync::watch;
 
-use crate::api::volumes::DELETED_WITH_SERVER;
 use crate::error::ApiResult;
+use crate::operations::volumes::{self, DELETED_WITH_SERVER};
 use crate::state::Ctx;
 use nubo_store::kv::{decode_or_skip, put, unchanged, Versioned};
 
@@ -117,10 +117,7 @@ pub(crate) async fn pass(ctx: &Ctx, seen: &mut HashMap<VolumeId, (i64, Instant)>
 /// Other Ceph clients with the volume's image open.
 async fn watchers(ctx: &Ctx, v: &Volume) -> ApiResult<Vec<String>> {
     let vid = v.id.to_string();
-    match ctx
-        .ceph(move |s| s.disk_watchers(&s.volume_ref(&vid)))
-        .await
-    {
+    match volumes::ceph(ctx, move |s| s.disk_watchers(&s.volume_ref(&vid))).await {
         Err(crate::error::ApiError::NotFound(_)) => Ok(Vec::new()),
         r => r,
     }
@@ -189,7 +186,7 @@ async fn delete_when_released(ctx: &Ctx, v: &Versioned<Volume>) -> ApiResult<()>
     if !watchers(ctx, &v.value).await?.is_empty() {
         return Ok(());
     }
-    ctx.finish_delete(&v.value, v.mod_rev).await
+    volumes::finish_delete(ctx, &v.value, v.mod_rev).await
 }
 
 async fn mark_error(ctx: &Ctx, v: &Versioned<Volume>, reason: &str) -> ApiResult<()> {

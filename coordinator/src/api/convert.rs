@@ -291,9 +291,14 @@ pub fn evacuation_name(e: model::EvacuationPolicy) -> &'static str {
     }
 }
 
+/// Server, from its view.
+pub fn server(v: &crate::operations::servers::ServerView) -> pb::Server {
+    server_parts(&v.instance, v.status.as_ref(), &v.ports, &v.network_names)
+}
+
 /// Server, from its spec, its status (if reported), its ports and the names
 /// of their networks.
-pub fn server(
+fn server_parts(
     i: &model::Instance,
     status: Option<&model::InstanceStatus>,
     ports: &[model::Port],

@@ -9,9 +9,12 @@ use nubo_common::keys;
 use nubo_common::model::{encode, AuditOutcome, AuditRecord, UserName};
 use nubo_common::ProjectId;
 use nubo_identity::audit::{delete_range_end, excess, new_audit_id};
-
-use crate::error::ApiResult;
+use nubo_store::kv::decode_or_skip;
 use nubo_store::Etcd;
+
+use super::{Page, PageRequest};
+use crate::error::ApiResult;
+use crate::state::Ctx;
 
 /// Writes one record (best effort: a failure is logged, never returned).
 #[allow(clippy::too_many_arguments)]
@@ -76,4 +79,15 @@ pub async fn prune(store: &Etcd, keep: usize) -> ApiResult<u64> {
         .deleted();
     tracing::info!(deleted, "audit trail pruned");
     Ok(u64::try_from(deleted).unwrap_or(0))
+}
+
+/// One page of the audit trail, oldest first.
+pub async fn list(ctx: &Ctx, page: &PageRequest) -> ApiResult<Page<AuditRecord>> {
+    super::lookup::list_page(
+        ctx,
+        &keys::audit_prefix(),
+        page,
+        decode_or_skip::<AuditRecord>,
+    )
+    .await
 }

@@ -13,14 +13,13 @@ use nubo_common::model::{
     Flavor, Image, Instance, InstanceState, InstanceStatus, NodeUsage, PowerState, QuotaUsage,
     Resources,
 };
-use nubo_common::proto as pb;
 use nubo_common::{FlavorName, NodeName, ProjectId};
 use nubo_store::{Answer, TxnBuilder, Versioned};
 
-use super::Ctx;
+use super::servers::{quota_delta, ServerView};
 use crate::error::{ApiError, ApiResult};
 use crate::placement::{Chosen, Job, Limits, Ratios, Reservation, Retry, Target};
-use crate::validate;
+use crate::state::Ctx;
 
 /// Transactions tried before answering Unavailable.
 const ATTEMPTS: usize = 16;
@@ -114,11 +113,11 @@ struct ResizeRead {
 }
 
 impl Job for ResizeJob<'_> {
-    type Output = pb::Server;
+    type Output = ServerView;
 
-    async fn prepare(&mut self) -> ApiResult<Option<pb::Server>> {
+    async fn prepare(&mut self) -> ApiResult<Option<ServerView>> {
         let ctx = self.ctx;
-        let inst = ctx.server_spec(&self.project, self.server).await?;
+        let inst = super::lookup::server(ctx, &self.project, self.server).await?;
         let i = &inst.value;
         let flavor = ctx
             .store
@@ -148,7 +147,7 @@ impl Job for ResizeJob<'_> {
                 .map(|im| (im.value.min_ram_mb, im.value.min_disk_gb)),
         )?
         else {
-            let mut v = ctx.render(std::slice::from_ref(i)).await?;
+            let mut v = super::servers::render(ctx, std::slice::from_ref(i)).await?;
             return v
                 .pop()
                 .map(Some)
@@ -164,17 +163,12 @@ impl Job for ResizeJob<'_> {
         if let Some(kv) = ctx.store.get_kv(&keys::node_usage(&node)).await? {
             ctx.view.apply_usage_kv(&node, &kv);
         }
-        let quota = if ctx.quotas_on() {
-            let limit = ctx.quota_limit(&i.project).await?;
-            let (qu, qrev) = ctx.quota_usage(&i.project).await?;
-            let without = qu.saturating_sub(&super::servers::quota_delta(&i.resources));
-            let with = nubo_identity::check_quota(
-                &i.project,
-                &limit,
-                &without,
-                &super::servers::quota_delta(&new),
-            )
-            .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
+        let quota = if super::quotas::enforced(ctx) {
+            let limit = super::quotas::limit(ctx, &i.project).await?;
+            let (qu, qrev) = super::quotas::usage(ctx, &i.project).await?;
+            let without = qu.saturating_sub(&quota_delta(&i.resources));
+            let with = nubo_identity::check_quota(&i.project, &limit, &without, &quota_delta(&new))
+                .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
             Some((qrev, with))
         } else {
             None
@@ -221,7 +215,7 @@ impl Job for ResizeJob<'_> {
         t.unchanged(&keys::instance_status(&i.id), r.status_rev);
         t.put(&ikey, &r.next);
         if let Some((qrev, with)) = &r.quota {
-            super::quota::reserve(t, &i.project, *qrev, with);
+            super::quotas::reserve(t, &i.project, *qrev, with);
         }
         Ok(Reservation {
             usage: NodeUsage {
@@ -238,17 +232,17 @@ impl Job for ResizeJob<'_> {
         })
     }
 
-    async fn committed(&mut self, _at: &Chosen, _revision: i64) -> ApiResult<pb::Server> {
+    async fn committed(&mut self, _at: &Chosen, _revision: i64) -> ApiResult<ServerView> {
         let Some(r) = self.read.take() else {
             return Err(ApiError::Unavailable("resize without a reading".into()));
         };
         tracing::info!(instance = %r.next.id, flavor = %r.flavor.name, vcpus = r.new.vcpus, ram_mb = r.new.ram_mb, "server resized");
-        let mut v = self.ctx.render(std::slice::from_ref(&r.next)).await?;
+        let mut v = super::servers::render(self.ctx, std::slice::from_ref(&r.next)).await?;
         v.pop()
             .ok_or_else(|| ApiError::NotFound("server vanished".into()))
     }
 
-    fn failed(&mut self, _at: &Chosen, _a: &Answer, _lost: bool) -> ApiResult<Retry<pb::Server>> {
+    fn failed(&mut self, _at: &Chosen, _a: &Answer, _lost: bool) -> ApiResult<Retry<ServerView>> {
         Ok(Retry::Again)
     }
 
@@ -257,30 +251,34 @@ impl Job for ResizeJob<'_> {
     }
 }
 
-impl Ctx {
-    /// Resizes a stopped server (see the module docs).
-    pub(crate) async fn resize_server(&self, r: pb::ResizeServerRequest) -> ApiResult<pb::Server> {
-        let project = validate::project(&r.project)?;
-        let flavor = FlavorName::new(r.flavor.trim())
-            .map_err(|e| ApiError::InvalidArgument(format!("flavor: {e}")))?;
-        let mut job = ResizeJob {
-            ctx: self,
-            project,
-            server: &r.r#ref,
-            flavor,
-            read: None,
-        };
-        self.placement
-            .place(
-                &mut job,
-                Limits {
-                    attempts: ATTEMPTS,
-                    rounds: ATTEMPTS,
-                    top_k: 1,
-                },
-            )
-            .await
-    }
+/// Resizes a stopped server (see the module docs).
+/// Resizes stopped server `server` of `project` to flavor `flavor` (see the
+/// module docs).
+pub async fn resize(
+    ctx: &Ctx,
+    project: &ProjectId,
+    server: &str,
+    flavor: &str,
+) -> ApiResult<ServerView> {
+    let flavor = FlavorName::new(flavor.trim())
+        .map_err(|e| ApiError::InvalidArgument(format!("flavor: {e}")))?;
+    let mut job = ResizeJob {
+        ctx,
+        project: project.clone(),
+        server,
+        flavor,
+        read: None,
+    };
+    ctx.placement
+        .place(
+            &mut job,
+            Limits {
+                attempts: ATTEMPTS,
+                rounds: ATTEMPTS,
+                top_k: 1,
+            },
+        )
+        .await
 }
 
 #[cfg(test)]

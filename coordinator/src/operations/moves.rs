@@ -11,27 +11,25 @@
 //! over-filled), the ports and the group are unchanged and, for the leader's
 //! automatic evacuation, that the election key is still on its lease.
 
-use std::collections::HashSet;
-
-use etcd_client::{GetOptions, KeyValue, Txn};
-use nubo_common::keys;
-use nubo_common::model::{
-    self, Assignment, Instance, InstanceState, InstanceStatus, NodeUsage, Port, PowerState,
-    ServerGroupPolicy,
-};
-use nubo_common::{InstanceId, NodeName, ServerGroupId};
-use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, put};
-use nubo_store::{Answer, TxnBuilder};
-
 use crate::election::leader_guard;
 use crate::error::{ApiError, ApiResult};
 use crate::placement::{
     Chosen, GroupConstraint, Job, Limits, Request as PlaceRequest, Reservation, Retry, Target,
 };
 use crate::state::Ctx;
+use etcd_client::{GetOptions, KeyValue, Txn};
+use nubo_common::model::{
+    Assignment, Instance, InstanceState, InstanceStatus, NodeUsage, Port, PowerState,
+    ServerGroupPolicy,
+};
+use nubo_common::{keys, model, InstanceId, NodeName, ServerGroupId};
+use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, put};
+use nubo_store::{Answer, TxnBuilder};
+use std::collections::HashSet;
 
 /// Transactions tried for one move before giving up (contention).
 const MAX_MOVE_ATTEMPTS: usize = 32;
+
 /// Best candidates among which the target is chosen at random.
 const TOP_K: usize = 8;
 
@@ -294,109 +292,102 @@ impl Job for MoveJob<'_> {
     }
 }
 
-impl Ctx {
-    /// Moves instance `id` from node `from` to a node chosen by the
-    /// scheduler (never `from`) through the placement engine.
-    /// `ResourceExhausted` when no node fits.
-    pub async fn move_instance(
-        &self,
-        id: InstanceId,
-        from: &NodeName,
-        opts: MoveOpts,
-    ) -> ApiResult<Moved> {
-        let mut job = MoveJob {
-            ctx: self,
-            id,
-            from,
-            opts,
-            read: None,
-            new_from: None,
-        };
-        self.placement
-            .place(
-                &mut job,
-                Limits {
-                    attempts: MAX_MOVE_ATTEMPTS,
-                    rounds: MAX_MOVE_ATTEMPTS,
-                    top_k: TOP_K,
-                },
-            )
-            .await
-    }
+/// Moves instance `id` from node `from` to a node chosen by the
+/// scheduler (never `from`) through the placement engine.
+/// `ResourceExhausted` when no node fits.
+pub(crate) async fn move_instance(
+    ctx: &Ctx,
+    id: InstanceId,
+    from: &NodeName,
+    opts: MoveOpts,
+) -> ApiResult<Moved> {
+    let mut job = MoveJob {
+        ctx,
+        id,
+        from,
+        opts,
+        read: None,
+        new_from: None,
+    };
+    ctx.placement
+        .place(
+            &mut job,
+            Limits {
+                attempts: MAX_MOVE_ATTEMPTS,
+                rounds: MAX_MOVE_ATTEMPTS,
+                top_k: TOP_K,
+            },
+        )
+        .await
+}
 
-    /// Marks an instance that could not be moved off `from` as failed (only
-    /// while it is still assigned there): status error with `msg`.
-    pub async fn mark_move_failed(
-        &self,
-        id: InstanceId,
-        from: &NodeName,
-        msg: &str,
-        leader_lease: Option<i64>,
-    ) -> ApiResult<()> {
-        let akey = keys::assignment(from, &id);
-        let skey = keys::instance_status(&id);
-        let old = self
-            .store
-            .read::<InstanceStatus>(&skey)
-            .await
-            .ok()
-            .flatten();
-        if old.as_ref().is_some_and(|s| {
-            s.value.state == InstanceState::Error && s.value.last_error.as_deref() == Some(msg)
-        }) {
-            return Ok(());
-        }
-        let status = InstanceStatus {
-            state: InstanceState::Error,
-            node: from.clone(),
-            updated_at: model::now(),
-            last_error: Some(msg.to_string()),
-            volumes: old
-                .as_ref()
-                .map(|s| s.value.volumes.clone())
-                .unwrap_or_default(),
-            reboot_generation: old.map_or(0, |s| s.value.reboot_generation),
-        };
-        let mut compares = vec![etcd_client::Compare::version(
-            akey.as_str(),
-            etcd_client::CompareOp::Greater,
-            0,
-        )];
-        if let Some(l) = leader_lease {
-            compares.push(leader_guard(l));
-        }
-        self.store
-            .txn(Txn::new().when(compares).and_then([put(&skey, &status)]))
-            .await?;
-        Ok(())
+/// Marks an instance that could not be moved off `from` as failed (only
+/// while it is still assigned there): status error with `msg`.
+pub(crate) async fn mark_move_failed(
+    ctx: &Ctx,
+    id: InstanceId,
+    from: &NodeName,
+    msg: &str,
+    leader_lease: Option<i64>,
+) -> ApiResult<()> {
+    let akey = keys::assignment(from, &id);
+    let skey = keys::instance_status(&id);
+    let old = ctx.store.read::<InstanceStatus>(&skey).await.ok().flatten();
+    if old.as_ref().is_some_and(|s| {
+        s.value.state == InstanceState::Error && s.value.last_error.as_deref() == Some(msg)
+    }) {
+        return Ok(());
     }
+    let status = InstanceStatus {
+        state: InstanceState::Error,
+        node: from.clone(),
+        updated_at: model::now(),
+        last_error: Some(msg.to_string()),
+        volumes: old
+            .as_ref()
+            .map(|s| s.value.volumes.clone())
+            .unwrap_or_default(),
+        reboot_generation: old.map_or(0, |s| s.value.reboot_generation),
+    };
+    let mut compares = vec![etcd_client::Compare::version(
+        akey.as_str(),
+        etcd_client::CompareOp::Greater,
+        0,
+    )];
+    if let Some(l) = leader_lease {
+        compares.push(leader_guard(l));
+    }
+    ctx.store
+        .txn(Txn::new().when(compares).and_then([put(&skey, &status)]))
+        .await?;
+    Ok(())
+}
 
-    /// The instances assigned to `node`, with their specs (unreadable specs
-    /// are logged and skipped).
-    pub async fn assigned_instances(&self, node: &NodeName) -> ApiResult<Vec<Instance>> {
-        let resp = self
-            .store
-            .get(
-                keys::assignments_prefix(node),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
-        let ids: Vec<InstanceId> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| match keys::parse(kv_key(kv)) {
-                Some(keys::Key::Assignment(_, id)) => Some(id),
-                _ => None,
-            })
-            .collect();
-        let spec_keys: Vec<String> = ids.iter().map(keys::instance).collect();
-        Ok(self
-            .store
-            .get_many(&spec_keys)
-            .await?
-            .iter()
-            .flatten()
-            .filter_map(decode_or_skip::<Instance>)
-            .collect())
-    }
+/// The instances assigned to `node`, with their specs (unreadable specs
+/// are logged and skipped).
+pub(crate) async fn assigned_instances(ctx: &Ctx, node: &NodeName) -> ApiResult<Vec<Instance>> {
+    let resp = ctx
+        .store
+        .get(
+            keys::assignments_prefix(node),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?;
+    let ids: Vec<InstanceId> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| match keys::parse(kv_key(kv)) {
+            Some(keys::Key::Assignment(_, id)) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let spec_keys: Vec<String> = ids.iter().map(keys::instance).collect();
+    Ok(ctx
+        .store
+        .get_many(&spec_keys)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<Instance>)
+        .collect())
 }

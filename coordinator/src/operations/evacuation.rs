@@ -1,22 +1,21 @@
 //! Failure handling's operations: node health writes, storage fencing
-//! calls and evacuation passes ([`moves`]), used by the leader's loop
-//! ([`crate::background::failover`]) and by operators (`Nodes.Evacuate`).
-//! See `docs/failure-handling.md` for the protocol and its timings.
-
-pub mod moves;
+//! calls and evacuation passes (through [`super::moves`]), used by the
+//! leader's loop ([`crate::background::failover`]) and by operators
+//! (`Nodes.Evacuate`). See `docs/failure-handling.md` for the protocol
+//! and its timings.
 
 use etcd_client::Txn;
 use futures::StreamExt;
 use nubo_common::keys;
 use nubo_common::model::{self, EvacuationConfig, EvacuationPolicy, NodeHealth, NodeHealthState};
-use nubo_common::NodeName;
+use nubo_common::{InstanceId, NodeName};
+use nubo_store::kv::put;
 use tracing::Instrument;
 
+use super::moves::{self, MoveOpts, Moved};
 use crate::election::leader_guard;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
-use moves::{MoveOpts, Moved};
-use nubo_store::kv::put;
 
 /// Moves of one evacuation pass run concurrently.
 const EVACUATION_CONCURRENCY: usize = 8;
@@ -99,11 +98,8 @@ pub async fn evacuation_pass(
     node: &NodeName,
     policies: &[EvacuationPolicy],
     lease: Option<i64>,
-) -> ApiResult<(
-    PassOutcome,
-    Vec<(nubo_common::InstanceId, ApiResult<Moved>)>,
-)> {
-    let insts = ctx.assigned_instances(node).await?;
+) -> ApiResult<(PassOutcome, Vec<(InstanceId, ApiResult<Moved>)>)> {
+    let insts = moves::assigned_instances(ctx, node).await?;
     let todo: Vec<_> = insts
         .into_iter()
         .filter(|i| policies.contains(&i.evacuation))
@@ -121,11 +117,10 @@ pub async fn evacuation_pass(
                     leader_lease: lease,
                     power: None,
                 };
-                let r = ctx.move_instance(id, node, opts).await;
+                let r = moves::move_instance(ctx, id, node, opts).await;
                 if let Err(ApiError::ResourceExhausted(why)) = &r {
                     tracing::warn!(instance = %id, node = %node, why, "cannot evacuate: no capacity");
-                    let _ = ctx
-                        .mark_move_failed(id, node, NO_CAPACITY, lease)
+                    let _ = moves::mark_move_failed(ctx, id, node, NO_CAPACITY, lease)
                         .await
                         .map_err(|e| tracing::warn!(instance = %id, error = %e, "could not record the failure"));
                 }
