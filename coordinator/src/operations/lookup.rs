@@ -3,7 +3,7 @@
 //! pages of a project's resources.
 
 use etcd_client::KeyValue;
-use nubo_common::keys::{self, NameKind};
+use nubo_common::keys::{self, Key, NameKind};
 use nubo_common::model::{
     self, Flavor, Image, Instance, Keypair, Network, Port, SecurityGroup, ServerGroup, Volume,
 };
@@ -11,7 +11,7 @@ use nubo_common::{
     FlavorName, ImageId, InstanceId, NetworkId, PortId, ProjectId, SecurityGroupId, ServerGroupId,
     VolumeId,
 };
-use nubo_store::kv::decode_or_skip;
+use nubo_store::kv::{decode_or_skip, kv_key};
 use nubo_store::Versioned;
 use serde::de::DeserializeOwned;
 
@@ -30,27 +30,39 @@ pub(crate) trait Owned {
     fn project(&self) -> &ProjectId;
     fn name(&self) -> &str;
     fn id_string(&self) -> String;
+    /// True when `key` is the key of a record of this kind (not one of its
+    /// sub-keys, like an instance's `/status`).
+    fn is_record(key: &Key) -> bool;
 }
 
 macro_rules! owned {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $k:ident),*) => {$(
         impl Owned for $t {
             fn project(&self) -> &ProjectId { &self.project }
             fn name(&self) -> &str { &self.name }
             fn id_string(&self) -> String { self.id.to_string() }
+            fn is_record(key: &Key) -> bool { matches!(key, Key::$k(..)) }
         }
     )*};
 }
 
 owned!(
-    model::Network,
-    model::Port,
-    model::SecurityGroup,
-    model::Image,
-    model::ServerGroup,
-    model::Instance,
-    model::Volume
+    model::Network => Network,
+    model::Port => Port,
+    model::SecurityGroup => SecurityGroup,
+    model::Image => Image,
+    model::ServerGroup => ServerGroup,
+    model::Instance => Instance,
+    model::Volume => Volume
 );
+
+/// False for keys under a kind's prefix that are known keys of another
+/// kind (an instance's `/status`): those are never decoded as records.
+/// Keys that do not parse at all are decoded (and, when unreadable, logged
+/// and skipped), so a hand-written key never passes unnoticed.
+fn may_be_record<T: Owned>(kv: &KeyValue) -> bool {
+    Key::parse(kv_key(kv)).is_none_or(|k| T::is_record(&k))
+}
 
 /// The flavor named `r`.
 pub(crate) async fn flavor(ctx: &Ctx, r: &str) -> ApiResult<Versioned<Flavor>> {
@@ -144,6 +156,9 @@ pub(crate) async fn resolve_scan<T: DeserializeOwned + Owned>(
     let mut found: Vec<(String, Versioned<T>)> = ctx
         .store
         .list_all(prefix, |kv| {
+            if !may_be_record::<T>(kv) {
+                return None;
+            }
             let v: T = decode_or_skip(kv)?;
             (v.project() == project && v.name() == r).then(|| {
                 (
@@ -179,6 +194,9 @@ pub(crate) async fn list_scoped<T: DeserializeOwned + Owned>(
     page: &PageRequest,
 ) -> ApiResult<Page<T>> {
     list_page(ctx, prefix, page, |kv| {
+        if !may_be_record::<T>(kv) {
+            return None;
+        }
         decode_or_skip::<T>(kv).filter(|t| scope.sees(t.project()))
     })
     .await
