@@ -136,6 +136,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The cluster's keys could not be brought to the current layout.
+    #[error("etcd layout: {0}")]
+    Layout(#[from] crate::layout::MigrationError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),

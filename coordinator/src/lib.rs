@@ -25,6 +25,7 @@ pub mod fencing;
 pub mod health;
 pub mod image_store;
 pub mod ipam;
+pub mod layout;
 pub mod operations;
 pub mod paging;
 pub mod placement;
@@ -148,6 +149,9 @@ async fn start_inner(
         );
     }
     let etcd = connect_etcd(&cfg).await?;
+    // Before anything reads or serves: an older cluster's keys are moved
+    // to the current layout (safe with several coordinators starting).
+    layout::migrate(&etcd).await?;
     let store = etcd.clone();
     let (shutdown, rx) = watch::channel(false);
     let view = Arc::new(placement::ClusterView::default());

@@ -1,5 +1,5 @@
 //! The audit trail (`auth = "token"`): every mutating call (and every
-//! refused one) is recorded under `/nubo/v1/audit/<time-ordered id>` by
+//! refused one) is recorded under `/nubo/v1/private/audit/<time-ordered id>` by
 //! the authentication layer ([`crate::api::auth`]); the leader prunes the
 //! trail to the newest `RETENTION` records
 //! ([`crate::background::audit`]); `Audit.List` reads it.

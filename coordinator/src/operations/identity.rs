@@ -33,6 +33,8 @@ pub async fn bootstrap(
     passwords: &Passwords,
 ) -> Result<Bootstrapped, crate::ServeError> {
     let cfg_err = |e: String| crate::ServeError::Config(e);
+    // An older cluster's identity keys are moved first, so they are seen.
+    crate::layout::migrate(store).await?;
     let hash = passwords
         .hash(password)
         .map_err(|e| cfg_err(format!("cannot hash the admin password: {e}")))?;

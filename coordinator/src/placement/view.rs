@@ -264,7 +264,10 @@ impl ClusterView {
 
     fn apply(&self, kv: &KeyValue, deleted: bool) {
         let key = kv_key(kv);
-        if let Some(n) = keys::parse_node_health(key) {
+        let Some(parsed) = keys::parse(key) else {
+            return;
+        };
+        if let Key::NodeHealth(n) = parsed {
             let health = if deleted {
                 None
             } else {
@@ -279,9 +282,6 @@ impl ClusterView {
             self.record_health(&n, health, kv.mod_revision());
             return;
         }
-        let Some(parsed) = keys::parse(key) else {
-            return;
-        };
         match parsed {
             Key::NodeUsage(n) => {
                 if deleted {
