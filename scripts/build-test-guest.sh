@@ -7,13 +7,18 @@
 # user data (lines "ping IP"; a line "poweroff" powers the guest off).
 # Disk lines in the user data (each runs in the background and first waits,
 # polling every 0.5 s, for the virtio disk whose serial is SERIAL, so it
-# works for disks hot-plugged after boot):
+# works for disks hot-plugged after boot; SERIAL may also be a device name
+# such as vda, the root disk, which has no serial):
 #   disk-write SERIAL PATTERN  writes 1 MiB of PATTERN repeated (O_DIRECT,
 #                              fsync), prints NUBO-GUEST-DISK-WRITE SERIAL ok SHA256
 #   disk-read SERIAL           prints NUBO-GUEST-DISK-READ SERIAL SHA256 of its first MiB
 #   disk-iops SERIAL SECONDS   4 KiB O_DIRECT writes for SECONDS, prints
 #                              NUBO-GUEST-DISK-IOPS SERIAL <ops/s> <ops> <centiseconds>
 #   disk-watch                 prints NUBO-GUEST-DISK-ADDED/REMOVED DEV SERIAL on hot-plug
+#   disk-mark SERIAL PATTERN   prints NUBO-GUEST-DISK-READ SERIAL SHA256 of its first MiB; if
+#                              that is not 1 MiB of PATTERN yet, writes it as disk-write does
+#                              (NUBO-GUEST-DISK-WRITE SERIAL ok SHA256): the marker of a disk
+#                              that must survive (a later boot finds it and writes nothing)
 #
 # Output (cached; rebuilt only when missing or when this script changes):
 #   $NUBO_GUEST_DIR/vmlinuz, $NUBO_GUEST_DIR/initrd.gz
@@ -103,7 +108,9 @@ for t in $PINGS; do
     done ) &
 done
 # Disks, by virtio serial (/sys/block/vd*/serial).
-disk_of() { for d in /sys/block/vd*; do [ -f "$d/serial" ] && [ "$(cat "$d/serial")" = "$1" ] && { echo "/dev/${d##*/}"; return 0; }; done; return 1; }
+disk_of() {
+  case "$1" in vd[a-z]) [ -b "/dev/$1" ] && { echo "/dev/$1"; return 0; } ;; esac
+  for d in /sys/block/vd*; do [ -f "$d/serial" ] && [ "$(cat "$d/serial")" = "$1" ] && { echo "/dev/${d##*/}"; return 0; }; done; return 1; }
 wait_disk() { while ! disk_of "$1"; do sleep 0.5; done; }
 cs() { awk '{printf "%d", $1*100}' /proc/uptime; }
 echo "$UD" | while read -r cmd a1 a2; do
@@ -113,6 +120,16 @@ echo "$UD" | while read -r cmd a1 a2; do
         if dd if=/tmp/pattern.$a1 of="$D" bs=65536 count=16 oflag=direct conv=fsync 2>/dev/null; then
           sync; echo "NUBO-GUEST-DISK-WRITE $a1 ok $(sha256sum /tmp/pattern.$a1 | cut -d' ' -f1)"
         else echo "NUBO-GUEST-DISK-WRITE $a1 fail"; fi ) & ;;
+    disk-mark) ( D=$(wait_disk "$a1")
+        yes "$a2" | head -c 1048576 > /tmp/pattern.$a1
+        WANT=$(sha256sum /tmp/pattern.$a1 | cut -d' ' -f1)
+        HAVE=$(dd if="$D" bs=65536 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+        echo "NUBO-GUEST-DISK-READ $a1 $HAVE"
+        if [ "$HAVE" != "$WANT" ]; then
+          if dd if=/tmp/pattern.$a1 of="$D" bs=65536 count=16 oflag=direct conv=fsync 2>/dev/null; then
+            sync; echo "NUBO-GUEST-DISK-WRITE $a1 ok $WANT"
+          else echo "NUBO-GUEST-DISK-WRITE $a1 fail"; fi
+        fi ) & ;;
     disk-read) ( D=$(wait_disk "$a1")
         echo "NUBO-GUEST-DISK-READ $a1 $(dd if="$D" bs=65536 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)" ) & ;;
     disk-iops) ( D=$(wait_disk "$a1"); N=0; T0=$(cs); END=$((T0 + ${a2:-5} * 100))

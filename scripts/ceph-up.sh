@@ -32,7 +32,7 @@ wait_for() {
   local end=$(($(now_ms) + ${CEPH_WAIT:-120} * 1000))
   until "$@" >/dev/null 2>&1; do
     if (($(now_ms) > end)); then
-      echo "ceph-up: timeout waiting for $desc; logs in $DIR/log" >&2
+      echo "ceph-up: timeout waiting for $desc (${CEPH_WAIT:-120} s)" >&2
       exit 1
     fi
     sleep 0.25
@@ -62,7 +62,19 @@ setsid sleep infinity </dev/null >/dev/null 2>&1 &
 echo $! >"$DIR/run/lock-holder.pid"
 exec 9>&-
 # From here on a failure must not leave daemons behind.
-trap 'rc=$?; if [ $rc -ne 0 ]; then echo "ceph-up: failed (rc=$rc), stopping" >&2; "$(dirname "$0")/ceph-down.sh" "$DIR" >&2 || true; fi' EXIT
+# The daemons' log tails are printed before ceph-down.sh removes DIR: they
+# say why a daemon did not come up.
+log_tails() {
+  local f
+  for f in "$DIR"/log/*.log; do
+    [ -s "$f" ] || continue
+    echo "---- last lines of $f"
+    tail -n 15 "$f"
+  done
+}
+failed_at=""
+trap 'failed_at="line $LINENO: $BASH_COMMAND"' ERR
+trap 'rc=$?; if [ $rc -ne 0 ]; then echo "ceph-up: failed (rc=$rc${failed_at:+, at $failed_at}), stopping" >&2; log_tails >&2; "$(dirname "$0")/ceph-down.sh" "$DIR" >&2 || true; fi' EXIT
 
 FSID=$(cat /proc/sys/kernel/random/uuid)
 CONF=$DIR/ceph.conf

@@ -66,6 +66,9 @@ if [[ ${1:-} == --inner ]]; then
   done
   [[ -n $spid ]] || { echo "error: systemd did not start" >&2; cat "$F_WORKDIR/systemd.log" >&2; exit 1; }
   inside() { nsenter -t "$spid" -m -p -u -i -r -w /usr/bin/env -i "${env[@]}" "$@"; }
+  # Whatever happens below, the booted root goes away with this script.
+  poweroff() { inside systemctl poweroff 2>/dev/null || kill -s SIGRTMIN+4 "$spid" 2>/dev/null || true; wait || true; }
+  trap poweroff EXIT
   for _ in $(seq 1 300); do
     [[ -S $F_ROOT/run/systemd/private ]] && break
     sleep 0.1
@@ -89,8 +92,6 @@ if [[ ${1:-} == --inner ]]; then
   else
     echo "==> distribution services untouched: ${units[*]} active, same main PIDs, answering"
   fi
-  inside systemctl poweroff || kill -s SIGRTMIN+4 "$spid"
-  wait || true
   exit $rc
 fi
 

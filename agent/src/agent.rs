@@ -14,14 +14,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::compute::Compute;
+use crate::compute::hypervisor::plug::{PlugWaiters, PLUG_RECHECK};
+use crate::compute::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError, NetnsHypervisor};
+use crate::compute::plug_gate::PlugGate;
 use crate::config::{AgentConfig, DriverKind};
-use crate::desired;
-use crate::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError, NetnsHypervisor};
-use crate::mirror::{Mirror, MirrorHandle};
-use crate::plug_gate::{PlugGate, PlugWaiters, PLUG_RECHECK};
-use crate::reconciler::{reconcile_all, Subsystem};
-use crate::registration::Liveness;
+use crate::node::registration::Liveness;
+use crate::reconciler::{reconcile_all, Reconcile};
+use crate::state::desired;
+use crate::state::mirror::{Mirror, MirrorHandle};
 use crate::store::{self, StoreError};
 
 /// Minimum gap between the end of a pass and the start of the next one
@@ -75,10 +75,12 @@ pub async fn run(
     let mut resizer: Option<Arc<dyn crate::compute::Resizer>> = None;
     let hv: Arc<dyn Hypervisor> = match cfg.driver {
         DriverKind::Libvirt => {
-            let lv = crate::hypervisor::LibvirtHypervisor::open(&cfg).await?;
+            let lv = crate::compute::hypervisor::LibvirtHypervisor::open(&cfg).await?;
             if let Some(rx) = lv.guest_stops().await {
                 let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
-                side.spawn(crate::power_sync::run(client, cfg.node.clone(), rx).in_current_span());
+                side.spawn(
+                    crate::compute::power_sync::run(client, cfg.node.clone(), rx).in_current_span(),
+                );
             }
             plug = lv.plug_waiters();
             let lv = Arc::new(lv);
@@ -89,8 +91,8 @@ pub async fn run(
     };
     // The etcd session, shared by registration, fencing and the node API
     // (`/v1/etcd-status`, asked by the other agents' peer witnesses).
-    let session = crate::fencer::session(&cfg, Arc::new(crate::fencing::MonotonicClock));
-    crate::node_api::spawn(&mut cfg, &mut side, Some(session.1.clone())).await;
+    let session = crate::fencing::session(&cfg, Arc::new(crate::fencing::rules::MonotonicClock));
+    crate::node::api::spawn(&mut cfg, &mut side, Some(session.1.clone())).await;
     let r = run_inner(cfg, hv, plug, resizer, shutdown, session).await;
     side.shutdown().await;
     r
@@ -104,7 +106,7 @@ pub async fn run_with_hypervisor(
     hv: Arc<dyn Hypervisor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let session = crate::fencer::session(&cfg, Arc::new(crate::fencing::MonotonicClock));
+    let session = crate::fencing::session(&cfg, Arc::new(crate::fencing::rules::MonotonicClock));
     run_inner(cfg, hv, None, None, shutdown, session).await
 }
 
@@ -116,13 +118,14 @@ async fn run_inner(
     plug: Option<Arc<PlugWaiters>>,
     resizer: Option<Arc<dyn crate::compute::Resizer>>,
     shutdown: impl Future<Output = ()> + Send,
-    (senders, session): (crate::fencer::SessionSenders, crate::fencer::SessionWatch),
+    (senders, session): (crate::fencing::SessionSenders, crate::fencing::SessionWatch),
 ) -> Result<(), AgentError> {
     let span = info_span!("agent", node = %cfg.node);
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
-        let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
-        let (mirror, handle) = Mirror::new(client.clone());
+        let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
+        let client = etcd.client().clone();
+        let (mirror, handle) = Mirror::new(etcd);
         let mirror = mirror.with_local_node(cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -136,24 +139,42 @@ async fn run_inner(
         );
         // Self-fencing (docs/failure-handling.md): compute drives the gated
         // driver and does not run while the node is fenced.
-        let clock: Arc<dyn crate::fencing::Clock> = Arc::new(crate::fencing::MonotonicClock);
-        let fencing = crate::fencer::setup(&cfg, hv, handle.clone(), session, clock.clone());
+        let clock: Arc<dyn crate::fencing::rules::Clock> =
+            Arc::new(crate::fencing::rules::MonotonicClock);
+        let fencing = crate::fencing::setup(&cfg, hv, handle.clone(), session, clock.clone());
         tasks.spawn(fencing.task.run().in_current_span());
-        let heartbeat = crate::watchdog::Heartbeat::new(clock);
-        let watchdog_period = crate::notify::watchdog_period();
+        let heartbeat = crate::node::watchdog::Heartbeat::new(clock);
+        let watchdog_period = crate::node::notify::watchdog_period();
         if let (Some(period), Some(socket)) = (watchdog_period, std::env::var_os("NOTIFY_SOCKET")) {
             let socket = socket.to_string_lossy().into_owned();
-            tasks.spawn(crate::watchdog::run(heartbeat.clone(), period, socket).in_current_span());
+            tasks.spawn(
+                crate::node::watchdog::run(heartbeat.clone(), period, socket).in_current_span(),
+            );
         }
         // Subsystems run in this order on every pass: compute creates the
-        // guests and their taps, then overlay, firewall, DHCP, metadata
+        // guests and their taps, volumes plugs their disks, status reports
+        // both (never while fenced), then overlay, firewall, DHCP, metadata
         // (skipped with `--no-network`); see `reconciler` module docs.
-        let mut subsystems: Vec<Box<dyn Subsystem>> =
-            vec![Box::new(crate::fencer::GatedSubsystem::new(
-                Compute::new(cfg.node.clone(), fencing.hypervisor.clone(), client)
-                    .with_resizer(resizer),
+        let (compute, volumes, status) = crate::compute::subsystems(
+            cfg.node.clone(),
+            fencing.hypervisor.clone(),
+            client,
+            resizer,
+        );
+        let mut subsystems: Vec<Box<dyn Reconcile>> = vec![
+            Box::new(crate::fencing::GatedSubsystem::new(
+                compute,
                 fencing.gate.clone(),
-            ))];
+            )),
+            Box::new(crate::fencing::GatedSubsystem::new(
+                volumes,
+                fencing.gate.clone(),
+            )),
+            Box::new(crate::fencing::GatedSubsystem::new(
+                status,
+                fencing.gate.clone(),
+            )),
+        ];
         if !cfg.no_network {
             subsystems.extend(
                 crate::network::subsystems(
@@ -168,7 +189,7 @@ async fn run_inner(
         // (see `plug_gate`); like compute, never while fenced.
         let plug = plug.filter(|_| !cfg.no_network);
         if let Some(waiters) = &plug {
-            subsystems.push(Box::new(crate::fencer::GatedSubsystem::new(
+            subsystems.push(Box::new(crate::fencing::GatedSubsystem::new(
                 PlugGate::new(waiters.clone(), fencing.hypervisor)
                     .map_err(|e| AgentError::Network(e.to_string()))?,
                 fencing.gate,
@@ -178,7 +199,7 @@ async fn run_inner(
             () = shutdown => info!("shutdown requested; leaving instances running"),
             () = reconcile_loop(&cfg, handle, registered, subsystems, Beat {
                 heartbeat,
-                every: crate::watchdog::beat_interval(watchdog_period),
+                every: crate::node::watchdog::beat_interval(watchdog_period),
             }, plug) => {}
         }
         tasks.shutdown().await;
@@ -190,7 +211,7 @@ async fn run_inner(
 
 /// The watchdog heartbeat of the reconcile loop and its idle period.
 struct Beat {
-    heartbeat: crate::watchdog::Heartbeat,
+    heartbeat: crate::node::watchdog::Heartbeat,
     every: Duration,
 }
 
@@ -206,7 +227,7 @@ async fn reconcile_loop(
     cfg: &AgentConfig,
     mut handle: MirrorHandle,
     mut registered: watch::Receiver<bool>,
-    mut subsystems: Vec<Box<dyn Subsystem>>,
+    mut subsystems: Vec<Box<dyn Reconcile>>,
     beat: Beat,
     plug: Option<Arc<PlugWaiters>>,
 ) {
@@ -223,20 +244,30 @@ async fn reconcile_loop(
     }
     let mut ready = false;
     let mut first_pass = true;
+    // The desired state of the previous pass: a pending instance keeps its
+    // resolution from there (see `DesiredNode::pending`).
+    let mut previous: Option<desired::DesiredNode> = None;
     loop {
         beat.heartbeat.beat();
         handle.changes.borrow_and_update();
         let started = Instant::now();
         let desired = {
             let cache = handle.cache.read().await;
-            desired::build(&cache, &cfg.node, cfg.underlay_mtu)
+            desired::rebuild(&cache, &cfg.node, cfg.underlay_mtu, previous.as_ref())
         };
+        if previous.as_ref().map(|p| &p.awaited) != Some(&desired.awaited) {
+            if !desired.pending.is_empty() {
+                debug!(pending = ?desired.pending, "instances wait for objects not received yet");
+            }
+            handle.set_awaited(desired.awaited.clone());
+        }
         let built = started.elapsed();
         let span = info_span!("reconcile", revision = desired.revision);
         let outcome = reconcile_all(&mut subsystems, &desired)
             .instrument(span.clone())
             .await;
         let pass_end = Instant::now();
+        previous = Some(desired);
         span.in_scope(|| {
             debug!(
                 desired_us = built.as_micros() as u64,
@@ -268,7 +299,7 @@ async fn reconcile_loop(
             if !ready && *registered.borrow() {
                 ready = true;
                 info!("nubo-agent ready node={}", cfg.node);
-                match crate::notify::ready() {
+                match crate::node::notify::ready() {
                     Ok(true) => info!("systemd notified (READY=1)"),
                     Ok(false) => {}
                     Err(e) => warn!(error = %e, "systemd notification failed"),

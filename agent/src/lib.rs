@@ -1,15 +1,27 @@
 //! `nubo-agent`: the per-hypervisor daemon of nubo.
 //!
-//! It registers the node in etcd and holds its liveness lease
-//! ([`registration`]), mirrors `/nubo/v1/` into a typed cache ([`mirror`],
-//! [`cache`]), derives this node's [`desired::DesiredNode`] with a pure
-//! function, and hands it to each [`reconciler::Subsystem`] in turn —
-//! [`compute`] first, driving a [`hypervisor::Hypervisor`] (fake or
-//! [`hypervisor::NetnsHypervisor`]), then the [`network`] subsystems
-//! (overlay, firewall, DHCP, metadata) unless `--no-network`.
-//! [`fencing`]/[`fencer`] freeze the node's instances when its liveness
-//! lease can no longer be confirmed and bring them back (or destroy them)
-//! when it returns; [`watchdog`] feeds systemd's watchdog from the loop.
+//! The crate is grouped by concern:
+//!
+//! - [`state`]: the [`state::mirror`] keeps the typed [`state::cache`] of
+//!   the node-relevant part of etcd in step, and [`state::desired`]
+//!   resolves this node's [`state::desired::DesiredNode`] from it with a
+//!   pure function.
+//! - [`reconciler`]: the [`reconciler::Subsystem`] trait — observe, a pure
+//!   typed plan, apply — and the pass over every subsystem.
+//! - [`compute`]: instances on a [`compute::hypervisor::Hypervisor`]
+//!   (libvirt, [`compute::hypervisor::NetnsHypervisor`], fake), their
+//!   volumes, their reported status, and the plug gate.
+//! - [`network`]: overlay, firewall, DHCP and metadata subsystems (skipped
+//!   with `--no-network`).
+//! - [`storage`]: where disks live (local qcow2 or Ceph RBD) and the image
+//!   downloads they start from.
+//! - [`fencing`]: self-fencing — freeze the node's instances when its
+//!   liveness lease can no longer be confirmed, bring them back (or destroy
+//!   them) when it returns.
+//! - [`node`]: the node's record and liveness lease, the node API, systemd
+//!   readiness and watchdog.
+//! - [`agent`] wires them together; [`config`] and [`store`] (the etcd
+//!   calls) are used by all.
 //!
 //! Embed it with [`run`] (driver from the configuration) or
 //! [`run_with_hypervisor`]:
@@ -24,31 +36,20 @@
 //! ```
 
 pub mod agent;
-pub mod cache;
 pub mod compute;
 pub mod config;
-pub mod desired;
-pub mod fencer;
 pub mod fencing;
-pub mod hypervisor;
-pub mod images;
-pub mod mirror;
 pub mod network;
-pub mod node_api;
-pub mod notify;
-pub mod plug_gate;
-pub mod power_sync;
+pub mod node;
 pub mod reconciler;
-pub mod registration;
+pub mod state;
 pub mod storage;
 pub mod store;
-pub mod volumes;
-pub mod watchdog;
 
 #[cfg(test)]
 mod testutil;
 
 pub use agent::{open_driver, run, run_with_hypervisor, AgentError};
+pub use compute::hypervisor::{FakeHypervisor, Hypervisor, NetnsHypervisor, ObservedInstance};
 pub use config::{AgentConfig, Cli, DriverKind, LogFormat};
-pub use desired::DesiredNode;
-pub use hypervisor::{FakeHypervisor, Hypervisor, NetnsHypervisor, ObservedInstance};
+pub use state::desired::DesiredNode;

@@ -60,6 +60,15 @@ pub async fn connect_tls(
     endpoints: &[String],
     tls: Option<&crate::config::EtcdTls>,
 ) -> Result<Client, StoreError> {
+    Ok(connect_etcd(endpoints, tls).await?.client().clone())
+}
+
+/// [`connect_tls`], the etcd layer's handle itself (for its list-then-watch
+/// loop and resumable watches).
+pub async fn connect_etcd(
+    endpoints: &[String],
+    tls: Option<&crate::config::EtcdTls>,
+) -> Result<nubo_store::Etcd, StoreError> {
     let cfg = nubo_store::EtcdConfig::new(endpoints.to_vec())
         .with_tls(tls.map(|t| nubo_store::TlsFiles {
             ca: t.ca.clone(),
@@ -67,7 +76,7 @@ pub async fn connect_tls(
             key: t.key.clone(),
         }))
         .with_retry(policy());
-    Ok(nubo_store::Etcd::connect(&cfg).await?.client().clone())
+    Ok(nubo_store::Etcd::connect(&cfg).await?)
 }
 
 /// Puts `value` at `key`; returns the revision of the write.

@@ -13,8 +13,9 @@ use nubo_common::{
     VolumeId,
 };
 
-use crate::cache::{Cache, Change};
-use crate::desired::DesiredInstance;
+use crate::compute::hypervisor::{ObservedInstance, ObservedPower};
+use crate::state::cache::{Cache, Change};
+use crate::state::desired::DesiredInstance;
 
 pub fn node_name(s: &str) -> NodeName {
     NodeName::new(s).unwrap()
@@ -240,10 +241,21 @@ pub fn desired_instance(power: PowerState) -> DesiredInstance {
     w.node(&n, "10.0.0.1");
     let net = w.network(1, 0);
     let (id, _) = w.instance_on(&n, net, &[]);
-    let mut d = crate::desired::build(&w.cache, &n, 1500)
+    let mut d = crate::state::desired::build(&w.cache, &n, 1500)
         .instances
         .remove(&id)
         .unwrap();
     d.spec.power = power;
     d
+}
+
+/// An instance as a hypervisor shows it (booted once, created now).
+pub fn observed_instance(id: InstanceId, power: ObservedPower, managed: bool) -> ObservedInstance {
+    ObservedInstance {
+        id,
+        power,
+        boot_count: 1,
+        created_at: model::now(),
+        managed,
+    }
 }

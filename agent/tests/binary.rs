@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nubo_agent::hypervisor::fake::{FakeState, STATE_FILE};
+use nubo_agent::compute::hypervisor::fake::{FakeState, STATE_FILE};
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, NodeAlive};
 use nubo_common::NodeName;
@@ -42,7 +42,8 @@ impl AgentProcess {
             .arg(state_dir)
             .arg("--config")
             .arg(state_dir.join("agent.toml"))
-            .env("RUST_LOG", "info")
+            // Every reconcile pass logs its revision (see `wait_reconciled`).
+            .env("RUST_LOG", nubo_tests::agent::PASS_LOG_FILTER)
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -111,6 +112,60 @@ async fn alive_lease(c: &etcd_client::Client, node: &NodeName) -> Option<i64> {
     Some(a.lease)
 }
 
+/// The agent's first listing (`state listed from etcd keys=N revision=R`)
+/// holds exactly the keys under `keys::agent_watch_prefixes()` at R, and
+/// fewer than `/nubo/v1/` holds (the private keys exist, unread).
+async fn listed_only_node_relevant_keys(c: &etcd_client::Client, log: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("state listed from etcd"))
+        .unwrap_or_else(|| panic!("no listing in the log:\n{log}"));
+    // Without the terminal colours around field names.
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for ch in line.chars() {
+        match (in_escape, ch) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, _) => plain.push(ch),
+            (true, _) => {}
+        }
+    }
+    let line = plain.as_str();
+    let field = |name: &str| -> i64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+        let rest = &line[at + name.len() + 1..];
+        rest.split(|ch: char| !ch.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (listed, revision) = (field("keys"), field("revision"));
+    let count = |prefix: String| {
+        let mut kv = c.kv_client();
+        async move {
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only()
+                .with_revision(revision);
+            kv.get(prefix, Some(opts)).await.unwrap().count()
+        }
+    };
+    let mut relevant = 0;
+    for p in keys::agent_watch_prefixes() {
+        relevant += count(p).await;
+    }
+    let all = count(keys::ROOT.to_string()).await;
+    assert_eq!(listed, relevant, "{line}");
+    assert!(
+        all >= relevant + 4,
+        "the private keys exist: {all} vs {relevant}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
     let etcd = Etcd::start().unwrap();
@@ -124,8 +179,22 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
         ids.push(w.add_instance(&c, &node).await.id);
     }
 
+    // Coordinator-private data a hypervisor must never read.
+    for (k, v) in [
+        (keys::token_key(), "secret"),
+        (keys::audit("0001"), "{}"),
+        (
+            keys::quota_usage(&nubo_common::ProjectId::default_project()),
+            "{}",
+        ),
+        (keys::users_prefix() + "admin", "{}"),
+    ] {
+        c.kv_client().put(k, v, None).await.unwrap();
+    }
+
     let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run1.log");
     agent.wait_ready(&node).await;
+    listed_only_node_relevant_keys(&c, &agent.log()).await;
     wait_until(T, "running", || {
         all_in_state(&c, ids.clone(), &node, InstanceState::Running)
     })
@@ -154,8 +223,20 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
     let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run2.log");
     agent.wait_ready(&node).await;
     wait_until(T, "alive again", || exists(&c, keys::node_alive(&node))).await;
-    // Give a second reconcile pass (triggered by its own alive write) a chance.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One more pass, after the agent's own alive write and a rewrite of
+    // the network (no change of content), has completed: the restarted
+    // agent settled without touching anything.
+    let log_path = agent.log.clone();
+    let (endpoint, net_key) = (etcd.endpoint(), keys::network(&w.network));
+    tokio::task::spawn_blocking(move || {
+        let rev = nubo_tests::agent::touch(&endpoint, &net_key)?;
+        nubo_tests::agent::wait_reconciled("restarted agent", rev, T, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let hv_after = FakeState::load(&dir.path().join(STATE_FILE)).unwrap();
     assert_eq!(hv_after, hv_before, "restart changed the hypervisor");
     assert_eq!(
@@ -205,7 +286,15 @@ async fn resuming_into_a_compacted_revision_relists() {
         .unwrap()
         .revision();
     etcd.etcdctl(&["compact", &rev.to_string()]).unwrap();
-    tokio::time::sleep(Duration::from_secs(LEASE_TTL + 2)).await;
+    let frozen = Instant::now();
+    wait_until(T, "the frozen agent's lease expired", || async {
+        !exists(&c, keys::node_alive(&node)).await
+    })
+    .await;
+    eprintln!(
+        "lease of the frozen agent expired after {:?}",
+        frozen.elapsed()
+    );
     agent.signal("CONT");
 
     wait_until(T, "new instance running after relist", || {

@@ -1,13 +1,16 @@
 //! The agent's image download as production runs it: TLS to a coordinator
 //! started without `--insecure` (the CA from `api_ca_cert`) and a token
-//! issued for the node's application credential (`api_credential_file`).
+//! issued for the node's application credential (`api_credential_file`);
+//! refused without the credential or the CA, and refused — by the agent —
+//! when the coordinator's certificate is from another CA or for another
+//! name.
 //!
 //! Needs the binaries: `cargo build --bins`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use nubo_agent::config::ApiAuth;
-use nubo_agent::images::{FetchError, ImageFetcher};
+use nubo_agent::storage::images::{FetchError, ImageFetcher};
 use nubo_common::model::Image;
 use nubo_tests::secure::SecureCloud;
 
@@ -34,6 +37,14 @@ fn image_download_over_tls_with_the_node_credential() {
     let cred = cloud.node_credential().unwrap();
     let ca = cloud.etcd.certs().ca();
     let endpoint = cloud.coordinator.endpoint();
+    // A second coordinator of the cloud, its certificate (from the cluster
+    // CA) valid only for other.example.
+    let (crt, key) = cloud
+        .etcd
+        .certs()
+        .server_cert_for("coordinator-other-name", "DNS:other.example")
+        .unwrap();
+    let misnamed = cloud.coordinator_with_cert("secure-2", crt, key).unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -77,5 +88,41 @@ fn image_download_over_tls_with_the_node_credential() {
                 other => panic!("expected a refused download, got {other:?}"),
             }
         }
+
+        // The agent refuses a coordinator certificate from another CA (a
+        // make-certs.sh CA too, same name CN=nubo-ca: its signature does
+        // not verify)…
+        let other = nubo_tests::tls::Certs::generate(&[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = ImageFetcher::new(endpoint.clone(), dir.path()).with_auth(ApiAuth {
+            ca_cert: Some(other.ca()),
+            credential_file: Some(cred.clone()),
+        });
+        refused(
+            f.ensure(&img).await,
+            "invalid peer certificate: BadSignature",
+        );
+        // …and one of the cluster CA for another name (reached as
+        // 127.0.0.1, valid only for other.example).
+        let misnamed = misnamed.endpoint();
+        let dir = tempfile::tempdir().unwrap();
+        let f = ImageFetcher::new(misnamed, dir.path()).with_auth(ApiAuth {
+            ca_cert: Some(ca.clone()),
+            credential_file: Some(cred.clone()),
+        });
+        refused(
+            f.ensure(&img).await,
+            "invalid peer certificate: certificate not valid for name \"127.0.0.1\"",
+        );
     });
+}
+
+/// A download refused with `want` in its message (and nothing cached).
+fn refused(r: Result<nubo_agent::storage::images::LocalImage, FetchError>, want: &str) {
+    match r {
+        Err(e @ FetchError::Download { .. }) => {
+            assert!(e.to_string().contains(want), "no {want:?} in: {e}")
+        }
+        other => panic!("expected a refused download, got {other:?}"),
+    }
 }

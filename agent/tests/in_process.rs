@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use nubo_agent::hypervisor::ObservedPower;
+use nubo_agent::compute::hypervisor::ObservedPower;
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, Node, NodeAlive, PowerState};
 use nubo_common::{InstanceId, NodeName};
@@ -61,7 +61,9 @@ async fn converges_120_instances_and_follows_spec_changes() {
     assert!(snap.instances.values().all(|r| r.boot_count == 1));
 
     // No write churn on a converged node: statuses keep their revision
-    // across a few more reconcile passes triggered by unrelated changes.
+    // across more reconcile passes triggered by other changes (a network
+    // rewritten, then a new instance: once that one runs, a pass that saw
+    // both has completed).
     let before = statuses(&c).await;
     put(&c, &keys::network(&w.network), &{
         let r = c
@@ -72,12 +74,19 @@ async fn converges_120_instances_and_follows_spec_changes() {
         model::decode::<model::Network>("n", r.kvs()[0].value()).unwrap()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        statuses(&c).await,
-        before,
-        "statuses rewritten without change"
-    );
+    let barrier = w.add_instance(&c, &node).await.id;
+    wait_until(T, "the barrier instance running", || {
+        all_in_state(&c, vec![barrier], &node, InstanceState::Running)
+    })
+    .await;
+    let mut after = statuses(&c).await;
+    after.remove(&barrier);
+    assert_eq!(after, before, "statuses rewritten without change");
+    delete(&c, &keys::assignment(&node, &barrier)).await;
+    wait_until(T, "the barrier instance gone", || async {
+        !agent.snapshot().await.instances.contains_key(&barrier)
+    })
+    .await;
 
     // Unassign 10: destroyed and their status removed.
     let (gone, kept) = ids.split_at(10);
@@ -132,7 +141,13 @@ async fn converges_120_instances_and_follows_spec_changes() {
             .is_some_and(|(s, _)| s.reboot_generation == 1 && s.state == InstanceState::Running)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once an instance created after that runs, later passes have seen the
+    // reboot done: still exactly one.
+    let barrier = w.add_instance(&c, &node).await.id;
+    wait_until(T, "a later instance running", || {
+        all_in_state(&c, vec![barrier], &node, InstanceState::Running)
+    })
+    .await;
     let snap = agent.snapshot().await;
     assert_eq!(snap.instances[&target].boot_count, 3, "exactly one reboot");
     // Others untouched.
@@ -253,9 +268,15 @@ async fn etcd_outage_leaves_instances_alone_and_the_agent_resyncs() {
     let before = agent.snapshot().await;
 
     etcd.stop();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    // Self-fencing freezes them (evacuation policy auto) but never
-    // destroys or reboots them (see self_fence.rs for the details).
+    // Self-fencing freezes them (evacuation policy auto) once the lease
+    // would have expired, but never destroys or reboots them (see
+    // self_fence.rs for the details).
+    wait_until(T, "instances frozen by self-fencing", || async {
+        let s = agent.snapshot().await;
+        ids.iter()
+            .all(|id| s.instances[id].power == ObservedPower::Paused)
+    })
+    .await;
     let during = agent.snapshot().await;
     assert_eq!(during.instances.len(), before.instances.len());
     for (id, r) in &before.instances {

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::*;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-use nubo_agent::desired::DesiredInstance;
-use nubo_agent::hypervisor::fake::FakeState;
-use nubo_agent::hypervisor::{HypervisorError, ObservedPower};
+use nubo_agent::compute::hypervisor::fake::FakeState;
+use nubo_agent::compute::hypervisor::{HypervisorError, ObservedPower};
+use nubo_agent::state::desired::DesiredInstance;
 use nubo_agent::{AgentConfig, FakeHypervisor, Hypervisor, ObservedInstance};
 use nubo_common::keys;
 use nubo_common::model::{

@@ -281,9 +281,22 @@ where
 /// The error for a gRPC status: the server's message on one line, or the
 /// "cannot reach" sentence when the failure is the connection itself.
 pub fn status_error(endpoint: &str, status: &Status) -> anyhow::Error {
-    if status.code() == Code::Unavailable {
-        if let Some(src) = status.source() {
+    if let Some(src) = status.source() {
+        if status.code() == Code::Unavailable {
             return unreachable_error(endpoint, src);
+        }
+        if src.downcast_ref::<tonic::transport::Error>().is_some() {
+            // No answer from the API: the connection broke (e.g. a TLS
+            // coordinator answering plain text with an alert).
+            let hint = if endpoint.starts_with("http://") {
+                "; a coordinator serving TLS breaks plain-text connections: use its https:// endpoint and --ca-cert"
+            } else {
+                ""
+            };
+            return anyhow!(
+                "the connection to the nubo API at {endpoint} failed: {}{hint}",
+                root_cause(src)
+            );
         }
     }
     let msg = one_line(status.message());

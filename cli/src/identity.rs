@@ -145,6 +145,12 @@ pub struct QuotaArgs {
     /// Memory in MiB.
     #[arg(long)]
     pub ram_mb: Option<u64>,
+    /// Volumes.
+    #[arg(long)]
+    pub volumes: Option<u64>,
+    /// Volume size in GiB, all volumes together.
+    #[arg(long)]
+    pub gigabytes: Option<u64>,
     /// Ports.
     #[arg(long)]
     pub ports: Option<u64>,
@@ -437,6 +443,8 @@ fn quota_json(q: &ProjectQuota) -> Value {
         "instances": row(l.instances, u.instances),
         "vcpus": row(l.vcpus, u.vcpus),
         "ram_mb": row(l.ram_mb, u.ram_mb),
+        "volumes": row(l.volumes, u.volumes),
+        "gigabytes": row(l.gigabytes, u.gigabytes),
         "ports": row(l.ports, u.ports),
         "networks": row(l.networks, u.networks),
         "security_groups": row(l.security_groups, u.security_groups),
@@ -452,6 +460,8 @@ fn quota_table(q: &ProjectQuota) -> Table {
         ("instances", l.instances, u.instances),
         ("vcpus", l.vcpus, u.vcpus),
         ("ram_mb", l.ram_mb, u.ram_mb),
+        ("volumes", l.volumes, u.volumes),
+        ("gigabytes", l.gigabytes, u.gigabytes),
         ("ports", l.ports, u.ports),
         ("networks", l.networks, u.networks),
         ("security_groups", l.security_groups, u.security_groups),
@@ -492,10 +502,11 @@ pub async fn quota(cmd: QuotaCmd, ctx: &Ctx) -> Result<()> {
                         instances: a.instances,
                         vcpus: a.vcpus,
                         ram_mb: a.ram_mb,
+                        volumes: a.volumes,
+                        gigabytes: a.gigabytes,
                         ports: a.ports,
                         networks: a.networks,
                         security_groups: a.security_groups,
-                        ..Default::default()
                     }),
                 })
                 .await

@@ -1,6 +1,7 @@
-//! Runs the `nubo` binary: against an unreachable endpoint, and — when
-//! `nubo-coordinator` has been built next to it — against a real
-//! coordinator and etcd.
+//! Runs the `nubo` binary: against an unreachable endpoint, and against a
+//! real coordinator (and agent) and etcd. `cargo test` does not build other
+//! crates' binaries: `cargo build --bins` first (`scripts/test.sh` does);
+//! a missing `nubo-coordinator`/`nubo-agent` fails the test with that hint.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -173,11 +174,7 @@ fn ok_json(out: Output) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flavor_network_server_round_trip_against_a_real_coordinator() {
-    let bin = Path::new(nubo_bin()).with_file_name("nubo-coordinator");
-    if !bin.exists() {
-        println!("SKIP: coordinator not built");
-        return;
-    }
+    let bin = nubo_tests::bin_path("nubo-coordinator").unwrap_or_else(|e| panic!("{e:#}"));
     let etcd = Etcd::start().expect("etcd");
     let listen = format!("127.0.0.1:{}", free_port());
     let coord = start_coordinator(&bin, &etcd, &listen);
@@ -283,12 +280,8 @@ async fn flavor_network_server_round_trip_against_a_real_coordinator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_create_wait_follows_a_batch_until_running() {
-    let coordinator = Path::new(nubo_bin()).with_file_name("nubo-coordinator");
-    let agent = Path::new(nubo_bin()).with_file_name("nubo-agent");
-    if !coordinator.exists() || !agent.exists() {
-        println!("SKIP: coordinator or agent not built");
-        return;
-    }
+    let coordinator = nubo_tests::bin_path("nubo-coordinator").unwrap_or_else(|e| panic!("{e:#}"));
+    let agent = nubo_tests::bin_path("nubo-agent").unwrap_or_else(|e| panic!("{e:#}"));
     let etcd = Etcd::start().expect("etcd");
     let listen = format!("127.0.0.1:{}", free_port());
     let _coord = start_coordinator(&coordinator, &etcd, &listen);

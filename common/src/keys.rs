@@ -191,6 +191,29 @@ pub fn assignment(n: &NodeName, id: &InstanceId) -> String {
     format!("{ROOT}assignments/{n}/{id}")
 }
 
+/// The prefixes a node agent lists and watches: what a hypervisor needs to
+/// run and wire its instances (nodes for VTEPs and peers, flavors, images,
+/// networks, ports, security groups, keypairs, instance specs and
+/// statuses, every node's assignments, volumes and volume types), never
+/// coordinator-private data (everything under [`PRIVATE`]) nor the
+/// coordinators' election. No prefix contains another: each key is
+/// delivered once.
+pub fn agent_watch_prefixes() -> Vec<String> {
+    vec![
+        all_assignments_prefix(),
+        flavors_prefix(),
+        images_prefix(),
+        instances_prefix(),
+        keypairs_root(),
+        networks_prefix(),
+        nodes_prefix(),
+        ports_prefix(),
+        secgroups_prefix(),
+        volume_types_prefix(),
+        volumes_prefix(),
+    ]
+}
+
 // ------------------------------------------------------------ coordinators
 
 /// `/nubo/v1/election/coordinator` — leader election of coordinators.
@@ -799,6 +822,48 @@ mod tests {
                 assert!(a == b || !a.old_prefix().starts_with(&b.old_prefix()));
             }
             assert!(a.new_prefix().starts_with(PRIVATE));
+        }
+    }
+
+    #[test]
+    fn agents_watch_what_nodes_need_and_nothing_private() {
+        let prefixes = agent_watch_prefixes();
+        let watched = |k: &str| {
+            prefixes
+                .iter()
+                .filter(|p| k.starts_with(p.as_str()))
+                .count()
+        };
+        let n = NodeName::new("node-1").unwrap();
+        let i = InstanceId::new_random();
+        let p = ProjectId::default_project();
+        for k in [
+            node(&n),
+            node_alive(&n),
+            assignment(&n, &i),
+            instance(&i),
+            instance_status(&i),
+            port(&PortId::new_random()),
+            keypair(&p, "k"),
+            volume_type("gold"),
+            volume(&VolumeId::new_random()),
+        ] {
+            assert_eq!(watched(&k), 1, "{k}");
+        }
+        for k in [
+            audit("x"),
+            token_key(),
+            quota_usage(&p),
+            ipam(&NetworkId::new_random(), "10.0.0.1".parse().unwrap()),
+            client_token(&p, "t", 0),
+            name_index(NameKind::Network, &p, "net"),
+            users_prefix(),
+            election(),
+        ] {
+            assert_eq!(watched(&k), 0, "{k}");
+        }
+        for pre in &prefixes {
+            assert!(!pre.starts_with(PRIVATE), "{pre}");
         }
     }
 

@@ -245,7 +245,7 @@ impl Fencer for CephFencer {
         let api = rec
             .node_api()
             .ok_or_else(|| Self::err(node, "no node API address to confirm its recovery"))?;
-        let status = tokio::time::timeout(NODE_API_TIMEOUT, etcd_status(api))
+        let status = tokio::time::timeout(NODE_API_TIMEOUT, EtcdSessionStatus::fetch(api))
             .await
             .map_err(|_| Self::err(node, format!("node API {api} did not answer")))?
             .map_err(|e| Self::err(node, format!("node API {api}: {e}")))?;
@@ -263,17 +263,6 @@ impl Fencer for CephFencer {
         tracing::info!(node = %node, %addr, "node unfenced: Ceph blocklist entry removed");
         Ok(())
     }
-}
-
-/// `GET http://<api>/v1/etcd-status` (HTTP/1.0, no keep-alive).
-async fn etcd_status(api: &str) -> std::io::Result<EtcdSessionStatus> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(api).await?;
-    s.write_all(EtcdSessionStatus::http_request(api).as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.take(64 * 1024).read_to_end(&mut buf).await?;
-    EtcdSessionStatus::from_http_response(&buf).map_err(std::io::Error::other)
 }
 
 /// The fencer shared by the API and the leader loop.

@@ -74,8 +74,24 @@ async fn login(a: &mut Api, user: &str, password: &str) -> String {
     issue_token(&mut a.tokens, user, password).await
 }
 
-/// A member's image, network, port and server in its own project.
-async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
+/// Flavor `name` (1 GiB disk), made by the admin token `root`.
+async fn create_flavor(a: &mut Api, root: &str, name: &str, vcpus: u32, ram_mb: u64) {
+    a.flavors
+        .create(req(
+            root,
+            pb::CreateFlavorRequest {
+                name: name.into(),
+                vcpus,
+                ram_mb,
+                disk_gb: 1,
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+/// Image "cirros" (qcow2, no data) in the token's project.
+async fn create_image(a: &mut Api, tok: &str) {
     a.images
         .create(req(
             tok,
@@ -87,6 +103,28 @@ async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
         ))
         .await
         .unwrap();
+}
+
+/// Waits until the admin `root` lists `n` nodes.
+async fn wait_listed(a: &mut Api, root: &str, n: usize) {
+    for _ in 0..200 {
+        let l = a
+            .nodes
+            .list(req(root, pb::ListRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        if l.nodes.len() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{n} nodes not listed");
+}
+
+/// A member's image, network, port and server in its own project.
+async fn populate(a: &mut Api, tok: &str) -> (String, String, String) {
+    create_image(a, tok).await;
     let net = a
         .networks
         .create(req(
@@ -506,44 +544,12 @@ async fn quota_holds_under_concurrent_creates() {
     let e = quotas.set(req(&alice, set.clone())).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     quotas.set(req(&root, set)).await.unwrap();
-    a.flavors
-        .create(req(
-            &root,
-            pb::CreateFlavorRequest {
-                name: "m1.small".into(),
-                vcpus: 1,
-                ram_mb: 512,
-                disk_gb: 1,
-            },
-        ))
-        .await
-        .unwrap();
-    a.images
-        .create(req(
-            &alice,
-            pb::CreateImageRequest {
-                name: "cirros".into(),
-                disk_format: "qcow2".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    create_flavor(&mut a, &root, "m1.small", 1, 512).await;
+    create_image(&mut a, &alice).await;
     for i in 0..4 {
         register_node(&etcd, &format!("n{i}"), res(64, 64 * 1024, 1000), "nova").await;
     }
-    for _ in 0..100 {
-        let n = a
-            .nodes
-            .list(req(&root, pb::ListRequest::default()))
-            .await
-            .unwrap()
-            .into_inner();
-        if n.nodes.len() == 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_listed(&mut a, &root, 4).await;
     let results = futures::future::join_all((0..50).map(|i| {
         let mut s = a.servers.clone();
         let tok = alice.clone();
@@ -844,18 +850,7 @@ async fn node_credential_reads_image_data_only() {
     put_user(&etcd, "nubo-node", &node_pw, None, Role::Node).await;
     let ch = channel(&c).await;
     // alice's image with data, network and server in p1.
-    a.flavors
-        .create(req(
-            &root,
-            pb::CreateFlavorRequest {
-                name: "m1.small".into(),
-                vcpus: 1,
-                ram_mb: 512,
-                disk_gb: 1,
-            },
-        ))
-        .await
-        .unwrap();
+    create_flavor(&mut a, &root, "m1.small", 1, 512).await;
     register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
     let alice = login(&mut a, "alice", "pw").await;
     let (server, net, port) = populate(&mut a, &alice).await;
@@ -1098,5 +1093,313 @@ async fn volumes_are_isolated_between_projects() {
         project: "p1".into(),
     };
     v.get(req(&root, in_p1)).await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+/// A CLI against `c` with its own token store in `dir`, after
+/// `nubo login --user USER --password-file …`.
+fn cli_as(c: &Coordinator, dir: &std::path::Path, user: &str, password: &str) -> nubo_tests::Cli {
+    let cli = nubo_tests::Cli::new(&c.endpoint())
+        .and_then(|cli| cli.with_token_store(&dir.join(format!("home-{user}"))))
+        .unwrap();
+    cli.login(user, password, dir)
+        .unwrap_or_else(|e| panic!("nubo login as {user}: {e:#}"));
+    cli
+}
+
+/// The sentence of a quota refusal in project p1.
+fn over_quota(resource: &str, limit: u64, in_use: u64, requested: u64) -> String {
+    format!(
+        "quota exceeded for {resource} in project \"p1\": limit {limit}, in use {in_use}, requested {requested}"
+    )
+}
+
+/// `nubo ARGS` refused: exit code 1, `error: WANT` on stderr.
+fn cli_refused(cli: &nubo_tests::Cli, args: &[&str], want: &str) {
+    let out = tokio::task::block_in_place(|| cli.run(args)).unwrap();
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "`nubo {}` exit code: {text}", args.join(" "));
+    assert_eq!(
+        out.stderr,
+        format!("error: {want}\n"),
+        "`nubo {}`",
+        args.join(" ")
+    );
+}
+
+/// `nubo server create NAME --flavor F …` refused: exit code 1, the batch
+/// row carries `want` and its code, stderr says the batch failed.
+fn cli_create_refused(cli: &nubo_tests::Cli, name: &str, flavor: &str, want: &str) {
+    let args = [
+        "server",
+        "create",
+        name,
+        "--flavor",
+        flavor,
+        "--image",
+        "cirros",
+        "--network",
+        "n1",
+    ];
+    let out = tokio::task::block_in_place(|| cli.run(&args)).unwrap();
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "create {name}: {text}");
+    let v = out.json().unwrap();
+    let row = &v["servers"][0];
+    assert_eq!(
+        (row["code"].as_str(), row["error"].as_str()),
+        (Some("ResourceExhausted"), Some(want)),
+        "create {name}: {text}"
+    );
+    assert!(
+        out.stderr.ends_with("error: 1 of 1 instances failed\n"),
+        "{text}"
+    );
+}
+
+/// Every quota of servers, ports, networks and security groups — and a
+/// resize — is refused through the API (ResourceExhausted) and through the
+/// CLI (exit code 1), and the error names the quota, the limit, the usage
+/// and the request. (Volumes and gigabytes: `volumes.rs`, on real Ceph.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_quota_is_refused_with_its_numbers_through_the_api_and_the_cli() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, root) = token_cloud(&etcd).await;
+    let alice = login(&mut a, "alice", "pw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_cli, alice_cli) = tokio::task::block_in_place(|| {
+        (
+            cli_as(&c, dir.path(), "admin", "adminpw"),
+            cli_as(&c, dir.path(), "alice", "pw"),
+        )
+    });
+    // The limits, set through the CLI, read back through the API.
+    let set = tokio::task::block_in_place(|| {
+        admin_cli.json(&[
+            "quota",
+            "set",
+            "--project",
+            "p1",
+            "--instances",
+            "3",
+            "--vcpus",
+            "6",
+            "--ram-mb",
+            "2000",
+            "--ports",
+            "5",
+            "--networks",
+            "1",
+            "--security-groups",
+            "2",
+        ])
+    })
+    .unwrap();
+    assert_eq!(set["vcpus"]["limit"], 6, "{set}");
+    let ch = channel(&c).await;
+    let mut quotas = pb::quotas_client::QuotasClient::new(ch.clone());
+    let limits = quotas
+        .get(req(&alice, get("")))
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    assert_eq!(
+        (limits.instances, limits.vcpus, limits.ram_mb, limits.ports),
+        (Some(3), Some(6), Some(2000), Some(5))
+    );
+    for (name, vcpus, ram_mb) in [
+        ("small", 1, 256),
+        ("wide", 4, 256),
+        ("fat", 1, 2048),
+        ("mid", 2, 512),
+    ] {
+        create_flavor(&mut a, &root, name, vcpus, ram_mb).await;
+    }
+    create_image(&mut a, &alice).await;
+    register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
+    wait_listed(&mut a, &root, 1).await;
+
+    // Networks: 1.
+    let net = |name: &str, cidr: &str| {
+        req(
+            &alice,
+            pb::CreateNetworkRequest {
+                name: name.into(),
+                cidr: cidr.into(),
+                ..Default::default()
+            },
+        )
+    };
+    a.networks.create(net("n1", "10.60.0.0/24")).await.unwrap();
+    let e = a
+        .networks
+        .create(net("n2", "10.61.0.0/24"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.message(), over_quota("networks", 1, 1, 1));
+    cli_refused(
+        &alice_cli,
+        &["network", "create", "n2", "--cidr", "10.61.0.0/24"],
+        &over_quota("networks", 1, 1, 1),
+    );
+
+    // Servers: vCPUs, RAM, instances (checked in that order).
+    let server = |name: &str, flavor: &str| {
+        req(
+            &alice,
+            pb::CreateServerRequest {
+                name: name.into(),
+                flavor: flavor.into(),
+                image_ref: "cirros".into(),
+                networks: vec!["n1".into()],
+                count: 1,
+                ..Default::default()
+            },
+        )
+    };
+    let mut servers = a.servers.clone();
+    let mut create = async |name: &str, flavor: &str| {
+        servers
+            .create(server(name, flavor))
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .remove(0)
+    };
+    let refused_row = |r: &pb::ServerResult, want: &str| {
+        assert!(r.server.is_none(), "{r:?}");
+        assert_eq!(r.code, "ResourceExhausted", "{r:?}");
+        assert_eq!(r.error, want, "{r:?}");
+    };
+    let small_a = create("a", "small").await.server.expect("a").id;
+    assert!(create("w", "wide").await.server.is_some());
+    // 1 + 4 vCPUs in use.
+    refused_row(&create("w2", "wide").await, &over_quota("vcpus", 6, 5, 4));
+    cli_create_refused(&alice_cli, "w2", "wide", &over_quota("vcpus", 6, 5, 4));
+    // 256 + 256 MiB in use.
+    refused_row(
+        &create("f", "fat").await,
+        &over_quota("ram_mb", 2000, 512, 2048),
+    );
+    cli_create_refused(
+        &alice_cli,
+        "f",
+        "fat",
+        &over_quota("ram_mb", 2000, 512, 2048),
+    );
+    assert!(create("s3", "small").await.server.is_some());
+    refused_row(
+        &create("s4", "small").await,
+        &over_quota("instances", 3, 3, 1),
+    );
+    cli_create_refused(&alice_cli, "s4", "small", &over_quota("instances", 3, 3, 1));
+
+    // Ports: the 3 servers hold 3, two more fit.
+    let port = |name: &str| {
+        req(
+            &alice,
+            pb::CreatePortRequest {
+                name: name.into(),
+                network_ref: "n1".into(),
+                ..Default::default()
+            },
+        )
+    };
+    for p in ["p1", "p2"] {
+        a.ports.create(port(p)).await.unwrap();
+    }
+    let e = a.ports.create(port("p3")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.message(), over_quota("ports", 5, 5, 1));
+    cli_refused(
+        &alice_cli,
+        &["port", "create", "p3", "--network", "n1"],
+        &over_quota("ports", 5, 5, 1),
+    );
+
+    // Security groups: 2 (the project's default group is not counted).
+    let mut sgs = pb::security_groups_client::SecurityGroupsClient::new(ch.clone());
+    let sg = |name: &str| {
+        req(
+            &alice,
+            pb::CreateSecurityGroupRequest {
+                name: name.into(),
+                ..Default::default()
+            },
+        )
+    };
+    for g in ["sg1", "sg2"] {
+        sgs.create(sg(g)).await.unwrap();
+    }
+    let e = sgs.create(sg("sg3")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.message(), over_quota("security_groups", 2, 2, 1));
+    cli_refused(
+        &alice_cli,
+        &["secgroup", "create", "sg3"],
+        &over_quota("security_groups", 2, 2, 1),
+    );
+
+    // Resize: server a (1 vCPU) to 2 vCPUs; the others hold 5 of 6. It
+    // is stopped first (the agent's report played by the test).
+    a.servers
+        .stop(req(
+            &alice,
+            pb::ServerActionRequest {
+                r#ref: small_a.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let id: nubo_common::InstanceId = small_a.parse().unwrap();
+    let status: nubo_common::model::InstanceStatus = serde_json::from_value(serde_json::json!({
+        "state": "stopped",
+        "node": "n0",
+        "updated_at": nubo_common::model::now(),
+    }))
+    .unwrap();
+    etcd.client()
+        .await
+        .unwrap()
+        .put(keys::instance_status(&id), encode(&status), None)
+        .await
+        .unwrap();
+    let e = a
+        .servers
+        .resize(req(
+            &alice,
+            pb::ResizeServerRequest {
+                r#ref: small_a.clone(),
+                flavor: "mid".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.message(), over_quota("vcpus", 6, 5, 2));
+    cli_refused(
+        &alice_cli,
+        &["server", "resize", &small_a, "--flavor", "mid"],
+        &over_quota("vcpus", 6, 5, 2),
+    );
+
+    // Nothing refused was counted: the usage is what exists.
+    let shown = tokio::task::block_in_place(|| alice_cli.json(&["quota", "show"])).unwrap();
+    for (k, used) in [
+        ("instances", 3),
+        ("vcpus", 6),
+        ("ram_mb", 768),
+        ("ports", 5),
+        ("networks", 1),
+        ("security_groups", 2),
+    ] {
+        assert_eq!(shown[k]["in_use"], used, "{k}: {shown}");
+    }
     c.shutdown().await.unwrap();
 }

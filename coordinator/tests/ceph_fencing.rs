@@ -1,7 +1,8 @@
 //! Storage fencing with a real Ceph cluster: the leader's `CephFencer`
 //! blocklists every client of a failed node's storage address before its
-//! instances move, and lifts it only once the agent reports it has
-//! recovered.
+//! instances move (both sampled: the entry is seen while the instance is
+//! still on the failed node, never missing once it moved), and lifts it
+//! only once the agent reports it has recovered.
 //!
 //! The "node" is a network namespace on an `nbt` underlay bridge (the Ceph
 //! daemons listen on the bridge's address) running `qemu-io` on an RBD image
@@ -10,7 +11,8 @@
 //! lease, as an agent writes them, and its node API a stub answering
 //! `/v1/etcd-status`.
 //!
-//! Prints `SKIP: ceph not installed` and passes when Ceph is missing. Needs
+//! Fails when Ceph does not start (skipped only with the Ceph binaries
+//! missing and `NUBO_TEST_ALLOW_SKIP=ceph`). Needs
 //! root (namespaces): `cargo test -p nubo-coordinator --test ceph_fencing`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
@@ -19,6 +21,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,12 +138,17 @@ fn one_shot_write(host: &Host, spec: &str) -> Result<(), String> {
     }
 }
 
-/// Serves `/v1/etcd-status` for node `n0` with the phase in `phase`.
-async fn node_api_stub(phase: Arc<Mutex<FencePhase>>) -> std::net::SocketAddr {
+/// Serves `/v1/etcd-status` for node `n0` with the phase in `phase`,
+/// counting the requests in `asked`.
+async fn node_api_stub(
+    phase: Arc<Mutex<FencePhase>>,
+    asked: Arc<AtomicUsize>,
+) -> std::net::SocketAddr {
     let app = axum::Router::new().route(
         "/v1/etcd-status",
         axum::routing::get(move || {
             let phase = *phase.lock().unwrap();
+            asked.fetch_add(1, Ordering::SeqCst);
             async move {
                 axum::Json(EtcdSessionStatus {
                     node: NodeName::new("n0").unwrap(),
@@ -214,7 +222,8 @@ async fn blocklisted(admin: &nubo_storage::Cluster, addr: &str) -> bool {
 async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
     let underlay = Underlay::new().expect("underlay bridge");
     let host = underlay.host(1).expect("host namespace");
-    let Some(ceph) = TestCluster::start_on(underlay.gateway()).expect("start ceph") else {
+    let Some(ceph) = TestCluster::start_on(underlay.gateway()).unwrap_or_else(|e| panic!("{e}"))
+    else {
         return;
     };
     let admin = ceph.admin().expect("admin");
@@ -230,6 +239,10 @@ async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
 
     let etcd = Etcd::start().unwrap();
     let mut cfg = Config::for_tests(etcd.endpoint());
+    // A pause before each move of an evacuation: the window in which the
+    // sampler below must see the blocklist entry while the instance is
+    // still on n0.
+    cfg.failure.move_delay = Duration::from_secs(1);
     cfg.ceph = Some(CephConfig {
         client_id: "admin".into(),
         keyring: Some(ceph.admin_keyring()),
@@ -244,7 +257,8 @@ async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
     setup_basics(&mut cl).await;
     create_network(&mut cl, "net", "10.40.0.0/22").await;
     let phase = Arc::new(Mutex::new(FencePhase::Normal));
-    let api = node_api_stub(phase.clone()).await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let api = node_api_stub(phase.clone(), asked.clone()).await;
     let lease = register_n0(&etcd, &storage_ip, api).await;
     wait_nodes(&mut cl, 1).await;
     let r = cl
@@ -269,22 +283,46 @@ async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
     let mut vm = QemuIo::start(&host, &spec);
     vm.write(1).expect("n0 writes before the failure");
 
-    // n0's lease goes: suspect → CephFencer → fenced → moved to n1.
+    // n0's lease goes: suspect → CephFencer → fenced → moved to n1. Both
+    // sides are sampled, the blocklist first, then where the instance is:
+    // a sample "listed, still on n0" proves the fence came before the move;
+    // a "moved" read followed by an "unlisted" read would disprove it.
     let t0 = std::time::Instant::now();
     revoke(&etcd, lease).await;
-    until("the instance to move to n1", async || {
-        (spec_node(&etcd, id).await.as_deref() == Some("n1")).then_some(())
-    })
-    .await;
+    let mut samples: Vec<(bool, bool)> = Vec::new();
+    loop {
+        let listed = blocklisted(&admin, &entry).await;
+        let moved = spec_node(&etcd, id).await.as_deref() == Some("n1");
+        samples.push((listed, moved));
+        if moved {
+            samples.push((blocklisted(&admin, &entry).await, true));
+            break;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "the instance did not move to n1 within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!(
-        "lease revoked → instance moved: {:?} (suspect grace {:?} + blocklist + move)",
+        "lease revoked → instance moved: {:?} (suspect grace {:?} + blocklist + move delay); \
+         {} samples, {} of them blocklisted while still on n0",
         t0.elapsed(),
-        Config::for_tests(etcd.endpoint()).failure.suspect_grace
+        Config::for_tests(etcd.endpoint()).failure.suspect_grace,
+        samples.len(),
+        samples.iter().filter(|&&(l, m)| l && !m).count()
     );
-    // Fencing precedes every move: the entry is there once it has moved.
+    let first_moved = samples
+        .iter()
+        .position(|(_, m)| *m)
+        .unwrap_or(samples.len());
     assert!(
-        blocklisted(&admin, &entry).await,
-        "{entry} not blocklisted although the instance moved"
+        samples[first_moved..].iter().all(|(listed, _)| *listed),
+        "{entry} unlisted after the move was visible: {samples:?}"
+    );
+    assert!(
+        samples.iter().any(|&(listed, moved)| listed && !moved),
+        "no sample saw {entry} blocklisted while the instance was still on n0: {samples:?}"
     );
     let h = health(&mut cl, "n0").await;
     assert!(h == "fenced" || h == "evacuated", "n0 is {h}");
@@ -304,9 +342,16 @@ async fn ceph_fencer_blocklists_the_failed_node_before_its_instance_moves() {
 
     // n0 comes back but is still recovering: the fence stays.
     *phase.lock().unwrap() = FencePhase::Recovering;
+    let asked_before = asked.load(Ordering::SeqCst);
     register_n0(&etcd, &storage_ip, api).await;
     wait_nodes(&mut cl, 2).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The leader asks n0's node API before it lifts the fence, once per
+    // tick: a second request means the answer to the first ("recovering")
+    // has been acted on.
+    until("two unfence checks against n0's node API", async || {
+        (asked.load(Ordering::SeqCst) >= asked_before + 2).then_some(())
+    })
+    .await;
     assert!(
         blocklisted(&admin, &entry).await,
         "unfenced before the agent recovered"

@@ -1,7 +1,8 @@
 //! Leader failover with real `nubo-coordinator` processes killed with
 //! SIGKILL: a follower takes over within about a lease TTL, and a 500-server
-//! batch sent while the leader dies ends with exactly 500 servers (requests
-//! carry client tokens; retries reuse them).
+//! batch sent while the leader dies — killed once it has answered a random
+//! number of the requests, asserted to be mid-batch — ends with exactly 500
+//! servers (requests carry client tokens; retries reuse them).
 //!
 //! The 20-iteration soak: `cargo test -p nubo-coordinator --test failover -- --ignored`.
 
@@ -77,9 +78,12 @@ async fn kill9_of_the_leader_process_elects_the_follower() {
 }
 
 /// One round: 500 single-server creates against the leader, which is
-/// killed with SIGKILL at a random moment; failed requests are retried on
-/// the survivor. Returns (instances, requests that were retried).
-async fn batch_while_the_leader_dies(seed_delay_ms: u64) -> (usize, usize) {
+/// killed with SIGKILL once `kill_after` of them have been answered by it;
+/// failed requests are retried on the survivor. The kill must land
+/// mid-batch: asserted from the answers counted and the instances in etcd
+/// at the kill (some, not all), and from requests that then had to be
+/// retried. Returns (instances, requests that were retried).
+async fn batch_while_the_leader_dies(kill_after: usize) -> (usize, usize) {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut a = start(&etcd, "a", dir.path());
@@ -88,14 +92,23 @@ async fn batch_while_the_leader_dies(seed_delay_ms: u64) -> (usize, usize) {
     let b = start(&etcd, "b", dir.path());
     let chb = proc_channel(&b).await;
     let caps = batch_setup(&etcd, &chb, &[&cha, &chb]).await;
+    // Answers from the leader so far; the killer acts on that event.
+    let (answered_tx, mut answered) = tokio::sync::watch::channel(0_usize);
+    let mut kv = etcd.client().await.unwrap();
     let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(seed_delay_ms)).await;
+        answered
+            .wait_for(|n| *n >= kill_after)
+            .await
+            .expect("the batch ended before the kill");
         a.kill9();
-        a
+        let answered_at_kill = *answered.borrow();
+        let in_etcd_at_kill = count_with(&mut kv, &nubo_common::keys::instances_prefix()).await;
+        (a, answered_at_kill, in_etcd_at_kill)
     });
     let retried: Vec<bool> = futures::stream::iter(0..500)
         .map(|i| {
             let (cha, chb) = (cha.clone(), chb.clone());
+            let answered_tx = answered_tx.clone();
             async move {
                 let req = pb::CreateServerRequest {
                     name: format!("vm-{i}"),
@@ -114,6 +127,7 @@ async fn batch_while_the_leader_dies(seed_delay_ms: u64) -> (usize, usize) {
                     Ok(r) if r.get_ref().results.first().is_some_and(|x| x.server.is_some())
                 );
                 if ok {
+                    answered_tx.send_modify(|n| *n += 1);
                     return false;
                 }
                 let mut sb = pb::servers_client::ServersClient::new(chb);
@@ -133,8 +147,23 @@ async fn batch_while_the_leader_dies(seed_delay_ms: u64) -> (usize, usize) {
         .buffer_unordered(32)
         .collect()
         .await;
-    let _a = killer.await.unwrap();
+    let (_a, answered_at_kill, in_etcd_at_kill) = killer.await.unwrap();
     let retried = retried.iter().filter(|r| **r).count();
+    // The fault landed mid-batch: the leader had answered some requests
+    // (and committed them) but not all, and later requests had to go to
+    // the survivor.
+    eprintln!(
+        "kill after {answered_at_kill} answers ({in_etcd_at_kill} instances in etcd); {retried} requests retried"
+    );
+    assert!(
+        (kill_after..500).contains(&answered_at_kill),
+        "kill after {answered_at_kill} answers: not mid-batch"
+    );
+    assert!(
+        in_etcd_at_kill > 0 && in_etcd_at_kill < 500,
+        "{in_etcd_at_kill} instances in etcd at the kill: not mid-batch"
+    );
+    assert!(retried > 0, "no request failed over to the survivor");
     let s = check_invariants(&etcd, &caps).await;
     let names: HashSet<&str> = s.specs.values().map(|i| i.name.as_str()).collect();
     for i in 0..500 {
@@ -156,17 +185,19 @@ async fn batch_while_the_leader_dies(seed_delay_ms: u64) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batch_of_500_survives_a_leader_kill9() {
-    let delay = rand::rng().random_range(50..1500);
-    let (n, retried) = batch_while_the_leader_dies(delay).await;
-    eprintln!("kill after {delay} ms: {n} instances, {retried} requests retried");
+    let kill_after = rand::rng().random_range(50..400);
+    let (n, retried) = batch_while_the_leader_dies(kill_after).await;
+    eprintln!("kill after {kill_after} answers: {n} instances, {retried} requests retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "soak: 20 rounds, run with -- --ignored"]
 async fn batch_of_500_survives_a_leader_kill9_20_times() {
     for round in 0..20 {
-        let delay = rand::rng().random_range(20..2000);
-        let (n, retried) = batch_while_the_leader_dies(delay).await;
-        eprintln!("round {round}: kill after {delay} ms: {n} instances, {retried} retried");
+        let kill_after = rand::rng().random_range(1..450);
+        let (n, retried) = batch_while_the_leader_dies(kill_after).await;
+        eprintln!(
+            "round {round}: kill after {kill_after} answers: {n} instances, {retried} retried"
+        );
     }
 }

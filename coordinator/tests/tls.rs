@@ -71,7 +71,24 @@ async fn api_over_tls_with_etcd_over_mtls() {
         .await
         .unwrap();
 
-    // Plain HTTP/2 is refused.
+    // Plain HTTP/2 is refused: the server answers the client preface with
+    // a fatal TLS alert record (content type 21, TLS 1.2 record version,
+    // length 2, level 2 = fatal), and a plain-text gRPC call fails in the
+    // transport (hyper/h2), never with an answer from the API.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(c.grpc_addr()).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut record = [0u8; 7];
+        tcp.read_exact(&mut record).await.unwrap();
+        assert_eq!(
+            (record[0], record[1], record[3], record[4], record[5]),
+            (21, 3, 0, 2, 2),
+            "not a fatal TLS alert: {record:?}"
+        );
+    }
     let plain = format!("http://{}", c.grpc_addr());
     let res = async {
         let ch = Channel::from_shared(plain)?.connect().await?;
@@ -81,7 +98,11 @@ async fn api_over_tls_with_etcd_over_mtls() {
             .map_err(anyhow::Error::from)
     }
     .await;
-    assert!(res.is_err());
+    let err = format!("{:?}", res.expect_err("plain text served"));
+    assert!(
+        err.contains("tonic::transport::Error(Transport"),
+        "not refused in the transport: {err}"
+    );
     c.shutdown().await.unwrap();
 }
 

@@ -1,5 +1,6 @@
 //! Golden-file tests of `domain_xml` (`UPDATE_SNAPSHOTS=1` rewrites them),
-//! plus schema validation with `virt-xml-validate`.
+//! plus schema validation with `virt-xml-validate` (libvirt-clients and
+//! libxml2-utils must be installed: the test fails without them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -84,12 +85,18 @@ fn assert_snapshot(name: &str, actual: &str) {
     );
 }
 
-/// Validates against libvirt's RNG schema when `virt-xml-validate` exists.
+/// Validates against libvirt's RNG schema with `virt-xml-validate`, which
+/// runs `xmllint`: both are part of the declared packages (libvirt-clients,
+/// libxml2-utils; `scripts/deps.sh`), so a missing one fails the test
+/// rather than skipping the check.
 fn validate_with_libvirt(name: &str, xml: &str) {
-    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
-    if !have("virt-xml-validate") || !have("xmllint") {
-        eprintln!("virt-xml-validate/xmllint (libvirt-clients, libxml2-utils) missing; schema check skipped");
-        return;
+    for (tool, package) in [
+        ("virt-xml-validate", "libvirt-clients"),
+        ("xmllint", "libxml2-utils"),
+    ] {
+        if let Err(e) = Command::new(tool).arg("--version").output() {
+            panic!("{tool} ({package}, installed by scripts/deps.sh) cannot run: {e}");
+        }
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join(name);

@@ -72,11 +72,12 @@ fn require_root() -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var_os("NUBO_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipping: needs root (NUBO_SKIP_ROOT_TESTS is set)");
+    if std::env::var("NUBO_TEST_ALLOW_SKIP").is_ok_and(|v| v.split(',').any(|c| c.trim() == "root"))
+    {
+        eprintln!("SKIP (NUBO_TEST_ALLOW_SKIP=root): needs root");
         return false;
     }
-    panic!("these tests need root (set NUBO_SKIP_ROOT_TESTS=1 to skip them)");
+    panic!("these tests need root (run as root, or set NUBO_TEST_ALLOW_SKIP=root to skip them)");
 }
 
 fn run(args: &[&str]) -> Output {

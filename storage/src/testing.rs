@@ -7,9 +7,12 @@
 //! and removes DIR. Only one such cluster runs per host at a time (fixed mon
 //! ports; the script waits for a lock on `/run/nubo-ceph.lock`).
 //!
-//! If the Ceph daemons are not installed, `start` prints
-//! `SKIP: ceph not installed` to stderr and returns `Ok(None)`; any other
-//! failure is an error, never a skip.
+//! A cluster that cannot start is an error naming what did not start and
+//! why (missing binaries, or `ceph-up.sh`'s output with the tail of each
+//! daemon's log): tests fail, they never pass without having run. The one
+//! way to skip them is explicit: `NUBO_TEST_ALLOW_SKIP=ceph` (see
+//! [`skip_allowed`]; CI never sets it) makes `start` print `SKIP: …` and
+//! return `Ok(None)` when the Ceph binaries are missing.
 
 use std::fs::File;
 use std::io;
@@ -32,7 +35,22 @@ pub struct TestCluster {
 }
 
 static SHARED: Mutex<Weak<TestCluster>> = Mutex::new(Weak::new());
+/// Why the shared cluster failed to start in this process: later callers
+/// fail at once with the same reason instead of waiting out the timeouts
+/// again.
+static SHARED_FAILED: Mutex<Option<String>> = Mutex::new(None);
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The environment variable that lists the components a test run may skip
+/// when they are missing (comma-separated, e.g. `ceph` or `ceph,root`).
+/// Unset (CI unsets it; `scripts/test.sh` warns when it is set), nothing is
+/// skipped: a missing component fails the tests that need it.
+pub const ALLOW_SKIP_ENV: &str = "NUBO_TEST_ALLOW_SKIP";
+
+/// True when [`ALLOW_SKIP_ENV`] names `component`.
+pub fn skip_allowed(component: &str) -> bool {
+    std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v.split(',').any(|c| c.trim() == component))
+}
 
 /// True when `bin` is an executable file on `PATH`.
 pub fn on_path(bin: &str) -> bool {
@@ -41,9 +59,9 @@ pub fn on_path(bin: &str) -> bool {
 }
 
 impl TestCluster {
-    /// Starts a new cluster in a fresh directory under the temp dir.
-    /// `Ok(None)` (after printing `SKIP: ceph not installed`) when the Ceph
-    /// binaries are missing.
+    /// Starts a new cluster in a fresh directory under the temp dir. When
+    /// the Ceph binaries are missing: an error naming them, or `Ok(None)`
+    /// (after printing `SKIP: …`) if `NUBO_TEST_ALLOW_SKIP` names `ceph`.
     pub fn start() -> io::Result<Option<TestCluster>> {
         Self::start_on(Ipv4Addr::LOCALHOST)
     }
@@ -60,8 +78,18 @@ impl TestCluster {
             .filter(|b| !on_path(b))
             .collect();
         if !missing.is_empty() {
-            eprintln!("SKIP: ceph not installed (missing {})", missing.join(", "));
-            return Ok(None);
+            let what = format!(
+                "the throwaway Ceph cluster cannot start: {} not found on PATH \
+                 (packages ceph-mon ceph-mgr ceph-osd ceph-common, installed by scripts/deps.sh)",
+                missing.join(", ")
+            );
+            if skip_allowed("ceph") {
+                eprintln!("SKIP ({ALLOW_SKIP_ENV}=ceph): {what}");
+                return Ok(None);
+            }
+            return Err(io::Error::other(format!(
+                "{what}; to skip the tests that need Ceph instead, set {ALLOW_SKIP_ENV}=ceph"
+            )));
         }
         let scripts = std::env::var_os("NUBO_SCRIPTS_DIR").map_or_else(
             || Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts"),
@@ -90,7 +118,7 @@ impl TestCluster {
         let _ = std::fs::remove_file(&log_path);
         if !status.success() {
             return Err(io::Error::other(format!(
-                "ceph-up.sh {} failed ({status}):\n{output}",
+                "the throwaway Ceph cluster did not start: ceph-up.sh {} failed ({status}):\n{output}",
                 cluster.dir.display()
             )));
         }
@@ -100,14 +128,26 @@ impl TestCluster {
 
     /// One cluster shared by the tests of this process that overlap in
     /// time: the first caller starts it, it is torn down when the last `Arc`
-    /// is dropped (a later caller then starts a new one).
+    /// is dropped (a later caller then starts a new one). Once a start
+    /// failed, every later call fails with the same reason.
     pub fn shared() -> io::Result<Option<Arc<TestCluster>>> {
         let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = slot.upgrade() {
             return Ok(Some(c));
         }
-        let Some(c) = TestCluster::start()? else {
-            return Ok(None);
+        let mut failed = SHARED_FAILED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = failed.as_ref() {
+            return Err(io::Error::other(format!(
+                "(an earlier start in this test process failed) {why}"
+            )));
+        }
+        let c = match TestCluster::start() {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                *failed = Some(e.to_string());
+                return Err(e);
+            }
         };
         let c = Arc::new(c);
         *slot = Arc::downgrade(&c);

@@ -37,7 +37,7 @@ fn image_data(len: usize) -> Vec<u8> {
 
 #[test]
 fn ensure_image_imports_once_under_a_race() {
-    let Some(c) = TestCluster::shared().expect("start ceph") else {
+    let Some(c) = TestCluster::shared().unwrap_or_else(|e| panic!("{e}")) else {
         return;
     };
     let admin = c.admin().expect("admin");
@@ -110,7 +110,7 @@ fn pool_du(c: &TestCluster, pool: &str) -> (u64, u64) {
 #[test]
 #[ignore]
 fn bench_root_disk_provisioning() {
-    let Some(c) = TestCluster::shared().expect("start ceph") else {
+    let Some(c) = TestCluster::shared().unwrap_or_else(|e| panic!("{e}")) else {
         return;
     };
     let admin = c.admin().expect("admin");

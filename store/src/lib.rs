@@ -33,6 +33,9 @@
 //!   write nubo's JSON values with (typed reads with the revision to
 //!   compare, whole prefixes at one revision, pages) and guarded
 //!   transactions whose compares and failure reads are named handles.
+//! - **[`listwatch`]**: the list-then-watch loop both daemons keep their
+//!   copies of etcd with ([`ListWatch`]): several prefixes listed at one
+//!   revision, watched from the next, listed again after a compaction.
 //! - NOSPACE (etcd's space quota exceeded) is a distinct error
 //!   ([`StoreError::NoSpace`]) naming the cause and the runbook.
 //!
@@ -56,6 +59,7 @@ pub mod config;
 pub mod error;
 mod etcd;
 pub mod kv;
+pub mod listwatch;
 pub mod pool;
 pub mod retry;
 pub mod txn;
@@ -67,6 +71,7 @@ pub use config::{EtcdConfig, TlsFiles};
 pub use error::StoreError;
 pub use etcd::Etcd;
 pub use kv::Versioned;
+pub use listwatch::{ListWatch, Update};
 pub use pool::MemberHealth;
 pub use retry::{Backoff, RetryPolicy};
 pub use watch::{Watch, WatchEnd, WatchSpec};

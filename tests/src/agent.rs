@@ -198,3 +198,97 @@ impl Agent {
         self.daemon.log_tail()
     }
 }
+
+/// The agents' `RUST_LOG` when a test waits for reconcile passes: `info`,
+/// plus the `debug` line that ends every pass (`reconcile pass timing`,
+/// inside the span `reconcile{revision=N}`: the etcd revision the pass
+/// reconciled up to).
+pub const PASS_LOG_FILTER: &str = "info,nubo_agent::agent=debug";
+
+/// The revisions of the reconcile passes completed in an agent's text log
+/// (written with [`PASS_LOG_FILTER`]; ANSI colours are ignored), in order.
+/// Pure.
+pub fn reconcile_passes(log: &str) -> Vec<i64> {
+    crate::process::strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("reconcile pass timing"))
+        .filter_map(|l| {
+            let rest = l.split("reconcile{revision=").nth(1)?;
+            rest.split('}').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Waits until `log()` shows a completed reconcile pass of revision
+/// `revision` or later: a pass that saw every change up to that revision
+/// (the event a test waits for before asserting that a pass changed
+/// nothing, instead of a pause).
+pub fn wait_reconciled(
+    what: &str,
+    revision: i64,
+    timeout: Duration,
+    log: impl Fn() -> String,
+) -> Result<()> {
+    crate::wait::wait_for(
+        timeout,
+        &format!("{what}: a reconcile pass at revision >= {revision}"),
+        || {
+            let passes = reconcile_passes(&log());
+            Ok(if passes.iter().any(|r| *r >= revision) {
+                Ok(())
+            } else {
+                let last = &passes[passes.len().saturating_sub(5)..];
+                Err(format!("last passes at revisions {last:?}"))
+            })
+        },
+    )
+}
+
+/// Writes `key`'s current value again through `etcdctl` (an event for the
+/// watchers, no change of content) and returns the revision of that write:
+/// with [`wait_reconciled`], a way to make an agent run one more pass.
+pub fn touch(etcd_endpoints: &str, key: &str) -> Result<i64> {
+    let value = crate::etcd::get_prefix(etcd_endpoints, key)?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .with_context(|| format!("{key} not in etcd"))?;
+    let value = String::from_utf8(value).with_context(|| format!("{key} is not UTF-8"))?;
+    let out = crate::etcd::etcdctl(etcd_endpoints, &["put", key, &value, "-w", "json"])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("etcdctl put output: {out}"))?;
+    v["header"]["revision"]
+        .as_i64()
+        .with_context(|| format!("no revision in {out}"))
+}
+
+/// [`touch`]es `key` (something the node watches, e.g. a network it hosts)
+/// and waits until the agent whose log `log()` returns (node `node`) has
+/// completed a pass that saw it.
+pub fn reconcile_once(
+    etcd_endpoints: &str,
+    key: &str,
+    node: &str,
+    log: impl Fn() -> String,
+) -> Result<()> {
+    let rev = touch(etcd_endpoints, key)?;
+    wait_reconciled(node, rev, Duration::from_secs(60), log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_revisions_of_completed_passes() {
+        let log = "\
+2026-12-04T21:28:40Z  INFO agent{node=hv-1}: nubo_agent::agent: first reconcile pass done actions=3 failures=0
+2026-12-04T21:28:40Z DEBUG agent{node=hv-1}:reconcile{revision=57}: nubo_agent::agent: reconcile pass timing desired_us=10 pass_us=20
+2026-12-04T21:28:41Z DEBUG agent{node=hv-1}: nubo_agent::agent: change seen; reconciling generation=4
+2026-12-04T21:28:41Z DEBUG agent{node=hv-1}:reconcile{revision=61}: nubo_agent::agent: reconcile pass timing desired_us=9 pass_us=31";
+        assert_eq!(reconcile_passes(log), vec![57, 61]);
+        assert!(reconcile_passes("INFO nubo-agent ready").is_empty());
+        let coloured = "\u{1b}[1mreconcile\u{1b}[0m\u{1b}[1m{\u{1b}[0m\u{1b}[3mrevision\u{1b}[0m\u{1b}[2m=\u{1b}[0m2\u{1b}[1m}\u{1b}[0m\u{1b}[2m:\u{1b}[0m \u{1b}[2mnubo_agent::agent\u{1b}[0m\u{1b}[2m:\u{1b}[0m reconcile pass timing";
+        assert_eq!(reconcile_passes(coloured), vec![2]);
+    }
+}

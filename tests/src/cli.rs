@@ -1,6 +1,6 @@
 //! Running the `nubo` CLI.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,31 @@ impl Cli {
         self.envs.retain(|(k, _)| k != key);
         self.envs.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// This CLI with its own token store under `home` (as
+    /// `XDG_CONFIG_HOME`, created) and no token from the caller's
+    /// environment: anonymous until [`Cli::login`].
+    pub fn with_token_store(self, home: &Path) -> Result<Self> {
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        Ok(self
+            .with_env("XDG_CONFIG_HOME", &home.display().to_string())
+            .with_env("NUBO_TOKEN", ""))
+    }
+
+    /// `nubo login --user USER --password-file FILE`, the password written
+    /// to a new 0600 file `password-USER` in `dir`; the token goes to this
+    /// CLI's token store ([`Cli::with_token_store`]).
+    pub fn login(&self, user: &str, password: &str, dir: &Path) -> Result<Value> {
+        let pw = dir.join(format!("password-{user}"));
+        crate::secure::write_secret(&pw, &format!("{password}\n"))?;
+        self.json(&[
+            "login",
+            "--user",
+            user,
+            "--password-file",
+            &pw.display().to_string(),
+        ])
     }
 
     /// Kill a command still running after `timeout` (default 300 s).

@@ -8,10 +8,11 @@
 //! [`NetLab`] guard kills the agents (by pid) and deletes every namespace
 //! and link carrying its token, even on panic.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,10 +26,13 @@ use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 /// How long an agent may take to register.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The agents' `RUST_LOG`: `info`, or `$NUBO_TEST_AGENT_LOG` when set (e.g.
-/// `info,nubo_agent=debug` for the reconcile timings of a profiling run).
+/// The agents' `RUST_LOG`: [`crate::agent::PASS_LOG_FILTER`] (info, plus
+/// the line ending each reconcile pass), or `$NUBO_TEST_AGENT_LOG` when set
+/// (e.g. `info,nubo_agent=debug` for the reconcile timings of a profiling
+/// run).
 fn agent_log_filter() -> String {
-    std::env::var("NUBO_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_string())
+    std::env::var("NUBO_TEST_AGENT_LOG")
+        .unwrap_or_else(|_| crate::agent::PASS_LOG_FILTER.to_string())
 }
 
 /// A `nubo-agent --driver netns` inside a host namespace.
@@ -269,6 +273,37 @@ impl Guest {
             .spawn()
             .with_context(|| format!("spawning {program} in {}", self.netns))?;
         Ok(ChildGuard(Some(child)))
+    }
+
+    /// Spawns a long-running process in the guest whose output lines are
+    /// collected as they come ([`Watched`]).
+    pub fn spawn_watched(&self, program: &str, args: &[&str]) -> Result<Watched> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        Watched::spawn(
+            cmd,
+            &format!("`{program} {}` in {}", args.join(" "), self.name),
+        )
+    }
+
+    /// Waits until a socket listens on `port` in the guest (`ss -ltn`, or
+    /// `ss -lun` with `udp`): the event a test waits for after starting a
+    /// server, instead of a pause.
+    pub fn wait_listening(&self, udp: bool, port: u16) -> Result<()> {
+        let flags = if udp { "-Hlun" } else { "-Hltn" };
+        let suffix = format!(":{port}");
+        wait_until(
+            Duration::from_secs(10),
+            &format!("a listener on port {port} in {}", self.name),
+            || {
+                let out = self.ok("ss", &[flags])?;
+                Ok(out.lines().any(|l| {
+                    l.split_whitespace()
+                        .nth(3)
+                        .is_some_and(|local| local.ends_with(&suffix))
+                }))
+            },
+        )
     }
 }
 
@@ -533,6 +568,14 @@ impl NetLab {
         )
     }
 
+    /// Makes the agent of host `i` run one more reconcile pass and waits
+    /// until it has completed ([`crate::agent::reconcile_once`] on `key`, a
+    /// network that host serves).
+    pub fn reconcile_once(&self, i: u8, key: &str) -> Result<()> {
+        let a = &self.agents[usize::from(i) - 1];
+        crate::agent::reconcile_once(&self.etcd.endpoint(), key, a.node(), || a.log())
+    }
+
     /// `nft list ruleset` in host `i`'s namespace.
     pub fn ruleset(&self, i: u8) -> Result<String> {
         let out = self.hosts[usize::from(i) - 1].exec("nft", &["list", "ruleset"])?;
@@ -580,38 +623,219 @@ pub fn find_str(v: &Value, key: &str) -> Option<String> {
     }
 }
 
-/// Runs `tcpdump` in `ns` on eth0 with `filter` while `action` runs, plus
-/// `linger`; returns the captured lines (one per packet).
-pub fn capture(
-    ns: &str,
-    filter: &str,
-    linger: Duration,
-    action: impl FnOnce() -> Result<()>,
-) -> Result<Vec<String>> {
-    let mut child = ChildGuard(Some(
-        Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tcpdump", "-i", "eth0", "-n", "-l", "-e",
-            ])
-            .args(filter.split_whitespace())
-            .stdin(Stdio::null())
+/// A child process whose stdout and stderr lines are collected as they
+/// come (one reader thread each), so that a test waits for a line instead of
+/// sleeping. Killed (SIGKILL, by pid) and reaped on drop.
+pub struct Watched {
+    child: ChildGuard,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    what: String,
+}
+
+/// How often [`Watched`] looks at the lines collected so far.
+const WATCH_POLL: Duration = Duration::from_millis(10);
+
+impl Watched {
+    /// Spawns `cmd` (stdin piped, stdout and stderr collected); `what`
+    /// names it in errors.
+    pub fn spawn(mut cmd: Command, what: &str) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("tcpdump")?,
-    ));
-    // tcpdump needs a moment to attach; poll its stderr is awkward with
-    // pipes, so give it a fixed settle time bounded by a readiness check.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(100));
-        if !child.running() {
-            break;
+            .with_context(|| format!("spawning {what}"))?;
+        let (stdout, stderr) = (Arc::<Mutex<Vec<String>>>::default(), Arc::default());
+        let mut readers = Vec::new();
+        let out = child.stdout.take().context("stdout")?;
+        let err = child.stderr.take().context("stderr")?;
+        for (src, dst) in [
+            (Box::new(out) as Box<dyn Read + Send>, Arc::clone(&stdout)),
+            (Box::new(err) as Box<dyn Read + Send>, Arc::clone(&stderr)),
+        ] {
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(src).lines().map_while(Result::ok) {
+                    dst.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            }));
+        }
+        Ok(Self {
+            child: ChildGuard(Some(child)),
+            stdout,
+            stderr,
+            readers,
+            what: what.to_string(),
+        })
+    }
+
+    /// The stdout lines so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The stderr lines so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until a stdout line at index `from` or later satisfies `pred`
+    /// and returns it; fails at `timeout`, or at once when the process has
+    /// exited without printing it.
+    pub fn wait_stdout(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let buf = Arc::clone(&self.stdout);
+        self.wait_line(&buf, from, timeout, what, pred)
+    }
+
+    /// [`Watched::wait_stdout`] on stderr.
+    pub fn wait_stderr(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let buf = Arc::clone(&self.stderr);
+        self.wait_line(&buf, from, timeout, what, pred)
+    }
+
+    fn wait_line(
+        &mut self,
+        buf: &Mutex<Vec<String>>,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let find = || {
+            buf.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .skip(from)
+                .find(|l| pred(l))
+                .cloned()
+        };
+        let start = Instant::now();
+        loop {
+            // Whether it ran before the look at the lines: a process that
+            // printed the line and then exited still counts.
+            let running = self.child.running();
+            if let Some(l) = find() {
+                return Ok(l);
+            }
+            if !running {
+                // The readers may still be draining the pipes.
+                std::thread::sleep(WATCH_POLL);
+                if let Some(l) = find() {
+                    return Ok(l);
+                }
+                bail!(
+                    "{} exited before {what}: stdout {:?}, stderr {:?}",
+                    self.what,
+                    tail_lines(&self.stdout_lines(), 20),
+                    tail_lines(&self.stderr_lines(), 20)
+                );
+            }
+            if start.elapsed() >= timeout {
+                bail!(
+                    "{}: no {what} after {timeout:?}: stdout {:?}, stderr {:?}",
+                    self.what,
+                    tail_lines(&self.stdout_lines(), 20),
+                    tail_lines(&self.stderr_lines(), 20)
+                );
+            }
+            std::thread::sleep(WATCH_POLL);
         }
     }
-    action()?;
-    std::thread::sleep(linger);
-    let (out, err) = child.finish()?;
-    anyhow::ensure!(err.contains("listening on"), "tcpdump did not start: {err}");
-    Ok(out.lines().map(str::to_string).collect())
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.running()
+    }
+
+    /// Writes a line to its stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        self.child.send_line(line)
+    }
+
+    /// Kills it and returns every (stdout, stderr) line it printed.
+    pub fn stop(mut self) -> (Vec<String>, Vec<String>) {
+        if let Some(mut c) = self.child.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        (self.stdout_lines(), self.stderr_lines())
+    }
+}
+
+/// The last `n` lines of `lines`.
+fn tail_lines(lines: &[String], n: usize) -> &[String] {
+    &lines[lines.len().saturating_sub(n)..]
+}
+
+/// `tcpdump -i eth0 -n -l -e [filter]` inside a guest namespace; every
+/// captured frame is one line. [`Capture::start`] returns once tcpdump
+/// printed "listening on" (the filter is installed: frames sent from then
+/// on are captured).
+pub struct Capture {
+    proc: Watched,
+    ns: String,
+}
+
+impl Capture {
+    /// Starts the capture in `ns` and waits until it listens.
+    pub fn start(ns: &str, filter: &str) -> Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns", "exec", ns, "tcpdump", "-i", "eth0", "-n", "-l", "-e",
+        ])
+        .args(filter.split_whitespace());
+        let mut proc = Watched::spawn(cmd, &format!("tcpdump in {ns}"))?;
+        proc.wait_stderr(0, Duration::from_secs(10), "\"listening on\"", |l| {
+            l.contains("listening on")
+        })?;
+        Ok(Self {
+            proc,
+            ns: ns.to_string(),
+        })
+    }
+
+    /// The frames captured so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.proc.stdout_lines()
+    }
+
+    /// Waits until a frame at index `from` or later satisfies `pred`;
+    /// returns its line.
+    pub fn wait_frame(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let what = format!("{what} (captured in {})", self.ns);
+        self.proc.wait_stdout(from, timeout, &what, pred)
+    }
+
+    /// Stops tcpdump and returns every frame it captured.
+    pub fn stop(self) -> Vec<String> {
+        self.proc.stop().0
+    }
 }

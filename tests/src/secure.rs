@@ -47,7 +47,7 @@ fn toml_path(p: &Path) -> String {
 }
 
 /// Writes `text` to a new 0600 file.
-fn write_secret(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -96,13 +96,7 @@ impl SecureCloud {
             String::from_utf8_lossy(&out.stderr)
         );
         let (tls_cert, tls_key) = certs.coordinator_server();
-        let mut opts = CoordinatorOpts::new(&etcd.endpoint(), "secure-1");
-        opts.secure = Some(SecureOpts {
-            tls_cert,
-            tls_key,
-            config: Some(config),
-        });
-        let coordinator = Coordinator::start_with(opts, dir.path())?;
+        let coordinator = secure_coordinator(&etcd, dir.path(), "secure-1", tls_cert, tls_key)?;
         let admin = login_cli(&coordinator, &etcd, dir.path(), "admin", ADMIN_PASSWORD)?;
         Ok(Self {
             coordinator,
@@ -179,20 +173,46 @@ impl SecureCloud {
         Ok(o)
     }
 
+    /// One more coordinator of this cloud (same etcd, same configuration),
+    /// serving the API with another certificate: e.g. one of the cluster
+    /// CA for another name ([`crate::tls::Certs::server_cert_for`]).
+    pub fn coordinator_with_cert(
+        &self,
+        id: &str,
+        tls_cert: PathBuf,
+        tls_key: PathBuf,
+    ) -> Result<Coordinator> {
+        secure_coordinator(&self.etcd, self.dir.path(), id, tls_cert, tls_key)
+    }
+
     /// A scratch directory removed with the cloud.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
 
+/// A coordinator without `--insecure` (TLS API with `tls_cert`, token
+/// authentication) on `etcd`, configured by `dir/coordinator.toml`.
+fn secure_coordinator(
+    etcd: &TlsEtcd,
+    dir: &Path,
+    id: &str,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+) -> Result<Coordinator> {
+    let mut opts = CoordinatorOpts::new(&etcd.endpoint(), id);
+    opts.secure = Some(SecureOpts {
+        tls_cert,
+        tls_key,
+        config: Some(dir.join("coordinator.toml")),
+    });
+    Coordinator::start_with(opts, dir)
+}
+
 fn anonymous_cli(c: &Coordinator, etcd: &TlsEtcd, dir: &Path, name: &str) -> Result<Cli> {
-    let home = dir.join(format!("home-{name}"));
-    std::fs::create_dir_all(&home)?;
-    Ok(Cli::new(&c.endpoint())?
+    Cli::new(&c.endpoint())?
         .with_env("NUBO_CA_CERT", &etcd.certs().ca().display().to_string())
-        .with_env("XDG_CONFIG_HOME", &home.display().to_string())
-        // Empty: the token file under XDG_CONFIG_HOME counts, not the caller's.
-        .with_env("NUBO_TOKEN", ""))
+        .with_token_store(&dir.join(format!("home-{name}")))
 }
 
 fn login_cli(
@@ -203,14 +223,6 @@ fn login_cli(
     password: &str,
 ) -> Result<Cli> {
     let cli = anonymous_cli(c, etcd, dir, user)?;
-    let pw = dir.join(format!("password-{user}"));
-    write_secret(&pw, &format!("{password}\n"))?;
-    cli.json(&[
-        "login",
-        "--user",
-        user,
-        "--password-file",
-        &pw.display().to_string(),
-    ])?;
+    cli.login(user, password, dir)?;
     Ok(cli)
 }

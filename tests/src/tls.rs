@@ -88,6 +88,85 @@ impl Certs {
         )
     }
 
+    /// Issues `NAME.crt`/`NAME.key`, a server certificate signed by this CA
+    /// (CN=NAME, EKU serverAuth) for exactly `sans` (OpenSSL syntax, e.g.
+    /// `DNS:other.example`): unlike `make-certs.sh`'s, without 127.0.0.1 or
+    /// localhost, so that a client reaching it by those names must refuse
+    /// it as a certificate for another name.
+    pub fn server_cert_for(&self, name: &str, sans: &str) -> Result<(PathBuf, PathBuf)> {
+        let dir = self.dir.path();
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let (csr, ext) = (
+            dir.join(format!("{name}.csr")),
+            dir.join(format!("{name}.ext")),
+        );
+        std::fs::write(
+            &ext,
+            format!(
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n"
+            ),
+        )?;
+        let p = |x: &Path| x.display().to_string();
+        let ca = self.ca();
+        let ca_key = dir.join("ca.key");
+        for args in [
+            vec![
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &p(&key),
+            ],
+            vec![
+                "req",
+                "-new",
+                "-key",
+                &p(&key),
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &p(&csr),
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                &p(&csr),
+                "-CA",
+                &p(&ca),
+                "-CAkey",
+                &p(&ca_key),
+                "-set_serial",
+                "0x1d2c3b4a",
+                "-sha256",
+                "-days",
+                "2",
+                "-extfile",
+                &p(&ext),
+                "-out",
+                &p(&crt),
+            ],
+        ] {
+            let out = Command::new("openssl")
+                .args(&args)
+                .output()
+                .context("running openssl")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {args:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok((crt, key))
+    }
+
     /// etcd-client TLS options: trust the CA, present client `name`'s cert.
     pub fn tls_options(&self, name: &str) -> Result<TlsOptions> {
         let (crt, key) = self.client(name);

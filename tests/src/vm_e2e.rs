@@ -22,13 +22,21 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use nubo_storage::testing::TestCluster;
+
 use crate::netns::run;
 use crate::process::{bin_path, pid_alive, Daemon};
 use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
-/// Where `scripts/build-test-guest.sh` caches the test guest.
+/// Where `scripts/build-test-guest.sh` caches the test guest by default.
 pub const GUEST_DIR: &str = "/var/cache/nubo/test-guest";
+
+/// Where the test guest is: `$NUBO_GUEST_DIR` (which the build script
+/// honours too) or [`GUEST_DIR`].
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("NUBO_GUEST_DIR").map_or_else(|| PathBuf::from(GUEST_DIR), PathBuf::from)
+}
 
 /// A private libvirtd (and virtlogd) inside one host namespace.
 pub struct HostLibvirtd {
@@ -304,7 +312,7 @@ impl VmAgent {
             bin_path("nubo-agent")?,
             args,
             dir.join(format!("agent-{i}.log")),
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", crate::agent::PASS_LOG_FILTER)],
         )?;
         let mut a = Self {
             daemon,
@@ -333,7 +341,8 @@ impl VmAgent {
 
     /// Starts it again and waits until ready.
     pub fn restart(&mut self) -> Result<()> {
-        self.daemon.start(&[("RUST_LOG", "info")])?;
+        self.daemon
+            .start(&[("RUST_LOG", crate::agent::PASS_LOG_FILTER)])?;
         self.wait_ready()
     }
 
@@ -497,6 +506,15 @@ impl VmLab {
         self.cli.json(&["server", "show", server])
     }
 
+    /// Makes the agent of host index `host` run one more reconcile pass and
+    /// waits until it has completed: `key` (something that node watches,
+    /// e.g. a network it hosts) is written again with the same value. The
+    /// event a test waits for before asserting that a pass did nothing.
+    pub fn reconcile_once(&self, host: usize, key: &str) -> Result<()> {
+        let a = &self.agents[host];
+        crate::agent::reconcile_once(&self.etcd.endpoint(), key, a.node(), || a.log())
+    }
+
     /// Waits until the console of `id` (on node `node`) contains `needle`;
     /// returns the console text.
     pub fn wait_console(
@@ -530,7 +548,7 @@ impl VmLab {
             let f = std::fs::File::create(&disk)?;
             f.set_len(1 << 20)?;
         }
-        let g = Path::new(GUEST_DIR);
+        let g = guest_dir();
         self.cli.json(&[
             "image",
             "create",
@@ -544,6 +562,110 @@ impl VmLab {
             "--cmdline",
             "console=ttyS0 quiet",
         ])
+    }
+}
+
+/// The RBD pools a [`RbdVmLab`] creates.
+pub const RBD_POOLS: [&str; 3] = ["images", "vms", "volumes"];
+
+/// The Ceph side of a VM lab whose agents keep root disks and volumes in
+/// RBD (`[storage] backend = "rbd"`).
+pub struct RbdStorage {
+    /// The throwaway cluster, on the underlay gateway.
+    pub ceph: TestCluster,
+    /// The agents' `--config` (a `[storage]` table).
+    pub agent_cfg: PathBuf,
+}
+
+/// Starts a Ceph cluster on the underlay gateway (clients in the host
+/// namespaces reach it), creates the pools [`RBD_POOLS`], the
+/// coordinator's and the agents' cephx users (the caps a production set-up
+/// gives them, docs/operator-guide.md) and the agents' config in `dir`;
+/// returns them with the coordinator's `--ceph-*` arguments. `None` only
+/// when the Ceph binaries are missing and `NUBO_TEST_ALLOW_SKIP=ceph`
+/// allows skipping; a cluster that does not start is an error.
+pub fn rbd_storage_on(
+    underlay: &Underlay,
+    dir: &Path,
+) -> Result<Option<(RbdStorage, Vec<String>)>> {
+    let Some(ceph) = TestCluster::start_on(underlay.gateway())? else {
+        return Ok(None);
+    };
+    for p in RBD_POOLS {
+        ceph.cli("ceph", &["osd", "pool", "create", p, "8", "8"])?;
+        ceph.cli("rbd", &["pool", "init", p])?;
+    }
+    let rbd_pools = "profile rbd pool=images, profile rbd pool=vms, profile rbd pool=volumes";
+    let agent = ceph.create_user("nubo-agent", &[("mon", "profile rbd"), ("osd", rbd_pools)])?;
+    // `df` for the up-front size check, the two blocklist commands for the
+    // storage fencer.
+    let coord = ceph.create_user(
+        "nubo-coord",
+        &[
+            (
+                "mon",
+                "profile rbd, allow command df, allow command \"osd blocklist\", allow command \"osd blocklist ls\"",
+            ),
+            ("osd", rbd_pools),
+        ],
+    )?;
+    let agent_cfg = dir.join("agent-storage.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            // The safety-net pass is pushed out of the tests' reach: every
+            // change must arrive through the agent's watch.
+            "resync_interval_secs = 3600\n[storage]\nbackend = \"rbd\"\nceph_conf = \"{}\"\nceph_id = \"{}\"\nkeyring = \"{}\"\n",
+            ceph.conf_path().display(),
+            agent.client_id,
+            agent
+                .keyring_path
+                .context("no agent keyring")?
+                .display()
+        ),
+    )?;
+    let coord_keyring = coord.keyring_path.context("no coordinator keyring")?;
+    let args = vec![
+        "--ceph-conf".to_string(),
+        coord.conf_path.display().to_string(),
+        "--ceph-id".to_string(),
+        coord.client_id,
+        "--ceph-keyring".to_string(),
+        coord_keyring.display().to_string(),
+    ];
+    Ok(Some((RbdStorage { ceph, agent_cfg }, args)))
+}
+
+/// A [`VmLab`] whose coordinator and agents use a real Ceph cluster
+/// ([`rbd_storage_on`]): root disks are RBD clones, volumes RBD images.
+/// Fields drop in order: the lab (guests, agents, coordinator) before the
+/// cluster.
+pub struct RbdVmLab {
+    /// The lab.
+    pub lab: VmLab,
+    /// The cluster and the agents' storage configuration.
+    pub storage: RbdStorage,
+}
+
+impl RbdVmLab {
+    /// Starts the lab with `n` hosts and the cluster. `None` only when Ceph
+    /// is missing and skipping it is allowed (see [`rbd_storage_on`]).
+    pub fn start(n: u8) -> Result<Option<Self>> {
+        let mut storage = None;
+        let mut lab = VmLab::start_without_agents_with(n, |underlay, dir| {
+            Ok(match rbd_storage_on(underlay, dir)? {
+                Some((s, args)) => {
+                    storage = Some(s);
+                    args
+                }
+                None => Vec::new(),
+            })
+        })?;
+        let Some(storage) = storage else {
+            return Ok(None);
+        };
+        lab.start_agents(&["--config".into(), storage.agent_cfg.display().to_string()])?;
+        Ok(Some(Self { lab, storage }))
     }
 }
 
@@ -568,6 +690,15 @@ pub fn ensure_test_guest() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The text after the last `prefix` on a console, up to the end of its
+/// line (trimmed). Pure.
+pub fn console_value(console: &str, prefix: &str) -> Option<String> {
+    console
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
 }
 
 /// The first IPv4 address printed as `NUBO-GUEST-IP: a.b.c.d/len` in a

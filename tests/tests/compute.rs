@@ -61,6 +61,58 @@ fn base_objects(lab: &VmLab) -> Value {
     .unwrap()
 }
 
+/// The etcd key of network `n1` (every guest's): rewriting it makes an
+/// agent run a pass ([`VmLab::reconcile_once`]).
+fn network_key(lab: &VmLab) -> String {
+    let n = lab.cli.json(&["network", "show", "n1"]).unwrap();
+    let id = n["id"].as_str().expect("network id").parse().unwrap();
+    nubo_common::keys::network(&id)
+}
+
+/// `server create … --wait` of an instance that must end in `error`: the
+/// CLI exits with 1 and says the batch failed, its summary counts one
+/// error, and the instance's row carries the reason (`reason`).
+fn create_fails(lab: &VmLab, name: &str, image: &str, flavor: &str, reason: &str) {
+    let out = lab
+        .cli
+        .run(&[
+            "server",
+            "create",
+            name,
+            "--flavor",
+            flavor,
+            "--image",
+            image,
+            "--network",
+            "n1",
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+        .unwrap();
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "{name}: {text}");
+    assert!(
+        out.stderr.ends_with("error: 1 of 1 instances failed\n"),
+        "{name}: {text}"
+    );
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(
+        (
+            v["summary"]["error"].as_u64(),
+            v["summary"]["running"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{name}: {text}"
+    );
+    let row = &v["servers"][0];
+    assert_eq!(row["state"], "error", "{name}: {text}");
+    assert!(
+        row["error"].as_str().is_some_and(|e| e.contains(reason)),
+        "{name}: no {reason:?} in {text}"
+    );
+}
+
 fn create(lab: &VmLab, name: &str, host: u8, extra: &[&str]) -> Value {
     let az = format!("az-{host}");
     let mut args = vec![
@@ -188,7 +240,10 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     let pid = lab.libvirtds[a_host].qemu_pid(&a_dom).expect("qemu pid");
     lab.agents[a_host].kill9();
     lab.agents[a_host].restart().unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // Ready means its first pass is done; one more completed pass, then
+    // look.
+    let net_key = network_key(&lab);
+    lab.reconcile_once(a_host, &net_key).unwrap();
     assert_eq!(
         lab.libvirtds[a_host].qemu_pid(&a_dom),
         Some(pid),
@@ -276,7 +331,8 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     })
     .unwrap();
     let c_dom = lab.domain_name(&c_id);
-    std::thread::sleep(Duration::from_secs(3));
+    // A pass that saw it stopped has completed: nothing restarted it.
+    lab.reconcile_once(a_host, &net_key).unwrap();
     assert_eq!(
         lab.libvirtds[a_host].qemu_pid(&c_dom),
         None,
@@ -331,29 +387,19 @@ fn bad_input_ends_in_error_with_the_reason() {
     let good_id = id_of(&good);
 
     // Too small: a 1 MiB disk image on a 0 GiB flavor.
-    let out = lab
-        .cli
-        .run(&[
-            "server",
-            "create",
-            "small",
-            "--flavor",
-            "zero",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-            "--wait",
-            "--timeout",
-            "60",
-        ])
-        .unwrap();
-    let _ = out;
-    wait_until(Duration::from_secs(60), "small in error", || {
-        let s = lab.show("small")?;
-        Ok(s["state"] == "error" && s.to_string().contains("smaller than the virtual size"))
-    })
-    .unwrap();
+    create_fails(
+        &lab,
+        "small",
+        "guest",
+        "zero",
+        "smaller than the virtual size",
+    );
+    let s = lab.show("small").unwrap();
+    assert_eq!(s["state"], "error", "{s}");
+    assert!(
+        s.to_string().contains("smaller than the virtual size"),
+        "{s}"
+    );
 
     // Corrupt: the stored disk of a second image is altered.
     let img2 = lab.upload_test_guest("guest2").unwrap();
@@ -361,48 +407,27 @@ fn bad_input_ends_in_error_with_the_reason() {
     let mut bytes = std::fs::read(&disk).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&disk, bytes).unwrap();
-    let _ = lab.cli.run(&[
-        "server",
-        "create",
-        "corrupt",
-        "--flavor",
-        "t",
-        "--image",
-        "guest2",
-        "--network",
-        "n1",
-        "--wait",
-        "--timeout",
-        "60",
-    ]);
-    wait_until(Duration::from_secs(60), "corrupt in error", || {
-        let s = lab.show("corrupt")?;
-        Ok(s["state"] == "error" && s.to_string().contains("checksum mismatch"))
-    })
-    .unwrap();
+    create_fails(&lab, "corrupt", "guest2", "t", "checksum mismatch");
+    let s = lab.show("corrupt").unwrap();
+    assert_eq!(s["state"], "error", "{s}");
+    assert!(s.to_string().contains("checksum mismatch"), "{s}");
 
     // Missing: the data of a third image is gone from the store.
     let img3 = lab.upload_test_guest("guest3").unwrap();
     std::fs::remove_dir_all(lab.image_dir.join(id_of(&img3))).unwrap();
-    let _ = lab.cli.run(&[
-        "server",
-        "create",
+    create_fails(
+        &lab,
         "missing",
-        "--flavor",
-        "t",
-        "--image",
         "guest3",
-        "--network",
-        "n1",
-        "--wait",
-        "--timeout",
-        "60",
-    ]);
-    wait_until(Duration::from_secs(60), "missing in error", || {
-        let s = lab.show("missing")?;
-        Ok(s["state"] == "error" && s.to_string().contains("missing from the coordinator"))
-    })
-    .unwrap();
+        "t",
+        "missing from the coordinator",
+    );
+    let s = lab.show("missing").unwrap();
+    assert_eq!(s["state"], "error", "{s}");
+    assert!(
+        s.to_string().contains("missing from the coordinator"),
+        "{s}"
+    );
 
     // The good VM never noticed.
     assert_eq!(lab.show(&good_id).unwrap()["state"], "running");

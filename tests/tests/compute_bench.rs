@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nubo_tests::vm_e2e::{VmLab, GUEST_DIR};
+use nubo_tests::vm_e2e::{guest_dir, VmLab};
 use nubo_tests::wait_until;
 use serde_json::Value;
 
@@ -298,7 +298,7 @@ struct BareGuest {
 /// the same kernel/initrd/cmdline/memory/vCPUs as nubo's, its NIC a
 /// libvirt-made tap on `bridge`.
 fn bare_domain_xml(name: &str, disk: &Path, bridge: &str, mac: &str, console: &Path) -> String {
-    let g = Path::new(GUEST_DIR);
+    let g = guest_dir();
     format!(
         "<domain type='qemu'>
   <name>{name}</name>

@@ -6,6 +6,9 @@
 //!   elsewhere with the same IP and MAC; a sampler checks every 100 ms, from
 //!   the data path, that no guest ever runs on two hosts; when the host
 //!   comes back its copies are destroyed and its health is `up` again;
+//! * the same with real (TCG) VMs whose root disks are RBD images in a
+//!   real Ceph cluster: they boot elsewhere with the same IP and MAC and
+//!   find the marker they wrote on their disk before the failure;
 //! * etcd stopped (20 s here, 60 s `#[ignore]`d) with `auto` guests: the
 //!   agents witness each other's lost etcd sessions and hold instead of
 //!   freezing, so guests keep executing (ping, DHCP renewal, metadata), are
@@ -19,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,6 +78,13 @@ fn host_index(node: &str) -> Result<u8> {
     node.strip_prefix("hv-")
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("unexpected node name {node:?}"))
+}
+
+/// The etcd key of network `n1`.
+fn network_key(lab: &NetLab) -> Result<String> {
+    let n = lab.cli.json(&["network", "show", "n1"])?;
+    let id = n["id"].as_str().context("network id")?.parse()?;
+    Ok(nubo_common::keys::network(&id))
 }
 
 fn server_show(cli: &Cli, id: &str) -> Result<Value> {
@@ -246,6 +256,8 @@ struct Sampler {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<SamplerReport>>,
     latest: Arc<Mutex<Vec<BTreeSet<u8>>>>,
+    /// Samples taken so far.
+    taken: Arc<AtomicU64>,
 }
 
 impl Sampler {
@@ -263,7 +275,8 @@ impl Sampler {
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let latest = Arc::new(Mutex::new(vec![BTreeSet::new(); guests.len()]));
-        let (stop2, latest2) = (stop.clone(), latest.clone());
+        let taken = Arc::new(AtomicU64::new(0));
+        let (stop2, latest2, taken2) = (stop.clone(), latest.clone(), taken.clone());
         let handle = std::thread::spawn(move || {
             let mut r = SamplerReport::default();
             let mut last: Option<Instant> = None;
@@ -276,6 +289,7 @@ impl Sampler {
                 match running_hosts(&hosts, &guests) {
                     Ok(now) => {
                         r.samples += 1;
+                        taken2.fetch_add(1, Ordering::SeqCst);
                         let t = tick - start;
                         for (g, on) in guests.iter().zip(&now) {
                             if on.len() > 1 {
@@ -302,7 +316,16 @@ impl Sampler {
             stop,
             handle: Some(handle),
             latest,
+            taken,
         }
+    }
+
+    /// Waits until `n` more samples than now have been taken.
+    fn wait_samples(&self, n: u64) -> Result<()> {
+        let target = self.taken.load(Ordering::SeqCst) + n;
+        wait_until(T, &format!("{n} more samples"), || {
+            Ok(self.taken.load(Ordering::SeqCst) >= target)
+        })
     }
 
     fn latest(&self) -> Vec<BTreeSet<u8>> {
@@ -470,8 +493,13 @@ fn host_cut_off_guests_move_with_same_ip_and_mac_and_never_run_twice() -> Result
             "host 1 back at t={back:?}: up and copies destroyed after {:?}",
             start.elapsed().saturating_sub(back)
         );
-        // Keep sampling a little after the return, then check the whole run.
-        std::thread::sleep(Duration::from_secs(3));
+        // Every agent has completed a pass after the return, and the
+        // sampler has looked 20 more times; then check the whole run.
+        let net_key = network_key(&lab)?;
+        for i in 1..=3 {
+            lab.reconcile_once(i, &net_key)?;
+        }
+        sampler.wait_samples(20)?;
         for (g, m) in gs.iter().zip(&moved) {
             let s = server_show(&lab.cli, &g.id)?;
             anyhow::ensure!(s["node"] == m.node.as_str(), "{} moved again: {s}", g.name);
@@ -529,6 +557,205 @@ fn host_cut_off_guests_move_with_same_ip_and_mac_and_never_run_twice() -> Result
     }
     let left = NetLab::leftovers(&prefix)?;
     anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+/// Flavor `t`, the test guest as image `guest`, network `n1` on `cidr`,
+/// and one server per `(name, user data)`, all placed on host 1 of a
+/// 3-host lab: with no zone (an evacuation stays in the requested zone,
+/// and each host is its own zone), hosts 2 and 3 are disabled meanwhile.
+/// Returns their ids, in order.
+fn vms_on_host1(
+    lab: &nubo_tests::vm_e2e::VmLab,
+    cidr: &str,
+    vms: &[(String, Option<String>)],
+) -> Result<Vec<String>> {
+    let cli = &lab.cli;
+    cli.json(&[
+        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
+    ])?;
+    let img = lab.upload_test_guest("guest")?;
+    anyhow::ensure!(img["status"] == "active", "{img}");
+    cli.json(&["network", "create", "n1", "--cidr", cidr])?;
+    for n in ["hv-2", "hv-3"] {
+        cli.json(&["node", "disable", n])?;
+    }
+    let mut ids = Vec::new();
+    for (name, user_data) in vms {
+        let mut args = vec![
+            "server",
+            "create",
+            name,
+            "--flavor",
+            "t",
+            "--image",
+            "guest",
+            "--network",
+            "n1",
+        ];
+        let ud = lab.dir.path().join(format!("ud-{name}"));
+        let ud_arg = ud.display().to_string();
+        if let Some(text) = user_data {
+            std::fs::write(&ud, text)?;
+            args.extend(["--user-data", &ud_arg]);
+        }
+        let out = cli.json(&args)?;
+        ids.push(find_str(&out, "id").with_context(|| format!("no id in {out}"))?);
+    }
+    for n in ["hv-2", "hv-3"] {
+        cli.json(&["node", "enable", n])?;
+    }
+    Ok(ids)
+}
+
+/// A guest of [`host_failure_moves_real_vms_with_their_rbd_disks_ip_and_mac`]
+/// as it was on host 1.
+struct VmBefore {
+    name: String,
+    id: String,
+    ip: String,
+    mac: String,
+    /// SHA-256 of the marker it wrote to its root disk.
+    marker: String,
+}
+
+/// Three hosts with real (TCG) VMs whose root disks are RBD clones in a
+/// real Ceph cluster: two guests on host 1 write a marker to their root
+/// disk (the guest's `disk-mark vda`); host 1 is cut off (its underlay link
+/// down; its agent and QEMU keep running): the leader fences it (its
+/// storage address blocklisted in Ceph) and both guests boot on host 2 or 3
+/// with the same IP and MAC and find their marker on the same disk, writing
+/// nothing. The timing with 10 VMs is the benchmark `bench_host_failure_10_vms`.
+#[test]
+fn host_failure_moves_real_vms_with_their_rbd_disks_ip_and_mac() -> Result<()> {
+    use nubo_tests::vm_e2e::{console_value, guest_ip, RbdVmLab};
+    const BOOT: Duration = Duration::from_secs(300);
+    let Some(rbd) = RbdVmLab::start(3)? else {
+        return Ok(());
+    };
+    let (lab, ceph) = (&rbd.lab, &rbd.storage.ceph);
+    let cli = &lab.cli;
+    let names = ["vm1", "vm2"];
+    let vms: Vec<(String, Option<String>)> = names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Some(format!("disk-mark vda nubo-marker-{n}\n")),
+            )
+        })
+        .collect();
+    let ids: Vec<(&str, String)> = names
+        .into_iter()
+        .zip(vms_on_host1(lab, "10.94.0.0/24", &vms)?)
+        .collect();
+
+    // On host 1: booted, leased, the marker written to the RBD root disk.
+    let mut before = Vec::new();
+    for (name, id) in &ids {
+        let c = lab.wait_console("hv-1", id, "NUBO-GUEST-DISK-WRITE vda ok ", BOOT)?;
+        let marker = console_value(&c, "NUBO-GUEST-DISK-WRITE vda ok ").context("marker")?;
+        let first_read = console_value(&c, "NUBO-GUEST-DISK-READ vda ").context("first read")?;
+        anyhow::ensure!(first_read != marker, "{name}: marked before its first boot");
+        let show = lab.show(id)?;
+        let addr = &show["addresses"][0];
+        let ip = addr["ip"].as_str().context("ip")?.to_string();
+        let mac = addr["mac"].as_str().context("mac")?.to_lowercase();
+        anyhow::ensure!(
+            guest_ip(&c).map(|i| i.to_string()).as_deref() == Some(ip.as_str()),
+            "{name}: DHCP address differs from {ip}:\n{c}"
+        );
+        let xml = lab.libvirtds[0].virsh(&["dumpxml", &lab.domain_name(id)])?;
+        anyhow::ensure!(xml.contains(&format!("<mac address='{mac}'/>")), "{xml}");
+        anyhow::ensure!(
+            xml.contains(&format!("name='vms/{id}-disk'")),
+            "{name}: root disk not in RBD: {xml}"
+        );
+        before.push(VmBefore {
+            name: name.to_string(),
+            id: id.clone(),
+            ip,
+            mac,
+            marker,
+        });
+    }
+
+    // Cut host 1 off.
+    let h1 = &lab.hosts[0];
+    let out = h1.exec("ip", &["link", "set", h1.interface(), "down"])?;
+    anyhow::ensure!(out.status.success(), "link down: {out:?}");
+    let cut = Instant::now();
+
+    // Running elsewhere, same address, the marker found on the disk.
+    wait_until(BOOT, "both VMs booted elsewhere with their disk", || {
+        for vm in &before {
+            let s = lab.show(&vm.id)?;
+            let node = s["node"].as_str().unwrap_or_default();
+            if node.is_empty() || node == "hv-1" || s["state"] != "running" {
+                return Ok(false);
+            }
+            let c = lab.agents[lab.host_of(node)?].console(&vm.id);
+            if console_value(&c, "NUBO-GUEST-DISK-READ vda ").is_none() || guest_ip(&c).is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    println!(
+        "both VMs running elsewhere with their disks {:?} after the cut",
+        cut.elapsed()
+    );
+    for vm in &before {
+        let s = lab.show(&vm.id)?;
+        let node = s["node"].as_str().unwrap_or_default().to_string();
+        let host = lab.host_of(&node)?;
+        let c = lab.agents[host].console(&vm.id);
+        anyhow::ensure!(
+            console_value(&c, "NUBO-GUEST-DISK-READ vda ").as_deref() == Some(vm.marker.as_str()),
+            "{} on {node}: the marker is gone from its root disk:\n{c}",
+            vm.name
+        );
+        anyhow::ensure!(
+            !c.contains("NUBO-GUEST-DISK-WRITE vda"),
+            "{} on {node} wrote its marker again:\n{c}",
+            vm.name
+        );
+        anyhow::ensure!(
+            guest_ip(&c).map(|i| i.to_string()).as_deref() == Some(vm.ip.as_str()),
+            "{} on {node}: another address:\n{c}",
+            vm.name
+        );
+        let addr = &s["addresses"][0];
+        anyhow::ensure!(
+            addr["ip"] == vm.ip.as_str()
+                && addr["mac"].as_str().map(str::to_lowercase).as_deref() == Some(vm.mac.as_str()),
+            "{}: API shows {addr}",
+            vm.name
+        );
+        let xml = lab.libvirtds[host].virsh(&["dumpxml", &lab.domain_name(&vm.id)])?;
+        anyhow::ensure!(
+            xml.contains(&format!("<mac address='{}'/>", vm.mac))
+                && xml.contains(&format!("name='vms/{}-disk'", vm.id)),
+            "{} on {node}: {xml}",
+            vm.name
+        );
+        println!(
+            "{} on {node}: same IP {}, MAC {}, marker found",
+            vm.name, vm.ip, vm.mac
+        );
+    }
+    // Host 1 was fenced in Ceph before its guests moved.
+    let h1_ip = h1.ip().to_string();
+    let blocklist = ceph.cli("ceph", &["osd", "blocklist", "ls"])?;
+    anyhow::ensure!(
+        blocklist.contains(&format!("{h1_ip}:0/0")),
+        "host 1 ({h1_ip}) not blocklisted: {blocklist}"
+    );
+    let health = node_health(cli, "hv-1")?;
+    anyhow::ensure!(
+        health == "fenced" || health == "evacuated",
+        "hv-1 is {health}"
+    );
     Ok(())
 }
 
@@ -906,36 +1133,8 @@ fn bench_host_failure_10_vms() -> Result<()> {
     const N: usize = 10;
     const BOOT: Duration = Duration::from_secs(600);
     let lab = VmLab::start(3)?;
-    let cli = &lab.cli;
-    cli.json(&[
-        "flavor", "create", "t", "--vcpus", "1", "--ram", "128", "--disk", "1",
-    ])?;
-    let img = lab.upload_test_guest("guest")?;
-    anyhow::ensure!(img["status"] == "active", "{img}");
-    cli.json(&["network", "create", "n1", "--cidr", "10.93.0.0/24"])?;
-    // No zone (an evacuation stays in the requested zone, and each host is
-    // its own zone): place on host 1 by disabling the others meanwhile.
-    for n in ["hv-2", "hv-3"] {
-        cli.json(&["node", "disable", n])?;
-    }
-    let mut ids = Vec::new();
-    for k in 0..N {
-        let out = cli.json(&[
-            "server",
-            "create",
-            &format!("vm{k}"),
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-        ])?;
-        ids.push(find_str(&out, "id").with_context(|| format!("no id in {out}"))?);
-    }
-    for n in ["hv-2", "hv-3"] {
-        cli.json(&["node", "enable", n])?;
-    }
+    let vms: Vec<(String, Option<String>)> = (0..N).map(|k| (format!("vm{k}"), None)).collect();
+    let ids = vms_on_host1(&lab, "10.93.0.0/24", &vms)?;
     for id in &ids {
         lab.wait_console("hv-1", id, "NUBO-GUEST-IP", BOOT)?;
     }

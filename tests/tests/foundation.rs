@@ -189,14 +189,15 @@ fn hundred_twenty_servers_run_spread_over_three_nodes_and_free_everything_on_del
     let created = create_servers(&cli2, &cat, "web", 120)
         .with_context(|| cluster.logs())
         .unwrap();
-    if let Some(summary) = created.get("summary") {
-        let n = |k: &str| summary.get(k).and_then(Value::as_u64);
-        assert_eq!(
-            (n("created"), n("running"), n("error")),
-            (Some(120), Some(120), Some(0)),
-            "create summary: {summary}"
-        );
-    }
+    let summary = created
+        .get("summary")
+        .unwrap_or_else(|| panic!("no summary in the create output: {created}"));
+    let n = |k: &str| summary.get(k).and_then(Value::as_u64);
+    assert_eq!(
+        (n("created"), n("running"), n("error")),
+        (Some(120), Some(120), Some(0)),
+        "create summary: {summary}"
+    );
     let results = list_items(&created).unwrap_or_default();
     assert_eq!(results.len(), 120, "create results: {created}");
     let failed: Vec<&Value> = results

@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use nubo_tests::net_e2e::{capture, Guest, NetLab};
+use nubo_tests::net_e2e::{Capture, Guest, NetLab, Watched};
 use nubo_tests::wait_until;
 
 const T: Duration = Duration::from_secs(30);
@@ -191,7 +191,10 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
         // tcp/22 from g3's address opens exactly that.
         let _l22 = g1.spawn("nc", &["-lk", "22"]).unwrap();
         let _l23 = g1.spawn("nc", &["-lk", "23"]).unwrap();
-        assert!(g1.tcp_open(g1.ip, 22, 2) || g1.tcp_open(g1.ip, 22, 2));
+        g1.wait_listening(false, 22).unwrap();
+        g1.wait_listening(false, 23).unwrap();
+        assert!(g1.tcp_open(g1.ip, 22, 2), "g1 reaches its own tcp/22");
+        assert!(g2.tcp_open(g1.ip, 22, 2), "g2 (same group) reaches tcp/22");
         assert!(!g3.tcp_open(g1.ip, 22, 1));
         let cidr = format!("{}/32", g3.ip);
         let grp = cli
@@ -247,10 +250,15 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
 
         // Restart: a long-lived nc session g1 -> g2 and the DHCP lease
         // survive, plans are empty, the ruleset is byte-for-byte the same.
-        let server = g2.spawn("nc", &["-l", "5555"]).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let mut server = g2.spawn_watched("nc", &["-l", "5555"]).unwrap();
+        g2.wait_listening(false, 5555).unwrap();
         let mut client = g1.spawn("nc", &[&g2.ip.to_string(), "5555"]).unwrap();
         client.send_line("before-restart").unwrap();
+        server
+            .wait_stdout(0, T, "the line sent before the restart", |l| {
+                l == "before-restart"
+            })
+            .unwrap();
         let rules_before = [lab.ruleset(1).unwrap(), lab.ruleset(2).unwrap()];
         let addrs_before = g1.addresses().unwrap();
         for a in &mut lab.agents {
@@ -296,13 +304,14 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
         // The lease renews against the new agent with the same address.
         dhcp(&lab, &g1);
         client.send_line("after-restart").unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        server
+            .wait_stdout(1, T, "the line sent after the restart", |l| {
+                l == "after-restart"
+            })
+            .unwrap_or_else(|e| panic!("nc session broken: {e:#}"));
         assert!(client.running(), "nc client died");
-        let (got, _) = server.finish().unwrap();
-        assert!(
-            got.contains("before-restart") && got.contains("after-restart"),
-            "nc session broken: {got:?}"
-        );
+        let (got, _) = server.stop();
+        assert_eq!(got, ["before-restart", "after-restart"], "nc session");
         // Metadata still answers after the restart.
         assert_eq!(
             g1.metadata("/latest/meta-data/instance-id", &[])
@@ -314,8 +323,182 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
     assert_guard_clean(&prefix);
 }
 
+/// A forged frame must be dropped by the sender's anti-spoofing rules:
+/// captures run on the receiver's and the sender's eth0; `attack` runs in
+/// the sender (and checks its own result), the forged frame is seen
+/// leaving the sender; then `control` sends the same kind of frame from a
+/// port without port security, and once that control frame has arrived at
+/// the receiver (sent later, on the same bridge), the forged one must not
+/// have. `forged` and `control_frame` recognise tcpdump lines (`-n -e`).
+fn assert_dropped(
+    what: &str,
+    sender: &Guest,
+    receiver: &Guest,
+    forged: impl Fn(&str) -> bool,
+    attack: impl FnOnce() -> anyhow::Result<()>,
+    control_frame: impl Fn(&str) -> bool,
+    control: impl FnOnce() -> anyhow::Result<()>,
+) {
+    let mut at_receiver = Capture::start(&receiver.netns, "").unwrap();
+    let mut at_sender = Capture::start(&sender.netns, "").unwrap();
+    attack().unwrap_or_else(|e| panic!("{what}: the attack itself failed: {e:#}"));
+    at_sender
+        .wait_frame(
+            0,
+            T,
+            &format!("the forged {what} leaving {}", sender.name),
+            &forged,
+        )
+        .unwrap();
+    let mark = at_receiver.lines().len();
+    control().unwrap_or_else(|e| panic!("{what}: the control failed: {e:#}"));
+    at_receiver
+        .wait_frame(mark, T, &format!("the control {what}"), &control_frame)
+        .unwrap();
+    let sent = at_sender.stop();
+    let got = at_receiver.stop();
+    let arrived: Vec<&String> = got.iter().filter(|l| forged(l)).collect();
+    assert!(
+        arrived.is_empty(),
+        "forged {what} from {} arrived at {}: {arrived:#?}\nsent: {:#?}",
+        sender.name,
+        receiver.name,
+        sent.iter().filter(|l| forged(l)).collect::<Vec<_>>()
+    );
+    println!(
+        "{what}: {} forged frame(s) left {}, none arrived; the control arrived",
+        sent.iter().filter(|l| forged(l)).count(),
+        sender.name
+    );
+}
+
+/// `ping -c 2 -W 1 [-I src] ip` from `g` ran and sent both requests
+/// (exit code 0 or 1 — answered or not —, never 2: an error that sent
+/// nothing). Whether the requests arrived is for the captures to say.
+fn ping_sent(g: &Guest, src: Option<Ipv4Addr>, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let src = src.map(|s| s.to_string());
+    let mut args = vec!["-c", "2", "-W", "1"];
+    if let Some(s) = &src {
+        args.extend(["-I", s]);
+    }
+    let ip = ip.to_string();
+    args.push(&ip);
+    let out = g.exec("ping", &args)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        matches!(out.status.code(), Some(0 | 1)) && text.contains("2 packets transmitted"),
+        "ping {args:?} in {}: {out:?}",
+        g.name
+    );
+    Ok(())
+}
+
+/// `ping -c 2 [-I src] ip` from `g`, answered.
+fn ping_answered(g: &Guest, src: Option<Ipv4Addr>, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let src = src.map(|s| s.to_string());
+    let mut args = vec!["-c", "2", "-W", "2"];
+    if let Some(s) = &src {
+        args.extend(["-I", s]);
+    }
+    let ip = ip.to_string();
+    args.push(&ip);
+    g.ok("ping", &args).map(drop)
+}
+
+/// Unsolicited ARP replies from `g` claiming `claimed` (busybox arping
+/// binds to the claimed address: `ip_nonlocal_bind` is set first, without
+/// it arping fails and sends nothing).
+fn arp_claim(g: &Guest, claimed: Ipv4Addr) -> anyhow::Result<()> {
+    g.ok("sysctl", &["-qw", "net.ipv4.ip_nonlocal_bind=1"])?;
+    let c = claimed.to_string();
+    let out = g.ok(
+        "busybox",
+        &[
+            "arping", "-A", "-c", "2", "-w", "2", "-I", "eth0", "-s", &c, &c,
+        ],
+    )?;
+    anyhow::ensure!(out.contains("Sent 2 probe"), "arping in {}: {out}", g.name);
+    Ok(())
+}
+
+/// `g` asks for `target`'s MAC in ARP requests whose sender IP is `claimed`
+/// (not its own): what a guest's kernel sends when it uses an address that
+/// is not its port's (seen once arriving, in a run on a brand-new machine).
+fn arp_request_as(g: &Guest, claimed: Ipv4Addr, target: Ipv4Addr) -> anyhow::Result<()> {
+    g.ok("sysctl", &["-qw", "net.ipv4.ip_nonlocal_bind=1"])?;
+    let (c, t) = (claimed.to_string(), target.to_string());
+    // No answer is expected (the request is dropped): arping's exit code
+    // says nothing; its count of probes sent does.
+    let out = g.exec(
+        "busybox",
+        &["arping", "-c", "2", "-w", "2", "-I", "eth0", "-s", &c, &t],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        text.contains("Sent 2 probe"),
+        "arping in {}: {text}",
+        g.name
+    );
+    Ok(())
+}
+
+/// A busybox udhcpd in `g` handing out `range` (two addresses), waited for
+/// until it listens on UDP 67.
+fn rogue_dhcp_server(lab: &NetLab, g: &Guest, range: (u8, u8)) -> anyhow::Result<Watched> {
+    let conf = lab.dir.path().join(format!("udhcpd-{}.conf", g.name));
+    let leases = lab.dir.path().join(format!("udhcpd-{}.leases", g.name));
+    std::fs::write(
+        &conf,
+        format!(
+            "start 10.78.0.{}\nend 10.78.0.{}\ninterface eth0\nlease_file {}\noption subnet 255.255.255.0\noption router 10.78.0.99\n",
+            range.0,
+            range.1,
+            leases.display()
+        ),
+    )?;
+    std::fs::write(&leases, "")?;
+    let server = g.spawn_watched("busybox", &["udhcpd", "-f", &conf.display().to_string()])?;
+    g.wait_listening(true, 67)?;
+    Ok(server)
+}
+
+/// One DHCP exchange of `g` with busybox udhcpc, configuring nothing
+/// (`-s /bin/true`): it must obtain a lease from some server.
+fn dhcp_exchange(g: &Guest) -> anyhow::Result<String> {
+    let out = g.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ],
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        out.status.success() && text.contains("obtained"),
+        "udhcpc in {}: {text}",
+        g.name
+    );
+    Ok(text)
+}
+
 /// Two networks with the same CIDR on the same two hosts stay isolated;
-/// spoofed MACs, IPs, DHCP replies and ARP replies never leave a guest.
+/// spoofed MACs, IPs, DHCP replies and ARP replies never leave a guest —
+/// each shown leaving the sender's eth0 and compared with the same frame
+/// from a port without port security, which does arrive.
 #[test]
 fn isolation_and_anti_spoofing() {
     let prefix;
@@ -340,9 +523,33 @@ fn isolation_and_anti_spoofing() {
             "p2",
         ])
         .unwrap();
+        // "open" lets everything in and out: only anti-spoofing can stop
+        // traffic towards its member.
+        cli.json(&["secgroup", "create", "open"]).unwrap();
+        for dir in ["ingress", "egress"] {
+            cli.json(&["secgroup", "rule", "create", "open", "--direction", dir])
+                .unwrap();
+        }
+        // The control sender: a port without port security.
+        cli.json(&[
+            "port",
+            "create",
+            "pc",
+            "--network",
+            "a",
+            "--no-port-security",
+        ])
+        .unwrap();
         let a1 = lab.server("a1", "a", 1, &[]).unwrap();
         let a2 = lab.server("a2", "a", 2, &[]).unwrap();
         let a3 = lab.server("a3", "a", 2, &[]).unwrap();
+        let r = lab
+            .server("r", "a", 1, &["--security-group", "open"])
+            .unwrap();
+        let s = lab
+            .server("s", "a", 1, &["--security-group", "open"])
+            .unwrap();
+        let c = lab.server("c", "", 1, &["--port", "pc"]).unwrap();
         // b1 and b2 get exactly a1's and a2's addresses.
         for (port, ip) in [("pb1", a1.ip), ("pb2", a2.ip)] {
             cli.json(&[
@@ -365,148 +572,191 @@ fn isolation_and_anti_spoofing() {
             .server("b2", "", 2, &["--port", "pb2", "--project", "p2"])
             .unwrap();
         assert_eq!((b1.ip, b2.ip), (a1.ip, a2.ip));
-        for g in [&a1, &a2, &a3, &b1, &b2] {
+        for g in [&a1, &a2, &a3, &b1, &b2, &r, &s, &c] {
             lab.wait_wired(g).unwrap();
             dhcp(&lab, g);
         }
         // Same CIDR, same addresses, separate segments: each pair reaches
-        // its own peer (by MAC), never the other network's twin.
-        let got = capture(&a2.netns, "icmp", Duration::from_millis(500), || {
-            anyhow::ensure!(b1.pings(b2.ip, 10), "b1 -> b2");
-            Ok(())
-        })
-        .unwrap();
+        // its own peer (by MAC), never the other network's twin. The
+        // control: a1's ping, sent after b1's, is captured at a2.
+        let mut at_a2 = Capture::start(&a2.netns, "icmp").unwrap();
+        assert!(b1.pings(b2.ip, 10), "b1 -> b2");
+        assert!(a1.pings(a2.ip, 10), "a1 -> a2");
+        let a1_request = format!("{} > {}: ICMP echo request", a1.ip, a2.ip);
+        at_a2
+            .wait_frame(0, T, "a1's ping", |l| {
+                l.contains(&a1_request) && l.contains(&a1.mac)
+            })
+            .unwrap();
+        let got = at_a2.stop();
         assert!(
             got.iter().all(|l| !l.contains(&b1.mac)),
             "b1's ping reached a2: {got:?}"
         );
-        assert!(a1.pings(a2.ip, 10), "a1 -> a2");
         let b_neigh = b1.ok("ip", &["neigh", "show", &b2.ip.to_string()]).unwrap();
         assert!(b_neigh.contains(&b2.mac), "{b_neigh}");
         let a_neigh = a1.ok("ip", &["neigh", "show", &a2.ip.to_string()]).unwrap();
         assert!(a_neigh.contains(&a2.mac), "{a_neigh}");
         // a3's address exists only on network a.
+        assert!(a1.pings(a3.ip, 10), "a1 -> a3 (control)");
         assert!(!b1.pings(a3.ip, 2), "network b reached a host of network a");
 
-        // 1. A changed MAC: frames never arrive.
-        let fake_mac = "fa:16:3e:ee:ee:01";
-        a1.ok("ip", &["link", "set", "eth0", "address", fake_mac])
-            .unwrap();
-        let got = capture(
-            &a2.netns,
-            &format!("ether src {fake_mac}"),
-            Duration::from_millis(500),
-            || {
-                let _ = a1.pings(a2.ip, 2);
-                Ok(())
-            },
-        )
-        .unwrap();
-        assert!(got.is_empty(), "spoofed MAC arrived: {got:?}");
-        a1.ok("ip", &["link", "set", "eth0", "address", &a1.mac])
-            .unwrap();
-        assert!(a1.pings(a2.ip, 10), "a1 back to its MAC works again");
+        // Spoofing, all on host 1: sender s (port security on), control c
+        // (no port security), receiver r; s and r are in "open".
+        // Static neighbour entries for r (set again after each MAC change,
+        // which flushes them): the forged frames go out without depending
+        // on ARP (which anti-spoofing filters too).
+        let r_ip = r.ip.to_string();
+        let neigh_r = |g: &Guest| {
+            let args = [
+                "neigh",
+                "replace",
+                &r_ip,
+                "lladdr",
+                &r.mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ];
+            g.ok("ip", &args).map(drop)
+        };
+        for g in [&s, &c] {
+            neigh_r(g).unwrap();
+        }
+        ping_answered(&s, None, r.ip).expect("s -> r with its own MAC and IP");
 
-        // 2. A changed IP: packets never arrive.
-        let fake_ip = Ipv4Addr::new(10, 78, 0, 250);
-        a1.ok(
-            "ip",
-            &["addr", "add", &format!("{fake_ip}/32"), "dev", "eth0"],
-        )
-        .unwrap();
-        let got = capture(
-            &a2.netns,
-            &format!("src host {fake_ip}"),
-            Duration::from_millis(500),
+        // 1. A changed MAC.
+        let (fake_s, fake_c) = ("fa:16:3e:ee:ee:01", "fa:16:3e:ee:ee:02");
+        let set_mac = |g: &Guest, mac: &str| {
+            g.ok("ip", &["link", "set", "eth0", "address", mac])?;
+            neigh_r(g)
+        };
+        let from_mac = |mac: &'static str| {
+            move |l: &str| l.contains(&format!(" {mac} > ")) && l.contains("ICMP echo request")
+        };
+        assert_dropped(
+            "frame with a changed source MAC",
+            &s,
+            &r,
+            from_mac(fake_s),
             || {
-                let _ = a1.exec(
-                    "ping",
-                    &[
-                        "-c",
-                        "2",
-                        "-W",
-                        "1",
-                        "-I",
-                        &fake_ip.to_string(),
-                        &a2.ip.to_string(),
-                    ],
+                set_mac(&s, fake_s)?;
+                ping_sent(&s, None, r.ip)
+            },
+            from_mac(fake_c),
+            || {
+                set_mac(&c, fake_c)?;
+                ping_answered(&c, None, r.ip)
+            },
+        );
+        set_mac(&s, &s.mac).unwrap();
+        set_mac(&c, &c.mac).unwrap();
+        ping_answered(&s, None, r.ip).expect("s back to its MAC works again");
+
+        // 2. A changed source IP.
+        let (ip_s, ip_c) = (Ipv4Addr::new(10, 78, 0, 250), Ipv4Addr::new(10, 78, 0, 251));
+        let request_from = move |ip: Ipv4Addr| {
+            let needle = format!(" {ip} > {}: ICMP echo request", r.ip);
+            move |l: &str| l.contains(&needle)
+        };
+        let add_ip = |g: &Guest, ip: Ipv4Addr| {
+            g.ok("ip", &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])
+                .map(drop)
+        };
+        assert_dropped(
+            "packet with a changed source IP",
+            &s,
+            &r,
+            request_from(ip_s),
+            || {
+                add_ip(&s, ip_s)?;
+                ping_sent(&s, Some(ip_s), r.ip)
+            },
+            request_from(ip_c),
+            || {
+                add_ip(&c, ip_c)?;
+                ping_answered(&c, Some(ip_c), r.ip)
+            },
+        );
+        for (g, ip) in [(&s, ip_s), (&c, ip_c)] {
+            g.ok("ip", &["addr", "del", &format!("{ip}/32"), "dev", "eth0"])
+                .unwrap();
+        }
+
+        // 3. A rogue DHCP server: r's DHCP exchange gets the agent's answer
+        // and s's offer leaves s but never arrives; c's, later, does.
+        let dhcp_reply_from = |mac: String| {
+            move |l: &str| l.contains(&format!(" {mac} > ")) && l.contains("BOOTP/DHCP, Reply")
+        };
+        let rogues = std::cell::RefCell::new(Vec::new());
+        assert_dropped(
+            "DHCP reply from a guest",
+            &s,
+            &r,
+            dhcp_reply_from(s.mac.clone()),
+            || {
+                rogues
+                    .borrow_mut()
+                    .push(rogue_dhcp_server(&lab, &s, (200, 201))?);
+                let out = dhcp_exchange(&r)?;
+                anyhow::ensure!(
+                    out.contains(&format!("lease of {} obtained", r.ip)),
+                    "{out}"
                 );
                 Ok(())
             },
-        )
-        .unwrap();
-        assert!(got.is_empty(), "spoofed IP arrived: {got:?}");
-        a1.ok(
-            "ip",
-            &["addr", "del", &format!("{fake_ip}/32"), "dev", "eth0"],
-        )
-        .unwrap();
-
-        // 3. A rogue DHCP server (busybox udhcpd in a3) is never heard.
-        let conf = lab.dir.path().join("udhcpd.conf");
-        let lease_file = lab.dir.path().join("udhcpd.leases");
-        std::fs::write(
-            &conf,
-            format!(
-                "start 10.78.0.200\nend 10.78.0.210\ninterface eth0\nlease_file {}\noption subnet 255.255.255.0\noption router 10.78.0.99\n",
-                lease_file.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(&lease_file, "").unwrap();
-        let _rogue = a3
-            .spawn("busybox", &["udhcpd", "-f", &conf.display().to_string()])
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        let got = capture(
-            &a2.netns,
-            "udp src port 67",
-            Duration::from_millis(500),
+            dhcp_reply_from(c.mac.clone()),
             || {
-                let out = a2.udhcpc(&lab.udhcpc_script())?;
-                anyhow::ensure!(out.contains(&format!("ip={}", a2.ip)), "{out}");
-                Ok(())
+                rogues
+                    .borrow_mut()
+                    .push(rogue_dhcp_server(&lab, &c, (210, 211))?);
+                dhcp_exchange(&r).map(drop)
             },
-        )
-        .unwrap();
-        assert!(!got.is_empty(), "no DHCP reply captured at all");
-        assert!(
-            got.iter()
-                .all(|l| !l.contains(&a3.mac) && !l.contains(&a3.ip.to_string())),
-            "rogue DHCP reply arrived: {got:?}"
         );
+        for rogue in rogues.into_inner() {
+            let (out, err) = rogue.stop();
+            println!("rogue udhcpd: {out:?} {err:?}");
+        }
 
-        // 4. An ARP reply claiming another guest's IP never arrives.
-        let got = capture(
-            &a1.netns,
-            &format!("arp and ether src {}", a3.mac),
-            Duration::from_millis(500),
-            || {
-                let _ = a3.exec(
-                    "busybox",
-                    &[
-                        "arping",
-                        "-A",
-                        "-c",
-                        "3",
-                        "-I",
-                        "eth0",
-                        "-s",
-                        &a2.ip.to_string(),
-                        &a2.ip.to_string(),
-                    ],
-                );
-                Ok(())
-            },
-        )
-        .unwrap();
-        assert!(
-            got.iter().all(|l| !l.contains(&format!("is-at {}", a3.mac))
-                && !l.contains(&format!("{} is-at", a2.ip))),
-            "forged ARP reply arrived: {got:?}"
+        // 4. An ARP reply claiming another guest's IP (a2's).
+        let claim_by = move |mac: String| {
+            let needle = format!("Reply {} is-at {mac}", a2.ip);
+            move |l: &str| l.contains(&needle)
+        };
+        assert_dropped(
+            "ARP reply claiming another guest's IP",
+            &s,
+            &r,
+            claim_by(s.mac.clone()),
+            || arp_claim(&s, a2.ip),
+            claim_by(c.mac.clone()),
+            || arp_claim(&c, a2.ip),
         );
-        let neigh = a1.ok("ip", &["neigh", "show", &a2.ip.to_string()]).unwrap();
-        assert!(!neigh.contains(&a3.mac), "a1's ARP cache poisoned: {neigh}");
+        let neigh = r.ok("ip", &["neigh", "show", &a2.ip.to_string()]).unwrap();
+        assert!(!neigh.contains(&s.mac), "r's ARP cache poisoned: {neigh}");
+
+        // 5. An ARP request whose sender IP is not the port's.
+        let forged_ip = Ipv4Addr::new(10, 78, 0, 252);
+        let asked_by = move |mac: String| {
+            // busybox arping broadcasts: "who-has R (ff:ff:…) tell F".
+            let (asks, tells) = (
+                format!("Request who-has {} ", r.ip),
+                format!(" tell {forged_ip},"),
+            );
+            move |l: &str| {
+                l.contains(&asks) && l.contains(&tells) && l.contains(&format!(" {mac} > "))
+            }
+        };
+        assert_dropped(
+            "ARP request with another sender IP",
+            &s,
+            &r,
+            asked_by(s.mac.clone()),
+            || arp_request_as(&s, forged_ip, r.ip),
+            asked_by(c.mac.clone()),
+            || arp_request_as(&c, forged_ip, r.ip),
+        );
     }
     assert_guard_clean(&prefix);
 }

@@ -69,10 +69,16 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
     let e = refused(&no_ca, &["flavor", "list"])?;
     assert!(e.contains("--ca-cert"), "{e}");
     let plain = cloud.coordinator.endpoint().replace("https://", "http://");
-    refused(
+    let e = refused(
         &Cli::new(&plain)?.with_env("NUBO_TOKEN", ""),
         &["flavor", "list"],
     )?;
+    assert!(
+        e.starts_with(&format!(
+            "error: the connection to the nubo API at {plain} failed: "
+        )) && e.contains("a coordinator serving TLS breaks plain-text connections"),
+        "{e}"
+    );
 
     // A tenant: project, member, quota; everything through the CLI.
     admin.json(&[
@@ -156,9 +162,23 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
         &secret_file.display().to_string(),
     ])?;
     assert_eq!(t["roles"], "node", "{t}");
-    refused(&node, &["server", "list", "--all-projects"])?;
-    refused(&node, &["server", "delete", "web-1", "--project", "team-a"])?;
-    refused(&node, &["network", "create", "x", "--cidr", "10.21.0.0/24"])?;
+    for (args, want) in [
+        (
+            &["server", "list", "--all-projects"][..],
+            "user nubo-node (no role in project admin) may not read servers",
+        ),
+        (
+            &["server", "delete", "web-1", "--project", "team-a"],
+            "user nubo-node (no role in project admin) may not read servers",
+        ),
+        (
+            &["network", "create", "x", "--cidr", "10.21.0.0/24"],
+            "user nubo-node (no role in project admin) may not change networks",
+        ),
+    ] {
+        let e = refused(&node, args)?;
+        assert!(e.starts_with(&format!("error: {want}\n")), "{args:?}: {e}");
+    }
 
     // Deletes, and the audit trail shows who did what.
     alice.json(&["server", "delete", "web-1", "web-2"])?;
@@ -178,5 +198,86 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
         assert!(has(u, a, o), "no audit record {u} {a} {o} in {audit:#?}");
     }
     drop(agent);
+    Ok(())
+}
+
+/// The CLI refuses a coordinator whose certificate it cannot trust: one
+/// from another CA, or one of the cluster CA for another name. The
+/// controls: the same CLI reaches the genuine coordinator, and the
+/// coordinator with the wrong name is reached by a client told that name.
+#[test]
+fn cli_refuses_a_coordinator_certificate_from_another_ca_or_for_another_name() -> Result<()> {
+    let cloud = SecureCloud::start()?;
+    let endpoint = cloud.coordinator.endpoint();
+    // Control: a CLI trusting the cluster CA reaches the coordinator (and
+    // is asked for a token: TLS passed).
+    let trusting = cloud.anonymous_cli("trusting")?;
+    let e = refused(&trusting, &["flavor", "list"])?;
+    assert!(e.to_lowercase().contains("token"), "{e}");
+    cloud.admin.json(&["flavor", "list"])?;
+
+    // Another CA: the same coordinator, the CLI given another cluster's CA
+    // (also made by make-certs.sh, so also named CN=nubo-ca: the issuer is
+    // found by name and its signature does not verify).
+    let other = nubo_tests::tls::Certs::generate(&[])?;
+    let foreign = cloud
+        .anonymous_cli("foreign-ca")?
+        .with_env("NUBO_CA_CERT", &other.ca().display().to_string());
+    let e = refused(&foreign, &["flavor", "list"])?;
+    assert!(
+        e.contains(&format!("cannot reach the nubo API at {endpoint}"))
+            && e.contains("invalid peer certificate: BadSignature"),
+        "{e}"
+    );
+
+    // Another name: a coordinator of this cloud whose certificate (from the
+    // cluster CA) names only other.example, reached as 127.0.0.1.
+    let (crt, key) = cloud
+        .etcd
+        .certs()
+        .server_cert_for("coordinator-other-name", "DNS:other.example")?;
+    let misnamed = cloud.coordinator_with_cert("secure-2", crt, key)?;
+    let to_misnamed = Cli::new(&misnamed.endpoint())?
+        .with_env(
+            "NUBO_CA_CERT",
+            &cloud.etcd.certs().ca().display().to_string(),
+        )
+        .with_token_store(&cloud.dir().join("home-to-misnamed"))?;
+    let e = refused(&to_misnamed, &["flavor", "list"])?;
+    let want = "invalid peer certificate: certificate not valid for name \"127.0.0.1\"; \
+                certificate is only valid for DnsName(\"other.example\")";
+    assert!(
+        e.contains(&format!(
+            "cannot reach the nubo API at {}",
+            misnamed.endpoint()
+        )) && e.contains(want),
+        "{e}"
+    );
+    // Control: a client verifying the name other.example against the
+    // cluster CA is served by that coordinator (a token for the admin).
+    let ca = std::fs::read(cloud.etcd.certs().ca())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = rt.block_on(async {
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+        let ch = Channel::from_shared(misnamed.endpoint())?
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name("other.example"),
+            )?
+            .connect()
+            .await?;
+        let t = nubo_common::proto::tokens_client::TokensClient::new(ch)
+            .issue(nubo_common::proto::IssueTokenRequest {
+                user: "admin".into(),
+                password: nubo_tests::secure::ADMIN_PASSWORD.into(),
+                ..Default::default()
+            })
+            .await?;
+        anyhow::Ok(t.into_inner().token)
+    })?;
+    assert!(!token.is_empty());
     Ok(())
 }

@@ -20,7 +20,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nubo_common::keys;
@@ -28,75 +27,11 @@ use nubo_common::model::{volume_serial, InstanceStatus};
 use nubo_common::{InstanceId, VolumeId};
 use nubo_storage::testing::TestCluster;
 use nubo_tests::net_e2e::find_str;
-use nubo_tests::vm_e2e::VmLab;
-use nubo_tests::{wait_until, Underlay};
+use nubo_tests::vm_e2e::{console_value, RbdVmLab, VmLab};
+use nubo_tests::wait_until;
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(180);
-const POOLS: [&str; 3] = ["images", "vms", "volumes"];
-
-/// The Ceph side of the lab.
-struct Storage {
-    ceph: TestCluster,
-    /// The agents' `--config` (a `[storage]` table).
-    agent_cfg: PathBuf,
-}
-
-/// Starts the Ceph cluster on the underlay gateway, creates the pools, the
-/// coordinator's and the agents' cephx users (the caps a production set-up
-/// gives them) and the agents' config in `dir`; returns them with the
-/// coordinator's `--ceph-*` arguments. `None` = Ceph not installed (skipped
-/// loudly by `TestCluster`).
-fn ceph_on(underlay: &Underlay, dir: &Path) -> anyhow::Result<Option<(Storage, Vec<String>)>> {
-    let Some(ceph) = TestCluster::start_on(underlay.gateway())? else {
-        return Ok(None);
-    };
-    for p in POOLS {
-        ceph.cli("ceph", &["osd", "pool", "create", p, "8", "8"])?;
-        ceph.cli("rbd", &["pool", "init", p])?;
-    }
-    let rbd_pools = "profile rbd pool=images, profile rbd pool=vms, profile rbd pool=volumes";
-    let agent = ceph.create_user("nubo-agent", &[("mon", "profile rbd"), ("osd", rbd_pools)])?;
-    // As docs/operator-guide.md: `df` for the up-front size check, the two
-    // blocklist commands for the storage fencer.
-    let coord = ceph.create_user(
-        "nubo-coord",
-        &[
-            (
-                "mon",
-                "profile rbd, allow command df, allow command \"osd blocklist\", allow command \"osd blocklist ls\"",
-            ),
-            ("osd", rbd_pools),
-        ],
-    )?;
-    let agent_cfg = dir.join("agent-storage.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            // The safety-net pass is pushed out of the test's reach: every
-            // change below must arrive through the agent's watch.
-            "resync_interval_secs = 3600\n[storage]\nbackend = \"rbd\"\nceph_conf = \"{}\"\nceph_id = \"{}\"\nkeyring = \"{}\"\n",
-            ceph.conf_path().display(),
-            agent.client_id,
-            agent
-                .keyring_path
-                .ok_or_else(|| anyhow::anyhow!("no agent keyring"))?
-                .display()
-        ),
-    )?;
-    let coord_keyring = coord
-        .keyring_path
-        .ok_or_else(|| anyhow::anyhow!("no coordinator keyring"))?;
-    let args = vec![
-        "--ceph-conf".to_string(),
-        coord.conf_path.display().to_string(),
-        "--ceph-id".to_string(),
-        coord.client_id,
-        "--ceph-keyring".to_string(),
-        coord_keyring.display().to_string(),
-    ];
-    Ok(Some((Storage { ceph, agent_cfg }, args)))
-}
 
 fn base_objects(lab: &VmLab) -> Value {
     let cli = &lab.cli;
@@ -207,14 +142,6 @@ fn reported_volumes(lab: &VmLab, id: InstanceId) -> Vec<VolumeId> {
         .unwrap_or_default()
 }
 
-/// The text after `prefix` up to the end of its line, on the console.
-fn console_value(console: &str, prefix: &str) -> Option<String> {
-    console
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
-}
-
 fn rbd_json(ceph: &TestCluster, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.extend(["--format", "json"]);
@@ -245,25 +172,11 @@ fn diag(lab: &VmLab, host: usize, id: InstanceId) -> String {
 
 #[test]
 fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
-    // Declared before the lab: dropped after it (guests, agents and the
-    // coordinator go before the cluster).
-    let mut storage: Option<Storage> = None;
-    let mut lab = VmLab::start_without_agents_with(2, |underlay, dir| {
-        Ok(match ceph_on(underlay, dir)? {
-            Some((s, args)) => {
-                storage = Some(s);
-                args
-            }
-            None => Vec::new(),
-        })
-    })
-    .unwrap();
-    let Some(Storage { ceph, agent_cfg }) = storage.as_ref() else {
+    let Some(mut rbd) = RbdVmLab::start(2).unwrap() else {
         return;
     };
-    lab.start_agents(&["--config".into(), agent_cfg.display().to_string()])
-        .unwrap();
-    let img = base_objects(&lab);
+    let (lab, ceph) = (&mut rbd.lab, &rbd.storage.ceph);
+    let img = base_objects(lab);
     let image_id = img["id"].as_str().unwrap().to_string();
 
     // A plain volume and one of a type limited to 200 write IOPS, through
@@ -273,22 +186,17 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         .json(&["volume", "type", "create", "iops200", "--write-iops", "200"])
         .unwrap();
     assert_eq!(t["write_iops_sec"], 200, "{t}");
-    let vol = create_volume(&lab, ceph, "data", None);
-    let fast = create_volume(&lab, ceph, "fast", Some("iops200"));
+    let vol = create_volume(lab, ceph, "data", None);
+    let fast = create_volume(lab, ceph, "fast", Some("iops200"));
     let (serial, serial_fast) = (volume_serial(&vol), volume_serial(&fast));
     let t0 = Instant::now();
     let (a, a_node) = create(
-        &lab,
+        lab,
         "vm-a",
         1,
         &format!("disk-watch\ndisk-write {serial} nubo-pattern-42\ndisk-iops {serial_fast} 8\n"),
     );
-    let (b, b_node) = create(
-        &lab,
-        "vm-b",
-        2,
-        &format!("disk-watch\ndisk-read {serial}\n"),
-    );
+    let (b, b_node) = create(lab, "vm-b", 2, &format!("disk-watch\ndisk-read {serial}\n"));
     assert_ne!(a_node, b_node);
     for (id, node) in [(a, &a_node), (b, &b_node)] {
         lab.wait_console(
@@ -313,8 +221,8 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     }
 
     // Both volumes hot-plugged into running vm-a, in attach order.
-    attach(&lab, "data", "vm-a");
-    attach(&lab, "fast", "vm-a");
+    attach(lab, "data", "vm-a");
+    attach(lab, "fast", "vm-a");
     let a_host = lab.host_of(&a_node).unwrap();
     let c = lab
         .wait_console(
@@ -323,11 +231,11 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
             &format!("NUBO-GUEST-DISK-WRITE {serial} ok"),
             BOOT,
         )
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag(&lab, a_host, a)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", diag(lab, a_host, a)));
     let written = console_value(&c, &format!("NUBO-GUEST-DISK-WRITE {serial} ok")).unwrap();
     assert!(c.contains("NUBO-GUEST-DISK-ADDED vdb"), "{c}");
     wait_until(Duration::from_secs(60), "vm-a reports both volumes", || {
-        Ok(reported_volumes(&lab, a) == vec![vol, fast])
+        Ok(reported_volumes(lab, a) == vec![vol, fast])
     })
     .unwrap();
     let shown = lab.cli.json(&["volume", "show", "fast"]).unwrap();
@@ -365,8 +273,8 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         .json(&["volume", "type", "set", "iops200", "--write-iops", "100"])
         .unwrap();
     assert_eq!(t["write_iops_sec"], 100, "{t}");
-    wait_live_iops(&lab, a_host, &dom, "vdc", 100, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag(&lab, a_host, a)));
+    wait_live_iops(lab, a_host, &dom, "vdc", 100, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", diag(lab, a_host, a)));
     let took = changed.elapsed();
     eprintln!("type change reached the attached disk after {took:?}");
 
@@ -386,19 +294,15 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         1,
         "{secrets}"
     );
-    wait_live_iops(&lab, a_host, &dom, "vdc", 200, Duration::from_secs(30)).unwrap_or_else(|e| {
-        panic!(
-            "restarted agent retunes vdc: {e}\n{}",
-            diag(&lab, a_host, a)
-        )
-    });
+    wait_live_iops(lab, a_host, &dom, "vdc", 200, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("restarted agent retunes vdc: {e}\n{}", diag(lab, a_host, a)));
     assert_eq!(
         lab.libvirtds[a_host].qemu_pid(&dom),
         Some(pid),
         "QEMU replaced"
     );
     assert!(!lab.agents[a_host].current_log().contains("domain defined"));
-    assert_eq!(reported_volumes(&lab, a), vec![vol, fast]);
+    assert_eq!(reported_volumes(lab, a), vec![vol, fast]);
 
     // Exclusive lock: held by the one client that has the volume open,
     // vm-a's QEMU (neither the agent nor the coordinator keeps volumes open).
@@ -423,11 +327,11 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
     eprintln!("exclusive lock of vol-{vol}: {locker_addr} (vm-a's QEMU, pid {qemu_pid})");
 
     // Detach from vm-a, attach to vm-b on the other host: same bytes.
-    detach(&lab, "data");
+    detach(lab, "data");
     wait_until(
         Duration::from_secs(90),
         "vm-a no longer reports the volume",
-        || Ok(reported_volumes(&lab, a) == vec![fast]),
+        || Ok(reported_volumes(lab, a) == vec![fast]),
     )
     .unwrap();
     let status = rbd_json(ceph, &["status", &format!("volumes/vol-{vol}")]);
@@ -435,7 +339,7 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         status["watchers"].as_array().is_none_or(|w| w.is_empty()),
         "vm-a's QEMU still has the volume open: {status}"
     );
-    attach(&lab, "data", "vm-b");
+    attach(lab, "data", "vm-b");
     let c = lab
         .wait_console(
             &b_node,
@@ -450,10 +354,10 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
 
     // Detach both, delete the servers (root disks go) and the volumes
     // (`nubo volume delete`: the coordinator removes their RBD images).
-    detach(&lab, "data");
-    detach(&lab, "fast");
-    assert!(reported_volumes(&lab, a).is_empty());
-    assert!(reported_volumes(&lab, b).is_empty());
+    detach(lab, "data");
+    detach(lab, "fast");
+    assert!(reported_volumes(lab, a).is_empty());
+    assert!(reported_volumes(lab, b).is_empty());
     for id in [a, b] {
         lab.cli.run(&["server", "delete", &id.to_string()]).unwrap();
     }
@@ -489,5 +393,5 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         ceph.cli("rbd", &["ls", "images"]).unwrap().trim(),
         format!("img-{image_id}")
     );
-    drop(lab);
+    drop(rbd);
 }

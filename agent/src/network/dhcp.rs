@@ -1,8 +1,9 @@
 //! The DHCP subsystem: one nubo-dhcp server per bridge, each with its own
 //! [`LeaseTable`] updated in place. [`leases`] maps the desired node to the
-//! leases of every bridge (pure); a pass (re)starts servers whose bridge
-//! appeared or was recreated, stops those whose bridge is gone, and replaces
-//! a table only when its leases changed.
+//! leases of every bridge and [`plan`] compares them with the servers
+//! running (both pure): a pass (re)starts servers whose bridge appeared or
+//! was recreated, stops those whose bridge is gone, and replaces a table
+//! only when its leases changed.
 //!
 //! A fresh agent binds fresh sockets; leases are fixed per port, so guests
 //! renewing against the new process get the same answer (nothing to
@@ -16,16 +17,16 @@ use nubo_overlay::bridge_name;
 use tracing::{info, warn};
 
 use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname};
-use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// Lease time handed out (one day; addresses are fixed anyway).
 pub const LEASE_SECS: u32 = 86_400;
 
 /// The leases of every bridge with running local ports, by bridge name and
 /// MAC. Pure.
-pub fn leases(desired: &DesiredNode) -> BTreeMap<String, BTreeMap<[u8; 6], Lease>> {
-    let mut out: BTreeMap<String, BTreeMap<[u8; 6], Lease>> = BTreeMap::new();
+pub fn leases(desired: &DesiredNode) -> BTreeMap<String, Leases> {
+    let mut out: BTreeMap<String, Leases> = BTreeMap::new();
     for lp in running_ports(desired) {
         let net = lp.network;
         let mac = lp.port.mac.octets();
@@ -45,12 +46,122 @@ pub fn leases(desired: &DesiredNode) -> BTreeMap<String, BTreeMap<[u8; 6], Lease
     out
 }
 
+/// The leases of one bridge, by MAC.
+pub type Leases = BTreeMap<[u8; 6], Lease>;
+
+/// A DHCP server of this process, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// Interface index of the bridge it is bound to.
+    pub ifindex: u32,
+    /// Whether its task ended (it is started again).
+    pub finished: bool,
+    /// The leases in its table.
+    pub leases: Leases,
+}
+
+/// What a DHCP pass observes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DhcpObserved {
+    /// The servers running, by bridge.
+    pub servers: BTreeMap<String, ServerState>,
+    /// The interface index of every bridge served or wanted (`None`: it
+    /// does not exist).
+    pub bridges: BTreeMap<String, Option<u32>>,
+}
+
+/// One DHCP change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhcpAction {
+    /// Stop the server of a bridge: gone (`wanted` false), or recreated
+    /// or ended (started again afterwards).
+    Stop {
+        /// The bridge.
+        bridge: String,
+        /// The bridge still has local ports.
+        wanted: bool,
+    },
+    /// Start a server on a bridge.
+    Start {
+        /// The bridge.
+        bridge: String,
+        /// Its interface index.
+        ifindex: u32,
+    },
+    /// Replace the lease table of a bridge.
+    Leases {
+        /// The bridge.
+        bridge: String,
+        /// Every lease of the bridge.
+        leases: Leases,
+        /// How many of them were added, changed or removed.
+        changed: usize,
+    },
+    /// The bridge does not exist yet (the overlay creates it): its server
+    /// waits, and the pass is retried.
+    WaitForBridge {
+        /// The bridge.
+        bridge: String,
+    },
+}
+
+/// The DHCP changes that serve `want` (leases by bridge) given what runs:
+/// servers of bridges that are gone, were recreated (another interface
+/// index) or ended are stopped, servers of new bridges started, and a
+/// table replaced only when its leases differ. Pure.
+pub fn plan(want: &BTreeMap<String, Leases>, observed: &DhcpObserved) -> Vec<DhcpAction> {
+    let mut out = Vec::new();
+    let live = |b: &String, s: &ServerState| {
+        !s.finished && observed.bridges.get(b) == Some(&Some(s.ifindex))
+    };
+    for (b, s) in &observed.servers {
+        if !want.contains_key(b) || !live(b, s) {
+            out.push(DhcpAction::Stop {
+                bridge: b.clone(),
+                wanted: want.contains_key(b),
+            });
+        }
+    }
+    let none = Leases::new();
+    for (bridge, leases) in want {
+        let applied = match observed.servers.get(bridge).filter(|s| live(bridge, s)) {
+            Some(s) => &s.leases,
+            None => {
+                let Some(Some(ifindex)) = observed.bridges.get(bridge) else {
+                    out.push(DhcpAction::WaitForBridge {
+                        bridge: bridge.clone(),
+                    });
+                    continue;
+                };
+                out.push(DhcpAction::Start {
+                    bridge: bridge.clone(),
+                    ifindex: *ifindex,
+                });
+                &none
+            }
+        };
+        if applied != leases {
+            let changed = leases
+                .iter()
+                .filter(|(m, l)| applied.get(*m) != Some(*l))
+                .count()
+                + applied.keys().filter(|m| !leases.contains_key(*m)).count();
+            out.push(DhcpAction::Leases {
+                bridge: bridge.clone(),
+                leases: leases.clone(),
+                changed,
+            });
+        }
+    }
+    out
+}
+
 /// One running server.
 struct Served {
     handle: DhcpHandle,
     table: LeaseTable,
     ifindex: u32,
-    applied: BTreeMap<[u8; 6], Lease>,
+    applied: Leases,
 }
 
 /// The DHCP reconciler.
@@ -86,68 +197,89 @@ impl Dhcp {
 
 #[async_trait]
 impl Subsystem for Dhcp {
+    type Observed = DhcpObserved;
+    type Plan = Vec<DhcpAction>;
+
     fn name(&self) -> &'static str {
         "dhcp"
     }
 
-    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
-        let want = leases(desired);
-        let mut changes = 0;
-        let mut errors = Vec::new();
-        // Stop servers of bridges that are gone or were recreated.
-        let stale: Vec<String> = self
+    async fn observe(&mut self, desired: &DesiredNode) -> Result<DhcpObserved, SubsystemError> {
+        let servers: BTreeMap<String, ServerState> = self
             .servers
             .iter()
-            .filter(|(b, s)| {
-                !want.contains_key(*b) || s.handle.is_finished() || ifindex(b) != Some(s.ifindex)
+            .map(|(b, s)| {
+                (
+                    b.clone(),
+                    ServerState {
+                        ifindex: s.ifindex,
+                        finished: s.handle.is_finished(),
+                        leases: s.applied.clone(),
+                    },
+                )
             })
-            .map(|(b, _)| b.clone())
             .collect();
-        for b in stale {
-            if let Some(s) = self.servers.remove(&b) {
-                if let Err(e) = s.handle.shutdown().await {
-                    warn!(bridge = %b, error = %e, "DHCP server ended with an error");
+        let bridges = servers
+            .keys()
+            .cloned()
+            .chain(leases(desired).into_keys())
+            .map(|b| {
+                let idx = ifindex(&b);
+                (b, idx)
+            })
+            .collect();
+        Ok(DhcpObserved { servers, bridges })
+    }
+
+    fn plan(&self, desired: &DesiredNode, observed: &DhcpObserved) -> Vec<DhcpAction> {
+        plan(&leases(desired), observed)
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: Vec<DhcpAction>,
+    ) -> Result<usize, SubsystemError> {
+        let mut changes = 0;
+        let mut errors = Vec::new();
+        for action in plan {
+            match action {
+                DhcpAction::Stop { bridge, wanted } => {
+                    if let Some(s) = self.servers.remove(&bridge) {
+                        if let Err(e) = s.handle.shutdown().await {
+                            warn!(bridge = %bridge, error = %e, "DHCP server ended with an error");
+                        }
+                        info!(bridge = %bridge, "DHCP server stopped");
+                        if !wanted {
+                            changes += 1;
+                        }
+                    }
                 }
-                info!(bridge = %b, "DHCP server stopped");
-                if !want.contains_key(&b) {
-                    changes += 1;
-                }
-            }
-        }
-        for (bridge, leases) in want {
-            if !self.servers.contains_key(&bridge) {
-                let Some(idx) = ifindex(&bridge) else {
-                    errors.push(format!("bridge {bridge} does not exist yet"));
-                    continue;
-                };
-                match Self::start(&bridge, idx) {
+                DhcpAction::Start { bridge, ifindex } => match Self::start(&bridge, ifindex) {
                     Ok(s) => {
-                        self.servers.insert(bridge.clone(), s);
+                        self.servers.insert(bridge, s);
                     }
-                    Err(e) => {
-                        errors.push(e.to_string());
+                    Err(e) => errors.push(e.to_string()),
+                },
+                DhcpAction::Leases {
+                    bridge,
+                    leases,
+                    changed,
+                } => {
+                    // No server: it could not be started (reported above).
+                    let Some(s) = self.servers.get_mut(&bridge) else {
                         continue;
+                    };
+                    match s.table.replace_all(leases.values().cloned()) {
+                        Ok(()) => {
+                            s.applied = leases;
+                            changes += changed;
+                        }
+                        Err(e) => errors.push(format!("leases of {bridge}: {e}")),
                     }
                 }
-            }
-            let Some(s) = self.servers.get_mut(&bridge) else {
-                continue;
-            };
-            if s.applied != leases {
-                let diff = leases
-                    .iter()
-                    .filter(|(m, l)| s.applied.get(*m) != Some(*l))
-                    .count()
-                    + s.applied
-                        .keys()
-                        .filter(|m| !leases.contains_key(*m))
-                        .count();
-                match s.table.replace_all(leases.values().cloned()) {
-                    Ok(()) => {
-                        s.applied = leases;
-                        changes += diff;
-                    }
-                    Err(e) => errors.push(format!("leases of {bridge}: {e}")),
+                DhcpAction::WaitForBridge { bridge } => {
+                    errors.push(format!("bridge {bridge} does not exist yet"));
                 }
             }
         }
@@ -158,7 +290,7 @@ impl Subsystem for Dhcp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
 
     #[test]
@@ -185,5 +317,134 @@ mod tests {
         assert!(lease.validate().is_ok());
         assert_eq!(l["nb-200"][&p2.mac.octets()].mtu, Some(1400));
         assert!(d.instances.contains_key(&i1));
+    }
+
+    fn table(entries: &[(u8, u8)]) -> Leases {
+        entries
+            .iter()
+            .map(|(m, ip)| {
+                let mac = [2, 0, 0, 0, 0, *m];
+                (
+                    mac,
+                    Lease::new(mac, std::net::Ipv4Addr::new(10, 0, 0, *ip), 24),
+                )
+            })
+            .collect()
+    }
+
+    fn server(ifindex: u32, leases: Leases) -> ServerState {
+        ServerState {
+            ifindex,
+            finished: false,
+            leases,
+        }
+    }
+
+    #[test]
+    fn a_converged_node_has_an_empty_plan() {
+        let want = BTreeMap::from([("nb-1".to_string(), table(&[(1, 5), (2, 6)]))]);
+        let observed = DhcpObserved {
+            servers: BTreeMap::from([("nb-1".to_string(), server(7, table(&[(1, 5), (2, 6)])))]),
+            bridges: BTreeMap::from([("nb-1".to_string(), Some(7))]),
+        };
+        assert_eq!(plan(&want, &observed), vec![]);
+    }
+
+    #[test]
+    fn new_bridges_start_servers_missing_ones_wait_and_changed_leases_are_counted() {
+        let want = BTreeMap::from([
+            ("nb-1".to_string(), table(&[(1, 5), (3, 9)])),
+            ("nb-2".to_string(), table(&[(2, 6)])),
+            ("nb-3".to_string(), table(&[(4, 7)])),
+        ]);
+        let observed = DhcpObserved {
+            // nb-1: lease 1 changed its address, lease 2 gone, lease 3 new.
+            servers: BTreeMap::from([("nb-1".to_string(), server(7, table(&[(1, 4), (2, 6)])))]),
+            bridges: BTreeMap::from([
+                ("nb-1".to_string(), Some(7)),
+                ("nb-2".to_string(), Some(8)),
+                ("nb-3".to_string(), None),
+            ]),
+        };
+        assert_eq!(
+            plan(&want, &observed),
+            vec![
+                DhcpAction::Leases {
+                    bridge: "nb-1".into(),
+                    leases: table(&[(1, 5), (3, 9)]),
+                    changed: 3,
+                },
+                DhcpAction::Start {
+                    bridge: "nb-2".into(),
+                    ifindex: 8
+                },
+                DhcpAction::Leases {
+                    bridge: "nb-2".into(),
+                    leases: table(&[(2, 6)]),
+                    changed: 1,
+                },
+                DhcpAction::WaitForBridge {
+                    bridge: "nb-3".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_of_gone_recreated_or_ended_bridges_are_stopped_and_restarted() {
+        let want = BTreeMap::from([
+            ("nb-1".to_string(), table(&[(1, 5)])),
+            ("nb-2".to_string(), table(&[(2, 6)])),
+        ]);
+        let mut ended = server(8, table(&[(2, 6)]));
+        ended.finished = true;
+        let observed = DhcpObserved {
+            servers: BTreeMap::from([
+                // Recreated: another interface index.
+                ("nb-1".to_string(), server(7, table(&[(1, 5)]))),
+                ("nb-2".to_string(), ended),
+                // No local port left.
+                ("nb-9".to_string(), server(9, table(&[(9, 9)]))),
+            ]),
+            bridges: BTreeMap::from([
+                ("nb-1".to_string(), Some(17)),
+                ("nb-2".to_string(), Some(8)),
+                ("nb-9".to_string(), Some(9)),
+            ]),
+        };
+        let p = plan(&want, &observed);
+        assert_eq!(
+            p[..3],
+            [
+                DhcpAction::Stop {
+                    bridge: "nb-1".into(),
+                    wanted: true
+                },
+                DhcpAction::Stop {
+                    bridge: "nb-2".into(),
+                    wanted: true
+                },
+                DhcpAction::Stop {
+                    bridge: "nb-9".into(),
+                    wanted: false
+                },
+            ]
+        );
+        // Both wanted bridges get a fresh server with every lease.
+        assert!(p.contains(&DhcpAction::Start {
+            bridge: "nb-1".into(),
+            ifindex: 17
+        }));
+        assert!(p.contains(&DhcpAction::Start {
+            bridge: "nb-2".into(),
+            ifindex: 8
+        }));
+        assert_eq!(
+            p.iter()
+                .filter(|a| matches!(a, DhcpAction::Leases { changed: 1, .. }))
+                .count(),
+            2
+        );
+        assert_eq!(p.len(), 7);
     }
 }

@@ -1,15 +1,16 @@
 //! The firewall subsystem: [`firewall_spec`] maps local ports, their
 //! security groups' rules and the groups' cluster-wide members to a
 //! nubo-firewall [`FirewallSpec`]; each pass renders it, reads the live
-//! tables and applies one atomic nftables transaction (libnftables, in
-//! process: no `nft` child) only when the library's `plan` says
+//! tables ([`FirewallObserved`]), plans ([`firewall_action`], the library's
+//! `plan`) and applies one atomic nftables transaction (libnftables, in
+//! process: no `nft` child) only when the plan says
 //! [`FirewallAction::Replace`]. A ruleset that differs from the one this
 //! process just applied is applied without listing first
 //! ([`must_observe`]): that is the security-group update path.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nubo_common::model::{self, SecurityGroupRule};
@@ -20,8 +21,8 @@ use nubo_firewall::{
 use tracing::{debug, info};
 
 use super::{log_plan, running_ports};
-use crate::desired::DesiredNode;
-use crate::reconciler::{Subsystem, SubsystemError};
+use crate::reconciler::{Plan, Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// Maps one security group rule. Pure.
 pub fn rule_spec(r: &SecurityGroupRule) -> RuleSpec {
@@ -105,6 +106,52 @@ pub fn must_observe(desired_fingerprint: &str, known_live: Option<&str>) -> bool
     known_live.is_none_or(|live| live == desired_fingerprint)
 }
 
+/// What a firewall pass knows before planning: the ruleset the desired
+/// node renders to, and the live tables when they were listed.
+#[derive(Debug, Clone)]
+pub struct FirewallObserved {
+    /// The desired ruleset, rendered.
+    pub desired: Ruleset,
+    /// The live tables (`Some(None)`: nubo's tables do not exist), or
+    /// `None` when they were not listed because the live ruleset is known
+    /// to be another one ([`must_observe`]).
+    pub live: Option<Option<String>>,
+    /// Time spent rendering.
+    pub render: Duration,
+    /// Time spent listing.
+    pub listing: Duration,
+}
+
+/// The firewall plan: replace the live tables with the desired ruleset,
+/// or nothing.
+#[derive(Debug, Clone)]
+pub struct FirewallPlan {
+    /// What to do.
+    pub action: FirewallAction,
+    /// The ruleset to apply.
+    pub ruleset: Ruleset,
+    /// Whether the live tables were listed for this plan.
+    pub listed: bool,
+    /// Time spent rendering and listing (for the pass timing).
+    pub timings: (Duration, Duration),
+}
+
+impl Plan for FirewallPlan {
+    fn len(&self) -> usize {
+        usize::from(self.action == FirewallAction::Replace)
+    }
+}
+
+/// The action a pass takes: the library's comparison of the desired
+/// ruleset with the live tables, or a replacement when they were not
+/// listed. Pure.
+pub fn firewall_action(observed: &FirewallObserved) -> FirewallAction {
+    match &observed.live {
+        Some(live) => nubo_firewall::plan(&observed.desired, live.as_deref()),
+        None => FirewallAction::Replace,
+    }
+}
+
 /// The firewall reconciler (in the agent's network namespace).
 #[derive(Debug)]
 pub struct Firewall {
@@ -129,55 +176,79 @@ impl Default for Firewall {
     }
 }
 
-fn observe_and_plan(rs: &Ruleset) -> Result<FirewallAction, nubo_firewall::FirewallError> {
-    let live = nubo_firewall::current()?;
-    Ok(nubo_firewall::plan(rs, live.as_deref()))
+/// Runs `f` (libnftables) on the blocking pool: it blocks on netlink (and
+/// on its process-wide lock). The agent runs inside its host's network
+/// namespace, so `Netns::Current` is the right one on any blocking-pool
+/// thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, nubo_firewall::FirewallError> + Send + 'static,
+) -> Result<T, SubsystemError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SubsystemError::Other(format!("firewall task: {e}")))?
+        .map_err(|e| SubsystemError::Other(format!("firewall: {e}")))
 }
 
 #[async_trait]
 impl Subsystem for Firewall {
+    type Observed = FirewallObserved;
+    type Plan = FirewallPlan;
+
     fn name(&self) -> &'static str {
         "firewall"
     }
 
-    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+    async fn observe(&mut self, desired: &DesiredNode) -> Result<FirewallObserved, SubsystemError> {
         let started = Instant::now();
         let rs = nubo_firewall::ruleset(&firewall_spec(desired));
-        let rendered = started.elapsed();
-        let fingerprint = rs.fingerprint().to_string();
-        let observe = must_observe(&fingerprint, self.known_live.as_deref());
+        let render = started.elapsed();
+        let list = must_observe(rs.fingerprint(), self.known_live.as_deref());
         // Until this pass succeeds, what is live is unknown.
         self.known_live = None;
-        // libnftables blocks on netlink (and on its process-wide lock):
-        // keep it off the async workers. The agent runs inside its host's
-        // network namespace, so `Netns::Current` is the right one on any
-        // blocking-pool thread.
-        let outcome = tokio::task::spawn_blocking(move || {
-            let t = Instant::now();
-            let action = if observe {
-                observe_and_plan(&rs)?
-            } else {
-                FirewallAction::Replace
-            };
-            let observed = t.elapsed();
-            if action == FirewallAction::Replace {
-                nubo_firewall::apply(&rs)?;
-            }
-            Ok::<_, nubo_firewall::FirewallError>((action, observed, t.elapsed() - observed))
+        let t = Instant::now();
+        let live = if list {
+            Some(blocking(nubo_firewall::current).await?)
+        } else {
+            None
+        };
+        Ok(FirewallObserved {
+            desired: rs,
+            live,
+            render,
+            listing: t.elapsed(),
         })
-        .await
-        .map_err(|e| SubsystemError::Other(format!("firewall task: {e}")))?
-        .map_err(|e| SubsystemError::Other(format!("firewall: {e}")))?;
-        let (action, observed, applied) = outcome;
+    }
+
+    fn plan(&self, _desired: &DesiredNode, observed: &FirewallObserved) -> FirewallPlan {
+        FirewallPlan {
+            action: firewall_action(observed),
+            ruleset: observed.desired.clone(),
+            listed: observed.live.is_some(),
+            timings: (observed.render, observed.listing),
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: FirewallPlan,
+    ) -> Result<usize, SubsystemError> {
+        let n = plan.len();
+        let fingerprint = plan.ruleset.fingerprint().to_string();
+        let t = Instant::now();
+        if n > 0 {
+            let rs = plan.ruleset;
+            blocking(move || nubo_firewall::apply(&rs)).await?;
+        }
+        let (render, listing) = plan.timings;
         debug!(
-            render_us = rendered.as_micros() as u64,
-            observed = observe,
-            observe_us = observed.as_micros() as u64,
-            apply_us = applied.as_micros() as u64,
+            render_us = render.as_micros() as u64,
+            observed = plan.listed,
+            observe_us = listing.as_micros() as u64,
+            apply_us = t.elapsed().as_micros() as u64,
             "firewall pass timing"
         );
         self.known_live = Some(fingerprint.clone());
-        let n = usize::from(action == FirewallAction::Replace);
         log_plan("firewall", &mut self.first, n);
         if n > 0 {
             info!(%fingerprint, "firewall ruleset replaced");
@@ -189,7 +260,7 @@ impl Subsystem for Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
 
     #[test]
@@ -269,5 +340,35 @@ mod tests {
                 remote: Remote::Cidr("10.9.0.0/16".parse().unwrap()),
             }
         );
+    }
+
+    #[test]
+    fn the_plan_replaces_only_what_differs_from_the_live_tables() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(100, 0);
+        w.instance_on(&n1, net, &[]);
+        let rs = nubo_firewall::ruleset(&firewall_spec(&build(&w.cache, &n1, 1500)));
+        let observed = |live| FirewallObserved {
+            desired: rs.clone(),
+            live,
+            render: Duration::ZERO,
+            listing: Duration::ZERO,
+        };
+        let fw = Firewall::new();
+        let d = DesiredNode::default();
+        // Listed and identical: nothing to do.
+        let same = observed(Some(Some(rs.text().to_string())));
+        assert_eq!(firewall_action(&same), FirewallAction::Noop);
+        assert!(fw.plan(&d, &same).is_empty());
+        // No table, or not listed because known to differ: replace.
+        assert_eq!(
+            firewall_action(&observed(Some(None))),
+            FirewallAction::Replace
+        );
+        let p = fw.plan(&d, &observed(None));
+        assert_eq!((p.len(), p.listed), (1, false));
+        assert_eq!(p.ruleset, rs);
     }
 }

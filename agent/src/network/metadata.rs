@@ -1,8 +1,9 @@
 //! The metadata subsystem: one nubo-metadata server for the node, serving
 //! every bridge with running local ports. [`instance_rows`] maps the desired
-//! node to `(bridge, InstanceMeta)` rows (pure); a pass adds and removes
-//! bridges as networks come and go (re-adding recreated bridges) and
-//! replaces the shared [`InstanceTable`] only when a row changed.
+//! node to `(bridge, InstanceMeta)` rows and [`plan`] compares them with
+//! what is served (both pure): a pass adds and removes bridges as networks
+//! come and go (re-adding recreated bridges) and replaces the shared
+//! [`InstanceTable`] only when a row changed.
 //!
 //! Callers are identified by the library from (bridge, source IP, neighbour
 //! MAC), never from anything they send. The bridges' reverse-path filter is
@@ -19,8 +20,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname, LocalPort};
-use crate::desired::DesiredNode;
 use crate::reconciler::{Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// OpenStack `network_data.json` for one port (the netns driver and most
 /// guests have one NIC): the link with MAC and MTU, the static IPv4 network
@@ -125,6 +126,91 @@ fn loosen_rp_filter(bridge: &str) {
     }
 }
 
+/// The metadata rows served: `(bridge, instance)`.
+pub type Rows = Vec<(String, InstanceMeta)>;
+
+/// What a metadata pass observes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetadataObserved {
+    /// Whether the server runs.
+    pub running: bool,
+    /// The rows in its table.
+    pub rows: Rows,
+    /// The bridges served, with the interface index each was added with.
+    pub served: BTreeMap<String, u32>,
+    /// The interface index of every bridge served or wanted (`None`: it
+    /// does not exist).
+    pub bridges: BTreeMap<String, Option<u32>>,
+}
+
+/// One metadata change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataAction {
+    /// Replace the instance table.
+    Rows {
+        /// Every row.
+        rows: Rows,
+        /// How many rows were added, changed or removed.
+        changed: usize,
+    },
+    /// Start the server (once per process).
+    Start,
+    /// Stop serving a bridge that is gone or was recreated.
+    RemoveBridge {
+        /// The bridge.
+        bridge: String,
+    },
+    /// Serve a bridge.
+    AddBridge {
+        /// The bridge.
+        bridge: String,
+        /// Its interface index.
+        ifindex: u32,
+    },
+    /// The bridge does not exist yet (the overlay creates it): served
+    /// once it does, and the pass is retried.
+    WaitForBridge {
+        /// The bridge.
+        bridge: String,
+    },
+}
+
+/// The metadata changes that serve `rows`: the table replaced when a row
+/// differs, the server started if it does not run, bridges no longer
+/// wanted or recreated (another interface index) removed, new ones added.
+/// Pure.
+pub fn plan(rows: Rows, observed: &MetadataObserved) -> Vec<MetadataAction> {
+    let mut out = Vec::new();
+    let want: BTreeSet<String> = rows.iter().map(|(b, _)| b.clone()).collect();
+    if rows != observed.rows {
+        let changed = rows.iter().filter(|r| !observed.rows.contains(r)).count()
+            + observed.rows.iter().filter(|r| !rows.contains(r)).count();
+        out.push(MetadataAction::Rows { rows, changed });
+    }
+    if !observed.running {
+        out.push(MetadataAction::Start);
+    }
+    let exists = |b: &String| observed.bridges.get(b).copied().flatten();
+    let mut kept = BTreeSet::new();
+    for (b, idx) in &observed.served {
+        if want.contains(b) && exists(b) == Some(*idx) {
+            kept.insert(b.clone());
+        } else {
+            out.push(MetadataAction::RemoveBridge { bridge: b.clone() });
+        }
+    }
+    for b in want {
+        if kept.contains(&b) {
+            continue;
+        }
+        out.push(match exists(&b) {
+            Some(ifindex) => MetadataAction::AddBridge { bridge: b, ifindex },
+            None => MetadataAction::WaitForBridge { bridge: b },
+        });
+    }
+    out
+}
+
 /// The metadata reconciler.
 pub struct Metadata {
     availability_zone: String,
@@ -132,7 +218,7 @@ pub struct Metadata {
     server: Option<MetadataServer>,
     /// Served bridges and the interface index they were bound to.
     served: BTreeMap<String, u32>,
-    applied: Vec<(String, InstanceMeta)>,
+    applied: Rows,
     first: bool,
 }
 
@@ -153,54 +239,81 @@ impl Metadata {
 
 #[async_trait]
 impl Subsystem for Metadata {
+    type Observed = MetadataObserved;
+    type Plan = Vec<MetadataAction>;
+
     fn name(&self) -> &'static str {
         "metadata"
     }
 
-    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
-        let rows = instance_rows(desired, &self.availability_zone);
+    async fn observe(&mut self, desired: &DesiredNode) -> Result<MetadataObserved, SubsystemError> {
+        let bridges = self
+            .served
+            .keys()
+            .cloned()
+            .chain(
+                running_ports(desired)
+                    .iter()
+                    .map(|lp| bridge_name(lp.network.vni)),
+            )
+            .map(|b| {
+                let idx = ifindex(&b);
+                (b, idx)
+            })
+            .collect();
+        Ok(MetadataObserved {
+            running: self.server.is_some(),
+            rows: self.applied.clone(),
+            served: self.served.clone(),
+            bridges,
+        })
+    }
+
+    fn plan(&self, desired: &DesiredNode, observed: &MetadataObserved) -> Vec<MetadataAction> {
+        plan(instance_rows(desired, &self.availability_zone), observed)
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: Vec<MetadataAction>,
+    ) -> Result<usize, SubsystemError> {
         let mut changes = 0;
         let mut errors = Vec::new();
-        if rows != self.applied {
-            changes += rows.iter().filter(|r| !self.applied.contains(r)).count()
-                + self.applied.iter().filter(|r| !rows.contains(r)).count();
-            self.table.replace_all(rows.iter().cloned());
-            self.applied = rows.clone();
-        }
-        let server = match &self.server {
-            Some(s) => s,
-            None => {
-                let s = MetadataServer::start(self.table.clone())
-                    .map_err(|e| SubsystemError::Other(format!("metadata server: {e}")))?;
-                self.server.insert(s)
-            }
-        };
-        let want: BTreeSet<String> = rows.into_iter().map(|(b, _)| b).collect();
-        let stale: Vec<String> = self
-            .served
-            .iter()
-            .filter(|(b, idx)| !want.contains(*b) || ifindex(b) != Some(**idx))
-            .map(|(b, _)| b.clone())
-            .collect();
-        for b in stale {
-            server.remove_bridge(&b).await;
-            self.served.remove(&b);
-            info!(bridge = %b, "metadata no longer served");
-        }
-        for b in want {
-            if self.served.contains_key(&b) {
-                continue;
-            }
-            let Some(idx) = ifindex(&b) else {
-                errors.push(format!("bridge {b} does not exist yet"));
-                continue;
-            };
-            loosen_rp_filter(&b);
-            match server.add_bridge(&b) {
-                Ok(()) => {
-                    self.served.insert(b, idx);
+        for action in plan {
+            match action {
+                MetadataAction::Rows { rows, changed } => {
+                    self.table.replace_all(rows.iter().cloned());
+                    self.applied = rows;
+                    changes += changed;
                 }
-                Err(e) => errors.push(format!("metadata on {b}: {e}")),
+                MetadataAction::Start => {
+                    let s = MetadataServer::start(self.table.clone())
+                        .map_err(|e| SubsystemError::Other(format!("metadata server: {e}")))?;
+                    self.server = Some(s);
+                }
+                MetadataAction::RemoveBridge { bridge } => {
+                    if let Some(server) = &self.server {
+                        server.remove_bridge(&bridge).await;
+                    }
+                    self.served.remove(&bridge);
+                    info!(bridge = %bridge, "metadata no longer served");
+                }
+                MetadataAction::AddBridge { bridge, ifindex } => {
+                    let Some(server) = &self.server else {
+                        continue;
+                    };
+                    loosen_rp_filter(&bridge);
+                    match server.add_bridge(&bridge) {
+                        Ok(()) => {
+                            self.served.insert(bridge, ifindex);
+                        }
+                        Err(e) => errors.push(format!("metadata on {bridge}: {e}")),
+                    }
+                }
+                MetadataAction::WaitForBridge { bridge } => {
+                    errors.push(format!("bridge {bridge} does not exist yet"));
+                }
             }
         }
         finish_server_pass("metadata", &mut self.first, changes, errors)
@@ -210,7 +323,7 @@ impl Subsystem for Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
     use nubo_common::keys;
     use nubo_common::model::{self, Keypair};
@@ -277,5 +390,86 @@ mod tests {
             .apply(&keys::instance(&i1), Some(&model::encode(&spec)), 901);
         let d = build(&w.cache, &n1, 1500);
         assert_eq!(instance_rows(&d, "nova")[0].1.user_data, None);
+    }
+
+    fn row(bridge: &str, ip: u8) -> (String, InstanceMeta) {
+        (
+            bridge.to_string(),
+            InstanceMeta::new(
+                format!("i-{ip}"),
+                std::net::Ipv4Addr::new(10, 0, 0, ip),
+                MacAddr([2, 0, 0, 0, 0, ip]),
+            ),
+        )
+    }
+
+    fn served(rows: Rows, bridges: &[(&str, u32)]) -> MetadataObserved {
+        MetadataObserved {
+            running: true,
+            rows,
+            served: bridges.iter().map(|(b, i)| (b.to_string(), *i)).collect(),
+            bridges: bridges
+                .iter()
+                .map(|(b, i)| (b.to_string(), Some(*i)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_converged_node_has_an_empty_plan_and_a_fresh_one_starts_everything() {
+        let rows = vec![row("nb-1", 5), row("nb-2", 6)];
+        let o = served(rows.clone(), &[("nb-1", 7), ("nb-2", 8)]);
+        assert_eq!(plan(rows.clone(), &o), vec![]);
+        let fresh = MetadataObserved {
+            bridges: o.bridges.clone(),
+            ..MetadataObserved::default()
+        };
+        assert_eq!(
+            plan(rows.clone(), &fresh),
+            vec![
+                MetadataAction::Rows { rows, changed: 2 },
+                MetadataAction::Start,
+                MetadataAction::AddBridge {
+                    bridge: "nb-1".into(),
+                    ifindex: 7
+                },
+                MetadataAction::AddBridge {
+                    bridge: "nb-2".into(),
+                    ifindex: 8
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bridges_follow_the_networks_and_recreated_ones_are_added_again() {
+        let mut o = served(
+            vec![row("nb-1", 5), row("nb-2", 6)],
+            &[("nb-1", 7), ("nb-2", 8)],
+        );
+        // nb-1 recreated (new index), nb-2 has no port left, nb-3 is new
+        // but not created yet.
+        o.bridges.insert("nb-1".into(), Some(17));
+        o.bridges.insert("nb-3".into(), None);
+        let rows = vec![row("nb-1", 5), row("nb-3", 9)];
+        assert_eq!(
+            plan(rows.clone(), &o),
+            vec![
+                MetadataAction::Rows { rows, changed: 2 },
+                MetadataAction::RemoveBridge {
+                    bridge: "nb-1".into()
+                },
+                MetadataAction::RemoveBridge {
+                    bridge: "nb-2".into()
+                },
+                MetadataAction::AddBridge {
+                    bridge: "nb-1".into(),
+                    ifindex: 17
+                },
+                MetadataAction::WaitForBridge {
+                    bridge: "nb-3".into()
+                },
+            ]
+        );
     }
 }

@@ -9,9 +9,10 @@
 //!    (nubo-dhcp);
 //! 4. [`metadata`]: one metadata server serving every bridge (nubo-metadata).
 //!
-//! Each maps the [`DesiredNode`] to its library's input with a pure function
-//! (unit-tested here), observes, plans and applies. All of them work from
-//! the agent's cache: an etcd outage changes nothing on the node.
+//! Each is a [`crate::reconciler::Subsystem`]: it maps the [`DesiredNode`]
+//! to its library's input with a pure function, observes, plans with a pure
+//! function (both unit-tested here) and applies. All of them work from the
+//! agent's cache: an etcd outage changes nothing on the node.
 //!
 //! Only ports of instances whose desired power is running are wired: a
 //! stopped instance has no tap.
@@ -23,8 +24,8 @@ pub mod overlay;
 
 use std::net::IpAddr;
 
-use crate::desired::{DesiredInstance, DesiredNetwork, DesiredNode, DesiredPort};
-use crate::reconciler::{Subsystem, SubsystemError};
+use crate::reconciler::{Reconcile, SubsystemError};
+use crate::state::desired::{DesiredInstance, DesiredNetwork, DesiredNode, DesiredPort};
 use nubo_common::model::PowerState;
 
 /// A local port with its instance and network.
@@ -89,7 +90,7 @@ pub fn subsystems(
     underlay_ip: IpAddr,
     underlay_mtu: u16,
     availability_zone: &str,
-) -> Result<Vec<Box<dyn Subsystem>>, SubsystemError> {
+) -> Result<Vec<Box<dyn Reconcile>>, SubsystemError> {
     Ok(vec![
         Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?),
         Box::new(firewall::Firewall::new()),

@@ -1,17 +1,20 @@
 //! The overlay subsystem: [`overlay_spec`] maps the desired node to a
 //! nubo-overlay [`OverlaySpec`]; each pass observes the namespace over
-//! netlink, plans with the library's pure [`nubo_overlay::plan`] and applies.
+//! netlink, plans with the library's pure [`nubo_overlay::plan`] (the taps
+//! it waits for set apart, [`split_plan`]) and applies.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use nubo_overlay::{LocalPort, MacAddr, Netlink, NetworkSpec, OverlayAction, OverlaySpec};
+use nubo_overlay::{
+    LocalPort, MacAddr, Netlink, NetworkSpec, ObservedOverlay, OverlayAction, OverlaySpec,
+};
 use tracing::{debug, info};
 
 use super::{log_plan, running_ports};
-use crate::desired::DesiredNode;
-use crate::reconciler::{Subsystem, SubsystemError};
+use crate::reconciler::{Plan, Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// Builds the overlay spec of this node. Pure.
 ///
@@ -58,9 +61,25 @@ pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u1
     }
 }
 
-/// Splits a plan into the actions that change the node and the taps still
-/// missing (created by the hypervisor driver, not by the overlay). Pure.
-pub fn split_plan(plan: Vec<OverlayAction>) -> (Vec<OverlayAction>, Vec<String>) {
+/// The overlay plan: the actions that change the node, and the taps it
+/// waits for (created by the hypervisor driver, not by the overlay).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayPlan {
+    /// Actions to apply, in order.
+    pub actions: Vec<OverlayAction>,
+    /// Taps not created yet (attached once they exist).
+    pub waiting: Vec<String>,
+}
+
+impl Plan for OverlayPlan {
+    fn len(&self) -> usize {
+        self.actions.len()
+    }
+}
+
+/// Splits a library plan into the actions that change the node and the
+/// taps still missing. Pure.
+pub fn split_plan(plan: Vec<OverlayAction>) -> OverlayPlan {
     let mut waiting = Vec::new();
     let actions = plan
         .into_iter()
@@ -72,7 +91,7 @@ pub fn split_plan(plan: Vec<OverlayAction>) -> (Vec<OverlayAction>, Vec<String>)
             _ => true,
         })
         .collect();
-    (actions, waiting)
+    OverlayPlan { actions, waiting }
 }
 
 /// The overlay reconciler.
@@ -99,38 +118,50 @@ impl Overlay {
 
 #[async_trait]
 impl Subsystem for Overlay {
+    type Observed = ObservedOverlay;
+    type Plan = OverlayPlan;
+
     fn name(&self) -> &'static str {
         "overlay"
     }
 
-    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
-        let spec = overlay_spec(desired, self.underlay_ip, self.underlay_mtu);
-        let observed = self
-            .netlink
+    async fn observe(&mut self, _desired: &DesiredNode) -> Result<ObservedOverlay, SubsystemError> {
+        self.netlink
             .observe()
             .await
-            .map_err(|e| SubsystemError::Other(format!("observe overlay: {e}")))?;
-        let (actions, waiting) = split_plan(nubo_overlay::plan(&spec, &observed));
-        if !waiting.is_empty() {
-            debug!(taps = ?waiting, "taps not created yet; attached once they exist");
+            .map_err(|e| SubsystemError::Other(format!("observe overlay: {e}")))
+    }
+
+    fn plan(&self, desired: &DesiredNode, observed: &ObservedOverlay) -> OverlayPlan {
+        let spec = overlay_spec(desired, self.underlay_ip, self.underlay_mtu);
+        split_plan(nubo_overlay::plan(&spec, observed))
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: OverlayPlan,
+    ) -> Result<usize, SubsystemError> {
+        if !plan.waiting.is_empty() {
+            debug!(taps = ?plan.waiting, "taps not created yet; attached once they exist");
         }
-        log_plan("overlay", &mut self.first, actions.len());
-        if actions.is_empty() {
+        log_plan("overlay", &mut self.first, plan.actions.len());
+        if plan.actions.is_empty() {
             return Ok(0);
         }
-        info!(plan = ?actions, "applying overlay plan");
+        info!(plan = ?plan.actions, "applying overlay plan");
         self.netlink
-            .apply(&actions)
+            .apply(&plan.actions)
             .await
             .map_err(|e| SubsystemError::Other(format!("apply overlay: {e}")))?;
-        Ok(actions.len())
+        Ok(plan.actions.len())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::build;
+    use crate::state::desired::build;
     use crate::testutil::*;
     use nubo_common::keys;
     use nubo_common::model::PowerState;
@@ -196,7 +227,7 @@ mod tests {
                 tap: "tapx".into(),
             },
         ];
-        let (actions, waiting) = split_plan(plan);
+        let OverlayPlan { actions, waiting } = split_plan(plan);
         assert_eq!(
             actions,
             vec![OverlayAction::SetUp {

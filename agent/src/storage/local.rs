@@ -5,9 +5,9 @@ use async_trait::async_trait;
 use nubo_common::InstanceId;
 use nubo_libvirt::DiskSpec;
 
+use super::images::ImageFetcher;
 use super::{PreparedRoot, StorageBackend, StorageError};
-use crate::desired::DesiredInstance;
-use crate::images::ImageFetcher;
+use crate::state::desired::DesiredInstance;
 
 /// Per-node image cache + qcow2 overlays.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! COW clones of the imported image, volumes are RBD images). Selected by
 //! the agent's `[storage] backend`.
 
-pub mod config;
+pub mod images;
 pub mod local;
 pub mod rbd;
 
@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use nubo_common::{InstanceId, VolumeId};
 use nubo_libvirt::{DiskSpec, RbdDisk};
 
-use crate::desired::DesiredInstance;
+use crate::state::desired::DesiredInstance;
 
-pub use config::{BackendKind, StorageFile, StorageSettings};
+pub use crate::config::storage::{BackendKind, StorageFile, StorageSettings};
 pub use local::LocalBackend;
 pub use rbd::RbdBackend;
 
@@ -26,7 +26,7 @@ pub use rbd::RbdBackend;
 pub enum StorageError {
     /// The image could not be downloaded or cached locally.
     #[error(transparent)]
-    Fetch(#[from] crate::images::FetchError),
+    Fetch(#[from] images::FetchError),
     /// The local overlay could not be made or removed.
     #[error("instance {instance}: {source}")]
     Local {
@@ -109,7 +109,7 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
 /// on `driver`'s libvirtd (idempotent), then connects to the cluster.
 pub async fn open(
     cfg: &crate::config::AgentConfig,
-    images: crate::images::ImageFetcher,
+    images: images::ImageFetcher,
     driver: &nubo_libvirt::LibvirtDriver,
 ) -> Result<std::sync::Arc<dyn StorageBackend>, StorageError> {
     use base64::Engine as _;
@@ -120,7 +120,7 @@ pub async fn open(
             let text = std::fs::read_to_string(&s.keyring).map_err(|e| {
                 StorageError::Config(format!("read keyring {}: {e}", s.keyring.display()))
             })?;
-            let key = config::keyring_key(&text, &s.ceph_id).ok_or_else(|| {
+            let key = crate::config::storage::keyring_key(&text, &s.ceph_id).ok_or_else(|| {
                 StorageError::Config(format!("no key in keyring {}", s.keyring.display()))
             })?;
             let raw = base64::engine::general_purpose::STANDARD

@@ -16,10 +16,10 @@ use nubo_libvirt::{DiskSpec, MonHost, RbdDisk};
 use nubo_storage::{BlockStore, Cluster, ConnectOptions, ImportWait, RbdPools, RbdStore};
 use tracing::{info, warn};
 
-use super::config::{mon_hosts_from_conf, split_host_port, StorageSettings};
+use super::images::ImageFetcher;
 use super::{PreparedRoot, StorageBackend, StorageError};
-use crate::desired::DesiredInstance;
-use crate::images::ImageFetcher;
+use crate::config::storage::{mon_hosts_from_conf, split_host_port, StorageSettings};
+use crate::state::desired::DesiredInstance;
 
 /// How long a root disk removal retries while QEMU's watch lingers.
 const REMOVE_RETRY: Duration = Duration::from_secs(60);

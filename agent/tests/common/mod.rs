@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use nubo_agent::hypervisor::fake::FakeState;
+use nubo_agent::compute::hypervisor::fake::FakeState;
 use nubo_agent::{AgentConfig, DriverKind, FakeHypervisor};
 use nubo_common::keys;
 use nubo_common::model::{

@@ -228,6 +228,18 @@ impl EtcdSessionStatus {
         }
         serde_json::from_str(body).map_err(|e| format!("bad etcd-status body: {e}"))
     }
+
+    /// Asks the node API at `api` (`host:port`): `GET /v1/etcd-status`
+    /// over HTTP/1.0 (no keep-alive), at most 64 KiB read. The caller bounds
+    /// the time it waits.
+    pub async fn fetch(api: &str) -> std::io::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(api).await?;
+        s.write_all(Self::http_request(api).as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut buf).await?;
+        Self::from_http_response(&buf).map_err(std::io::Error::other)
+    }
 }
 
 #[cfg(test)]

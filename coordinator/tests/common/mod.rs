@@ -197,7 +197,11 @@ pub async fn usage(etcd: &Etcd, name: &str) -> NodeUsage {
 
 /// Number of keys under a prefix.
 pub async fn count(etcd: &Etcd, prefix: &str) -> i64 {
-    let mut c = etcd.client().await.unwrap();
+    count_with(&mut etcd.client().await.unwrap(), prefix).await
+}
+
+/// [`count`] through a client of one's own (e.g. moved into a task).
+pub async fn count_with(c: &mut etcd_client::Client, prefix: &str) -> i64 {
     c.get(
         prefix,
         Some(

@@ -83,7 +83,7 @@ impl Topology {
         assert!(
             // SAFETY: geteuid has no preconditions.
             unsafe { libc::geteuid() } == 0,
-            "network namespace tests need root (run as root or set NUBO_SKIP_NETNS_TESTS=1)"
+            "network namespace tests need root (run as root, or set NUBO_TEST_ALLOW_SKIP=root to skip them)"
         );
         let token = run_token();
         let host = format!("nbt{token}h");

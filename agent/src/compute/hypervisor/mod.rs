@@ -5,12 +5,16 @@
 pub mod fake;
 pub mod libvirt;
 pub mod netns;
+pub mod plug;
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use nubo_common::model::{Qos, Timestamp};
+
 use nubo_common::{InstanceId, VolumeId};
 
-use crate::desired::DesiredInstance;
+use crate::state::desired::DesiredInstance;
 
 pub use fake::FakeHypervisor;
 pub use libvirt::LibvirtHypervisor;
@@ -103,6 +107,12 @@ pub enum HypervisorError {
     Fenced(InstanceId),
 }
 
+impl From<HypervisorError> for crate::reconciler::SubsystemError {
+    fn from(e: HypervisorError) -> Self {
+        Self::Driver(Box::new(e))
+    }
+}
+
 /// A compute backend. Object-safe; the agent holds an `Arc<dyn Hypervisor>`.
 ///
 /// Every operation is idempotent from the reconciler's point of view: the
@@ -183,4 +193,33 @@ pub trait Hypervisor: Send + Sync + 'static {
             self.driver()
         )))
     }
+}
+
+/// vCPUs and memory of an instance's definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceSize {
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+}
+
+impl InstanceSize {
+    /// The size the spec asks for (at least one vCPU, as domains get).
+    pub fn of(d: &DesiredInstance) -> Self {
+        InstanceSize {
+            vcpus: d.resources.vcpus.max(1),
+            memory_mb: d.resources.ram_mb,
+        }
+    }
+}
+
+/// A driver that can change the size of a shut-off instance (libvirt:
+/// redefine the domain). Not a boot, so not behind the fencing gate.
+#[async_trait]
+pub trait Resizer: Send + Sync + 'static {
+    /// The size of every shut-off instance nubo manages.
+    async fn stopped_sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError>;
+    /// Redefines a shut-off instance with `spec`'s vCPUs and memory.
+    async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError>;
 }

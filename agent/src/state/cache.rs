@@ -11,7 +11,7 @@
 //! directly): a change to one used by an instance of [`Cache::local_node`]
 //! is [`Change::Relevant`] and reaches attached disks at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
@@ -33,7 +33,8 @@ pub struct StoredStatus {
     pub mod_revision: i64,
 }
 
-/// The mirror of `/nubo/v1/`.
+/// The mirror of the node-relevant prefixes of `/nubo/v1/`
+/// ([`keys::agent_watch_prefixes`]).
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
     /// The node whose reconcilers this cache feeds: volume and volume-type
@@ -69,6 +70,17 @@ pub struct Cache {
     pub volume_types: BTreeMap<String, VolumeType>,
     /// Keys whose value did not decode, with the reason.
     pub garbage: BTreeMap<String, String>,
+    /// How far each watched prefix is known: every change under it up to
+    /// that revision has been applied (empty for a cache not fed by the
+    /// mirror: then everything counts as known).
+    pub progress: BTreeMap<String, i64>,
+    /// Mod revisions of the keys that refer to others (assignments,
+    /// instance specs, ports), to tell a reference not delivered yet from
+    /// a missing one ([`Cache::in_flight`]).
+    pub revisions: HashMap<String, i64>,
+    /// Keys etcd was asked for and did not hold, with the revision of that
+    /// read ([`Cache::confirm_absent`]).
+    pub absent: BTreeMap<String, i64>,
 }
 
 /// What an applied change was about, so callers can decide whether it
@@ -126,9 +138,21 @@ impl Cache {
     /// `mod_revision`.
     pub fn apply(&mut self, key: &str, value: Option<&[u8]>, mod_revision: i64) -> Change {
         self.revision = self.revision.max(mod_revision);
+        if value.is_some() {
+            self.absent.remove(key);
+        }
         let Some(parsed) = keys::parse(key) else {
             return Change::Ignored;
         };
+        if matches!(
+            parsed,
+            Key::Assignment(..) | Key::Instance(_) | Key::Port(_)
+        ) {
+            match value {
+                Some(_) => self.revisions.insert(key.to_string(), mod_revision),
+                None => self.revisions.remove(key),
+            };
+        }
         let g = &mut self.garbage;
         match parsed {
             Key::Node(n) => put_or_remove(&mut self.nodes, g, n, key, value),
@@ -230,6 +254,54 @@ impl Cache {
                     .is_some_and(|v| v.volume_type.as_deref() == Some(name))
             })
         })
+    }
+
+    /// Records that every change under `prefix` up to `revision` has been
+    /// applied.
+    pub fn set_progress(&mut self, prefix: &str, revision: i64) {
+        let p = self.progress.entry(prefix.to_string()).or_default();
+        *p = (*p).max(revision);
+    }
+
+    /// How far the watched prefix holding `key` is known (`None`: no
+    /// prefix holds it, or the cache is not fed by the mirror).
+    pub fn progress_of(&self, key: &str) -> Option<i64> {
+        self.progress
+            .iter()
+            .filter(|(p, _)| key.starts_with(p.as_str()))
+            .map(|(_, r)| *r)
+            .next()
+    }
+
+    /// The mod revision of an assignment, instance spec or port key.
+    pub fn mod_revision(&self, key: &str) -> Option<i64> {
+        self.revisions.get(key).copied()
+    }
+
+    /// Records that etcd did not hold `key` at `revision`.
+    pub fn confirm_absent(&mut self, key: &str, revision: i64) {
+        let r = self.absent.entry(key.to_string()).or_default();
+        *r = (*r).max(revision);
+    }
+
+    /// Whether `key`, missing from the cache and referred to by an object
+    /// written at `since`, may still be on its way: its prefix is only
+    /// known up to an earlier revision (a transaction that wrote both
+    /// reaches the cache prefix by prefix) and no read since showed it
+    /// absent. An undecodable value is not on its way: it is there, and
+    /// bad.
+    pub fn in_flight(&self, key: &str, since: i64) -> bool {
+        if self.garbage.contains_key(key) {
+            return false;
+        }
+        self.progress_of(key).is_some_and(|p| p < since)
+            && self.absent.get(key).is_none_or(|r| *r < since)
+    }
+
+    /// The revision up to which the instance statuses are known.
+    pub fn statuses_revision(&self) -> i64 {
+        self.progress_of(&keys::instances_prefix())
+            .unwrap_or(self.revision)
     }
 
     /// Whether the value stored at `key` was undecodable, and why.
@@ -372,5 +444,31 @@ mod tests {
             Change::Ignored
         );
         assert!(w.cache.garbage.is_empty(), "{:?}", w.cache.garbage);
+    }
+
+    #[test]
+    fn progress_tells_a_key_on_its_way_from_a_missing_one() {
+        let mut c = Cache::default();
+        let port = keys::port(&nubo_common::PortId::new_random());
+        // Not fed by the mirror: everything is known.
+        assert!(!c.in_flight(&port, 10));
+        c.set_progress(&keys::ports_prefix(), 8);
+        c.set_progress(&keys::instances_prefix(), 12);
+        assert_eq!(c.progress_of(&port), Some(8));
+        assert!(c.in_flight(&port, 10));
+        assert!(!c.in_flight(&port, 8));
+        // Progress never goes back.
+        c.set_progress(&keys::ports_prefix(), 5);
+        assert_eq!(c.progress_of(&port), Some(8));
+        // Read absent after the referring write: missing.
+        c.confirm_absent(&port, 9);
+        assert!(c.in_flight(&port, 10));
+        c.confirm_absent(&port, 10);
+        assert!(!c.in_flight(&port, 10));
+        // A put forgets the absence; an undecodable value is never on its way.
+        c.apply(&port, Some(b"{"), 11);
+        assert!(c.absent.is_empty());
+        assert!(!c.in_flight(&port, 20));
+        assert_eq!(c.statuses_revision(), 12);
     }
 }

@@ -4,7 +4,7 @@
 //! the overlay plugs it into the bridge like any VM tap. Guests are real
 //! enough for DHCP clients, `curl`, `ping` and `nc`, with no hypervisor.
 //!
-//! What runs is discovered, not remembered: [`NetnsHypervisor::list`] scans
+//! What runs is discovered, not remembered: [`list`](super::Hypervisor::list) scans
 //! `/run/netns` with [`nubo_overlay::list_netns_guests`]; a guest whose
 //! namespace exists is running. A small state file
 //! (`<state-dir>/netns-guests.json`) only holds what a namespace name cannot
@@ -54,7 +54,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::{HypervisorError, ObservedInstance, ObservedPower};
-use crate::desired::DesiredInstance;
+use crate::state::desired::DesiredInstance;
 
 /// File name of the driver's state inside the state directory.
 pub const STATE_FILE: &str = "netns-guests.json";

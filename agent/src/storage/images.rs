@@ -42,7 +42,7 @@ pub enum FetchError {
         image: String,
         /// Its status.
         status: String,
-        /// ": <status reason>" or "".
+        /// `": <status reason>"` or `""`.
         reason: String,
     },
     /// The coordinator could not be reached or refused the download.
@@ -99,6 +99,23 @@ pub struct ImageFetcher {
     cache: ImageCache,
     downloads: PathBuf,
     locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+}
+
+/// An error and its sources, `: `-separated (a source whose text is
+/// already there is left out): the TLS reason of a refused connection
+/// (`invalid peer certificate: …`) reaches the message. Pure.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 fn hex(b: &[u8]) -> String {
@@ -167,7 +184,7 @@ impl ImageFetcher {
                 )
                 .map_err(|e| format!("TLS: {e}"))?;
         }
-        ep.connect().await.map_err(|e| format!("{e} ({e:?})"))
+        ep.connect().await.map_err(|e| chain(&e))
     }
 
     /// A fresh token for the node's application credential, if one is
@@ -369,6 +386,21 @@ pub fn parse_credential(text: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
     use nubo_common::model::{self, DiskFormat, ImageStatus};
+
+    #[test]
+    fn chain_keeps_each_distinct_reason_once() {
+        let inner = std::io::Error::other("invalid peer certificate: BadSignature");
+        let outer = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
+        // io::Error displays its inner error: not repeated.
+        assert_eq!(chain(&outer), "invalid peer certificate: BadSignature");
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Transport(#[source] std::io::Error);
+        assert_eq!(
+            chain(&Transport(outer)),
+            "transport error: invalid peer certificate: BadSignature"
+        );
+    }
 
     #[test]
     fn credential_file_is_id_colon_secret() {

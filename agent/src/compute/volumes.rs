@@ -1,12 +1,13 @@
-//! Volumes of the instances on this node: observe what the hypervisor has
-//! attached, [`plan`] the difference with the instance's wanted volumes
-//! (attach order gives `vdb`, `vdc`, …; a volume keeps its device while
-//! attached) and their QoS, apply it (hot-plug, unplug, live I/O limits),
-//! and report the attached set (`InstanceStatus.volumes`, which the
-//! coordinator uses to complete a detach).
+//! The volumes subsystem: for every instance assigned here that the
+//! hypervisor runs, observe what is attached, [`plan`] the difference with
+//! the instance's wanted volumes (attach order gives `vdb`, `vdc`, …; a
+//! volume keeps its device while attached) and their QoS, apply it
+//! (hot-plug, unplug, live I/O limits), and publish the attached set
+//! ([`Attached`]), which the status subsystem reports in
+//! `InstanceStatus.volumes` (the coordinator uses it to complete a detach).
 //!
-//! What is wanted comes from [`crate::desired::DesiredInstance::volumes`],
-//! resolved by [`crate::desired::build`] from the agent's mirror
+//! What is wanted comes from [`crate::state::desired::DesiredInstance::volumes`],
+//! resolved by [`crate::state::desired::build`] from the agent's mirror
 //! (`Instance.volumes`, `/nubo/v1/volumes/<id>` →
 //! `/nubo/v1/volume-types/<name>`): no etcd read here, so volumes are
 //! reconciled from the cache while etcd is unreachable, and a changed type
@@ -14,14 +15,18 @@
 //! the pass that follows.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
+use futures::StreamExt;
 use nubo_common::model::Qos;
 use nubo_common::{InstanceId, VolumeId};
 use tracing::{info, info_span, warn, Instrument};
 
-pub use crate::desired::{WantedQos, WantedVolume};
-use crate::hypervisor::{AttachedVolume, Hypervisor, VolumeToAttach};
+use super::hypervisor::{AttachedVolume, Hypervisor, VolumeToAttach};
+use crate::reconciler::{Plan, Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
+pub use crate::state::desired::{WantedQos, WantedVolume};
 
 /// One volume operation on one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,45 +101,231 @@ pub fn plan(wanted: &[WantedVolume], observed: &[AttachedVolume]) -> Vec<VolumeO
     ops
 }
 
+/// The volumes attached per instance, as last observed: written by the
+/// volumes subsystem, read by the status subsystem.
+pub type Attached = Arc<Mutex<BTreeMap<InstanceId, Vec<VolumeId>>>>;
+
 /// How long a pass waits for a guest to complete an unplug it requested,
 /// so the detach is reported in the same pass.
-const UNPLUG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const UNPLUG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Observes, plans and applies the volumes of one running or stopped
-/// instance. Returns the volumes attached afterwards, in attach order
-/// (a volume whose unplug the guest has not completed yet still counts),
-/// and the first error, if any; `Err` when the volumes could not even be
-/// observed (the caller keeps what it reported before).
-pub async fn reconcile_instance(
+/// How many instances' volumes are observed or changed at once.
+const MAX_CONCURRENT: usize = 8;
+
+/// The volumes of one instance, as observed and planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceVolumes {
+    /// The wanted volumes, in attach order.
+    pub wanted: Vec<VolumeId>,
+    /// The volumes attached before the plan.
+    pub attached: Vec<VolumeId>,
+    /// The operations to perform, in order.
+    pub ops: Vec<VolumeOp>,
+}
+
+/// The plan of the volumes subsystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumesPlan {
+    /// Per instance the hypervisor runs.
+    pub instances: BTreeMap<InstanceId, InstanceVolumes>,
+    /// Instances whose volumes could not be observed, with the reason
+    /// (their last reported volumes are kept).
+    pub unobserved: BTreeMap<InstanceId, String>,
+}
+
+impl Plan for VolumesPlan {
+    fn len(&self) -> usize {
+        self.instances.values().map(|i| i.ops.len()).sum()
+    }
+}
+
+/// What is attached to each desired instance the hypervisor runs (an error
+/// when its volumes could not be listed).
+pub type VolumesObserved = BTreeMap<InstanceId, Result<Vec<AttachedVolume>, String>>;
+
+/// The plan of every instance of `observed`. Pure.
+pub fn plan_node(desired: &DesiredNode, observed: &VolumesObserved) -> VolumesPlan {
+    let mut out = VolumesPlan::default();
+    for (id, o) in observed {
+        let Some(d) = desired.instances.get(id) else {
+            continue;
+        };
+        match o {
+            Ok(attached) => {
+                out.instances.insert(
+                    *id,
+                    InstanceVolumes {
+                        wanted: d.volumes.iter().map(|w| w.volume).collect(),
+                        attached: attached.iter().map(|a| a.volume).collect(),
+                        ops: plan(&d.volumes, attached),
+                    },
+                );
+            }
+            Err(e) => {
+                out.unobserved.insert(*id, e.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The volumes subsystem.
+pub struct Volumes {
+    hv: Arc<dyn Hypervisor>,
+    attached: Attached,
+}
+
+impl Volumes {
+    /// Reconciles the volumes of the instances on `hv`, publishing what is
+    /// attached in `attached`.
+    pub fn new(hv: Arc<dyn Hypervisor>, attached: Attached) -> Self {
+        Self { hv, attached }
+    }
+}
+
+#[async_trait]
+impl Subsystem for Volumes {
+    type Observed = VolumesObserved;
+    type Plan = VolumesPlan;
+
+    fn name(&self) -> &'static str {
+        "volumes"
+    }
+
+    async fn observe(&mut self, desired: &DesiredNode) -> Result<VolumesObserved, SubsystemError> {
+        let running: BTreeSet<InstanceId> = self
+            .hv
+            .list()
+            .await?
+            .into_iter()
+            .filter(|o| o.managed)
+            .map(|o| o.id)
+            .collect();
+        let mut ids = Vec::new();
+        for (id, d) in &desired.instances {
+            if !running.contains(id) {
+                continue;
+            }
+            for w in &d.volumes {
+                if let WantedQos::Held(reason) = &w.qos {
+                    warn!(instance = %id, volume = %w.volume, %reason,
+                        "volume QoS unknown; attached disk keeps its limits, attach waits");
+                }
+            }
+            ids.push(*id);
+        }
+        let hv = &self.hv;
+        Ok(futures::stream::iter(ids.into_iter().map(|id| async move {
+            let r = hv
+                .volumes(id)
+                .await
+                .map_err(|e| format!("list volumes: {e}"));
+            (id, r)
+        }))
+        .buffer_unordered(MAX_CONCURRENT)
+        .collect()
+        .await)
+    }
+
+    fn plan(&self, desired: &DesiredNode, observed: &VolumesObserved) -> VolumesPlan {
+        plan_node(desired, observed)
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: VolumesPlan,
+    ) -> Result<usize, SubsystemError> {
+        let previous = self.attached.lock().map(|a| a.clone()).unwrap_or_default();
+        let hv = &self.hv;
+        let results: Vec<(InstanceId, InstanceOutcome)> = futures::stream::iter(
+            plan.instances
+                .into_iter()
+                .map(|(id, p)| async move { (id, apply_instance(hv.clone(), id, p).await) }),
+        )
+        .buffer_unordered(MAX_CONCURRENT)
+        .collect()
+        .await;
+        let mut out: BTreeMap<InstanceId, Vec<VolumeId>> = BTreeMap::new();
+        let mut done = 0;
+        let keep = |id: &InstanceId| previous.get(id).cloned().unwrap_or_default();
+        for (id, r) in results {
+            let attached = match r {
+                Ok(o) => {
+                    done += o.done;
+                    o.attached
+                }
+                Err(e) => {
+                    warn!(instance = %id, error = %e, "could not observe volumes; keeping the last report");
+                    keep(&id)
+                }
+            };
+            if !attached.is_empty() {
+                out.insert(id, attached);
+            }
+        }
+        for (id, e) in &plan.unobserved {
+            warn!(instance = %id, error = %e, "could not observe volumes; keeping the last report");
+            let attached = keep(id);
+            if !attached.is_empty() {
+                out.insert(*id, attached);
+            }
+        }
+        if let Ok(mut a) = self.attached.lock() {
+            *a = out;
+        }
+        Ok(done)
+    }
+}
+
+/// What [`apply_instance`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The volumes attached afterwards, in attach order (a volume whose
+    /// unplug the guest has not completed yet still counts).
+    pub attached: Vec<VolumeId>,
+    /// The first failed operation, if any (the others were still tried).
+    pub error: Option<String>,
+    /// Operations that succeeded.
+    pub done: usize,
+}
+
+/// What [`apply_instance`] returns: `Err` when the volumes could not be
+/// observed again after an unplug (the caller keeps what it reported).
+pub type InstanceOutcome = Result<Applied, String>;
+
+/// Applies the plan of one instance, then waits (at most [`UNPLUG_WAIT`])
+/// for the guest to complete the unplugs it asked for, so they are
+/// reported in the same pass.
+pub async fn apply_instance(
     hv: Arc<dyn Hypervisor>,
     id: InstanceId,
-    wanted: Vec<WantedVolume>,
+    p: InstanceVolumes,
 ) -> InstanceOutcome {
     let span = info_span!("volumes", instance = %id);
     async move {
-        let observed = hv
-            .volumes(id)
-            .await
-            .map_err(|e| format!("list volumes: {e}"))?;
-        let ops = plan(&wanted, &observed);
         let mut error = None;
-        let mut attached: BTreeSet<VolumeId> = observed.iter().map(|o| o.volume).collect();
-        for op in ops {
-            let r = match &op {
+        let mut done = 0;
+        let mut attached: BTreeSet<VolumeId> = p.attached.iter().copied().collect();
+        for op in &p.ops {
+            let r = match op {
                 VolumeOp::Detach(v) => hv.detach_volume(id, *v).await,
                 VolumeOp::Attach(a) => hv.attach_volume(id, a).await,
                 VolumeOp::Retune { volume, qos } => hv.set_disk_qos(id, *volume, *qos).await,
             };
-            match (&op, r) {
+            match (op, r) {
                 (VolumeOp::Attach(a), Ok(())) => {
                     info!(volume = %a.volume, target = %a.target, "volume attached");
                     attached.insert(a.volume);
+                    done += 1;
                 }
                 (VolumeOp::Detach(v), Ok(())) => {
                     info!(volume = %v, "volume detach requested");
+                    done += 1;
                 }
                 (VolumeOp::Retune { volume, qos }, Ok(())) => {
                     info!(volume = %volume, ?qos, "volume QoS applied");
+                    done += 1;
                 }
                 (op, Err(e)) => {
                     warn!(?op, error = %e, "volume operation failed");
@@ -142,10 +333,11 @@ pub async fn reconcile_instance(
                 }
             }
         }
-        let detaching: Vec<VolumeId> = observed
+        let detaching: Vec<VolumeId> = p
+            .attached
             .iter()
-            .map(|o| o.volume)
-            .filter(|v| !wanted.iter().any(|w| w.volume == *v))
+            .copied()
+            .filter(|v| !p.wanted.contains(v))
             .collect();
         if !detaching.is_empty() {
             let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
@@ -169,9 +361,10 @@ pub async fn reconcile_instance(
             }
         }
         // Report in the instance's attach order, then any others.
-        let mut out: Vec<VolumeId> = wanted
+        let mut out: Vec<VolumeId> = p
+            .wanted
             .iter()
-            .map(|w| w.volume)
+            .copied()
             .filter(|v| attached.contains(v))
             .collect();
         let rest: Vec<VolumeId> = attached
@@ -180,64 +373,14 @@ pub async fn reconcile_instance(
             .filter(|v| !out.contains(v))
             .collect();
         out.extend(rest);
-        Ok((out, error))
+        Ok(Applied {
+            attached: out,
+            error,
+            done,
+        })
     }
     .instrument(span)
     .await
-}
-
-/// What [`reconcile_instance`] returns.
-pub type InstanceOutcome = Result<(Vec<VolumeId>, Option<String>), String>;
-
-/// How many instances' volumes are reconciled at once.
-const MAX_CONCURRENT: usize = 8;
-
-/// Reconciles the volumes of every desired instance that exists (managed)
-/// on the hypervisor (`now`); returns the attached volumes per instance.
-/// Failures are logged and retried at the next pass; they never fail the
-/// compute pass.
-pub async fn reconcile_node(
-    hv: &Arc<dyn Hypervisor>,
-    desired: &crate::desired::DesiredNode,
-    now: &BTreeMap<InstanceId, crate::hypervisor::ObservedInstance>,
-    previous: &BTreeMap<InstanceId, Vec<VolumeId>>,
-) -> BTreeMap<InstanceId, Vec<VolumeId>> {
-    let mut out: BTreeMap<InstanceId, Vec<VolumeId>> = BTreeMap::new();
-    use futures::StreamExt;
-    let mut jobs = Vec::new();
-    for (id, d) in &desired.instances {
-        if !now.get(id).is_some_and(|o| o.managed) {
-            continue;
-        }
-        for w in &d.volumes {
-            if let WantedQos::Held(reason) = &w.qos {
-                warn!(instance = %id, volume = %w.volume, %reason,
-                    "volume QoS unknown; attached disk keeps its limits, attach waits");
-            }
-        }
-        jobs.push((*id, d.volumes.clone()));
-    }
-    let results: Vec<(InstanceId, InstanceOutcome)> =
-        futures::stream::iter(jobs.into_iter().map(|(id, wanted)| {
-            let hv = hv.clone();
-            async move { (id, reconcile_instance(hv, id, wanted).await) }
-        }))
-        .buffer_unordered(MAX_CONCURRENT)
-        .collect()
-        .await;
-    for (id, r) in results {
-        let attached = match r {
-            Ok((attached, _)) => attached,
-            Err(e) => {
-                warn!(instance = %id, error = %e, "could not observe volumes; keeping the last report");
-                previous.get(&id).cloned().unwrap_or_default()
-            }
-        };
-        if !attached.is_empty() {
-            out.insert(id, attached);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -358,8 +501,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reconcile_attaches_retunes_and_detaches_on_the_fake_driver() {
-        use crate::hypervisor::FakeHypervisor;
+    async fn the_subsystem_attaches_retunes_and_detaches_on_the_fake_driver() {
+        use crate::compute::hypervisor::FakeHypervisor;
+        use crate::reconciler::Reconcile;
         use crate::testutil::desired_instance;
         use nubo_common::model::PowerState;
         let d = desired_instance(PowerState::Running);
@@ -368,25 +512,82 @@ mod tests {
         let fake = Arc::new(FakeHypervisor::open(dir.path(), std::time::Duration::ZERO).unwrap());
         let hv: Arc<dyn Hypervisor> = fake.clone();
         hv.create(&d).await.unwrap();
+        let attached = Attached::default();
+        let mut vols = Volumes::new(hv.clone(), attached.clone());
+        let desired = |wanted: Vec<WantedVolume>| {
+            let mut node = DesiredNode::default();
+            let mut d = d.clone();
+            d.volumes = wanted;
+            node.instances.insert(id, d);
+            node
+        };
+        let now = |a: &Attached| a.lock().unwrap().get(&id).cloned().unwrap_or_default();
 
-        let r = reconcile_instance(hv.clone(), id, vec![want(1, None), want(2, Some(200))]).await;
-        assert_eq!(r, Ok((vec![vid(1), vid(2)], None)));
+        let n = vols
+            .reconcile(&desired(vec![want(1, None), want(2, Some(200))]))
+            .await
+            .unwrap();
+        assert_eq!((n, now(&attached)), (2, vec![vid(1), vid(2)]));
+        // Converged: an empty plan.
+        let n = vols
+            .reconcile(&desired(vec![want(1, None), want(2, Some(200))]))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
         // A changed type reaches the attached disk.
-        let r = reconcile_instance(hv.clone(), id, vec![want(1, None), want(2, Some(100))]).await;
-        assert_eq!(r, Ok((vec![vid(1), vid(2)], None)));
+        let n = vols
+            .reconcile(&desired(vec![want(1, None), want(2, Some(100))]))
+            .await
+            .unwrap();
+        assert_eq!((n, now(&attached)), (1, vec![vid(1), vid(2)]));
         assert_eq!(
             hv.volumes(id).await.unwrap()[1].qos.write_iops_sec,
             Some(100)
         );
         // Detach: reported gone once the hypervisor no longer shows it.
-        let r = reconcile_instance(hv.clone(), id, vec![want(2, Some(100))]).await;
-        assert_eq!(r, Ok((vec![vid(2)], None)));
+        vols.reconcile(&desired(vec![want(2, Some(100))]))
+            .await
+            .unwrap();
+        assert_eq!(now(&attached), vec![vid(2)]);
         let left = hv.volumes(id).await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].target, "vdc", "a volume keeps its device");
-        // An unknown instance cannot be observed: the caller keeps its report.
-        let r = reconcile_instance(hv, InstanceId::new_random(), vec![]).await;
-        assert!(r.is_err());
+        // Volumes that cannot be observed: the last report is kept.
+        let plan = VolumesPlan {
+            instances: BTreeMap::new(),
+            unobserved: BTreeMap::from([(id, "list volumes: boom".to_string())]),
+        };
+        assert_eq!(vols.apply(&desired(vec![]), plan).await.unwrap(), 0);
+        assert_eq!(now(&attached), vec![vid(2)]);
+        // An instance the hypervisor no longer runs has nothing attached.
+        hv.destroy(id).await.unwrap();
+        vols.reconcile(&desired(vec![want(2, Some(100))]))
+            .await
+            .unwrap();
+        assert!(attached.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn plan_node_covers_observed_instances_and_keeps_unobservable_ones_apart() {
+        use crate::testutil::desired_instance;
+        use nubo_common::model::PowerState;
+        let a = desired_instance(PowerState::Running);
+        let b = desired_instance(PowerState::Running);
+        let mut d = DesiredNode::default();
+        let mut a2 = a.clone();
+        a2.volumes = vec![want(1, None)];
+        d.instances.insert(a.id(), a2);
+        d.instances.insert(b.id(), b.clone());
+        let observed: VolumesObserved = BTreeMap::from([
+            (a.id(), Ok(vec![])),
+            (b.id(), Err("list volumes: gone".to_string())),
+            // Observed but no longer desired: not planned.
+            (InstanceId::new_random(), Ok(vec![att(3, "vdb", None)])),
+        ]);
+        let p = plan_node(&d, &observed);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.instances[&a.id()].wanted, vec![vid(1)]);
+        assert_eq!(p.unobserved.keys().collect::<Vec<_>>(), vec![&b.id()]);
     }
 
     #[test]
@@ -415,7 +616,7 @@ mod tests {
 
     #[test]
     fn a_type_change_in_the_cache_retunes_the_attached_disk() {
-        use crate::cache::Change;
+        use crate::state::cache::Change;
         use crate::testutil::*;
         use nubo_common::keys;
         let mut w = World::new();
@@ -428,7 +629,7 @@ mod tests {
         let v = w.volume(Some("gold"));
         w.attach(id, v);
         let wanted = |w: &World| {
-            crate::desired::build(&w.cache, &n, 1500).instances[&id]
+            crate::state::desired::build(&w.cache, &n, 1500).instances[&id]
                 .volumes
                 .clone()
         };

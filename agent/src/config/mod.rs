@@ -2,6 +2,8 @@
 //! overridden field by field by the command-line flags of
 //! `docs/CONTRACTS.md`.
 
+pub mod storage;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -171,7 +173,7 @@ pub struct Cli {
     #[arg(long)]
     pub api_endpoint: Option<String>,
     /// Address of the node API (console logs, captures; default
-    /// <underlay-ip>:7402).
+    /// `<underlay-ip>:7402`).
     #[arg(long)]
     pub node_api_listen: Option<std::net::SocketAddr>,
     /// PEM CA that signed the coordinators' TLS certificate (for an
@@ -275,7 +277,7 @@ pub struct FileConfig {
     /// etcd over TLS.
     pub etcd_tls: Option<EtcdTls>,
     /// `[storage]`: where root disks and volumes live.
-    pub storage: Option<crate::storage::StorageFile>,
+    pub storage: Option<storage::StorageFile>,
 }
 
 impl FileConfig {
@@ -364,7 +366,7 @@ pub struct AgentConfig {
     /// etcd over TLS (`None` = plain http://).
     pub etcd_tls: Option<EtcdTls>,
     /// Where root disks and volumes live (`[storage]`).
-    pub storage: crate::storage::StorageSettings,
+    pub storage: storage::StorageSettings,
 }
 
 /// The agent's credentials towards the coordinator API.
@@ -434,7 +436,7 @@ impl AgentConfig {
             node_api_listen: None,
             api_auth: ApiAuth::default(),
             etcd_tls: None,
-            storage: crate::storage::StorageSettings::default(),
+            storage: storage::StorageSettings::default(),
         }
     }
 
@@ -613,8 +615,7 @@ impl AgentConfig {
             ca_cert: cli.api_ca_cert.clone().or(file.api_ca_cert),
             credential_file: cli.api_credential_file.clone().or(file.api_credential_file),
         };
-        cfg.storage =
-            crate::storage::StorageSettings::from_file(file.storage.clone().unwrap_or_default());
+        cfg.storage = storage::StorageSettings::from_file(file.storage.clone().unwrap_or_default());
         let mut tls = file.etcd_tls.unwrap_or_default();
         tls.ca = cli.etcd_ca.clone().or(tls.ca);
         tls.cert = cli.etcd_cert.clone().or(tls.cert);
@@ -840,7 +841,7 @@ mod tests {
     #[test]
     fn the_example_configuration_is_valid() {
         let file = FileConfig::parse(
-            include_str!("../../docs/examples/agent.toml"),
+            include_str!("../../../docs/examples/agent.toml"),
             Path::new("agent.toml"),
         )
         .unwrap();

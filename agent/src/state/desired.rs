@@ -26,7 +26,7 @@ use nubo_common::model::{
 use nubo_common::net::MacAddr;
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId, VolumeId};
 
-use crate::cache::{Cache, StoredStatus};
+use crate::state::cache::{Cache, StoredStatus};
 
 /// Everything this node should be running, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,11 +35,24 @@ pub struct DesiredNode {
     pub node: Option<NodeName>,
     /// Revision of the cache this was built from.
     pub revision: i64,
+    /// Revision up to which the instance statuses in
+    /// [`DesiredNode::reported`] are known.
+    pub statuses_revision: i64,
     /// Instances assigned here whose references all resolve.
     pub instances: BTreeMap<InstanceId, DesiredInstance>,
     /// Instances assigned here that cannot be resolved, with the reason.
     /// Reconcilers must neither create nor destroy anything for them.
     pub broken: BTreeMap<InstanceId, String>,
+    /// Instances assigned here that refer to an object that may still be
+    /// on its way (written in the same transaction, under a prefix the
+    /// cache has not caught up with yet; see `Cache::in_flight`), with
+    /// the reason. Like broken ones they are neither created nor
+    /// destroyed, but nothing is reported for them; one this node already
+    /// ran keeps its previous resolution in [`DesiredNode::instances`].
+    pub pending: BTreeMap<InstanceId, String>,
+    /// The keys the pending instances wait for (the mirror reads them, so
+    /// that one etcd does not hold turns the instance broken).
+    pub awaited: BTreeSet<String>,
     /// Networks with at least one port on this node.
     pub networks: BTreeMap<NetworkId, DesiredNetwork>,
     /// Security groups used by local ports (directly or as the remote group
@@ -172,9 +185,22 @@ const VXLAN_OVERHEAD: u16 = 50;
 /// Builds the desired state of `node` (whose underlay MTU is `underlay_mtu`)
 /// from the cache. Pure.
 pub fn build(cache: &Cache, node: &NodeName, underlay_mtu: u16) -> DesiredNode {
+    rebuild(cache, node, underlay_mtu, None)
+}
+
+/// [`build`], keeping for a pending instance (see
+/// [`DesiredNode::pending`]) its resolution in `previous`, the desired
+/// state of the previous pass. Pure.
+pub fn rebuild(
+    cache: &Cache,
+    node: &NodeName,
+    underlay_mtu: u16,
+    previous: Option<&DesiredNode>,
+) -> DesiredNode {
     let mut out = DesiredNode {
         node: Some(node.clone()),
         revision: cache.revision,
+        statuses_revision: cache.statuses_revision(),
         ..DesiredNode::default()
     };
     out.reported = cache
@@ -199,12 +225,22 @@ pub fn build(cache: &Cache, node: &NodeName, underlay_mtu: u16) -> DesiredNode {
 
     let assigned = cache.assignments.get(node);
     for id in assigned.into_iter().flat_map(|a| a.keys()) {
-        match resolve_instance(cache, *id) {
+        let since = cache
+            .mod_revision(&keys::assignment(node, id))
+            .unwrap_or_default();
+        match resolve_instance(cache, *id, since) {
             Ok(inst) => {
                 out.instances.insert(*id, inst);
             }
-            Err(reason) => {
+            Err(Unresolved::Broken(reason)) => {
                 out.broken.insert(*id, reason);
+            }
+            Err(Unresolved::Pending { key, reason }) => {
+                if let Some(prev) = previous.and_then(|p| p.instances.get(id)) {
+                    out.instances.insert(*id, prev.clone());
+                }
+                out.pending.insert(*id, reason);
+                out.awaited.insert(key);
             }
         }
     }
@@ -293,24 +329,57 @@ pub fn build(cache: &Cache, node: &NodeName, underlay_mtu: u16) -> DesiredNode {
     out
 }
 
+/// Why an instance cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unresolved {
+    /// An object it needs is missing or undecodable.
+    Broken(String),
+    /// An object it needs may still be on its way (`key`).
+    Pending {
+        /// The key awaited.
+        key: String,
+        /// What is missing.
+        reason: String,
+    },
+}
+
+/// Why an object referenced by key `key`, from an object written at
+/// `since`, is unavailable.
+fn missing(cache: &Cache, what: &str, key: &str, since: i64) -> Unresolved {
+    if cache.in_flight(key, since) {
+        return Unresolved::Pending {
+            key: key.to_string(),
+            reason: format!("{what} not received yet"),
+        };
+    }
+    Unresolved::Broken(missing_reason(cache, what, key))
+}
+
 /// Why an object referenced by key `key` is unavailable.
-fn missing(cache: &Cache, what: &str, key: &str) -> String {
+fn missing_reason(cache: &Cache, what: &str, key: &str) -> String {
     match cache.garbage_reason(key) {
         Some(reason) => format!("{what} is undecodable: {reason}"),
         None => format!("{what} not found"),
     }
 }
 
-fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, String> {
+fn resolve_instance(
+    cache: &Cache,
+    id: InstanceId,
+    assigned_at: i64,
+) -> Result<DesiredInstance, Unresolved> {
+    let spec_key = keys::instance(&id);
     let spec = cache
         .instances
         .get(&id)
-        .ok_or_else(|| missing(cache, "instance spec", &keys::instance(&id)))?;
+        .ok_or_else(|| missing(cache, "instance spec", &spec_key, assigned_at))?;
+    let spec_rev = cache.mod_revision(&spec_key).unwrap_or_default();
     let image = cache.images.get(&spec.image).ok_or_else(|| {
         missing(
             cache,
             &format!("image {}", spec.image),
             &keys::image(&spec.image),
+            spec_rev,
         )
     })?;
     let keypair = match &spec.key_name {
@@ -324,6 +393,7 @@ fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, St
                         cache,
                         &format!("keypair {name}"),
                         &keys::keypair(&spec.project, name),
+                        spec_rev,
                     )
                 })?
                 .clone(),
@@ -336,15 +406,18 @@ fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, St
         .unwrap_or(spec.resources);
     let mut ports = Vec::with_capacity(spec.ports.len());
     for pid in &spec.ports {
+        let port_key = keys::port(pid);
         let port = cache
             .ports
             .get(pid)
-            .ok_or_else(|| missing(cache, &format!("port {pid}"), &keys::port(pid)))?;
+            .ok_or_else(|| missing(cache, &format!("port {pid}"), &port_key, spec_rev))?;
+        let port_rev = cache.mod_revision(&port_key).unwrap_or_default();
         if !cache.networks.contains_key(&port.network) {
             return Err(missing(
                 cache,
                 &format!("network {} of port {pid}", port.network),
                 &keys::network(&port.network),
+                port_rev,
             ));
         }
         for g in &port.security_groups {
@@ -353,6 +426,7 @@ fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, St
                     cache,
                     &format!("security group {g} of port {pid}"),
                     &keys::secgroup(g),
+                    port_rev,
                 ));
             }
         }
@@ -395,7 +469,7 @@ fn resolve_instance(cache: &Cache, id: InstanceId) -> Result<DesiredInstance, St
 /// damaged or lagging store, not "no limits").
 fn volume_qos(cache: &Cache, volume: &VolumeId) -> WantedQos {
     let Some(v) = cache.volumes.get(volume) else {
-        return WantedQos::Held(missing(
+        return WantedQos::Held(missing_reason(
             cache,
             &format!("volume {volume}"),
             &keys::volume(volume),
@@ -405,7 +479,7 @@ fn volume_qos(cache: &Cache, volume: &VolumeId) -> WantedQos {
         None => WantedQos::Limits(Qos::default()),
         Some(t) => match cache.volume_types.get(t) {
             Some(vt) => WantedQos::Limits(vt.qos),
-            None => WantedQos::Held(missing(
+            None => WantedQos::Held(missing_reason(
                 cache,
                 &format!("volume type {t} of volume {volume}"),
                 &keys::volume_type(t),
@@ -563,5 +637,93 @@ mod tests {
                 .map(|q| q.write_iops_sec),
             Some(Some(7))
         );
+    }
+
+    #[test]
+    fn an_instance_waiting_for_the_rest_of_a_transaction_is_pending_not_broken() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(7, 0);
+        let (id, port) = w.instance_on(&n1, net, &[]);
+        // The mirror's view: every prefix known up to now.
+        let now = w.cache.revision;
+        for p in keys::agent_watch_prefixes() {
+            w.cache.set_progress(&p, now);
+        }
+        let d0 = build(&w.cache, &n1, 1500);
+        assert!(d0.instances.contains_key(&id) && d0.pending.is_empty());
+
+        // One transaction at now+1 adds a port to the spec and writes the
+        // port: the instances prefix has arrived, the ports prefix not yet.
+        let mut new_port = port.clone();
+        new_port.id = PortId::new_random();
+        let mut spec = w.cache.instances[&id].clone();
+        spec.ports.push(new_port.id);
+        w.cache
+            .apply(&keys::instance(&id), Some(&model::encode(&spec)), now + 1);
+        w.cache.set_progress(&keys::instances_prefix(), now + 1);
+        let d = rebuild(&w.cache, &n1, 1500, Some(&d0));
+        assert!(d.broken.is_empty(), "{:?}", d.broken);
+        assert!(
+            d.pending[&id].contains("not received yet"),
+            "{:?}",
+            d.pending
+        );
+        assert_eq!(d.awaited, BTreeSet::from([keys::port(&new_port.id)]));
+        // It keeps what it had: its network stays wired, nothing reported.
+        assert_eq!(d.instances[&id], d0.instances[&id]);
+        assert_eq!(d.networks.len(), 1);
+        // Without a previous pass it is only pending.
+        let d = build(&w.cache, &n1, 1500);
+        assert!(!d.instances.contains_key(&id) && d.pending.contains_key(&id));
+
+        // etcd read after the transaction does not hold the port: missing.
+        let mut read = w.cache.clone();
+        read.confirm_absent(&keys::port(&new_port.id), now + 1);
+        let d = build(&read, &n1, 1500);
+        assert!(d.pending.is_empty() && d.broken[&id].contains("not found"));
+        // The ports prefix caught up without it: missing too.
+        let mut caught_up = w.cache.clone();
+        caught_up.set_progress(&keys::ports_prefix(), now + 1);
+        let d = build(&caught_up, &n1, 1500);
+        assert!(d.pending.is_empty() && d.broken[&id].contains("not found"));
+        // The port arrives: resolved, with both ports.
+        w.cache.apply(
+            &keys::port(&new_port.id),
+            Some(&model::encode(&new_port)),
+            now + 1,
+        );
+        w.cache.set_progress(&keys::ports_prefix(), now + 1);
+        let d = rebuild(&w.cache, &n1, 1500, Some(&d0));
+        assert!(d.pending.is_empty() && d.awaited.is_empty());
+        assert_eq!(d.instances[&id].ports.len(), 2);
+    }
+
+    #[test]
+    fn an_assignment_ahead_of_its_spec_is_pending() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let now = w.cache.revision;
+        for p in keys::agent_watch_prefixes() {
+            w.cache.set_progress(&p, now);
+        }
+        let id = InstanceId::new_random();
+        w.cache.apply(
+            &keys::assignment(&n1, &id),
+            Some(&model::encode(&assignment(&n1, id))),
+            now + 1,
+        );
+        w.cache
+            .set_progress(&keys::all_assignments_prefix(), now + 1);
+        let d = build(&w.cache, &n1, 1500);
+        assert!(d.broken.is_empty());
+        assert_eq!(d.awaited, BTreeSet::from([keys::instance(&id)]));
+        // The instances prefix moves past the assignment without the spec.
+        w.cache.set_progress(&keys::instances_prefix(), now + 2);
+        let d = build(&w.cache, &n1, 1500);
+        assert!(d.pending.is_empty());
+        assert!(d.broken[&id].contains("instance spec not found"));
     }
 }

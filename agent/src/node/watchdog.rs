@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::fencing::Clock;
+use crate::fencing::rules::Clock;
 
 /// The main loop's last sign of life.
 #[derive(Clone)]
@@ -84,7 +84,7 @@ pub async fn run(heartbeat: Heartbeat, period: Duration, socket: String) {
                 info!("main loop alive again; watchdog pings resumed");
                 stalled = false;
             }
-            if let Err(e) = crate::notify::send(&socket, "WATCHDOG=1\n") {
+            if let Err(e) = crate::node::notify::send(&socket, "WATCHDOG=1\n") {
                 warn!(error = %e, "watchdog ping failed");
             }
         } else if !stalled {
@@ -97,7 +97,7 @@ pub async fn run(heartbeat: Heartbeat, period: Duration, socket: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fencing::{ManualClock, MonotonicClock};
+    use crate::fencing::rules::{ManualClock, MonotonicClock};
     use std::os::unix::net::UnixDatagram;
 
     #[test]

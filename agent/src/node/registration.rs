@@ -9,7 +9,7 @@
 //!
 //! Every acknowledged keep-alive (and every grant) is published as a
 //! [`LeaseAck`] carrying the monotonic time its request was *sent*: that is
-//! what [`crate::fencer`] measures to self-fence before the lease can expire.
+//! what [`crate::fencing`] measures to self-fence before the lease can expire.
 //! A new lease is published only after `alive` has been written on it.
 //! Failed attempts are published too (the time they were made), so that the
 //! agent can tell its peers at once that its session is not working.
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
-use crate::fencing::LeaseAck;
+use crate::fencing::rules::LeaseAck;
 use crate::store::{self, Backoff, StoreError};
 
 /// Delay before retrying a keep-alive that failed or timed out (much less

@@ -1,6 +1,6 @@
 //! systemd notifications (`Type=notify`, `WatchdogSec=`): datagrams to
 //! `$NOTIFY_SOCKET`, written by hand. The watchdog pings themselves are
-//! paced by [`crate::watchdog`].
+//! paced by [`crate::node::watchdog`].
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! when it may let them run again, and what to do with each one on return.
 //! No etcd, no hypervisor, no clock reads: every function takes the
 //! monotonic time it reasons about, so the rules are unit-tested with a
-//! [`ManualClock`]. The runtime side is [`crate::fencer`].
+//! [`ManualClock`]. The runtime side is [`crate::fencing`].
 //!
 //! The rule (argued in `docs/failure-handling.md`, "Agent side"):
 //!
@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use nubo_common::model::{EvacuationPolicy, PowerState};
 use nubo_common::InstanceId;
 
-use crate::desired::DesiredNode;
-use crate::hypervisor::{ObservedInstance, ObservedPower};
+use crate::compute::hypervisor::{ObservedInstance, ObservedPower};
+use crate::state::desired::DesiredNode;
 
 /// A monotonic clock (never the wall clock: only elapsed time matters, and
 /// only its rate has to agree with etcd's).
@@ -351,7 +351,9 @@ pub enum RecoveryAction {
 pub fn recovery_plan(observed: &[ObservedInstance], desired: &DesiredNode) -> Vec<RecoveryAction> {
     let mut out = Vec::new();
     for o in observed.iter().filter(|o| o.managed) {
-        let assigned = desired.instances.contains_key(&o.id) || desired.broken.contains_key(&o.id);
+        let assigned = desired.instances.contains_key(&o.id)
+            || desired.broken.contains_key(&o.id)
+            || desired.pending.contains_key(&o.id);
         if !assigned {
             out.push(RecoveryAction::Destroy(o.id));
             continue;
@@ -374,7 +376,6 @@ pub fn recovery_plan(observed: &[ObservedInstance], desired: &DesiredNode) -> Ve
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use nubo_common::model;
 
     const SFA: Duration = Duration::from_secs(4);
 
@@ -604,13 +605,7 @@ mod tests {
     }
 
     fn obs(id: InstanceId, power: ObservedPower, managed: bool) -> ObservedInstance {
-        ObservedInstance {
-            id,
-            power,
-            boot_count: 1,
-            created_at: model::now(),
-            managed,
-        }
+        observed_instance(id, power, managed)
     }
 
     fn world(n: usize) -> (DesiredNode, Vec<InstanceId>) {
@@ -619,7 +614,7 @@ mod tests {
         w.node(&node, "10.0.0.1");
         let net = w.network(7, 0);
         let ids = (0..n).map(|_| w.instance_on(&node, net, &[]).0).collect();
-        (crate::desired::build(&w.cache, &node, 1500), ids)
+        (crate::state::desired::build(&w.cache, &node, 1500), ids)
     }
 
     #[test]

@@ -15,10 +15,10 @@
 //! to delete with the instance, the boot counter and the creation time.
 //!
 //! Unless `--no-network`, domains are started with their vCPUs paused and
-//! registered in [`PlugWaiters`]: the plug gate ([`crate::plug_gate`])
+//! registered in [`PlugWaiters`]: the plug gate ([`crate::compute::plug_gate`])
 //! resumes each once its taps are on their bridges, so no guest boots with
 //! an unplugged NIC. While held, a domain is reported running (booting) and
-//! [`LibvirtHypervisor::resume`] leaves it paused. The hold is also recorded
+//! [`resume`](super::Hypervisor::resume) leaves it paused. The hold is also recorded
 //! in the state file, so an agent restarted while a domain waits holds it
 //! again ([`holds_to_restore`]) rather than letting compute resume it early.
 //!
@@ -29,7 +29,7 @@
 //!
 //! Lifecycle events feed [`LibvirtHypervisor::guest_stops`]: a guest that
 //! powered itself off (not stopped by nubo) is reported there so the agent
-//! can record the new desired power (see `crate::power_sync`).
+//! can record the new desired power (see `crate::compute::power_sync`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,12 +49,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::{AttachedVolume, HypervisorError, ObservedInstance, ObservedPower, VolumeToAttach};
-use crate::compute::InstanceSize;
+use super::plug::PlugWaiters;
+use super::{
+    AttachedVolume, HypervisorError, InstanceSize, ObservedInstance, ObservedPower, VolumeToAttach,
+};
 use crate::config::{AgentConfig, DomainTypeKind};
-use crate::desired::DesiredInstance;
-use crate::images::ImageFetcher;
-use crate::plug_gate::PlugWaiters;
+use crate::state::desired::DesiredInstance;
+use crate::storage::images::ImageFetcher;
 use crate::storage::StorageBackend;
 
 /// File name of the driver's state inside the state directory.
@@ -264,7 +265,7 @@ pub struct LibvirtHypervisor {
     /// `--no-network`: nothing would plug them).
     plug: Option<Arc<PlugWaiters>>,
     /// Sizes of the shut-off domains seen by the last [`Self::list`], for
-    /// [`crate::compute::Resizer::stopped_sizes`].
+    /// [`super::Resizer::stopped_sizes`].
     stopped_sizes: std::sync::Mutex<BTreeMap<InstanceId, InstanceSize>>,
 }
 
@@ -892,7 +893,7 @@ impl super::Hypervisor for LibvirtHypervisor {
 }
 
 #[async_trait]
-impl crate::compute::Resizer for LibvirtHypervisor {
+impl super::Resizer for LibvirtHypervisor {
     /// From the last [`super::Hypervisor::list`] (compute lists first).
     async fn stopped_sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError> {
         Ok(self

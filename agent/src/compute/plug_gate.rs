@@ -20,9 +20,8 @@
 //! (`hypervisor::libvirt::holds_to_restore`), so compute never resumes a
 //! guest whose taps the previous incarnation had not wired yet.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use nubo_common::model::PowerState;
@@ -30,118 +29,10 @@ use nubo_common::InstanceId;
 use nubo_overlay::{bridge_name, Netlink, ObservedOverlay};
 use tracing::{debug, info, warn};
 
-use crate::desired::DesiredNode;
-use crate::hypervisor::Hypervisor;
-use crate::reconciler::{Subsystem, SubsystemError};
-
-/// While an instance waits for its NICs, the next pass comes at most this
-/// long after the previous one.
-pub const PLUG_RECHECK: Duration = Duration::from_secs(1);
-/// Waiting longer than this is logged as a warning (once per instance) and
-/// no longer shortens the pass interval (e.g. a network that cannot be
-/// wired); the instance stays held until it is wired.
-pub const PLUG_SLOW: Duration = Duration::from_secs(120);
-
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    since: Instant,
-    /// Set by the gate just before it resumes the instance.
-    released: bool,
-    warned: bool,
-}
-
-/// Instances started paused that wait for their NICs to be plugged. Shared
-/// by the libvirt driver (registers, honours) and [`PlugGate`] (releases).
-#[derive(Debug, Default)]
-pub struct PlugWaiters {
-    held: Mutex<BTreeMap<InstanceId, Held>>,
-}
-
-impl PlugWaiters {
-    /// An empty set.
-    pub fn new() -> Arc<Self> {
-        Arc::default()
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<InstanceId, Held>) -> T) -> T {
-        match self.held.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(p) => f(&mut p.into_inner()),
-        }
-    }
-
-    /// Registers an instance just started paused.
-    pub fn hold(&self, id: InstanceId) {
-        self.with(|h| {
-            h.insert(
-                id,
-                Held {
-                    since: Instant::now(),
-                    released: false,
-                    warned: false,
-                },
-            )
-        });
-    }
-
-    /// Whether the instance waits for its NICs (held and not released):
-    /// it must stay paused.
-    pub fn is_held(&self, id: &InstanceId) -> bool {
-        self.with(|h| h.get(id).is_some_and(|w| !w.released))
-    }
-
-    /// Whether the instance is registered at all (released or not).
-    pub fn contains(&self, id: &InstanceId) -> bool {
-        self.with(|h| h.contains_key(id))
-    }
-
-    /// Allows (`true`) or again forbids (`false`) resuming a held instance.
-    pub fn set_released(&self, id: &InstanceId, released: bool) {
-        self.with(|h| {
-            if let Some(w) = h.get_mut(id) {
-                w.released = released;
-            }
-        });
-    }
-
-    /// Forgets the instance (resumed, stopped or destroyed).
-    pub fn forget(&self, id: &InstanceId) {
-        self.with(|h| h.remove(id));
-    }
-
-    /// The instances waiting (not released).
-    pub fn waiting(&self) -> BTreeSet<InstanceId> {
-        self.with(|h| {
-            h.iter()
-                .filter(|(_, w)| !w.released)
-                .map(|(id, _)| *id)
-                .collect()
-        })
-    }
-
-    /// Whether another pass should come soon ([`PLUG_RECHECK`]): some
-    /// instance waits, and not for longer than [`PLUG_SLOW`].
-    pub fn recheck_soon(&self) -> bool {
-        self.with(|h| {
-            h.values()
-                .any(|w| !w.released && w.since.elapsed() <= PLUG_SLOW)
-        })
-    }
-
-    /// Instances waiting longer than [`PLUG_SLOW`] not yet warned about
-    /// (marked as warned).
-    fn newly_slow(&self) -> Vec<InstanceId> {
-        self.with(|h| {
-            h.iter_mut()
-                .filter(|(_, w)| !w.released && !w.warned && w.since.elapsed() > PLUG_SLOW)
-                .map(|(id, w)| {
-                    w.warned = true;
-                    *id
-                })
-                .collect()
-        })
-    }
-}
+use crate::compute::hypervisor::plug::{PlugWaiters, PLUG_SLOW};
+use crate::compute::hypervisor::Hypervisor;
+use crate::reconciler::{Plan, Subsystem, SubsystemError};
+use crate::state::desired::DesiredNode;
 
 /// The instances of `waiting` to resume now: still desired here and
 /// running, and every port's tap is up and enslaved to the bridge of its
@@ -197,26 +88,78 @@ impl PlugGate {
     }
 }
 
+/// What the plug gate observes: the instances waiting and, when there are
+/// any, the taps and bridges of the namespace.
+#[derive(Debug, Clone, Default)]
+pub struct PlugObserved {
+    /// Instances held paused for their NICs.
+    pub waiting: BTreeSet<InstanceId>,
+    /// The overlay as netlink shows it (`None` when nothing waits).
+    pub overlay: Option<ObservedOverlay>,
+}
+
+/// The plug gate's plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlugPlan {
+    /// Instances to resume now.
+    pub resume: Vec<InstanceId>,
+    /// Instances that keep waiting.
+    pub waiting: usize,
+}
+
+impl Plan for PlugPlan {
+    fn len(&self) -> usize {
+        self.resume.len()
+    }
+}
+
 #[async_trait]
 impl Subsystem for PlugGate {
+    type Observed = PlugObserved;
+    type Plan = PlugPlan;
+
     fn name(&self) -> &'static str {
         "plug_gate"
     }
 
-    async fn reconcile(&mut self, desired: &DesiredNode) -> Result<usize, SubsystemError> {
+    async fn observe(&mut self, _desired: &DesiredNode) -> Result<PlugObserved, SubsystemError> {
         let waiting = self.waiters.waiting();
         if waiting.is_empty() {
-            return Ok(0);
+            return Ok(PlugObserved::default());
         }
-        let observed = self
+        let overlay = self
             .netlink
             .observe()
             .await
             .map_err(|e| SubsystemError::Other(format!("observe taps: {e}")))?;
-        let ready = ready_to_resume(&waiting, desired, &observed);
+        Ok(PlugObserved {
+            waiting,
+            overlay: Some(overlay),
+        })
+    }
+
+    fn plan(&self, desired: &DesiredNode, observed: &PlugObserved) -> PlugPlan {
+        let Some(overlay) = &observed.overlay else {
+            return PlugPlan::default();
+        };
+        let resume = ready_to_resume(&observed.waiting, desired, overlay);
+        PlugPlan {
+            waiting: observed.waiting.len() - resume.len(),
+            resume,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: PlugPlan,
+    ) -> Result<usize, SubsystemError> {
+        if plan.resume.is_empty() && plan.waiting == 0 {
+            return Ok(0);
+        }
         let mut resumed = 0;
         let mut errors = Vec::new();
-        for id in &ready {
+        for id in &plan.resume {
             self.waiters.set_released(id, true);
             match self.hv.resume(*id).await {
                 Ok(()) => {
@@ -230,9 +173,9 @@ impl Subsystem for PlugGate {
                 }
             }
         }
-        if ready.len() < waiting.len() {
+        if plan.waiting > 0 {
             debug!(
-                waiting = waiting.len() - ready.len(),
+                waiting = plan.waiting,
                 "instances still waiting for their NICs"
             );
         }
@@ -281,7 +224,7 @@ mod tests {
         let (b, pb) = w.instance_on(&n, net, &[]);
         let (c, pc) = w.instance_on(&n, net, &[]);
         let (gone, _) = w.instance_on(&n, net, &[]);
-        let mut d = crate::desired::build(&w.cache, &n, 1500);
+        let mut d = crate::state::desired::build(&w.cache, &n, 1500);
         d.instances.remove(&gone);
         let waiting = BTreeSet::from([a, b, c, gone]);
         let mut obs = ObservedOverlay::default();
@@ -321,7 +264,7 @@ mod tests {
         let net = w.network(7, 0);
         let (a, _) = w.instance_on(&n, net, &[]);
         let (b, _) = w.instance_on(&n, net, &[]);
-        let mut d = crate::desired::build(&w.cache, &n, 1500);
+        let mut d = crate::state::desired::build(&w.cache, &n, 1500);
         d.instances.get_mut(&a).unwrap().ports.clear();
         d.instances.get_mut(&b).unwrap().spec.power = PowerState::Stopped;
         let waiting = BTreeSet::from([a, b]);

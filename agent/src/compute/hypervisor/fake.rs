@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::{AttachedVolume, HypervisorError, ObservedInstance, ObservedPower, VolumeToAttach};
-use crate::desired::DesiredInstance;
+use crate::state::desired::DesiredInstance;
 use nubo_common::model::PowerState;
 use nubo_common::model::Qos;
 use nubo_common::VolumeId;
@@ -358,7 +358,7 @@ impl super::Hypervisor for FakeHypervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::Hypervisor;
+    use crate::compute::hypervisor::Hypervisor;
     use crate::testutil::*;
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn, Instrument};
 
 use crate::config::AgentConfig;
-use crate::fencer::SessionWatch;
+use crate::fencing::SessionWatch;
 
 /// Node label carrying the node API address.
 pub const NODE_API_LABEL: &str = nubo_common::model::NODE_API_LABEL;
@@ -261,11 +261,11 @@ mod tests {
 
     #[tokio::test]
     async fn etcd_status_reports_the_session() {
-        use crate::fencing::{Clock, LeaseAck, ManualClock};
+        use crate::fencing::rules::{Clock, LeaseAck, ManualClock};
         use nubo_common::model::{EtcdSessionStatus, FencePhase};
         let clock = std::sync::Arc::new(ManualClock::new(std::time::Instant::now()));
         let cfg = AgentConfig::new(crate::testutil::node_name("n1"), vec![]);
-        let (tx, session) = crate::fencer::session(&cfg, clock.clone());
+        let (tx, session) = crate::fencing::session(&cfg, clock.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = router(std::env::temp_dir(), Some(session));
