@@ -1,26 +1,50 @@
 //! The etcd key layout. Every key nubo reads or writes is built here and
-//! nowhere else; [`parse`] turns a key back into its meaning, so watchers can
-//! classify events and ignore keys they do not understand.
+//! nowhere else; [`Key::parse`] turns any of them back into its meaning, so
+//! watchers classify events and skip keys they do not understand.
 //!
-//! See `docs/etcd-layout.md` for who writes each key.
+//! Keys are grouped by who needs to read them (least privilege, see
+//! `docs/etcd-layout.md` for who writes and who reads each key):
+//!
+//! - **shared topology** under [`ROOT`]: what a hypervisor's agent needs to
+//!   run its instances (`nodes/`, `flavors/`, `images/`, `networks/`,
+//!   `ports/`, `secgroups/`, `keypairs/`, `server-groups/`, `volumes/`,
+//!   `volume-types/`, `volume-snapshots/`, `instances/`, `assignments/`);
+//! - **node-owned** keys, written by one node's agent only:
+//!   `nodes/<node>`, `nodes/<node>/alive`, `instances/<id>/status`;
+//! - **coordinator-private** data under [`PRIVATE`], which no hypervisor
+//!   reads: identity (projects, users and password hashes, roles,
+//!   application credentials, quotas and their usage, the token signing
+//!   keys, the audit trail) and the coordinator's indexes and bookkeeping
+//!   (name index, IPAM, MAC and VNI indexes, port owners, server-group
+//!   members, client tokens, the evacuation switch);
+//! - the coordinators' own election (`election/`, `coordinators/`).
+//!
+//! Clusters created before this layout kept the private data directly
+//! under [`ROOT`]; [`LEGACY_MOVES`] lists what moved, and the coordinator
+//! moves it on start.
 
 use std::net::IpAddr;
 
 use crate::model::{AppCredId, UserName};
-
 use crate::{
     FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
     ServerGroupId, VolumeId,
 };
+use nubo_netid::MacAddr;
 
 /// Everything nubo stores lives below this prefix.
 pub const ROOT: &str = "/nubo/v1/";
+
+/// Coordinator-private data: no hypervisor reads below this prefix.
+pub const PRIVATE: &str = "/nubo/v1/private/";
+
+// ------------------------------------------------------------------ nodes
 
 /// `/nubo/v1/nodes/` — node records and their sub-keys.
 pub fn nodes_prefix() -> String {
     format!("{ROOT}nodes/")
 }
-/// `/nubo/v1/nodes/<node>`
+/// `/nubo/v1/nodes/<node>` (the agent, on start)
 pub fn node(n: &NodeName) -> String {
     format!("{ROOT}nodes/{n}")
 }
@@ -36,29 +60,13 @@ pub fn node_usage(n: &NodeName) -> String {
 pub fn node_admin(n: &NodeName) -> String {
     format!("{ROOT}nodes/{n}/admin")
 }
-
 /// `/nubo/v1/nodes/<node>/health` (`NodeHealth`, written by the leading
 /// coordinator's failure handling; see `docs/failure-handling.md`).
 pub fn node_health(n: &NodeName) -> String {
     format!("{ROOT}nodes/{n}/health")
 }
 
-/// The node of a `/nubo/v1/nodes/<node>/health` key. (Kept out of [`Key`]
-/// so that exhaustive matches on [`Key`] elsewhere keep compiling.)
-pub fn parse_node_health(key: &str) -> Option<NodeName> {
-    let rest = key.strip_prefix(ROOT)?.strip_prefix("nodes/")?;
-    let n = rest.strip_suffix("/health")?;
-    if n.contains('/') {
-        return None;
-    }
-    n.parse().ok()
-}
-
-/// `/nubo/v1/config/evacuation` (`EvacuationConfig`): the cluster-wide
-/// switch of automatic evacuation (absent = enabled).
-pub fn evacuation_config() -> String {
-    format!("{ROOT}config/evacuation")
-}
+// --------------------------------------------------------------- resources
 
 /// `/nubo/v1/flavors/`
 pub fn flavors_prefix() -> String {
@@ -86,23 +94,6 @@ pub fn networks_prefix() -> String {
 pub fn network(id: &NetworkId) -> String {
     format!("{ROOT}networks/{id}")
 }
-/// `/nubo/v1/vnis/<vni>` → network id (uniqueness of VNIs)
-pub fn vni(vni: u32) -> String {
-    format!("{ROOT}vnis/{vni}")
-}
-
-/// `/nubo/v1/ipam/<network>/` — every address taken on a network.
-pub fn ipam_prefix(net: &NetworkId) -> String {
-    format!("{ROOT}ipam/{net}/")
-}
-/// `/nubo/v1/ipam/<network>/<ip>` → the port holding it (create-if-absent)
-pub fn ipam(net: &NetworkId, ip: IpAddr) -> String {
-    format!("{ROOT}ipam/{net}/{ip}")
-}
-/// `/nubo/v1/macs/<mac>` → the port holding it (uniqueness of MACs)
-pub fn mac(mac: &nubo_netid::MacAddr) -> String {
-    format!("{ROOT}macs/{mac}")
-}
 
 /// `/nubo/v1/ports/`
 pub fn ports_prefix() -> String {
@@ -122,6 +113,10 @@ pub fn secgroup(id: &SecurityGroupId) -> String {
     format!("{ROOT}secgroups/{id}")
 }
 
+/// `/nubo/v1/keypairs/` — every project's keypairs.
+pub fn keypairs_root() -> String {
+    format!("{ROOT}keypairs/")
+}
 /// `/nubo/v1/keypairs/<project>/`
 pub fn keypairs_prefix(p: &ProjectId) -> String {
     format!("{ROOT}keypairs/{p}/")
@@ -140,24 +135,6 @@ pub fn server_group(id: &ServerGroupId) -> String {
     format!("{ROOT}server-groups/{id}")
 }
 
-/// `/nubo/v1/server-group-members/<group>/` — the members of a server group.
-pub fn server_group_members_prefix(g: &ServerGroupId) -> String {
-    format!("{ROOT}server-group-members/{g}/")
-}
-/// `/nubo/v1/server-group-members/<group>/<instance>` → the node the member is
-/// placed on (coordinator, in the placement transaction), so affinity checks
-/// read one small prefix instead of every instance.
-pub fn server_group_member(g: &ServerGroupId, i: &InstanceId) -> String {
-    format!("{ROOT}server-group-members/{g}/{i}")
-}
-
-/// `/nubo/v1/port-owners/<port>` → the instance a port was created for
-/// (coordinator): such ports are deleted with their instance, while ports
-/// created beforehand and plugged in are only unplugged.
-pub fn port_owner(p: &PortId) -> String {
-    format!("{ROOT}port-owners/{p}")
-}
-
 /// `/nubo/v1/volumes/`
 pub fn volumes_prefix() -> String {
     format!("{ROOT}volumes/")
@@ -166,7 +143,6 @@ pub fn volumes_prefix() -> String {
 pub fn volume(id: &VolumeId) -> String {
     format!("{ROOT}volumes/{id}")
 }
-
 /// `/nubo/v1/volume-types/`
 pub fn volume_types_prefix() -> String {
     format!("{ROOT}volume-types/")
@@ -187,30 +163,6 @@ pub fn volume_snapshots_prefix(v: &VolumeId) -> String {
 /// snapshot of the same name on the volume's image)
 pub fn volume_snapshot(v: &VolumeId, name: &str) -> String {
     format!("{ROOT}volume-snapshots/{v}/{name}")
-}
-
-/// The meaning of a volume-type or volume-snapshot key. (Kept out of
-/// [`Key`] so that exhaustive matches on [`Key`] elsewhere keep compiling.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VolumeKey {
-    /// `/volume-types/<name>`
-    Type(String),
-    /// `/volume-snapshots/<volume>/<name>`
-    Snapshot(VolumeId, String),
-}
-
-/// Classifies a volume-type or volume-snapshot key; `None` for anything
-/// else (volumes themselves are [`Key::Volume`]).
-pub fn parse_volume(key: &str) -> Option<VolumeKey> {
-    let rest = key.strip_prefix(ROOT)?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    Some(match parts.as_slice() {
-        ["volume-types", n] if !n.is_empty() => VolumeKey::Type(n.to_string()),
-        ["volume-snapshots", v, n] if !n.is_empty() => {
-            VolumeKey::Snapshot(v.parse().ok()?, n.to_string())
-        }
-        _ => return None,
-    })
 }
 
 /// `/nubo/v1/instances/` — specs and their status sub-keys.
@@ -239,52 +191,13 @@ pub fn assignment(n: &NodeName, id: &InstanceId) -> String {
     format!("{ROOT}assignments/{n}/{id}")
 }
 
-/// `/nubo/v1/names/<kind>/<project>/<name>` → id: makes names unique per
-/// project for the kinds that need it (created in the same transaction as
-/// the resource).
-pub fn name_index(kind: NameKind, p: &ProjectId, name: &str) -> String {
-    format!("{ROOT}names/{}/{p}/{name}", kind.as_str())
-}
-
-/// `/nubo/v1/election/coordinator` — leader election of coordinators.
-pub fn election() -> String {
-    format!("{ROOT}election/coordinator")
-}
-
-/// `/nubo/v1/keypairs/` — every project's keypairs.
-pub fn keypairs_root() -> String {
-    format!("{ROOT}keypairs/")
-}
-
-/// `/nubo/v1/names/` — the name index of every kind and project.
-pub fn names_prefix() -> String {
-    format!("{ROOT}names/")
-}
-
-/// `/nubo/v1/client-tokens/<project>/<token>/` — the servers created by one
-/// idempotent create request (see [`client_token`]).
-pub fn client_token_prefix(p: &ProjectId, token: &str) -> String {
-    format!("{ROOT}client-tokens/{p}/{token}/")
-}
-
-/// `/nubo/v1/client-tokens/<project>/<token>/<index>` → instance id: the
-/// server with launch index `index` of the create request carrying client
-/// token `token`, written in that server's placement transaction.
-pub fn client_token(p: &ProjectId, token: &str, index: u32) -> String {
-    format!("{ROOT}client-tokens/{p}/{token}/{index}")
-}
-
-/// `/nubo/v1/coordinators/<id>` — live coordinators (bound to their leases).
-pub fn coordinator(id: &str) -> String {
-    format!("{ROOT}coordinators/{id}")
-}
-
 /// The prefixes a node agent lists and watches: what a hypervisor needs to
 /// run and wire its instances (nodes for VTEPs and peers, flavors, images,
 /// networks, ports, security groups, keypairs, instance specs and
 /// statuses, every node's assignments, volumes and volume types), never
-/// coordinator-private data (identity, audit, quotas, IPAM, indexes). No
-/// prefix contains another: each key is delivered once.
+/// coordinator-private data (everything under [`PRIVATE`]) nor the
+/// coordinators' election. No prefix contains another: each key is
+/// delivered once.
 pub fn agent_watch_prefixes() -> Vec<String> {
     vec![
         all_assignments_prefix(),
@@ -301,10 +214,100 @@ pub fn agent_watch_prefixes() -> Vec<String> {
     ]
 }
 
-// ------------------------------------------------------------------ identity
-//
-// Written by the coordinator only. Kept out of [`Key`] (see
-// [`parse_identity`]) so exhaustive matches on [`Key`] keep compiling.
+// ------------------------------------------------------------ coordinators
+
+/// `/nubo/v1/election/coordinator` — leader election of coordinators.
+pub fn election() -> String {
+    format!("{ROOT}election/coordinator")
+}
+/// `/nubo/v1/coordinators/<id>` — live coordinators (bound to their leases).
+pub fn coordinator(id: &str) -> String {
+    format!("{ROOT}coordinators/{id}")
+}
+
+// ---------------------------------------------- coordinator-private indexes
+
+/// `/nubo/v1/private/names/` — the name index of every kind and project.
+pub fn names_prefix() -> String {
+    format!("{PRIVATE}names/")
+}
+/// `/nubo/v1/private/names/<kind>/<project>/<name>` → id: makes names
+/// unique per project for the kinds that need it (created in the same
+/// transaction as the resource).
+pub fn name_index(kind: NameKind, p: &ProjectId, name: &str) -> String {
+    format!("{PRIVATE}names/{}/{p}/{name}", kind.as_str())
+}
+
+/// `/nubo/v1/private/ipam/` — every network's taken addresses.
+pub fn ipam_root() -> String {
+    format!("{PRIVATE}ipam/")
+}
+/// `/nubo/v1/private/ipam/<network>/` — every address taken on a network.
+pub fn ipam_prefix(net: &NetworkId) -> String {
+    format!("{PRIVATE}ipam/{net}/")
+}
+/// `/nubo/v1/private/ipam/<network>/<ip>` → the port holding it
+/// (create-if-absent)
+pub fn ipam(net: &NetworkId, ip: IpAddr) -> String {
+    format!("{PRIVATE}ipam/{net}/{ip}")
+}
+
+/// `/nubo/v1/private/macs/` — every taken MAC.
+pub fn macs_prefix() -> String {
+    format!("{PRIVATE}macs/")
+}
+/// `/nubo/v1/private/macs/<mac>` → the port holding it (uniqueness of MACs)
+pub fn mac(mac: &MacAddr) -> String {
+    format!("{PRIVATE}macs/{mac}")
+}
+
+/// `/nubo/v1/private/vnis/<vni>` → network id (uniqueness of VNIs)
+pub fn vni(vni: u32) -> String {
+    format!("{PRIVATE}vnis/{vni}")
+}
+
+/// `/nubo/v1/private/port-owners/` — every port made for an instance.
+pub fn port_owners_prefix() -> String {
+    format!("{PRIVATE}port-owners/")
+}
+/// `/nubo/v1/private/port-owners/<port>` → the instance a port was created
+/// for (coordinator): such ports are deleted with their instance, while
+/// ports created beforehand and plugged in are only unplugged.
+pub fn port_owner(p: &PortId) -> String {
+    format!("{PRIVATE}port-owners/{p}")
+}
+
+/// `/nubo/v1/private/server-group-members/<group>/` — the members of a
+/// server group.
+pub fn server_group_members_prefix(g: &ServerGroupId) -> String {
+    format!("{PRIVATE}server-group-members/{g}/")
+}
+/// `/nubo/v1/private/server-group-members/<group>/<instance>` → the node
+/// the member is placed on (coordinator, in the placement transaction), so
+/// affinity checks read one small prefix instead of every instance.
+pub fn server_group_member(g: &ServerGroupId, i: &InstanceId) -> String {
+    format!("{PRIVATE}server-group-members/{g}/{i}")
+}
+
+/// `/nubo/v1/private/client-tokens/<project>/<token>/` — the servers
+/// created by one idempotent create request (see [`client_token`]).
+pub fn client_token_prefix(p: &ProjectId, token: &str) -> String {
+    format!("{PRIVATE}client-tokens/{p}/{token}/")
+}
+/// `/nubo/v1/private/client-tokens/<project>/<token>/<index>` → instance
+/// id: the server with launch index `index` of the create request carrying
+/// client token `token`, written in that server's placement transaction.
+pub fn client_token(p: &ProjectId, token: &str, index: u32) -> String {
+    format!("{PRIVATE}client-tokens/{p}/{token}/{index}")
+}
+
+/// `/nubo/v1/private/config/evacuation` (`EvacuationConfig`): the
+/// cluster-wide switch of automatic evacuation (absent = enabled).
+pub fn evacuation_config() -> String {
+    format!("{PRIVATE}config/evacuation")
+}
+
+// ---------------------------------------------- coordinator-private identity
 
 /// Marker used instead of a project id for cloud-wide role assignments
 /// (`_` cannot start a project id, so it never collides).
@@ -312,118 +315,136 @@ pub const CLOUD_SCOPE: &str = "_cloud";
 /// Marker used instead of a project id for the default quota.
 pub const DEFAULT_QUOTA: &str = "_default";
 
-/// `/nubo/v1/projects/`
+/// `/nubo/v1/private/projects/`
 pub fn projects_prefix() -> String {
-    format!("{ROOT}projects/")
+    format!("{PRIVATE}projects/")
 }
-/// `/nubo/v1/projects/<id>` (`Project`)
+/// `/nubo/v1/private/projects/<id>` (`Project`)
 pub fn project(p: &ProjectId) -> String {
-    format!("{ROOT}projects/{p}")
+    format!("{PRIVATE}projects/{p}")
 }
-/// `/nubo/v1/users/`
+/// `/nubo/v1/private/users/`
 pub fn users_prefix() -> String {
-    format!("{ROOT}users/")
+    format!("{PRIVATE}users/")
 }
-/// `/nubo/v1/users/<name>` (`User`)
+/// `/nubo/v1/private/users/<name>` (`User`, with its password hash)
 pub fn user(u: &UserName) -> String {
-    format!("{ROOT}users/{u}")
+    format!("{PRIVATE}users/{u}")
 }
-/// `/nubo/v1/roles/` — every role assignment.
+/// `/nubo/v1/private/roles/` — every role assignment.
 pub fn roles_prefix() -> String {
-    format!("{ROOT}roles/")
+    format!("{PRIVATE}roles/")
 }
-/// `/nubo/v1/roles/<user>/` — one user's role assignments (read with one
-/// prefix get when issuing a token).
+/// `/nubo/v1/private/roles/<user>/` — one user's role assignments (read
+/// with one prefix get when issuing a token).
 pub fn user_roles_prefix(u: &UserName) -> String {
-    format!("{ROOT}roles/{u}/")
+    format!("{PRIVATE}roles/{u}/")
 }
-/// `/nubo/v1/roles/<user>/<project>` or `/nubo/v1/roles/<user>/_cloud`
+/// `/nubo/v1/private/roles/<user>/<project>` or `.../roles/<user>/_cloud`
 /// (`RoleAssignment`; `None` = cloud-wide).
 pub fn role(u: &UserName, p: Option<&ProjectId>) -> String {
     match p {
-        Some(p) => format!("{ROOT}roles/{u}/{p}"),
-        None => format!("{ROOT}roles/{u}/{CLOUD_SCOPE}"),
+        Some(p) => format!("{PRIVATE}roles/{u}/{p}"),
+        None => format!("{PRIVATE}roles/{u}/{CLOUD_SCOPE}"),
     }
 }
-/// `/nubo/v1/app-creds/`
+/// `/nubo/v1/private/app-creds/`
 pub fn app_creds_prefix() -> String {
-    format!("{ROOT}app-creds/")
+    format!("{PRIVATE}app-creds/")
 }
-/// `/nubo/v1/app-creds/<id>` (`ApplicationCredential`)
+/// `/nubo/v1/private/app-creds/<id>` (`ApplicationCredential`)
 pub fn app_cred(id: &AppCredId) -> String {
-    format!("{ROOT}app-creds/{id}")
+    format!("{PRIVATE}app-creds/{id}")
 }
-/// `/nubo/v1/quotas/`
+/// `/nubo/v1/private/quotas/`
 pub fn quotas_prefix() -> String {
-    format!("{ROOT}quotas/")
+    format!("{PRIVATE}quotas/")
 }
-/// `/nubo/v1/quotas/<project>` (`Quota`, a project's own limits)
+/// `/nubo/v1/private/quotas/<project>` (`Quota`, a project's own limits)
 pub fn quota(p: &ProjectId) -> String {
-    format!("{ROOT}quotas/{p}")
+    format!("{PRIVATE}quotas/{p}")
 }
-/// `/nubo/v1/quotas/_default` (`Quota` for projects without their own)
+/// `/nubo/v1/private/quotas/_default` (`Quota` for projects without their
+/// own)
 pub fn quota_default() -> String {
-    format!("{ROOT}quotas/{DEFAULT_QUOTA}")
+    format!("{PRIVATE}quotas/{DEFAULT_QUOTA}")
 }
-/// `/nubo/v1/quota-usage/<project>` (`QuotaUsage`, changed in the same
-/// transaction as the resources it counts, compared by mod revision)
+/// `/nubo/v1/private/quota-usage/<project>` (`QuotaUsage`, changed in the
+/// same transaction as the resources it counts, compared by mod revision)
 pub fn quota_usage(p: &ProjectId) -> String {
-    format!("{ROOT}quota-usage/{p}")
+    format!("{PRIVATE}quota-usage/{p}")
 }
-/// `/nubo/v1/audit/` — the audit trail, oldest first.
+/// `/nubo/v1/private/audit/` — the audit trail, oldest first.
 pub fn audit_prefix() -> String {
-    format!("{ROOT}audit/")
+    format!("{PRIVATE}audit/")
 }
-/// `/nubo/v1/audit/<id>` (`AuditRecord`); `id` is a time-ordered suffix
-/// (see `nubo_identity::audit::audit_id`) so a prefix get lists records
-/// in time order.
+/// `/nubo/v1/private/audit/<id>` (`AuditRecord`); `id` is a time-ordered
+/// suffix (see `nubo_identity::audit::audit_id`) so a prefix get lists
+/// records in time order.
 pub fn audit(id: &str) -> String {
-    format!("{ROOT}audit/{id}")
+    format!("{PRIVATE}audit/{id}")
 }
-/// `/nubo/v1/secrets/token-key` (`TokenKeySet`)
+/// `/nubo/v1/private/secrets/token-key` (`TokenKeySet`)
 pub fn token_key() -> String {
-    format!("{ROOT}secrets/token-key")
+    format!("{PRIVATE}secrets/token-key")
 }
 
-/// The meaning of an identity key under [`ROOT`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentityKey {
-    /// `/projects/<id>`
-    Project(ProjectId),
-    /// `/users/<name>`
-    User(UserName),
-    /// `/roles/<user>/<project|_cloud>` (`None` = cloud-wide)
-    Role(UserName, Option<ProjectId>),
-    /// `/app-creds/<id>`
-    AppCred(AppCredId),
-    /// `/quotas/<project>` (`None` = `_default`)
-    Quota(Option<ProjectId>),
-    /// `/quota-usage/<project>`
-    QuotaUsage(ProjectId),
-    /// `/audit/<id>`
-    Audit(String),
-    /// `/secrets/token-key`
-    TokenKey,
+// ------------------------------------------------------------------ legacy
+
+/// One prefix of coordinator-private data that clusters created before the
+/// grouping by reader kept directly under [`ROOT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyMove {
+    /// The segment under [`ROOT`] the keys were written at (`ipam/`).
+    pub from: &'static str,
 }
 
-/// Classifies an identity key; `None` for anything else.
-pub fn parse_identity(key: &str) -> Option<IdentityKey> {
-    let rest = key.strip_prefix(ROOT)?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    Some(match parts.as_slice() {
-        ["projects", p] => IdentityKey::Project(p.parse().ok()?),
-        ["users", u] => IdentityKey::User(u.parse().ok()?),
-        ["roles", u, s] if *s == CLOUD_SCOPE => IdentityKey::Role(u.parse().ok()?, None),
-        ["roles", u, p] => IdentityKey::Role(u.parse().ok()?, Some(p.parse().ok()?)),
-        ["app-creds", id] => IdentityKey::AppCred(id.parse().ok()?),
-        ["quotas", s] if *s == DEFAULT_QUOTA => IdentityKey::Quota(None),
-        ["quotas", p] => IdentityKey::Quota(Some(p.parse().ok()?)),
-        ["quota-usage", p] => IdentityKey::QuotaUsage(p.parse().ok()?),
-        ["audit", id] if !id.is_empty() => IdentityKey::Audit(id.to_string()),
-        ["secrets", "token-key"] => IdentityKey::TokenKey,
-        _ => return None,
-    })
+impl LegacyMove {
+    /// The old prefix (`/nubo/v1/ipam/`).
+    pub fn old_prefix(&self) -> String {
+        format!("{ROOT}{}", self.from)
+    }
+    /// The new prefix (`/nubo/v1/private/ipam/`).
+    pub fn new_prefix(&self) -> String {
+        format!("{PRIVATE}{}", self.from)
+    }
+    /// Where the old key `key` (under [`LegacyMove::old_prefix`]) lives
+    /// now; `None` for another key.
+    pub fn moved(&self, key: &str) -> Option<String> {
+        key.strip_prefix(&self.old_prefix())
+            .map(|rest| format!("{}{rest}", self.new_prefix()))
+    }
 }
+
+/// Every prefix moved under [`PRIVATE`] (the same segment below it).
+pub const LEGACY_MOVES: &[LegacyMove] = &[
+    LegacyMove { from: "names/" },
+    LegacyMove { from: "ipam/" },
+    LegacyMove { from: "macs/" },
+    LegacyMove { from: "vnis/" },
+    LegacyMove {
+        from: "port-owners/",
+    },
+    LegacyMove {
+        from: "server-group-members/",
+    },
+    LegacyMove {
+        from: "client-tokens/",
+    },
+    LegacyMove { from: "config/" },
+    LegacyMove { from: "projects/" },
+    LegacyMove { from: "users/" },
+    LegacyMove { from: "roles/" },
+    LegacyMove { from: "app-creds/" },
+    LegacyMove { from: "quotas/" },
+    LegacyMove {
+        from: "quota-usage/",
+    },
+    LegacyMove { from: "audit/" },
+    LegacyMove { from: "secrets/" },
+];
+
+// ------------------------------------------------------------------- Key
 
 /// Resource kinds whose names are unique within a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,9 +472,22 @@ impl NameKind {
             Self::Volume => "volume",
         }
     }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "network" => Self::Network,
+            "secgroup" => Self::SecurityGroup,
+            "image" => Self::Image,
+            "server-group" => Self::ServerGroup,
+            "volume" => Self::Volume,
+            _ => return None,
+        })
+    }
 }
 
-/// The meaning of a key under [`ROOT`].
+/// The meaning of a key: one variant per key this module builds. New keys
+/// add variants, so matches elsewhere end with a `_` arm.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
     /// `/nodes/<node>`
@@ -464,6 +498,8 @@ pub enum Key {
     NodeUsage(NodeName),
     /// `/nodes/<node>/admin`
     NodeAdmin(NodeName),
+    /// `/nodes/<node>/health`
+    NodeHealth(NodeName),
     /// `/flavors/<name>`
     Flavor(FlavorName),
     /// `/images/<id>`
@@ -480,39 +516,151 @@ pub enum Key {
     ServerGroup(ServerGroupId),
     /// `/volumes/<id>`
     Volume(VolumeId),
+    /// `/volume-types/<name>`
+    VolumeType(String),
+    /// `/volume-snapshots/<volume>/<name>`
+    VolumeSnapshot(VolumeId, String),
     /// `/instances/<id>`
     Instance(InstanceId),
     /// `/instances/<id>/status`
     InstanceStatus(InstanceId),
     /// `/assignments/<node>/<id>`
     Assignment(NodeName, InstanceId),
+    /// `/election/coordinator`
+    Election,
+    /// `/coordinators/<id>`
+    Coordinator(String),
+    /// `private/names/<kind>/<project>/<name>`
+    Name(NameKind, ProjectId, String),
+    /// `private/ipam/<network>/<ip>`
+    Ipam(NetworkId, IpAddr),
+    /// `private/macs/<mac>`
+    Mac(MacAddr),
+    /// `private/vnis/<vni>`
+    Vni(u32),
+    /// `private/port-owners/<port>`
+    PortOwner(PortId),
+    /// `private/server-group-members/<group>/<instance>`
+    ServerGroupMember(ServerGroupId, InstanceId),
+    /// `private/client-tokens/<project>/<token>/<index>`
+    ClientToken(ProjectId, String, u32),
+    /// `private/config/evacuation`
+    EvacuationConfig,
+    /// `private/projects/<id>`
+    Project(ProjectId),
+    /// `private/users/<name>`
+    User(UserName),
+    /// `private/roles/<user>/<project|_cloud>` (`None` = cloud-wide)
+    Role(UserName, Option<ProjectId>),
+    /// `private/app-creds/<id>`
+    AppCred(AppCredId),
+    /// `private/quotas/<project>` (`None` = `_default`)
+    Quota(Option<ProjectId>),
+    /// `private/quota-usage/<project>`
+    QuotaUsage(ProjectId),
+    /// `private/audit/<id>`
+    Audit(String),
+    /// `private/secrets/token-key`
+    TokenKey,
 }
 
-/// Classifies a key. Returns `None` for keys outside the layout or with
-/// malformed ids (e.g. written by hand), which callers log and skip.
-pub fn parse(key: &str) -> Option<Key> {
-    let rest = key.strip_prefix(ROOT)?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    Some(match parts.as_slice() {
-        ["nodes", n] => Key::Node(n.parse().ok()?),
-        ["nodes", n, "alive"] => Key::NodeAlive(n.parse().ok()?),
-        ["nodes", n, "usage"] => Key::NodeUsage(n.parse().ok()?),
-        ["nodes", n, "admin"] => Key::NodeAdmin(n.parse().ok()?),
-        ["flavors", n] => Key::Flavor(n.parse().ok()?),
-        ["images", id] => Key::Image(id.parse().ok()?),
-        ["networks", id] => Key::Network(id.parse().ok()?),
-        ["ports", id] => Key::Port(id.parse().ok()?),
-        ["secgroups", id] => Key::SecurityGroup(id.parse().ok()?),
-        ["keypairs", p, name] if !name.is_empty() => {
-            Key::Keypair(p.parse().ok()?, name.to_string())
+impl Key {
+    /// Classifies a key. `None` for keys outside the layout or with
+    /// malformed ids (written by hand, or by another version), which
+    /// callers log and skip.
+    pub fn parse(key: &str) -> Option<Key> {
+        if let Some(rest) = key.strip_prefix(PRIVATE) {
+            return Self::parse_private(rest);
         }
-        ["server-groups", id] => Key::ServerGroup(id.parse().ok()?),
-        ["volumes", id] => Key::Volume(id.parse().ok()?),
-        ["instances", id] => Key::Instance(id.parse().ok()?),
-        ["instances", id, "status"] => Key::InstanceStatus(id.parse().ok()?),
-        ["assignments", n, id] => Key::Assignment(n.parse().ok()?, id.parse().ok()?),
-        _ => return None,
-    })
+        let rest = key.strip_prefix(ROOT)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        Some(match parts.as_slice() {
+            ["nodes", n] => Key::Node(n.parse().ok()?),
+            ["nodes", n, "alive"] => Key::NodeAlive(n.parse().ok()?),
+            ["nodes", n, "usage"] => Key::NodeUsage(n.parse().ok()?),
+            ["nodes", n, "admin"] => Key::NodeAdmin(n.parse().ok()?),
+            ["nodes", n, "health"] => Key::NodeHealth(n.parse().ok()?),
+            ["flavors", n] => Key::Flavor(n.parse().ok()?),
+            ["images", id] => Key::Image(id.parse().ok()?),
+            ["networks", id] => Key::Network(id.parse().ok()?),
+            ["ports", id] => Key::Port(id.parse().ok()?),
+            ["secgroups", id] => Key::SecurityGroup(id.parse().ok()?),
+            ["keypairs", p, name] if !name.is_empty() => {
+                Key::Keypair(p.parse().ok()?, name.to_string())
+            }
+            ["server-groups", id] => Key::ServerGroup(id.parse().ok()?),
+            ["volumes", id] => Key::Volume(id.parse().ok()?),
+            ["volume-types", n] if !n.is_empty() => Key::VolumeType(n.to_string()),
+            ["volume-snapshots", v, n] if !n.is_empty() => {
+                Key::VolumeSnapshot(v.parse().ok()?, n.to_string())
+            }
+            ["instances", id] => Key::Instance(id.parse().ok()?),
+            ["instances", id, "status"] => Key::InstanceStatus(id.parse().ok()?),
+            ["assignments", n, id] => Key::Assignment(n.parse().ok()?, id.parse().ok()?),
+            ["election", "coordinator"] => Key::Election,
+            ["coordinators", id] if !id.is_empty() => Key::Coordinator(id.to_string()),
+            _ => return None,
+        })
+    }
+
+    fn parse_private(rest: &str) -> Option<Key> {
+        let parts: Vec<&str> = rest.split('/').collect();
+        Some(match parts.as_slice() {
+            ["names", k, p, name] if !name.is_empty() => {
+                Key::Name(NameKind::parse(k)?, p.parse().ok()?, name.to_string())
+            }
+            ["ipam", net, ip] => Key::Ipam(net.parse().ok()?, ip.parse().ok()?),
+            ["macs", m] => Key::Mac(m.parse().ok()?),
+            ["vnis", v] => Key::Vni(v.parse().ok()?),
+            ["port-owners", p] => Key::PortOwner(p.parse().ok()?),
+            ["server-group-members", g, i] => {
+                Key::ServerGroupMember(g.parse().ok()?, i.parse().ok()?)
+            }
+            ["client-tokens", p, t, i] if !t.is_empty() => {
+                Key::ClientToken(p.parse().ok()?, t.to_string(), i.parse().ok()?)
+            }
+            ["config", "evacuation"] => Key::EvacuationConfig,
+            ["projects", p] => Key::Project(p.parse().ok()?),
+            ["users", u] => Key::User(u.parse().ok()?),
+            ["roles", u, s] if *s == CLOUD_SCOPE => Key::Role(u.parse().ok()?, None),
+            ["roles", u, p] => Key::Role(u.parse().ok()?, Some(p.parse().ok()?)),
+            ["app-creds", id] => Key::AppCred(id.parse().ok()?),
+            ["quotas", s] if *s == DEFAULT_QUOTA => Key::Quota(None),
+            ["quotas", p] => Key::Quota(Some(p.parse().ok()?)),
+            ["quota-usage", p] => Key::QuotaUsage(p.parse().ok()?),
+            ["audit", id] if !id.is_empty() => Key::Audit(id.to_string()),
+            ["secrets", "token-key"] => Key::TokenKey,
+            _ => return None,
+        })
+    }
+
+    /// True for coordinator-private keys (no hypervisor reads them).
+    pub fn is_private(&self) -> bool {
+        matches!(
+            self,
+            Key::Name(..)
+                | Key::Ipam(..)
+                | Key::Mac(_)
+                | Key::Vni(_)
+                | Key::PortOwner(_)
+                | Key::ServerGroupMember(..)
+                | Key::ClientToken(..)
+                | Key::EvacuationConfig
+                | Key::Project(_)
+                | Key::User(_)
+                | Key::Role(..)
+                | Key::AppCred(_)
+                | Key::Quota(_)
+                | Key::QuotaUsage(_)
+                | Key::Audit(_)
+                | Key::TokenKey
+        )
+    }
+}
+
+/// [`Key::parse`].
+pub fn parse(key: &str) -> Option<Key> {
+    Key::parse(key)
 }
 
 /// The smallest key greater than every key starting with `prefix`
@@ -537,128 +685,157 @@ mod tests {
         let n = NodeName::new("node-1").unwrap();
         let i = InstanceId::new_random();
         let p = PortId::new_random();
-        assert_eq!(parse(&node(&n)), Some(Key::Node(n.clone())));
-        assert_eq!(parse(&node_alive(&n)), Some(Key::NodeAlive(n.clone())));
-        assert_eq!(parse(&node_usage(&n)), Some(Key::NodeUsage(n.clone())));
-        assert_eq!(parse(&instance(&i)), Some(Key::Instance(i)));
-        assert_eq!(parse(&instance_status(&i)), Some(Key::InstanceStatus(i)));
-        assert_eq!(
-            parse(&assignment(&n, &i)),
-            Some(Key::Assignment(n.clone(), i))
-        );
-        assert_eq!(parse(&port(&p)), Some(Key::Port(p)));
-        let proj = ProjectId::default_project();
-        assert_eq!(
-            parse(&keypair(&proj, "k1")),
-            Some(Key::Keypair(proj, "k1".into()))
-        );
-    }
-
-    #[test]
-    fn node_health_keys_parse_back() {
-        let n = NodeName::new("node-1").unwrap();
-        assert_eq!(parse_node_health(&node_health(&n)), Some(n.clone()));
-        assert_eq!(parse_node_health(&node_alive(&n)), None);
-        assert_eq!(parse_node_health("/nubo/v1/nodes/a/b/health"), None);
-        assert_eq!(parse(&node_health(&n)), None);
-    }
-
-    #[test]
-    fn identity_keys_parse_back() {
-        let u = UserName::new("alice").unwrap();
-        let p = ProjectId::new("p1").unwrap();
-        let a = AppCredId::new_random();
-        assert_eq!(
-            parse_identity(&project(&p)),
-            Some(IdentityKey::Project(p.clone()))
-        );
-        assert_eq!(
-            parse_identity(&user(&u)),
-            Some(IdentityKey::User(u.clone()))
-        );
-        assert_eq!(
-            parse_identity(&role(&u, Some(&p))),
-            Some(IdentityKey::Role(u.clone(), Some(p.clone())))
-        );
-        assert_eq!(
-            parse_identity(&role(&u, None)),
-            Some(IdentityKey::Role(u.clone(), None))
-        );
-        assert!(role(&u, None).starts_with(&user_roles_prefix(&u)));
-        assert_eq!(parse_identity(&app_cred(&a)), Some(IdentityKey::AppCred(a)));
-        assert_eq!(
-            parse_identity(&quota(&p)),
-            Some(IdentityKey::Quota(Some(p.clone())))
-        );
-        assert_eq!(
-            parse_identity(&quota_default()),
-            Some(IdentityKey::Quota(None))
-        );
-        assert_eq!(
-            parse_identity(&quota_usage(&p)),
-            Some(IdentityKey::QuotaUsage(p))
-        );
-        assert_eq!(
-            parse_identity(&audit("0001-ab")),
-            Some(IdentityKey::Audit("0001-ab".into()))
-        );
-        assert_eq!(parse_identity(&token_key()), Some(IdentityKey::TokenKey));
-        assert_eq!(parse_identity("/nubo/v1/roles/alice/_bad"), None);
-        assert_eq!(parse(&user(&u)), None);
-    }
-
-    #[test]
-    fn volume_keys_parse_back() {
+        let net = NetworkId::new_random();
         let v = VolumeId::new_random();
-        assert_eq!(
-            parse_volume(&volume_type("ssd")),
-            Some(VolumeKey::Type("ssd".into()))
-        );
-        assert_eq!(
-            parse_volume(&volume_snapshot(&v, "s1")),
-            Some(VolumeKey::Snapshot(v, "s1".into()))
-        );
+        let g = ServerGroupId::new_random();
+        let proj = ProjectId::default_project();
+        let u = UserName::new("alice").unwrap();
+        let a = AppCredId::new_random();
+        let m: MacAddr = "fa:16:3e:00:00:01".parse().unwrap();
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let cases = [
+            (node(&n), Key::Node(n.clone())),
+            (node_alive(&n), Key::NodeAlive(n.clone())),
+            (node_usage(&n), Key::NodeUsage(n.clone())),
+            (node_admin(&n), Key::NodeAdmin(n.clone())),
+            (node_health(&n), Key::NodeHealth(n.clone())),
+            (
+                flavor(&FlavorName::new("m1").unwrap()),
+                Key::Flavor(FlavorName::new("m1").unwrap()),
+            ),
+            (network(&net), Key::Network(net)),
+            (port(&p), Key::Port(p)),
+            (
+                keypair(&proj, "k1"),
+                Key::Keypair(proj.clone(), "k1".into()),
+            ),
+            (server_group(&g), Key::ServerGroup(g)),
+            (volume(&v), Key::Volume(v)),
+            (volume_type("ssd"), Key::VolumeType("ssd".into())),
+            (
+                volume_snapshot(&v, "s1"),
+                Key::VolumeSnapshot(v, "s1".into()),
+            ),
+            (instance(&i), Key::Instance(i)),
+            (instance_status(&i), Key::InstanceStatus(i)),
+            (assignment(&n, &i), Key::Assignment(n.clone(), i)),
+            (election(), Key::Election),
+            (coordinator("c1"), Key::Coordinator("c1".into())),
+            (
+                name_index(NameKind::ServerGroup, &proj, "web"),
+                Key::Name(NameKind::ServerGroup, proj.clone(), "web".into()),
+            ),
+            (ipam(&net, ip), Key::Ipam(net, ip)),
+            (mac(&m), Key::Mac(m)),
+            (vni(42), Key::Vni(42)),
+            (port_owner(&p), Key::PortOwner(p)),
+            (server_group_member(&g, &i), Key::ServerGroupMember(g, i)),
+            (
+                client_token(&proj, "tok-1", 7),
+                Key::ClientToken(proj.clone(), "tok-1".into(), 7),
+            ),
+            (evacuation_config(), Key::EvacuationConfig),
+            (project(&proj), Key::Project(proj.clone())),
+            (user(&u), Key::User(u.clone())),
+            (
+                role(&u, Some(&proj)),
+                Key::Role(u.clone(), Some(proj.clone())),
+            ),
+            (role(&u, None), Key::Role(u.clone(), None)),
+            (app_cred(&a), Key::AppCred(a)),
+            (quota(&proj), Key::Quota(Some(proj.clone()))),
+            (quota_default(), Key::Quota(None)),
+            (quota_usage(&proj), Key::QuotaUsage(proj.clone())),
+            (audit("0001-ab"), Key::Audit("0001-ab".into())),
+            (token_key(), Key::TokenKey),
+        ];
+        for (k, want) in cases {
+            assert_eq!(Key::parse(&k), Some(want.clone()), "{k}");
+            assert_eq!(
+                k.starts_with(PRIVATE),
+                want.is_private(),
+                "{k} is private exactly when its key says so"
+            );
+        }
+    }
+
+    #[test]
+    fn prefixes_hold_their_keys() {
+        let n = NodeName::new("n1").unwrap();
+        let u = UserName::new("alice").unwrap();
+        let v = VolumeId::new_random();
+        let net = NetworkId::new_random();
+        let p = ProjectId::default_project();
+        assert!(node_alive(&n).starts_with(&node(&n)));
+        assert!(role(&u, None).starts_with(&user_roles_prefix(&u)));
         assert!(volume_snapshot(&v, "s1").starts_with(&volume_snapshots_prefix(&v)));
         assert!(volume_snapshots_prefix(&v).starts_with(&volume_snapshots_root()));
-        assert_eq!(parse(&volume(&v)), Some(Key::Volume(v)));
-        assert_eq!(parse(&volume_type("ssd")), None);
-        assert_eq!(parse_volume(&volume(&v)), None);
-        assert_eq!(
-            parse_volume("/nubo/v1/volume-snapshots/not-a-uuid/s1"),
-            None
-        );
-        assert_eq!(parse_volume("/nubo/v1/volume-types/"), None);
+        assert!(ipam_prefix(&net).starts_with(&ipam_root()));
+        let k = client_token(&p, "tok-1", 7);
+        assert!(k.starts_with(&client_token_prefix(&p, "tok-1")));
+        assert!(!k.starts_with(&client_token_prefix(&p, "tok")));
+        assert!(name_index(NameKind::Network, &p, "x").starts_with(&names_prefix()));
     }
 
     #[test]
     fn garbage_keys_are_not_understood() {
-        assert_eq!(parse("/nubo/v1/instances/not-a-uuid"), None);
-        assert_eq!(parse("/nubo/v1/instances/"), None);
-        assert_eq!(parse("/other/thing"), None);
-        assert_eq!(parse("/nubo/v1/nodes/a/b/c"), None);
+        for k in [
+            "/nubo/v1/instances/not-a-uuid",
+            "/nubo/v1/instances/",
+            "/other/thing",
+            "/nubo/v1/nodes/a/b/c",
+            "/nubo/v1/nodes/a/b/health",
+            "/nubo/v1/volume-types/",
+            "/nubo/v1/volume-snapshots/not-a-uuid/s1",
+            "/nubo/v1/private/roles/alice/_bad",
+            "/nubo/v1/private/names/nonsense/p1/x",
+            "/nubo/v1/private/ipam/not-a-net/10.0.0.1",
+            "/nubo/v1/private/vnis/x",
+            "/nubo/v1/private/client-tokens/p1/tok/notanumber",
+        ] {
+            assert_eq!(Key::parse(k), None, "{k}");
+        }
     }
 
     #[test]
-    fn prefix_end_is_exclusive_upper_bound() {
-        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_end(""), vec![0]);
-    }
-
-    #[test]
-    fn node_prefix_does_not_confuse_sub_keys() {
-        let n = NodeName::new("n1").unwrap();
-        assert!(node_alive(&n).starts_with(&node(&n)));
-        assert!(matches!(parse(&node_alive(&n)), Some(Key::NodeAlive(_))));
-    }
-
-    #[test]
-    fn client_token_keys_nest_under_their_token() {
+    fn legacy_keys_move_under_private_with_the_same_suffix() {
         let p = ProjectId::default_project();
-        let k = client_token(&p, "tok-1", 7);
-        assert_eq!(k, format!("{ROOT}client-tokens/{p}/tok-1/7"));
-        assert!(k.starts_with(&client_token_prefix(&p, "tok-1")));
-        assert!(!k.starts_with(&client_token_prefix(&p, "tok")));
-        assert!(parse(&k).is_none());
+        let u = UserName::new("alice").unwrap();
+        for (old, new) in [
+            ("/nubo/v1/users/alice".to_string(), user(&u)),
+            (
+                "/nubo/v1/client-tokens/default/tok/3".to_string(),
+                client_token(&p, "tok", 3),
+            ),
+            (
+                "/nubo/v1/secrets/token-key".to_string(),
+                token_key().to_string(),
+            ),
+            (
+                "/nubo/v1/config/evacuation".to_string(),
+                evacuation_config(),
+            ),
+        ] {
+            let moved: Vec<String> = LEGACY_MOVES.iter().filter_map(|m| m.moved(&old)).collect();
+            assert_eq!(moved, vec![new], "{old}");
+        }
+        // Shared keys never move, and no old prefix holds another.
+        for shared in [
+            "/nubo/v1/networks/x",
+            "/nubo/v1/nodes/n1",
+            "/nubo/v1/private/ipam/x",
+        ] {
+            assert!(
+                LEGACY_MOVES.iter().all(|m| m.moved(shared).is_none()),
+                "{shared}"
+            );
+        }
+        for a in LEGACY_MOVES {
+            for b in LEGACY_MOVES {
+                assert!(a == b || !a.old_prefix().starts_with(&b.old_prefix()));
+            }
+            assert!(a.new_prefix().starts_with(PRIVATE));
+        }
     }
 
     #[test]
@@ -698,5 +875,14 @@ mod tests {
         ] {
             assert_eq!(watched(&k), 0, "{k}");
         }
+        for pre in &prefixes {
+            assert!(!pre.starts_with(PRIVATE), "{pre}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_exclusive_upper_bound() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
     }
 }

@@ -24,7 +24,7 @@ use nubo_common::model::{self, Flavor, Image, Keypair, Network, SecurityGroup, S
 use nubo_store::{Etcd, StoreError};
 use tokio::sync::watch;
 
-use crate::view::{follow_watch, kv_key, list_prefix_at, watch_from};
+use nubo_store::kv::kv_key;
 
 /// One cached value.
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ impl ResourceCache {
         let mut fresh: HashMap<String, Entry> = HashMap::new();
         let mut rev = 0;
         for prefix in prefixes() {
-            list_prefix_at(etcd, &prefix, &mut rev, |kv| {
+            etcd.list_at(&prefix, &mut rev, |kv| {
                 if let Some(value) = decode(kv_key(kv), kv.value()) {
                     fresh.insert(
                         kv_key(kv).to_string(),
@@ -234,16 +234,15 @@ impl ResourceCache {
 
         let mut watches = Vec::new();
         for prefix in prefixes() {
-            let stream = watch_from(etcd, prefix, rev);
-            watches.push(Box::pin(follow_watch(
-                stream,
-                "resource cache",
-                |kv, deleted| self.apply(kv, deleted),
-            )));
+            let watch = etcd.watch_prefix_after(prefix, rev);
+            watches.push(Box::pin(
+                watch.follow(|kv, deleted| self.apply(kv, deleted)),
+            ));
         }
         // The first watch that ends (compaction) ends them all: the caller
         // re-lists everything at one revision again.
-        select_all(watches).await;
+        let (end, _, _) = select_all(watches).await;
+        tracing::info!(reason = %end, "resource cache watch ended; listing again");
         Ok(())
     }
 }

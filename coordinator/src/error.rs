@@ -35,7 +35,7 @@ pub enum ApiError {
     Etcd(#[from] etcd_client::Error),
     /// The etcd layer gave up (after its retries), or etcd is out of space.
     #[error("{0}")]
-    Store(#[from] nubo_store::StoreError),
+    Store(nubo_store::StoreError),
 }
 
 impl ApiError {
@@ -54,6 +54,9 @@ impl ApiError {
                 // etcd's own code for it; the message names the cause.
                 nubo_store::StoreError::NoSpace { .. } => Code::ResourceExhausted,
                 nubo_store::StoreError::Compacted(_) => Code::FailedPrecondition,
+                // A stored value that does not decode: named, never
+                // overwritten; an operator repairs it.
+                nubo_store::StoreError::Corrupt(_) => Code::FailedPrecondition,
                 _ => Code::Unavailable,
             },
         }
@@ -71,6 +74,26 @@ impl ApiError {
             Code::Unauthenticated => "Unauthenticated",
             _ => "Unavailable",
         }
+    }
+}
+
+impl From<nubo_store::StoreError> for ApiError {
+    fn from(e: nubo_store::StoreError) -> Self {
+        match e {
+            nubo_store::StoreError::Corrupt(d) => Self::from(d),
+            e => Self::Store(e),
+        }
+    }
+}
+
+impl From<nubo_common::model::DecodeError> for ApiError {
+    /// A stored value that does not decode is a FailedPrecondition naming
+    /// the key, so a hand-written value never panics anything and is never
+    /// silently overwritten.
+    fn from(e: nubo_common::model::DecodeError) -> Self {
+        Self::FailedPrecondition(format!(
+            "the stored record is unreadable ({e}); repair or delete it with etcdctl"
+        ))
     }
 }
 
@@ -113,6 +136,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The cluster's keys could not be brought to the current layout.
+    #[error("etcd layout: {0}")]
+    Layout(#[from] crate::layout::MigrationError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -10,14 +10,14 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::election::LeaderState;
-use crate::store::Store;
-use crate::view::ClusterView;
+use crate::placement::view::ClusterView;
+use nubo_store::Etcd;
 
 /// State shared with the health handlers.
 #[derive(Clone)]
 pub struct Health {
     /// etcd.
-    pub store: Store,
+    pub store: Etcd,
     /// Election state.
     pub leader: Arc<LeaderState>,
     /// Node view (ready after the first listing).
@@ -34,7 +34,7 @@ pub fn router(h: Health) -> Router {
 
 async fn etcd_ok(h: &Health) -> bool {
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), h.store.etcd().status()).await,
+        tokio::time::timeout(Duration::from_secs(2), h.store.status()).await,
         Ok(Ok(_))
     )
 }

@@ -14,24 +14,24 @@
 //! ```
 
 pub mod api;
-pub mod audit;
-pub mod auth;
+pub mod background;
 pub mod cache;
+pub mod caller;
 pub mod ceph;
-pub mod commit;
 pub mod config;
-pub mod convert;
 pub mod election;
 pub mod error;
-pub mod failover;
+pub mod fencing;
 pub mod health;
 pub mod image_store;
 pub mod ipam;
-pub mod scheduler;
+pub mod layout;
+pub mod operations;
+pub mod paging;
+pub mod placement;
 pub mod sdnotify;
-pub mod store;
+pub mod state;
 pub mod validate;
-pub mod view;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{AuthMode, Cli, Command, Config, FailureConfig, LogFormat, Placement, TlsPaths};
 pub use error::{ApiError, ServeError};
-pub use failover::fencer::{CephFencer, FenceCall, Fencer, LogFencer, RecordingFencer};
+pub use fencing::{CephFencer, FenceCall, Fencer, LogFencer, RecordingFencer};
 
 /// A running coordinator.
 pub struct Coordinator {
@@ -50,7 +50,7 @@ pub struct Coordinator {
     tls: bool,
     health_addr: SocketAddr,
     leader: Arc<election::LeaderState>,
-    store: store::Store,
+    store: nubo_store::Etcd,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
@@ -82,7 +82,7 @@ impl Coordinator {
     /// systemd watchdog is only fed while this holds).
     pub async fn etcd_healthy(&self, timeout: std::time::Duration) -> bool {
         matches!(
-            tokio::time::timeout(timeout, self.store.etcd().status()).await,
+            tokio::time::timeout(timeout, self.store.status()).await,
             Ok(Ok(_))
         )
     }
@@ -149,9 +149,12 @@ async fn start_inner(
         );
     }
     let etcd = connect_etcd(&cfg).await?;
-    let store = store::Store::new(etcd.clone());
+    // Before anything reads or serves: an older cluster's keys are moved
+    // to the current layout (safe with several coordinators starting).
+    layout::migrate(&etcd).await?;
+    let store = etcd.clone();
     let (shutdown, rx) = watch::channel(false);
-    let view = Arc::new(view::ClusterView::default());
+    let view = Arc::new(placement::ClusterView::default());
     let leader = Arc::new(election::LeaderState::default());
 
     let mut tasks = Vec::new();
@@ -193,7 +196,7 @@ async fn start_inner(
         })?;
     let health_addr = health.local_addr()?;
 
-    let ctx = api::Ctx::new(
+    let ctx = state::Ctx::new(
         store.clone(),
         view.clone(),
         leader.clone(),
@@ -206,43 +209,22 @@ async fn start_inner(
     let signer = match cfg.auth {
         AuthMode::None => None,
         AuthMode::Token => {
-            let set = load_token_keys(&store).await?;
-            let h = auth::handle(token_signer(&set)?);
+            let set = background::token_keys::load(&store).await?;
+            let h = api::auth::handle(background::token_keys::signer(&set)?);
             let _ = ctx.signer.set(h.clone());
-            let signer = h.clone();
-            let (kstore, mut krx) = (store.clone(), rx.clone());
-            // Key rotation: pick up a changed key set within seconds.
+            let (kstore, kh, krx) = (store.clone(), h.clone(), rx.clone());
             tasks.push(tokio::spawn(async move {
-                let mut last = set;
-                loop {
-                    tokio::select! {
-                        _ = krx.wait_for(|s| *s) => return Ok(()),
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                    }
-                    match load_token_keys(&kstore).await {
-                        Ok(set) if set != last => match token_signer(&set) {
-                            Ok(s) => {
-                                if let Ok(mut w) = h.write() {
-                                    *w = s;
-                                    tracing::info!("token signing keys reloaded");
-                                }
-                                last = set;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "unusable token key set"),
-                        },
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "cannot reload the token keys"),
-                    }
-                }
+                background::token_keys::run_reload(kstore, kh, set, krx).await;
+                Ok(())
             }));
             {
                 let (ctx, rx) = (ctx.clone(), rx.clone());
                 tasks.push(tokio::spawn(async move {
-                    audit::run_pruner(ctx, rx).await;
+                    background::audit::run_pruner(ctx, rx).await;
                     Ok(())
                 }));
             }
-            Some(signer)
+            Some(h)
         }
     };
     {
@@ -258,22 +240,22 @@ async fn start_inner(
     {
         let (ctx, rx) = (ctx.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
-            failover::run(ctx, rx).await;
+            background::failover::run(ctx, rx).await;
             Ok(())
         }));
     }
     {
         let (ctx, rx) = (ctx.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
-            api::volume_reconcile::run(ctx, rx).await;
+            background::volume_reconcile::run(ctx, rx).await;
             Ok(())
         }));
     }
     {
         let mut rx = rx.clone();
         let routes = match signer {
-            Some(h) => tonic::service::Routes::from(auth::layer(
-                ctx.routes()
+            Some(h) => tonic::service::Routes::from(api::auth::layer(
+                api::routes(&ctx)
                     // Only behind authentication: open, they would let
                     // anyone make themselves a cloud admin.
                     .add_service(nubo_common::proto::audit_server::AuditServer::new(
@@ -289,12 +271,12 @@ async fn start_inner(
                     )
                     .prepare()
                     .into_axum_router(),
-                auth::AuthState {
+                api::auth::AuthState {
                     signer: h,
                     store: store.clone(),
                 },
             )),
-            None => ctx.routes(),
+            None => api::routes(&ctx),
         };
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = &cfg.tls {
@@ -352,26 +334,6 @@ async fn start_inner(
         shutdown,
         tasks,
     })
-}
-
-async fn load_token_keys(
-    store: &store::Store,
-) -> Result<nubo_common::model::TokenKeySet, ServeError> {
-    let key = nubo_common::keys::token_key();
-    match store.get(&key).await {
-        Ok(Some(v)) => Ok(v.value),
-        Ok(None) => Err(ServeError::Config(format!(
-            "auth = \"token\" but {key} is missing: run `nubo-coordinator bootstrap --admin-password-file F` first"
-        ))),
-        Err(e) => Err(ServeError::Config(format!("cannot read {key}: {e}"))),
-    }
-}
-
-fn token_signer(
-    set: &nubo_common::model::TokenKeySet,
-) -> Result<nubo_identity::TokenSigner, ServeError> {
-    nubo_identity::TokenSigner::from_key_set(set)
-        .map_err(|e| ServeError::Config(format!("unusable token signing key: {e}")))
 }
 
 fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, ServeError> {

@@ -74,7 +74,7 @@ async fn bootstrap(
     let etcd = nubo_coordinator::connect_etcd(cfg)
         .await
         .context("connecting to etcd")?;
-    let store = nubo_coordinator::store::Store::new(etcd);
+    let store = etcd;
     match nubo_coordinator::api::bootstrap(
         &store,
         &admin,

@@ -13,10 +13,10 @@ use crate::error::{ApiError, ApiResult};
 /// The project of a request: empty means "default".
 ///
 /// With `auth = "token"`, under an authenticated caller (see
-/// [`crate::auth`]): empty means the token's project, and the caller must
+/// [`crate::caller`]): empty means the token's project, and the caller must
 /// be allowed the call there (another project answers `NotFound`).
 pub fn project(s: &str) -> ApiResult<ProjectId> {
-    crate::auth::scope(s, ProjectId::default_project)
+    crate::caller::scope(s, ProjectId::default_project)
 }
 
 /// Checks a resource name: 1..=63 characters of letters, digits, `-`, `_`,

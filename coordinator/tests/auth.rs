@@ -176,7 +176,7 @@ async fn server_names(a: &mut Api, tok: &str, all: bool) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_project_isolation() {
     let etcd = Etcd::start().unwrap();
-    let store = nubo_coordinator::store::Store::new(etcd.store().await.unwrap());
+    let store = etcd.store().await.unwrap();
     let admin = UserName::new("admin").unwrap();
     assert_eq!(
         bootstrap(&store, &admin, "adminpw", &cheap())
@@ -460,7 +460,9 @@ async fn tokens_and_project_isolation() {
         .iter()
         .any(|t| t.1.ends_with(".list") || t.1.ends_with(".get")));
     // Retention keeps the newest.
-    let pruned = nubo_coordinator::audit::prune(&store, 3).await.unwrap();
+    let pruned = nubo_coordinator::operations::audit::prune(&store, 3)
+        .await
+        .unwrap();
     assert_eq!(pruned as usize, trail.len() - 3);
     let left = audit
         .list(req(&root, pb::ListRequest::default()))
@@ -486,7 +488,7 @@ async fn token_mode_refuses_to_start_without_bootstrap() {
 }
 
 async fn token_cloud(etcd: &Etcd) -> (Coordinator, Api, String) {
-    let store = nubo_coordinator::store::Store::new(etcd.store().await.unwrap());
+    let store = etcd.store().await.unwrap();
     let admin = UserName::new("admin").unwrap();
     bootstrap(&store, &admin, "adminpw", &cheap())
         .await

@@ -14,7 +14,7 @@ use nubo_common::model::{self, Flavor, Instance, NodeUsage};
 use nubo_common::proto as pb;
 use nubo_common::proto::servers_server::Servers;
 use nubo_common::{keys, FlavorName, NodeName};
-use nubo_coordinator::{api::Ctx, election::LeaderState, store::Store, view::ClusterView};
+use nubo_coordinator::{election::LeaderState, placement::ClusterView, state::Ctx};
 use nubo_coordinator::{Config, LogFencer};
 use nubo_tests::Etcd;
 
@@ -136,7 +136,7 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(view.clone().run(store.clone(), rx));
     let ctx = Ctx::new(
-        Store::new(store.clone()),
+        store.clone(),
         view.clone(),
         Arc::new(LeaderState::default()),
         cfg,

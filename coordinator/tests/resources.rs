@@ -387,8 +387,8 @@ async fn networks_ports_secgroups_validation() {
     cl.ports.delete(del(&p2.id)).await.unwrap();
     cl.secgroups.delete(del("web")).await.unwrap();
     cl.networks.delete(del("net1")).await.unwrap();
-    assert_eq!(count(&etcd, "/nubo/v1/ipam/").await, 0);
-    assert_eq!(count(&etcd, "/nubo/v1/macs/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/private/ipam/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/private/macs/").await, 0);
     c.shutdown().await.unwrap();
 }
 

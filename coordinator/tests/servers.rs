@@ -197,9 +197,9 @@ async fn batch_beyond_network_size_fails_cleanly_and_delete_releases_everything(
         .collect();
     assert!(names.contains("batch-1") || names.contains("batch-120"));
     // Nothing leaked: 125 addresses, 125 ports, 100 instances, 100 assignments.
-    assert_eq!(count(&etcd, "/nubo/v1/ipam/").await, 125);
+    assert_eq!(count(&etcd, "/nubo/v1/private/ipam/").await, 125);
     assert_eq!(count(&etcd, "/nubo/v1/ports/").await, 125);
-    assert_eq!(count(&etcd, "/nubo/v1/macs/").await, 125);
+    assert_eq!(count(&etcd, "/nubo/v1/private/macs/").await, 125);
     assert_eq!(count(&etcd, "/nubo/v1/assignments/").await, 100);
     let mut used = 0;
     for i in 0..4 {
@@ -307,7 +307,7 @@ async fn batch_beyond_network_size_fails_cleanly_and_delete_releases_everything(
     }
     assert_eq!(count(&etcd, "/nubo/v1/instances/").await, 0);
     assert_eq!(count(&etcd, "/nubo/v1/assignments/").await, 0);
-    assert_eq!(count(&etcd, "/nubo/v1/ipam/").await, 25);
+    assert_eq!(count(&etcd, "/nubo/v1/private/ipam/").await, 25);
     let p = cl
         .ports
         .get(pb::GetRequest {
@@ -327,9 +327,9 @@ async fn batch_beyond_network_size_fails_cleanly_and_delete_releases_everything(
             .await
             .unwrap();
     }
-    assert_eq!(count(&etcd, "/nubo/v1/ipam/").await, 0);
-    assert_eq!(count(&etcd, "/nubo/v1/macs/").await, 0);
-    assert_eq!(count(&etcd, "/nubo/v1/port-owners/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/private/ipam/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/private/macs/").await, 0);
+    assert_eq!(count(&etcd, "/nubo/v1/private/port-owners/").await, 0);
     c.shutdown().await.unwrap();
 }
 

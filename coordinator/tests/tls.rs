@@ -30,7 +30,7 @@ async fn api_over_tls_with_etcd_over_mtls() {
     // The production default: no development mode.
     cfg.insecure = false;
     let client = nubo_coordinator::connect_etcd(&cfg).await.unwrap();
-    let store = nubo_coordinator::store::Store::new(client);
+    let store = client;
     let admin = UserName::new("admin").unwrap();
     let cheap = Passwords::with_params(64, 1, 1).unwrap();
     assert_eq!(

@@ -890,7 +890,7 @@ async fn volume_quotas_hold_under_concurrency() {
     let Some(c) = cluster() else { return };
     let (admin, p, ceph) = ceph_setup(&c, "vt-quota");
     let etcd = Etcd::start().unwrap();
-    let store = nubo_coordinator::store::Store::new(etcd.store().await.unwrap());
+    let store = etcd.store().await.unwrap();
     let passwords = nubo_identity::Passwords::with_params(64, 1, 1).unwrap();
     nubo_coordinator::api::bootstrap(
         &store,

@@ -1,6 +1,6 @@
 //! The audit trail: one [`AuditRecord`] per mutating or refused API call,
-//! under `/nubo/v1/audit/<id>` where `<id>` sorts by time, so
-//! `etcdctl get --prefix /nubo/v1/audit/` prints the trail oldest first.
+//! under `/nubo/v1/private/audit/<id>` where `<id>` sorts by time, so
+//! `etcdctl get --prefix /nubo/v1/private/audit/` prints the trail oldest first.
 //!
 //! Writing: after the call, the coordinator puts the record with a plain
 //! put (best effort: a failure is logged, never turned into an API error;
@@ -170,10 +170,10 @@ mod tests {
         assert_eq!(excess(10_000, RETENTION), None);
         assert_eq!(excess(10_005, RETENTION), Some(5));
         assert_eq!(excess(3, RETENTION), None);
-        let end = delete_range_end("/nubo/v1/audit/0001-00ab");
-        assert!(end.as_slice() > "/nubo/v1/audit/0001-00ab".as_bytes());
-        assert!(end.as_slice() < "/nubo/v1/audit/0001-00ac".as_bytes());
-        assert!(end.as_slice() < "/nubo/v1/audit/0001-00ab0".as_bytes());
+        let end = delete_range_end("/nubo/v1/private/audit/0001-00ab");
+        assert!(end.as_slice() > "/nubo/v1/private/audit/0001-00ab".as_bytes());
+        assert!(end.as_slice() < "/nubo/v1/private/audit/0001-00ac".as_bytes());
+        assert!(end.as_slice() < "/nubo/v1/private/audit/0001-00ab0".as_bytes());
     }
 
     #[test]

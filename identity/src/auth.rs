@@ -2,7 +2,7 @@
 //! metadata, verified into [`Claims`].
 //!
 //! Wiring (coordinator): keep one [`SignerHandle`] (rebuilt from
-//! `/nubo/v1/secrets/token-key` when a watch sees it change), wrap every
+//! `/nubo/v1/private/secrets/token-key` when a watch sees it change), wrap every
 //! service except `Tokens` with
 //! `XServer::with_interceptor(api.clone(), AuthInterceptor::new(handle.clone()))`,
 //! and read the caller in handlers with [`claims_of`].

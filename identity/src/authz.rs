@@ -193,7 +193,7 @@ pub fn authorize(
 }
 
 /// The roles to put in a token for `user` scoped to `project`, from the
-/// user's role assignments (`/nubo/v1/roles/<user>/`): cloud-wide
+/// user's role assignments (`/nubo/v1/private/roles/<user>/`): cloud-wide
 /// assignments apply in every project (cloud-wide `admin` = cloud admin);
 /// project assignments only in theirs. An `admin` assignment scoped to one
 /// project is not a cloud admin and counts as `member` there. Sorted,

@@ -124,11 +124,11 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "/nubo/v1/projects/admin",
-                "/nubo/v1/users/admin",
-                "/nubo/v1/roles/admin/_cloud",
-                "/nubo/v1/secrets/token-key",
-                "/nubo/v1/quotas/_default",
+                "/nubo/v1/private/projects/admin",
+                "/nubo/v1/private/users/admin",
+                "/nubo/v1/private/roles/admin/_cloud",
+                "/nubo/v1/private/secrets/token-key",
+                "/nubo/v1/private/quotas/_default",
             ]
         );
         let user: User = decode(&writes[1].key, &writes[1].value).unwrap();

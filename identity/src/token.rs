@@ -1,7 +1,7 @@
 //! Signed bearer tokens.
 //!
 //! A token is `base64url(JSON claims) "." base64url(HMAC-SHA256(key, first part))`
-//! (no padding). The key is the cluster secret in `/nubo/v1/secrets/token-key`
+//! (no padding). The key is the cluster secret in `/nubo/v1/private/secrets/token-key`
 //! ([`TokenKeySet`]): 32+ random bytes created at bootstrap. Any coordinator
 //! can verify any token without an etcd round trip; revocation before expiry
 //! is done by rotating the key (tokens are short-lived, [`DEFAULT_TTL_SECS`]).

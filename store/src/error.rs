@@ -49,6 +49,10 @@ pub enum StoreError {
     /// etcd answered with an error that retrying cannot fix.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// A stored value does not decode (hand-written, or another version's):
+    /// reported naming the key, never overwritten silently.
+    #[error("the stored record is unreadable ({0}); repair or delete it with etcdctl")]
+    Corrupt(#[from] nubo_common::model::DecodeError),
     /// The configuration is unusable (no endpoint, bad URL, TLS files).
     #[error("etcd client configuration: {0}")]
     Config(String),

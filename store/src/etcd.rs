@@ -188,6 +188,19 @@ impl Etcd {
         .await
     }
 
+    /// A resumable watch of every key under `prefix` after revision `rev`
+    /// (typically the revision a listing was read at).
+    pub fn watch_prefix_after(&self, prefix: impl Into<Vec<u8>>, rev: i64) -> Watch {
+        self.watch(
+            prefix,
+            WatchSpec {
+                prefix: true,
+                prev_kv: false,
+            },
+            rev + 1,
+        )
+    }
+
     /// A resumable watch of `key` from `start_revision` ([`crate::watch`]).
     pub fn watch(&self, key: impl Into<Vec<u8>>, spec: WatchSpec, start_revision: i64) -> Watch {
         Watch::new(self.client.clone(), &self.policy, key, spec, start_revision)

@@ -29,6 +29,10 @@
 //! - **[`watch`]**: a watch that moves to a live member and resumes from the
 //!   last revision seen + 1; it ends only on compaction (the caller lists
 //!   again) or a real cancellation.
+//! - **[`kv`]** and **[`builder`]**: the helpers both daemons read and
+//!   write nubo's JSON values with (typed reads with the revision to
+//!   compare, whole prefixes at one revision, pages) and guarded
+//!   transactions whose compares and failure reads are named handles.
 //! - **[`listwatch`]**: the list-then-watch loop both daemons keep their
 //!   copies of etcd with ([`ListWatch`]): several prefixes listed at one
 //!   revision, watched from the next, listed again after a compaction.
@@ -49,20 +53,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod builder;
 pub mod classify;
 pub mod config;
 pub mod error;
 mod etcd;
+pub mod kv;
 pub mod listwatch;
 pub mod pool;
 pub mod retry;
 pub mod txn;
 pub mod watch;
 
+pub use builder::{merged, Answer, Guard, Probe, TxnBuilder};
 pub use classify::{classify, Class};
 pub use config::{EtcdConfig, TlsFiles};
 pub use error::StoreError;
 pub use etcd::Etcd;
+pub use kv::Versioned;
 pub use listwatch::{ListWatch, Update};
 pub use pool::MemberHealth;
 pub use retry::{Backoff, RetryPolicy};

@@ -117,6 +117,24 @@ impl Watch {
         d
     }
 
+    /// Passes every event to `apply` (the key-value, and whether it is a
+    /// deletion) until the watch cannot go on; returns why (the caller then
+    /// lists again).
+    pub async fn follow(mut self, mut apply: impl FnMut(&etcd_client::KeyValue, bool)) -> WatchEnd {
+        loop {
+            match self.next().await {
+                Ok(resp) => {
+                    for ev in resp.events() {
+                        if let Some(kv) = ev.kv() {
+                            apply(kv, ev.event_type() == etcd_client::EventType::Delete);
+                        }
+                    }
+                }
+                Err(end) => return end,
+            }
+        }
+    }
+
     /// The next response carrying events (never an empty one), resuming
     /// the watch on a live member after any interruption.
     pub async fn next(&mut self) -> Result<WatchResponse, WatchEnd> {

@@ -287,7 +287,10 @@ fn cli_batch_while_an_etcd_member_dies(victim: Victim) {
     })
     .unwrap();
     wait_until(CONVERGE, "every address freed", || {
-        Ok(cluster.etcd.get_prefix("/nubo/v1/ipam/")?.is_empty())
+        Ok(cluster
+            .etcd
+            .get_prefix("/nubo/v1/private/ipam/")?
+            .is_empty())
     })
     .unwrap();
     assert_capacity(&cluster).unwrap();

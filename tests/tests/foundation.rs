@@ -237,7 +237,7 @@ fn hundred_twenty_servers_run_spread_over_three_nodes_and_free_everything_on_del
     for (node, n) in &per_node {
         assert!((20..=60).contains(n), "{node} got {n}: {per_node:?}");
     }
-    let ipam = format!("/nubo/v1/ipam/{}/", cat.network_id);
+    let ipam = format!("/nubo/v1/private/ipam/{}/", cat.network_id);
     assert_eq!(keys(&cluster, &ipam).unwrap().len(), 120);
     for node in per_node.keys() {
         let (vcpus, ram, _, n) = usage(&cluster, node).unwrap();
@@ -456,7 +456,7 @@ fn bad_input_fails_with_one_clear_line_and_garbage_in_etcd_is_survived() {
 
     // None of it left anything behind.
     assert!(servers(&cli).unwrap().is_empty());
-    assert!(keys(&cluster, "/nubo/v1/ipam/").unwrap().is_empty());
+    assert!(keys(&cluster, "/nubo/v1/private/ipam/").unwrap().is_empty());
     let nets = list_items(&cli.json(&["network", "list"]).unwrap()).unwrap();
     assert_eq!(nets.len(), 1, "{nets:?}");
 

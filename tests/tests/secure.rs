@@ -56,7 +56,12 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
     );
     let with_cert = cloud.etcd.etcdctl_as(
         Some("cli"),
-        &["get", "--prefix", "/nubo/v1/secrets/", "--keys-only"],
+        &[
+            "get",
+            "--prefix",
+            "/nubo/v1/private/secrets/",
+            "--keys-only",
+        ],
     )?;
     assert!(with_cert.status.success());
     assert!(String::from_utf8_lossy(&with_cert.stdout).contains("token-key"));

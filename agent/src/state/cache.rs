@@ -142,10 +142,7 @@ impl Cache {
             self.absent.remove(key);
         }
         let Some(parsed) = keys::parse(key) else {
-            return match keys::parse_volume(key) {
-                Some(keys::VolumeKey::Type(name)) => self.apply_volume_type(name, key, value),
-                Some(keys::VolumeKey::Snapshot(..)) | None => Change::Ignored,
-            };
+            return Change::Ignored;
         };
         if matches!(
             parsed,
@@ -206,7 +203,10 @@ impl Cache {
                     Change::Ignored
                 };
             }
-            Key::ServerGroup(_) => return Change::Ignored,
+            Key::VolumeType(name) => return self.apply_volume_type(name, key, value),
+            // Node health, snapshots, server groups, the coordinators' and
+            // their private keys: nothing an agent acts on.
+            _ => return Change::Ignored,
         }
         Change::Relevant
     }
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(change, Change::Report);
         assert_eq!(c.statuses[&id].mod_revision, 42);
         assert_eq!(
-            c.apply("/nubo/v1/ipam/x/y", Some(b"1"), 43),
+            c.apply("/nubo/v1/private/ipam/x/y", Some(b"1"), 43),
             Change::Ignored
         );
         assert_eq!(

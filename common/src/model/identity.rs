@@ -125,7 +125,7 @@ impl FromStr for AppCredId {
 
 // ------------------------------------------------------------------ records
 
-/// `/nubo/v1/projects/<id>`: a tenant.
+/// `/nubo/v1/private/projects/<id>`: a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Project {
     /// Id (a validated name, e.g. "admin", "team-a").
@@ -141,7 +141,7 @@ pub struct Project {
     pub created_at: Timestamp,
 }
 
-/// `/nubo/v1/users/<name>`: a person or a service account.
+/// `/nubo/v1/private/users/<name>`: a person or a service account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Login name.
@@ -205,7 +205,7 @@ impl FromStr for Role {
     }
 }
 
-/// `/nubo/v1/roles/<user>/<project|_cloud>`: one role of a user in a
+/// `/nubo/v1/private/roles/<user>/<project|_cloud>`: one role of a user in a
 /// project, or cloud-wide when `project` is `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleAssignment {
@@ -218,7 +218,7 @@ pub struct RoleAssignment {
     pub role: Role,
 }
 
-/// `/nubo/v1/app-creds/<id>`: a secret a program uses instead of a
+/// `/nubo/v1/private/app-creds/<id>`: a secret a program uses instead of a
 /// password, bound to one user and project, possibly with fewer roles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplicationCredential {
@@ -301,7 +301,7 @@ impl fmt::Display for QuotaResource {
     }
 }
 
-/// `/nubo/v1/quotas/<project>` (or `/nubo/v1/quotas/_default` for every
+/// `/nubo/v1/private/quotas/<project>` (or `/nubo/v1/private/quotas/_default` for every
 /// project without its own record): limits; `None` (JSON `null`, `-1` or a
 /// missing field) means unlimited. Serialised as `null`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,7 +395,7 @@ impl Default for Quota {
     }
 }
 
-/// `/nubo/v1/quota-usage/<project>`: what a project holds, maintained by
+/// `/nubo/v1/private/quota-usage/<project>`: what a project holds, maintained by
 /// the coordinator in the same transaction as the resources themselves.
 /// Also used for a request's delta.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -492,7 +492,7 @@ pub enum AuditOutcome {
     },
 }
 
-/// `/nubo/v1/audit/<time-ordered id>`: one mutating (or denied) API call.
+/// `/nubo/v1/private/audit/<time-ordered id>`: one mutating (or denied) API call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// When the call was made.
@@ -518,7 +518,7 @@ pub struct AuditRecord {
 
 // ------------------------------------------------------------------ secrets
 
-/// `/nubo/v1/secrets/token-key`: the cluster's token signing keys
+/// `/nubo/v1/private/secrets/token-key`: the cluster's token signing keys
 /// (base64, standard alphabet, 32+ random bytes each). Written by the
 /// coordinator (bootstrap and rotation); readable by anyone with read
 /// access to etcd, which is why etcd must require client certificates.

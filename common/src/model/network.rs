@@ -49,7 +49,7 @@ pub struct Port {
     pub network: NetworkId,
     /// MAC address (fa:16:3e:xx:xx:xx, unique in the cluster).
     pub mac: MacAddr,
-    /// Fixed IPv4 address (reserved under `/nubo/v1/ipam/<network>/<ip>`).
+    /// Fixed IPv4 address (reserved under `/nubo/v1/private/ipam/<network>/<ip>`).
     pub ip: Ipv4Addr,
     /// Security groups applied to the port.
     #[serde(default)]
@@ -189,7 +189,7 @@ impl SecurityGroup {
     }
 }
 
-/// An address of a network as stored by IPAM: `/nubo/v1/ipam/<network>/<ip>`.
+/// An address of a network as stored by IPAM: `/nubo/v1/private/ipam/<network>/<ip>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpAllocation {
     /// The port holding the address.

@@ -133,7 +133,7 @@ pub struct LeaderRecord {
     pub since: Timestamp,
 }
 
-/// `/nubo/v1/config/evacuation`: cluster-wide switch of automatic
+/// `/nubo/v1/private/config/evacuation`: cluster-wide switch of automatic
 /// evacuation; an absent key means enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvacuationConfig {

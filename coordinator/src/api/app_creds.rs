@@ -1,29 +1,19 @@
-//! `ApplicationCredentials`: secrets a program uses instead of a password
-//! (`Tokens.Issue` with id + secret). A credential is bound to the user and
-//! project of the token that created it, with at most that token's roles;
-//! its secret is returned once and stored only as a hash
-//! (`nubo_identity::appcred`). A token issued for an application credential
-//! may not create more (a leaked credential cannot outlive its revocation).
-//! Served only with `auth = "token"`.
+//! `ApplicationCredentials`: the gRPC adapter of
+//! [`crate::operations::app_creds`] (served only with `auth = "token"`).
 
-use etcd_client::{GetOptions, Txn, TxnOp};
-use nubo_common::keys;
-use nubo_common::model::{AppCredId, ApplicationCredential, Role};
+use nubo_common::model::ApplicationCredential;
 use nubo_common::proto::{self as pb, application_credentials_server::ApplicationCredentials};
 use nubo_identity::Claims;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use super::{reply, Ctx};
+use super::{reply, R};
 use crate::error::{ApiError, ApiResult};
-use crate::store::decode_or_skip;
+use crate::operations::app_creds::{self, NewAppCred};
+use crate::state::Ctx;
 
-type R<T> = Result<Response<T>, Status>;
-
-/// Longest credential name.
-const MAX_NAME: usize = 255;
-
+/// The caller's claims (application credentials need a caller).
 fn claims() -> ApiResult<Claims> {
-    crate::auth::caller().map(|c| c.claims).ok_or_else(|| {
+    crate::caller::caller().map(|c| c.claims).ok_or_else(|| {
         ApiError::FailedPrecondition("application credentials need auth = \"token\"".into())
     })
 }
@@ -41,203 +31,39 @@ fn cred_pb(c: &ApplicationCredential, secret: String) -> pb::ApplicationCredenti
     }
 }
 
-/// The roles of a new credential: the token's (empty request) or a subset.
-fn roles_for(claims: &Claims, requested: &[String]) -> ApiResult<Vec<Role>> {
-    let mut roles = if requested.is_empty() {
-        claims.roles.clone()
-    } else {
-        let mut out = Vec::new();
-        for r in requested {
-            let role: Role = r
-                .parse()
-                .map_err(|e: nubo_common::IdError| ApiError::InvalidArgument(e.to_string()))?;
-            if !claims.has(role) {
-                return Err(ApiError::PermissionDenied(format!(
-                    "an application credential gets at most the creator's roles: user {} has no {role} role in project {}",
-                    claims.user, claims.project
-                )));
-            }
-            out.push(role);
-        }
-        out
-    };
-    roles.sort();
-    roles.dedup();
-    Ok(roles)
-}
-
-impl Ctx {
-    async fn create_app_cred(
-        &self,
-        r: pb::CreateApplicationCredentialRequest,
-    ) -> ApiResult<pb::ApplicationCredential> {
-        let claims = claims()?;
-        if let Some(id) = &claims.app_cred {
-            return Err(ApiError::PermissionDenied(format!(
-                "this token comes from application credential {id}, which may not create application credentials; log in with a password"
-            )));
-        }
-        if r.name.chars().count() > MAX_NAME || r.name.chars().any(char::is_control) {
-            return Err(ApiError::InvalidArgument(format!(
-                "name must be at most {MAX_NAME} characters without control characters"
-            )));
-        }
-        let roles = roles_for(&claims, &r.roles)?;
-        let now = chrono::Utc::now();
-        let expires_at = match r.expires_at.trim() {
-            "" => None,
-            t => {
-                let t = chrono::DateTime::parse_from_rfc3339(t)
-                    .map_err(|e| {
-                        ApiError::InvalidArgument(format!(
-                            "expires_at {t:?} is not an RFC 3339 time: {e}"
-                        ))
-                    })?
-                    .with_timezone(&chrono::Utc);
-                if t <= now {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "expires_at {} is in the past",
-                        t.to_rfc3339()
-                    )));
-                }
-                Some(t)
-            }
-        };
-        let (secret, secret_hash) = nubo_identity::appcred::new_secret();
-        let cred = ApplicationCredential {
-            id: AppCredId::new_random(),
-            user: claims.user.clone(),
-            project: claims.project.clone(),
-            secret_hash,
-            expires_at,
-            roles,
-            name: r.name,
-            created_at: Some(now),
-        };
-        let key = keys::app_cred(&cred.id);
-        let resp = self
-            .store
-            .txn(
-                Txn::new()
-                    .when([crate::store::absent(&key)])
-                    .and_then([crate::store::put(&key, &cred)]),
-            )
-            .await?;
-        if !resp.succeeded() {
-            return Err(ApiError::Unavailable(
-                "application credential id collision; retry".into(),
-            ));
-        }
-        tracing::info!(id = %cred.id, user = %cred.user, project = %cred.project, "application credential created");
-        Ok(cred_pb(&cred, secret))
-    }
-
-    /// The caller's credentials; a cloud admin's `all_projects` lists all.
-    async fn list_app_creds(
-        &self,
-        r: pb::ListRequest,
-    ) -> ApiResult<pb::ListApplicationCredentialsResponse> {
-        let claims = claims()?;
-        let all = r.all_projects && claims.has(Role::Admin);
-        let resp = self
-            .store
-            .range(keys::app_creds_prefix(), GetOptions::new().with_prefix())
-            .await?;
-        let mut creds: Vec<ApplicationCredential> = resp
-            .kvs()
-            .iter()
-            .filter_map(decode_or_skip::<ApplicationCredential>)
-            .filter(|c| all || c.user == claims.user)
-            .collect();
-        creds.sort_by(|a, b| {
-            (a.created_at, a.id.to_string()).cmp(&(b.created_at, b.id.to_string()))
-        });
-        Ok(pb::ListApplicationCredentialsResponse {
-            application_credentials: creds.iter().map(|c| cred_pb(c, String::new())).collect(),
-        })
-    }
-
-    /// Deletes one of the caller's credentials (a cloud admin: anyone's);
-    /// another user's answers NotFound, exactly like a missing one.
-    async fn delete_app_cred(&self, r: pb::DeleteRequest) -> ApiResult<pb::Empty> {
-        let claims = claims()?;
-        let missing = || {
-            ApiError::NotFound(format!(
-                "application credential {:?} not found",
-                r.r#ref.chars().take(64).collect::<String>()
-            ))
-        };
-        let id: AppCredId = r.r#ref.trim().parse().map_err(|_| missing())?;
-        let key = keys::app_cred(&id);
-        let Some(cur) = self.store.get::<ApplicationCredential>(&key).await? else {
-            return Err(missing());
-        };
-        if cur.value.user != claims.user && !claims.has(Role::Admin) {
-            return Err(missing());
-        }
-        let resp = self
-            .store
-            .txn(
-                Txn::new()
-                    .when([etcd_client::Compare::mod_revision(
-                        key.as_str(),
-                        etcd_client::CompareOp::Equal,
-                        cur.mod_rev,
-                    )])
-                    .and_then([TxnOp::delete(key.as_str(), None)]),
-            )
-            .await?;
-        if !resp.succeeded() {
-            return Err(missing());
-        }
-        tracing::info!(%id, by = %claims.user, "application credential deleted");
-        Ok(pb::Empty {})
-    }
-}
-
 #[tonic::async_trait]
 impl ApplicationCredentials for Ctx {
     async fn create(
         &self,
         r: Request<pb::CreateApplicationCredentialRequest>,
     ) -> R<pb::ApplicationCredential> {
-        reply(self.create_app_cred(r.into_inner()).await)
+        let r = r.into_inner();
+        let go = async {
+            let new = NewAppCred {
+                name: r.name,
+                roles: r.roles,
+                expires_at: r.expires_at,
+            };
+            app_creds::create(self, &claims()?, new).await
+        };
+        reply(go.await.map(|(c, secret)| cred_pb(&c, secret)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListApplicationCredentialsResponse> {
-        reply(self.list_app_creds(r.into_inner()).await)
+        let r = r.into_inner();
+        let go = async { app_creds::list(self, &claims()?, r.all_projects).await };
+        reply(
+            go.await
+                .map(|creds| pb::ListApplicationCredentialsResponse {
+                    application_credentials: creds
+                        .iter()
+                        .map(|c| cred_pb(c, String::new()))
+                        .collect(),
+                }),
+        )
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
-        reply(self.delete_app_cred(r.into_inner()).await)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nubo_common::model::UserName;
-    use nubo_common::ProjectId;
-
-    #[test]
-    fn roles_are_at_most_the_creators() {
-        let c = Claims::new(
-            UserName::new("u").unwrap(),
-            ProjectId::new("p1").unwrap(),
-            vec![Role::Reader],
-            chrono::Utc::now(),
-            60,
-        );
-        assert_eq!(roles_for(&c, &[]).unwrap(), vec![Role::Reader]);
-        assert_eq!(
-            roles_for(&c, &["reader".into(), "reader".into()]).unwrap(),
-            vec![Role::Reader]
-        );
-        assert!(matches!(
-            roles_for(&c, &["member".into()]),
-            Err(ApiError::PermissionDenied(_))
-        ));
-        assert!(matches!(
-            roles_for(&c, &["root".into()]),
-            Err(ApiError::InvalidArgument(_))
-        ));
+        let r = r.into_inner();
+        let go = async { app_creds::delete(self, &claims()?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
     }
 }

@@ -1,0 +1,458 @@
+//! Conversions between the stored model and the gRPC messages.
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+use nubo_common::model::{
+    self, Direction, EtherType, Protocol, Remote, SecurityGroupRule, Timestamp,
+};
+use nubo_common::{proto as pb, NetworkId, NodeName, RuleId, SecurityGroupId};
+
+use crate::error::{ApiError, ApiResult};
+use crate::placement::scheduler::{NodeState, Ratios};
+
+fn ts(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn res(r: model::Resources) -> pb::Resources {
+    pb::Resources {
+        vcpus: r.vcpus,
+        ram_mb: r.ram_mb,
+        disk_gb: r.disk_gb,
+    }
+}
+
+/// Flavor.
+pub fn flavor(f: &model::Flavor) -> pb::Flavor {
+    pb::Flavor {
+        name: f.name.to_string(),
+        vcpus: f.resources.vcpus,
+        ram_mb: f.resources.ram_mb,
+        disk_gb: f.resources.disk_gb,
+        created_at: ts(&f.created_at),
+    }
+}
+
+/// Image.
+pub fn image(i: &model::Image) -> pb::Image {
+    pb::Image {
+        id: i.id.to_string(),
+        name: i.name.clone(),
+        project: i.project.to_string(),
+        disk_format: match i.disk_format {
+            model::DiskFormat::Raw => "raw",
+            model::DiskFormat::Qcow2 => "qcow2",
+        }
+        .into(),
+        size_bytes: i.size_bytes,
+        checksum_sha256: i.checksum_sha256.clone().unwrap_or_default(),
+        min_disk_gb: i.min_disk_gb,
+        min_ram_mb: i.min_ram_mb,
+        status: match i.status {
+            model::ImageStatus::Queued => "queued",
+            model::ImageStatus::Active => "active",
+            model::ImageStatus::Error => "error",
+        }
+        .into(),
+        created_at: ts(&i.created_at),
+        kernel_sha256: i.kernel_sha256.clone().unwrap_or_default(),
+        initrd_sha256: i.initrd_sha256.clone().unwrap_or_default(),
+        kernel_cmdline: i.kernel_cmdline.clone().unwrap_or_default(),
+        status_reason: i.status_reason.clone().unwrap_or_default(),
+    }
+}
+
+/// Network.
+pub fn network(n: &model::Network) -> pb::Network {
+    pb::Network {
+        id: n.id.to_string(),
+        name: n.name.clone(),
+        project: n.project.to_string(),
+        cidr: n.cidr.to_string(),
+        gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        vni: n.vni,
+        mtu: u32::from(n.mtu),
+        dns: n.dns.iter().map(ToString::to_string).collect(),
+        created_at: ts(&n.created_at),
+    }
+}
+
+/// Port.
+pub fn port(p: &model::Port) -> pb::Port {
+    pb::Port {
+        id: p.id.to_string(),
+        name: p.name.clone(),
+        project: p.project.to_string(),
+        network_id: p.network.to_string(),
+        mac: p.mac.to_string(),
+        ip: p.ip.to_string(),
+        security_group_ids: p.security_groups.iter().map(ToString::to_string).collect(),
+        device_id: p.device.map(|d| d.to_string()).unwrap_or_default(),
+        node: p.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+        tap: p.tap_name(),
+        port_security: p.port_security,
+        created_at: ts(&p.created_at),
+    }
+}
+
+/// Security group rule.
+pub fn rule(r: &SecurityGroupRule) -> pb::SecurityGroupRule {
+    let (port_min, port_max) = r
+        .ports
+        .map(|(a, b)| (u32::from(a), u32::from(b)))
+        .unwrap_or((0, 0));
+    let (remote_cidr, remote_group_id) = match &r.remote {
+        Remote::Any => (String::new(), String::new()),
+        Remote::Cidr(c) => (c.to_string(), String::new()),
+        Remote::Group(g) => (String::new(), g.to_string()),
+    };
+    pb::SecurityGroupRule {
+        id: r.id.to_string(),
+        direction: match r.direction {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+        .into(),
+        ethertype: match r.ethertype {
+            EtherType::Ipv4 => "ipv4",
+            EtherType::Ipv6 => "ipv6",
+        }
+        .into(),
+        protocol: match r.protocol {
+            Protocol::Any => "any".into(),
+            Protocol::Tcp => "tcp".into(),
+            Protocol::Udp => "udp".into(),
+            Protocol::Icmp => "icmp".into(),
+            Protocol::Number(n) => n.to_string(),
+        },
+        port_min,
+        port_max,
+        remote_cidr,
+        remote_group_id,
+    }
+}
+
+/// Parses and validates a rule from the API (the remote group's existence
+/// is checked by the caller).
+pub fn rule_from_proto(r: &pb::SecurityGroupRule) -> ApiResult<SecurityGroupRule> {
+    let bad = |m: String| Err(ApiError::InvalidArgument(m));
+    let direction = match r.direction.to_ascii_lowercase().as_str() {
+        "ingress" => Direction::Ingress,
+        "egress" => Direction::Egress,
+        other => {
+            return bad(format!(
+                "rule direction {other:?} must be \"ingress\" or \"egress\""
+            ))
+        }
+    };
+    let ethertype = match r.ethertype.to_ascii_lowercase().as_str() {
+        "" | "ipv4" => EtherType::Ipv4,
+        "ipv6" => EtherType::Ipv6,
+        other => {
+            return bad(format!(
+                "rule ethertype {other:?} must be \"ipv4\" or \"ipv6\""
+            ))
+        }
+    };
+    let protocol = match r.protocol.to_ascii_lowercase().as_str() {
+        "" | "any" => Protocol::Any,
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "icmp" => Protocol::Icmp,
+        other => match other.parse::<u8>() {
+            Ok(6) => Protocol::Tcp,
+            Ok(17) => Protocol::Udp,
+            Ok(1) => Protocol::Icmp,
+            Ok(n) => Protocol::Number(n),
+            Err(_) => {
+                return bad(format!(
+                    "rule protocol {other:?} must be any, tcp, udp, icmp or a number 0-255"
+                ))
+            }
+        },
+    };
+    let ports = match (r.port_min, r.port_max) {
+        (0, 0) => None,
+        (a, b) if !matches!(protocol, Protocol::Tcp | Protocol::Udp) => {
+            return bad(format!("rule ports {a}-{b} need protocol tcp or udp"))
+        }
+        (a, b) if a == 0 || a > b || b > 65535 => {
+            return bad(format!(
+                "rule port range {a}-{b} is not valid (1 <= min <= max <= 65535)"
+            ))
+        }
+        (a, b) => Some((a as u16, b as u16)),
+    };
+    let remote = match (r.remote_cidr.trim(), r.remote_group_id.trim()) {
+        ("", "") => Remote::Any,
+        (c, "") => {
+            let net: IpNet = c.parse().map_err(|_| {
+                ApiError::InvalidArgument(format!("rule remote_cidr {c} is not a valid network"))
+            })?;
+            let v4 = matches!(net, IpNet::V4(_));
+            if v4 != (ethertype == EtherType::Ipv4) {
+                return bad(format!(
+                    "rule remote_cidr {c} does not match ethertype {}",
+                    r.ethertype
+                ));
+            }
+            Remote::Cidr(net.trunc())
+        }
+        ("", g) => Remote::Group(g.parse::<SecurityGroupId>()?),
+        _ => return bad("a rule may set remote_cidr or remote_group_id, not both".into()),
+    };
+    Ok(SecurityGroupRule {
+        id: RuleId::new_random(),
+        direction,
+        ethertype,
+        protocol,
+        ports,
+        remote,
+    })
+}
+
+/// Security group.
+pub fn secgroup(g: &model::SecurityGroup) -> pb::SecurityGroup {
+    pb::SecurityGroup {
+        id: g.id.to_string(),
+        name: g.name.clone(),
+        project: g.project.to_string(),
+        description: g.description.clone(),
+        rules: g.rules.iter().map(rule).collect(),
+        created_at: ts(&g.created_at),
+    }
+}
+
+/// Keypair.
+pub fn keypair(k: &model::Keypair) -> pb::Keypair {
+    pb::Keypair {
+        name: k.name.clone(),
+        project: k.project.to_string(),
+        public_key: k.public_key.clone(),
+        fingerprint: k.fingerprint.clone(),
+        created_at: ts(&k.created_at),
+    }
+}
+
+/// Server group policy name.
+pub fn policy_name(p: model::ServerGroupPolicy) -> &'static str {
+    match p {
+        model::ServerGroupPolicy::Affinity => "affinity",
+        model::ServerGroupPolicy::AntiAffinity => "anti-affinity",
+    }
+}
+
+/// Server group.
+pub fn server_group(g: &model::ServerGroup) -> pb::ServerGroup {
+    pb::ServerGroup {
+        id: g.id.to_string(),
+        name: g.name.clone(),
+        project: g.project.to_string(),
+        policy: policy_name(g.policy).into(),
+        created_at: ts(&g.created_at),
+    }
+}
+
+/// Node as seen by the scheduler.
+pub fn node(name: &NodeName, st: &NodeState, _ratios: &Ratios) -> pb::Node {
+    let info = st.info.as_ref();
+    pb::Node {
+        name: name.to_string(),
+        underlay_ip: info.map(|i| i.underlay_ip.to_string()).unwrap_or_default(),
+        availability_zone: info
+            .map(|i| i.availability_zone.clone())
+            .unwrap_or_default(),
+        labels: info
+            .map(|i| i.labels.clone().into_iter().collect())
+            .unwrap_or_default(),
+        capacity: info.map(|i| res(i.capacity)),
+        usage: Some(res(st.usage.used)),
+        instances: st.usage.instances,
+        alive: st.alive,
+        enabled: st.admin.enabled,
+        registered_at: info.map(|i| ts(&i.registered_at)).unwrap_or_default(),
+        health: st.health.as_ref().map_or("up", |h| h.state.as_str()).into(),
+        health_reason: st
+            .health
+            .as_ref()
+            .map(|h| h.reason.clone())
+            .unwrap_or_default(),
+        health_since: st.health.as_ref().map(|h| ts(&h.since)).unwrap_or_default(),
+    }
+}
+
+/// Evacuation policy name.
+pub fn evacuation_name(e: model::EvacuationPolicy) -> &'static str {
+    match e {
+        model::EvacuationPolicy::Auto => "auto",
+        model::EvacuationPolicy::Manual => "manual",
+        model::EvacuationPolicy::Never => "never",
+    }
+}
+
+/// Server, from its view.
+pub fn server(v: &crate::operations::servers::ServerView) -> pb::Server {
+    server_parts(&v.instance, v.status.as_ref(), &v.ports, &v.network_names)
+}
+
+/// Server, from its spec, its status (if reported), its ports and the names
+/// of their networks.
+fn server_parts(
+    i: &model::Instance,
+    status: Option<&model::InstanceStatus>,
+    ports: &[model::Port],
+    net_names: &HashMap<NetworkId, String>,
+) -> pb::Server {
+    pb::Server {
+        id: i.id.to_string(),
+        name: i.name.clone(),
+        project: i.project.to_string(),
+        flavor: i.flavor.to_string(),
+        image_id: i.image.to_string(),
+        key_name: i.key_name.clone().unwrap_or_default(),
+        desired_power: match i.power {
+            model::PowerState::Running => "running",
+            model::PowerState::Stopped => "stopped",
+        }
+        .into(),
+        state: status.map_or("pending", |s| s.state.as_str()).into(),
+        node: i.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+        last_error: status
+            .and_then(|s| s.last_error.clone())
+            .unwrap_or_default(),
+        addresses: ports
+            .iter()
+            .map(|p| pb::ServerAddress {
+                network_id: p.network.to_string(),
+                network_name: net_names.get(&p.network).cloned().unwrap_or_default(),
+                port_id: p.id.to_string(),
+                ip: p.ip.to_string(),
+                mac: p.mac.to_string(),
+                tap: p.tap_name(),
+            })
+            .collect(),
+        availability_zone: i.availability_zone.clone().unwrap_or_default(),
+        server_group_id: i.server_group.map(|g| g.to_string()).unwrap_or_default(),
+        resources: Some(res(i.resources)),
+        created_at: ts(&i.created_at),
+        updated_at: status
+            .map(|s| ts(&s.updated_at))
+            .unwrap_or_else(|| ts(&i.created_at)),
+        launch_index: i.launch_index,
+        evacuation_policy: evacuation_name(i.evacuation).into(),
+        volume_ids: i.volumes.iter().map(|v| v.volume.to_string()).collect(),
+        boot_volume_id: i
+            .boot_volume
+            .as_ref()
+            .map(|v| v.volume.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// The API name of a volume status (`in-use` as in OpenStack).
+pub fn volume_status_name(s: model::VolumeStatus) -> &'static str {
+    match s {
+        model::VolumeStatus::Creating => "creating",
+        model::VolumeStatus::Available => "available",
+        model::VolumeStatus::InUse => "in-use",
+        model::VolumeStatus::Detaching => "detaching",
+        model::VolumeStatus::Deleting => "deleting",
+        model::VolumeStatus::Error => "error",
+        model::VolumeStatus::Reverting => "reverting",
+    }
+}
+
+/// Volume; `rbd_image` is `pool/vol-<id>` (empty when Ceph is not
+/// configured), `attachment` the server's attachment record, if any.
+pub fn volume(
+    v: &model::Volume,
+    rbd_image: String,
+    attachment: Option<(&model::VolumeAttachment, bool)>,
+) -> pb::Volume {
+    pb::Volume {
+        id: v.id.to_string(),
+        name: v.name.clone(),
+        project: v.project.to_string(),
+        size_gb: v.size_gb,
+        volume_type: v.volume_type.clone().unwrap_or_default(),
+        status: volume_status_name(v.status).into(),
+        attached_to: v.attached_to.map(|i| i.to_string()).unwrap_or_default(),
+        source_image: v.source_image.map(|i| i.to_string()).unwrap_or_default(),
+        status_reason: v.status_reason.clone().unwrap_or_default(),
+        created_at: ts(&v.created_at),
+        rbd_image,
+        serial: model::volume_serial(&v.id),
+        boot: attachment.is_some_and(|(_, boot)| boot),
+        delete_on_termination: attachment.is_some_and(|(a, _)| a.delete_on_termination),
+    }
+}
+
+/// Volume QoS to proto (absent = unlimited).
+pub fn qos(q: &model::Qos) -> pb::VolumeQos {
+    pb::VolumeQos {
+        read_iops_sec: q.read_iops_sec,
+        write_iops_sec: q.write_iops_sec,
+        read_bytes_sec: q.read_bytes_sec,
+        write_bytes_sec: q.write_bytes_sec,
+    }
+}
+
+/// Volume type.
+pub fn volume_type(t: &model::VolumeType) -> pb::VolumeType {
+    pb::VolumeType {
+        name: t.name.clone(),
+        qos: Some(qos(&t.qos)),
+        created_at: ts(&t.created_at),
+    }
+}
+
+/// Volume snapshot.
+pub fn volume_snapshot(s: &model::VolumeSnapshot) -> pb::VolumeSnapshot {
+    pb::VolumeSnapshot {
+        volume_id: s.volume.to_string(),
+        name: s.name.clone(),
+        project: s.project.to_string(),
+        size_gb: s.size_gb,
+        created_at: ts(&s.created_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(dir: &str, proto: &str, min: u32, max: u32, cidr: &str) -> pb::SecurityGroupRule {
+        pb::SecurityGroupRule {
+            direction: dir.into(),
+            protocol: proto.into(),
+            port_min: min,
+            port_max: max,
+            remote_cidr: cidr.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rules_parse_and_round_trip() {
+        let m = rule_from_proto(&r("ingress", "tcp", 22, 22, "10.0.0.0/8")).unwrap();
+        assert_eq!(m.ports, Some((22, 22)));
+        let back = rule(&m);
+        assert_eq!(back.protocol, "tcp");
+        assert_eq!(back.remote_cidr, "10.0.0.0/8");
+        assert_eq!((back.port_min, back.port_max), (22, 22));
+    }
+
+    #[test]
+    fn bad_rules_are_rejected_with_reasons() {
+        assert!(rule_from_proto(&r("sideways", "", 0, 0, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "icmp", 1, 2, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "tcp", 100, 10, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "tcp", 1, 70000, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "gre?", 0, 0, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "", 0, 0, "fd00::/8")).is_err());
+        let mut both = r("ingress", "", 0, 0, "10.0.0.0/8");
+        both.remote_group_id = SecurityGroupId::new_random().to_string();
+        assert!(rule_from_proto(&both).is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! `Networks`: the gRPC adapter of [`crate::operations::networks`].
+
+use nubo_common::proto::{self as pb, networks_server};
+use tonic::Request;
+
+use super::{convert, page, project, reply, scope, R};
+use crate::operations::networks::{self, NewNetwork};
+use crate::state::Ctx;
+
+#[tonic::async_trait]
+impl networks_server::Networks for Ctx {
+    async fn create(&self, r: Request<pb::CreateNetworkRequest>) -> R<pb::Network> {
+        let r = r.into_inner();
+        let go = async {
+            let new = NewNetwork {
+                name: r.name,
+                cidr: r.cidr,
+                gateway: r.gateway,
+                dns: r.dns,
+                mtu: r.mtu,
+            };
+            networks::create(self, &project(&r.project)?, new).await
+        };
+        reply(go.await.map(|n| convert::network(&n)))
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Network> {
+        let r = r.into_inner();
+        let go = async { networks::get(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|n| convert::network(&n)))
+    }
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListNetworksResponse> {
+        let r = r.into_inner();
+        let go = async { networks::list(self, &scope(&r)?, &page(&r)).await };
+        reply(go.await.map(|p| pb::ListNetworksResponse {
+            networks: p.items.iter().map(convert::network).collect(),
+            next_page_token: p.next,
+        }))
+    }
+    async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async { networks::delete(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+}

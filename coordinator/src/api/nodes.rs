@@ -1,0 +1,79 @@
+//! `Nodes`: the gRPC adapter of [`crate::operations::nodes`].
+
+use nubo_common::proto::{self as pb, nodes_server};
+use nubo_common::InstanceId;
+use tonic::Request;
+
+use super::{convert, page, reply, R};
+use crate::error::ApiResult;
+use crate::operations::moves::Moved;
+use crate::operations::nodes::{self, MoveOutcome, NodeView};
+use crate::state::Ctx;
+
+fn result(id: InstanceId, r: ApiResult<Moved>) -> pb::MoveResult {
+    match r {
+        Ok(Moved::To(n)) => pb::MoveResult {
+            server_id: id.to_string(),
+            to_node: n.to_string(),
+            error: String::new(),
+        },
+        Ok(Moved::AlreadyGone) => pb::MoveResult {
+            server_id: id.to_string(),
+            to_node: String::new(),
+            error: "no longer on this node (moved or deleted meanwhile)".into(),
+        },
+        Err(e) => pb::MoveResult {
+            server_id: id.to_string(),
+            to_node: String::new(),
+            error: e.to_string(),
+        },
+    }
+}
+
+fn results(r: Vec<MoveOutcome>) -> Vec<pb::MoveResult> {
+    r.into_iter().map(|(id, r)| result(id, r)).collect()
+}
+
+fn node_pb(ctx: &Ctx, (name, st): &NodeView) -> pb::Node {
+    convert::node(name, st, ctx.placement.ratios())
+}
+
+#[tonic::async_trait]
+impl nodes_server::Nodes for Ctx {
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Node> {
+        reply(nodes::get(self, &r.into_inner().r#ref).map(|n| node_pb(self, &n)))
+    }
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListNodesResponse> {
+        let p = nodes::list(self, &page(&r.into_inner()));
+        reply(p.map(|p| pb::ListNodesResponse {
+            nodes: p.items.iter().map(|n| node_pb(self, n)).collect(),
+            next_page_token: p.next,
+        }))
+    }
+    async fn set_enabled(&self, r: Request<pb::SetNodeEnabledRequest>) -> R<pb::Node> {
+        let r = r.into_inner();
+        let n = nodes::set_enabled(self, &r.name, r.enabled).await;
+        reply(n.map(|n| node_pb(self, &n)))
+    }
+    async fn evacuate(&self, r: Request<pb::EvacuateNodeRequest>) -> R<pb::EvacuateNodeResponse> {
+        let r = r.into_inner();
+        let done = nodes::evacuate(self, &r.name, r.force).await;
+        reply(done.map(|d| pb::EvacuateNodeResponse {
+            results: results(d),
+        }))
+    }
+    async fn drain(&self, r: Request<pb::DrainNodeRequest>) -> R<pb::DrainNodeResponse> {
+        let r = r.into_inner();
+        let done = nodes::drain(self, &r.name, r.stop_timeout_secs).await;
+        reply(done.map(|d| pb::DrainNodeResponse {
+            results: results(d),
+        }))
+    }
+    async fn set_evacuation_enabled(
+        &self,
+        r: Request<pb::SetEvacuationEnabledRequest>,
+    ) -> R<pb::EvacuationSettings> {
+        let enabled = nodes::set_evacuation_enabled(self, r.into_inner().enabled).await;
+        reply(enabled.map(|enabled| pb::EvacuationSettings { enabled }))
+    }
+}

@@ -1,0 +1,52 @@
+//! `Ports`: the gRPC adapter of [`crate::operations::ports`].
+
+use nubo_common::proto::{self as pb, ports_server};
+use tonic::Request;
+
+use super::{convert, page, project, reply, scope, R};
+use crate::operations::ports::{self, NewPort};
+use crate::state::Ctx;
+
+#[tonic::async_trait]
+impl ports_server::Ports for Ctx {
+    async fn create(&self, r: Request<pb::CreatePortRequest>) -> R<pb::Port> {
+        let r = r.into_inner();
+        let go = async {
+            let new = NewPort {
+                name: r.name,
+                network: r.network_ref,
+                ip: r.ip,
+                security_groups: r.security_groups,
+                no_port_security: r.no_port_security,
+            };
+            ports::create(self, &project(&r.project)?, new).await
+        };
+        reply(go.await.map(|p| convert::port(&p)))
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Port> {
+        let r = r.into_inner();
+        let go = async { ports::get(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|p| convert::port(&p)))
+    }
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListPortsResponse> {
+        let r = r.into_inner();
+        let go = async { ports::list(self, &scope(&r)?, &page(&r)).await };
+        reply(go.await.map(|p| pb::ListPortsResponse {
+            ports: p.items.iter().map(convert::port).collect(),
+            next_page_token: p.next,
+        }))
+    }
+    async fn update(&self, r: Request<pb::UpdatePortRequest>) -> R<pb::Port> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            ports::set_security_groups(self, &p, &r.r#ref, &r.security_groups).await
+        };
+        reply(go.await.map(|p| convert::port(&p)))
+    }
+    async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async { ports::delete(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+}

@@ -1,0 +1,295 @@
+//! Looking resources up: by id or by their unique name (through the name
+//! index), scoped to a project; by id or non-unique name (ports, servers);
+//! pages of a project's resources.
+
+use etcd_client::KeyValue;
+use nubo_common::keys::{self, Key, NameKind};
+use nubo_common::model::{
+    self, Flavor, Image, Instance, Keypair, Network, Port, SecurityGroup, ServerGroup, Volume,
+};
+use nubo_common::{
+    FlavorName, ImageId, InstanceId, NetworkId, PortId, ProjectId, SecurityGroupId, ServerGroupId,
+    VolumeId,
+};
+use nubo_store::kv::{decode_or_skip, kv_key};
+use nubo_store::Versioned;
+use serde::de::DeserializeOwned;
+
+use super::{Page, PageRequest, Scope};
+use crate::error::{ApiError, ApiResult};
+use crate::state::Ctx;
+use crate::validate;
+
+/// A flavor name from a request.
+pub(crate) fn flavor_name(s: &str) -> ApiResult<FlavorName> {
+    FlavorName::new(s.trim()).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// Stored resources that belong to a project and have a name and an id.
+pub(crate) trait Owned {
+    fn project(&self) -> &ProjectId;
+    fn name(&self) -> &str;
+    fn id_string(&self) -> String;
+    /// True when `key` is the key of a record of this kind (not one of its
+    /// sub-keys, like an instance's `/status`).
+    fn is_record(key: &Key) -> bool;
+}
+
+macro_rules! owned {
+    ($($t:ty => $k:ident),*) => {$(
+        impl Owned for $t {
+            fn project(&self) -> &ProjectId { &self.project }
+            fn name(&self) -> &str { &self.name }
+            fn id_string(&self) -> String { self.id.to_string() }
+            fn is_record(key: &Key) -> bool { matches!(key, Key::$k(..)) }
+        }
+    )*};
+}
+
+owned!(
+    model::Network => Network,
+    model::Port => Port,
+    model::SecurityGroup => SecurityGroup,
+    model::Image => Image,
+    model::ServerGroup => ServerGroup,
+    model::Instance => Instance,
+    model::Volume => Volume
+);
+
+/// False for keys under a kind's prefix that are known keys of another
+/// kind (an instance's `/status`): those are never decoded as records.
+/// Keys that do not parse at all are decoded (and, when unreadable, logged
+/// and skipped), so a hand-written key never passes unnoticed.
+fn may_be_record<T: Owned>(kv: &KeyValue) -> bool {
+    Key::parse(kv_key(kv)).is_none_or(|k| T::is_record(&k))
+}
+
+/// The flavor named `r`.
+pub(crate) async fn flavor(ctx: &Ctx, r: &str) -> ApiResult<Versioned<Flavor>> {
+    let name = flavor_name(r)?;
+    ctx.store
+        .read(&keys::flavor(&name))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("flavor {:?} not found", name.as_str())))
+}
+
+/// The image `r` (id or name) of `project`.
+pub(crate) async fn image(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Versioned<Image>> {
+    resolve(ctx, NameKind::Image, "image", project, r, |u| {
+        keys::image(&ImageId::from_uuid(u))
+    })
+    .await
+}
+
+/// The keypair `name` of `project`.
+pub(crate) async fn keypair(
+    ctx: &Ctx,
+    project: &ProjectId,
+    name: &str,
+) -> ApiResult<Versioned<Keypair>> {
+    validate::name("keypair", name)?;
+    ctx.store
+        .read(&keys::keypair(project, name))
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("keypair {name:?} not found in project {project}"))
+        })
+}
+
+/// Looks a project-scoped resource up by id or by its unique name (via
+/// the name index). Resources of other projects are not found.
+pub(crate) async fn resolve<T: DeserializeOwned + Owned>(
+    ctx: &Ctx,
+    kind: NameKind,
+    label: &str,
+    project: &ProjectId,
+    r: &str,
+    key_of: impl Fn(uuid::Uuid) -> String,
+) -> ApiResult<Versioned<T>> {
+    let r = r.trim();
+    if r.is_empty() {
+        return Err(ApiError::InvalidArgument(format!(
+            "a {label} id or name is required"
+        )));
+    }
+    let not_found = || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
+    let key = match uuid::Uuid::parse_str(r) {
+        Ok(u) => key_of(u),
+        Err(_) => {
+            let idx = keys::name_index(kind, project, r);
+            let Some(id) = ctx.store.read::<uuid::Uuid>(&idx).await? else {
+                return Err(not_found());
+            };
+            key_of(id.value)
+        }
+    };
+    match ctx.store.read::<T>(&key).await? {
+        Some(v) if v.value.project() == project => Ok(v),
+        _ => Err(not_found()),
+    }
+}
+
+/// Finds resources of a kind whose names are not unique (ports, servers)
+/// by id or name; an ambiguous name is a FailedPrecondition naming the
+/// candidates.
+pub(crate) async fn resolve_scan<T: DeserializeOwned + Owned>(
+    ctx: &Ctx,
+    label: &str,
+    project: &ProjectId,
+    r: &str,
+    prefix: &str,
+    key_of: impl Fn(uuid::Uuid) -> String,
+) -> ApiResult<Versioned<T>> {
+    let r = r.trim();
+    if r.is_empty() {
+        return Err(ApiError::InvalidArgument(format!(
+            "a {label} id or name is required"
+        )));
+    }
+    let not_found = || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
+    if let Ok(u) = uuid::Uuid::parse_str(r) {
+        return match ctx.store.read::<T>(&key_of(u)).await? {
+            Some(v) if v.value.project() == project => Ok(v),
+            _ => Err(not_found()),
+        };
+    }
+    let mut found: Vec<(String, Versioned<T>)> = ctx
+        .store
+        .list_all(prefix, |kv| {
+            if !may_be_record::<T>(kv) {
+                return None;
+            }
+            let v: T = decode_or_skip(kv)?;
+            (v.project() == project && v.name() == r).then(|| {
+                (
+                    v.id_string(),
+                    Versioned {
+                        value: v,
+                        mod_rev: kv.mod_revision(),
+                    },
+                )
+            })
+        })
+        .await?;
+    match found.len() {
+        0 => Err(not_found()),
+        1 => Ok(found.remove(0).1),
+        _ => Err(ApiError::FailedPrecondition(format!(
+            "{label} name {r:?} is ambiguous in project {project}: it matches {}; use an id",
+            found
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// One page of the resources under `prefix` that `scope` sees (its
+/// project's; every project's with `all_projects`).
+pub(crate) async fn list_scoped<T: DeserializeOwned + Owned>(
+    ctx: &Ctx,
+    prefix: &str,
+    scope: &Scope,
+    page: &PageRequest,
+) -> ApiResult<Page<T>> {
+    list_page(ctx, prefix, page, |kv| {
+        if !may_be_record::<T>(kv) {
+            return None;
+        }
+        decode_or_skip::<T>(kv).filter(|t| scope.sees(t.project()))
+    })
+    .await
+}
+
+/// One page of the keys under `prefix` that `keep` keeps (see
+/// [`crate::paging::list_page`]).
+pub(crate) async fn list_page<T>(
+    ctx: &Ctx,
+    prefix: &str,
+    page: &PageRequest,
+    keep: impl FnMut(&KeyValue) -> Option<T>,
+) -> ApiResult<Page<T>> {
+    let (items, next) =
+        crate::paging::list_page(&ctx.store, prefix, page.size, &page.token, keep).await?;
+    Ok(Page { items, next })
+}
+
+/// The network `r` (id or name) of `project`.
+pub(crate) async fn network(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<Network>> {
+    resolve(ctx, NameKind::Network, "network", project, r, |u| {
+        keys::network(&NetworkId::from_uuid(u))
+    })
+    .await
+}
+
+/// The port `r` (id or name) of `project`.
+pub(crate) async fn port(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Versioned<Port>> {
+    resolve_scan(ctx, "port", project, r, &keys::ports_prefix(), |u| {
+        keys::port(&PortId::from_uuid(u))
+    })
+    .await
+}
+
+/// The security group `r` (id or name) of `project`.
+pub(crate) async fn secgroup(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<SecurityGroup>> {
+    resolve(
+        ctx,
+        NameKind::SecurityGroup,
+        "security group",
+        project,
+        r,
+        |u| keys::secgroup(&SecurityGroupId::from_uuid(u)),
+    )
+    .await
+}
+
+/// The server group `r` (id or name) of `project`.
+pub(crate) async fn server_group(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<ServerGroup>> {
+    resolve(
+        ctx,
+        NameKind::ServerGroup,
+        "server group",
+        project,
+        r,
+        |u| keys::server_group(&ServerGroupId::from_uuid(u)),
+    )
+    .await
+}
+
+/// The server `r` (id or name) of `project`.
+pub(crate) async fn server(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<Instance>> {
+    resolve_scan(ctx, "server", project, r, &keys::instances_prefix(), |u| {
+        keys::instance(&InstanceId::from_uuid(u))
+    })
+    .await
+}
+
+/// The volume `r` (id or name) of `project`; other projects' volumes
+/// are not found.
+pub(crate) async fn volume(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<Volume>> {
+    resolve(ctx, NameKind::Volume, "volume", project, r, |u| {
+        keys::volume(&VolumeId::from_uuid(u))
+    })
+    .await
+}

@@ -1,0 +1,86 @@
+//! The operations: the coordinator's domain logic, callable from any front
+//! end (the gRPC adapters in [`crate::api`] today). Validation, project
+//! scoping of lookups, quotas and every etcd transaction live here; the
+//! front ends decode, authorize, call an operation and encode.
+
+pub mod app_creds;
+pub mod audit;
+pub mod cluster;
+pub mod evacuation;
+pub mod flavors;
+pub mod identity;
+pub mod image_data;
+pub mod images;
+pub mod keypairs;
+pub mod lookup;
+pub mod moves;
+pub mod networks;
+pub mod nodes;
+pub mod ports;
+pub mod quotas;
+pub mod resize;
+pub mod security_groups;
+pub mod server_create;
+pub mod server_groups;
+pub mod server_volumes;
+pub mod servers;
+pub mod tokens;
+pub mod volume_snapshots;
+pub mod volume_types;
+pub mod volumes;
+
+use nubo_common::ProjectId;
+
+/// Which projects' resources a call sees, as decided by the front end
+/// (`all_projects` only for a cloud admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// The project the call is scoped to.
+    pub project: ProjectId,
+    /// Every project's resources (a cloud admin's listing).
+    pub all_projects: bool,
+}
+
+impl Scope {
+    /// Only `project`'s resources.
+    pub fn project(project: ProjectId) -> Self {
+        Self {
+            project,
+            all_projects: false,
+        }
+    }
+
+    /// True when a resource of project `p` is visible.
+    pub fn sees(&self, p: &ProjectId) -> bool {
+        self.all_projects || &self.project == p
+    }
+}
+
+/// The page asked for by a list call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Items per page (0 = the default, capped at the maximum).
+    pub size: u32,
+    /// Where to continue (empty = from the start): the `next` of the
+    /// previous page.
+    pub token: String,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in key order.
+    pub items: Vec<T>,
+    /// The token of the next page; empty at the end.
+    pub next: String,
+}
+
+impl<T> Page<T> {
+    /// The same page with every item converted.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next: self.next,
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Moving one instance off a node: ONE etcd transaction that deletes the old
+//! assignment, writes the new one, rebinds the spec, its ports (same IP and
+//! MAC: only `port.node` changes), its server-group member record and the
+//! usage of both nodes. Used by automatic evacuation, `Nodes.Evacuate` and
+//! `Nodes.Drain`.
+//!
+//! The transaction compares: the old assignment and the spec are unchanged
+//! (so a move is applied at most once: a second attempt, by this or another
+//! coordinator, finds the assignment gone and reports [`Moved::AlreadyGone`]),
+//! both usage keys are unchanged (as placement does, so no node is
+//! over-filled), the ports and the group are unchanged and, for the leader's
+//! automatic evacuation, that the election key is still on its lease.
+
+use crate::election::leader_guard;
+use crate::error::{ApiError, ApiResult};
+use crate::placement::{
+    Chosen, GroupConstraint, Job, Limits, Request as PlaceRequest, Reservation, Retry, Target,
+};
+use crate::state::Ctx;
+use etcd_client::{GetOptions, KeyValue, Txn};
+use nubo_common::model::{
+    Assignment, Instance, InstanceState, InstanceStatus, NodeUsage, Port, PowerState,
+    ServerGroupPolicy,
+};
+use nubo_common::{keys, model, InstanceId, NodeName, ServerGroupId};
+use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, put};
+use nubo_store::{Answer, TxnBuilder};
+use std::collections::HashSet;
+
+/// Transactions tried for one move before giving up (contention).
+const MAX_MOVE_ATTEMPTS: usize = 32;
+
+/// Best candidates among which the target is chosen at random.
+const TOP_K: usize = 8;
+
+/// The outcome of [`Ctx::move_instance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moved {
+    /// Moved to this node.
+    To(NodeName),
+    /// The instance is no longer assigned to the source node (moved or
+    /// deleted meanwhile): nothing to do.
+    AlreadyGone,
+}
+
+/// Options of a move.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MoveOpts {
+    /// Compare that this lease holds the election key (leader-only moves).
+    pub leader_lease: Option<i64>,
+    /// Desired power state to write with the move (drain restores it).
+    pub power: Option<PowerState>,
+}
+
+/// One move as a job of the placement engine.
+struct MoveJob<'a> {
+    ctx: &'a Ctx,
+    id: InstanceId,
+    from: &'a NodeName,
+    opts: MoveOpts,
+    /// What this attempt read.
+    read: Option<MoveRead>,
+    /// The usage of `from` this attempt writes.
+    new_from: Option<NodeUsage>,
+}
+
+/// Everything one attempt of a move is decided from.
+struct MoveRead {
+    inst: Instance,
+    inst_rev: i64,
+    assignment_rev: i64,
+    from_usage: NodeUsage,
+    from_rev: i64,
+    ports: Vec<(String, Option<KeyValue>)>,
+    /// The server group, the nodes of its other members and the revision
+    /// they were read at.
+    group: Option<(ServerGroupId, HashSet<NodeName>, i64)>,
+    policy: Option<ServerGroupPolicy>,
+}
+
+impl MoveJob<'_> {
+    async fn read(&self) -> ApiResult<Option<MoveRead>> {
+        let (ctx, id, from) = (self.ctx, self.id, self.from);
+        let ikey = keys::instance(&id);
+        let akey = keys::assignment(from, &id);
+        let fkey = keys::node_usage(from);
+        let got = ctx
+            .store
+            .get_many(&[ikey.clone(), akey.clone(), fkey.clone()])
+            .await?;
+        let (Some(ikv), Some(akv)) = (&got[0], &got[1]) else {
+            return Ok(None);
+        };
+        let inst: Instance = decode_kv(ikv)?;
+        if inst.node.as_ref() != Some(from) {
+            tracing::warn!(instance = %id, node = %from, spec_node = ?inst.node, "assignment and spec disagree; not moving");
+            return Err(ApiError::FailedPrecondition(format!(
+                "instance {id} is assigned to {from} but its spec names {:?}",
+                inst.node
+            )));
+        }
+        let (from_usage, from_rev) = match &got[2] {
+            Some(kv) => (decode_kv::<NodeUsage>(kv)?, kv.mod_revision()),
+            None => (NodeUsage::default(), 0),
+        };
+        let port_keys: Vec<String> = inst.ports.iter().map(keys::port).collect();
+        let port_kvs = ctx.store.get_many(&port_keys).await?;
+        let group = match &inst.server_group {
+            Some(g) => {
+                let resp = ctx
+                    .store
+                    .get(
+                        keys::server_group_members_prefix(g),
+                        Some(GetOptions::new().with_prefix()),
+                    )
+                    .await?;
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                let me = keys::server_group_member(g, &id);
+                let nodes: HashSet<NodeName> = resp
+                    .kvs()
+                    .iter()
+                    .filter(|kv| kv_key(kv) != me.as_str())
+                    .filter_map(decode_or_skip::<NodeName>)
+                    .filter(|n| n != from)
+                    .collect();
+                Some((*g, nodes, rev))
+            }
+            None => None,
+        };
+        let policy = match &inst.server_group {
+            Some(g) => ctx
+                .store
+                .read::<model::ServerGroup>(&keys::server_group(g))
+                .await?
+                .map(|v| v.value.policy),
+            None => None,
+        };
+        Ok(Some(MoveRead {
+            inst_rev: ikv.mod_revision(),
+            assignment_rev: akv.mod_revision(),
+            inst,
+            from_usage,
+            from_rev,
+            ports: port_keys.into_iter().zip(port_kvs).collect(),
+            group,
+            policy,
+        }))
+    }
+}
+
+impl Job for MoveJob<'_> {
+    type Output = Moved;
+
+    async fn prepare(&mut self) -> ApiResult<Option<Moved>> {
+        if let Some(l) = self.opts.leader_lease {
+            if self.ctx.leader.leader_lease() != Some(l) {
+                return Err(ApiError::Unavailable("no longer the leader".into()));
+            }
+        }
+        self.read = self.read().await?;
+        Ok(self.read.is_none().then_some(Moved::AlreadyGone))
+    }
+
+    fn target(&self) -> ApiResult<Target<'_>> {
+        let Some(r) = &self.read else {
+            return Err(ApiError::Unavailable("move without a reading".into()));
+        };
+        Ok(Target::Scheduled {
+            request: PlaceRequest {
+                resources: r.inst.resources,
+                availability_zone: r.inst.availability_zone.as_deref(),
+                group: match (&r.group, r.policy) {
+                    (Some((_, m, _)), Some(policy)) => Some(GroupConstraint {
+                        policy,
+                        member_nodes: m,
+                    }),
+                    _ => None,
+                },
+            },
+            avoid: Some(self.from),
+        })
+    }
+
+    fn build(&mut self, at: &Chosen, t: &mut TxnBuilder) -> ApiResult<Reservation> {
+        let Some(r) = &self.read else {
+            return Err(ApiError::Unavailable("move without a reading".into()));
+        };
+        let (id, from, to) = (self.id, self.from, &at.node);
+        if to == from {
+            return Err(ApiError::Unavailable(format!(
+                "instance {id} would move onto its own node"
+            )));
+        }
+        let now = model::now();
+        let mut inst = r.inst.clone();
+        inst.node = Some(to.clone());
+        if let Some(p) = self.opts.power {
+            inst.power = p;
+        }
+        let new_from = NodeUsage {
+            used: r.from_usage.used.saturating_sub(inst.resources),
+            instances: r.from_usage.instances.saturating_sub(1),
+        };
+        let ikey = keys::instance(&id);
+        let akey = keys::assignment(from, &id);
+        let fkey = keys::node_usage(from);
+        t.unchanged(&akey, r.assignment_rev);
+        t.unchanged(&ikey, r.inst_rev);
+        t.unchanged(&fkey, r.from_rev);
+        if let Some(l) = self.opts.leader_lease {
+            t.when(leader_guard(l));
+            // Automatic evacuation: the source node must still be dead
+            // when the move commits. A node whose agent came back (and
+            // re-listed its assignments) between the decision and this txn
+            // keeps its instance; without this compare it could run on
+            // both nodes for a moment.
+            t.when(etcd_client::Compare::version(
+                keys::node_alive(from),
+                etcd_client::CompareOp::Equal,
+                0,
+            ));
+        }
+        t.delete(&akey);
+        t.put(
+            &keys::assignment(to, &id),
+            &Assignment {
+                instance: id,
+                node: to.clone(),
+                assigned_at: now,
+            },
+        );
+        t.put(&ikey, &inst);
+        t.put(&fkey, &new_from);
+        t.put(
+            &keys::instance_status(&id),
+            &InstanceStatus {
+                state: InstanceState::Pending,
+                node: to.clone(),
+                updated_at: now,
+                last_error: None,
+                reboot_generation: inst.reboot_generation,
+                volumes: Vec::new(),
+            },
+        );
+        for (k, kv) in &r.ports {
+            let Some(kv) = kv else { continue };
+            let Some(mut port) = decode_or_skip::<Port>(kv) else {
+                continue;
+            };
+            if port.device != Some(id) {
+                continue;
+            }
+            t.unchanged(k, kv.mod_revision());
+            port.node = Some(to.clone());
+            t.put(k, &port);
+        }
+        if let Some((g, _, rev)) = &r.group {
+            t.prefix_unchanged_since(&keys::server_group_members_prefix(g), *rev);
+            t.put(&keys::server_group_member(g, &id), to);
+        }
+        self.new_from = Some(new_from);
+        Ok(Reservation {
+            usage: NodeUsage {
+                used: at.usage.used.saturating_add(inst.resources),
+                instances: at.usage.instances.saturating_add(1),
+            },
+            contended: vec![fkey],
+            // A move commits on its own, at once.
+            mergeable: false,
+            bytes: 4096 + inst.user_data_b64.as_ref().map_or(0, String::len),
+        })
+    }
+
+    async fn committed(&mut self, at: &Chosen, revision: i64) -> ApiResult<Moved> {
+        if let Some(u) = self.new_from.take() {
+            self.ctx.view.record_usage(self.from, Some(u), revision);
+        }
+        tracing::info!(instance = %self.id, from = %self.from, to = %at.node, "instance moved");
+        Ok(Moved::To(at.node.clone()))
+    }
+
+    fn failed(&mut self, _at: &Chosen, _a: &Answer, _node_lost: bool) -> ApiResult<Retry<Moved>> {
+        // Read everything again: the instance may be gone or moved.
+        Ok(Retry::Again)
+    }
+
+    fn contention(&self) -> ApiError {
+        ApiError::Unavailable(format!(
+            "could not move instance {} after {MAX_MOVE_ATTEMPTS} attempts because of contention; retry",
+            self.id
+        ))
+    }
+}
+
+/// Moves instance `id` from node `from` to a node chosen by the
+/// scheduler (never `from`) through the placement engine.
+/// `ResourceExhausted` when no node fits.
+pub(crate) async fn move_instance(
+    ctx: &Ctx,
+    id: InstanceId,
+    from: &NodeName,
+    opts: MoveOpts,
+) -> ApiResult<Moved> {
+    let mut job = MoveJob {
+        ctx,
+        id,
+        from,
+        opts,
+        read: None,
+        new_from: None,
+    };
+    ctx.placement
+        .place(
+            &mut job,
+            Limits {
+                attempts: MAX_MOVE_ATTEMPTS,
+                rounds: MAX_MOVE_ATTEMPTS,
+                top_k: TOP_K,
+            },
+        )
+        .await
+}
+
+/// Marks an instance that could not be moved off `from` as failed (only
+/// while it is still assigned there): status error with `msg`.
+pub(crate) async fn mark_move_failed(
+    ctx: &Ctx,
+    id: InstanceId,
+    from: &NodeName,
+    msg: &str,
+    leader_lease: Option<i64>,
+) -> ApiResult<()> {
+    let akey = keys::assignment(from, &id);
+    let skey = keys::instance_status(&id);
+    let old = ctx.store.read::<InstanceStatus>(&skey).await.ok().flatten();
+    if old.as_ref().is_some_and(|s| {
+        s.value.state == InstanceState::Error && s.value.last_error.as_deref() == Some(msg)
+    }) {
+        return Ok(());
+    }
+    let status = InstanceStatus {
+        state: InstanceState::Error,
+        node: from.clone(),
+        updated_at: model::now(),
+        last_error: Some(msg.to_string()),
+        volumes: old
+            .as_ref()
+            .map(|s| s.value.volumes.clone())
+            .unwrap_or_default(),
+        reboot_generation: old.map_or(0, |s| s.value.reboot_generation),
+    };
+    let mut compares = vec![etcd_client::Compare::version(
+        akey.as_str(),
+        etcd_client::CompareOp::Greater,
+        0,
+    )];
+    if let Some(l) = leader_lease {
+        compares.push(leader_guard(l));
+    }
+    ctx.store
+        .txn(Txn::new().when(compares).and_then([put(&skey, &status)]))
+        .await?;
+    Ok(())
+}
+
+/// The instances assigned to `node`, with their specs (unreadable specs
+/// are logged and skipped).
+pub(crate) async fn assigned_instances(ctx: &Ctx, node: &NodeName) -> ApiResult<Vec<Instance>> {
+    let resp = ctx
+        .store
+        .get(
+            keys::assignments_prefix(node),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?;
+    let ids: Vec<InstanceId> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| match keys::parse(kv_key(kv)) {
+            Some(keys::Key::Assignment(_, id)) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let spec_keys: Vec<String> = ids.iter().map(keys::instance).collect();
+    Ok(ctx
+        .store
+        .get_many(&spec_keys)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<Instance>)
+        .collect())
+}

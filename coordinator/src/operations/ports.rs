@@ -1,0 +1,306 @@
+//! Ports and the address / MAC reservations behind them (IPAM).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use etcd_client::{GetOptions, Txn};
+use nubo_common::keys;
+use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage};
+use nubo_common::{NetworkId, PortId, ProjectId};
+use nubo_store::kv::{put, unchanged};
+use nubo_store::{Guard, TxnBuilder};
+
+use super::{Page, PageRequest, Scope};
+use crate::error::{ApiError, ApiResult};
+use crate::ipam;
+use crate::state::Ctx;
+use crate::validate;
+
+/// Networks up to this many addresses have their taken set read before
+/// picking (cheap, and avoids blind collisions on nearly full networks).
+const SMALL_NETWORK: u64 = 4096;
+
+/// Attempts at reserving an address / MAC before giving up.
+pub(crate) const MAX_ALLOC_ATTEMPTS: usize = 64;
+
+/// Addresses known to be taken on one network, for picking candidates.
+#[derive(Debug)]
+pub(crate) struct IpPool {
+    pub(crate) net: Network,
+    taken: HashSet<Ipv4Addr>,
+    loaded: bool,
+}
+
+impl IpPool {
+    pub(crate) fn new(net: Network) -> Self {
+        Self {
+            net,
+            taken: HashSet::new(),
+            loaded: false,
+        }
+    }
+
+    /// Marks `ip` as taken (a reservation lost a race); small networks are
+    /// re-read before the next pick.
+    pub(crate) fn conflict(&mut self, ip: Ipv4Addr) {
+        self.taken.insert(ip);
+        if ipam::usable_count(self.net.cidr, self.net.gateway) <= SMALL_NETWORK {
+            self.loaded = false;
+        }
+    }
+
+    fn full(&self) -> ApiError {
+        ApiError::ResourceExhausted(format!(
+            "network {:?} is full: all {} addresses are in use",
+            self.net.name,
+            ipam::usable_count(self.net.cidr, self.net.gateway)
+        ))
+    }
+}
+
+/// Reserves a new port in `t`: its address and its MAC must be free (the
+/// returned guards, in that order, tell which was taken when `t` fails),
+/// and writes the port.
+pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Guard, Guard) {
+    let ip_key = keys::ipam(&p.network, IpAddr::V4(p.ip));
+    let mac_key = keys::mac(&p.mac);
+    let ip = t.absent(&ip_key);
+    let mac = t.absent(&mac_key);
+    t.put(
+        &ip_key,
+        &IpAllocation {
+            port: p.id,
+            ip: IpAddr::V4(p.ip),
+        },
+    );
+    t.put(&mac_key, &p.id);
+    t.put(&keys::port(&p.id), p);
+    (ip, mac)
+}
+
+/// Deletes a port in `t` and releases its address, MAC and owner mark.
+pub(crate) fn release_port(p: &Port, t: &mut TxnBuilder) {
+    t.delete(&keys::port(&p.id));
+    t.delete(&keys::ipam(&p.network, IpAddr::V4(p.ip)));
+    t.delete(&keys::mac(&p.mac));
+    t.delete(&keys::port_owner(&p.id));
+}
+
+async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> {
+    let prefix = keys::ipam_prefix(net);
+    let mut taken = HashSet::new();
+    let mut start = prefix.clone().into_bytes();
+    let end = keys::prefix_end(&prefix);
+    loop {
+        let resp = ctx
+            .store
+            .get(
+                start.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_range(end.clone())
+                        .with_keys_only()
+                        .with_limit(5000),
+                ),
+            )
+            .await?;
+        for kv in resp.kvs() {
+            let k = String::from_utf8_lossy(kv.key());
+            if let Some(Ok(ip)) = k.strip_prefix(&prefix).map(str::parse::<Ipv4Addr>) {
+                taken.insert(ip);
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            _ => return Ok(taken),
+        }
+    }
+}
+
+/// Picks the next address to try on a network.
+pub(crate) async fn next_ip(ctx: &Ctx, pool: &mut IpPool) -> ApiResult<Ipv4Addr> {
+    let small = ipam::usable_count(pool.net.cidr, pool.net.gateway) <= SMALL_NETWORK;
+    if small && !pool.loaded {
+        pool.taken = load_taken(ctx, &pool.net.id).await?;
+        pool.loaded = true;
+    }
+    loop {
+        let pick = ipam::pick(
+            pool.net.cidr,
+            pool.net.gateway,
+            &pool.taken,
+            &mut rand::rng(),
+        );
+        match pick {
+            Some(ip) => return Ok(ip),
+            None if pool.loaded => return Err(pool.full()),
+            None => {
+                pool.taken = load_taken(ctx, &pool.net.id).await?;
+                pool.loaded = true;
+            }
+        }
+    }
+}
+
+/// A new port (not plugged into a server).
+#[derive(Debug, Clone, Default)]
+pub struct NewPort {
+    /// Its name (optional, not unique).
+    pub name: String,
+    /// Its network (id or name).
+    pub network: String,
+    /// A fixed address; empty = allocated.
+    pub ip: String,
+    /// Security groups (ids or names); empty = the project's `default`.
+    pub security_groups: Vec<String>,
+    /// No anti-spoofing and no security groups.
+    pub no_port_security: bool,
+}
+
+/// Creates a port of `project` with an address and a MAC of its own.
+pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Port> {
+    let project = project.clone();
+    if !r.name.is_empty() {
+        validate::name("port", &r.name)?;
+    }
+    let net = super::lookup::network(ctx, &project, &r.network)
+        .await?
+        .value;
+    let fixed = match r.ip.trim() {
+        "" => None,
+        s => {
+            let ip: Ipv4Addr = s
+                .parse()
+                .map_err(|_| ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address")))?;
+            if !ipam::assignable(net.cidr, net.gateway, ip) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "ip {ip} is not an assignable address of network {:?} ({}, gateway {})",
+                    net.name,
+                    net.cidr,
+                    net.gateway.map_or("none".to_string(), |g| g.to_string())
+                )));
+            }
+            Some(ip)
+        }
+    };
+    let sgs = super::security_groups::secgroups(ctx, &project, &r.security_groups).await?;
+    let mut pool = IpPool::new(net);
+    let mut port = Port {
+        id: PortId::new_random(),
+        name: r.name.clone(),
+        project,
+        network: pool.net.id,
+        mac: ipam::random_mac(&mut rand::rng()),
+        ip: Ipv4Addr::UNSPECIFIED,
+        security_groups: sgs,
+        port_security: !r.no_port_security,
+        device: None,
+        node: None,
+        created_at: model::now(),
+    };
+    for _ in 0..MAX_ALLOC_ATTEMPTS {
+        port.ip = match fixed {
+            Some(ip) => ip,
+            None => next_ip(ctx, &mut pool).await?,
+        };
+        let mut t = TxnBuilder::new();
+        let (ip_free, mac_free) = reserve_port(&port, &mut t);
+        let delta = QuotaUsage {
+            ports: 1,
+            ..Default::default()
+        };
+        super::quotas::add(ctx, &mut t, &port.project, &delta).await?;
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
+            tracing::info!(port = %port.id, network = %port.network, ip = %port.ip, "port created");
+            return Ok(port);
+        }
+        if !a.held(ip_free) {
+            if fixed.is_some() {
+                return Err(ApiError::AlreadyExists(format!(
+                    "address {} is already in use on network {:?}",
+                    port.ip, pool.net.name
+                )));
+            }
+            pool.conflict(port.ip);
+        }
+        if !a.held(mac_free) {
+            port.mac = ipam::random_mac(&mut rand::rng());
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "could not reserve an address on network {:?} after {MAX_ALLOC_ATTEMPTS} attempts (heavy contention); retry",
+        pool.net.name
+    )))
+}
+
+/// The port `r` (id or name) of `project`.
+pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Port> {
+    Ok(super::lookup::port(ctx, project, r).await?.value)
+}
+
+/// One page of the ports `scope` sees.
+pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<Port>> {
+    super::lookup::list_scoped(ctx, &keys::ports_prefix(), scope, page).await
+}
+
+/// Replaces the security groups of port `r` of `project`.
+pub async fn set_security_groups(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    security_groups: &[String],
+) -> ApiResult<Port> {
+    let sgs = super::security_groups::secgroups(ctx, project, security_groups).await?;
+    for _ in 0..8 {
+        let mut p = super::lookup::port(ctx, project, r).await?;
+        p.value.security_groups = sgs.clone();
+        let key = keys::port(&p.value.id);
+        let resp = ctx
+            .store
+            .txn(
+                Txn::new()
+                    .when([unchanged(&key, p.mod_rev)])
+                    .and_then([put(&key, &p.value)]),
+            )
+            .await?;
+        if resp.succeeded() {
+            return Ok(p.value);
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the port changed concurrently too often; retry".into(),
+    ))
+}
+
+/// Deletes port `r` of `project` and releases its address and MAC;
+/// refused while it is plugged into a server.
+pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
+    for _ in 0..32 {
+        let p = super::lookup::port(ctx, project, r).await?;
+        if let Some(dev) = p.value.device {
+            return Err(ApiError::FailedPrecondition(format!(
+                "port {} is plugged into server {dev}; delete the server first",
+                p.value.id
+            )));
+        }
+        let mut t = TxnBuilder::new();
+        t.unchanged(&keys::port(&p.value.id), p.mod_rev);
+        release_port(&p.value, &mut t);
+        let delta = QuotaUsage {
+            ports: 1,
+            ..Default::default()
+        };
+        super::quotas::release(ctx, &mut t, &p.value.project, &delta).await?;
+        if ctx.store.commit(&t).await?.succeeded() {
+            tracing::info!(port = %p.value.id, "port deleted");
+            return Ok(());
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the port changed concurrently too often; retry".into(),
+    ))
+}

@@ -1,0 +1,263 @@
+//! Servers: reading them (spec, status, ports), deletion, power actions.
+//! Creation: [`super::server_create`]; resize: [`super::resize`].
+
+use std::collections::{HashMap, HashSet};
+
+use etcd_client::Txn;
+use nubo_common::keys::{self, Key};
+use nubo_common::model::{Instance, InstanceStatus, Network, NodeUsage, Port, PowerState};
+use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId};
+use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, put, unchanged};
+use nubo_store::TxnBuilder;
+
+use super::ports::release_port;
+use super::{Page, PageRequest, Scope};
+use crate::error::{ApiError, ApiResult};
+use crate::state::Ctx;
+
+/// A server as front ends show it: its spec, what its agent reports, its
+/// ports and the names of their networks.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    /// The desired spec.
+    pub instance: Instance,
+    /// The observed state, once its agent reported.
+    pub status: Option<InstanceStatus>,
+    /// Its ports, in the spec's order.
+    pub ports: Vec<Port>,
+    /// The names of the ports' networks.
+    pub network_names: HashMap<NetworkId, String>,
+}
+
+/// What one server of these resources counts against its project's quota.
+pub(crate) fn quota_delta(r: &nubo_common::model::Resources) -> nubo_identity::QuotaDelta {
+    nubo_identity::quota::instances_delta(1, u64::from(r.vcpus), r.ram_mb)
+}
+
+/// The views of `insts`: statuses, ports and network names in a few
+/// batched reads.
+pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<ServerView>> {
+    let status_keys: Vec<String> = insts.iter().map(|i| keys::instance_status(&i.id)).collect();
+    let port_ids: Vec<PortId> = insts.iter().flat_map(|i| i.ports.iter().copied()).collect();
+    let port_keys: Vec<String> = port_ids.iter().map(keys::port).collect();
+    let statuses = ctx.store.get_many(&status_keys).await?;
+    let ports: HashMap<PortId, Port> = ctx
+        .store
+        .get_many(&port_keys)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<Port>)
+        .map(|p| (p.id, p))
+        .collect();
+    let net_ids: Vec<NetworkId> = ports
+        .values()
+        .map(|p| p.network)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let net_keys: Vec<String> = net_ids.iter().map(keys::network).collect();
+    let names: HashMap<NetworkId, String> = ctx
+        .store
+        .get_many(&net_keys)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<Network>)
+        .map(|n| (n.id, n.name))
+        .collect();
+    Ok(insts
+        .iter()
+        .zip(statuses)
+        .map(|(i, st)| {
+            let st: Option<InstanceStatus> = st.as_ref().and_then(decode_or_skip);
+            let ps: Vec<Port> = i
+                .ports
+                .iter()
+                .filter_map(|p| ports.get(p).cloned())
+                .collect();
+            let network_names = ps
+                .iter()
+                .filter_map(|p| names.get(&p.network).map(|n| (p.network, n.clone())))
+                .collect();
+            ServerView {
+                instance: i.clone(),
+                status: st,
+                ports: ps,
+                network_names,
+            }
+        })
+        .collect())
+}
+
+/// The view of one server.
+pub(crate) async fn view(ctx: &Ctx, inst: &Instance) -> ApiResult<ServerView> {
+    render(ctx, std::slice::from_ref(inst))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::NotFound("server vanished".into()))
+}
+
+/// The server `r` (id or name) of `project`.
+pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
+    let inst = super::lookup::server(ctx, project, r).await?;
+    let mut v = render(ctx, std::slice::from_ref(&inst.value)).await?;
+    v.pop()
+        .ok_or_else(|| ApiError::NotFound(format!("server {r:?} not found")))
+}
+
+/// What a server listing asks for.
+#[derive(Debug, Clone)]
+pub struct ListServers {
+    /// Whose servers.
+    pub scope: Scope,
+    /// Which page.
+    pub page: PageRequest,
+    /// Only servers on this node (empty: all).
+    pub node: String,
+    /// Only servers whose name starts with this.
+    pub name_prefix: String,
+}
+
+/// One page of servers (in id order).
+pub async fn list(ctx: &Ctx, r: &ListServers) -> ApiResult<Page<ServerView>> {
+    let node = match r.node.trim() {
+        "" => None,
+        n => Some(NodeName::new(n)?),
+    };
+    let page = super::lookup::list_page(ctx, &keys::instances_prefix(), &r.page, |kv| {
+        let k = std::str::from_utf8(kv.key()).ok()?;
+        if !matches!(keys::parse(k), Some(Key::Instance(_))) {
+            return None;
+        }
+        let i: Instance = decode_or_skip(kv)?;
+        let ok = r.scope.sees(&i.project)
+            && node.as_ref().is_none_or(|n| i.node.as_ref() == Some(n))
+            && i.name.starts_with(&r.name_prefix);
+        ok.then_some(i)
+    })
+    .await?;
+    Ok(Page {
+        items: render(ctx, &page.items).await?,
+        next: page.next,
+    })
+}
+
+/// Deletes the server `r` of `project`: its spec, status, assignment,
+/// group membership and the ports made for it; plugged ports are
+/// unplugged, volumes released (or deleted with it); its node's usage and
+/// its project's quota usage are given back. One transaction.
+pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
+    for _ in 0..64 {
+        let inst = super::lookup::server(ctx, project, r).await?;
+        let i = &inst.value;
+        let mut keys_to_read: Vec<String> = i.ports.iter().map(keys::port).collect();
+        keys_to_read.extend(i.ports.iter().map(keys::port_owner));
+        let read = ctx.store.get_many(&keys_to_read).await?;
+        let (port_kvs, owner_kvs) = read.split_at(i.ports.len());
+        let ikey = keys::instance(&i.id);
+        let mut t = TxnBuilder::new();
+        t.unchanged(&ikey, inst.mod_rev);
+        t.delete(&ikey);
+        t.delete(&keys::instance_status(&i.id));
+        let mut new_usage = None;
+        if let Some(node) = &i.node {
+            t.delete(&keys::assignment(node, &i.id));
+            let ukey = keys::node_usage(node);
+            if let Some(u) = ctx.store.read::<NodeUsage>(&ukey).await? {
+                let nu = NodeUsage {
+                    used: u.value.used.saturating_sub(i.resources),
+                    instances: u.value.instances.saturating_sub(1),
+                };
+                t.unchanged(&ukey, u.mod_rev);
+                t.put(&ukey, &nu);
+                new_usage = Some((node.clone(), nu));
+            }
+        }
+        if let Some(g) = &i.server_group {
+            t.delete(&keys::server_group_member(g, &i.id));
+        }
+        let mut owned_ports = 0;
+        for (pkv, okv) in port_kvs.iter().zip(owner_kvs) {
+            let Some(pkv) = pkv else { continue };
+            let Ok(port) = decode_kv::<Port>(pkv) else {
+                tracing::warn!(instance = %i.id, key = kv_key(pkv), "unreadable port left in place");
+                continue;
+            };
+            let owned = okv
+                .as_ref()
+                .and_then(|kv| decode_kv::<InstanceId>(kv).ok())
+                .is_some_and(|o| o == i.id);
+            t.unchanged(&keys::port(&port.id), pkv.mod_revision());
+            if owned {
+                owned_ports += 1;
+                release_port(&port, &mut t);
+            } else if port.device == Some(i.id) {
+                let mut p = port;
+                p.device = None;
+                p.node = None;
+                t.put(&keys::port(&p.id), &p);
+            }
+        }
+        // Attached volumes: released or (delete_on_termination)
+        // deleted by the volume reconciler once the hypervisor let go.
+        super::volumes::release_volumes_of(ctx, i, &mut t).await?;
+        let mut qdelta = quota_delta(&i.resources);
+        qdelta.ports = owned_ports;
+        super::quotas::release(ctx, &mut t, &i.project, &qdelta).await?;
+        if ctx.placement.release(&t, new_usage).await? {
+            tracing::info!(instance = %i.id, "server deleted");
+            return Ok(());
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the server changed concurrently too often; retry".into(),
+    ))
+}
+
+async fn power(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    edit: impl Fn(&mut Instance),
+) -> ApiResult<ServerView> {
+    for _ in 0..16 {
+        let mut inst = super::lookup::server(ctx, project, r).await?;
+        edit(&mut inst.value);
+        let key = keys::instance(&inst.value.id);
+        let resp = ctx
+            .store
+            .txn(
+                Txn::new()
+                    .when([unchanged(&key, inst.mod_rev)])
+                    .and_then([put(&key, &inst.value)]),
+            )
+            .await?;
+        if resp.succeeded() {
+            tracing::info!(instance = %inst.value.id, power = ?inst.value.power, reboot_generation = inst.value.reboot_generation, "power state requested");
+            return view(ctx, &inst.value).await;
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the server changed concurrently too often; retry".into(),
+    ))
+}
+
+/// Asks for server `r` of `project` to run.
+pub async fn start(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
+    power(ctx, project, r, |i| i.power = PowerState::Running).await
+}
+
+/// Asks for server `r` of `project` to be stopped.
+pub async fn stop(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
+    power(ctx, project, r, |i| i.power = PowerState::Stopped).await
+}
+
+/// Asks for server `r` of `project` to be rebooted (and to run).
+pub async fn reboot(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
+    power(ctx, project, r, |i| {
+        i.power = PowerState::Running;
+        i.reboot_generation = i.reboot_generation.saturating_add(1);
+    })
+    .await
+}
