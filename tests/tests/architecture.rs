@@ -6,7 +6,6 @@ use std::path::Path;
 use nubo_tests::modgraph::crate_cycles;
 
 #[test]
-#[ignore = "issue 13 removes the cycles it lists; then this runs in the suite"]
 fn no_import_cycle_between_modules_of_a_crate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut report = Vec::new();
