@@ -7,7 +7,7 @@
 //! consistent snapshot that only lags etcd by the watch latency. It is never
 //! trusted on its own: each entry carries its `mod_revision`, and whoever
 //! decides something from it compares those revisions in the transaction
-//! that acts on the decision (see `api/servers.rs`). A stale entry therefore
+//! that acts on the decision (see `placement::engine`). A stale entry therefore
 //! makes that transaction fail, never commit a wrong decision; the caller
 //! then re-reads from etcd.
 //!
@@ -15,13 +15,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use etcd_client::KeyValue;
-use futures::future::select_all;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, Flavor, Image, Keypair, Network, SecurityGroup, ServerGroup};
-use nubo_store::{Etcd, StoreError};
+use nubo_store::{Etcd, ListWatch};
 use tokio::sync::watch;
 
 use nubo_store::kv::kv_key;
@@ -192,58 +190,36 @@ impl ResourceCache {
         }
     }
 
-    /// Runs the list + watch loop until `shutdown` fires.
-    pub async fn run(self: Arc<Self>, etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                r = self.list_and_watch(&etcd) => {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "resource cache: listing failed; listing again");
-                    }
-                }
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        }
-    }
-
-    async fn list_and_watch(&self, etcd: &Etcd) -> Result<(), StoreError> {
-        let mut fresh: HashMap<String, Entry> = HashMap::new();
-        let mut rev = 0;
-        for prefix in prefixes() {
-            etcd.list_at(&prefix, &mut rev, |kv| {
-                if let Some(value) = decode(kv_key(kv), kv.value()) {
-                    fresh.insert(
-                        kv_key(kv).to_string(),
-                        Entry {
-                            value,
-                            mod_rev: kv.mod_revision(),
-                        },
-                    );
-                }
+    /// Replaces everything with a listing made at `revision`.
+    fn replace(&self, revision: i64, kvs: &[KeyValue]) {
+        let fresh: HashMap<String, Entry> = kvs
+            .iter()
+            .filter_map(|kv| {
+                let value = decode(kv_key(kv), kv.value())?;
+                let entry = Entry {
+                    value,
+                    mod_rev: kv.mod_revision(),
+                };
+                Some((kv_key(kv).to_string(), entry))
             })
-            .await?;
-        }
+            .collect();
         let n = fresh.len();
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.ready.send_replace(true);
-        tracing::debug!(revision = rev, keys = n, "resource cache listed");
+        tracing::debug!(revision, keys = n, "resource cache listed");
+    }
 
-        let mut watches = Vec::new();
-        for prefix in prefixes() {
-            let watch = etcd.watch_prefix_after(prefix, rev);
-            watches.push(Box::pin(
-                watch.follow(|kv, deleted| self.apply(kv, deleted)),
-            ));
-        }
-        // The first watch that ends (compaction) ends them all: the caller
-        // re-lists everything at one revision again.
-        let (end, _, _) = select_all(watches).await;
-        tracing::info!(reason = %end, "resource cache watch ended; listing again");
-        Ok(())
+    /// Runs the list + watch loop ([`ListWatch::follow`]) until `shutdown`
+    /// fires.
+    pub async fn run(self: Arc<Self>, etcd: Etcd, shutdown: watch::Receiver<bool>) {
+        ListWatch::new(etcd, prefixes())
+            .follow(
+                "resource cache",
+                shutdown,
+                |revision, kvs| self.replace(revision, kvs),
+                |kv, deleted| self.apply(kv, deleted),
+            )
+            .await;
     }
 }
 

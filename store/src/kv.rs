@@ -27,8 +27,6 @@ pub struct Versioned<T> {
 
 /// Keys read per transaction by [`Etcd::get_many`].
 const GETS_PER_TXN: usize = 100;
-/// Keys per range request of [`Etcd::list_at`].
-const LIST_CHUNK: i64 = 2000;
 
 impl Etcd {
     /// Reads one key.
@@ -75,41 +73,6 @@ impl Etcd {
             .get(keys::election(), Some(GetOptions::new().with_count_only()))
             .await?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
-    }
-
-    /// Reads every key under `prefix` in key order, all at one revision:
-    /// `*rev`, or (when 0) the revision of the first read, which `*rev` is
-    /// then set to. Passes each key-value to `each`.
-    pub async fn list_at(
-        &self,
-        prefix: &str,
-        rev: &mut i64,
-        mut each: impl FnMut(&KeyValue),
-    ) -> Result<(), StoreError> {
-        let end = keys::prefix_end(prefix);
-        let mut start = prefix.as_bytes().to_vec();
-        loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_CHUNK);
-            if *rev > 0 {
-                opts = opts.with_revision(*rev);
-            }
-            let resp = self.get(start.clone(), Some(opts)).await?;
-            if *rev == 0 {
-                *rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            for kv in resp.kvs() {
-                each(kv);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => return Ok(()),
-            }
-        }
     }
 
     /// Up to `size` items of the keys under `prefix`, in key order, starting

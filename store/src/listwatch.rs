@@ -34,8 +34,8 @@
 
 use std::time::Instant;
 
-use etcd_client::{Event, GetOptions, KeyValue};
-use tokio::sync::mpsc;
+use etcd_client::{Event, EventType, GetOptions, KeyValue};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::error::StoreError;
@@ -44,6 +44,9 @@ use crate::Etcd;
 
 /// Keys read per range request while listing.
 pub const LIST_PAGE: i64 = 2000;
+
+/// How long [`ListWatch::follow`] waits after a failed listing.
+pub const RELIST_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// What [`ListWatch::next`] hands over.
 #[derive(Debug)]
@@ -183,6 +186,44 @@ impl ListWatch {
         }
     }
 
+    /// Drives the loop until `shutdown` turns true, for a caller that
+    /// keeps one copy and needs no more than this: every listing goes to
+    /// `listed` (its revision and key-values, to replace the copy with),
+    /// every event to `event` (the key-value, and whether it was a
+    /// delete). A listing that fails is logged under `what` and tried again
+    /// after [`RELIST_PAUSE`].
+    pub async fn follow(
+        mut self,
+        what: &str,
+        mut shutdown: watch::Receiver<bool>,
+        mut listed: impl FnMut(i64, &[KeyValue]),
+        mut event: impl FnMut(&KeyValue, bool),
+    ) {
+        loop {
+            let update = tokio::select! {
+                u = self.next() => u,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match update {
+                Ok(Update::Listed { revision, kvs, .. }) => listed(revision, &kvs),
+                Ok(Update::Events { events, .. }) => {
+                    for e in &events {
+                        if let Some(kv) = e.kv() {
+                            event(kv, e.event_type() == EventType::Delete);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(what, %error, "listing failed; listing again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RELIST_PAUSE) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
     /// Lists every prefix at one revision, then starts the watches.
     async fn list(&mut self) -> Result<Update, StoreError> {
         let started = Instant::now();
@@ -239,7 +280,7 @@ pub async fn list_prefix_at(
     rev: &mut i64,
     mut each: impl FnMut(&KeyValue),
 ) -> Result<(), StoreError> {
-    let end = prefix_end(prefix);
+    let end = nubo_common::keys::prefix_end(prefix);
     let mut start = prefix.as_bytes().to_vec();
     loop {
         let mut opts = GetOptions::new().with_range(end.clone()).with_limit(page);
@@ -260,30 +301,5 @@ pub async fn list_prefix_at(
             }
             _ => return Ok(()),
         }
-    }
-}
-
-/// The smallest key greater than every key starting with `prefix` (etcd's
-/// `range_end` for a prefix).
-pub fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), vec![b'a', 0x80]);
-        assert_eq!(prefix_end(""), vec![0]);
     }
 }

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nubo_tests::{list_items, wait_for, wait_until, Cli, Cluster};
+
+use nubo_tests::{fatal, list_items, wait_for, wait_until, Cli, Cluster};
 use serde_json::Value;
 
 /// Generous bound for the cluster to converge on a loaded 2-core machine.
@@ -359,19 +360,32 @@ fn wait_survives_an_api_outage_and_ends_with_the_table() {
     let mut cluster = Cluster::builder()
         .coordinators(1)
         .agents(1)
-        .agent_args(&["--fake-boot-ms", "3000"])
+        .agent_args(&["--fake-boot-ms", "10000"])
         .start()
         .unwrap();
     let cli = cluster.cli().unwrap();
     catalog(&cli).unwrap();
     let mut batch = cli.spawn(&create_args("w", "3")).unwrap();
-    wait_until(CONVERGE, "the servers placed", || {
-        Ok(specs(&cluster)?.len() == 3)
+    // The create call has returned and --wait polls: its first progress
+    // line is out (the guests take 10 s to "boot", so it still says
+    // building). Killing the coordinator before that would fail the create
+    // call itself, which is another test.
+    wait_until(CONVERGE, "--wait polling", || {
+        let err = batch.stderr_so_far();
+        if !batch.is_running() {
+            return Err(fatal(anyhow::anyhow!("the CLI ended early: {err}")));
+        }
+        Ok(err.contains("3 building"))
     })
     .unwrap();
+    assert_eq!(specs(&cluster).unwrap().len(), 3);
     cluster.coordinators[0].kill9();
     wait_until(CONVERGE, "a failed poll reported", || {
-        Ok(batch.stderr_so_far().contains("polling failed"))
+        let err = batch.stderr_so_far();
+        if !batch.is_running() {
+            return Err(fatal(anyhow::anyhow!("the CLI ended: {err}")));
+        }
+        Ok(err.contains("polling failed"))
     })
     .unwrap();
     assert!(

@@ -7,14 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
-use std::time::Duration;
 
 use etcd_client::KeyValue;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{self, NodeUsage};
 use nubo_common::NodeName;
 use nubo_store::kv::kv_key;
-use nubo_store::{Etcd, StoreError};
+use nubo_store::{Etcd, ListWatch};
 use tokio::sync::watch;
 
 use super::scheduler::{self, NodeState, Ratios, Rejections, Request};
@@ -329,31 +328,15 @@ impl ClusterView {
         }
     }
 
-    /// Runs the list + watch loop until `shutdown` fires.
-    pub async fn run(self: Arc<Self>, etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                r = self.list_and_watch(&etcd) => {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "node view: listing failed; listing again");
-                    }
-                }
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        }
-    }
-
-    async fn list_and_watch(&self, etcd: &Etcd) -> Result<(), StoreError> {
-        let prefix = keys::nodes_prefix();
-        let mut fresh: BTreeMap<NodeName, Slot> = BTreeMap::new();
+    /// Replaces every node with a listing made at `rev`, keeping the usage
+    /// and health updates newer than it (this coordinator's own
+    /// placements).
+    fn replace(&self, rev: i64, kvs: &[KeyValue]) {
         let staging = ClusterView::default();
-        let mut rev = 0;
-        etcd.list_at(&prefix, &mut rev, |kv| staging.apply(kv, false))
-            .await?;
+        for kv in kvs {
+            staging.apply(kv, false);
+        }
+        let mut fresh: BTreeMap<NodeName, Slot> = BTreeMap::new();
         fresh.append(&mut staging.write());
         {
             let mut map = self.write();
@@ -379,13 +362,19 @@ impl ClusterView {
         }
         self.ready.send_replace(true);
         tracing::debug!(revision = rev, "node view listed");
+    }
 
-        let end = etcd
-            .watch_prefix_after(prefix, rev)
-            .follow(|kv, deleted| self.apply(kv, deleted))
+    /// Runs the list + watch loop ([`ListWatch::follow`]) until `shutdown`
+    /// fires.
+    pub async fn run(self: Arc<Self>, etcd: Etcd, shutdown: watch::Receiver<bool>) {
+        ListWatch::new(etcd, vec![keys::nodes_prefix()])
+            .follow(
+                "node view",
+                shutdown,
+                |rev, kvs| self.replace(rev, kvs),
+                |kv, deleted| self.apply(kv, deleted),
+            )
             .await;
-        tracing::info!(reason = %end, "node watch ended; listing again");
-        Ok(())
     }
 }
 
