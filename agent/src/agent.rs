@@ -125,8 +125,7 @@ async fn run_inner(
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
         let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
         let client = etcd.client().clone();
-        let (mirror, handle) = Mirror::new(etcd);
-        let mirror = mirror.with_local_node(cfg.node.clone());
+        let (mirror, handle) = Mirror::new(etcd, cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());

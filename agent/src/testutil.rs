@@ -134,7 +134,8 @@ impl World {
             volume,
             delete_on_termination: false,
         });
-        self.put(keys::instance(&instance), &spec);
+        let node = spec.node.clone().unwrap_or_else(|| node_name("n1"));
+        self.put(keys::node_spec(&node, &instance), &spec);
     }
 
     pub fn node(&mut self, n: &NodeName, ip: &str) {
@@ -227,7 +228,7 @@ impl World {
         };
         self.put(keys::image(&image.id), &image);
         self.put(keys::port(&port.id), &port);
-        self.put(keys::instance(&inst.id), &inst);
+        self.put(keys::node_spec(n, &inst.id), &inst);
         self.put(keys::assignment(n, &inst.id), &assignment(n, inst.id));
         (inst.id, port)
     }

@@ -113,9 +113,9 @@ async fn alive_lease(c: &etcd_client::Client, node: &NodeName) -> Option<i64> {
 }
 
 /// The agent's first listing (`state listed from etcd keys=N revision=R`)
-/// holds exactly the keys under `keys::agent_watch_prefixes()` at R, and
+/// holds exactly the keys under `keys::agent_watch_prefixes(node)` at R, and
 /// fewer than `/nubo/v1/` holds (the private keys exist, unread).
-async fn listed_only_node_relevant_keys(c: &etcd_client::Client, log: &str) {
+async fn listed_only_node_relevant_keys(c: &etcd_client::Client, node: &NodeName, log: &str) {
     let line = log
         .lines()
         .find(|l| l.contains("state listed from etcd"))
@@ -155,7 +155,7 @@ async fn listed_only_node_relevant_keys(c: &etcd_client::Client, log: &str) {
         }
     };
     let mut relevant = 0;
-    for p in keys::agent_watch_prefixes() {
+    for p in keys::agent_watch_prefixes(node) {
         relevant += count(p).await;
     }
     let all = count(keys::ROOT.to_string()).await;
@@ -194,7 +194,7 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
 
     let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run1.log");
     agent.wait_ready(&node).await;
-    listed_only_node_relevant_keys(&c, &agent.log()).await;
+    listed_only_node_relevant_keys(&c, &node, &agent.log()).await;
     wait_until(T, "running", || {
         all_in_state(&c, ids.clone(), &node, InstanceState::Running)
     })

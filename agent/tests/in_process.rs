@@ -108,14 +108,10 @@ async fn converges_120_instances_and_follows_spec_changes() {
 
     // Stop, start and reboot through the spec.
     let target = kept[0];
-    let spec_key = keys::instance(&target);
-    let read_spec = || async {
-        let r = c.kv_client().get(spec_key.clone(), None).await.unwrap();
-        model::decode::<model::Instance>("i", r.kvs()[0].value()).unwrap()
-    };
+    let read_spec = || get_spec(&c, &target);
     let mut spec = read_spec().await;
     spec.power = PowerState::Stopped;
-    put(&c, &spec_key, &spec).await;
+    put_spec(&c, &spec).await;
     wait_until(T, "stopped", || {
         all_in_state(&c, vec![target], &node, InstanceState::Stopped)
     })
@@ -125,7 +121,7 @@ async fn converges_120_instances_and_follows_spec_changes() {
         ObservedPower::Stopped
     );
     spec.power = PowerState::Running;
-    put(&c, &spec_key, &spec).await;
+    put_spec(&c, &spec).await;
     wait_until(T, "running again", || {
         all_in_state(&c, vec![target], &node, InstanceState::Running)
     })
@@ -133,7 +129,7 @@ async fn converges_120_instances_and_follows_spec_changes() {
     assert_eq!(agent.snapshot().await.instances[&target].boot_count, 2);
 
     spec.reboot_generation = 1;
-    put(&c, &spec_key, &spec).await;
+    put_spec(&c, &spec).await;
     wait_until(T, "reboot acted on", || async {
         statuses(&c)
             .await
@@ -178,7 +174,7 @@ async fn garbage_values_are_skipped_and_nothing_is_torn_down() {
     let junk_instance = InstanceId::new_random();
     put_raw(
         &c,
-        &keys::instance(&junk_instance),
+        &keys::node_spec(&node, &junk_instance),
         b"{\"this is\": not json",
     )
     .await;

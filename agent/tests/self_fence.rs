@@ -159,17 +159,15 @@ impl Agent {
 }
 
 async fn set_policy(c: &Client, id: &InstanceId, p: EvacuationPolicy) {
-    let r = c.kv_client().get(keys::instance(id), None).await.unwrap();
-    let mut spec: Instance = model::decode("i", r.kvs()[0].value()).unwrap();
+    let mut spec: Instance = get_spec(c, id).await;
     spec.evacuation = p;
-    put(c, &keys::instance(id), &spec).await;
+    put_spec(c, &spec).await;
 }
 
 /// What the coordinator's evacuation does for one instance (one txn):
 /// assignment moved, spec and status name the new node.
 async fn move_instance(c: &Client, id: &InstanceId, from: &NodeName, to: &NodeName) {
-    let r = c.kv_client().get(keys::instance(id), None).await.unwrap();
-    let mut spec: Instance = model::decode("i", r.kvs()[0].value()).unwrap();
+    let mut spec: Instance = get_spec(c, id).await;
     spec.node = Some(to.clone());
     let status = InstanceStatus {
         state: InstanceState::Running,
@@ -194,7 +192,10 @@ async fn move_instance(c: &Client, id: &InstanceId, from: &NodeName, to: &NodeNa
                 None,
             ),
             TxnOp::put(keys::instance(id), model::encode(&spec), None),
-            TxnOp::put(keys::instance_status(id), model::encode(&status), None),
+            TxnOp::put(keys::node_spec(to, id), model::encode(&spec), None),
+            TxnOp::delete(keys::node_spec(from, id), None),
+            TxnOp::delete(keys::instance_status(from, id), None),
+            TxnOp::put(keys::instance_status(to, id), model::encode(&status), None),
         ]);
     assert!(c.kv_client().txn(txn).await.unwrap().succeeded());
 }

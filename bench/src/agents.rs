@@ -125,6 +125,7 @@ async fn write_statuses(
         let ops: Vec<TxnOp> = batch
             .drain(..)
             .map(|(node, id)| {
+                let key = keys::instance_status(&node, &id);
                 let status = InstanceStatus {
                     state: InstanceState::Running,
                     node,
@@ -133,7 +134,7 @@ async fn write_statuses(
                     reboot_generation: 0,
                     volumes: Vec::new(),
                 };
-                TxnOp::put(keys::instance_status(&id), model::encode(&status), None)
+                TxnOp::put(key, model::encode(&status), None)
             })
             .collect();
         match c.txn(Txn::new().and_then(ops)).await {

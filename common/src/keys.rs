@@ -9,8 +9,16 @@
 //!   run its instances (`nodes/`, `flavors/`, `images/`, `networks/`,
 //!   `ports/`, `secgroups/`, `keypairs/`, `server-groups/`, `volumes/`,
 //!   `volume-types/`, `volume-snapshots/`, `instances/`, `assignments/`);
+//!   the instance specs (`instances/`, every tenant's user data) are read
+//!   by coordinators only: each node reads the copies of its own
+//!   instances' specs under `hosts/<node>/` and its own `assignments/<node>/`;
 //! - **node-owned** keys, written by one node's agent only:
-//!   `nodes/<node>`, `nodes/<node>/alive`, `instances/<id>/status`;
+//!   `nodes/<node>`, `nodes/<node>/alive`, the statuses of its instances
+//!   under `node-owned/<node>/`, its guest-stop reports under
+//!   `guest-stops/<node>/`.
+//!
+//! [`node_grants`] is the etcd role of a node, derived from the same
+//! builders (what `nubo-coordinator node enroll` grants).
 //! - **coordinator-private** data under [`PRIVATE`], which no hypervisor
 //!   reads: identity (projects, users and password hashes, roles,
 //!   application credentials, quotas and their usage, the token signing
@@ -165,7 +173,9 @@ pub fn volume_snapshot(v: &VolumeId, name: &str) -> String {
     format!("{ROOT}volume-snapshots/{v}/{name}")
 }
 
-/// `/nubo/v1/instances/` — specs and their status sub-keys.
+/// `/nubo/v1/instances/` — the instance specs (coordinators only: they
+/// hold every tenant's user data; a node reads its instances' copies,
+/// [`node_spec`]).
 pub fn instances_prefix() -> String {
     format!("{ROOT}instances/")
 }
@@ -173,8 +183,10 @@ pub fn instances_prefix() -> String {
 pub fn instance(id: &InstanceId) -> String {
     format!("{ROOT}instances/{id}")
 }
-/// `/nubo/v1/instances/<id>/status` (observed state, agent)
-pub fn instance_status(id: &InstanceId) -> String {
+/// `/nubo/v1/instances/<id>/status`: where statuses were kept before they
+/// moved under the reporting node's own keys ([`instance_status`]); only
+/// the coordinator's layout migration reads it.
+pub fn legacy_instance_status(id: &InstanceId) -> String {
     format!("{ROOT}instances/{id}/status")
 }
 
@@ -191,27 +203,155 @@ pub fn assignment(n: &NodeName, id: &InstanceId) -> String {
     format!("{ROOT}assignments/{n}/{id}")
 }
 
-/// The prefixes a node agent lists and watches: what a hypervisor needs to
-/// run and wire its instances (nodes for VTEPs and peers, flavors, images,
-/// networks, ports, security groups, keypairs, instance specs and
-/// statuses, every node's assignments, volumes and volume types), never
+// ------------------------------------------------------- per-node prefixes
+
+/// `/nubo/v1/hosts/` — what coordinators write for one node only.
+pub fn all_hosts_prefix() -> String {
+    format!("{ROOT}hosts/")
+}
+/// `/nubo/v1/hosts/<node>/` — written by coordinators, readable by that
+/// node alone (its etcd role, [`node_grants`]).
+pub fn host_prefix(n: &NodeName) -> String {
+    format!("{ROOT}hosts/{n}/")
+}
+/// `/nubo/v1/hosts/<node>/instances/` — the spec copies of a node.
+pub fn node_specs_prefix(n: &NodeName) -> String {
+    format!("{ROOT}hosts/{n}/instances/")
+}
+/// `/nubo/v1/hosts/<node>/instances/<id>` (`Instance`): the copy of the
+/// spec of an instance placed on `node`, written by coordinators in every
+/// transaction that writes the spec ([`instance`]) and equal to it, so the
+/// node reads its instances (user data included) and no other's.
+pub fn node_spec(n: &NodeName, id: &InstanceId) -> String {
+    format!("{ROOT}hosts/{n}/instances/{id}")
+}
+
+/// `/nubo/v1/node-owned/` — every node's own keys.
+pub fn all_node_owned_prefix() -> String {
+    format!("{ROOT}node-owned/")
+}
+/// `/nubo/v1/node-owned/<node>/` — written by that node's agent (and by
+/// coordinators, which reset and clean them up); the node's role may read
+/// and write it, no other node's may.
+pub fn node_owned_prefix(n: &NodeName) -> String {
+    format!("{ROOT}node-owned/{n}/")
+}
+/// `/nubo/v1/node-owned/<node>/status/` — the statuses a node reports.
+pub fn node_statuses_prefix(n: &NodeName) -> String {
+    format!("{ROOT}node-owned/{n}/status/")
+}
+/// `/nubo/v1/node-owned/<node>/status/<id>` (`InstanceStatus`, observed
+/// state reported by the agent of `node`, the instance's node)
+pub fn instance_status(n: &NodeName, id: &InstanceId) -> String {
+    format!("{ROOT}node-owned/{n}/status/{id}")
+}
+/// `/nubo/v1/guest-stops/` — every node's guest-stop reports (one small
+/// prefix the leading coordinator watches).
+pub fn all_guest_stops_prefix() -> String {
+    format!("{ROOT}guest-stops/")
+}
+/// `/nubo/v1/guest-stops/<node>/` — written by that node's agent.
+pub fn guest_stops_prefix(n: &NodeName) -> String {
+    format!("{ROOT}guest-stops/{n}/")
+}
+/// `/nubo/v1/guest-stops/<node>/<id>` (`GuestStop`): the agent of `node`
+/// saw the guest power itself off; the leading coordinator turns the
+/// spec's desired power to stopped and deletes the report. Node-owned,
+/// outside `node-owned/` so that the leader watches the reports alone,
+/// not every status.
+pub fn guest_stop(n: &NodeName, id: &InstanceId) -> String {
+    format!("{ROOT}guest-stops/{n}/{id}")
+}
+
+/// The prefixes the agent of `node` lists and watches: what a hypervisor
+/// needs to run and wire its instances. Shared topology (nodes for VTEPs
+/// and peers, flavors, images, networks, ports, security groups, keypairs,
+/// volumes and volume types), and only its own per-node keys (its
+/// assignments, its spec copies, its own reports); never another node's,
+/// never the instance specs (every tenant's user data), never
 /// coordinator-private data (everything under [`PRIVATE`]) nor the
-/// coordinators' election. No prefix contains another: each key is
-/// delivered once.
-pub fn agent_watch_prefixes() -> Vec<String> {
+/// coordinators' election. Each one is readable by the node's etcd role
+/// ([`node_grants`]). No prefix contains another: each key is delivered
+/// once.
+pub fn agent_watch_prefixes(node: &NodeName) -> Vec<String> {
     vec![
-        all_assignments_prefix(),
+        assignments_prefix(node),
         flavors_prefix(),
+        guest_stops_prefix(node),
+        host_prefix(node),
         images_prefix(),
-        instances_prefix(),
         keypairs_root(),
         networks_prefix(),
+        node_owned_prefix(node),
         nodes_prefix(),
         ports_prefix(),
         secgroups_prefix(),
         volume_types_prefix(),
         volumes_prefix(),
     ]
+}
+
+/// What one etcd permission of a node's role covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Span {
+    /// Exactly this key.
+    Key(String),
+    /// Every key starting with this prefix.
+    Prefix(String),
+}
+
+impl Span {
+    /// Whether `key` is covered.
+    pub fn covers(&self, key: &str) -> bool {
+        match self {
+            Span::Key(k) => k == key,
+            Span::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// The etcd role of a node: what it may read and what it may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeGrants {
+    /// Read permissions (readable, not writable).
+    pub read: Vec<Span>,
+    /// Read and write permissions.
+    pub readwrite: Vec<Span>,
+}
+
+impl NodeGrants {
+    /// Whether the role may read `key`.
+    pub fn may_read(&self, key: &str) -> bool {
+        self.read
+            .iter()
+            .chain(&self.readwrite)
+            .any(|s| s.covers(key))
+    }
+    /// Whether the role may write `key`.
+    pub fn may_write(&self, key: &str) -> bool {
+        self.readwrite.iter().any(|s| s.covers(key))
+    }
+}
+
+/// The etcd permissions of the role of `node` (least privilege, see
+/// `docs/etcd-layout.md`): it reads every prefix its agent watches
+/// ([`agent_watch_prefixes`]) and writes only its node record, its alive
+/// key, its node-owned prefix and its guest-stop reports. Its usage, admin switch and health, the
+/// specs, other nodes' keys and everything under [`PRIVATE`] stay out of
+/// its reach.
+pub fn node_grants(node: &NodeName) -> NodeGrants {
+    let owned = [node_owned_prefix(node), guest_stops_prefix(node)];
+    NodeGrants {
+        read: agent_watch_prefixes(node)
+            .into_iter()
+            .filter(|p| !owned.contains(p))
+            .map(Span::Prefix)
+            .collect(),
+        readwrite: [Span::Key(self::node(node)), Span::Key(node_alive(node))]
+            .into_iter()
+            .chain(owned.into_iter().map(Span::Prefix))
+            .collect(),
+    }
 }
 
 // ------------------------------------------------------------ coordinators
@@ -522,8 +662,15 @@ pub enum Key {
     VolumeSnapshot(VolumeId, String),
     /// `/instances/<id>`
     Instance(InstanceId),
-    /// `/instances/<id>/status`
-    InstanceStatus(InstanceId),
+    /// `/instances/<id>/status` (the layout before statuses moved under
+    /// `node-owned/`)
+    LegacyInstanceStatus(InstanceId),
+    /// `/hosts/<node>/instances/<id>`
+    NodeSpec(NodeName, InstanceId),
+    /// `/node-owned/<node>/status/<id>`
+    InstanceStatus(NodeName, InstanceId),
+    /// `/guest-stops/<node>/<id>`
+    GuestStop(NodeName, InstanceId),
     /// `/assignments/<node>/<id>`
     Assignment(NodeName, InstanceId),
     /// `/election/coordinator`
@@ -595,7 +742,12 @@ impl Key {
                 Key::VolumeSnapshot(v.parse().ok()?, n.to_string())
             }
             ["instances", id] => Key::Instance(id.parse().ok()?),
-            ["instances", id, "status"] => Key::InstanceStatus(id.parse().ok()?),
+            ["instances", id, "status"] => Key::LegacyInstanceStatus(id.parse().ok()?),
+            ["hosts", n, "instances", id] => Key::NodeSpec(n.parse().ok()?, id.parse().ok()?),
+            ["node-owned", n, "status", id] => {
+                Key::InstanceStatus(n.parse().ok()?, id.parse().ok()?)
+            }
+            ["guest-stops", n, id] => Key::GuestStop(n.parse().ok()?, id.parse().ok()?),
             ["assignments", n, id] => Key::Assignment(n.parse().ok()?, id.parse().ok()?),
             ["election", "coordinator"] => Key::Election,
             ["coordinators", id] if !id.is_empty() => Key::Coordinator(id.to_string()),
@@ -717,7 +869,10 @@ mod tests {
                 Key::VolumeSnapshot(v, "s1".into()),
             ),
             (instance(&i), Key::Instance(i)),
-            (instance_status(&i), Key::InstanceStatus(i)),
+            (legacy_instance_status(&i), Key::LegacyInstanceStatus(i)),
+            (instance_status(&n, &i), Key::InstanceStatus(n.clone(), i)),
+            (node_spec(&n, &i), Key::NodeSpec(n.clone(), i)),
+            (guest_stop(&n, &i), Key::GuestStop(n.clone(), i)),
             (assignment(&n, &i), Key::Assignment(n.clone(), i)),
             (election(), Key::Election),
             (coordinator("c1"), Key::Coordinator("c1".into())),
@@ -840,22 +995,27 @@ mod tests {
 
     #[test]
     fn agents_watch_what_nodes_need_and_nothing_private() {
-        let prefixes = agent_watch_prefixes();
+        let n = NodeName::new("node-1").unwrap();
+        // A name that extends the other: prefixes must not leak between them.
+        let other = NodeName::new("node-10").unwrap();
+        let prefixes = agent_watch_prefixes(&n);
         let watched = |k: &str| {
             prefixes
                 .iter()
                 .filter(|p| k.starts_with(p.as_str()))
                 .count()
         };
-        let n = NodeName::new("node-1").unwrap();
         let i = InstanceId::new_random();
         let p = ProjectId::default_project();
         for k in [
             node(&n),
             node_alive(&n),
+            node(&other),
+            node_alive(&other),
             assignment(&n, &i),
-            instance(&i),
-            instance_status(&i),
+            node_spec(&n, &i),
+            instance_status(&n, &i),
+            guest_stop(&n, &i),
             port(&PortId::new_random()),
             keypair(&p, "k"),
             volume_type("gold"),
@@ -872,11 +1032,64 @@ mod tests {
             name_index(NameKind::Network, &p, "net"),
             users_prefix(),
             election(),
+            instance(&i),
+            legacy_instance_status(&i),
+            assignment(&other, &i),
+            node_spec(&other, &i),
+            instance_status(&other, &i),
         ] {
             assert_eq!(watched(&k), 0, "{k}");
         }
         for pre in &prefixes {
             assert!(!pre.starts_with(PRIVATE), "{pre}");
+        }
+    }
+
+    #[test]
+    fn a_node_role_reads_what_it_watches_and_writes_only_its_own_keys() {
+        let n = NodeName::new("node-1").unwrap();
+        let other = NodeName::new("node-10").unwrap();
+        let g = node_grants(&n);
+        let i = InstanceId::new_random();
+        let p = ProjectId::default_project();
+        for pre in agent_watch_prefixes(&n) {
+            assert!(g.may_read(&format!("{pre}x")), "{pre}");
+        }
+        for k in [
+            node(&n),
+            node_alive(&n),
+            instance_status(&n, &i),
+            guest_stop(&n, &i),
+        ] {
+            assert!(g.may_write(&k), "{k}");
+        }
+        for k in [
+            node_usage(&n),
+            node_admin(&n),
+            node_health(&n),
+            node(&other),
+            node_alive(&other),
+            instance_status(&other, &i),
+            instance(&i),
+            node_spec(&n, &i),
+            assignment(&n, &i),
+            port(&PortId::new_random()),
+            token_key(),
+        ] {
+            assert!(!g.may_write(&k), "{k}");
+        }
+        for k in [
+            token_key(),
+            user(&UserName::new("alice").unwrap()),
+            audit("x"),
+            quota_usage(&p),
+            instance(&i),
+            node_spec(&other, &i),
+            assignment(&other, &i),
+            instance_status(&other, &i),
+            election(),
+        ] {
+            assert!(!g.may_read(&k), "{k}");
         }
     }
 

@@ -151,7 +151,16 @@ async fn start_inner(
     let etcd = connect_etcd(&cfg).await?;
     // Before anything reads or serves: an older cluster's keys are moved
     // to the current layout (safe with several coordinators starting).
-    layout::migrate(&etcd).await?;
+    // In a task of its own: polled from the runtime's stack, not nested in
+    // the caller's future (a deep one in debug builds).
+    {
+        let etcd = etcd.clone();
+        tokio::spawn(async move { layout::migrate(&etcd).await })
+            .await
+            .map_err(|e| {
+                ServeError::Io(std::io::Error::other(format!("layout migration task: {e}")))
+            })??;
+    }
     let store = etcd.clone();
     let (shutdown, rx) = watch::channel(false);
     let view = Arc::new(placement::ClusterView::default());
@@ -248,6 +257,13 @@ async fn start_inner(
         let (ctx, rx) = (ctx.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
             background::volume_reconcile::run(ctx, rx).await;
+            Ok(())
+        }));
+    }
+    {
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            background::guest_stops::run(ctx, rx).await;
             Ok(())
         }));
     }

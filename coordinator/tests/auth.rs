@@ -1332,7 +1332,11 @@ async fn every_quota_is_refused_with_its_numbers_through_the_api_and_the_cli() {
     etcd.client()
         .await
         .unwrap()
-        .put(keys::instance_status(&id), encode(&status), None)
+        .put(
+            keys::instance_status(&status.node, &id),
+            encode(&status),
+            None,
+        )
         .await
         .unwrap();
     let e = a

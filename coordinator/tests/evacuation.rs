@@ -132,7 +132,7 @@ async fn failed_node_is_fenced_and_evacuated_with_its_ports_and_comes_back_up() 
             );
             assert_eq!(new.node.as_ref(), Some(&to));
         }
-        let st: InstanceStatus = get(&etcd, &keys::instance_status(id)).await.unwrap();
+        let st: InstanceStatus = get(&etcd, &keys::instance_status(&to, id)).await.unwrap();
         assert_eq!((st.state, st.node), (InstanceState::Pending, to));
     }
     for id in never.iter().chain(&manual) {
@@ -196,7 +196,8 @@ async fn no_capacity_is_reported_and_retried_and_the_switch_stops_evacuation() {
         let mut errs = 0;
         for id in &ids {
             if s.specs[id].node == Some(nn("n0")) {
-                let st: Option<InstanceStatus> = get(&etcd, &keys::instance_status(id)).await;
+                let st: Option<InstanceStatus> =
+                    get(&etcd, &keys::instance_status(&nn("n0"), id)).await;
                 if st.is_some_and(|st| {
                     st.state == InstanceState::Error
                         && st.last_error.as_deref() == Some("evacuation failed: no capacity")
@@ -342,9 +343,13 @@ async fn drain_cold_migrates_everything_and_restores_power() {
                             reboot_generation: 0,
                             volumes: Vec::new(),
                         };
-                        c.put(keys::instance_status(&id), model::encode(&st), None)
-                            .await
-                            .unwrap();
+                        c.put(
+                            keys::instance_status(&st.node, &id),
+                            model::encode(&st),
+                            None,
+                        )
+                        .await
+                        .unwrap();
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

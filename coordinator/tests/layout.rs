@@ -334,3 +334,86 @@ async fn an_old_layout_cluster_is_moved_once_by_two_coordinators_and_keeps_worki
         co.shutdown().await.unwrap();
     }
 }
+
+/// Statuses at `/nubo/v1/instances/<id>/status` (the layout before nodes
+/// had their own etcd roles) move to `/nubo/v1/node-owned/<node>/status/<id>`
+/// and every placed instance gets its node copy, by two coordinators
+/// starting at once: each status once with its value, each copy equal to
+/// its spec at the spec's revision; an undecodable old status is left in
+/// place; a second start writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_statuses_move_to_node_keys_and_specs_get_their_node_copies() {
+    let etcd = Etcd::start().unwrap();
+    register_node(&etcd, "n0", res(256, 256 * 512, 1000), "nova").await;
+    let a = coordinator(&etcd).await;
+    let mut cl = clients(&a).await;
+    setup_basics(&mut cl).await;
+    wait_nodes(&mut cl, 1).await;
+    // More than one migration batch (50).
+    let r = create_servers(&mut cl, common::server_req("web", &[], 60)).await;
+    assert_eq!(r.results.len(), 60);
+    a.shutdown().await.unwrap();
+
+    // The old layout: statuses under the spec, no node copies.
+    let mut c = etcd.client().await.unwrap();
+    let n0 = nubo_common::NodeName::new("n0").unwrap();
+    let mut old_statuses = BTreeMap::new();
+    for res in &r.results {
+        let id: nubo_common::InstanceId = res.server.as_ref().unwrap().id.parse().unwrap();
+        let st = model::InstanceStatus {
+            state: model::InstanceState::Running,
+            node: n0.clone(),
+            updated_at: model::now(),
+            last_error: None,
+            reboot_generation: 0,
+            volumes: Vec::new(),
+        };
+        let v = model::encode(&st);
+        c.put(keys::legacy_instance_status(&id), v.clone(), None)
+            .await
+            .unwrap();
+        old_statuses.insert(id, v);
+    }
+    let junk = keys::legacy_instance_status(&nubo_common::InstanceId::new_random());
+    c.put(junk.as_str(), "{not json", None).await.unwrap();
+    c.delete(
+        keys::all_hosts_prefix(),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    assert!(tree(&etcd, &keys::all_hosts_prefix()).await.is_empty());
+
+    let (b, d) = tokio::join!(coordinator(&etcd), coordinator(&etcd));
+    for (id, v) in &old_statuses {
+        let moved = tree(&etcd, &keys::instance_status(&n0, id)).await;
+        assert_eq!(moved.values().next().map(|(v, _)| v), Some(v), "{id}");
+        assert!(tree(&etcd, &keys::legacy_instance_status(id))
+            .await
+            .is_empty());
+    }
+    assert_eq!(
+        tree(&etcd, &keys::node_statuses_prefix(&n0)).await.len(),
+        60
+    );
+    assert_eq!(tree(&etcd, &junk).await.len(), 1, "the junk stays");
+    assert_eq!(assert_node_copies(&etcd).await, 60);
+    b.shutdown().await.unwrap();
+    d.shutdown().await.unwrap();
+
+    // Again: nothing to do, nothing written under /nubo/v1/ but the
+    // coordinator's own registration and election.
+    let data = |t: BTreeMap<String, (Vec<u8>, i64)>| -> BTreeMap<String, (Vec<u8>, i64)> {
+        t.into_iter()
+            .filter(|(k, _)| {
+                !k.starts_with(&keys::coordinator(""))
+                    && !k.starts_with(&keys::election())
+                    && !k.starts_with(&keys::audit(""))
+            })
+            .collect()
+    };
+    let before = data(tree(&etcd, keys::ROOT).await);
+    let e = coordinator(&etcd).await;
+    assert_eq!(data(tree(&etcd, keys::ROOT).await), before);
+    e.shutdown().await.unwrap();
+}

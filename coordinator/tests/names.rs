@@ -85,7 +85,7 @@ async fn a_server_found_by_name_logs_no_warning_for_its_status() {
         volumes: Vec::new(),
     };
     let mut e = etcd.client().await.unwrap();
-    let status_key = keys::instance_status(&id);
+    let status_key = keys::instance_status(&status.node, &id);
     e.put(status_key.as_str(), model::encode(&status), None)
         .await
         .unwrap();

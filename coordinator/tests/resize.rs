@@ -48,9 +48,13 @@ async fn report(etcd: &Etcd, id: &str, node: &str, state: InstanceState) {
     }))
     .unwrap();
     let mut c = etcd.client().await.unwrap();
-    c.put(keys::instance_status(&id), model::encode(&status), None)
-        .await
-        .unwrap();
+    c.put(
+        keys::instance_status(&status.node, &id),
+        model::encode(&status),
+        None,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

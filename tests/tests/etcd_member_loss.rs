@@ -87,12 +87,13 @@ fn specs(cluster: &Cluster) -> Result<Vec<(String, String, String)>> {
 
 /// Statuses in state `running`.
 fn running(cluster: &Cluster) -> Result<usize> {
+    // Statuses live under each reporting node's own keys.
     Ok(cluster
         .etcd
-        .get_prefix("/nubo/v1/instances/")?
+        .get_prefix(&nubo_common::keys::all_node_owned_prefix())?
         .into_iter()
         .filter(|(k, v)| {
-            k.ends_with("/status")
+            k.contains("/status/")
                 && serde_json::from_slice::<Value>(v).is_ok_and(|j| field(&j, "state") == "running")
         })
         .count())

@@ -104,8 +104,19 @@ fn wait_live_iops(
 }
 
 fn reported_volumes(lab: &VmLab, id: InstanceId) -> Vec<VolumeId> {
+    // The status lives under the keys of the instance's node.
+    let Some(node) = lab
+        .etcd
+        .get(&keys::instance(&id))
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<nubo_common::model::Instance>(&b).ok())
+        .and_then(|i| i.node)
+    else {
+        return Vec::new();
+    };
     lab.etcd
-        .get(&keys::instance_status(&id))
+        .get(&keys::instance_status(&node, &id))
         .ok()
         .flatten()
         .and_then(|b| serde_json::from_slice::<InstanceStatus>(&b).ok())

@@ -3,35 +3,42 @@
 //! as Nova's power-state sync does. The desired power then decides: the
 //! agent does not boot it again until someone runs `nubo server start`.
 //!
-//! The write is a compare-and-swap on the instance spec's mod revision,
-//! guarded by this node's assignment, so it never overrides a concurrent
-//! user request and never touches an instance that moved elsewhere.
+//! A node's etcd role may not write instance specs, so the agent reports
+//! the stop under its own keys (`/nubo/v1/guest-stops/<node>/<id>`,
+//! [`GuestStop`]) naming the revision of the spec copy it read; it keeps
+//! the guest off while the report stands for that spec
+//! (`crate::state::desired`), and the leading coordinator writes the
+//! stopped power into the spec and deletes the report. The report is
+//! written in a transaction guarded by the copy's revision and this node's
+//! assignment, so it never stands for a spec changed since (a concurrent
+//! user request) nor for an instance that moved elsewhere.
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use nubo_common::keys;
-use nubo_common::model::{self, Instance, PowerState};
+use nubo_common::model::{self, GuestStop, Instance, PowerState};
 use nubo_common::{InstanceId, NodeName};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::store::{self, StoreError};
 
-/// What to do with the spec of an instance whose guest stopped by itself.
-/// Pure: `Some(new spec)` when its desired power must become stopped.
-pub fn stopped_spec(spec: &Instance) -> Option<Instance> {
-    (spec.power == PowerState::Running).then(|| Instance {
-        power: PowerState::Stopped,
-        ..spec.clone()
+/// What to report for an instance whose guest stopped by itself, given
+/// the spec (copy) at `spec_revision`. Pure: `Some(report)` when its
+/// desired power was running.
+pub fn stop_report(spec: &Instance, spec_revision: i64) -> Option<GuestStop> {
+    (spec.power == PowerState::Running).then(|| GuestStop {
+        spec_revision,
+        at: model::now(),
     })
 }
 
-/// Records the stop of `id` in its spec. `Ok(true)` if the spec changed.
+/// Reports the stop of `id`. `Ok(true)` if a report was written.
 pub async fn record_guest_stop(
     etcd: &Client,
     node: &NodeName,
     id: InstanceId,
 ) -> Result<bool, StoreError> {
-    let key = keys::instance(&id);
+    let key = keys::node_spec(node, &id);
     for _ in 0..8 {
         let Some((value, mod_rev)) = store::get(etcd, &key).await? else {
             return Ok(false);
@@ -39,7 +46,7 @@ pub async fn record_guest_stop(
         let Ok(spec) = model::decode::<Instance>(&key, &value) else {
             return Ok(false);
         };
-        let Some(next) = stopped_spec(&spec) else {
+        let Some(report) = stop_report(&spec, mod_rev) else {
             return Ok(false);
         };
         let txn = Txn::new()
@@ -47,7 +54,11 @@ pub async fn record_guest_stop(
                 Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev),
                 Compare::version(keys::assignment(node, &id), CompareOp::Greater, 0),
             ])
-            .and_then([TxnOp::put(key.as_str(), model::encode(&next), None)]);
+            .and_then([TxnOp::put(
+                keys::guest_stop(node, &id),
+                model::encode(&report),
+                None,
+            )]);
         if store::txn(etcd, txn).await?.succeeded() {
             return Ok(true);
         }
@@ -62,7 +73,7 @@ pub async fn run(etcd: Client, node: NodeName, mut rx: mpsc::UnboundedReceiver<I
         for _ in 0..10 {
             match record_guest_stop(&etcd, &node, id).await {
                 Ok(true) => {
-                    info!(instance = %id, "guest powered itself off; desired power set to stopped");
+                    info!(instance = %id, "guest powered itself off; stop reported");
                     break;
                 }
                 Ok(false) => break,
@@ -81,13 +92,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_running_specs_change() {
+    fn only_running_specs_are_reported() {
         let mut spec = crate::testutil::instance(vec![]);
         spec.power = PowerState::Running;
-        let next = stopped_spec(&spec).unwrap();
-        assert_eq!(next.power, PowerState::Stopped);
-        assert_eq!(next.id, spec.id);
+        let report = stop_report(&spec, 42).unwrap();
+        assert_eq!(report.spec_revision, 42);
         spec.power = PowerState::Stopped;
-        assert!(stopped_spec(&spec).is_none());
+        assert!(stop_report(&spec, 42).is_none());
     }
 }

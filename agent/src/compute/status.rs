@@ -130,7 +130,7 @@ impl StatusBook {
     }
 }
 
-/// Writes `/instances/<id>/status` in one transaction guarded by
+/// Writes `/node-owned/<node>/status/<id>` in one transaction guarded by
 /// `version(/assignments/<node>/<id>) > 0`, so a node that lost the instance
 /// (evacuated while it was cut off) can never overwrite the status written
 /// for the node that runs it now. `Ok(None)` = not assigned here.
@@ -145,7 +145,7 @@ async fn put_status_if_assigned(
     let txn = Txn::new()
         .when([Compare::version(guard, CompareOp::Greater, 0)])
         .and_then([TxnOp::put(
-            keys::instance_status(&id),
+            keys::instance_status(node, &id),
             model::encode(status),
             None,
         )]);
@@ -281,8 +281,12 @@ impl Reporter {
         if self.writes_blocked {
             return false;
         }
-        match store::delete_if_unchanged(&self.etcd, &keys::instance_status(&id), mod_revision)
-            .await
+        match store::delete_if_unchanged(
+            &self.etcd,
+            &keys::instance_status(&self.node, &id),
+            mod_revision,
+        )
+        .await
         {
             Ok((txn_rev, deleted)) => {
                 if deleted {

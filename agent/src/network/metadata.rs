@@ -352,7 +352,7 @@ mod tests {
             900,
         );
         w.cache
-            .apply(&keys::instance(&i1), Some(&model::encode(&spec)), 901);
+            .apply(&keys::node_spec(&n1, &i1), Some(&model::encode(&spec)), 901);
         let d = build(&w.cache, &n1, 1500);
         let rows = instance_rows(&d, "az-1");
         assert_eq!(rows.len(), 1);
@@ -387,7 +387,7 @@ mod tests {
         let mut spec = w.cache.instances[&i1].clone();
         spec.user_data_b64 = Some("%%%".into());
         w.cache
-            .apply(&keys::instance(&i1), Some(&model::encode(&spec)), 901);
+            .apply(&keys::node_spec(&n1, &i1), Some(&model::encode(&spec)), 901);
         let d = build(&w.cache, &n1, 1500);
         assert_eq!(instance_rows(&d, "nova")[0].1.user_data, None);
     }

@@ -204,7 +204,7 @@ mod tests {
         let mut spec = w.cache.instances[&i1].clone();
         spec.power = PowerState::Stopped;
         w.cache.apply(
-            &keys::instance(&i1),
+            &keys::node_spec(&n1, &i1),
             Some(&nubo_common::model::encode(&spec)),
             1000,
         );

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
-    self, Assignment, Flavor, Image, Instance, InstanceStatus, Keypair, Network, Node, Port,
-    SecurityGroup, Volume, VolumeType,
+    self, Assignment, Flavor, GuestStop, Image, Instance, InstanceStatus, Keypair, Network, Node,
+    Port, SecurityGroup, Volume, VolumeType,
 };
 use nubo_common::{
     FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
@@ -57,11 +57,16 @@ pub struct Cache {
     pub secgroups: BTreeMap<SecurityGroupId, SecurityGroup>,
     /// Keypairs by project and name.
     pub keypairs: BTreeMap<(ProjectId, String), Keypair>,
-    /// Instance specs by id.
+    /// Instance specs by id: the copies of this node's instances' specs
+    /// (`/nubo/v1/hosts/<node>/instances/<id>`; the node cannot read the
+    /// specs themselves).
     pub instances: BTreeMap<InstanceId, Instance>,
-    /// Instance statuses by id.
+    /// The statuses this node reported, by instance id.
     pub statuses: BTreeMap<InstanceId, StoredStatus>,
-    /// Assignments of every node (ports of remote nodes are located through them).
+    /// This node's guest-stop reports by instance id, with the revision of
+    /// their key (see `crate::compute::power_sync`).
+    pub guest_stops: BTreeMap<InstanceId, (GuestStop, i64)>,
+    /// Assignments by node (the agent reads only its own node's).
     pub assignments: BTreeMap<NodeName, BTreeMap<InstanceId, Assignment>>,
     /// Volumes by id (every volume: which ones matter follows from the
     /// instances' `volumes`).
@@ -146,7 +151,7 @@ impl Cache {
         };
         if matches!(
             parsed,
-            Key::Assignment(..) | Key::Instance(_) | Key::Port(_)
+            Key::Assignment(..) | Key::NodeSpec(..) | Key::Port(_)
         ) {
             match value {
                 Some(_) => self.revisions.insert(key.to_string(), mod_revision),
@@ -162,7 +167,7 @@ impl Cache {
             Key::Port(id) => put_or_remove(&mut self.ports, g, id, key, value),
             Key::SecurityGroup(id) => put_or_remove(&mut self.secgroups, g, id, key, value),
             Key::Keypair(p, name) => put_or_remove(&mut self.keypairs, g, (p, name), key, value),
-            Key::Instance(id) => put_or_remove(&mut self.instances, g, id, key, value),
+            Key::NodeSpec(_, id) => put_or_remove(&mut self.instances, g, id, key, value),
             Key::Assignment(node, id) => {
                 let per_node = self.assignments.entry(node.clone()).or_default();
                 put_or_remove(per_node, g, id, key, value);
@@ -170,7 +175,15 @@ impl Cache {
                     self.assignments.remove(&node);
                 }
             }
-            Key::InstanceStatus(id) => {
+            Key::GuestStop(_, id) => {
+                let mut stops = BTreeMap::new();
+                put_or_remove(&mut stops, g, id, key, value);
+                match stops.remove(&id) {
+                    Some(s) => self.guest_stops.insert(id, (s, mod_revision)),
+                    None => self.guest_stops.remove(&id),
+                };
+            }
+            Key::InstanceStatus(_, id) => {
                 match value.map(|b| model::decode::<InstanceStatus>(key, b)) {
                     None => {
                         self.statuses.remove(&id);
@@ -273,7 +286,7 @@ impl Cache {
             .next()
     }
 
-    /// The mod revision of an assignment, instance spec or port key.
+    /// The mod revision of an assignment, spec copy or port key.
     pub fn mod_revision(&self, key: &str) -> Option<i64> {
         self.revisions.get(key).copied()
     }
@@ -298,9 +311,12 @@ impl Cache {
             && self.absent.get(key).is_none_or(|r| *r < since)
     }
 
-    /// The revision up to which the instance statuses are known.
+    /// The revision up to which the statuses of this node's instances are
+    /// known.
     pub fn statuses_revision(&self) -> i64 {
-        self.progress_of(&keys::instances_prefix())
+        self.local_node
+            .as_ref()
+            .and_then(|n| self.progress_of(&keys::node_statuses_prefix(n)))
             .unwrap_or(self.revision)
     }
 
@@ -310,7 +326,8 @@ impl Cache {
     }
 
     /// The node a port lives on: its `node` field, else the node its device
-    /// instance is assigned to.
+    /// instance is assigned to, if that is this node (the only one whose
+    /// assignments the agent reads).
     pub fn port_node(&self, port: &Port) -> Option<NodeName> {
         if let Some(n) = &port.node {
             return Some(n.clone());
@@ -333,7 +350,7 @@ mod tests {
         let mut c = Cache::default();
         let n = node_name("n1");
         let inst = instance(vec![]);
-        let k = keys::instance(&inst.id);
+        let k = keys::node_spec(&n, &inst.id);
         assert_eq!(
             c.apply(&k, Some(&model::encode(&inst)), 5),
             Change::Relevant
@@ -363,7 +380,11 @@ mod tests {
         let mut c = Cache::default();
         let id = InstanceId::new_random();
         let st = status(&node_name("n1"), model::InstanceState::Running, 0);
-        let change = c.apply(&keys::instance_status(&id), Some(&model::encode(&st)), 42);
+        let change = c.apply(
+            &keys::instance_status(&node_name("n1"), &id),
+            Some(&model::encode(&st)),
+            42,
+        );
         assert_eq!(change, Change::Report);
         assert_eq!(c.statuses[&id].mod_revision, 42);
         assert_eq!(
@@ -453,7 +474,8 @@ mod tests {
         // Not fed by the mirror: everything is known.
         assert!(!c.in_flight(&port, 10));
         c.set_progress(&keys::ports_prefix(), 8);
-        c.set_progress(&keys::instances_prefix(), 12);
+        c.local_node = Some(node_name("n1"));
+        c.set_progress(&keys::node_statuses_prefix(&node_name("n1")), 12);
         assert_eq!(c.progress_of(&port), Some(8));
         assert!(c.in_flight(&port, 10));
         assert!(!c.in_flight(&port, 8));

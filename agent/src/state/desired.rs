@@ -228,7 +228,7 @@ pub fn rebuild(
         let since = cache
             .mod_revision(&keys::assignment(node, id))
             .unwrap_or_default();
-        match resolve_instance(cache, *id, since) {
+        match resolve_instance(cache, node, *id, since) {
             Ok(inst) => {
                 out.instances.insert(*id, inst);
             }
@@ -365,10 +365,11 @@ fn missing_reason(cache: &Cache, what: &str, key: &str) -> String {
 
 fn resolve_instance(
     cache: &Cache,
+    node: &NodeName,
     id: InstanceId,
     assigned_at: i64,
 ) -> Result<DesiredInstance, Unresolved> {
-    let spec_key = keys::instance(&id);
+    let spec_key = keys::node_spec(node, &id);
     let spec = cache
         .instances
         .get(&id)
@@ -453,7 +454,7 @@ fn resolve_instance(
         })
         .collect();
     Ok(DesiredInstance {
-        spec: spec.clone(),
+        spec: with_guest_stop(cache, spec, spec_rev),
         resources,
         image: image.clone(),
         keypair,
@@ -461,6 +462,22 @@ fn resolve_instance(
         ports,
         volumes,
     })
+}
+
+/// `spec`, stopped when this node reported its guest powered off while
+/// this very spec (revision `spec_rev`) wanted it running: the guest stays
+/// off until the coordinator records the stop in the spec, or the spec
+/// changes (e.g. `nubo server start`). Pure.
+fn with_guest_stop(cache: &Cache, spec: &Instance, spec_rev: i64) -> Instance {
+    match cache.guest_stops.get(&spec.id) {
+        Some((stop, _)) if stop.spec_revision >= spec_rev && spec.power == PowerState::Running => {
+            Instance {
+                power: PowerState::Stopped,
+                ..spec.clone()
+            }
+        }
+        _ => spec.clone(),
+    }
 }
 
 /// The limits of `volume`: its type's QoS, unlimited without a type,
@@ -551,7 +568,7 @@ mod tests {
         w.cache
             .apply(&keys::assignment(&n1, &garbage_assign), Some(b"{"), 102);
         let (no_spec, _) = w.instance_on(&n1, net, &[]);
-        w.cache.apply(&keys::instance(&no_spec), None, 103);
+        w.cache.apply(&keys::node_spec(&n1, &no_spec), None, 103);
 
         let d = build(&w.cache, &n1, 1500);
         assert_eq!(d.instances.keys().collect::<Vec<_>>(), vec![&ok]);
@@ -572,9 +589,14 @@ mod tests {
         let a = InstanceId::new_random();
         let b = InstanceId::new_random();
         let st = |n: &NodeName| model::encode(&status(n, InstanceState::Running, 0));
-        w.cache.apply(&keys::instance_status(&a), Some(&st(&n1)), 7);
         w.cache
-            .apply(&keys::instance_status(&b), Some(&st(&node_name("n2"))), 8);
+            .apply(&keys::instance_status(&n1, &a), Some(&st(&n1)), 7);
+        // A status naming another node (written by hand) is not this node's.
+        w.cache.apply(
+            &keys::instance_status(&n1, &b),
+            Some(&st(&node_name("n2"))),
+            8,
+        );
         let d = build(&w.cache, &n1, 1500);
         assert_eq!(d.reported.keys().collect::<Vec<_>>(), vec![&a]);
         assert_eq!(d.reported[&a].mod_revision, 7);
@@ -648,7 +670,7 @@ mod tests {
         let (id, port) = w.instance_on(&n1, net, &[]);
         // The mirror's view: every prefix known up to now.
         let now = w.cache.revision;
-        for p in keys::agent_watch_prefixes() {
+        for p in keys::agent_watch_prefixes(&n1) {
             w.cache.set_progress(&p, now);
         }
         let d0 = build(&w.cache, &n1, 1500);
@@ -660,9 +682,12 @@ mod tests {
         new_port.id = PortId::new_random();
         let mut spec = w.cache.instances[&id].clone();
         spec.ports.push(new_port.id);
-        w.cache
-            .apply(&keys::instance(&id), Some(&model::encode(&spec)), now + 1);
-        w.cache.set_progress(&keys::instances_prefix(), now + 1);
+        w.cache.apply(
+            &keys::node_spec(&n1, &id),
+            Some(&model::encode(&spec)),
+            now + 1,
+        );
+        w.cache.set_progress(&keys::host_prefix(&n1), now + 1);
         let d = rebuild(&w.cache, &n1, 1500, Some(&d0));
         assert!(d.broken.is_empty(), "{:?}", d.broken);
         assert!(
@@ -706,7 +731,7 @@ mod tests {
         let n1 = node_name("n1");
         w.node(&n1, "10.0.0.1");
         let now = w.cache.revision;
-        for p in keys::agent_watch_prefixes() {
+        for p in keys::agent_watch_prefixes(&n1) {
             w.cache.set_progress(&p, now);
         }
         let id = InstanceId::new_random();
@@ -716,12 +741,12 @@ mod tests {
             now + 1,
         );
         w.cache
-            .set_progress(&keys::all_assignments_prefix(), now + 1);
+            .set_progress(&keys::assignments_prefix(&n1), now + 1);
         let d = build(&w.cache, &n1, 1500);
         assert!(d.broken.is_empty());
-        assert_eq!(d.awaited, BTreeSet::from([keys::instance(&id)]));
-        // The instances prefix moves past the assignment without the spec.
-        w.cache.set_progress(&keys::instances_prefix(), now + 2);
+        assert_eq!(d.awaited, BTreeSet::from([keys::node_spec(&n1, &id)]));
+        // The spec copies' prefix moves past the assignment without the spec.
+        w.cache.set_progress(&keys::host_prefix(&n1), now + 2);
         let d = build(&w.cache, &n1, 1500);
         assert!(d.pending.is_empty());
         assert!(d.broken[&id].contains("instance spec not found"));

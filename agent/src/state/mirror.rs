@@ -1,6 +1,8 @@
 //! Keeps the [`Cache`] in step with etcd through nubo-store's list-then-watch
 //! loop ([`ListWatch`]) over the node-relevant prefixes only
-//! ([`keys::agent_watch_prefixes`]: never the coordinator's private data):
+//! ([`keys::agent_watch_prefixes`]: the shared topology and this node's
+//! own keys, what its etcd role may read; never another node's keys, the
+//! instance specs, nor the coordinator's private data):
 //! one list of every prefix at one revision, then one resumable watch per
 //! prefix from the next revision. A watch resumes on a live member after a
 //! disconnect; if its revision was compacted, everything is listed again
@@ -94,8 +96,10 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// A mirror over `etcd` and its handle.
-    pub fn new(etcd: nubo_store::Etcd) -> (Self, MirrorHandle) {
+    /// A mirror over `etcd` of what the agent of `node` reads
+    /// ([`keys::agent_watch_prefixes`]: what its etcd role may read), and
+    /// its handle.
+    pub fn new(etcd: nubo_store::Etcd, node: nubo_common::NodeName) -> (Self, MirrorHandle) {
         let cache = Arc::new(RwLock::new(Cache::default()));
         let (changes, changes_rx) = watch::channel(0);
         let (synced, synced_rx) = watch::channel(false);
@@ -104,7 +108,7 @@ impl Mirror {
         let relist = Arc::new(Notify::new());
         (
             Self {
-                lw: ListWatch::new(etcd.clone(), keys::agent_watch_prefixes()),
+                lw: ListWatch::new(etcd.clone(), keys::agent_watch_prefixes(&node)),
                 etcd,
                 cache: cache.clone(),
                 changes,
@@ -112,7 +116,7 @@ impl Mirror {
                 listed,
                 relist: relist.clone(),
                 awaited_rx,
-                local_node: None,
+                local_node: Some(node),
                 awaited: BTreeSet::new(),
             },
             MirrorHandle {
@@ -124,13 +128,6 @@ impl Mirror {
                 awaited: awaited_tx,
             },
         )
-    }
-
-    /// Scopes the relevance of volume and volume-type changes to the
-    /// instances of `node` ([`Cache::local_node`]).
-    pub fn with_local_node(mut self, node: nubo_common::NodeName) -> Self {
-        self.local_node = Some(node);
-        self
     }
 
     fn bump(&self) {

@@ -28,6 +28,31 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Writes a spec as the coordinator does: the spec and the copy its node
+/// reads, in one transaction (one revision).
+pub async fn put_spec(c: &Client, inst: &model::Instance) {
+    use etcd_client::{Txn, TxnOp};
+    let mut ops = vec![TxnOp::put(
+        keys::instance(&inst.id),
+        model::encode(inst),
+        None,
+    )];
+    if let Some(n) = &inst.node {
+        ops.push(TxnOp::put(
+            keys::node_spec(n, &inst.id),
+            model::encode(inst),
+            None,
+        ));
+    }
+    c.kv_client().txn(Txn::new().and_then(ops)).await.unwrap();
+}
+
+/// Reads a spec (panics without one).
+pub async fn get_spec(c: &Client, id: &InstanceId) -> model::Instance {
+    let r = c.kv_client().get(keys::instance(id), None).await.unwrap();
+    model::decode("instance", r.kvs()[0].value()).unwrap()
+}
+
 pub async fn put<T: serde::Serialize>(c: &Client, key: &str, v: &T) {
     c.kv_client()
         .put(key, model::encode(v), None)
@@ -132,7 +157,7 @@ impl World {
             created_at: model::now(),
         };
         put(c, &keys::port(&port.id), &port).await;
-        put(c, &keys::instance(&id), &inst).await;
+        put_spec(c, &inst).await;
         let a = Assignment {
             instance: id,
             node: node.clone(),
@@ -148,7 +173,7 @@ pub async fn statuses(c: &Client) -> BTreeMap<InstanceId, (InstanceStatus, i64)>
     let resp = c
         .kv_client()
         .get(
-            keys::instances_prefix(),
+            keys::all_node_owned_prefix(),
             Some(GetOptions::new().with_prefix()),
         )
         .await
@@ -156,7 +181,7 @@ pub async fn statuses(c: &Client) -> BTreeMap<InstanceId, (InstanceStatus, i64)>
     let mut out = BTreeMap::new();
     for kv in resp.kvs() {
         let k = String::from_utf8_lossy(kv.key()).into_owned();
-        if let Some(keys::Key::InstanceStatus(id)) = keys::parse(&k) {
+        if let Some(keys::Key::InstanceStatus(_, id)) = keys::parse(&k) {
             if let Ok(s) = model::decode::<InstanceStatus>(&k, kv.value()) {
                 out.insert(id, (s, kv.mod_revision()));
             }

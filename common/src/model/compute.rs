@@ -236,7 +236,7 @@ impl InstanceState {
 }
 
 /// Observed state of an instance, written by the agent that runs it under
-/// `/nubo/v1/instances/<id>/status`.
+/// `/nubo/v1/node-owned/<node>/status/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     /// Lifecycle state.
@@ -255,6 +255,21 @@ pub struct InstanceStatus {
     /// coordinator completes a detach once a volume is gone from here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeId>,
+}
+
+/// `/nubo/v1/node-owned/<node>/guest-stops/<instance>`: the agent of the
+/// node saw the guest power itself off while its desired power was
+/// running. The agent keeps the guest off while the report stands; the
+/// leading coordinator sets the spec's desired power to stopped (if the
+/// spec is still the one the report was made against) and deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStop {
+    /// The mod revision of the spec (and of the node's copy, written in
+    /// the same transaction) the agent saw when the guest stopped: a spec
+    /// changed since (e.g. `nubo server start`) supersedes the report.
+    pub spec_revision: i64,
+    /// When the guest stopped.
+    pub at: Timestamp,
 }
 
 /// `/nubo/v1/assignments/<node>/<instance>`: the instance is placed on the node.

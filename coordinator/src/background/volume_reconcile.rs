@@ -128,12 +128,26 @@ async fn released(ctx: &Ctx, v: &Volume) -> ApiResult<bool> {
     let Some(iid) = v.attached_to else {
         return Ok(true);
     };
-    let kvs = ctx
+    let inst = ctx
         .store
-        .get_many(&[keys::instance(&iid), keys::instance_status(&iid)])
-        .await?;
-    let inst = kvs[0].as_ref().and_then(decode_or_skip::<Instance>);
-    let status = kvs[1].as_ref().and_then(decode_or_skip::<InstanceStatus>);
+        .get_many(&[keys::instance(&iid)])
+        .await?
+        .pop()
+        .flatten()
+        .as_ref()
+        .and_then(decode_or_skip::<Instance>);
+    // The status its node reports (under that node's own keys).
+    let status = match inst.as_ref().and_then(|i| i.node.as_ref()) {
+        Some(n) => ctx
+            .store
+            .get_many(&[keys::instance_status(n, &iid)])
+            .await?
+            .pop()
+            .flatten()
+            .as_ref()
+            .and_then(decode_or_skip::<InstanceStatus>),
+        None => None,
+    };
     if let Some(node) = inst.as_ref().and_then(|i| i.node.clone()) {
         if ctx.view.get(&node).is_some_and(|n| !n.alive || n.fenced()) {
             return Ok(true);

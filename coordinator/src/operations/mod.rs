@@ -24,6 +24,7 @@ pub mod server_create;
 pub mod server_groups;
 pub mod server_volumes;
 pub mod servers;
+pub(crate) mod specs;
 pub mod tokens;
 pub mod volume_snapshots;
 pub mod volume_types;

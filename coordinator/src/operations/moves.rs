@@ -229,10 +229,14 @@ impl Job for MoveJob<'_> {
                 assigned_at: now,
             },
         );
-        t.put(&ikey, &inst);
+        super::specs::move_into(t, &inst, from);
         t.put(&fkey, &new_from);
+        // The status moves to the new node's keys: the old node's report
+        // goes, the new one starts pending.
+        t.delete(&keys::instance_status(from, &id));
+        t.delete(&keys::guest_stop(from, &id));
         t.put(
-            &keys::instance_status(&id),
+            &keys::instance_status(to, &id),
             &InstanceStatus {
                 state: InstanceState::Pending,
                 node: to.clone(),
@@ -267,7 +271,8 @@ impl Job for MoveJob<'_> {
             contended: vec![fkey],
             // A move commits on its own, at once.
             mergeable: false,
-            bytes: 4096 + inst.user_data_b64.as_ref().map_or(0, String::len),
+            // The spec and its node's copy.
+            bytes: 4096 + 2 * inst.user_data_b64.as_ref().map_or(0, String::len),
         })
     }
 
@@ -331,7 +336,7 @@ pub(crate) async fn mark_move_failed(
     leader_lease: Option<i64>,
 ) -> ApiResult<()> {
     let akey = keys::assignment(from, &id);
-    let skey = keys::instance_status(&id);
+    let skey = keys::instance_status(from, &id);
     let old = ctx.store.read::<InstanceStatus>(&skey).await.ok().flatten();
     if old.as_ref().is_some_and(|s| {
         s.value.state == InstanceState::Error && s.value.last_error.as_deref() == Some(msg)

@@ -189,7 +189,7 @@ async fn set_power(ctx: &Ctx, id: InstanceId, power: PowerState) -> ApiResult<()
             .txn(
                 Txn::new()
                     .when([unchanged(&key, v.mod_rev)])
-                    .and_then([put(&key, &v.value)]),
+                    .and_then(super::specs::put_ops(&v.value)),
             )
             .await?;
         if resp.succeeded() {
@@ -208,7 +208,7 @@ async fn wait_stopped(
     timeout: Duration,
 ) -> ApiResult<()> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let key = keys::instance_status(&id);
+    let key = keys::instance_status(node, &id);
     loop {
         if let Some(s) = ctx.store.read::<InstanceStatus>(&key).await? {
             if s.value.state == InstanceState::Stopped && &s.value.node == node {

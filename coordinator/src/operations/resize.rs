@@ -135,7 +135,7 @@ impl Job for ResizeJob<'_> {
         };
         let status = ctx
             .store
-            .read::<InstanceStatus>(&keys::instance_status(&i.id))
+            .read::<InstanceStatus>(&keys::instance_status(&node, &i.id))
             .await?;
         let image = ctx.store.read::<Image>(&keys::image(&i.image)).await?;
         let Some(new) = resize_to(
@@ -212,8 +212,8 @@ impl Job for ResizeJob<'_> {
         )?;
         let ikey = keys::instance(&i.id);
         t.unchanged(&ikey, r.inst.mod_rev);
-        t.unchanged(&keys::instance_status(&i.id), r.status_rev);
-        t.put(&ikey, &r.next);
+        t.unchanged(&keys::instance_status(&r.node, &i.id), r.status_rev);
+        super::specs::put_into(t, &r.next);
         if let Some((qrev, with)) = &r.quota {
             super::quotas::reserve(t, &i.project, *qrev, with);
         }
@@ -228,7 +228,8 @@ impl Job for ResizeJob<'_> {
             },
             contended: Vec::new(),
             mergeable: false,
-            bytes: 4096,
+            // The spec and its node's copy.
+            bytes: 4096 + 2 * r.next.user_data_b64.as_ref().map_or(0, String::len),
         })
     }
 

@@ -362,7 +362,7 @@ impl Job for CreateJob<'_> {
                 assigned_at: self.now,
             },
         );
-        t.put(&ikey, &inst);
+        super::specs::put_into(t, &inst);
         let mut contended = Vec::new();
         plan.vols.attach_ops(id, t, &mut contended);
         let mut ports = Vec::with_capacity(self.new_ports.len());
@@ -427,7 +427,8 @@ impl Job for CreateJob<'_> {
             contended,
             mergeable: plan.group.is_none(),
             // The spec carries the user data; the rest is small.
-            bytes: 4096 + plan.user_data_b64.as_ref().map_or(0, String::len),
+            // The spec and its node's copy.
+            bytes: 4096 + 2 * plan.user_data_b64.as_ref().map_or(0, String::len),
         })
     }
 

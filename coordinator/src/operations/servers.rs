@@ -7,7 +7,7 @@ use etcd_client::Txn;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{Instance, InstanceStatus, Network, NodeUsage, Port, PowerState};
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId};
-use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, put, unchanged};
+use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, unchanged};
 use nubo_store::TxnBuilder;
 
 use super::ports::release_port;
@@ -37,10 +37,19 @@ pub(crate) fn quota_delta(r: &nubo_common::model::Resources) -> nubo_identity::Q
 /// The views of `insts`: statuses, ports and network names in a few
 /// batched reads.
 pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<ServerView>> {
-    let status_keys: Vec<String> = insts.iter().map(|i| keys::instance_status(&i.id)).collect();
+    // Each status is reported under its node's keys; an instance placed
+    // nowhere has none.
+    let placed: Vec<String> = insts
+        .iter()
+        .filter_map(|i| i.node.as_ref().map(|n| keys::instance_status(n, &i.id)))
+        .collect();
+    let mut read = ctx.store.get_many(&placed).await?.into_iter();
+    let statuses: Vec<Option<etcd_client::KeyValue>> = insts
+        .iter()
+        .map(|i| i.node.as_ref().and_then(|_| read.next().flatten()))
+        .collect();
     let port_ids: Vec<PortId> = insts.iter().flat_map(|i| i.ports.iter().copied()).collect();
     let port_keys: Vec<String> = port_ids.iter().map(keys::port).collect();
-    let statuses = ctx.store.get_many(&status_keys).await?;
     let ports: HashMap<PortId, Port> = ctx
         .store
         .get_many(&port_keys)
@@ -158,8 +167,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let ikey = keys::instance(&i.id);
         let mut t = TxnBuilder::new();
         t.unchanged(&ikey, inst.mod_rev);
-        t.delete(&ikey);
-        t.delete(&keys::instance_status(&i.id));
+        super::specs::delete_into(&mut t, i);
         let mut new_usage = None;
         if let Some(node) = &i.node {
             t.delete(&keys::assignment(node, &i.id));
@@ -230,7 +238,7 @@ async fn power(
             .txn(
                 Txn::new()
                     .when([unchanged(&key, inst.mod_rev)])
-                    .and_then([put(&key, &inst.value)]),
+                    .and_then(super::specs::put_ops(&inst.value)),
             )
             .await?;
         if resp.succeeded() {

@@ -762,7 +762,11 @@ pub async fn attach(
             .txn(
                 Txn::new()
                     .when([unchanged(&vkey, v.mod_rev), unchanged(&ikey, inst.mod_rev)])
-                    .and_then([put(&vkey, &nv), put(&ikey, &ni)]),
+                    .and_then(
+                        std::iter::once(put(&vkey, &nv))
+                            .chain(super::specs::put_ops(&ni))
+                            .collect::<Vec<_>>(),
+                    ),
             )
             .await?;
         if resp.succeeded() {
@@ -815,7 +819,9 @@ pub async fn detach(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Volume
                 ni.volumes.retain(|a| a.volume != vol.id);
                 (
                     vec![unchanged(&vkey, v.mod_rev), unchanged(&ikey, inst.mod_rev)],
-                    vec![put(&vkey, &nv), put(&ikey, &ni)],
+                    std::iter::once(put(&vkey, &nv))
+                        .chain(super::specs::put_ops(&ni))
+                        .collect(),
                 )
             }
             // The server is gone: the reconciler releases it.

@@ -416,7 +416,65 @@ pub struct Snapshot {
     pub ports: HashMap<nubo_common::PortId, Port>,
 }
 
+/// Asserts, at one etcd revision, that every placed instance's spec has
+/// the copy its node reads (`/nubo/v1/hosts/<node>/instances/<id>`) with
+/// the same value and mod revision, and that no other copy exists (a
+/// moved or deleted instance leaves none behind). Returns how many copies
+/// it compared.
+pub async fn assert_node_copies(etcd: &Etcd) -> usize {
+    let store = etcd.store().await.unwrap();
+    let specs = store
+        .get(
+            keys::instances_prefix(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let rev = specs.header().unwrap().revision();
+    let copies = store
+        .get(
+            keys::all_hosts_prefix(),
+            Some(GetOptions::new().with_prefix().with_revision(rev)),
+        )
+        .await
+        .unwrap();
+    let mut copies: HashMap<String, (Vec<u8>, i64)> = copies
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                (kv.value().to_vec(), kv.mod_revision()),
+            )
+        })
+        .collect();
+    let mut compared = 0;
+    for kv in specs.kvs() {
+        let k = kv.key_str().unwrap();
+        let Some(keys::Key::Instance(id)) = keys::parse(k) else {
+            continue;
+        };
+        let inst: Instance = model::decode(k, kv.value()).unwrap();
+        let Some(node) = inst.node else { continue };
+        let ck = keys::node_spec(&node, &id);
+        let copy = copies.remove(&ck);
+        assert_eq!(
+            copy,
+            Some((kv.value().to_vec(), kv.mod_revision())),
+            "the copy {ck} differs from the spec {k} at revision {rev}"
+        );
+        compared += 1;
+    }
+    assert!(
+        copies.is_empty(),
+        "copies without a spec on their node at revision {rev}: {:?}",
+        copies.keys().collect::<Vec<_>>()
+    );
+    compared
+}
+
 pub async fn snapshot(etcd: &Etcd) -> Snapshot {
+    assert_node_copies(etcd).await;
     let mut specs = HashMap::new();
     for (k, v) in prefix(etcd, &keys::instances_prefix()).await {
         if let Some(keys::Key::Instance(id)) = keys::parse(&k) {
