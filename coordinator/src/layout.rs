@@ -104,61 +104,47 @@ async fn migrate_prefix(
     out: &mut Migration,
 ) -> Result<(), MigrationError> {
     let prefix = m.old_prefix();
-    let end = keys::prefix_end(&prefix);
-    let mut start = prefix.as_bytes().to_vec();
-    let mut failures = 0;
-    loop {
-        let resp = etcd
-            .get(
-                start.clone(),
-                Some(
-                    GetOptions::new()
-                        .with_range(end.clone())
-                        .with_limit(BATCH as i64),
-                ),
-            )
-            .await?;
-        let olds = resp.kvs();
-        let Some(last) = olds.last() else {
-            return Ok(());
-        };
-        let news: Vec<String> = olds.iter().filter_map(|kv| m.moved(kv_key(kv))).collect();
-        if news.len() != olds.len() {
+    in_batches(etcd, &prefix, &m.new_prefix(), out, |olds| async move {
+        let n = olds.len();
+        let pairs: Vec<(KeyValue, String)> = olds
+            .into_iter()
+            .filter_map(|kv| m.moved(kv_key(&kv)).map(|new| (kv, new)))
+            .collect();
+        if pairs.len() != n {
             // Not UTF-8: no key nubo wrote; skip what cannot be named.
-            tracing::warn!(prefix, "skipping old keys that are not UTF-8");
+            tracing::warn!(
+                prefix = m.old_prefix(),
+                "skipping old keys that are not UTF-8"
+            );
         }
-        let current = etcd.get_many(&news).await?;
-        let mut t = TxnBuilder::new();
-        let mut planned = Plan::default();
-        for (old, (new, now)) in olds
-            .iter()
-            .filter(|kv| m.moved(kv_key(kv)).is_some())
-            .zip(news.iter().zip(&current))
-        {
-            plan_one(&mut t, old, new, now.as_ref(), &mut planned);
-        }
-        if t.is_unguarded() || etcd.commit(&t).await?.succeeded() {
-            out.moved += planned.moved;
-            out.duplicates += planned.duplicates;
-            out.kept.extend(planned.kept);
-            start = last.key().to_vec();
-            start.push(0);
-            failures = 0;
-            if !resp.more() {
-                return Ok(());
-            }
-            continue;
-        }
-        // Another coordinator moved (some of) these keys meanwhile: read
-        // the same range again.
-        failures += 1;
-        if failures >= ATTEMPTS {
-            return Err(MigrationError::Contended {
-                prefix,
-                to: m.new_prefix(),
-            });
-        }
+        move_batch(etcd, pairs).await
+    })
+    .await
+}
+
+/// Moves each old key-value to its new key in one transaction (see
+/// [`plan_one`]); `None` when the transaction did not apply (another
+/// coordinator's progress: read again).
+async fn move_batch(
+    etcd: &Etcd,
+    pairs: Vec<(KeyValue, String)>,
+) -> Result<Option<Migration>, MigrationError> {
+    let news: Vec<String> = pairs.iter().map(|(_, n)| n.clone()).collect();
+    let current = etcd.get_many(&news).await?;
+    let mut t = TxnBuilder::new();
+    let mut planned = Plan::default();
+    for ((old, new), now) in pairs.iter().zip(&current) {
+        plan_one(&mut t, old, new, now.as_ref(), &mut planned);
     }
+    if t.is_unguarded() || etcd.commit(&t).await?.succeeded() {
+        return Ok(Some(Migration {
+            moved: planned.moved,
+            duplicates: planned.duplicates,
+            kept: planned.kept,
+            copied: 0,
+        }));
+    }
+    Ok(None)
 }
 
 #[derive(Default)]
@@ -265,17 +251,13 @@ async fn migrate_statuses(etcd: &Etcd, out: &mut Migration) -> Result<(), Migrat
     let prefix = keys::instances_prefix();
     let to = keys::all_node_owned_prefix();
     in_batches(etcd, &prefix, &to, out, |kvs| async move {
-        let mut olds = Vec::new();
-        let mut news = Vec::new();
+        let mut pairs = Vec::new();
         for kv in kvs {
             let Some(Key::LegacyInstanceStatus(id)) = keys::parse(kv_key(&kv)) else {
                 continue;
             };
             match decode_kv::<InstanceStatus>(&kv) {
-                Ok(st) => {
-                    news.push(keys::instance_status(&st.node, &id));
-                    olds.push(kv);
-                }
+                Ok(st) => pairs.push((kv, keys::instance_status(&st.node, &id))),
                 Err(e) => tracing::error!(
                     key = kv_key(&kv),
                     error = %e,
@@ -283,21 +265,7 @@ async fn migrate_statuses(etcd: &Etcd, out: &mut Migration) -> Result<(), Migrat
                 ),
             }
         }
-        let current = etcd.get_many(&news).await?;
-        let mut t = TxnBuilder::new();
-        let mut planned = Plan::default();
-        for (old, (new, now)) in olds.iter().zip(news.iter().zip(&current)) {
-            plan_one(&mut t, old, new, now.as_ref(), &mut planned);
-        }
-        if t.is_unguarded() || etcd.commit(&t).await?.succeeded() {
-            return Ok(Some(Migration {
-                moved: planned.moved,
-                duplicates: planned.duplicates,
-                kept: planned.kept,
-                copied: 0,
-            }));
-        }
-        Ok(None)
+        move_batch(etcd, pairs).await
     })
     .await
 }

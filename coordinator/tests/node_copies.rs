@@ -13,7 +13,7 @@
 mod common;
 
 use common::*;
-use nubo_common::model::{self, GuestStop, Instance, InstanceState, InstanceStatus, PowerState};
+use nubo_common::model::{self, GuestStop, Instance, InstanceState, PowerState};
 use nubo_common::proto as pb;
 use nubo_common::{keys, InstanceId, NodeName};
 use nubo_tests::Etcd;
@@ -23,23 +23,6 @@ fn action(r: &str) -> pb::ServerActionRequest {
         r#ref: r.into(),
         ..Default::default()
     }
-}
-
-async fn report(etcd: &Etcd, id: &InstanceId, node: &str, state: InstanceState) {
-    let status: InstanceStatus = serde_json::from_value(serde_json::json!({
-        "state": state,
-        "node": node,
-        "updated_at": model::now(),
-    }))
-    .unwrap();
-    let mut c = etcd.client().await.unwrap();
-    c.put(
-        keys::instance_status(&status.node, id),
-        model::encode(&status),
-        None,
-    )
-    .await
-    .unwrap();
 }
 
 /// The spec and its mod revision.
@@ -103,7 +86,7 @@ async fn every_spec_write_keeps_the_node_copy_equal() {
     // Resize (stopped, reported stopped by its node).
     cl.servers.stop(action(&a)).await.unwrap();
     let node = spec(&etcd, &aid).await.0.node.unwrap();
-    report(&etcd, &aid, node.as_str(), InstanceState::Stopped).await;
+    report_status(&etcd, &aid, node.as_str(), InstanceState::Stopped).await;
     cl.servers
         .resize(pb::ResizeServerRequest {
             r#ref: a.clone(),

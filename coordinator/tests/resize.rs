@@ -9,9 +9,9 @@
 mod common;
 
 use common::*;
-use nubo_common::model::{self, Instance, InstanceState, InstanceStatus};
+use nubo_common::model::{Instance, InstanceState};
 use nubo_common::proto as pb;
-use nubo_common::{keys, InstanceId, NodeName};
+use nubo_common::{keys, NodeName};
 use nubo_tests::Etcd;
 use tonic::Code;
 
@@ -40,21 +40,7 @@ async fn resize(cl: &mut Clients, id: &str, flavor: &str) -> Result<pb::Server, 
 
 /// Writes the status the node's agent would write.
 async fn report(etcd: &Etcd, id: &str, node: &str, state: InstanceState) {
-    let id: InstanceId = id.parse().unwrap();
-    let status: InstanceStatus = serde_json::from_value(serde_json::json!({
-        "state": state,
-        "node": node,
-        "updated_at": model::now(),
-    }))
-    .unwrap();
-    let mut c = etcd.client().await.unwrap();
-    c.put(
-        keys::instance_status(&status.node, &id),
-        model::encode(&status),
-        None,
-    )
-    .await
-    .unwrap();
+    report_status(etcd, &id.parse().unwrap(), node, state).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

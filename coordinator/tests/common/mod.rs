@@ -401,6 +401,29 @@ pub async fn prefix(etcd: &Etcd, p: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Writes the status the agent of `node` would write for `id`.
+pub async fn report_status(
+    etcd: &Etcd,
+    id: &InstanceId,
+    node: &str,
+    state: nubo_common::model::InstanceState,
+) {
+    let status: nubo_common::model::InstanceStatus = serde_json::from_value(serde_json::json!({
+        "state": state,
+        "node": node,
+        "updated_at": model::now(),
+    }))
+    .unwrap();
+    let mut c = etcd.client().await.unwrap();
+    c.put(
+        keys::instance_status(&status.node, id),
+        model::encode(&status),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
 pub async fn get<T: serde::de::DeserializeOwned>(etcd: &Etcd, key: &str) -> Option<T> {
     let store = etcd.store().await.unwrap();
     let r = store.get(key, None).await.unwrap();
