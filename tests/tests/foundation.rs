@@ -460,14 +460,20 @@ fn bad_input_fails_with_one_clear_line_and_garbage_in_etcd_is_survived() {
     let nets = list_items(&cli.json(&["network", "list"]).unwrap()).unwrap();
     assert_eq!(nets.len(), 1, "{nets:?}");
 
-    // A real server, then garbage: an unparsable instance, assigned to the
-    // node so the agent reads it too.
+    // A real server, then garbage: an unparsable instance spec and its
+    // node's copy, assigned to the node so the agent reads it too (the
+    // copy: a node cannot read the specs).
     create_servers(&cli, &cat, "ok", 1)
         .with_context(|| cluster.logs())
         .unwrap();
     let bad_id = "7d7c9f7e-2a43-4b8e-9f61-3c1d2b0a9e55";
     let bad_key = format!("/nubo/v1/instances/{bad_id}");
+    let bad_copy = format!("/nubo/v1/hosts/node-1/instances/{bad_id}");
     cluster.etcd.etcdctl(&["put", &bad_key, "garbage"]).unwrap();
+    cluster
+        .etcd
+        .etcdctl(&["put", &bad_copy, "garbage"])
+        .unwrap();
     let assignment = format!(
         r#"{{"instance":"{bad_id}","node":"node-1","assigned_at":"2026-01-01T00:00:00Z"}}"#
     );
@@ -489,7 +495,7 @@ fn bad_input_fails_with_one_clear_line_and_garbage_in_etcd_is_survived() {
     let agent_pid = cluster.agents[0].pid().unwrap();
     wait_until(CONVERGE, "both daemons to log the garbage key", || {
         let c = cluster.coordinators[0].log().contains(&bad_key);
-        let a = cluster.agents[0].log().contains(&bad_key);
+        let a = cluster.agents[0].log().contains(&bad_copy);
         Ok(c && a)
     })
     .with_context(|| cluster.logs())
@@ -547,10 +553,14 @@ fn every_value_under_nubo_v1_is_json() {
         "flavors",
         "images",
         "networks",
-        "ipam",
+        // IPAM and the rest of the coordinators' data.
+        "private",
         "ports",
         "instances",
         "assignments",
+        // The nodes' spec copies and statuses.
+        "hosts",
+        "node-owned",
     ] {
         assert!(kinds.contains(kind), "no {kind} keys in {kinds:?}");
     }
