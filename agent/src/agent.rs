@@ -77,9 +77,9 @@ pub async fn run(
         DriverKind::Libvirt => {
             let lv = crate::compute::hypervisor::LibvirtHypervisor::open(&cfg).await?;
             if let Some(rx) = lv.guest_stops().await {
-                let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
+                let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
                 side.spawn(
-                    crate::compute::power_sync::run(client, cfg.node.clone(), rx).in_current_span(),
+                    crate::compute::power_sync::run(etcd, cfg.node.clone(), rx).in_current_span(),
                 );
             }
             plug = lv.plug_waiters();
@@ -124,14 +124,13 @@ async fn run_inner(
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
         let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
-        let client = etcd.client().clone();
-        let (mirror, handle) = Mirror::new(etcd);
+        let (mirror, handle) = Mirror::new(etcd.clone());
         let mirror = mirror.with_local_node(cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());
         tasks.spawn(
-            Liveness::new(client.clone(), cfg.clone(), registered_tx)
+            Liveness::new(etcd.clone(), cfg.clone(), registered_tx)
                 .with_acks(senders.acks)
                 .with_failures(senders.failures)
                 .run()
@@ -155,12 +154,8 @@ async fn run_inner(
         // guests and their taps, volumes plugs their disks, status reports
         // both (never while fenced), then overlay, firewall, DHCP, metadata
         // (skipped with `--no-network`); see `reconciler` module docs.
-        let (compute, volumes, status) = crate::compute::subsystems(
-            cfg.node.clone(),
-            fencing.hypervisor.clone(),
-            client,
-            resizer,
-        );
+        let (compute, volumes, status) =
+            crate::compute::subsystems(cfg.node.clone(), fencing.hypervisor.clone(), etcd, resizer);
         let mut subsystems: Vec<Box<dyn Reconcile>> = vec![
             Box::new(crate::fencing::GatedSubsystem::new(
                 compute,

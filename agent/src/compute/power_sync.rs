@@ -7,14 +7,15 @@
 //! guarded by this node's assignment, so it never overrides a concurrent
 //! user request and never touches an instance that moved elsewhere.
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use nubo_common::keys;
 use nubo_common::model::{self, Instance, PowerState};
 use nubo_common::{InstanceId, NodeName};
+use nubo_store::Etcd;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
 /// What to do with the spec of an instance whose guest stopped by itself.
 /// Pure: `Some(new spec)` when its desired power must become stopped.
@@ -27,16 +28,17 @@ pub fn stopped_spec(spec: &Instance) -> Option<Instance> {
 
 /// Records the stop of `id` in its spec. `Ok(true)` if the spec changed.
 pub async fn record_guest_stop(
-    etcd: &Client,
+    etcd: &Etcd,
     node: &NodeName,
     id: InstanceId,
 ) -> Result<bool, StoreError> {
     let key = keys::instance(&id);
     for _ in 0..8 {
-        let Some((value, mod_rev)) = store::get(etcd, &key).await? else {
+        let Some(kv) = etcd.get_kv(&key).await? else {
             return Ok(false);
         };
-        let Ok(spec) = model::decode::<Instance>(&key, &value) else {
+        let mod_rev = kv.mod_revision();
+        let Ok(spec) = model::decode::<Instance>(&key, kv.value()) else {
             return Ok(false);
         };
         let Some(next) = stopped_spec(&spec) else {
@@ -48,7 +50,7 @@ pub async fn record_guest_stop(
                 Compare::version(keys::assignment(node, &id), CompareOp::Greater, 0),
             ])
             .and_then([TxnOp::put(key.as_str(), model::encode(&next), None)]);
-        if store::txn(etcd, txn).await?.succeeded() {
+        if etcd.txn(txn).await?.succeeded() {
             return Ok(true);
         }
     }
@@ -56,7 +58,7 @@ pub async fn record_guest_stop(
 }
 
 /// Consumes guest-stop notifications until the channel closes.
-pub async fn run(etcd: Client, node: NodeName, mut rx: mpsc::UnboundedReceiver<InstanceId>) {
+pub async fn run(etcd: Etcd, node: NodeName, mut rx: mpsc::UnboundedReceiver<InstanceId>) {
     while let Some(id) = rx.recv().await {
         let mut delay = std::time::Duration::from_millis(200);
         for _ in 0..10 {
