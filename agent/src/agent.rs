@@ -143,11 +143,15 @@ async fn run_inner(
         let fencing = crate::fencing::setup(&cfg, hv, handle.clone(), session, clock.clone());
         tasks.spawn(fencing.task.run().in_current_span());
         let heartbeat = crate::node::watchdog::Heartbeat::new(clock);
-        let watchdog_period = crate::node::notify::watchdog_period();
-        if let (Some(period), Some(socket)) = (watchdog_period, std::env::var_os("NOTIFY_SOCKET")) {
-            let socket = socket.to_string_lossy().into_owned();
+        let watchdog_period = sd_notify::watchdog_enabled();
+        if let Some(period) = watchdog_period {
             tasks.spawn(
-                crate::node::watchdog::run(heartbeat.clone(), period, socket).in_current_span(),
+                crate::node::watchdog::run(
+                    heartbeat.clone(),
+                    period,
+                    crate::node::watchdog::ping_systemd,
+                )
+                .in_current_span(),
             );
         }
         // Subsystems run in this order on every pass: compute creates the
@@ -294,10 +298,9 @@ async fn reconcile_loop(
             if !ready && *registered.borrow() {
                 ready = true;
                 info!("nubo-agent ready node={}", cfg.node);
-                match crate::node::notify::ready() {
-                    Ok(true) => info!("systemd notified (READY=1)"),
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "systemd notification failed"),
+                // Without $NOTIFY_SOCKET (not run by systemd) nothing is sent.
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                    warn!(error = %e, "systemd notification failed");
                 }
             }
             tokio::select! {

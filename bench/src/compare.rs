@@ -8,6 +8,8 @@
 
 use serde_json::{json, Value};
 
+use nubo_tests::stats::median;
+
 use crate::report::Report;
 
 /// Which binary a run used.
@@ -31,21 +33,6 @@ pub fn schedule(rounds: usize) -> Vec<Side> {
             }
         })
         .collect()
-}
-
-/// The median of `v` (mean of the middle two for an even count; 0 when
-/// empty).
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Coordinator CPU seconds per 1,000 placements of one run.
@@ -73,8 +60,13 @@ impl SideSummary {
     fn of(reports: &[&Report]) -> Self {
         Self {
             runs: reports.len(),
-            placements_per_sec: median(reports.iter().map(|r| r.placements_per_sec).collect()),
-            cpu_per_1000: median(reports.iter().map(|r| cpu_per_1000(r)).collect()),
+            placements_per_sec: median(
+                &reports
+                    .iter()
+                    .map(|r| r.placements_per_sec)
+                    .collect::<Vec<_>>(),
+            ),
+            cpu_per_1000: median(&reports.iter().map(|r| cpu_per_1000(r)).collect::<Vec<_>>()),
             each: reports.iter().map(|r| r.placements_per_sec).collect(),
         }
     }
@@ -188,13 +180,6 @@ mod tests {
             vec![Baseline, Candidate, Candidate, Baseline, Baseline, Candidate]
         );
         assert!(schedule(0).is_empty());
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(vec![]), 0.0);
     }
 
     #[test]
