@@ -77,9 +77,9 @@ pub async fn run(
         DriverKind::Libvirt => {
             let lv = crate::compute::hypervisor::LibvirtHypervisor::open(&cfg).await?;
             if let Some(rx) = lv.guest_stops().await {
-                let client = store::connect_tls(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
+                let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
                 side.spawn(
-                    crate::compute::power_sync::run(client, cfg.node.clone(), rx).in_current_span(),
+                    crate::compute::power_sync::run(etcd, cfg.node.clone(), rx).in_current_span(),
                 );
             }
             plug = lv.plug_waiters();
@@ -124,13 +124,12 @@ async fn run_inner(
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
         let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
-        let client = etcd.client().clone();
-        let (mirror, handle) = Mirror::new(etcd, cfg.node.clone());
+        let (mirror, handle) = Mirror::new(etcd.clone(), cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());
         tasks.spawn(
-            Liveness::new(client.clone(), cfg.clone(), registered_tx)
+            Liveness::new(etcd.clone(), cfg.clone(), registered_tx)
                 .with_acks(senders.acks)
                 .with_failures(senders.failures)
                 .run()
@@ -143,23 +142,23 @@ async fn run_inner(
         let fencing = crate::fencing::setup(&cfg, hv, handle.clone(), session, clock.clone());
         tasks.spawn(fencing.task.run().in_current_span());
         let heartbeat = crate::node::watchdog::Heartbeat::new(clock);
-        let watchdog_period = crate::node::notify::watchdog_period();
-        if let (Some(period), Some(socket)) = (watchdog_period, std::env::var_os("NOTIFY_SOCKET")) {
-            let socket = socket.to_string_lossy().into_owned();
+        let watchdog_period = sd_notify::watchdog_enabled();
+        if let Some(period) = watchdog_period {
             tasks.spawn(
-                crate::node::watchdog::run(heartbeat.clone(), period, socket).in_current_span(),
+                crate::node::watchdog::run(
+                    heartbeat.clone(),
+                    period,
+                    crate::node::watchdog::ping_systemd,
+                )
+                .in_current_span(),
             );
         }
         // Subsystems run in this order on every pass: compute creates the
         // guests and their taps, volumes plugs their disks, status reports
         // both (never while fenced), then overlay, firewall, DHCP, metadata
         // (skipped with `--no-network`); see `reconciler` module docs.
-        let (compute, volumes, status) = crate::compute::subsystems(
-            cfg.node.clone(),
-            fencing.hypervisor.clone(),
-            client,
-            resizer,
-        );
+        let (compute, volumes, status) =
+            crate::compute::subsystems(cfg.node.clone(), fencing.hypervisor.clone(), etcd, resizer);
         let mut subsystems: Vec<Box<dyn Reconcile>> = vec![
             Box::new(crate::fencing::GatedSubsystem::new(
                 compute,
@@ -298,10 +297,9 @@ async fn reconcile_loop(
             if !ready && *registered.borrow() {
                 ready = true;
                 info!("nubo-agent ready node={}", cfg.node);
-                match crate::node::notify::ready() {
-                    Ok(true) => info!("systemd notified (READY=1)"),
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "systemd notification failed"),
+                // Without $NOTIFY_SOCKET (not run by systemd) nothing is sent.
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                    warn!(error = %e, "systemd notification failed");
                 }
             }
             tokio::select! {

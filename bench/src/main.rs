@@ -5,18 +5,21 @@
 //! in-process agents, drives instance creates through the gRPC API and
 //! reports placement throughput, latencies, capacity safety and the
 //! coordinator's memory; `--etcd-members 1,3` runs it once per etcd size
-//! and compares. `nubo-bench member-loss` measures API errors and latency
+//! and compares; `--baseline-bin OLD --rounds N` runs it alternately
+//! against an older coordinator binary and compares medians (see
+//! [`compare`]). `nubo-bench member-loss` measures API errors and latency
 //! around the SIGKILL of an etcd member.
 
 mod agents;
 mod cluster;
+mod compare;
 mod coordinator;
 mod load;
 mod member_loss;
 mod raw;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
@@ -92,6 +95,14 @@ struct PlaceArgs {
     /// Print the report as one JSON document.
     #[arg(long)]
     json: bool,
+    /// An older coordinator binary to compare with: runs alternate between
+    /// it and the coordinator under test (`--rounds` pairs, on the first
+    /// `--etcd-members` size) and the medians are compared.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// Pairs of runs with `--baseline-bin`.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 /// Ratios the coordinator runs with (its defaults, passed explicitly so the
@@ -131,8 +142,13 @@ fn step(msg: &str) {
     eprintln!("nubo-bench: {msg}");
 }
 
-async fn place(args: &PlaceArgs, members: usize, guards: &mut Guards) -> Result<Report> {
-    let bin = coordinator_bin(args.coordinator_bin.clone())?;
+async fn place(
+    args: &PlaceArgs,
+    bin: &Path,
+    members: usize,
+    guards: &mut Guards,
+) -> Result<Report> {
+    let bin = bin.to_path_buf();
     step(&format!("starting etcd ({members} member(s))"));
     let etcd = tokio::task::spawn_blocking(move || {
         Etcd::start_with(EtcdOpts {
@@ -364,6 +380,24 @@ async fn etcd_txn(args: &EtcdTxnArgs, guards: &mut Guards) -> Result<()> {
     Ok(())
 }
 
+/// One `place` run on a fresh etcd of `members` and a fresh coordinator,
+/// both stopped on every path (also on SIGINT/SIGTERM).
+async fn place_once(args: &PlaceArgs, bin: &Path, members: u16) -> Result<Report> {
+    let mut guards = Guards::default();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let outcome = tokio::select! {
+        r = place(args, bin, usize::from(members), &mut guards) => r.map(Some),
+        _ = tokio::signal::ctrl_c() => Ok(None),
+        _ = sigterm.recv() => Ok(None),
+    };
+    // Stop the coordinator, then etcd, on every path.
+    drop(guards);
+    match outcome? {
+        Some(report) => Ok(report),
+        None => bail!("interrupted; coordinator and etcd stopped"),
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let args = match cli.cmd {
         Cmd::Place(args) => args,
@@ -383,23 +417,37 @@ async fn run(cli: Cli) -> Result<()> {
             };
         }
     };
+    let bin = coordinator_bin(args.coordinator_bin.clone())?;
     let mut reports = Vec::new();
-    for members in args.etcd_members.clone() {
-        let mut guards = Guards::default();
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let outcome = tokio::select! {
-            r = place(&args, usize::from(members), &mut guards) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
-            _ = sigterm.recv() => Ok(None),
-        };
-        // Stop the coordinator, then etcd, on every path.
-        drop(guards);
-        let Some(report) = outcome? else {
-            bail!("interrupted; coordinator and etcd stopped");
-        };
-        reports.push(report);
+    if let Some(baseline) = &args.baseline_bin {
+        let baseline = coordinator_bin(Some(baseline.clone()))?;
+        let members = args.etcd_members.first().copied().unwrap_or(1);
+        let mut runs = Vec::new();
+        for side in compare::schedule(args.rounds as usize) {
+            let b = match side {
+                compare::Side::Baseline => &baseline,
+                compare::Side::Candidate => &bin,
+            };
+            let report = place_once(&args, b, members).await?;
+            step(&format!(
+                "{side:?}: {:.1} placements/s, coordinator CPU {:.2} s",
+                report.placements_per_sec, report.coordinator_cpu_s
+            ));
+            reports.push(report.clone());
+            runs.push((side, report));
+        }
+        let c = compare::Comparison::of(&runs);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&c.json())?);
+        } else {
+            print!("{}", c.text());
+        }
+    } else {
+        for members in args.etcd_members.clone() {
+            reports.push(place_once(&args, &bin, members).await?);
+        }
+        print(&reports, args.json)?;
     }
-    print(&reports, args.json)?;
     let over: usize = reports.iter().map(|r| r.over_capacity).sum();
     if over > 0 {
         bail!("{over} node(s) over capacity");

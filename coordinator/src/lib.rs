@@ -29,7 +29,6 @@ pub mod layout;
 pub mod operations;
 pub mod paging;
 pub mod placement;
-pub mod sdnotify;
 pub mod state;
 pub mod validate;
 

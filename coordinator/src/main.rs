@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use nubo_coordinator::{sdnotify, Cli, Command, Config, LogFormat};
+use nubo_coordinator::{Cli, Command, Config, LogFormat};
+use sd_notify::NotifyState;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -29,12 +30,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the coordinator")?;
     eprintln!("nubo-coordinator ready on {}", c.grpc_addr());
-    if let Err(e) = sdnotify::notify("READY=1") {
+    if let Err(e) = sd_notify::notify(&[NotifyState::Ready]) {
         tracing::warn!(error = %e, "could not notify systemd");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let watchdog = async {
-        let Some(every) = sdnotify::watchdog_interval() else {
+        // Ping at half the watchdog timeout.
+        let Some(every) = sd_notify::watchdog_enabled().map(|t| t / 2) else {
             return std::future::pending().await;
         };
         tracing::info!(?every, "systemd watchdog enabled");
@@ -42,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(every).await;
             // Only while etcd answers: a wedged coordinator gets restarted.
             if c.etcd_healthy(every / 2).await {
-                if let Err(e) = sdnotify::notify("WATCHDOG=1") {
+                if let Err(e) = sd_notify::notify(&[NotifyState::Watchdog]) {
                     tracing::warn!(error = %e, "could not ping the systemd watchdog");
                 }
             } else {
@@ -55,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
         _ = watchdog => {}
     }
-    let _ = sdnotify::notify("STOPPING=1");
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     tracing::info!("shutting down");
     c.shutdown().await.context("shutting down")?;
     Ok(())

@@ -26,6 +26,7 @@ pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod secure;
+pub mod stats;
 pub mod tls;
 pub mod vm_e2e;
 pub mod wait;

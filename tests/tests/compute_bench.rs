@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nubo_tests::stats::median;
 use nubo_tests::vm_e2e::{guest_dir, VmLab};
 use nubo_tests::wait_until;
 use serde_json::Value;
@@ -136,20 +137,6 @@ fn batch(times: &[Times]) -> Batch {
         all_metadata: md.iter().cloned().fold(0.0, f64::max),
         median_metadata: median(&md),
         guest_lease: median(&secs(|t| t.guest_lease)),
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v: Vec<f64> = v.iter().cloned().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

@@ -31,6 +31,7 @@ use anyhow::{bail, Context, Result};
 use nubo_common::proto as pb;
 use nubo_tests::net_e2e::{find_str, guest_suffix, Guest, NetLab};
 use nubo_tests::netns::netns_names;
+use nubo_tests::stats::median_duration;
 use nubo_tests::{list_items, Agent, AgentOpts, Cli, Coordinator, CoordinatorOpts, Etcd};
 use nubo_tests::{wait_until, Underlay};
 use serde_json::Value;
@@ -892,11 +893,6 @@ fn etcd_outage_60s_keeps_guests_and_recreates_nothing() -> Result<()> {
 // ---------------------------------------------------------------------------
 // Benchmarks.
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 /// Host failure at default settings (agent lease 5 s, self-fence 4 s,
 /// suspect grace 3 s): 100 instances on one fake-driver node whose agent
 /// runs in a host namespace; 49 more fake agents elsewhere. Its underlay
@@ -1066,8 +1062,8 @@ fn bench_leader_failover_kill9() -> Result<()> {
     println!("|---|---|---|---|");
     println!(
         "| kill -9 leader of 3, lease TTL 2 s (5 runs) | {:.2} s | {:.2} s | ≤ 3 s |",
-        median(&mut elected).as_secs_f64(),
-        median(&mut writable).as_secs_f64()
+        median_duration(&elected).as_secs_f64(),
+        median_duration(&writable).as_secs_f64()
     );
     Ok(())
 }

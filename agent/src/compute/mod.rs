@@ -24,8 +24,8 @@ pub mod volumes;
 
 use std::sync::Arc;
 
-use etcd_client::Client;
 use nubo_common::NodeName;
+use nubo_store::Etcd;
 
 pub use hypervisor::{InstanceSize, Resizer};
 pub use instances::{plan, Action, Compute, ComputeObserved, ComputePlan};
@@ -37,7 +37,7 @@ pub use volumes::Volumes;
 pub fn subsystems(
     node: NodeName,
     hv: Arc<dyn hypervisor::Hypervisor>,
-    etcd: Client,
+    etcd: Etcd,
     resizer: Option<Arc<dyn Resizer>>,
 ) -> (Compute, Volumes, Status) {
     let attached = volumes::Attached::default();

@@ -13,14 +13,15 @@
 //! assignment, so it never stands for a spec changed since (a concurrent
 //! user request) nor for an instance that moved elsewhere.
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use nubo_common::keys;
 use nubo_common::model::{self, GuestStop, Instance, PowerState};
 use nubo_common::{InstanceId, NodeName};
+use nubo_store::Etcd;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
 /// What to report for an instance whose guest stopped by itself, given
 /// the spec (copy) at `spec_revision`. Pure: `Some(report)` when its
@@ -34,16 +35,17 @@ pub fn stop_report(spec: &Instance, spec_revision: i64) -> Option<GuestStop> {
 
 /// Reports the stop of `id`. `Ok(true)` if a report was written.
 pub async fn record_guest_stop(
-    etcd: &Client,
+    etcd: &Etcd,
     node: &NodeName,
     id: InstanceId,
 ) -> Result<bool, StoreError> {
     let key = keys::node_spec(node, &id);
     for _ in 0..8 {
-        let Some((value, mod_rev)) = store::get(etcd, &key).await? else {
+        let Some(kv) = etcd.get_kv(&key).await? else {
             return Ok(false);
         };
-        let Ok(spec) = model::decode::<Instance>(&key, &value) else {
+        let mod_rev = kv.mod_revision();
+        let Ok(spec) = model::decode::<Instance>(&key, kv.value()) else {
             return Ok(false);
         };
         let Some(report) = stop_report(&spec, mod_rev) else {
@@ -59,7 +61,7 @@ pub async fn record_guest_stop(
                 model::encode(&report),
                 None,
             )]);
-        if store::txn(etcd, txn).await?.succeeded() {
+        if etcd.txn(txn).await?.succeeded() {
             return Ok(true);
         }
     }
@@ -67,7 +69,7 @@ pub async fn record_guest_stop(
 }
 
 /// Consumes guest-stop notifications until the channel closes.
-pub async fn run(etcd: Client, node: NodeName, mut rx: mpsc::UnboundedReceiver<InstanceId>) {
+pub async fn run(etcd: Etcd, node: NodeName, mut rx: mpsc::UnboundedReceiver<InstanceId>) {
     while let Some(id) = rx.recv().await {
         let mut delay = std::time::Duration::from_millis(200);
         for _ in 0..10 {

@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use etcd_client::Client;
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, InstanceStatus, PowerState};
 use nubo_common::{InstanceId, NodeName, VolumeId};
+use nubo_store::Etcd;
 use tracing::{debug, info, warn};
 
 use super::hypervisor::{Hypervisor, ObservedInstance, ObservedPower};
@@ -135,7 +135,7 @@ impl StatusBook {
 /// (evacuated while it was cut off) can never overwrite the status written
 /// for the node that runs it now. `Ok(None)` = not assigned here.
 async fn put_status_if_assigned(
-    etcd: &Client,
+    etcd: &Etcd,
     node: &NodeName,
     id: InstanceId,
     status: &InstanceStatus,
@@ -149,7 +149,7 @@ async fn put_status_if_assigned(
             model::encode(status),
             None,
         )]);
-    let resp = store::txn(etcd, txn).await?;
+    let resp = etcd.txn(txn).await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
     Ok(resp.succeeded().then_some(rev))
 }
@@ -166,7 +166,7 @@ pub type Reported = BTreeMap<InstanceId, (InstanceStatus, i64)>;
 /// module docs), behind [`SharedReporter`].
 pub struct Reporter {
     node: NodeName,
-    etcd: Client,
+    etcd: Etcd,
     book: StatusBook,
     /// The effective reported statuses of this pass.
     reported: Reported,
@@ -189,7 +189,7 @@ pub type SharedReporter = Arc<tokio::sync::Mutex<Reporter>>;
 impl Reporter {
     /// A reporter writing the statuses of `node` through `etcd`, with the
     /// volumes the volumes subsystem publishes in `attached`.
-    pub fn shared(node: NodeName, etcd: Client, attached: Attached) -> SharedReporter {
+    pub fn shared(node: NodeName, etcd: Etcd, attached: Attached) -> SharedReporter {
         Arc::new(tokio::sync::Mutex::new(Self {
             node,
             etcd,
@@ -281,12 +281,10 @@ impl Reporter {
         if self.writes_blocked {
             return false;
         }
-        match store::delete_if_unchanged(
-            &self.etcd,
-            &keys::instance_status(&self.node, &id),
-            mod_revision,
-        )
-        .await
+        match self
+            .etcd
+            .delete_if_unchanged(&keys::instance_status(&self.node, &id), mod_revision)
+            .await
         {
             Ok((txn_rev, deleted)) => {
                 if deleted {

@@ -1,9 +1,8 @@
 //! The node's presence: its record and liveness lease in etcd
 //! ([`registration`]), the node API other agents and operators ask
-//! ([`api`]), and systemd's readiness and watchdog ([`notify`],
-//! [`watchdog`]).
+//! ([`api`]), and systemd's watchdog ([`watchdog`]; readiness and pings
+//! through the `sd-notify` crate).
 
 pub mod api;
-pub mod notify;
 pub mod registration;
 pub mod watchdog;

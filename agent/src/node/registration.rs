@@ -17,9 +17,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use nubo_common::keys;
 use nubo_common::model::{self, Node, NodeAlive, Resources};
+use nubo_store::Etcd;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -111,16 +112,16 @@ fn same_node(a: &Node, b: &Node) -> bool {
 }
 
 /// Writes `/nodes/<node>` unless an identical record is already there.
-pub async fn put_node(client: &Client, node: &Node) -> Result<(), StoreError> {
+pub async fn put_node(etcd: &Etcd, node: &Node) -> Result<(), StoreError> {
     let key = keys::node(&node.name);
-    if let Some((bytes, _)) = store::get(client, &key).await? {
-        if let Ok(existing) = model::decode::<Node>(&key, &bytes) {
+    if let Some(kv) = etcd.get_kv(&key).await? {
+        if let Ok(existing) = model::decode::<Node>(&key, kv.value()) {
             if same_node(node, &existing) {
                 return Ok(());
             }
         }
     }
-    store::put(client, &key, model::encode(node)).await?;
+    etcd.put(key.as_str(), model::encode(node), None).await?;
     info!(key, "node record written");
     Ok(())
 }
@@ -128,7 +129,7 @@ pub async fn put_node(client: &Client, node: &Node) -> Result<(), StoreError> {
 /// Holds the liveness lease forever. Signals `registered` (true) once the
 /// node record and `alive` key are written.
 pub struct Liveness {
-    client: Client,
+    etcd: Etcd,
     cfg: AgentConfig,
     since: model::Timestamp,
     registered: watch::Sender<bool>,
@@ -144,9 +145,9 @@ struct Held {
 
 impl Liveness {
     /// A liveness task for the agent configured by `cfg`.
-    pub fn new(client: Client, cfg: AgentConfig, registered: watch::Sender<bool>) -> Self {
+    pub fn new(etcd: Etcd, cfg: AgentConfig, registered: watch::Sender<bool>) -> Self {
         Self {
-            client,
+            etcd,
             cfg,
             since: model::now(),
             registered,
@@ -188,9 +189,9 @@ impl Liveness {
     /// Grants a lease, writes the node record and `alive` on it.
     async fn register(&self) -> Result<i64, StoreError> {
         let node = node_record(&self.cfg, capacity(&self.cfg));
-        put_node(&self.client, &node).await?;
+        put_node(&self.etcd, &node).await?;
         let ttl = i64::try_from(self.cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX);
-        let mut lc = self.client.lease_client();
+        let mut lc = self.etcd.client().lease_client();
         let sent = Instant::now();
         let lease = store::bounded(lc.grant(ttl, None)).await?.id();
         let alive = NodeAlive {
@@ -198,13 +199,13 @@ impl Liveness {
             since: self.since,
             pid: std::process::id(),
         };
-        store::put_with(
-            &self.client,
-            &keys::node_alive(&self.cfg.node),
-            model::encode(&alive),
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
+        self.etcd
+            .put(
+                keys::node_alive(&self.cfg.node),
+                model::encode(&alive),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
         info!(lease, ttl, "registered; liveness lease held");
         self.acked(sent, lease);
         self.registered.send_replace(true);
@@ -216,7 +217,7 @@ impl Liveness {
         let Some((keeper, stream)) = held.stream.as_mut() else {
             // Opening the stream is itself a keep-alive; the client reports a
             // lease that is gone as an error, so ask etcd what happened.
-            let mut lc = self.client.lease_client();
+            let mut lc = self.etcd.client().lease_client();
             let sent = Instant::now();
             let timeout = self.keepalive_timeout();
             let opened = match tokio::time::timeout(timeout, lc.keep_alive(held.id)).await {
@@ -267,7 +268,7 @@ impl Liveness {
 
     /// Whether etcd still knows the lease (`TimeToLive` answers -1 when not).
     async fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
-        let mut lc = self.client.lease_client();
+        let mut lc = self.etcd.client().lease_client();
         let r = store::bounded(lc.time_to_live(id, None)).await?;
         Ok(r.ttl() > 0)
     }

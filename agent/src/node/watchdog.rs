@@ -69,9 +69,14 @@ pub fn should_ping(now: Instant, last_beat: Instant, period: Duration) -> bool {
     now.saturating_duration_since(last_beat) < period / 2
 }
 
-/// Pings the notify socket at `socket` every half `period` while the
-/// heartbeat is fresh. Runs until dropped.
-pub async fn run(heartbeat: Heartbeat, period: Duration, socket: String) {
+/// Sends `WATCHDOG=1` to systemd's notify socket (`$NOTIFY_SOCKET`).
+pub fn ping_systemd() -> std::io::Result<()> {
+    sd_notify::notify(&[sd_notify::NotifyState::Watchdog])
+}
+
+/// Calls `ping` ([`ping_systemd`] in the agent) every half `period` while
+/// the heartbeat is fresh. Runs until dropped.
+pub async fn run(heartbeat: Heartbeat, period: Duration, ping: impl Fn() -> std::io::Result<()>) {
     info!(?period, "systemd watchdog enabled");
     let mut tick = tokio::time::interval((period / 2).max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,7 +89,7 @@ pub async fn run(heartbeat: Heartbeat, period: Duration, socket: String) {
                 info!("main loop alive again; watchdog pings resumed");
                 stalled = false;
             }
-            if let Err(e) = crate::node::notify::send(&socket, "WATCHDOG=1\n") {
+            if let Err(e) = ping() {
                 warn!(error = %e, "watchdog ping failed");
             }
         } else if !stalled {
@@ -135,7 +140,9 @@ mod tests {
                 }
             })
         };
-        let task = tokio::spawn(run(hb.clone(), period, path.display().to_string()));
+        let tx = UnixDatagram::unbound().unwrap();
+        let ping = move || tx.send_to(b"WATCHDOG=1\n", &path).map(|_| ());
+        let task = tokio::spawn(run(hb.clone(), period, ping));
         let rx = tokio::task::spawn_blocking(move || {
             let mut buf = [0u8; 64];
             for _ in 0..2 {
