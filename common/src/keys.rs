@@ -354,6 +354,19 @@ pub fn node_grants(node: &NodeName) -> NodeGrants {
     }
 }
 
+/// The etcd user (and role) of the coordinators: read-write on [`ROOT`].
+/// etcd takes it from the CN of a coordinator's client certificate.
+pub const ETCD_COORDINATOR_USER: &str = "coordinator";
+
+/// The etcd user, and the name of its role, of `node`'s agent
+/// (`nubo-node-<node>`): the CN of the client certificate
+/// `nubo-coordinator node enroll` issues; the role holds [`node_grants`].
+/// Prefixed so that no node name can collide with `root` or
+/// [`ETCD_COORDINATOR_USER`].
+pub fn node_etcd_user(node: &NodeName) -> String {
+    format!("nubo-node-{node}")
+}
+
 // ------------------------------------------------------------ coordinators
 
 /// `/nubo/v1/election/coordinator` — leader election of coordinators.

@@ -441,6 +441,105 @@ pub enum Command {
         #[arg(long, default_value = "admin")]
         admin_user: String,
     },
+    /// etcd's own authentication (least privilege, docs/operator-guide.md
+    /// "etcd permissions").
+    #[command(subcommand)]
+    EtcdAuth(EtcdAuthCommand),
+    /// A node's etcd identity: its client certificate, user and role.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `nubo-coordinator etcd-auth …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum EtcdAuthCommand {
+    /// Creates etcd's `root` user and the coordinators' user
+    /// (`coordinator`, read-write on /nubo/v1/), then turns etcd
+    /// authentication on. Idempotent. Needs etcd with
+    /// `--client-cert-auth`; once on, every client is the user named by
+    /// its certificate's CN.
+    Enable {
+        /// The etcd administrator's credential.
+        #[command(flatten)]
+        admin: AdminTls,
+    },
+}
+
+/// `nubo-coordinator node …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Issues NODE's etcd client certificate (CN `nubo-node-NODE`, signed
+    /// by the cluster CA) into --out (`ca.crt`, `etcd-client.crt`,
+    /// `etcd-client.key` mode 0600) and creates or updates its etcd user
+    /// and role (what the node may read and write). Run again to rotate.
+    Enroll {
+        /// The node's name (the agent's `--node`).
+        node: String,
+        /// The cluster CA certificate (PEM).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The cluster CA key (PEM).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// Where the node's files are written (created 0700).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity of the certificate in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// The etcd administrator's credential.
+        #[command(flatten)]
+        admin: AdminTls,
+    },
+    /// Deletes NODE's etcd user and role and revokes the lease of its
+    /// alive key: every new request with its certificate is refused.
+    /// Idempotent.
+    #[command(alias = "remove")]
+    Revoke {
+        /// The node's name.
+        node: String,
+        /// The etcd administrator's credential.
+        #[command(flatten)]
+        admin: AdminTls,
+    },
+}
+
+/// The etcd client certificate of etcd's `root` user (CN `root`), used
+/// instead of `[etcd_tls]`'s for the user and role commands; the CA
+/// stays `[etcd_tls]`'s `ca` unless --etcd-ca is given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminTls {
+    /// Client certificate with CN `root`.
+    #[arg(long)]
+    pub admin_cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    pub admin_key: PathBuf,
+    /// CA of the etcd members (default: `[etcd_tls]`'s `ca`).
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+}
+
+impl AdminTls {
+    /// `cfg`'s etcd connection with this credential.
+    pub fn etcd_config(&self, cfg: &Config) -> Result<nubo_store::EtcdConfig, ServeError> {
+        let ca = self
+            .etcd_ca
+            .clone()
+            .or_else(|| cfg.etcd_tls.as_ref().and_then(|t| t.ca.clone()))
+            .ok_or_else(|| {
+                ServeError::Config("the etcd CA is unknown: give --etcd-ca or [etcd_tls] ca".into())
+            })?;
+        Ok(
+            nubo_store::EtcdConfig::new(cfg.etcd_endpoints.clone()).with_tls(Some(
+                nubo_store::TlsFiles {
+                    ca: Some(ca),
+                    cert: Some(self.admin_cert.clone()),
+                    key: Some(self.admin_key.clone()),
+                },
+            )),
+        )
+    }
 }
 
 impl Cli {

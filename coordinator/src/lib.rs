@@ -21,6 +21,7 @@ pub mod ceph;
 pub mod config;
 pub mod election;
 pub mod error;
+pub mod etcd_auth;
 pub mod fencing;
 pub mod health;
 pub mod image_store;
@@ -28,6 +29,7 @@ pub mod ipam;
 pub mod layout;
 pub mod operations;
 pub mod paging;
+pub mod pki;
 pub mod placement;
 pub mod state;
 pub mod validate;
@@ -39,7 +41,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{AuthMode, Cli, Command, Config, FailureConfig, LogFormat, Placement, TlsPaths};
+pub use config::{
+    AdminTls, AuthMode, Cli, Command, Config, EtcdAuthCommand, FailureConfig, LogFormat,
+    NodeCommand, Placement, TlsPaths,
+};
 pub use error::{ApiError, ServeError};
 pub use fencing::{CephFencer, FenceCall, Fencer, LogFencer, RecordingFencer};
 

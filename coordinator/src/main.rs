@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use nubo_coordinator::{Cli, Command, Config, LogFormat};
+use nubo_coordinator::{AdminTls, Cli, Command, Config, EtcdAuthCommand, LogFormat, NodeCommand};
 use sd_notify::NotifyState;
 use tracing_subscriber::EnvFilter;
 
@@ -17,6 +17,11 @@ async fn main() -> anyhow::Result<()> {
     }) = command
     {
         return bootstrap(&cfg, &admin_password_file, &admin_user).await;
+    }
+    match command {
+        Some(Command::EtcdAuth(c)) => return etcd_auth(&cfg, c).await,
+        Some(Command::Node(c)) => return node(&cfg, c).await,
+        _ => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -96,5 +101,86 @@ async fn bootstrap(
             "the cloud is already bootstrapped ({} exist); nothing was changed",
             keys.join(", ")
         ),
+    }
+}
+
+/// An etcd connection as etcd's `root` user and its auth client.
+async fn admin_etcd(
+    cfg: &Config,
+    admin: &AdminTls,
+) -> anyhow::Result<(nubo_store::Etcd, etcd_client::AuthClient)> {
+    let etcd = nubo_store::Etcd::connect(&admin.etcd_config(cfg)?)
+        .await
+        .context("connecting to etcd")?;
+    let auth = etcd.client().auth_client();
+    Ok((etcd, auth))
+}
+
+/// `nubo-coordinator etcd-auth enable`.
+async fn etcd_auth(cfg: &Config, c: EtcdAuthCommand) -> anyhow::Result<()> {
+    let EtcdAuthCommand::Enable { admin } = c;
+    let (_etcd, mut auth) = admin_etcd(cfg, &admin).await?;
+    nubo_coordinator::etcd_auth::enable(&mut auth)
+        .await
+        .context("enabling etcd authentication")?;
+    println!(
+        "etcd authentication is on: users {} (root role) and {} (read-write on {}); \
+         enrol each node with `nubo-coordinator node enroll`",
+        nubo_coordinator::etcd_auth::ROOT_USER,
+        nubo_common::keys::ETCD_COORDINATOR_USER,
+        nubo_common::keys::ROOT
+    );
+    Ok(())
+}
+
+/// `nubo-coordinator node enroll|revoke`.
+async fn node(cfg: &Config, c: NodeCommand) -> anyhow::Result<()> {
+    match c {
+        NodeCommand::Enroll {
+            node,
+            ca_cert,
+            ca_key,
+            out,
+            days,
+            admin,
+        } => {
+            let node = nubo_common::NodeName::new(&node)?;
+            let user = nubo_common::keys::node_etcd_user(&node);
+            let files = nubo_coordinator::pki::EnrolFiles::in_dir(&out);
+            // The etcd user first: a certificate is useless without it,
+            // and a refused etcd leaves no new key material behind.
+            let (_etcd, mut auth) = admin_etcd(cfg, &admin).await?;
+            nubo_coordinator::etcd_auth::enroll_node(&mut auth, &node)
+                .await
+                .with_context(|| format!("creating etcd user and role {user}"))?;
+            files
+                .write(&ca_cert, &ca_key, &user, days)
+                .with_context(|| format!("issuing the certificate of {user}"))?;
+            println!(
+                "node {node} enrolled: etcd user and role {user}; give its agent \
+                 --etcd-ca {} --etcd-cert {} --etcd-key {}",
+                files.ca.display(),
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(())
+        }
+        NodeCommand::Revoke { node, admin } => {
+            let node = nubo_common::NodeName::new(&node)?;
+            let (etcd, mut auth) = admin_etcd(cfg, &admin).await?;
+            let r = nubo_coordinator::etcd_auth::revoke_node(&mut auth, &etcd, &node)
+                .await
+                .with_context(|| format!("revoking node {node}"))?;
+            println!(
+                "node {node}: etcd user {} {}, role {}, alive lease {}",
+                nubo_common::keys::node_etcd_user(&node),
+                if r.user { "deleted" } else { "absent" },
+                if r.role { "deleted" } else { "absent" },
+                r.lease
+                    .map(|l| format!("{l:x} revoked"))
+                    .unwrap_or_else(|| "none".into())
+            );
+            Ok(())
+        }
     }
 }

@@ -166,15 +166,6 @@ impl Certs {
         }
         Ok((crt, key))
     }
-
-    /// etcd-client TLS options: trust the CA, present client `name`'s cert.
-    pub fn tls_options(&self, name: &str) -> Result<TlsOptions> {
-        let (crt, key) = self.client(name);
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        Ok(TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(read(&self.ca())?))
-            .identity(Identity::from_pem(read(&crt)?, read(&key)?)))
-    }
 }
 
 /// A single-member etcd serving clients only over HTTPS and requiring a
@@ -184,6 +175,17 @@ pub struct TlsEtcd {
     child: Option<Child>,
     data: tempfile::TempDir,
     client_port: u16,
+    peer_port: u16,
+}
+
+/// A client certificate and key of the cluster CA (e.g. the files
+/// `nubo-coordinator node enroll` wrote).
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 impl TlsEtcd {
@@ -192,15 +194,33 @@ impl TlsEtcd {
         let certs = Certs::generate(&[])?;
         let data = tempfile::Builder::new().prefix("nbt-tls-etcd-").tempdir()?;
         let ip = "127.0.0.1".parse()?;
-        let client_port = free_port_on(ip);
-        let peer_port = free_port_on(ip);
-        let client = format!("https://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(data.path().join("etcd.log"))?;
-        let p = |name: &str| certs.dir().join(name).display().to_string();
+        let mut etcd = Self {
+            certs,
+            child: None,
+            data,
+            client_port: free_port_on(ip),
+            peer_port: free_port_on(ip),
+        };
+        etcd.spawn()?;
+        Ok(etcd)
+    }
+
+    /// Starts the member (new cluster or the existing data directory) and
+    /// waits until it answers.
+    fn spawn(&mut self) -> Result<()> {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("etcd.log"))?;
+        let p = |name: &str| self.certs.dir().join(name).display().to_string();
         let child = Command::new(std::env::var("NUBO_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
             .arg("--name=nbt")
-            .arg(format!("--data-dir={}", data.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.data.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -219,14 +239,18 @@ impl TlsEtcd {
             .stderr(log)
             .spawn()
             .context("starting etcd (is Debian's etcd-server installed?)")?;
-        let mut etcd = Self {
-            certs,
-            child: Some(child),
-            data,
-            client_port,
-        };
-        etcd.wait_healthy(Duration::from_secs(20))?;
-        Ok(etcd)
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    /// Stops the member (kill -9) and starts it again on the same data and
+    /// ports: every client connection, watch stream included, is cut.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn()
     }
 
     fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
@@ -263,27 +287,118 @@ impl TlsEtcd {
     /// certificate (or none), with a short timeout; returns the raw output
     /// whatever the exit status.
     pub fn etcdctl_as(&self, client: Option<&str>, args: &[&str]) -> Result<Output> {
+        let files = client.map(|name| {
+            let (cert, key) = self.certs.client(name);
+            ClientFiles { cert, key }
+        });
+        self.etcdctl_with(files.as_ref(), args)
+    }
+
+    /// Runs `etcdctl` like [`Self::etcdctl_as`] presenting `files`.
+    pub fn etcdctl_with(&self, files: Option<&ClientFiles>, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg("--dial-timeout=2s")
             .arg("--command-timeout=3s")
             .arg(format!("--cacert={}", self.certs.ca().display()));
-        if let Some(name) = client {
-            let (crt, key) = self.certs.client(name);
-            cmd.arg(format!("--cert={}", crt.display()))
-                .arg(format!("--key={}", key.display()));
+        if let Some(f) = files {
+            cmd.arg(format!("--cert={}", f.cert.display()))
+                .arg(format!("--key={}", f.key.display()));
         }
         cmd.args(args).output().context("running etcdctl")
     }
 
     /// An etcd client authenticated as client `name`.
     pub async fn client(&self, name: &str) -> Result<etcd_client::Client> {
+        let (cert, key) = self.certs.client(name);
+        self.client_with(&ClientFiles { cert, key }).await
+    }
+
+    /// An etcd client presenting `files`.
+    pub async fn client_with(&self, files: &ClientFiles) -> Result<etcd_client::Client> {
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&self.certs.ca())?))
+            .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
         let opts = ConnectOptions::new()
-            .with_tls(self.certs.tls_options(name)?)
+            .with_tls(tls)
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(5));
         Ok(etcd_client::Client::connect([self.endpoint()], Some(opts)).await?)
+    }
+
+    /// The operator's credential: the client certificate with CN `root`
+    /// (etcd's administrator once auth is on), made on first use.
+    pub fn root(&self) -> Result<ClientFiles> {
+        self.certs.add(&["client:root"])?;
+        let (cert, key) = self.certs.client("root");
+        Ok(ClientFiles { cert, key })
+    }
+
+    /// Runs `nubo-coordinator --etcd-endpoints … ARGS… --admin-cert
+    /// <root> --admin-key <root> --etcd-ca <ca>` (an etcd-auth or node
+    /// command); returns the raw output.
+    pub fn admin_command(&self, args: &[&str]) -> Result<Output> {
+        let root = self.root()?;
+        Command::new(crate::process::bin_path("nubo-coordinator")?)
+            .args(["--etcd-endpoints", &self.endpoint()])
+            .args(args)
+            .arg("--admin-cert")
+            .arg(&root.cert)
+            .arg("--admin-key")
+            .arg(&root.key)
+            .arg("--etcd-ca")
+            .arg(self.certs.ca())
+            .output()
+            .context("running nubo-coordinator")
+    }
+
+    fn admin_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.admin_command(args)?;
+        if !out.status.success() {
+            bail!(
+                "nubo-coordinator {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `nubo-coordinator etcd-auth enable`: users `root` and
+    /// `coordinator`, then etcd authentication on. From then on client
+    /// `coordinator` reads and writes `/nubo/v1/`, `root` administers, and
+    /// any other certificate is refused until its user exists.
+    pub fn enable_auth(&self) -> Result<()> {
+        self.admin_ok(&["etcd-auth", "enable"]).map(drop)
+    }
+
+    /// `nubo-coordinator node enroll NODE`: its etcd user and role, and
+    /// its certificate (CN `nubo-node-NODE`) in `<certs>/node-NODE/`.
+    pub fn enroll(&self, node: &str) -> Result<ClientFiles> {
+        let out = self.certs.dir().join(format!("node-{node}"));
+        let ca_key = self.certs.dir().join("ca.key");
+        self.admin_ok(&[
+            "node",
+            "enroll",
+            node,
+            "--ca-cert",
+            &self.certs.ca().display().to_string(),
+            "--ca-key",
+            &ca_key.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ])?;
+        Ok(ClientFiles {
+            cert: out.join("etcd-client.crt"),
+            key: out.join("etcd-client.key"),
+        })
+    }
+
+    /// `nubo-coordinator node revoke NODE`; returns its output.
+    pub fn revoke(&self, node: &str) -> Result<String> {
+        self.admin_ok(&["node", "revoke", node])
     }
 }
 
