@@ -48,7 +48,7 @@ fn image_download_over_tls_with_the_node_credential() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut kv = cloud.etcd.client("cli").await.unwrap();
+        let mut kv = cloud.etcd.client("coordinator").await.unwrap();
         let key = nubo_common::keys::image(&id.parse().unwrap());
         let resp = kv.get(key.as_str(), None).await.unwrap();
         let img: Image = nubo_common::model::decode(&key, resp.kvs()[0].value()).unwrap();

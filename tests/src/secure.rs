@@ -1,5 +1,7 @@
 //! The production default end to end: an etcd that requires client
-//! certificates, a coordinator serving TLS with token authentication (no
+//! certificates with its authentication on (`nubo-coordinator etcd-auth
+//! enable`: the coordinator is etcd user `coordinator`, each agent the
+//! user its `nubo-coordinator node enroll` certificate names), a coordinator serving TLS with token authentication (no
 //! `--insecure`) bootstrapped with `nubo-coordinator bootstrap`, CLIs that
 //! trust the cluster CA and `nubo login`, and agents with an etcd client
 //! certificate and a node application credential.
@@ -35,7 +37,8 @@ pub const NODE_USER: &str = "nubo-node";
 pub struct SecureCloud {
     /// The coordinator (TLS API, token authentication).
     pub coordinator: Coordinator,
-    /// etcd (HTTPS, client certificates required) and the certificates.
+    /// etcd (HTTPS, client certificates required, authentication on) and
+    /// the certificates.
     pub etcd: TlsEtcd,
     /// A CLI logged in as the bootstrap admin.
     pub admin: Cli,
@@ -48,10 +51,12 @@ fn toml_path(p: &Path) -> String {
 }
 
 impl SecureCloud {
-    /// Certificates, etcd, `nubo-coordinator bootstrap`, the coordinator
-    /// (waited for) and `nubo login` as the admin.
+    /// Certificates, etcd, `nubo-coordinator etcd-auth enable`,
+    /// `nubo-coordinator bootstrap` (as etcd user `coordinator`), the
+    /// coordinator (waited for) and `nubo login` as the admin.
     pub fn start() -> Result<Self> {
         let etcd = TlsEtcd::start()?;
+        etcd.enable_auth()?;
         let dir = tempfile::Builder::new().prefix("nbt-secure-").tempdir()?;
         let certs = etcd.certs();
         let (crt, key) = certs.client("coordinator");
@@ -134,13 +139,14 @@ impl SecureCloud {
         Ok(path)
     }
 
-    /// A fake-driver agent talking TLS to etcd with its own client
-    /// certificate (CN = `node`) and to the coordinator with `credential`.
+    /// A fake-driver agent talking TLS to etcd with the certificate
+    /// `nubo-coordinator node enroll NODE` made (etcd user
+    /// `nubo-node-NODE`, the node's role) and to the coordinator with
+    /// `credential`.
     pub fn agent_opts(&self, node: &str, credential: &Path) -> Result<AgentOpts> {
-        let certs = self.etcd.certs();
-        certs.add(&[&format!("client:{node}")])?;
-        let (crt, key) = certs.client(node);
-        let ca = certs.ca().display().to_string();
+        let files = self.etcd.enroll(node)?;
+        let (crt, key) = (files.cert, files.key);
+        let ca = self.etcd.certs().ca().display().to_string();
         let mut o = AgentOpts::fake(node, &self.etcd.endpoint());
         o.extra_args = vec![
             "--etcd-ca".into(),

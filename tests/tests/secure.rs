@@ -1,5 +1,7 @@
 //! The secure default end to end (issue #7): etcd requires client
-//! certificates; the coordinator runs WITHOUT `--insecure` (TLS API, token
+//! certificates and its authentication is on (issue 14: the coordinator is
+//! etcd user `coordinator`, the agent the user of its enrolment, with the
+//! node's role only); the coordinator runs WITHOUT `--insecure` (TLS API, token
 //! authentication), bootstrapped by `nubo-coordinator bootstrap`; the CLI
 //! talks TLS (`NUBO_CA_CERT`) with tokens from `nubo login` (password or
 //! application credential); a fake-driver agent talks TLS to etcd with its
@@ -46,23 +48,27 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
         "the secure default logged insecurity"
     );
 
-    // etcd: no client certificate → refused; the CLI's certificate → served.
-    let anonymous = cloud
-        .etcd
-        .etcdctl_as(None, &["get", "--prefix", "/nubo/v1/"])?;
+    // etcd: no client certificate → refused; a certificate of the CA
+    // whose CN is no etcd user → refused; the operator's (root) → served.
+    let secrets = [
+        "get",
+        "--prefix",
+        "/nubo/v1/private/secrets/",
+        "--keys-only",
+    ];
+    let anonymous = cloud.etcd.etcdctl_as(None, &secrets)?;
     assert!(
         !anonymous.status.success(),
         "etcd served a client without a certificate"
     );
-    let with_cert = cloud.etcd.etcdctl_as(
-        Some("cli"),
-        &[
-            "get",
-            "--prefix",
-            "/nubo/v1/private/secrets/",
-            "--keys-only",
-        ],
-    )?;
+    let no_user = cloud.etcd.etcdctl_as(Some("cli"), &secrets)?;
+    assert!(
+        !no_user.status.success()
+            && String::from_utf8_lossy(&no_user.stderr).contains("permission denied"),
+        "etcd served a certificate without an etcd user"
+    );
+    let root = cloud.etcd.root()?;
+    let with_cert = cloud.etcd.etcdctl_with(Some(&root), &secrets)?;
     assert!(with_cert.status.success());
     assert!(String::from_utf8_lossy(&with_cert.stdout).contains("token-key"));
 
@@ -185,8 +191,27 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
         assert!(e.starts_with(&format!("error: {want}\n")), "{args:?}: {e}");
     }
 
+    // The agent works under its node's etcd role: it registered, reported
+    // the statuses above and sees the deletes below; its certificate
+    // reads none of the cloud's secrets.
+    let node_files = nubo_tests::tls::ClientFiles {
+        cert: cloud.etcd.certs().dir().join("node-node-1/etcd-client.crt"),
+        key: cloud.etcd.certs().dir().join("node-node-1/etcd-client.key"),
+    };
+    let stolen = cloud.etcd.etcdctl_with(Some(&node_files), &secrets)?;
+    assert!(
+        String::from_utf8_lossy(&stolen.stderr).contains("permission denied"),
+        "the node's certificate read the secrets: {}",
+        String::from_utf8_lossy(&stolen.stdout)
+    );
+
     // Deletes, and the audit trail shows who did what.
     alice.json(&["server", "delete", "web-1", "web-2"])?;
+    assert!(
+        !agent.current_log().contains("permission denied"),
+        "the agent hit its role's limits: {}",
+        agent.current_log()
+    );
     let audit = list_items(&admin.json(&["audit", "list"])?)?;
     let has = |user: &str, action: &str, outcome: &str| {
         audit
@@ -202,6 +227,18 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
     ] {
         assert!(has(u, a, o), "no audit record {u} {a} {o} in {audit:#?}");
     }
+
+    // Revoking the node (cloud and etcd keep running): its alive key goes
+    // with its lease, and the agent's next writes are refused.
+    let said = cloud.etcd.revoke("node-1")?;
+    assert!(said.contains("deleted"), "{said}");
+    wait_until(Duration::from_secs(30), "node-1 not alive", || {
+        let nodes = list_items(&admin.json(&["node", "list"])?)?;
+        Ok(nodes.iter().all(|n| n["alive"] == false))
+    })?;
+    wait_until(Duration::from_secs(30), "the agent refused by etcd", || {
+        Ok(agent.current_log().contains("permission denied"))
+    })?;
     drop(agent);
     Ok(())
 }
