@@ -138,11 +138,31 @@ pub enum ServeError {
     },
     /// The cluster's keys could not be brought to the current layout.
     #[error("etcd layout: {0}")]
-    Layout(#[from] crate::layout::MigrationError),
+    Layout(#[from] MigrationError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// Another I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why the layout could not be brought up to date (`crate::layout`;
+/// here so that this module imports no other of the crate).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// etcd failed.
+    #[error("{0}")]
+    Store(#[from] nubo_store::StoreError),
+    /// The keys kept changing under this coordinator.
+    #[error(
+        "keys under {prefix} kept changing while they were moved to {to}: is a coordinator of \
+         an older version still running? Stop it and start this one again"
+    )]
+    Contended {
+        /// The old prefix.
+        prefix: String,
+        /// The new prefix.
+        to: String,
+    },
 }

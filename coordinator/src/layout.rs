@@ -31,7 +31,7 @@ use etcd_client::{GetOptions, KeyValue, PutOptions, TxnOp};
 use nubo_common::keys::{self, Key, LegacyMove};
 use nubo_common::model::{Instance, InstanceStatus};
 use nubo_store::kv::{decode_kv, kv_key};
-use nubo_store::{Etcd, StoreError, TxnBuilder};
+use nubo_store::{Etcd, TxnBuilder};
 
 /// Old keys moved per transaction (two compares and two writes each, under
 /// etcd's default of 128 per transaction).
@@ -53,24 +53,7 @@ pub struct Migration {
     pub copied: usize,
 }
 
-/// Why the layout could not be brought up to date.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrationError {
-    /// etcd failed.
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    /// The keys kept changing under this coordinator.
-    #[error(
-        "keys under {prefix} kept changing while they were moved to {to}: is a coordinator of \
-         an older version still running? Stop it and start this one again"
-    )]
-    Contended {
-        /// The old prefix.
-        prefix: String,
-        /// The new prefix.
-        to: String,
-    },
-}
+pub use crate::error::MigrationError;
 
 /// Moves every old-layout key under its new prefix (module docs).
 pub async fn migrate(etcd: &Etcd) -> Result<Migration, MigrationError> {

@@ -32,8 +32,21 @@ use crate::error::ApiResult;
 use crate::operations::{PageRequest, Scope};
 use crate::state::Ctx;
 
-pub use crate::operations::identity::{bootstrap, Bootstrapped};
+pub use crate::operations::identity::Bootstrapped;
 pub use crate::operations::server_create::MAX_BATCH;
+
+/// `nubo-coordinator bootstrap`: an older cluster's keys are moved to the
+/// current layout first (so its identity keys are seen), then the first
+/// cloud admin is created (`operations::identity::bootstrap`).
+pub async fn bootstrap(
+    store: &nubo_store::Etcd,
+    admin: &nubo_common::model::UserName,
+    password: &str,
+    passwords: &nubo_identity::Passwords,
+) -> Result<Bootstrapped, crate::ServeError> {
+    crate::layout::migrate(store).await?;
+    crate::operations::identity::bootstrap(store, admin, password, passwords).await
+}
 
 /// The result of a gRPC handler.
 pub(crate) type R<T> = Result<tonic::Response<T>, tonic::Status>;

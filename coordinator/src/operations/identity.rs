@@ -25,7 +25,8 @@ pub enum Bootstrapped {
 }
 
 /// Creates the first cloud admin in ONE etcd transaction, only if none of
-/// its keys exists yet (see `nubo_identity::bootstrap`).
+/// its keys exists yet (see `nubo_identity::bootstrap`). The keys must be
+/// in the current layout (`crate::api::bootstrap` moves them first).
 pub async fn bootstrap(
     store: &Etcd,
     admin: &UserName,
@@ -33,8 +34,6 @@ pub async fn bootstrap(
     passwords: &Passwords,
 ) -> Result<Bootstrapped, crate::ServeError> {
     let cfg_err = |e: String| crate::ServeError::Config(e);
-    // An older cluster's identity keys are moved first, so they are seen.
-    crate::layout::migrate(store).await?;
     let hash = passwords
         .hash(password)
         .map_err(|e| cfg_err(format!("cannot hash the admin password: {e}")))?;
