@@ -12,7 +12,10 @@
 #   client:NAME  a client certificate with CN=NAME (the identity etcd sees,
 #                and the name its RBAC maps to when `--client-cert-auth` and
 #                auth are on). "coordinator" and "cli" are always made; give
-#                one per agent, e.g. client:node-1 client:node-2.
+#                client:root for etcd's administrator (`nubo-coordinator
+#                etcd-auth enable`, `node enroll`). Agents' certificates come
+#                from `nubo-coordinator node enroll NODE` (CN nubo-node-NODE,
+#                with the node's etcd user and role).
 #
 # Steps (all files in OUTDIR, keys mode 0600):
 #   1. ca.key / ca.crt            self-signed CA (CN=nubo-ca, 10 years,
