@@ -296,6 +296,16 @@ impl TlsEtcd {
 
     /// Runs `etcdctl` like [`Self::etcdctl_as`] presenting `files`.
     pub fn etcdctl_with(&self, files: Option<&ClientFiles>, args: &[&str]) -> Result<Output> {
+        self.etcdctl_command(files)
+            .args(args)
+            .output()
+            .context("running etcdctl")
+    }
+
+    /// `etcdctl` trusting the CA and presenting `files` (or no
+    /// certificate), with short timeouts; the caller adds the command,
+    /// e.g. a `watch` to spawn.
+    pub fn etcdctl_command(&self, files: Option<&ClientFiles>) -> Command {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
@@ -306,7 +316,7 @@ impl TlsEtcd {
             cmd.arg(format!("--cert={}", f.cert.display()))
                 .arg(format!("--key={}", f.key.display()));
         }
-        cmd.args(args).output().context("running etcdctl")
+        cmd
     }
 
     /// An etcd client authenticated as client `name`.

@@ -14,6 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -90,6 +93,86 @@ fn event_keys(r: &etcd_client::WatchResponse) -> Vec<String> {
                 .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
         })
         .collect()
+}
+
+/// `etcdctl watch` running in the background; its output lines arrive on
+/// a channel. Killed (by pid) on drop.
+struct EtcdctlWatch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl EtcdctlWatch {
+    fn start(etcd: &TlsEtcd, files: &ClientFiles, prefix: &str, rev: i64) -> Result<Self> {
+        let mut child = etcd
+            .etcdctl_command(Some(files))
+            .args(["watch", "--prefix", prefix, &format!("--rev={rev}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting etcdctl watch")?;
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// Waits for a line containing `needle`.
+    fn line(&self, needle: &str, wait: Duration) -> Result<()> {
+        let end = std::time::Instant::now() + wait;
+        let mut seen = Vec::new();
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return Ok(()),
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        anyhow::bail!("etcdctl watch printed no {needle:?} in {wait:?}: {seen:?}")
+    }
+
+    /// Waits until the process exits.
+    fn exited(&mut self, wait: Duration) -> Result<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + wait;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            ensure!(
+                std::time::Instant::now() < end,
+                "etcdctl watch still running after {wait:?}"
+            );
+            // Polls the process table (no event to wait on for a child's exit).
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EtcdctlWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,19 +336,29 @@ async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<
     let out = etcdctl_ok(&etcd, &root, &["get", &keys::token_key()])?;
     assert!(out.contains("secret"), "{out}");
 
-    // Revocation. A watch n1 opens now, and a put it sees (control).
+    // Revocation. Watches n1 opens now (the etcd client's and etcdctl's),
+    // from the next revision, and a put they see (control).
+    let next = coord
+        .get(keys::ROOT, prefix())
+        .await?
+        .header()
+        .context("header")?
+        .revision()
+        + 1;
     let mut watch = node
         .watch(
             keys::networks_prefix(),
-            Some(WatchOptions::new().with_prefix()),
+            Some(WatchOptions::new().with_prefix().with_start_revision(next)),
         )
         .await?;
+    let mut etcdctl_watch = EtcdctlWatch::start(&etcd, &n1_files, &keys::networks_prefix(), next)?;
     let net2 = NetworkId::new_random();
     coord.put(keys::network(&net2), "{}", None).await?;
     let r = next_event(&mut watch, Duration::from_secs(10))
         .await?
         .context("the watch ended before revocation")?;
     assert_eq!(event_keys(&r), [keys::network(&net2)]);
+    etcdctl_watch.line(&keys::network(&net2), Duration::from_secs(10))?;
 
     let said = etcd.revoke("n1")?;
     assert!(
@@ -324,6 +417,7 @@ async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<
         [keys::network(&net3)],
         "etcd stopped an open watch of a revoked user: update docs/operator-guide.md"
     );
+    etcdctl_watch.line(&keys::network(&net3), Duration::from_secs(10))?;
     // …until its connection closes: restarting the member cuts it, and
     // the client cannot open it again.
     etcd.restart()?;
@@ -332,6 +426,11 @@ async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<
         after.is_none() || after.as_ref().is_some_and(|r| r.canceled()),
         "the old watch survived a member restart: {after:?}"
     );
+    // etcdctl re-creates its watch on the restarted member: refused, it
+    // gives up.
+    let st = etcdctl_watch.exited(Duration::from_secs(20))?;
+    assert!(!st.success());
+    etcdctl_watch.line("permission denied", Duration::from_secs(5))?;
     let mut node = etcd.client_with(&n1_files).await?;
     denied(
         "a read after the restart",
