@@ -25,7 +25,7 @@ pub const ROOT_ROLE: &str = "root";
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdAuthError {
     /// An etcd request failed (`what` names it).
-    #[error("etcd {what}: {source}")]
+    #[error("etcd {what}")]
     Etcd {
         /// The request, with the user or role it was for.
         what: String,

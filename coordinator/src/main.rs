@@ -147,15 +147,18 @@ async fn node(cfg: &Config, c: NodeCommand) -> anyhow::Result<()> {
             let node = nubo_common::NodeName::new(&node)?;
             let user = nubo_common::keys::node_etcd_user(&node);
             let files = nubo_coordinator::pki::EnrolFiles::in_dir(&out);
-            // The etcd user first: a certificate is useless without it,
-            // and a refused etcd leaves no new key material behind.
+            // In this order, so that a refused step leaves nothing behind:
+            // the certificate in memory (checks the CA), the etcd user and
+            // role, then the files.
+            let cert = nubo_coordinator::pki::issue_client_cert(&ca_cert, &ca_key, &user, days)
+                .with_context(|| format!("issuing the certificate of {user}"))?;
             let (_etcd, mut auth) = admin_etcd(cfg, &admin).await?;
             nubo_coordinator::etcd_auth::enroll_node(&mut auth, &node)
                 .await
                 .with_context(|| format!("creating etcd user and role {user}"))?;
             files
-                .write(&ca_cert, &ca_key, &user, days)
-                .with_context(|| format!("issuing the certificate of {user}"))?;
+                .write(&cert, &ca_cert)
+                .with_context(|| format!("writing the files of {user}"))?;
             println!(
                 "node {node} enrolled: etcd user and role {user}; give its agent \
                  --etcd-ca {} --etcd-cert {} --etcd-key {}",

@@ -15,7 +15,7 @@ use rcgen::{
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum PkiError {
         detail: String,
     },
     /// The CA certificate or key is unusable, or signing failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Cert {
         /// What was being done.
         what: &'static str,
@@ -188,17 +188,11 @@ impl EnrolFiles {
         }
     }
 
-    /// Writes a fresh key and certificate for `cn` and the CA certificate
-    /// (the directory is created 0700 if missing).
-    pub fn write(
-        &self,
-        ca_cert: &Path,
-        ca_key: &Path,
-        cn: &str,
-        days: u32,
-    ) -> Result<(), PkiError> {
+    /// Writes `cert` (issued by [`issue_client_cert`] for the CA at
+    /// `ca_cert`) and a copy of the CA certificate (the directory is
+    /// created 0700 if missing; the key file is 0600).
+    pub fn write(&self, cert: &ClientCert, ca_cert: &Path) -> Result<(), PkiError> {
         use std::os::unix::fs::DirBuilderExt;
-        let c = issue_client_cert(ca_cert, ca_key, cn, days)?;
         if let Some(dir) = self.key.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -209,8 +203,8 @@ impl EnrolFiles {
                     source,
                 })?;
         }
-        write_file(&self.key, &c.key_pem, 0o600)?;
-        write_file(&self.cert, &c.cert_pem, 0o644)?;
+        write_file(&self.key, &cert.key_pem, 0o600)?;
+        write_file(&self.cert, &cert.cert_pem, 0o644)?;
         write_file(&self.ca, &read(ca_cert)?, 0o644)
     }
 }
@@ -237,7 +231,8 @@ mod tests {
         assert!(made.status.success());
         let (ca, ca_key) = (dir.path().join("pki/ca.crt"), dir.path().join("pki/ca.key"));
         let files = EnrolFiles::in_dir(&dir.path().join("out"));
-        files.write(&ca, &ca_key, "nubo-node-n1", 30).unwrap();
+        let cert = issue_client_cert(&ca, &ca_key, "nubo-node-n1", 30).unwrap();
+        files.write(&cert, &ca).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&files.key), 0o600);
         assert_eq!(mode(files.key.parent().unwrap()), 0o700);
@@ -267,10 +262,8 @@ mod tests {
             .unwrap()
             .status
             .success());
-        let bad = EnrolFiles::in_dir(&dir.path().join("bad"));
-        let err = bad.write(&ca, &other.join("ca.key"), "x", 1).unwrap_err();
+        let err = issue_client_cert(&ca, &other.join("ca.key"), "x", 1).unwrap_err();
         assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
-        assert!(!bad.key.exists(), "nothing written for a refused request");
         let missing = issue_client_cert(&dir.path().join("nope"), &ca_key, "x", 1).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }

@@ -350,7 +350,12 @@ impl TlsEtcd {
     /// <root> --admin-key <root> --etcd-ca <ca>` (an etcd-auth or node
     /// command); returns the raw output.
     pub fn admin_command(&self, args: &[&str]) -> Result<Output> {
-        let root = self.root()?;
+        self.admin_command_as(&self.root()?, args)
+    }
+
+    /// [`Self::admin_command`] presenting `root` as the administrator's
+    /// credential (e.g. a certificate that is not etcd's root).
+    pub fn admin_command_as(&self, root: &ClientFiles, args: &[&str]) -> Result<Output> {
         Command::new(crate::process::bin_path("nubo-coordinator")?)
             .args(["--etcd-endpoints", &self.endpoint()])
             .args(args)

@@ -454,3 +454,83 @@ async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<
     );
     Ok(())
 }
+
+/// Enrolment refuses bad input clearly, leaving nothing behind: a bad node
+/// name, a CA key that is not the CA's, an administrator certificate that
+/// is not etcd's root. Control: the same command with good input enrols.
+#[test]
+fn enrolment_refuses_bad_input_with_a_clear_error() -> Result<()> {
+    let etcd = TlsEtcd::start()?;
+    etcd.enable_auth()?;
+    let dir = etcd.certs().dir().to_path_buf();
+    let other = nubo_tests::tls::Certs::generate(&[])?;
+    let enroll = |node: &str, ca_key: &std::path::Path, out: &str| {
+        vec![
+            "node".to_string(),
+            "enroll".into(),
+            node.into(),
+            "--ca-cert".into(),
+            etcd.certs().ca().display().to_string(),
+            "--ca-key".into(),
+            ca_key.display().to_string(),
+            "--out".into(),
+            dir.join(out).display().to_string(),
+        ]
+    };
+    let run = |files: Option<&ClientFiles>, args: &[String]| -> Result<(bool, String)> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = match files {
+            Some(f) => etcd.admin_command_as(f, &args)?,
+            None => etcd.admin_command(&args)?,
+        };
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+    let users = || -> Result<String> {
+        Ok(String::from_utf8_lossy(
+            &etcd
+                .etcdctl_with(Some(&etcd.root()?), &["user", "list"])?
+                .stdout,
+        )
+        .into_owned())
+    };
+
+    let (ok, out) = run(None, &enroll("bad/name", &dir.join("ca.key"), "bad"))?;
+    assert!(!ok && out.contains("node name"), "{out}");
+    let (ok, out) = run(None, &enroll("n3", &other.dir().join("ca.key"), "n3"))?;
+    assert!(
+        !ok && out.contains("does not belong to the CA certificate"),
+        "{out}"
+    );
+    assert!(
+        !dir.join("n3").exists(),
+        "files written for a refused enrolment"
+    );
+    assert!(!users()?.contains("nubo-node-n3"), "{}", users()?);
+    let (cert, key) = etcd.certs().client("coordinator");
+    let (ok, out) = run(
+        Some(&ClientFiles { cert, key }),
+        &enroll("n3", &dir.join("ca.key"), "n3"),
+    )?;
+    assert!(
+        !ok && out.contains("creating etcd user and role nubo-node-n3")
+            && out.contains("permission denied"),
+        "{out}"
+    );
+    assert!(
+        !dir.join("n3").exists(),
+        "files written for a refused enrolment"
+    );
+    // Control: the root certificate and the cluster CA's key enrol n3.
+    let (ok, out) = run(None, &enroll("n3", &dir.join("ca.key"), "n3"))?;
+    assert!(ok, "{out}");
+    assert!(users()?.contains("nubo-node-n3"));
+    assert!(dir.join("n3/etcd-client.key").exists());
+    Ok(())
+}
