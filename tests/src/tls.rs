@@ -168,12 +168,19 @@ impl Certs {
     }
 }
 
-/// A single-member etcd serving clients only over HTTPS and requiring a
-/// client certificate signed by its CA. Killed (by pid) on drop.
+/// An etcd (one member, or a cluster on loopback) serving clients only over
+/// HTTPS and requiring a client certificate signed by its CA. Every member
+/// is killed (by pid) on drop.
 pub struct TlsEtcd {
     certs: Certs,
-    child: Option<Child>,
+    members: Vec<TlsMember>,
     data: tempfile::TempDir,
+}
+
+/// One member process of a [`TlsEtcd`].
+struct TlsMember {
+    name: String,
+    child: Option<Child>,
     client_port: u16,
     peer_port: u16,
 }
@@ -189,44 +196,75 @@ pub struct ClientFiles {
 }
 
 impl TlsEtcd {
-    /// Makes certificates and starts etcd on 127.0.0.1.
+    /// Makes certificates and starts one member on 127.0.0.1.
     pub fn start() -> Result<Self> {
+        Self::start_cluster(1)
+    }
+
+    /// Makes certificates and starts `members` members on 127.0.0.1
+    /// (peers talk plain HTTP on loopback); returns once each is healthy.
+    pub fn start_cluster(members: usize) -> Result<Self> {
+        anyhow::ensure!(members > 0, "an etcd cluster needs at least one member");
         let certs = Certs::generate(&[])?;
         let data = tempfile::Builder::new().prefix("nbt-tls-etcd-").tempdir()?;
         let ip = "127.0.0.1".parse()?;
+        let members = (0..members)
+            .map(|i| TlsMember {
+                name: format!("nbt{i}"),
+                child: None,
+                client_port: free_port_on(ip),
+                peer_port: free_port_on(ip),
+            })
+            .collect();
         let mut etcd = Self {
             certs,
-            child: None,
+            members,
             data,
-            client_port: free_port_on(ip),
-            peer_port: free_port_on(ip),
         };
-        etcd.spawn()?;
+        for i in 0..etcd.members.len() {
+            etcd.spawn(i)?;
+        }
+        for i in 0..etcd.members.len() {
+            etcd.wait_healthy(i, Duration::from_secs(30))?;
+        }
         Ok(etcd)
     }
 
-    /// Starts the member (new cluster or the existing data directory) and
-    /// waits until it answers.
-    fn spawn(&mut self) -> Result<()> {
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+    fn member_dir(&self, i: usize) -> PathBuf {
+        self.data.path().join(&self.members[i].name)
+    }
+
+    /// Starts member `i` (new cluster or its existing data directory).
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let dir = self.member_dir(i);
+        std::fs::create_dir_all(&dir)?;
+        let initial = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let m = &self.members[i];
+        let client = format!("https://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.data.path().join("etcd.log"))?;
+            .open(dir.join("etcd.log"))?;
         let p = |name: &str| self.certs.dir().join(name).display().to_string();
         let child = Command::new(std::env::var("NUBO_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
-            .arg("--name=nbt")
-            .arg(format!(
-                "--data-dir={}",
-                self.data.path().join("data").display()
-            ))
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=nbt={peer}"))
+            .arg(format!("--initial-cluster={initial}"))
             .arg("--initial-cluster-state=new")
+            .arg(format!(
+                "--initial-cluster-token=nbt-tls-{}",
+                std::process::id()
+            ))
             .arg("--client-cert-auth")
             .arg(format!("--trusted-ca-file={}", p("ca.crt")))
             .arg(format!("--cert-file={}", p("etcd-server.crt")))
@@ -239,23 +277,28 @@ impl TlsEtcd {
             .stderr(log)
             .spawn()
             .context("starting etcd (is Debian's etcd-server installed?)")?;
-        self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(20))
+        self.members[i].child = Some(child);
+        Ok(())
     }
 
-    /// Stops the member (kill -9) and starts it again on the same data and
-    /// ports: every client connection, watch stream included, is cut.
+    /// Restarts every member, one at a time (kill -9, start again on the
+    /// same data and ports, wait until it answers): quorum is kept, and
+    /// every client connection, watch streams included, is cut.
     pub fn restart(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for i in 0..self.members.len() {
+            if let Some(mut c) = self.members[i].child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            self.spawn(i)?;
+            self.wait_healthy(i, Duration::from_secs(30))?;
         }
-        self.spawn()
+        Ok(())
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+    fn wait_healthy(&mut self, i: usize, timeout: Duration) -> Result<()> {
         let (crt, key) = self.certs.client("cli");
-        let url = format!("{}/health", self.endpoint());
+        let url = format!("https://127.0.0.1:{}/health", self.members[i].client_port);
         let args = [
             "--cacert".into(),
             self.certs.ca().into_os_string(),
@@ -264,13 +307,23 @@ impl TlsEtcd {
             "--key".into(),
             key.into_os_string(),
         ];
-        let r = crate::etcd::poll_health(self.child.as_mut(), &url, &args, timeout)?;
-        r.map_err(|u| u.error("etcd", timeout, &self.log()))
+        let r = crate::etcd::poll_health(self.members[i].child.as_mut(), &url, &args, timeout)?;
+        r.map_err(|u| u.error(&format!("etcd member {i}"), timeout, &self.log()))
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// The client URLs, comma-separated (`https://127.0.0.1:<port>,…`):
+    /// what `--etcd-endpoints` and `etcdctl --endpoints` take.
     pub fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.client_port)
+        self.members
+            .iter()
+            .map(|m| format!("https://127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Number of members.
+    pub fn size(&self) -> usize {
+        self.members.len()
     }
 
     /// The certificates.
@@ -278,9 +331,14 @@ impl TlsEtcd {
         &self.certs
     }
 
-    /// The etcd log so far.
+    /// Every member's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default()
+        (0..self.members.len())
+            .map(|i| {
+                let log = std::fs::read_to_string(self.member_dir(i).join("etcd.log"));
+                format!("--- member {i}\n{}", log.unwrap_or_default())
+            })
+            .collect()
     }
 
     /// Runs `etcdctl` trusting the CA, presenting client `name`'s
@@ -335,7 +393,8 @@ impl TlsEtcd {
             .with_tls(tls)
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(5));
-        Ok(etcd_client::Client::connect([self.endpoint()], Some(opts)).await?)
+        let endpoints: Vec<String> = self.endpoint().split(',').map(str::to_string).collect();
+        Ok(etcd_client::Client::connect(endpoints, Some(opts)).await?)
     }
 
     /// The operator's credential: the client certificate with CN `root`
@@ -419,9 +478,11 @@ impl TlsEtcd {
 
 impl Drop for TlsEtcd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }

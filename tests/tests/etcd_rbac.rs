@@ -1,5 +1,5 @@
-//! etcd's own permissions (issue 14): a real etcd with `--client-cert-auth`
-//! and authentication enabled by `nubo-coordinator etcd-auth enable`, two
+//! etcd's own permissions (issue 14): a real 3-member etcd with
+//! `--client-cert-auth` and authentication enabled by `nubo-coordinator etcd-auth enable`, two
 //! nodes enrolled by `nubo-coordinator node enroll`. With node n1's
 //! certificate, through the etcd client and through `etcdctl`, every read
 //! and write outside its role is refused with "permission denied", while
@@ -8,7 +8,7 @@
 //! (etcd and the coordinator keep running), the alive lease is gone, a
 //! watch opened before keeps streaming until its connection closes (what
 //! etcd 3.4 does: a watch's permission is checked when it is created),
-//! and restarting the member cuts it for good.
+//! and restarting the members one at a time cuts it for good.
 //!
 //! Needs the binaries: `cargo build --bins` before `cargo test -p nubo-tests`.
 
@@ -177,7 +177,7 @@ impl Drop for EtcdctlWatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<()> {
-    let mut etcd = TlsEtcd::start()?;
+    let mut etcd = TlsEtcd::start_cluster(3)?;
     etcd.enable_auth()?;
     let n1 = NodeName::new("n1")?;
     let n2 = NodeName::new("n2")?;
@@ -418,16 +418,16 @@ async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<
         "etcd stopped an open watch of a revoked user: update docs/operator-guide.md"
     );
     etcdctl_watch.line(&keys::network(&net3), Duration::from_secs(10))?;
-    // …until its connection closes: restarting the member cuts it, and
-    // the client cannot open it again.
+    // …until its connection closes: restarting the members one by one
+    // (quorum kept) cuts it, and the client cannot open it again.
     etcd.restart()?;
     let after = next_event(&mut watch, Duration::from_secs(20)).await?;
     assert!(
         after.is_none() || after.as_ref().is_some_and(|r| r.canceled()),
         "the old watch survived a member restart: {after:?}"
     );
-    // etcdctl re-creates its watch on the restarted member: refused, it
-    // gives up.
+    // etcdctl re-creates its watch on another member: refused, it gives
+    // up.
     let st = etcdctl_watch.exited(Duration::from_secs(20))?;
     assert!(!st.success());
     etcdctl_watch.line("permission denied", Duration::from_secs(5))?;
