@@ -24,6 +24,25 @@ pub struct EtcdOpts {
     /// loaded 2-core machine; etcd's own default is 1000); the heartbeat
     /// interval is a tenth of it.
     pub election_timeout_ms: u64,
+    /// Serve clients over HTTPS only, requiring client certificates
+    /// (`crate::tls::TlsEtcd`); `None`: plain HTTP. The `etcdctl`
+    /// helpers of [`Etcd`] present no certificate.
+    pub client_tls: Option<ClientTls>,
+}
+
+/// The client-side TLS of the members (PEM files).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA whose client certificates are accepted (`--trusted-ca-file`).
+    pub ca: PathBuf,
+    /// The members' server certificate and key.
+    pub server_cert: PathBuf,
+    /// See `server_cert`.
+    pub server_key: PathBuf,
+    /// A client certificate and key of the CA for the health probe.
+    pub probe_cert: PathBuf,
+    /// See `probe_cert`.
+    pub probe_key: PathBuf,
 }
 
 impl Default for EtcdOpts {
@@ -33,6 +52,7 @@ impl Default for EtcdOpts {
             ip: IpAddr::from([127, 0, 0, 1]),
             quota_backend_bytes: None,
             election_timeout_ms: 500,
+            client_tls: None,
         }
     }
 }
@@ -53,6 +73,7 @@ pub struct Etcd {
     ip: IpAddr,
     quota_backend_bytes: Option<u64>,
     election_timeout_ms: u64,
+    client_tls: Option<ClientTls>,
 }
 
 impl Etcd {
@@ -103,6 +124,7 @@ impl Etcd {
             ip: opts.ip,
             quota_backend_bytes: opts.quota_backend_bytes,
             election_timeout_ms: opts.election_timeout_ms.max(10),
+            client_tls: opts.client_tls,
         };
         for i in 0..etcd.members.len() {
             etcd.spawn(i)?;
@@ -132,8 +154,8 @@ impl Etcd {
     fn spawn(&mut self, i: usize) -> Result<()> {
         let dir = self.member_dir(i);
         std::fs::create_dir_all(&dir)?;
+        let client = self.member_endpoint(i);
         let m = &self.members[i];
-        let client = format!("http://{}:{}", self.ip, m.client_port);
         let peer = format!("http://{}:{}", self.ip, m.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -162,6 +184,12 @@ impl Etcd {
         if let Some(q) = self.quota_backend_bytes {
             cmd.arg(format!("--quota-backend-bytes={q}"));
         }
+        if let Some(t) = &self.client_tls {
+            cmd.arg("--client-cert-auth")
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg(format!("--cert-file={}", t.server_cert.display()))
+                .arg(format!("--key-file={}", t.server_key.display()));
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -174,7 +202,18 @@ impl Etcd {
 
     fn wait_healthy(&mut self, i: usize, timeout: Duration) -> Result<()> {
         let url = format!("{}/health", self.member_endpoint(i));
-        let r = poll_health(self.members[i].child.as_mut(), &url, &[], timeout)?;
+        let curl_args: Vec<std::ffi::OsString> = match &self.client_tls {
+            Some(t) => vec![
+                "--cacert".into(),
+                t.ca.clone().into(),
+                "--cert".into(),
+                t.probe_cert.clone().into(),
+                "--key".into(),
+                t.probe_key.clone().into(),
+            ],
+            None => Vec::new(),
+        };
+        let r = poll_health(self.members[i].child.as_mut(), &url, &curl_args, timeout)?;
         r.map_err(|u| u.error(&format!("etcd member {i}"), timeout, &self.member_log(i)))
     }
 
@@ -198,7 +237,12 @@ impl Etcd {
 
     /// The client URL of member `i`.
     pub fn member_endpoint(&self, i: usize) -> String {
-        format!("http://{}:{}", self.ip, self.members[i].client_port)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}:{}", self.ip, self.members[i].client_port)
     }
 
     /// The process id of the first member (to stop or freeze it in chaos

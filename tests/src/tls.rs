@@ -11,13 +11,11 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
-
-use crate::ports::free_port_on;
 
 /// `scripts/make-certs.sh` of this workspace.
 pub fn make_certs_script() -> PathBuf {
@@ -168,21 +166,12 @@ impl Certs {
     }
 }
 
-/// An etcd (one member, or a cluster on loopback) serving clients only over
-/// HTTPS and requiring a client certificate signed by its CA. Every member
-/// is killed (by pid) on drop.
+/// An etcd (one member, or a cluster on loopback: [`crate::etcd::Etcd`])
+/// serving clients only over HTTPS and requiring a client certificate
+/// signed by its CA. Every member is killed (by pid) on drop.
 pub struct TlsEtcd {
     certs: Certs,
-    members: Vec<TlsMember>,
-    data: tempfile::TempDir,
-}
-
-/// One member process of a [`TlsEtcd`].
-struct TlsMember {
-    name: String,
-    child: Option<Child>,
-    client_port: u16,
-    peer_port: u16,
+    etcd: crate::etcd::Etcd,
 }
 
 /// A client certificate and key of the cluster CA (e.g. the files
@@ -204,126 +193,41 @@ impl TlsEtcd {
     /// Makes certificates and starts `members` members on 127.0.0.1
     /// (peers talk plain HTTP on loopback); returns once each is healthy.
     pub fn start_cluster(members: usize) -> Result<Self> {
-        anyhow::ensure!(members > 0, "an etcd cluster needs at least one member");
         let certs = Certs::generate(&[])?;
-        let data = tempfile::Builder::new().prefix("nbt-tls-etcd-").tempdir()?;
-        let ip = "127.0.0.1".parse()?;
-        let members = (0..members)
-            .map(|i| TlsMember {
-                name: format!("nbt{i}"),
-                child: None,
-                client_port: free_port_on(ip),
-                peer_port: free_port_on(ip),
-            })
-            .collect();
-        let mut etcd = Self {
-            certs,
+        let (probe_cert, probe_key) = certs.client("cli");
+        let etcd = crate::etcd::Etcd::start_with(crate::etcd::EtcdOpts {
             members,
-            data,
-        };
-        for i in 0..etcd.members.len() {
-            etcd.spawn(i)?;
-        }
-        for i in 0..etcd.members.len() {
-            etcd.wait_healthy(i, Duration::from_secs(30))?;
-        }
-        Ok(etcd)
-    }
-
-    fn member_dir(&self, i: usize) -> PathBuf {
-        self.data.path().join(&self.members[i].name)
-    }
-
-    /// Starts member `i` (new cluster or its existing data directory).
-    fn spawn(&mut self, i: usize) -> Result<()> {
-        let dir = self.member_dir(i);
-        std::fs::create_dir_all(&dir)?;
-        let initial = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let m = &self.members[i];
-        let client = format!("https://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("etcd.log"))?;
-        let p = |name: &str| self.certs.dir().join(name).display().to_string();
-        let child = Command::new(std::env::var("NUBO_TEST_ETCD").unwrap_or_else(|_| "etcd".into()))
-            .arg(format!("--name={}", m.name))
-            .arg(format!("--data-dir={}", dir.join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={initial}"))
-            .arg("--initial-cluster-state=new")
-            .arg(format!(
-                "--initial-cluster-token=nbt-tls-{}",
-                std::process::id()
-            ))
-            .arg("--client-cert-auth")
-            .arg(format!("--trusted-ca-file={}", p("ca.crt")))
-            .arg(format!("--cert-file={}", p("etcd-server.crt")))
-            .arg(format!("--key-file={}", p("etcd-server.key")))
-            .arg("--heartbeat-interval=50")
-            .arg("--election-timeout=500")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd (is Debian's etcd-server installed?)")?;
-        self.members[i].child = Some(child);
-        Ok(())
+            client_tls: Some(crate::etcd::ClientTls {
+                ca: certs.ca(),
+                server_cert: certs.dir().join("etcd-server.crt"),
+                server_key: certs.dir().join("etcd-server.key"),
+                probe_cert,
+                probe_key,
+            }),
+            ..Default::default()
+        })?;
+        Ok(Self { certs, etcd })
     }
 
     /// Restarts every member, one at a time (kill -9, start again on the
     /// same data and ports, wait until it answers): quorum is kept, and
     /// every client connection, watch streams included, is cut.
     pub fn restart(&mut self) -> Result<()> {
-        for i in 0..self.members.len() {
-            if let Some(mut c) = self.members[i].child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            self.spawn(i)?;
-            self.wait_healthy(i, Duration::from_secs(30))?;
+        for i in 0..self.etcd.size() {
+            self.etcd.restart_member(i)?;
         }
         Ok(())
-    }
-
-    fn wait_healthy(&mut self, i: usize, timeout: Duration) -> Result<()> {
-        let (crt, key) = self.certs.client("cli");
-        let url = format!("https://127.0.0.1:{}/health", self.members[i].client_port);
-        let args = [
-            "--cacert".into(),
-            self.certs.ca().into_os_string(),
-            "--cert".into(),
-            crt.into_os_string(),
-            "--key".into(),
-            key.into_os_string(),
-        ];
-        let r = crate::etcd::poll_health(self.members[i].child.as_mut(), &url, &args, timeout)?;
-        r.map_err(|u| u.error(&format!("etcd member {i}"), timeout, &self.log()))
     }
 
     /// The client URLs, comma-separated (`https://127.0.0.1:<port>,…`):
     /// what `--etcd-endpoints` and `etcdctl --endpoints` take.
     pub fn endpoint(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("https://127.0.0.1:{}", m.client_port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.etcd.endpoint()
     }
 
     /// Number of members.
     pub fn size(&self) -> usize {
-        self.members.len()
+        self.etcd.size()
     }
 
     /// The certificates.
@@ -333,12 +237,7 @@ impl TlsEtcd {
 
     /// Every member's log so far.
     pub fn log(&self) -> String {
-        (0..self.members.len())
-            .map(|i| {
-                let log = std::fs::read_to_string(self.member_dir(i).join("etcd.log"));
-                format!("--- member {i}\n{}", log.unwrap_or_default())
-            })
-            .collect()
+        self.etcd.log()
     }
 
     /// Runs `etcdctl` trusting the CA, presenting client `name`'s
@@ -393,8 +292,7 @@ impl TlsEtcd {
             .with_tls(tls)
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(5));
-        let endpoints: Vec<String> = self.endpoint().split(',').map(str::to_string).collect();
-        Ok(etcd_client::Client::connect(endpoints, Some(opts)).await?)
+        Ok(etcd_client::Client::connect(self.etcd.endpoints(), Some(opts)).await?)
     }
 
     /// The operator's credential: the client certificate with CN `root`
@@ -473,17 +371,6 @@ impl TlsEtcd {
     /// `nubo-coordinator node revoke NODE`; returns its output.
     pub fn revoke(&self, node: &str) -> Result<String> {
         self.admin_ok(&["node", "revoke", node])
-    }
-}
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
     }
 }
 
