@@ -532,5 +532,36 @@ fn enrolment_refuses_bad_input_with_a_clear_error() -> Result<()> {
     assert!(ok, "{out}");
     assert!(users()?.contains("nubo-node-n3"));
     assert!(dir.join("n3/etcd-client.key").exists());
+
+    // Enrolling again brings a hand-widened role back to the node's grants.
+    let root = etcd.root()?;
+    let n3 = ClientFiles {
+        cert: dir.join("n3/etcd-client.crt"),
+        key: dir.join("n3/etcd-client.key"),
+    };
+    let role = |args: &[&str]| -> Result<String> {
+        let out = etcd.etcdctl_with(Some(&root), args)?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let granted = role(&["role", "get", "nubo-node-n3"])?;
+    role(&[
+        "role",
+        "grant-permission",
+        "nubo-node-n3",
+        "--prefix=true",
+        "read",
+        keys::PRIVATE,
+    ])?;
+    let widened = etcd.etcdctl_with(Some(&n3), &["get", &keys::token_key()])?;
+    assert!(widened.status.success(), "the widened role (control)");
+    let (ok, out) = run(None, &enroll("n3", &dir.join("ca.key"), "n3"))?;
+    assert!(ok, "{out}");
+    assert_eq!(role(&["role", "get", "nubo-node-n3"])?, granted);
+    etcdctl_denied(&etcd, &n3, &["get", &keys::token_key()])?;
     Ok(())
 }
