@@ -279,7 +279,9 @@ async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<
     let copy = node.get(keys::host_prefix(&n1), prefix()).await?;
     assert_eq!(copy.kvs()[0].value_str()?, r#"{"user_data":"n1-secret"}"#);
     assert_eq!(node.get(keys::network(&net), None).await?.kvs().len(), 1);
+    // The peer list its witness and VTEPs come from: every node record.
     assert!(!node.get(keys::node(&n2), None).await?.kvs().is_empty());
+    assert!(node.get(keys::nodes_prefix(), prefix()).await?.count() >= 2);
     node.put(keys::instance_status(&n1, &i1), "{}", None)
         .await?;
     node.put(keys::guest_stop(&n1, &i1), "{}", None).await?;
@@ -403,6 +405,18 @@ async fn a_node_certificate_reaches_only_its_own_keys_until_revoked() -> Result<
             .is_empty(),
         "the alive key outlived the revocation (its lease is revoked)"
     );
+    // etcd 3.4 grants a lease to any certificate of the CA, but the node
+    // can no longer put its alive key on it.
+    let lease = node.lease_grant(30, None).await?.id();
+    denied(
+        "its alive key after revocation",
+        node.put(
+            keys::node_alive(&n1),
+            "{}",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await,
+    )?;
     assert!(coord.get(keys::token_key(), None).await?.count() == 1);
 
     // etcd 3.4 checks a watch's permission when it is created: the watch
