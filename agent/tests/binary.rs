@@ -1,5 +1,8 @@
 //! The `nubo-agent` binary as a process: `kill -9`, lease expiry, restart
 //! without side effects, and a watch that resumes into a compacted revision.
+//! As in production: etcd over TLS with its authentication on, the agent
+//! with the certificate of `nubo-coordinator node enroll` (its node's
+//! etcd role only), the test writing as the coordinator.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -14,7 +17,7 @@ use nubo_agent::compute::hypervisor::fake::{FakeState, STATE_FILE};
 use nubo_common::keys;
 use nubo_common::model::{self, InstanceState, NodeAlive};
 use nubo_common::NodeName;
-use nubo_tests::Etcd;
+use nubo_tests::tls::{ClientFiles, TlsEtcd};
 
 const T: Duration = Duration::from_secs(60);
 const LEASE_TTL: u64 = 2;
@@ -26,11 +29,17 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    fn spawn(endpoint: &str, node: &NodeName, state_dir: &Path, log_name: &str) -> Self {
+    fn spawn(etcd: &Secure, node: &NodeName, state_dir: &Path, log_name: &str) -> Self {
         let log = state_dir.join(log_name);
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nubo-agent"))
-            .args(["--etcd-endpoints", endpoint])
+            .args(["--etcd-endpoints", &etcd.etcd.endpoint()])
+            .arg("--etcd-ca")
+            .arg(etcd.etcd.certs().ca())
+            .arg("--etcd-cert")
+            .arg(&etcd.node.cert)
+            .arg("--etcd-key")
+            .arg(&etcd.node.key)
             .args(["--node", node.as_str()])
             .args(["--driver", "fake"])
             // Root namespace: no bridges, no nftables.
@@ -94,6 +103,32 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// etcd with authentication on, `node` enrolled, and a client as the
+/// coordinator.
+struct Secure {
+    etcd: TlsEtcd,
+    node: ClientFiles,
+}
+
+impl Secure {
+    async fn start(node: &NodeName) -> (Self, etcd_client::Client) {
+        let etcd = TlsEtcd::start().unwrap();
+        etcd.enable_auth().unwrap();
+        let files = etcd.enroll(node.as_str()).unwrap();
+        let c = etcd.client("coordinator").await.unwrap();
+        (Self { etcd, node: files }, c)
+    }
+}
+
+/// Writes `key` again with its value (as the coordinator); the revision.
+async fn touch(c: &etcd_client::Client, key: &str) -> i64 {
+    let mut kv = c.kv_client();
+    let r = kv.get(key, None).await.unwrap();
+    let value = r.kvs()[0].value().to_vec();
+    let put = kv.put(key, value, None).await.unwrap();
+    put.header().unwrap().revision()
 }
 
 fn write_config(dir: &Path) {
@@ -168,11 +203,10 @@ async fn listed_only_node_relevant_keys(c: &etcd_client::Client, node: &NodeName
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
-    let etcd = Etcd::start().unwrap();
-    let c = etcd.client().await.unwrap();
+    let node = NodeName::new("kill9-1").unwrap();
+    let (etcd, c) = Secure::start(&node).await;
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    let node = NodeName::new("kill9-1").unwrap();
     let mut w = World::create(&c).await;
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -192,7 +226,7 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
         c.kv_client().put(k, v, None).await.unwrap();
     }
 
-    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run1.log");
+    let mut agent = AgentProcess::spawn(&etcd, &node, dir.path(), "run1.log");
     agent.wait_ready(&node).await;
     listed_only_node_relevant_keys(&c, &node, &agent.log()).await;
     wait_until(T, "running", || {
@@ -220,16 +254,15 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
     eprintln!("alive key gone {:?} after kill -9", killed.elapsed());
     assert!(exists(&c, keys::node(&node)).await, "node record stays");
 
-    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run2.log");
+    let mut agent = AgentProcess::spawn(&etcd, &node, dir.path(), "run2.log");
     agent.wait_ready(&node).await;
     wait_until(T, "alive again", || exists(&c, keys::node_alive(&node))).await;
     // One more pass, after the agent's own alive write and a rewrite of
     // the network (no change of content), has completed: the restarted
     // agent settled without touching anything.
     let log_path = agent.log.clone();
-    let (endpoint, net_key) = (etcd.endpoint(), keys::network(&w.network));
+    let rev = touch(&c, &keys::network(&w.network)).await;
     tokio::task::spawn_blocking(move || {
-        let rev = nubo_tests::agent::touch(&endpoint, &net_key)?;
         nubo_tests::agent::wait_reconciled("restarted agent", rev, T, || {
             std::fs::read_to_string(&log_path).unwrap_or_default()
         })
@@ -249,20 +282,21 @@ async fn kill_9_expires_the_lease_and_a_restart_touches_nothing() {
         !log.contains("applying compute plan"),
         "restart planned actions:\n{log}"
     );
+    // Everything above ran within the node's etcd role.
+    assert!(!log.contains("permission denied"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_into_a_compacted_revision_relists() {
-    let mut etcd = Etcd::start().unwrap();
-    let c = etcd.client().await.unwrap();
+    let node = NodeName::new("compact-1").unwrap();
+    let (mut etcd, c) = Secure::start(&node).await;
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    let node = NodeName::new("compact-1").unwrap();
     let mut w = World::create(&c).await;
     let a = w.add_instance(&c, &node).await.id;
     let b = w.add_instance(&c, &node).await.id;
 
-    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &node, dir.path(), "run.log");
+    let mut agent = AgentProcess::spawn(&etcd, &node, dir.path(), "run.log");
     agent.wait_ready(&node).await;
     wait_until(T, "running", || {
         all_in_state(&c, vec![a, b], &node, InstanceState::Running)
@@ -273,19 +307,24 @@ async fn resuming_into_a_compacted_revision_relists() {
     // Freeze the agent, break its connections, change things and compact
     // behind its back; freeze long enough for its lease to expire too.
     agent.signal("STOP");
-    etcd.restart().unwrap();
-    let c = etcd.client().await.unwrap();
+    etcd.etcd.restart().unwrap();
+    let c = etcd.etcd.client("coordinator").await.unwrap();
     delete(&c, &keys::assignment(&node, &a)).await;
     let d = w.add_instance(&c, &node).await.id;
     let rev = c
         .kv_client()
-        .get("x", None)
+        .get(keys::network(&w.network), None)
         .await
         .unwrap()
         .header()
         .unwrap()
         .revision();
-    etcd.etcdctl(&["compact", &rev.to_string()]).unwrap();
+    let root = etcd.etcd.root().unwrap();
+    let compacted = etcd
+        .etcd
+        .etcdctl_with(Some(&root), &["compact", &rev.to_string()])
+        .unwrap();
+    assert!(compacted.status.success(), "{compacted:?}");
     let frozen = Instant::now();
     wait_until(T, "the frozen agent's lease expired", || async {
         !exists(&c, keys::node_alive(&node)).await
@@ -326,5 +365,10 @@ async fn resuming_into_a_compacted_revision_relists() {
     assert!(
         agent.child.try_wait().unwrap().is_none(),
         "agent still running"
+    );
+    assert!(
+        !agent.log().contains("permission denied"),
+        "{}",
+        agent.log()
     );
 }
