@@ -18,6 +18,19 @@ pub enum StoreError {
         /// etcd's message.
         detail: String,
     },
+    /// etcd's authentication refused the request: the user named by the
+    /// client certificate's CN does not exist or its role does not cover
+    /// the key (a node revoked or never enrolled, or a role made by an
+    /// older version).
+    #[error(
+        "etcd refused this client's user ({detail}): its certificate's user is missing or its \
+         role does not cover the key; for a node: `nubo-coordinator node enroll` it (again), \
+         it may have been revoked (docs/operator-guide.md, \"etcd permissions\")"
+    )]
+    PermissionDenied {
+        /// etcd's message.
+        detail: String,
+    },
     /// The revision asked for is compacted.
     #[error("etcd: {0}")]
     Compacted(String),

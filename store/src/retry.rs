@@ -123,6 +123,13 @@ pub(crate) fn terminal(f: Failure) -> StoreError {
         },
         Class::Compacted => StoreError::Compacted(status_message(&f)),
         _ => match f {
+            Failure::Etcd(etcd_client::Error::GRpcStatus(s))
+                if s.code() == tonic::Code::PermissionDenied =>
+            {
+                StoreError::PermissionDenied {
+                    detail: s.message().to_string(),
+                }
+            }
             Failure::Etcd(e) => StoreError::Etcd(e),
             Failure::Timeout(d) => StoreError::Unavailable {
                 what: "request",
@@ -253,7 +260,11 @@ mod tests {
         })
         .await
         .unwrap_err();
-        assert!(matches!(e, StoreError::Etcd(_)), "{e}");
+        assert!(matches!(e, StoreError::PermissionDenied { .. }), "{e}");
+        assert!(
+            e.to_string().contains("permission denied") && e.to_string().contains("enroll"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

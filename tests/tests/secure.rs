@@ -237,7 +237,9 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
         Ok(nodes.iter().all(|n| n["alive"] == false))
     })?;
     wait_until(Duration::from_secs(30), "the agent refused by etcd", || {
-        Ok(agent.current_log().contains("permission denied"))
+        Ok(agent
+            .current_log()
+            .contains("etcd refused this client's user (etcdserver: permission denied)"))
     })?;
     drop(agent);
     Ok(())
