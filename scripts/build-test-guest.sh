@@ -28,11 +28,20 @@ set -euo pipefail
 OUT=${NUBO_GUEST_DIR:-/var/cache/nubo/test-guest}
 HERE=$(cd "$(dirname "$0")" && pwd)
 STAMP=$(sha256sum "$HERE/build-test-guest.sh" | cut -c1-16)
-if [[ -f $OUT/vmlinuz && -f $OUT/initrd.gz && "$(cat "$OUT/stamp" 2>/dev/null)" == "$STAMP" ]]; then
+cached() { [[ -f $OUT/vmlinuz && -f $OUT/initrd.gz && "$(cat "$OUT/stamp" 2>/dev/null)" == "$STAMP" ]]; }
+if cached; then
   echo "$OUT (cached)"
   exit 0
 fi
 mkdir -p "$OUT"; chmod 755 "$OUT"
+# One build at a time: tests of one binary (threads) and of several call this
+# at once on a new machine. Wait for the build in progress, then use it.
+exec 9>"$OUT/.lock"
+flock 9
+if cached; then
+  echo "$OUT (cached)"
+  exit 0
+fi
 command -v cpio >/dev/null && [[ -x /bin/busybox ]] || \
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends busybox-static cpio >/dev/null
 

@@ -15,7 +15,7 @@
 //!     router: Some([10, 0, 0, 1].into()),
 //!     mtu: Some(1450),
 //!     hostname: Some("vm-1".into()),
-//!     ..Lease::new([0x02, 0, 0, 0, 0, 1], [10, 0, 0, 5].into(), 24)
+//!     ..Lease::new([0x02, 0, 0, 0, 0, 1].into(), [10, 0, 0, 5].into(), 24)
 //! })?;
 //! let handle = DhcpServer::bind("nb-100", METADATA_IP, table.clone())?.spawn()?;
 //! // ... table.upsert()/remove() as ports change ...

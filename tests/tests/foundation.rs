@@ -532,11 +532,15 @@ fn every_value_under_nubo_v1_is_json() {
     let mut bad = Vec::new();
     let mut kinds = BTreeSet::new();
     for (k, v) in &kvs {
-        if let Some(kind) = k
-            .strip_prefix("/nubo/v1/")
-            .and_then(|r| r.split('/').next())
-        {
-            kinds.insert(kind.to_string());
+        // The kind: the first segment, or the first two under private/.
+        if let Some(rest) = k.strip_prefix("/nubo/v1/") {
+            let mut seg = rest.split('/');
+            let kind = match (seg.next(), seg.next()) {
+                (Some("private"), Some(sub)) => format!("private/{sub}"),
+                (Some(first), _) => first.to_string(),
+                (None, _) => continue,
+            };
+            kinds.insert(kind);
         }
         if serde_json::from_slice::<Value>(v).is_err() {
             bad.push(format!("{k} = {:?}", String::from_utf8_lossy(v)));
@@ -554,7 +558,9 @@ fn every_value_under_nubo_v1_is_json() {
         "images",
         "networks",
         // IPAM and the rest of the coordinators' data.
-        "private",
+        "private/ipam",
+        "private/macs",
+        "private/names",
         "ports",
         "instances",
         "assignments",
