@@ -626,6 +626,17 @@ impl NameKind {
         }
     }
 
+    /// The kind as users read it in messages ("security group").
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Network => "network",
+            Self::SecurityGroup => "security group",
+            Self::Image => "image",
+            Self::ServerGroup => "server group",
+            Self::Volume => "volume",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "network" => Self::Network,

@@ -75,7 +75,7 @@ pub(crate) async fn flavor(ctx: &Ctx, r: &str) -> ApiResult<Versioned<Flavor>> {
 
 /// The image `r` (id or name) of `project`.
 pub(crate) async fn image(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Versioned<Image>> {
-    resolve(ctx, NameKind::Image, "image", project, r, |u| {
+    resolve(ctx, NameKind::Image, project, r, |u| {
         keys::image(&ImageId::from_uuid(u))
     })
     .await
@@ -96,36 +96,64 @@ pub(crate) async fn keypair(
         })
 }
 
+/// What a user's reference to a project-scoped resource of `kind` names.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reference {
+    /// An id: its key.
+    Key(String),
+    /// A name: the key of its entry in the name index, which holds the id.
+    NameIndex(String),
+}
+
+/// The reference `r` (trimmed) of a resource of `kind`: an id or a name.
+/// An empty one is an InvalidArgument naming the kind.
+pub(crate) fn reference(
+    kind: NameKind,
+    project: &ProjectId,
+    r: &str,
+    key_of: impl Fn(uuid::Uuid) -> String,
+) -> ApiResult<Reference> {
+    let r = r.trim();
+    if r.is_empty() {
+        return Err(ApiError::InvalidArgument(format!(
+            "a {} id or name is required",
+            kind.label()
+        )));
+    }
+    Ok(match uuid::Uuid::parse_str(r) {
+        Ok(u) => Reference::Key(key_of(u)),
+        Err(_) => Reference::NameIndex(keys::name_index(kind, project, r)),
+    })
+}
+
+/// The NotFound of reference `r` to a resource of `kind` in `project`.
+pub(crate) fn not_found(kind: NameKind, project: &ProjectId, r: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "{} {:?} not found in project {project}",
+        kind.label(),
+        r.trim()
+    ))
+}
+
 /// Looks a project-scoped resource up by id or by its unique name (via
 /// the name index). Resources of other projects are not found.
 pub(crate) async fn resolve<T: DeserializeOwned + Owned>(
     ctx: &Ctx,
     kind: NameKind,
-    label: &str,
     project: &ProjectId,
     r: &str,
     key_of: impl Fn(uuid::Uuid) -> String,
 ) -> ApiResult<Versioned<T>> {
-    let r = r.trim();
-    if r.is_empty() {
-        return Err(ApiError::InvalidArgument(format!(
-            "a {label} id or name is required"
-        )));
-    }
-    let not_found = || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
-    let key = match uuid::Uuid::parse_str(r) {
-        Ok(u) => key_of(u),
-        Err(_) => {
-            let idx = keys::name_index(kind, project, r);
-            let Some(id) = ctx.store.read::<uuid::Uuid>(&idx).await? else {
-                return Err(not_found());
-            };
-            key_of(id.value)
-        }
+    let key = match reference(kind, project, r, &key_of)? {
+        Reference::Key(key) => key,
+        Reference::NameIndex(idx) => match ctx.store.read::<uuid::Uuid>(&idx).await? {
+            Some(id) => key_of(id.value),
+            None => return Err(not_found(kind, project, r)),
+        },
     };
     match ctx.store.read::<T>(&key).await? {
         Some(v) if v.value.project() == project => Ok(v),
-        _ => Err(not_found()),
+        _ => Err(not_found(kind, project, r)),
     }
 }
 
@@ -221,7 +249,7 @@ pub(crate) async fn network(
     project: &ProjectId,
     r: &str,
 ) -> ApiResult<Versioned<Network>> {
-    resolve(ctx, NameKind::Network, "network", project, r, |u| {
+    resolve(ctx, NameKind::Network, project, r, |u| {
         keys::network(&NetworkId::from_uuid(u))
     })
     .await
@@ -241,14 +269,9 @@ pub(crate) async fn secgroup(
     project: &ProjectId,
     r: &str,
 ) -> ApiResult<Versioned<SecurityGroup>> {
-    resolve(
-        ctx,
-        NameKind::SecurityGroup,
-        "security group",
-        project,
-        r,
-        |u| keys::secgroup(&SecurityGroupId::from_uuid(u)),
-    )
+    resolve(ctx, NameKind::SecurityGroup, project, r, |u| {
+        keys::secgroup(&SecurityGroupId::from_uuid(u))
+    })
     .await
 }
 
@@ -258,14 +281,9 @@ pub(crate) async fn server_group(
     project: &ProjectId,
     r: &str,
 ) -> ApiResult<Versioned<ServerGroup>> {
-    resolve(
-        ctx,
-        NameKind::ServerGroup,
-        "server group",
-        project,
-        r,
-        |u| keys::server_group(&ServerGroupId::from_uuid(u)),
-    )
+    resolve(ctx, NameKind::ServerGroup, project, r, |u| {
+        keys::server_group(&ServerGroupId::from_uuid(u))
+    })
     .await
 }
 
@@ -288,8 +306,38 @@ pub(crate) async fn volume(
     project: &ProjectId,
     r: &str,
 ) -> ApiResult<Versioned<Volume>> {
-    resolve(ctx, NameKind::Volume, "volume", project, r, |u| {
+    resolve(ctx, NameKind::Volume, project, r, |u| {
         keys::volume(&VolumeId::from_uuid(u))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_is_an_id_a_name_or_an_error_naming_the_kind() {
+        let p = ProjectId::default_project();
+        let key_of = |u: uuid::Uuid| format!("/k/{u}");
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(
+            reference(NameKind::Network, &p, &format!(" {id} "), key_of).unwrap(),
+            Reference::Key(format!("/k/{id}"))
+        );
+        assert_eq!(
+            reference(NameKind::SecurityGroup, &p, " web ", key_of).unwrap(),
+            Reference::NameIndex(keys::name_index(NameKind::SecurityGroup, &p, "web"))
+        );
+        let err = reference(NameKind::SecurityGroup, &p, "  ", key_of).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidArgument(m) if m == "a security group id or name is required"),
+            "{err:?}"
+        );
+        let err = not_found(NameKind::ServerGroup, &p, " db ");
+        assert!(
+            matches!(&err, ApiError::NotFound(m) if m == &format!("server group \"db\" not found in project {p}")),
+            "{err:?}"
+        );
+    }
 }

@@ -58,15 +58,11 @@ pub(crate) async fn secgroups(
     }
     let mut out = Vec::with_capacity(refs.len());
     for r in refs {
-        let g: Versioned<SecurityGroup> = super::lookup::resolve(
-            ctx,
-            NameKind::SecurityGroup,
-            "security group",
-            project,
-            r,
-            |u| keys::secgroup(&SecurityGroupId::from_uuid(u)),
-        )
-        .await?;
+        let g: Versioned<SecurityGroup> =
+            super::lookup::resolve(ctx, NameKind::SecurityGroup, project, r, |u| {
+                keys::secgroup(&SecurityGroupId::from_uuid(u))
+            })
+            .await?;
         if !out.contains(&g.value.id) {
             out.push(g.value.id);
         }

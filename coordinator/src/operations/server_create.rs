@@ -551,33 +551,17 @@ async fn resolve_dep<T: FromCached + DeserializeOwned + Owned>(
     src: Source,
     deps: &mut Vec<(String, i64)>,
 ) -> ApiResult<Arc<T>> {
-    let label = match kind {
-        NameKind::Network => "network",
-        NameKind::SecurityGroup => "security group",
-        NameKind::Image => "image",
-        NameKind::ServerGroup => "server group",
-        NameKind::Volume => "volume",
-    };
-    let r = r.trim();
-    if r.is_empty() {
-        return Err(ApiError::InvalidArgument(format!(
-            "a {label} id or name is required"
-        )));
-    }
-    let not_found = || ApiError::NotFound(format!("{label} {r:?} not found in project {project}"));
-    let key = match uuid::Uuid::parse_str(r) {
-        Ok(u) => key_of(u),
-        Err(_) => {
-            let idx = keys::name_index(kind, project, r);
-            match fetch::<uuid::Uuid>(ctx, &idx, src, deps).await? {
-                Some(id) => key_of(*id),
-                None => return Err(not_found()),
-            }
-        }
+    use super::lookup::{not_found, reference, Reference};
+    let key = match reference(kind, project, r, &key_of)? {
+        Reference::Key(key) => key,
+        Reference::NameIndex(idx) => match fetch::<uuid::Uuid>(ctx, &idx, src, deps).await? {
+            Some(id) => key_of(*id),
+            None => return Err(not_found(kind, project, r)),
+        },
     };
     match fetch::<T>(ctx, &key, src, deps).await? {
         Some(v) if v.project() == project => Ok(v),
-        _ => Err(not_found()),
+        _ => Err(not_found(kind, project, r)),
     }
 }
 

@@ -260,7 +260,7 @@ pub(crate) async fn new_volume(
         "" => None,
         r => {
             let img: Versioned<Image> =
-                super::lookup::resolve(ctx, NameKind::Image, "image", &project, r, |u| {
+                super::lookup::resolve(ctx, NameKind::Image, &project, r, |u| {
                     keys::image(&ImageId::from_uuid(u))
                 })
                 .await?;
