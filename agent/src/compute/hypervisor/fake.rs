@@ -53,15 +53,7 @@ pub struct FakeState {
 impl FakeState {
     /// Reads a state file (an absent file is an empty state).
     pub fn load(path: &Path) -> Result<Self, HypervisorError> {
-        let err = |source| HypervisorError::State {
-            path: path.to_path_buf(),
-            source,
-        };
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(e.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(err(e)),
-        }
+        super::state_file::load(path)
     }
 }
 
@@ -142,14 +134,7 @@ impl FakeHypervisor {
     }
 
     async fn persist(&self, st: &FakeState) -> Result<(), HypervisorError> {
-        let err = |source| HypervisorError::State {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(e.into()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        tokio::fs::write(&tmp, bytes).await.map_err(err)?;
-        tokio::fs::rename(&tmp, &self.path).await.map_err(err)
+        super::state_file::save(&self.path, st).await
     }
 
     fn managed(st: &mut FakeState, id: InstanceId) -> Result<&mut FakeRecord, HypervisorError> {

@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::plug::PlugWaiters;
+use super::state_file::state_err;
 use super::{
     AttachedVolume, HypervisorError, InstanceSize, ObservedInstance, ObservedPower, VolumeToAttach,
 };
@@ -279,13 +280,6 @@ impl std::fmt::Debug for LibvirtHypervisor {
 
 fn backend(what: &str, e: impl std::fmt::Display) -> HypervisorError {
     HypervisorError::Backend(format!("{what}: {e}"))
-}
-
-fn state_err(path: &Path) -> impl Fn(std::io::Error) -> HypervisorError + '_ {
-    move |source| HypervisorError::State {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn mkdir_world_traversable(dir: &Path) -> Result<(), HypervisorError> {
@@ -521,11 +515,7 @@ impl LibvirtHypervisor {
     }
 
     async fn persist(&self, st: &LibvirtState) -> Result<(), HypervisorError> {
-        let err = state_err(&self.state_path);
-        let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(e.into()))?;
-        let tmp = self.state_path.with_extension("json.tmp");
-        tokio::fs::write(&tmp, bytes).await.map_err(&err)?;
-        tokio::fs::rename(&tmp, &self.state_path).await.map_err(err)
+        super::state_file::save(&self.state_path, st).await
     }
 
     async fn ensure_taps(&self, taps: &[TapRecord]) -> Result<(), HypervisorError> {
@@ -596,12 +586,7 @@ impl LibvirtHypervisor {
 }
 
 fn load(path: &Path) -> Result<LibvirtState, HypervisorError> {
-    let err = state_err(path);
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(e.into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LibvirtState::default()),
-        Err(e) => Err(err(e)),
-    }
+    super::state_file::load(path)
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@ pub mod fake;
 pub mod libvirt;
 pub mod netns;
 pub mod plug;
+pub mod state_file;
 
 use std::collections::BTreeMap;
 

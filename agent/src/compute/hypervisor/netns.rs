@@ -177,14 +177,7 @@ impl NetnsHypervisor {
     }
 
     async fn persist(&self, st: &NetnsState) -> Result<(), HypervisorError> {
-        let err = |source| HypervisorError::State {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(e.into()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        tokio::fs::write(&tmp, bytes).await.map_err(err)?;
-        tokio::fs::rename(&tmp, &self.path).await.map_err(err)
+        super::state_file::save(&self.path, st).await
     }
 
     /// Creates the namespace and veth of `rec` unless the namespace exists
@@ -230,15 +223,7 @@ impl NetnsHypervisor {
 }
 
 fn load(path: &Path) -> Result<NetnsState, HypervisorError> {
-    let err = |source| HypervisorError::State {
-        path: path.to_path_buf(),
-        source,
-    };
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(e.into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NetnsState::default()),
-        Err(e) => Err(err(e)),
-    }
+    super::state_file::load(path)
 }
 
 /// Parses `/proc/net/route` and keeps the routes through `ifname`. Pure.
