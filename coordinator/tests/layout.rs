@@ -86,12 +86,9 @@ async fn to_old_layout(etcd: &Etcd) -> BTreeMap<String, Vec<u8>> {
     old
 }
 
+/// The shared test clients, plus the two services they lack.
 struct Api {
     tokens: pb::tokens_client::TokensClient<Channel>,
-    networks: pb::networks_client::NetworksClient<Channel>,
-    ports: pb::ports_client::PortsClient<Channel>,
-    servers: pb::servers_client::ServersClient<Channel>,
-    cluster: pb::cluster_client::ClusterClient<Channel>,
     quotas: pb::quotas_client::QuotasClient<Channel>,
     all: Clients,
 }
@@ -100,10 +97,6 @@ async fn api(c: &Coordinator) -> Api {
     let ch = channel(c).await;
     Api {
         tokens: pb::tokens_client::TokensClient::new(ch.clone()),
-        networks: pb::networks_client::NetworksClient::new(ch.clone()),
-        ports: pb::ports_client::PortsClient::new(ch.clone()),
-        servers: pb::servers_client::ServersClient::new(ch.clone()),
-        cluster: pb::cluster_client::ClusterClient::new(ch.clone()),
         quotas: pb::quotas_client::QuotasClient::new(ch.clone()),
         all: clients_on(ch),
     }
@@ -166,14 +159,22 @@ async fn an_old_layout_cluster_is_moved_once_by_two_coordinators_and_keeps_worki
         cidr: "10.9.0.0/24".into(),
         ..Default::default()
     };
-    x.networks.create(authed(&tok, net.clone())).await.unwrap();
+    x.all
+        .networks
+        .create(authed(&tok, net.clone()))
+        .await
+        .unwrap();
     let fixed = pb::CreatePortRequest {
         name: "fixed".into(),
         network_ref: "net".into(),
         ip: "10.9.0.10".into(),
         ..Default::default()
     };
-    x.ports.create(authed(&tok, fixed.clone())).await.unwrap();
+    x.all
+        .ports
+        .create(authed(&tok, fixed.clone()))
+        .await
+        .unwrap();
     x.all
         .groups
         .create(authed(
@@ -187,6 +188,7 @@ async fn an_old_layout_cluster_is_moved_once_by_two_coordinators_and_keeps_worki
         .await
         .unwrap();
     let web = x
+        .all
         .servers
         .create(authed(&tok, server_req("tok-1")))
         .await
@@ -268,18 +270,21 @@ async fn an_old_layout_cluster_is_moved_once_by_two_coordinators_and_keeps_worki
         let mut y = api(co).await;
         let tok = issue_token(&mut y.tokens, "admin", "adminpw").await;
         let e = y
+            .all
             .networks
             .create(authed(&tok, net.clone()))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
         let e = y
+            .all
             .ports
             .create(authed(&tok, fixed.clone()))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
         let again = y
+            .all
             .servers
             .create(authed(&tok, server_req("tok-1")))
             .await
@@ -287,6 +292,7 @@ async fn an_old_layout_cluster_is_moved_once_by_two_coordinators_and_keeps_worki
             .into_inner();
         assert_eq!(again.results[0].server.as_ref().unwrap().id, web);
         let s = y
+            .all
             .cluster
             .status(authed(&tok, pb::Empty {}))
             .await
