@@ -538,6 +538,40 @@ pub struct TokenKeySet {
     pub previous_valid_until: Option<Timestamp>,
 }
 
+/// `/nubo/v1/private/secrets/ticket-key`: the coordinators' Ed25519 key
+/// signing stream tickets (`nubo_nodeapi::ticket`). Made by the first
+/// coordinator that needs it (create-if-absent), together with its public
+/// half ([`TicketVerifyKey`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketSigningKey {
+    /// Key id (hex), the name of the public half's key.
+    pub kid: String,
+    /// PKCS#8 document, base64 (standard alphabet).
+    pub pkcs8: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for TicketSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketSigningKey")
+            .field("kid", &self.kid)
+            .field("pkcs8", &"<secret>")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// `/nubo/v1/ticket-keys/<kid>`: the public half of a ticket key, read by
+/// nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketVerifyKey {
+    /// The Ed25519 public key (32 bytes), base64 (standard alphabet).
+    pub public_key: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
