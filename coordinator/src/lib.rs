@@ -32,6 +32,7 @@ pub mod paging;
 pub mod pki;
 pub mod placement;
 pub mod state;
+pub mod tickets;
 pub mod validate;
 
 use std::future::Future;

@@ -157,7 +157,7 @@ async fn node(cfg: &Config, c: NodeCommand) -> anyhow::Result<()> {
                 Some(node.as_str()),
                 days,
             )
-                .with_context(|| format!("issuing the certificate of {user}"))?;
+            .with_context(|| format!("issuing the certificate of {user}"))?;
             let (_etcd, mut auth) = admin_etcd(cfg, &admin).await?;
             nubo_coordinator::etcd_auth::enroll_node(&mut auth, &node)
                 .await

@@ -111,7 +111,8 @@ pub fn issue_client_cert(
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     if server_name.is_some() {
-        p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
     }
     p.use_authority_key_identifier_extension = true;
     let start = Utc::now() - Duration::days(1);
@@ -285,7 +286,8 @@ mod tests {
             .success());
         let err = issue_client_cert(&ca, &other.join("ca.key"), "x", None, 1).unwrap_err();
         assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
-        let missing = issue_client_cert(&dir.path().join("nope"), &ca_key, "x", None, 1).unwrap_err();
+        let missing =
+            issue_client_cert(&dir.path().join("nope"), &ca_key, "x", None, 1).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }
 }

@@ -46,7 +46,7 @@ pub struct Inner {
     /// coordinator's certificate when `[etcd_tls]` has one.
     pub node_api: nubo_nodeapi::NodeApiClient,
     /// The stream ticket signer, loaded on first use.
-    pub tickets: crate::operations::node_streams::TicketKeys,
+    pub tickets: crate::tickets::TicketKeys,
 }
 
 impl std::ops::Deref for Ctx {

@@ -232,9 +232,9 @@ impl NodeApiClient {
                 node: node.clone(),
                 addr: hostport,
             }),
-            (NodeApiAddr::Tls(_), None) => Err(ClientError::NoClientCertificate {
-                node: node.clone(),
-            }),
+            (NodeApiAddr::Tls(_), None) => {
+                Err(ClientError::NoClientCertificate { node: node.clone() })
+            }
             (NodeApiAddr::Plain(_), None) => {
                 let tcp = TcpStream::connect(&hostport)
                     .await
@@ -320,9 +320,7 @@ impl NodeApiClient {
         timeout: Duration,
     ) -> Result<EtcdSessionStatus, ClientError> {
         let go = async {
-            let mut s = self
-                .get(node, label, EtcdSessionStatus::PATH, None)
-                .await?;
+            let mut s = self.get(node, label, EtcdSessionStatus::PATH, None).await?;
             let mut body = Vec::new();
             while let Some(c) = s.next_chunk().await {
                 body.extend_from_slice(&c?);

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -18,6 +18,10 @@ use crate::ticket::{ParsedTicket, SeenTickets, StreamTarget, TicketClaims, Ticke
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a node trusts a public ticket key it read before reading it
+/// again (a key deleted by a rotation stops being accepted within this).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Time a client gets to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,8 +56,7 @@ pub async fn serve(
         let app = app.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "node API TLS handshake refused");
@@ -87,7 +90,7 @@ pub trait VerifyKeys: Send + Sync {
 pub struct TicketGate {
     node: NodeName,
     keys: Arc<dyn VerifyKeys>,
-    cache: Mutex<HashMap<String, Vec<u8>>>,
+    cache: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
     seen: Mutex<SeenTickets>,
 }
 
@@ -100,7 +103,8 @@ impl std::fmt::Debug for TicketGate {
 }
 
 impl TicketGate {
-    /// The gate of `node`, reading keys from `keys` (cached once found).
+    /// The gate of `node`, reading keys from `keys` (cached for
+    /// [`KEY_CACHE_TTL`] once found).
     pub fn new(node: NodeName, keys: Arc<dyn VerifyKeys>) -> Self {
         Self {
             node,
@@ -127,8 +131,11 @@ impl TicketGate {
     }
 
     async fn key(&self, kid: &str) -> Result<Vec<u8>, TicketError> {
-        if let Some(k) = self.cache.lock().ok().and_then(|c| c.get(kid).cloned()) {
-            return Ok(k);
+        let cached = self.cache.lock().ok().and_then(|c| c.get(kid).cloned());
+        if let Some((k, at)) = cached {
+            if at.elapsed() < KEY_CACHE_TTL {
+                return Ok(k);
+            }
         }
         let key = self
             .keys
@@ -140,7 +147,8 @@ impl TicketGate {
             })?
             .ok_or_else(|| TicketError::UnknownKey(kid.to_string()))?;
         if let Ok(mut c) = self.cache.lock() {
-            c.insert(kid.to_string(), key.clone());
+            c.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+            c.insert(kid.to_string(), (key.clone(), Instant::now()));
         }
         Ok(key)
     }
@@ -211,7 +219,10 @@ mod tests {
             Err(TicketError::Missing)
         );
         let t = signer.sign(&claims);
-        assert_eq!(gate.admit(&headers(&t), &target, 2_000).await, Ok(claims.clone()));
+        assert_eq!(
+            gate.admit(&headers(&t), &target, 2_000).await,
+            Ok(claims.clone())
+        );
         assert_eq!(
             gate.admit(&headers(&t), &target, 2_500).await,
             Err(TicketError::Reused)

@@ -175,7 +175,8 @@ impl TicketSigner {
         if !valid_kid(kid) {
             return Err(KeyError::BadKid(kid.to_string()));
         }
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| KeyError::Invalid(e.to_string()))?;
         Ok(Self {
             kid: kid.to_string(),
             pair,
@@ -196,9 +197,7 @@ impl TicketSigner {
     pub fn sign(&self, claims: &TicketClaims) -> String {
         // Serializing plain strings and integers cannot fail.
         let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let sig = self
-            .pair
-            .sign(signed_text(&self.kid, &body).as_bytes());
+        let sig = self.pair.sign(signed_text(&self.kid, &body).as_bytes());
         format!("{}.{body}.{}", self.kid, B64.encode(sig.as_ref()))
     }
 }
@@ -258,8 +257,8 @@ impl ParsedTicket {
         let raw = B64
             .decode(&self.body)
             .map_err(|_| TicketError::Malformed("claims are not base64url"))?;
-        let claims: TicketClaims =
-            serde_json::from_slice(&raw).map_err(|_| TicketError::Malformed("claims are not JSON"))?;
+        let claims: TicketClaims = serde_json::from_slice(&raw)
+            .map_err(|_| TicketError::Malformed("claims are not JSON"))?;
         if &claims.node != node {
             return Err(TicketError::WrongNode(claims.node));
         }
@@ -372,7 +371,9 @@ mod tests {
             p.verify(&pk, &n1, &console(other), 2_000),
             Err(TicketError::WrongTarget(_))
         ));
-        let tap = StreamTarget::Capture { tap: "tap01".into() };
+        let tap = StreamTarget::Capture {
+            tap: "tap01".into(),
+        };
         assert!(matches!(
             p.verify(&pk, &n1, &tap, 2_000),
             Err(TicketError::WrongTarget(_))
@@ -395,9 +396,12 @@ mod tests {
         let (_, rest) = forged.split_once('.').unwrap();
         let forged = format!("{}.{rest}", signer.kid());
         assert_eq!(
-            ParsedTicket::parse(&forged)
-                .unwrap()
-                .verify(&signer.public_key(), &n1, &console(i), 2_000),
+            ParsedTicket::parse(&forged).unwrap().verify(
+                &signer.public_key(),
+                &n1,
+                &console(i),
+                2_000
+            ),
             Err(TicketError::BadSignature)
         );
         // Claims changed after signing (a longer life).
@@ -408,9 +412,12 @@ mod tests {
         let body = B64.encode(serde_json::to_vec(&longer).unwrap());
         let altered = format!("{}.{body}.{}", parts[0], parts[2]);
         assert_eq!(
-            ParsedTicket::parse(&altered)
-                .unwrap()
-                .verify(&signer.public_key(), &n1, &console(i), 2_000),
+            ParsedTicket::parse(&altered).unwrap().verify(
+                &signer.public_key(),
+                &n1,
+                &console(i),
+                2_000
+            ),
             Err(TicketError::BadSignature)
         );
         for bad in ["", "a.b", "a.b.c.d", "XY.e30.AA", "ab.e30.%%"] {
@@ -427,9 +434,12 @@ mod tests {
         let i = InstanceId::new_random();
         let n1 = NodeName::new("n1").unwrap();
         let verify = |c: &TicketClaims, now| {
-            ParsedTicket::parse(&signer.sign(c))
-                .unwrap()
-                .verify(&signer.public_key(), &n1, &console(i), now)
+            ParsedTicket::parse(&signer.sign(c)).unwrap().verify(
+                &signer.public_key(),
+                &n1,
+                &console(i),
+                now,
+            )
         };
         let long = claims("n1", console(i), 1_000, MAX_LIFETIME_MS + 1);
         assert_eq!(verify(&long, 2_000), Err(TicketError::BadLifetime));

@@ -91,12 +91,10 @@ impl TlsFiles {
     /// The agent's side: serve with `cert`, require a client certificate
     /// signed by `ca`.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots(&self.ca)?),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&self.ca)?), provider())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
         let cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Rustls {

@@ -28,7 +28,7 @@ use serde_json::Value;
 const NODE: &str = "node-1";
 
 /// Everything `cli` printed, and whether it succeeded.
-fn run(cli: &Cli, args: &[&str]) -> Result<(bool, String, String)> {
+fn cli_out(cli: &Cli, args: &[&str]) -> Result<(bool, String, String)> {
     let out = cli.run(args)?;
     Ok((out.success(), out.stdout, out.stderr))
 }
@@ -124,7 +124,10 @@ fn console_streams_need_a_ticket_and_go_through_the_coordinator() -> Result<()> 
     let agent = Agent::start(opts)?;
     let node = wait_for(Duration::from_secs(60), "node-1 registered", || {
         let nodes = list_items(&admin.json(&["node", "list"])?)?;
-        Ok(nodes.into_iter().find(|n| n["name"] == NODE).ok_or("absent"))
+        Ok(nodes
+            .into_iter()
+            .find(|n| n["name"] == NODE)
+            .ok_or("absent"))
     })?;
     let label = node["labels"][nubo_common::model::NODE_API_LABEL]
         .as_str()
@@ -134,7 +137,15 @@ fn console_streams_need_a_ticket_and_go_through_the_coordinator() -> Result<()> 
     let hostport = NodeApiAddr::parse(&label)?.host_port().to_string();
 
     alice.json(&[
-        "server", "create", "vm", "--wait", "--flavor", "tiny", "--image", "cirros", "--network",
+        "server",
+        "create",
+        "vm",
+        "--wait",
+        "--flavor",
+        "tiny",
+        "--image",
+        "cirros",
+        "--network",
         "net1",
     ])?;
     let vm: Value = alice.json(&["server", "show", "vm"])?;
@@ -146,10 +157,10 @@ fn console_streams_need_a_ticket_and_go_through_the_coordinator() -> Result<()> 
     )?;
 
     // The owner: through the coordinator, which relays the node's stream.
-    let (ok, out, err) = run(&alice, &["server", "console", "vm"])?;
+    let (ok, out, err) = cli_out(&alice, &["server", "console", "vm"])?;
     assert!(ok && out.contains("NUBO-CONSOLE-MARK"), "{out}{err}");
     // Another project's member: the server does not exist for them.
-    let (ok, out, err) = run(&bob, &["server", "console", &id.to_string()])?;
+    let (ok, out, err) = cli_out(&bob, &["server", "console", &id.to_string()])?;
     assert!(!ok && !out.contains("NUBO-CONSOLE-MARK"), "{out}");
     assert!(err.contains("not found"), "{err}");
 
@@ -166,9 +177,9 @@ fn console_streams_need_a_ticket_and_go_through_the_coordinator() -> Result<()> 
         "{issued}"
     );
     assert!(
-        audit
-            .iter()
-            .any(|r| r["user"] == "bob" && r["action"] == "servers.console" && r["outcome"] == "NotFound"),
+        audit.iter().any(|r| r["user"] == "bob"
+            && r["action"] == "servers.console"
+            && r["outcome"] == "NotFound"),
         "bob's refusal not audited: {audit:#?}"
     );
     assert!(!audit

@@ -32,14 +32,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use nubo_common::keys;
+use nubo_common::model::TicketVerifyKey;
+use nubo_nodeapi::{NodeApiAddr, StreamTarget, TicketError, TicketGate, VerifyKeys};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
-use nubo_common::keys;
-use nubo_common::model::TicketVerifyKey;
-use nubo_nodeapi::{NodeApiAddr, StreamTarget, TicketError, TicketGate, VerifyKeys};
 use tracing::{error, info, warn, Instrument};
 
 use crate::config::AgentConfig;
@@ -148,8 +148,7 @@ pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>, session: Opti
             }
         },
     };
-    let etcd = match crate::store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await
-    {
+    let etcd = match crate::store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await {
         Ok(e) => e,
         Err(e) => {
             error!(%addr, error = %e, "node API not available: no etcd client for ticket keys");
@@ -368,11 +367,7 @@ mod tests {
         (Arc::new(gate), signer)
     }
 
-    fn ticket(
-        signer: &nubo_nodeapi::TicketSigner,
-        target: StreamTarget,
-        ttl_ms: u64,
-    ) -> String {
+    fn ticket(signer: &nubo_nodeapi::TicketSigner, target: StreamTarget, ttl_ms: u64) -> String {
         let now = nubo_nodeapi::ticket::now_ms();
         signer.sign(&nubo_nodeapi::TicketClaims {
             id: uuid::Uuid::new_v4().to_string(),
@@ -409,7 +404,10 @@ mod tests {
         assert!(body.contains("NUBO-GUEST-IP: x"), "{body}");
         // Single use.
         let body = get(Some(mine)).await;
-        assert!(body.contains("403") && body.contains("already used"), "{body}");
+        assert!(
+            body.contains("403") && body.contains("already used"),
+            "{body}"
+        );
 
         // A ticket for another instance, for a capture, expired, forged.
         let other = nubo_common::InstanceId::new_random();
@@ -420,7 +418,13 @@ mod tests {
                 "not this stream",
             ),
             (
-                ticket(&signer, StreamTarget::Capture { tap: "tap01".into() }, 30_000),
+                ticket(
+                    &signer,
+                    StreamTarget::Capture {
+                        tap: "tap01".into(),
+                    },
+                    30_000,
+                ),
                 "not this stream",
             ),
             (
@@ -453,7 +457,13 @@ mod tests {
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let body = http_get_with(addr, "/v1/capture/tap0a", None).await;
         assert!(body.contains("401"), "{body}");
-        let t = ticket(&signer, StreamTarget::Capture { tap: "tap0b".into() }, 30_000);
+        let t = ticket(
+            &signer,
+            StreamTarget::Capture {
+                tap: "tap0b".into(),
+            },
+            30_000,
+        );
         let body = http_get_with(addr, "/v1/capture/tap0a", Some(&t)).await;
         assert!(body.contains("403"), "{body}");
         srv.abort();
@@ -499,19 +509,14 @@ mod tests {
         http_get_with(addr, path, None).await
     }
 
-    async fn http_get_with(
-        addr: std::net::SocketAddr,
-        path: &str,
-        ticket: Option<&str>,
-    ) -> String {
+    async fn http_get_with(addr: std::net::SocketAddr, path: &str, ticket: Option<&str>) -> String {
         use tokio::io::AsyncWriteExt;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let auth = ticket
             .map(|t| format!("Authorization: Ticket {t}\r\n"))
             .unwrap_or_default();
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
-                .as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();

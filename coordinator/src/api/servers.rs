@@ -36,8 +36,7 @@ impl servers_server::Servers for Ctx {
         r: Request<pb::ConsoleRequest>,
     ) -> Result<tonic::Response<Self::ConsoleStream>, tonic::Status> {
         let r = r.into_inner();
-        let stream =
-            node_streams::console(self, &project(&r.project)?, &r.r#ref, r.follow).await?;
+        let stream = node_streams::console(self, &project(&r.project)?, &r.r#ref, r.follow).await?;
         Ok(tonic::Response::new(super::streams::relay(stream)))
     }
 

@@ -8,24 +8,15 @@
 //! which instance or port, which node, the ticket id), opens the stream on
 //! the node's API with it (mutual TLS in production) and relays the bytes.
 //!
-//! The tickets are signed with the coordinators' Ed25519 ticket key:
-//! made by the first coordinator that needs one (create-if-absent, its
-//! private half under `private/secrets/`, its public half under
-//! `ticket-keys/` where nodes read it) and shared by all of them.
+//! The tickets are signed with the coordinators' Ed25519 ticket key
+//! ([`crate::tickets`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use nubo_common::keys;
-use nubo_common::model::{
-    now, AuditOutcome, Node, TicketSigningKey, TicketVerifyKey, UserName,
-};
+use nubo_common::model::{AuditOutcome, Node, UserName};
 use nubo_common::{NodeName, ProjectId};
-use nubo_nodeapi::{NodeStream, StreamTarget, TicketClaims, TicketSigner};
-use nubo_store::TxnBuilder;
-use tokio::sync::OnceCell;
+use nubo_nodeapi::{NodeStream, StreamTarget, TicketClaims};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
@@ -33,64 +24,6 @@ use crate::state::Ctx;
 /// Lifetime of a stream ticket: it is used at once by the coordinator
 /// that issued it.
 pub const TICKET_TTL: Duration = Duration::from_secs(15);
-
-/// The coordinators' ticket signer, loaded (or made) on first use.
-#[derive(Debug, Default)]
-pub struct TicketKeys {
-    signer: OnceCell<Arc<TicketSigner>>,
-}
-
-impl TicketKeys {
-    async fn signer(&self, ctx: &Ctx) -> ApiResult<Arc<TicketSigner>> {
-        self.signer
-            .get_or_try_init(|| async { load_or_create(ctx).await.map(Arc::new) })
-            .await
-            .cloned()
-    }
-}
-
-fn key_err(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Unavailable(format!("stream ticket key unusable: {e}"))
-}
-
-/// Reads the stored ticket key, or makes one (with its public half, in
-/// one create-if-absent transaction: concurrent coordinators agree on the
-/// winner's).
-async fn load_or_create(ctx: &Ctx) -> ApiResult<TicketSigner> {
-    let key = keys::ticket_signing_key();
-    for _ in 0..4 {
-        if let Some(v) = ctx.store.read::<TicketSigningKey>(&key).await? {
-            let pkcs8 = B64.decode(&v.value.pkcs8).map_err(key_err)?;
-            return TicketSigner::from_pkcs8(&v.value.kid, &pkcs8).map_err(key_err);
-        }
-        let (signer, pkcs8) = TicketSigner::generate().map_err(key_err)?;
-        let at = now();
-        let mut t = TxnBuilder::new();
-        t.absent(&key);
-        t.put(
-            &key,
-            &TicketSigningKey {
-                kid: signer.kid().to_string(),
-                pkcs8: B64.encode(&pkcs8),
-                created_at: at,
-            },
-        );
-        t.put(
-            &keys::ticket_verify_key(signer.kid()),
-            &TicketVerifyKey {
-                public_key: B64.encode(signer.public_key()),
-                created_at: at,
-            },
-        );
-        if ctx.store.commit(&t).await?.succeeded() {
-            tracing::info!(kid = signer.kid(), "stream ticket key made");
-            return Ok(signer);
-        }
-    }
-    Err(ApiError::Unavailable(
-        "stream ticket key: lost every race to create it".into(),
-    ))
-}
 
 /// What a stream is opened on, resolved in the caller's project.
 #[derive(Debug, Clone)]
@@ -128,7 +61,7 @@ async fn open(ctx: &Ctx, r: Resolved, path: &str) -> ApiResult<NodeStream> {
             r.node
         ))
     })?;
-    let signer = ctx.tickets.signer(ctx).await?;
+    let signer = ctx.tickets.signer(&ctx.store).await?;
     let (user, project, issued_to) = caller();
     let issued = nubo_nodeapi::ticket::now_ms();
     let claims = TicketClaims {
@@ -146,7 +79,10 @@ async fn open(ctx: &Ctx, r: Resolved, path: &str) -> ApiResult<NodeStream> {
         project,
         format!("{}.stream-ticket", r.kind),
         r.kind,
-        Some(format!("{} on node {}, ticket {}", r.what, r.node, claims.id)),
+        Some(format!(
+            "{} on node {}, ticket {}",
+            r.what, r.node, claims.id
+        )),
         AuditOutcome::Ok,
         claims.id.clone(),
     )
@@ -164,7 +100,12 @@ async fn open(ctx: &Ctx, r: Resolved, path: &str) -> ApiResult<NodeStream> {
 
 /// The console log of server `r` of `project` (followed while the caller
 /// reads when `follow`).
-pub async fn console(ctx: &Ctx, project: &ProjectId, r: &str, follow: bool) -> ApiResult<NodeStream> {
+pub async fn console(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    follow: bool,
+) -> ApiResult<NodeStream> {
     let inst = super::lookup::server(ctx, project, r).await?.value;
     let node = inst.node.clone().ok_or_else(|| {
         ApiError::FailedPrecondition(format!("server {r} is not placed on a node yet"))
@@ -175,12 +116,7 @@ pub async fn console(ctx: &Ctx, project: &ProjectId, r: &str, follow: bool) -> A
         kind: "servers",
         what: format!("server {} console", inst.id),
     };
-    open(
-        ctx,
-        resolved,
-        &nubo_nodeapi::console_path(&inst.id, follow),
-    )
-    .await
+    open(ctx, resolved, &nubo_nodeapi::console_path(&inst.id, follow)).await
 }
 
 /// A packet capture on port `r` of `project` (`count` packets, else until
