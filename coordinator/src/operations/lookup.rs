@@ -53,7 +53,8 @@ owned!(
     model::Image => Image,
     model::ServerGroup => ServerGroup,
     model::Instance => Instance,
-    model::Volume => Volume
+    model::Volume => Volume,
+    model::Router => Router
 );
 
 /// False for keys under a kind's prefix that are known keys of another
@@ -283,6 +284,18 @@ pub(crate) async fn server_group(
 ) -> ApiResult<Versioned<ServerGroup>> {
     resolve(ctx, NameKind::ServerGroup, project, r, |u| {
         keys::server_group(&ServerGroupId::from_uuid(u))
+    })
+    .await
+}
+
+/// The router `r` (id or name) of `project`.
+pub(crate) async fn router(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<model::Router>> {
+    resolve(ctx, NameKind::Router, project, r, |u| {
+        keys::router(&nubo_common::RouterId::from_uuid(u))
     })
     .await
 }
