@@ -40,7 +40,7 @@ pub async fn create(
     network: &str,
     address: Option<&str>,
 ) -> ApiResult<FloatingIp> {
-    let net = super::routers::external_network(ctx, project, network, "a floating IP").await?;
+    let net = super::lookup::external_network(ctx, project, network, "a floating IP").await?;
     let wanted = match address.map(str::trim).filter(|a| !a.is_empty()) {
         None => None,
         Some(a) => {
