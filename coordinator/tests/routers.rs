@@ -308,6 +308,25 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         .unwrap_err();
     refused(e, Code::FailedPrecondition, "still has");
 
+    // Deleting a port takes its floating IP's association with it.
+    let doomed = port(&mut cl, "net1", "p1").await;
+    cl.fips
+        .set(set_port(&any.id, &doomed.id, "p1"))
+        .await
+        .unwrap();
+    cl.ports.delete(req_del(&doomed.id, "p1")).await.unwrap();
+    let left = cl
+        .fips
+        .get(in_project(&any.id, "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((left.port_id.as_str(), left.fixed_ip.as_str()), ("", ""));
+    assert_eq!(
+        count(&etcd, &keys::floating_ip_port(&doomed.id.parse().unwrap())).await,
+        0
+    );
+
     // Undo in order: everything is released.
     cl.fips.unset(in_project("10.77.0.50", "p1")).await.unwrap();
     cl.routers

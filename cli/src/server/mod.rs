@@ -127,7 +127,11 @@ pub fn networks_text(s: &Server) -> String {
             } else {
                 &a.network_name
             };
-            format!("{net}={}", a.ip)
+            if a.floating_ip.is_empty() {
+                format!("{net}={}", a.ip)
+            } else {
+                format!("{net}={}, {}", a.ip, a.floating_ip)
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -159,6 +163,7 @@ pub fn to_json(s: &Server) -> Value {
             "ip": a.ip,
             "mac": a.mac,
             "tap": a.tap,
+            "floating_ip": opt(&a.floating_ip),
             "tcpdump": tcpdump(&a.tap),
         })).collect::<Vec<_>>(),
         "availability_zone": opt(&s.availability_zone),
@@ -198,7 +203,7 @@ pub fn show_text(s: &Server) -> String {
     if s.addresses.is_empty() {
         return out;
     }
-    let mut ports = Table::new(&["Network", "IP", "MAC", "Tap", "Port ID"]);
+    let mut ports = Table::new(&["Network", "IP", "Floating IP", "MAC", "Tap", "Port ID"]);
     for a in &s.addresses {
         let net = if a.network_name.is_empty() {
             &a.network_id
@@ -208,6 +213,7 @@ pub fn show_text(s: &Server) -> String {
         ports.row(vec![
             net.clone(),
             a.ip.clone(),
+            a.floating_ip.clone(),
             a.mac.clone(),
             a.tap.clone(),
             a.port_id.clone(),
@@ -504,6 +510,7 @@ mod tests {
                     ip: "10.0.0.5".into(),
                     mac: "fa:16:3e:00:00:01".into(),
                     tap: "tap0123456789a".into(),
+                    floating_ip: "10.77.0.50".into(),
                 },
                 ServerAddress {
                     network_id: "n2".into(),
@@ -533,7 +540,7 @@ mod tests {
                 "web-1",
                 "running",
                 "cmp-3",
-                "front=10.0.0.5; n2=10.1.0.9",
+                "front=10.0.0.5, 10.77.0.50; n2=10.1.0.9",
                 "m1.small"
             ]
         );
@@ -558,6 +565,9 @@ mod tests {
         );
         assert_eq!(j["node"], "cmp-3");
         assert_eq!(j["key_name"], Value::Null);
+        assert_eq!(j["addresses"][0]["floating_ip"], "10.77.0.50");
+        assert_eq!(j["addresses"][1]["floating_ip"], Value::Null);
+        assert!(networks_text(&server()).starts_with("front=10.0.0.5, 10.77.0.50; "));
     }
 
     #[test]

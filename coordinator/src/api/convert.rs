@@ -329,7 +329,18 @@ pub fn evacuation_name(e: model::EvacuationPolicy) -> &'static str {
 
 /// Server, from its view.
 pub fn server(v: &crate::operations::servers::ServerView) -> pb::Server {
-    server_parts(&v.instance, v.status.as_ref(), &v.ports, &v.network_names)
+    let mut s = server_parts(&v.instance, v.status.as_ref(), &v.ports, &v.network_names);
+    for a in &mut s.addresses {
+        if let Some(f) = a
+            .port_id
+            .parse()
+            .ok()
+            .and_then(|p: nubo_common::PortId| v.floating_ips.get(&p))
+        {
+            a.floating_ip = f.to_string();
+        }
+    }
+    s
 }
 
 /// Server, from its spec, its status (if reported), its ports and the names
@@ -366,6 +377,7 @@ fn server_parts(
                 ip: p.ip.to_string(),
                 mac: p.mac.to_string(),
                 tap: p.tap_name(),
+                floating_ip: String::new(),
             })
             .collect(),
         availability_zone: i.availability_zone.clone().unwrap_or_default(),

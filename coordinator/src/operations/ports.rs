@@ -88,6 +88,40 @@ pub(crate) fn release_port(p: &Port, t: &mut TxnBuilder) {
     t.delete(&keys::port_owner(&p.id));
 }
 
+/// Adds to `t` (a transaction deleting `ports`) the disassociation of their
+/// floating IPs: each one's record loses its port, its index goes, and the
+/// indexes are guarded so that an association made meanwhile fails `t`.
+pub(crate) async fn disassociate_ports_into(
+    ctx: &Ctx,
+    ports: &[PortId],
+    t: &mut TxnBuilder,
+) -> ApiResult<()> {
+    let index: Vec<String> = ports.iter().map(keys::floating_ip_port).collect();
+    let read = ctx.store.get_many(&index).await?;
+    for (key, kv) in index.iter().zip(read) {
+        let Some(kv) = kv else {
+            t.absent(key);
+            continue;
+        };
+        t.unchanged(key, kv.mod_revision());
+        t.delete(key);
+        let Ok(id) = nubo_store::kv::decode_kv::<nubo_common::FloatingIpId>(&kv) else {
+            tracing::warn!(%key, "unreadable floating IP index removed with its port");
+            continue;
+        };
+        let fkey = keys::floating_ip(&id);
+        if let Some(f) = ctx.store.read::<model::FloatingIp>(&fkey).await? {
+            let mut v = f.value;
+            v.port = None;
+            v.fixed_ip = None;
+            v.router = None;
+            t.unchanged(&fkey, f.mod_rev);
+            t.put(&fkey, &v);
+        }
+    }
+    Ok(())
+}
+
 async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> {
     let prefix = keys::ipam_prefix(net);
     let mut taken = HashSet::new();
@@ -292,6 +326,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::port(&p.value.id), p.mod_rev);
         release_port(&p.value, &mut t);
+        disassociate_ports_into(ctx, &[p.value.id], &mut t).await?;
         let delta = QuotaUsage {
             ports: 1,
             ..Default::default()

@@ -450,6 +450,7 @@ impl Job for CreateJob<'_> {
             status: None,
             ports,
             network_names: self.plan.net_names(),
+            floating_ips: Default::default(),
         })))
     }
 

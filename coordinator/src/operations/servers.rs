@@ -27,6 +27,8 @@ pub struct ServerView {
     pub ports: Vec<Port>,
     /// The names of the ports' networks.
     pub network_names: HashMap<NetworkId, String>,
+    /// The floating IPs of its ports.
+    pub floating_ips: HashMap<PortId, std::net::Ipv4Addr>,
 }
 
 /// What one server of these resources counts against its project's quota.
@@ -59,6 +61,7 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
         .filter_map(decode_or_skip::<Port>)
         .map(|p| (p.id, p))
         .collect();
+    let floating_ips = floating_ips_of(ctx, &port_ids).await?;
     let net_ids: Vec<NetworkId> = ports
         .values()
         .map(|p| p.network)
@@ -89,13 +92,48 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
                 .iter()
                 .filter_map(|p| names.get(&p.network).map(|n| (p.network, n.clone())))
                 .collect();
+            let floating_ips = ps
+                .iter()
+                .filter_map(|p| floating_ips.get(&p.id).map(|a| (p.id, *a)))
+                .collect();
             ServerView {
                 instance: i.clone(),
                 status: st,
                 ports: ps,
                 network_names,
+                floating_ips,
             }
         })
+        .collect())
+}
+
+/// The floating IP addresses of `ports` (through the port index: two
+/// batched reads).
+async fn floating_ips_of(
+    ctx: &Ctx,
+    ports: &[PortId],
+) -> ApiResult<HashMap<PortId, std::net::Ipv4Addr>> {
+    let index: Vec<String> = ports.iter().map(keys::floating_ip_port).collect();
+    let ids: Vec<nubo_common::FloatingIpId> = ctx
+        .store
+        .get_many(&index)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip)
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let fips: Vec<String> = ids.iter().map(keys::floating_ip).collect();
+    Ok(ctx
+        .store
+        .get_many(&fips)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<nubo_common::model::FloatingIp>)
+        .filter_map(|f| f.port.map(|p| (p, f.address)))
         .collect())
 }
 
@@ -186,6 +224,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
             t.delete(&keys::server_group_member(g, &i.id));
         }
         let mut owned_ports = 0;
+        let mut released = Vec::new();
         for (pkv, okv) in port_kvs.iter().zip(owner_kvs) {
             let Some(pkv) = pkv else { continue };
             let Ok(port) = decode_kv::<Port>(pkv) else {
@@ -200,6 +239,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
             if owned {
                 owned_ports += 1;
                 release_port(&port, &mut t);
+                released.push(port.id);
             } else if port.device == Some(i.id) {
                 let mut p = port;
                 p.device = None;
@@ -207,6 +247,8 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
                 t.put(&keys::port(&p.id), &p);
             }
         }
+        // Their floating IPs stay allocated, unassociated.
+        super::ports::disassociate_ports_into(ctx, &released, &mut t).await?;
         // Attached volumes: released or (delete_on_termination)
         // deleted by the volume reconciler once the hypervisor let go.
         super::volumes::release_volumes_of(ctx, i, &mut t).await?;
