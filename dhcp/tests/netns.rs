@@ -64,7 +64,8 @@ async fn udhcpc_and_dhclient_get_exact_config_unknown_mac_gets_nothing() {
             vec![0xff; 300],
             vec![1; 10],
         ];
-        let mut fqdn_bomb = request(mac(3), MessageType::Discover, Ipv4Addr::UNSPECIFIED)
+        // From a known MAC: an unknown one is dropped before decoding.
+        let mut fqdn_bomb = request(mac(1), MessageType::Discover, Ipv4Addr::UNSPECIFIED)
             .to_vec()
             .expect("encode");
         fqdn_bomb.splice(240..240, [81u8, 1, 0]);
@@ -246,6 +247,132 @@ async fn overlapping_subnets_on_two_bridges_stay_apart() {
 
     s0.shutdown().await.expect("shutdown br0");
     s1.shutdown().await.expect("shutdown br1");
+}
+
+/// Guest A floods DISCOVERs from its own MAC (half with the BROADCAST
+/// flag, so A's UDP socket can see its replies), about 5,000 a second —
+/// 500 times its quota; a line-rate broadcast flood also saturates the
+/// neighbours' links and is stopped earlier, by the per-tap nftables
+/// limits (`nubo-firewall`, `tests/tests/noisy_neighbours.rs`) — while B leases with
+/// udhcpc: B gets its lease, A's excess is dropped by its quota, and the
+/// replies to A reach A (positive control) but never B, although B listens
+/// on :68 for broadcasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_mac_is_held_to_its_quota_and_its_replies_reach_only_it() {
+    init_logs();
+    let mut topo = Topology::new(&["br0"]);
+    let (a, b) = (mac(21), mac(22));
+    let guests = topo.add_guests(&[(1, a, "br0"), (2, b, "br0")]);
+    let table = LeaseTable::new();
+    table.upsert(lease(a, [10, 21, 0, 5], "vm-a")).expect("a");
+    table.upsert(lease(b, [10, 21, 0, 6], "vm-b")).expect("b");
+    let server = topo
+        .server("br0", table.clone())
+        .with_quota(nubo_dhcp::Quota {
+            per_second: 10.0,
+            burst: 20.0,
+        })
+        .spawn()
+        .expect("spawn");
+    for g in &guests {
+        sh(&["ip", "-n", g, "link", "set", "eth0", "up"]);
+    }
+    // B listens for anything on :68 during the flood.
+    let b_ns = guests[1].clone();
+    let b_listener = std::thread::spawn(move || {
+        in_netns(&b_ns, move || {
+            let sock = guest_socket(Ipv4Addr::UNSPECIFIED);
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let mut buf = [0u8; 1500];
+            let mut foreign = 0u32;
+            let deadline = std::time::Instant::now() + Duration::from_secs(4);
+            while std::time::Instant::now() < deadline {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    if let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) {
+                        if m.chaddr() == a.0 {
+                            foreign += 1;
+                        }
+                    }
+                }
+            }
+            foreign
+        })
+        .unwrap()
+    });
+    let a_ns = guests[0].clone();
+    let flood = std::thread::spawn(move || {
+        in_netns(&a_ns, move || {
+            let sock = guest_socket(Ipv4Addr::UNSPECIFIED);
+            sock.set_nonblocking(true).expect("nonblocking");
+            let mut bcast = request(a, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
+            bcast.set_flags(nubo_dhcp::dhcproto::v4::Flags::default().set_broadcast());
+            let datagrams = [
+                request(a, MessageType::Discover, Ipv4Addr::UNSPECIFIED)
+                    .to_vec()
+                    .expect("encode"),
+                bcast.to_vec().expect("encode"),
+            ];
+            let (mut sent, mut seen) = (0u64, 0u64);
+            let mut buf = [0u8; 1500];
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < deadline {
+                let d = &datagrams[(sent % 2) as usize];
+                if sock
+                    .send_to(d, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67))
+                    .is_ok()
+                {
+                    sent += 1;
+                }
+                if sent % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    if Message::decode(&mut Decoder::new(&buf[..n]))
+                        .is_ok_and(|m| m.chaddr() == a.0)
+                    {
+                        seen += 1;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if Message::decode(&mut Decoder::new(&buf[..n])).is_ok_and(|m| m.chaddr() == a.0) {
+                    seen += 1;
+                }
+            }
+            (sent, seen)
+        })
+        .unwrap()
+    });
+    let script = topo.udhcpc_script();
+    let run = udhcpc(&guests[1], &script, 3).await;
+    let (sent, seen) = tokio::task::spawn_blocking(move || flood.join().expect("flood"))
+        .await
+        .expect("join");
+    let foreign = tokio::task::spawn_blocking(move || b_listener.join().expect("listener"))
+        .await
+        .expect("join");
+    let stats = server.stats();
+    eprintln!("flood: sent {sent}, A saw {seen} replies; B saw {foreign} of A's; {stats:?}");
+    assert_eq!(
+        run.env.get("ip").map(String::as_str),
+        Some("10.21.0.6"),
+        "B got no lease during the flood:\n{}",
+        run.output
+    );
+    assert!(sent > 1000, "the flood did not flood: {sent}");
+    // A was answered a little (burst + 10/s over ~3 s), the rest dropped.
+    assert!(
+        stats.limited > 0 && stats.limited + 100 > sent / 2,
+        "{stats:?}, sent {sent}"
+    );
+    assert!(stats.offers < 100, "{stats:?}");
+    // A's broadcast-flagged replies reached A...
+    assert!(seen > 0, "A never saw its own replies");
+    // ...and none reached B.
+    assert_eq!(foreign, 0, "B received replies meant for A");
+    server.shutdown().await.expect("shutdown");
 }
 
 /// 120 guests on one bridge lease concurrently with udhcpc; prints the wall
