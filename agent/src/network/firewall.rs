@@ -280,9 +280,11 @@ async fn report_limits(counters: LimitCounters) {
                     continue;
                 }
                 let (dhcp, metadata, top) = limit_summary(&deltas);
+                let ports: std::collections::BTreeSet<&str> =
+                    deltas.iter().map(|d| d.0.as_str()).collect();
                 warn!(
                     interval_s = LIMIT_REPORT_INTERVAL.as_secs(),
-                    ports = deltas.len(),
+                    ports = ports.len(),
                     dhcp_dropped = dhcp,
                     metadata_connections_dropped = metadata,
                     top = %top,

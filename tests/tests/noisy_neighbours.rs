@@ -1,0 +1,255 @@
+//! A hostile guest cannot starve its neighbours of DHCP or metadata: it
+//! floods DHCP DISCOVERs (its own MAC and random ones, as fast as one
+//! thread sends raw frames) and opens connections to the metadata service
+//! as fast as it can (holding hundreds), while two neighbours on its
+//! network — one on its host, one on another host — lease and fetch
+//! metadata every second with short client timeouts. Real agents
+//! (`--driver netns`), etcd, nftables, busybox `udhcpc`, `curl`, `tcpdump`.
+//! Needs root, `cargo build --bins` first.
+//!
+//! Budget of the flooded host's agent during the flood (stated here, checked
+//! below): at most half a core of CPU time and 256 MiB resident.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nubo_tests::flood::{clock_ticks, dhcp_flood, metadata_flood, process_usage};
+use nubo_tests::net_e2e::{Capture, Guest, NetLab};
+use nubo_tests::wait::wait_for;
+
+/// Seconds of flood; the neighbours make one lease and one fetch per second.
+const FLOOD_SECS: u32 = 10;
+/// CPU budget of the agent during the flood, in cores.
+const CPU_BUDGET_CORES: f64 = 0.5;
+/// Memory budget of the agent, resident KiB.
+const RSS_BUDGET_KIB: u64 = 256 * 1024;
+/// Log lines the agent may write during the flood (its summaries are one
+/// line per 10 s per kind; everything else is reconcile passes).
+const LOG_BUDGET_LINES: usize = 60;
+
+/// One lease with busybox udhcpc: one DISCOVER, one REQUEST, each answered
+/// within 1 s (`-t 1 -T 1`), else it fails.
+fn lease_within_1s(lab: &NetLab, g: &Guest) -> Result<(), String> {
+    let script = lab.udhcpc_script().display().to_string();
+    let out = g
+        .exec(
+            "busybox",
+            &[
+                "udhcpc", "-i", "eth0", "-n", "-q", "-t", "1", "-T", "1", "-s", &script,
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && text.contains(&format!("lease ip={}", g.ip)) {
+        Ok(())
+    } else {
+        Err(format!("udhcpc: {text}"))
+    }
+}
+
+/// The instance id from the metadata service within 500 ms.
+fn metadata_within_500ms(g: &Guest) -> Result<(), String> {
+    let out = g
+        .exec(
+            "curl",
+            &[
+                "-sS",
+                "-f",
+                "--max-time",
+                "0.5",
+                "http://169.254.169.254/latest/meta-data/instance-id",
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && body.trim() == g.id {
+        Ok(())
+    } else {
+        Err(format!(
+            "curl ({}): {body}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn a_flooding_guest_cannot_starve_its_neighbours() {
+    let lab = NetLab::start(2).unwrap();
+    lab.base_objects().unwrap();
+    lab.cli
+        .json(&["network", "create", "n1", "--cidr", "10.77.9.0/24"])
+        .unwrap();
+    let bad = lab.server("bad", "n1", 1, &[]).unwrap();
+    let near = lab.server("near", "n1", 1, &[]).unwrap();
+    let far = lab.server("far", "n1", 2, &[]).unwrap();
+    assert_eq!(
+        (bad.node.as_str(), near.node.as_str(), far.node.as_str()),
+        ("hv-1", "hv-1", "hv-2")
+    );
+    for g in [&bad, &near, &far] {
+        lab.wait_wired(g).unwrap();
+        g.udhcpc(&lab.udhcpc_script()).unwrap();
+        assert_eq!(
+            g.metadata("/latest/meta-data/instance-id", &[])
+                .unwrap()
+                .trim(),
+            g.id
+        );
+    }
+    // Positive control of the per-exchange checks: unloaded, they pass.
+    lease_within_1s(&lab, &near).unwrap();
+    metadata_within_500ms(&near).unwrap();
+
+    let agent = &lab.agents[0];
+    let pid = agent.pid().expect("agent 1 runs");
+    let capture = Capture::start(&near.netns, "-vv udp src port 67").unwrap();
+    let log_before = agent.log().lines().count();
+    let (cpu_before, _) = process_usage(pid).unwrap();
+    let bad_mac = bad.mac.parse().unwrap();
+    let dhcp = dhcp_flood(&bad.netns, "eth0", bad_mac).unwrap();
+    let meta = metadata_flood(&bad.netns, 600).unwrap();
+    let started = Instant::now();
+
+    // The neighbours, each in its own thread, once a second.
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rounds = std::thread::scope(|s| {
+        let handles: Vec<_> = [&near, &far]
+            .into_iter()
+            .map(|g| {
+                let failures = Arc::clone(&failures);
+                let lab = &lab;
+                s.spawn(move || {
+                    let mut rounds = 0;
+                    for i in 0..FLOOD_SECS {
+                        let tick = started + Duration::from_secs(u64::from(i));
+                        if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let t = started.elapsed().as_secs_f64();
+                        if let Err(e) = lease_within_1s(lab, g) {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} lease at {t:.1}s: {e}", g.name));
+                        }
+                        if let Err(e) = metadata_within_500ms(g) {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} metadata at {t:.1}s: {e}", g.name));
+                        }
+                        rounds += 1;
+                    }
+                    rounds
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<u32>>()
+    });
+    let flood_secs = started.elapsed().as_secs_f64();
+    let dhcp_report = dhcp.stop().unwrap();
+    let meta_report = meta.stop().unwrap();
+    let (cpu_after, rss_kib) = process_usage(pid).unwrap();
+    let cpu_cores = (cpu_after - cpu_before) as f64 / clock_ticks() as f64 / flood_secs;
+    eprintln!(
+        "flood of {flood_secs:.1} s: DHCP {dhcp_report:?}, metadata {meta_report:?}; \
+         agent CPU {cpu_cores:.3} cores, RSS {rss_kib} KiB; neighbour rounds {rounds:?}"
+    );
+
+    // The flood was one: a guest that could not flood proves nothing.
+    assert!(
+        dhcp_report.own > 10_000 && dhcp_report.random > 10_000,
+        "{dhcp_report:?}"
+    );
+    assert!(
+        meta_report.attempted > 500 && meta_report.established > 100,
+        "{meta_report:?}"
+    );
+    // Every lease and every fetch of both neighbours succeeded.
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(rounds, vec![FLOOD_SECS, FLOOD_SECS]);
+
+    // What was limited is counted per port: the agent's summary names the
+    // flooding guest's port (within one report interval).
+    let summary = wait_for(
+        Duration::from_secs(15),
+        "the agent's limit summary naming the flooding port",
+        || {
+            Ok(agent
+                .log()
+                .lines()
+                .skip(log_before)
+                .find(|l| l.contains("guest rate limits dropped traffic") && l.contains(&bad.port))
+                .map(str::to_string)
+                .ok_or("not yet"))
+        },
+    );
+    let summary = summary.unwrap();
+    assert!(summary.contains("dhcp="), "{summary}");
+
+    // The agent stayed within its budget and its log bounded.
+    assert!(
+        cpu_cores <= CPU_BUDGET_CORES,
+        "agent used {cpu_cores:.2} cores during the flood"
+    );
+    assert!(rss_kib <= RSS_BUDGET_KIB, "agent RSS {rss_kib} KiB");
+    let log = agent.log();
+    let during: Vec<&str> = log.lines().skip(log_before).collect();
+    eprintln!(
+        "agent log during the flood ({} lines):\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    // The metadata flood reached the service, which refused it.
+    assert!(
+        during
+            .iter()
+            .any(|l| l.contains("metadata clients refused")
+                && l.contains("connections_over_client_cap")),
+        "no metadata refusal summary:\n{}",
+        during.join("\n")
+    );
+    assert!(
+        during.len() <= LOG_BUDGET_LINES,
+        "{} log lines during the flood:\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    assert!(
+        !during.iter().any(|l| l.contains("netlink_proto")),
+        "netlink warnings:\n{}",
+        during.join("\n")
+    );
+
+    // No reply meant for the flooding guest reached the neighbour, which
+    // did capture its own replies (positive control).
+    let frames = capture.stop();
+    let text = frames.join("\n");
+    let own = format!("Client-Ethernet-Address {}", near.mac);
+    let foreign = format!("Client-Ethernet-Address {}", bad.mac);
+    assert!(
+        text.contains(&own),
+        "the capture missed the neighbour's own replies:\n{text}"
+    );
+    assert!(
+        !text.contains(&foreign),
+        "replies to the flooding guest reached its neighbour:\n{text}"
+    );
+
+    // After the flood the flooding guest leases again.
+    bad.udhcpc(&lab.udhcpc_script()).unwrap();
+    assert_eq!(
+        bad.metadata("/latest/meta-data/instance-id", &[])
+            .unwrap()
+            .trim(),
+        bad.id
+    );
+}
