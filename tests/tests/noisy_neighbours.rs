@@ -76,8 +76,9 @@ fn metadata_within_500ms(g: &Guest) -> Result<(), String> {
     }
 }
 
-#[test]
-fn a_flooding_guest_cannot_starve_its_neighbours() {
+/// Two hosts, network n1; `bad` and `near` on hv-1, `far` on hv-2, each
+/// leased and served metadata once.
+fn setup() -> (NetLab, Guest, Guest, Guest) {
     let lab = NetLab::start(2).unwrap();
     lab.base_objects().unwrap();
     lab.cli
@@ -100,6 +101,12 @@ fn a_flooding_guest_cannot_starve_its_neighbours() {
             g.id
         );
     }
+    (lab, bad, near, far)
+}
+
+#[test]
+fn a_flooding_guest_cannot_starve_its_neighbours() {
+    let (lab, bad, near, far) = setup();
     // Positive control of the per-exchange checks: unloaded, they pass.
     lease_within_1s(&lab, &near).unwrap();
     metadata_within_500ms(&near).unwrap();
@@ -251,5 +258,107 @@ fn a_flooding_guest_cannot_starve_its_neighbours() {
             .unwrap()
             .trim(),
         bad.id
+    );
+}
+
+/// Back-to-back leases (busybox udhcpc, wall time of the whole run:
+/// process start, DISCOVER/OFFER/REQUEST/ACK, the script configuring the
+/// address) and metadata fetches (curl's `time_total`) of a neighbour,
+/// for `secs` seconds; failures counted.
+fn neighbour_samples(lab: &NetLab, g: &Guest, secs: u64) -> (Vec<f64>, Vec<f64>, usize) {
+    let (mut leases, mut fetches, mut failed) = (Vec::new(), Vec::new(), 0);
+    let script = lab.udhcpc_script().display().to_string();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let t = Instant::now();
+        let out = g
+            .exec(
+                "busybox",
+                &[
+                    "udhcpc", "-i", "eth0", "-n", "-q", "-t", "1", "-T", "1", "-s", &script,
+                ],
+            )
+            .unwrap();
+        if out.status.success() {
+            leases.push(t.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            failed += 1;
+        }
+        let out = g
+            .exec(
+                "curl",
+                &[
+                    "-sS",
+                    "-f",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{time_total}",
+                    "--max-time",
+                    "2",
+                    "http://169.254.169.254/latest/meta-data/instance-id",
+                ],
+            )
+            .unwrap();
+        match String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
+            Ok(s) if out.status.success() => fetches.push(s * 1000.0),
+            _ => failed += 1,
+        }
+    }
+    (leases, fetches, failed)
+}
+
+fn p(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// The neighbours' lease and metadata latency, p50/p99, unloaded then
+/// during a 15 s flood (same lab, same run), and the agent's CPU.
+/// `cargo build --release --bins && NUBO_BIN_DIR=target/release cargo test
+/// -p nubo-tests --release --test noisy_neighbours -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_neighbour_latency_under_flood() {
+    let (lab, bad, near, far) = setup();
+    let pid = lab.agents[0].pid().expect("agent 1 runs");
+    let report = |what: &str, g: &Guest, (mut l, mut m, failed): (Vec<f64>, Vec<f64>, usize)| {
+        eprintln!(
+            "BENCH: {what} {}: {} leases p50 {:.1} ms p99 {:.1} ms; {} metadata fetches p50 {:.1} ms p99 {:.1} ms; {failed} failed",
+            g.name,
+            l.len(),
+            p(&mut l, 0.5),
+            p(&mut l, 0.99),
+            m.len(),
+            p(&mut m, 0.5),
+            p(&mut m, 0.99),
+        );
+    };
+    let (quiet_near, quiet_far) = std::thread::scope(|s| {
+        let a = s.spawn(|| neighbour_samples(&lab, &near, 10));
+        let b = s.spawn(|| neighbour_samples(&lab, &far, 10));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    report("unloaded", &near, quiet_near);
+    report("unloaded", &far, quiet_far);
+    let (cpu0, _) = process_usage(pid).unwrap();
+    let t0 = Instant::now();
+    let dhcp = dhcp_flood(&bad.netns, "eth0", bad.mac.parse().unwrap()).unwrap();
+    let meta = metadata_flood(&bad.netns, 600).unwrap();
+    let (loud_near, loud_far) = std::thread::scope(|s| {
+        let a = s.spawn(|| neighbour_samples(&lab, &near, 15));
+        let b = s.spawn(|| neighbour_samples(&lab, &far, 15));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let (d, m) = (dhcp.stop().unwrap(), meta.stop().unwrap());
+    let (cpu1, rss) = process_usage(pid).unwrap();
+    report("under flood", &near, loud_near);
+    report("under flood", &far, loud_far);
+    eprintln!(
+        "BENCH: flood {secs:.1} s: DHCP {d:?} ({:.0} frames/s), metadata {m:?}; agent CPU {:.3} cores, RSS {rss} KiB",
+        (d.own + d.random) as f64 / secs,
+        (cpu1 - cpu0) as f64 / clock_ticks() as f64 / secs
     );
 }
