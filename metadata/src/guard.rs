@@ -55,16 +55,62 @@ pub struct Refusals {
     pub per_bridge: AtomicU64,
     /// Requests answered 429 because their address was over its rate.
     pub rate: AtomicU64,
+    /// Requests refused because the caller was not identified (404).
+    pub unidentified: AtomicU64,
+    /// Neighbour-table lookups that failed.
+    pub lookup_errors: AtomicU64,
+    /// The first reason of the interval for the two above.
+    pub first: Mutex<Option<String>>,
+}
+
+/// One interval's refusals, from [`Refusals::take`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefusalCounts {
+    /// Connections over the per-client cap.
+    pub per_client: u64,
+    /// Connections over the bridge cap.
+    pub per_bridge: u64,
+    /// Requests over the rate.
+    pub rate: u64,
+    /// Unidentified callers.
+    pub unidentified: u64,
+    /// Failed neighbour lookups.
+    pub lookup_errors: u64,
+    /// The first reason noted for the last two.
+    pub first: Option<String>,
+}
+
+impl RefusalCounts {
+    /// Whether nothing was refused.
+    pub fn is_empty(&self) -> bool {
+        self.per_client + self.per_bridge + self.rate + self.unidentified + self.lookup_errors == 0
+    }
 }
 
 impl Refusals {
-    /// `(per_client, per_bridge, rate)` and resets them to zero.
-    pub fn take(&self) -> (u64, u64, u64) {
-        (
-            self.per_client.swap(0, Ordering::Relaxed),
-            self.per_bridge.swap(0, Ordering::Relaxed),
-            self.rate.swap(0, Ordering::Relaxed),
-        )
+    /// Counts `counter` and keeps `reason` if it is the interval's first.
+    pub fn note(&self, counter: &AtomicU64, reason: impl FnOnce() -> String) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
+        if first.is_none() {
+            *first = Some(reason());
+        }
+    }
+
+    /// The counts so far, reset to zero.
+    pub fn take(&self) -> RefusalCounts {
+        RefusalCounts {
+            per_client: self.per_client.swap(0, Ordering::Relaxed),
+            per_bridge: self.per_bridge.swap(0, Ordering::Relaxed),
+            rate: self.rate.swap(0, Ordering::Relaxed),
+            unidentified: self.unidentified.swap(0, Ordering::Relaxed),
+            lookup_errors: self.lookup_errors.swap(0, Ordering::Relaxed),
+            first: self
+                .first
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        }
     }
 }
 
@@ -227,8 +273,15 @@ mod tests {
         drop(held);
         assert_eq!(g.open(), 2);
         assert!(g.admit(A, now).is_ok());
-        assert_eq!(g.refusals.take(), (1, 1, 0));
-        assert_eq!(g.refusals.take(), (0, 0, 0));
+        let r = g.refusals.take();
+        assert_eq!((r.per_client, r.per_bridge, r.rate), (1, 1, 0));
+        assert!(g.refusals.take().is_empty());
+        g.refusals
+            .note(&g.refusals.unidentified, || "first".to_string());
+        g.refusals
+            .note(&g.refusals.unidentified, || unreachable!("kept once"));
+        let r = g.refusals.take();
+        assert_eq!((r.unidentified, r.first.as_deref()), (2, Some("first")));
         drop(b);
     }
 
@@ -245,7 +298,7 @@ mod tests {
         assert!(g.allow_request(B, t0), "B has its own bucket");
         assert!(g.allow_request(A, t0 + Duration::from_millis(100)));
         assert!(!g.allow_request(A, t0 + Duration::from_millis(100)));
-        assert_eq!(g.refusals.take().2, 4);
+        assert_eq!(g.refusals.take().rate, 4);
     }
 
     #[test]

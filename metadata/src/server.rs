@@ -339,14 +339,17 @@ fn refuse(stream: TcpStream, why: Refused) {
 
 /// One line per interval with what the caps and rates refused, if any.
 fn report_refusals(context: &BridgeContext) {
-    let (per_client, per_bridge, rate) = context.guard.refusals.take();
-    if per_client + per_bridge + rate > 0 {
+    let r = context.guard.refusals.take();
+    if !r.is_empty() {
         warn!(
             bridge = %context.name,
             interval_s = REPORT_INTERVAL.as_secs(),
-            connections_over_client_cap = per_client,
-            connections_over_bridge_cap = per_bridge,
-            requests_over_rate = rate,
+            connections_over_client_cap = r.per_client,
+            connections_over_bridge_cap = r.per_bridge,
+            requests_over_rate = r.rate,
+            requests_unidentified = r.unidentified,
+            neighbour_lookup_errors = r.lookup_errors,
+            first = r.first.as_deref().unwrap_or(""),
             open = context.guard.open(),
             "metadata clients refused"
         );
@@ -403,10 +406,13 @@ async fn handle_request(
     if !context.guard.allow_request(ip, Instant::now()) {
         return (StatusCode::TOO_MANY_REQUESTS, "too many requests\n").into_response();
     }
+    let refusals = &context.guard.refusals;
     let mac = match context.neighbours.mac_of(ip).await {
         Ok(mac) => mac,
         Err(err) => {
-            warn!(bridge = %context.name, %ip, error = %err, "neighbour lookup failed");
+            refusals.note(&refusals.lookup_errors, || {
+                format!("neighbour lookup of {ip} failed: {err}")
+            });
             None
         }
     };
@@ -416,8 +422,14 @@ async fn handle_request(
         ip,
         mac,
     });
-    match router.oneshot(request).await {
+    let response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
+    };
+    if let Some(rejection) = response.extensions().get::<crate::caller::Rejection>() {
+        refusals.note(&refusals.unidentified, || {
+            format!("request from {ip} refused: {rejection}")
+        });
     }
+    response
 }
