@@ -176,7 +176,7 @@ fn a_flooding_guest_cannot_starve_its_neighbours() {
         "{dhcp_report:?}"
     );
     assert!(
-        meta_report.attempted > 500 && meta_report.established > 100,
+        meta_report.attempted > 500 && meta_report.established > 0,
         "{meta_report:?}"
     );
     // Every lease and every fetch of both neighbours succeeded.
@@ -188,14 +188,16 @@ fn a_flooding_guest_cannot_starve_its_neighbours() {
     // flooding guest's port (within one report interval).
     let summary = wait_for(
         Duration::from_secs(15),
-        "the agent's limit summary naming the flooding port",
+        "the agent's limit summary naming the flooding port, and the metadata refusals",
         || {
-            Ok(agent
-                .log()
-                .lines()
-                .skip(log_before)
+            let log = agent.log();
+            let after: Vec<&str> = log.lines().skip(log_before).collect();
+            let metadata = after.iter().any(|l| l.contains("metadata clients refused"));
+            Ok(after
+                .iter()
                 .find(|l| l.contains("guest rate limits dropped traffic") && l.contains(&bad.port))
-                .map(str::to_string)
+                .filter(|_| metadata)
+                .map(|l| l.to_string())
                 .ok_or("not yet"))
         },
     );
@@ -215,13 +217,21 @@ fn a_flooding_guest_cannot_starve_its_neighbours() {
         during.len(),
         during.join("\n")
     );
-    // The metadata flood reached the service, which refused it.
+    // The metadata flood reached the service with hundreds of connections
+    // (the ones over its per-client cap are counted there), which refused
+    // them.
+    let refused: u64 = during
+        .iter()
+        .filter(|l| l.contains("metadata clients refused"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("connections_over_client_cap="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
     assert!(
-        during
-            .iter()
-            .any(|l| l.contains("metadata clients refused")
-                && l.contains("connections_over_client_cap")),
-        "no metadata refusal summary:\n{}",
+        refused >= 100,
+        "only {refused} connections refused over the client cap:\n{}",
         during.join("\n")
     );
     assert!(
