@@ -162,6 +162,9 @@ impl World {
             vni,
             mtu,
             dns: vec![],
+            provider: None,
+            external: false,
+            shared: false,
             created_at: model::now(),
         };
         let id = net.id;

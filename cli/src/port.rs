@@ -167,10 +167,14 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
             network,
             count,
         } => {
-            let (node, tap) = capture_target(api, &target, network.as_deref()).await?;
-            let addr = crate::node_api::address(api, &node).await?;
-            let q = count.map(|c| format!("?count={c}")).unwrap_or_default();
-            crate::node_api::stream(&addr, &format!("/v1/capture/{tap}{q}")).await
+            let port = capture_target(api, &target, network.as_deref()).await?;
+            let req = nubo_common::proto::CaptureRequest {
+                r#ref: port,
+                project: api.project.clone(),
+                count,
+            };
+            let stream = api.ports().capture(req).await.or_fail(api)?;
+            crate::node_api::copy_to_stdout(api, stream).await
         }
         PortCmd::Show { port } => {
             let p = api.ports().get(api.get_req(&port)).await.or_fail(api)?;
@@ -194,12 +198,8 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
     }
 }
 
-/// The (node, tap) to capture for `target`: a port, or else a server.
-async fn capture_target(
-    api: &Api,
-    target: &str,
-    network: Option<&str>,
-) -> Result<(String, String)> {
+/// The port to capture for `target` (its id): a port, or else a server's.
+async fn capture_target(api: &Api, target: &str, network: Option<&str>) -> Result<String> {
     match api.ports().get(api.get_req(target)).await {
         Ok(p) => {
             let p = p.into_inner();
@@ -214,7 +214,7 @@ async fn capture_target(
             if p.node.is_empty() || p.tap.is_empty() {
                 bail!("port {target} is not plugged on a node: nothing to capture");
             }
-            return Ok((p.node, p.tap));
+            return Ok(p.id);
         }
         Err(s) if s.code() == Code::NotFound => {}
         Err(s) => return Err(api.error(s)),
@@ -229,9 +229,9 @@ async fn capture_target(
     server_port(&server, network)
 }
 
-/// Picks the server's port to capture: its only one, or the one on
-/// `network` (name or id).
-pub fn server_port(s: &Server, network: Option<&str>) -> Result<(String, String)> {
+/// Picks the server's port to capture (its id): its only one, or the one
+/// on `network` (name or id).
+pub fn server_port(s: &Server, network: Option<&str>) -> Result<String> {
     let name_of = |a: &ServerAddress| {
         if a.network_name.is_empty() {
             a.network_id.clone()
@@ -273,7 +273,7 @@ pub fn server_port(s: &Server, network: Option<&str>) -> Result<(String, String)
             s.name
         );
     }
-    Ok((s.node.clone(), a.tap.clone()))
+    Ok(a.port_id.clone())
 }
 
 #[cfg(test)]
@@ -323,6 +323,7 @@ mod tests {
                     network_id: format!("id-{net}"),
                     network_name: net.to_string(),
                     tap: tap.to_string(),
+                    port_id: format!("port-{tap}"),
                     ..Default::default()
                 })
                 .collect(),
@@ -333,18 +334,15 @@ mod tests {
     #[test]
     fn capture_by_server_picks_its_port() {
         let one = server("hv-1", &[("net1", "tapaaa")]);
-        assert_eq!(
-            server_port(&one, None).unwrap(),
-            ("hv-1".into(), "tapaaa".into())
-        );
+        assert_eq!(server_port(&one, None).unwrap(), "port-tapaaa");
         let two = server("hv-1", &[("net1", "tapaaa"), ("net2", "tapbbb")]);
         let e = server_port(&two, None).unwrap_err().to_string();
         assert!(
             e.contains("has 2 ports: choose one with --network (net1, net2)"),
             "{e}"
         );
-        assert_eq!(server_port(&two, Some("net2")).unwrap().1, "tapbbb");
-        assert_eq!(server_port(&two, Some("id-net1")).unwrap().1, "tapaaa");
+        assert_eq!(server_port(&two, Some("net2")).unwrap(), "port-tapbbb");
+        assert_eq!(server_port(&two, Some("id-net1")).unwrap(), "port-tapaaa");
         let e = server_port(&two, Some("net9")).unwrap_err().to_string();
         assert!(
             e.contains("no port on network net9 (its networks: net1, net2)"),

@@ -335,7 +335,8 @@ impl NodeGrants {
 
 /// The etcd permissions of the role of `node` (least privilege, see
 /// `docs/etcd-layout.md`): it reads every prefix its agent watches
-/// ([`agent_watch_prefixes`]) and writes only its node record, its alive
+/// ([`agent_watch_prefixes`]) and the public ticket keys
+/// ([`ticket_keys_prefix`]), and writes only its node record, its alive
 /// key, its node-owned prefix and its guest-stop reports. Its usage, admin switch and health, the
 /// specs, other nodes' keys and everything under [`PRIVATE`] stay out of
 /// its reach.
@@ -345,6 +346,8 @@ pub fn node_grants(node: &NodeName) -> NodeGrants {
         read: agent_watch_prefixes(node)
             .into_iter()
             .filter(|p| !owned.contains(p))
+            // Read on demand, not watched: the keys checking stream tickets.
+            .chain([ticket_keys_prefix()])
             .map(Span::Prefix)
             .collect(),
         readwrite: [Span::Key(self::node(node)), Span::Key(node_alive(node))]
@@ -542,6 +545,21 @@ pub fn token_key() -> String {
     format!("{PRIVATE}secrets/token-key")
 }
 
+/// `/nubo/v1/private/secrets/ticket-key` (`TicketSigningKey`): the
+/// coordinators' private Ed25519 key signing stream tickets.
+pub fn ticket_signing_key() -> String {
+    format!("{PRIVATE}secrets/ticket-key")
+}
+/// `/nubo/v1/ticket-keys/` — the public halves of the coordinators' ticket
+/// keys, which every node reads to check the tickets it is shown.
+pub fn ticket_keys_prefix() -> String {
+    format!("{ROOT}ticket-keys/")
+}
+/// `/nubo/v1/ticket-keys/<kid>` (`TicketVerifyKey`).
+pub fn ticket_verify_key(kid: &str) -> String {
+    format!("{ROOT}ticket-keys/{kid}")
+}
+
 // ------------------------------------------------------------------ legacy
 
 /// One prefix of coordinator-private data that clusters created before the
@@ -733,6 +751,10 @@ pub enum Key {
     Audit(String),
     /// `private/secrets/token-key`
     TokenKey,
+    /// `private/secrets/ticket-key`
+    TicketSigningKey,
+    /// `/ticket-keys/<kid>`
+    TicketVerifyKey(String),
 }
 
 impl Key {
@@ -775,6 +797,7 @@ impl Key {
             ["assignments", n, id] => Key::Assignment(n.parse().ok()?, id.parse().ok()?),
             ["election", "coordinator"] => Key::Election,
             ["coordinators", id] if !id.is_empty() => Key::Coordinator(id.to_string()),
+            ["ticket-keys", kid] if !kid.is_empty() => Key::TicketVerifyKey(kid.to_string()),
             _ => return None,
         })
     }
@@ -806,6 +829,7 @@ impl Key {
             ["quota-usage", p] => Key::QuotaUsage(p.parse().ok()?),
             ["audit", id] if !id.is_empty() => Key::Audit(id.to_string()),
             ["secrets", "token-key"] => Key::TokenKey,
+            ["secrets", "ticket-key"] => Key::TicketSigningKey,
             _ => return None,
         })
     }
@@ -830,6 +854,7 @@ impl Key {
                 | Key::QuotaUsage(_)
                 | Key::Audit(_)
                 | Key::TokenKey
+                | Key::TicketSigningKey
         )
     }
 }
@@ -1102,8 +1127,11 @@ mod tests {
         ] {
             assert!(!g.may_write(&k), "{k}");
         }
+        assert!(g.may_read(&ticket_verify_key("0123abcd")));
+        assert!(!g.may_write(&ticket_verify_key("0123abcd")));
         for k in [
             token_key(),
+            ticket_signing_key(),
             user(&UserName::new("alice").unwrap()),
             audit("x"),
             quota_usage(&p),

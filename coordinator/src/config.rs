@@ -277,6 +277,25 @@ impl Config {
         Ok(())
     }
 
+    /// The files the coordinator presents to the nodes' APIs (mutual TLS,
+    /// `nubo_nodeapi::tls`): its etcd client certificate and the CA, when
+    /// `[etcd_tls]` has all three.
+    pub fn node_api_tls(&self) -> Option<nubo_nodeapi::TlsFiles> {
+        let t = self.etcd_tls.as_ref()?;
+        Some(nubo_nodeapi::TlsFiles {
+            ca: t.ca.clone()?,
+            cert: t.cert.clone()?,
+            key: t.key.clone()?,
+        })
+    }
+
+    /// The client of the nodes' APIs ([`Self::node_api_tls`]; plain
+    /// without a certificate).
+    pub fn node_api_client(&self) -> Result<nubo_nodeapi::NodeApiClient, ServeError> {
+        nubo_nodeapi::NodeApiClient::new(self.node_api_tls().as_ref())
+            .map_err(|e| ServeError::Config(format!("node API client certificate: {e}")))
+    }
+
     /// Refuses an insecure serving configuration unless `insecure` is set:
     /// the API must serve TLS (`tls_cert` + `tls_key`) and authenticate
     /// callers (`auth = "token"`). Checked when serving starts (not by the

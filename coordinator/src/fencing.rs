@@ -140,6 +140,7 @@ pub struct CephFencer {
     cluster: nubo_storage::Cluster,
     etcd: nubo_store::Etcd,
     expiry: Duration,
+    node_api: nubo_nodeapi::NodeApiClient,
 }
 
 impl std::fmt::Debug for CephFencer {
@@ -154,12 +155,18 @@ impl std::fmt::Debug for CephFencer {
 impl CephFencer {
     /// A fencer acting through `cluster` (a client with `mon` caps allowing
     /// `osd blocklist`, e.g. `profile rbd` or admin), reading node records
-    /// from `etcd`.
-    pub fn new(cluster: nubo_storage::Cluster, etcd: nubo_store::Etcd) -> Self {
+    /// from `etcd` and asking the nodes' APIs through `node_api` before it
+    /// lifts a fence.
+    pub fn new(
+        cluster: nubo_storage::Cluster,
+        etcd: nubo_store::Etcd,
+        node_api: nubo_nodeapi::NodeApiClient,
+    ) -> Self {
         Self {
             cluster,
             etcd,
             expiry: BLOCKLIST_EXPIRY,
+            node_api,
         }
     }
 
@@ -245,10 +252,17 @@ impl Fencer for CephFencer {
         let api = rec
             .node_api()
             .ok_or_else(|| Self::err(node, "no node API address to confirm its recovery"))?;
-        let status = tokio::time::timeout(NODE_API_TIMEOUT, EtcdSessionStatus::fetch(api))
+        let status = self
+            .node_api
+            .etcd_status(node, api, NODE_API_TIMEOUT)
             .await
-            .map_err(|_| Self::err(node, format!("node API {api} did not answer")))?
-            .map_err(|e| Self::err(node, format!("node API {api}: {e}")))?;
+            .map_err(|e| Self::err(node, e.to_string()))?;
+        if status.node != *node {
+            return Err(Self::err(
+                node,
+                format!("node API {api} answered for node {}", status.node),
+            ));
+        }
         if !may_unfence(&status) {
             return Err(Self::err(
                 node,

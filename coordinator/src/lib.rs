@@ -32,6 +32,7 @@ pub mod paging;
 pub mod pki;
 pub mod placement;
 pub mod state;
+pub mod tickets;
 pub mod validate;
 
 use std::future::Future;
@@ -116,6 +117,7 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
         Some(rbd) => Arc::new(CephFencer::new(
             rbd.cluster().clone(),
             connect_etcd(&cfg).await?,
+            cfg.node_api_client()?,
         )),
         None => Arc::new(LogFencer),
     };
@@ -147,6 +149,8 @@ async fn start_inner(
 ) -> Result<Coordinator, ServeError> {
     cfg.validate()?;
     cfg.check_security()?;
+    // Unusable node API TLS files stop the start, with the file named.
+    cfg.node_api_client()?;
     if let Some(what) = cfg.insecurity() {
         tracing::warn!(
             "INSECURE (--insecure, development only): {what}; never expose this coordinator"

@@ -150,8 +150,14 @@ async fn node(cfg: &Config, c: NodeCommand) -> anyhow::Result<()> {
             // In this order, so that a refused step leaves nothing behind:
             // the certificate in memory (checks the CA), the etcd user and
             // role, then the files.
-            let cert = nubo_coordinator::pki::issue_client_cert(&ca_cert, &ca_key, &user, days)
-                .with_context(|| format!("issuing the certificate of {user}"))?;
+            let cert = nubo_coordinator::pki::issue_client_cert(
+                &ca_cert,
+                &ca_key,
+                &user,
+                Some(node.as_str()),
+                days,
+            )
+            .with_context(|| format!("issuing the certificate of {user}"))?;
             let (_etcd, mut auth) = admin_etcd(cfg, &admin).await?;
             nubo_coordinator::etcd_auth::enroll_node(&mut auth, &node)
                 .await

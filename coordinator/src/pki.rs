@@ -1,7 +1,8 @@
-//! Client certificates signed by the cluster CA (`nubo-coordinator node
-//! enroll`): an EC P-256 key and a certificate whose CN is the etcd user
-//! (etcd's `--client-cert-auth` maps the CN to the user), extended key
-//! usage clientAuth, no SAN.
+//! Certificates signed by the cluster CA (`nubo-coordinator node enroll`):
+//! an EC P-256 key and a certificate whose CN is the etcd user (etcd's
+//! `--client-cert-auth` maps the CN to the user), extended key usage
+//! clientAuth; a node's also serves its node API (`nubo_nodeapi::tls`):
+//! serverAuth too, and its node name as DNS name, which clients verify.
 
 use std::path::{Path, PathBuf};
 
@@ -81,11 +82,13 @@ impl std::fmt::Debug for ClientCert {
 
 /// Issues a client certificate with `cn`, valid from yesterday (clock
 /// skew) for `days` days, signed by the CA at `ca_cert`/`ca_key` (PEM,
-/// e.g. `scripts/make-certs.sh`'s `ca.crt`/`ca.key`).
+/// e.g. `scripts/make-certs.sh`'s `ca.crt`/`ca.key`). With `server_name`,
+/// it is a server certificate of that DNS name too.
 pub fn issue_client_cert(
     ca_cert: &Path,
     ca_key: &Path,
     cn: &str,
+    server_name: Option<&str>,
     days: u32,
 ) -> Result<ClientCert, PkiError> {
     let ca_pem = read(ca_cert)?;
@@ -99,13 +102,18 @@ pub fn issue_client_cert(
         .self_signed(&ca_key)
         .map_err(cert_err("the CA key does not fit its certificate"))?;
     let key = KeyPair::generate().map_err(cert_err("generating a key"))?;
-    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("parameters"))?;
+    let sans: Vec<String> = server_name.iter().map(|n| n.to_string()).collect();
+    let mut p = CertificateParams::new(sans).map_err(cert_err("parameters"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if server_name.is_some() {
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
     p.use_authority_key_identifier_extension = true;
     let start = Utc::now() - Duration::days(1);
     let end = start + Duration::days(i64::from(days) + 1);
@@ -231,7 +239,7 @@ mod tests {
         assert!(made.status.success());
         let (ca, ca_key) = (dir.path().join("pki/ca.crt"), dir.path().join("pki/ca.key"));
         let files = EnrolFiles::in_dir(&dir.path().join("out"));
-        let cert = issue_client_cert(&ca, &ca_key, "nubo-node-n1", 30).unwrap();
+        let cert = issue_client_cert(&ca, &ca_key, "nubo-node-n1", Some("n1"), 30).unwrap();
         files.write(&cert, &ca).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&files.key), 0o600);
@@ -245,6 +253,20 @@ mod tests {
             files.cert.to_str().unwrap(),
         ]);
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        // It also serves the node API of n1, under that name only.
+        for (name, ok) in [("n1", true), ("n2", false)] {
+            let v = openssl(&[
+                "verify",
+                "-purpose",
+                "sslserver",
+                "-verify_hostname",
+                name,
+                "-CAfile",
+                ca.to_str().unwrap(),
+                files.cert.to_str().unwrap(),
+            ]);
+            assert_eq!(v.status.success(), ok, "{name}");
+        }
         let s = openssl(&[
             "x509",
             "-noout",
@@ -262,9 +284,10 @@ mod tests {
             .unwrap()
             .status
             .success());
-        let err = issue_client_cert(&ca, &other.join("ca.key"), "x", 1).unwrap_err();
+        let err = issue_client_cert(&ca, &other.join("ca.key"), "x", None, 1).unwrap_err();
         assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
-        let missing = issue_client_cert(&dir.path().join("nope"), &ca_key, "x", 1).unwrap_err();
+        let missing =
+            issue_client_cert(&dir.path().join("nope"), &ca_key, "x", None, 1).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }
 }

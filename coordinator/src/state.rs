@@ -42,6 +42,11 @@ pub struct Inner {
     /// `[ceph]` is configured): the volume API, its reconciler and storage
     /// fencing share it. Unset = the volume API answers FailedPrecondition.
     pub ceph: std::sync::OnceLock<Arc<nubo_storage::RbdStore>>,
+    /// The client of the nodes' APIs (console and capture relays): the
+    /// coordinator's certificate when `[etcd_tls]` has one.
+    pub node_api: nubo_nodeapi::NodeApiClient,
+    /// The stream ticket signer, loaded on first use.
+    pub tickets: crate::tickets::TicketKeys,
 }
 
 impl std::ops::Deref for Ctx {
@@ -53,7 +58,9 @@ impl std::ops::Deref for Ctx {
 
 impl Ctx {
     /// Builds the context (inside a tokio runtime: it starts the
-    /// placement engine's group committer).
+    /// placement engine's group committer). Unusable node API TLS files
+    /// leave a plain client (refused by TLS nodes with a clear error);
+    /// [`crate::start`] refuses them before this.
     pub fn new(
         store: Etcd,
         view: Arc<ClusterView>,
@@ -67,6 +74,10 @@ impl Ctx {
             disk: cfg.disk_ratio,
         };
         let placement = Engine::new(view.clone(), store.clone(), ratios, cfg.placement);
+        let node_api = cfg.node_api_client().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "node API client without a certificate");
+            nubo_nodeapi::NodeApiClient::plain()
+        });
         Self(Arc::new(Inner {
             store,
             view,
@@ -77,6 +88,8 @@ impl Ctx {
             placement,
             signer: std::sync::OnceLock::new(),
             ceph: std::sync::OnceLock::new(),
+            node_api,
+            tickets: Default::default(),
         }))
     }
 }

@@ -464,6 +464,18 @@ impl AgentConfig {
         self.lease_ttl.mul_f64(2.0 / 3.0)
     }
 
+    /// The TLS files of the node API: the etcd client certificate (which
+    /// `nubo-coordinator node enroll` issues for both uses) and the CA,
+    /// when all three are configured; `None` serves plain HTTP.
+    pub fn node_api_tls(&self) -> Option<nubo_nodeapi::TlsFiles> {
+        let t = self.etcd_tls.as_ref()?;
+        Some(nubo_nodeapi::TlsFiles {
+            ca: t.ca.clone()?,
+            cert: t.cert.clone()?,
+            key: t.key.clone()?,
+        })
+    }
+
     /// The node API address: the configured one or `<underlay-ip>:7402`.
     pub fn node_api(&self) -> std::net::SocketAddr {
         self.node_api_listen.unwrap_or(std::net::SocketAddr::new(

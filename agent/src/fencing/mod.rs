@@ -50,6 +50,16 @@ pub struct Fencing {
     pub task: Fencer,
 }
 
+/// The client of the peers' node APIs: this node's certificate when it
+/// has one. Unusable TLS files leave a plain client, whose refusals of
+/// the peers' TLS APIs say why (the node API itself logs the file error).
+fn peer_client(cfg: &AgentConfig) -> nubo_nodeapi::NodeApiClient {
+    nubo_nodeapi::NodeApiClient::new(cfg.node_api_tls().as_ref()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "peer witness: TLS files unusable, probing without a certificate");
+        nubo_nodeapi::NodeApiClient::plain()
+    })
+}
+
 /// Builds the fencing pieces for the agent configured by `cfg`, fed by the
 /// etcd session `session` (whose node API answers get the gate's phase).
 pub fn setup(
@@ -68,6 +78,7 @@ pub fn setup(
             rounds: tx,
             timeout: cfg.peer_probe_timeout,
             clock: clock.clone(),
+            client: peer_client(cfg),
         };
         (Some(w), Some((rx, witness_max_age(cfg.peer_probe_timeout))))
     } else {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nubo_common::model::EtcdSessionStatus;
 use nubo_common::NodeName;
+use nubo_nodeapi::NodeApiClient;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -35,6 +35,8 @@ pub struct Witness {
     pub(super) rounds: watch::Sender<Option<WitnessRound>>,
     pub(super) timeout: Duration,
     pub(super) clock: Arc<dyn Clock>,
+    /// Presents this node's certificate to the peers' node APIs.
+    pub(super) client: NodeApiClient,
 }
 
 impl Witness {
@@ -57,11 +59,13 @@ impl Witness {
                     .collect()
             };
             let started = self.clock.now();
+            let client = &self.client;
+            let timeout = self.timeout;
             let answers = futures::future::join_all(peers.iter().map(|(name, api)| async move {
                 let api = api.as_deref()?;
-                let st = tokio::time::timeout(self.timeout, EtcdSessionStatus::fetch(api))
+                let st = client
+                    .etcd_status(name, api, timeout)
                     .await
-                    .ok()?
                     .map_err(
                         |e| debug!(peer = %name, %api, error = %e, "peer witness probe failed"),
                     )

@@ -10,25 +10,37 @@
 //!   peer witnesses of the other agents and by the coordinator before it
 //!   lifts a storage fence (`docs/failure-handling.md`).
 //!
+//! With an etcd client certificate (production: the one `nubo-coordinator
+//! node enroll` issued) it serves mutual TLS: only holders of a
+//! certificate of the cluster CA (coordinators, peer agents) get an
+//! answer. Console and capture streams also need a single-use stream
+//! ticket for exactly that stream, signed by the coordinators
+//! ([`nubo_nodeapi::ticket`]): tenants reach them only through the
+//! coordinator (`Servers.Console`, `Ports.Capture`), which checks who may
+//! see the instance, audits the opening and relays the stream.
+//!
 //! Its address is published in the node record as the label
-//! [`NODE_API_LABEL`], which `nubo server console` / `nubo port capture`
-//! read after asking the coordinator where the instance or port lives.
+//! [`NODE_API_LABEL`] (`https://ip:port` with TLS).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use nubo_common::keys;
+use nubo_common::model::TicketVerifyKey;
+use nubo_nodeapi::{NodeApiAddr, StreamTarget, TicketError, TicketGate, VerifyKeys};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use crate::config::AgentConfig;
 use crate::fencing::SessionWatch;
@@ -40,6 +52,62 @@ pub const NODE_API_LABEL: &str = nubo_common::model::NODE_API_LABEL;
 struct Ctx {
     console_dir: PathBuf,
     session: Option<SessionWatch>,
+    gate: Arc<TicketGate>,
+}
+
+/// The coordinators' public ticket keys, read from etcd
+/// ([`keys::ticket_verify_key`]) when a ticket names one first.
+struct EtcdTicketKeys(nubo_store::Etcd);
+
+#[async_trait::async_trait]
+impl VerifyKeys for EtcdTicketKeys {
+    async fn public_key(&self, kid: &str) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine;
+        let resp = self
+            .0
+            .get(keys::ticket_verify_key(kid), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let k: TicketVerifyKey = serde_json::from_slice(kv.value())
+            .map_err(|e| format!("bad value at {}: {e}", keys::ticket_verify_key(kid)))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(k.public_key)
+            .map(Some)
+            .map_err(|e| format!("bad public key {kid}: {e}"))
+    }
+}
+
+/// The answer to a refused ticket: 401 without one, 503 when the key
+/// cannot be read now, 403 otherwise. The reason names the rule only.
+fn refused(e: &TicketError) -> Response {
+    let code = match e {
+        TicketError::Missing => StatusCode::UNAUTHORIZED,
+        TicketError::KeyUnavailable { .. } | TicketError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    };
+    (code, format!("{e}\n")).into_response()
+}
+
+/// Admits a stream request with a valid ticket for `target`; logs who
+/// opened it (the coordinator audited the issue).
+async fn admit(ctx: &Ctx, headers: &HeaderMap, target: &StreamTarget) -> Result<(), Response> {
+    match ctx
+        .gate
+        .admit(headers, target, nubo_nodeapi::ticket::now_ms())
+        .await
+    {
+        Ok(c) => {
+            info!(ticket = %c.id, issued_to = %c.issued_to, %target, "node API stream opened");
+            Ok(())
+        }
+        Err(e) => {
+            warn!(%target, reason = %e, "node API stream refused");
+            Err(refused(&e))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,11 +129,36 @@ pub fn valid_tap(s: &str) -> bool {
             .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// Publishes the address as a label and serves the node API in `tasks`;
-/// `/v1/etcd-status` answers from `session` (404 without).
-/// A bind failure is logged, not fatal: instances matter more.
+/// Publishes the address as a label and serves the node API in `tasks`
+/// (mutual TLS with the etcd client certificate when there is one);
+/// `/v1/etcd-status` answers from `session` (404 without). A bind failure
+/// or unusable TLS files are logged, not fatal: instances matter more.
 pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>, session: Option<SessionWatch>) {
     let addr = cfg.node_api();
+    let tls = match cfg.node_api_tls() {
+        None => {
+            warn!(%addr, "node API serves plain HTTP: no etcd client certificate (development only)");
+            None
+        }
+        Some(files) => match files.server_config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error!(%addr, error = %e, "node API not available: its TLS files are unusable");
+                return;
+            }
+        },
+    };
+    let etcd = match crate::store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await {
+        Ok(e) => e,
+        Err(e) => {
+            error!(%addr, error = %e, "node API not available: no etcd client for ticket keys");
+            return;
+        }
+    };
+    let gate = Arc::new(TicketGate::new(
+        cfg.node.clone(),
+        Arc::new(EtcdTicketKeys(etcd)),
+    ));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -75,13 +168,15 @@ pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>, session: Opti
     };
     // The bound address (a configured port 0 gets a real one).
     let addr = listener.local_addr().unwrap_or(addr);
-    cfg.labels
-        .insert(NODE_API_LABEL.to_string(), addr.to_string());
-    let app = router(cfg.state_dir.join("console"), session);
-    info!(%addr, "node API listening");
+    cfg.labels.insert(
+        NODE_API_LABEL.to_string(),
+        NodeApiAddr::label(addr, tls.is_some()),
+    );
+    let app = router(cfg.state_dir.join("console"), session, gate);
+    info!(%addr, tls = tls.is_some(), "node API listening");
     tasks.spawn(
         async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = nubo_nodeapi::server::serve(listener, app, tls).await {
                 warn!(error = %e, "node API stopped");
             }
         }
@@ -89,7 +184,7 @@ pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>, session: Opti
     );
 }
 
-fn router(console_dir: PathBuf, session: Option<SessionWatch>) -> Router {
+fn router(console_dir: PathBuf, session: Option<SessionWatch>, gate: Arc<TicketGate>) -> Router {
     Router::new()
         .route("/v1/console/{id}", get(console))
         .route("/v1/capture/{tap}", get(capture))
@@ -100,6 +195,7 @@ fn router(console_dir: PathBuf, session: Option<SessionWatch>) -> Router {
         .with_state(Ctx {
             console_dir,
             session,
+            gate,
         })
 }
 
@@ -118,9 +214,13 @@ async fn console(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
     Query(q): Query<ConsoleQuery>,
+    headers: HeaderMap,
 ) -> Response {
-    if id.parse::<nubo_common::InstanceId>().is_err() {
+    let Ok(instance) = id.parse::<nubo_common::InstanceId>() else {
         return (StatusCode::BAD_REQUEST, "bad instance id\n").into_response();
+    };
+    if let Err(r) = admit(&ctx, &headers, &StreamTarget::Console { instance }).await {
+        return r;
     }
     let path = ctx.console_dir.join(format!("{id}.log"));
     let mut file = match tokio::fs::File::open(&path).await {
@@ -173,9 +273,18 @@ async fn console(
     stream_body(rx)
 }
 
-async fn capture(Path(tap): Path<String>, Query(q): Query<CaptureQuery>) -> Response {
+async fn capture(
+    State(ctx): State<Ctx>,
+    Path(tap): Path<String>,
+    Query(q): Query<CaptureQuery>,
+    headers: HeaderMap,
+) -> Response {
     if !valid_tap(&tap) {
         return (StatusCode::BAD_REQUEST, "bad tap name\n").into_response();
+    }
+    let target = StreamTarget::Capture { tap: tap.clone() };
+    if let Err(r) = admit(&ctx, &headers, &target).await {
+        return r;
     }
     let mut cmd = tokio::process::Command::new("tcpdump");
     cmd.args(["-l", "-n", "-e", "-i", &tap]);
@@ -238,24 +347,125 @@ mod tests {
         assert!(!valid_tap("tap0123456789abcd"));
     }
 
+    struct TestKeys(nubo_nodeapi::TicketSigner);
+
+    #[async_trait::async_trait]
+    impl VerifyKeys for TestKeys {
+        async fn public_key(&self, kid: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok((kid == self.0.kid()).then(|| self.0.public_key()))
+        }
+    }
+
+    /// A gate of node `n1` trusting a fresh key, and a signer of that key.
+    fn test_gate() -> (Arc<TicketGate>, nubo_nodeapi::TicketSigner) {
+        let (signer, pkcs8) = nubo_nodeapi::TicketSigner::generate().unwrap();
+        let copy = nubo_nodeapi::TicketSigner::from_pkcs8(signer.kid(), &pkcs8).unwrap();
+        let gate = TicketGate::new(
+            nubo_common::NodeName::new("n1").unwrap(),
+            Arc::new(TestKeys(copy)),
+        );
+        (Arc::new(gate), signer)
+    }
+
+    fn ticket(signer: &nubo_nodeapi::TicketSigner, target: StreamTarget, ttl_ms: u64) -> String {
+        let now = nubo_nodeapi::ticket::now_ms();
+        signer.sign(&nubo_nodeapi::TicketClaims {
+            id: uuid::Uuid::new_v4().to_string(),
+            node: nubo_common::NodeName::new("n1").unwrap(),
+            target,
+            issued_to: "alice@p1".into(),
+            issued_at_ms: now,
+            expires_at_ms: now + ttl_ms,
+        })
+    }
+
     #[tokio::test]
-    async fn console_serves_the_log() {
+    async fn console_serves_the_log_only_with_a_ticket_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let id = nubo_common::InstanceId::new_random();
         std::fs::write(dir.path().join(format!("{id}.log")), "NUBO-GUEST-IP: x\n").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(dir.path().to_path_buf(), None);
+        let (gate, signer) = test_gate();
+        let app = router(dir.path().to_path_buf(), None, gate);
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
-        let body = http_get(addr, &format!("/v1/console/{id}")).await;
+        let path = format!("/v1/console/{id}");
+        let get = |t: Option<String>| {
+            let path = path.clone();
+            async move { http_get_with(addr, &path, t.as_deref()).await }
+        };
+        let body = get(None).await;
+        assert!(body.contains("401"), "{body}");
+        assert!(!body.contains("NUBO-GUEST-IP"), "{body}");
+
+        let mine = ticket(&signer, StreamTarget::Console { instance: id }, 30_000);
+        let body = get(Some(mine.clone())).await;
         assert!(body.contains("200 OK"), "{body}");
         assert!(body.contains("NUBO-GUEST-IP: x"), "{body}");
-        let body = http_get(
-            addr,
-            &format!("/v1/console/{}", nubo_common::InstanceId::new_random()),
-        )
-        .await;
+        // Single use.
+        let body = get(Some(mine)).await;
+        assert!(
+            body.contains("403") && body.contains("already used"),
+            "{body}"
+        );
+
+        // A ticket for another instance, for a capture, expired, forged.
+        let other = nubo_common::InstanceId::new_random();
+        let (stranger, _) = nubo_nodeapi::TicketSigner::generate().unwrap();
+        for (t, why) in [
+            (
+                ticket(&signer, StreamTarget::Console { instance: other }, 30_000),
+                "not this stream",
+            ),
+            (
+                ticket(
+                    &signer,
+                    StreamTarget::Capture {
+                        tap: "tap01".into(),
+                    },
+                    30_000,
+                ),
+                "not this stream",
+            ),
+            (
+                ticket(&signer, StreamTarget::Console { instance: id }, 0),
+                "expired",
+            ),
+            (
+                ticket(&stranger, StreamTarget::Console { instance: id }, 30_000),
+                "unknown key",
+            ),
+        ] {
+            let body = get(Some(t)).await;
+            assert!(body.contains("403") && body.contains(why), "{why}: {body}");
+            assert!(!body.contains("NUBO-GUEST-IP"), "{body}");
+        }
+
+        // A valid ticket for an instance without a log: 404.
+        let t = ticket(&signer, StreamTarget::Console { instance: other }, 30_000);
+        let body = http_get_with(addr, &format!("/v1/console/{other}"), Some(&t)).await;
         assert!(body.contains("404"), "{body}");
+        srv.abort();
+    }
+
+    #[tokio::test]
+    async fn capture_needs_a_ticket_for_its_tap() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (gate, signer) = test_gate();
+        let app = router(std::env::temp_dir(), None, gate);
+        let srv = tokio::spawn(async move { axum::serve(listener, app).await });
+        let body = http_get_with(addr, "/v1/capture/tap0a", None).await;
+        assert!(body.contains("401"), "{body}");
+        let t = ticket(
+            &signer,
+            StreamTarget::Capture {
+                tap: "tap0b".into(),
+            },
+            30_000,
+        );
+        let body = http_get_with(addr, "/v1/capture/tap0a", Some(&t)).await;
+        assert!(body.contains("403"), "{body}");
         srv.abort();
     }
 
@@ -268,7 +478,7 @@ mod tests {
         let (tx, session) = crate::fencing::session(&cfg, clock.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(std::env::temp_dir(), Some(session));
+        let app = router(std::env::temp_dir(), Some(session), test_gate().0);
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let status = |body: String| -> EtcdSessionStatus {
             let (_, json) = body.split_once("\r\n\r\n").unwrap();
@@ -296,10 +506,17 @@ mod tests {
     }
 
     async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+        http_get_with(addr, path, None).await
+    }
+
+    async fn http_get_with(addr: std::net::SocketAddr, path: &str, ticket: Option<&str>) -> String {
         use tokio::io::AsyncWriteExt;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = ticket
+            .map(|t| format!("Authorization: Ticket {t}\r\n"))
+            .unwrap_or_default();
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();

@@ -86,6 +86,9 @@ impl World {
             vni: 4242,
             mtu: 0,
             dns: vec![],
+            provider: None,
+            external: false,
+            shared: false,
             created_at: model::now(),
         };
         put(c, &keys::network(&net.id), &net).await;

@@ -255,10 +255,13 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
             show(ctx.format, &s)
         }
         ServerCmd::Console { server, follow } => {
-            let s = api.servers().get(api.get_req(&server)).await.or_fail(api)?;
-            let addr = crate::node_api::address(api, &s.node).await?;
-            let q = if follow { "?follow=1" } else { "" };
-            crate::node_api::stream(&addr, &format!("/v1/console/{}{q}", s.id)).await
+            let req = nubo_common::proto::ConsoleRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                follow,
+            };
+            let stream = api.servers().console(req).await.or_fail(api)?;
+            crate::node_api::copy_to_stdout(api, stream).await
         }
         ServerCmd::Start { server } => {
             let s = api.servers().start(action(server)).await.or_fail(api)?;

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::Timestamp;
 use crate::{InstanceId, NetworkId, NodeName, PortId, ProjectId, RuleId, SecurityGroupId};
 
-/// A tenant network: one IPv4 subnet on one VXLAN segment.
+/// A network: one IPv4 subnet on one segment — a VXLAN segment of the
+/// overlay (tenant networks), or a flat or VLAN segment of a physical
+/// network (provider networks, [`ProviderSegment`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// Id.
@@ -31,8 +33,43 @@ pub struct Network {
     /// DNS servers handed out by DHCP.
     #[serde(default)]
     pub dns: Vec<Ipv4Addr>,
+    /// The physical segment of a provider network (`None`: the VXLAN
+    /// segment `vni` of the overlay).
+    #[serde(default)]
+    pub provider: Option<ProviderSegment>,
+    /// An external network: routers' gateways and floating IPs come from it
+    /// (admin only).
+    #[serde(default)]
+    pub external: bool,
+    /// Usable by every project, not only its owner's (admin only).
+    #[serde(default)]
+    pub shared: bool,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+/// How a provider network reaches the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderType {
+    /// Untagged frames on the physical network's interface.
+    Flat,
+    /// 802.1Q-tagged frames (the segment is the VLAN id).
+    Vlan,
+}
+
+/// The physical segment of a provider network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderSegment {
+    /// Flat or VLAN.
+    #[serde(rename = "type")]
+    pub kind: ProviderType,
+    /// The physical network's name (`physnet1`), mapped to a host
+    /// interface by each agent's `[physnets]`.
+    pub physical_network: String,
+    /// The VLAN id (1–4094) for `vlan`; `None` for `flat`.
+    #[serde(default)]
+    pub segment: Option<u16>,
 }
 
 /// A port: an address on a network, optionally plugged into an instance.

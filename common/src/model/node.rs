@@ -209,58 +209,11 @@ pub struct EtcdSessionStatus {
 impl EtcdSessionStatus {
     /// Path of the endpoint on the node API.
     pub const PATH: &'static str = "/v1/etcd-status";
-
-    /// The HTTP/1.0 request (no keep-alive) asking `api` (`host:port`).
-    pub fn http_request(api: &str) -> String {
-        format!("GET {} HTTP/1.0\r\nHost: {api}\r\n\r\n", Self::PATH)
-    }
-
-    /// Parses the node API's whole answer (status line, headers, JSON body);
-    /// anything but a `200` with a valid body is an error saying what came.
-    pub fn from_http_response(raw: &[u8]) -> Result<Self, String> {
-        let text = String::from_utf8_lossy(raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| "malformed HTTP answer".to_string())?;
-        let status_line = head.lines().next().unwrap_or("");
-        if status_line.split(' ').nth(1) != Some("200") {
-            return Err(format!("answered {status_line:?}"));
-        }
-        serde_json::from_str(body).map_err(|e| format!("bad etcd-status body: {e}"))
-    }
-
-    /// Asks the node API at `api` (`host:port`): `GET /v1/etcd-status`
-    /// over HTTP/1.0 (no keep-alive), at most 64 KiB read. The caller bounds
-    /// the time it waits.
-    pub async fn fetch(api: &str) -> std::io::Result<Self> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(api).await?;
-        s.write_all(Self::http_request(api).as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.take(64 * 1024).read_to_end(&mut buf).await?;
-        Self::from_http_response(&buf).map_err(std::io::Error::other)
-    }
 }
 
 #[cfg(test)]
 mod storage_ip_tests {
     use super::*;
-
-    #[test]
-    fn etcd_status_answers_parse_only_when_200_with_a_body() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"node\":\"n1\",\"healthy\":true,\"last_ack_age_ms\":12,\"phase\":\"normal\"}";
-        let s = EtcdSessionStatus::from_http_response(ok).unwrap();
-        assert!(s.healthy && s.phase == FencePhase::Normal && s.last_ack_age_ms == Some(12));
-        let e =
-            EtcdSessionStatus::from_http_response(b"HTTP/1.1 404 Not Found\r\n\r\n").unwrap_err();
-        assert!(e.contains("404"), "{e}");
-        assert!(EtcdSessionStatus::from_http_response(b"garbage").is_err());
-        assert!(EtcdSessionStatus::from_http_response(b"HTTP/1.0 200 OK\r\n\r\n{").is_err());
-        assert_eq!(
-            EtcdSessionStatus::http_request("10.0.0.1:7402"),
-            "GET /v1/etcd-status HTTP/1.0\r\nHost: 10.0.0.1:7402\r\n\r\n"
-        );
-    }
 
     #[test]
     fn storage_ip_defaults_to_the_underlay_address() {

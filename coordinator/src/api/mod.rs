@@ -21,6 +21,7 @@ mod quotas;
 mod security_groups;
 mod server_groups;
 mod servers;
+mod streams;
 mod tokens;
 mod volume_types;
 mod volumes;

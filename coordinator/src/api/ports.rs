@@ -9,6 +9,23 @@ use crate::state::Ctx;
 
 #[tonic::async_trait]
 impl ports_server::Ports for Ctx {
+    type CaptureStream = super::streams::Relay;
+
+    async fn capture(
+        &self,
+        r: Request<pb::CaptureRequest>,
+    ) -> Result<tonic::Response<Self::CaptureStream>, tonic::Status> {
+        let r = r.into_inner();
+        let stream = crate::operations::node_streams::capture(
+            self,
+            &project(&r.project)?,
+            &r.r#ref,
+            r.count,
+        )
+        .await?;
+        Ok(tonic::Response::new(super::streams::relay(stream)))
+    }
+
     async fn create(&self, r: Request<pb::CreatePortRequest>) -> R<pb::Port> {
         let r = r.into_inner();
         let go = async {

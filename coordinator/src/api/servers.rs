@@ -7,7 +7,7 @@ use tonic::Request;
 use super::{convert, project, reply, R};
 use crate::operations::server_create::{self, Created, NewServers};
 use crate::operations::servers::{self, ListServers};
-use crate::operations::{resize, PageRequest, Scope};
+use crate::operations::{node_streams, resize, PageRequest, Scope};
 use crate::state::Ctx;
 
 fn result_pb(c: Created) -> pb::ServerResult {
@@ -29,6 +29,17 @@ fn result_pb(c: Created) -> pb::ServerResult {
 
 #[tonic::async_trait]
 impl servers_server::Servers for Ctx {
+    type ConsoleStream = super::streams::Relay;
+
+    async fn console(
+        &self,
+        r: Request<pb::ConsoleRequest>,
+    ) -> Result<tonic::Response<Self::ConsoleStream>, tonic::Status> {
+        let r = r.into_inner();
+        let stream = node_streams::console(self, &project(&r.project)?, &r.r#ref, r.follow).await?;
+        Ok(tonic::Response::new(super::streams::relay(stream)))
+    }
+
     async fn create(&self, r: Request<pb::CreateServerRequest>) -> R<pb::CreateServerResponse> {
         let r = r.into_inner();
         let go = async {

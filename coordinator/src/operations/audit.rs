@@ -17,7 +17,6 @@ use crate::error::ApiResult;
 use crate::state::Ctx;
 
 /// Writes one record (best effort: a failure is logged, never returned).
-#[allow(clippy::too_many_arguments)]
 pub async fn record(
     store: &Etcd,
     user: Option<UserName>,
@@ -26,6 +25,32 @@ pub async fn record(
     resource_kind: &str,
     resource_id: Option<String>,
     outcome: AuditOutcome,
+) {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    record_with_id(
+        store,
+        user,
+        project,
+        action,
+        resource_kind,
+        resource_id,
+        outcome,
+        request_id,
+    )
+    .await
+}
+
+/// [`record`] with the request id given (e.g. a stream ticket's id).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_with_id(
+    store: &Etcd,
+    user: Option<UserName>,
+    project: Option<ProjectId>,
+    action: String,
+    resource_kind: &str,
+    resource_id: Option<String>,
+    outcome: AuditOutcome,
+    request_id: String,
 ) {
     let time = chrono::Utc::now();
     let rec = AuditRecord {
@@ -36,7 +61,7 @@ pub async fn record(
         resource_kind: resource_kind.to_string(),
         resource_id,
         outcome,
-        request_id: uuid::Uuid::new_v4().simple().to_string(),
+        request_id,
     };
     let key = keys::audit(&new_audit_id(time));
     if let Err(e) = store.put(key, encode(&rec), None).await {

@@ -15,6 +15,7 @@ pub mod keypairs;
 pub mod lookup;
 pub mod moves;
 pub mod networks;
+pub mod node_streams;
 pub mod nodes;
 pub mod ports;
 pub mod quotas;

@@ -79,6 +79,9 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             vni,
             mtu,
             dns: dns.clone(),
+            provider: None,
+            external: false,
+            shared: false,
             created_at: model::now(),
         };
         let vkey = keys::vni(vni);
