@@ -26,16 +26,18 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod l2;
 mod lease;
 mod packet;
-mod ratelimit;
+pub mod ratelimit;
 mod respond;
 mod server;
 mod socket;
 
 pub use error::{DecodeError, DhcpError};
 pub use lease::{Lease, LeaseTable, METADATA_IP};
-pub use packet::{decode_request, encode, MAX_PACKET, MIN_PACKET};
+pub use packet::{decode_request, encode, peek_chaddr, MAX_PACKET, MIN_PACKET};
+pub use ratelimit::{Event, Quota, Quotas, Summary, Tally};
 pub use respond::{decide, reply_destination, respond, Decision, Silence, CLIENT_PORT};
 pub use server::{DhcpHandle, DhcpServer, DhcpStats};
 pub use socket::SERVER_PORT;

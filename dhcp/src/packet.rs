@@ -3,6 +3,8 @@
 use dhcproto::v4::{HType, Message, Opcode};
 use dhcproto::{Decodable, Decoder, Encodable};
 
+use nubo_netid::MacAddr;
+
 use crate::error::DecodeError;
 
 /// Fixed BOOTP header (236 bytes) plus the 4-byte magic cookie.
@@ -11,6 +13,18 @@ pub const MIN_PACKET: usize = 240;
 pub const MAX_PACKET: usize = 1500;
 /// The DHCP magic cookie (RFC 2131 section 3).
 const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+
+/// The client hardware address of what looks like an Ethernet BOOTREQUEST
+/// (op 1, htype 1, hlen 6, at least [`MIN_PACKET`] bytes), read straight
+/// from the fixed header without decoding anything: lets the server drop
+/// requests of unknown or over-quota MACs for the cost of a lookup.
+/// `None` for anything else (which then goes through [`decode_request`]).
+pub fn peek_chaddr(bytes: &[u8]) -> Option<MacAddr> {
+    if bytes.len() < MIN_PACKET || bytes.get(..3)? != [1, 1, 6] {
+        return None;
+    }
+    MacAddr::from_slice(bytes.get(28..34)?)
+}
 
 /// Decodes a datagram received on port 67 into a client request.
 ///
@@ -147,6 +161,20 @@ mod tests {
         let msg = decode_request(&discover()).unwrap();
         assert_eq!(msg.opts().msg_type(), Some(MessageType::Discover));
         assert_eq!(msg.chaddr(), &[2, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn chaddr_is_peeked_only_from_ethernet_requests() {
+        let d = discover();
+        assert_eq!(peek_chaddr(&d), Some(MacAddr([2, 0, 0, 0, 0, 1])));
+        let mut reply = d.clone();
+        reply[0] = 2;
+        assert_eq!(peek_chaddr(&reply), None);
+        let mut long_hw = d.clone();
+        long_hw[2] = 16;
+        assert_eq!(peek_chaddr(&long_hw), None);
+        assert_eq!(peek_chaddr(&d[..239]), None);
+        assert_eq!(peek_chaddr(&[]), None);
     }
 
     #[test]

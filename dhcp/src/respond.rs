@@ -216,13 +216,18 @@ fn reply(req: &Message, lease: &Lease, server_id: Ipv4Addr, msg_type: MessageTyp
 
 /// Where a reply goes (RFC 2131 section 4.1, without relay support): to
 /// `ciaddr` when the client has a working address (renewal, INFORM) and the
-/// reply is not a NAK, otherwise broadcast on the link. Unicasting to
-/// `yiaddr` would need an ARP entry for an address the guest does not yet
-/// hold, so the broadcast form is used instead (allowed by the RFC).
+/// reply is not a NAK; to `yiaddr` when the client did not set the
+/// BROADCAST flag; otherwise (BROADCAST flag, NAK) to 255.255.255.255. The
+/// frame itself always goes to the client's own MAC (`chaddr`, see
+/// [`crate::l2`]), so no other guest of the network receives it.
 pub fn reply_destination(reply: &Message) -> SocketAddrV4 {
     let is_nak = reply.opts().msg_type() == Some(MessageType::Nak);
-    let ip = if !reply.ciaddr().is_unspecified() && !is_nak {
+    let ip = if is_nak {
+        Ipv4Addr::BROADCAST
+    } else if !reply.ciaddr().is_unspecified() {
         reply.ciaddr()
+    } else if !reply.flags().broadcast() && !reply.yiaddr().is_unspecified() {
+        reply.yiaddr()
     } else {
         Ipv4Addr::BROADCAST
     };
@@ -347,10 +352,8 @@ pub(crate) mod tests {
             opt(&r, OptionCode::ClasslessStaticRoute),
             Some(&DhcpOption::ClasslessStaticRoute(routes))
         );
-        assert_eq!(
-            reply_destination(&r),
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
-        );
+        // No BROADCAST flag: IP unicast to the offered address.
+        assert_eq!(reply_destination(&r), SocketAddrV4::new(IP, 68));
         // The reply survives an encode/decode round trip through the wire format.
         let bytes = crate::packet::encode(&r).unwrap();
         let mut back = bytes.clone();
@@ -383,6 +386,12 @@ pub(crate) mod tests {
         let r = respond(&table(), &req, METADATA_IP).expect("ack");
         assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(r.yiaddr(), IP);
+        // No BROADCAST flag: unicast to the offered address.
+        assert_eq!(reply_destination(&r), SocketAddrV4::new(IP, 68));
+        // With it, IP broadcast (still sent to the client's MAC only).
+        req.set_flags(Flags::default().set_broadcast());
+        let r = respond(&table(), &req, METADATA_IP).expect("ack");
+        assert!(r.flags().broadcast());
         assert_eq!(reply_destination(&r).ip(), &Ipv4Addr::BROADCAST);
     }
 

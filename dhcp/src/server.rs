@@ -15,11 +15,16 @@ use tracing::{debug, info, warn};
 
 use crate::error::DhcpError;
 
+use crate::l2::{ipv4_udp, L2Sender};
 use crate::lease::LeaseTable;
-use crate::packet::{decode_request, encode, MAX_PACKET};
-use crate::ratelimit::{LogLimiter, Verdict};
-use crate::respond::{decide, reply_destination, Decision, Silence};
-use crate::socket::bind_device_socket;
+use crate::packet::{decode_request, encode, peek_chaddr, MAX_PACKET};
+use crate::ratelimit::{Event, Quota, Quotas, Tally};
+use crate::respond::{decide, reply_destination, Decision, Silence, CLIENT_PORT};
+use crate::socket::{bind_device_socket, SERVER_PORT};
+
+/// How often what guests caused (drops, NAKs, errors) is summed up in one
+/// log line, and quotas of departed MACs forgotten.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Counters of one server, readable while it runs.
 #[derive(Debug, Default)]
@@ -27,6 +32,7 @@ struct Counters {
     received: AtomicU64,
     dropped: AtomicU64,
     ignored: AtomicU64,
+    limited: AtomicU64,
     offers: AtomicU64,
     acks: AtomicU64,
     naks: AtomicU64,
@@ -42,6 +48,8 @@ pub struct DhcpStats {
     pub dropped: u64,
     /// Well-formed requests deliberately left unanswered (unknown MAC, RELEASE, ...).
     pub ignored: u64,
+    /// Requests dropped because their MAC was over its quota.
+    pub limited: u64,
     /// DHCPOFFERs sent.
     pub offers: u64,
     /// DHCPACKs sent (REQUEST and INFORM).
@@ -59,6 +67,7 @@ impl Counters {
             received: get(&self.received),
             dropped: get(&self.dropped),
             ignored: get(&self.ignored),
+            limited: get(&self.limited),
             offers: get(&self.offers),
             acks: get(&self.acks),
             naks: get(&self.naks),
@@ -84,6 +93,8 @@ pub struct DhcpServer {
     server_id: Ipv4Addr,
     table: LeaseTable,
     socket: std::net::UdpSocket,
+    sender: L2Sender,
+    quota: Quota,
     counters: Arc<Counters>,
 }
 
@@ -97,20 +108,33 @@ pub struct DhcpHandle {
 }
 
 impl DhcpServer {
-    /// Opens the server's socket on `iface` (0.0.0.0:67, SO_BINDTODEVICE,
-    /// SO_BROADCAST, SO_REUSEADDR) in the calling thread's network
-    /// namespace. `server_id` is the address the bridge owns (option 54,
-    /// normally [`crate::METADATA_IP`]); `table` is read live on every request.
+    /// Opens the server's sockets on `iface` in the calling thread's
+    /// network namespace: UDP 0.0.0.0:67 (SO_BINDTODEVICE, SO_REUSEADDR) to
+    /// receive, and a send-only `AF_PACKET` socket for replies to the
+    /// client's MAC ([`crate::l2`]). `server_id` is the address the bridge
+    /// owns (option 54 and the replies' source, normally
+    /// [`crate::METADATA_IP`]); `table` is read live on every request. Each
+    /// client MAC gets the default [`Quota`] ([`DhcpServer::with_quota`]).
     pub fn bind(iface: &str, server_id: Ipv4Addr, table: LeaseTable) -> Result<Self, DhcpError> {
         let socket = bind_device_socket(iface)?;
-        debug!(iface, %server_id, "DHCP socket bound");
+        let sender = L2Sender::open(iface)?;
+        debug!(iface, %server_id, "DHCP sockets bound");
         Ok(Self {
             iface: iface.to_string(),
             server_id,
             table,
             socket,
+            sender,
+            quota: Quota::default(),
             counters: Arc::default(),
         })
+    }
+
+    /// Sets the requests answered per client MAC (the excess is dropped
+    /// before decoding, and counted in [`DhcpStats::limited`]).
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
     }
 
     /// The bridge this server answers on.
@@ -138,7 +162,8 @@ impl DhcpServer {
             self.iface,
             self.server_id,
             self.table,
-            socket,
+            (socket, self.sender),
+            self.quota,
             self.counters,
         );
         let task = runtime.spawn(worker.run(async {
@@ -164,7 +189,8 @@ impl DhcpServer {
             self.iface,
             self.server_id,
             self.table,
-            socket,
+            (socket, self.sender),
+            self.quota,
             self.counters,
         )
         .run(shutdown)
@@ -205,11 +231,12 @@ struct Worker {
     server_id: Ipv4Addr,
     table: LeaseTable,
     socket: UdpSocket,
+    sender: L2Sender,
     counters: Arc<Counters>,
-    /// For log lines a guest can trigger at will.
-    guest_log: LogLimiter,
-    /// For socket errors.
-    io_log: LogLimiter,
+    /// A token bucket per client MAC.
+    quotas: Quotas,
+    /// What guests caused, summed up once per [`LOG_INTERVAL`].
+    tally: Tally,
 }
 
 impl Worker {
@@ -217,7 +244,8 @@ impl Worker {
         iface: String,
         server_id: Ipv4Addr,
         table: LeaseTable,
-        socket: UdpSocket,
+        (socket, sender): (UdpSocket, L2Sender),
+        quota: Quota,
         counters: Arc<Counters>,
     ) -> Self {
         Self {
@@ -225,31 +253,39 @@ impl Worker {
             server_id,
             table,
             socket,
+            sender,
             counters,
-            guest_log: LogLimiter::new(20, Duration::from_secs(10)),
-            io_log: LogLimiter::new(5, Duration::from_secs(10)),
+            quotas: Quotas::new(quota),
+            tally: Tally::new(LOG_INTERVAL),
         }
     }
 
     async fn run(mut self, shutdown: impl Future<Output = ()>) {
         info!(iface = %self.iface, server_id = %self.server_id, "DHCP server running");
         tokio::pin!(shutdown);
+        let mut summary = tokio::time::interval(LOG_INTERVAL);
+        summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One byte more than accepted, so oversized datagrams are detectable.
         let mut buf = vec![0u8; MAX_PACKET + 1];
         loop {
             let received = tokio::select! {
+                biased;
                 _ = &mut shutdown => break,
+                _ = summary.tick() => {
+                    self.summarise();
+                    continue;
+                }
                 r = self.socket.recv_from(&mut buf) => r,
             };
             match received {
                 Ok((len, peer)) => {
                     let datagram = buf.get(..len).unwrap_or(&buf[..]);
-                    self.handle(datagram, peer).await;
+                    self.handle(datagram, peer);
                 }
                 Err(e) => {
-                    if let Verdict::Log { suppressed_before } = self.io_log.check(Instant::now()) {
-                        warn!(iface = %self.iface, error = %e, suppressed_before, "DHCP receive failed");
-                    }
+                    self.tally.note(Event::IoError, Instant::now(), || {
+                        format!("receive failed: {e}")
+                    });
                     // Do not spin on a persistent error (e.g. device gone).
                     tokio::select! {
                         _ = &mut shutdown => break,
@@ -258,28 +294,67 @@ impl Worker {
                 }
             }
         }
+        self.summarise_now();
         info!(iface = %self.iface, "DHCP server stopped");
     }
 
-    async fn handle(&mut self, datagram: &[u8], peer: SocketAddr) {
+    /// Logs the interval's summary (if it is over and anything happened)
+    /// and forgets the quotas of MACs that left the table.
+    fn summarise(&mut self) {
+        if let Some(s) = self.tally.flush(Instant::now()) {
+            warn!(
+                iface = %self.iface,
+                interval_s = LOG_INTERVAL.as_secs(),
+                counts = %s.fields(),
+                first = s.first.as_deref().unwrap_or(""),
+                "DHCP requests dropped or refused"
+            );
+        }
+        let table = self.table.read();
+        self.quotas.retain(|m| table.contains_key(m));
+    }
+
+    fn summarise_now(&mut self) {
+        if let Some(s) = self.tally.flush(Instant::now() + LOG_INTERVAL) {
+            warn!(iface = %self.iface, counts = %s.fields(), first = s.first.as_deref().unwrap_or(""), "DHCP requests dropped or refused");
+        }
+    }
+
+    fn handle(&mut self, datagram: &[u8], peer: SocketAddr) {
         bump(&self.counters.received);
+        let now = Instant::now();
+        // Cheap checks first: unknown and over-quota MACs cost a lookup.
+        if let Some(mac) = peek_chaddr(datagram) {
+            if !self.table.read().contains_key(&mac) {
+                bump(&self.counters.ignored);
+                self.tally
+                    .note(Event::UnknownMac, now, || format!("unknown MAC {mac}"));
+                return;
+            }
+            if !self.quotas.allow(mac, now) {
+                bump(&self.counters.limited);
+                self.tally
+                    .note(Event::OverQuota, now, || format!("{mac} over its quota"));
+                return;
+            }
+        }
         let req = match decode_request(datagram) {
             Ok(req) => req,
             Err(reason) => {
                 bump(&self.counters.dropped);
-                if let Verdict::Log { suppressed_before } = self.guest_log.check(Instant::now()) {
-                    warn!(iface = %self.iface, %peer, %reason, suppressed_before, "dropped bad DHCP datagram");
-                }
+                self.tally.note(Event::Malformed, now, || {
+                    format!("bad datagram from {peer}: {reason}")
+                });
                 return;
             }
         };
-        // The read guard is released before any await.
+        // The read guard is released before anything else.
         let decision = decide(&self.table.read(), &req, self.server_id);
         let reply = match decision {
             Decision::Reply(reply) => reply,
             Decision::Silent(why) => {
                 bump(&self.counters.ignored);
-                self.log_silence(&why);
+                self.note_silence(&why, now);
                 return;
             }
         };
@@ -289,37 +364,51 @@ impl Worker {
             Some(MessageType::Ack) => bump(&self.counters.acks),
             Some(MessageType::Nak) => {
                 bump(&self.counters.naks);
-                if let Verdict::Log { suppressed_before } = self.guest_log.check(Instant::now()) {
-                    info!(iface = %self.iface, mac = %mac_of(&reply), suppressed_before, "sent DHCPNAK");
-                }
+                self.tally
+                    .note(Event::Nak, now, || format!("DHCPNAK to {}", mac_of(&reply)));
             }
             _ => {}
         }
-        let bytes = match encode(&reply) {
-            Ok(bytes) => bytes,
+        self.send(&reply, now);
+    }
+
+    /// Sends `reply` to the client's MAC (see [`crate::l2`]).
+    fn send(&mut self, reply: &dhcproto::v4::Message, now: Instant) {
+        let Some(mac) = MacAddr::from_slice(reply.chaddr()) else {
+            bump(&self.counters.send_errors);
+            return;
+        };
+        let dest = reply_destination(reply);
+        let packet = encode(reply).map_err(|e| e.to_string()).and_then(|bytes| {
+            ipv4_udp(self.server_id, SERVER_PORT, *dest.ip(), CLIENT_PORT, &bytes)
+                .ok_or_else(|| "reply too large".to_string())
+        });
+        let result = match packet {
+            Ok(packet) => self.sender.send(mac, &packet).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                debug!(iface = %self.iface, %mac, yiaddr = %reply.yiaddr(), %dest, "reply sent")
+            }
             Err(e) => {
                 bump(&self.counters.send_errors);
-                warn!(iface = %self.iface, error = %e, "cannot encode DHCP reply");
-                return;
-            }
-        };
-        let dest = reply_destination(&reply);
-        debug!(iface = %self.iface, ?kind, mac = %mac_of(&reply), yiaddr = %reply.yiaddr(), %dest, "reply");
-        if let Err(e) = self.socket.send_to(&bytes, dest).await {
-            bump(&self.counters.send_errors);
-            if let Verdict::Log { suppressed_before } = self.io_log.check(Instant::now()) {
-                warn!(iface = %self.iface, %dest, error = %e, suppressed_before, "cannot send DHCP reply");
+                self.tally.note(Event::IoError, now, || {
+                    format!("cannot send the reply to {mac} ({dest}): {e}")
+                });
             }
         }
     }
 
-    fn log_silence(&mut self, why: &Silence) {
-        if matches!(why, Silence::Released(..) | Silence::Declined(..)) {
-            if let Verdict::Log { suppressed_before } = self.guest_log.check(Instant::now()) {
-                info!(iface = %self.iface, suppressed_before, "{why}");
+    fn note_silence(&mut self, why: &Silence, now: Instant) {
+        match why {
+            Silence::UnknownMac(_) => self.tally.note(Event::UnknownMac, now, || why.to_string()),
+            Silence::Released(..) | Silence::Declined(..) | Silence::OtherServer(..) => {
+                self.tally.note(Event::Unanswered, now, || why.to_string())
             }
-        } else {
-            debug!(iface = %self.iface, "request not answered: {why}");
+            _ => {
+                self.tally.note(Event::Malformed, now, || why.to_string());
+            }
         }
     }
 }

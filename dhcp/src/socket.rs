@@ -9,8 +9,10 @@ use crate::error::DhcpError;
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
 
-/// Requested socket receive buffer size.
-const RECV_BUFFER: usize = 1 << 20;
+/// Requested socket receive buffer size: room for bursts of every guest
+/// of a bridge booting at once. Set with `SO_RCVBUFFORCE` (the agent has
+/// CAP_NET_ADMIN), which is not capped by `net.core.rmem_max`.
+const RECV_BUFFER: usize = 4 << 20;
 
 /// Checks that `iface` can name a Linux network device.
 pub fn validate_iface_name(iface: &str) -> Result<(), DhcpError> {
@@ -51,15 +53,39 @@ pub fn bind_device_socket(iface: &str) -> Result<std::net::UdpSocket, DhcpError>
         .map_err(err("SO_BINDTODEVICE"))?;
     sock.set_broadcast(true).map_err(err("SO_BROADCAST"))?;
     sock.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
-    // Best effort: room for a burst of DISCOVERs from a batch of new VMs
-    // (the kernel caps it at net.core.rmem_max).
-    if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
-        tracing::debug!(iface, error = %e, "cannot enlarge the DHCP receive buffer");
+    // Best effort: room for a burst of DISCOVERs from a batch of new VMs.
+    if let Err(e) = force_recv_buffer(&sock, RECV_BUFFER) {
+        tracing::debug!(iface, error = %e, "cannot force the DHCP receive buffer size");
+        if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
+            tracing::debug!(iface, error = %e, "cannot enlarge the DHCP receive buffer");
+        }
     }
     sock.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
     sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVER_PORT).into())
         .map_err(err("bind 0.0.0.0:67"))?;
     Ok(sock.into())
+}
+
+/// `SO_RCVBUFFORCE`: like `SO_RCVBUF` without the `rmem_max` cap.
+fn force_recv_buffer(sock: &Socket, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: valid descriptor; `value` lives across the call and its size
+    // is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

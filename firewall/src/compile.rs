@@ -342,6 +342,7 @@ mod tests {
                 port_security: true,
             }],
             groups,
+            ..FirewallSpec::default()
         }
     }
 

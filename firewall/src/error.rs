@@ -30,6 +30,14 @@ pub enum FirewallError {
         /// The operation.
         what: &'static str,
     },
+    /// nftables printed JSON that cannot be read.
+    #[error("{what}: unreadable JSON output: {reason}")]
+    BadJson {
+        /// The operation.
+        what: &'static str,
+        /// The parser's complaint.
+        reason: String,
+    },
     /// A libnftables context could not be set up.
     #[error("cannot set up a libnftables context: {0}")]
     Context(&'static str),

@@ -23,7 +23,9 @@ pub use libnft::Nft;
 pub use nft::{
     apply, apply_in, current, current_in, plan, remove, remove_in, FirewallAction, Netns,
 };
-pub use render::{ruleset, ruleset_with_mode, RenderMode, Ruleset};
+pub use nft::{limit_counters, limit_counters_in, parse_counters};
+pub use render::{limit_counter, ruleset, ruleset_with_mode, LimitKind, RenderMode, Ruleset};
 pub use spec::{
-    Direction, EtherType, FirewallSpec, GroupSpec, PortSpec, Protocol, Remote, RuleSpec,
+    Direction, EtherType, FirewallSpec, GroupSpec, GuestLimits, PortSpec, Protocol, Rate, Remote,
+    RuleSpec,
 };

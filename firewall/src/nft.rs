@@ -5,6 +5,7 @@
 //! variants take a [`Netns`] so tests (and tools) can target a named
 //! namespace.
 
+use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
 use tracing::info;
@@ -112,6 +113,60 @@ pub fn current_in(ns: &Netns) -> Result<Option<String>, FirewallError> {
     })
 }
 
+/// The named counters of nubo's bridge table in the current namespace, by
+/// name (packets counted): among them the per-port limit counters named by
+/// [`crate::limit_counter`]. Empty when the table does not exist.
+pub fn limit_counters() -> Result<BTreeMap<String, u64>, FirewallError> {
+    limit_counters_in(&Netns::Current)
+}
+
+/// Like [`limit_counters`], in `ns`.
+pub fn limit_counters_in(ns: &Netns) -> Result<BTreeMap<String, u64>, FirewallError> {
+    with_nft(ns, |nft| {
+        let tables = nft.run("list tables", "list tables")?;
+        let has = tables
+            .lines()
+            .any(|l| l.trim() == format!("table bridge {TABLE}"));
+        if !has {
+            return Ok(BTreeMap::new());
+        }
+        nft.set_json(true);
+        let listed = nft.run(
+            "list counters",
+            &format!("list counters table bridge {TABLE}"),
+        );
+        nft.set_json(false);
+        parse_counters(&listed?)
+    })
+}
+
+/// Reads `{"counter": {"name": …, "packets": …}}` objects out of an
+/// `nft -j list counters` answer. Pure.
+pub fn parse_counters(json: &str) -> Result<BTreeMap<String, u64>, FirewallError> {
+    let doc: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| FirewallError::BadJson {
+            what: "list counters",
+            reason: e.to_string(),
+        })?;
+    let mut out = BTreeMap::new();
+    let items = doc
+        .get("nftables")
+        .and_then(serde_json::Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for item in items {
+        let Some(counter) = item.get("counter") else {
+            continue;
+        };
+        let name = counter.get("name").and_then(serde_json::Value::as_str);
+        let packets = counter.get("packets").and_then(serde_json::Value::as_u64);
+        if let (Some(name), Some(packets)) = (name, packets) {
+            out.insert(name.to_owned(), packets);
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes nubo's tables in the current namespace (a no-op if absent).
 pub fn remove() -> Result<(), FirewallError> {
     remove_in(&Netns::Current)
@@ -179,4 +234,22 @@ fn enable_bridge_netfilter() -> Result<(), FirewallError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_parsed_from_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"counter": {"family": "bridge", "name": "p_a_dhcp_limited", "table": "nubo", "handle": 2, "packets": 17, "bytes": 5780}},
+            {"counter": {"family": "bridge", "name": "p_a_metadata_limited", "table": "nubo", "handle": 3, "packets": 0, "bytes": 0}}]}"#;
+        let got = parse_counters(json).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["p_a_dhcp_limited"], 17);
+        assert_eq!(got["p_a_metadata_limited"], 0);
+        assert!(parse_counters("not json").is_err());
+        assert!(parse_counters("{}").unwrap().is_empty());
+    }
 }

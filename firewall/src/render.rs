@@ -29,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::compile::{compile, Compiled, GroupSide, PortPolicy, Side, ValidRemote, ValidRule};
 use crate::interval::Range;
 use crate::names::{fnv1a64, ident};
-use crate::spec::{Direction, EtherType, FirewallSpec};
+use crate::spec::{Direction, EtherType, FirewallSpec, GuestLimits, Rate};
 
 /// Name of the tables nubo owns (in the `bridge` and `inet` families).
 pub const TABLE: &str = "nubo";
@@ -45,7 +45,7 @@ pub const METADATA_IP: &str = "169.254.169.254";
 /// Prefix of the table comment that carries the fingerprint.
 const COMMENT_PREFIX: &str = "nubo-firewall fp=";
 /// Bumped when the rendering changes in a way the fingerprint must reflect.
-const FORMAT_VERSION: &str = "nubo-firewall/1";
+const FORMAT_VERSION: &str = "nubo-firewall/2";
 
 /// How per-port rules are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,7 +110,7 @@ pub fn ruleset(spec: &FirewallSpec) -> Ruleset {
 /// Renders the complete nubo ruleset for `spec` in the given mode.
 pub fn ruleset_with_mode(spec: &FirewallSpec, mode: RenderMode) -> Ruleset {
     let compiled = compile(spec);
-    let bridge = bridge_body(&compiled, mode);
+    let bridge = bridge_body(&compiled, &spec.limits, mode);
     let inet = inet_body();
     let mut material = String::from(FORMAT_VERSION);
     material.push_str(&bridge);
@@ -214,8 +214,57 @@ fn group_set(gid: &str, fam: EtherType) -> String {
     format!("g_{}_v{}", ident(gid), fam_tag(fam))
 }
 
-fn bridge_body(c: &Compiled, mode: RenderMode) -> String {
+/// What a per-port limit counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LimitKind {
+    /// DHCP client frames dropped over the port's DHCP rate.
+    Dhcp,
+    /// New metadata connections (SYNs) dropped over the port's rate.
+    MetadataConnections,
+}
+
+impl LimitKind {
+    /// Both kinds.
+    pub const ALL: [LimitKind; 2] = [LimitKind::Dhcp, LimitKind::MetadataConnections];
+
+    /// Short name, as used in counter names and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Dhcp => "dhcp",
+            LimitKind::MetadataConnections => "metadata",
+        }
+    }
+}
+
+/// Name of the named nft counter (in `table bridge nubo`) of what the
+/// per-port limit of `kind` dropped for port `port_id`; read them all with
+/// [`crate::limit_counters`]. The counters restart at zero whenever the
+/// ruleset is replaced.
+pub fn limit_counter(port_id: &str, kind: LimitKind) -> String {
+    format!("{}_{}_limited", PortNames::new(port_id).base, kind.as_str())
+}
+
+fn limit_rate(rate: Rate) -> String {
+    format!(
+        "limit rate over {}/second burst {} packets",
+        rate.per_second.max(1),
+        rate.burst
+    )
+}
+
+fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
     let mut out = Out::default();
+
+    // Per-port counters of what the guest limits dropped.
+    for p in &c.ports {
+        for kind in LimitKind::ALL {
+            out.line(
+                1,
+                &format!("counter {} {{", limit_counter(&p.port.port_id, kind)),
+            );
+            out.line(1, "}");
+        }
+    }
 
     // Member sets of remote groups.
     for (gid, (v4, v6)) in &c.members {
@@ -249,6 +298,11 @@ fn bridge_body(c: &Compiled, mode: RenderMode) -> String {
     }
     pre.extend(vmap("iifname", &secured, &|p| {
         format!("jump {}", PortNames::new(&p.port.port_id).chain("spoof"))
+    }));
+    // Then the guest's own rate limits towards the node's DHCP server and
+    // metadata service (after anti-spoofing: forged frames are not counted).
+    pre.extend(vmap("iifname", &all, &|p| {
+        format!("jump {}", PortNames::new(&p.port.port_id).chain("limit"))
     }));
     out.chain("prerouting", Some(("prerouting", -200)), &pre);
 
@@ -305,10 +359,36 @@ fn bridge_body(c: &Compiled, mode: RenderMode) -> String {
         ],
     );
 
+    for p in &all {
+        limit_chain(&mut out, p, limits);
+    }
     for p in &secured {
         port_chains(&mut out, p, mode);
     }
     out.0
+}
+
+/// The per-port rate limits: each rule keeps its own token bucket, so
+/// every tap has its own budget; the excess is counted and dropped.
+fn limit_chain(out: &mut Out, p: &PortPolicy, limits: &GuestLimits) {
+    let names = PortNames::new(&p.port.port_id);
+    let counter = |kind| limit_counter(&p.port.port_id, kind);
+    out.chain(
+        &names.chain("limit"),
+        None,
+        &[
+            format!(
+                "udp dport 67 {} counter name \"{}\" drop",
+                limit_rate(limits.dhcp),
+                counter(LimitKind::Dhcp)
+            ),
+            format!(
+                "ip daddr {METADATA_IP} tcp dport 80 tcp flags & (fin|syn|rst|ack) == syn {} counter name \"{}\" drop",
+                limit_rate(limits.metadata_connections),
+                counter(LimitKind::MetadataConnections)
+            ),
+        ],
+    );
 }
 
 fn addr_type(fam: EtherType) -> &'static str {
@@ -630,6 +710,57 @@ mod tests {
         let rs = ruleset(&FirewallSpec::default());
         assert_eq!(fingerprint_of(rs.text()), Some(rs.fingerprint()));
         assert_eq!(fingerprint_of("table bridge nubo {\n}"), None);
+    }
+
+    #[test]
+    fn every_port_gets_its_own_limits_and_counters() {
+        use crate::spec::PortSpec;
+        use nubo_netid::MacAddr;
+        let port = |id: &str, tap: &str, secured: bool| PortSpec {
+            port_id: id.into(),
+            tap: tap.into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips: vec!["10.0.0.5".parse().unwrap()],
+            groups: vec![],
+            port_security: secured,
+        };
+        let mut spec = FirewallSpec {
+            ports: vec![port("p1", "tap1", true), port("p2", "tap2", false)],
+            ..FirewallSpec::default()
+        };
+        spec.ports[1].mac = MacAddr([2, 0, 0, 0, 0, 2]);
+        spec.limits.dhcp = Rate {
+            per_second: 7,
+            burst: 9,
+        };
+        let text = ruleset(&spec).text().to_string();
+        for id in ["p1", "p2"] {
+            assert!(
+                text.contains(&format!("counter p_{id}_dhcp_limited {{")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("counter p_{id}_metadata_limited {{")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("chain p_{id}_limit {{")), "{text}");
+        }
+        assert_eq!(limit_counter("p1", LimitKind::Dhcp), "p_p1_dhcp_limited");
+        assert!(text.contains(
+            "udp dport 67 limit rate over 7/second burst 9 packets counter name \"p_p1_dhcp_limited\" drop"
+        ));
+        // Unsecured ports are limited too, after the anti-spoofing jump.
+        let spoof = text
+            .find("iifname vmap { \"tap1\" : jump p_p1_spoof }")
+            .unwrap();
+        let limit = text
+            .find("iifname vmap { \"tap1\" : jump p_p1_limit, \"tap2\" : jump p_p2_limit }")
+            .unwrap();
+        assert!(spoof < limit);
+        // The limits are part of the fingerprint.
+        let mut other = spec.clone();
+        other.limits.dhcp.per_second = 8;
+        assert_ne!(ruleset(&other).fingerprint(), ruleset(&spec).fingerprint());
     }
 
     #[test]

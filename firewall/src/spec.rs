@@ -17,6 +17,50 @@ pub struct FirewallSpec {
     /// Every security group referenced by a port or by a remote-group rule,
     /// keyed by group id.
     pub groups: BTreeMap<String, GroupSpec>,
+    /// Per-port rate limits on what a guest may send to the node's own
+    /// services (DHCP, metadata), enforced in the kernel.
+    pub limits: GuestLimits,
+}
+
+/// A token-bucket rate: `per_second` packets per second on average, up to
+/// `burst` packets at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Sustained packets per second.
+    pub per_second: u32,
+    /// Packets allowed in one burst above the sustained rate.
+    pub burst: u32,
+}
+
+/// What one guest (one tap) may send to the node's DHCP server and
+/// metadata service; the excess is dropped in `bridge nubo` prerouting,
+/// before the agent sees it, and counted per port (see
+/// [`crate::render::limit_counter`]). Each tap has its own buckets: a
+/// flooding guest exhausts only its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// DHCP client frames (UDP to port 67).
+    pub dhcp: Rate,
+    /// New TCP connections (SYN) to the metadata address, port 80.
+    pub metadata_connections: Rate,
+}
+
+impl Default for GuestLimits {
+    /// DHCP 10/s burst 30 (a client sends 2 packets per lease, a few more
+    /// when it retries); metadata 50 connections/s burst 150 (cloud-init
+    /// fetches a few dozen documents at boot, one connection each).
+    fn default() -> Self {
+        GuestLimits {
+            dhcp: Rate {
+                per_second: 10,
+                burst: 30,
+            },
+            metadata_connections: Rate {
+                per_second: 50,
+                burst: 150,
+            },
+        }
+    }
 }
 
 /// One instance port: a tap device on a Linux bridge.

@@ -452,3 +452,80 @@ fn guest_reaches_metadata_on_the_host_but_nothing_else() {
         "other host ports are not"
     );
 }
+
+/// Sends `n` DHCP-client datagrams (UDP 68 -> 255.255.255.255:67) from
+/// guest `g`'s address.
+fn send_dhcp(lab: &Lab, g: usize, n: usize) {
+    let ip: std::net::Ipv4Addr = lab.guests[g].ip.parse().unwrap();
+    in_named_netns(&lab.guests[g].ns, move || {
+        let sock = std::net::UdpSocket::bind((ip, 68)).unwrap();
+        sock.set_broadcast(true).unwrap();
+        for _ in 0..n {
+            sock.send_to(&[0u8; 300], ("255.255.255.255", 67)).unwrap();
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Guest 0 sends 200 DHCP datagrams with a limit of 5/s (burst 5): the
+/// kernel drops the excess in prerouting, before any host socket, and
+/// counts it in guest 0's counter; guest 1's budget and counter are its own.
+#[test]
+fn guest_limits_drop_the_excess_per_tap_and_count_it() {
+    let lab = Lab::new(2);
+    let mut spec = spec(vec![lab_port(&lab, 0, &[]), lab_port(&lab, 1, &[])], vec![]);
+    spec.limits.dhcp = nubo_firewall::Rate {
+        per_second: 5,
+        burst: 5,
+    };
+    apply(&lab, &spec);
+    let counter = |g: usize| {
+        let all = nubo_firewall::limit_counters_in(&lab.netns()).unwrap();
+        all[&nubo_firewall::limit_counter(&format!("port-{g}"), nubo_firewall::LimitKind::Dhcp)]
+    };
+    assert_eq!((counter(0), counter(1)), (0, 0));
+    // What reaches the host: a socket on :67 of the bridge.
+    let listener = in_named_netns(&lab.host, || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.bind_device(Some(b"br0")).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 67).into())
+            .unwrap();
+        s.set_nonblocking(true).unwrap();
+        Ok(std::net::UdpSocket::from(s))
+    })
+    .unwrap();
+    let received = std::cell::Cell::new(0usize);
+    let drain = || {
+        let mut buf = [0u8; 1500];
+        let n = std::iter::from_fn(|| listener.recv_from(&mut buf).ok()).count();
+        received.set(received.get() + n);
+        received.get()
+    };
+    send_dhcp(&lab, 0, 200);
+    // Every datagram either reached the host or was counted as limited.
+    assert!(
+        eventually(|| drain() + usize::try_from(counter(0)).unwrap() == 200),
+        "{} received + {} limited != 200",
+        received.get(),
+        counter(0)
+    );
+    let limited = usize::try_from(counter(0)).unwrap();
+    assert!(limited >= 150, "only {limited} of 200 limited");
+    assert_eq!(counter(1), 0, "guest 1 charged for guest 0's flood");
+    // Guest 1 has its own budget: all 3 of its datagrams arrive.
+    received.set(0);
+    send_dhcp(&lab, 1, 3);
+    assert!(
+        eventually(|| drain() == 3),
+        "{} of guest 1's 3 arrived",
+        received.get()
+    );
+    assert_eq!(counter(1), 0);
+    assert_eq!(
+        usize::try_from(counter(0)).unwrap(),
+        limited,
+        "guest 1's datagrams counted for guest 0"
+    );
+}

@@ -34,6 +34,7 @@
 
 mod caller;
 mod error;
+mod guard;
 mod instance;
 mod neighbour;
 mod routes;
@@ -42,7 +43,8 @@ mod socket;
 
 pub use caller::{resolve, CallerIdentity, Rejection};
 pub use error::MetadataError;
+pub use guard::ClientLimits;
 pub use instance::{InstanceLookup, InstanceMeta, InstanceTable};
 pub use neighbour::NeighbourError;
 pub use routes::{router, EC2_VERSIONS, OPENSTACK_VERSIONS, TOKEN_PATH};
-pub use server::{MetadataServer, ServerConfig, METADATA_ADDR};
+pub use server::{MetadataServer, ServerConfig, METADATA_ADDR, REPORT_INTERVAL};

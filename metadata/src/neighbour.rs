@@ -53,10 +53,19 @@ impl NeighbourResolver {
 
     /// The MAC of `ip` on this interface, or `None` if the kernel has no
     /// entry with a usable link-layer address.
+    ///
+    /// The query runs in a task of its own: a guest closing its connection
+    /// mid-request cancels the request, and a netlink answer arriving for a
+    /// dropped receiver makes `netlink_proto` log a warning each time (a
+    /// guest could trigger it at will); the task always reads its answer.
     pub(crate) async fn mac_of(&self, ip: Ipv4Addr) -> Result<Option<MacAddr>, NeighbourError> {
-        tokio::time::timeout(QUERY_TIMEOUT, self.query(ip))
-            .await
-            .map_err(|_| NeighbourError::Timeout)?
+        let resolver = self.clone();
+        let query = tokio::spawn(async move {
+            tokio::time::timeout(QUERY_TIMEOUT, resolver.query(ip))
+                .await
+                .map_err(|_| NeighbourError::Timeout)?
+        });
+        query.await.map_err(|_| NeighbourError::Send)?
     }
 
     async fn query(&self, ip: Ipv4Addr) -> Result<Option<MacAddr>, NeighbourError> {

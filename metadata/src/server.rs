@@ -5,23 +5,25 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::caller::CallerIdentity;
 use crate::error::MetadataError;
+use crate::guard::{Admitted, ClientLimits, Guard, Refused};
 use crate::instance::InstanceLookup;
 use crate::neighbour::NeighbourResolver;
 use crate::routes;
@@ -33,16 +35,28 @@ pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often refusals are summed up in one log line per bridge.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Tunables of the metadata server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Address and port every bridge listener binds (default 169.254.169.254:80).
     pub listen: SocketAddrV4,
-    /// Open connections allowed per bridge; further guests wait in the
-    /// accept backlog (default 256).
+    /// Open connections allowed per bridge, all guests together; a
+    /// connection over the cap is closed at once (default 256).
     pub max_connections_per_bridge: usize,
-    /// Time a client has to send a complete request head (default 10 s).
+    /// What one client address may hold and ask (default
+    /// [`ClientLimits::default`]): connections over its cap are closed at
+    /// once, requests over its rate get `429 Too Many Requests`.
+    pub client: ClientLimits,
+    /// Time a client has to send a complete request head (default 3 s):
+    /// a connection trickling its headers (slowloris) is closed.
     pub header_read_timeout: Duration,
+    /// Longest life of one connection (default 30 s): then it is closed
+    /// after its current request, so idle keep-alive connections do not
+    /// hold their slot for ever.
+    pub max_connection_age: Duration,
     /// Time in-flight requests get to finish when a bridge is removed or the
     /// server shuts down (default 5 s).
     pub shutdown_grace: Duration,
@@ -55,7 +69,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddrV4::new(METADATA_ADDR, 80),
             max_connections_per_bridge: 256,
-            header_read_timeout: Duration::from_secs(10),
+            client: ClientLimits::default(),
+            header_read_timeout: Duration::from_secs(3),
+            max_connection_age: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             backlog: 1024,
         }
@@ -84,6 +100,7 @@ struct BridgeTask {
 struct BridgeContext {
     name: String,
     neighbours: NeighbourResolver,
+    guard: Arc<Guard>,
 }
 
 impl MetadataServer {
@@ -144,6 +161,7 @@ impl MetadataServer {
         let context = Arc::new(BridgeContext {
             name: name.to_owned(),
             neighbours,
+            guard: Guard::new(self.config.client, self.config.max_connections_per_bridge),
         });
         let (stop, stopped) = watch::channel(false);
         let serve = self.runtime.spawn(serve_bridge(
@@ -235,7 +253,9 @@ async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-/// The accept loop of one bridge.
+/// The accept loop of one bridge. Connections over a cap (per client
+/// address, per bridge) are closed at once, never queued: the loop keeps
+/// accepting, so one guest holding connections cannot stall the others.
 async fn serve_bridge(
     listener: TcpListener,
     context: Arc<BridgeContext>,
@@ -243,19 +263,17 @@ async fn serve_bridge(
     mut stopped: watch::Receiver<bool>,
     config: ServerConfig,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections_per_bridge.max(1)));
     let mut connections = JoinSet::new();
+    let mut report = tokio::time::interval(REPORT_INTERVAL);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = stop_requested(&mut stopped) => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = stop_requested(&mut stopped) => break,
+            _ = report.tick() => {
+                report_refusals(&context);
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -265,17 +283,29 @@ async fn serve_bridge(
                 }
             },
         };
+        let Some(ip) = peer_ipv4(peer) else {
+            debug!(bridge = %context.name, %peer, "ignoring IPv6 metadata client");
+            continue;
+        };
+        let admitted = match context.guard.admit(ip, Instant::now()) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                refuse(stream, why);
+                continue;
+            }
+        };
         connections.spawn(serve_connection(
             stream,
-            peer,
+            ip,
             Arc::clone(&context),
             router.clone(),
             stopped.clone(),
-            config.header_read_timeout,
-            permit,
+            (config.header_read_timeout, config.max_connection_age),
+            admitted,
         ));
     }
     drop(listener);
+    report_refusals(&context);
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(config.shutdown_grace, drain)
         .await
@@ -290,28 +320,54 @@ async fn serve_bridge(
     }
 }
 
+/// The IPv4 address of a peer (IPv4-mapped IPv6 included).
+fn peer_ipv4(peer: SocketAddr) -> Option<Ipv4Addr> {
+    match peer.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    }
+}
+
+/// Closes a refused connection with a reset: no FIN_WAIT/TIME_WAIT state
+/// kept for a guest that opens connections in a loop.
+fn refuse(stream: TcpStream, why: Refused) {
+    if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        debug!(error = %err, ?why, "cannot set SO_LINGER on a refused connection");
+    }
+    drop(stream);
+}
+
+/// One line per interval with what the caps and rates refused, if any.
+fn report_refusals(context: &BridgeContext) {
+    let r = context.guard.refusals.take();
+    if !r.is_empty() {
+        warn!(
+            bridge = %context.name,
+            interval_s = REPORT_INTERVAL.as_secs(),
+            connections_over_client_cap = r.per_client,
+            connections_over_bridge_cap = r.per_bridge,
+            requests_over_rate = r.rate,
+            requests_unidentified = r.unidentified,
+            neighbour_lookup_errors = r.lookup_errors,
+            first = r.first.as_deref().unwrap_or(""),
+            open = context.guard.open(),
+            "metadata clients refused"
+        );
+    }
+}
+
 /// Serves the HTTP/1.1 requests of one guest connection.
 async fn serve_connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    ip: Ipv4Addr,
     context: Arc<BridgeContext>,
     router: Router,
     mut stopped: watch::Receiver<bool>,
-    header_read_timeout: Duration,
-    _permit: OwnedSemaphorePermit,
+    (header_read_timeout, max_age): (Duration, Duration),
+    _admitted: Admitted,
 ) {
-    let ip = match peer.ip() {
-        IpAddr::V4(ip) => ip,
-        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
-            Some(ip) => ip,
-            None => {
-                debug!(bridge = %context.name, %peer, "ignoring IPv6 metadata client");
-                return;
-            }
-        },
-    };
     if let Err(err) = stream.set_nodelay(true) {
-        debug!(bridge = %context.name, %peer, error = %err, "cannot set TCP_NODELAY");
+        debug!(bridge = %context.name, %ip, error = %err, "cannot set TCP_NODELAY");
     }
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let context = Arc::clone(&context);
@@ -329,9 +385,14 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             connection.as_mut().await
         }
+        _ = tokio::time::sleep(max_age) => {
+            connection.as_mut().graceful_shutdown();
+            // A request still trickling in gets the header timeout.
+            connection.as_mut().await
+        }
     };
     if let Err(err) = result {
-        debug!(%peer, error = %err, "metadata connection ended with an error");
+        debug!(%ip, error = %err, "metadata connection ended with an error");
     }
 }
 
@@ -342,10 +403,16 @@ async fn handle_request(
     ip: Ipv4Addr,
     router: Router,
 ) -> Response {
+    if !context.guard.allow_request(ip, Instant::now()) {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many requests\n").into_response();
+    }
+    let refusals = &context.guard.refusals;
     let mac = match context.neighbours.mac_of(ip).await {
         Ok(mac) => mac,
         Err(err) => {
-            warn!(bridge = %context.name, %ip, error = %err, "neighbour lookup failed");
+            refusals.note(&refusals.lookup_errors, || {
+                format!("neighbour lookup of {ip} failed: {err}")
+            });
             None
         }
     };
@@ -355,8 +422,14 @@ async fn handle_request(
         ip,
         mac,
     });
-    match router.oneshot(request).await {
+    let response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
+    };
+    if let Some(rejection) = response.extensions().get::<crate::caller::Rejection>() {
+        refusals.note(&refusals.unidentified, || {
+            format!("request from {ip} refused: {rejection}")
+        });
     }
+    response
 }

@@ -311,3 +311,141 @@ fn load_32_clients() {
     }
     rt.block_on(server.shutdown());
 }
+
+/// Reads from `s` until EOF or an error; `true` when the server closed
+/// the connection within the stream's read timeout.
+fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Guest g1 opens 100 connections and holds them (half trickling a
+/// request head, slowloris), then pipelines 300 requests on one more:
+/// its connections over its cap are closed at once, its held ones after
+/// the header timeout, its excess requests get 429 — while g2 on the same
+/// bridge is answered every time (and g1 again once it lets go).
+#[test]
+fn a_guest_holding_connections_cannot_starve_its_neighbour() {
+    if skip() {
+        return;
+    }
+    init_tracing();
+    let mut topo = Topology::new(&["br1"]);
+    let g1 = topo.add_guest("g1", "br1", "10.0.0.5", "02:00:00:00:01:05");
+    let g2 = topo.add_guest("g2", "br1", "10.0.0.6", "02:00:00:00:01:06");
+    let table = InstanceTable::new();
+    table.insert("br1", meta_for(&g1, UUID_1, "key-one"));
+    table.insert("br1", meta_for(&g2, UUID_2, "key-two"));
+    let rt = runtime();
+    let server = start_in(&topo.host, &rt, table, &["br1"]);
+    // Positive control first: both are served.
+    assert_instance(&g1, UUID_1, "key-one");
+
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let hostile = std::thread::spawn({
+        let ns = g1.ns.clone();
+        move || {
+            in_netns(&ns, move || {
+                use std::io::Write;
+                let addr: SocketAddr = "169.254.169.254:80".parse().unwrap();
+                let mut streams = Vec::new();
+                // Reset before connect() even returned: refused too.
+                let mut reset_early = 0;
+                for i in 0..100 {
+                    let mut s =
+                        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                            Ok(s) => s,
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                                reset_early += 1;
+                                continue;
+                            }
+                            Err(e) => panic!("connect: {e}"),
+                        };
+                    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    if i % 2 == 0 {
+                        let _ = s.write_all(b"GET /latest/meta-data/ HTTP/1.1\r\nX-Slow: ");
+                    }
+                    streams.push(s);
+                }
+                // Closed at once: those over the per-client cap.
+                let mut open: Vec<_> = streams
+                    .into_iter()
+                    .filter_map(|mut s| (!closed_by_server(&mut s)).then_some(s))
+                    .collect();
+                let still_open = open.len();
+                opened_tx.send(100 - still_open).unwrap();
+                eprintln!("{reset_early} connections reset before connect() returned");
+                held_rx.recv().unwrap();
+                // The ones still open are closed by the header timeout.
+                for s in &mut open {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                }
+                let timed_out = open
+                    .iter_mut()
+                    .filter_map(|s| closed_by_server(s).then_some(()))
+                    .count();
+                (still_open, timed_out)
+            })
+            .unwrap()
+        }
+    });
+    let refused = opened_rx.recv().unwrap();
+    assert!(refused >= 90, "only {refused} of 100 connections refused");
+    // g2 is served while g1 holds its connections.
+    for _ in 0..10 {
+        let reply = curl(&g2, "/latest/meta-data/instance-id", &["-m", "1"]);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, UUID_2),
+            "{reply:?}"
+        );
+    }
+    held_tx.send(()).unwrap();
+    let (still_open, timed_out) = hostile.join().unwrap();
+    assert!(still_open > 0 && still_open <= 8, "{still_open} held");
+    assert_eq!(timed_out, still_open, "slow connections were not closed");
+
+    // 300 pipelined requests on one connection: the rate limit answers 429.
+    let statuses = in_netns(&g1.ns, || {
+        use std::io::{Read, Write};
+        let addr: SocketAddr = "169.254.169.254:80".parse().unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        let req = "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n".repeat(300);
+        s.write_all(req.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while out
+            .windows(9)
+            .filter(|w| w.starts_with(b"HTTP/1.1 "))
+            .count()
+            < 300
+        {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&out).to_string();
+        (
+            text.matches("HTTP/1.1 200").count(),
+            text.matches("HTTP/1.1 429").count(),
+        )
+    })
+    .unwrap();
+    assert!(statuses.0 > 0 && statuses.1 > 0, "{statuses:?}");
+    assert_eq!(statuses.0 + statuses.1, 300, "{statuses:?}");
+    // Other clients are not affected by g1's rate.
+    let reply = curl(&g2, "/latest/meta-data/instance-id", &["-m", "1"]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    rt.block_on(server.shutdown());
+}

@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod coordinator;
 pub mod etcd;
 pub mod files;
+pub mod flood;
 pub mod http;
 pub mod inventory;
 pub mod modgraph;

@@ -10,15 +10,17 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nubo_common::model::{self, SecurityGroupRule};
 use nubo_firewall::{
-    Direction, EtherType, FirewallAction, FirewallSpec, GroupSpec, PortSpec, Protocol, Remote,
-    RuleSpec, Ruleset,
+    limit_counter, Direction, EtherType, FirewallAction, FirewallSpec, GroupSpec, LimitKind,
+    PortSpec, Protocol, Remote, RuleSpec, Ruleset,
 };
-use tracing::{debug, info};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
 
 use super::{log_plan, running_ports};
 use crate::reconciler::{Plan, Subsystem, SubsystemError};
@@ -88,7 +90,11 @@ pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
             )
         })
         .collect();
-    FirewallSpec { ports, groups }
+    FirewallSpec {
+        ports,
+        groups,
+        ..FirewallSpec::default()
+    }
 }
 
 /// Whether a pass must list the live tables before deciding, given the
@@ -152,12 +158,158 @@ pub fn firewall_action(observed: &FirewallObserved) -> FirewallAction {
     }
 }
 
+/// How often the per-port limit counters are read and, when something
+/// was dropped, summed up in one log line.
+pub const LIMIT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// At most this many ports are named in one limit report line.
+const REPORT_TOP: usize = 5;
+
+/// What the kernel's per-port guest limits dropped, per port and kind, as
+/// totals since the agent started (the nft counters restart at zero when
+/// the ruleset is replaced; the deltas are accumulated here). Shared with
+/// the reporter task; for the metrics endpoint once it exists.
+#[derive(Debug, Clone, Default)]
+pub struct LimitCounters {
+    inner: Arc<Mutex<LimitState>>,
+}
+
+#[derive(Debug, Default)]
+struct LimitState {
+    /// Counter name -> (port id, kind), for the current ports.
+    names: BTreeMap<String, (String, LimitKind)>,
+    /// Last raw value read per counter name.
+    last: BTreeMap<String, u64>,
+    /// Totals per (port id, kind).
+    totals: BTreeMap<(String, LimitKind), u64>,
+}
+
+impl LimitCounters {
+    /// Totals dropped per (port id, kind) since the agent started.
+    pub fn totals(&self) -> BTreeMap<(String, LimitKind), u64> {
+        self.lock().totals.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LimitState> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the ports of the spec being enforced.
+    fn set_ports(&self, spec: &FirewallSpec) {
+        let names = spec
+            .ports
+            .iter()
+            .flat_map(|p| {
+                LimitKind::ALL
+                    .into_iter()
+                    .map(|k| (limit_counter(&p.port_id, k), (p.port_id.clone(), k)))
+            })
+            .collect();
+        self.lock().names = names;
+    }
+
+    /// Takes one reading of the nft counters; returns what was dropped
+    /// since the previous reading, per (port, kind), largest first.
+    fn record(&self, raw: &BTreeMap<String, u64>) -> Vec<(String, LimitKind, u64)> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let deltas = limit_deltas(&state.names, &state.last, raw);
+        for (port, kind, d) in &deltas {
+            *state.totals.entry((port.clone(), *kind)).or_default() += d;
+        }
+        state.last = raw.clone();
+        deltas
+    }
+}
+
+/// What each known limit counter grew by between two readings, largest
+/// first; a counter that went down was reset by a ruleset replacement, so
+/// its whole value is new. Pure.
+pub fn limit_deltas(
+    names: &BTreeMap<String, (String, LimitKind)>,
+    last: &BTreeMap<String, u64>,
+    now: &BTreeMap<String, u64>,
+) -> Vec<(String, LimitKind, u64)> {
+    let mut out: Vec<(String, LimitKind, u64)> = now
+        .iter()
+        .filter_map(|(name, &value)| {
+            let (port, kind) = names.get(name)?;
+            let before = last.get(name).copied().unwrap_or(0);
+            let delta = if value >= before {
+                value - before
+            } else {
+                value
+            };
+            (delta > 0).then(|| (port.clone(), *kind, delta))
+        })
+        .collect();
+    out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
+/// One summary of a report interval: totals by kind and the ports that
+/// dropped most, e.g. `port-a dhcp=1200, port-b metadata=30`. Pure.
+pub fn limit_summary(deltas: &[(String, LimitKind, u64)]) -> (u64, u64, String) {
+    let sum = |k| deltas.iter().filter(|d| d.1 == k).map(|d| d.2).sum::<u64>();
+    let top: Vec<String> = deltas
+        .iter()
+        .take(REPORT_TOP)
+        .map(|(p, k, d)| format!("{p} {}={d}", k.as_str()))
+        .collect();
+    (
+        sum(LimitKind::Dhcp),
+        sum(LimitKind::MetadataConnections),
+        top.join(", "),
+    )
+}
+
+/// Reads the limit counters every [`LIMIT_REPORT_INTERVAL`] and logs one
+/// line per interval when a guest limit dropped something: never a line
+/// per packet, whatever a guest sends.
+async fn report_limits(counters: LimitCounters) {
+    let mut tick = tokio::time::interval(LIMIT_REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed_before = false;
+    loop {
+        tick.tick().await;
+        match blocking(nubo_firewall::limit_counters).await {
+            Ok(raw) => {
+                failed_before = false;
+                let deltas = counters.record(&raw);
+                if deltas.is_empty() {
+                    continue;
+                }
+                let (dhcp, metadata, top) = limit_summary(&deltas);
+                let ports: std::collections::BTreeSet<&str> =
+                    deltas.iter().map(|d| d.0.as_str()).collect();
+                warn!(
+                    interval_s = LIMIT_REPORT_INTERVAL.as_secs(),
+                    ports = ports.len(),
+                    dhcp_dropped = dhcp,
+                    metadata_connections_dropped = metadata,
+                    top = %top,
+                    "guest rate limits dropped traffic"
+                );
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failed_before, true) {
+                    warn!(error = %e, "cannot read the guest limit counters");
+                }
+            }
+        }
+    }
+}
+
 /// The firewall reconciler (in the agent's network namespace).
 #[derive(Debug)]
 pub struct Firewall {
     first: bool,
     /// Fingerprint of the ruleset last applied or found live by this process.
     known_live: Option<String>,
+    /// What the per-port guest limits dropped.
+    limits: LimitCounters,
+    /// The task reporting them (started on the first pass).
+    reporter: Option<JoinHandle<()>>,
 }
 
 impl Firewall {
@@ -166,6 +318,21 @@ impl Firewall {
         Self {
             first: true,
             known_live: None,
+            limits: LimitCounters::default(),
+            reporter: None,
+        }
+    }
+
+    /// What the per-port guest limits dropped so far.
+    pub fn limit_counters(&self) -> LimitCounters {
+        self.limits.clone()
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        if let Some(task) = self.reporter.take() {
+            task.abort();
         }
     }
 }
@@ -199,8 +366,13 @@ impl Subsystem for Firewall {
     }
 
     async fn observe(&mut self, desired: &DesiredNode) -> Result<FirewallObserved, SubsystemError> {
+        if self.reporter.is_none() {
+            self.reporter = Some(tokio::spawn(report_limits(self.limits.clone())));
+        }
         let started = Instant::now();
-        let rs = nubo_firewall::ruleset(&firewall_spec(desired));
+        let spec = firewall_spec(desired);
+        self.limits.set_ports(&spec);
+        let rs = nubo_firewall::ruleset(&spec);
         let render = started.elapsed();
         let list = must_observe(rs.fingerprint(), self.known_live.as_deref());
         // Until this pass succeeds, what is live is unknown.
@@ -318,6 +490,50 @@ mod tests {
         assert!(must_observe("aa", Some("aa")));
         // A new ruleset while the old one is known live: replace directly.
         assert!(!must_observe("bb", Some("aa")));
+    }
+
+    #[test]
+    fn limit_deltas_count_growth_and_resets_of_known_counters() {
+        let names: BTreeMap<String, (String, LimitKind)> = [
+            ("c1".to_string(), ("pa".to_string(), LimitKind::Dhcp)),
+            (
+                "c2".to_string(),
+                ("pb".to_string(), LimitKind::MetadataConnections),
+            ),
+        ]
+        .into();
+        let m = |v: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            v.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        let d = limit_deltas(
+            &names,
+            &m(&[("c1", 10)]),
+            &m(&[("c1", 25), ("c2", 3), ("x", 9)]),
+        );
+        assert_eq!(
+            d,
+            vec![
+                ("pa".to_string(), LimitKind::Dhcp, 15),
+                ("pb".to_string(), LimitKind::MetadataConnections, 3)
+            ]
+        );
+        // A reset (ruleset replaced) counts the new value whole.
+        let d = limit_deltas(&names, &m(&[("c1", 25)]), &m(&[("c1", 4)]));
+        assert_eq!(d, vec![("pa".to_string(), LimitKind::Dhcp, 4)]);
+        // Nothing grew: nothing to report.
+        assert!(limit_deltas(&names, &m(&[("c1", 4)]), &m(&[("c1", 4)])).is_empty());
+        let (dhcp, meta, top) = limit_summary(&[
+            ("pa".to_string(), LimitKind::Dhcp, 15),
+            ("pb".to_string(), LimitKind::MetadataConnections, 3),
+        ]);
+        assert_eq!((dhcp, meta), (15, 3));
+        assert_eq!(top, "pa dhcp=15, pb metadata=3");
+        // Totals accumulate across readings.
+        let c = LimitCounters::default();
+        c.lock().names = names;
+        c.record(&m(&[("c1", 5)]));
+        c.record(&m(&[("c1", 2)]));
+        assert_eq!(c.totals()[&("pa".to_string(), LimitKind::Dhcp)], 7);
     }
 
     #[test]

@@ -103,14 +103,19 @@ async fn identify(
             next.run(req).await
         }
         Err(rejection) => {
-            warn!(
+            // A guest can cause this at will: counted and summed up per
+            // interval by the listener (see `server::report_refusals`),
+            // which finds the reason on the response.
+            debug!(
                 bridge = %identity.bridge,
                 ip = %identity.ip,
                 mac = ?identity.mac.map(|m| m.to_string()),
                 reason = %rejection,
                 "metadata request refused"
             );
-            not_found()
+            let mut response = not_found();
+            response.extensions_mut().insert(rejection);
+            response
         }
     }
 }
