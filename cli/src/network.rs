@@ -258,8 +258,51 @@ mod tests {
                 gateway: "10.0.0.254".into(),
                 dns: vec!["1.1.1.1".into(), "9.9.9.9".into()],
                 mtu: 1400,
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn provider_flags_map_to_the_request() {
+        let r = parse(&[
+            "ext",
+            "--cidr",
+            "10.99.0.0/24",
+            "--provider-type",
+            "vlan",
+            "--physical-network",
+            "physnet1",
+            "--segment",
+            "120",
+            "--external",
+            "--shared",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                r.provider_type.as_str(),
+                r.physical_network.as_str(),
+                r.segment,
+                r.external,
+                r.shared
+            ),
+            ("vlan", "physnet1", 120, true, true)
+        );
+        let r = parse(&["n", "--cidr", "10.0.0.0/24"]).unwrap();
+        assert_eq!((r.provider_type.as_str(), r.segment), ("", 0));
+        // An unknown type, or a type without its physical network.
+        assert!(parse(&[
+            "n",
+            "--cidr",
+            "10.0.0.0/24",
+            "--provider-type",
+            "vxlan",
+            "--physical-network",
+            "p"
+        ])
+        .is_err());
+        assert!(parse(&["n", "--cidr", "10.0.0.0/24", "--provider-type", "flat"]).is_err());
     }
 
     #[test]

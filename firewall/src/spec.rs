@@ -17,6 +17,11 @@ pub struct FirewallSpec {
     /// Every security group referenced by a port or by a remote-group rule,
     /// keyed by group id.
     pub groups: BTreeMap<String, GroupSpec>,
+    /// Uplinks of provider networks (a host interface or a VLAN device
+    /// bridged with guests' taps): like the `vx-*` devices of the overlay,
+    /// traffic entering from them is tracked, and DHCP and metadata never
+    /// leave through them.
+    pub uplinks: Vec<String>,
 }
 
 /// One instance port: a tap device on a Linux bridge.

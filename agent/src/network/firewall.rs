@@ -20,6 +20,7 @@ use nubo_firewall::{
 };
 use tracing::{debug, info};
 
+use super::provider::Physnets;
 use super::{log_plan, running_ports};
 use crate::reconciler::{Plan, Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
@@ -55,7 +56,7 @@ pub fn rule_spec(r: &SecurityGroupRule) -> RuleSpec {
 /// the security groups they use (directly or as remote groups). Pure and
 /// deterministic (ports sorted by tap), so the rendered ruleset — and its
 /// fingerprint — only changes when the inputs do.
-pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
+pub fn firewall_spec(desired: &DesiredNode, physnets: &Physnets) -> FirewallSpec {
     let mut ports: Vec<PortSpec> = running_ports(desired)
         .into_iter()
         .map(|lp| PortSpec {
@@ -88,7 +89,20 @@ pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
             )
         })
         .collect();
-    FirewallSpec { ports, groups }
+    // Provider networks' uplinks (only those the provider subsystem
+    // wires: a physical network mapped to a host interface).
+    let mut uplinks: Vec<String> = desired
+        .networks
+        .values()
+        .filter_map(|n| super::provider::uplink(n, physnets))
+        .collect();
+    uplinks.sort();
+    uplinks.dedup();
+    FirewallSpec {
+        ports,
+        groups,
+        uplinks,
+    }
 }
 
 /// Whether a pass must list the live tables before deciding, given the
@@ -158,21 +172,24 @@ pub struct Firewall {
     first: bool,
     /// Fingerprint of the ruleset last applied or found live by this process.
     known_live: Option<String>,
+    /// Physical networks → host interfaces (provider uplinks).
+    physnets: Physnets,
 }
 
 impl Firewall {
     /// A reconciler; nothing is touched until the first pass.
-    pub fn new() -> Self {
+    pub fn new(physnets: Physnets) -> Self {
         Self {
             first: true,
             known_live: None,
+            physnets,
         }
     }
 }
 
 impl Default for Firewall {
     fn default() -> Self {
-        Self::new()
+        Self::new(Physnets::new())
     }
 }
 
@@ -200,7 +217,7 @@ impl Subsystem for Firewall {
 
     async fn observe(&mut self, desired: &DesiredNode) -> Result<FirewallObserved, SubsystemError> {
         let started = Instant::now();
-        let rs = nubo_firewall::ruleset(&firewall_spec(desired));
+        let rs = nubo_firewall::ruleset(&firewall_spec(desired, &self.physnets));
         let render = started.elapsed();
         let list = must_observe(rs.fingerprint(), self.known_live.as_deref());
         // Until this pass succeeds, what is live is unknown.
@@ -275,7 +292,7 @@ mod tests {
         let (_i2, p2) = w.instance_on(&n2, net, &[sg]);
         let (_i3, p3) = w.instance_on(&n1, net, &[]);
         let d = build(&w.cache, &n1, 1500);
-        let spec = firewall_spec(&d);
+        let spec = firewall_spec(&d, &Physnets::new());
         assert_eq!(spec.ports.len(), 2);
         let port1 = spec.ports.iter().find(|p| p.tap == p1.tap_name()).unwrap();
         assert_eq!(port1.mac.0, p1.mac.octets());
@@ -305,8 +322,8 @@ mod tests {
             w.instance_on(&n1, net, &[sg]);
         }
         let d = build(&w.cache, &n1, 1500);
-        let a = nubo_firewall::ruleset(&firewall_spec(&d));
-        let b = nubo_firewall::ruleset(&firewall_spec(&d.clone()));
+        let a = nubo_firewall::ruleset(&firewall_spec(&d, &Physnets::new()));
+        let b = nubo_firewall::ruleset(&firewall_spec(&d.clone(), &Physnets::new()));
         assert_eq!(a, b);
     }
 
@@ -349,14 +366,17 @@ mod tests {
         w.node(&n1, "10.0.0.1");
         let net = w.network(100, 0);
         w.instance_on(&n1, net, &[]);
-        let rs = nubo_firewall::ruleset(&firewall_spec(&build(&w.cache, &n1, 1500)));
+        let rs = nubo_firewall::ruleset(&firewall_spec(
+            &build(&w.cache, &n1, 1500),
+            &Physnets::new(),
+        ));
         let observed = |live| FirewallObserved {
             desired: rs.clone(),
             live,
             render: Duration::ZERO,
             listing: Duration::ZERO,
         };
-        let fw = Firewall::new();
+        let fw = Firewall::default();
         let d = DesiredNode::default();
         // Listed and identical: nothing to do.
         let same = observed(Some(Some(rs.text().to_string())));

@@ -78,6 +78,7 @@ pub fn spec(ports: Vec<PortSpec>, groups: Vec<GroupSpec>) -> FirewallSpec {
             .into_iter()
             .map(|g| (g.id.clone(), g))
             .collect::<BTreeMap<_, _>>(),
+        uplinks: Vec::new(),
     }
 }
 
