@@ -133,14 +133,20 @@ fn wait_on_provider_bridge(lab: &NetLab, host: u8, g: &Guest) {
 fn kernel_has_vlan_devices() -> bool {
     let names = nubo_tests::netns::Names::new().unwrap();
     let ns = names.add_netns("k").unwrap();
-    let ok = run("ip", &["-n", &ns, "link", "add", "d0", "type", "dummy"]).is_ok()
-        && run(
-            "ip",
-            &[
-                "-n", &ns, "link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5",
-            ],
-        )
-        .is_ok();
+    run(
+        "ip",
+        &[
+            "-n", &ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ],
+    )
+    .unwrap();
+    let ok = run(
+        "ip",
+        &[
+            "-n", &ns, "link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5",
+        ],
+    )
+    .is_ok();
     let _ = run("ip", &["netns", "del", &ns]);
     ok
 }
