@@ -205,21 +205,7 @@ impl Netlink {
                 link,
                 addr,
                 prefix_len,
-            } => {
-                let index = self.index_of(link).await?;
-                match self
-                    .handle
-                    .address()
-                    .add(index, *addr, *prefix_len)
-                    .execute()
-                    .await
-                {
-                    Err(e) if netlink_errno(&e) == Some(EEXIST) => Ok(()),
-                    other => other.map_err(|e| {
-                        OverlayError::netlink(format!("add {addr}/{prefix_len} to {link}"), e)
-                    }),
-                }
-            }
+            } => self.add_address(link, *addr, *prefix_len).await,
             OverlayAction::SetMtu { link, mtu } => self.set_mtu(link, *mtu).await,
             OverlayAction::SetMaster { link, master } => self.set_master(link, master).await,
             OverlayAction::Detach { link } => self.release(link).await,
@@ -272,6 +258,29 @@ impl Netlink {
             format!("set {name} up"),
         )
         .await
+    }
+
+    /// Adds `addr/prefix_len` to `link`; an address already there is not
+    /// an error.
+    pub async fn add_address(
+        &self,
+        link: &str,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), OverlayError> {
+        let index = self.index_of(link).await?;
+        match self
+            .handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+        {
+            Err(e) if netlink_errno(&e) == Some(EEXIST) => Ok(()),
+            other => other.map_err(|e| {
+                OverlayError::netlink(format!("add {addr}/{prefix_len} to {link}"), e)
+            }),
+        }
     }
 
     /// Enslaves `link` to the bridge `master`.

@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use rtnetlink::{LinkBridge, LinkVlan};
 use tracing::{debug, info, warn};
 
-use crate::error::{netlink_errno, OverlayError};
+use crate::error::OverlayError;
 use crate::netlink::Netlink;
 use crate::observed::LinkKind;
 use crate::provider::{ObservedLink, ObservedProvider, ProviderAction};
-
-const EEXIST: i32 = libc::EEXIST;
 
 /// Provider actions that failed, each with its error.
 #[derive(Debug, thiserror::Error)]
@@ -115,21 +113,7 @@ impl Netlink {
                 link,
                 addr,
                 prefix_len,
-            } => {
-                let index = self.index_of(link).await?;
-                match self
-                    .handle()
-                    .address()
-                    .add(index, *addr, *prefix_len)
-                    .execute()
-                    .await
-                {
-                    Err(e) if netlink_errno(&e) == Some(EEXIST) => Ok(()),
-                    other => other.map_err(|e| {
-                        OverlayError::netlink(format!("add {addr}/{prefix_len} to {link}"), e)
-                    }),
-                }
-            }
+            } => self.add_address(link, *addr, *prefix_len).await,
             ProviderAction::SetMtu { link, mtu } => self.set_mtu(link, *mtu).await,
             ProviderAction::SetMaster { link, master } => self.set_master(link, master).await,
             ProviderAction::Detach { link } => self.release(link).await,

@@ -468,6 +468,43 @@ impl NetLab {
         crate::agent::reconcile_once(&self.etcd.endpoint(), key, a.node(), || a.log())
     }
 
+    /// Kills every agent (-9), restarts them, and checks that each one's
+    /// first pass changed nothing: `actions=0 failures=0`, an empty initial
+    /// plan for each of `subsystems`, no guest recreated.
+    pub fn restart_agents_unchanged(&mut self, subsystems: &[&str]) -> Result<()> {
+        for a in &mut self.agents {
+            a.kill9();
+        }
+        for a in &mut self.agents {
+            a.restart()?;
+        }
+        for a in &self.agents {
+            let node = a.node().to_string();
+            wait_until(
+                Duration::from_secs(30),
+                &format!("{node} first pass"),
+                || Ok(a.current_log().contains("first reconcile pass done")),
+            )?;
+            let log = a.current_log();
+            anyhow::ensure!(
+                log.contains("first reconcile pass done actions=0 failures=0"),
+                "{node} changed something on restart:\n{log}"
+            );
+            for s in subsystems {
+                anyhow::ensure!(
+                    log.contains(&format!("initial plan subsystem=\"{s}\" actions=0"))
+                        || log.contains(&format!("initial plan subsystem={s} actions=0")),
+                    "{node}: {s} plan not empty:\n{log}"
+                );
+            }
+            anyhow::ensure!(
+                !log.contains("netns guest created"),
+                "{node} recreated a guest"
+            );
+        }
+        Ok(())
+    }
+
     /// `nft list ruleset` in host `i`'s namespace.
     pub fn ruleset(&self, i: u8) -> Result<String> {
         let out = self.hosts[usize::from(i) - 1].exec("nft", &["list", "ruleset"])?;
