@@ -950,6 +950,7 @@ mod tests {
         let c = AgentConfig::merge(file, &cli(&[])).unwrap();
         assert!(c.api_endpoint.starts_with("https://"));
         assert!(c.api_auth.ca_cert.is_some() && c.api_auth.credential_file.is_some());
+        assert_eq!(c.physnets["physnet1"], "eth1");
         assert!(c.etcd_tls.and_then(|t| t.cert).is_some());
     }
 }

@@ -111,25 +111,35 @@ impl Provider {
 
     /// Logs each current problem once.
     fn report(&mut self, plan: &ProviderPassPlan) {
-        let mut now = BTreeSet::new();
-        for (network, physnet) in &plan.unmapped {
-            let msg = format!(
-                "provider network {network}: physical network {physnet:?} is not in this agent's [physnets] (or --physnet); its ports are not plugged"
-            );
-            if !self.logged.contains(&msg) {
-                error!(network = %network, physical_network = %physnet, "{msg}");
-            }
-            now.insert(msg);
-        }
-        for (bridge, reason) in &plan.plan.problems {
-            let msg = format!("provider bridge {bridge}: {reason}; its ports are not plugged");
-            if !self.logged.contains(&msg) {
-                error!(bridge = %bridge, "{msg}");
-            }
-            now.insert(msg);
+        let (fresh, now) = problems_to_log(&self.logged, plan);
+        for msg in fresh {
+            error!("{msg}");
         }
         self.logged = now;
     }
+}
+
+/// The problems of `plan` as messages: those not in `logged` (to log
+/// now), and all of them (what is logged after this pass). A problem that
+/// went away is forgotten, so it is logged again if it comes back. Pure.
+pub fn problems_to_log(
+    logged: &BTreeSet<String>,
+    plan: &ProviderPassPlan,
+) -> (Vec<String>, BTreeSet<String>) {
+    let all: BTreeSet<String> = plan
+        .unmapped
+        .iter()
+        .map(|(network, physnet)| {
+            format!(
+                "provider network {network}: physical network {physnet:?} is not in this agent's [physnets] (or --physnet); its ports are not plugged"
+            )
+        })
+        .chain(plan.plan.problems.iter().map(|(bridge, reason)| {
+            format!("provider bridge {bridge}: {reason}; its ports are not plugged")
+        }))
+        .collect();
+    let fresh = all.difference(logged).cloned().collect();
+    (fresh, all)
 }
 
 #[async_trait]
@@ -237,5 +247,27 @@ mod tests {
         assert_eq!(o.networks[0].vni, 100);
         let fw = super::super::firewall::firewall_spec(&d, &physnets());
         assert_eq!(fw.uplinks, vec!["eth1.120".to_string()]);
+    }
+
+    #[test]
+    fn a_problem_is_logged_once_and_again_after_it_went_away() {
+        let plan = ProviderPassPlan {
+            unmapped: vec![("net-a".into(), "physnet9".into())],
+            ..Default::default()
+        };
+        let (fresh, logged) = problems_to_log(&BTreeSet::new(), &plan);
+        assert_eq!(fresh.len(), 1);
+        assert!(
+            fresh[0].contains("\"physnet9\" is not in this agent's [physnets]"),
+            "{fresh:?}"
+        );
+        // The next passes: nothing new.
+        let (again, logged) = problems_to_log(&logged, &plan);
+        assert!(again.is_empty());
+        // Fixed, then broken again: logged again.
+        let (none, cleared) = problems_to_log(&logged, &ProviderPassPlan::default());
+        assert!(none.is_empty() && cleared.is_empty());
+        let (back, _) = problems_to_log(&cleared, &plan);
+        assert_eq!(back, fresh);
     }
 }
