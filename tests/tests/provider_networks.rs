@@ -291,6 +291,39 @@ fn provider_case(vlan: bool) {
             .unwrap();
         assert!(g1.pings(ROUTER, 10), "g1 lost the router after the restart");
 
+        // A physical network host 2's agent does not map: the guest's port
+        // stays unplugged, one clear error however many passes (g2, on
+        // the mapped one, is plugged: the positive control above).
+        let other = lab
+            .cli
+            .json(&[
+                "network",
+                "create",
+                "lan9",
+                "--provider-type",
+                "flat",
+                "--physical-network",
+                "physnet9",
+                "--cidr",
+                "10.78.0.0/24",
+            ])
+            .unwrap();
+        let other_id: nubo_common::NetworkId = other["id"].as_str().unwrap().parse().unwrap();
+        let g3 = lab.server("g3", "lan9", 2, &[]).unwrap();
+        let key = nubo_common::keys::network(&other_id);
+        lab.reconcile_once(2, &key).unwrap();
+        lab.reconcile_once(2, &key).unwrap();
+        let err = "physical network \"physnet9\" is not in this agent's [physnets]";
+        let log = lab.agents[1].current_log();
+        assert_eq!(log.matches(err).count(), 1, "{log}");
+        let tap3 = lab.hosts[1]
+            .exec("ip", &["-o", "link", "show", &g3.tap()])
+            .unwrap();
+        let tap3 = String::from_utf8_lossy(&tap3.stdout).into_owned();
+        assert!(tap3.contains(&g3.tap()), "g3's tap missing: {tap3}");
+        assert!(!tap3.contains("master"), "g3's port was plugged: {tap3}");
+        lab.cli.json(&["server", "delete", "g3", "--wait"]).unwrap();
+
         // The last guest of host 1 gone: its VLAN device and bridge go,
         // the physical interface stays; host 2 keeps its wiring.
         lab.cli.json(&["server", "delete", "g1", "--wait"]).unwrap();
