@@ -12,11 +12,12 @@ use nubo_common::proto::{
     tokens_client::TokensClient,
 };
 use nubo_common::proto::{
-    cluster_client::ClusterClient, flavors_client::FlavorsClient, images_client::ImagesClient,
+    cluster_client::ClusterClient, flavors_client::FlavorsClient,
+    floating_ips_client::FloatingIpsClient, images_client::ImagesClient,
     keypairs_client::KeypairsClient, networks_client::NetworksClient, nodes_client::NodesClient,
-    ports_client::PortsClient, security_groups_client::SecurityGroupsClient,
-    server_groups_client::ServerGroupsClient, servers_client::ServersClient, DeleteRequest,
-    GetRequest, ListRequest,
+    ports_client::PortsClient, routers_client::RoutersClient,
+    security_groups_client::SecurityGroupsClient, server_groups_client::ServerGroupsClient,
+    servers_client::ServersClient, DeleteRequest, GetRequest, ListRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -187,6 +188,14 @@ impl Api {
     /// Server groups service.
     pub fn server_groups(&self) -> ServerGroupsClient<Chan> {
         ServerGroupsClient::new(self.chan())
+    }
+    /// Routers service.
+    pub fn routers(&self) -> RoutersClient<Chan> {
+        RoutersClient::new(self.chan())
+    }
+    /// Floating IPs service.
+    pub fn floating_ips(&self) -> FloatingIpsClient<Chan> {
+        FloatingIpsClient::new(self.chan())
     }
     /// Servers service.
     pub fn servers(&self) -> ServersClient<Chan> {

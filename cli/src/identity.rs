@@ -160,6 +160,9 @@ pub struct QuotaArgs {
     /// Security groups.
     #[arg(long)]
     pub security_groups: Option<u64>,
+    /// Floating IPs.
+    #[arg(long)]
+    pub floating_ips: Option<u64>,
     /// Set the cloud-wide default instead of a project's quota.
     #[arg(long)]
     pub default: bool,
@@ -448,6 +451,7 @@ fn quota_json(q: &ProjectQuota) -> Value {
         "ports": row(l.ports, u.ports),
         "networks": row(l.networks, u.networks),
         "security_groups": row(l.security_groups, u.security_groups),
+        "floating_ips": row(l.floating_ips, u.floating_ips),
     })
 }
 
@@ -465,6 +469,7 @@ fn quota_table(q: &ProjectQuota) -> Table {
         ("ports", l.ports, u.ports),
         ("networks", l.networks, u.networks),
         ("security_groups", l.security_groups, u.security_groups),
+        ("floating_ips", l.floating_ips, u.floating_ips),
     ] {
         t.row(vec![
             name.to_string(),
@@ -507,6 +512,7 @@ pub async fn quota(cmd: QuotaCmd, ctx: &Ctx) -> Result<()> {
                         ports: a.ports,
                         networks: a.networks,
                         security_groups: a.security_groups,
+                        floating_ips: a.floating_ips,
                     }),
                 })
                 .await

@@ -8,6 +8,7 @@ mod app_cred;
 mod cluster;
 mod ctx;
 mod flavor;
+mod floating_ip;
 mod identity;
 mod image;
 mod image_upload;
@@ -17,6 +18,7 @@ mod node;
 mod node_api;
 mod output;
 mod port;
+mod router;
 mod secgroup;
 mod server;
 mod server_group;
@@ -81,6 +83,12 @@ enum Noun {
     /// SSH keypairs.
     #[command(subcommand)]
     Keypair(keypair::KeypairCmd),
+    /// Distributed routers: networks to each other and to an external network.
+    #[command(subcommand)]
+    Router(router::RouterCmd),
+    /// Floating IPs (`nubo floating ip …`).
+    #[command(subcommand)]
+    Floating(floating_ip::FloatingCmd),
     /// Affinity / anti-affinity groups.
     #[command(subcommand, name = "server-group")]
     ServerGroup(server_group::ServerGroupCmd),
@@ -139,6 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Noun::Secgroup(c) => secgroup::run(c, &ctx).await,
         Noun::Keypair(c) => keypair::run(c, &ctx).await,
         Noun::ServerGroup(c) => server_group::run(c, &ctx).await,
+        Noun::Router(c) => router::run(c, &ctx).await,
+        Noun::Floating(c) => floating_ip::run(c, &ctx).await,
         Noun::Server(c) => server::run(c, &ctx).await,
         Noun::Node(c) => node::run(c, &ctx).await,
         Noun::Cluster(c) => cluster::run(c, &ctx).await,

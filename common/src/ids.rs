@@ -105,6 +105,12 @@ uuid_id!(
 uuid_id!(
     /// Identifies a server group (affinity / anti-affinity).
     ServerGroupId, "server group id");
+uuid_id!(
+    /// Identifies a router.
+    RouterId, "router id");
+uuid_id!(
+    /// Identifies a floating IP.
+    FloatingIpId, "floating ip id");
 
 /// Checks a DNS-label-like name: 1..=63 chars of `[a-zA-Z0-9._-]`, starting
 /// with an alphanumeric character.

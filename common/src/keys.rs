@@ -35,8 +35,8 @@ use std::net::IpAddr;
 
 use crate::model::{AppCredId, UserName};
 use crate::{
-    FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
-    ServerGroupId, VolumeId,
+    FlavorName, FloatingIpId, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId,
+    RouterId, SecurityGroupId, ServerGroupId, VolumeId,
 };
 use nubo_netid::MacAddr;
 
@@ -566,6 +566,34 @@ pub fn token_key() -> String {
     format!("{PRIVATE}secrets/token-key")
 }
 
+/// `/nubo/v1/routers/` — routers.
+pub fn routers_prefix() -> String {
+    format!("{ROOT}routers/")
+}
+/// `/nubo/v1/routers/<id>` (`Router`).
+pub fn router(id: &RouterId) -> String {
+    format!("{ROOT}routers/{id}")
+}
+/// `/nubo/v1/floating-ips/` — floating IPs.
+pub fn floating_ips_prefix() -> String {
+    format!("{ROOT}floating-ips/")
+}
+/// `/nubo/v1/floating-ips/<id>` (`FloatingIp`).
+pub fn floating_ip(id: &FloatingIpId) -> String {
+    format!("{ROOT}floating-ips/{id}")
+}
+/// `/nubo/v1/private/router-interfaces/<network>` (router id, JSON
+/// string): a tenant network is routed by at most one router
+/// (create-if-absent when the subnet is added).
+pub fn router_interface(net: &NetworkId) -> String {
+    format!("{PRIVATE}router-interfaces/{net}")
+}
+/// `/nubo/v1/private/floating-ip-ports/<port>` (floating IP id, JSON
+/// string): a port has at most one floating IP.
+pub fn floating_ip_port(port: &PortId) -> String {
+    format!("{PRIVATE}floating-ip-ports/{port}")
+}
+
 /// `/nubo/v1/private/secrets/ticket-key` (`TicketSigningKey`): the
 /// coordinators' private Ed25519 key signing stream tickets.
 pub fn ticket_signing_key() -> String {
@@ -651,6 +679,8 @@ pub enum NameKind {
     ServerGroup,
     /// Volumes.
     Volume,
+    /// Routers.
+    Router,
 }
 
 impl NameKind {
@@ -662,6 +692,7 @@ impl NameKind {
             Self::Image => "image",
             Self::ServerGroup => "server-group",
             Self::Volume => "volume",
+            Self::Router => "router",
         }
     }
 
@@ -673,6 +704,7 @@ impl NameKind {
             Self::Image => "image",
             Self::ServerGroup => "server group",
             Self::Volume => "volume",
+            Self::Router => "router",
         }
     }
 
@@ -683,6 +715,7 @@ impl NameKind {
             "image" => Self::Image,
             "server-group" => Self::ServerGroup,
             "volume" => Self::Volume,
+            "router" => Self::Router,
             _ => return None,
         })
     }
@@ -780,6 +813,14 @@ pub enum Key {
     TicketSigningKey,
     /// `/ticket-keys/<kid>`
     TicketVerifyKey(String),
+    /// `/routers/<id>`
+    Router(RouterId),
+    /// `/floating-ips/<id>`
+    FloatingIp(FloatingIpId),
+    /// `private/router-interfaces/<network>`
+    RouterInterface(NetworkId),
+    /// `private/floating-ip-ports/<port>`
+    FloatingIpPort(PortId),
 }
 
 impl Key {
@@ -823,6 +864,8 @@ impl Key {
             ["election", "coordinator"] => Key::Election,
             ["coordinators", id] if !id.is_empty() => Key::Coordinator(id.to_string()),
             ["ticket-keys", kid] if !kid.is_empty() => Key::TicketVerifyKey(kid.to_string()),
+            ["routers", id] => Key::Router(id.parse().ok()?),
+            ["floating-ips", id] => Key::FloatingIp(id.parse().ok()?),
             _ => return None,
         })
     }
@@ -864,6 +907,8 @@ impl Key {
             ["audit", id] if !id.is_empty() => Key::Audit(id.to_string()),
             ["secrets", "token-key"] => Key::TokenKey,
             ["secrets", "ticket-key"] => Key::TicketSigningKey,
+            ["router-interfaces", n] => Key::RouterInterface(n.parse().ok()?),
+            ["floating-ip-ports", p] => Key::FloatingIpPort(p.parse().ok()?),
             _ => return None,
         })
     }
@@ -891,6 +936,8 @@ impl Key {
                 | Key::Audit(_)
                 | Key::TokenKey
                 | Key::TicketSigningKey
+                | Key::RouterInterface(_)
+                | Key::FloatingIpPort(_)
         )
     }
 }

@@ -265,11 +265,13 @@ pub enum QuotaResource {
     Networks,
     /// Security groups.
     SecurityGroups,
+    /// Floating IPs.
+    FloatingIps,
 }
 
 impl QuotaResource {
     /// Every resource, in the order checks report them.
-    pub const ALL: [QuotaResource; 8] = [
+    pub const ALL: [QuotaResource; 9] = [
         Self::Instances,
         Self::Vcpus,
         Self::RamMb,
@@ -278,6 +280,7 @@ impl QuotaResource {
         Self::Ports,
         Self::Networks,
         Self::SecurityGroups,
+        Self::FloatingIps,
     ];
 
     /// Name as in the JSON records and messages.
@@ -291,6 +294,7 @@ impl QuotaResource {
             Self::Ports => "ports",
             Self::Networks => "networks",
             Self::SecurityGroups => "security_groups",
+            Self::FloatingIps => "floating_ips",
         }
     }
 }
@@ -330,6 +334,14 @@ pub struct Quota {
     /// Security groups.
     #[serde(default, deserialize_with = "limit")]
     pub security_groups: Option<u64>,
+    /// Floating IPs.
+    #[serde(default = "default_floating_ips", deserialize_with = "limit")]
+    pub floating_ips: Option<u64>,
+}
+
+/// What a stored quota written before floating IPs existed allows.
+fn default_floating_ips() -> Option<u64> {
+    Quota::cloud_default().floating_ips
 }
 
 /// A quota limit: a non-negative number, or `null` / `-1` for unlimited.
@@ -355,12 +367,13 @@ impl Quota {
         ports: None,
         networks: None,
         security_groups: None,
+        floating_ips: None,
     };
 
     /// The built-in cloud-wide default, used when neither
     /// `/quotas/<project>` nor `/quotas/_default` exists (OpenStack's
     /// defaults: 10 instances, 20 vCPUs, 50 GiB RAM, 10 volumes, 1000 GiB,
-    /// 500 ports, 100 networks, 10 security groups).
+    /// 500 ports, 100 networks, 10 security groups, 50 floating IPs).
     pub const fn cloud_default() -> Quota {
         Quota {
             instances: Some(10),
@@ -371,6 +384,7 @@ impl Quota {
             ports: Some(500),
             networks: Some(100),
             security_groups: Some(10),
+            floating_ips: Some(50),
         }
     }
 
@@ -385,6 +399,7 @@ impl Quota {
             QuotaResource::Ports => self.ports,
             QuotaResource::Networks => self.networks,
             QuotaResource::SecurityGroups => self.security_groups,
+            QuotaResource::FloatingIps => self.floating_ips,
         }
     }
 }
@@ -424,6 +439,9 @@ pub struct QuotaUsage {
     /// Security groups.
     #[serde(default)]
     pub security_groups: u64,
+    /// Floating IPs.
+    #[serde(default)]
+    pub floating_ips: u64,
 }
 
 impl QuotaUsage {
@@ -438,6 +456,7 @@ impl QuotaUsage {
             QuotaResource::Ports => self.ports,
             QuotaResource::Networks => self.networks,
             QuotaResource::SecurityGroups => self.security_groups,
+            QuotaResource::FloatingIps => self.floating_ips,
         }
     }
 
@@ -452,6 +471,7 @@ impl QuotaUsage {
             QuotaResource::Ports => &mut self.ports,
             QuotaResource::Networks => &mut self.networks,
             QuotaResource::SecurityGroups => &mut self.security_groups,
+            QuotaResource::FloatingIps => &mut self.floating_ips,
         }
     }
 

@@ -7,7 +7,10 @@ use nubo_netid::MacAddr;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
-use crate::{InstanceId, NetworkId, NodeName, PortId, ProjectId, RuleId, SecurityGroupId};
+use crate::{
+    FloatingIpId, InstanceId, NetworkId, NodeName, PortId, ProjectId, RouterId, RuleId,
+    SecurityGroupId,
+};
 
 /// A network: one IPv4 subnet on one segment — a VXLAN segment of the
 /// overlay (tenant networks), or a flat or VLAN segment of a physical
@@ -227,10 +230,74 @@ impl SecurityGroup {
 }
 
 /// An address of a network as stored by IPAM: `/nubo/v1/private/ipam/<network>/<ip>`.
+/// Held by exactly one of a port, a floating IP or a router's gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpAllocation {
     /// The port holding the address.
-    pub port: PortId,
+    #[serde(default)]
+    pub port: Option<PortId>,
+    /// The floating IP holding it (external networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating_ip: Option<FloatingIpId>,
+    /// The router whose gateway (SNAT address) it is (external networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterId>,
     /// The address.
     pub ip: IpAddr,
+}
+
+/// A router: connects its tenant networks to each other and, through its
+/// gateway, to one external network. Distributed: every node hosting a
+/// port of one of its networks routes for its local guests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Router {
+    /// Id.
+    pub id: RouterId,
+    /// Name (unique within the project).
+    pub name: String,
+    /// Owner.
+    pub project: ProjectId,
+    /// The external network and the address outbound traffic is SNATed to.
+    #[serde(default)]
+    pub gateway: Option<RouterGateway>,
+    /// The tenant networks it routes (each in at most one router).
+    #[serde(default)]
+    pub subnets: Vec<NetworkId>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// A router's way out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterGateway {
+    /// The external network.
+    pub network: NetworkId,
+    /// The router's address on it (reserved in its IPAM): the SNAT source.
+    pub ip: Ipv4Addr,
+}
+
+/// A floating IP: an address of an external network, mapped 1:1 (DNAT and
+/// SNAT) to a port's fixed address on the node where the port lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloatingIp {
+    /// Id.
+    pub id: FloatingIpId,
+    /// Owner.
+    pub project: ProjectId,
+    /// The external network the address belongs to.
+    pub network: NetworkId,
+    /// The address (reserved in the network's IPAM).
+    pub address: Ipv4Addr,
+    /// The port it is associated with, if any.
+    #[serde(default)]
+    pub port: Option<PortId>,
+    /// The port's fixed address (set with `port`).
+    #[serde(default)]
+    pub fixed_ip: Option<Ipv4Addr>,
+    /// The router connecting the port's network to `network` (set with
+    /// `port`).
+    #[serde(default)]
+    pub router: Option<RouterId>,
+    /// Creation time.
+    pub created_at: Timestamp,
 }

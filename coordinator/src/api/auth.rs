@@ -53,6 +53,8 @@ pub fn action_for(path: &str) -> Option<Action> {
         "SecurityGroups" => "security groups",
         "Keypairs" => "keypairs",
         "ServerGroups" => "server groups",
+        "Routers" => "routers",
+        "FloatingIps" => "floating ips",
         "Images" => "images",
         // Its own kind: the only thing the `node` role may read.
         "ImageData" => "image data",
@@ -72,7 +74,7 @@ pub fn action_for(path: &str) -> Option<Action> {
         "Nodes" | "Identity" | "Audit" => true,
         "Flavors" | "Cluster" | "Quotas" | "VolumeTypes" => !read,
         "Servers" | "Networks" | "Ports" | "SecurityGroups" | "Keypairs" | "ServerGroups"
-        | "Images" | "ImageData" | "Volumes" => false,
+        | "Images" | "ImageData" | "Volumes" | "Routers" | "FloatingIps" => false,
         // Any authenticated user manages its own (handlers check the owner).
         "ApplicationCredentials" => false,
         _ => true,

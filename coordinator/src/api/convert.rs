@@ -274,6 +274,42 @@ pub fn server_group(g: &model::ServerGroup) -> pb::ServerGroup {
     }
 }
 
+/// Router.
+pub fn router(r: &model::Router) -> pb::Router {
+    pb::Router {
+        id: r.id.to_string(),
+        name: r.name.clone(),
+        project: r.project.to_string(),
+        gateway_network_id: r
+            .gateway
+            .as_ref()
+            .map(|g| g.network.to_string())
+            .unwrap_or_default(),
+        gateway_ip: r
+            .gateway
+            .as_ref()
+            .map(|g| g.ip.to_string())
+            .unwrap_or_default(),
+        subnet_ids: r.subnets.iter().map(ToString::to_string).collect(),
+        created_at: ts(&r.created_at),
+    }
+}
+
+/// Floating IP.
+pub fn floating_ip(f: &model::FloatingIp) -> pb::FloatingIp {
+    let s = |v: Option<String>| v.unwrap_or_default();
+    pb::FloatingIp {
+        id: f.id.to_string(),
+        project: f.project.to_string(),
+        network_id: f.network.to_string(),
+        address: f.address.to_string(),
+        port_id: s(f.port.map(|p| p.to_string())),
+        fixed_ip: s(f.fixed_ip.map(|p| p.to_string())),
+        router_id: s(f.router.map(|p| p.to_string())),
+        created_at: ts(&f.created_at),
+    }
+}
+
 /// Node as seen by the scheduler.
 pub fn node(name: &NodeName, st: &NodeState, _ratios: &Ratios) -> pb::Node {
     let info = st.info.as_ref();

@@ -10,6 +10,7 @@ pub mod auth;
 mod cluster;
 pub mod convert;
 mod flavors;
+mod floating_ips;
 mod identity;
 mod image_data;
 mod images;
@@ -18,6 +19,7 @@ mod networks;
 mod nodes;
 mod ports;
 mod quotas;
+mod routers;
 mod security_groups;
 mod server_groups;
 mod servers;
@@ -69,6 +71,8 @@ pub fn routes(ctx: &Ctx) -> tonic::service::Routes {
         .add_service(security_groups_server::SecurityGroupsServer::new(s()))
         .add_service(keypairs_server::KeypairsServer::new(s()))
         .add_service(server_groups_server::ServerGroupsServer::new(s()))
+        .add_service(routers_server::RoutersServer::new(s()))
+        .add_service(floating_ips_server::FloatingIpsServer::new(s()))
         .add_service(servers_server::ServersServer::new(s()))
         .add_service(nodes_server::NodesServer::new(s()))
         .add_service(cluster_server::ClusterServer::new(s()))

@@ -18,6 +18,7 @@ fn to_pb(q: &Quota) -> pb::QuotaSet {
         ports: q.ports,
         networks: q.networks,
         security_groups: q.security_groups,
+        floating_ips: q.floating_ips,
     }
 }
 
@@ -31,6 +32,7 @@ fn usage_pb(u: &QuotaUsage) -> pb::QuotaSet {
         ports: Some(u.ports),
         networks: Some(u.networks),
         security_groups: Some(u.security_groups),
+        floating_ips: Some(u.floating_ips),
     }
 }
 
@@ -48,6 +50,7 @@ fn from_pb(q: Option<&pb::QuotaSet>) -> Quota {
         ports: q.ports,
         networks: q.networks,
         security_groups: q.security_groups,
+        floating_ips: q.floating_ips,
     }
 }
 

@@ -53,7 +53,8 @@ owned!(
     model::Image => Image,
     model::ServerGroup => ServerGroup,
     model::Instance => Instance,
-    model::Volume => Volume
+    model::Volume => Volume,
+    model::Router => Router
 );
 
 /// False for keys under a kind's prefix that are known keys of another
@@ -321,6 +322,18 @@ pub(crate) async fn server_group(
     .await
 }
 
+/// The router `r` (id or name) of `project`.
+pub(crate) async fn router(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<model::Router>> {
+    resolve(ctx, NameKind::Router, project, r, |u| {
+        keys::router(&nubo_common::RouterId::from_uuid(u))
+    })
+    .await
+}
+
 /// The server `r` (id or name) of `project`.
 pub(crate) async fn server(
     ctx: &Ctx,
@@ -344,6 +357,51 @@ pub(crate) async fn volume(
         keys::volume(&VolumeId::from_uuid(u))
     })
     .await
+}
+
+/// The external network `r` (id or name) as `project` sees it: one of its
+/// own, or any project's external network. A network that is not external
+/// is refused with `what` in the message.
+pub(crate) async fn external_network(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    what: &str,
+) -> ApiResult<Network> {
+    let net = match network(ctx, project, r).await {
+        Ok(n) => n.value,
+        Err(ApiError::NotFound(_)) => {
+            let r = r.trim();
+            let mut found: Vec<Network> = ctx
+                .store
+                .list_all(&keys::networks_prefix(), |kv| {
+                    nubo_store::kv::decode_or_skip::<Network>(kv)
+                        .filter(|n| n.external && (n.id.to_string() == r || n.name == r))
+                })
+                .await?;
+            match found.len() {
+                0 => {
+                    return Err(ApiError::NotFound(format!(
+                        "external network {r:?} not found"
+                    )))
+                }
+                1 => found.remove(0),
+                _ => {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "external network name {r:?} is ambiguous; use its id"
+                    )))
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    if !net.external {
+        return Err(ApiError::InvalidArgument(format!(
+            "network {:?} is not external: {what} must be on an external network (nubo network create … --external)",
+            net.name
+        )));
+    }
+    Ok(net)
 }
 
 #[cfg(test)]

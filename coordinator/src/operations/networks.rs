@@ -274,6 +274,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let ipam_prefix = keys::ipam_prefix(&n.id);
         let mut t = TxnBuilder::new();
         t.unchanged(&key, net.mod_rev);
+        let unrouted = t.absent(&keys::router_interface(&n.id));
         t.when(prefix_empty(&ipam_prefix));
         t.delete(&key);
         t.delete(&keys::name_index(NameKind::Network, project, &n.name));
@@ -291,9 +292,16 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let quota_on = super::quotas::release(ctx, &mut t, &n.project, &delta)
             .await?
             .is_some();
-        if ctx.store.commit(&t).await?.succeeded() {
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
             tracing::info!(network = %n.id, "network deleted");
             return Ok(());
+        }
+        if !a.held(unrouted) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "network {:?} is attached to a router; remove it from the router first (nubo router remove subnet)",
+                n.name
+            )));
         }
         let used = ctx
             .store
@@ -305,7 +313,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
             .count();
         if used > 0 {
             return Err(ApiError::FailedPrecondition(format!(
-                "network {:?} still has {used} ports; delete them first",
+                "network {:?} still has {used} ports or other addresses (floating IPs, router gateways); delete them first",
                 n.name
             )));
         }

@@ -69,7 +69,9 @@ pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Guard, Guard) {
     t.put(
         &ip_key,
         &IpAllocation {
-            port: p.id,
+            port: Some(p.id),
+            floating_ip: None,
+            router: None,
             ip: IpAddr::V4(p.ip),
         },
     );

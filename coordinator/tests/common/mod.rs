@@ -28,6 +28,8 @@ pub struct Clients {
     pub servers: pb::servers_client::ServersClient<Channel>,
     pub nodes: pb::nodes_client::NodesClient<Channel>,
     pub cluster: pb::cluster_client::ClusterClient<Channel>,
+    pub routers: pb::routers_client::RoutersClient<Channel>,
+    pub fips: pb::floating_ips_client::FloatingIpsClient<Channel>,
 }
 
 impl Clients {
@@ -78,6 +80,8 @@ pub fn clients_on(ch: Channel) -> Clients {
         groups: pb::server_groups_client::ServerGroupsClient::new(ch.clone()),
         servers: pb::servers_client::ServersClient::new(ch.clone()),
         nodes: pb::nodes_client::NodesClient::new(ch.clone()),
+        routers: pb::routers_client::RoutersClient::new(ch.clone()),
+        fips: pb::floating_ips_client::FloatingIpsClient::new(ch.clone()),
         cluster: pb::cluster_client::ClusterClient::new(ch),
     }
 }

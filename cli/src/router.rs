@@ -1,0 +1,157 @@
+//! `nubo router …`: distributed routers between a project's networks and
+//! an external network.
+
+use anyhow::Result;
+use clap::Subcommand;
+use nubo_common::proto::{CreateRouterRequest, Router, RouterSubnetRequest};
+use serde_json::{json, Value};
+
+use crate::api::Call;
+use crate::ctx::{opt, Ctx};
+use crate::output::{self, Table};
+
+/// Router commands.
+#[derive(Debug, Subcommand)]
+pub enum RouterCmd {
+    /// Create a router.
+    Create {
+        /// Router name.
+        name: String,
+        /// External network (name or id) for its gateway: outbound SNAT
+        /// and floating IPs.
+        #[arg(long)]
+        external_gateway: Option<String>,
+    },
+    /// List routers.
+    List {
+        /// Every project's (cloud admin).
+        #[arg(long)]
+        all_projects: bool,
+    },
+    /// Show one router.
+    Show {
+        /// Router name or id.
+        router: String,
+    },
+    /// Connect a network to a router (`nubo router add subnet R NET`).
+    #[command(subcommand)]
+    Add(SubnetCmd),
+    /// Disconnect a network (`nubo router remove subnet R NET`).
+    #[command(subcommand)]
+    Remove(SubnetCmd),
+    /// Delete routers (they must have no networks).
+    Delete {
+        /// Router names or ids.
+        #[arg(required = true)]
+        routers: Vec<String>,
+    },
+}
+
+/// `… subnet ROUTER NETWORK`.
+#[derive(Debug, Subcommand)]
+pub enum SubnetCmd {
+    /// A tenant network of the router.
+    Subnet {
+        /// Router name or id.
+        router: String,
+        /// Network name or id.
+        network: String,
+    },
+}
+
+/// The JSON (and `show`) form of a router.
+pub fn to_json(r: &Router) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "project": r.project,
+        "external_gateway": opt(&r.gateway_network_id),
+        "gateway_ip": opt(&r.gateway_ip),
+        "subnets": r.subnet_ids,
+        "created_at": opt(&r.created_at),
+    })
+}
+
+/// The `router list` table.
+pub fn table(routers: &[Router]) -> Table {
+    let mut t = Table::new(&["ID", "Name", "Gateway IP", "Networks"]);
+    for r in routers {
+        t.row(vec![
+            r.id.clone(),
+            r.name.clone(),
+            r.gateway_ip.clone(),
+            r.subnet_ids.len().to_string(),
+        ]);
+    }
+    t
+}
+
+/// Runs a router command.
+pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    let subnet_req = |c: SubnetCmd| {
+        let SubnetCmd::Subnet { router, network } = c;
+        RouterSubnetRequest {
+            r#ref: router,
+            project: api.project.clone(),
+            network,
+        }
+    };
+    let r = match cmd {
+        RouterCmd::Create {
+            name,
+            external_gateway,
+        } => {
+            let req = CreateRouterRequest {
+                name,
+                project: api.project.clone(),
+                external_gateway: external_gateway.unwrap_or_default(),
+            };
+            api.routers().create(req).await.or_fail(api)?
+        }
+        RouterCmd::List { all_projects } => {
+            let items = api
+                .list_all(all_projects, |req| {
+                    let mut c = api.routers();
+                    async move {
+                        let r = c.list(req).await?.into_inner();
+                        Ok((r.routers, r.next_page_token))
+                    }
+                })
+                .await?;
+            return output::items(ctx.format, &items, table, to_json);
+        }
+        RouterCmd::Show { router } => api.routers().get(api.get_req(&router)).await.or_fail(api)?,
+        RouterCmd::Add(c) => api.routers().add_subnet(subnet_req(c)).await.or_fail(api)?,
+        RouterCmd::Remove(c) => api
+            .routers()
+            .remove_subnet(subnet_req(c))
+            .await
+            .or_fail(api)?,
+        RouterCmd::Delete { routers } => {
+            return ctx
+                .delete_all("routers", &routers, |r| async move {
+                    let req = api.delete_req(&r);
+                    api.routers().delete(req).await.or_fail(api).map(drop)
+                })
+                .await
+        }
+    };
+    output::show(ctx.format, &to_json(&r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_subnet_parses_as_two_words() {
+        let c: RouterCmd = crate::testutil::parse_cmd(&["add", "subnet", "r1", "net1"]).unwrap();
+        assert!(matches!(
+            c,
+            RouterCmd::Add(SubnetCmd::Subnet { ref router, ref network })
+                if router == "r1" && network == "net1"
+        ));
+        assert!(crate::testutil::parse_cmd::<RouterCmd>(&["add", "r1", "net1"]).is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! `Routers`: the gRPC adapter of [`crate::operations::routers`].
+
+use nubo_common::proto::{self as pb, routers_server};
+use tonic::Request;
+
+use super::{convert, page, project, reply, scope, R};
+use crate::operations::routers;
+use crate::state::Ctx;
+
+#[tonic::async_trait]
+impl routers_server::Routers for Ctx {
+    async fn create(&self, r: Request<pb::CreateRouterRequest>) -> R<pb::Router> {
+        let r = r.into_inner();
+        let gw = Some(r.external_gateway.as_str()).filter(|g| !g.trim().is_empty());
+        let go = async { routers::create(self, &project(&r.project)?, &r.name, gw).await };
+        reply(go.await.map(|x| convert::router(&x)))
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Router> {
+        let r = r.into_inner();
+        let go = async { routers::get(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|x| convert::router(&x)))
+    }
+    async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListRoutersResponse> {
+        let r = r.into_inner();
+        let go = async { routers::list(self, &scope(&r)?, &page(&r)).await };
+        reply(go.await.map(|p| pb::ListRoutersResponse {
+            routers: p.items.iter().map(convert::router).collect(),
+            next_page_token: p.next,
+        }))
+    }
+    async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async { routers::delete(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn add_subnet(&self, r: Request<pb::RouterSubnetRequest>) -> R<pb::Router> {
+        let r = r.into_inner();
+        let go =
+            async { routers::add_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await };
+        reply(go.await.map(|x| convert::router(&x)))
+    }
+    async fn remove_subnet(&self, r: Request<pb::RouterSubnetRequest>) -> R<pb::Router> {
+        let r = r.into_inner();
+        let go = async {
+            routers::remove_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await
+        };
+        reply(go.await.map(|x| convert::router(&x)))
+    }
+}

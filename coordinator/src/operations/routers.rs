@@ -1,0 +1,249 @@
+//! Routers: a project's tenant networks connected to each other and, through
+//! the router's gateway, to one external network (SNAT to the gateway's
+//! address). Distributed: no node owns a router; every node hosting a port
+//! of a routed network answers as its gateway (the data path is the
+//! agents').
+//!
+//! Invariants kept by etcd transactions: a tenant network is in at most one
+//! router (`private/router-interfaces/<network>`, create-if-absent); the
+//! gateway address is reserved in the external network's IPAM like a port's;
+//! a router with networks is not deleted.
+
+use std::net::IpAddr;
+
+use nubo_common::keys::{self, NameKind};
+use nubo_common::model::{self, IpAllocation, Network, Router, RouterGateway};
+use nubo_common::{ProjectId, RouterId};
+use nubo_store::TxnBuilder;
+
+use super::ports::{next_ip, IpPool, MAX_ALLOC_ATTEMPTS};
+use super::{Page, PageRequest, Scope};
+use crate::error::{ApiError, ApiResult};
+use crate::state::Ctx;
+use crate::validate;
+
+/// Attempts of a read-check-write cycle that lost races before giving up.
+const MAX_ATTEMPTS: usize = 16;
+
+fn contended(what: &str) -> ApiError {
+    ApiError::Unavailable(format!("{what} changed concurrently too often; retry"))
+}
+
+/// Creates router `name` of `project`, with its gateway on the external
+/// network `gateway` (id or name) when given.
+pub async fn create(
+    ctx: &Ctx,
+    project: &ProjectId,
+    name: &str,
+    gateway: Option<&str>,
+) -> ApiResult<Router> {
+    validate::name("router", name)?;
+    let ext = match gateway {
+        Some(g) => {
+            Some(super::lookup::external_network(ctx, project, g, "a router's gateway").await?)
+        }
+        None => None,
+    };
+    let id = RouterId::new_random();
+    let idx = keys::name_index(NameKind::Router, project, name);
+    let mut pool = ext.map(IpPool::new);
+    for _ in 0..MAX_ALLOC_ATTEMPTS {
+        let mut t = TxnBuilder::new();
+        let name_free = t.absent(&idx);
+        let mut ip_guard = None;
+        let gw = match pool.as_mut() {
+            Some(pool) => {
+                let ip = next_ip(ctx, pool).await?;
+                let key = keys::ipam(&pool.net.id, IpAddr::V4(ip));
+                ip_guard = Some((t.absent(&key), ip));
+                t.put(
+                    &key,
+                    &IpAllocation {
+                        port: None,
+                        floating_ip: None,
+                        router: Some(id),
+                        ip: IpAddr::V4(ip),
+                    },
+                );
+                Some(RouterGateway {
+                    network: pool.net.id,
+                    ip,
+                })
+            }
+            None => None,
+        };
+        let router = Router {
+            id,
+            name: name.to_string(),
+            project: project.clone(),
+            gateway: gw,
+            subnets: Vec::new(),
+            created_at: model::now(),
+        };
+        t.put(&idx, &router.id);
+        t.put(&keys::router(&router.id), &router);
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
+            tracing::info!(router = %router.id, %project, gateway = ?router.gateway, "router created");
+            return Ok(router);
+        }
+        if !a.held(name_free) {
+            return Err(ApiError::AlreadyExists(format!(
+                "router {name:?} already exists in project {project}"
+            )));
+        }
+        if let (Some((g, ip)), Some(pool)) = (ip_guard, pool.as_mut()) {
+            if !a.held(g) {
+                pool.conflict(ip);
+            }
+        }
+    }
+    Err(contended("the external network's addresses"))
+}
+
+/// The router `r` (id or name) of `project`.
+pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Router> {
+    Ok(super::lookup::router(ctx, project, r).await?.value)
+}
+
+/// One page of the routers `scope` sees.
+pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<Router>> {
+    super::lookup::list_scoped(ctx, &keys::routers_prefix(), scope, page).await
+}
+
+/// Connects network `net` (id or name) of `project` to router `r`: the
+/// network must be a tenant network of the project with a gateway address
+/// (the router answers there), in no other router, and must not overlap the
+/// router's other networks.
+pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> ApiResult<Router> {
+    for _ in 0..MAX_ATTEMPTS {
+        let router = super::lookup::router(ctx, project, r).await?;
+        let network = super::lookup::network(ctx, project, net).await?.value;
+        if network.external {
+            return Err(ApiError::InvalidArgument(format!(
+                "network {:?} is external: make it the router's gateway, not one of its subnets",
+                network.name
+            )));
+        }
+        if network.gateway.is_none() {
+            return Err(ApiError::InvalidArgument(format!(
+                "network {:?} has no gateway address for the router to answer on (create it with --gateway)",
+                network.name
+            )));
+        }
+        let mut rt = router.value.clone();
+        if rt.subnets.contains(&network.id) {
+            return Ok(rt);
+        }
+        let others: Vec<Network> = ctx
+            .store
+            .get_many(&rt.subnets.iter().map(keys::network).collect::<Vec<_>>())
+            .await?
+            .iter()
+            .flatten()
+            .filter_map(nubo_store::kv::decode_or_skip::<Network>)
+            .collect();
+        if let Some(o) = others.iter().find(|o| {
+            o.cidr.contains(&network.cidr.network()) || network.cidr.contains(&o.cidr.network())
+        }) {
+            return Err(ApiError::InvalidArgument(format!(
+                "network {:?} ({}) overlaps network {:?} ({}) of router {:?}",
+                network.name, network.cidr, o.name, o.cidr, rt.name
+            )));
+        }
+        let iface = keys::router_interface(&network.id);
+        let mut t = TxnBuilder::new();
+        t.unchanged(&keys::router(&rt.id), router.mod_rev);
+        let free = t.absent(&iface);
+        t.present(&keys::network(&network.id));
+        rt.subnets.push(network.id);
+        t.put(&iface, &rt.id);
+        t.put(&keys::router(&rt.id), &rt);
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
+            tracing::info!(router = %rt.id, network = %network.id, "subnet added to router");
+            return Ok(rt);
+        }
+        if !a.held(free) {
+            let holder = ctx
+                .store
+                .read::<RouterId>(&iface)
+                .await?
+                .map(|v| v.value.to_string())
+                .unwrap_or_default();
+            return Err(ApiError::FailedPrecondition(format!(
+                "network {:?} is already attached to router {holder}; remove it there first",
+                network.name
+            )));
+        }
+    }
+    Err(contended("the router"))
+}
+
+/// Disconnects network `net` from router `r`; refused while floating IPs
+/// of ports on that network go through the router.
+pub async fn remove_subnet(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    net: &str,
+) -> ApiResult<Router> {
+    for _ in 0..MAX_ATTEMPTS {
+        let router = super::lookup::router(ctx, project, r).await?;
+        let network = super::lookup::network(ctx, project, net).await?.value;
+        let mut rt = router.value.clone();
+        if !rt.subnets.contains(&network.id) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "network {:?} is not attached to router {:?}",
+                network.name, rt.name
+            )));
+        }
+        let fips = super::floating_ips::through_router(ctx, &rt.id, Some(&network)).await?;
+        if !fips.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "floating IPs {} reach ports of network {:?} through router {:?}; unset them first",
+                fips.join(", "),
+                network.name,
+                rt.name
+            )));
+        }
+        rt.subnets.retain(|n| *n != network.id);
+        let mut t = TxnBuilder::new();
+        t.unchanged(&keys::router(&rt.id), router.mod_rev);
+        t.delete(&keys::router_interface(&network.id));
+        t.put(&keys::router(&rt.id), &rt);
+        if ctx.store.commit(&t).await?.succeeded() {
+            tracing::info!(router = %rt.id, network = %network.id, "subnet removed from router");
+            return Ok(rt);
+        }
+    }
+    Err(contended("the router"))
+}
+
+/// Deletes router `r` of `project`: refused while it has networks; its
+/// gateway address is released.
+pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
+    for _ in 0..MAX_ATTEMPTS {
+        let router = super::lookup::router(ctx, project, r).await?;
+        let rt = &router.value;
+        if !rt.subnets.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "router {:?} still has {} network(s); remove them first (nubo router remove subnet)",
+                rt.name,
+                rt.subnets.len()
+            )));
+        }
+        let mut t = TxnBuilder::new();
+        t.unchanged(&keys::router(&rt.id), router.mod_rev);
+        t.delete(&keys::router(&rt.id));
+        t.delete(&keys::name_index(NameKind::Router, project, &rt.name));
+        if let Some(g) = &rt.gateway {
+            t.delete(&keys::ipam(&g.network, IpAddr::V4(g.ip)));
+        }
+        if ctx.store.commit(&t).await?.succeeded() {
+            tracing::info!(router = %rt.id, "router deleted");
+            return Ok(());
+        }
+    }
+    Err(contended("the router"))
+}
