@@ -179,6 +179,7 @@ async fn run_inner(
                     cfg.underlay_ip,
                     cfg.underlay_mtu,
                     &cfg.availability_zone,
+                    &cfg.physnets,
                 )
                 .map_err(|e| AgentError::Network(e.to_string()))?,
             );

@@ -153,6 +153,15 @@ impl World {
     }
 
     pub fn network(&mut self, vni: u32, mtu: u16) -> NetworkId {
+        self.network_with(vni, mtu, None)
+    }
+
+    fn network_with(
+        &mut self,
+        vni: u32,
+        mtu: u16,
+        provider: Option<model::ProviderSegment>,
+    ) -> NetworkId {
         let net = Network {
             id: NetworkId::new_random(),
             name: format!("net{vni}"),
@@ -162,7 +171,7 @@ impl World {
             vni,
             mtu,
             dns: vec![],
-            provider: None,
+            provider,
             external: false,
             shared: false,
             created_at: model::now(),
@@ -170,6 +179,11 @@ impl World {
         let id = net.id;
         self.put(keys::network(&id), &net);
         id
+    }
+
+    /// A provider network on `segment` (no VNI).
+    pub fn provider_network(&mut self, segment: model::ProviderSegment) -> NetworkId {
+        self.network_with(0, 0, Some(segment))
     }
 
     pub fn secgroup_self_referencing(&mut self) -> SecurityGroupId {

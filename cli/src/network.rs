@@ -1,9 +1,11 @@
-//! `nubo network …`: tenant networks (one IPv4 subnet on a VXLAN segment).
+//! `nubo network …`: tenant networks (one IPv4 subnet on a VXLAN segment)
+//! and provider networks (a flat or VLAN segment of a physical network;
+//! admin only, as are external and shared networks).
 
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use nubo_common::proto::{CreateNetworkRequest, Network};
 use serde_json::{json, Value};
 
@@ -70,6 +72,32 @@ pub struct CreateArgs {
     /// Guest MTU (default: underlay MTU − 50).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// A provider network on a physical network (admin): its frames go
+    /// untagged (flat) or tagged (vlan) on the interface each agent maps
+    /// the physical network to (`[physnets]`).
+    #[arg(long, value_enum, requires = "physical_network")]
+    pub provider_type: Option<ProviderTypeArg>,
+    /// The physical network of a provider network, e.g. physnet1.
+    #[arg(long)]
+    pub physical_network: Option<String>,
+    /// The VLAN id (1-4094) of a vlan provider network.
+    #[arg(long)]
+    pub segment: Option<u32>,
+    /// An external network: routers' gateways and floating IPs (admin).
+    #[arg(long)]
+    pub external: bool,
+    /// Usable by every project (admin).
+    #[arg(long)]
+    pub shared: bool,
+}
+
+/// `--provider-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderTypeArg {
+    /// Untagged frames on the physical network's interface.
+    Flat,
+    /// 802.1Q frames tagged with `--segment`.
+    Vlan,
 }
 
 impl CreateArgs {
@@ -86,6 +114,15 @@ impl CreateArgs {
             },
             dns: self.dns.iter().map(Ipv4Addr::to_string).collect(),
             mtu: self.mtu.unwrap_or(0),
+            provider_type: match self.provider_type {
+                None => String::new(),
+                Some(ProviderTypeArg::Flat) => "flat".into(),
+                Some(ProviderTypeArg::Vlan) => "vlan".into(),
+            },
+            physical_network: self.physical_network.clone().unwrap_or_default(),
+            segment: self.segment.unwrap_or(0),
+            external: self.external,
+            shared: self.shared,
         }
     }
 }
@@ -101,21 +138,46 @@ pub fn to_json(n: &Network) -> Value {
         "vni": n.vni,
         "mtu": n.mtu,
         "dns": n.dns,
+        "provider_type": opt(&n.provider_type),
+        "physical_network": opt(&n.physical_network),
+        "segment": (n.segment != 0).then_some(n.segment),
+        "external": n.external,
+        "shared": n.shared,
         "created_at": opt(&n.created_at),
     })
 }
 
+/// The segment column: `vxlan 42`, `vlan 120 physnet1`, `flat physnet1`.
+fn segment(n: &Network) -> String {
+    match n.provider_type.as_str() {
+        "" => format!("vxlan {}", n.vni),
+        "vlan" => format!("vlan {} {}", n.segment, n.physical_network),
+        other => format!("{other} {}", n.physical_network),
+    }
+}
+
+/// The flags column: `external`, `shared`.
+fn flags(n: &Network) -> String {
+    [(n.external, "external"), (n.shared, "shared")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| *f)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The `network list` table.
 pub fn table(nets: &[Network]) -> Table {
-    let mut t = Table::new(&["ID", "Name", "CIDR", "Gateway", "VNI", "MTU"]);
+    let mut t = Table::new(&["ID", "Name", "CIDR", "Gateway", "Segment", "MTU", "Flags"]);
     for n in nets {
         t.row(vec![
             n.id.clone(),
             n.name.clone(),
             n.cidr.clone(),
             n.gateway.clone(),
-            n.vni.to_string(),
+            segment(n),
             n.mtu.to_string(),
+            flags(n),
         ]);
     }
     t
@@ -196,8 +258,51 @@ mod tests {
                 gateway: "10.0.0.254".into(),
                 dns: vec!["1.1.1.1".into(), "9.9.9.9".into()],
                 mtu: 1400,
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn provider_flags_map_to_the_request() {
+        let r = parse(&[
+            "ext",
+            "--cidr",
+            "10.99.0.0/24",
+            "--provider-type",
+            "vlan",
+            "--physical-network",
+            "physnet1",
+            "--segment",
+            "120",
+            "--external",
+            "--shared",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                r.provider_type.as_str(),
+                r.physical_network.as_str(),
+                r.segment,
+                r.external,
+                r.shared
+            ),
+            ("vlan", "physnet1", 120, true, true)
+        );
+        let r = parse(&["n", "--cidr", "10.0.0.0/24"]).unwrap();
+        assert_eq!((r.provider_type.as_str(), r.segment), ("", 0));
+        // An unknown type, or a type without its physical network.
+        assert!(parse(&[
+            "n",
+            "--cidr",
+            "10.0.0.0/24",
+            "--provider-type",
+            "vxlan",
+            "--physical-network",
+            "p"
+        ])
+        .is_err());
+        assert!(parse(&["n", "--cidr", "10.0.0.0/24", "--provider-type", "flat"]).is_err());
     }
 
     #[test]

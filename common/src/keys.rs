@@ -422,6 +422,27 @@ pub fn vni(vni: u32) -> String {
     format!("{PRIVATE}vnis/{vni}")
 }
 
+/// `/nubo/v1/private/provider-segments/<physnet>/<vlan id | flat>` →
+/// network id: makes a VLAN id unique on a physical network, and allows
+/// one flat network per physical network (`segment` `None` = flat).
+/// Created and deleted in the network's own transactions.
+pub fn provider_segment(physical_network: &str, segment: Option<u16>) -> String {
+    match segment {
+        Some(vid) => format!("{PRIVATE}provider-segments/{physical_network}/{vid}"),
+        None => format!("{PRIVATE}provider-segments/{physical_network}/{FLAT_SEGMENT}"),
+    }
+}
+
+/// The last component of [`provider_segment`] for a flat network.
+const FLAT_SEGMENT: &str = "flat";
+
+/// `/nubo/v1/private/shared-network-names/<name>` → network id: the name
+/// by which every project finds a shared network (unique among shared
+/// networks; written and deleted with the network).
+pub fn shared_network_name(name: &str) -> String {
+    format!("{PRIVATE}shared-network-names/{name}")
+}
+
 /// `/nubo/v1/private/port-owners/` — every port made for an instance.
 pub fn port_owners_prefix() -> String {
     format!("{PRIVATE}port-owners/")
@@ -760,6 +781,10 @@ pub enum Key {
     Mac(MacAddr),
     /// `private/vnis/<vni>`
     Vni(u32),
+    /// `private/provider-segments/<physnet>/<vlan id | flat>` (`None` = flat)
+    ProviderSegment(String, Option<u16>),
+    /// `private/shared-network-names/<name>`
+    SharedNetworkName(String),
     /// `private/port-owners/<port>`
     PortOwner(PortId),
     /// `private/server-group-members/<group>/<instance>`
@@ -854,6 +879,15 @@ impl Key {
             ["ipam", net, ip] => Key::Ipam(net.parse().ok()?, ip.parse().ok()?),
             ["macs", m] => Key::Mac(m.parse().ok()?),
             ["vnis", v] => Key::Vni(v.parse().ok()?),
+            ["provider-segments", n, seg] if !n.is_empty() => Key::ProviderSegment(
+                n.to_string(),
+                if *seg == FLAT_SEGMENT {
+                    None
+                } else {
+                    Some(seg.parse().ok().filter(|v| (1..=4094).contains(v))?)
+                },
+            ),
+            ["shared-network-names", n] if !n.is_empty() => Key::SharedNetworkName(n.to_string()),
             ["port-owners", p] => Key::PortOwner(p.parse().ok()?),
             ["server-group-members", g, i] => {
                 Key::ServerGroupMember(g.parse().ok()?, i.parse().ok()?)
@@ -887,6 +921,8 @@ impl Key {
                 | Key::Ipam(..)
                 | Key::Mac(_)
                 | Key::Vni(_)
+                | Key::ProviderSegment(..)
+                | Key::SharedNetworkName(_)
                 | Key::PortOwner(_)
                 | Key::ServerGroupMember(..)
                 | Key::ClientToken(..)
@@ -979,6 +1015,18 @@ mod tests {
             (ipam(&net, ip), Key::Ipam(net, ip)),
             (mac(&m), Key::Mac(m)),
             (vni(42), Key::Vni(42)),
+            (
+                provider_segment("physnet1", Some(120)),
+                Key::ProviderSegment("physnet1".into(), Some(120)),
+            ),
+            (
+                provider_segment("physnet1", None),
+                Key::ProviderSegment("physnet1".into(), None),
+            ),
+            (
+                shared_network_name("ext"),
+                Key::SharedNetworkName("ext".into()),
+            ),
             (port_owner(&p), Key::PortOwner(p)),
             (server_group_member(&g, &i), Key::ServerGroupMember(g, i)),
             (
@@ -1042,6 +1090,8 @@ mod tests {
             "/nubo/v1/private/names/nonsense/p1/x",
             "/nubo/v1/private/ipam/not-a-net/10.0.0.1",
             "/nubo/v1/private/vnis/x",
+            "/nubo/v1/private/provider-segments/physnet1/4095",
+            "/nubo/v1/private/provider-segments/physnet1/x",
             "/nubo/v1/private/client-tokens/p1/tok/notanumber",
         ] {
             assert_eq!(Key::parse(k), None, "{k}");

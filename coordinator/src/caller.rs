@@ -40,6 +40,13 @@ pub fn caller_name() -> Option<String> {
 /// True when the current call may list across every project: always with
 /// `auth = "none"`, otherwise only for a cloud admin.
 pub fn may_see_all() -> bool {
+    is_cloud_admin()
+}
+
+/// True when the current caller is a cloud admin (always with
+/// `auth = "none"`): what admin-only fields of a request need (provider,
+/// external and shared networks).
+pub fn is_cloud_admin() -> bool {
     CALLER
         .try_with(|c| c.claims.has(Role::Admin))
         .unwrap_or(true)

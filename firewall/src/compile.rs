@@ -80,6 +80,8 @@ pub struct Compiled {
     pub ports: Vec<PortPolicy>,
     /// Member addresses of every group referenced as a remote, by group id.
     pub members: BTreeMap<String, (BTreeSet<IpAddr>, BTreeSet<IpAddr>)>,
+    /// Provider uplinks, valid names only, sorted, once each.
+    pub uplinks: BTreeSet<String>,
 }
 
 /// Validates and compiles the spec.
@@ -96,6 +98,13 @@ pub fn compile(spec: &FirewallSpec) -> Compiled {
     }
     let mut taps: BTreeSet<&str> = BTreeSet::new();
     let mut out = Compiled::default();
+    for u in &spec.uplinks {
+        if valid_ifname(u) {
+            out.uplinks.insert(u.clone());
+        } else {
+            warn!(uplink = %u, "invalid uplink name, ignored by the firewall");
+        }
+    }
     let mut remote_groups: BTreeSet<String> = BTreeSet::new();
     for (id, port) in by_id {
         if !taps.insert(&port.tap) {

@@ -291,7 +291,20 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
 
     let tracked = format!("meta mark set meta mark | {MARK_TRACKED:#010x}");
     let all: Vec<&PortPolicy> = c.ports.iter().collect();
-    let mut pre = vec![format!("iifname \"vx-*\" {tracked}")];
+    // The wire: VXLAN devices and provider uplinks.
+    let uplinks: Vec<String> = c.uplinks.iter().map(|u| format!("\"{u}\"")).collect();
+    let mut wire = vec!["\"vx-*\"".to_string()];
+    if !uplinks.is_empty() {
+        wire.push(format!("{{ {} }}", uplinks.join(", ")));
+    }
+    let guard: Vec<String> = wire
+        .iter()
+        .map(|w| format!("oifname {w} jump overlay_guard"))
+        .collect();
+    let mut pre: Vec<String> = wire
+        .iter()
+        .map(|w| format!("iifname {w} {tracked}"))
+        .collect();
     if !all.is_empty() {
         let taps: Vec<String> = all.iter().map(|p| format!("\"{}\"", p.port.tap)).collect();
         pre.push(format!("iifname {{ {} }} {tracked}", taps.join(", ")));
@@ -308,11 +321,8 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
 
     let est = format!("meta mark & {MARK_ESTABLISHED:#010x} == {MARK_ESTABLISHED:#010x} accept");
     let inv = format!("meta mark & {MARK_INVALID:#010x} == {MARK_INVALID:#010x} drop");
-    let mut fwd = vec![
-        "oifname \"vx-*\" jump overlay_guard".to_string(),
-        inv.clone(),
-        est.clone(),
-    ];
+    let mut fwd = guard.clone();
+    fwd.extend([inv.clone(), est.clone()]);
     fwd.extend(vmap("iifname", &secured, &|p| {
         format!("jump {}", PortNames::new(&p.port.port_id).chain("egress"))
     }));
@@ -324,11 +334,7 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
     let mut input = vec![inv, est];
     input.extend(vmap("iifname", &all, &|_| "jump guest_to_host".to_string()));
     out.chain("input", Some(("input", 0)), &input);
-    out.chain(
-        "output",
-        Some(("output", 0)),
-        &["oifname \"vx-*\" jump overlay_guard".to_string()],
-    );
+    out.chain("output", Some(("output", 0)), &guard);
 
     // Metadata and DHCP stay on each node: never let them into the overlay.
     out.chain(
@@ -771,5 +777,27 @@ mod tests {
             "add table bridge nubo\ndelete table bridge nubo\nadd table inet nubo\ndelete table inet nubo\n"
         ));
         assert!(tx.ends_with(rs.text()));
+    }
+
+    #[test]
+    fn provider_uplinks_are_guarded_and_tracked_like_vxlan() {
+        let plain = ruleset(&FirewallSpec::default());
+        assert!(!plain.text().contains("eth1.120"));
+        let rs = ruleset(&FirewallSpec {
+            uplinks: vec!["eth1.120".into(), "bad name".into()],
+            ..Default::default()
+        });
+        let t = rs.text();
+        assert!(t.contains("iifname \"vx-*\" meta mark set"), "{t}");
+        assert!(t.contains("iifname { \"eth1.120\" } meta mark set"), "{t}");
+        // forward and output both guard it.
+        assert_eq!(
+            t.matches("oifname { \"eth1.120\" } jump overlay_guard")
+                .count(),
+            2,
+            "{t}"
+        );
+        assert!(!t.contains("bad name"), "{t}");
+        assert_ne!(rs.fingerprint(), plain.fingerprint());
     }
 }

@@ -20,6 +20,11 @@ pub struct FirewallSpec {
     /// Per-port rate limits on what a guest may send to the node's own
     /// services (DHCP, metadata), enforced in the kernel.
     pub limits: GuestLimits,
+    /// Uplinks of provider networks (a host interface or a VLAN device
+    /// bridged with guests' taps): like the `vx-*` devices of the overlay,
+    /// traffic entering from them is tracked, and DHCP and metadata never
+    /// leave through them.
+    pub uplinks: Vec<String>,
 }
 
 /// A token-bucket rate: `per_second` packets per second on average, up to

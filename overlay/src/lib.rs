@@ -11,6 +11,11 @@
 //! The reconciler follows the usual nubo shape:
 //! [`Netlink::observe`] → pure [`plan`] → [`Netlink::apply`].
 //!
+//! Provider networks (a flat or VLAN segment of a physical network) get a
+//! bridge `np-<id>` whose uplink is the host interface or a VLAN device on
+//! it: [`Netlink::observe_provider`] → pure [`plan_provider`] →
+//! [`Netlink::apply_provider`].
+//!
 //! The crate also provides the primitives instance drivers need: persistent
 //! taps ([`Netlink::create_tap`]; names from [`nubo_netid::tap_name`]) and the netns "guest"
 //! driver, an instance that is a network namespace wired to the node with a
@@ -28,6 +33,8 @@ mod netlink;
 mod netns;
 mod observed;
 mod plan;
+mod provider;
+mod provider_netlink;
 mod spec;
 mod tap;
 
@@ -38,6 +45,11 @@ pub use netlink::Netlink;
 pub use netns::run_in_netns;
 pub use observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 pub use plan::{plan, OverlayAction};
+pub use provider::{
+    is_provider_bridge_name, plan_provider, provider_bridge_name, vlan_device_name, ObservedLink,
+    ObservedProvider, ProviderAction, ProviderNetworkSpec, ProviderPlan, ProviderSpec,
+};
+pub use provider_netlink::ProviderApplyError;
 pub use spec::{
     network_mtu, FdbEntry, LocalPort, NetworkSpec, OverlaySpec, METADATA_ADDR, METADATA_PREFIX_LEN,
     VXLAN_PORT,

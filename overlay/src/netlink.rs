@@ -11,7 +11,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -51,6 +51,10 @@ pub(crate) struct LinkSummary {
     pub(crate) master: Option<u32>,
     pub(crate) mac: Option<MacAddr>,
     pub(crate) vxlan: Vec<InfoVxlan>,
+    /// The VLAN id of a VLAN device.
+    pub(crate) vlan_id: Option<u16>,
+    /// The lower link (`IFLA_LINK`: a VLAN device's parent).
+    pub(crate) link: Option<u32>,
 }
 
 impl Netlink {
@@ -201,39 +205,10 @@ impl Netlink {
                 link,
                 addr,
                 prefix_len,
-            } => {
-                let index = self.index_of(link).await?;
-                match self
-                    .handle
-                    .address()
-                    .add(index, *addr, *prefix_len)
-                    .execute()
-                    .await
-                {
-                    Err(e) if netlink_errno(&e) == Some(EEXIST) => Ok(()),
-                    other => other.map_err(|e| {
-                        OverlayError::netlink(format!("add {addr}/{prefix_len} to {link}"), e)
-                    }),
-                }
-            }
+            } => self.add_address(link, *addr, *prefix_len).await,
             OverlayAction::SetMtu { link, mtu } => self.set_mtu(link, *mtu).await,
-            OverlayAction::SetMaster { link, master } => {
-                let index = self.index_of(link).await?;
-                let master_index = self.index_of(master).await?;
-                self.set_link(
-                    LinkUnspec::new_with_index(index).controller(master_index),
-                    format!("enslave {link} to {master}"),
-                )
-                .await
-            }
-            OverlayAction::Detach { link } => {
-                let index = self.index_of(link).await?;
-                self.set_link(
-                    LinkUnspec::new_with_index(index).nocontroller(),
-                    format!("release {link} from its bridge"),
-                )
-                .await
-            }
+            OverlayAction::SetMaster { link, master } => self.set_master(link, master).await,
+            OverlayAction::Detach { link } => self.release(link).await,
             OverlayAction::SetUp { link } => self.set_up(link).await,
             OverlayAction::AddFdb { vni, entry } => self.add_fdb(*vni, entry).await,
             OverlayAction::DelFdb { vni, entry } => self.del_fdb(*vni, entry).await,
@@ -281,6 +256,50 @@ impl Netlink {
         self.set_link(
             LinkUnspec::new_with_index(index).up(),
             format!("set {name} up"),
+        )
+        .await
+    }
+
+    /// Adds `addr/prefix_len` to `link`; an address already there is not
+    /// an error.
+    pub async fn add_address(
+        &self,
+        link: &str,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), OverlayError> {
+        let index = self.index_of(link).await?;
+        match self
+            .handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+        {
+            Err(e) if netlink_errno(&e) == Some(EEXIST) => Ok(()),
+            other => other.map_err(|e| {
+                OverlayError::netlink(format!("add {addr}/{prefix_len} to {link}"), e)
+            }),
+        }
+    }
+
+    /// Enslaves `link` to the bridge `master`.
+    pub async fn set_master(&self, link: &str, master: &str) -> Result<(), OverlayError> {
+        let index = self.index_of(link).await?;
+        let master_index = self.index_of(master).await?;
+        self.set_link(
+            LinkUnspec::new_with_index(index).controller(master_index),
+            format!("enslave {link} to {master}"),
+        )
+        .await
+    }
+
+    /// Releases `link` from its bridge.
+    pub async fn release(&self, link: &str) -> Result<(), OverlayError> {
+        let index = self.index_of(link).await?;
+        self.set_link(
+            LinkUnspec::new_with_index(index).nocontroller(),
+            format!("release {link} from its bridge"),
         )
         .await
     }
@@ -350,7 +369,9 @@ impl Netlink {
             .map_err(|e| OverlayError::netlink("list links", e))
     }
 
-    async fn addresses(&self) -> Result<HashMap<u32, BTreeSet<(IpAddr, u8)>>, OverlayError> {
+    pub(crate) async fn addresses(
+        &self,
+    ) -> Result<HashMap<u32, BTreeSet<(IpAddr, u8)>>, OverlayError> {
         let mut out: HashMap<u32, BTreeSet<(IpAddr, u8)>> = HashMap::new();
         let mut stream = self.handle.address().get().execute();
         while let Some(msg) = stream
@@ -520,6 +541,8 @@ pub(crate) fn summarize(msg: LinkMessage) -> LinkSummary {
         master: None,
         mac: None,
         vxlan: Vec::new(),
+        vlan_id: None,
+        link: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -527,11 +550,18 @@ pub(crate) fn summarize(msg: LinkMessage) -> LinkSummary {
             LinkAttribute::Mtu(mtu) => s.mtu = mtu,
             LinkAttribute::Controller(index) if index != 0 => s.master = Some(index),
             LinkAttribute::Address(bytes) => s.mac = MacAddr::from_slice(&bytes),
+            LinkAttribute::Link(index) if index != 0 => s.link = Some(index),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(kind) => s.kind = link_kind(kind),
                         LinkInfo::Data(InfoData::Vxlan(data)) => s.vxlan = data,
+                        LinkInfo::Data(InfoData::Vlan(data)) => {
+                            s.vlan_id = data.iter().find_map(|i| match i {
+                                InfoVlan::Id(id) => Some(*id),
+                                _ => None,
+                            })
+                        }
                         _ => {}
                     }
                 }
@@ -548,6 +578,7 @@ fn link_kind(kind: InfoKind) -> LinkKind {
         InfoKind::Vxlan => LinkKind::Vxlan,
         InfoKind::Tun => LinkKind::Tun,
         InfoKind::Veth => LinkKind::Veth,
+        InfoKind::Vlan => LinkKind::Vlan,
         other => LinkKind::Other(other.to_string()),
     }
 }

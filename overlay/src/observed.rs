@@ -16,6 +16,8 @@ pub enum LinkKind {
     Tun,
     /// One end of a veth pair.
     Veth,
+    /// An 802.1Q VLAN device.
+    Vlan,
     /// Another kind, by its kernel name.
     Other(String),
     /// No kind reported (physical NICs, loopback).

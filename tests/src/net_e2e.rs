@@ -306,6 +306,13 @@ pub struct NetLab {
 impl NetLab {
     /// Starts a lab with `n` hosts.
     pub fn start(n: u8) -> Result<Self> {
+        Self::start_with(n, |_, _| Vec::new())
+    }
+
+    /// Starts a lab with `n` hosts whose agent `i` gets the extra flags
+    /// `agent_args(underlay, i)` (e.g. `--physnet` naming a link of the
+    /// lab's prefix).
+    pub fn start_with(n: u8, agent_args: impl Fn(&Underlay, u8) -> Vec<String>) -> Result<Self> {
         let underlay = Underlay::new()?;
         let mut hosts = Vec::new();
         for i in 1..=n {
@@ -330,12 +337,13 @@ impl NetLab {
             let driver = Driver::Netns {
                 guest_prefix: lab.guest_prefix(i),
             };
-            let opts = AgentOpts::lab(
+            let mut opts = AgentOpts::lab(
                 &lab.hosts[usize::from(i) - 1],
                 i,
                 &lab.etcd.endpoint(),
                 driver,
             );
+            opts.extra_args.extend(agent_args(&lab.underlay, i));
             let a = Agent::start(opts).with_context(|| format!("agent of host {i}"))?;
             lab.agents.push(a);
         }
@@ -458,6 +466,43 @@ impl NetLab {
     pub fn reconcile_once(&self, i: u8, key: &str) -> Result<()> {
         let a = &self.agents[usize::from(i) - 1];
         crate::agent::reconcile_once(&self.etcd.endpoint(), key, a.node(), || a.log())
+    }
+
+    /// Kills every agent (-9), restarts them, and checks that each one's
+    /// first pass changed nothing: `actions=0 failures=0`, an empty initial
+    /// plan for each of `subsystems`, no guest recreated.
+    pub fn restart_agents_unchanged(&mut self, subsystems: &[&str]) -> Result<()> {
+        for a in &mut self.agents {
+            a.kill9();
+        }
+        for a in &mut self.agents {
+            a.restart()?;
+        }
+        for a in &self.agents {
+            let node = a.node().to_string();
+            wait_until(
+                Duration::from_secs(30),
+                &format!("{node} first pass"),
+                || Ok(a.current_log().contains("first reconcile pass done")),
+            )?;
+            let log = a.current_log();
+            anyhow::ensure!(
+                log.contains("first reconcile pass done actions=0 failures=0"),
+                "{node} changed something on restart:\n{log}"
+            );
+            for s in subsystems {
+                anyhow::ensure!(
+                    log.contains(&format!("initial plan subsystem=\"{s}\" actions=0"))
+                        || log.contains(&format!("initial plan subsystem={s} actions=0")),
+                    "{node}: {s} plan not empty:\n{log}"
+                );
+            }
+            anyhow::ensure!(
+                !log.contains("netns guest created"),
+                "{node} recreated a guest"
+            );
+        }
+        Ok(())
     }
 
     /// `nft list ruleset` in host `i`'s namespace.
@@ -696,6 +741,19 @@ impl Capture {
             "netns", "exec", ns, "tcpdump", "-i", "eth0", "-n", "-l", "-e",
         ])
         .args(filter.split_whitespace());
+        Self::spawn(cmd, ns)
+    }
+
+    /// Starts a capture on `link` of the root namespace (e.g. a port of
+    /// a test's bridge) and waits until it listens.
+    pub fn start_on_link(link: &str, filter: &str) -> Result<Self> {
+        let mut cmd = Command::new("tcpdump");
+        cmd.args(["-i", link, "-n", "-l", "-e"])
+            .args(filter.split_whitespace());
+        Self::spawn(cmd, link)
+    }
+
+    fn spawn(cmd: Command, ns: &str) -> Result<Self> {
         let mut proc = Watched::spawn(cmd, &format!("tcpdump in {ns}"))?;
         proc.wait_stderr(0, Duration::from_secs(10), "\"listening on\"", |l| {
             l.contains("listening on")

@@ -262,35 +262,8 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
             .unwrap();
         let rules_before = [lab.ruleset(1).unwrap(), lab.ruleset(2).unwrap()];
         let addrs_before = g1.addresses().unwrap();
-        for a in &mut lab.agents {
-            a.kill9();
-        }
-        for a in &mut lab.agents {
-            a.restart().unwrap();
-        }
-        for a in &lab.agents {
-            let node = a.node().to_string();
-            wait_until(T, &format!("{node} first pass"), || {
-                Ok(a.current_log().contains("first reconcile pass done"))
-            })
+        lab.restart_agents_unchanged(&["overlay", "firewall", "dhcp", "metadata"])
             .unwrap();
-            let log = a.current_log();
-            assert!(
-                log.contains("first reconcile pass done actions=0 failures=0"),
-                "{node} changed something on restart:\n{log}"
-            );
-            for s in ["overlay", "firewall", "dhcp", "metadata"] {
-                assert!(
-                    log.contains(&format!("initial plan subsystem=\"{s}\" actions=0"))
-                        || log.contains(&format!("initial plan subsystem={s} actions=0")),
-                    "{node}: {s} plan not empty:\n{log}"
-                );
-            }
-            assert!(
-                !log.contains("netns guest created"),
-                "{node} recreated a guest"
-            );
-        }
         assert_eq!(
             rules_before[0],
             lab.ruleset(1).unwrap(),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use nubo_common::model::PowerState;
 use nubo_common::InstanceId;
-use nubo_overlay::{bridge_name, Netlink, ObservedOverlay};
+use nubo_overlay::{Netlink, ObservedOverlay};
 use tracing::{debug, info, warn};
 
 use crate::compute::hypervisor::plug::{PlugWaiters, PLUG_SLOW};
@@ -54,8 +54,13 @@ pub fn ready_to_resume(
                     let Some(net) = desired.networks.get(&p.network) else {
                         return false;
                     };
-                    let bridge = bridge_name(net.vni);
-                    let bridge_up = observed.bridges.get(&net.vni).is_some_and(|b| b.up);
+                    let bridge = net.bridge();
+                    // Provider bridges (`np-*`) are observed among the
+                    // other links.
+                    let bridge_up = match net.provider {
+                        None => observed.bridges.get(&net.vni).is_some_and(|b| b.up),
+                        Some(_) => observed.ports.get(&bridge).is_some_and(|b| b.up),
+                    };
                     bridge_up
                         && observed
                             .ports

@@ -194,6 +194,11 @@ pub struct Cli {
     /// PEM key of --etcd-cert.
     #[arg(long)]
     pub etcd_key: Option<PathBuf>,
+    /// Physical network → host interface, `physnet1=eth1` (repeatable;
+    /// added to the file's `[physnets]`, replacing a mapping of the same
+    /// physical network).
+    #[arg(long = "physnet")]
+    pub physnets: Vec<String>,
 }
 
 /// etcd over TLS: `[etcd_tls]` in the file, `--etcd-ca/--etcd-cert/--etcd-key`.
@@ -278,6 +283,10 @@ pub struct FileConfig {
     pub etcd_tls: Option<EtcdTls>,
     /// `[storage]`: where root disks and volumes live.
     pub storage: Option<storage::StorageFile>,
+    /// `[physnets]`: physical network name → host interface
+    /// (`physnet1 = "eth1"`), for provider networks.
+    #[serde(default)]
+    pub physnets: BTreeMap<String, String>,
 }
 
 impl FileConfig {
@@ -297,6 +306,44 @@ impl FileConfig {
         })?;
         Self::parse(&text, path)
     }
+}
+
+/// The `[physnets]` of the file with the `--physnet name=iface` flags on
+/// top; every name and interface checked (an interface name is 1-15 bytes
+/// without `/`, whitespace or NUL).
+pub fn physnets(
+    mut file: BTreeMap<String, String>,
+    flags: &[String],
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    for f in flags {
+        let (k, v) = f.split_once('=').ok_or_else(|| ConfigError::Invalid {
+            field: "physnet",
+            reason: format!("{f:?} is not physnet=interface"),
+        })?;
+        file.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    for (name, iface) in &file {
+        if name.is_empty() || name.contains('/') {
+            return Err(ConfigError::Invalid {
+                field: "physnets",
+                reason: format!("physical network name {name:?} is empty or contains '/'"),
+            });
+        }
+        let bad = iface.is_empty()
+            || iface.len() > 15
+            || iface
+                .chars()
+                .any(|c| c == '/' || c == '\0' || c.is_whitespace());
+        if bad {
+            return Err(ConfigError::Invalid {
+                field: "physnets",
+                reason: format!(
+                    "interface {iface:?} of physical network {name:?} is not a valid interface name (1-15 bytes, no '/', whitespace or NUL)"
+                ),
+            });
+        }
+    }
+    Ok(file)
 }
 
 /// Capacity overrides; `None` components come from `sysinfo`.
@@ -367,6 +414,8 @@ pub struct AgentConfig {
     pub etcd_tls: Option<EtcdTls>,
     /// Where root disks and volumes live (`[storage]`).
     pub storage: storage::StorageSettings,
+    /// Physical network → host interface (`[physnets]`, `--physnet`).
+    pub physnets: BTreeMap<String, String>,
 }
 
 /// The agent's credentials towards the coordinator API.
@@ -437,6 +486,7 @@ impl AgentConfig {
             api_auth: ApiAuth::default(),
             etcd_tls: None,
             storage: storage::StorageSettings::default(),
+            physnets: BTreeMap::new(),
         }
     }
 
@@ -628,6 +678,7 @@ impl AgentConfig {
             credential_file: cli.api_credential_file.clone().or(file.api_credential_file),
         };
         cfg.storage = storage::StorageSettings::from_file(file.storage.clone().unwrap_or_default());
+        cfg.physnets = physnets(file.physnets.clone(), &cli.physnets)?;
         let mut tls = file.etcd_tls.unwrap_or_default();
         tls.ca = cli.etcd_ca.clone().or(tls.ca);
         tls.cert = cli.etcd_cert.clone().or(tls.cert);
@@ -697,6 +748,45 @@ mod tests {
         assert_eq!(c.capacity.vcpus, Some(7));
         assert_eq!(c.capacity.ram_mb, None);
         assert_eq!(c.state_dir, PathBuf::from("/srv/nubo"));
+    }
+
+    #[test]
+    fn physnets_from_the_file_and_flags() {
+        let file = FileConfig::parse(
+            "[physnets]\nphysnet1 = \"eth1\"\nphysnet2 = \"eth2\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = AgentConfig::merge(
+            file,
+            &cli(&[
+                "--node",
+                "n1",
+                "--physnet",
+                "physnet2=bond0",
+                "--physnet",
+                "ext=eth3",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.physnets.into_iter().collect::<Vec<_>>(),
+            [("ext", "eth3"), ("physnet1", "eth1"), ("physnet2", "bond0")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        for bad in [
+            "physnet1",
+            "physnet1=",
+            "physnet1=a-very-long-interface",
+            "p=eth 1",
+        ] {
+            let e = AgentConfig::merge(
+                FileConfig::default(),
+                &cli(&["--node", "n1", "--physnet", bad]),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("physnet"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -860,6 +950,7 @@ mod tests {
         let c = AgentConfig::merge(file, &cli(&[])).unwrap();
         assert!(c.api_endpoint.starts_with("https://"));
         assert!(c.api_auth.ca_cert.is_some() && c.api_auth.credential_file.is_some());
+        assert_eq!(c.physnets["physnet1"], "eth1");
         assert!(c.etcd_tls.and_then(|t| t.cert).is_some());
     }
 }

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use nubo_dhcp::{DhcpHandle, DhcpServer, Lease, LeaseTable, METADATA_IP};
 use nubo_netid::MacAddr;
-use nubo_overlay::bridge_name;
 use tracing::{info, warn};
 
 use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname};
@@ -40,9 +39,7 @@ pub fn leases(desired: &DesiredNode) -> BTreeMap<String, Leases> {
             lease_secs: LEASE_SECS,
             ..Lease::new(mac, lp.port.ip, net.cidr.prefix_len())
         };
-        out.entry(bridge_name(net.vni))
-            .or_default()
-            .insert(mac, lease);
+        out.entry(net.bridge()).or_default().insert(mac, lease);
     }
     out
 }

@@ -22,6 +22,7 @@ use nubo_firewall::{
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::provider::Physnets;
 use super::{log_plan, running_ports};
 use crate::reconciler::{Plan, Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
@@ -57,7 +58,7 @@ pub fn rule_spec(r: &SecurityGroupRule) -> RuleSpec {
 /// the security groups they use (directly or as remote groups). Pure and
 /// deterministic (ports sorted by tap), so the rendered ruleset — and its
 /// fingerprint — only changes when the inputs do.
-pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
+pub fn firewall_spec(desired: &DesiredNode, physnets: &Physnets) -> FirewallSpec {
     let mut ports: Vec<PortSpec> = running_ports(desired)
         .into_iter()
         .map(|lp| PortSpec {
@@ -90,9 +91,19 @@ pub fn firewall_spec(desired: &DesiredNode) -> FirewallSpec {
             )
         })
         .collect();
+    // Provider networks' uplinks (only those the provider subsystem
+    // wires: a physical network mapped to a host interface).
+    let mut uplinks: Vec<String> = desired
+        .networks
+        .values()
+        .filter_map(|n| super::provider::uplink(n, physnets))
+        .collect();
+    uplinks.sort();
+    uplinks.dedup();
     FirewallSpec {
         ports,
         groups,
+        uplinks,
         ..FirewallSpec::default()
     }
 }
@@ -310,14 +321,17 @@ pub struct Firewall {
     limits: LimitCounters,
     /// The task reporting them (started on the first pass).
     reporter: Option<JoinHandle<()>>,
+    /// Physical networks → host interfaces (provider uplinks).
+    physnets: Physnets,
 }
 
 impl Firewall {
     /// A reconciler; nothing is touched until the first pass.
-    pub fn new() -> Self {
+    pub fn new(physnets: Physnets) -> Self {
         Self {
             first: true,
             known_live: None,
+            physnets,
             limits: LimitCounters::default(),
             reporter: None,
         }
@@ -339,7 +353,7 @@ impl Drop for Firewall {
 
 impl Default for Firewall {
     fn default() -> Self {
-        Self::new()
+        Self::new(Physnets::new())
     }
 }
 
@@ -370,7 +384,7 @@ impl Subsystem for Firewall {
             self.reporter = Some(tokio::spawn(report_limits(self.limits.clone())));
         }
         let started = Instant::now();
-        let spec = firewall_spec(desired);
+        let spec = firewall_spec(desired, &self.physnets);
         self.limits.set_ports(&spec);
         let rs = nubo_firewall::ruleset(&spec);
         let render = started.elapsed();
@@ -447,7 +461,7 @@ mod tests {
         let (_i2, p2) = w.instance_on(&n2, net, &[sg]);
         let (_i3, p3) = w.instance_on(&n1, net, &[]);
         let d = build(&w.cache, &n1, 1500);
-        let spec = firewall_spec(&d);
+        let spec = firewall_spec(&d, &Physnets::new());
         assert_eq!(spec.ports.len(), 2);
         let port1 = spec.ports.iter().find(|p| p.tap == p1.tap_name()).unwrap();
         assert_eq!(port1.mac.0, p1.mac.octets());
@@ -477,8 +491,8 @@ mod tests {
             w.instance_on(&n1, net, &[sg]);
         }
         let d = build(&w.cache, &n1, 1500);
-        let a = nubo_firewall::ruleset(&firewall_spec(&d));
-        let b = nubo_firewall::ruleset(&firewall_spec(&d.clone()));
+        let a = nubo_firewall::ruleset(&firewall_spec(&d, &Physnets::new()));
+        let b = nubo_firewall::ruleset(&firewall_spec(&d.clone(), &Physnets::new()));
         assert_eq!(a, b);
     }
 
@@ -565,14 +579,17 @@ mod tests {
         w.node(&n1, "10.0.0.1");
         let net = w.network(100, 0);
         w.instance_on(&n1, net, &[]);
-        let rs = nubo_firewall::ruleset(&firewall_spec(&build(&w.cache, &n1, 1500)));
+        let rs = nubo_firewall::ruleset(&firewall_spec(
+            &build(&w.cache, &n1, 1500),
+            &Physnets::new(),
+        ));
         let observed = |live| FirewallObserved {
             desired: rs.clone(),
             live,
             render: Duration::ZERO,
             listing: Duration::ZERO,
         };
-        let fw = Firewall::new();
+        let fw = Firewall::default();
         let d = DesiredNode::default();
         // Listed and identical: nothing to do.
         let same = observed(Some(Some(rs.text().to_string())));

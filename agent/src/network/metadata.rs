@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use base64::Engine;
 use nubo_metadata::{InstanceMeta, InstanceTable, MetadataServer};
-use nubo_overlay::bridge_name;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -99,7 +98,7 @@ pub fn instance_rows(
             m.network_data = network_data(&lp);
             m.launch_index = inst.spec.launch_index;
             m.instance_type = Some(inst.spec.flavor.to_string());
-            (bridge_name(lp.network.vni), m)
+            (lp.network.bridge(), m)
         })
         .collect();
     rows.sort_by(|a, b| (&a.0, a.1.local_ipv4).cmp(&(&b.0, b.1.local_ipv4)));
@@ -250,11 +249,7 @@ impl Subsystem for Metadata {
             .served
             .keys()
             .cloned()
-            .chain(
-                running_ports(desired)
-                    .iter()
-                    .map(|lp| bridge_name(lp.network.vni)),
-            )
+            .chain(running_ports(desired).iter().map(|lp| lp.network.bridge()))
             .map(|b| {
                 let idx = ifindex(&b);
                 (b, idx)

@@ -3,6 +3,8 @@
 //!
 //! 1. [`overlay`]: bridges `nb-<vni>`, VXLAN `vx-<vni>`, FDB, taps on
 //!    bridges (nubo-overlay);
+//!    [`provider`]: provider networks' bridges `np-<id>` on a host
+//!    interface or a VLAN device on it (`[physnets]`), taps on them;
 //! 2. [`firewall`]: security groups and anti-spoofing in one nft batch
 //!    (nubo-firewall), applied only when the live fingerprint differs;
 //! 3. [`dhcp`]: one DHCP server per bridge with a live lease table
@@ -21,6 +23,7 @@ pub mod dhcp;
 pub mod firewall;
 pub mod metadata;
 pub mod overlay;
+pub mod provider;
 
 use std::net::IpAddr;
 
@@ -90,10 +93,12 @@ pub fn subsystems(
     underlay_ip: IpAddr,
     underlay_mtu: u16,
     availability_zone: &str,
+    physnets: &provider::Physnets,
 ) -> Result<Vec<Box<dyn Reconcile>>, SubsystemError> {
     Ok(vec![
         Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?),
-        Box::new(firewall::Firewall::new()),
+        Box::new(provider::Provider::new(physnets.clone())?),
+        Box::new(firewall::Firewall::new(physnets.clone())),
         Box::new(dhcp::Dhcp::new()),
         Box::new(metadata::Metadata::new(availability_zone)),
     ])

@@ -22,7 +22,11 @@ use crate::state::desired::DesiredNode;
 /// a network MTU below that is enforced on the guests through DHCP.
 pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u16) -> OverlaySpec {
     let mut ports: BTreeMap<u32, Vec<LocalPort>> = BTreeMap::new();
-    for lp in running_ports(desired) {
+    // Provider networks are wired by the provider subsystem.
+    for lp in running_ports(desired)
+        .into_iter()
+        .filter(|lp| lp.network.provider.is_none())
+    {
         ports.entry(lp.network.vni).or_default().push(LocalPort {
             tap: lp.port.tap.clone(),
             mac: lp.port.mac,
@@ -31,6 +35,7 @@ pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u1
     let networks = desired
         .networks
         .values()
+        .filter(|net| net.provider.is_none())
         .filter_map(|net| {
             let mut local = ports.remove(&net.vni)?;
             local.sort_by(|a, b| a.tap.cmp(&b.tap));

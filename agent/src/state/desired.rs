@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use nubo_common::keys;
 use nubo_common::model::{
-    Image, Instance, Keypair, PowerState, Qos, Remote, Resources, SecurityGroup,
+    Image, Instance, Keypair, PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
 };
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId, VolumeId};
 use nubo_netid::MacAddr;
@@ -156,9 +156,12 @@ pub struct DesiredNetwork {
     pub cidr: Ipv4Net,
     /// Gateway handed out by DHCP.
     pub gateway: Option<Ipv4Addr>,
-    /// VXLAN id.
+    /// VXLAN id (0 for a provider network).
     pub vni: u32,
-    /// Guest MTU (resolved: the network's, else underlay MTU − 50).
+    /// The physical segment of a provider network (`None`: VXLAN `vni`).
+    pub provider: Option<ProviderSegment>,
+    /// Guest MTU (resolved: the network's, else underlay MTU − 50 on the
+    /// overlay and 1500 on a provider network).
     pub mtu: u16,
     /// DNS servers.
     pub dns: Vec<Ipv4Addr>,
@@ -168,6 +171,17 @@ pub struct DesiredNetwork {
     pub remote_vteps: BTreeSet<IpAddr>,
     /// MACs of ports on other nodes → their node's VTEP.
     pub remote_macs: BTreeMap<MacAddr, IpAddr>,
+}
+
+impl DesiredNetwork {
+    /// The bridge the network's local taps, DHCP and metadata server sit
+    /// on: `nb-<vni>` (overlay) or `np-<id>` (provider network).
+    pub fn bridge(&self) -> String {
+        match self.provider {
+            None => nubo_overlay::bridge_name(self.vni),
+            Some(_) => nubo_overlay::provider_bridge_name(&self.id.to_string()),
+        }
+    }
 }
 
 /// A security group with its member addresses.
@@ -181,6 +195,8 @@ pub struct DesiredSecurityGroup {
 
 /// VXLAN overhead subtracted from the underlay MTU when a network has none.
 const VXLAN_OVERHEAD: u16 = 50;
+/// Guest MTU of a provider network that sets none (untagged Ethernet).
+const PROVIDER_MTU: u16 = 1500;
 
 /// Builds the desired state of `node` (whose underlay MTU is `underlay_mtu`)
 /// from the cache. Pure.
@@ -259,10 +275,11 @@ pub fn rebuild(
                         cidr: net.cidr,
                         gateway: net.gateway,
                         vni: net.vni,
-                        mtu: if net.mtu == 0 {
-                            underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
-                        } else {
-                            net.mtu
+                        provider: net.provider.clone(),
+                        mtu: match (net.mtu, &net.provider) {
+                            (0, None) => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+                            (0, Some(_)) => PROVIDER_MTU,
+                            (m, _) => m,
                         },
                         dns: net.dns.clone(),
                         local_ports: BTreeSet::new(),

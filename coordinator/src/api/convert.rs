@@ -75,6 +75,26 @@ pub fn network(n: &model::Network) -> pb::Network {
         mtu: u32::from(n.mtu),
         dns: n.dns.iter().map(ToString::to_string).collect(),
         created_at: ts(&n.created_at),
+        provider_type: n
+            .provider
+            .as_ref()
+            .map(|p| match p.kind {
+                model::ProviderType::Flat => "flat".to_string(),
+                model::ProviderType::Vlan => "vlan".to_string(),
+            })
+            .unwrap_or_default(),
+        physical_network: n
+            .provider
+            .as_ref()
+            .map(|p| p.physical_network.clone())
+            .unwrap_or_default(),
+        segment: n
+            .provider
+            .as_ref()
+            .and_then(|p| p.segment)
+            .map_or(0, u32::from),
+        external: n.external,
+        shared: n.shared,
     }
 }
 

@@ -18,6 +18,11 @@ impl networks_server::Networks for Ctx {
                 gateway: r.gateway,
                 dns: r.dns,
                 mtu: r.mtu,
+                provider_type: r.provider_type,
+                physical_network: r.physical_network,
+                segment: r.segment,
+                external: r.external,
+                shared: r.shared,
             };
             networks::create(self, &project(&r.project)?, new).await
         };

@@ -256,6 +256,40 @@ pub(crate) async fn network(
     .await
 }
 
+/// The network `r` (id or name) that `project` may use: its own, else a
+/// shared network (by id, or by its name, unique among shared networks).
+/// Changing or deleting a network goes through [`network`] (owner only).
+pub(crate) async fn usable_network(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<Network>> {
+    match network(ctx, project, r).await {
+        Err(ApiError::NotFound(m)) => {
+            let key = match reference(NameKind::Network, project, r, |u| {
+                keys::network(&NetworkId::from_uuid(u))
+            })? {
+                Reference::Key(key) => key,
+                Reference::NameIndex(_) => {
+                    match ctx
+                        .store
+                        .read::<uuid::Uuid>(&keys::shared_network_name(r.trim()))
+                        .await?
+                    {
+                        Some(id) => keys::network(&NetworkId::from_uuid(id.value)),
+                        None => return Err(ApiError::NotFound(m)),
+                    }
+                }
+            };
+            match ctx.store.read::<Network>(&key).await? {
+                Some(v) if v.value.shared => Ok(v),
+                _ => Err(ApiError::NotFound(m)),
+            }
+        }
+        other => other,
+    }
+}
+
 /// The port `r` (id or name) of `project`.
 pub(crate) async fn port(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Versioned<Port>> {
     resolve_scan(ctx, "port", project, r, &keys::ports_prefix(), |u| {

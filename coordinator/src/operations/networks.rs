@@ -1,8 +1,11 @@
-//! Networks: CIDR, gateway, DNS, MTU and a unique VNI each.
+//! Networks: CIDR, gateway, DNS, MTU and a unique VNI each (overlay
+//! networks), or a flat/VLAN segment of a physical network (provider
+//! networks, admin only, each segment used once); external and shared
+//! networks (admin only).
 
 use etcd_client::GetOptions;
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, Network, QuotaUsage};
+use nubo_common::model::{self, Network, ProviderSegment, ProviderType, QuotaUsage};
 use nubo_common::{NetworkId, ProjectId};
 use nubo_store::kv::{decode_or_skip, prefix_empty};
 use nubo_store::TxnBuilder;
@@ -27,6 +30,85 @@ pub struct NewNetwork {
     pub dns: Vec<String>,
     /// MTU: 0 = the cluster default, else 576-9000.
     pub mtu: u32,
+    /// `flat` or `vlan` for a provider network; empty = an overlay network.
+    pub provider_type: String,
+    /// The physical network of a provider network.
+    pub physical_network: String,
+    /// The VLAN id of a `vlan` provider network (0 = none).
+    pub segment: u32,
+    /// An external network (admin only).
+    pub external: bool,
+    /// Usable by every project (admin only).
+    pub shared: bool,
+}
+
+/// The provider segment a request asks for (`None`: an overlay network),
+/// with a clear error for every malformed combination. Pure.
+pub fn provider_segment(
+    provider_type: &str,
+    physical_network: &str,
+    segment: u32,
+) -> ApiResult<Option<ProviderSegment>> {
+    let physnet = physical_network.trim();
+    let kind = match provider_type.trim() {
+        "" => {
+            if !physnet.is_empty() || segment != 0 {
+                return Err(ApiError::InvalidArgument(
+                    "a physical network or segment needs --provider-type flat or vlan".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        "flat" => ProviderType::Flat,
+        "vlan" => ProviderType::Vlan,
+        other => {
+            return Err(ApiError::InvalidArgument(format!(
+                "unknown provider type {other:?}: use flat or vlan"
+            )))
+        }
+    };
+    if physnet.is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "a provider network needs a physical network (--physical-network)".into(),
+        ));
+    }
+    validate::name("physical network", physnet)?;
+    let segment = match (kind, segment) {
+        (ProviderType::Flat, 0) => None,
+        (ProviderType::Flat, s) => {
+            return Err(ApiError::InvalidArgument(format!(
+                "a flat network has no segment (got {s}); use --provider-type vlan for a VLAN"
+            )))
+        }
+        (ProviderType::Vlan, s @ 1..=4094) => Some(s as u16),
+        (ProviderType::Vlan, 0) => {
+            return Err(ApiError::InvalidArgument(
+                "a vlan network needs a VLAN id (--segment 1-4094)".into(),
+            ))
+        }
+        (ProviderType::Vlan, s) => {
+            return Err(ApiError::InvalidArgument(format!(
+                "VLAN id {s} is out of range 1-4094"
+            )))
+        }
+    };
+    Ok(Some(ProviderSegment {
+        kind,
+        physical_network: physnet.to_string(),
+        segment,
+    }))
+}
+
+/// The words naming a provider segment in messages: `VLAN 120 of
+/// physical network "physnet1"`, `the flat segment of …`.
+fn describe(p: &ProviderSegment) -> String {
+    match p.segment {
+        Some(v) => format!("VLAN {v} of physical network {:?}", p.physical_network),
+        None => format!(
+            "the flat segment of physical network {:?}",
+            p.physical_network
+        ),
+    }
 }
 
 /// Creates a network of `project` with a unique VNI.
@@ -45,6 +127,26 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             )))
         }
     };
+    let provider = provider_segment(&r.provider_type, &r.physical_network, r.segment)?;
+    if (provider.is_some() || r.external || r.shared) && !crate::caller::is_cloud_admin() {
+        let what = [
+            (provider.is_some(), "a provider network"),
+            (r.external, "an external network"),
+            (r.shared, "a shared network"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, w)| *w)
+        .collect::<Vec<_>>()
+        .join(", ");
+        return Err(ApiError::PermissionDenied(format!(
+            "only a cloud admin may create {what}"
+        )));
+    }
+    let segment_key = provider
+        .as_ref()
+        .map(|p| keys::provider_segment(&p.physical_network, p.segment));
+    let shared_key = r.shared.then(|| keys::shared_network_name(&r.name));
     let idx = keys::name_index(NameKind::Network, &project, &r.name);
     for _ in 0..16 {
         // The project's networks, read at a revision the txn then
@@ -69,7 +171,12 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
                 "network {cidr} overlaps network {name:?} ({other}) in project {project}"
             )));
         }
-        let vni = rand::rng().random_range(1..16_000_000u32);
+        // Provider networks are on a physical segment: no VNI.
+        let vni = if provider.is_some() {
+            0
+        } else {
+            rand::rng().random_range(1..16_000_000u32)
+        };
         let net = Network {
             id: NetworkId::new_random(),
             name: r.name.clone(),
@@ -79,18 +186,30 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             vni,
             mtu,
             dns: dns.clone(),
-            provider: None,
-            external: false,
-            shared: false,
+            provider: provider.clone(),
+            external: r.external,
+            shared: r.shared,
             created_at: model::now(),
         };
-        let vkey = keys::vni(vni);
         let mut t = TxnBuilder::new();
         let name_free = t.absent(&idx);
-        t.absent(&vkey);
         t.prefix_unchanged_since(&keys::networks_prefix(), rev);
         t.put(&idx, &net.id);
-        t.put(&vkey, &net.id);
+        if provider.is_none() {
+            let vkey = keys::vni(vni);
+            t.absent(&vkey);
+            t.put(&vkey, &net.id);
+        }
+        let segment_free = segment_key.as_ref().map(|k| {
+            let g = t.absent(k);
+            t.put(k, &net.id);
+            g
+        });
+        let shared_free = shared_key.as_ref().map(|k| {
+            let g = t.absent(k);
+            t.put(k, &net.id);
+            g
+        });
         t.put(&keys::network(&net.id), &net);
         let delta = QuotaUsage {
             networks: 1,
@@ -99,8 +218,26 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
         super::quotas::add(ctx, &mut t, &project, &delta).await?;
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(network = %net.id, project = %project, %cidr, vni, "network created");
+            tracing::info!(network = %net.id, project = %project, %cidr, vni,
+                provider = ?net.provider, external = net.external, shared = net.shared,
+                "network created");
             return Ok(net);
+        }
+        if let (Some(g), Some(p)) = (segment_free, &provider) {
+            if !a.held(g) {
+                return Err(ApiError::AlreadyExists(format!(
+                    "{} is already used by another network",
+                    describe(p)
+                )));
+            }
+        }
+        if let Some(g) = shared_free {
+            if !a.held(g) {
+                return Err(ApiError::AlreadyExists(format!(
+                    "a shared network named {:?} already exists; shared networks' names are unique across projects",
+                    r.name
+                )));
+            }
         }
         if !a.held(name_free) {
             return Err(ApiError::AlreadyExists(format!(
@@ -114,14 +251,18 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
     ))
 }
 
-/// The network `r` (id or name) of `project`.
+/// The network `r` (id or name) of `project`, or a shared network.
 pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Network> {
-    Ok(super::lookup::network(ctx, project, r).await?.value)
+    Ok(super::lookup::usable_network(ctx, project, r).await?.value)
 }
 
-/// One page of the networks `scope` sees.
+/// One page of the networks `scope` sees: its project's (every project's
+/// for an admin's `all_projects`) and the shared ones.
 pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<Network>> {
-    super::lookup::list_scoped(ctx, &keys::networks_prefix(), scope, page).await
+    super::lookup::list_page(ctx, &keys::networks_prefix(), page, |kv| {
+        decode_or_skip::<Network>(kv).filter(|n| n.shared || scope.sees(&n.project))
+    })
+    .await
 }
 
 /// Deletes the network `r` of `project`; refused while ports use it.
@@ -137,7 +278,13 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         t.when(prefix_empty(&ipam_prefix));
         t.delete(&key);
         t.delete(&keys::name_index(NameKind::Network, project, &n.name));
-        t.delete(&keys::vni(n.vni));
+        match &n.provider {
+            None => t.delete(&keys::vni(n.vni)),
+            Some(p) => t.delete(&keys::provider_segment(&p.physical_network, p.segment)),
+        };
+        if n.shared {
+            t.delete(&keys::shared_network_name(&n.name));
+        }
         let delta = QuotaUsage {
             networks: 1,
             ..Default::default()

@@ -202,7 +202,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
     if !r.name.is_empty() {
         validate::name("port", &r.name)?;
     }
-    let net = super::lookup::network(ctx, &project, &r.network)
+    let net = super::lookup::usable_network(ctx, &project, &r.network)
         .await?
         .value;
     let fixed = match r.ip.trim() {

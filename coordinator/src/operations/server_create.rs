@@ -566,6 +566,38 @@ async fn resolve_dep<T: FromCached + DeserializeOwned + Owned>(
     }
 }
 
+/// The network `r` a server of `project` is plugged into, through
+/// [`fetch`]: the project's own, else a shared network (by id, or by its
+/// name among shared networks; see `lookup::usable_network`).
+async fn network_dep(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    src: Source,
+    deps: &mut Vec<(String, i64)>,
+) -> ApiResult<Arc<Network>> {
+    let key_of = |u: uuid::Uuid| keys::network(&NetworkId::from_uuid(u));
+    let err = match resolve_dep(ctx, NameKind::Network, project, r, key_of, src, deps).await {
+        Err(e @ ApiError::NotFound(_)) => e,
+        other => return other,
+    };
+    use super::lookup::{reference, Reference};
+    let key = match reference(NameKind::Network, project, r, key_of)? {
+        Reference::Key(key) => key,
+        Reference::NameIndex(_) => {
+            let idx = keys::shared_network_name(r.trim());
+            match fetch::<uuid::Uuid>(ctx, &idx, src, deps).await? {
+                Some(id) => key_of(*id),
+                None => return Err(err),
+            }
+        }
+    };
+    match fetch::<Network>(ctx, &key, src, deps).await? {
+        Some(n) if n.shared => Ok(n),
+        _ => Err(err),
+    }
+}
+
 /// The security groups of new ports, through [`fetch`] (empty refs
 /// = the project's default group, created on first use).
 async fn secgroups_dep(
@@ -687,16 +719,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     }
     let mut networks = Vec::with_capacity(r.networks.len());
     for n in &r.networks {
-        let net: Arc<Network> = resolve_dep(
-            ctx,
-            NameKind::Network,
-            &project,
-            n,
-            |u| keys::network(&NetworkId::from_uuid(u)),
-            src,
-            &mut deps,
-        )
-        .await?;
+        let net = network_dep(ctx, &project, n, src, &mut deps).await?;
         networks.push(Network::clone(&net));
     }
     let mut existing_ports: Vec<Versioned<Port>> = Vec::with_capacity(r.ports.len());
