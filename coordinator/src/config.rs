@@ -282,11 +282,7 @@ impl Config {
     /// `[etcd_tls]` has all three.
     pub fn node_api_tls(&self) -> Option<nubo_nodeapi::TlsFiles> {
         let t = self.etcd_tls.as_ref()?;
-        Some(nubo_nodeapi::TlsFiles {
-            ca: t.ca.clone()?,
-            cert: t.cert.clone()?,
-            key: t.key.clone()?,
-        })
+        nubo_nodeapi::TlsFiles::from_parts(t.ca.as_ref(), t.cert.as_ref(), t.key.as_ref())
     }
 
     /// The client of the nodes' APIs ([`Self::node_api_tls`]; plain

@@ -88,6 +88,20 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 impl TlsFiles {
+    /// The files when all three are configured (a daemon's `[etcd_tls]`:
+    /// the same certificate serves etcd and the node API).
+    pub fn from_parts(
+        ca: Option<&PathBuf>,
+        cert: Option<&PathBuf>,
+        key: Option<&PathBuf>,
+    ) -> Option<Self> {
+        Some(Self {
+            ca: ca?.clone(),
+            cert: cert?.clone(),
+            key: key?.clone(),
+        })
+    }
+
     /// The agent's side: serve with `cert`, require a client certificate
     /// signed by `ca`.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {

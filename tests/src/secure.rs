@@ -103,6 +103,24 @@ impl SecureCloud {
         anonymous_cli(&self.coordinator, &self.etcd, self.dir.path(), name)
     }
 
+    /// A new project `project` and its member `user` (password
+    /// `<user>-password`), logged in.
+    pub fn member(&self, user: &str, project: &str) -> Result<Cli> {
+        let admin = &self.admin;
+        admin.json(&["project", "create", project])?;
+        let pw = self.dir.path().join(format!("{user}-pw"));
+        write_secret(&pw, &format!("{user}-password\n"))?;
+        admin.json(&[
+            "user",
+            "create",
+            user,
+            "--password-file",
+            &pw.display().to_string(),
+        ])?;
+        admin.json(&["role", "grant", "member", "--user", user, "--in", project])?;
+        self.login(user, &format!("{user}-password"))
+    }
+
     /// A CLI that ran `nubo login --user USER --password-file …`.
     pub fn login(&self, user: &str, password: &str) -> Result<Cli> {
         login_cli(

@@ -33,23 +33,6 @@ fn cli_out(cli: &Cli, args: &[&str]) -> Result<(bool, String, String)> {
     Ok((out.success(), out.stdout, out.stderr))
 }
 
-/// A user of a new project, with the member role there, logged in.
-fn tenant(cloud: &SecureCloud, user: &str, project: &str) -> Result<Cli> {
-    let admin = &cloud.admin;
-    admin.json(&["project", "create", project])?;
-    let pw = cloud.dir().join(format!("{user}-pw"));
-    std::fs::write(&pw, format!("{user}-password\n"))?;
-    admin.json(&[
-        "user",
-        "create",
-        user,
-        "--password-file",
-        &pw.display().to_string(),
-    ])?;
-    admin.json(&["role", "grant", "member", "--user", user, "--in", project])?;
-    cloud.login(user, &format!("{user}-password"))
-}
-
 /// The coordinators' ticket key as stored (read with the operator's etcd
 /// certificate): what a test needs to make tickets the node would accept
 /// if it did not also check their target, age and single use.
@@ -112,8 +95,8 @@ fn console_streams_need_a_ticket_and_go_through_the_coordinator() -> Result<()> 
     admin.json(&[
         "flavor", "create", "tiny", "--vcpus", "1", "--ram", "256", "--disk", "1",
     ])?;
-    let alice = tenant(&cloud, "alice", "team-a")?;
-    let bob = tenant(&cloud, "bob", "team-b")?;
+    let alice = cloud.member("alice", "team-a")?;
+    let bob = cloud.member("bob", "team-b")?;
     alice.json(&["image", "create", "cirros"])?;
     alice.json(&["network", "create", "net1", "--cidr", "10.20.0.0/24"])?;
 

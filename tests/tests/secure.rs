@@ -95,21 +95,8 @@ fn secure_default_cluster_end_to_end() -> Result<()> {
     admin.json(&[
         "flavor", "create", "tiny", "--vcpus", "1", "--ram", "256", "--disk", "1",
     ])?;
-    admin.json(&["project", "create", "team-a"])?;
-    let pw = cloud.dir().join("alice-pw");
-    std::fs::write(&pw, "alice-password\n")?;
-    admin.json(&[
-        "user",
-        "create",
-        "alice",
-        "--password-file",
-        &pw.display().to_string(),
-    ])?;
-    admin.json(&[
-        "role", "grant", "member", "--user", "alice", "--in", "team-a",
-    ])?;
+    let alice = cloud.member("alice", "team-a")?;
     admin.json(&["quota", "set", "--project", "team-a", "--instances", "2"])?;
-    let alice = cloud.login("alice", "alice-password")?;
     alice.json(&["image", "create", "cirros"])?;
     alice.json(&["network", "create", "net1", "--cidr", "10.20.0.0/24"])?;
 

@@ -519,11 +519,7 @@ impl AgentConfig {
     /// when all three are configured; `None` serves plain HTTP.
     pub fn node_api_tls(&self) -> Option<nubo_nodeapi::TlsFiles> {
         let t = self.etcd_tls.as_ref()?;
-        Some(nubo_nodeapi::TlsFiles {
-            ca: t.ca.clone()?,
-            cert: t.cert.clone()?,
-            key: t.key.clone()?,
-        })
+        nubo_nodeapi::TlsFiles::from_parts(t.ca.as_ref(), t.cert.as_ref(), t.key.as_ref())
     }
 
     /// The node API address: the configured one or `<underlay-ip>:7402`.
