@@ -14,6 +14,8 @@
 # with tokens (docs/operator-guide.md, "Security").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The toolchain of the user who ran `sudo` (sudo drops ~/.cargo/bin).
+. scripts/toolchain.sh
 
 if [[ $EUID -ne 0 ]]; then
   echo "error: the demo creates network namespaces, bridges and VMs: run it as root" >&2

@@ -14,6 +14,8 @@
 # their own daemons on their own ports and directories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The toolchain of the user who ran `sudo` (sudo drops ~/.cargo/bin).
+. scripts/toolchain.sh
 INVENTORY=scripts/inventory
 
 check_only=0

@@ -6,6 +6,8 @@
 #   sudo ./scripts/test.sh dhcp       # only tests whose name contains "dhcp" (args go to `cargo test`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The toolchain of the user who ran `sudo` (sudo drops ~/.cargo/bin).
+. scripts/toolchain.sh
 
 if [[ $EUID -ne 0 ]]; then
   echo "error: the suite creates network namespaces and nftables tables: run it as root" >&2

@@ -55,12 +55,19 @@ pub struct Coordinator {
     tls: bool,
     health_addr: SocketAddr,
     leader: Arc<election::LeaderState>,
+    view: Arc<placement::ClusterView>,
     store: nubo_store::Etcd,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
 
 impl Coordinator {
+    /// Whether this coordinator's node view has node `n` alive (its watch
+    /// delivered the node's record and alive key): what a placement needs.
+    pub fn sees_alive(&self, n: &nubo_common::NodeName) -> bool {
+        self.view.get(n).is_some_and(|s| s.alive)
+    }
+
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
@@ -337,7 +344,7 @@ async fn start_inner(
         let app = health::router(health::Health {
             store: store.clone(),
             leader: leader.clone(),
-            view,
+            view: view.clone(),
         });
         tasks.push(tokio::spawn(async move {
             axum::serve(health, app)
@@ -354,6 +361,7 @@ async fn start_inner(
         tls: cfg.tls.is_some(),
         health_addr,
         leader,
+        view,
         store,
         shutdown,
         tasks,

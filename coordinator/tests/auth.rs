@@ -8,7 +8,7 @@ mod common;
 use common::authed as req;
 use common::req::{del, get};
 use common::res;
-use common::{channel, created, issue_token, put_project, put_user, register_node, server_req};
+use common::{channel, created, issue_token, put_project, put_user, register_seen, server_req};
 use nubo_common::keys;
 use nubo_common::model::{encode, Role, TokenKeySet, UserName};
 use nubo_common::proto as pb;
@@ -257,7 +257,7 @@ async fn tokens_and_project_isolation() {
     assert_eq!(e.code(), Code::PermissionDenied);
     a.flavors.create(req(&root, flavor)).await.unwrap();
     a.flavors.get(req(&alice, get("m1.small"))).await.unwrap();
-    register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
+    register_seen(&etcd, &c, "n0", res(64, 64 * 1024, 1000), "nova").await;
     for _ in 0..100 {
         let n = a
             .nodes
@@ -522,7 +522,14 @@ async fn quota_holds_under_concurrent_creates() {
     create_flavor(&mut a, &root, "m1.small", 1, 512).await;
     create_image(&mut a, &alice).await;
     for i in 0..4 {
-        register_node(&etcd, &format!("n{i}"), res(64, 64 * 1024, 1000), "nova").await;
+        register_seen(
+            &etcd,
+            &c,
+            &format!("n{i}"),
+            res(64, 64 * 1024, 1000),
+            "nova",
+        )
+        .await;
     }
     wait_listed(&mut a, &root, 4).await;
     let results = futures::future::join_all((0..50).map(|i| {
@@ -817,7 +824,7 @@ async fn node_credential_reads_image_data_only() {
     let ch = channel(&c).await;
     // alice's image with data, network and server in p1.
     create_flavor(&mut a, &root, "m1.small", 1, 512).await;
-    register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
+    register_seen(&etcd, &c, "n0", res(64, 64 * 1024, 1000), "nova").await;
     let alice = login(&mut a, "alice", "pw").await;
     let (server, net, port) = populate(&mut a, &alice).await;
     let mut data = pb::image_data_client::ImageDataClient::new(ch.clone());
@@ -1184,7 +1191,7 @@ async fn every_quota_is_refused_with_its_numbers_through_the_api_and_the_cli() {
         create_flavor(&mut a, &root, name, vcpus, ram_mb).await;
     }
     create_image(&mut a, &alice).await;
-    register_node(&etcd, "n0", res(64, 64 * 1024, 1000), "nova").await;
+    register_seen(&etcd, &c, "n0", res(64, 64 * 1024, 1000), "nova").await;
     wait_listed(&mut a, &root, 1).await;
 
     // Networks: 1.

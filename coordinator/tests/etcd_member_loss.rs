@@ -23,7 +23,12 @@ use nubo_tests::{Coordinator as Proc, Etcd};
 const BATCH: usize = 500;
 
 fn start(etcd: &Etcd, id: &str, dir: &std::path::Path) -> Proc {
-    let o = nubo_tests::coordinator::CoordinatorOpts::new(&etcd.endpoint(), id);
+    let mut o = nubo_tests::coordinator::CoordinatorOpts::new(&etcd.endpoint(), id);
+    // The leader must keep its lease through the member loss: a TTL well
+    // above etcd's re-election (500 ms election timeout, slower on a loaded
+    // 2-core machine) plus a keep-alive retry; the 2 s default left too
+    // little margin once in the suite (lease re-granted 3 s after the kill).
+    o.extra_args = vec!["--lease-ttl".into(), "5".into()];
     Proc::start_with(o, dir).unwrap()
 }
 

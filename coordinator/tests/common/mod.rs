@@ -126,6 +126,27 @@ pub async fn register_node(etcd: &Etcd, name: &str, capacity: Resources, az: &st
 }
 
 /// Writes project `name` straight to etcd.
+/// [`register_node`], then waits until coordinator `c` sees the node alive
+/// (its view is fed by a watch: a create right after the write may not
+/// see the node yet).
+pub async fn register_seen(
+    etcd: &Etcd,
+    c: &Coordinator,
+    name: &str,
+    capacity: Resources,
+    az: &str,
+) -> i64 {
+    let lease = register_node(etcd, name, capacity, az).await;
+    let n = NodeName::new(name).unwrap();
+    for _ in 0..1000 {
+        if c.sees_alive(&n) {
+            return lease;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("coordinator never saw node {name} alive");
+}
+
 pub async fn put_project(etcd: &Etcd, name: &str) {
     let mut c = etcd.client().await.unwrap();
     let id = ProjectId::new(name).unwrap();
