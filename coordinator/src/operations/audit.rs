@@ -16,7 +16,8 @@ use super::{Page, PageRequest};
 use crate::error::ApiResult;
 use crate::state::Ctx;
 
-/// Writes one record (best effort: a failure is logged, never returned).
+/// Writes one record with a fresh request id (best effort: a failure is
+/// logged, never returned).
 pub async fn record(
     store: &Etcd,
     user: Option<UserName>,
@@ -26,44 +27,26 @@ pub async fn record(
     resource_id: Option<String>,
     outcome: AuditOutcome,
 ) {
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
-    record_with_id(
+    write(
         store,
-        user,
-        project,
-        action,
-        resource_kind,
-        resource_id,
-        outcome,
-        request_id,
+        AuditRecord {
+            time: chrono::Utc::now(),
+            user,
+            project,
+            action,
+            resource_kind: resource_kind.to_string(),
+            resource_id,
+            outcome,
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+        },
     )
     .await
 }
 
-/// [`record`] with the request id given (e.g. a stream ticket's id).
-#[allow(clippy::too_many_arguments)]
-pub async fn record_with_id(
-    store: &Etcd,
-    user: Option<UserName>,
-    project: Option<ProjectId>,
-    action: String,
-    resource_kind: &str,
-    resource_id: Option<String>,
-    outcome: AuditOutcome,
-    request_id: String,
-) {
-    let time = chrono::Utc::now();
-    let rec = AuditRecord {
-        time,
-        user,
-        project,
-        action,
-        resource_kind: resource_kind.to_string(),
-        resource_id,
-        outcome,
-        request_id,
-    };
-    let key = keys::audit(&new_audit_id(time));
+/// Writes `rec` under a key ordered by its time (best effort: a failure is
+/// logged, never returned).
+pub async fn write(store: &Etcd, rec: AuditRecord) {
+    let key = keys::audit(&new_audit_id(rec.time));
     if let Err(e) = store.put(key, encode(&rec), None).await {
         tracing::warn!(error = %e, action = %rec.action, "could not write the audit record");
     }

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use nubo_common::keys;
-use nubo_common::model::{AuditOutcome, Node, UserName};
+use nubo_common::model::{AuditOutcome, AuditRecord, Node, UserName};
 use nubo_common::{NodeName, ProjectId};
 use nubo_nodeapi::{NodeStream, StreamTarget, TicketClaims};
 
@@ -73,20 +73,21 @@ async fn open(ctx: &Ctx, r: Resolved, path: &str) -> ApiResult<NodeStream> {
         expires_at_ms: issued + u64::try_from(TICKET_TTL.as_millis()).unwrap_or(u64::MAX),
     };
     let ticket = signer.sign(&claims);
-    super::audit::record_with_id(
-        &ctx.store,
+    // The ticket id is the record's request id: the node logs it too.
+    let rec = AuditRecord {
+        time: chrono::Utc::now(),
         user,
         project,
-        format!("{}.stream-ticket", r.kind),
-        r.kind,
-        Some(format!(
+        action: format!("{}.stream-ticket", r.kind),
+        resource_kind: r.kind.to_string(),
+        resource_id: Some(format!(
             "{} on node {}, ticket {}",
             r.what, r.node, claims.id
         )),
-        AuditOutcome::Ok,
-        claims.id.clone(),
-    )
-    .await;
+        outcome: AuditOutcome::Ok,
+        request_id: claims.id.clone(),
+    };
+    super::audit::write(&ctx.store, rec).await;
     tracing::info!(ticket = %claims.id, node = %r.node, target = %r.target, %issued_to,
         "stream ticket issued");
     ctx.node_api
