@@ -135,20 +135,19 @@ pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> A
         if rt.subnets.contains(&network.id) {
             return Ok(rt);
         }
-        let others: Vec<Network> = ctx
+        let others: Vec<(String, ipnet::Ipv4Net)> = ctx
             .store
             .get_many(&rt.subnets.iter().map(keys::network).collect::<Vec<_>>())
             .await?
             .iter()
             .flatten()
             .filter_map(nubo_store::kv::decode_or_skip::<Network>)
+            .map(|o| (o.name, o.cidr))
             .collect();
-        if let Some(o) = others.iter().find(|o| {
-            o.cidr.contains(&network.cidr.network()) || network.cidr.contains(&o.cidr.network())
-        }) {
+        if let Some((name, cidr)) = validate::find_overlap(network.cidr, &others) {
             return Err(ApiError::InvalidArgument(format!(
-                "network {:?} ({}) overlaps network {:?} ({}) of router {:?}",
-                network.name, network.cidr, o.name, o.cidr, rt.name
+                "network {:?} ({}) overlaps network {name:?} ({cidr}) of router {:?}",
+                network.name, network.cidr, rt.name
             )));
         }
         let iface = keys::router_interface(&network.id);
