@@ -118,17 +118,19 @@ impl Coordinator {
 /// serving; returns once the API accepts requests. Storage fencing: a
 /// [`CephFencer`] when `[ceph]` is configured, else [`LogFencer`].
 pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
+    // Unusable node API TLS files stop the start, with the file named.
+    let node_api = cfg.node_api_client()?;
     // The one Ceph connection: fencer, volume API and reconciler share it.
     let rbd = connect_ceph(&cfg).await?;
     let fencer: Arc<dyn Fencer> = match &rbd {
         Some(rbd) => Arc::new(CephFencer::new(
             rbd.cluster().clone(),
             connect_etcd(&cfg).await?,
-            cfg.node_api_client()?,
+            node_api.clone(),
         )),
         None => Arc::new(LogFencer),
     };
-    start_inner(cfg, fencer, rbd).await
+    start_inner(cfg, fencer, rbd, node_api).await
 }
 
 /// [`start`] with a storage [`Fencer`].
@@ -136,8 +138,9 @@ pub async fn start_with_fencer(
     cfg: Config,
     fencer: Arc<dyn Fencer>,
 ) -> Result<Coordinator, ServeError> {
+    let node_api = cfg.node_api_client()?;
     let rbd = connect_ceph(&cfg).await?;
-    start_inner(cfg, fencer, rbd).await
+    start_inner(cfg, fencer, rbd, node_api).await
 }
 
 /// Connects to Ceph when `[ceph]` is configured (before anything else, so a
@@ -153,11 +156,10 @@ async fn start_inner(
     cfg: Config,
     fencer: Arc<dyn Fencer>,
     ceph: Option<Arc<nubo_storage::RbdStore>>,
+    node_api: nubo_nodeapi::NodeApiClient,
 ) -> Result<Coordinator, ServeError> {
     cfg.validate()?;
     cfg.check_security()?;
-    // Unusable node API TLS files stop the start, with the file named.
-    cfg.node_api_client()?;
     if let Some(what) = cfg.insecurity() {
         tracing::warn!(
             "INSECURE (--insecure, development only): {what}; never expose this coordinator"
@@ -226,6 +228,7 @@ async fn start_inner(
         leader.clone(),
         cfg.clone(),
         fencer,
+        node_api,
     );
     if let Some(c) = ceph {
         let _ = ctx.ceph.set(c);

@@ -58,15 +58,15 @@ impl std::ops::Deref for Ctx {
 
 impl Ctx {
     /// Builds the context (inside a tokio runtime: it starts the
-    /// placement engine's group committer). Unusable node API TLS files
-    /// leave a plain client (refused by TLS nodes with a clear error);
-    /// [`crate::start`] refuses them before this.
+    /// placement engine's group committer); `node_api` is the client of
+    /// the nodes' APIs ([`Config::node_api_client`]).
     pub fn new(
         store: Etcd,
         view: Arc<ClusterView>,
         leader: Arc<LeaderState>,
         cfg: Config,
         fencer: crate::fencing::SharedFencer,
+        node_api: nubo_nodeapi::NodeApiClient,
     ) -> Self {
         let ratios = Ratios {
             cpu: cfg.cpu_ratio,
@@ -74,10 +74,6 @@ impl Ctx {
             disk: cfg.disk_ratio,
         };
         let placement = Engine::new(view.clone(), store.clone(), ratios, cfg.placement);
-        let node_api = cfg.node_api_client().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "node API client without a certificate");
-            nubo_nodeapi::NodeApiClient::plain()
-        });
         Self(Arc::new(Inner {
             store,
             view,

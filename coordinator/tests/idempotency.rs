@@ -135,12 +135,14 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
     let view = Arc::new(ClusterView::default());
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(view.clone().run(store.clone(), rx));
+    let node_api = cfg.node_api_client().unwrap();
     let ctx = Ctx::new(
         store.clone(),
         view.clone(),
         Arc::new(LeaderState::default()),
         cfg,
         Arc::new(LogFencer),
+        node_api,
     );
     register_node(&etcd, "n0", res(64, 64 * 512, 1000), "nova").await;
     let t = Instant::now();
