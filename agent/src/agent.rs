@@ -71,15 +71,17 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     // Tasks that live as long as this call (aborted on return).
     let mut side = JoinSet::new();
+    // One etcd client for everything the agent runs.
+    let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
     let mut plug = None;
     let mut resizer: Option<Arc<dyn crate::compute::Resizer>> = None;
     let hv: Arc<dyn Hypervisor> = match cfg.driver {
         DriverKind::Libvirt => {
             let lv = crate::compute::hypervisor::LibvirtHypervisor::open(&cfg).await?;
             if let Some(rx) = lv.guest_stops().await {
-                let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
                 side.spawn(
-                    crate::compute::power_sync::run(etcd, cfg.node.clone(), rx).in_current_span(),
+                    crate::compute::power_sync::run(etcd.clone(), cfg.node.clone(), rx)
+                        .in_current_span(),
                 );
             }
             plug = lv.plug_waiters();
@@ -92,8 +94,8 @@ pub async fn run(
     // The etcd session, shared by registration, fencing and the node API
     // (`/v1/etcd-status`, asked by the other agents' peer witnesses).
     let session = crate::fencing::session(&cfg, Arc::new(crate::fencing::rules::MonotonicClock));
-    crate::node::api::spawn(&mut cfg, &mut side, Some(session.1.clone())).await;
-    let r = run_inner(cfg, hv, plug, resizer, shutdown, session).await;
+    crate::node::api::spawn(&mut cfg, &mut side, Some(session.1.clone()), etcd.clone()).await;
+    let r = run_inner(cfg, etcd, hv, plug, resizer, shutdown, session).await;
     side.shutdown().await;
     r
 }
@@ -107,13 +109,15 @@ pub async fn run_with_hypervisor(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     let session = crate::fencing::session(&cfg, Arc::new(crate::fencing::rules::MonotonicClock));
-    run_inner(cfg, hv, None, None, shutdown, session).await
+    let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
+    run_inner(cfg, etcd, hv, None, None, shutdown, session).await
 }
 
 /// [`run_with_hypervisor`], plus the plug gate when the driver starts
 /// instances paused until their NICs are plugged (`plug`).
 async fn run_inner(
     cfg: AgentConfig,
+    etcd: nubo_store::Etcd,
     hv: Arc<dyn Hypervisor>,
     plug: Option<Arc<PlugWaiters>>,
     resizer: Option<Arc<dyn crate::compute::Resizer>>,
@@ -123,7 +127,6 @@ async fn run_inner(
     let span = info_span!("agent", node = %cfg.node);
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
-        let etcd = store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await?;
         let (mirror, handle) = Mirror::new(etcd.clone(), cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -131,9 +131,15 @@ pub fn valid_tap(s: &str) -> bool {
 
 /// Publishes the address as a label and serves the node API in `tasks`
 /// (mutual TLS with the etcd client certificate when there is one);
-/// `/v1/etcd-status` answers from `session` (404 without). A bind failure
-/// or unusable TLS files are logged, not fatal: instances matter more.
-pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>, session: Option<SessionWatch>) {
+/// `/v1/etcd-status` answers from `session` (404 without); ticket keys
+/// are read through `etcd`. A bind failure or unusable TLS files are
+/// logged, not fatal: instances matter more.
+pub async fn spawn(
+    cfg: &mut AgentConfig,
+    tasks: &mut JoinSet<()>,
+    session: Option<SessionWatch>,
+    etcd: nubo_store::Etcd,
+) {
     let addr = cfg.node_api();
     let tls = match cfg.node_api_tls() {
         None => {
@@ -147,13 +153,6 @@ pub async fn spawn(cfg: &mut AgentConfig, tasks: &mut JoinSet<()>, session: Opti
                 return;
             }
         },
-    };
-    let etcd = match crate::store::connect_etcd(&cfg.etcd_endpoints, cfg.etcd_tls.as_ref()).await {
-        Ok(e) => e,
-        Err(e) => {
-            error!(%addr, error = %e, "node API not available: no etcd client for ticket keys");
-            return;
-        }
     };
     let gate = Arc::new(TicketGate::new(
         cfg.node.clone(),
