@@ -174,7 +174,7 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
                 count,
             };
             let stream = api.ports().capture(req).await.or_fail(api)?;
-            crate::node_api::copy_to_stdout(api, stream).await
+            crate::relay::copy_to_stdout(api, stream).await
         }
         PortCmd::Show { port } => {
             let p = api.ports().get(api.get_req(&port)).await.or_fail(api)?;

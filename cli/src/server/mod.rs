@@ -267,7 +267,7 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
                 follow,
             };
             let stream = api.servers().console(req).await.or_fail(api)?;
-            crate::node_api::copy_to_stdout(api, stream).await
+            crate::relay::copy_to_stdout(api, stream).await
         }
         ServerCmd::Start { server } => {
             let s = api.servers().start(action(server)).await.or_fail(api)?;
