@@ -237,8 +237,57 @@ impl TestCluster {
     }
 }
 
+impl TestCluster {
+    /// When the cluster is not `HEALTH_OK` (or does not answer within 10 s),
+    /// writes `ceph health detail` and the tail of each daemon's log to the
+    /// process's real standard error, past the test harness's capture: the
+    /// test that saw a timeout may not be the one that drops the cluster,
+    /// and without this the reason is gone with the directory.
+    fn report_if_unhealthy(&self) {
+        let health = Command::new("timeout")
+            .args(["10", "ceph", "health", "detail"])
+            .env("CEPH_CONF", self.conf_path())
+            .stdin(Stdio::null())
+            .output();
+        let text = match &health {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Ok(out) => format!(
+                "`ceph health detail` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => format!("`ceph health detail` did not run: {e}"),
+        };
+        if text.starts_with("HEALTH_OK") {
+            return;
+        }
+        let mut report = format!(
+            "---- test ceph cluster {} unhealthy at teardown:\n{text}\n",
+            self.dir.display()
+        );
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("log")) {
+            for path in entries.flatten().map(|e| e.path()) {
+                let Ok(log) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                report.push_str(&format!("---- last lines of {}\n{tail}\n", path.display()));
+            }
+        }
+        // fd 2 itself, not eprintln!: the harness captures eprintln! of a
+        // passing test.
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        if let Ok(fd) = io::stderr().as_fd().try_clone_to_owned() {
+            let _ = File::from(fd).write_all(report.as_bytes());
+        }
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        self.report_if_unhealthy();
         let down = self.scripts.join("ceph-down.sh");
         match Command::new(&down)
             .arg(&self.dir)
