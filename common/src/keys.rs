@@ -594,6 +594,22 @@ pub fn floating_ip_port(port: &PortId) -> String {
     format!("{PRIVATE}floating-ip-ports/{port}")
 }
 
+/// `/nubo/v1/router-snat/` — per-node SNAT addresses of routers.
+pub fn router_snats_prefix() -> String {
+    format!("{ROOT}router-snat/")
+}
+/// `/nubo/v1/router-snat/<node>/` — the SNAT addresses this node's router
+/// namespaces use (the only part of [`router_snats_prefix`] a node reads).
+pub fn node_router_snats_prefix(node: &NodeName) -> String {
+    format!("{ROOT}router-snat/{node}/")
+}
+/// `/nubo/v1/router-snat/<node>/<router>` (`RouterSnat`): the address
+/// router `router` SNATs to on node `node` (one per router and node: one
+/// address answered for by several nodes would break return traffic).
+pub fn router_snat(node: &NodeName, router: &RouterId) -> String {
+    format!("{ROOT}router-snat/{node}/{router}")
+}
+
 /// `/nubo/v1/private/secrets/ticket-key` (`TicketSigningKey`): the
 /// coordinators' private Ed25519 key signing stream tickets.
 pub fn ticket_signing_key() -> String {
@@ -821,6 +837,8 @@ pub enum Key {
     RouterInterface(NetworkId),
     /// `private/floating-ip-ports/<port>`
     FloatingIpPort(PortId),
+    /// `/router-snat/<node>/<router>`
+    RouterSnat(NodeName, RouterId),
 }
 
 impl Key {
@@ -866,6 +884,7 @@ impl Key {
             ["ticket-keys", kid] if !kid.is_empty() => Key::TicketVerifyKey(kid.to_string()),
             ["routers", id] => Key::Router(id.parse().ok()?),
             ["floating-ips", id] => Key::FloatingIp(id.parse().ok()?),
+            ["router-snat", n, r] => Key::RouterSnat(n.parse().ok()?, r.parse().ok()?),
             _ => return None,
         })
     }

@@ -9,5 +9,5 @@
 mod mac;
 mod names;
 
-pub use mac::{MacAddr, MacParseError, PORT_MAC_PREFIX};
-pub use names::{tap_name, TAP_HEX_DIGITS};
+pub use mac::{MacAddr, MacParseError, PORT_MAC_PREFIX, ROUTER_MAC_PREFIX};
+pub use names::{hashed_name, stable_hash, tap_name, TAP_HEX_DIGITS};

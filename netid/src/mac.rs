@@ -13,6 +13,10 @@ pub struct MacAddr(pub [u8; 6]);
 /// so operators recognise instance MACs at a glance).
 pub const PORT_MAC_PREFIX: [u8; 3] = [0xfa, 0x16, 0x3e];
 
+/// The prefix of router-leg MACs ([`MacAddr::router_mac`]): locally
+/// administered, unicast, next to [`PORT_MAC_PREFIX`].
+pub const ROUTER_MAC_PREFIX: [u8; 3] = [0xfa, 0x16, 0x3f];
+
 impl MacAddr {
     /// The all-zeros address, used as the "flood" (head-end replication)
     /// entry in a VXLAN device's forwarding database.
@@ -23,6 +27,16 @@ impl MacAddr {
     pub fn port_mac(low: [u8; 3]) -> Self {
         let p = PORT_MAC_PREFIX;
         Self([p[0], p[1], p[2], low[0], low[1], low[2]])
+    }
+
+    /// The MAC of a router leg, the same on every node: nubo's router OUI
+    /// ([`ROUTER_MAC_PREFIX`]) and 24 bits of [`crate::stable_hash`] of
+    /// `parts` (e.g. the router and network ids). Never a port MAC (those
+    /// use [`PORT_MAC_PREFIX`]).
+    pub fn router_mac(parts: &[&str]) -> Self {
+        let h = crate::stable_hash(parts).to_be_bytes();
+        let p = ROUTER_MAC_PREFIX;
+        Self([p[0], p[1], p[2], h[0], h[1], h[2]])
     }
 
     /// Builds a MAC from a link-layer address as the kernel reports it;

@@ -18,9 +18,41 @@ pub fn tap_name(port_id: &str) -> String {
     format!("tap{hex}")
 }
 
+/// A 64-bit FNV-1a hash of `parts` (each followed by a 0 byte, so
+/// `["ab","c"]` and `["a","bc"]` differ): stable across versions and
+/// machines, for names and MACs every node must derive alike. Not
+/// cryptographic.
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// A device name: `prefix` (2 characters) + 11 hex digits of
+/// [`stable_hash`] of `parts`: 13 characters, within `IFNAMSIZ`.
+pub fn hashed_name(prefix: &str, parts: &[&str]) -> String {
+    format!("{prefix}{:011x}", stable_hash(parts) >> 20)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stable_hash_separates_parts_and_is_fixed() {
+        assert_ne!(stable_hash(&["ab", "c"]), stable_hash(&["a", "bc"]));
+        // FNV-1a of "a\0": fixed forever (names and MACs depend on it).
+        assert_eq!(stable_hash(&["a"]), 0x089b_e207_b544_f1e4);
+        let n = hashed_name("qr", &["r", "n"]);
+        assert_eq!(n.len(), 13);
+        assert!(n.starts_with("qr"));
+        assert_eq!(n, hashed_name("qr", &["r", "n"]));
+    }
 
     #[test]
     fn tap_name_from_uuid() {

@@ -242,6 +242,10 @@ pub struct IpAllocation {
     /// The router whose gateway (SNAT address) it is (external networks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<RouterId>,
+    /// With `router`: the node whose SNAT address of that router it is
+    /// (`None`: the router's own gateway address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_node: Option<NodeName>,
     /// The address.
     pub ip: IpAddr,
 }
@@ -273,6 +277,22 @@ pub struct RouterGateway {
     /// The external network.
     pub network: NetworkId,
     /// The router's address on it (reserved in its IPAM): the SNAT source.
+    pub ip: Ipv4Addr,
+}
+
+/// The address a router SNATs outbound traffic to on one node, allocated
+/// by the leader from the router's external network for every node that
+/// hosts a port of one of the router's networks, and released when the
+/// node hosts none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterSnat {
+    /// The router.
+    pub router: RouterId,
+    /// The node.
+    pub node: NodeName,
+    /// The external network (the router's gateway network).
+    pub network: NetworkId,
+    /// The address (reserved in the external network's IPAM).
     pub ip: Ipv4Addr,
 }
 

@@ -89,6 +89,7 @@ pub async fn create(
                 port: None,
                 floating_ip: Some(id),
                 router: None,
+                snat_node: None,
                 ip: IpAddr::V4(ip),
             },
         );

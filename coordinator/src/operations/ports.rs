@@ -72,6 +72,7 @@ pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Guard, Guard) {
             port: Some(p.id),
             floating_ip: None,
             router: None,
+            snat_node: None,
             ip: IpAddr::V4(p.ip),
         },
     );

@@ -62,6 +62,7 @@ pub async fn create(
                         port: None,
                         floating_ip: None,
                         router: Some(id),
+                        snat_node: None,
                         ip: IpAddr::V4(ip),
                     },
                 );
