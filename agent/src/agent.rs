@@ -183,6 +183,7 @@ async fn run_inner(
                     cfg.underlay_mtu,
                     &cfg.availability_zone,
                     &cfg.physnets,
+                    &cfg.router_netns_prefix,
                 )
                 .map_err(|e| AgentError::Network(e.to_string()))?,
             );

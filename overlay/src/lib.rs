@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod garp;
 mod guest;
 mod names;
 mod netlink;
@@ -35,10 +36,13 @@ mod observed;
 mod plan;
 mod provider;
 mod provider_netlink;
+mod router;
+mod router_netlink;
 mod spec;
 mod tap;
 
 pub use error::{ActionFailure, ApplyError, OverlayError};
+pub use garp::{gratuitous_arp_frame, send_gratuitous_arp};
 pub use guest::{delete_netns_guest, list_netns_guests, netns_guest_exists, GUEST_IFNAME};
 pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 pub use netlink::Netlink;
@@ -50,6 +54,11 @@ pub use provider::{
     ObservedProvider, ProviderAction, ProviderNetworkSpec, ProviderPlan, ProviderSpec,
 };
 pub use provider_netlink::ProviderApplyError;
+pub use router::{
+    plan_routers, LegNeighbour, Neighbour, ObservedLeg, ObservedRouterNs, ObservedRouters,
+    RouterAction, RouterLeg, RouterSpec, RoutersSpec,
+};
+pub use router_netlink::{apply_routers, observe_routers, RouterApplyError};
 pub use spec::{
     network_mtu, FdbEntry, LocalPort, NetworkSpec, OverlaySpec, METADATA_ADDR, METADATA_PREFIX_LEN,
     VXLAN_PORT,

@@ -165,6 +165,8 @@ impl AgentOpts {
                 o.extra_args = vec!["--underlay-mtu".into(), "1500".into()];
             }
         }
+        o.extra_args
+            .extend(["--router-netns-prefix".into(), lab_router_prefix(host)]);
         o.driver = driver;
         o
     }
@@ -199,6 +201,13 @@ impl AgentOpts {
         a.extend(self.extra_args.iter().cloned());
         a
     }
+}
+
+/// The router namespace prefix of the lab agent of `host`: the host's
+/// namespace name + `r-` (unique per run and host, `nbt`-prefixed, never a
+/// prefix of a guest namespace name).
+pub fn lab_router_prefix(host: &Host) -> String {
+    format!("{}r-", host.netns())
 }
 
 /// The `RUST_LOG` of lab agents: [`PASS_LOG_FILTER`] (info, plus the line

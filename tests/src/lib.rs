@@ -31,6 +31,7 @@ pub mod stats;
 pub mod tls;
 pub mod vm_e2e;
 pub mod wait;
+pub mod wire;
 
 pub use agent::{Agent, AgentOpts, Driver};
 pub use cli::{list_items, Cli, CliOutput, Running};

@@ -379,6 +379,12 @@ impl NetLab {
         format!("{}g{i}", self.underlay.name_prefix())
     }
 
+    /// Router namespace prefix of host `i` (see [`AgentOpts::lab`]): each
+    /// simulated host runs its own copy of a router.
+    pub fn router_prefix(&self, i: u8) -> String {
+        crate::agent::lab_router_prefix(&self.hosts[usize::from(i) - 1])
+    }
+
     /// The namespace of guest `id` on host `i`: its [`NetLab::guest_prefix`]
     /// and the first 8 hex digits of the id (what the netns driver names it).
     pub fn guest_netns(&self, i: u8, id: &str) -> String {
@@ -741,6 +747,15 @@ impl Capture {
             "netns", "exec", ns, "tcpdump", "-i", "eth0", "-n", "-l", "-e",
         ])
         .args(filter.split_whitespace());
+        Self::spawn(cmd, ns)
+    }
+
+    /// Starts a capture on `link` inside namespace `ns` (e.g. a bridge of a
+    /// simulated host) and waits until it listens.
+    pub fn start_in(ns: &str, link: &str, filter: &str) -> Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "tcpdump", "-i", link, "-n", "-l", "-e"])
+            .args(filter.split_whitespace());
         Self::spawn(cmd, ns)
     }
 

@@ -16,97 +16,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use nubo_tests::net_e2e::{Capture, Guest, NetLab};
+use nubo_tests::wire::Wire;
 use nubo_tests::netns::run;
 use nubo_tests::wait_until;
 
 const T: Duration = Duration::from_secs(30);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-
-/// The "physical" wiring of a lab, named with its prefix `p`: switch
-/// bridge `<p>s`, per host `<p>q<i>` (switch port) ↔ `<p>p` (in the host),
-/// the router namespace `<p>r` with `<p>x` (switch port) ↔ `<p>y` and its
-/// VLAN device `<p>v`. Removed on drop (the hosts' ends go with the hosts).
-struct Wire {
-    p: String,
-}
-
-impl Wire {
-    /// `vlan`: the router's address sits on a VLAN 120 sub-interface
-    /// (else on its switch port itself, untagged).
-    fn new(lab: &NetLab, hosts: u8, vlan: bool) -> Self {
-        let w = Wire {
-            p: lab.token_prefix(),
-        };
-        let p = &w.p;
-        let sw = format!("{p}s");
-        run("ip", &["link", "add", &sw, "type", "bridge"]).unwrap();
-        run("ip", &["link", "set", &sw, "up"]).unwrap();
-        for i in 1..=hosts {
-            let (outer, inner) = (format!("{p}q{i}"), format!("{p}p"));
-            let ns = lab.hosts[usize::from(i) - 1].netns();
-            run(
-                "ip",
-                &[
-                    "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", ns,
-                ],
-            )
-            .unwrap();
-            run("ip", &["link", "set", &outer, "master", &sw, "up"]).unwrap();
-            run("ip", &["-n", ns, "link", "set", &inner, "up"]).unwrap();
-        }
-        let (r, x, y, v) = (
-            format!("{p}r"),
-            format!("{p}x"),
-            format!("{p}y"),
-            format!("{p}v"),
-        );
-        run("ip", &["netns", "add", &r]).unwrap();
-        run(
-            "ip",
-            &[
-                "link", "add", &x, "type", "veth", "peer", "name", &y, "netns", &r,
-            ],
-        )
-        .unwrap();
-        run("ip", &["link", "set", &x, "master", &sw, "up"]).unwrap();
-        let cmds = if vlan {
-            vec![
-                vec!["link", "set", "lo", "up"],
-                vec!["link", "set", &y, "up"],
-                vec![
-                    "link", "add", "link", &y, "name", &v, "type", "vlan", "id", "120",
-                ],
-                vec!["addr", "add", "10.77.0.1/24", "dev", &v],
-                vec!["link", "set", &v, "up"],
-            ]
-        } else {
-            vec![
-                vec!["link", "set", "lo", "up"],
-                vec!["addr", "add", "10.77.0.1/24", "dev", &y],
-                vec!["link", "set", &y, "up"],
-            ]
-        };
-        for cmd in cmds {
-            let mut args = vec!["-n", r.as_str()];
-            args.extend(cmd);
-            run("ip", &args).unwrap();
-        }
-        w
-    }
-
-    /// The physical interface's name inside every host.
-    fn host_link(p: &str) -> String {
-        format!("{p}p")
-    }
-}
-
-impl Drop for Wire {
-    fn drop(&mut self) {
-        let p = &self.p;
-        let _ = run("ip", &["netns", "del", &format!("{p}r")]);
-        let _ = run("ip", &["link", "del", &format!("{p}s")]);
-    }
-}
 
 fn links(lab: &NetLab, host: u8) -> String {
     let out = lab.hosts[usize::from(host) - 1]
@@ -186,7 +101,7 @@ fn provider_case(vlan: bool) {
         })
         .unwrap();
         prefix = lab.token_prefix();
-        let wire = Wire::new(&lab, 2, vlan);
+        let wire = Wire::new(&lab, 2, vlan.then_some(120), "10.77.0.1/24").unwrap();
         lab.base_objects().unwrap();
         let mut args = vec![
             "network",

@@ -149,6 +149,10 @@ pub struct Cli {
     /// netns driver: guest namespace name prefix (default "nubo-").
     #[arg(long)]
     pub netns_prefix: Option<String>,
+    /// Name prefix of this node's router namespaces (default "qrouter-");
+    /// every namespace with it that is not a current router is removed.
+    #[arg(long)]
+    pub router_netns_prefix: Option<String>,
     /// Do not run the network reconcilers.
     #[arg(long)]
     pub no_network: bool,
@@ -258,6 +262,8 @@ pub struct FileConfig {
     pub resync_interval_secs: Option<u64>,
     /// netns guest prefix.
     pub netns_prefix: Option<String>,
+    /// Router namespace prefix.
+    pub router_netns_prefix: Option<String>,
     /// Disable network reconcilers.
     #[serde(default)]
     pub no_network: bool,
@@ -395,6 +401,10 @@ pub struct AgentConfig {
     pub fake_boot: Duration,
     /// netns guest prefix.
     pub netns_prefix: String,
+    /// Name prefix of the router namespaces (never a prefix of
+    /// `netns_prefix`, nor the other way round: each subsystem removes the
+    /// namespaces with its prefix that it does not want).
+    pub router_netns_prefix: String,
     /// Network reconcilers disabled.
     pub no_network: bool,
     /// Log format.
@@ -477,6 +487,7 @@ impl AgentConfig {
             state_dir: PathBuf::from("/var/lib/nubo"),
             fake_boot: Duration::ZERO,
             netns_prefix: "nubo-".into(),
+            router_netns_prefix: "qrouter-".into(),
             no_network: false,
             log_format: LogFormat::Text,
             resync_interval: Duration::from_secs(30),
@@ -646,6 +657,26 @@ impl AgentConfig {
             .clone()
             .or(file.netns_prefix)
             .unwrap_or(cfg.netns_prefix);
+        cfg.router_netns_prefix = cli
+            .router_netns_prefix
+            .clone()
+            .or(file.router_netns_prefix)
+            .unwrap_or(cfg.router_netns_prefix);
+        let (g, r) = (&cfg.netns_prefix, &cfg.router_netns_prefix);
+        if r.is_empty() || r.contains('/') || r.len() > 200 {
+            return Err(ConfigError::Invalid {
+                field: "router_netns_prefix",
+                reason: format!("{r:?} is not a namespace name prefix (1-200 characters, no '/')"),
+            });
+        }
+        if g.starts_with(r.as_str()) || r.starts_with(g.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: "router_netns_prefix",
+                reason: format!(
+                    "{r:?} and the guest prefix {g:?} overlap: one subsystem would remove the other's namespaces"
+                ),
+            });
+        }
         cfg.no_network = cli.no_network || file.no_network;
         cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
         let lv = &mut cfg.libvirt;

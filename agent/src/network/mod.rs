@@ -1,6 +1,8 @@
 //! The network subsystems of the agent, run after compute on every pass
 //! (unless `--no-network`), in this order:
 //!
+//! 0. [`router`]: a namespace per router with work here, its legs
+//!    (veths), addresses, routes, neighbours and NAT ruleset;
 //! 1. [`overlay`]: bridges `nb-<vni>`, VXLAN `vx-<vni>`, FDB, taps on
 //!    bridges (nubo-overlay);
 //!    [`provider`]: provider networks' bridges `np-<id>` on a host
@@ -24,6 +26,7 @@ pub mod firewall;
 pub mod metadata;
 pub mod overlay;
 pub mod provider;
+pub mod router;
 
 use std::net::IpAddr;
 
@@ -94,8 +97,10 @@ pub fn subsystems(
     underlay_mtu: u16,
     availability_zone: &str,
     physnets: &provider::Physnets,
+    router_netns_prefix: &str,
 ) -> Result<Vec<Box<dyn Reconcile>>, SubsystemError> {
     Ok(vec![
+        Box::new(router::Routers::new(router_netns_prefix)?),
         Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?),
         Box::new(provider::Provider::new(physnets.clone())?),
         Box::new(firewall::Firewall::new(physnets.clone())),

@@ -16,8 +16,9 @@ use crate::state::desired::DesiredNode;
 
 /// Builds the overlay spec of this node. Pure.
 ///
-/// Every network with a running local port gets its VNI, the taps and MACs
-/// of those ports, the remote VTEPs and the remote MACs. The device MTU is
+/// Every network with a running local port or a router leg gets its VNI,
+/// the taps and MACs of those ports and legs, the remote VTEPs and the
+/// remote MACs. The device MTU is
 /// derived by the library from the underlay MTU (underlay − VXLAN overhead);
 /// a network MTU below that is enforced on the guests through DHCP.
 pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u16) -> OverlaySpec {
@@ -31,6 +32,15 @@ pub fn overlay_spec(desired: &DesiredNode, underlay_ip: IpAddr, underlay_mtu: u1
             tap: lp.port.tap.clone(),
             mac: lp.port.mac,
         });
+    }
+    // Router legs are plugged like taps (created by the router subsystem).
+    for net in desired.networks.values().filter(|n| n.provider.is_none()) {
+        for leg in &net.router_legs {
+            ports.entry(net.vni).or_default().push(LocalPort {
+                tap: leg.host.clone(),
+                mac: leg.mac,
+            });
+        }
     }
     let networks = desired
         .networks

@@ -52,6 +52,13 @@ pub fn provider_spec(
                 .insert(lp.port.tap.clone());
         }
     }
+    for net in desired.networks.values().filter(|n| n.provider.is_some()) {
+        for leg in &net.router_legs {
+            taps.entry(net.id.to_string())
+                .or_default()
+                .insert(leg.host.clone());
+        }
+    }
     let mut spec = ProviderSpec::default();
     let mut unmapped = Vec::new();
     for net in desired.networks.values() {

@@ -15,12 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
-    self, Assignment, Flavor, GuestStop, Image, Instance, InstanceStatus, Keypair, Network, Node,
-    Port, SecurityGroup, Volume, VolumeType,
+    self, Assignment, Flavor, FloatingIp, GuestStop, Image, Instance, InstanceStatus, Keypair,
+    Network, Node, Port, Router, RouterSnat, SecurityGroup, Volume, VolumeType,
 };
 use nubo_common::{
-    FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
-    VolumeId,
+    FlavorName, FloatingIpId, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId,
+    RouterId, SecurityGroupId, VolumeId,
 };
 use serde::de::DeserializeOwned;
 
@@ -73,6 +73,13 @@ pub struct Cache {
     pub volumes: BTreeMap<VolumeId, Volume>,
     /// Volume types (QoS classes) by name.
     pub volume_types: BTreeMap<String, VolumeType>,
+    /// Routers by id.
+    pub routers: BTreeMap<RouterId, Router>,
+    /// Floating IPs by id.
+    pub floating_ips: BTreeMap<FloatingIpId, FloatingIp>,
+    /// This node's SNAT address of each router (the agent reads only its
+    /// own node's).
+    pub router_snats: BTreeMap<RouterId, RouterSnat>,
     /// Keys whose value did not decode, with the reason.
     pub garbage: BTreeMap<String, String>,
     /// How far each watched prefix is known: every change under it up to
@@ -167,6 +174,14 @@ impl Cache {
             Key::Port(id) => put_or_remove(&mut self.ports, g, id, key, value),
             Key::SecurityGroup(id) => put_or_remove(&mut self.secgroups, g, id, key, value),
             Key::Keypair(p, name) => put_or_remove(&mut self.keypairs, g, (p, name), key, value),
+            Key::Router(id) => put_or_remove(&mut self.routers, g, id, key, value),
+            Key::FloatingIp(id) => put_or_remove(&mut self.floating_ips, g, id, key, value),
+            Key::RouterSnat(node, router) => {
+                if self.local_node.as_ref().is_some_and(|n| *n != node) {
+                    return Change::Ignored;
+                }
+                put_or_remove(&mut self.router_snats, g, router, key, value);
+            }
             Key::NodeSpec(_, id) => put_or_remove(&mut self.instances, g, id, key, value),
             Key::Assignment(node, id) => {
                 let per_node = self.assignments.entry(node.clone()).or_default();

@@ -21,12 +21,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use nubo_common::keys;
 use nubo_common::model::{
-    Image, Instance, Keypair, PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
+    Image, Instance, Keypair, Network, PowerState, ProviderSegment, Qos, Remote, Resources,
+    SecurityGroup,
 };
-use nubo_common::{InstanceId, NetworkId, NodeName, PortId, SecurityGroupId, VolumeId};
+use nubo_common::{InstanceId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId, VolumeId};
 use nubo_netid::MacAddr;
 
 use crate::state::cache::{Cache, StoredStatus};
+use crate::state::routing::{resolve_routers, DesiredRouter};
 
 /// Everything this node should be running, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,8 +55,12 @@ pub struct DesiredNode {
     /// The keys the pending instances wait for (the mirror reads them, so
     /// that one etcd does not hold turns the instance broken).
     pub awaited: BTreeSet<String>,
-    /// Networks with at least one port on this node.
+    /// Networks with at least one port on this node, and the networks of
+    /// the routers with work here (see [`DesiredNode::routers`]).
     pub networks: BTreeMap<NetworkId, DesiredNetwork>,
+    /// The routers one of whose networks has a local port: this node runs
+    /// a copy of each.
+    pub routers: BTreeMap<RouterId, DesiredRouter>,
     /// Security groups used by local ports (directly or as the remote group
     /// of one of their rules), with their members cluster-wide.
     pub security_groups: BTreeMap<SecurityGroupId, DesiredSecurityGroup>,
@@ -171,6 +177,18 @@ pub struct DesiredNetwork {
     pub remote_vteps: BTreeSet<IpAddr>,
     /// MACs of ports on other nodes → their node's VTEP.
     pub remote_macs: BTreeMap<MacAddr, IpAddr>,
+    /// The legs of local router copies on this network: plugged into its
+    /// bridge like taps.
+    pub router_legs: Vec<RouterLegPort>,
+}
+
+/// A router leg's end on a network's bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterLegPort {
+    /// The veth end on the bridge.
+    pub host: String,
+    /// The MAC of the leg (its end in the router namespace).
+    pub mac: MacAddr,
 }
 
 impl DesiredNetwork {
@@ -270,22 +288,7 @@ pub fn rebuild(
                 let entry = out
                     .networks
                     .entry(net.id)
-                    .or_insert_with(|| DesiredNetwork {
-                        id: net.id,
-                        cidr: net.cidr,
-                        gateway: net.gateway,
-                        vni: net.vni,
-                        provider: net.provider.clone(),
-                        mtu: match (net.mtu, &net.provider) {
-                            (0, None) => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
-                            (0, Some(_)) => PROVIDER_MTU,
-                            (m, _) => m,
-                        },
-                        dns: net.dns.clone(),
-                        local_ports: BTreeSet::new(),
-                        remote_vteps: BTreeSet::new(),
-                        remote_macs: BTreeMap::new(),
-                    });
+                    .or_insert_with(|| desired_network(net, underlay_mtu));
                 entry.local_ports.insert(p.id);
             }
             used_groups.extend(p.security_groups.iter().copied());
@@ -314,12 +317,34 @@ pub fn rebuild(
         }
     }
 
-    // One pass over every port in the cluster: remote VTEPs/MACs and members.
+    // Routers with work here, and their networks (a router routes to its
+    // networks that have no local port too).
     let local_ports: BTreeSet<PortId> = out
         .networks
         .values()
         .flat_map(|n| n.local_ports.iter().copied())
         .collect();
+    let local_networks: BTreeSet<NetworkId> = out.networks.keys().copied().collect();
+    out.routers = resolve_routers(cache, node, &local_networks, &local_ports);
+    for r in out.routers.values() {
+        let legs = r.legs.iter().map(|l| (l.network, &l.host, l.mac));
+        let external = r.external.iter().map(|x| (x.network, &x.host, x.mac));
+        for (net_id, host, mac) in legs.chain(external) {
+            let Some(net) = cache.networks.get(&net_id) else {
+                continue;
+            };
+            out.networks
+                .entry(net_id)
+                .or_insert_with(|| desired_network(net, underlay_mtu))
+                .router_legs
+                .push(RouterLegPort {
+                    host: host.clone(),
+                    mac,
+                });
+        }
+    }
+
+    // One pass over every port in the cluster: remote VTEPs/MACs and members.
     for port in cache.ports.values() {
         for g in &port.security_groups {
             if let Some(dsg) = out.security_groups.get_mut(g) {
@@ -344,6 +369,28 @@ pub fn rebuild(
         }
     }
     out
+}
+
+/// A network as this node sees it, before its ports and remotes are
+/// filled in.
+fn desired_network(net: &Network, underlay_mtu: u16) -> DesiredNetwork {
+    DesiredNetwork {
+        id: net.id,
+        cidr: net.cidr,
+        gateway: net.gateway,
+        vni: net.vni,
+        provider: net.provider.clone(),
+        mtu: match (net.mtu, &net.provider) {
+            (0, None) => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+            (0, Some(_)) => PROVIDER_MTU,
+            (m, _) => m,
+        },
+        dns: net.dns.clone(),
+        local_ports: BTreeSet::new(),
+        remote_vteps: BTreeSet::new(),
+        remote_macs: BTreeMap::new(),
+        router_legs: Vec::new(),
+    }
 }
 
 /// Why an instance cannot be resolved.

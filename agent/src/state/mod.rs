@@ -5,3 +5,4 @@
 pub mod cache;
 pub mod desired;
 pub mod mirror;
+pub mod routing;

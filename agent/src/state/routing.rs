@@ -1,0 +1,177 @@
+//! The routers this node runs a copy of, resolved from the cache by a pure
+//! function (part of [`crate::state::desired::rebuild`]).
+//!
+//! A router has work on this node when one of its networks has a local
+//! port. Its copy here then gets a leg on each of its networks (so that
+//! traffic between them is routed here, whatever node the destination is
+//! on) and, with a gateway, a leg on the external network carrying this
+//! node's SNAT address (`router-snat/<node>/<router>`, allocated by the
+//! leader) and the floating IPs of the local ports. Names and MACs are
+//! derived, never stored: the gateway MAC of a (router, network) is the
+//! same on every node, the external leg's MAC is this node's own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use nubo_common::model::Router;
+use nubo_common::{NetworkId, NodeName, PortId, RouterId};
+use nubo_netid::{hashed_name, MacAddr};
+
+use crate::state::cache::Cache;
+
+/// A router's copy on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRouter {
+    /// The router.
+    pub id: RouterId,
+    /// A leg per routed network.
+    pub legs: Vec<DesiredRouterLeg>,
+    /// The way out, when the router has a gateway.
+    pub external: Option<DesiredExternalLeg>,
+    /// Every port of the routed networks (cluster-wide): the namespace's
+    /// permanent neighbour entries.
+    pub neighbours: BTreeSet<(Ipv4Addr, MacAddr)>,
+}
+
+/// A leg of a router on one of its tenant networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRouterLeg {
+    /// The network.
+    pub network: NetworkId,
+    /// Its subnet.
+    pub cidr: Ipv4Net,
+    /// Its gateway address (the leg's address).
+    pub gateway: Ipv4Addr,
+    /// The gateway MAC, the same on every node.
+    pub mac: MacAddr,
+    /// The veth end on the network's bridge.
+    pub host: String,
+    /// The veth end in the router namespace.
+    pub inner: String,
+}
+
+/// A router's leg on its external network on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredExternalLeg {
+    /// The external network.
+    pub network: NetworkId,
+    /// Its subnet.
+    pub cidr: Ipv4Net,
+    /// Its gateway (the upstream router): the default route.
+    pub upstream: Option<Ipv4Addr>,
+    /// This node's SNAT address for the router (`None`: not allocated yet;
+    /// outbound traffic without a floating IP waits for it).
+    pub snat: Option<Ipv4Addr>,
+    /// Floating IP → fixed IP, for the floating IPs of local ports.
+    pub floating: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// The leg's MAC (this node's own).
+    pub mac: MacAddr,
+    /// The veth end on the external network's bridge.
+    pub host: String,
+    /// The veth end in the router namespace.
+    pub inner: String,
+}
+
+/// The MAC this node gives the frames its router copies send to other
+/// nodes (see nubo-firewall's routed gateways): never a gateway MAC.
+pub fn node_routing_mac(node: &NodeName) -> MacAddr {
+    MacAddr::router_mac(&["node", node.as_str()])
+}
+
+/// The host-side name of a router's leg on `network`.
+fn leg_names(router: &RouterId, network: &NetworkId, external: bool) -> (String, String) {
+    let (r, n) = (router.to_string(), network.to_string());
+    let (host, inner) = if external {
+        ("qg", "ig")
+    } else {
+        ("qr", "ir")
+    };
+    (hashed_name(host, &[&r, &n]), hashed_name(inner, &[&r, &n]))
+}
+
+/// The routers with work on `node`, given the networks with local ports and
+/// the local ports. Pure.
+pub fn resolve_routers(
+    cache: &Cache,
+    node: &NodeName,
+    local_networks: &BTreeSet<NetworkId>,
+    local_ports: &BTreeSet<PortId>,
+) -> BTreeMap<RouterId, DesiredRouter> {
+    cache
+        .routers
+        .values()
+        .filter(|r| r.subnets.iter().any(|n| local_networks.contains(n)))
+        .map(|r| (r.id, resolve_router(cache, node, r, local_ports)))
+        .collect()
+}
+
+fn resolve_router(
+    cache: &Cache,
+    node: &NodeName,
+    r: &Router,
+    local_ports: &BTreeSet<PortId>,
+) -> DesiredRouter {
+    let rid = r.id.to_string();
+    let mut legs = Vec::new();
+    for net_id in &r.subnets {
+        let Some(net) = cache.networks.get(net_id) else {
+            tracing::warn!(router = %r.id, network = %net_id, "routed network not found; leg left out");
+            continue;
+        };
+        let Some(gateway) = net.gateway else {
+            tracing::warn!(router = %r.id, network = %net_id, "routed network has no gateway; leg left out");
+            continue;
+        };
+        let (host, inner) = leg_names(&r.id, net_id, false);
+        legs.push(DesiredRouterLeg {
+            network: *net_id,
+            cidr: net.cidr,
+            gateway,
+            mac: MacAddr::router_mac(&[&rid, &net_id.to_string()]),
+            host,
+            inner,
+        });
+    }
+    let routed: BTreeSet<NetworkId> = legs.iter().map(|l| l.network).collect();
+    let neighbours = cache
+        .ports
+        .values()
+        .filter(|p| routed.contains(&p.network))
+        .map(|p| (p.ip, p.mac))
+        .collect();
+    let external = r.gateway.as_ref().and_then(|gw| {
+        let Some(net) = cache.networks.get(&gw.network) else {
+            tracing::warn!(router = %r.id, network = %gw.network, "external network not found; no way out");
+            return None;
+        };
+        let (host, inner) = leg_names(&r.id, &gw.network, true);
+        let floating = cache
+            .floating_ips
+            .values()
+            .filter(|f| f.router == Some(r.id) && f.network == gw.network)
+            .filter(|f| f.port.is_some_and(|p| local_ports.contains(&p)))
+            .filter_map(|f| Some((f.address, f.fixed_ip?)))
+            .collect();
+        Some(DesiredExternalLeg {
+            network: gw.network,
+            cidr: net.cidr,
+            upstream: net.gateway,
+            snat: cache
+                .router_snats
+                .get(&r.id)
+                .filter(|s| s.network == gw.network && &s.node == node)
+                .map(|s| s.ip),
+            floating,
+            mac: MacAddr::router_mac(&[&rid, node.as_str()]),
+            host,
+            inner,
+        })
+    });
+    DesiredRouter {
+        id: r.id,
+        legs,
+        external,
+        neighbours,
+    }
+}

@@ -1,0 +1,449 @@
+//! Routers and floating IPs end to end (issue 15): two simulated hosts
+//! (namespaces running a real `nubo-agent --driver netns --physnet
+//! physnet1=<link>`), each with a second veth into a root-namespace bridge
+//! playing the physical switch, an "upstream router" namespace on it
+//! holding the external network's gateway, and an "external host"
+//! namespace beside it. Guests are namespaces that lease their address
+//! from nubo's DHCP (busybox udhcpc).
+//!
+//! - a guest on net1 behind r1 on each host reaches the external host,
+//!   which sees that node's SNAT address (`nubo router show`);
+//! - the external host reaches a guest only through its floating IP, and
+//!   only on the ports its security group allows; a packet routed straight
+//!   at a fixed address is dropped by the router;
+//! - the guest with the floating IP leaves through it (source = the
+//!   floating IP);
+//! - two projects with the same CIDR behind their own routers on the same
+//!   hosts: each reaches the outside, and no frame of one is seen on the
+//!   other's bridge.
+//!
+//! Needs root and `cargo build --bins`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use nubo_tests::net_e2e::{Capture, Guest, NetLab};
+use nubo_tests::netns::netns_exec;
+use nubo_tests::{wait_for, wait_until};
+use nubo_tests::wire::Wire;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const EXTERNAL_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 200);
+
+/// A lab of two hosts on the switch, the external network `ext` (flat on
+/// physnet1, 10.77.0.0/24, upstream router .1, external host .200).
+fn lab_with_external() -> (NetLab, Wire, String) {
+    let lab = NetLab::start_with(2, |u, _| {
+        vec![
+            "--physnet".into(),
+            format!("physnet1={}", Wire::host_link(&u.name_prefix())),
+        ]
+    })
+    .unwrap();
+    let mut wire = Wire::new(&lab, 2, None, "10.77.0.1/24").unwrap();
+    let ext_host = wire
+        .add_external_host(1, &format!("{EXTERNAL_HOST}/24"), UPSTREAM)
+        .unwrap();
+    lab.base_objects().unwrap();
+    lab.cli
+        .json(&[
+            "network",
+            "create",
+            "ext",
+            "--provider-type",
+            "flat",
+            "--physical-network",
+            "physnet1",
+            "--cidr",
+            "10.77.0.0/24",
+            "--gateway",
+            "10.77.0.1",
+            "--external",
+        ])
+        .unwrap();
+    (lab, wire, ext_host)
+}
+
+/// Runs `program args` on the external host; true if it succeeded.
+fn from_outside(ns: &str, program: &str, args: &[&str]) -> bool {
+    netns_exec(ns, program, args)
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn ping_from(ns: &str, ip: Ipv4Addr, secs: u32) -> bool {
+    from_outside(
+        ns,
+        "ping",
+        &["-c", "1", "-W", "1", "-w", &secs.to_string(), "-q", &ip.to_string()],
+    )
+}
+
+fn tcp_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
+    from_outside(ns, "nc", &["-z", "-w", "2", &ip.to_string(), &port.to_string()])
+}
+
+/// Leases the guest's address and checks its default route is the
+/// network's gateway.
+fn lease(lab: &NetLab, g: &Guest, gateway: &str) {
+    let out = g.udhcpc(&lab.udhcpc_script()).unwrap();
+    let routes = g.ok("ip", &["route"]).unwrap();
+    assert!(
+        routes.contains(&format!("default via {gateway}")),
+        "{}: no default route via {gateway}: {routes}\n{out}",
+        g.name
+    );
+}
+
+/// The SNAT address of `router` on `node` (`nubo router show`).
+fn snat_of(lab: &NetLab, router: &str, node: &str) -> Option<Ipv4Addr> {
+    let r = lab.cli.json(&["router", "show", router]).ok()?;
+    r["snat"]
+        .as_array()?
+        .iter()
+        .find(|s| s["node"] == node)
+        .and_then(|s| s["ip"].as_str())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Waits until `g` reaches the external host and returns the source
+/// address the external host saw for its echo request.
+fn source_seen_outside(ext_host: &str, g: &Guest) -> String {
+    let mut cap = Capture::start(ext_host, "icmp[icmptype] == icmp-echo").unwrap();
+    wait_until(T, &format!("{} reaches the external host", g.name), || {
+        Ok(g.pings(EXTERNAL_HOST, 1))
+    })
+    .unwrap();
+    let line = cap
+        .wait_frame(0, T, "an echo request at the external host", |l| {
+            l.contains(&format!("> {EXTERNAL_HOST}: ICMP echo request"))
+        })
+        .unwrap();
+    cap.stop();
+    // `… length 98: 10.77.0.3 > 10.77.0.200: ICMP echo request …`
+    line.split(": ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
+    let (lab, _wire, ext_host) = lab_with_external();
+    let cli = &lab.cli;
+    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
+        .unwrap();
+    cli.json(&["secgroup", "create", "web"]).unwrap();
+    for (proto, port) in [("icmp", None), ("tcp", Some("8080"))] {
+        let mut args = vec![
+            "secgroup", "rule", "create", "web", "--direction", "ingress", "--protocol", proto,
+            "--remote-ip", "0.0.0.0/0",
+        ];
+        if let Some(p) = port {
+            args.extend(["--port", p]);
+        }
+        cli.json(&args).unwrap();
+    }
+    let r1 = cli
+        .json(&["router", "create", "r1", "--external-gateway", "ext"])
+        .unwrap();
+    assert_eq!(r1["name"], "r1", "{r1}");
+    cli.json(&["router", "add", "subnet", "r1", "net1"]).unwrap();
+
+    let g1 = lab
+        .server("g1", "net1", 1, &["--security-group", "web"])
+        .unwrap();
+    let g2 = lab
+        .server("g2", "net1", 2, &["--security-group", "web"])
+        .unwrap();
+    for g in [&g1, &g2] {
+        lease(&lab, g, "10.0.0.1");
+    }
+
+    // Outbound: each guest leaves through its own node's SNAT address.
+    for (g, node) in [(&g1, "hv-1"), (&g2, "hv-2")] {
+        let snat = wait_for(T, &format!("r1's SNAT address on {node}"), || {
+            Ok(snat_of(&lab, "r1", node).ok_or("none yet"))
+        })
+        .unwrap();
+        let seen = source_seen_outside(&ext_host, g);
+        assert_eq!(seen, snat.to_string(), "{} left with the wrong source", g.name);
+    }
+    // East-west through the router copies (same network: switched).
+    assert!(g1.pings(g2.ip, 10), "g1 cannot reach g2");
+
+    // Inbound: nothing reaches a fixed address from outside, even routed
+    // straight at the node's router.
+    let snat1 = snat_of(&lab, "r1", "hv-1").unwrap();
+    netns_exec(
+        &ext_host,
+        "ip",
+        &["route", "add", "10.0.0.0/24", "via", &snat1.to_string()],
+    )
+    .unwrap();
+    assert!(
+        !ping_from(&ext_host, g1.ip, 3),
+        "the external host reached g1's fixed address"
+    );
+
+    // A floating IP: reachable from outside on what the group allows.
+    let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
+    let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
+    let fip_id = fip["id"].as_str().unwrap().to_string();
+    cli.json(&["floating", "ip", "set", &fip_id, "--server", "g1"])
+        .unwrap();
+    let shown = cli.json(&["server", "show", "g1"]).unwrap();
+    assert!(
+        shown.to_string().contains(&fip_ip.to_string()),
+        "server show lacks the floating IP: {shown}"
+    );
+    wait_until(T, "the floating IP answers from outside", || {
+        Ok(ping_from(&ext_host, fip_ip, 1))
+    })
+    .unwrap();
+    let _l8080 = g1.spawn("nc", &["-lk", "8080"]).unwrap();
+    let _l9090 = g1.spawn("nc", &["-lk", "9090"]).unwrap();
+    wait_until(T, "tcp 8080 through the floating IP", || {
+        Ok(tcp_from(&ext_host, fip_ip, 8080))
+    })
+    .unwrap();
+    assert!(
+        !tcp_from(&ext_host, fip_ip, 9090),
+        "tcp 9090 passed although the security group does not allow it"
+    );
+    // g1 now leaves through its floating IP.
+    assert_eq!(source_seen_outside(&ext_host, &g1), fip_ip.to_string());
+
+    // Unset: the floating IP stops answering, g1 leaves by SNAT again.
+    cli.json(&["floating", "ip", "unset", &fip_id]).unwrap();
+    wait_until(T, "the floating IP stops answering", || {
+        Ok(!ping_from(&ext_host, fip_ip, 1))
+    })
+    .unwrap();
+    assert_eq!(source_seen_outside(&ext_host, &g1), snat1.to_string());
+
+    // Restarting the agents changes nothing (the router namespaces and
+    // their rulesets included).
+    let mut lab = lab;
+    lab.restart_agents_unchanged(&["routers", "overlay", "provider", "firewall"])
+        .unwrap();
+    assert!(g2.pings(EXTERNAL_HOST, 10), "g2 lost its way out after the restart");
+
+    // The router gone, its namespaces go on both hosts.
+    cli_json(&lab, &["router", "remove", "subnet", "r1", "net1"]);
+    cli_json(&lab, &["router", "delete", "r1"]);
+    for i in [1u8, 2] {
+        let prefix = lab.router_prefix(i);
+        wait_until(T, &format!("host {i}'s router namespace removed"), || {
+            Ok(!nubo_tests::netns::netns_names()?
+                .iter()
+                .any(|n| n.starts_with(&prefix)))
+        })
+        .unwrap();
+    }
+}
+
+fn cli_json(lab: &NetLab, args: &[&str]) -> Value {
+    lab.cli.json(args).unwrap()
+}
+
+#[test]
+fn two_projects_with_the_same_cidr_stay_apart() {
+    let (lab, _wire, ext_host) = lab_with_external();
+    let mut guests = Vec::new();
+    for p in ["pa", "pb"] {
+        let cli = &lab.cli;
+        cli.json(&["project", "create", p]).unwrap();
+        cli.json(&[
+            "network", "create", "net", "--cidr", "10.0.0.0/24", "--project", p,
+        ])
+        .unwrap();
+        cli.json(&[
+            "router", "create", "r", "--external-gateway", "ext", "--project", p,
+        ])
+        .unwrap();
+        cli.json(&["router", "add", "subnet", "r", "net", "--project", p])
+            .unwrap();
+        for host in [1u8, 2] {
+            let name = format!("{p}-g{host}");
+            let g = lab
+                .server(&name, "net", host, &["--project", p])
+                .unwrap();
+            lease(&lab, &g, "10.0.0.1");
+            guests.push((p, g));
+        }
+    }
+    // Same addresses on both sides: the CIDRs really overlap.
+    assert_eq!(guests[0].1.ip, guests[2].1.ip, "the projects' first guests differ");
+
+    // Capture on pa's bridge on host 1 while every guest talks outside.
+    let pa_net = lab
+        .cli
+        .json(&["network", "show", "net", "--project", "pa"])
+        .unwrap();
+    let vni = pa_net["vni"].as_u64().expect("vni");
+    let host1 = lab.hosts[0].netns().to_string();
+    let mut cap = Capture::start_in(&host1, &format!("nb-{vni}"), "").unwrap();
+    for (p, g) in &guests {
+        wait_until(T, &format!("{p}/{} reaches the outside", g.name), || {
+            Ok(g.pings(EXTERNAL_HOST, 1))
+        })
+        .unwrap();
+    }
+    assert!(ping_from(&ext_host, UPSTREAM, 3), "control: the wire works");
+    let frames = cap.stop();
+    let pb_macs: Vec<&str> = guests
+        .iter()
+        .filter(|(p, _)| *p == "pb")
+        .map(|(_, g)| g.mac.as_str())
+        .collect();
+    let pa_macs: Vec<&str> = guests
+        .iter()
+        .filter(|(p, _)| *p == "pa")
+        .map(|(_, g)| g.mac.as_str())
+        .collect();
+    assert!(
+        frames.iter().any(|f| f.contains(pa_macs[0])),
+        "control: pa's own guest not seen on its bridge:\n{}",
+        frames.join("\n")
+    );
+    for f in &frames {
+        for m in &pb_macs {
+            assert!(!f.contains(m), "pb's frame on pa's bridge: {f}");
+        }
+    }
+}
+
+/// Creates server `name` on net1 with evacuation policy `auto` and no zone
+/// (an evacuation stays in the requested zone, and each lab host is its own
+/// zone): placed on host 1 by disabling host 2 meanwhile.
+fn movable_server_on_host1(lab: &NetLab, name: &str) -> Guest {
+    lab.cli.json(&["node", "disable", "hv-2"]).unwrap();
+    let created = lab.cli.json(&[
+        "server",
+        "create",
+        name,
+        "--wait",
+        "--flavor",
+        "t",
+        "--image",
+        "i",
+        "--network",
+        "net1",
+        "--security-group",
+        "web",
+        "--evacuation-policy",
+        "auto",
+    ]);
+    lab.cli.json(&["node", "enable", "hv-2"]).unwrap();
+    let id = created.unwrap()["id"].as_str().unwrap().to_string();
+    guest_as_shown(lab, &id)
+}
+
+/// The guest `id` where the API says it runs now.
+fn guest_as_shown(lab: &NetLab, id: &str) -> Guest {
+    let show = lab.cli.json(&["server", "show", id]).unwrap();
+    let node = show["node"].as_str().unwrap().to_string();
+    let host: u8 = node.trim_start_matches("hv-").parse().unwrap();
+    let addr = &show["addresses"][0];
+    Guest {
+        id: id.to_string(),
+        name: show["name"].as_str().unwrap().to_string(),
+        node,
+        ip: addr["ip"].as_str().unwrap().parse().unwrap(),
+        mac: addr["mac"].as_str().unwrap().to_string(),
+        port: addr["port_id"].as_str().unwrap().to_string(),
+        netns: lab.guest_netns(host, id),
+        host_netns: lab.hosts[usize::from(host) - 1].netns().to_string(),
+    }
+}
+
+#[test]
+fn a_floating_ip_follows_its_guest_after_a_host_failure() {
+    let (lab, wire, ext_host) = lab_with_external();
+    let cli = &lab.cli;
+    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
+        .unwrap();
+    cli.json(&["secgroup", "create", "web"]).unwrap();
+    cli.json(&[
+        "secgroup", "rule", "create", "web", "--direction", "ingress", "--protocol", "icmp",
+        "--remote-ip", "0.0.0.0/0",
+    ])
+    .unwrap();
+    cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
+        .unwrap();
+    cli.json(&["router", "add", "subnet", "r1", "net1"]).unwrap();
+    let g = movable_server_on_host1(&lab, "g1");
+    assert_eq!(g.node, "hv-1");
+    lease(&lab, &g, "10.0.0.1");
+    let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
+    let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
+    cli.json(&[
+        "floating", "ip", "set", fip["id"].as_str().unwrap(), "--server", "g1",
+    ])
+    .unwrap();
+    wait_until(T, "the floating IP answers on host 1", || {
+        Ok(ping_from(&ext_host, fip_ip, 1))
+    })
+    .unwrap();
+
+    // Host 1 fails: both of its links go down (the underlay and the
+    // physical network), its agent keeps running, cut off.
+    let h1 = &lab.hosts[0];
+    let cut = std::time::Instant::now();
+    for link in [h1.interface().to_string(), Wire::host_link(&wire.p)] {
+        let out = h1.exec("ip", &["link", "set", &link, "down"]).unwrap();
+        assert!(out.status.success(), "link {link} down: {out:?}");
+    }
+    wait_for(Duration::from_secs(120), "g1 running on host 2", || {
+        let s = cli.json(&["server", "show", &g.id])?;
+        let there = s["node"] == "hv-2" && s["state"] == "running";
+        Ok(if there { Ok(()) } else { Err(s) })
+    })
+    .unwrap();
+    let g2 = guest_as_shown(&lab, &g.id);
+    assert_eq!((g2.ip, g2.mac.as_str()), (g.ip, g.mac.as_str()), "new address");
+    lease(&lab, &g2, "10.0.0.1");
+    wait_until(T, "the floating IP answers from host 2", || {
+        Ok(ping_from(&ext_host, fip_ip, 1))
+    })
+    .unwrap();
+    let back = cut.elapsed();
+    println!(
+        "floating IP {fip_ip} reachable again {:.1} s after the cut",
+        back.as_secs_f64()
+    );
+    // It is host 2's router copy that answers now: the external host's ARP
+    // entry holds host 2's external leg's MAC.
+    let neigh = netns_exec(&ext_host, "ip", &["neigh", "show", &fip_ip.to_string()]).unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).into_owned();
+    let mac2 = external_leg_mac(&lab, 2);
+    assert!(
+        neigh.contains(&format!("lladdr {mac2}")),
+        "the external host's ARP entry for {fip_ip}: {neigh} (host 2's leg: {mac2})"
+    );
+}
+
+/// The MAC of the external leg of host `i`'s (only) router namespace.
+fn external_leg_mac(lab: &NetLab, i: u8) -> String {
+    let prefix = lab.router_prefix(i);
+    let ns = nubo_tests::netns::netns_names()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.starts_with(&prefix))
+        .expect("a router namespace on the host");
+    let links = netns_exec(&ns, "ip", &["-o", "link", "show"]).unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    links
+        .lines()
+        .find(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("ig")))
+        .and_then(|l| l.split("link/ether ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no external leg in {ns}: {links}"))
+        .to_string()
+}
