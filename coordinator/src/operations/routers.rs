@@ -12,11 +12,11 @@
 use std::net::IpAddr;
 
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, IpAllocation, Network, Router, RouterGateway};
+use nubo_common::model::{self, Network, Router, RouterGateway};
 use nubo_common::{ProjectId, RouterId};
 use nubo_store::TxnBuilder;
 
-use super::ports::{next_ip, IpPool, MAX_ALLOC_ATTEMPTS};
+use super::ports::{next_ip, reserve_ip, IpHolder, IpPool, MAX_ALLOC_ATTEMPTS};
 use super::{Page, PageRequest, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
@@ -54,18 +54,8 @@ pub async fn create(
         let gw = match pool.as_mut() {
             Some(pool) => {
                 let ip = next_ip(ctx, pool).await?;
-                let key = keys::ipam(&pool.net.id, IpAddr::V4(ip));
-                ip_guard = Some((t.absent(&key), ip));
-                t.put(
-                    &key,
-                    &IpAllocation {
-                        port: None,
-                        floating_ip: None,
-                        router: Some(id),
-                        snat_node: None,
-                        ip: IpAddr::V4(ip),
-                    },
-                );
+                let free = reserve_ip(&mut t, &pool.net.id, ip, IpHolder::RouterGateway(id));
+                ip_guard = Some((free, ip));
                 Some(RouterGateway {
                     network: pool.net.id,
                     ip,
