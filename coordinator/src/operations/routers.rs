@@ -211,7 +211,15 @@ pub async fn remove_subnet(
 }
 
 /// Deletes router `r` of `project`: refused while it has networks; its
-/// gateway address is released.
+/// gateway address and its per-node SNAT addresses are released.
+///
+/// The SNAT addresses go in the delete's own transaction rather than
+/// being left to the leader's loop (which would release them too, as
+/// records of a router that no longer exists): when the call returns, the
+/// external network's addresses are free and the network can be deleted,
+/// with no window in which a deleted router still holds them. The
+/// transaction also compares that no SNAT record was written since they
+/// were listed, so one allocated meanwhile cannot be left behind.
 pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     for _ in 0..MAX_ATTEMPTS {
         let router = super::lookup::router(ctx, project, r).await?;
@@ -225,6 +233,11 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         }
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::router(&rt.id), router.mod_rev);
+        let listed_at = ctx.store.revision().await?;
+        t.prefix_unchanged_since(&keys::router_snats_prefix(), listed_at);
+        for e in super::router_snat::of_router(ctx, &rt.id).await? {
+            super::router_snat::release_into(ctx, &mut t, &e.snat, e.mod_rev).await?;
+        }
         t.delete(&keys::router(&rt.id));
         t.delete(&keys::name_index(NameKind::Router, project, &rt.name));
         if let Some(g) = &rt.gateway {
