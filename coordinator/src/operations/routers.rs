@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, Network, Router, RouterGateway};
+use nubo_common::model::{self, Network, Router, RouterGateway, RouterSnat};
 use nubo_common::{ProjectId, RouterId};
 use nubo_store::TxnBuilder;
 
@@ -92,14 +92,40 @@ pub async fn create(
     Err(contended("the external network's addresses"))
 }
 
-/// The router `r` (id or name) of `project`.
-pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Router> {
-    Ok(super::lookup::router(ctx, project, r).await?.value)
+/// A router as the API shows it: the record and its per-node SNAT
+/// addresses (ordered by node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterView {
+    /// The router.
+    pub router: Router,
+    /// Its SNAT address on each node hosting a port of its networks.
+    pub snat: Vec<RouterSnat>,
 }
 
-/// One page of the routers `scope` sees.
-pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<Router>> {
-    super::lookup::list_scoped(ctx, &keys::routers_prefix(), scope, page).await
+/// `router` with its SNAT addresses.
+pub async fn view(ctx: &Ctx, router: Router) -> ApiResult<RouterView> {
+    let snat = super::router_snat::of_routers(ctx, &[router.id])
+        .await?
+        .remove(&router.id)
+        .unwrap_or_default();
+    Ok(RouterView { router, snat })
+}
+
+/// The router `r` (id or name) of `project`, with its SNAT addresses.
+pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<RouterView> {
+    view(ctx, super::lookup::router(ctx, project, r).await?.value).await
+}
+
+/// One page of the routers `scope` sees, with their SNAT addresses.
+pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<RouterView>> {
+    let page: Page<Router> =
+        super::lookup::list_scoped(ctx, &keys::routers_prefix(), scope, page).await?;
+    let ids: Vec<RouterId> = page.items.iter().map(|r| r.id).collect();
+    let mut snat = super::router_snat::of_routers(ctx, &ids).await?;
+    Ok(page.map(|router| RouterView {
+        snat: snat.remove(&router.id).unwrap_or_default(),
+        router,
+    }))
 }
 
 /// Connects network `net` (id or name) of `project` to router `r`: the
