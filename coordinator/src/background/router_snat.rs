@@ -17,7 +17,7 @@
 //! made from a stale view is released by a later pass, and the address is
 //! never given twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, KeyValue};
@@ -50,63 +50,71 @@ struct View {
     /// Bound ports only: network and node.
     ports: HashMap<PortId, (NetworkId, NodeName)>,
     snats: BTreeMap<Pair, Existing>,
+    /// Routers whose record does not decode (hand-edited): their records
+    /// are neither allocated nor released until it is readable again.
+    unreadable: HashSet<RouterId>,
 }
 
 impl View {
     fn apply(&mut self, kv: &KeyValue, deleted: bool) {
-        let key = kv_key(kv);
+        self.apply_raw(kv_key(kv), kv.value(), kv.mod_revision(), deleted);
+    }
+
+    /// [`View::apply`] on the parts of a key-value (`rev`: its mod
+    /// revision).
+    fn apply_raw(&mut self, key: &str, value: &[u8], rev: i64, deleted: bool) {
         match keys::parse(key) {
             Some(Key::Router(id)) => {
-                let r = (!deleted)
-                    .then(|| model::decode::<Router>(key, kv.value()).ok())
-                    .flatten();
-                match r {
-                    Some(r) => {
+                self.unreadable.remove(&id);
+                if deleted {
+                    self.routers.remove(&id);
+                    return;
+                }
+                match model::decode::<Router>(key, value) {
+                    Ok(r) => {
                         self.routers.insert(
                             id,
                             RouterFacts {
-                                mod_rev: kv.mod_revision(),
+                                mod_rev: rev,
                                 gateway: r.gateway.map(|g| g.network),
                                 subnets: r.subnets,
                             },
                         );
                     }
-                    None => {
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "unreadable router: its SNAT addresses are left as they are");
                         self.routers.remove(&id);
+                        self.unreadable.insert(id);
                     }
                 }
             }
             Some(Key::Port(id)) => {
-                let bound = (!deleted)
-                    .then(|| model::decode::<Port>(key, kv.value()).ok())
-                    .flatten()
-                    .and_then(|p| match (p.device, p.node) {
-                        (Some(_), Some(node)) => Some((p.network, node)),
-                        _ => None,
-                    });
-                match bound {
-                    Some(b) => {
-                        self.ports.insert(id, b);
-                    }
-                    None => {
-                        self.ports.remove(&id);
-                    }
+                if deleted {
+                    self.ports.remove(&id);
+                    return;
+                }
+                match model::decode::<Port>(key, value) {
+                    Ok(p) => match (p.device, p.node) {
+                        (Some(_), Some(node)) => {
+                            self.ports.insert(id, (p.network, node));
+                        }
+                        _ => {
+                            self.ports.remove(&id);
+                        }
+                    },
+                    // What was known of it stays (no release on a bad value).
+                    Err(e) => tracing::warn!(key, error = %e, "unreadable port"),
                 }
             }
             Some(Key::RouterSnat(node, router)) => {
                 let s = (!deleted)
-                    .then(|| model::decode::<RouterSnat>(key, kv.value()).ok())
+                    .then(|| model::decode::<RouterSnat>(key, value).ok())
                     .flatten()
                     .filter(|s| s.node == node && s.router == router);
                 match s {
                     Some(snat) => {
-                        self.snats.insert(
-                            (router, node),
-                            Existing {
-                                snat,
-                                mod_rev: kv.mod_revision(),
-                            },
-                        );
+                        self.snats
+                            .insert((router, node), Existing { snat, mod_rev: rev });
                     }
                     None if deleted => {
                         self.snats.remove(&(router, node));
@@ -123,7 +131,7 @@ impl View {
                                     network: NetworkId::from_uuid(uuid::Uuid::nil()),
                                     ip: std::net::Ipv4Addr::UNSPECIFIED,
                                 },
-                                mod_rev: kv.mod_revision(),
+                                mod_rev: rev,
                             },
                         );
                     }
@@ -216,6 +224,9 @@ async fn pass(ctx: &Ctx, lease: i64, view: &mut View, pacing: &mut Pacing) {
         .collect();
     pacing.unwanted_since.retain(|p, _| unwanted.contains(p));
     for e in &plan.release {
+        if view.unreadable.contains(&e.snat.router) {
+            continue;
+        }
         let pair = (e.snat.router, e.snat.node.clone());
         let since = *pacing.unwanted_since.entry(pair.clone()).or_insert(now);
         if now.duration_since(since) < RELEASE_AFTER {
@@ -270,5 +281,87 @@ async fn pass(ctx: &Ctx, lease: i64, view: &mut View, pacing: &mut Pacing) {
             }
             Err(e) => tracing::warn!(error = %e, "router SNAT address not allocated"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nubo_common::model::RouterGateway;
+
+    fn router(id: RouterId, ext: NetworkId, subnets: Vec<NetworkId>) -> Vec<u8> {
+        model::encode(&Router {
+            id,
+            name: "r1".into(),
+            project: nubo_common::ProjectId::new("p1").unwrap(),
+            gateway: Some(RouterGateway {
+                network: ext,
+                ip: "10.77.0.2".parse().unwrap(),
+            }),
+            subnets,
+            created_at: model::now(),
+        })
+    }
+
+    fn port(id: PortId, net: NetworkId, node: Option<&str>) -> Vec<u8> {
+        model::encode(&Port {
+            id,
+            name: String::new(),
+            project: nubo_common::ProjectId::new("p1").unwrap(),
+            network: net,
+            mac: "fa:16:3e:00:00:01".parse().unwrap(),
+            ip: "10.0.0.5".parse().unwrap(),
+            security_groups: vec![],
+            port_security: true,
+            device: node.map(|_| nubo_common::InstanceId::new_random()),
+            node: node.map(|n| NodeName::new(n).unwrap()),
+            created_at: model::now(),
+        })
+    }
+
+    #[test]
+    fn the_view_keeps_bound_ports_and_never_drops_an_unreadable_router() {
+        let (r, ext, net) = (
+            RouterId::new_random(),
+            NetworkId::new_random(),
+            NetworkId::new_random(),
+        );
+        let (p1, p2) = (PortId::new_random(), PortId::new_random());
+        let mut v = View::default();
+        v.apply_raw(&keys::router(&r), &router(r, ext, vec![net]), 3, false);
+        v.apply_raw(&keys::port(&p1), &port(p1, net, Some("hv-a")), 4, false);
+        v.apply_raw(&keys::port(&p2), &port(p2, net, None), 5, false);
+        assert_eq!(v.routers[&r].mod_rev, 3);
+        assert_eq!(v.ports.len(), 1, "an unbound port asks for nothing");
+        let want = router_snat::desired(&v.routers, v.ports.values().map(|(n, x)| (n, x)));
+        assert_eq!(want.len(), 1);
+        // A port whose value does not decode keeps what was known of it.
+        v.apply_raw(&keys::port(&p1), b"garbage", 6, false);
+        assert!(v.ports.contains_key(&p1));
+        // Unbinding and deleting drop it.
+        v.apply_raw(&keys::port(&p1), &port(p1, net, None), 7, false);
+        assert!(v.ports.is_empty());
+        // An unreadable router is remembered as such (its records are not
+        // released), until readable or deleted.
+        v.apply_raw(&keys::router(&r), b"garbage", 8, false);
+        assert!(v.unreadable.contains(&r) && !v.routers.contains_key(&r));
+        v.apply_raw(&keys::router(&r), b"", 9, true);
+        assert!(v.unreadable.is_empty() && v.routers.is_empty());
+        // A SNAT record under a key that names another pair is not trusted.
+        let node = NodeName::new("hv-a").unwrap();
+        let snat = model::encode(&RouterSnat {
+            router: r,
+            node: NodeName::new("hv-b").unwrap(),
+            network: ext,
+            ip: "10.77.0.9".parse().unwrap(),
+        });
+        v.apply_raw(&keys::router_snat(&node, &r), &snat, 10, false);
+        let e = &v.snats[&(r, node.clone())];
+        assert_eq!(
+            (e.snat.network, e.mod_rev),
+            (NetworkId::from_uuid(uuid::Uuid::nil()), 10)
+        );
+        v.apply_raw(&keys::router_snat(&node, &r), b"", 11, true);
+        assert!(v.snats.is_empty());
     }
 }
