@@ -68,6 +68,11 @@ pub fn to_json(r: &Router) -> Value {
         "external_gateway": opt(&r.gateway_network_id),
         "gateway_ip": opt(&r.gateway_ip),
         "subnets": r.subnet_ids,
+        "snat_addresses": r
+            .snat_addresses
+            .iter()
+            .map(|s| json!({ "node": s.node, "ip": s.ip }))
+            .collect::<Vec<_>>(),
         "created_at": opt(&r.created_at),
     })
 }
@@ -143,6 +148,38 @@ pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nubo_common::proto::RouterSnatAddress;
+
+    #[test]
+    fn show_lists_the_snat_address_of_each_node() {
+        let r = Router {
+            id: "r-1".into(),
+            name: "r1".into(),
+            snat_addresses: vec![
+                RouterSnatAddress {
+                    node: "hv-a".into(),
+                    ip: "10.77.0.7".into(),
+                },
+                RouterSnatAddress {
+                    node: "hv-b".into(),
+                    ip: "10.77.0.9".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let j = to_json(&r);
+        assert_eq!(
+            j["snat_addresses"],
+            json!([{"node": "hv-a", "ip": "10.77.0.7"}, {"node": "hv-b", "ip": "10.77.0.9"}])
+        );
+        let table = crate::output::fields_table(&j).render();
+        assert!(
+            table.contains("ip=10.77.0.7, node=hv-a") && table.contains("ip=10.77.0.9, node=hv-b"),
+            "{table}"
+        );
+        // None yet: an empty list, not a missing field.
+        assert_eq!(to_json(&Router::default())["snat_addresses"], json!([]));
+    }
 
     #[test]
     fn add_subnet_parses_as_two_words() {

@@ -286,6 +286,13 @@ async fn start_inner(
         }));
     }
     {
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            background::router_snat::run(ctx, rx).await;
+            Ok(())
+        }));
+    }
+    {
         let mut rx = rx.clone();
         let routes = match signer {
             Some(h) => tonic::service::Routes::from(api::auth::layer(

@@ -363,3 +363,256 @@ fn req_del(r: &str, p: &str) -> pb::DeleteRequest {
         project: p.into(),
     }
 }
+
+/// Every router SNAT record in etcd: (router, node) → (address, key).
+async fn snats(etcd: &Etcd) -> Vec<model::RouterSnat> {
+    prefix(etcd, &keys::router_snats_prefix())
+        .await
+        .into_iter()
+        .map(|(k, v)| {
+            let s: model::RouterSnat = model::decode(&k, &v).unwrap();
+            assert_eq!(
+                k,
+                keys::router_snat(&s.node, &s.router),
+                "record under its key"
+            );
+            s
+        })
+        .collect()
+}
+
+/// Waits (on etcd, polling) until the SNAT records satisfy `done`; returns them.
+async fn wait_snats(
+    etcd: &Etcd,
+    what: &str,
+    done: impl Fn(&[model::RouterSnat]) -> bool,
+) -> Vec<model::RouterSnat> {
+    let t = std::time::Instant::now();
+    loop {
+        let s = snats(etcd).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{what}: never happened; records: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn on(s: &[model::RouterSnat], router: &str, node: &str) -> Option<model::RouterSnat> {
+    s.iter()
+        .find(|x| x.router.to_string() == router && x.node.as_str() == node)
+        .cloned()
+}
+
+async fn ipam_holder(
+    etcd: &Etcd,
+    net: &NetworkId,
+    ip: std::net::Ipv4Addr,
+) -> Option<model::IpAllocation> {
+    get(etcd, &keys::ipam(net, std::net::IpAddr::V4(ip))).await
+}
+
+async fn server_in(cl: &mut Clients, name: &str, net: &str, az: &str) -> pb::Server {
+    let r = create_servers(
+        cl,
+        pb::CreateServerRequest {
+            availability_zone: az.into(),
+            ..server_req(name, &[net], 1)
+        },
+    )
+    .await;
+    created(&r, 0)
+}
+
+async fn router_with(cl: &mut Clients, name: &str, ext: &str, net: &str) -> pb::Router {
+    cl.routers
+        .create(pb::CreateRouterRequest {
+            name: name.into(),
+            project: String::new(),
+            external_gateway: ext.into(),
+        })
+        .await
+        .unwrap();
+    cl.routers
+        .add_subnet(subnet(name, net, ""))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The leader gives each (router, node) pair hosting a port of the
+/// router's networks an address of its own on the external network, held
+/// in the network's IPAM, shown by `router show`; releases it when the
+/// node hosts no such port any more, when the router loses the network or
+/// is deleted; a full external network is waited out, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_of_a_router_gets_its_own_snat_address() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    for (n, az) in [("hv-a", "az1"), ("hv-b", "az2"), ("hv-c", "az3")] {
+        register_seen(&etcd, &c, n, res(8, 8192, 100), az).await;
+    }
+    // 10.78.0.0/29: .2–.6 usable (.1 is the upstream router): 5 addresses.
+    let ext = put_external(&etcd, "ext", "10.78.0.0/29", "10.78.0.1").await;
+    let ext2 = put_external(&etcd, "ext2", "10.79.0.0/24", "10.79.0.1").await;
+    create_network(&mut cl, "net1", "10.0.0.0/24").await;
+    create_network(&mut cl, "net2", "10.2.0.0/24").await;
+    let r1 = router_with(&mut cl, "r1", "ext", "net1").await;
+    assert!(r1.snat_addresses.is_empty(), "no port bound yet");
+
+    // A port on a node: a record; one on each of two nodes: two distinct
+    // addresses of ext, neither the upstream's nor the router's own, each
+    // held in ext's IPAM by (r1, node).
+    server_in(&mut cl, "s-a", "net1", "az1").await;
+    server_in(&mut cl, "s-b", "net1", "az2").await;
+    let s = wait_snats(&etcd, "records on hv-a and hv-b", |s| {
+        on(s, &r1.id, "hv-a").is_some() && on(s, &r1.id, "hv-b").is_some()
+    })
+    .await;
+    assert_eq!(s.len(), 2, "{s:?}");
+    let (a, b) = (
+        on(&s, &r1.id, "hv-a").unwrap(),
+        on(&s, &r1.id, "hv-b").unwrap(),
+    );
+    assert_ne!(a.ip, b.ip);
+    for x in [&a, &b] {
+        assert_eq!(x.network, ext);
+        assert!("10.78.0.0/29"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&x.ip));
+        assert_ne!(x.ip.to_string(), r1.gateway_ip);
+        assert_ne!(x.ip.to_string(), "10.78.0.1");
+        let held = ipam_holder(&etcd, &ext, x.ip).await.expect("IPAM entry");
+        assert_eq!(
+            (
+                held.router,
+                held.snat_node.as_ref(),
+                held.port,
+                held.floating_ip
+            ),
+            (Some(x.router), Some(&x.node), None, None)
+        );
+    }
+    // `router show` (and list) lists them, by node.
+    let shown = cl
+        .routers
+        .get(in_project("r1", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let pairs: Vec<(String, String)> = shown
+        .snat_addresses
+        .iter()
+        .map(|x| (x.node.clone(), x.ip.clone()))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("hv-a".to_string(), a.ip.to_string()),
+            ("hv-b".to_string(), b.ip.to_string())
+        ]
+    );
+    let listed = cl
+        .routers
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.routers[0].snat_addresses, shown.snat_addresses);
+    // An external network with SNAT addresses on it is in use.
+    let e = cl
+        .networks
+        .delete(req_del(&ext.to_string(), "admin"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, "still has");
+
+    // The last port on hv-b goes: hv-b's record and address go, hv-a's stay.
+    cl.servers.delete(req_del("s-b", "")).await.unwrap();
+    let s = wait_snats(&etcd, "hv-b released", |s| on(s, &r1.id, "hv-b").is_none()).await;
+    assert_eq!(s, vec![a.clone()]);
+    assert!(
+        ipam_holder(&etcd, &ext, b.ip).await.is_none(),
+        "address freed"
+    );
+    assert!(ipam_holder(&etcd, &ext, a.ip).await.is_some());
+
+    // Exhaustion: fill ext with floating IPs (until the API says full).
+    let mut fips = Vec::new();
+    loop {
+        match cl.fips.create(fip_req("ext", "", "")).await {
+            Ok(f) => fips.push(f.into_inner()),
+            Err(e) => {
+                refused(e, Code::ResourceExhausted, "is full");
+                break;
+            }
+        }
+    }
+    assert_eq!(fips.len(), 3, "5 addresses: the router's, hv-a's and these");
+    // A port of net1 on hv-c, then one of net2 (behind r2, whose gateway
+    // network has room) on hv-c: once r2's record on hv-c exists, the
+    // leader has seen both ports (one watch, in order) and r1's could not
+    // be given an address.
+    let r2 = router_with(&mut cl, "r2", "ext2", "net2").await;
+    server_in(&mut cl, "s-c", "net1", "az3").await;
+    server_in(&mut cl, "s-c2", "net2", "az3").await;
+    let s = wait_snats(&etcd, "r2 on hv-c", |s| on(s, &r2.id, "hv-c").is_some()).await;
+    assert_eq!(on(&s, &r2.id, "hv-c").unwrap().network, ext2);
+    assert!(on(&s, &r1.id, "hv-c").is_none(), "ext is full: {s:?}");
+    assert!(c.is_leader(), "the coordinator still leads (no panic)");
+    // An address frees up: hv-c gets it.
+    cl.fips.delete(req_del(&fips[0].id, "")).await.unwrap();
+    let s = wait_snats(&etcd, "r1 on hv-c once an address is free", |s| {
+        on(s, &r1.id, "hv-c").is_some()
+    })
+    .await;
+    let rc = on(&s, &r1.id, "hv-c").unwrap();
+    assert_eq!(rc.ip.to_string(), fips[0].address);
+    assert_eq!(
+        ipam_holder(&etcd, &ext, rc.ip)
+            .await
+            .unwrap()
+            .snat_node
+            .unwrap()
+            .as_str(),
+        "hv-c"
+    );
+
+    // r2 loses its network (its port stays on hv-c): the leader releases.
+    cl.routers
+        .remove_subnet(subnet("r2", "net2", ""))
+        .await
+        .unwrap();
+    wait_snats(&etcd, "r2 released", |s| on(s, &r2.id, "hv-c").is_none()).await;
+    assert_eq!(
+        count(&etcd, &keys::ipam_prefix(&ext2)).await,
+        1,
+        "r2's gateway only"
+    );
+    cl.routers.delete(req_del("r2", "")).await.unwrap();
+    assert_eq!(count(&etcd, &keys::ipam_prefix(&ext2)).await, 0);
+
+    // r1: off its network and deleted at once: when the delete returns,
+    // every address of r1 is free (whoever released it: the loop or the
+    // delete's own transaction) and ext holds only the floating IPs left.
+    cl.routers
+        .remove_subnet(subnet("r1", "net1", ""))
+        .await
+        .unwrap();
+    cl.routers.delete(req_del("r1", "")).await.unwrap();
+    assert!(snats(&etcd).await.is_empty());
+    assert_eq!(count(&etcd, &keys::ipam_prefix(&ext)).await, 2);
+    for f in &fips[1..] {
+        cl.fips.delete(req_del(&f.id, "")).await.unwrap();
+    }
+    cl.networks
+        .delete(req_del(&ext.to_string(), "admin"))
+        .await
+        .unwrap();
+}

@@ -9,6 +9,7 @@ use nubo_common::model::{
 use nubo_common::{proto as pb, NetworkId, NodeName, RuleId, SecurityGroupId};
 
 use crate::error::{ApiError, ApiResult};
+use crate::operations::routers::RouterView;
 use crate::placement::scheduler::{NodeState, Ratios};
 
 fn ts(t: &Timestamp) -> String {
@@ -274,8 +275,9 @@ pub fn server_group(g: &model::ServerGroup) -> pb::ServerGroup {
     }
 }
 
-/// Router.
-pub fn router(r: &model::Router) -> pb::Router {
+/// Router, with its per-node SNAT addresses.
+pub fn router(v: &RouterView) -> pb::Router {
+    let r = &v.router;
     pb::Router {
         id: r.id.to_string(),
         name: r.name.clone(),
@@ -292,6 +294,14 @@ pub fn router(r: &model::Router) -> pb::Router {
             .unwrap_or_default(),
         subnet_ids: r.subnets.iter().map(ToString::to_string).collect(),
         created_at: ts(&r.created_at),
+        snat_addresses: v
+            .snat
+            .iter()
+            .map(|s| pb::RouterSnatAddress {
+                node: s.node.to_string(),
+                ip: s.ip.to_string(),
+            })
+            .collect(),
     }
 }
 

@@ -12,7 +12,10 @@ impl routers_server::Routers for Ctx {
     async fn create(&self, r: Request<pb::CreateRouterRequest>) -> R<pb::Router> {
         let r = r.into_inner();
         let gw = Some(r.external_gateway.as_str()).filter(|g| !g.trim().is_empty());
-        let go = async { routers::create(self, &project(&r.project)?, &r.name, gw).await };
+        let go = async {
+            let r = routers::create(self, &project(&r.project)?, &r.name, gw).await?;
+            routers::view(self, r).await
+        };
         reply(go.await.map(|x| convert::router(&x)))
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Router> {
@@ -35,14 +38,18 @@ impl routers_server::Routers for Ctx {
     }
     async fn add_subnet(&self, r: Request<pb::RouterSubnetRequest>) -> R<pb::Router> {
         let r = r.into_inner();
-        let go =
-            async { routers::add_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await };
+        let go = async {
+            let r = routers::add_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await?;
+            routers::view(self, r).await
+        };
         reply(go.await.map(|x| convert::router(&x)))
     }
     async fn remove_subnet(&self, r: Request<pb::RouterSubnetRequest>) -> R<pb::Router> {
         let r = r.into_inner();
         let go = async {
-            routers::remove_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await
+            let r =
+                routers::remove_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await?;
+            routers::view(self, r).await
         };
         reply(go.await.map(|x| convert::router(&x)))
     }

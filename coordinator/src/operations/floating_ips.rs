@@ -10,12 +10,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use nubo_common::keys;
-use nubo_common::model::{self, FloatingIp, IpAllocation, Network, Port, QuotaUsage};
+use nubo_common::model::{self, FloatingIp, Network, Port, QuotaUsage};
 use nubo_common::{FloatingIpId, ProjectId, RouterId};
 use nubo_store::kv::decode_or_skip;
 use nubo_store::{TxnBuilder, Versioned};
 
-use super::ports::{next_ip, IpPool, MAX_ALLOC_ATTEMPTS};
+use super::ports::{next_ip, reserve_ip, IpHolder, IpPool, MAX_ALLOC_ATTEMPTS};
 use super::{Page, PageRequest, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::ipam;
@@ -79,20 +79,9 @@ pub async fn create(
             router: None,
             created_at: model::now(),
         };
-        let ip_key = keys::ipam(&net.id, IpAddr::V4(ip));
         let mut t = TxnBuilder::new();
-        let free = t.absent(&ip_key);
+        let free = reserve_ip(&mut t, &net.id, ip, IpHolder::FloatingIp(id));
         t.present(&keys::network(&net.id));
-        t.put(
-            &ip_key,
-            &IpAllocation {
-                port: None,
-                floating_ip: Some(id),
-                router: None,
-                snat_node: None,
-                ip: IpAddr::V4(ip),
-            },
-        );
         t.put(&keys::floating_ip(&id), &fip);
         super::quotas::add(ctx, &mut t, project, &quota_delta()).await?;
         let a = ctx.store.commit(&t).await?;

@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod ports;
 pub mod quotas;
 pub mod resize;
+pub mod router_snat;
 pub mod routers;
 pub mod security_groups;
 pub mod server_create;

@@ -313,7 +313,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
             .count();
         if used > 0 {
             return Err(ApiError::FailedPrecondition(format!(
-                "network {:?} still has {used} ports or other addresses (floating IPs, router gateways); delete them first",
+                "network {:?} still has {used} ports or other addresses (floating IPs, router gateways, routers' per-node SNAT addresses); delete them first",
                 n.name
             )));
         }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use etcd_client::{GetOptions, Txn};
 use nubo_common::keys;
 use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage};
-use nubo_common::{NetworkId, PortId, ProjectId};
+use nubo_common::{FloatingIpId, NetworkId, NodeName, PortId, ProjectId, RouterId};
 use nubo_store::kv::{put, unchanged};
 use nubo_store::{Guard, TxnBuilder};
 
@@ -49,6 +49,11 @@ impl IpPool {
         }
     }
 
+    /// Marks `ip` as taken (reserved by this caller) without re-reading.
+    pub(crate) fn taken(&mut self, ip: Ipv4Addr) {
+        self.taken.insert(ip);
+    }
+
     fn full(&self) -> ApiError {
         ApiError::ResourceExhausted(format!(
             "network {:?} is full: all {} addresses are in use",
@@ -58,24 +63,57 @@ impl IpPool {
     }
 }
 
+/// Who holds an address of a network's IPAM.
+#[derive(Debug, Clone)]
+pub(crate) enum IpHolder {
+    /// A port's fixed address.
+    Port(PortId),
+    /// A floating IP.
+    FloatingIp(FloatingIpId),
+    /// A router's gateway address.
+    RouterGateway(RouterId),
+    /// A router's SNAT address on one node.
+    RouterSnat(RouterId, NodeName),
+}
+
+/// Reserves address `ip` of `network` for `holder` in `t`: the address
+/// must be free (the returned guard tells, when `t` fails, whether it was
+/// taken). The one place an IPAM entry is written.
+pub(crate) fn reserve_ip(
+    t: &mut TxnBuilder,
+    network: &NetworkId,
+    ip: Ipv4Addr,
+    holder: IpHolder,
+) -> Guard {
+    let key = keys::ipam(network, IpAddr::V4(ip));
+    let free = t.absent(&key);
+    let mut a = IpAllocation {
+        port: None,
+        floating_ip: None,
+        router: None,
+        snat_node: None,
+        ip: IpAddr::V4(ip),
+    };
+    match holder {
+        IpHolder::Port(p) => a.port = Some(p),
+        IpHolder::FloatingIp(f) => a.floating_ip = Some(f),
+        IpHolder::RouterGateway(r) => a.router = Some(r),
+        IpHolder::RouterSnat(r, n) => {
+            a.router = Some(r);
+            a.snat_node = Some(n);
+        }
+    }
+    t.put(&key, &a);
+    free
+}
+
 /// Reserves a new port in `t`: its address and its MAC must be free (the
 /// returned guards, in that order, tell which was taken when `t` fails),
 /// and writes the port.
 pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Guard, Guard) {
-    let ip_key = keys::ipam(&p.network, IpAddr::V4(p.ip));
+    let ip = reserve_ip(t, &p.network, p.ip, IpHolder::Port(p.id));
     let mac_key = keys::mac(&p.mac);
-    let ip = t.absent(&ip_key);
     let mac = t.absent(&mac_key);
-    t.put(
-        &ip_key,
-        &IpAllocation {
-            port: Some(p.id),
-            floating_ip: None,
-            router: None,
-            snat_node: None,
-            ip: IpAddr::V4(p.ip),
-        },
-    );
     t.put(&mac_key, &p.id);
     t.put(&keys::port(&p.id), p);
     (ip, mac)

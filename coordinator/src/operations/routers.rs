@@ -12,11 +12,11 @@
 use std::net::IpAddr;
 
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, IpAllocation, Network, Router, RouterGateway};
+use nubo_common::model::{self, Network, Router, RouterGateway, RouterSnat};
 use nubo_common::{ProjectId, RouterId};
 use nubo_store::TxnBuilder;
 
-use super::ports::{next_ip, IpPool, MAX_ALLOC_ATTEMPTS};
+use super::ports::{next_ip, reserve_ip, IpHolder, IpPool, MAX_ALLOC_ATTEMPTS};
 use super::{Page, PageRequest, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
@@ -54,18 +54,8 @@ pub async fn create(
         let gw = match pool.as_mut() {
             Some(pool) => {
                 let ip = next_ip(ctx, pool).await?;
-                let key = keys::ipam(&pool.net.id, IpAddr::V4(ip));
-                ip_guard = Some((t.absent(&key), ip));
-                t.put(
-                    &key,
-                    &IpAllocation {
-                        port: None,
-                        floating_ip: None,
-                        router: Some(id),
-                        snat_node: None,
-                        ip: IpAddr::V4(ip),
-                    },
-                );
+                let free = reserve_ip(&mut t, &pool.net.id, ip, IpHolder::RouterGateway(id));
+                ip_guard = Some((free, ip));
                 Some(RouterGateway {
                     network: pool.net.id,
                     ip,
@@ -102,14 +92,40 @@ pub async fn create(
     Err(contended("the external network's addresses"))
 }
 
-/// The router `r` (id or name) of `project`.
-pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Router> {
-    Ok(super::lookup::router(ctx, project, r).await?.value)
+/// A router as the API shows it: the record and its per-node SNAT
+/// addresses (ordered by node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterView {
+    /// The router.
+    pub router: Router,
+    /// Its SNAT address on each node hosting a port of its networks.
+    pub snat: Vec<RouterSnat>,
 }
 
-/// One page of the routers `scope` sees.
-pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<Router>> {
-    super::lookup::list_scoped(ctx, &keys::routers_prefix(), scope, page).await
+/// `router` with its SNAT addresses.
+pub async fn view(ctx: &Ctx, router: Router) -> ApiResult<RouterView> {
+    let snat = super::router_snat::of_routers(ctx, &[router.id])
+        .await?
+        .remove(&router.id)
+        .unwrap_or_default();
+    Ok(RouterView { router, snat })
+}
+
+/// The router `r` (id or name) of `project`, with its SNAT addresses.
+pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<RouterView> {
+    view(ctx, super::lookup::router(ctx, project, r).await?.value).await
+}
+
+/// One page of the routers `scope` sees, with their SNAT addresses.
+pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<RouterView>> {
+    let page: Page<Router> =
+        super::lookup::list_scoped(ctx, &keys::routers_prefix(), scope, page).await?;
+    let ids: Vec<RouterId> = page.items.iter().map(|r| r.id).collect();
+    let mut snat = super::router_snat::of_routers(ctx, &ids).await?;
+    Ok(page.map(|router| RouterView {
+        snat: snat.remove(&router.id).unwrap_or_default(),
+        router,
+    }))
 }
 
 /// Connects network `net` (id or name) of `project` to router `r`: the
@@ -221,7 +237,15 @@ pub async fn remove_subnet(
 }
 
 /// Deletes router `r` of `project`: refused while it has networks; its
-/// gateway address is released.
+/// gateway address and its per-node SNAT addresses are released.
+///
+/// The SNAT addresses go in the delete's own transaction rather than
+/// being left to the leader's loop (which would release them too, as
+/// records of a router that no longer exists): when the call returns, the
+/// external network's addresses are free and the network can be deleted,
+/// with no window in which a deleted router still holds them. The
+/// transaction also compares that no SNAT record was written since they
+/// were listed, so one allocated meanwhile cannot be left behind.
 pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     for _ in 0..MAX_ATTEMPTS {
         let router = super::lookup::router(ctx, project, r).await?;
@@ -235,6 +259,11 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         }
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::router(&rt.id), router.mod_rev);
+        let listed_at = ctx.store.revision().await?;
+        t.prefix_unchanged_since(&keys::router_snats_prefix(), listed_at);
+        for e in super::router_snat::of_router(ctx, &rt.id).await? {
+            super::router_snat::release_into(ctx, &mut t, &e.snat, e.mod_rev).await?;
+        }
         t.delete(&keys::router(&rt.id));
         t.delete(&keys::name_index(NameKind::Router, project, &rt.name));
         if let Some(g) = &rt.gateway {
