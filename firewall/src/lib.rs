@@ -24,8 +24,11 @@ pub use nft::{
     apply, apply_in, current, current_in, plan, remove, remove_in, FirewallAction, Netns,
 };
 pub use nft::{limit_counters, limit_counters_in, parse_counters};
-pub use render::{limit_counter, ruleset, ruleset_with_mode, LimitKind, RenderMode, Ruleset};
+pub use render::{
+    gateway_counter, limit_counter, ruleset, ruleset_with_mode, GatewayCounter, LimitKind,
+    RenderMode, Ruleset,
+};
 pub use spec::{
     Direction, EtherType, FirewallSpec, GroupSpec, GuestLimits, PortSpec, Protocol, Rate, Remote,
-    RuleSpec,
+    RoutedGateway, RuleSpec,
 };

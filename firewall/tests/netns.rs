@@ -529,3 +529,201 @@ fn guest_limits_drop_the_excess_per_tap_and_count_it() {
         "guest 1's datagrams counted for guest 0"
     );
 }
+
+/// MAC of `eth0` in namespace `ns`.
+fn eth0_mac(lab: &Lab, ns: &str) -> String {
+    let out = lab.exec(ns, &["cat", "/sys/class/net/eth0/address"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One ARP request from `ns` for `ip`; whether a reply came (busybox
+/// arping exits 0 only then).
+fn arping(lab: &Lab, ns: &str, ip: &str) -> bool {
+    lab.exec(
+        ns,
+        &[
+            "busybox", "arping", "-f", "-c", "1", "-w", "1", "-I", "eth0", ip,
+        ],
+    )
+    .status
+    .success()
+}
+
+/// Whether the host bridge has learned `mac` behind port `dev`.
+fn learned(lab: &Lab, mac: &str, dev: &str) -> bool {
+    let out = lab.exec(&lab.host, &["bridge", "fdb", "show", "br", "br0"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with(mac) && l.contains(&format!(" dev {dev} ")))
+}
+
+/// An ICMP echo request to `dst` (an Ethernet frame).
+fn is_echo_to(frame: &[u8], dst: [u8; 4]) -> bool {
+    frame.len() >= 35
+        && frame[12..14] == [0x08, 0x00]
+        && frame[23] == 1
+        && frame[30..34] == dst
+        && frame[34] == 8
+}
+
+/// An ARP frame whose sender protocol address is `spa`.
+fn is_arp_from(frame: &[u8], spa: [u8; 4]) -> bool {
+    frame.len() >= 42 && frame[12..14] == [0x08, 0x06] && frame[28..32] == spa
+}
+
+/// The distributed gateway: a router namespace's leg (`qr…`, the gateway
+/// MAC and IP) on a bridge with a guest and a VXLAN port (`vx-1`, here a
+/// namespace standing in for the other nodes). With the gateway declared
+/// routed behind `vx-1`: the other side's ARP for the gateway is not
+/// answered, the gateway's own ARP does not leave, routed frames leave with
+/// the node MAC, and the bridge never learns the gateway MAC behind
+/// `vx-1`; the local guest still reaches its gateway (and its replies count
+/// as established, though the guest's group admits only its members).
+/// Each negative has its control without the routed entry.
+#[test]
+fn routed_gateway_stays_on_its_node() {
+    use nubo_firewall::{gateway_counter, limit_counters_in, GatewayCounter, RoutedGateway};
+    use nubo_netid::MacAddr;
+    let mut lab = Lab::new(1);
+    let remote = lab.add_remote("vx-1");
+    let gw_mac = MacAddr::router_mac(&["router", "network"]);
+    let node_mac = MacAddr([0x02, 0x6e, 0x6f, 0x64, 0x65, 0x01]);
+    let leg = nubo_netid::hashed_name("qr", &[&lab.host, "network"]);
+    let router = lab.add_router_leg(&leg, gw_mac, "10.77.0.1/24");
+    let (gw_mac_s, node_mac_s) = (gw_mac.to_string(), node_mac.to_string());
+    let remote_mac = eth0_mac(&lab, &remote);
+    // The router resolves the remote host statically (its ARP will not
+    // cross the VXLAN port).
+    lab.exec(
+        &router,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.77.0.99",
+            "lladdr",
+            &remote_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    let plain = spec(
+        vec![lab_port(&lab, 0, &["default"])],
+        vec![default_group("default", &[&lab.guests[0].ip])],
+    );
+    let mut routed = plain.clone();
+    routed.routed.push(RoutedGateway {
+        vxlan: "vx-1".into(),
+        ip: "10.77.0.1".parse().unwrap(),
+        mac: gw_mac,
+        node_mac,
+    });
+    let counter = |kind| {
+        limit_counters_in(&lab.netns())
+            .unwrap()
+            .get(&gateway_counter("vx-1", kind))
+            .copied()
+            .unwrap_or(0)
+    };
+    let router_echo_src = || {
+        let frame = common::lab::capture(
+            &remote,
+            || {
+                lab.exec(&router, &["ping", "-c1", "-W1", "-n", "10.77.0.99"]);
+            },
+            |f| is_echo_to(f, [10, 77, 0, 99]),
+        )
+        .expect("the router's echo request reaches the remote side");
+        MacAddr::from_slice(&frame[6..12]).unwrap()
+    };
+
+    // Controls: without the routed entry the gateway is visible across vx-1.
+    apply(&lab, &plain);
+    assert!(
+        eventually(|| lab.ping(0, "10.77.0.1")),
+        "guest reaches its gateway"
+    );
+    assert!(
+        eventually(|| arping(&lab, &remote, "10.77.0.1")),
+        "control: ARP across vx-1 answered"
+    );
+    assert_eq!(
+        router_echo_src(),
+        gw_mac,
+        "control: routed frames carry the gateway MAC"
+    );
+
+    apply(&lab, &routed);
+    let listed = current_in(&lab.netns()).unwrap().unwrap();
+    assert!(listed.contains("chain gw_in_vx-1 {"), "{listed}");
+    assert!(
+        listed.contains(&format!("ether saddr set {node_mac_s}")),
+        "{listed}"
+    );
+    // The local guest still reaches (and resolves) its gateway.
+    lab.guest_ok(0, &["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(
+        eventually(|| lab.ping(0, "10.77.0.1")),
+        "guest reaches its gateway"
+    );
+    // The other side's ARP for the gateway is dropped at vx-1.
+    let _ = lab.exec(&remote, &["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(
+        !arping(&lab, &remote, "10.77.0.1"),
+        "ARP for the gateway from vx-1 answered"
+    );
+    assert!(counter(GatewayCounter::InDropped) >= 1);
+    // Routed frames leave with the node MAC.
+    assert_eq!(router_echo_src(), node_mac, "source MAC not rewritten");
+    assert!(counter(GatewayCounter::Rewritten) >= 1);
+    // The gateway's own ARP stays on the node.
+    lab.exec(
+        &router,
+        &["ip", "neigh", "del", "10.77.0.99", "dev", "eth0"],
+    );
+    let out_before = counter(GatewayCounter::OutDropped);
+    let leaked = common::lab::capture(
+        &remote,
+        || {
+            lab.exec(&router, &["ping", "-c1", "-W1", "-n", "10.77.0.99"]);
+        },
+        |f| is_arp_from(f, [10, 77, 0, 1]),
+    );
+    assert_eq!(leaked, None, "the gateway's ARP left by vx-1");
+    assert!(counter(GatewayCounter::OutDropped) > out_before);
+
+    // Frames from the gateway MAC coming in by vx-1 are dropped before the
+    // bridge learns it there (the remote host takes the gateway MAC).
+    assert!(
+        learned(&lab, &remote_mac, "vx-1"),
+        "control: the bridge learns vx-1's MACs"
+    );
+    lab.exec(
+        &remote,
+        &["ip", "link", "set", "eth0", "address", &gw_mac_s],
+    );
+    let in_before = counter(GatewayCounter::InDropped);
+    arping(&lab, &remote, &lab.guests[0].ip);
+    lab.ping(0, "10.77.0.1");
+    assert!(counter(GatewayCounter::InDropped) > in_before);
+    assert!(
+        !learned(&lab, &gw_mac_s, "vx-1"),
+        "gateway MAC learned behind vx-1"
+    );
+    assert!(
+        learned(&lab, &gw_mac_s, &leg),
+        "gateway MAC learned on its leg"
+    );
+    // Control: without the routed entry the bridge does learn it there.
+    apply(&lab, &plain);
+    assert!(
+        eventually(|| {
+            arping(&lab, &remote, &lab.guests[0].ip);
+            learned(&lab, &gw_mac_s, "vx-1")
+        }),
+        "control: the gateway MAC from vx-1 is learned without the rules"
+    );
+}
