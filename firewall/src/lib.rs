@@ -8,6 +8,10 @@
 //! through libnftables ([`libnft`], linked from `libnftables.so.1`). See
 //! [`render`] for the layout of the tables and why conntrack state comes
 //! through `br_netfilter`.
+//!
+//! [`router`] renders and applies the separate, much smaller table of a
+//! router namespace: floating-IP DNAT/SNAT, the node's SNAT address and
+//! the router's forward filter.
 
 pub mod compile;
 pub mod error;
@@ -16,6 +20,7 @@ pub mod libnft;
 pub mod names;
 pub mod nft;
 pub mod render;
+pub mod router;
 pub mod spec;
 
 pub use error::FirewallError;
@@ -27,6 +32,10 @@ pub use nft::{limit_counters, limit_counters_in, parse_counters};
 pub use render::{
     gateway_counter, limit_counter, ruleset, ruleset_with_mode, GatewayCounter, LimitKind,
     RenderMode, Ruleset,
+};
+pub use router::{
+    apply_router_ruleset, remove_router_ruleset, router_counters, router_ruleset, ExternalLeg,
+    FloatingNat, InternalLeg, RouterNatSpec, RouterSpecError,
 };
 pub use spec::{
     Direction, EtherType, FirewallSpec, GroupSpec, GuestLimits, PortSpec, Protocol, Rate, Remote,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::lab::{eventually, Lab};
+use common::lab::{eventually, must, run, Lab};
 use common::specs::*;
 use nubo_firewall::libnft::in_named_netns;
 use nubo_firewall::{
@@ -725,5 +725,232 @@ fn routed_gateway_stays_on_its_node() {
             learned(&lab, &gw_mac_s, "vx-1")
         }),
         "control: the gateway MAC from vx-1 is learned without the rules"
+    );
+}
+
+/// Sends one UDP datagram from namespace `ns` (source `from`, an ephemeral
+/// port) to `to`.
+fn udp_send(ns: &str, from: &str, to: std::net::SocketAddr) {
+    let from: std::net::Ipv4Addr = from.parse().unwrap();
+    in_named_netns(ns, move || {
+        let sock = std::net::UdpSocket::bind((from, 0)).unwrap();
+        sock.send_to(b"nubo", to).unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The source address of the next datagram `sock` receives within 1 s.
+fn udp_source(sock: &std::net::UdpSocket) -> Option<std::net::IpAddr> {
+    let mut buf = [0u8; 64];
+    sock.recv_from(&mut buf).ok().map(|(_, peer)| peer.ip())
+}
+
+/// A router namespace between an external host (10.78.0.2) and two tenant
+/// subnets (guest g1 10.77.0.5 with floating IP 10.78.0.20, guest g2
+/// 10.77.1.6 without): DNAT of the floating IP, 1:1 SNAT of its fixed IP,
+/// the node's SNAT address for the others (dropped when there is none),
+/// east-west between subnets, nothing from outside but DNATed traffic;
+/// re-applying the same spec changes nothing; removal is idempotent.
+#[test]
+fn router_namespace_nats_floating_ips_and_filters_inbound() {
+    use nubo_firewall::router::{COUNTER_INBOUND, COUNTER_OUTBOUND};
+    use nubo_firewall::{
+        apply_router_ruleset, remove_router_ruleset, router_counters, router_ruleset, ExternalLeg,
+        FloatingNat, InternalLeg, RouterNatSpec,
+    };
+    assert!(
+        nubo_tests::netns::is_root(),
+        "network namespace tests need root"
+    );
+    let names = nubo_tests::netns::Names::new().expect("names");
+    let ns = |s: &str| names.add_netns(s).expect("netns");
+    let (router, ext, g1, g2) = (ns("q"), ns("x"), ns("g1"), ns("g2"));
+    let batch = |ns: &str, lines: &str| nubo_tests::netns::ip_batch(Some(ns), lines).expect(lines);
+    batch(
+        &router,
+        &format!(
+            "link add qg0 type veth peer name eth0 netns {ext}\n\
+             link add qi0 type veth peer name eth0 netns {g1}\n\
+             link add qi1 type veth peer name eth0 netns {g2}\n\
+             addr add 10.78.0.10/24 dev qg0\naddr add 10.78.0.20/32 dev qg0\n\
+             addr add 10.77.0.1/24 dev qi0\naddr add 10.77.1.1/24 dev qi1\n\
+             link set qg0 up\nlink set qi0 up\nlink set qi1 up\n"
+        ),
+    );
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &router,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    batch(
+        &ext,
+        "addr add 10.78.0.2/24 dev eth0\nlink set eth0 up\nroute add 10.77.0.0/16 via 10.78.0.10\n",
+    );
+    batch(
+        &g1,
+        "addr add 10.77.0.5/24 dev eth0\nlink set eth0 up\nroute add default via 10.77.0.1\n",
+    );
+    batch(
+        &g2,
+        "addr add 10.77.1.6/24 dev eth0\nlink set eth0 up\nroute add default via 10.77.1.1\n",
+    );
+    let ping = |from: &str, ip: &str| {
+        run(&["ip", "netns", "exec", from, "ping", "-c1", "-W1", "-n", ip])
+            .status
+            .success()
+    };
+    let server = in_named_netns(&ext, || {
+        let s = std::net::UdpSocket::bind(("10.78.0.2", 5555)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        Ok(s)
+    })
+    .unwrap();
+    let to = "10.78.0.2:5555".parse().unwrap();
+    let counter = |name: &str| {
+        router_counters(&router)
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    };
+
+    // Control: plain routing lets the external host reach a fixed IP.
+    assert!(
+        eventually(|| ping(&ext, "10.77.0.5")),
+        "control: routed without the table"
+    );
+
+    let mut spec = RouterNatSpec {
+        external: Some(ExternalLeg {
+            leg: "qg0".into(),
+            snat: Some("10.78.0.10".parse().unwrap()),
+            floating: vec![FloatingNat {
+                floating: "10.78.0.20".parse().unwrap(),
+                fixed: "10.77.0.5".parse().unwrap(),
+            }],
+        }),
+        internal: vec![
+            InternalLeg {
+                leg: "qi0".into(),
+                cidr: "10.77.0.0/24".parse().unwrap(),
+            },
+            InternalLeg {
+                leg: "qi1".into(),
+                cidr: "10.77.1.0/24".parse().unwrap(),
+            },
+        ],
+    };
+    assert_eq!(
+        apply_router_ruleset(&router, &spec).unwrap(),
+        FirewallAction::Replace
+    );
+    let list = || {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "nubo-router",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let listed = list();
+    assert!(
+        listed.contains("dnat to ip daddr map @floating_dnat"),
+        "{listed}"
+    );
+    assert!(listed.contains("10.78.0.20 : 10.77.0.5"), "{listed}");
+
+    // DNAT: the floating IP reaches g1; the fixed IP is not reachable.
+    assert!(
+        eventually(|| ping(&ext, "10.78.0.20")),
+        "floating IP reaches g1"
+    );
+    assert!(!ping(&ext, "10.77.0.5"), "fixed IP reachable from outside");
+    assert!(counter(COUNTER_INBOUND) >= 1);
+    // SNAT: g1 leaves as its floating IP, g2 as the node's SNAT address.
+    udp_send(&g1, "10.77.0.5", to);
+    assert_eq!(udp_source(&server), Some("10.78.0.20".parse().unwrap()));
+    udp_send(&g2, "10.77.1.6", to);
+    assert_eq!(udp_source(&server), Some("10.78.0.10".parse().unwrap()));
+    // East-west between the router's subnets.
+    assert!(eventually(|| ping(&g1, "10.77.1.6")), "east-west");
+
+    // Same spec again: nothing is touched (the counters keep their counts).
+    let before = list();
+    assert_eq!(
+        apply_router_ruleset(&router, &spec).unwrap(),
+        FirewallAction::Noop
+    );
+    assert_eq!(list(), before);
+    assert!(
+        counter(COUNTER_INBOUND) >= 1,
+        "table replaced by a no-op apply"
+    );
+
+    // No SNAT address: g2's traffic is dropped, not leaked; g1 still leaves.
+    spec.external.as_mut().unwrap().snat = None;
+    assert_eq!(
+        apply_router_ruleset(&router, &spec).unwrap(),
+        FirewallAction::Replace
+    );
+    assert!(!list().contains("snat to 10.78.0.10"));
+    udp_send(&g2, "10.77.1.6", to);
+    assert_eq!(udp_source(&server), None, "g2 left without a SNAT address");
+    assert!(counter(COUNTER_OUTBOUND) >= 1);
+    udp_send(&g1, "10.77.0.5", to);
+    assert_eq!(udp_source(&server), Some("10.78.0.20".parse().unwrap()));
+
+    // The live table is the one router_ruleset renders (its fingerprint).
+    let script = router_ruleset(&spec).unwrap();
+    let comment = script
+        .lines()
+        .find(|l| l.contains("comment"))
+        .unwrap()
+        .trim();
+    assert!(list().contains(comment), "{comment} not in {}", list());
+
+    // A router without gateway: its subnets still reach each other, the
+    // outside gets nothing.
+    let no_gateway = RouterNatSpec {
+        external: None,
+        ..spec.clone()
+    };
+    assert_eq!(
+        apply_router_ruleset(&router, &no_gateway).unwrap(),
+        FirewallAction::Replace
+    );
+    assert!(
+        eventually(|| ping(&g1, "10.77.1.6")),
+        "east-west without gateway"
+    );
+    assert!(
+        !ping(&ext, "10.77.0.5"),
+        "outside reaches a router without gateway"
+    );
+    assert!(counter(nubo_firewall::router::COUNTER_OTHER) >= 1);
+
+    // Removal, idempotent, also once the namespace is gone.
+    remove_router_ruleset(&router).unwrap();
+    let tables = run(&["ip", "netns", "exec", &router, "nft", "list", "tables"]);
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("nubo-router"));
+    remove_router_ruleset(&router).unwrap();
+    assert!(router_counters(&router).unwrap().is_empty());
+    remove_router_ruleset(&names.name("gone")).unwrap();
+    // Control: without the table, the fixed IP is routed again.
+    assert!(
+        eventually(|| ping(&ext, "10.77.0.5")),
+        "control: routed after removal"
     );
 }

@@ -7,8 +7,8 @@ mod common;
 use common::snapshot::assert_snapshot;
 use common::specs::*;
 use nubo_firewall::{
-    ruleset, ruleset_with_mode, Direction, FirewallSpec, Protocol, Remote, RenderMode,
-    RoutedGateway,
+    router_ruleset, ruleset, ruleset_with_mode, Direction, ExternalLeg, FirewallSpec, FloatingNat,
+    InternalLeg, Protocol, Remote, RenderMode, RoutedGateway, RouterNatSpec,
 };
 use nubo_netid::MacAddr;
 
@@ -197,4 +197,58 @@ fn many_rules_stay_a_constant_number_of_nft_rules() {
         RenderMode::Linear,
     );
     assert!(count_rules(linear.text()) > 10_000);
+}
+
+/// Router namespace tables: a router with a SNAT address and two floating
+/// IPs on two subnets, the same without SNAT address, and one without a
+/// gateway.
+fn router_cases() -> Vec<(&'static str, RouterNatSpec)> {
+    let fip = |floating: &str, fixed: &str| FloatingNat {
+        floating: floating.parse().expect("ip"),
+        fixed: fixed.parse().expect("ip"),
+    };
+    let internal = vec![
+        InternalLeg {
+            leg: "qr0000000000b".into(),
+            cidr: "10.77.1.0/24".parse().expect("cidr"),
+        },
+        InternalLeg {
+            leg: "qr0000000000a".into(),
+            cidr: "10.77.0.0/24".parse().expect("cidr"),
+        },
+    ];
+    let full = RouterNatSpec {
+        external: Some(ExternalLeg {
+            leg: "qg0000000000e".into(),
+            snat: Some("10.78.0.10".parse().expect("ip")),
+            floating: vec![
+                fip("10.78.0.21", "10.77.1.6"),
+                fip("10.78.0.20", "10.77.0.5"),
+            ],
+        }),
+        internal: internal.clone(),
+    };
+    let mut no_snat = full.clone();
+    if let Some(ext) = no_snat.external.as_mut() {
+        ext.snat = None;
+    }
+    let no_gateway = RouterNatSpec {
+        external: None,
+        internal,
+    };
+    vec![
+        ("router_full", full),
+        ("router_no_snat", no_snat),
+        ("router_no_gateway", no_gateway),
+    ]
+}
+
+#[test]
+fn router_rulesets_match_snapshots() {
+    for (name, spec) in router_cases() {
+        assert_snapshot(
+            &format!("{name}.nft"),
+            &router_ruleset(&spec).expect("valid spec"),
+        );
+    }
 }
