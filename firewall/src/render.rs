@@ -121,7 +121,13 @@ impl Ruleset {
 
 /// Extracts the fingerprint from the comment of a listed nubo table.
 pub fn fingerprint_of(listing: &str) -> Option<&str> {
-    let start = listing.find(COMMENT_PREFIX)? + COMMENT_PREFIX.len();
+    comment_value(listing, COMMENT_PREFIX)
+}
+
+/// What follows `prefix` in a listing, up to the closing quote of the
+/// comment it is in.
+pub(crate) fn comment_value<'a>(listing: &'a str, prefix: &str) -> Option<&'a str> {
+    let start = listing.find(prefix)? + prefix.len();
     let rest = &listing[start..];
     let end = rest.find('"')?;
     Some(&rest[..end])
@@ -150,15 +156,24 @@ pub fn ruleset_with_mode(spec: &FirewallSpec, mode: RenderMode) -> Ruleset {
 
 /// Small line writer with nft's tab indentation.
 #[derive(Default)]
-struct Out(String);
+pub(crate) struct Out(pub(crate) String);
 
 impl Out {
-    fn line(&mut self, depth: usize, s: &str) {
+    pub(crate) fn line(&mut self, depth: usize, s: &str) {
         for _ in 0..depth {
             self.0.push('\t');
         }
         self.0.push_str(s);
         self.0.push('\n');
+    }
+
+    /// `head {`, the lines one level deeper, `}`.
+    pub(crate) fn block(&mut self, head: &str, lines: &[String]) {
+        self.line(1, &format!("{head} {{"));
+        for l in lines {
+            self.line(2, l);
+        }
+        self.line(1, "}");
     }
 
     fn set(&mut self, name: &str, ty: &str, interval: bool, elements: &[String]) {

@@ -41,7 +41,8 @@ use tracing::info;
 use crate::error::FirewallError;
 use crate::libnft::{in_named_netns, Nft};
 use crate::names::{fnv1a64, valid_ifname};
-use crate::nft::{parse_counters, FirewallAction};
+use crate::nft::{has_table, table_counters, FirewallAction};
+use crate::render::{comment_value, Out};
 
 /// The table nubo owns in every router namespace (family `ip`).
 pub const ROUTER_TABLE: &str = "nubo-router";
@@ -227,28 +228,6 @@ fn validate(spec: &RouterNatSpec) -> Result<Valid, RouterSpecError> {
     })
 }
 
-/// Tab-indented lines, as nft prints them.
-#[derive(Default)]
-struct Out(String);
-
-impl Out {
-    fn line(&mut self, depth: usize, s: &str) {
-        for _ in 0..depth {
-            self.0.push('\t');
-        }
-        self.0.push_str(s);
-        self.0.push('\n');
-    }
-
-    fn block(&mut self, head: &str, lines: &[String]) {
-        self.line(1, &format!("{head} {{"));
-        for l in lines {
-            self.line(2, l);
-        }
-        self.line(1, "}");
-    }
-}
-
 fn elements(items: &[String]) -> Option<String> {
     (!items.is_empty()).then(|| format!("elements = {{ {} }}", items.join(", ")))
 }
@@ -372,16 +351,7 @@ pub fn router_ruleset(spec: &RouterNatSpec) -> Result<String, FirewallError> {
 
 /// The fingerprint in the comment of a listed `nubo-router` table.
 fn listed_fingerprint(listing: &str) -> Option<&str> {
-    let start = listing.find(COMMENT_PREFIX)? + COMMENT_PREFIX.len();
-    let rest = &listing[start..];
-    Some(&rest[..rest.find('"')?])
-}
-
-/// Whether the namespace of `nft` has the router table.
-fn has_table(nft: &mut Nft) -> Result<bool, FirewallError> {
-    let tables = nft.run("list tables", "list tables")?;
-    let wanted = format!("table ip {ROUTER_TABLE}");
-    Ok(tables.lines().any(|l| l.trim() == wanted))
+    comment_value(listing, COMMENT_PREFIX)
 }
 
 /// Makes the router table of namespace `netns` (a name under `/run/netns`)
@@ -397,7 +367,7 @@ pub fn apply_router_ruleset(
     let script = replace_script(&table);
     let action = in_named_netns(netns, || {
         let mut nft = Nft::new()?;
-        if has_table(&mut nft)? {
+        if has_table(&mut nft, "ip", ROUTER_TABLE)? {
             let live = nft.run(
                 "list router table",
                 &format!("list table ip {ROUTER_TABLE}"),
@@ -438,17 +408,7 @@ pub fn remove_router_ruleset(netns: &str) -> Result<(), FirewallError> {
 /// [`COUNTER_OTHER`]. Empty when the table does not exist.
 pub fn router_counters(netns: &str) -> Result<BTreeMap<String, u64>, FirewallError> {
     in_named_netns(netns, || {
-        let mut nft = Nft::new()?;
-        if !has_table(&mut nft)? {
-            return Ok(BTreeMap::new());
-        }
-        nft.set_json(true);
-        let listed = nft.run(
-            "list router counters",
-            &format!("list counters table ip {ROUTER_TABLE}"),
-        );
-        nft.set_json(false);
-        parse_counters(&listed?)
+        table_counters(&mut Nft::new()?, "ip", ROUTER_TABLE)
     })
 }
 
