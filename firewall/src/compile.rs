@@ -12,7 +12,9 @@ use tracing::warn;
 
 use crate::interval::{merge_ranges, sweep, Range};
 use crate::names::valid_ifname;
-use crate::spec::{Direction, EtherType, FirewallSpec, PortSpec, Protocol, Remote, RuleSpec};
+use crate::spec::{
+    Direction, EtherType, FirewallSpec, PortSpec, Protocol, Remote, RoutedGateway, RuleSpec,
+};
 
 /// Protocols whose header starts with 16-bit source and destination ports
 /// (TCP, UDP, DCCP, SCTP, UDP-Lite): the only ones a port range may use.
@@ -82,6 +84,8 @@ pub struct Compiled {
     pub members: BTreeMap<String, (BTreeSet<IpAddr>, BTreeSet<IpAddr>)>,
     /// Provider uplinks, valid names only, sorted, once each.
     pub uplinks: BTreeSet<String>,
+    /// Valid routed gateways by VXLAN device, sorted, once each.
+    pub routed: BTreeMap<String, Vec<RoutedGateway>>,
 }
 
 /// Validates and compiles the spec.
@@ -105,6 +109,7 @@ pub fn compile(spec: &FirewallSpec) -> Compiled {
             warn!(uplink = %u, "invalid uplink name, ignored by the firewall");
         }
     }
+    out.routed = compile_routed(&spec.routed);
     let mut remote_groups: BTreeSet<String> = BTreeSet::new();
     for (id, port) in by_id {
         if !taps.insert(&port.tap) {
@@ -157,6 +162,45 @@ pub fn compile(spec: &FirewallSpec) -> Compiled {
             None => warn!(group = %gid, "remote group unknown, it has no members"),
         }
         out.members.insert(gid, (v4, v6));
+    }
+    out
+}
+
+/// Validates the routed gateways: a valid device name, a unicast gateway
+/// address, unicast non-zero MACs, a node MAC that is not the gateway MAC,
+/// and one node MAC per gateway MAC and device (the rewrite must be
+/// unambiguous). Invalid entries are logged and dropped: without them the
+/// gateway is only less confined, never anything else filtered.
+fn compile_routed(routed: &[RoutedGateway]) -> BTreeMap<String, Vec<RoutedGateway>> {
+    let unicast = |m: &nubo_netid::MacAddr| !m.is_zero() && m.0[0] & 1 == 0;
+    let mut sorted: Vec<&RoutedGateway> = routed.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut out: BTreeMap<String, Vec<RoutedGateway>> = BTreeMap::new();
+    for gw in sorted {
+        let problem = if !valid_ifname(&gw.vxlan) {
+            Some("invalid VXLAN device name")
+        } else if gw.ip.is_unspecified() || gw.ip.is_broadcast() || gw.ip.is_multicast() {
+            Some("gateway address is not unicast")
+        } else if !unicast(&gw.mac) || !unicast(&gw.node_mac) {
+            Some("gateway and node MACs must be unicast and non-zero")
+        } else if gw.mac == gw.node_mac {
+            Some("node MAC equals the gateway MAC")
+        } else if out.get(&gw.vxlan).is_some_and(|v| {
+            v.iter()
+                .any(|o| o.mac == gw.mac && o.node_mac != gw.node_mac)
+        }) {
+            Some("another node MAC is already given for this gateway MAC on this device")
+        } else {
+            None
+        };
+        match problem {
+            Some(why) => warn!(
+                vxlan = %gw.vxlan, ip = %gw.ip, mac = %gw.mac, node_mac = %gw.node_mac,
+                "{why}: routed gateway ignored by the firewall"
+            ),
+            None => out.entry(gw.vxlan.clone()).or_default().push(gw.clone()),
+        }
     }
     out
 }

@@ -73,4 +73,7 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
+    /// A router namespace's NAT spec is invalid (nothing was applied).
+    #[error("invalid router spec: {0}")]
+    RouterSpec(#[from] crate::router::RouterSpecError),
 }

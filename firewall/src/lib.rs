@@ -8,6 +8,10 @@
 //! through libnftables ([`libnft`], linked from `libnftables.so.1`). See
 //! [`render`] for the layout of the tables and why conntrack state comes
 //! through `br_netfilter`.
+//!
+//! [`router`] renders and applies the separate, much smaller table of a
+//! router namespace: floating-IP DNAT/SNAT, the node's SNAT address and
+//! the router's forward filter.
 
 pub mod compile;
 pub mod error;
@@ -16,6 +20,7 @@ pub mod libnft;
 pub mod names;
 pub mod nft;
 pub mod render;
+pub mod router;
 pub mod spec;
 
 pub use error::FirewallError;
@@ -24,8 +29,15 @@ pub use nft::{
     apply, apply_in, current, current_in, plan, remove, remove_in, FirewallAction, Netns,
 };
 pub use nft::{limit_counters, limit_counters_in, parse_counters};
-pub use render::{limit_counter, ruleset, ruleset_with_mode, LimitKind, RenderMode, Ruleset};
+pub use render::{
+    gateway_counter, limit_counter, ruleset, ruleset_with_mode, GatewayCounter, LimitKind,
+    RenderMode, Ruleset,
+};
+pub use router::{
+    apply_router_ruleset, remove_router_ruleset, router_counters, router_ruleset, ExternalLeg,
+    FloatingNat, InternalLeg, RouterNatSpec, RouterSpecError,
+};
 pub use spec::{
     Direction, EtherType, FirewallSpec, GroupSpec, GuestLimits, PortSpec, Protocol, Rate, Remote,
-    RuleSpec,
+    RoutedGateway, RuleSpec,
 };

@@ -122,22 +122,33 @@ pub fn limit_counters() -> Result<BTreeMap<String, u64>, FirewallError> {
 
 /// Like [`limit_counters`], in `ns`.
 pub fn limit_counters_in(ns: &Netns) -> Result<BTreeMap<String, u64>, FirewallError> {
-    with_nft(ns, |nft| {
-        let tables = nft.run("list tables", "list tables")?;
-        let has = tables
-            .lines()
-            .any(|l| l.trim() == format!("table bridge {TABLE}"));
-        if !has {
-            return Ok(BTreeMap::new());
-        }
-        nft.set_json(true);
-        let listed = nft.run(
-            "list counters",
-            &format!("list counters table bridge {TABLE}"),
-        );
-        nft.set_json(false);
-        parse_counters(&listed?)
-    })
+    with_nft(ns, |nft| table_counters(nft, "bridge", TABLE))
+}
+
+/// Whether the namespace `nft` acts on has table `family name`.
+pub(crate) fn has_table(nft: &mut Nft, family: &str, name: &str) -> Result<bool, FirewallError> {
+    let tables = nft.run("list tables", "list tables")?;
+    let wanted = format!("table {family} {name}");
+    Ok(tables.lines().any(|l| l.trim() == wanted))
+}
+
+/// The named counters of table `family name` by name (packets); empty when
+/// the table does not exist.
+pub(crate) fn table_counters(
+    nft: &mut Nft,
+    family: &str,
+    name: &str,
+) -> Result<BTreeMap<String, u64>, FirewallError> {
+    if !has_table(nft, family, name)? {
+        return Ok(BTreeMap::new());
+    }
+    nft.set_json(true);
+    let listed = nft.run(
+        "list counters",
+        &format!("list counters table {family} {name}"),
+    );
+    nft.set_json(false);
+    parse_counters(&listed?)
 }
 
 /// Reads `{"counter": {"name": …, "packets": …}}` objects out of an

@@ -22,14 +22,36 @@
 //!    the per-port chains.
 //!
 //! Only these three bits of the packet mark are used, and only on traffic of
-//! nubo taps and VXLAN devices.
+//! nubo taps, VXLAN devices, provider uplinks and router legs.
+//!
+//! # Router legs and distributed gateways
+//!
+//! A router namespace's legs are plugged into the bridges by veths whose
+//! host ends are named `qr` + 11 hex digits
+//! ([`ROUTER_LEG_PATTERN`], `nubo_netid::hashed_name`). They are not guest
+//! ports: no anti-spoofing or security group applies to what they send (a
+//! router forwards other hosts' addresses), and nothing here drops unknown
+//! bridge ports (every base chain's policy is accept). They are marked
+//! tracked like the wire, so the reply a router leg brings back to a guest
+//! is recognised as established; without it a guest whose groups allow
+//! only its own group's ingress could not even ping its gateway.
+//!
+//! Each node runs a copy of a routed subnet's gateway (same IP and MAC on
+//! every node). At the network's VXLAN device, `gw_in_<dev>` (prerouting,
+//! so before the bridge learns the source MAC) drops ARP for or from the
+//! gateway IP and frames from the gateway MAC, and `gw_out_<dev>` (first in
+//! forward, so before the established shortcut) drops the gateway's ARP and
+//! non-IPv4 frames (its IPv6 link-local address is the same on every node,
+//! so its neighbour discovery would collide) and rewrites the source MAC of
+//! its routed IPv4 frames to the node's routing MAC. See
+//! [`crate::spec::RoutedGateway`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::compile::{compile, Compiled, GroupSide, PortPolicy, Side, ValidRemote, ValidRule};
 use crate::interval::Range;
 use crate::names::{fnv1a64, ident};
-use crate::spec::{Direction, EtherType, FirewallSpec, GuestLimits, Rate};
+use crate::spec::{Direction, EtherType, FirewallSpec, GuestLimits, Rate, RoutedGateway};
 
 /// Name of the tables nubo owns (in the `bridge` and `inet` families).
 pub const TABLE: &str = "nubo";
@@ -45,7 +67,10 @@ pub const METADATA_IP: &str = "169.254.169.254";
 /// Prefix of the table comment that carries the fingerprint.
 const COMMENT_PREFIX: &str = "nubo-firewall fp=";
 /// Bumped when the rendering changes in a way the fingerprint must reflect.
-const FORMAT_VERSION: &str = "nubo-firewall/2";
+const FORMAT_VERSION: &str = "nubo-firewall/3";
+/// Host ends of router legs (`qr` + 11 hex digits): tracked like the wire,
+/// never filtered as guest ports.
+pub const ROUTER_LEG_PATTERN: &str = "qr*";
 
 /// How per-port rules are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,7 +121,13 @@ impl Ruleset {
 
 /// Extracts the fingerprint from the comment of a listed nubo table.
 pub fn fingerprint_of(listing: &str) -> Option<&str> {
-    let start = listing.find(COMMENT_PREFIX)? + COMMENT_PREFIX.len();
+    comment_value(listing, COMMENT_PREFIX)
+}
+
+/// What follows `prefix` in a listing, up to the closing quote of the
+/// comment it is in.
+pub(crate) fn comment_value<'a>(listing: &'a str, prefix: &str) -> Option<&'a str> {
+    let start = listing.find(prefix)? + prefix.len();
     let rest = &listing[start..];
     let end = rest.find('"')?;
     Some(&rest[..end])
@@ -125,15 +156,24 @@ pub fn ruleset_with_mode(spec: &FirewallSpec, mode: RenderMode) -> Ruleset {
 
 /// Small line writer with nft's tab indentation.
 #[derive(Default)]
-struct Out(String);
+pub(crate) struct Out(pub(crate) String);
 
 impl Out {
-    fn line(&mut self, depth: usize, s: &str) {
+    pub(crate) fn line(&mut self, depth: usize, s: &str) {
         for _ in 0..depth {
             self.0.push('\t');
         }
         self.0.push_str(s);
         self.0.push('\n');
+    }
+
+    /// `head {`, the lines one level deeper, `}`.
+    pub(crate) fn block(&mut self, head: &str, lines: &[String]) {
+        self.line(1, &format!("{head} {{"));
+        for l in lines {
+            self.line(2, l);
+        }
+        self.line(1, "}");
     }
 
     fn set(&mut self, name: &str, ty: &str, interval: bool, elements: &[String]) {
@@ -244,6 +284,50 @@ pub fn limit_counter(port_id: &str, kind: LimitKind) -> String {
     format!("{}_{}_limited", PortNames::new(port_id).base, kind.as_str())
 }
 
+/// What a routed-gateway counter counts, per VXLAN device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GatewayCounter {
+    /// Frames entering from the VXLAN device that were dropped: ARP for or
+    /// from a gateway IP, frames from a gateway MAC.
+    InDropped,
+    /// Frames leaving by the VXLAN device that were dropped: a gateway's
+    /// ARP and non-IPv4 frames.
+    OutDropped,
+    /// Routed frames leaving by the VXLAN device whose source MAC was
+    /// rewritten to the node MAC.
+    Rewritten,
+}
+
+impl GatewayCounter {
+    /// All kinds.
+    pub const ALL: [GatewayCounter; 3] = [
+        GatewayCounter::InDropped,
+        GatewayCounter::OutDropped,
+        GatewayCounter::Rewritten,
+    ];
+
+    /// Short name, as used in counter names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayCounter::InDropped => "in_dropped",
+            GatewayCounter::OutDropped => "out_dropped",
+            GatewayCounter::Rewritten => "rewritten",
+        }
+    }
+}
+
+/// Name of the named nft counter (in `table bridge nubo`) of `kind` for
+/// the routed gateways behind VXLAN device `vxlan`; read with
+/// [`crate::limit_counters`] (which returns every named counter of the
+/// table). Restarts at zero whenever the ruleset is replaced.
+pub fn gateway_counter(vxlan: &str, kind: GatewayCounter) -> String {
+    format!("gw_{}_{}", ident(vxlan), kind.as_str())
+}
+
+fn gateway_chain(vxlan: &str, dir: &str) -> String {
+    format!("gw_{dir}_{}", ident(vxlan))
+}
+
 fn limit_rate(rate: Rate) -> String {
     format!(
         "limit rate over {}/second burst {} packets",
@@ -262,6 +346,13 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
                 1,
                 &format!("counter {} {{", limit_counter(&p.port.port_id, kind)),
             );
+            out.line(1, "}");
+        }
+    }
+
+    for vxlan in c.routed.keys() {
+        for kind in GatewayCounter::ALL {
+            out.line(1, &format!("counter {} {{", gateway_counter(vxlan, kind)));
             out.line(1, "}");
         }
     }
@@ -301,10 +392,20 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
         .iter()
         .map(|w| format!("oifname {w} jump overlay_guard"))
         .collect();
-    let mut pre: Vec<String> = wire
-        .iter()
-        .map(|w| format!("iifname {w} {tracked}"))
-        .collect();
+    // The gateway copies' confinement comes first (see the module docs).
+    let routed_vmap = |iface: &str, dir: &str| {
+        let entries: Vec<String> = c
+            .routed
+            .keys()
+            .map(|v| format!("\"{v}\" : jump {}", gateway_chain(v, dir)))
+            .collect();
+        (!entries.is_empty()).then(|| format!("{iface} vmap {{ {} }}", entries.join(", ")))
+    };
+    let mut pre: Vec<String> = routed_vmap("iifname", "in").into_iter().collect();
+    pre.extend(wire.iter().map(|w| format!("iifname {w} {tracked}")));
+    // Router legs are not guest ports (no anti-spoofing, no groups) but
+    // their replies to guests must count as established: tracked.
+    pre.push(format!("iifname \"{ROUTER_LEG_PATTERN}\" {tracked}"));
     if !all.is_empty() {
         let taps: Vec<String> = all.iter().map(|p| format!("\"{}\"", p.port.tap)).collect();
         pre.push(format!("iifname {{ {} }} {tracked}", taps.join(", ")));
@@ -321,7 +422,8 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
 
     let est = format!("meta mark & {MARK_ESTABLISHED:#010x} == {MARK_ESTABLISHED:#010x} accept");
     let inv = format!("meta mark & {MARK_INVALID:#010x} == {MARK_INVALID:#010x} drop");
-    let mut fwd = guard.clone();
+    let mut fwd: Vec<String> = routed_vmap("oifname", "out").into_iter().collect();
+    fwd.extend(guard.iter().cloned());
     fwd.extend([inv.clone(), est.clone()]);
     fwd.extend(vmap("iifname", &secured, &|p| {
         format!("jump {}", PortNames::new(&p.port.port_id).chain("egress"))
@@ -365,6 +467,9 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
         ],
     );
 
+    for (vxlan, gateways) in &c.routed {
+        gateway_chains(&mut out, vxlan, gateways);
+    }
     for p in &all {
         limit_chain(&mut out, p, limits);
     }
@@ -372,6 +477,46 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
         port_chains(&mut out, p, mode);
     }
     out.0
+}
+
+/// The confinement of the gateway copies behind one VXLAN device.
+fn gateway_chains(out: &mut Out, vxlan: &str, gateways: &[RoutedGateway]) {
+    let mut ips: Vec<String> = gateways.iter().map(|g| g.ip.to_string()).collect();
+    ips.dedup();
+    let mut macs: Vec<(String, String)> = gateways
+        .iter()
+        .map(|g| (g.mac.to_string(), g.node_mac.to_string()))
+        .collect();
+    macs.sort();
+    macs.dedup();
+    let gw_macs: Vec<String> = macs.iter().map(|(m, _)| m.clone()).collect();
+    let (ips, gw_macs) = (anon_set(&ips), anon_set(&gw_macs));
+    let count = |kind| format!("counter name \"{}\"", gateway_counter(vxlan, kind));
+    let in_dropped = count(GatewayCounter::InDropped);
+    out.chain(
+        &gateway_chain(vxlan, "in"),
+        None,
+        &[
+            // Guests behind other nodes ask their own node's copy.
+            format!("arp daddr ip {ips} {in_dropped} drop"),
+            format!("arp saddr ip {ips} {in_dropped} drop"),
+            // Another copy's frames (its node should have rewritten or
+            // dropped them): never let the bridge learn the MAC out there.
+            format!("ether saddr {gw_macs} {in_dropped} drop"),
+        ],
+    );
+    let out_dropped = count(GatewayCounter::OutDropped);
+    let mut rules = vec![
+        format!("ether saddr {gw_macs} ether type != ip {out_dropped} drop"),
+        format!("arp saddr ip {ips} {out_dropped} drop"),
+    ];
+    for (mac, node_mac) in &macs {
+        rules.push(format!(
+            "ether saddr {mac} ether saddr set {node_mac} {}",
+            count(GatewayCounter::Rewritten)
+        ));
+    }
+    out.chain(&gateway_chain(vxlan, "out"), None, &rules);
 }
 
 /// The per-port rate limits: each rule keeps its own token bucket, so

@@ -4,7 +4,7 @@
 //! never looks at etcd or at nubo's own resource types.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use nubo_netid::MacAddr;
@@ -25,6 +25,35 @@ pub struct FirewallSpec {
     /// traffic entering from them is tracked, and DHCP and metadata never
     /// leave through them.
     pub uplinks: Vec<String>,
+    /// Copies of a distributed router's gateway on this node, one per
+    /// routed subnet whose network reaches this node through a VXLAN
+    /// device: the gateway answers only its own node's guests, and the
+    /// copies on other nodes never see each other.
+    pub routed: Vec<RoutedGateway>,
+}
+
+/// One routed subnet's gateway as this node's firewall must confine it.
+///
+/// Every node hosting ports of a routed network runs a copy of the
+/// network's gateway (same IP, same MAC on every node) in its router
+/// namespace. At the network's VXLAN device the ruleset drops ARP for or
+/// from the gateway IP and frames from the gateway MAC coming in, drops the
+/// gateway's own ARP and non-IPv4 frames going out, and rewrites the source
+/// MAC of routed IPv4 frames going out to [`RoutedGateway::node_mac`], so
+/// other nodes' bridges never learn the gateway MAC behind their VXLAN port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoutedGateway {
+    /// The VXLAN device of the tenant network on this node (`vx-<vni>`),
+    /// the node's door to the other nodes' copies of the same gateway.
+    pub vxlan: String,
+    /// The subnet's gateway address.
+    pub ip: Ipv4Addr,
+    /// The gateway MAC, the same on every node.
+    pub mac: MacAddr,
+    /// This node's routing MAC: routed frames leaving through the VXLAN
+    /// device get it as source MAC. Must be unicast, non-zero and differ
+    /// from the gateway MAC.
+    pub node_mac: MacAddr,
 }
 
 /// A token-bucket rate: `per_second` packets per second on average, up to

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::lab::{eventually, Lab};
+use common::lab::{eventually, must, run, Lab};
 use common::specs::*;
 use nubo_firewall::libnft::in_named_netns;
 use nubo_firewall::{
@@ -527,5 +527,430 @@ fn guest_limits_drop_the_excess_per_tap_and_count_it() {
         usize::try_from(counter(0)).unwrap(),
         limited,
         "guest 1's datagrams counted for guest 0"
+    );
+}
+
+/// MAC of `eth0` in namespace `ns`.
+fn eth0_mac(lab: &Lab, ns: &str) -> String {
+    let out = lab.exec(ns, &["cat", "/sys/class/net/eth0/address"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One ARP request from `ns` for `ip`; whether a reply came (busybox
+/// arping exits 0 only then).
+fn arping(lab: &Lab, ns: &str, ip: &str) -> bool {
+    lab.exec(
+        ns,
+        &[
+            "busybox", "arping", "-f", "-c", "1", "-w", "1", "-I", "eth0", ip,
+        ],
+    )
+    .status
+    .success()
+}
+
+/// Whether the host bridge has learned `mac` behind port `dev`.
+fn learned(lab: &Lab, mac: &str, dev: &str) -> bool {
+    let out = lab.exec(&lab.host, &["bridge", "fdb", "show", "br", "br0"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with(mac) && l.contains(&format!(" dev {dev} ")))
+}
+
+/// An ICMP echo request to `dst` (an Ethernet frame).
+fn is_echo_to(frame: &[u8], dst: [u8; 4]) -> bool {
+    frame.len() >= 35
+        && frame[12..14] == [0x08, 0x00]
+        && frame[23] == 1
+        && frame[30..34] == dst
+        && frame[34] == 8
+}
+
+/// An ARP frame whose sender protocol address is `spa`.
+fn is_arp_from(frame: &[u8], spa: [u8; 4]) -> bool {
+    frame.len() >= 42 && frame[12..14] == [0x08, 0x06] && frame[28..32] == spa
+}
+
+/// The distributed gateway: a router namespace's leg (`qr…`, the gateway
+/// MAC and IP) on a bridge with a guest and a VXLAN port (`vx-1`, here a
+/// namespace standing in for the other nodes). With the gateway declared
+/// routed behind `vx-1`: the other side's ARP for the gateway is not
+/// answered, the gateway's own ARP does not leave, routed frames leave with
+/// the node MAC, and the bridge never learns the gateway MAC behind
+/// `vx-1`; the local guest still reaches its gateway (and its replies count
+/// as established, though the guest's group admits only its members).
+/// Each negative has its control without the routed entry.
+#[test]
+fn routed_gateway_stays_on_its_node() {
+    use nubo_firewall::{gateway_counter, limit_counters_in, GatewayCounter, RoutedGateway};
+    use nubo_netid::MacAddr;
+    let mut lab = Lab::new(1);
+    let remote = lab.add_remote("vx-1");
+    let gw_mac = MacAddr::router_mac(&["router", "network"]);
+    let node_mac = MacAddr([0x02, 0x6e, 0x6f, 0x64, 0x65, 0x01]);
+    let leg = nubo_netid::hashed_name("qr", &[&lab.host, "network"]);
+    let router = lab.add_router_leg(&leg, gw_mac, "10.77.0.1/24");
+    let (gw_mac_s, node_mac_s) = (gw_mac.to_string(), node_mac.to_string());
+    let remote_mac = eth0_mac(&lab, &remote);
+    // The router resolves the remote host statically (its ARP will not
+    // cross the VXLAN port).
+    lab.exec(
+        &router,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.77.0.99",
+            "lladdr",
+            &remote_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    let plain = spec(
+        vec![lab_port(&lab, 0, &["default"])],
+        vec![default_group("default", &[&lab.guests[0].ip])],
+    );
+    let mut routed = plain.clone();
+    routed.routed.push(RoutedGateway {
+        vxlan: "vx-1".into(),
+        ip: "10.77.0.1".parse().unwrap(),
+        mac: gw_mac,
+        node_mac,
+    });
+    let counter = |kind| {
+        limit_counters_in(&lab.netns())
+            .unwrap()
+            .get(&gateway_counter("vx-1", kind))
+            .copied()
+            .unwrap_or(0)
+    };
+    let router_echo_src = || {
+        let frame = common::lab::capture(
+            &remote,
+            || {
+                lab.exec(&router, &["ping", "-c1", "-W1", "-n", "10.77.0.99"]);
+            },
+            |f| is_echo_to(f, [10, 77, 0, 99]),
+        )
+        .expect("the router's echo request reaches the remote side");
+        MacAddr::from_slice(&frame[6..12]).unwrap()
+    };
+
+    // Controls: without the routed entry the gateway is visible across vx-1.
+    apply(&lab, &plain);
+    assert!(
+        eventually(|| lab.ping(0, "10.77.0.1")),
+        "guest reaches its gateway"
+    );
+    assert!(
+        eventually(|| arping(&lab, &remote, "10.77.0.1")),
+        "control: ARP across vx-1 answered"
+    );
+    assert_eq!(
+        router_echo_src(),
+        gw_mac,
+        "control: routed frames carry the gateway MAC"
+    );
+
+    apply(&lab, &routed);
+    let listed = current_in(&lab.netns()).unwrap().unwrap();
+    assert!(listed.contains("chain gw_in_vx-1 {"), "{listed}");
+    assert!(
+        listed.contains(&format!("ether saddr set {node_mac_s}")),
+        "{listed}"
+    );
+    // The local guest still reaches (and resolves) its gateway.
+    lab.guest_ok(0, &["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(
+        eventually(|| lab.ping(0, "10.77.0.1")),
+        "guest reaches its gateway"
+    );
+    // The other side's ARP for the gateway is dropped at vx-1.
+    let _ = lab.exec(&remote, &["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(
+        !arping(&lab, &remote, "10.77.0.1"),
+        "ARP for the gateway from vx-1 answered"
+    );
+    assert!(counter(GatewayCounter::InDropped) >= 1);
+    // Routed frames leave with the node MAC.
+    assert_eq!(router_echo_src(), node_mac, "source MAC not rewritten");
+    assert!(counter(GatewayCounter::Rewritten) >= 1);
+    // The gateway's own ARP stays on the node.
+    lab.exec(
+        &router,
+        &["ip", "neigh", "del", "10.77.0.99", "dev", "eth0"],
+    );
+    let out_before = counter(GatewayCounter::OutDropped);
+    let leaked = common::lab::capture(
+        &remote,
+        || {
+            lab.exec(&router, &["ping", "-c1", "-W1", "-n", "10.77.0.99"]);
+        },
+        |f| is_arp_from(f, [10, 77, 0, 1]),
+    );
+    assert_eq!(leaked, None, "the gateway's ARP left by vx-1");
+    assert!(counter(GatewayCounter::OutDropped) > out_before);
+
+    // Frames from the gateway MAC coming in by vx-1 are dropped before the
+    // bridge learns it there (the remote host takes the gateway MAC).
+    assert!(
+        learned(&lab, &remote_mac, "vx-1"),
+        "control: the bridge learns vx-1's MACs"
+    );
+    lab.exec(
+        &remote,
+        &["ip", "link", "set", "eth0", "address", &gw_mac_s],
+    );
+    let in_before = counter(GatewayCounter::InDropped);
+    arping(&lab, &remote, &lab.guests[0].ip);
+    lab.ping(0, "10.77.0.1");
+    assert!(counter(GatewayCounter::InDropped) > in_before);
+    assert!(
+        !learned(&lab, &gw_mac_s, "vx-1"),
+        "gateway MAC learned behind vx-1"
+    );
+    assert!(
+        learned(&lab, &gw_mac_s, &leg),
+        "gateway MAC learned on its leg"
+    );
+    // Control: without the routed entry the bridge does learn it there.
+    apply(&lab, &plain);
+    assert!(
+        eventually(|| {
+            arping(&lab, &remote, &lab.guests[0].ip);
+            learned(&lab, &gw_mac_s, "vx-1")
+        }),
+        "control: the gateway MAC from vx-1 is learned without the rules"
+    );
+}
+
+/// Sends one UDP datagram from namespace `ns` (source `from`, an ephemeral
+/// port) to `to`.
+fn udp_send(ns: &str, from: &str, to: std::net::SocketAddr) {
+    let from: std::net::Ipv4Addr = from.parse().unwrap();
+    in_named_netns(ns, move || {
+        let sock = std::net::UdpSocket::bind((from, 0)).unwrap();
+        sock.send_to(b"nubo", to).unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The source address of the next datagram `sock` receives within 1 s.
+fn udp_source(sock: &std::net::UdpSocket) -> Option<std::net::IpAddr> {
+    let mut buf = [0u8; 64];
+    sock.recv_from(&mut buf).ok().map(|(_, peer)| peer.ip())
+}
+
+/// A router namespace between an external host (10.78.0.2) and two tenant
+/// subnets (guest g1 10.77.0.5 with floating IP 10.78.0.20, guest g2
+/// 10.77.1.6 without): DNAT of the floating IP, 1:1 SNAT of its fixed IP,
+/// the node's SNAT address for the others (dropped when there is none),
+/// east-west between subnets, nothing from outside but DNATed traffic;
+/// re-applying the same spec changes nothing; removal is idempotent.
+#[test]
+fn router_namespace_nats_floating_ips_and_filters_inbound() {
+    use nubo_firewall::router::{COUNTER_INBOUND, COUNTER_OUTBOUND};
+    use nubo_firewall::{
+        apply_router_ruleset, remove_router_ruleset, router_counters, router_ruleset, ExternalLeg,
+        FloatingNat, InternalLeg, RouterNatSpec,
+    };
+    assert!(
+        nubo_tests::netns::is_root(),
+        "network namespace tests need root"
+    );
+    let names = nubo_tests::netns::Names::new().expect("names");
+    let ns = |s: &str| names.add_netns(s).expect("netns");
+    let (router, ext, g1, g2) = (ns("q"), ns("x"), ns("g1"), ns("g2"));
+    let batch = |ns: &str, lines: &str| nubo_tests::netns::ip_batch(Some(ns), lines).expect(lines);
+    batch(
+        &router,
+        &format!(
+            "link add qg0 type veth peer name eth0 netns {ext}\n\
+             link add qi0 type veth peer name eth0 netns {g1}\n\
+             link add qi1 type veth peer name eth0 netns {g2}\n\
+             addr add 10.78.0.10/24 dev qg0\naddr add 10.78.0.20/32 dev qg0\n\
+             addr add 10.77.0.1/24 dev qi0\naddr add 10.77.1.1/24 dev qi1\n\
+             link set qg0 up\nlink set qi0 up\nlink set qi1 up\n"
+        ),
+    );
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &router,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    batch(
+        &ext,
+        "addr add 10.78.0.2/24 dev eth0\nlink set eth0 up\nroute add 10.77.0.0/16 via 10.78.0.10\n",
+    );
+    batch(
+        &g1,
+        "addr add 10.77.0.5/24 dev eth0\nlink set eth0 up\nroute add default via 10.77.0.1\n",
+    );
+    batch(
+        &g2,
+        "addr add 10.77.1.6/24 dev eth0\nlink set eth0 up\nroute add default via 10.77.1.1\n",
+    );
+    let ping = |from: &str, ip: &str| {
+        run(&["ip", "netns", "exec", from, "ping", "-c1", "-W1", "-n", ip])
+            .status
+            .success()
+    };
+    let server = in_named_netns(&ext, || {
+        let s = std::net::UdpSocket::bind(("10.78.0.2", 5555)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        Ok(s)
+    })
+    .unwrap();
+    let to = "10.78.0.2:5555".parse().unwrap();
+    let counter = |name: &str| {
+        router_counters(&router)
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    };
+
+    // Control: plain routing lets the external host reach a fixed IP.
+    assert!(
+        eventually(|| ping(&ext, "10.77.0.5")),
+        "control: routed without the table"
+    );
+
+    let mut spec = RouterNatSpec {
+        external: Some(ExternalLeg {
+            leg: "qg0".into(),
+            snat: Some("10.78.0.10".parse().unwrap()),
+            floating: vec![FloatingNat {
+                floating: "10.78.0.20".parse().unwrap(),
+                fixed: "10.77.0.5".parse().unwrap(),
+            }],
+        }),
+        internal: vec![
+            InternalLeg {
+                leg: "qi0".into(),
+                cidr: "10.77.0.0/24".parse().unwrap(),
+            },
+            InternalLeg {
+                leg: "qi1".into(),
+                cidr: "10.77.1.0/24".parse().unwrap(),
+            },
+        ],
+    };
+    assert_eq!(
+        apply_router_ruleset(&router, &spec).unwrap(),
+        FirewallAction::Replace
+    );
+    let list = || {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "nubo-router",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let listed = list();
+    assert!(
+        listed.contains("dnat to ip daddr map @floating_dnat"),
+        "{listed}"
+    );
+    assert!(listed.contains("10.78.0.20 : 10.77.0.5"), "{listed}");
+
+    // DNAT: the floating IP reaches g1; the fixed IP is not reachable.
+    assert!(
+        eventually(|| ping(&ext, "10.78.0.20")),
+        "floating IP reaches g1"
+    );
+    assert!(!ping(&ext, "10.77.0.5"), "fixed IP reachable from outside");
+    assert!(counter(COUNTER_INBOUND) >= 1);
+    // SNAT: g1 leaves as its floating IP, g2 as the node's SNAT address.
+    udp_send(&g1, "10.77.0.5", to);
+    assert_eq!(udp_source(&server), Some("10.78.0.20".parse().unwrap()));
+    udp_send(&g2, "10.77.1.6", to);
+    assert_eq!(udp_source(&server), Some("10.78.0.10".parse().unwrap()));
+    // East-west between the router's subnets.
+    assert!(eventually(|| ping(&g1, "10.77.1.6")), "east-west");
+
+    // Same spec again: nothing is touched (the counters keep their counts).
+    let before = list();
+    assert_eq!(
+        apply_router_ruleset(&router, &spec).unwrap(),
+        FirewallAction::Noop
+    );
+    assert_eq!(list(), before);
+    assert!(
+        counter(COUNTER_INBOUND) >= 1,
+        "table replaced by a no-op apply"
+    );
+
+    // No SNAT address: g2's traffic is dropped, not leaked; g1 still leaves.
+    spec.external.as_mut().unwrap().snat = None;
+    assert_eq!(
+        apply_router_ruleset(&router, &spec).unwrap(),
+        FirewallAction::Replace
+    );
+    assert!(!list().contains("snat to 10.78.0.10"));
+    udp_send(&g2, "10.77.1.6", to);
+    assert_eq!(udp_source(&server), None, "g2 left without a SNAT address");
+    assert!(counter(COUNTER_OUTBOUND) >= 1);
+    udp_send(&g1, "10.77.0.5", to);
+    assert_eq!(udp_source(&server), Some("10.78.0.20".parse().unwrap()));
+
+    // The live table is the one router_ruleset renders (its fingerprint).
+    let script = router_ruleset(&spec).unwrap();
+    let comment = script
+        .lines()
+        .find(|l| l.contains("comment"))
+        .unwrap()
+        .trim();
+    assert!(list().contains(comment), "{comment} not in {}", list());
+
+    // A router without gateway: its subnets still reach each other, the
+    // outside gets nothing.
+    let no_gateway = RouterNatSpec {
+        external: None,
+        ..spec.clone()
+    };
+    assert_eq!(
+        apply_router_ruleset(&router, &no_gateway).unwrap(),
+        FirewallAction::Replace
+    );
+    assert!(
+        eventually(|| ping(&g1, "10.77.1.6")),
+        "east-west without gateway"
+    );
+    assert!(
+        !ping(&ext, "10.77.0.5"),
+        "outside reaches a router without gateway"
+    );
+    assert!(counter(nubo_firewall::router::COUNTER_OTHER) >= 1);
+
+    // Removal, idempotent, also once the namespace is gone.
+    remove_router_ruleset(&router).unwrap();
+    let tables = run(&["ip", "netns", "exec", &router, "nft", "list", "tables"]);
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("nubo-router"));
+    remove_router_ruleset(&router).unwrap();
+    assert!(router_counters(&router).unwrap().is_empty());
+    remove_router_ruleset(&names.name("gone")).unwrap();
+    // Control: without the table, the fixed IP is routed again.
+    assert!(
+        eventually(|| ping(&ext, "10.77.0.5")),
+        "control: routed after removal"
     );
 }

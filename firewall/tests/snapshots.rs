@@ -7,8 +7,10 @@ mod common;
 use common::snapshot::assert_snapshot;
 use common::specs::*;
 use nubo_firewall::{
-    ruleset, ruleset_with_mode, Direction, FirewallSpec, Protocol, Remote, RenderMode,
+    router_ruleset, ruleset, ruleset_with_mode, Direction, ExternalLeg, FirewallSpec, FloatingNat,
+    InternalLeg, Protocol, Remote, RenderMode, RoutedGateway, RouterNatSpec,
 };
+use nubo_netid::MacAddr;
 
 const MAC_A: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x11];
 const MAC_B: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x12];
@@ -105,11 +107,40 @@ pub fn cases() -> Vec<(&'static str, FirewallSpec)> {
             ),
         ],
     );
+    let mut routed = spec(
+        vec![port("port-a", "tapa", MAC_A, "10.77.0.11", &["default"])],
+        vec![default_group("default", &["10.77.0.11"])],
+    );
+    let gw = |vxlan: &str, ip: &str, mac: [u8; 6]| RoutedGateway {
+        vxlan: vxlan.into(),
+        ip: ip.parse().expect("ip"),
+        mac: MacAddr(mac),
+        node_mac: MacAddr([0x02, 0x6e, 0, 0, 0, 0x01]),
+    };
+    routed.routed = vec![
+        // Two subnets of one network behind vx-100, one gateway MAC.
+        gw("vx-100", "10.77.1.1", [0xfa, 0x16, 0x3f, 0, 0, 0x01]),
+        gw("vx-100", "10.77.0.1", [0xfa, 0x16, 0x3f, 0, 0, 0x01]),
+        gw("vx-200", "10.88.0.1", [0xfa, 0x16, 0x3f, 0, 0, 0x02]),
+        // Dropped with a warning: bad name, multicast MAC, node MAC =
+        // gateway MAC, a second node MAC for the same gateway MAC.
+        gw("vx 300", "10.99.0.1", [0xfa, 0x16, 0x3f, 0, 0, 0x03]),
+        gw("vx-300", "10.99.0.1", [0x01, 0x16, 0x3f, 0, 0, 0x03]),
+        RoutedGateway {
+            node_mac: MacAddr([0xfa, 0x16, 0x3f, 0, 0, 0x04]),
+            ..gw("vx-400", "10.99.0.1", [0xfa, 0x16, 0x3f, 0, 0, 0x04])
+        },
+        RoutedGateway {
+            node_mac: MacAddr([0x02, 0x6e, 0, 0, 0, 0x09]),
+            ..gw("vx-200", "10.88.1.1", [0xfa, 0x16, 0x3f, 0, 0, 0x02])
+        },
+    ];
     vec![
         ("default_group", default_group_spec),
         ("tcp22_from_cidr", ssh),
         ("remote_group", remote_group),
         ("anti_spoof", anti_spoof),
+        ("routed_gateways", routed),
         ("two_ports", two_ports),
     ]
 }
@@ -166,4 +197,58 @@ fn many_rules_stay_a_constant_number_of_nft_rules() {
         RenderMode::Linear,
     );
     assert!(count_rules(linear.text()) > 10_000);
+}
+
+/// Router namespace tables: a router with a SNAT address and two floating
+/// IPs on two subnets, the same without SNAT address, and one without a
+/// gateway.
+fn router_cases() -> Vec<(&'static str, RouterNatSpec)> {
+    let fip = |floating: &str, fixed: &str| FloatingNat {
+        floating: floating.parse().expect("ip"),
+        fixed: fixed.parse().expect("ip"),
+    };
+    let internal = vec![
+        InternalLeg {
+            leg: "qr0000000000b".into(),
+            cidr: "10.77.1.0/24".parse().expect("cidr"),
+        },
+        InternalLeg {
+            leg: "qr0000000000a".into(),
+            cidr: "10.77.0.0/24".parse().expect("cidr"),
+        },
+    ];
+    let full = RouterNatSpec {
+        external: Some(ExternalLeg {
+            leg: "qg0000000000e".into(),
+            snat: Some("10.78.0.10".parse().expect("ip")),
+            floating: vec![
+                fip("10.78.0.21", "10.77.1.6"),
+                fip("10.78.0.20", "10.77.0.5"),
+            ],
+        }),
+        internal: internal.clone(),
+    };
+    let mut no_snat = full.clone();
+    if let Some(ext) = no_snat.external.as_mut() {
+        ext.snat = None;
+    }
+    let no_gateway = RouterNatSpec {
+        external: None,
+        internal,
+    };
+    vec![
+        ("router_full", full),
+        ("router_no_snat", no_snat),
+        ("router_no_gateway", no_gateway),
+    ]
+}
+
+#[test]
+fn router_rulesets_match_snapshots() {
+    for (name, spec) in router_cases() {
+        assert_snapshot(
+            &format!("{name}.nft"),
+            &router_ruleset(&spec).expect("valid spec"),
+        );
+    }
 }

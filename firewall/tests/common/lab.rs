@@ -112,6 +112,30 @@ impl Lab {
         ns
     }
 
+    /// Adds a router namespace `nbt<token>q` whose `eth0` (MAC `mac`,
+    /// address `addr`, forwarding on) is bridged into `br0` through the
+    /// veth end `host_end` (a `qr…` router leg). Returns the namespace name.
+    pub fn add_router_leg(
+        &mut self,
+        host_end: &str,
+        mac: nubo_netid::MacAddr,
+        addr: &str,
+    ) -> String {
+        let ns = self.net.names().name("q");
+        self.net
+            .add_guests(&[GuestLink {
+                netns: ns.clone(),
+                host_end: host_end.to_string(),
+                bridge: "br0".into(),
+                mac: Some(mac.to_string()),
+                up: true,
+                addr: Some(addr.to_string()),
+                ..GuestLink::default()
+            }])
+            .expect("router leg");
+        ns
+    }
+
     /// The host namespace as a firewall target.
     pub fn netns(&self) -> Netns {
         Netns::Named(self.host.clone())
@@ -170,6 +194,37 @@ impl Lab {
         .status
         .success()
     }
+}
+
+/// Opens a packet socket (every protocol) in namespace `ns`, runs
+/// `stimulus`, then reads frames for up to 3 s and returns the first one
+/// `pred` accepts (or `None`). Frames that arrived while `stimulus` ran are
+/// read too: the socket exists before it starts.
+pub fn capture(ns: &str, stimulus: impl FnOnce(), pred: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
+    let sock = nubo_firewall::libnft::in_named_netns(ns, || {
+        Ok(socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(proto)),
+        )
+        .expect("packet socket"))
+    })
+    .expect("enter namespace");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    stimulus();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = (&sock).read(&mut buf) {
+            if pred(&buf[..n]) {
+                return Some(buf[..n].to_vec());
+            }
+        }
+    }
+    None
 }
 
 impl Drop for Lab {
