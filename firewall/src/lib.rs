@@ -34,8 +34,9 @@ pub use render::{
     RenderMode, Ruleset,
 };
 pub use router::{
-    apply_router_ruleset, remove_router_ruleset, router_counters, router_ruleset, ExternalLeg,
-    FloatingNat, InternalLeg, RouterNatSpec, RouterSpecError,
+    apply_router_ruleset, loaded_router_fingerprint, remove_router_ruleset, router_counters,
+    router_fingerprint, router_ruleset, ExternalLeg, FloatingNat, InternalLeg, RouterNatSpec,
+    RouterSpecError,
 };
 pub use spec::{
     Direction, EtherType, FirewallSpec, GroupSpec, GuestLimits, PortSpec, Protocol, Rate, Remote,

@@ -385,6 +385,28 @@ pub fn apply_router_ruleset(
     Ok(action)
 }
 
+/// The fingerprint [`apply_router_ruleset`] stores for `spec` (to compare
+/// with [`loaded_router_fingerprint`] in a pure plan).
+pub fn router_fingerprint(spec: &RouterNatSpec) -> Result<String, FirewallError> {
+    Ok(render(spec)?.1)
+}
+
+/// The fingerprint of the router table loaded in namespace `netns`
+/// (`None`: no table, or one without a fingerprint).
+pub fn loaded_router_fingerprint(netns: &str) -> Result<Option<String>, FirewallError> {
+    in_named_netns(netns, || {
+        let mut nft = Nft::new()?;
+        if !has_table(&mut nft, "ip", ROUTER_TABLE)? {
+            return Ok(None);
+        }
+        let live = nft.run(
+            "list router table",
+            &format!("list table ip {ROUTER_TABLE}"),
+        )?;
+        Ok(listed_fingerprint(&live).map(str::to_string))
+    })
+}
+
 /// Deletes the router table of namespace `netns`. Idempotent: no table, or
 /// no such namespace any more (the table went with it), is success.
 pub fn remove_router_ruleset(netns: &str) -> Result<(), FirewallError> {

@@ -754,8 +754,19 @@ impl Capture {
     /// simulated host) and waits until it listens.
     pub fn start_in(ns: &str, link: &str, filter: &str) -> Result<Self> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, "tcpdump", "-i", link, "-n", "-l", "-e"])
-            .args(filter.split_whitespace());
+        cmd.args([
+            "netns",
+            "exec",
+            ns,
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            link,
+            "-n",
+            "-l",
+            "-e",
+        ])
+        .args(filter.split_whitespace());
         Self::spawn(cmd, ns)
     }
 

@@ -68,7 +68,9 @@ impl Wire {
             Some(id) => vec![
                 vec!["link", "set", "lo", "up"],
                 vec!["link", "set", &y, "up"],
-                vec!["link", "add", "link", &y, "name", &v, "type", "vlan", "id", id],
+                vec![
+                    "link", "add", "link", &y, "name", &v, "type", "vlan", "id", id,
+                ],
                 vec!["addr", "add", router, "dev", &v],
                 vec!["link", "set", &v, "up"],
             ],
@@ -116,7 +118,10 @@ impl Wire {
                 "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ],
         )?;
-        run("ip", &["link", "set", &port, "master", &format!("{p}s"), "up"])?;
+        run(
+            "ip",
+            &["link", "set", &port, "master", &format!("{p}s"), "up"],
+        )?;
         let gw = gateway.to_string();
         for cmd in [
             vec!["link", "set", "lo", "up"],

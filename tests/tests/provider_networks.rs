@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use nubo_tests::net_e2e::{Capture, Guest, NetLab};
-use nubo_tests::wire::Wire;
 use nubo_tests::netns::run;
 use nubo_tests::wait_until;
+use nubo_tests::wire::Wire;
 
 const T: Duration = Duration::from_secs(30);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);

@@ -24,10 +24,10 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use nubo_tests::net_e2e::{Capture, Guest, NetLab};
+use nubo_tests::net_e2e::{find_str, Capture, Guest, NetLab};
 use nubo_tests::netns::netns_exec;
-use nubo_tests::{wait_for, wait_until};
 use nubo_tests::wire::Wire;
+use nubo_tests::{wait_for, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -68,6 +68,33 @@ fn lab_with_external() -> (NetLab, Wire, String) {
     (lab, wire, ext_host)
 }
 
+/// Security group `web`: everything out, and in from anywhere only
+/// `allowed` (protocol, port).
+fn web_group(lab: &NetLab, allowed: &[(&str, Option<&str>)]) {
+    let cli = &lab.cli;
+    cli.json(&["secgroup", "create", "web"]).unwrap();
+    cli.json(&["secgroup", "rule", "create", "web", "--direction", "egress"])
+        .unwrap();
+    for (proto, port) in allowed {
+        let mut args = vec![
+            "secgroup",
+            "rule",
+            "create",
+            "web",
+            "--direction",
+            "ingress",
+            "--protocol",
+            proto,
+            "--remote-ip",
+            "0.0.0.0/0",
+        ];
+        if let Some(p) = port {
+            args.extend(["--port", p]);
+        }
+        cli.json(&args).unwrap();
+    }
+}
+
 /// Runs `program args` on the external host; true if it succeeded.
 fn from_outside(ns: &str, program: &str, args: &[&str]) -> bool {
     netns_exec(ns, program, args)
@@ -79,12 +106,25 @@ fn ping_from(ns: &str, ip: Ipv4Addr, secs: u32) -> bool {
     from_outside(
         ns,
         "ping",
-        &["-c", "1", "-W", "1", "-w", &secs.to_string(), "-q", &ip.to_string()],
+        &[
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-w",
+            &secs.to_string(),
+            "-q",
+            &ip.to_string(),
+        ],
     )
 }
 
 fn tcp_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
-    from_outside(ns, "nc", &["-z", "-w", "2", &ip.to_string(), &port.to_string()])
+    from_outside(
+        ns,
+        "nc",
+        &["-z", "-w", "2", &ip.to_string(), &port.to_string()],
+    )
 }
 
 /// Leases the guest's address and checks its default route is the
@@ -102,7 +142,7 @@ fn lease(lab: &NetLab, g: &Guest, gateway: &str) {
 /// The SNAT address of `router` on `node` (`nubo router show`).
 fn snat_of(lab: &NetLab, router: &str, node: &str) -> Option<Ipv4Addr> {
     let r = lab.cli.json(&["router", "show", router]).ok()?;
-    r["snat"]
+    r["snat_addresses"]
         .as_array()?
         .iter()
         .find(|s| s["node"] == node)
@@ -110,14 +150,44 @@ fn snat_of(lab: &NetLab, router: &str, node: &str) -> Option<Ipv4Addr> {
         .and_then(|s| s.parse().ok())
 }
 
+/// What the router namespaces and bridges of host `i` look like: printed
+/// when a data-path step fails.
+fn diagnose(lab: &NetLab, i: u8) -> String {
+    let mut out = String::new();
+    let prefix = lab.router_prefix(i);
+    let host = lab.hosts[usize::from(i) - 1].netns().to_string();
+    let mut show = |ns: &str, program: &str, args: &[&str]| {
+        let o = netns_exec(ns, program, args).unwrap();
+        out.push_str(&format!(
+            "--- {ns}: {program} {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    };
+    show(&host, "ip", &["-br", "link"]);
+    show(&host, "bridge", &["link"]);
+    for ns in nubo_tests::netns::netns_names().unwrap() {
+        if ns.starts_with(&prefix) {
+            show(&ns, "ip", &["-br", "addr"]);
+            show(&ns, "ip", &["route"]);
+            show(&ns, "ip", &["neigh"]);
+            show(&ns, "nft", &["list", "ruleset"]);
+        }
+    }
+    out
+}
+
 /// Waits until `g` reaches the external host and returns the source
 /// address the external host saw for its echo request.
-fn source_seen_outside(ext_host: &str, g: &Guest) -> String {
+fn source_seen_outside(lab: &NetLab, ext_host: &str, g: &Guest) -> String {
     let mut cap = Capture::start(ext_host, "icmp[icmptype] == icmp-echo").unwrap();
-    wait_until(T, &format!("{} reaches the external host", g.name), || {
+    let host: u8 = g.node.trim_start_matches("hv-").parse().unwrap();
+    if let Err(e) = wait_until(T, &format!("{} reaches the external host", g.name), || {
         Ok(g.pings(EXTERNAL_HOST, 1))
-    })
-    .unwrap();
+    }) {
+        panic!("{e}\n{}", diagnose(lab, host));
+    }
     let line = cap
         .wait_frame(0, T, "an echo request at the external host", |l| {
             l.contains(&format!("> {EXTERNAL_HOST}: ICMP echo request"))
@@ -138,22 +208,13 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
     let cli = &lab.cli;
     cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
         .unwrap();
-    cli.json(&["secgroup", "create", "web"]).unwrap();
-    for (proto, port) in [("icmp", None), ("tcp", Some("8080"))] {
-        let mut args = vec![
-            "secgroup", "rule", "create", "web", "--direction", "ingress", "--protocol", proto,
-            "--remote-ip", "0.0.0.0/0",
-        ];
-        if let Some(p) = port {
-            args.extend(["--port", p]);
-        }
-        cli.json(&args).unwrap();
-    }
+    web_group(&lab, &[("icmp", None), ("tcp", Some("8080"))]);
     let r1 = cli
         .json(&["router", "create", "r1", "--external-gateway", "ext"])
         .unwrap();
     assert_eq!(r1["name"], "r1", "{r1}");
-    cli.json(&["router", "add", "subnet", "r1", "net1"]).unwrap();
+    cli.json(&["router", "add", "subnet", "r1", "net1"])
+        .unwrap();
 
     let g1 = lab
         .server("g1", "net1", 1, &["--security-group", "web"])
@@ -171,8 +232,13 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
             Ok(snat_of(&lab, "r1", node).ok_or("none yet"))
         })
         .unwrap();
-        let seen = source_seen_outside(&ext_host, g);
-        assert_eq!(seen, snat.to_string(), "{} left with the wrong source", g.name);
+        let seen = source_seen_outside(&lab, &ext_host, g);
+        assert_eq!(
+            seen,
+            snat.to_string(),
+            "{} left with the wrong source",
+            g.name
+        );
     }
     // East-west through the router copies (same network: switched).
     assert!(g1.pings(g2.ip, 10), "g1 cannot reach g2");
@@ -217,7 +283,10 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
         "tcp 9090 passed although the security group does not allow it"
     );
     // g1 now leaves through its floating IP.
-    assert_eq!(source_seen_outside(&ext_host, &g1), fip_ip.to_string());
+    assert_eq!(
+        source_seen_outside(&lab, &ext_host, &g1),
+        fip_ip.to_string()
+    );
 
     // Unset: the floating IP stops answering, g1 leaves by SNAT again.
     cli.json(&["floating", "ip", "unset", &fip_id]).unwrap();
@@ -225,14 +294,17 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
         Ok(!ping_from(&ext_host, fip_ip, 1))
     })
     .unwrap();
-    assert_eq!(source_seen_outside(&ext_host, &g1), snat1.to_string());
+    assert_eq!(source_seen_outside(&lab, &ext_host, &g1), snat1.to_string());
 
     // Restarting the agents changes nothing (the router namespaces and
     // their rulesets included).
     let mut lab = lab;
     lab.restart_agents_unchanged(&["routers", "overlay", "provider", "firewall"])
         .unwrap();
-    assert!(g2.pings(EXTERNAL_HOST, 10), "g2 lost its way out after the restart");
+    assert!(
+        g2.pings(EXTERNAL_HOST, 10),
+        "g2 lost its way out after the restart"
+    );
 
     // The router gone, its namespaces go on both hosts.
     cli_json(&lab, &["router", "remove", "subnet", "r1", "net1"]);
@@ -258,28 +330,59 @@ fn two_projects_with_the_same_cidr_stay_apart() {
     let mut guests = Vec::new();
     for p in ["pa", "pb"] {
         let cli = &lab.cli;
-        cli.json(&["project", "create", p]).unwrap();
+        // Without authentication a project is just a name; images are
+        // per project.
+        cli.json(&["image", "create", "i", "--project", p]).unwrap();
         cli.json(&[
-            "network", "create", "net", "--cidr", "10.0.0.0/24", "--project", p,
+            "network",
+            "create",
+            "net",
+            "--cidr",
+            "10.0.0.0/24",
+            "--project",
+            p,
         ])
         .unwrap();
         cli.json(&[
-            "router", "create", "r", "--external-gateway", "ext", "--project", p,
+            "router",
+            "create",
+            "r",
+            "--external-gateway",
+            "ext",
+            "--project",
+            p,
         ])
         .unwrap();
         cli.json(&["router", "add", "subnet", "r", "net", "--project", p])
             .unwrap();
         for host in [1u8, 2] {
             let name = format!("{p}-g{host}");
+            // The same fixed address in both projects.
+            let ip = format!("10.0.0.{}", 10 + host);
+            cli.json(&[
+                "port",
+                "create",
+                &name,
+                "--network",
+                "net",
+                "--ip",
+                &ip,
+                "--project",
+                p,
+            ])
+            .unwrap();
             let g = lab
-                .server(&name, "net", host, &["--project", p])
+                .server(&name, "", host, &["--port", &name, "--project", p])
                 .unwrap();
             lease(&lab, &g, "10.0.0.1");
             guests.push((p, g));
         }
     }
     // Same addresses on both sides: the CIDRs really overlap.
-    assert_eq!(guests[0].1.ip, guests[2].1.ip, "the projects' first guests differ");
+    assert_eq!(
+        guests[0].1.ip, guests[2].1.ip,
+        "the projects' first guests differ"
+    );
 
     // Capture on pa's bridge on host 1 while every guest talks outside.
     let pa_net = lab
@@ -296,22 +399,21 @@ fn two_projects_with_the_same_cidr_stay_apart() {
         .unwrap();
     }
     assert!(ping_from(&ext_host, UPSTREAM, 3), "control: the wire works");
-    let frames = cap.stop();
-    let pb_macs: Vec<&str> = guests
+    let pb_macs: Vec<String> = guests
         .iter()
         .filter(|(p, _)| *p == "pb")
-        .map(|(_, g)| g.mac.as_str())
+        .map(|(_, g)| g.mac.clone())
         .collect();
-    let pa_macs: Vec<&str> = guests
-        .iter()
-        .filter(|(p, _)| *p == "pa")
-        .map(|(_, g)| g.mac.as_str())
-        .collect();
-    assert!(
-        frames.iter().any(|f| f.contains(pa_macs[0])),
-        "control: pa's own guest not seen on its bridge:\n{}",
-        frames.join("\n")
-    );
+    let pa_mac = guests[0].1.mac.clone();
+    // Control: pa's own guest is seen (the capture works); then pb pings
+    // once more, after which the capture stops.
+    cap.wait_frame(0, T, "pa's guest on its bridge", |l| l.contains(&pa_mac))
+        .unwrap();
+    for (_, g) in guests.iter().filter(|(p, _)| *p == "pb") {
+        assert!(g.pings(EXTERNAL_HOST, 5), "{} lost the outside", g.name);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let frames = cap.stop();
     for f in &frames {
         for m in &pb_macs {
             assert!(!f.contains(m), "pb's frame on pa's bridge: {f}");
@@ -341,7 +443,7 @@ fn movable_server_on_host1(lab: &NetLab, name: &str) -> Guest {
         "auto",
     ]);
     lab.cli.json(&["node", "enable", "hv-2"]).unwrap();
-    let id = created.unwrap()["id"].as_str().unwrap().to_string();
+    let id = find_str(&created.unwrap(), "id").unwrap();
     guest_as_shown(lab, &id)
 }
 
@@ -369,22 +471,23 @@ fn a_floating_ip_follows_its_guest_after_a_host_failure() {
     let cli = &lab.cli;
     cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
         .unwrap();
-    cli.json(&["secgroup", "create", "web"]).unwrap();
-    cli.json(&[
-        "secgroup", "rule", "create", "web", "--direction", "ingress", "--protocol", "icmp",
-        "--remote-ip", "0.0.0.0/0",
-    ])
-    .unwrap();
+    web_group(&lab, &[("icmp", None)]);
     cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
         .unwrap();
-    cli.json(&["router", "add", "subnet", "r1", "net1"]).unwrap();
+    cli.json(&["router", "add", "subnet", "r1", "net1"])
+        .unwrap();
     let g = movable_server_on_host1(&lab, "g1");
     assert_eq!(g.node, "hv-1");
     lease(&lab, &g, "10.0.0.1");
     let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
     let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
     cli.json(&[
-        "floating", "ip", "set", fip["id"].as_str().unwrap(), "--server", "g1",
+        "floating",
+        "ip",
+        "set",
+        fip["id"].as_str().unwrap(),
+        "--server",
+        "g1",
     ])
     .unwrap();
     wait_until(T, "the floating IP answers on host 1", || {
@@ -407,7 +510,11 @@ fn a_floating_ip_follows_its_guest_after_a_host_failure() {
     })
     .unwrap();
     let g2 = guest_as_shown(&lab, &g.id);
-    assert_eq!((g2.ip, g2.mac.as_str()), (g.ip, g.mac.as_str()), "new address");
+    assert_eq!(
+        (g2.ip, g2.mac.as_str()),
+        (g.ip, g.mac.as_str()),
+        "new address"
+    );
     lease(&lab, &g2, "10.0.0.1");
     wait_until(T, "the floating IP answers from host 2", || {
         Ok(ping_from(&ext_host, fip_ip, 1))

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use nubo_common::model::{self, SecurityGroupRule};
 use nubo_firewall::{
     limit_counter, Direction, EtherType, FirewallAction, FirewallSpec, GroupSpec, LimitKind,
-    PortSpec, Protocol, Remote, RuleSpec, Ruleset,
+    PortSpec, Protocol, Remote, RoutedGateway, RuleSpec, Ruleset,
 };
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -26,6 +26,7 @@ use super::provider::Physnets;
 use super::{log_plan, running_ports};
 use crate::reconciler::{Plan, Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
+use crate::state::routing::node_routing_mac;
 
 /// Maps one security group rule. Pure.
 pub fn rule_spec(r: &SecurityGroupRule) -> RuleSpec {
@@ -104,8 +105,39 @@ pub fn firewall_spec(desired: &DesiredNode, physnets: &Physnets) -> FirewallSpec
         ports,
         groups,
         uplinks,
+        routed: routed_gateways(desired, physnets),
         ..FirewallSpec::default()
     }
+}
+
+/// The gateways of the local router copies, each at the device leading to
+/// the other nodes' copies of the same gateway: the VXLAN device of an
+/// overlay network, the uplink of a provider network. Pure.
+fn routed_gateways(desired: &DesiredNode, physnets: &Physnets) -> Vec<RoutedGateway> {
+    let Some(node) = &desired.node else {
+        return Vec::new();
+    };
+    let node_mac = node_routing_mac(node);
+    let mut out: Vec<RoutedGateway> = desired
+        .routers
+        .values()
+        .flat_map(|r| &r.legs)
+        .filter_map(|leg| {
+            let net = desired.networks.get(&leg.network)?;
+            let device = match net.provider {
+                None => nubo_overlay::vxlan_name(net.vni),
+                Some(_) => super::provider::uplink(net, physnets)?,
+            };
+            Some(RoutedGateway {
+                vxlan: device,
+                ip: leg.gateway,
+                mac: leg.mac,
+                node_mac,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.vxlan, a.ip).cmp(&(&b.vxlan, b.ip)));
+    out
 }
 
 /// Whether a pass must list the live tables before deciding, given the

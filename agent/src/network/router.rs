@@ -39,10 +39,7 @@ pub fn router_netns(prefix: &str, id: &RouterId) -> String {
 
 /// The MTU of the legs on a network: its guests' MTU.
 fn leg_mtu(desired: &DesiredNode, net: &nubo_common::NetworkId) -> u32 {
-    desired
-        .networks
-        .get(net)
-        .map_or(1500, |n| u32::from(n.mtu))
+    desired.networks.get(net).map_or(1500, |n| u32::from(n.mtu))
 }
 
 /// The router namespaces of this node. Pure.
@@ -242,7 +239,11 @@ impl Subsystem for Routers {
         RouterPlan { actions, rulesets }
     }
 
-    async fn apply(&mut self, _desired: &DesiredNode, plan: RouterPlan) -> Result<usize, SubsystemError> {
+    async fn apply(
+        &mut self,
+        _desired: &DesiredNode,
+        plan: RouterPlan,
+    ) -> Result<usize, SubsystemError> {
         log_plan("routers", &mut self.first, plan.len());
         if plan.len() == 0 {
             return Ok(0);
@@ -261,7 +262,7 @@ impl Subsystem for Routers {
             })
             .await;
             match applied {
-                Ok(Ok(())) => info!(netns = %ns, "router ruleset loaded"),
+                Ok(Ok(_)) => info!(netns = %ns, "router ruleset loaded"),
                 Ok(Err(e)) => errors.push(format!("router ruleset in {ns}: {e}")),
                 Err(e) => errors.push(format!("router ruleset in {ns}: {e}")),
             }

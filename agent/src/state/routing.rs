@@ -79,14 +79,12 @@ pub fn node_routing_mac(node: &NodeName) -> MacAddr {
     MacAddr::router_mac(&["node", node.as_str()])
 }
 
-/// The host-side name of a router's leg on `network`.
+/// The names of a router's leg on `network`: its host end, its inner end.
 fn leg_names(router: &RouterId, network: &NetworkId, external: bool) -> (String, String) {
     let (r, n) = (router.to_string(), network.to_string());
-    let (host, inner) = if external {
-        ("qg", "ig")
-    } else {
-        ("qr", "ir")
-    };
+    // Both host ends are `qr…`: the host ruleset tracks traffic from
+    // router legs by that pattern (nubo-firewall `ROUTER_LEG_PATTERN`).
+    let (host, inner) = if external { ("qr", "ig") } else { ("qr", "ir") };
     (hashed_name(host, &[&r, &n]), hashed_name(inner, &[&r, &n]))
 }
 
