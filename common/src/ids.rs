@@ -111,6 +111,9 @@ uuid_id!(
 uuid_id!(
     /// Identifies a floating IP.
     FloatingIpId, "floating ip id");
+uuid_id!(
+    /// Identifies a migration of an instance.
+    MigrationId, "migration id");
 
 /// Checks a DNS-label-like name: 1..=63 chars of `[a-zA-Z0-9._-]`, starting
 /// with an alphanumeric character.

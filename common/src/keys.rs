@@ -35,8 +35,8 @@ use std::net::IpAddr;
 
 use crate::model::{AppCredId, UserName};
 use crate::{
-    FlavorName, FloatingIpId, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId,
-    RouterId, SecurityGroupId, ServerGroupId, VolumeId,
+    FlavorName, FloatingIpId, ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId,
+    ProjectId, RouterId, SecurityGroupId, ServerGroupId, VolumeId,
 };
 use nubo_netid::MacAddr;
 
@@ -597,6 +597,42 @@ pub fn floating_ip_port(port: &PortId) -> String {
     format!("{PRIVATE}floating-ip-ports/{port}")
 }
 
+/// `/nubo/v1/migrations/` — migrations (`Migration`).
+pub fn migrations_prefix() -> String {
+    format!("{ROOT}migrations/")
+}
+/// `/nubo/v1/migrations/<id>` (`Migration`): written by the leader.
+pub fn migration(id: &MigrationId) -> String {
+    format!("{ROOT}migrations/{id}")
+}
+/// `/nubo/v1/hosts/<node>/incoming/` — migrations coming to a node.
+pub fn node_incoming_prefix(n: &NodeName) -> String {
+    format!("{ROOT}hosts/{n}/incoming/")
+}
+/// `/nubo/v1/hosts/<node>/incoming/<instance>` (`IncomingMigration`): the
+/// leader's order to the destination to prepare for the instance.
+pub fn node_incoming(n: &NodeName, id: &InstanceId) -> String {
+    format!("{ROOT}hosts/{n}/incoming/{id}")
+}
+/// `/nubo/v1/hosts/<node>/outgoing/` — migrations leaving a node.
+pub fn node_outgoing_prefix(n: &NodeName) -> String {
+    format!("{ROOT}hosts/{n}/outgoing/")
+}
+/// `/nubo/v1/hosts/<node>/outgoing/<instance>` (`OutgoingMigration`): the
+/// leader's order to the source to move the instance.
+pub fn node_outgoing(n: &NodeName, id: &InstanceId) -> String {
+    format!("{ROOT}hosts/{n}/outgoing/{id}")
+}
+/// `/nubo/v1/node-owned/<node>/migrations/` — a node's migration reports.
+pub fn node_migration_reports_prefix(n: &NodeName) -> String {
+    format!("{ROOT}node-owned/{n}/migrations/")
+}
+/// `/nubo/v1/node-owned/<node>/migrations/<id>` (`MigrationReport`): what
+/// the agent of `node` reports about migration `id`.
+pub fn node_migration_report(n: &NodeName, id: &MigrationId) -> String {
+    format!("{ROOT}node-owned/{n}/migrations/{id}")
+}
+
 /// `/nubo/v1/router-snat/` — per-node SNAT addresses of routers.
 pub fn router_snats_prefix() -> String {
     format!("{ROOT}router-snat/")
@@ -842,6 +878,14 @@ pub enum Key {
     FloatingIpPort(PortId),
     /// `/router-snat/<node>/<router>`
     RouterSnat(NodeName, RouterId),
+    /// `/migrations/<id>`
+    Migration(MigrationId),
+    /// `/hosts/<node>/incoming/<instance>`
+    IncomingMigration(NodeName, InstanceId),
+    /// `/hosts/<node>/outgoing/<instance>`
+    OutgoingMigration(NodeName, InstanceId),
+    /// `/node-owned/<node>/migrations/<id>`
+    MigrationReport(NodeName, MigrationId),
 }
 
 impl Key {
@@ -888,6 +932,16 @@ impl Key {
             ["routers", id] => Key::Router(id.parse().ok()?),
             ["floating-ips", id] => Key::FloatingIp(id.parse().ok()?),
             ["router-snat", n, r] => Key::RouterSnat(n.parse().ok()?, r.parse().ok()?),
+            ["migrations", id] => Key::Migration(id.parse().ok()?),
+            ["hosts", n, "incoming", id] => {
+                Key::IncomingMigration(n.parse().ok()?, id.parse().ok()?)
+            }
+            ["hosts", n, "outgoing", id] => {
+                Key::OutgoingMigration(n.parse().ok()?, id.parse().ok()?)
+            }
+            ["node-owned", n, "migrations", id] => {
+                Key::MigrationReport(n.parse().ok()?, id.parse().ok()?)
+            }
             _ => return None,
         })
     }

@@ -7,12 +7,14 @@
 
 mod compute;
 mod identity;
+mod migration;
 mod network;
 mod node;
 mod storage;
 
 pub use compute::*;
 pub use identity::*;
+pub use migration::*;
 pub use network::*;
 pub use node::*;
 pub use storage::*;
