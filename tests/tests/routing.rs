@@ -240,8 +240,26 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
             g.name
         );
     }
-    // East-west through the router copies (same network: switched).
+    // Same network: switched.
     assert!(g1.pings(g2.ip, 10), "g1 cannot reach g2");
+    // Between the router's networks, across hosts: routed by the source
+    // node's copy (g1 → g3 by hv-1's, the reply by hv-2's), the gateway MAC
+    // never learnt across the overlay.
+    cli.json(&["network", "create", "net2", "--cidr", "10.0.1.0/24"])
+        .unwrap();
+    cli.json(&["router", "add", "subnet", "r1", "net2"])
+        .unwrap();
+    let g3 = lab
+        .server("g3", "net2", 2, &["--security-group", "web"])
+        .unwrap();
+    lease(&lab, &g3, "10.0.1.1");
+    if let Err(e) = wait_until(T, "g1 (net1, hv-1) reaches g3 (net2, hv-2)", || {
+        Ok(g1.pings(g3.ip, 1))
+    }) {
+        panic!("{e}\n{}\n{}", diagnose(&lab, 1), diagnose(&lab, 2));
+    }
+    assert!(g3.pings(g1.ip, 5), "g3 cannot reach g1");
+    assert!(g3.pings(g2.ip, 5), "g3 cannot reach g2 (same host)");
 
     // Inbound: nothing reaches a fixed address from outside, even routed
     // straight at the node's router.
@@ -308,6 +326,7 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
 
     // The router gone, its namespaces go on both hosts.
     cli_json(&lab, &["router", "remove", "subnet", "r1", "net1"]);
+    cli_json(&lab, &["router", "remove", "subnet", "r1", "net2"]);
     cli_json(&lab, &["router", "delete", "r1"]);
     for i in [1u8, 2] {
         let prefix = lab.router_prefix(i);
