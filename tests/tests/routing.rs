@@ -103,20 +103,7 @@ fn from_outside(ns: &str, program: &str, args: &[&str]) -> bool {
 }
 
 fn ping_from(ns: &str, ip: Ipv4Addr, secs: u32) -> bool {
-    from_outside(
-        ns,
-        "ping",
-        &[
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-w",
-            &secs.to_string(),
-            "-q",
-            &ip.to_string(),
-        ],
-    )
+    nubo_tests::netns::pings_from(ns, ip, secs)
 }
 
 fn tcp_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
@@ -125,6 +112,33 @@ fn tcp_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
         "nc",
         &["-z", "-w", "2", &ip.to_string(), &port.to_string()],
     )
+}
+
+/// net1 (10.0.0.0/24) behind router r1 with its gateway on ext.
+fn routed_net1(lab: &NetLab) {
+    let cli = &lab.cli;
+    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
+        .unwrap();
+    cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
+        .unwrap();
+    cli.json(&["router", "add", "subnet", "r1", "net1"])
+        .unwrap();
+}
+
+/// A floating IP of ext set on `server`, once it answers the external
+/// host.
+fn floating_ip_on(lab: &NetLab, ext_host: &str, server: &str) -> Ipv4Addr {
+    let fip = lab.cli.json(&["floating", "ip", "create", "ext"]).unwrap();
+    let ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
+    let id = fip["id"].as_str().unwrap();
+    lab.cli
+        .json(&["floating", "ip", "set", id, "--server", server])
+        .unwrap();
+    wait_until(T, &format!("{server}'s floating IP answers"), || {
+        Ok(ping_from(ext_host, ip, 1))
+    })
+    .unwrap();
+    ip
 }
 
 /// Leases the guest's address and checks its default route is the
@@ -206,15 +220,8 @@ fn source_seen_outside(lab: &NetLab, ext_host: &str, g: &Guest) -> String {
 fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
     let (lab, _wire, ext_host) = lab_with_external();
     let cli = &lab.cli;
-    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
-        .unwrap();
     web_group(&lab, &[("icmp", None), ("tcp", Some("8080"))]);
-    let r1 = cli
-        .json(&["router", "create", "r1", "--external-gateway", "ext"])
-        .unwrap();
-    assert_eq!(r1["name"], "r1", "{r1}");
-    cli.json(&["router", "add", "subnet", "r1", "net1"])
-        .unwrap();
+    routed_net1(&lab);
 
     let g1 = lab
         .server("g1", "net1", 1, &["--security-group", "web"])
@@ -488,31 +495,12 @@ fn guest_as_shown(lab: &NetLab, id: &str) -> Guest {
 fn a_floating_ip_follows_its_guest_after_a_host_failure() {
     let (lab, wire, ext_host) = lab_with_external();
     let cli = &lab.cli;
-    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
-        .unwrap();
     web_group(&lab, &[("icmp", None)]);
-    cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
-        .unwrap();
-    cli.json(&["router", "add", "subnet", "r1", "net1"])
-        .unwrap();
+    routed_net1(&lab);
     let g = movable_server_on_host1(&lab, "g1");
     assert_eq!(g.node, "hv-1");
     lease(&lab, &g, "10.0.0.1");
-    let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
-    let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
-    cli.json(&[
-        "floating",
-        "ip",
-        "set",
-        fip["id"].as_str().unwrap(),
-        "--server",
-        "g1",
-    ])
-    .unwrap();
-    wait_until(T, "the floating IP answers on host 1", || {
-        Ok(ping_from(&ext_host, fip_ip, 1))
-    })
-    .unwrap();
+    let fip_ip = floating_ip_on(&lab, &ext_host, "g1");
 
     // Host 1 fails: both of its links go down (the underlay and the
     // physical network), its agent keeps running, cut off.
@@ -629,13 +617,8 @@ fn unix_now() -> f64 {
 fn bench_floating_ip_association() {
     let (lab, _wire, ext_host) = lab_with_external();
     let cli = &lab.cli;
-    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
-        .unwrap();
     web_group(&lab, &[("icmp", None)]);
-    cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
-        .unwrap();
-    cli.json(&["router", "add", "subnet", "r1", "net1"])
-        .unwrap();
+    routed_net1(&lab);
     let g = lab
         .server("g1", "net1", 1, &["--security-group", "web"])
         .unwrap();
@@ -701,14 +684,8 @@ fn iperf_from(ns: &str, ip: Ipv4Addr) -> f64 {
 #[ignore = "benchmark"]
 fn bench_floating_ip_throughput() {
     let (lab, _wire, ext_host) = lab_with_external();
-    let cli = &lab.cli;
-    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
-        .unwrap();
     web_group(&lab, &[("icmp", None), ("tcp", Some("5201"))]);
-    cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
-        .unwrap();
-    cli.json(&["router", "add", "subnet", "r1", "net1"])
-        .unwrap();
+    routed_net1(&lab);
     let routed = lab
         .server("g-fip", "net1", 1, &["--security-group", "web"])
         .unwrap();
@@ -717,21 +694,7 @@ fn bench_floating_ip_throughput() {
         .server("g-direct", "ext", 1, &["--security-group", "web"])
         .unwrap();
     lease(&lab, &direct, "10.77.0.1");
-    let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
-    let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
-    cli.json(&[
-        "floating",
-        "ip",
-        "set",
-        fip["id"].as_str().unwrap(),
-        "--server",
-        "g-fip",
-    ])
-    .unwrap();
-    wait_until(T, "the floating IP answers", || {
-        Ok(ping_from(&ext_host, fip_ip, 1))
-    })
-    .unwrap();
+    let fip_ip = floating_ip_on(&lab, &ext_host, "g-fip");
     let _s1 = routed.spawn("iperf3", &["-s"]).unwrap();
     let _s2 = direct.spawn("iperf3", &["-s"]).unwrap();
     routed.wait_listening(false, 5201).unwrap();
