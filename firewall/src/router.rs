@@ -39,6 +39,7 @@ use ipnet::Ipv4Net;
 use tracing::info;
 
 use crate::error::FirewallError;
+pub use crate::error::RouterSpecError;
 use crate::libnft::{in_named_netns, Nft};
 use crate::names::{fnv1a64, valid_ifname};
 use crate::nft::{has_table, table_counters, FirewallAction};
@@ -102,59 +103,6 @@ pub struct InternalLeg {
     pub leg: String,
     /// The subnet routed through it.
     pub cidr: Ipv4Net,
-}
-
-/// Why a [`RouterNatSpec`] cannot be rendered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouterSpecError {
-    /// A leg name is not a valid interface name (1 to 15 printable
-    /// characters, no quote, slash, backslash, star or space).
-    #[error("leg name {leg:?} is not a valid interface name")]
-    BadLegName {
-        /// The name as given.
-        leg: String,
-    },
-    /// Two legs (internal or external) have the same name.
-    #[error("leg {leg:?} is given twice")]
-    DuplicateLeg {
-        /// The name.
-        leg: String,
-    },
-    /// Two internal subnets overlap (or are the same).
-    #[error("internal subnets {a} and {b} overlap")]
-    OverlappingSubnets {
-        /// One subnet.
-        a: Ipv4Net,
-        /// The other.
-        b: Ipv4Net,
-    },
-    /// A floating IP appears twice.
-    #[error("floating IP {floating} is given twice")]
-    DuplicateFloating {
-        /// The address.
-        floating: Ipv4Addr,
-    },
-    /// A fixed IP has two floating IPs.
-    #[error("fixed IP {fixed} has two floating IPs")]
-    DuplicateFixed {
-        /// The address.
-        fixed: Ipv4Addr,
-    },
-    /// A floating IP is also the router's SNAT address.
-    #[error("floating IP {floating} is also the SNAT address")]
-    FloatingIsSnat {
-        /// The address.
-        floating: Ipv4Addr,
-    },
-    /// A fixed IP lies in none of the internal subnets: the router could
-    /// not route to it.
-    #[error("fixed IP {fixed} of floating IP {floating} is in none of the router's subnets")]
-    FixedNotInternal {
-        /// The fixed address.
-        fixed: Ipv4Addr,
-        /// Its floating address.
-        floating: Ipv4Addr,
-    },
 }
 
 /// A validated, sorted spec.
