@@ -58,7 +58,7 @@ if ((${#missing[@]})) && ((check_only == 0)); then
 fi
 
 # PyPI clients (@pypi:SPEC) into one virtualenv, pinned; their programs
-# linked into /usr/local/bin (`nubo-os-python` is the virtualenv's python).
+# linked into /usr/local/bin (`openstack-python` is the virtualenv's python).
 VENV=/opt/nubo/openstack-clients
 mapfile -t PYPI < <(awk '!/^[[:space:]]*(#|$)/ && $2 ~ /^@pypi:/ {sub(/^@pypi:/, "", $2); print $1 " " $2}' "$INVENTORY")
 if ((${#PYPI[@]})) && ((check_only == 0)); then
@@ -73,12 +73,12 @@ if ((${#PYPI[@]})) && ((check_only == 0)); then
   fi
   for line in "${PYPI[@]}"; do
     prog=${line%% *}
-    if [[ $prog == nubo-os-python ]]; then
+    if [[ $prog == openstack-python ]]; then
       # A wrapper, not a link: python finds its virtualenv from the path
       # it was started by.
-      printf '#!/bin/sh\nexec %s/bin/python3 "$@"\n' "$VENV" >/usr/local/bin/nubo-os-python.tmp
-      chmod 755 /usr/local/bin/nubo-os-python.tmp
-      mv -f /usr/local/bin/nubo-os-python.tmp /usr/local/bin/nubo-os-python
+      printf '#!/bin/sh\nexec %s/bin/python3 "$@"\n' "$VENV" >/usr/local/bin/openstack-python.tmp
+      chmod 755 /usr/local/bin/openstack-python.tmp
+      mv -f /usr/local/bin/openstack-python.tmp /usr/local/bin/openstack-python
     else
       ln -sf "$VENV/bin/$prog" "/usr/local/bin/$prog"
     fi

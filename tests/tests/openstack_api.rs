@@ -197,7 +197,7 @@ conn.compute.delete_server(s)
 conn.compute.wait_for_delete(s, wait=60)
 print("DELETED")
 "#;
-    let out = Command::new("nubo-os-python")
+    let out = Command::new("openstack-python")
         .env("OS_CLIENT_CONFIG_FILE", &clouds)
         .args(["-c", script])
         .output()
