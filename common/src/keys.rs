@@ -1020,6 +1020,7 @@ impl Key {
                 | Key::ServerGroupMember(..)
                 | Key::ClientToken(..)
                 | Key::EvacuationConfig
+                | Key::InstanceMigration(_)
                 | Key::Project(_)
                 | Key::User(_)
                 | Key::Role(..)

@@ -496,45 +496,6 @@ pub fn volume_snapshot(s: &model::VolumeSnapshot) -> pb::VolumeSnapshot {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(dir: &str, proto: &str, min: u32, max: u32, cidr: &str) -> pb::SecurityGroupRule {
-        pb::SecurityGroupRule {
-            direction: dir.into(),
-            protocol: proto.into(),
-            port_min: min,
-            port_max: max,
-            remote_cidr: cidr.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn rules_parse_and_round_trip() {
-        let m = rule_from_proto(&r("ingress", "tcp", 22, 22, "10.0.0.0/8")).unwrap();
-        assert_eq!(m.ports, Some((22, 22)));
-        let back = rule(&m);
-        assert_eq!(back.protocol, "tcp");
-        assert_eq!(back.remote_cidr, "10.0.0.0/8");
-        assert_eq!((back.port_min, back.port_max), (22, 22));
-    }
-
-    #[test]
-    fn bad_rules_are_rejected_with_reasons() {
-        assert!(rule_from_proto(&r("sideways", "", 0, 0, "")).is_err());
-        assert!(rule_from_proto(&r("ingress", "icmp", 1, 2, "")).is_err());
-        assert!(rule_from_proto(&r("ingress", "tcp", 100, 10, "")).is_err());
-        assert!(rule_from_proto(&r("ingress", "tcp", 1, 70000, "")).is_err());
-        assert!(rule_from_proto(&r("ingress", "gre?", 0, 0, "")).is_err());
-        assert!(rule_from_proto(&r("ingress", "", 0, 0, "fd00::/8")).is_err());
-        let mut both = r("ingress", "", 0, 0, "10.0.0.0/8");
-        both.remote_group_id = SecurityGroupId::new_random().to_string();
-        assert!(rule_from_proto(&both).is_err());
-    }
-}
-
 /// The API form of a migration.
 pub fn migration(v: &crate::operations::migrations::MigrationView) -> pb::Migration {
     use crate::operations::migrations::{mode_str, state_str};
@@ -578,5 +539,44 @@ pub fn migration(v: &crate::operations::migrations::MigrationView) -> pb::Migrat
         source_phase: phase(&v.source_report),
         destination_phase: phase(&v.destination_report),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(dir: &str, proto: &str, min: u32, max: u32, cidr: &str) -> pb::SecurityGroupRule {
+        pb::SecurityGroupRule {
+            direction: dir.into(),
+            protocol: proto.into(),
+            port_min: min,
+            port_max: max,
+            remote_cidr: cidr.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rules_parse_and_round_trip() {
+        let m = rule_from_proto(&r("ingress", "tcp", 22, 22, "10.0.0.0/8")).unwrap();
+        assert_eq!(m.ports, Some((22, 22)));
+        let back = rule(&m);
+        assert_eq!(back.protocol, "tcp");
+        assert_eq!(back.remote_cidr, "10.0.0.0/8");
+        assert_eq!((back.port_min, back.port_max), (22, 22));
+    }
+
+    #[test]
+    fn bad_rules_are_rejected_with_reasons() {
+        assert!(rule_from_proto(&r("sideways", "", 0, 0, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "icmp", 1, 2, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "tcp", 100, 10, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "tcp", 1, 70000, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "gre?", 0, 0, "")).is_err());
+        assert!(rule_from_proto(&r("ingress", "", 0, 0, "fd00::/8")).is_err());
+        let mut both = r("ingress", "", 0, 0, "10.0.0.0/8");
+        both.remote_group_id = SecurityGroupId::new_random().to_string();
+        assert!(rule_from_proto(&both).is_err());
     }
 }
