@@ -229,18 +229,7 @@ impl Job for MoveJob<'_> {
                 volumes: Vec::new(),
             },
         );
-        for (k, kv) in &r.ports {
-            let Some(kv) = kv else { continue };
-            let Some(mut port) = decode_or_skip::<Port>(kv) else {
-                continue;
-            };
-            if port.device != Some(id) {
-                continue;
-            }
-            t.unchanged(k, kv.mod_revision());
-            port.node = Some(to.clone());
-            t.put(k, &port);
-        }
+        rebind_ports(t, id, to, &r.ports);
         if let Some((g, _, rev)) = &r.group {
             t.prefix_unchanged_since(&keys::server_group_members_prefix(g), *rev);
             t.put(&keys::server_group_member(g, &id), to);
@@ -277,6 +266,30 @@ impl Job for MoveJob<'_> {
             "could not move instance {} after {MAX_MOVE_ATTEMPTS} attempts because of contention; retry",
             self.id
         ))
+    }
+}
+
+/// Rebinds the ports of instance `id` (as read: key and value) to node
+/// `to` (`port.node`: same IP and MAC), each compared unchanged; ports
+/// bound to another device are left alone. Shared by moves and the
+/// migration switch.
+pub(crate) fn rebind_ports(
+    t: &mut TxnBuilder,
+    id: InstanceId,
+    to: &NodeName,
+    ports: &[(String, Option<KeyValue>)],
+) {
+    for (k, kv) in ports {
+        let Some(kv) = kv else { continue };
+        let Some(mut port) = decode_or_skip::<Port>(kv) else {
+            continue;
+        };
+        if port.device != Some(id) {
+            continue;
+        }
+        t.unchanged(k, kv.mod_revision());
+        port.node = Some(to.clone());
+        t.put(k, &port);
     }
 }
 

@@ -9,7 +9,6 @@
 use nubo_common::keys;
 use nubo_common::model::{
     self, Assignment, Instance, InstanceState, InstanceStatus, Migration, MigrationMode, NodeUsage,
-    Port,
 };
 use nubo_store::kv::{decode_kv, decode_or_skip};
 use nubo_store::TxnBuilder;
@@ -198,18 +197,9 @@ async fn switch_into(
         },
     );
     let port_keys: Vec<String> = inst.ports.iter().map(keys::port).collect();
-    for (k, kv) in port_keys.iter().zip(ctx.store.get_many(&port_keys).await?) {
-        let Some(kv) = kv else { continue };
-        let Some(mut port) = decode_or_skip::<Port>(&kv) else {
-            continue;
-        };
-        if port.device != Some(id) {
-            continue;
-        }
-        t.unchanged(k, kv.mod_revision());
-        port.node = Some(to.clone());
-        t.put(k, &port);
-    }
+    let port_kvs = ctx.store.get_many(&port_keys).await?;
+    let ports: Vec<_> = port_keys.into_iter().zip(port_kvs).collect();
+    crate::operations::moves::rebind_ports(t, id, to, &ports);
     if let Some(g) = &inst.server_group {
         t.put(&keys::server_group_member(g, &id), to);
     }
