@@ -103,7 +103,10 @@ fn curl(url: &str, token: Option<&str>, headers: &[&str]) -> (u16, Value) {
     let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 #[test]
@@ -111,7 +114,9 @@ fn openstack_client_and_sdk_drive_nubo() {
     let cloud = SecureCloud::start().unwrap();
     let admin = &cloud.admin;
     admin
-        .json(&["flavor", "create", "tiny", "--vcpus", "1", "--ram", "256", "--disk", "1"])
+        .json(&[
+            "flavor", "create", "tiny", "--vcpus", "1", "--ram", "256", "--disk", "1",
+        ])
         .unwrap();
     let alice = cloud.member("alice", "team-a").unwrap();
     alice.json(&["image", "create", "cirros"]).unwrap();
@@ -122,11 +127,17 @@ fn openstack_client_and_sdk_drive_nubo() {
     let _agent = Agent::start(cloud.agent_opts(NODE, &cred).unwrap()).unwrap();
     wait_for(Duration::from_secs(60), "the node registered", || {
         let nodes = list_items(&admin.json(&["node", "list"])?)?;
-        Ok(nodes.into_iter().find(|n| n["name"] == NODE).ok_or("absent"))
+        Ok(nodes
+            .into_iter()
+            .find(|n| n["name"] == NODE)
+            .ok_or("absent"))
     })
     .unwrap();
 
-    let dir = tempfile::Builder::new().prefix("nbt-openstack-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("nbt-openstack-")
+        .tempdir()
+        .unwrap();
     let (_fe, url) = front_end(&cloud, dir.path());
     let clouds = clouds_yaml(dir.path(), &url);
 
@@ -147,8 +158,18 @@ fn openstack_client_and_sdk_drive_nubo() {
     let created = openstack(
         &clouds,
         &[
-            "server", "create", "--flavor", "tiny", "--image", "cirros", "--network", "net1",
-            "--wait", "-f", "json", "vm1",
+            "server",
+            "create",
+            "--flavor",
+            "tiny",
+            "--image",
+            "cirros",
+            "--network",
+            "net1",
+            "--wait",
+            "-f",
+            "json",
+            "vm1",
         ],
     )
     .unwrap();
@@ -159,8 +180,11 @@ fn openstack_client_and_sdk_drive_nubo() {
     assert_eq!(ours["state"], "running");
     let shown = openstack(&clouds, &["server", "show", "-f", "json", &id]).unwrap();
     let ip = ours["addresses"][0]["ip"].as_str().unwrap();
-    assert!(shown["addresses"].to_string().contains(ip), "{shown} vs {ours}");
-    assert_eq!(shown["flavor"].to_string().contains("tiny"), true, "{shown}");
+    assert!(
+        shown["addresses"].to_string().contains(ip),
+        "{shown} vs {ours}"
+    );
+    assert!(shown["flavor"].to_string().contains("tiny"), "{shown}");
     let listed = openstack(&clouds, &["server", "list", "-f", "json"]).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["ID"], id.as_str());
@@ -169,7 +193,11 @@ fn openstack_client_and_sdk_drive_nubo() {
     openstack(&clouds, &["server", "stop", &id]).unwrap();
     wait_for(Duration::from_secs(30), "vm1 stopped", || {
         let s = alice.json(&["server", "show", "vm1"])?;
-        Ok(if s["state"] == "stopped" { Ok(()) } else { Err(s) })
+        Ok(if s["state"] == "stopped" {
+            Ok(())
+        } else {
+            Err(s)
+        })
     })
     .unwrap();
     let shown = openstack(&clouds, &["server", "show", "-f", "json", &id]).unwrap();
@@ -177,7 +205,11 @@ fn openstack_client_and_sdk_drive_nubo() {
     openstack(&clouds, &["server", "start", &id]).unwrap();
     wait_for(Duration::from_secs(30), "vm1 running again", || {
         let s = alice.json(&["server", "show", "vm1"])?;
-        Ok(if s["state"] == "running" { Ok(()) } else { Err(s) })
+        Ok(if s["state"] == "running" {
+            Ok(())
+        } else {
+            Err(s)
+        })
     })
     .unwrap();
     openstack(&clouds, &["server", "delete", "--wait", &id]).unwrap();
@@ -210,7 +242,11 @@ print("DELETED")
     );
 
     // Bad input in OpenStack's formats.
-    let (code, body) = curl(&format!("{url}/compute/v2.1/servers/nope"), Some(&token), &[]);
+    let (code, body) = curl(
+        &format!("{url}/compute/v2.1/servers/nope"),
+        Some(&token),
+        &[],
+    );
     assert_eq!(code, 404, "{body}");
     assert!(body["itemNotFound"]["message"].is_string(), "{body}");
     let (code, body) = curl(&format!("{url}/compute/v2.1/servers"), None, &[]);
@@ -221,7 +257,11 @@ print("DELETED")
         &["OpenStack-API-Version: compute 2.95"],
     );
     assert_eq!(code, 406);
-    let (code, body) = curl(&format!("{url}/compute/v2.1/servers?marker=nope"), Some(&token), &[]);
+    let (code, body) = curl(
+        &format!("{url}/compute/v2.1/servers?marker=nope"),
+        Some(&token),
+        &[],
+    );
     assert_eq!(code, 400, "{body}");
     assert!(body["badRequest"].is_object(), "{body}");
 }
