@@ -31,6 +31,11 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1/servers/detail", get(list_servers))
         .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
         .route("/v2.1/servers/{id}/action", post(server_action))
+        .route("/v2.1/os-keypairs", get(list_keypairs).post(create_keypair))
+        .route(
+            "/v2.1/os-keypairs/{name}",
+            get(show_keypair).delete(delete_keypair),
+        )
 }
 
 async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
@@ -501,6 +506,122 @@ async fn server_action(
             format!("server action {other:?} is not supported (os-start, os-stop, reboot are; docs/openstack-compatibility.md)"),
         )),
     }?;
+    Ok(versioned(StatusCode::ACCEPTED))
+}
+
+fn keypair_view(k: &pb::Keypair) -> Value {
+    json!({
+        "name": k.name,
+        "public_key": k.public_key,
+        "fingerprint": k.fingerprint,
+        "type": "ssh",
+        "user_id": "",
+        "created_at": k.created_at,
+        "deleted": false,
+        "id": k.name,
+    })
+}
+
+async fn list_keypairs(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let client = up.keypairs(&headers)?;
+    let keys = all_pages(|token| {
+        let mut c = client.clone();
+        async move {
+            let r = c
+                .list(pb::ListRequest {
+                    page_size: PAGE_SIZE,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((r.keypairs, r.next_page_token))
+        }
+    })
+    .await
+    .api(S)?;
+    let views: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"keypair": keypair_view(k)}))
+        .collect();
+    Ok(versioned(Json(json!({"keypairs": views}))))
+}
+
+async fn show_keypair(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let k = up
+        .keypairs(&headers)?
+        .get(pb::GetRequest {
+            r#ref: name,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(versioned(Json(json!({"keypair": keypair_view(&k)}))))
+}
+
+/// `POST /os-keypairs` body.
+#[derive(Debug, Deserialize)]
+pub struct KeypairBody {
+    keypair: NewKeypair,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewKeypair {
+    name: String,
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+async fn create_keypair(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Json(body): Json<KeypairBody>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    // Generating a private key for the caller would put a secret in an
+    // API answer and in this process: nubo only imports public keys.
+    let public_key = body.keypair.public_key.ok_or_else(|| {
+        ApiError::bad_request(
+            S,
+            "nubo imports public keys only: pass public_key (e.g. `openstack keypair create --public-key ~/.ssh/id_ed25519.pub NAME`)",
+        )
+    })?;
+    let k = up
+        .keypairs(&headers)?
+        .create(pb::CreateKeypairRequest {
+            name: body.keypair.name,
+            project: String::new(),
+            public_key,
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(versioned(Json(json!({"keypair": keypair_view(&k)}))))
+}
+
+async fn delete_keypair(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    up.keypairs(&headers)?
+        .delete(pb::DeleteRequest {
+            r#ref: name,
+            project: String::new(),
+        })
+        .await
+        .api(S)?;
     Ok(versioned(StatusCode::ACCEPTED))
 }
 

@@ -134,6 +134,24 @@ impl Upstream {
     pub fn images(&self, h: &HeaderMap) -> Result<pb::images_client::ImagesClient<Chan>, ApiError> {
         Ok(pb::images_client::ImagesClient::new(self.with_token(h)?))
     }
+    /// Keypairs.
+    pub fn keypairs(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::keypairs_client::KeypairsClient<Chan>, ApiError> {
+        Ok(pb::keypairs_client::KeypairsClient::new(
+            self.with_token(h)?,
+        ))
+    }
+    /// Security groups.
+    pub fn security_groups(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::security_groups_client::SecurityGroupsClient<Chan>, ApiError> {
+        Ok(pb::security_groups_client::SecurityGroupsClient::new(
+            self.with_token(h)?,
+        ))
+    }
     /// Networks.
     pub fn networks(
         &self,

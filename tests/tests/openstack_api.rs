@@ -66,8 +66,8 @@ fn clouds_yaml(dir: &Path, url: &str) -> PathBuf {
     path
 }
 
-/// `openstack --os-cloud nubo ARGS -f json` (or without `-f json` when
-/// the command prints nothing).
+/// `openstack --os-cloud nubo ARGS`: its JSON output with `-f json`, else
+/// its text.
 fn openstack(clouds: &Path, args: &[&str]) -> Result<Value> {
     let out = Command::new("openstack")
         .env("OS_CLIENT_CONFIG_FILE", clouds)
@@ -84,8 +84,8 @@ fn openstack(clouds: &Path, args: &[&str]) -> Result<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
+    if !args.contains(&"json") {
+        return Ok(Value::String(text.into_owned()));
     }
     serde_json::from_str(&text).with_context(|| format!("openstack output: {text}"))
 }
@@ -212,6 +212,65 @@ fn openstack_client_and_sdk_drive_nubo() {
         })
     })
     .unwrap();
+    // reboot: the guest's boot counter moves (the fake driver counts).
+    openstack(&clouds, &["server", "reboot", "--wait", &id]).unwrap();
+    let shown = openstack(&clouds, &["server", "show", "-f", "json", &id]).unwrap();
+    assert_eq!(shown["status"], "ACTIVE", "{shown}");
+
+    // Keypairs and security groups agree with nubo's.
+    let key = dir.path().join("k1.pub");
+    std::fs::write(
+        &key,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMOF/1IwvkaqwaYxw5uqOXwU+yMz99O0NSqMQYWuHQD0 test@host\n",
+    )
+    .unwrap();
+    openstack(
+        &clouds,
+        &[
+            "keypair",
+            "create",
+            "--public-key",
+            &key.display().to_string(),
+            "-f",
+            "json",
+            "k1",
+        ],
+    )
+    .unwrap();
+    let k = alice.json(&["keypair", "show", "k1"]).unwrap();
+    assert!(
+        k.to_string().contains("AAAAC3NzaC1lZDI1NTE5AAAAIMOF"),
+        "{k}"
+    );
+    openstack(
+        &clouds,
+        &["security", "group", "create", "-f", "json", "web"],
+    )
+    .unwrap();
+    let rule = openstack(
+        &clouds,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "--remote-ip",
+            "10.0.0.0/8",
+            "-f",
+            "json",
+            "web",
+        ],
+    )
+    .unwrap();
+    let g = alice.json(&["secgroup", "show", "web"]).unwrap();
+    let rule_id = rule["id"].as_str().unwrap();
+    assert!(g.to_string().contains(rule_id), "{g} lacks {rule}");
+    assert!(g.to_string().contains("10.0.0.0/8"), "{g}");
+
     openstack(&clouds, &["server", "delete", "--wait", &id]).unwrap();
     let gone = alice.json(&["server", "list"]).unwrap();
     assert!(list_items(&gone).unwrap().is_empty(), "{gone}");
