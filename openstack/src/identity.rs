@@ -26,6 +26,8 @@ pub fn router() -> Router<Upstream> {
             "/v3/auth/tokens",
             post(issue).get(validate).delete(validate),
         )
+        .route("/v3/projects", get(list_projects))
+        .route("/v3/projects/{id}", get(show_project))
 }
 
 async fn versions_doc(State(up): State<Upstream>) -> Response {
@@ -146,8 +148,12 @@ pub fn issue_request(body: &AuthRequest) -> Result<pb::IssueTokenRequest, ApiErr
     ))
 }
 
-/// The service catalog: every service at this front end.
+/// The service catalog: every service this front end serves (Block
+/// Storage is left out until it is served: clients then skip it instead of
+/// failing on it). `project` is kept for the project-scoped endpoints to
+/// come.
 pub fn catalog(base: &str, project: &str) -> Value {
+    let _ = project;
     let entry = |kind: &str, name: &str, url: String| {
         let endpoints: Vec<Value> = ["public", "internal", "admin"]
             .iter()
@@ -222,6 +228,85 @@ async fn issue(
     })?;
     resp.headers_mut().insert("x-subject-token", token);
     Ok(resp)
+}
+
+/// A project as Keystone shows it (nubo's project id is its name). Pure.
+pub fn project_view(id: &str) -> Value {
+    json!({"id": id, "name": id, "domain_id": "default", "enabled": true, "is_domain": false,
+        "parent_id": "default", "description": "", "tags": [], "links": {"self": format!("/identity/v3/projects/{id}")}})
+}
+
+/// Whether the caller may see project `id`: the coordinators answer its
+/// quota to its members and to cloud admins only (another project is
+/// "not found", like every resource nubo hides).
+async fn visible(up: &Upstream, headers: &HeaderMap, id: &str) -> Result<bool, ApiError> {
+    let mut c = pb::quotas_client::QuotasClient::new(up.with_token(headers)?);
+    match c
+        .get(pb::GetRequest {
+            r#ref: String::new(),
+            project: id.to_string(),
+        })
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::NotFound | tonic::Code::PermissionDenied
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(s) => Err(ApiError::from_status(Service::Identity, &s)),
+    }
+}
+
+async fn show_project(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if visible(&up, &headers, &id).await? {
+        Ok(Json(json!({"project": project_view(&id)})))
+    } else {
+        Err(ApiError::not_found(
+            Service::Identity,
+            format!("Could not find project: {id}."),
+        ))
+    }
+}
+
+/// `GET /v3/projects?name=…` (what clients use to resolve a name).
+#[derive(Debug, Deserialize)]
+pub struct ProjectFilter {
+    name: Option<String>,
+}
+
+async fn list_projects(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    axum::extract::Query(f): axum::extract::Query<ProjectFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(name) = f.name else {
+        // The whole list is the admins' (Identity.ListProjects).
+        let mut c = pb::identity_client::IdentityClient::new(up.with_token(&headers)?);
+        let r = c
+            .list_projects(pb::ListRequest {
+                page_size: crate::upstream::PAGE_SIZE,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| ApiError::from_status(Service::Identity, &s))?
+            .into_inner();
+        let views: Vec<Value> = r.projects.iter().map(|p| project_view(&p.id)).collect();
+        return Ok(Json(json!({"projects": views})));
+    };
+    let views: Vec<Value> = if visible(&up, &headers, &name).await? {
+        vec![project_view(&name)]
+    } else {
+        Vec::new()
+    };
+    Ok(Json(json!({"projects": views})))
 }
 
 /// Token validation and revocation need the coordinators' token checks

@@ -22,8 +22,10 @@ pub mod error;
 pub mod identity;
 pub mod image;
 pub mod network;
+pub mod quota;
 pub mod upstream;
 pub mod versions;
+pub mod volume;
 
 use axum::Router;
 
@@ -36,6 +38,7 @@ pub fn router(upstream: Upstream) -> Router {
         .nest("/compute", compute::router())
         .nest("/network", network::router())
         .nest("/image", image::router())
+        .nest("/volume", volume::router())
         .fallback(error::not_found)
         .with_state(upstream)
 }

@@ -24,6 +24,11 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.0/", get(v20_doc))
         .route("/v2.0/networks", get(list_networks))
         .route("/v2.0/networks/{id}", get(show_network))
+        .route("/v2.0/quotas/{project}", get(crate::quota::network_quota))
+        .route(
+            "/v2.0/quotas/{project}/details.json",
+            get(crate::quota::network_quota_detail),
+        )
         .route("/v2.0/security-groups", get(list_groups).post(create_group))
         .route(
             "/v2.0/security-groups/{id}",

@@ -152,6 +152,10 @@ impl Upstream {
             self.with_token(h)?,
         ))
     }
+    /// Quotas.
+    pub fn quotas(&self, h: &HeaderMap) -> Result<pb::quotas_client::QuotasClient<Chan>, ApiError> {
+        Ok(pb::quotas_client::QuotasClient::new(self.with_token(h)?))
+    }
     /// Networks.
     pub fn networks(
         &self,

@@ -48,3 +48,12 @@ pub fn network_v20(base: &str) -> Value {
 pub fn image_v2(base: &str) -> Value {
     version("v2.0", &format!("{base}/image/v2"), json!({}))
 }
+
+/// Cinder v3.
+pub fn volume_v3(base: &str) -> Value {
+    version(
+        "v3.0",
+        &format!("{base}/volume/v3"),
+        json!({"version": "3.0", "min_version": "3.0"}),
+    )
+}

@@ -271,6 +271,39 @@ fn openstack_client_and_sdk_drive_nubo() {
     assert!(g.to_string().contains(rule_id), "{g} lacks {rule}");
     assert!(g.to_string().contains("10.0.0.0/8"), "{g}");
 
+    // quota show: compute and network quotas, nubo's limits.
+    let q = openstack(&clouds, &["quota", "show", "-f", "json", "team-a"]).unwrap();
+    let ours = alice.json(&["quota", "show"]).unwrap();
+    let theirs: std::collections::BTreeMap<String, Value> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["Resource"].as_str().unwrap().to_string(),
+                r["Limit"].clone(),
+            )
+        })
+        .collect();
+    for (os, nubo) in [
+        ("instances", "instances"),
+        ("cores", "vcpus"),
+        ("ram", "ram_mb"),
+        ("networks", "networks"),
+        ("ports", "ports"),
+        ("security_groups", "security_groups"),
+        ("floating_ips", "floating_ips"),
+        ("volumes", "volumes"),
+        ("gigabytes", "gigabytes"),
+    ] {
+        assert!(ours[nubo]["limit"].is_u64(), "{ours}");
+        assert_eq!(
+            theirs.get(os),
+            Some(&ours[nubo]["limit"]),
+            "{os}: {q} vs {ours}"
+        );
+    }
+
     openstack(&clouds, &["server", "delete", "--wait", &id]).unwrap();
     let gone = alice.json(&["server", "list"]).unwrap();
     assert!(list_items(&gone).unwrap().is_empty(), "{gone}");
