@@ -152,6 +152,15 @@ impl Upstream {
             self.with_token(h)?,
         ))
     }
+    /// Image data.
+    pub fn image_data(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::image_data_client::ImageDataClient<Chan>, ApiError> {
+        Ok(pb::image_data_client::ImageDataClient::new(
+            self.with_token(h)?,
+        ))
+    }
     /// Quotas.
     pub fn quotas(&self, h: &HeaderMap) -> Result<pb::quotas_client::QuotasClient<Chan>, ApiError> {
         Ok(pb::quotas_client::QuotasClient::new(self.with_token(h)?))

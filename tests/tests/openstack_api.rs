@@ -271,6 +271,37 @@ fn openstack_client_and_sdk_drive_nubo() {
     assert!(g.to_string().contains(rule_id), "{g} lacks {rule}");
     assert!(g.to_string().contains("10.0.0.0/8"), "{g}");
 
+    // image create --file: uploaded in chunks, nubo records its checksum.
+    let file = dir.path().join("disk.raw");
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let made = openstack(
+        &clouds,
+        &[
+            "image",
+            "create",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--file",
+            &file.display().to_string(),
+            "-f",
+            "json",
+            "disk2",
+        ],
+    )
+    .unwrap();
+    let img = alice.json(&["image", "show", "disk2"]).unwrap();
+    assert_eq!(img["status"], "active", "{img} / {made}");
+    assert_eq!(img["size_bytes"], data.len() as u64, "{img}");
+    let sum = Command::new("sha256sum").arg(&file).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let sum = sum.split_whitespace().next().unwrap();
+    assert!(img.to_string().contains(sum), "{img} lacks sha256 {sum}");
+
     // quota show: compute and network quotas, nubo's limits.
     let q = openstack(&clouds, &["quota", "show", "-f", "json", "team-a"]).unwrap();
     let ours = alice.json(&["quota", "show"]).unwrap();
