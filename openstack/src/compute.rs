@@ -155,23 +155,7 @@ async fn list_flavors(
     Query(p): Query<Paging>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
-    let client = up.flavors(&headers)?;
-    let flavors = all_pages(|token| {
-        let mut c = client.clone();
-        async move {
-            let r = c
-                .list(pb::ListRequest {
-                    page_size: PAGE_SIZE,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok((r.flavors, r.next_page_token))
-        }
-    })
-    .await
-    .api(S)?;
+    let flavors = crate::list_all!(up.flavors(&headers)?, flavors, S)?;
     let flavors = page(flavors, &p, |f| f.name.as_str())?;
     let views: Vec<Value> = flavors
         .iter()
@@ -535,23 +519,7 @@ async fn list_keypairs(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
-    let client = up.keypairs(&headers)?;
-    let keys = all_pages(|token| {
-        let mut c = client.clone();
-        async move {
-            let r = c
-                .list(pb::ListRequest {
-                    page_size: PAGE_SIZE,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok((r.keypairs, r.next_page_token))
-        }
-    })
-    .await
-    .api(S)?;
+    let keys = crate::list_all!(up.keypairs(&headers)?, keypairs, S)?;
     let views: Vec<Value> = keys
         .iter()
         .map(|k| json!({"keypair": keypair_view(k)}))

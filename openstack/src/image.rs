@@ -12,7 +12,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Service, StatusExt};
-use crate::upstream::{all_pages, PAGE_SIZE};
 use crate::versions;
 use crate::Upstream;
 
@@ -74,23 +73,7 @@ async fn list_images(
     headers: HeaderMap,
     Query(f): Query<Filters>,
 ) -> Result<Response, ApiError> {
-    let client = up.images(&headers)?;
-    let images = all_pages(|token| {
-        let mut c = client.clone();
-        async move {
-            let r = c
-                .list(pb::ListRequest {
-                    page_size: PAGE_SIZE,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok((r.images, r.next_page_token))
-        }
-    })
-    .await
-    .api(S)?;
+    let images = crate::list_all!(up.images(&headers)?, images, S)?;
     let views: Vec<Value> = images
         .iter()
         .filter(|i| f.name.as_ref().is_none_or(|x| &i.name == x))

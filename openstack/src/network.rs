@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Service, StatusExt};
-use crate::upstream::{all_pages, PAGE_SIZE};
 use crate::versions;
 use crate::Upstream;
 
@@ -91,23 +90,7 @@ async fn list_networks(
     headers: HeaderMap,
     Query(f): Query<Filters>,
 ) -> Result<Response, ApiError> {
-    let client = up.networks(&headers)?;
-    let nets = all_pages(|token| {
-        let mut c = client.clone();
-        async move {
-            let r = c
-                .list(pb::ListRequest {
-                    page_size: PAGE_SIZE,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok((r.networks, r.next_page_token))
-        }
-    })
-    .await
-    .api(S)?;
+    let nets = crate::list_all!(up.networks(&headers)?, networks, S)?;
     let views: Vec<Value> = nets
         .iter()
         .filter(|n| f.name.as_ref().is_none_or(|x| &n.name == x))
@@ -173,23 +156,7 @@ async fn all_groups(
     up: &Upstream,
     headers: &HeaderMap,
 ) -> Result<Vec<pb::SecurityGroup>, ApiError> {
-    let client = up.security_groups(headers)?;
-    all_pages(|token| {
-        let mut c = client.clone();
-        async move {
-            let r = c
-                .list(pb::ListRequest {
-                    page_size: PAGE_SIZE,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok((r.security_groups, r.next_page_token))
-        }
-    })
-    .await
-    .api(S)
+    crate::list_all!(up.security_groups(headers)?, security_groups, S)
 }
 
 async fn list_groups(

@@ -203,3 +203,31 @@ where
         token = next;
     }
 }
+
+/// Every item of a gRPC list that takes a `ListRequest`:
+/// `list_all!(client, field, service)` calls `client.list` page after page
+/// and returns `Result<Vec<_>, ApiError>` (the response's `field`).
+#[macro_export]
+macro_rules! list_all {
+    ($client:expr, $field:ident, $service:expr) => {{
+        let client = $client;
+        $crate::error::StatusExt::api(
+            $crate::upstream::all_pages(|token| {
+                let mut c = client.clone();
+                async move {
+                    let r = c
+                        .list(nubo_common::proto::ListRequest {
+                            page_size: $crate::upstream::PAGE_SIZE,
+                            page_token: token,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.$field, r.next_page_token))
+                }
+            })
+            .await,
+            $service,
+        )
+    }};
+}
