@@ -318,7 +318,8 @@ impl LibvirtDriver {
             if aborted.is_some() {
                 continue;
             }
-            match steer(opts, started.elapsed(), postcopy, *abort.borrow()) {
+            let requested = *abort.borrow();
+            match steer(opts, started.elapsed(), postcopy, requested) {
                 Steer::Wait => {}
                 Steer::PostCopy => {
                     let i = id.clone();

@@ -172,6 +172,11 @@ pub struct Cli {
     /// domain is destroyed (default 30).
     #[arg(long)]
     pub shutdown_timeout_secs: Option<u64>,
+    /// libvirt driver: the destination libvirtd of a live migration, with
+    /// `{host}` for its underlay address (default
+    /// `qemu+tls://{host}/system`; `qemu+tls` also encrypts the stream).
+    #[arg(long)]
+    pub migration_uri: Option<String>,
     /// Coordinator API the agent downloads image data from (default
     /// http://127.0.0.1:7400).
     #[arg(long)]
@@ -277,6 +282,8 @@ pub struct FileConfig {
     pub libvirt_prefix: Option<String>,
     /// Graceful shutdown timeout in seconds.
     pub shutdown_timeout_secs: Option<u64>,
+    /// Destination libvirtd URI template of live migrations.
+    pub migration_uri: Option<String>,
     /// Coordinator API endpoint for image downloads.
     pub api_endpoint: Option<String>,
     /// Node API address.
@@ -448,7 +455,16 @@ pub struct LibvirtSettings {
     pub prefix: String,
     /// Graceful shutdown timeout.
     pub shutdown_timeout: Duration,
+    /// How this node's libvirtd reaches another node's for a live
+    /// migration (peer to peer): a URI with `{host}` standing for the
+    /// destination's underlay address. Default `qemu+tls://{host}/system`;
+    /// with a `qemu+tls` URI the migration stream uses QEMU's native TLS
+    /// too. Test labs use `qemu+tcp://{host}/system` (plain TCP).
+    pub migration_uri: String,
 }
+
+/// The default of [`LibvirtSettings::migration_uri`].
+pub const DEFAULT_MIGRATION_URI: &str = "qemu+tls://{host}/system";
 
 impl Default for LibvirtSettings {
     fn default() -> Self {
@@ -457,6 +473,7 @@ impl Default for LibvirtSettings {
             domain_type: DomainTypeKind::Kvm,
             prefix: "nubo-".into(),
             shutdown_timeout: Duration::from_secs(30),
+            migration_uri: DEFAULT_MIGRATION_URI.into(),
         }
     }
 }
@@ -693,6 +710,9 @@ impl AgentConfig {
             .unwrap_or_else(|| lv.prefix.clone());
         if let Some(t) = cli.shutdown_timeout_secs.or(file.shutdown_timeout_secs) {
             lv.shutdown_timeout = Duration::from_secs(t);
+        }
+        if let Some(u) = cli.migration_uri.clone().or(file.migration_uri) {
+            lv.migration_uri = u;
         }
         cfg.api_endpoint = cli
             .api_endpoint
