@@ -100,6 +100,9 @@ pub struct MigrationStats {
     pub data_total_bytes: Option<u64>,
     /// Whether the job switched to post-copy.
     pub postcopy: bool,
+    /// Post-copy was allowed but QEMU could not enable it (no userfaultfd
+    /// on these hosts): the job ran in pre-copy only.
+    pub postcopy_unavailable: bool,
     /// Wall-clock duration of the call (ms).
     pub wall_ms: u64,
 }
@@ -291,8 +294,86 @@ impl LibvirtDriver {
             })
             .await??
         };
+        let first = self
+            .run_job(&id, opts, dest_xml.as_deref(), started, &mut abort)
+            .await;
+        let (result, postcopy, aborted, postcopy_unavailable) = match first {
+            (Ok(Err(MigrationError::Failed { source, .. })), _, None)
+                if opts.postcopy_after.is_some() && is_postcopy_unsupported(&source) =>
+            {
+                // QEMU cannot do post-copy here (no userfaultfd for its
+                // user: `vm.unprivileged_userfaultfd = 0` and no access to
+                // /dev/userfaultfd). Pre-copy with auto-converge only.
+                tracing::warn!(instance = %id, error = %source, "post-copy unavailable on these hosts; migrating with pre-copy only");
+                let pre_only = MigrateOptions {
+                    postcopy_after: None,
+                    ..opts.clone()
+                };
+                let (r, p, a) = self
+                    .run_job(&id, &pre_only, dest_xml.as_deref(), started, &mut abort)
+                    .await;
+                (r, p, a, true)
+            }
+            (r, p, a) => (r, p, a, false),
+        };
+        let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match result {
+            Ok(Ok(())) => {
+                let id = id.clone();
+                let stats = tokio::task::spawn_blocking(move || {
+                    dest.lookup_uuid(&id)
+                        .ok()
+                        .flatten()
+                        .and_then(|d| d.job_stats(true).ok())
+                })
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+                Ok(MigrationStats {
+                    downtime_ms: stats.downtime_ms,
+                    elapsed_ms: stats.elapsed_ms,
+                    data_total_bytes: stats.data_total,
+                    postcopy,
+                    postcopy_unavailable,
+                    wall_ms,
+                })
+            }
+            Ok(Err(MigrationError::Failed { source, .. })) => match aborted {
+                Some(reason) if source.is_aborted() || !postcopy => Err(MigrationError::Aborted {
+                    instance_id: id,
+                    reason,
+                    source,
+                }),
+                _ => Err(MigrationError::Failed {
+                    instance_id: id,
+                    postcopy,
+                    source,
+                }),
+            },
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one `virDomainMigrateToURI3` job to its end, steering it
+    /// ([`steer`]). Returns its result, whether it switched to post-copy
+    /// and why it was aborted, if it was.
+    async fn run_job(
+        &self,
+        id: &str,
+        opts: &MigrateOptions,
+        dest_xml: Option<&str>,
+        started: Instant,
+        abort: &mut watch::Receiver<bool>,
+    ) -> (
+        Result<Result<(), MigrationError>, DriverError>,
+        bool,
+        Option<AbortReason>,
+    ) {
+        let id = id.to_owned();
         let flags: c_uint = migrate_flags(opts);
-        let params = migrate_params(opts, dest_xml.as_deref());
+        let params = migrate_params(opts, dest_xml);
         let job = {
             let (id, uri) = (id.clone(), opts.destination_uri.clone());
             self.blocking_raw(move |conn| -> Result<(), MigrationError> {
@@ -360,44 +441,13 @@ impl LibvirtDriver {
                 }
             }
         };
-        let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match result {
-            Ok(Ok(())) => {
-                let id = id.clone();
-                let stats = tokio::task::spawn_blocking(move || {
-                    dest.lookup_uuid(&id)
-                        .ok()
-                        .flatten()
-                        .and_then(|d| d.job_stats(true).ok())
-                })
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-                Ok(MigrationStats {
-                    downtime_ms: stats.downtime_ms,
-                    elapsed_ms: stats.elapsed_ms,
-                    data_total_bytes: stats.data_total,
-                    postcopy,
-                    wall_ms,
-                })
-            }
-            Ok(Err(MigrationError::Failed { source, .. })) => match aborted {
-                Some(reason) if source.is_aborted() || !postcopy => Err(MigrationError::Aborted {
-                    instance_id: id,
-                    reason,
-                    source,
-                }),
-                _ => Err(MigrationError::Failed {
-                    instance_id: id,
-                    postcopy,
-                    source,
-                }),
-            },
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.into()),
-        }
+        (result, postcopy, aborted)
     }
+}
+
+/// QEMU refused the post-copy capability (no userfaultfd). Pure.
+fn is_postcopy_unsupported(e: &VirError) -> bool {
+    e.message.contains("Postcopy is not supported")
 }
 
 #[cfg(test)]

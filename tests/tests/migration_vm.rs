@@ -1,0 +1,358 @@
+//! Live migration of a real (TCG) guest between two simulated hosts, each
+//! with its own libvirtd (issue 16), the agents driven through the
+//! migration protocol (`nubo_common::model::migration`) by this test
+//! playing the leader: it writes the destination's `IncomingMigration`,
+//! waits for `Prepared`, writes the source's `OutgoingMigration`, waits for
+//! `Migrated`, then does the switch transaction itself (assignment, spec
+//! copy, instance and port to the destination, orders deleted).
+//!
+//! Meanwhile another guest pings the migrating one every 10 ms
+//! (`fastping` of the test guest): the guest does not reboot (no new
+//! `NUBO-GUEST: init`, its uptime continues on the destination's console),
+//! keeps its MAC and IP (the pings are answered from the destination), and
+//! the longest gap between two answers is printed, with libvirt's downtime,
+//! the migration's duration and the load average.
+//!
+//! Run (root, after `cargo build -p nubo-agent -p nubo-coordinator -p
+//! nubo-cli --bins`):
+//!   cargo test -p nubo-tests --test migration_vm -- --test-threads=1 --nocapture
+//! The RBD case needs the Ceph packages and is `#[ignore]`d (slower: a
+//! throwaway cluster):
+//!   cargo test -p nubo-tests --test migration_vm -- --ignored --test-threads=1 --nocapture
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::time::{Duration, Instant};
+
+use nubo_common::keys;
+use nubo_common::model::{
+    self, Assignment, IncomingMigration, Instance, MigrationMode, MigrationPhase, MigrationReport,
+    OutgoingMigration, Port,
+};
+use nubo_common::{InstanceId, MigrationId, NodeName};
+use nubo_tests::net_e2e::find_str;
+use nubo_tests::vm_e2e::{guest_ip, RbdVmLab, VmLab};
+use nubo_tests::wait_until;
+
+const BOOT: Duration = Duration::from_secs(180);
+
+fn create(lab: &VmLab, name: &str, host: u8, user_data: &str) -> (InstanceId, String) {
+    let out = lab
+        .create_server(
+            name,
+            Some(host),
+            Some(user_data),
+            &["--wait", "--timeout", "240"],
+        )
+        .unwrap();
+    let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
+    let node = lab.show(&id).unwrap()["node"].as_str().unwrap().to_string();
+    (id.parse().unwrap(), node)
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(lab: &VmLab, key: &str) -> T {
+    let raw = lab
+        .etcd
+        .get(key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{key} missing"));
+    serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+fn put_json<T: serde::Serialize>(lab: &VmLab, key: &str, v: &T) {
+    let s = serde_json::to_string(v).unwrap();
+    lab.etcd.etcdctl(&["put", key, &s]).unwrap();
+}
+
+/// Waits for the report of `node` on `m` to reach one of `phases`.
+fn wait_report(
+    lab: &VmLab,
+    node: &NodeName,
+    m: &MigrationId,
+    phases: &[MigrationPhase],
+    timeout: Duration,
+) -> MigrationReport {
+    let key = keys::node_migration_report(node, m);
+    let mut last = None;
+    let r = wait_until(timeout, &format!("report {phases:?} at {key}"), || {
+        last = lab
+            .etcd
+            .get(&key)?
+            .map(|v| serde_json::from_slice::<MigrationReport>(&v))
+            .transpose()?;
+        Ok(last.as_ref().is_some_and(|r| phases.contains(&r.phase)))
+    });
+    if let Err(e) = r {
+        panic!(
+            "{e}; last report: {last:?}\nsource agent log:\n{}\ndestination agent log:\n{}",
+            nubo_tests::process::tail(&lab.agents[0].log(), 40),
+            nubo_tests::process::tail(&lab.agents[1].log(), 40)
+        );
+    }
+    last.unwrap()
+}
+
+/// The leader's switch, in one transaction: assignment, spec copy,
+/// instance and port to `dst`, the orders deleted.
+fn switch(lab: &VmLab, id: &InstanceId, src: &NodeName, dst: &NodeName) {
+    let mut spec: Instance = get_json(lab, &keys::instance(id));
+    spec.node = Some(dst.clone());
+    let mut assignment: Assignment = get_json(lab, &keys::assignment(src, id));
+    assignment.node = dst.clone();
+    let mut ops = vec![
+        etcd_client::TxnOp::delete(keys::assignment(src, id), None),
+        etcd_client::TxnOp::delete(keys::node_spec(src, id), None),
+        etcd_client::TxnOp::delete(keys::node_incoming(dst, id), None),
+        etcd_client::TxnOp::delete(keys::node_outgoing(src, id), None),
+        etcd_client::TxnOp::put(keys::assignment(dst, id), model::encode(&assignment), None),
+        etcd_client::TxnOp::put(keys::node_spec(dst, id), model::encode(&spec), None),
+        etcd_client::TxnOp::put(keys::instance(id), model::encode(&spec), None),
+    ];
+    for p in &spec.ports {
+        let mut port: Port = get_json(lab, &keys::port(p));
+        port.node = Some(dst.clone());
+        ops.push(etcd_client::TxnOp::put(
+            keys::port(p),
+            model::encode(&port),
+            None,
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = lab.etcd.client().await.unwrap();
+        c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+    });
+}
+
+/// `(seq, gaps)` of the pinger's console for target `ip`: the last
+/// sequence number printed and every gap (ms) reported.
+fn fastping(console: &str, ip: &str) -> (u64, Vec<(u64, u64)>) {
+    let mut last = 0;
+    let mut gaps = Vec::new();
+    let prefix = format!("NUBO-GUEST-FASTPING {ip} ");
+    for l in console.lines() {
+        let Some(rest) = l.split(&prefix).nth(1) else {
+            continue;
+        };
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        match w.as_slice() {
+            ["seq", n, ..] => last = n.parse().unwrap_or(last),
+            ["gap", ms, "after-seq", n, ..] => {
+                gaps.push((n.parse().unwrap_or(0), ms.parse().unwrap_or(0)));
+            }
+            _ => {}
+        }
+    }
+    (last, gaps)
+}
+
+fn uptimes(console: &str) -> Vec<f64> {
+    console
+        .lines()
+        .filter_map(|l| l.split("NUBO-GUEST-UPTIME ").nth(1))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+}
+
+fn mac_of(lab: &VmLab, host: usize, domain: &str) -> String {
+    let out = lab.libvirtds[host].virsh(&["domiflist", domain]).unwrap();
+    out.lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|w| w.matches(':').count() == 5)
+        .unwrap_or_else(|| panic!("no MAC in {out}"))
+        .to_string()
+}
+
+/// Boots the migrating guest and its pinger on host 1, migrates the first
+/// to host 2 live through the protocol, switches, and checks the guest
+/// went on running, reachable at the same address.
+fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) {
+    lab.base_objects(128, cidr).unwrap();
+    let (m_id, m_node) = create(lab, "mig", 1, "uptime\n");
+    let boot = lab
+        .wait_console(&m_node, &m_id.to_string(), "NUBO-GUEST-METADATA: ", BOOT)
+        .unwrap();
+    let m_ip = guest_ip(&boot).expect("migrating guest has an address");
+    let (p_id, p_node) = create(lab, "pinger", 1, &format!("fastping {m_ip}\n"));
+    assert_eq!(m_node, p_node);
+    lab.wait_console(
+        &p_node,
+        &p_id.to_string(),
+        &format!("NUBO-GUEST-FASTPING {m_ip} seq 300"),
+        BOOT,
+    )
+    .unwrap();
+    let src: NodeName = m_node.parse().unwrap();
+    let dst: NodeName = lab.agents[1].node().parse().unwrap();
+    assert_ne!(src, dst);
+    let dom = lab.domain_name(&m_id.to_string());
+    let mac_before = mac_of(lab, 0, &dom);
+
+    // 1. Destination: prepare.
+    let mid = MigrationId::new_random();
+    let spec: Instance = get_json(lab, &keys::node_spec(&src, &m_id));
+    put_json(
+        lab,
+        &keys::node_incoming(&dst, &m_id),
+        &IncomingMigration {
+            migration: mid,
+            source: src.clone(),
+            mode: MigrationMode::Live,
+            spec,
+        },
+    );
+    let t_prep = Instant::now();
+    wait_report(lab, &dst, &mid, &[MigrationPhase::Prepared], BOOT);
+    eprintln!("{what}: destination prepared in {:?}", t_prep.elapsed());
+    let defined = lab.libvirtds[1].virsh(&["domstate", &dom]).unwrap();
+    assert!(
+        defined.contains("shut off"),
+        "prepared, not started: {defined}"
+    );
+
+    // 2. Source: migrate.
+    let before_p = lab.agents[0].console(&p_id.to_string());
+    let (seq_before, _) = fastping(&before_p, &m_ip.to_string());
+    let up_before = uptimes(&lab.agents[0].console(&m_id.to_string()));
+    let load = load_average();
+    put_json(
+        lab,
+        &keys::node_outgoing(&src, &m_id),
+        &OutgoingMigration {
+            migration: mid,
+            destination: dst.clone(),
+            mode: MigrationMode::Live,
+            block,
+            precopy_budget_secs: 60,
+            budget_secs: 120,
+            abort: false,
+        },
+    );
+    let t_mig = Instant::now();
+    let done = wait_report(
+        lab,
+        &src,
+        &mid,
+        &[MigrationPhase::Migrated, MigrationPhase::Failed],
+        Duration::from_secs(180),
+    );
+    let mig_time = t_mig.elapsed();
+    assert_eq!(done.phase, MigrationPhase::Migrated, "{done:?}");
+    let state = lab.libvirtds[1].virsh(&["domstate", &dom]).unwrap();
+    assert!(
+        state.contains("running"),
+        "runs on the destination: {state}"
+    );
+    assert!(
+        !lab.libvirtds[0].domains().unwrap().contains(&dom),
+        "gone from the source"
+    );
+
+    // 3. The leader's switch.
+    let t_switch = Instant::now();
+    switch(lab, &m_id, &src, &dst);
+    let status_key = keys::instance_status(&dst, &m_id);
+    wait_until(BOOT, "destination reports the instance running", || {
+        Ok(lab.etcd.get(&status_key)?.is_some_and(|v| {
+            serde_json::from_slice::<serde_json::Value>(&v).is_ok_and(|s| s["state"] == "running")
+        }))
+    })
+    .unwrap();
+    eprintln!(
+        "{what}: destination reports it running {:?} after the switch",
+        t_switch.elapsed()
+    );
+
+    // No reboot: the uptime goes on on the destination's console, no new
+    // init there; same MAC.
+    let dest_console = || lab.agents[1].console(&m_id.to_string());
+    let last_before = up_before.last().copied().unwrap_or(0.0);
+    wait_until(
+        Duration::from_secs(60),
+        "uptime continues on the destination",
+        || {
+            Ok(uptimes(&dest_console())
+                .iter()
+                .any(|u| *u > last_before + 2.0))
+        },
+    )
+    .unwrap();
+    let after = dest_console();
+    assert!(!after.contains("NUBO-GUEST: init"), "rebooted:\n{after}");
+    assert!(
+        uptimes(&after).iter().all(|u| *u >= last_before),
+        "uptime went back: before {last_before}, after {:?}",
+        uptimes(&after)
+    );
+    assert_eq!(mac_of(lab, 1, &dom), mac_before);
+
+    // Same IP: the pinger's pings are answered by the guest on the
+    // destination (3 s more of answers after the migration).
+    let mut p_console = String::new();
+    wait_until(
+        Duration::from_secs(120),
+        "pings answered after the migration",
+        || {
+            p_console = lab.agents[0].console(&p_id.to_string());
+            Ok(fastping(&p_console, &m_ip.to_string()).0 > seq_before + 600)
+        },
+    )
+    .unwrap();
+    let (_, gaps) = fastping(&p_console, &m_ip.to_string());
+    let max_gap = gaps
+        .iter()
+        .filter(|(after, _)| *after >= seq_before)
+        .map(|(_, ms)| *ms)
+        .max()
+        .unwrap_or(10);
+    eprintln!(
+        "{what}: migrated in {mig_time:?} (agent job: {}), libvirt downtime {:?} ms, \
+         longest ping gap {max_gap} ms (gaps after seq {seq_before}: {:?}); load average before: {load}",
+        done.detail.as_deref().unwrap_or("-"),
+        done.downtime_ms,
+        gaps.iter().filter(|(a, _)| *a >= seq_before).collect::<Vec<_>>(),
+    );
+    assert!(done.downtime_ms.is_some(), "libvirt reported no downtime");
+
+    // The source let go of it: no tap, no status of its own.
+    let tap = lab
+        .etcd
+        .get(&keys::port(
+            &get_json::<Instance>(lab, &keys::instance(&m_id)).ports[0],
+        ))
+        .unwrap()
+        .map(|v| serde_json::from_slice::<Port>(&v).unwrap().tap_name())
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "source status and tap gone",
+        || {
+            let links = lab.hosts[0].exec("ip", &["-o", "link"])?;
+            Ok(lab.etcd.get(&keys::instance_status(&src, &m_id))?.is_none()
+                && !String::from_utf8_lossy(&links.stdout).contains(&tap))
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn live_block_migration_of_a_local_disk_keeps_the_guest_running() {
+    let lab = VmLab::start(2).unwrap();
+    live_migration(&lab, "10.94.0.0/24", true, "local disk (block migration)");
+}
+
+#[test]
+#[ignore = "starts a Ceph cluster; run with --ignored"]
+fn live_migration_on_rbd_keeps_the_guest_running() {
+    let Some(rbd) = RbdVmLab::start(2).unwrap() else {
+        return;
+    };
+    live_migration(&rbd.lab, "10.95.0.0/24", false, "RBD root disk");
+}
