@@ -623,6 +623,59 @@ mod tests {
     }
 
     #[test]
+    fn both_sides_flood_to_each_other_and_the_source_points_a_departed_mac_away() {
+        let mut w = World::new();
+        let (n1, n2) = (node_name("n1"), node_name("n2"));
+        w.node(&n1, "10.0.0.1");
+        w.node(&n2, "10.0.0.2");
+        let net = w.network(7, 0);
+        let (id, _) = w.instance_on(&n1, net, &[]);
+        let spec = w.cache.instances[&id].clone();
+        let mac = w.cache.ports[&spec.ports[0]].mac;
+        let m = mid();
+        let order = OutgoingMigration {
+            migration: m,
+            destination: n2.clone(),
+            mode: MigrationMode::Live,
+            block: false,
+            precopy_budget_secs: 5,
+            budget_secs: 30,
+            abort: false,
+        };
+        w.cache.outgoing.insert(id, order);
+        let (dst_ip, src_ip) = ("10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap());
+        let src = crate::state::desired::build(&w.cache, &n1, 1500);
+        let vni_net = |d: &DesiredNode| d.networks.values().next().unwrap().clone();
+        assert!(vni_net(&src).remote_vteps.contains(&dst_ip));
+        assert!(
+            vni_net(&src).remote_macs.is_empty(),
+            "the guest is still here"
+        );
+        w.cache
+            .migration_reports
+            .insert(m, report(m, MigrationPhase::Migrated));
+        let src = crate::state::desired::build(&w.cache, &n1, 1500);
+        assert_eq!(vni_net(&src).remote_macs.get(&mac), Some(&dst_ip));
+        // The destination floods to the source while the order exists.
+        w.cache.incoming.insert(
+            id,
+            IncomingMigration {
+                migration: m,
+                source: n1.clone(),
+                mode: MigrationMode::Live,
+                spec,
+            },
+        );
+        let dst = crate::state::desired::build(&w.cache, &n2, 1500);
+        assert!(vni_net(&dst).remote_vteps.contains(&src_ip));
+        // Positive control: without orders, nothing of the sort.
+        w.cache.incoming.clear();
+        w.cache.outgoing.clear();
+        let plain = crate::state::desired::build(&w.cache, &n1, 1500);
+        assert!(vni_net(&plain).remote_vteps.is_empty());
+    }
+
+    #[test]
     fn destination_reports_prepared_once_defined_and_plugged_then_settles() {
         let mut w = World::new();
         let n2 = node_name("n2");

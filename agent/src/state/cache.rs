@@ -208,8 +208,8 @@ impl Cache {
                 if self.local_node.as_ref().is_some_and(|n| *n != node) {
                     return Change::Ignored;
                 }
+                // Relevant: a guest that left moves its MAC's FDB entry.
                 put_or_remove(&mut self.migration_reports, g, id, key, value);
-                return Change::Report;
             }
             Key::Assignment(node, id) => {
                 let per_node = self.assignments.entry(node.clone()).or_default();

@@ -452,7 +452,45 @@ pub fn rebuild(
             net.remote_macs.insert(port.mac, remote.underlay_ip);
         }
     }
+    migration_paths(cache, &mut out);
     out
+}
+
+/// The overlay paths of migrations, before the switch moves the ports:
+/// each side floods to the other's VTEP on the networks of the migrating
+/// instance (so the guest's announcement and traffic cross at once), and
+/// once the source reported the guest migrated, the source points the
+/// guest's MACs at the destination. Pure.
+fn migration_paths(cache: &Cache, out: &mut DesiredNode) {
+    let vtep = |n: &NodeName| cache.nodes.get(n).map(|n| n.underlay_ip);
+    let mut paths: Vec<(InstanceId, IpAddr, bool)> = Vec::new();
+    for (id, o) in &out.outgoing {
+        if let Some(ip) = o.destination_ip {
+            let left = out
+                .migration_reports
+                .get(&o.order.migration)
+                .is_some_and(|r| r.phase == nubo_common::model::MigrationPhase::Migrated);
+            paths.push((*id, ip, left));
+        }
+    }
+    for (id, order) in &out.incoming {
+        if let Some(ip) = vtep(&order.source) {
+            paths.push((*id, ip, false));
+        }
+    }
+    for (id, ip, left) in paths {
+        let Some(inst) = out.instances.get(&id) else {
+            continue;
+        };
+        for p in &inst.ports {
+            if let Some(net) = out.networks.get_mut(&p.network) {
+                net.remote_vteps.insert(ip);
+                if left {
+                    net.remote_macs.insert(p.mac, ip);
+                }
+            }
+        }
+    }
 }
 
 /// A network as this node sees it, before its ports and remotes are
