@@ -170,10 +170,42 @@ fn mac_of(lab: &VmLab, host: usize, domain: &str) -> String {
         .to_string()
 }
 
+/// The leader's order to `dst` to receive `id` (migration `mid`), and the
+/// wait for its `Prepared`: the domain defined there, not started.
+fn prepare(
+    lab: &VmLab,
+    mid: &MigrationId,
+    id: &InstanceId,
+    src: &NodeName,
+    dst: &NodeName,
+    what: &str,
+) {
+    let spec: Instance = get_json(lab, &keys::node_spec(src, id));
+    put_json(
+        lab,
+        &keys::node_incoming(dst, id),
+        &IncomingMigration {
+            migration: *mid,
+            source: src.clone(),
+            mode: MigrationMode::Live,
+            spec,
+        },
+    );
+    let t = Instant::now();
+    wait_report(lab, dst, mid, &[MigrationPhase::Prepared], BOOT);
+    eprintln!("{what}: destination prepared in {:?}", t.elapsed());
+    let dom = lab.domain_name(&id.to_string());
+    let defined = lab.libvirtds[1].virsh(&["domstate", &dom]).unwrap();
+    assert!(
+        defined.contains("shut off"),
+        "prepared, not started: {defined}"
+    );
+}
+
 /// Boots the migrating guest and its pinger on host 1, migrates the first
 /// to host 2 live through the protocol, switches, and checks the guest
 /// went on running, reachable at the same address.
-fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) {
+fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceId {
     lab.base_objects(128, cidr).unwrap();
     let (m_id, m_node) = create(lab, "mig", 1, "uptime\n");
     let boot = lab
@@ -195,27 +227,73 @@ fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) {
     let dom = lab.domain_name(&m_id.to_string());
     let mac_before = mac_of(lab, 0, &dom);
 
-    // 1. Destination: prepare.
-    let mid = MigrationId::new_random();
-    let spec: Instance = get_json(lab, &keys::node_spec(&src, &m_id));
+    // 0. A migration that runs out of its budget: aborted, the guest goes
+    // on running on the source, the leader's rollback (orders deleted)
+    // undoes the destination's preparation.
+    let aborted = MigrationId::new_random();
+    prepare(lab, &aborted, &m_id, &src, &dst, what);
+    let up_src = || uptimes(&lab.agents[0].console(&m_id.to_string()));
+    let before_abort = up_src().last().copied().unwrap_or(0.0);
     put_json(
         lab,
-        &keys::node_incoming(&dst, &m_id),
-        &IncomingMigration {
-            migration: mid,
-            source: src.clone(),
+        &keys::node_outgoing(&src, &m_id),
+        &OutgoingMigration {
+            migration: aborted,
+            destination: dst.clone(),
             mode: MigrationMode::Live,
-            spec,
+            block,
+            precopy_budget_secs: 0,
+            budget_secs: 1,
+            abort: false,
         },
     );
-    let t_prep = Instant::now();
-    wait_report(lab, &dst, &mid, &[MigrationPhase::Prepared], BOOT);
-    eprintln!("{what}: destination prepared in {:?}", t_prep.elapsed());
-    let defined = lab.libvirtds[1].virsh(&["domstate", &dom]).unwrap();
-    assert!(
-        defined.contains("shut off"),
-        "prepared, not started: {defined}"
+    let failed = wait_report(
+        lab,
+        &src,
+        &aborted,
+        &[MigrationPhase::Migrated, MigrationPhase::Failed],
+        Duration::from_secs(120),
     );
+    eprintln!("{what}: over budget: {failed:?}");
+    assert_eq!(failed.phase, MigrationPhase::Failed, "{failed:?}");
+    let detail = failed.detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("aborted (time budget exceeded)"),
+        "{detail}"
+    );
+    let state = lab.libvirtds[0].virsh(&["domstate", &dom]).unwrap();
+    assert!(
+        state.contains("running"),
+        "still runs on the source: {state}"
+    );
+    lab.etcd
+        .etcdctl(&["del", &keys::node_outgoing(&src, &m_id)])
+        .unwrap();
+    lab.etcd
+        .etcdctl(&["del", &keys::node_incoming(&dst, &m_id)])
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "destination undoes its preparation",
+        || Ok(!lab.libvirtds[1].domains()?.contains(&dom)),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the guest goes on on the source",
+        || Ok(up_src().last().is_some_and(|u| *u > before_abort + 2.0)),
+    )
+    .unwrap();
+    let src_console = lab.agents[0].console(&m_id.to_string());
+    assert_eq!(
+        src_console.matches("NUBO-GUEST: init").count(),
+        1,
+        "rebooted on the source:\n{src_console}"
+    );
+
+    // 1. Destination: prepare.
+    let mid = MigrationId::new_random();
+    prepare(lab, &mid, &m_id, &src, &dst, what);
 
     // 2. Source: migrate.
     let before_p = lab.agents[0].console(&p_id.to_string());
@@ -340,6 +418,7 @@ fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) {
         },
     )
     .unwrap();
+    m_id
 }
 
 #[test]
@@ -354,5 +433,17 @@ fn live_migration_on_rbd_keeps_the_guest_running() {
     let Some(rbd) = RbdVmLab::start(2).unwrap() else {
         return;
     };
-    live_migration(&rbd.lab, "10.95.0.0/24", false, "RBD root disk");
+    let id = live_migration(&rbd.lab, "10.95.0.0/24", false, "RBD root disk");
+    // One client uses the image now: the destination's QEMU (the source's
+    // closed it; the aborted attempt's destination never kept it).
+    let status = rbd
+        .storage
+        .ceph
+        .cli(
+            "rbd",
+            &["status", &format!("vms/{id}-disk"), "--format", "json"],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["watchers"].as_array().map(Vec::len), Some(1), "{status}");
 }
