@@ -232,6 +232,8 @@ pub(crate) fn steer(
     }
 }
 
+/// How long after an abort libvirt refused it is tried again.
+const ABORT_RETRY: Duration = Duration::from_secs(1);
 /// How often a running job is steered.
 const STEER_EVERY: Duration = Duration::from_millis(100);
 
@@ -389,6 +391,8 @@ impl LibvirtDriver {
         tokio::pin!(job);
         let mut postcopy = false;
         let mut aborted: Option<AbortReason> = None;
+        let mut abort_accepted = false;
+        let mut last_abort: Option<Instant> = None;
         let mut tick = tokio::time::interval(STEER_EVERY);
         let result = loop {
             tokio::select! {
@@ -396,11 +400,20 @@ impl LibvirtDriver {
                 _ = tick.tick() => {}
                 _ = abort.changed() => {}
             }
-            if aborted.is_some() {
+            // An abort libvirt did not accept (its state lock held by a
+            // monitor command that blocks, e.g. a stream that cannot
+            // connect) is tried again.
+            if aborted.is_some()
+                && (abort_accepted || last_abort.is_some_and(|t| t.elapsed() < ABORT_RETRY))
+            {
                 continue;
             }
             let requested = *abort.borrow();
-            match steer(opts, started.elapsed(), postcopy, requested) {
+            let step = match aborted {
+                Some(reason) => Steer::Abort(reason),
+                None => steer(opts, started.elapsed(), postcopy, requested),
+            };
+            match step {
                 Steer::Wait => {}
                 Steer::PostCopy => {
                     let i = id.clone();
@@ -429,6 +442,7 @@ impl LibvirtDriver {
                 }
                 Steer::Abort(reason) => {
                     aborted = Some(reason);
+                    last_abort = Some(Instant::now());
                     let i = id.clone();
                     let r = self
                         .blocking_raw(move |conn| {
@@ -437,7 +451,18 @@ impl LibvirtDriver {
                                 .map_err(crate::driver::dom_err(&i, "abort job"))
                         })
                         .await;
-                    tracing::info!(instance = %id, %reason, result = ?r.as_ref().map(|r| r.as_ref().err()), "migration abort requested");
+                    abort_accepted = matches!(r, Ok(Ok(())));
+                    match r {
+                        Ok(Ok(())) => {
+                            tracing::info!(instance = %id, %reason, "migration abort requested")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(instance = %id, %reason, error = %e, "libvirt did not accept the abort yet; trying again")
+                        }
+                        Err(e) => {
+                            tracing::warn!(instance = %id, %reason, error = %e, "libvirt did not accept the abort yet; trying again")
+                        }
+                    }
                 }
             }
         };

@@ -553,6 +553,28 @@ impl VmLab {
         self.cli.json(&args)
     }
 
+    /// `nubo server create NAME` in zone `az-<host>` with `user_data`,
+    /// waited for (`--wait`); returns its id and node.
+    pub fn create_placed(
+        &self,
+        name: &str,
+        host: u8,
+        user_data: &str,
+    ) -> Result<(nubo_common::InstanceId, String)> {
+        let out = self.create_server(
+            name,
+            Some(host),
+            Some(user_data),
+            &["--wait", "--timeout", "240"],
+        )?;
+        let id = crate::net_e2e::find_str(&out, "id").with_context(|| format!("no id in {out}"))?;
+        let node = self.show(&id)?["node"]
+            .as_str()
+            .with_context(|| format!("{name} has no node"))?
+            .to_string();
+        Ok((id.parse()?, node))
+    }
+
     /// Waits until no host has a domain of this lab, a tap, or a port chain
     /// in its ruleset (each host in turn, `timeout` for its domains), then
     /// checks that no agent kept an instance overlay: what deleting every
@@ -707,6 +729,11 @@ impl RbdVmLab {
     /// Starts the lab with `n` hosts and the cluster. `None` only when Ceph
     /// is missing and skipping it is allowed (see [`rbd_storage_on`]).
     pub fn start(n: u8) -> Result<Option<Self>> {
+        Self::start_with(n, &[])
+    }
+
+    /// [`RbdVmLab::start`] with `extra` agent arguments.
+    pub fn start_with(n: u8, extra: &[String]) -> Result<Option<Self>> {
         let mut storage = None;
         let mut lab = VmLab::start_without_agents_with(n, |underlay, dir| {
             Ok(match rbd_storage_on(underlay, dir)? {
@@ -720,7 +747,9 @@ impl RbdVmLab {
         let Some(storage) = storage else {
             return Ok(None);
         };
-        lab.start_agents(&["--config".into(), storage.agent_cfg.display().to_string()])?;
+        let mut args = vec!["--config".into(), storage.agent_cfg.display().to_string()];
+        args.extend(extra.iter().cloned());
+        lab.start_agents(&args)?;
         Ok(Some(Self { lab, storage }))
     }
 }

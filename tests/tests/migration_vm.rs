@@ -30,24 +30,13 @@ use nubo_common::model::{
     OutgoingMigration, Port,
 };
 use nubo_common::{InstanceId, MigrationId, NodeName};
-use nubo_tests::net_e2e::find_str;
 use nubo_tests::vm_e2e::{guest_ip, RbdVmLab, VmLab};
 use nubo_tests::wait_until;
 
 const BOOT: Duration = Duration::from_secs(180);
 
 fn create(lab: &VmLab, name: &str, host: u8, user_data: &str) -> (InstanceId, String) {
-    let out = lab
-        .create_server(
-            name,
-            Some(host),
-            Some(user_data),
-            &["--wait", "--timeout", "240"],
-        )
-        .unwrap();
-    let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
-    let node = lab.show(&id).unwrap()["node"].as_str().unwrap().to_string();
-    (id.parse().unwrap(), node)
+    lab.create_placed(name, host, user_data).unwrap()
 }
 
 fn get_json<T: serde::de::DeserializeOwned>(lab: &VmLab, key: &str) -> T {
@@ -202,34 +191,21 @@ fn prepare(
     );
 }
 
-/// Boots the migrating guest and its pinger on host 1, migrates the first
-/// to host 2 live through the protocol, switches, and checks the guest
-/// went on running, reachable at the same address.
-fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceId {
-    lab.base_objects(128, cidr).unwrap();
-    let (m_id, m_node) = create(lab, "mig", 1, "uptime\n");
-    let boot = lab
-        .wait_console(&m_node, &m_id.to_string(), "NUBO-GUEST-METADATA: ", BOOT)
-        .unwrap();
-    let m_ip = guest_ip(&boot).expect("migrating guest has an address");
-    let (p_id, p_node) = create(lab, "pinger", 1, &format!("fastping {m_ip}\n"));
-    assert_eq!(m_node, p_node);
-    lab.wait_console(
-        &p_node,
-        &p_id.to_string(),
-        &format!("NUBO-GUEST-FASTPING {m_ip} seq 300"),
-        BOOT,
-    )
-    .unwrap();
-    let src: NodeName = m_node.parse().unwrap();
-    let dst: NodeName = lab.agents[1].node().parse().unwrap();
-    assert_ne!(src, dst);
+/// A migration that runs out of its budget (1 s, while the agents cap
+/// migrations at [`BANDWIDTH_MIB_S`]: it cannot finish first): aborted,
+/// the guest goes on running on the source, the leader's rollback (orders
+/// deleted) undoes the destination's preparation.
+fn over_budget_is_aborted(
+    lab: &VmLab,
+    m_id: &InstanceId,
+    src: &NodeName,
+    dst: &NodeName,
+    block: bool,
+    what: &str,
+) {
     let dom = lab.domain_name(&m_id.to_string());
-    let mac_before = mac_of(lab, 0, &dom);
-
-    // 0. A migration that runs out of its budget: aborted, the guest goes
-    // on running on the source, the leader's rollback (orders deleted)
-    // undoes the destination's preparation.
+    let m_id = *m_id;
+    let (src, dst) = (src.clone(), dst.clone());
     let aborted = MigrationId::new_random();
     prepare(lab, &aborted, &m_id, &src, &dst, what);
     let up_src = || uptimes(&lab.agents[0].console(&m_id.to_string()));
@@ -255,6 +231,9 @@ fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceI
         Duration::from_secs(120),
     );
     eprintln!("{what}: over budget: {failed:?}");
+    if failed.phase != MigrationPhase::Failed {
+        eprintln!("{}", nubo_tests::process::tail(&lab.agents[0].log(), 60));
+    }
     assert_eq!(failed.phase, MigrationPhase::Failed, "{failed:?}");
     let detail = failed.detail.clone().unwrap_or_default();
     assert!(
@@ -290,6 +269,34 @@ fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceI
         1,
         "rebooted on the source:\n{src_console}"
     );
+}
+
+/// Boots the migrating guest and its pinger on host 1, migrates the first
+/// to host 2 live through the protocol, switches, and checks the guest
+/// went on running, reachable at the same address.
+fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceId {
+    lab.base_objects(128, cidr).unwrap();
+    let (m_id, m_node) = create(lab, "mig", 1, "uptime\n");
+    let boot = lab
+        .wait_console(&m_node, &m_id.to_string(), "NUBO-GUEST-METADATA: ", BOOT)
+        .unwrap();
+    let m_ip = guest_ip(&boot).expect("migrating guest has an address");
+    let (p_id, p_node) = create(lab, "pinger", 1, &format!("fastping {m_ip}\n"));
+    assert_eq!(m_node, p_node);
+    lab.wait_console(
+        &p_node,
+        &p_id.to_string(),
+        &format!("NUBO-GUEST-FASTPING {m_ip} seq 300"),
+        BOOT,
+    )
+    .unwrap();
+    let src: NodeName = m_node.parse().unwrap();
+    let dst: NodeName = lab.agents[1].node().parse().unwrap();
+    assert_ne!(src, dst);
+    let dom = lab.domain_name(&m_id.to_string());
+    let mac_before = mac_of(lab, 0, &dom);
+
+    over_budget_is_aborted(lab, &m_id, &src, &dst, block, what);
 
     // 1. Destination: prepare.
     let mid = MigrationId::new_random();
@@ -421,16 +428,23 @@ fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceI
     m_id
 }
 
+/// The agents' migration bandwidth cap (MiB/s): a 128 MiB guest moves in
+/// seconds, never within the over-budget case's 1 s.
+const BANDWIDTH_MIB_S: &str = "16";
+
 #[test]
 fn live_block_migration_of_a_local_disk_keeps_the_guest_running() {
-    let lab = VmLab::start(2).unwrap();
+    let mut lab = VmLab::start_without_agents(2).unwrap();
+    lab.start_agents(&["--migration-bandwidth".into(), BANDWIDTH_MIB_S.into()])
+        .unwrap();
     live_migration(&lab, "10.94.0.0/24", true, "local disk (block migration)");
 }
 
 #[test]
 #[ignore = "starts a Ceph cluster; run with --ignored"]
 fn live_migration_on_rbd_keeps_the_guest_running() {
-    let Some(rbd) = RbdVmLab::start(2).unwrap() else {
+    let extra = ["--migration-bandwidth".to_string(), BANDWIDTH_MIB_S.into()];
+    let Some(rbd) = RbdVmLab::start_with(2, &extra).unwrap() else {
         return;
     };
     let id = live_migration(&rbd.lab, "10.95.0.0/24", false, "RBD root disk");

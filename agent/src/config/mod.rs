@@ -177,6 +177,10 @@ pub struct Cli {
     /// `qemu+tls://{host}/system`; `qemu+tls` also encrypts the stream).
     #[arg(long)]
     pub migration_uri: Option<String>,
+    /// libvirt driver: bandwidth cap of live migrations in MiB/s (default
+    /// unlimited).
+    #[arg(long)]
+    pub migration_bandwidth: Option<u64>,
     /// Coordinator API the agent downloads image data from (default
     /// http://127.0.0.1:7400).
     #[arg(long)]
@@ -284,6 +288,8 @@ pub struct FileConfig {
     pub shutdown_timeout_secs: Option<u64>,
     /// Destination libvirtd URI template of live migrations.
     pub migration_uri: Option<String>,
+    /// Bandwidth cap of live migrations in MiB/s.
+    pub migration_bandwidth_mib_s: Option<u64>,
     /// Coordinator API endpoint for image downloads.
     pub api_endpoint: Option<String>,
     /// Node API address.
@@ -461,6 +467,10 @@ pub struct LibvirtSettings {
     /// with a `qemu+tls` URI the migration stream uses QEMU's native TLS
     /// too. Test labs use `qemu+tcp://{host}/system` (plain TCP).
     pub migration_uri: String,
+    /// Bandwidth cap of a live migration's stream in MiB/s (memory and
+    /// disks; `None`: unlimited), so that migrations leave room on the
+    /// underlay.
+    pub migration_bandwidth_mib_s: Option<u64>,
 }
 
 /// The default of [`LibvirtSettings::migration_uri`].
@@ -474,6 +484,7 @@ impl Default for LibvirtSettings {
             prefix: "nubo-".into(),
             shutdown_timeout: Duration::from_secs(30),
             migration_uri: DEFAULT_MIGRATION_URI.into(),
+            migration_bandwidth_mib_s: None,
         }
     }
 }
@@ -714,6 +725,10 @@ impl AgentConfig {
         if let Some(u) = cli.migration_uri.clone().or(file.migration_uri) {
             lv.migration_uri = u;
         }
+        lv.migration_bandwidth_mib_s = cli
+            .migration_bandwidth
+            .or(file.migration_bandwidth_mib_s)
+            .filter(|b| *b > 0);
         cfg.api_endpoint = cli
             .api_endpoint
             .clone()

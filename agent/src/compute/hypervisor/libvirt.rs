@@ -308,6 +308,8 @@ pub struct LibvirtHypervisor {
     stopped_sizes: std::sync::Mutex<BTreeMap<InstanceId, InstanceSize>>,
     /// Destination libvirtd URI template of live migrations (`{host}`).
     migration_uri: String,
+    /// Bandwidth cap of live migrations (MiB/s).
+    migration_bandwidth_mib_s: Option<u64>,
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -399,6 +401,7 @@ impl LibvirtHypervisor {
             plug: (!cfg.no_network).then(PlugWaiters::new),
             stopped_sizes: std::sync::Mutex::default(),
             migration_uri: lv.migration_uri.clone(),
+            migration_bandwidth_mib_s: lv.migration_bandwidth_mib_s,
         }
         .restore_plug_holds()
         .await
@@ -521,6 +524,34 @@ impl LibvirtHypervisor {
                 Err(self.dom_err(id, e))
             }
         }
+    }
+
+    /// Records `id` with `taps`, `boots` more boots and whether it is
+    /// arriving by migration (`None`: as recorded before). Done before
+    /// the taps exist, so a failure later still lets destroy clean them up.
+    async fn record_instance(
+        &self,
+        id: InstanceId,
+        taps: &[TapRecord],
+        boots: u64,
+        arriving: Option<bool>,
+    ) -> Result<(), HypervisorError> {
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let prev = next.instances.get(&id).cloned();
+        next.instances.insert(
+            id,
+            InstanceRecord {
+                taps: taps.to_vec(),
+                boot_count: prev.as_ref().map_or(0, |p| p.boot_count) + boots,
+                created_at: prev.as_ref().map_or_else(model::now, |p| p.created_at),
+                plug_held: prev.as_ref().is_some_and(|p| p.plug_held),
+                arriving: arriving.unwrap_or_else(|| prev.is_some_and(|p| p.arriving)),
+            },
+        );
+        self.persist(&next).await?;
+        *st = next;
+        Ok(())
     }
 
     /// The taps of `spec`'s ports.
@@ -742,25 +773,8 @@ impl super::Hypervisor for LibvirtHypervisor {
             let ds = self.prepare_domain(spec).await?;
             let taps = self.tap_records(spec);
             let running = spec.power() == DesiredPower::Running;
-            {
-                let mut st = self.state.lock().await;
-                let mut next = st.clone();
-                let prev = next.instances.get(&id).cloned();
-                next.instances.insert(
-                    id,
-                    InstanceRecord {
-                        taps: taps.clone(),
-                        boot_count: prev.as_ref().map_or(0, |p| p.boot_count) + u64::from(running),
-                        created_at: prev.as_ref().map_or_else(model::now, |p| p.created_at),
-                        plug_held: prev.as_ref().is_some_and(|p| p.plug_held),
-                        arriving: prev.is_some_and(|p| p.arriving),
-                    },
-                );
-                // Recorded before the taps exist, so a failure below still
-                // lets destroy clean them up.
-                self.persist(&next).await?;
-                *st = next;
-            }
+            self.record_instance(id, &taps, u64::from(running), None)
+                .await?;
             self.ensure_taps(&taps).await?;
             let _permit = self.write_permit().await?;
             if running {
@@ -886,23 +900,7 @@ impl super::Hypervisor for LibvirtHypervisor {
         async {
             let ds = self.prepare_domain(spec).await?;
             let taps = self.tap_records(spec);
-            {
-                let mut st = self.state.lock().await;
-                let mut next = st.clone();
-                let prev = next.instances.get(&id).cloned();
-                next.instances.insert(
-                    id,
-                    InstanceRecord {
-                        taps: taps.clone(),
-                        boot_count: prev.as_ref().map_or(0, |p| p.boot_count),
-                        created_at: prev.as_ref().map_or_else(model::now, |p| p.created_at),
-                        plug_held: false,
-                        arriving: true,
-                    },
-                );
-                self.persist(&next).await?;
-                *st = next;
-            }
+            self.record_instance(id, &taps, 0, Some(true)).await?;
             self.ensure_taps(&taps).await?;
             let _permit = self.write_permit().await?;
             self.driver
@@ -927,8 +925,9 @@ impl super::Hypervisor for LibvirtHypervisor {
         let started = std::time::Instant::now();
         let done = match order.mode {
             MigrationMode::Live => {
-                let opts =
+                let mut opts =
                     migrate_options(&self.migration_uri, request.destination_ip, order, shared);
+                opts.bandwidth_mib_s = self.migration_bandwidth_mib_s;
                 let stats = self
                     .driver
                     .migrate(&id.to_string(), &opts, abort)
