@@ -42,7 +42,7 @@ use virt_sys as sys;
 
 use crate::driver::LibvirtDriver;
 use crate::error::DriverError;
-use crate::ffi::{Conn, MigrateParam, VirError};
+use crate::ffi::{Conn, Dom, MigrateParam, VirError};
 use crate::xml::NUBO_METADATA_NS;
 
 /// How to migrate a domain.
@@ -390,6 +390,7 @@ impl LibvirtDriver {
         };
         tokio::pin!(job);
         let mut postcopy = false;
+        let mut postcopy_tried = false;
         let mut aborted: Option<AbortReason> = None;
         let mut abort_accepted = false;
         let mut last_abort: Option<Instant> = None;
@@ -415,49 +416,32 @@ impl LibvirtDriver {
             };
             match step {
                 Steer::Wait => {}
+                // Tried once: refused (the job ended meanwhile, or QEMU
+                // cannot), pre-copy goes on within the budget.
+                Steer::PostCopy if postcopy_tried => {}
                 Steer::PostCopy => {
-                    let i = id.clone();
-                    let r = self
-                        .blocking_raw(move |conn| {
-                            crate::driver::owned(conn, &i)?
-                                .migrate_start_postcopy()
-                                .map_err(crate::driver::dom_err(&i, "start post-copy"))
-                        })
-                        .await;
-                    match r {
-                        Ok(Ok(())) => {
+                    postcopy_tried = true;
+                    match self
+                        .job_call(&id, "start post-copy", Dom::migrate_start_postcopy)
+                        .await
+                    {
+                        Ok(()) => {
                             postcopy = true;
                             tracing::info!(instance = %id, "migration switched to post-copy");
                         }
-                        // The job may have ended meanwhile; it is waited for.
-                        Ok(Err(e)) => {
-                            tracing::warn!(instance = %id, error = %e, "could not switch to post-copy");
-                            // Do not try again on every tick.
-                            postcopy = true;
-                        }
                         Err(e) => {
-                            tracing::warn!(instance = %id, error = %e, "post-copy switch task")
+                            tracing::warn!(instance = %id, error = %e, "could not switch to post-copy")
                         }
                     }
                 }
                 Steer::Abort(reason) => {
                     aborted = Some(reason);
                     last_abort = Some(Instant::now());
-                    let i = id.clone();
-                    let r = self
-                        .blocking_raw(move |conn| {
-                            crate::driver::owned(conn, &i)?
-                                .abort_job()
-                                .map_err(crate::driver::dom_err(&i, "abort job"))
-                        })
-                        .await;
-                    abort_accepted = matches!(r, Ok(Ok(())));
+                    let r = self.job_call(&id, "abort job", Dom::abort_job).await;
+                    abort_accepted = r.is_ok();
                     match r {
-                        Ok(Ok(())) => {
+                        Ok(()) => {
                             tracing::info!(instance = %id, %reason, "migration abort requested")
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(instance = %id, %reason, error = %e, "libvirt did not accept the abort yet; trying again")
                         }
                         Err(e) => {
                             tracing::warn!(instance = %id, %reason, error = %e, "libvirt did not accept the abort yet; trying again")
@@ -467,6 +451,24 @@ impl LibvirtDriver {
             }
         };
         (result, postcopy, aborted)
+    }
+}
+
+impl LibvirtDriver {
+    /// Calls `f` on the nubo domain `id` (its job: post-copy, abort) on
+    /// the blocking pool.
+    async fn job_call(
+        &self,
+        id: &str,
+        op: &'static str,
+        f: fn(&Dom) -> Result<(), VirError>,
+    ) -> Result<(), DriverError> {
+        let i = id.to_owned();
+        self.blocking_raw(move |conn| {
+            let dom = crate::driver::owned(conn, &i)?;
+            f(&dom).map_err(crate::driver::dom_err(&i, op))
+        })
+        .await?
     }
 }
 
@@ -557,6 +559,21 @@ mod tests {
             steer(&pre_only, s(60), false, false),
             Steer::Abort(AbortReason::Budget)
         );
+    }
+
+    #[test]
+    fn recognises_qemu_without_postcopy() {
+        let e = |message: &str| VirError {
+            code: 1,
+            domain: 10,
+            message: message.into(),
+        };
+        assert!(is_postcopy_unsupported(&e(
+            "internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is not supported"
+        )));
+        assert!(!is_postcopy_unsupported(&e(
+            "operation aborted: migration out: canceled by client"
+        )));
     }
 
     #[test]
