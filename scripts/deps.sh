@@ -57,6 +57,34 @@ if ((${#missing[@]})) && ((check_only == 0)); then
   done
 fi
 
+# PyPI clients (@pypi:SPEC) into one virtualenv, pinned; their programs
+# linked into /usr/local/bin (`openstack-python` is the virtualenv's python).
+VENV=/opt/nubo/openstack-clients
+mapfile -t PYPI < <(awk '!/^[[:space:]]*(#|$)/ && $2 ~ /^@pypi:/ {sub(/^@pypi:/, "", $2); print $1 " " $2}' "$INVENTORY")
+if ((${#PYPI[@]})) && ((check_only == 0)); then
+  specs=()
+  for line in "${PYPI[@]}"; do specs+=("${line#* }"); done
+  stamp="$VENV/.nubo-specs"
+  if [[ ! -x $VENV/bin/python3 ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "${specs[*]}" ]]; then
+    echo "installing into $VENV: ${specs[*]}"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q "${specs[@]}"
+    echo "${specs[*]}" >"$stamp"
+  fi
+  for line in "${PYPI[@]}"; do
+    prog=${line%% *}
+    if [[ $prog == openstack-python ]]; then
+      # A wrapper, not a link: python finds its virtualenv from the path
+      # it was started by.
+      printf '#!/bin/sh\nexec %s/bin/python3 "$@"\n' "$VENV" >/usr/local/bin/openstack-python.tmp
+      chmod 755 /usr/local/bin/openstack-python.tmp
+      mv -f /usr/local/bin/openstack-python.tmp /usr/local/bin/openstack-python
+    else
+      ln -sf "$VENV/bin/$prog" "/usr/local/bin/$prog"
+    fi
+  done
+fi
+
 status=0
 if ((${#missing[@]})); then
   echo "error: packages of $INVENTORY not installed: ${missing[*]}" >&2
@@ -65,7 +93,9 @@ fi
 for line in "${PROGRAMS[@]}"; do
   read -r prog pkg <<<"$line"
   if ! PATH=$PATH:/usr/sbin:/sbin command -v "$prog" >/dev/null 2>&1; then
-    if [[ $pkg == @toolchain ]]; then
+    if [[ $pkg == @pypi:* ]]; then
+      echo "error: $prog (${pkg#@pypi:} from PyPI, $INVENTORY) is not installed: run scripts/deps.sh" >&2
+    elif [[ $pkg == @toolchain ]]; then
       echo "error: $prog not found: install the Rust toolchain (https://rustup.rs) first" >&2
     else
       echo "error: $prog (package $pkg, $INVENTORY) does not resolve on PATH" >&2

@@ -3,13 +3,13 @@
 
 use nubo_common::keys;
 use nubo_common::model::{
-    self, Assignment, DiskFormat, Image, ImageStatus, Instance, InstanceState, InstanceStatus,
-    Network, Node, Port, PowerState, Qos, Resources, SecurityGroup, Volume, VolumeAttachment,
-    VolumeStatus, VolumeType,
+    self, Assignment, DiskFormat, FloatingIp, Image, ImageStatus, Instance, InstanceState,
+    InstanceStatus, Network, Node, Port, PowerState, Qos, Resources, Router, RouterGateway,
+    RouterSnat, SecurityGroup, Volume, VolumeAttachment, VolumeStatus, VolumeType,
 };
 use nubo_common::{
-    FlavorName, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId,
-    VolumeId,
+    FlavorName, FloatingIpId, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId,
+    RouterId, SecurityGroupId, VolumeId,
 };
 use nubo_netid::MacAddr;
 
@@ -248,6 +248,73 @@ impl World {
         self.put(keys::node_spec(n, &inst.id), &inst);
         self.put(keys::assignment(n, &inst.id), &assignment(n, inst.id));
         (inst.id, port)
+    }
+}
+
+impl World {
+    /// An external (provider, flat on `physnet1`) network 10.77.0.0/24
+    /// whose upstream router is 10.77.0.1.
+    pub fn external_network(&mut self) -> NetworkId {
+        let id = self.provider_network(model::ProviderSegment {
+            kind: model::ProviderType::Flat,
+            physical_network: "physnet1".into(),
+            segment: None,
+        });
+        let mut net = self.cache.networks[&id].clone();
+        net.cidr = "10.77.0.0/24".parse().unwrap();
+        net.gateway = Some("10.77.0.1".parse().unwrap());
+        net.external = true;
+        self.put(keys::network(&id), &net);
+        id
+    }
+
+    /// A router routing `subnets`, with a gateway on `external` if given.
+    pub fn router(&mut self, subnets: &[NetworkId], external: Option<NetworkId>) -> RouterId {
+        let r = Router {
+            id: RouterId::new_random(),
+            name: "r".into(),
+            project: ProjectId::default_project(),
+            gateway: external.map(|network| RouterGateway {
+                network,
+                ip: "10.77.0.2".parse().unwrap(),
+            }),
+            subnets: subnets.to_vec(),
+            created_at: model::now(),
+        };
+        self.put(keys::router(&r.id), &r);
+        r.id
+    }
+
+    /// Floating IP `address` of `external`, on `port` through `router`.
+    pub fn floating_ip(
+        &mut self,
+        external: NetworkId,
+        address: &str,
+        port: &Port,
+        router: RouterId,
+    ) {
+        let f = FloatingIp {
+            id: FloatingIpId::new_random(),
+            project: ProjectId::default_project(),
+            network: external,
+            address: address.parse().unwrap(),
+            port: Some(port.id),
+            fixed_ip: Some(port.ip),
+            router: Some(router),
+            created_at: model::now(),
+        };
+        self.put(keys::floating_ip(&f.id), &f);
+    }
+
+    /// The SNAT address of `router` on `node`.
+    pub fn router_snat(&mut self, node: &NodeName, router: RouterId, network: NetworkId, ip: &str) {
+        let s = RouterSnat {
+            router,
+            node: node.clone(),
+            network,
+            ip: ip.parse().unwrap(),
+        };
+        self.put(keys::router_snat(node, &router), &s);
     }
 }
 

@@ -14,10 +14,11 @@ use nubo_common::proto::{
 use nubo_common::proto::{
     cluster_client::ClusterClient, flavors_client::FlavorsClient,
     floating_ips_client::FloatingIpsClient, images_client::ImagesClient,
-    keypairs_client::KeypairsClient, networks_client::NetworksClient, nodes_client::NodesClient,
-    ports_client::PortsClient, routers_client::RoutersClient,
-    security_groups_client::SecurityGroupsClient, server_groups_client::ServerGroupsClient,
-    servers_client::ServersClient, DeleteRequest, GetRequest, ListRequest,
+    keypairs_client::KeypairsClient, migrations_client::MigrationsClient,
+    networks_client::NetworksClient, nodes_client::NodesClient, ports_client::PortsClient,
+    routers_client::RoutersClient, security_groups_client::SecurityGroupsClient,
+    server_groups_client::ServerGroupsClient, servers_client::ServersClient, DeleteRequest,
+    GetRequest, ListRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -204,6 +205,11 @@ impl Api {
     /// Nodes service.
     pub fn nodes(&self) -> NodesClient<Chan> {
         NodesClient::new(self.chan())
+    }
+
+    /// Migrations service.
+    pub fn migrations(&self) -> MigrationsClient<Chan> {
+        MigrationsClient::new(self.chan())
     }
 
     /// Cluster service.

@@ -51,6 +51,10 @@ pub enum NodeCmd {
         /// (default: the server's, 120).
         #[arg(long, value_name = "S")]
         stop_timeout: Option<u32>,
+        /// Live-migrate the running instances (two at a time; none is
+        /// rebooted) instead of stopping and restarting them.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -63,10 +67,11 @@ pub fn evacuate_request(name: &str, force: bool) -> EvacuateNodeRequest {
 }
 
 /// The API request of `node drain`.
-pub fn drain_request(name: &str, stop_timeout: Option<u32>) -> DrainNodeRequest {
+pub fn drain_request(name: &str, stop_timeout: Option<u32>, live: bool) -> DrainNodeRequest {
     DrainNodeRequest {
         name: name.to_string(),
         stop_timeout_secs: stop_timeout.unwrap_or(0),
+        live,
     }
 }
 
@@ -167,10 +172,14 @@ pub async fn run(cmd: NodeCmd, ctx: &Ctx) -> Result<()> {
                 .or_fail(api)?;
             moves(ctx, "evacuated", &name, &r.results)
         }
-        NodeCmd::Drain { name, stop_timeout } => {
+        NodeCmd::Drain {
+            name,
+            stop_timeout,
+            live,
+        } => {
             let r = api
                 .nodes()
-                .drain(drain_request(&name, stop_timeout))
+                .drain(drain_request(&name, stop_timeout, live))
                 .await
                 .or_fail(api)?;
             moves(ctx, "drained", &name, &r.results)
@@ -180,17 +189,29 @@ pub async fn run(cmd: NodeCmd, ctx: &Ctx) -> Result<()> {
 
 /// The per-instance table of an evacuation or a drain.
 pub fn moves_table(results: &[MoveResult]) -> Table {
-    let mut t = Table::new(&["Server", "Moved to", "Error"]);
+    let live = results.iter().any(|m| !m.migration_id.is_empty());
+    let mut t = if live {
+        Table::new(&["Server", "Moved to", "Downtime", "Migration", "Error"])
+    } else {
+        Table::new(&["Server", "Moved to", "Error"])
+    };
     for m in results {
-        t.row(vec![
-            m.server_id.clone(),
-            if m.to_node.is_empty() {
-                "-".to_string()
-            } else {
-                m.to_node.clone()
-            },
-            m.error.clone(),
-        ]);
+        let to = if m.to_node.is_empty() {
+            "-".to_string()
+        } else {
+            m.to_node.clone()
+        };
+        if live {
+            t.row(vec![
+                m.server_id.clone(),
+                to,
+                m.downtime_ms.map_or("-".into(), |d| format!("{d} ms")),
+                m.migration_id.clone(),
+                m.error.clone(),
+            ]);
+        } else {
+            t.row(vec![m.server_id.clone(), to, m.error.clone()]);
+        }
     }
     t
 }
@@ -203,6 +224,8 @@ fn moves(ctx: &Ctx, verb: &str, node: &str, results: &[MoveResult]) -> Result<()
                 "server_id": m.server_id,
                 "to_node": opt(&m.to_node),
                 "error": opt(&m.error),
+                "migration_id": opt(&m.migration_id),
+                "downtime_ms": m.downtime_ms,
             })
         })
         .collect();
@@ -311,19 +334,39 @@ mod tests {
     #[test]
     fn drain_maps_the_stop_timeout() {
         match parse(&["drain", "cmp1", "--stop-timeout", "30"]).unwrap() {
-            NodeCmd::Drain { name, stop_timeout } => assert_eq!(
-                drain_request(&name, stop_timeout),
+            NodeCmd::Drain {
+                name,
+                stop_timeout,
+                live,
+            } => assert_eq!(
+                drain_request(&name, stop_timeout, live),
                 DrainNodeRequest {
                     name: "cmp1".into(),
-                    stop_timeout_secs: 30
+                    stop_timeout_secs: 30,
+                    live: false,
                 }
             ),
             other => panic!("{other:?}"),
         }
         match parse(&["drain", "cmp1"]).unwrap() {
-            NodeCmd::Drain { name, stop_timeout } => {
-                assert_eq!(drain_request(&name, stop_timeout).stop_timeout_secs, 0)
+            NodeCmd::Drain {
+                name,
+                stop_timeout,
+                live,
+            } => {
+                assert_eq!(
+                    drain_request(&name, stop_timeout, live).stop_timeout_secs,
+                    0
+                )
             }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["drain", "cmp1", "--live"]).unwrap() {
+            NodeCmd::Drain {
+                name,
+                stop_timeout,
+                live,
+            } => assert!(drain_request(&name, stop_timeout, live).live),
             other => panic!("{other:?}"),
         }
         assert!(parse(&["drain", "cmp1", "--stop-timeout", "-1"]).is_err());
@@ -343,18 +386,52 @@ mod tests {
             MoveResult {
                 server_id: "s1".into(),
                 to_node: "cmp2".into(),
-                error: String::new(),
+                ..Default::default()
             },
             MoveResult {
                 server_id: "s2".into(),
-                to_node: String::new(),
                 error: "no capacity".into(),
+                ..Default::default()
             },
         ])
         .render();
         assert!(t.contains("cmp2"));
+        assert!(!t.contains("Downtime"), "{t}");
         assert!(t
             .lines()
             .any(|l| l.contains("s2") && l.contains("no capacity")));
+        // A live drain shows each migration and its downtime.
+        let t = moves_table(&[
+            MoveResult {
+                server_id: "s1".into(),
+                to_node: "cmp2".into(),
+                migration_id: "m1".into(),
+                downtime_ms: Some(41),
+                ..Default::default()
+            },
+            MoveResult {
+                server_id: "s2".into(),
+                migration_id: "m2".into(),
+                error: "migration m2 aborted".into(),
+                ..Default::default()
+            },
+        ])
+        .render();
+        let row: Vec<&str> = t
+            .lines()
+            .nth(3)
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(row[1..5], ["s1", "cmp2", "41 ms", "m1"]);
+        let row: Vec<&str> = t
+            .lines()
+            .nth(4)
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(row[1..6], ["s2", "-", "-", "m2", "migration m2 aborted"]);
     }
 }

@@ -481,6 +481,20 @@ pub fn client_token(p: &ProjectId, token: &str, index: u32) -> String {
     format!("{PRIVATE}client-tokens/{p}/{token}/{index}")
 }
 
+/// `/nubo/v1/private/instance-migrations/` — the instances being moved.
+pub fn instance_migrations_prefix() -> String {
+    format!("{PRIVATE}instance-migrations/")
+}
+/// `/nubo/v1/private/instance-migrations/<instance>` → the id of the
+/// instance's migration that is not over yet (coordinator): written with
+/// the `Migration` in the transaction that reserves the destination,
+/// deleted by the switch or the rollback. At most one migration per
+/// instance, and every other move of the instance (evacuation, drain)
+/// compares it absent.
+pub fn instance_migration(i: &InstanceId) -> String {
+    format!("{PRIVATE}instance-migrations/{i}")
+}
+
 /// `/nubo/v1/private/config/evacuation` (`EvacuationConfig`): the
 /// cluster-wide switch of automatic evacuation (absent = enabled).
 pub fn evacuation_config() -> String {
@@ -848,6 +862,8 @@ pub enum Key {
     ClientToken(ProjectId, String, u32),
     /// `private/config/evacuation`
     EvacuationConfig,
+    /// `private/instance-migrations/<instance>`
+    InstanceMigration(InstanceId),
     /// `private/projects/<id>`
     Project(ProjectId),
     /// `private/users/<name>`
@@ -972,6 +988,7 @@ impl Key {
                 Key::ClientToken(p.parse().ok()?, t.to_string(), i.parse().ok()?)
             }
             ["config", "evacuation"] => Key::EvacuationConfig,
+            ["instance-migrations", id] => Key::InstanceMigration(id.parse().ok()?),
             ["projects", p] => Key::Project(p.parse().ok()?),
             ["users", u] => Key::User(u.parse().ok()?),
             ["roles", u, s] if *s == CLOUD_SCOPE => Key::Role(u.parse().ok()?, None),
@@ -1003,6 +1020,7 @@ impl Key {
                 | Key::ServerGroupMember(..)
                 | Key::ClientToken(..)
                 | Key::EvacuationConfig
+                | Key::InstanceMigration(_)
                 | Key::Project(_)
                 | Key::User(_)
                 | Key::Role(..)
@@ -1110,6 +1128,7 @@ mod tests {
                 Key::ClientToken(proj.clone(), "tok-1".into(), 7),
             ),
             (evacuation_config(), Key::EvacuationConfig),
+            (instance_migration(&i), Key::InstanceMigration(i)),
             (project(&proj), Key::Project(proj.clone())),
             (user(&u), Key::User(u.clone())),
             (

@@ -91,6 +91,8 @@ pub struct Config {
     pub etcd_tls: Option<TlsPaths>,
     /// Failure handling timings (see `docs/failure-handling.md`).
     pub failure: FailureConfig,
+    /// Migration budgets and timeouts (see `docs/migration.md`).
+    pub migration: MigrationConfig,
     /// Where uploaded image data is stored (`<dir>/<image id>/<part>`).
     /// Several coordinators must share it (NFS or similar) until Ceph RBD
     /// replaces it (storage issue).
@@ -201,6 +203,37 @@ impl Default for FailureConfig {
     }
 }
 
+/// Budgets and timeouts of migrations (`docs/migration.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationConfig {
+    /// Longest the destination's agent may take to prepare (plug the ports)
+    /// before the migration fails (default 60 s).
+    pub prepare_timeout: Duration,
+    /// Pre-copy time before a live migration switches to post-copy
+    /// (default 30 s; sent to the source's agent).
+    pub precopy_budget: Duration,
+    /// Time after which the source's agent aborts the job and keeps the
+    /// guest (default 300 s; sent to the source's agent).
+    pub budget: Duration,
+    /// How long past `budget` the leader waits for the source's word before
+    /// it asks for an abort itself (default 30 s).
+    pub budget_grace: Duration,
+    /// Period of the leader's migration loop without a change (default 1 s).
+    pub tick: Duration,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            prepare_timeout: Duration::from_secs(60),
+            precopy_budget: Duration::from_secs(30),
+            budget: Duration::from_secs(300),
+            budget_grace: Duration::from_secs(30),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Config {
     /// Defaults suitable for tests: the given etcd, ephemeral ports on
     /// 127.0.0.1, a random id.
@@ -223,6 +256,10 @@ impl Config {
                 evacuation_retry: Duration::from_millis(500),
                 tick: Duration::from_millis(100),
                 move_delay: Duration::ZERO,
+            },
+            migration: MigrationConfig {
+                tick: Duration::from_millis(100),
+                ..MigrationConfig::default()
             },
             image_dir: std::env::temp_dir().join("nubo-test-images"),
             auth: AuthMode::None,
@@ -347,6 +384,9 @@ struct FileConfig {
     evacuation_retry_secs: Option<f64>,
     failure_tick_ms: Option<u64>,
     evacuation_move_delay_ms: Option<u64>,
+    migration_prepare_timeout_secs: Option<u64>,
+    migration_precopy_budget_secs: Option<u64>,
+    migration_budget_secs: Option<u64>,
     image_dir: Option<PathBuf>,
     auth: Option<AuthMode>,
     tls_cert: Option<PathBuf>,
@@ -617,6 +657,21 @@ impl Cli {
                     move_delay: f
                         .evacuation_move_delay_ms
                         .map_or(d.move_delay, Duration::from_millis),
+                }
+            },
+            migration: {
+                let d = MigrationConfig::default();
+                MigrationConfig {
+                    prepare_timeout: f
+                        .migration_prepare_timeout_secs
+                        .map_or(d.prepare_timeout, Duration::from_secs),
+                    precopy_budget: f
+                        .migration_precopy_budget_secs
+                        .map_or(d.precopy_budget, Duration::from_secs),
+                    budget: f
+                        .migration_budget_secs
+                        .map_or(d.budget, Duration::from_secs),
+                    ..d
                 }
             },
             image_dir: self

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     AdminTls, AuthMode, Cli, Command, Config, EtcdAuthCommand, FailureConfig, LogFormat,
-    NodeCommand, Placement, TlsPaths,
+    MigrationConfig, NodeCommand, Placement, TlsPaths,
 };
 pub use error::{ApiError, ServeError};
 pub use fencing::{CephFencer, FenceCall, Fencer, LogFencer, RecordingFencer};
@@ -289,6 +289,13 @@ async fn start_inner(
         let (ctx, rx) = (ctx.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
             background::router_snat::run(ctx, rx).await;
+            Ok(())
+        }));
+    }
+    {
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            background::migrations::run(ctx, rx).await;
             Ok(())
         }));
     }

@@ -361,6 +361,7 @@ async fn drain_cold_migrates_everything_and_restores_power() {
         .drain(pb::DrainNodeRequest {
             name: "n0".into(),
             stop_timeout_secs: 20,
+            live: false,
         })
         .await
         .unwrap()

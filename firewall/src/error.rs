@@ -1,4 +1,8 @@
-//! Errors of the side-effecting functions.
+//! Errors of the side-effecting functions, and of router specs.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 /// Why applying, listing or removing the firewall failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,5 +79,59 @@ pub enum FirewallError {
     },
     /// A router namespace's NAT spec is invalid (nothing was applied).
     #[error("invalid router spec: {0}")]
-    RouterSpec(#[from] crate::router::RouterSpecError),
+    RouterSpec(#[from] RouterSpecError),
+}
+
+/// Why a router namespace's NAT spec (`crate::router::RouterNatSpec`)
+/// cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouterSpecError {
+    /// A leg name is not a valid interface name (1 to 15 printable
+    /// characters, no quote, slash, backslash, star or space).
+    #[error("leg name {leg:?} is not a valid interface name")]
+    BadLegName {
+        /// The name as given.
+        leg: String,
+    },
+    /// Two legs (internal or external) have the same name.
+    #[error("leg {leg:?} is given twice")]
+    DuplicateLeg {
+        /// The name.
+        leg: String,
+    },
+    /// Two internal subnets overlap (or are the same).
+    #[error("internal subnets {a} and {b} overlap")]
+    OverlappingSubnets {
+        /// One subnet.
+        a: Ipv4Net,
+        /// The other.
+        b: Ipv4Net,
+    },
+    /// A floating IP appears twice.
+    #[error("floating IP {floating} is given twice")]
+    DuplicateFloating {
+        /// The address.
+        floating: Ipv4Addr,
+    },
+    /// A fixed IP has two floating IPs.
+    #[error("fixed IP {fixed} has two floating IPs")]
+    DuplicateFixed {
+        /// The address.
+        fixed: Ipv4Addr,
+    },
+    /// A floating IP is also the router's SNAT address.
+    #[error("floating IP {floating} is also the SNAT address")]
+    FloatingIsSnat {
+        /// The address.
+        floating: Ipv4Addr,
+    },
+    /// A fixed IP lies in none of the internal subnets: the router could
+    /// not route to it.
+    #[error("fixed IP {fixed} of floating IP {floating} is in none of the router's subnets")]
+    FixedNotInternal {
+        /// The fixed address.
+        fixed: Ipv4Addr,
+        /// Its floating address.
+        floating: Ipv4Addr,
+    },
 }

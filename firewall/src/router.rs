@@ -39,6 +39,7 @@ use ipnet::Ipv4Net;
 use tracing::info;
 
 use crate::error::FirewallError;
+pub use crate::error::RouterSpecError;
 use crate::libnft::{in_named_netns, Nft};
 use crate::names::{fnv1a64, valid_ifname};
 use crate::nft::{has_table, table_counters, FirewallAction};
@@ -61,7 +62,7 @@ pub const COUNTER_OTHER: &str = "forward_dropped";
 /// Prefix of the table comment that carries the fingerprint.
 const COMMENT_PREFIX: &str = "nubo-router fp=";
 /// Bumped when the rendering changes in a way the fingerprint must reflect.
-const FORMAT_VERSION: &str = "nubo-router/1";
+const FORMAT_VERSION: &str = "nubo-router/2";
 
 /// What the nftables table of one router namespace must do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,59 +103,6 @@ pub struct InternalLeg {
     pub leg: String,
     /// The subnet routed through it.
     pub cidr: Ipv4Net,
-}
-
-/// Why a [`RouterNatSpec`] cannot be rendered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouterSpecError {
-    /// A leg name is not a valid interface name (1 to 15 printable
-    /// characters, no quote, slash, backslash, star or space).
-    #[error("leg name {leg:?} is not a valid interface name")]
-    BadLegName {
-        /// The name as given.
-        leg: String,
-    },
-    /// Two legs (internal or external) have the same name.
-    #[error("leg {leg:?} is given twice")]
-    DuplicateLeg {
-        /// The name.
-        leg: String,
-    },
-    /// Two internal subnets overlap (or are the same).
-    #[error("internal subnets {a} and {b} overlap")]
-    OverlappingSubnets {
-        /// One subnet.
-        a: Ipv4Net,
-        /// The other.
-        b: Ipv4Net,
-    },
-    /// A floating IP appears twice.
-    #[error("floating IP {floating} is given twice")]
-    DuplicateFloating {
-        /// The address.
-        floating: Ipv4Addr,
-    },
-    /// A fixed IP has two floating IPs.
-    #[error("fixed IP {fixed} has two floating IPs")]
-    DuplicateFixed {
-        /// The address.
-        fixed: Ipv4Addr,
-    },
-    /// A floating IP is also the router's SNAT address.
-    #[error("floating IP {floating} is also the SNAT address")]
-    FloatingIsSnat {
-        /// The address.
-        floating: Ipv4Addr,
-    },
-    /// A fixed IP lies in none of the internal subnets: the router could
-    /// not route to it.
-    #[error("fixed IP {fixed} of floating IP {floating} is in none of the router's subnets")]
-    FixedNotInternal {
-        /// The fixed address.
-        fixed: Ipv4Addr,
-        /// Its floating address.
-        floating: Ipv4Addr,
-    },
 }
 
 /// A validated, sorted spec.
@@ -268,18 +216,38 @@ fn body(v: &Valid) -> String {
         map.extend(elements(&items));
         out.block(&format!("map {name}"), &map);
     }
+    let mut fixed: Vec<String> = floating.iter().map(|f| f.fixed.to_string()).collect();
+    fixed.sort();
+    let mut set = vec!["type ipv4_addr".to_string()];
+    set.extend(elements(&fixed));
+    out.block("set floating_fixed", &set);
 
     let hook = |kind: &str, hook: &str, prio: &str, policy: &str| {
         format!("type {kind} hook {hook} priority {prio}; policy {policy};")
     };
-    out.block(
-        "chain raw_prerouting",
-        &[
-            hook("filter", "prerouting", "raw", "accept"),
-            "iifname @internal_legs ip daddr @internal_nets notrack".to_string(),
-        ],
-    );
-    let mut dnat = vec![hook("nat", "prerouting", "dstnat", "accept")];
+    // Floating IPs are 1:1 and stateless: rewritten before conntrack
+    // (`raw`) on the way in and after routing on the way out, and never
+    // tracked here (the guest's security groups track them at its tap):
+    // one conntrack lookup and NAT binding less per packet.
+    let mut raw = vec![
+        hook("filter", "prerouting", "raw", "accept"),
+        "iifname @internal_legs ip daddr @internal_nets notrack".to_string(),
+    ];
+    let mut stateless_out = vec![hook("filter", "postrouting", "srcnat", "accept")];
+    if let Some((leg, _, _)) = &v.external {
+        raw.push(format!(
+            "iifname \"{leg}\" ip daddr set ip daddr map @floating_dnat notrack"
+        ));
+        raw.push(
+            "iifname @internal_legs ip saddr @floating_fixed ip daddr != @internal_nets notrack"
+                .to_string(),
+        );
+        stateless_out.push(format!(
+            "oifname \"{leg}\" ct state untracked ip saddr set ip saddr map @floating_snat"
+        ));
+    }
+    out.block("chain raw_prerouting", &raw);
+    out.block("chain floating_postrouting", &stateless_out);
     let mut snat = vec![hook("nat", "postrouting", "srcnat", "accept")];
     let mut fwd = vec![
         hook("filter", "forward", "filter", "drop"),
@@ -288,20 +256,16 @@ fn body(v: &Valid) -> String {
         format!("ct state invalid counter name \"{COUNTER_INVALID}\" drop"),
     ];
     if let Some((leg, snat_addr, _)) = &v.external {
-        dnat.push(format!(
-            "iifname \"{leg}\" dnat to ip daddr map @floating_dnat"
-        ));
-        snat.push(format!(
-            "oifname \"{leg}\" snat to ip saddr map @floating_snat"
-        ));
         fwd.push(format!(
-            "iifname \"{leg}\" oifname @internal_legs ct status dnat accept"
+            "iifname \"{leg}\" oifname @internal_legs ct state untracked ip daddr @floating_fixed accept"
         ));
         fwd.push(format!(
             "iifname \"{leg}\" counter name \"{COUNTER_INBOUND}\" drop"
         ));
         let out_rule = format!("iifname @internal_legs oifname \"{leg}\"");
-        fwd.push(format!("{out_rule} ip saddr @floating_snat accept"));
+        fwd.push(format!(
+            "{out_rule} ct state untracked ip saddr @floating_fixed accept"
+        ));
         if let Some(addr) = snat_addr {
             snat.push(format!(
                 "oifname \"{leg}\" ip saddr @internal_nets snat to {addr}"
@@ -313,7 +277,6 @@ fn body(v: &Valid) -> String {
         ));
     }
     fwd.push(format!("counter name \"{COUNTER_OTHER}\" drop"));
-    out.block("chain nat_prerouting", &dnat);
     out.block("chain nat_postrouting", &snat);
     out.block("chain forward", &fwd);
     out.0
@@ -574,7 +537,7 @@ mod tests {
             "{without}"
         );
         assert!(
-            without.contains("ip saddr @floating_snat accept"),
+            without.contains("ct state untracked ip saddr @floating_fixed accept"),
             "{without}"
         );
         assert!(without.contains("counter name \"outbound_dropped\" drop"));

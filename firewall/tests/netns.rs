@@ -867,7 +867,7 @@ fn router_namespace_nats_floating_ips_and_filters_inbound() {
     };
     let listed = list();
     assert!(
-        listed.contains("dnat to ip daddr map @floating_dnat"),
+        listed.contains("ip daddr set ip daddr map @floating_dnat notrack"),
         "{listed}"
     );
     assert!(listed.contains("10.78.0.20 : 10.77.0.5"), "{listed}");

@@ -78,21 +78,7 @@ impl Guest {
 
     /// One ping with a `secs` deadline; true if answered.
     pub fn pings(&self, ip: Ipv4Addr, secs: u32) -> bool {
-        self.exec(
-            "ping",
-            &[
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "-w",
-                &secs.to_string(),
-                "-q",
-                &ip.to_string(),
-            ],
-        )
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        crate::netns::pings_from(&self.netns, ip, secs)
     }
 
     /// `nc -z -w <secs> ip port`: true if a TCP connection was established.

@@ -131,6 +131,14 @@ pub fn netns_command(ns: &str, program: &str) -> Command {
     c
 }
 
+/// One ping from namespace `ns` with a `secs` deadline; true if answered.
+pub fn pings_from(ns: &str, ip: std::net::Ipv4Addr, secs: u32) -> bool {
+    let (secs, ip) = (secs.to_string(), ip.to_string());
+    netns_exec(ns, "ping", &["-c", "1", "-W", "1", "-w", &secs, "-q", &ip])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 /// Runs `program args` inside namespace `ns` (stdin empty) and returns its
 /// output, whatever its exit status.
 pub fn netns_exec(ns: &str, program: &str, args: &[&str]) -> Result<Output> {

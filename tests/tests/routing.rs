@@ -103,20 +103,7 @@ fn from_outside(ns: &str, program: &str, args: &[&str]) -> bool {
 }
 
 fn ping_from(ns: &str, ip: Ipv4Addr, secs: u32) -> bool {
-    from_outside(
-        ns,
-        "ping",
-        &[
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-w",
-            &secs.to_string(),
-            "-q",
-            &ip.to_string(),
-        ],
-    )
+    nubo_tests::netns::pings_from(ns, ip, secs)
 }
 
 fn tcp_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
@@ -125,6 +112,33 @@ fn tcp_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
         "nc",
         &["-z", "-w", "2", &ip.to_string(), &port.to_string()],
     )
+}
+
+/// net1 (10.0.0.0/24) behind router r1 with its gateway on ext.
+fn routed_net1(lab: &NetLab) {
+    let cli = &lab.cli;
+    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
+        .unwrap();
+    cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
+        .unwrap();
+    cli.json(&["router", "add", "subnet", "r1", "net1"])
+        .unwrap();
+}
+
+/// A floating IP of ext set on `server`, once it answers the external
+/// host.
+fn floating_ip_on(lab: &NetLab, ext_host: &str, server: &str) -> Ipv4Addr {
+    let fip = lab.cli.json(&["floating", "ip", "create", "ext"]).unwrap();
+    let ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
+    let id = fip["id"].as_str().unwrap();
+    lab.cli
+        .json(&["floating", "ip", "set", id, "--server", server])
+        .unwrap();
+    wait_until(T, &format!("{server}'s floating IP answers"), || {
+        Ok(ping_from(ext_host, ip, 1))
+    })
+    .unwrap();
+    ip
 }
 
 /// Leases the guest's address and checks its default route is the
@@ -206,15 +220,8 @@ fn source_seen_outside(lab: &NetLab, ext_host: &str, g: &Guest) -> String {
 fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
     let (lab, _wire, ext_host) = lab_with_external();
     let cli = &lab.cli;
-    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
-        .unwrap();
     web_group(&lab, &[("icmp", None), ("tcp", Some("8080"))]);
-    let r1 = cli
-        .json(&["router", "create", "r1", "--external-gateway", "ext"])
-        .unwrap();
-    assert_eq!(r1["name"], "r1", "{r1}");
-    cli.json(&["router", "add", "subnet", "r1", "net1"])
-        .unwrap();
+    routed_net1(&lab);
 
     let g1 = lab
         .server("g1", "net1", 1, &["--security-group", "web"])
@@ -240,8 +247,26 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
             g.name
         );
     }
-    // East-west through the router copies (same network: switched).
+    // Same network: switched.
     assert!(g1.pings(g2.ip, 10), "g1 cannot reach g2");
+    // Between the router's networks, across hosts: routed by the source
+    // node's copy (g1 → g3 by hv-1's, the reply by hv-2's), the gateway MAC
+    // never learnt across the overlay.
+    cli.json(&["network", "create", "net2", "--cidr", "10.0.1.0/24"])
+        .unwrap();
+    cli.json(&["router", "add", "subnet", "r1", "net2"])
+        .unwrap();
+    let g3 = lab
+        .server("g3", "net2", 2, &["--security-group", "web"])
+        .unwrap();
+    lease(&lab, &g3, "10.0.1.1");
+    if let Err(e) = wait_until(T, "g1 (net1, hv-1) reaches g3 (net2, hv-2)", || {
+        Ok(g1.pings(g3.ip, 1))
+    }) {
+        panic!("{e}\n{}\n{}", diagnose(&lab, 1), diagnose(&lab, 2));
+    }
+    assert!(g3.pings(g1.ip, 5), "g3 cannot reach g1");
+    assert!(g3.pings(g2.ip, 5), "g3 cannot reach g2 (same host)");
 
     // Inbound: nothing reaches a fixed address from outside, even routed
     // straight at the node's router.
@@ -308,6 +333,7 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
 
     // The router gone, its namespaces go on both hosts.
     cli_json(&lab, &["router", "remove", "subnet", "r1", "net1"]);
+    cli_json(&lab, &["router", "remove", "subnet", "r1", "net2"]);
     cli_json(&lab, &["router", "delete", "r1"]);
     for i in [1u8, 2] {
         let prefix = lab.router_prefix(i);
@@ -469,31 +495,12 @@ fn guest_as_shown(lab: &NetLab, id: &str) -> Guest {
 fn a_floating_ip_follows_its_guest_after_a_host_failure() {
     let (lab, wire, ext_host) = lab_with_external();
     let cli = &lab.cli;
-    cli.json(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
-        .unwrap();
     web_group(&lab, &[("icmp", None)]);
-    cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
-        .unwrap();
-    cli.json(&["router", "add", "subnet", "r1", "net1"])
-        .unwrap();
+    routed_net1(&lab);
     let g = movable_server_on_host1(&lab, "g1");
     assert_eq!(g.node, "hv-1");
     lease(&lab, &g, "10.0.0.1");
-    let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
-    let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
-    cli.json(&[
-        "floating",
-        "ip",
-        "set",
-        fip["id"].as_str().unwrap(),
-        "--server",
-        "g1",
-    ])
-    .unwrap();
-    wait_until(T, "the floating IP answers on host 1", || {
-        Ok(ping_from(&ext_host, fip_ip, 1))
-    })
-    .unwrap();
+    let fip_ip = floating_ip_on(&lab, &ext_host, "g1");
 
     // Host 1 fails: both of its links go down (the underlay and the
     // physical network), its agent keeps running, cut off.
@@ -553,4 +560,159 @@ fn external_leg_mac(lab: &NetLab, i: u8) -> String {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no external leg in {ns}: {links}"))
         .to_string()
+}
+
+/// `ping -D -O -i 0.005` from the external host: one line per probe,
+/// timestamped, answered or not (`no answer yet`).
+struct Prober {
+    proc: nubo_tests::net_e2e::Watched,
+}
+
+impl Prober {
+    fn start(ns: &str, ip: Ipv4Addr) -> Self {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns, "ping", "-n", "-D", "-O", "-i", "0.005"])
+            .arg(ip.to_string());
+        Prober {
+            proc: nubo_tests::net_e2e::Watched::spawn(cmd, "ping prober").unwrap(),
+        }
+    }
+
+    /// The first answer timestamped after `since` (UNIX seconds).
+    fn first_answer_after(&self, since: f64) -> Option<f64> {
+        self.proc.stdout_lines().iter().find_map(|l| {
+            let ts: f64 = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+            (ts > since && l.contains("bytes from")).then_some(ts)
+        })
+    }
+
+    /// Whether a probe sent after `since` went unanswered.
+    fn silent_after(&self, since: f64) -> bool {
+        self.proc.stdout_lines().iter().any(|l| {
+            let ts: Option<f64> = l
+                .strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .and_then(|t| t.parse().ok());
+            ts.is_some_and(|t| t > since) && l.contains("no answer yet")
+        })
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Benchmark `floating IP association p99 (ms)`: 100 times, associate a
+/// floating IP with a running guest (`nubo floating ip set`) and measure
+/// until the first answer to the external host's pings (every 5 ms)
+/// through it; then unset and wait until it goes silent.
+///
+/// `cargo build --release --bins && sudo cargo test --release -p nubo-tests
+/// --test routing -- --ignored --nocapture bench_floating_ip_association`
+#[test]
+#[ignore = "benchmark"]
+fn bench_floating_ip_association() {
+    let (lab, _wire, ext_host) = lab_with_external();
+    let cli = &lab.cli;
+    web_group(&lab, &[("icmp", None)]);
+    routed_net1(&lab);
+    let g = lab
+        .server("g1", "net1", 1, &["--security-group", "web"])
+        .unwrap();
+    lease(&lab, &g, "10.0.0.1");
+    let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
+    let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
+    let id = fip["id"].as_str().unwrap().to_string();
+    let prober = Prober::start(&ext_host, fip_ip);
+    let rounds: usize = std::env::var("NUBO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut samples = Vec::new();
+    for i in 0..rounds {
+        let t0 = unix_now();
+        cli.json(&["floating", "ip", "set", &id, "--server", "g1"])
+            .unwrap();
+        let answered = wait_for(T, &format!("round {i}: first answer"), || {
+            Ok(prober.first_answer_after(t0).ok_or("silent"))
+        })
+        .unwrap();
+        samples.push(Duration::from_secs_f64(answered - t0));
+        cli.json(&["floating", "ip", "unset", &id]).unwrap();
+        let t1 = unix_now();
+        wait_until(T, &format!("round {i}: silent again"), || {
+            Ok(prober.silent_after(t1 + 0.05))
+        })
+        .unwrap();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "floating IP association → first packet through, {} rounds: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (load {})",
+        samples.len(),
+        ms(nubo_tests::stats::percentile(&samples, 50.0)),
+        ms(nubo_tests::stats::percentile(&samples, 99.0)),
+        ms(nubo_tests::stats::percentile(&samples, 100.0)),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+}
+
+/// iperf3 from the external host to `ip` for 3 s: received bits/s.
+fn iperf_from(ns: &str, ip: Ipv4Addr) -> f64 {
+    let out = netns_exec(ns, "iperf3", &["-c", &ip.to_string(), "-t", "3", "-J"]).unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no throughput in {v}"))
+}
+
+/// Benchmark `floating IP throughput ratio`: iperf3 from the external host
+/// to a guest through its floating IP (net1 behind r1, on host 1) vs to a
+/// guest of the same host plugged straight into the flat provider network,
+/// alternating, 3 rounds each; the ratio of the medians.
+///
+/// `cargo build --release --bins && sudo cargo test --release -p nubo-tests
+/// --test routing -- --ignored --nocapture bench_floating_ip_throughput`
+#[test]
+#[ignore = "benchmark"]
+fn bench_floating_ip_throughput() {
+    let (lab, _wire, ext_host) = lab_with_external();
+    web_group(&lab, &[("icmp", None), ("tcp", Some("5201"))]);
+    routed_net1(&lab);
+    let routed = lab
+        .server("g-fip", "net1", 1, &["--security-group", "web"])
+        .unwrap();
+    lease(&lab, &routed, "10.0.0.1");
+    let direct = lab
+        .server("g-direct", "ext", 1, &["--security-group", "web"])
+        .unwrap();
+    lease(&lab, &direct, "10.77.0.1");
+    let fip_ip = floating_ip_on(&lab, &ext_host, "g-fip");
+    let _s1 = routed.spawn("iperf3", &["-s"]).unwrap();
+    let _s2 = direct.spawn("iperf3", &["-s"]).unwrap();
+    routed.wait_listening(false, 5201).unwrap();
+    direct.wait_listening(false, 5201).unwrap();
+    let (mut via_fip, mut straight) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        via_fip.push(iperf_from(&ext_host, fip_ip));
+        straight.push(iperf_from(&ext_host, direct.ip));
+    }
+    let (f, d) = (
+        nubo_tests::stats::median(&via_fip),
+        nubo_tests::stats::median(&straight),
+    );
+    println!(
+        "iperf3 external host → guest: through its floating IP {:.0} Mbit/s, straight on the flat network {:.0} Mbit/s: ratio {:.2} (rounds {via_fip:?} / {straight:?}, load {})",
+        f / 1e6,
+        d / 1e6,
+        f / d,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
 }

@@ -274,3 +274,100 @@ impl Subsystem for Routers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::firewall::firewall_spec;
+    use crate::network::overlay::overlay_spec;
+    use crate::state::desired::build;
+    use crate::testutil::*;
+
+    /// n1 hosts a port of net A (routed with B by r, gateway on ext).
+    fn world(snat: bool, fip: bool) -> (World, RouterId, nubo_common::NetworkId) {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let a = w.network(100, 0);
+        let b = w.network(200, 0);
+        let ext = w.external_network();
+        let r = w.router(&[a, b], Some(ext));
+        let (_, p1) = w.instance_on(&n1, a, &[]);
+        if fip {
+            w.floating_ip(ext, "10.77.0.50", &p1, r);
+        }
+        if snat {
+            w.router_snat(&n1, r, ext, "10.77.0.10");
+        }
+        (w, r, b)
+    }
+
+    fn addrs(leg: &RouterLeg) -> Vec<String> {
+        leg.addresses.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn namespace_legs_addresses_and_default_route() {
+        let (w, r, _) = world(true, true);
+        let d = build(&w.cache, &node_name("n1"), 1500);
+        let spec = routers_spec(&d, "qrouter-");
+        assert_eq!(spec.routers.len(), 1);
+        let ns = &spec.routers[0];
+        assert_eq!(ns.netns, router_netns("qrouter-", &r));
+        assert_eq!(ns.netns.len(), "qrouter-".len() + 12);
+        assert_eq!(ns.legs.len(), 3);
+        assert_eq!(addrs(&ns.legs[0]), ["192.168.0.1/24"]);
+        assert!(!ns.legs[0].announce);
+        let ext = &ns.legs[2];
+        assert!(ext.announce);
+        assert_eq!(addrs(ext), ["10.77.0.10/24", "10.77.0.50/32"]);
+        assert_eq!(ext.mtu, 1500);
+        assert_eq!(ns.legs[0].mtu, 1450);
+        let (leg, via) = ns.default_route.clone().unwrap();
+        assert_eq!(
+            (leg, via.to_string()),
+            (ext.inner.clone(), "10.77.0.1".into())
+        );
+        assert!(ns
+            .neighbours
+            .iter()
+            .any(|n| n.ip.to_string() == "192.168.0.11"));
+
+        let nat = nat_spec(&d.routers[&r]);
+        let x = nat.external.unwrap();
+        assert_eq!(x.snat.map(|s| s.to_string()), Some("10.77.0.10".into()));
+        assert_eq!(x.floating.len(), 1);
+        assert_eq!(nat.internal.len(), 2);
+    }
+
+    #[test]
+    fn without_snat_the_first_floating_ip_carries_the_subnet() {
+        let (w, _, _) = world(false, true);
+        let d = build(&w.cache, &node_name("n1"), 1500);
+        let spec = routers_spec(&d, "qrouter-");
+        assert_eq!(addrs(&spec.routers[0].legs[2]), ["10.77.0.50/24"]);
+        assert!(spec.routers[0].default_route.is_some());
+        // Neither: no address, no default route (nothing could leave).
+        let (w, _, _) = world(false, false);
+        let d = build(&w.cache, &node_name("n1"), 1500);
+        let spec = routers_spec(&d, "qrouter-");
+        assert!(spec.routers[0].legs[2].addresses.is_empty());
+        assert!(spec.routers[0].default_route.is_none());
+    }
+
+    #[test]
+    fn legs_are_plugged_and_guarded_at_the_vxlan_devices() {
+        let (w, _, b) = world(true, false);
+        let d = build(&w.cache, &node_name("n1"), 1500);
+        // Net B has no local port: its bridge exists for the router's leg.
+        let ov = overlay_spec(&d, "10.0.0.1".parse().unwrap(), 1500);
+        let vni_b = d.networks[&b].vni;
+        let net_b = ov.networks.iter().find(|n| n.vni == vni_b).unwrap();
+        assert_eq!(net_b.ports.len(), 1);
+        assert!(net_b.ports[0].tap.starts_with("qr"));
+        let fw = firewall_spec(&d, &Default::default());
+        let devices: Vec<&str> = fw.routed.iter().map(|g| g.vxlan.as_str()).collect();
+        assert_eq!(devices, ["vx-100", "vx-200"]);
+        assert!(fw.routed.iter().all(|g| g.node_mac != g.mac));
+    }
+}

@@ -78,9 +78,9 @@ pub struct Cache {
     pub routers: BTreeMap<RouterId, Router>,
     /// Floating IPs by id.
     pub floating_ips: BTreeMap<FloatingIpId, FloatingIp>,
-    /// This node's SNAT address of each router (the agent reads only its
-    /// own node's).
-    pub router_snats: BTreeMap<RouterId, RouterSnat>,
+    /// The SNAT address of each router on each node, by (node, router)
+    /// (the agent reads only its own node's).
+    pub router_snats: BTreeMap<(NodeName, RouterId), RouterSnat>,
     /// The leader's orders to receive an instance migrating here
     /// (`hosts/<node>/incoming/<instance>`), by instance.
     pub incoming: BTreeMap<InstanceId, IncomingMigration>,
@@ -189,7 +189,7 @@ impl Cache {
                 if self.local_node.as_ref().is_some_and(|n| *n != node) {
                     return Change::Ignored;
                 }
-                put_or_remove(&mut self.router_snats, g, router, key, value);
+                put_or_remove(&mut self.router_snats, g, (node, router), key, value);
             }
             Key::NodeSpec(_, id) => put_or_remove(&mut self.instances, g, id, key, value),
             Key::IncomingMigration(node, id) => {

@@ -157,8 +157,8 @@ fn resolve_router(
             upstream: net.gateway,
             snat: cache
                 .router_snats
-                .get(&r.id)
-                .filter(|s| s.network == gw.network && &s.node == node)
+                .get(&(node.clone(), r.id))
+                .filter(|s| s.network == gw.network)
                 .map(|s| s.ip),
             floating,
             mac: MacAddr::router_mac(&[&rid, node.as_str()]),
@@ -171,5 +171,111 @@ fn resolve_router(
         legs,
         external,
         neighbours,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::desired::build;
+    use crate::testutil::*;
+
+    #[test]
+    fn a_router_has_work_only_where_its_networks_have_ports() {
+        let mut w = World::new();
+        let (n1, n2) = (node_name("n1"), node_name("n2"));
+        w.node(&n1, "10.0.0.1");
+        w.node(&n2, "10.0.0.2");
+        let a = w.network(100, 0);
+        let other = w.network(200, 0);
+        let r = w.router(&[a], None);
+        w.instance_on(&n1, a, &[]);
+        w.instance_on(&n2, other, &[]);
+        assert_eq!(
+            build(&w.cache, &n1, 1500)
+                .routers
+                .keys()
+                .collect::<Vec<_>>(),
+            [&r]
+        );
+        assert!(build(&w.cache, &n2, 1500).routers.is_empty());
+    }
+
+    #[test]
+    fn legs_snat_local_floating_ips_and_neighbours() {
+        let mut w = World::new();
+        let (n1, n2) = (node_name("n1"), node_name("n2"));
+        w.node(&n1, "10.0.0.1");
+        w.node(&n2, "10.0.0.2");
+        let a = w.network(100, 0);
+        let b = w.network(200, 0);
+        let ext = w.external_network();
+        let r = w.router(&[a, b], Some(ext));
+        let (_, p1) = w.instance_on(&n1, a, &[]);
+        let (_, p2) = w.instance_on(&n2, a, &[]);
+        w.floating_ip(ext, "10.77.0.50", &p1, r);
+        w.floating_ip(ext, "10.77.0.51", &p2, r);
+        w.router_snat(&n1, r, ext, "10.77.0.10");
+        // Another node's SNAT record is not this node's.
+        w.router_snat(&n2, r, ext, "10.77.0.11");
+
+        let d1 = build(&w.cache, &n1, 1500);
+        let d2 = build(&w.cache, &n2, 1500);
+        let (r1, r2) = (&d1.routers[&r], &d2.routers[&r]);
+        // A leg on each routed network, the same gateway MAC on every node.
+        assert_eq!(r1.legs.len(), 2);
+        assert_eq!(r1.legs, r2.legs);
+        assert_eq!(
+            r1.legs[0].gateway,
+            "192.168.0.1".parse::<Ipv4Addr>().unwrap()
+        );
+        // The external leg: this node's SNAT address, its own MAC, only
+        // the floating IPs of its ports.
+        let (x1, x2) = (r1.external.as_ref().unwrap(), r2.external.as_ref().unwrap());
+        assert_eq!(x1.snat, Some("10.77.0.10".parse().unwrap()));
+        assert_ne!(x1.mac, x2.mac);
+        assert_eq!(x1.host, x2.host, "the same name on every node");
+        assert_eq!(
+            x1.floating.iter().collect::<Vec<_>>(),
+            [(&"10.77.0.50".parse::<Ipv4Addr>().unwrap(), &p1.ip)]
+        );
+        assert_eq!(x1.upstream, Some("10.77.0.1".parse().unwrap()));
+        // Every port of the routed networks is a neighbour, wherever it is.
+        assert!(r1.neighbours.contains(&(p1.ip, p1.mac)));
+        assert!(r1.neighbours.contains(&(p2.ip, p2.mac)));
+        // The routed network without a local port, and the external one,
+        // are present with the legs as their only ports.
+        for net in [b, ext] {
+            let n = &d1.networks[&net];
+            assert!(n.local_ports.is_empty());
+            assert_eq!(n.router_legs.len(), 1, "{net}");
+        }
+        assert!(d1.networks[&a]
+            .router_legs
+            .iter()
+            .any(|l| l.mac == r1.legs[0].mac));
+    }
+
+    #[test]
+    fn a_missing_or_gatewayless_network_loses_its_leg_not_the_router() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let a = w.network(100, 0);
+        let b = w.network(200, 0);
+        let mut net_b = w.cache.networks[&b].clone();
+        net_b.gateway = None;
+        w.cache.apply(
+            &nubo_common::keys::network(&b),
+            Some(&nubo_common::model::encode(&net_b)),
+            999,
+        );
+        let gone = NetworkId::new_random();
+        let r = w.router(&[a, b, gone], None);
+        w.instance_on(&n1, a, &[]);
+        let d = build(&w.cache, &n1, 1500);
+        let legs: Vec<NetworkId> = d.routers[&r].legs.iter().map(|l| l.network).collect();
+        assert_eq!(legs, [a]);
+        assert!(d.routers[&r].external.is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! `nubo server …`: instances. Creation and `--wait` live in
-//! [`create`].
+//! [`create`], migrations in [`migrate`].
 
 mod create;
+mod migrate;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -62,6 +63,12 @@ pub enum ServerCmd {
         /// Server name or id.
         server: String,
     },
+    /// Move a server to another node (cloud admin): live with `--live`
+    /// (it keeps running), otherwise cold (stopped, moved, started).
+    Migrate(migrate::MigrateArgs),
+    /// Migrations: list, show, abort.
+    #[command(subcommand)]
+    Migration(migrate::MigrationCmd),
     /// Give a stopped server another flavor's vCPUs and RAM (same disk
     /// size); `nubo server start` boots it with the new size.
     Resize {
@@ -252,6 +259,8 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
     };
     match cmd {
         ServerCmd::Create(args) => create::run(*args, ctx).await,
+        ServerCmd::Migrate(args) => migrate::migrate(args, ctx).await,
+        ServerCmd::Migration(cmd) => migrate::run(cmd, ctx).await,
         ServerCmd::List(args) => {
             let items = list_all(api, args.request(&api.project)).await?;
             output::items(ctx.format, &items, table, to_json)

@@ -21,6 +21,13 @@
 //!    or rolls back (destination reservation released, orders deleted,
 //!    state [`MigrationState::Aborted`] or [`MigrationState::Failed`]).
 //!
+//! The leader never writes [`MigrationState::Switching`]: the switch is
+//! one transaction right after the source's `migrated`; the API shows
+//! `switching` for a record whose source reported `migrated` and whose
+//! switch is not written yet (a leader died in between; the next one
+//! completes it). At most one migration per instance exists at a time
+//! (`private/instance-migrations/<instance>`, coordinator-private).
+//!
 //! While an order exists, neither agent acts on the instance on its own:
 //! the source does not restart a guest that left, the destination does not
 //! remove a guest that arrived before the switch.
@@ -109,8 +116,9 @@ pub struct IncomingMigration {
     pub source: NodeName,
     /// Live or cold.
     pub mode: MigrationMode,
-    /// The instance's spec (what the destination plugs and, for a cold
-    /// migration, starts).
+    /// The instance's spec as it will be on the destination (its `node`
+    /// is the destination): what the destination plugs and, for a cold
+    /// migration, starts once the switch gives it the assignment.
     pub spec: Instance,
 }
 

@@ -4,7 +4,7 @@
 //! through [`layer`]: the bearer token is verified (missing, expired or
 //! forged → `Unauthenticated`), the [`Action`] is derived from the gRPC
 //! method (Get/List/Status/Download read; everything else mutates;
-//! flavors/nodes/cluster/identity mutations and every `Nodes` call are
+//! flavors/nodes/cluster/identity mutations and every `Nodes` and `Migrations` call are
 //! cloud-admin only), the caller's role is checked against it
 //! (`PermissionDenied`), and the claims are kept in a task-local for the
 //! duration of the call. Handlers then scope every request to a project
@@ -63,6 +63,7 @@ pub fn action_for(path: &str) -> Option<Action> {
         "Volumes" => "volumes",
         "VolumeTypes" => "volume types",
         "Nodes" => "nodes",
+        "Migrations" => "migrations",
         "Cluster" => "cluster",
         "Identity" => "identity",
         "Quotas" => "quotas",
@@ -71,7 +72,7 @@ pub fn action_for(path: &str) -> Option<Action> {
         _ => "cloud",
     };
     let admin_only = match service {
-        "Nodes" | "Identity" | "Audit" => true,
+        "Nodes" | "Migrations" | "Identity" | "Audit" => true,
         "Flavors" | "Cluster" | "Quotas" | "VolumeTypes" => !read,
         "Servers" | "Networks" | "Ports" | "SecurityGroups" | "Keypairs" | "ServerGroups"
         | "Images" | "ImageData" | "Volumes" | "Routers" | "FloatingIps" => false,
@@ -331,6 +332,10 @@ mod tests {
         );
         assert_eq!(action_for("/nubo.v1.Flavors/Get").unwrap().verb, Verb::Read);
         assert_eq!(action_for("/nubo.v1.Nodes/List").unwrap().verb, Verb::Admin);
+        assert_eq!(
+            action_for("/nubo.v1.Migrations/Get").unwrap().verb,
+            Verb::Admin
+        );
         assert_eq!(action_for("/x.Unknown/Get").unwrap().verb, Verb::Admin);
     }
 }

@@ -496,6 +496,52 @@ pub fn volume_snapshot(s: &model::VolumeSnapshot) -> pb::VolumeSnapshot {
     }
 }
 
+/// The API form of a migration.
+pub fn migration(v: &crate::operations::migrations::MigrationView) -> pb::Migration {
+    use crate::operations::migrations::{mode_str, state_str};
+    use nubo_common::model::MigrationPhase;
+    let phase = |r: &Option<nubo_common::model::MigrationReport>| {
+        r.as_ref()
+            .map(|r| match r.phase {
+                MigrationPhase::Prepared => "prepared",
+                MigrationPhase::Running => "running",
+                MigrationPhase::Migrated => "migrated",
+                MigrationPhase::Failed => "failed",
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    let m = &v.migration;
+    let detail = [&v.source_report, &v.destination_report]
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.detail.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    pb::Migration {
+        id: m.id.to_string(),
+        server_id: m.instance.to_string(),
+        server_name: v.server_name.clone(),
+        project: v
+            .project
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        source: m.source.to_string(),
+        destination: m.destination.to_string(),
+        mode: mode_str(m.mode).into(),
+        state: state_str(v.state).into(),
+        error: m.error.clone().unwrap_or_default(),
+        downtime_ms: m.downtime_ms,
+        block: m.block,
+        created_at: ts(&m.created_at),
+        updated_at: ts(&m.updated_at),
+        source_phase: phase(&v.source_report),
+        destination_phase: phase(&v.destination_report),
+        detail,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ mod identity;
 mod image_data;
 mod images;
 mod keypairs;
+mod migrations;
 mod networks;
 mod nodes;
 mod ports;
@@ -75,6 +76,7 @@ pub fn routes(ctx: &Ctx) -> tonic::service::Routes {
         .add_service(floating_ips_server::FloatingIpsServer::new(s()))
         .add_service(servers_server::ServersServer::new(s()))
         .add_service(nodes_server::NodesServer::new(s()))
+        .add_service(migrations_server::MigrationsServer::new(s()))
         .add_service(cluster_server::ClusterServer::new(s()))
         .add_service(volumes_server::VolumesServer::new(s()))
         .add_service(volume_types_server::VolumeTypesServer::new(s()))

@@ -7,7 +7,7 @@ use tonic::Request;
 use super::{convert, page, reply, R};
 use crate::error::ApiResult;
 use crate::operations::moves::Moved;
-use crate::operations::nodes::{self, MoveOutcome, NodeView};
+use crate::operations::nodes::{self, DrainOutcome, MoveOutcome, NodeView};
 use crate::state::Ctx;
 
 fn result(id: InstanceId, r: ApiResult<Moved>) -> pb::MoveResult {
@@ -15,19 +15,28 @@ fn result(id: InstanceId, r: ApiResult<Moved>) -> pb::MoveResult {
         Ok(Moved::To(n)) => pb::MoveResult {
             server_id: id.to_string(),
             to_node: n.to_string(),
-            error: String::new(),
+            ..Default::default()
         },
         Ok(Moved::AlreadyGone) => pb::MoveResult {
             server_id: id.to_string(),
-            to_node: String::new(),
             error: "no longer on this node (moved or deleted meanwhile)".into(),
+            ..Default::default()
         },
         Err(e) => pb::MoveResult {
             server_id: id.to_string(),
-            to_node: String::new(),
             error: e.to_string(),
+            ..Default::default()
         },
     }
+}
+
+fn drained((id, r, m): DrainOutcome) -> pb::MoveResult {
+    let mut out = result(id, r);
+    if let Some(m) = m {
+        out.migration_id = m.id.to_string();
+        out.downtime_ms = m.downtime_ms;
+    }
+    out
 }
 
 fn results(r: Vec<MoveOutcome>) -> Vec<pb::MoveResult> {
@@ -64,9 +73,9 @@ impl nodes_server::Nodes for Ctx {
     }
     async fn drain(&self, r: Request<pb::DrainNodeRequest>) -> R<pb::DrainNodeResponse> {
         let r = r.into_inner();
-        let done = nodes::drain(self, &r.name, r.stop_timeout_secs).await;
+        let done = nodes::drain(self, &r.name, r.stop_timeout_secs, r.live).await;
         reply(done.map(|d| pb::DrainNodeResponse {
-            results: results(d),
+            results: d.into_iter().map(drained).collect(),
         }))
     }
     async fn set_evacuation_enabled(

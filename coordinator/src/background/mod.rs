@@ -1,13 +1,15 @@
 //! The coordinator's background loops, started by [`crate::start`] next to
 //! the API: the leader's failure handling, the leader's volume loop, the
 //! leader's audit pruning, the leader's guest-stop relay, the leader's
-//! router SNAT addresses and the token key reload (every coordinator).
+//! router SNAT addresses, the leader's migration loop and the token key
+//! reload (every coordinator).
 //! They work through the same operations as the API.
 
 pub mod audit;
 pub mod failover;
 pub mod guest_stops;
 pub mod health_machine;
+pub mod migrations;
 pub mod router_snat;
 pub mod token_keys;
 pub mod volume_reconcile;

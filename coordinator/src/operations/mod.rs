@@ -14,6 +14,7 @@ pub mod image_data;
 pub mod images;
 pub mod keypairs;
 pub mod lookup;
+pub mod migrations;
 pub mod moves;
 pub mod networks;
 pub mod node_streams;

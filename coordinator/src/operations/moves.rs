@@ -103,38 +103,19 @@ impl MoveJob<'_> {
             Some(kv) => (decode_kv::<NodeUsage>(kv)?, kv.mod_revision()),
             None => (NodeUsage::default(), 0),
         };
+        // A planned migration owns the instance until it is over: no
+        // evacuation or drain moves it meanwhile (the migration ends by
+        // itself, or fails when the source is fenced; a later pass moves it).
+        if let Some(mig) = ctx.store.get_kv(&keys::instance_migration(&id)).await? {
+            let which = String::from_utf8_lossy(mig.value()).into_owned();
+            return Err(ApiError::FailedPrecondition(format!(
+                "instance {id} is being migrated (migration {}); it moves when that is over",
+                which.trim_matches('"')
+            )));
+        }
         let port_keys: Vec<String> = inst.ports.iter().map(keys::port).collect();
         let port_kvs = ctx.store.get_many(&port_keys).await?;
-        let group = match &inst.server_group {
-            Some(g) => {
-                let resp = ctx
-                    .store
-                    .get(
-                        keys::server_group_members_prefix(g),
-                        Some(GetOptions::new().with_prefix()),
-                    )
-                    .await?;
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                let me = keys::server_group_member(g, &id);
-                let nodes: HashSet<NodeName> = resp
-                    .kvs()
-                    .iter()
-                    .filter(|kv| kv_key(kv) != me.as_str())
-                    .filter_map(decode_or_skip::<NodeName>)
-                    .filter(|n| n != from)
-                    .collect();
-                Some((*g, nodes, rev))
-            }
-            None => None,
-        };
-        let policy = match &inst.server_group {
-            Some(g) => ctx
-                .store
-                .read::<model::ServerGroup>(&keys::server_group(g))
-                .await?
-                .map(|v| v.value.policy),
-            None => None,
-        };
+        let (group, policy) = group_of(ctx, &inst, from).await?;
         Ok(Some(MoveRead {
             inst_rev: ikv.mod_revision(),
             assignment_rev: akv.mod_revision(),
@@ -207,6 +188,8 @@ impl Job for MoveJob<'_> {
         t.unchanged(&akey, r.assignment_rev);
         t.unchanged(&ikey, r.inst_rev);
         t.unchanged(&fkey, r.from_rev);
+        // No migration started since the reading (see `read`).
+        t.absent(&keys::instance_migration(&id));
         if let Some(l) = self.opts.leader_lease {
             t.when(leader_guard(l));
             // Automatic evacuation: the source node must still be dead
@@ -246,18 +229,7 @@ impl Job for MoveJob<'_> {
                 volumes: Vec::new(),
             },
         );
-        for (k, kv) in &r.ports {
-            let Some(kv) = kv else { continue };
-            let Some(mut port) = decode_or_skip::<Port>(kv) else {
-                continue;
-            };
-            if port.device != Some(id) {
-                continue;
-            }
-            t.unchanged(k, kv.mod_revision());
-            port.node = Some(to.clone());
-            t.put(k, &port);
-        }
+        rebind_ports(t, id, to, &r.ports);
         if let Some((g, _, rev)) = &r.group {
             t.prefix_unchanged_since(&keys::server_group_members_prefix(g), *rev);
             t.put(&keys::server_group_member(g, &id), to);
@@ -295,6 +267,68 @@ impl Job for MoveJob<'_> {
             self.id
         ))
     }
+}
+
+/// Rebinds the ports of instance `id` (as read: key and value) to node
+/// `to` (`port.node`: same IP and MAC), each compared unchanged; ports
+/// bound to another device are left alone. Shared by moves and the
+/// migration switch.
+pub(crate) fn rebind_ports(
+    t: &mut TxnBuilder,
+    id: InstanceId,
+    to: &NodeName,
+    ports: &[(String, Option<KeyValue>)],
+) {
+    for (k, kv) in ports {
+        let Some(kv) = kv else { continue };
+        let Some(mut port) = decode_or_skip::<Port>(kv) else {
+            continue;
+        };
+        if port.device != Some(id) {
+            continue;
+        }
+        t.unchanged(k, kv.mod_revision());
+        port.node = Some(to.clone());
+        t.put(k, &port);
+    }
+}
+
+/// The server group of `inst` with the nodes of its other members (not
+/// `from`) and the revision they were read at, and the group's policy:
+/// what a placement that moves `inst` off `from` must respect.
+pub(crate) async fn group_of(
+    ctx: &Ctx,
+    inst: &Instance,
+    from: &NodeName,
+) -> ApiResult<(
+    Option<(ServerGroupId, HashSet<NodeName>, i64)>,
+    Option<ServerGroupPolicy>,
+)> {
+    let Some(g) = &inst.server_group else {
+        return Ok((None, None));
+    };
+    let resp = ctx
+        .store
+        .get(
+            keys::server_group_members_prefix(g),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let me = keys::server_group_member(g, &inst.id);
+    let nodes: HashSet<NodeName> = resp
+        .kvs()
+        .iter()
+        .filter(|kv| kv_key(kv) != me.as_str())
+        .filter_map(decode_or_skip::<NodeName>)
+        .filter(|n| n != from)
+        .collect();
+    let policy = ctx
+        .store
+        .read::<model::ServerGroup>(&keys::server_group(g))
+        .await?
+        .map(|v| v.value.policy);
+    Ok((Some((*g, nodes, rev)), policy))
 }
 
 /// Moves instance `id` from node `from` to a node chosen by the

@@ -10,8 +10,8 @@ use etcd_client::Txn;
 use futures::StreamExt;
 use nubo_common::keys;
 use nubo_common::model::{
-    EvacuationConfig, EvacuationPolicy, Instance, InstanceState, InstanceStatus, NodeAdmin,
-    NodeHealthState, PowerState,
+    EvacuationConfig, EvacuationPolicy, Instance, InstanceState, InstanceStatus, Migration,
+    MigrationState, NodeAdmin, NodeHealthState, PowerState,
 };
 use nubo_common::{InstanceId, NodeName};
 use nubo_store::kv::{put, unchanged};
@@ -97,10 +97,114 @@ pub async fn set_evacuation_enabled(ctx: &Ctx, enabled: bool) -> ApiResult<bool>
     Ok(enabled)
 }
 
+/// The outcome of draining one instance: the move, and the migration that
+/// moved it (live drain).
+pub type DrainOutcome = (InstanceId, ApiResult<Moved>, Option<Migration>);
+
 /// Drains node `node` for maintenance: disables it, then cold-migrates
 /// every instance (stop, wait up to `stop_timeout_secs` (0: 120 s) for the
-/// agent to report it stopped, move, restore its power state).
-pub async fn drain(ctx: &Ctx, node: &str, stop_timeout_secs: u32) -> ApiResult<Vec<MoveOutcome>> {
+/// agent to report it stopped, move, restore its power state); with
+/// `live`, every running instance is live-migrated instead
+/// ([`super::migrations`], [`LIVE_DRAIN_CONCURRENCY`] at a time) and
+/// stopped ones are moved as they are.
+pub async fn drain(
+    ctx: &Ctx,
+    node: &str,
+    stop_timeout_secs: u32,
+    live: bool,
+) -> ApiResult<Vec<DrainOutcome>> {
+    if live {
+        return drain_live(ctx, node).await;
+    }
+    Ok(drain_cold(ctx, node, stop_timeout_secs)
+        .await?
+        .into_iter()
+        .map(|(id, r)| (id, r, None))
+        .collect())
+}
+
+/// Live migrations of one live drain run concurrently (memory copies
+/// share the migration network).
+pub const LIVE_DRAIN_CONCURRENCY: usize = 2;
+
+/// Disables `name` for a drain (placements avoid it from now on).
+async fn disable_for_drain(ctx: &Ctx, name: &NodeName) -> ApiResult<()> {
+    let admin = NodeAdmin {
+        enabled: false,
+        reason: Some("draining".into()),
+    };
+    ctx.store
+        .txn(Txn::new().and_then([put(&keys::node_admin(name), &admin)]))
+        .await?;
+    ctx.view.set_admin(name, admin);
+    tracing::info!(node = %name, "node disabled for draining");
+    Ok(())
+}
+
+async fn drain_live(ctx: &Ctx, node: &str) -> ApiResult<Vec<DrainOutcome>> {
+    let (name, st) = registered(ctx, node)?;
+    if !st.alive {
+        return Err(ApiError::FailedPrecondition(format!(
+            "node {name} is down; use evacuate"
+        )));
+    }
+    disable_for_drain(ctx, &name).await?;
+    let insts = super::moves::assigned_instances(ctx, &name).await?;
+    let c = &ctx.cfg.migration;
+    // Everything the leader allows a migration, and a margin.
+    let limit = c.prepare_timeout + c.budget + c.budget_grace + Duration::from_secs(30);
+    let name = &name;
+    let results: Vec<DrainOutcome> = futures::stream::iter(insts)
+        .map(|i| {
+            let span = tracing::info_span!("drain_live", node = %name, instance = %i.id);
+            async move {
+                let id = i.id;
+                if i.power != PowerState::Running {
+                    let opts = MoveOpts {
+                        leader_lease: None,
+                        power: None,
+                    };
+                    return (
+                        id,
+                        super::moves::move_instance(ctx, id, name, opts).await,
+                        None,
+                    );
+                }
+                let req = super::migrations::NewMigration {
+                    project: i.project.clone(),
+                    server: id.to_string(),
+                    live: true,
+                    host: None,
+                };
+                let m = match super::migrations::migrate(ctx, req).await {
+                    Ok(m) => m,
+                    Err(e) => return (id, Err(e), None),
+                };
+                match super::migrations::wait(ctx, &m.id, limit).await {
+                    Ok(done) if done.state == MigrationState::Completed => {
+                        (id, Ok(Moved::To(done.destination.clone())), Some(done))
+                    }
+                    Ok(done) => {
+                        let why = format!(
+                            "migration {} {}: {}",
+                            done.id,
+                            super::migrations::state_str(done.state),
+                            done.error.as_deref().unwrap_or("no reason recorded")
+                        );
+                        (id, Err(ApiError::FailedPrecondition(why)), Some(done))
+                    }
+                    Err(e) => (id, Err(e), Some(m)),
+                }
+            }
+            .instrument(span)
+        })
+        .buffer_unordered(LIVE_DRAIN_CONCURRENCY)
+        .collect()
+        .await;
+    Ok(results)
+}
+
+async fn drain_cold(ctx: &Ctx, node: &str, stop_timeout_secs: u32) -> ApiResult<Vec<MoveOutcome>> {
     let (name, st) = registered(ctx, node)?;
     if !st.alive {
         return Err(ApiError::FailedPrecondition(format!(
@@ -111,15 +215,7 @@ pub async fn drain(ctx: &Ctx, node: &str, stop_timeout_secs: u32) -> ApiResult<V
         0 => DEFAULT_STOP_TIMEOUT,
         s => Duration::from_secs(u64::from(s)),
     };
-    let admin = NodeAdmin {
-        enabled: false,
-        reason: Some("draining".into()),
-    };
-    ctx.store
-        .txn(Txn::new().and_then([put(&keys::node_admin(&name), &admin)]))
-        .await?;
-    ctx.view.set_admin(&name, admin);
-    tracing::info!(node = %name, "node disabled for draining");
+    disable_for_drain(ctx, &name).await?;
     let insts = super::moves::assigned_instances(ctx, &name).await?;
     let name = &name;
     let results: Vec<MoveOutcome> = futures::stream::iter(insts)

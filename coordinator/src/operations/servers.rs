@@ -198,6 +198,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     for _ in 0..64 {
         let inst = super::lookup::server(ctx, project, r).await?;
         let i = &inst.value;
+        super::migrations::ensure_not_migrating(ctx, i).await?;
         let mut keys_to_read: Vec<String> = i.ports.iter().map(keys::port).collect();
         keys_to_read.extend(i.ports.iter().map(keys::port_owner));
         let read = ctx.store.get_many(&keys_to_read).await?;
@@ -205,6 +206,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let ikey = keys::instance(&i.id);
         let mut t = TxnBuilder::new();
         t.unchanged(&ikey, inst.mod_rev);
+        t.absent(&keys::instance_migration(&i.id));
         super::specs::delete_into(&mut t, i);
         let mut new_usage = None;
         if let Some(node) = &i.node {
@@ -273,13 +275,18 @@ async fn power(
 ) -> ApiResult<ServerView> {
     for _ in 0..16 {
         let mut inst = super::lookup::server(ctx, project, r).await?;
+        // A migration moves the guest as it is: no power change meanwhile.
+        super::migrations::ensure_not_migrating(ctx, &inst.value).await?;
         edit(&mut inst.value);
         let key = keys::instance(&inst.value.id);
         let resp = ctx
             .store
             .txn(
                 Txn::new()
-                    .when([unchanged(&key, inst.mod_rev)])
+                    .when([
+                        unchanged(&key, inst.mod_rev),
+                        nubo_store::kv::absent(&keys::instance_migration(&inst.value.id)),
+                    ])
                     .and_then(super::specs::put_ops(&inst.value)),
             )
             .await?;

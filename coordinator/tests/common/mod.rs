@@ -486,9 +486,16 @@ pub async fn assert_node_copies(etcd: &Etcd) -> usize {
         )
         .await
         .unwrap();
+    // Only spec copies: migration orders live under `hosts/<node>/` too.
     let mut copies: HashMap<String, (Vec<u8>, i64)> = copies
         .kvs()
         .iter()
+        .filter(|kv| {
+            matches!(
+                keys::parse(kv.key_str().unwrap()),
+                Some(keys::Key::NodeSpec(..))
+            )
+        })
         .map(|kv| {
             (
                 kv.key_str().unwrap().to_string(),

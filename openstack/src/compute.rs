@@ -1,0 +1,676 @@
+//! Compute v2.1 (Nova): flavors and servers, at microversion 2.1.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nubo_common::proto as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, Service, StatusExt};
+use crate::upstream::{all_pages, PAGE_SIZE};
+use crate::versions::{self, COMPUTE_MAX_MICROVERSION};
+use crate::Upstream;
+
+const S: Service = Service::Compute;
+
+/// `/compute/…`.
+pub fn router() -> Router<Upstream> {
+    Router::new()
+        .route("/", get(versions_doc))
+        .route("/v2.1", get(v21_doc))
+        .route("/v2.1/", get(v21_doc))
+        .route("/v2.1/flavors", get(list_flavors))
+        .route("/v2.1/flavors/detail", get(list_flavors))
+        .route("/v2.1/flavors/{id}", get(show_flavor))
+        .route("/v2.1/servers", get(list_servers).post(create_server))
+        .route("/v2.1/servers/detail", get(list_servers))
+        .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
+        .route("/v2.1/servers/{id}/action", post(server_action))
+        .route("/v2.1/os-keypairs", get(list_keypairs).post(create_keypair))
+        .route(
+            "/v2.1/os-quota-sets/{project}",
+            get(crate::quota::compute_quota),
+        )
+        .route(
+            "/v2.1/os-quota-sets/{project}/detail",
+            get(crate::quota::compute_quota_detail),
+        )
+        .route(
+            "/v2.1/os-keypairs/{name}",
+            get(show_keypair).delete(delete_keypair),
+        )
+}
+
+async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+    Json(json!({"versions": [versions::compute_v21(&up.public_url)]}))
+}
+
+async fn v21_doc(State(up): State<Upstream>) -> Json<Value> {
+    Json(json!({"version": versions::compute_v21(&up.public_url)}))
+}
+
+/// The microversion a request asks for (`OpenStack-API-Version: compute
+/// X.Y` or `X-OpenStack-Nova-API-Version`); only up to
+/// [`COMPUTE_MAX_MICROVERSION`] is served (406 beyond, as Nova does).
+pub fn microversion(headers: &HeaderMap) -> Result<(), ApiError> {
+    let asked = headers
+        .get("openstack-api-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("compute "))
+        .or_else(|| {
+            headers
+                .get("x-openstack-nova-api-version")
+                .and_then(|v| v.to_str().ok())
+        })
+        .map(str::trim);
+    match asked {
+        None | Some("2.1") | Some("2.0") => Ok(()),
+        Some("latest") => Ok(()),
+        Some(v) => Err(ApiError::new(
+            S,
+            StatusCode::NOT_ACCEPTABLE,
+            format!("Version {v} is not supported by the API. Minimum is 2.1 and maximum is {COMPUTE_MAX_MICROVERSION}."),
+        )),
+    }
+}
+
+/// Adds the microversion headers Nova answers with.
+fn versioned(resp: impl IntoResponse) -> Response {
+    let mut r = resp.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        "openstack-api-version",
+        HeaderValue::from_static("compute 2.1"),
+    );
+    h.insert(
+        "x-openstack-nova-api-version",
+        HeaderValue::from_static("2.1"),
+    );
+    h.insert(
+        "vary",
+        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+    );
+    r
+}
+
+/// `limit` and `marker` of a list.
+#[derive(Debug, Default, Deserialize)]
+pub struct Paging {
+    /// Most items to return.
+    pub limit: Option<usize>,
+    /// Return items after this id.
+    pub marker: Option<String>,
+    /// Only items with this name (servers: a regular expression in Nova;
+    /// here an exact name or a prefix).
+    pub name: Option<String>,
+}
+
+/// Applies `marker` and `limit` to items with ids. Pure. An unknown
+/// marker is a 400, as in Nova (never a silently empty page).
+pub fn page<T>(items: Vec<T>, p: &Paging, id: impl Fn(&T) -> &str) -> Result<Vec<T>, ApiError> {
+    let start = match &p.marker {
+        None => 0,
+        Some(m) => {
+            items
+                .iter()
+                .position(|i| id(i) == m)
+                .ok_or_else(|| ApiError::bad_request(S, format!("marker [{m}] not found")))?
+                + 1
+        }
+    };
+    let end = p
+        .limit
+        .map_or(items.len(), |l| (start + l).min(items.len()));
+    Ok(items
+        .into_iter()
+        .skip(start)
+        .take(end.saturating_sub(start))
+        .collect())
+}
+
+fn flavor_view(base: &str, f: &pb::Flavor) -> Value {
+    json!({
+        "id": f.name,
+        "name": f.name,
+        "vcpus": f.vcpus,
+        "ram": f.ram_mb,
+        "disk": f.disk_gb,
+        "swap": "",
+        "OS-FLV-EXT-DATA:ephemeral": 0,
+        "OS-FLV-DISABLED:disabled": false,
+        "os-flavor-access:is_public": true,
+        "rxtx_factor": 1.0,
+        "links": [{"rel": "self", "href": format!("{base}/compute/v2.1/flavors/{}", f.name)}],
+    })
+}
+
+async fn list_flavors(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(p): Query<Paging>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let flavors = crate::list_all!(up.flavors(&headers)?, flavors, S)?;
+    let flavors = page(flavors, &p, |f| f.name.as_str())?;
+    let views: Vec<Value> = flavors
+        .iter()
+        .map(|f| flavor_view(&up.public_url, f))
+        .collect();
+    Ok(versioned(Json(json!({"flavors": views}))))
+}
+
+async fn show_flavor(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let f = up
+        .flavors(&headers)?
+        .get(pb::GetRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(versioned(Json(
+        json!({"flavor": flavor_view(&up.public_url, &f)}),
+    )))
+}
+
+/// Nova's status, vm_state and power_state for nubo's observed state and
+/// desired power. Pure.
+pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static str, u8) {
+    match (state, desired_power) {
+        ("running", "stopped") => ("ACTIVE", "active", 1),
+        ("running", _) => ("ACTIVE", "active", 1),
+        ("stopped", "running") => ("SHUTOFF", "stopped", 4),
+        ("stopped", _) => ("SHUTOFF", "stopped", 4),
+        ("error", _) => ("ERROR", "error", 0),
+        ("deleting", _) => ("DELETED", "deleted", 0),
+        // pending, building, unknown: still being built.
+        _ => ("BUILD", "building", 0),
+    }
+}
+
+/// The Nova view of a server. Pure.
+pub fn server_view(base: &str, s: &pb::Server) -> Value {
+    let (status, vm_state, power) = nova_status(&s.state, &s.desired_power);
+    let mut addresses: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for a in &s.addresses {
+        let list = addresses.entry(a.network_name.clone()).or_default();
+        list.push(json!({"version": 4, "addr": a.ip, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": a.mac}));
+        if !a.floating_ip.is_empty() {
+            list.push(json!({"version": 4, "addr": a.floating_ip, "OS-EXT-IPS:type": "floating", "OS-EXT-IPS-MAC:mac_addr": a.mac}));
+        }
+    }
+    let link = |id: &str, kind: &str| json!([{"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}]);
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "status": status,
+        "tenant_id": s.project,
+        "user_id": "",
+        "metadata": {},
+        "hostId": s.node,
+        "image": if s.image_id.is_empty() { json!("") } else { json!({"id": s.image_id, "links": link(&s.image_id, "images")}) },
+        "flavor": {"id": s.flavor, "links": link(&s.flavor, "flavors")},
+        "created": s.created_at,
+        "updated": if s.updated_at.is_empty() { s.created_at.clone() } else { s.updated_at.clone() },
+        "addresses": addresses,
+        "accessIPv4": "",
+        "accessIPv6": "",
+        "key_name": if s.key_name.is_empty() { Value::Null } else { json!(s.key_name) },
+        "progress": 0,
+        "config_drive": "",
+        "OS-DCF:diskConfig": "MANUAL",
+        "OS-EXT-STS:vm_state": vm_state,
+        "OS-EXT-STS:power_state": power,
+        "OS-EXT-STS:task_state": Value::Null,
+        "OS-EXT-AZ:availability_zone": s.availability_zone,
+        "OS-EXT-SRV-ATTR:host": s.node,
+        "OS-EXT-SRV-ATTR:hypervisor_hostname": s.node,
+        "os-extended-volumes:volumes_attached": s.volume_ids.iter().map(|v| json!({"id": v})).collect::<Vec<_>>(),
+        "fault": if s.last_error.is_empty() { Value::Null } else { json!({"code": 500, "message": s.last_error, "created": s.updated_at}) },
+        "links": [{"rel": "self", "href": format!("{base}/compute/v2.1/servers/{}", s.id)}],
+    })
+}
+
+async fn list_servers(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(p): Query<Paging>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let client = up.servers(&headers)?;
+    let name = p.name.clone().unwrap_or_default();
+    let servers = all_pages(|token| {
+        let mut c = client.clone();
+        let name = name.clone();
+        async move {
+            let r = c
+                .list(pb::ListServersRequest {
+                    page_size: PAGE_SIZE,
+                    page_token: token,
+                    name_prefix: name,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((r.servers, r.next_page_token))
+        }
+    })
+    .await
+    .api(S)?;
+    let servers = page(servers, &p, |s| s.id.as_str())?;
+    let views: Vec<Value> = servers
+        .iter()
+        .map(|s| server_view(&up.public_url, s))
+        .collect();
+    Ok(versioned(Json(json!({"servers": views}))))
+}
+
+async fn show_server(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let s = up
+        .servers(&headers)?
+        .get(pb::GetRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(versioned(Json(
+        json!({"server": server_view(&up.public_url, &s)}),
+    )))
+}
+
+/// `POST /servers` body (the parts nubo maps).
+#[derive(Debug, Deserialize)]
+pub struct CreateBody {
+    server: CreateServer,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateServer {
+    name: String,
+    #[serde(rename = "imageRef", default)]
+    image_ref: String,
+    #[serde(rename = "flavorRef")]
+    flavor_ref: String,
+    #[serde(default)]
+    networks: Option<Value>,
+    #[serde(default)]
+    key_name: Option<String>,
+    #[serde(default)]
+    security_groups: Vec<NamedRef>,
+    #[serde(default)]
+    availability_zone: Option<String>,
+    #[serde(default)]
+    user_data: Option<String>,
+    #[serde(default)]
+    min_count: Option<u32>,
+    #[serde(default)]
+    max_count: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedRef {
+    name: String,
+}
+
+/// The last path segment of a reference (clients send ids or full URLs).
+fn last_segment(r: &str) -> String {
+    r.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(r)
+        .to_string()
+}
+
+/// The gRPC create request for a Nova create body. Pure.
+pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiError> {
+    let s = &body.server;
+    let (mut networks, mut ports) = (Vec::new(), Vec::new());
+    match &s.networks {
+        None => {}
+        Some(Value::String(v)) if v == "none" => {}
+        Some(Value::String(v)) if v == "auto" => {
+            return Err(ApiError::bad_request(
+                S,
+                "networks \"auto\" (auto-allocated topology) is not supported: name a network",
+            ));
+        }
+        Some(Value::Array(list)) => {
+            for n in list {
+                if let Some(port) = n.get("port").and_then(Value::as_str) {
+                    ports.push(port.to_string());
+                } else if let Some(uuid) = n.get("uuid").and_then(Value::as_str) {
+                    if n.get("fixed_ip").is_some() {
+                        return Err(ApiError::bad_request(S, "networks[].fixed_ip is not supported: create a port with the address and pass it"));
+                    }
+                    networks.push(uuid.to_string());
+                } else {
+                    return Err(ApiError::bad_request(
+                        S,
+                        format!("a network entry needs \"uuid\" or \"port\": {n}"),
+                    ));
+                }
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("invalid networks: {other}"),
+            ))
+        }
+    }
+    let min = s.min_count.unwrap_or(1);
+    let max = s.max_count.unwrap_or(min);
+    if min == 0 || max < min {
+        return Err(ApiError::bad_request(
+            S,
+            format!("min_count {min} / max_count {max} are not valid"),
+        ));
+    }
+    if min != max {
+        return Err(ApiError::bad_request(
+            S,
+            format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
+        ));
+    }
+    let user_data = match &s.user_data {
+        None => Vec::new(),
+        Some(b64) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    ApiError::bad_request(S, format!("user_data is not valid base64: {e}"))
+                })?
+        }
+    };
+    Ok(pb::CreateServerRequest {
+        name: s.name.clone(),
+        flavor: last_segment(&s.flavor_ref),
+        image_ref: last_segment(&s.image_ref),
+        networks,
+        ports,
+        security_groups: s.security_groups.iter().map(|g| g.name.clone()).collect(),
+        key_name: s.key_name.clone().unwrap_or_default(),
+        user_data,
+        count: max,
+        availability_zone: s.availability_zone.clone().unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+async fn create_server(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Json(body): Json<CreateBody>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let req = create_request(&body)?;
+    let resp = up.servers(&headers)?.create(req).await.api(S)?.into_inner();
+    let created: Vec<&pb::Server> = resp
+        .results
+        .iter()
+        .filter_map(|r| r.server.as_ref())
+        .collect();
+    if let Some(failed) = resp.results.iter().find(|r| r.server.is_none()) {
+        let code = match failed.code.as_str() {
+            "ResourceExhausted" => tonic::Code::ResourceExhausted,
+            "NotFound" => tonic::Code::NotFound,
+            "InvalidArgument" => tonic::Code::InvalidArgument,
+            _ => tonic::Code::FailedPrecondition,
+        };
+        if created.is_empty() {
+            return Err(ApiError::from_status(
+                S,
+                &tonic::Status::new(code, failed.error.clone()),
+            ));
+        }
+    }
+    let first = created
+        .first()
+        .ok_or_else(|| ApiError::new(S, StatusCode::INTERNAL_SERVER_ERROR, "no server created"))?;
+    let body = json!({"server": {
+        "id": first.id,
+        "links": [{"rel": "self", "href": format!("{}/compute/v2.1/servers/{}", up.public_url, first.id)}],
+        "OS-DCF:diskConfig": "MANUAL",
+        "security_groups": body.server.security_groups.iter().map(|g| json!({"name": g.name})).collect::<Vec<_>>(),
+        "adminPass": "",
+    }});
+    Ok(versioned((StatusCode::ACCEPTED, Json(body))))
+}
+
+async fn delete_server(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    up.servers(&headers)?
+        .delete(pb::DeleteRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?;
+    Ok(versioned(StatusCode::NO_CONTENT))
+}
+
+async fn server_action(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let action = body
+        .as_object()
+        .and_then(|o| o.keys().next().cloned())
+        .ok_or_else(|| ApiError::bad_request(S, "an action body is an object with one key"))?;
+    let mut c = up.servers(&headers)?;
+    let req = pb::ServerActionRequest {
+        r#ref: id,
+        project: String::new(),
+    };
+    match action.as_str() {
+        "os-start" => c.start(req).await.api(S).map(drop),
+        "os-stop" => c.stop(req).await.api(S).map(drop),
+        "reboot" => c.reboot(req).await.api(S).map(drop),
+        other => Err(ApiError::new(
+            S,
+            StatusCode::NOT_IMPLEMENTED,
+            format!("server action {other:?} is not supported (os-start, os-stop, reboot are; docs/openstack-compatibility.md)"),
+        )),
+    }?;
+    Ok(versioned(StatusCode::ACCEPTED))
+}
+
+fn keypair_view(k: &pb::Keypair) -> Value {
+    json!({
+        "name": k.name,
+        "public_key": k.public_key,
+        "fingerprint": k.fingerprint,
+        "type": "ssh",
+        "user_id": "",
+        "created_at": k.created_at,
+        "deleted": false,
+        "id": k.name,
+    })
+}
+
+async fn list_keypairs(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let keys = crate::list_all!(up.keypairs(&headers)?, keypairs, S)?;
+    let views: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"keypair": keypair_view(k)}))
+        .collect();
+    Ok(versioned(Json(json!({"keypairs": views}))))
+}
+
+async fn show_keypair(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let k = up
+        .keypairs(&headers)?
+        .get(pb::GetRequest {
+            r#ref: name,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(versioned(Json(json!({"keypair": keypair_view(&k)}))))
+}
+
+/// `POST /os-keypairs` body.
+#[derive(Debug, Deserialize)]
+pub struct KeypairBody {
+    keypair: NewKeypair,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewKeypair {
+    name: String,
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+async fn create_keypair(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Json(body): Json<KeypairBody>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    // Generating a private key for the caller would put a secret in an
+    // API answer and in this process: nubo only imports public keys.
+    let public_key = body.keypair.public_key.ok_or_else(|| {
+        ApiError::bad_request(
+            S,
+            "nubo imports public keys only: pass public_key (e.g. `openstack keypair create --public-key ~/.ssh/id_ed25519.pub NAME`)",
+        )
+    })?;
+    let k = up
+        .keypairs(&headers)?
+        .create(pb::CreateKeypairRequest {
+            name: body.keypair.name,
+            project: String::new(),
+            public_key,
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(versioned(Json(json!({"keypair": keypair_view(&k)}))))
+}
+
+async fn delete_keypair(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    up.keypairs(&headers)?
+        .delete(pb::DeleteRequest {
+            r#ref: name,
+            project: String::new(),
+        })
+        .await
+        .api(S)?;
+    Ok(versioned(StatusCode::ACCEPTED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_and_limit() {
+        let items: Vec<String> = (1..=5).map(|i| i.to_string()).collect();
+        let p = Paging {
+            limit: Some(2),
+            marker: Some("2".into()),
+            name: None,
+        };
+        assert_eq!(page(items.clone(), &p, |s| s.as_str()).unwrap(), ["3", "4"]);
+        let p = Paging {
+            marker: Some("9".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            page(items, &p, |s| s.as_str()).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn create_maps_networks_ports_and_counts() {
+        let body: CreateBody = serde_json::from_value(json!({"server": {
+            "name": "vm", "imageRef": "http://x/images/img-1", "flavorRef": "m1",
+            "networks": [{"uuid": "net-1"}, {"port": "port-2"}],
+            "security_groups": [{"name": "web"}], "min_count": 2, "max_count": 2,
+            "user_data": "aGVsbG8=",
+        }}))
+        .unwrap();
+        let r = create_request(&body).unwrap();
+        assert_eq!(
+            (r.image_ref.as_str(), r.flavor.as_str(), r.count),
+            ("img-1", "m1", 2)
+        );
+        assert_eq!(
+            (r.networks, r.ports),
+            (vec!["net-1".to_string()], vec!["port-2".to_string()])
+        );
+        assert_eq!(r.user_data, b"hello");
+        let bad: CreateBody = serde_json::from_value(json!({"server": {
+            "name": "vm", "imageRef": "i", "flavorRef": "f", "min_count": 1, "max_count": 3}}))
+        .unwrap();
+        assert_eq!(
+            create_request(&bad).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn microversions_beyond_the_maximum_are_refused() {
+        let mut h = HeaderMap::new();
+        assert!(microversion(&h).is_ok());
+        h.insert(
+            "openstack-api-version",
+            HeaderValue::from_static("compute 2.79"),
+        );
+        assert_eq!(
+            microversion(&h).unwrap_err().status,
+            StatusCode::NOT_ACCEPTABLE
+        );
+    }
+
+    #[test]
+    fn states_map_to_nova_statuses() {
+        assert_eq!(nova_status("running", "running").0, "ACTIVE");
+        assert_eq!(nova_status("stopped", "stopped").0, "SHUTOFF");
+        assert_eq!(nova_status("pending", "running").0, "BUILD");
+        assert_eq!(nova_status("error", "running").0, "ERROR");
+    }
+}

@@ -1,0 +1,273 @@
+//! Image v2 (Glance): images (list, show).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use nubo_common::proto as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, Service, StatusExt};
+use crate::versions;
+use crate::Upstream;
+
+const S: Service = Service::Image;
+
+/// `/image/…`.
+pub fn router() -> Router<Upstream> {
+    Router::new()
+        .route("/", get(versions_doc))
+        .route("/versions", get(versions_doc))
+        .route("/v2/images", get(list_images).post(create_image))
+        .route("/v2/images/{id}", get(show_image).delete(delete_image))
+        .route(
+            "/v2/images/{id}/file",
+            axum::routing::put(upload).get(download),
+        )
+}
+
+async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+    Json(json!({"versions": [versions::image_v2(&up.public_url)]}))
+}
+
+/// The Glance view of an image. Pure.
+pub fn image_view(base: &str, i: &pb::Image) -> Value {
+    json!({
+        "id": i.id,
+        "name": i.name,
+        "status": i.status,
+        "visibility": "private",
+        "owner": i.project,
+        "disk_format": i.disk_format,
+        "container_format": "bare",
+        "size": if i.status == "active" { json!(i.size_bytes) } else { Value::Null },
+        "checksum": Value::Null,
+        "os_hash_algo": if i.checksum_sha256.is_empty() { Value::Null } else { json!("sha256") },
+        "os_hash_value": if i.checksum_sha256.is_empty() { Value::Null } else { json!(i.checksum_sha256) },
+        "min_disk": i.min_disk_gb,
+        "min_ram": i.min_ram_mb,
+        "protected": false,
+        "tags": [],
+        "created_at": i.created_at,
+        "updated_at": i.created_at,
+        "self": format!("/v2/images/{}", i.id),
+        "file": format!("/v2/images/{}/file", i.id),
+        "schema": "/v2/schemas/image",
+        "direct_url": format!("{base}/image/v2/images/{}", i.id),
+    })
+}
+
+/// Glance's list filters nubo serves.
+#[derive(Debug, Default, Deserialize)]
+pub struct Filters {
+    /// Exact name.
+    pub name: Option<String>,
+}
+
+async fn list_images(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(f): Query<Filters>,
+) -> Result<Response, ApiError> {
+    let images = crate::list_all!(up.images(&headers)?, images, S)?;
+    let views: Vec<Value> = images
+        .iter()
+        .filter(|i| f.name.as_ref().is_none_or(|x| &i.name == x))
+        .map(|i| image_view(&up.public_url, i))
+        .collect();
+    Ok(
+        Json(json!({"images": views, "first": "/v2/images", "schema": "/v2/schemas/images"}))
+            .into_response(),
+    )
+}
+
+async fn show_image(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let i = up
+        .images(&headers)?
+        .get(pb::GetRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(image_view(&up.public_url, &i)).into_response())
+}
+
+/// `POST /v2/images` body (the parts nubo keeps).
+#[derive(Debug, Deserialize)]
+pub struct NewImage {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    disk_format: Option<String>,
+    #[serde(default)]
+    container_format: Option<String>,
+    #[serde(default)]
+    min_disk: Option<u64>,
+    #[serde(default)]
+    min_ram: Option<u64>,
+}
+
+/// nubo's create request for a Glance one. Pure.
+pub fn create_request(n: &NewImage) -> Result<pb::CreateImageRequest, ApiError> {
+    let name = n
+        .name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request(S, "nubo images need a name"))?;
+    let disk_format = match n.disk_format.as_deref().unwrap_or("raw") {
+        f @ ("raw" | "qcow2") => f.to_string(),
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("disk_format {other:?} is not supported (raw, qcow2 are)"),
+            ))
+        }
+    };
+    match n.container_format.as_deref().unwrap_or("bare") {
+        "bare" => {}
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("container_format {other:?} is not supported (bare is)"),
+            ))
+        }
+    }
+    Ok(pb::CreateImageRequest {
+        name,
+        disk_format,
+        min_disk_gb: n.min_disk.unwrap_or(0),
+        min_ram_mb: n.min_ram.unwrap_or(0),
+        ..Default::default()
+    })
+}
+
+async fn create_image(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Json(body): Json<NewImage>,
+) -> Result<Response, ApiError> {
+    let req = create_request(&body)?;
+    let i = up.images(&headers)?.create(req).await.api(S)?.into_inner();
+    Ok((StatusCode::CREATED, Json(image_view(&up.public_url, &i))).into_response())
+}
+
+async fn delete_image(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    up.images(&headers)?
+        .delete(pb::DeleteRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Largest chunk nubo's upload accepts.
+const CHUNK: usize = 1 << 20;
+
+/// `PUT /v2/images/{id}/file`: the body streamed to `ImageData.Upload` in
+/// chunks of at most 1 MiB (never held whole in memory). The size comes
+/// from `Content-Length` (411 without it).
+async fn upload(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let size: u64 = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            ApiError::new(S, StatusCode::LENGTH_REQUIRED, "Content-Length is required")
+        })?;
+    let mut client = up.image_data(&headers)?;
+    let first = pb::ImageChunk {
+        image: id,
+        project: String::new(),
+        part: "disk".into(),
+        size_bytes: size,
+        data: Vec::new(),
+    };
+    let data = body.into_data_stream().flat_map(|r| {
+        let chunks: Vec<pb::ImageChunk> = match r {
+            Ok(bytes) => bytes
+                .chunks(CHUNK)
+                .map(|c| pb::ImageChunk {
+                    data: c.to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+            // A broken body ends the stream short: the upload is refused
+            // for its size.
+            Err(_) => Vec::new(),
+        };
+        futures::stream::iter(chunks)
+    });
+    let stream = futures::stream::iter([first]).chain(data);
+    client.upload(stream).await.api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v2/images/{id}/file`: `ImageData.Download` streamed out.
+async fn download(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut images = up.images(&headers)?;
+    // Resolve (and authorize) in the caller's project first: Download
+    // takes an id and checks no project.
+    let image = images
+        .get(pb::GetRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    if image.status != "active" {
+        return Err(ApiError::new(
+            S,
+            StatusCode::NO_CONTENT,
+            "image has no data",
+        ));
+    }
+    let stream = up
+        .image_data(&headers)?
+        .download(pb::DownloadImageRequest {
+            image_id: image.id,
+            part: "disk".into(),
+        })
+        .await
+        .api(S)?
+        .into_inner()
+        .map(|c| {
+            c.map(|c| bytes_of(c.data))
+                .map_err(|s| std::io::Error::other(s.message().to_string()))
+        });
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}
+
+fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
+    axum::body::Bytes::from(v)
+}

@@ -1,0 +1,44 @@
+//! `nubo-openstack`: the OpenStack REST API in front of nubo.
+//!
+//! A stateless adapter: every request is translated into calls of nubo's
+//! gRPC API (the coordinators' one front door), with the caller's token
+//! passed through, so tokens, roles, quotas, the audit trail and every
+//! rule are the coordinators' — no second copy of any logic lives here.
+//! Run it beside the coordinators (behind the same virtual address).
+//!
+//! - Identity v3 ([`identity`]): password authentication for nubo users,
+//!   token validation, a catalog pointing at this front end;
+//! - Compute v2.1 ([`compute`]): flavors, servers (create, list, show,
+//!   delete, start, stop, reboot);
+//! - Networking v2.0 ([`network`]): networks;
+//! - Image v2 ([`image`]): images.
+//!
+//! What is not supported answers a clear 4xx/501 in the service's own
+//! error format (docs/openstack-compatibility.md), never a silently wrong
+//! answer.
+
+pub mod compute;
+pub mod error;
+pub mod identity;
+pub mod image;
+pub mod network;
+pub mod quota;
+pub mod upstream;
+pub mod versions;
+pub mod volume;
+
+use axum::Router;
+
+pub use upstream::Upstream;
+
+/// The whole API: `/identity`, `/compute`, `/network`, `/image`.
+pub fn router(upstream: Upstream) -> Router {
+    Router::new()
+        .nest("/identity", identity::router())
+        .nest("/compute", compute::router())
+        .nest("/network", network::router())
+        .nest("/image", image::router())
+        .nest("/volume", volume::router())
+        .fallback(error::not_found)
+        .with_state(upstream)
+}

@@ -1,0 +1,441 @@
+//! Networking v2.0 (Neutron): networks (list, show).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use nubo_common::proto as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, Service, StatusExt};
+use crate::versions;
+use crate::Upstream;
+
+const S: Service = Service::Network;
+
+/// `/network/…`.
+pub fn router() -> Router<Upstream> {
+    Router::new()
+        .route("/", get(versions_doc))
+        .route("/v2.0", get(v20_doc))
+        .route("/v2.0/", get(v20_doc))
+        .route("/v2.0/networks", get(list_networks))
+        .route("/v2.0/networks/{id}", get(show_network))
+        .route("/v2.0/quotas/{project}", get(crate::quota::network_quota))
+        .route(
+            "/v2.0/quotas/{project}/details.json",
+            get(crate::quota::network_quota_detail),
+        )
+        .route("/v2.0/security-groups", get(list_groups).post(create_group))
+        .route(
+            "/v2.0/security-groups/{id}",
+            get(show_group).delete(delete_group),
+        )
+        .route(
+            "/v2.0/security-group-rules",
+            get(list_rules).post(create_rule),
+        )
+        .route(
+            "/v2.0/security-group-rules/{id}",
+            get(show_rule).delete(delete_rule),
+        )
+}
+
+async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+    Json(json!({"versions": [versions::network_v20(&up.public_url)]}))
+}
+
+async fn v20_doc(State(up): State<Upstream>) -> Json<Value> {
+    Json(json!({"resources": [
+        {"name": "network", "collection": "networks", "links": [{"rel": "self", "href": format!("{}/network/v2.0/networks", up.public_url)}]},
+    ]}))
+}
+
+/// The Neutron view of a network (its one subnet is named after it). Pure.
+pub fn network_view(n: &pb::Network) -> Value {
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "tenant_id": n.project,
+        "project_id": n.project,
+        "status": "ACTIVE",
+        "admin_state_up": true,
+        "shared": n.shared,
+        "router:external": n.external,
+        "mtu": n.mtu,
+        "subnets": [n.id],
+        "provider:network_type": if n.provider_type.is_empty() { "vxlan" } else { n.provider_type.as_str() },
+        "provider:physical_network": if n.physical_network.is_empty() { Value::Null } else { json!(n.physical_network) },
+        "provider:segmentation_id": if n.provider_type.is_empty() { json!(n.vni) } else if n.segment == 0 { Value::Null } else { json!(n.segment) },
+        "port_security_enabled": true,
+        "availability_zones": [],
+        "created_at": n.created_at,
+        "tags": [],
+    })
+}
+
+/// Neutron's list filters nubo serves.
+#[derive(Debug, Default, Deserialize)]
+pub struct Filters {
+    /// Exact name.
+    pub name: Option<String>,
+    /// Exact id.
+    pub id: Option<String>,
+}
+
+async fn list_networks(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(f): Query<Filters>,
+) -> Result<Response, ApiError> {
+    let nets = crate::list_all!(up.networks(&headers)?, networks, S)?;
+    let views: Vec<Value> = nets
+        .iter()
+        .filter(|n| f.name.as_ref().is_none_or(|x| &n.name == x))
+        .filter(|n| f.id.as_ref().is_none_or(|x| &n.id == x))
+        .map(network_view)
+        .collect();
+    Ok(Json(json!({"networks": views})).into_response())
+}
+
+async fn show_network(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let n = up
+        .networks(&headers)?
+        .get(pb::GetRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"network": network_view(&n)})).into_response())
+}
+
+/// The Neutron view of a rule of `group`. Pure.
+pub fn rule_view(group: &pb::SecurityGroup, r: &pb::SecurityGroupRule) -> Value {
+    let opt = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    let port = |p: u32| if p == 0 { Value::Null } else { json!(p) };
+    json!({
+        "id": r.id,
+        "security_group_id": group.id,
+        "direction": r.direction,
+        "ethertype": if r.ethertype == "ipv6" { "IPv6" } else { "IPv4" },
+        "protocol": if r.protocol == "any" { Value::Null } else { opt(&r.protocol) },
+        "port_range_min": port(r.port_min),
+        "port_range_max": port(r.port_max),
+        "remote_ip_prefix": opt(&r.remote_cidr),
+        "remote_group_id": opt(&r.remote_group_id),
+        "tenant_id": group.project,
+        "project_id": group.project,
+        "description": "",
+    })
+}
+
+/// The Neutron view of a security group. Pure.
+pub fn group_view(g: &pb::SecurityGroup) -> Value {
+    json!({
+        "id": g.id,
+        "name": g.name,
+        "description": g.description,
+        "tenant_id": g.project,
+        "project_id": g.project,
+        "stateful": true,
+        "created_at": g.created_at,
+        "security_group_rules": g.rules.iter().map(|r| rule_view(g, r)).collect::<Vec<_>>(),
+        "tags": [],
+    })
+}
+
+async fn all_groups(
+    up: &Upstream,
+    headers: &HeaderMap,
+) -> Result<Vec<pb::SecurityGroup>, ApiError> {
+    crate::list_all!(up.security_groups(headers)?, security_groups, S)
+}
+
+async fn list_groups(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(f): Query<Filters>,
+) -> Result<Response, ApiError> {
+    let views: Vec<Value> = all_groups(&up, &headers)
+        .await?
+        .iter()
+        .filter(|g| f.name.as_ref().is_none_or(|x| &g.name == x))
+        .filter(|g| f.id.as_ref().is_none_or(|x| &g.id == x))
+        .map(group_view)
+        .collect();
+    Ok(Json(json!({"security_groups": views})).into_response())
+}
+
+async fn show_group(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let g = up
+        .security_groups(&headers)?
+        .get(pb::GetRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"security_group": group_view(&g)})).into_response())
+}
+
+/// `POST /security-groups` body.
+#[derive(Debug, Deserialize)]
+pub struct GroupBody {
+    security_group: NewGroup,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewGroup {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_group(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Json(body): Json<GroupBody>,
+) -> Result<Response, ApiError> {
+    let g = up
+        .security_groups(&headers)?
+        .create(pb::CreateSecurityGroupRequest {
+            name: body.security_group.name,
+            project: String::new(),
+            description: body.security_group.description,
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"security_group": group_view(&g)})),
+    )
+        .into_response())
+}
+
+async fn delete_group(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    up.security_groups(&headers)?
+        .delete(pb::DeleteRequest {
+            r#ref: id,
+            project: String::new(),
+        })
+        .await
+        .api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_rules(State(up): State<Upstream>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let groups = all_groups(&up, &headers).await?;
+    let views: Vec<Value> = groups
+        .iter()
+        .flat_map(|g| g.rules.iter().map(move |r| rule_view(g, r)))
+        .collect();
+    Ok(Json(json!({"security_group_rules": views})).into_response())
+}
+
+/// The group holding rule `id`, and the rule.
+async fn find_rule(
+    up: &Upstream,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(pb::SecurityGroup, pb::SecurityGroupRule), ApiError> {
+    all_groups(up, headers)
+        .await?
+        .into_iter()
+        .find_map(|g| {
+            let r = g.rules.iter().find(|r| r.id == id).cloned()?;
+            Some((g, r))
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(S, format!("Security group rule {id} could not be found."))
+        })
+}
+
+async fn show_rule(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (g, r) = find_rule(&up, &headers, &id).await?;
+    Ok(Json(json!({"security_group_rule": rule_view(&g, &r)})).into_response())
+}
+
+/// `POST /security-group-rules` body.
+#[derive(Debug, Deserialize)]
+pub struct RuleBody {
+    security_group_rule: NewRule,
+}
+
+/// A Neutron rule as created.
+#[derive(Debug, Deserialize)]
+pub struct NewRule {
+    security_group_id: String,
+    direction: String,
+    #[serde(default)]
+    ethertype: Option<String>,
+    #[serde(default)]
+    protocol: Option<Value>,
+    #[serde(default)]
+    port_range_min: Option<u32>,
+    #[serde(default)]
+    port_range_max: Option<u32>,
+    #[serde(default)]
+    remote_ip_prefix: Option<String>,
+    #[serde(default)]
+    remote_group_id: Option<String>,
+}
+
+/// nubo's rule for a Neutron one. Pure.
+pub fn rule_request(r: &NewRule) -> Result<pb::SecurityGroupRule, ApiError> {
+    let protocol = match &r.protocol {
+        None | Some(Value::Null) => "any".to_string(),
+        Some(Value::String(p)) => p.to_ascii_lowercase(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("invalid protocol {other}"),
+            ))
+        }
+    };
+    let ethertype = match r.ethertype.as_deref().unwrap_or("IPv4") {
+        "IPv4" => "ipv4",
+        "IPv6" => "ipv6",
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("invalid ethertype {other:?}"),
+            ))
+        }
+    };
+    if r.remote_ip_prefix.is_some() && r.remote_group_id.is_some() {
+        return Err(ApiError::bad_request(
+            S,
+            "remote_ip_prefix and remote_group_id are exclusive",
+        ));
+    }
+    let min = r.port_range_min.unwrap_or(0);
+    Ok(pb::SecurityGroupRule {
+        id: String::new(),
+        direction: r.direction.clone(),
+        ethertype: ethertype.into(),
+        protocol,
+        port_min: min,
+        port_max: r.port_range_max.unwrap_or(min),
+        remote_cidr: r.remote_ip_prefix.clone().unwrap_or_default(),
+        remote_group_id: r.remote_group_id.clone().unwrap_or_default(),
+    })
+}
+
+async fn create_rule(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Json(body): Json<RuleBody>,
+) -> Result<Response, ApiError> {
+    let r = &body.security_group_rule;
+    let rule = rule_request(r)?;
+    let mut c = up.security_groups(&headers)?;
+    let before = c
+        .get(pb::GetRequest {
+            r#ref: r.security_group_id.clone(),
+            project: String::new(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    let after = c
+        .add_rule(pb::AddRuleRequest {
+            group_ref: r.security_group_id.clone(),
+            project: String::new(),
+            rule: Some(rule),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    let added = after
+        .rules
+        .iter()
+        .find(|x| !before.rules.iter().any(|b| b.id == x.id))
+        .ok_or_else(|| {
+            ApiError::new(
+                S,
+                StatusCode::CONFLICT,
+                "Security group rule already exists.",
+            )
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"security_group_rule": rule_view(&after, added)})),
+    )
+        .into_response())
+}
+
+async fn delete_rule(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (g, _) = find_rule(&up, &headers, &id).await?;
+    up.security_groups(&headers)?
+        .delete_rule(pb::DeleteRuleRequest {
+            group_ref: g.id,
+            project: String::new(),
+            rule_id: id,
+        })
+        .await
+        .api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutron_rules_map_to_nubo_rules() {
+        let r: NewRule = serde_json::from_value(json!({
+            "security_group_id": "g", "direction": "ingress", "ethertype": "IPv4",
+            "protocol": "tcp", "port_range_min": 22, "port_range_max": 22,
+            "remote_ip_prefix": "0.0.0.0/0"}))
+        .unwrap();
+        let n = rule_request(&r).unwrap();
+        assert_eq!(
+            (
+                n.protocol.as_str(),
+                n.port_min,
+                n.port_max,
+                n.remote_cidr.as_str()
+            ),
+            ("tcp", 22, 22, "0.0.0.0/0")
+        );
+        let any: NewRule =
+            serde_json::from_value(json!({"security_group_id": "g", "direction": "egress"}))
+                .unwrap();
+        assert_eq!(rule_request(&any).unwrap().protocol, "any");
+        let both: NewRule =
+            serde_json::from_value(json!({"security_group_id": "g", "direction": "ingress",
+            "remote_ip_prefix": "10.0.0.0/8", "remote_group_id": "x"}))
+            .unwrap();
+        assert_eq!(
+            rule_request(&both).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Quotas as Nova (`/os-quota-sets`) and Neutron (`/v2.0/quotas`) show
+//! them, from nubo's one quota per project.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use nubo_common::proto as pb;
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, Service, StatusExt};
+use crate::Upstream;
+
+/// A limit in OpenStack's convention: -1 = unlimited.
+fn limit(v: Option<u64>) -> Value {
+    v.map_or(json!(-1), |n| json!(n))
+}
+
+/// `(name, limit, usage)` rows → `{name: limit}`, or with `detail`
+/// `{name: {limit, in_use, reserved}}`. Pure.
+pub fn quota_body(rows: &[(&str, Option<u64>, Option<u64>)], detail: bool) -> Map<String, Value> {
+    rows.iter()
+        .map(|(name, l, used)| {
+            let v = if detail {
+                json!({"limit": limit(*l), "in_use": used.unwrap_or(0), "reserved": 0})
+            } else {
+                limit(*l)
+            };
+            (name.to_string(), v)
+        })
+        .collect()
+}
+
+/// Nova's rows. Pure.
+pub fn compute_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Option<u64>)> {
+    let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
+    vec![
+        ("instances", l.instances, u.instances),
+        ("cores", l.vcpus, u.vcpus),
+        ("ram", l.ram_mb, u.ram_mb),
+        ("key_pairs", None, None),
+        ("server_groups", None, None),
+        ("server_group_members", None, None),
+        ("metadata_items", None, None),
+    ]
+}
+
+/// Cinder's rows. Pure.
+pub fn volume_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Option<u64>)> {
+    let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
+    vec![
+        ("volumes", l.volumes, u.volumes),
+        ("gigabytes", l.gigabytes, u.gigabytes),
+        ("snapshots", None, None),
+        ("backups", None, None),
+        ("backup_gigabytes", None, None),
+        ("per_volume_gigabytes", None, None),
+        ("groups", None, None),
+    ]
+}
+
+/// `?usage=true|false` of Cinder's quota call.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    usage: Option<String>,
+}
+
+/// `GET /volume/v3/{caller project}/os-quota-sets/{project}[?usage=true]`.
+pub async fn volume_quota(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_caller, project)): Path<(String, String)>,
+    axum::extract::Query(u): axum::extract::Query<Usage>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(&up, &headers, project.clone(), Service::Compute).await?;
+    let detail = u
+        .usage
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut body = quota_body(&volume_rows(&q), detail);
+    body.insert("id".into(), json!(project));
+    Ok(axum::Json(json!({"quota_set": body})))
+}
+
+/// Neutron's rows. Pure.
+pub fn network_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Option<u64>)> {
+    let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
+    vec![
+        ("network", l.networks, u.networks),
+        ("subnet", l.networks, u.networks),
+        ("port", l.ports, u.ports),
+        ("security_group", l.security_groups, u.security_groups),
+        ("floatingip", l.floating_ips, u.floating_ips),
+        ("router", None, None),
+        ("security_group_rule", None, None),
+    ]
+}
+
+async fn fetch(
+    up: &Upstream,
+    headers: &HeaderMap,
+    project: String,
+    s: Service,
+) -> Result<pb::ProjectQuota, ApiError> {
+    up.quotas(headers)?
+        .get(pb::GetRequest {
+            r#ref: String::new(),
+            project,
+        })
+        .await
+        .api(s)
+        .map(tonic::Response::into_inner)
+}
+
+/// `GET /compute/v2.1/os-quota-sets/{project}`.
+pub async fn compute_quota(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(&up, &headers, project.clone(), Service::Compute).await?;
+    let mut body = quota_body(&compute_rows(&q), false);
+    body.insert("id".into(), json!(project));
+    Ok(axum::Json(json!({"quota_set": body})))
+}
+
+/// `GET /compute/v2.1/os-quota-sets/{project}/detail`.
+pub async fn compute_quota_detail(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(&up, &headers, project.clone(), Service::Compute).await?;
+    let mut body = quota_body(&compute_rows(&q), true);
+    body.insert("id".into(), json!(project));
+    Ok(axum::Json(json!({"quota_set": body})))
+}
+
+/// `GET /network/v2.0/quotas/{project}` (and `…/details.json` with usage).
+pub async fn network_quota(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(&up, &headers, project, Service::Network).await?;
+    Ok(axum::Json(
+        json!({"quota": quota_body(&network_rows(&q), false)}),
+    ))
+}
+
+/// `GET /network/v2.0/quotas/{project}/details.json`.
+pub async fn network_quota_detail(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(&up, &headers, project, Service::Network).await?;
+    Ok(axum::Json(
+        json!({"quota": quota_body(&network_rows(&q), true)}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlimited_is_minus_one_and_detail_has_usage() {
+        let q = pb::ProjectQuota {
+            project: "p".into(),
+            limits: Some(pb::QuotaSet {
+                instances: Some(10),
+                ..Default::default()
+            }),
+            usage: Some(pb::QuotaSet {
+                instances: Some(2),
+                ..Default::default()
+            }),
+        };
+        let b = quota_body(&compute_rows(&q), false);
+        assert_eq!(
+            (b["instances"].clone(), b["cores"].clone()),
+            (json!(10), json!(-1))
+        );
+        let d = quota_body(&compute_rows(&q), true);
+        assert_eq!(
+            d["instances"],
+            json!({"limit": 10, "in_use": 2, "reserved": 0})
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! The OpenStack API (issue 17), first slice, with the ecosystem's own
+//! clients from PyPI (installed by scripts/deps.sh): a secure cloud (TLS
+//! coordinator, token authentication, etcd with RBAC) with a fake agent,
+//! `nubo-openstack` in front of it, and
+//!
+//! - python-openstackclient with its own `clouds.yaml`: `server create
+//!   --flavor --image --network --wait`, `server list/show/stop/start/
+//!   delete`, `flavor list`, `image list`, `network list`; the results
+//!   agree with `nubo … -f json`;
+//! - openstacksdk: a script creates a server, waits with
+//!   `conn.compute.wait_for_server`, deletes it and waits for the delete;
+//! - bad input answers in OpenStack's error format (`itemNotFound`,
+//!   `badRequest`, 401 without a token, 406 beyond the microversion).
+//!
+//! Needs `cargo build --bins`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nubo_tests::process::{bin_path, Daemon};
+use nubo_tests::secure::SecureCloud;
+use nubo_tests::{list_items, wait_for, Agent};
+use serde_json::Value;
+
+const NODE: &str = "os-node-1";
+
+/// `nubo-openstack` on a free loopback port in front of `cloud`.
+fn front_end(cloud: &SecureCloud, dir: &Path) -> (Daemon, String) {
+    let port = nubo_tests::ports::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut d = Daemon::spawn(
+        "nubo-openstack",
+        Vec::new(),
+        bin_path("nubo-openstack").unwrap(),
+        vec![
+            "--listen".into(),
+            listen.clone(),
+            "--coordinator".into(),
+            cloud.coordinator.endpoint(),
+            "--ca-cert".into(),
+            cloud.etcd.certs().ca().display().to_string(),
+        ],
+        dir.join("nubo-openstack.log"),
+        &[],
+    )
+    .unwrap();
+    d.wait_for_log("nubo-openstack ready", Duration::from_secs(20))
+        .unwrap();
+    (d, format!("http://{listen}"))
+}
+
+/// A `clouds.yaml` for alice of team-a at `url`.
+fn clouds_yaml(dir: &Path, url: &str) -> PathBuf {
+    let path = dir.join("clouds.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "clouds:\n  nubo:\n    auth:\n      auth_url: {url}/identity/v3\n      username: alice\n      password: alice-password\n      project_name: team-a\n      user_domain_name: Default\n      project_domain_name: Default\n    identity_api_version: 3\n    region_name: RegionOne\n    interface: public\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `openstack --os-cloud nubo ARGS`: its JSON output with `-f json`, else
+/// its text.
+fn openstack(clouds: &Path, args: &[&str]) -> Result<Value> {
+    let out = Command::new("openstack")
+        .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .args(["--os-cloud", "nubo"])
+        .args(args)
+        .output()
+        .context("running openstack")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`openstack {}` failed ({}): {}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !args.contains(&"json") {
+        return Ok(Value::String(text.into_owned()));
+    }
+    serde_json::from_str(&text).with_context(|| format!("openstack output: {text}"))
+}
+
+/// `curl` to the front end: (status, body).
+fn curl(url: &str, token: Option<&str>, headers: &[&str]) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", url]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("X-Auth-Token: {t}")]);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn openstack_client_and_sdk_drive_nubo() {
+    let cloud = SecureCloud::start().unwrap();
+    let admin = &cloud.admin;
+    admin
+        .json(&[
+            "flavor", "create", "tiny", "--vcpus", "1", "--ram", "256", "--disk", "1",
+        ])
+        .unwrap();
+    let alice = cloud.member("alice", "team-a").unwrap();
+    alice.json(&["image", "create", "cirros"]).unwrap();
+    alice
+        .json(&["network", "create", "net1", "--cidr", "10.20.0.0/24"])
+        .unwrap();
+    let cred = cloud.node_credential().unwrap();
+    let _agent = Agent::start(cloud.agent_opts(NODE, &cred).unwrap()).unwrap();
+    wait_for(Duration::from_secs(60), "the node registered", || {
+        let nodes = list_items(&admin.json(&["node", "list"])?)?;
+        Ok(nodes
+            .into_iter()
+            .find(|n| n["name"] == NODE)
+            .ok_or("absent"))
+    })
+    .unwrap();
+
+    let dir = tempfile::Builder::new()
+        .prefix("nbt-openstack-")
+        .tempdir()
+        .unwrap();
+    let (_fe, url) = front_end(&cloud, dir.path());
+    let clouds = clouds_yaml(dir.path(), &url);
+
+    // Discovery and the catalog.
+    let issued = openstack(&clouds, &["token", "issue", "-f", "json"]).unwrap();
+    assert_eq!(issued["project_id"], "team-a", "{issued}");
+    let token = issued["id"].as_str().unwrap().to_string();
+
+    // Lists agree with nubo's.
+    let flavors = openstack(&clouds, &["flavor", "list", "-f", "json"]).unwrap();
+    assert!(flavors.to_string().contains("tiny"), "{flavors}");
+    let images = openstack(&clouds, &["image", "list", "-f", "json"]).unwrap();
+    assert!(images.to_string().contains("cirros"), "{images}");
+    let nets = openstack(&clouds, &["network", "list", "-f", "json"]).unwrap();
+    assert!(nets.to_string().contains("net1"), "{nets}");
+
+    // server create --wait, then show/list agree with nubo.
+    let created = openstack(
+        &clouds,
+        &[
+            "server",
+            "create",
+            "--flavor",
+            "tiny",
+            "--image",
+            "cirros",
+            "--network",
+            "net1",
+            "--wait",
+            "-f",
+            "json",
+            "vm1",
+        ],
+    )
+    .unwrap();
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let ours = alice.json(&["server", "show", "vm1"]).unwrap();
+    assert_eq!(ours["id"], id.as_str());
+    assert_eq!(ours["state"], "running");
+    let shown = openstack(&clouds, &["server", "show", "-f", "json", &id]).unwrap();
+    let ip = ours["addresses"][0]["ip"].as_str().unwrap();
+    assert!(
+        shown["addresses"].to_string().contains(ip),
+        "{shown} vs {ours}"
+    );
+    assert!(shown["flavor"].to_string().contains("tiny"), "{shown}");
+    let listed = openstack(&clouds, &["server", "list", "-f", "json"]).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["ID"], id.as_str());
+
+    // stop / start: the desired power follows.
+    openstack(&clouds, &["server", "stop", &id]).unwrap();
+    wait_for(Duration::from_secs(30), "vm1 stopped", || {
+        let s = alice.json(&["server", "show", "vm1"])?;
+        Ok(if s["state"] == "stopped" {
+            Ok(())
+        } else {
+            Err(s)
+        })
+    })
+    .unwrap();
+    let shown = openstack(&clouds, &["server", "show", "-f", "json", &id]).unwrap();
+    assert_eq!(shown["status"], "SHUTOFF", "{shown}");
+    openstack(&clouds, &["server", "start", &id]).unwrap();
+    wait_for(Duration::from_secs(30), "vm1 running again", || {
+        let s = alice.json(&["server", "show", "vm1"])?;
+        Ok(if s["state"] == "running" {
+            Ok(())
+        } else {
+            Err(s)
+        })
+    })
+    .unwrap();
+    // reboot: the guest's boot counter moves (the fake driver counts).
+    openstack(&clouds, &["server", "reboot", "--wait", &id]).unwrap();
+    let shown = openstack(&clouds, &["server", "show", "-f", "json", &id]).unwrap();
+    assert_eq!(shown["status"], "ACTIVE", "{shown}");
+
+    // Keypairs and security groups agree with nubo's.
+    let key = dir.path().join("k1.pub");
+    std::fs::write(
+        &key,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMOF/1IwvkaqwaYxw5uqOXwU+yMz99O0NSqMQYWuHQD0 test@host\n",
+    )
+    .unwrap();
+    openstack(
+        &clouds,
+        &[
+            "keypair",
+            "create",
+            "--public-key",
+            &key.display().to_string(),
+            "-f",
+            "json",
+            "k1",
+        ],
+    )
+    .unwrap();
+    let k = alice.json(&["keypair", "show", "k1"]).unwrap();
+    assert!(
+        k.to_string().contains("AAAAC3NzaC1lZDI1NTE5AAAAIMOF"),
+        "{k}"
+    );
+    openstack(
+        &clouds,
+        &["security", "group", "create", "-f", "json", "web"],
+    )
+    .unwrap();
+    let rule = openstack(
+        &clouds,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "--remote-ip",
+            "10.0.0.0/8",
+            "-f",
+            "json",
+            "web",
+        ],
+    )
+    .unwrap();
+    let g = alice.json(&["secgroup", "show", "web"]).unwrap();
+    let rule_id = rule["id"].as_str().unwrap();
+    assert!(g.to_string().contains(rule_id), "{g} lacks {rule}");
+    assert!(g.to_string().contains("10.0.0.0/8"), "{g}");
+
+    // image create --file: uploaded in chunks, nubo records its checksum.
+    let file = dir.path().join("disk.raw");
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let made = openstack(
+        &clouds,
+        &[
+            "image",
+            "create",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--file",
+            &file.display().to_string(),
+            "-f",
+            "json",
+            "disk2",
+        ],
+    )
+    .unwrap();
+    let img = alice.json(&["image", "show", "disk2"]).unwrap();
+    assert_eq!(img["status"], "active", "{img} / {made}");
+    assert_eq!(img["size_bytes"], data.len() as u64, "{img}");
+    let sum = Command::new("sha256sum").arg(&file).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let sum = sum.split_whitespace().next().unwrap();
+    assert!(img.to_string().contains(sum), "{img} lacks sha256 {sum}");
+
+    // quota show: compute and network quotas, nubo's limits.
+    let q = openstack(&clouds, &["quota", "show", "-f", "json", "team-a"]).unwrap();
+    let ours = alice.json(&["quota", "show"]).unwrap();
+    let theirs: std::collections::BTreeMap<String, Value> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["Resource"].as_str().unwrap().to_string(),
+                r["Limit"].clone(),
+            )
+        })
+        .collect();
+    for (os, nubo) in [
+        ("instances", "instances"),
+        ("cores", "vcpus"),
+        ("ram", "ram_mb"),
+        ("networks", "networks"),
+        ("ports", "ports"),
+        ("security_groups", "security_groups"),
+        ("floating_ips", "floating_ips"),
+        ("volumes", "volumes"),
+        ("gigabytes", "gigabytes"),
+    ] {
+        assert!(ours[nubo]["limit"].is_u64(), "{ours}");
+        assert_eq!(
+            theirs.get(os),
+            Some(&ours[nubo]["limit"]),
+            "{os}: {q} vs {ours}"
+        );
+    }
+
+    openstack(&clouds, &["server", "delete", "--wait", &id]).unwrap();
+    let gone = alice.json(&["server", "list"]).unwrap();
+    assert!(list_items(&gone).unwrap().is_empty(), "{gone}");
+
+    // openstacksdk: create, wait_for_server, delete, wait_for_delete.
+    let script = r#"
+import openstack, sys
+conn = openstack.connect(cloud="nubo")
+net = conn.network.find_network("net1")
+img = conn.image.find_image("cirros")
+s = conn.compute.create_server(name="sdk-vm", flavor_id="tiny", image_id=img.id, networks=[{"uuid": net.id}])
+s = conn.compute.wait_for_server(s, wait=60)
+print("ACTIVE" if s.status == "ACTIVE" else s.status, s.id)
+conn.compute.delete_server(s)
+conn.compute.wait_for_delete(s, wait=60)
+print("DELETED")
+"#;
+    let out = Command::new("openstack-python")
+        .env("OS_CLIENT_CONFIG_FILE", &clouds)
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ACTIVE") && text.contains("DELETED"),
+        "openstacksdk script: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bad input in OpenStack's formats.
+    let (code, body) = curl(
+        &format!("{url}/compute/v2.1/servers/nope"),
+        Some(&token),
+        &[],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body["itemNotFound"]["message"].is_string(), "{body}");
+    let (code, body) = curl(&format!("{url}/compute/v2.1/servers"), None, &[]);
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = curl(
+        &format!("{url}/compute/v2.1/servers"),
+        Some(&token),
+        &["OpenStack-API-Version: compute 2.95"],
+    );
+    assert_eq!(code, 406);
+    let (code, body) = curl(
+        &format!("{url}/compute/v2.1/servers?marker=nope"),
+        Some(&token),
+        &[],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body["badRequest"].is_object(), "{body}");
+}
