@@ -470,16 +470,17 @@ fn live_migration_on_rbd_keeps_the_guest_running() {
         return;
     };
     let id = live_migration(&rbd.lab, "10.95.0.0/24", false, "RBD root disk");
-    // One client uses the image now: the destination's QEMU (the source's
-    // closed it; the aborted attempt's destination never kept it).
-    let status = rbd
-        .storage
-        .ceph
-        .cli(
+    // One client uses the image: the QEMU it runs in (the migrated-from
+    // one closed it; the aborted attempt's killed incoming QEMU leaves a
+    // watch until Ceph times it out, ~30 s).
+    let mut status = String::new();
+    wait_until(Duration::from_secs(90), "one RBD watcher", || {
+        status = rbd.storage.ceph.cli(
             "rbd",
             &["status", &format!("vms/{id}-disk"), "--format", "json"],
-        )
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(v["watchers"].as_array().map(Vec::len), Some(1), "{status}");
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&status)?;
+        Ok(v["watchers"].as_array().map(Vec::len) == Some(1))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {status}"));
 }
