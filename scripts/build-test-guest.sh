@@ -19,6 +19,13 @@
 #                              that is not 1 MiB of PATTERN yet, writes it as disk-write does
 #                              (NUBO-GUEST-DISK-WRITE SERIAL ok SHA256): the marker of a disk
 #                              that must survive (a later boot finds it and writes nothing)
+# Liveness lines (live migration):
+#   fastping IP                pings IP every 10 ms; prints NUBO-GUEST-FASTPING IP seq N every
+#                              100th reply and NUBO-GUEST-FASTPING IP gap MS after-seq N when
+#                              replies are missing (MS = time between the two replies around
+#                              the hole, from the sequence numbers)
+#   uptime                     prints NUBO-GUEST-UPTIME <seconds> every second (a reboot
+#                              shows as uptime going back and a new "NUBO-GUEST: init")
 #
 # Output (cached; rebuilt only when missing or when this script changes):
 #   $NUBO_GUEST_DIR/vmlinuz, $NUBO_GUEST_DIR/initrd.gz
@@ -148,6 +155,12 @@ echo "$UD" | while read -r cmd a1 a2; do
         done
         T=$(( $(cs) - T0 )); [ "$T" -gt 0 ] || T=1
         echo "NUBO-GUEST-DISK-IOPS $a1 $((N * 100 / T)) $N $T" ) & ;;
+    fastping) ( ping -i 0.01 -W 1 "$a1" 2>/dev/null | awk -v t="$a1" '
+          /seq=/ { match($0, /seq=[0-9]+/); s = substr($0, RSTART + 4, RLENGTH - 4) + 0
+                   if (last != "" && s - last > 1) { print "NUBO-GUEST-FASTPING " t " gap " (s - last) * 10 " after-seq " last; fflush() }
+                   last = s
+                   if (s % 100 == 0) { print "NUBO-GUEST-FASTPING " t " seq " s; fflush() } }' ) & ;;
+    uptime) ( while :; do echo "NUBO-GUEST-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done ) & ;;
     disk-watch) ( OLD=""
         while :; do
           NOW=$(for d in /sys/block/vd*; do [ -e "$d" ] && echo "${d##*/}:$(cat "$d/serial" 2>/dev/null)"; done)

@@ -160,6 +160,13 @@ async fn run_inner(
         // guests and their taps, volumes plugs their disks, status reports
         // both (never while fenced), then overlay, firewall, DHCP, metadata
         // (skipped with `--no-network`); see `reconciler` module docs.
+        let migrations = crate::compute::migration::Migrations::new(
+            cfg.node.clone(),
+            fencing.hypervisor.clone(),
+            etcd.clone(),
+            !cfg.no_network,
+        )
+        .map_err(|e| AgentError::Network(e.to_string()))?;
         let (compute, volumes, status) =
             crate::compute::subsystems(cfg.node.clone(), fencing.hypervisor.clone(), etcd, resizer);
         let mut subsystems: Vec<Box<dyn Reconcile>> = vec![
@@ -195,9 +202,16 @@ async fn run_inner(
             subsystems.push(Box::new(crate::fencing::GatedSubsystem::new(
                 PlugGate::new(waiters.clone(), fencing.hypervisor)
                     .map_err(|e| AgentError::Network(e.to_string()))?,
-                fencing.gate,
+                fencing.gate.clone(),
             )));
         }
+        // Last: this node's side of migrations (after the network
+        // subsystems wired an incoming instance's ports); like compute,
+        // never while fenced.
+        subsystems.push(Box::new(crate::fencing::GatedSubsystem::new(
+            migrations,
+            fencing.gate.clone(),
+        )));
         tokio::select! {
             () = shutdown => info!("shutdown requested; leaving instances running"),
             () = reconcile_loop(&cfg, handle, registered, subsystems, Beat {

@@ -230,6 +230,21 @@ impl LibvirtDriver {
         .await?
     }
 
+    /// Runs `f` on the blocking pool with an open connection; `f`'s own
+    /// result is returned as it is.
+    pub(crate) async fn blocking_raw<T, F>(&self, f: F) -> Result<T, DriverError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn) -> T + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let conn = shared.live_conn()?;
+            Ok(f(&conn))
+        })
+        .await?
+    }
+
     /// Every nubo-owned domain (those carrying the nubo metadata element).
     pub async fn list_nubo_domains(&self) -> Result<Vec<DomainInfo>, DriverError> {
         self.blocking(|conn, cfg| {
@@ -763,7 +778,10 @@ fn qemu_pid(cfg: &DriverConfig, name: &str, uuid: &str) -> Option<u32> {
         .then_some(pid)
 }
 
-fn dom_err<'a>(id: &'a str, op: &'static str) -> impl FnOnce(VirError) -> DriverError + 'a {
+pub(crate) fn dom_err<'a>(
+    id: &'a str,
+    op: &'static str,
+) -> impl FnOnce(VirError) -> DriverError + 'a {
     move |source| DriverError::Domain {
         instance_id: id.to_owned(),
         op,
@@ -804,13 +822,13 @@ fn ensure_nubo(dom: &Dom, id: &str) -> Result<(), DriverError> {
 }
 
 /// Looks up a domain that must exist and be nubo's.
-fn owned(conn: &Conn, id: &str) -> Result<Dom, DriverError> {
+pub(crate) fn owned(conn: &Conn, id: &str) -> Result<Dom, DriverError> {
     let dom = lookup(conn, id)?.ok_or_else(|| DriverError::NotFound(id.to_owned()))?;
     ensure_nubo(&dom, id)?;
     Ok(dom)
 }
 
-fn state_of(dom: &Dom, id: &str) -> Result<PowerState, DriverError> {
+pub(crate) fn state_of(dom: &Dom, id: &str) -> Result<PowerState, DriverError> {
     Ok(PowerState::from_raw(
         dom.state().map_err(dom_err(id, "get state"))?.0,
     ))

@@ -560,3 +560,135 @@ impl Conn {
         NonNull::new(p).map(Secret).ok_or_else(VirError::last)
     }
 }
+
+// ---- Migration -----------------------------------------------------------
+
+impl TypedParams {
+    fn add_string(&mut self, name: &CStr, value: &str) -> Result<(), VirError> {
+        let v = CString::new(value).map_err(|_| input_error("parameter value"))?;
+        // SAFETY: the three out-pointers describe the array libvirt grows;
+        // libvirt copies the strings.
+        check(unsafe {
+            sys::virTypedParamsAddString(
+                &mut self.ptr,
+                &mut self.n,
+                &mut self.max,
+                name.as_ptr(),
+                v.as_ptr(),
+            )
+        })
+    }
+
+    fn get_ullong(&self, name: &CStr) -> Option<u64> {
+        let mut v: std::ffi::c_ulonglong = 0;
+        // SAFETY: `ptr` holds `n` initialised params (or is null with n = 0).
+        let rc = unsafe { sys::virTypedParamsGetULLong(self.ptr, self.n, name.as_ptr(), &mut v) };
+        (rc == 1).then_some(v)
+    }
+}
+
+/// A migration parameter value ([`Dom::migrate_to_uri3`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MigrateParam {
+    /// A string (`VIR_MIGRATE_PARAM_URI`, `VIR_MIGRATE_PARAM_DEST_XML`, …).
+    Str(&'static CStr, String),
+    /// An unsigned 64-bit number (`VIR_MIGRATE_PARAM_BANDWIDTH`, …).
+    ULLong(&'static CStr, u64),
+}
+
+/// The numbers of a migration job libvirt reports (`virDomainGetJobStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RawJobStats {
+    pub(crate) downtime_ms: Option<u64>,
+    pub(crate) elapsed_ms: Option<u64>,
+    pub(crate) data_total: Option<u64>,
+    pub(crate) data_remaining: Option<u64>,
+    pub(crate) memory_iteration: Option<u64>,
+    /// `virDomainJobType`: 0 none, 1 bounded, 2 unbounded, 3 completed…
+    pub(crate) job_type: i32,
+}
+
+impl Dom {
+    /// Peer-to-peer migration to the libvirtd at `dconnuri`
+    /// (`virDomainMigrateToURI3`). Blocks until the job ends.
+    pub(crate) fn migrate_to_uri3(
+        &self,
+        dconnuri: &str,
+        params: &[MigrateParam],
+        flags: c_uint,
+    ) -> Result<(), VirError> {
+        let uri = CString::new(dconnuri).map_err(|_| input_error("destination URI"))?;
+        let mut tp = TypedParams::default();
+        for p in params {
+            match p {
+                MigrateParam::Str(name, value) => tp.add_string(name, value)?,
+                MigrateParam::ULLong(name, value) => {
+                    let n = name.to_str().map_err(|_| input_error("parameter name"))?;
+                    tp.add_ullong(n, *value)?
+                }
+            }
+        }
+        let n = c_uint::try_from(tp.n).unwrap_or(0);
+        // SAFETY: valid domain and string; `tp` holds `n` initialised params.
+        check(unsafe { sys::virDomainMigrateToURI3(self.as_ptr(), uri.as_ptr(), tp.ptr, n, flags) })
+    }
+
+    /// Switches a running migration to post-copy
+    /// (`virDomainMigrateStartPostCopy`).
+    pub(crate) fn migrate_start_postcopy(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainMigrateStartPostCopy(self.as_ptr(), 0) })
+    }
+
+    /// Aborts the domain's current job (`virDomainAbortJob`).
+    pub(crate) fn abort_job(&self) -> Result<(), VirError> {
+        // SAFETY: valid domain.
+        check(unsafe { sys::virDomainAbortJob(self.as_ptr()) })
+    }
+
+    /// The current job's statistics, or the last completed job's
+    /// (`VIR_DOMAIN_JOB_STATS_COMPLETED`).
+    pub(crate) fn job_stats(&self, completed: bool) -> Result<RawJobStats, VirError> {
+        let mut tp = TypedParams::default();
+        let mut job_type: c_int = 0;
+        let flags = if completed {
+            sys::VIR_DOMAIN_JOB_STATS_COMPLETED
+        } else {
+            0
+        };
+        // SAFETY: valid domain; libvirt allocates the array into `tp`
+        // (freed by its Drop with `n` entries).
+        check(unsafe {
+            sys::virDomainGetJobStats(self.as_ptr(), &mut job_type, &mut tp.ptr, &mut tp.n, flags)
+        })?;
+        tp.max = tp.n;
+        Ok(RawJobStats {
+            downtime_ms: tp.get_ullong(sys::VIR_DOMAIN_JOB_DOWNTIME),
+            elapsed_ms: tp.get_ullong(sys::VIR_DOMAIN_JOB_TIME_ELAPSED),
+            data_total: tp.get_ullong(sys::VIR_DOMAIN_JOB_DATA_TOTAL),
+            data_remaining: tp.get_ullong(sys::VIR_DOMAIN_JOB_DATA_REMAINING),
+            memory_iteration: tp.get_ullong(sys::VIR_DOMAIN_JOB_MEMORY_ITERATION),
+            job_type,
+        })
+    }
+
+    /// The migratable definition (`VIR_DOMAIN_XML_MIGRATABLE`), inactive
+    /// or live.
+    pub(crate) fn migratable_xml(&self, inactive: bool) -> Result<String, VirError> {
+        let mut flags = sys::VIR_DOMAIN_XML_MIGRATABLE;
+        if inactive {
+            flags |= sys::VIR_DOMAIN_XML_INACTIVE;
+        }
+        // SAFETY: valid domain; the result is malloc'ed.
+        let p = unsafe { sys::virDomainGetXMLDesc(self.as_ptr(), flags) };
+        // SAFETY: null or a libvirt-allocated string.
+        unsafe { owned_cstring(p) }.ok_or_else(VirError::last)
+    }
+}
+
+impl VirError {
+    /// The job was aborted (`VIR_ERR_OPERATION_ABORTED`).
+    pub fn is_aborted(&self) -> bool {
+        self.is(sys::VIR_ERR_OPERATION_ABORTED)
+    }
+}

@@ -6,6 +6,8 @@
 //!   ownership).
 //! - [`LibvirtDriver`]: define/start/stop/reboot/undefine, listing of nubo
 //!   and foreign domains, lifecycle [`EventStream`].
+//! - [`LibvirtDriver::migrate`]: peer-to-peer live migration with
+//!   post-copy and abort within budgets ([`MigrateOptions`]).
 //! - [`ImageCache`]: verified local base images and qcow2 overlays.
 //!
 //! This crate does not depend on the agent; the agent wraps it behind its
@@ -19,6 +21,7 @@ mod events;
 mod ffi;
 mod image;
 mod info;
+mod migrate;
 mod spec;
 mod xml;
 
@@ -31,5 +34,6 @@ pub use events::{DomainEvent, EventStream, LifecycleEvent, StopReason};
 pub use ffi::VirError;
 pub use image::{image_info, ImageCache, ImageError, ImageInfo};
 pub use info::{DomainInfo, ForeignDomain, PowerState};
+pub use migrate::{migrate_flags, AbortReason, MigrateOptions, MigrationError, MigrationStats};
 pub use spec::{DiskSpec, DomainSpec, DomainType, KernelBoot, Nic, SpecError, DEFAULT_NAME_PREFIX};
 pub use xml::{domain_xml, domain_xml_with_prefix, NUBO_METADATA_NS};

@@ -11,6 +11,14 @@
 //! `nsenter --net` only (it must see the normal `/run/netns`) and connects
 //! with `qemu+unix:///system?socket=…`.
 //!
+//! Every libvirtd has its own `host_uuid` (libvirt refuses to migrate a
+//! guest to "the same host" otherwise); the libvirtd of a [`VmLab`] host
+//! also listens on plain TCP without authentication on the host's underlay
+//! address, and its QEMU takes incoming migrations there
+//! (`migration_address`): test labs only. Production uses TLS
+//! (`qemu+tls://`, `listen_tls`, and QEMU's native TLS for the stream,
+//! `migrate_tls`; docs/migration.md).
+//!
 //! Domains are named `nbt<token>-<uuid>`. Guards clean up on panic:
 //! [`HostLibvirtd`] destroys and undefines its domains, kills leftover QEMU
 //! processes and then libvirtd and virtlogd, all by pid.
@@ -44,6 +52,9 @@ pub struct HostLibvirtd {
     base: PathBuf,
     uri: String,
     prefix: String,
+    /// The underlay address libvirtd listens on (TCP, no auth) and QEMU
+    /// takes incoming migrations on.
+    listen: Option<Ipv4Addr>,
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
@@ -62,12 +73,25 @@ fn kill_pid(pid: u32, sig: i32) {
 impl HostLibvirtd {
     /// Starts libvirtd for `host` with state under `base` (created); domains
     /// named `prefix…` are cleaned up on drop.
+    /// It listens on the host's underlay address for migrations
+    /// ([`HostLibvirtd::tcp_uri`]).
     pub fn start(host: &Host, base: &Path, prefix: &str) -> Result<Self> {
-        Self::start_in(host.netns(), base, prefix)
+        Self::start_with(host.netns(), base, prefix, Some(host.ip()))
     }
 
-    /// [`HostLibvirtd::start`] in network namespace `netns`.
+    /// [`HostLibvirtd::start`] in network namespace `netns`, not listening
+    /// on TCP.
     pub fn start_in(netns: &str, base: &Path, prefix: &str) -> Result<Self> {
+        Self::start_with(netns, base, prefix, None)
+    }
+
+    /// Starts libvirtd in `netns`, listening on TCP on `listen` if set.
+    pub fn start_with(
+        netns: &str,
+        base: &Path,
+        prefix: &str,
+        listen: Option<Ipv4Addr>,
+    ) -> Result<Self> {
         for d in ["run", "etcq", "lib", "cache", "log"] {
             std::fs::create_dir_all(base.join(d))?;
         }
@@ -78,10 +102,13 @@ impl HostLibvirtd {
                 base.display()
             ),
             prefix: prefix.to_string(),
+            listen,
         };
+        me.write_config()?;
         let script = format!(
-            "set -e\n{mounts}\nvirtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
-            mounts = me.mounts()
+            "set -e\n{mounts}\nvirtlogd -d -p /run/libvirt/virtlogd.pid\n{libvirtd}",
+            mounts = me.mounts(),
+            libvirtd = me.libvirtd_command()
         );
         me.launch(netns, &script)?;
         Ok(me)
@@ -109,8 +136,13 @@ if [ -e /dev/kvm ]; then mount --bind {b}/nokvm /dev/kvm; fi
 # No per-QEMU /dev namespace: it would try to move that bind mount into
 # each QEMU's /dev and fail (EINVAL). (The stock qemu.conf sets nothing.)
 echo 'namespaces = []' > {b}/qemu.conf
-mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
-"
+{migration}mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
+",
+            migration = match self.listen {
+                // Incoming migrations on the underlay address.
+                Some(ip) => format!("echo 'migration_address = \"{ip}\"' >> {b}/qemu.conf\n"),
+                None => String::new(),
+            }
         )
     }
 
@@ -158,10 +190,44 @@ mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
             Ok(!pid_alive(pid))
         })?;
         let script = format!(
-            "set -e\n{mounts}\nlibvirtd -d -p /run/libvirt/libvirtd.pid",
-            mounts = self.mounts()
+            "set -e\n{mounts}\n{libvirtd}",
+            mounts = self.mounts(),
+            libvirtd = self.libvirtd_command()
         );
         self.launch(netns, &script)
+    }
+
+    /// Writes `<base>/libvirtd.conf` (a host UUID of its own, kept across
+    /// restarts; TCP listening without authentication when
+    /// [`HostLibvirtd::listen`] is set) once.
+    fn write_config(&self) -> Result<()> {
+        let path = self.base.join("libvirtd.conf");
+        if path.exists() {
+            return Ok(());
+        }
+        let mut conf = format!("host_uuid = \"{}\"\n", uuid::Uuid::new_v4());
+        if let Some(ip) = self.listen {
+            // Test labs only: production uses listen_tls with certificates.
+            conf.push_str(&format!(
+                "listen_tls = 0\nlisten_tcp = 1\nlisten_addr = \"{ip}\"\nauth_tcp = \"none\"\n"
+            ));
+        }
+        std::fs::write(&path, conf)?;
+        Ok(())
+    }
+
+    /// The command line that starts libvirtd with its configuration.
+    fn libvirtd_command(&self) -> String {
+        let listen = if self.listen.is_some() { " -l" } else { "" };
+        format!(
+            "libvirtd -d{listen} -f {}/libvirtd.conf -p /run/libvirt/libvirtd.pid",
+            self.base.display()
+        )
+    }
+
+    /// `qemu+tcp://<ip>/system` when it listens on TCP.
+    pub fn tcp_uri(&self) -> Option<String> {
+        self.listen.map(|ip| format!("qemu+tcp://{ip}/system"))
     }
 
     /// The connection URI.
@@ -297,6 +363,9 @@ impl VmLab {
             opts.dir_in = Some(self.dir.path().to_path_buf());
             opts.extra_args
                 .extend(["--api-endpoint".into(), self.coordinator.endpoint()]);
+            // Labs: plain TCP between the libvirtds (production: qemu+tls).
+            opts.extra_args
+                .extend(["--migration-uri".into(), "qemu+tcp://{host}/system".into()]);
             opts.extra_args.extend(extra.iter().cloned());
             let a = Agent::start(opts).with_context(|| format!("agent of host {i}"))?;
             self.agents.push(a);
@@ -484,6 +553,28 @@ impl VmLab {
         self.cli.json(&args)
     }
 
+    /// `nubo server create NAME` in zone `az-<host>` with `user_data`,
+    /// waited for (`--wait`); returns its id and node.
+    pub fn create_placed(
+        &self,
+        name: &str,
+        host: u8,
+        user_data: &str,
+    ) -> Result<(nubo_common::InstanceId, String)> {
+        let out = self.create_server(
+            name,
+            Some(host),
+            Some(user_data),
+            &["--wait", "--timeout", "240"],
+        )?;
+        let id = crate::net_e2e::find_str(&out, "id").with_context(|| format!("no id in {out}"))?;
+        let node = self.show(&id)?["node"]
+            .as_str()
+            .with_context(|| format!("{name} has no node"))?
+            .to_string();
+        Ok((id.parse()?, node))
+    }
+
     /// Waits until no host has a domain of this lab, a tap, or a port chain
     /// in its ruleset (each host in turn, `timeout` for its domains), then
     /// checks that no agent kept an instance overlay: what deleting every
@@ -638,6 +729,11 @@ impl RbdVmLab {
     /// Starts the lab with `n` hosts and the cluster. `None` only when Ceph
     /// is missing and skipping it is allowed (see [`rbd_storage_on`]).
     pub fn start(n: u8) -> Result<Option<Self>> {
+        Self::start_with(n, &[])
+    }
+
+    /// [`RbdVmLab::start`] with `extra` agent arguments.
+    pub fn start_with(n: u8, extra: &[String]) -> Result<Option<Self>> {
         let mut storage = None;
         let mut lab = VmLab::start_without_agents_with(n, |underlay, dir| {
             Ok(match rbd_storage_on(underlay, dir)? {
@@ -651,7 +747,9 @@ impl RbdVmLab {
         let Some(storage) = storage else {
             return Ok(None);
         };
-        lab.start_agents(&["--config".into(), storage.agent_cfg.display().to_string()])?;
+        let mut args = vec!["--config".into(), storage.agent_cfg.display().to_string()];
+        args.extend(extra.iter().cloned());
+        lab.start_agents(&args)?;
         Ok(Some(Self { lab, storage }))
     }
 }

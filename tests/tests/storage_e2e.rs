@@ -26,7 +26,6 @@ use nubo_common::keys;
 use nubo_common::model::{volume_serial, InstanceStatus};
 use nubo_common::{InstanceId, VolumeId};
 use nubo_storage::testing::TestCluster;
-use nubo_tests::net_e2e::find_str;
 use nubo_tests::vm_e2e::{console_value, RbdVmLab, VmLab};
 use nubo_tests::wait_until;
 use serde_json::Value;
@@ -34,17 +33,7 @@ use serde_json::Value;
 const BOOT: Duration = Duration::from_secs(180);
 
 fn create(lab: &VmLab, name: &str, host: u8, user_data: &str) -> (InstanceId, String) {
-    let out = lab
-        .create_server(
-            name,
-            Some(host),
-            Some(user_data),
-            &["--wait", "--timeout", "240"],
-        )
-        .unwrap();
-    let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
-    let node = lab.show(&id).unwrap()["node"].as_str().unwrap().to_string();
-    (id.parse().unwrap(), node)
+    lab.create_placed(name, host, user_data).unwrap()
 }
 
 /// `nubo volume create NAME --size 1G [--type T]`: the coordinator creates

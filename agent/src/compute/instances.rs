@@ -44,6 +44,10 @@ pub enum Action {
     /// Continue a paused (e.g. left frozen by self-fencing) instance that
     /// should run.
     Resume(InstanceId),
+    /// Prepare an instance migrating here (taps, root disk, definition; not
+    /// started: its guest arrives by migration, or, cold, is started after
+    /// the switch).
+    PrepareIncoming(InstanceId),
     /// Redefine a shut-off instance with the spec's vCPUs and memory (after
     /// `nubo server resize`), then boot it if it should run.
     Resize {
@@ -63,6 +67,7 @@ impl Action {
             | Action::Stop(id)
             | Action::Destroy(id)
             | Action::Resume(id)
+            | Action::PrepareIncoming(id)
             | Action::Reboot { id, .. }
             | Action::Resize { id, .. } => id,
         }
@@ -102,6 +107,19 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
     let by_id: BTreeMap<InstanceId, &ObservedInstance> =
         observed.instances.iter().map(|o| (o.id, o)).collect();
     for (id, d) in &desired.instances {
+        // Leaving: the migrations subsystem moves it; a guest that left is
+        // never restarted here.
+        if desired.outgoing.contains_key(id) {
+            continue;
+        }
+        // Arriving: prepared once; the domain that arrives (or waits
+        // defined) is neither started, stopped nor destroyed.
+        if desired.incoming.contains_key(id) {
+            if !by_id.contains_key(id) {
+                out.actions.push(Action::PrepareIncoming(*id));
+            }
+            continue;
+        }
         let Some(o) = by_id.get(id) else {
             out.actions.push(Action::Create(*id));
             continue;
@@ -142,7 +160,7 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
         }
     }
     for o in &observed.instances {
-        if desired.instances.contains_key(&o.id) {
+        if desired.instances.contains_key(&o.id) || desired.migrating(&o.id) {
             continue;
         }
         if !o.managed {
@@ -260,7 +278,11 @@ impl Subsystem for Compute {
         let mut errors: BTreeMap<InstanceId, String> = BTreeMap::new();
         while let Some((action, result)) = results.next().await {
             let id = action.instance();
-            let d = desired.instances.get(&id);
+            // Nothing reports an instance that is migrating.
+            let d = desired
+                .instances
+                .get(&id)
+                .filter(|_| !desired.migrating(&id));
             let mut r = self.reporter.lock().await;
             let prev = r.reported().get(&id).map(|(s, _)| s.clone());
             match (result, d) {
@@ -298,7 +320,10 @@ async fn perform(
     let r = async {
         let r = match (action, spec) {
             (Action::Create(_), Some(spec)) => hv.create(&spec).await,
-            (Action::Create(_), None) => Err(HypervisorError::NotFound(id)),
+            (Action::Create(_) | Action::PrepareIncoming(_), None) => {
+                Err(HypervisorError::NotFound(id))
+            }
+            (Action::PrepareIncoming(_), Some(spec)) => hv.prepare_incoming(&spec).await,
             (Action::Start(_), _) => hv.start(id).await,
             (Action::Stop(_), _) => hv.stop(id).await,
             (Action::Reboot { .. }, _) => hv.reboot(id).await,
@@ -337,6 +362,7 @@ fn power_after(action: Action, d: Option<&DesiredInstance>) -> Option<ObservedPo
         Action::Stop(_) | Action::Resize { start: false, .. } => Some(ObservedPower::Stopped),
         Action::Resize { start: true, .. } => Some(ObservedPower::Running),
         Action::Destroy(_) => None,
+        Action::PrepareIncoming(_) => Some(ObservedPower::Stopped),
     }
 }
 
@@ -509,6 +535,58 @@ mod tests {
         let p = plan(&f.desired, &obs);
         assert_eq!(p.actions, vec![Action::Destroy(gone)]);
         assert_eq!(p.foreign, BTreeSet::from([foreign]));
+    }
+
+    #[test]
+    fn migrating_instances_are_prepared_never_recreated_nor_destroyed() {
+        use crate::state::desired::DesiredOutgoing;
+        use nubo_common::model::{IncomingMigration, MigrationMode, OutgoingMigration};
+        let mut f = fixture(2);
+        let (leaving, arriving) = (f.ids[0], f.ids[1]);
+        let m = nubo_common::MigrationId::new_random();
+        f.desired.outgoing.insert(
+            leaving,
+            DesiredOutgoing {
+                order: OutgoingMigration {
+                    migration: m,
+                    destination: node_name("n2"),
+                    mode: MigrationMode::Live,
+                    block: false,
+                    precopy_budget_secs: 5,
+                    budget_secs: 30,
+                    abort: false,
+                },
+                destination_ip: None,
+            },
+        );
+        f.desired.incoming.insert(
+            arriving,
+            IncomingMigration {
+                migration: m,
+                source: node_name("n3"),
+                mode: MigrationMode::Live,
+                spec: f.desired.instances[&arriving].spec.clone(),
+            },
+        );
+        // The guest left (gone from the hypervisor), the other is not here
+        // yet: prepare the arriving one, never create the one that left.
+        assert_eq!(
+            plan(&f.desired, &ComputeObserved::default()).actions,
+            vec![Action::PrepareIncoming(arriving)]
+        );
+        // Defined (stopped) or arrived (running): left as it is.
+        let mut obs = converged(&f);
+        obs.instances[1].power = ObservedPower::Stopped;
+        obs.instances[0].power = ObservedPower::Stopped;
+        assert!(plan(&f.desired, &obs).actions.is_empty());
+        // Not assigned here, but an order holds them: never destroyed.
+        let mut unassigned = f.desired.clone();
+        unassigned.instances.clear();
+        assert!(plan(&unassigned, &converged(&f)).actions.is_empty());
+        // Positive control: without the orders they are destroyed.
+        unassigned.incoming.clear();
+        unassigned.outgoing.clear();
+        assert_eq!(plan(&unassigned, &converged(&f)).actions.len(), 2);
     }
 
     #[test]

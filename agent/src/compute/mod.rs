@@ -12,11 +12,13 @@
 //! They share a [`status::Reporter`] (statuses written as compute's
 //! actions progress, then the sweep of the status subsystem). Also here:
 //! the [`plug_gate`] (resumes guests started paused once their NICs are
-//! plugged, run after the network subsystems) and [`power_sync`] (a guest
+//! plugged, run after the network subsystems), [`migration`] (this node's
+//! side of live and cold migrations, run last) and [`power_sync`] (a guest
 //! that powered itself off becomes desired stopped).
 
 pub mod hypervisor;
 pub mod instances;
+pub mod migration;
 pub mod plug_gate;
 pub mod power_sync;
 pub mod status;

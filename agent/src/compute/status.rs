@@ -376,6 +376,12 @@ pub fn status_plan(
     };
     let now = &observed.instances;
     for (id, d) in &desired.instances {
+        // A migrating instance keeps the status its source reported until
+        // the switch: a guest that left is not "stopped", one arriving is
+        // not reported by two nodes.
+        if desired.migrating(id) {
+            continue;
+        }
         if now.get(id).is_some_and(|o| !o.managed) {
             put(
                 *id,
@@ -409,6 +415,7 @@ pub fn status_plan(
             && !desired.instances.contains_key(id)
             && !desired.broken.contains_key(id)
             && !desired.pending.contains_key(id)
+            && !desired.migrating(id)
             && !now.get(id).is_some_and(|o| o.managed)
         {
             out.push(StatusAction::Remove {

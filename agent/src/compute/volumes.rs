@@ -147,7 +147,9 @@ pub type VolumesObserved = BTreeMap<InstanceId, Result<Vec<AttachedVolume>, Stri
 pub fn plan_node(desired: &DesiredNode, observed: &VolumesObserved) -> VolumesPlan {
     let mut out = VolumesPlan::default();
     for (id, o) in observed {
-        let Some(d) = desired.instances.get(id) else {
+        // A migrating instance's disks move with it; nothing is plugged or
+        // unplugged until the switch.
+        let Some(d) = desired.instances.get(id).filter(|_| !desired.migrating(id)) else {
             continue;
         };
         match o {

@@ -172,6 +172,15 @@ pub struct Cli {
     /// domain is destroyed (default 30).
     #[arg(long)]
     pub shutdown_timeout_secs: Option<u64>,
+    /// libvirt driver: the destination libvirtd of a live migration, with
+    /// `{host}` for its underlay address (default
+    /// `qemu+tls://{host}/system`; `qemu+tls` also encrypts the stream).
+    #[arg(long)]
+    pub migration_uri: Option<String>,
+    /// libvirt driver: bandwidth cap of live migrations in MiB/s (default
+    /// unlimited).
+    #[arg(long)]
+    pub migration_bandwidth: Option<u64>,
     /// Coordinator API the agent downloads image data from (default
     /// http://127.0.0.1:7400).
     #[arg(long)]
@@ -277,6 +286,10 @@ pub struct FileConfig {
     pub libvirt_prefix: Option<String>,
     /// Graceful shutdown timeout in seconds.
     pub shutdown_timeout_secs: Option<u64>,
+    /// Destination libvirtd URI template of live migrations.
+    pub migration_uri: Option<String>,
+    /// Bandwidth cap of live migrations in MiB/s.
+    pub migration_bandwidth_mib_s: Option<u64>,
     /// Coordinator API endpoint for image downloads.
     pub api_endpoint: Option<String>,
     /// Node API address.
@@ -448,7 +461,20 @@ pub struct LibvirtSettings {
     pub prefix: String,
     /// Graceful shutdown timeout.
     pub shutdown_timeout: Duration,
+    /// How this node's libvirtd reaches another node's for a live
+    /// migration (peer to peer): a URI with `{host}` standing for the
+    /// destination's underlay address. Default `qemu+tls://{host}/system`;
+    /// with a `qemu+tls` URI the migration stream uses QEMU's native TLS
+    /// too. Test labs use `qemu+tcp://{host}/system` (plain TCP).
+    pub migration_uri: String,
+    /// Bandwidth cap of a live migration's stream in MiB/s (memory and
+    /// disks; `None`: unlimited), so that migrations leave room on the
+    /// underlay.
+    pub migration_bandwidth_mib_s: Option<u64>,
 }
+
+/// The default of [`LibvirtSettings::migration_uri`].
+pub const DEFAULT_MIGRATION_URI: &str = "qemu+tls://{host}/system";
 
 impl Default for LibvirtSettings {
     fn default() -> Self {
@@ -457,6 +483,8 @@ impl Default for LibvirtSettings {
             domain_type: DomainTypeKind::Kvm,
             prefix: "nubo-".into(),
             shutdown_timeout: Duration::from_secs(30),
+            migration_uri: DEFAULT_MIGRATION_URI.into(),
+            migration_bandwidth_mib_s: None,
         }
     }
 }
@@ -694,6 +722,13 @@ impl AgentConfig {
         if let Some(t) = cli.shutdown_timeout_secs.or(file.shutdown_timeout_secs) {
             lv.shutdown_timeout = Duration::from_secs(t);
         }
+        if let Some(u) = cli.migration_uri.clone().or(file.migration_uri) {
+            lv.migration_uri = u;
+        }
+        lv.migration_bandwidth_mib_s = cli
+            .migration_bandwidth
+            .or(file.migration_bandwidth_mib_s)
+            .filter(|b| *b > 0);
         cfg.api_endpoint = cli
             .api_endpoint
             .clone()

@@ -70,6 +70,25 @@ impl Hypervisor for GatedHypervisor {
         self.check(id)?;
         self.inner.resume(id).await
     }
+    // Migrations: forwarded (the migrations subsystem is gated like
+    // compute; preparing starts nothing, migrating away boots nothing here).
+    async fn prepare_incoming(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        self.inner.prepare_incoming(spec).await
+    }
+    async fn migrate_out(
+        &self,
+        id: InstanceId,
+        request: &crate::compute::hypervisor::MigrationRequest,
+        abort: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<crate::compute::hypervisor::MigrationDone, HypervisorError> {
+        self.inner.migrate_out(id, request, abort).await
+    }
+    async fn arriving(&self) -> Result<Vec<InstanceId>, HypervisorError> {
+        self.inner.arriving().await
+    }
+    async fn settle_arrived(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        self.inner.settle_arrived(id).await
+    }
     // Volumes: forwarded as they are (compute, their only caller, does not
     // run while the node is fenced).
     async fn volumes(

@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
-    self, Assignment, Flavor, FloatingIp, GuestStop, Image, Instance, InstanceStatus, Keypair,
-    Network, Node, Port, Router, RouterSnat, SecurityGroup, Volume, VolumeType,
+    self, Assignment, Flavor, FloatingIp, GuestStop, Image, IncomingMigration, Instance,
+    InstanceStatus, Keypair, MigrationReport, Network, Node, OutgoingMigration, Port, Router,
+    RouterSnat, SecurityGroup, Volume, VolumeType,
 };
 use nubo_common::{
-    FlavorName, FloatingIpId, ImageId, InstanceId, NetworkId, NodeName, PortId, ProjectId,
-    RouterId, SecurityGroupId, VolumeId,
+    FlavorName, FloatingIpId, ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId,
+    ProjectId, RouterId, SecurityGroupId, VolumeId,
 };
 use serde::de::DeserializeOwned;
 
@@ -80,6 +81,14 @@ pub struct Cache {
     /// The SNAT address of each router on each node, by (node, router)
     /// (the agent reads only its own node's).
     pub router_snats: BTreeMap<(NodeName, RouterId), RouterSnat>,
+    /// The leader's orders to receive an instance migrating here
+    /// (`hosts/<node>/incoming/<instance>`), by instance.
+    pub incoming: BTreeMap<InstanceId, IncomingMigration>,
+    /// The leader's orders to move an instance away
+    /// (`hosts/<node>/outgoing/<instance>`), by instance.
+    pub outgoing: BTreeMap<InstanceId, OutgoingMigration>,
+    /// This node's migration reports, by migration.
+    pub migration_reports: BTreeMap<MigrationId, MigrationReport>,
     /// Keys whose value did not decode, with the reason.
     pub garbage: BTreeMap<String, String>,
     /// How far each watched prefix is known: every change under it up to
@@ -158,7 +167,7 @@ impl Cache {
         };
         if matches!(
             parsed,
-            Key::Assignment(..) | Key::NodeSpec(..) | Key::Port(_)
+            Key::Assignment(..) | Key::NodeSpec(..) | Key::Port(_) | Key::IncomingMigration(..)
         ) {
             match value {
                 Some(_) => self.revisions.insert(key.to_string(), mod_revision),
@@ -183,6 +192,25 @@ impl Cache {
                 put_or_remove(&mut self.router_snats, g, (node, router), key, value);
             }
             Key::NodeSpec(_, id) => put_or_remove(&mut self.instances, g, id, key, value),
+            Key::IncomingMigration(node, id) => {
+                if self.local_node.as_ref().is_some_and(|n| *n != node) {
+                    return Change::Ignored;
+                }
+                put_or_remove(&mut self.incoming, g, id, key, value);
+            }
+            Key::OutgoingMigration(node, id) => {
+                if self.local_node.as_ref().is_some_and(|n| *n != node) {
+                    return Change::Ignored;
+                }
+                put_or_remove(&mut self.outgoing, g, id, key, value);
+            }
+            Key::MigrationReport(node, id) => {
+                if self.local_node.as_ref().is_some_and(|n| *n != node) {
+                    return Change::Ignored;
+                }
+                // Relevant: a guest that left moves its MAC's FDB entry.
+                put_or_remove(&mut self.migration_reports, g, id, key, value);
+            }
             Key::Assignment(node, id) => {
                 let per_node = self.assignments.entry(node.clone()).or_default();
                 put_or_remove(per_node, g, id, key, value);

@@ -21,10 +21,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use nubo_common::keys;
 use nubo_common::model::{
-    Image, Instance, Keypair, Network, PowerState, ProviderSegment, Qos, Remote, Resources,
-    SecurityGroup,
+    Image, IncomingMigration, Instance, Keypair, MigrationReport, Network, OutgoingMigration,
+    PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
 };
-use nubo_common::{InstanceId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId, VolumeId};
+use nubo_common::{
+    InstanceId, MigrationId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId, VolumeId,
+};
 use nubo_netid::MacAddr;
 
 use crate::state::cache::{Cache, StoredStatus};
@@ -68,6 +70,37 @@ pub struct DesiredNode {
     /// instance), so reporters can avoid rewriting identical values and know
     /// which reboot generation was acted on.
     pub reported: BTreeMap<InstanceId, StoredStatus>,
+    /// Instances migrating here (the leader's order exists, the instance is
+    /// not assigned here yet). Each one whose spec resolves is in
+    /// [`DesiredNode::instances`] too, so the network subsystems wire its
+    /// ports like a local instance's before memory moves; compute prepares
+    /// it (taps, root disk, definition) instead of creating it, never
+    /// starts, stops nor destroys it, and nothing reports its status.
+    pub incoming: BTreeMap<InstanceId, IncomingMigration>,
+    /// Instances leaving this node (the leader's order exists): the
+    /// migrations subsystem moves them; compute, volumes and status leave
+    /// them alone (a guest that left is neither restarted nor reported
+    /// stopped).
+    pub outgoing: BTreeMap<InstanceId, DesiredOutgoing>,
+    /// This node's migration reports, by migration.
+    pub migration_reports: BTreeMap<MigrationId, MigrationReport>,
+}
+
+/// An instance to move away, with where to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredOutgoing {
+    /// The leader's order.
+    pub order: OutgoingMigration,
+    /// The destination's underlay address (`None`: node unknown here).
+    pub destination_ip: Option<IpAddr>,
+}
+
+impl DesiredNode {
+    /// Whether a migration order (incoming or outgoing) holds the instance:
+    /// only the migrations subsystem acts on it.
+    pub fn migrating(&self, id: &InstanceId) -> bool {
+        self.incoming.contains_key(id) || self.outgoing.contains_key(id)
+    }
 }
 
 /// One instance to run here.
@@ -279,6 +312,57 @@ pub fn rebuild(
         }
     }
 
+    // Migrations. An incoming instance already assigned here (the switch
+    // done, its order not deleted yet) is an ordinary one.
+    for (id, order) in &cache.incoming {
+        if out.instances.contains_key(id) || out.broken.contains_key(id) {
+            continue;
+        }
+        let since = cache
+            .mod_revision(&keys::node_incoming(node, id))
+            .unwrap_or_default();
+        match resolve_spec(cache, &order.spec, since) {
+            Ok(inst) => {
+                out.instances.insert(*id, inst);
+                out.incoming.insert(*id, order.clone());
+            }
+            Err(Unresolved::Broken(reason)) => {
+                tracing::warn!(instance = %id, migration = %order.migration, %reason, "incoming migration cannot be prepared");
+                out.incoming.insert(*id, order.clone());
+            }
+            Err(Unresolved::Pending { key, .. }) => {
+                out.incoming.insert(*id, order.clone());
+                out.awaited.insert(key);
+            }
+        }
+    }
+    for (id, order) in &cache.outgoing {
+        out.outgoing.insert(
+            *id,
+            DesiredOutgoing {
+                order: order.clone(),
+                destination_ip: cache.nodes.get(&order.destination).map(|n| n.underlay_ip),
+            },
+        );
+    }
+    out.migration_reports = cache.migration_reports.clone();
+    // A spec copy whose assignment may still be on its way (the switch of
+    // a migration writes both, under two prefixes): its guest is held.
+    for (id, spec) in &cache.instances {
+        if out.instances.contains_key(id) || out.broken.contains_key(id) {
+            continue;
+        }
+        let spec_rev = cache
+            .mod_revision(&keys::node_spec(node, id))
+            .unwrap_or_default();
+        let assignment = keys::assignment(node, id);
+        if cache.in_flight(&assignment, spec_rev) {
+            out.pending
+                .insert(spec.id, "assignment not received yet".into());
+            out.awaited.insert(assignment);
+        }
+    }
+
     // Networks and security groups used locally.
     let mut used_groups: BTreeSet<SecurityGroupId> = BTreeSet::new();
     for inst in out.instances.values() {
@@ -368,7 +452,45 @@ pub fn rebuild(
             net.remote_macs.insert(port.mac, remote.underlay_ip);
         }
     }
+    migration_paths(cache, &mut out);
     out
+}
+
+/// The overlay paths of migrations, before the switch moves the ports:
+/// each side floods to the other's VTEP on the networks of the migrating
+/// instance (so the guest's announcement and traffic cross at once), and
+/// once the source reported the guest migrated, the source points the
+/// guest's MACs at the destination. Pure.
+fn migration_paths(cache: &Cache, out: &mut DesiredNode) {
+    let vtep = |n: &NodeName| cache.nodes.get(n).map(|n| n.underlay_ip);
+    let mut paths: Vec<(InstanceId, IpAddr, bool)> = Vec::new();
+    for (id, o) in &out.outgoing {
+        if let Some(ip) = o.destination_ip {
+            let left = out
+                .migration_reports
+                .get(&o.order.migration)
+                .is_some_and(|r| r.phase == nubo_common::model::MigrationPhase::Migrated);
+            paths.push((*id, ip, left));
+        }
+    }
+    for (id, order) in &out.incoming {
+        if let Some(ip) = vtep(&order.source) {
+            paths.push((*id, ip, false));
+        }
+    }
+    for (id, ip, left) in paths {
+        let Some(inst) = out.instances.get(&id) else {
+            continue;
+        };
+        for p in &inst.ports {
+            if let Some(net) = out.networks.get_mut(&p.network) {
+                net.remote_vteps.insert(ip);
+                if left {
+                    net.remote_macs.insert(p.mac, ip);
+                }
+            }
+        }
+    }
 }
 
 /// A network as this node sees it, before its ports and remotes are
@@ -439,6 +561,15 @@ fn resolve_instance(
         .get(&id)
         .ok_or_else(|| missing(cache, "instance spec", &spec_key, assigned_at))?;
     let spec_rev = cache.mod_revision(&spec_key).unwrap_or_default();
+    resolve_spec(cache, spec, spec_rev)
+}
+
+/// Resolves what `spec` (written at revision `spec_rev`) refers to.
+fn resolve_spec(
+    cache: &Cache,
+    spec: &Instance,
+    spec_rev: i64,
+) -> Result<DesiredInstance, Unresolved> {
     let image = cache.images.get(&spec.image).ok_or_else(|| {
         missing(
             cache,

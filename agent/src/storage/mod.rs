@@ -94,6 +94,13 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
     /// volumes.
     async fn remove_root(&self, id: InstanceId) -> Result<(), StorageError>;
 
+    /// Whether root disks are shared by every node (Ceph RBD): a live
+    /// migration then moves no disk, and a node that only prepared to
+    /// receive an instance never removes its root disk.
+    fn root_is_shared(&self) -> bool {
+        false
+    }
+
     /// How QEMU reaches volume `id`.
     fn volume_source(&self, id: &VolumeId) -> Result<RbdDisk, StorageError> {
         let _ = id;

@@ -149,6 +149,10 @@ impl StorageBackend for RbdBackend {
         "rbd"
     }
 
+    fn root_is_shared(&self) -> bool {
+        true
+    }
+
     async fn prepare_root(&self, spec: &DesiredInstance) -> Result<PreparedRoot, StorageError> {
         let id = spec.id();
         let local = self.images.ensure(&spec.image).await?;

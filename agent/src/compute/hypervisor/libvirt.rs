@@ -38,11 +38,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nubo_common::model::Qos;
-use nubo_common::model::{self, PowerState as DesiredPower, Timestamp};
+use nubo_common::model::{
+    self, MigrationMode, OutgoingMigration, PowerState as DesiredPower, Timestamp,
+};
 use nubo_common::{InstanceId, VolumeId};
 use nubo_libvirt::{
     AttachedDisk, DiskSpec, DomainSpec, DomainType, DriverConfig, IoTune, KernelBoot,
-    LibvirtDriver, LifecycleEvent, Nic, PowerState, StopReason, VolumeDisk,
+    LibvirtDriver, LifecycleEvent, MigrateOptions, Nic, PowerState, StopReason, VolumeDisk,
 };
 use nubo_overlay::Netlink;
 use serde::{Deserialize, Serialize};
@@ -87,6 +89,12 @@ pub struct InstanceRecord {
     /// letting compute resume it before its taps are wired.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub plug_held: bool,
+    /// Prepared here for an incoming migration and not settled yet (see
+    /// [`super::Hypervisor::settle_arrived`]): removing it never removes a
+    /// shared root disk (the source's guest uses it), and a guest of it
+    /// that runs here is never destroyed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arriving: bool,
 }
 
 /// The persisted state.
@@ -202,6 +210,36 @@ pub fn domain_spec(
     }
 }
 
+/// The libvirt migration options of an outgoing order: the destination
+/// libvirtd from `uri_template` (`{host}` = its underlay address), the
+/// stream to that address, QEMU's native TLS with a `qemu+tls` URI, block
+/// migration when asked or when the root disk is not shared (a local disk
+/// must be copied, never abandoned), post-copy after the pre-copy budget
+/// when that is shorter than the total. Pure.
+pub fn migrate_options(
+    uri_template: &str,
+    destination: std::net::IpAddr,
+    order: &OutgoingMigration,
+    shared_root: bool,
+) -> MigrateOptions {
+    let host = match destination {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let destination_uri = uri_template.replace("{host}", &host);
+    let budget = Duration::from_secs(u64::from(order.budget_secs.max(1)));
+    let precopy = Duration::from_secs(u64::from(order.precopy_budget_secs));
+    MigrateOptions {
+        tls: destination_uri.starts_with("qemu+tls:"),
+        destination_uri,
+        migration_uri: Some(format!("tcp://{host}")),
+        block: order.block || !shared_root,
+        postcopy_after: (order.precopy_budget_secs > 0 && precopy < budget).then_some(precopy),
+        budget,
+        bandwidth_mib_s: None,
+    }
+}
+
 /// libvirt `<iotune>` limits of a volume type's QoS. Pure.
 pub fn iotune_of(q: &Qos) -> IoTune {
     IoTune {
@@ -268,6 +306,10 @@ pub struct LibvirtHypervisor {
     /// Sizes of the shut-off domains seen by the last [`Self::list`], for
     /// [`super::Resizer::stopped_sizes`].
     stopped_sizes: std::sync::Mutex<BTreeMap<InstanceId, InstanceSize>>,
+    /// Destination libvirtd URI template of live migrations (`{host}`).
+    migration_uri: String,
+    /// Bandwidth cap of live migrations (MiB/s).
+    migration_bandwidth_mib_s: Option<u64>,
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -358,6 +400,8 @@ impl LibvirtHypervisor {
             libvirt_writes: tokio::sync::Semaphore::new(1),
             plug: (!cfg.no_network).then(PlugWaiters::new),
             stopped_sizes: std::sync::Mutex::default(),
+            migration_uri: lv.migration_uri.clone(),
+            migration_bandwidth_mib_s: lv.migration_bandwidth_mib_s,
         }
         .restore_plug_holds()
         .await
@@ -479,6 +523,69 @@ impl LibvirtHypervisor {
                 self.release_hold(id).await;
                 Err(self.dom_err(id, e))
             }
+        }
+    }
+
+    /// Records `id` with `taps`, `boots` more boots and whether it is
+    /// arriving by migration (`None`: as recorded before). Done before
+    /// the taps exist, so a failure later still lets destroy clean them up.
+    async fn record_instance(
+        &self,
+        id: InstanceId,
+        taps: &[TapRecord],
+        boots: u64,
+        arriving: Option<bool>,
+    ) -> Result<(), HypervisorError> {
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let prev = next.instances.get(&id).cloned();
+        next.instances.insert(
+            id,
+            InstanceRecord {
+                taps: taps.to_vec(),
+                boot_count: prev.as_ref().map_or(0, |p| p.boot_count) + boots,
+                created_at: prev.as_ref().map_or_else(model::now, |p| p.created_at),
+                plug_held: prev.as_ref().is_some_and(|p| p.plug_held),
+                arriving: arriving.unwrap_or_else(|| prev.is_some_and(|p| p.arriving)),
+            },
+        );
+        self.persist(&next).await?;
+        *st = next;
+        Ok(())
+    }
+
+    /// The taps of `spec`'s ports.
+    fn tap_records(&self, spec: &DesiredInstance) -> Vec<TapRecord> {
+        spec.ports
+            .iter()
+            .map(|p| TapRecord {
+                name: p.tap.clone(),
+                mac: p.mac.to_string(),
+                mtu: self.mtu,
+            })
+            .collect()
+    }
+
+    /// Forgets an instance that left by migration: its taps, console log,
+    /// record and, when `remove_root` (a local disk, copied to the
+    /// destination), its root disk. Failures are logged: the guest runs
+    /// elsewhere now, what is left is litter.
+    async fn release_migrated(&self, id: InstanceId, remove_root: bool) {
+        self.plug_forget(&id);
+        if remove_root {
+            if let Err(e) = self.storage.remove_root(id).await {
+                warn!(instance = %id, error = %e, "could not remove the local root disk of a migrated instance");
+            }
+        }
+        let _ = tokio::fs::remove_file(self.console_log(&id)).await;
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        if let Some(rec) = next.instances.remove(&id) {
+            self.delete_taps(&rec.taps).await;
+        }
+        match self.persist(&next).await {
+            Ok(()) => *st = next,
+            Err(e) => warn!(instance = %id, error = %e, "could not forget a migrated instance"),
         }
     }
 
@@ -664,34 +771,10 @@ impl super::Hypervisor for LibvirtHypervisor {
         async {
             let started = std::time::Instant::now();
             let ds = self.prepare_domain(spec).await?;
-            let taps: Vec<TapRecord> = spec
-                .ports
-                .iter()
-                .map(|p| TapRecord {
-                    name: p.tap.clone(),
-                    mac: p.mac.to_string(),
-                    mtu: self.mtu,
-                })
-                .collect();
+            let taps = self.tap_records(spec);
             let running = spec.power() == DesiredPower::Running;
-            {
-                let mut st = self.state.lock().await;
-                let mut next = st.clone();
-                let prev = next.instances.get(&id).cloned();
-                next.instances.insert(
-                    id,
-                    InstanceRecord {
-                        taps: taps.clone(),
-                        boot_count: prev.as_ref().map_or(0, |p| p.boot_count) + u64::from(running),
-                        created_at: prev.as_ref().map_or_else(model::now, |p| p.created_at),
-                        plug_held: prev.is_some_and(|p| p.plug_held),
-                    },
-                );
-                // Recorded before the taps exist, so a failure below still
-                // lets destroy clean them up.
-                self.persist(&next).await?;
-                *st = next;
-            }
+            self.record_instance(id, &taps, u64::from(running), None)
+                .await?;
             self.ensure_taps(&taps).await?;
             let _permit = self.write_permit().await?;
             if running {
@@ -765,15 +848,41 @@ impl super::Hypervisor for LibvirtHypervisor {
     }
 
     async fn destroy(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        let arriving = self
+            .state
+            .lock()
+            .await
+            .instances
+            .get(&id)
+            .is_some_and(|r| r.arriving);
+        if arriving {
+            let runs = self
+                .driver
+                .get(&id.to_string())
+                .await
+                .map_err(|e| self.dom_err(id, e))?
+                .is_some_and(|d| d.state.is_active());
+            if runs {
+                return Err(HypervisorError::Backend(format!(
+                    "instance {id} arrived by migration and runs here, but is not assigned here; left alone"
+                )));
+            }
+        }
         self.mark_stopping(id, true);
         let r = self.driver.undefine(&id.to_string()).await;
         self.mark_stopping(id, false);
         r.map_err(|e| self.dom_err(id, e))?;
         self.plug_forget(&id);
-        self.storage
-            .remove_root(id)
-            .await
-            .map_err(|e| backend("remove root disk", e))?;
+        // Only prepared for a migration that did not happen: a shared root
+        // disk is the source's guest's.
+        if arriving && self.storage.root_is_shared() {
+            info!(instance = %id, "incoming migration undone; shared root disk left to its source");
+        } else {
+            self.storage
+                .remove_root(id)
+                .await
+                .map_err(|e| backend("remove root disk", e))?;
+        }
         let _ = tokio::fs::remove_file(self.console_log(&id)).await;
         let mut st = self.state.lock().await;
         let mut next = st.clone();
@@ -782,6 +891,105 @@ impl super::Hypervisor for LibvirtHypervisor {
         }
         self.persist(&next).await?;
         *st = next;
+        Ok(())
+    }
+
+    async fn prepare_incoming(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        let id = spec.id();
+        let span = info_span!("libvirt_prepare_incoming", instance = %id, name = %spec.spec.name);
+        async {
+            let ds = self.prepare_domain(spec).await?;
+            let taps = self.tap_records(spec);
+            self.record_instance(id, &taps, 0, Some(true)).await?;
+            self.ensure_taps(&taps).await?;
+            let _permit = self.write_permit().await?;
+            self.driver
+                .define(&ds)
+                .await
+                .map_err(|e| self.dom_err(id, e))?;
+            info!("prepared for an incoming migration (taps, root disk, definition)");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn migrate_out(
+        &self,
+        id: InstanceId,
+        request: &super::MigrationRequest,
+        abort: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<super::MigrationDone, HypervisorError> {
+        let order = &request.order;
+        let shared = self.storage.root_is_shared();
+        let started = std::time::Instant::now();
+        let done = match order.mode {
+            MigrationMode::Live => {
+                let mut opts =
+                    migrate_options(&self.migration_uri, request.destination_ip, order, shared);
+                opts.bandwidth_mib_s = self.migration_bandwidth_mib_s;
+                let stats = self
+                    .driver
+                    .migrate(&id.to_string(), &opts, abort)
+                    .await
+                    .map_err(|e| HypervisorError::Backend(e.to_string()))?;
+                info!(instance = %id, downtime_ms = ?stats.downtime_ms, elapsed_ms = ?stats.elapsed_ms,
+                    wall_ms = stats.wall_ms, postcopy = stats.postcopy, block = opts.block, "migrated live");
+                super::MigrationDone {
+                    downtime_ms: stats.downtime_ms,
+                    elapsed_ms: stats.wall_ms,
+                    postcopy: stats.postcopy,
+                }
+            }
+            MigrationMode::Cold => {
+                if !shared {
+                    return Err(HypervisorError::Unsupported(format!(
+                        "cold migration of {id}: its root disk is local ({} storage); use a live block migration",
+                        self.storage.name()
+                    )));
+                }
+                self.stop(id).await?;
+                // Undefined here (its shared disk kept): the destination
+                // defined it while preparing and starts it after the switch.
+                self.mark_stopping(id, true);
+                let r = self.driver.undefine(&id.to_string()).await;
+                self.mark_stopping(id, false);
+                r.map_err(|e| self.dom_err(id, e))?;
+                super::MigrationDone {
+                    downtime_ms: None,
+                    elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    postcopy: false,
+                }
+            }
+        };
+        self.release_migrated(id, !shared).await;
+        Ok(done)
+    }
+
+    async fn arriving(&self) -> Result<Vec<InstanceId>, HypervisorError> {
+        Ok(self
+            .state
+            .lock()
+            .await
+            .instances
+            .iter()
+            .filter(|(_, r)| r.arriving)
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    async fn settle_arrived(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        let mut st = self.state.lock().await;
+        if !st.instances.get(&id).is_some_and(|r| r.arriving) {
+            return Ok(());
+        }
+        let mut next = st.clone();
+        if let Some(r) = next.instances.get_mut(&id) {
+            r.arriving = false;
+        }
+        self.persist(&next).await?;
+        *st = next;
+        info!(instance = %id, "arrived by migration; an ordinary instance of this node now");
         Ok(())
     }
 
@@ -960,6 +1168,42 @@ mod tests {
     }
 
     #[test]
+    fn migration_options_follow_the_order_and_the_storage() {
+        let order = OutgoingMigration {
+            migration: nubo_common::MigrationId::new_random(),
+            destination: "n2".parse().unwrap(),
+            mode: MigrationMode::Live,
+            block: false,
+            precopy_budget_secs: 10,
+            budget_secs: 60,
+            abort: false,
+        };
+        let ip = "10.1.2.3".parse().unwrap();
+        let o = migrate_options("qemu+tcp://{host}/system", ip, &order, true);
+        assert_eq!(o.destination_uri, "qemu+tcp://10.1.2.3/system");
+        assert_eq!(o.migration_uri.as_deref(), Some("tcp://10.1.2.3"));
+        assert!(!o.tls && !o.block);
+        assert_eq!(o.postcopy_after, Some(Duration::from_secs(10)));
+        assert_eq!(o.budget, Duration::from_secs(60));
+        // Production: TLS for libvirtd and for the stream.
+        let o = migrate_options(crate::config::DEFAULT_MIGRATION_URI, ip, &order, true);
+        assert!(o.tls);
+        // A local root disk is always copied, never abandoned.
+        assert!(migrate_options("qemu+tcp://{host}/system", ip, &order, false).block);
+        // No post-copy when its budget is not shorter than the total.
+        let mut long = order.clone();
+        long.precopy_budget_secs = 60;
+        assert_eq!(migrate_options("x", ip, &long, true).postcopy_after, None);
+        let v6 = migrate_options(
+            "qemu+tcp://{host}/system",
+            "fd00::2".parse().unwrap(),
+            &order,
+            true,
+        );
+        assert_eq!(v6.migration_uri.as_deref(), Some("tcp://[fd00::2]"));
+    }
+
+    #[test]
     fn tap_mac_differs_from_the_guest_mac() {
         assert_eq!(host_side_mac("fa:16:3e:98:82:c5"), "fe:16:3e:98:82:c5");
     }
@@ -988,6 +1232,7 @@ mod tests {
                 boot_count: 2,
                 created_at: model::now(),
                 plug_held: true,
+                arriving: false,
             },
         );
         std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
@@ -1012,6 +1257,7 @@ mod tests {
             boot_count: 1,
             created_at: model::now(),
             plug_held: held,
+            arriving: false,
         };
         let ids: Vec<InstanceId> = (0..5).map(|_| InstanceId::new_random()).collect();
         let (paused_held, running_held, off_held, gone_held, paused_not_held) =

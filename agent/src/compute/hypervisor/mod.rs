@@ -181,6 +181,43 @@ pub trait Hypervisor: Send + Sync + 'static {
             self.driver()
         )))
     }
+    /// Destination of a migration: prepares `spec` to receive its guest
+    /// (root disk, taps, definition), without starting it. Idempotent.
+    async fn prepare_incoming(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "migrating {} here on the {} driver",
+            spec.id(),
+            self.driver()
+        )))
+    }
+    /// Source of a migration: moves the instance to the destination (live:
+    /// the hypervisor's migration; cold: stopped and undefined here, its
+    /// shared disk kept). `abort` turning true aborts a live job before
+    /// post-copy. On success the instance is gone from here (its local
+    /// resources released); on failure it runs here as before.
+    async fn migrate_out(
+        &self,
+        id: InstanceId,
+        request: &MigrationRequest,
+        abort: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<MigrationDone, HypervisorError> {
+        let _ = (request, abort);
+        Err(HypervisorError::Unsupported(format!(
+            "migrating {id} away on the {} driver",
+            self.driver()
+        )))
+    }
+    /// Instances prepared for an incoming migration that this driver still
+    /// marks as arriving (their shared disk is not theirs to remove yet).
+    async fn arriving(&self) -> Result<Vec<InstanceId>, HypervisorError> {
+        Ok(Vec::new())
+    }
+    /// The instance arrived and is assigned here: it is an ordinary one
+    /// from now on (removing it removes its disk).
+    async fn settle_arrived(&self, id: InstanceId) -> Result<(), HypervisorError> {
+        let _ = id;
+        Ok(())
+    }
     /// Changes the I/O limits of an attached volume, live.
     async fn set_disk_qos(
         &self,
@@ -194,6 +231,28 @@ pub trait Hypervisor: Send + Sync + 'static {
             self.driver()
         )))
     }
+}
+
+/// What the source's migration job needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationRequest {
+    /// The migration.
+    pub migration: nubo_common::MigrationId,
+    /// The leader's order.
+    pub order: nubo_common::model::OutgoingMigration,
+    /// The destination's underlay address.
+    pub destination_ip: std::net::IpAddr,
+}
+
+/// How a migration the source ran ended well.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigrationDone {
+    /// Guest downtime measured by the hypervisor (ms).
+    pub downtime_ms: Option<u64>,
+    /// Duration of the job (ms).
+    pub elapsed_ms: u64,
+    /// Whether it switched to post-copy.
+    pub postcopy: bool,
 }
 
 /// vCPUs and memory of an instance's definition.
