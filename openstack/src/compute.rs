@@ -172,10 +172,7 @@ async fn show_flavor(
     microversion(&headers)?;
     let f = up
         .flavors(&headers)?
-        .get(pb::GetRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .get(crate::upstream::get_req(id))
         .await
         .api(S)?
         .into_inner();
@@ -284,10 +281,7 @@ async fn show_server(
     microversion(&headers)?;
     let s = up
         .servers(&headers)?
-        .get(pb::GetRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .get(crate::upstream::get_req(id))
         .await
         .api(S)?
         .into_inner();
@@ -463,10 +457,7 @@ async fn delete_server(
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
     up.servers(&headers)?
-        .delete(pb::DeleteRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .delete(crate::upstream::delete_req(id))
         .await
         .api(S)?;
     Ok(versioned(StatusCode::NO_CONTENT))
@@ -535,10 +526,7 @@ async fn show_keypair(
     microversion(&headers)?;
     let k = up
         .keypairs(&headers)?
-        .get(pb::GetRequest {
-            r#ref: name,
-            project: String::new(),
-        })
+        .get(crate::upstream::get_req(name))
         .await
         .api(S)?
         .into_inner();
@@ -592,10 +580,7 @@ async fn delete_keypair(
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
     up.keypairs(&headers)?
-        .delete(pb::DeleteRequest {
-            r#ref: name,
-            project: String::new(),
-        })
+        .delete(crate::upstream::delete_req(name))
         .await
         .api(S)?;
     Ok(versioned(StatusCode::ACCEPTED))

@@ -92,10 +92,7 @@ async fn show_image(
 ) -> Result<Response, ApiError> {
     let i = up
         .images(&headers)?
-        .get(pb::GetRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .get(crate::upstream::get_req(id))
         .await
         .api(S)?
         .into_inner();
@@ -167,10 +164,7 @@ async fn delete_image(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     up.images(&headers)?
-        .delete(pb::DeleteRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .delete(crate::upstream::delete_req(id))
         .await
         .api(S)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -233,10 +227,7 @@ async fn download(
     // Resolve (and authorize) in the caller's project first: Download
     // takes an id and checks no project.
     let image = images
-        .get(pb::GetRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .get(crate::upstream::get_req(id))
         .await
         .api(S)?
         .into_inner();

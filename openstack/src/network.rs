@@ -107,10 +107,7 @@ async fn show_network(
 ) -> Result<Response, ApiError> {
     let n = up
         .networks(&headers)?
-        .get(pb::GetRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .get(crate::upstream::get_req(id))
         .await
         .api(S)?
         .into_inner();
@@ -181,10 +178,7 @@ async fn show_group(
 ) -> Result<Response, ApiError> {
     let g = up
         .security_groups(&headers)?
-        .get(pb::GetRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .get(crate::upstream::get_req(id))
         .await
         .api(S)?
         .into_inner();
@@ -232,10 +226,7 @@ async fn delete_group(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     up.security_groups(&headers)?
-        .delete(pb::DeleteRequest {
-            r#ref: id,
-            project: String::new(),
-        })
+        .delete(crate::upstream::delete_req(id))
         .await
         .api(S)?;
     Ok(StatusCode::NO_CONTENT.into_response())

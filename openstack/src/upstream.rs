@@ -176,6 +176,22 @@ impl Upstream {
     }
 }
 
+/// A `GetRequest` for `r` (an id or a unique name) in the caller's project.
+pub fn get_req(r: String) -> pb::GetRequest {
+    pb::GetRequest {
+        r#ref: r,
+        project: String::new(),
+    }
+}
+
+/// A `DeleteRequest` for `r` in the caller's project.
+pub fn delete_req(r: String) -> pb::DeleteRequest {
+    pb::DeleteRequest {
+        r#ref: r,
+        project: String::new(),
+    }
+}
+
 /// The caller's token: `X-Auth-Token` (what every OpenStack client sends).
 pub fn caller_token(headers: &HeaderMap) -> Option<&str> {
     headers
