@@ -106,9 +106,9 @@ impl HostLibvirtd {
         };
         me.write_config()?;
         let script = format!(
-            "set -e\n{mounts}\nvirtlogd -d -p /run/libvirt/virtlogd.pid\n{libvirtd}",
+            "set -e\n{mounts}\nvirtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d{args} -p /run/libvirt/libvirtd.pid",
             mounts = me.mounts(),
-            libvirtd = me.libvirtd_command()
+            args = me.libvirtd_args()
         );
         me.launch(netns, &script)?;
         Ok(me)
@@ -190,9 +190,9 @@ echo 'namespaces = []' > {b}/qemu.conf
             Ok(!pid_alive(pid))
         })?;
         let script = format!(
-            "set -e\n{mounts}\n{libvirtd}",
+            "set -e\n{mounts}\nlibvirtd -d{args} -p /run/libvirt/libvirtd.pid",
             mounts = self.mounts(),
-            libvirtd = self.libvirtd_command()
+            args = self.libvirtd_args()
         );
         self.launch(netns, &script)
     }
@@ -216,13 +216,12 @@ echo 'namespaces = []' > {b}/qemu.conf
         Ok(())
     }
 
-    /// The command line that starts libvirtd with its configuration.
-    fn libvirtd_command(&self) -> String {
+    /// The options of libvirtd besides `-d` and its pid file: TCP
+    /// listening when asked, its configuration. (The command itself stays
+    /// in the scripts' text, where the inventory scan sees it.)
+    fn libvirtd_args(&self) -> String {
         let listen = if self.listen.is_some() { " -l" } else { "" };
-        format!(
-            "libvirtd -d{listen} -f {}/libvirtd.conf -p /run/libvirt/libvirtd.pid",
-            self.base.display()
-        )
+        format!("{listen} -f {}/libvirtd.conf", self.base.display())
     }
 
     /// `qemu+tcp://<ip>/system` when it listens on TCP.
