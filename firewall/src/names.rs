@@ -31,16 +31,7 @@ pub fn valid_ifname(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'/' && b != b'\\' && b != b'*')
 }
 
-/// FNV-1a, 64 bit: a small, stable hash (unlike `std`'s `DefaultHasher`,
-/// its value never changes between Rust releases).
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
+pub use nubo_netid::fnv1a64;
 
 #[cfg(test)]
 mod tests {

@@ -10,4 +10,4 @@ mod mac;
 mod names;
 
 pub use mac::{MacAddr, MacParseError, PORT_MAC_PREFIX, ROUTER_MAC_PREFIX};
-pub use names::{hashed_name, stable_hash, tap_name, TAP_HEX_DIGITS};
+pub use names::{fnv1a64, hashed_name, stable_hash, tap_name, TAP_HEX_DIGITS};

@@ -18,19 +18,27 @@ pub fn tap_name(port_id: &str) -> String {
     format!("tap{hex}")
 }
 
-/// A 64-bit FNV-1a hash of `parts` (each followed by a 0 byte, so
-/// `["ab","c"]` and `["a","bc"]` differ): stable across versions and
-/// machines, for names and MACs every node must derive alike. Not
-/// cryptographic.
-pub fn stable_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+/// The 64-bit FNV-1a hash of `data`: stable across versions and
+/// machines, for names, MACs and fingerprints every node must derive alike.
+/// Not cryptographic.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    hash
+}
+
+/// [`fnv1a64`] of `parts`, each followed by a 0 byte (so `["ab","c"]` and
+/// `["a","bc"]` differ).
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for part in parts {
+        bytes.extend_from_slice(part.as_bytes());
+        bytes.push(0);
+    }
+    fnv1a64(&bytes)
 }
 
 /// A device name: `prefix` (2 characters) + 11 hex digits of
