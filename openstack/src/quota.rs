@@ -111,16 +111,40 @@ async fn fetch(
         .map(tonic::Response::into_inner)
 }
 
+/// Nova's `quota_set` (with its `id`) for `project`, limits only or with
+/// usage (`detail`).
+async fn nova_quota_set(
+    up: &Upstream,
+    headers: &HeaderMap,
+    project: String,
+    detail: bool,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(up, headers, project.clone(), Service::Compute).await?;
+    let mut body = quota_body(&compute_rows(&q), detail);
+    body.insert("id".into(), json!(project));
+    Ok(axum::Json(json!({"quota_set": body})))
+}
+
+/// Neutron's `quota` for `project`, limits only or with usage (`detail`).
+async fn neutron_quota(
+    up: &Upstream,
+    headers: &HeaderMap,
+    project: String,
+    detail: bool,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(up, headers, project, Service::Network).await?;
+    Ok(axum::Json(
+        json!({"quota": quota_body(&network_rows(&q), detail)}),
+    ))
+}
+
 /// `GET /compute/v2.1/os-quota-sets/{project}`.
 pub async fn compute_quota(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let q = fetch(&up, &headers, project.clone(), Service::Compute).await?;
-    let mut body = quota_body(&compute_rows(&q), false);
-    body.insert("id".into(), json!(project));
-    Ok(axum::Json(json!({"quota_set": body})))
+    nova_quota_set(&up, &headers, project, false).await
 }
 
 /// `GET /compute/v2.1/os-quota-sets/{project}/detail`.
@@ -129,22 +153,16 @@ pub async fn compute_quota_detail(
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let q = fetch(&up, &headers, project.clone(), Service::Compute).await?;
-    let mut body = quota_body(&compute_rows(&q), true);
-    body.insert("id".into(), json!(project));
-    Ok(axum::Json(json!({"quota_set": body})))
+    nova_quota_set(&up, &headers, project, true).await
 }
 
-/// `GET /network/v2.0/quotas/{project}` (and `…/details.json` with usage).
+/// `GET /network/v2.0/quotas/{project}`.
 pub async fn network_quota(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let q = fetch(&up, &headers, project, Service::Network).await?;
-    Ok(axum::Json(
-        json!({"quota": quota_body(&network_rows(&q), false)}),
-    ))
+    neutron_quota(&up, &headers, project, false).await
 }
 
 /// `GET /network/v2.0/quotas/{project}/details.json`.
@@ -153,10 +171,7 @@ pub async fn network_quota_detail(
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let q = fetch(&up, &headers, project, Service::Network).await?;
-    Ok(axum::Json(
-        json!({"quota": quota_body(&network_rows(&q), true)}),
-    ))
+    neutron_quota(&up, &headers, project, true).await
 }
 
 #[cfg(test)]
