@@ -138,6 +138,32 @@ fn fastping(console: &str, ip: &str) -> (u64, Vec<(u64, u64)>) {
     (last, gaps)
 }
 
+/// Waits until the pinger on host 1 (`p_id`) has 600 more answers from
+/// `ip` after sequence `seq_before` (6 s of pings answered after the move:
+/// same IP), and returns the gaps `(after seq, ms)` from `seq_before` on.
+fn gaps_after_migration(
+    lab: &VmLab,
+    p_id: &InstanceId,
+    ip: &str,
+    seq_before: u64,
+) -> Vec<(u64, u64)> {
+    let mut console = String::new();
+    wait_until(
+        Duration::from_secs(120),
+        "pings answered after the migration",
+        || {
+            console = lab.agents[0].console(&p_id.to_string());
+            Ok(fastping(&console, ip).0 > seq_before + 600)
+        },
+    )
+    .unwrap();
+    fastping(&console, ip)
+        .1
+        .into_iter()
+        .filter(|(after, _)| *after >= seq_before)
+        .collect()
+}
+
 fn uptimes(console: &str) -> Vec<f64> {
     console
         .lines()
@@ -399,29 +425,14 @@ fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceI
 
     // Same IP: the pinger's pings are answered by the guest on the
     // destination (3 s more of answers after the migration).
-    let mut p_console = String::new();
-    wait_until(
-        Duration::from_secs(120),
-        "pings answered after the migration",
-        || {
-            p_console = lab.agents[0].console(&p_id.to_string());
-            Ok(fastping(&p_console, &m_ip.to_string()).0 > seq_before + 600)
-        },
-    )
-    .unwrap();
-    let (_, gaps) = fastping(&p_console, &m_ip.to_string());
-    let max_gap = gaps
-        .iter()
-        .filter(|(after, _)| *after >= seq_before)
-        .map(|(_, ms)| *ms)
-        .max()
-        .unwrap_or(10);
+    let gaps = gaps_after_migration(lab, &p_id, &m_ip.to_string(), seq_before);
+    let max_gap = gaps.iter().map(|(_, ms)| *ms).max().unwrap_or(10);
     eprintln!(
         "{what}: migrated in {mig_time:?} (agent job: {}), libvirt downtime {:?} ms, \
          longest ping gap {max_gap} ms (gaps after seq {seq_before}: {:?}); load average before: {load}",
         done.detail.as_deref().unwrap_or("-"),
         done.downtime_ms,
-        gaps.iter().filter(|(a, _)| *a >= seq_before).collect::<Vec<_>>(),
+        gaps,
     );
     assert!(done.downtime_ms.is_some(), "libvirt reported no downtime");
 
@@ -490,7 +501,7 @@ fn live_migration_on_rbd_keeps_the_guest_running() {
 /// driving both agents' libvirt migration of a TCG guest on a local disk
 /// (block migration), while another guest pings it every 10 ms.
 #[test]
-#[ignore = "passed 2 of 2 alone (~40 s) but failed once in the full suite beside the other VM test (the guest's uptime not seen on the destination's console within 60 s after a completed migration): under investigation; run with --ignored"]
+#[ignore = "passed 2 of 5 runs: the migration completes, but in 3 runs the guest's uptime line never showed on the destination's console within 60 s: under investigation; run with --ignored"]
 fn nubo_server_migrate_live_through_the_coordinator() {
     let mut lab = VmLab::start_without_agents(2).unwrap();
     lab.start_agents(&["--migration-bandwidth".into(), BANDWIDTH_MIB_S.into()])
@@ -572,20 +583,8 @@ fn nubo_server_migrate_live_through_the_coordinator() {
     assert!(!lab.agents[1]
         .console(&m_id.to_string())
         .contains("NUBO-GUEST: init"));
-    let mut p_console = String::new();
-    wait_until(
-        Duration::from_secs(120),
-        "pings answered after the migration",
-        || {
-            p_console = lab.agents[0].console(&p_id.to_string());
-            Ok(fastping(&p_console, &m_ip.to_string()).0 > seq_before + 600)
-        },
-    )
-    .unwrap();
-    let max_gap = fastping(&p_console, &m_ip.to_string())
-        .1
+    let max_gap = gaps_after_migration(lab, &p_id, &m_ip.to_string(), seq_before)
         .iter()
-        .filter(|(after, _)| *after >= seq_before)
         .map(|(_, ms)| *ms)
         .max()
         .unwrap_or(10);
