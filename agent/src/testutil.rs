@@ -166,7 +166,7 @@ impl World {
             id: NetworkId::new_random(),
             name: format!("net{vni}"),
             project: ProjectId::default_project(),
-            cidr: "192.168.0.0/24".parse().unwrap(),
+            cidr: Some("192.168.0.0/24".parse().unwrap()),
             gateway: Some("192.168.0.1".parse().unwrap()),
             vni,
             mtu,
@@ -261,7 +261,7 @@ impl World {
             segment: None,
         });
         let mut net = self.cache.networks[&id].clone();
-        net.cidr = "10.77.0.0/24".parse().unwrap();
+        net.cidr = Some("10.77.0.0/24".parse().unwrap());
         net.gateway = Some("10.77.0.1".parse().unwrap());
         net.external = true;
         self.put(keys::network(&id), &net);

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use nubo_common::proto::{CreateNetworkRequest, Network};
+use nubo_common::proto::{CreateNetworkRequest, Network, SetSubnetRequest};
 use serde_json::{json, Value};
 
 use crate::api::Call;
@@ -35,6 +35,59 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         networks: Vec<String>,
     },
+    /// The subnet of a network created without `--cidr`.
+    #[command(subcommand)]
+    Subnet(SubnetCmd),
+}
+
+/// `nubo network subnet …`.
+#[derive(Debug, Subcommand)]
+pub enum SubnetCmd {
+    /// Give a network created without `--cidr` its (one) IPv4 subnet.
+    Set(SubnetArgs),
+    /// Remove a network's subnet (no ports, addresses or router left).
+    Delete {
+        /// Network name or id.
+        network: String,
+    },
+}
+
+/// `nubo network subnet set`.
+#[derive(Debug, Args)]
+pub struct SubnetArgs {
+    /// Network name or id.
+    pub network: String,
+    /// IPv4 subnet, e.g. 10.20.0.0/24.
+    #[arg(long)]
+    pub cidr: String,
+    /// Gateway address handed out by DHCP, or "none" (default: first host address).
+    #[arg(long, value_parser = parse_gateway)]
+    pub gateway: Option<Gateway>,
+    /// DNS server handed out by DHCP (repeatable).
+    #[arg(long = "dns")]
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl SubnetArgs {
+    /// The API request for `project`.
+    pub fn request(&self, project: &str) -> SetSubnetRequest {
+        SetSubnetRequest {
+            r#ref: self.network.clone(),
+            project: project.to_string(),
+            cidr: self.cidr.clone(),
+            gateway: gateway_field(self.gateway),
+            dns: self.dns.iter().map(Ipv4Addr::to_string).collect(),
+        }
+    }
+}
+
+/// The API's gateway field: empty = the default, `none`, or an address.
+fn gateway_field(g: Option<Gateway>) -> String {
+    match g {
+        None => String::new(),
+        Some(Gateway::None) => "none".into(),
+        Some(Gateway::Ip(ip)) => ip.to_string(),
+    }
 }
 
 /// `--gateway IP|none`.
@@ -60,14 +113,15 @@ fn parse_gateway(s: &str) -> Result<Gateway, String> {
 pub struct CreateArgs {
     /// Network name.
     pub name: String,
-    /// IPv4 subnet, e.g. 10.20.0.0/24.
+    /// IPv4 subnet, e.g. 10.20.0.0/24 (without: add it later with `nubo
+    /// network subnet set`).
     #[arg(long)]
-    pub cidr: String,
+    pub cidr: Option<String>,
     /// Gateway address handed out by DHCP, or "none" (default: first host address).
-    #[arg(long, value_parser = parse_gateway)]
+    #[arg(long, value_parser = parse_gateway, requires = "cidr")]
     pub gateway: Option<Gateway>,
     /// DNS server handed out by DHCP (repeatable).
-    #[arg(long = "dns")]
+    #[arg(long = "dns", requires = "cidr")]
     pub dns: Vec<Ipv4Addr>,
     /// Guest MTU (default: underlay MTU − 50).
     #[arg(long)]
@@ -106,12 +160,8 @@ impl CreateArgs {
         CreateNetworkRequest {
             name: self.name.clone(),
             project: project.to_string(),
-            cidr: self.cidr.clone(),
-            gateway: match self.gateway {
-                None => String::new(),
-                Some(Gateway::None) => "none".into(),
-                Some(Gateway::Ip(ip)) => ip.to_string(),
-            },
+            cidr: self.cidr.clone().unwrap_or_default(),
+            gateway: gateway_field(self.gateway),
             dns: self.dns.iter().map(Ipv4Addr::to_string).collect(),
             mtu: self.mtu.unwrap_or(0),
             provider_type: match self.provider_type {
@@ -133,7 +183,7 @@ pub fn to_json(n: &Network) -> Value {
         "id": n.id,
         "name": n.name,
         "project": n.project,
-        "cidr": n.cidr,
+        "cidr": opt(&n.cidr),
         "gateway": opt(&n.gateway),
         "vni": n.vni,
         "mtu": n.mtu,
@@ -221,6 +271,22 @@ pub async fn run(cmd: NetworkCmd, ctx: &Ctx) -> Result<()> {
                 api.networks().delete(req).await.or_fail(api).map(drop)
             })
             .await
+        }
+        NetworkCmd::Subnet(SubnetCmd::Set(args)) => {
+            let n = api
+                .networks()
+                .set_subnet(args.request(&api.project))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&n))
+        }
+        NetworkCmd::Subnet(SubnetCmd::Delete { network }) => {
+            let n = api
+                .networks()
+                .delete_subnet(api.delete_req(&network))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&n))
         }
     }
 }

@@ -22,7 +22,7 @@ async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkI
         id: NetworkId::new_random(),
         name: name.into(),
         project: ProjectId::new("admin").unwrap(),
-        cidr: cidr.parse().unwrap(),
+        cidr: Some(cidr.parse().unwrap()),
         gateway: Some(gw.parse().unwrap()),
         vni: 0,
         mtu: 0,

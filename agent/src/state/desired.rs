@@ -369,11 +369,9 @@ pub fn rebuild(
         for p in &inst.ports {
             // resolve_instance checked the network exists.
             if let Some(net) = cache.networks.get(&p.network) {
-                let entry = out
-                    .networks
-                    .entry(net.id)
-                    .or_insert_with(|| desired_network(net, underlay_mtu));
-                entry.local_ports.insert(p.id);
+                if let Some(entry) = network_entry(&mut out.networks, net, underlay_mtu) {
+                    entry.local_ports.insert(p.id);
+                }
             }
             used_groups.extend(p.security_groups.iter().copied());
         }
@@ -417,14 +415,12 @@ pub fn rebuild(
             let Some(net) = cache.networks.get(&net_id) else {
                 continue;
             };
-            out.networks
-                .entry(net_id)
-                .or_insert_with(|| desired_network(net, underlay_mtu))
-                .router_legs
-                .push(RouterLegPort {
+            if let Some(entry) = network_entry(&mut out.networks, net, underlay_mtu) {
+                entry.router_legs.push(RouterLegPort {
                     host: host.clone(),
                     mac,
                 });
+            }
         }
     }
 
@@ -493,12 +489,30 @@ fn migration_paths(cache: &Cache, out: &mut DesiredNode) {
     }
 }
 
+/// The entry of `net` in `networks`, made on first use; `None` (logged)
+/// for a network without a subnet, which cannot have ports — only a
+/// hand-edited record gets here.
+fn network_entry<'a>(
+    networks: &'a mut BTreeMap<NetworkId, DesiredNetwork>,
+    net: &Network,
+    underlay_mtu: u16,
+) -> Option<&'a mut DesiredNetwork> {
+    if !networks.contains_key(&net.id) {
+        let Some(desired) = desired_network(net, underlay_mtu) else {
+            tracing::warn!(network = %net.id, "network without a subnet has local ports; left out");
+            return None;
+        };
+        networks.insert(net.id, desired);
+    }
+    networks.get_mut(&net.id)
+}
+
 /// A network as this node sees it, before its ports and remotes are
-/// filled in.
-fn desired_network(net: &Network, underlay_mtu: u16) -> DesiredNetwork {
-    DesiredNetwork {
+/// filled in (`None` without a subnet).
+fn desired_network(net: &Network, underlay_mtu: u16) -> Option<DesiredNetwork> {
+    Some(DesiredNetwork {
         id: net.id,
-        cidr: net.cidr,
+        cidr: net.cidr?,
         gateway: net.gateway,
         vni: net.vni,
         provider: net.provider.clone(),
@@ -512,7 +526,7 @@ fn desired_network(net: &Network, underlay_mtu: u16) -> DesiredNetwork {
         remote_vteps: BTreeSet::new(),
         remote_macs: BTreeMap::new(),
         router_legs: Vec::new(),
-    }
+    })
 }
 
 /// Why an instance cannot be resolved.

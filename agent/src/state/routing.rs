@@ -117,14 +117,14 @@ fn resolve_router(
             tracing::warn!(router = %r.id, network = %net_id, "routed network not found; leg left out");
             continue;
         };
-        let Some(gateway) = net.gateway else {
-            tracing::warn!(router = %r.id, network = %net_id, "routed network has no gateway; leg left out");
+        let (Some(cidr), Some(gateway)) = (net.cidr, net.gateway) else {
+            tracing::warn!(router = %r.id, network = %net_id, "routed network has no subnet or no gateway; leg left out");
             continue;
         };
         let (host, inner) = leg_names(&r.id, net_id, false);
         legs.push(DesiredRouterLeg {
             network: *net_id,
-            cidr: net.cidr,
+            cidr,
             gateway,
             mac: MacAddr::router_mac(&[&rid, &net_id.to_string()]),
             host,
@@ -143,6 +143,10 @@ fn resolve_router(
             tracing::warn!(router = %r.id, network = %gw.network, "external network not found; no way out");
             return None;
         };
+        let Some(cidr) = net.cidr else {
+            tracing::warn!(router = %r.id, network = %gw.network, "external network has no subnet; no way out");
+            return None;
+        };
         let (host, inner) = leg_names(&r.id, &gw.network, true);
         let floating = cache
             .floating_ips
@@ -153,7 +157,7 @@ fn resolve_router(
             .collect();
         Some(DesiredExternalLeg {
             network: gw.network,
-            cidr: net.cidr,
+            cidr,
             upstream: net.gateway,
             snat: cache
                 .router_snats

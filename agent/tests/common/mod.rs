@@ -81,7 +81,7 @@ impl World {
             id: NetworkId::new_random(),
             name: "net".into(),
             project: ProjectId::default_project(),
-            cidr: "10.10.0.0/16".parse().unwrap(),
+            cidr: Some("10.10.0.0/16".parse().unwrap()),
             gateway: Some("10.10.0.1".parse().unwrap()),
             vni: 4242,
             mtu: 0,

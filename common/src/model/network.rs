@@ -23,8 +23,11 @@ pub struct Network {
     pub name: String,
     /// Owner.
     pub project: ProjectId,
-    /// Subnet.
-    pub cidr: Ipv4Net,
+    /// Its IPv4 subnet; `None` until one is added (a network created
+    /// without a CIDR, as Neutron's network-then-subnet creation does): such
+    /// a network has no ports, so no node builds anything for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<Ipv4Net>,
     /// Default gateway handed out by DHCP, if any.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,

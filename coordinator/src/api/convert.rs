@@ -70,7 +70,7 @@ pub fn network(n: &model::Network) -> pb::Network {
         id: n.id.to_string(),
         name: n.name.clone(),
         project: n.project.to_string(),
-        cidr: n.cidr.to_string(),
+        cidr: n.cidr.map(|c| c.to_string()).unwrap_or_default(),
         gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
         vni: n.vni,
         mtu: u32::from(n.mtu),

@@ -4,7 +4,7 @@ use nubo_common::proto::{self as pb, networks_server};
 use tonic::Request;
 
 use super::{convert, page, project, reply, scope, R};
-use crate::operations::networks::{self, NewNetwork};
+use crate::operations::networks::{self, NewNetwork, NewSubnet};
 use crate::state::Ctx;
 
 #[tonic::async_trait]
@@ -45,5 +45,22 @@ impl networks_server::Networks for Ctx {
         let r = r.into_inner();
         let go = async { networks::delete(self, &project(&r.project)?, &r.r#ref).await };
         reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn set_subnet(&self, r: Request<pb::SetSubnetRequest>) -> R<pb::Network> {
+        let r = r.into_inner();
+        let go = async {
+            let sn = NewSubnet {
+                cidr: r.cidr,
+                gateway: r.gateway,
+                dns: r.dns,
+            };
+            networks::set_subnet(self, &project(&r.project)?, &r.r#ref, sn).await
+        };
+        reply(go.await.map(|n| convert::network(&n)))
+    }
+    async fn delete_subnet(&self, r: Request<pb::DeleteRequest>) -> R<pb::Network> {
+        let r = r.into_inner();
+        let go = async { networks::delete_subnet(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|n| convert::network(&n)))
     }
 }

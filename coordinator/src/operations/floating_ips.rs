@@ -49,11 +49,12 @@ pub async fn create(
                     "floating IP address {a:?} is not an IPv4 address"
                 ))
             })?;
-            if !ipam::assignable(net.cidr, net.gateway, ip) {
+            let cidr = super::networks::subnet_of(&net)?;
+            if !ipam::assignable(cidr, net.gateway, ip) {
                 return Err(ApiError::InvalidArgument(format!(
                     "address {ip} is not a usable address of network {:?} ({}{})",
                     net.name,
-                    net.cidr,
+                    cidr,
                     net.gateway
                         .map(|g| format!(", gateway {g}"))
                         .unwrap_or_default()
@@ -63,7 +64,7 @@ pub async fn create(
         }
     };
     let id = FloatingIpId::new_random();
-    let mut pool = IpPool::new(net.clone());
+    let mut pool = IpPool::new(net.clone())?;
     for _ in 0..MAX_ALLOC_ATTEMPTS {
         let ip = match wanted {
             Some(ip) => ip,
@@ -349,7 +350,12 @@ pub(crate) async fn through_router(
         .await?;
     Ok(fips
         .into_iter()
-        .filter(|f| network.is_none_or(|n| f.fixed_ip.is_some_and(|ip| n.cidr.contains(&ip))))
+        .filter(|f| {
+            network.is_none_or(|n| {
+                f.fixed_ip
+                    .is_some_and(|ip| n.cidr.is_some_and(|c| c.contains(&ip)))
+            })
+        })
         .map(|f| f.address.to_string())
         .collect())
 }

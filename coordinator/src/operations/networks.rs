@@ -4,12 +4,14 @@
 //! networks (admin only).
 
 use etcd_client::GetOptions;
+use ipnet::Ipv4Net;
 use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{self, Network, ProviderSegment, ProviderType, QuotaUsage};
 use nubo_common::{NetworkId, ProjectId};
 use nubo_store::kv::{decode_or_skip, prefix_empty};
 use nubo_store::TxnBuilder;
 use rand::Rng;
+use std::net::Ipv4Addr;
 
 use super::{Page, PageRequest, Scope};
 use crate::error::{ApiError, ApiResult};
@@ -22,7 +24,7 @@ pub struct NewNetwork {
     /// Its name (unique in the project).
     pub name: String,
     /// IPv4 CIDR, e.g. `10.20.0.0/24` (must not overlap the project's
-    /// other networks).
+    /// other networks); empty = no subnet yet ([`set_subnet`] adds it).
     pub cidr: String,
     /// Gateway: empty = the first host address, `none` = no gateway.
     pub gateway: String,
@@ -111,13 +113,89 @@ fn describe(p: &ProviderSegment) -> String {
     }
 }
 
+/// The subnet of a network, with its gateway and DNS servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Subnet {
+    cidr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    dns: Vec<Ipv4Addr>,
+}
+
+/// The subnet a request asks for: `None` when `cidr` is empty (then the
+/// gateway and DNS servers must be empty too). Pure.
+fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Option<Subnet>> {
+    if cidr.trim().is_empty() {
+        if !gateway.trim().is_empty() || !dns.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "a gateway or DNS servers need a subnet (--cidr)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let cidr = validate::cidr(cidr)?;
+    Ok(Some(Subnet {
+        cidr,
+        gateway: validate::gateway(gateway, cidr)?,
+        dns: validate::dns(dns)?,
+    }))
+}
+
+/// The subnet of `net`, or a clear error for a network created without
+/// one.
+pub fn subnet_of(net: &Network) -> ApiResult<Ipv4Net> {
+    net.cidr.ok_or_else(|| {
+        ApiError::FailedPrecondition(format!(
+            "network {:?} has no subnet yet: add one first (nubo network subnet set {} --cidr CIDR)",
+            net.name, net.name
+        ))
+    })
+}
+
+/// The names and subnets of `project`'s networks, read at the store
+/// revision it returns (a transaction comparing the networks' prefix
+/// against it re-checks after a concurrent change).
+async fn project_subnets(
+    ctx: &Ctx,
+    project: &ProjectId,
+) -> ApiResult<(i64, Vec<(String, Option<Ipv4Net>)>)> {
+    let rev = ctx.store.revision().await?;
+    let existing = ctx
+        .store
+        .list_all(&keys::networks_prefix(), |kv| {
+            decode_or_skip::<Network>(kv)
+                .filter(|n| n.project == *project)
+                .map(|n| (n.name, n.cidr))
+        })
+        .await?;
+    Ok((rev, existing))
+}
+
+/// Refuses `cidr` when it overlaps another subnet of the project (`name`
+/// is the network getting it, skipped).
+fn check_overlap(
+    cidr: Ipv4Net,
+    name: &str,
+    existing: &[(String, Option<Ipv4Net>)],
+    project: &ProjectId,
+) -> ApiResult<()> {
+    let others: Vec<(String, Ipv4Net)> = existing
+        .iter()
+        .filter(|(n, _)| n != name)
+        .filter_map(|(n, c)| Some((n.clone(), (*c)?)))
+        .collect();
+    match validate::find_overlap(cidr, &others) {
+        Some((other_name, other)) => Err(ApiError::InvalidArgument(format!(
+            "network {cidr} overlaps network {other_name:?} ({other}) in project {project}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Creates a network of `project` with a unique VNI.
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<Network> {
     let project = project.clone();
     validate::name("network", &r.name)?;
-    let cidr = validate::cidr(&r.cidr)?;
-    let gateway = validate::gateway(&r.gateway, cidr)?;
-    let dns = validate::dns(&r.dns)?;
+    let subnet = requested_subnet(&r.cidr, &r.gateway, &r.dns)?;
     let mtu = match r.mtu {
         0 => 0,
         m @ 576..=9000 => m as u16,
@@ -151,25 +229,15 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
     for _ in 0..16 {
         // The project's networks, read at a revision the txn then
         // compares against: a concurrent create forces a re-check.
-        let rev = ctx.store.revision().await?;
-        let existing = ctx
-            .store
-            .list_all(&keys::networks_prefix(), |kv| {
-                decode_or_skip::<Network>(kv)
-                    .filter(|n| n.project == project)
-                    .map(|n| (n.name, n.cidr))
-            })
-            .await?;
+        let (rev, existing) = project_subnets(ctx, &project).await?;
         if existing.iter().any(|(n, _)| *n == r.name) {
             return Err(ApiError::AlreadyExists(format!(
                 "network {:?} already exists in project {project}",
                 r.name
             )));
         }
-        if let Some((name, other)) = validate::find_overlap(cidr, &existing) {
-            return Err(ApiError::InvalidArgument(format!(
-                "network {cidr} overlaps network {name:?} ({other}) in project {project}"
-            )));
+        if let Some(sn) = &subnet {
+            check_overlap(sn.cidr, &r.name, &existing, &project)?;
         }
         // Provider networks are on a physical segment: no VNI.
         let vni = if provider.is_some() {
@@ -181,11 +249,11 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             id: NetworkId::new_random(),
             name: r.name.clone(),
             project: project.clone(),
-            cidr,
-            gateway,
+            cidr: subnet.as_ref().map(|sn| sn.cidr),
+            gateway: subnet.as_ref().and_then(|sn| sn.gateway),
             vni,
             mtu,
-            dns: dns.clone(),
+            dns: subnet.as_ref().map(|sn| sn.dns.clone()).unwrap_or_default(),
             provider: provider.clone(),
             external: r.external,
             shared: r.shared,
@@ -218,7 +286,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
         super::quotas::add(ctx, &mut t, &project, &delta).await?;
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(network = %net.id, project = %project, %cidr, vni,
+            tracing::info!(network = %net.id, project = %project, cidr = ?net.cidr, vni,
                 provider = ?net.provider, external = net.external, shared = net.shared,
                 "network created");
             return Ok(net);
@@ -248,6 +316,103 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
     }
     Err(ApiError::Unavailable(
         "too many concurrent network changes; retry".into(),
+    ))
+}
+
+/// What [`set_subnet`] gives a network.
+#[derive(Debug, Clone, Default)]
+pub struct NewSubnet {
+    /// IPv4 CIDR (must not overlap the project's other networks).
+    pub cidr: String,
+    /// Gateway: empty = the first host address, `none` = no gateway.
+    pub gateway: String,
+    /// DNS servers handed out by DHCP.
+    pub dns: Vec<String>,
+}
+
+/// Gives the network `r` of `project`, created without a CIDR, its one
+/// subnet; refused when it has one.
+pub async fn set_subnet(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    sn: NewSubnet,
+) -> ApiResult<Network> {
+    let Some(subnet) = requested_subnet(&sn.cidr, &sn.gateway, &sn.dns)? else {
+        return Err(ApiError::InvalidArgument(
+            "a subnet needs a CIDR (--cidr)".into(),
+        ));
+    };
+    for _ in 0..16 {
+        let net = super::lookup::network(ctx, project, r).await?;
+        let mut n = net.value;
+        if let Some(c) = n.cidr {
+            return Err(ApiError::AlreadyExists(format!(
+                "network {:?} already has subnet {c}: a nubo network has one IPv4 subnet (create another network for another subnet)",
+                n.name
+            )));
+        }
+        let (rev, existing) = project_subnets(ctx, &n.project).await?;
+        check_overlap(subnet.cidr, &n.name, &existing, &n.project)?;
+        n.cidr = Some(subnet.cidr);
+        n.gateway = subnet.gateway;
+        n.dns = subnet.dns.clone();
+        let mut t = TxnBuilder::new();
+        t.unchanged(&keys::network(&n.id), net.mod_rev);
+        t.prefix_unchanged_since(&keys::networks_prefix(), rev);
+        t.put(&keys::network(&n.id), &n);
+        if ctx.store.commit(&t).await?.succeeded() {
+            tracing::info!(network = %n.id, cidr = %subnet.cidr, "subnet added");
+            return Ok(n);
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the project's networks changed concurrently too often; retry".into(),
+    ))
+}
+
+/// Removes the subnet of the network `r` of `project`: refused while it
+/// has ports or other addresses, or is attached to a router.
+pub async fn delete_subnet(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Network> {
+    for _ in 0..16 {
+        let net = super::lookup::network(ctx, project, r).await?;
+        let mut n = net.value;
+        if n.cidr.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "network {:?} has no subnet",
+                n.name
+            )));
+        }
+        let ipam_prefix = keys::ipam_prefix(&n.id);
+        n.cidr = None;
+        n.gateway = None;
+        n.dns.clear();
+        let mut t = TxnBuilder::new();
+        let same = t.unchanged(&keys::network(&n.id), net.mod_rev);
+        let unrouted = t.absent(&keys::router_interface(&n.id));
+        t.when(prefix_empty(&ipam_prefix));
+        t.put(&keys::network(&n.id), &n);
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
+            tracing::info!(network = %n.id, "subnet removed");
+            return Ok(n);
+        }
+        if !a.held(same) {
+            continue;
+        }
+        if !a.held(unrouted) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "network {:?} is attached to a router; remove it from the router first (nubo router remove subnet)",
+                n.name
+            )));
+        }
+        return Err(ApiError::FailedPrecondition(format!(
+            "the subnet of network {:?} still has ports or other addresses (floating IPs, router gateways); delete them first",
+            n.name
+        )));
+    }
+    Err(ApiError::Unavailable(
+        "the network changed concurrently too often; retry".into(),
     ))
 }
 

@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnet::Ipv4Net;
+
 use etcd_client::{GetOptions, Txn};
 use nubo_common::keys;
 use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage};
@@ -27,24 +29,27 @@ pub(crate) const MAX_ALLOC_ATTEMPTS: usize = 64;
 #[derive(Debug)]
 pub(crate) struct IpPool {
     pub(crate) net: Network,
+    cidr: Ipv4Net,
     taken: HashSet<Ipv4Addr>,
     loaded: bool,
 }
 
 impl IpPool {
-    pub(crate) fn new(net: Network) -> Self {
-        Self {
+    /// The pool of `net`; refused for a network without a subnet.
+    pub(crate) fn new(net: Network) -> ApiResult<Self> {
+        Ok(Self {
+            cidr: super::networks::subnet_of(&net)?,
             net,
             taken: HashSet::new(),
             loaded: false,
-        }
+        })
     }
 
     /// Marks `ip` as taken (a reservation lost a race); small networks are
     /// re-read before the next pick.
     pub(crate) fn conflict(&mut self, ip: Ipv4Addr) {
         self.taken.insert(ip);
-        if ipam::usable_count(self.net.cidr, self.net.gateway) <= SMALL_NETWORK {
+        if ipam::usable_count(self.cidr, self.net.gateway) <= SMALL_NETWORK {
             self.loaded = false;
         }
     }
@@ -58,7 +63,7 @@ impl IpPool {
         ApiError::ResourceExhausted(format!(
             "network {:?} is full: all {} addresses are in use",
             self.net.name,
-            ipam::usable_count(self.net.cidr, self.net.gateway)
+            ipam::usable_count(self.cidr, self.net.gateway)
         ))
     }
 }
@@ -197,18 +202,13 @@ async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> 
 
 /// Picks the next address to try on a network.
 pub(crate) async fn next_ip(ctx: &Ctx, pool: &mut IpPool) -> ApiResult<Ipv4Addr> {
-    let small = ipam::usable_count(pool.net.cidr, pool.net.gateway) <= SMALL_NETWORK;
+    let small = ipam::usable_count(pool.cidr, pool.net.gateway) <= SMALL_NETWORK;
     if small && !pool.loaded {
         pool.taken = load_taken(ctx, &pool.net.id).await?;
         pool.loaded = true;
     }
     loop {
-        let pick = ipam::pick(
-            pool.net.cidr,
-            pool.net.gateway,
-            &pool.taken,
-            &mut rand::rng(),
-        );
+        let pick = ipam::pick(pool.cidr, pool.net.gateway, &pool.taken, &mut rand::rng());
         match pick {
             Some(ip) => return Ok(ip),
             None if pool.loaded => return Err(pool.full()),
@@ -250,11 +250,12 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
             let ip: Ipv4Addr = s
                 .parse()
                 .map_err(|_| ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address")))?;
-            if !ipam::assignable(net.cidr, net.gateway, ip) {
+            let cidr = super::networks::subnet_of(&net)?;
+            if !ipam::assignable(cidr, net.gateway, ip) {
                 return Err(ApiError::InvalidArgument(format!(
                     "ip {ip} is not an assignable address of network {:?} ({}, gateway {})",
                     net.name,
-                    net.cidr,
+                    cidr,
                     net.gateway.map_or("none".to_string(), |g| g.to_string())
                 )));
             }
@@ -262,7 +263,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         }
     };
     let sgs = super::security_groups::secgroups(ctx, &project, &r.security_groups).await?;
-    let mut pool = IpPool::new(net);
+    let mut pool = IpPool::new(net)?;
     let mut port = Port {
         id: PortId::new_random(),
         name: r.name.clone(),

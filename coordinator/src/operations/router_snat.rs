@@ -138,7 +138,7 @@ impl Pools {
                 .read::<Network>(&keys::network(net))
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("external network {net} is gone")))?;
-            self.0.insert(*net, IpPool::new(n.value));
+            self.0.insert(*net, IpPool::new(n.value)?);
         }
         self.0
             .get_mut(net)

@@ -46,7 +46,7 @@ pub async fn create(
     };
     let id = RouterId::new_random();
     let idx = keys::name_index(NameKind::Router, project, name);
-    let mut pool = ext.map(IpPool::new);
+    let mut pool = ext.map(IpPool::new).transpose()?;
     for _ in 0..MAX_ALLOC_ATTEMPTS {
         let mut t = TxnBuilder::new();
         let name_free = t.absent(&idx);
@@ -159,12 +159,13 @@ pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> A
             .iter()
             .flatten()
             .filter_map(nubo_store::kv::decode_or_skip::<Network>)
-            .map(|o| (o.name, o.cidr))
+            .filter_map(|o| Some((o.name, o.cidr?)))
             .collect();
-        if let Some((name, cidr)) = validate::find_overlap(network.cidr, &others) {
+        let subnet = super::networks::subnet_of(&network)?;
+        if let Some((name, cidr)) = validate::find_overlap(subnet, &others) {
             return Err(ApiError::InvalidArgument(format!(
-                "network {:?} ({}) overlaps network {name:?} ({cidr}) of router {:?}",
-                network.name, network.cidr, rt.name
+                "network {:?} ({subnet}) overlaps network {name:?} ({cidr}) of router {:?}",
+                network.name, rt.name
             )));
         }
         let iface = keys::router_interface(&network.id);

@@ -229,7 +229,12 @@ impl<'a> CreateJob<'a> {
             plan.name.clone()
         };
         let now = model::now();
-        let pools: Vec<IpPool> = plan.networks.iter().cloned().map(IpPool::new).collect();
+        let pools = plan
+            .networks
+            .iter()
+            .cloned()
+            .map(IpPool::new)
+            .collect::<ApiResult<Vec<IpPool>>>()?;
         let new_ports: Vec<Port> = plan
             .networks
             .iter()
@@ -720,6 +725,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     let mut networks = Vec::with_capacity(r.networks.len());
     for n in &r.networks {
         let net = network_dep(ctx, &project, n, src, &mut deps).await?;
+        super::networks::subnet_of(&net)?;
         networks.push(Network::clone(&net));
     }
     let mut existing_ports: Vec<Versioned<Port>> = Vec::with_capacity(r.ports.len());

@@ -1,0 +1,285 @@
+//! A network created without a CIDR, then given its subnet (Neutron's
+//! network-then-subnet creation, also `nubo network subnet set`), through
+//! the API (`auth = "token"`, real etcd, the coordinator in-process): no
+//! port and no server on it before the subnet, a clear error for each bad
+//! request (a gateway without a subnet, an overlap, a second subnet, a
+//! subnet removed while it has ports), and the subnet removed when the
+//! network has no port left.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+mod common;
+
+use common::authed as req;
+use common::{channel, issue_token, put_project, put_user, register_node, res};
+use nubo_common::model::{Role, UserName};
+use nubo_common::proto as pb;
+use nubo_coordinator::api::bootstrap;
+use nubo_coordinator::{AuthMode, Config};
+use nubo_identity::Passwords;
+use nubo_tests::Etcd;
+use tonic::Code;
+
+fn subnet(network: &str, cidr: &str) -> pb::SetSubnetRequest {
+    pb::SetSubnetRequest {
+        r#ref: network.into(),
+        cidr: cidr.into(),
+        ..Default::default()
+    }
+}
+
+fn refused<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    text: &str,
+) {
+    match r {
+        Ok(v) => panic!("accepted: {:?}", v.into_inner()),
+        Err(e) => {
+            assert_eq!(e.code(), code, "{e:?}");
+            assert!(e.message().contains(text), "{:?}", e.message());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_gets_its_subnet_after_creation() {
+    let etcd = Etcd::start().unwrap();
+    let store = etcd.store().await.unwrap();
+    let pw = Passwords::with_params(64, 1, 1).unwrap();
+    bootstrap(&store, &UserName::new("admin").unwrap(), "adminpw", &pw)
+        .await
+        .unwrap();
+    put_project(&etcd, "p1").await;
+    put_user(
+        &etcd,
+        "alice",
+        &pw.hash("pw").unwrap(),
+        Some("p1"),
+        Role::Member,
+    )
+    .await;
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.auth = AuthMode::Token;
+    let c = nubo_coordinator::start(cfg).await.unwrap();
+    let ch = channel(&c).await;
+    let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
+    let mut nets = pb::networks_client::NetworksClient::new(ch.clone());
+    let mut ports = pb::ports_client::PortsClient::new(ch.clone());
+    let mut servers = pb::servers_client::ServersClient::new(ch.clone());
+    let mut flavors = pb::flavors_client::FlavorsClient::new(ch.clone());
+    let mut images = pb::images_client::ImagesClient::new(ch.clone());
+    let root = issue_token(&mut tokens, "admin", "adminpw").await;
+    let alice = issue_token(&mut tokens, "alice", "pw").await;
+
+    // A gateway or DNS servers without a CIDR make no sense.
+    refused(
+        nets.create(req(
+            &alice,
+            pb::CreateNetworkRequest {
+                name: "x".into(),
+                gateway: "10.1.0.1".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::InvalidArgument,
+        "need a subnet",
+    );
+    let bare = nets
+        .create(req(
+            &alice,
+            pb::CreateNetworkRequest {
+                name: "bare".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bare.cidr, "");
+    assert_eq!(bare.gateway, "");
+    assert_ne!(bare.vni, 0, "an overlay network has its VNI from the start");
+    let other = nets
+        .create(req(
+            &alice,
+            pb::CreateNetworkRequest {
+                name: "other".into(),
+                cidr: "10.1.0.0/24".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Nothing plugs into it before its subnet exists.
+    let port_req = pb::CreatePortRequest {
+        network_ref: "bare".into(),
+        ..Default::default()
+    };
+    refused(
+        ports.create(req(&alice, port_req.clone())).await,
+        Code::FailedPrecondition,
+        "has no subnet yet",
+    );
+    flavors
+        .create(req(
+            &root,
+            pb::CreateFlavorRequest {
+                name: "m1".into(),
+                vcpus: 1,
+                ram_mb: 128,
+                disk_gb: 1,
+            },
+        ))
+        .await
+        .unwrap();
+    images
+        .create(req(
+            &alice,
+            pb::CreateImageRequest {
+                name: "cirros".into(),
+                disk_format: "qcow2".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    register_node(&etcd, "n0", res(8, 8 * 1024, 100), "nova").await;
+    let mut server = common::server_req("vm", &["bare"], 1);
+    server.flavor = "m1".into();
+    let r = servers.create(req(&alice, server)).await;
+    match r {
+        Err(e) => {
+            assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().contains("has no subnet yet"), "{e:?}");
+        }
+        Ok(r) => {
+            let r = r.into_inner();
+            let err = r.results[0].error.clone();
+            assert!(r.results[0].server.is_none(), "{r:?}");
+            assert!(format!("{err:?}").contains("has no subnet yet"), "{r:?}");
+        }
+    }
+
+    // Bad subnets, each with its reason.
+    refused(
+        nets.set_subnet(req(&alice, subnet("bare", "10.1.0.128/25")))
+            .await,
+        Code::InvalidArgument,
+        "overlaps network \"other\"",
+    );
+    refused(
+        nets.set_subnet(req(&alice, subnet("bare", ""))).await,
+        Code::InvalidArgument,
+        "needs a CIDR",
+    );
+    refused(
+        nets.set_subnet(req(&alice, subnet("bare", "10.2.0.0/30")))
+            .await,
+        Code::InvalidArgument,
+        "too small",
+    );
+    refused(
+        nets.set_subnet(req(
+            &alice,
+            pb::SetSubnetRequest {
+                gateway: "10.3.0.1".into(),
+                ..subnet("bare", "10.2.0.0/24")
+            },
+        ))
+        .await,
+        Code::InvalidArgument,
+        "not a host address",
+    );
+    refused(
+        nets.set_subnet(req(&alice, subnet("other", "10.5.0.0/24")))
+            .await,
+        Code::AlreadyExists,
+        "already has subnet 10.1.0.0/24",
+    );
+    refused(
+        nets.set_subnet(req(&alice, subnet("nosuch", "10.5.0.0/24")))
+            .await,
+        Code::NotFound,
+        "nosuch",
+    );
+
+    // The subnet: then ports and servers work.
+    let set = nets
+        .set_subnet(req(
+            &alice,
+            pb::SetSubnetRequest {
+                dns: vec!["10.2.0.53".into()],
+                ..subnet(&bare.id, "10.2.0.0/24")
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.id, bare.id);
+    assert_eq!(set.cidr, "10.2.0.0/24");
+    assert_eq!(set.gateway, "10.2.0.1");
+    assert_eq!(set.dns, vec!["10.2.0.53".to_string()]);
+    let shown = nets
+        .get(req(
+            &alice,
+            pb::GetRequest {
+                r#ref: "bare".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown, set);
+    refused(
+        nets.set_subnet(req(&alice, subnet("bare", "10.6.0.0/24")))
+            .await,
+        Code::AlreadyExists,
+        "a nubo network has one IPv4 subnet",
+    );
+    let port = ports
+        .create(req(&alice, port_req))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        port.ip.starts_with("10.2.0."),
+        "address from the new subnet: {port:?}"
+    );
+
+    // Its subnet stays while a port uses it; goes once none is left.
+    let del = pb::DeleteRequest {
+        r#ref: "bare".into(),
+        ..Default::default()
+    };
+    refused(
+        nets.delete_subnet(req(&alice, del.clone())).await,
+        Code::FailedPrecondition,
+        "still has ports",
+    );
+    ports
+        .delete(req(
+            &alice,
+            pb::DeleteRequest {
+                r#ref: port.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let cleared = nets
+        .delete_subnet(req(&alice, del.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cleared.cidr, "");
+    refused(
+        nets.delete_subnet(req(&alice, del)).await,
+        Code::NotFound,
+        "has no subnet",
+    );
+    assert_eq!(other.cidr, "10.1.0.0/24");
+}
