@@ -167,6 +167,7 @@ impl World {
             name: format!("net{vni}"),
             project: ProjectId::default_project(),
             cidr: Some("192.168.0.0/24".parse().unwrap()),
+            subnet_name: None,
             gateway: Some("192.168.0.1".parse().unwrap()),
             vni,
             mtu,

@@ -66,6 +66,9 @@ pub struct SubnetArgs {
     /// DNS server handed out by DHCP (repeatable).
     #[arg(long = "dns")]
     pub dns: Vec<Ipv4Addr>,
+    /// A name for the subnet (shown to OpenStack clients).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 impl SubnetArgs {
@@ -77,6 +80,7 @@ impl SubnetArgs {
             cidr: self.cidr.clone(),
             gateway: gateway_field(self.gateway),
             dns: self.dns.iter().map(Ipv4Addr::to_string).collect(),
+            name: self.name.clone().unwrap_or_default(),
         }
     }
 }
@@ -184,6 +188,7 @@ pub fn to_json(n: &Network) -> Value {
         "name": n.name,
         "project": n.project,
         "cidr": opt(&n.cidr),
+        "subnet_name": opt(&n.subnet_name),
         "gateway": opt(&n.gateway),
         "vni": n.vni,
         "mtu": n.mtu,

@@ -23,6 +23,7 @@ async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkI
         name: name.into(),
         project: ProjectId::new("admin").unwrap(),
         cidr: Some(cidr.parse().unwrap()),
+        subnet_name: None,
         gateway: Some(gw.parse().unwrap()),
         vni: 0,
         mtu: 0,

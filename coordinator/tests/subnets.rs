@@ -212,6 +212,7 @@ async fn a_network_gets_its_subnet_after_creation() {
             &alice,
             pb::SetSubnetRequest {
                 dns: vec!["10.2.0.53".into()],
+                name: "sub1".into(),
                 ..subnet(&bare.id, "10.2.0.0/24")
             },
         ))
@@ -222,6 +223,7 @@ async fn a_network_gets_its_subnet_after_creation() {
     assert_eq!(set.cidr, "10.2.0.0/24");
     assert_eq!(set.gateway, "10.2.0.1");
     assert_eq!(set.dns, vec!["10.2.0.53".to_string()]);
+    assert_eq!(set.subnet_name, "sub1");
     let shown = nets
         .get(req(
             &alice,
@@ -275,7 +277,10 @@ async fn a_network_gets_its_subnet_after_creation() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(cleared.cidr, "");
+    assert_eq!(
+        (cleared.cidr.as_str(), cleared.subnet_name.as_str()),
+        ("", "")
+    );
     refused(
         nets.delete_subnet(req(&alice, del)).await,
         Code::NotFound,

@@ -17,6 +17,7 @@
 //! error format (docs/openstack-compatibility.md), never a silently wrong
 //! answer.
 
+pub mod body;
 pub mod compute;
 pub mod error;
 pub mod identity;

@@ -1,4 +1,8 @@
-//! Networking v2.0 (Neutron): networks (list, show).
+//! Networking v2.0 (Neutron): networks, subnets ([`subnets`]), ports
+//! ([`ports`]), security groups and rules.
+
+pub mod ports;
+pub mod subnets;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +17,8 @@ use crate::error::{ApiError, Service, StatusExt};
 use crate::versions;
 use crate::Upstream;
 
-const S: Service = Service::Network;
+/// Errors of this service are Neutron's.
+pub(crate) const S: Service = Service::Network;
 
 /// `/network/…`.
 pub fn router() -> Router<Upstream> {
@@ -21,8 +26,36 @@ pub fn router() -> Router<Upstream> {
         .route("/", get(versions_doc))
         .route("/v2.0", get(v20_doc))
         .route("/v2.0/", get(v20_doc))
-        .route("/v2.0/networks", get(list_networks))
-        .route("/v2.0/networks/{id}", get(show_network))
+        .route(
+            "/v2.0/networks",
+            get(list_networks).post(subnets::create_network),
+        )
+        .route(
+            "/v2.0/networks/{id}",
+            get(show_network)
+                .delete(subnets::delete_network)
+                .put(subnets::update_unsupported),
+        )
+        .route(
+            "/v2.0/subnets",
+            get(subnets::list_subnets).post(subnets::create_subnet),
+        )
+        .route(
+            "/v2.0/subnets/{id}",
+            get(subnets::show_subnet)
+                .delete(subnets::delete_subnet)
+                .put(subnets::update_unsupported),
+        )
+        .route(
+            "/v2.0/ports",
+            get(ports::list_ports).post(ports::create_port),
+        )
+        .route(
+            "/v2.0/ports/{id}",
+            get(ports::show_port)
+                .put(ports::update_port)
+                .delete(ports::delete_port),
+        )
         .route("/v2.0/quotas/{project}", get(crate::quota::network_quota))
         .route(
             "/v2.0/quotas/{project}/details.json",
@@ -50,6 +83,8 @@ async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
 async fn v20_doc(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"resources": [
         {"name": "network", "collection": "networks", "links": [{"rel": "self", "href": format!("{}/network/v2.0/networks", up.public_url)}]},
+        {"name": "subnet", "collection": "subnets", "links": [{"rel": "self", "href": format!("{}/network/v2.0/subnets", up.public_url)}]},
+        {"name": "port", "collection": "ports", "links": [{"rel": "self", "href": format!("{}/network/v2.0/ports", up.public_url)}]},
     ]}))
 }
 
@@ -65,7 +100,7 @@ pub fn network_view(n: &pb::Network) -> Value {
         "shared": n.shared,
         "router:external": n.external,
         "mtu": n.mtu,
-        "subnets": [n.id],
+        "subnets": if n.cidr.is_empty() { vec![] } else { vec![n.id.clone()] },
         "provider:network_type": if n.provider_type.is_empty() { "vxlan" } else { n.provider_type.as_str() },
         "provider:physical_network": if n.physical_network.is_empty() { Value::Null } else { json!(n.physical_network) },
         "provider:segmentation_id": if n.provider_type.is_empty() { json!(n.vni) } else if n.segment == 0 { Value::Null } else { json!(n.segment) },

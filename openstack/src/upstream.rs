@@ -165,6 +165,10 @@ impl Upstream {
     pub fn quotas(&self, h: &HeaderMap) -> Result<pb::quotas_client::QuotasClient<Chan>, ApiError> {
         Ok(pb::quotas_client::QuotasClient::new(self.with_token(h)?))
     }
+    /// Ports.
+    pub fn ports(&self, h: &HeaderMap) -> Result<pb::ports_client::PortsClient<Chan>, ApiError> {
+        Ok(pb::ports_client::PortsClient::new(self.with_token(h)?))
+    }
     /// Networks.
     pub fn networks(
         &self,

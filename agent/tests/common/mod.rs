@@ -82,6 +82,7 @@ impl World {
             name: "net".into(),
             project: ProjectId::default_project(),
             cidr: Some("10.10.0.0/16".parse().unwrap()),
+            subnet_name: None,
             gateway: Some("10.10.0.1".parse().unwrap()),
             vni: 4242,
             mtu: 0,

@@ -28,6 +28,10 @@ pub struct Network {
     /// a network has no ports, so no node builds anything for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<Ipv4Net>,
+    /// The subnet's own name, if it was given one (Neutron clients name
+    /// subnets; nubo itself does not need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_name: Option<String>,
     /// Default gateway handed out by DHCP, if any.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,

@@ -71,6 +71,7 @@ pub fn network(n: &model::Network) -> pb::Network {
         name: n.name.clone(),
         project: n.project.to_string(),
         cidr: n.cidr.map(|c| c.to_string()).unwrap_or_default(),
+        subnet_name: n.subnet_name.clone().unwrap_or_default(),
         gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
         vni: n.vni,
         mtu: u32::from(n.mtu),

@@ -53,6 +53,7 @@ impl networks_server::Networks for Ctx {
                 cidr: r.cidr,
                 gateway: r.gateway,
                 dns: r.dns,
+                name: r.name,
             };
             networks::set_subnet(self, &project(&r.project)?, &r.r#ref, sn).await
         };

@@ -250,6 +250,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             name: r.name.clone(),
             project: project.clone(),
             cidr: subnet.as_ref().map(|sn| sn.cidr),
+            subnet_name: None,
             gateway: subnet.as_ref().and_then(|sn| sn.gateway),
             vni,
             mtu,
@@ -328,6 +329,8 @@ pub struct NewSubnet {
     pub gateway: String,
     /// DNS servers handed out by DHCP.
     pub dns: Vec<String>,
+    /// The subnet's name (optional).
+    pub name: String,
 }
 
 /// Gives the network `r` of `project`, created without a CIDR, its one
@@ -343,6 +346,13 @@ pub async fn set_subnet(
             "a subnet needs a CIDR (--cidr)".into(),
         ));
     };
+    let name = match sn.name.trim() {
+        "" => None,
+        s => {
+            validate::name("subnet", s)?;
+            Some(s.to_string())
+        }
+    };
     for _ in 0..16 {
         let net = super::lookup::network(ctx, project, r).await?;
         let mut n = net.value;
@@ -357,6 +367,7 @@ pub async fn set_subnet(
         n.cidr = Some(subnet.cidr);
         n.gateway = subnet.gateway;
         n.dns = subnet.dns.clone();
+        n.subnet_name = name.clone();
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::network(&n.id), net.mod_rev);
         t.prefix_unchanged_since(&keys::networks_prefix(), rev);
@@ -385,6 +396,7 @@ pub async fn delete_subnet(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult
         }
         let ipam_prefix = keys::ipam_prefix(&n.id);
         n.cidr = None;
+        n.subnet_name = None;
         n.gateway = None;
         n.dns.clear();
         let mut t = TxnBuilder::new();

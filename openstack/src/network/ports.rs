@@ -1,0 +1,332 @@
+//! Neutron ports over nubo's `Ports`: list, show, create, update of the
+//! security groups, delete. A port's one fixed address is on its network's
+//! one subnet (whose id is the network's).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nubo_common::proto as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::S;
+use crate::error::{ApiError, StatusExt};
+use crate::Upstream;
+
+/// The Neutron view of a port. Pure.
+pub fn port_view(p: &pb::Port) -> Value {
+    let plugged = !p.device_id.is_empty();
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "network_id": p.network_id,
+        "tenant_id": p.project,
+        "project_id": p.project,
+        "mac_address": p.mac,
+        "fixed_ips": [{"subnet_id": p.network_id, "ip_address": p.ip}],
+        "security_groups": p.security_group_ids,
+        "port_security_enabled": p.port_security,
+        "device_id": p.device_id,
+        "device_owner": if plugged { "compute:nova" } else { "" },
+        "binding:host_id": p.node,
+        "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
+        "binding:vnic_type": "normal",
+        "status": if plugged && !p.node.is_empty() { "ACTIVE" } else { "DOWN" },
+        "admin_state_up": true,
+        "allowed_address_pairs": [],
+        "extra_dhcp_opts": [],
+        "description": "",
+        "created_at": p.created_at,
+        "tags": [],
+    })
+}
+
+/// Neutron's port list filters nubo serves.
+#[derive(Debug, Default, Deserialize)]
+pub struct PortFilters {
+    name: Option<String>,
+    id: Option<String>,
+    network_id: Option<String>,
+    device_id: Option<String>,
+    mac_address: Option<String>,
+}
+
+/// `GET /v2.0/ports`.
+pub async fn list_ports(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(f): Query<PortFilters>,
+) -> Result<Response, ApiError> {
+    let ports = crate::list_all!(up.ports(&headers)?, ports, S)?;
+    let views: Vec<Value> = ports
+        .iter()
+        .filter(|p| f.name.as_ref().is_none_or(|x| &p.name == x))
+        .filter(|p| f.id.as_ref().is_none_or(|x| &p.id == x))
+        .filter(|p| f.network_id.as_ref().is_none_or(|x| &p.network_id == x))
+        .filter(|p| f.device_id.as_ref().is_none_or(|x| &p.device_id == x))
+        .filter(|p| {
+            f.mac_address
+                .as_ref()
+                .is_none_or(|x| p.mac.eq_ignore_ascii_case(x))
+        })
+        .map(port_view)
+        .collect();
+    Ok(Json(json!({"ports": views})).into_response())
+}
+
+/// `GET /v2.0/ports/{id}`.
+pub async fn show_port(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = up
+        .ports(&headers)?
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"port": port_view(&p)})).into_response())
+}
+
+/// `POST /v2.0/ports` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortBody {
+    port: NewPort,
+}
+
+/// A fixed address as a client asks for it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixedIp {
+    ip_address: Option<String>,
+    subnet_id: Option<String>,
+}
+
+/// The attributes of a Neutron port nubo understands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPort {
+    network_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    admin_state_up: Option<bool>,
+    fixed_ips: Option<Vec<FixedIp>>,
+    security_groups: Option<Vec<String>>,
+    port_security_enabled: Option<bool>,
+    mac_address: Option<String>,
+    #[serde(default)]
+    device_id: String,
+    #[serde(default)]
+    device_owner: String,
+    #[serde(rename = "binding:host_id")]
+    host_id: Option<String>,
+    #[serde(rename = "binding:vnic_type")]
+    vnic_type: Option<String>,
+    #[serde(alias = "tenant_id")]
+    project_id: Option<String>,
+}
+
+/// nubo's request for a Neutron port. Pure.
+fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
+    let bad = |m: &str| Err(ApiError::bad_request(S, format!("{m} (nubo)")));
+    if p.admin_state_up == Some(false) {
+        return bad("admin_state_up false is not supported");
+    }
+    if p.mac_address.is_some() {
+        return bad("a chosen mac_address is not supported: nubo derives every MAC");
+    }
+    if !p.device_id.is_empty() || !p.device_owner.is_empty() || p.host_id.is_some() {
+        return bad("device_id, device_owner and binding:host_id are set by nubo when a server plugs the port");
+    }
+    if p.vnic_type.as_deref().is_some_and(|v| v != "normal") {
+        return bad("only binding:vnic_type normal is supported");
+    }
+    if !p.description.is_empty() {
+        return bad("a port description is not supported");
+    }
+    let ip = match p.fixed_ips.as_deref() {
+        None | Some([]) => String::new(),
+        Some([one]) => {
+            if one.subnet_id.as_ref().is_some_and(|s| *s != p.network_id) {
+                return bad("the subnet_id of a fixed IP must be its network's one subnet (same id as the network)");
+            }
+            one.ip_address.clone().unwrap_or_default()
+        }
+        Some(_) => return bad("a port has one fixed IP"),
+    };
+    let no_port_security = p.port_security_enabled == Some(false);
+    let security_groups = p.security_groups.unwrap_or_default();
+    if no_port_security && !security_groups.is_empty() {
+        return Err(ApiError::bad_request(
+            S,
+            "Port has security group associated. Cannot disable port security or ip address until security group is removed",
+        ));
+    }
+    Ok(pb::CreatePortRequest {
+        name: p.name,
+        project: p.project_id.unwrap_or_default(),
+        network_ref: p.network_id,
+        ip,
+        security_groups,
+        no_port_security,
+    })
+}
+
+/// `POST /v2.0/ports`.
+pub async fn create_port(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: PortBody = crate::body::parse(S, &body)?;
+    let p = up
+        .ports(&headers)?
+        .create(port_request(b.port)?)
+        .await
+        .api(S)?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(json!({"port": port_view(&p)}))).into_response())
+}
+
+/// `PUT /v2.0/ports/{id}` body: nubo changes a port's security groups.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    port: PortUpdate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortUpdate {
+    security_groups: Option<Vec<String>>,
+}
+
+/// `PUT /v2.0/ports/{id}`.
+pub async fn update_port(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: UpdateBody = crate::body::parse(S, &body).map_err(|e| {
+        ApiError::bad_request(
+            S,
+            format!("{} (nubo updates only a port's security_groups)", e.message),
+        )
+    })?;
+    let mut c = up.ports(&headers)?;
+    let p = match b.port.security_groups {
+        Some(groups) => c
+            .update(pb::UpdatePortRequest {
+                r#ref: id,
+                project: String::new(),
+                security_groups: groups,
+            })
+            .await
+            .api(S)?
+            .into_inner(),
+        None => c
+            .get(crate::upstream::get_req(id))
+            .await
+            .api(S)?
+            .into_inner(),
+    };
+    Ok(Json(json!({"port": port_view(&p)})).into_response())
+}
+
+/// `DELETE /v2.0/ports/{id}`.
+pub async fn delete_port(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    up.ports(&headers)?
+        .delete(crate::upstream::delete_req(id))
+        .await
+        .api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<pb::CreatePortRequest, ApiError> {
+        let b: PortBody = crate::body::parse(S, v.to_string().as_bytes())?;
+        port_request(b.port)
+    }
+
+    #[test]
+    fn ports_map_to_nubo_or_are_refused_with_the_reason() {
+        let r = parse(json!({"port": {"network_id": "n", "name": "p1",
+            "fixed_ips": [{"ip_address": "10.0.0.9", "subnet_id": "n"}],
+            "security_groups": ["web"]}}))
+        .unwrap();
+        assert_eq!(
+            (
+                r.network_ref.as_str(),
+                r.ip.as_str(),
+                r.security_groups.clone(),
+                r.no_port_security
+            ),
+            ("n", "10.0.0.9", vec!["web".to_string()], false)
+        );
+        let r =
+            parse(json!({"port": {"network_id": "n", "port_security_enabled": false}})).unwrap();
+        assert!(r.no_port_security);
+        for (v, text) in [
+            (
+                json!({"port": {"network_id": "n", "mac_address": "fa:16:3e:00:00:01"}}),
+                "mac_address",
+            ),
+            (
+                json!({"port": {"network_id": "n", "fixed_ips": [{"ip_address": "10.0.0.9"}, {"ip_address": "10.0.0.10"}]}}),
+                "one fixed IP",
+            ),
+            (
+                json!({"port": {"network_id": "n", "fixed_ips": [{"subnet_id": "other"}]}}),
+                "one subnet",
+            ),
+            (
+                json!({"port": {"network_id": "n", "device_id": "x"}}),
+                "set by nubo",
+            ),
+            (
+                json!({"port": {"network_id": "n", "port_security_enabled": false, "security_groups": ["a"]}}),
+                "Cannot disable port security",
+            ),
+            (
+                json!({"port": {"network_id": "n", "nope": true}}),
+                "unknown field `nope`",
+            ),
+        ] {
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(text), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_plugged_bound_port_is_active() {
+        let p = pb::Port {
+            id: "p".into(),
+            network_id: "n".into(),
+            ip: "10.0.0.5".into(),
+            device_id: "vm".into(),
+            node: "n1".into(),
+            ..Default::default()
+        };
+        let v = port_view(&p);
+        assert_eq!(v["status"], "ACTIVE");
+        assert_eq!(v["fixed_ips"][0]["subnet_id"], "n");
+        assert_eq!(v["device_owner"], "compute:nova");
+        let free = port_view(&pb::Port::default());
+        assert_eq!(free["status"], "DOWN");
+    }
+}

@@ -1,0 +1,529 @@
+//! Neutron networks (create, delete) and subnets. A nubo network holds one
+//! IPv4 subnet, so a Neutron subnet is the subnet of its network: it has
+//! the network's id, is created by `Networks.SetSubnet` on a network made
+//! without a CIDR, and removed by `Networks.DeleteSubnet`.
+
+use std::net::Ipv4Addr;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ipnet::Ipv4Net;
+use nubo_common::proto as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{network_view, S};
+use crate::error::{ApiError, StatusExt};
+use crate::Upstream;
+
+/// `POST /v2.0/networks` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkBody {
+    network: NewNetwork,
+}
+
+/// The attributes of a Neutron network nubo understands; any other is a
+/// 400, as Neutron answers an unrecognized attribute.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNetwork {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    admin_state_up: Option<bool>,
+    #[serde(default)]
+    shared: bool,
+    #[serde(default, rename = "router:external")]
+    external: bool,
+    #[serde(rename = "provider:network_type")]
+    network_type: Option<String>,
+    #[serde(rename = "provider:physical_network")]
+    physical_network: Option<String>,
+    #[serde(rename = "provider:segmentation_id")]
+    segmentation_id: Option<u32>,
+    mtu: Option<u32>,
+    port_security_enabled: Option<bool>,
+    #[serde(alias = "tenant_id")]
+    project_id: Option<String>,
+    #[serde(default)]
+    availability_zone_hints: Vec<String>,
+}
+
+/// nubo's request for a Neutron network (no subnet yet). Pure.
+fn network_request(n: NewNetwork) -> Result<pb::CreateNetworkRequest, ApiError> {
+    let unsupported = |what: &str| Err(ApiError::bad_request(S, format!("{what} (nubo)")));
+    if n.admin_state_up == Some(false) {
+        return unsupported("admin_state_up false is not supported: a nubo network is always up");
+    }
+    if n.port_security_enabled == Some(false) {
+        return unsupported(
+            "port_security_enabled is set per port in nubo, not per network: create the ports with port_security_enabled false",
+        );
+    }
+    if !n.availability_zone_hints.is_empty() {
+        return unsupported("availability_zone_hints are not supported: networks span every node");
+    }
+    if !n.description.is_empty() {
+        return unsupported("a network description is not supported");
+    }
+    let (provider_type, segment) = match n.network_type.as_deref() {
+        None | Some("vxlan") => {
+            if n.segmentation_id.is_some() || n.physical_network.is_some() {
+                return unsupported(
+                    "an overlay (vxlan) network's VNI is chosen by nubo; provider:segmentation_id and provider:physical_network need network_type flat or vlan",
+                );
+            }
+            ("", 0)
+        }
+        Some(t @ ("flat" | "vlan")) => (t, n.segmentation_id.unwrap_or(0)),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                S,
+                format!(
+                    "provider:network_type {other:?} is not supported: use vxlan, flat or vlan"
+                ),
+            ))
+        }
+    };
+    Ok(pb::CreateNetworkRequest {
+        name: n.name,
+        project: n.project_id.unwrap_or_default(),
+        mtu: n.mtu.unwrap_or(0),
+        provider_type: provider_type.into(),
+        physical_network: n.physical_network.unwrap_or_default(),
+        segment,
+        external: n.external,
+        shared: n.shared,
+        ..Default::default()
+    })
+}
+
+/// `POST /v2.0/networks`.
+pub async fn create_network(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: NetworkBody = crate::body::parse(S, &body)?;
+    let n = up
+        .networks(&headers)?
+        .create(network_request(b.network)?)
+        .await
+        .api(S)?
+        .into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"network": network_view(&n)})),
+    )
+        .into_response())
+}
+
+/// `DELETE /v2.0/networks/{id}` (its subnet goes with it, as in Neutron).
+pub async fn delete_network(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    up.networks(&headers)?
+        .delete(crate::upstream::delete_req(id))
+        .await
+        .api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The address ranges ports get addresses from: the host addresses of
+/// `cidr` without the gateway (nubo's IPAM hands out exactly these). Pure.
+pub fn allocation_pools(cidr: Ipv4Net, gateway: Option<Ipv4Addr>) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let first = u32::from(cidr.network()).saturating_add(1);
+    let last = u32::from(cidr.broadcast()).saturating_sub(1);
+    if first > last {
+        return Vec::new();
+    }
+    let ranges = match gateway.map(u32::from) {
+        Some(g) if (first..=last).contains(&g) => vec![(first, g.wrapping_sub(1)), (g + 1, last)],
+        _ => vec![(first, last)],
+    };
+    ranges
+        .into_iter()
+        .filter(|(a, b)| a <= b && *a >= first && *b <= last)
+        .map(|(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b)))
+        .collect()
+}
+
+/// The Neutron view of a network's subnet; `None` without one. Pure.
+pub fn subnet_view(n: &pb::Network) -> Option<Value> {
+    let cidr: Ipv4Net = n.cidr.parse().ok()?;
+    let gateway: Option<Ipv4Addr> = n.gateway.parse().ok();
+    let pools: Vec<Value> = allocation_pools(cidr, gateway)
+        .into_iter()
+        .map(|(a, b)| json!({"start": a.to_string(), "end": b.to_string()}))
+        .collect();
+    Some(json!({
+        "id": n.id,
+        "name": n.subnet_name,
+        "network_id": n.id,
+        "tenant_id": n.project,
+        "project_id": n.project,
+        "ip_version": 4,
+        "cidr": cidr.to_string(),
+        "gateway_ip": gateway.map(|g| g.to_string()),
+        "enable_dhcp": true,
+        "dns_nameservers": n.dns,
+        "allocation_pools": pools,
+        "host_routes": [],
+        "ipv6_ra_mode": null,
+        "ipv6_address_mode": null,
+        "subnetpool_id": null,
+        "description": "",
+        "created_at": n.created_at,
+        "tags": [],
+    }))
+}
+
+/// `POST /v2.0/subnets` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubnetBody {
+    subnet: NewSubnet,
+}
+
+/// The attributes of a Neutron subnet nubo understands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSubnet {
+    network_id: String,
+    cidr: Option<String>,
+    ip_version: Option<u8>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// Absent: the first host address; `null`: no gateway.
+    #[serde(default, deserialize_with = "present")]
+    gateway_ip: Option<Option<String>>,
+    enable_dhcp: Option<bool>,
+    #[serde(default)]
+    dns_nameservers: Vec<String>,
+    allocation_pools: Option<Vec<Pool>>,
+    #[serde(default)]
+    host_routes: Vec<Value>,
+    subnetpool_id: Option<String>,
+    prefixlen: Option<u8>,
+    ipv6_ra_mode: Option<String>,
+    ipv6_address_mode: Option<String>,
+    #[serde(alias = "tenant_id")]
+    project_id: Option<String>,
+}
+
+/// An allocation pool as a client sends it.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct Pool {
+    start: Ipv4Addr,
+    end: Ipv4Addr,
+}
+
+/// `Some(v)` for a field that is present (even `null`), so that an absent
+/// gateway and `"gateway_ip": null` differ.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// nubo's request for a Neutron subnet. Pure.
+fn subnet_request(s: NewSubnet) -> Result<pb::SetSubnetRequest, ApiError> {
+    let bad = |m: String| Err(ApiError::bad_request(S, m));
+    if s.ip_version.unwrap_or(4) != 4 || s.ipv6_ra_mode.is_some() || s.ipv6_address_mode.is_some() {
+        return bad("only IPv4 subnets are supported (nubo)".into());
+    }
+    if s.subnetpool_id.is_some() || s.prefixlen.is_some() {
+        return bad("subnet pools are not supported (nubo): give the cidr".into());
+    }
+    let Some(cidr_text) = s.cidr else {
+        return bad("a subnet needs a cidr".into());
+    };
+    let cidr: Ipv4Net = cidr_text
+        .parse()
+        .map_err(|_| ApiError::bad_request(S, format!("invalid cidr {cidr_text:?}")))?;
+    if s.enable_dhcp == Some(false) {
+        return bad("enable_dhcp false is not supported: nubo serves DHCP on every network".into());
+    }
+    if !s.host_routes.is_empty() {
+        return bad("host_routes are not supported (nubo)".into());
+    }
+    if !s.description.is_empty() {
+        return bad("a subnet description is not supported (nubo)".into());
+    }
+    let gateway = match &s.gateway_ip {
+        None => String::new(),
+        Some(None) => "none".into(),
+        Some(Some(g)) => g.clone(),
+    };
+    if let Some(pools) = &s.allocation_pools {
+        let gw: Option<Ipv4Addr> = match &s.gateway_ip {
+            None => cidr.hosts().next(),
+            Some(None) => None,
+            Some(Some(g)) => g.parse().ok(),
+        };
+        let ours: Vec<Pool> = allocation_pools(cidr, gw)
+            .into_iter()
+            .map(|(start, end)| Pool { start, end })
+            .collect();
+        if *pools != ours {
+            return bad(format!(
+                "allocation_pools other than the whole subnet without its gateway ({}) are not supported (nubo)",
+                ours.iter()
+                    .map(|p| format!("{}-{}", p.start, p.end))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(pb::SetSubnetRequest {
+        r#ref: s.network_id,
+        project: s.project_id.unwrap_or_default(),
+        cidr: cidr.to_string(),
+        gateway,
+        dns: s.dns_nameservers,
+        name: s.name,
+    })
+}
+
+/// `POST /v2.0/subnets`.
+pub async fn create_subnet(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: SubnetBody = crate::body::parse(S, &body)?;
+    let n = up
+        .networks(&headers)?
+        .set_subnet(subnet_request(b.subnet)?)
+        .await
+        .api(S)?
+        .into_inner();
+    let view = subnet_view(&n)
+        .ok_or_else(|| ApiError::new(S, StatusCode::INTERNAL_SERVER_ERROR, "subnet not set"))?;
+    Ok((StatusCode::CREATED, Json(json!({"subnet": view}))).into_response())
+}
+
+/// Neutron's subnet list filters nubo serves.
+#[derive(Debug, Default, Deserialize)]
+pub struct SubnetFilters {
+    name: Option<String>,
+    id: Option<String>,
+    network_id: Option<String>,
+    cidr: Option<String>,
+}
+
+/// `GET /v2.0/subnets`.
+pub async fn list_subnets(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(f): Query<SubnetFilters>,
+) -> Result<Response, ApiError> {
+    let nets = crate::list_all!(up.networks(&headers)?, networks, S)?;
+    let views: Vec<Value> = nets
+        .iter()
+        .filter(|n| f.name.as_ref().is_none_or(|x| &n.subnet_name == x))
+        .filter(|n| f.id.as_ref().is_none_or(|x| &n.id == x))
+        .filter(|n| f.network_id.as_ref().is_none_or(|x| &n.id == x))
+        .filter(|n| f.cidr.as_ref().is_none_or(|x| &n.cidr == x))
+        .filter_map(subnet_view)
+        .collect();
+    Ok(Json(json!({"subnets": views})).into_response())
+}
+
+/// The network of subnet `id` (the same id), which must have a subnet.
+async fn network_with_subnet(
+    up: &Upstream,
+    headers: &HeaderMap,
+    id: String,
+) -> Result<pb::Network, ApiError> {
+    let missing = || ApiError::not_found(S, format!("Subnet {id} could not be found."));
+    let n = match up
+        .networks(headers)?
+        .get(crate::upstream::get_req(id.clone()))
+        .await
+    {
+        Ok(n) => n.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => return Err(missing()),
+        Err(s) => return Err(ApiError::from_status(S, &s)),
+    };
+    if n.cidr.is_empty() {
+        return Err(missing());
+    }
+    Ok(n)
+}
+
+/// `GET /v2.0/subnets/{id}`.
+pub async fn show_subnet(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let n = network_with_subnet(&up, &headers, id).await?;
+    Ok(Json(json!({"subnet": subnet_view(&n)})).into_response())
+}
+
+/// `DELETE /v2.0/subnets/{id}`.
+pub async fn delete_subnet(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let n = network_with_subnet(&up, &headers, id).await?;
+    up.networks(&headers)?
+        .delete_subnet(crate::upstream::delete_req(n.id))
+        .await
+        .api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT` of a network or subnet: nubo has no update of either.
+pub async fn update_unsupported() -> ApiError {
+    ApiError::new(
+        S,
+        StatusCode::NOT_IMPLEMENTED,
+        "updating a network or subnet is not supported by nubo (see docs/openstack-compatibility.md)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_leave_out_the_gateway() {
+        let c: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            allocation_pools(c, Some(ip("10.0.0.1"))),
+            vec![(ip("10.0.0.2"), ip("10.0.0.254"))]
+        );
+        assert_eq!(
+            allocation_pools(c, Some(ip("10.0.0.254"))),
+            vec![(ip("10.0.0.1"), ip("10.0.0.253"))]
+        );
+        assert_eq!(
+            allocation_pools(c, Some(ip("10.0.0.100"))),
+            vec![
+                (ip("10.0.0.1"), ip("10.0.0.99")),
+                (ip("10.0.0.101"), ip("10.0.0.254"))
+            ]
+        );
+        assert_eq!(
+            allocation_pools(c, None),
+            vec![(ip("10.0.0.1"), ip("10.0.0.254"))]
+        );
+    }
+
+    fn subnet(v: Value) -> Result<pb::SetSubnetRequest, ApiError> {
+        let b: SubnetBody = crate::body::parse(S, v.to_string().as_bytes())?;
+        subnet_request(b.subnet)
+    }
+
+    #[test]
+    fn subnets_map_to_nubo_or_are_refused_with_the_reason() {
+        let r = subnet(json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
+            "ip_version": 4, "name": "s1", "dns_nameservers": ["10.0.0.53"]}}))
+        .unwrap();
+        assert_eq!(
+            (
+                r.r#ref.as_str(),
+                r.cidr.as_str(),
+                r.gateway.as_str(),
+                r.name.as_str()
+            ),
+            ("n", "10.0.0.0/24", "", "s1")
+        );
+        let r = subnet(
+            json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24", "gateway_ip": null}}),
+        )
+        .unwrap();
+        assert_eq!(r.gateway, "none");
+        let r = subnet(json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
+            "allocation_pools": [{"start": "10.0.0.2", "end": "10.0.0.254"}]}}))
+        .unwrap();
+        assert_eq!(r.gateway, "");
+        for (v, text) in [
+            (
+                json!({"subnet": {"network_id": "n", "cidr": "fd00::/64", "ip_version": 6}}),
+                "only IPv4",
+            ),
+            (json!({"subnet": {"network_id": "n"}}), "needs a cidr"),
+            (
+                json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24", "enable_dhcp": false}}),
+                "enable_dhcp",
+            ),
+            (
+                json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
+                "allocation_pools": [{"start": "10.0.0.10", "end": "10.0.0.20"}]}}),
+                "10.0.0.2-10.0.0.254",
+            ),
+            (
+                json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24", "bogus": 1}}),
+                "unknown field `bogus`",
+            ),
+            (
+                json!({"subnet": {"network_id": "n", "cidr": "nope"}}),
+                "invalid cidr",
+            ),
+        ] {
+            let e = subnet(v).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(text), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn networks_map_to_nubo_or_are_refused_with_the_reason() {
+        let parse = |v: Value| -> Result<pb::CreateNetworkRequest, ApiError> {
+            let b: NetworkBody = crate::body::parse(S, v.to_string().as_bytes())?;
+            network_request(b.network)
+        };
+        let r = parse(json!({"network": {"name": "n1", "admin_state_up": true}})).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.cidr.as_str(), r.provider_type.as_str()),
+            ("n1", "", "")
+        );
+        let r = parse(json!({"network": {"name": "ext", "router:external": true,
+            "provider:network_type": "vlan", "provider:physical_network": "physnet1",
+            "provider:segmentation_id": 120}}))
+        .unwrap();
+        assert_eq!(
+            (r.provider_type.as_str(), r.segment, r.external),
+            ("vlan", 120, true)
+        );
+        for (v, text) in [
+            (
+                json!({"network": {"name": "n", "admin_state_up": false}}),
+                "admin_state_up",
+            ),
+            (
+                json!({"network": {"name": "n", "provider:network_type": "gre"}}),
+                "not supported",
+            ),
+            (
+                json!({"network": {"name": "n", "provider:segmentation_id": 5}}),
+                "VNI is chosen by nubo",
+            ),
+            (
+                json!({"network": {"name": "n", "x": 1}}),
+                "unknown field `x`",
+            ),
+        ] {
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(text), "{}", e.message);
+        }
+    }
+}
