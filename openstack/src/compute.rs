@@ -80,7 +80,7 @@ pub fn microversion(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Adds the microversion headers Nova answers with.
-fn versioned(resp: impl IntoResponse) -> Response {
+pub(crate) fn versioned(resp: impl IntoResponse) -> Response {
     let mut r = resp.into_response();
     let h = r.headers_mut();
     h.insert(

@@ -17,6 +17,7 @@
 //! error format (docs/openstack-compatibility.md), never a silently wrong
 //! answer.
 
+pub mod attachments;
 pub mod body;
 pub mod compute;
 pub mod error;
@@ -36,7 +37,7 @@ pub use upstream::Upstream;
 pub fn router(upstream: Upstream) -> Router {
     Router::new()
         .nest("/identity", identity::router())
-        .nest("/compute", compute::router())
+        .nest("/compute", compute::router().merge(attachments::router()))
         .nest("/network", network::router())
         .nest("/image", image::router())
         .nest("/volume", volume::router())

@@ -165,6 +165,22 @@ impl Upstream {
     pub fn quotas(&self, h: &HeaderMap) -> Result<pb::quotas_client::QuotasClient<Chan>, ApiError> {
         Ok(pb::quotas_client::QuotasClient::new(self.with_token(h)?))
     }
+    /// Volumes.
+    pub fn volumes(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::volumes_client::VolumesClient<Chan>, ApiError> {
+        Ok(pb::volumes_client::VolumesClient::new(self.with_token(h)?))
+    }
+    /// Volume types.
+    pub fn volume_types(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::volume_types_client::VolumeTypesClient<Chan>, ApiError> {
+        Ok(pb::volume_types_client::VolumeTypesClient::new(
+            self.with_token(h)?,
+        ))
+    }
     /// Ports.
     pub fn ports(&self, h: &HeaderMap) -> Result<pb::ports_client::PortsClient<Chan>, ApiError> {
         Ok(pb::ports_client::PortsClient::new(self.with_token(h)?))

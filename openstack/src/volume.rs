@@ -1,23 +1,344 @@
-//! Block Storage v3 (Cinder): version discovery and quotas so far; every
-//! other call answers 404 naming the path
-//! (docs/openstack-compatibility.md).
+//! Block Storage v3 (Cinder) over nubo's `Volumes` and `VolumeTypes`:
+//! volumes (create blank or from an image, list, detail, show, delete),
+//! volume types (list, show) and quotas. Errors use Cinder's fault
+//! format, which is Nova's (`{"itemNotFound": {"code", "message"}}`).
+//! Snapshots, backups, transfers, the attachments API (3.27+) and volume
+//! updates answer 404/501 (docs/openstack-compatibility.md).
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use nubo_common::proto as pb;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
+use crate::compute::Paging;
+use crate::error::{ApiError, Service, StatusExt};
 use crate::versions;
 use crate::Upstream;
 
+/// Cinder's faults are formatted as Nova's.
+const S: Service = Service::Compute;
+
 /// `/volume/…`.
 pub fn router() -> Router<Upstream> {
-    Router::new().route("/", get(versions_doc)).route(
-        "/v3/{project}/os-quota-sets/{target}",
-        get(crate::quota::volume_quota),
-    )
+    Router::new()
+        .route("/", get(versions_doc))
+        .route(
+            "/v3/{project}/os-quota-sets/{target}",
+            get(crate::quota::volume_quota),
+        )
+        .route(
+            "/v3/{project}/volumes",
+            get(list_volumes).post(create_volume),
+        )
+        .route("/v3/{project}/volumes/detail", get(list_volumes))
+        .route(
+            "/v3/{project}/volumes/{id}",
+            get(show_volume)
+                .delete(delete_volume)
+                .put(update_unsupported),
+        )
+        .route("/v3/{project}/types", get(list_types))
+        .route("/v3/{project}/types/{id}", get(show_type))
 }
 
 async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::volume_v3(&up.public_url)]}))
+}
+
+/// Cinder's status of a nubo volume status. Pure.
+fn cinder_status(s: &str) -> &str {
+    match s {
+        "creating" | "available" | "in-use" | "detaching" | "deleting" | "reverting" => s,
+        _ => "error",
+    }
+}
+
+/// The Cinder view of a volume (one attachment at most; its id is the
+/// volume's, as Nova's 2.1 attachments use). Pure.
+pub fn volume_view(v: &pb::Volume) -> Value {
+    let attachments: Vec<Value> = if v.attached_to.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({
+            "id": v.id,
+            "attachment_id": v.id,
+            "volume_id": v.id,
+            "server_id": v.attached_to,
+            "host_name": null,
+            "device": null,
+            "attached_at": null,
+        })]
+    };
+    let mut out = json!({
+        "id": v.id,
+        "name": v.name,
+        "size": v.size_gb,
+        "status": cinder_status(&v.status),
+        "volume_type": if v.volume_type.is_empty() { Value::Null } else { json!(v.volume_type) },
+        "attachments": attachments,
+        "bootable": if v.source_image.is_empty() { "false" } else { "true" },
+        "availability_zone": "nova",
+        "os-vol-tenant-attr:tenant_id": v.project,
+        "created_at": v.created_at,
+        "updated_at": null,
+        "description": null,
+        "metadata": {},
+        "multiattach": false,
+        "encrypted": false,
+        "replication_status": null,
+        "snapshot_id": null,
+        "source_volid": null,
+        "consistencygroup_id": null,
+        "links": [],
+    });
+    if !v.source_image.is_empty() {
+        out["volume_image_metadata"] = json!({"image_id": v.source_image});
+    }
+    out
+}
+
+async fn list_volumes(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(p): Query<Paging>,
+) -> Result<Response, ApiError> {
+    let all = crate::list_all!(up.volumes(&headers)?, volumes, S)?;
+    let named: Vec<pb::Volume> = all
+        .into_iter()
+        .filter(|v| p.name.as_ref().is_none_or(|n| &v.name == n))
+        .collect();
+    let views: Vec<Value> = crate::compute::page(named, &p, |v| &v.id)?
+        .iter()
+        .map(volume_view)
+        .collect();
+    Ok(Json(json!({"volumes": views})).into_response())
+}
+
+async fn show_volume(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_project, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let v = up
+        .volumes(&headers)?
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"volume": volume_view(&v)})).into_response())
+}
+
+/// `POST /volumes` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    volume: NewVolume,
+    /// Scheduler hints (clients send an empty object): none are supported.
+    #[serde(default, rename = "OS-SCH-HNT:scheduler_hints")]
+    hints: Option<Map<String, Value>>,
+}
+
+/// The attributes of a Cinder volume create; the ones nubo has no use for
+/// must be absent or null.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVolume {
+    size: Option<i64>,
+    name: Option<String>,
+    description: Option<String>,
+    volume_type: Option<String>,
+    #[serde(rename = "imageRef")]
+    image_ref: Option<String>,
+    availability_zone: Option<String>,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+    snapshot_id: Option<String>,
+    source_volid: Option<String>,
+    backup_id: Option<String>,
+    consistencygroup_id: Option<String>,
+    group_id: Option<String>,
+    multiattach: Option<bool>,
+}
+
+/// nubo's request for a Cinder volume. Pure.
+fn volume_request(b: CreateBody) -> Result<pb::CreateVolumeRequest, ApiError> {
+    let v = b.volume;
+    let bad = |m: &str| Err(ApiError::bad_request(S, format!("{m} (nubo)")));
+    if v.snapshot_id.is_some() || v.source_volid.is_some() || v.backup_id.is_some() {
+        return bad("volumes from snapshots, other volumes or backups are not supported: create blank or from an image (imageRef)");
+    }
+    if v.consistencygroup_id.is_some() || v.group_id.is_some() {
+        return bad("consistency groups and groups are not supported");
+    }
+    if v.multiattach == Some(true) {
+        return bad("multiattach volumes are not supported");
+    }
+    if v.availability_zone.as_deref().is_some_and(|z| z != "nova") {
+        return bad(
+            "volumes have no availability zone other than nova: the Ceph pool serves every node",
+        );
+    }
+    if !v.metadata.is_empty() || v.description.as_deref().is_some_and(|d| !d.is_empty()) {
+        return bad("volume metadata and descriptions are not supported");
+    }
+    if b.hints.as_ref().is_some_and(|h| !h.is_empty()) {
+        return bad("scheduler hints are not supported");
+    }
+    let Some(size) = v.size else {
+        return Err(ApiError::bad_request(
+            S,
+            "Invalid input for field/attribute size: a size in GiB is required",
+        ));
+    };
+    Ok(pb::CreateVolumeRequest {
+        name: v.name.unwrap_or_default(),
+        project: String::new(),
+        size_gb: size,
+        volume_type: v.volume_type.unwrap_or_default(),
+        image_ref: v.image_ref.unwrap_or_default(),
+    })
+}
+
+async fn create_volume(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: CreateBody = crate::body::parse(S, &body)?;
+    let v = up
+        .volumes(&headers)?
+        .create(volume_request(b)?)
+        .await
+        .api(S)?
+        .into_inner();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"volume": volume_view(&v)})),
+    )
+        .into_response())
+}
+
+async fn delete_volume(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_project, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    up.volumes(&headers)?
+        .delete(crate::upstream::delete_req(id))
+        .await
+        .api(S)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn update_unsupported() -> ApiError {
+    ApiError::new(
+        S,
+        StatusCode::NOT_IMPLEMENTED,
+        "updating a volume's name, description or metadata is not supported by nubo (see docs/openstack-compatibility.md)",
+    )
+}
+
+/// The Cinder view of a volume type (its id is its name). Pure.
+pub fn type_view(t: &pb::VolumeType) -> Value {
+    let q = t.qos.unwrap_or_default();
+    let specs: Map<String, Value> = [
+        ("read_iops_sec", q.read_iops_sec),
+        ("write_iops_sec", q.write_iops_sec),
+        ("read_bytes_sec", q.read_bytes_sec),
+        ("write_bytes_sec", q.write_bytes_sec),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), json!(v?.to_string()))))
+    .collect();
+    json!({
+        "id": t.name,
+        "name": t.name,
+        "description": null,
+        "is_public": true,
+        "extra_specs": {},
+        "qos_specs": specs,
+        "os-volume-type-access:is_public": true,
+    })
+}
+
+async fn list_types(State(up): State<Upstream>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let all = crate::list_all!(up.volume_types(&headers)?, volume_types, S)?;
+    let views: Vec<Value> = all.iter().map(type_view).collect();
+    Ok(Json(json!({"volume_types": views})).into_response())
+}
+
+async fn show_type(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_project, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let t = up
+        .volume_types(&headers)?
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"volume_type": type_view(&t)})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<pb::CreateVolumeRequest, ApiError> {
+        volume_request(crate::body::parse(S, v.to_string().as_bytes())?)
+    }
+
+    #[test]
+    fn what_openstackclient_sends_maps_to_a_nubo_volume() {
+        let r = parse(json!({"volume": {"size": 1, "consistencygroup_id": null,
+            "snapshot_id": null, "name": "vol1", "description": null, "volume_type": null,
+            "availability_zone": null, "metadata": {}, "imageRef": null,
+            "source_volid": null, "backup_id": null}}))
+        .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.size_gb, r.image_ref.as_str()),
+            ("vol1", 1, "")
+        );
+        for (v, text) in [
+            (
+                json!({"volume": {"size": 1, "snapshot_id": "s"}}),
+                "not supported",
+            ),
+            (json!({"volume": {"name": "x"}}), "size"),
+            (
+                json!({"volume": {"size": 1, "multiattach": true}}),
+                "multiattach",
+            ),
+            (
+                json!({"volume": {"size": 1, "bogus": 1}}),
+                "unknown field `bogus`",
+            ),
+            (json!({"volume": {"size": "big"}}), "invalid type"),
+        ] {
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(text), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn an_attached_volume_lists_its_server() {
+        let v = pb::Volume {
+            id: "v".into(),
+            status: "in-use".into(),
+            attached_to: "s".into(),
+            size_gb: 2,
+            ..Default::default()
+        };
+        let view = volume_view(&v);
+        assert_eq!(view["attachments"][0]["server_id"], "s");
+        assert_eq!(view["size"], 2);
+        assert_eq!(volume_view(&pb::Volume::default())["status"], "error");
+    }
 }

@@ -1,0 +1,194 @@
+//! Nova's `os-volume_attachments` (2.1) over nubo's `Volumes.Attach` and
+//! `Volumes.Detach`: a volume is attached to one server at a time, and its
+//! attachment's id is the volume's id, as in Nova 2.1.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use nubo_common::proto as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::compute::{microversion, versioned};
+use crate::error::{ApiError, Service, StatusExt};
+use crate::Upstream;
+
+const S: Service = Service::Compute;
+
+/// `/compute/v2.1/servers/{id}/os-volume_attachments…` (merged into the
+/// compute router).
+pub fn router() -> Router<Upstream> {
+    Router::new()
+        .route(
+            "/v2.1/servers/{id}/os-volume_attachments",
+            get(list_attachments).post(attach),
+        )
+        .route(
+            "/v2.1/servers/{id}/os-volume_attachments/{volume}",
+            get(show_attachment).delete(detach).put(swap_unsupported),
+        )
+}
+
+/// Nova's view of the attachment of volume `v` to `server`. Pure.
+pub fn attachment_view(server: &str, v: &pb::Volume) -> Value {
+    json!({"id": v.id, "serverId": server, "volumeId": v.id, "device": null})
+}
+
+/// The server `r` (name or id) as the caller sees it.
+async fn server(up: &Upstream, headers: &HeaderMap, r: String) -> Result<pb::Server, ApiError> {
+    Ok(up
+        .servers(headers)?
+        .get(crate::upstream::get_req(r))
+        .await
+        .api(S)?
+        .into_inner())
+}
+
+async fn attached_to(
+    up: &Upstream,
+    headers: &HeaderMap,
+    server_id: &str,
+) -> Result<Vec<pb::Volume>, ApiError> {
+    Ok(crate::list_all!(up.volumes(headers)?, volumes, S)?
+        .into_iter()
+        .filter(|v| v.attached_to == server_id)
+        .collect())
+}
+
+async fn list_attachments(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let s = server(&up, &headers, id).await?;
+    let views: Vec<Value> = attached_to(&up, &headers, &s.id)
+        .await?
+        .iter()
+        .map(|v| attachment_view(&s.id, v))
+        .collect();
+    Ok(versioned(Json(json!({"volumeAttachments": views}))))
+}
+
+async fn show_attachment(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((id, volume)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let s = server(&up, &headers, id).await?;
+    let v = attached_to(&up, &headers, &s.id)
+        .await?
+        .into_iter()
+        .find(|v| v.id == volume)
+        .ok_or_else(|| {
+            ApiError::not_found(S, format!("volume {volume} is not attached to the server"))
+        })?;
+    Ok(versioned(Json(
+        json!({"volumeAttachment": attachment_view(&s.id, &v)}),
+    )))
+}
+
+/// `POST …/os-volume_attachments` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    #[serde(rename = "volumeAttachment")]
+    attachment: NewAttachment,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAttachment {
+    #[serde(rename = "volumeId")]
+    volume_id: String,
+    /// A device name hint; Nova with libvirt does not honour it either.
+    #[allow(dead_code)]
+    device: Option<String>,
+}
+
+async fn attach(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let b: AttachBody = crate::body::parse(S, &body)?;
+    let s = server(&up, &headers, id).await?;
+    let v = up
+        .volumes(&headers)?
+        .attach(pb::AttachVolumeRequest {
+            r#ref: b.attachment.volume_id,
+            project: String::new(),
+            server_ref: s.id.clone(),
+            delete_on_termination: false,
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(versioned(Json(
+        json!({"volumeAttachment": attachment_view(&s.id, &v)}),
+    )))
+}
+
+async fn detach(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((id, volume)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let s = server(&up, &headers, id).await?;
+    if !attached_to(&up, &headers, &s.id)
+        .await?
+        .iter()
+        .any(|v| v.id == volume)
+    {
+        return Err(ApiError::not_found(
+            S,
+            format!("volume {volume} is not attached to the server"),
+        ));
+    }
+    up.volumes(&headers)?
+        .detach(pb::DetachVolumeRequest {
+            r#ref: volume,
+            project: String::new(),
+        })
+        .await
+        .api(S)?;
+    Ok(versioned(StatusCode::ACCEPTED))
+}
+
+async fn swap_unsupported() -> ApiError {
+    ApiError::new(
+        S,
+        StatusCode::NOT_IMPLEMENTED,
+        "swapping a server's volume is not supported by nubo",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attachment_id_is_the_volume_id() {
+        let v = pb::Volume {
+            id: "v1".into(),
+            ..Default::default()
+        };
+        let a = attachment_view("s1", &v);
+        assert_eq!(
+            (a["id"].as_str(), a["serverId"].as_str()),
+            (Some("v1"), Some("s1"))
+        );
+        let b: Result<AttachBody, _> = crate::body::parse(
+            S,
+            br#"{"volumeAttachment": {"volumeId": "v1", "tag": "x"}}"#,
+        );
+        assert!(b.unwrap_err().message.contains("unknown field `tag`"));
+    }
+}
