@@ -663,6 +663,17 @@ pub fn router_snat(node: &NodeName, router: &RouterId) -> String {
     format!("{ROOT}router-snat/{node}/{router}")
 }
 
+/// `/nubo/v1/private/revoked-tokens/` — tokens revoked before their
+/// expiry (each key leased until the token would have expired).
+pub fn revoked_tokens_prefix() -> String {
+    format!("{PRIVATE}revoked-tokens/")
+}
+
+/// `/nubo/v1/private/revoked-tokens/<token id>` (`RevokedToken`).
+pub fn revoked_token(token_id: &str) -> String {
+    format!("{PRIVATE}revoked-tokens/{token_id}")
+}
+
 /// `/nubo/v1/private/secrets/ticket-key` (`TicketSigningKey`): the
 /// coordinators' private Ed25519 key signing stream tickets.
 pub fn ticket_signing_key() -> String {
@@ -882,6 +893,8 @@ pub enum Key {
     TokenKey,
     /// `private/secrets/ticket-key`
     TicketSigningKey,
+    /// `private/revoked-tokens/<token id>`
+    RevokedToken(String),
     /// `/ticket-keys/<kid>`
     TicketVerifyKey(String),
     /// `/routers/<id>`
@@ -1000,6 +1013,7 @@ impl Key {
             ["audit", id] if !id.is_empty() => Key::Audit(id.to_string()),
             ["secrets", "token-key"] => Key::TokenKey,
             ["secrets", "ticket-key"] => Key::TicketSigningKey,
+            ["revoked-tokens", id] if !id.is_empty() => Key::RevokedToken(id.to_string()),
             ["router-interfaces", n] => Key::RouterInterface(n.parse().ok()?),
             ["floating-ip-ports", p] => Key::FloatingIpPort(p.parse().ok()?),
             _ => return None,
@@ -1030,6 +1044,7 @@ impl Key {
                 | Key::Audit(_)
                 | Key::TokenKey
                 | Key::TicketSigningKey
+                | Key::RevokedToken(_)
                 | Key::RouterInterface(_)
                 | Key::FloatingIpPort(_)
         )
@@ -1142,6 +1157,7 @@ mod tests {
             (quota_usage(&proj), Key::QuotaUsage(proj.clone())),
             (audit("0001-ab"), Key::Audit("0001-ab".into())),
             (token_key(), Key::TokenKey),
+            (revoked_token("abc"), Key::RevokedToken("abc".into())),
         ];
         for (k, want) in cases {
             assert_eq!(Key::parse(&k), Some(want.clone()), "{k}");

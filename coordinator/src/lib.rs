@@ -239,6 +239,15 @@ async fn start_inner(
             let set = background::token_keys::load(&store).await?;
             let h = api::auth::handle(background::token_keys::signer(&set)?);
             let _ = ctx.signer.set(h.clone());
+            // Revoked tokens are known before the first call is served.
+            background::revoked_tokens::load(&ctx).await?;
+            {
+                let (ctx, rx) = (ctx.clone(), rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    background::revoked_tokens::run(ctx, rx).await;
+                    Ok(())
+                }));
+            }
             let (kstore, kh, krx) = (store.clone(), h.clone(), rx.clone());
             tasks.push(tokio::spawn(async move {
                 background::token_keys::run_reload(kstore, kh, set, krx).await;
@@ -322,6 +331,7 @@ async fn start_inner(
                 api::auth::AuthState {
                     signer: h,
                     store: store.clone(),
+                    revoked: ctx.revoked.clone(),
                 },
             )),
             None => api::routes(&ctx),

@@ -38,6 +38,9 @@ pub struct Inner {
     /// The token signer (set at start with `auth = "token"`; `Tokens.Issue`
     /// refuses without it).
     pub signer: std::sync::OnceLock<nubo_identity::auth::SignerHandle>,
+    /// Tokens revoked before their expiry, fed by the watch of
+    /// [`crate::background::revoked_tokens`] (with `auth = "token"`).
+    pub revoked: nubo_identity::revocation::RevokedHandle,
     /// The one Ceph connection of this coordinator (set at start when
     /// `[ceph]` is configured): the volume API, its reconciler and storage
     /// fencing share it. Unset = the volume API answers FailedPrecondition.
@@ -83,6 +86,7 @@ impl Ctx {
             cache: Arc::new(ResourceCache::default()),
             placement,
             signer: std::sync::OnceLock::new(),
+            revoked: Default::default(),
             ceph: std::sync::OnceLock::new(),
             node_api,
             tickets: Default::default(),

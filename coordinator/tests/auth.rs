@@ -1380,3 +1380,109 @@ async fn every_quota_is_refused_with_its_numbers_through_the_api_and_the_cli() {
     }
     c.shutdown().await.unwrap();
 }
+
+fn subject(token: &str) -> pb::SubjectTokenRequest {
+    pb::SubjectTokenRequest {
+        token: token.into(),
+    }
+}
+
+/// `Tokens.Validate` and `Tokens.Revoke`: a user validates and revokes its
+/// own tokens only (another's is NotFound, as an invalid one), an admin
+/// anyone's; a revoked token is refused at once by the coordinator that
+/// revoked it, by a second coordinator (watch), and by one started after
+/// the revocation (listing at start), while the user's other token works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_validated_and_revoked_on_every_coordinator() {
+    let etcd = Etcd::start().unwrap();
+    let (_c1, mut a, root) = token_cloud(&etcd).await;
+    let alice = login(&mut a, "alice", "pw").await;
+    let alice2 = login(&mut a, "alice", "pw").await;
+    let bob = login(&mut a, "bob", "pw").await;
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.auth = AuthMode::Token;
+    let c2 = nubo_coordinator::start(cfg.clone()).await.unwrap();
+    let mut b = api(&c2).await;
+
+    let v = a
+        .tokens
+        .validate(req(&alice, subject(&alice)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((v.user.as_str(), v.project.as_str()), ("alice", "p1"));
+    let v = a
+        .tokens
+        .validate(req(&root, subject(&bob)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.user, "bob", "an admin validates anyone's token");
+    for (caller, subj) in [(&alice, bob.as_str()), (&alice, "garbage.token")] {
+        let e = a
+            .tokens
+            .validate(req(caller, subject(subj)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+    let e = a
+        .tokens
+        .revoke(req(&alice, subject(&bob)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "alice may not revoke bob's token");
+    let e = a
+        .tokens
+        .validate(tonic::Request::new(subject(&alice)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "validation needs a caller");
+
+    // Bob's token still works on both coordinators (positive control).
+    let list = |t: &str| req(t, pb::ListRequest::default());
+    a.networks.list(list(&bob)).await.unwrap();
+    b.networks.list(list(&bob)).await.unwrap();
+    a.tokens.revoke(req(&alice, subject(&alice))).await.unwrap();
+    let e = a.networks.list(list(&alice)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    let mut seen = false;
+    for _ in 0..200 {
+        match b.networks.list(list(&alice)).await {
+            Err(e) if e.code() == Code::Unauthenticated => {
+                seen = true;
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    assert!(
+        seen,
+        "the second coordinator never refused the revoked token"
+    );
+    let e = b
+        .tokens
+        .validate(req(&root, subject(&alice)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    a.networks.list(list(&alice2)).await.unwrap();
+    b.networks.list(list(&alice2)).await.unwrap();
+
+    // A coordinator started now knows it from its first call on.
+    let c3 = nubo_coordinator::start(cfg).await.unwrap();
+    let mut c = api(&c3).await;
+    let e = c.networks.list(list(&alice)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    c.networks.list(list(&alice2)).await.unwrap();
+    let rec = etcd
+        .store()
+        .await
+        .unwrap()
+        .list_all(&keys::revoked_tokens_prefix(), |kv| Some(kv.lease()))
+        .await
+        .unwrap();
+    assert_eq!(rec.len(), 1);
+    assert_ne!(rec[0], 0, "the record is leased until the token's expiry");
+}

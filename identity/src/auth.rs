@@ -32,6 +32,9 @@ pub enum AuthError {
     /// The interceptor found no claims (a handler behind no interceptor).
     #[error("the call was not authenticated")]
     NoClaims,
+    /// The token was revoked (`Tokens.Revoke`).
+    #[error("the token was revoked; get a new one")]
+    Revoked,
     /// The signer lock was poisoned by a panic elsewhere.
     #[error("the token verifier is unavailable")]
     SignerUnavailable,
@@ -66,6 +69,18 @@ pub fn authenticate(
     now: Timestamp,
 ) -> Result<Claims, AuthError> {
     Ok(signer.verify(bearer_from_metadata(md)?, now)?)
+}
+
+/// `claims` unless their token is in `revoked`.
+pub fn not_revoked(
+    claims: Claims,
+    revoked: &crate::revocation::RevokedHandle,
+) -> Result<Claims, AuthError> {
+    let list = revoked.read().map_err(|_| AuthError::SignerUnavailable)?;
+    if list.is_revoked(&claims.token_id) {
+        return Err(AuthError::Revoked);
+    }
+    Ok(claims)
 }
 
 /// The current token signer, shared by all interceptors and replaced on

@@ -41,6 +41,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod password;
 pub mod quota;
+pub mod revocation;
 pub mod token;
 
 pub use auth::{authenticate, bearer_from_metadata, AuthError, AuthInterceptor};

@@ -558,6 +558,21 @@ pub struct TokenKeySet {
     pub previous_valid_until: Option<Timestamp>,
 }
 
+/// `/nubo/v1/private/revoked-tokens/<token id>`: a token revoked before
+/// its expiry (`Tokens.Revoke`). The key is leased until the token would
+/// have expired, so the list never holds a token that is refused anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedToken {
+    /// The token's user.
+    pub user: UserName,
+    /// When the token expires (unix seconds).
+    pub expires_at: i64,
+    /// Who revoked it.
+    pub revoked_by: UserName,
+    /// When.
+    pub revoked_at: Timestamp,
+}
+
 /// `/nubo/v1/private/secrets/ticket-key`: the coordinators' Ed25519 key
 /// signing stream tickets (`nubo_nodeapi::ticket`). Made by the first
 /// coordinator that needs it (create-if-absent), together with its public

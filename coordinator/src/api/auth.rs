@@ -37,12 +37,12 @@ fn is_read_method(method: &str) -> bool {
 }
 
 /// The action a gRPC method path (`/nubo.v1.Servers/Create`) needs; `None`
-/// for the unauthenticated `Tokens` service.
+/// for the unauthenticated `Tokens.Issue`.
 pub fn action_for(path: &str) -> Option<Action> {
     let rest = path.trim_start_matches('/');
     let (service, method) = rest.split_once('/').unwrap_or((rest, ""));
     let service = service.rsplit('.').next().unwrap_or(service);
-    if service == "Tokens" {
+    if service == "Tokens" && method == "Issue" {
         return None;
     }
     let read = is_read_method(method);
@@ -68,6 +68,9 @@ pub fn action_for(path: &str) -> Option<Action> {
         "Identity" => "identity",
         "Quotas" => "quotas",
         "Audit" => "audit records",
+        // Validate/Revoke: any authenticated user, on its own tokens (the
+        // handler checks; admins on anyone's).
+        "Tokens" => "tokens",
         // Anything unknown is treated as cloud administration.
         _ => "cloud",
     };
@@ -77,12 +80,12 @@ pub fn action_for(path: &str) -> Option<Action> {
         "Servers" | "Networks" | "Ports" | "SecurityGroups" | "Keypairs" | "ServerGroups"
         | "Images" | "ImageData" | "Volumes" | "Routers" | "FloatingIps" => false,
         // Any authenticated user manages its own (handlers check the owner).
-        "ApplicationCredentials" => false,
+        "ApplicationCredentials" | "Tokens" => false,
         _ => true,
     };
     Some(if admin_only {
         Action::admin(kind)
-    } else if read || service == "ApplicationCredentials" {
+    } else if read || service == "ApplicationCredentials" || service == "Tokens" {
         // A reader may make a credential with its (reader) role: creating
         // one is audited but needs no write role.
         Action::read(kind)
@@ -102,6 +105,8 @@ pub struct AuthState {
     pub signer: SignerHandle,
     /// Where audit records go.
     pub store: Etcd,
+    /// Tokens revoked before their expiry.
+    pub revoked: nubo_identity::revocation::RevokedHandle,
 }
 
 /// "servers.create" for `/nubo.v1.Servers/Create`.
@@ -237,7 +242,8 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
     let claims = match st.signer.read() {
         Ok(s) => authenticate(&s, &md, chrono::Utc::now()),
         Err(_) => Err(AuthError::SignerUnavailable),
-    };
+    }
+    .and_then(|c| nubo_identity::auth::not_revoked(c, &st.revoked));
     let audit = |user: Option<UserName>, project: Option<ProjectId>, outcome: AuditOutcome| {
         crate::operations::audit::record(
             &st.store,
@@ -322,6 +328,7 @@ mod tests {
     #[test]
     fn actions_of_methods() {
         assert_eq!(action_for("/nubo.v1.Tokens/Issue"), None);
+        assert!(action_for("/nubo.v1.Tokens/Revoke").is_some());
         let a = action_for("/nubo.v1.Servers/Create").unwrap();
         assert_eq!((a.verb, a.kind), (Verb::Mutate, "servers"));
         let a = action_for("/nubo.v1.Servers/List").unwrap();

@@ -10,6 +10,7 @@ pub mod failover;
 pub mod guest_stops;
 pub mod health_machine;
 pub mod migrations;
+pub mod revoked_tokens;
 pub mod router_snat;
 pub mod token_keys;
 pub mod volume_reconcile;

@@ -4,7 +4,7 @@
 use etcd_client::GetOptions;
 use nubo_common::keys;
 use nubo_common::model::{
-    AppCredId, ApplicationCredential, Project, RoleAssignment, User, UserName,
+    AppCredId, ApplicationCredential, Project, RevokedToken, RoleAssignment, User, UserName,
 };
 use nubo_common::ProjectId;
 use nubo_identity::authz::effective_roles;
@@ -201,4 +201,64 @@ async fn issue_for_app_cred(
         r.ttl_secs,
         Some(id.to_string()),
     )
+}
+
+/// The claims of `subject` if it is valid now: signed by a current key,
+/// not expired, not revoked. The caller must be a cloud admin or the
+/// subject's own user; anything else — and an invalid subject — is
+/// `NotFound`, so a caller learns nothing of other users' tokens.
+pub fn validate(ctx: &Ctx, subject: &str) -> ApiResult<Claims> {
+    let not_found = || ApiError::NotFound("the token is not valid".into());
+    let signer = ctx.signer.get().ok_or_else(|| {
+        ApiError::FailedPrecondition("this coordinator runs with auth = \"none\"".into())
+    })?;
+    let claims = {
+        let s = signer
+            .read()
+            .map_err(|_| ApiError::Unavailable("the token verifier is unavailable".into()))?;
+        s.verify(subject, chrono::Utc::now())
+            .map_err(|_| not_found())?
+    };
+    let claims = nubo_identity::auth::not_revoked(claims, &ctx.revoked).map_err(|_| not_found())?;
+    let caller = crate::caller::caller();
+    let allowed =
+        crate::caller::is_cloud_admin() || caller.is_some_and(|c| c.claims.user == claims.user);
+    if !allowed {
+        return Err(not_found());
+    }
+    Ok(claims)
+}
+
+/// Revokes `subject` (see [`validate`] for who may): a record leased until
+/// the token's expiry, which every coordinator watches; this one refuses
+/// the token at once.
+pub async fn revoke(ctx: &Ctx, subject: &str) -> ApiResult<()> {
+    let claims = validate(ctx, subject)?;
+    let now = chrono::Utc::now();
+    // The lease outlives the token by the tolerated clock skew.
+    let ttl =
+        (claims.expires_at - now.timestamp()).max(0) + nubo_identity::token::MAX_CLOCK_SKEW_SECS;
+    let by = crate::caller::caller()
+        .map(|c| c.claims.user)
+        .unwrap_or_else(|| claims.user.clone());
+    let rec = RevokedToken {
+        user: claims.user.clone(),
+        expires_at: claims.expires_at,
+        revoked_by: by,
+        revoked_at: now,
+    };
+    let lease = ctx.store.lease_grant(ttl).await?;
+    ctx.store
+        .put(
+            keys::revoked_token(&claims.token_id),
+            nubo_common::model::encode(&rec),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    ctx.revoked
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(claims.token_id.clone(), claims.expires_at);
+    tracing::info!(user = %claims.user, token = %claims.token_id, "token revoked");
+    Ok(())
 }
