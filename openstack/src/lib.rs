@@ -23,6 +23,7 @@ pub mod identity;
 pub mod image;
 pub mod network;
 pub mod quota;
+pub mod time;
 pub mod upstream;
 pub mod versions;
 pub mod volume;
