@@ -11,7 +11,9 @@ use nubo_common::proto as pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{ApiError, Service, StatusExt};
+use axum::extract::rejection::JsonRejection;
+
+use crate::error::{json_body, ApiError, Service, StatusExt};
 use crate::upstream::{all_pages, PAGE_SIZE};
 use crate::versions::{self, COMPUTE_MAX_MICROVERSION};
 use crate::Upstream;
@@ -171,8 +173,8 @@ pub fn select_flavors(
 ) -> Result<Vec<pb::Flavor>, ApiError> {
     let kept: Vec<pb::Flavor> = flavors
         .into_iter()
-        .filter(|f| q.min_disk.is_none_or(|d| u64::from(f.disk_gb) >= d))
-        .filter(|f| q.min_ram.is_none_or(|r| u64::from(f.ram_mb) >= r))
+        .filter(|f| q.min_disk.is_none_or(|d| f.disk_gb >= d))
+        .filter(|f| q.min_ram.is_none_or(|r| f.ram_mb >= r))
         .collect();
     let paging = Paging {
         limit: q.limit,
@@ -471,9 +473,10 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
 async fn create_server(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<CreateBody>,
+    body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
+    let body = json_body(S, body)?;
     let req = create_request(&body)?;
     let resp = up.servers(&headers)?.create(req).await.api(S)?.into_inner();
     let created: Vec<&pb::Server> = resp
@@ -503,7 +506,6 @@ async fn create_server(
         "links": [{"rel": "self", "href": format!("{}/compute/v2.1/servers/{}", up.public_url, first.id)}],
         "OS-DCF:diskConfig": "MANUAL",
         "security_groups": body.server.security_groups.iter().map(|g| json!({"name": g.name})).collect::<Vec<_>>(),
-        "adminPass": "",
     }});
     Ok(versioned((StatusCode::ACCEPTED, Json(body))))
 }
@@ -525,9 +527,10 @@ async fn server_action(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<Value>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
+    let body = json_body(S, body)?;
     let action = body
         .as_object()
         .and_then(|o| o.keys().next().cloned())
@@ -622,9 +625,10 @@ struct NewKeypair {
 async fn create_keypair(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<KeypairBody>,
+    body: Result<Json<KeypairBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
+    let body = json_body(S, body)?;
     // Generating a private key for the caller would put a secret in an
     // API answer and in this process: nubo only imports public keys.
     let public_key = body.keypair.public_key.ok_or_else(|| {

@@ -28,13 +28,20 @@ pub mod upstream;
 pub mod versions;
 pub mod volume;
 
-use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
 
 pub use upstream::Upstream;
 
 /// The whole API: `/identity`, `/compute`, `/network`, `/image`.
 pub fn router(upstream: Upstream) -> Router {
     Router::new()
+        // Version discovery at each root with its trailing slash too
+        // (`/image/`, `/volume/`: what Tempest and keystoneauth ask).
+        .route("/image/", get(image::versions_doc))
+        .route("/volume/", get(volume_versions))
         .nest("/identity", identity::router())
         .nest("/compute", compute::router())
         .nest("/network", network::router())
@@ -42,4 +49,8 @@ pub fn router(upstream: Upstream) -> Router {
         .nest("/volume", volume::router())
         .fallback(error::not_found)
         .with_state(upstream)
+}
+
+async fn volume_versions(State(up): State<Upstream>) -> Json<Value> {
+    Json(json!({"versions": [versions::volume_v3(&up.public_url)]}))
 }

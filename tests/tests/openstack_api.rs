@@ -115,7 +115,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
 
     // server create --wait, then show/list agree with nubo.
     let created = openstack(
-        &clouds,
+        clouds,
         &[
             "server",
             "create",
@@ -201,7 +201,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     )
     .unwrap();
     openstack(
-        &clouds,
+        clouds,
         &[
             "keypair",
             "create",
@@ -219,12 +219,12 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
         "{k}"
     );
     openstack(
-        &clouds,
+        clouds,
         &["security", "group", "create", "-f", "json", "web"],
     )
     .unwrap();
     let rule = openstack(
-        &clouds,
+        clouds,
         &[
             "security",
             "group",
@@ -254,7 +254,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
         .collect();
     std::fs::write(&file, &data).unwrap();
     let made = openstack(
-        &clouds,
+        clouds,
         &[
             "image",
             "create",

@@ -291,6 +291,28 @@ fn tempest_api_tests_against_a_real_cluster() {
             .unwrap();
     }
     let member = os.lab.member("tempest", "tempest").unwrap();
+    // Room for the servers Tempest makes (and for those a failed class
+    // leaves behind until its cleanup).
+    admin
+        .json(&[
+            "quota",
+            "set",
+            "--project",
+            "tempest",
+            "--instances",
+            "200",
+            "--vcpus",
+            "400",
+            "--ram-mb",
+            "1048576",
+            "--ports",
+            "400",
+            "--networks",
+            "100",
+            "--security-groups",
+            "200",
+        ])
+        .unwrap();
     // Tempest's project_reader: a second user of the project with nubo's
     // reader role.
     let pw = os.lab.dir.path().join("reader-password");
