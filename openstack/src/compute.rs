@@ -81,10 +81,16 @@ pub fn microversion(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Adds the microversion headers Nova answers with.
+/// Adds the microversion headers Nova answers with, and its request id
+/// (`x-openstack-request-id`, `x-compute-request-id`: Tempest's clients
+/// read it from every answer).
 fn versioned(resp: impl IntoResponse) -> Response {
     let mut r = resp.into_response();
     let h = r.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4())) {
+        h.insert("x-openstack-request-id", id.clone());
+        h.insert("x-compute-request-id", id);
+    }
     h.insert(
         "openstack-api-version",
         HeaderValue::from_static("compute 2.1"),
@@ -775,6 +781,15 @@ mod tests {
             ["fingerprint", "name", "public_key", "user_id"]
         );
         assert!(keypair_view(&k)["created_at"] == "t" && keypair_view(&k)["deleted"] == false);
+    }
+
+    #[test]
+    fn answers_carry_a_request_id() {
+        let r = versioned(StatusCode::ACCEPTED);
+        let id = r.headers()["x-openstack-request-id"].to_str().unwrap();
+        assert!(id.starts_with("req-") && id.len() == 40, "{id}");
+        assert_eq!(r.headers()["x-compute-request-id"], id);
+        assert_eq!(r.headers()["openstack-api-version"], "compute 2.1");
     }
 
     #[test]
