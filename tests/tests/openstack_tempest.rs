@@ -1,7 +1,7 @@
 //! Tempest (PyPI `tempest`, installed by scripts/deps.sh) against a real
 //! cluster ([`OpenStackLab`]: a TLS, token-authenticated coordinator, one
 //! netns-driver agent running real guests, `nubo-openstack` in front).
-//! `#[ignore]`d: it runs for many minutes. The command (docs/openstack-
+//! `#[ignore]`d: it runs for minutes (tens once most server tests run). The command (docs/openstack-
 //! compatibility.md):
 //!
 //! ```sh
@@ -276,7 +276,7 @@ horizon = false
 }
 
 #[test]
-#[ignore = "long (tens of minutes): the Tempest run of docs/openstack-compatibility.md"]
+#[ignore = "long (minutes; tens once the server tests run): the Tempest run of docs/openstack-compatibility.md"]
 fn tempest_api_tests_against_a_real_cluster() {
     if !need_root().unwrap() {
         return;
