@@ -2,7 +2,7 @@
 //! `Volumes.Detach`: a volume is attached to one server at a time, and its
 //! attachment's id is the volume's id, as in Nova 2.1.
 
-use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -95,7 +95,7 @@ async fn show_attachment(
 /// `POST …/os-volume_attachments` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AttachBody {
+pub(crate) struct AttachBody {
     #[serde(rename = "volumeAttachment")]
     attachment: NewAttachment,
 }
@@ -114,10 +114,10 @@ async fn attach(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Json<AttachBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
-    let b: AttachBody = crate::body::parse(S, &body)?;
+    let b = crate::error::json_body(S, body)?;
     let s = server(&up, &headers, id).await?;
     let v = up
         .volumes(&headers)?
@@ -185,10 +185,8 @@ mod tests {
             (a["id"].as_str(), a["serverId"].as_str()),
             (Some("v1"), Some("s1"))
         );
-        let b: Result<AttachBody, _> = crate::body::parse(
-            S,
-            br#"{"volumeAttachment": {"volumeId": "v1", "tag": "x"}}"#,
-        );
-        assert!(b.unwrap_err().message.contains("unknown field `tag`"));
+        let b: Result<AttachBody, _> =
+            serde_json::from_value(json!({"volumeAttachment": {"volumeId": "v1", "tag": "x"}}));
+        assert!(b.unwrap_err().to_string().contains("unknown field `tag`"));
     }
 }

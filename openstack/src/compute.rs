@@ -11,7 +11,9 @@ use nubo_common::proto as pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{ApiError, Service, StatusExt};
+use axum::extract::rejection::JsonRejection;
+
+use crate::error::{json_body, ApiError, Service, StatusExt};
 use crate::upstream::{all_pages, PAGE_SIZE};
 use crate::versions::{self, COMPUTE_MAX_MICROVERSION};
 use crate::Upstream;
@@ -25,7 +27,7 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1", get(v21_doc))
         .route("/v2.1/", get(v21_doc))
         .route("/v2.1/flavors", get(list_flavors))
-        .route("/v2.1/flavors/detail", get(list_flavors))
+        .route("/v2.1/flavors/detail", get(list_flavors_detail))
         .route("/v2.1/flavors/{id}", get(show_flavor))
         .route("/v2.1/servers", get(list_servers).post(create_server))
         .route("/v2.1/servers/detail", get(list_servers))
@@ -79,10 +81,16 @@ pub fn microversion(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Adds the microversion headers Nova answers with.
+/// Adds the microversion headers Nova answers with, and its request id
+/// (`x-openstack-request-id`, `x-compute-request-id`: Tempest's clients
+/// read it from every answer).
 pub(crate) fn versioned(resp: impl IntoResponse) -> Response {
     let mut r = resp.into_response();
     let h = r.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4())) {
+        h.insert("x-openstack-request-id", id.clone());
+        h.insert("x-compute-request-id", id);
+    }
     h.insert(
         "openstack-api-version",
         HeaderValue::from_static("compute 2.1"),
@@ -149,14 +157,72 @@ fn flavor_view(base: &str, f: &pb::Flavor) -> Value {
     })
 }
 
+/// `limit`, `marker`, `minDisk` and `minRam` of a flavor list.
+#[derive(Debug, Default, Deserialize)]
+pub struct FlavorQuery {
+    /// Most flavors to return.
+    pub limit: Option<usize>,
+    /// Return flavors after this id.
+    pub marker: Option<String>,
+    /// Only flavors with at least this root disk (GiB).
+    #[serde(rename = "minDisk")]
+    pub min_disk: Option<u64>,
+    /// Only flavors with at least this memory (MiB).
+    #[serde(rename = "minRam")]
+    pub min_ram: Option<u64>,
+}
+
+/// The flavors `q` selects, paged. Pure.
+pub fn select_flavors(
+    flavors: Vec<pb::Flavor>,
+    q: &FlavorQuery,
+) -> Result<Vec<pb::Flavor>, ApiError> {
+    let kept: Vec<pb::Flavor> = flavors
+        .into_iter()
+        .filter(|f| q.min_disk.is_none_or(|d| f.disk_gb >= d))
+        .filter(|f| q.min_ram.is_none_or(|r| f.ram_mb >= r))
+        .collect();
+    let paging = Paging {
+        limit: q.limit,
+        marker: q.marker.clone(),
+        name: None,
+    };
+    page(kept, &paging, |f| f.name.as_str())
+}
+
+async fn flavors_selected(
+    up: &Upstream,
+    headers: &HeaderMap,
+    q: &FlavorQuery,
+) -> Result<Vec<pb::Flavor>, ApiError> {
+    microversion(headers)?;
+    let flavors = crate::list_all!(up.flavors(headers)?, flavors, S)?;
+    select_flavors(flavors, q)
+}
+
+/// `GET /flavors`: id, name and links only (as Nova; details at `/detail`).
 async fn list_flavors(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Query(p): Query<Paging>,
+    Query(q): Query<FlavorQuery>,
 ) -> Result<Response, ApiError> {
-    microversion(&headers)?;
-    let flavors = crate::list_all!(up.flavors(&headers)?, flavors, S)?;
-    let flavors = page(flavors, &p, |f| f.name.as_str())?;
+    let flavors = flavors_selected(&up, &headers, &q).await?;
+    let views: Vec<Value> = flavors
+        .iter()
+        .map(|f| {
+            let v = flavor_view(&up.public_url, f);
+            json!({"id": v["id"], "name": v["name"], "links": v["links"]})
+        })
+        .collect();
+    Ok(versioned(Json(json!({"flavors": views}))))
+}
+
+async fn list_flavors_detail(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(q): Query<FlavorQuery>,
+) -> Result<Response, ApiError> {
+    let flavors = flavors_selected(&up, &headers, &q).await?;
     let views: Vec<Value> = flavors
         .iter()
         .map(|f| flavor_view(&up.public_url, f))
@@ -218,8 +284,8 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "hostId": s.node,
         "image": if s.image_id.is_empty() { json!("") } else { json!({"id": s.image_id, "links": link(&s.image_id, "images")}) },
         "flavor": {"id": s.flavor, "links": link(&s.flavor, "flavors")},
-        "created": s.created_at,
-        "updated": if s.updated_at.is_empty() { s.created_at.clone() } else { s.updated_at.clone() },
+        "created": crate::time::iso_utc(&s.created_at),
+        "updated": crate::time::iso_utc(if s.updated_at.is_empty() { &s.created_at } else { &s.updated_at }),
         "addresses": addresses,
         "accessIPv4": "",
         "accessIPv6": "",
@@ -413,9 +479,10 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
 async fn create_server(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<CreateBody>,
+    body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
+    let body = json_body(S, body)?;
     let req = create_request(&body)?;
     let resp = up.servers(&headers)?.create(req).await.api(S)?.into_inner();
     let created: Vec<&pb::Server> = resp
@@ -445,7 +512,6 @@ async fn create_server(
         "links": [{"rel": "self", "href": format!("{}/compute/v2.1/servers/{}", up.public_url, first.id)}],
         "OS-DCF:diskConfig": "MANUAL",
         "security_groups": body.server.security_groups.iter().map(|g| json!({"name": g.name})).collect::<Vec<_>>(),
-        "adminPass": "",
     }});
     Ok(versioned((StatusCode::ACCEPTED, Json(body))))
 }
@@ -467,9 +533,10 @@ async fn server_action(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<Value>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
+    let body = json_body(S, body)?;
     let action = body
         .as_object()
         .and_then(|o| o.keys().next().cloned())
@@ -492,17 +559,32 @@ async fn server_action(
     Ok(versioned(StatusCode::ACCEPTED))
 }
 
+/// A keypair as Nova 2.1 shows it (`GET /os-keypairs/{name}`). Pure.
 fn keypair_view(k: &pb::Keypair) -> Value {
     json!({
         "name": k.name,
         "public_key": k.public_key,
         "fingerprint": k.fingerprint,
-        "type": "ssh",
         "user_id": "",
         "created_at": k.created_at,
+        "updated_at": Value::Null,
+        "deleted_at": Value::Null,
         "deleted": false,
-        "id": k.name,
+        "id": 0,
     })
+}
+
+/// A keypair in a list or a create answer (Nova 2.1: no dates, no id). Pure.
+fn keypair_brief(k: &pb::Keypair, with_user: bool) -> Value {
+    let mut v = json!({
+        "name": k.name,
+        "public_key": k.public_key,
+        "fingerprint": k.fingerprint,
+    });
+    if with_user {
+        v["user_id"] = json!("");
+    }
+    v
 }
 
 async fn list_keypairs(
@@ -513,7 +595,7 @@ async fn list_keypairs(
     let keys = crate::list_all!(up.keypairs(&headers)?, keypairs, S)?;
     let views: Vec<Value> = keys
         .iter()
-        .map(|k| json!({"keypair": keypair_view(k)}))
+        .map(|k| json!({"keypair": keypair_brief(k, false)}))
         .collect();
     Ok(versioned(Json(json!({"keypairs": views}))))
 }
@@ -549,9 +631,10 @@ struct NewKeypair {
 async fn create_keypair(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<KeypairBody>,
+    body: Result<Json<KeypairBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     microversion(&headers)?;
+    let body = json_body(S, body)?;
     // Generating a private key for the caller would put a secret in an
     // API answer and in this process: nubo only imports public keys.
     let public_key = body.keypair.public_key.ok_or_else(|| {
@@ -570,7 +653,7 @@ async fn create_keypair(
         .await
         .api(S)?
         .into_inner();
-    Ok(versioned(Json(json!({"keypair": keypair_view(&k)}))))
+    Ok(versioned(Json(json!({"keypair": keypair_brief(&k, true)}))))
 }
 
 async fn delete_keypair(
@@ -649,6 +732,64 @@ mod tests {
             microversion(&h).unwrap_err().status,
             StatusCode::NOT_ACCEPTABLE
         );
+    }
+
+    #[test]
+    fn flavors_filter_by_min_disk_and_ram() {
+        let f = |name: &str, ram_mb, disk_gb| pb::Flavor {
+            name: name.into(),
+            ram_mb,
+            disk_gb,
+            ..Default::default()
+        };
+        let all = vec![f("a", 64, 1), f("b", 128, 10), f("c", 512, 5)];
+        let q: FlavorQuery = serde_json::from_value(json!({"minDisk": 5, "minRam": 256})).unwrap();
+        let names = |v: Vec<pb::Flavor>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        assert_eq!(names(select_flavors(all.clone(), &q).unwrap()), ["c"]);
+        // As axum's Query decodes it (strings, not JSON numbers).
+        let uri: axum::http::Uri = "/flavors/detail?minDisk=2&limit=5".parse().unwrap();
+        let Query(q) = Query::<FlavorQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(names(select_flavors(all.clone(), &q).unwrap()), ["b", "c"]);
+        assert_eq!(
+            names(select_flavors(all, &FlavorQuery::default()).unwrap()),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn keypair_lists_and_creates_answer_nova_21_fields_only() {
+        let k = pb::Keypair {
+            name: "k".into(),
+            public_key: "ssh-ed25519 AAA".into(),
+            fingerprint: "fp".into(),
+            created_at: "t".into(),
+            ..Default::default()
+        };
+        let keys = |v: Value| {
+            v.as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<String>>()
+        };
+        assert_eq!(
+            keys(keypair_brief(&k, false)),
+            ["fingerprint", "name", "public_key"]
+        );
+        assert_eq!(
+            keys(keypair_brief(&k, true)),
+            ["fingerprint", "name", "public_key", "user_id"]
+        );
+        assert!(keypair_view(&k)["created_at"] == "t" && keypair_view(&k)["deleted"] == false);
+    }
+
+    #[test]
+    fn answers_carry_a_request_id() {
+        let r = versioned(StatusCode::ACCEPTED);
+        let id = r.headers()["x-openstack-request-id"].to_str().unwrap();
+        assert!(id.starts_with("req-") && id.len() == 40, "{id}");
+        assert_eq!(r.headers()["x-compute-request-id"], id);
+        assert_eq!(r.headers()["openstack-api-version"], "compute 2.1");
     }
 
     #[test]

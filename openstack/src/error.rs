@@ -145,6 +145,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A request body as OpenStack answers a bad one: malformed JSON, a
+/// wrong type or a missing field is a 400 `badRequest` in `service`'s
+/// format (axum's own answer would be a 422); a body that is not JSON at
+/// all keeps its 415.
+pub fn json_body<T>(
+    service: Service,
+    body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    use axum::extract::rejection::JsonRejection as R;
+    body.map(|axum::Json(t)| t).map_err(|e| {
+        let status = match &e {
+            R::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            R::BytesRejection(_) => e.status(),
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(service, status, e.body_text())
+    })
+}
+
 /// Anything not routed: 404 naming the path (never a silent empty answer).
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(
@@ -159,6 +178,34 @@ pub async fn not_found(uri: Uri) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bad_json_bodies_are_400_bad_request() {
+        use axum::extract::FromRequest;
+        #[derive(Debug, serde::Deserialize)]
+        struct B {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let req = |body: &'static str| {
+            axum::http::Request::builder()
+                .method("POST")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        for bad in ["{\"n\": 2.5}", "{\"n\": ", "{}"] {
+            let r = axum::Json::<B>::from_request(req(bad), &()).await;
+            let e = json_body(Service::Compute, r).unwrap_err();
+            assert_eq!(
+                (e.status, e.compute_fault()),
+                (StatusCode::BAD_REQUEST, "badRequest"),
+                "{bad}"
+            );
+        }
+        let ok = axum::Json::<B>::from_request(req("{\"n\": 2}"), &()).await;
+        assert_eq!(json_body(Service::Compute, ok).unwrap().n, 2);
+    }
 
     #[test]
     fn grpc_codes_map_to_openstack_faults() {

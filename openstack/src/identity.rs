@@ -214,8 +214,8 @@ async fn issue(
         "user": {"id": t.user, "name": t.user, "domain": domain},
         "project": {"id": t.project, "name": t.project, "domain": domain},
         "roles": t.roles.iter().map(|r| json!({"id": r, "name": r})).collect::<Vec<_>>(),
-        "issued_at": t.issued_at,
-        "expires_at": t.expires_at,
+        "issued_at": crate::time::keystone(&t.issued_at),
+        "expires_at": crate::time::keystone(&t.expires_at),
         "catalog": catalog(&up.public_url, &t.project),
     }});
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();

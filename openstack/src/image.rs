@@ -30,7 +30,8 @@ pub fn router() -> Router<Upstream> {
         )
 }
 
-async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+/// Glance's version document (also at `/image/`, see [`crate::router`]).
+pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::image_v2(&up.public_url)]}))
 }
 

@@ -18,17 +18,18 @@
 //! answer.
 
 pub mod attachments;
-pub mod body;
 pub mod compute;
 pub mod error;
 pub mod identity;
 pub mod image;
 pub mod network;
 pub mod quota;
+pub mod time;
 pub mod upstream;
 pub mod versions;
 pub mod volume;
 
+use axum::routing::get;
 use axum::Router;
 
 pub use upstream::Upstream;
@@ -36,6 +37,10 @@ pub use upstream::Upstream;
 /// The whole API: `/identity`, `/compute`, `/network`, `/image`.
 pub fn router(upstream: Upstream) -> Router {
     Router::new()
+        // Version discovery at each root with its trailing slash too
+        // (`/image/`, `/volume/`: what Tempest and keystoneauth ask).
+        .route("/image/", get(image::versions_doc))
+        .route("/volume/", get(volume::versions_doc))
         .nest("/identity", identity::router())
         .nest("/compute", compute::router().merge(attachments::router()))
         .nest("/network", network::router())

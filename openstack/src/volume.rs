@@ -5,7 +5,7 @@
 //! Snapshots, backups, transfers, the attachments API (3.27+) and volume
 //! updates answer 404/501 (docs/openstack-compatibility.md).
 
-use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,7 +46,8 @@ pub fn router() -> Router<Upstream> {
         .route("/v3/{project}/types/{id}", get(show_type))
 }
 
-async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+/// The version document (also at `/volume/`).
+pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::volume_v3(&up.public_url)]}))
 }
 
@@ -136,7 +137,7 @@ async fn show_volume(
 /// `POST /volumes` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     volume: NewVolume,
     /// Scheduler hints (clients send an empty object): none are supported.
     #[serde(default, rename = "OS-SCH-HNT:scheduler_hints")]
@@ -207,9 +208,9 @@ fn volume_request(b: CreateBody) -> Result<pb::CreateVolumeRequest, ApiError> {
 async fn create_volume(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b: CreateBody = crate::body::parse(S, &body)?;
+    let b = crate::error::json_body(S, body)?;
     let v = up
         .volumes(&headers)?
         .create(volume_request(b)?)
@@ -291,7 +292,9 @@ mod tests {
     use super::*;
 
     fn parse(v: Value) -> Result<pb::CreateVolumeRequest, ApiError> {
-        volume_request(crate::body::parse(S, v.to_string().as_bytes())?)
+        volume_request(
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?,
+        )
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod inventory;
 pub mod modgraph;
 pub mod net_e2e;
 pub mod netns;
+pub mod openstack_lab;
 pub mod ports;
 pub mod process;
 pub mod secure;

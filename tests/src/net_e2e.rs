@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use crate::agent::{Agent, AgentOpts, Driver};
 use crate::netns::{link_names, netns_command, netns_exec, netns_names, run};
+use crate::tls::Certs;
 use crate::wait::wait_until;
-use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
+use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, SecureOpts, Underlay};
 
 /// A guest (instance) as the API and the lab know it.
 #[derive(Debug, Clone)]
@@ -287,6 +288,9 @@ pub struct NetLab {
     pub cli: Cli,
     /// Scratch directory (scripts, logs).
     pub dir: tempfile::TempDir,
+    /// With [`NetLab::start_with_tokens`]: the certificates of the
+    /// coordinator's TLS API (`ca.crt` is what clients trust).
+    pub certs: Option<Certs>,
 }
 
 impl NetLab {
@@ -299,6 +303,24 @@ impl NetLab {
     /// `agent_args(underlay, i)` (e.g. `--physnet` naming a link of the
     /// lab's prefix).
     pub fn start_with(n: u8, agent_args: impl Fn(&Underlay, u8) -> Vec<String>) -> Result<Self> {
+        Self::start_inner(n, agent_args, false)
+    }
+
+    /// Starts a lab with `n` hosts whose coordinator runs as in production:
+    /// its API over TLS (certificates of `scripts/make-certs.sh` for the
+    /// underlay gateway, [`NetLab::certs`]) with token authentication, the
+    /// cloud bootstrapped first ([`crate::secure::bootstrap`]); [`NetLab::cli`]
+    /// is the bootstrap admin, logged in. etcd and the agents are as in
+    /// [`NetLab::start`] (the netns driver needs no image data from the API).
+    pub fn start_with_tokens(n: u8) -> Result<Self> {
+        Self::start_inner(n, |_, _| Vec::new(), true)
+    }
+
+    fn start_inner(
+        n: u8,
+        agent_args: impl Fn(&Underlay, u8) -> Vec<String>,
+        tokens: bool,
+    ) -> Result<Self> {
         let underlay = Underlay::new()?;
         let mut hosts = Vec::new();
         for i in 1..=n {
@@ -308,8 +330,30 @@ impl NetLab {
         let etcd = Etcd::start_on(underlay.gateway().into())?;
         let mut copts = CoordinatorOpts::new(&etcd.endpoint(), "c1");
         copts.ip = underlay.gateway().into();
+        let certs = if tokens {
+            let certs = Certs::generate(&[&underlay.gateway().to_string()])?;
+            let (tls_cert, tls_key) = certs.coordinator_server();
+            copts.secure = Some(SecureOpts {
+                tls_cert,
+                tls_key,
+                config: None,
+            });
+            crate::secure::bootstrap(&etcd.endpoint(), None, dir.path())?;
+            Some(certs)
+        } else {
+            None
+        };
         let coordinator = Coordinator::start_with(copts, dir.path())?;
-        let cli = Cli::new(&coordinator.endpoint())?;
+        let cli = match &certs {
+            Some(c) => crate::secure::login_cli(
+                &coordinator.endpoint(),
+                &c.ca(),
+                dir.path(),
+                "admin",
+                crate::secure::ADMIN_PASSWORD,
+            )?,
+            None => Cli::new(&coordinator.endpoint())?,
+        };
         let mut lab = Self {
             agents: Vec::new(),
             coordinator,
@@ -318,6 +362,7 @@ impl NetLab {
             underlay,
             cli,
             dir,
+            certs,
         };
         for i in 1..=n {
             let driver = Driver::Netns {
@@ -353,6 +398,23 @@ impl NetLab {
         ])?;
         self.cli.json(&["image", "create", "i"])?;
         Ok(())
+    }
+
+    /// With [`NetLab::start_with_tokens`]: a new project `project` and its
+    /// member `user` (password `<user>-password`), logged in.
+    pub fn member(&self, user: &str, project: &str) -> Result<Cli> {
+        let certs = self
+            .certs
+            .as_ref()
+            .context("members need a lab with tokens (NetLab::start_with_tokens)")?;
+        crate::secure::member_cli(
+            &self.cli,
+            &self.coordinator.endpoint(),
+            &certs.ca(),
+            self.dir.path(),
+            user,
+            project,
+        )
     }
 
     /// Prefix of every name this lab creates.

@@ -70,25 +70,17 @@ impl SecureCloud {
                 toml_path(&key)
             ),
         )?;
-        let pw = dir.path().join("admin-password");
-        write_secret(&pw, &format!("{ADMIN_PASSWORD}\n"))?;
-        let out = Command::new(bin_path("nubo-coordinator")?)
-            .arg("--config")
-            .arg(&config)
-            .args(["--etcd-endpoints", &etcd.endpoint()])
-            .args(["bootstrap", "--admin-password-file"])
-            .arg(&pw)
-            .output()
-            .context("running nubo-coordinator bootstrap")?;
-        ensure!(
-            out.status.success(),
-            "nubo-coordinator bootstrap failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bootstrap(&etcd.endpoint(), Some(&config), dir.path())?;
         let (tls_cert, tls_key) = certs.coordinator_server();
         let coordinator = secure_coordinator(&etcd, dir.path(), "secure-1", tls_cert, tls_key)?;
-        let admin = login_cli(&coordinator, &etcd, dir.path(), "admin", ADMIN_PASSWORD)?;
+        let ca = etcd.certs().ca();
+        let admin = login_cli(
+            &coordinator.endpoint(),
+            &ca,
+            dir.path(),
+            "admin",
+            ADMIN_PASSWORD,
+        )?;
         Ok(Self {
             coordinator,
             etcd,
@@ -100,32 +92,32 @@ impl SecureCloud {
     /// A CLI trusting the cluster CA, with its own (empty) token store and
     /// no token: every call but `login` is refused until it logs in.
     pub fn anonymous_cli(&self, name: &str) -> Result<Cli> {
-        anonymous_cli(&self.coordinator, &self.etcd, self.dir.path(), name)
+        anonymous_cli(
+            &self.coordinator.endpoint(),
+            &self.etcd.certs().ca(),
+            self.dir.path(),
+            name,
+        )
     }
 
     /// A new project `project` and its member `user` (password
     /// `<user>-password`), logged in.
     pub fn member(&self, user: &str, project: &str) -> Result<Cli> {
-        let admin = &self.admin;
-        admin.json(&["project", "create", project])?;
-        let pw = self.dir.path().join(format!("{user}-pw"));
-        write_secret(&pw, &format!("{user}-password\n"))?;
-        admin.json(&[
-            "user",
-            "create",
+        member_cli(
+            &self.admin,
+            &self.coordinator.endpoint(),
+            &self.etcd.certs().ca(),
+            self.dir.path(),
             user,
-            "--password-file",
-            &pw.display().to_string(),
-        ])?;
-        admin.json(&["role", "grant", "member", "--user", user, "--in", project])?;
-        self.login(user, &format!("{user}-password"))
+            project,
+        )
     }
 
     /// A CLI that ran `nubo login --user USER --password-file …`.
     pub fn login(&self, user: &str, password: &str) -> Result<Cli> {
         login_cli(
-            &self.coordinator,
-            &self.etcd,
+            &self.coordinator.endpoint(),
+            &self.etcd.certs().ca(),
             self.dir.path(),
             user,
             password,
@@ -219,20 +211,66 @@ fn secure_coordinator(
     Coordinator::start_with(opts, dir)
 }
 
-fn anonymous_cli(c: &Coordinator, etcd: &TlsEtcd, dir: &Path, name: &str) -> Result<Cli> {
-    Cli::new(&c.endpoint())?
-        .with_env("NUBO_CA_CERT", &etcd.certs().ca().display().to_string())
+/// `nubo-coordinator --etcd-endpoints ETCD [--config CONFIG] bootstrap`
+/// with [`ADMIN_PASSWORD`] (written to `dir/admin-password`): the cloud's
+/// first admin, before any coordinator serves with token authentication.
+pub fn bootstrap(etcd_endpoints: &str, config: Option<&Path>, dir: &Path) -> Result<()> {
+    let pw = dir.join("admin-password");
+    write_secret(&pw, &format!("{ADMIN_PASSWORD}\n"))?;
+    let mut cmd = Command::new(bin_path("nubo-coordinator")?);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd
+        .args(["--etcd-endpoints", etcd_endpoints])
+        .args(["bootstrap", "--admin-password-file"])
+        .arg(&pw)
+        .output()
+        .context("running nubo-coordinator bootstrap")?;
+    ensure!(
+        out.status.success(),
+        "nubo-coordinator bootstrap failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A CLI for the coordinator at `endpoint` trusting `ca`, with its own
+/// (empty) token store under `dir/home-NAME` and no token.
+pub fn anonymous_cli(endpoint: &str, ca: &Path, dir: &Path, name: &str) -> Result<Cli> {
+    Cli::new(endpoint)?
+        .with_env("NUBO_CA_CERT", &ca.display().to_string())
         .with_token_store(&dir.join(format!("home-{name}")))
 }
 
-fn login_cli(
-    c: &Coordinator,
-    etcd: &TlsEtcd,
-    dir: &Path,
-    user: &str,
-    password: &str,
-) -> Result<Cli> {
-    let cli = anonymous_cli(c, etcd, dir, user)?;
+/// [`anonymous_cli`] for `user`, logged in with `password`.
+pub fn login_cli(endpoint: &str, ca: &Path, dir: &Path, user: &str, password: &str) -> Result<Cli> {
+    let cli = anonymous_cli(endpoint, ca, dir, user)?;
     cli.login(user, password, dir)?;
     Ok(cli)
+}
+
+/// As `admin`: a new project `project` and its member `user` (password
+/// `<user>-password`); returns `user`'s CLI, logged in.
+pub fn member_cli(
+    admin: &Cli,
+    endpoint: &str,
+    ca: &Path,
+    dir: &Path,
+    user: &str,
+    project: &str,
+) -> Result<Cli> {
+    admin.json(&["project", "create", project])?;
+    let pw = dir.join(format!("{user}-pw"));
+    write_secret(&pw, &format!("{user}-password\n"))?;
+    admin.json(&[
+        "user",
+        "create",
+        user,
+        "--password-file",
+        &pw.display().to_string(),
+    ])?;
+    admin.json(&["role", "grant", "member", "--user", user, "--in", project])?;
+    login_cli(endpoint, ca, dir, user, &format!("{user}-password"))
 }

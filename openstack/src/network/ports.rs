@@ -2,7 +2,7 @@
 //! security groups, delete. A port's one fixed address is on its network's
 //! one subnet (whose id is the network's).
 
-use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +54,7 @@ pub struct PortFilters {
 }
 
 /// `GET /v2.0/ports`.
-pub async fn list_ports(
+pub(crate) async fn list_ports(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(f): Query<PortFilters>,
@@ -77,7 +77,7 @@ pub async fn list_ports(
 }
 
 /// `GET /v2.0/ports/{id}`.
-pub async fn show_port(
+pub(crate) async fn show_port(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -94,7 +94,7 @@ pub async fn show_port(
 /// `POST /v2.0/ports` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PortBody {
+pub(crate) struct PortBody {
     port: NewPort,
 }
 
@@ -179,12 +179,12 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
 }
 
 /// `POST /v2.0/ports`.
-pub async fn create_port(
+pub(crate) async fn create_port(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Json<PortBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b: PortBody = crate::body::parse(S, &body)?;
+    let b = crate::error::json_body(S, body)?;
     let p = up
         .ports(&headers)?
         .create(port_request(b.port)?)
@@ -197,7 +197,7 @@ pub async fn create_port(
 /// `PUT /v2.0/ports/{id}` body: nubo changes a port's security groups.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpdateBody {
+pub(crate) struct UpdateBody {
     port: PortUpdate,
 }
 
@@ -208,13 +208,13 @@ struct PortUpdate {
 }
 
 /// `PUT /v2.0/ports/{id}`.
-pub async fn update_port(
+pub(crate) async fn update_port(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Json<UpdateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b: UpdateBody = crate::body::parse(S, &body).map_err(|e| {
+    let b = crate::error::json_body(S, body).map_err(|e| {
         ApiError::bad_request(
             S,
             format!("{} (nubo updates only a port's security_groups)", e.message),
@@ -241,7 +241,7 @@ pub async fn update_port(
 }
 
 /// `DELETE /v2.0/ports/{id}`.
-pub async fn delete_port(
+pub(crate) async fn delete_port(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -258,7 +258,8 @@ mod tests {
     use super::*;
 
     fn parse(v: Value) -> Result<pb::CreatePortRequest, ApiError> {
-        let b: PortBody = crate::body::parse(S, v.to_string().as_bytes())?;
+        let b: PortBody =
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
         port_request(b.port)
     }
 

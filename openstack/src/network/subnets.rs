@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use crate::Upstream;
 /// `POST /v2.0/networks` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NetworkBody {
+pub(crate) struct NetworkBody {
     network: NewNetwork,
 }
 
@@ -104,12 +104,12 @@ fn network_request(n: NewNetwork) -> Result<pb::CreateNetworkRequest, ApiError> 
 }
 
 /// `POST /v2.0/networks`.
-pub async fn create_network(
+pub(crate) async fn create_network(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Json<NetworkBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b: NetworkBody = crate::body::parse(S, &body)?;
+    let b = crate::error::json_body(S, body)?;
     let n = up
         .networks(&headers)?
         .create(network_request(b.network)?)
@@ -124,7 +124,7 @@ pub async fn create_network(
 }
 
 /// `DELETE /v2.0/networks/{id}` (its subnet goes with it, as in Neutron).
-pub async fn delete_network(
+pub(crate) async fn delete_network(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -188,7 +188,7 @@ pub fn subnet_view(n: &pb::Network) -> Option<Value> {
 /// `POST /v2.0/subnets` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubnetBody {
+pub(crate) struct SubnetBody {
     subnet: NewSubnet,
 }
 
@@ -298,12 +298,12 @@ fn subnet_request(s: NewSubnet) -> Result<pb::SetSubnetRequest, ApiError> {
 }
 
 /// `POST /v2.0/subnets`.
-pub async fn create_subnet(
+pub(crate) async fn create_subnet(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Json<SubnetBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b: SubnetBody = crate::body::parse(S, &body)?;
+    let b = crate::error::json_body(S, body)?;
     let n = up
         .networks(&headers)?
         .set_subnet(subnet_request(b.subnet)?)
@@ -325,7 +325,7 @@ pub struct SubnetFilters {
 }
 
 /// `GET /v2.0/subnets`.
-pub async fn list_subnets(
+pub(crate) async fn list_subnets(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(f): Query<SubnetFilters>,
@@ -365,7 +365,7 @@ async fn network_with_subnet(
 }
 
 /// `GET /v2.0/subnets/{id}`.
-pub async fn show_subnet(
+pub(crate) async fn show_subnet(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -375,7 +375,7 @@ pub async fn show_subnet(
 }
 
 /// `DELETE /v2.0/subnets/{id}`.
-pub async fn delete_subnet(
+pub(crate) async fn delete_subnet(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -389,7 +389,7 @@ pub async fn delete_subnet(
 }
 
 /// `PUT` of a network or subnet: nubo has no update of either.
-pub async fn update_unsupported() -> ApiError {
+pub(crate) async fn update_unsupported() -> ApiError {
     ApiError::new(
         S,
         StatusCode::NOT_IMPLEMENTED,
@@ -427,7 +427,8 @@ mod tests {
     }
 
     fn subnet(v: Value) -> Result<pb::SetSubnetRequest, ApiError> {
-        let b: SubnetBody = crate::body::parse(S, v.to_string().as_bytes())?;
+        let b: SubnetBody =
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
         subnet_request(b.subnet)
     }
 
@@ -487,7 +488,8 @@ mod tests {
     #[test]
     fn networks_map_to_nubo_or_are_refused_with_the_reason() {
         let parse = |v: Value| -> Result<pb::CreateNetworkRequest, ApiError> {
-            let b: NetworkBody = crate::body::parse(S, v.to_string().as_bytes())?;
+            let b: NetworkBody =
+                serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
             network_request(b.network)
         };
         let r = parse(json!({"network": {"name": "n1", "admin_state_up": true}})).unwrap();
