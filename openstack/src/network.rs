@@ -1,6 +1,8 @@
 //! Networking v2.0 (Neutron): networks, subnets ([`subnets`]), ports
 //! ([`ports`]), security groups and rules.
 
+pub mod bulk;
+pub mod fields;
 pub mod ports;
 pub mod subnets;
 
@@ -66,7 +68,9 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.0/security-groups", get(list_groups).post(create_group))
         .route(
             "/v2.0/security-groups/{id}",
-            get(show_group).delete(delete_group),
+            get(show_group)
+                .delete(delete_group)
+                .put(subnets::update_unsupported),
         )
         .route(
             "/v2.0/security-group-rules",
@@ -76,6 +80,7 @@ pub fn router() -> Router<Upstream> {
             "/v2.0/security-group-rules/{id}",
             get(show_rule).delete(delete_rule),
         )
+        .layer(axum::middleware::from_fn(fields::layer))
 }
 
 async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
