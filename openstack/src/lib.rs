@@ -20,6 +20,7 @@
 pub mod attachments;
 pub mod compute;
 pub mod error;
+pub mod hypervisors;
 pub mod identity;
 pub mod image;
 pub mod network;
@@ -42,7 +43,13 @@ pub fn router(upstream: Upstream) -> Router {
         .route("/image/", get(image::versions_doc))
         .route("/volume/", get(volume::versions_doc))
         .nest("/identity", identity::router())
-        .nest("/compute", compute::router().merge(attachments::router()))
+        .nest(
+            "/compute",
+            compute::router()
+                .merge(attachments::router())
+                .merge(hypervisors::router())
+                .route("/v2.1/limits", get(quota::compute_limits)),
+        )
         .nest("/network", network::router())
         .nest("/image", image::router())
         .nest("/volume", volume::router())

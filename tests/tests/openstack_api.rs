@@ -107,7 +107,15 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
         .unwrap();
     let url = os.url.clone();
     let clouds = os
-        .clouds_yaml(&[("nubo", "alice", "alice-password", "team-a")])
+        .clouds_yaml(&[
+            ("nubo", "alice", "alice-password", "team-a"),
+            (
+                "nubo-admin",
+                "admin",
+                nubo_tests::secure::ADMIN_PASSWORD,
+                "admin",
+            ),
+        ])
         .unwrap();
     let clouds = clouds.as_path();
     let dir = tempfile::Builder::new()
@@ -452,6 +460,71 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
         );
     }
 
+    // Absolute limits: the member's quota and usage (one server).
+    let limits = openstack(clouds, &["limits", "show", "--absolute", "-f", "json"]).unwrap();
+    let limit_of = |name: &str| {
+        limits
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["Name"] == name)
+            .map(|r| r["Value"].clone())
+    };
+    assert_eq!(
+        limit_of("max_total_instances"),
+        Some(ours["instances"]["limit"].clone()),
+        "{limits}"
+    );
+    assert_eq!(limit_of("total_instances_used"), Some(json!(1)), "{limits}");
+    // Hypervisors and compute services: the cluster's node, for admins only.
+    let node = ours_server_node(&alice);
+    let hvs = openstack(
+        clouds,
+        &[
+            "--os-cloud",
+            "nubo-admin",
+            "hypervisor",
+            "list",
+            "-f",
+            "json",
+        ],
+    )
+    .unwrap();
+    assert!(
+        hvs.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["Hypervisor Hostname"] == json!(node)),
+        "{hvs}"
+    );
+    let services = openstack(
+        clouds,
+        &[
+            "--os-cloud",
+            "nubo-admin",
+            "compute",
+            "service",
+            "list",
+            "-f",
+            "json",
+        ],
+    )
+    .unwrap();
+    assert!(
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["Host"] == json!(node)
+                && s["Binary"] == "nova-compute"
+                && s["State"] == "up"),
+        "{services}"
+    );
+    assert!(
+        openstack(clouds, &["hypervisor", "list"]).is_err(),
+        "a member sees no hypervisors"
+    );
+
     openstack(clouds, &["server", "delete", "--wait", &id]).unwrap();
     let gone = alice.json(&["server", "list"]).unwrap();
     assert!(list_items(&gone).unwrap().is_empty(), "{gone}");
@@ -504,4 +577,10 @@ print("DELETED")
     );
     assert_eq!(code, 400, "{body}");
     assert!(body["badRequest"].is_object(), "{body}");
+}
+
+/// The node `vm1` runs on, as nubo shows it.
+fn ours_server_node(cli: &nubo_tests::Cli) -> String {
+    let s = cli.json(&["server", "show", "vm1"]).unwrap();
+    s["node"].as_str().unwrap().to_string()
 }
