@@ -23,6 +23,7 @@ pub mod error;
 pub mod hypervisors;
 pub mod identity;
 pub mod image;
+pub mod limits;
 pub mod network;
 pub mod quota;
 pub mod time;
@@ -48,7 +49,7 @@ pub fn router(upstream: Upstream) -> Router {
             compute::router()
                 .merge(attachments::router())
                 .merge(hypervisors::router())
-                .route("/v2.1/limits", get(quota::compute_limits)),
+                .route("/v2.1/limits", get(limits::compute_limits)),
         )
         .nest("/network", network::router())
         .nest("/image", image::router())

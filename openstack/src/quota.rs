@@ -81,19 +81,6 @@ pub fn absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
     m
 }
 
-/// `GET /compute/v2.1/limits`: the caller's project's quota as Nova's
-/// absolute limits (no rate limits).
-pub async fn compute_limits(
-    State(up): State<Upstream>,
-    headers: HeaderMap,
-) -> Result<axum::response::Response, ApiError> {
-    crate::compute::microversion(&headers)?;
-    let q = fetch(&up, &headers, String::new(), Service::Compute).await?;
-    Ok(crate::compute::versioned(axum::Json(
-        json!({"limits": {"rate": [], "absolute": absolute_limits(&q)}}),
-    )))
-}
-
 /// Cinder's `absolute` limits of a quota. Pure.
 pub fn volume_absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
     let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
@@ -119,17 +106,6 @@ pub fn volume_absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
         m.insert(used.into(), json!(use_.unwrap_or(0)));
     }
     m
-}
-
-/// `GET /volume/v3/{project}/limits`: the caller's project's volume quota.
-pub async fn volume_limits(
-    State(up): State<Upstream>,
-    headers: HeaderMap,
-) -> Result<axum::Json<Value>, ApiError> {
-    let q = fetch(&up, &headers, String::new(), Service::Compute).await?;
-    Ok(axum::Json(
-        json!({"limits": {"rate": [], "absolute": volume_absolute_limits(&q)}}),
-    ))
 }
 
 /// Cinder's rows. Pure.
@@ -184,7 +160,8 @@ pub fn network_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Opt
     ]
 }
 
-async fn fetch(
+/// The quota of `project` (empty: the caller's), errors as `s`'s.
+pub(crate) async fn fetch(
     up: &Upstream,
     headers: &HeaderMap,
     project: String,
