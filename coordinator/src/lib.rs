@@ -130,7 +130,9 @@ pub async fn start(cfg: Config) -> Result<Coordinator, ServeError> {
         )),
         None => Arc::new(LogFencer),
     };
-    start_inner(cfg, fencer, rbd, node_api).await
+    // Boxed: the start's state machine is large, and a caller awaiting it
+    // inline (a test's main future) would carry it on its stack.
+    Box::pin(start_inner(cfg, fencer, rbd, node_api)).await
 }
 
 /// [`start`] with a storage [`Fencer`].
@@ -140,7 +142,7 @@ pub async fn start_with_fencer(
 ) -> Result<Coordinator, ServeError> {
     let node_api = cfg.node_api_client()?;
     let rbd = connect_ceph(&cfg).await?;
-    start_inner(cfg, fencer, rbd, node_api).await
+    Box::pin(start_inner(cfg, fencer, rbd, node_api)).await
 }
 
 /// Connects to Ceph when `[ceph]` is configured (before anything else, so a

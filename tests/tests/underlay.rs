@@ -210,11 +210,14 @@ fn leftovers_of_a_dead_run_are_swept() {
     let token = format!("zz{:02}", std::process::id() % 100);
     let registry = std::env::temp_dir().join("nbt-net");
     std::fs::create_dir_all(&registry).unwrap();
-    std::fs::write(registry.join(&token), dead.to_string()).unwrap();
     let bridge = format!("nbt{token}u");
     let ns = format!("nbt{token}h1");
     run("ip", &["link", "add", &bridge, "type", "bridge"]).unwrap();
     run("ip", &["netns", "add", &ns]).unwrap();
+    // Registered last: a concurrent run's sweep then finds the owner and
+    // its leftovers together (registered first, a sweep in between would
+    // forget the owner before its leftovers exist).
+    std::fs::write(registry.join(&token), dead.to_string()).unwrap();
 
     let _u = Underlay::new().unwrap();
     assert!(

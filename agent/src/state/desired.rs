@@ -497,14 +497,16 @@ fn network_entry<'a>(
     net: &Network,
     underlay_mtu: u16,
 ) -> Option<&'a mut DesiredNetwork> {
-    if !networks.contains_key(&net.id) {
-        let Some(desired) = desired_network(net, underlay_mtu) else {
-            tracing::warn!(network = %net.id, "network without a subnet has local ports; left out");
-            return None;
-        };
-        networks.insert(net.id, desired);
+    match networks.entry(net.id) {
+        std::collections::btree_map::Entry::Occupied(e) => Some(e.into_mut()),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let Some(desired) = desired_network(net, underlay_mtu) else {
+                tracing::warn!(network = %net.id, "network without a subnet has local ports; left out");
+                return None;
+            };
+            Some(v.insert(desired))
+        }
     }
-    networks.get_mut(&net.id)
 }
 
 /// A network as this node sees it, before its ports and remotes are
