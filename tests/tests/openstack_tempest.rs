@@ -269,7 +269,7 @@ horizon = false
 "#,
         locks = locks.display(),
         accounts = accounts.display(),
-        auth = os.auth_url(),
+        auth = os.front_end.auth_url(),
         img = images.0,
         img_alt = images.1,
     )
@@ -401,7 +401,10 @@ fn tempest_api_tests_against_a_real_cluster() {
         .unwrap();
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     let _ = std::fs::copy(ws.join("tempest.log"), out.join("tempest.log"));
-    let _ = std::fs::copy(os.front_end.log_path(), out.join("nubo-openstack.log"));
+    let _ = std::fs::copy(
+        os.front_end.daemon.log_path(),
+        out.join("nubo-openstack.log"),
+    );
 
     let parsed = Command::new("openstack-python")
         .args(["-c", PARSE_SUBUNIT])
