@@ -30,7 +30,7 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1/flavors/detail", get(list_flavors_detail))
         .route("/v2.1/flavors/{id}", get(show_flavor))
         .route("/v2.1/servers", get(list_servers).post(create_server))
-        .route("/v2.1/servers/detail", get(list_servers))
+        .route("/v2.1/servers/detail", get(list_servers_detail))
         .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
         .route("/v2.1/servers/{id}/action", post(server_action))
         .route("/v2.1/os-keypairs", get(list_keypairs).post(create_keypair))
@@ -262,7 +262,8 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
     }
 }
 
-/// The Nova view of a server. Pure.
+/// The Nova view of a server (`GET /servers/{id}`, `/servers/detail`),
+/// as Nova 2.1's schema has it: `fault` only for a server in ERROR. Pure.
 pub fn server_view(base: &str, s: &pb::Server) -> Value {
     let (status, vm_state, power) = nova_status(&s.state, &s.desired_power);
     let mut addresses: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -274,7 +275,7 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         }
     }
     let link = |id: &str, kind: &str| json!([{"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}]);
-    json!({
+    let mut view = json!({
         "id": s.id,
         "name": s.name,
         "status": status,
@@ -300,18 +301,76 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "OS-EXT-SRV-ATTR:host": s.node,
         "OS-EXT-SRV-ATTR:hypervisor_hostname": s.node,
         "os-extended-volumes:volumes_attached": s.volume_ids.iter().map(|v| json!({"id": v})).collect::<Vec<_>>(),
-        "fault": if s.last_error.is_empty() { Value::Null } else { json!({"code": 500, "message": s.last_error, "created": s.updated_at}) },
-        "links": [{"rel": "self", "href": format!("{base}/compute/v2.1/servers/{}", s.id)}],
-    })
+        "links": server_links(base, &s.id),
+    });
+    // Nova shows `fault` only for ERROR (and DELETED) servers, never null.
+    if status == "ERROR" {
+        let message = if s.last_error.is_empty() {
+            "the server is in error (nubo recorded no reason)"
+        } else {
+            s.last_error.as_str()
+        };
+        let when = if s.updated_at.is_empty() {
+            &s.created_at
+        } else {
+            &s.updated_at
+        };
+        view["fault"] =
+            json!({"code": 500, "message": message, "created": crate::time::iso_utc(when)});
+    }
+    view
 }
 
+/// A server's `self` and `bookmark` links. Pure.
+fn server_links(base: &str, id: &str) -> Value {
+    json!([
+        {"rel": "self", "href": format!("{base}/compute/v2.1/servers/{id}")},
+        {"rel": "bookmark", "href": format!("{base}/compute/servers/{id}")},
+    ])
+}
+
+/// A server in `GET /servers` (not detail): `id`, `name` and `links`
+/// only, as Nova. Pure.
+pub fn server_brief(base: &str, s: &pb::Server) -> Value {
+    json!({"id": s.id, "name": s.name, "links": server_links(base, &s.id)})
+}
+
+/// `GET /servers`: [`server_brief`] of each.
 async fn list_servers(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(p): Query<Paging>,
 ) -> Result<Response, ApiError> {
-    microversion(&headers)?;
-    let client = up.servers(&headers)?;
+    let servers = servers_selected(&up, &headers, &p).await?;
+    let views: Vec<Value> = servers
+        .iter()
+        .map(|s| server_brief(&up.public_url, s))
+        .collect();
+    Ok(versioned(Json(json!({"servers": views}))))
+}
+
+/// `GET /servers/detail`: [`server_view`] of each.
+async fn list_servers_detail(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(p): Query<Paging>,
+) -> Result<Response, ApiError> {
+    let servers = servers_selected(&up, &headers, &p).await?;
+    let views: Vec<Value> = servers
+        .iter()
+        .map(|s| server_view(&up.public_url, s))
+        .collect();
+    Ok(versioned(Json(json!({"servers": views}))))
+}
+
+/// The servers a list asks for (`name` as a prefix), paged.
+async fn servers_selected(
+    up: &Upstream,
+    headers: &HeaderMap,
+    p: &Paging,
+) -> Result<Vec<pb::Server>, ApiError> {
+    microversion(headers)?;
+    let client = up.servers(headers)?;
     let name = p.name.clone().unwrap_or_default();
     let servers = all_pages(|token| {
         let mut c = client.clone();
@@ -331,12 +390,7 @@ async fn list_servers(
     })
     .await
     .api(S)?;
-    let servers = page(servers, &p, |s| s.id.as_str())?;
-    let views: Vec<Value> = servers
-        .iter()
-        .map(|s| server_view(&up.public_url, s))
-        .collect();
-    Ok(versioned(Json(json!({"servers": views}))))
+    page(servers, p, |s| s.id.as_str())
 }
 
 async fn show_server(
@@ -360,6 +414,13 @@ async fn show_server(
 #[derive(Debug, Deserialize)]
 pub struct CreateBody {
     server: CreateServer,
+    /// Scheduler hints: only `group` (a server group's id) is supported.
+    #[serde(
+        default,
+        rename = "os:scheduler_hints",
+        alias = "OS-SCH-HNT:scheduler_hints"
+    )]
+    scheduler_hints: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -450,6 +511,18 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
             format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
         ));
     }
+    let mut server_group = String::new();
+    for (hint, v) in body.scheduler_hints.iter().flatten() {
+        match (hint.as_str(), v) {
+            ("group", Value::String(g)) => server_group = g.clone(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    S,
+                    format!("scheduler hint {hint:?} is not supported: only \"group\" (a server group id) is"),
+                ))
+            }
+        }
+    }
     let user_data = match &s.user_data {
         None => Vec::new(),
         Some(b64) => {
@@ -472,6 +545,7 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         user_data,
         count: max,
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
+        server_group,
         ..Default::default()
     })
 }
@@ -721,6 +795,23 @@ mod tests {
     }
 
     #[test]
+    fn the_group_hint_places_the_server_in_its_group() {
+        let with = |hints: Value| -> CreateBody {
+            serde_json::from_value(json!({"server": {"name": "vm", "imageRef": "i",
+                "flavorRef": "f"}, "os:scheduler_hints": hints}))
+            .unwrap()
+        };
+        let r = create_request(&with(json!({"group": "g-1"}))).unwrap();
+        assert_eq!(r.server_group, "g-1");
+        let plain: CreateBody =
+            serde_json::from_value(json!({"server": {"name": "vm", "flavorRef": "f"}})).unwrap();
+        assert_eq!(create_request(&plain).unwrap().server_group, "");
+        let e = create_request(&with(json!({"same_host": ["x"]}))).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("same_host"), "{}", e.message);
+    }
+
+    #[test]
     fn microversions_beyond_the_maximum_are_refused() {
         let mut h = HeaderMap::new();
         assert!(microversion(&h).is_ok());
@@ -798,5 +889,101 @@ mod tests {
         assert_eq!(nova_status("stopped", "stopped").0, "SHUTOFF");
         assert_eq!(nova_status("pending", "running").0, "BUILD");
         assert_eq!(nova_status("error", "running").0, "ERROR");
+    }
+
+    /// The keys Tempest's Nova 2.1 `server_detail` schema allows
+    /// (`additionalProperties: false`) and the ones that may be null.
+    const DETAIL_KEYS: &[&str] = &[
+        "id",
+        "name",
+        "status",
+        "image",
+        "flavor",
+        "fault",
+        "user_id",
+        "tenant_id",
+        "created",
+        "updated",
+        "progress",
+        "metadata",
+        "links",
+        "addresses",
+        "hostId",
+        "OS-DCF:diskConfig",
+        "accessIPv4",
+        "accessIPv6",
+        "key_name",
+        "security_groups",
+        "OS-SRV-USG:launched_at",
+        "OS-SRV-USG:terminated_at",
+        "OS-EXT-AZ:availability_zone",
+        "OS-EXT-STS:task_state",
+        "OS-EXT-STS:vm_state",
+        "OS-EXT-STS:power_state",
+        "OS-EXT-SRV-ATTR:host",
+        "OS-EXT-SRV-ATTR:instance_name",
+        "OS-EXT-SRV-ATTR:hypervisor_hostname",
+        "os-extended-volumes:volumes_attached",
+        "config_drive",
+    ];
+    const NULLABLE: &[&str] = &[
+        "image",
+        "key_name",
+        "OS-SRV-USG:launched_at",
+        "OS-SRV-USG:terminated_at",
+        "OS-EXT-STS:task_state",
+        "OS-EXT-SRV-ATTR:host",
+        "OS-EXT-SRV-ATTR:hypervisor_hostname",
+    ];
+
+    fn server(state: &str, last_error: &str) -> pb::Server {
+        pb::Server {
+            id: "3f0c6b5e-0000-4000-8000-000000000001".into(),
+            name: "vm".into(),
+            state: state.into(),
+            desired_power: "running".into(),
+            project: "p".into(),
+            flavor: "t".into(),
+            image_id: "i".into(),
+            node: "n1".into(),
+            last_error: last_error.into(),
+            created_at: "2026-12-05T10:00:00Z".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn server_views_follow_the_nova_21_schema() {
+        // A running server that failed once: no `fault` (Nova shows it
+        // only in ERROR), nothing null but what the schema allows, no
+        // key the schema does not know.
+        let v = server_view("http://h", &server("running", "an old failure"));
+        let o = v.as_object().unwrap();
+        assert!(!o.contains_key("fault"), "{v}");
+        for (k, val) in o {
+            assert!(DETAIL_KEYS.contains(&k.as_str()), "unknown key {k}");
+            assert!(
+                !val.is_null() || NULLABLE.contains(&k.as_str()),
+                "{k} is null"
+            );
+        }
+        assert_eq!(v["status"], "ACTIVE");
+        // In ERROR: a fault with code, message and an ISO date.
+        let e = server_view("http://h", &server("error", "no host has room"));
+        assert_eq!(e["status"], "ERROR");
+        assert_eq!(e["fault"]["code"], 500);
+        assert_eq!(e["fault"]["message"], "no host has room");
+        assert_eq!(e["fault"]["created"], "2026-12-05T10:00:00Z");
+        let e = server_view("http://h", &server("error", ""));
+        assert!(e["fault"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no reason"));
+        // `GET /servers`: id, name, links only.
+        let b = server_brief("http://h", &server("running", ""));
+        let mut keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["id", "links", "name"]);
+        assert_eq!(b["links"][0]["rel"], "self");
     }
 }

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod image;
 pub mod network;
 pub mod quota;
+pub mod server_groups;
 pub mod time;
 pub mod upstream;
 pub mod versions;
@@ -42,7 +43,12 @@ pub fn router(upstream: Upstream) -> Router {
         .route("/image/", get(image::versions_doc))
         .route("/volume/", get(volume::versions_doc))
         .nest("/identity", identity::router())
-        .nest("/compute", compute::router().merge(attachments::router()))
+        .nest(
+            "/compute",
+            compute::router()
+                .merge(attachments::router())
+                .merge(server_groups::router()),
+        )
         .nest("/network", network::router())
         .nest("/image", image::router())
         .nest("/volume", volume::router())

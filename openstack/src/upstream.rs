@@ -185,6 +185,19 @@ impl Upstream {
     pub fn ports(&self, h: &HeaderMap) -> Result<pb::ports_client::PortsClient<Chan>, ApiError> {
         Ok(pb::ports_client::PortsClient::new(self.with_token(h)?))
     }
+    /// Server groups.
+    pub fn server_groups(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::server_groups_client::ServerGroupsClient<Chan>, ApiError> {
+        Ok(pb::server_groups_client::ServerGroupsClient::new(
+            self.with_token(h)?,
+        ))
+    }
+    /// Nodes (cloud admins only).
+    pub fn nodes(&self, h: &HeaderMap) -> Result<pb::nodes_client::NodesClient<Chan>, ApiError> {
+        Ok(pb::nodes_client::NodesClient::new(self.with_token(h)?))
+    }
     /// Networks.
     pub fn networks(
         &self,
