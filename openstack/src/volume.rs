@@ -156,8 +156,9 @@ struct NewVolume {
     #[serde(rename = "imageRef")]
     image_ref: Option<String>,
     availability_zone: Option<String>,
+    /// openstackclient sends `null` when no `--property` is given.
     #[serde(default)]
-    metadata: Map<String, Value>,
+    metadata: Option<Map<String, Value>>,
     snapshot_id: Option<String>,
     source_volid: Option<String>,
     backup_id: Option<String>,
@@ -184,7 +185,9 @@ fn volume_request(b: CreateBody) -> Result<pb::CreateVolumeRequest, ApiError> {
             "volumes have no availability zone other than nova: the Ceph pool serves every node",
         );
     }
-    if !v.metadata.is_empty() || v.description.as_deref().is_some_and(|d| !d.is_empty()) {
+    if v.metadata.as_ref().is_some_and(|m| !m.is_empty())
+        || v.description.as_deref().is_some_and(|d| !d.is_empty())
+    {
         return bad("volume metadata and descriptions are not supported");
     }
     if b.hints.as_ref().is_some_and(|h| !h.is_empty()) {
@@ -308,6 +311,15 @@ mod tests {
             (r.name.as_str(), r.size_gb, r.image_ref.as_str()),
             ("vol1", 1, "")
         );
+        // python-openstackclient 10.5 without --property: metadata null.
+        let r = parse(
+            json!({"volume": {"size": 1, "name": "vol1", "metadata": null,
+            "description": null}}),
+        )
+        .unwrap();
+        assert_eq!(r.name, "vol1");
+        let e = parse(json!({"volume": {"size": 1, "metadata": {"k": "v"}}})).unwrap_err();
+        assert!(e.message.contains("metadata"), "{}", e.message);
         for (v, text) in [
             (
                 json!({"volume": {"size": 1, "snapshot_id": "s"}}),
