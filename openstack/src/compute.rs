@@ -341,12 +341,7 @@ async fn list_servers(
     headers: HeaderMap,
     Query(p): Query<Paging>,
 ) -> Result<Response, ApiError> {
-    let servers = servers_selected(&up, &headers, &p).await?;
-    let views: Vec<Value> = servers
-        .iter()
-        .map(|s| server_brief(&up.public_url, s))
-        .collect();
-    Ok(versioned(Json(json!({"servers": views}))))
+    servers_listed(&up, &headers, &p, server_brief).await
 }
 
 /// `GET /servers/detail`: [`server_view`] of each.
@@ -355,11 +350,18 @@ async fn list_servers_detail(
     headers: HeaderMap,
     Query(p): Query<Paging>,
 ) -> Result<Response, ApiError> {
-    let servers = servers_selected(&up, &headers, &p).await?;
-    let views: Vec<Value> = servers
-        .iter()
-        .map(|s| server_view(&up.public_url, s))
-        .collect();
+    servers_listed(&up, &headers, &p, server_view).await
+}
+
+/// The answer of a server list: `view` of each selected server.
+async fn servers_listed(
+    up: &Upstream,
+    headers: &HeaderMap,
+    p: &Paging,
+    view: fn(&str, &pb::Server) -> Value,
+) -> Result<Response, ApiError> {
+    let servers = servers_selected(up, headers, p).await?;
+    let views: Vec<Value> = servers.iter().map(|s| view(&up.public_url, s)).collect();
     Ok(versioned(Json(json!({"servers": views}))))
 }
 

@@ -287,27 +287,37 @@ pub fn node_credential(admin: &Cli, endpoint: &str, ca: &Path, dir: &Path) -> Re
     Ok(path)
 }
 
-/// Makes a lab's coordinator (`copts`, on etcd `etcd_endpoints` without
-/// client certificates) run as in production: its API over TLS with
-/// certificates of `scripts/make-certs.sh` for `ip` (returned; `ca.crt` is
-/// what clients trust) and token authentication, the cloud bootstrapped
-/// first ([`bootstrap`], state in `dir`). What `NetLab::start_with_tokens`
-/// and `VmLab`'s token option share.
-pub fn lab_tokens(
-    copts: &mut CoordinatorOpts,
+/// Starts a lab's coordinator (`copts`, on etcd `etcd_endpoints` without
+/// client certificates, state in `dir`) and its CLI. With `tokens` it runs
+/// as in production: its API over TLS with certificates of
+/// `scripts/make-certs.sh` for `ip` (returned; `ca.crt` is what clients
+/// trust) and token authentication, the cloud bootstrapped first
+/// ([`bootstrap`]), the CLI the bootstrap admin, logged in
+/// ([`lab_cli`]). What `NetLab::start_with_tokens` and `VmLab`'s token
+/// option share.
+pub fn lab_coordinator(
+    mut copts: CoordinatorOpts,
+    tokens: bool,
     ip: &str,
     etcd_endpoints: &str,
     dir: &Path,
-) -> Result<Certs> {
-    let certs = Certs::generate(&[ip])?;
-    let (tls_cert, tls_key) = certs.coordinator_server();
-    copts.secure = Some(SecureOpts {
-        tls_cert,
-        tls_key,
-        config: None,
-    });
-    bootstrap(etcd_endpoints, None, dir)?;
-    Ok(certs)
+) -> Result<(Coordinator, Cli, Option<Certs>)> {
+    let certs = if tokens {
+        let certs = Certs::generate(&[ip])?;
+        let (tls_cert, tls_key) = certs.coordinator_server();
+        copts.secure = Some(SecureOpts {
+            tls_cert,
+            tls_key,
+            config: None,
+        });
+        bootstrap(etcd_endpoints, None, dir)?;
+        Some(certs)
+    } else {
+        None
+    };
+    let coordinator = Coordinator::start_with(copts, dir)?;
+    let cli = lab_cli(&coordinator.endpoint(), certs.as_ref(), dir)?;
+    Ok((coordinator, cli, certs))
 }
 
 /// The CLI of a lab's coordinator at `endpoint`: with `certs` (a

@@ -455,19 +455,13 @@ impl VmLab {
         copts
             .extra_args
             .extend(before_coordinator(&underlay, dir.path())?);
-        let certs = if tokens {
-            let ip = underlay.gateway().to_string();
-            Some(crate::secure::lab_tokens(
-                &mut copts,
-                &ip,
-                &etcd.endpoint(),
-                dir.path(),
-            )?)
-        } else {
-            None
-        };
-        let coordinator = Coordinator::start_with(copts, dir.path())?;
-        let cli = crate::secure::lab_cli(&coordinator.endpoint(), certs.as_ref(), dir.path())?;
+        let (coordinator, cli, certs) = crate::secure::lab_coordinator(
+            copts,
+            tokens,
+            &underlay.gateway().to_string(),
+            &etcd.endpoint(),
+            dir.path(),
+        )?;
         let mut lab = Self {
             agents: Vec::new(),
             libvirtds: Vec::new(),
