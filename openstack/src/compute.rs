@@ -33,6 +33,8 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1/servers/detail", get(list_servers_detail))
         .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
         .route("/v2.1/servers/{id}/action", post(server_action))
+        .route("/v2.1/servers/{id}/ips", get(server_ips))
+        .route("/v2.1/servers/{id}/ips/{network}", get(server_ips_on))
         .route("/v2.1/os-keypairs", get(list_keypairs).post(create_keypair))
         .route(
             "/v2.1/os-quota-sets/{project}",
@@ -266,14 +268,7 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
 /// as Nova 2.1's schema has it: `fault` only for a server in ERROR. Pure.
 pub fn server_view(base: &str, s: &pb::Server) -> Value {
     let (status, vm_state, power) = nova_status(&s.state, &s.desired_power);
-    let mut addresses: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for a in &s.addresses {
-        let list = addresses.entry(a.network_name.clone()).or_default();
-        list.push(json!({"version": 4, "addr": a.ip, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": a.mac}));
-        if !a.floating_ip.is_empty() {
-            list.push(json!({"version": 4, "addr": a.floating_ip, "OS-EXT-IPS:type": "floating", "OS-EXT-IPS-MAC:mac_addr": a.mac}));
-        }
-    }
+    let addresses = addresses(s, true);
     let link = |id: &str, kind: &str| json!([{"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}]);
     let mut view = json!({
         "id": s.id,
@@ -321,6 +316,69 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
     view
 }
 
+/// A server's addresses per network name, fixed then floating; with
+/// `extended` the `OS-EXT-IPS` type and MAC (the server view), without
+/// only `version` and `addr` (`/servers/{id}/ips`). Pure.
+pub fn addresses(s: &pb::Server, extended: bool) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for a in &s.addresses {
+        let list = out.entry(a.network_name.clone()).or_default();
+        let mut ips = vec![("fixed", &a.ip)];
+        if !a.floating_ip.is_empty() {
+            ips.push(("floating", &a.floating_ip));
+        }
+        for (kind, ip) in ips {
+            let mut v = json!({"version": 4, "addr": ip});
+            if extended {
+                v["OS-EXT-IPS:type"] = json!(kind);
+                v["OS-EXT-IPS-MAC:mac_addr"] = json!(a.mac);
+            }
+            list.push(v);
+        }
+    }
+    out
+}
+
+/// `GET /servers/{id}/ips`.
+async fn server_ips(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = get_server(&up, &headers, id).await?;
+    Ok(versioned(Json(json!({"addresses": addresses(&s, false)}))))
+}
+
+/// `GET /servers/{id}/ips/{network}` (the network's name, as in
+/// `addresses`): 404 when the server has no address there, as Nova.
+async fn server_ips_on(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((id, network)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let s = get_server(&up, &headers, id).await?;
+    let mut all = addresses(&s, false);
+    let list = all.remove(&network).ok_or_else(|| {
+        ApiError::not_found(S, format!("the server has no address on network {network}"))
+    })?;
+    Ok(versioned(Json(json!({ network: list }))))
+}
+
+/// The server `id` (name or id) as the caller sees it.
+async fn get_server(
+    up: &Upstream,
+    headers: &HeaderMap,
+    id: String,
+) -> Result<pb::Server, ApiError> {
+    microversion(headers)?;
+    Ok(up
+        .servers(headers)?
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner())
+}
+
 /// A server's `self` and `bookmark` links. Pure.
 fn server_links(base: &str, id: &str) -> Value {
     json!([
@@ -335,11 +393,61 @@ pub fn server_brief(base: &str, s: &pb::Server) -> Value {
     json!({"id": s.id, "name": s.name, "links": server_links(base, &s.id)})
 }
 
+/// The query of a server list: paging, `name` (a prefix), and Nova's
+/// `status`, `flavor` and `image` filters. `changes-since` is refused
+/// (400): nubo keeps no deleted servers to answer it honestly.
+#[derive(Debug, Default, Deserialize)]
+pub struct ServerQuery {
+    // Paging's fields, not flattened: serde's flatten cannot read numbers
+    // from a query string.
+    limit: Option<usize>,
+    marker: Option<String>,
+    name: Option<String>,
+    status: Option<String>,
+    flavor: Option<String>,
+    image: Option<String>,
+    #[serde(rename = "changes-since")]
+    changes_since: Option<String>,
+}
+
+/// The servers `q` selects (before paging). Pure.
+pub fn filter_servers(
+    servers: Vec<pb::Server>,
+    q: &ServerQuery,
+) -> Result<Vec<pb::Server>, ApiError> {
+    if q.changes_since.is_some() {
+        return Err(ApiError::bad_request(
+            S,
+            "changes-since is not supported by nubo (deleted servers are not kept)",
+        ));
+    }
+    Ok(servers
+        .into_iter()
+        .filter(|s| {
+            q.status.as_ref().is_none_or(|st| {
+                nova_status(&s.state, &s.desired_power)
+                    .0
+                    .eq_ignore_ascii_case(st)
+            })
+        })
+        .filter(|s| {
+            q.flavor
+                .as_ref()
+                .is_none_or(|f| last_segment(f) == s.flavor)
+        })
+        .filter(|s| {
+            q.image
+                .as_ref()
+                .is_none_or(|i| last_segment(i) == s.image_id)
+        })
+        .collect())
+}
+
 /// `GET /servers`: [`server_brief`] of each.
 async fn list_servers(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Query(p): Query<Paging>,
+    Query(p): Query<ServerQuery>,
 ) -> Result<Response, ApiError> {
     servers_listed(&up, &headers, &p, server_brief).await
 }
@@ -348,7 +456,7 @@ async fn list_servers(
 async fn list_servers_detail(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Query(p): Query<Paging>,
+    Query(p): Query<ServerQuery>,
 ) -> Result<Response, ApiError> {
     servers_listed(&up, &headers, &p, server_view).await
 }
@@ -357,7 +465,7 @@ async fn list_servers_detail(
 async fn servers_listed(
     up: &Upstream,
     headers: &HeaderMap,
-    p: &Paging,
+    p: &ServerQuery,
     view: fn(&str, &pb::Server) -> Value,
 ) -> Result<Response, ApiError> {
     let servers = servers_selected(up, headers, p).await?;
@@ -365,13 +473,19 @@ async fn servers_listed(
     Ok(versioned(Json(json!({"servers": views}))))
 }
 
-/// The servers a list asks for (`name` as a prefix), paged.
+/// The servers a list asks for (`name` as a prefix, [`filter_servers`]),
+/// paged.
 async fn servers_selected(
     up: &Upstream,
     headers: &HeaderMap,
-    p: &Paging,
+    q: &ServerQuery,
 ) -> Result<Vec<pb::Server>, ApiError> {
     microversion(headers)?;
+    let p = &Paging {
+        limit: q.limit,
+        marker: q.marker.clone(),
+        name: q.name.clone(),
+    };
     let client = up.servers(headers)?;
     let name = p.name.clone().unwrap_or_default();
     let servers = all_pages(|token| {
@@ -392,7 +506,7 @@ async fn servers_selected(
     })
     .await
     .api(S)?;
-    page(servers, p, |s| s.id.as_str())
+    page(filter_servers(servers, q)?, p, |s| s.id.as_str())
 }
 
 async fn show_server(
@@ -400,13 +514,7 @@ async fn show_server(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    microversion(&headers)?;
-    let s = up
-        .servers(&headers)?
-        .get(crate::upstream::get_req(id))
-        .await
-        .api(S)?
-        .into_inner();
+    let s = get_server(&up, &headers, id).await?;
     Ok(versioned(Json(
         json!({"server": server_view(&up.public_url, &s)}),
     )))
@@ -442,6 +550,14 @@ struct CreateServer {
     availability_zone: Option<String>,
     #[serde(default)]
     user_data: Option<String>,
+    /// Server metadata: nubo has none (non-empty: 400).
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+    /// Access addresses: not supported (non-empty: 400).
+    #[serde(default, rename = "accessIPv4")]
+    access_ipv4: Option<String>,
+    #[serde(default, rename = "accessIPv6")]
+    access_ipv6: Option<String>,
     #[serde(default)]
     min_count: Option<u32>,
     #[serde(default)]
@@ -511,6 +627,21 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         return Err(ApiError::bad_request(
             S,
             format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
+        ));
+    }
+    if s.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "server metadata is not supported by nubo",
+        ));
+    }
+    if [&s.access_ipv4, &s.access_ipv6]
+        .iter()
+        .any(|a| a.as_deref().is_some_and(|a| !a.is_empty()))
+    {
+        return Err(ApiError::bad_request(
+            S,
+            "accessIPv4/accessIPv6 are not supported by nubo: a server's addresses are its ports'",
         ));
     }
     let mut server_group = String::new();
@@ -794,6 +925,79 @@ mod tests {
             create_request(&bad).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn lists_filter_by_status_flavor_and_image_and_ips_are_per_network() {
+        let mut a = server("running", "");
+        a.id = "a".into();
+        a.addresses = vec![pb::ServerAddress {
+            network_name: "n1".into(),
+            ip: "10.0.0.5".into(),
+            mac: "fa:16:3e:00:00:01".into(),
+            floating_ip: "192.0.2.9".into(),
+            ..Default::default()
+        }];
+        let mut b = server("stopped", "");
+        b.id = "b".into();
+        b.flavor = "big".into();
+        let q = |v: Value| -> ServerQuery { serde_json::from_value(v).unwrap() };
+        let ids = |q: ServerQuery| -> Vec<String> {
+            filter_servers(vec![a.clone(), b.clone()], &q)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids(q(json!({}))), ["a", "b"]);
+        // As axum reads it from a query string (numbers too).
+        let uri: axum::http::Uri = "/servers/detail?limit=5&status=ACTIVE&marker=a"
+            .parse()
+            .unwrap();
+        let Query(from_uri) = Query::<ServerQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(
+            (from_uri.limit, from_uri.status.as_deref()),
+            (Some(5), Some("ACTIVE"))
+        );
+        assert_eq!(ids(q(json!({"status": "SHUTOFF"}))), ["b"]);
+        assert_eq!(ids(q(json!({"status": "active"}))), ["a"]);
+        assert!(ids(q(json!({"status": "NONEXISTENT"}))).is_empty());
+        assert_eq!(ids(q(json!({"flavor": "http://x/flavors/big"}))), ["b"]);
+        assert!(ids(q(json!({"image": "no-such-image"}))).is_empty());
+        assert_eq!(ids(q(json!({"image": "i"}))), ["a", "b"]);
+        let e = filter_servers(vec![], &q(json!({"changes-since": "2026-01-01"}))).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        // ips: version and addr only; the detail view adds type and MAC.
+        let ips = addresses(&a, false);
+        assert_eq!(
+            ips["n1"],
+            [
+                json!({"version": 4, "addr": "10.0.0.5"}),
+                json!({"version": 4, "addr": "192.0.2.9"})
+            ]
+        );
+        assert_eq!(addresses(&a, true)["n1"][1]["OS-EXT-IPS:type"], "floating");
+    }
+
+    #[test]
+    fn metadata_and_access_ips_are_refused_not_ignored() {
+        for extra in [
+            json!({"metadata": {"": "v"}}),
+            json!({"accessIPv4": "1.1.1.1"}),
+            json!({"accessIPv6": "::1"}),
+        ] {
+            let mut server = json!({"name": "vm", "imageRef": "i", "flavorRef": "f"});
+            for (k, v) in extra.as_object().unwrap() {
+                server[k] = v.clone();
+            }
+            let body: CreateBody = serde_json::from_value(json!({ "server": server })).unwrap();
+            let e = create_request(&body).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{extra}");
+        }
+        let ok: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+            "imageRef": "i", "flavorRef": "f", "metadata": {}, "accessIPv4": ""}}))
+        .unwrap();
+        assert!(create_request(&ok).is_ok());
     }
 
     #[test]

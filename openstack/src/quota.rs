@@ -118,11 +118,14 @@ async fn nova_quota_set(
     headers: &HeaderMap,
     project: String,
     detail: bool,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    crate::compute::microversion(headers)?;
     let q = fetch(up, headers, project.clone(), Service::Compute).await?;
     let mut body = quota_body(&compute_rows(&q), detail);
     body.insert("id".into(), json!(project));
-    Ok(axum::Json(json!({"quota_set": body})))
+    Ok(crate::compute::versioned(axum::Json(
+        json!({"quota_set": body}),
+    )))
 }
 
 /// Neutron's `quota` for `project`, limits only or with usage (`detail`).
@@ -143,7 +146,7 @@ pub async fn compute_quota(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(project): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     nova_quota_set(&up, &headers, project, false).await
 }
 
@@ -152,7 +155,7 @@ pub async fn compute_quota_detail(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(project): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     nova_quota_set(&up, &headers, project, true).await
 }
 

@@ -150,7 +150,11 @@ pub(crate) struct CreateBody {
 #[serde(deny_unknown_fields)]
 struct NewVolume {
     size: Option<i64>,
+    /// `display_name`: the v1 spelling Cinder v3 still accepts (Tempest's
+    /// compute tests send it).
+    #[serde(alias = "display_name")]
     name: Option<String>,
+    #[serde(alias = "display_description")]
     description: Option<String>,
     volume_type: Option<String>,
     #[serde(rename = "imageRef")]
@@ -311,6 +315,8 @@ mod tests {
             (r.name.as_str(), r.size_gb, r.image_ref.as_str()),
             ("vol1", 1, "")
         );
+        let r = parse(json!({"volume": {"size": 1, "display_name": "old-style"}})).unwrap();
+        assert_eq!(r.name, "old-style");
         // python-openstackclient 10.5 without --property: metadata null.
         let r = parse(
             json!({"volume": {"size": 1, "name": "vol1", "metadata": null,

@@ -451,7 +451,15 @@ fn tempest_api_tests_against_a_real_cluster() {
         "network: security groups",
         "image v2",
     ] {
-        let (p, _, _) = counts.get(a).copied().unwrap_or_default();
+        // An area the run did not select (NUBO_TEMPEST_REGEX narrowed
+        // it) is not checked; in the full run every one must have run.
+        let Some((p, _, _)) = counts.get(a).copied() else {
+            assert!(
+                std::env::var_os("NUBO_TEMPEST_REGEX").is_some(),
+                "no test ran in {a}: {report}"
+            );
+            continue;
+        };
         assert!(p > 0, "no passed test in {a}: {report}");
     }
 }
