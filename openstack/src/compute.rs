@@ -393,8 +393,9 @@ pub fn server_brief(base: &str, s: &pb::Server) -> Value {
     json!({"id": s.id, "name": s.name, "links": server_links(base, &s.id)})
 }
 
-/// The query of a server list: paging, `name` (a prefix), and Nova's
-/// `status`, `flavor` and `image` filters. `changes-since` is refused
+/// The query of a server list: paging and Nova's filters `name` and `ip`
+/// (regular expressions searched in the name and the fixed addresses, as
+/// Nova), `status`, `flavor` and `image`. `changes-since` is refused
 /// (400): nubo keeps no deleted servers to answer it honestly.
 #[derive(Debug, Default, Deserialize)]
 pub struct ServerQuery {
@@ -403,6 +404,7 @@ pub struct ServerQuery {
     limit: Option<usize>,
     marker: Option<String>,
     name: Option<String>,
+    ip: Option<String>,
     status: Option<String>,
     flavor: Option<String>,
     image: Option<String>,
@@ -421,8 +423,26 @@ pub fn filter_servers(
             "changes-since is not supported by nubo (deleted servers are not kept)",
         ));
     }
+    let pattern = |field: &str, p: &Option<String>| -> Result<Option<regex::Regex>, ApiError> {
+        p.as_deref()
+            .map(|p| {
+                regex::Regex::new(p).map_err(|e| {
+                    ApiError::bad_request(
+                        S,
+                        format!("{field} is not a valid regular expression: {e}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (name, ip) = (pattern("name", &q.name)?, pattern("ip", &q.ip)?);
     Ok(servers
         .into_iter()
+        .filter(|s| name.as_ref().is_none_or(|r| r.is_match(&s.name)))
+        .filter(|s| {
+            ip.as_ref()
+                .is_none_or(|r| s.addresses.iter().any(|a| r.is_match(&a.ip)))
+        })
         .filter(|s| {
             q.status.as_ref().is_none_or(|st| {
                 nova_status(&s.state, &s.desired_power)
@@ -441,6 +461,30 @@ pub fn filter_servers(
                 .is_none_or(|i| last_segment(i) == s.image_id)
         })
         .collect())
+}
+
+/// Every server the caller may see, read from the gRPC API to the end.
+pub(crate) async fn all_servers(
+    up: &Upstream,
+    headers: &HeaderMap,
+) -> Result<Vec<pb::Server>, ApiError> {
+    let client = up.servers(headers)?;
+    all_pages(|token| {
+        let mut c = client.clone();
+        async move {
+            let r = c
+                .list(pb::ListServersRequest {
+                    page_size: PAGE_SIZE,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((r.servers, r.next_page_token))
+        }
+    })
+    .await
+    .api(S)
 }
 
 /// `GET /servers`: [`server_brief`] of each.
@@ -484,28 +528,9 @@ async fn servers_selected(
     let p = &Paging {
         limit: q.limit,
         marker: q.marker.clone(),
-        name: q.name.clone(),
+        name: None,
     };
-    let client = up.servers(headers)?;
-    let name = p.name.clone().unwrap_or_default();
-    let servers = all_pages(|token| {
-        let mut c = client.clone();
-        let name = name.clone();
-        async move {
-            let r = c
-                .list(pb::ListServersRequest {
-                    page_size: PAGE_SIZE,
-                    page_token: token,
-                    name_prefix: name,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok((r.servers, r.next_page_token))
-        }
-    })
-    .await
-    .api(S)?;
+    let servers = all_servers(up, headers).await?;
     page(filter_servers(servers, q)?, p, |s| s.id.as_str())
 }
 
@@ -965,6 +990,20 @@ mod tests {
         assert_eq!(ids(q(json!({"flavor": "http://x/flavors/big"}))), ["b"]);
         assert!(ids(q(json!({"image": "no-such-image"}))).is_empty());
         assert_eq!(ids(q(json!({"image": "i"}))), ["a", "b"]);
+        b.name = "web-2".into();
+        let ids = |q: ServerQuery| -> Vec<String> {
+            filter_servers(vec![a.clone(), b.clone()], &q)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids(q(json!({"name": "eb-"}))), ["b"]);
+        assert_eq!(ids(q(json!({"name": "^vm$"}))), ["a"]);
+        assert_eq!(ids(q(json!({"ip": "10\\.0\\.0\\.5"}))), ["a"]);
+        assert!(ids(q(json!({"ip": "10.9.9.9"}))).is_empty());
+        let e = filter_servers(vec![], &q(json!({"name": "("}))).unwrap_err();
+        assert!(e.message.contains("regular expression"), "{}", e.message);
         let e = filter_servers(vec![], &q(json!({"changes-since": "2026-01-01"}))).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         // ips: version and addr only; the detail view adds type and MAC.

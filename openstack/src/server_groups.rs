@@ -60,30 +60,10 @@ pub fn members_of(servers: &[pb::Server], id: &str) -> Vec<String> {
         .collect()
 }
 
-async fn servers(up: &Upstream, headers: &HeaderMap) -> Result<Vec<pb::Server>, ApiError> {
-    let client = up.servers(headers)?;
-    crate::upstream::all_pages(|token| {
-        let mut c = client.clone();
-        async move {
-            let r = c
-                .list(pb::ListServersRequest {
-                    page_size: crate::upstream::PAGE_SIZE,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok((r.servers, r.next_page_token))
-        }
-    })
-    .await
-    .api(S)
-}
-
 async fn list_groups(State(up): State<Upstream>, headers: HeaderMap) -> Result<Response, ApiError> {
     microversion(&headers)?;
     let groups = crate::list_all!(up.server_groups(&headers)?, server_groups, S)?;
-    let all = servers(&up, &headers).await?;
+    let all = crate::compute::all_servers(&up, &headers).await?;
     let views: Vec<Value> = groups
         .iter()
         .map(|g| group_view(g, members_of(&all, &g.id)))
@@ -103,7 +83,7 @@ async fn show_group(
         .await
         .api(S)?
         .into_inner();
-    let members = members_of(&servers(&up, &headers).await?, &g.id);
+    let members = members_of(&crate::compute::all_servers(&up, &headers).await?, &g.id);
     Ok(versioned(Json(
         json!({"server_group": group_view(&g, members)}),
     )))
