@@ -583,6 +583,9 @@ struct CreateServer {
     access_ipv4: Option<String>,
     #[serde(default, rename = "accessIPv6")]
     access_ipv6: Option<String>,
+    /// Injected files: not supported (non-empty: 400).
+    #[serde(default)]
+    personality: Option<Vec<Value>>,
     #[serde(default)]
     min_count: Option<u32>,
     #[serde(default)]
@@ -658,6 +661,12 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         return Err(ApiError::bad_request(
             S,
             "server metadata is not supported by nubo",
+        ));
+    }
+    if s.personality.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "personality (injected files) is not supported by nubo: pass files in user_data",
         ));
     }
     if [&s.access_ipv4, &s.access_ipv6]
@@ -1024,6 +1033,7 @@ mod tests {
             json!({"metadata": {"": "v"}}),
             json!({"accessIPv4": "1.1.1.1"}),
             json!({"accessIPv6": "::1"}),
+            json!({"personality": [{"path": "/etc/motd", "contents": "aGk="}]}),
         ] {
             let mut server = json!({"name": "vm", "imageRef": "i", "flavorRef": "f"});
             for (k, v) in extra.as_object().unwrap() {
