@@ -81,28 +81,14 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
     let serial = volume_serial(&vid);
     assert_eq!(native["serial"], serial.as_str(), "{native}");
 
-    // A real guest through Nova's API, watching its disks.
-    let ud = lab.dir.path().join("ud-vm1");
-    std::fs::write(&ud, "disk-watch\n").unwrap();
-    let server = os(
-        clouds,
-        &[
-            "server",
-            "create",
-            "--flavor",
-            "t",
-            "--image",
-            "guest",
-            "--network",
-            "n1",
-            "--user-data",
-            &ud.display().to_string(),
-            "--wait",
-            "vm1",
-            "-f",
-            "json",
-        ],
-    );
+    // A real guest through Nova's API, watching its disks: the arguments
+    // of `nubo server create` are openstackclient's too (name, --flavor,
+    // --image, --network, --user-data FILE).
+    let args = lab
+        .server_create_args("vm1", None, Some("disk-watch\n"), &["--wait", "-f", "json"])
+        .unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = os(clouds, &args);
     assert_eq!(server["status"], "ACTIVE", "{server}");
     let sid = server["id"].as_str().unwrap().to_string();
     let node = lab.show(&sid).unwrap()["node"]
