@@ -3,7 +3,7 @@
 //! the coordinators' `Tokens.Issue`), returned in `X-Subject-Token`; the
 //! catalog points every service at this front end.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,10 +22,7 @@ pub fn router() -> Router<Upstream> {
         .route("/", get(versions_doc))
         .route("/v3", get(v3_doc))
         .route("/v3/", get(v3_doc))
-        .route(
-            "/v3/auth/tokens",
-            post(issue).get(validate).delete(validate),
-        )
+        .route("/v3/auth/tokens", post(issue).get(validate).delete(revoke))
         .route("/v3/projects", get(list_projects))
         .route("/v3/projects/{id}", get(show_project))
 }
@@ -192,7 +189,6 @@ async fn issue(
     Json(body): Json<AuthRequest>,
 ) -> Result<Response, ApiError> {
     let req = issue_request(&body)?;
-    let methods: Vec<String> = body.auth.identity.methods.clone();
     let t = pb::tokens_client::TokensClient::new(up.anonymous())
         .issue(req)
         .await
@@ -208,25 +204,48 @@ async fn issue(
             e
         })?
         .into_inner();
+    token_response(&up.public_url, &t, StatusCode::CREATED, true)
+}
+
+/// Keystone's token document for `t`, with the token in `X-Subject-Token`
+/// (and the catalog unless `catalog` is false). Its methods follow from
+/// how nubo issued it: an application credential, else a password.
+fn token_response(
+    base: &str,
+    t: &pb::Token,
+    status: StatusCode,
+    with_catalog: bool,
+) -> Result<Response, ApiError> {
     let domain = json!({"id": "default", "name": "Default"});
-    let body = json!({"token": {
+    let methods = if t.application_credential_id.is_empty() {
+        json!(["password"])
+    } else {
+        json!(["application_credential"])
+    };
+    let mut token = json!({
         "methods": methods,
         "user": {"id": t.user, "name": t.user, "domain": domain},
         "project": {"id": t.project, "name": t.project, "domain": domain},
         "roles": t.roles.iter().map(|r| json!({"id": r, "name": r})).collect::<Vec<_>>(),
         "issued_at": crate::time::keystone(&t.issued_at),
         "expires_at": crate::time::keystone(&t.expires_at),
-        "catalog": catalog(&up.public_url, &t.project),
-    }});
-    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    let token = t.token.parse().map_err(|_| {
+    });
+    if !t.application_credential_id.is_empty() {
+        token["application_credential"] =
+            json!({"id": t.application_credential_id, "restricted": true});
+    }
+    if with_catalog {
+        token["catalog"] = catalog(base, &t.project);
+    }
+    let mut resp = (status, Json(json!({ "token": token }))).into_response();
+    let header = t.token.parse().map_err(|_| {
         ApiError::new(
             Service::Identity,
             StatusCode::INTERNAL_SERVER_ERROR,
             "token is not a header value",
         )
     })?;
-    resp.headers_mut().insert("x-subject-token", token);
+    resp.headers_mut().insert("x-subject-token", header);
     Ok(resp)
 }
 
@@ -309,15 +328,59 @@ async fn list_projects(
     Ok(Json(json!({"projects": views})))
 }
 
-/// Token validation and revocation need the coordinators' token checks
-/// over the API: not there yet, said plainly.
-async fn validate(headers: HeaderMap) -> ApiError {
-    let _ = headers;
-    ApiError::new(
-        Service::Identity,
-        StatusCode::NOT_IMPLEMENTED,
-        "token validation and revocation are not supported yet (docs/openstack-compatibility.md)",
-    )
+/// The `X-Subject-Token` of a validation or revocation.
+fn subject_token(headers: &HeaderMap) -> Result<pb::SubjectTokenRequest, ApiError> {
+    let token = headers
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request(Service::Identity, "X-Subject-Token is required"))?;
+    Ok(pb::SubjectTokenRequest {
+        token: token.to_string(),
+    })
+}
+
+/// Keystone's `nocatalog` query flag.
+#[derive(Debug, Default, Deserialize)]
+struct ValidateQuery {
+    nocatalog: Option<String>,
+}
+
+/// A subject token nubo does not vouch for is 404 in Keystone.
+fn subject_error(s: &tonic::Status) -> ApiError {
+    let mut e = ApiError::from_status(Service::Identity, s);
+    if s.code() == tonic::Code::NotFound {
+        e.message = "Could not find token.".into();
+    }
+    e
+}
+
+/// `GET`/`HEAD /v3/auth/tokens`: `Tokens.Validate` with the caller's
+/// `X-Auth-Token` (the subject's own user, or a cloud admin).
+async fn validate(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(q): Query<ValidateQuery>,
+) -> Result<Response, ApiError> {
+    let subject = subject_token(&headers)?;
+    let t = pb::tokens_client::TokensClient::new(up.with_token(&headers)?)
+        .validate(subject)
+        .await
+        .map_err(|s| subject_error(&s))?
+        .into_inner();
+    token_response(&up.public_url, &t, StatusCode::OK, q.nocatalog.is_none())
+}
+
+/// `DELETE /v3/auth/tokens`: `Tokens.Revoke`; refused by every
+/// coordinator from then on.
+async fn revoke(State(up): State<Upstream>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let subject = subject_token(&headers)?;
+    pb::tokens_client::TokensClient::new(up.with_token(&headers)?)
+        .revoke(subject)
+        .await
+        .map_err(|s| subject_error(&s))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

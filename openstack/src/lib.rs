@@ -20,6 +20,7 @@
 pub mod attachments;
 pub mod compute;
 pub mod error;
+pub mod hypervisors;
 pub mod identity;
 pub mod image;
 pub mod network;
@@ -47,7 +48,9 @@ pub fn router(upstream: Upstream) -> Router {
             "/compute",
             compute::router()
                 .merge(attachments::router())
-                .merge(server_groups::router()),
+                .merge(server_groups::router())
+                .merge(hypervisors::router())
+                .route("/v2.1/limits", get(quota::compute_limits)),
         )
         .nest("/network", network::router())
         .nest("/image", image::router())

@@ -1,6 +1,8 @@
 //! Networking v2.0 (Neutron): networks, subnets ([`subnets`]), ports
 //! ([`ports`]), security groups and rules.
 
+pub mod bulk;
+pub mod fields;
 pub mod ports;
 pub mod subnets;
 
@@ -46,6 +48,8 @@ pub fn router() -> Router<Upstream> {
                 .delete(subnets::delete_subnet)
                 .put(subnets::update_unsupported),
         )
+        .route("/v2.0/extensions", get(list_extensions))
+        .route("/v2.0/extensions/{alias}", get(show_extension))
         .route(
             "/v2.0/ports",
             get(ports::list_ports).post(ports::create_port),
@@ -64,7 +68,9 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.0/security-groups", get(list_groups).post(create_group))
         .route(
             "/v2.0/security-groups/{id}",
-            get(show_group).delete(delete_group),
+            get(show_group)
+                .delete(delete_group)
+                .put(subnets::update_unsupported),
         )
         .route(
             "/v2.0/security-group-rules",
@@ -74,6 +80,7 @@ pub fn router() -> Router<Upstream> {
             "/v2.0/security-group-rules/{id}",
             get(show_rule).delete(delete_rule),
         )
+        .layer(axum::middleware::from_fn(fields::layer))
 }
 
 async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
@@ -86,6 +93,64 @@ async fn v20_doc(State(up): State<Upstream>) -> Json<Value> {
         {"name": "subnet", "collection": "subnets", "links": [{"rel": "self", "href": format!("{}/network/v2.0/subnets", up.public_url)}]},
         {"name": "port", "collection": "ports", "links": [{"rel": "self", "href": format!("{}/network/v2.0/ports", up.public_url)}]},
     ]}))
+}
+
+/// The Neutron extensions whose attributes and calls nubo serves: (alias,
+/// name, description). Clients probe these before using an attribute.
+const EXTENSIONS: &[(&str, &str, &str)] = &[
+    (
+        "security-group",
+        "security-group",
+        "Security groups and their rules",
+    ),
+    (
+        "port-security",
+        "Port Security",
+        "port_security_enabled on ports",
+    ),
+    (
+        "provider",
+        "Provider Network",
+        "provider:network_type, physical_network and segmentation_id",
+    ),
+    (
+        "external-net",
+        "Neutron external network",
+        "router:external on networks",
+    ),
+    (
+        "binding",
+        "Port Binding",
+        "binding:host_id and binding:vif_type on ports (read only)",
+    ),
+    (
+        "quotas",
+        "Quota management support",
+        "Project quotas (read only)",
+    ),
+];
+
+fn extension_view(alias: &str, name: &str, description: &str) -> Value {
+    json!({"alias": alias, "name": name, "description": description,
+        "updated": "2013-01-01T00:00:00-00:00", "links": []})
+}
+
+async fn list_extensions() -> Json<Value> {
+    let all: Vec<Value> = EXTENSIONS
+        .iter()
+        .map(|(a, n, d)| extension_view(a, n, d))
+        .collect();
+    Json(json!({ "extensions": all }))
+}
+
+async fn show_extension(Path(alias): Path<String>) -> Result<Response, ApiError> {
+    EXTENSIONS
+        .iter()
+        .find(|(a, _, _)| *a == alias)
+        .map(|(a, n, d)| Json(json!({"extension": extension_view(a, n, d)})).into_response())
+        .ok_or_else(|| {
+            ApiError::not_found(S, format!("Extension with alias {alias} does not exist"))
+        })
 }
 
 /// The Neutron view of a network (its one subnet is named after it). Pure.

@@ -53,6 +53,95 @@ pub fn compute_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Opt
     ]
 }
 
+/// Nova's `absolute` limits of a quota: `maxTotal*` and `total*Used`
+/// (unlimited = -1, as Nova). Pure.
+pub fn absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
+    let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
+    let mut m = Map::new();
+    for (max, used, lim, use_) in [
+        (
+            "maxTotalInstances",
+            "totalInstancesUsed",
+            l.instances,
+            u.instances,
+        ),
+        ("maxTotalCores", "totalCoresUsed", l.vcpus, u.vcpus),
+        ("maxTotalRAMSize", "totalRAMUsed", l.ram_mb, u.ram_mb),
+        ("maxServerGroups", "totalServerGroupsUsed", None, None),
+    ] {
+        m.insert(max.into(), limit(lim));
+        m.insert(used.into(), json!(use_.unwrap_or(0)));
+    }
+    for unlimited in [
+        "maxTotalKeypairs",
+        "maxServerMeta",
+        "maxImageMeta",
+        "maxPersonality",
+        "maxPersonalitySize",
+        "maxServerGroupMembers",
+        "maxSecurityGroups",
+        "maxSecurityGroupRules",
+        "maxTotalFloatingIps",
+    ] {
+        m.insert(unlimited.into(), json!(-1));
+    }
+    for used in ["totalSecurityGroupsUsed", "totalFloatingIpsUsed"] {
+        m.insert(used.into(), json!(0));
+    }
+    m
+}
+
+/// `GET /compute/v2.1/limits`: the caller's project's quota as Nova's
+/// absolute limits (no rate limits).
+pub async fn compute_limits(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    crate::compute::microversion(&headers)?;
+    let q = fetch(&up, &headers, String::new(), Service::Compute).await?;
+    Ok(crate::compute::versioned(axum::Json(
+        json!({"limits": {"rate": [], "absolute": absolute_limits(&q)}}),
+    )))
+}
+
+/// Cinder's `absolute` limits of a quota. Pure.
+pub fn volume_absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
+    let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
+    let mut m = Map::new();
+    for (max, used, lim, use_) in [
+        ("maxTotalVolumes", "totalVolumesUsed", l.volumes, u.volumes),
+        (
+            "maxTotalVolumeGigabytes",
+            "totalGigabytesUsed",
+            l.gigabytes,
+            u.gigabytes,
+        ),
+        ("maxTotalSnapshots", "totalSnapshotsUsed", None, None),
+        ("maxTotalBackups", "totalBackupsUsed", None, None),
+        (
+            "maxTotalBackupGigabytes",
+            "totalBackupGigabytesUsed",
+            None,
+            None,
+        ),
+    ] {
+        m.insert(max.into(), limit(lim));
+        m.insert(used.into(), json!(use_.unwrap_or(0)));
+    }
+    m
+}
+
+/// `GET /volume/v3/{project}/limits`: the caller's project's volume quota.
+pub async fn volume_limits(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = fetch(&up, &headers, String::new(), Service::Compute).await?;
+    Ok(axum::Json(
+        json!({"limits": {"rate": [], "absolute": volume_absolute_limits(&q)}}),
+    ))
+}
+
 /// Cinder's rows. Pure.
 pub fn volume_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Option<u64>)> {
     let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());

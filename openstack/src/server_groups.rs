@@ -215,8 +215,7 @@ pub fn zones_view(nodes: &[pb::Node], detail: bool) -> Value {
 }
 
 async fn zones(up: &Upstream, headers: &HeaderMap, detail: bool) -> Result<Response, ApiError> {
-    microversion(headers)?;
-    let nodes = crate::list_all!(up.nodes(headers)?, nodes, S).map_err(|e| {
+    let nodes = crate::hypervisors::nodes(up, headers).await.map_err(|e| {
         if e.status == StatusCode::FORBIDDEN {
             ApiError::new(
                 S,

@@ -161,6 +161,10 @@ impl Upstream {
             self.with_token(h)?,
         ))
     }
+    /// Nodes (admin only in nubo).
+    pub fn nodes(&self, h: &HeaderMap) -> Result<pb::nodes_client::NodesClient<Chan>, ApiError> {
+        Ok(pb::nodes_client::NodesClient::new(self.with_token(h)?))
+    }
     /// Quotas.
     pub fn quotas(&self, h: &HeaderMap) -> Result<pb::quotas_client::QuotasClient<Chan>, ApiError> {
         Ok(pb::quotas_client::QuotasClient::new(self.with_token(h)?))
@@ -193,10 +197,6 @@ impl Upstream {
         Ok(pb::server_groups_client::ServerGroupsClient::new(
             self.with_token(h)?,
         ))
-    }
-    /// Nodes (cloud admins only).
-    pub fn nodes(&self, h: &HeaderMap) -> Result<pb::nodes_client::NodesClient<Chan>, ApiError> {
-        Ok(pb::nodes_client::NodesClient::new(self.with_token(h)?))
     }
     /// Networks.
     pub fn networks(

@@ -42,6 +42,7 @@ pub fn router() -> Router<Upstream> {
                 .delete(delete_volume)
                 .put(update_unsupported),
         )
+        .route("/v3/{project}/limits", get(crate::quota::volume_limits))
         .route("/v3/{project}/types", get(list_types))
         .route("/v3/{project}/types/{id}", get(show_type))
 }

@@ -28,7 +28,7 @@ use anyhow::Result;
 use nubo_tests::netns::{need_root, netns_exec};
 use nubo_tests::openstack_lab::{self, OpenStackLab};
 use nubo_tests::{list_items, wait_for};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// `openstack --os-cloud nubo ARGS` ([`openstack_lab::openstack`]).
 fn openstack(clouds: &Path, args: &[&str]) -> Result<Value> {
@@ -37,8 +37,23 @@ fn openstack(clouds: &Path, args: &[&str]) -> Result<Value> {
 
 /// `curl` to the front end: (status, body).
 fn curl(url: &str, token: Option<&str>, headers: &[&str]) -> (u16, Value) {
+    curl_req("GET", url, token, headers, None)
+}
+
+/// `curl -X METHOD` with an optional JSON body: the status and the JSON
+/// answer (null when it is not JSON).
+fn curl_req(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (u16, Value) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", url]);
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
     if let Some(t) = token {
         cmd.args(["-H", &format!("X-Auth-Token: {t}")]);
     }
@@ -74,7 +89,15 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     let url = os.front_end.url.clone();
     let clouds = os
         .front_end
-        .clouds_yaml(&[("nubo", "alice", "alice-password", "team-a")])
+        .clouds_yaml(&[
+            ("nubo", "alice", "alice-password", "team-a"),
+            (
+                "nubo-admin",
+                "admin",
+                nubo_tests::secure::ADMIN_PASSWORD,
+                "admin",
+            ),
+        ])
         .unwrap();
     let clouds = clouds.as_path();
     let dir = tempfile::Builder::new()
@@ -260,6 +283,132 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     let sum = sum.split_whitespace().next().unwrap();
     assert!(img.to_string().contains(sum), "{img} lacks sha256 {sum}");
 
+    // Neutron's network-then-subnet creation, and a port, agree with nubo.
+    let net2 = openstack(clouds, &["network", "create", "-f", "json", "net2"]).unwrap();
+    let net2_id = net2["id"].as_str().unwrap().to_string();
+    let ours = alice.json(&["network", "show", "net2"]).unwrap();
+    assert_eq!(ours["id"], net2["id"], "{ours}");
+    assert!(ours["cidr"].is_null(), "no subnet yet: {ours}");
+    let sub2 = openstack(
+        clouds,
+        &[
+            "subnet",
+            "create",
+            "-f",
+            "json",
+            "--network",
+            "net2",
+            "--subnet-range",
+            "10.30.0.0/24",
+            "--dns-nameserver",
+            "10.30.0.53",
+            "sub2",
+        ],
+    )
+    .unwrap();
+    assert_eq!(sub2["cidr"], "10.30.0.0/24", "{sub2}");
+    assert_eq!(sub2["gateway_ip"], "10.30.0.1", "{sub2}");
+    let ours = alice.json(&["network", "show", "net2"]).unwrap();
+    assert_eq!(
+        (
+            &ours["cidr"],
+            &ours["gateway"],
+            &ours["subnet_name"],
+            &ours["dns"][0]
+        ),
+        (
+            &json!("10.30.0.0/24"),
+            &json!("10.30.0.1"),
+            &json!("sub2"),
+            &json!("10.30.0.53")
+        ),
+        "{ours}"
+    );
+    let shown = openstack(clouds, &["subnet", "show", "-f", "json", "sub2"]).unwrap();
+    assert_eq!(shown["network_id"], json!(net2_id), "{shown}");
+    let pools = shown["allocation_pools"].to_string();
+    assert!(
+        pools.contains("10.30.0.2") && pools.contains("10.30.0.254"),
+        "{shown}"
+    );
+    let port = openstack(
+        clouds,
+        &["port", "create", "-f", "json", "--network", "net2", "p2"],
+    )
+    .unwrap();
+    let ours = alice.json(&["port", "show", "p2"]).unwrap();
+    assert_eq!(port["id"], ours["id"], "{port} vs {ours}");
+    assert_eq!(port["mac_address"], ours["mac"], "{port} vs {ours}");
+    assert!(
+        port["fixed_ips"]
+            .to_string()
+            .contains(ours["ip"].as_str().unwrap()),
+        "{port} vs {ours}"
+    );
+    // A second subnet on one network is refused (nubo networks have one).
+    let e = openstack(
+        clouds,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "net2",
+            "--subnet-range",
+            "10.31.0.0/24",
+            "sub3",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("one IPv4 subnet"), "{e}");
+    // The subnet stays while the port uses it, then goes with the network.
+    assert!(openstack(clouds, &["subnet", "delete", "sub2"]).is_err());
+    openstack(clouds, &["port", "delete", "p2"]).unwrap();
+    openstack(clouds, &["subnet", "delete", "sub2"]).unwrap();
+    assert!(alice.json(&["network", "show", "net2"]).unwrap()["cidr"].is_null());
+    openstack(clouds, &["network", "delete", "net2"]).unwrap();
+    assert!(alice.json(&["network", "show", "net2"]).is_err());
+    // Bad bodies are Neutron's 400s and change nothing.
+    for body in [
+        r#"{"network": {"name": "bad""#,
+        r#"{"network": {"name": 7}}"#,
+        r#"{"network": {"name": "bad", "color": "red"}}"#,
+    ] {
+        let (code, answer) = curl_req(
+            "POST",
+            &format!("{url}/network/v2.0/networks"),
+            Some(&token),
+            &[],
+            Some(body),
+        );
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(answer["NeutronError"]["message"].is_string(), "{answer}");
+    }
+    assert!(alice.json(&["network", "show", "bad"]).is_err());
+
+    // Token validation and revocation (Keystone's GET/DELETE
+    // /v3/auth/tokens; `openstack token revoke`).
+    let (code, body) = curl(
+        &format!("{url}/identity/v3/auth/tokens"),
+        Some(&token),
+        &[&format!("X-Subject-Token: {token}")],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["token"]["user"]["name"], "alice", "{body}");
+    assert_eq!(body["token"]["project"]["id"], "team-a", "{body}");
+    let other = openstack(clouds, &["token", "issue", "-f", "json"]).unwrap();
+    let other = other["id"].as_str().unwrap().to_string();
+    let servers_url = format!("{url}/compute/v2.1/servers");
+    assert_eq!(curl(&servers_url, Some(&other), &[]).0, 200);
+    openstack(clouds, &["token", "revoke", &other]).unwrap();
+    assert_eq!(curl(&servers_url, Some(&other), &[]).0, 401);
+    let (code, _) = curl(
+        &format!("{url}/identity/v3/auth/tokens"),
+        Some(&token),
+        &[&format!("X-Subject-Token: {other}")],
+    );
+    assert_eq!(code, 404, "a revoked token is not found");
+    assert_eq!(curl(&servers_url, Some(&token), &[]).0, 200);
+
     // quota show: compute and network quotas, nubo's limits.
     let q = openstack(clouds, &["quota", "show", "-f", "json", "team-a"]).unwrap();
     let ours = alice.json(&["quota", "show"]).unwrap();
@@ -292,6 +441,71 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
             "{os}: {q} vs {ours}"
         );
     }
+
+    // Absolute limits: the member's quota and usage (one server).
+    let limits = openstack(clouds, &["limits", "show", "--absolute", "-f", "json"]).unwrap();
+    let limit_of = |name: &str| {
+        limits
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["Name"] == name)
+            .map(|r| r["Value"].clone())
+    };
+    assert_eq!(
+        limit_of("max_total_instances"),
+        Some(ours["instances"]["limit"].clone()),
+        "{limits}"
+    );
+    assert_eq!(limit_of("total_instances_used"), Some(json!(1)), "{limits}");
+    // Hypervisors and compute services: the cluster's node, for admins only.
+    let node = ours_server_node(&alice);
+    let hvs = openstack(
+        clouds,
+        &[
+            "--os-cloud",
+            "nubo-admin",
+            "hypervisor",
+            "list",
+            "-f",
+            "json",
+        ],
+    )
+    .unwrap();
+    assert!(
+        hvs.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["Hypervisor Hostname"] == json!(node)),
+        "{hvs}"
+    );
+    let services = openstack(
+        clouds,
+        &[
+            "--os-cloud",
+            "nubo-admin",
+            "compute",
+            "service",
+            "list",
+            "-f",
+            "json",
+        ],
+    )
+    .unwrap();
+    assert!(
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["Host"] == json!(node)
+                && s["Binary"] == "nova-compute"
+                && s["State"] == "up"),
+        "{services}"
+    );
+    assert!(
+        openstack(clouds, &["hypervisor", "list"]).is_err(),
+        "a member sees no hypervisors"
+    );
 
     openstack(clouds, &["server", "delete", "--wait", &id]).unwrap();
     let gone = alice.json(&["server", "list"]).unwrap();
@@ -345,4 +559,10 @@ print("DELETED")
     );
     assert_eq!(code, 400, "{body}");
     assert!(body["badRequest"].is_object(), "{body}");
+}
+
+/// The node `vm1` runs on, as nubo shows it.
+fn ours_server_node(cli: &nubo_tests::Cli) -> String {
+    let s = cli.json(&["server", "show", "vm1"]).unwrap();
+    s["node"].as_str().unwrap().to_string()
 }

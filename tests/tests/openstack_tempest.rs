@@ -227,7 +227,7 @@ build_timeout = 60
 
 [network-feature-enabled]
 ipv6 = false
-api_extensions = security-group,quotas
+api_extensions = security-group,quotas,port-security,provider,external-net,binding
 port_admin_state_change = false
 port_security = false
 floating_ips = false

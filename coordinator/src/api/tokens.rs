@@ -24,6 +24,7 @@ fn claims_pb(token: String, c: nubo_identity::Claims) -> pb::Token {
         roles: c.roles.iter().map(|r| r.as_str().to_string()).collect(),
         issued_at: ts(c.issued_at),
         expires_at: ts(c.expires_at),
+        application_credential_id: c.app_cred.unwrap_or_default(),
     }
 }
 

@@ -95,7 +95,8 @@ pub(crate) async fn show_port(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PortBody {
-    port: NewPort,
+    port: Option<NewPort>,
+    ports: Option<Vec<NewPort>>,
 }
 
 /// A fixed address as a client asks for it.
@@ -185,13 +186,33 @@ pub(crate) async fn create_port(
     body: Result<Json<PortBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
-    let p = up
-        .ports(&headers)?
-        .create(port_request(b.port)?)
-        .await
-        .api(S)?
-        .into_inner();
-    Ok((StatusCode::CREATED, Json(json!({"port": port_view(&p)}))).into_response())
+    let (items, many) = super::bulk::items(b.port, b.ports, "port")?;
+    let requests = items
+        .into_iter()
+        .map(port_request)
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = up.ports(&headers)?;
+    let made = super::bulk::create_all(
+        requests,
+        |r| {
+            let mut c = client.clone();
+            async move { Ok(c.create(r).await.api(S)?.into_inner()) }
+        },
+        |p| {
+            let mut c = client.clone();
+            let id = p.id.clone();
+            async move {
+                c.delete(crate::upstream::delete_req(id)).await.api(S)?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(super::bulk::created(
+        "port",
+        many,
+        made.iter().map(port_view).collect(),
+    ))
 }
 
 /// `PUT /v2.0/ports/{id}` body: nubo changes a port's security groups.
@@ -260,7 +281,7 @@ mod tests {
     fn parse(v: Value) -> Result<pb::CreatePortRequest, ApiError> {
         let b: PortBody =
             serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
-        port_request(b.port)
+        port_request(b.port.expect("one port"))
     }
 
     #[test]

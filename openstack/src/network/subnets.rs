@@ -23,7 +23,8 @@ use crate::Upstream;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NetworkBody {
-    network: NewNetwork,
+    network: Option<NewNetwork>,
+    networks: Option<Vec<NewNetwork>>,
 }
 
 /// The attributes of a Neutron network nubo understands; any other is a
@@ -110,17 +111,33 @@ pub(crate) async fn create_network(
     body: Result<Json<NetworkBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
-    let n = up
-        .networks(&headers)?
-        .create(network_request(b.network)?)
-        .await
-        .api(S)?
-        .into_inner();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"network": network_view(&n)})),
+    let (items, many) = super::bulk::items(b.network, b.networks, "network")?;
+    let requests = items
+        .into_iter()
+        .map(network_request)
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = up.networks(&headers)?;
+    let made = super::bulk::create_all(
+        requests,
+        |r| {
+            let mut c = client.clone();
+            async move { Ok(c.create(r).await.api(S)?.into_inner()) }
+        },
+        |n| {
+            let mut c = client.clone();
+            let id = n.id.clone();
+            async move {
+                c.delete(crate::upstream::delete_req(id)).await.api(S)?;
+                Ok(())
+            }
+        },
     )
-        .into_response())
+    .await?;
+    Ok(super::bulk::created(
+        "network",
+        many,
+        made.iter().map(network_view).collect(),
+    ))
 }
 
 /// `DELETE /v2.0/networks/{id}` (its subnet goes with it, as in Neutron).
@@ -189,7 +206,8 @@ pub fn subnet_view(n: &pb::Network) -> Option<Value> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubnetBody {
-    subnet: NewSubnet,
+    subnet: Option<NewSubnet>,
+    subnets: Option<Vec<NewSubnet>>,
 }
 
 /// The attributes of a Neutron subnet nubo understands.
@@ -304,15 +322,35 @@ pub(crate) async fn create_subnet(
     body: Result<Json<SubnetBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
-    let n = up
-        .networks(&headers)?
-        .set_subnet(subnet_request(b.subnet)?)
-        .await
-        .api(S)?
-        .into_inner();
-    let view = subnet_view(&n)
-        .ok_or_else(|| ApiError::new(S, StatusCode::INTERNAL_SERVER_ERROR, "subnet not set"))?;
-    Ok((StatusCode::CREATED, Json(json!({"subnet": view}))).into_response())
+    let (items, many) = super::bulk::items(b.subnet, b.subnets, "subnet")?;
+    let requests = items
+        .into_iter()
+        .map(subnet_request)
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = up.networks(&headers)?;
+    let made = super::bulk::create_all(
+        requests,
+        |r| {
+            let mut c = client.clone();
+            async move { Ok(c.set_subnet(r).await.api(S)?.into_inner()) }
+        },
+        |n| {
+            let mut c = client.clone();
+            let id = n.id.clone();
+            async move {
+                c.delete_subnet(crate::upstream::delete_req(id))
+                    .await
+                    .api(S)?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(super::bulk::created(
+        "subnet",
+        many,
+        made.iter().filter_map(subnet_view).collect(),
+    ))
 }
 
 /// Neutron's subnet list filters nubo serves.
@@ -388,12 +426,13 @@ pub(crate) async fn delete_subnet(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `PUT` of a network or subnet: nubo has no update of either.
+/// `PUT` of a network, subnet or security group: nubo has no update of
+/// their attributes.
 pub(crate) async fn update_unsupported() -> ApiError {
     ApiError::new(
         S,
         StatusCode::NOT_IMPLEMENTED,
-        "updating a network or subnet is not supported by nubo (see docs/openstack-compatibility.md)",
+        "updating a network, subnet or security group is not supported by nubo (see docs/openstack-compatibility.md)",
     )
 }
 
@@ -429,7 +468,7 @@ mod tests {
     fn subnet(v: Value) -> Result<pb::SetSubnetRequest, ApiError> {
         let b: SubnetBody =
             serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
-        subnet_request(b.subnet)
+        subnet_request(b.subnet.expect("one subnet"))
     }
 
     #[test]
@@ -490,7 +529,7 @@ mod tests {
         let parse = |v: Value| -> Result<pb::CreateNetworkRequest, ApiError> {
             let b: NetworkBody =
                 serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
-            network_request(b.network)
+            network_request(b.network.expect("one network"))
         };
         let r = parse(json!({"network": {"name": "n1", "admin_state_up": true}})).unwrap();
         assert_eq!(
