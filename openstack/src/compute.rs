@@ -30,9 +30,11 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1/flavors/detail", get(list_flavors_detail))
         .route("/v2.1/flavors/{id}", get(show_flavor))
         .route("/v2.1/servers", get(list_servers).post(create_server))
-        .route("/v2.1/servers/detail", get(list_servers))
+        .route("/v2.1/servers/detail", get(list_servers_detail))
         .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
         .route("/v2.1/servers/{id}/action", post(server_action))
+        .route("/v2.1/servers/{id}/ips", get(server_ips))
+        .route("/v2.1/servers/{id}/ips/{network}", get(server_ips_on))
         .route("/v2.1/os-keypairs", get(list_keypairs).post(create_keypair))
         .route(
             "/v2.1/os-quota-sets/{project}",
@@ -262,19 +264,13 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
     }
 }
 
-/// The Nova view of a server. Pure.
+/// The Nova view of a server (`GET /servers/{id}`, `/servers/detail`),
+/// as Nova 2.1's schema has it: `fault` only for a server in ERROR. Pure.
 pub fn server_view(base: &str, s: &pb::Server) -> Value {
     let (status, vm_state, power) = nova_status(&s.state, &s.desired_power);
-    let mut addresses: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for a in &s.addresses {
-        let list = addresses.entry(a.network_name.clone()).or_default();
-        list.push(json!({"version": 4, "addr": a.ip, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": a.mac}));
-        if !a.floating_ip.is_empty() {
-            list.push(json!({"version": 4, "addr": a.floating_ip, "OS-EXT-IPS:type": "floating", "OS-EXT-IPS-MAC:mac_addr": a.mac}));
-        }
-    }
+    let addresses = addresses(s, true);
     let link = |id: &str, kind: &str| json!([{"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}]);
-    json!({
+    let mut view = json!({
         "id": s.id,
         "name": s.name,
         "status": status,
@@ -300,28 +296,186 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "OS-EXT-SRV-ATTR:host": s.node,
         "OS-EXT-SRV-ATTR:hypervisor_hostname": s.node,
         "os-extended-volumes:volumes_attached": s.volume_ids.iter().map(|v| json!({"id": v})).collect::<Vec<_>>(),
-        "fault": if s.last_error.is_empty() { Value::Null } else { json!({"code": 500, "message": s.last_error, "created": s.updated_at}) },
-        "links": [{"rel": "self", "href": format!("{base}/compute/v2.1/servers/{}", s.id)}],
-    })
+        "links": server_links(base, &s.id),
+    });
+    // Nova shows `fault` only for ERROR (and DELETED) servers, never null.
+    if status == "ERROR" {
+        let message = if s.last_error.is_empty() {
+            "the server is in error (nubo recorded no reason)"
+        } else {
+            s.last_error.as_str()
+        };
+        let when = if s.updated_at.is_empty() {
+            &s.created_at
+        } else {
+            &s.updated_at
+        };
+        view["fault"] =
+            json!({"code": 500, "message": message, "created": crate::time::iso_utc(when)});
+    }
+    view
 }
 
-async fn list_servers(
+/// A server's addresses per network name, fixed then floating; with
+/// `extended` the `OS-EXT-IPS` type and MAC (the server view), without
+/// only `version` and `addr` (`/servers/{id}/ips`). Pure.
+pub fn addresses(s: &pb::Server, extended: bool) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for a in &s.addresses {
+        let list = out.entry(a.network_name.clone()).or_default();
+        let mut ips = vec![("fixed", &a.ip)];
+        if !a.floating_ip.is_empty() {
+            ips.push(("floating", &a.floating_ip));
+        }
+        for (kind, ip) in ips {
+            let mut v = json!({"version": 4, "addr": ip});
+            if extended {
+                v["OS-EXT-IPS:type"] = json!(kind);
+                v["OS-EXT-IPS-MAC:mac_addr"] = json!(a.mac);
+            }
+            list.push(v);
+        }
+    }
+    out
+}
+
+/// `GET /servers/{id}/ips`.
+async fn server_ips(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Query(p): Query<Paging>,
+    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    microversion(&headers)?;
-    let client = up.servers(&headers)?;
-    let name = p.name.clone().unwrap_or_default();
-    let servers = all_pages(|token| {
+    let s = get_server(&up, &headers, id).await?;
+    Ok(versioned(Json(json!({"addresses": addresses(&s, false)}))))
+}
+
+/// `GET /servers/{id}/ips/{network}` (the network's name, as in
+/// `addresses`): 404 when the server has no address there, as Nova.
+async fn server_ips_on(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((id, network)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let s = get_server(&up, &headers, id).await?;
+    let mut all = addresses(&s, false);
+    let list = all.remove(&network).ok_or_else(|| {
+        ApiError::not_found(S, format!("the server has no address on network {network}"))
+    })?;
+    Ok(versioned(Json(json!({ network: list }))))
+}
+
+/// The server `id` (name or id) as the caller sees it.
+async fn get_server(
+    up: &Upstream,
+    headers: &HeaderMap,
+    id: String,
+) -> Result<pb::Server, ApiError> {
+    microversion(headers)?;
+    Ok(up
+        .servers(headers)?
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner())
+}
+
+/// A server's `self` and `bookmark` links. Pure.
+fn server_links(base: &str, id: &str) -> Value {
+    json!([
+        {"rel": "self", "href": format!("{base}/compute/v2.1/servers/{id}")},
+        {"rel": "bookmark", "href": format!("{base}/compute/servers/{id}")},
+    ])
+}
+
+/// A server in `GET /servers` (not detail): `id`, `name` and `links`
+/// only, as Nova. Pure.
+pub fn server_brief(base: &str, s: &pb::Server) -> Value {
+    json!({"id": s.id, "name": s.name, "links": server_links(base, &s.id)})
+}
+
+/// The query of a server list: paging and Nova's filters `name` and `ip`
+/// (regular expressions searched in the name and the fixed addresses, as
+/// Nova), `status`, `flavor` and `image`. `changes-since` is refused
+/// (400): nubo keeps no deleted servers to answer it honestly.
+#[derive(Debug, Default, Deserialize)]
+pub struct ServerQuery {
+    // Paging's fields, not flattened: serde's flatten cannot read numbers
+    // from a query string.
+    limit: Option<usize>,
+    marker: Option<String>,
+    name: Option<String>,
+    ip: Option<String>,
+    status: Option<String>,
+    flavor: Option<String>,
+    image: Option<String>,
+    #[serde(rename = "changes-since")]
+    changes_since: Option<String>,
+}
+
+/// The servers `q` selects (before paging). Pure.
+pub fn filter_servers(
+    servers: Vec<pb::Server>,
+    q: &ServerQuery,
+) -> Result<Vec<pb::Server>, ApiError> {
+    if q.changes_since.is_some() {
+        return Err(ApiError::bad_request(
+            S,
+            "changes-since is not supported by nubo (deleted servers are not kept)",
+        ));
+    }
+    let pattern = |field: &str, p: &Option<String>| -> Result<Option<regex::Regex>, ApiError> {
+        p.as_deref()
+            .map(|p| {
+                regex::Regex::new(p).map_err(|e| {
+                    ApiError::bad_request(
+                        S,
+                        format!("{field} is not a valid regular expression: {e}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (name, ip) = (pattern("name", &q.name)?, pattern("ip", &q.ip)?);
+    Ok(servers
+        .into_iter()
+        .filter(|s| name.as_ref().is_none_or(|r| r.is_match(&s.name)))
+        .filter(|s| {
+            ip.as_ref()
+                .is_none_or(|r| s.addresses.iter().any(|a| r.is_match(&a.ip)))
+        })
+        .filter(|s| {
+            q.status.as_ref().is_none_or(|st| {
+                nova_status(&s.state, &s.desired_power)
+                    .0
+                    .eq_ignore_ascii_case(st)
+            })
+        })
+        .filter(|s| {
+            q.flavor
+                .as_ref()
+                .is_none_or(|f| last_segment(f) == s.flavor)
+        })
+        .filter(|s| {
+            q.image
+                .as_ref()
+                .is_none_or(|i| last_segment(i) == s.image_id)
+        })
+        .collect())
+}
+
+/// Every server the caller may see, read from the gRPC API to the end.
+pub(crate) async fn all_servers(
+    up: &Upstream,
+    headers: &HeaderMap,
+) -> Result<Vec<pb::Server>, ApiError> {
+    let client = up.servers(headers)?;
+    all_pages(|token| {
         let mut c = client.clone();
-        let name = name.clone();
         async move {
             let r = c
                 .list(pb::ListServersRequest {
                     page_size: PAGE_SIZE,
                     page_token: token,
-                    name_prefix: name,
                     ..Default::default()
                 })
                 .await?
@@ -330,13 +484,54 @@ async fn list_servers(
         }
     })
     .await
-    .api(S)?;
-    let servers = page(servers, &p, |s| s.id.as_str())?;
-    let views: Vec<Value> = servers
-        .iter()
-        .map(|s| server_view(&up.public_url, s))
-        .collect();
+    .api(S)
+}
+
+/// `GET /servers`: [`server_brief`] of each.
+async fn list_servers(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(p): Query<ServerQuery>,
+) -> Result<Response, ApiError> {
+    servers_listed(&up, &headers, &p, server_brief).await
+}
+
+/// `GET /servers/detail`: [`server_view`] of each.
+async fn list_servers_detail(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(p): Query<ServerQuery>,
+) -> Result<Response, ApiError> {
+    servers_listed(&up, &headers, &p, server_view).await
+}
+
+/// The answer of a server list: `view` of each selected server.
+async fn servers_listed(
+    up: &Upstream,
+    headers: &HeaderMap,
+    p: &ServerQuery,
+    view: fn(&str, &pb::Server) -> Value,
+) -> Result<Response, ApiError> {
+    let servers = servers_selected(up, headers, p).await?;
+    let views: Vec<Value> = servers.iter().map(|s| view(&up.public_url, s)).collect();
     Ok(versioned(Json(json!({"servers": views}))))
+}
+
+/// The servers a list asks for (`name` as a prefix, [`filter_servers`]),
+/// paged.
+async fn servers_selected(
+    up: &Upstream,
+    headers: &HeaderMap,
+    q: &ServerQuery,
+) -> Result<Vec<pb::Server>, ApiError> {
+    microversion(headers)?;
+    let p = &Paging {
+        limit: q.limit,
+        marker: q.marker.clone(),
+        name: None,
+    };
+    let servers = all_servers(up, headers).await?;
+    page(filter_servers(servers, q)?, p, |s| s.id.as_str())
 }
 
 async fn show_server(
@@ -344,13 +539,7 @@ async fn show_server(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    microversion(&headers)?;
-    let s = up
-        .servers(&headers)?
-        .get(crate::upstream::get_req(id))
-        .await
-        .api(S)?
-        .into_inner();
+    let s = get_server(&up, &headers, id).await?;
     Ok(versioned(Json(
         json!({"server": server_view(&up.public_url, &s)}),
     )))
@@ -360,6 +549,13 @@ async fn show_server(
 #[derive(Debug, Deserialize)]
 pub struct CreateBody {
     server: CreateServer,
+    /// Scheduler hints: only `group` (a server group's id) is supported.
+    #[serde(
+        default,
+        rename = "os:scheduler_hints",
+        alias = "OS-SCH-HNT:scheduler_hints"
+    )]
+    scheduler_hints: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +575,17 @@ struct CreateServer {
     availability_zone: Option<String>,
     #[serde(default)]
     user_data: Option<String>,
+    /// Server metadata: nubo has none (non-empty: 400).
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+    /// Access addresses: not supported (non-empty: 400).
+    #[serde(default, rename = "accessIPv4")]
+    access_ipv4: Option<String>,
+    #[serde(default, rename = "accessIPv6")]
+    access_ipv6: Option<String>,
+    /// Injected files: not supported (non-empty: 400).
+    #[serde(default)]
+    personality: Option<Vec<Value>>,
     #[serde(default)]
     min_count: Option<u32>,
     #[serde(default)]
@@ -450,6 +657,39 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
             format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
         ));
     }
+    if s.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "server metadata is not supported by nubo",
+        ));
+    }
+    if s.personality.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "personality (injected files) is not supported by nubo: pass files in user_data",
+        ));
+    }
+    if [&s.access_ipv4, &s.access_ipv6]
+        .iter()
+        .any(|a| a.as_deref().is_some_and(|a| !a.is_empty()))
+    {
+        return Err(ApiError::bad_request(
+            S,
+            "accessIPv4/accessIPv6 are not supported by nubo: a server's addresses are its ports'",
+        ));
+    }
+    let mut server_group = String::new();
+    for (hint, v) in body.scheduler_hints.iter().flatten() {
+        match (hint.as_str(), v) {
+            ("group", Value::String(g)) => server_group = g.clone(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    S,
+                    format!("scheduler hint {hint:?} is not supported: only \"group\" (a server group id) is"),
+                ))
+            }
+        }
+    }
     let user_data = match &s.user_data {
         None => Vec::new(),
         Some(b64) => {
@@ -472,6 +712,7 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         user_data,
         count: max,
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
+        server_group,
         ..Default::default()
     })
 }
@@ -721,6 +962,111 @@ mod tests {
     }
 
     #[test]
+    fn lists_filter_by_status_flavor_and_image_and_ips_are_per_network() {
+        let mut a = server("running", "");
+        a.id = "a".into();
+        a.addresses = vec![pb::ServerAddress {
+            network_name: "n1".into(),
+            ip: "10.0.0.5".into(),
+            mac: "fa:16:3e:00:00:01".into(),
+            floating_ip: "192.0.2.9".into(),
+            ..Default::default()
+        }];
+        let mut b = server("stopped", "");
+        b.id = "b".into();
+        b.flavor = "big".into();
+        let q = |v: Value| -> ServerQuery { serde_json::from_value(v).unwrap() };
+        let ids = |q: ServerQuery| -> Vec<String> {
+            filter_servers(vec![a.clone(), b.clone()], &q)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids(q(json!({}))), ["a", "b"]);
+        // As axum reads it from a query string (numbers too).
+        let uri: axum::http::Uri = "/servers/detail?limit=5&status=ACTIVE&marker=a"
+            .parse()
+            .unwrap();
+        let Query(from_uri) = Query::<ServerQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(
+            (from_uri.limit, from_uri.status.as_deref()),
+            (Some(5), Some("ACTIVE"))
+        );
+        assert_eq!(ids(q(json!({"status": "SHUTOFF"}))), ["b"]);
+        assert_eq!(ids(q(json!({"status": "active"}))), ["a"]);
+        assert!(ids(q(json!({"status": "NONEXISTENT"}))).is_empty());
+        assert_eq!(ids(q(json!({"flavor": "http://x/flavors/big"}))), ["b"]);
+        assert!(ids(q(json!({"image": "no-such-image"}))).is_empty());
+        assert_eq!(ids(q(json!({"image": "i"}))), ["a", "b"]);
+        b.name = "web-2".into();
+        let ids = |q: ServerQuery| -> Vec<String> {
+            filter_servers(vec![a.clone(), b.clone()], &q)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids(q(json!({"name": "eb-"}))), ["b"]);
+        assert_eq!(ids(q(json!({"name": "^vm$"}))), ["a"]);
+        assert_eq!(ids(q(json!({"ip": "10\\.0\\.0\\.5"}))), ["a"]);
+        assert!(ids(q(json!({"ip": "10.9.9.9"}))).is_empty());
+        let e = filter_servers(vec![], &q(json!({"name": "("}))).unwrap_err();
+        assert!(e.message.contains("regular expression"), "{}", e.message);
+        let e = filter_servers(vec![], &q(json!({"changes-since": "2026-01-01"}))).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        // ips: version and addr only; the detail view adds type and MAC.
+        let ips = addresses(&a, false);
+        assert_eq!(
+            ips["n1"],
+            [
+                json!({"version": 4, "addr": "10.0.0.5"}),
+                json!({"version": 4, "addr": "192.0.2.9"})
+            ]
+        );
+        assert_eq!(addresses(&a, true)["n1"][1]["OS-EXT-IPS:type"], "floating");
+    }
+
+    #[test]
+    fn metadata_and_access_ips_are_refused_not_ignored() {
+        for extra in [
+            json!({"metadata": {"": "v"}}),
+            json!({"accessIPv4": "1.1.1.1"}),
+            json!({"accessIPv6": "::1"}),
+            json!({"personality": [{"path": "/etc/motd", "contents": "aGk="}]}),
+        ] {
+            let mut server = json!({"name": "vm", "imageRef": "i", "flavorRef": "f"});
+            for (k, v) in extra.as_object().unwrap() {
+                server[k] = v.clone();
+            }
+            let body: CreateBody = serde_json::from_value(json!({ "server": server })).unwrap();
+            let e = create_request(&body).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{extra}");
+        }
+        let ok: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+            "imageRef": "i", "flavorRef": "f", "metadata": {}, "accessIPv4": ""}}))
+        .unwrap();
+        assert!(create_request(&ok).is_ok());
+    }
+
+    #[test]
+    fn the_group_hint_places_the_server_in_its_group() {
+        let with = |hints: Value| -> CreateBody {
+            serde_json::from_value(json!({"server": {"name": "vm", "imageRef": "i",
+                "flavorRef": "f"}, "os:scheduler_hints": hints}))
+            .unwrap()
+        };
+        let r = create_request(&with(json!({"group": "g-1"}))).unwrap();
+        assert_eq!(r.server_group, "g-1");
+        let plain: CreateBody =
+            serde_json::from_value(json!({"server": {"name": "vm", "flavorRef": "f"}})).unwrap();
+        assert_eq!(create_request(&plain).unwrap().server_group, "");
+        let e = create_request(&with(json!({"same_host": ["x"]}))).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("same_host"), "{}", e.message);
+    }
+
+    #[test]
     fn microversions_beyond_the_maximum_are_refused() {
         let mut h = HeaderMap::new();
         assert!(microversion(&h).is_ok());
@@ -798,5 +1144,101 @@ mod tests {
         assert_eq!(nova_status("stopped", "stopped").0, "SHUTOFF");
         assert_eq!(nova_status("pending", "running").0, "BUILD");
         assert_eq!(nova_status("error", "running").0, "ERROR");
+    }
+
+    /// The keys Tempest's Nova 2.1 `server_detail` schema allows
+    /// (`additionalProperties: false`) and the ones that may be null.
+    const DETAIL_KEYS: &[&str] = &[
+        "id",
+        "name",
+        "status",
+        "image",
+        "flavor",
+        "fault",
+        "user_id",
+        "tenant_id",
+        "created",
+        "updated",
+        "progress",
+        "metadata",
+        "links",
+        "addresses",
+        "hostId",
+        "OS-DCF:diskConfig",
+        "accessIPv4",
+        "accessIPv6",
+        "key_name",
+        "security_groups",
+        "OS-SRV-USG:launched_at",
+        "OS-SRV-USG:terminated_at",
+        "OS-EXT-AZ:availability_zone",
+        "OS-EXT-STS:task_state",
+        "OS-EXT-STS:vm_state",
+        "OS-EXT-STS:power_state",
+        "OS-EXT-SRV-ATTR:host",
+        "OS-EXT-SRV-ATTR:instance_name",
+        "OS-EXT-SRV-ATTR:hypervisor_hostname",
+        "os-extended-volumes:volumes_attached",
+        "config_drive",
+    ];
+    const NULLABLE: &[&str] = &[
+        "image",
+        "key_name",
+        "OS-SRV-USG:launched_at",
+        "OS-SRV-USG:terminated_at",
+        "OS-EXT-STS:task_state",
+        "OS-EXT-SRV-ATTR:host",
+        "OS-EXT-SRV-ATTR:hypervisor_hostname",
+    ];
+
+    fn server(state: &str, last_error: &str) -> pb::Server {
+        pb::Server {
+            id: "3f0c6b5e-0000-4000-8000-000000000001".into(),
+            name: "vm".into(),
+            state: state.into(),
+            desired_power: "running".into(),
+            project: "p".into(),
+            flavor: "t".into(),
+            image_id: "i".into(),
+            node: "n1".into(),
+            last_error: last_error.into(),
+            created_at: "2026-12-05T10:00:00Z".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn server_views_follow_the_nova_21_schema() {
+        // A running server that failed once: no `fault` (Nova shows it
+        // only in ERROR), nothing null but what the schema allows, no
+        // key the schema does not know.
+        let v = server_view("http://h", &server("running", "an old failure"));
+        let o = v.as_object().unwrap();
+        assert!(!o.contains_key("fault"), "{v}");
+        for (k, val) in o {
+            assert!(DETAIL_KEYS.contains(&k.as_str()), "unknown key {k}");
+            assert!(
+                !val.is_null() || NULLABLE.contains(&k.as_str()),
+                "{k} is null"
+            );
+        }
+        assert_eq!(v["status"], "ACTIVE");
+        // In ERROR: a fault with code, message and an ISO date.
+        let e = server_view("http://h", &server("error", "no host has room"));
+        assert_eq!(e["status"], "ERROR");
+        assert_eq!(e["fault"]["code"], 500);
+        assert_eq!(e["fault"]["message"], "no host has room");
+        assert_eq!(e["fault"]["created"], "2026-12-05T10:00:00Z");
+        let e = server_view("http://h", &server("error", ""));
+        assert!(e["fault"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no reason"));
+        // `GET /servers`: id, name, links only.
+        let b = server_brief("http://h", &server("running", ""));
+        let mut keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["id", "links", "name"]);
+        assert_eq!(b["links"][0]["rel"], "self");
     }
 }

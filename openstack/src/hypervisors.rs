@@ -97,7 +97,8 @@ pub fn service_view(n: &pb::Node) -> Value {
     })
 }
 
-async fn nodes(up: &Upstream, headers: &HeaderMap) -> Result<Vec<pb::Node>, ApiError> {
+/// Every node (cloud admins only: `Nodes.List` refuses others).
+pub(crate) async fn nodes(up: &Upstream, headers: &HeaderMap) -> Result<Vec<pb::Node>, ApiError> {
     microversion(headers)?;
     crate::list_all!(up.nodes(headers)?, nodes, S)
 }

@@ -26,6 +26,7 @@ pub mod image;
 pub mod limits;
 pub mod network;
 pub mod quota;
+pub mod server_groups;
 pub mod time;
 pub mod upstream;
 pub mod versions;
@@ -48,6 +49,7 @@ pub fn router(upstream: Upstream) -> Router {
             "/compute",
             compute::router()
                 .merge(attachments::router())
+                .merge(server_groups::router())
                 .merge(hypervisors::router())
                 .route("/v2.1/limits", get(limits::compute_limits)),
         )

@@ -29,17 +29,27 @@ pub fn quota_body(rows: &[(&str, Option<u64>, Option<u64>)], detail: bool) -> Ma
         .collect()
 }
 
-/// Nova's rows. Pure.
+/// Nova's rows (every key of Nova 2.1's `quota_set`). Pure. The network
+/// ones are nubo's network quota (a fixed IP is a port's); server metadata
+/// and injected files do not exist in nubo (a create with them is refused),
+/// so their limit is 0, not unlimited.
 pub fn compute_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Option<u64>)> {
     let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
     vec![
         ("instances", l.instances, u.instances),
         ("cores", l.vcpus, u.vcpus),
         ("ram", l.ram_mb, u.ram_mb),
+        ("floating_ips", l.floating_ips, u.floating_ips),
+        ("fixed_ips", l.ports, u.ports),
+        ("security_groups", l.security_groups, u.security_groups),
+        ("security_group_rules", None, None),
         ("key_pairs", None, None),
         ("server_groups", None, None),
         ("server_group_members", None, None),
-        ("metadata_items", None, None),
+        ("metadata_items", Some(0), Some(0)),
+        ("injected_files", Some(0), Some(0)),
+        ("injected_file_content_bytes", Some(0), Some(0)),
+        ("injected_file_path_bytes", Some(0), Some(0)),
     ]
 }
 
@@ -184,11 +194,14 @@ async fn nova_quota_set(
     headers: &HeaderMap,
     project: String,
     detail: bool,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    crate::compute::microversion(headers)?;
     let q = fetch(up, headers, project.clone(), Service::Compute).await?;
     let mut body = quota_body(&compute_rows(&q), detail);
     body.insert("id".into(), json!(project));
-    Ok(axum::Json(json!({"quota_set": body})))
+    Ok(crate::compute::versioned(axum::Json(
+        json!({"quota_set": body}),
+    )))
 }
 
 /// Neutron's `quota` for `project`, limits only or with usage (`detail`).
@@ -209,7 +222,7 @@ pub async fn compute_quota(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(project): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     nova_quota_set(&up, &headers, project, false).await
 }
 
@@ -218,7 +231,7 @@ pub async fn compute_quota_detail(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(project): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     nova_quota_set(&up, &headers, project, true).await
 }
 
@@ -261,6 +274,28 @@ mod tests {
         assert_eq!(
             (b["instances"].clone(), b["cores"].clone()),
             (json!(10), json!(-1))
+        );
+        // Every key Tempest's 2.1 quota schema requires; what nubo lacks
+        // is 0, not unlimited.
+        for k in [
+            "instances",
+            "cores",
+            "ram",
+            "floating_ips",
+            "fixed_ips",
+            "metadata_items",
+            "key_pairs",
+            "security_groups",
+            "security_group_rules",
+            "injected_files",
+            "injected_file_content_bytes",
+            "injected_file_path_bytes",
+        ] {
+            assert!(b[k].is_i64(), "{k}");
+        }
+        assert_eq!(
+            (b["metadata_items"].clone(), b["key_pairs"].clone()),
+            (json!(0), json!(-1))
         );
         let d = quota_body(&compute_rows(&q), true);
         assert_eq!(

@@ -189,6 +189,15 @@ impl Upstream {
     pub fn ports(&self, h: &HeaderMap) -> Result<pb::ports_client::PortsClient<Chan>, ApiError> {
         Ok(pb::ports_client::PortsClient::new(self.with_token(h)?))
     }
+    /// Server groups.
+    pub fn server_groups(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::server_groups_client::ServerGroupsClient<Chan>, ApiError> {
+        Ok(pb::server_groups_client::ServerGroupsClient::new(
+            self.with_token(h)?,
+        ))
+    }
     /// Networks.
     pub fn networks(
         &self,

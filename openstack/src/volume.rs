@@ -151,14 +151,19 @@ pub(crate) struct CreateBody {
 #[serde(deny_unknown_fields)]
 struct NewVolume {
     size: Option<i64>,
+    /// `display_name`: the v1 spelling Cinder v3 still accepts (Tempest's
+    /// compute tests send it).
+    #[serde(alias = "display_name")]
     name: Option<String>,
+    #[serde(alias = "display_description")]
     description: Option<String>,
     volume_type: Option<String>,
     #[serde(rename = "imageRef")]
     image_ref: Option<String>,
     availability_zone: Option<String>,
+    /// openstackclient sends `null` when no `--property` is given.
     #[serde(default)]
-    metadata: Map<String, Value>,
+    metadata: Option<Map<String, Value>>,
     snapshot_id: Option<String>,
     source_volid: Option<String>,
     backup_id: Option<String>,
@@ -185,7 +190,9 @@ fn volume_request(b: CreateBody) -> Result<pb::CreateVolumeRequest, ApiError> {
             "volumes have no availability zone other than nova: the Ceph pool serves every node",
         );
     }
-    if !v.metadata.is_empty() || v.description.as_deref().is_some_and(|d| !d.is_empty()) {
+    if v.metadata.as_ref().is_some_and(|m| !m.is_empty())
+        || v.description.as_deref().is_some_and(|d| !d.is_empty())
+    {
         return bad("volume metadata and descriptions are not supported");
     }
     if b.hints.as_ref().is_some_and(|h| !h.is_empty()) {
@@ -309,6 +316,17 @@ mod tests {
             (r.name.as_str(), r.size_gb, r.image_ref.as_str()),
             ("vol1", 1, "")
         );
+        let r = parse(json!({"volume": {"size": 1, "display_name": "old-style"}})).unwrap();
+        assert_eq!(r.name, "old-style");
+        // python-openstackclient 10.5 without --property: metadata null.
+        let r = parse(
+            json!({"volume": {"size": 1, "name": "vol1", "metadata": null,
+            "description": null}}),
+        )
+        .unwrap();
+        assert_eq!(r.name, "vol1");
+        let e = parse(json!({"volume": {"size": 1, "metadata": {"k": "v"}}})).unwrap_err();
+        assert!(e.message.contains("metadata"), "{}", e.message);
         for (v, text) in [
             (
                 json!({"volume": {"size": 1, "snapshot_id": "s"}}),

@@ -22,7 +22,7 @@ use crate::agent::{Agent, AgentOpts, Driver};
 use crate::netns::{link_names, netns_command, netns_exec, netns_names, run};
 use crate::tls::Certs;
 use crate::wait::wait_until;
-use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, SecureOpts, Underlay};
+use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
 /// A guest (instance) as the API and the lab know it.
 #[derive(Debug, Clone)]
@@ -330,30 +330,13 @@ impl NetLab {
         let etcd = Etcd::start_on(underlay.gateway().into())?;
         let mut copts = CoordinatorOpts::new(&etcd.endpoint(), "c1");
         copts.ip = underlay.gateway().into();
-        let certs = if tokens {
-            let certs = Certs::generate(&[&underlay.gateway().to_string()])?;
-            let (tls_cert, tls_key) = certs.coordinator_server();
-            copts.secure = Some(SecureOpts {
-                tls_cert,
-                tls_key,
-                config: None,
-            });
-            crate::secure::bootstrap(&etcd.endpoint(), None, dir.path())?;
-            Some(certs)
-        } else {
-            None
-        };
-        let coordinator = Coordinator::start_with(copts, dir.path())?;
-        let cli = match &certs {
-            Some(c) => crate::secure::login_cli(
-                &coordinator.endpoint(),
-                &c.ca(),
-                dir.path(),
-                "admin",
-                crate::secure::ADMIN_PASSWORD,
-            )?,
-            None => Cli::new(&coordinator.endpoint())?,
-        };
+        let (coordinator, cli, certs) = crate::secure::lab_coordinator(
+            copts,
+            tokens,
+            &underlay.gateway().to_string(),
+            &etcd.endpoint(),
+            dir.path(),
+        )?;
         let mut lab = Self {
             agents: Vec::new(),
             coordinator,

@@ -9,14 +9,16 @@
 //! # fn demo() -> anyhow::Result<()> {
 //! let os = nubo_tests::openstack_lab::OpenStackLab::start(1)?;
 //! let alice = os.lab.member("alice", "team-a")?;
-//! let clouds = os.clouds_yaml(&[("nubo", "alice", "alice-password", "team-a")])?;
+//! let clouds = os.front_end.clouds_yaml(&[("nubo", "alice", "alice-password", "team-a")])?;
 //! # Ok(()) }
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use serde_json::Value;
 
 use crate::net_e2e::NetLab;
 use crate::process::{bin_path, Daemon};
@@ -24,31 +26,26 @@ use crate::process::{bin_path, Daemon};
 /// How long `nubo-openstack` may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A [`NetLab`] with tokens plus `nubo-openstack`. The front end is
-/// stopped (by pid) first on drop, then the lab.
-pub struct OpenStackLab {
+/// `nubo-openstack` in front of a lab's coordinator, on a loopback port;
+/// stopped (by pid) on drop.
+pub struct FrontEnd {
     /// `nubo-openstack` (log in the lab's directory).
-    pub front_end: Daemon,
+    pub daemon: Daemon,
     /// Its base URL, `http://127.0.0.1:<port>` (the catalog's root;
     /// Keystone at `<url>/identity/v3`).
     pub url: String,
-    /// The cluster: [`NetLab::cli`] is the cloud admin.
-    pub lab: NetLab,
+    /// Where `clouds.yaml` is written (the lab's directory).
+    dir: PathBuf,
 }
 
-impl OpenStackLab {
-    /// Starts a lab with `hosts` netns-driver hosts and tokens, and
-    /// `nubo-openstack` in front of its coordinator (trusting the lab's CA),
-    /// waited for until it logs that it is ready.
-    pub fn start(hosts: u8) -> Result<Self> {
-        let lab = NetLab::start_with_tokens(hosts)?;
-        let ca = lab
-            .certs
-            .as_ref()
-            .context("a lab with tokens has certificates")?
-            .ca();
+impl FrontEnd {
+    /// Starts `nubo-openstack` in front of the coordinator at `coordinator`
+    /// (trusting `ca`), logging to `dir/nubo-openstack.log`, and waits
+    /// until it logs that it is ready. What every lab with the OpenStack
+    /// API uses ([`OpenStackLab`], the VM labs of tests/tests).
+    pub fn start(coordinator: &str, ca: &Path, dir: &Path) -> Result<Self> {
         let listen = format!("127.0.0.1:{}", crate::ports::free_port());
-        let mut front_end = Daemon::spawn(
+        let mut daemon = Daemon::spawn(
             "nubo-openstack",
             Vec::new(),
             bin_path("nubo-openstack")?,
@@ -56,18 +53,18 @@ impl OpenStackLab {
                 "--listen".into(),
                 listen.clone(),
                 "--coordinator".into(),
-                lab.coordinator.endpoint(),
+                coordinator.to_string(),
                 "--ca-cert".into(),
                 ca.display().to_string(),
             ],
-            lab.dir.path().join("nubo-openstack.log"),
+            dir.join("nubo-openstack.log"),
             &[("RUST_LOG", "info")],
         )?;
-        front_end.wait_for_log("nubo-openstack ready", START_TIMEOUT)?;
+        daemon.wait_for_log("nubo-openstack ready", START_TIMEOUT)?;
         Ok(Self {
-            front_end,
+            daemon,
             url: format!("http://{listen}"),
-            lab,
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -81,11 +78,60 @@ impl OpenStackLab {
     /// `RegionOne`, public interface); returns its path (for
     /// `OS_CLIENT_CONFIG_FILE`).
     pub fn clouds_yaml(&self, clouds: &[(&str, &str, &str, &str)]) -> Result<PathBuf> {
-        let path = self.lab.dir.path().join("clouds.yaml");
+        let path = self.dir.join("clouds.yaml");
         std::fs::write(&path, clouds_yaml_text(&self.auth_url(), clouds))
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// A [`NetLab`] with tokens plus `nubo-openstack`. The front end is
+/// stopped (by pid) first on drop, then the lab.
+pub struct OpenStackLab {
+    /// `nubo-openstack` ([`FrontEnd::url`] is the catalog's root).
+    pub front_end: FrontEnd,
+    /// The cluster: [`NetLab::cli`] is the cloud admin.
+    pub lab: NetLab,
+}
+
+impl OpenStackLab {
+    /// Starts a lab with `hosts` netns-driver hosts and tokens, and
+    /// `nubo-openstack` in front of its coordinator ([`FrontEnd::start`]).
+    pub fn start(hosts: u8) -> Result<Self> {
+        let lab = NetLab::start_with_tokens(hosts)?;
+        let ca = lab
+            .certs
+            .as_ref()
+            .context("a lab with tokens has certificates")?
+            .ca();
+        let front_end = FrontEnd::start(&lab.coordinator.endpoint(), &ca, lab.dir.path())?;
+        Ok(Self { front_end, lab })
+    }
+}
+
+/// `openstack --os-cloud CLOUD ARGS` with `OS_CLIENT_CONFIG_FILE=clouds`:
+/// its JSON output when `args` ask for `-f json`, else its text as a JSON
+/// string; a failed command is an error with its output.
+pub fn openstack(clouds: &Path, cloud: &str, args: &[&str]) -> Result<Value> {
+    let out = Command::new("openstack")
+        .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .args(["--os-cloud", cloud])
+        .args(args)
+        .output()
+        .context("running openstack")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`openstack {}` failed ({}): {}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !args.contains(&"json") {
+        return Ok(Value::String(text.into_owned()));
+    }
+    serde_json::from_str(&text).with_context(|| format!("openstack output: {text}"))
 }
 
 /// The text of a `clouds.yaml` for [`OpenStackLab::clouds_yaml`]. Pure.

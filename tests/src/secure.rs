@@ -25,7 +25,7 @@ use crate::cli::Cli;
 use crate::coordinator::{Coordinator, CoordinatorOpts, SecureOpts};
 use crate::files::write_secret;
 use crate::process::bin_path;
-use crate::tls::TlsEtcd;
+use crate::tls::{Certs, TlsEtcd};
 
 /// The bootstrap admin's password.
 pub const ADMIN_PASSWORD: &str = "nbt-admin-password";
@@ -127,26 +127,14 @@ impl SecureCloud {
     /// Makes the service user [`NODE_USER`] with the cloud-wide `node`
     /// role, lets it create an application credential, and writes it as
     /// `<id>:<secret>` to a 0600 file: what `api_credential_file` of an
-    /// agent names.
+    /// agent names ([`node_credential`]).
     pub fn node_credential(&self) -> Result<PathBuf> {
-        let password = "nbt-node-password";
-        let pw = self.dir.path().join("node-password");
-        write_secret(&pw, &format!("{password}\n"))?;
-        let pw_s = pw.display().to_string();
-        self.admin
-            .json(&["user", "create", NODE_USER, "--password-file", &pw_s])?;
-        self.admin
-            .json(&["role", "grant", "node", "--user", NODE_USER])?;
-        let node = self.login(NODE_USER, password)?;
-        let c = node.json(&["application", "credential", "create", "agents"])?;
-        let (id, secret) = (
-            c["id"].as_str().unwrap_or_default(),
-            c["secret"].as_str().unwrap_or_default(),
-        );
-        ensure!(!id.is_empty() && !secret.is_empty(), "no id/secret in {c}");
-        let path = self.dir.path().join("node.credential");
-        write_secret(&path, &format!("{id}:{secret}\n"))?;
-        Ok(path)
+        node_credential(
+            &self.admin,
+            &self.coordinator.endpoint(),
+            &self.etcd.certs().ca(),
+            self.dir.path(),
+        )
     }
 
     /// A fake-driver agent talking TLS to etcd with the certificate
@@ -273,4 +261,71 @@ pub fn member_cli(
     ])?;
     admin.json(&["role", "grant", "member", "--user", user, "--in", project])?;
     login_cli(endpoint, ca, dir, user, &format!("{user}-password"))
+}
+
+/// As `admin` of the coordinator at `endpoint` (trusting `ca`): makes the
+/// service user [`NODE_USER`] with the cloud-wide `node` role, lets it
+/// create an application credential, and writes it as `<id>:<secret>` to
+/// the 0600 file `dir/node.credential` (returned): what an agent's
+/// `--api-credential-file` names.
+pub fn node_credential(admin: &Cli, endpoint: &str, ca: &Path, dir: &Path) -> Result<PathBuf> {
+    let password = "nbt-node-password";
+    let pw = dir.join("node-password");
+    write_secret(&pw, &format!("{password}\n"))?;
+    let pw_s = pw.display().to_string();
+    admin.json(&["user", "create", NODE_USER, "--password-file", &pw_s])?;
+    admin.json(&["role", "grant", "node", "--user", NODE_USER])?;
+    let node = login_cli(endpoint, ca, dir, NODE_USER, password)?;
+    let c = node.json(&["application", "credential", "create", "agents"])?;
+    let (id, secret) = (
+        c["id"].as_str().unwrap_or_default(),
+        c["secret"].as_str().unwrap_or_default(),
+    );
+    ensure!(!id.is_empty() && !secret.is_empty(), "no id/secret in {c}");
+    let path = dir.join("node.credential");
+    write_secret(&path, &format!("{id}:{secret}\n"))?;
+    Ok(path)
+}
+
+/// Starts a lab's coordinator (`copts`, on etcd `etcd_endpoints` without
+/// client certificates, state in `dir`) and its CLI. With `tokens` it runs
+/// as in production: its API over TLS with certificates of
+/// `scripts/make-certs.sh` for `ip` (returned; `ca.crt` is what clients
+/// trust) and token authentication, the cloud bootstrapped first
+/// ([`bootstrap`]), the CLI the bootstrap admin, logged in
+/// ([`lab_cli`]). What `NetLab::start_with_tokens` and `VmLab`'s token
+/// option share.
+pub fn lab_coordinator(
+    mut copts: CoordinatorOpts,
+    tokens: bool,
+    ip: &str,
+    etcd_endpoints: &str,
+    dir: &Path,
+) -> Result<(Coordinator, Cli, Option<Certs>)> {
+    let certs = if tokens {
+        let certs = Certs::generate(&[ip])?;
+        let (tls_cert, tls_key) = certs.coordinator_server();
+        copts.secure = Some(SecureOpts {
+            tls_cert,
+            tls_key,
+            config: None,
+        });
+        bootstrap(etcd_endpoints, None, dir)?;
+        Some(certs)
+    } else {
+        None
+    };
+    let coordinator = Coordinator::start_with(copts, dir)?;
+    let cli = lab_cli(&coordinator.endpoint(), certs.as_ref(), dir)?;
+    Ok((coordinator, cli, certs))
+}
+
+/// The CLI of a lab's coordinator at `endpoint`: with `certs` (a
+/// [`lab_tokens`] coordinator) the bootstrap admin, logged in; without, a
+/// plain CLI.
+pub fn lab_cli(endpoint: &str, certs: Option<&Certs>, dir: &Path) -> Result<Cli> {
+    match certs {
+        Some(c) => login_cli(endpoint, &c.ca(), dir, "admin", ADMIN_PASSWORD),
+        None => Cli::new(endpoint),
+    }
 }

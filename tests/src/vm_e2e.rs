@@ -35,6 +35,7 @@ use nubo_storage::testing::TestCluster;
 use crate::agent::{Agent, AgentOpts, Driver};
 use crate::netns::run;
 use crate::process::pid_alive;
+use crate::tls::Certs;
 use crate::wait::wait_until;
 use crate::{Cli, Coordinator, CoordinatorOpts, Etcd, Host, Underlay};
 
@@ -338,6 +339,12 @@ pub struct VmLab {
     pub image_dir: PathBuf,
     /// Scratch directory (world-traversable: QEMU reads from it).
     pub dir: tempfile::TempDir,
+    /// With tokens ([`VmLab::start_without_agents_opts`]): the certificates
+    /// of the coordinator's TLS API (`ca.crt` is what clients trust).
+    pub certs: Option<Certs>,
+    /// With tokens: the agents' node application credential
+    /// (`--api-credential-file`), made when the first agent starts.
+    node_credential: Option<PathBuf>,
 }
 
 impl VmLab {
@@ -362,6 +369,7 @@ impl VmLab {
             opts.dir_in = Some(self.dir.path().to_path_buf());
             opts.extra_args
                 .extend(["--api-endpoint".into(), self.coordinator.endpoint()]);
+            opts.extra_args.extend(self.api_auth_args()?);
             // Labs: plain TCP between the libvirtds (production: qemu+tls).
             opts.extra_args
                 .extend(["--migration-uri".into(), "qemu+tcp://{host}/system".into()]);
@@ -370,6 +378,34 @@ impl VmLab {
             self.agents.push(a);
         }
         Ok(())
+    }
+
+    /// With tokens: the agents' `--api-ca-cert` and `--api-credential-file`
+    /// (the node credential is made on first use); none without.
+    fn api_auth_args(&mut self) -> Result<Vec<String>> {
+        let Some(certs) = &self.certs else {
+            return Ok(Vec::new());
+        };
+        let ca = certs.ca();
+        let cred = match &self.node_credential {
+            Some(c) => c.clone(),
+            None => {
+                let c = crate::secure::node_credential(
+                    &self.cli,
+                    &self.coordinator.endpoint(),
+                    &ca,
+                    self.dir.path(),
+                )?;
+                self.node_credential = Some(c.clone());
+                c
+            }
+        };
+        Ok(vec![
+            "--api-ca-cert".into(),
+            ca.display().to_string(),
+            "--api-credential-file".into(),
+            cred.display().to_string(),
+        ])
     }
 
     /// Everything of [`VmLab::start`] but the agents: for tests that must
@@ -386,6 +422,19 @@ impl VmLab {
     /// arguments (e.g. `--ceph-conf`, `--ceph-id`, `--ceph-keyring`).
     pub fn start_without_agents_with(
         n: u8,
+        before_coordinator: impl FnOnce(&Underlay, &Path) -> Result<Vec<String>>,
+    ) -> Result<Self> {
+        Self::start_without_agents_opts(n, false, before_coordinator)
+    }
+
+    /// [`VmLab::start_without_agents_with`]; with `tokens` the coordinator
+    /// runs as in production (TLS API, token authentication, bootstrapped:
+    /// [`crate::secure::lab_tokens`], what `NetLab::start_with_tokens` does),
+    /// [`VmLab::cli`] is the bootstrap admin, logged in, and the agents
+    /// fetch images with a node application credential.
+    pub fn start_without_agents_opts(
+        n: u8,
+        tokens: bool,
         before_coordinator: impl FnOnce(&Underlay, &Path) -> Result<Vec<String>>,
     ) -> Result<Self> {
         ensure_test_guest()?;
@@ -406,8 +455,13 @@ impl VmLab {
         copts
             .extra_args
             .extend(before_coordinator(&underlay, dir.path())?);
-        let coordinator = Coordinator::start_with(copts, dir.path())?;
-        let cli = Cli::new(&coordinator.endpoint())?;
+        let (coordinator, cli, certs) = crate::secure::lab_coordinator(
+            copts,
+            tokens,
+            &underlay.gateway().to_string(),
+            &etcd.endpoint(),
+            dir.path(),
+        )?;
         let mut lab = Self {
             agents: Vec::new(),
             libvirtds: Vec::new(),
@@ -418,6 +472,8 @@ impl VmLab {
             cli,
             image_dir,
             dir,
+            certs,
+            node_credential: None,
         };
         let prefix = lab.domain_prefix();
         for i in 1..=n {
@@ -733,8 +789,20 @@ impl RbdVmLab {
 
     /// [`RbdVmLab::start`] with `extra` agent arguments.
     pub fn start_with(n: u8, extra: &[String]) -> Result<Option<Self>> {
+        Self::start_inner(n, extra, false)
+    }
+
+    /// [`RbdVmLab::start`] with a coordinator as in production (TLS API,
+    /// token authentication, bootstrapped; see
+    /// [`VmLab::start_without_agents_opts`]): [`VmLab::cli`] is the
+    /// bootstrap admin (project `admin`).
+    pub fn start_with_tokens(n: u8) -> Result<Option<Self>> {
+        Self::start_inner(n, &[], true)
+    }
+
+    fn start_inner(n: u8, extra: &[String], tokens: bool) -> Result<Option<Self>> {
         let mut storage = None;
-        let mut lab = VmLab::start_without_agents_with(n, |underlay, dir| {
+        let mut lab = VmLab::start_without_agents_opts(n, tokens, |underlay, dir| {
             Ok(match rbd_storage_on(underlay, dir)? {
                 Some((s, args)) => {
                     storage = Some(s);

@@ -24,34 +24,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use nubo_tests::netns::{need_root, netns_exec};
-use nubo_tests::openstack_lab::OpenStackLab;
+use nubo_tests::openstack_lab::{self, OpenStackLab};
 use nubo_tests::{list_items, wait_for};
 use serde_json::{json, Value};
 
-/// `openstack --os-cloud nubo ARGS`: its JSON output with `-f json`, else
-/// its text.
+/// `openstack --os-cloud nubo ARGS` ([`openstack_lab::openstack`]).
 fn openstack(clouds: &Path, args: &[&str]) -> Result<Value> {
-    let out = Command::new("openstack")
-        .env("OS_CLIENT_CONFIG_FILE", clouds)
-        .args(["--os-cloud", "nubo"])
-        .args(args)
-        .output()
-        .context("running openstack")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`openstack {}` failed ({}): {}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !args.contains(&"json") {
-        return Ok(Value::String(text.into_owned()));
-    }
-    serde_json::from_str(&text).with_context(|| format!("openstack output: {text}"))
+    openstack_lab::openstack(clouds, "nubo", args)
 }
 
 /// `curl` to the front end: (status, body).
@@ -105,8 +86,9 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     alice
         .json(&["network", "create", "net1", "--cidr", "10.20.0.0/24"])
         .unwrap();
-    let url = os.url.clone();
+    let url = os.front_end.url.clone();
     let clouds = os
+        .front_end
         .clouds_yaml(&[
             ("nubo", "alice", "alice-password", "team-a"),
             (
