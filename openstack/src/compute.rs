@@ -37,14 +37,6 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1/servers/{id}/ips/{network}", get(server_ips_on))
         .route("/v2.1/os-keypairs", get(list_keypairs).post(create_keypair))
         .route(
-            "/v2.1/os-quota-sets/{project}",
-            get(crate::quota::compute_quota),
-        )
-        .route(
-            "/v2.1/os-quota-sets/{project}/detail",
-            get(crate::quota::compute_quota_detail),
-        )
-        .route(
             "/v2.1/os-keypairs/{name}",
             get(show_keypair).delete(delete_keypair),
         )

@@ -51,7 +51,14 @@ pub fn router(upstream: Upstream) -> Router {
                 .merge(attachments::router())
                 .merge(server_groups::router())
                 .merge(hypervisors::router())
-                .route("/v2.1/limits", get(limits::compute_limits)),
+                .route("/v2.1/limits", get(limits::compute_limits))
+                // Quota sets here: `quota` uses `compute`'s microversion
+                // helpers, so `compute` may not route to it.
+                .route("/v2.1/os-quota-sets/{project}", get(quota::compute_quota))
+                .route(
+                    "/v2.1/os-quota-sets/{project}/detail",
+                    get(quota::compute_quota_detail),
+                ),
         )
         .nest("/network", network::router())
         .nest("/image", image::router())
