@@ -386,11 +386,11 @@ impl Subsystem for Migrations {
                         info!(instance = %id, migration = %job.migration, "abort requested");
                     }
                 }
-                MigrationAction::Settle(id) => {
-                    if let Err(e) = self.hv.settle_arrived(id).await {
-                        errors.push(format!("settle {id}: {e}"));
-                    }
-                }
+                MigrationAction::Settle(id) => match self.hv.settle_arrived(id).await {
+                    Ok(()) if self.netlink.is_some() => announce_services(desired, id),
+                    Ok(()) => {}
+                    Err(e) => errors.push(format!("settle {id}: {e}")),
+                },
                 MigrationAction::Forget(id) => {
                     self.jobs().remove(&id);
                 }
@@ -443,6 +443,38 @@ impl Subsystem for Migrations {
             Ok(n)
         } else {
             Err(SubsystemError::Other(errors.join("; ")))
+        }
+    }
+}
+
+/// Tells a guest that arrived which MAC its metadata and DHCP address
+/// (169.254.169.254) has here: each node's bridge has its own MAC, and the
+/// guest's ARP cache still names the source's, whose bridge the overlay
+/// reaches and which no longer knows the port (the metadata service
+/// would refuse the guest, its lease renewals would go to the source).
+/// One gratuitous ARP per port, out of its tap to the guest alone (a
+/// broadcast would re-point the other guests of the network too).
+/// Failures are logged: the guest's cache expires by itself in the end.
+fn announce_services(desired: &DesiredNode, id: InstanceId) {
+    let Some(instance) = desired.instances.get(&id) else {
+        return;
+    };
+    let ip = nubo_metadata::METADATA_ADDR;
+    for port in &instance.ports {
+        let Some(net) = desired.networks.get(&port.network) else {
+            continue;
+        };
+        let bridge = net.bridge();
+        let sent = nubo_overlay::link_mac(&bridge).and_then(|mac| {
+            nubo_overlay::send_gratuitous_arp_to(&port.tap, mac, ip, port.mac).map(|()| mac)
+        });
+        match sent {
+            Ok(mac) => {
+                info!(instance = %id, tap = %port.tap, %mac, "metadata address announced to the arrived guest")
+            }
+            Err(e) => {
+                warn!(instance = %id, tap = %port.tap, error = %e, "could not announce the metadata address to the arrived guest")
+            }
         }
     }
 }
