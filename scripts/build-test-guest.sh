@@ -26,6 +26,18 @@
 #                              the hole, from the sequence numbers)
 #   uptime                     prints NUBO-GUEST-UPTIME <seconds> every second (a reboot
 #                              shows as uptime going back and a new "NUBO-GUEST: init")
+#   renew SECONDS              runs a udhcpc daemon that leaves the address alone and, every
+#                              SECONDS, renews its lease (SIGUSR1: a unicast REQUEST to the
+#                              server) and reads the instance id from the metadata service;
+#                              prints NUBO-GUEST-DHCP bound|renew IP uptime U and
+#                              NUBO-GUEST-MD ID uptime U (the network of a guest that moved)
+#   tlb-churn                  two processes that wake every 5 ms in turn (pings on lo): each
+#                              switch of address space reloads CR3, which flushes QEMU's TCG
+#                              TLB. Works around a QEMU 7.2 TCG bug that loses guest writes
+#                              during a live migration (the dirty-bitmap sync does not reset
+#                              the TLB, so stores through it are not logged; fixed upstream in
+#                              QEMU 9.0, 03bfc2188f "physmem: Fix migration dirty bitmap
+#                              coherency with TCG memory access"); see docs/migration-hosts.md
 #
 # Output (cached; rebuilt only when missing or when this script changes):
 #   $NUBO_GUEST_DIR/vmlinuz, $NUBO_GUEST_DIR/initrd.gz
@@ -85,6 +97,12 @@ case "$1" in
     else
       for r in $router; do ip route add default via "$r" dev "$interface"; break; done
     fi ;;
+esac
+S
+cat > "$R/bin/udhcpc.report" <<'S'
+#!/bin/busybox sh
+case "$1" in
+  bound|renew) echo "NUBO-GUEST-DHCP $1 $ip uptime $(cut -d' ' -f1 /proc/uptime)" ;;
 esac
 S
 cat > "$R/init" <<'S'
@@ -161,6 +179,12 @@ echo "$UD" | while read -r cmd a1 a2; do
                    last = s
                    if (s % 100 == 0) { print "NUBO-GUEST-FASTPING " t " seq " s; fflush() } }' ) & ;;
     uptime) ( while :; do echo "NUBO-GUEST-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done ) & ;;
+    tlb-churn) ping -i 0.005 127.0.0.1 >/dev/null 2>&1 & ping -i 0.005 127.0.0.2 >/dev/null 2>&1 & ;;
+    renew) ( udhcpc -i eth0 -s /bin/udhcpc.report -f -t 30 -T 2 2>/dev/null & P=$!
+        while :; do
+          sleep "${a1:-3}"; kill -USR1 "$P"
+          echo "NUBO-GUEST-MD $(timeout 5 wget -qO- http://169.254.169.254/latest/meta-data/instance-id 2>/dev/null || echo '<none>') uptime $(cut -d' ' -f1 /proc/uptime)"
+        done ) & ;;
     disk-watch) ( OLD=""
         while :; do
           NOW=$(for d in /sys/block/vd*; do [ -e "$d" ] && echo "${d##*/}:$(cat "$d/serial" 2>/dev/null)"; done)
@@ -175,7 +199,7 @@ if grep -q nubo.poweroff /proc/cmdline || echo "$UD" | grep -qx poweroff; then
 fi
 while :; do sleep 3600; done
 S
-chmod +x "$R/init" "$R/bin/udhcpc.script"
+chmod +x "$R/init" "$R/bin/udhcpc.script" "$R/bin/udhcpc.report"
 # Replaced atomically: other test runs may be booting the previous guest.
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) > "$OUT/initrd.gz.new"
 chmod 644 "$OUT/initrd.gz.new"
