@@ -30,10 +30,15 @@ use nubo_common::model::{
     OutgoingMigration, Port,
 };
 use nubo_common::{InstanceId, MigrationId, NodeName};
-use nubo_tests::vm_e2e::{guest_ip, RbdVmLab, VmLab};
+use nubo_tests::vm_e2e::{console_value, guest_ip, RbdVmLab, VmLab};
 use nubo_tests::wait_until;
 
 const BOOT: Duration = Duration::from_secs(180);
+
+/// The user data of a guest that migrates: its uptime every second, and
+/// the test guest's `tlb-churn`, without which QEMU 7.2's TCG loses guest
+/// writes during live migrations (docs/migration-hosts.md, "Limits").
+const MIGRATING_GUEST: &str = "uptime\ntlb-churn\n";
 
 fn create(lab: &VmLab, name: &str, host: u8, user_data: &str) -> (InstanceId, String) {
     lab.create_placed(name, host, user_data).unwrap()
@@ -315,7 +320,7 @@ fn over_budget_is_aborted(
 /// went on running, reachable at the same address.
 fn live_migration(lab: &VmLab, cidr: &str, block: bool, what: &str) -> InstanceId {
     lab.base_objects(128, cidr).unwrap();
-    let (m_id, m_node) = create(lab, "mig", 1, "uptime\n");
+    let (m_id, m_node) = create(lab, "mig", 1, MIGRATING_GUEST);
     let boot = lab
         .wait_console(&m_node, &m_id.to_string(), "NUBO-GUEST-METADATA: ", BOOT)
         .unwrap();
@@ -499,13 +504,23 @@ fn live_migration_on_rbd_keeps_the_guest_running() {
 /// `nubo server migrate --live --wait` end to end: the coordinator's
 /// migration (placement, orders, the leader's state machine and switch)
 /// driving both agents' libvirt migration of a TCG guest on a local disk
-/// (block migration), while another guest pings it every 10 ms.
+/// (block migration), while another guest pings it every 10 ms. On the
+/// destination: no reboot (its uptime goes on), the same MAC, the pings
+/// answered (same IP), and the guest renews its lease (a unicast renewal,
+/// answered by the destination's DHCP responder, none by the source's any
+/// more) and reads its metadata there.
+///
+/// (This test was flaky, 4 of 7 runs: the guest's memory came over stale
+/// from QEMU 7.2's TCG, see docs/migration-hosts.md "Limits"; the guest's
+/// `tlb-churn` works around it.)
 #[test]
-#[ignore = "passed 2 of 5 runs: the migration completes, but in 3 runs the guest's uptime line never showed on the destination's console within 60 s: under investigation; run with --ignored"]
 fn nubo_server_migrate_live_through_the_coordinator() {
     let mut lab = VmLab::start_without_agents(2).unwrap();
-    lab.start_agents(&["--migration-bandwidth".into(), BANDWIDTH_MIB_S.into()])
-        .unwrap();
+    lab.start_agents_logging(
+        &["--migration-bandwidth".into(), BANDWIDTH_MIB_S.into()],
+        Some("info,nubo_agent::agent=debug,nubo_dhcp=debug"),
+    )
+    .unwrap();
     let lab = &lab;
     lab.base_objects(128, "10.96.0.0/24").unwrap();
     // No zone (a migration stays in the requested zone, and each lab host
@@ -516,7 +531,7 @@ fn nubo_server_migrate_live_through_the_coordinator() {
         .create_server(
             "mig",
             None,
-            Some("uptime\n"),
+            Some(&format!("{MIGRATING_GUEST}renew 3\n")),
             &["--wait", "--timeout", "240"],
         )
         .unwrap();
@@ -544,6 +559,21 @@ fn nubo_server_migrate_live_through_the_coordinator() {
     .unwrap();
     let (seq_before, _) = fastping(&lab.agents[0].console(&p_id.to_string()), &m_ip.to_string());
     let up_before = uptimes(&lab.agents[0].console(&m_id.to_string()));
+    let dom = lab.domain_name(&m_id.to_string());
+    let mac = mac_of(lab, 0, &dom);
+    let dhcp_reply = "reply sent iface=";
+    let replies_to = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(dhcp_reply) && l.contains(&format!("mac={mac}")))
+            .count()
+    };
+    // Positive control: the source answered the guest (boot, renewals).
+    wait_until(
+        Duration::from_secs(30),
+        "the source renews the lease",
+        || Ok(replies_to(&lab.agents[0].log()) >= 2),
+    )
+    .unwrap();
     let load = load_average();
     let t = Instant::now();
     let out = lab
@@ -570,7 +600,7 @@ fn nubo_server_migrate_live_through_the_coordinator() {
 
     // No reboot, and the pinger's pings answered from the destination.
     let last_before = up_before.last().copied().unwrap_or(0.0);
-    wait_until(
+    let r = wait_until(
         Duration::from_secs(60),
         "uptime continues on the destination",
         || {
@@ -578,11 +608,52 @@ fn nubo_server_migrate_live_through_the_coordinator() {
                 .iter()
                 .any(|u| *u > last_before + 2.0))
         },
-    )
-    .unwrap();
+    );
+    if let Err(e) = r {
+        let p_console = lab.agents[0].console(&p_id.to_string());
+        panic!("{}", format!(
+            "{e} (last uptime on the source {last_before})\ndestination console ({} bytes, path {:?}):\n{}\npinger (seq before {seq_before}):\n{}\ndestination domain: {:?} {:?}\nsource domains: {:?}\ndestination agent:\n{}\nsource agent:\n{}\ncoordinator:\n{}",
+            lab.agents[1].console(&m_id.to_string()).len(),
+            lab.agents[1].console_path(&m_id.to_string()),
+            nubo_tests::process::tail(&lab.agents[1].console(&m_id.to_string()), 30),
+            nubo_tests::process::tail(&p_console, 15),
+            lab.libvirtds[1].virsh(&["domstate", "--reason", &dom]),
+            lab.libvirtds[1].virsh(&["dumpxml", &dom]).map(|x| x.lines().filter(|l| l.contains("source path") || l.contains("<log")).map(str::to_string).collect::<Vec<_>>()),
+            lab.libvirtds[0].domains(),
+            nubo_tests::process::tail(&lab.agents[1].log(), 60),
+            nubo_tests::process::tail(&lab.agents[0].log(), 40),
+            nubo_tests::process::tail(&lab.coordinator.log(), 40),
+        ) + &format!(
+            "\nqemu logs:\n{}\n{}",
+            std::fs::read_to_string(lab.dir.path().join(format!("libvirt-1/log/qemu/{dom}.log"))).unwrap_or_default(),
+            std::fs::read_to_string(lab.dir.path().join(format!("libvirt-2/log/qemu/{dom}.log"))).unwrap_or_default(),
+        ));
+    }
     assert!(!lab.agents[1]
         .console(&m_id.to_string())
         .contains("NUBO-GUEST: init"));
+    // Same MAC; on the destination the guest renews its lease (same IP)
+    // from the destination's DHCP responder, not the source's, and reads
+    // its metadata.
+    assert_eq!(mac_of(lab, 1, &dom), mac);
+    let src_replies = replies_to(&lab.agents[0].log());
+    let console = || lab.agents[1].console(&m_id.to_string());
+    wait_until(
+        Duration::from_secs(30),
+        "lease renewed and metadata read on the destination",
+        || {
+            let c = console();
+            Ok(c.contains(&format!("NUBO-GUEST-DHCP renew {m_ip} "))
+                && c.contains(&format!("NUBO-GUEST-MD {m_id} "))
+                && replies_to(&lab.agents[1].log()) >= 1)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\ndestination console:\n{}", console()));
+    assert_eq!(
+        replies_to(&lab.agents[0].log()),
+        src_replies,
+        "the source still answers the guest's DHCP"
+    );
     let max_gap = gaps_after_migration(lab, &p_id, &m_ip.to_string(), seq_before)
         .iter()
         .map(|(_, ms)| *ms)
@@ -592,4 +663,611 @@ fn nubo_server_migrate_live_through_the_coordinator() {
         "nubo server migrate --live --wait: {took:?} ({}), longest ping gap {max_gap} ms; load before: {load}",
         out.stdout.trim()
     );
+}
+
+/// Samples of [`Placement`]: when, and the hosts (indexes) where the
+/// domain ran.
+type Samples = std::sync::Arc<std::sync::Mutex<Vec<(Instant, Vec<usize>)>>>;
+
+/// Where a domain is, sampled on every host's libvirtd every 100 ms by a
+/// background thread: per sample, the hosts where it runs.
+struct Placement {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    samples: Samples,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Placement {
+    fn start(lab: &VmLab, dom: &str) -> Self {
+        let uris: Vec<String> = lab.libvirtds.iter().map(|l| l.uri().to_string()).collect();
+        let dom = dom.to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let samples = Samples::default();
+        let (s, v) = (stop.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let running: Vec<usize> = uris
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, uri)| {
+                        std::process::Command::new("virsh")
+                            .args(["-c", uri, "domstate", &dom])
+                            .output()
+                            .is_ok_and(|o| {
+                                o.status.success()
+                                    && String::from_utf8_lossy(&o.stdout).trim() == "running"
+                            })
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                v.lock().unwrap().push((t, running));
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+            }
+        });
+        Self {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    /// The samples since `from`.
+    fn since(&self, from: Instant) -> Vec<(Instant, Vec<usize>)> {
+        self.samples
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .cloned()
+            .collect()
+    }
+
+    /// Checks one episode (`from`..now, ended at `end`): the guest never
+    /// ran on two hosts at once, ran on `before` at the start, and on
+    /// exactly `after` in every sample from `end` on (at least 10: one
+    /// second). Returns how many samples the episode had.
+    fn check(&self, what: &str, from: Instant, end: Instant, before: usize, after: usize) -> usize {
+        wait_until(
+            Duration::from_secs(10),
+            "one second of samples after the end",
+            || Ok(self.since(end).len() >= 10),
+        )
+        .unwrap();
+        let s = self.since(from);
+        let twice: Vec<_> = s.iter().filter(|(_, r)| r.len() > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{what}: ran on two hosts at once: {twice:?}"
+        );
+        assert_eq!(
+            s[0].1,
+            vec![before],
+            "{what}: ran on host {} first",
+            before + 1
+        );
+        let after_end: Vec<_> = s.iter().filter(|(t, _)| *t >= end).collect();
+        assert!(
+            after_end.iter().all(|(_, r)| r == &vec![after]),
+            "{what}: not on exactly host {} after the end: {after_end:?}",
+            after + 1
+        );
+        let gaps = s.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+        // libvirtd answers slowly around the switch-over (its job's
+        // finish): a sample then takes longer.
+        assert!(
+            gaps < Duration::from_secs(10),
+            "{what}: sampling stalled ({gaps:?})"
+        );
+        let none = s.iter().filter(|(_, r)| r.is_empty()).count();
+        eprintln!(
+            "{what}: {} samples, {none} with the guest running nowhere (the switch-over), longest sampling gap {gaps:?}",
+            s.len()
+        );
+        s.len()
+    }
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `nubo server migration show` of `id` once its state is final.
+fn wait_final(lab: &VmLab, id: &str, timeout: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let r = wait_until(timeout, &format!("migration {id} final"), || {
+        let Ok(m) = lab.cli.json(&["server", "migration", "show", id]) else {
+            return Ok(false);
+        };
+        last = m;
+        Ok(matches!(
+            last["state"].as_str(),
+            Some("completed" | "aborted" | "failed")
+        ))
+    });
+    if let Err(e) = r {
+        panic!(
+            "{e}: {last}\ncoordinator:\n{}\nsource agent:\n{}\ndestination agent:\n{}",
+            nubo_tests::process::tail(&lab.coordinator.log(), 30),
+            nubo_tests::process::tail(&lab.agents[0].log(), 30),
+            nubo_tests::process::tail(&lab.agents[1].log(), 30)
+        );
+    }
+    last
+}
+
+/// Starts `nubo server migrate NAME --live --host DST` (no wait) and
+/// waits until the source's agent reports its libvirt job running.
+fn start_live_migration(lab: &VmLab, name: &str, dst: &str) -> String {
+    let m = lab
+        .cli
+        .json(&["server", "migrate", name, "--live", "--host", dst])
+        .unwrap();
+    let id = m["id"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(120), "the source's job running", || {
+        let m = lab.cli.json(&["server", "migration", "show", &id])?;
+        Ok(m["source_phase"] == "running")
+    })
+    .unwrap();
+    id
+}
+
+/// kill -9 of the destination's agent, then of the (only) coordinator,
+/// the leader, each in the middle of a live migration (the source's
+/// libvirt job running): both migrations end in a final state that says
+/// where the guest is, and, sampled on both libvirtds every 100 ms for the
+/// whole episode, the guest never runs on two hosts at once and runs on
+/// exactly one afterwards (the one the migration names).
+#[test]
+fn kill_9_of_the_destination_agent_or_the_leader_mid_migration_leaves_one_guest() {
+    let mut lab = VmLab::start_without_agents(2).unwrap();
+    lab.start_agents(&["--migration-bandwidth".into(), BANDWIDTH_MIB_S.into()])
+        .unwrap();
+    lab.base_objects(128, "10.97.0.0/24").unwrap();
+    let (h1, h2) = (
+        lab.agents[0].node().to_string(),
+        lab.agents[1].node().to_string(),
+    );
+    lab.cli.json(&["node", "disable", &h2]).unwrap();
+    let out = lab
+        .create_server(
+            "mig",
+            None,
+            Some(MIGRATING_GUEST),
+            &["--wait", "--timeout", "240"],
+        )
+        .unwrap();
+    lab.cli.json(&["node", "enable", &h2]).unwrap();
+    let id: InstanceId = nubo_tests::net_e2e::find_str(&out, "id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    lab.wait_console(&h1, &id.to_string(), "NUBO-GUEST-UPTIME ", BOOT)
+        .unwrap();
+    let dom = lab.domain_name(&id.to_string());
+    let placement = Placement::start(&lab, &dom);
+
+    // 1. The destination's agent dies mid-migration and comes back.
+    let t1 = Instant::now();
+    let m1 = start_live_migration(&lab, "mig", &h2);
+    lab.agents[1].kill9();
+    lab.agents[1].restart().unwrap();
+    let done = wait_final(&lab, &m1, Duration::from_secs(300));
+    let end1 = Instant::now();
+    eprintln!("destination agent killed: {done}");
+    let on = match done["state"].as_str() {
+        Some("completed") => 1,
+        _ => 0,
+    };
+    wait_until(Duration::from_secs(60), "the server's node", || {
+        Ok(lab.show("mig")?["node"] == [h1.as_str(), h2.as_str()][on])
+    })
+    .unwrap();
+    placement.check("destination agent killed", t1, end1, 0, on);
+    if on == 1 {
+        // The restarted agent took the guest as its own.
+        assert!(
+            lab.agents[1].current_log().contains("arrived by migration"),
+            "{}",
+            lab.agents[1].log_tail()
+        );
+    }
+
+    // 2. The leader dies mid-migration (back to where it came from) and
+    // a coordinator starts again: the new leader finishes the migration.
+    let (src, dst) = (on, 1 - on);
+    let t2 = Instant::now();
+    let m2 = start_live_migration(&lab, "mig", [h1.as_str(), h2.as_str()][dst]);
+    lab.coordinator.kill9();
+    lab.coordinator.restart().unwrap();
+    let done = wait_final(&lab, &m2, Duration::from_secs(300));
+    let end2 = Instant::now();
+    eprintln!("leader killed: {done}");
+    let on = if done["state"] == "completed" {
+        dst
+    } else {
+        src
+    };
+    wait_until(Duration::from_secs(60), "the server's node", || {
+        Ok(lab.show("mig")?["node"] == [h1.as_str(), h2.as_str()][on])
+    })
+    .unwrap();
+    placement.check("leader killed", t2, end2, src, on);
+    let console = lab.agents[on].console(&id.to_string());
+    assert!(
+        !console.contains("NUBO-GUEST: init"),
+        "rebooted:\n{console}"
+    );
+}
+
+/// Creates `names` on host 1 (host 2 disabled meanwhile) as migrating
+/// guests and waits until each prints its uptime; returns their ids.
+fn guests_on_host_1(lab: &VmLab, names: &[&str]) -> Vec<InstanceId> {
+    let h2 = lab.agents[1].node().to_string();
+    lab.cli.json(&["node", "disable", &h2]).unwrap();
+    let ids: Vec<InstanceId> = names
+        .iter()
+        .map(|n| {
+            let out = lab
+                .create_server(
+                    n,
+                    None,
+                    Some(MIGRATING_GUEST),
+                    &["--wait", "--timeout", "300"],
+                )
+                .unwrap();
+            nubo_tests::net_e2e::find_str(&out, "id")
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    lab.cli.json(&["node", "enable", &h2]).unwrap();
+    for id in &ids {
+        lab.wait_console(
+            lab.agents[0].node(),
+            &id.to_string(),
+            "NUBO-GUEST-UPTIME ",
+            BOOT,
+        )
+        .unwrap();
+    }
+    ids
+}
+
+/// Waits until the guest `id`'s uptime on host index `host`'s console
+/// passes `after` + 2 s, and checks it never booted there.
+fn uptime_goes_on(lab: &VmLab, host: usize, id: &InstanceId, after: f64) {
+    let console = || lab.agents[host].console(&id.to_string());
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{id}'s uptime goes on"),
+        || Ok(uptimes(&console()).iter().any(|u| *u > after + 2.0)),
+    )
+    .unwrap_or_else(|e| panic!("{e} (after {after})\nconsole:\n{}", console()));
+    let c = console();
+    assert!(!c.contains("NUBO-GUEST: init"), "{id} rebooted:\n{c}");
+    assert!(
+        uptimes(&c).iter().all(|u| *u >= after),
+        "{id}: uptime went back: {after} then {:?}",
+        uptimes(&c)
+    );
+}
+
+/// `nubo node drain NODE --live` moves 4 running guests to the other host,
+/// none rebooted (each one's uptime goes on on the destination's console),
+/// every one running there and gone from the drained host.
+#[test]
+fn live_drain_moves_four_guests_without_a_reboot() {
+    let mut lab = VmLab::start_without_agents(2).unwrap();
+    lab.start_agents(&["--migration-bandwidth".into(), BANDWIDTH_MIB_S.into()])
+        .unwrap();
+    lab.base_objects(128, "10.98.0.0/24").unwrap();
+    let (h1, h2) = (
+        lab.agents[0].node().to_string(),
+        lab.agents[1].node().to_string(),
+    );
+    let ids = guests_on_host_1(&lab, &["d1", "d2", "d3", "d4"]);
+    let before: Vec<f64> = ids
+        .iter()
+        .map(|id| {
+            uptimes(&lab.agents[0].console(&id.to_string()))
+                .last()
+                .copied()
+                .unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let load = load_average();
+    let out = lab.cli.json(&["node", "drain", &h1, "--live"]).unwrap();
+    let took = t.elapsed();
+    eprintln!("live drain of 4 guests: {took:?} (load before: {load}): {out}");
+    let rows = out.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{out}");
+    for r in rows {
+        assert_eq!(r["to_node"], h2.as_str(), "{out}");
+        assert!(r["error"].is_null(), "{out}");
+        assert!(r["migration_id"].is_string(), "{out}");
+    }
+    for (id, up) in ids.iter().zip(before) {
+        let shown = lab.show(&id.to_string()).unwrap();
+        assert_eq!(shown["node"], h2.as_str(), "{shown}");
+        let dom = lab.domain_name(&id.to_string());
+        let state = lab.libvirtds[1].virsh(&["domstate", &dom]).unwrap();
+        assert_eq!(state.trim(), "running", "{id} on host 2");
+        assert!(
+            !lab.libvirtds[0].domains().unwrap().contains(&dom),
+            "{id} still defined on the drained host"
+        );
+        uptime_goes_on(&lab, 1, id, up);
+    }
+}
+
+/// `server migrate NAME --live --host DST --wait`: the completed
+/// migration's JSON and the command's wall time.
+fn migrate_live_wait(lab: &VmLab, name: &str, dst: &str) -> (serde_json::Value, Duration) {
+    let t = Instant::now();
+    let out = lab
+        .cli
+        .run(&["server", "migrate", name, "--live", "--host", dst, "--wait"])
+        .unwrap();
+    let took = t.elapsed();
+    assert!(
+        out.success(),
+        "migrate {name}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let m = lab
+        .cli
+        .json(&["server", "migration", "list", "--server", name])
+        .unwrap();
+    let last = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|m| m["created_at"].as_str().unwrap_or_default().to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(last["state"], "completed", "{last}");
+    (last, took)
+}
+
+/// The live migration benchmark (docs/benchmarks.md, "Live migration"):
+/// a 128 MiB guest on a local disk (block migration; on an RBD root disk
+/// with `NUBO_BENCH_RBD=1`, which starts a Ceph cluster) live-migrated back
+/// and forth `NUBO_BENCH_MIGRATIONS` times (default 10) while a guest on
+/// host 1 pings it every 10 ms: downtime as QEMU reports it (libvirt's
+/// job statistics, `downtime_ms` of the migration) and as the longest ping
+/// gap after each move, p50/p99; then the total time of one live
+/// migration of a 512 MiB guest and of a live drain of 4 guests. The
+/// agents cap migrations at `NUBO_BENCH_MIGRATION_MIBS` MiB/s (default
+/// 16, as the other tests; 0: no cap).
+///
+///   cargo test -p nubo-tests --test migration_vm -- --ignored --exact \
+///     live_migration_benchmark --test-threads=1 --nocapture
+#[test]
+#[ignore = "benchmark: several minutes of TCG guests; run with --ignored"]
+fn live_migration_benchmark() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("NUBO_BENCH_MIGRATIONS", 10);
+    let cap = env("NUBO_BENCH_MIGRATION_MIBS", 16);
+    let extra: Vec<String> = if cap > 0 {
+        vec!["--migration-bandwidth".into(), cap.to_string()]
+    } else {
+        Vec::new()
+    };
+    let (rbd_lab, local_lab);
+    let (lab, disk) = if env("NUBO_BENCH_RBD", 0) == 1 {
+        rbd_lab = RbdVmLab::start_with(2, &extra)
+            .unwrap()
+            .expect("NUBO_BENCH_RBD=1 needs the Ceph packages");
+        (&rbd_lab.lab, "RBD root disk")
+    } else {
+        let mut l = VmLab::start_without_agents(2).unwrap();
+        l.start_agents(&extra).unwrap();
+        local_lab = l;
+        (&local_lab, "local disk, block migration")
+    };
+    lab.base_objects(128, "10.99.0.0/24").unwrap();
+    let hosts = [
+        lab.agents[0].node().to_string(),
+        lab.agents[1].node().to_string(),
+    ];
+    let m_id = guests_on_host_1(lab, &["bm"])[0];
+    let boot = lab
+        .wait_console(&hosts[0], &m_id.to_string(), "NUBO-GUEST-METADATA: ", BOOT)
+        .unwrap();
+    let m_ip = guest_ip(&boot).unwrap().to_string();
+    let (p_id, _) = create(lab, "pinger", 1, &format!("fastping {m_ip}\n"));
+    lab.wait_console(
+        &hosts[0],
+        &p_id.to_string(),
+        &format!("NUBO-GUEST-FASTPING {m_ip} seq 300"),
+        BOOT,
+    )
+    .unwrap();
+    let load_start = load_average();
+    let (mut qemu, mut gaps, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let dst = &hosts[usize::from(i % 2 == 0)];
+        let (seq_before, _) = fastping(&lab.agents[0].console(&p_id.to_string()), &m_ip);
+        let (m, took) = migrate_live_wait(lab, "bm", dst);
+        let downtime = Duration::from_millis(m["downtime_ms"].as_u64().unwrap());
+        let gap = gaps_after_migration(lab, &p_id, &m_ip, seq_before)
+            .iter()
+            .map(|(_, ms)| *ms)
+            .max()
+            .unwrap_or(10);
+        eprintln!(
+            "migration {}/{n} to {dst}: {took:?}, QEMU downtime {downtime:?}, longest ping gap {gap} ms; load {}",
+            i + 1,
+            load_average().trim()
+        );
+        qemu.push(downtime);
+        gaps.push(Duration::from_millis(gap));
+        totals.push(took);
+    }
+    let p = |v: &[Duration], q| nubo_tests::stats::percentile(v, q).as_millis();
+    eprintln!(
+        "BENCH live migration x{n} (cap {cap} MiB/s, {disk}): QEMU downtime p50 {} ms p99 {} ms; ping gap p50 {} ms p99 {} ms; migration p50 {} ms p99 {} ms; load at start {}, at end {}",
+        p(&qemu, 50.0),
+        p(&qemu, 99.0),
+        p(&gaps, 50.0),
+        p(&gaps, 99.0),
+        p(&totals, 50.0),
+        p(&totals, 99.0),
+        load_start.trim(),
+        load_average().trim()
+    );
+    // Back to host 1 and stop both: room for the next part.
+    if lab.show("bm").unwrap()["node"] != hosts[0].as_str() {
+        migrate_live_wait(lab, "bm", &hosts[0]);
+    }
+    for s in ["bm", "pinger"] {
+        lab.cli.json(&["server", "delete", s, "--wait"]).unwrap();
+    }
+
+    // One 512 MiB guest.
+    lab.cli
+        .json(&[
+            "flavor", "create", "t512", "--vcpus", "1", "--ram", "512", "--disk", "1",
+        ])
+        .unwrap();
+    // No zone (a migration stays in its zone; each lab host is its own):
+    // host 2 disabled meanwhile.
+    let mut args = lab
+        .server_create_args(
+            "big",
+            None,
+            Some(MIGRATING_GUEST),
+            &["--wait", "--timeout", "300"],
+        )
+        .unwrap();
+    let f = args.iter().position(|a| a == "--flavor").unwrap();
+    args[f + 1] = "t512".into();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.cli.json(&["node", "disable", &hosts[1]]).unwrap();
+    let big = lab.cli.json(&argv).unwrap();
+    lab.cli.json(&["node", "enable", &hosts[1]]).unwrap();
+    let big_id = nubo_tests::net_e2e::find_str(&big, "id").unwrap();
+    lab.wait_console(&hosts[0], &big_id, "NUBO-GUEST-UPTIME ", BOOT)
+        .unwrap();
+    let load = load_average();
+    let (m, took) = migrate_live_wait(lab, "big", &hosts[1]);
+    eprintln!(
+        "BENCH live migration of a 512 MiB guest: {took:?} (QEMU downtime {} ms, agent: {}); load before {}",
+        m["downtime_ms"],
+        m["detail"],
+        load.trim()
+    );
+    lab.cli
+        .json(&["server", "delete", "big", "--wait"])
+        .unwrap();
+
+    // A live drain of 4 guests.
+    let ids = guests_on_host_1(lab, &["d1", "d2", "d3", "d4"]);
+    let load = load_average();
+    let t = Instant::now();
+    let out = lab
+        .cli
+        .json(&["node", "drain", &hosts[0], "--live"])
+        .unwrap();
+    let took = t.elapsed();
+    let rows = out.as_array().unwrap();
+    assert_eq!(rows.len(), ids.len(), "{out}");
+    assert!(
+        rows.iter().all(|r| r["to_node"] == hosts[1].as_str()),
+        "{out}"
+    );
+    let downtimes: Vec<String> = rows.iter().map(|r| r["downtime_ms"].to_string()).collect();
+    eprintln!(
+        "BENCH live drain of 4 guests: {took:?} (QEMU downtimes {downtimes:?} ms); load before {}",
+        load.trim()
+    );
+}
+
+/// Cold migration (`nubo server migrate NAME`, no `--live`) of a guest on
+/// an RBD root disk: stopped on host 1, started on host 2 with the same
+/// IP (its DHCP lease there) and MAC, and the same disk (the marker it
+/// wrote on its first boot is found, not written again).
+#[test]
+#[ignore = "starts a Ceph cluster; run with --ignored"]
+fn cold_migration_on_rbd_keeps_ip_mac_and_disk() {
+    let Some(rbd) = RbdVmLab::start_with(2, &[]).unwrap() else {
+        return;
+    };
+    let lab = &rbd.lab;
+    lab.base_objects(128, "10.93.0.0/24").unwrap();
+    let h2 = lab.agents[1].node().to_string();
+    lab.cli.json(&["node", "disable", &h2]).unwrap();
+    let out = lab
+        .create_server(
+            "cold",
+            None,
+            Some("disk-mark vda nubo-cold-marker\n"),
+            &["--wait", "--timeout", "300"],
+        )
+        .unwrap();
+    lab.cli.json(&["node", "enable", &h2]).unwrap();
+    let id = nubo_tests::net_e2e::find_str(&out, "id").unwrap();
+    let c1 = lab
+        .wait_console(
+            lab.agents[0].node(),
+            &id,
+            "NUBO-GUEST-DISK-WRITE vda ok ",
+            BOOT,
+        )
+        .unwrap();
+    let marker = console_value(&c1, "NUBO-GUEST-DISK-WRITE vda ok ").unwrap();
+    let ip = guest_ip(&c1).unwrap();
+    let dom = lab.domain_name(&id);
+    let mac = mac_of(lab, 0, &dom);
+    let t = Instant::now();
+    let out = lab
+        .cli
+        .run(&["server", "migrate", "cold", "--host", &h2, "--wait"])
+        .unwrap();
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    let shown = lab.show("cold").unwrap();
+    assert_eq!(shown["node"], h2.as_str(), "{shown}");
+    let c2 = lab
+        .wait_console(&h2, &id, "NUBO-GUEST-DISK-READ vda ", BOOT)
+        .unwrap();
+    eprintln!(
+        "cold migration: {:?} until the guest read its disk on host 2",
+        t.elapsed()
+    );
+    assert!(
+        c2.contains("NUBO-GUEST: init"),
+        "started again on host 2:\n{c2}"
+    );
+    assert_eq!(
+        console_value(&c2, "NUBO-GUEST-DISK-READ vda ").as_deref(),
+        Some(marker.as_str()),
+        "the same root disk:\n{c2}"
+    );
+    assert!(
+        !c2.contains("NUBO-GUEST-DISK-WRITE"),
+        "marker written again:\n{c2}"
+    );
+    assert_eq!(guest_ip(&c2), Some(ip), "same IP:\n{c2}");
+    assert_eq!(mac_of(lab, 1, &dom), mac);
+    assert!(!lab.libvirtds[0].domains().unwrap().contains(&dom));
+    let m = lab
+        .cli
+        .json(&["server", "migration", "list", "--server", "cold"])
+        .unwrap();
+    assert!(m.to_string().contains("\"mode\":\"cold\""), "{m}");
+    assert!(m.to_string().contains("completed"), "{m}");
 }
