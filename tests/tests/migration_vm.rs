@@ -890,10 +890,12 @@ fn start_live_migration(lab: &VmLab, name: &str, dst: &str) -> String {
 
 /// kill -9 of the destination's agent, then of the (only) coordinator,
 /// the leader, each in the middle of a live migration (the source's
-/// libvirt job running): both migrations end in a final state that says
-/// where the guest is, and, sampled on both libvirtds every 100 ms for the
-/// whole episode, the guest never runs on two hosts at once and runs on
-/// exactly one afterwards (the one the migration names).
+/// libvirt job running), then of the leader again followed by an abort as
+/// soon as a coordinator answers: every migration ends in a final state
+/// that says where the guest is (completed, or aborted and rolled back),
+/// and, sampled on both libvirtds every 100 ms for the whole episode, the
+/// guest never runs on two hosts at once and runs on exactly one
+/// afterwards (the one the migration names), without a reboot.
 #[test]
 fn kill_9_of_the_destination_agent_or_the_leader_mid_migration_leaves_one_guest() {
     let (mut lab, [h1, h2]) = capped_lab("10.97.0.0/24", None);
@@ -952,6 +954,34 @@ fn kill_9_of_the_destination_agent_or_the_leader_mid_migration_leaves_one_guest(
         !console.contains("NUBO-GUEST: init"),
         "rebooted:\n{console}"
     );
+
+    // 3. The leader dies mid-migration and the operator aborts it as soon
+    // as a coordinator answers: the new leader rolls it back (the guest
+    // stays; or completes it, if the source had finished first).
+    let (src, dst) = (on, 1 - on);
+    let up = uptimes(&lab.agents[src].console(&id.to_string()))
+        .last()
+        .copied()
+        .unwrap();
+    let t3 = Instant::now();
+    let m3 = start_live_migration(&lab, "mig", [h1.as_str(), h2.as_str()][dst]);
+    lab.coordinator.kill9();
+    lab.coordinator.restart().unwrap();
+    let aborted = lab.cli.json(&["server", "migration", "abort", &m3]);
+    let done = wait_final(&lab, &m3, Duration::from_secs(300));
+    let end3 = Instant::now();
+    eprintln!("leader killed, then abort ({aborted:?}): {done}");
+    let on = match done["state"].as_str() {
+        Some("completed") => dst,
+        Some("aborted") => src,
+        other => panic!("{other:?}: {done}"),
+    };
+    wait_until(Duration::from_secs(60), "the server's node", || {
+        Ok(lab.show("mig")?["node"] == [h1.as_str(), h2.as_str()][on])
+    })
+    .unwrap();
+    placement.check("leader killed, then abort", t3, end3, src, on);
+    uptime_goes_on(&lab, on, &id, up);
 }
 
 /// Creates `names` on host 1 (host 2 disabled meanwhile) as migrating
