@@ -39,11 +39,15 @@ use crate::reconciler::{Subsystem, SubsystemError};
 
 use crate::state::desired::DesiredNode;
 
+/// How often a running job's order is read for an abort
+/// ([`follow_abort`]).
+const ABORT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One migration job of this node (source side).
 #[derive(Debug)]
 struct Job {
     migration: MigrationId,
-    abort: watch::Sender<bool>,
+    abort: Arc<watch::Sender<bool>>,
     abort_sent: bool,
     finished: bool,
 }
@@ -407,6 +411,14 @@ impl Subsystem for Migrations {
                         destination_ip,
                     };
                     let (abort, abort_rx) = watch::channel(o.order.abort);
+                    let abort = Arc::new(abort);
+                    tokio::spawn(follow_abort(
+                        self.etcd.clone(),
+                        self.node.clone(),
+                        id,
+                        migration,
+                        abort.clone(),
+                    ));
                     self.jobs().insert(
                         id,
                         Job {
@@ -476,6 +488,42 @@ fn announce_services(desired: &DesiredNode, id: InstanceId) {
                 warn!(instance = %id, tap = %port.tap, error = %e, "could not announce the metadata address to the arrived guest")
             }
         }
+    }
+}
+
+/// Reads this node's order for `id` every [`ABORT_POLL`] while its job
+/// runs and signals the job as soon as the order asks for an abort. The
+/// reconcile pass carries the abort too ([`MigrationAction::Abort`]), but
+/// a pass can take seconds while libvirt is busy with the migration (it
+/// answered a domain's state in up to 2 s, and a pass asks for the
+/// domains several times): long enough for the guest to be gone before
+/// the operator's abort arrived.
+async fn follow_abort(
+    etcd: Etcd,
+    node: NodeName,
+    id: InstanceId,
+    migration: MigrationId,
+    abort: Arc<watch::Sender<bool>>,
+) {
+    let key = keys::node_outgoing(&node, &id);
+    // Ends with the job (it drops the receiver) or once signalled.
+    while !abort.is_closed() && !*abort.borrow() {
+        match etcd.get_kv(&key).await {
+            Ok(Some(kv)) => {
+                let asked = model::decode::<model::OutgoingMigration>(&key, kv.value())
+                    .is_ok_and(|o| o.migration == migration && o.abort);
+                if asked {
+                    info!(instance = %id, %migration, "abort requested (read from the order)");
+                    let _ = abort.send(true);
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(instance = %id, %migration, error = %e, "could not read the migration order")
+            }
+        }
+        tokio::time::sleep(ABORT_POLL).await;
     }
 }
 
