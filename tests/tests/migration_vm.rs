@@ -890,9 +890,9 @@ fn start_live_migration(lab: &VmLab, name: &str, dst: &str) -> String {
 
 /// kill -9 of the destination's agent, then of the (only) coordinator,
 /// the leader, each in the middle of a live migration (the source's
-/// libvirt job running), then of the leader again followed by an abort as
-/// soon as a coordinator answers: every migration ends in a final state
-/// that says where the guest is (completed, or aborted and rolled back),
+/// libvirt job running), then of the leader again right after an
+/// operator's abort: every migration ends in a final state that says
+/// where the guest is (completed twice, then aborted and rolled back),
 /// and, sampled on both libvirtds every 100 ms for the whole episode, the
 /// guest never runs on two hosts at once and runs on exactly one
 /// afterwards (the one the migration names), without a reboot.
@@ -955,33 +955,46 @@ fn kill_9_of_the_destination_agent_or_the_leader_mid_migration_leaves_one_guest(
         "rebooted:\n{console}"
     );
 
-    // 3. The leader dies mid-migration and the operator aborts it as soon
-    // as a coordinator answers: the new leader rolls it back (the guest
-    // stays; or completes it, if the source had finished first).
+    // 3. The operator aborts a migration and the leader dies right after:
+    // the new leader resumes the abort and rolls it back (the guest stays
+    // where it was).
     let (src, dst) = (on, 1 - on);
-    let up = uptimes(&lab.agents[src].console(&id.to_string()))
-        .last()
-        .copied()
-        .unwrap();
+    let src_console = lab.agents[src].console(&id.to_string());
+    let up = uptimes(&src_console).last().copied().unwrap();
     let t3 = Instant::now();
     let m3 = start_live_migration(&lab, "mig", [h1.as_str(), h2.as_str()][dst]);
+    let aborting = lab
+        .cli
+        .json(&["server", "migration", "abort", &m3])
+        .unwrap();
     lab.coordinator.kill9();
+    assert_eq!(aborting["state"], "aborting", "{aborting}");
     lab.coordinator.restart().unwrap();
-    let aborted = lab.cli.json(&["server", "migration", "abort", &m3]);
     let done = wait_final(&lab, &m3, Duration::from_secs(300));
     let end3 = Instant::now();
-    eprintln!("leader killed, then abort ({aborted:?}): {done}");
-    let on = match done["state"].as_str() {
-        Some("completed") => dst,
-        Some("aborted") => src,
-        other => panic!("{other:?}: {done}"),
-    };
+    eprintln!("abort, then the leader killed: {done}");
+    assert_eq!(
+        done["state"],
+        "aborted",
+        "rolled back: {done}\ncoordinator:\n{}\nsource agent:\n{}",
+        nubo_tests::process::tail(&lab.coordinator.log(), 40),
+        nubo_tests::process::tail(&lab.agents[src].log(), 40)
+    );
+    let on = src;
     wait_until(Duration::from_secs(60), "the server's node", || {
         Ok(lab.show("mig")?["node"] == [h1.as_str(), h2.as_str()][on])
     })
     .unwrap();
-    placement.check("leader killed, then abort", t3, end3, src, on);
-    uptime_goes_on(&lab, on, &id, up);
+    placement.check("abort, then the leader killed", t3, end3, src, on);
+    // The destination's preparation undone.
+    wait_until(
+        Duration::from_secs(60),
+        "the destination undoes its preparation",
+        || Ok(!lab.libvirtds[dst].domains()?.contains(&dom)),
+    )
+    .unwrap();
+    // The guest stayed: its console goes on from where it was.
+    uptime_goes_on(&lab, on, &id, up, src_console.len());
 }
 
 /// Creates `names` on host 1 (host 2 disabled meanwhile) as migrating
@@ -1020,9 +1033,13 @@ fn guests_on_host_1(lab: &VmLab, names: &[&str]) -> Vec<InstanceId> {
 }
 
 /// Waits until the guest `id`'s uptime on host index `host`'s console
-/// passes `after` + 2 s, and checks it never booted there.
-fn uptime_goes_on(lab: &VmLab, host: usize, id: &InstanceId, after: f64) {
-    let console = || lab.agents[host].console(&id.to_string());
+/// (from byte `from` on: 0 for a guest that arrived there) passes `after`
+/// + 2 s, and checks it did not boot again nor go back meanwhile.
+fn uptime_goes_on(lab: &VmLab, host: usize, id: &InstanceId, after: f64, from: usize) {
+    let console = || {
+        let c = lab.agents[host].console(&id.to_string());
+        c.get(from..).unwrap_or_default().to_string()
+    };
     wait_until(
         Duration::from_secs(60),
         &format!("{id}'s uptime goes on"),
@@ -1076,7 +1093,7 @@ fn live_drain_moves_four_guests_without_a_reboot() {
             !lab.libvirtds[0].domains().unwrap().contains(&dom),
             "{id} still defined on the drained host"
         );
-        uptime_goes_on(&lab, 1, id, up);
+        uptime_goes_on(&lab, 1, id, up, 0);
     }
 }
 
