@@ -513,6 +513,17 @@ impl Secret {
             .into_owned())
     }
 
+    /// Its usage ID (for a Ceph secret, the name it is looked up by).
+    pub(crate) fn usage_id(&self) -> Result<String, VirError> {
+        // SAFETY: valid secret; the string belongs to the secret object.
+        let p = unsafe { sys::virSecretGetUsageID(self.0.as_ptr()) };
+        if p.is_null() {
+            return Err(VirError::last());
+        }
+        // SAFETY: non-null and NUL-terminated, alive while `self` is.
+        Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
     /// Stores the secret's value.
     pub(crate) fn set_value(&self, value: &[u8]) -> Result<(), VirError> {
         // SAFETY: valid secret; `value` is readable for its length.
@@ -539,6 +550,24 @@ impl Conn {
                 c.as_ptr(),
             )
         };
+        match NonNull::new(p) {
+            Some(s) => Ok(Some(Secret(s))),
+            None => {
+                let e = VirError::last();
+                if e.is(sys::VIR_ERR_NO_SECRET) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// The secret with UUID `uuid`, if defined.
+    pub(crate) fn secret_by_uuid(&self, uuid: &str) -> Result<Option<Secret>, VirError> {
+        let c = CString::new(uuid).map_err(|_| input_error("secret UUID"))?;
+        // SAFETY: valid connection and string.
+        let p = unsafe { sys::virSecretLookupByUUIDString(self.as_ptr(), c.as_ptr()) };
         match NonNull::new(p) {
             Some(s) => Ok(Some(Secret(s))),
             None => {
