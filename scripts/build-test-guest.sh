@@ -19,6 +19,11 @@
 #                              that is not 1 MiB of PATTERN yet, writes it as disk-write does
 #                              (NUBO-GUEST-DISK-WRITE SERIAL ok SHA256): the marker of a disk
 #                              that must survive (a later boot finds it and writes nothing)
+#   disk-marks SERIAL SECONDS  every SECONDS reads the word at the start of the disk (O_DIRECT)
+#                              and prints NUBO-GUEST-DISK-MARK SERIAL read WORD, then writes
+#                              m<uptime in cs> there (O_DIRECT, fsync) and prints
+#                              NUBO-GUEST-DISK-MARK SERIAL wrote WORD|fail (each read finds the
+#                              word written before: a volume that moved with a migrating guest)
 # Liveness lines (live migration):
 #   fastping IP                pings IP every 10 ms; prints NUBO-GUEST-FASTPING IP seq N every
 #                              100th reply and NUBO-GUEST-FASTPING IP gap MS after-seq N when
@@ -166,6 +171,16 @@ echo "$UD" | while read -r cmd a1 a2; do
         fi ) & ;;
     disk-read) ( D=$(wait_disk "$a1")
         echo "NUBO-GUEST-DISK-READ $a1 $(dd if="$D" bs=65536 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)" ) & ;;
+    disk-marks) ( D=$(wait_disk "$a1")
+        while :; do
+          echo "NUBO-GUEST-DISK-MARK $a1 read $(dd if="$D" bs=4096 count=1 iflag=direct 2>/dev/null | tr -d '\000' | head -n 1)"
+          W="m$(cs)"
+          { printf '%s\n' "$W"; dd if=/dev/zero bs=4096 count=1 2>/dev/null; } | head -c 4096 > /tmp/mark.$a1
+          if dd if=/tmp/mark.$a1 of="$D" bs=4096 count=1 oflag=direct conv=fsync 2>/dev/null; then
+            echo "NUBO-GUEST-DISK-MARK $a1 wrote $W"
+          else echo "NUBO-GUEST-DISK-MARK $a1 wrote fail"; fi
+          sleep "${a2:-2}"
+        done ) & ;;
     disk-iops) ( D=$(wait_disk "$a1"); N=0; T0=$(cs); END=$((T0 + ${a2:-5} * 100))
         while [ "$(cs)" -lt "$END" ]; do
           dd if=/dev/zero of="$D" bs=4096 count=20 seek=$((N % 20000)) oflag=direct 2>/dev/null || break
