@@ -17,7 +17,8 @@
 //! --live --wait` end to end (DHCP renewal and metadata on the
 //! destination), kill -9 of the destination's agent and of the leader
 //! mid-migration (the guest on exactly one host, sampled every 100 ms),
-//! `node drain --live` of 4 guests, cold migration on RBD (ignored) and the
+//! `node drain --live` of 4 guests, live then cold migration on RBD of a guest
+//! with an attached volume (ignored) and the
 //! live migration benchmark (ignored, docs/benchmarks.md). Every migrating
 //! guest runs the test guest's `tlb-churn` (QEMU 7.2's TCG loses guest
 //! writes during migrations otherwise: docs/migration-hosts.md, "Limits").
@@ -1268,77 +1269,297 @@ fn live_migration_benchmark() {
     );
 }
 
-/// Cold migration (`nubo server migrate NAME`, no `--live`) of a guest on
-/// an RBD root disk: stopped on host 1, started on host 2 with the same
-/// IP (its DHCP lease there) and MAC, and the same disk (the marker it
-/// wrote on its first boot is found, not written again).
+/// The `NUBO-GUEST-DISK-MARK SERIAL read|wrote WORD` lines of the test
+/// guest's `disk-marks` in `console`, each with the byte offset of its
+/// line.
+fn disk_marks(console: &str, serial: &str) -> Vec<(usize, bool, String)> {
+    let tag = format!("NUBO-GUEST-DISK-MARK {serial} ");
+    let mut out = Vec::new();
+    let mut at = 0;
+    for line in console.split_inclusive('\n') {
+        if let Some(rest) = line.find(&tag).map(|i| &line[i + tag.len()..]) {
+            let mut w = rest.split_whitespace();
+            let op = w.next().unwrap_or_default();
+            let word = w.next().unwrap_or_default().to_string();
+            if op == "read" || op == "wrote" {
+                out.push((at, op == "wrote", word));
+            }
+        }
+        at += line.len();
+    }
+    out
+}
+
+/// Checks that every read of `marks` (after the first write) finds the
+/// word written just before it, and that no write failed. Returns the
+/// number of reads checked.
+fn marks_continue(marks: &[(usize, bool, String)], what: &str) -> usize {
+    let mut last: Option<&str> = None;
+    let mut checked = 0;
+    for (_, wrote, word) in marks {
+        if *wrote {
+            assert_ne!(word, "fail", "{what}: a write failed: {marks:?}");
+            last = Some(word);
+        } else if let Some(w) = last {
+            assert_eq!(word, w, "{what}: read another word than written: {marks:?}");
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// The centiseconds of uptime in a `disk-marks` word (`m<cs>`).
+fn mark_cs(word: &str) -> Option<u64> {
+    word.strip_prefix('m')?.parse().ok()
+}
+
+/// Waits until the guest's `disk-marks` of `serial` on the console
+/// `after` (of the host it moved to) read twice and wrote once, and checks
+/// them: each read finds the word written just before it there, and the
+/// first read, when it comes before the first write there, finds a word
+/// written on the host it left (`before`, that host's console read before
+/// the move: the word is at least as recent as the last one seen written
+/// there). Returns that first cross-host read's word (`None`: the move
+/// fell between a read and its write, logged).
+fn marks_after_move(
+    before: &str,
+    after: impl Fn() -> String,
+    serial: &str,
+    what: &str,
+) -> Option<String> {
+    let last_before = disk_marks(before, serial)
+        .iter()
+        .rfind(|m| m.1)
+        .and_then(|m| mark_cs(&m.2))
+        .unwrap_or_else(|| panic!("{what}: no word written before the move:\n{before}"));
+    wait_until(
+        Duration::from_secs(90),
+        &format!("{what}: the guest uses its volume after the move"),
+        || {
+            let m = disk_marks(&after(), serial);
+            Ok(m.iter().filter(|m| !m.1).count() >= 2 && m.iter().any(|m| m.1))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", after()));
+    let marks = disk_marks(&after(), serial);
+    assert!(marks_continue(&marks, what) >= 1, "{what}: {marks:?}");
+    match marks.first() {
+        Some((_, false, word)) => {
+            let cs =
+                mark_cs(word).unwrap_or_else(|| panic!("{what}: read {word:?} first: {marks:?}"));
+            assert!(
+                cs >= last_before,
+                "{what}: read m{cs}, older than m{last_before} written before the move"
+            );
+            Some(word.clone())
+        }
+        _ => {
+            eprintln!("{what}: the move fell between a read and its write: {marks:?}");
+            None
+        }
+    }
+}
+
+/// The RBD exclusive lock of `image`: (locker, its address) once exactly
+/// one client watches the image and it holds the lock.
+fn sole_lock_holder(ceph: &nubo_storage::testing::TestCluster, image: &str) -> (String, String) {
+    let rbd = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        Ok(serde_json::from_str(&ceph.cli("rbd", &a)?)?)
+    };
+    let mut seen = String::new();
+    let mut holder = (String::new(), String::new());
+    wait_until(
+        Duration::from_secs(90),
+        "one RBD watcher holding the lock",
+        || {
+            let (locks, status) = (rbd(&["lock", "ls", image])?, rbd(&["status", image])?);
+            seen = format!("{locks} {status}");
+            let watchers = status["watchers"].as_array().cloned().unwrap_or_default();
+            let lock = locks.as_array().and_then(|l| l.first()).cloned();
+            let (Some(lock), [w]) = (lock, watchers.as_slice()) else {
+                return Ok(false);
+            };
+            holder = (
+                lock["locker"].as_str().unwrap_or_default().to_string(),
+                lock["address"].as_str().unwrap_or_default().to_string(),
+            );
+            Ok(w["address"].as_str() == Some(holder.1.as_str()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {seen}"));
+    holder
+}
+
+/// A guest on an RBD root disk with an attached 1 GiB Ceph volume
+/// (`nubo volume attach`) moves with it (issue 16, point 3):
+/// - live (`nubo server migrate NAME --live --wait`): the destination's
+///   definition carries the volume's disk (same serial, device, PCI
+///   address, the destination's libvirt secret); the guest, not rebooted,
+///   goes on reading on the destination the word it wrote last on the
+///   source and writing new ones (its `disk-marks` loop, on the volume by
+///   its serial); it sees no unplug nor plug (its `disk-watch`), the
+///   destination's agent neither attaches nor detaches it; `nubo volume
+///   show` says in-use, attached to the server; the destination's status
+///   reports the volume; the volume's exclusive lock is held by the one
+///   client left, another than before (the source has no domain left);
+/// - cold, back (`nubo server migrate NAME --host H1 --wait`): stopped on
+///   host 2, started on host 1 with the same IP (its DHCP lease there),
+///   MAC, root disk (the marker it wrote on its first boot is found, not
+///   written again) and volume (the guest reads the word it wrote last on
+///   host 2).
 #[test]
 #[ignore = "starts a Ceph cluster; run with --ignored"]
-fn cold_migration_on_rbd_keeps_ip_mac_and_disk() {
-    let Some(rbd) = RbdVmLab::start_with(2, &[]).unwrap() else {
+fn live_then_cold_migration_on_rbd_carries_the_volume() {
+    let extra = ["--migration-bandwidth".to_string(), BANDWIDTH_MIB_S.into()];
+    let Some(rbd) = RbdVmLab::start_with(2, &extra).unwrap() else {
         return;
     };
     let lab = &rbd.lab;
+    let ceph = &rbd.storage.ceph;
     lab.base_objects(128, "10.93.0.0/24").unwrap();
-    let h2 = lab.agents[1].node().to_string();
+    let (h1, h2) = (
+        lab.agents[0].node().to_string(),
+        lab.agents[1].node().to_string(),
+    );
+    let v = lab
+        .cli
+        .json(&["volume", "create", "data", "--size", "1G"])
+        .unwrap();
+    let vol: nubo_common::VolumeId = v["id"].as_str().unwrap().parse().unwrap();
+    let serial = model::volume_serial(&vol);
+    let image = format!("volumes/vol-{vol}");
     lab.cli.json(&["node", "disable", &h2]).unwrap();
     let out = lab
         .create_server(
-            "cold",
+            "mv",
             None,
-            Some("disk-mark vda nubo-cold-marker\n"),
+            Some(&format!(
+                "{MIGRATING_GUEST}disk-watch\ndisk-mark vda nubo-cold-marker\ndisk-marks {serial} 2\n"
+            )),
             &["--wait", "--timeout", "300"],
         )
         .unwrap();
     lab.cli.json(&["node", "enable", &h2]).unwrap();
-    let id = nubo_tests::net_e2e::find_str(&out, "id").unwrap();
-    let c1 = lab
-        .wait_console(
-            lab.agents[0].node(),
-            &id,
-            "NUBO-GUEST-DISK-WRITE vda ok ",
-            BOOT,
-        )
+    let id: InstanceId = nubo_tests::net_e2e::find_str(&out, "id")
+        .unwrap()
+        .parse()
         .unwrap();
-    let marker = console_value(&c1, "NUBO-GUEST-DISK-WRITE vda ok ").unwrap();
+    let sid = id.to_string();
+    let c1 = lab
+        .wait_console(&h1, &sid, "NUBO-GUEST-DISK-WRITE vda ok ", BOOT)
+        .unwrap();
+    let root_marker = console_value(&c1, "NUBO-GUEST-DISK-WRITE vda ok ").unwrap();
     let ip = guest_ip(&c1).unwrap();
-    let dom = lab.domain_name(&id);
+    let dom = lab.domain_name(&sid);
     let mac = mac_of(lab, 0, &dom);
+
+    // Attached while it runs on host 1; the guest reads back what it wrote.
+    let a = lab.cli.json(&["volume", "attach", "data", "mv"]).unwrap();
+    assert_eq!(a["status"], "in-use", "{a}");
+    wait_until(
+        Duration::from_secs(120),
+        "the guest uses its volume",
+        || Ok(marks_continue(&disk_marks(&lab.agents[0].console(&sid), &serial), "host 1") >= 2),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.agents[0].console(&sid)));
+    let (locker_before, _) = sole_lock_holder(ceph, &image);
+
+    // Live to host 2.
+    // (The source's console log goes with the guest: read it before.)
+    let before = lab.agents[0].console(&sid);
+    let up_before = uptimes(&before);
+    let load = load_average();
+    let (migration, took) = migrate_live_wait(lab, "mv", &h2);
+    eprintln!("live migration with a volume: {took:?} ({migration}); load before: {load}");
+    let shown = lab.show("mv").unwrap();
+    assert_eq!(shown["node"], h2.as_str(), "{shown}");
+    uptime_goes_on(lab, 1, &id, up_before.last().copied().unwrap_or(0.0), 0);
+    assert!(!lab.libvirtds[0].domains().unwrap().contains(&dom));
+    // The destination reads what was written and writes on.
+    let crossed = marks_after_move(&before, || lab.agents[1].console(&sid), &serial, "live");
+    eprintln!("live: host 2 read first {crossed:?}");
+    let dst_console = lab.agents[1].console(&sid);
+    assert!(
+        !dst_console.contains("NUBO-GUEST-DISK-REMOVED")
+            && !dst_console.contains("NUBO-GUEST-DISK-ADDED"),
+        "the guest saw its disks change:\n{dst_console}"
+    );
+    let dst_log = lab.agents[1].log();
+    assert!(
+        !dst_log.contains("volume attached") && !dst_log.contains("volume detach requested"),
+        "the destination's agent re-plugged the volume:\n{}",
+        nubo_tests::process::tail(&dst_log, 40)
+    );
+    // Positive control of the agent's log check: it logged the plug on host 1.
+    assert!(lab.agents[0].log().contains("volume attached"));
+    let shown = lab.cli.json(&["volume", "show", "data"]).unwrap();
+    assert_eq!(shown["status"], "in-use", "{shown}");
+    assert_eq!(shown["attached_to"], sid.as_str(), "{shown}");
+    wait_until(Duration::from_secs(30), "host 2 reports the volume", || {
+        let st = lab
+            .etcd
+            .get(&keys::instance_status(&NodeName::new(&h2).unwrap(), &id))?;
+        Ok(st
+            .and_then(|b| serde_json::from_slice::<model::InstanceStatus>(&b).ok())
+            .is_some_and(|s| s.volumes == vec![vol]))
+    })
+    .unwrap();
+    let (locker_after, addr) = sole_lock_holder(ceph, &image);
+    assert_ne!(locker_after, locker_before, "the lock did not change hands");
+    eprintln!(
+        "exclusive lock of {image}: {locker_before} on host 1, then {locker_after} ({addr}), host 2's QEMU pid {:?}",
+        lab.libvirtds[1].qemu_pid(&dom)
+    );
+
+    // Cold, back to host 1.
+    let before = lab.agents[1].console(&sid);
     let t = Instant::now();
     let out = lab
         .cli
-        .run(&["server", "migrate", "cold", "--host", &h2, "--wait"])
+        .run(&["server", "migrate", "mv", "--host", &h1, "--wait"])
         .unwrap();
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
-    let shown = lab.show("cold").unwrap();
-    assert_eq!(shown["node"], h2.as_str(), "{shown}");
-    let c2 = lab
-        .wait_console(&h2, &id, "NUBO-GUEST-DISK-READ vda ", BOOT)
-        .unwrap();
+    let shown = lab.show("mv").unwrap();
+    assert_eq!(shown["node"], h1.as_str(), "{shown}");
+    let last_boot = || {
+        let c = lab.agents[0].console(&sid);
+        let at = c.rfind("NUBO-GUEST: init").unwrap_or(c.len());
+        c[at..].to_string()
+    };
+    wait_until(
+        BOOT,
+        "the guest booted on host 1 and read its root disk",
+        || Ok(last_boot().contains("NUBO-GUEST-DISK-READ vda ")),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", last_boot()));
+    let crossed = marks_after_move(&before, last_boot, &serial, "cold");
+    assert!(crossed.is_some(), "a booted guest reads first");
     eprintln!(
-        "cold migration: {:?} until the guest read its disk on host 2",
+        "cold migration: {:?} until the guest used its disks on host 1",
         t.elapsed()
     );
-    assert!(
-        c2.contains("NUBO-GUEST: init"),
-        "started again on host 2:\n{c2}"
-    );
+    let c = last_boot();
     assert_eq!(
-        console_value(&c2, "NUBO-GUEST-DISK-READ vda ").as_deref(),
-        Some(marker.as_str()),
-        "the same root disk:\n{c2}"
+        console_value(&c, "NUBO-GUEST-DISK-READ vda ").as_deref(),
+        Some(root_marker.as_str()),
+        "the same root disk:\n{c}"
     );
     assert!(
-        !c2.contains("NUBO-GUEST-DISK-WRITE"),
-        "marker written again:\n{c2}"
+        !c.contains("NUBO-GUEST-DISK-WRITE"),
+        "marker written again:\n{c}"
     );
-    assert_eq!(guest_ip(&c2), Some(ip), "same IP:\n{c2}");
-    assert_eq!(mac_of(lab, 1, &dom), mac);
-    assert!(!lab.libvirtds[0].domains().unwrap().contains(&dom));
+    assert_eq!(guest_ip(&c), Some(ip), "same IP:\n{c}");
+    assert_eq!(mac_of(lab, 0, &dom), mac);
+    assert!(!lab.libvirtds[1].domains().unwrap().contains(&dom));
+    let shown = lab.cli.json(&["volume", "show", "data"]).unwrap();
+    assert_eq!(shown["attached_to"], sid.as_str(), "{shown}");
+    let (locker_back, _) = sole_lock_holder(ceph, &image);
+    assert_ne!(locker_back, locker_after);
     let m = lab
         .cli
-        .json(&["server", "migration", "list", "--server", "cold"])
+        .json(&["server", "migration", "list", "--server", "mv"])
         .unwrap();
     assert!(m.to_string().contains("\"mode\":\"cold\""), "{m}");
-    assert!(m.to_string().contains("completed"), "{m}");
 }
