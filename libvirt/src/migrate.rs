@@ -633,7 +633,7 @@ mod tests {
         let root_dst = disk("vda", "nubo/root-a", dst_secret, "0x04");
         let vol = disk("vdb", "nubo/volume-b", src_secret, "0x09");
         let source = domain(&[root_src, vol.clone()]);
-        let dest = domain(&[root_dst.clone()]);
+        let dest = domain(std::slice::from_ref(&root_dst));
         let carried = disks_to_carry(&source, &dest);
         assert_eq!(
             carried,
