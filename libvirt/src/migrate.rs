@@ -257,9 +257,8 @@ pub(crate) fn carry_disks(
         carried.push('\n');
         carried.push_str(&elem);
     }
-    let at = match disk_elements(dest_xml).last() {
-        // The slices point into `dest_xml`: the end of its last disk.
-        Some(last) => last.as_ptr() as usize - dest_xml.as_ptr() as usize + last.len(),
+    let at = match dest_xml.rfind("</disk>") {
+        Some(end) => end + "</disk>".len(),
         None => dest_xml
             .find("</devices>")
             .ok_or_else(|| "the destination's definition has no <devices>".to_owned())?,
