@@ -19,6 +19,11 @@
 #                              that is not 1 MiB of PATTERN yet, writes it as disk-write does
 #                              (NUBO-GUEST-DISK-WRITE SERIAL ok SHA256): the marker of a disk
 #                              that must survive (a later boot finds it and writes nothing)
+#   disk-marks SERIAL SECONDS  every SECONDS reads the word at the start of the disk (O_DIRECT)
+#                              and prints NUBO-GUEST-DISK-MARK SERIAL read WORD, then writes
+#                              m<uptime in cs> there (O_DIRECT, fsync) and prints
+#                              NUBO-GUEST-DISK-MARK SERIAL wrote WORD|fail (each read finds the
+#                              word written before: a volume that moved with a migrating guest)
 # Liveness lines (live migration):
 #   fastping IP                pings IP every 10 ms; prints NUBO-GUEST-FASTPING IP seq N every
 #                              100th reply and NUBO-GUEST-FASTPING IP gap MS after-seq N when
@@ -26,6 +31,18 @@
 #                              the hole, from the sequence numbers)
 #   uptime                     prints NUBO-GUEST-UPTIME <seconds> every second (a reboot
 #                              shows as uptime going back and a new "NUBO-GUEST: init")
+#   renew SECONDS              runs a udhcpc daemon that leaves the address alone and, every
+#                              SECONDS, renews its lease (SIGUSR1: a unicast REQUEST to the
+#                              server) and reads the instance id from the metadata service;
+#                              prints NUBO-GUEST-DHCP bound|renew IP uptime U and
+#                              NUBO-GUEST-MD ID uptime U (the network of a guest that moved)
+#   tlb-churn                  two processes that wake every 5 ms in turn (pings on lo): each
+#                              switch of address space reloads CR3, which flushes QEMU's TCG
+#                              TLB. Works around a QEMU 7.2 TCG bug that loses guest writes
+#                              during a live migration (the dirty-bitmap sync does not reset
+#                              the TLB, so stores through it are not logged; fixed upstream in
+#                              QEMU 9.0, 03bfc2188f "physmem: Fix migration dirty bitmap
+#                              coherency with TCG memory access"); see docs/migration-hosts.md
 #
 # Output (cached; rebuilt only when missing or when this script changes):
 #   $NUBO_GUEST_DIR/vmlinuz, $NUBO_GUEST_DIR/initrd.gz
@@ -85,6 +102,12 @@ case "$1" in
     else
       for r in $router; do ip route add default via "$r" dev "$interface"; break; done
     fi ;;
+esac
+S
+cat > "$R/bin/udhcpc.report" <<'S'
+#!/bin/busybox sh
+case "$1" in
+  bound|renew) echo "NUBO-GUEST-DHCP $1 $ip uptime $(cut -d' ' -f1 /proc/uptime)" ;;
 esac
 S
 cat > "$R/init" <<'S'
@@ -148,6 +171,16 @@ echo "$UD" | while read -r cmd a1 a2; do
         fi ) & ;;
     disk-read) ( D=$(wait_disk "$a1")
         echo "NUBO-GUEST-DISK-READ $a1 $(dd if="$D" bs=65536 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)" ) & ;;
+    disk-marks) ( D=$(wait_disk "$a1")
+        while :; do
+          echo "NUBO-GUEST-DISK-MARK $a1 read $(dd if="$D" bs=4096 count=1 iflag=direct 2>/dev/null | tr -d '\000' | head -n 1)"
+          W="m$(cs)"
+          { printf '%s\n' "$W"; dd if=/dev/zero bs=4096 count=1 2>/dev/null; } | head -c 4096 > /tmp/mark.$a1
+          if dd if=/tmp/mark.$a1 of="$D" bs=4096 count=1 oflag=direct conv=fsync 2>/dev/null; then
+            echo "NUBO-GUEST-DISK-MARK $a1 wrote $W"
+          else echo "NUBO-GUEST-DISK-MARK $a1 wrote fail"; fi
+          sleep "${a2:-2}"
+        done ) & ;;
     disk-iops) ( D=$(wait_disk "$a1"); N=0; T0=$(cs); END=$((T0 + ${a2:-5} * 100))
         while [ "$(cs)" -lt "$END" ]; do
           dd if=/dev/zero of="$D" bs=4096 count=20 seek=$((N % 20000)) oflag=direct 2>/dev/null || break
@@ -161,6 +194,12 @@ echo "$UD" | while read -r cmd a1 a2; do
                    last = s
                    if (s % 100 == 0) { print "NUBO-GUEST-FASTPING " t " seq " s; fflush() } }' ) & ;;
     uptime) ( while :; do echo "NUBO-GUEST-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done ) & ;;
+    tlb-churn) ping -i 0.005 127.0.0.1 >/dev/null 2>&1 & ping -i 0.005 127.0.0.2 >/dev/null 2>&1 & ;;
+    renew) ( udhcpc -i eth0 -s /bin/udhcpc.report -f -t 30 -T 2 2>/dev/null & P=$!
+        while :; do
+          sleep "${a1:-3}"; kill -USR1 "$P"
+          echo "NUBO-GUEST-MD $(timeout 5 wget -qO- http://169.254.169.254/latest/meta-data/instance-id 2>/dev/null || echo '<none>') uptime $(cut -d' ' -f1 /proc/uptime)"
+        done ) & ;;
     disk-watch) ( OLD=""
         while :; do
           NOW=$(for d in /sys/block/vd*; do [ -e "$d" ] && echo "${d##*/}:$(cat "$d/serial" 2>/dev/null)"; done)
@@ -175,7 +214,7 @@ if grep -q nubo.poweroff /proc/cmdline || echo "$UD" | grep -qx poweroff; then
 fi
 while :; do sleep 3600; done
 S
-chmod +x "$R/init" "$R/bin/udhcpc.script"
+chmod +x "$R/init" "$R/bin/udhcpc.script" "$R/bin/udhcpc.report"
 # Replaced atomically: other test runs may be booting the previous guest.
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) > "$OUT/initrd.gz.new"
 chmod 644 "$OUT/initrd.gz.new"

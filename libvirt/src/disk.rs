@@ -187,6 +187,28 @@ pub fn parse_disks(domain_xml: &str) -> Vec<AttachedDisk> {
     out
 }
 
+/// The `<disk …>…</disk>` elements of a domain XML, in order. Pure.
+pub fn disk_elements(domain_xml: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let Some(start) = domain_xml[offset..].find("<disk ") {
+        let start = offset + start;
+        let Some(len) = domain_xml[start..].find("</disk>") else {
+            break;
+        };
+        let end = start + len + "</disk>".len();
+        out.push(&domain_xml[start..end]);
+        offset = end;
+    }
+    out
+}
+
+/// The UUID of the libvirt secret a `<disk>` element authenticates with
+/// (`<auth><secret type='ceph' uuid='…'/>`), if any. Pure.
+pub fn disk_secret_uuid(disk_elem: &str) -> Option<String> {
+    tag_attr(disk_elem, "secret", "uuid").map(|u| unesc(&u))
+}
+
 /// The value of attribute `attr` of the first `<tag …>` in `body`.
 fn tag_attr(body: &str, tag: &str, attr: &str) -> Option<String> {
     let open = format!("<{tag} ");

@@ -718,20 +718,13 @@ pub fn ceph_secret_xml(usage: &str) -> String {
 
 /// The `<disk>…</disk>` element of `domain_xml` whose target is `target`.
 fn disk_element<'a>(domain_xml: &'a str, target: &str) -> Option<&'a str> {
-    let mut offset = 0;
-    while let Some(start) = domain_xml[offset..].find("<disk ") {
-        let start = offset + start;
-        let len = domain_xml[start..].find("</disk>")? + "</disk>".len();
-        let elem = &domain_xml[start..start + len];
-        if parse_disks(elem)
-            .first()
-            .is_some_and(|d| d.target == target)
-        {
-            return Some(elem);
-        }
-        offset = start + len;
-    }
-    None
+    crate::disk::disk_elements(domain_xml)
+        .into_iter()
+        .find(|elem| {
+            parse_disks(elem)
+                .first()
+                .is_some_and(|d| d.target == target)
+        })
 }
 
 fn skip_vanished<T>(r: Result<T, VirError>) -> Result<Option<T>, DriverError> {

@@ -177,17 +177,7 @@ impl Conn {
         let c = CString::new(uuid).map_err(|_| input_error("UUID"))?;
         // SAFETY: valid connection and string.
         let p = unsafe { sys::virDomainLookupByUUIDString(self.as_ptr(), c.as_ptr()) };
-        match NonNull::new(p) {
-            Some(d) => Ok(Some(Dom(d))),
-            None => {
-                let e = VirError::last();
-                if e.is_no_domain() {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        found(p, Dom, VirError::is_no_domain)
     }
 
     /// Defines (or redefines) a persistent domain from XML.
@@ -497,6 +487,27 @@ impl Drop for TypedParams {
     }
 }
 
+/// The object a libvirt lookup returned (`p`, wrapped by `wrap`), `None`
+/// when it failed with an error `absent` says means "not there", or that
+/// error.
+fn found<P, T>(
+    p: *mut P,
+    wrap: impl FnOnce(NonNull<P>) -> T,
+    absent: impl FnOnce(&VirError) -> bool,
+) -> Result<Option<T>, VirError> {
+    match NonNull::new(p) {
+        Some(p) => Ok(Some(wrap(p))),
+        None => {
+            let e = VirError::last();
+            if absent(&e) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// A libvirt secret (`virSecretPtr`), freed on drop.
 #[derive(Debug)]
 pub(crate) struct Secret(NonNull<sys::virSecret>);
@@ -511,6 +522,17 @@ impl Secret {
         Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
             .to_string_lossy()
             .into_owned())
+    }
+
+    /// Its usage ID (for a Ceph secret, the name it is looked up by).
+    pub(crate) fn usage_id(&self) -> Result<String, VirError> {
+        // SAFETY: valid secret; the string belongs to the secret object.
+        let p = unsafe { sys::virSecretGetUsageID(self.0.as_ptr()) };
+        if p.is_null() {
+            return Err(VirError::last());
+        }
+        // SAFETY: non-null and NUL-terminated, alive while `self` is.
+        Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
     }
 
     /// Stores the secret's value.
@@ -539,17 +561,15 @@ impl Conn {
                 c.as_ptr(),
             )
         };
-        match NonNull::new(p) {
-            Some(s) => Ok(Some(Secret(s))),
-            None => {
-                let e = VirError::last();
-                if e.is(sys::VIR_ERR_NO_SECRET) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        found(p, Secret, |e| e.is(sys::VIR_ERR_NO_SECRET))
+    }
+
+    /// The secret with UUID `uuid`, if defined.
+    pub(crate) fn secret_by_uuid(&self, uuid: &str) -> Result<Option<Secret>, VirError> {
+        let c = CString::new(uuid).map_err(|_| input_error("secret UUID"))?;
+        // SAFETY: valid connection and string.
+        let p = unsafe { sys::virSecretLookupByUUIDString(self.as_ptr(), c.as_ptr()) };
+        found(p, Secret, |e| e.is(sys::VIR_ERR_NO_SECRET))
     }
 
     /// Defines a secret from XML.

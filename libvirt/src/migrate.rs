@@ -22,7 +22,13 @@
 //!   agent defines it while preparing, with its own paths: console log,
 //!   kernel, local disk), that definition is passed as the destination XML
 //!   (`VIR_MIGRATE_PARAM_DEST_XML`): node-local paths may differ between
-//!   hosts, libvirt checks that the guest ABI is the same;
+//!   hosts, libvirt checks that the guest ABI is the same; the disks the
+//!   running source has and that definition lacks (volumes hot-plugged
+//!   here) are added to it unchanged, but for their libvirt secret's UUID,
+//!   which is the destination's secret of the same usage
+//!   ([`carry_disks`]): the volumes move with the guest, and with
+//!   `VIR_MIGRATE_PERSIST_DEST` the destination's persistent definition
+//!   has them too;
 //! - after [`MigrateOptions::postcopy_after`] of pre-copy, the job switches
 //!   to post-copy (the guest runs on the destination, which pulls the
 //!   remaining pages); after [`MigrateOptions::budget`] without having
@@ -33,6 +39,7 @@
 //! - the downtime is libvirt's (`VIR_DOMAIN_JOB_DOWNTIME` of the completed
 //!   job, read on the destination, where the domain now lives).
 
+use std::collections::BTreeMap;
 use std::ffi::c_uint;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +47,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use virt_sys as sys;
 
+use crate::disk::{disk_elements, disk_secret_uuid, parse_disks};
 use crate::driver::LibvirtDriver;
 use crate::error::DriverError;
 use crate::ffi::{Conn, Dom, MigrateParam, VirError};
@@ -126,6 +134,15 @@ pub enum MigrationError {
         /// libvirt's error.
         source: VirError,
     },
+    /// The source's volumes cannot be carried to the destination (a
+    /// volume's libvirt secret unknown on either side).
+    #[error("instance {instance_id}: cannot carry its volumes to the destination: {detail}")]
+    Volumes {
+        /// Instance concerned.
+        instance_id: String,
+        /// Why.
+        detail: String,
+    },
     /// The domain already runs on the destination.
     #[error("instance {0}: already running on the destination")]
     AlreadyThere(String),
@@ -195,6 +212,89 @@ pub(crate) fn migrate_params(opts: &MigrateOptions, dest_xml: Option<&str>) -> V
         p.push(MigrateParam::ULLong(sys::VIR_MIGRATE_PARAM_BANDWIDTH, bw));
     }
     p
+}
+
+/// The `<disk>` elements of the running source's definition
+/// (`source_xml`) whose guest device the destination's definition
+/// (`dest_xml`) lacks: the volumes hot-plugged on the source, which the
+/// destination agent's definition (built from the instance's spec) does
+/// not have. Pure.
+pub(crate) fn disks_to_carry<'a>(source_xml: &'a str, dest_xml: &str) -> Vec<&'a str> {
+    let there: Vec<String> = parse_disks(dest_xml)
+        .into_iter()
+        .map(|d| d.target)
+        .collect();
+    disk_elements(source_xml)
+        .into_iter()
+        .filter(|elem| {
+            parse_disks(elem)
+                .first()
+                .is_some_and(|d| !there.contains(&d.target))
+        })
+        .collect()
+}
+
+/// `dest_xml` with `disks` (from [`disks_to_carry`]) added after its last
+/// disk, unchanged (same device, serial, source, limits and PCI address:
+/// libvirt checks that the guest ABI is the same) but for the libvirt
+/// secret each authenticates with: a secret's UUID differs between hosts,
+/// `secrets` maps the source's UUIDs to the destination's. `Err` names a
+/// secret UUID `secrets` lacks (or a definition without devices). Pure.
+pub(crate) fn carry_disks(
+    dest_xml: &str,
+    disks: &[&str],
+    secrets: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut carried = String::new();
+    for elem in disks {
+        let mut elem = (*elem).to_owned();
+        if let Some(uuid) = disk_secret_uuid(&elem) {
+            let there = secrets
+                .get(&uuid)
+                .ok_or_else(|| format!("no destination secret for {uuid}"))?;
+            elem = elem.replace(&uuid, there);
+        }
+        carried.push('\n');
+        carried.push_str(&elem);
+    }
+    let at = match dest_xml.rfind("</disk>") {
+        Some(end) => end + "</disk>".len(),
+        None => dest_xml
+            .find("</devices>")
+            .ok_or_else(|| "the destination's definition has no <devices>".to_owned())?,
+    };
+    Ok(format!("{}{carried}{}", &dest_xml[..at], &dest_xml[at..]))
+}
+
+/// The destination's secret UUID for each secret `disks` authenticate
+/// with on the source (looked up by usage: the same Ceph user has a
+/// secret of the same usage on every host, defined by its agent at
+/// start-up). `Err` says which is missing where.
+fn secret_map(
+    source: &Conn,
+    dest: &Conn,
+    disks: &[&str],
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for uuid in disks.iter().filter_map(|d| disk_secret_uuid(d)) {
+        if out.contains_key(&uuid) {
+            continue;
+        }
+        let usage = source
+            .secret_by_uuid(&uuid)
+            .map_err(|e| format!("secret {uuid} here: {e}"))?
+            .ok_or_else(|| format!("secret {uuid} not defined here"))?
+            .usage_id()
+            .map_err(|e| format!("secret {uuid} here: {e}"))?;
+        let there = dest
+            .ceph_secret(&usage)
+            .map_err(|e| format!("secret '{usage}' on the destination: {e}"))?
+            .ok_or_else(|| format!("secret '{usage}' not defined on the destination"))?
+            .uuid_string()
+            .map_err(|e| format!("secret '{usage}' on the destination: {e}"))?;
+        out.insert(uuid, there);
+    }
+    Ok(out)
 }
 
 /// What to do with a running job now. Pure.
@@ -289,7 +389,23 @@ impl LibvirtDriver {
                             }
                             .into());
                         }
-                        Some(d.migratable_xml(true).map_err(dest_err)?)
+                        let defined = d.migratable_xml(true).map_err(dest_err)?;
+                        // Volumes hot-plugged here move with the guest.
+                        let source_xml = dom
+                            .migratable_xml(false)
+                            .map_err(crate::driver::dom_err(&id, "get XML"))?;
+                        let carried = disks_to_carry(&source_xml, &defined);
+                        let volumes_err = |detail| MigrationError::Volumes {
+                            instance_id: id.clone(),
+                            detail,
+                        };
+                        let secrets = secret_map(conn, &dest, &carried).map_err(volumes_err)?;
+                        let xml =
+                            carry_disks(&defined, &carried, &secrets).map_err(volumes_err)?;
+                        if !carried.is_empty() {
+                            tracing::info!(instance = %id, disks = carried.len(), "the destination's definition carries the volumes");
+                        }
+                        Some(xml)
                     }
                 };
                 Ok((Arc::new(dest), dest_xml))
@@ -480,6 +596,83 @@ fn is_postcopy_unsupported(e: &VirError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk element as libvirt prints it.
+    fn disk(target: &str, image: &str, secret: &str, slot: &str) -> String {
+        format!(
+            r#"<disk type="network" device="disk">
+      <driver name="qemu" type="raw" cache="writeback" discard="unmap"/>
+      <auth username="nubo-agent">
+        <secret type="ceph" uuid="{secret}"/>
+      </auth>
+      <source protocol="rbd" name="{image}">
+        <host name="10.0.0.9" port="6789"/>
+      </source>
+      <target dev="{target}" bus="virtio"/>
+      <serial>{image}</serial>
+      <address type="pci" domain="0x0000" bus="0x00" slot="{slot}" function="0x0"/>
+    </disk>"#
+        )
+    }
+
+    fn domain(disks: &[String]) -> String {
+        format!(
+            "<domain type=\"qemu\">\n  <devices>\n    {}\n    <interface type=\"ethernet\"/>\n  </devices>\n</domain>\n",
+            disks.join("\n    ")
+        )
+    }
+
+    #[test]
+    fn the_volumes_of_the_source_are_carried_with_the_destination_secret() {
+        let (src_secret, dst_secret) = (
+            "11111111-0000-4000-8000-000000000001",
+            "22222222-0000-4000-8000-000000000002",
+        );
+        let root_src = disk("vda", "nubo/root-a", src_secret, "0x04");
+        let root_dst = disk("vda", "nubo/root-a", dst_secret, "0x04");
+        let vol = disk("vdb", "nubo/volume-b", src_secret, "0x09");
+        let source = domain(&[root_src, vol.clone()]);
+        let dest = domain(std::slice::from_ref(&root_dst));
+        let carried = disks_to_carry(&source, &dest);
+        assert_eq!(
+            carried,
+            vec![vol.as_str()],
+            "only the volume is missing there"
+        );
+        let secrets = BTreeMap::from([(src_secret.to_owned(), dst_secret.to_owned())]);
+        let xml = carry_disks(&dest, &carried, &secrets).unwrap();
+        let disks = parse_disks(&xml);
+        let targets: Vec<&str> = disks.iter().map(|d| d.target.as_str()).collect();
+        assert_eq!(targets, ["vda", "vdb"]);
+        assert_eq!(disks[1].serial.as_deref(), Some("nubo/volume-b"));
+        assert_eq!(disks[1].source.as_deref(), Some("nubo/volume-b"));
+        let elems = disk_elements(&xml);
+        assert_eq!(disk_secret_uuid(elems[1]).as_deref(), Some(dst_secret));
+        assert!(elems[1].contains(r#"slot="0x09""#), "same PCI address");
+        assert!(!xml.contains(src_secret), "no source secret left");
+        // The rest of the destination's definition is untouched.
+        assert!(xml.starts_with(&dest[..dest.find(&root_dst).unwrap() + root_dst.len()]));
+        assert!(xml.ends_with("    <interface type=\"ethernet\"/>\n  </devices>\n</domain>\n"));
+        // A secret without a counterpart there: a clear error.
+        let err = carry_disks(&dest, &carried, &BTreeMap::new()).unwrap_err();
+        assert!(err.contains(src_secret), "{err}");
+    }
+
+    #[test]
+    fn nothing_is_carried_when_the_destination_has_every_disk() {
+        let s = "11111111-0000-4000-8000-000000000001";
+        let source = domain(&[disk("vda", "nubo/root-a", s, "0x04")]);
+        let dest = domain(&[disk("vda", "nubo/root-a", "other", "0x04")]);
+        assert!(disks_to_carry(&source, &dest).is_empty());
+        assert_eq!(carry_disks(&dest, &[], &BTreeMap::new()).unwrap(), dest);
+        // A destination without disks: the carried ones go into <devices>.
+        let bare = domain(&[]);
+        let vol = disk("vdb", "nubo/volume-b", s, "0x09");
+        let secrets = BTreeMap::from([(s.to_owned(), "d".to_owned())]);
+        let xml = carry_disks(&bare, &[vol.as_str()], &secrets).unwrap();
+        assert_eq!(parse_disks(&xml).len(), 1);
+        assert!(xml.find("<disk ").unwrap() < xml.find("</devices>").unwrap());
+    }
 
     fn opts() -> MigrateOptions {
         MigrateOptions {

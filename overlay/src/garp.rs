@@ -36,9 +36,34 @@ pub fn gratuitous_arp_frame(mac: MacAddr, ip: Ipv4Addr) -> [u8; 42] {
     f
 }
 
+/// The same announcement sent to one host only (Ethernet destination
+/// `to`): its ARP cache takes `mac` for `ip`, nobody else hears it. Pure.
+pub fn unicast_gratuitous_arp_frame(mac: MacAddr, ip: Ipv4Addr, to: MacAddr) -> [u8; 42] {
+    let mut f = gratuitous_arp_frame(mac, ip);
+    f[0..6].copy_from_slice(&to.octets());
+    f
+}
+
 /// Sends [`COPIES`] gratuitous ARP requests for `ip` from interface
 /// `ifname` (of the calling thread's namespace) with source `mac`.
 pub fn send_gratuitous_arp(ifname: &str, mac: MacAddr, ip: Ipv4Addr) -> Result<(), OverlayError> {
+    send_frames(ifname, MacAddr([0xff; 6]), &gratuitous_arp_frame(mac, ip))
+}
+
+/// Sends [`COPIES`] gratuitous ARP requests for `ip` at `mac` out of
+/// interface `ifname` to the one host `to` (e.g. out of a guest's tap, to
+/// the guest: a metadata address that now answers from this node's bridge).
+pub fn send_gratuitous_arp_to(
+    ifname: &str,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    to: MacAddr,
+) -> Result<(), OverlayError> {
+    send_frames(ifname, to, &unicast_gratuitous_arp_frame(mac, ip, to))
+}
+
+/// The index of interface `ifname` in the calling thread's namespace.
+fn if_index(ifname: &str) -> Result<u32, OverlayError> {
     let name = std::ffi::CString::new(ifname)
         .map_err(|_| OverlayError::InvalidIfName(ifname.to_string()))?;
     // SAFETY: a valid NUL-terminated string.
@@ -46,6 +71,58 @@ pub fn send_gratuitous_arp(ifname: &str, mac: MacAddr, ip: Ipv4Addr) -> Result<(
     if index == 0 {
         return Err(OverlayError::NoSuchLink(ifname.to_string()));
     }
+    Ok(index)
+}
+
+/// The hardware address of interface `ifname` in the calling thread's
+/// namespace (`SIOCGIFHWADDR`).
+pub fn link_mac(ifname: &str) -> Result<MacAddr, OverlayError> {
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
+        return Err(OverlayError::InvalidIfName(ifname.to_string()));
+    }
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(OverlayError::sys(
+            format!("socket for the address of {ifname}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned here only.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all zeros is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name of `req` and
+    // writes its address into it; `req` outlives the call.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            std::ptr::addr_of_mut!(req),
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            return Err(OverlayError::NoSuchLink(ifname.to_string()));
+        }
+        return Err(OverlayError::sys(format!("SIOCGIFHWADDR of {ifname}"), e));
+    }
+    // SAFETY: the call succeeded, so the union holds the hardware address.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(MacAddr(mac))
+}
+
+/// Sends [`COPIES`] of `frame` out of `ifname` to link address `to`.
+fn send_frames(ifname: &str, to: MacAddr, frame: &[u8; 42]) -> Result<(), OverlayError> {
+    let index = if_index(ifname)?;
     let sys = |what: &str| {
         OverlayError::sys(
             format!("{what} for gratuitous ARP on {ifname}"),
@@ -75,8 +152,7 @@ pub fn send_gratuitous_arp(ifname: &str, mac: MacAddr, ip: Ipv4Addr) -> Result<(
     addr.sll_ifindex =
         i32::try_from(index).map_err(|_| OverlayError::NoSuchLink(ifname.to_string()))?;
     addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let frame = gratuitous_arp_frame(mac, ip);
+    addr.sll_addr[..6].copy_from_slice(&to.octets());
     for _ in 0..COPIES {
         // SAFETY: `frame` and `addr` outlive the call; lengths match.
         let sent = unsafe {
@@ -111,5 +187,23 @@ mod tests {
         assert_eq!(&f[28..32], &[10, 99, 0, 20]);
         assert_eq!(&f[32..38], &[0; 6]);
         assert_eq!(&f[38..42], &[10, 99, 0, 20]);
+        // The unicast form differs only by its destination.
+        let guest = MacAddr([0xfa, 0x16, 0x3e, 4, 5, 6]);
+        let u = unicast_gratuitous_arp_frame(mac, Ipv4Addr::new(10, 99, 0, 20), guest);
+        assert_eq!(&u[0..6], &guest.octets());
+        assert_eq!(&u[6..], &f[6..]);
+    }
+
+    #[test]
+    fn link_mac_reads_loopback_and_refuses_bad_names() {
+        assert_eq!(link_mac("lo").unwrap(), MacAddr([0; 6]));
+        assert!(matches!(
+            link_mac("nbt-no-such-link"),
+            Err(OverlayError::InvalidIfName(_))
+        ));
+        assert!(matches!(
+            link_mac("nbtnosuch0"),
+            Err(OverlayError::NoSuchLink(_))
+        ));
     }
 }

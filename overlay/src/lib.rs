@@ -42,7 +42,10 @@ mod spec;
 mod tap;
 
 pub use error::{ActionFailure, ApplyError, OverlayError};
-pub use garp::{gratuitous_arp_frame, send_gratuitous_arp};
+pub use garp::{
+    gratuitous_arp_frame, link_mac, send_gratuitous_arp, send_gratuitous_arp_to,
+    unicast_gratuitous_arp_frame,
+};
 pub use guest::{delete_netns_guest, list_netns_guests, netns_guest_exists, GUEST_IFNAME};
 pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 pub use netlink::Netlink;

@@ -358,6 +358,16 @@ impl VmLab {
     /// Starts the agent of every host with `extra` arguments (after
     /// [`VmLab::start_without_agents`]).
     pub fn start_agents(&mut self, extra: &[String]) -> Result<()> {
+        self.start_agents_logging(extra, None)
+    }
+
+    /// [`VmLab::start_agents`] with `RUST_LOG` = `log_filter` when set
+    /// (e.g. `nubo_dhcp=debug` for the DHCP replies each agent sends).
+    pub fn start_agents_logging(
+        &mut self,
+        extra: &[String],
+        log_filter: Option<&str>,
+    ) -> Result<()> {
         let prefix = self.domain_prefix();
         for idx in self.agents.len()..self.hosts.len() {
             let i = u8::try_from(idx + 1)?;
@@ -366,6 +376,9 @@ impl VmLab {
                 domain_prefix: prefix.clone(),
             };
             let mut opts = AgentOpts::lab(&self.hosts[idx], i, &self.etcd.endpoint(), driver);
+            if let Some(f) = log_filter {
+                opts.log_filter = f.to_string();
+            }
             opts.dir_in = Some(self.dir.path().to_path_buf());
             opts.extra_args
                 .extend(["--api-endpoint".into(), self.coordinator.endpoint()]);

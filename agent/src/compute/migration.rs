@@ -39,11 +39,15 @@ use crate::reconciler::{Subsystem, SubsystemError};
 
 use crate::state::desired::DesiredNode;
 
+/// How often a running job's order is read for an abort
+/// ([`follow_abort`]).
+const ABORT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One migration job of this node (source side).
 #[derive(Debug)]
 struct Job {
     migration: MigrationId,
-    abort: watch::Sender<bool>,
+    abort: Arc<watch::Sender<bool>>,
     abort_sent: bool,
     finished: bool,
 }
@@ -386,11 +390,11 @@ impl Subsystem for Migrations {
                         info!(instance = %id, migration = %job.migration, "abort requested");
                     }
                 }
-                MigrationAction::Settle(id) => {
-                    if let Err(e) = self.hv.settle_arrived(id).await {
-                        errors.push(format!("settle {id}: {e}"));
-                    }
-                }
+                MigrationAction::Settle(id) => match self.hv.settle_arrived(id).await {
+                    Ok(()) if self.netlink.is_some() => announce_services(desired, id),
+                    Ok(()) => {}
+                    Err(e) => errors.push(format!("settle {id}: {e}")),
+                },
                 MigrationAction::Forget(id) => {
                     self.jobs().remove(&id);
                 }
@@ -407,6 +411,14 @@ impl Subsystem for Migrations {
                         destination_ip,
                     };
                     let (abort, abort_rx) = watch::channel(o.order.abort);
+                    let abort = Arc::new(abort);
+                    tokio::spawn(follow_abort(
+                        self.etcd.clone(),
+                        self.node.clone(),
+                        id,
+                        migration,
+                        abort.clone(),
+                    ));
                     self.jobs().insert(
                         id,
                         Job {
@@ -444,6 +456,74 @@ impl Subsystem for Migrations {
         } else {
             Err(SubsystemError::Other(errors.join("; ")))
         }
+    }
+}
+
+/// Tells a guest that arrived which MAC its metadata and DHCP address
+/// (169.254.169.254) has here: each node's bridge has its own MAC, and the
+/// guest's ARP cache still names the source's, whose bridge the overlay
+/// reaches and which no longer knows the port (the metadata service
+/// would refuse the guest, its lease renewals would go to the source).
+/// One gratuitous ARP per port, out of its tap to the guest alone (a
+/// broadcast would re-point the other guests of the network too).
+/// Failures are logged: the guest's cache expires by itself in the end.
+fn announce_services(desired: &DesiredNode, id: InstanceId) {
+    let Some(instance) = desired.instances.get(&id) else {
+        return;
+    };
+    let ip = nubo_metadata::METADATA_ADDR;
+    for port in &instance.ports {
+        let Some(net) = desired.networks.get(&port.network) else {
+            continue;
+        };
+        let bridge = net.bridge();
+        let sent = nubo_overlay::link_mac(&bridge).and_then(|mac| {
+            nubo_overlay::send_gratuitous_arp_to(&port.tap, mac, ip, port.mac).map(|()| mac)
+        });
+        match sent {
+            Ok(mac) => {
+                info!(instance = %id, tap = %port.tap, %mac, "metadata address announced to the arrived guest")
+            }
+            Err(e) => {
+                warn!(instance = %id, tap = %port.tap, error = %e, "could not announce the metadata address to the arrived guest")
+            }
+        }
+    }
+}
+
+/// Reads this node's order for `id` every [`ABORT_POLL`] while its job
+/// runs and signals the job as soon as the order asks for an abort. The
+/// reconcile pass carries the abort too ([`MigrationAction::Abort`]), but
+/// a pass can take seconds while libvirt is busy with the migration (it
+/// answered a domain's state in up to 2 s, and a pass asks for the
+/// domains several times): long enough for the guest to be gone before
+/// the operator's abort arrived.
+async fn follow_abort(
+    etcd: Etcd,
+    node: NodeName,
+    id: InstanceId,
+    migration: MigrationId,
+    abort: Arc<watch::Sender<bool>>,
+) {
+    let key = keys::node_outgoing(&node, &id);
+    // Ends with the job (it drops the receiver) or once signalled.
+    while !abort.is_closed() && !*abort.borrow() {
+        match etcd.get_kv(&key).await {
+            Ok(Some(kv)) => {
+                let asked = model::decode::<model::OutgoingMigration>(&key, kv.value())
+                    .is_ok_and(|o| o.migration == migration && o.abort);
+                if asked {
+                    info!(instance = %id, %migration, "abort requested (read from the order)");
+                    let _ = abort.send(true);
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(instance = %id, %migration, error = %e, "could not read the migration order")
+            }
+        }
+        tokio::time::sleep(ABORT_POLL).await;
     }
 }
 
