@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod ceph_lab;
 pub mod cli;
 pub mod cluster;
 pub mod coordinator;

@@ -278,6 +278,10 @@ pub struct NetLab {
     pub agents: Vec<Agent>,
     /// The coordinator (root namespace, on the underlay address).
     pub coordinator: Coordinator,
+    /// With [`NetLab::start_with_tokens_and_ceph`]: the Ceph cluster of the
+    /// coordinator's volume API (on the underlay gateway; dropped after the
+    /// coordinator, before the underlay).
+    pub ceph: Option<crate::ceph_lab::RbdStorage>,
     /// etcd on the underlay address.
     pub etcd: Etcd,
     /// The hosts.
@@ -303,7 +307,7 @@ impl NetLab {
     /// `agent_args(underlay, i)` (e.g. `--physnet` naming a link of the
     /// lab's prefix).
     pub fn start_with(n: u8, agent_args: impl Fn(&Underlay, u8) -> Vec<String>) -> Result<Self> {
-        Self::start_inner(n, agent_args, false)
+        Self::start_inner(n, agent_args, false, false)
     }
 
     /// Starts a lab with `n` hosts whose coordinator runs as in production:
@@ -313,13 +317,21 @@ impl NetLab {
     /// is the bootstrap admin, logged in. etcd and the agents are as in
     /// [`NetLab::start`] (the netns driver needs no image data from the API).
     pub fn start_with_tokens(n: u8) -> Result<Self> {
-        Self::start_inner(n, |_, _| Vec::new(), true)
+        Self::start_inner(n, |_, _| Vec::new(), true, false)
+    }
+
+    /// [`NetLab::start_with_tokens`] plus a throwaway Ceph cluster behind
+    /// the coordinator's volume API ([`crate::ceph_lab::rbd_storage_on`]):
+    /// volumes are real RBD images (the netns driver attaches none).
+    pub fn start_with_tokens_and_ceph(n: u8) -> Result<Self> {
+        Self::start_inner(n, |_, _| Vec::new(), true, true)
     }
 
     fn start_inner(
         n: u8,
         agent_args: impl Fn(&Underlay, u8) -> Vec<String>,
         tokens: bool,
+        with_ceph: bool,
     ) -> Result<Self> {
         let underlay = Underlay::new()?;
         let mut hosts = Vec::new();
@@ -330,6 +342,13 @@ impl NetLab {
         let etcd = Etcd::start_on(underlay.gateway().into())?;
         let mut copts = CoordinatorOpts::new(&etcd.endpoint(), "c1");
         copts.ip = underlay.gateway().into();
+        let mut ceph = None;
+        if with_ceph {
+            if let Some((storage, args)) = crate::ceph_lab::rbd_storage_on(&underlay, dir.path())? {
+                copts.extra_args.extend(args);
+                ceph = Some(storage);
+            }
+        }
         let (coordinator, cli, certs) = crate::secure::lab_coordinator(
             copts,
             tokens,
@@ -340,6 +359,7 @@ impl NetLab {
         let mut lab = Self {
             agents: Vec::new(),
             coordinator,
+            ceph,
             etcd,
             hosts,
             underlay,

@@ -98,7 +98,16 @@ impl OpenStackLab {
     /// Starts a lab with `hosts` netns-driver hosts and tokens, and
     /// `nubo-openstack` in front of its coordinator ([`FrontEnd::start`]).
     pub fn start(hosts: u8) -> Result<Self> {
-        let lab = NetLab::start_with_tokens(hosts)?;
+        Self::with_lab(NetLab::start_with_tokens(hosts)?)
+    }
+
+    /// [`OpenStackLab::start`] with a Ceph cluster behind the volume API
+    /// ([`NetLab::start_with_tokens_and_ceph`]).
+    pub fn start_with_ceph(hosts: u8) -> Result<Self> {
+        Self::with_lab(NetLab::start_with_tokens_and_ceph(hosts)?)
+    }
+
+    fn with_lab(lab: NetLab) -> Result<Self> {
         let ca = lab
             .certs
             .as_ref()

@@ -281,7 +281,7 @@ fn tempest_api_tests_against_a_real_cluster() {
     if !need_root().unwrap() {
         return;
     }
-    let os = OpenStackLab::start(1).unwrap();
+    let os = OpenStackLab::start_with_ceph(1).unwrap();
     let admin = &os.lab.cli;
     for (name, ram) in [("m1", "64"), ("m2", "128")] {
         admin
