@@ -1403,12 +1403,14 @@ fn sole_lock_holder(ceph: &nubo_storage::testing::TestCluster, image: &str) -> (
 ///   destination's agent neither attaches nor detaches it; `nubo volume
 ///   show` says in-use, attached to the server; the destination's status
 ///   reports the volume; the volume's exclusive lock is held by the one
-///   client left, another than before (the source has no domain left);
+///   client left, another than before, connected from host 2's address
+///   (its QEMU: the agents keep no volume open; the source has no domain
+///   left);
 /// - cold, back (`nubo server migrate NAME --host H1 --wait`): stopped on
 ///   host 2, started on host 1 with the same IP (its DHCP lease there),
 ///   MAC, root disk (the marker it wrote on its first boot is found, not
 ///   written again) and volume (the guest reads the word it wrote last on
-///   host 2).
+///   host 2; the lock held from host 1 again).
 #[test]
 #[ignore = "starts a Ceph cluster; run with --ignored"]
 fn live_then_cold_migration_on_rbd_carries_the_volume() {
@@ -1464,7 +1466,11 @@ fn live_then_cold_migration_on_rbd_carries_the_volume() {
         || Ok(marks_continue(&disk_marks(&lab.agents[0].console(&sid), &serial), "host 1") >= 2),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.agents[0].console(&sid)));
-    let (locker_before, _) = sole_lock_holder(ceph, &image);
+    // Each host's QEMU reaches Ceph from the host's namespace: its
+    // underlay address names the host (the agents keep no volume open).
+    let on_host = |addr: &str, host: usize| addr.starts_with(&format!("{}:", lab.hosts[host].ip()));
+    let (locker_before, addr) = sole_lock_holder(ceph, &image);
+    assert!(on_host(&addr, 0), "lock held from {addr}, not host 1");
 
     // Live to host 2.
     // (The source's console log goes with the guest: read it before.)
@@ -1508,6 +1514,7 @@ fn live_then_cold_migration_on_rbd_carries_the_volume() {
     .unwrap();
     let (locker_after, addr) = sole_lock_holder(ceph, &image);
     assert_ne!(locker_after, locker_before, "the lock did not change hands");
+    assert!(on_host(&addr, 1), "lock held from {addr}, not host 2");
     eprintln!(
         "exclusive lock of {image}: {locker_before} on host 1, then {locker_after} ({addr}), host 2's QEMU pid {:?}",
         lab.libvirtds[1].qemu_pid(&dom)
@@ -1555,8 +1562,9 @@ fn live_then_cold_migration_on_rbd_carries_the_volume() {
     assert!(!lab.libvirtds[1].domains().unwrap().contains(&dom));
     let shown = lab.cli.json(&["volume", "show", "data"]).unwrap();
     assert_eq!(shown["attached_to"], sid.as_str(), "{shown}");
-    let (locker_back, _) = sole_lock_holder(ceph, &image);
+    let (locker_back, addr) = sole_lock_holder(ceph, &image);
     assert_ne!(locker_back, locker_after);
+    assert!(on_host(&addr, 0), "lock held from {addr}, not host 1");
     let m = lab
         .cli
         .json(&["server", "migration", "list", "--server", "mv"])
