@@ -54,6 +54,7 @@ pub fn volume_v3(base: &str) -> Value {
     version(
         "v3.0",
         &format!("{base}/volume/v3"),
-        json!({"version": "3.0", "min_version": "3.0"}),
+        json!({"version": "3.0", "min_version": "3.0",
+            "media-types": [{"base": "application/json", "type": "application/vnd.openstack.volume+json;version=3"}]}),
     )
 }

@@ -33,7 +33,7 @@ pub fn router() -> Router<Upstream> {
         )
         .route(
             "/v3/{project}/volumes",
-            get(list_volumes).post(create_volume),
+            get(list_volumes_brief).post(create_volume),
         )
         .route("/v3/{project}/volumes/detail", get(list_volumes))
         .route(
@@ -48,8 +48,13 @@ pub fn router() -> Router<Upstream> {
 }
 
 /// The version document (also at `/volume/`).
-pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
-    Json(json!({"versions": [versions::volume_v3(&up.public_url)]}))
+pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Response {
+    // 300 Multiple Choices, as Cinder answers its root.
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(json!({"versions": [versions::volume_v3(&up.public_url)]})),
+    )
+        .into_response()
 }
 
 /// Cinder's status of a nubo volume status. Pure.
@@ -85,7 +90,6 @@ pub fn volume_view(v: &pb::Volume) -> Value {
         "attachments": attachments,
         "bootable": if v.source_image.is_empty() { "false" } else { "true" },
         "availability_zone": "nova",
-        "os-vol-tenant-attr:tenant_id": v.project,
         "created_at": v.created_at,
         "updated_at": null,
         "description": null,
@@ -104,21 +108,45 @@ pub fn volume_view(v: &pb::Volume) -> Value {
     out
 }
 
+/// The brief view of `GET /volumes`: id, name and links only. Pure.
+pub fn volume_brief(v: &pb::Volume) -> Value {
+    json!({"id": v.id, "name": v.name, "links": []})
+}
+
+async fn volumes_listed(
+    up: &Upstream,
+    headers: &HeaderMap,
+    p: &Paging,
+    view: fn(&pb::Volume) -> Value,
+) -> Result<Response, ApiError> {
+    let all = crate::list_all!(up.volumes(headers)?, volumes, S)?;
+    let named: Vec<pb::Volume> = all
+        .into_iter()
+        .filter(|v| p.name.as_ref().is_none_or(|n| &v.name == n))
+        .collect();
+    let views: Vec<Value> = crate::compute::page(named, p, |v| &v.id)?
+        .iter()
+        .map(view)
+        .collect();
+    Ok(Json(json!({"volumes": views})).into_response())
+}
+
+/// `GET /volumes/detail`.
 async fn list_volumes(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(p): Query<Paging>,
 ) -> Result<Response, ApiError> {
-    let all = crate::list_all!(up.volumes(&headers)?, volumes, S)?;
-    let named: Vec<pb::Volume> = all
-        .into_iter()
-        .filter(|v| p.name.as_ref().is_none_or(|n| &v.name == n))
-        .collect();
-    let views: Vec<Value> = crate::compute::page(named, &p, |v| &v.id)?
-        .iter()
-        .map(volume_view)
-        .collect();
-    Ok(Json(json!({"volumes": views})).into_response())
+    volumes_listed(&up, &headers, &p, volume_view).await
+}
+
+/// `GET /volumes`.
+async fn list_volumes_brief(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(p): Query<Paging>,
+) -> Result<Response, ApiError> {
+    volumes_listed(&up, &headers, &p, volume_brief).await
 }
 
 async fn show_volume(
