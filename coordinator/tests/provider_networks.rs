@@ -88,9 +88,7 @@ async fn provider_external_and_shared_networks() {
     let mut nets = pb::networks_client::NetworksClient::new(ch.clone());
     let mut ports = pb::ports_client::PortsClient::new(ch.clone());
     let mut servers = pb::servers_client::ServersClient::new(ch.clone());
-    let mut flavors = pb::flavors_client::FlavorsClient::new(ch.clone());
-    let mut images = pb::images_client::ImagesClient::new(ch.clone());
-    let mut nodes = pb::nodes_client::NodesClient::new(ch);
+    let mut nodes = pb::nodes_client::NodesClient::new(ch.clone());
     let root = issue_token(&mut tokens, "admin", "adminpw").await;
     let alice = issue_token(&mut tokens, "alice", "pw").await;
     let bob = issue_token(&mut tokens, "bob", "pw").await;
@@ -317,29 +315,7 @@ async fn provider_external_and_shared_networks() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
-    flavors
-        .create(req(
-            &root,
-            pb::CreateFlavorRequest {
-                name: "m1.small".into(),
-                vcpus: 1,
-                ram_mb: 128,
-                disk_gb: 1,
-            },
-        ))
-        .await
-        .unwrap();
-    images
-        .create(req(
-            &bob,
-            pb::CreateImageRequest {
-                name: "cirros".into(),
-                disk_format: "qcow2".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    common::flavor_and_image(&ch, &root, "m1.small", &bob).await;
     register_node(&etcd, "n0", res(8, 8 * 1024, 100), "nova").await;
     // The node view is watch-fed: wait until the node is listed.
     for i in 0.. {

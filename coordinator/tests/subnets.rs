@@ -67,8 +67,6 @@ async fn a_network_gets_its_subnet_after_creation() {
     let mut nets = pb::networks_client::NetworksClient::new(ch.clone());
     let mut ports = pb::ports_client::PortsClient::new(ch.clone());
     let mut servers = pb::servers_client::ServersClient::new(ch.clone());
-    let mut flavors = pb::flavors_client::FlavorsClient::new(ch.clone());
-    let mut images = pb::images_client::ImagesClient::new(ch.clone());
     let root = issue_token(&mut tokens, "admin", "adminpw").await;
     let alice = issue_token(&mut tokens, "alice", "pw").await;
 
@@ -123,29 +121,7 @@ async fn a_network_gets_its_subnet_after_creation() {
         Code::FailedPrecondition,
         "has no subnet yet",
     );
-    flavors
-        .create(req(
-            &root,
-            pb::CreateFlavorRequest {
-                name: "m1".into(),
-                vcpus: 1,
-                ram_mb: 128,
-                disk_gb: 1,
-            },
-        ))
-        .await
-        .unwrap();
-    images
-        .create(req(
-            &alice,
-            pb::CreateImageRequest {
-                name: "cirros".into(),
-                disk_format: "qcow2".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    common::flavor_and_image(&ch, &root, "m1", &alice).await;
     register_node(&etcd, "n0", res(8, 8 * 1024, 100), "nova").await;
     let mut server = common::server_req("vm", &["bare"], 1);
     server.flavor = "m1".into();

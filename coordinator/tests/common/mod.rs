@@ -619,3 +619,31 @@ pub mod req {
         }
     }
 }
+
+/// Flavor `flavor` (1 vCPU, 128 MiB, 1 GiB) made with the admin token
+/// `admin`, and image `cirros` made with `member`'s token in its project.
+pub async fn flavor_and_image(ch: &Channel, admin: &str, flavor: &str, member: &str) {
+    pb::flavors_client::FlavorsClient::new(ch.clone())
+        .create(authed(
+            admin,
+            pb::CreateFlavorRequest {
+                name: flavor.into(),
+                vcpus: 1,
+                ram_mb: 128,
+                disk_gb: 1,
+            },
+        ))
+        .await
+        .unwrap();
+    pb::images_client::ImagesClient::new(ch.clone())
+        .create(authed(
+            member,
+            pb::CreateImageRequest {
+                name: "cirros".into(),
+                disk_format: "qcow2".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+}
