@@ -92,12 +92,20 @@ pub fn firewall_spec(desired: &DesiredNode, physnets: &Physnets) -> FirewallSpec
             )
         })
         .collect();
-    // Provider networks' uplinks (only those the provider subsystem
-    // wires: a physical network mapped to a host interface).
-    let mut uplinks: Vec<String> = desired
-        .networks
+    // Provider networks' uplinks: every mapped physical network's
+    // interface, guarded from the first pass on (a provider bridge made
+    // later in a pass already holds the metadata address, whose own
+    // IGMP/ARP must never reach the wire), and the VLAN devices of the
+    // provider networks wired here.
+    let mut uplinks: Vec<String> = physnets
         .values()
-        .filter_map(|n| super::provider::uplink(n, physnets))
+        .cloned()
+        .chain(
+            desired
+                .networks
+                .values()
+                .filter_map(|n| super::provider::uplink(n, physnets)),
+        )
         .collect();
     uplinks.sort();
     uplinks.dedup();

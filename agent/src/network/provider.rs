@@ -253,7 +253,9 @@ mod tests {
         assert_eq!(o.networks.len(), 1);
         assert_eq!(o.networks[0].vni, 100);
         let fw = super::super::firewall::firewall_spec(&d, &physnets());
-        assert_eq!(fw.uplinks, vec!["eth1.120".to_string()]);
+        // Every mapped interface is guarded from the first pass on, and
+        // the VLAN device of the network wired here.
+        assert_eq!(fw.uplinks, vec!["eth1".to_string(), "eth1.120".to_string()]);
     }
 
     #[test]
