@@ -158,6 +158,24 @@ async fn apply_one(host: &Netlink, a: &RouterAction) -> Result<(), OverlayError>
         } => {
             let (inner, ip, mac) = (inner.clone(), *ip, *mac);
             info!(%netns, %inner, %ip, "announcing address (gratuitous ARP)");
+            // Announced again later, off the pass: a leg just plugged into
+            // its bridge may drop the first copies, and a neighbour holding
+            // the address's old MAC (a host that failed) would keep it.
+            let (later_ns, later_inner) = (netns.clone(), inner.clone());
+            tokio::spawn(async move {
+                for pause in REANNOUNCE_AFTER {
+                    tokio::time::sleep(pause).await;
+                    let ifname = later_inner.clone();
+                    let sent = in_ns(&later_ns, move |_| async move {
+                        send_gratuitous_arp(&ifname, mac, ip)
+                    })
+                    .await;
+                    if let Err(error) = sent {
+                        tracing::debug!(netns = %later_ns, %ip, %error, "re-announcement not sent");
+                        return;
+                    }
+                }
+            });
             in_ns(netns, move |_| async move {
                 send_gratuitous_arp(&inner, mac, ip)
             })
@@ -196,6 +214,12 @@ async fn apply_one(host: &Netlink, a: &RouterAction) -> Result<(), OverlayError>
 }
 
 /// Runs a fallible netlink job inside `netns`.
+/// When an announced address is announced again (after the first copies).
+const REANNOUNCE_AFTER: [std::time::Duration; 2] = [
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(3),
+];
+
 async fn in_ns<F, Fut>(netns: &str, f: F) -> Result<(), OverlayError>
 where
     F: FnOnce(Netlink) -> Fut + Send + 'static,
