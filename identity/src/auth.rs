@@ -71,11 +71,19 @@ pub fn authenticate(
     Ok(signer.verify(bearer_from_metadata(md)?, now)?)
 }
 
-/// `claims` unless their token is in `revoked`.
-pub fn not_revoked(
-    claims: Claims,
+/// What `token` says if it is valid at `now`: signed by a key of
+/// `signer`, not expired, and not in `revoked` — the one check of a caller's
+/// bearer token and of a token to validate.
+pub fn verify_token(
+    signer: &SignerHandle,
     revoked: &crate::revocation::RevokedHandle,
+    token: &str,
+    now: Timestamp,
 ) -> Result<Claims, AuthError> {
+    let claims = signer
+        .read()
+        .map_err(|_| AuthError::SignerUnavailable)?
+        .verify(token, now)?;
     let list = revoked.read().map_err(|_| AuthError::SignerUnavailable)?;
     if list.is_revoked(&claims.token_id) {
         return Err(AuthError::Revoked);

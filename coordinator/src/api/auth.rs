@@ -23,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use nubo_common::model::{AuditOutcome, UserName};
 use nubo_common::ProjectId;
-use nubo_identity::auth::{authenticate, AuthError, SignerHandle};
+use nubo_identity::auth::{bearer_from_metadata, verify_token, SignerHandle};
 use nubo_identity::{authorize, Action, TokenSigner};
 
 use crate::caller::{self, Caller};
@@ -239,11 +239,8 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
         (req, None)
     };
     let md = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
-    let claims = match st.signer.read() {
-        Ok(s) => authenticate(&s, &md, chrono::Utc::now()),
-        Err(_) => Err(AuthError::SignerUnavailable),
-    }
-    .and_then(|c| nubo_identity::auth::not_revoked(c, &st.revoked));
+    let claims = bearer_from_metadata(&md)
+        .and_then(|t| verify_token(&st.signer, &st.revoked, t, chrono::Utc::now()));
     let audit = |user: Option<UserName>, project: Option<ProjectId>, outcome: AuditOutcome| {
         crate::operations::audit::record(
             &st.store,

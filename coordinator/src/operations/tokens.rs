@@ -212,14 +212,14 @@ pub fn validate(ctx: &Ctx, subject: &str) -> ApiResult<Claims> {
     let signer = ctx.signer.get().ok_or_else(|| {
         ApiError::FailedPrecondition("this coordinator runs with auth = \"none\"".into())
     })?;
-    let claims = {
-        let s = signer
-            .read()
-            .map_err(|_| ApiError::Unavailable("the token verifier is unavailable".into()))?;
-        s.verify(subject, chrono::Utc::now())
-            .map_err(|_| not_found())?
-    };
-    let claims = nubo_identity::auth::not_revoked(claims, &ctx.revoked).map_err(|_| not_found())?;
+    let claims =
+        nubo_identity::auth::verify_token(signer, &ctx.revoked, subject, chrono::Utc::now())
+            .map_err(|e| match e {
+                nubo_identity::auth::AuthError::SignerUnavailable => {
+                    ApiError::Unavailable("the token verifier is unavailable".into())
+                }
+                _ => not_found(),
+            })?;
     let caller = crate::caller::caller();
     let allowed =
         crate::caller::is_cloud_admin() || caller.is_some_and(|c| c.claims.user == claims.user);
