@@ -13,13 +13,23 @@ use serde_json::{json, Value};
 use super::S;
 use crate::error::ApiError;
 
-/// The items of a create body holding `one` or `many` (exactly one of
-/// them), and whether it was a bulk create.
-pub fn items<T>(
+/// The requests for the items of a create body holding `one` or `many`
+/// (exactly one of them), each made by `request` (the first refusal is
+/// answered), and whether it was a bulk create.
+pub fn requests<T, R>(
     one: Option<T>,
     many: Option<Vec<T>>,
     what: &str,
-) -> Result<(Vec<T>, bool), ApiError> {
+    request: impl Fn(T) -> Result<R, ApiError>,
+) -> Result<(Vec<R>, bool), ApiError> {
+    let (items, bulk) = items(one, many, what)?;
+    let requests = items.into_iter().map(request).collect::<Result<_, _>>()?;
+    Ok((requests, bulk))
+}
+
+/// The items of a create body holding `one` or `many` (exactly one of
+/// them), and whether it was a bulk create.
+fn items<T>(one: Option<T>, many: Option<Vec<T>>, what: &str) -> Result<(Vec<T>, bool), ApiError> {
     match (one, many) {
         (Some(x), None) => Ok((vec![x], false)),
         (None, Some(v)) if !v.is_empty() => Ok((v, true)),

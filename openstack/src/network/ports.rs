@@ -186,11 +186,7 @@ pub(crate) async fn create_port(
     body: Result<Json<PortBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
-    let (items, many) = super::bulk::items(b.port, b.ports, "port")?;
-    let requests = items
-        .into_iter()
-        .map(port_request)
-        .collect::<Result<Vec<_>, _>>()?;
+    let (requests, many) = super::bulk::requests(b.port, b.ports, "port", port_request)?;
     let client = up.ports(&headers)?;
     let made = super::bulk::create_all(
         requests,

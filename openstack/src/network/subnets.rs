@@ -111,11 +111,8 @@ pub(crate) async fn create_network(
     body: Result<Json<NetworkBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
-    let (items, many) = super::bulk::items(b.network, b.networks, "network")?;
-    let requests = items
-        .into_iter()
-        .map(network_request)
-        .collect::<Result<Vec<_>, _>>()?;
+    let (requests, many) =
+        super::bulk::requests(b.network, b.networks, "network", network_request)?;
     let client = up.networks(&headers)?;
     let made = super::bulk::create_all(
         requests,
@@ -322,11 +319,7 @@ pub(crate) async fn create_subnet(
     body: Result<Json<SubnetBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
-    let (items, many) = super::bulk::items(b.subnet, b.subnets, "subnet")?;
-    let requests = items
-        .into_iter()
-        .map(subnet_request)
-        .collect::<Result<Vec<_>, _>>()?;
+    let (requests, many) = super::bulk::requests(b.subnet, b.subnets, "subnet", subnet_request)?;
     let client = up.networks(&headers)?;
     let made = super::bulk::create_all(
         requests,
