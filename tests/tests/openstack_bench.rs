@@ -46,6 +46,25 @@ fn until_running(cli: &Cli, n: usize, t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
+/// `nubo server create NAME --count COUNT` of the benchmark's flavor,
+/// image and network (one native batch).
+fn create_batch(cli: &Cli, name: &str, count: u32) {
+    cli.json(&[
+        "server",
+        "create",
+        name,
+        "--flavor",
+        "nano",
+        "--image",
+        "cirros",
+        "--network",
+        "net1",
+        "--count",
+        &count.to_string(),
+    ])
+    .unwrap();
+}
+
 /// Deletes every server of the project and waits until none is left.
 fn delete_all(cli: &Cli) {
     let names: Vec<String> = list_items(&cli.json(&["server", "list"]).unwrap())
@@ -116,21 +135,7 @@ fn bench_openstack_list_and_batch_create_vs_native() {
 
     // 120 servers: one native batch, then one Compute request.
     let t0 = Instant::now();
-    alice
-        .json(&[
-            "server",
-            "create",
-            "nat",
-            "--flavor",
-            "nano",
-            "--image",
-            "cirros",
-            "--network",
-            "net1",
-            "--count",
-            "120",
-        ])
-        .unwrap();
+    create_batch(&alice, "nat", 120);
     let native = until_running(&alice, 120, t0);
     delete_all(&alice);
     let t0 = Instant::now();
@@ -164,22 +169,7 @@ fn bench_openstack_list_and_batch_create_vs_native() {
 
     // 1,000 servers listed.
     for i in 0..8 {
-        let name = format!("s{i}");
-        alice
-            .json(&[
-                "server",
-                "create",
-                &name,
-                "--flavor",
-                "nano",
-                "--image",
-                "cirros",
-                "--network",
-                "net1",
-                "--count",
-                "125",
-            ])
-            .unwrap();
+        create_batch(&alice, &format!("s{i}"), 125);
     }
     until_running(&alice, 1000, Instant::now());
     let (mut os, mut ours, mut short, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
