@@ -5,11 +5,15 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header;
+use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-/// Largest answer reshaped (larger ones pass unchanged).
+use super::S;
+use crate::error::ApiError;
+
+/// Largest answer reshaped (a larger one is a 500 saying so).
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// The `fields` of a query string, in order.
@@ -51,8 +55,13 @@ pub async fn layer(req: Request, next: Next) -> Response {
     }
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        parts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::empty());
+        // Never an empty success: say what failed.
+        return ApiError::new(
+            S,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer is too large to select fields from: ask without fields",
+        )
+        .into_response();
     };
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
