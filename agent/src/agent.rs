@@ -44,6 +44,9 @@ pub enum AgentError {
     /// The network subsystems could not be set up.
     #[error("network: {0}")]
     Network(String),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] nubo_metrics::EndpointError),
 }
 
 /// Opens the driver selected by `cfg.driver`.
@@ -127,6 +130,8 @@ async fn run_inner(
     let span = info_span!("agent", node = %cfg.node);
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
+        let mut registry = crate::telemetry::registry();
+        let _metrics = crate::telemetry::AgentMetrics::register(&mut registry, &cfg);
         let (mirror, handle) = Mirror::new(etcd.clone(), cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -212,6 +217,8 @@ async fn run_inner(
             migrations,
             fencing.gate.clone(),
         )));
+        // Every family is registered: serve them.
+        crate::telemetry::spawn_endpoint(&cfg, registry, &mut tasks).await?;
         tokio::select! {
             () = shutdown => info!("shutdown requested; leaving instances running"),
             () = reconcile_loop(&cfg, handle, registered, subsystems, Beat {

@@ -20,6 +20,7 @@
 //!   them) when it returns.
 //! - [`node`]: the node's record and liveness lease, the node API, systemd
 //!   readiness and watchdog.
+//! - [`telemetry`]: the Prometheus metrics and their endpoint.
 //! - [`agent`] wires them together; [`config`] and [`store`] (the etcd
 //!   calls) are used by all.
 //!
@@ -45,6 +46,7 @@ pub mod reconciler;
 pub mod state;
 pub mod storage;
 pub mod store;
+pub mod telemetry;
 
 #[cfg(test)]
 mod testutil;

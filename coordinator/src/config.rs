@@ -71,6 +71,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP health address (port 0 = any free port).
     pub health_listen: SocketAddr,
+    /// The Prometheus endpoint (`[metrics]`, `--metrics-listen`; `None`:
+    /// no metrics served).
+    pub metrics: Option<nubo_metrics::EndpointConfig>,
     /// Coordinator id used for registration and leader election.
     pub id: String,
     /// vCPU overcommit ratio.
@@ -242,6 +245,7 @@ impl Config {
             etcd_endpoints: vec![etcd_endpoint.into()],
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             health_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
             id: format!("test-{}", uuid::Uuid::new_v4().simple()),
             cpu_ratio: 4.0,
             ram_ratio: 1.0,
@@ -371,6 +375,7 @@ struct FileConfig {
     etcd_endpoints: Option<Vec<String>>,
     listen: Option<SocketAddr>,
     health_listen: Option<SocketAddr>,
+    metrics: Option<nubo_metrics::EndpointConfig>,
     id: Option<String>,
     cpu_ratio: Option<f64>,
     ram_ratio: Option<f64>,
@@ -420,6 +425,10 @@ pub struct Cli {
     /// HTTP /healthz and /readyz address (default 0.0.0.0:7401).
     #[arg(long)]
     pub health_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics on this address (plain HTTP; TLS and a
+    /// bearer token through `[metrics]` in the file).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Coordinator id for leader election (default <hostname>-<pid>).
     #[arg(long)]
     pub id: Option<String>,
@@ -624,6 +633,11 @@ impl Cli {
                 .health_listen
                 .or(f.health_listen)
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7401))),
+            metrics: match (self.metrics_listen, f.metrics) {
+                (Some(listen), Some(m)) => Some(nubo_metrics::EndpointConfig { listen, ..m }),
+                (Some(listen), None) => Some(nubo_metrics::EndpointConfig::plain(listen)),
+                (None, m) => m,
+            },
             id: self.id.or(f.id).unwrap_or_else(default_id),
             cpu_ratio: self.cpu_ratio.or(f.cpu_ratio).unwrap_or(4.0),
             ram_ratio: self.ram_ratio.or(f.ram_ratio).unwrap_or(1.0),

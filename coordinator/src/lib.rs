@@ -32,6 +32,7 @@ pub mod paging;
 pub mod pki;
 pub mod placement;
 pub mod state;
+pub mod telemetry;
 pub mod tickets;
 pub mod validate;
 
@@ -54,6 +55,7 @@ pub struct Coordinator {
     grpc_addr: SocketAddr,
     tls: bool,
     health_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     leader: Arc<election::LeaderState>,
     view: Arc<placement::ClusterView>,
     store: nubo_store::Etcd,
@@ -66,6 +68,12 @@ impl Coordinator {
     /// delivered the node's record and alive key): what a placement needs.
     pub fn sees_alive(&self, n: &nubo_common::NodeName) -> bool {
         self.view.get(n).is_some_and(|s| s.alive)
+    }
+
+    /// The bound metrics address (`None` when no `[metrics]` is
+    /// configured).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The bound gRPC address.
@@ -223,6 +231,20 @@ async fn start_inner(
             source,
         })?;
     let health_addr = health.local_addr()?;
+    let mut registry = telemetry::registry();
+    let _metrics = telemetry::CoordinatorMetrics::register(&mut registry, &cfg);
+    let metrics_endpoint = match &cfg.metrics {
+        Some(m) => Some(
+            nubo_metrics::Endpoint::bind(m)
+                .await
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_endpoint
+        .as_ref()
+        .map(nubo_metrics::Endpoint::local_addr)
+        .transpose()?;
 
     let ctx = state::Ctx::new(
         store.clone(),
@@ -384,11 +406,23 @@ async fn start_inner(
             Ok(())
         }));
     }
-    tracing::info!(id = %cfg.id, %grpc_addr, %health_addr, "nubo-coordinator ready on {grpc_addr}");
+    if let Some(endpoint) = metrics_endpoint {
+        let mut rx = rx.clone();
+        let registry = Arc::new(registry);
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                r = endpoint.serve(registry) => r?,
+                _ = rx.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        }));
+    }
+    tracing::info!(id = %cfg.id, %grpc_addr, %health_addr, ?metrics_addr, "nubo-coordinator ready on {grpc_addr}");
     Ok(Coordinator {
         grpc_addr,
         tls: cfg.tls.is_some(),
         health_addr,
+        metrics_addr,
         leader,
         view,
         store,

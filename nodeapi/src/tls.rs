@@ -60,11 +60,13 @@ fn pem_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider of every nubo TLS configuration (ring).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Every certificate in the PEM file at `path` (at least one).
+pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_err(path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -75,11 +77,13 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// The private key in the PEM file at `path`.
+pub fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| pem_err(path, e))
 }
 
-fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+/// A root store holding every certificate of the PEM file `ca`.
+pub fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca)? {
         roots.add(c).map_err(|e| pem_err(ca, e))?;

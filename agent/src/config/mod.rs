@@ -189,6 +189,10 @@ pub struct Cli {
     /// `<underlay-ip>:7402`).
     #[arg(long)]
     pub node_api_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics on this address (plain HTTP; TLS and a
+    /// bearer token through `[metrics]` in the file).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// PEM CA that signed the coordinators' TLS certificate (for an
     /// https:// --api-endpoint).
     #[arg(long)]
@@ -294,6 +298,8 @@ pub struct FileConfig {
     pub api_endpoint: Option<String>,
     /// Node API address.
     pub node_api_listen: Option<std::net::SocketAddr>,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: Option<nubo_metrics::EndpointConfig>,
     /// CA of the coordinators' TLS certificate.
     pub api_ca_cert: Option<PathBuf>,
     /// This node's application credential file (`<id>:<secret>`).
@@ -431,6 +437,8 @@ pub struct AgentConfig {
     pub api_endpoint: String,
     /// Node API address (`None` = `<underlay-ip>:7402`).
     pub node_api_listen: Option<std::net::SocketAddr>,
+    /// The Prometheus endpoint (`None`: no metrics served).
+    pub metrics: Option<nubo_metrics::EndpointConfig>,
     /// How image downloads authenticate to the coordinator API.
     pub api_auth: ApiAuth,
     /// etcd over TLS (`None` = plain http://).
@@ -522,6 +530,7 @@ impl AgentConfig {
             libvirt: LibvirtSettings::default(),
             api_endpoint: DEFAULT_API_ENDPOINT.into(),
             node_api_listen: None,
+            metrics: None,
             api_auth: ApiAuth::default(),
             etcd_tls: None,
             storage: storage::StorageSettings::default(),
@@ -735,6 +744,11 @@ impl AgentConfig {
             .or(file.api_endpoint)
             .unwrap_or(cfg.api_endpoint);
         cfg.node_api_listen = cli.node_api_listen.or(file.node_api_listen);
+        cfg.metrics = match (cli.metrics_listen, file.metrics.clone()) {
+            (Some(listen), Some(m)) => Some(nubo_metrics::EndpointConfig { listen, ..m }),
+            (Some(listen), None) => Some(nubo_metrics::EndpointConfig::plain(listen)),
+            (None, m) => m,
+        };
         cfg.api_auth = ApiAuth {
             ca_cert: cli.api_ca_cert.clone().or(file.api_ca_cert),
             credential_file: cli.api_credential_file.clone().or(file.api_credential_file),

@@ -1,0 +1,65 @@
+//! The agent's Prometheus metrics (`[metrics]` / `--metrics-listen`).
+//!
+//! [`AgentMetrics`] holds the families the subsystems update; they are
+//! registered once in the agent's registry, which the endpoint of
+//! `nubo_metrics` encodes on each scrape. Names, types and labels:
+//! `docs/metrics.md`.
+
+use std::sync::Arc;
+
+use nubo_metrics::prometheus_client::metrics::info::Info;
+use nubo_metrics::prometheus_client::registry::Registry;
+use tracing::{info, warn, Instrument};
+
+use crate::config::AgentConfig;
+
+/// The metric families of one agent, shared by the subsystems that update
+/// them.
+#[derive(Debug, Default)]
+pub struct AgentMetrics {}
+
+impl AgentMetrics {
+    /// Registers the agent's families in `registry` (prefixed `nubo_`).
+    pub fn register(registry: &mut Registry, cfg: &AgentConfig) -> Arc<Self> {
+        registry.register(
+            "agent",
+            "The agent's node and version",
+            Info::new(vec![
+                ("node", cfg.node.to_string()),
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ]),
+        );
+        Arc::new(Self {})
+    }
+}
+
+/// A fresh registry with the `nubo` prefix.
+pub fn registry() -> Registry {
+    Registry::with_prefix(nubo_metrics::PREFIX)
+}
+
+/// Binds the endpoint of `cfg.metrics` (if any) and spawns its server on
+/// `tasks`. A configuration that cannot be served is an error at start.
+pub async fn spawn_endpoint(
+    cfg: &AgentConfig,
+    registry: Registry,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(), nubo_metrics::EndpointError> {
+    let Some(ep) = &cfg.metrics else {
+        return Ok(());
+    };
+    let endpoint = nubo_metrics::Endpoint::bind(ep).await?;
+    if let Ok(addr) = endpoint.local_addr() {
+        info!(%addr, tls = endpoint.is_tls(), "serving metrics on {addr}");
+    }
+    let registry = Arc::new(registry);
+    tasks.spawn(
+        async move {
+            if let Err(e) = endpoint.serve(registry).await {
+                warn!(error = %e, "the metrics endpoint stopped");
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(())
+}
