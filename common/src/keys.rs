@@ -563,6 +563,10 @@ pub fn quota(p: &ProjectId) -> String {
 pub fn quota_default() -> String {
     format!("{PRIVATE}quotas/{DEFAULT_QUOTA}")
 }
+/// `/nubo/v1/private/quota-usage/` (every project's usage)
+pub fn quota_usage_prefix() -> String {
+    format!("{PRIVATE}quota-usage/")
+}
 /// `/nubo/v1/private/quota-usage/<project>` (`QuotaUsage`, changed in the
 /// same transaction as the resources it counts, compared by mod revision)
 pub fn quota_usage(p: &ProjectId) -> String {
