@@ -153,6 +153,15 @@ pub struct Cli {
     /// every namespace with it that is not a current router is removed.
     #[arg(long)]
     pub router_netns_prefix: Option<String>,
+    /// Name prefix of this node's health probe namespaces (default
+    /// "nprobe-"); every namespace with it that is not a current probe is
+    /// removed.
+    #[arg(long)]
+    pub probe_netns_prefix: Option<String>,
+    /// Seconds between two health probes of a network (default 10; 0
+    /// disables the probe).
+    #[arg(long)]
+    pub probe_interval_secs: Option<u64>,
     /// Do not run the network reconcilers.
     #[arg(long)]
     pub no_network: bool,
@@ -277,6 +286,10 @@ pub struct FileConfig {
     pub netns_prefix: Option<String>,
     /// Router namespace prefix.
     pub router_netns_prefix: Option<String>,
+    /// Health probe namespace prefix.
+    pub probe_netns_prefix: Option<String>,
+    /// Seconds between health probes (0: no probe).
+    pub probe_interval_secs: Option<u64>,
     /// Disable network reconcilers.
     #[serde(default)]
     pub no_network: bool,
@@ -424,6 +437,11 @@ pub struct AgentConfig {
     /// `netns_prefix`, nor the other way round: each subsystem removes the
     /// namespaces with its prefix that it does not want).
     pub router_netns_prefix: String,
+    /// Name prefix of the health probe namespaces (overlapping neither of
+    /// the two above).
+    pub probe_netns_prefix: String,
+    /// Interval of the health probe (`None`: no probe).
+    pub probe_interval: Option<Duration>,
     /// Network reconcilers disabled.
     pub no_network: bool,
     /// Log format.
@@ -524,6 +542,8 @@ impl AgentConfig {
             fake_boot: Duration::ZERO,
             netns_prefix: "nubo-".into(),
             router_netns_prefix: "qrouter-".into(),
+            probe_netns_prefix: crate::network::probe::DEFAULT_NETNS_PREFIX.into(),
+            probe_interval: Some(crate::network::probe::DEFAULT_INTERVAL),
             no_network: false,
             log_format: LogFormat::Text,
             resync_interval: Duration::from_secs(30),
@@ -713,6 +733,32 @@ impl AgentConfig {
                     "{r:?} and the guest prefix {g:?} overlap: one subsystem would remove the other's namespaces"
                 ),
             });
+        }
+        let (g, r) = (g.clone(), r.clone());
+        cfg.probe_netns_prefix = cli
+            .probe_netns_prefix
+            .clone()
+            .or(file.probe_netns_prefix)
+            .unwrap_or(cfg.probe_netns_prefix);
+        let p = &cfg.probe_netns_prefix;
+        if p.is_empty() || p.contains('/') || p.len() > 200 {
+            return Err(ConfigError::Invalid {
+                field: "probe_netns_prefix",
+                reason: format!("{p:?} is not a namespace name prefix (1-200 characters, no '/')"),
+            });
+        }
+        for (other, what) in [(&g, "guest"), (&r, "router")] {
+            if p.starts_with(other.as_str()) || other.starts_with(p.as_str()) {
+                return Err(ConfigError::Invalid {
+                    field: "probe_netns_prefix",
+                    reason: format!(
+                        "{p:?} and the {what} prefix {other:?} overlap: one subsystem would remove the other's namespaces"
+                    ),
+                });
+            }
+        }
+        if let Some(secs) = cli.probe_interval_secs.or(file.probe_interval_secs) {
+            cfg.probe_interval = (secs > 0).then(|| Duration::from_secs(secs));
         }
         cfg.no_network = cli.no_network || file.no_network;
         cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
