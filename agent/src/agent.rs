@@ -136,10 +136,38 @@ async fn run_inner(
         metrics
             .node
             .set_capacity(&crate::node::registration::capacity(&cfg));
+        let vm_stats =
+            crate::telemetry::vm_stats::VmStatsCollector::register(&mut registry, &cfg.node);
         let (mirror, handle) = Mirror::new(etcd.clone(), cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());
+        // Per-VM statistics and node usage (see `telemetry::vm_stats`), and
+        // their usage record in etcd on the liveness lease.
+        let (usage_tx, usage_rx) = watch::channel(None);
+        tasks.spawn(
+            crate::telemetry::vm_stats::VmStatsTask {
+                node: cfg.node.clone(),
+                state_dir: cfg.state_dir.clone(),
+                period: cfg.usage_interval,
+                hypervisor: hv.clone(),
+                cache: handle.cache.clone(),
+                collector: vm_stats,
+                usage: usage_tx,
+            }
+            .run()
+            .in_current_span(),
+        );
+        tasks.spawn(
+            crate::telemetry::usage::publish(
+                etcd.clone(),
+                cfg.node.clone(),
+                usage_rx,
+                senders.acks.subscribe(),
+                cfg.usage_interval,
+            )
+            .in_current_span(),
+        );
         tasks.spawn(
             Liveness::new(etcd.clone(), cfg.clone(), registered_tx)
                 .with_acks(senders.acks)

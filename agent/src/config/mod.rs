@@ -202,6 +202,10 @@ pub struct Cli {
     /// bearer token through `[metrics]` in the file).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Period of the per-VM statistics and node usage collection in ms
+    /// (default 10000).
+    #[arg(long)]
+    pub usage_interval_ms: Option<u64>,
     /// PEM CA that signed the coordinators' TLS certificate (for an
     /// https:// --api-endpoint).
     #[arg(long)]
@@ -313,6 +317,8 @@ pub struct FileConfig {
     pub node_api_listen: Option<std::net::SocketAddr>,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Option<nubo_metrics::EndpointConfig>,
+    /// Period of the per-VM statistics and node usage collection, ms.
+    pub usage_interval_ms: Option<u64>,
     /// CA of the coordinators' TLS certificate.
     pub api_ca_cert: Option<PathBuf>,
     /// This node's application credential file (`<id>:<secret>`).
@@ -457,6 +463,10 @@ pub struct AgentConfig {
     pub node_api_listen: Option<std::net::SocketAddr>,
     /// The Prometheus endpoint (`None`: no metrics served).
     pub metrics: Option<nubo_metrics::EndpointConfig>,
+    /// Period of the per-VM statistics and node usage collection
+    /// (`usage_interval_ms`; 10 s): one bulk hypervisor call, one etcd
+    /// write of the usage record.
+    pub usage_interval: Duration,
     /// How image downloads authenticate to the coordinator API.
     pub api_auth: ApiAuth,
     /// etcd over TLS (`None` = plain http://).
@@ -551,6 +561,7 @@ impl AgentConfig {
             api_endpoint: DEFAULT_API_ENDPOINT.into(),
             node_api_listen: None,
             metrics: None,
+            usage_interval: Duration::from_secs(10),
             api_auth: ApiAuth::default(),
             etcd_tls: None,
             storage: storage::StorageSettings::default(),
@@ -795,6 +806,15 @@ impl AgentConfig {
             (Some(listen), None) => Some(nubo_metrics::EndpointConfig::plain(listen)),
             (None, m) => m,
         };
+        if let Some(ms) = cli.usage_interval_ms.or(file.usage_interval_ms) {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid {
+                    field: "usage_interval_ms",
+                    reason: format!("{ms} is outside 100..=3600000"),
+                });
+            }
+            cfg.usage_interval = Duration::from_millis(ms);
+        }
         cfg.api_auth = ApiAuth {
             ca_cert: cli.api_ca_cert.clone().or(file.api_ca_cert),
             credential_file: cli.api_credential_file.clone().or(file.api_credential_file),

@@ -4,6 +4,16 @@
 //! registered once in the agent's registry, which the endpoint of
 //! `nubo_metrics` encodes on each scrape. Names, types and labels:
 //! `docs/metrics.md`.
+//!
+//! - [`vm_stats`]: per-VM usage and the node's real usage, collected in the
+//!   background ([`vm_stats::VmStatsTask`]) and encoded from a snapshot
+//!   ([`vm_stats::VmStatsCollector`]);
+//! - [`usage`]: the usage record published to etcd for `server show` /
+//!   `node show`; [`node_usage`]: reading the host's CPU, memory and disk.
+
+pub mod node_usage;
+pub mod usage;
+pub mod vm_stats;
 
 pub mod node;
 pub mod probe;

@@ -127,6 +127,42 @@ pub fn holds_to_restore(
         .partition(|id| paused.contains(id))
 }
 
+/// The usage counters of a nubo domain's statistics (`None` for a domain
+/// whose UUID is not an instance id). Pure.
+pub fn instance_stats(d: &nubo_libvirt::DomainStats) -> Option<super::InstanceStats> {
+    let id: InstanceId = d.uuid.parse().ok()?;
+    Some(super::InstanceStats {
+        id,
+        cpu_ns: d.cpu_time_ns,
+        memory_used_bytes: d.balloon.used_bytes(),
+        memory_available_bytes: d.balloon.available_bytes(),
+        disks: d
+            .disks
+            .iter()
+            .map(|b| super::DiskCounters {
+                target: b.name.clone(),
+                read_bytes: b.read_bytes,
+                read_ops: b.read_ops,
+                write_bytes: b.write_bytes,
+                write_ops: b.write_ops,
+            })
+            .collect(),
+        nics: d
+            .interfaces
+            .iter()
+            .map(|n| super::NicCounters {
+                tap: n.name.clone(),
+                rx_bytes: n.rx_bytes,
+                rx_packets: n.rx_packets,
+                rx_drops: n.rx_drops,
+                tx_bytes: n.tx_bytes,
+                tx_packets: n.tx_packets,
+                tx_drops: n.tx_drops,
+            })
+            .collect(),
+    })
+}
+
 /// Maps libvirt's power state to nubo's. Pure.
 pub fn observed_power(p: PowerState) -> ObservedPower {
     match p {
@@ -998,6 +1034,15 @@ impl super::Hypervisor for LibvirtHypervisor {
             .suspend(&id.to_string())
             .await
             .map_err(|e| self.dom_err(id, e))
+    }
+
+    async fn stats(&self) -> Result<Vec<super::InstanceStats>, HypervisorError> {
+        let domains = self
+            .driver
+            .all_domain_stats()
+            .await
+            .map_err(|e| backend("bulk domain statistics", e))?;
+        Ok(domains.iter().filter_map(instance_stats).collect())
     }
 
     async fn volumes(&self, id: InstanceId) -> Result<Vec<AttachedVolume>, HypervisorError> {
