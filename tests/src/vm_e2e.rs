@@ -568,6 +568,34 @@ impl VmLab {
         Ok(img)
     }
 
+    /// Security group `icmp`: egress allowed, ingress ICMP from `cidr` only
+    /// (a new group has no rules at all). Returns the last rule's JSON (the
+    /// group with its rules).
+    pub fn icmp_security_group(&self, cidr: &str) -> Result<Value> {
+        let cli = &self.cli;
+        cli.json(&["secgroup", "create", "icmp"])?;
+        cli.json(&[
+            "secgroup",
+            "rule",
+            "create",
+            "icmp",
+            "--direction",
+            "egress",
+        ])?;
+        cli.json(&[
+            "secgroup",
+            "rule",
+            "create",
+            "icmp",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "icmp",
+            "--remote-ip",
+            cidr,
+        ])
+    }
+
     /// The arguments of `nubo server create NAME --flavor t --image guest
     /// --network n1` (the [`VmLab::base_objects`]) followed by `extra`; in
     /// zone `az-<host>` (that host's) when `host` is set; with `user_data`

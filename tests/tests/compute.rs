@@ -27,31 +27,8 @@ fn base_objects(lab: &VmLab) -> Value {
         "flavor", "create", "zero", "--vcpus", "1", "--ram", "128", "--disk", "0",
     ])
     .unwrap();
-    // Members of "icmp" accept ICMP from the network only through this rule.
-    cli.json(&["secgroup", "create", "icmp"]).unwrap();
-    // A new group has no rules at all: allow egress explicitly.
-    cli.json(&[
-        "secgroup",
-        "rule",
-        "create",
-        "icmp",
-        "--direction",
-        "egress",
-    ])
-    .unwrap();
-    cli.json(&[
-        "secgroup",
-        "rule",
-        "create",
-        "icmp",
-        "--direction",
-        "ingress",
-        "--protocol",
-        "icmp",
-        "--remote-ip",
-        "10.91.0.0/24",
-    ])
-    .unwrap()
+    // Members of "icmp" accept ICMP from the network only through its rule.
+    lab.icmp_security_group("10.91.0.0/24").unwrap()
 }
 
 /// The etcd key of network `n1` (every guest's): rewriting it makes an

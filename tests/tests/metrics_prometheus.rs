@@ -54,33 +54,6 @@ fn wait_sample(prom: &Prometheus, q: &str, timeout: Duration, ok: impl Fn(f64) -
     .unwrap_or_else(|e| panic!("{e:#}\nprometheus:\n{}", prom.log_tail()))
 }
 
-fn ping_rules(lab: &VmLab, cidr: &str) {
-    let cli = &lab.cli;
-    cli.json(&["secgroup", "create", "icmp"]).unwrap();
-    cli.json(&[
-        "secgroup",
-        "rule",
-        "create",
-        "icmp",
-        "--direction",
-        "egress",
-    ])
-    .unwrap();
-    cli.json(&[
-        "secgroup",
-        "rule",
-        "create",
-        "icmp",
-        "--direction",
-        "ingress",
-        "--protocol",
-        "icmp",
-        "--remote-ip",
-        cidr,
-    ])
-    .unwrap();
-}
-
 fn create(lab: &VmLab, name: &str, host: u8, user_data: &str) -> (String, String, String) {
     let out = lab
         .create_server(
@@ -121,7 +94,7 @@ fn prometheus_scrapes_a_two_host_cluster_with_vms_and_the_dhcp_alert_fires() {
     .unwrap();
     let cidr = "10.92.0.0/24";
     lab.base_objects(128, cidr).unwrap();
-    ping_rules(&lab, cidr);
+    lab.icmp_security_group(cidr).unwrap();
 
     let agent_targets: Vec<String> = lab
         .hosts
