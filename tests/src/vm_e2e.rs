@@ -182,12 +182,24 @@ echo 'namespaces = []' > {b}/qemu.conf
 
     /// [`HostLibvirtd::restart`] in network namespace `netns`.
     pub fn restart_in(&self, netns: &str) -> Result<()> {
+        self.stop()?;
+        self.start_again_in(netns)
+    }
+
+    /// Stops libvirtd (SIGTERM by pid) and waits until it exited; running
+    /// domains keep running. [`HostLibvirtd::start_again_in`] brings it back.
+    pub fn stop(&self) -> Result<()> {
         let pidfile = self.base.join("run/libvirtd.pid");
         let pid = read_pid(&pidfile).context("libvirtd pid file")?;
         kill_pid(pid, libc::SIGTERM);
         wait_until(Duration::from_secs(30), "libvirtd exits", || {
             Ok(!pid_alive(pid))
-        })?;
+        })
+    }
+
+    /// Starts a stopped libvirtd again in network namespace `netns`, with
+    /// the same state directories; it reattaches to the running domains.
+    pub fn start_again_in(&self, netns: &str) -> Result<()> {
         let script = format!(
             "set -e\n{mounts}\nlibvirtd -d{args} -p /run/libvirt/libvirtd.pid",
             mounts = self.mounts(),

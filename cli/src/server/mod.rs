@@ -180,6 +180,7 @@ pub fn to_json(s: &Server) -> Value {
         "updated_at": opt(&s.updated_at),
         "launch_index": s.launch_index,
         "evacuation_policy": opt(&s.evacuation_policy),
+        "observed_usage": crate::usage::server_json(s.observed_usage.as_ref()),
     })
 }
 
