@@ -118,12 +118,11 @@ pub async fn discover(
     timeout: Duration,
 ) -> Result<ProbeOffer, ProbeError> {
     validate_iface_name(iface)?;
-    let socket = UdpSocket::from_std(client_socket(iface)?).map_err(|source| {
-        DhcpError::Runtime {
+    let socket =
+        UdpSocket::from_std(client_socket(iface)?).map_err(|source| DhcpError::Runtime {
             iface: iface.to_string(),
             source,
-        }
-    })?;
+        })?;
     let sender = L2Sender::open(iface)?;
     let send_err = |reason: String| ProbeError::Send {
         iface: iface.to_string(),
@@ -172,7 +171,7 @@ pub async fn discover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode_request, decide, Decision, Lease, LeaseTable, METADATA_IP};
+    use crate::{decide, decode_request, Decision, Lease, LeaseTable, METADATA_IP};
 
     const MAC: MacAddr = MacAddr([0x02, 0x6e, 0x62, 0, 0, 1]);
 
