@@ -214,6 +214,10 @@ fn node_metrics_and_health_probe_on_two_hosts() {
                 wait_value(&lab, host, "nubo_agent_probe_success", &l, 1.0);
                 let m = scrape(&lab, host);
                 assert!(value(&m, "nubo_agent_probe_last_success_timestamp_seconds", &l).is_some());
+                eprintln!(
+                    "probe {check} on hv-{host}: {:?} s",
+                    value(&m, "nubo_agent_probe_duration_seconds", &l)
+                );
             }
         }
         // The probe's OFFERs are DHCP replies too.
