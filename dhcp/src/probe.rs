@@ -5,19 +5,18 @@
 //! No DHCPREQUEST ever follows: a probe only checks that the responder of
 //! the link answers, it never takes or renews anything.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use dhcproto::v4::{self, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
 use nubo_netid::MacAddr;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::error::DhcpError;
 use crate::l2::{ipv4_udp, L2Sender};
 use crate::respond::CLIENT_PORT;
-use crate::socket::{validate_iface_name, SERVER_PORT};
+use crate::socket::{bind_device_port, validate_iface_name, SERVER_PORT};
 
 /// The answer a probe got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,27 +85,6 @@ pub fn offer_for(reply: &Message, mac: MacAddr, xid: u32) -> Option<ProbeOffer> 
     })
 }
 
-/// The client socket: 0.0.0.0:68 bound to `iface`, receiving broadcasts.
-fn client_socket(iface: &str) -> Result<std::net::UdpSocket, DhcpError> {
-    let err = |step: &'static str| {
-        move |source| DhcpError::Socket {
-            iface: iface.to_string(),
-            step,
-            source,
-        }
-    };
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))
-        .map_err(err("socket(AF_INET, SOCK_DGRAM)"))?;
-    sock.bind_device(Some(iface.as_bytes()))
-        .map_err(err("SO_BINDTODEVICE"))?;
-    sock.set_broadcast(true).map_err(err("SO_BROADCAST"))?;
-    sock.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
-    sock.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
-    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT).into())
-        .map_err(err("bind 0.0.0.0:68"))?;
-    Ok(sock.into())
-}
-
 /// Sends one DHCPDISCOVER for `mac` on `iface` (in the calling thread's
 /// network namespace; needs a tokio runtime with IO) and waits up to
 /// `timeout` for the matching DHCPOFFER. Replies to other transactions are
@@ -119,9 +97,11 @@ pub async fn discover(
 ) -> Result<ProbeOffer, ProbeError> {
     validate_iface_name(iface)?;
     let socket =
-        UdpSocket::from_std(client_socket(iface)?).map_err(|source| DhcpError::Runtime {
-            iface: iface.to_string(),
-            source,
+        UdpSocket::from_std(bind_device_port(iface, CLIENT_PORT, None)?).map_err(|source| {
+            DhcpError::Runtime {
+                iface: iface.to_string(),
+                source,
+            }
         })?;
     let sender = L2Sender::open(iface)?;
     let send_err = |reason: String| ProbeError::Send {

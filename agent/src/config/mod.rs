@@ -1095,4 +1095,33 @@ mod tests {
         assert_eq!(c.physnets["physnet1"], "eth1");
         assert!(c.etcd_tls.and_then(|t| t.cert).is_some());
     }
+
+    #[test]
+    fn the_probe_has_defaults_can_be_disabled_and_its_prefix_overlaps_nothing() {
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.probe_netns_prefix, "nprobe-");
+        assert_eq!(c.probe_interval, Some(Duration::from_secs(10)));
+        let args = [
+            "--node",
+            "n1",
+            "--probe-interval-secs",
+            "0",
+            "--probe-netns-prefix",
+            "p-",
+        ];
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&args)).unwrap();
+        assert_eq!(
+            (c.probe_interval, c.probe_netns_prefix.as_str()),
+            (None, "p-")
+        );
+        // Overlapping the guest ("nubo-") or router ("qrouter-") prefix,
+        // or not a name prefix: refused.
+        for bad in ["nubo-probe-", "nub", "qrouter-p", "a/b", ""] {
+            let args = ["--node", "n1", "--probe-netns-prefix", bad];
+            assert!(
+                AgentConfig::merge(FileConfig::default(), &cli(&args)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -345,7 +345,7 @@ mod tests {
         w.instance_on(&n1, net, &[]);
         w.instance_on(&n1, net, &[]);
         let d = crate::state::desired::build(&w.cache, &n1, 1500);
-        let one = d.instances.values().next().unwrap().resources.clone();
+        let one = d.instances.values().next().unwrap().resources;
         let sum = allocated(&d);
         assert_eq!(sum.vcpus, 2 * one.vcpus);
         assert_eq!(sum.ram_mb, 2 * one.ram_mb);
