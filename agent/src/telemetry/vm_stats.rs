@@ -472,87 +472,115 @@ impl VmStatsTask {
     pub async fn run(self) {
         let mut tick = tokio::time::interval(self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let host = Arc::new(std::sync::Mutex::new((
-            node_usage::system(),
-            sysinfo::Disks::new(),
-        )));
-        let mut prev_host: Option<(Instant, HostSample)> = None;
-        let mut was_up = true;
+        let mut c = self.start();
         loop {
             tick.tick().await;
-            let started = Instant::now();
-            let stats = tokio::time::timeout(self.period, self.hypervisor.stats()).await;
-            let h = Arc::clone(&host);
-            let dir = self.state_dir.clone();
-            let host_now = tokio::task::spawn_blocking(move || {
-                let mut g = match h.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                let (sys, disks) = &mut *g;
-                node_usage::sample(sys, disks, &dir)
-            })
-            .await
-            .ok();
-            let meta = vm_meta(&*self.cache.read().await);
-            let previous = self.collector.snapshot();
-            let reading = match stats {
-                Ok(Ok(list)) => {
-                    if !was_up {
-                        info!(node = %self.node, "per-VM statistics collected again");
-                    }
-                    was_up = true;
-                    Some(Arc::new(Reading {
-                        at: Instant::now(),
-                        wall: model::now(),
-                        vms: join(list, &meta),
-                    }))
-                }
-                Ok(Err(e)) => {
-                    if std::mem::take(&mut was_up) {
-                        warn!(node = %self.node, error = %e, "per-VM statistics unavailable; serving the last values as stale");
-                    } else {
-                        debug!(node = %self.node, error = %e, "per-VM statistics still unavailable");
-                    }
-                    None
-                }
-                Err(_) => {
-                    if std::mem::take(&mut was_up) {
-                        warn!(node = %self.node, timeout = ?self.period, "per-VM statistics timed out; serving the last values as stale");
-                    }
-                    None
-                }
+            c.once().await;
+        }
+    }
+
+    /// The collection state, for callers that pace it themselves
+    /// ([`Collection::once`]).
+    pub fn start(self) -> Collection {
+        Collection {
+            host: Arc::new(std::sync::Mutex::new((
+                node_usage::system(),
+                sysinfo::Disks::new(),
+            ))),
+            prev_host: None,
+            was_up: true,
+            task: self,
+        }
+    }
+}
+
+/// A running collection: the task and what one collection keeps for the
+/// next (the previous host reading, the sysinfo handles).
+pub struct Collection {
+    task: VmStatsTask,
+    host: Arc<std::sync::Mutex<(sysinfo::System, sysinfo::Disks)>>,
+    prev_host: Option<(Instant, HostSample)>,
+    was_up: bool,
+}
+
+impl Collection {
+    /// One collection: the hypervisor's counters (bounded by the period),
+    /// the host's usage, a new snapshot and usage record.
+    pub async fn once(&mut self) {
+        let t = &self.task;
+        let host = &self.host;
+        let prev_host = &mut self.prev_host;
+        let was_up = &mut self.was_up;
+        let started = Instant::now();
+        let stats = tokio::time::timeout(t.period, t.hypervisor.stats()).await;
+        let h = Arc::clone(host);
+        let dir = t.state_dir.clone();
+        let host_now = tokio::task::spawn_blocking(move || {
+            let mut g = match h.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
             };
-            self.collector.observe_collection(started.elapsed());
-            let now = Instant::now();
-            let cpu_ratio = match (&prev_host, &host_now) {
-                (Some((_, a)), Some(b)) => {
-                    b.cpu.zip(a.cpu).and_then(|(b, a)| b.busy_ratio_since(&a))
+            let (sys, disks) = &mut *g;
+            node_usage::sample(sys, disks, &dir)
+        })
+        .await
+        .ok();
+        let meta = vm_meta(&*t.cache.read().await);
+        let previous = t.collector.snapshot();
+        let reading = match stats {
+            Ok(Ok(list)) => {
+                if !*was_up {
+                    info!(node = %t.node, "per-VM statistics collected again");
                 }
-                _ => None,
-            };
-            let usage = match (&host_now, &prev_host) {
-                (Some(h), Some((t0, _))) => Some(super::usage::observed(
-                    h,
-                    cpu_ratio,
-                    now.saturating_duration_since(*t0),
-                    previous.reading.as_deref().filter(|_| previous.up),
-                    reading.as_deref(),
-                )),
-                _ => None,
-            };
-            self.collector.publish(Snapshot {
-                up: reading.is_some(),
-                reading: reading.or_else(|| previous.reading.clone()),
-                host: host_now.clone(),
+                *was_up = true;
+                Some(Arc::new(Reading {
+                    at: Instant::now(),
+                    wall: model::now(),
+                    vms: join(list, &meta),
+                }))
+            }
+            Ok(Err(e)) => {
+                if std::mem::take(was_up) {
+                    warn!(node = %t.node, error = %e, "per-VM statistics unavailable; serving the last values as stale");
+                } else {
+                    debug!(node = %t.node, error = %e, "per-VM statistics still unavailable");
+                }
+                None
+            }
+            Err(_) => {
+                if std::mem::take(was_up) {
+                    warn!(node = %t.node, timeout = ?t.period, "per-VM statistics timed out; serving the last values as stale");
+                }
+                None
+            }
+        };
+        t.collector.observe_collection(started.elapsed());
+        let now = Instant::now();
+        let cpu_ratio = match (&*prev_host, &host_now) {
+            (Some((_, a)), Some(b)) => b.cpu.zip(a.cpu).and_then(|(b, a)| b.busy_ratio_since(&a)),
+            _ => None,
+        };
+        let usage = match (&host_now, &*prev_host) {
+            (Some(h), Some((t0, _))) => Some(super::usage::observed(
+                h,
                 cpu_ratio,
-            });
-            if let Some(u) = usage {
-                self.usage.send_replace(Some(u));
-            }
-            if let Some(h) = host_now {
-                prev_host = Some((now, h));
-            }
+                now.saturating_duration_since(*t0),
+                previous.reading.as_deref().filter(|_| previous.up),
+                reading.as_deref(),
+            )),
+            _ => None,
+        };
+        t.collector.publish(Snapshot {
+            up: reading.is_some(),
+            reading: reading.or_else(|| previous.reading.clone()),
+            host: host_now.clone(),
+            cpu_ratio,
+        });
+        if let Some(u) = usage {
+            t.usage.send_replace(Some(u));
+        }
+        if let Some(h) = host_now {
+            *prev_host = Some((now, h));
         }
     }
 }
