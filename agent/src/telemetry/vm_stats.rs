@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::node_usage::{self, HostSample};
-use crate::compute::hypervisor::{Hypervisor, InstanceStats, NicCounters};
+use crate::compute::hypervisor::{DiskCounters, Hypervisor, InstanceStats, NicCounters};
 use crate::state::cache::Cache;
 
 /// What the metrics say about an instance besides its counters.
@@ -230,12 +230,11 @@ fn vm_labels<'a>(vm: &'a VmSample, node: &'a str) -> VmLabels<'a> {
     ]
 }
 
-/// The per-VM counter families of disks: (name, help, field).
-const DISK_COUNTERS: [(
-    &str,
-    &str,
-    fn(&crate::compute::hypervisor::DiskCounters) -> u64,
-); 4] = [
+/// A counter family of a device: name, help, and the field it reads.
+type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// The per-VM counter families of disks.
+const DISK_COUNTERS: [CounterFamily<DiskCounters>; 4] = [
     (
         "vm_disk_read_bytes",
         "Bytes read by the VM from a disk",
@@ -259,7 +258,7 @@ const DISK_COUNTERS: [(
 ];
 
 /// The per-VM counter families of ports, seen from the VM.
-const NIC_COUNTERS: [(&str, &str, fn(&NicCounters) -> u64); 6] = [
+const NIC_COUNTERS: [CounterFamily<NicCounters>; 6] = [
     (
         "vm_network_receive_bytes",
         "Bytes received by the VM on a port",
@@ -588,7 +587,6 @@ impl Collection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::hypervisor::DiskCounters;
     use nubo_metrics::prometheus_client::encoding::text::encode;
 
     fn stats(id: InstanceId, cpu_ns: u64, tap: &str) -> InstanceStats {
@@ -641,6 +639,43 @@ mod tests {
             wall: model::now(),
             vms,
         }))
+    }
+
+    #[test]
+    fn meta_comes_from_the_mirrored_specs_and_ports() {
+        let (id, p1, p2) = (
+            InstanceId::new_random(),
+            PortId::new_random(),
+            PortId::new_random(),
+        );
+        let mut cache = Cache::default();
+        let inst: nubo_common::model::Instance = serde_json::from_value(serde_json::json!({
+            "id": id, "name": "web", "project": "demo", "flavor": "t",
+            "resources": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1},
+            "image": nubo_common::ImageId::new_random(), "ports": [p1, p2], "power": "running",
+            "created_at": model::now(),
+        }))
+        .unwrap();
+        cache.instances.insert(id, inst);
+        let port: nubo_common::model::Port = serde_json::from_value(serde_json::json!({
+            "id": p1, "project": "demo", "network": nubo_common::NetworkId::new_random(),
+            "mac": "fa:16:3e:00:00:01", "ip": "10.0.0.5", "device": id,
+            "created_at": model::now(),
+        }))
+        .unwrap();
+        let tap = port.tap_name();
+        cache.ports.insert(p1, port);
+        // p2 is not mirrored (yet): no tap is attributed to it.
+        let m = vm_meta(&cache);
+        assert_eq!(
+            m[&id],
+            VmMeta {
+                name: "web".into(),
+                project: "demo".into(),
+                ports: [(tap, p1)].into(),
+            }
+        );
+        assert_eq!(m.len(), 1);
     }
 
     #[test]
