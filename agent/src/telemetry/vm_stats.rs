@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use nubo_common::model::{self, ObservedUsage, Timestamp};
+use nubo_common::model::{self, ObservedUsage};
 use nubo_common::{InstanceId, NodeName, PortId};
 use nubo_metrics::prometheus_client::collector::Collector;
 use nubo_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::node_usage::{self, HostSample};
+pub use super::reading::{Reading, VmSample};
 use crate::compute::hypervisor::{DiskCounters, Hypervisor, InstanceStats, NicCounters};
 use crate::state::cache::Cache;
 
@@ -77,21 +78,6 @@ pub fn vm_meta(cache: &Cache) -> BTreeMap<InstanceId, VmMeta> {
         .collect()
 }
 
-/// One VM's counters with its labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmSample {
-    /// Instance id.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Project.
-    pub project: String,
-    /// The counters.
-    pub stats: InstanceStats,
-    /// The port id of each of `stats.nics` ("" when the tap is no port's).
-    pub ports: Vec<String>,
-}
-
 /// Joins the hypervisor's counters with the node's instances; counters of
 /// an instance that is not (or no longer) this node's are dropped. Pure.
 pub fn join(stats: Vec<InstanceStats>, meta: &BTreeMap<InstanceId, VmMeta>) -> Vec<VmSample> {
@@ -120,17 +106,6 @@ pub fn join(stats: Vec<InstanceStats>, meta: &BTreeMap<InstanceId, VmMeta>) -> V
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
-}
-
-/// A successful reading of every VM's counters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    /// When it was taken (monotonic).
-    pub at: Instant,
-    /// When it was taken (wall clock).
-    pub wall: Timestamp,
-    /// The VMs.
-    pub vms: Vec<VmSample>,
 }
 
 /// What a scrape encodes.
