@@ -208,6 +208,24 @@ fn vm_labels<'a>(vm: &'a VmSample, node: &'a str) -> VmLabels<'a> {
 /// A counter family of a device: name, help, and the field it reads.
 type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
 
+/// The per-VM gauge families: name, help, and the value they read.
+type GaugeFamily = (
+    &'static str,
+    &'static str,
+    fn(&InstanceStats) -> Option<u64>,
+);
+
+const VM_GAUGES: [GaugeFamily; 2] = [
+    (
+        "vm_memory_used_bytes",
+        "Memory in use by the VM (guest-reported, else QEMU's resident memory)",
+        |s| s.memory_used_bytes,
+    ),
+    ("vm_memory_available_bytes", "Memory the VM has", |s| {
+        s.memory_available_bytes
+    }),
+];
+
 /// The per-VM counter families of disks.
 const DISK_COUNTERS: [CounterFamily<DiskCounters>; 4] = [
     (
@@ -311,30 +329,16 @@ impl Collector for VmStatsCollector {
                 Some((vm_labels(v, node), ConstCounter::new(ns as f64 / 1e9)))
             }),
         )?;
-        family(
-            &mut enc,
-            "vm_memory_used_bytes",
-            "Memory in use by the VM (guest-reported, else QEMU's resident memory)",
-            MetricType::Gauge,
-            vms.iter().filter_map(|v| {
-                Some((
-                    vm_labels(v, node),
-                    ConstGauge::new(v.stats.memory_used_bytes?),
-                ))
-            }),
-        )?;
-        family(
-            &mut enc,
-            "vm_memory_available_bytes",
-            "Memory the VM has",
-            MetricType::Gauge,
-            vms.iter().filter_map(|v| {
-                Some((
-                    vm_labels(v, node),
-                    ConstGauge::new(v.stats.memory_available_bytes?),
-                ))
-            }),
-        )?;
+        for (name, help, field) in VM_GAUGES {
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Gauge,
+                vms.iter()
+                    .filter_map(|v| Some((vm_labels(v, node), ConstGauge::new(field(&v.stats)?)))),
+            )?;
+        }
         for (name, help, field) in DISK_COUNTERS {
             family(
                 &mut enc,
@@ -390,36 +394,48 @@ impl Collector for VmStatsCollector {
                 [(nl, ConstGauge::new(ratio))],
             )?;
         }
-        family(
-            &mut enc,
-            "node_memory_used_bytes",
-            "Memory in use on the host (total - available)",
-            MetricType::Gauge,
-            [(nl, ConstGauge::new(h.memory_used_bytes))],
-        )?;
-        family(
-            &mut enc,
-            "node_memory_total_bytes",
-            "Memory installed on the host",
-            MetricType::Gauge,
-            [(nl, ConstGauge::new(h.memory_total_bytes))],
-        )?;
         let path = h.disk_path.to_string_lossy();
-        let dl = [("node", node), ("path", path.as_ref())];
-        family(
-            &mut enc,
-            "node_disk_used_bytes",
-            "Used bytes of the filesystem holding the agent's instance directory",
-            MetricType::Gauge,
-            [(dl, ConstGauge::new(h.disk_used_bytes))],
-        )?;
-        family(
-            &mut enc,
-            "node_disk_total_bytes",
-            "Size of the filesystem holding the agent's instance directory",
-            MetricType::Gauge,
-            [(dl, ConstGauge::new(h.disk_total_bytes))],
-        )
+        let gauges = [
+            (
+                "node_memory_used_bytes",
+                "Memory in use on the host (total - available)",
+                h.memory_used_bytes,
+                None,
+            ),
+            (
+                "node_memory_total_bytes",
+                "Memory installed on the host",
+                h.memory_total_bytes,
+                None,
+            ),
+            (
+                "node_disk_used_bytes",
+                "Used bytes of the filesystem holding the agent's instance directory",
+                h.disk_used_bytes,
+                Some(path.as_ref()),
+            ),
+            (
+                "node_disk_total_bytes",
+                "Size of the filesystem holding the agent's instance directory",
+                h.disk_total_bytes,
+                Some(path.as_ref()),
+            ),
+        ];
+        for (name, help, value, path) in gauges {
+            // The disk gauges name the filesystem's mount point.
+            let labels: Vec<(&str, &str)> = [("node", node)]
+                .into_iter()
+                .chain(path.map(|p| ("path", p)))
+                .collect();
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Gauge,
+                [(labels, ConstGauge::new(value))],
+            )?;
+        }
+        Ok(())
     }
 }
 
