@@ -12,6 +12,7 @@
 //!   `node show`; [`node_usage`]: reading the host's CPU, memory and disk.
 
 pub mod node_usage;
+pub mod reading;
 pub mod usage;
 pub mod vm_stats;
 

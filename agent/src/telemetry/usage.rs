@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::node_usage::HostSample;
-use super::vm_stats::{Reading, VmSample};
+use super::reading::{Reading, VmSample};
 use crate::fencing::rules::LeaseAck;
 
 /// Per-second rate of a counter that went from `a` to `b` in `secs`

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use nubo_common::model::{self, ObservedUsage, Timestamp};
+use nubo_common::model::{self, ObservedUsage};
 use nubo_common::{InstanceId, NodeName, PortId};
 use nubo_metrics::prometheus_client::collector::Collector;
 use nubo_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -38,7 +38,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::node_usage::{self, HostSample};
-use crate::compute::hypervisor::{Hypervisor, InstanceStats, NicCounters};
+pub use super::reading::{Reading, VmSample};
+use crate::compute::hypervisor::{DiskCounters, Hypervisor, InstanceStats, NicCounters};
 use crate::state::cache::Cache;
 
 /// What the metrics say about an instance besides its counters.
@@ -77,21 +78,6 @@ pub fn vm_meta(cache: &Cache) -> BTreeMap<InstanceId, VmMeta> {
         .collect()
 }
 
-/// One VM's counters with its labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmSample {
-    /// Instance id.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Project.
-    pub project: String,
-    /// The counters.
-    pub stats: InstanceStats,
-    /// The port id of each of `stats.nics` ("" when the tap is no port's).
-    pub ports: Vec<String>,
-}
-
 /// Joins the hypervisor's counters with the node's instances; counters of
 /// an instance that is not (or no longer) this node's are dropped. Pure.
 pub fn join(stats: Vec<InstanceStats>, meta: &BTreeMap<InstanceId, VmMeta>) -> Vec<VmSample> {
@@ -120,17 +106,6 @@ pub fn join(stats: Vec<InstanceStats>, meta: &BTreeMap<InstanceId, VmMeta>) -> V
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
-}
-
-/// A successful reading of every VM's counters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    /// When it was taken (monotonic).
-    pub at: Instant,
-    /// When it was taken (wall clock).
-    pub wall: Timestamp,
-    /// The VMs.
-    pub vms: Vec<VmSample>,
 }
 
 /// What a scrape encodes.
@@ -230,12 +205,29 @@ fn vm_labels<'a>(vm: &'a VmSample, node: &'a str) -> VmLabels<'a> {
     ]
 }
 
-/// The per-VM counter families of disks: (name, help, field).
-const DISK_COUNTERS: [(
-    &str,
-    &str,
-    fn(&crate::compute::hypervisor::DiskCounters) -> u64,
-); 4] = [
+/// A counter family of a device: name, help, and the field it reads.
+type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// The per-VM gauge families: name, help, and the value they read.
+type GaugeFamily = (
+    &'static str,
+    &'static str,
+    fn(&InstanceStats) -> Option<u64>,
+);
+
+const VM_GAUGES: [GaugeFamily; 2] = [
+    (
+        "vm_memory_used_bytes",
+        "Memory in use by the VM (guest-reported, else QEMU's resident memory)",
+        |s| s.memory_used_bytes,
+    ),
+    ("vm_memory_available_bytes", "Memory the VM has", |s| {
+        s.memory_available_bytes
+    }),
+];
+
+/// The per-VM counter families of disks.
+const DISK_COUNTERS: [CounterFamily<DiskCounters>; 4] = [
     (
         "vm_disk_read_bytes",
         "Bytes read by the VM from a disk",
@@ -259,7 +251,7 @@ const DISK_COUNTERS: [(
 ];
 
 /// The per-VM counter families of ports, seen from the VM.
-const NIC_COUNTERS: [(&str, &str, fn(&NicCounters) -> u64); 6] = [
+const NIC_COUNTERS: [CounterFamily<NicCounters>; 6] = [
     (
         "vm_network_receive_bytes",
         "Bytes received by the VM on a port",
@@ -337,30 +329,16 @@ impl Collector for VmStatsCollector {
                 Some((vm_labels(v, node), ConstCounter::new(ns as f64 / 1e9)))
             }),
         )?;
-        family(
-            &mut enc,
-            "vm_memory_used_bytes",
-            "Memory in use by the VM (guest-reported, else QEMU's resident memory)",
-            MetricType::Gauge,
-            vms.iter().filter_map(|v| {
-                Some((
-                    vm_labels(v, node),
-                    ConstGauge::new(v.stats.memory_used_bytes?),
-                ))
-            }),
-        )?;
-        family(
-            &mut enc,
-            "vm_memory_available_bytes",
-            "Memory the VM has",
-            MetricType::Gauge,
-            vms.iter().filter_map(|v| {
-                Some((
-                    vm_labels(v, node),
-                    ConstGauge::new(v.stats.memory_available_bytes?),
-                ))
-            }),
-        )?;
+        for (name, help, field) in VM_GAUGES {
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Gauge,
+                vms.iter()
+                    .filter_map(|v| Some((vm_labels(v, node), ConstGauge::new(field(&v.stats)?)))),
+            )?;
+        }
         for (name, help, field) in DISK_COUNTERS {
             family(
                 &mut enc,
@@ -416,36 +394,48 @@ impl Collector for VmStatsCollector {
                 [(nl, ConstGauge::new(ratio))],
             )?;
         }
-        family(
-            &mut enc,
-            "node_memory_used_bytes",
-            "Memory in use on the host (total - available)",
-            MetricType::Gauge,
-            [(nl, ConstGauge::new(h.memory_used_bytes))],
-        )?;
-        family(
-            &mut enc,
-            "node_memory_total_bytes",
-            "Memory installed on the host",
-            MetricType::Gauge,
-            [(nl, ConstGauge::new(h.memory_total_bytes))],
-        )?;
         let path = h.disk_path.to_string_lossy();
-        let dl = [("node", node), ("path", path.as_ref())];
-        family(
-            &mut enc,
-            "node_disk_used_bytes",
-            "Used bytes of the filesystem holding the agent's instance directory",
-            MetricType::Gauge,
-            [(dl, ConstGauge::new(h.disk_used_bytes))],
-        )?;
-        family(
-            &mut enc,
-            "node_disk_total_bytes",
-            "Size of the filesystem holding the agent's instance directory",
-            MetricType::Gauge,
-            [(dl, ConstGauge::new(h.disk_total_bytes))],
-        )
+        let gauges = [
+            (
+                "node_memory_used_bytes",
+                "Memory in use on the host (total - available)",
+                h.memory_used_bytes,
+                None,
+            ),
+            (
+                "node_memory_total_bytes",
+                "Memory installed on the host",
+                h.memory_total_bytes,
+                None,
+            ),
+            (
+                "node_disk_used_bytes",
+                "Used bytes of the filesystem holding the agent's instance directory",
+                h.disk_used_bytes,
+                Some(path.as_ref()),
+            ),
+            (
+                "node_disk_total_bytes",
+                "Size of the filesystem holding the agent's instance directory",
+                h.disk_total_bytes,
+                Some(path.as_ref()),
+            ),
+        ];
+        for (name, help, value, path) in gauges {
+            // The disk gauges name the filesystem's mount point.
+            let labels: Vec<(&str, &str)> = [("node", node)]
+                .into_iter()
+                .chain(path.map(|p| ("path", p)))
+                .collect();
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Gauge,
+                [(labels, ConstGauge::new(value))],
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -472,87 +462,115 @@ impl VmStatsTask {
     pub async fn run(self) {
         let mut tick = tokio::time::interval(self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let host = Arc::new(std::sync::Mutex::new((
-            node_usage::system(),
-            sysinfo::Disks::new(),
-        )));
-        let mut prev_host: Option<(Instant, HostSample)> = None;
-        let mut was_up = true;
+        let mut c = self.start();
         loop {
             tick.tick().await;
-            let started = Instant::now();
-            let stats = tokio::time::timeout(self.period, self.hypervisor.stats()).await;
-            let h = Arc::clone(&host);
-            let dir = self.state_dir.clone();
-            let host_now = tokio::task::spawn_blocking(move || {
-                let mut g = match h.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                let (sys, disks) = &mut *g;
-                node_usage::sample(sys, disks, &dir)
-            })
-            .await
-            .ok();
-            let meta = vm_meta(&*self.cache.read().await);
-            let previous = self.collector.snapshot();
-            let reading = match stats {
-                Ok(Ok(list)) => {
-                    if !was_up {
-                        info!(node = %self.node, "per-VM statistics collected again");
-                    }
-                    was_up = true;
-                    Some(Arc::new(Reading {
-                        at: Instant::now(),
-                        wall: model::now(),
-                        vms: join(list, &meta),
-                    }))
-                }
-                Ok(Err(e)) => {
-                    if std::mem::take(&mut was_up) {
-                        warn!(node = %self.node, error = %e, "per-VM statistics unavailable; serving the last values as stale");
-                    } else {
-                        debug!(node = %self.node, error = %e, "per-VM statistics still unavailable");
-                    }
-                    None
-                }
-                Err(_) => {
-                    if std::mem::take(&mut was_up) {
-                        warn!(node = %self.node, timeout = ?self.period, "per-VM statistics timed out; serving the last values as stale");
-                    }
-                    None
-                }
+            c.once().await;
+        }
+    }
+
+    /// The collection state, for callers that pace it themselves
+    /// ([`Collection::once`]).
+    pub fn start(self) -> Collection {
+        Collection {
+            host: Arc::new(std::sync::Mutex::new((
+                node_usage::system(),
+                sysinfo::Disks::new(),
+            ))),
+            prev_host: None,
+            was_up: true,
+            task: self,
+        }
+    }
+}
+
+/// A running collection: the task and what one collection keeps for the
+/// next (the previous host reading, the sysinfo handles).
+pub struct Collection {
+    task: VmStatsTask,
+    host: Arc<std::sync::Mutex<(sysinfo::System, sysinfo::Disks)>>,
+    prev_host: Option<(Instant, HostSample)>,
+    was_up: bool,
+}
+
+impl Collection {
+    /// One collection: the hypervisor's counters (bounded by the period),
+    /// the host's usage, a new snapshot and usage record.
+    pub async fn once(&mut self) {
+        let t = &self.task;
+        let host = &self.host;
+        let prev_host = &mut self.prev_host;
+        let was_up = &mut self.was_up;
+        let started = Instant::now();
+        let stats = tokio::time::timeout(t.period, t.hypervisor.stats()).await;
+        let h = Arc::clone(host);
+        let dir = t.state_dir.clone();
+        let host_now = tokio::task::spawn_blocking(move || {
+            let mut g = match h.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
             };
-            self.collector.observe_collection(started.elapsed());
-            let now = Instant::now();
-            let cpu_ratio = match (&prev_host, &host_now) {
-                (Some((_, a)), Some(b)) => {
-                    b.cpu.zip(a.cpu).and_then(|(b, a)| b.busy_ratio_since(&a))
+            let (sys, disks) = &mut *g;
+            node_usage::sample(sys, disks, &dir)
+        })
+        .await
+        .ok();
+        let meta = vm_meta(&*t.cache.read().await);
+        let previous = t.collector.snapshot();
+        let reading = match stats {
+            Ok(Ok(list)) => {
+                if !*was_up {
+                    info!(node = %t.node, "per-VM statistics collected again");
                 }
-                _ => None,
-            };
-            let usage = match (&host_now, &prev_host) {
-                (Some(h), Some((t0, _))) => Some(super::usage::observed(
-                    h,
-                    cpu_ratio,
-                    now.saturating_duration_since(*t0),
-                    previous.reading.as_deref().filter(|_| previous.up),
-                    reading.as_deref(),
-                )),
-                _ => None,
-            };
-            self.collector.publish(Snapshot {
-                up: reading.is_some(),
-                reading: reading.or_else(|| previous.reading.clone()),
-                host: host_now.clone(),
+                *was_up = true;
+                Some(Arc::new(Reading {
+                    at: Instant::now(),
+                    wall: model::now(),
+                    vms: join(list, &meta),
+                }))
+            }
+            Ok(Err(e)) => {
+                if std::mem::take(was_up) {
+                    warn!(node = %t.node, error = %e, "per-VM statistics unavailable; serving the last values as stale");
+                } else {
+                    debug!(node = %t.node, error = %e, "per-VM statistics still unavailable");
+                }
+                None
+            }
+            Err(_) => {
+                if std::mem::take(was_up) {
+                    warn!(node = %t.node, timeout = ?t.period, "per-VM statistics timed out; serving the last values as stale");
+                }
+                None
+            }
+        };
+        t.collector.observe_collection(started.elapsed());
+        let now = Instant::now();
+        let cpu_ratio = match (&*prev_host, &host_now) {
+            (Some((_, a)), Some(b)) => b.cpu.zip(a.cpu).and_then(|(b, a)| b.busy_ratio_since(&a)),
+            _ => None,
+        };
+        let usage = match (&host_now, &*prev_host) {
+            (Some(h), Some((t0, _))) => Some(super::usage::observed(
+                h,
                 cpu_ratio,
-            });
-            if let Some(u) = usage {
-                self.usage.send_replace(Some(u));
-            }
-            if let Some(h) = host_now {
-                prev_host = Some((now, h));
-            }
+                now.saturating_duration_since(*t0),
+                previous.reading.as_deref().filter(|_| previous.up),
+                reading.as_deref(),
+            )),
+            _ => None,
+        };
+        t.collector.publish(Snapshot {
+            up: reading.is_some(),
+            reading: reading.or_else(|| previous.reading.clone()),
+            host: host_now.clone(),
+            cpu_ratio,
+        });
+        if let Some(u) = usage {
+            t.usage.send_replace(Some(u));
+        }
+        if let Some(h) = host_now {
+            *prev_host = Some((now, h));
         }
     }
 }
@@ -560,7 +578,6 @@ impl VmStatsTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::hypervisor::DiskCounters;
     use nubo_metrics::prometheus_client::encoding::text::encode;
 
     fn stats(id: InstanceId, cpu_ns: u64, tap: &str) -> InstanceStats {
@@ -613,6 +630,43 @@ mod tests {
             wall: model::now(),
             vms,
         }))
+    }
+
+    #[test]
+    fn meta_comes_from_the_mirrored_specs_and_ports() {
+        let (id, p1, p2) = (
+            InstanceId::new_random(),
+            PortId::new_random(),
+            PortId::new_random(),
+        );
+        let mut cache = Cache::default();
+        let inst: nubo_common::model::Instance = serde_json::from_value(serde_json::json!({
+            "id": id, "name": "web", "project": "demo", "flavor": "t",
+            "resources": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1},
+            "image": nubo_common::ImageId::new_random(), "ports": [p1, p2], "power": "running",
+            "created_at": model::now(),
+        }))
+        .unwrap();
+        cache.instances.insert(id, inst);
+        let port: nubo_common::model::Port = serde_json::from_value(serde_json::json!({
+            "id": p1, "project": "demo", "network": nubo_common::NetworkId::new_random(),
+            "mac": "fa:16:3e:00:00:01", "ip": "10.0.0.5", "device": id,
+            "created_at": model::now(),
+        }))
+        .unwrap();
+        let tap = port.tap_name();
+        cache.ports.insert(p1, port);
+        // p2 is not mirrored (yet): no tap is attributed to it.
+        let m = vm_meta(&cache);
+        assert_eq!(
+            m[&id],
+            VmMeta {
+                name: "web".into(),
+                project: "demo".into(),
+                ports: [(tap, p1)].into(),
+            }
+        );
+        assert_eq!(m.len(), 1);
     }
 
     #[test]
