@@ -1026,6 +1026,46 @@ mod tests {
     }
 
     #[test]
+    fn metrics_from_the_file_with_the_flag_overriding_the_address() {
+        let file = FileConfig::parse(
+            "[metrics]\nlisten = \"0.0.0.0:9101\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n\
+             bearer_token_file = \"/t\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let c = AgentConfig::merge(file.clone(), &cli(&["--node", "n1"])).unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!(m.listen, "0.0.0.0:9101".parse().unwrap());
+        assert_eq!(m.bearer_token_file, Some(PathBuf::from("/t")));
+        let c = AgentConfig::merge(
+            file,
+            &cli(&["--node", "n1", "--metrics-listen", "10.0.0.1:9"]),
+        )
+        .unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!(m.listen, "10.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            m.tls_cert,
+            Some(PathBuf::from("/c")),
+            "the file's TLS is kept"
+        );
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.metrics, None, "no metrics unless configured");
+        assert!(
+            FileConfig::parse("[metrics]\nlisten = \"x\"\n", Path::new("x")).is_err(),
+            "a bad address is refused"
+        );
+        assert!(
+            FileConfig::parse(
+                "[metrics]\nlisten = \"1.2.3.4:1\"\ntoken = \"x\"\n",
+                Path::new("x")
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
     fn credentials_and_etcd_tls_from_file_and_flags() {
         let file = FileConfig::parse(
             "api_endpoint = \"https://10.0.0.1:7400\"\napi_ca_cert = \"/etc/nubo/ca.crt\"\n\
