@@ -5,41 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use nubo_tests::metrics::value;
 use nubo_tests::net_e2e::{find_str, NetLab};
 use nubo_tests::netns::netns_names;
 use nubo_tests::wait_until;
 
 const T: Duration = Duration::from_secs(30);
 const PORT: u16 = 9101;
-
-/// The value of the series `name` whose labels include `labels`, in an
-/// OpenMetrics text (`None`: no such series).
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (series, v) = line.rsplit_once(' ')?;
-        let (n, rest) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.strip_suffix('}')?),
-            None => (series, ""),
-        };
-        if n != name {
-            return None;
-        }
-        let have: BTreeMap<&str, &str> = rest
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
-        labels
-            .iter()
-            .all(|(k, want)| have.get(k) == Some(want))
-            .then(|| v.parse().ok())
-            .flatten()
-    })
-}
 
 fn scrape(lab: &NetLab, host: u8) -> String {
     let addr = SocketAddr::from((lab.underlay.host_ip(host), PORT));
