@@ -440,23 +440,35 @@ async fn check_metadata(uuid: String) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one check inside the probe's namespace; its result and duration.
-async fn timed_check(t: &ProbeTarget, check: Check, uuid: &str) -> (Result<(), String>, Duration) {
-    let started = Instant::now();
+/// Runs both checks inside the probe's namespace (one thread for both);
+/// each check's result and duration.
+async fn probe_target(t: &ProbeTarget, uuid: &str) -> Vec<(Check, Result<(), String>, Duration)> {
     let (mac, uuid) = (t.mac, uuid.to_string());
-    let result = nubo_overlay::run_in_netns(&t.netns, move |_| async move {
-        match check {
-            Check::Dhcp => check_dhcp(mac).await,
-            Check::Metadata => check_metadata(uuid).await,
+    let started = Instant::now();
+    let inside = nubo_overlay::run_in_netns(&t.netns, move |_| async move {
+        let mut out = Vec::new();
+        for check in Check::ALL {
+            let t0 = Instant::now();
+            let r = match check {
+                Check::Dhcp => check_dhcp(mac).await,
+                Check::Metadata => check_metadata(uuid.clone()).await,
+            };
+            out.push((check, r, t0.elapsed()));
         }
+        out
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    (result, started.elapsed())
+    .await;
+    match inside {
+        Ok(out) => out,
+        Err(e) => Check::ALL
+            .iter()
+            .map(|c| (*c, Err(format!("probe namespace: {e}")), started.elapsed()))
+            .collect(),
+    }
 }
 
-/// Probes every ready target every `interval` until `targets` closes, and
+/// Probes every ready target every `interval` (all networks concurrently)
+/// until `targets` closes, and
 /// records each check's result in `metrics` (the series of networks no
 /// longer probed are removed). A failure is logged when it starts and when
 /// it ends, not at every probe.
@@ -477,9 +489,12 @@ pub async fn run_checks(
         }
         failing.retain(|(n, _)| networks.contains(n));
         probed = networks;
-        for t in &current {
-            for check in Check::ALL {
-                let (result, elapsed) = timed_check(t, check, &uuid).await;
+        // Every network at once: a round takes at most two check timeouts,
+        // however many networks fail.
+        let rounds =
+            futures::future::join_all(current.iter().map(|t| probe_target(t, &uuid))).await;
+        for (t, results) in current.iter().zip(rounds) {
+            for (check, result, elapsed) in results {
                 metrics.record(check, &t.network, result.is_ok(), elapsed);
                 let key = (t.network.clone(), check);
                 match result {
