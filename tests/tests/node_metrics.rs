@@ -131,7 +131,9 @@ fn node_metrics_and_health_probe_on_two_hosts() {
             Some(1.0)
         );
         let age = value(&m, "nubo_agent_lease_age_seconds", &hv1).unwrap();
-        assert!((0.0..3.0).contains(&age), "lease age {age}");
+        // Reported and plausible (not a timing assertion: a starved agent
+        // would be slower, never negative or absent).
+        assert!((0.0..30.0).contains(&age), "lease age {age}");
 
         // Another server on host 1: allocation follows, the passes and the
         // lag histogram count up.

@@ -4,6 +4,12 @@
 //! registered once in the agent's registry, which the endpoint of
 //! `nubo_metrics` encodes on each scrape. Names, types and labels:
 //! `docs/metrics.md`.
+//!
+//! - [`node`]: per-node families (capacity, allocation, reconcile loop,
+//!   nftables) and collectors (DHCP replies, etcd session, fence phase);
+//!   the metadata answers' counter;
+//! - [`probe`]: the results of the health probe
+//!   ([`crate::network::probe`]).
 
 pub mod node;
 pub mod probe;
