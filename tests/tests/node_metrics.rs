@@ -197,6 +197,21 @@ fn node_metrics_and_health_probe_on_two_hosts() {
                 );
             }
         }
+        // Every name docs/metrics.md promises for this part is served.
+        let m = scrape(&lab, 1);
+        let promised: Vec<&str> = include_str!("../../docs/metrics.md")
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.contains("agent (m-node)"))
+            .filter_map(|l| l.split('`').nth(1))
+            .collect();
+        assert!(promised.len() >= 20, "{promised:?}");
+        for name in promised {
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            assert!(
+                m.contains(&format!("# TYPE {family} ")),
+                "{name} is in docs/metrics.md but not served:\n{m}"
+            );
+        }
         // The probe's OFFERs are DHCP replies too.
         let offer = [
             ("node", "hv-1"),
