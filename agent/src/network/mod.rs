@@ -123,7 +123,7 @@ pub fn subsystems(
     subs.extend([
         Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?.with_probe(probe.clone()))
             as Box<dyn Reconcile>,
-        Box::new(provider::Provider::new(physnets.clone())?),
+        Box::new(provider::Provider::new(physnets.clone())?.with_probe(probe.clone())),
         Box::new(firewall::Firewall::new(physnets.clone()).with_metrics(metrics.clone())),
         Box::new(
             dhcp::Dhcp::new()

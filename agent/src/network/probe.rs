@@ -5,11 +5,13 @@
 //!
 //! # Shape
 //!
-//! Every overlay network with a running local port (the bridges the DHCP
-//! and metadata subsystems serve) gets a probe: a named namespace
+//! Every network with a running local port (the bridges the DHCP and
+//! metadata subsystems serve, overlay `nb-*` and provider `np-*`) gets a
+//! probe: a named namespace
 //! `<prefix><12 hex>` (prefix `--probe-netns-prefix`, default
 //! [`DEFAULT_NETNS_PREFIX`]) holding `eth0`, the inside end of a veth whose
-//! host end `pb<11 hex>` the overlay plugs into the bridge like a tap. The
+//! host end `pb<11 hex>` the overlay (or the provider subsystem) plugs
+//! into the bridge like a tap. The
 //! [`Probes`] subsystem creates and removes them (observe → pure [`plan`] →
 //! apply, like every reconciler); [`run_checks`] probes every target every
 //! interval, off the reconcile loop, and records the results.
@@ -26,11 +28,13 @@
 //! responder keeps no state anyway), then GETs
 //! `/openstack/latest/meta_data.json` and checks the answer names the
 //! probe. Neither DHCP nor metadata traffic leaves the node (the firewall's
-//! `overlay_guard`), so a peer's responder can never answer in place of a
+//! `overlay_guard`, on VXLAN devices and provider uplinks alike), so a
+//! peer's responder can never answer in place of a
 //! dead local one, and the per-node MAC never collides across nodes. The
 //! probe's interface has IPv6 disabled, so it sends nothing else.
 //!
-//! Provider networks (`np-*` bridges) are not probed yet.
+//! A provider network whose physical network is not mapped on this node is
+//! not wired, and its probe fails like its guests would.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -112,6 +116,8 @@ pub struct ProbeTarget {
     pub bridge: String,
     /// VNI of the network (for the overlay spec).
     pub vni: u32,
+    /// A provider network (plugged by the provider subsystem).
+    pub provider: bool,
     /// The probe namespace.
     pub netns: String,
     /// Host end of the veth, plugged into the bridge.
@@ -122,17 +128,17 @@ pub struct ProbeTarget {
     pub mtu: u32,
 }
 
-/// The probes this node wants, by bridge: one per overlay network with a
-/// running local port. Pure.
+/// The probes this node wants, by bridge: one per network with a running
+/// local port. Pure.
 pub fn targets(desired: &DesiredNode, ident: &ProbeIdentity) -> BTreeMap<String, ProbeTarget> {
     running_ports(desired)
         .into_iter()
-        .filter(|lp| lp.network.provider.is_none())
         .map(|lp| {
             let bridge = lp.network.bridge();
             let t = ProbeTarget {
                 network: lp.network.id.to_string(),
                 vni: lp.network.vni,
+                provider: lp.network.provider.is_some(),
                 netns: ident.netns(&bridge),
                 host_ifname: ident.host_ifname(&bridge),
                 mac: ident.mac(&bridge),
@@ -163,13 +169,28 @@ pub fn metadata_row(ident: &ProbeIdentity, t: &ProbeTarget) -> (String, Instance
 /// Adds the probes' veths to the overlay spec, as ports of their
 /// networks. Pure.
 pub fn plug_into(spec: &mut OverlaySpec, desired: &DesiredNode, ident: &ProbeIdentity) {
-    for t in targets(desired, ident).values() {
+    for t in targets(desired, ident).values().filter(|t| !t.provider) {
         if let Some(net) = spec.networks.iter_mut().find(|n| n.vni == t.vni) {
             net.ports.push(LocalPort {
                 tap: t.host_ifname.clone(),
                 mac: t.mac,
             });
             net.ports.sort_by(|a, b| a.tap.cmp(&b.tap));
+        }
+    }
+}
+
+/// Adds the probes' veths of provider networks to the provider spec, as
+/// taps of their bridges. Pure.
+pub fn plug_into_provider(
+    spec: &mut nubo_overlay::ProviderSpec,
+    desired: &DesiredNode,
+    ident: &ProbeIdentity,
+) {
+    for t in targets(desired, ident).values().filter(|t| t.provider) {
+        if let Some(net) = spec.networks.iter_mut().find(|n| n.bridge == t.bridge) {
+            net.taps.push(t.host_ifname.clone());
+            net.taps.sort();
         }
     }
 }
@@ -419,23 +440,35 @@ async fn check_metadata(uuid: String) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one check inside the probe's namespace; its result and duration.
-async fn timed_check(t: &ProbeTarget, check: Check, uuid: &str) -> (Result<(), String>, Duration) {
-    let started = Instant::now();
+/// Runs both checks inside the probe's namespace (one thread for both);
+/// each check's result and duration.
+async fn probe_target(t: &ProbeTarget, uuid: &str) -> Vec<(Check, Result<(), String>, Duration)> {
     let (mac, uuid) = (t.mac, uuid.to_string());
-    let result = nubo_overlay::run_in_netns(&t.netns, move |_| async move {
-        match check {
-            Check::Dhcp => check_dhcp(mac).await,
-            Check::Metadata => check_metadata(uuid).await,
+    let started = Instant::now();
+    let inside = nubo_overlay::run_in_netns(&t.netns, move |_| async move {
+        let mut out = Vec::new();
+        for check in Check::ALL {
+            let t0 = Instant::now();
+            let r = match check {
+                Check::Dhcp => check_dhcp(mac).await,
+                Check::Metadata => check_metadata(uuid.clone()).await,
+            };
+            out.push((check, r, t0.elapsed()));
         }
+        out
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    (result, started.elapsed())
+    .await;
+    match inside {
+        Ok(out) => out,
+        Err(e) => Check::ALL
+            .iter()
+            .map(|c| (*c, Err(format!("probe namespace: {e}")), started.elapsed()))
+            .collect(),
+    }
 }
 
-/// Probes every ready target every `interval` until `targets` closes, and
+/// Probes every ready target every `interval` (all networks concurrently)
+/// until `targets` closes, and
 /// records each check's result in `metrics` (the series of networks no
 /// longer probed are removed). A failure is logged when it starts and when
 /// it ends, not at every probe.
@@ -456,9 +489,12 @@ pub async fn run_checks(
         }
         failing.retain(|(n, _)| networks.contains(n));
         probed = networks;
-        for t in &current {
-            for check in Check::ALL {
-                let (result, elapsed) = timed_check(t, check, &uuid).await;
+        // Every network at once: a round takes at most two check timeouts,
+        // however many networks fail.
+        let rounds =
+            futures::future::join_all(current.iter().map(|t| probe_target(t, &uuid))).await;
+        for (t, results) in current.iter().zip(rounds) {
+            for (check, result, elapsed) in results {
                 metrics.record(check, &t.network, result.is_ok(), elapsed);
                 let key = (t.network.clone(), check);
                 match result {
@@ -556,6 +592,40 @@ mod tests {
             .any(|p| p.tap == t["nb-100"].host_ifname && p.mac == t["nb-100"].mac));
         // No local port: no probe.
         assert!(targets(&DesiredNode::default(), &ident()).is_empty());
+    }
+
+    #[test]
+    fn provider_networks_get_their_probe_plugged_by_the_provider_subsystem() {
+        use nubo_common::model::{ProviderSegment, ProviderType};
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let overlay = w.network(100, 0);
+        let vlan = w.provider_network(ProviderSegment {
+            kind: ProviderType::Vlan,
+            physical_network: "physnet1".into(),
+            segment: Some(120),
+        });
+        w.instance_on(&n1, vlan, &[]);
+        w.instance_on(&n1, overlay, &[]);
+        let d = build(&w.cache, &n1, 1500);
+        let t = targets(&d, &ident());
+        let pb = nubo_overlay::provider_bridge_name(&vlan.to_string());
+        assert!(t[&pb].provider && !t["nb-100"].provider);
+        let physnets = [("physnet1".to_string(), "eth1".to_string())].into();
+        let (mut spec, _) = super::super::provider::provider_spec(&d, &physnets);
+        plug_into_provider(&mut spec, &d, &ident());
+        assert!(spec.networks[0].taps.contains(&t[&pb].host_ifname));
+        assert!(!spec.networks[0].taps.contains(&t["nb-100"].host_ifname));
+        let mut ov = super::super::overlay::overlay_spec(&d, "10.0.0.1".parse().unwrap(), 1500);
+        plug_into(&mut ov, &d, &ident());
+        let taps: Vec<&str> = ov
+            .networks
+            .iter()
+            .flat_map(|n| n.ports.iter().map(|p| p.tap.as_str()))
+            .collect();
+        assert!(taps.contains(&t["nb-100"].host_ifname.as_str()));
+        assert!(!taps.contains(&t[&pb].host_ifname.as_str()));
     }
 
     #[test]

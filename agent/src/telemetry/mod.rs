@@ -5,19 +5,23 @@
 //! `nubo_metrics` encodes on each scrape. Names, types and labels:
 //! `docs/metrics.md`.
 //!
+//! - [`node`]: per-node families (capacity, allocation, reconcile loop,
+//!   nftables) and collectors (DHCP replies, etcd session, fence phase);
+//!   the metadata answers' counter;
+//! - [`probe`]: the results of the health probe
+//!   ([`crate::network::probe`]);
 //! - [`vm_stats`]: per-VM usage and the node's real usage, collected in the
 //!   background ([`vm_stats::VmStatsTask`]) and encoded from a snapshot
 //!   ([`vm_stats::VmStatsCollector`]);
 //! - [`usage`]: the usage record published to etcd for `server show` /
 //!   `node show`; [`node_usage`]: reading the host's CPU, memory and disk.
 
+pub mod node;
 pub mod node_usage;
+pub mod probe;
 pub mod reading;
 pub mod usage;
 pub mod vm_stats;
-
-pub mod node;
-pub mod probe;
 
 use std::sync::Arc;
 

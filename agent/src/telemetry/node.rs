@@ -159,8 +159,10 @@ impl NodeMetrics {
         self.pass
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+        // Created at 0 on the first pass, so that rates over it exist.
+        let failures = self.failures.get_or_create(&labels);
         if !ok {
-            self.failures.get_or_create(&labels).inc();
+            failures.inc();
         }
     }
 
