@@ -2,7 +2,7 @@
 //! package) over TLS with a bearer token, with the shipped rules of
 //! `monitoring/` loaded as they are: API requests by method and code,
 //! placements, etcd latency, leadership, the leader's cluster gauges
-//! (nodes, allocation, quotas), etcd's own metrics, and the node-down,
+//! (nodes, allocation, quotas; a follower exports none), etcd's own metrics, and the node-down,
 //! fencing-failed and node-fenced alerts firing within their `for` when a
 //! node dies (the fencer first refusing, then working).
 
@@ -99,6 +99,12 @@ async fn a_real_prometheus_scrapes_the_coordinator_and_the_shipped_alerts_fire()
         .await
         .unwrap();
     let metrics = c.metrics_addr().unwrap().to_string();
+    // A follower (plain HTTP): leader 0 and none of the leader's gauges.
+    let mut fcfg = Config::for_tests(etcd.endpoint());
+    fcfg.id = "follower".into();
+    fcfg.metrics = Some(EndpointConfig::plain("127.0.0.1:0".parse().unwrap()));
+    let follower = nubo_coordinator::start(fcfg).await.unwrap();
+    let follower_metrics = follower.metrics_addr().unwrap().to_string();
 
     // Activity to count: a placement on n0 (the only node then), a call
     // that fails, a project near its quota.
@@ -156,6 +162,7 @@ async fn a_real_prometheus_scrapes_the_coordinator_and_the_shipped_alerts_fire()
                     ..Job::plain("wrong-token", vec![metrics.clone()])
                 },
                 Job::plain("etcd", vec![etcd_target]),
+                Job::plain("follower", vec![follower_metrics]),
             ],
             ..Default::default()
         })
@@ -221,6 +228,18 @@ async fn a_real_prometheus_scrapes_the_coordinator_and_the_shipped_alerts_fire()
             &prom,
             r#"nubo_cluster_quota_used{job="nubo-coordinator",project="p1",resource="vcpus"} / nubo_cluster_quota_limit"#,
             0.9,
+        );
+        wait_value(&prom, r#"nubo_coordinator_leader{job="follower"}"#, 0.0);
+        wait_value(
+            &prom,
+            r#"count(nubo_cluster_node_state{job="nubo-coordinator"})"#,
+            6.0,
+        );
+        assert!(
+            prom.query(r#"{job="follower",__name__=~"nubo_cluster_.*"}"#)
+                .unwrap()
+                .is_empty(),
+            "a follower exports no cluster gauges"
         );
         // Healthy: none of the alerts the failure below raises is active.
         for a in ["NuboNodeDown", "NuboFencingFailed", "NuboNodeFenced"] {
@@ -311,5 +330,6 @@ async fn a_real_prometheus_scrapes_the_coordinator_and_the_shipped_alerts_fire()
         );
     });
     drop(prom);
+    follower.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
 }
