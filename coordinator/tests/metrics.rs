@@ -169,72 +169,55 @@ async fn a_real_prometheus_scrapes_the_coordinator_and_the_shipped_alerts_fire()
     })
     .unwrap();
 
-    blocking(|| {
-        wait_value(&prom, r#"up{job="nubo-coordinator"}"#, 1.0);
-        wait_value(&prom, r#"up{job="wrong-token"}"#, 0.0);
-        wait_value(&prom, r#"up{job="etcd"}"#, 1.0);
-        wait_value(&prom, "etcd_server_has_leader", 1.0);
-        wait_value(
-            &prom,
-            r#"nubo_coordinator_leader{job="nubo-coordinator"}"#,
+    // (query, value) once every target has been scraped; `J` is the
+    // coordinator's job selector.
+    let expected: &[(&str, f64)] = &[
+        (r#"up{job="nubo-coordinator"}"#, 1.0),
+        (r#"up{job="wrong-token"}"#, 0.0),
+        (r#"up{job="etcd"}"#, 1.0),
+        ("etcd_server_has_leader", 1.0),
+        (r#"nubo_coordinator_leader{J}"#, 1.0),
+        (r#"nubo_coordinator_leader_transitions_total{J}"#, 1.0),
+        (
+            r#"nubo_coordinator_api_requests_total{J,method="/nubo.v1.Servers/Create",code="OK"}"#,
             1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_coordinator_leader_transitions_total{job="nubo-coordinator"}"#,
+        ),
+        (
+            r#"nubo_coordinator_api_requests_total{J,method="/nubo.v1.Servers/Get",code="NotFound"}"#,
             1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_coordinator_api_requests_total{job="nubo-coordinator",method="/nubo.v1.Servers/Create",code="OK"}"#,
+        ),
+        (
+            r#"nubo_coordinator_api_request_duration_seconds_count{J,method="/nubo.v1.Servers/Create"}"#,
             1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_coordinator_api_requests_total{job="nubo-coordinator",method="/nubo.v1.Servers/Get",code="NotFound"}"#,
+        ),
+        (
+            r#"nubo_coordinator_placements_total{J,result="placed"}"#,
             1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_coordinator_api_request_duration_seconds_count{job="nubo-coordinator",method="/nubo.v1.Servers/Create"}"#,
+        ),
+        (
+            r#"nubo_coordinator_etcd_request_duration_seconds_count{J,op="txn"} > bool 0"#,
             1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_coordinator_placements_total{job="nubo-coordinator",result="placed"}"#,
+        ),
+        (
+            r#"nubo_cluster_node_allocated{J,node="n0",resource="vcpus"}"#,
             1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_coordinator_etcd_request_duration_seconds_count{job="nubo-coordinator",op="txn"} > bool 0"#,
-            1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_cluster_node_allocated{job="nubo-coordinator",node="n0",resource="vcpus"}"#,
-            1.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_cluster_node_capacity{job="nubo-coordinator",node="n1",resource="ram_bytes"}"#,
-            (4u64 * 512 * 1024 * 1024) as f64,
-        );
-        wait_value(
-            &prom,
-            r#"sum(nubo_cluster_node_state{job="nubo-coordinator",state="alive"})"#,
-            2.0,
-        );
-        wait_value(
-            &prom,
-            r#"nubo_cluster_quota_used{job="nubo-coordinator",project="p1",resource="vcpus"} / nubo_cluster_quota_limit"#,
+        ),
+        (
+            r#"nubo_cluster_node_capacity{J,node="n1",resource="ram_bytes"}"#,
+            (4u64 << 29) as f64,
+        ),
+        (r#"sum(nubo_cluster_node_state{J,state="alive"})"#, 2.0),
+        (r#"count(nubo_cluster_node_state{J})"#, 6.0),
+        (
+            r#"nubo_cluster_quota_used{J,project="p1",resource="vcpus"} / nubo_cluster_quota_limit"#,
             0.9,
-        );
-        wait_value(&prom, r#"nubo_coordinator_leader{job="follower"}"#, 0.0);
-        wait_value(
-            &prom,
-            r#"count(nubo_cluster_node_state{job="nubo-coordinator"})"#,
-            6.0,
-        );
+        ),
+        (r#"nubo_coordinator_leader{job="follower"}"#, 0.0),
+    ];
+    blocking(|| {
+        for (q, v) in expected {
+            wait_value(&prom, &q.replace("{J", r#"{job="nubo-coordinator""#), *v);
+        }
         assert!(
             prom.query(r#"{job="follower",__name__=~"nubo_cluster_.*"}"#)
                 .unwrap()

@@ -580,6 +580,26 @@ impl VmLab {
         Ok(img)
     }
 
+    /// Every host's nftables ruleset, bridge FDB and links: what a test
+    /// prints when traffic between guests does not arrive.
+    pub fn network_diagnostics(&self) -> String {
+        let mut diag = String::new();
+        for h in &self.hosts {
+            for args in [
+                &["nft", "list", "ruleset"][..],
+                &["bridge", "fdb", "show"],
+                &["ip", "-d", "link"],
+            ] {
+                let out = match h.exec(args[0], &args[1..]) {
+                    Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+                    Err(e) => format!("{e:#}"),
+                };
+                diag.push_str(&format!("== {} {args:?}\n{out}\n", h.netns()));
+            }
+        }
+        diag
+    }
+
     /// Security group `icmp`: egress allowed, ingress ICMP from `cidr` only
     /// (a new group has no rules at all). Returns the last rule's JSON (the
     /// group with its rules).

@@ -143,22 +143,7 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     );
     let ok = format!("NUBO-GUEST-PING {a_ip} ok");
     if let Err(e) = lab.wait_console(&b_node, &b_id, &ok, Duration::from_secs(60)) {
-        let mut diag = String::new();
-        for h in &lab.hosts {
-            for args in [
-                &["nft", "list", "ruleset"][..],
-                &["bridge", "fdb", "show"],
-                &["ip", "-d", "link"],
-            ] {
-                let o = h.exec(args[0], &args[1..]).unwrap();
-                diag.push_str(&format!(
-                    "== {} {args:?}\n{}\n",
-                    h.netns(),
-                    String::from_utf8_lossy(&o.stdout)
-                ));
-            }
-        }
-        panic!("{e}\n{diag}");
+        panic!("{e}\n{}", lab.network_diagnostics());
     }
 
     // Removing the ICMP rule stops the ping.

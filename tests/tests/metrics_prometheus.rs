@@ -179,22 +179,11 @@ fn prometheus_scrapes_a_two_host_cluster_with_vms_and_the_dhcp_alert_fires() {
     assert_ne!(node_a, node_b);
     let flood = format!("NUBO-GUEST-FASTPING {a_ip} seq 200");
     if let Err(e) = lab.wait_console(&node_b, &b, &flood, Duration::from_secs(120)) {
-        let mut diag = format!("vm-a's console:\n{}\n", lab.agents[0].console(&a));
-        for h in &lab.hosts {
-            for args in [
-                &["nft", "list", "ruleset"][..],
-                &["bridge", "fdb", "show"],
-                &["ip", "-br", "link"],
-            ] {
-                let o = h.exec(args[0], &args[1..]).unwrap();
-                diag.push_str(&format!(
-                    "== {} {args:?}\n{}\n",
-                    h.netns(),
-                    String::from_utf8_lossy(&o.stdout)
-                ));
-            }
-        }
-        panic!("{e:#}\n{diag}");
+        panic!(
+            "{e:#}\nvm-a's console:\n{}\n{}",
+            lab.agents[0].console(&a),
+            lab.network_diagnostics()
+        );
     }
     // 200 echo requests of 98 bytes on the wire (ICMP 64 + IP 20 + Ethernet 14).
     let rx_after = wait_sample(&prom, &rx_a, Duration::from_secs(30), |v| {
