@@ -22,6 +22,7 @@ pub mod files;
 pub mod flood;
 pub mod http;
 pub mod inventory;
+pub mod metrics;
 pub mod modgraph;
 pub mod net_e2e;
 pub mod netns;

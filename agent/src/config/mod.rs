@@ -153,6 +153,15 @@ pub struct Cli {
     /// every namespace with it that is not a current router is removed.
     #[arg(long)]
     pub router_netns_prefix: Option<String>,
+    /// Name prefix of this node's health probe namespaces (default
+    /// "nprobe-"); every namespace with it that is not a current probe is
+    /// removed.
+    #[arg(long)]
+    pub probe_netns_prefix: Option<String>,
+    /// Seconds between two health probes of a network (default 10; 0
+    /// disables the probe).
+    #[arg(long)]
+    pub probe_interval_secs: Option<u64>,
     /// Do not run the network reconcilers.
     #[arg(long)]
     pub no_network: bool,
@@ -281,6 +290,10 @@ pub struct FileConfig {
     pub netns_prefix: Option<String>,
     /// Router namespace prefix.
     pub router_netns_prefix: Option<String>,
+    /// Health probe namespace prefix.
+    pub probe_netns_prefix: Option<String>,
+    /// Seconds between health probes (0: no probe).
+    pub probe_interval_secs: Option<u64>,
     /// Disable network reconcilers.
     #[serde(default)]
     pub no_network: bool,
@@ -430,6 +443,11 @@ pub struct AgentConfig {
     /// `netns_prefix`, nor the other way round: each subsystem removes the
     /// namespaces with its prefix that it does not want).
     pub router_netns_prefix: String,
+    /// Name prefix of the health probe namespaces (overlapping neither of
+    /// the two above).
+    pub probe_netns_prefix: String,
+    /// Interval of the health probe (`None`: no probe).
+    pub probe_interval: Option<Duration>,
     /// Network reconcilers disabled.
     pub no_network: bool,
     /// Log format.
@@ -534,6 +552,8 @@ impl AgentConfig {
             fake_boot: Duration::ZERO,
             netns_prefix: "nubo-".into(),
             router_netns_prefix: "qrouter-".into(),
+            probe_netns_prefix: crate::network::probe::DEFAULT_NETNS_PREFIX.into(),
+            probe_interval: Some(crate::network::probe::DEFAULT_INTERVAL),
             no_network: false,
             log_format: LogFormat::Text,
             resync_interval: Duration::from_secs(30),
@@ -724,6 +744,32 @@ impl AgentConfig {
                     "{r:?} and the guest prefix {g:?} overlap: one subsystem would remove the other's namespaces"
                 ),
             });
+        }
+        let (g, r) = (g.clone(), r.clone());
+        cfg.probe_netns_prefix = cli
+            .probe_netns_prefix
+            .clone()
+            .or(file.probe_netns_prefix)
+            .unwrap_or(cfg.probe_netns_prefix);
+        let p = &cfg.probe_netns_prefix;
+        if p.is_empty() || p.contains('/') || p.len() > 200 {
+            return Err(ConfigError::Invalid {
+                field: "probe_netns_prefix",
+                reason: format!("{p:?} is not a namespace name prefix (1-200 characters, no '/')"),
+            });
+        }
+        for (other, what) in [(&g, "guest"), (&r, "router")] {
+            if p.starts_with(other.as_str()) || other.starts_with(p.as_str()) {
+                return Err(ConfigError::Invalid {
+                    field: "probe_netns_prefix",
+                    reason: format!(
+                        "{p:?} and the {what} prefix {other:?} overlap: one subsystem would remove the other's namespaces"
+                    ),
+                });
+            }
+        }
+        if let Some(secs) = cli.probe_interval_secs.or(file.probe_interval_secs) {
+            cfg.probe_interval = (secs > 0).then(|| Duration::from_secs(secs));
         }
         cfg.no_network = cli.no_network || file.no_network;
         cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
@@ -1088,5 +1134,34 @@ mod tests {
         assert!(c.api_auth.ca_cert.is_some() && c.api_auth.credential_file.is_some());
         assert_eq!(c.physnets["physnet1"], "eth1");
         assert!(c.etcd_tls.and_then(|t| t.cert).is_some());
+    }
+
+    #[test]
+    fn the_probe_has_defaults_can_be_disabled_and_its_prefix_overlaps_nothing() {
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.probe_netns_prefix, "nprobe-");
+        assert_eq!(c.probe_interval, Some(Duration::from_secs(10)));
+        let args = [
+            "--node",
+            "n1",
+            "--probe-interval-secs",
+            "0",
+            "--probe-netns-prefix",
+            "p-",
+        ];
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&args)).unwrap();
+        assert_eq!(
+            (c.probe_interval, c.probe_netns_prefix.as_str()),
+            (None, "p-")
+        );
+        // Overlapping the guest ("nubo-") or router ("qrouter-") prefix,
+        // or not a name prefix: refused.
+        for bad in ["nubo-probe-", "nub", "qrouter-p", "a/b", ""] {
+            let args = ["--node", "n1", "--probe-netns-prefix", bad];
+            assert!(
+                AgentConfig::merge(FileConfig::default(), &cli(&args)).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }
