@@ -1,3 +1,9 @@
+//! The agent's per-VM statistics on real drivers.
+//!
+//! - [`netns_guest_counters_come_from_its_veth`]: the netns driver's
+//!   counters of a guest namespace, seen from the guest.
+//! - [`bench_metrics_scrape_10_real_100_fake_vms`] (`#[ignore]`d):
+//!
 //! Benchmark of the agent's per-VM metrics: `/metrics` scrape latency with
 //! 10 real TCG guests (a private libvirtd, real bulk statistics) and 100
 //! fake VMs (the fake driver's synthetic counters) on one node, and the
@@ -20,19 +26,21 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nubo_agent::compute::hypervisor::fake::{FakeRecord, FakeState, STATE_FILE};
+use nubo_agent::compute::hypervisor::netns::{GuestRecord, NetnsState};
 use nubo_agent::compute::hypervisor::{
     libvirt::instance_stats, HypervisorError, InstanceStats, ObservedPower,
 };
 use nubo_agent::state::cache::Cache;
 use nubo_agent::state::desired::DesiredInstance;
 use nubo_agent::telemetry::vm_stats::{VmStatsCollector, VmStatsTask};
+use nubo_agent::NetnsHypervisor;
 use nubo_agent::{FakeHypervisor, Hypervisor, ObservedInstance};
 use nubo_common::model::{self, Instance, Port};
 use nubo_common::{InstanceId, NodeName, PortId};
 use nubo_libvirt::{
     DiskSpec, DomainSpec, DomainType, DriverConfig, ImageCache, KernelBoot, LibvirtDriver, Nic,
 };
-use nubo_tests::netns::{ip_batch, is_root, Names};
+use nubo_tests::netns::{ip_batch, is_root, netns_exec, Names};
 use nubo_tests::vm_e2e::{ensure_test_guest, guest_dir, HostLibvirtd};
 use sha2::{Digest, Sha256};
 
@@ -411,4 +419,81 @@ async fn bench_metrics_scrape_10_real_100_fake_vms() {
         per_vm_min(lv_cpu),
     );
     drop(lv);
+}
+
+/// A link's own counter from sysfs.
+fn sysfs_counter(link: &str, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{link}/statistics/{name}"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn netns_guest_counters_come_from_its_veth() {
+    assert!(is_root(), "the netns driver test needs root");
+    let names = Names::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let id = InstanceId::new_random();
+    let prefix = names.name("g");
+    let ns = names.add_netns(&format!("g{}", id.short_hex(8))).unwrap();
+    let tap = names.name("v");
+    ip_batch(
+        None,
+        &format!("link add {tap} type veth peer name eth0 netns {ns}\nlink set {tap} up\n"),
+    )
+    .unwrap();
+    ip_batch(
+        Some(&ns),
+        "addr add 10.97.0.2/24 dev eth0\nlink set eth0 up\n",
+    )
+    .unwrap();
+    let state = NetnsState {
+        guests: [(
+            ns.clone(),
+            GuestRecord {
+                id,
+                tap: tap.clone(),
+                mac: "fa:16:3e:00:00:02".into(),
+                mtu: 1500,
+                stopped: false,
+                boot_count: 1,
+                created_at: model::now(),
+                paused: false,
+                saved_routes: vec![],
+            },
+        )]
+        .into(),
+    };
+    std::fs::write(
+        dir.path()
+            .join(nubo_agent::compute::hypervisor::netns::STATE_FILE),
+        serde_json::to_vec(&state).unwrap(),
+    )
+    .unwrap();
+    let hv = NetnsHypervisor::open(&prefix, dir.path(), 1500).unwrap();
+    let before = hv.stats().await.unwrap();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].id, id);
+    assert_eq!(before[0].cpu_ns, None);
+    assert_eq!(before[0].nics.len(), 1, "{before:?}");
+    assert_eq!(before[0].nics[0].tap, tap);
+    // The guest sends (ARP requests for a neighbour that never answers).
+    let _ = netns_exec(
+        &ns,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "1", "10.97.0.9"],
+    );
+    let after = hv.stats().await.unwrap();
+    let (b, a) = (&before[0].nics[0], &after[0].nics[0]);
+    assert!(a.tx_packets >= b.tx_packets + 3, "{b:?} -> {a:?}");
+    assert!(a.tx_bytes > b.tx_bytes, "{b:?} -> {a:?}");
+    // Seen from the guest: what it sends is what the host end receives.
+    assert_eq!(a.tx_packets, sysfs_counter(&tap, "rx_packets"));
+    assert_eq!(a.rx_packets, sysfs_counter(&tap, "tx_packets"));
+    // A guest whose namespace is gone reports nothing.
+    ip_batch(None, &format!("link del {tap}\n")).unwrap();
+    nubo_tests::netns::run("ip", &["netns", "del", &ns]).unwrap();
+    assert!(hv.stats().await.unwrap().is_empty());
 }
