@@ -525,13 +525,13 @@ impl Default for LibvirtSettings {
     }
 }
 
-/// Default coordinator endpoint for image downloads.
 /// Default name prefix of the health probe's namespaces
 /// (`network::probe`).
 pub const DEFAULT_PROBE_NETNS_PREFIX: &str = "nprobe-";
 /// Default interval between two health probes of a network.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Default coordinator endpoint for image downloads.
 pub const DEFAULT_API_ENDPOINT: &str = "http://127.0.0.1:7400";
 /// Default port of the node API.
 pub const DEFAULT_NODE_API_PORT: u16 = 7402;
