@@ -525,6 +525,12 @@ impl Default for LibvirtSettings {
     }
 }
 
+/// Default name prefix of the health probe's namespaces
+/// (`network::probe`).
+pub const DEFAULT_PROBE_NETNS_PREFIX: &str = "nprobe-";
+/// Default interval between two health probes of a network.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Default coordinator endpoint for image downloads.
 pub const DEFAULT_API_ENDPOINT: &str = "http://127.0.0.1:7400";
 /// Default port of the node API.
@@ -552,8 +558,8 @@ impl AgentConfig {
             fake_boot: Duration::ZERO,
             netns_prefix: "nubo-".into(),
             router_netns_prefix: "qrouter-".into(),
-            probe_netns_prefix: crate::network::probe::DEFAULT_NETNS_PREFIX.into(),
-            probe_interval: Some(crate::network::probe::DEFAULT_INTERVAL),
+            probe_netns_prefix: DEFAULT_PROBE_NETNS_PREFIX.into(),
+            probe_interval: Some(DEFAULT_PROBE_INTERVAL),
             no_network: false,
             log_format: LogFormat::Text,
             resync_interval: Duration::from_secs(30),

@@ -17,12 +17,9 @@ use nubo_dhcp::{DhcpHandle, DhcpServer, Lease, LeaseTable, METADATA_IP};
 use nubo_netid::MacAddr;
 use tracing::{info, warn};
 
-use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname};
+use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname, LEASE_SECS};
 use crate::reconciler::{Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
-
-/// Lease time handed out (one day; addresses are fixed anyway).
-pub const LEASE_SECS: u32 = 86_400;
 
 /// The leases of every bridge with running local ports, by bridge name and
 /// MAC. Pure.

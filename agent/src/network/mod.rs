@@ -31,6 +31,10 @@ pub mod router;
 
 use std::net::IpAddr;
 
+/// Lease time the DHCP responders hand out (one day; addresses are fixed
+/// anyway), to guests and health probes alike.
+pub const LEASE_SECS: u32 = 86_400;
+
 use crate::reconciler::{Reconcile, SubsystemError};
 use crate::state::desired::{DesiredInstance, DesiredNetwork, DesiredNode, DesiredPort};
 use nubo_common::model::PowerState;

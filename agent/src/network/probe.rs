@@ -9,7 +9,7 @@
 //! metadata subsystems serve, overlay `nb-*` and provider `np-*`) gets a
 //! probe: a named namespace
 //! `<prefix><12 hex>` (prefix `--probe-netns-prefix`, default
-//! [`DEFAULT_NETNS_PREFIX`]) holding `eth0`, the inside end of a veth whose
+//! [`crate::config::DEFAULT_PROBE_NETNS_PREFIX`]) holding `eth0`, the inside end of a veth whose
 //! host end `pb<11 hex>` the overlay (or the provider subsystem) plugs
 //! into the bridge like a tap. The
 //! [`Probes`] subsystem creates and removes them (observe → pure [`plan`] →
@@ -58,10 +58,6 @@ use crate::telemetry::probe::{Check, ProbeMetrics};
 pub const PROBE_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 1);
 /// Its prefix length (169.254.169.254 is on-link).
 pub const PROBE_PREFIX_LEN: u8 = 16;
-/// Default name prefix of the probe namespaces.
-pub const DEFAULT_NETNS_PREFIX: &str = "nprobe-";
-/// Default interval between two probes of a network.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// How long each check waits for its answer.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The metadata document the probe asks for.
@@ -153,7 +149,7 @@ pub fn targets(desired: &DesiredNode, ident: &ProbeIdentity) -> BTreeMap<String,
 /// The fixed lease of a probe (its link-local address; no router, no DNS).
 pub fn lease(t: &ProbeTarget) -> Lease {
     Lease {
-        lease_secs: super::dhcp::LEASE_SECS,
+        lease_secs: super::LEASE_SECS,
         ..Lease::new(t.mac, PROBE_IP, PROBE_PREFIX_LEN)
     }
 }
