@@ -142,7 +142,7 @@ fn prometheus_scrapes_a_two_host_cluster_with_vms_and_the_dhcp_alert_fires() {
     let rx_a = format!(r#"sum(nubo_vm_network_receive_bytes_total{{instance="{a}"}})"#);
     let rx_before = wait_sample(&prom, &rx_a, Duration::from_secs(30), |_| true);
 
-    // The DHCP responder of node a stops answering (what m-node's probe
+    // The DHCP responder of node a stops answering (what the health probe
     // must catch): its probe goes to 0, and only its.
     wait_sample(
         &prom,

@@ -35,13 +35,13 @@ use crate::config::AgentConfig;
 /// them.
 #[derive(Debug)]
 pub struct AgentMetrics {
-    /// Capacity, allocation, reconcile loop, nftables (m-node).
+    /// Capacity, allocation, reconcile loop, nftables.
     pub node: node::NodeMetrics,
-    /// DHCP replies by network (m-node).
+    /// DHCP replies by network.
     pub dhcp: Arc<node::DhcpReplies>,
-    /// Metadata answers by status (m-node).
+    /// Metadata answers by status.
     pub metadata: Arc<node::MetadataRequests>,
-    /// The health probe's results (m-node).
+    /// The health probe's results.
     pub probe: Arc<probe::ProbeMetrics>,
 }
 

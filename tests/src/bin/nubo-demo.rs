@@ -2,7 +2,9 @@
 //! hypervisors (network namespaces, each with its own libvirtd and a real
 //! `nubo-agent --driver libvirt`), then two VMs booted through the CLI on
 //! different hosts: each gets its address from nubo's DHCP, reads its id
-//! from nubo's metadata service and pings the other across VXLAN.
+//! from nubo's metadata service and pings the other across VXLAN. The
+//! coordinator and the agents serve Prometheus metrics, scraped by a real
+//! Prometheus (Debian's package) with the alert rules of `monitoring/`.
 //!
 //! Run it through `scripts/demo.sh` (installs packages, builds, builds the
 //! test guest). It keeps the cloud up until Ctrl-C (or `--once`: exit after
@@ -11,16 +13,31 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nubo_tests::prometheus::{monitoring_dir, Job, Prometheus, PrometheusOpts};
 use nubo_tests::vm_e2e::VmLab;
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(240);
+/// The agents' metrics port (each agent in its own host namespace).
+const AGENT_METRICS_PORT: u16 = 9101;
 
 fn main() -> Result<()> {
     let once = std::env::args().any(|a| a == "--once");
     let t0 = Instant::now();
     say("starting etcd, a coordinator and 2 hosts (namespaces with libvirtd + nubo-agent)…");
-    let lab = VmLab::start(2).context("starting the demo cloud")?;
+    let coord_metrics = nubo_tests::ports::free_port();
+    let mut lab = VmLab::start_without_agents_with(2, |u, _| {
+        Ok(vec![
+            "--metrics-listen".into(),
+            format!("{}:{coord_metrics}", u.gateway()),
+        ])
+    })
+    .context("starting the demo cloud")?;
+    lab.start_agents(&[
+        "--metrics-listen".into(),
+        format!("0.0.0.0:{AGENT_METRICS_PORT}"),
+    ])
+    .context("starting the agents")?;
     let cli = &lab.cli;
     say(&format!("control plane up in {:.1?}", t0.elapsed()));
 
@@ -67,6 +84,38 @@ fn main() -> Result<()> {
     {
         say(&format!("vm-b → vm-a across VXLAN: {l}"));
     }
+    say("starting Prometheus with monitoring/nubo-rules.yml, scraping the coordinator and both agents");
+    let prom = Prometheus::start(PrometheusOpts {
+        scrape_interval: Duration::from_secs(5),
+        evaluation_interval: Duration::from_secs(5),
+        rule_files: vec![monitoring_dir().join("nubo-rules.yml")],
+        jobs: vec![
+            Job {
+                honor_labels: true,
+                ..Job::plain(
+                    "nubo-agent",
+                    lab.hosts
+                        .iter()
+                        .map(|h| format!("{}:{AGENT_METRICS_PORT}", h.ip()))
+                        .collect(),
+                )
+            },
+            Job::plain(
+                "nubo-coordinator",
+                vec![format!("{}:{coord_metrics}", lab.underlay.gateway())],
+            ),
+        ],
+    })?;
+    let cpu = r#"count(nubo_vm_cpu_seconds_total{name=~"vm-a|vm-b"})"#;
+    nubo_tests::wait_until(
+        Duration::from_secs(60),
+        "Prometheus has both VMs' CPU series",
+        || Ok(prom.value(cpu).ok() == Some(2.0)),
+    )?;
+    say(&format!(
+        "Prometheus sees both VMs (PromQL {cpu} = 2); {} scrape targets up",
+        prom.value("sum(up)").unwrap_or_default()
+    ));
     say(&format!("demo cloud ready in {:.1?}", t0.elapsed()));
 
     let nubo = nubo_tests::bin_path("nubo")?;
@@ -78,11 +127,20 @@ fn main() -> Result<()> {
     println!("  export NUBO_ENDPOINT={}", lab.coordinator.endpoint());
     println!("  alias nubo={}", nubo.display());
     println!("  nubo server list");
-    println!("  nubo server show vm-a");
     println!("  nubo node list");
     println!(
         "  ETCDCTL_API=3 etcdctl --endpoints={} get --prefix /nubo/v1/ | less",
         lab.etcd.endpoint()
+    );
+    println!("  nubo server show vm-a   # observed_usage: CPU, memory, disk and network rates");
+    println!(
+        "  curl -s http://{}:{AGENT_METRICS_PORT}/metrics | grep ^nubo_vm_",
+        lab.hosts[0].ip()
+    );
+    println!(
+        "  Prometheus: http://{}/alerts (rules loaded), http://{}/graph?g0.expr=rate(nubo_vm_cpu_seconds_total[1m])",
+        prom.addr(),
+        prom.addr()
     );
     if once {
         say("--once: tearing down");
