@@ -114,6 +114,7 @@ impl World {
             attached_to: None,
             source_image: None,
             status_reason: None,
+            created_by: None,
             created_at: model::now(),
         };
         let id = v.id;

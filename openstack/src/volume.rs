@@ -66,7 +66,10 @@ fn cinder_status(s: &str) -> &str {
 }
 
 /// The Cinder view of a volume (one attachment at most; its id is the
-/// volume's, as Nova's 2.1 attachments use). Pure.
+/// volume's, as Nova's 2.1 attachments use). `user_id` is the creating
+/// user's name (nubo's Keystone user id), empty when nubo recorded none
+/// (volumes made before it recorded creators, or with `auth = "none"`).
+/// Pure.
 pub fn volume_view(v: &pb::Volume) -> Value {
     let attachments: Vec<Value> = if v.attached_to.is_empty() {
         Vec::new()
@@ -85,6 +88,7 @@ pub fn volume_view(v: &pb::Volume) -> Value {
         "id": v.id,
         "name": v.name,
         "size": v.size_gb,
+        "user_id": v.created_by,
         "status": cinder_status(&v.status),
         "volume_type": if v.volume_type.is_empty() { Value::Null } else { json!(v.volume_type) },
         "attachments": attachments,
@@ -388,6 +392,13 @@ mod tests {
         };
         let view = volume_view(&v);
         assert_eq!(view["attachments"][0]["server_id"], "s");
+        // No recorded creator: an empty user_id, never an invented one.
+        assert_eq!(view["user_id"], "");
+        let mine = pb::Volume {
+            created_by: "alice".into(),
+            ..v.clone()
+        };
+        assert_eq!(volume_view(&mine)["user_id"], "alice");
         assert_eq!(view["size"], 2);
         assert_eq!(volume_view(&pb::Volume::default())["status"], "error");
     }

@@ -69,6 +69,12 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
     let shown = os(clouds, &["volume", "show", "vol1", "-f", "json"]);
     let native = lab.cli.json(&["volume", "show", "vol1"]).unwrap();
     assert_eq!(shown["id"], native["id"], "{shown}\n{native}");
+    // The creator: the token's user, in Cinder's user_id and nubo's view.
+    assert_eq!(
+        (shown["user_id"].as_str(), native["created_by"].as_str()),
+        (Some("admin"), Some("admin")),
+        "{shown}\n{native}"
+    );
     assert_eq!(shown["size"], 1, "{shown}");
     assert_eq!(native["size_gb"], 1, "{native}");
     assert_eq!(

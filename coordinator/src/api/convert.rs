@@ -464,6 +464,11 @@ pub fn volume(
         serial: model::volume_serial(&v.id),
         boot: attachment.is_some_and(|(_, boot)| boot),
         delete_on_termination: attachment.is_some_and(|(a, _)| a.delete_on_termination),
+        created_by: v
+            .created_by
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
     }
 }
 
