@@ -27,6 +27,9 @@ const S: Service = Service::Compute;
 pub fn router() -> Router<Upstream> {
     Router::new()
         .route("/", get(versions_doc))
+        .route("/v3", get(v3_doc))
+        .route("/v3/", get(v3_doc))
+        .route("/v3/{project}/os-availability-zone", get(zones))
         .route(
             "/v3/{project}/os-quota-sets/{target}",
             get(crate::quota::volume_quota),
@@ -55,6 +58,27 @@ pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Response {
         Json(json!({"versions": [versions::volume_v3(&up.public_url)]})),
     )
         .into_response()
+}
+
+/// `GET /v3/`: the one version's document (200, as Cinder).
+async fn v3_doc(State(up): State<Upstream>) -> Response {
+    Json(json!({"versions": [versions::volume_v3(&up.public_url)]})).into_response()
+}
+
+/// `GET /v3/{project}/os-availability-zone`: the one zone every volume
+/// shows (`nova`: nubo's volumes live in one Ceph cluster, not in zones).
+async fn zones() -> Response {
+    Json(json!({"availabilityZoneInfo": [
+        {"zoneName": "nova", "zoneState": {"available": true}}
+    ]}))
+    .into_response()
+}
+
+/// The `status` filter of a volume list (Cinder's status names; a status
+/// no volume can have gives an empty list, as Cinder).
+#[derive(Debug, Default, Deserialize)]
+pub struct StatusFilter {
+    status: Option<String>,
 }
 
 /// Cinder's status of a nubo volume status. Pure.
@@ -121,12 +145,18 @@ async fn volumes_listed(
     up: &Upstream,
     headers: &HeaderMap,
     p: &Paging,
+    f: &StatusFilter,
     view: fn(&pb::Volume) -> Value,
 ) -> Result<Response, ApiError> {
     let all = crate::list_all!(up.volumes(headers)?, volumes, S)?;
     let named: Vec<pb::Volume> = all
         .into_iter()
         .filter(|v| p.name.as_ref().is_none_or(|n| &v.name == n))
+        .filter(|v| {
+            f.status
+                .as_deref()
+                .is_none_or(|s| cinder_status(&v.status) == s)
+        })
         .collect();
     let views: Vec<Value> = crate::compute::page(named, p, |v| &v.id)?
         .iter()
@@ -140,8 +170,9 @@ async fn list_volumes(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(p): Query<Paging>,
+    Query(f): Query<StatusFilter>,
 ) -> Result<Response, ApiError> {
-    volumes_listed(&up, &headers, &p, volume_view).await
+    volumes_listed(&up, &headers, &p, &f, volume_view).await
 }
 
 /// `GET /volumes`.
@@ -149,8 +180,9 @@ async fn list_volumes_brief(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(p): Query<Paging>,
+    Query(f): Query<StatusFilter>,
 ) -> Result<Response, ApiError> {
-    volumes_listed(&up, &headers, &p, volume_brief).await
+    volumes_listed(&up, &headers, &p, &f, volume_brief).await
 }
 
 async fn show_volume(
