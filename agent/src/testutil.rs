@@ -45,6 +45,7 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         evacuation: Default::default(),
         volumes: Vec::new(),
         boot_volume: None,
+        metadata: Default::default(),
         created_at: model::now(),
     }
 }

@@ -547,3 +547,155 @@ async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Server metadata: set at create, merged or replaced, removed by key;
+/// Nova's limits (keys 1-255, values up to 255 characters, 128 items)
+/// refuse bad input with the spec unchanged; the node's copy of the spec
+/// (what its agent serves as `meta`) carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_metadata_is_stored_within_novas_limits() {
+    use std::collections::HashMap;
+
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "a", res(8, 8192, 100), "az1").await;
+    wait_nodes(&mut cl, 1).await;
+    let m = |items: &[(&str, &str)]| -> HashMap<String, String> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
+            metadata: m(&[("role", "web")]),
+            ..server_req("md", &[], 1)
+        },
+    )
+    .await;
+    let s = created(&r, 0);
+    assert_eq!(s.metadata, m(&[("role", "web")]));
+    let set = |items: HashMap<String, String>, replace: bool| pb::SetServerMetadataRequest {
+        r#ref: "md".into(),
+        project: String::new(),
+        metadata: items,
+        replace,
+    };
+    let unset = |keys: &[&str]| pb::UnsetServerMetadataRequest {
+        r#ref: "md".into(),
+        project: String::new(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+    };
+    // Merge, then replace, then remove.
+    let s = cl
+        .servers
+        .set_metadata(set(m(&[("tier", "db"), ("role", "app")]), false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("role", "app"), ("tier", "db")]));
+    let s = cl
+        .servers
+        .set_metadata(set(m(&[("a", "1"), ("b", "2")]), true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("a", "1"), ("b", "2")]));
+    let s = cl
+        .servers
+        .unset_metadata(unset(&["a"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("b", "2")]));
+
+    // Refusals: each names the problem and changes nothing.
+    let long = "x".repeat(256);
+    let full: HashMap<String, String> =
+        (0..128).map(|i| (format!("k{i}"), String::new())).collect();
+    let too_many: HashMap<String, String> =
+        (0..129).map(|i| (format!("k{i}"), String::new())).collect();
+    let e = cl
+        .servers
+        .set_metadata(set(too_many.clone(), true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("at most 128"), "{e:?}");
+    // 127 new ones merged into the one there: 128, fits; one more does not.
+    let merged: HashMap<String, String> =
+        (0..127).map(|i| (format!("k{i}"), String::new())).collect();
+    let s = cl
+        .servers
+        .set_metadata(set(merged, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata.len(), 128);
+    let e = cl
+        .servers
+        .set_metadata(set(m(&[("one-more", "v")]), false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let s = cl
+        .servers
+        .set_metadata(set(m(&[("b", "2")]), true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("b", "2")]));
+    for (items, text) in [
+        (m(&[("", "v")]), "may not be empty"),
+        (m(&[(&long, "v")]), "key"),
+        (m(&[("k", &long)]), "value"),
+    ] {
+        let e = cl
+            .servers
+            .set_metadata(set(items, false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(text), "{e:?}");
+    }
+    let e = cl
+        .servers
+        .unset_metadata(unset(&["b", "absent"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let mut bad = server_req("md2", &[], 1);
+    bad.metadata = too_many;
+    let e = cl.servers.create(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let mut ok = server_req("md3", &[], 1);
+    ok.metadata = full;
+    let r = create_servers(&mut cl, ok).await;
+    assert_eq!(created(&r, 0).metadata.len(), 128);
+    let s = cl
+        .servers
+        .get(pb::GetRequest {
+            r#ref: "md".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("b", "2")]), "refusals changed nothing");
+
+    // The node's copy of the spec carries it (the agent serves that).
+    let id: nubo_common::InstanceId = s.id.parse().unwrap();
+    let node = nubo_common::NodeName::new("a").unwrap();
+    let copy = etcd
+        .client()
+        .await
+        .unwrap()
+        .get(nubo_common::keys::node_spec(&node, &id), None)
+        .await
+        .unwrap();
+    let spec: nubo_common::model::Instance = serde_json::from_slice(copy.kvs()[0].value()).unwrap();
+    assert_eq!(spec.metadata.get("b").map(String::as_str), Some("2"));
+}

@@ -268,7 +268,7 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "status": status,
         "tenant_id": s.project,
         "user_id": "",
-        "metadata": {},
+        "metadata": s.metadata.iter().collect::<BTreeMap<_, _>>(),
         "hostId": s.node,
         "image": if s.image_id.is_empty() { json!("") } else { json!({"id": s.image_id, "links": link(&s.image_id, "images")}) },
         "flavor": {"id": s.flavor, "links": link(&s.flavor, "flavors")},
@@ -567,7 +567,7 @@ struct CreateServer {
     availability_zone: Option<String>,
     #[serde(default)]
     user_data: Option<String>,
-    /// Server metadata: nubo has none (non-empty: 400).
+    /// Server metadata (string values; limits checked by the coordinator).
     #[serde(default)]
     metadata: Option<serde_json::Map<String, Value>>,
     /// Access addresses: not supported (non-empty: 400).
@@ -649,12 +649,10 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
             format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
         ));
     }
-    if s.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::bad_request(
-            S,
-            "server metadata is not supported by nubo",
-        ));
-    }
+    let metadata = match &s.metadata {
+        None => Default::default(),
+        Some(m) => crate::server_metadata::string_map("metadata", m)?,
+    };
     if s.personality.as_ref().is_some_and(|p| !p.is_empty()) {
         return Err(ApiError::bad_request(
             S,
@@ -705,6 +703,7 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         count: max,
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
         server_group,
+        metadata,
         ..Default::default()
     })
 }
@@ -1020,9 +1019,9 @@ mod tests {
     }
 
     #[test]
-    fn metadata_and_access_ips_are_refused_not_ignored() {
+    fn bad_metadata_and_access_ips_are_refused_not_ignored() {
         for extra in [
-            json!({"metadata": {"": "v"}}),
+            json!({"metadata": {"k": 1}}),
             json!({"accessIPv4": "1.1.1.1"}),
             json!({"accessIPv6": "::1"}),
             json!({"personality": [{"path": "/etc/motd", "contents": "aGk="}]}),
@@ -1039,6 +1038,12 @@ mod tests {
             "imageRef": "i", "flavorRef": "f", "metadata": {}, "accessIPv4": ""}}))
         .unwrap();
         assert!(create_request(&ok).is_ok());
+        // Metadata reaches the coordinator (which checks its limits).
+        let with: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+            "imageRef": "i", "flavorRef": "f", "metadata": {"role": "web"}}}))
+        .unwrap();
+        let r = create_request(&with).unwrap();
+        assert_eq!(r.metadata.get("role").map(String::as_str), Some("web"));
     }
 
     #[test]

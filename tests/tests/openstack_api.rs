@@ -130,6 +130,8 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
             "cirros",
             "--network",
             "net1",
+            "--property",
+            "role=web",
             "--wait",
             "-f",
             "json",
@@ -197,6 +199,8 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     openstack(clouds, &["server", "reboot", "--wait", &id]).unwrap();
     let shown = openstack(clouds, &["server", "show", "-f", "json", &id]).unwrap();
     assert_eq!(shown["status"], "ACTIVE", "{shown}");
+
+    server_metadata(clouds, &url, &token, &alice, &guest, &id);
 
     // Keypairs and security groups agree with nubo's.
     let key = dir.path().join("k1.pub");
@@ -562,6 +566,133 @@ print("DELETED")
 }
 
 /// The node `vm1` runs on, as nubo shows it.
+/// Server metadata on `vm1` (created with `--property role=web`): both
+/// views show it, `openstack server set/unset --property` and `nubo server
+/// set/unset` change it, the guest reads it as `meta` in `meta_data.json`,
+/// and Nova's limits refuse bad input (400/403/404) without changing it.
+fn server_metadata(
+    clouds: &Path,
+    url: &str,
+    token: &str,
+    alice: &nubo_tests::Cli,
+    guest: &str,
+    id: &str,
+) {
+    let meta = |want: Value| {
+        let ours = alice.json(&["server", "show", "vm1"]).unwrap();
+        assert_eq!(ours["metadata"], want, "{ours}");
+        let (code, body) = curl(
+            &format!("{url}/compute/v2.1/servers/{id}/metadata"),
+            Some(token),
+            &[],
+        );
+        assert_eq!((code, &body["metadata"]), (200, &want), "{body}");
+        // The guest's metadata service follows (the agent reconciles).
+        wait_for(Duration::from_secs(30), "the guest's meta", || {
+            let out = netns_exec(
+                guest,
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "-f",
+                    "http://169.254.169.254/openstack/latest/meta_data.json",
+                ],
+            )?;
+            let md: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            Ok(if md["meta"] == want { Ok(()) } else { Err(md) })
+        })
+        .unwrap();
+    };
+    let shown = openstack(clouds, &["server", "show", "-f", "json", id]).unwrap();
+    assert!(shown["properties"].to_string().contains("web"), "{shown}");
+    meta(json!({"role": "web"}));
+    openstack(clouds, &["server", "set", "--property", "tier=db", id]).unwrap();
+    openstack(clouds, &["server", "unset", "--property", "role", id]).unwrap();
+    meta(json!({"tier": "db"}));
+    alice
+        .json(&[
+            "server",
+            "set",
+            "vm1",
+            "--property",
+            "x=1",
+            "--property",
+            "y=a=b",
+        ])
+        .unwrap();
+    alice
+        .json(&["server", "unset", "vm1", "--property", "x"])
+        .unwrap();
+    meta(json!({"tier": "db", "y": "a=b"}));
+
+    // Bad input: Nova's status codes, nothing changed.
+    let base = format!("{url}/compute/v2.1/servers/{id}/metadata");
+    let too_many: serde_json::Map<String, Value> =
+        (0..129).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let long = "k".repeat(256);
+    for (method, path, body, want) in [
+        (
+            "PUT",
+            base.clone(),
+            json!({"metadata": too_many.clone()}),
+            403,
+        ),
+        ("POST", base.clone(), json!({"metadata": too_many}), 403),
+        (
+            "POST",
+            base.clone(),
+            json!({"metadata": {long.clone(): "v"}}),
+            400,
+        ),
+        ("POST", base.clone(), json!({"metadata": {"k": long}}), 400),
+        ("POST", base.clone(), json!({"metadata": {"": "v"}}), 400),
+        ("POST", base.clone(), json!({"metadata": {"k": 1}}), 400),
+        ("PUT", base.clone(), json!({"meta": {"k": "v"}}), 400),
+        ("PUT", format!("{base}/k"), json!({"meta": {"j": "v"}}), 400),
+        ("DELETE", format!("{base}/absent"), Value::Null, 404),
+        ("GET", format!("{base}/absent"), Value::Null, 404),
+    ] {
+        let b = (!body.is_null()).then(|| body.to_string());
+        let (code, answer) = curl_req(method, &path, Some(token), &[], b.as_deref());
+        assert_eq!(code, want, "{method} {path}: {answer}");
+    }
+    // The limit itself fits: 128 items replace all, then back.
+    let full: serde_json::Map<String, Value> =
+        (0..128).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let (code, answer) = curl_req(
+        "PUT",
+        &base,
+        Some(token),
+        &[],
+        Some(&json!({"metadata": full}).to_string()),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["metadata"].as_object().unwrap().len(), 128);
+    let (code, answer) = curl_req(
+        "PUT",
+        &base,
+        Some(token),
+        &[],
+        Some(r#"{"metadata": {"tier": "db", "y": "a=b"}}"#),
+    );
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = curl_req(
+        "PUT",
+        &format!("{base}/tier"),
+        Some(token),
+        &[],
+        Some(r#"{"meta": {"tier": "app"}}"#),
+    );
+    assert_eq!(
+        (code, &answer["meta"]["tier"]),
+        (200, &json!("app")),
+        "{answer}"
+    );
+    meta(json!({"tier": "app", "y": "a=b"}));
+}
+
 fn ours_server_node(cli: &nubo_tests::Cli) -> String {
     let s = cli.json(&["server", "show", "vm1"]).unwrap();
     s["node"].as_str().unwrap().to_string()

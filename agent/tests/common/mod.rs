@@ -158,6 +158,7 @@ impl World {
             evacuation: Default::default(),
             volumes: Vec::new(),
             boot_volume: None,
+            metadata: Default::default(),
             created_at: model::now(),
         };
         put(c, &keys::port(&port.id), &port).await;

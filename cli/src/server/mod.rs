@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use nubo_common::proto::{ListServersRequest, ResizeServerRequest, Server, ServerActionRequest};
+use nubo_common::proto::{
+    ListServersRequest, ResizeServerRequest, Server, ServerActionRequest, SetServerMetadataRequest,
+    UnsetServerMetadataRequest,
+};
 use serde_json::{json, Value};
 
 use crate::api::{Api, Call, PAGE_SIZE};
@@ -78,6 +81,30 @@ pub enum ServerCmd {
         #[arg(long)]
         flavor: String,
     },
+    /// Set metadata items of a server (served to the guest as `meta`).
+    Set {
+        /// Server name or id.
+        server: String,
+        /// KEY=VALUE; repeatable.
+        #[arg(long = "property", value_parser = key_value, required = true)]
+        properties: Vec<(String, String)>,
+    },
+    /// Remove metadata items of a server.
+    Unset {
+        /// Server name or id.
+        server: String,
+        /// KEY; repeatable.
+        #[arg(long = "property", required = true)]
+        properties: Vec<String>,
+    },
+}
+
+/// Parses a `--property KEY=VALUE` (the value may contain `=`).
+pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// `nubo server list`.
@@ -180,6 +207,7 @@ pub fn to_json(s: &Server) -> Value {
         "updated_at": opt(&s.updated_at),
         "launch_index": s.launch_index,
         "evacuation_policy": opt(&s.evacuation_policy),
+        "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 
@@ -297,6 +325,25 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
                 flavor,
             };
             let s = api.servers().resize(req).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Set { server, properties } => {
+            let req = SetServerMetadataRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                metadata: properties.into_iter().collect(),
+                replace: false,
+            };
+            let s = api.servers().set_metadata(req).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Unset { server, properties } => {
+            let req = UnsetServerMetadataRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                keys: properties,
+            };
+            let s = api.servers().unset_metadata(req).await.or_fail(api)?;
             show(ctx.format, &s)
         }
         ServerCmd::Delete {

@@ -426,6 +426,11 @@ fn server_parts(
             .as_ref()
             .map(|v| v.volume.to_string())
             .unwrap_or_default(),
+        metadata: i
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
