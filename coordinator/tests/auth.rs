@@ -835,11 +835,25 @@ async fn node_credential_reads_image_data_only() {
         size_bytes: 5,
         data: b"hello".to_vec(),
     };
+    // Data that does not match its declared size is refused, nothing kept.
+    for (declared, text) in [(10, "ended after 5 of its declared 10"), (3, "larger")] {
+        let wrong = pb::ImageChunk {
+            size_bytes: declared,
+            ..chunk.clone()
+        };
+        let e = data
+            .upload(req(&alice, tokio_stream::iter(vec![wrong])))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(text), "{e:?}");
+    }
     let img = data
         .upload(req(&alice, tokio_stream::iter(vec![chunk])))
         .await
         .unwrap()
         .into_inner();
+    assert_eq!((img.status.as_str(), img.size_bytes), ("active", 5));
 
     // The node user makes its own application credential (as an operator
     // would for the agents) and logs in with it.

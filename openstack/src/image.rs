@@ -175,21 +175,25 @@ async fn delete_image(
 const CHUNK: usize = 1 << 20;
 
 /// `PUT /v2/images/{id}/file`: the body streamed to `ImageData.Upload` in
-/// chunks of at most 1 MiB (never held whole in memory). The size comes
-/// from `Content-Length` (411 without it).
+/// chunks of at most 1 MiB (never held whole in memory). A
+/// `Content-Length` is passed on as the declared size (the coordinator
+/// refuses data that does not match it); a chunked body without one is
+/// streamed as it comes, its end deciding the size. A body that breaks
+/// off cancels the upload, so nothing partial is stored.
 async fn upload(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let size: u64 = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            ApiError::new(S, StatusCode::LENGTH_REQUIRED, "Content-Length is required")
-        })?;
+    let size: u64 = match headers.get("content-length") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ApiError::bad_request(S, "Content-Length is not a number"))?,
+    };
     let mut client = up.image_data(&headers)?;
     let first = pb::ImageChunk {
         image: id,
@@ -198,24 +202,50 @@ async fn upload(
         size_bytes: size,
         data: Vec::new(),
     };
-    let data = body.into_data_stream().flat_map(|r| {
-        let chunks: Vec<pb::ImageChunk> = match r {
-            Ok(bytes) => bytes
+    let (broken_tx, broken_rx) = tokio::sync::oneshot::channel::<String>();
+    let data = body_chunks(body, broken_tx);
+    let stream = futures::stream::iter([first]).chain(data);
+    tokio::select! {
+        r = client.upload(stream) => {
+            r.api(S)?;
+        }
+        Ok(why) = broken_rx => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("the upload body broke off ({why}); nothing was stored"),
+            ));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `body` as upload chunks of at most 1 MiB. A broken body is reported on
+/// `broken` and the stream then never ends (its end would read as a
+/// complete upload): the caller cancels the call.
+fn body_chunks(
+    body: Body,
+    broken: tokio::sync::oneshot::Sender<String>,
+) -> impl futures::Stream<Item = pb::ImageChunk> + Send + 'static {
+    use futures::future::Either;
+    let mut broken = Some(broken);
+    body.into_data_stream().flat_map(move |r| match r {
+        Ok(bytes) => {
+            let chunks: Vec<pb::ImageChunk> = bytes
                 .chunks(CHUNK)
                 .map(|c| pb::ImageChunk {
                     data: c.to_vec(),
                     ..Default::default()
                 })
-                .collect(),
-            // A broken body ends the stream short: the upload is refused
-            // for its size.
-            Err(_) => Vec::new(),
-        };
-        futures::stream::iter(chunks)
-    });
-    let stream = futures::stream::iter([first]).chain(data);
-    client.upload(stream).await.api(S)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+                .collect();
+            Either::Left(futures::stream::iter(chunks))
+        }
+        Err(e) => {
+            if let Some(tx) = broken.take() {
+                let _ = tx.send(e.to_string());
+            }
+            Either::Right(futures::stream::pending())
+        }
+    })
 }
 
 /// `GET /v2/images/{id}/file`: `ImageData.Download` streamed out.
