@@ -172,6 +172,10 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["ID"], id.as_str());
 
+    // Metadata, while the guest holds its lease (a reboot of a netns
+    // guest makes a fresh namespace).
+    server_metadata(clouds, &url, &token, &alice, &guest, &id);
+
     // stop / start: the desired power follows.
     openstack(clouds, &["server", "stop", &id]).unwrap();
     wait_for(Duration::from_secs(30), "vm1 stopped", || {
@@ -199,8 +203,6 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     openstack(clouds, &["server", "reboot", "--wait", &id]).unwrap();
     let shown = openstack(clouds, &["server", "show", "-f", "json", &id]).unwrap();
     assert_eq!(shown["status"], "ACTIVE", "{shown}");
-
-    server_metadata(clouds, &url, &token, &alice, &guest, &id);
 
     // Keypairs and security groups agree with nubo's.
     let key = dir.path().join("k1.pub");
@@ -286,6 +288,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     let sum = String::from_utf8_lossy(&sum.stdout);
     let sum = sum.split_whitespace().next().unwrap();
     assert!(img.to_string().contains(sum), "{img} lacks sha256 {sum}");
+    glance_chunked_upload_and_patch(clouds, &url, &token, &alice, &file, data.len());
 
     // Neutron's network-then-subnet creation, and a port, agree with nubo.
     let net2 = openstack(clouds, &["network", "create", "-f", "json", "net2"]).unwrap();
@@ -600,7 +603,8 @@ fn server_metadata(
                     "http://169.254.169.254/openstack/latest/meta_data.json",
                 ],
             )?;
-            let md: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let md: Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|_| json!({"curl": String::from_utf8_lossy(&out.stderr)}));
             Ok(if md["meta"] == want { Ok(()) } else { Err(md) })
         })
         .unwrap();
@@ -691,6 +695,100 @@ fn server_metadata(
         "{answer}"
     );
     meta(json!({"tier": "app", "y": "a=b"}));
+}
+
+/// Glance: an upload without `Content-Length` (chunked, as Tempest
+/// sends) stores the whole image; `openstack image set --name --min-disk`
+/// (a JSON patch) renames it and changes its minimum, what nubo's image
+/// model lacks (tags, properties, public visibility) is a 4xx with the
+/// image unchanged.
+fn glance_chunked_upload_and_patch(
+    clouds: &Path,
+    url: &str,
+    token: &str,
+    alice: &nubo_tests::Cli,
+    file: &Path,
+    len: usize,
+) {
+    let (code, made) = curl_req(
+        "POST",
+        &format!("{url}/image/v2/images"),
+        Some(token),
+        &[],
+        Some(r#"{"name": "chunked", "disk_format": "raw", "container_format": "bare"}"#),
+    );
+    assert_eq!(code, 201, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+        .args(["-H", &format!("X-Auth-Token: {token}")])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .args(["-H", "Transfer-Encoding: chunked"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{url}/image/v2/images/{id}/file"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "204", "{out:?}");
+    let img = alice.json(&["image", "show", "chunked"]).unwrap();
+    assert_eq!(
+        (&img["status"], &img["size_bytes"]),
+        (&json!("active"), &json!(len)),
+        "{img}"
+    );
+    openstack(
+        clouds,
+        &["image", "set", "--name", "chunked2", "--min-disk", "2", &id],
+    )
+    .unwrap();
+    let img = alice.json(&["image", "show", "chunked2"]).unwrap();
+    assert_eq!(
+        (&img["id"], &img["min_disk_gb"]),
+        (&json!(id), &json!(2)),
+        "{img}"
+    );
+    assert!(alice.json(&["image", "show", "chunked"]).is_err());
+    assert!(openstack(clouds, &["image", "set", "--tag", "t", &id]).is_err());
+    assert!(openstack(clouds, &["image", "set", "--property", "k=v", &id]).is_err());
+    assert!(openstack(clouds, &["image", "set", "--public", &id]).is_err());
+    let patch = |body: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PATCH"])
+            .args(["-H", &format!("X-Auth-Token: {token}")])
+            .args([
+                "-H",
+                "Content-Type: application/openstack-images-v2.1-json-patch",
+            ])
+            .args(["--data-binary", body])
+            .arg(format!("{url}/image/v2/images/{id}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        patch(r#"[{"op": "replace", "path": "/status", "value": "queued"}]"#),
+        "403"
+    );
+    assert_eq!(
+        patch(
+            r#"[{"op": "replace", "path": "/min_ram", "value": 64}, {"op": "add", "path": "/tags/-", "value": "t"}]"#
+        ),
+        "400"
+    );
+    let img = alice.json(&["image", "show", "chunked2"]).unwrap();
+    assert_eq!(
+        (&img["status"], &img["min_ram_mb"], &img["min_disk_gb"]),
+        (&json!("active"), &json!(0), &json!(2)),
+        "refusals changed nothing: {img}"
+    );
+    assert_eq!(
+        patch(r#"[{"op": "replace", "path": "/min_ram", "value": 64}]"#),
+        "200"
+    );
+    assert_eq!(
+        alice.json(&["image", "show", "chunked2"]).unwrap()["min_ram_mb"],
+        64
+    );
 }
 
 fn ours_server_node(cli: &nubo_tests::Cli) -> String {
