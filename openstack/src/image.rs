@@ -23,7 +23,10 @@ pub fn router() -> Router<Upstream> {
         .route("/", get(versions_doc))
         .route("/versions", get(versions_doc))
         .route("/v2/images", get(list_images).post(create_image))
-        .route("/v2/images/{id}", get(show_image).delete(delete_image))
+        .route(
+            "/v2/images/{id}",
+            get(show_image).delete(delete_image).patch(update_image),
+        )
         .route(
             "/v2/images/{id}/file",
             axum::routing::put(upload).get(download),
@@ -171,6 +174,141 @@ async fn delete_image(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Glance attributes an image PATCH may never change (403, as Glance).
+const READ_ONLY: &[&str] = &[
+    "id",
+    "status",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "created_at",
+    "updated_at",
+    "owner",
+    "file",
+    "self",
+    "schema",
+    "direct_url",
+    "disk_format",
+    "container_format",
+];
+
+/// The `Images.Update` request of a Glance JSON patch (both Glance's
+/// `openstack-images-v2.1-json-patch` form `{"op", "path", "value"}` and
+/// the 2.0 form `{"replace": path, "value"}`). Pure. nubo keeps a name and
+/// minimum disk/RAM: those change; `visibility: private` and `protected:
+/// false` are what every nubo image is (accepted, nothing changes);
+/// read-only attributes are a 403, anything else (tags, properties, other
+/// visibilities, locations) a 400 naming it. All or nothing: the first
+/// refusal answers and nothing changes.
+pub fn patch_request(id: &str, ops: &Value) -> Result<pb::UpdateImageRequest, ApiError> {
+    let ops = ops
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request(S, "a JSON patch is a list of operations"))?;
+    let mut req = pb::UpdateImageRequest {
+        r#ref: id.to_string(),
+        ..Default::default()
+    };
+    for o in ops {
+        let (op, path) = match (o.get("op").and_then(Value::as_str), o.get("path")) {
+            (Some(op), Some(Value::String(p))) => (op, p.as_str()),
+            _ => ["replace", "add", "remove"]
+                .into_iter()
+                .find_map(|op| o.get(op).and_then(Value::as_str).map(|p| (op, p)))
+                .ok_or_else(|| ApiError::bad_request(S, format!("not a patch operation: {o}")))?,
+        };
+        let attr = path.strip_prefix('/').unwrap_or(path);
+        let value = o.get("value");
+        if READ_ONLY.contains(&attr) {
+            return Err(ApiError::new(
+                S,
+                StatusCode::FORBIDDEN,
+                format!("attribute {attr:?} is read-only"),
+            ));
+        }
+        let set = matches!(op, "replace" | "add");
+        if !set && op != "remove" {
+            return Err(ApiError::bad_request(
+                S,
+                format!("patch operation {op:?} is not supported (replace, add, remove are)"),
+            ));
+        }
+        let count = |what: &str| -> Result<u64, ApiError> {
+            value.and_then(Value::as_u64).ok_or_else(|| {
+                ApiError::bad_request(S, format!("{what} must be a non-negative integer"))
+            })
+        };
+        match (attr, set) {
+            ("name", true) => {
+                let n = value
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| ApiError::bad_request(S, "nubo images need a name (a non-empty string)"))?;
+                req.name = Some(n.to_string());
+            }
+            ("min_disk", true) => req.min_disk_gb = Some(count("min_disk")?),
+            ("min_ram", true) => req.min_ram_mb = Some(count("min_ram")?),
+            ("visibility", true) if value == Some(&json!("private")) => {}
+            ("protected", true) if value == Some(&json!(false)) => {}
+            ("visibility", true) => {
+                return Err(ApiError::bad_request(
+                    S,
+                    "nubo images belong to one project: visibility is always private",
+                ))
+            }
+            ("name" | "min_disk" | "min_ram" | "visibility" | "protected", false) => {
+                return Err(ApiError::new(
+                    S,
+                    StatusCode::FORBIDDEN,
+                    format!("attribute {attr:?} cannot be removed"),
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(
+                    S,
+                    format!("changing {other:?} is not supported by nubo (name, min_disk, min_ram are; docs/openstack-compatibility.md)"),
+                ))
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// `PATCH /v2/images/{id}`: a Glance JSON patch ([`patch_request`]).
+async fn update_image(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.starts_with("application/openstack-images-v2.1-json-patch")
+        && !ctype.starts_with("application/openstack-images-v2.0-json-patch")
+    {
+        return Err(ApiError::new(
+            S,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {ctype:?} is not a Glance JSON patch (application/openstack-images-v2.1-json-patch)"),
+        ));
+    }
+    let ops: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(S, format!("the body is not JSON: {e}")))?;
+    let req = patch_request(&id, &ops)?;
+    let mut c = up.images(&headers)?;
+    let i = if req.name.is_none() && req.min_disk_gb.is_none() && req.min_ram_mb.is_none() {
+        c.get(crate::upstream::get_req(id)).await
+    } else {
+        c.update(req).await
+    }
+    .api(S)?
+    .into_inner();
+    Ok(Json(image_view(&up.public_url, &i)).into_response())
+}
+
 /// Largest chunk nubo's upload accepts.
 const CHUNK: usize = 1 << 20;
 
@@ -292,4 +430,71 @@ async fn download(
 
 fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
     axum::body::Bytes::from(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_patches_map_onto_nubos_image_fields() {
+        // Both Glance patch forms.
+        let r = patch_request(
+            "i",
+            &json!([
+                {"op": "replace", "path": "/name", "value": "n2"},
+                {"add": "/min_disk", "value": 3},
+                {"replace": "/min_ram", "value": 512},
+                {"op": "replace", "path": "/visibility", "value": "private"},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.name.as_deref(), r.min_disk_gb, r.min_ram_mb),
+            (Some("n2"), Some(3), Some(512))
+        );
+        for (ops, status, text) in [
+            (
+                json!([{"op": "replace", "path": "/status", "value": "active"}]),
+                403,
+                "read-only",
+            ),
+            (json!([{"remove": "/name"}]), 403, "cannot be removed"),
+            (
+                json!([{"op": "add", "path": "/tags/-", "value": "t"}]),
+                400,
+                "tags",
+            ),
+            (
+                json!([{"op": "add", "path": "/color", "value": "red"}]),
+                400,
+                "color",
+            ),
+            (
+                json!([{"replace": "/visibility", "value": "public"}]),
+                400,
+                "private",
+            ),
+            (
+                json!([{"replace": "/min_disk", "value": -1}]),
+                400,
+                "non-negative",
+            ),
+            (
+                json!([{"replace": "/name", "value": ""}]),
+                400,
+                "need a name",
+            ),
+            (
+                json!([{"op": "move", "path": "/name", "from": "/x"}]),
+                400,
+                "move",
+            ),
+            (json!({"name": "x"}), 400, "list of operations"),
+        ] {
+            let e = patch_request("i", &ops).unwrap_err();
+            assert_eq!(e.status.as_u16(), status, "{ops}");
+            assert!(e.message.contains(text), "{ops}: {}", e.message);
+        }
+    }
 }
