@@ -21,7 +21,7 @@ const S: Service = Service::Image;
 pub fn router() -> Router<Upstream> {
     Router::new()
         .route("/", get(versions_doc))
-        .route("/versions", get(versions_doc))
+        .route("/versions", get(versions_list))
         .route("/v2/images", get(list_images).post(create_image))
         .route(
             "/v2/images/{id}",
@@ -33,8 +33,14 @@ pub fn router() -> Router<Upstream> {
         )
 }
 
-/// Glance's version document (also at `/image/`, see [`crate::router`]).
-pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+/// Glance's version document at its root (also at `/image/`, see
+/// [`crate::router`]): 300 Multiple Choices, as Glance answers there.
+pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Response {
+    (StatusCode::MULTIPLE_CHOICES, versions_list(State(up)).await).into_response()
+}
+
+/// `GET /image/versions`: the same document, 200 (as Glance).
+async fn versions_list(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::image_v2(&up.public_url)]}))
 }
 
