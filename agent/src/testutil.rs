@@ -46,6 +46,8 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         volumes: Vec::new(),
         boot_volume: None,
         metadata: Default::default(),
+        access_ipv4: None,
+        access_ipv6: None,
         created_at: model::now(),
     }
 }

@@ -548,7 +548,8 @@ async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-/// Server metadata: set at create, merged or replaced, removed by key;
+/// Server metadata: set at create, merged or replaced, removed by key, kept
+/// by a rename (Servers.Update, with the access addresses);
 /// Nova's limits (keys 1-255, values up to 255 characters, 128 items)
 /// refuse bad input with the spec unchanged; the node's copy of the spec
 /// (what its agent serves as `meta`) carries it.
@@ -671,10 +672,16 @@ async fn server_metadata_is_stored_within_novas_limits() {
     bad.metadata = too_many;
     let e = cl.servers.create(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let mut bad = server_req("md2", &[], 1);
+    bad.access_ipv4 = "not-an-ip".into();
+    let e = cl.servers.create(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let mut ok = server_req("md3", &[], 1);
     ok.metadata = full;
+    ok.access_ipv6 = "2001:db8::3".into();
     let r = create_servers(&mut cl, ok).await;
     assert_eq!(created(&r, 0).metadata.len(), 128);
+    assert_eq!(created(&r, 0).access_ipv6, "2001:db8::3");
     let s = cl
         .servers
         .get(pb::GetRequest {
@@ -685,6 +692,57 @@ async fn server_metadata_is_stored_within_novas_limits() {
         .unwrap()
         .into_inner();
     assert_eq!(s.metadata, m(&[("b", "2")]), "refusals changed nothing");
+
+    // A rename and access addresses keep the metadata; bad values are
+    // refused with nothing changed.
+    let upd = |name: Option<&str>, v4: Option<&str>, v6: Option<&str>| pb::UpdateServerRequest {
+        r#ref: "md".into(),
+        project: String::new(),
+        name: name.map(str::to_string),
+        access_ipv4: v4.map(str::to_string),
+        access_ipv6: v6.map(str::to_string),
+    };
+    for bad in [
+        upd(Some("bad name!"), None, None),
+        upd(Some("ok"), Some("::1"), None),
+        upd(None, None, Some("10.0.0.1")),
+    ] {
+        let e = cl.servers.update(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    let renamed = cl
+        .servers
+        .update(upd(Some("md-new"), Some("192.0.2.7"), Some("2001:db8::7")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (renamed.id.as_str(), renamed.name.as_str()),
+        (s.id.as_str(), "md-new")
+    );
+    assert_eq!(
+        (renamed.access_ipv4.as_str(), renamed.access_ipv6.as_str()),
+        ("192.0.2.7", "2001:db8::7")
+    );
+    assert_eq!(renamed.metadata, m(&[("b", "2")]));
+    let cleared = cl
+        .servers
+        .update(pb::UpdateServerRequest {
+            r#ref: s.id.clone(),
+            access_ipv6: Some(String::new()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            cleared.name.as_str(),
+            cleared.access_ipv4.as_str(),
+            cleared.access_ipv6.as_str()
+        ),
+        ("md-new", "192.0.2.7", "")
+    );
 
     // The node's copy of the spec carries it (the agent serves that).
     let id: nubo_common::InstanceId = s.id.parse().unwrap();
@@ -698,4 +756,5 @@ async fn server_metadata_is_stored_within_novas_limits() {
         .unwrap();
     let spec: nubo_common::model::Instance = serde_json::from_slice(copy.kvs()[0].value()).unwrap();
     assert_eq!(spec.metadata.get("b").map(String::as_str), Some("2"));
+    assert_eq!(spec.name, "md-new");
 }

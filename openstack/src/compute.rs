@@ -31,7 +31,10 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1/flavors/{id}", get(show_flavor))
         .route("/v2.1/servers", get(list_servers).post(create_server))
         .route("/v2.1/servers/detail", get(list_servers_detail))
-        .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
+        .route(
+            "/v2.1/servers/{id}",
+            get(show_server).delete(delete_server).put(update_server),
+        )
         .route("/v2.1/servers/{id}/action", post(server_action))
         .route("/v2.1/servers/{id}/ips", get(server_ips))
         .route("/v2.1/servers/{id}/ips/{network}", get(server_ips_on))
@@ -275,8 +278,8 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "created": crate::time::iso_utc(&s.created_at),
         "updated": crate::time::iso_utc(if s.updated_at.is_empty() { &s.created_at } else { &s.updated_at }),
         "addresses": addresses,
-        "accessIPv4": "",
-        "accessIPv6": "",
+        "accessIPv4": s.access_ipv4,
+        "accessIPv6": s.access_ipv6,
         "key_name": if s.key_name.is_empty() { Value::Null } else { json!(s.key_name) },
         "progress": 0,
         "config_drive": "",
@@ -659,15 +662,6 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
             "personality (injected files) is not supported by nubo: pass files in user_data",
         ));
     }
-    if [&s.access_ipv4, &s.access_ipv6]
-        .iter()
-        .any(|a| a.as_deref().is_some_and(|a| !a.is_empty()))
-    {
-        return Err(ApiError::bad_request(
-            S,
-            "accessIPv4/accessIPv6 are not supported by nubo: a server's addresses are its ports'",
-        ));
-    }
     let mut server_group = String::new();
     for (hint, v) in body.scheduler_hints.iter().flatten() {
         match (hint.as_str(), v) {
@@ -704,6 +698,8 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
         server_group,
         metadata,
+        access_ipv4: s.access_ipv4.clone().unwrap_or_default(),
+        access_ipv6: s.access_ipv6.clone().unwrap_or_default(),
         ..Default::default()
     })
 }
@@ -748,6 +744,69 @@ async fn create_server(
     Ok(versioned((StatusCode::ACCEPTED, Json(body))))
 }
 
+/// `PUT /servers/{id}` body: Nova 2.1's updatable fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    server: UpdateServer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateServer {
+    #[serde(default)]
+    name: Option<String>,
+    /// Access addresses (informational; "" clears).
+    #[serde(default, rename = "accessIPv4")]
+    access_ipv4: Option<String>,
+    #[serde(default, rename = "accessIPv6")]
+    access_ipv6: Option<String>,
+    /// Only `MANUAL`, what every nubo server is.
+    #[serde(default, rename = "OS-DCF:diskConfig")]
+    disk_config: Option<String>,
+}
+
+/// The `Servers.Update` request of a Nova update body (`None`: nothing
+/// to change). Pure.
+fn update_request(id: &str, b: &UpdateBody) -> Result<Option<pb::UpdateServerRequest>, ApiError> {
+    let s = &b.server;
+    if s.disk_config.as_deref().is_some_and(|d| d != "MANUAL") {
+        return Err(ApiError::bad_request(
+            S,
+            "OS-DCF:diskConfig AUTO is not supported (nubo servers are MANUAL)",
+        ));
+    }
+    if s.name.is_none() && s.access_ipv4.is_none() && s.access_ipv6.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(pb::UpdateServerRequest {
+        r#ref: id.to_string(),
+        project: String::new(),
+        name: s.name.clone(),
+        access_ipv4: s.access_ipv4.clone(),
+        access_ipv6: s.access_ipv6.clone(),
+    }))
+}
+
+/// `PUT /servers/{id}`: name and access addresses (`Servers.Update`);
+/// answers the server.
+async fn update_server(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let body = json_body(S, body)?;
+    let s = match update_request(&id, &body)? {
+        Some(req) => up.servers(&headers)?.update(req).await.api(S)?.into_inner(),
+        None => get_server(&up, &headers, id).await?,
+    };
+    Ok(versioned(Json(
+        json!({"server": server_view(&up.public_url, &s)}),
+    )))
+}
+
 async fn delete_server(
     State(up): State<Upstream>,
     headers: HeaderMap,
@@ -774,6 +833,30 @@ async fn server_action(
         .and_then(|o| o.keys().next().cloned())
         .ok_or_else(|| ApiError::bad_request(S, "an action body is an object with one key"))?;
     let mut c = up.servers(&headers)?;
+    if action == "os-getConsoleOutput" {
+        let length = console_length(&body[action.as_str()])?;
+        let mut stream = c
+            .console(pb::ConsoleRequest {
+                r#ref: id,
+                project: String::new(),
+                follow: false,
+            })
+            .await
+            .api(S)?
+            .into_inner();
+        let mut log: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.message().await.api(S)? {
+            log.extend_from_slice(&chunk.data);
+            // Keep the tail only: the output is the log's last lines.
+            if log.len() > 2 * MAX_CONSOLE_OUTPUT {
+                log.drain(..log.len() - MAX_CONSOLE_OUTPUT);
+            }
+        }
+        let text = String::from_utf8_lossy(&log);
+        return Ok(versioned(Json(
+            json!({"output": last_lines(&text, length)}),
+        )));
+    }
     let req = pb::ServerActionRequest {
         r#ref: id,
         project: String::new(),
@@ -785,10 +868,47 @@ async fn server_action(
         other => Err(ApiError::new(
             S,
             StatusCode::NOT_IMPLEMENTED,
-            format!("server action {other:?} is not supported (os-start, os-stop, reboot are; docs/openstack-compatibility.md)"),
+            format!("server action {other:?} is not supported (os-start, os-stop, reboot, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
         )),
     }?;
     Ok(versioned(StatusCode::ACCEPTED))
+}
+
+/// Most console log bytes `os-getConsoleOutput` answers (its tail).
+const MAX_CONSOLE_OUTPUT: usize = 1 << 20;
+
+/// The `length` of an `os-getConsoleOutput` body (`{"length": N}`; N an
+/// integer or a string of one, as Nova's schema; absent, null or -1: all).
+/// Pure.
+fn console_length(args: &Value) -> Result<Option<usize>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            S,
+            format!("os-getConsoleOutput length must be an integer (-1: all), got {args}"),
+        )
+    };
+    let n: i64 = match args.get("length") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| bad())?,
+        Some(_) => return Err(bad()),
+    };
+    match n {
+        -1 => Ok(None),
+        n if n < 0 => Err(bad()),
+        n => Ok(Some(usize::try_from(n).map_err(|_| bad())?)),
+    }
+}
+
+/// The last `n` lines of `text` (all with `None`). Pure.
+fn last_lines(text: &str, n: Option<usize>) -> String {
+    match n {
+        None => text.to_string(),
+        Some(n) => {
+            let lines: Vec<&str> = text.split_inclusive('\n').collect();
+            lines[lines.len().saturating_sub(n)..].concat()
+        }
+    }
 }
 
 /// A keypair as Nova 2.1 shows it (`GET /os-keypairs/{name}`). Pure.
@@ -1019,11 +1139,9 @@ mod tests {
     }
 
     #[test]
-    fn bad_metadata_and_access_ips_are_refused_not_ignored() {
+    fn bad_metadata_and_personality_are_refused_not_ignored() {
         for extra in [
             json!({"metadata": {"k": 1}}),
-            json!({"accessIPv4": "1.1.1.1"}),
-            json!({"accessIPv6": "::1"}),
             json!({"personality": [{"path": "/etc/motd", "contents": "aGk="}]}),
         ] {
             let mut server = json!({"name": "vm", "imageRef": "i", "flavorRef": "f"});
@@ -1044,6 +1162,46 @@ mod tests {
         .unwrap();
         let r = create_request(&with).unwrap();
         assert_eq!(r.metadata.get("role").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn console_output_is_the_logs_last_lines() {
+        let log = "one\ntwo\nthree\n";
+        assert_eq!(last_lines(log, Some(2)), "two\nthree\n");
+        assert_eq!(last_lines(log, Some(0)), "");
+        assert_eq!(last_lines(log, Some(9)), log);
+        assert_eq!(last_lines(log, None), log);
+        assert_eq!(console_length(&json!({"length": 3})).unwrap(), Some(3));
+        assert_eq!(console_length(&json!({"length": "3"})).unwrap(), Some(3));
+        assert_eq!(console_length(&json!({"length": -1})).unwrap(), None);
+        assert_eq!(console_length(&json!({})).unwrap(), None);
+        assert_eq!(console_length(&Value::Null).unwrap(), None);
+        for bad in [
+            json!({"length": -2}),
+            json!({"length": "x"}),
+            json!({"length": [1]}),
+        ] {
+            assert!(console_length(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_update_renames_and_refuses_what_nubo_lacks() {
+        let parse = |v: Value| serde_json::from_value::<UpdateBody>(v);
+        let b = parse(json!({"server": {"name": "new", "accessIPv4": "10.0.0.1"}})).unwrap();
+        let r = update_request("s", &b).unwrap().unwrap();
+        assert_eq!(
+            (r.name.as_deref(), r.access_ipv4.as_deref(), r.access_ipv6),
+            (Some("new"), Some("10.0.0.1"), None)
+        );
+        let b = parse(json!({"server": {}})).unwrap();
+        assert!(update_request("s", &b).unwrap().is_none());
+        let b = parse(json!({"server": {"OS-DCF:diskConfig": "AUTO"}})).unwrap();
+        assert_eq!(
+            update_request("s", &b).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert!(parse(json!({"server": {"color": "red"}})).is_err());
     }
 
     #[test]

@@ -172,6 +172,22 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["ID"], id.as_str());
 
+    // Rename (Nova's PUT /servers/{id}) and back.
+    openstack(clouds, &["server", "set", "--name", "vm1-renamed", &id]).unwrap();
+    assert_eq!(
+        alice.json(&["server", "show", &id]).unwrap()["name"],
+        "vm1-renamed"
+    );
+    let shown = openstack(clouds, &["server", "show", "-f", "json", &id]).unwrap();
+    assert_eq!(shown["name"], "vm1-renamed", "{shown}");
+    alice
+        .json(&["server", "set", &id, "--name", "vm1"])
+        .unwrap();
+    assert_eq!(
+        alice.json(&["server", "show", "vm1"]).unwrap()["id"],
+        id.as_str()
+    );
+
     // Metadata, while the guest holds its lease (a reboot of a netns
     // guest makes a fresh namespace).
     server_metadata(clouds, &url, &token, &alice, &guest, &id);

@@ -106,6 +106,17 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
         .wait_console(&node, &sid, &format!("NUBO-GUEST-METADATA: {sid}"), BOOT)
         .unwrap();
     assert!(!c.contains(&serial), "{c}");
+    // Nova's os-getConsoleOutput: the node's console log, its last lines.
+    let marker = format!("NUBO-GUEST-METADATA: {sid}");
+    let log = os(clouds, &["console", "log", "show", "vm1"]);
+    assert!(log.as_str().unwrap().contains(&marker), "{log}");
+    let tail = os(clouds, &["console", "log", "show", "--lines", "2", "vm1"]);
+    let tail = tail.as_str().unwrap();
+    assert!(tail.trim_end().lines().count() <= 2, "{tail}");
+    assert!(
+        !tail.is_empty() && log.as_str().unwrap().contains(tail.trim_end()),
+        "{tail}"
+    );
 
     // server add volume: in-use, attached to the server, in both views;
     // the disk appears in the running guest with the volume's serial.

@@ -120,6 +120,7 @@ impl CreateArgs {
                 .unwrap_or_default(),
             delete_on_termination: self.delete_on_termination,
             metadata: self.properties.iter().cloned().collect(),
+            ..Default::default()
         }
     }
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use nubo_common::proto::{
     ListServersRequest, ResizeServerRequest, Server, ServerActionRequest, SetServerMetadataRequest,
-    UnsetServerMetadataRequest,
+    UnsetServerMetadataRequest, UpdateServerRequest,
 };
 use serde_json::{json, Value};
 
@@ -81,13 +81,17 @@ pub enum ServerCmd {
         #[arg(long)]
         flavor: String,
     },
-    /// Set metadata items of a server (served to the guest as `meta`).
+    /// Set metadata items of a server (served to the guest as `meta`)
+    /// and/or rename it.
     Set {
         /// Server name or id.
         server: String,
         /// KEY=VALUE; repeatable.
-        #[arg(long = "property", value_parser = key_value, required = true)]
+        #[arg(long = "property", value_parser = key_value, required_unless_present = "name")]
         properties: Vec<(String, String)>,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Remove metadata items of a server.
     Unset {
@@ -208,6 +212,8 @@ pub fn to_json(s: &Server) -> Value {
         "launch_index": s.launch_index,
         "evacuation_policy": opt(&s.evacuation_policy),
         "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "access_ipv4": opt(&s.access_ipv4),
+        "access_ipv6": opt(&s.access_ipv6),
     })
 }
 
@@ -327,15 +333,34 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
             let s = api.servers().resize(req).await.or_fail(api)?;
             show(ctx.format, &s)
         }
-        ServerCmd::Set { server, properties } => {
-            let req = SetServerMetadataRequest {
-                r#ref: server,
-                project: api.project.clone(),
-                metadata: properties.into_iter().collect(),
-                replace: false,
-            };
-            let s = api.servers().set_metadata(req).await.or_fail(api)?;
-            show(ctx.format, &s)
+        ServerCmd::Set {
+            server,
+            properties,
+            name,
+        } => {
+            let mut shown = None;
+            if !properties.is_empty() {
+                let req = SetServerMetadataRequest {
+                    r#ref: server.clone(),
+                    project: api.project.clone(),
+                    metadata: properties.into_iter().collect(),
+                    replace: false,
+                };
+                shown = Some(api.servers().set_metadata(req).await.or_fail(api)?);
+            }
+            if let Some(name) = name {
+                let req = UpdateServerRequest {
+                    r#ref: shown.as_ref().map_or(server, |s| s.id.clone()),
+                    project: api.project.clone(),
+                    name: Some(name),
+                    ..Default::default()
+                };
+                shown = Some(api.servers().update(req).await.or_fail(api)?);
+            }
+            match shown {
+                Some(s) => show(ctx.format, &s),
+                None => bail!("nothing to change: give --property or --name"),
+            }
         }
         ServerCmd::Unset { server, properties } => {
             let req = UnsetServerMetadataRequest {

@@ -203,6 +203,13 @@ pub struct Instance {
     /// guest as `meta` in `meta_data.json`; within [`check_server_metadata`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The IPv4 address its users should reach it at (OpenStack
+    /// `accessIPv4`): set by its owner, informational only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_ipv4: Option<std::net::Ipv4Addr>,
+    /// The IPv6 one (OpenStack `accessIPv6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_ipv6: Option<std::net::Ipv6Addr>,
     /// Creation time.
     pub created_at: Timestamp,
 }

@@ -431,6 +431,8 @@ fn server_parts(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        access_ipv4: i.access_ipv4.map(|a| a.to_string()).unwrap_or_default(),
+        access_ipv6: i.access_ipv6.map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 

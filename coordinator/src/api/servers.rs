@@ -64,6 +64,8 @@ impl servers_server::Servers for Ctx {
                 boot_from_volume_size_gb: r.boot_from_volume_size_gb,
                 delete_on_termination: r.delete_on_termination,
                 metadata: r.metadata.into_iter().collect(),
+                access_ipv4: r.access_ipv4,
+                access_ipv6: r.access_ipv6,
             };
             server_create::create(self, new).await
         };
@@ -130,6 +132,18 @@ impl servers_server::Servers for Ctx {
         let r = r.into_inner();
         let go =
             async { servers::unset_metadata(self, &project(&r.project)?, &r.r#ref, &r.keys).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn update(&self, r: Request<pb::UpdateServerRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async {
+            let changes = servers::ServerChanges {
+                name: r.name,
+                access_ipv4: r.access_ipv4,
+                access_ipv6: r.access_ipv6,
+            };
+            servers::update(self, &project(&r.project)?, &r.r#ref, &changes).await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn resize(&self, r: Request<pb::ResizeServerRequest>) -> R<pb::Server> {

@@ -86,6 +86,10 @@ pub struct NewServers {
     /// User key/value metadata (within
     /// [`nubo_common::model::check_server_metadata`]).
     pub metadata: BTreeMap<String, String>,
+    /// IPv4 access address (informational; empty: none).
+    pub access_ipv4: String,
+    /// IPv6 access address (informational; empty: none).
+    pub access_ipv6: String,
 }
 
 /// The outcome of one server of a create request.
@@ -129,6 +133,8 @@ struct Plan {
     key_name: Option<String>,
     user_data_b64: Option<String>,
     metadata: BTreeMap<String, String>,
+    access_ipv4: Option<Ipv4Addr>,
+    access_ipv6: Option<std::net::Ipv6Addr>,
     availability_zone: Option<String>,
     group: Option<ServerGroup>,
     power: PowerState,
@@ -359,6 +365,8 @@ impl Job for CreateJob<'_> {
             volumes: plan.vols.attachments().0,
             boot_volume: plan.vols.attachments().1,
             metadata: plan.metadata.clone(),
+            access_ipv4: plan.access_ipv4,
+            access_ipv6: plan.access_ipv6,
             created_at: self.now,
         };
         let ikey = keys::instance(&id);
@@ -783,6 +791,8 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     let user_data_b64 = (!r.user_data.is_empty())
         .then(|| base64::engine::general_purpose::STANDARD.encode(&r.user_data));
     super::servers::check_metadata(&r.metadata)?;
+    let access_ipv4 = super::servers::access_ip("IPv4", &r.access_ipv4)?;
+    let access_ipv6 = super::servers::access_ip("IPv6", &r.access_ipv6)?;
     let group = match r.server_group.trim() {
         "" => None,
         g => {
@@ -821,6 +831,8 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         key_name,
         user_data_b64,
         metadata: r.metadata.clone(),
+        access_ipv4,
+        access_ipv6,
         availability_zone: Some(r.availability_zone.trim().to_string()).filter(|s| !s.is_empty()),
         group,
         power: if r.stopped {

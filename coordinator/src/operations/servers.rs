@@ -355,6 +355,63 @@ pub async fn set_metadata(
     .await
 }
 
+/// Changes to a server's name and access addresses (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ServerChanges {
+    /// A new name (a valid server name; names need not be unique).
+    pub name: Option<String>,
+    /// A new IPv4 access address ("" clears it).
+    pub access_ipv4: Option<String>,
+    /// A new IPv6 access address ("" clears it).
+    pub access_ipv6: Option<String>,
+}
+
+/// An access address of `family` ("" = none). Pure.
+pub(crate) fn access_ip<T: std::str::FromStr>(family: &str, s: &str) -> ApiResult<Option<T>> {
+    match s.trim() {
+        "" => Ok(None),
+        a => a.parse().map(Some).map_err(|_| {
+            ApiError::InvalidArgument(format!("access address {a:?} is not an {family} address"))
+        }),
+    }
+}
+
+/// Applies `changes` to server `r` of `project` (one transaction; all
+/// checked before anything changes).
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    changes: &ServerChanges,
+) -> ApiResult<ServerView> {
+    if let Some(n) = &changes.name {
+        crate::validate::name("server", n)?;
+    }
+    let v4 = changes
+        .access_ipv4
+        .as_deref()
+        .map(|a| access_ip("IPv4", a))
+        .transpose()?;
+    let v6 = changes
+        .access_ipv6
+        .as_deref()
+        .map(|a| access_ip("IPv6", a))
+        .transpose()?;
+    edit_spec(ctx, project, r, "update", |i| {
+        if let Some(n) = &changes.name {
+            i.name.clone_from(n);
+        }
+        if let Some(a) = v4 {
+            i.access_ipv4 = a;
+        }
+        if let Some(a) = v6 {
+            i.access_ipv6 = a;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Removes metadata `keys` from server `r` of `project`; a key it does not
 /// have is NotFound and nothing is removed.
 pub async fn unset_metadata(
