@@ -71,11 +71,122 @@ pub fn image_view(base: &str, i: &pb::Image) -> Value {
     })
 }
 
-/// Glance's list filters nubo serves.
+/// Glance's list parameters nubo serves.
 #[derive(Debug, Default, Deserialize)]
 pub struct Filters {
     /// Exact name.
     pub name: Option<String>,
+    /// Status (`queued`, `active`, …).
+    pub status: Option<String>,
+    /// `raw` or `qcow2`.
+    pub disk_format: Option<String>,
+    /// Smallest size in bytes.
+    pub size_min: Option<u64>,
+    /// Largest size in bytes.
+    pub size_max: Option<u64>,
+    /// A tag: nubo images have none, so nothing matches.
+    pub tag: Option<String>,
+    /// `private` and `all` list nubo's (private) images; other values none.
+    pub visibility: Option<String>,
+    /// Most images answered (a `next` link follows when more remain).
+    pub limit: Option<usize>,
+    /// List after this image id.
+    pub marker: Option<String>,
+    /// Sort key (`name`, `size`, `created_at`, `id`, `status`,
+    /// `disk_format`, `min_disk`, `min_ram`; default `created_at`).
+    pub sort_key: Option<String>,
+    /// `asc` or `desc` (default `desc`, as Glance).
+    pub sort_dir: Option<String>,
+    /// `key[:dir]` (the first one is used).
+    pub sort: Option<String>,
+}
+
+/// The images of a Glance list: filtered, sorted, after `marker`, at
+/// most `limit`; with the marker of the next page when more remain. Pure.
+pub fn select_images(
+    mut images: Vec<pb::Image>,
+    f: &Filters,
+) -> Result<(Vec<pb::Image>, Option<String>), ApiError> {
+    let size = |i: &pb::Image| {
+        if i.status == "active" {
+            Some(i.size_bytes)
+        } else {
+            None
+        }
+    };
+    images.retain(|i| {
+        f.name.as_ref().is_none_or(|x| &i.name == x)
+            && f.status.as_ref().is_none_or(|x| &i.status == x)
+            && f.disk_format.as_ref().is_none_or(|x| &i.disk_format == x)
+            && f.size_min.is_none_or(|m| size(i).is_some_and(|s| s >= m))
+            && f.size_max.is_none_or(|m| size(i).is_some_and(|s| s <= m))
+            && f.tag.is_none()
+            && f.visibility
+                .as_deref()
+                .is_none_or(|v| v == "private" || v == "all")
+    });
+    let (key, dir) = match &f.sort {
+        Some(s) => {
+            let first = s.split(',').next().unwrap_or_default();
+            let (k, d) = first.split_once(':').unwrap_or((first, "desc"));
+            (k.to_string(), d.to_string())
+        }
+        None => (
+            f.sort_key.clone().unwrap_or_else(|| "created_at".into()),
+            f.sort_dir.clone().unwrap_or_else(|| "desc".into()),
+        ),
+    };
+    let desc = match dir.as_str() {
+        "asc" => false,
+        "desc" => true,
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("sort direction {other:?} must be asc or desc"),
+            ))
+        }
+    };
+    let cmp: fn(&pb::Image, &pb::Image) -> std::cmp::Ordering = match key.as_str() {
+        "name" => |a, b| a.name.cmp(&b.name),
+        "size" => |a, b| a.size_bytes.cmp(&b.size_bytes),
+        "created_at" => |a, b| a.created_at.cmp(&b.created_at),
+        "id" => |a, b| a.id.cmp(&b.id),
+        "status" => |a, b| a.status.cmp(&b.status),
+        "disk_format" => |a, b| a.disk_format.cmp(&b.disk_format),
+        "min_disk" => |a, b| a.min_disk_gb.cmp(&b.min_disk_gb),
+        "min_ram" => |a, b| a.min_ram_mb.cmp(&b.min_ram_mb),
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("sort key {other:?} is not supported (name, size, created_at, id, status, disk_format, min_disk, min_ram are)"),
+            ))
+        }
+    };
+    // Ties broken by id, so pages never overlap.
+    images.sort_by(|a, b| {
+        let o = cmp(a, b).then_with(|| a.id.cmp(&b.id));
+        if desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    let start = match &f.marker {
+        None => 0,
+        Some(m) => {
+            images
+                .iter()
+                .position(|i| &i.id == m)
+                .ok_or_else(|| ApiError::bad_request(S, format!("marker {m} not found")))?
+                + 1
+        }
+    };
+    let end = f
+        .limit
+        .map_or(images.len(), |l| start.saturating_add(l).min(images.len()));
+    let next = (end < images.len() && end > start).then(|| images[end - 1].id.clone());
+    let page = images.drain(start..end).collect();
+    Ok((page, next))
 }
 
 async fn list_images(
@@ -84,15 +195,14 @@ async fn list_images(
     Query(f): Query<Filters>,
 ) -> Result<Response, ApiError> {
     let images = crate::list_all!(up.images(&headers)?, images, S)?;
-    let views: Vec<Value> = images
-        .iter()
-        .filter(|i| f.name.as_ref().is_none_or(|x| &i.name == x))
-        .map(|i| image_view(&up.public_url, i))
-        .collect();
-    Ok(
-        Json(json!({"images": views, "first": "/v2/images", "schema": "/v2/schemas/images"}))
-            .into_response(),
-    )
+    let (page, next) = select_images(images, &f)?;
+    let views: Vec<Value> = page.iter().map(|i| image_view(&up.public_url, i)).collect();
+    let mut body = json!({"images": views, "first": "/v2/images", "schema": "/v2/schemas/images"});
+    if let Some(m) = next {
+        let limit = f.limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        body["next"] = json!(format!("/v2/images?marker={m}{limit}"));
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn show_image(
@@ -441,6 +551,45 @@ fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_lists_filter_sort_and_page() {
+        let img = |id: &str, size: u64, status: &str| pb::Image {
+            id: id.into(),
+            name: id.into(),
+            size_bytes: size,
+            status: status.into(),
+            disk_format: "raw".into(),
+            ..Default::default()
+        };
+        let all = vec![
+            img("a", 30, "active"),
+            img("b", 10, "active"),
+            img("c", 0, "queued"),
+        ];
+        let ids = |f: Filters| -> (Vec<String>, Option<String>) {
+            let (p, n) = select_images(all.clone(), &f).unwrap();
+            (p.into_iter().map(|i| i.id).collect(), n)
+        };
+        let f = |q: &str| -> Filters { serde_urlencoded::from_str(q).unwrap() };
+        assert_eq!(ids(f("sort=size:asc&status=active")).0, ["b", "a"]);
+        assert_eq!(ids(f("sort_key=size&sort_dir=desc")).0, ["a", "b", "c"]);
+        assert_eq!(ids(f("size_min=20")).0, ["a"]);
+        assert_eq!(ids(f("status=queued")).0, ["c"]);
+        assert!(ids(f("tag=x")).0.is_empty());
+        assert!(ids(f("visibility=public")).0.is_empty());
+        // Pages: limit, then the marker of the last one.
+        let (p1, next) = ids(f("sort_key=id&sort_dir=asc&limit=2"));
+        assert_eq!(
+            (p1, next.as_deref()),
+            (vec!["a".to_string(), "b".into()], Some("b"))
+        );
+        let (p2, next) = ids(f("sort_key=id&sort_dir=asc&limit=2&marker=b"));
+        assert_eq!((p2, next), (vec!["c".to_string()], None));
+        for q in ["marker=zz", "sort_key=color", "sort_dir=up"] {
+            assert!(select_images(all.clone(), &f(q)).is_err(), "{q}");
+        }
+    }
 
     #[test]
     fn json_patches_map_onto_nubos_image_fields() {

@@ -40,6 +40,10 @@ pub fn router() -> Router<Upstream> {
         )
         .route("/v3/{project}/volumes/detail", get(list_volumes))
         .route(
+            "/v3/{project}/volumes/{id}/action",
+            axum::routing::post(volume_action),
+        )
+        .route(
             "/v3/{project}/volumes/{id}",
             get(show_volume)
                 .delete(delete_volume)
@@ -308,6 +312,51 @@ async fn delete_volume(
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
+/// The new size of a Cinder `os-extend` action body
+/// (`{"os-extend": {"new_size": N}}`); other actions are named in the
+/// refusal. Pure.
+pub fn extend_size(body: &Value) -> Result<i64, ApiError> {
+    let obj = body
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or_else(|| ApiError::bad_request(S, "an action body is an object with one key"))?;
+    match obj.get("os-extend") {
+        Some(args) => args
+            .get("new_size")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ApiError::bad_request(S, "os-extend needs new_size, an integer (GiB)")),
+        None => {
+            let name = obj.keys().next().cloned().unwrap_or_default();
+            Err(ApiError::new(
+                S,
+                StatusCode::NOT_IMPLEMENTED,
+                format!("volume action {name:?} is not supported (os-extend is; attach through Nova's os-volume_attachments)"),
+            ))
+        }
+    }
+}
+
+/// `POST /v3/{project}/volumes/{id}/action`: `os-extend` is
+/// `Volumes.Resize` (202; a smaller size is nubo's 400).
+async fn volume_action(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_project, id)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = crate::error::json_body(S, body)?;
+    let size_gb = extend_size(&body)?;
+    up.volumes(&headers)?
+        .resize(pb::ResizeVolumeRequest {
+            r#ref: id,
+            project: String::new(),
+            size_gb,
+        })
+        .await
+        .api(S)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
 async fn update_unsupported() -> ApiError {
     ApiError::new(
         S,
@@ -410,6 +459,29 @@ mod tests {
             let e = parse(v).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(text), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn os_extend_is_a_resize_and_other_actions_are_named() {
+        assert_eq!(
+            extend_size(&json!({"os-extend": {"new_size": 3}})).unwrap(),
+            3
+        );
+        for (b, status) in [
+            (
+                json!({"os-extend": {"new_size": null}}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"os-extend": {"new_size": "big"}}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (json!({"os-extend": {}}), StatusCode::BAD_REQUEST),
+            (json!({}), StatusCode::BAD_REQUEST),
+            (json!({"os-reserve": {}}), StatusCode::NOT_IMPLEMENTED),
+        ] {
+            assert_eq!(extend_size(&b).unwrap_err().status, status, "{b}");
         }
     }
 

@@ -805,6 +805,31 @@ fn glance_chunked_upload_and_patch(
         alice.json(&["image", "show", "chunked2"]).unwrap()["min_ram_mb"],
         64
     );
+
+    // Lists page with limit/marker (never a silent cap) and filter.
+    let list = |q: &str| curl(&format!("{url}/image/v2/images{q}"), Some(token), &[]).1;
+    let all = list("")["images"].as_array().unwrap().len();
+    assert!(all >= 2, "{all}");
+    let mut seen = 0;
+    let mut next = Some("/v2/images?limit=1".to_string());
+    while let Some(q) = next {
+        let page = list(q.trim_start_matches("/v2/images"));
+        assert_eq!(page["images"].as_array().unwrap().len(), 1, "{page}");
+        seen += 1;
+        next = page["next"].as_str().map(str::to_string);
+    }
+    assert_eq!(seen, all);
+    let small = list(&format!("?size_max={len}&status=active"));
+    assert!(small.to_string().contains("chunked2"), "{small}");
+    let queued = list("?status=queued");
+    assert!(
+        queued["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "queued"),
+        "{queued}"
+    );
 }
 
 fn ours_server_node(cli: &nubo_tests::Cli) -> String {

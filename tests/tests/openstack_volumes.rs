@@ -162,6 +162,17 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
     assert_eq!(native["status"], "available", "{native}");
     assert!(native["attached_to"].is_null(), "{native}");
 
+    // volume set --size (Cinder's os-extend): nubo grows it; smaller is
+    // refused and changes nothing.
+    os(clouds, &["volume", "set", "--size", "2", "vol1"]);
+    let native = lab.cli.json(&["volume", "show", "vol1"]).unwrap();
+    assert_eq!(native["size_gb"], 2, "{native}");
+    assert!(openstack(clouds, "nubo", &["volume", "set", "--size", "1", "vol1"]).is_err());
+    assert_eq!(
+        lab.cli.json(&["volume", "show", "vol1"]).unwrap()["size_gb"],
+        2
+    );
+
     // volume delete: gone from both views and from the pool.
     os(clouds, &["volume", "delete", "vol1"]);
     wait_until(Duration::from_secs(60), "vol1 deleted", || {
