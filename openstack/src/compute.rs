@@ -311,6 +311,38 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
     view
 }
 
+/// The server an update (`PUT /servers/{id}`) answers: Nova 2.1's common
+/// view, without the extension attributes of `GET` (no `OS-EXT-*`,
+/// `key_name`, volumes; addresses with `version` and `addr` only). Pure.
+pub fn update_view(base: &str, s: &pb::Server) -> Value {
+    const KEEP: &[&str] = &[
+        "id",
+        "name",
+        "status",
+        "image",
+        "flavor",
+        "fault",
+        "user_id",
+        "tenant_id",
+        "created",
+        "updated",
+        "progress",
+        "metadata",
+        "links",
+        "addresses",
+        "hostId",
+        "OS-DCF:diskConfig",
+        "accessIPv4",
+        "accessIPv6",
+    ];
+    let mut v = server_view(base, s);
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|k, _| KEEP.contains(&k.as_str()));
+        o.insert("addresses".into(), json!(addresses(s, false)));
+    }
+    v
+}
+
 /// A server's addresses per network name, fixed then floating; with
 /// `extended` the `OS-EXT-IPS` type and MAC (the server view), without
 /// only `version` and `addr` (`/servers/{id}/ips`). Pure.
@@ -803,7 +835,7 @@ async fn update_server(
         None => get_server(&up, &headers, id).await?,
     };
     Ok(versioned(Json(
-        json!({"server": server_view(&up.public_url, &s)}),
+        json!({"server": update_view(&up.public_url, &s)}),
     )))
 }
 
@@ -1202,6 +1234,17 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert!(parse(json!({"server": {"color": "red"}})).is_err());
+        // The answer is Nova's common view: no extension attributes.
+        let s = pb::Server {
+            id: "s".into(),
+            access_ipv4: "192.0.2.1".into(),
+            ..Default::default()
+        };
+        let v = update_view("https://x", &s);
+        assert_eq!(v["accessIPv4"], "192.0.2.1");
+        assert!(v.get("OS-EXT-AZ:availability_zone").is_none(), "{v}");
+        assert!(v.get("key_name").is_none(), "{v}");
+        assert!(server_view("https://x", &s).get("key_name").is_some());
     }
 
     #[test]

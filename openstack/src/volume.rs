@@ -140,6 +140,16 @@ pub fn volume_view(v: &pb::Volume) -> Value {
     out
 }
 
+/// The view a create answers: Cinder's create response has no
+/// `volume_image_metadata` (only shows do). Pure.
+pub fn created_view(v: &pb::Volume) -> Value {
+    let mut view = volume_view(v);
+    if let Some(o) = view.as_object_mut() {
+        o.remove("volume_image_metadata");
+    }
+    view
+}
+
 /// The brief view of `GET /volumes`: id, name and links only. Pure.
 pub fn volume_brief(v: &pb::Volume) -> Value {
     json!({"id": v.id, "name": v.name, "links": []})
@@ -295,7 +305,7 @@ async fn create_volume(
         .into_inner();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"volume": volume_view(&v)})),
+        Json(json!({"volume": created_view(&v)})),
     )
         .into_response())
 }
@@ -503,6 +513,17 @@ mod tests {
             ..v.clone()
         };
         assert_eq!(volume_view(&mine)["user_id"], "alice");
+        let from_image = pb::Volume {
+            source_image: "img".into(),
+            ..v.clone()
+        };
+        assert_eq!(
+            volume_view(&from_image)["volume_image_metadata"]["image_id"],
+            "img"
+        );
+        assert!(created_view(&from_image)
+            .get("volume_image_metadata")
+            .is_none());
         assert_eq!(view["size"], 2);
         assert_eq!(volume_view(&pb::Volume::default())["status"], "error");
     }
