@@ -80,6 +80,8 @@ pub struct Filters {
     pub status: Option<String>,
     /// `raw` or `qcow2`.
     pub disk_format: Option<String>,
+    /// Exact size in bytes.
+    pub size: Option<u64>,
     /// Smallest size in bytes.
     pub size_min: Option<u64>,
     /// Largest size in bytes.
@@ -118,6 +120,7 @@ pub fn select_images(
         f.name.as_ref().is_none_or(|x| &i.name == x)
             && f.status.as_ref().is_none_or(|x| &i.status == x)
             && f.disk_format.as_ref().is_none_or(|x| &i.disk_format == x)
+            && f.size.is_none_or(|m| size(i) == Some(m))
             && f.size_min.is_none_or(|m| size(i).is_some_and(|s| s >= m))
             && f.size_max.is_none_or(|m| size(i).is_some_and(|s| s <= m))
             && f.tag.is_none()
@@ -575,6 +578,7 @@ mod tests {
         assert_eq!(ids(f("sort=size:asc&status=active")).0, ["b", "a"]);
         assert_eq!(ids(f("sort_key=size&sort_dir=desc")).0, ["a", "b", "c"]);
         assert_eq!(ids(f("size_min=20")).0, ["a"]);
+        assert_eq!(ids(f("size=10")).0, ["b"]);
         assert_eq!(ids(f("status=queued")).0, ["c"]);
         assert!(ids(f("tag=x")).0.is_empty());
         assert!(ids(f("visibility=public")).0.is_empty());
