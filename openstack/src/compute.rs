@@ -620,6 +620,100 @@ struct CreateServer {
     min_count: Option<u32>,
     #[serde(default)]
     max_count: Option<u32>,
+    /// Block device mappings (v2): a boot volume, a boot volume made from
+    /// an image, extra volumes ([`block_devices`]).
+    #[serde(default)]
+    block_device_mapping_v2: Option<Vec<serde_json::Map<String, Value>>>,
+    /// The legacy (v1) form: refused (400), never ignored.
+    #[serde(default)]
+    block_device_mapping: Option<Vec<Value>>,
+}
+
+/// What nubo's create takes from Nova's block device mappings.
+#[derive(Debug, Default, PartialEq)]
+struct BlockDevices {
+    /// Boot from this existing volume.
+    boot_volume: Option<String>,
+    /// Boot from a new volume of this size cloned from this image.
+    boot_from_image: Option<(String, u64)>,
+    /// Extra existing volumes, in order.
+    volumes: Vec<String>,
+    /// Delete the volumes with the server (one flag for all in nubo).
+    delete_on_termination: bool,
+}
+
+/// Maps `block_device_mapping_v2` onto nubo's create: `volume` → `volume`
+/// with boot index 0 is the boot volume, `image` → `volume` with boot
+/// index 0 a boot volume made from the image (`volume_size` GiB), `image`
+/// → `local` with boot index 0 the ordinary image boot, `volume` without
+/// a boot index an attached volume. Anything else (blank, snapshot,
+/// other destinations or boot indexes, differing
+/// `delete_on_termination`) is a 400 naming it. Pure.
+fn block_devices(bdms: &[serde_json::Map<String, Value>]) -> Result<BlockDevices, ApiError> {
+    let mut out = BlockDevices::default();
+    let mut delete: Option<bool> = None;
+    for (n, b) in bdms.iter().enumerate() {
+        let text = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("");
+        let boot_index = match b.get("boot_index") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(i)) => i.as_i64(),
+            Some(Value::String(i)) => i.parse::<i64>().ok(),
+            Some(_) => None,
+        }
+        .filter(|i| *i >= 0);
+        let uuid = text("uuid").to_string();
+        let bad = |why: &str| {
+            ApiError::bad_request(
+                S,
+                format!("block_device_mapping_v2[{n}]: {why} (nubo maps a boot volume, a boot volume from an image, and extra volumes)"),
+            )
+        };
+        let dest = match text("destination_type") {
+            "" => {
+                if text("source_type") == "image" {
+                    "local"
+                } else {
+                    "volume"
+                }
+            }
+            d => d,
+        };
+        let this_delete = b
+            .get("delete_on_termination")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        match (text("source_type"), dest, boot_index) {
+            ("image", "local", Some(0)) => continue,
+            ("image", "volume", Some(0)) => {
+                let size = b
+                    .get("volume_size")
+                    .and_then(Value::as_u64)
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| bad("a boot volume from an image needs volume_size (GiB)"))?;
+                out.boot_from_image = Some((uuid, size));
+            }
+            ("volume", "volume", Some(0)) => out.boot_volume = Some(uuid),
+            ("volume", "volume", None) => out.volumes.push(uuid),
+            (src, dst, idx) => {
+                return Err(bad(&format!(
+                    "source_type {src:?} to destination_type {dst:?} with boot_index {idx:?} is not supported"
+                )))
+            }
+        }
+        if out.boot_volume.is_some() && out.boot_from_image.is_some() {
+            return Err(bad("two boot devices"));
+        }
+        match delete {
+            Some(d) if d != this_delete => {
+                return Err(bad(
+                    "nubo applies one delete_on_termination to all of a server's volumes",
+                ))
+            }
+            _ => delete = Some(this_delete),
+        }
+    }
+    out.delete_on_termination = delete.unwrap_or(false);
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -709,6 +803,28 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
             }
         }
     }
+    if s.block_device_mapping
+        .as_ref()
+        .is_some_and(|b| !b.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            S,
+            "block_device_mapping (v1) is not supported: use block_device_mapping_v2",
+        ));
+    }
+    let bd = block_devices(s.block_device_mapping_v2.as_deref().unwrap_or_default())?;
+    let mut image_ref = last_segment(&s.image_ref);
+    let mut boot_from_volume_size_gb = 0;
+    if let Some((img, size)) = &bd.boot_from_image {
+        if !image_ref.is_empty() && &image_ref != img {
+            return Err(ApiError::bad_request(
+                S,
+                "imageRef and the image of the boot volume's block device mapping differ",
+            ));
+        }
+        image_ref.clone_from(img);
+        boot_from_volume_size_gb = *size;
+    }
     let user_data = match &s.user_data {
         None => Vec::new(),
         Some(b64) => {
@@ -723,7 +839,11 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
     Ok(pb::CreateServerRequest {
         name: s.name.clone(),
         flavor: last_segment(&s.flavor_ref),
-        image_ref: last_segment(&s.image_ref),
+        image_ref,
+        boot_volume: bd.boot_volume.unwrap_or_default(),
+        boot_from_volume_size_gb,
+        volumes: bd.volumes,
+        delete_on_termination: bd.delete_on_termination,
         networks,
         ports,
         security_groups: s.security_groups.iter().map(|g| g.name.clone()).collect(),
@@ -1197,6 +1317,67 @@ mod tests {
         .unwrap();
         let r = create_request(&with).unwrap();
         assert_eq!(r.metadata.get("role").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn block_device_mappings_map_or_are_refused() {
+        let create = |bdm: Value, image: &str| {
+            let body: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+                "imageRef": image, "flavorRef": "f", "block_device_mapping_v2": bdm}}))
+            .unwrap();
+            create_request(&body)
+        };
+        let r = create(
+            json!([{"uuid": "v1", "source_type": "volume", "destination_type": "volume",
+                "boot_index": 0, "delete_on_termination": true},
+                {"uuid": "v2", "source_type": "volume", "destination_type": "volume",
+                "delete_on_termination": true}]),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.boot_volume.as_str(),
+                r.volumes.clone(),
+                r.delete_on_termination
+            ),
+            ("v1", vec!["v2".to_string()], true)
+        );
+        let r = create(
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "volume",
+                "boot_index": "0", "volume_size": 2}]),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.image_ref.as_str(), r.boot_from_volume_size_gb),
+            ("img", 2)
+        );
+        let r = create(
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "local",
+                "boot_index": 0}]),
+            "img",
+        )
+        .unwrap();
+        assert_eq!((r.image_ref.as_str(), r.boot_volume.as_str()), ("img", ""));
+        for bad in [
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "local", "boot_index": 0},
+                {"uuid": "v", "source_type": "volume", "destination_type": "invalid"}]),
+            json!([{"source_type": "blank", "destination_type": "volume", "boot_index": 0}]),
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "volume", "boot_index": 0}]),
+            json!([{"uuid": "v1", "source_type": "volume", "boot_index": 0, "delete_on_termination": true},
+                {"uuid": "v2", "source_type": "volume"}]),
+        ] {
+            assert_eq!(
+                create(bad.clone(), "img").unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+        let legacy: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+            "imageRef": "i", "flavorRef": "f", "block_device_mapping": [{"volume_id": "v"}]}}))
+        .unwrap();
+        assert!(create_request(&legacy).is_err());
     }
 
     #[test]
