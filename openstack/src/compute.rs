@@ -273,7 +273,8 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "user_id": "",
         "metadata": s.metadata.iter().collect::<BTreeMap<_, _>>(),
         "hostId": s.node,
-        "image": if s.image_id.is_empty() { json!("") } else { json!({"id": s.image_id, "links": link(&s.image_id, "images")}) },
+        // A server booted from a volume shows no image, as Nova.
+        "image": if s.image_id.is_empty() || !s.boot_volume_id.is_empty() { json!("") } else { json!({"id": s.image_id, "links": link(&s.image_id, "images")}) },
         "flavor": {"id": s.flavor, "links": link(&s.flavor, "flavors")},
         "created": crate::time::iso_utc(&s.created_at),
         "updated": crate::time::iso_utc(if s.updated_at.is_empty() { &s.created_at } else { &s.updated_at }),
@@ -1418,6 +1419,13 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert!(parse(json!({"server": {"color": "red"}})).is_err());
+        // Booted from a volume: no image, as Nova.
+        let bfv = pb::Server {
+            image_id: "img".into(),
+            boot_volume_id: "v".into(),
+            ..Default::default()
+        };
+        assert_eq!(server_view("https://x", &bfv)["image"], "");
         // The answer is Nova's common view: no extension attributes.
         let s = pb::Server {
             id: "s".into(),
