@@ -19,7 +19,7 @@ use crate::compute::hypervisor::{FakeHypervisor, Hypervisor, HypervisorError, Ne
 use crate::compute::plug_gate::PlugGate;
 use crate::config::{AgentConfig, DriverKind};
 use crate::node::registration::Liveness;
-use crate::reconciler::{reconcile_all, Reconcile};
+use crate::reconciler::{reconcile_all_observed, Reconcile};
 use crate::state::desired;
 use crate::state::mirror::{Mirror, MirrorHandle};
 use crate::store::{self, StoreError};
@@ -131,11 +131,43 @@ async fn run_inner(
     async move {
         info!(driver = hv.driver(), endpoints = ?cfg.etcd_endpoints, "starting");
         let mut registry = crate::telemetry::registry();
-        let _metrics = crate::telemetry::AgentMetrics::register(&mut registry, &cfg);
+        let metrics = crate::telemetry::AgentMetrics::register(&mut registry, &cfg);
+        crate::telemetry::AgentMetrics::register_session(&mut registry, &cfg, session.clone());
+        metrics
+            .node
+            .set_capacity(&crate::node::registration::capacity(&cfg));
+        let vm_stats =
+            crate::telemetry::vm_stats::VmStatsCollector::register(&mut registry, &cfg.node);
         let (mirror, handle) = Mirror::new(etcd.clone(), cfg.node.clone());
         let (registered_tx, registered) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(mirror.run().in_current_span());
+        // Per-VM statistics and node usage (see `telemetry::vm_stats`), and
+        // their usage record in etcd on the liveness lease.
+        let (usage_tx, usage_rx) = watch::channel(None);
+        tasks.spawn(
+            crate::telemetry::vm_stats::VmStatsTask {
+                node: cfg.node.clone(),
+                state_dir: cfg.state_dir.clone(),
+                period: cfg.usage_interval,
+                hypervisor: hv.clone(),
+                cache: handle.cache.clone(),
+                collector: vm_stats,
+                usage: usage_tx,
+            }
+            .run()
+            .in_current_span(),
+        );
+        tasks.spawn(
+            crate::telemetry::usage::publish(
+                etcd.clone(),
+                cfg.node.clone(),
+                usage_rx,
+                senders.acks.subscribe(),
+                cfg.usage_interval,
+            )
+            .in_current_span(),
+        );
         tasks.spawn(
             Liveness::new(etcd.clone(), cfg.clone(), registered_tx)
                 .with_acks(senders.acks)
@@ -189,16 +221,29 @@ async fn run_inner(
             )),
         ];
         if !cfg.no_network {
-            subsystems.extend(
-                crate::network::subsystems(
-                    cfg.underlay_ip,
-                    cfg.underlay_mtu,
-                    &cfg.availability_zone,
-                    &cfg.physnets,
-                    &cfg.router_netns_prefix,
-                )
-                .map_err(|e| AgentError::Network(e.to_string()))?,
-            );
+            let probe = cfg
+                .probe_interval
+                .map(|_| crate::network::probe::ProbeIdentity {
+                    node: cfg.node.to_string(),
+                    netns_prefix: cfg.probe_netns_prefix.clone(),
+                });
+            let (network, probes) = crate::network::subsystems(
+                cfg.underlay_ip,
+                cfg.underlay_mtu,
+                &cfg.availability_zone,
+                &cfg.physnets,
+                &cfg.router_netns_prefix,
+                &metrics,
+                probe.clone(),
+            )
+            .map_err(|e| AgentError::Network(e.to_string()))?;
+            subsystems.extend(network);
+            if let (Some(ident), Some(ready), Some(every)) = (probe, probes, cfg.probe_interval) {
+                tasks.spawn(
+                    crate::network::probe::run_checks(ident, ready, metrics.probe.clone(), every)
+                        .in_current_span(),
+                );
+            }
         }
         // Last: resumes guests started paused once their taps are wired
         // (see `plug_gate`); like compute, never while fenced.
@@ -224,7 +269,7 @@ async fn run_inner(
             () = reconcile_loop(&cfg, handle, registered, subsystems, Beat {
                 heartbeat,
                 every: crate::node::watchdog::beat_interval(watchdog_period),
-            }, plug) => {}
+            }, plug, metrics) => {}
         }
         tasks.shutdown().await;
         Ok(())
@@ -254,6 +299,7 @@ async fn reconcile_loop(
     mut subsystems: Vec<Box<dyn Reconcile>>,
     beat: Beat,
     plug: Option<Arc<PlugWaiters>>,
+    metrics: Arc<crate::telemetry::AgentMetrics>,
 ) {
     // Never reconcile from an empty cache: that would destroy everything.
     loop {
@@ -274,6 +320,8 @@ async fn reconcile_loop(
     loop {
         beat.heartbeat.beat();
         handle.changes.borrow_and_update();
+        // The oldest change this pass applies (for the reconcile lag).
+        let changed_at = handle.take_changed_at();
         let started = Instant::now();
         let desired = {
             let cache = handle.cache.read().await;
@@ -287,10 +335,16 @@ async fn reconcile_loop(
         }
         let built = started.elapsed();
         let span = info_span!("reconcile", revision = desired.revision);
-        let outcome = reconcile_all(&mut subsystems, &desired)
-            .instrument(span.clone())
-            .await;
+        let outcome = reconcile_all_observed(&mut subsystems, &desired, |name, took, ok| {
+            metrics.node.subsystem_pass(name, took, ok)
+        })
+        .instrument(span.clone())
+        .await;
         let pass_end = Instant::now();
+        metrics.node.set_allocated(&desired);
+        metrics
+            .node
+            .pass_done(changed_at.map(|at| pass_end.into_std().saturating_duration_since(at)));
         previous = Some(desired);
         span.in_scope(|| {
             debug!(

@@ -124,17 +124,29 @@ pub async fn reconcile_all(
     subsystems: &mut [Box<dyn Reconcile>],
     desired: &DesiredNode,
 ) -> PassOutcome {
+    reconcile_all_observed(subsystems, desired, |_, _, _| {}).await
+}
+
+/// [`reconcile_all`], telling `step` the name, duration and success of each
+/// subsystem's part (e.g. for the metrics).
+pub async fn reconcile_all_observed(
+    subsystems: &mut [Box<dyn Reconcile>],
+    desired: &DesiredNode,
+    mut step: impl FnMut(&'static str, std::time::Duration, bool) + Send,
+) -> PassOutcome {
     let mut out = PassOutcome::default();
     for s in subsystems.iter_mut() {
         let name = s.name();
         let span = info_span!("subsystem", subsystem = name);
         let started = std::time::Instant::now();
         let result = s.reconcile(desired).instrument(span).await;
+        let elapsed = started.elapsed();
         debug!(
             subsystem = name,
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = elapsed.as_micros() as u64,
             "subsystem pass timing"
         );
+        step(name, elapsed, result.is_ok());
         match result {
             Ok(n) => out.actions += n,
             Err(e) => {

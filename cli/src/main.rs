@@ -24,6 +24,7 @@ mod server;
 mod server_group;
 #[cfg(test)]
 mod testutil;
+mod usage;
 mod volume;
 mod volume_size;
 mod volume_type;

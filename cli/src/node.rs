@@ -96,6 +96,7 @@ pub fn to_json(n: &Node) -> Value {
         "health_reason": opt(&n.health_reason),
         "health_since": opt(&n.health_since),
         "registered_at": opt(&n.registered_at),
+        "observed_usage": crate::usage::node_json(n.observed_usage.as_ref()),
     })
 }
 

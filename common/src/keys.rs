@@ -245,6 +245,12 @@ pub fn node_statuses_prefix(n: &NodeName) -> String {
 pub fn instance_status(n: &NodeName, id: &InstanceId) -> String {
     format!("{ROOT}node-owned/{n}/status/{id}")
 }
+/// `/nubo/v1/node-owned/<node>/usage` (`ObservedUsage`): the node's and
+/// its instances' real usage over the agent's last collection period,
+/// written once per period on the liveness lease (gone with the node).
+pub fn node_observed_usage(n: &NodeName) -> String {
+    format!("{ROOT}node-owned/{n}/usage")
+}
 /// `/nubo/v1/guest-stops/` — every node's guest-stop reports (one small
 /// prefix the leading coordinator watches).
 pub fn all_guest_stops_prefix() -> String {
@@ -563,6 +569,10 @@ pub fn quota(p: &ProjectId) -> String {
 pub fn quota_default() -> String {
     format!("{PRIVATE}quotas/{DEFAULT_QUOTA}")
 }
+/// `/nubo/v1/private/quota-usage/` (every project's usage)
+pub fn quota_usage_prefix() -> String {
+    format!("{PRIVATE}quota-usage/")
+}
 /// `/nubo/v1/private/quota-usage/<project>` (`QuotaUsage`, changed in the
 /// same transaction as the resources it counts, compared by mod revision)
 pub fn quota_usage(p: &ProjectId) -> String {
@@ -845,6 +855,8 @@ pub enum Key {
     NodeSpec(NodeName, InstanceId),
     /// `/node-owned/<node>/status/<id>`
     InstanceStatus(NodeName, InstanceId),
+    /// `/node-owned/<node>/usage`
+    NodeObservedUsage(NodeName),
     /// `/guest-stops/<node>/<id>`
     GuestStop(NodeName, InstanceId),
     /// `/assignments/<node>/<id>`
@@ -953,6 +965,7 @@ impl Key {
             ["node-owned", n, "status", id] => {
                 Key::InstanceStatus(n.parse().ok()?, id.parse().ok()?)
             }
+            ["node-owned", n, "usage"] => Key::NodeObservedUsage(n.parse().ok()?),
             ["guest-stops", n, id] => Key::GuestStop(n.parse().ok()?, id.parse().ok()?),
             ["assignments", n, id] => Key::Assignment(n.parse().ok()?, id.parse().ok()?),
             ["election", "coordinator"] => Key::Election,
@@ -1090,6 +1103,7 @@ mod tests {
             (node(&n), Key::Node(n.clone())),
             (node_alive(&n), Key::NodeAlive(n.clone())),
             (node_usage(&n), Key::NodeUsage(n.clone())),
+            (node_observed_usage(&n), Key::NodeObservedUsage(n.clone())),
             (node_admin(&n), Key::NodeAdmin(n.clone())),
             (node_health(&n), Key::NodeHealth(n.clone())),
             (
@@ -1317,6 +1331,7 @@ mod tests {
             node_alive(&n),
             instance_status(&n, &i),
             guest_stop(&n, &i),
+            node_observed_usage(&n),
         ] {
             assert!(g.may_write(&k), "{k}");
         }
@@ -1326,6 +1341,7 @@ mod tests {
             node_health(&n),
             node(&other),
             node_alive(&other),
+            node_observed_usage(&other),
             instance_status(&other, &i),
             instance(&i),
             node_spec(&n, &i),

@@ -822,6 +822,31 @@ mod tests {
     }
 
     #[test]
+    fn metrics_come_from_the_file_and_the_flag() {
+        let file =
+            parse_file("[metrics]\nlisten = \"0.0.0.0:9100\"\nclient_ca = \"/ca\"\n").unwrap();
+        assert!(Cli::default()
+            .merge(FileConfig::default())
+            .unwrap()
+            .metrics
+            .is_none());
+        let cfg = Cli::default().merge(file).unwrap();
+        let m = cfg.metrics.unwrap();
+        assert_eq!(m.listen, "0.0.0.0:9100".parse().unwrap());
+        assert_eq!(m.client_ca, Some(PathBuf::from("/ca")));
+        let cli = Cli {
+            metrics_listen: Some("127.0.0.1:9".parse().unwrap()),
+            ..Cli::default()
+        };
+        let m = cli.merge(FileConfig::default()).unwrap().metrics.unwrap();
+        assert_eq!(
+            m,
+            nubo_metrics::EndpointConfig::plain("127.0.0.1:9".parse().unwrap())
+        );
+        assert!(parse_file("[metrics]\nport = 1\n").is_err());
+    }
+
+    #[test]
     fn cli_parses_comma_separated_endpoints() {
         let cli = Cli::try_parse_from([
             "nubo-coordinator",

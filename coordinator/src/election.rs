@@ -18,6 +18,7 @@
 //! has passed since the last acknowledged renewal; the election watch
 //! resumes on a live member from the last revision seen.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 pub struct LeaderState {
     inner: RwLock<Inner>,
+    /// Times this coordinator became or stopped being the leader.
+    transitions: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -67,8 +70,19 @@ impl LeaderState {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// How many times this coordinator became or stopped being the
+    /// leader since it started.
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
+    }
+
     fn set(&self, f: impl FnOnce(&mut Inner)) {
-        f(&mut self.inner.write().unwrap_or_else(|e| e.into_inner()));
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let was = inner.is_leader;
+        f(&mut inner);
+        if inner.is_leader != was {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -175,7 +175,12 @@ async fn start_inner(
             "INSECURE (--insecure, development only): {what}; never expose this coordinator"
         );
     }
-    let etcd = connect_etcd(&cfg).await?;
+    let leader = Arc::new(election::LeaderState::default());
+    // Registered whether or not `[metrics]` serves them: the layers update
+    // them either way. The etcd layer reports to them through its hook.
+    let mut registry = telemetry::registry();
+    let metrics = telemetry::CoordinatorMetrics::register(&mut registry, &cfg, leader.clone());
+    let etcd = connect_etcd(&cfg).await?.with_observer(metrics.clone());
     // Before anything reads or serves: an older cluster's keys are moved
     // to the current layout (safe with several coordinators starting).
     // In a task of its own: polled from the runtime's stack, not nested in
@@ -191,7 +196,6 @@ async fn start_inner(
     let store = etcd.clone();
     let (shutdown, rx) = watch::channel(false);
     let view = Arc::new(placement::ClusterView::default());
-    let leader = Arc::new(election::LeaderState::default());
 
     let mut tasks = Vec::new();
     {
@@ -231,8 +235,6 @@ async fn start_inner(
             source,
         })?;
     let health_addr = health.local_addr()?;
-    let mut registry = telemetry::registry();
-    let _metrics = telemetry::CoordinatorMetrics::register(&mut registry, &cfg);
     let metrics_endpoint = match &cfg.metrics {
         Some(m) => Some(
             nubo_metrics::Endpoint::bind(m)
@@ -253,6 +255,7 @@ async fn start_inner(
         cfg.clone(),
         fencer,
         node_api,
+        metrics.clone(),
     );
     if let Some(c) = ceph {
         let _ = ctx.ceph.set(c);
@@ -333,9 +336,16 @@ async fn start_inner(
         }));
     }
     {
+        let (ctx, rx, gauges) = (ctx.clone(), rx.clone(), metrics.cluster.clone());
+        tasks.push(tokio::spawn(async move {
+            telemetry::cluster::run(ctx, gauges, rx).await;
+            Ok(())
+        }));
+    }
+    {
         let mut rx = rx.clone();
         let routes = match signer {
-            Some(h) => tonic::service::Routes::from(api::auth::layer(
+            Some(h) => api::auth::layer(
                 api::routes(&ctx)
                     // Only behind authentication: open, they would let
                     // anyone make themselves a cloud admin.
@@ -357,9 +367,11 @@ async fn start_inner(
                     store: store.clone(),
                     revoked: ctx.revoked.clone(),
                 },
-            )),
-            None => api::routes(&ctx),
+            ),
+            None => api::routes(&ctx).prepare().into_axum_router(),
         };
+        // Outermost: refused calls are counted too.
+        let routes = tonic::service::Routes::from(telemetry::api::layer(routes, metrics.clone()));
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = &cfg.tls {
             let id = tonic::transport::Identity::from_pem(read_pem(cert)?, read_pem(key)?);

@@ -10,6 +10,7 @@ use crate::cache::ResourceCache;
 use crate::config::Config;
 use crate::election::LeaderState;
 use crate::placement::{ClusterView, Engine, Ratios};
+use crate::telemetry::CoordinatorMetrics;
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -50,6 +51,9 @@ pub struct Inner {
     pub node_api: nubo_nodeapi::NodeApiClient,
     /// The stream ticket signer, loaded on first use.
     pub tickets: crate::tickets::TicketKeys,
+    /// The coordinator's metric families (registered in its registry when
+    /// `[metrics]` is configured; updated either way).
+    pub metrics: Arc<CoordinatorMetrics>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -70,13 +74,20 @@ impl Ctx {
         cfg: Config,
         fencer: crate::fencing::SharedFencer,
         node_api: nubo_nodeapi::NodeApiClient,
+        metrics: Arc<CoordinatorMetrics>,
     ) -> Self {
         let ratios = Ratios {
             cpu: cfg.cpu_ratio,
             ram: cfg.ram_ratio,
             disk: cfg.disk_ratio,
         };
-        let placement = Engine::new(view.clone(), store.clone(), ratios, cfg.placement);
+        let placement = Engine::new(
+            view.clone(),
+            store.clone(),
+            ratios,
+            cfg.placement,
+            metrics.clone(),
+        );
         Self(Arc::new(Inner {
             store,
             view,
@@ -90,6 +101,7 @@ impl Ctx {
             ceph: std::sync::OnceLock::new(),
             node_api,
             tickets: Default::default(),
+            metrics,
         }))
     }
 }

@@ -143,6 +143,7 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
         cfg,
         Arc::new(LogFencer),
         node_api,
+        Arc::default(),
     );
     register_node(&etcd, "n0", res(64, 64 * 512, 1000), "nova").await;
     let t = Instant::now();

@@ -29,6 +29,7 @@ mod error;
 pub mod l2;
 mod lease;
 mod packet;
+pub mod probe;
 pub mod ratelimit;
 mod respond;
 mod server;
@@ -39,7 +40,7 @@ pub use lease::{Lease, LeaseTable, METADATA_IP};
 pub use packet::{decode_request, encode, peek_chaddr, MAX_PACKET, MIN_PACKET};
 pub use ratelimit::{Event, Quota, Quotas, Summary, Tally};
 pub use respond::{decide, reply_destination, respond, Decision, Silence, CLIENT_PORT};
-pub use server::{DhcpHandle, DhcpServer, DhcpStats};
+pub use server::{DhcpCounters, DhcpHandle, DhcpServer, DhcpStats};
 pub use socket::SERVER_PORT;
 
 /// The `dhcproto` crate this API speaks (`Message`, options).

@@ -26,9 +26,12 @@ use crate::socket::{bind_device_socket, SERVER_PORT};
 /// log line, and quotas of departed MACs forgotten.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Counters of one server, readable while it runs.
+/// Counters of one server, readable while it runs: plain atomics, so that
+/// an owner (e.g. the agent's metrics) can keep them across restarts of the
+/// server ([`DhcpServer::with_counters`]) and read them at any time
+/// ([`DhcpCounters::snapshot`]) without this crate knowing who reads.
 #[derive(Debug, Default)]
-struct Counters {
+pub struct DhcpCounters {
     received: AtomicU64,
     dropped: AtomicU64,
     ignored: AtomicU64,
@@ -60,8 +63,9 @@ pub struct DhcpStats {
     pub send_errors: u64,
 }
 
-impl Counters {
-    fn snapshot(&self) -> DhcpStats {
+impl DhcpCounters {
+    /// The counters now.
+    pub fn snapshot(&self) -> DhcpStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DhcpStats {
             received: get(&self.received),
@@ -95,7 +99,7 @@ pub struct DhcpServer {
     socket: std::net::UdpSocket,
     sender: L2Sender,
     quota: Quota,
-    counters: Arc<Counters>,
+    counters: Arc<DhcpCounters>,
 }
 
 /// Handle on a spawned server. Dropping it also stops the server.
@@ -104,7 +108,7 @@ pub struct DhcpHandle {
     iface: String,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
-    counters: Arc<Counters>,
+    counters: Arc<DhcpCounters>,
 }
 
 impl DhcpServer {
@@ -134,6 +138,13 @@ impl DhcpServer {
     /// before decoding, and counted in [`DhcpStats::limited`]).
     pub fn with_quota(mut self, quota: Quota) -> Self {
         self.quota = quota;
+        self
+    }
+
+    /// Counts into `counters` instead of fresh ones (shared with whoever
+    /// reads them; they keep counting across servers).
+    pub fn with_counters(mut self, counters: Arc<DhcpCounters>) -> Self {
+        self.counters = counters;
         self
     }
 
@@ -232,7 +243,7 @@ struct Worker {
     table: LeaseTable,
     socket: UdpSocket,
     sender: L2Sender,
-    counters: Arc<Counters>,
+    counters: Arc<DhcpCounters>,
     /// A token bucket per client MAC.
     quotas: Quotas,
     /// What guests caused, summed up once per [`LOG_INTERVAL`].
@@ -246,7 +257,7 @@ impl Worker {
         table: LeaseTable,
         (socket, sender): (UdpSocket, L2Sender),
         quota: Quota,
-        counters: Arc<Counters>,
+        counters: Arc<DhcpCounters>,
     ) -> Self {
         Self {
             iface,

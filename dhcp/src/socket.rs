@@ -39,6 +39,16 @@ pub fn validate_iface_name(iface: &str) -> Result<(), DhcpError> {
 /// when no route matches the destination (it then treats it as on-link),
 /// so bridges with overlapping subnets never steal each other's replies.
 pub fn bind_device_socket(iface: &str) -> Result<std::net::UdpSocket, DhcpError> {
+    bind_device_port(iface, SERVER_PORT, Some(RECV_BUFFER))
+}
+
+/// [`bind_device_socket`] on any `port` (the probe client binds 68),
+/// with a receive buffer of `recv_buffer` bytes when given.
+pub(crate) fn bind_device_port(
+    iface: &str,
+    port: u16,
+    recv_buffer: Option<usize>,
+) -> Result<std::net::UdpSocket, DhcpError> {
     validate_iface_name(iface)?;
     let err = |step: &'static str| {
         move |source| DhcpError::Socket {
@@ -54,15 +64,17 @@ pub fn bind_device_socket(iface: &str) -> Result<std::net::UdpSocket, DhcpError>
     sock.set_broadcast(true).map_err(err("SO_BROADCAST"))?;
     sock.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
     // Best effort: room for a burst of DISCOVERs from a batch of new VMs.
-    if let Err(e) = force_recv_buffer(&sock, RECV_BUFFER) {
-        tracing::debug!(iface, error = %e, "cannot force the DHCP receive buffer size");
-        if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
-            tracing::debug!(iface, error = %e, "cannot enlarge the DHCP receive buffer");
+    if let Some(bytes) = recv_buffer {
+        if let Err(e) = force_recv_buffer(&sock, bytes) {
+            tracing::debug!(iface, error = %e, "cannot force the DHCP receive buffer size");
+            if let Err(e) = sock.set_recv_buffer_size(bytes) {
+                tracing::debug!(iface, error = %e, "cannot enlarge the DHCP receive buffer");
+            }
         }
     }
     sock.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
-    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVER_PORT).into())
-        .map_err(err("bind 0.0.0.0:67"))?;
+    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+        .map_err(err("bind 0.0.0.0:<port>"))?;
     Ok(sock.into())
 }
 

@@ -24,6 +24,7 @@ use crate::events::{self, DomainEvent, EventStream, Registration};
 use crate::ffi::{affect_flags, Conn, Dom, VirError};
 use crate::info::{DomainInfo, ForeignDomain, PowerState};
 use crate::spec::{DomainSpec, DEFAULT_NAME_PREFIX};
+use crate::stats::DomainStats;
 use crate::xml::{domain_xml_with_prefix, NUBO_METADATA_NS};
 
 /// How to reach libvirt and how nubo domains are named there.
@@ -590,6 +591,42 @@ impl LibvirtDriver {
             count.fetch_add(1, Ordering::SeqCst);
             tracing::info!(uri = %self.shared.cfg.uri, "lifecycle events registered on the new libvirt connection");
         }
+    }
+}
+
+/// The statistics groups of [`LibvirtDriver::all_domain_stats`].
+const STATS_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_BALLOON
+    | sys::VIR_DOMAIN_STATS_VCPU
+    | sys::VIR_DOMAIN_STATS_INTERFACE
+    | sys::VIR_DOMAIN_STATS_BLOCK;
+
+/// Bulk statistics.
+impl LibvirtDriver {
+    /// The counters of every active nubo domain (named with the configured
+    /// prefix), in one `virConnectGetAllDomainStats` call: CPU time, memory,
+    /// vCPUs, per-disk and per-interface counters. A domain in a job (a
+    /// migration) answers what it can without waiting for it (`NOWAIT`). A
+    /// domain whose parameters do not parse is logged and left out.
+    pub async fn all_domain_stats(&self) -> Result<Vec<DomainStats>, DriverError> {
+        self.blocking(|conn, cfg| {
+            let flags = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+                | sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
+            let raw = conn
+                .all_domain_stats(STATS_GROUPS, flags)
+                .map_err(DriverError::Stats)?;
+            Ok(raw
+                .into_iter()
+                .filter(|(_, name, _)| name.starts_with(&cfg.name_prefix))
+                .filter_map(|(uuid, name, params)| {
+                    DomainStats::from_params(&uuid, &name, &params)
+                        .inspect_err(|e| tracing::warn!(instance = %uuid, error = %e, "domain statistics dropped"))
+                        .ok()
+                })
+                .collect())
+        })
+        .await
     }
 }
 

@@ -31,6 +31,9 @@ pub enum DriverError {
     /// Listing domains failed.
     #[error("listing libvirt domains failed: {0}")]
     List(#[source] VirError),
+    /// The bulk statistics call failed.
+    #[error("libvirt bulk domain statistics failed: {0}")]
+    Stats(#[source] VirError),
     /// A libvirt call on one domain failed.
     #[error("instance {instance_id}: libvirt {op} failed: {source}")]
     Domain {

@@ -14,6 +14,8 @@ use std::sync::Once;
 
 use virt_sys as sys;
 
+use crate::stats::ParamValue;
+
 /// An error reported by libvirt (`virError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("libvirt error {code} (domain {domain}): {message}")]
@@ -710,5 +712,135 @@ impl VirError {
     /// The job was aborted (`VIR_ERR_OPERATION_ABORTED`).
     pub fn is_aborted(&self) -> bool {
         self.is(sys::VIR_ERR_OPERATION_ABORTED)
+    }
+}
+
+// ---- Bulk statistics -------------------------------------------------------
+
+/// One domain's record of a bulk statistics call: its UUID, name and
+/// parameters, copied out of libvirt's memory.
+pub(crate) type RawDomainStats = (String, String, Vec<(String, ParamValue)>);
+
+/// Copies `n` typed parameters out of `params`.
+///
+/// # Safety
+/// `params` must be null (with any `n`) or point to `n` initialised
+/// parameters, alive for the call.
+unsafe fn typed_params_vec(
+    params: sys::virTypedParameterPtr,
+    n: c_int,
+) -> Vec<(String, ParamValue)> {
+    let n = usize::try_from(n).unwrap_or(0);
+    if params.is_null() || n == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the caller's contract.
+    let slice = unsafe { std::slice::from_raw_parts(params, n) };
+    let mut out = Vec::with_capacity(n);
+    for p in slice {
+        // `field` is a fixed array; libvirt NUL-terminates it, but bound
+        // the read to its length anyway.
+        let bytes: Vec<u8> = p
+            .field
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        let name = String::from_utf8_lossy(&bytes).into_owned();
+        // SAFETY: `type_` says which union member libvirt wrote.
+        let value = unsafe {
+            match u32::try_from(p.type_).unwrap_or(0) {
+                sys::VIR_TYPED_PARAM_INT => ParamValue::Int(p.value.i),
+                sys::VIR_TYPED_PARAM_UINT => ParamValue::UInt(p.value.ui),
+                sys::VIR_TYPED_PARAM_LLONG => ParamValue::LLong(p.value.l),
+                sys::VIR_TYPED_PARAM_ULLONG => ParamValue::ULLong(p.value.ul),
+                sys::VIR_TYPED_PARAM_DOUBLE => ParamValue::Double(p.value.d),
+                sys::VIR_TYPED_PARAM_BOOLEAN => ParamValue::Boolean(p.value.b != 0),
+                sys::VIR_TYPED_PARAM_STRING if !p.value.s.is_null() => {
+                    ParamValue::String(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
+                }
+                // An unknown type (or a null string) is skipped.
+                _ => continue,
+            }
+        };
+        out.push((name, value));
+    }
+    out
+}
+
+impl Conn {
+    /// `virConnectGetAllDomainStats`: the statistics groups `stats`
+    /// (`VIR_DOMAIN_STATS_*`) of every domain matching `flags`, in one RPC.
+    pub(crate) fn all_domain_stats(
+        &self,
+        stats: c_uint,
+        flags: c_uint,
+    ) -> Result<Vec<RawDomainStats>, VirError> {
+        let mut records: *mut sys::virDomainStatsRecordPtr = ptr::null_mut();
+        // SAFETY: valid connection; libvirt allocates a NULL-terminated
+        // array of records into `records`.
+        let n =
+            unsafe { sys::virConnectGetAllDomainStats(self.as_ptr(), stats, &mut records, flags) };
+        if n < 0 {
+            return Err(VirError::last());
+        }
+        let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        if records.is_null() {
+            return Ok(out);
+        }
+        let mut result = Ok(());
+        for i in 0..usize::try_from(n).unwrap_or(0) {
+            // SAFETY: `i < n` entries, each a valid record owned by the list.
+            let rec = unsafe { *records.add(i) };
+            if rec.is_null() {
+                break;
+            }
+            // SAFETY: a record from the list, alive until it is freed below.
+            let (dom, params, nparams) = unsafe { ((*rec).dom, (*rec).params, (*rec).nparams) };
+            let ids = uuid_of(dom).and_then(|u| Ok((u, name_of(dom)?)));
+            match ids {
+                Ok((uuid, name)) => {
+                    // SAFETY: `params` holds `nparams` parameters of the record.
+                    let params = unsafe { typed_params_vec(params, nparams) };
+                    out.push((uuid, name, params));
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // SAFETY: the list (records, their parameters and domain
+        // references) was allocated by virConnectGetAllDomainStats and is
+        // freed exactly once, after everything was copied out.
+        unsafe { sys::virDomainStatsRecordListFree(records) };
+        result.map(|()| out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_parameters_are_copied_with_their_types() {
+        // Built by libvirt's own helpers (no daemon needed).
+        init();
+        let mut tp = TypedParams::default();
+        tp.add_ullong("block.0.rd.bytes", 4096).unwrap();
+        tp.add_string(c"block.0.name", "vda").unwrap();
+        tp.add_ullong("cpu.time", u64::MAX).unwrap();
+        // SAFETY: `tp` holds `n` parameters built above.
+        let v = unsafe { typed_params_vec(tp.ptr, tp.n) };
+        assert_eq!(
+            v,
+            vec![
+                ("block.0.rd.bytes".to_owned(), ParamValue::ULLong(4096)),
+                ("block.0.name".to_owned(), ParamValue::String("vda".into())),
+                ("cpu.time".to_owned(), ParamValue::ULLong(u64::MAX)),
+            ]
+        );
+        // SAFETY: null with any count is an empty list.
+        assert!(unsafe { typed_params_vec(ptr::null_mut(), 3) }.is_empty());
     }
 }

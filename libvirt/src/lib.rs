@@ -6,6 +6,8 @@
 //!   ownership).
 //! - [`LibvirtDriver`]: define/start/stop/reboot/undefine, listing of nubo
 //!   and foreign domains, lifecycle [`EventStream`].
+//! - [`LibvirtDriver::all_domain_stats`]: the counters of every nubo domain
+//!   in one bulk call (`virConnectGetAllDomainStats`), as [`DomainStats`].
 //! - [`LibvirtDriver::migrate`]: peer-to-peer live migration with
 //!   post-copy and abort within budgets ([`MigrateOptions`]).
 //! - [`ImageCache`]: verified local base images and qcow2 overlays.
@@ -23,6 +25,7 @@ mod image;
 mod info;
 mod migrate;
 mod spec;
+mod stats;
 mod xml;
 
 pub use disk::{
@@ -36,4 +39,5 @@ pub use image::{image_info, ImageCache, ImageError, ImageInfo};
 pub use info::{DomainInfo, ForeignDomain, PowerState};
 pub use migrate::{migrate_flags, AbortReason, MigrateOptions, MigrationError, MigrationStats};
 pub use spec::{DiskSpec, DomainSpec, DomainType, KernelBoot, Nic, SpecError, DEFAULT_NAME_PREFIX};
+pub use stats::{BalloonStats, BlockStats, DomainStats, InterfaceStats, ParamValue, StatsError};
 pub use xml::{domain_xml, domain_xml_with_prefix, NUBO_METADATA_NS};

@@ -277,6 +277,35 @@ async fn full_lifecycle_on_private_libvirtd() {
     let again = driver.get(id).await.expect("get").expect("exists");
     assert_eq!(again.qemu_pid, Some(pid));
 
+    // Bulk statistics: one record for the running nubo domain (the foreign
+    // one is neither running nor named with our prefix), its disk by target
+    // and its tap, CPU time rising between two calls.
+    let stats = driver.all_domain_stats().await.expect("bulk stats");
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    let s = &stats[0];
+    assert_eq!(s.uuid, id);
+    assert_eq!(s.name, format!("{}{id}", env.prefix()));
+    assert_eq!(s.state, Some(PowerState::Running));
+    assert_eq!(s.vcpus, Some(1));
+    assert_eq!(s.balloon.available_bytes(), Some(192 << 20), "{s:?}");
+    assert!(s.balloon.used_bytes().is_some_and(|u| u > 0), "{s:?}");
+    let disks: Vec<&str> = s.disks.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(disks, ["vda"], "{s:?}");
+    let taps: Vec<&str> = s.interfaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(taps, [env.tap().as_str()], "{s:?}");
+    let cpu0 = s.cpu_time_ns.expect("cpu.time");
+    assert!(cpu0 > 0, "{s:?}");
+    let t0 = Instant::now();
+    let cpu1 = loop {
+        let now = driver.all_domain_stats().await.expect("bulk stats");
+        let cpu = now[0].cpu_time_ns.expect("cpu.time");
+        if cpu > cpu0 || t0.elapsed() > WAIT {
+            break cpu;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(cpu1 > cpu0, "CPU time did not rise: {cpu0} -> {cpu1}");
+
     // Resizing needs the domain shut off.
     let mut bigger = spec.clone();
     bigger.memory_mb = 256;

@@ -47,4 +47,4 @@ pub use guard::ClientLimits;
 pub use instance::{InstanceLookup, InstanceMeta, InstanceTable};
 pub use neighbour::NeighbourError;
 pub use routes::{router, EC2_VERSIONS, OPENSTACK_VERSIONS, TOKEN_PATH};
-pub use server::{MetadataServer, ServerConfig, METADATA_ADDR, REPORT_INTERVAL};
+pub use server::{MetadataServer, RequestObserver, ServerConfig, METADATA_ADDR, REPORT_INTERVAL};

@@ -78,6 +78,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// Told the HTTP status of every answer the server gives (e.g. to count
+/// them in a daemon's metrics), so that this crate needs to know nothing
+/// about who counts. Called on the request's task: keep it cheap.
+pub trait RequestObserver: Send + Sync + 'static {
+    /// A request that arrived on `bridge` was answered with `status`.
+    fn answered(&self, bridge: &str, status: StatusCode);
+}
+
 /// The running metadata service of one node.
 ///
 /// Dropping it stops every listener (in-flight requests are finished in the
@@ -87,6 +95,7 @@ pub struct MetadataServer {
     runtime: tokio::runtime::Handle,
     config: ServerConfig,
     bridges: Mutex<HashMap<String, BridgeTask>>,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 /// A served bridge: its accept loop and netlink connection.
@@ -101,6 +110,7 @@ struct BridgeContext {
     name: String,
     neighbours: NeighbourResolver,
     guard: Arc<Guard>,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl MetadataServer {
@@ -126,7 +136,15 @@ impl MetadataServer {
             runtime,
             config,
             bridges: Mutex::new(HashMap::new()),
+            observer: None,
         })
+    }
+
+    /// Reports the status of every answer to `observer` (bridges added
+    /// from now on).
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Starts serving on bridge `name`.
@@ -162,6 +180,7 @@ impl MetadataServer {
             name: name.to_owned(),
             neighbours,
             guard: Guard::new(self.config.client, self.config.max_connections_per_bridge),
+            observer: self.observer.clone(),
         });
         let (stop, stopped) = watch::channel(false);
         let serve = self.runtime.spawn(serve_bridge(
@@ -372,7 +391,13 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let context = Arc::clone(&context);
         let router = router.clone();
-        async move { Ok::<_, Infallible>(handle_request(request, &context, ip, router).await) }
+        async move {
+            let response = handle_request(request, &context, ip, router).await;
+            if let Some(observer) = &context.observer {
+                observer.answered(&context.name, response.status());
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -291,14 +291,16 @@ mod tests {
         c.inc();
         tokio::spawn(ep.serve(reg));
         let u = url.clone();
-        let (body, code) = tokio::task::spawn_blocking(move || {
-            curl(&["-H", "Authorization: Bearer s3cret", &u])
-        })
-        .await
-        .unwrap();
+        let (body, code) =
+            tokio::task::spawn_blocking(move || curl(&["-H", "Authorization: Bearer s3cret", &u]))
+                .await
+                .unwrap();
         assert_eq!(code, "200", "{body}");
         assert!(body.contains("nubo_test_events_total 42"), "{body}");
-        for auth in ["Authorization: Bearer wrong", "Authorization: Basic czNjcmV0"] {
+        for auth in [
+            "Authorization: Bearer wrong",
+            "Authorization: Basic czNjcmV0",
+        ] {
             let u = url.clone();
             let (body, code) = tokio::task::spawn_blocking(move || curl(&["-H", auth, &u]))
                 .await
@@ -324,10 +326,14 @@ mod tests {
         let issue = |name: &str| {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
-            let cert = params.signed_by(&key, &ca, &ca_key)
-                .unwrap();
-            let (c, k) = (dir.path().join(format!("{name}.pem")), dir.path().join(format!("{name}.key")));
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            let (c, k) = (
+                dir.path().join(format!("{name}.pem")),
+                dir.path().join(format!("{name}.key")),
+            );
             std::fs::write(&c, cert.pem()).unwrap();
             std::fs::write(&k, key.serialize_pem()).unwrap();
             (c, k)
@@ -349,7 +355,10 @@ mod tests {
         tokio::spawn(ep.serve(registry().0));
         let url = format!("https://localhost:{port}/metrics");
         let ca_arg = ca_path.display().to_string();
-        let (c, k) = (client_cert.display().to_string(), client_key.display().to_string());
+        let (c, k) = (
+            client_cert.display().to_string(),
+            client_key.display().to_string(),
+        );
         let (u, ca2) = (url.clone(), ca_arg.clone());
         let (body, code) = tokio::task::spawn_blocking(move || {
             curl(&["--cacert", &ca2, "--cert", &c, "--key", &k, &u])
@@ -358,11 +367,13 @@ mod tests {
         .unwrap();
         assert_eq!(code, "200", "{body}");
         assert!(body.contains("nubo_test_events_total 0"), "{body}");
-        let (_, code) =
-            tokio::task::spawn_blocking(move || curl(&["--cacert", &ca_arg, &url]))
-                .await
-                .unwrap();
-        assert_eq!(code, "000", "the handshake must fail without a client certificate");
+        let (_, code) = tokio::task::spawn_blocking(move || curl(&["--cacert", &ca_arg, &url]))
+            .await
+            .unwrap();
+        assert_eq!(
+            code, "000",
+            "the handshake must fail without a client certificate"
+        );
     }
 
     #[tokio::test]

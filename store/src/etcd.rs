@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use etcd_client::{
     Client, ConnectOptions, DeleteOptions, DeleteResponse, GetOptions, GetResponse, PutOptions,
@@ -11,6 +12,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::config::EtcdConfig;
 use crate::error::StoreError;
+use crate::observe::SharedObserver;
 use crate::pool::{FailoverChannel, MemberHealth, Pool};
 use crate::retry::{retry, RetryPolicy};
 use crate::watch::{Watch, WatchSpec};
@@ -22,6 +24,7 @@ pub struct Etcd {
     client: Client,
     pool: Arc<Pool>,
     policy: RetryPolicy,
+    observer: Option<SharedObserver>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -52,6 +55,7 @@ impl Etcd {
             client,
             pool,
             policy: cfg.retry,
+            observer: None,
         })
     }
 
@@ -75,6 +79,23 @@ impl Etcd {
         }
     }
 
+    /// The same connection reporting to `observer` (request durations,
+    /// refused transactions: [`crate::observe`]); clones made from the
+    /// returned handle report too.
+    pub fn with_observer(&self, observer: SharedObserver) -> Self {
+        Self {
+            observer: Some(observer),
+            ..self.clone()
+        }
+    }
+
+    /// Reports one finished request to the observer, if any.
+    fn observed<T>(&self, op: &'static str, started: Instant, r: &Result<T, StoreError>) {
+        if let Some(o) = &self.observer {
+            o.request(op, started.elapsed(), r.is_ok());
+        }
+    }
+
     /// What the pool knows about each member.
     pub fn members(&self) -> Vec<MemberHealth> {
         self.pool.health()
@@ -87,7 +108,10 @@ impl Etcd {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        retry(&self.policy, what, || op(self.client.clone())).await
+        let started = Instant::now();
+        let r = retry(&self.policy, what, || op(self.client.clone())).await;
+        self.observed(what, started, &r);
+        r
     }
 
     /// Range read (linearizable unless the options say serializable).
@@ -136,7 +160,15 @@ impl Etcd {
 
     /// A transaction, resolved when its answer is lost ([`crate::txn`]).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        crate::txn::txn(&self.client, &self.policy, txn).await
+        let started = Instant::now();
+        let r = crate::txn::txn(&self.client, &self.policy, txn).await;
+        self.observed("txn", started, &r);
+        if let (Some(o), Ok(resp)) = (&self.observer, &r) {
+            if !resp.succeeded() {
+                o.txn_conflict();
+            }
+        }
+        r
     }
 
     /// `Maintenance.Status` of the member requests go to.

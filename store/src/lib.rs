@@ -36,6 +36,8 @@
 //! - **[`listwatch`]**: the list-then-watch loop both daemons keep their
 //!   copies of etcd with ([`ListWatch`]): several prefixes listed at one
 //!   revision, watched from the next, listed again after a compaction.
+//! - **[`observe`]**: a hook reporting each request's duration and each
+//!   refused transaction to the daemon's metrics ([`Etcd::with_observer`]).
 //! - NOSPACE (etcd's space quota exceeded) is a distinct error
 //!   ([`StoreError::NoSpace`]) naming the cause and the runbook.
 //!
@@ -60,6 +62,7 @@ pub mod error;
 mod etcd;
 pub mod kv;
 pub mod listwatch;
+pub mod observe;
 pub mod pool;
 pub mod retry;
 pub mod txn;
@@ -72,6 +75,7 @@ pub use error::StoreError;
 pub use etcd::Etcd;
 pub use kv::Versioned;
 pub use listwatch::{ListWatch, Update};
+pub use observe::{Observer, SharedObserver};
 pub use pool::MemberHealth;
 pub use retry::{Backoff, RetryPolicy};
 pub use watch::{Watch, WatchEnd, WatchSpec};

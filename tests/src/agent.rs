@@ -167,6 +167,8 @@ impl AgentOpts {
         }
         o.extra_args
             .extend(["--router-netns-prefix".into(), lab_router_prefix(host)]);
+        o.extra_args
+            .extend(["--probe-netns-prefix".into(), lab_probe_prefix(host)]);
         o.driver = driver;
         o
     }
@@ -208,6 +210,12 @@ impl AgentOpts {
 /// prefix of a guest namespace name).
 pub fn lab_router_prefix(host: &Host) -> String {
     format!("{}r-", host.netns())
+}
+
+/// The health probe namespace prefix of a lab agent on `host`:
+/// `<host netns>p-` (test-owned names, see [`AgentOpts::lab`]).
+pub fn lab_probe_prefix(host: &Host) -> String {
+    format!("{}p-", host.netns())
 }
 
 /// The `RUST_LOG` of lab agents: [`PASS_LOG_FILTER`] (info, plus the line

@@ -8,6 +8,7 @@
 //! - [`Cli`] runs `nubo -f json …`;
 //! - [`Cluster`] is etcd + N coordinators + M fake agents;
 //! - [`Underlay`] and [`Host`] simulate hypervisors as network namespaces;
+//! - [`prometheus::Prometheus`] is a real Prometheus scraping them;
 //! - [`wait_until`] / [`wait_for`] poll with a deadline.
 
 #![warn(missing_docs)]
@@ -22,12 +23,14 @@ pub mod files;
 pub mod flood;
 pub mod http;
 pub mod inventory;
+pub mod metrics;
 pub mod modgraph;
 pub mod net_e2e;
 pub mod netns;
 pub mod openstack_lab;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod secure;
 pub mod stats;
 pub mod tls;

@@ -182,12 +182,24 @@ echo 'namespaces = []' > {b}/qemu.conf
 
     /// [`HostLibvirtd::restart`] in network namespace `netns`.
     pub fn restart_in(&self, netns: &str) -> Result<()> {
+        self.stop()?;
+        self.start_again_in(netns)
+    }
+
+    /// Stops libvirtd (SIGTERM by pid) and waits until it exited; running
+    /// domains keep running. [`HostLibvirtd::start_again_in`] brings it back.
+    pub fn stop(&self) -> Result<()> {
         let pidfile = self.base.join("run/libvirtd.pid");
         let pid = read_pid(&pidfile).context("libvirtd pid file")?;
         kill_pid(pid, libc::SIGTERM);
         wait_until(Duration::from_secs(30), "libvirtd exits", || {
             Ok(!pid_alive(pid))
-        })?;
+        })
+    }
+
+    /// Starts a stopped libvirtd again in network namespace `netns`, with
+    /// the same state directories; it reattaches to the running domains.
+    pub fn start_again_in(&self, netns: &str) -> Result<()> {
         let script = format!(
             "set -e\n{mounts}\nlibvirtd -d{args} -p /run/libvirt/libvirtd.pid",
             mounts = self.mounts(),
@@ -566,6 +578,54 @@ impl VmLab {
         self.cli
             .json(&["network", "create", "n1", "--cidr", cidr])?;
         Ok(img)
+    }
+
+    /// Every host's nftables ruleset, bridge FDB and links: what a test
+    /// prints when traffic between guests does not arrive.
+    pub fn network_diagnostics(&self) -> String {
+        let mut diag = String::new();
+        for h in &self.hosts {
+            for args in [
+                &["nft", "list", "ruleset"][..],
+                &["bridge", "fdb", "show"],
+                &["ip", "-d", "link"],
+            ] {
+                let out = match h.exec(args[0], &args[1..]) {
+                    Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+                    Err(e) => format!("{e:#}"),
+                };
+                diag.push_str(&format!("== {} {args:?}\n{out}\n", h.netns()));
+            }
+        }
+        diag
+    }
+
+    /// Security group `icmp`: egress allowed, ingress ICMP from `cidr` only
+    /// (a new group has no rules at all). Returns the last rule's JSON (the
+    /// group with its rules).
+    pub fn icmp_security_group(&self, cidr: &str) -> Result<Value> {
+        let cli = &self.cli;
+        cli.json(&["secgroup", "create", "icmp"])?;
+        cli.json(&[
+            "secgroup",
+            "rule",
+            "create",
+            "icmp",
+            "--direction",
+            "egress",
+        ])?;
+        cli.json(&[
+            "secgroup",
+            "rule",
+            "create",
+            "icmp",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "icmp",
+            "--remote-ip",
+            cidr,
+        ])
     }
 
     /// The arguments of `nubo server create NAME --flavor t --image guest

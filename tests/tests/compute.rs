@@ -27,31 +27,8 @@ fn base_objects(lab: &VmLab) -> Value {
         "flavor", "create", "zero", "--vcpus", "1", "--ram", "128", "--disk", "0",
     ])
     .unwrap();
-    // Members of "icmp" accept ICMP from the network only through this rule.
-    cli.json(&["secgroup", "create", "icmp"]).unwrap();
-    // A new group has no rules at all: allow egress explicitly.
-    cli.json(&[
-        "secgroup",
-        "rule",
-        "create",
-        "icmp",
-        "--direction",
-        "egress",
-    ])
-    .unwrap();
-    cli.json(&[
-        "secgroup",
-        "rule",
-        "create",
-        "icmp",
-        "--direction",
-        "ingress",
-        "--protocol",
-        "icmp",
-        "--remote-ip",
-        "10.91.0.0/24",
-    ])
-    .unwrap()
+    // Members of "icmp" accept ICMP from the network only through its rule.
+    lab.icmp_security_group("10.91.0.0/24").unwrap()
 }
 
 /// The etcd key of network `n1` (every guest's): rewriting it makes an
@@ -166,22 +143,7 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     );
     let ok = format!("NUBO-GUEST-PING {a_ip} ok");
     if let Err(e) = lab.wait_console(&b_node, &b_id, &ok, Duration::from_secs(60)) {
-        let mut diag = String::new();
-        for h in &lab.hosts {
-            for args in [
-                &["nft", "list", "ruleset"][..],
-                &["bridge", "fdb", "show"],
-                &["ip", "-d", "link"],
-            ] {
-                let o = h.exec(args[0], &args[1..]).unwrap();
-                diag.push_str(&format!(
-                    "== {} {args:?}\n{}\n",
-                    h.netns(),
-                    String::from_utf8_lossy(&o.stdout)
-                ));
-            }
-        }
-        panic!("{e}\n{diag}");
+        panic!("{e}\n{}", lab.network_diagnostics());
     }
 
     // Removing the ICMP rule stops the ping.

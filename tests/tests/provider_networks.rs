@@ -93,10 +93,14 @@ fn flat_provider_network_dhcp_metadata_upstream_router_untagged() {
 fn provider_case(vlan: bool) {
     let prefix;
     {
-        let mut lab = NetLab::start_with(2, |u, _| {
+        let mut lab = NetLab::start_with(2, |u, i| {
             vec![
                 "--physnet".into(),
                 format!("physnet1={}", Wire::host_link(&u.name_prefix())),
+                "--metrics-listen".into(),
+                format!("{}:9101", u.host_ip(i)),
+                "--probe-interval-secs".into(),
+                "1".into(),
             ]
         })
         .unwrap();
@@ -190,6 +194,22 @@ fn provider_case(vlan: bool) {
         // Metadata is served on the provider bridge, by the guest's node.
         let id = g1.metadata("/latest/meta-data/instance-id", &[]).unwrap();
         assert_eq!(id.trim(), g1.id, "metadata answered for another instance");
+        // The node's health probe works on the provider bridge too (and its
+        // DHCP and metadata traffic stays off the wire, checked below).
+        let net_id = net["id"].as_str().unwrap().to_string();
+        let addr = std::net::SocketAddr::from((lab.underlay.host_ip(1), 9101));
+        for check in ["dhcp", "metadata"] {
+            let l = [
+                ("node", "hv-1"),
+                ("network", net_id.as_str()),
+                ("check", check),
+            ];
+            wait_until(T, &format!("{check} probe on the provider bridge"), || {
+                let (_, m) = nubo_tests::http::get(addr, "/metrics")?;
+                Ok(nubo_tests::metrics::value(&m, "nubo_agent_probe_success", &l) == Some(1.0))
+            })
+            .unwrap();
+        }
         let frames = cap.stop();
         assert!(
             !frames.iter().any(|l| l.contains("BOOTP")),

@@ -153,6 +153,15 @@ pub struct Cli {
     /// every namespace with it that is not a current router is removed.
     #[arg(long)]
     pub router_netns_prefix: Option<String>,
+    /// Name prefix of this node's health probe namespaces (default
+    /// "nprobe-"); every namespace with it that is not a current probe is
+    /// removed.
+    #[arg(long)]
+    pub probe_netns_prefix: Option<String>,
+    /// Seconds between two health probes of a network (default 10; 0
+    /// disables the probe).
+    #[arg(long)]
+    pub probe_interval_secs: Option<u64>,
     /// Do not run the network reconcilers.
     #[arg(long)]
     pub no_network: bool,
@@ -193,6 +202,10 @@ pub struct Cli {
     /// bearer token through `[metrics]` in the file).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Period of the per-VM statistics and node usage collection in ms
+    /// (default 10000).
+    #[arg(long)]
+    pub usage_interval_ms: Option<u64>,
     /// PEM CA that signed the coordinators' TLS certificate (for an
     /// https:// --api-endpoint).
     #[arg(long)]
@@ -277,6 +290,10 @@ pub struct FileConfig {
     pub netns_prefix: Option<String>,
     /// Router namespace prefix.
     pub router_netns_prefix: Option<String>,
+    /// Health probe namespace prefix.
+    pub probe_netns_prefix: Option<String>,
+    /// Seconds between health probes (0: no probe).
+    pub probe_interval_secs: Option<u64>,
     /// Disable network reconcilers.
     #[serde(default)]
     pub no_network: bool,
@@ -300,6 +317,8 @@ pub struct FileConfig {
     pub node_api_listen: Option<std::net::SocketAddr>,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Option<nubo_metrics::EndpointConfig>,
+    /// Period of the per-VM statistics and node usage collection, ms.
+    pub usage_interval_ms: Option<u64>,
     /// CA of the coordinators' TLS certificate.
     pub api_ca_cert: Option<PathBuf>,
     /// This node's application credential file (`<id>:<secret>`).
@@ -424,6 +443,11 @@ pub struct AgentConfig {
     /// `netns_prefix`, nor the other way round: each subsystem removes the
     /// namespaces with its prefix that it does not want).
     pub router_netns_prefix: String,
+    /// Name prefix of the health probe namespaces (overlapping neither of
+    /// the two above).
+    pub probe_netns_prefix: String,
+    /// Interval of the health probe (`None`: no probe).
+    pub probe_interval: Option<Duration>,
     /// Network reconcilers disabled.
     pub no_network: bool,
     /// Log format.
@@ -439,6 +463,10 @@ pub struct AgentConfig {
     pub node_api_listen: Option<std::net::SocketAddr>,
     /// The Prometheus endpoint (`None`: no metrics served).
     pub metrics: Option<nubo_metrics::EndpointConfig>,
+    /// Period of the per-VM statistics and node usage collection
+    /// (`usage_interval_ms`; 10 s): one bulk hypervisor call, one etcd
+    /// write of the usage record.
+    pub usage_interval: Duration,
     /// How image downloads authenticate to the coordinator API.
     pub api_auth: ApiAuth,
     /// etcd over TLS (`None` = plain http://).
@@ -497,6 +525,12 @@ impl Default for LibvirtSettings {
     }
 }
 
+/// Default name prefix of the health probe's namespaces
+/// (`network::probe`).
+pub const DEFAULT_PROBE_NETNS_PREFIX: &str = "nprobe-";
+/// Default interval between two health probes of a network.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Default coordinator endpoint for image downloads.
 pub const DEFAULT_API_ENDPOINT: &str = "http://127.0.0.1:7400";
 /// Default port of the node API.
@@ -524,6 +558,8 @@ impl AgentConfig {
             fake_boot: Duration::ZERO,
             netns_prefix: "nubo-".into(),
             router_netns_prefix: "qrouter-".into(),
+            probe_netns_prefix: DEFAULT_PROBE_NETNS_PREFIX.into(),
+            probe_interval: Some(DEFAULT_PROBE_INTERVAL),
             no_network: false,
             log_format: LogFormat::Text,
             resync_interval: Duration::from_secs(30),
@@ -531,6 +567,7 @@ impl AgentConfig {
             api_endpoint: DEFAULT_API_ENDPOINT.into(),
             node_api_listen: None,
             metrics: None,
+            usage_interval: Duration::from_secs(10),
             api_auth: ApiAuth::default(),
             etcd_tls: None,
             storage: storage::StorageSettings::default(),
@@ -714,6 +751,32 @@ impl AgentConfig {
                 ),
             });
         }
+        let (g, r) = (g.clone(), r.clone());
+        cfg.probe_netns_prefix = cli
+            .probe_netns_prefix
+            .clone()
+            .or(file.probe_netns_prefix)
+            .unwrap_or(cfg.probe_netns_prefix);
+        let p = &cfg.probe_netns_prefix;
+        if p.is_empty() || p.contains('/') || p.len() > 200 {
+            return Err(ConfigError::Invalid {
+                field: "probe_netns_prefix",
+                reason: format!("{p:?} is not a namespace name prefix (1-200 characters, no '/')"),
+            });
+        }
+        for (other, what) in [(&g, "guest"), (&r, "router")] {
+            if p.starts_with(other.as_str()) || other.starts_with(p.as_str()) {
+                return Err(ConfigError::Invalid {
+                    field: "probe_netns_prefix",
+                    reason: format!(
+                        "{p:?} and the {what} prefix {other:?} overlap: one subsystem would remove the other's namespaces"
+                    ),
+                });
+            }
+        }
+        if let Some(secs) = cli.probe_interval_secs.or(file.probe_interval_secs) {
+            cfg.probe_interval = (secs > 0).then(|| Duration::from_secs(secs));
+        }
         cfg.no_network = cli.no_network || file.no_network;
         cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
         let lv = &mut cfg.libvirt;
@@ -749,6 +812,15 @@ impl AgentConfig {
             (Some(listen), None) => Some(nubo_metrics::EndpointConfig::plain(listen)),
             (None, m) => m,
         };
+        if let Some(ms) = cli.usage_interval_ms.or(file.usage_interval_ms) {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid {
+                    field: "usage_interval_ms",
+                    reason: format!("{ms} is outside 100..=3600000"),
+                });
+            }
+            cfg.usage_interval = Duration::from_millis(ms);
+        }
         cfg.api_auth = ApiAuth {
             ca_cert: cli.api_ca_cert.clone().or(file.api_ca_cert),
             credential_file: cli.api_credential_file.clone().or(file.api_credential_file),
@@ -980,6 +1052,46 @@ mod tests {
     }
 
     #[test]
+    fn metrics_from_the_file_with_the_flag_overriding_the_address() {
+        let file = FileConfig::parse(
+            "[metrics]\nlisten = \"0.0.0.0:9101\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n\
+             bearer_token_file = \"/t\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let c = AgentConfig::merge(file.clone(), &cli(&["--node", "n1"])).unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!(m.listen, "0.0.0.0:9101".parse().unwrap());
+        assert_eq!(m.bearer_token_file, Some(PathBuf::from("/t")));
+        let c = AgentConfig::merge(
+            file,
+            &cli(&["--node", "n1", "--metrics-listen", "10.0.0.1:9"]),
+        )
+        .unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!(m.listen, "10.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            m.tls_cert,
+            Some(PathBuf::from("/c")),
+            "the file's TLS is kept"
+        );
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.metrics, None, "no metrics unless configured");
+        assert!(
+            FileConfig::parse("[metrics]\nlisten = \"x\"\n", Path::new("x")).is_err(),
+            "a bad address is refused"
+        );
+        assert!(
+            FileConfig::parse(
+                "[metrics]\nlisten = \"1.2.3.4:1\"\ntoken = \"x\"\n",
+                Path::new("x")
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
     fn credentials_and_etcd_tls_from_file_and_flags() {
         let file = FileConfig::parse(
             "api_endpoint = \"https://10.0.0.1:7400\"\napi_ca_cert = \"/etc/nubo/ca.crt\"\n\
@@ -1028,5 +1140,34 @@ mod tests {
         assert!(c.api_auth.ca_cert.is_some() && c.api_auth.credential_file.is_some());
         assert_eq!(c.physnets["physnet1"], "eth1");
         assert!(c.etcd_tls.and_then(|t| t.cert).is_some());
+    }
+
+    #[test]
+    fn the_probe_has_defaults_can_be_disabled_and_its_prefix_overlaps_nothing() {
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&["--node", "n1"])).unwrap();
+        assert_eq!(c.probe_netns_prefix, "nprobe-");
+        assert_eq!(c.probe_interval, Some(Duration::from_secs(10)));
+        let args = [
+            "--node",
+            "n1",
+            "--probe-interval-secs",
+            "0",
+            "--probe-netns-prefix",
+            "p-",
+        ];
+        let c = AgentConfig::merge(FileConfig::default(), &cli(&args)).unwrap();
+        assert_eq!(
+            (c.probe_interval, c.probe_netns_prefix.as_str()),
+            (None, "p-")
+        );
+        // Overlapping the guest ("nubo-") or router ("qrouter-") prefix,
+        // or not a name prefix: refused.
+        for bad in ["nubo-probe-", "nub", "qrouter-p", "a/b", ""] {
+            let args = ["--node", "n1", "--probe-netns-prefix", bad];
+            assert!(
+                AgentConfig::merge(FileConfig::default(), &cli(&args)).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -45,6 +45,11 @@ impl Hypervisor for GatedHypervisor {
     async fn list(&self) -> Result<Vec<ObservedInstance>, HypervisorError> {
         self.inner.list().await
     }
+    async fn stats(
+        &self,
+    ) -> Result<Vec<crate::compute::hypervisor::InstanceStats>, HypervisorError> {
+        self.inner.stats().await
+    }
     async fn create(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
         self.check(spec.id())?;
         self.inner.create(spec).await

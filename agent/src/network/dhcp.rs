@@ -10,18 +10,16 @@
 //! migrate, nothing dropped).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use nubo_dhcp::{DhcpHandle, DhcpServer, Lease, LeaseTable, METADATA_IP};
 use nubo_netid::MacAddr;
 use tracing::{info, warn};
 
-use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname};
+use super::{finish_server_pass, ifindex, running_ports, sanitize_hostname, LEASE_SECS};
 use crate::reconciler::{Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
-
-/// Lease time handed out (one day; addresses are fixed anyway).
-pub const LEASE_SECS: u32 = 86_400;
 
 /// The leases of every bridge with running local ports, by bridge name and
 /// MAC. Pure.
@@ -167,6 +165,8 @@ struct Served {
 pub struct Dhcp {
     servers: BTreeMap<String, Served>,
     first: bool,
+    replies: Option<Arc<crate::telemetry::node::DhcpReplies>>,
+    probe: Option<super::probe::ProbeIdentity>,
 }
 
 impl Dhcp {
@@ -175,12 +175,48 @@ impl Dhcp {
         Self {
             servers: BTreeMap::new(),
             first: true,
+            replies: None,
+            probe: None,
         }
     }
 
-    fn start(bridge: &str, idx: u32) -> Result<Served, SubsystemError> {
+    /// Counts every server's replies in `replies`, by network.
+    pub fn with_replies(mut self, replies: Arc<crate::telemetry::node::DhcpReplies>) -> Self {
+        self.replies = Some(replies);
+        self
+    }
+
+    /// Also answers this node's health probes (a fixed link-local lease
+    /// for each probe's reserved MAC, see [`super::probe`]).
+    pub fn with_probe(mut self, probe: Option<super::probe::ProbeIdentity>) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// The leases to serve: the ports' and the probes'. Pure.
+    fn wanted(&self, desired: &DesiredNode) -> BTreeMap<String, Leases> {
+        let mut want = leases(desired);
+        if let Some(ident) = &self.probe {
+            for (bridge, t) in super::probe::targets(desired, ident) {
+                if let Some(l) = want.get_mut(&bridge) {
+                    l.insert(t.mac, super::probe::lease(&t));
+                }
+            }
+        }
+        want
+    }
+
+    fn start(
+        bridge: &str,
+        idx: u32,
+        counters: Option<Arc<nubo_dhcp::DhcpCounters>>,
+    ) -> Result<Served, SubsystemError> {
         let table = LeaseTable::new();
         let handle = DhcpServer::bind(bridge, METADATA_IP, table.clone())
+            .map(|s| match counters {
+                Some(c) => s.with_counters(c),
+                None => s,
+            })
             .and_then(DhcpServer::spawn)
             .map_err(|e| SubsystemError::Other(format!("DHCP server on {bridge}: {e}")))?;
         info!(bridge, "DHCP server started");
@@ -220,7 +256,7 @@ impl Subsystem for Dhcp {
         let bridges = servers
             .keys()
             .cloned()
-            .chain(leases(desired).into_keys())
+            .chain(self.wanted(desired).into_keys())
             .map(|b| {
                 let idx = ifindex(&b);
                 (b, idx)
@@ -230,14 +266,21 @@ impl Subsystem for Dhcp {
     }
 
     fn plan(&self, desired: &DesiredNode, observed: &DhcpObserved) -> Vec<DhcpAction> {
-        plan(&leases(desired), observed)
+        plan(&self.wanted(desired), observed)
     }
 
     async fn apply(
         &mut self,
-        _desired: &DesiredNode,
+        desired: &DesiredNode,
         plan: Vec<DhcpAction>,
     ) -> Result<usize, SubsystemError> {
+        let network_of = |bridge: &str| {
+            desired
+                .networks
+                .values()
+                .find(|n| n.bridge() == bridge)
+                .map_or_else(|| bridge.to_string(), |n| n.id.to_string())
+        };
         let mut changes = 0;
         let mut errors = Vec::new();
         for action in plan {
@@ -253,7 +296,13 @@ impl Subsystem for Dhcp {
                         }
                     }
                 }
-                DhcpAction::Start { bridge, ifindex } => match Self::start(&bridge, ifindex) {
+                DhcpAction::Start { bridge, ifindex } => match Self::start(
+                    &bridge,
+                    ifindex,
+                    self.replies
+                        .as_ref()
+                        .map(|r| r.counters(&network_of(&bridge))),
+                ) {
                     Ok(s) => {
                         self.servers.insert(bridge, s);
                     }

@@ -363,6 +363,8 @@ pub struct Firewall {
     reporter: Option<JoinHandle<()>>,
     /// Physical networks → host interfaces (provider uplinks).
     physnets: Physnets,
+    /// Where nftables apply durations and failures are counted.
+    metrics: Option<std::sync::Arc<crate::telemetry::AgentMetrics>>,
 }
 
 impl Firewall {
@@ -374,7 +376,15 @@ impl Firewall {
             physnets,
             limits: LimitCounters::default(),
             reporter: None,
+            metrics: None,
         }
+    }
+
+    /// Counts every nftables transaction's duration and failure in
+    /// `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::telemetry::AgentMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// What the per-port guest limits dropped so far.
@@ -464,7 +474,11 @@ impl Subsystem for Firewall {
         let t = Instant::now();
         if n > 0 {
             let rs = plan.ruleset;
-            blocking(move || nubo_firewall::apply(&rs)).await?;
+            let applied = blocking(move || nubo_firewall::apply(&rs)).await;
+            if let Some(m) = &self.metrics {
+                m.node.nft_applied(t.elapsed(), applied.is_ok());
+            }
+            applied?;
         }
         let (render, listing) = plan.timings;
         debug!(

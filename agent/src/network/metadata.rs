@@ -219,6 +219,8 @@ pub struct Metadata {
     served: BTreeMap<String, u32>,
     applied: Rows,
     first: bool,
+    observer: Option<std::sync::Arc<dyn nubo_metadata::RequestObserver>>,
+    probe: Option<super::probe::ProbeIdentity>,
 }
 
 impl Metadata {
@@ -232,7 +234,25 @@ impl Metadata {
             served: BTreeMap::new(),
             applied: Vec::new(),
             first: true,
+            observer: None,
+            probe: None,
         }
+    }
+
+    /// Reports the status of every answer to `observer`.
+    pub fn with_observer(
+        mut self,
+        observer: std::sync::Arc<dyn nubo_metadata::RequestObserver>,
+    ) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Also serves this node's health probes (one row per probe, see
+    /// [`super::probe`]).
+    pub fn with_probe(mut self, probe: Option<super::probe::ProbeIdentity>) -> Self {
+        self.probe = probe;
+        self
     }
 }
 
@@ -265,7 +285,16 @@ impl Subsystem for Metadata {
     }
 
     fn plan(&self, desired: &DesiredNode, observed: &MetadataObserved) -> Vec<MetadataAction> {
-        plan(instance_rows(desired, &self.availability_zone), observed)
+        let mut rows = instance_rows(desired, &self.availability_zone);
+        if let Some(ident) = &self.probe {
+            rows.extend(
+                super::probe::targets(desired, ident)
+                    .values()
+                    .map(|t| super::probe::metadata_row(ident, t)),
+            );
+            rows.sort_by(|a, b| (&a.0, a.1.local_ipv4).cmp(&(&b.0, b.1.local_ipv4)));
+        }
+        plan(rows, observed)
     }
 
     async fn apply(
@@ -285,7 +314,10 @@ impl Subsystem for Metadata {
                 MetadataAction::Start => {
                     let s = MetadataServer::start(self.table.clone())
                         .map_err(|e| SubsystemError::Other(format!("metadata server: {e}")))?;
-                    self.server = Some(s);
+                    self.server = Some(match &self.observer {
+                        Some(o) => s.with_observer(o.clone()),
+                        None => s,
+                    });
                 }
                 MetadataAction::RemoveBridge { bridge } => {
                     if let Some(server) = &self.server {

@@ -25,10 +25,15 @@ pub mod dhcp;
 pub mod firewall;
 pub mod metadata;
 pub mod overlay;
+pub mod probe;
 pub mod provider;
 pub mod router;
 
 use std::net::IpAddr;
+
+/// Lease time the DHCP responders hand out (one day; addresses are fixed
+/// anyway), to guests and health probes alike.
+pub const LEASE_SECS: u32 = 86_400;
 
 use crate::reconciler::{Reconcile, SubsystemError};
 use crate::state::desired::{DesiredInstance, DesiredNetwork, DesiredNode, DesiredPort};
@@ -91,22 +96,51 @@ pub fn sanitize_hostname(name: &str, fallback: &str) -> String {
     }
 }
 
-/// Builds the network subsystems in their reconcile order.
+/// Builds the network subsystems in their reconcile order, updating
+/// `metrics`. With `probe`, the node's health probes are reconciled too
+/// (before the overlay, which plugs them); the receiver returned lists
+/// the probes ready to check ([`probe::run_checks`]).
+#[allow(clippy::type_complexity)]
 pub fn subsystems(
     underlay_ip: IpAddr,
     underlay_mtu: u16,
     availability_zone: &str,
     physnets: &provider::Physnets,
     router_netns_prefix: &str,
-) -> Result<Vec<Box<dyn Reconcile>>, SubsystemError> {
-    Ok(vec![
-        Box::new(router::Routers::new(router_netns_prefix)?),
-        Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?),
-        Box::new(provider::Provider::new(physnets.clone())?),
-        Box::new(firewall::Firewall::new(physnets.clone())),
-        Box::new(dhcp::Dhcp::new()),
-        Box::new(metadata::Metadata::new(availability_zone)),
-    ])
+    metrics: &std::sync::Arc<crate::telemetry::AgentMetrics>,
+    probe: Option<probe::ProbeIdentity>,
+) -> Result<
+    (
+        Vec<Box<dyn Reconcile>>,
+        Option<tokio::sync::watch::Receiver<Vec<probe::ProbeTarget>>>,
+    ),
+    SubsystemError,
+> {
+    let mut subs: Vec<Box<dyn Reconcile>> =
+        vec![Box::new(router::Routers::new(router_netns_prefix)?)];
+    let mut ready = None;
+    if let Some(ident) = &probe {
+        let (probes, rx) = probe::Probes::new(ident.clone())?;
+        subs.push(Box::new(probes));
+        ready = Some(rx);
+    }
+    subs.extend([
+        Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?.with_probe(probe.clone()))
+            as Box<dyn Reconcile>,
+        Box::new(provider::Provider::new(physnets.clone())?.with_probe(probe.clone())),
+        Box::new(firewall::Firewall::new(physnets.clone()).with_metrics(metrics.clone())),
+        Box::new(
+            dhcp::Dhcp::new()
+                .with_replies(metrics.dhcp.clone())
+                .with_probe(probe.clone()),
+        ),
+        Box::new(
+            metadata::Metadata::new(availability_zone)
+                .with_observer(metrics.metadata.clone())
+                .with_probe(probe),
+        ),
+    ]);
+    Ok((subs, ready))
 }
 
 /// Logs the first plan of a subsystem (on a converged node, after a

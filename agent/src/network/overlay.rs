@@ -112,6 +112,7 @@ pub struct Overlay {
     netlink: Netlink,
     underlay_ip: IpAddr,
     underlay_mtu: u16,
+    probe: Option<super::probe::ProbeIdentity>,
     first: bool,
 }
 
@@ -124,8 +125,15 @@ impl Overlay {
             netlink,
             underlay_ip,
             underlay_mtu,
+            probe: None,
             first: true,
         })
+    }
+
+    /// Also plugs this node's health probes into their bridges.
+    pub fn with_probe(mut self, probe: Option<super::probe::ProbeIdentity>) -> Self {
+        self.probe = probe;
+        self
     }
 }
 
@@ -146,7 +154,10 @@ impl Subsystem for Overlay {
     }
 
     fn plan(&self, desired: &DesiredNode, observed: &ObservedOverlay) -> OverlayPlan {
-        let spec = overlay_spec(desired, self.underlay_ip, self.underlay_mtu);
+        let mut spec = overlay_spec(desired, self.underlay_ip, self.underlay_mtu);
+        if let Some(ident) = &self.probe {
+            super::probe::plug_into(&mut spec, desired, ident);
+        }
         split_plan(nubo_overlay::plan(&spec, observed))
     }
 

@@ -101,6 +101,7 @@ pub struct Provider {
     first: bool,
     /// Problems already logged (logged again only once they went away).
     logged: BTreeSet<String>,
+    probe: Option<super::probe::ProbeIdentity>,
 }
 
 impl Provider {
@@ -113,7 +114,14 @@ impl Provider {
             physnets,
             first: true,
             logged: BTreeSet::new(),
+            probe: None,
         })
+    }
+
+    /// Also plugs this node's health probes into provider bridges.
+    pub fn with_probe(mut self, probe: Option<super::probe::ProbeIdentity>) -> Self {
+        self.probe = probe;
+        self
     }
 
     /// Logs each current problem once.
@@ -169,7 +177,10 @@ impl Subsystem for Provider {
     }
 
     fn plan(&self, desired: &DesiredNode, observed: &ObservedProvider) -> ProviderPassPlan {
-        let (spec, unmapped) = provider_spec(desired, &self.physnets);
+        let (mut spec, unmapped) = provider_spec(desired, &self.physnets);
+        if let Some(ident) = &self.probe {
+            super::probe::plug_into_provider(&mut spec, desired, ident);
+        }
         ProviderPassPlan {
             plan: nubo_overlay::plan_provider(&spec, observed),
             unmapped,

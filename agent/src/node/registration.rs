@@ -74,14 +74,9 @@ pub fn capacity(cfg: &AgentConfig) -> Resources {
 /// Total size in bytes of the filesystem whose mount point is the longest
 /// prefix of `path` (0 if unknown).
 fn disk_size_of(path: &Path) -> u64 {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let disks = sysinfo::Disks::new_with_refreshed_list();
-    disks
-        .list()
-        .iter()
-        .filter(|d| path.starts_with(d.mount_point()))
-        .max_by_key(|d| d.mount_point().as_os_str().len())
-        .map(|d| d.total_space())
+    crate::telemetry::node_usage::filesystem_of(&disks, path)
+        .map(|(_, total, _)| total)
         .unwrap_or_default()
 }
 

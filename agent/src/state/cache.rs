@@ -389,6 +389,18 @@ mod tests {
     use crate::testutil::*;
 
     #[test]
+    fn the_nodes_usage_record_does_not_wake_the_reconcilers() {
+        // Written by this agent once per collection period: a relevant
+        // change would start a reconcile pass every period.
+        let mut c = Cache::default();
+        let n = NodeName::new("n1").unwrap();
+        let key = keys::node_observed_usage(&n);
+        assert_eq!(c.apply(&key, Some(b"{}"), 5), Change::Ignored);
+        assert_eq!(c.apply(&key, None, 6), Change::Ignored);
+        assert!(c.garbage.is_empty());
+    }
+
+    #[test]
     fn puts_deletes_and_garbage() {
         let mut c = Cache::default();
         let n = node_name("n1");

@@ -48,7 +48,11 @@ pub struct MirrorHandle {
     pub listed: watch::Receiver<Option<std::time::Instant>>,
     relist: Arc<Notify>,
     awaited: mpsc::UnboundedSender<BTreeSet<String>>,
+    changed_at: ChangedAt,
 }
+
+/// When the oldest change not yet taken by the reconcile loop was seen.
+type ChangedAt = Arc<std::sync::Mutex<Option<std::time::Instant>>>;
 
 impl MirrorHandle {
     /// Asks the mirror to drop its watches and list the prefixes again; the
@@ -66,6 +70,16 @@ impl MirrorHandle {
     pub fn set_awaited(&self, keys: BTreeSet<String>) {
         // The mirror task gone: nothing left to ask.
         let _ = self.awaited.send(keys);
+    }
+
+    /// When the oldest change not taken yet was seen by the mirror (`None`:
+    /// no change since the last call). The reconcile loop takes it when a
+    /// pass starts: that pass applies every change seen until then.
+    pub fn take_changed_at(&self) -> Option<std::time::Instant> {
+        self.changed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -85,6 +99,7 @@ pub struct Mirror {
     synced: watch::Sender<bool>,
     listed: watch::Sender<Option<std::time::Instant>>,
     relist: Arc<Notify>,
+    changed_at: ChangedAt,
     awaited_rx: mpsc::UnboundedReceiver<BTreeSet<String>>,
     /// The node the cache feeds ([`Cache::local_node`]).
     local_node: Option<nubo_common::NodeName>,
@@ -106,6 +121,7 @@ impl Mirror {
         let (listed, listed_rx) = watch::channel(None);
         let (awaited_tx, awaited_rx) = mpsc::unbounded_channel();
         let relist = Arc::new(Notify::new());
+        let changed_at = ChangedAt::default();
         (
             Self {
                 lw: ListWatch::new(etcd.clone(), keys::agent_watch_prefixes(&node)),
@@ -115,6 +131,7 @@ impl Mirror {
                 synced,
                 listed,
                 relist: relist.clone(),
+                changed_at: changed_at.clone(),
                 awaited_rx,
                 local_node: Some(node),
                 awaited: BTreeSet::new(),
@@ -126,11 +143,16 @@ impl Mirror {
                 listed: listed_rx,
                 relist,
                 awaited: awaited_tx,
+                changed_at,
             },
         )
     }
 
     fn bump(&self) {
+        self.changed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(std::time::Instant::now);
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 

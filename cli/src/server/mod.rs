@@ -214,6 +214,7 @@ pub fn to_json(s: &Server) -> Value {
         "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "access_ipv4": opt(&s.access_ipv4),
         "access_ipv6": opt(&s.access_ipv6),
+        "observed_usage": crate::usage::server_json(s.observed_usage.as_ref()),
     })
 }
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{Resources, Timestamp};
-use crate::NodeName;
+use crate::{InstanceId, NodeName};
 
 /// A hypervisor, registered by its agent at start-up under `/nubo/v1/nodes/<node>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,4 +234,54 @@ mod storage_ip_tests {
         assert_eq!(n.storage_ip(), None);
         assert_eq!(n.node_api(), None);
     }
+}
+
+/// Real usage of a node and of its instances, measured by its agent over
+/// its last collection period (`/nubo/v1/node-owned/<node>/usage`, written
+/// once per period on the agent's liveness lease, so it vanishes with the
+/// node). Not to be confused with [`NodeUsage`] (what placement allocated).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedUsage {
+    /// When the newer of the two readings was taken.
+    pub at: Timestamp,
+    /// Time between the two readings the rates come from, ms.
+    pub period_ms: u64,
+    /// Busy CPU, percent of all the host's CPUs (0–100).
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    /// Logical CPUs of the host.
+    pub cpus: u32,
+    /// Memory in use (total − available), bytes.
+    pub memory_used_bytes: u64,
+    /// Installed memory, bytes.
+    pub memory_total_bytes: u64,
+    /// Used bytes of the filesystem holding the agent's state directory.
+    pub disk_used_bytes: u64,
+    /// Size of that filesystem.
+    pub disk_total_bytes: u64,
+    /// Each running instance's usage, by id.
+    #[serde(default)]
+    pub instances: BTreeMap<InstanceId, InstanceUsage>,
+}
+
+/// One instance's usage over a collection period (rates from two readings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    /// CPU, percent of one host CPU (200 = two CPUs busy).
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    /// Memory in use, bytes.
+    #[serde(default)]
+    pub memory_used_bytes: Option<u64>,
+    /// Memory the guest has, bytes.
+    #[serde(default)]
+    pub memory_available_bytes: Option<u64>,
+    /// Disk reads, bytes/s (all disks).
+    pub disk_read_bytes_per_sec: f64,
+    /// Disk writes, bytes/s (all disks).
+    pub disk_write_bytes_per_sec: f64,
+    /// Network traffic into the guest, bytes/s (all ports).
+    pub net_rx_bytes_per_sec: f64,
+    /// Network traffic out of the guest, bytes/s (all ports).
+    pub net_tx_bytes_per_sec: f64,
 }

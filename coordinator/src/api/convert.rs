@@ -346,6 +346,35 @@ pub fn node(name: &NodeName, st: &NodeState, _ratios: &Ratios) -> pb::Node {
             .map(|h| h.reason.clone())
             .unwrap_or_default(),
         health_since: st.health.as_ref().map(|h| ts(&h.since)).unwrap_or_default(),
+        observed_usage: None,
+    }
+}
+
+/// A node's real usage, as its agent measured it.
+pub fn node_observed_usage(u: &model::ObservedUsage) -> pb::NodeObservedUsage {
+    pb::NodeObservedUsage {
+        cpu_percent: u.cpu_percent,
+        cpus: u.cpus,
+        memory_used_bytes: u.memory_used_bytes,
+        memory_total_bytes: u.memory_total_bytes,
+        disk_used_bytes: u.disk_used_bytes,
+        disk_total_bytes: u.disk_total_bytes,
+        measured_at: ts(&u.at),
+        instances: u32::try_from(u.instances.len()).unwrap_or(u32::MAX),
+    }
+}
+
+/// A server's usage measured at `at`.
+pub fn server_usage(at: &model::Timestamp, u: &model::InstanceUsage) -> pb::ServerUsage {
+    pb::ServerUsage {
+        cpu_percent: u.cpu_percent,
+        memory_used_bytes: u.memory_used_bytes,
+        memory_available_bytes: u.memory_available_bytes,
+        disk_read_bytes_per_sec: u.disk_read_bytes_per_sec,
+        disk_write_bytes_per_sec: u.disk_write_bytes_per_sec,
+        net_rx_bytes_per_sec: u.net_rx_bytes_per_sec,
+        net_tx_bytes_per_sec: u.net_tx_bytes_per_sec,
+        measured_at: ts(at),
     }
 }
 
@@ -433,6 +462,7 @@ fn server_parts(
             .collect(),
         access_ipv4: i.access_ipv4.map(|a| a.to_string()).unwrap_or_default(),
         access_ipv6: i.access_ipv6.map(|a| a.to_string()).unwrap_or_default(),
+        observed_usage: None,
     }
 }
 

@@ -50,7 +50,14 @@ fn node_pb(ctx: &Ctx, (name, st): &NodeView) -> pb::Node {
 #[tonic::async_trait]
 impl nodes_server::Nodes for Ctx {
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Node> {
-        reply(nodes::get(self, &r.into_inner().r#ref).map(|n| node_pb(self, &n)))
+        let go = async {
+            let n = nodes::get(self, &r.into_inner().r#ref)?;
+            let usage = crate::operations::usage::of_node(self, &n.0).await;
+            let mut pb = node_pb(self, &n);
+            pb.observed_usage = usage.as_ref().map(convert::node_observed_usage);
+            Ok(pb)
+        };
+        reply(go.await)
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListNodesResponse> {
         let p = nodes::list(self, &page(&r.into_inner()));

@@ -75,8 +75,17 @@ impl servers_server::Servers for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go = async { servers::get(self, &project(&r.project)?, &r.r#ref).await };
-        reply(go.await.map(|s| convert::server(&s)))
+        let go = async {
+            let s = servers::get(self, &project(&r.project)?, &r.r#ref).await?;
+            let usage = match &s.instance.node {
+                Some(n) => crate::operations::usage::of_instance(self, n, &s.instance.id).await,
+                None => None,
+            };
+            let mut pb = convert::server(&s);
+            pb.observed_usage = usage.map(|(at, u)| convert::server_usage(&at, &u));
+            Ok(pb)
+        };
+        reply(go.await)
     }
     async fn list(&self, r: Request<pb::ListServersRequest>) -> R<pb::ListServersResponse> {
         let r = r.into_inner();

@@ -161,7 +161,13 @@ async fn tick(ctx: &Ctx, lease: i64, rts: &mut HashMap<NodeName, NodeRt>) -> Api
             Step::MarkUp { unfence } => {
                 async {
                     if unfence {
-                        if let Err(e) = ctx.fencer.unfence(&name).await {
+                        let r = ctx.fencer.unfence(&name).await;
+                        ctx.metrics.fencing_event(if r.is_ok() {
+                            "unfenced"
+                        } else {
+                            "unfence_failed"
+                        });
+                        if let Err(e) = r {
                             // Retried every tick: log each new reason once.
                             let e = e.to_string();
                             if rt.fence_error.as_deref() != Some(e.as_str()) {

@@ -79,19 +79,24 @@ pub async fn write_health(
 }
 
 /// Fences a node within `fence_timeout`.
+/// Counts the event (`fenced` / `fence_failed`).
 pub async fn fence(ctx: &Ctx, node: &NodeName) -> Result<(), String> {
-    match tokio::time::timeout(ctx.cfg.failure.fence_timeout, ctx.fencer.fence(node)).await {
+    let r = match tokio::time::timeout(ctx.cfg.failure.fence_timeout, ctx.fencer.fence(node)).await
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(
             "fencing did not complete within {:?}",
             ctx.cfg.failure.fence_timeout
         )),
-    }
+    };
+    ctx.metrics
+        .fencing_event(if r.is_ok() { "fenced" } else { "fence_failed" });
+    r
 }
 
 /// One evacuation pass over `node`: moves every instance whose policy is in
-/// `policies`. Instances that do not fit anywhere get status error
+/// `policies` (each move counted: `nubo_coordinator_evacuations_total`). Instances that do not fit anywhere get status error
 /// [`NO_CAPACITY`] and stay assigned to `node`.
 pub async fn evacuation_pass(
     ctx: &Ctx,
@@ -117,7 +122,14 @@ pub async fn evacuation_pass(
                     leader_lease: lease,
                     power: None,
                 };
+                ctx.metrics.evacuation("started");
                 let r = moves::move_instance(ctx, id, node, opts).await;
+                match &r {
+                    Ok(Moved::To(_)) => ctx.metrics.evacuation("succeeded"),
+                    // Deleted meanwhile: nothing left to evacuate.
+                    Ok(Moved::AlreadyGone) => {}
+                    Err(_) => ctx.metrics.evacuation("failed"),
+                }
                 if let Err(ApiError::ResourceExhausted(why)) = &r {
                     tracing::warn!(instance = %id, node = %node, why, "cannot evacuate: no capacity");
                     let _ = moves::mark_move_failed(ctx, id, node, NO_CAPACITY, lease)

@@ -31,6 +31,7 @@ pub mod server_volumes;
 pub mod servers;
 pub(crate) mod specs;
 pub mod tokens;
+pub mod usage;
 pub mod volume_snapshots;
 pub mod volume_types;
 pub mod volumes;

@@ -37,6 +37,7 @@ use super::scheduler::{Ratios, Request};
 use super::view::{Claim, ClusterView};
 use crate::config::Placement;
 use crate::error::{ApiError, ApiResult};
+use crate::telemetry::CoordinatorMetrics;
 
 /// Conflicts on one node's usage before other nodes are preferred.
 pub const NODE_CONFLICTS: u32 = 3;
@@ -149,18 +150,27 @@ pub struct Engine {
     etcd: Etcd,
     ratios: Ratios,
     policy: Placement,
+    metrics: Arc<CoordinatorMetrics>,
 }
 
 impl Engine {
     /// An engine placing on `view`'s nodes (inside a tokio runtime: it
-    /// starts the group committer's task).
-    pub fn new(view: Arc<ClusterView>, etcd: Etcd, ratios: Ratios, policy: Placement) -> Self {
+    /// starts the group committer's task); placements are counted in
+    /// `metrics`.
+    pub fn new(
+        view: Arc<ClusterView>,
+        etcd: Etcd,
+        ratios: Ratios,
+        policy: Placement,
+        metrics: Arc<CoordinatorMetrics>,
+    ) -> Self {
         Self {
             view,
             committer: Committer::start(etcd.clone()),
             etcd,
             ratios,
             policy,
+            metrics,
         }
     }
 
@@ -217,8 +227,25 @@ impl Engine {
     }
 
     /// Runs `job` until it is placed, ends, fails, or its attempts run out
-    /// (module docs).
+    /// (module docs); counts the result (`nubo_coordinator_placements_total`).
     pub async fn place<J: Job>(&self, job: &mut J, limits: Limits) -> ApiResult<J::Output> {
+        let mut ran_out = false;
+        let r = self.place_inner(job, limits, &mut ran_out).await;
+        self.metrics.placement(match &r {
+            Ok(_) => "placed",
+            Err(_) if ran_out => "contention",
+            Err(ApiError::ResourceExhausted(_)) => "no_capacity",
+            Err(_) => "error",
+        });
+        r
+    }
+
+    async fn place_inner<J: Job>(
+        &self,
+        job: &mut J,
+        limits: Limits,
+        ran_out: &mut bool,
+    ) -> ApiResult<J::Output> {
         let mut conflicts: HashMap<NodeName, u32> = HashMap::new();
         let mut excluded: HashSet<NodeName> = HashSet::new();
         let (mut attempts, mut rounds) = (0, 0);
@@ -290,6 +317,7 @@ impl Engine {
                 }
             }
         }
+        *ran_out = true;
         Err(job.contention())
     }
 

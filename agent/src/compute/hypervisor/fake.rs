@@ -41,6 +41,9 @@ pub struct FakeRecord {
     /// Attached volumes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<AttachedVolume>,
+    /// The taps of its ports (NIC order), named as a real driver's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taps: Vec<String>,
 }
 
 /// The persisted state.
@@ -105,6 +108,7 @@ impl FakeHypervisor {
                     created_at: model::now(),
                     managed: false,
                     volumes: Vec::new(),
+                    taps: Vec::new(),
                 },
             );
             Ok(())
@@ -170,6 +174,24 @@ impl super::Hypervisor for FakeHypervisor {
             .collect())
     }
 
+    /// Synthetic counters (see [`super::stats::synthetic`]) of every
+    /// running managed instance, rising with its age: enough to carry
+    /// hundreds of fake VMs through the metrics pipeline.
+    async fn stats(&self) -> Result<Vec<super::InstanceStats>, HypervisorError> {
+        let st = self.state.lock().await;
+        let now = model::now();
+        Ok(st
+            .instances
+            .iter()
+            .filter(|(_, r)| r.managed && r.power == ObservedPower::Running)
+            .map(|(id, r)| {
+                let seed = u64::from_str_radix(&id.short_hex(8), 16).unwrap_or(0);
+                let uptime_ms = u64::try_from((now - r.created_at).num_milliseconds()).unwrap_or(0);
+                super::stats::synthetic(*id, seed, uptime_ms, r.taps.first().cloned())
+            })
+            .collect())
+    }
+
     async fn create(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
         let id = spec.id();
         if self.state.lock().await.instances.contains_key(&id) {
@@ -180,6 +202,7 @@ impl super::Hypervisor for FakeHypervisor {
             self.boot_delay().await;
         }
         let name = spec.spec.name.clone();
+        let taps = spec.ports.iter().map(|p| p.tap.clone()).collect();
         self.mutate(id, |st| {
             if st.instances.contains_key(&id) {
                 return Err(HypervisorError::AlreadyExists(id));
@@ -197,6 +220,7 @@ impl super::Hypervisor for FakeHypervisor {
                     created_at: model::now(),
                     managed: true,
                     volumes: Vec::new(),
+                    taps,
                 },
             );
             Ok(())

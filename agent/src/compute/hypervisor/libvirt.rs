@@ -127,6 +127,42 @@ pub fn holds_to_restore(
         .partition(|id| paused.contains(id))
 }
 
+/// The usage counters of a nubo domain's statistics (`None` for a domain
+/// whose UUID is not an instance id). Pure.
+pub fn instance_stats(d: &nubo_libvirt::DomainStats) -> Option<super::InstanceStats> {
+    let id: InstanceId = d.uuid.parse().ok()?;
+    Some(super::InstanceStats {
+        id,
+        cpu_ns: d.cpu_time_ns,
+        memory_used_bytes: d.balloon.used_bytes(),
+        memory_available_bytes: d.balloon.available_bytes(),
+        disks: d
+            .disks
+            .iter()
+            .map(|b| super::DiskCounters {
+                target: b.name.clone(),
+                read_bytes: b.read_bytes,
+                read_ops: b.read_ops,
+                write_bytes: b.write_bytes,
+                write_ops: b.write_ops,
+            })
+            .collect(),
+        nics: d
+            .interfaces
+            .iter()
+            .map(|n| super::NicCounters {
+                tap: n.name.clone(),
+                rx_bytes: n.rx_bytes,
+                rx_packets: n.rx_packets,
+                rx_drops: n.rx_drops,
+                tx_bytes: n.tx_bytes,
+                tx_packets: n.tx_packets,
+                tx_drops: n.tx_drops,
+            })
+            .collect(),
+    })
+}
+
 /// Maps libvirt's power state to nubo's. Pure.
 pub fn observed_power(p: PowerState) -> ObservedPower {
     match p {
@@ -1000,6 +1036,15 @@ impl super::Hypervisor for LibvirtHypervisor {
             .map_err(|e| self.dom_err(id, e))
     }
 
+    async fn stats(&self) -> Result<Vec<super::InstanceStats>, HypervisorError> {
+        let domains = self
+            .driver
+            .all_domain_stats()
+            .await
+            .map_err(|e| backend("bulk domain statistics", e))?;
+        Ok(domains.iter().filter_map(instance_stats).collect())
+    }
+
     async fn volumes(&self, id: InstanceId) -> Result<Vec<AttachedVolume>, HypervisorError> {
         let disks = self
             .driver
@@ -1113,6 +1158,77 @@ impl super::Resizer for LibvirtHypervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_statistics_map_to_instance_counters() {
+        let id = InstanceId::new_random();
+        let d = nubo_libvirt::DomainStats {
+            uuid: id.to_string(),
+            name: format!("nubo-{id}"),
+            cpu_time_ns: Some(7),
+            balloon: nubo_libvirt::BalloonStats {
+                current_kib: Some(4),
+                rss_kib: Some(2),
+                ..Default::default()
+            },
+            disks: vec![nubo_libvirt::BlockStats {
+                name: "vda".into(),
+                read_bytes: 1,
+                read_ops: 2,
+                write_bytes: 3,
+                write_ops: 4,
+                path: None,
+            }],
+            interfaces: vec![nubo_libvirt::InterfaceStats {
+                name: "tapx".into(),
+                rx_bytes: 5,
+                rx_packets: 6,
+                rx_drops: 7,
+                tx_bytes: 8,
+                tx_packets: 9,
+                tx_drops: 10,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = instance_stats(&d).unwrap();
+        assert_eq!(s.id, id);
+        assert_eq!(s.cpu_ns, Some(7));
+        assert_eq!(
+            (s.memory_available_bytes, s.memory_used_bytes),
+            (Some(4096), Some(2048))
+        );
+        let disk = &s.disks[0];
+        assert_eq!(
+            (
+                disk.target.as_str(),
+                disk.read_bytes,
+                disk.read_ops,
+                disk.write_bytes,
+                disk.write_ops
+            ),
+            ("vda", 1, 2, 3, 4)
+        );
+        let n = &s.nics[0];
+        assert_eq!(
+            (
+                n.tap.as_str(),
+                n.rx_bytes,
+                n.rx_packets,
+                n.rx_drops,
+                n.tx_bytes,
+                n.tx_packets,
+                n.tx_drops
+            ),
+            ("tapx", 5, 6, 7, 8, 9, 10)
+        );
+        // A domain whose UUID is no instance id is left out.
+        let foreign = nubo_libvirt::DomainStats {
+            uuid: "not-a-uuid".into(),
+            ..d
+        };
+        assert_eq!(instance_stats(&foreign), None);
+    }
 
     #[test]
     fn pid_dir_follows_the_socket() {

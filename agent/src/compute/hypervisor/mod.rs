@@ -7,6 +7,7 @@ pub mod libvirt;
 pub mod netns;
 pub mod plug;
 pub mod state_file;
+pub mod stats;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use crate::state::desired::DesiredInstance;
 pub use fake::FakeHypervisor;
 pub use libvirt::LibvirtHypervisor;
 pub use netns::NetnsHypervisor;
+pub use stats::{DiskCounters, InstanceStats, NicCounters};
 
 /// Power state as seen on the hypervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -217,6 +219,15 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn settle_arrived(&self, id: InstanceId) -> Result<(), HypervisorError> {
         let _ = id;
         Ok(())
+    }
+    /// Usage counters of every running managed instance, in one call per
+    /// collection period (libvirt: one bulk statistics call). Drivers
+    /// without counters answer [`HypervisorError::Unsupported`].
+    async fn stats(&self) -> Result<Vec<InstanceStats>, HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "usage statistics on the {} driver",
+            self.driver()
+        )))
     }
     /// Changes the I/O limits of an attached volume, live.
     async fn set_disk_qos(
