@@ -45,6 +45,9 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         evacuation: Default::default(),
         volumes: Vec::new(),
         boot_volume: None,
+        metadata: Default::default(),
+        access_ipv4: None,
+        access_ipv6: None,
         created_at: model::now(),
     }
 }
@@ -114,6 +117,7 @@ impl World {
             attached_to: None,
             source_image: None,
             status_reason: None,
+            created_by: None,
             created_at: model::now(),
         };
         let id = v.id;

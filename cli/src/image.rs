@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use nubo_common::proto::{CreateImageRequest, Image};
+use nubo_common::proto::{CreateImageRequest, Image, UpdateImageRequest};
 use serde_json::{json, Value};
 
 use crate::api::Call;
@@ -26,6 +26,20 @@ pub enum ImageCmd {
         /// Image names or ids.
         #[arg(required = true)]
         images: Vec<String>,
+    },
+    /// Change an image's name or minimum disk/RAM.
+    Set {
+        /// Image name or id.
+        image: String,
+        /// New name (unique in the project).
+        #[arg(long)]
+        name: Option<String>,
+        /// Smallest root disk it needs, GiB.
+        #[arg(long)]
+        min_disk: Option<u64>,
+        /// Least RAM it needs, MiB.
+        #[arg(long)]
+        min_ram: Option<u64>,
     },
 }
 
@@ -191,6 +205,25 @@ pub async fn run(cmd: ImageCmd, ctx: &Ctx) -> Result<()> {
         }
         ImageCmd::Show { image } => {
             let i = api.images().get(api.get_req(&image)).await.or_fail(api)?;
+            output::show(ctx.format, &to_json(&i))
+        }
+        ImageCmd::Set {
+            image,
+            name,
+            min_disk,
+            min_ram,
+        } => {
+            if name.is_none() && min_disk.is_none() && min_ram.is_none() {
+                bail!("nothing to change: give --name, --min-disk or --min-ram");
+            }
+            let req = UpdateImageRequest {
+                r#ref: image,
+                project: api.project.clone(),
+                name,
+                min_disk_gb: min_disk,
+                min_ram_mb: min_ram,
+            };
+            let i = api.images().update(req).await.or_fail(api)?;
             output::show(ctx.format, &to_json(&i))
         }
         ImageCmd::Delete { images } => {

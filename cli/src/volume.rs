@@ -165,6 +165,7 @@ pub fn to_json(v: &Volume) -> Value {
         "source_image": opt(&v.source_image),
         "rbd_image": opt(&v.rbd_image),
         "serial": v.serial,
+        "created_by": opt(&v.created_by),
         "created_at": opt(&v.created_at),
     })
 }

@@ -835,11 +835,25 @@ async fn node_credential_reads_image_data_only() {
         size_bytes: 5,
         data: b"hello".to_vec(),
     };
+    // Data that does not match its declared size is refused, nothing kept.
+    for (declared, text) in [(10, "ended after 5 of its declared 10"), (3, "larger")] {
+        let wrong = pb::ImageChunk {
+            size_bytes: declared,
+            ..chunk.clone()
+        };
+        let e = data
+            .upload(req(&alice, tokio_stream::iter(vec![wrong])))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(text), "{e:?}");
+    }
     let img = data
         .upload(req(&alice, tokio_stream::iter(vec![chunk])))
         .await
         .unwrap()
         .into_inner();
+    assert_eq!((img.status.as_str(), img.size_bytes), ("active", 5));
 
     // The node user makes its own application credential (as an operator
     // would for the agents) and logs in with it.
@@ -988,6 +1002,7 @@ async fn volumes_are_isolated_between_projects() {
         attached_to: None,
         source_image: None,
         status_reason: None,
+        created_by: None,
         created_at: chrono::Utc::now(),
     };
     let mut kv = etcd.client().await.unwrap();
@@ -1002,13 +1017,12 @@ async fn volumes_are_isolated_between_projects() {
     let rita = login(&mut a, "rita", "pw").await;
     let mut bob_codes = None;
 
+    // A record without `created_by` (written before nubo recorded
+    // creators) reads back with an empty creator.
+    let shown = v.get(req(&alice, get(&id))).await.unwrap().into_inner();
     assert_eq!(
-        v.get(req(&alice, get(&id)))
-            .await
-            .unwrap()
-            .into_inner()
-            .name,
-        "data"
+        (shown.name.as_str(), shown.created_by.as_str()),
+        ("data", "")
     );
     let e = v.get(req(&bob, get(&id))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);

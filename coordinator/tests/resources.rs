@@ -454,3 +454,87 @@ async fn lists_paginate_across_pages_without_capping() {
     assert_eq!(e.code(), Code::InvalidArgument);
     c.shutdown().await.unwrap();
 }
+
+/// Images.Update: a rename moves the name index (the old name is free, the
+/// new one taken, a taken name refused with nothing changed); minimum disk
+/// and RAM change; absent fields stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_renamed_and_their_minimums_changed() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    let other = cl
+        .images
+        .create(pb::CreateImageRequest {
+            name: "other".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let upd = |name: Option<&str>, disk: Option<u64>| pb::UpdateImageRequest {
+        r#ref: "cirros".into(),
+        name: name.map(str::to_string),
+        min_disk_gb: disk,
+        ..Default::default()
+    };
+    let e = cl
+        .images
+        .update(upd(Some("other"), Some(9)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let e = cl
+        .images
+        .update(upd(Some("bad name!"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let img = cl.images.get(get("cirros")).await.unwrap().into_inner();
+    assert_eq!(img.min_disk_gb, 0, "a refused update changed nothing");
+    let renamed = cl
+        .images
+        .update(upd(Some("cirros2"), Some(3)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (renamed.id.as_str(), renamed.name.as_str()),
+        (img.id.as_str(), "cirros2")
+    );
+    assert_eq!(
+        (renamed.min_disk_gb, renamed.min_ram_mb),
+        (3, img.min_ram_mb)
+    );
+    assert_eq!(
+        cl.images.get(get("cirros2")).await.unwrap().into_inner().id,
+        img.id
+    );
+    assert_eq!(
+        cl.images.get(get("cirros")).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    // The old name is free again; the other image is untouched.
+    cl.images
+        .create(pb::CreateImageRequest {
+            name: "cirros".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cl.images.get(get("other")).await.unwrap().into_inner(),
+        other
+    );
+    let e = cl
+        .images
+        .update(pb::UpdateImageRequest {
+            r#ref: "absent".into(),
+            min_ram_mb: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

@@ -547,3 +547,214 @@ async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Server metadata: set at create, merged or replaced, removed by key, kept
+/// by a rename (Servers.Update, with the access addresses);
+/// Nova's limits (keys 1-255, values up to 255 characters, 128 items)
+/// refuse bad input with the spec unchanged; the node's copy of the spec
+/// (what its agent serves as `meta`) carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_metadata_is_stored_within_novas_limits() {
+    use std::collections::HashMap;
+
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "a", res(8, 8192, 100), "az1").await;
+    wait_nodes(&mut cl, 1).await;
+    let m = |items: &[(&str, &str)]| -> HashMap<String, String> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
+            metadata: m(&[("role", "web")]),
+            ..server_req("md", &[], 1)
+        },
+    )
+    .await;
+    let s = created(&r, 0);
+    assert_eq!(s.metadata, m(&[("role", "web")]));
+    let set = |items: HashMap<String, String>, replace: bool| pb::SetServerMetadataRequest {
+        r#ref: "md".into(),
+        project: String::new(),
+        metadata: items,
+        replace,
+    };
+    let unset = |keys: &[&str]| pb::UnsetServerMetadataRequest {
+        r#ref: "md".into(),
+        project: String::new(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+    };
+    // Merge, then replace, then remove.
+    let s = cl
+        .servers
+        .set_metadata(set(m(&[("tier", "db"), ("role", "app")]), false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("role", "app"), ("tier", "db")]));
+    let s = cl
+        .servers
+        .set_metadata(set(m(&[("a", "1"), ("b", "2")]), true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("a", "1"), ("b", "2")]));
+    let s = cl
+        .servers
+        .unset_metadata(unset(&["a"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("b", "2")]));
+
+    // Refusals: each names the problem and changes nothing.
+    let long = "x".repeat(256);
+    let full: HashMap<String, String> =
+        (0..128).map(|i| (format!("k{i}"), String::new())).collect();
+    let too_many: HashMap<String, String> =
+        (0..129).map(|i| (format!("k{i}"), String::new())).collect();
+    let e = cl
+        .servers
+        .set_metadata(set(too_many.clone(), true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("at most 128"), "{e:?}");
+    // 127 new ones merged into the one there: 128, fits; one more does not.
+    let merged: HashMap<String, String> =
+        (0..127).map(|i| (format!("k{i}"), String::new())).collect();
+    let s = cl
+        .servers
+        .set_metadata(set(merged, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata.len(), 128);
+    let e = cl
+        .servers
+        .set_metadata(set(m(&[("one-more", "v")]), false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let s = cl
+        .servers
+        .set_metadata(set(m(&[("b", "2")]), true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("b", "2")]));
+    for (items, text) in [
+        (m(&[("", "v")]), "may not be empty"),
+        (m(&[(&long, "v")]), "key"),
+        (m(&[("k", &long)]), "value"),
+    ] {
+        let e = cl
+            .servers
+            .set_metadata(set(items, false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(text), "{e:?}");
+    }
+    let e = cl
+        .servers
+        .unset_metadata(unset(&["b", "absent"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let mut bad = server_req("md2", &[], 1);
+    bad.metadata = too_many;
+    let e = cl.servers.create(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let mut bad = server_req("md2", &[], 1);
+    bad.access_ipv4 = "not-an-ip".into();
+    let e = cl.servers.create(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let mut ok = server_req("md3", &[], 1);
+    ok.metadata = full;
+    ok.access_ipv6 = "2001:db8::3".into();
+    let r = create_servers(&mut cl, ok).await;
+    assert_eq!(created(&r, 0).metadata.len(), 128);
+    assert_eq!(created(&r, 0).access_ipv6, "2001:db8::3");
+    let s = cl
+        .servers
+        .get(pb::GetRequest {
+            r#ref: "md".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.metadata, m(&[("b", "2")]), "refusals changed nothing");
+
+    // A rename and access addresses keep the metadata; bad values are
+    // refused with nothing changed.
+    let upd = |name: Option<&str>, v4: Option<&str>, v6: Option<&str>| pb::UpdateServerRequest {
+        r#ref: "md".into(),
+        project: String::new(),
+        name: name.map(str::to_string),
+        access_ipv4: v4.map(str::to_string),
+        access_ipv6: v6.map(str::to_string),
+    };
+    for bad in [
+        upd(Some("bad name!"), None, None),
+        upd(Some("ok"), Some("::1"), None),
+        upd(None, None, Some("10.0.0.1")),
+    ] {
+        let e = cl.servers.update(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    let renamed = cl
+        .servers
+        .update(upd(Some("md-new"), Some("192.0.2.7"), Some("2001:db8::7")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (renamed.id.as_str(), renamed.name.as_str()),
+        (s.id.as_str(), "md-new")
+    );
+    assert_eq!(
+        (renamed.access_ipv4.as_str(), renamed.access_ipv6.as_str()),
+        ("192.0.2.7", "2001:db8::7")
+    );
+    assert_eq!(renamed.metadata, m(&[("b", "2")]));
+    let cleared = cl
+        .servers
+        .update(pb::UpdateServerRequest {
+            r#ref: s.id.clone(),
+            access_ipv6: Some(String::new()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            cleared.name.as_str(),
+            cleared.access_ipv4.as_str(),
+            cleared.access_ipv6.as_str()
+        ),
+        ("md-new", "192.0.2.7", "")
+    );
+
+    // The node's copy of the spec carries it (the agent serves that).
+    let id: nubo_common::InstanceId = s.id.parse().unwrap();
+    let node = nubo_common::NodeName::new("a").unwrap();
+    let copy = etcd
+        .client()
+        .await
+        .unwrap()
+        .get(nubo_common::keys::node_spec(&node, &id), None)
+        .await
+        .unwrap();
+    let spec: nubo_common::model::Instance = serde_json::from_slice(copy.kvs()[0].value()).unwrap();
+    assert_eq!(spec.metadata.get("b").map(String::as_str), Some("2"));
+    assert_eq!(spec.name, "md-new");
+}

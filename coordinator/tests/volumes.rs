@@ -187,6 +187,8 @@ async fn volume_lifecycle_and_bad_input() {
     assert_eq!(vol.status, "available");
     assert_eq!(vol.size_gb, 1);
     assert_eq!(vol.volume_type, "ssd");
+    // auth = "none": there is no caller, so no creator is recorded.
+    assert_eq!(vol.created_by, "");
     assert_eq!(vol.rbd_image, format!("{}/vol-{}", p.volumes, vol.id));
     let pool = admin.pool(&p.volumes).unwrap();
     assert_eq!(
@@ -990,6 +992,13 @@ async fn volume_quotas_hold_under_concurrency() {
         .filter_map(|r| r.as_ref().ok().map(|v| v.get_ref().name.clone()))
         .collect();
     assert_eq!(ok.len(), 3, "{results:?}");
+    // Each records its creator (the token's user), also in `nubo volume show`.
+    for r in results.iter().flatten() {
+        assert_eq!(r.get_ref().created_by, "alice", "{r:?}");
+    }
+    let shown =
+        tokio::task::block_in_place(|| alice_cli.json(&["volume", "show", &ok[0]])).unwrap();
+    assert_eq!(shown["created_by"], "alice", "{shown}");
     for r in &results {
         if let Err(e) = r {
             assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");

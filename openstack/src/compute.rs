@@ -31,7 +31,10 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.1/flavors/{id}", get(show_flavor))
         .route("/v2.1/servers", get(list_servers).post(create_server))
         .route("/v2.1/servers/detail", get(list_servers_detail))
-        .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
+        .route(
+            "/v2.1/servers/{id}",
+            get(show_server).delete(delete_server).put(update_server),
+        )
         .route("/v2.1/servers/{id}/action", post(server_action))
         .route("/v2.1/servers/{id}/ips", get(server_ips))
         .route("/v2.1/servers/{id}/ips/{network}", get(server_ips_on))
@@ -268,15 +271,16 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "status": status,
         "tenant_id": s.project,
         "user_id": "",
-        "metadata": {},
+        "metadata": s.metadata.iter().collect::<BTreeMap<_, _>>(),
         "hostId": s.node,
-        "image": if s.image_id.is_empty() { json!("") } else { json!({"id": s.image_id, "links": link(&s.image_id, "images")}) },
+        // A server booted from a volume shows no image, as Nova.
+        "image": if s.image_id.is_empty() || !s.boot_volume_id.is_empty() { json!("") } else { json!({"id": s.image_id, "links": link(&s.image_id, "images")}) },
         "flavor": {"id": s.flavor, "links": link(&s.flavor, "flavors")},
         "created": crate::time::iso_utc(&s.created_at),
         "updated": crate::time::iso_utc(if s.updated_at.is_empty() { &s.created_at } else { &s.updated_at }),
         "addresses": addresses,
-        "accessIPv4": "",
-        "accessIPv6": "",
+        "accessIPv4": s.access_ipv4,
+        "accessIPv6": s.access_ipv6,
         "key_name": if s.key_name.is_empty() { Value::Null } else { json!(s.key_name) },
         "progress": 0,
         "config_drive": "",
@@ -307,6 +311,41 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
     }
     view
 }
+
+/// The server an update (`PUT /servers/{id}`) answers: Nova 2.1's common
+/// view, without the extension attributes of `GET` (no `OS-EXT-*`,
+/// `key_name`, volumes; addresses with `version` and `addr` only). Pure.
+pub fn update_view(base: &str, s: &pb::Server) -> Value {
+    let mut v = server_view(base, s);
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|k, _| COMMON_VIEW_KEYS.contains(&k.as_str()));
+        o.insert("addresses".into(), json!(addresses(s, false)));
+    }
+    v
+}
+
+/// The keys of Nova 2.1's common server view (what an update answers;
+/// `GET` adds the extension attributes).
+const COMMON_VIEW_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "image",
+    "flavor",
+    "fault",
+    "user_id",
+    "tenant_id",
+    "created",
+    "updated",
+    "progress",
+    "metadata",
+    "links",
+    "addresses",
+    "hostId",
+    "OS-DCF:diskConfig",
+    "accessIPv4",
+    "accessIPv6",
+];
 
 /// A server's addresses per network name, fixed then floating; with
 /// `extended` the `OS-EXT-IPS` type and MAC (the server view), without
@@ -567,7 +606,7 @@ struct CreateServer {
     availability_zone: Option<String>,
     #[serde(default)]
     user_data: Option<String>,
-    /// Server metadata: nubo has none (non-empty: 400).
+    /// Server metadata (string values; limits checked by the coordinator).
     #[serde(default)]
     metadata: Option<serde_json::Map<String, Value>>,
     /// Access addresses: not supported (non-empty: 400).
@@ -582,6 +621,100 @@ struct CreateServer {
     min_count: Option<u32>,
     #[serde(default)]
     max_count: Option<u32>,
+    /// Block device mappings (v2): a boot volume, a boot volume made from
+    /// an image, extra volumes ([`block_devices`]).
+    #[serde(default)]
+    block_device_mapping_v2: Option<Vec<serde_json::Map<String, Value>>>,
+    /// The legacy (v1) form: refused (400), never ignored.
+    #[serde(default)]
+    block_device_mapping: Option<Vec<Value>>,
+}
+
+/// What nubo's create takes from Nova's block device mappings.
+#[derive(Debug, Default, PartialEq)]
+struct BlockDevices {
+    /// Boot from this existing volume.
+    boot_volume: Option<String>,
+    /// Boot from a new volume of this size cloned from this image.
+    boot_from_image: Option<(String, u64)>,
+    /// Extra existing volumes, in order.
+    volumes: Vec<String>,
+    /// Delete the volumes with the server (one flag for all in nubo).
+    delete_on_termination: bool,
+}
+
+/// Maps `block_device_mapping_v2` onto nubo's create: `volume` → `volume`
+/// with boot index 0 is the boot volume, `image` → `volume` with boot
+/// index 0 a boot volume made from the image (`volume_size` GiB), `image`
+/// → `local` with boot index 0 the ordinary image boot, `volume` without
+/// a boot index an attached volume. Anything else (blank, snapshot,
+/// other destinations or boot indexes, differing
+/// `delete_on_termination`) is a 400 naming it. Pure.
+fn block_devices(bdms: &[serde_json::Map<String, Value>]) -> Result<BlockDevices, ApiError> {
+    let mut out = BlockDevices::default();
+    let mut delete: Option<bool> = None;
+    for (n, b) in bdms.iter().enumerate() {
+        let text = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("");
+        let boot_index = match b.get("boot_index") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(i)) => i.as_i64(),
+            Some(Value::String(i)) => i.parse::<i64>().ok(),
+            Some(_) => None,
+        }
+        .filter(|i| *i >= 0);
+        let uuid = text("uuid").to_string();
+        let bad = |why: &str| {
+            ApiError::bad_request(
+                S,
+                format!("block_device_mapping_v2[{n}]: {why} (nubo maps a boot volume, a boot volume from an image, and extra volumes)"),
+            )
+        };
+        let dest = match text("destination_type") {
+            "" => {
+                if text("source_type") == "image" {
+                    "local"
+                } else {
+                    "volume"
+                }
+            }
+            d => d,
+        };
+        let this_delete = b
+            .get("delete_on_termination")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        match (text("source_type"), dest, boot_index) {
+            ("image", "local", Some(0)) => continue,
+            ("image", "volume", Some(0)) => {
+                let size = b
+                    .get("volume_size")
+                    .and_then(Value::as_u64)
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| bad("a boot volume from an image needs volume_size (GiB)"))?;
+                out.boot_from_image = Some((uuid, size));
+            }
+            ("volume", "volume", Some(0)) => out.boot_volume = Some(uuid),
+            ("volume", "volume", None) => out.volumes.push(uuid),
+            (src, dst, idx) => {
+                return Err(bad(&format!(
+                    "source_type {src:?} to destination_type {dst:?} with boot_index {idx:?} is not supported"
+                )))
+            }
+        }
+        if out.boot_volume.is_some() && out.boot_from_image.is_some() {
+            return Err(bad("two boot devices"));
+        }
+        match delete {
+            Some(d) if d != this_delete => {
+                return Err(bad(
+                    "nubo applies one delete_on_termination to all of a server's volumes",
+                ))
+            }
+            _ => delete = Some(this_delete),
+        }
+    }
+    out.delete_on_termination = delete.unwrap_or(false);
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -649,25 +782,14 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
             format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
         ));
     }
-    if s.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::bad_request(
-            S,
-            "server metadata is not supported by nubo",
-        ));
-    }
+    let metadata = match &s.metadata {
+        None => Default::default(),
+        Some(m) => crate::server_metadata::string_map("metadata", m)?,
+    };
     if s.personality.as_ref().is_some_and(|p| !p.is_empty()) {
         return Err(ApiError::bad_request(
             S,
             "personality (injected files) is not supported by nubo: pass files in user_data",
-        ));
-    }
-    if [&s.access_ipv4, &s.access_ipv6]
-        .iter()
-        .any(|a| a.as_deref().is_some_and(|a| !a.is_empty()))
-    {
-        return Err(ApiError::bad_request(
-            S,
-            "accessIPv4/accessIPv6 are not supported by nubo: a server's addresses are its ports'",
         ));
     }
     let mut server_group = String::new();
@@ -681,6 +803,28 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
                 ))
             }
         }
+    }
+    if s.block_device_mapping
+        .as_ref()
+        .is_some_and(|b| !b.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            S,
+            "block_device_mapping (v1) is not supported: use block_device_mapping_v2",
+        ));
+    }
+    let bd = block_devices(s.block_device_mapping_v2.as_deref().unwrap_or_default())?;
+    let mut image_ref = last_segment(&s.image_ref);
+    let mut boot_from_volume_size_gb = 0;
+    if let Some((img, size)) = &bd.boot_from_image {
+        if !image_ref.is_empty() && &image_ref != img {
+            return Err(ApiError::bad_request(
+                S,
+                "imageRef and the image of the boot volume's block device mapping differ",
+            ));
+        }
+        image_ref.clone_from(img);
+        boot_from_volume_size_gb = *size;
     }
     let user_data = match &s.user_data {
         None => Vec::new(),
@@ -696,7 +840,11 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
     Ok(pb::CreateServerRequest {
         name: s.name.clone(),
         flavor: last_segment(&s.flavor_ref),
-        image_ref: last_segment(&s.image_ref),
+        image_ref,
+        boot_volume: bd.boot_volume.unwrap_or_default(),
+        boot_from_volume_size_gb,
+        volumes: bd.volumes,
+        delete_on_termination: bd.delete_on_termination,
         networks,
         ports,
         security_groups: s.security_groups.iter().map(|g| g.name.clone()).collect(),
@@ -705,6 +853,9 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         count: max,
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
         server_group,
+        metadata,
+        access_ipv4: s.access_ipv4.clone().unwrap_or_default(),
+        access_ipv6: s.access_ipv6.clone().unwrap_or_default(),
         ..Default::default()
     })
 }
@@ -749,6 +900,69 @@ async fn create_server(
     Ok(versioned((StatusCode::ACCEPTED, Json(body))))
 }
 
+/// `PUT /servers/{id}` body: Nova 2.1's updatable fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    server: UpdateServer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateServer {
+    #[serde(default)]
+    name: Option<String>,
+    /// Access addresses (informational; "" clears).
+    #[serde(default, rename = "accessIPv4")]
+    access_ipv4: Option<String>,
+    #[serde(default, rename = "accessIPv6")]
+    access_ipv6: Option<String>,
+    /// Only `MANUAL`, what every nubo server is.
+    #[serde(default, rename = "OS-DCF:diskConfig")]
+    disk_config: Option<String>,
+}
+
+/// The `Servers.Update` request of a Nova update body (`None`: nothing
+/// to change). Pure.
+fn update_request(id: &str, b: &UpdateBody) -> Result<Option<pb::UpdateServerRequest>, ApiError> {
+    let s = &b.server;
+    if s.disk_config.as_deref().is_some_and(|d| d != "MANUAL") {
+        return Err(ApiError::bad_request(
+            S,
+            "OS-DCF:diskConfig AUTO is not supported (nubo servers are MANUAL)",
+        ));
+    }
+    if s.name.is_none() && s.access_ipv4.is_none() && s.access_ipv6.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(pb::UpdateServerRequest {
+        r#ref: id.to_string(),
+        project: String::new(),
+        name: s.name.clone(),
+        access_ipv4: s.access_ipv4.clone(),
+        access_ipv6: s.access_ipv6.clone(),
+    }))
+}
+
+/// `PUT /servers/{id}`: name and access addresses (`Servers.Update`);
+/// answers the server.
+async fn update_server(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let body = json_body(S, body)?;
+    let s = match update_request(&id, &body)? {
+        Some(req) => up.servers(&headers)?.update(req).await.api(S)?.into_inner(),
+        None => get_server(&up, &headers, id).await?,
+    };
+    Ok(versioned(Json(
+        json!({"server": update_view(&up.public_url, &s)}),
+    )))
+}
+
 async fn delete_server(
     State(up): State<Upstream>,
     headers: HeaderMap,
@@ -775,6 +989,30 @@ async fn server_action(
         .and_then(|o| o.keys().next().cloned())
         .ok_or_else(|| ApiError::bad_request(S, "an action body is an object with one key"))?;
     let mut c = up.servers(&headers)?;
+    if action == "os-getConsoleOutput" {
+        let length = console_length(&body[action.as_str()])?;
+        let mut stream = c
+            .console(pb::ConsoleRequest {
+                r#ref: id,
+                project: String::new(),
+                follow: false,
+            })
+            .await
+            .api(S)?
+            .into_inner();
+        let mut log: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.message().await.api(S)? {
+            log.extend_from_slice(&chunk.data);
+            // Keep the tail only: the output is the log's last lines.
+            if log.len() > 2 * MAX_CONSOLE_OUTPUT {
+                log.drain(..log.len() - MAX_CONSOLE_OUTPUT);
+            }
+        }
+        let text = String::from_utf8_lossy(&log);
+        return Ok(versioned(Json(
+            json!({"output": last_lines(&text, length)}),
+        )));
+    }
     let req = pb::ServerActionRequest {
         r#ref: id,
         project: String::new(),
@@ -786,10 +1024,47 @@ async fn server_action(
         other => Err(ApiError::new(
             S,
             StatusCode::NOT_IMPLEMENTED,
-            format!("server action {other:?} is not supported (os-start, os-stop, reboot are; docs/openstack-compatibility.md)"),
+            format!("server action {other:?} is not supported (os-start, os-stop, reboot, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
         )),
     }?;
     Ok(versioned(StatusCode::ACCEPTED))
+}
+
+/// Most console log bytes `os-getConsoleOutput` answers (its tail).
+const MAX_CONSOLE_OUTPUT: usize = 1 << 20;
+
+/// The `length` of an `os-getConsoleOutput` body (`{"length": N}`; N an
+/// integer or a string of one, as Nova's schema; absent, null or -1: all).
+/// Pure.
+fn console_length(args: &Value) -> Result<Option<usize>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            S,
+            format!("os-getConsoleOutput length must be an integer (-1: all), got {args}"),
+        )
+    };
+    let n: i64 = match args.get("length") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| bad())?,
+        Some(_) => return Err(bad()),
+    };
+    match n {
+        -1 => Ok(None),
+        n if n < 0 => Err(bad()),
+        n => Ok(Some(usize::try_from(n).map_err(|_| bad())?)),
+    }
+}
+
+/// The last `n` lines of `text` (all with `None`). Pure.
+fn last_lines(text: &str, n: Option<usize>) -> String {
+    match n {
+        None => text.to_string(),
+        Some(n) => {
+            let lines: Vec<&str> = text.split_inclusive('\n').collect();
+            lines[lines.len().saturating_sub(n)..].concat()
+        }
+    }
 }
 
 /// A keypair as Nova 2.1 shows it (`GET /os-keypairs/{name}`). Pure.
@@ -1020,11 +1295,9 @@ mod tests {
     }
 
     #[test]
-    fn metadata_and_access_ips_are_refused_not_ignored() {
+    fn bad_metadata_and_personality_are_refused_not_ignored() {
         for extra in [
-            json!({"metadata": {"": "v"}}),
-            json!({"accessIPv4": "1.1.1.1"}),
-            json!({"accessIPv6": "::1"}),
+            json!({"metadata": {"k": 1}}),
             json!({"personality": [{"path": "/etc/motd", "contents": "aGk="}]}),
         ] {
             let mut server = json!({"name": "vm", "imageRef": "i", "flavorRef": "f"});
@@ -1039,6 +1312,131 @@ mod tests {
             "imageRef": "i", "flavorRef": "f", "metadata": {}, "accessIPv4": ""}}))
         .unwrap();
         assert!(create_request(&ok).is_ok());
+        // Metadata reaches the coordinator (which checks its limits).
+        let with: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+            "imageRef": "i", "flavorRef": "f", "metadata": {"role": "web"}}}))
+        .unwrap();
+        let r = create_request(&with).unwrap();
+        assert_eq!(r.metadata.get("role").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn block_device_mappings_map_or_are_refused() {
+        let create = |bdm: Value, image: &str| {
+            let body: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+                "imageRef": image, "flavorRef": "f", "block_device_mapping_v2": bdm}}))
+            .unwrap();
+            create_request(&body)
+        };
+        let r = create(
+            json!([{"uuid": "v1", "source_type": "volume", "destination_type": "volume",
+                "boot_index": 0, "delete_on_termination": true},
+                {"uuid": "v2", "source_type": "volume", "destination_type": "volume",
+                "delete_on_termination": true}]),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.boot_volume.as_str(),
+                r.volumes.clone(),
+                r.delete_on_termination
+            ),
+            ("v1", vec!["v2".to_string()], true)
+        );
+        let r = create(
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "volume",
+                "boot_index": "0", "volume_size": 2}]),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.image_ref.as_str(), r.boot_from_volume_size_gb),
+            ("img", 2)
+        );
+        let r = create(
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "local",
+                "boot_index": 0}]),
+            "img",
+        )
+        .unwrap();
+        assert_eq!((r.image_ref.as_str(), r.boot_volume.as_str()), ("img", ""));
+        for bad in [
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "local", "boot_index": 0},
+                {"uuid": "v", "source_type": "volume", "destination_type": "invalid"}]),
+            json!([{"source_type": "blank", "destination_type": "volume", "boot_index": 0}]),
+            json!([{"uuid": "img", "source_type": "image", "destination_type": "volume", "boot_index": 0}]),
+            json!([{"uuid": "v1", "source_type": "volume", "boot_index": 0, "delete_on_termination": true},
+                {"uuid": "v2", "source_type": "volume"}]),
+        ] {
+            assert_eq!(
+                create(bad.clone(), "img").unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+        let legacy: CreateBody = serde_json::from_value(json!({"server": {"name": "vm",
+            "imageRef": "i", "flavorRef": "f", "block_device_mapping": [{"volume_id": "v"}]}}))
+        .unwrap();
+        assert!(create_request(&legacy).is_err());
+    }
+
+    #[test]
+    fn console_output_is_the_logs_last_lines() {
+        let log = "one\ntwo\nthree\n";
+        assert_eq!(last_lines(log, Some(2)), "two\nthree\n");
+        assert_eq!(last_lines(log, Some(0)), "");
+        assert_eq!(last_lines(log, Some(9)), log);
+        assert_eq!(last_lines(log, None), log);
+        assert_eq!(console_length(&json!({"length": 3})).unwrap(), Some(3));
+        assert_eq!(console_length(&json!({"length": "3"})).unwrap(), Some(3));
+        assert_eq!(console_length(&json!({"length": -1})).unwrap(), None);
+        assert_eq!(console_length(&json!({})).unwrap(), None);
+        assert_eq!(console_length(&Value::Null).unwrap(), None);
+        for bad in [
+            json!({"length": -2}),
+            json!({"length": "x"}),
+            json!({"length": [1]}),
+        ] {
+            assert!(console_length(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_update_renames_and_refuses_what_nubo_lacks() {
+        let parse = |v: Value| serde_json::from_value::<UpdateBody>(v);
+        let b = parse(json!({"server": {"name": "new", "accessIPv4": "10.0.0.1"}})).unwrap();
+        let r = update_request("s", &b).unwrap().unwrap();
+        assert_eq!(
+            (r.name.as_deref(), r.access_ipv4.as_deref(), r.access_ipv6),
+            (Some("new"), Some("10.0.0.1"), None)
+        );
+        let b = parse(json!({"server": {}})).unwrap();
+        assert!(update_request("s", &b).unwrap().is_none());
+        let b = parse(json!({"server": {"OS-DCF:diskConfig": "AUTO"}})).unwrap();
+        assert_eq!(
+            update_request("s", &b).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert!(parse(json!({"server": {"color": "red"}})).is_err());
+        // Booted from a volume: no image, as Nova.
+        let bfv = pb::Server {
+            image_id: "img".into(),
+            boot_volume_id: "v".into(),
+            ..Default::default()
+        };
+        assert_eq!(server_view("https://x", &bfv)["image"], "");
+        // The answer is Nova's common view: no extension attributes.
+        let s = pb::Server {
+            id: "s".into(),
+            access_ipv4: "192.0.2.1".into(),
+            ..Default::default()
+        };
+        let v = update_view("https://x", &s);
+        assert_eq!(v["accessIPv4"], "192.0.2.1");
+        assert!(v.get("OS-EXT-AZ:availability_zone").is_none(), "{v}");
+        assert!(v.get("key_name").is_none(), "{v}");
+        assert!(server_view("https://x", &s).get("key_name").is_some());
     }
 
     #[test]
@@ -1139,26 +1537,9 @@ mod tests {
     }
 
     /// The keys Tempest's Nova 2.1 `server_detail` schema allows
-    /// (`additionalProperties: false`) and the ones that may be null.
+    /// (`additionalProperties: false`) beyond the common view's, and the
+    /// ones that may be null.
     const DETAIL_KEYS: &[&str] = &[
-        "id",
-        "name",
-        "status",
-        "image",
-        "flavor",
-        "fault",
-        "user_id",
-        "tenant_id",
-        "created",
-        "updated",
-        "progress",
-        "metadata",
-        "links",
-        "addresses",
-        "hostId",
-        "OS-DCF:diskConfig",
-        "accessIPv4",
-        "accessIPv6",
         "key_name",
         "security_groups",
         "OS-SRV-USG:launched_at",
@@ -1208,7 +1589,10 @@ mod tests {
         let o = v.as_object().unwrap();
         assert!(!o.contains_key("fault"), "{v}");
         for (k, val) in o {
-            assert!(DETAIL_KEYS.contains(&k.as_str()), "unknown key {k}");
+            assert!(
+                COMMON_VIEW_KEYS.contains(&k.as_str()) || DETAIL_KEYS.contains(&k.as_str()),
+                "unknown key {k}"
+            );
             assert!(
                 !val.is_null() || NULLABLE.contains(&k.as_str()),
                 "{k} is null"

@@ -21,17 +21,26 @@ const S: Service = Service::Image;
 pub fn router() -> Router<Upstream> {
     Router::new()
         .route("/", get(versions_doc))
-        .route("/versions", get(versions_doc))
+        .route("/versions", get(versions_list))
         .route("/v2/images", get(list_images).post(create_image))
-        .route("/v2/images/{id}", get(show_image).delete(delete_image))
+        .route(
+            "/v2/images/{id}",
+            get(show_image).delete(delete_image).patch(update_image),
+        )
         .route(
             "/v2/images/{id}/file",
             axum::routing::put(upload).get(download),
         )
 }
 
-/// Glance's version document (also at `/image/`, see [`crate::router`]).
-pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+/// Glance's version document at its root (also at `/image/`, see
+/// [`crate::router`]): 300 Multiple Choices, as Glance answers there.
+pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Response {
+    (StatusCode::MULTIPLE_CHOICES, versions_list(State(up)).await).into_response()
+}
+
+/// `GET /image/versions`: the same document, 200 (as Glance).
+async fn versions_list(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::image_v2(&up.public_url)]}))
 }
 
@@ -62,11 +71,125 @@ pub fn image_view(base: &str, i: &pb::Image) -> Value {
     })
 }
 
-/// Glance's list filters nubo serves.
+/// Glance's list parameters nubo serves.
 #[derive(Debug, Default, Deserialize)]
 pub struct Filters {
     /// Exact name.
     pub name: Option<String>,
+    /// Status (`queued`, `active`, …).
+    pub status: Option<String>,
+    /// `raw` or `qcow2`.
+    pub disk_format: Option<String>,
+    /// Exact size in bytes.
+    pub size: Option<u64>,
+    /// Smallest size in bytes.
+    pub size_min: Option<u64>,
+    /// Largest size in bytes.
+    pub size_max: Option<u64>,
+    /// A tag: nubo images have none, so nothing matches.
+    pub tag: Option<String>,
+    /// `private` and `all` list nubo's (private) images; other values none.
+    pub visibility: Option<String>,
+    /// Most images answered (a `next` link follows when more remain).
+    pub limit: Option<usize>,
+    /// List after this image id.
+    pub marker: Option<String>,
+    /// Sort key (`name`, `size`, `created_at`, `id`, `status`,
+    /// `disk_format`, `min_disk`, `min_ram`; default `created_at`).
+    pub sort_key: Option<String>,
+    /// `asc` or `desc` (default `desc`, as Glance).
+    pub sort_dir: Option<String>,
+    /// `key[:dir]` (the first one is used).
+    pub sort: Option<String>,
+}
+
+/// The images of a Glance list: filtered, sorted, after `marker`, at
+/// most `limit`; with the marker of the next page when more remain. Pure.
+pub fn select_images(
+    mut images: Vec<pb::Image>,
+    f: &Filters,
+) -> Result<(Vec<pb::Image>, Option<String>), ApiError> {
+    let size = |i: &pb::Image| {
+        if i.status == "active" {
+            Some(i.size_bytes)
+        } else {
+            None
+        }
+    };
+    images.retain(|i| {
+        f.name.as_ref().is_none_or(|x| &i.name == x)
+            && f.status.as_ref().is_none_or(|x| &i.status == x)
+            && f.disk_format.as_ref().is_none_or(|x| &i.disk_format == x)
+            && f.size.is_none_or(|m| size(i) == Some(m))
+            && f.size_min.is_none_or(|m| size(i).is_some_and(|s| s >= m))
+            && f.size_max.is_none_or(|m| size(i).is_some_and(|s| s <= m))
+            && f.tag.is_none()
+            && f.visibility
+                .as_deref()
+                .is_none_or(|v| v == "private" || v == "all")
+    });
+    let (key, dir) = match &f.sort {
+        Some(s) => {
+            let first = s.split(',').next().unwrap_or_default();
+            let (k, d) = first.split_once(':').unwrap_or((first, "desc"));
+            (k.to_string(), d.to_string())
+        }
+        None => (
+            f.sort_key.clone().unwrap_or_else(|| "created_at".into()),
+            f.sort_dir.clone().unwrap_or_else(|| "desc".into()),
+        ),
+    };
+    let desc = match dir.as_str() {
+        "asc" => false,
+        "desc" => true,
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("sort direction {other:?} must be asc or desc"),
+            ))
+        }
+    };
+    let cmp: fn(&pb::Image, &pb::Image) -> std::cmp::Ordering = match key.as_str() {
+        "name" => |a, b| a.name.cmp(&b.name),
+        "size" => |a, b| a.size_bytes.cmp(&b.size_bytes),
+        "created_at" => |a, b| a.created_at.cmp(&b.created_at),
+        "id" => |a, b| a.id.cmp(&b.id),
+        "status" => |a, b| a.status.cmp(&b.status),
+        "disk_format" => |a, b| a.disk_format.cmp(&b.disk_format),
+        "min_disk" => |a, b| a.min_disk_gb.cmp(&b.min_disk_gb),
+        "min_ram" => |a, b| a.min_ram_mb.cmp(&b.min_ram_mb),
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("sort key {other:?} is not supported (name, size, created_at, id, status, disk_format, min_disk, min_ram are)"),
+            ))
+        }
+    };
+    // Ties broken by id, so pages never overlap.
+    images.sort_by(|a, b| {
+        let o = cmp(a, b).then_with(|| a.id.cmp(&b.id));
+        if desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    let start = match &f.marker {
+        None => 0,
+        Some(m) => {
+            images
+                .iter()
+                .position(|i| &i.id == m)
+                .ok_or_else(|| ApiError::bad_request(S, format!("marker {m} not found")))?
+                + 1
+        }
+    };
+    let end = f
+        .limit
+        .map_or(images.len(), |l| start.saturating_add(l).min(images.len()));
+    let next = (end < images.len() && end > start).then(|| images[end - 1].id.clone());
+    let page = images.drain(start..end).collect();
+    Ok((page, next))
 }
 
 async fn list_images(
@@ -75,15 +198,14 @@ async fn list_images(
     Query(f): Query<Filters>,
 ) -> Result<Response, ApiError> {
     let images = crate::list_all!(up.images(&headers)?, images, S)?;
-    let views: Vec<Value> = images
-        .iter()
-        .filter(|i| f.name.as_ref().is_none_or(|x| &i.name == x))
-        .map(|i| image_view(&up.public_url, i))
-        .collect();
-    Ok(
-        Json(json!({"images": views, "first": "/v2/images", "schema": "/v2/schemas/images"}))
-            .into_response(),
-    )
+    let (page, next) = select_images(images, &f)?;
+    let views: Vec<Value> = page.iter().map(|i| image_view(&up.public_url, i)).collect();
+    let mut body = json!({"images": views, "first": "/v2/images", "schema": "/v2/schemas/images"});
+    if let Some(m) = next {
+        let limit = f.limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        body["next"] = json!(format!("/v2/images?marker={m}{limit}"));
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn show_image(
@@ -171,25 +293,164 @@ async fn delete_image(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Glance attributes an image PATCH may never change (403, as Glance).
+const READ_ONLY: &[&str] = &[
+    "id",
+    "status",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "created_at",
+    "updated_at",
+    "owner",
+    "file",
+    "self",
+    "schema",
+    "direct_url",
+    "disk_format",
+    "container_format",
+];
+
+/// The `Images.Update` request of a Glance JSON patch (both Glance's
+/// `openstack-images-v2.1-json-patch` form `{"op", "path", "value"}` and
+/// the 2.0 form `{"replace": path, "value"}`). Pure. nubo keeps a name and
+/// minimum disk/RAM: those change; `visibility: private` and `protected:
+/// false` are what every nubo image is (accepted, nothing changes);
+/// read-only attributes are a 403, anything else (tags, properties, other
+/// visibilities, locations) a 400 naming it. All or nothing: the first
+/// refusal answers and nothing changes.
+pub fn patch_request(id: &str, ops: &Value) -> Result<pb::UpdateImageRequest, ApiError> {
+    let ops = ops
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request(S, "a JSON patch is a list of operations"))?;
+    let mut req = pb::UpdateImageRequest {
+        r#ref: id.to_string(),
+        ..Default::default()
+    };
+    for o in ops {
+        let (op, path) = match (o.get("op").and_then(Value::as_str), o.get("path")) {
+            (Some(op), Some(Value::String(p))) => (op, p.as_str()),
+            _ => ["replace", "add", "remove"]
+                .into_iter()
+                .find_map(|op| o.get(op).and_then(Value::as_str).map(|p| (op, p)))
+                .ok_or_else(|| ApiError::bad_request(S, format!("not a patch operation: {o}")))?,
+        };
+        let attr = path.strip_prefix('/').unwrap_or(path);
+        let value = o.get("value");
+        if READ_ONLY.contains(&attr) {
+            return Err(ApiError::new(
+                S,
+                StatusCode::FORBIDDEN,
+                format!("attribute {attr:?} is read-only"),
+            ));
+        }
+        let set = matches!(op, "replace" | "add");
+        if !set && op != "remove" {
+            return Err(ApiError::bad_request(
+                S,
+                format!("patch operation {op:?} is not supported (replace, add, remove are)"),
+            ));
+        }
+        let count = |what: &str| -> Result<u64, ApiError> {
+            value.and_then(Value::as_u64).ok_or_else(|| {
+                ApiError::bad_request(S, format!("{what} must be a non-negative integer"))
+            })
+        };
+        match (attr, set) {
+            ("name", true) => {
+                let n = value
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| ApiError::bad_request(S, "nubo images need a name (a non-empty string)"))?;
+                req.name = Some(n.to_string());
+            }
+            ("min_disk", true) => req.min_disk_gb = Some(count("min_disk")?),
+            ("min_ram", true) => req.min_ram_mb = Some(count("min_ram")?),
+            ("visibility", true) if value == Some(&json!("private")) => {}
+            ("protected", true) if value == Some(&json!(false)) => {}
+            ("visibility", true) => {
+                return Err(ApiError::bad_request(
+                    S,
+                    "nubo images belong to one project: visibility is always private",
+                ))
+            }
+            ("name" | "min_disk" | "min_ram" | "visibility" | "protected", false) => {
+                return Err(ApiError::new(
+                    S,
+                    StatusCode::FORBIDDEN,
+                    format!("attribute {attr:?} cannot be removed"),
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(
+                    S,
+                    format!("changing {other:?} is not supported by nubo (name, min_disk, min_ram are; docs/openstack-compatibility.md)"),
+                ))
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// `PATCH /v2/images/{id}`: a Glance JSON patch ([`patch_request`]).
+async fn update_image(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.starts_with("application/openstack-images-v2.1-json-patch")
+        && !ctype.starts_with("application/openstack-images-v2.0-json-patch")
+    {
+        return Err(ApiError::new(
+            S,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {ctype:?} is not a Glance JSON patch (application/openstack-images-v2.1-json-patch)"),
+        ));
+    }
+    let ops: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(S, format!("the body is not JSON: {e}")))?;
+    let req = patch_request(&id, &ops)?;
+    let mut c = up.images(&headers)?;
+    let i = if req.name.is_none() && req.min_disk_gb.is_none() && req.min_ram_mb.is_none() {
+        c.get(crate::upstream::get_req(id)).await
+    } else {
+        c.update(req).await
+    }
+    .api(S)?
+    .into_inner();
+    Ok(Json(image_view(&up.public_url, &i)).into_response())
+}
+
 /// Largest chunk nubo's upload accepts.
 const CHUNK: usize = 1 << 20;
 
 /// `PUT /v2/images/{id}/file`: the body streamed to `ImageData.Upload` in
-/// chunks of at most 1 MiB (never held whole in memory). The size comes
-/// from `Content-Length` (411 without it).
+/// chunks of at most 1 MiB (never held whole in memory). A
+/// `Content-Length` is passed on as the declared size (the coordinator
+/// refuses data that does not match it); a chunked body without one is
+/// streamed as it comes, its end deciding the size. A body that breaks
+/// off cancels the upload, so nothing partial is stored.
 async fn upload(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let size: u64 = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            ApiError::new(S, StatusCode::LENGTH_REQUIRED, "Content-Length is required")
-        })?;
+    let size: u64 = match headers.get("content-length") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ApiError::bad_request(S, "Content-Length is not a number"))?,
+    };
     let mut client = up.image_data(&headers)?;
     let first = pb::ImageChunk {
         image: id,
@@ -198,24 +459,50 @@ async fn upload(
         size_bytes: size,
         data: Vec::new(),
     };
-    let data = body.into_data_stream().flat_map(|r| {
-        let chunks: Vec<pb::ImageChunk> = match r {
-            Ok(bytes) => bytes
+    let (broken_tx, broken_rx) = tokio::sync::oneshot::channel::<String>();
+    let data = body_chunks(body, broken_tx);
+    let stream = futures::stream::iter([first]).chain(data);
+    tokio::select! {
+        r = client.upload(stream) => {
+            r.api(S)?;
+        }
+        Ok(why) = broken_rx => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("the upload body broke off ({why}); nothing was stored"),
+            ));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `body` as upload chunks of at most 1 MiB. A broken body is reported on
+/// `broken` and the stream then never ends (its end would read as a
+/// complete upload): the caller cancels the call.
+fn body_chunks(
+    body: Body,
+    broken: tokio::sync::oneshot::Sender<String>,
+) -> impl futures::Stream<Item = pb::ImageChunk> + Send + 'static {
+    use futures::future::Either;
+    let mut broken = Some(broken);
+    body.into_data_stream().flat_map(move |r| match r {
+        Ok(bytes) => {
+            let chunks: Vec<pb::ImageChunk> = bytes
                 .chunks(CHUNK)
                 .map(|c| pb::ImageChunk {
                     data: c.to_vec(),
                     ..Default::default()
                 })
-                .collect(),
-            // A broken body ends the stream short: the upload is refused
-            // for its size.
-            Err(_) => Vec::new(),
-        };
-        futures::stream::iter(chunks)
-    });
-    let stream = futures::stream::iter([first]).chain(data);
-    client.upload(stream).await.api(S)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+                .collect();
+            Either::Left(futures::stream::iter(chunks))
+        }
+        Err(e) => {
+            if let Some(tx) = broken.take() {
+                let _ = tx.send(e.to_string());
+            }
+            Either::Right(futures::stream::pending())
+        }
+    })
 }
 
 /// `GET /v2/images/{id}/file`: `ImageData.Download` streamed out.
@@ -262,4 +549,111 @@ async fn download(
 
 fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
     axum::body::Bytes::from(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_lists_filter_sort_and_page() {
+        let img = |id: &str, size: u64, status: &str| pb::Image {
+            id: id.into(),
+            name: id.into(),
+            size_bytes: size,
+            status: status.into(),
+            disk_format: "raw".into(),
+            ..Default::default()
+        };
+        let all = vec![
+            img("a", 30, "active"),
+            img("b", 10, "active"),
+            img("c", 0, "queued"),
+        ];
+        let ids = |f: Filters| -> (Vec<String>, Option<String>) {
+            let (p, n) = select_images(all.clone(), &f).unwrap();
+            (p.into_iter().map(|i| i.id).collect(), n)
+        };
+        let f = |q: &str| -> Filters { serde_urlencoded::from_str(q).unwrap() };
+        assert_eq!(ids(f("sort=size:asc&status=active")).0, ["b", "a"]);
+        assert_eq!(ids(f("sort_key=size&sort_dir=desc")).0, ["a", "b", "c"]);
+        assert_eq!(ids(f("size_min=20")).0, ["a"]);
+        assert_eq!(ids(f("size=10")).0, ["b"]);
+        assert_eq!(ids(f("status=queued")).0, ["c"]);
+        assert!(ids(f("tag=x")).0.is_empty());
+        assert!(ids(f("visibility=public")).0.is_empty());
+        // Pages: limit, then the marker of the last one.
+        let (p1, next) = ids(f("sort_key=id&sort_dir=asc&limit=2"));
+        assert_eq!(
+            (p1, next.as_deref()),
+            (vec!["a".to_string(), "b".into()], Some("b"))
+        );
+        let (p2, next) = ids(f("sort_key=id&sort_dir=asc&limit=2&marker=b"));
+        assert_eq!((p2, next), (vec!["c".to_string()], None));
+        for q in ["marker=zz", "sort_key=color", "sort_dir=up"] {
+            assert!(select_images(all.clone(), &f(q)).is_err(), "{q}");
+        }
+    }
+
+    #[test]
+    fn json_patches_map_onto_nubos_image_fields() {
+        // Both Glance patch forms.
+        let r = patch_request(
+            "i",
+            &json!([
+                {"op": "replace", "path": "/name", "value": "n2"},
+                {"add": "/min_disk", "value": 3},
+                {"replace": "/min_ram", "value": 512},
+                {"op": "replace", "path": "/visibility", "value": "private"},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.name.as_deref(), r.min_disk_gb, r.min_ram_mb),
+            (Some("n2"), Some(3), Some(512))
+        );
+        for (ops, status, text) in [
+            (
+                json!([{"op": "replace", "path": "/status", "value": "active"}]),
+                403,
+                "read-only",
+            ),
+            (json!([{"remove": "/name"}]), 403, "cannot be removed"),
+            (
+                json!([{"op": "add", "path": "/tags/-", "value": "t"}]),
+                400,
+                "tags",
+            ),
+            (
+                json!([{"op": "add", "path": "/color", "value": "red"}]),
+                400,
+                "color",
+            ),
+            (
+                json!([{"replace": "/visibility", "value": "public"}]),
+                400,
+                "private",
+            ),
+            (
+                json!([{"replace": "/min_disk", "value": -1}]),
+                400,
+                "non-negative",
+            ),
+            (
+                json!([{"replace": "/name", "value": ""}]),
+                400,
+                "need a name",
+            ),
+            (
+                json!([{"op": "move", "path": "/name", "from": "/x"}]),
+                400,
+                "move",
+            ),
+            (json!({"name": "x"}), 400, "list of operations"),
+        ] {
+            let e = patch_request("i", &ops).unwrap_err();
+            assert_eq!(e.status.as_u16(), status, "{ops}");
+            assert!(e.message.contains(text), "{ops}: {}", e.message);
+        }
+    }
 }

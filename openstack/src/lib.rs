@@ -27,6 +27,7 @@ pub mod limits;
 pub mod network;
 pub mod quota;
 pub mod server_groups;
+pub mod server_metadata;
 pub mod time;
 pub mod upstream;
 pub mod versions;
@@ -50,6 +51,7 @@ pub fn router(upstream: Upstream) -> Router {
             compute::router()
                 .merge(attachments::router())
                 .merge(server_groups::router())
+                .merge(server_metadata::router())
                 .merge(hypervisors::router())
                 .route("/v2.1/limits", get(limits::compute_limits))
                 // Quota sets here: `quota` uses `compute`'s microversion

@@ -30,9 +30,10 @@ pub fn quota_body(rows: &[(&str, Option<u64>, Option<u64>)], detail: bool) -> Ma
 }
 
 /// Nova's rows (every key of Nova 2.1's `quota_set`). Pure. The network
-/// ones are nubo's network quota (a fixed IP is a port's); server metadata
-/// and injected files do not exist in nubo (a create with them is refused),
-/// so their limit is 0, not unlimited.
+/// ones are nubo's network quota (a fixed IP is a port's); `metadata_items`
+/// is nubo's fixed per-server limit (usage is per server, so shown as 0);
+/// injected files do not exist in nubo (a create with them is refused), so
+/// their limit is 0, not unlimited.
 pub fn compute_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Option<u64>)> {
     let (l, u) = (q.limits.unwrap_or_default(), q.usage.unwrap_or_default());
     vec![
@@ -46,7 +47,11 @@ pub fn compute_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Opt
         ("key_pairs", None, None),
         ("server_groups", None, None),
         ("server_group_members", None, None),
-        ("metadata_items", Some(0), Some(0)),
+        (
+            "metadata_items",
+            Some(nubo_common::model::MAX_SERVER_METADATA_ITEMS as u64),
+            Some(0),
+        ),
         ("injected_files", Some(0), Some(0)),
         ("injected_file_content_bytes", Some(0), Some(0)),
         ("injected_file_path_bytes", Some(0), Some(0)),
@@ -74,7 +79,6 @@ pub fn absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
     }
     for unlimited in [
         "maxTotalKeypairs",
-        "maxServerMeta",
         "maxImageMeta",
         "maxPersonality",
         "maxPersonalitySize",
@@ -85,6 +89,10 @@ pub fn absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
     ] {
         m.insert(unlimited.into(), json!(-1));
     }
+    m.insert(
+        "maxServerMeta".into(),
+        json!(nubo_common::model::MAX_SERVER_METADATA_ITEMS),
+    );
     for used in ["totalSecurityGroupsUsed", "totalFloatingIpsUsed"] {
         m.insert(used.into(), json!(0));
     }
@@ -295,7 +303,7 @@ mod tests {
         }
         assert_eq!(
             (b["metadata_items"].clone(), b["key_pairs"].clone()),
-            (json!(0), json!(-1))
+            (json!(128), json!(-1))
         );
         let d = quota_body(&compute_rows(&q), true);
         assert_eq!(

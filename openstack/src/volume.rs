@@ -27,6 +27,9 @@ const S: Service = Service::Compute;
 pub fn router() -> Router<Upstream> {
     Router::new()
         .route("/", get(versions_doc))
+        .route("/v3", get(v3_doc))
+        .route("/v3/", get(v3_doc))
+        .route("/v3/{project}/os-availability-zone", get(zones))
         .route(
             "/v3/{project}/os-quota-sets/{target}",
             get(crate::quota::volume_quota),
@@ -36,6 +39,10 @@ pub fn router() -> Router<Upstream> {
             get(list_volumes_brief).post(create_volume),
         )
         .route("/v3/{project}/volumes/detail", get(list_volumes))
+        .route(
+            "/v3/{project}/volumes/{id}/action",
+            axum::routing::post(volume_action),
+        )
         .route(
             "/v3/{project}/volumes/{id}",
             get(show_volume)
@@ -57,6 +64,27 @@ pub(crate) async fn versions_doc(State(up): State<Upstream>) -> Response {
         .into_response()
 }
 
+/// `GET /v3/`: the one version's document (200, as Cinder).
+async fn v3_doc(State(up): State<Upstream>) -> Response {
+    Json(json!({"versions": [versions::volume_v3(&up.public_url)]})).into_response()
+}
+
+/// `GET /v3/{project}/os-availability-zone`: the one zone every volume
+/// shows (`nova`: nubo's volumes live in one Ceph cluster, not in zones).
+async fn zones() -> Response {
+    Json(json!({"availabilityZoneInfo": [
+        {"zoneName": "nova", "zoneState": {"available": true}}
+    ]}))
+    .into_response()
+}
+
+/// The `status` filter of a volume list (Cinder's status names; a status
+/// no volume can have gives an empty list, as Cinder).
+#[derive(Debug, Default, Deserialize)]
+pub struct StatusFilter {
+    status: Option<String>,
+}
+
 /// Cinder's status of a nubo volume status. Pure.
 fn cinder_status(s: &str) -> &str {
     match s {
@@ -66,7 +94,10 @@ fn cinder_status(s: &str) -> &str {
 }
 
 /// The Cinder view of a volume (one attachment at most; its id is the
-/// volume's, as Nova's 2.1 attachments use). Pure.
+/// volume's, as Nova's 2.1 attachments use). `user_id` is the creating
+/// user's name (nubo's Keystone user id), empty when nubo recorded none
+/// (volumes made before it recorded creators, or with `auth = "none"`).
+/// Pure.
 pub fn volume_view(v: &pb::Volume) -> Value {
     let attachments: Vec<Value> = if v.attached_to.is_empty() {
         Vec::new()
@@ -85,6 +116,7 @@ pub fn volume_view(v: &pb::Volume) -> Value {
         "id": v.id,
         "name": v.name,
         "size": v.size_gb,
+        "user_id": v.created_by,
         "status": cinder_status(&v.status),
         "volume_type": if v.volume_type.is_empty() { Value::Null } else { json!(v.volume_type) },
         "attachments": attachments,
@@ -108,6 +140,16 @@ pub fn volume_view(v: &pb::Volume) -> Value {
     out
 }
 
+/// The view a create answers: Cinder's create response has no
+/// `volume_image_metadata` (only shows do). Pure.
+pub fn created_view(v: &pb::Volume) -> Value {
+    let mut view = volume_view(v);
+    if let Some(o) = view.as_object_mut() {
+        o.remove("volume_image_metadata");
+    }
+    view
+}
+
 /// The brief view of `GET /volumes`: id, name and links only. Pure.
 pub fn volume_brief(v: &pb::Volume) -> Value {
     json!({"id": v.id, "name": v.name, "links": []})
@@ -117,12 +159,18 @@ async fn volumes_listed(
     up: &Upstream,
     headers: &HeaderMap,
     p: &Paging,
+    f: &StatusFilter,
     view: fn(&pb::Volume) -> Value,
 ) -> Result<Response, ApiError> {
     let all = crate::list_all!(up.volumes(headers)?, volumes, S)?;
     let named: Vec<pb::Volume> = all
         .into_iter()
         .filter(|v| p.name.as_ref().is_none_or(|n| &v.name == n))
+        .filter(|v| {
+            f.status
+                .as_deref()
+                .is_none_or(|s| cinder_status(&v.status) == s)
+        })
         .collect();
     let views: Vec<Value> = crate::compute::page(named, p, |v| &v.id)?
         .iter()
@@ -136,8 +184,9 @@ async fn list_volumes(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(p): Query<Paging>,
+    Query(f): Query<StatusFilter>,
 ) -> Result<Response, ApiError> {
-    volumes_listed(&up, &headers, &p, volume_view).await
+    volumes_listed(&up, &headers, &p, &f, volume_view).await
 }
 
 /// `GET /volumes`.
@@ -145,8 +194,9 @@ async fn list_volumes_brief(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Query(p): Query<Paging>,
+    Query(f): Query<StatusFilter>,
 ) -> Result<Response, ApiError> {
-    volumes_listed(&up, &headers, &p, volume_brief).await
+    volumes_listed(&up, &headers, &p, &f, volume_brief).await
 }
 
 async fn show_volume(
@@ -255,7 +305,7 @@ async fn create_volume(
         .into_inner();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"volume": volume_view(&v)})),
+        Json(json!({"volume": created_view(&v)})),
     )
         .into_response())
 }
@@ -267,6 +317,51 @@ async fn delete_volume(
 ) -> Result<Response, ApiError> {
     up.volumes(&headers)?
         .delete(crate::upstream::delete_req(id))
+        .await
+        .api(S)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// The new size of a Cinder `os-extend` action body
+/// (`{"os-extend": {"new_size": N}}`); other actions are named in the
+/// refusal. Pure.
+pub fn extend_size(body: &Value) -> Result<i64, ApiError> {
+    let obj = body
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or_else(|| ApiError::bad_request(S, "an action body is an object with one key"))?;
+    match obj.get("os-extend") {
+        Some(args) => args
+            .get("new_size")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ApiError::bad_request(S, "os-extend needs new_size, an integer (GiB)")),
+        None => {
+            let name = obj.keys().next().cloned().unwrap_or_default();
+            Err(ApiError::new(
+                S,
+                StatusCode::NOT_IMPLEMENTED,
+                format!("volume action {name:?} is not supported (os-extend is; attach through Nova's os-volume_attachments)"),
+            ))
+        }
+    }
+}
+
+/// `POST /v3/{project}/volumes/{id}/action`: `os-extend` is
+/// `Volumes.Resize` (202; a smaller size is nubo's 400).
+async fn volume_action(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_project, id)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = crate::error::json_body(S, body)?;
+    let size_gb = extend_size(&body)?;
+    up.volumes(&headers)?
+        .resize(pb::ResizeVolumeRequest {
+            r#ref: id,
+            project: String::new(),
+            size_gb,
+        })
         .await
         .api(S)?;
     Ok(StatusCode::ACCEPTED.into_response())
@@ -378,6 +473,29 @@ mod tests {
     }
 
     #[test]
+    fn os_extend_is_a_resize_and_other_actions_are_named() {
+        assert_eq!(
+            extend_size(&json!({"os-extend": {"new_size": 3}})).unwrap(),
+            3
+        );
+        for (b, status) in [
+            (
+                json!({"os-extend": {"new_size": null}}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"os-extend": {"new_size": "big"}}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (json!({"os-extend": {}}), StatusCode::BAD_REQUEST),
+            (json!({}), StatusCode::BAD_REQUEST),
+            (json!({"os-reserve": {}}), StatusCode::NOT_IMPLEMENTED),
+        ] {
+            assert_eq!(extend_size(&b).unwrap_err().status, status, "{b}");
+        }
+    }
+
+    #[test]
     fn an_attached_volume_lists_its_server() {
         let v = pb::Volume {
             id: "v".into(),
@@ -388,6 +506,24 @@ mod tests {
         };
         let view = volume_view(&v);
         assert_eq!(view["attachments"][0]["server_id"], "s");
+        // No recorded creator: an empty user_id, never an invented one.
+        assert_eq!(view["user_id"], "");
+        let mine = pb::Volume {
+            created_by: "alice".into(),
+            ..v.clone()
+        };
+        assert_eq!(volume_view(&mine)["user_id"], "alice");
+        let from_image = pb::Volume {
+            source_image: "img".into(),
+            ..v.clone()
+        };
+        assert_eq!(
+            volume_view(&from_image)["volume_image_metadata"]["image_id"],
+            "img"
+        );
+        assert!(created_view(&from_image)
+            .get("volume_image_metadata")
+            .is_none());
         assert_eq!(view["size"], 2);
         assert_eq!(volume_view(&pb::Volume::default())["status"], "error");
     }

@@ -337,9 +337,32 @@ fn tempest_api_tests_against_a_real_cluster() {
             "tempest",
         ])
         .unwrap();
-    let img = member.json(&["image", "create", "tempest-img"]).unwrap();
+    // With data (1 MiB of zeros, raw): volumes are cloned from it in Ceph
+    // (boot from volume, volumes from images); the netns guests ignore it.
+    let disk = os.lab.dir.path().join("tempest-img.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk = disk.display().to_string();
+    let img = member
+        .json(&[
+            "image",
+            "create",
+            "tempest-img",
+            "--file",
+            &disk,
+            "--disk-format",
+            "raw",
+        ])
+        .unwrap();
     let img_alt = member
-        .json(&["image", "create", "tempest-img-alt"])
+        .json(&[
+            "image",
+            "create",
+            "tempest-img-alt",
+            "--file",
+            &disk,
+            "--disk-format",
+            "raw",
+        ])
         .unwrap();
     member
         .json(&["network", "create", "tempest-net", "--cidr", "10.30.0.0/24"])

@@ -69,6 +69,12 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
     let shown = os(clouds, &["volume", "show", "vol1", "-f", "json"]);
     let native = lab.cli.json(&["volume", "show", "vol1"]).unwrap();
     assert_eq!(shown["id"], native["id"], "{shown}\n{native}");
+    // The creator: the token's user, in Cinder's user_id and nubo's view.
+    assert_eq!(
+        (shown["user_id"].as_str(), native["created_by"].as_str()),
+        (Some("admin"), Some("admin")),
+        "{shown}\n{native}"
+    );
     assert_eq!(shown["size"], 1, "{shown}");
     assert_eq!(native["size_gb"], 1, "{native}");
     assert_eq!(
@@ -100,6 +106,17 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
         .wait_console(&node, &sid, &format!("NUBO-GUEST-METADATA: {sid}"), BOOT)
         .unwrap();
     assert!(!c.contains(&serial), "{c}");
+    // Nova's os-getConsoleOutput: the node's console log, its last lines.
+    let marker = format!("NUBO-GUEST-METADATA: {sid}");
+    let log = os(clouds, &["console", "log", "show", "vm1"]);
+    assert!(log.as_str().unwrap().contains(&marker), "{log}");
+    let tail = os(clouds, &["console", "log", "show", "--lines", "2", "vm1"]);
+    let tail = tail.as_str().unwrap();
+    assert!(tail.trim_end().lines().count() <= 2, "{tail}");
+    assert!(
+        !tail.is_empty() && log.as_str().unwrap().contains(tail.trim_end()),
+        "{tail}"
+    );
 
     // server add volume: in-use, attached to the server, in both views;
     // the disk appears in the running guest with the volume's serial.
@@ -144,6 +161,17 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
     let native = lab.cli.json(&["volume", "show", "vol1"]).unwrap();
     assert_eq!(native["status"], "available", "{native}");
     assert!(native["attached_to"].is_null(), "{native}");
+
+    // volume set --size (Cinder's os-extend): nubo grows it; smaller is
+    // refused and changes nothing.
+    os(clouds, &["volume", "set", "--size", "2", "vol1"]);
+    let native = lab.cli.json(&["volume", "show", "vol1"]).unwrap();
+    assert_eq!(native["size_gb"], 2, "{native}");
+    assert!(openstack(clouds, "nubo", &["volume", "set", "--size", "1", "vol1"]).is_err());
+    assert_eq!(
+        lab.cli.json(&["volume", "show", "vol1"]).unwrap()["size_gb"],
+        2
+    );
 
     // volume delete: gone from both views and from the pool.
     os(clouds, &["volume", "delete", "vol1"]);

@@ -97,6 +97,7 @@ pub fn instance_rows(
             });
             m.network_data = network_data(&lp);
             m.launch_index = inst.spec.launch_index;
+            m.meta = inst.spec.metadata.clone();
             m.instance_type = Some(inst.spec.flavor.to_string());
             (lp.network.bridge(), m)
         })
@@ -366,6 +367,7 @@ mod tests {
         spec.name = "Web_1".into();
         spec.key_name = Some("k".into());
         spec.user_data_b64 = Some("aGVsbG8=".into());
+        spec.metadata = [("role".to_string(), "web".to_string())].into();
         let kp = Keypair {
             name: "k".into(),
             project: spec.project.clone(),
@@ -394,6 +396,9 @@ mod tests {
             vec![("k".to_string(), "ssh-ed25519 AAAA test".to_string())]
         );
         assert_eq!(m.user_data.as_deref(), Some(&b"hello"[..]));
+        // The server's metadata is the guest's `meta`.
+        assert_eq!(m.meta.get("role").map(String::as_str), Some("web"));
+        assert_eq!(m.meta.len(), 1);
         assert_eq!(m.local_ipv4, p1.ip);
         assert_eq!(m.mac.0, p1.mac.octets());
         let nd = &m.network_data;

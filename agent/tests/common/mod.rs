@@ -158,6 +158,9 @@ impl World {
             evacuation: Default::default(),
             volumes: Vec::new(),
             boot_volume: None,
+            metadata: Default::default(),
+            access_ipv4: None,
+            access_ipv6: None,
             created_at: model::now(),
         };
         put(c, &keys::port(&port.id), &port).await;

@@ -59,6 +59,10 @@ pub struct CreateArgs {
     /// File with user data (cloud-init) for the instances.
     #[arg(long)]
     pub user_data: Option<PathBuf>,
+    /// Metadata item KEY=VALUE of the servers (served to the guest as
+    /// `meta`); repeatable.
+    #[arg(long = "property", value_parser = super::key_value)]
+    pub properties: Vec<(String, String)>,
     /// Number of instances.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
@@ -115,6 +119,8 @@ impl CreateArgs {
                 .and_then(|g| u64::try_from(g).ok())
                 .unwrap_or_default(),
             delete_on_termination: self.delete_on_termination,
+            metadata: self.properties.iter().cloned().collect(),
+            ..Default::default()
         }
     }
 
@@ -555,6 +561,10 @@ mod tests {
             "spread",
             "--evacuation-policy",
             "never",
+            "--property",
+            "role=web",
+            "--property",
+            "note=a=b",
             "--wait",
             "--timeout",
             "30",
@@ -580,6 +590,9 @@ mod tests {
                 stopped: false,
                 evacuation_policy: "never".into(),
                 client_token: "tok-1".into(),
+                metadata: [("role", "web"), ("note", "a=b")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
                 ..Default::default()
             }
         );

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use nubo_common::proto::{ListServersRequest, ResizeServerRequest, Server, ServerActionRequest};
+use nubo_common::proto::{
+    ListServersRequest, ResizeServerRequest, Server, ServerActionRequest, SetServerMetadataRequest,
+    UnsetServerMetadataRequest, UpdateServerRequest,
+};
 use serde_json::{json, Value};
 
 use crate::api::{Api, Call, PAGE_SIZE};
@@ -78,6 +81,34 @@ pub enum ServerCmd {
         #[arg(long)]
         flavor: String,
     },
+    /// Set metadata items of a server (served to the guest as `meta`)
+    /// and/or rename it.
+    Set {
+        /// Server name or id.
+        server: String,
+        /// KEY=VALUE; repeatable.
+        #[arg(long = "property", value_parser = key_value, required_unless_present = "name")]
+        properties: Vec<(String, String)>,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove metadata items of a server.
+    Unset {
+        /// Server name or id.
+        server: String,
+        /// KEY; repeatable.
+        #[arg(long = "property", required = true)]
+        properties: Vec<String>,
+    },
+}
+
+/// Parses a `--property KEY=VALUE` (the value may contain `=`).
+pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// `nubo server list`.
@@ -180,6 +211,9 @@ pub fn to_json(s: &Server) -> Value {
         "updated_at": opt(&s.updated_at),
         "launch_index": s.launch_index,
         "evacuation_policy": opt(&s.evacuation_policy),
+        "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "access_ipv4": opt(&s.access_ipv4),
+        "access_ipv6": opt(&s.access_ipv6),
         "observed_usage": crate::usage::server_json(s.observed_usage.as_ref()),
     })
 }
@@ -298,6 +332,44 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
                 flavor,
             };
             let s = api.servers().resize(req).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Set {
+            server,
+            properties,
+            name,
+        } => {
+            let mut shown = None;
+            if !properties.is_empty() {
+                let req = SetServerMetadataRequest {
+                    r#ref: server.clone(),
+                    project: api.project.clone(),
+                    metadata: properties.into_iter().collect(),
+                    replace: false,
+                };
+                shown = Some(api.servers().set_metadata(req).await.or_fail(api)?);
+            }
+            if let Some(name) = name {
+                let req = UpdateServerRequest {
+                    r#ref: shown.as_ref().map_or(server, |s| s.id.clone()),
+                    project: api.project.clone(),
+                    name: Some(name),
+                    ..Default::default()
+                };
+                shown = Some(api.servers().update(req).await.or_fail(api)?);
+            }
+            match shown {
+                Some(s) => show(ctx.format, &s),
+                None => bail!("nothing to change: give --property or --name"),
+            }
+        }
+        ServerCmd::Unset { server, properties } => {
+            let req = UnsetServerMetadataRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                keys: properties,
+            };
+            let s = api.servers().unset_metadata(req).await.or_fail(api)?;
             show(ctx.format, &s)
         }
         ServerCmd::Delete {

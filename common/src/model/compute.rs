@@ -199,8 +199,74 @@ pub struct Instance {
     /// made from `image`; `image` still names where it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_volume: Option<VolumeAttachment>,
+    /// User key/value metadata (OpenStack server `metadata`), served to the
+    /// guest as `meta` in `meta_data.json`; within [`check_server_metadata`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// The IPv4 address its users should reach it at (OpenStack
+    /// `accessIPv4`): set by its owner, informational only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_ipv4: Option<std::net::Ipv4Addr>,
+    /// The IPv6 one (OpenStack `accessIPv6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_ipv6: Option<std::net::Ipv6Addr>,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+/// Most metadata items one server may carry (Nova's default
+/// `metadata_items` quota).
+pub const MAX_SERVER_METADATA_ITEMS: usize = 128;
+
+/// Longest metadata key and value, in characters (Nova's limits).
+pub const MAX_SERVER_METADATA_LEN: usize = 255;
+
+/// Why a server's metadata is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerMetadataError {
+    /// An empty key.
+    #[error("a server metadata key may not be empty")]
+    EmptyKey,
+    /// A key over [`MAX_SERVER_METADATA_LEN`] characters.
+    #[error("server metadata key {key:?} is longer than {MAX_SERVER_METADATA_LEN} characters")]
+    KeyTooLong {
+        /// The key, cut to 40 characters.
+        key: String,
+    },
+    /// A value over [`MAX_SERVER_METADATA_LEN`] characters.
+    #[error("the value of server metadata key {key:?} is longer than {MAX_SERVER_METADATA_LEN} characters")]
+    ValueTooLong {
+        /// The key.
+        key: String,
+    },
+    /// More than [`MAX_SERVER_METADATA_ITEMS`] items.
+    #[error("metadata_items: a server carries at most {MAX_SERVER_METADATA_ITEMS} metadata items ({count} requested)")]
+    TooMany {
+        /// How many the result would hold.
+        count: usize,
+    },
+}
+
+/// Checks a server's complete metadata against nubo's (Nova's) limits:
+/// keys 1..=255 characters, values at most 255, at most 128 items. Pure.
+pub fn check_server_metadata(m: &BTreeMap<String, String>) -> Result<(), ServerMetadataError> {
+    for (k, v) in m {
+        if k.is_empty() {
+            return Err(ServerMetadataError::EmptyKey);
+        }
+        if k.chars().count() > MAX_SERVER_METADATA_LEN {
+            return Err(ServerMetadataError::KeyTooLong {
+                key: k.chars().take(40).collect(),
+            });
+        }
+        if v.chars().count() > MAX_SERVER_METADATA_LEN {
+            return Err(ServerMetadataError::ValueTooLong { key: k.clone() });
+        }
+    }
+    if m.len() > MAX_SERVER_METADATA_ITEMS {
+        return Err(ServerMetadataError::TooMany { count: m.len() });
+    }
+    Ok(())
 }
 
 /// The observed lifecycle state reported by the agent.
@@ -281,4 +347,49 @@ pub struct Assignment {
     pub node: NodeName,
     /// When it was placed.
     pub assigned_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(items: &[(&str, &str)]) -> BTreeMap<String, String> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn server_metadata_limits() {
+        let long = "k".repeat(MAX_SERVER_METADATA_LEN);
+        let too_long = "k".repeat(MAX_SERVER_METADATA_LEN + 1);
+        // At the limits: accepted (multi-byte characters count once).
+        check_server_metadata(&meta(&[(&long, &long), ("₡", "€")])).unwrap();
+        let full: BTreeMap<String, String> = (0..MAX_SERVER_METADATA_ITEMS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        check_server_metadata(&full).unwrap();
+        // Beyond them: refused, naming what.
+        assert_eq!(
+            check_server_metadata(&meta(&[("", "v")])),
+            Err(ServerMetadataError::EmptyKey)
+        );
+        assert!(matches!(
+            check_server_metadata(&meta(&[(&too_long, "v")])),
+            Err(ServerMetadataError::KeyTooLong { .. })
+        ));
+        assert_eq!(
+            check_server_metadata(&meta(&[("k", &too_long)])),
+            Err(ServerMetadataError::ValueTooLong { key: "k".into() })
+        );
+        let mut over = full;
+        over.insert("one-more".into(), "v".into());
+        assert_eq!(
+            check_server_metadata(&over),
+            Err(ServerMetadataError::TooMany {
+                count: MAX_SERVER_METADATA_ITEMS + 1
+            })
+        );
+    }
 }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
+use super::UserName;
 use crate::{ImageId, InstanceId, ProjectId, VolumeId};
 
 /// Lifecycle of a volume.
@@ -56,6 +57,11 @@ pub struct Volume {
     /// Why the volume is in `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
+    /// The user who created it (the authenticated caller). `None` for
+    /// volumes created before nubo recorded creators and for volumes
+    /// created by a coordinator running with `auth = "none"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<UserName>,
     /// Creation time.
     pub created_at: Timestamp,
 }

@@ -455,6 +455,13 @@ fn server_parts(
             .as_ref()
             .map(|v| v.volume.to_string())
             .unwrap_or_default(),
+        metadata: i
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        access_ipv4: i.access_ipv4.map(|a| a.to_string()).unwrap_or_default(),
+        access_ipv6: i.access_ipv6.map(|a| a.to_string()).unwrap_or_default(),
         observed_usage: None,
     }
 }
@@ -494,6 +501,11 @@ pub fn volume(
         serial: model::volume_serial(&v.id),
         boot: attachment.is_some_and(|(_, boot)| boot),
         delete_on_termination: attachment.is_some_and(|(a, _)| a.delete_on_termination),
+        created_by: v
+            .created_by
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -22,9 +22,18 @@ impl image_data_server::ImageData for Ctx {
                 None => return Err(ApiError::InvalidArgument("empty upload".into())),
             };
             let p = project(&first.project)?;
+            let declared = (first.size_bytes > 0).then_some(first.size_bytes);
             let data = futures::stream::iter([Ok(first.data)])
                 .chain(stream.map(|c| c.map(|c| c.data).map_err(|s| s.to_string())));
-            image_data::upload(self, &p, &first.image, &first.part, Box::pin(data)).await
+            image_data::upload(
+                self,
+                &p,
+                &first.image,
+                &first.part,
+                declared,
+                Box::pin(data),
+            )
+            .await
         };
         reply(go.await.map(|i| convert::image(&i)))
     }

@@ -28,6 +28,18 @@ impl images_server::Images for Ctx {
         };
         reply(go.await.map(|i| convert::image(&i)))
     }
+    async fn update(&self, r: Request<pb::UpdateImageRequest>) -> R<pb::Image> {
+        let r = r.into_inner();
+        let go = async {
+            let changes = images::ImageChanges {
+                name: r.name,
+                min_disk_gb: r.min_disk_gb,
+                min_ram_mb: r.min_ram_mb,
+            };
+            images::update(self, &project(&r.project)?, &r.r#ref, &changes).await
+        };
+        reply(go.await.map(|i| convert::image(&i)))
+    }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Image> {
         let r = r.into_inner();
         let go = async { images::get(self, &project(&r.project)?, &r.r#ref).await };

@@ -63,6 +63,9 @@ impl servers_server::Servers for Ctx {
                 boot_volume: r.boot_volume,
                 boot_from_volume_size_gb: r.boot_from_volume_size_gb,
                 delete_on_termination: r.delete_on_termination,
+                metadata: r.metadata.into_iter().collect(),
+                access_ipv4: r.access_ipv4,
+                access_ipv6: r.access_ipv6,
             };
             server_create::create(self, new).await
         };
@@ -124,6 +127,32 @@ impl servers_server::Servers for Ctx {
     async fn reboot(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async { servers::reboot(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn set_metadata(&self, r: Request<pb::SetServerMetadataRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async {
+            let items = r.metadata.into_iter().collect();
+            servers::set_metadata(self, &project(&r.project)?, &r.r#ref, &items, r.replace).await
+        };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn unset_metadata(&self, r: Request<pb::UnsetServerMetadataRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go =
+            async { servers::unset_metadata(self, &project(&r.project)?, &r.r#ref, &r.keys).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn update(&self, r: Request<pb::UpdateServerRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async {
+            let changes = servers::ServerChanges {
+                name: r.name,
+                access_ipv4: r.access_ipv4,
+                access_ipv6: r.access_ipv6,
+            };
+            servers::update(self, &project(&r.project)?, &r.r#ref, &changes).await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn resize(&self, r: Request<pb::ResizeServerRequest>) -> R<pb::Server> {

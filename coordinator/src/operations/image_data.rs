@@ -46,13 +46,16 @@ async fn edit_image(ctx: &Ctx, id: &ImageId, edit: impl Fn(&mut Image)) -> ApiRe
 
 /// Stores one part (`disk`, `kernel`, `initrd`) of image `image` of
 /// `project` from `data`, chunk by chunk (each at most 1 MiB; an `Err` is
-/// the client aborting). The image becomes `active` once every part it
+/// the client aborting). With a `declared_size`, data beyond it or ending
+/// short of it is refused and nothing is stored; without one the end of
+/// the stream decides. The image becomes `active` once every part it
 /// declares is stored; a checksum mismatch marks it `error`.
 pub async fn upload(
     ctx: &Ctx,
     project: &ProjectId,
     image: &str,
     part: &str,
+    declared_size: Option<u64>,
     mut data: impl Stream<Item = Result<Vec<u8>, String>> + Unpin + Send,
 ) -> ApiResult<Image> {
     let part = Part::parse(part)?;
@@ -96,8 +99,20 @@ pub async fn upload(
             up.abort().await;
             return Err(e);
         }
+        if let Some(d) = declared_size.filter(|d| up.written() > *d) {
+            up.abort().await;
+            return Err(ApiError::InvalidArgument(format!(
+                "upload is larger than its declared size of {d} bytes; nothing stored"
+            )));
+        }
     }
     let size = up.written();
+    if let Some(d) = declared_size.filter(|d| size < *d) {
+        up.abort().await;
+        return Err(ApiError::InvalidArgument(format!(
+            "upload ended after {size} of its declared {d} bytes; nothing stored"
+        )));
+    }
     // With no declared disk checksum the actual one is recorded.
     let outcome = up.finish(declared.as_deref()).await?;
     match outcome {

@@ -94,6 +94,69 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewImage) -> ApiResult<Im
     Ok(img)
 }
 
+/// Changes to an image's metadata (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ImageChanges {
+    /// A new name (unique in the image's project).
+    pub name: Option<String>,
+    /// Smallest root disk it needs.
+    pub min_disk_gb: Option<u64>,
+    /// Least RAM it needs.
+    pub min_ram_mb: Option<u64>,
+}
+
+/// Applies `changes` to image `r` of `project` in one transaction on the
+/// revision read (retried when the image changed meanwhile); a new name
+/// must be free in the image's project, and its name index moves with it.
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    changes: &ImageChanges,
+) -> ApiResult<Image> {
+    if let Some(n) = &changes.name {
+        validate::name("image", n)?;
+    }
+    for _ in 0..16 {
+        let cur = super::lookup::image(ctx, project, r).await?;
+        let mut img = cur.value.clone();
+        if let Some(n) = &changes.name {
+            img.name.clone_from(n);
+        }
+        if let Some(d) = changes.min_disk_gb {
+            img.min_disk_gb = d;
+        }
+        if let Some(m) = changes.min_ram_mb {
+            img.min_ram_mb = m;
+        }
+        let key = keys::image(&img.id);
+        let new_idx = keys::name_index(NameKind::Image, &img.project, &img.name);
+        let renamed = img.name != cur.value.name;
+        let mut when = vec![unchanged(&key, cur.mod_rev)];
+        let mut ops = vec![put(&key, &img)];
+        if renamed {
+            let old_idx = keys::name_index(NameKind::Image, &img.project, &cur.value.name);
+            when.push(absent(&new_idx));
+            ops.push(put(&new_idx, &img.id));
+            ops.push(TxnOp::delete(old_idx.as_str(), None));
+        }
+        let resp = ctx.store.txn(Txn::new().when(when).and_then(ops)).await?;
+        if resp.succeeded() {
+            tracing::info!(image = %img.id, "image updated");
+            return Ok(img);
+        }
+        if renamed && ctx.store.read::<ImageId>(&new_idx).await?.is_some() {
+            return Err(ApiError::AlreadyExists(format!(
+                "image {:?} already exists in project {}",
+                img.name, img.project
+            )));
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the image changed concurrently too often; retry".into(),
+    ))
+}
+
 /// The image `r` (id or name) of `project`.
 pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Image> {
     Ok(super::lookup::image(ctx, project, r).await?.value)

@@ -10,7 +10,7 @@
 //! retried. With a client token, a retried request returns the servers an
 //! earlier attempt created.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -83,6 +83,13 @@ pub struct NewServers {
     pub boot_from_volume_size_gb: u64,
     /// Delete the attached volumes with the server.
     pub delete_on_termination: bool,
+    /// User key/value metadata (within
+    /// [`nubo_common::model::check_server_metadata`]).
+    pub metadata: BTreeMap<String, String>,
+    /// IPv4 access address (informational; empty: none).
+    pub access_ipv4: String,
+    /// IPv6 access address (informational; empty: none).
+    pub access_ipv6: String,
 }
 
 /// The outcome of one server of a create request.
@@ -125,6 +132,9 @@ struct Plan {
     security_groups: Vec<SecurityGroupId>,
     key_name: Option<String>,
     user_data_b64: Option<String>,
+    metadata: BTreeMap<String, String>,
+    access_ipv4: Option<Ipv4Addr>,
+    access_ipv6: Option<std::net::Ipv6Addr>,
     availability_zone: Option<String>,
     group: Option<ServerGroup>,
     power: PowerState,
@@ -354,6 +364,9 @@ impl Job for CreateJob<'_> {
             evacuation: plan.evacuation,
             volumes: plan.vols.attachments().0,
             boot_volume: plan.vols.attachments().1,
+            metadata: plan.metadata.clone(),
+            access_ipv4: plan.access_ipv4,
+            access_ipv6: plan.access_ipv6,
             created_at: self.now,
         };
         let ikey = keys::instance(&id);
@@ -431,9 +444,16 @@ impl Job for CreateJob<'_> {
             },
             contended,
             mergeable: plan.group.is_none(),
-            // The spec carries the user data; the rest is small.
+            // The spec carries the user data and the metadata (at most
+            // 128 items of 2 x 255 characters); the rest is small.
             // The spec and its node's copy.
-            bytes: 4096 + 2 * plan.user_data_b64.as_ref().map_or(0, String::len),
+            bytes: 4096
+                + 2 * (plan.user_data_b64.as_ref().map_or(0, String::len)
+                    + plan
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 8)
+                        .sum::<usize>()),
         })
     }
 
@@ -770,6 +790,9 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     }
     let user_data_b64 = (!r.user_data.is_empty())
         .then(|| base64::engine::general_purpose::STANDARD.encode(&r.user_data));
+    super::servers::check_metadata(&r.metadata)?;
+    let access_ipv4 = super::servers::access_ip("IPv4", &r.access_ipv4)?;
+    let access_ipv6 = super::servers::access_ip("IPv6", &r.access_ipv6)?;
     let group = match r.server_group.trim() {
         "" => None,
         g => {
@@ -807,6 +830,9 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         security_groups,
         key_name,
         user_data_b64,
+        metadata: r.metadata.clone(),
+        access_ipv4,
+        access_ipv6,
         availability_zone: Some(r.availability_zone.trim().to_string()).filter(|s| !s.is_empty()),
         group,
         power: if r.stopped {

@@ -1,11 +1,14 @@
-//! Servers: reading them (spec, status, ports), deletion, power actions.
-//! Creation: [`super::server_create`]; resize: [`super::resize`].
+//! Servers: reading them (spec, status, ports), deletion, power actions,
+//! metadata. Creation: [`super::server_create`]; resize: [`super::resize`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use etcd_client::Txn;
 use nubo_common::keys::{self, Key};
-use nubo_common::model::{Instance, InstanceStatus, Network, NodeUsage, Port, PowerState};
+use nubo_common::model::{
+    check_server_metadata, Instance, InstanceStatus, Network, NodeUsage, Port, PowerState,
+    ServerMetadataError,
+};
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId};
 use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, unchanged};
 use nubo_store::TxnBuilder;
@@ -267,17 +270,21 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     ))
 }
 
-async fn power(
+/// Changes the spec of server `r` of `project` with `edit` (which may
+/// refuse) in one transaction on the revision it read, retried when the
+/// spec changed meanwhile. Refused while the server is being migrated (a
+/// migration moves the guest as it is).
+async fn edit_spec(
     ctx: &Ctx,
     project: &ProjectId,
     r: &str,
-    edit: impl Fn(&mut Instance),
+    what: &'static str,
+    edit: impl Fn(&mut Instance) -> ApiResult<()>,
 ) -> ApiResult<ServerView> {
     for _ in 0..16 {
         let mut inst = super::lookup::server(ctx, project, r).await?;
-        // A migration moves the guest as it is: no power change meanwhile.
         super::migrations::ensure_not_migrating(ctx, &inst.value).await?;
-        edit(&mut inst.value);
+        edit(&mut inst.value)?;
         let key = keys::instance(&inst.value.id);
         let resp = ctx
             .store
@@ -291,13 +298,141 @@ async fn power(
             )
             .await?;
         if resp.succeeded() {
-            tracing::info!(instance = %inst.value.id, power = ?inst.value.power, reboot_generation = inst.value.reboot_generation, "power state requested");
+            tracing::info!(instance = %inst.value.id, what, power = ?inst.value.power, reboot_generation = inst.value.reboot_generation, "server spec changed");
             return view(ctx, &inst.value).await;
         }
     }
     Err(ApiError::Unavailable(
         "the server changed concurrently too often; retry".into(),
     ))
+}
+
+async fn power(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    edit: impl Fn(&mut Instance),
+) -> ApiResult<ServerView> {
+    edit_spec(ctx, project, r, "power", |i| {
+        edit(i);
+        Ok(())
+    })
+    .await
+}
+
+/// Checks a server's complete metadata: too many items is a quota refusal
+/// (ResourceExhausted, as Nova's `metadata_items` quota), a bad key or
+/// value invalid input.
+pub(crate) fn check_metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
+    check_server_metadata(m).map_err(|e| match e {
+        ServerMetadataError::TooMany { .. } => ApiError::ResourceExhausted(e.to_string()),
+        _ => ApiError::InvalidArgument(e.to_string()),
+    })
+}
+
+/// Sets metadata `items` on server `r` of `project`: merged into what it
+/// has (a key it has gets the new value), or replacing all of it with
+/// `replace`. The result must pass [`check_metadata`]; nothing changes
+/// when it does not.
+pub async fn set_metadata(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    items: &BTreeMap<String, String>,
+    replace: bool,
+) -> ApiResult<ServerView> {
+    edit_spec(ctx, project, r, "metadata", |i| {
+        let mut next = if replace {
+            BTreeMap::new()
+        } else {
+            i.metadata.clone()
+        };
+        next.extend(items.iter().map(|(k, v)| (k.clone(), v.clone())));
+        check_metadata(&next)?;
+        i.metadata = next;
+        Ok(())
+    })
+    .await
+}
+
+/// Changes to a server's name and access addresses (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ServerChanges {
+    /// A new name (a valid server name; names need not be unique).
+    pub name: Option<String>,
+    /// A new IPv4 access address ("" clears it).
+    pub access_ipv4: Option<String>,
+    /// A new IPv6 access address ("" clears it).
+    pub access_ipv6: Option<String>,
+}
+
+/// An access address of `family` ("" = none). Pure.
+pub(crate) fn access_ip<T: std::str::FromStr>(family: &str, s: &str) -> ApiResult<Option<T>> {
+    match s.trim() {
+        "" => Ok(None),
+        a => a.parse().map(Some).map_err(|_| {
+            ApiError::InvalidArgument(format!("access address {a:?} is not an {family} address"))
+        }),
+    }
+}
+
+/// Applies `changes` to server `r` of `project` (one transaction; all
+/// checked before anything changes).
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    changes: &ServerChanges,
+) -> ApiResult<ServerView> {
+    if let Some(n) = &changes.name {
+        crate::validate::name("server", n)?;
+    }
+    let v4 = changes
+        .access_ipv4
+        .as_deref()
+        .map(|a| access_ip("IPv4", a))
+        .transpose()?;
+    let v6 = changes
+        .access_ipv6
+        .as_deref()
+        .map(|a| access_ip("IPv6", a))
+        .transpose()?;
+    edit_spec(ctx, project, r, "update", |i| {
+        if let Some(n) = &changes.name {
+            i.name.clone_from(n);
+        }
+        if let Some(a) = v4 {
+            i.access_ipv4 = a;
+        }
+        if let Some(a) = v6 {
+            i.access_ipv6 = a;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Removes metadata `keys` from server `r` of `project`; a key it does not
+/// have is NotFound and nothing is removed.
+pub async fn unset_metadata(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    keys: &[String],
+) -> ApiResult<ServerView> {
+    edit_spec(ctx, project, r, "metadata", |i| {
+        if let Some(k) = keys.iter().find(|k| !i.metadata.contains_key(k.as_str())) {
+            return Err(ApiError::NotFound(format!(
+                "server {:?} has no metadata key {k:?}",
+                i.name
+            )));
+        }
+        for k in keys {
+            i.metadata.remove(k);
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Asks for server `r` of `project` to run.

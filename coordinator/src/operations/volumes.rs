@@ -319,6 +319,7 @@ pub(crate) async fn create_volume_from(ctx: &Ctx, nv: NewVolume) -> ApiResult<Vo
             attached_to: None,
             source_image: nv.image.as_ref().map(|i| i.id),
             status_reason: None,
+            created_by: crate::caller::caller().map(|c| c.claims.user),
             created_at: model::now(),
         };
         let rev = reserve_volume(ctx, &vol).await?;
