@@ -30,6 +30,7 @@ pub mod netns;
 pub mod openstack_lab;
 pub mod ports;
 pub mod process;
+pub mod prober;
 pub mod prometheus;
 pub mod secure;
 pub mod stats;
