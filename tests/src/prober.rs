@@ -65,8 +65,10 @@ impl Prober {
     pub fn start(ns: &str, ip: Ipv4Addr, interval_ms: u32) -> Result<Self> {
         let mut cmd = std::process::Command::new("ip");
         let interval = format!("{:.3}", f64::from(interval_ms) / 1000.0);
-        cmd.args(["netns", "exec", ns, "ping", "-n", "-D", "-O", "-i", &interval])
-            .arg(ip.to_string());
+        cmd.args([
+            "netns", "exec", ns, "ping", "-n", "-D", "-O", "-i", &interval,
+        ])
+        .arg(ip.to_string());
         Ok(Prober {
             proc: Watched::spawn(cmd, "ping prober")?,
         })
