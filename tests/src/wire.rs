@@ -181,3 +181,27 @@ pub fn external_leg_mac(router_prefix: &str) -> Result<String> {
         .map(str::to_string)
         .with_context(|| format!("no external leg in {ns}: {links}"))
 }
+
+/// `nubo network create ext --provider-type flat --physical-network
+/// physnet1 --cidr <cidr> --gateway <gateway> --external`: the external
+/// network on the wire's untagged segment; its JSON.
+pub fn create_flat_external(
+    cli: &crate::cli::Cli,
+    cidr: &str,
+    gateway: Ipv4Addr,
+) -> Result<serde_json::Value> {
+    cli.json(&[
+        "network",
+        "create",
+        "ext",
+        "--provider-type",
+        "flat",
+        "--physical-network",
+        "physnet1",
+        "--cidr",
+        cidr,
+        "--gateway",
+        &gateway.to_string(),
+        "--external",
+    ])
+}

@@ -1625,21 +1625,7 @@ impl<'a> FipServer<'a> {
             lab.agents[1].node().to_string(),
         ];
         let cli = &lab.cli;
-        cli.json(&[
-            "network",
-            "create",
-            "ext",
-            "--provider-type",
-            "flat",
-            "--physical-network",
-            "physnet1",
-            "--cidr",
-            EXT_CIDR,
-            "--gateway",
-            &EXT_UPSTREAM.to_string(),
-            "--external",
-        ])
-        .unwrap();
+        nubo_tests::wire::create_flat_external(cli, EXT_CIDR, EXT_UPSTREAM).unwrap();
         cli.json(&["router", "create", "r1", "--external-gateway", "ext"])
             .unwrap();
         cli.json(&["router", "add", "subnet", "r1", "n1"]).unwrap();

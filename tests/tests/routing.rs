@@ -50,22 +50,7 @@ fn lab_with_external() -> (NetLab, Wire, String) {
         .add_external_host(1, &format!("{EXTERNAL_HOST}/24"), UPSTREAM)
         .unwrap();
     lab.base_objects().unwrap();
-    lab.cli
-        .json(&[
-            "network",
-            "create",
-            "ext",
-            "--provider-type",
-            "flat",
-            "--physical-network",
-            "physnet1",
-            "--cidr",
-            "10.77.0.0/24",
-            "--gateway",
-            "10.77.0.1",
-            "--external",
-        ])
-        .unwrap();
+    nubo_tests::wire::create_flat_external(&lab.cli, "10.77.0.0/24", UPSTREAM).unwrap();
     (lab, wire, ext_host)
 }
 
