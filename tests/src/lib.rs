@@ -29,6 +29,7 @@ pub mod net_e2e;
 pub mod netns;
 pub mod openstack_lab;
 pub mod ports;
+pub mod prober;
 pub mod process;
 pub mod prometheus;
 pub mod secure;

@@ -802,7 +802,25 @@ impl RbdVmLab {
         Self::start_inner(n, &[], true)
     }
 
+    /// [`RbdVmLab::start`] with a step between the lab and its agents:
+    /// `before_agents` gets the lab without agents (to wire its hosts,
+    /// say) and returns extra agent arguments.
+    pub fn start_then(
+        n: u8,
+        before_agents: impl FnOnce(&VmLab) -> Result<Vec<String>>,
+    ) -> Result<Option<Self>> {
+        Self::start_inner_then(n, false, before_agents)
+    }
+
     fn start_inner(n: u8, extra: &[String], tokens: bool) -> Result<Option<Self>> {
+        Self::start_inner_then(n, tokens, |_| Ok(extra.to_vec()))
+    }
+
+    fn start_inner_then(
+        n: u8,
+        tokens: bool,
+        before_agents: impl FnOnce(&VmLab) -> Result<Vec<String>>,
+    ) -> Result<Option<Self>> {
         let mut storage = None;
         let mut lab = VmLab::start_without_agents_opts(n, tokens, |underlay, dir| {
             Ok(match rbd_storage_on(underlay, dir)? {
@@ -817,7 +835,7 @@ impl RbdVmLab {
             return Ok(None);
         };
         let mut args = vec!["--config".into(), storage.agent_cfg.display().to_string()];
-        args.extend(extra.iter().cloned());
+        args.extend(before_agents(&lab)?);
         lab.start_agents(&args)?;
         Ok(Some(Self { lab, storage }))
     }

@@ -1,4 +1,5 @@
-//! The "physical" network of a [`NetLab`]: a root-namespace bridge playing
+//! The "physical" network of a [`NetLab`] (or of any lab of host
+//! namespaces, [`Wire::for_hosts`]): a root-namespace bridge playing
 //! the switch, a second interface in every simulated host plugged into it
 //! (the hosts' `[physnets]` interface), an "upstream router" namespace on
 //! it holding the provider network's gateway address (untagged, or on a
@@ -12,7 +13,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::net_e2e::NetLab;
 use crate::netns::{netns_exec, run};
@@ -29,17 +30,26 @@ impl Wire {
     /// upstream router with address `router` (`a.b.c.d/len`): on its
     /// switch port, or on a VLAN sub-interface with id `vlan`.
     pub fn new(lab: &NetLab, hosts: u8, vlan: Option<u16>, router: &str) -> Result<Self> {
+        let namespaces: Vec<&str> = lab.hosts[..usize::from(hosts)]
+            .iter()
+            .map(|h| h.netns())
+            .collect();
+        Self::for_hosts(&lab.token_prefix(), &namespaces, vlan, router)
+    }
+
+    /// [`Wire::new`] for any lab: the hosts are the namespaces `hosts`
+    /// (host `i` = `hosts[i - 1]`), everything named with prefix `p`.
+    pub fn for_hosts(p: &str, hosts: &[&str], vlan: Option<u16>, router: &str) -> Result<Self> {
         let w = Wire {
-            p: lab.token_prefix(),
+            p: p.to_string(),
             externals: Vec::new(),
         };
         let p = &w.p;
         let sw = format!("{p}s");
         run("ip", &["link", "add", &sw, "type", "bridge"])?;
         run("ip", &["link", "set", &sw, "up"])?;
-        for i in 1..=hosts {
+        for (i, ns) in (1u8..).zip(hosts.iter().copied()) {
             let (outer, inner) = (w.switch_port(i), Self::host_link(p));
-            let ns = lab.hosts[usize::from(i) - 1].netns();
             run(
                 "ip",
                 &[
@@ -151,4 +161,47 @@ impl Drop for Wire {
         let _ = run("ip", &["netns", "del", &format!("{p}r")]);
         let _ = run("ip", &["link", "del", &format!("{p}s")]);
     }
+}
+
+/// The MAC of the external leg (`ig…`) of the only router namespace whose
+/// name starts with `router_prefix` (a lab agent's
+/// [`crate::agent::lab_router_prefix`]).
+pub fn external_leg_mac(router_prefix: &str) -> Result<String> {
+    let ns = crate::netns::netns_names()?
+        .into_iter()
+        .find(|n| n.starts_with(router_prefix))
+        .with_context(|| format!("no router namespace {router_prefix}*"))?;
+    let links = netns_exec(&ns, "ip", &["-o", "link", "show"])?;
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    links
+        .lines()
+        .find(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("ig")))
+        .and_then(|l| l.split("link/ether ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .with_context(|| format!("no external leg in {ns}: {links}"))
+}
+
+/// `nubo network create ext --provider-type flat --physical-network
+/// physnet1 --cidr <cidr> --gateway <gateway> --external`: the external
+/// network on the wire's untagged segment; its JSON.
+pub fn create_flat_external(
+    cli: &crate::cli::Cli,
+    cidr: &str,
+    gateway: Ipv4Addr,
+) -> Result<serde_json::Value> {
+    cli.json(&[
+        "network",
+        "create",
+        "ext",
+        "--provider-type",
+        "flat",
+        "--physical-network",
+        "physnet1",
+        "--cidr",
+        cidr,
+        "--gateway",
+        &gateway.to_string(),
+        "--external",
+    ])
 }

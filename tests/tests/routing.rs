@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use nubo_tests::net_e2e::{find_str, Capture, Guest, NetLab};
 use nubo_tests::netns::netns_exec;
+use nubo_tests::prober::{unix_now, Prober};
 use nubo_tests::wire::Wire;
 use nubo_tests::{wait_for, wait_until};
 use serde_json::Value;
@@ -49,22 +50,7 @@ fn lab_with_external() -> (NetLab, Wire, String) {
         .add_external_host(1, &format!("{EXTERNAL_HOST}/24"), UPSTREAM)
         .unwrap();
     lab.base_objects().unwrap();
-    lab.cli
-        .json(&[
-            "network",
-            "create",
-            "ext",
-            "--provider-type",
-            "flat",
-            "--physical-network",
-            "physnet1",
-            "--cidr",
-            "10.77.0.0/24",
-            "--gateway",
-            "10.77.0.1",
-            "--external",
-        ])
-        .unwrap();
+    nubo_tests::wire::create_flat_external(&lab.cli, "10.77.0.0/24", UPSTREAM).unwrap();
     (lab, wire, ext_host)
 }
 
@@ -536,73 +522,11 @@ fn a_floating_ip_follows_its_guest_after_a_host_failure() {
     // entry holds host 2's external leg's MAC.
     let neigh = netns_exec(&ext_host, "ip", &["neigh", "show", &fip_ip.to_string()]).unwrap();
     let neigh = String::from_utf8_lossy(&neigh.stdout).into_owned();
-    let mac2 = external_leg_mac(&lab, 2);
+    let mac2 = nubo_tests::wire::external_leg_mac(&lab.router_prefix(2)).unwrap();
     assert!(
         neigh.contains(&format!("lladdr {mac2}")),
         "the external host's ARP entry for {fip_ip}: {neigh} (host 2's leg: {mac2})"
     );
-}
-
-/// The MAC of the external leg of host `i`'s (only) router namespace.
-fn external_leg_mac(lab: &NetLab, i: u8) -> String {
-    let prefix = lab.router_prefix(i);
-    let ns = nubo_tests::netns::netns_names()
-        .unwrap()
-        .into_iter()
-        .find(|n| n.starts_with(&prefix))
-        .expect("a router namespace on the host");
-    let links = netns_exec(&ns, "ip", &["-o", "link", "show"]).unwrap();
-    let links = String::from_utf8_lossy(&links.stdout).into_owned();
-    links
-        .lines()
-        .find(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("ig")))
-        .and_then(|l| l.split("link/ether ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no external leg in {ns}: {links}"))
-        .to_string()
-}
-
-/// `ping -D -O -i 0.005` from the external host: one line per probe,
-/// timestamped, answered or not (`no answer yet`).
-struct Prober {
-    proc: nubo_tests::net_e2e::Watched,
-}
-
-impl Prober {
-    fn start(ns: &str, ip: Ipv4Addr) -> Self {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", ns, "ping", "-n", "-D", "-O", "-i", "0.005"])
-            .arg(ip.to_string());
-        Prober {
-            proc: nubo_tests::net_e2e::Watched::spawn(cmd, "ping prober").unwrap(),
-        }
-    }
-
-    /// The first answer timestamped after `since` (UNIX seconds).
-    fn first_answer_after(&self, since: f64) -> Option<f64> {
-        self.proc.stdout_lines().iter().find_map(|l| {
-            let ts: f64 = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
-            (ts > since && l.contains("bytes from")).then_some(ts)
-        })
-    }
-
-    /// Whether a probe sent after `since` went unanswered.
-    fn silent_after(&self, since: f64) -> bool {
-        self.proc.stdout_lines().iter().any(|l| {
-            let ts: Option<f64> = l
-                .strip_prefix('[')
-                .and_then(|r| r.split(']').next())
-                .and_then(|t| t.parse().ok());
-            ts.is_some_and(|t| t > since) && l.contains("no answer yet")
-        })
-    }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Benchmark `floating IP association p99 (ms)`: 100 times, associate a
@@ -626,7 +550,7 @@ fn bench_floating_ip_association() {
     let fip = cli.json(&["floating", "ip", "create", "ext"]).unwrap();
     let fip_ip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
     let id = fip["id"].as_str().unwrap().to_string();
-    let prober = Prober::start(&ext_host, fip_ip);
+    let prober = Prober::start(&ext_host, fip_ip, 5).unwrap();
     let rounds: usize = std::env::var("NUBO_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
