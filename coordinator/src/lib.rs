@@ -338,7 +338,7 @@ async fn start_inner(
     {
         let (ctx, rx, gauges) = (ctx.clone(), rx.clone(), metrics.cluster.clone());
         tasks.push(tokio::spawn(async move {
-            telemetry::cluster::run(ctx, gauges, rx).await;
+            background::cluster_gauges::run(ctx, gauges, rx).await;
             Ok(())
         }));
     }

@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use nubo_common::proto as pb;
 use serde_json::{json, Value};
 
-use crate::compute::{microversion, versioned};
 use crate::error::{ApiError, Service};
+use crate::microversion::{microversion, versioned};
 use crate::Upstream;
 
 const S: Service = Service::Compute;

@@ -24,6 +24,7 @@ pub mod hypervisors;
 pub mod identity;
 pub mod image;
 pub mod limits;
+pub mod microversion;
 pub mod network;
 pub mod quota;
 pub mod server_groups;

@@ -16,9 +16,9 @@ pub async fn compute_limits(
     State(up): State<Upstream>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    crate::compute::microversion(&headers)?;
+    crate::microversion::microversion(&headers)?;
     let q = fetch(&up, &headers, String::new(), Service::Compute).await?;
-    Ok(crate::compute::versioned(axum::Json(
+    Ok(crate::microversion::versioned(axum::Json(
         json!({"limits": {"rate": [], "absolute": absolute_limits(&q)}}),
     )))
 }

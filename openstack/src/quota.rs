@@ -203,11 +203,11 @@ async fn nova_quota_set(
     project: String,
     detail: bool,
 ) -> Result<axum::response::Response, ApiError> {
-    crate::compute::microversion(headers)?;
+    crate::microversion::microversion(headers)?;
     let q = fetch(up, headers, project.clone(), Service::Compute).await?;
     let mut body = quota_body(&compute_rows(&q), detail);
     body.insert("id".into(), json!(project));
-    Ok(crate::compute::versioned(axum::Json(
+    Ok(crate::microversion::versioned(axum::Json(
         json!({"quota_set": body}),
     )))
 }

@@ -18,8 +18,8 @@ use nubo_common::proto as pb;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::compute::{microversion, versioned};
 use crate::error::{json_body, ApiError, Service, StatusExt};
+use crate::microversion::{microversion, versioned};
 use crate::Upstream;
 
 const S: Service = Service::Compute;

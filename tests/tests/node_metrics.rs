@@ -214,7 +214,12 @@ fn node_metrics_and_health_probe_on_two_hosts() {
             .collect();
         assert!(promised.len() >= 20, "{promised:?}");
         for name in promised {
-            let family = name.strip_suffix("_total").unwrap_or(name);
+            // OpenMetrics names a counter's and an info's family without
+            // the suffix its samples carry.
+            let family = name
+                .strip_suffix("_total")
+                .or_else(|| name.strip_suffix("_info"))
+                .unwrap_or(name);
             assert!(
                 m.contains(&format!("# TYPE {family} ")),
                 "{name} is in docs/metrics.md but not served:\n{m}"

@@ -3,9 +3,12 @@
 //! leader's audit pruning, the leader's guest-stop relay, the leader's
 //! router SNAT addresses, the leader's migration loop and the token key
 //! reload (every coordinator).
+//! The leader also collects the cluster gauges of the metrics
+//! ([`cluster_gauges`]).
 //! They work through the same operations as the API.
 
 pub mod audit;
+pub mod cluster_gauges;
 pub mod failover;
 pub mod guest_stops;
 pub mod health_machine;

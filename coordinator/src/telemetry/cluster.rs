@@ -1,35 +1,28 @@
 //! The cluster gauges the alert rules need, exported by the leader only (so
 //! that a query over every coordinator sees each node once): node states,
 //! capacity and allocation per node, quota limits and use per project,
-//! Ceph health. A background task ([`run`]) takes a snapshot every
-//! [`INTERVAL`] (the node view is in memory; quotas are two etcd range
+//! Ceph health. A background task (`background::cluster_gauges`) takes a
+//! snapshot every [`INTERVAL`] (the node view is in memory; quotas are two etcd range
 //! reads; Ceph health one monitor command, bounded by a timeout); a scrape
 //! encodes the latest snapshot and never waits on etcd or Ceph. A follower,
 //! or a leader whose last collection is older than [`MAX_AGE`], exports
 //! none of these series.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use nubo_common::keys;
 use nubo_common::model::{Quota, QuotaResource, QuotaUsage, Resources};
-use nubo_identity::quota::effective_quota;
 use nubo_metrics::prometheus_client::collector::Collector;
 use nubo_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use nubo_metrics::prometheus_client::metrics::gauge::ConstGauge;
 use nubo_metrics::prometheus_client::metrics::MetricType;
-use nubo_store::kv::{decode_or_skip, kv_key};
-use tokio::sync::watch;
-
-use crate::state::Ctx;
 
 /// How often the leader collects.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 /// A snapshot older than this is not exported (collection stuck).
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 /// Longest a Ceph health request may take.
-const CEPH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CEPH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A node's state for `nubo_cluster_node_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,111 +221,6 @@ impl Collector for ClusterGauges {
         }
         Ok(())
     }
-}
-
-/// Collects every [`INTERVAL`] while this coordinator leads; clears the
-/// snapshot while it follows.
-pub async fn run(ctx: Ctx, gauges: Arc<ClusterGauges>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        if ctx.leader.is_leader() {
-            match collect(&ctx).await {
-                Ok(s) => gauges.set(Some(s)),
-                // The previous snapshot stays until MAX_AGE.
-                Err(e) => tracing::warn!(error = %e, "metrics: cluster gauges not collected"),
-            }
-        } else {
-            gauges.set(None);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-/// One collection.
-pub async fn collect(ctx: &Ctx) -> Result<Snapshot, nubo_store::StoreError> {
-    let nodes = ctx
-        .view
-        .all()
-        .into_iter()
-        .filter_map(|(name, st)| {
-            let info = st.info.as_ref()?;
-            let state = if st.fenced() {
-                NodeStateName::Fenced
-            } else if st.alive {
-                NodeStateName::Alive
-            } else {
-                NodeStateName::Dead
-            };
-            Some(NodeRow {
-                node: name.to_string(),
-                state,
-                capacity: info.capacity,
-                allocated: st.usage.used,
-            })
-        })
-        .collect();
-    let quotas = quotas(ctx).await?;
-    let ceph = match ctx.ceph.get() {
-        Some(rbd) => Some(ceph_health(rbd.clone()).await),
-        None => None,
-    };
-    Ok(Snapshot {
-        nodes,
-        quotas,
-        ceph,
-        collected_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    })
-}
-
-async fn quotas(ctx: &Ctx) -> Result<Vec<QuotaRow>, nubo_store::StoreError> {
-    let (qp, up) = (keys::quotas_prefix(), keys::quota_usage_prefix());
-    let own: BTreeMap<String, Quota> = ctx
-        .store
-        .list_all(&qp, |kv| {
-            let project = kv_key(kv).strip_prefix(&qp)?.to_string();
-            Some((project, decode_or_skip::<Quota>(kv)?))
-        })
-        .await?
-        .into_iter()
-        .collect();
-    let default = own.get(keys::DEFAULT_QUOTA).copied();
-    let usage = ctx
-        .store
-        .list_all(&up, |kv| {
-            let project = kv_key(kv).strip_prefix(&up)?.to_string();
-            Some((project, decode_or_skip::<QuotaUsage>(kv)?))
-        })
-        .await?;
-    Ok(usage
-        .into_iter()
-        .map(|(project, used)| QuotaRow {
-            limit: effective_quota(own.get(&project).copied(), default),
-            project,
-            used,
-        })
-        .collect())
-}
-
-/// `ceph health` through the coordinator's monitor connection, on the
-/// blocking pool, bounded by [`CEPH_TIMEOUT`].
-async fn ceph_health(rbd: Arc<nubo_storage::RbdStore>) -> &'static str {
-    let call = tokio::task::spawn_blocking(move || {
-        rbd.cluster()
-            .mon_command(&serde_json::json!({"prefix": "health", "format": "json"}))
-    });
-    let out = match tokio::time::timeout(CEPH_TIMEOUT, call).await {
-        Ok(Ok(Ok(out))) => out,
-        Ok(Ok(Err(e))) => {
-            tracing::warn!(error = %e, "metrics: ceph health failed");
-            return "unreachable";
-        }
-        Ok(Err(_)) | Err(_) => return "unreachable",
-    };
-    parse_ceph_status(&out)
 }
 
 /// The `status` of `ceph health -f json`, as one of [`CEPH_STATES`].

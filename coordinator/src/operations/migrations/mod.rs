@@ -444,18 +444,29 @@ pub async fn migrate(ctx: &Ctx, req: NewMigration) -> ApiResult<Migration> {
         .await
 }
 
+/// The view of `m`: the record read again with its server and both
+/// reports in one transaction (one revision), so that a switch committed
+/// between the caller's read and this one cannot show the record's old
+/// state without the report that explains it (`m` stays when the record
+/// was deleted meanwhile).
 async fn render(ctx: &Ctx, m: Migration) -> ApiResult<MigrationView> {
     let got = ctx
         .store
         .get_many(&[
+            keys::migration(&m.id),
             keys::instance(&m.instance),
             keys::node_migration_report(&m.source, &m.id),
             keys::node_migration_report(&m.destination, &m.id),
         ])
         .await?;
-    let inst = got[0].as_ref().and_then(decode_or_skip::<Instance>);
-    let source_report = got[1].as_ref().and_then(decode_or_skip::<MigrationReport>);
-    let destination_report = got[2].as_ref().and_then(decode_or_skip::<MigrationReport>);
+    let m = got[0]
+        .as_ref()
+        .and_then(decode_or_skip::<Migration>)
+        .filter(|now| now.id == m.id)
+        .unwrap_or(m);
+    let inst = got[1].as_ref().and_then(decode_or_skip::<Instance>);
+    let source_report = got[2].as_ref().and_then(decode_or_skip::<MigrationReport>);
+    let destination_report = got[3].as_ref().and_then(decode_or_skip::<MigrationReport>);
     Ok(MigrationView {
         state: machine::shown_state(&m, source_report.as_ref()),
         server_name: inst.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
