@@ -41,15 +41,8 @@ const GIB: u64 = 1024 * MIB;
 /// The node's capacity: overrides where given, `sysinfo` otherwise (disk =
 /// size of the filesystem holding `state_dir`).
 pub fn capacity(cfg: &AgentConfig) -> Resources {
-    use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
     let need_sys = cfg.capacity.vcpus.is_none() || cfg.capacity.ram_mb.is_none();
-    let sys = need_sys.then(|| {
-        System::new_with_specifics(
-            RefreshKind::nothing()
-                .with_cpu(CpuRefreshKind::nothing())
-                .with_memory(MemoryRefreshKind::nothing().with_ram()),
-        )
-    });
+    let sys = need_sys.then(crate::telemetry::node_usage::system);
     let vcpus = cfg.capacity.vcpus.unwrap_or_else(|| {
         sys.as_ref()
             .map(|s| u32::try_from(s.cpus().len()).unwrap_or(u32::MAX))
