@@ -64,16 +64,31 @@ impl ApiError {
 
     /// The name of the gRPC code, as reported in `ServerResult.code`.
     pub fn code_name(&self) -> &'static str {
-        match self.code() {
-            Code::InvalidArgument => "InvalidArgument",
-            Code::NotFound => "NotFound",
-            Code::AlreadyExists => "AlreadyExists",
-            Code::FailedPrecondition => "FailedPrecondition",
-            Code::ResourceExhausted => "ResourceExhausted",
-            Code::PermissionDenied => "PermissionDenied",
-            Code::Unauthenticated => "Unauthenticated",
-            _ => "Unavailable",
-        }
+        grpc_code_name(self.code())
+    }
+}
+
+/// The canonical name of a gRPC code (`OK`, `NotFound`, …).
+pub fn grpc_code_name(code: Code) -> &'static str {
+    use Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
     }
 }
 

@@ -20,6 +20,7 @@ use axum::response::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{CoordinatorMetrics, Method, MethodCode};
+use crate::error::grpc_code_name;
 
 /// Longest method label kept (longer paths are not ours: `unknown`).
 const MAX_METHOD: usize = 128;
@@ -74,31 +75,7 @@ fn is_method_path(path: &str) -> bool {
 fn status_of(headers: &HeaderMap) -> Option<&'static str> {
     let v = headers.get("grpc-status")?;
     let n = v.to_str().ok()?.trim().parse::<i32>().ok()?;
-    Some(code_name(tonic::Code::from_i32(n)))
-}
-
-/// The canonical name of a gRPC code (`OK`, `NotFound`, …).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "Cancelled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
+    Some(grpc_code_name(tonic::Code::from_i32(n)))
 }
 
 /// Counts one request once, when its status is known or its body dropped.
@@ -191,9 +168,9 @@ mod tests {
 
     #[test]
     fn codes_have_their_canonical_names() {
-        assert_eq!(code_name(tonic::Code::from_i32(0)), "OK");
-        assert_eq!(code_name(tonic::Code::from_i32(5)), "NotFound");
-        assert_eq!(code_name(tonic::Code::from_i32(99)), "Unknown");
+        assert_eq!(grpc_code_name(tonic::Code::from_i32(0)), "OK");
+        assert_eq!(grpc_code_name(tonic::Code::from_i32(5)), "NotFound");
+        assert_eq!(grpc_code_name(tonic::Code::from_i32(99)), "Unknown");
         let mut h = HeaderMap::new();
         assert_eq!(status_of(&h), None);
         h.insert("grpc-status", "16".parse().unwrap());
