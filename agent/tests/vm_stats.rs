@@ -41,6 +41,7 @@ use nubo_libvirt::{
     DiskSpec, DomainSpec, DomainType, DriverConfig, ImageCache, KernelBoot, LibvirtDriver, Nic,
 };
 use nubo_tests::netns::{ip_batch, is_root, netns_exec, Names};
+use nubo_tests::stats::percentile;
 use nubo_tests::vm_e2e::{ensure_test_guest, guest_dir, HostLibvirtd};
 use sha2::{Digest, Sha256};
 
@@ -135,11 +136,6 @@ fn self_cpu() -> Duration {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 /// `n` sequential scrapes of `addr`; sorted latencies and the last body.
@@ -402,10 +398,10 @@ async fn bench_metrics_scrape_10_real_100_fake_vms() {
         REAL + FAKE,
         body.lines().count(),
         body.len(),
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
+        ms(percentile(&lat, 50.0)),
+        ms(percentile(&lat, 99.0)),
         ms(*lat.last().unwrap()),
-        ms(percentile(&base_lat, 0.99)),
+        ms(percentile(&base_lat, 99.0)),
     );
     println!(
         "one collection ({} VMs): wall {:.1} ms, agent CPU {:.2} ms, libvirtd CPU {:.2} ms; \
