@@ -36,6 +36,13 @@
 #                              server) and reads the instance id from the metadata service;
 #                              prints NUBO-GUEST-DHCP bound|renew IP uptime U and
 #                              NUBO-GUEST-MD ID uptime U (the network of a guest that moved)
+#   dirty MIB                  rewrites 2 copies of MIB MiB of random data in memory (a tmpfs of
+#                              its own) over and over,
+#                              faster than a capped migration link moves it; every 4th pass
+#                              checks the copy against the first one and prints
+#                              NUBO-GUEST-DIRTY pass N ok|bad MiBps R (R: MiB written per second
+#                              since the last check): a page lost or stale after a live (post-copy)
+#                              migration shows as bad
 #   tlb-churn                  two processes that wake every 5 ms in turn (pings on lo): each
 #                              switch of address space reloads CR3, which flushes QEMU's TCG
 #                              TLB. Works around a QEMU 7.2 TCG bug that loses guest writes
@@ -194,6 +201,17 @@ echo "$UD" | while read -r cmd a1 a2; do
                    last = s
                    if (s % 100 == 0) { print "NUBO-GUEST-FASTPING " t " seq " s; fflush() } }' ) & ;;
     uptime) ( while :; do echo "NUBO-GUEST-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done ) & ;;
+    dirty) ( M=/run/dirty; mkdir -p $M; mount -t tmpfs -o size=$((a1 * 2 + 1))m dirty $M
+        head -c $((a1 * 1048576)) /dev/urandom > $M/0
+        SUM=$(sha256sum $M/0 | cut -d' ' -f1); N=0; T=$(cs)
+        while :; do
+          N=$((N + 1)); cp $M/0 $M/1 && cp $M/1 $M/0 || echo "NUBO-GUEST-DIRTY copy failed"
+          if [ $((N % 4)) -eq 0 ]; then
+            NOW=$(cs); D=$((NOW - T)); [ "$D" -gt 0 ] || D=1; T=$NOW
+            if [ "$(sha256sum $M/0 | cut -d' ' -f1)" = "$SUM" ]; then R=ok; else R=bad; fi
+            echo "NUBO-GUEST-DIRTY pass $N $R MiBps $((a1 * 8 * 100 / D))"
+          fi
+        done ) & ;;
     tlb-churn) ping -i 0.005 127.0.0.1 >/dev/null 2>&1 & ping -i 0.005 127.0.0.2 >/dev/null 2>&1 & ;;
     renew) ( udhcpc -i eth0 -s /bin/udhcpc.report -f -t 30 -T 2 2>/dev/null & P=$!
         while :; do

@@ -99,12 +99,10 @@ async fn wait_state(m: &mut Migrations, id: &str, state: &str) -> pb::Migration 
 /// Writes what `node`'s agent reports about migration `id`.
 async fn report(etcd: &Etcd, node: &str, id: &str, phase: MigrationPhase, downtime: Option<u64>) {
     let id: MigrationId = id.parse().unwrap();
+    let detail = (phase == MigrationPhase::Failed).then(|| "libvirt: unable to connect".into());
     let r = MigrationReport {
-        migration: id,
-        phase,
-        detail: (phase == MigrationPhase::Failed).then(|| "libvirt: unable to connect".into()),
         downtime_ms: downtime,
-        at: model::now(),
+        ..MigrationReport::new(id, phase, detail)
     };
     etcd.client()
         .await
@@ -198,6 +196,7 @@ async fn live_migration_switches_everything_in_one_revision() {
     report(&etcd, "n0", &mg.id, MigrationPhase::Migrated, Some(42)).await;
     let done = wait_state(&mut m, &mg.id, "completed").await;
     assert_eq!(done.downtime_ms, Some(42));
+    assert!(!done.postcopy, "{done:?}");
     assert!(done.error.is_empty(), "{done:?}");
 
     let s = check_invariants(&etcd, &caps()).await;
@@ -630,11 +629,8 @@ async fn live_drain_migrates_every_running_server() {
                         _ => continue,
                     };
                     let rep = MigrationReport {
-                        migration: mg.id,
-                        phase,
-                        detail: None,
                         downtime_ms: Some(5),
-                        at: model::now(),
+                        ..MigrationReport::new(mg.id, phase, None)
                     };
                     c.put(
                         keys::node_migration_report(&node, &mg.id),

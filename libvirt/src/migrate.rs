@@ -31,7 +31,9 @@
 //!   has them too;
 //! - after [`MigrateOptions::postcopy_after`] of pre-copy, the job switches
 //!   to post-copy (the guest runs on the destination, which pulls the
-//!   remaining pages); after [`MigrateOptions::budget`] without having
+//!   remaining pages; QEMU refuses the switch while a block migration
+//!   still copies the disks, so a refused switch is tried again every
+//!   second); after [`MigrateOptions::budget`] without having
 //!   switched, or when asked to ([`LibvirtDriver::migrate`]'s `abort`), the
 //!   job is aborted and the guest keeps running on the source. A job in
 //!   post-copy cannot be aborted (the guest already runs on the
@@ -334,6 +336,8 @@ pub(crate) fn steer(
 
 /// How long after an abort libvirt refused it is tried again.
 const ABORT_RETRY: Duration = Duration::from_secs(1);
+/// How long after a refused switch to post-copy it is tried again.
+const POSTCOPY_RETRY: Duration = Duration::from_secs(1);
 /// How often a running job is steered.
 const STEER_EVERY: Duration = Duration::from_millis(100);
 
@@ -506,7 +510,7 @@ impl LibvirtDriver {
         };
         tokio::pin!(job);
         let mut postcopy = false;
-        let mut postcopy_tried = false;
+        let mut postcopy_refused: Option<Instant> = None;
         let mut aborted: Option<AbortReason> = None;
         let mut abort_accepted = false;
         let mut last_abort: Option<Instant> = None;
@@ -532,11 +536,12 @@ impl LibvirtDriver {
             };
             match step {
                 Steer::Wait => {}
-                // Tried once: refused (the job ended meanwhile, or QEMU
-                // cannot), pre-copy goes on within the budget.
-                Steer::PostCopy if postcopy_tried => {}
+                // Refused (a block migration still copies its disks: QEMU
+                // takes the switch only once memory moves; or the job is
+                // ending): pre-copy goes on, the switch is tried again.
+                Steer::PostCopy
+                    if postcopy_refused.is_some_and(|t| t.elapsed() < POSTCOPY_RETRY) => {}
                 Steer::PostCopy => {
-                    postcopy_tried = true;
                     match self
                         .job_call(&id, "start post-copy", Dom::migrate_start_postcopy)
                         .await
@@ -545,8 +550,13 @@ impl LibvirtDriver {
                             postcopy = true;
                             tracing::info!(instance = %id, "migration switched to post-copy");
                         }
+                        Err(e) if postcopy_refused.is_some() => {
+                            postcopy_refused = Some(Instant::now());
+                            tracing::debug!(instance = %id, error = %e, "post-copy refused again");
+                        }
                         Err(e) => {
-                            tracing::warn!(instance = %id, error = %e, "could not switch to post-copy")
+                            postcopy_refused = Some(Instant::now());
+                            tracing::warn!(instance = %id, error = %e, "could not switch to post-copy yet; trying again every second")
                         }
                     }
                 }

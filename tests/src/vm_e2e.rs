@@ -54,6 +54,9 @@ pub struct HostLibvirtd {
     /// The underlay address libvirtd listens on (TCP, no auth) and QEMU
     /// takes incoming migrations on.
     listen: Option<Ipv4Addr>,
+    /// Whether its QEMUs may use userfaultfd (post-copy migration), see
+    /// [`HostLibvirtd::grant_userfaultfd`].
+    userfaultfd: bool,
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
@@ -102,6 +105,7 @@ impl HostLibvirtd {
             ),
             prefix: prefix.to_string(),
             listen,
+            userfaultfd: false,
         };
         me.write_config()?;
         let script = format!(
@@ -135,14 +139,34 @@ if [ -e /dev/kvm ]; then mount --bind {b}/nokvm /dev/kvm; fi
 # No per-QEMU /dev namespace: it would try to move that bind mount into
 # each QEMU's /dev and fail (EINVAL). (The stock qemu.conf sets nothing.)
 echo 'namespaces = []' > {b}/qemu.conf
-{migration}mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
+{migration}{userfaultfd}mount --bind {b}/qemu.conf /etc/libvirt/qemu.conf
 ",
             migration = match self.listen {
                 // Incoming migrations on the underlay address.
                 Some(ip) => format!("echo 'migration_address = \"{ip}\"' >> {b}/qemu.conf\n"),
                 None => String::new(),
+            },
+            userfaultfd = if self.userfaultfd {
+                format!(
+                    "printf 'user = \"root\"\\ngroup = \"root\"\\nclear_emulator_capabilities = 0\\n' >> {b}/qemu.conf\n"
+                )
+            } else {
+                String::new()
             }
         )
+    }
+
+    /// Lets this libvirtd's QEMUs use userfaultfd, which post-copy migration
+    /// needs on both ends, and restarts it (before any guest runs).
+    ///
+    /// Production grants it machine-wide (`vm.unprivileged_userfaultfd = 1`,
+    /// docs/migration-hosts.md); a test must not change that sysctl of a
+    /// shared machine, and QEMU 7.2 cannot use `/dev/userfaultfd`, so the
+    /// lab's QEMUs run as root with their capabilities kept
+    /// (`CAP_SYS_PTRACE` allows the `userfaultfd(2)` call).
+    pub fn grant_userfaultfd(&mut self, netns: &str) -> Result<()> {
+        self.userfaultfd = true;
+        self.restart_in(netns)
     }
 
     /// Runs `script` in a private mount namespace inside network namespace
@@ -506,6 +530,15 @@ impl VmLab {
             lab.libvirtds.push(lv);
         }
         Ok(lab)
+    }
+
+    /// [`HostLibvirtd::grant_userfaultfd`] on every host (post-copy
+    /// migrations), before any guest runs.
+    pub fn grant_userfaultfd(&mut self) -> Result<()> {
+        for (lv, h) in self.libvirtds.iter_mut().zip(&self.hosts) {
+            lv.grant_userfaultfd(h.netns())?;
+        }
+        Ok(())
     }
 
     /// Domain name prefix: `nbt<token>-`.

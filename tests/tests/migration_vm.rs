@@ -17,7 +17,9 @@
 //! --live --wait` end to end (DHCP renewal and metadata on the
 //! destination), kill -9 of the destination's agent and of the leader
 //! mid-migration (the guest on exactly one host, sampled every 100 ms),
-//! `node drain --live` of 4 guests, a floating IP following live migrations
+//! `node drain --live` of 4 guests, a guest dirtying memory faster than the
+//! link moves it finishing in post-copy (memory checked on the destination),
+//! a floating IP following live migrations
 //! (pinged from an "external host" of the routing lab's wire; live then cold
 //! on RBD: ignored), live then cold migration on RBD of a guest
 //! with an attached volume (ignored) and the
@@ -1039,6 +1041,113 @@ fn uptime_goes_on(lab: &VmLab, host: usize, id: &InstanceId, after: f64, from: u
         uptimes(&c).iter().all(|u| *u >= after),
         "{id}: uptime went back: {after} then {:?}",
         uptimes(&c)
+    );
+}
+
+/// The `dirty` checks of a console: `(pass, intact, MiB/s)` per
+/// `NUBO-GUEST-DIRTY pass N ok|bad MiBps R` line.
+fn dirty_checks(console: &str) -> Vec<(u64, bool, u64)> {
+    console
+        .lines()
+        .filter_map(|l| l.split("NUBO-GUEST-DIRTY pass ").nth(1))
+        .filter_map(|rest| {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            match w.as_slice() {
+                [n, state, "MiBps", r, ..] => {
+                    Some((n.parse().ok()?, *state == "ok", r.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Post-copy (issue 16: "auto-converge, then post-copy within a time
+/// budget"): a guest rewriting 2 × 12 MiB of its memory over and over, faster
+/// than the agents' migration cap ([`BANDWIDTH_MIB_S`] MiB/s) moves it,
+/// cannot finish in pre-copy; with the coordinator's pre-copy budget at
+/// 3 s the source switches the job to post-copy and `nubo server migrate
+/// --live --wait` completes, the migration marked `postcopy`. On the
+/// destination the guest goes on (no reboot, its uptime continues) and its
+/// memory is whole: the rewriting goes on there and every check of the copy
+/// against the original passes (a page lost or stale in post-copy fails it).
+///
+/// The labs' QEMUs get userfaultfd (which post-copy needs on both ends) by
+/// [`VmLab::grant_userfaultfd`]; production: docs/migration-hosts.md.
+#[test]
+fn a_guest_dirtying_memory_faster_than_the_link_finishes_in_post_copy() {
+    let mut lab = VmLab::start_without_agents_with(2, |_, dir| {
+        let conf = dir.join("coordinator-migrations.toml");
+        std::fs::write(&conf, "migration_precopy_budget_secs = 3\n")?;
+        Ok(vec!["--config".into(), conf.display().to_string()])
+    })
+    .unwrap();
+    lab.grant_userfaultfd().unwrap();
+    lab.start_agents(&["--migration-bandwidth".into(), BANDWIDTH_MIB_S.into()])
+        .unwrap();
+    lab.base_objects(128, "10.92.0.0/24").unwrap();
+    // On host 1 without pinning it there (a pinned server stays in its
+    // zone): host 2 is disabled while it is placed.
+    let dst = lab.agents[1].node().to_string();
+    lab.cli.json(&["node", "disable", &dst]).unwrap();
+    let out = lab
+        .create_server(
+            "dirty",
+            None,
+            Some("uptime\ntlb-churn\ndirty 12\n"),
+            &["--wait", "--timeout", "240"],
+        )
+        .unwrap();
+    lab.cli.json(&["node", "enable", &dst]).unwrap();
+    let id: InstanceId = nubo_tests::net_e2e::find_str(&out, "id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let node = lab.agents[0].node().to_string();
+    let console = lab
+        .wait_console(&node, &id.to_string(), "NUBO-GUEST-DIRTY pass 8 ", BOOT)
+        .unwrap();
+    // The positive control: the guest rewrites its memory faster than the
+    // link moves it, and its checks pass while it stays put.
+    let before = dirty_checks(&console);
+    let cap: u64 = BANDWIDTH_MIB_S.parse().unwrap();
+    assert!(before.iter().all(|c| c.1), "{before:?}\n{console}");
+    assert!(
+        before.iter().any(|c| c.2 > cap),
+        "the guest must dirty memory faster than {cap} MiB/s: {before:?}"
+    );
+    let up = uptimes(&console).last().copied().unwrap();
+    let load = load_average();
+    let (m, took) = migrate_live_wait(&lab, "dirty", &dst);
+    eprintln!(
+        "post-copy: {took:?}, guest rewriting at {:?} MiB/s (load before: {load}): {m}",
+        before.iter().map(|c| c.2).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        m["postcopy"],
+        true,
+        "{m}\n{}",
+        nubo_tests::process::tail(&lab.agents[0].log(), 40)
+    );
+    assert_eq!(lab.show("dirty").unwrap()["node"], dst.as_str());
+    uptime_goes_on(&lab, 1, &id, up, 0);
+    let mut after = Vec::new();
+    wait_until(
+        Duration::from_secs(120),
+        "two checks of the rewritten memory on the destination",
+        || {
+            after = dirty_checks(&lab.agents[1].console(&id.to_string()));
+            Ok(after.len() >= 2)
+        },
+    )
+    .unwrap();
+    assert!(
+        after.iter().all(|c| c.1),
+        "memory damaged in post-copy: {after:?}"
+    );
+    assert!(
+        after.first().unwrap().0 > before.last().unwrap().0,
+        "the passes go on from where they were: {before:?} then {after:?}"
     );
 }
 

@@ -248,25 +248,16 @@ impl Migrations {
     }
 }
 
-/// Writes this node's report on `migration`.
+/// Writes this node's report (on `report.migration`).
 async fn put_report(
     etcd: &Etcd,
     node: &NodeName,
-    migration: MigrationId,
-    phase: MigrationPhase,
-    detail: Option<String>,
-    downtime_ms: Option<u64>,
+    report: &MigrationReport,
 ) -> Result<(), SubsystemError> {
-    let report = MigrationReport {
-        migration,
-        phase,
-        detail,
-        downtime_ms,
-        at: model::now(),
-    };
+    let migration = report.migration;
     etcd.put(
         keys::node_migration_report(node, &migration),
-        model::encode(&report),
+        model::encode(report),
         None,
     )
     .await
@@ -356,10 +347,7 @@ impl Subsystem for Migrations {
                     match put_report(
                         &self.etcd,
                         &self.node,
-                        migration,
-                        MigrationPhase::Prepared,
-                        None,
-                        None,
+                        &MigrationReport::new(migration, MigrationPhase::Prepared, None),
                     )
                     .instrument(span.clone())
                     .await
@@ -376,10 +364,8 @@ impl Subsystem for Migrations {
                     detail,
                 } => {
                     warn!(%migration, ?phase, %detail, "migration outcome found without a job");
-                    if let Err(e) =
-                        put_report(&self.etcd, &self.node, migration, phase, Some(detail), None)
-                            .await
-                    {
+                    let report = MigrationReport::new(migration, phase, Some(detail));
+                    if let Err(e) = put_report(&self.etcd, &self.node, &report).await {
                         errors.push(e.to_string());
                     }
                 }
@@ -538,31 +524,33 @@ async fn run_job(
     abort: watch::Receiver<bool>,
 ) {
     let migration = request.migration;
-    if let Err(e) = put_report(&etcd, &node, migration, MigrationPhase::Running, None, None).await {
+    let running = MigrationReport::new(migration, MigrationPhase::Running, None);
+    if let Err(e) = put_report(&etcd, &node, &running).await {
         warn!(error = %e, "could not report the migration running; going on");
     }
     info!("migration started");
-    let (phase, detail, downtime) = match hv.migrate_out(id, &request, abort).await {
+    let outcome = match hv.migrate_out(id, &request, abort).await {
         Ok(done) => {
             info!(downtime_ms = ?done.downtime_ms, elapsed_ms = done.elapsed_ms, postcopy = done.postcopy, "guest migrated");
-            (
-                MigrationPhase::Migrated,
-                Some(format!(
-                    "{} ms{}",
-                    done.elapsed_ms,
-                    if done.postcopy { ", post-copy" } else { "" }
-                )),
-                done.downtime_ms,
-            )
+            let detail = format!(
+                "{} ms{}",
+                done.elapsed_ms,
+                if done.postcopy { ", post-copy" } else { "" }
+            );
+            MigrationReport {
+                downtime_ms: done.downtime_ms,
+                postcopy: done.postcopy,
+                ..MigrationReport::new(migration, MigrationPhase::Migrated, Some(detail))
+            }
         }
         Err(e) => {
             warn!(error = %e, "migration failed; the guest stays here");
-            (MigrationPhase::Failed, Some(e.to_string()), None)
+            MigrationReport::new(migration, MigrationPhase::Failed, Some(e.to_string()))
         }
     };
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match put_report(&etcd, &node, migration, phase, detail.clone(), downtime).await {
+        match put_report(&etcd, &node, &outcome).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(error = %e, ?delay, "could not report the migration's outcome; retrying");
@@ -600,13 +588,7 @@ mod tests {
     }
 
     fn report(m: MigrationId, phase: MigrationPhase) -> MigrationReport {
-        MigrationReport {
-            migration: m,
-            phase,
-            detail: None,
-            downtime_ms: None,
-            at: model::now(),
-        }
+        MigrationReport::new(m, phase, None)
     }
 
     fn with_instance(id: InstanceId, power: ObservedPower) -> MigrationsObserved {

@@ -71,9 +71,15 @@ pub enum MigrationCmd {
     },
 }
 
-/// `12 ms`, or `-` when unknown.
+/// `12 ms` (`12 ms, post-copy` for one that finished in post-copy), or
+/// `-` when unknown.
 pub fn downtime_text(m: &Migration) -> String {
-    m.downtime_ms.map_or("-".into(), |d| format!("{d} ms"))
+    let d = m.downtime_ms.map_or("-".into(), |d| format!("{d} ms"));
+    if m.postcopy {
+        format!("{d}, post-copy")
+    } else {
+        d
+    }
 }
 
 /// The JSON (and `show`) form of a migration.
@@ -89,6 +95,7 @@ pub fn to_json(m: &Migration) -> Value {
         "state": m.state,
         "error": opt(&m.error),
         "downtime_ms": m.downtime_ms,
+        "postcopy": m.postcopy,
         "block": m.block,
         "created_at": m.created_at,
         "updated_at": m.updated_at,
@@ -308,7 +315,10 @@ mod tests {
             line,
             "server web live migrated from cmp1 to cmp2 (downtime 37 ms; migration m-1)"
         );
+        m.postcopy = true;
+        assert!(outcome_line(&m).0.contains("(downtime 37 ms, post-copy;"));
         m.downtime_ms = None;
+        m.postcopy = false;
         assert!(outcome_line(&m).0.contains("(downtime -;"));
         let mut f = mig("failed");
         f.error = "the destination cmp2 did not prepare within 60 s".into();

@@ -100,6 +100,10 @@ pub struct Migration {
     /// Guest downtime measured by the hypervisor, when known.
     #[serde(default)]
     pub downtime_ms: Option<u64>,
+    /// A live migration that finished in post-copy (the guest ran on the
+    /// destination while the rest of its memory was fetched).
+    #[serde(default)]
+    pub postcopy: bool,
     /// Creation time.
     pub created_at: Timestamp,
     /// Time of the last state change.
@@ -173,6 +177,23 @@ pub struct MigrationReport {
     /// Guest downtime measured by the hypervisor.
     #[serde(default)]
     pub downtime_ms: Option<u64>,
+    /// Source, `Migrated`: the migration finished in post-copy.
+    #[serde(default)]
+    pub postcopy: bool,
     /// When it was written.
     pub at: Timestamp,
+}
+
+impl MigrationReport {
+    /// A report written now, without downtime (not post-copy).
+    pub fn new(migration: MigrationId, phase: MigrationPhase, detail: Option<String>) -> Self {
+        Self {
+            migration,
+            phase,
+            detail,
+            downtime_ms: None,
+            postcopy: false,
+            at: super::now(),
+        }
+    }
 }

@@ -576,6 +576,7 @@ pub fn migration(v: &crate::operations::migrations::MigrationView) -> pb::Migrat
         state: state_str(v.state).into(),
         error: m.error.clone().unwrap_or_default(),
         downtime_ms: m.downtime_ms,
+        postcopy: m.postcopy,
         block: m.block,
         created_at: ts(&m.created_at),
         updated_at: ts(&m.updated_at),

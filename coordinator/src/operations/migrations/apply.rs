@@ -53,6 +53,7 @@ pub fn next_record(m: &Migration, d: &Decision, now: model::Timestamp) -> Migrat
         state: d.state,
         error: d.error.clone(),
         downtime_ms: d.downtime_ms,
+        postcopy: d.postcopy,
         updated_at: if d.state == m.state {
             m.updated_at
         } else {

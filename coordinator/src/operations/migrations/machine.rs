@@ -87,6 +87,8 @@ pub struct Decision {
     pub error: Option<String>,
     /// The guest's downtime afterwards.
     pub downtime_ms: Option<u64>,
+    /// Whether it finished in post-copy, afterwards.
+    pub postcopy: bool,
     /// The writes of the same transaction.
     pub writes: Vec<Write>,
 }
@@ -135,6 +137,7 @@ pub fn step(o: &Observed<'_>, b: &Budgets) -> Option<Decision> {
         state,
         error,
         downtime_ms: m.downtime_ms,
+        postcopy: m.postcopy,
         writes,
     };
     let fail = |why: String| decide(MigrationState::Failed, Some(why), vec![Write::Release]);
@@ -144,6 +147,7 @@ pub fn step(o: &Observed<'_>, b: &Budgets) -> Option<Decision> {
             state: MigrationState::Completed,
             error: None,
             downtime_ms: src.and_then(|r| r.downtime_ms).or(m.downtime_ms),
+            postcopy: src.is_some_and(|r| r.postcopy) || m.postcopy,
             writes: vec![Write::Switch],
         });
     }
@@ -288,6 +292,7 @@ mod tests {
             state,
             error: None,
             downtime_ms: None,
+            postcopy: false,
             created_at: t,
             updated_at: t,
         }
@@ -299,6 +304,7 @@ mod tests {
             phase,
             detail: None,
             downtime_ms: None,
+            postcopy: false,
             at: m.updated_at,
         }
     }
@@ -352,9 +358,10 @@ mod tests {
             ..obs(&m)
         };
         assert_eq!(step(&o, &B), None);
-        // Migrated: switch, with the hypervisor's downtime.
+        // Migrated: switch, with the hypervisor's downtime and mode.
         let mut migrated = report(&m, MigrationPhase::Migrated);
         migrated.downtime_ms = Some(42);
+        migrated.postcopy = true;
         let d = step(
             &Observed {
                 source: Some(&migrated),
@@ -369,6 +376,7 @@ mod tests {
                 state: MigrationState::Completed,
                 error: None,
                 downtime_ms: Some(42),
+                postcopy: true,
                 writes: vec![Write::Switch],
             }
         );
@@ -391,8 +399,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (d.state, d.downtime_ms, d.writes),
-            (MigrationState::Completed, None, vec![Write::Switch])
+            (d.state, d.downtime_ms, d.postcopy, d.writes),
+            (MigrationState::Completed, None, false, vec![Write::Switch])
         );
     }
 

@@ -342,6 +342,7 @@ impl Job for MigrateJob<'_> {
             state: MigrationState::Preparing,
             error: None,
             downtime_ms: None,
+            postcopy: false,
             created_at: now,
             updated_at: now,
         };
