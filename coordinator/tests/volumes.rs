@@ -103,6 +103,7 @@ fn snap(volume: &str, name: &str) -> pb::VolumeSnapshotRequest {
         r#ref: volume.into(),
         project: String::new(),
         name: name.into(),
+        ..Default::default()
     }
 }
 
