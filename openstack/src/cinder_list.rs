@@ -87,6 +87,15 @@ pub fn parse(raw: Vec<(String, String)>, accepts: Accepts) -> Result<ListQuery, 
                 }
             }
             "sort_key" => sort_key = Some(v.clone()),
+            // Clients send it (false: the caller's own project, which is
+            // what nubo lists); every project's is nubo's admin list.
+            "all_tenants" if matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "") => {}
+            "all_tenants" => {
+                return Err(bad(
+                    "all_tenants is not supported through Cinder (nubo volume list --all-projects)"
+                        .into(),
+                ))
+            }
             "sort_dir" => sort_dir = Some(dir_asc(v)?),
             "metadata" if accepts.filters.contains(&"metadata") => {
                 q.filters.push(("metadata".into(), metadata_filter(v)?))
@@ -316,7 +325,8 @@ mod tests {
             let e = q(&[bad]).unwrap_err();
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
         }
-        assert!(q(&[("limit", "5"), ("sort_key", "id")]).is_ok());
+        assert!(q(&[("limit", "5"), ("sort_key", "id"), ("all_tenants", "0")]).is_ok());
+        assert!(q(&[("all_tenants", "1")]).is_err());
     }
 
     #[test]

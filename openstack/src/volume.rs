@@ -515,11 +515,9 @@ async fn extensions() -> Response {
     Json(json!({"extensions": [
         ext("os-availability-zone", "AvailabilityZones", "The one availability zone, nova."),
         ext("os-extended-snapshot-attributes", "ExtendedSnapshotAttributes", "Snapshot progress and project."),
-        ext("os-quota-sets", "Quotas", "Quota management (read)."),
-        ext("os-types-manage", "TypesManage", "Volume types (read)."),
+        ext("os-quota-sets", "Quotas", "Quotas (show; changed through nubo's own API)."),
         ext("os-vol-image-meta", "VolumeImageMetadata", "Volume image metadata."),
         ext("os-volume-actions", "VolumeActions", "Extend, attach, detach, reserve, unreserve, set bootable, read-only flag, image metadata."),
-        ext("os-volume-type-access", "VolumeTypeAccess", "Every volume type is public."),
     ]}))
     .into_response()
 }

@@ -39,7 +39,7 @@ pub enum Action {
     /// attaching → available.
     Unreserve,
     /// An attribute change (`Volumes.Update`).
-    Update(pb::UpdateVolumeRequest),
+    Update(Box<pb::UpdateVolumeRequest>),
     /// Show the image metadata.
     ShowImageMetadata,
 }
@@ -75,10 +75,10 @@ pub fn parse(id: &str, body: &Value) -> Result<Action, ApiError> {
     let empty = Map::new();
     let args_obj = args.as_object().unwrap_or(&empty);
     let update = |u: pb::UpdateVolumeRequest| {
-        Ok(Action::Update(pb::UpdateVolumeRequest {
+        Ok(Action::Update(Box::new(pb::UpdateVolumeRequest {
             r#ref: id.to_string(),
             ..u
-        }))
+        })))
     };
     match name.as_str() {
         "os-extend" => args_obj
@@ -189,7 +189,7 @@ pub async fn volume_action(
             let set_image = !u.set_image_metadata.is_empty();
             let unset_image = !u.unset_image_metadata.is_empty();
             let readonly = u.read_only.is_some();
-            let v = c.update(u).await.map_err(cinder_error)?.into_inner();
+            let v = c.update(*u).await.map_err(cinder_error)?.into_inner();
             Ok(if set_image {
                 Json(json!({"metadata": v.image_metadata})).into_response()
             } else if unset_image {
