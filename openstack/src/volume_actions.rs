@@ -50,7 +50,7 @@ fn bad(m: impl Into<String>) -> ApiError {
 
 /// A Cinder boolean: JSON `true`/`false` or the strings Cinder accepts
 /// (`"true"`, `"False"`, `"1"`, …). Pure.
-fn boolean(v: Option<&Value>, what: &str) -> Result<bool, ApiError> {
+pub(crate) fn boolean(v: Option<&Value>, what: &str) -> Result<bool, ApiError> {
     match v {
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {

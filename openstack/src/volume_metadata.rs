@@ -29,27 +29,27 @@ pub fn router() -> Router<Upstream> {
     Router::new()
         .route(
             "/v3/{project}/volumes/{id}/metadata",
-            get(show_volume_meta)
-                .post(merge_volume_meta)
-                .put(replace_volume_meta),
+            get(show_meta::<false>)
+                .post(merge_meta::<false>)
+                .put(replace_meta::<false>),
         )
         .route(
             "/v3/{project}/volumes/{id}/metadata/{key}",
-            get(show_volume_item)
-                .put(set_volume_item)
-                .delete(delete_volume_item),
+            get(show_meta_item::<false>)
+                .put(set_meta_item::<false>)
+                .delete(delete_meta_item::<false>),
         )
         .route(
             "/v3/{project}/snapshots/{id}/metadata",
-            get(show_snapshot_meta)
-                .post(merge_snapshot_meta)
-                .put(replace_snapshot_meta),
+            get(show_meta::<true>)
+                .post(merge_meta::<true>)
+                .put(replace_meta::<true>),
         )
         .route(
             "/v3/{project}/snapshots/{id}/metadata/{key}",
-            get(show_snapshot_item)
-                .put(set_snapshot_item)
-                .delete(delete_snapshot_item),
+            get(show_meta_item::<true>)
+                .put(set_meta_item::<true>)
+                .delete(delete_meta_item::<true>),
         )
 }
 
@@ -259,95 +259,59 @@ async fn delete_item(
 type Id = Path<(String, String)>;
 type Item = Path<(String, String, String)>;
 
-async fn show_volume_meta(
+/// Whose metadata a route serves: a snapshot's when `SNAP`.
+const fn owner<const SNAP: bool>() -> Owner {
+    if SNAP {
+        Owner::Snapshot
+    } else {
+        Owner::Volume
+    }
+}
+
+async fn show_meta<const SNAP: bool>(
     State(up): State<Upstream>,
     h: HeaderMap,
     Path((_, id)): Id,
 ) -> Result<Response, ApiError> {
-    show_all(up, h, Owner::Volume, id).await
+    show_all(up, h, owner::<SNAP>(), id).await
 }
-async fn merge_volume_meta(
+async fn merge_meta<const SNAP: bool>(
     State(up): State<Upstream>,
     h: HeaderMap,
     Path((_, id)): Id,
     body: Result<Json<MetadataBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    change_all(up, h, Owner::Volume, id, false, body).await
+    change_all(up, h, owner::<SNAP>(), id, false, body).await
 }
-async fn replace_volume_meta(
+async fn replace_meta<const SNAP: bool>(
     State(up): State<Upstream>,
     h: HeaderMap,
     Path((_, id)): Id,
     body: Result<Json<MetadataBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    change_all(up, h, Owner::Volume, id, true, body).await
+    change_all(up, h, owner::<SNAP>(), id, true, body).await
 }
-async fn show_volume_item(
+async fn show_meta_item<const SNAP: bool>(
     State(up): State<Upstream>,
     h: HeaderMap,
     Path((_, id, key)): Item,
 ) -> Result<Response, ApiError> {
-    show_item(up, h, Owner::Volume, id, key).await
+    show_item(up, h, owner::<SNAP>(), id, key).await
 }
-async fn set_volume_item(
+async fn set_meta_item<const SNAP: bool>(
     State(up): State<Upstream>,
     h: HeaderMap,
     Path((_, id, key)): Item,
     body: Result<Json<MetaBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    set_item(up, h, Owner::Volume, id, key, body).await
+    set_item(up, h, owner::<SNAP>(), id, key, body).await
 }
-async fn delete_volume_item(
+async fn delete_meta_item<const SNAP: bool>(
     State(up): State<Upstream>,
     h: HeaderMap,
     Path((_, id, key)): Item,
 ) -> Result<Response, ApiError> {
-    delete_item(up, h, Owner::Volume, id, key).await
-}
-async fn show_snapshot_meta(
-    State(up): State<Upstream>,
-    h: HeaderMap,
-    Path((_, id)): Id,
-) -> Result<Response, ApiError> {
-    show_all(up, h, Owner::Snapshot, id).await
-}
-async fn merge_snapshot_meta(
-    State(up): State<Upstream>,
-    h: HeaderMap,
-    Path((_, id)): Id,
-    body: Result<Json<MetadataBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    change_all(up, h, Owner::Snapshot, id, false, body).await
-}
-async fn replace_snapshot_meta(
-    State(up): State<Upstream>,
-    h: HeaderMap,
-    Path((_, id)): Id,
-    body: Result<Json<MetadataBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    change_all(up, h, Owner::Snapshot, id, true, body).await
-}
-async fn show_snapshot_item(
-    State(up): State<Upstream>,
-    h: HeaderMap,
-    Path((_, id, key)): Item,
-) -> Result<Response, ApiError> {
-    show_item(up, h, Owner::Snapshot, id, key).await
-}
-async fn set_snapshot_item(
-    State(up): State<Upstream>,
-    h: HeaderMap,
-    Path((_, id, key)): Item,
-    body: Result<Json<MetaBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    set_item(up, h, Owner::Snapshot, id, key, body).await
-}
-async fn delete_snapshot_item(
-    State(up): State<Upstream>,
-    h: HeaderMap,
-    Path((_, id, key)): Item,
-) -> Result<Response, ApiError> {
-    delete_item(up, h, Owner::Snapshot, id, key).await
+    delete_item(up, h, owner::<SNAP>(), id, key).await
 }
 
 #[cfg(test)]

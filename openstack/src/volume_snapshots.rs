@@ -139,23 +139,12 @@ struct NewSnapshot {
     metadata: Option<Map<String, Value>>,
 }
 
-/// Cinder's `force`: a boolean or its string. Pure.
+/// Cinder's `force`: a boolean or its string; absent or null is false.
+/// Pure.
 fn forced(v: &Option<Value>) -> Result<bool, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" => Ok(false),
-            _ => Err(ApiError::bad_request(
-                S,
-                format!("Invalid input received: force {s:?} is not a boolean"),
-            )),
-        },
-        Some(other) => Err(ApiError::bad_request(
-            S,
-            format!("Invalid input received: force {other} is not a boolean"),
-        )),
+        Some(v) => crate::volume_actions::boolean(Some(v), "force"),
     }
 }
 
