@@ -119,6 +119,13 @@ impl World {
             status_reason: None,
             created_by: None,
             created_at: model::now(),
+            description: None,
+            metadata: Default::default(),
+            bootable: None,
+            read_only: None,
+            image_metadata: Default::default(),
+            source_volume: None,
+            source_snapshot: None,
         };
         let id = v.id;
         self.put(keys::volume(&id), &v);

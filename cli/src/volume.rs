@@ -7,13 +7,15 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use nubo_common::proto::{
     volumes_client::VolumesClient, AttachVolumeRequest, CreateVolumeRequest, DetachVolumeRequest,
-    ResizeVolumeRequest, Volume, VolumeSnapshot, VolumeSnapshotRequest,
+    ResizeVolumeRequest, UpdateVolumeRequest, UpdateVolumeSnapshotRequest, Volume, VolumeSnapshot,
+    VolumeSnapshotRequest,
 };
 use serde_json::{json, Value};
 
 use crate::api::{Api, Call, Chan};
 use crate::ctx::{opt, Ctx};
 use crate::output::{self, Table};
+use crate::server::key_value;
 use crate::volume_size::parse_size_gb;
 use crate::volume_type::TypeCmd;
 
@@ -39,6 +41,9 @@ pub enum VolumeCmd {
         #[arg(required = true)]
         volumes: Vec<String>,
     },
+    /// Change a volume's name, description, metadata, marks or image
+    /// metadata.
+    Set(SetArgs),
     /// Grow a volume (it must not be attached).
     Resize {
         /// Volume name or id.
@@ -76,10 +81,61 @@ pub enum VolumeCmd {
     Type(TypeCmd),
 }
 
+/// `nubo volume set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Volume name or id.
+    pub volume: String,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New description ("" clears it).
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Metadata item KEY=VALUE to set; repeatable.
+    #[arg(long = "property", value_parser = key_value)]
+    pub properties: Vec<(String, String)>,
+    /// Metadata key to remove; repeatable.
+    #[arg(long = "unset-property")]
+    pub unset_properties: Vec<String>,
+    /// Mark bootable (true) or not (false).
+    #[arg(long)]
+    pub bootable: Option<bool>,
+    /// Attach read-only (true) or read-write (false); only while detached.
+    #[arg(long)]
+    pub read_only: Option<bool>,
+    /// Image metadata item KEY=VALUE to set; repeatable.
+    #[arg(long = "image-property", value_parser = key_value)]
+    pub image_properties: Vec<(String, String)>,
+    /// Image metadata key to remove; repeatable.
+    #[arg(long = "unset-image-property")]
+    pub unset_image_properties: Vec<String>,
+}
+
+impl SetArgs {
+    /// The API request for `project`.
+    pub fn request(&self, project: &str) -> UpdateVolumeRequest {
+        UpdateVolumeRequest {
+            r#ref: self.volume.clone(),
+            project: project.to_string(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            replace_metadata: false,
+            metadata: self.properties.iter().cloned().collect(),
+            remove_metadata: self.unset_properties.clone(),
+            bootable: self.bootable,
+            read_only: self.read_only,
+            set_image_metadata: self.image_properties.iter().cloned().collect(),
+            unset_image_metadata: self.unset_image_properties.clone(),
+        }
+    }
+}
+
 /// `nubo volume create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Volume name.
+    /// Volume name ("" or absent: volume-<id>).
+    #[arg(default_value = "")]
     pub name: String,
     /// Size, e.g. 10G (GiB) or 1T.
     #[arg(long, value_parser = parse_size_gb, allow_hyphen_values = true)]
@@ -88,8 +144,20 @@ pub struct CreateArgs {
     #[arg(long = "type")]
     pub volume_type: Option<String>,
     /// Image (name or id) to clone into the volume (a bootable volume).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["snapshot", "source"])]
     pub image: Option<String>,
+    /// Snapshot (id) to copy into the volume.
+    #[arg(long, conflicts_with = "source")]
+    pub snapshot: Option<String>,
+    /// Volume (name or id) to copy into the volume, as it is now.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Metadata item KEY=VALUE; repeatable.
+    #[arg(long = "property", value_parser = key_value)]
+    pub properties: Vec<(String, String)>,
 }
 
 impl CreateArgs {
@@ -101,6 +169,10 @@ impl CreateArgs {
             size_gb: self.size,
             volume_type: self.volume_type.clone().unwrap_or_default(),
             image_ref: self.image.clone().unwrap_or_default(),
+            description: self.description.clone().unwrap_or_default(),
+            metadata: self.properties.iter().cloned().collect(),
+            snapshot_id: self.snapshot.clone().unwrap_or_default(),
+            source_volume: self.source.clone().unwrap_or_default(),
         }
     }
 }
@@ -112,8 +184,36 @@ pub enum SnapshotCmd {
     Create {
         /// Volume name or id.
         volume: String,
-        /// Snapshot name.
+        /// Snapshot name ("" : snapshot-<id>).
         name: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Metadata item KEY=VALUE; repeatable.
+        #[arg(long = "property", value_parser = key_value)]
+        properties: Vec<(String, String)>,
+    },
+    /// Show one snapshot by id.
+    Show {
+        /// Snapshot id.
+        id: String,
+    },
+    /// Change a snapshot's name, description or metadata.
+    Set {
+        /// Snapshot id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New description ("" clears it).
+        #[arg(long)]
+        description: Option<String>,
+        /// Metadata item KEY=VALUE to set; repeatable.
+        #[arg(long = "property", value_parser = key_value)]
+        properties: Vec<(String, String)>,
+        /// Metadata key to remove; repeatable.
+        #[arg(long = "unset-property")]
+        unset_properties: Vec<String>,
     },
     /// List a volume's snapshots, oldest first.
     List {
@@ -146,6 +246,7 @@ fn snap_req(api: &Api, volume: &str, name: &str) -> VolumeSnapshotRequest {
         r#ref: volume.to_string(),
         project: api.project.clone(),
         name: name.to_string(),
+        ..Default::default()
     }
 }
 
@@ -163,6 +264,13 @@ pub fn to_json(v: &Volume) -> Value {
         "boot": v.boot,
         "delete_on_termination": v.delete_on_termination,
         "source_image": opt(&v.source_image),
+        "source_volume": opt(&v.source_volume),
+        "source_snapshot": opt(&v.source_snapshot),
+        "description": opt(&v.description),
+        "metadata": v.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "image_metadata": v.image_metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "bootable": v.bootable,
+        "read_only": v.read_only.unwrap_or(false),
         "rbd_image": opt(&v.rbd_image),
         "serial": v.serial,
         "created_by": opt(&v.created_by),
@@ -194,7 +302,10 @@ pub fn table(vols: &[Volume]) -> Table {
 
 fn snap_json(s: &VolumeSnapshot) -> Value {
     json!({
+        "id": s.id,
         "name": s.name,
+        "description": opt(&s.description),
+        "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "volume_id": s.volume_id,
         "size_gb": s.size_gb,
         "created_at": opt(&s.created_at),
@@ -202,9 +313,10 @@ fn snap_json(s: &VolumeSnapshot) -> Value {
 }
 
 fn snap_table(snaps: &[VolumeSnapshot]) -> Table {
-    let mut t = Table::new(&["Name", "Volume", "Size", "Created"]);
+    let mut t = Table::new(&["ID", "Name", "Volume", "Size", "Created"]);
     for s in snaps {
         t.row(vec![
+            s.id.clone(),
             s.name.clone(),
             s.volume_id.clone(),
             format!("{}G", s.size_gb),
@@ -250,6 +362,13 @@ pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
                     .map(drop)
             })
             .await
+        }
+        VolumeCmd::Set(args) => {
+            let v = client(api)
+                .update(args.request(&api.project))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&v))
         }
         VolumeCmd::Resize { volume, size } => {
             let v = client(api)
@@ -326,9 +445,46 @@ async fn wait_available(api: &Api, id: &str, timeout: Duration) -> Result<Volume
 async fn snapshot(cmd: SnapshotCmd, ctx: &Ctx) -> Result<()> {
     let api = &ctx.api;
     match cmd {
-        SnapshotCmd::Create { volume, name } => {
+        SnapshotCmd::Create {
+            volume,
+            name,
+            description,
+            properties,
+        } => {
             let s = client(api)
-                .create_snapshot(snap_req(api, &volume, &name))
+                .create_snapshot(VolumeSnapshotRequest {
+                    description,
+                    metadata: properties.into_iter().collect(),
+                    ..snap_req(api, &volume, &name)
+                })
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &snap_json(&s))
+        }
+        SnapshotCmd::Show { id } => {
+            let s = client(api)
+                .get_snapshot(api.get_req(&id))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &snap_json(&s))
+        }
+        SnapshotCmd::Set {
+            id,
+            name,
+            description,
+            properties,
+            unset_properties,
+        } => {
+            let s = client(api)
+                .update_snapshot(UpdateVolumeSnapshotRequest {
+                    id,
+                    project: api.project.clone(),
+                    name,
+                    description,
+                    replace_metadata: false,
+                    metadata: properties.into_iter().collect(),
+                    remove_metadata: unset_properties,
+                })
                 .await
                 .or_fail(api)?;
             output::show(ctx.format, &snap_json(&s))
@@ -389,8 +545,59 @@ mod tests {
                 size_gb: 10,
                 volume_type: "ssd".into(),
                 image_ref: "cirros".into(),
+                ..Default::default()
             }
         );
+        let t = T::try_parse_from([
+            "nubo",
+            "create",
+            "--size",
+            "2G",
+            "--snapshot",
+            "s-id",
+            "--property",
+            "a=b=c",
+            "--description",
+            "copy",
+        ])
+        .unwrap();
+        let VolumeCmd::Create(a) = t.cmd else {
+            panic!("not create")
+        };
+        let r = a.request("p1");
+        assert_eq!(
+            (
+                r.name.as_str(),
+                r.snapshot_id.as_str(),
+                r.metadata["a"].as_str()
+            ),
+            ("", "s-id", "b=c")
+        );
+        assert!(T::try_parse_from([
+            "nubo", "create", "x", "--size", "1G", "--image", "i", "--source", "v"
+        ])
+        .is_err());
+        let t = T::try_parse_from([
+            "nubo",
+            "set",
+            "v",
+            "--bootable",
+            "true",
+            "--unset-property",
+            "k",
+            "--property",
+            "x=1",
+        ])
+        .unwrap();
+        let VolumeCmd::Set(a) = t.cmd else {
+            panic!("not set")
+        };
+        let r = a.request("p1");
+        assert_eq!(
+            (r.bootable, r.remove_metadata.clone(), r.name.clone()),
+            (Some(true), vec!["k".to_string()], None)
+        );
+        assert_eq!(r.metadata["x"], "1");
         // A negative size reaches the API, which refuses it with its reason.
         let t = T::try_parse_from(["nubo", "create", "d", "--size", "-1G"]).unwrap();
         assert!(matches!(

@@ -103,6 +103,9 @@ uuid_id!(
     /// Identifies a volume.
     VolumeId, "volume id");
 uuid_id!(
+    /// Identifies a volume snapshot.
+    SnapshotId, "snapshot id");
+uuid_id!(
     /// Identifies a server group (affinity / anti-affinity).
     ServerGroupId, "server group id");
 uuid_id!(

@@ -1004,6 +1004,13 @@ async fn volumes_are_isolated_between_projects() {
         status_reason: None,
         created_by: None,
         created_at: chrono::Utc::now(),
+        description: None,
+        metadata: Default::default(),
+        bootable: None,
+        read_only: None,
+        image_metadata: Default::default(),
+        source_volume: None,
+        source_snapshot: None,
     };
     let mut kv = etcd.client().await.unwrap();
     kv.put(keys::volume(&vol.id), encode(&vol), None)

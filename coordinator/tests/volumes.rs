@@ -103,6 +103,7 @@ fn snap(volume: &str, name: &str) -> pb::VolumeSnapshotRequest {
         r#ref: volume.into(),
         project: String::new(),
         name: name.into(),
+        ..Default::default()
     }
 }
 
@@ -506,6 +507,247 @@ async fn volume_lifecycle_and_bad_input() {
     assert!(leftovers(&admin, &p.volumes).is_empty());
     store.delete(&store.image_ref(&up.id).disk).unwrap();
 
+    coord.shutdown().await.unwrap();
+}
+
+/// Snapshots addressed by id, volumes copied from a snapshot or from a
+/// volume (independent full copies: the source's snapshot and the source
+/// stay deletable), a volume's attributes (description, metadata, marks,
+/// image metadata, rename, generated names) and the attach reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_ids_copies_and_volume_attributes() {
+    let Some(c) = cluster() else { return };
+    let (admin, p, ceph) = ceph_setup(&c, "vt-copy");
+    let etcd = Etcd::start().unwrap();
+    let coord = ceph_coordinator(&etcd, &ceph).await;
+    let mut v = Volumes::new(channel(&coord).await);
+    let pool = admin.pool(&p.volumes).unwrap();
+    let write = |id: &str, byte: u8| {
+        let mut img = pool.open(&format!("vol-{id}")).unwrap();
+        img.write(0, &[byte; 4096]).unwrap();
+        img.flush().unwrap();
+    };
+    let read = |id: &str| {
+        pool.open(&format!("vol-{id}"))
+            .unwrap()
+            .read(0, 4096)
+            .unwrap()
+    };
+
+    let src = v.create(create("src", 1)).await.unwrap().into_inner();
+    write(&src.id, 0xaa);
+    let s1 = v
+        .create_snapshot(pb::VolumeSnapshotRequest {
+            description: "before".into(),
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            ..snap("src", "s1")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s1.id.parse::<uuid::Uuid>().is_ok(), "{s1:?}");
+    assert_eq!(
+        (s1.description.as_str(), s1.metadata["k"].as_str()),
+        ("before", "v")
+    );
+    let got = v.get_snapshot(get(&s1.id)).await.unwrap().into_inner();
+    assert_eq!(got, s1);
+    let listed = v
+        .list_project_snapshots(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    assert_eq!(listed, vec![s1.clone()]);
+    for bad in ["not-a-uuid", "00000000-0000-4000-8000-000000000000"] {
+        let e = v.get_snapshot(get(bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{bad}: {e:?}");
+    }
+    write(&src.id, 0xbb);
+
+    // From the snapshot, no size: the snapshot's; its data, not today's.
+    let from_snap = v
+        .create(pb::CreateVolumeRequest {
+            snapshot_id: s1.id.clone(),
+            ..create("from-snap", 0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (from_snap.size_gb, from_snap.source_snapshot.as_str()),
+        (1, s1.id.as_str())
+    );
+    assert_eq!(read(&from_snap.id), vec![0xaa; 4096]);
+    // From the volume as it is now; the temporary snapshot is gone.
+    let from_vol = v
+        .create(pb::CreateVolumeRequest {
+            source_volume: "src".into(),
+            ..create("from-vol", 2)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (from_vol.size_gb, from_vol.source_volume.as_str()),
+        (2, src.id.as_str())
+    );
+    assert_eq!(read(&from_vol.id), vec![0xbb; 4096]);
+    assert_eq!(
+        leftovers(&admin, &p.volumes)
+            .iter()
+            .filter(|x| x.starts_with(&format!("vol-{}@", src.id)))
+            .collect::<Vec<_>>(),
+        vec![&format!("vol-{}@s1", src.id)]
+    );
+    // Smaller than the source, an unknown snapshot, two sources: refused.
+    for (req, code) in [
+        (
+            pb::CreateVolumeRequest {
+                source_volume: "from-vol".into(),
+                ..create("too-small", 1)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            pb::CreateVolumeRequest {
+                snapshot_id: "00000000-0000-4000-8000-000000000000".into(),
+                ..create("no-snap", 1)
+            },
+            Code::NotFound,
+        ),
+        (
+            pb::CreateVolumeRequest {
+                snapshot_id: s1.id.clone(),
+                source_volume: "src".into(),
+                ..create("two", 1)
+            },
+            Code::InvalidArgument,
+        ),
+    ] {
+        let e = v.create(req.clone()).await.unwrap_err();
+        assert_eq!(e.code(), code, "{req:?}: {e:?}");
+    }
+
+    // Snapshot rename keeps the RBD snapshot; delete by id removes it while
+    // the copy made from it lives on (it was flattened).
+    let renamed = v
+        .update_snapshot(pb::UpdateVolumeSnapshotRequest {
+            id: s1.id.clone(),
+            name: Some("s1-new".into()),
+            remove_metadata: vec!["k".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (renamed.name.as_str(), renamed.id.as_str()),
+        ("s1-new", s1.id.as_str())
+    );
+    assert!(renamed.metadata.is_empty());
+    v.delete_snapshot(pb::VolumeSnapshotRequest {
+        id: s1.id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        v.get_snapshot(get(&s1.id)).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(!leftovers(&admin, &p.volumes)
+        .iter()
+        .any(|x| x.contains('@')));
+    assert_eq!(read(&from_snap.id), vec![0xaa; 4096]);
+
+    // Attributes.
+    let u = |f: fn(&mut pb::UpdateVolumeRequest)| {
+        let mut r = pb::UpdateVolumeRequest {
+            r#ref: "src".into(),
+            ..Default::default()
+        };
+        f(&mut r);
+        r
+    };
+    let x = v
+        .update(u(|r| {
+            r.description = Some("data".into());
+            r.metadata = [("a".to_string(), "1".to_string())].into();
+            r.bootable = Some(true);
+            r.read_only = Some(true);
+            r.set_image_metadata = [("image_id".to_string(), "i".to_string())].into();
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            x.description.as_str(),
+            x.bootable,
+            x.read_only,
+            x.metadata["a"].as_str()
+        ),
+        ("data", true, Some(true), "1")
+    );
+    assert_eq!(x.image_metadata["image_id"], "i");
+    let e = v
+        .update(u(|r| r.remove_metadata = vec!["missing".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let x = v
+        .update(u(|r| {
+            r.name = Some("src2".into());
+            r.remove_metadata = vec!["a".into()];
+            r.unset_image_metadata = vec!["image_id".into()];
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(x.name, "src2");
+    assert!(x.metadata.is_empty() && x.image_metadata.is_empty());
+    assert_eq!(v.get(get("src2")).await.unwrap().into_inner().id, src.id);
+    assert_eq!(v.get(get("src")).await.unwrap_err().code(), Code::NotFound);
+    // The name of another volume is taken.
+    let e = v
+        .update(pb::UpdateVolumeRequest {
+            r#ref: "src2".into(),
+            name: Some("from-vol".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+
+    // An unnamed volume is named after its id.
+    let anon = v.create(create("", 1)).await.unwrap().into_inner();
+    assert_eq!(anon.name, format!("volume-{}", anon.id));
+
+    // Reservation: available → attaching → available; twice is refused.
+    let r = v.reserve(get(&anon.id)).await.unwrap().into_inner();
+    assert_eq!(r.status, "attaching");
+    assert_eq!(
+        v.reserve(get(&anon.id)).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        v.unreserve(get(&anon.id))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "available"
+    );
+    assert_eq!(
+        v.unreserve(get(&anon.id)).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    for r in [anon.id.as_str(), "src2", "from-snap", "from-vol"] {
+        v.delete(del(r)).await.unwrap();
+    }
+    assert!(leftovers(&admin, &p.volumes).is_empty());
     coord.shutdown().await.unwrap();
 }
 

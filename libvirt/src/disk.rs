@@ -72,6 +72,8 @@ pub struct VolumeDisk {
     pub serial: String,
     /// I/O limits.
     pub iotune: IoTune,
+    /// Attached read-only (`<readonly/>`: the guest cannot write).
+    pub read_only: bool,
 }
 
 /// Renders one `<disk type='network'>` element, indented by `indent`
@@ -81,6 +83,7 @@ pub fn rbd_disk_xml(
     target: &str,
     serial: Option<&str>,
     iotune: &IoTune,
+    read_only: bool,
     indent: usize,
 ) -> String {
     let p = " ".repeat(indent);
@@ -120,6 +123,9 @@ pub fn rbd_disk_xml(
         let _ = writeln!(x, "{p}  </source>");
     }
     let _ = writeln!(x, "{p}  <target dev='{}' bus='virtio'/>", esc(target));
+    if read_only {
+        let _ = writeln!(x, "{p}  <readonly/>");
+    }
     if !iotune.is_unlimited() {
         let _ = writeln!(x, "{p}  <iotune>");
         for (name, v) in iotune.params() {
@@ -138,7 +144,14 @@ pub fn rbd_disk_xml(
 
 /// Renders a volume's `<disk>` element for `virDomainAttachDeviceFlags`.
 pub fn volume_disk_xml(v: &VolumeDisk) -> String {
-    rbd_disk_xml(&v.source, &v.target, Some(&v.serial), &v.iotune, 0)
+    rbd_disk_xml(
+        &v.source,
+        &v.target,
+        Some(&v.serial),
+        &v.iotune,
+        v.read_only,
+        0,
+    )
 }
 
 /// A disk as found in a domain's XML.
@@ -261,7 +274,18 @@ mod tests {
                 write_iops_sec: Some(200),
                 ..IoTune::default()
             },
+            read_only: false,
         }
+    }
+
+    #[test]
+    fn a_read_only_volume_is_rendered_readonly() {
+        assert!(!volume_disk_xml(&vol()).contains("<readonly/>"));
+        let ro = VolumeDisk {
+            read_only: true,
+            ..vol()
+        };
+        assert!(volume_disk_xml(&ro).contains("  <readonly/>\n"));
     }
 
     #[test]

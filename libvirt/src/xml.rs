@@ -74,7 +74,14 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
             let _ = writeln!(x, "    </disk>");
         }
         DiskSpec::Rbd(rbd) => {
-            x.push_str(&rbd_disk_xml(rbd, "vda", None, &IoTune::default(), 4));
+            x.push_str(&rbd_disk_xml(
+                rbd,
+                "vda",
+                None,
+                &IoTune::default(),
+                false,
+                4,
+            ));
         }
     }
     for v in &spec.volumes {
@@ -83,6 +90,7 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
             &v.target,
             Some(&v.serial),
             &v.iotune,
+            v.read_only,
             4,
         ));
     }

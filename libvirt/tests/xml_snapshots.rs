@@ -217,12 +217,14 @@ fn rbd_spec() -> DomainSpec {
                 read_bytes_sec: Some(10 << 20),
                 ..IoTune::default()
             },
+            read_only: false,
         },
         VolumeDisk {
             target: "vdc".to_owned(),
             source: rbd("volumes/vol-2"),
             serial: "vol2".to_owned(),
             iotune: IoTune::default(),
+            read_only: false,
         },
     ];
     s

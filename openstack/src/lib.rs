@@ -18,6 +18,7 @@
 //! answer.
 
 pub mod attachments;
+pub mod cinder_list;
 pub mod compute;
 pub mod error;
 pub mod hypervisors;
@@ -33,6 +34,9 @@ pub mod time;
 pub mod upstream;
 pub mod versions;
 pub mod volume;
+pub mod volume_actions;
+pub mod volume_metadata;
+pub mod volume_snapshots;
 
 use axum::routing::get;
 use axum::Router;

@@ -1,9 +1,12 @@
 //! Block Storage v3 (Cinder) over nubo's `Volumes` and `VolumeTypes`:
-//! volumes (create blank or from an image, list, detail, show, delete),
-//! volume types (list, show) and quotas. Errors use Cinder's fault
-//! format, which is Nova's (`{"itemNotFound": {"code", "message"}}`).
-//! Snapshots, backups, transfers, the attachments API (3.27+) and volume
-//! updates answer 404/501 (docs/openstack-compatibility.md).
+//! volumes (create blank, from an image, a snapshot or another volume;
+//! list, detail, show, update, delete with `cascade`), their metadata
+//! ([`crate::volume_metadata`]), actions ([`crate::volume_actions`]),
+//! snapshots ([`crate::volume_snapshots`]), volume types (list, show),
+//! quotas and the extension list. Errors use Cinder's fault format, which
+//! is Nova's (`{"itemNotFound": {"code", "message"}}`). Backups,
+//! transfers and the attachments API (3.27+) answer 404
+//! (docs/openstack-compatibility.md).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -15,7 +18,7 @@ use nubo_common::proto as pb;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::compute::Paging;
+use crate::cinder_list::{self, Accepts};
 use crate::error::{ApiError, Service, StatusExt};
 use crate::versions;
 use crate::Upstream;
@@ -41,14 +44,15 @@ pub fn router() -> Router<Upstream> {
         .route("/v3/{project}/volumes/detail", get(list_volumes))
         .route(
             "/v3/{project}/volumes/{id}/action",
-            axum::routing::post(volume_action),
+            axum::routing::post(crate::volume_actions::volume_action),
         )
         .route(
             "/v3/{project}/volumes/{id}",
-            get(show_volume)
-                .delete(delete_volume)
-                .put(update_unsupported),
+            get(show_volume).delete(delete_volume).put(update_volume),
         )
+        .route("/v3/{project}/extensions", get(extensions))
+        .merge(crate::volume_metadata::router())
+        .merge(crate::volume_snapshots::router())
         .route("/v3/{project}/limits", get(crate::limits::volume_limits))
         .route("/v3/{project}/types", get(list_types))
         .route("/v3/{project}/types/{id}", get(show_type))
@@ -78,17 +82,11 @@ async fn zones() -> Response {
     .into_response()
 }
 
-/// The `status` filter of a volume list (Cinder's status names; a status
-/// no volume can have gives an empty list, as Cinder).
-#[derive(Debug, Default, Deserialize)]
-pub struct StatusFilter {
-    status: Option<String>,
-}
-
 /// Cinder's status of a nubo volume status. Pure.
 fn cinder_status(s: &str) -> &str {
     match s {
-        "creating" | "available" | "in-use" | "detaching" | "deleting" | "reverting" => s,
+        "creating" | "available" | "in-use" | "attaching" | "detaching" | "deleting"
+        | "reverting" => s,
         _ => "error",
     }
 }
@@ -112,6 +110,16 @@ pub fn volume_view(v: &pb::Volume) -> Value {
             "attached_at": null,
         })]
     };
+    let mut metadata: Map<String, Value> = v
+        .metadata
+        .iter()
+        .map(|(k, x)| (k.clone(), json!(x)))
+        .collect();
+    if let Some(ro) = v.read_only {
+        // Cinder shows the read-only mark in the metadata ("True"/"False").
+        metadata.insert("readonly".into(), json!(if ro { "True" } else { "False" }));
+    }
+    let id_or_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
     let mut out = json!({
         "id": v.id,
         "name": v.name,
@@ -120,21 +128,24 @@ pub fn volume_view(v: &pb::Volume) -> Value {
         "status": cinder_status(&v.status),
         "volume_type": if v.volume_type.is_empty() { Value::Null } else { json!(v.volume_type) },
         "attachments": attachments,
-        "bootable": if v.source_image.is_empty() { "false" } else { "true" },
+        "bootable": if v.bootable { "true" } else { "false" },
         "availability_zone": "nova",
         "created_at": v.created_at,
         "updated_at": null,
-        "description": null,
-        "metadata": {},
+        "description": id_or_null(&v.description),
+        "metadata": metadata,
         "multiattach": false,
         "encrypted": false,
         "replication_status": null,
-        "snapshot_id": null,
-        "source_volid": null,
+        "snapshot_id": id_or_null(&v.source_snapshot),
+        "source_volid": id_or_null(&v.source_volume),
         "consistencygroup_id": null,
         "links": [],
     });
-    if !v.source_image.is_empty() {
+    if !v.image_metadata.is_empty() {
+        out["volume_image_metadata"] = json!(v.image_metadata);
+    } else if !v.source_image.is_empty() {
+        // Volumes made before nubo kept image metadata.
         out["volume_image_metadata"] = json!({"image_id": v.source_image});
     }
     out
@@ -150,53 +161,97 @@ pub fn created_view(v: &pb::Volume) -> Value {
     view
 }
 
-/// The brief view of `GET /volumes`: id, name and links only. Pure.
-pub fn volume_brief(v: &pb::Volume) -> Value {
-    json!({"id": v.id, "name": v.name, "links": []})
+/// What Cinder's volume lists accept.
+const VOLUME_LIST: Accepts = Accepts {
+    sort_keys: &[
+        "id",
+        "name",
+        "display_name",
+        "status",
+        "size",
+        "created_at",
+        "updated_at",
+        "bootable",
+        "availability_zone",
+        "volume_type",
+    ],
+    filters: &[
+        "name",
+        "display_name",
+        "status",
+        "metadata",
+        "bootable",
+        "availability_zone",
+        "volume_type",
+        "description",
+    ],
+};
+
+/// A Cinder list answer: `{key: page, key_links: [next]}`. The views
+/// are filtered, sorted and paged by [`cinder_list`]. `url` is the
+/// list's own address (for the next link).
+pub(crate) fn list_answer(
+    key: &str,
+    url: &str,
+    q: &cinder_list::ListQuery,
+    views: Vec<Value>,
+) -> Result<Response, ApiError> {
+    let page = cinder_list::apply(views, q)?;
+    let mut out = Map::new();
+    if let Some(l) = cinder_list::links(url, q, &page) {
+        out.insert(format!("{key}_links"), l);
+    }
+    out.insert(key.to_string(), Value::Array(page));
+    Ok(Json(Value::Object(out)).into_response())
 }
 
 async fn volumes_listed(
     up: &Upstream,
     headers: &HeaderMap,
-    p: &Paging,
-    f: &StatusFilter,
-    view: fn(&pb::Volume) -> Value,
+    project: &str,
+    raw: Vec<(String, String)>,
+    detail: bool,
 ) -> Result<Response, ApiError> {
+    let q = cinder_list::parse(raw, VOLUME_LIST)?;
     let all = crate::list_all!(up.volumes(headers)?, volumes, S)?;
-    let named: Vec<pb::Volume> = all
-        .into_iter()
-        .filter(|v| p.name.as_ref().is_none_or(|n| &v.name == n))
-        .filter(|v| {
-            f.status
-                .as_deref()
-                .is_none_or(|s| cinder_status(&v.status) == s)
-        })
-        .collect();
-    let views: Vec<Value> = crate::compute::page(named, p, |v| &v.id)?
+    // Filter and sort on the full views; the brief list shows less.
+    let views: Vec<Value> = all.iter().map(volume_view).collect();
+    let path = if detail { "volumes/detail" } else { "volumes" };
+    let url = format!("{}/volume/v3/{project}/{path}", up.public_url);
+    if detail {
+        return list_answer("volumes", &url, &q, views);
+    }
+    let page = cinder_list::apply(views, &q)?;
+    let links = cinder_list::links(&url, &q, &page);
+    let brief: Vec<Value> = page
         .iter()
-        .map(view)
+        .map(|v| json!({"id": v["id"], "name": v["name"], "links": []}))
         .collect();
-    Ok(Json(json!({"volumes": views})).into_response())
+    let mut out = json!({"volumes": brief});
+    if let Some(l) = links {
+        out["volumes_links"] = l;
+    }
+    Ok(Json(out).into_response())
 }
 
 /// `GET /volumes/detail`.
 async fn list_volumes(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Query(p): Query<Paging>,
-    Query(f): Query<StatusFilter>,
+    Path(project): Path<String>,
+    Query(raw): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    volumes_listed(&up, &headers, &p, &f, volume_view).await
+    volumes_listed(&up, &headers, &project, raw, true).await
 }
 
 /// `GET /volumes`.
 async fn list_volumes_brief(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Query(p): Query<Paging>,
-    Query(f): Query<StatusFilter>,
+    Path(project): Path<String>,
+    Query(raw): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    volumes_listed(&up, &headers, &p, &f, volume_brief).await
+    volumes_listed(&up, &headers, &project, raw, false).await
 }
 
 async fn show_volume(
@@ -250,12 +305,30 @@ struct NewVolume {
     multiattach: Option<bool>,
 }
 
+/// Cinder metadata (string values only) as nubo's. Pure.
+pub(crate) fn string_map(
+    m: Option<Map<String, Value>>,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    m.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            other => Err(ApiError::bad_request(
+                S,
+                format!(
+                    "Invalid input received: metadata value of {k:?} must be a string, not {other}"
+                ),
+            )),
+        })
+        .collect()
+}
+
 /// nubo's request for a Cinder volume. Pure.
 fn volume_request(b: CreateBody) -> Result<pb::CreateVolumeRequest, ApiError> {
     let v = b.volume;
     let bad = |m: &str| Err(ApiError::bad_request(S, format!("{m} (nubo)")));
-    if v.snapshot_id.is_some() || v.source_volid.is_some() || v.backup_id.is_some() {
-        return bad("volumes from snapshots, other volumes or backups are not supported: create blank or from an image (imageRef)");
+    if v.backup_id.is_some() {
+        return bad("volumes from backups are not supported: nubo has no backups");
     }
     if v.consistencygroup_id.is_some() || v.group_id.is_some() {
         return bad("consistency groups and groups are not supported");
@@ -268,26 +341,37 @@ fn volume_request(b: CreateBody) -> Result<pb::CreateVolumeRequest, ApiError> {
             "volumes have no availability zone other than nova: the Ceph pool serves every node",
         );
     }
-    if v.metadata.as_ref().is_some_and(|m| !m.is_empty())
-        || v.description.as_deref().is_some_and(|d| !d.is_empty())
-    {
-        return bad("volume metadata and descriptions are not supported");
-    }
     if b.hints.as_ref().is_some_and(|h| !h.is_empty()) {
         return bad("scheduler hints are not supported");
     }
-    let Some(size) = v.size else {
+    let copy = v.snapshot_id.is_some() || v.source_volid.is_some();
+    let size = match v.size {
+        Some(n) => n,
+        // A copy without a size has its source's (0 tells nubo so).
+        None if copy => 0,
+        None => {
+            return Err(ApiError::bad_request(
+                S,
+                "Invalid input for field/attribute size: a size in GiB is required",
+            ))
+        }
+    };
+    if copy && size <= 0 && v.size.is_some() {
         return Err(ApiError::bad_request(
             S,
-            "Invalid input for field/attribute size: a size in GiB is required",
+            format!("Invalid input received: volume size {size} must be an integer greater than 0"),
         ));
-    };
+    }
     Ok(pb::CreateVolumeRequest {
         name: v.name.unwrap_or_default(),
         project: String::new(),
         size_gb: size,
         volume_type: v.volume_type.unwrap_or_default(),
         image_ref: v.image_ref.unwrap_or_default(),
+        description: v.description.unwrap_or_default(),
+        metadata: string_map(v.metadata)?,
+        snapshot_id: v.snapshot_id.unwrap_or_default(),
+        source_volume: v.source_volid.unwrap_or_default(),
     })
 }
 
@@ -310,69 +394,132 @@ async fn create_volume(
         .into_response())
 }
 
+/// Cinder's answer to a failed nubo call: a volume in the wrong state
+/// (nubo's FailedPrecondition, Nova's 409) is Cinder's 400 "Invalid
+/// volume"; everything else as [`ApiError::from_status`].
+pub(crate) fn cinder_error(s: tonic::Status) -> ApiError {
+    if s.code() == tonic::Code::FailedPrecondition {
+        return ApiError::bad_request(S, format!("Invalid volume: {}", s.message()));
+    }
+    ApiError::from_status(S, &s)
+}
+
+/// `?cascade=` of a volume delete.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct DeleteQuery {
+    #[serde(default)]
+    cascade: Option<String>,
+}
+
+/// `DELETE /volumes/{id}`: nubo deletes a volume with its snapshots; as
+/// Cinder, that takes `cascade=true` (without it a volume that has
+/// snapshots is a 400).
 async fn delete_volume(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path((_project, id)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
-    up.volumes(&headers)?
-        .delete(crate::upstream::delete_req(id))
+    let cascade = match q.cascade.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("Invalid input received: cascade {other:?} is not a boolean"),
+            ))
+        }
+    };
+    let mut c = up.volumes(&headers)?;
+    if !cascade {
+        let snaps = c
+            .list_snapshots(crate::upstream::get_req(id.clone()))
+            .await
+            .map_err(cinder_error)?
+            .into_inner()
+            .snapshots;
+        if !snaps.is_empty() {
+            return Err(ApiError::bad_request(
+                S,
+                format!(
+                    "Invalid volume: Volume {id} still has {} dependent snapshots (delete with cascade=true)",
+                    snaps.len()
+                ),
+            ));
+        }
+    }
+    c.delete(crate::upstream::delete_req(id))
         .await
-        .api(S)?;
+        .map_err(cinder_error)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-/// The new size of a Cinder `os-extend` action body
-/// (`{"os-extend": {"new_size": N}}`); other actions are named in the
-/// refusal. Pure.
-pub fn extend_size(body: &Value) -> Result<i64, ApiError> {
-    let obj = body
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .ok_or_else(|| ApiError::bad_request(S, "an action body is an object with one key"))?;
-    match obj.get("os-extend") {
-        Some(args) => args
-            .get("new_size")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| ApiError::bad_request(S, "os-extend needs new_size, an integer (GiB)")),
-        None => {
-            let name = obj.keys().next().cloned().unwrap_or_default();
-            Err(ApiError::new(
-                S,
-                StatusCode::NOT_IMPLEMENTED,
-                format!("volume action {name:?} is not supported (os-extend is; attach through Nova's os-volume_attachments)"),
-            ))
-        }
-    }
+/// `PUT /volumes/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    volume: VolumeChanges,
 }
 
-/// `POST /v3/{project}/volumes/{id}/action`: `os-extend` is
-/// `Volumes.Resize` (202; a smaller size is nubo's 400).
-async fn volume_action(
+/// What a Cinder volume update may change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeChanges {
+    #[serde(default, alias = "display_name")]
+    name: Option<Option<String>>,
+    #[serde(default, alias = "display_description")]
+    description: Option<Option<String>>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+/// nubo's update of a Cinder `PUT /volumes/{id}` (metadata given
+/// replaces all of it, as Cinder). Pure.
+fn update_request(id: String, b: UpdateBody) -> Result<pb::UpdateVolumeRequest, ApiError> {
+    let v = b.volume;
+    let replace = v.metadata.is_some();
+    Ok(pb::UpdateVolumeRequest {
+        r#ref: id,
+        name: v.name.map(Option::unwrap_or_default),
+        description: v.description.map(Option::unwrap_or_default),
+        replace_metadata: replace,
+        metadata: string_map(v.metadata)?,
+        ..Default::default()
+    })
+}
+
+/// `PUT /volumes/{id}`: name, description, metadata (200 with the volume).
+async fn update_volume(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path((_project, id)): Path<(String, String)>,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Json<UpdateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let body = crate::error::json_body(S, body)?;
-    let size_gb = extend_size(&body)?;
-    up.volumes(&headers)?
-        .resize(pb::ResizeVolumeRequest {
-            r#ref: id,
-            project: String::new(),
-            size_gb,
-        })
+    let b = crate::error::json_body(S, body)?;
+    let v = up
+        .volumes(&headers)?
+        .update(update_request(id, b)?)
         .await
-        .api(S)?;
-    Ok(StatusCode::ACCEPTED.into_response())
+        .map_err(cinder_error)?
+        .into_inner();
+    Ok(Json(json!({"volume": created_view(&v)})).into_response())
 }
 
-async fn update_unsupported() -> ApiError {
-    ApiError::new(
-        S,
-        StatusCode::NOT_IMPLEMENTED,
-        "updating a volume's name, description or metadata is not supported by nubo (see docs/openstack-compatibility.md)",
-    )
+/// `GET /extensions`: what of Cinder's extension list nubo serves (the
+/// aliases Cinder gives them).
+async fn extensions() -> Response {
+    let ext = |alias: &str, name: &str, description: &str| {
+        json!({"alias": alias, "name": name, "description": description,
+            "updated": "2026-12-05T00:00:00+00:00", "links": []})
+    };
+    Json(json!({"extensions": [
+        ext("os-availability-zone", "AvailabilityZones", "The one availability zone, nova."),
+        ext("os-extended-snapshot-attributes", "ExtendedSnapshotAttributes", "Snapshot progress and project."),
+        ext("os-quota-sets", "Quotas", "Quotas (show; changed through nubo's own API)."),
+        ext("os-vol-image-meta", "VolumeImageMetadata", "Volume image metadata."),
+        ext("os-volume-actions", "VolumeActions", "Extend, attach, detach, reserve, unreserve, set bootable, read-only flag, image metadata."),
+    ]}))
+    .into_response()
 }
 
 /// The Cinder view of a volume type (its id is its name). Pure.
@@ -448,12 +595,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.name, "vol1");
-        let e = parse(json!({"volume": {"size": 1, "metadata": {"k": "v"}}})).unwrap_err();
-        assert!(e.message.contains("metadata"), "{}", e.message);
+        // Metadata, descriptions and copies of snapshots or volumes (no
+        // size: the source's, told to nubo as 0).
+        let r = parse(json!({"volume": {"size": 1, "metadata": {"k": "v"},
+            "description": "d"}}))
+        .unwrap();
+        assert_eq!(
+            (r.metadata["k"].as_str(), r.description.as_str()),
+            ("v", "d")
+        );
+        let r = parse(json!({"volume": {"snapshot_id": "s"}})).unwrap();
+        assert_eq!((r.snapshot_id.as_str(), r.size_gb), ("s", 0));
+        let r = parse(json!({"volume": {"source_volid": "v", "size": 3}})).unwrap();
+        assert_eq!((r.source_volume.as_str(), r.size_gb), ("v", 3));
         for (v, text) in [
+            (json!({"volume": {"size": 1, "backup_id": "b"}}), "backups"),
             (
-                json!({"volume": {"size": 1, "snapshot_id": "s"}}),
-                "not supported",
+                json!({"volume": {"size": 1, "metadata": {"k": 1}}}),
+                "must be a string",
+            ),
+            (
+                json!({"volume": {"size": 0, "snapshot_id": "s"}}),
+                "greater than 0",
             ),
             (json!({"volume": {"name": "x"}}), "size"),
             (
@@ -469,29 +632,6 @@ mod tests {
             let e = parse(v).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(text), "{}", e.message);
-        }
-    }
-
-    #[test]
-    fn os_extend_is_a_resize_and_other_actions_are_named() {
-        assert_eq!(
-            extend_size(&json!({"os-extend": {"new_size": 3}})).unwrap(),
-            3
-        );
-        for (b, status) in [
-            (
-                json!({"os-extend": {"new_size": null}}),
-                StatusCode::BAD_REQUEST,
-            ),
-            (
-                json!({"os-extend": {"new_size": "big"}}),
-                StatusCode::BAD_REQUEST,
-            ),
-            (json!({"os-extend": {}}), StatusCode::BAD_REQUEST),
-            (json!({}), StatusCode::BAD_REQUEST),
-            (json!({"os-reserve": {}}), StatusCode::NOT_IMPLEMENTED),
-        ] {
-            assert_eq!(extend_size(&b).unwrap_err().status, status, "{b}");
         }
     }
 
@@ -515,6 +655,7 @@ mod tests {
         assert_eq!(volume_view(&mine)["user_id"], "alice");
         let from_image = pb::Volume {
             source_image: "img".into(),
+            bootable: true,
             ..v.clone()
         };
         assert_eq!(

@@ -261,6 +261,7 @@ mod sys {
             fn rbd_snap_remove(image: rbd_image_t, name: *const c_char) -> c_int;
             fn rbd_snap_rollback(image: rbd_image_t, name: *const c_char) -> c_int;
             fn rbd_snap_protect(image: rbd_image_t, name: *const c_char) -> c_int;
+            fn rbd_flatten(image: rbd_image_t) -> c_int;
             fn rbd_snap_unprotect(image: rbd_image_t, name: *const c_char) -> c_int;
             fn rbd_snap_is_protected(
                 image: rbd_image_t,
@@ -761,6 +762,11 @@ impl Image {
         // SAFETY: live image, valid out pointer.
         Errno::check(unsafe { (self.api.rbd_get_features)(self.raw, &mut f) })?;
         Ok(f)
+    }
+
+    pub(crate) fn flatten(&self) -> Result<(), Errno> {
+        // SAFETY: live image.
+        Errno::check(unsafe { (self.api.rbd_flatten)(self.raw) }).map(drop)
     }
 
     pub(crate) fn resize(&self, size: u64) -> Result<(), Errno> {

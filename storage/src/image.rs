@@ -378,6 +378,14 @@ impl Image {
             .ctx("roll back to snapshot", || self.snap_spec(name))
     }
 
+    /// Copies every block the image shares with its parent snapshot into
+    /// the image, which then no longer depends on the parent.
+    pub fn flatten(&mut self) -> Result<()> {
+        self.raw
+            .flatten()
+            .ctx("flatten image", || self.spec.clone())
+    }
+
     /// Protects snapshot `name` so it can be cloned (and not removed).
     pub fn snap_protect(&mut self, name: &str) -> Result<()> {
         self.raw

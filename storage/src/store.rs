@@ -271,6 +271,69 @@ impl RbdStore {
         Ok(disk)
     }
 
+    /// Makes volume `volume_id` a full, independent copy of snapshot `src`
+    /// (of another volume), grown to `size_gb` GiB: a clone of the
+    /// snapshot (protected for the time of the clone when it was not),
+    /// flattened so the source volume and its snapshot stay deletable.
+    /// The half-made volume is removed on any failure.
+    pub fn copy_volume_from_snapshot(
+        &self,
+        src: &SnapshotRef,
+        volume_id: &str,
+        size_gb: u64,
+    ) -> Result<DiskRef> {
+        let (_src_pool, mut src_img) = self.open(&src.disk)?;
+        let protected_here = if src_img.snap_is_protected(&src.snap)? {
+            false
+        } else {
+            src_img.snap_protect(&src.snap)?;
+            true
+        };
+        let made = self
+            .clone_volume_from_image(src, volume_id, size_gb)
+            .and_then(|disk| {
+                let flat = (|| {
+                    let (_pool, mut img) = self.open(&disk)?;
+                    img.flatten()
+                })();
+                match flat {
+                    Ok(()) => Ok(disk),
+                    Err(e) => {
+                        if let Ok(pool) = self.pool(&disk.pool) {
+                            Self::discard(&pool, &disk.name);
+                        }
+                        Err(e)
+                    }
+                }
+            });
+        if protected_here {
+            // A concurrent copy of the same snapshot may still hold a
+            // clone: it unprotects when it is done.
+            if let Err(e) = src_img.snap_unprotect(&src.snap) {
+                tracing::info!(snapshot = %src.snap, error = %e, "snapshot left protected");
+            }
+        }
+        made
+    }
+
+    /// Makes volume `volume_id` a full copy of volume `src_volume_id` as it
+    /// is now (through a temporary snapshot `clone-<volume_id>` of the
+    /// source, removed afterwards), grown to `size_gb` GiB.
+    pub fn copy_volume(
+        &self,
+        src_volume_id: &str,
+        volume_id: &str,
+        size_gb: u64,
+    ) -> Result<DiskRef> {
+        let src = self.volume_ref(src_volume_id);
+        let snap = self.snapshot_create(&src, &format!("clone-{volume_id}"))?;
+        let made = self.copy_volume_from_snapshot(&snap, volume_id, size_gb);
+        if let Err(e) = self.snapshot_delete(&snap) {
+            tracing::warn!(snapshot = %snap.spec(), error = %e, "temporary clone snapshot left behind");
+        }
+        made
+    }
+
     /// Grows `disk` to `size_gb` GiB; shrinking (or a size of 0) is refused
     /// with [`Error::InvalidArgument`], the same size is a no-op.
     pub fn resize_volume(&self, disk: &DiskRef, size_gb: u64) -> Result<()> {

@@ -254,7 +254,7 @@ backup = false
 manage_snapshot = false
 manage_volume = false
 extend_attached_volume = false
-api_extensions = all
+api_extensions = os-volume-actions,os-vol-image-meta,os-extended-snapshot-attributes,os-availability-zone,os-quota-sets
 
 [validation]
 run_validation = false

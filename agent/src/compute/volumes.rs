@@ -86,6 +86,7 @@ pub fn plan(wanted: &[WantedVolume], observed: &[AttachedVolume]) -> Vec<VolumeO
             volume: w.volume,
             target,
             qos: *qos,
+            read_only: w.read_only,
         }));
     }
     for o in observed {
@@ -402,6 +403,7 @@ mod tests {
                 write_iops_sec: iops,
                 ..Qos::default()
             }),
+            read_only: false,
         }
     }
 
@@ -409,7 +411,33 @@ mod tests {
         WantedVolume {
             volume: vid(n),
             qos: WantedQos::Held("volume type gold not found".into()),
+            read_only: false,
         }
+    }
+
+    #[test]
+    fn a_read_only_volume_is_attached_read_only() {
+        let ro = WantedVolume {
+            read_only: true,
+            ..want(1, None)
+        };
+        assert_eq!(
+            plan(&[ro, want(2, None)], &[]),
+            vec![
+                VolumeOp::Attach(VolumeToAttach {
+                    volume: vid(1),
+                    target: "vdb".into(),
+                    qos: Qos::default(),
+                    read_only: true,
+                }),
+                VolumeOp::Attach(VolumeToAttach {
+                    volume: vid(2),
+                    target: "vdc".into(),
+                    qos: Qos::default(),
+                    read_only: false,
+                }),
+            ]
+        );
     }
 
     fn limits(w: &WantedVolume) -> Qos {
@@ -436,12 +464,14 @@ mod tests {
                 VolumeOp::Attach(VolumeToAttach {
                     volume: vid(1),
                     target: "vdb".into(),
-                    qos: Qos::default()
+                    qos: Qos::default(),
+                    read_only: false,
                 }),
                 VolumeOp::Attach(VolumeToAttach {
                     volume: vid(2),
                     target: "vdc".into(),
-                    qos: limits(&want(2, Some(200)))
+                    qos: limits(&want(2, Some(200))),
+                    read_only: false,
                 }),
             ]
         );
@@ -466,7 +496,8 @@ mod tests {
                 VolumeOp::Attach(VolumeToAttach {
                     volume: vid(3),
                     target: "vdd".into(),
-                    qos: Qos::default()
+                    qos: Qos::default(),
+                    read_only: false,
                 }),
             ]
         );
@@ -477,7 +508,8 @@ mod tests {
             vec![VolumeOp::Attach(VolumeToAttach {
                 volume: vid(4),
                 target: "vdb".into(),
-                qos: Qos::default()
+                qos: Qos::default(),
+                read_only: false,
             })]
         );
     }
@@ -601,7 +633,8 @@ mod tests {
             vec![VolumeOp::Attach(VolumeToAttach {
                 volume: vid(2),
                 target: "vdc".into(),
-                qos: Qos::default()
+                qos: Qos::default(),
+                read_only: false,
             })]
         );
         // Not attached yet: waits, without taking a device.
@@ -611,7 +644,8 @@ mod tests {
             vec![VolumeOp::Attach(VolumeToAttach {
                 volume: vid(2),
                 target: "vdb".into(),
-                qos: Qos::default()
+                qos: Qos::default(),
+                read_only: false,
             })]
         );
     }

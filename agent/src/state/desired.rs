@@ -131,6 +131,8 @@ pub struct WantedVolume {
     pub volume: VolumeId,
     /// Its limits, from its record's `volume_type`.
     pub qos: WantedQos,
+    /// Attach read-only (its record's read-only mark).
+    pub read_only: bool,
 }
 
 /// The I/O limits a wanted volume should have.
@@ -662,6 +664,11 @@ fn resolve_spec(
         .map(|a| WantedVolume {
             volume: a.volume,
             qos: volume_qos(cache, &a.volume),
+            read_only: cache
+                .volumes
+                .get(&a.volume)
+                .and_then(|v| v.read_only)
+                .unwrap_or(false),
         })
         .collect();
     Ok(DesiredInstance {

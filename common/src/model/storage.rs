@@ -6,11 +6,13 @@
 //! root disk `<disks pool>/<instance id>-disk`, image
 //! `<images pool>/img-<image id>@base`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
 use super::UserName;
-use crate::{ImageId, InstanceId, ProjectId, VolumeId};
+use crate::{ImageId, InstanceId, ProjectId, SnapshotId, VolumeId};
 
 /// Lifecycle of a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +32,9 @@ pub enum VolumeStatus {
     Error,
     /// Being rolled back to a snapshot (not attachable meanwhile).
     Reverting,
+    /// Reserved for an attach (Cinder's `os-reserve`): only an attach or
+    /// an unreserve moves it on.
+    Attaching,
 }
 
 /// A block device.
@@ -64,6 +69,36 @@ pub struct Volume {
     pub created_by: Option<UserName>,
     /// Creation time.
     pub created_at: Timestamp,
+    /// Free-text description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// User metadata (key → value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Marked bootable; `None` = bootable when made from an image
+    /// (see [`Volume::is_bootable`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootable: Option<bool>,
+    /// Attached read-only (`None`: never set, read-write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Properties of the image it was made from (Cinder's
+    /// `volume_image_metadata`), settable by the owner.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_metadata: BTreeMap<String, String>,
+    /// The volume it was copied from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_volume: Option<VolumeId>,
+    /// The snapshot it was copied from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_snapshot: Option<SnapshotId>,
+}
+
+impl Volume {
+    /// Bootable: as marked, else when made from an image.
+    pub fn is_bootable(&self) -> bool {
+        self.bootable.unwrap_or(self.source_image.is_some())
+    }
 }
 
 /// I/O limits of a volume type, applied as libvirt `<iotune>` on every disk
@@ -108,8 +143,23 @@ pub struct VolumeType {
 /// the RBD snapshot of the same name on the volume's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeSnapshot {
-    /// Name, unique per volume (also the RBD snapshot name).
+    /// Id; `None` for snapshots recorded before snapshots had ids (see
+    /// [`VolumeSnapshot::snapshot_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<SnapshotId>,
+    /// Name, unique per volume (also the RBD snapshot name unless
+    /// `rbd_name` says otherwise).
     pub name: String,
+    /// The RBD snapshot's name when it differs from `name` (the snapshot
+    /// was renamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd_name: Option<String>,
+    /// Free-text description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// User metadata (key → value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     /// The volume.
     pub volume: VolumeId,
     /// Owner (the volume's project).
@@ -118,6 +168,31 @@ pub struct VolumeSnapshot {
     pub size_gb: u64,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+impl VolumeSnapshot {
+    /// Its id: the recorded one, else one derived from the volume id and
+    /// the name (stable for snapshots recorded before ids existed).
+    pub fn snapshot_id(&self) -> SnapshotId {
+        self.id.unwrap_or_else(|| {
+            use sha2::Digest;
+            let h = sha2::Sha256::new()
+                .chain_update(self.volume.as_uuid().as_bytes())
+                .chain_update(self.name.as_bytes())
+                .finalize();
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&h[..16]);
+            // RFC 4122 variant, version 8 (custom).
+            b[6] = (b[6] & 0x0f) | 0x80;
+            b[8] = (b[8] & 0x3f) | 0x80;
+            SnapshotId::from_uuid(uuid::Uuid::from_bytes(b))
+        })
+    }
+
+    /// The RBD snapshot's name.
+    pub fn rbd_snap(&self) -> &str {
+        self.rbd_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// A volume attached to an instance (`Instance::volumes`), in attach order:

@@ -468,15 +468,7 @@ fn server_parts(
 
 /// The API name of a volume status (`in-use` as in OpenStack).
 pub fn volume_status_name(s: model::VolumeStatus) -> &'static str {
-    match s {
-        model::VolumeStatus::Creating => "creating",
-        model::VolumeStatus::Available => "available",
-        model::VolumeStatus::InUse => "in-use",
-        model::VolumeStatus::Detaching => "detaching",
-        model::VolumeStatus::Deleting => "deleting",
-        model::VolumeStatus::Error => "error",
-        model::VolumeStatus::Reverting => "reverting",
-    }
+    crate::operations::volumes::status_name(s)
 }
 
 /// Volume; `rbd_image` is `pool/vol-<id>` (empty when Ceph is not
@@ -506,6 +498,21 @@ pub fn volume(
             .as_ref()
             .map(|u| u.to_string())
             .unwrap_or_default(),
+        description: v.description.clone().unwrap_or_default(),
+        metadata: v
+            .metadata
+            .iter()
+            .map(|(k, x)| (k.clone(), x.clone()))
+            .collect(),
+        bootable: v.is_bootable(),
+        read_only: v.read_only,
+        image_metadata: v
+            .image_metadata
+            .iter()
+            .map(|(k, x)| (k.clone(), x.clone()))
+            .collect(),
+        source_volume: v.source_volume.map(|i| i.to_string()).unwrap_or_default(),
+        source_snapshot: v.source_snapshot.map(|i| i.to_string()).unwrap_or_default(),
     }
 }
 
@@ -536,6 +543,13 @@ pub fn volume_snapshot(s: &model::VolumeSnapshot) -> pb::VolumeSnapshot {
         project: s.project.to_string(),
         size_gb: s.size_gb,
         created_at: ts(&s.created_at),
+        id: s.snapshot_id().to_string(),
+        description: s.description.clone().unwrap_or_default(),
+        metadata: s
+            .metadata
+            .iter()
+            .map(|(k, x)| (k.clone(), x.clone()))
+            .collect(),
     }
 }
 

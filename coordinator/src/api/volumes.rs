@@ -5,6 +5,7 @@ use nubo_common::proto::{self as pb, volumes_server};
 use tonic::Request;
 
 use super::{convert, page, project, reply, scope, R};
+use crate::operations::volume_attrs as attrs;
 use crate::operations::volume_snapshots as snapshots;
 use crate::operations::volumes::{self, VolumeView};
 use crate::state::Ctx;
@@ -23,7 +24,14 @@ impl volumes_server::Volumes for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = project(&r.project)?;
-            volumes::create(self, &p, &r.name, r.size_gb, &r.volume_type, &r.image_ref).await
+            let from = volumes::CreateFrom {
+                image_ref: r.image_ref,
+                snapshot_id: r.snapshot_id,
+                source_volume: r.source_volume,
+                description: Some(r.description).filter(|d| !d.is_empty()),
+                metadata: r.metadata.into_iter().collect(),
+            };
+            volumes::create(self, &p, &r.name, r.size_gb, &r.volume_type, from).await
         };
         reply(go.await.map(|v| volume_pb(&v)))
     }
@@ -68,7 +76,13 @@ impl volumes_server::Volumes for Ctx {
         r: Request<pb::VolumeSnapshotRequest>,
     ) -> R<pb::VolumeSnapshot> {
         let r = r.into_inner();
-        let go = async { snapshots::create(self, &project(&r.project)?, &r.r#ref, &r.name).await };
+        let go = async {
+            let info = snapshots::SnapshotInfo {
+                description: r.description,
+                metadata: r.metadata.into_iter().collect(),
+            };
+            snapshots::create(self, &project(&r.project)?, &r.r#ref, &r.name, info).await
+        };
         reply(go.await.map(|s| convert::volume_snapshot(&s)))
     }
     async fn list_snapshots(
@@ -83,12 +97,87 @@ impl volumes_server::Volumes for Ctx {
     }
     async fn delete_snapshot(&self, r: Request<pb::VolumeSnapshotRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { snapshots::delete(self, &project(&r.project)?, &r.r#ref, &r.name).await };
+        let go = async {
+            let p = project(&r.project)?;
+            if r.id.is_empty() {
+                snapshots::delete(self, &p, &r.r#ref, &r.name).await
+            } else {
+                snapshots::delete_by_id(self, &p, &r.id).await
+            }
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn revert_snapshot(&self, r: Request<pb::VolumeSnapshotRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
-        let go = async { snapshots::revert(self, &project(&r.project)?, &r.r#ref, &r.name).await };
+        let go = async {
+            let p = project(&r.project)?;
+            if r.id.is_empty() {
+                snapshots::revert(self, &p, &r.r#ref, &r.name).await
+            } else {
+                snapshots::revert_by_id(self, &p, &r.id).await
+            }
+        };
         reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn update(&self, r: Request<pb::UpdateVolumeRequest>) -> R<pb::Volume> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            let u = attrs::VolumeUpdate {
+                name: r.name,
+                description: r.description,
+                replace_metadata: r.replace_metadata,
+                metadata: r.metadata.into_iter().collect(),
+                remove_metadata: r.remove_metadata,
+                bootable: r.bootable,
+                read_only: r.read_only,
+                set_image_metadata: r.set_image_metadata.into_iter().collect(),
+                unset_image_metadata: r.unset_image_metadata,
+            };
+            attrs::update(self, &p, &r.r#ref, u).await
+        };
+        reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn reserve(&self, r: Request<pb::GetRequest>) -> R<pb::Volume> {
+        let r = r.into_inner();
+        let go = async { attrs::reserve(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn unreserve(&self, r: Request<pb::GetRequest>) -> R<pb::Volume> {
+        let r = r.into_inner();
+        let go = async { attrs::unreserve(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn get_snapshot(&self, r: Request<pb::GetRequest>) -> R<pb::VolumeSnapshot> {
+        let r = r.into_inner();
+        let go = async { snapshots::get(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|s| convert::volume_snapshot(&s)))
+    }
+    async fn list_project_snapshots(
+        &self,
+        r: Request<pb::ListRequest>,
+    ) -> R<pb::ListVolumeSnapshotsResponse> {
+        let r = r.into_inner();
+        let go = async { snapshots::list_project(self, &project(&r.project)?).await };
+        reply(go.await.map(|s| pb::ListVolumeSnapshotsResponse {
+            snapshots: s.iter().map(convert::volume_snapshot).collect(),
+        }))
+    }
+    async fn update_snapshot(
+        &self,
+        r: Request<pb::UpdateVolumeSnapshotRequest>,
+    ) -> R<pb::VolumeSnapshot> {
+        let r = r.into_inner();
+        let go = async {
+            let u = snapshots::SnapshotUpdate {
+                name: r.name,
+                description: r.description,
+                replace_metadata: r.replace_metadata,
+                metadata: r.metadata.into_iter().collect(),
+                remove_metadata: r.remove_metadata,
+            };
+            snapshots::update(self, &project(&r.project)?, &r.id, u).await
+        };
+        reply(go.await.map(|s| convert::volume_snapshot(&s)))
     }
 }

@@ -32,6 +32,7 @@ pub mod servers;
 pub(crate) mod specs;
 pub mod tokens;
 pub mod usage;
+pub mod volume_attrs;
 pub mod volume_snapshots;
 pub mod volume_types;
 pub mod volumes;

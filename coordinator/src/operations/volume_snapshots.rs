@@ -11,8 +11,10 @@
 
 use etcd_client::{Txn, TxnOp};
 use nubo_common::keys;
+use std::collections::BTreeMap;
+
 use nubo_common::model::{self, Volume, VolumeSnapshot, VolumeStatus};
-use nubo_common::ProjectId;
+use nubo_common::{ProjectId, SnapshotId};
 use nubo_storage::BlockStore;
 use nubo_store::kv::{absent, decode_or_skip, put, unchanged};
 use nubo_store::Versioned;
@@ -22,15 +24,39 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
 use crate::validate;
 
-/// Snapshots volume `volume` of `project` as `name`.
+/// A new snapshot's description and metadata.
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotInfo {
+    /// Description (empty: none).
+    pub description: String,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The name of a snapshot created without one: `snapshot-<id>`.
+pub fn generated_name(id: &SnapshotId) -> String {
+    format!("snapshot-{id}")
+}
+
+/// Snapshots volume `volume` of `project` as `name` (empty:
+/// `snapshot-<id>`).
 pub async fn create(
     ctx: &Ctx,
     project: &ProjectId,
     volume: &str,
     name: &str,
+    info: SnapshotInfo,
 ) -> ApiResult<VolumeSnapshot> {
     volumes::rbd(ctx)?;
+    let id = SnapshotId::new_random();
+    let name = match name.trim() {
+        "" => generated_name(&id),
+        _ => name.to_string(),
+    };
+    let name = name.as_str();
     validate::name("snapshot", name)?;
+    super::servers::check_metadata(&info.metadata)?;
+    volumes::check_description(&info.description)?;
     for _ in 0..TXN_RETRIES {
         let v = super::lookup::volume(ctx, project, volume).await?;
         let vol = &v.value;
@@ -42,7 +68,11 @@ pub async fn create(
             )));
         }
         let snap = VolumeSnapshot {
+            id: Some(id),
             name: name.to_string(),
+            rbd_name: None,
+            description: Some(info.description.clone()).filter(|d| !d.is_empty()),
+            metadata: info.metadata.clone(),
             volume: vol.id,
             project: vol.project.clone(),
             size_gb: vol.size_gb,
@@ -133,7 +163,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, volume: &str, name: &str) ->
             v.value.name
         )));
     }
-    let (vid, name) = (v.value.id.to_string(), snap.name.clone());
+    let (vid, name) = (v.value.id.to_string(), snap.rbd_snap().to_string());
     volumes::ceph(ctx, move |s| {
         let snap = nubo_storage::SnapshotRef {
             disk: s.volume_ref(&vid),
@@ -199,7 +229,7 @@ pub async fn revert(
         )));
     }
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let (vid, name) = (vol.id.to_string(), snap.name.clone());
+    let (vid, name) = (vol.id.to_string(), snap.rbd_snap().to_string());
     let rolled = volumes::ceph(ctx, move |s| {
         s.snapshot_rollback(&nubo_storage::SnapshotRef {
             disk: s.volume_ref(&vid),
@@ -224,4 +254,161 @@ pub async fn revert(
     rolled?;
     tracing::info!(volume = %vol.id, snapshot = %snap.name, "volume reverted to snapshot");
     volumes::render_volume(ctx, &done).await
+}
+
+/// Snapshot `id` of `project`'s volumes, with its record's mod_revision.
+/// A malformed id is NotFound, as an unknown one.
+pub(crate) async fn by_id(
+    ctx: &Ctx,
+    project: &ProjectId,
+    id: &str,
+) -> ApiResult<(String, VolumeSnapshot, i64)> {
+    let not_found = || ApiError::NotFound(format!("snapshot {id} not found"));
+    let want: SnapshotId = id.trim().parse().map_err(|_| not_found())?;
+    let found: Vec<(String, VolumeSnapshot, i64)> = ctx
+        .store
+        .list_all(&keys::volume_snapshots_root(), |kv| {
+            let s = decode_or_skip::<VolumeSnapshot>(kv)?;
+            (s.project == *project && s.snapshot_id() == want).then(|| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    s,
+                    kv.mod_revision(),
+                )
+            })
+        })
+        .await?;
+    found.into_iter().next().ok_or_else(not_found)
+}
+
+/// Snapshot `id` of `project`.
+pub async fn get(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<VolumeSnapshot> {
+    Ok(by_id(ctx, project, id).await?.1)
+}
+
+/// Every snapshot of `project`'s volumes, oldest first.
+pub async fn list_project(ctx: &Ctx, project: &ProjectId) -> ApiResult<Vec<VolumeSnapshot>> {
+    let mut all: Vec<VolumeSnapshot> = ctx
+        .store
+        .list_all(&keys::volume_snapshots_root(), |kv| {
+            decode_or_skip::<VolumeSnapshot>(kv).filter(|s| s.project == *project)
+        })
+        .await?;
+    all.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then(a.snapshot_id().cmp(&b.snapshot_id()))
+    });
+    Ok(all)
+}
+
+/// Deletes snapshot `id` of `project`.
+pub async fn delete_by_id(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<()> {
+    let (_, snap, _) = by_id(ctx, project, id).await?;
+    delete(ctx, project, &snap.volume.to_string(), &snap.name).await
+}
+
+/// Rolls snapshot `id`'s volume back to it.
+pub async fn revert_by_id(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<VolumeView> {
+    let (_, snap, _) = by_id(ctx, project, id).await?;
+    revert(ctx, project, &snap.volume.to_string(), &snap.name).await
+}
+
+/// Metadata changes: replace all, or set these keys, then remove those
+/// (a key to remove that is not there is NotFound). Pure.
+pub(crate) fn edit_metadata(
+    m: &mut BTreeMap<String, String>,
+    replace: bool,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+    what: &str,
+) -> ApiResult<()> {
+    if replace {
+        m.clone_from(set);
+    } else {
+        m.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    for k in remove {
+        if m.remove(k).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "{what} has no metadata key {k:?}"
+            )));
+        }
+    }
+    super::servers::check_metadata(m)
+}
+
+/// What a snapshot update changes (`None`: unchanged).
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotUpdate {
+    /// New name (empty: `snapshot-<id>`).
+    pub name: Option<String>,
+    /// New description (empty: none).
+    pub description: Option<String>,
+    /// Replace all metadata with `metadata` instead of merging it in.
+    pub replace_metadata: bool,
+    /// Metadata set.
+    pub metadata: BTreeMap<String, String>,
+    /// Metadata keys removed.
+    pub remove_metadata: Vec<String>,
+}
+
+/// Updates snapshot `id` of `project`: a rename moves its record (the RBD
+/// snapshot keeps its name, remembered in `rbd_name`).
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    id: &str,
+    u: SnapshotUpdate,
+) -> ApiResult<VolumeSnapshot> {
+    for _ in 0..TXN_RETRIES {
+        let (key, old, rev) = by_id(ctx, project, id).await?;
+        let mut new = old.clone();
+        new.id = Some(old.snapshot_id());
+        if let Some(n) = &u.name {
+            let n = match n.trim() {
+                "" => generated_name(&old.snapshot_id()),
+                n => n.to_string(),
+            };
+            validate::name("snapshot", &n)?;
+            if n != old.name {
+                new.rbd_name = Some(old.rbd_snap().to_string());
+                new.name = n;
+            }
+        }
+        if let Some(d) = &u.description {
+            volumes::check_description(d)?;
+            new.description = Some(d.clone()).filter(|d| !d.is_empty());
+        }
+        edit_metadata(
+            &mut new.metadata,
+            u.replace_metadata,
+            &u.metadata,
+            &u.remove_metadata,
+            &format!("snapshot {}", old.snapshot_id()),
+        )?;
+        let new_key = keys::volume_snapshot(&old.volume, &new.name);
+        let txn = if new_key == key {
+            Txn::new()
+                .when([unchanged(&key, rev)])
+                .and_then([put(&key, &new)])
+        } else {
+            Txn::new()
+                .when([unchanged(&key, rev), absent(&new_key)])
+                .and_then([TxnOp::delete(key.as_str(), None), put(&new_key, &new)])
+        };
+        if ctx.store.txn(txn).await?.succeeded() {
+            tracing::info!(volume = %old.volume, snapshot = %new.name, "volume snapshot updated");
+            return Ok(new);
+        }
+        if new_key != key && ctx.store.get_kv(&new_key).await?.is_some() {
+            return Err(ApiError::AlreadyExists(format!(
+                "the volume already has a snapshot named {:?}",
+                new.name
+            )));
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the snapshot changed concurrently too often; retry".into(),
+    ))
 }

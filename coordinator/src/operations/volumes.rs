@@ -14,14 +14,15 @@
 //! one transaction); the agent hot-plugs. A detach leaves the volume in
 //! `detaching` until [`crate::background::volume_reconcile`] sees it released.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use etcd_client::Txn;
 use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{
-    self, DiskFormat, Image, Instance, QuotaUsage, Volume, VolumeAttachment, VolumeStatus,
-    VolumeType,
+    self, DiskFormat, Image, Instance, QuotaUsage, Volume, VolumeAttachment, VolumeSnapshot,
+    VolumeStatus, VolumeType,
 };
 use nubo_common::{ImageId, InstanceId, ProjectId, VolumeId};
 use nubo_storage::{BlockStore, ImportWait, RbdStore};
@@ -104,6 +105,7 @@ pub fn status_name(s: VolumeStatus) -> &'static str {
         VolumeStatus::Deleting => "deleting",
         VolumeStatus::Error => "error",
         VolumeStatus::Reverting => "reverting",
+        VolumeStatus::Attaching => "attaching",
     }
 }
 
@@ -148,11 +150,29 @@ impl ImageSource {
 /// What a new volume is made from.
 #[derive(Debug, Clone)]
 pub(crate) struct NewVolume {
+    pub(crate) id: VolumeId,
     pub(crate) project: ProjectId,
     pub(crate) name: String,
     pub(crate) size_gb: u64,
     pub(crate) volume_type: Option<String>,
     pub(crate) image: Option<Image>,
+    pub(crate) description: Option<String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) copy: Option<CopyOf>,
+}
+
+/// Another volume's data a new volume copies.
+#[derive(Debug, Clone)]
+pub(crate) enum CopyOf {
+    /// A snapshot of a volume.
+    Snapshot(VolumeSnapshot),
+    /// A volume as it is now.
+    Volume(Volume),
+}
+
+/// The name of a volume created without one: `volume-<id>`.
+pub fn generated_name(id: &VolumeId) -> String {
+    format!("volume-{id}")
 }
 
 /// The attachment of volume `v` on `inst`, and whether it is the boot disk.
@@ -240,7 +260,12 @@ pub(crate) async fn new_volume(
     image_ref: &str,
 ) -> ApiResult<NewVolume> {
     rbd(ctx)?;
-    validate::name("volume", name)?;
+    let id = VolumeId::new_random();
+    let name = match name.trim() {
+        "" => generated_name(&id),
+        _ => name.to_string(),
+    };
+    validate::name("volume", &name)?;
     let size_gb = size_gb(size)?;
     let volume_type = match volume_type.trim() {
         "" => None,
@@ -280,11 +305,15 @@ pub(crate) async fn new_volume(
     };
     check_pool_space(ctx, size_gb).await?;
     Ok(NewVolume {
+        id,
         project,
-        name: name.to_string(),
+        name,
         size_gb,
         volume_type,
         image,
+        description: None,
+        metadata: BTreeMap::new(),
+        copy: None,
     })
 }
 
@@ -306,7 +335,7 @@ pub(crate) async fn check_pool_space(ctx: &Ctx, gb: u64) -> ApiResult<()> {
 /// transaction), make the RBD image, mark it `available`. A Ceph failure
 /// undoes the reservation.
 pub(crate) async fn create_volume_from(ctx: &Ctx, nv: NewVolume) -> ApiResult<Volume> {
-    let id = VolumeId::new_random();
+    let id = nv.id;
     let span = tracing::info_span!("volume.create", volume = %id, project = %nv.project);
     async move {
         let mut vol = Volume {
@@ -317,17 +346,49 @@ pub(crate) async fn create_volume_from(ctx: &Ctx, nv: NewVolume) -> ApiResult<Vo
             volume_type: nv.volume_type.clone(),
             status: VolumeStatus::Creating,
             attached_to: None,
-            source_image: nv.image.as_ref().map(|i| i.id),
+            source_image: nv.image.as_ref().map(|i| i.id).or(match &nv.copy {
+                Some(CopyOf::Volume(v)) => v.source_image,
+                _ => None,
+            }),
             status_reason: None,
             created_by: crate::caller::caller().map(|c| c.claims.user),
             created_at: model::now(),
+            description: nv.description.clone(),
+            metadata: nv.metadata.clone(),
+            bootable: match &nv.copy {
+                Some(CopyOf::Volume(v)) => Some(v.is_bootable()),
+                _ => None,
+            },
+            read_only: None,
+            image_metadata: match (&nv.image, &nv.copy) {
+                (Some(img), _) => image_metadata_of(img),
+                (None, Some(CopyOf::Volume(v))) => v.image_metadata.clone(),
+                _ => BTreeMap::new(),
+            },
+            source_volume: match &nv.copy {
+                Some(CopyOf::Volume(v)) => Some(v.id),
+                _ => None,
+            },
+            source_snapshot: match &nv.copy {
+                Some(CopyOf::Snapshot(s)) => Some(s.snapshot_id()),
+                _ => None,
+            },
         };
         let rev = reserve_volume(ctx, &vol).await?;
         let (vid, size) = (id.to_string(), nv.size_gb);
         let source = nv.image.as_ref().map(|i| image_source(ctx, i));
-        let made = ceph(ctx, move |s| match source {
-                None => s.create_volume(&vid, size),
-                Some(src) => {
+        let copy = nv.copy.clone();
+        let made = ceph(ctx, move |s| match (source, copy) {
+                (None, Some(CopyOf::Snapshot(snap))) => {
+                    let src = nubo_storage::SnapshotRef {
+                        disk: s.volume_ref(&snap.volume.to_string()),
+                        snap: snap.rbd_snap().to_string(),
+                    };
+                    s.copy_volume_from_snapshot(&src, &vid, size)
+                }
+                (None, Some(CopyOf::Volume(v))) => s.copy_volume(&v.id.to_string(), &vid, size),
+                (None, None) => s.create_volume(&vid, size),
+                (Some(src), _) => {
                     let (parent, imported) = src.ensure_in(s)?;
                     if imported {
                         tracing::info!(image = %src.id, "imported image into ceph");
@@ -494,17 +555,124 @@ pub(crate) async fn finish_delete(ctx: &Ctx, vol: &Volume, mut rev: i64) -> ApiR
     ))
 }
 
-/// Creates volume `name` of `size_gb` GiB for `project`, of type
-/// `volume_type` (empty: none), from image `image_ref` (empty: blank).
+/// The image metadata a volume made from `img` starts with (Cinder's
+/// `volume_image_metadata`: the image's id, name and formats). Pure.
+pub(crate) fn image_metadata_of(img: &Image) -> BTreeMap<String, String> {
+    let format = match img.disk_format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    };
+    [
+        ("image_id", img.id.to_string()),
+        ("image_name", img.name.clone()),
+        ("disk_format", format.to_string()),
+        ("container_format", "bare".to_string()),
+        ("size", img.size_bytes.to_string()),
+        ("min_disk", img.min_disk_gb.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A volume's or snapshot's description: at most 255 characters.
+pub(crate) fn check_description(d: &str) -> ApiResult<()> {
+    if d.chars().count() > 255 {
+        return Err(ApiError::InvalidArgument(
+            "description is longer than 255 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a volume is created from and with, beyond its size and type.
+#[derive(Debug, Default, Clone)]
+pub struct CreateFrom {
+    /// Image (id or name) to clone; empty: none.
+    pub image_ref: String,
+    /// Snapshot id to copy; empty: none.
+    pub snapshot_id: String,
+    /// Volume (id or name) to copy; empty: none.
+    pub source_volume: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Creates volume `name` (empty: `volume-<id>`) of `size_gb` GiB for
+/// `project`, of type `volume_type` (empty: none), blank or from what
+/// `from` names (an image, a snapshot or a volume; at most one). A copy
+/// of a snapshot or volume with `size_gb` 0 gets its source's size.
 pub async fn create(
     ctx: &Ctx,
     project: &ProjectId,
     name: &str,
     size_gb: i64,
     volume_type: &str,
-    image_ref: &str,
+    from: CreateFrom,
 ) -> ApiResult<VolumeView> {
-    let nv = new_volume(ctx, project.clone(), name, size_gb, volume_type, image_ref).await?;
+    let sources = [&from.image_ref, &from.snapshot_id, &from.source_volume]
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .count();
+    if sources > 1 {
+        return Err(ApiError::InvalidArgument(
+            "a volume is made from at most one of an image, a snapshot and a volume".into(),
+        ));
+    }
+    super::servers::check_metadata(&from.metadata)?;
+    if let Some(d) = &from.description {
+        check_description(d)?;
+    }
+    let copy = match (from.snapshot_id.trim(), from.source_volume.trim()) {
+        ("", "") => None,
+        (sid, "") => {
+            let (_, snap, _) = super::volume_snapshots::by_id(ctx, project, sid).await?;
+            Some(CopyOf::Snapshot(snap))
+        }
+        (_, vr) => {
+            let v = super::lookup::volume(ctx, project, vr).await?.value;
+            if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "volume {:?} is {}; only an available or in-use volume can be copied",
+                    v.name,
+                    status_name(v.status)
+                )));
+            }
+            Some(CopyOf::Volume(v))
+        }
+    };
+    // A copy without a size has its source's.
+    let size_gb = match (&copy, size_gb) {
+        (Some(CopyOf::Snapshot(s)), 0) => i64::try_from(s.size_gb).unwrap_or(i64::MAX),
+        (Some(CopyOf::Volume(v)), 0) => i64::try_from(v.size_gb).unwrap_or(i64::MAX),
+        _ => size_gb,
+    };
+    let mut nv = new_volume(
+        ctx,
+        project.clone(),
+        name,
+        size_gb,
+        volume_type,
+        &from.image_ref,
+    )
+    .await?;
+    if let Some(c) = &copy {
+        let (what, need) = match c {
+            CopyOf::Snapshot(s) => (format!("snapshot {:?}", s.name), s.size_gb),
+            CopyOf::Volume(v) => (format!("volume {:?}", v.name), v.size_gb),
+        };
+        if nv.size_gb < need {
+            return Err(ApiError::InvalidArgument(format!(
+                "a volume made from {what} needs at least its {need} GiB; {} GiB requested",
+                nv.size_gb
+            )));
+        }
+    }
+    nv.copy = copy;
+    nv.description = from.description.filter(|d| !d.is_empty());
+    nv.metadata = from.metadata;
     let v = create_volume_from(ctx, nv).await?;
     Ok(view(ctx, &v, None))
 }
@@ -736,9 +904,12 @@ pub async fn attach(
                 vol.name, vol.id
             )));
         }
-        if vol.status != VolumeStatus::Available {
+        if !matches!(
+            vol.status,
+            VolumeStatus::Available | VolumeStatus::Attaching
+        ) {
             return Err(ApiError::FailedPrecondition(format!(
-                "volume {:?} is {}; only an available volume can be attached",
+                "volume {:?} is {}; only an available (or reserved) volume can be attached",
                 vol.name,
                 status_name(vol.status)
             )));

@@ -451,6 +451,7 @@ mod tests {
             volume: vol,
             target: "vdb".into(),
             qos: Qos::default(),
+            read_only: false,
         };
         hv.attach_volume(d.id(), &a).await.unwrap();
         hv.attach_volume(d.id(), &a).await.unwrap();

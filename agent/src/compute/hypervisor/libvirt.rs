@@ -1068,6 +1068,7 @@ impl super::Hypervisor for LibvirtHypervisor {
             source,
             serial: model::volume_serial(&volume.volume),
             iotune: iotune_of(&volume.qos),
+            read_only: volume.read_only,
         };
         self.driver
             .attach_volume(&id.to_string(), &disk)

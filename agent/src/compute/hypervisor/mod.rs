@@ -72,6 +72,8 @@ pub struct VolumeToAttach {
     pub target: String,
     /// I/O limits.
     pub qos: Qos,
+    /// Attach read-only (the volume's read-only mark).
+    pub read_only: bool,
 }
 
 /// A hypervisor operation failed.
