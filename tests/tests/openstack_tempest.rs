@@ -241,7 +241,7 @@ build_timeout = 60
 
 [image-feature-enabled]
 import_image = false
-os_glance_reserved = false
+os_glance_reserved = true
 manage_locations = false
 image_conversion = false
 image_format_enforcement = false
