@@ -475,6 +475,64 @@ mod tests {
     }
 
     #[test]
+    fn set_maps_flags_and_refuses_nothing_to_change() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            set: SetArgs,
+        }
+        let parse = |args: &[&str]| T::try_parse_from(args).map(|t| t.set);
+        let r = parse(&[
+            "x",
+            "img",
+            "--visibility",
+            "shared",
+            "--tag",
+            "a",
+            "--remove-tag",
+            "b",
+            "--property",
+            "k=v=w",
+            "--remove-property",
+            "old",
+            "--protected",
+            "--unhidden",
+            "--deactivate",
+        ])
+        .unwrap()
+        .request("p1")
+        .unwrap();
+        assert_eq!(
+            (
+                r.r#ref.as_str(),
+                r.project.as_str(),
+                r.visibility.as_deref()
+            ),
+            ("img", "p1", Some("shared"))
+        );
+        assert_eq!(
+            (r.add_tags, r.remove_tags),
+            (vec!["a".to_string()], vec!["b".to_string()])
+        );
+        assert_eq!(r.set_properties.get("k").map(String::as_str), Some("v=w"));
+        assert_eq!(r.remove_properties, ["old"]);
+        assert_eq!(
+            (r.protected, r.hidden, r.deactivated),
+            (Some(true), Some(false), Some(true))
+        );
+        let e = parse(&["x", "img"]).unwrap().request("").unwrap_err();
+        assert!(e.to_string().starts_with("nothing to change"), "{e}");
+        for bad in [
+            &["x", "img", "--visibility", "world"][..],
+            &["x", "img", "--property", "novalue"],
+            &["x", "img", "--protected", "--unprotected"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_checksum_is_refused_before_calling_the_api() {
         let err = args(Some("abc")).request("").unwrap_err();
         assert_eq!(

@@ -1793,5 +1793,27 @@ async fn images_are_shared_between_projects_by_visibility_and_members() {
     assert!(e.contains("deactivated"), "{e}");
     a.images.update(set(&alice, deact(false))).await.unwrap();
     boot_from(&mut a, &bob, "b4", &id).await.unwrap();
+
+    // Nameless images (Glance has them): several in one project, each
+    // found and deleted by id.
+    let mut nameless = Vec::new();
+    for _ in 0..2 {
+        let i = a
+            .images
+            .create(req(&alice, pb::CreateImageRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(i.name, "");
+        nameless.push(i.id);
+    }
+    for n in &nameless {
+        image_as(&mut a, &alice, n).await.unwrap();
+        a.images.delete(req(&alice, del(n))).await.unwrap();
+        assert_eq!(
+            image_as(&mut a, &alice, n).await.unwrap_err(),
+            Code::NotFound
+        );
+    }
     c.shutdown().await.unwrap();
 }

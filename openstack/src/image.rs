@@ -62,7 +62,7 @@ async fn versions_list(State(up): State<Upstream>) -> Json<Value> {
 pub fn image_view(base: &str, i: &pb::Image) -> Value {
     let mut v = json!({
         "id": i.id,
-        "name": i.name,
+        "name": if i.name.is_empty() { Value::Null } else { json!(i.name) },
         "status": glance_status(i),
         "visibility": i.visibility,
         "owner": i.project,
@@ -350,11 +350,8 @@ const NOT_AT_CREATE: &[&str] = &[
 /// nubo's create request for a Glance one (visibility `shared` by
 /// default, as Glance). Pure.
 pub fn create_request(n: &NewImage) -> Result<pb::CreateImageRequest, ApiError> {
-    let name = n
-        .name
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request(S, "nubo images need a name"))?;
+    // No name (or null): a nameless image, as Glance allows.
+    let name = n.name.clone().unwrap_or_default();
     let disk_format = match n.disk_format.as_deref().unwrap_or("raw") {
         f @ ("raw" | "qcow2") => f.to_string(),
         other => {
@@ -1045,6 +1042,11 @@ mod tests {
             ),
             ("shared", Some("k"))
         );
+        let n: NewImage = serde_json::from_value(json!({"name": null, "os_hidden": true})).unwrap();
+        let r = create_request(&n).unwrap();
+        assert_eq!((r.name.as_str(), r.hidden), ("", true));
+        let v = image_view("https://x", &pb::Image::default());
+        assert_eq!(v["name"], Value::Null);
         let n: NewImage = serde_json::from_value(json!({"name": "n", "kernel_id": 3})).unwrap();
         assert_eq!(create_request(&n).unwrap_err().status.as_u16(), 400);
         let n: NewImage = serde_json::from_value(json!({"name": "n", "owner": "p"})).unwrap();

@@ -22,7 +22,8 @@ use crate::validate;
 /// [`super::image_data`]).
 #[derive(Debug, Clone, Default)]
 pub struct NewImage {
-    /// Its name (unique in the project).
+    /// Its name (unique in the project; empty: a nameless image, found by
+    /// id only, as Glance allows).
     pub name: String,
     /// `raw` or `qcow2` (empty: qcow2).
     pub disk_format: String,
@@ -152,7 +153,11 @@ fn check_counts(a: &ImageAttrs) -> ApiResult<()> {
 /// Creates an image record (status `queued` until its data is uploaded).
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewImage) -> ApiResult<Image> {
     let project = project.clone();
-    validate::name("image", &r.name)?;
+    // Nameless images exist in Glance: they have no name-index entry and
+    // are found by id only.
+    if !r.name.is_empty() {
+        validate::name("image", &r.name)?;
+    }
     let disk_format = match r.disk_format.to_ascii_lowercase().as_str() {
         "" | "qcow2" => DiskFormat::Qcow2,
         "raw" => DiskFormat::Raw,
@@ -209,14 +214,14 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewImage) -> ApiResult<Im
     }
     check_counts(&img.attrs)?;
     let idx = keys::name_index(NameKind::Image, &project, &img.name);
-    let resp = ctx
-        .store
-        .txn(
-            Txn::new()
-                .when([absent(&idx)])
-                .and_then([put(&idx, &img.id), put(&keys::image(&img.id), &img)]),
-        )
-        .await?;
+    let txn = if img.name.is_empty() {
+        Txn::new().and_then([put(&keys::image(&img.id), &img)])
+    } else {
+        Txn::new()
+            .when([absent(&idx)])
+            .and_then([put(&idx, &img.id), put(&keys::image(&img.id), &img)])
+    };
+    let resp = ctx.store.txn(txn).await?;
     if !resp.succeeded() {
         return Err(ApiError::AlreadyExists(format!(
             "image {:?} already exists in project {project}",
@@ -341,7 +346,9 @@ pub async fn update(
             let old_idx = keys::name_index(NameKind::Image, &img.project, &cur.value.name);
             when.push(absent(&new_idx));
             ops.push(put(&new_idx, &img.id));
-            ops.push(TxnOp::delete(old_idx.as_str(), None));
+            if !cur.value.name.is_empty() {
+                ops.push(TxnOp::delete(old_idx.as_str(), None));
+            }
         }
         let resp = ctx.store.txn(Txn::new().when(when).and_then(ops)).await?;
         if resp.succeeded() {
@@ -395,11 +402,16 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     }
     let idx = keys::name_index(NameKind::Image, project, &img.value.name);
     let key = keys::image(&img.value.id);
+    let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+    if !img.value.name.is_empty() {
+        ops.push(TxnOp::delete(idx.as_str(), None));
+    }
     ctx.store
-        .txn(Txn::new().when([unchanged(&key, img.mod_rev)]).and_then([
-            TxnOp::delete(key.as_str(), None),
-            TxnOp::delete(idx.as_str(), None),
-        ]))
+        .txn(
+            Txn::new()
+                .when([unchanged(&key, img.mod_rev)])
+                .and_then(ops),
+        )
         .await?;
     // Its data goes with it (hook of the image-data feature).
     crate::image_store::ImageStore::new(&ctx.cfg.image_dir)
