@@ -609,7 +609,7 @@ async fn image_dep(
                     return Err(err);
                 };
                 match fetch::<Image>(ctx, &key_of(u), src, deps).await? {
-                    Some(i) if i.access.usable_by(project) || crate::caller::is_cloud_admin() => i,
+                    Some(i) if super::lookup::may_use(&i, project) => i,
                     _ => return Err(err),
                 }
             }
