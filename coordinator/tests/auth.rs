@@ -1815,5 +1815,67 @@ async fn images_are_shared_between_projects_by_visibility_and_members() {
             Code::NotFound
         );
     }
+
+    // The same through the CLI: share, answer, list.
+    let dir = tempfile::tempdir().unwrap();
+    tokio::task::block_in_place(|| {
+        let alice_cli = cli_as(&c, dir.path(), "alice", "pw");
+        let bob_cli = cli_as(&c, dir.path(), "bob", "pw");
+        let img = alice_cli.json(&["image", "create", "shared-img"]).unwrap();
+        let sid = img["id"].as_str().unwrap();
+        assert_eq!(img["visibility"], "private", "{img}");
+        let img = alice_cli
+            .json(&[
+                "image",
+                "set",
+                "shared-img",
+                "--visibility",
+                "shared",
+                "--tag",
+                "t",
+            ])
+            .unwrap();
+        assert_eq!(
+            (&img["visibility"], &img["tags"]),
+            (&serde_json::json!("shared"), &serde_json::json!(["t"])),
+            "{img}"
+        );
+        // Only the owner shares (bob: refused; alice below).
+        let out = bob_cli.run(&["image", "member", "add", sid, "p2"]).unwrap();
+        assert!(out.code == 1 && out.stderr.contains("not found"), "{out:?}");
+        let m = alice_cli
+            .json(&["image", "member", "add", "shared-img", "p2"])
+            .unwrap();
+        assert_eq!(
+            (&m["member"], &m["status"]),
+            (&serde_json::json!("p2"), &serde_json::json!("pending")),
+            "{m}"
+        );
+        let m = bob_cli
+            .json(&["image", "member", "set", sid, "accepted"])
+            .unwrap();
+        assert_eq!(
+            (&m["member"], &m["status"]),
+            (&serde_json::json!("p2"), &serde_json::json!("accepted")),
+            "{m}"
+        );
+        let ms = alice_cli.json(&["image", "member", "list", sid]).unwrap();
+        assert_eq!(ms[0]["status"], "accepted", "{ms}");
+        let listed = bob_cli.json(&["image", "list"]).unwrap();
+        let row = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == sid)
+            .unwrap_or_else(|| panic!("bob does not list {sid}: {listed}"));
+        assert_eq!(row["member_status"], "accepted", "{row}");
+        alice_cli
+            .run(&["image", "member", "remove", sid, "p2"])
+            .unwrap()
+            .ok()
+            .unwrap();
+        let listed = bob_cli.json(&["image", "list"]).unwrap();
+        assert!(!listed.to_string().contains(sid), "{listed}");
+    });
     c.shutdown().await.unwrap();
 }
