@@ -1846,9 +1846,14 @@ async fn images_are_shared_between_projects_by_visibility_and_members() {
         let m = alice_cli
             .json(&["image", "member", "add", "shared-img", "p2"])
             .unwrap();
+        // Named by its name, answered with its id.
         assert_eq!(
-            (&m["member"], &m["status"]),
-            (&serde_json::json!("p2"), &serde_json::json!("pending")),
+            (&m["image"], &m["member"], &m["status"]),
+            (
+                &serde_json::json!(sid),
+                &serde_json::json!("p2"),
+                &serde_json::json!("pending")
+            ),
             "{m}"
         );
         let m = bob_cli

@@ -101,8 +101,8 @@ impl images_server::Images for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = project(&r.project)?;
-            let m = images::get_member(self, &p, &r.image, &r.member).await?;
-            Ok(member_reply(&r, &m))
+            let (id, m) = images::get_member(self, &p, &r.image, &r.member).await?;
+            Ok(member_reply(&id, &r, &m))
         };
         reply(go.await)
     }
@@ -110,8 +110,8 @@ impl images_server::Images for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = project(&r.project)?;
-            let m = images::add_member(self, &p, &r.image, &r.member).await?;
-            Ok(member_reply(&r, &m))
+            let (id, m) = images::add_member(self, &p, &r.image, &r.member).await?;
+            Ok(member_reply(&id, &r, &m))
         };
         reply(go.await)
     }
@@ -119,12 +119,13 @@ impl images_server::Images for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = project(&r.project)?;
-            let m = images::set_member_status(self, &p, &r.image, &r.member, &r.status).await?;
+            let (id, m) =
+                images::set_member_status(self, &p, &r.image, &r.member, &r.status).await?;
             let mut r = r.clone();
             if r.member.trim().is_empty() {
                 r.member = p.to_string();
             }
-            Ok(member_reply(&r, &m))
+            Ok(member_reply(&id, &r, &m))
         };
         reply(go.await)
     }
@@ -136,13 +137,15 @@ impl images_server::Images for Ctx {
     }
 }
 
-/// The reply of a member call (the request names the image and member).
+/// The reply of a member call on image `id` (the request names the
+/// member).
 fn member_reply(
+    id: &nubo_common::ImageId,
     r: &pb::ImageMemberRequest,
     m: &nubo_common::model::ImageMember,
 ) -> pb::ImageMember {
     pb::ImageMember {
-        image: r.image.trim().to_string(),
+        image: id.to_string(),
         member: r.member.trim().to_string(),
         status: m.status.as_str().into(),
         created_at: convert::ts(&m.created_at),

@@ -500,13 +500,13 @@ pub async fn get_member(
     project: &ProjectId,
     id: &str,
     member: &str,
-) -> ApiResult<ImageMember> {
+) -> ApiResult<(ImageId, ImageMember)> {
     let member = member_project(member)?;
     let (img, members) = list_members(ctx, project, id).await?;
     members
         .into_iter()
         .find(|(p, _)| *p == member)
-        .map(|(_, m)| m)
+        .map(|(_, m)| (img.id, m))
         .ok_or_else(|| {
             ApiError::NotFound(format!(
                 "project {member} is not a member of image {}",
@@ -522,7 +522,7 @@ pub async fn add_member(
     project: &ProjectId,
     id: &str,
     member: &str,
-) -> ApiResult<ImageMember> {
+) -> ApiResult<(ImageId, ImageMember)> {
     let member = member_project(member)?;
     let img = super::lookup::image(ctx, project, id).await?.value;
     let out = modify(ctx, &img.id.to_string(), |img| {
@@ -563,7 +563,7 @@ pub async fn add_member(
     })
     .await?;
     tracing::info!(image = %img.id, %member, "image shared");
-    Ok(out)
+    Ok((img.id, out))
 }
 
 /// The member `member` (which must be the caller's `project`; empty: that
@@ -575,7 +575,7 @@ pub async fn set_member_status(
     id: &str,
     member: &str,
     status: &str,
-) -> ApiResult<ImageMember> {
+) -> ApiResult<(ImageId, ImageMember)> {
     let member = if member.trim().is_empty() {
         project.clone()
     } else {
@@ -592,7 +592,7 @@ pub async fn set_member_status(
             "only project {member} answers for itself (the owner shares, the member accepts)"
         )));
     }
-    modify(ctx, &img.id.to_string(), |img| {
+    let m = modify(ctx, &img.id.to_string(), |img| {
         let m = img.access.members.get_mut(&member).ok_or_else(|| {
             ApiError::NotFound(format!(
                 "project {member} is not a member of image {}",
@@ -603,7 +603,8 @@ pub async fn set_member_status(
         m.updated_at = model::now();
         Ok(m.clone())
     })
-    .await
+    .await?;
+    Ok((img.id, m))
 }
 
 /// The owner `project` stops sharing image `id` with `member`.
