@@ -249,6 +249,8 @@ impl World {
             initrd_sha256: None,
             kernel_cmdline: None,
             status_reason: None,
+            access: Default::default(),
+            attrs: Default::default(),
         };
         inst.node = Some(n.clone());
         let port = Port {

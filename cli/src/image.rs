@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use nubo_common::proto::{CreateImageRequest, Image, UpdateImageRequest};
+use nubo_common::proto::{
+    CreateImageRequest, GetRequest, Image, ImageMember, ImageMemberRequest, UpdateImageRequest,
+};
 use serde_json::{json, Value};
 
 use crate::api::Call;
@@ -27,20 +29,203 @@ pub enum ImageCmd {
         #[arg(required = true)]
         images: Vec<String>,
     },
-    /// Change an image's name or minimum disk/RAM.
-    Set {
-        /// Image name or id.
+    /// Change an image's name, minimum disk/RAM, visibility, tags,
+    /// properties and flags.
+    Set(SetArgs),
+    /// The projects a shared image is shared with.
+    #[command(subcommand)]
+    Member(MemberCmd),
+}
+
+/// `nubo image set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Image name or id.
+    pub image: String,
+    /// New name (unique in the project).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Smallest root disk it needs, GiB.
+    #[arg(long)]
+    pub min_disk: Option<u64>,
+    /// Least RAM it needs, MiB.
+    #[arg(long)]
+    pub min_ram: Option<u64>,
+    /// Who sees it: its project (`private`), projects it is shared with
+    /// (`shared`, see `image member`), any project asking by id
+    /// (`community`), every project (`public`, cloud admins only).
+    #[arg(long, value_parser = ["private", "shared", "community", "public"])]
+    pub visibility: Option<String>,
+    /// Add a tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Remove a tag (repeatable).
+    #[arg(long = "remove-tag")]
+    pub remove_tags: Vec<String>,
+    /// Set a property `KEY=VALUE` (repeatable).
+    #[arg(long = "property", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+    /// Remove a property (repeatable).
+    #[arg(long = "remove-property")]
+    pub remove_properties: Vec<String>,
+    /// Refuse deletion until unprotected.
+    #[arg(long, conflicts_with = "unprotected")]
+    pub protected: bool,
+    /// Allow deletion again.
+    #[arg(long)]
+    pub unprotected: bool,
+    /// Leave it out of listings.
+    #[arg(long, conflicts_with = "unhidden")]
+    pub hidden: bool,
+    /// List it again.
+    #[arg(long)]
+    pub unhidden: bool,
+    /// Deactivate: no new server or volume from it, data served to admins only.
+    #[arg(long, conflicts_with = "reactivate")]
+    pub deactivate: bool,
+    /// Reactivate a deactivated image.
+    #[arg(long)]
+    pub reactivate: bool,
+}
+
+/// `KEY=VALUE`.
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// `Some(true)` / `Some(false)` / `None` from a pair of opposite flags.
+fn flag(on: bool, off: bool) -> Option<bool> {
+    match (on, off) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+impl SetArgs {
+    /// The API request for `project`; an error when nothing changes.
+    pub fn request(self, project: &str) -> Result<UpdateImageRequest> {
+        let req = UpdateImageRequest {
+            r#ref: self.image,
+            project: project.to_string(),
+            name: self.name,
+            min_disk_gb: self.min_disk,
+            min_ram_mb: self.min_ram,
+            visibility: self.visibility,
+            add_tags: self.tags,
+            remove_tags: self.remove_tags,
+            set_properties: self.properties.into_iter().collect(),
+            remove_properties: self.remove_properties,
+            protected: flag(self.protected, self.unprotected),
+            hidden: flag(self.hidden, self.unhidden),
+            deactivated: flag(self.deactivate, self.reactivate),
+        };
+        let unchanged = UpdateImageRequest {
+            r#ref: req.r#ref.clone(),
+            project: req.project.clone(),
+            ..Default::default()
+        };
+        if req == unchanged {
+            bail!("nothing to change: give --name, --min-disk, --min-ram, --visibility, --tag, --property, … (see --help)");
+        }
+        Ok(req)
+    }
+}
+
+/// `nubo image member …` (Glance's image members).
+#[derive(Debug, Subcommand)]
+pub enum MemberCmd {
+    /// Share a `shared` image with a project (it then accepts or rejects).
+    Add {
+        /// Image id (or name, in the owner's project).
         image: String,
-        /// New name (unique in the project).
-        #[arg(long)]
-        name: Option<String>,
-        /// Smallest root disk it needs, GiB.
-        #[arg(long)]
-        min_disk: Option<u64>,
-        /// Least RAM it needs, MiB.
-        #[arg(long)]
-        min_ram: Option<u64>,
+        /// The project to share it with.
+        member: String,
     },
+    /// The projects the image is shared with (a member sees only itself).
+    List {
+        /// Image id.
+        image: String,
+    },
+    /// Answer as the member project (the `--project` of the call).
+    Set {
+        /// Image id.
+        image: String,
+        /// `accepted`, `rejected` or `pending`.
+        #[arg(value_parser = ["accepted", "rejected", "pending"])]
+        status: String,
+    },
+    /// Stop sharing with a project.
+    Remove {
+        /// Image id.
+        image: String,
+        /// The member project.
+        member: String,
+    },
+}
+
+/// The JSON form of an image member.
+pub fn member_json(m: &ImageMember) -> Value {
+    json!({
+        "image": m.image,
+        "member": m.member,
+        "status": m.status,
+        "created_at": opt(&m.created_at),
+        "updated_at": opt(&m.updated_at),
+    })
+}
+
+async fn run_member(cmd: MemberCmd, ctx: &Ctx) -> Result<()> {
+    let api = &ctx.api;
+    let req = |image: String, member: String, status: String| ImageMemberRequest {
+        image,
+        project: api.project.clone(),
+        member,
+        status,
+    };
+    match cmd {
+        MemberCmd::Add { image, member } => {
+            let m = api
+                .images()
+                .add_member(req(image, member, String::new()))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &member_json(&m))
+        }
+        MemberCmd::List { image } => {
+            let r = api
+                .images()
+                .list_members(GetRequest {
+                    r#ref: image,
+                    project: api.project.clone(),
+                })
+                .await
+                .or_fail(api)?;
+            let mut t = Table::new(&["Image", "Member", "Status"]);
+            for m in &r.members {
+                t.row(vec![m.image.clone(), m.member.clone(), m.status.clone()]);
+            }
+            output::list(ctx.format, &t, r.members.iter().map(member_json).collect())
+        }
+        MemberCmd::Set { image, status } => {
+            // The member answers for itself: "" is the call's project.
+            let m = api
+                .images()
+                .set_member_status(req(image, String::new(), status))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &member_json(&m))
+        }
+        MemberCmd::Remove { image, member } => {
+            api.images()
+                .remove_member(req(image, member, String::new()))
+                .await
+                .or_fail(api)?;
+            Ok(())
+        }
+    }
 }
 
 /// Image data formats.
@@ -85,6 +270,15 @@ pub struct CreateArgs {
     /// Kernel command line for direct kernel boot.
     #[arg(long, requires = "kernel")]
     pub cmdline: Option<String>,
+    /// Who sees it (default private; `public` for cloud admins only).
+    #[arg(long, value_parser = ["private", "shared", "community", "public"])]
+    pub visibility: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// A property `KEY=VALUE` (repeatable).
+    #[arg(long = "property", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
 }
 
 impl CreateArgs {
@@ -112,6 +306,11 @@ impl CreateArgs {
             kernel_sha256: String::new(),
             initrd_sha256: String::new(),
             kernel_cmdline: self.cmdline.clone().unwrap_or_default(),
+            visibility: self.visibility.clone().unwrap_or_default(),
+            tags: self.tags.clone(),
+            properties: self.properties.iter().cloned().collect(),
+            protected: false,
+            hidden: false,
         })
     }
 }
@@ -133,17 +332,25 @@ pub fn to_json(i: &Image) -> Value {
         "initrd_sha256": opt(&i.initrd_sha256),
         "kernel_cmdline": opt(&i.kernel_cmdline),
         "created_at": opt(&i.created_at),
+        "visibility": i.visibility,
+        "member_status": opt(&i.member_status),
+        "tags": i.tags,
+        "properties": i.properties.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "protected": i.protected,
+        "hidden": i.hidden,
+        "deactivated": i.deactivated,
     })
 }
 
 /// The `image list` table.
 pub fn table(images: &[Image]) -> Table {
-    let mut t = Table::new(&["ID", "Name", "Status", "Disk Format", "Size"]);
+    let mut t = Table::new(&["ID", "Name", "Status", "Visibility", "Disk Format", "Size"]);
     for i in images {
         t.row(vec![
             i.id.clone(),
             i.name.clone(),
             i.status.clone(),
+            i.visibility.clone(),
             i.disk_format.clone(),
             i.size_bytes.to_string(),
         ]);
@@ -207,25 +414,12 @@ pub async fn run(cmd: ImageCmd, ctx: &Ctx) -> Result<()> {
             let i = api.images().get(api.get_req(&image)).await.or_fail(api)?;
             output::show(ctx.format, &to_json(&i))
         }
-        ImageCmd::Set {
-            image,
-            name,
-            min_disk,
-            min_ram,
-        } => {
-            if name.is_none() && min_disk.is_none() && min_ram.is_none() {
-                bail!("nothing to change: give --name, --min-disk or --min-ram");
-            }
-            let req = UpdateImageRequest {
-                r#ref: image,
-                project: api.project.clone(),
-                name,
-                min_disk_gb: min_disk,
-                min_ram_mb: min_ram,
-            };
+        ImageCmd::Set(args) => {
+            let req = args.request(&api.project)?;
             let i = api.images().update(req).await.or_fail(api)?;
             output::show(ctx.format, &to_json(&i))
         }
+        ImageCmd::Member(m) => run_member(m, ctx).await,
         ImageCmd::Delete { images } => {
             ctx.delete_all("images", &images, |r| async move {
                 let req = api.delete_req(&r);
@@ -252,6 +446,9 @@ mod tests {
             kernel: None,
             initrd: None,
             cmdline: None,
+            visibility: None,
+            tags: vec![],
+            properties: vec![],
         }
     }
 
@@ -272,8 +469,67 @@ mod tests {
                 kernel_sha256: String::new(),
                 initrd_sha256: String::new(),
                 kernel_cmdline: String::new(),
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn set_maps_flags_and_refuses_nothing_to_change() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            set: SetArgs,
+        }
+        let parse = |args: &[&str]| T::try_parse_from(args).map(|t| t.set);
+        let r = parse(&[
+            "x",
+            "img",
+            "--visibility",
+            "shared",
+            "--tag",
+            "a",
+            "--remove-tag",
+            "b",
+            "--property",
+            "k=v=w",
+            "--remove-property",
+            "old",
+            "--protected",
+            "--unhidden",
+            "--deactivate",
+        ])
+        .unwrap()
+        .request("p1")
+        .unwrap();
+        assert_eq!(
+            (
+                r.r#ref.as_str(),
+                r.project.as_str(),
+                r.visibility.as_deref()
+            ),
+            ("img", "p1", Some("shared"))
+        );
+        assert_eq!(
+            (r.add_tags, r.remove_tags),
+            (vec!["a".to_string()], vec!["b".to_string()])
+        );
+        assert_eq!(r.set_properties.get("k").map(String::as_str), Some("v=w"));
+        assert_eq!(r.remove_properties, ["old"]);
+        assert_eq!(
+            (r.protected, r.hidden, r.deactivated),
+            (Some(true), Some(false), Some(true))
+        );
+        let e = parse(&["x", "img"]).unwrap().request("").unwrap_err();
+        assert!(e.to_string().starts_with("nothing to change"), "{e}");
+        for bad in [
+            &["x", "img", "--visibility", "world"][..],
+            &["x", "img", "--property", "novalue"],
+            &["x", "img", "--protected", "--unprotected"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1507,3 +1507,387 @@ async fn tokens_are_validated_and_revoked_on_every_coordinator() {
     assert_eq!(rec.len(), 1);
     assert_ne!(rec[0], 0, "the record is leased until the token's expiry");
 }
+
+/// The image `id` as `tok` gets it, or the refusal's code.
+async fn image_as(a: &mut Api, tok: &str, id: &str) -> Result<pb::Image, Code> {
+    a.images
+        .get(req(tok, get(id)))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| e.code())
+}
+
+/// The ids of the images `tok` lists.
+async fn image_ids(a: &mut Api, tok: &str) -> Vec<String> {
+    a.images
+        .list(req(tok, pb::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+/// A server of `tok`'s project from image `image`: the created server's
+/// id, or the refusal (of the call or of its one result).
+async fn boot_from(a: &mut Api, tok: &str, name: &str, image: &str) -> Result<String, String> {
+    let r = pb::CreateServerRequest {
+        image_ref: image.into(),
+        ..server_req(name, &["net"], 1)
+    };
+    match a.servers.create(req(tok, r)).await {
+        Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
+        Ok(r) => {
+            let r = r.into_inner();
+            match &r.results[0].server {
+                Some(s) => Ok(s.id.clone()),
+                None => Err(format!("{:?}", r.results[0])),
+            }
+        }
+    }
+}
+
+/// Image visibility and members: a private image is its project's only;
+/// shared with a member project it is usable there by id (listed once
+/// accepted); only the member answers, only the owner shares, only an
+/// admin makes an image public; a protected image is not deleted; a
+/// deactivated one boots nothing and its data is not served to tenants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_shared_between_projects_by_visibility_and_members() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, root) = token_cloud(&etcd).await;
+    create_flavor(&mut a, &root, "m1.small", 1, 512).await;
+    register_seen(&etcd, &c, "n0", res(64, 64 * 1024, 1000), "nova").await;
+    let alice = login(&mut a, "alice", "pw").await;
+    let bob = login(&mut a, "bob", "pw").await;
+    create_image(&mut a, &alice).await;
+    for tok in [&alice, &bob] {
+        a.networks
+            .create(req(
+                tok,
+                pb::CreateNetworkRequest {
+                    name: "net".into(),
+                    cidr: "10.1.0.0/24".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let img = image_as(&mut a, &alice, "cirros").await.unwrap();
+    let id = img.id.clone();
+    assert_eq!((img.visibility.as_str(), img.owned), ("private", true));
+    // Positive control: alice boots it; bob neither sees nor boots it.
+    boot_from(&mut a, &alice, "a1", &id).await.unwrap();
+    assert_eq!(
+        image_as(&mut a, &bob, &id).await.unwrap_err(),
+        Code::NotFound
+    );
+    assert!(!image_ids(&mut a, &bob).await.contains(&id));
+    let e = boot_from(&mut a, &bob, "b1", &id).await.unwrap_err();
+    assert!(e.contains("not found"), "{e}");
+
+    let set = |tok: &str, r: pb::UpdateImageRequest| {
+        req(
+            tok,
+            pb::UpdateImageRequest {
+                r#ref: id.clone(),
+                ..r
+            },
+        )
+    };
+    let member = |tok: &str, m: &str, status: &str| {
+        req(
+            tok,
+            pb::ImageMemberRequest {
+                image: id.clone(),
+                member: m.into(),
+                status: status.into(),
+                ..Default::default()
+            },
+        )
+    };
+    // Only a shared image has members.
+    let e = a
+        .images
+        .add_member(member(&alice, "p2", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let vis = |v: &str| pb::UpdateImageRequest {
+        visibility: Some(v.into()),
+        ..Default::default()
+    };
+    a.images.update(set(&alice, vis("shared"))).await.unwrap();
+    // Bob cannot share alice's image; alice shares it with p2.
+    let e = a
+        .images
+        .add_member(member(&bob, "p2", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let m = a
+        .images
+        .add_member(member(&alice, "p2", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((m.member.as_str(), m.status.as_str()), ("p2", "pending"));
+    let e = a
+        .images
+        .add_member(member(&alice, "p2", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    // Pending: bob sees it by id (member_status pending) and boots it.
+    let seen = image_as(&mut a, &bob, &id).await.unwrap();
+    assert_eq!(
+        (seen.member_status.as_str(), seen.owned),
+        ("pending", false)
+    );
+    boot_from(&mut a, &bob, "b2", &id).await.unwrap();
+    // Only the member answers, and only with a known status.
+    let e = a
+        .images
+        .set_member_status(member(&alice, "p2", "accepted"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = a
+        .images
+        .set_member_status(member(&bob, "", "maybe"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let m = a
+        .images
+        .set_member_status(member(&bob, "", "accepted"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((m.member.as_str(), m.status.as_str()), ("p2", "accepted"));
+    // The owner lists every member, the member only itself.
+    let listed = |tok: &str| req(tok, get(&id));
+    let ms = a
+        .images
+        .list_members(listed(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ms.members.len(), 1);
+    assert_eq!(ms.members[0].status, "accepted");
+    let e = a
+        .images
+        .remove_member(member(&bob, "p2", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    a.images
+        .remove_member(member(&alice, "p2", ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        image_as(&mut a, &bob, &id).await.unwrap_err(),
+        Code::NotFound
+    );
+
+    // Public: the admin's call only; then every project lists it.
+    let e = a
+        .images
+        .update(set(&alice, vis("public")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    a.images
+        .update(req(
+            &root,
+            pb::UpdateImageRequest {
+                r#ref: id.clone(),
+                project: "p1".into(),
+                visibility: Some("public".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(image_ids(&mut a, &bob).await.contains(&id));
+    boot_from(&mut a, &bob, "b3", &id).await.unwrap();
+    // Bob may use it, not change it.
+    let e = a
+        .images
+        .update(set(
+            &bob,
+            pb::UpdateImageRequest {
+                min_ram_mb: Some(1),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // Tags, properties, protection.
+    let i = a
+        .images
+        .update(set(
+            &alice,
+            pb::UpdateImageRequest {
+                add_tags: vec!["t1".into()],
+                set_properties: [("kernel_id".to_string(), "k".to_string())].into(),
+                protected: Some(true),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (i.tags, i.properties["kernel_id"].as_str(), i.protected),
+        (vec!["t1".to_string()], "k", true)
+    );
+    let e = a
+        .images
+        .update(set(
+            &alice,
+            pb::UpdateImageRequest {
+                set_properties: [("visibility".to_string(), "x".to_string())].into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = a.images.delete(req(&alice, del(&id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("protected"), "{e:?}");
+
+    // Deactivated: only an active image (this one has no data).
+    let deact = |d: bool| pb::UpdateImageRequest {
+        deactivated: Some(d),
+        ..Default::default()
+    };
+    let e = a.images.update(set(&alice, deact(true))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let mut data = pb::image_data_client::ImageDataClient::new(channel(&c).await);
+    let chunk = pb::ImageChunk {
+        image: id.clone(),
+        project: String::new(),
+        part: "disk".into(),
+        size_bytes: 5,
+        data: b"hello".to_vec(),
+    };
+    data.upload(req(&alice, tokio_stream::iter(vec![chunk])))
+        .await
+        .unwrap();
+    let download = |tok: &str| {
+        req(
+            tok,
+            pb::DownloadImageRequest {
+                image_id: id.clone(),
+                part: "disk".into(),
+            },
+        )
+    };
+    // Positive control: bob fetches the public image's data.
+    data.download(download(&bob)).await.unwrap();
+    a.images.update(set(&alice, deact(true))).await.unwrap();
+    let e = data.download(download(&bob)).await.map(drop).unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    data.download(download(&root)).await.unwrap();
+    let e = boot_from(&mut a, &bob, "b4", &id).await.unwrap_err();
+    assert!(e.contains("deactivated"), "{e}");
+    a.images.update(set(&alice, deact(false))).await.unwrap();
+    boot_from(&mut a, &bob, "b4", &id).await.unwrap();
+
+    // Nameless images (Glance has them): several in one project, each
+    // found and deleted by id.
+    let mut nameless = Vec::new();
+    for _ in 0..2 {
+        let i = a
+            .images
+            .create(req(&alice, pb::CreateImageRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(i.name, "");
+        nameless.push(i.id);
+    }
+    for n in &nameless {
+        image_as(&mut a, &alice, n).await.unwrap();
+        a.images.delete(req(&alice, del(n))).await.unwrap();
+        assert_eq!(
+            image_as(&mut a, &alice, n).await.unwrap_err(),
+            Code::NotFound
+        );
+    }
+
+    // The same through the CLI: share, answer, list.
+    let dir = tempfile::tempdir().unwrap();
+    tokio::task::block_in_place(|| {
+        let alice_cli = cli_as(&c, dir.path(), "alice", "pw");
+        let bob_cli = cli_as(&c, dir.path(), "bob", "pw");
+        let img = alice_cli.json(&["image", "create", "shared-img"]).unwrap();
+        let sid = img["id"].as_str().unwrap();
+        assert_eq!(img["visibility"], "private", "{img}");
+        let img = alice_cli
+            .json(&[
+                "image",
+                "set",
+                "shared-img",
+                "--visibility",
+                "shared",
+                "--tag",
+                "t",
+            ])
+            .unwrap();
+        assert_eq!(
+            (&img["visibility"], &img["tags"]),
+            (&serde_json::json!("shared"), &serde_json::json!(["t"])),
+            "{img}"
+        );
+        // Only the owner shares (bob: refused; alice below).
+        let out = bob_cli.run(&["image", "member", "add", sid, "p2"]).unwrap();
+        assert!(out.code == 1 && out.stderr.contains("not found"), "{out:?}");
+        let m = alice_cli
+            .json(&["image", "member", "add", "shared-img", "p2"])
+            .unwrap();
+        // Named by its name, answered with its id.
+        assert_eq!(
+            (&m["image"], &m["member"], &m["status"]),
+            (
+                &serde_json::json!(sid),
+                &serde_json::json!("p2"),
+                &serde_json::json!("pending")
+            ),
+            "{m}"
+        );
+        let m = bob_cli
+            .json(&["image", "member", "set", sid, "accepted"])
+            .unwrap();
+        assert_eq!(
+            (&m["member"], &m["status"]),
+            (&serde_json::json!("p2"), &serde_json::json!("accepted")),
+            "{m}"
+        );
+        let ms = alice_cli.json(&["image", "member", "list", sid]).unwrap();
+        assert_eq!(ms[0]["status"], "accepted", "{ms}");
+        let listed = bob_cli.json(&["image", "list"]).unwrap();
+        let row = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == sid)
+            .unwrap_or_else(|| panic!("bob does not list {sid}: {listed}"));
+        assert_eq!(row["member_status"], "accepted", "{row}");
+        alice_cli
+            .run(&["image", "member", "remove", sid, "p2"])
+            .unwrap()
+            .ok()
+            .unwrap();
+        let listed = bob_cli.json(&["image", "list"]).unwrap();
+        assert!(!listed.to_string().contains(sid), "{listed}");
+    });
+    c.shutdown().await.unwrap();
+}

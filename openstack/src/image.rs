@@ -1,4 +1,6 @@
-//! Image v2 (Glance): images (list, show).
+//! Image v2 (Glance): images (list, show, create, upload, download,
+//! update, delete), tags, deactivation, members
+//! ([`crate::image_members`]) and schemas ([`crate::image_schemas`]).
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -31,6 +33,16 @@ pub fn router() -> Router<Upstream> {
             "/v2/images/{id}/file",
             axum::routing::put(upload).get(download),
         )
+        .route(
+            "/v2/images/{id}/tags/{tag}",
+            axum::routing::put(add_tag).delete(delete_tag),
+        )
+        .route(
+            "/v2/images/{id}/actions/{action}",
+            axum::routing::post(image_action),
+        )
+        .merge(crate::image_members::router())
+        .merge(crate::image_schemas::router())
 }
 
 /// Glance's version document at its root (also at `/image/`, see
@@ -44,31 +56,51 @@ async fn versions_list(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::image_v2(&up.public_url)]}))
 }
 
-/// The Glance view of an image. Pure.
+/// The Glance view of an image: its attributes, then its free
+/// properties at the top level (as Glance; they never shadow an
+/// attribute: nubo refuses those names). Pure.
 pub fn image_view(base: &str, i: &pb::Image) -> Value {
-    json!({
+    let mut v = json!({
         "id": i.id,
-        "name": i.name,
-        "status": i.status,
-        "visibility": "private",
+        "name": if i.name.is_empty() { Value::Null } else { json!(i.name) },
+        "status": glance_status(i),
+        "visibility": i.visibility,
         "owner": i.project,
         "disk_format": i.disk_format,
         "container_format": "bare",
         "size": if i.status == "active" { json!(i.size_bytes) } else { Value::Null },
+        "virtual_size": Value::Null,
         "checksum": Value::Null,
         "os_hash_algo": if i.checksum_sha256.is_empty() { Value::Null } else { json!("sha256") },
         "os_hash_value": if i.checksum_sha256.is_empty() { Value::Null } else { json!(i.checksum_sha256) },
         "min_disk": i.min_disk_gb,
         "min_ram": i.min_ram_mb,
-        "protected": false,
-        "tags": [],
+        "protected": i.protected,
+        "os_hidden": i.hidden,
+        "tags": i.tags,
         "created_at": i.created_at,
         "updated_at": i.created_at,
         "self": format!("/v2/images/{}", i.id),
         "file": format!("/v2/images/{}/file", i.id),
         "schema": "/v2/schemas/image",
         "direct_url": format!("{base}/image/v2/images/{}", i.id),
-    })
+    });
+    if let Some(o) = v.as_object_mut() {
+        for (k, val) in &i.properties {
+            o.entry(k.clone()).or_insert_with(|| json!(val));
+        }
+    }
+    v
+}
+
+/// Glance's status of an image: nubo's, `deactivated` while deactivated.
+/// Pure.
+fn glance_status(i: &pb::Image) -> &str {
+    if i.deactivated {
+        "deactivated"
+    } else {
+        &i.status
+    }
 }
 
 /// Glance's list parameters nubo serves.
@@ -86,10 +118,18 @@ pub struct Filters {
     pub size_min: Option<u64>,
     /// Largest size in bytes.
     pub size_max: Option<u64>,
-    /// A tag: nubo images have none, so nothing matches.
+    /// Images carrying this tag.
     pub tag: Option<String>,
-    /// `private` and `all` list nubo's (private) images; other values none.
+    /// `private`, `shared`, `community`, `public` or `all` (default: the
+    /// project's own, public ones and those shared with it and accepted).
     pub visibility: Option<String>,
+    /// For images shared with the caller: `accepted` (default),
+    /// `pending`, `rejected` or `all`.
+    pub member_status: Option<String>,
+    /// `true`: hidden images only; `false` (default): visible ones only.
+    pub os_hidden: Option<bool>,
+    /// Images of this project.
+    pub owner: Option<String>,
     /// Most images answered (a `next` link follows when more remain).
     pub limit: Option<usize>,
     /// List after this image id.
@@ -116,17 +156,34 @@ pub fn select_images(
             None
         }
     };
+    let visibility = f.visibility.as_deref();
+    if let Some(v) = visibility {
+        if !["private", "shared", "community", "public", "all"].contains(&v) {
+            return Err(ApiError::bad_request(
+                S,
+                format!("visibility {v:?} must be private, shared, community, public or all"),
+            ));
+        }
+    }
+    let member_status = f.member_status.as_deref().unwrap_or("accepted");
+    if !["accepted", "pending", "rejected", "all"].contains(&member_status) {
+        return Err(ApiError::bad_request(
+            S,
+            format!("member_status {member_status:?} must be accepted, pending, rejected or all"),
+        ));
+    }
+    let hidden = f.os_hidden.unwrap_or(false);
     images.retain(|i| {
         f.name.as_ref().is_none_or(|x| &i.name == x)
-            && f.status.as_ref().is_none_or(|x| &i.status == x)
+            && f.status.as_ref().is_none_or(|x| glance_status(i) == x)
             && f.disk_format.as_ref().is_none_or(|x| &i.disk_format == x)
             && f.size.is_none_or(|m| size(i) == Some(m))
             && f.size_min.is_none_or(|m| size(i).is_some_and(|s| s >= m))
             && f.size_max.is_none_or(|m| size(i).is_some_and(|s| s <= m))
-            && f.tag.is_none()
-            && f.visibility
-                .as_deref()
-                .is_none_or(|v| v == "private" || v == "all")
+            && f.tag.as_ref().is_none_or(|t| i.tags.contains(t))
+            && f.owner.as_ref().is_none_or(|o| &i.project == o)
+            && i.hidden == hidden
+            && listed(i, visibility, member_status)
     });
     let (key, dir) = match &f.sort {
         Some(s) => {
@@ -192,6 +249,26 @@ pub fn select_images(
     Ok((page, next))
 }
 
+/// Whether a Glance list with `visibility` (None: the default) and
+/// `member_status` shows image `i` (as the caller sees it: `owned`, its
+/// `member_status`). As Glance: by default the caller's own images, public
+/// ones and those shared with it whose membership matches `member_status`;
+/// community images only when asked for. Pure.
+fn listed(i: &pb::Image, visibility: Option<&str>, member_status: &str) -> bool {
+    let membership =
+        !i.member_status.is_empty() && (member_status == "all" || i.member_status == member_status);
+    let shared_ok = i.visibility == "shared" && (i.owned || membership);
+    match visibility {
+        None => i.owned || i.visibility == "public" || shared_ok,
+        Some("all") => {
+            i.owned || i.visibility == "public" || i.visibility == "community" || shared_ok
+        }
+        Some("shared") => shared_ok,
+        Some("private") => i.owned && i.visibility == "private",
+        Some(v) => i.visibility == v,
+    }
+}
+
 async fn list_images(
     State(up): State<Upstream>,
     headers: HeaderMap,
@@ -222,7 +299,8 @@ async fn show_image(
     Ok(Json(image_view(&up.public_url, &i)).into_response())
 }
 
-/// `POST /v2/images` body (the parts nubo keeps).
+/// `POST /v2/images` body: Glance's attributes, and any other key a free
+/// property (a string).
 #[derive(Debug, Deserialize)]
 pub struct NewImage {
     #[serde(default)]
@@ -235,15 +313,45 @@ pub struct NewImage {
     min_disk: Option<u64>,
     #[serde(default)]
     min_ram: Option<u64>,
+    #[serde(default)]
+    visibility: Option<String>,
+    #[serde(default)]
+    protected: Option<bool>,
+    #[serde(default)]
+    os_hidden: Option<bool>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    /// Everything else: free properties.
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, Value>,
 }
 
-/// nubo's create request for a Glance one. Pure.
+/// Attributes Glance's create takes that nubo does not (a 400 naming
+/// them rather than a property of that name).
+const NOT_AT_CREATE: &[&str] = &[
+    "id",
+    "owner",
+    "locations",
+    "location",
+    "status",
+    "size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "virtual_size",
+    "created_at",
+    "updated_at",
+    "self",
+    "file",
+    "schema",
+    "direct_url",
+];
+
+/// nubo's create request for a Glance one (visibility `shared` by
+/// default, as Glance). Pure.
 pub fn create_request(n: &NewImage) -> Result<pb::CreateImageRequest, ApiError> {
-    let name = n
-        .name
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request(S, "nubo images need a name"))?;
+    // No name (or null): a nameless image, as Glance allows.
+    let name = n.name.clone().unwrap_or_default();
     let disk_format = match n.disk_format.as_deref().unwrap_or("raw") {
         f @ ("raw" | "qcow2") => f.to_string(),
         other => {
@@ -262,11 +370,30 @@ pub fn create_request(n: &NewImage) -> Result<pb::CreateImageRequest, ApiError> 
             ))
         }
     }
+    let mut properties = std::collections::HashMap::new();
+    for (k, v) in &n.extra {
+        if NOT_AT_CREATE.contains(&k.as_str()) {
+            return Err(ApiError::new(
+                S,
+                StatusCode::FORBIDDEN,
+                format!("attribute {k:?} is not set at creation in nubo"),
+            ));
+        }
+        let v = v
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request(S, format!("property {k:?} must be a string")))?;
+        properties.insert(k.clone(), v.to_string());
+    }
     Ok(pb::CreateImageRequest {
         name,
         disk_format,
         min_disk_gb: n.min_disk.unwrap_or(0),
         min_ram_mb: n.min_ram.unwrap_or(0),
+        visibility: n.visibility.clone().unwrap_or_else(|| "shared".into()),
+        tags: n.tags.clone().unwrap_or_default(),
+        properties,
+        protected: n.protected.unwrap_or(false),
+        hidden: n.os_hidden.unwrap_or(false),
         ..Default::default()
     })
 }
@@ -313,22 +440,24 @@ const READ_ONLY: &[&str] = &[
     "container_format",
 ];
 
-/// The `Images.Update` request of a Glance JSON patch (both Glance's
-/// `openstack-images-v2.1-json-patch` form `{"op", "path", "value"}` and
-/// the 2.0 form `{"replace": path, "value"}`). Pure. nubo keeps a name and
-/// minimum disk/RAM: those change; `visibility: private` and `protected:
-/// false` are what every nubo image is (accepted, nothing changes);
-/// read-only attributes are a 403, anything else (tags, properties, other
-/// visibilities, locations) a 400 naming it. All or nothing: the first
-/// refusal answers and nothing changes.
-pub fn patch_request(id: &str, ops: &Value) -> Result<pb::UpdateImageRequest, ApiError> {
+/// The `Images.Update` request of a Glance JSON patch on image `cur`
+/// (both Glance's `openstack-images-v2.1-json-patch` form `{"op", "path",
+/// "value"}` and the 2.0 form `{"replace": path, "value"}`). Pure. `name`,
+/// `min_disk`, `min_ram`, `visibility`, `protected`, `os_hidden` and
+/// `tags` (the whole list) change; any other top-level path is a free
+/// property (a string) set or removed; read-only attributes are a 403,
+/// removing an attribute a 403, locations and nested paths a 400. All or
+/// nothing: the first refusal answers and nothing changes.
+pub fn patch_request(cur: &pb::Image, ops: &Value) -> Result<pb::UpdateImageRequest, ApiError> {
     let ops = ops
         .as_array()
         .ok_or_else(|| ApiError::bad_request(S, "a JSON patch is a list of operations"))?;
     let mut req = pb::UpdateImageRequest {
-        r#ref: id.to_string(),
+        r#ref: cur.id.clone(),
         ..Default::default()
     };
+    let mut tags: std::collections::BTreeSet<String> = cur.tags.iter().cloned().collect();
+    let mut tags_changed = false;
     for o in ops {
         let (op, path) = match (o.get("op").and_then(Value::as_str), o.get("path")) {
             (Some(op), Some(Value::String(p))) => (op, p.as_str()),
@@ -358,6 +487,11 @@ pub fn patch_request(id: &str, ops: &Value) -> Result<pb::UpdateImageRequest, Ap
                 ApiError::bad_request(S, format!("{what} must be a non-negative integer"))
             })
         };
+        let boolean = |what: &str| -> Result<bool, ApiError> {
+            value
+                .and_then(Value::as_bool)
+                .ok_or_else(|| ApiError::bad_request(S, format!("{what} must be true or false")))
+        };
         match (attr, set) {
             ("name", true) => {
                 let n = value
@@ -368,30 +502,85 @@ pub fn patch_request(id: &str, ops: &Value) -> Result<pb::UpdateImageRequest, Ap
             }
             ("min_disk", true) => req.min_disk_gb = Some(count("min_disk")?),
             ("min_ram", true) => req.min_ram_mb = Some(count("min_ram")?),
-            ("visibility", true) if value == Some(&json!("private")) => {}
-            ("protected", true) if value == Some(&json!(false)) => {}
             ("visibility", true) => {
-                return Err(ApiError::bad_request(
-                    S,
-                    "nubo images belong to one project: visibility is always private",
-                ))
+                let v = value
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ApiError::bad_request(S, "visibility must be a string"))?;
+                req.visibility = Some(v.to_string());
             }
-            ("name" | "min_disk" | "min_ram" | "visibility" | "protected", false) => {
+            ("protected", true) => req.protected = Some(boolean("protected")?),
+            ("os_hidden", true) => req.hidden = Some(boolean("os_hidden")?),
+            ("tags", true) => {
+                let list = value.and_then(Value::as_array).ok_or_else(|| {
+                    ApiError::bad_request(S, "tags must be a list of strings")
+                })?;
+                tags = list
+                    .iter()
+                    .map(|t| {
+                        t.as_str().map(str::to_string).ok_or_else(|| {
+                            ApiError::bad_request(S, "tags must be a list of strings")
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                tags_changed = true;
+            }
+            ("name" | "min_disk" | "min_ram" | "visibility" | "protected" | "os_hidden" | "tags", false) => {
                 return Err(ApiError::new(
                     S,
                     StatusCode::FORBIDDEN,
                     format!("attribute {attr:?} cannot be removed"),
                 ))
             }
-            (other, _) => {
+            ("locations" | "location", _) => {
                 return Err(ApiError::bad_request(
                     S,
-                    format!("changing {other:?} is not supported by nubo (name, min_disk, min_ram are; docs/openstack-compatibility.md)"),
+                    "image locations are not supported by nubo (the data lives in the coordinator's image store; docs/openstack-compatibility.md)",
                 ))
+            }
+            (other, _) if other.is_empty() || other.contains('/') => {
+                return Err(ApiError::bad_request(
+                    S,
+                    format!("path {path:?} is not a top-level image attribute or property"),
+                ))
+            }
+            (other, true) => {
+                let v = value.and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::bad_request(S, format!("property {other:?} must be a string"))
+                })?;
+                req.remove_properties.retain(|k| k != other);
+                req.set_properties.insert(other.to_string(), v.to_string());
+            }
+            (other, false) => {
+                if req.set_properties.remove(other).is_none()
+                    && !cur.properties.contains_key(other)
+                {
+                    return Err(ApiError::new(
+                        S,
+                        StatusCode::CONFLICT,
+                        format!("image {} has no property {other:?} to remove", cur.id),
+                    ));
+                }
+                if cur.properties.contains_key(other) {
+                    req.remove_properties.push(other.to_string());
+                }
             }
         }
     }
+    if tags_changed {
+        let old: std::collections::BTreeSet<String> = cur.tags.iter().cloned().collect();
+        req.add_tags = tags.difference(&old).cloned().collect();
+        req.remove_tags = old.difference(&tags).cloned().collect();
+    }
     Ok(req)
+}
+
+/// True when `req` changes nothing. Pure.
+fn unchanged(req: &pb::UpdateImageRequest) -> bool {
+    *req == pb::UpdateImageRequest {
+        r#ref: req.r#ref.clone(),
+        project: req.project.clone(),
+        ..Default::default()
+    }
 }
 
 /// `PATCH /v2/images/{id}`: a Glance JSON patch ([`patch_request`]).
@@ -416,16 +605,75 @@ async fn update_image(
     }
     let ops: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(S, format!("the body is not JSON: {e}")))?;
-    let req = patch_request(&id, &ops)?;
     let mut c = up.images(&headers)?;
-    let i = if req.name.is_none() && req.min_disk_gb.is_none() && req.min_ram_mb.is_none() {
-        c.get(crate::upstream::get_req(id)).await
+    let cur = c
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    let req = patch_request(&cur, &ops)?;
+    let i = if unchanged(&req) {
+        cur
     } else {
-        c.update(req).await
-    }
-    .api(S)?
-    .into_inner();
+        c.update(req).await.api(S)?.into_inner()
+    };
     Ok(Json(image_view(&up.public_url, &i)).into_response())
+}
+
+/// `PUT /v2/images/{id}/tags/{tag}`: adds a tag (204; an existing one
+/// stays).
+async fn add_tag(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((id, tag)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = pb::UpdateImageRequest {
+        r#ref: id,
+        add_tags: vec![tag],
+        ..Default::default()
+    };
+    up.images(&headers)?.update(req).await.api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /v2/images/{id}/tags/{tag}`: removes a tag (404 when absent).
+async fn delete_tag(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((id, tag)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = pb::UpdateImageRequest {
+        r#ref: id,
+        remove_tags: vec![tag],
+        ..Default::default()
+    };
+    up.images(&headers)?.update(req).await.api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v2/images/{id}/actions/deactivate|reactivate` (204).
+async fn image_action(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let deactivated = match action.as_str() {
+        "deactivate" => true,
+        "reactivate" => false,
+        other => {
+            return Err(ApiError::not_found(
+                S,
+                format!("image action {other:?} does not exist (deactivate, reactivate do)"),
+            ))
+        }
+    };
+    let req = pb::UpdateImageRequest {
+        r#ref: id,
+        deactivated: Some(deactivated),
+        ..Default::default()
+    };
+    up.images(&headers)?.update(req).await.api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Largest chunk nubo's upload accepts.
@@ -563,6 +811,8 @@ mod tests {
             size_bytes: size,
             status: status.into(),
             disk_format: "raw".into(),
+            owned: true,
+            visibility: "private".into(),
             ..Default::default()
         };
         let all = vec![
@@ -581,7 +831,6 @@ mod tests {
         assert_eq!(ids(f("size=10")).0, ["b"]);
         assert_eq!(ids(f("status=queued")).0, ["c"]);
         assert!(ids(f("tag=x")).0.is_empty());
-        assert!(ids(f("visibility=public")).0.is_empty());
         // Pages: limit, then the marker of the last one.
         let (p1, next) = ids(f("sort_key=id&sort_dir=asc&limit=2"));
         assert_eq!(
@@ -597,14 +846,25 @@ mod tests {
 
     #[test]
     fn json_patches_map_onto_nubos_image_fields() {
+        let cur = pb::Image {
+            id: "i".into(),
+            tags: vec!["old".into(), "keep".into()],
+            properties: [("kernel_id".to_string(), "k".to_string())].into(),
+            ..Default::default()
+        };
         // Both Glance patch forms.
         let r = patch_request(
-            "i",
+            &cur,
             &json!([
                 {"op": "replace", "path": "/name", "value": "n2"},
                 {"add": "/min_disk", "value": 3},
                 {"replace": "/min_ram", "value": 512},
-                {"op": "replace", "path": "/visibility", "value": "private"},
+                {"op": "replace", "path": "/visibility", "value": "public"},
+                {"op": "replace", "path": "/protected", "value": true},
+                {"op": "replace", "path": "/os_hidden", "value": false},
+                {"op": "replace", "path": "/tags", "value": ["keep", "new"]},
+                {"op": "add", "path": "/ramdisk_id", "value": "r"},
+                {"op": "remove", "path": "/kernel_id"},
             ]),
         )
         .unwrap();
@@ -612,6 +872,21 @@ mod tests {
             (r.name.as_deref(), r.min_disk_gb, r.min_ram_mb),
             (Some("n2"), Some(3), Some(512))
         );
+        assert_eq!(
+            (r.visibility.as_deref(), r.protected, r.hidden),
+            (Some("public"), Some(true), Some(false))
+        );
+        assert_eq!(
+            (r.add_tags, r.remove_tags),
+            (vec!["new".to_string()], vec!["old".to_string()])
+        );
+        assert_eq!(
+            r.set_properties.get("ramdisk_id").map(String::as_str),
+            Some("r")
+        );
+        assert_eq!(r.remove_properties, ["kernel_id"]);
+        // Nothing asked: nothing changes.
+        assert!(unchanged(&patch_request(&cur, &json!([])).unwrap()));
         for (ops, status, text) in [
             (
                 json!([{"op": "replace", "path": "/status", "value": "active"}]),
@@ -619,20 +894,37 @@ mod tests {
                 "read-only",
             ),
             (json!([{"remove": "/name"}]), 403, "cannot be removed"),
+            (json!([{"remove": "/tags"}]), 403, "cannot be removed"),
             (
-                json!([{"op": "add", "path": "/tags/-", "value": "t"}]),
+                json!([{"op": "add", "path": "/tags", "value": "t"}]),
                 400,
-                "tags",
+                "list of strings",
             ),
             (
-                json!([{"op": "add", "path": "/color", "value": "red"}]),
+                json!([{"op": "add", "path": "/color", "value": 3}]),
                 400,
-                "color",
+                "must be a string",
+            ),
+            (json!([{"remove": "/color"}]), 409, "no property"),
+            (
+                json!([{"op": "add", "path": "/a/b", "value": "x"}]),
+                400,
+                "top-level",
             ),
             (
-                json!([{"replace": "/visibility", "value": "public"}]),
+                json!([{"op": "add", "path": "/locations/-", "value": {}}]),
                 400,
-                "private",
+                "top-level",
+            ),
+            (
+                json!([{"replace": "/locations", "value": []}]),
+                400,
+                "locations",
+            ),
+            (
+                json!([{"replace": "/protected", "value": "yes"}]),
+                400,
+                "true or false",
             ),
             (
                 json!([{"replace": "/min_disk", "value": -1}]),
@@ -651,9 +943,113 @@ mod tests {
             ),
             (json!({"name": "x"}), 400, "list of operations"),
         ] {
-            let e = patch_request("i", &ops).unwrap_err();
+            let e = patch_request(&cur, &ops).unwrap_err();
             assert_eq!(e.status.as_u16(), status, "{ops}");
             assert!(e.message.contains(text), "{ops}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn glance_lists_show_what_the_caller_may_see() {
+        let img = |id: &str, vis: &str, owned: bool, member: &str| pb::Image {
+            id: id.into(),
+            name: id.into(),
+            visibility: vis.into(),
+            owned,
+            member_status: member.into(),
+            status: "active".into(),
+            ..Default::default()
+        };
+        let all = vec![
+            img("own-private", "private", true, ""),
+            img("own-shared", "shared", true, ""),
+            img("public", "public", false, ""),
+            img("community", "community", false, ""),
+            img("pending", "shared", false, "pending"),
+            img("accepted", "shared", false, "accepted"),
+            img("rejected", "shared", false, "rejected"),
+            pb::Image {
+                hidden: true,
+                ..img("hidden", "private", true, "")
+            },
+        ];
+        let ids = |q: &str| -> Vec<String> {
+            let f: Filters =
+                serde_urlencoded::from_str(&format!("sort_key=id&sort_dir=asc&{q}")).unwrap();
+            select_images(all.clone(), &f)
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|i| i.id)
+                .collect()
+        };
+        assert_eq!(ids(""), ["accepted", "own-private", "own-shared", "public"]);
+        assert_eq!(ids("visibility=community"), ["community"]);
+        assert_eq!(
+            ids("visibility=shared&member_status=pending"),
+            ["own-shared", "pending"]
+        );
+        assert_eq!(
+            ids("visibility=shared&member_status=all"),
+            ["accepted", "own-shared", "pending", "rejected"]
+        );
+        assert_eq!(ids("visibility=private"), ["own-private"]);
+        assert_eq!(ids("visibility=public"), ["public"]);
+        assert_eq!(
+            ids("visibility=all"),
+            [
+                "accepted",
+                "community",
+                "own-private",
+                "own-shared",
+                "public"
+            ]
+        );
+        assert_eq!(ids("os_hidden=true"), ["hidden"]);
+        for q in ["visibility=world", "member_status=maybe"] {
+            let f: Filters = serde_urlencoded::from_str(q).unwrap();
+            assert!(select_images(all.clone(), &f).is_err(), "{q}");
+        }
+    }
+
+    #[test]
+    fn the_view_carries_properties_tags_and_flags() {
+        let i = pb::Image {
+            id: "i".into(),
+            status: "active".into(),
+            visibility: "shared".into(),
+            tags: vec!["t".into()],
+            properties: [("ramdisk_id".to_string(), "r".to_string())].into(),
+            protected: true,
+            deactivated: true,
+            ..Default::default()
+        };
+        let v = image_view("https://x", &i);
+        assert_eq!(v["ramdisk_id"], "r");
+        assert_eq!(v["tags"], json!(["t"]));
+        assert_eq!(v["protected"], true);
+        assert_eq!(v["os_hidden"], false);
+        assert_eq!(v["visibility"], "shared");
+        assert_eq!(v["status"], "deactivated");
+        // Glance's default visibility at create is shared; properties are
+        // strings.
+        let n: NewImage = serde_json::from_value(json!({"name": "n", "kernel_id": "k"})).unwrap();
+        let r = create_request(&n).unwrap();
+        assert_eq!(
+            (
+                r.visibility.as_str(),
+                r.properties.get("kernel_id").map(String::as_str)
+            ),
+            ("shared", Some("k"))
+        );
+        let n: NewImage = serde_json::from_value(json!({"name": null, "os_hidden": true})).unwrap();
+        let r = create_request(&n).unwrap();
+        assert_eq!((r.name.as_str(), r.hidden), ("", true));
+        let v = image_view("https://x", &pb::Image::default());
+        assert_eq!(v["name"], Value::Null);
+        let n: NewImage = serde_json::from_value(json!({"name": "n", "kernel_id": 3})).unwrap();
+        assert_eq!(create_request(&n).unwrap_err().status.as_u16(), 400);
+        let n: NewImage = serde_json::from_value(json!({"name": "n", "owner": "p"})).unwrap();
+        assert_eq!(create_request(&n).unwrap_err().status.as_u16(), 403);
     }
 }

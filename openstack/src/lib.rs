@@ -11,7 +11,8 @@
 //! - Compute v2.1 ([`compute`]): flavors, servers (create, list, show,
 //!   delete, start, stop, reboot);
 //! - Networking v2.0 ([`network`]): networks;
-//! - Image v2 ([`image`]): images.
+//! - Image v2 ([`image`]): images, members ([`image_members`]), schemas
+//!   ([`image_schemas`]).
 //!
 //! What is not supported answers a clear 4xx/501 in the service's own
 //! error format (docs/openstack-compatibility.md), never a silently wrong
@@ -24,6 +25,8 @@ pub mod error;
 pub mod hypervisors;
 pub mod identity;
 pub mod image;
+pub mod image_members;
+pub mod image_schemas;
 pub mod limits;
 pub mod microversion;
 pub mod network;

@@ -715,9 +715,9 @@ fn server_metadata(
 
 /// Glance: an upload without `Content-Length` (chunked, as Tempest
 /// sends) stores the whole image; `openstack image set --name --min-disk`
-/// (a JSON patch) renames it and changes its minimum, what nubo's image
-/// model lacks (tags, properties, public visibility) is a 4xx with the
-/// image unchanged.
+/// (a JSON patch) renames it and changes its minimum, `--tag` and
+/// `--property` set nubo's tags and properties, `--public` by a member and
+/// a patch nubo cannot apply are a 4xx with the image unchanged.
 fn glance_chunked_upload_and_patch(
     clouds: &Path,
     url: &str,
@@ -764,9 +764,25 @@ fn glance_chunked_upload_and_patch(
         "{img}"
     );
     assert!(alice.json(&["image", "show", "chunked"]).is_err());
-    assert!(openstack(clouds, &["image", "set", "--tag", "t", &id]).is_err());
-    assert!(openstack(clouds, &["image", "set", "--property", "k=v", &id]).is_err());
+    // Tags and free properties are nubo's: `nubo image show` has them.
+    openstack(
+        clouds,
+        &["image", "set", "--tag", "t", "--property", "k=v", &id],
+    )
+    .unwrap();
+    let img = alice.json(&["image", "show", "chunked2"]).unwrap();
+    assert_eq!(
+        (&img["tags"], &img["properties"]["k"]),
+        (&json!(["t"]), &json!("v")),
+        "{img}"
+    );
+    // Public is a cloud admin's call: a member's is refused, nothing
+    // changes.
     assert!(openstack(clouds, &["image", "set", "--public", &id]).is_err());
+    assert_eq!(
+        alice.json(&["image", "show", "chunked2"]).unwrap()["visibility"],
+        "shared"
+    );
     let patch = |body: &str| {
         let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PATCH"])

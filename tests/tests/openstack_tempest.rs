@@ -10,8 +10,10 @@
 //! ```
 //!
 //! It seeds the cloud (flavors `m1`/`m2`; project `tempest` with member
-//! `tempest`, images `tempest-img`/`tempest-img-alt` and network
-//! `tempest-net`; the bootstrap admin as Tempest's admin), writes
+//! `tempest`, images `tempest-img`/`tempest-img-alt` made public by the
+//! admin and network `tempest-net`; project `tempest-alt` with member
+//! `tempest-alt` and its own `tempest-net` (Tempest's alt account); the
+//! bootstrap admin as Tempest's admin), writes
 //! `tempest.conf` and a pre-provisioned `accounts.yaml` (nubo's identity
 //! API makes no users: no dynamic credentials), runs `tempest run
 //! --subunit` on the API tests of compute (servers, flavors, keypairs,
@@ -239,7 +241,7 @@ build_timeout = 60
 
 [image-feature-enabled]
 import_image = false
-os_glance_reserved = false
+os_glance_reserved = true
 manage_locations = false
 image_conversion = false
 image_format_enforcement = false
@@ -291,28 +293,33 @@ fn tempest_api_tests_against_a_real_cluster() {
             .unwrap();
     }
     let member = os.lab.member("tempest", "tempest").unwrap();
+    // Tempest's alt account: a member of a second project (image sharing,
+    // cross-project negative tests).
+    let alt = os.lab.member("tempest-alt", "tempest-alt").unwrap();
     // Room for the servers Tempest makes (and for those a failed class
     // leaves behind until its cleanup).
-    admin
-        .json(&[
-            "quota",
-            "set",
-            "--project",
-            "tempest",
-            "--instances",
-            "200",
-            "--vcpus",
-            "400",
-            "--ram-mb",
-            "1048576",
-            "--ports",
-            "400",
-            "--networks",
-            "100",
-            "--security-groups",
-            "200",
-        ])
-        .unwrap();
+    for project in ["tempest", "tempest-alt"] {
+        admin
+            .json(&[
+                "quota",
+                "set",
+                "--project",
+                project,
+                "--instances",
+                "200",
+                "--vcpus",
+                "400",
+                "--ram-mb",
+                "1048576",
+                "--ports",
+                "400",
+                "--networks",
+                "100",
+                "--security-groups",
+                "200",
+            ])
+            .unwrap();
+    }
     // Tempest's project_reader: a second user of the project with nubo's
     // reader role.
     let pw = os.lab.dir.path().join("reader-password");
@@ -364,8 +371,30 @@ fn tempest_api_tests_against_a_real_cluster() {
             "raw",
         ])
         .unwrap();
+    // Either account may be Tempest's primary: both boot image_ref, so
+    // the images are public (made so by the admin), and both projects
+    // have a network named fixed_network_name.
+    for i in [&img, &img_alt] {
+        let id = i["id"].as_str().unwrap();
+        let shown = admin
+            .json(&[
+                "--project",
+                "tempest",
+                "image",
+                "set",
+                id,
+                "--visibility",
+                "public",
+            ])
+            .unwrap();
+        assert_eq!(shown["visibility"], "public", "{shown}");
+        let seen = alt.json(&["image", "show", id]).unwrap();
+        assert_eq!(seen["id"], i["id"], "{seen}");
+    }
     member
         .json(&["network", "create", "tempest-net", "--cidr", "10.30.0.0/24"])
+        .unwrap();
+    alt.json(&["network", "create", "tempest-net", "--cidr", "10.31.0.0/24"])
         .unwrap();
 
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tempest-last");
@@ -386,6 +415,7 @@ fn tempest_api_tests_against_a_real_cluster() {
         &accounts,
         format!(
             "- username: tempest\n  project_name: tempest\n  password: tempest-password\n  domain_name: Default\n  roles:\n  - member\n\
+             - username: tempest-alt\n  project_name: tempest-alt\n  password: tempest-alt-password\n  domain_name: Default\n  roles:\n  - member\n\
              - username: tempest-reader\n  project_name: tempest\n  password: tempest-reader-password\n  domain_name: Default\n  roles:\n  - reader\n\
              - username: admin\n  project_name: admin\n  password: {ADMIN_PASSWORD}\n  domain_name: Default\n  roles:\n  - admin\n"
         ),
@@ -406,9 +436,7 @@ fn tempest_api_tests_against_a_real_cluster() {
     .unwrap();
     std::fs::copy(&conf, out.join("tempest.conf")).unwrap();
 
-    // One worker: one pre-provisioned member account (nubo's images and
-    // networks belong to one project, so a second account would not see
-    // image_ref).
+    // One worker: the pre-provisioned accounts are one primary/alt pair.
     let regex = std::env::var("NUBO_TEMPEST_REGEX").unwrap_or_else(|_| REGEX.to_string());
     let subunit = out.join("results.subunit");
     let started = std::time::Instant::now();

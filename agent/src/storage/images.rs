@@ -427,6 +427,8 @@ mod tests {
             initrd_sha256: None,
             kernel_cmdline: None,
             status_reason: None,
+            access: Default::default(),
+            attrs: Default::default(),
         }
     }
 

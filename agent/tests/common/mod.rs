@@ -108,6 +108,8 @@ impl World {
             initrd_sha256: None,
             kernel_cmdline: None,
             status_reason: None,
+            access: Default::default(),
+            attrs: Default::default(),
         };
         put(c, &keys::image(&image.id), &image).await;
         Self {

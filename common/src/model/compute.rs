@@ -82,6 +82,149 @@ pub struct Image {
     /// Why the image is in `error` (e.g. a checksum mismatch on upload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
+    /// Who besides its project sees it (absent in records made before
+    /// images could be shared: private).
+    #[serde(default)]
+    pub access: ImageAccess,
+    /// Tags, free-form properties and flags.
+    #[serde(default)]
+    pub attrs: ImageAttrs,
+}
+
+/// Which projects see an image besides its owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageVisibility {
+    /// Its project only.
+    #[default]
+    Private,
+    /// Its project and the projects it is shared with ([`ImageAccess::members`]).
+    Shared,
+    /// Every project that asks for it (by id, or listing community images).
+    Community,
+    /// Every project, listed everywhere (set by a cloud admin only).
+    Public,
+}
+
+impl ImageVisibility {
+    /// The lowercase name (`private`, `shared`, `community`, `public`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Shared => "shared",
+            Self::Community => "community",
+            Self::Public => "public",
+        }
+    }
+
+    /// Parses the lowercase name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "private" => Self::Private,
+            "shared" => Self::Shared,
+            "community" => Self::Community,
+            "public" => Self::Public,
+            _ => return None,
+        })
+    }
+}
+
+/// A member project's answer to an image shared with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberStatus {
+    /// Not answered yet: the image is usable by id, not listed.
+    #[default]
+    Pending,
+    /// Accepted: listed among the member's images.
+    Accepted,
+    /// Rejected: usable by id, not listed.
+    Rejected,
+}
+
+impl MemberStatus {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    /// Parses the lowercase name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "accepted" => Self::Accepted,
+            "rejected" => Self::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// A project an image is shared with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMember {
+    /// Its answer.
+    pub status: MemberStatus,
+    /// When it was added.
+    pub created_at: Timestamp,
+    /// When its status last changed.
+    pub updated_at: Timestamp,
+}
+
+/// Who sees an image besides its project.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageAccess {
+    /// Private, shared, community or public.
+    #[serde(default)]
+    pub visibility: ImageVisibility,
+    /// The projects a shared image is shared with (kept when the
+    /// visibility changes, used only while it is `shared`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<ProjectId, ImageMember>,
+}
+
+impl ImageAccess {
+    /// True when `project` (not the owner) may use the image by id:
+    /// public and community images, and shared images it is a member of
+    /// (whatever its answer, as Glance). Pure.
+    pub fn usable_by(&self, project: &ProjectId) -> bool {
+        match self.visibility {
+            ImageVisibility::Public | ImageVisibility::Community => true,
+            ImageVisibility::Shared => self.members.contains_key(project),
+            ImageVisibility::Private => false,
+        }
+    }
+
+    /// The member status of `project` when the image is shared with it.
+    pub fn member_status(&self, project: &ProjectId) -> Option<MemberStatus> {
+        (self.visibility == ImageVisibility::Shared)
+            .then(|| self.members.get(project).map(|m| m.status))
+            .flatten()
+    }
+}
+
+/// Tags, properties and flags of an image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageAttrs {
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub tags: std::collections::BTreeSet<String>,
+    /// Free-form string properties (`kernel_id`, `os_distro`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// Deletion refused while set.
+    #[serde(default)]
+    pub protected: bool,
+    /// Left out of listings unless asked for.
+    #[serde(default)]
+    pub hidden: bool,
+    /// Deactivated by an admin: its data is not served to tenants and
+    /// no new server or volume is made from it.
+    #[serde(default)]
+    pub deactivated: bool,
 }
 
 /// An SSH public key injected through the metadata service.

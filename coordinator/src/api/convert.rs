@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::operations::routers::RouterView;
 use crate::placement::scheduler::{NodeState, Ratios};
 
-fn ts(t: &Timestamp) -> String {
+pub(crate) fn ts(t: &Timestamp) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -61,6 +61,48 @@ pub fn image(i: &model::Image) -> pb::Image {
         initrd_sha256: i.initrd_sha256.clone().unwrap_or_default(),
         kernel_cmdline: i.kernel_cmdline.clone().unwrap_or_default(),
         status_reason: i.status_reason.clone().unwrap_or_default(),
+        visibility: i.access.visibility.as_str().into(),
+        tags: i.attrs.tags.iter().cloned().collect(),
+        properties: i
+            .attrs
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        protected: i.attrs.protected,
+        hidden: i.attrs.hidden,
+        deactivated: i.attrs.deactivated,
+        member_status: String::new(),
+        owned: false,
+    }
+}
+
+/// An image as `project` sees it: whether it owns it, and its member
+/// status when the image is shared with it.
+pub fn image_for(i: &model::Image, project: &nubo_common::ProjectId) -> pb::Image {
+    pb::Image {
+        member_status: i
+            .access
+            .member_status(project)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        owned: i.project == *project,
+        ..image(i)
+    }
+}
+
+/// A member of image `image`.
+pub fn image_member(
+    image: &nubo_common::ImageId,
+    member: &nubo_common::ProjectId,
+    m: &model::ImageMember,
+) -> pb::ImageMember {
+    pb::ImageMember {
+        image: image.to_string(),
+        member: member.to_string(),
+        status: m.status.as_str().into(),
+        created_at: ts(&m.created_at),
+        updated_at: ts(&m.updated_at),
     }
 }
 

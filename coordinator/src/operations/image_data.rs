@@ -172,7 +172,9 @@ pub struct Download {
 
 /// Reads part `part` of image `image_id`. `caller`: the authenticated
 /// caller, if any: agents (node role) and admins fetch any image, a tenant
-/// only its own project's (another project's answers like a missing one).
+/// its own project's and those it may use (public, community, shared with
+/// it; another project's answers like a missing one), never a deactivated
+/// one.
 pub async fn download(
     ctx: &Ctx,
     caller: Option<&Claims>,
@@ -189,8 +191,14 @@ pub async fn download(
     };
     if let Some(c) = caller {
         let cloud_wide = c.has(Role::Admin) || c.has(Role::Node);
-        if !cloud_wide && c.project != img.value.project {
+        if !cloud_wide && c.project != img.value.project && !img.value.access.usable_by(&c.project)
+        {
             return Err(ApiError::NotFound(format!("image {id} does not exist")));
+        }
+        if !cloud_wide && img.value.attrs.deactivated {
+            return Err(ApiError::PermissionDenied(format!(
+                "image {id} is deactivated: its data is served to cloud admins only"
+            )));
         }
     }
     let path = image_store(ctx).path(&id.to_string(), part);

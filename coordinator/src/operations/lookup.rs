@@ -82,6 +82,38 @@ pub(crate) async fn image(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<
     .await
 }
 
+/// True when `project` (or the calling cloud admin) may use another
+/// project's image `img` by id.
+pub(crate) fn may_use(img: &Image, project: &ProjectId) -> bool {
+    img.access.usable_by(project) || crate::caller::is_cloud_admin()
+}
+
+/// The image `r` as `project` may use it: its own (by id or name), or
+/// another project's by id when that image is public, community or
+/// shared with `project` (see [`model::ImageAccess::usable_by`]); a cloud
+/// admin uses any image by id. Others answer like a missing image.
+pub(crate) async fn usable_image(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<Image>> {
+    let err = match image(ctx, project, r).await {
+        Err(e @ ApiError::NotFound(_)) => e,
+        other => return other,
+    };
+    let Ok(u) = uuid::Uuid::parse_str(r.trim()) else {
+        return Err(err);
+    };
+    match ctx
+        .store
+        .read::<Image>(&keys::image(&ImageId::from_uuid(u)))
+        .await?
+    {
+        Some(v) if may_use(&v.value, project) => Ok(v),
+        _ => Err(err),
+    }
+}
+
 /// The keypair `name` of `project`.
 pub(crate) async fn keypair(
     ctx: &Ctx,

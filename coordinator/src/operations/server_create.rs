@@ -591,6 +591,39 @@ async fn resolve_dep<T: FromCached + DeserializeOwned + Owned>(
     }
 }
 
+/// The image `r` a server of `project` boots from, through [`fetch`]:
+/// the project's own, else another project's by id when it may use it
+/// (see `lookup::usable_image`). A deactivated image boots nothing.
+async fn image_dep(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    src: Source,
+    deps: &mut Vec<(String, i64)>,
+) -> ApiResult<Arc<Image>> {
+    let key_of = |u: uuid::Uuid| keys::image(&ImageId::from_uuid(u));
+    let image: Arc<Image> =
+        match resolve_dep(ctx, NameKind::Image, project, r, key_of, src, deps).await {
+            Err(err @ ApiError::NotFound(_)) => {
+                let Ok(u) = uuid::Uuid::parse_str(r.trim()) else {
+                    return Err(err);
+                };
+                match fetch::<Image>(ctx, &key_of(u), src, deps).await? {
+                    Some(i) if super::lookup::may_use(&i, project) => i,
+                    _ => return Err(err),
+                }
+            }
+            other => other?,
+        };
+    if image.attrs.deactivated {
+        return Err(ApiError::InvalidArgument(format!(
+            "image {} is deactivated: no server boots from it until it is reactivated",
+            image.id
+        )));
+    }
+    Ok(image)
+}
+
 /// The network `r` a server of `project` is plugged into, through
 /// [`fetch`]: the project's own, else a shared network (by id, or by its
 /// name among shared networks; see `lookup::usable_network`).
@@ -716,16 +749,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         .ok_or_else(|| {
             ApiError::NotFound(format!("flavor {:?} not found", flavor_name.as_str()))
         })?;
-    let image: Arc<Image> = resolve_dep(
-        ctx,
-        NameKind::Image,
-        &project,
-        &image_ref,
-        |u| keys::image(&ImageId::from_uuid(u)),
-        src,
-        &mut deps,
-    )
-    .await?;
+    let image = image_dep(ctx, &project, &image_ref, src, &mut deps).await?;
     // The root disk is the boot volume when there is one.
     let disk_gb = vols
         .boot

@@ -24,7 +24,7 @@ use nubo_common::model::{
     self, DiskFormat, Image, Instance, QuotaUsage, Volume, VolumeAttachment, VolumeSnapshot,
     VolumeStatus, VolumeType,
 };
-use nubo_common::{ImageId, InstanceId, ProjectId, VolumeId};
+use nubo_common::{InstanceId, ProjectId, VolumeId};
 use nubo_storage::{BlockStore, ImportWait, RbdStore};
 use nubo_store::kv::{absent, decode_or_skip, put, unchanged};
 use nubo_store::{TxnBuilder, Versioned};
@@ -284,11 +284,13 @@ pub(crate) async fn new_volume(
     let image = match image_ref.trim() {
         "" => None,
         r => {
-            let img: Versioned<Image> =
-                super::lookup::resolve(ctx, NameKind::Image, &project, r, |u| {
-                    keys::image(&ImageId::from_uuid(u))
-                })
-                .await?;
+            let img: Versioned<Image> = super::lookup::usable_image(ctx, &project, r).await?;
+            if img.value.attrs.deactivated {
+                return Err(ApiError::InvalidArgument(format!(
+                    "image {} is deactivated: no volume is made from it until it is reactivated",
+                    img.value.id
+                )));
+            }
             let need = img
                 .value
                 .size_bytes
