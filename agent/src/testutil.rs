@@ -48,6 +48,7 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         metadata: Default::default(),
         access_ipv4: None,
         access_ipv6: None,
+        locked: None,
         created_at: model::now(),
     }
 }

@@ -819,7 +819,14 @@ async fn create_server(
     microversion(&headers)?;
     let body = json_body(S, body)?;
     let req = create_request(&body)?;
-    let resp = up.servers(&headers)?.create(req).await.api(S)?.into_inner();
+    // A create naming a flavor, image, network, keypair or security group
+    // that does not exist is a bad request in Nova (400), not a 404.
+    let resp = up
+        .servers(&headers)?
+        .create(req)
+        .await
+        .map_err(not_found_is_bad_request)?
+        .into_inner();
     let created: Vec<&pb::Server> = resp
         .results
         .iter()
@@ -828,7 +835,7 @@ async fn create_server(
     if let Some(failed) = resp.results.iter().find(|r| r.server.is_none()) {
         let code = match failed.code.as_str() {
             "ResourceExhausted" => tonic::Code::ResourceExhausted,
-            "NotFound" => tonic::Code::NotFound,
+            "NotFound" => tonic::Code::InvalidArgument,
             "InvalidArgument" => tonic::Code::InvalidArgument,
             _ => tonic::Code::FailedPrecondition,
         };
@@ -849,6 +856,16 @@ async fn create_server(
         "security_groups": body.server.security_groups.iter().map(|g| json!({"name": g.name})).collect::<Vec<_>>(),
     }});
     Ok(versioned((StatusCode::ACCEPTED, Json(body))))
+}
+
+/// A create's failure: what it references and does not exist (NotFound)
+/// is Nova's 400; anything else as every call.
+fn not_found_is_bad_request(s: tonic::Status) -> ApiError {
+    let mut e = ApiError::from_status(S, &s);
+    if s.code() == tonic::Code::NotFound {
+        e.status = StatusCode::BAD_REQUEST;
+    }
+    e
 }
 
 /// `PUT /servers/{id}` body: Nova 2.1's updatable fields.
@@ -965,20 +982,67 @@ async fn server_action(
         )));
     }
     let req = pb::ServerActionRequest {
-        r#ref: id,
+        r#ref: id.clone(),
         project: String::new(),
     };
     match action.as_str() {
         "os-start" => c.start(req).await.api(S).map(drop),
         "os-stop" => c.stop(req).await.api(S).map(drop),
         "reboot" => c.reboot(req).await.api(S).map(drop),
-        other => Err(ApiError::new(
-            S,
-            StatusCode::NOT_IMPLEMENTED,
-            format!("server action {other:?} is not supported (os-start, os-stop, reboot, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
-        )),
+        "lock" => {
+            let reason = lock_reason(&body["lock"])?;
+            c.lock(pb::LockServerRequest {
+                r#ref: id,
+                project: String::new(),
+                reason,
+            })
+            .await
+            .api(S)
+            .map(drop)
+        }
+        "unlock" => c.unlock(req).await.api(S).map(drop),
+        // nubo deletes at once (no soft delete): nothing to force or to
+        // restore. The server must exist (404 otherwise, as Nova).
+        "forceDelete" | "restore" => {
+            get_server(&up, &headers, id).await?;
+            Err(ApiError::new(
+                S,
+                StatusCode::CONFLICT,
+                format!("{action}: nubo has no soft delete (a deleted server is gone at once), so there is no deleted server to force or restore"),
+            ))
+        }
+        other => {
+            // An action on a server that does not exist is a 404 first.
+            get_server(&up, &headers, id).await?;
+            Err(ApiError::new(
+                S,
+                StatusCode::NOT_IMPLEMENTED,
+                format!("server action {other:?} is not supported (os-start, os-stop, reboot, lock, unlock, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
+            ))
+        }
     }?;
     Ok(versioned(StatusCode::ACCEPTED))
+}
+
+/// The reason of a `lock` action body (`null`, `{}` or
+/// `{"locked_reason": "…"}`; the reason is Nova 2.73's, taken at any
+/// microversion). Pure.
+fn lock_reason(args: &Value) -> Result<String, ApiError> {
+    match args {
+        Value::Null => Ok(String::new()),
+        Value::Object(o) => match o.get("locked_reason") {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(r)) => Ok(r.clone()),
+            Some(other) => Err(ApiError::bad_request(
+                S,
+                format!("locked_reason must be a string, got {other}"),
+            )),
+        },
+        other => Err(ApiError::bad_request(
+            S,
+            format!("lock takes null or an object, got {other}"),
+        )),
+    }
 }
 
 /// Most console log bytes `os-getConsoleOutput` answers (its tail).
@@ -1330,6 +1394,23 @@ mod tests {
             "imageRef": "i", "flavorRef": "f", "block_device_mapping": [{"volume_id": "v"}]}}))
         .unwrap();
         assert!(create_request(&legacy).is_err());
+    }
+
+    #[test]
+    fn lock_reasons_and_missing_references_at_create() {
+        assert_eq!(lock_reason(&Value::Null).unwrap(), "");
+        assert_eq!(lock_reason(&json!({})).unwrap(), "");
+        assert_eq!(
+            lock_reason(&json!({"locked_reason": "audit"})).unwrap(),
+            "audit"
+        );
+        assert!(lock_reason(&json!({"locked_reason": 3})).is_err());
+        assert!(lock_reason(&json!("x")).is_err());
+        let e = not_found_is_bad_request(tonic::Status::not_found("keypair \"k\" not found"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        // Positive control: other failures keep their mapping.
+        let e = not_found_is_bad_request(tonic::Status::failed_precondition("busy"));
+        assert_eq!(e.status, StatusCode::CONFLICT);
     }
 
     #[test]

@@ -161,6 +161,7 @@ impl World {
             metadata: Default::default(),
             access_ipv4: None,
             access_ipv6: None,
+            locked: None,
             created_at: model::now(),
         };
         put(c, &keys::port(&port.id), &port).await;

@@ -66,6 +66,22 @@ pub enum ServerCmd {
         /// Server name or id.
         server: String,
     },
+    /// Lock a server: its changes (power, rename, metadata, resize,
+    /// delete) are refused for anyone but cloud admins until unlocked.
+    Lock {
+        /// Server name or id.
+        server: String,
+        /// Why (shown in `server show`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Unlock a locked server.
+    Unlock {
+        /// Server name or id.
+        server: String,
+    },
+    /// List the availability zones servers may be placed in.
+    Zones,
     /// Move a server to another node (cloud admin): live with `--live`
     /// (it keeps running), otherwise cold (stopped, moved, started).
     Migrate(migrate::MigrateArgs),
@@ -214,6 +230,8 @@ pub fn to_json(s: &Server) -> Value {
         "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "access_ipv4": opt(&s.access_ipv4),
         "access_ipv6": opt(&s.access_ipv6),
+        "locked": s.locked,
+        "locked_reason": opt(&s.locked_reason),
         "observed_usage": crate::usage::server_json(s.observed_usage.as_ref()),
     })
 }
@@ -324,6 +342,38 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         ServerCmd::Reboot { server } => {
             let s = api.servers().reboot(action(server)).await.or_fail(api)?;
             show(ctx.format, &s)
+        }
+        ServerCmd::Lock { server, reason } => {
+            let req = nubo_common::proto::LockServerRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                reason,
+            };
+            let s = api.servers().lock(req).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Unlock { server } => {
+            let s = api.servers().unlock(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Zones => {
+            let req = nubo_common::proto::ListRequest {
+                project: api.project.clone(),
+                ..Default::default()
+            };
+            let zones = api.servers().list_zones(req).await.or_fail(api)?.zones;
+            let mut t = Table::new(&["Zone", "Available"]);
+            for z in &zones {
+                t.row(vec![z.name.clone(), z.available.to_string()]);
+            }
+            let json: Vec<Value> = zones
+                .iter()
+                .map(|z| json!({"name": z.name, "available": z.available}))
+                .collect();
+            match ctx.format {
+                Format::Json => output::emit_json(&Value::Array(json)),
+                Format::Table => output::emit(&t.render()),
+            }
         }
         ServerCmd::Resize { server, flavor } => {
             let req = ResizeServerRequest {

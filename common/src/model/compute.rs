@@ -210,6 +210,10 @@ pub struct Instance {
     /// The IPv6 one (OpenStack `accessIPv6`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_ipv6: Option<std::net::Ipv6Addr>,
+    /// Locked (the reason, "" = none given): changes by anyone but cloud
+    /// admins are refused until it is unlocked. `None`: not locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<String>,
     /// Creation time.
     pub created_at: Timestamp,
 }

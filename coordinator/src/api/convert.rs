@@ -463,6 +463,8 @@ fn server_parts(
         access_ipv4: i.access_ipv4.map(|a| a.to_string()).unwrap_or_default(),
         access_ipv6: i.access_ipv6.map(|a| a.to_string()).unwrap_or_default(),
         observed_usage: None,
+        locked: i.locked.is_some(),
+        locked_reason: i.locked.clone().unwrap_or_default(),
     }
 }
 

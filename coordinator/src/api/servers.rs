@@ -124,6 +124,35 @@ impl servers_server::Servers for Ctx {
         let go = async { servers::stop(self, &project(&r.project)?, &r.r#ref).await };
         reply(go.await.map(|s| convert::server(&s)))
     }
+    async fn lock(&self, r: Request<pb::LockServerRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async { servers::lock(self, &project(&r.project)?, &r.r#ref, &r.reason).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn unlock(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async { servers::unlock(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn list_zones(&self, r: Request<pb::ListRequest>) -> R<pb::ListZonesResponse> {
+        // Scoped like every call (a valid caller of some project).
+        let r = r.into_inner();
+        let go = async {
+            project(&r.project)?;
+            Ok(servers::zones(self))
+        };
+        reply(go.await.map(|zones| {
+            pb::ListZonesResponse {
+                zones: zones
+                    .into_iter()
+                    .map(|z| pb::Zone {
+                        name: z.name,
+                        available: z.available,
+                    })
+                    .collect(),
+            }
+        }))
+    }
     async fn reboot(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async { servers::reboot(self, &project(&r.project)?, &r.r#ref).await };

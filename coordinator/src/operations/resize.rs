@@ -119,6 +119,7 @@ impl Job for ResizeJob<'_> {
         let ctx = self.ctx;
         let inst = super::lookup::server(ctx, &self.project, self.server).await?;
         let i = &inst.value;
+        super::servers::ensure_unlocked(i)?;
         let flavor = ctx
             .store
             .read::<Flavor>(&keys::flavor(&self.flavor))

@@ -367,6 +367,7 @@ impl Job for CreateJob<'_> {
             metadata: plan.metadata.clone(),
             access_ipv4: plan.access_ipv4,
             access_ipv6: plan.access_ipv6,
+            locked: None,
             created_at: self.now,
         };
         let ikey = keys::instance(&id);
@@ -796,11 +797,20 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     let group = match r.server_group.trim() {
         "" => None,
         g => {
+            // A name (not unique) is resolved to an id by a scan first.
+            let id = match uuid::Uuid::parse_str(g) {
+                Ok(_) => g.to_string(),
+                Err(_) => super::lookup::server_group(ctx, &project, g)
+                    .await?
+                    .value
+                    .id
+                    .to_string(),
+            };
             let g: Arc<ServerGroup> = resolve_dep(
                 ctx,
                 NameKind::ServerGroup,
                 &project,
-                g,
+                &id,
                 |u| keys::server_group(&ServerGroupId::from_uuid(u)),
                 src,
                 &mut deps,

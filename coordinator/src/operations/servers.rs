@@ -201,6 +201,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     for _ in 0..64 {
         let inst = super::lookup::server(ctx, project, r).await?;
         let i = &inst.value;
+        ensure_unlocked(i)?;
         super::migrations::ensure_not_migrating(ctx, i).await?;
         let mut keys_to_read: Vec<String> = i.ports.iter().map(keys::port).collect();
         keys_to_read.extend(i.ports.iter().map(keys::port_owner));
@@ -284,6 +285,9 @@ async fn edit_spec(
     for _ in 0..16 {
         let mut inst = super::lookup::server(ctx, project, r).await?;
         super::migrations::ensure_not_migrating(ctx, &inst.value).await?;
+        if what != "lock" {
+            ensure_unlocked(&inst.value)?;
+        }
         edit(&mut inst.value)?;
         let key = keys::instance(&inst.value.id);
         let resp = ctx
@@ -452,4 +456,114 @@ pub async fn reboot(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Server
         i.reboot_generation = i.reboot_generation.saturating_add(1);
     })
     .await
+}
+
+/// Most characters of a lock's reason (as Nova's `locked_reason`).
+pub const MAX_LOCK_REASON: usize = 255;
+
+/// Refuses a change of locked server `i` (FailedPrecondition) unless the
+/// caller is a cloud admin (always allowed, as in Nova).
+pub(crate) fn ensure_unlocked(i: &Instance) -> ApiResult<()> {
+    match &i.locked {
+        Some(reason) if !crate::caller::is_cloud_admin() => Err(ApiError::FailedPrecondition(
+            locked_message(&i.name, &i.id, reason),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Why a locked server refuses a change. Pure.
+fn locked_message(name: &str, id: &InstanceId, reason: &str) -> String {
+    let why = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({reason})")
+    };
+    format!("server {name:?} ({id}) is locked{why}: unlock it first (nubo server unlock)")
+}
+
+/// Locks server `r` of `project` with `reason` (see [`ensure_unlocked`]);
+/// locking a locked server sets the reason again.
+pub async fn lock(ctx: &Ctx, project: &ProjectId, r: &str, reason: &str) -> ApiResult<ServerView> {
+    if reason.chars().count() > MAX_LOCK_REASON {
+        return Err(ApiError::InvalidArgument(format!(
+            "a lock reason has at most {MAX_LOCK_REASON} characters"
+        )));
+    }
+    let reason = reason.trim().to_string();
+    edit_spec(ctx, project, r, "lock", |i| {
+        i.locked = Some(reason.clone());
+        Ok(())
+    })
+    .await
+}
+
+/// Unlocks server `r` of `project` (unlocking an unlocked server changes
+/// nothing).
+pub async fn unlock(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
+    edit_spec(ctx, project, r, "lock", |i| {
+        i.locked = None;
+        Ok(())
+    })
+    .await
+}
+
+/// An availability zone servers may be placed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    /// Its name ("" = the nodes registered without a zone).
+    pub name: String,
+    /// True when one of its nodes is alive and enabled.
+    pub available: bool,
+}
+
+/// The zones of `nodes` (name, alive and enabled), sorted by name. Pure.
+pub fn zones_of(nodes: impl IntoIterator<Item = (String, bool)>) -> Vec<Zone> {
+    let mut zones: BTreeMap<String, bool> = BTreeMap::new();
+    for (name, up) in nodes {
+        *zones.entry(name).or_default() |= up;
+    }
+    zones
+        .into_iter()
+        .map(|(name, available)| Zone { name, available })
+        .collect()
+}
+
+/// The availability zones of the registered nodes, without the nodes
+/// (what any member or reader may read; node names stay admin-only).
+pub fn zones(ctx: &Ctx) -> Vec<Zone> {
+    zones_of(ctx.view.all().into_iter().map(|(_, st)| {
+        let name = st
+            .info
+            .as_ref()
+            .map(|i| i.availability_zone.clone())
+            .unwrap_or_default();
+        (name, st.alive && st.admin.enabled)
+    }))
+}
+
+#[cfg(test)]
+mod lock_and_zone_tests {
+    use super::*;
+
+    #[test]
+    fn zones_merge_nodes_and_are_available_when_one_node_is() {
+        let z = zones_of([
+            ("b".to_string(), false),
+            ("a".to_string(), false),
+            ("b".to_string(), true),
+            (String::new(), true),
+        ]);
+        let names: Vec<(&str, bool)> = z.iter().map(|z| (z.name.as_str(), z.available)).collect();
+        assert_eq!(names, [("", true), ("a", false), ("b", true)]);
+        assert!(zones_of(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn a_locked_message_names_the_reason_when_there_is_one() {
+        let id = InstanceId::new_random();
+        assert!(locked_message("vm", &id, "")
+            .ends_with("is locked: unlock it first (nubo server unlock)"));
+        assert!(locked_message("vm", &id, "audit").contains("is locked (audit)"));
+    }
 }
