@@ -205,6 +205,8 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
         ("stopped", _) => ("SHUTOFF", "stopped", 4),
         ("error", _) => ("ERROR", "error", 0),
         ("deleting", _) => ("DELETED", "deleted", 0),
+        ("rebuilding", "stopped") => ("REBUILD", "stopped", 4),
+        ("rebuilding", _) => ("REBUILD", "active", 1),
         // pending, building, unknown: still being built.
         _ => ("BUILD", "building", 0),
     }
@@ -1001,6 +1003,14 @@ async fn server_action(
             .map(drop)
         }
         "unlock" => c.unlock(req).await.api(S).map(drop),
+        "rebuild" => {
+            let rb = rebuild_request(&id, &body["rebuild"])?;
+            let s = c.rebuild(rb).await.api(S)?.into_inner();
+            return Ok(versioned((
+                StatusCode::ACCEPTED,
+                Json(json!({"server": update_view(&up.public_url, &s)})),
+            )));
+        }
         // nubo deletes at once (no soft delete): nothing to force or to
         // restore. The server must exist (404 otherwise, as Nova).
         "forceDelete" | "restore" => {
@@ -1022,6 +1032,47 @@ async fn server_action(
         }
     }?;
     Ok(versioned(StatusCode::ACCEPTED))
+}
+
+/// The `Servers.Rebuild` request of a Nova `rebuild` action: `imageRef`
+/// (required), `name`, `metadata` (replaces the server's); `adminPass` is
+/// accepted and not applied (nubo sets no guest passwords, as Nova without
+/// password injection); `OS-DCF:diskConfig` only `MANUAL`; anything else
+/// nubo cannot honour (personality, key_name, user_data, …) is a 400.
+/// Pure.
+fn rebuild_request(id: &str, args: &Value) -> Result<pb::RebuildServerRequest, ApiError> {
+    let o = args
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request(S, "rebuild takes an object"))?;
+    let mut req = pb::RebuildServerRequest {
+        r#ref: id.to_string(),
+        ..Default::default()
+    };
+    for (k, v) in o {
+        match (k.as_str(), v) {
+            ("imageRef", Value::String(i)) => req.image = last_segment(i),
+            ("name", Value::String(n)) => req.name = Some(n.clone()),
+            ("metadata", Value::Object(m)) => {
+                req.metadata = crate::server_metadata::string_map("metadata", m)?
+                    .into_iter()
+                    .collect();
+                req.replace_metadata = true;
+            }
+            ("adminPass", Value::String(_)) | ("preserve_ephemeral", Value::Bool(false)) => {}
+            ("OS-DCF:diskConfig", Value::String(d)) if d == "MANUAL" => {}
+            ("accessIPv4" | "accessIPv6", Value::String(a)) if a.is_empty() => {}
+            (k, v) => {
+                return Err(ApiError::bad_request(
+                    S,
+                    format!("rebuild: {k} = {v} is not supported by nubo (imageRef, name, metadata and adminPass are)"),
+                ))
+            }
+        }
+    }
+    if req.image.is_empty() {
+        return Err(ApiError::bad_request(S, "rebuild needs imageRef"));
+    }
+    Ok(req)
 }
 
 /// The reason of a `lock` action body (`null`, `{}` or
@@ -1394,6 +1445,36 @@ mod tests {
             "imageRef": "i", "flavorRef": "f", "block_device_mapping": [{"volume_id": "v"}]}}))
         .unwrap();
         assert!(create_request(&legacy).is_err());
+    }
+
+    #[test]
+    fn a_rebuild_maps_image_name_and_metadata_and_refuses_the_rest() {
+        let r = rebuild_request(
+            "s",
+            &json!({"imageRef": "http://x/images/img-2", "name": "n",
+                "metadata": {"k": "v"}, "adminPass": "p"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.image.as_str(), r.name.as_deref(), r.replace_metadata),
+            ("img-2", Some("n"), true)
+        );
+        assert_eq!(r.metadata.get("k").map(String::as_str), Some("v"));
+        let r = rebuild_request("s", &json!({"imageRef": "i"})).unwrap();
+        assert!(!r.replace_metadata && r.name.is_none());
+        for bad in [
+            json!({}),
+            json!({"imageRef": "i", "personality": []}),
+            json!({"imageRef": "i", "preserve_ephemeral": true}),
+            json!("i"),
+        ] {
+            assert_eq!(
+                rebuild_request("s", &bad).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+        assert_eq!(nova_status("rebuilding", "running").0, "REBUILD");
     }
 
     #[test]

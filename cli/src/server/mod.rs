@@ -66,6 +66,18 @@ pub enum ServerCmd {
         /// Server name or id.
         server: String,
     },
+    /// Rebuild a server: its root disk made again from an image (the one
+    /// it has by default); same id, ports, addresses, volumes and power.
+    Rebuild {
+        /// Server name or id.
+        server: String,
+        /// Image id or name.
+        #[arg(long)]
+        image: Option<String>,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Lock a server: its changes (power, rename, metadata, resize,
     /// delete) are refused for anyone but cloud admins until unlocked.
     Lock {
@@ -341,6 +353,21 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         }
         ServerCmd::Reboot { server } => {
             let s = api.servers().reboot(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Rebuild {
+            server,
+            image,
+            name,
+        } => {
+            let req = nubo_common::proto::RebuildServerRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                image: image.unwrap_or_default(),
+                name,
+                ..Default::default()
+            };
+            let s = api.servers().rebuild(req).await.or_fail(api)?;
             show(ctx.format, &s)
         }
         ServerCmd::Lock { server, reason } => {

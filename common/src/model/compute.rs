@@ -176,6 +176,13 @@ pub struct Instance {
     /// generation newer than the one it last acted on.
     #[serde(default)]
     pub reboot_generation: u64,
+    /// The reboot generation of the last rebuild request (0 = never
+    /// rebuilt): a rebuild bumps `reboot_generation` and sets this to it;
+    /// the agent re-creates the instance (root disk from `image`, same
+    /// ports and volumes, same power) instead of rebooting it when the
+    /// generation it acts on is this one ([`Instance::rebuild_pending`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rebuild_generation: u64,
     /// Requested availability zone.
     #[serde(default)]
     pub availability_zone: Option<String>,
@@ -221,6 +228,21 @@ pub struct Instance {
 /// Most metadata items one server may carry (Nova's default
 /// `metadata_items` quota).
 pub const MAX_SERVER_METADATA_ITEMS: usize = 128;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Instance {
+    /// True when a rebuild was asked for and the agent has not acted on
+    /// it: `acted` is the reboot generation its status reports (`None`:
+    /// no status yet, so nothing to rebuild). Pure.
+    pub fn rebuild_pending(&self, acted: Option<u64>) -> bool {
+        self.rebuild_generation > 0
+            && self.rebuild_generation == self.reboot_generation
+            && acted.is_some_and(|g| g < self.rebuild_generation)
+    }
+}
 
 /// Longest metadata key and value, in characters (Nova's limits).
 pub const MAX_SERVER_METADATA_LEN: usize = 255;

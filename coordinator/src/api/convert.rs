@@ -423,7 +423,12 @@ fn server_parts(
             model::PowerState::Stopped => "stopped",
         }
         .into(),
-        state: status.map_or("pending", |s| s.state.as_str()).into(),
+        // A rebuild the agent has not done yet shows as `rebuilding`.
+        state: match status {
+            Some(s) if i.rebuild_pending(Some(s.reboot_generation)) => "rebuilding",
+            _ => status.map_or("pending", |s| s.state.as_str()),
+        }
+        .into(),
         node: i.node.as_ref().map(ToString::to_string).unwrap_or_default(),
         last_error: status
             .and_then(|s| s.last_error.clone())

@@ -129,6 +129,18 @@ impl servers_server::Servers for Ctx {
         let go = async { servers::lock(self, &project(&r.project)?, &r.r#ref, &r.reason).await };
         reply(go.await.map(|s| convert::server(&s)))
     }
+    async fn rebuild(&self, r: Request<pb::RebuildServerRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async {
+            let rb = servers::Rebuild {
+                image: r.image,
+                name: r.name,
+                metadata: r.replace_metadata.then(|| r.metadata.into_iter().collect()),
+            };
+            servers::rebuild(self, &project(&r.project)?, &r.r#ref, &rb).await
+        };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
     async fn unlock(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async { servers::unlock(self, &project(&r.project)?, &r.r#ref).await };

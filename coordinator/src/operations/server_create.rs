@@ -368,6 +368,7 @@ impl Job for CreateJob<'_> {
             access_ipv4: plan.access_ipv4,
             access_ipv6: plan.access_ipv6,
             locked: None,
+            rebuild_generation: 0,
             created_at: self.now,
         };
         let ikey = keys::instance(&id);

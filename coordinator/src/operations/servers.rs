@@ -458,6 +458,78 @@ pub async fn reboot(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Server
     .await
 }
 
+/// What a rebuild changes besides the root disk.
+#[derive(Debug, Clone, Default)]
+pub struct Rebuild {
+    /// The image to rebuild from (id or name; "" = the one it has).
+    pub image: String,
+    /// A new name (`None`: unchanged).
+    pub name: Option<String>,
+    /// New metadata replacing what it has (`None`: unchanged).
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Rebuilds server `r` of `project`: its root disk is made again from
+/// `rb.image` (same id, ports, addresses and volumes; the power it should
+/// have is kept). The agent re-creates the instance once it sees the new
+/// generation; until then the server shows `rebuilding`. A server booted
+/// from a volume has no root disk to rebuild (FailedPrecondition).
+pub async fn rebuild(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    rb: &Rebuild,
+) -> ApiResult<ServerView> {
+    if let Some(n) = &rb.name {
+        crate::validate::name("server", n)?;
+    }
+    if let Some(m) = &rb.metadata {
+        check_metadata(m)?;
+    }
+    let current = super::lookup::server(ctx, project, r).await?.value;
+    let image = match rb.image.trim() {
+        "" => current.image.to_string(),
+        i => i.to_string(),
+    };
+    let image = super::lookup::image(ctx, project, &image).await?.value;
+    if image.status != nubo_common::model::ImageStatus::Active {
+        return Err(ApiError::FailedPrecondition(format!(
+            "image {:?} is {:?}, not active",
+            image.name, image.status
+        )));
+    }
+    edit_spec(ctx, project, r, "rebuild", |i| {
+        if i.boot_volume.is_some() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "server {:?} boots from a volume: there is no root disk to rebuild",
+                i.name
+            )));
+        }
+        if image.min_ram_mb > i.resources.ram_mb || image.min_disk_gb > i.resources.disk_gb {
+            return Err(ApiError::InvalidArgument(format!(
+                "image {:?} needs at least {} MiB RAM and {} GiB disk; server {:?} has {} MiB and {} GiB",
+                image.name,
+                image.min_ram_mb,
+                image.min_disk_gb,
+                i.name,
+                i.resources.ram_mb,
+                i.resources.disk_gb
+            )));
+        }
+        i.image = image.id;
+        if let Some(n) = &rb.name {
+            i.name.clone_from(n);
+        }
+        if let Some(m) = &rb.metadata {
+            i.metadata.clone_from(m);
+        }
+        i.reboot_generation = i.reboot_generation.saturating_add(1);
+        i.rebuild_generation = i.reboot_generation;
+        Ok(())
+    })
+    .await
+}
+
 /// Most characters of a lock's reason (as Nova's `locked_reason`).
 pub const MAX_LOCK_REASON: usize = 255;
 
