@@ -94,6 +94,12 @@ pub enum ServerCmd {
     },
     /// List the availability zones servers may be placed in.
     Zones,
+    /// What was done to a server (create, start, stop, reboot, rebuild,
+    /// resize, lock, unlock), oldest first, with request ids.
+    Actions {
+        /// Server name or id.
+        server: String,
+    },
     /// Move a server to another node (cloud admin): live with `--live`
     /// (it keeps running), otherwise cold (stopped, moved, started).
     Migrate(migrate::MigrateArgs),
@@ -382,6 +388,34 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         ServerCmd::Unlock { server } => {
             let s = api.servers().unlock(action(server)).await.or_fail(api)?;
             show(ctx.format, &s)
+        }
+        ServerCmd::Actions { server } => {
+            let r = api
+                .servers()
+                .list_actions(api.get_req(&server))
+                .await
+                .or_fail(api)?;
+            let mut t = Table::new(&["Action", "Request ID", "User", "Start"]);
+            for a in &r.actions {
+                t.row(vec![
+                    a.action.clone(),
+                    a.request_id.clone(),
+                    a.user.clone(),
+                    a.start_time.clone(),
+                ]);
+            }
+            let json: Vec<Value> = r
+                .actions
+                .iter()
+                .map(|a| {
+                    json!({"action": a.action, "request_id": a.request_id, "user": a.user,
+                        "project": a.project, "start_time": a.start_time})
+                })
+                .collect();
+            match ctx.format {
+                Format::Json => output::emit_json(&Value::Array(json)),
+                Format::Table => output::emit(&t.render()),
+            }
         }
         ServerCmd::Zones => {
             let req = nubo_common::proto::ListRequest {

@@ -419,3 +419,27 @@ mod tests {
         );
     }
 }
+
+/// `/nubo/v1/private/instance-actions/<instance>/<id>`: one thing done to
+/// an instance (OpenStack's instance action): what, by whom, when, under
+/// which request id. Written with the change itself; the newest
+/// [`MAX_INSTANCE_ACTIONS`] are kept, all deleted with the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceAction {
+    /// `create`, `start`, `stop`, `reboot`, `rebuild`, `resize`, `lock`,
+    /// `unlock`, … (OpenStack's names).
+    pub action: String,
+    /// The request id of the call (the audit record's, and what the
+    /// OpenStack front end answered in `x-openstack-request-id`).
+    pub request_id: String,
+    /// Who asked (`None` without authentication).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The instance's project.
+    pub project: ProjectId,
+    /// When.
+    pub start_time: Timestamp,
+}
+
+/// How many actions of one instance are kept (the oldest go first).
+pub const MAX_INSTANCE_ACTIONS: usize = 100;

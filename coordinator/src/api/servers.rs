@@ -7,7 +7,7 @@ use tonic::Request;
 use super::{convert, project, reply, R};
 use crate::operations::server_create::{self, Created, NewServers};
 use crate::operations::servers::{self, ListServers};
-use crate::operations::{node_streams, resize, PageRequest, Scope};
+use crate::operations::{instance_actions, node_streams, resize, PageRequest, Scope};
 use crate::state::Ctx;
 
 fn result_pb(c: Created) -> pb::ServerResult {
@@ -145,6 +145,29 @@ impl servers_server::Servers for Ctx {
         let r = r.into_inner();
         let go = async { servers::unlock(self, &project(&r.project)?, &r.r#ref).await };
         reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn list_actions(&self, r: Request<pb::GetRequest>) -> R<pb::ListServerActionsResponse> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            let (id, actions) = instance_actions::list(self, &p, &r.r#ref).await?;
+            Ok(pb::ListServerActionsResponse {
+                server_id: id.to_string(),
+                actions: actions
+                    .into_iter()
+                    .map(|a| pb::ServerAction {
+                        action: a.action,
+                        request_id: a.request_id,
+                        user: a.user.unwrap_or_default(),
+                        project: a.project.to_string(),
+                        start_time: a
+                            .start_time
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    })
+                    .collect(),
+            })
+        };
+        reply(go.await)
     }
     async fn list_zones(&self, r: Request<pb::ListRequest>) -> R<pb::ListZonesResponse> {
         // Scoped like every call (a valid caller of some project).

@@ -383,6 +383,7 @@ impl Job for CreateJob<'_> {
             },
         );
         super::specs::put_into(t, &inst);
+        super::instance_actions::record_into(t, &inst, "create");
         let mut contended = Vec::new();
         plan.vols.attach_ops(id, t, &mut contended);
         let mut ports = Vec::with_capacity(self.new_ports.len());
@@ -679,7 +680,7 @@ async fn plan(ctx: &Ctx, r: &NewServers) -> ApiResult<Plan> {
 async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     let mut deps = Vec::new();
     let project = r.project.clone();
-    validate::name("server", &r.name)?;
+    validate::server_name(&r.name)?;
     let count = if r.count == 0 { 1 } else { r.count };
     if count > MAX_BATCH {
         return Err(ApiError::InvalidArgument(format!(
@@ -1062,17 +1063,14 @@ async fn boot_from_new_volume(ctx: &Ctx, r: NewServers) -> ApiResult<(NewServers
         ));
     }
     let project = r.project.clone();
-    crate::validate::name("server", &r.name)?;
+    crate::validate::server_name(&r.name)?;
     let size = i64::try_from(r.boot_from_volume_size_gb).unwrap_or(i64::MAX);
-    let nv = super::volumes::new_volume(
-        ctx,
-        project,
-        &format!("{}-boot", r.name),
-        size,
-        "",
-        &r.image_ref,
-    )
-    .await?;
+    // Volume names are stricter than server names.
+    let mut volume_name = format!("{}-boot", r.name);
+    if validate::name("volume", &volume_name).is_err() {
+        volume_name = format!("boot-{}", uuid::Uuid::new_v4().simple());
+    }
+    let nv = super::volumes::new_volume(ctx, project, &volume_name, size, "", &r.image_ref).await?;
     let vol = super::volumes::create_volume_from(ctx, nv).await?;
     let mut r = r;
     r.boot_volume = vol.id.to_string();

@@ -212,6 +212,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         t.unchanged(&ikey, inst.mod_rev);
         t.absent(&keys::instance_migration(&i.id));
         super::specs::delete_into(&mut t, i);
+        t.delete_prefix(&keys::instance_actions_prefix(&i.id));
         let mut new_usage = None;
         if let Some(node) = &i.node {
             t.delete(&keys::assignment(node, &i.id));
@@ -271,6 +272,9 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     ))
 }
 
+/// The spec changes recorded as instance actions (by their `what`).
+const RECORDED_ACTIONS: &[&str] = &["start", "stop", "reboot", "rebuild", "lock", "unlock"];
+
 /// Changes the spec of server `r` of `project` with `edit` (which may
 /// refuse) in one transaction on the revision it read, retried when the
 /// spec changed meanwhile. Refused while the server is being migrated (a
@@ -285,11 +289,17 @@ async fn edit_spec(
     for _ in 0..16 {
         let mut inst = super::lookup::server(ctx, project, r).await?;
         super::migrations::ensure_not_migrating(ctx, &inst.value).await?;
-        if what != "lock" {
+        if !matches!(what, "lock" | "unlock") {
             ensure_unlocked(&inst.value)?;
         }
         edit(&mut inst.value)?;
         let key = keys::instance(&inst.value.id);
+        let mut ops = super::specs::put_ops(&inst.value);
+        // What OpenStack records as instance actions.
+        let recorded = RECORDED_ACTIONS.contains(&what);
+        if recorded {
+            ops.push(super::instance_actions::record_op(&inst.value, what));
+        }
         let resp = ctx
             .store
             .txn(
@@ -298,10 +308,13 @@ async fn edit_spec(
                         unchanged(&key, inst.mod_rev),
                         nubo_store::kv::absent(&keys::instance_migration(&inst.value.id)),
                     ])
-                    .and_then(super::specs::put_ops(&inst.value)),
+                    .and_then(ops),
             )
             .await?;
         if resp.succeeded() {
+            if recorded {
+                super::instance_actions::prune(ctx, &inst.value.id).await;
+            }
             tracing::info!(instance = %inst.value.id, what, power = ?inst.value.power, reboot_generation = inst.value.reboot_generation, "server spec changed");
             return view(ctx, &inst.value).await;
         }
@@ -315,9 +328,10 @@ async fn power(
     ctx: &Ctx,
     project: &ProjectId,
     r: &str,
+    what: &'static str,
     edit: impl Fn(&mut Instance),
 ) -> ApiResult<ServerView> {
-    edit_spec(ctx, project, r, "power", |i| {
+    edit_spec(ctx, project, r, what, |i| {
         edit(i);
         Ok(())
     })
@@ -389,7 +403,7 @@ pub async fn update(
     changes: &ServerChanges,
 ) -> ApiResult<ServerView> {
     if let Some(n) = &changes.name {
-        crate::validate::name("server", n)?;
+        crate::validate::server_name(n)?;
     }
     let v4 = changes
         .access_ipv4
@@ -441,17 +455,17 @@ pub async fn unset_metadata(
 
 /// Asks for server `r` of `project` to run.
 pub async fn start(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
-    power(ctx, project, r, |i| i.power = PowerState::Running).await
+    power(ctx, project, r, "start", |i| i.power = PowerState::Running).await
 }
 
 /// Asks for server `r` of `project` to be stopped.
 pub async fn stop(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
-    power(ctx, project, r, |i| i.power = PowerState::Stopped).await
+    power(ctx, project, r, "stop", |i| i.power = PowerState::Stopped).await
 }
 
 /// Asks for server `r` of `project` to be rebooted (and to run).
 pub async fn reboot(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
-    power(ctx, project, r, |i| {
+    power(ctx, project, r, "reboot", |i| {
         i.power = PowerState::Running;
         i.reboot_generation = i.reboot_generation.saturating_add(1);
     })
@@ -481,7 +495,7 @@ pub async fn rebuild(
     rb: &Rebuild,
 ) -> ApiResult<ServerView> {
     if let Some(n) = &rb.name {
-        crate::validate::name("server", n)?;
+        crate::validate::server_name(n)?;
     }
     if let Some(m) = &rb.metadata {
         check_metadata(m)?;
@@ -573,7 +587,7 @@ pub async fn lock(ctx: &Ctx, project: &ProjectId, r: &str, reason: &str) -> ApiR
 /// Unlocks server `r` of `project` (unlocking an unlocked server changes
 /// nothing).
 pub async fn unlock(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
-    edit_spec(ctx, project, r, "lock", |i| {
+    edit_spec(ctx, project, r, "unlock", |i| {
         i.locked = None;
         Ok(())
     })
