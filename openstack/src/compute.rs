@@ -573,6 +573,9 @@ struct CreateServer {
     min_count: Option<u32>,
     #[serde(default)]
     max_count: Option<u32>,
+    /// Answer the batch's reservation id instead of the first server.
+    #[serde(default)]
+    return_reservation_id: bool,
     /// Block device mappings (v2): a boot volume, a boot volume made from
     /// an image, extra volumes ([`block_devices`]).
     #[serde(default)]
@@ -728,12 +731,6 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
             format!("min_count {min} / max_count {max} are not valid"),
         ));
     }
-    if min != max {
-        return Err(ApiError::bad_request(
-            S,
-            format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
-        ));
-    }
     let metadata = match &s.metadata {
         None => Default::default(),
         Some(m) => crate::server_metadata::string_map("metadata", m)?,
@@ -803,6 +800,15 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         key_name: s.key_name.clone().unwrap_or_default(),
         user_data,
         count: max,
+        // Between min_count and max_count as capacity and quota allow
+        // (nubo's minimum: fewer created is a failure, none kept).
+        min_count: min,
+        // The reservation id names the batch: its idempotency token.
+        client_token: if s.return_reservation_id {
+            format!("r-{}", uuid::Uuid::new_v4().simple())
+        } else {
+            String::new()
+        },
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
         server_group,
         metadata,
@@ -820,6 +826,7 @@ async fn create_server(
     microversion(&headers)?;
     let body = json_body(S, body)?;
     let req = create_request(&body)?;
+    let req_token = req.client_token.clone();
     // A create naming a flavor, image, network, keypair or security group
     // that does not exist is a bad request in Nova (400), not a 404.
     let resp = up
@@ -846,6 +853,12 @@ async fn create_server(
                 &tonic::Status::new(code, failed.error.clone()),
             ));
         }
+    }
+    if !req_token.is_empty() {
+        return Ok(versioned((
+            StatusCode::ACCEPTED,
+            Json(json!({"reservation_id": req_token})),
+        )));
     }
     let first = created
         .first()
@@ -1097,8 +1110,15 @@ mod tests {
             (vec!["net-1".to_string()], vec!["port-2".to_string()])
         );
         assert_eq!(r.user_data, b"hello");
+        let some: CreateBody = serde_json::from_value(json!({"server": {
+            "name": "vm", "imageRef": "i", "flavorRef": "f", "min_count": 1, "max_count": 3,
+            "return_reservation_id": true}}))
+        .unwrap();
+        let r = create_request(&some).unwrap();
+        assert_eq!((r.min_count, r.count), (1, 3));
+        assert!(r.client_token.starts_with("r-"), "{}", r.client_token);
         let bad: CreateBody = serde_json::from_value(json!({"server": {
-            "name": "vm", "imageRef": "i", "flavorRef": "f", "min_count": 1, "max_count": 3}}))
+            "name": "vm", "imageRef": "i", "flavorRef": "f", "min_count": 3, "max_count": 1}}))
         .unwrap();
         assert_eq!(
             create_request(&bad).unwrap_err().status,

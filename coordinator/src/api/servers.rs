@@ -54,6 +54,7 @@ impl servers_server::Servers for Ctx {
                 key_name: r.key_name,
                 user_data: r.user_data,
                 count: r.count,
+                min_count: r.min_count,
                 availability_zone: r.availability_zone,
                 server_group: r.server_group,
                 stopped: r.stopped,

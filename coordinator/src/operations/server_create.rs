@@ -65,6 +65,9 @@ pub struct NewServers {
     pub user_data: Vec<u8>,
     /// How many (0 = 1).
     pub count: u32,
+    /// At least this many must be created, else those created are deleted
+    /// again and the first failure is returned (0: no minimum).
+    pub min_count: u32,
     /// Required availability zone (empty: any).
     pub availability_zone: String,
     /// Server group (id or name; empty: none).
@@ -861,6 +864,36 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
 /// Creates `r.count` servers (see the module docs); each one's outcome,
 /// by launch index.
 pub async fn create(ctx: &Ctx, r: NewServers) -> ApiResult<Vec<Created>> {
+    let (project, min) = (r.project.clone(), r.min_count);
+    if min > r.count.max(1) {
+        return Err(ApiError::InvalidArgument(format!(
+            "min_count {min} is larger than count {}",
+            r.count.max(1)
+        )));
+    }
+    let created = create_some(ctx, r).await?;
+    let ok = created.iter().filter(|c| c.result.is_ok()).count();
+    if ok >= usize::try_from(min).unwrap_or(usize::MAX) {
+        return Ok(created);
+    }
+    // Fewer than the minimum: none stays.
+    for c in &created {
+        if let Ok(s) = &c.result {
+            let id = s.instance.id.to_string();
+            if let Err(e) = super::servers::delete(ctx, &project, &id).await {
+                tracing::warn!(instance = %id, error = %e, "server beyond a failed min_count not deleted");
+            }
+        }
+    }
+    let first = created.into_iter().find_map(|c| c.result.err());
+    Err(first.unwrap_or_else(|| {
+        ApiError::ResourceExhausted(format!(
+            "fewer than min_count {min} servers could be created"
+        ))
+    }))
+}
+
+async fn create_some(ctx: &Ctx, r: NewServers) -> ApiResult<Vec<Created>> {
     validate::client_token(&r.client_token)?;
     // Boot from a new volume: made first, deleted again on failure.
     let (r, boot) = boot_from_new_volume(ctx, r).await?;
