@@ -234,7 +234,6 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "accessIPv4": s.access_ipv4,
         "accessIPv6": s.access_ipv6,
         "key_name": if s.key_name.is_empty() { Value::Null } else { json!(s.key_name) },
-        "progress": 0,
         "config_drive": "",
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-STS:vm_state": vm_state,
@@ -246,6 +245,10 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "os-extended-volumes:volumes_attached": s.volume_ids.iter().map(|v| json!({"id": v})).collect::<Vec<_>>(),
         "links": server_links(base, &s.id),
     });
+    // Nova shows `progress` only in the statuses that make progress.
+    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD") {
+        view["progress"] = json!(0);
+    }
     // Nova shows `fault` only for ERROR (and DELETED) servers, never null.
     if status == "ERROR" {
         let message = if s.last_error.is_empty() {
@@ -1471,6 +1474,10 @@ mod tests {
             );
         }
         assert_eq!(v["status"], "ACTIVE");
+        assert_eq!(v["progress"], 0);
+        // SHUTOFF makes no progress: none shown, as Nova.
+        let off = server_view("http://h", &server("stopped", ""));
+        assert!(off.get("progress").is_none(), "{off}");
         // In ERROR: a fault with code, message and an ISO date.
         let e = server_view("http://h", &server("error", "no host has room"));
         assert_eq!(e["status"], "ERROR");
