@@ -538,6 +538,16 @@ mod tests {
                 generation: 2
             }]
         );
+        // A reboot asked for while a rebuild is pending does not cancel it.
+        let spec = &mut f.desired.instances.get_mut(&a).unwrap().spec;
+        (spec.rebuild_generation, spec.reboot_generation) = (3, 4);
+        assert_eq!(
+            plan(&f.desired, &obs).actions,
+            vec![Action::Rebuild {
+                id: a,
+                generation: 3
+            }]
+        );
         // Without a record of what was acted on, nothing is rebuilt.
         obs.reported.clear();
         assert!(plan(&f.desired, &obs).actions.is_empty());

@@ -179,8 +179,8 @@ pub struct Instance {
     /// The reboot generation of the last rebuild request (0 = never
     /// rebuilt): a rebuild bumps `reboot_generation` and sets this to it;
     /// the agent re-creates the instance (root disk from `image`, same
-    /// ports and volumes, same power) instead of rebooting it when the
-    /// generation it acts on is this one ([`Instance::rebuild_pending`]).
+    /// ports and volumes, same power) instead of rebooting it while the
+    /// generation it acted on is older ([`Instance::rebuild_pending`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rebuild_generation: u64,
     /// Requested availability zone.
@@ -238,9 +238,9 @@ impl Instance {
     /// it: `acted` is the reboot generation its status reports (`None`:
     /// no status yet, so nothing to rebuild). Pure.
     pub fn rebuild_pending(&self, acted: Option<u64>) -> bool {
-        self.rebuild_generation > 0
-            && self.rebuild_generation == self.reboot_generation
-            && acted.is_some_and(|g| g < self.rebuild_generation)
+        // A reboot asked for after the rebuild (a newer generation) does
+        // not cancel it: the re-created instance boots anyway.
+        self.rebuild_generation > 0 && acted.is_some_and(|g| g < self.rebuild_generation)
     }
 }
 
