@@ -48,6 +48,8 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         metadata: Default::default(),
         access_ipv4: None,
         access_ipv6: None,
+        locked: None,
+        rebuild_generation: 0,
         created_at: model::now(),
     }
 }

@@ -487,6 +487,17 @@ pub fn client_token(p: &ProjectId, token: &str, index: u32) -> String {
     format!("{PRIVATE}client-tokens/{p}/{token}/{index}")
 }
 
+/// `/nubo/v1/private/instance-actions/<instance>/` — what was done to an
+/// instance (OpenStack's instance actions), oldest first; deleted with it.
+pub fn instance_actions_prefix(i: &InstanceId) -> String {
+    format!("{PRIVATE}instance-actions/{i}/")
+}
+/// `/nubo/v1/private/instance-actions/<instance>/<time-ordered id>` →
+/// `InstanceAction` (coordinator, in the transaction that acts).
+pub fn instance_action(i: &InstanceId, id: &str) -> String {
+    format!("{PRIVATE}instance-actions/{i}/{id}")
+}
+
 /// `/nubo/v1/private/instance-migrations/` — the instances being moved.
 pub fn instance_migrations_prefix() -> String {
     format!("{PRIVATE}instance-migrations/")
@@ -887,6 +898,8 @@ pub enum Key {
     EvacuationConfig,
     /// `private/instance-migrations/<instance>`
     InstanceMigration(InstanceId),
+    /// `private/instance-actions/<instance>/<id>`
+    InstanceAction(InstanceId, String),
     /// `private/projects/<id>`
     Project(ProjectId),
     /// `private/users/<name>`
@@ -1015,6 +1028,9 @@ impl Key {
             }
             ["config", "evacuation"] => Key::EvacuationConfig,
             ["instance-migrations", id] => Key::InstanceMigration(id.parse().ok()?),
+            ["instance-actions", i, id] if !id.is_empty() => {
+                Key::InstanceAction(i.parse().ok()?, id.to_string())
+            }
             ["projects", p] => Key::Project(p.parse().ok()?),
             ["users", u] => Key::User(u.parse().ok()?),
             ["roles", u, s] if *s == CLOUD_SCOPE => Key::Role(u.parse().ok()?, None),
@@ -1048,6 +1064,7 @@ impl Key {
                 | Key::ClientToken(..)
                 | Key::EvacuationConfig
                 | Key::InstanceMigration(_)
+                | Key::InstanceAction(..)
                 | Key::Project(_)
                 | Key::User(_)
                 | Key::Role(..)
@@ -1158,6 +1175,10 @@ mod tests {
             ),
             (evacuation_config(), Key::EvacuationConfig),
             (instance_migration(&i), Key::InstanceMigration(i)),
+            (
+                instance_action(&i, "0001-ab"),
+                Key::InstanceAction(i, "0001-ab".into()),
+            ),
             (project(&proj), Key::Project(proj.clone())),
             (user(&u), Key::User(u.clone())),
             (

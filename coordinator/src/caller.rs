@@ -20,6 +20,9 @@ pub struct Caller {
     pub claims: Claims,
     /// What the called method needs.
     pub action: Action,
+    /// The call's request id (the audit record's; a front end may pass
+    /// its own, see [`crate::api::auth::request_id_of`]).
+    pub request_id: String,
 }
 
 tokio::task_local! {
@@ -35,6 +38,11 @@ pub fn caller() -> Option<Caller> {
 /// The user name of the current caller, if any (for logs and audit).
 pub fn caller_name() -> Option<String> {
     CALLER.try_with(|c| c.claims.user.to_string()).ok()
+}
+
+/// The request id of the current call, if any.
+pub fn request_id() -> Option<String> {
+    CALLER.try_with(|c| c.request_id.clone()).ok()
 }
 
 /// True when the current call may list across every project: always with

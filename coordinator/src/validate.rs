@@ -51,6 +51,38 @@ pub fn name(kind: &str, s: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Most characters of a server name (as Nova's display names).
+pub const MAX_SERVER_NAME: usize = 255;
+
+/// Checks a server name: a display name, not a hostname, so any Unicode
+/// text as in Nova (1 to [`MAX_SERVER_NAME`] characters, no control
+/// characters, no leading or trailing whitespace, not a UUID). Agents
+/// derive the guest's hostname from it as a DNS label, falling back to
+/// one made from the id when nothing of it is left.
+pub fn server_name(s: &str) -> ApiResult<()> {
+    let bad = |why: &str| {
+        Err(ApiError::InvalidArgument(format!(
+            "server name {s:?} {why}"
+        )))
+    };
+    if s.is_empty() {
+        return bad("must not be empty");
+    }
+    if s.chars().count() > MAX_SERVER_NAME {
+        return bad(&format!("is longer than {MAX_SERVER_NAME} characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    if s.trim() != s {
+        return bad("has leading or trailing whitespace");
+    }
+    if uuid::Uuid::parse_str(s).is_ok() {
+        return bad("looks like an id; choose a name that is not a UUID");
+    }
+    Ok(())
+}
+
 /// Parses an IPv4 network in CIDR notation that can hold instances
 /// (prefix /8 to /29, no host bits set).
 pub fn cidr(s: &str) -> ApiResult<Ipv4Net> {
@@ -212,6 +244,18 @@ mod tests {
         assert!(name("network", "has space").is_err());
         assert!(name("network", "-x").is_err());
         assert!(name("network", &uuid::Uuid::new_v4().to_string()).is_err());
+    }
+
+    #[test]
+    fn server_names_are_display_names() {
+        for ok in ["web-1", "tempest-₡-1", "Íñstáñcé", "my server"] {
+            assert!(server_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", " x", "x ", "a\nb", &"x".repeat(256)] {
+            assert!(server_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(server_name(&uuid::Uuid::new_v4().to_string()).is_err());
+        assert!(server_name(&"é".repeat(255)).is_ok());
     }
 
     #[test]

@@ -1890,4 +1890,237 @@ async fn images_are_shared_between_projects_by_visibility_and_members() {
         assert!(!listed.to_string().contains(sid), "{listed}");
     });
     c.shutdown().await.unwrap();
+/// `ref` of a server action request.
+fn act(r: &str) -> pb::ServerActionRequest {
+    pb::ServerActionRequest {
+        r#ref: r.into(),
+        project: String::new(),
+    }
+}
+
+/// Writes the status the agent of `node` reports for `id` after acting on
+/// reboot generation `generation` (running).
+async fn report_running(etcd: &Etcd, id: &str, node: &str, generation: u64) {
+    let status = serde_json::json!({"state": "running", "node": node,
+        "updated_at": nubo_common::model::now(), "reboot_generation": generation});
+    let id: nubo_common::InstanceId = id.parse().unwrap();
+    let node = nubo_common::NodeName::new(node).unwrap();
+    let mut c = etcd.client().await.unwrap();
+    c.put(keys::instance_status(&node, &id), status.to_string(), None)
+        .await
+        .unwrap();
+}
+
+/// Locks refuse changes to members (not to admins), rebuilds wait for the
+/// agent, every change is an instance action under the caller's request
+/// id, zones are listed for readers (nodes are not), server group names
+/// repeat, and min_count keeps all or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_rebuilds_actions_zones_groups_and_min_count() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, root) = token_cloud(&etcd).await;
+    let (alice, rita) = (
+        login(&mut a, "alice", "pw").await,
+        login(&mut a, "rita", "pw").await,
+    );
+    create_flavor(&mut a, &root, "m1.small", 1, 512).await;
+    create_image(&mut a, &alice).await;
+    register_seen(&etcd, &c, "n0", res(64, 64 * 1024, 1000), "az-1").await;
+    wait_listed(&mut a, &root, 1).await;
+
+    // Zones for a reader; the nodes themselves stay admin-only.
+    let zones = a
+        .servers
+        .list_zones(req(&rita, pb::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .zones;
+    assert_eq!(
+        zones
+            .iter()
+            .map(|z| (z.name.as_str(), z.available))
+            .collect::<Vec<_>>(),
+        [("az-1", true)]
+    );
+    let e = a.nodes.list(req(&rita, pb::ListRequest::default())).await;
+    assert_eq!(e.unwrap_err().code(), Code::PermissionDenied);
+
+    // A create under the caller's request id (a Unicode display name).
+    let mut create = req(&alice, server_req("vm-₡", &[], 1));
+    create
+        .metadata_mut()
+        .insert("x-nubo-request-id", "req-test-1".parse().unwrap());
+    let r = a.servers.create(create).await.unwrap().into_inner();
+    let vm = created(&r, 0);
+    assert_eq!(vm.name, "vm-₡");
+    report_running(&etcd, &vm.id, "n0", 0).await;
+
+    // Locked: the member is refused, the admin is not.
+    let lock = pb::LockServerRequest {
+        r#ref: vm.id.clone(),
+        project: String::new(),
+        reason: "audit".into(),
+    };
+    let s = a
+        .servers
+        .lock(req(&alice, lock))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.locked && s.locked_reason == "audit", "{s:?}");
+    for e in [
+        a.servers.stop(req(&alice, act(&vm.id))).await.unwrap_err(),
+        a.servers
+            .delete(req(&alice, del(&vm.id)))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("locked (audit)"), "{e:?}");
+    }
+    let admin_stop = pb::ServerActionRequest {
+        r#ref: vm.id.clone(),
+        project: "p1".into(),
+    };
+    a.servers.stop(req(&root, admin_stop)).await.unwrap();
+    let s = a
+        .servers
+        .unlock(req(&alice, act(&vm.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.locked);
+    a.servers.start(req(&alice, act(&vm.id))).await.unwrap();
+
+    // Rebuild: refused from an image that is not active, then
+    // `rebuilding` until the agent reports the generation done.
+    let rebuild = pb::RebuildServerRequest {
+        r#ref: vm.id.clone(),
+        image: "cirros".into(),
+        name: Some("vm-2".into()),
+        ..Default::default()
+    };
+    let e = a
+        .servers
+        .rebuild(req(&alice, rebuild.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let images = common::prefix(&etcd, &keys::images_prefix()).await;
+    let (key, raw) = images
+        .iter()
+        .find(|(_, v)| {
+            serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|v| v["name"] == "cirros")
+        })
+        .unwrap();
+    let mut img: serde_json::Value = serde_json::from_slice(raw).unwrap();
+    img["status"] = "active".into();
+    let mut ec = etcd.client().await.unwrap();
+    ec.put(key.as_str(), img.to_string(), None).await.unwrap();
+    let s = a
+        .servers
+        .rebuild(req(&alice, rebuild))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.state.as_str(), s.name.as_str()), ("rebuilding", "vm-2"));
+    let spec: nubo_common::model::Instance =
+        common::get(&etcd, &keys::instance(&vm.id.parse().unwrap()))
+            .await
+            .unwrap();
+    assert_eq!(spec.rebuild_generation, spec.reboot_generation);
+    report_running(&etcd, &vm.id, "n0", spec.rebuild_generation).await;
+    let s = a
+        .servers
+        .get(req(&alice, get(&vm.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state, "running");
+
+    // Every change, in order, with who and under which request id.
+    let acts = a
+        .servers
+        .list_actions(req(&rita, get(&vm.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acts.server_id, vm.id);
+    let names: Vec<(&str, &str)> = acts
+        .actions
+        .iter()
+        .map(|x| (x.action.as_str(), x.user.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("create", "alice"),
+            ("lock", "alice"),
+            ("stop", "admin"),
+            ("unlock", "alice"),
+            ("start", "alice"),
+            ("rebuild", "alice")
+        ]
+    );
+    assert_eq!(acts.actions[0].request_id, "req-test-1");
+    assert_ne!(acts.actions[1].request_id, "req-test-1");
+
+    // Server group names repeat; a shared name is ambiguous, ids are not.
+    let mut groups = pb::server_groups_client::ServerGroupsClient::new(channel(&c).await);
+    let group = || pb::CreateServerGroupRequest {
+        name: "g".into(),
+        project: String::new(),
+        policy: "anti-affinity".into(),
+    };
+    let g1 = groups
+        .create(req(&alice, group()))
+        .await
+        .unwrap()
+        .into_inner();
+    let g2 = groups
+        .create(req(&alice, group()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(g1.id, g2.id);
+    let e = groups.get(req(&alice, get("g"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    groups.delete(req(&alice, del(&g1.id))).await.unwrap();
+    assert_eq!(
+        groups
+            .get(req(&alice, get("g")))
+            .await
+            .unwrap()
+            .into_inner()
+            .id,
+        g2.id
+    );
+
+    // min_count: with room for one more server, 2 of 2 fails and leaves
+    // nothing; 1 of 2 creates one.
+    let mut quotas = pb::quotas_client::QuotasClient::new(channel(&c).await);
+    let set = pb::SetQuotaRequest {
+        project: "p1".into(),
+        limits: Some(pb::QuotaSet {
+            instances: Some(2),
+            ..Default::default()
+        }),
+    };
+    quotas.set(req(&root, set)).await.unwrap();
+    let batch = |min_count| pb::CreateServerRequest {
+        min_count,
+        ..server_req("batch", &[], 2)
+    };
+    let e = a.servers.create(req(&alice, batch(2))).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(server_names(&mut a, &alice, false).await, ["p1/vm-2"]);
+    let r = a
+        .servers
+        .create(req(&alice, batch(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.iter().filter(|x| x.server.is_some()).count(), 1);
+    assert_eq!(server_names(&mut a, &alice, false).await.len(), 2);
 }

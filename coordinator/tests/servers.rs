@@ -703,7 +703,7 @@ async fn server_metadata_is_stored_within_novas_limits() {
         access_ipv6: v6.map(str::to_string),
     };
     for bad in [
-        upd(Some("bad name!"), None, None),
+        upd(Some("bad\nname"), None, None),
         upd(Some("ok"), Some("::1"), None),
         upd(None, None, Some("10.0.0.1")),
     ] {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use nubo_common::proto as pb;
 use serde::Deserialize;
@@ -36,7 +36,6 @@ pub fn router() -> Router<Upstream> {
             "/v2.1/servers/{id}",
             get(show_server).delete(delete_server).put(update_server),
         )
-        .route("/v2.1/servers/{id}/action", post(server_action))
         .route("/v2.1/servers/{id}/ips", get(server_ips))
         .route("/v2.1/servers/{id}/ips/{network}", get(server_ips_on))
         .route("/v2.1/os-keypairs", get(list_keypairs).post(create_keypair))
@@ -205,6 +204,8 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
         ("stopped", _) => ("SHUTOFF", "stopped", 4),
         ("error", _) => ("ERROR", "error", 0),
         ("deleting", _) => ("DELETED", "deleted", 0),
+        ("rebuilding", "stopped") => ("REBUILD", "stopped", 4),
+        ("rebuilding", _) => ("REBUILD", "active", 1),
         // pending, building, unknown: still being built.
         _ => ("BUILD", "building", 0),
     }
@@ -233,7 +234,6 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "accessIPv4": s.access_ipv4,
         "accessIPv6": s.access_ipv6,
         "key_name": if s.key_name.is_empty() { Value::Null } else { json!(s.key_name) },
-        "progress": 0,
         "config_drive": "",
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-STS:vm_state": vm_state,
@@ -245,6 +245,10 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "os-extended-volumes:volumes_attached": s.volume_ids.iter().map(|v| json!({"id": v})).collect::<Vec<_>>(),
         "links": server_links(base, &s.id),
     });
+    // Nova shows `progress` only in the statuses that make progress.
+    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD") {
+        view["progress"] = json!(0);
+    }
     // Nova shows `fault` only for ERROR (and DELETED) servers, never null.
     if status == "ERROR" {
         let message = if s.last_error.is_empty() {
@@ -347,7 +351,7 @@ async fn server_ips_on(
 }
 
 /// The server `id` (name or id) as the caller sees it.
-async fn get_server(
+pub(crate) async fn get_server(
     up: &Upstream,
     headers: &HeaderMap,
     id: String,
@@ -572,6 +576,9 @@ struct CreateServer {
     min_count: Option<u32>,
     #[serde(default)]
     max_count: Option<u32>,
+    /// Answer the batch's reservation id instead of the first server.
+    #[serde(default)]
+    return_reservation_id: bool,
     /// Block device mappings (v2): a boot volume, a boot volume made from
     /// an image, extra volumes ([`block_devices`]).
     #[serde(default)]
@@ -674,7 +681,7 @@ struct NamedRef {
 }
 
 /// The last path segment of a reference (clients send ids or full URLs).
-fn last_segment(r: &str) -> String {
+pub(crate) fn last_segment(r: &str) -> String {
     r.trim_end_matches('/')
         .rsplit('/')
         .next()
@@ -725,12 +732,6 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         return Err(ApiError::bad_request(
             S,
             format!("min_count {min} / max_count {max} are not valid"),
-        ));
-    }
-    if min != max {
-        return Err(ApiError::bad_request(
-            S,
-            format!("min_count {min} < max_count {max} is not supported: nubo creates exactly the count asked (use equal values)"),
         ));
     }
     let metadata = match &s.metadata {
@@ -802,6 +803,15 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         key_name: s.key_name.clone().unwrap_or_default(),
         user_data,
         count: max,
+        // Between min_count and max_count as capacity and quota allow
+        // (nubo's minimum: fewer created is a failure, none kept).
+        min_count: min,
+        // The reservation id names the batch: its idempotency token.
+        client_token: if s.return_reservation_id {
+            format!("r-{}", uuid::Uuid::new_v4().simple())
+        } else {
+            String::new()
+        },
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
         server_group,
         metadata,
@@ -819,7 +829,15 @@ async fn create_server(
     microversion(&headers)?;
     let body = json_body(S, body)?;
     let req = create_request(&body)?;
-    let resp = up.servers(&headers)?.create(req).await.api(S)?.into_inner();
+    let req_token = req.client_token.clone();
+    // A create naming a flavor, image, network, keypair or security group
+    // that does not exist is a bad request in Nova (400), not a 404.
+    let resp = up
+        .servers(&headers)?
+        .create(req)
+        .await
+        .map_err(not_found_is_bad_request)?
+        .into_inner();
     let created: Vec<&pb::Server> = resp
         .results
         .iter()
@@ -828,7 +846,7 @@ async fn create_server(
     if let Some(failed) = resp.results.iter().find(|r| r.server.is_none()) {
         let code = match failed.code.as_str() {
             "ResourceExhausted" => tonic::Code::ResourceExhausted,
-            "NotFound" => tonic::Code::NotFound,
+            "NotFound" => tonic::Code::InvalidArgument,
             "InvalidArgument" => tonic::Code::InvalidArgument,
             _ => tonic::Code::FailedPrecondition,
         };
@@ -838,6 +856,12 @@ async fn create_server(
                 &tonic::Status::new(code, failed.error.clone()),
             ));
         }
+    }
+    if !req_token.is_empty() {
+        return Ok(versioned((
+            StatusCode::ACCEPTED,
+            Json(json!({"reservation_id": req_token})),
+        )));
     }
     let first = created
         .first()
@@ -849,6 +873,16 @@ async fn create_server(
         "security_groups": body.server.security_groups.iter().map(|g| json!({"name": g.name})).collect::<Vec<_>>(),
     }});
     Ok(versioned((StatusCode::ACCEPTED, Json(body))))
+}
+
+/// A create's failure: what it references and does not exist (NotFound)
+/// is Nova's 400; anything else as every call.
+fn not_found_is_bad_request(s: tonic::Status) -> ApiError {
+    let mut e = ApiError::from_status(S, &s);
+    if s.code() == tonic::Code::NotFound {
+        e.status = StatusCode::BAD_REQUEST;
+    }
+    e
 }
 
 /// `PUT /servers/{id}` body: Nova 2.1's updatable fields.
@@ -925,97 +959,6 @@ async fn delete_server(
         .await
         .api(S)?;
     Ok(versioned(StatusCode::NO_CONTENT))
-}
-
-async fn server_action(
-    State(up): State<Upstream>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    microversion(&headers)?;
-    let body = json_body(S, body)?;
-    let action = body
-        .as_object()
-        .and_then(|o| o.keys().next().cloned())
-        .ok_or_else(|| ApiError::bad_request(S, "an action body is an object with one key"))?;
-    let mut c = up.servers(&headers)?;
-    if action == "os-getConsoleOutput" {
-        let length = console_length(&body[action.as_str()])?;
-        let mut stream = c
-            .console(pb::ConsoleRequest {
-                r#ref: id,
-                project: String::new(),
-                follow: false,
-            })
-            .await
-            .api(S)?
-            .into_inner();
-        let mut log: Vec<u8> = Vec::new();
-        while let Some(chunk) = stream.message().await.api(S)? {
-            log.extend_from_slice(&chunk.data);
-            // Keep the tail only: the output is the log's last lines.
-            if log.len() > 2 * MAX_CONSOLE_OUTPUT {
-                log.drain(..log.len() - MAX_CONSOLE_OUTPUT);
-            }
-        }
-        let text = String::from_utf8_lossy(&log);
-        return Ok(versioned(Json(
-            json!({"output": last_lines(&text, length)}),
-        )));
-    }
-    let req = pb::ServerActionRequest {
-        r#ref: id,
-        project: String::new(),
-    };
-    match action.as_str() {
-        "os-start" => c.start(req).await.api(S).map(drop),
-        "os-stop" => c.stop(req).await.api(S).map(drop),
-        "reboot" => c.reboot(req).await.api(S).map(drop),
-        other => Err(ApiError::new(
-            S,
-            StatusCode::NOT_IMPLEMENTED,
-            format!("server action {other:?} is not supported (os-start, os-stop, reboot, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
-        )),
-    }?;
-    Ok(versioned(StatusCode::ACCEPTED))
-}
-
-/// Most console log bytes `os-getConsoleOutput` answers (its tail).
-const MAX_CONSOLE_OUTPUT: usize = 1 << 20;
-
-/// The `length` of an `os-getConsoleOutput` body (`{"length": N}`; N an
-/// integer or a string of one, as Nova's schema; absent, null or -1: all).
-/// Pure.
-fn console_length(args: &Value) -> Result<Option<usize>, ApiError> {
-    let bad = || {
-        ApiError::bad_request(
-            S,
-            format!("os-getConsoleOutput length must be an integer (-1: all), got {args}"),
-        )
-    };
-    let n: i64 = match args.get("length") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
-        Some(Value::String(s)) => s.trim().parse().map_err(|_| bad())?,
-        Some(_) => return Err(bad()),
-    };
-    match n {
-        -1 => Ok(None),
-        n if n < 0 => Err(bad()),
-        n => Ok(Some(usize::try_from(n).map_err(|_| bad())?)),
-    }
-}
-
-/// The last `n` lines of `text` (all with `None`). Pure.
-fn last_lines(text: &str, n: Option<usize>) -> String {
-    match n {
-        None => text.to_string(),
-        Some(n) => {
-            let lines: Vec<&str> = text.split_inclusive('\n').collect();
-            lines[lines.len().saturating_sub(n)..].concat()
-        }
-    }
 }
 
 /// A keypair as Nova 2.1 shows it (`GET /os-keypairs/{name}`). Pure.
@@ -1170,8 +1113,15 @@ mod tests {
             (vec!["net-1".to_string()], vec!["port-2".to_string()])
         );
         assert_eq!(r.user_data, b"hello");
+        let some: CreateBody = serde_json::from_value(json!({"server": {
+            "name": "vm", "imageRef": "i", "flavorRef": "f", "min_count": 1, "max_count": 3,
+            "return_reservation_id": true}}))
+        .unwrap();
+        let r = create_request(&some).unwrap();
+        assert_eq!((r.min_count, r.count), (1, 3));
+        assert!(r.client_token.starts_with("r-"), "{}", r.client_token);
         let bad: CreateBody = serde_json::from_value(json!({"server": {
-            "name": "vm", "imageRef": "i", "flavorRef": "f", "min_count": 1, "max_count": 3}}))
+            "name": "vm", "imageRef": "i", "flavorRef": "f", "min_count": 3, "max_count": 1}}))
         .unwrap();
         assert_eq!(
             create_request(&bad).unwrap_err().status,
@@ -1333,24 +1283,12 @@ mod tests {
     }
 
     #[test]
-    fn console_output_is_the_logs_last_lines() {
-        let log = "one\ntwo\nthree\n";
-        assert_eq!(last_lines(log, Some(2)), "two\nthree\n");
-        assert_eq!(last_lines(log, Some(0)), "");
-        assert_eq!(last_lines(log, Some(9)), log);
-        assert_eq!(last_lines(log, None), log);
-        assert_eq!(console_length(&json!({"length": 3})).unwrap(), Some(3));
-        assert_eq!(console_length(&json!({"length": "3"})).unwrap(), Some(3));
-        assert_eq!(console_length(&json!({"length": -1})).unwrap(), None);
-        assert_eq!(console_length(&json!({})).unwrap(), None);
-        assert_eq!(console_length(&Value::Null).unwrap(), None);
-        for bad in [
-            json!({"length": -2}),
-            json!({"length": "x"}),
-            json!({"length": [1]}),
-        ] {
-            assert!(console_length(&bad).is_err(), "{bad}");
-        }
+    fn missing_references_at_create_are_bad_requests() {
+        let e = not_found_is_bad_request(tonic::Status::not_found("keypair \"k\" not found"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        // Positive control: other failures keep their mapping.
+        let e = not_found_is_bad_request(tonic::Status::failed_precondition("busy"));
+        assert_eq!(e.status, StatusCode::CONFLICT);
     }
 
     #[test]
@@ -1536,6 +1474,10 @@ mod tests {
             );
         }
         assert_eq!(v["status"], "ACTIVE");
+        assert_eq!(v["progress"], 0);
+        // SHUTOFF makes no progress: none shown, as Nova.
+        let off = server_view("http://h", &server("stopped", ""));
+        assert!(off.get("progress").is_none(), "{off}");
         // In ERROR: a fault with code, message and an ISO date.
         let e = server_view("http://h", &server("error", "no host has room"));
         assert_eq!(e["status"], "ERROR");

@@ -31,6 +31,8 @@ pub mod limits;
 pub mod microversion;
 pub mod network;
 pub mod quota;
+pub mod request_id;
+pub mod server_actions;
 pub mod server_groups;
 pub mod server_metadata;
 pub mod time;
@@ -61,6 +63,7 @@ pub fn router(upstream: Upstream) -> Router {
                 .merge(server_groups::router())
                 .merge(server_metadata::router())
                 .merge(hypervisors::router())
+                .merge(server_actions::router())
                 .route("/v2.1/limits", get(limits::compute_limits))
                 // Quota sets here: `quota` uses `compute`'s microversion
                 // helpers, so `compute` may not route to it.
@@ -68,7 +71,8 @@ pub fn router(upstream: Upstream) -> Router {
                 .route(
                     "/v2.1/os-quota-sets/{project}/detail",
                     get(quota::compute_quota_detail),
-                ),
+                )
+                .layer(axum::middleware::from_fn(request_id::assign)),
         )
         .nest("/network", network::router())
         .nest("/image", image::router())

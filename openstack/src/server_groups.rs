@@ -1,5 +1,6 @@
 //! Nova's `os-server-groups` (2.1) over nubo's `ServerGroups`, and
-//! `os-availability-zone` over the cloud admins' `Nodes.List`.
+//! `os-availability-zone` over `Servers.ListZones` (everyone) and, for
+//! its detail, the cloud admins' `Nodes.List`.
 //!
 //! A server group has one policy in nubo (`affinity` or `anti-affinity`),
 //! shown as Nova 2.1's one-element `policies`; its `members` are the
@@ -179,6 +180,16 @@ async fn delete_group(
 /// available when one of its nodes is alive and enabled; with `detail`,
 /// `hosts` maps each node to a `nova-compute` service. Pure.
 pub fn zones_view(nodes: &[pb::Node], detail: bool) -> Value {
+    if !detail {
+        let zones: Vec<pb::Zone> = nodes
+            .iter()
+            .map(|n| pb::Zone {
+                name: n.availability_zone.clone(),
+                available: n.alive && n.enabled,
+            })
+            .collect();
+        return zone_names_view(&zones);
+    }
     let mut zones: std::collections::BTreeMap<&str, Vec<&pb::Node>> = Default::default();
     for n in nodes {
         let z = if n.availability_zone.is_empty() {
@@ -229,8 +240,39 @@ async fn zones(up: &Upstream, headers: &HeaderMap, detail: bool) -> Result<Respo
     Ok(versioned(Json(zones_view(&nodes, detail))))
 }
 
+/// `GET /os-availability-zone`: the zone names for everyone
+/// (`Servers.ListZones`), as Nova; `hosts` is null.
 async fn list_zones(State(up): State<Upstream>, headers: HeaderMap) -> Result<Response, ApiError> {
-    zones(&up, &headers, false).await
+    microversion(&headers)?;
+    let zones = up
+        .servers(&headers)?
+        .list_zones(pb::ListRequest::default())
+        .await
+        .api(S)?
+        .into_inner()
+        .zones;
+    Ok(versioned(Json(zone_names_view(&zones))))
+}
+
+/// Nova's availability zone list (no hosts) of nubo's zones ("" is
+/// `nova`, the zone of nodes registered without one). Pure.
+pub fn zone_names_view(zones: &[pb::Zone]) -> Value {
+    let mut merged: std::collections::BTreeMap<&str, bool> = Default::default();
+    for z in zones {
+        let name = if z.name.is_empty() {
+            "nova"
+        } else {
+            z.name.as_str()
+        };
+        *merged.entry(name).or_default() |= z.available;
+    }
+    let info: Vec<Value> = merged
+        .into_iter()
+        .map(|(zone, available)| {
+            json!({"zoneName": zone, "zoneState": {"available": available}, "hosts": Value::Null})
+        })
+        .collect();
+    json!({"availabilityZoneInfo": info})
 }
 
 async fn list_zones_detail(

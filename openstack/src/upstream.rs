@@ -52,14 +52,19 @@ pub enum UpstreamError {
     },
 }
 
-/// Adds `authorization: Bearer <token>` when the caller sent one.
+/// Adds `authorization: Bearer <token>` when the caller sent one, and
+/// the request's id ([`crate::request_id`]) as the call's
+/// (`x-nubo-request-id`).
 #[derive(Clone, Debug, Default)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>, Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.1 {
+            req.metadata_mut().insert("x-nubo-request-id", v.clone());
         }
         Ok(req)
     }
@@ -110,9 +115,13 @@ impl Upstream {
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| ApiError::unauthenticated())?;
+        let request_id = headers
+            .get(crate::request_id::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         Ok(InterceptedService::new(
             self.channel.clone(),
-            Bearer(Some(value)),
+            Bearer(Some(value), request_id),
         ))
     }
 

@@ -48,6 +48,15 @@ pub enum Action {
     /// started: its guest arrives by migration, or, cold, is started after
     /// the switch).
     PrepareIncoming(InstanceId),
+    /// Re-create the instance (`nubo server rebuild`): destroy it with its
+    /// root disk, create it again from the spec (the image it names, the
+    /// same ports and volumes), booted when it should run.
+    Rebuild {
+        /// The instance.
+        id: InstanceId,
+        /// The generation this rebuild acts on.
+        generation: u64,
+    },
     /// Redefine a shut-off instance with the spec's vCPUs and memory (after
     /// `nubo server resize`), then boot it if it should run.
     Resize {
@@ -69,6 +78,7 @@ impl Action {
             | Action::Resume(id)
             | Action::PrepareIncoming(id)
             | Action::Reboot { id, .. }
+            | Action::Rebuild { id, .. }
             | Action::Resize { id, .. } => id,
         }
     }
@@ -128,6 +138,14 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
             out.foreign.insert(*id);
             continue;
         }
+        let acted = observed.reported.get(id).map(|s| s.reboot_generation);
+        if d.spec.rebuild_pending(acted) {
+            out.actions.push(Action::Rebuild {
+                id: *id,
+                generation: d.spec.rebuild_generation,
+            });
+            continue;
+        }
         let resized = o.power == ObservedPower::Stopped
             && observed
                 .sizes
@@ -147,7 +165,6 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
                 out.actions.push(Action::Stop(*id))
             }
             (PowerState::Running, ObservedPower::Running) => {
-                let acted = observed.reported.get(id).map(|s| s.reboot_generation);
                 let wanted = d.spec.reboot_generation;
                 if acted.is_some_and(|g| wanted > g) {
                     out.actions.push(Action::Reboot {
@@ -328,6 +345,11 @@ async fn perform(
             (Action::Stop(_), _) => hv.stop(id).await,
             (Action::Reboot { .. }, _) => hv.reboot(id).await,
             (Action::Destroy(_), _) => hv.destroy(id).await,
+            (Action::Rebuild { .. }, Some(spec)) => match hv.destroy(id).await {
+                Ok(()) => hv.create(&spec).await,
+                Err(e) => Err(e),
+            },
+            (Action::Rebuild { .. }, None) => Err(HypervisorError::NotFound(id)),
             (Action::Resume(_), _) => hv.resume(id).await,
             (Action::Resize { start, .. }, Some(spec)) => match &resizer {
                 Some(r) => match r.resize_stopped(&spec).await {
@@ -352,7 +374,7 @@ async fn perform(
 /// The power an instance has after `action` succeeded (`None` = gone).
 fn power_after(action: Action, d: Option<&DesiredInstance>) -> Option<ObservedPower> {
     match action {
-        Action::Create(_) => Some(match d.map(DesiredInstance::power) {
+        Action::Create(_) | Action::Rebuild { .. } => Some(match d.map(DesiredInstance::power) {
             Some(PowerState::Stopped) => ObservedPower::Stopped,
             _ => ObservedPower::Running,
         }),
@@ -467,6 +489,66 @@ mod tests {
         obs.reported.get_mut(&a).unwrap().reboot_generation = 2;
         assert!(plan(&f.desired, &obs).actions.is_empty());
         // Without a record of what was acted on, nothing is rebooted.
+        obs.reported.clear();
+        assert!(plan(&f.desired, &obs).actions.is_empty());
+    }
+
+    #[test]
+    fn a_rebuild_recreates_running_and_stopped_instances_once() {
+        let mut f = fixture(2);
+        let (a, b) = (f.ids[0], f.ids[1]);
+        for (id, power) in [(a, PowerState::Running), (b, PowerState::Stopped)] {
+            let spec = &mut f.desired.instances.get_mut(&id).unwrap().spec;
+            spec.power = power;
+            spec.reboot_generation = 1;
+            spec.rebuild_generation = 1;
+        }
+        let mut obs = converged(&f);
+        obs.instances[1].power = ObservedPower::Stopped;
+        let mut actions = plan(&f.desired, &obs).actions;
+        actions.sort();
+        let mut expected = vec![
+            Action::Rebuild {
+                id: a,
+                generation: 1,
+            },
+            Action::Rebuild {
+                id: b,
+                generation: 1,
+            },
+        ];
+        expected.sort();
+        assert_eq!(actions, expected);
+        // Acted on: nothing more (a stopped one stays stopped).
+        for id in [a, b] {
+            obs.reported.get_mut(&id).unwrap().reboot_generation = 1;
+        }
+        assert!(plan(&f.desired, &obs).actions.is_empty());
+        // A reboot after the rebuild is a reboot again.
+        f.desired
+            .instances
+            .get_mut(&a)
+            .unwrap()
+            .spec
+            .reboot_generation = 2;
+        assert_eq!(
+            plan(&f.desired, &obs).actions,
+            vec![Action::Reboot {
+                id: a,
+                generation: 2
+            }]
+        );
+        // A reboot asked for while a rebuild is pending does not cancel it.
+        let spec = &mut f.desired.instances.get_mut(&a).unwrap().spec;
+        (spec.rebuild_generation, spec.reboot_generation) = (3, 4);
+        assert_eq!(
+            plan(&f.desired, &obs).actions,
+            vec![Action::Rebuild {
+                id: a,
+                generation: 3
+            }]
+        );
+        // Without a record of what was acted on, nothing is rebuilt.
         obs.reported.clear();
         assert!(plan(&f.desired, &obs).actions.is_empty());
     }

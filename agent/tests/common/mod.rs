@@ -163,6 +163,8 @@ impl World {
             metadata: Default::default(),
             access_ipv4: None,
             access_ipv6: None,
+            locked: None,
+            rebuild_generation: 0,
             created_at: model::now(),
         };
         put(c, &keys::port(&port.id), &port).await;

@@ -66,6 +66,40 @@ pub enum ServerCmd {
         /// Server name or id.
         server: String,
     },
+    /// Rebuild a server: its root disk made again from an image (the one
+    /// it has by default); same id, ports, addresses, volumes and power.
+    Rebuild {
+        /// Server name or id.
+        server: String,
+        /// Image id or name.
+        #[arg(long)]
+        image: Option<String>,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Lock a server: its changes (power, rename, metadata, resize,
+    /// delete) are refused for anyone but cloud admins until unlocked.
+    Lock {
+        /// Server name or id.
+        server: String,
+        /// Why (shown in `server show`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Unlock a locked server.
+    Unlock {
+        /// Server name or id.
+        server: String,
+    },
+    /// List the availability zones servers may be placed in.
+    Zones,
+    /// What was done to a server (create, start, stop, reboot, rebuild,
+    /// resize, lock, unlock), oldest first, with request ids.
+    Actions {
+        /// Server name or id.
+        server: String,
+    },
     /// Move a server to another node (cloud admin): live with `--live`
     /// (it keeps running), otherwise cold (stopped, moved, started).
     Migrate(migrate::MigrateArgs),
@@ -214,6 +248,8 @@ pub fn to_json(s: &Server) -> Value {
         "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "access_ipv4": opt(&s.access_ipv4),
         "access_ipv6": opt(&s.access_ipv6),
+        "locked": s.locked,
+        "locked_reason": opt(&s.locked_reason),
         "observed_usage": crate::usage::server_json(s.observed_usage.as_ref()),
     })
 }
@@ -324,6 +360,81 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         ServerCmd::Reboot { server } => {
             let s = api.servers().reboot(action(server)).await.or_fail(api)?;
             show(ctx.format, &s)
+        }
+        ServerCmd::Rebuild {
+            server,
+            image,
+            name,
+        } => {
+            let req = nubo_common::proto::RebuildServerRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                image: image.unwrap_or_default(),
+                name,
+                ..Default::default()
+            };
+            let s = api.servers().rebuild(req).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Lock { server, reason } => {
+            let req = nubo_common::proto::LockServerRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                reason,
+            };
+            let s = api.servers().lock(req).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Unlock { server } => {
+            let s = api.servers().unlock(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Actions { server } => {
+            let r = api
+                .servers()
+                .list_actions(api.get_req(&server))
+                .await
+                .or_fail(api)?;
+            let mut t = Table::new(&["Action", "Request ID", "User", "Start"]);
+            for a in &r.actions {
+                t.row(vec![
+                    a.action.clone(),
+                    a.request_id.clone(),
+                    a.user.clone(),
+                    a.start_time.clone(),
+                ]);
+            }
+            let json: Vec<Value> = r
+                .actions
+                .iter()
+                .map(|a| {
+                    json!({"action": a.action, "request_id": a.request_id, "user": a.user,
+                        "project": a.project, "start_time": a.start_time})
+                })
+                .collect();
+            match ctx.format {
+                Format::Json => output::emit_json(&Value::Array(json)),
+                Format::Table => output::emit(&t.render()),
+            }
+        }
+        ServerCmd::Zones => {
+            let req = nubo_common::proto::ListRequest {
+                project: api.project.clone(),
+                ..Default::default()
+            };
+            let zones = api.servers().list_zones(req).await.or_fail(api)?.zones;
+            let mut t = Table::new(&["Zone", "Available"]);
+            for z in &zones {
+                t.row(vec![z.name.clone(), z.available.to_string()]);
+            }
+            let json: Vec<Value> = zones
+                .iter()
+                .map(|z| json!({"name": z.name, "available": z.available}))
+                .collect();
+            match ctx.format {
+                Format::Json => output::emit_json(&Value::Array(json)),
+                Format::Table => output::emit(&t.render()),
+            }
         }
         ServerCmd::Resize { server, flavor } => {
             let req = ResizeServerRequest {

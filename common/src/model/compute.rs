@@ -319,6 +319,13 @@ pub struct Instance {
     /// generation newer than the one it last acted on.
     #[serde(default)]
     pub reboot_generation: u64,
+    /// The reboot generation of the last rebuild request (0 = never
+    /// rebuilt): a rebuild bumps `reboot_generation` and sets this to it;
+    /// the agent re-creates the instance (root disk from `image`, same
+    /// ports and volumes, same power) instead of rebooting it while the
+    /// generation it acted on is older ([`Instance::rebuild_pending`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rebuild_generation: u64,
     /// Requested availability zone.
     #[serde(default)]
     pub availability_zone: Option<String>,
@@ -353,6 +360,10 @@ pub struct Instance {
     /// The IPv6 one (OpenStack `accessIPv6`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_ipv6: Option<std::net::Ipv6Addr>,
+    /// Locked (the reason, "" = none given): changes by anyone but cloud
+    /// admins are refused until it is unlocked. `None`: not locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<String>,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -360,6 +371,21 @@ pub struct Instance {
 /// Most metadata items one server may carry (Nova's default
 /// `metadata_items` quota).
 pub const MAX_SERVER_METADATA_ITEMS: usize = 128;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Instance {
+    /// True when a rebuild was asked for and the agent has not acted on
+    /// it: `acted` is the reboot generation its status reports (`None`:
+    /// no status yet, so nothing to rebuild). Pure.
+    pub fn rebuild_pending(&self, acted: Option<u64>) -> bool {
+        // A reboot asked for after the rebuild (a newer generation) does
+        // not cancel it: the re-created instance boots anyway.
+        self.rebuild_generation > 0 && acted.is_some_and(|g| g < self.rebuild_generation)
+    }
+}
 
 /// Longest metadata key and value, in characters (Nova's limits).
 pub const MAX_SERVER_METADATA_LEN: usize = 255;
@@ -536,3 +562,27 @@ mod tests {
         );
     }
 }
+
+/// `/nubo/v1/private/instance-actions/<instance>/<id>`: one thing done to
+/// an instance (OpenStack's instance action): what, by whom, when, under
+/// which request id. Written with the change itself; the newest
+/// [`MAX_INSTANCE_ACTIONS`] are kept, all deleted with the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceAction {
+    /// `create`, `start`, `stop`, `reboot`, `rebuild`, `resize`, `lock`,
+    /// `unlock`, … (OpenStack's names).
+    pub action: String,
+    /// The request id of the call (the audit record's, and what the
+    /// OpenStack front end answered in `x-openstack-request-id`).
+    pub request_id: String,
+    /// Who asked (`None` without authentication).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The instance's project.
+    pub project: ProjectId,
+    /// When.
+    pub start_time: Timestamp,
+}
+
+/// How many actions of one instance are kept (the oldest go first).
+pub const MAX_INSTANCE_ACTIONS: usize = 100;

@@ -206,6 +206,25 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The gRPC metadata a front end passes its own request id in (the
+/// OpenStack front end: what it answers in `x-openstack-request-id`).
+pub const REQUEST_ID_HEADER: &str = "x-nubo-request-id";
+
+/// The request id of a call: the caller's [`REQUEST_ID_HEADER`] when it
+/// is a plausible id (1 to 64 of `[A-Za-z0-9_-]`), else a fresh one. Pure
+/// but for the random id.
+pub fn request_id_of(md: &tonic::metadata::MetadataMap) -> String {
+    md.get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string)
+}
+
 /// Largest unary request buffered to read the resource name for the audit.
 const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
@@ -239,6 +258,7 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
         (req, None)
     };
     let md = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
+    let request_id = request_id_of(&md);
     let claims = bearer_from_metadata(&md)
         .and_then(|t| verify_token(&st.signer, &st.revoked, t, chrono::Utc::now()));
     let audit = |user: Option<UserName>, project: Option<ProjectId>, outcome: AuditOutcome| {
@@ -250,6 +270,7 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
             action.kind,
             resource.clone(),
             outcome,
+            request_id.clone(),
         )
     };
     let claims = match claims {
@@ -288,7 +309,12 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
         return status_response(status);
     }
     let (user, project) = (claims.user.clone(), claims.project.clone());
-    let resp = caller::run_as(Caller { claims, action }, next.run(req)).await;
+    let c = Caller {
+        claims,
+        action,
+        request_id: request_id.clone(),
+    };
+    let resp = caller::run_as(c, next.run(req)).await;
     if mutating {
         audit(Some(user), Some(project), outcome_of(&resp)).await;
     }

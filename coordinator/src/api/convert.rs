@@ -465,7 +465,12 @@ fn server_parts(
             model::PowerState::Stopped => "stopped",
         }
         .into(),
-        state: status.map_or("pending", |s| s.state.as_str()).into(),
+        // A rebuild the agent has not done yet shows as `rebuilding`.
+        state: match status {
+            Some(s) if i.rebuild_pending(Some(s.reboot_generation)) => "rebuilding",
+            _ => status.map_or("pending", |s| s.state.as_str()),
+        }
+        .into(),
         node: i.node.as_ref().map(ToString::to_string).unwrap_or_default(),
         last_error: status
             .and_then(|s| s.last_error.clone())
@@ -505,6 +510,8 @@ fn server_parts(
         access_ipv4: i.access_ipv4.map(|a| a.to_string()).unwrap_or_default(),
         access_ipv6: i.access_ipv6.map(|a| a.to_string()).unwrap_or_default(),
         observed_usage: None,
+        locked: i.locked.is_some(),
+        locked_reason: i.locked.clone().unwrap_or_default(),
     }
 }
 

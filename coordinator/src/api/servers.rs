@@ -7,7 +7,7 @@ use tonic::Request;
 use super::{convert, project, reply, R};
 use crate::operations::server_create::{self, Created, NewServers};
 use crate::operations::servers::{self, ListServers};
-use crate::operations::{node_streams, resize, PageRequest, Scope};
+use crate::operations::{instance_actions, node_streams, resize, PageRequest, Scope};
 use crate::state::Ctx;
 
 fn result_pb(c: Created) -> pb::ServerResult {
@@ -54,6 +54,7 @@ impl servers_server::Servers for Ctx {
                 key_name: r.key_name,
                 user_data: r.user_data,
                 count: r.count,
+                min_count: r.min_count,
                 availability_zone: r.availability_zone,
                 server_group: r.server_group,
                 stopped: r.stopped,
@@ -123,6 +124,70 @@ impl servers_server::Servers for Ctx {
         let r = r.into_inner();
         let go = async { servers::stop(self, &project(&r.project)?, &r.r#ref).await };
         reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn lock(&self, r: Request<pb::LockServerRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async { servers::lock(self, &project(&r.project)?, &r.r#ref, &r.reason).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn rebuild(&self, r: Request<pb::RebuildServerRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async {
+            let rb = servers::Rebuild {
+                image: r.image,
+                name: r.name,
+                metadata: r.replace_metadata.then(|| r.metadata.into_iter().collect()),
+            };
+            servers::rebuild(self, &project(&r.project)?, &r.r#ref, &rb).await
+        };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn unlock(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async { servers::unlock(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn list_actions(&self, r: Request<pb::GetRequest>) -> R<pb::ListServerActionsResponse> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            let (id, actions) = instance_actions::list(self, &p, &r.r#ref).await?;
+            Ok(pb::ListServerActionsResponse {
+                server_id: id.to_string(),
+                actions: actions
+                    .into_iter()
+                    .map(|a| pb::ServerAction {
+                        action: a.action,
+                        request_id: a.request_id,
+                        user: a.user.unwrap_or_default(),
+                        project: a.project.to_string(),
+                        start_time: a
+                            .start_time
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    })
+                    .collect(),
+            })
+        };
+        reply(go.await)
+    }
+    async fn list_zones(&self, r: Request<pb::ListRequest>) -> R<pb::ListZonesResponse> {
+        // Scoped like every call (a valid caller of some project).
+        let r = r.into_inner();
+        let go = async {
+            project(&r.project)?;
+            Ok(servers::zones(self))
+        };
+        reply(go.await.map(|zones| {
+            pb::ListZonesResponse {
+                zones: zones
+                    .into_iter()
+                    .map(|z| pb::Zone {
+                        name: z.name,
+                        available: z.available,
+                    })
+                    .collect(),
+            }
+        }))
     }
     async fn reboot(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();

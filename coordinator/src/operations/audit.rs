@@ -16,8 +16,9 @@ use super::{Page, PageRequest};
 use crate::error::ApiResult;
 use crate::state::Ctx;
 
-/// Writes one record with a fresh request id (best effort: a failure is
+/// Writes one record of request `request_id` (best effort: a failure is
 /// logged, never returned).
+#[allow(clippy::too_many_arguments)]
 pub async fn record(
     store: &Etcd,
     user: Option<UserName>,
@@ -26,6 +27,7 @@ pub async fn record(
     resource_kind: &str,
     resource_id: Option<String>,
     outcome: AuditOutcome,
+    request_id: String,
 ) {
     write(
         store,
@@ -37,7 +39,7 @@ pub async fn record(
             resource_kind: resource_kind.to_string(),
             resource_id,
             outcome,
-            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            request_id,
         },
     )
     .await
@@ -54,10 +56,19 @@ pub async fn write(store: &Etcd, rec: AuditRecord) {
 
 /// Deletes the oldest records beyond `keep`; returns how many.
 pub async fn prune(store: &Etcd, keep: usize) -> ApiResult<u64> {
-    let prefix = keys::audit_prefix();
+    let deleted = prune_prefix(store, &keys::audit_prefix(), keep).await?;
+    if deleted > 0 {
+        tracing::info!(deleted, "audit trail pruned");
+    }
+    Ok(deleted)
+}
+
+/// Deletes the first keys (in key order: the oldest of time-ordered ids)
+/// under `prefix` beyond `keep`; returns how many.
+pub(crate) async fn prune_prefix(store: &Etcd, prefix: &str, keep: usize) -> ApiResult<u64> {
     let count = store
         .get(
-            prefix.as_str(),
+            prefix,
             Some(GetOptions::new().with_prefix().with_count_only()),
         )
         .await?
@@ -67,7 +78,7 @@ pub async fn prune(store: &Etcd, keep: usize) -> ApiResult<u64> {
     };
     let resp = store
         .get(
-            prefix.as_str(),
+            prefix,
             Some(
                 GetOptions::new()
                     .with_prefix()
@@ -82,10 +93,9 @@ pub async fn prune(store: &Etcd, keep: usize) -> ApiResult<u64> {
     };
     let end = delete_range_end(&String::from_utf8_lossy(last.key()));
     let deleted = store
-        .delete(prefix.as_str(), Some(DeleteOptions::new().with_range(end)))
+        .delete(prefix, Some(DeleteOptions::new().with_range(end)))
         .await?
         .deleted();
-    tracing::info!(deleted, "audit trail pruned");
     Ok(u64::try_from(deleted).unwrap_or(0))
 }
 

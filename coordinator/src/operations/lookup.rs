@@ -348,9 +348,15 @@ pub(crate) async fn server_group(
     project: &ProjectId,
     r: &str,
 ) -> ApiResult<Versioned<ServerGroup>> {
-    resolve(ctx, NameKind::ServerGroup, project, r, |u| {
-        keys::server_group(&ServerGroupId::from_uuid(u))
-    })
+    // Names are not unique: by id, or a name matching one group only.
+    resolve_scan(
+        ctx,
+        "server group",
+        project,
+        r,
+        &keys::server_groups_prefix(),
+        |u| keys::server_group(&ServerGroupId::from_uuid(u)),
+    )
     .await
 }
 

@@ -12,6 +12,7 @@ pub mod floating_ips;
 pub mod identity;
 pub mod image_data;
 pub mod images;
+pub mod instance_actions;
 pub mod keypairs;
 pub mod lookup;
 pub mod migrations;

@@ -119,6 +119,7 @@ impl Job for ResizeJob<'_> {
         let ctx = self.ctx;
         let inst = super::lookup::server(ctx, &self.project, self.server).await?;
         let i = &inst.value;
+        super::servers::ensure_unlocked(i)?;
         let flavor = ctx
             .store
             .read::<Flavor>(&keys::flavor(&self.flavor))
@@ -214,6 +215,7 @@ impl Job for ResizeJob<'_> {
         t.unchanged(&ikey, r.inst.mod_rev);
         t.unchanged(&keys::instance_status(&r.node, &i.id), r.status_rev);
         super::specs::put_into(t, &r.next);
+        super::instance_actions::record_into(t, &r.next, "resize");
         if let Some((qrev, with)) = &r.quota {
             super::quotas::reserve(t, &i.project, *qrev, with);
         }

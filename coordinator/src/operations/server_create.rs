@@ -65,6 +65,9 @@ pub struct NewServers {
     pub user_data: Vec<u8>,
     /// How many (0 = 1).
     pub count: u32,
+    /// At least this many must be created, else those created are deleted
+    /// again and the first failure is returned (0: no minimum).
+    pub min_count: u32,
     /// Required availability zone (empty: any).
     pub availability_zone: String,
     /// Server group (id or name; empty: none).
@@ -367,6 +370,8 @@ impl Job for CreateJob<'_> {
             metadata: plan.metadata.clone(),
             access_ipv4: plan.access_ipv4,
             access_ipv6: plan.access_ipv6,
+            locked: None,
+            rebuild_generation: 0,
             created_at: self.now,
         };
         let ikey = keys::instance(&id);
@@ -381,6 +386,7 @@ impl Job for CreateJob<'_> {
             },
         );
         super::specs::put_into(t, &inst);
+        super::instance_actions::record_into(t, &inst, "create");
         let mut contended = Vec::new();
         plan.vols.attach_ops(id, t, &mut contended);
         let mut ports = Vec::with_capacity(self.new_ports.len());
@@ -710,7 +716,7 @@ async fn plan(ctx: &Ctx, r: &NewServers) -> ApiResult<Plan> {
 async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     let mut deps = Vec::new();
     let project = r.project.clone();
-    validate::name("server", &r.name)?;
+    validate::server_name(&r.name)?;
     let count = if r.count == 0 { 1 } else { r.count };
     if count > MAX_BATCH {
         return Err(ApiError::InvalidArgument(format!(
@@ -820,11 +826,20 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     let group = match r.server_group.trim() {
         "" => None,
         g => {
+            // A name (not unique) is resolved to an id by a scan first.
+            let id = match uuid::Uuid::parse_str(g) {
+                Ok(_) => g.to_string(),
+                Err(_) => super::lookup::server_group(ctx, &project, g)
+                    .await?
+                    .value
+                    .id
+                    .to_string(),
+            };
             let g: Arc<ServerGroup> = resolve_dep(
                 ctx,
                 NameKind::ServerGroup,
                 &project,
-                g,
+                &id,
                 |u| keys::server_group(&ServerGroupId::from_uuid(u)),
                 src,
                 &mut deps,
@@ -873,6 +888,36 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
 /// Creates `r.count` servers (see the module docs); each one's outcome,
 /// by launch index.
 pub async fn create(ctx: &Ctx, r: NewServers) -> ApiResult<Vec<Created>> {
+    let (project, min) = (r.project.clone(), r.min_count);
+    if min > r.count.max(1) {
+        return Err(ApiError::InvalidArgument(format!(
+            "min_count {min} is larger than count {}",
+            r.count.max(1)
+        )));
+    }
+    let created = create_some(ctx, r).await?;
+    let ok = created.iter().filter(|c| c.result.is_ok()).count();
+    if ok >= usize::try_from(min).unwrap_or(usize::MAX) {
+        return Ok(created);
+    }
+    // Fewer than the minimum: none stays.
+    for c in &created {
+        if let Ok(s) = &c.result {
+            let id = s.instance.id.to_string();
+            if let Err(e) = super::servers::delete(ctx, &project, &id).await {
+                tracing::warn!(instance = %id, error = %e, "server beyond a failed min_count not deleted");
+            }
+        }
+    }
+    let first = created.into_iter().find_map(|c| c.result.err());
+    Err(first.unwrap_or_else(|| {
+        ApiError::ResourceExhausted(format!(
+            "fewer than min_count {min} servers could be created"
+        ))
+    }))
+}
+
+async fn create_some(ctx: &Ctx, r: NewServers) -> ApiResult<Vec<Created>> {
     validate::client_token(&r.client_token)?;
     // Boot from a new volume: made first, deleted again on failure.
     let (r, boot) = boot_from_new_volume(ctx, r).await?;
@@ -1075,17 +1120,14 @@ async fn boot_from_new_volume(ctx: &Ctx, r: NewServers) -> ApiResult<(NewServers
         ));
     }
     let project = r.project.clone();
-    crate::validate::name("server", &r.name)?;
+    crate::validate::server_name(&r.name)?;
     let size = i64::try_from(r.boot_from_volume_size_gb).unwrap_or(i64::MAX);
-    let nv = super::volumes::new_volume(
-        ctx,
-        project,
-        &format!("{}-boot", r.name),
-        size,
-        "",
-        &r.image_ref,
-    )
-    .await?;
+    // Volume names are stricter than server names.
+    let mut volume_name = format!("{}-boot", r.name);
+    if validate::name("volume", &volume_name).is_err() {
+        volume_name = format!("boot-{}", uuid::Uuid::new_v4().simple());
+    }
+    let nv = super::volumes::new_volume(ctx, project, &volume_name, size, "", &r.image_ref).await?;
     let vol = super::volumes::create_volume_from(ctx, nv).await?;
     let mut r = r;
     r.boot_volume = vol.id.to_string();

@@ -12,7 +12,7 @@ use crate::state::Ctx;
 use crate::validate;
 
 /// Creates server group `name` of `project` with `policy` (`affinity` or
-/// `anti-affinity`).
+/// `anti-affinity`). Several groups of a project may share a name.
 pub async fn create(
     ctx: &Ctx,
     project: &ProjectId,
@@ -37,20 +37,17 @@ pub async fn create(
         policy,
         created_at: model::now(),
     };
-    let idx = keys::name_index(NameKind::ServerGroup, &project, &g.name);
+    // Names need not be unique (as in Nova; ids tell groups apart): no
+    // name index, a name is looked up by scanning the project's groups.
+    let key = keys::server_group(&g.id);
     let resp = ctx
         .store
-        .txn(
-            Txn::new()
-                .when([absent(&idx)])
-                .and_then([put(&idx, &g.id), put(&keys::server_group(&g.id), &g)]),
-        )
+        .txn(Txn::new().when([absent(&key)]).and_then([put(&key, &g)]))
         .await?;
     if !resp.succeeded() {
-        return Err(ApiError::AlreadyExists(format!(
-            "server group {:?} already exists in project {project}",
-            g.name
-        )));
+        return Err(ApiError::Unavailable(
+            "a fresh server group id was taken; retry".into(),
+        ));
     }
     Ok(g)
 }
@@ -71,6 +68,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     let g = super::lookup::server_group(ctx, project, r).await?;
     let key = keys::server_group(&g.value.id);
     let members = keys::server_group_members_prefix(&g.value.id);
+    // Groups made before names could repeat have a name index: gone too.
     let idx = keys::name_index(NameKind::ServerGroup, project, &g.value.name);
     let resp = ctx
         .store

@@ -201,6 +201,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     for _ in 0..64 {
         let inst = super::lookup::server(ctx, project, r).await?;
         let i = &inst.value;
+        ensure_unlocked(i)?;
         super::migrations::ensure_not_migrating(ctx, i).await?;
         let mut keys_to_read: Vec<String> = i.ports.iter().map(keys::port).collect();
         keys_to_read.extend(i.ports.iter().map(keys::port_owner));
@@ -211,6 +212,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         t.unchanged(&ikey, inst.mod_rev);
         t.absent(&keys::instance_migration(&i.id));
         super::specs::delete_into(&mut t, i);
+        t.delete_prefix(&keys::instance_actions_prefix(&i.id));
         let mut new_usage = None;
         if let Some(node) = &i.node {
             t.delete(&keys::assignment(node, &i.id));
@@ -270,6 +272,9 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     ))
 }
 
+/// The spec changes recorded as instance actions (by their `what`).
+const RECORDED_ACTIONS: &[&str] = &["start", "stop", "reboot", "rebuild", "lock", "unlock"];
+
 /// Changes the spec of server `r` of `project` with `edit` (which may
 /// refuse) in one transaction on the revision it read, retried when the
 /// spec changed meanwhile. Refused while the server is being migrated (a
@@ -284,8 +289,17 @@ async fn edit_spec(
     for _ in 0..16 {
         let mut inst = super::lookup::server(ctx, project, r).await?;
         super::migrations::ensure_not_migrating(ctx, &inst.value).await?;
+        if !matches!(what, "lock" | "unlock") {
+            ensure_unlocked(&inst.value)?;
+        }
         edit(&mut inst.value)?;
         let key = keys::instance(&inst.value.id);
+        let mut ops = super::specs::put_ops(&inst.value);
+        // What OpenStack records as instance actions.
+        let recorded = RECORDED_ACTIONS.contains(&what);
+        if recorded {
+            ops.push(super::instance_actions::record_op(&inst.value, what));
+        }
         let resp = ctx
             .store
             .txn(
@@ -294,10 +308,13 @@ async fn edit_spec(
                         unchanged(&key, inst.mod_rev),
                         nubo_store::kv::absent(&keys::instance_migration(&inst.value.id)),
                     ])
-                    .and_then(super::specs::put_ops(&inst.value)),
+                    .and_then(ops),
             )
             .await?;
         if resp.succeeded() {
+            if recorded {
+                super::instance_actions::prune(ctx, &inst.value.id).await;
+            }
             tracing::info!(instance = %inst.value.id, what, power = ?inst.value.power, reboot_generation = inst.value.reboot_generation, "server spec changed");
             return view(ctx, &inst.value).await;
         }
@@ -311,9 +328,10 @@ async fn power(
     ctx: &Ctx,
     project: &ProjectId,
     r: &str,
+    what: &'static str,
     edit: impl Fn(&mut Instance),
 ) -> ApiResult<ServerView> {
-    edit_spec(ctx, project, r, "power", |i| {
+    edit_spec(ctx, project, r, what, |i| {
         edit(i);
         Ok(())
     })
@@ -385,7 +403,7 @@ pub async fn update(
     changes: &ServerChanges,
 ) -> ApiResult<ServerView> {
     if let Some(n) = &changes.name {
-        crate::validate::name("server", n)?;
+        crate::validate::server_name(n)?;
     }
     let v4 = changes
         .access_ipv4
@@ -437,19 +455,201 @@ pub async fn unset_metadata(
 
 /// Asks for server `r` of `project` to run.
 pub async fn start(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
-    power(ctx, project, r, |i| i.power = PowerState::Running).await
+    power(ctx, project, r, "start", |i| i.power = PowerState::Running).await
 }
 
 /// Asks for server `r` of `project` to be stopped.
 pub async fn stop(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
-    power(ctx, project, r, |i| i.power = PowerState::Stopped).await
+    power(ctx, project, r, "stop", |i| i.power = PowerState::Stopped).await
 }
 
 /// Asks for server `r` of `project` to be rebooted (and to run).
 pub async fn reboot(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
-    power(ctx, project, r, |i| {
+    power(ctx, project, r, "reboot", |i| {
         i.power = PowerState::Running;
         i.reboot_generation = i.reboot_generation.saturating_add(1);
     })
     .await
+}
+
+/// What a rebuild changes besides the root disk.
+#[derive(Debug, Clone, Default)]
+pub struct Rebuild {
+    /// The image to rebuild from (id or name; "" = the one it has).
+    pub image: String,
+    /// A new name (`None`: unchanged).
+    pub name: Option<String>,
+    /// New metadata replacing what it has (`None`: unchanged).
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Rebuilds server `r` of `project`: its root disk is made again from
+/// `rb.image` (same id, ports, addresses and volumes; the power it should
+/// have is kept). The agent re-creates the instance once it sees the new
+/// generation; until then the server shows `rebuilding`. A server booted
+/// from a volume has no root disk to rebuild (FailedPrecondition).
+pub async fn rebuild(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    rb: &Rebuild,
+) -> ApiResult<ServerView> {
+    if let Some(n) = &rb.name {
+        crate::validate::server_name(n)?;
+    }
+    if let Some(m) = &rb.metadata {
+        check_metadata(m)?;
+    }
+    let current = super::lookup::server(ctx, project, r).await?.value;
+    let image = match rb.image.trim() {
+        "" => current.image.to_string(),
+        i => i.to_string(),
+    };
+    let image = super::lookup::image(ctx, project, &image).await?.value;
+    if image.status != nubo_common::model::ImageStatus::Active {
+        return Err(ApiError::FailedPrecondition(format!(
+            "image {:?} is {:?}, not active",
+            image.name, image.status
+        )));
+    }
+    edit_spec(ctx, project, r, "rebuild", |i| {
+        if i.boot_volume.is_some() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "server {:?} boots from a volume: there is no root disk to rebuild",
+                i.name
+            )));
+        }
+        if image.min_ram_mb > i.resources.ram_mb || image.min_disk_gb > i.resources.disk_gb {
+            return Err(ApiError::InvalidArgument(format!(
+                "image {:?} needs at least {} MiB RAM and {} GiB disk; server {:?} has {} MiB and {} GiB",
+                image.name,
+                image.min_ram_mb,
+                image.min_disk_gb,
+                i.name,
+                i.resources.ram_mb,
+                i.resources.disk_gb
+            )));
+        }
+        i.image = image.id;
+        if let Some(n) = &rb.name {
+            i.name.clone_from(n);
+        }
+        if let Some(m) = &rb.metadata {
+            i.metadata.clone_from(m);
+        }
+        i.reboot_generation = i.reboot_generation.saturating_add(1);
+        i.rebuild_generation = i.reboot_generation;
+        Ok(())
+    })
+    .await
+}
+
+/// Most characters of a lock's reason (as Nova's `locked_reason`).
+pub const MAX_LOCK_REASON: usize = 255;
+
+/// Refuses a change of locked server `i` (FailedPrecondition) unless the
+/// caller is a cloud admin (always allowed, as in Nova).
+pub(crate) fn ensure_unlocked(i: &Instance) -> ApiResult<()> {
+    match &i.locked {
+        Some(reason) if !crate::caller::is_cloud_admin() => Err(ApiError::FailedPrecondition(
+            locked_message(&i.name, &i.id, reason),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Why a locked server refuses a change. Pure.
+fn locked_message(name: &str, id: &InstanceId, reason: &str) -> String {
+    let why = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({reason})")
+    };
+    format!("server {name:?} ({id}) is locked{why}: unlock it first (nubo server unlock)")
+}
+
+/// Locks server `r` of `project` with `reason` (see [`ensure_unlocked`]);
+/// locking a locked server sets the reason again.
+pub async fn lock(ctx: &Ctx, project: &ProjectId, r: &str, reason: &str) -> ApiResult<ServerView> {
+    if reason.chars().count() > MAX_LOCK_REASON {
+        return Err(ApiError::InvalidArgument(format!(
+            "a lock reason has at most {MAX_LOCK_REASON} characters"
+        )));
+    }
+    let reason = reason.trim().to_string();
+    edit_spec(ctx, project, r, "lock", |i| {
+        i.locked = Some(reason.clone());
+        Ok(())
+    })
+    .await
+}
+
+/// Unlocks server `r` of `project` (unlocking an unlocked server changes
+/// nothing).
+pub async fn unlock(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
+    edit_spec(ctx, project, r, "unlock", |i| {
+        i.locked = None;
+        Ok(())
+    })
+    .await
+}
+
+/// An availability zone servers may be placed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    /// Its name ("" = the nodes registered without a zone).
+    pub name: String,
+    /// True when one of its nodes is alive and enabled.
+    pub available: bool,
+}
+
+/// The zones of `nodes` (name, alive and enabled), sorted by name. Pure.
+pub fn zones_of(nodes: impl IntoIterator<Item = (String, bool)>) -> Vec<Zone> {
+    let mut zones: BTreeMap<String, bool> = BTreeMap::new();
+    for (name, up) in nodes {
+        *zones.entry(name).or_default() |= up;
+    }
+    zones
+        .into_iter()
+        .map(|(name, available)| Zone { name, available })
+        .collect()
+}
+
+/// The availability zones of the registered nodes, without the nodes
+/// (what any member or reader may read; node names stay admin-only).
+pub fn zones(ctx: &Ctx) -> Vec<Zone> {
+    zones_of(ctx.view.all().into_iter().map(|(_, st)| {
+        let name = st
+            .info
+            .as_ref()
+            .map(|i| i.availability_zone.clone())
+            .unwrap_or_default();
+        (name, st.alive && st.admin.enabled)
+    }))
+}
+
+#[cfg(test)]
+mod lock_and_zone_tests {
+    use super::*;
+
+    #[test]
+    fn zones_merge_nodes_and_are_available_when_one_node_is() {
+        let z = zones_of([
+            ("b".to_string(), false),
+            ("a".to_string(), false),
+            ("b".to_string(), true),
+            (String::new(), true),
+        ]);
+        let names: Vec<(&str, bool)> = z.iter().map(|z| (z.name.as_str(), z.available)).collect();
+        assert_eq!(names, [("", true), ("a", false), ("b", true)]);
+        assert!(zones_of(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn a_locked_message_names_the_reason_when_there_is_one() {
+        let id = InstanceId::new_random();
+        assert!(locked_message("vm", &id, "")
+            .ends_with("is locked: unlock it first (nubo server unlock)"));
+        assert!(locked_message("vm", &id, "audit").contains("is locked (audit)"));
+    }
 }
