@@ -284,6 +284,7 @@ impl World {
                 ip: "10.77.0.2".parse().unwrap(),
             }),
             subnets: subnets.to_vec(),
+            disabled: false,
             created_at: model::now(),
         };
         self.put(keys::router(&r.id), &r);

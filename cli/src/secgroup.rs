@@ -167,6 +167,7 @@ impl RuleArgs {
                 port_max: port_max.into(),
                 remote_cidr: self.remote_ip.clone().unwrap_or_default(),
                 remote_group_id: remote_group_id.unwrap_or_default(),
+                ..Default::default()
             }),
         })
     }
@@ -384,6 +385,7 @@ mod tests {
                 port_max: 22,
                 remote_cidr: "192.0.2.0/24".into(),
                 remote_group_id: String::new(),
+                ..Default::default()
             }
         );
         assert_eq!(ports_text(&r), "22");

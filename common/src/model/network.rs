@@ -162,6 +162,21 @@ pub enum Protocol {
     Number(u8),
 }
 
+impl Protocol {
+    /// IP protocols whose packets carry ports (TCP, UDP, DCCP, SCTP,
+    /// UDP-Lite): what a rule's port range may apply to.
+    pub const WITH_PORTS: [u8; 5] = [6, 17, 33, 132, 136];
+
+    /// Whether a rule of this protocol may have a port range.
+    pub fn has_ports(&self) -> bool {
+        match self {
+            Self::Tcp | Self::Udp => true,
+            Self::Number(n) => Self::WITH_PORTS.contains(n),
+            Self::Any | Self::Icmp => false,
+        }
+    }
+}
+
 /// Where the remote end of a rule may be.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,8 +203,22 @@ pub struct SecurityGroupRule {
     /// Inclusive destination port range for TCP/UDP (`None` = all ports).
     #[serde(default)]
     pub ports: Option<(u16, u16)>,
+    /// ICMP type and optional code (protocol ICMP only; `None` = any type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpMatch>,
     /// Remote end.
     pub remote: Remote,
+}
+
+/// The ICMP (ICMPv6 for IPv6) messages a rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpMatch {
+    /// ICMP type, 0-255.
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    /// ICMP code, 0-255 (`None` = any code of the type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
 }
 
 /// A named set of allow rules applied to ports (default: deny ingress).
@@ -222,6 +251,7 @@ impl SecurityGroup {
                 ethertype: EtherType::Ipv4,
                 protocol: Protocol::Any,
                 ports: None,
+                icmp: None,
                 remote: Remote::Any,
             },
             SecurityGroupRule {
@@ -230,6 +260,7 @@ impl SecurityGroup {
                 ethertype: EtherType::Ipv4,
                 protocol: Protocol::Any,
                 ports: None,
+                icmp: None,
                 remote: Remote::Group(own),
             },
         ]
@@ -274,6 +305,10 @@ pub struct Router {
     /// The tenant networks it routes (each in at most one router).
     #[serde(default)]
     pub subnets: Vec<NetworkId>,
+    /// Administratively down: no node routes, SNATs or NATs for it (its
+    /// networks, addresses and floating IPs stay allocated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
     /// Creation time.
     pub created_at: Timestamp,
 }

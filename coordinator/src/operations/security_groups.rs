@@ -226,14 +226,21 @@ pub async fn add_rule(
     }
     edit_rules(ctx, project, group, |g| {
         let same = g.rules.iter().any(|x| {
-            (x.direction, x.ethertype, x.protocol, x.ports, &x.remote)
-                == (
-                    rule.direction,
-                    rule.ethertype,
-                    rule.protocol,
-                    rule.ports,
-                    &rule.remote,
-                )
+            (
+                x.direction,
+                x.ethertype,
+                x.protocol,
+                x.ports,
+                x.icmp,
+                &x.remote,
+            ) == (
+                rule.direction,
+                rule.ethertype,
+                rule.protocol,
+                rule.ports,
+                rule.icmp,
+                &rule.remote,
+            )
         });
         if same {
             return Err(ApiError::AlreadyExists(format!(
