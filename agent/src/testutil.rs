@@ -179,6 +179,8 @@ impl World {
             provider,
             external: false,
             shared: false,
+            dhcp_disabled: false,
+            host_routes: Vec::new(),
             created_at: model::now(),
         };
         let id = net.id;

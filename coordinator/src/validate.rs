@@ -116,6 +116,48 @@ pub fn dns(list: &[String]) -> ApiResult<Vec<Ipv4Addr>> {
         .collect()
 }
 
+/// Most static routes a subnet hands out (Neutron's default
+/// `max_subnet_host_routes`; they fit DHCP option 121 with room to spare).
+pub const MAX_HOST_ROUTES: usize = 20;
+
+/// Parses a subnet's static routes `(destination CIDR, nexthop)`: IPv4,
+/// destinations normalised and unique, at most [`MAX_HOST_ROUTES`].
+pub fn host_routes(list: &[(String, String)]) -> ApiResult<Vec<nubo_common::model::HostRoute>> {
+    if list.len() > MAX_HOST_ROUTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{} host routes: at most {MAX_HOST_ROUTES}",
+            list.len()
+        )));
+    }
+    let mut out: Vec<nubo_common::model::HostRoute> = Vec::with_capacity(list.len());
+    for (dest, hop) in list {
+        let destination: Ipv4Net = dest.trim().parse().map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "host route destination {dest} is not an IPv4 network"
+            ))
+        })?;
+        if destination.trunc() != destination {
+            return Err(ApiError::InvalidArgument(format!(
+                "host route destination {dest} has host bits set (did you mean {}?)",
+                destination.trunc()
+            )));
+        }
+        let nexthop: Ipv4Addr = hop.trim().parse().map_err(|_| {
+            ApiError::InvalidArgument(format!("host route nexthop {hop} is not an IPv4 address"))
+        })?;
+        if out.iter().any(|r| r.destination == destination) {
+            return Err(ApiError::InvalidArgument(format!(
+                "two host routes to {destination}"
+            )));
+        }
+        out.push(nubo_common::model::HostRoute {
+            destination,
+            nexthop,
+        });
+    }
+    Ok(out)
+}
+
 /// Key types accepted in keypairs.
 const SSH_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
@@ -241,6 +283,25 @@ mod tests {
         let hit = find_overlap("192.168.0.0/16".parse().unwrap(), &existing).unwrap();
         assert_eq!(hit.0, "b");
         assert!(find_overlap("10.2.0.0/16".parse().unwrap(), &existing).is_none());
+    }
+
+    #[test]
+    fn host_routes_are_parsed_and_checked() {
+        let r = |d: &str, h: &str| (d.to_string(), h.to_string());
+        let ok = host_routes(&[r("10.9.0.0/16", "10.0.0.5"), r("0.0.0.0/0", "10.0.0.1")]).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].destination.to_string(), "10.9.0.0/16");
+        for bad in [
+            vec![r("10.9.0.1/16", "10.0.0.5")],
+            vec![r("nope", "10.0.0.5")],
+            vec![r("10.9.0.0/16", "x")],
+            vec![r("10.9.0.0/16", "10.0.0.5"), r("10.9.0.0/16", "10.0.0.6")],
+            (0..=MAX_HOST_ROUTES)
+                .map(|i| r(&format!("10.{i}.0.0/16"), "10.0.0.5"))
+                .collect(),
+        ] {
+            assert!(host_routes(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

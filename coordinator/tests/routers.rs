@@ -31,6 +31,8 @@ async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkI
         provider: None,
         external: true,
         shared: false,
+        dhcp_disabled: false,
+        host_routes: Vec::new(),
         created_at: model::now(),
     };
     etcd.client()
@@ -303,7 +305,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         .unwrap_err();
     refused(
         e,
-        Code::FailedPrecondition,
+        Code::NotFound,
         "is not connected to the floating IP's external network by a router",
     );
     let set = cl

@@ -9,6 +9,7 @@ pub mod ports;
 pub mod routers;
 pub mod subnets;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +40,7 @@ pub fn router() -> Router<Upstream> {
             "/v2.0/networks/{id}",
             get(show_network)
                 .delete(subnets::delete_network)
-                .put(subnets::update_unsupported),
+                .put(subnets::update_network),
         )
         .route(
             "/v2.0/subnets",
@@ -49,7 +50,7 @@ pub fn router() -> Router<Upstream> {
             "/v2.0/subnets/{id}",
             get(subnets::show_subnet)
                 .delete(subnets::delete_subnet)
-                .put(subnets::update_unsupported),
+                .put(subnets::update_subnet),
         )
         .route(
             "/v2.0/routers",
@@ -99,9 +100,7 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.0/security-groups", get(list_groups).post(create_group))
         .route(
             "/v2.0/security-groups/{id}",
-            get(show_group)
-                .delete(delete_group)
-                .put(subnets::update_unsupported),
+            get(show_group).delete(delete_group).put(update_group),
         )
         .route(
             "/v2.0/security-group-rules",
@@ -114,7 +113,8 @@ pub fn router() -> Router<Upstream> {
         .layer(axum::middleware::from_fn(fields::layer))
 }
 
-async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+/// `GET /network/` (and `/network`): the version document.
+pub async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::network_v20(&up.public_url)]}))
 }
 
@@ -165,6 +165,11 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "router",
         "Neutron L3 Router",
         "Routers (distributed), their interfaces by subnet, and floating IPs",
+    ),
+    (
+        "subnet-external-network",
+        "Subnet External Network",
+        "router:external on subnets: an external network's subnet is visible to every project",
     ),
     (
         "dvr",
@@ -226,6 +231,16 @@ pub struct Filters {
     pub name: Option<String>,
     /// Exact id.
     pub id: Option<String>,
+    /// `router:external=True|False` (networks only).
+    #[serde(rename = "router:external")]
+    pub external: Option<String>,
+    /// `shared=True|False` (networks only).
+    pub shared: Option<String>,
+}
+
+/// Whether a boolean filter (`True`/`true`/`1`, `False`/…) keeps `value`.
+pub fn bool_filter(filter: Option<&str>, value: bool) -> bool {
+    filter.is_none_or(|f| matches!(f.to_ascii_lowercase().as_str(), "true" | "1") == value)
 }
 
 async fn list_networks(
@@ -238,6 +253,8 @@ async fn list_networks(
         .iter()
         .filter(|n| f.name.as_ref().is_none_or(|x| &n.name == x))
         .filter(|n| f.id.as_ref().is_none_or(|x| &n.id == x))
+        .filter(|n| bool_filter(f.external.as_deref(), n.external))
+        .filter(|n| bool_filter(f.shared.as_deref(), n.shared))
         .map(network_view)
         .collect();
     Ok(Json(json!({"networks": views})).into_response())
@@ -350,8 +367,9 @@ struct NewGroup {
 async fn create_group(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<GroupBody>,
+    body: Result<Json<GroupBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let body = crate::error::json_body(S, body)?;
     let g = up
         .security_groups(&headers)?
         .create(pb::CreateSecurityGroupRequest {
@@ -367,6 +385,48 @@ async fn create_group(
         Json(json!({"security_group": group_view(&g)})),
     )
         .into_response())
+}
+
+/// `PUT /security-groups/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupUpdateBody {
+    security_group: GroupUpdate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupUpdate {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+/// `PUT /security-groups/{id}`: name and description (nubo's
+/// `SecurityGroups.Update`).
+async fn update_group(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<GroupUpdateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let mut c = up.security_groups(&headers)?;
+    let current = c
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    let u = crate::error::json_body(S, body)?.security_group;
+    let g = c
+        .update(pb::UpdateSecurityGroupRequest {
+            r#ref: current.id,
+            project: String::new(),
+            name: u.name,
+            description: u.description,
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"security_group": group_view(&g)})).into_response())
 }
 
 async fn delete_group(
@@ -505,8 +565,9 @@ pub fn rule_request(r: &NewRule) -> Result<pb::SecurityGroupRule, ApiError> {
 async fn create_rule(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<RuleBody>,
+    body: Result<Json<RuleBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let body = crate::error::json_body(S, body)?;
     let r = &body.security_group_rule;
     let rule = rule_request(r)?;
     let mut c = up.security_groups(&headers)?;
@@ -565,6 +626,15 @@ async fn delete_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boolean_filters_read_python_and_json_spellings() {
+        assert!(bool_filter(None, false));
+        assert!(bool_filter(Some("True"), true));
+        assert!(!bool_filter(Some("True"), false));
+        assert!(bool_filter(Some("false"), false));
+        assert!(bool_filter(Some("1"), true));
+    }
 
     #[test]
     fn neutron_rules_map_to_nubo_rules() {

@@ -54,8 +54,24 @@ pub struct Network {
     /// Usable by every project, not only its owner's (admin only).
     #[serde(default)]
     pub shared: bool,
+    /// No node answers DHCP for its ports (guests set their address
+    /// themselves; anti-spoofing still allows only the port's address).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp_disabled: bool,
+    /// Static routes handed to guests by DHCP (option 121).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_routes: Vec<HostRoute>,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+/// A static route of a subnet's guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    /// Where it leads.
+    pub destination: Ipv4Net,
+    /// Through which address (0.0.0.0: on-link).
+    pub nexthop: Ipv4Addr,
 }
 
 /// How a provider network reaches the wire.

@@ -72,6 +72,15 @@ pub fn network(n: &model::Network) -> pb::Network {
         project: n.project.to_string(),
         cidr: n.cidr.map(|c| c.to_string()).unwrap_or_default(),
         subnet_name: n.subnet_name.clone().unwrap_or_default(),
+        dhcp_disabled: n.dhcp_disabled,
+        host_routes: n
+            .host_routes
+            .iter()
+            .map(|r| pb::HostRoute {
+                destination: r.destination.to_string(),
+                nexthop: r.nexthop.to_string(),
+            })
+            .collect(),
         gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
         vni: n.vni,
         mtu: u32::from(n.mtu),

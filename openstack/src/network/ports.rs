@@ -250,13 +250,18 @@ pub(crate) async fn update_port(
     Path(id): Path<String>,
     body: Result<Json<UpdateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b = crate::error::json_body(S, body).map_err(|e| {
-        ApiError::bad_request(
-            S,
-            format!("{} (nubo updates only a port's security_groups)", e.message),
-        )
-    })?;
     let mut c = up.ports(&headers)?;
+    let b = match crate::error::json_body(S, body) {
+        Ok(b) => b,
+        Err(e) => {
+            // A port that does not exist is a 404 whatever the body asks.
+            c.get(crate::upstream::get_req(id)).await.api(S)?;
+            return Err(ApiError::bad_request(
+                S,
+                format!("{} (nubo updates only a port's security_groups)", e.message),
+            ));
+        }
+    };
     let p = match b.port.security_groups {
         Some(groups) => c
             .update(pb::UpdatePortRequest {
