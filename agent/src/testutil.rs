@@ -181,6 +181,7 @@ impl World {
             shared: false,
             dhcp_disabled: false,
             host_routes: Vec::new(),
+            allocation_pools: Vec::new(),
             created_at: model::now(),
         };
         let id = net.id;

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use nubo_common::proto::{
-    CreateNetworkRequest, HostRoute, Network, SetSubnetRequest, UpdateNetworkRequest,
+    CreateNetworkRequest, HostRoute, IpRange, Network, SetSubnetRequest, UpdateNetworkRequest,
 };
 use serde_json::{json, Value};
 
@@ -143,6 +143,21 @@ pub struct SubnetArgs {
     /// A static route handed out by DHCP: DESTINATION,NEXTHOP (repeatable).
     #[arg(long = "host-route", value_parser = parse_route)]
     pub host_routes: Vec<HostRoute>,
+    /// Allocate only from FIRST-LAST (repeatable; default: every host
+    /// address but the gateway).
+    #[arg(long = "allocation-pool", value_parser = parse_pool)]
+    pub allocation_pools: Vec<IpRange>,
+}
+
+/// `FIRST-LAST` (checked by the coordinator).
+fn parse_pool(s: &str) -> Result<IpRange, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST"))?;
+    Ok(IpRange {
+        start: a.trim().to_string(),
+        end: b.trim().to_string(),
+    })
 }
 
 impl SubnetArgs {
@@ -157,6 +172,7 @@ impl SubnetArgs {
             name: self.name.clone().unwrap_or_default(),
             dhcp_disabled: self.no_dhcp,
             host_routes: self.host_routes.clone(),
+            allocation_pools: self.allocation_pools.clone(),
         }
     }
 }
@@ -275,6 +291,11 @@ pub fn to_json(n: &Network) -> Value {
         "external": n.external,
         "shared": n.shared,
         "dhcp": !n.dhcp_disabled,
+        "allocation_pools": n
+            .allocation_pools
+            .iter()
+            .map(|p| format!("{}-{}", p.start, p.end))
+            .collect::<Vec<_>>(),
         "host_routes": n
             .host_routes
             .iter()

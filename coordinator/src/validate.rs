@@ -158,6 +158,45 @@ pub fn host_routes(list: &[(String, String)]) -> ApiResult<Vec<nubo_common::mode
     Ok(out)
 }
 
+/// Parses a subnet's allocation pools `(first, last)`: each inside the
+/// host addresses of `cidr`, first <= last, disjoint, the gateway in none.
+/// Returned sorted.
+pub fn allocation_pools(
+    list: &[(String, String)],
+    cidr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+) -> ApiResult<Vec<(Ipv4Addr, Ipv4Addr)>> {
+    let addr = |s: &str| -> ApiResult<Ipv4Addr> {
+        s.trim().parse().map_err(|_| {
+            ApiError::InvalidArgument(format!("allocation pool address {s} is not IPv4"))
+        })
+    };
+    let host = |ip: Ipv4Addr| cidr.contains(&ip) && ip != cidr.network() && ip != cidr.broadcast();
+    let mut out = Vec::with_capacity(list.len());
+    for (a, b) in list {
+        let (a, b) = (addr(a)?, addr(b)?);
+        if a > b || !host(a) || !host(b) {
+            return Err(ApiError::InvalidArgument(format!(
+                "allocation pool {a}-{b} is not a range of host addresses of {cidr}"
+            )));
+        }
+        if let Some(g) = gateway.filter(|g| (a..=b).contains(g)) {
+            return Err(ApiError::InvalidArgument(format!(
+                "allocation pool {a}-{b} holds the gateway {g}"
+            )));
+        }
+        out.push((a, b));
+    }
+    out.sort();
+    if let Some(w) = out.windows(2).find(|w| w[1].0 <= w[0].1) {
+        return Err(ApiError::InvalidArgument(format!(
+            "allocation pools {}-{} and {}-{} overlap",
+            w[0].0, w[0].1, w[1].0, w[1].1
+        )));
+    }
+    Ok(out)
+}
+
 /// Key types accepted in keypairs.
 const SSH_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
@@ -283,6 +322,31 @@ mod tests {
         let hit = find_overlap("192.168.0.0/16".parse().unwrap(), &existing).unwrap();
         assert_eq!(hit.0, "b");
         assert!(find_overlap("10.2.0.0/16".parse().unwrap(), &existing).is_none());
+    }
+
+    #[test]
+    fn allocation_pools_are_inside_disjoint_and_leave_the_gateway() {
+        let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let gw = Some("10.0.0.1".parse().unwrap());
+        let p = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let ok = allocation_pools(
+            &[p("10.0.0.100", "10.0.0.200"), p("10.0.0.2", "10.0.0.9")],
+            net,
+            gw,
+        )
+        .unwrap();
+        assert_eq!(ok[0].0.to_string(), "10.0.0.2");
+        assert!(allocation_pools(&[], net, gw).unwrap().is_empty());
+        for bad in [
+            vec![p("10.0.0.1", "10.0.0.9")],
+            vec![p("10.0.0.9", "10.0.0.2")],
+            vec![p("10.0.0.200", "10.0.0.255")],
+            vec![p("10.0.1.2", "10.0.1.9")],
+            vec![p("10.0.0.2", "10.0.0.9"), p("10.0.0.9", "10.0.0.20")],
+            vec![p("x", "10.0.0.9")],
+        ] {
+            assert!(allocation_pools(&bad, net, gw).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

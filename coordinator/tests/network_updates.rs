@@ -116,6 +116,92 @@ async fn networks_subnets_and_groups_are_updated_in_place() {
     assert!(c_net.dhcp_disabled);
     assert_eq!(c_net.host_routes, vec![route("10.20.0.0/32", "10.3.0.9")]);
 
+    // Allocation pools: checked, then the only addresses IPAM hands out (a
+    // port may still ask for another free host address).
+    let pooled = |pools: Vec<(&str, &str)>| pb::SetSubnetRequest {
+        r#ref: "d".into(),
+        cidr: "10.4.0.0/24".into(),
+        allocation_pools: pools
+            .into_iter()
+            .map(|(a, b)| pb::IpRange {
+                start: a.into(),
+                end: b.into(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    nets.create(req(
+        &alice,
+        pb::CreateNetworkRequest {
+            name: "d".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    for (bad, why) in [
+        (vec![("10.4.0.1", "10.4.0.9")], "holds the gateway"),
+        (
+            vec![("10.4.0.9", "10.4.1.9")],
+            "not a range of host addresses",
+        ),
+        (
+            vec![("10.4.0.9", "10.4.0.20"), ("10.4.0.20", "10.4.0.30")],
+            "overlap",
+        ),
+    ] {
+        refused(
+            nets.set_subnet(req(&alice, pooled(bad))).await,
+            Code::InvalidArgument,
+            why,
+        );
+    }
+    let d = nets
+        .set_subnet(req(&alice, pooled(vec![("10.4.0.10", "10.4.0.11")])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.allocation_pools.len(), 1);
+    let port_on_d = |ip: &str| pb::CreatePortRequest {
+        network_ref: "d".into(),
+        ip: ip.into(),
+        ..Default::default()
+    };
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = ports
+            .create(req(&alice, port_on_d("")))
+            .await
+            .unwrap()
+            .into_inner();
+        got.push(p.ip);
+    }
+    got.sort();
+    assert_eq!(got, ["10.4.0.10", "10.4.0.11"]);
+    refused(
+        ports.create(req(&alice, port_on_d(""))).await,
+        Code::ResourceExhausted,
+        "is full",
+    );
+    let fixed = ports
+        .create(req(&alice, port_on_d("10.4.0.50")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fixed.ip, "10.4.0.50");
+    refused(
+        nets.update(req(
+            &alice,
+            pb::UpdateNetworkRequest {
+                gateway: Some("10.4.0.11".into()),
+                ..update("d")
+            },
+        ))
+        .await,
+        Code::InvalidArgument,
+        "inside an allocation pool",
+    );
+
     // Rename: a taken name is refused and nothing changes.
     refused(
         nets.update(req(

@@ -33,6 +33,7 @@ async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkI
         shared: false,
         dhcp_disabled: false,
         host_routes: Vec::new(),
+        allocation_pools: Vec::new(),
         created_at: model::now(),
     };
     etcd.client()

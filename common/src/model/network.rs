@@ -61,6 +61,11 @@ pub struct Network {
     /// Static routes handed to guests by DHCP (option 121).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_routes: Vec<HostRoute>,
+    /// The ranges (first, last) IPAM allocates from; empty = every host
+    /// address but the gateway. Inside the subnet, disjoint, without the
+    /// gateway. A port may still ask for any free host address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocation_pools: Vec<(Ipv4Addr, Ipv4Addr)>,
     /// Creation time.
     pub created_at: Timestamp,
 }

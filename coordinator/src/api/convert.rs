@@ -73,6 +73,14 @@ pub fn network(n: &model::Network) -> pb::Network {
         cidr: n.cidr.map(|c| c.to_string()).unwrap_or_default(),
         subnet_name: n.subnet_name.clone().unwrap_or_default(),
         dhcp_disabled: n.dhcp_disabled,
+        allocation_pools: n
+            .allocation_pools
+            .iter()
+            .map(|(a, b)| pb::IpRange {
+                start: a.to_string(),
+                end: b.to_string(),
+            })
+            .collect(),
         host_routes: n
             .host_routes
             .iter()

@@ -56,6 +56,11 @@ impl networks_server::Networks for Ctx {
                 name: r.name,
                 dhcp_disabled: r.dhcp_disabled,
                 host_routes: routes(r.host_routes),
+                allocation_pools: r
+                    .allocation_pools
+                    .into_iter()
+                    .map(|p| (p.start, p.end))
+                    .collect(),
             };
             networks::set_subnet(self, &project(&r.project)?, &r.r#ref, sn).await
         };

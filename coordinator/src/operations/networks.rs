@@ -260,6 +260,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             shared: r.shared,
             dhcp_disabled: false,
             host_routes: Vec::new(),
+            allocation_pools: Vec::new(),
             created_at: model::now(),
         };
         let mut t = TxnBuilder::new();
@@ -337,6 +338,8 @@ pub struct NewSubnet {
     pub dhcp_disabled: bool,
     /// Static routes `(destination, nexthop)` handed out by DHCP.
     pub host_routes: Vec<(String, String)>,
+    /// Allocation pools `(first, last)`; empty = the whole subnet.
+    pub allocation_pools: Vec<(String, String)>,
 }
 
 /// Gives the network `r` of `project`, created without a CIDR, its one
@@ -371,6 +374,8 @@ pub async fn set_subnet(
         n.subnet_name = name.clone();
         n.dhcp_disabled = sn.dhcp_disabled;
         n.host_routes = host_routes.clone();
+        n.allocation_pools =
+            validate::allocation_pools(&sn.allocation_pools, subnet.cidr, subnet.gateway)?;
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::network(&n.id), net.mod_rev);
         t.prefix_unchanged_since(&keys::networks_prefix(), rev);
@@ -471,6 +476,16 @@ pub async fn update(
                 }
                 other => validate::gateway(other, cidr)?,
             };
+            if let Some(ip) = gw.filter(|ip| {
+                n.allocation_pools
+                    .iter()
+                    .any(|(a, b)| (*a..=*b).contains(ip))
+            }) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "gateway {ip} is inside an allocation pool of network {:?}",
+                    n.name
+                )));
+            }
             if gw != n.gateway {
                 let unrouted = t.absent(&keys::router_interface(&n.id));
                 let free = gw.map(|ip| t.absent(&keys::ipam(&n.id, std::net::IpAddr::V4(ip))));
@@ -545,6 +560,7 @@ pub async fn delete_subnet(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult
         n.dns.clear();
         n.dhcp_disabled = false;
         n.host_routes.clear();
+        n.allocation_pools.clear();
         let mut t = TxnBuilder::new();
         let same = t.unchanged(&keys::network(&n.id), net.mod_rev);
         let unrouted = t.absent(&keys::router_interface(&n.id));

@@ -169,11 +169,30 @@ pub fn allocation_pools(cidr: Ipv4Net, gateway: Option<Ipv4Addr>) -> Vec<(Ipv4Ad
         .collect()
 }
 
+/// The pools IPAM allocates from: the network's own, else the host
+/// addresses without the gateway. Pure.
+fn effective_pools(
+    n: &pb::Network,
+    cidr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let own: Vec<(Ipv4Addr, Ipv4Addr)> = n
+        .allocation_pools
+        .iter()
+        .filter_map(|p| Some((p.start.parse().ok()?, p.end.parse().ok()?)))
+        .collect();
+    if own.is_empty() {
+        allocation_pools(cidr, gateway)
+    } else {
+        own
+    }
+}
+
 /// The Neutron view of a network's subnet; `None` without one. Pure.
 pub fn subnet_view(n: &pb::Network) -> Option<Value> {
     let cidr: Ipv4Net = n.cidr.parse().ok()?;
     let gateway: Option<Ipv4Addr> = n.gateway.parse().ok();
-    let pools: Vec<Value> = allocation_pools(cidr, gateway)
+    let pools: Vec<Value> = effective_pools(n, cidr, gateway)
         .into_iter()
         .map(|(a, b)| json!({"start": a.to_string(), "end": b.to_string()}))
         .collect();
@@ -294,26 +313,6 @@ fn subnet_request(s: NewSubnet) -> Result<pb::SetSubnetRequest, ApiError> {
         Some(None) => "none".into(),
         Some(Some(g)) => g.clone(),
     };
-    if let Some(pools) = &s.allocation_pools {
-        let gw: Option<Ipv4Addr> = match &s.gateway_ip {
-            None => cidr.hosts().next(),
-            Some(None) => None,
-            Some(Some(g)) => g.parse().ok(),
-        };
-        let ours: Vec<Pool> = allocation_pools(cidr, gw)
-            .into_iter()
-            .map(|(start, end)| Pool { start, end })
-            .collect();
-        if *pools != ours {
-            return bad(format!(
-                "allocation_pools other than the whole subnet without its gateway ({}) are not supported (nubo)",
-                ours.iter()
-                    .map(|p| format!("{}-{}", p.start, p.end))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
     Ok(pb::SetSubnetRequest {
         r#ref: s.network_id,
         project: s.project_id.unwrap_or_default(),
@@ -323,6 +322,16 @@ fn subnet_request(s: NewSubnet) -> Result<pb::SetSubnetRequest, ApiError> {
         name: s.name,
         dhcp_disabled: s.enable_dhcp == Some(false),
         host_routes: routes_request(&s.host_routes),
+        // Checked by nubo: inside the CIDR, disjoint, not the gateway.
+        allocation_pools: s
+            .allocation_pools
+            .unwrap_or_default()
+            .iter()
+            .map(|p| pb::IpRange {
+                start: p.start.to_string(),
+                end: p.end.to_string(),
+            })
+            .collect(),
     })
 }
 
@@ -524,7 +533,7 @@ fn subnet_update_request(
             .cidr
             .parse()
             .map_err(|_| ApiError::bad_request(S, "the subnet has no valid cidr"))?;
-        let ours: Vec<Pool> = allocation_pools(cidr, net.gateway.parse().ok())
+        let ours: Vec<Pool> = effective_pools(net, cidr, net.gateway.parse().ok())
             .into_iter()
             .map(|(start, end)| Pool { start, end })
             .collect();
@@ -632,6 +641,16 @@ mod tests {
         .unwrap();
         assert_eq!(r.gateway, "");
         let r = subnet(json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
+            "allocation_pools": [{"start": "10.0.0.10", "end": "10.0.0.20"}]}}))
+        .unwrap();
+        assert_eq!(
+            (
+                r.allocation_pools[0].start.as_str(),
+                r.allocation_pools[0].end.as_str()
+            ),
+            ("10.0.0.10", "10.0.0.20")
+        );
+        let r = subnet(json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
             "enable_dhcp": false,
             "host_routes": [{"destination": "10.20.0.0/32", "nexthop": "10.0.0.9"}]}}))
         .unwrap();
@@ -649,11 +668,6 @@ mod tests {
                 "only IPv4",
             ),
             (json!({"subnet": {"network_id": "n"}}), "needs a cidr"),
-            (
-                json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
-                "allocation_pools": [{"start": "10.0.0.10", "end": "10.0.0.20"}]}}),
-                "10.0.0.2-10.0.0.254",
-            ),
             (
                 json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24", "bogus": 1}}),
                 "unknown field `bogus`",
