@@ -187,7 +187,6 @@ impl RuleArgs {
                 remote_group_id: remote_group_id.unwrap_or_default(),
                 icmp_type: self.icmp_type.map(u32::from),
                 icmp_code: self.icmp_code.map(u32::from),
-                ..Default::default()
             }),
         })
     }
