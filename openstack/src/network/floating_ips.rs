@@ -262,18 +262,10 @@ pub(crate) struct FloatingIpUpdateBody {
 #[serde(deny_unknown_fields)]
 struct FloatingIpUpdate {
     /// Absent: unchanged; `null`: disassociate; an id: associate.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::subnets::present")]
     port_id: Option<Option<String>>,
     fixed_ip_address: Option<String>,
     description: Option<String>,
-}
-
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
 }
 
 /// `PUT /v2.0/floatingips/{id}`: associate (`Set`) or disassociate

@@ -280,20 +280,12 @@ struct RouterUpdate {
     name: Option<String>,
     admin_state_up: Option<bool>,
     /// Absent or the router's current gateway: accepted.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::subnets::present")]
     external_gateway_info: Option<Option<GatewayInfo>>,
     /// `null` or `[]`: accepted (nubo has no extra routes).
     #[serde(default)]
     routes: Option<Vec<Value>>,
     description: Option<String>,
-}
-
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
 }
 
 /// `PUT /v2.0/routers/{id}`: name and `admin_state_up` (nubo's

@@ -282,7 +282,7 @@ struct Pool {
 
 /// `Some(v)` for a field that is present (even `null`), so that an absent
 /// gateway and `"gateway_ip": null` differ.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
