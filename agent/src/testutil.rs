@@ -188,6 +188,9 @@ impl World {
             provider,
             external: false,
             shared: false,
+            dhcp_disabled: false,
+            host_routes: Vec::new(),
+            allocation_pools: Vec::new(),
             created_at: model::now(),
         };
         let id = net.id;
@@ -295,6 +298,7 @@ impl World {
                 ip: "10.77.0.2".parse().unwrap(),
             }),
             subnets: subnets.to_vec(),
+            disabled: false,
             created_at: model::now(),
         };
         self.put(keys::router(&r.id), &r);

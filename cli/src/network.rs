@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use nubo_common::proto::{CreateNetworkRequest, Network, SetSubnetRequest};
+use nubo_common::proto::{
+    CreateNetworkRequest, HostRoute, IpRange, Network, SetSubnetRequest, UpdateNetworkRequest,
+};
 use serde_json::{json, Value};
 
 use crate::api::Call;
@@ -38,6 +40,72 @@ pub enum NetworkCmd {
     /// The subnet of a network created without `--cidr`.
     #[command(subcommand)]
     Subnet(SubnetCmd),
+    /// Rename a network or change its subnet's name, gateway, DNS servers,
+    /// host routes or DHCP (guests see it at their next lease renewal).
+    Set(SetArgs),
+}
+
+/// `nubo network set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Network name or id.
+    pub network: String,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The subnet's name ("" = none).
+    #[arg(long)]
+    pub subnet_name: Option<String>,
+    /// Gateway address, or "none" (refused while the network is in a router).
+    #[arg(long, value_parser = parse_gateway)]
+    pub gateway: Option<Gateway>,
+    /// Replace the DNS servers (repeatable).
+    #[arg(long = "dns")]
+    pub dns: Vec<Ipv4Addr>,
+    /// Remove every DNS server.
+    #[arg(long, conflicts_with = "dns")]
+    pub no_dns: bool,
+    /// Replace the host routes: DESTINATION,NEXTHOP (repeatable).
+    #[arg(long = "host-route", value_parser = parse_route)]
+    pub host_routes: Vec<HostRoute>,
+    /// Remove every host route.
+    #[arg(long, conflicts_with = "host_routes")]
+    pub no_host_routes: bool,
+    /// Stop serving DHCP to its ports.
+    #[arg(long, conflicts_with = "dhcp")]
+    pub no_dhcp: bool,
+    /// Serve DHCP again.
+    #[arg(long)]
+    pub dhcp: bool,
+}
+
+impl SetArgs {
+    /// The API request for `project`.
+    pub fn request(&self, project: &str) -> UpdateNetworkRequest {
+        UpdateNetworkRequest {
+            r#ref: self.network.clone(),
+            project: project.to_string(),
+            name: self.name.clone(),
+            subnet_name: self.subnet_name.clone(),
+            gateway: self.gateway.map(|g| gateway_field(Some(g))),
+            set_dns: self.no_dns || !self.dns.is_empty(),
+            dns: self.dns.iter().map(Ipv4Addr::to_string).collect(),
+            set_host_routes: self.no_host_routes || !self.host_routes.is_empty(),
+            host_routes: self.host_routes.clone(),
+            dhcp_disabled: (self.no_dhcp || self.dhcp).then_some(self.no_dhcp),
+        }
+    }
+}
+
+/// `DESTINATION,NEXTHOP` (checked by the coordinator).
+fn parse_route(s: &str) -> Result<HostRoute, String> {
+    let (d, h) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?}: expected DESTINATION,NEXTHOP"))?;
+    Ok(HostRoute {
+        destination: d.trim().to_string(),
+        nexthop: h.trim().to_string(),
+    })
 }
 
 /// `nubo network subnet …`.
@@ -69,6 +137,27 @@ pub struct SubnetArgs {
     /// A name for the subnet (shown to OpenStack clients).
     #[arg(long)]
     pub name: Option<String>,
+    /// Serve no DHCP to its ports.
+    #[arg(long)]
+    pub no_dhcp: bool,
+    /// A static route handed out by DHCP: DESTINATION,NEXTHOP (repeatable).
+    #[arg(long = "host-route", value_parser = parse_route)]
+    pub host_routes: Vec<HostRoute>,
+    /// Allocate only from FIRST-LAST (repeatable; default: every host
+    /// address but the gateway).
+    #[arg(long = "allocation-pool", value_parser = parse_pool)]
+    pub allocation_pools: Vec<IpRange>,
+}
+
+/// `FIRST-LAST` (checked by the coordinator).
+fn parse_pool(s: &str) -> Result<IpRange, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST"))?;
+    Ok(IpRange {
+        start: a.trim().to_string(),
+        end: b.trim().to_string(),
+    })
 }
 
 impl SubnetArgs {
@@ -81,6 +170,9 @@ impl SubnetArgs {
             gateway: gateway_field(self.gateway),
             dns: self.dns.iter().map(Ipv4Addr::to_string).collect(),
             name: self.name.clone().unwrap_or_default(),
+            dhcp_disabled: self.no_dhcp,
+            host_routes: self.host_routes.clone(),
+            allocation_pools: self.allocation_pools.clone(),
         }
     }
 }
@@ -198,6 +290,17 @@ pub fn to_json(n: &Network) -> Value {
         "segment": (n.segment != 0).then_some(n.segment),
         "external": n.external,
         "shared": n.shared,
+        "dhcp": !n.dhcp_disabled,
+        "allocation_pools": n
+            .allocation_pools
+            .iter()
+            .map(|p| format!("{}-{}", p.start, p.end))
+            .collect::<Vec<_>>(),
+        "host_routes": n
+            .host_routes
+            .iter()
+            .map(|r| json!({"destination": r.destination, "nexthop": r.nexthop}))
+            .collect::<Vec<_>>(),
         "created_at": opt(&n.created_at),
     })
 }
@@ -281,6 +384,14 @@ pub async fn run(cmd: NetworkCmd, ctx: &Ctx) -> Result<()> {
             let n = api
                 .networks()
                 .set_subnet(args.request(&api.project))
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &to_json(&n))
+        }
+        NetworkCmd::Set(args) => {
+            let n = api
+                .networks()
+                .update(args.request(&api.project))
                 .await
                 .or_fail(api)?;
             output::show(ctx.format, &to_json(&n))

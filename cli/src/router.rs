@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use nubo_common::proto::{CreateRouterRequest, Router, RouterSubnetRequest};
+use nubo_common::proto::{CreateRouterRequest, Router, RouterSubnetRequest, UpdateRouterRequest};
 use serde_json::{json, Value};
 
 use crate::api::Call;
@@ -21,6 +21,9 @@ pub enum RouterCmd {
         /// and floating IPs.
         #[arg(long)]
         external_gateway: Option<String>,
+        /// Create it down (no node routes for it until `router set --enable`).
+        #[arg(long)]
+        disable: bool,
     },
     /// List routers.
     List {
@@ -39,6 +42,21 @@ pub enum RouterCmd {
     /// Disconnect a network (`nubo router remove subnet R NET`).
     #[command(subcommand)]
     Remove(SubnetCmd),
+    /// Rename a router or take it down (`--disable`: no node routes for
+    /// it) or up again (`--enable`).
+    Set {
+        /// Router name or id.
+        router: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Take it down.
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Bring it up.
+        #[arg(long)]
+        enable: bool,
+    },
     /// Delete routers (they must have no networks).
     Delete {
         /// Router names or ids.
@@ -68,6 +86,7 @@ pub fn to_json(r: &Router) -> Value {
         "external_gateway": opt(&r.gateway_network_id),
         "gateway_ip": opt(&r.gateway_ip),
         "subnets": r.subnet_ids,
+        "disabled": r.disabled,
         "snat_addresses": r
             .snat_addresses
             .iter()
@@ -106,11 +125,13 @@ pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
         RouterCmd::Create {
             name,
             external_gateway,
+            disable,
         } => {
             let req = CreateRouterRequest {
                 name,
                 project: api.project.clone(),
                 external_gateway: external_gateway.unwrap_or_default(),
+                disabled: disable,
             };
             api.routers().create(req).await.or_fail(api)?
         }
@@ -125,6 +146,20 @@ pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
                 })
                 .await?;
             return output::items(ctx.format, &items, table, to_json);
+        }
+        RouterCmd::Set {
+            router,
+            name,
+            disable,
+            enable,
+        } => {
+            let req = UpdateRouterRequest {
+                r#ref: router,
+                project: api.project.clone(),
+                name,
+                disabled: (disable || enable).then_some(disable),
+            };
+            api.routers().update(req).await.or_fail(api)?
         }
         RouterCmd::Show { router } => api.routers().get(api.get_req(&router)).await.or_fail(api)?,
         RouterCmd::Add(c) => api.routers().add_subnet(subnet_req(c)).await.or_fail(api)?,

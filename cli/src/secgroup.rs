@@ -3,7 +3,8 @@
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use nubo_common::proto::{
-    AddRuleRequest, CreateSecurityGroupRequest, DeleteRuleRequest, SecurityGroup, SecurityGroupRule,
+    AddRuleRequest, CreateSecurityGroupRequest, DeleteRuleRequest, SecurityGroup,
+    SecurityGroupRule, UpdateSecurityGroupRequest,
 };
 use serde_json::{json, Value};
 
@@ -36,6 +37,17 @@ pub enum SecgroupCmd {
     /// Manage a group's rules.
     #[command(subcommand)]
     Rule(RuleCmd),
+    /// Rename a group or change its description ("default" keeps its name).
+    Set {
+        /// Security group name or id.
+        group: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+    },
 }
 
 /// `nubo secgroup create`.
@@ -133,6 +145,12 @@ pub struct RuleArgs {
     /// Allowed remote group: ports that are members of this group (name or id).
     #[arg(long)]
     pub remote_group: Option<String>,
+    /// ICMP type (protocol icmp; default: every type).
+    #[arg(long)]
+    pub icmp_type: Option<u8>,
+    /// ICMP code (needs --icmp-type; default: every code).
+    #[arg(long, requires = "icmp_type")]
+    pub icmp_code: Option<u8>,
 }
 
 impl RuleArgs {
@@ -167,6 +185,8 @@ impl RuleArgs {
                 port_max: port_max.into(),
                 remote_cidr: self.remote_ip.clone().unwrap_or_default(),
                 remote_group_id: remote_group_id.unwrap_or_default(),
+                icmp_type: self.icmp_type.map(u32::from),
+                icmp_code: self.icmp_code.map(u32::from),
             }),
         })
     }
@@ -174,6 +194,12 @@ impl RuleArgs {
 
 /// "22", "8000:8080" or "" (all ports).
 fn ports_text(r: &SecurityGroupRule) -> String {
+    if let Some(t) = r.icmp_type {
+        return match r.icmp_code {
+            Some(c) => format!("type {t} code {c}"),
+            None => format!("type {t}"),
+        };
+    }
     match (r.port_min, r.port_max) {
         (0, 0) => String::new(),
         (a, b) if a == b => a.to_string(),
@@ -301,6 +327,23 @@ pub async fn run(cmd: SecgroupCmd, ctx: &Ctx) -> Result<()> {
                 .await?;
             output::items(ctx.format, &items, table, to_json)
         }
+        SecgroupCmd::Set {
+            group,
+            name,
+            description,
+        } => {
+            let g = api
+                .secgroups()
+                .update(UpdateSecurityGroupRequest {
+                    r#ref: group,
+                    project: api.project.clone(),
+                    name,
+                    description,
+                })
+                .await
+                .or_fail(api)?;
+            show(ctx.format, &g)
+        }
         SecgroupCmd::Show { group } => {
             let g = api
                 .secgroups()
@@ -384,6 +427,7 @@ mod tests {
                 port_max: 22,
                 remote_cidr: "192.0.2.0/24".into(),
                 remote_group_id: String::new(),
+                ..Default::default()
             }
         );
         assert_eq!(ports_text(&r), "22");

@@ -148,6 +148,87 @@ pub fn dns(list: &[String]) -> ApiResult<Vec<Ipv4Addr>> {
         .collect()
 }
 
+/// Most static routes a subnet hands out (Neutron's default
+/// `max_subnet_host_routes`; they fit DHCP option 121 with room to spare).
+pub const MAX_HOST_ROUTES: usize = 20;
+
+/// Parses a subnet's static routes `(destination CIDR, nexthop)`: IPv4,
+/// destinations normalised and unique, at most [`MAX_HOST_ROUTES`].
+pub fn host_routes(list: &[(String, String)]) -> ApiResult<Vec<nubo_common::model::HostRoute>> {
+    if list.len() > MAX_HOST_ROUTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{} host routes: at most {MAX_HOST_ROUTES}",
+            list.len()
+        )));
+    }
+    let mut out: Vec<nubo_common::model::HostRoute> = Vec::with_capacity(list.len());
+    for (dest, hop) in list {
+        let destination: Ipv4Net = dest.trim().parse().map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "host route destination {dest} is not an IPv4 network"
+            ))
+        })?;
+        if destination.trunc() != destination {
+            return Err(ApiError::InvalidArgument(format!(
+                "host route destination {dest} has host bits set (did you mean {}?)",
+                destination.trunc()
+            )));
+        }
+        let nexthop: Ipv4Addr = hop.trim().parse().map_err(|_| {
+            ApiError::InvalidArgument(format!("host route nexthop {hop} is not an IPv4 address"))
+        })?;
+        if out.iter().any(|r| r.destination == destination) {
+            return Err(ApiError::InvalidArgument(format!(
+                "two host routes to {destination}"
+            )));
+        }
+        out.push(nubo_common::model::HostRoute {
+            destination,
+            nexthop,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses a subnet's allocation pools `(first, last)`: each inside the
+/// host addresses of `cidr`, first <= last, disjoint, the gateway in none.
+/// Returned sorted.
+pub fn allocation_pools(
+    list: &[(String, String)],
+    cidr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+) -> ApiResult<Vec<(Ipv4Addr, Ipv4Addr)>> {
+    let addr = |s: &str| -> ApiResult<Ipv4Addr> {
+        s.trim().parse().map_err(|_| {
+            ApiError::InvalidArgument(format!("allocation pool address {s} is not IPv4"))
+        })
+    };
+    let host = |ip: Ipv4Addr| cidr.contains(&ip) && ip != cidr.network() && ip != cidr.broadcast();
+    let mut out = Vec::with_capacity(list.len());
+    for (a, b) in list {
+        let (a, b) = (addr(a)?, addr(b)?);
+        if a > b || !host(a) || !host(b) {
+            return Err(ApiError::InvalidArgument(format!(
+                "allocation pool {a}-{b} is not a range of host addresses of {cidr}"
+            )));
+        }
+        if let Some(g) = gateway.filter(|g| (a..=b).contains(g)) {
+            return Err(ApiError::InvalidArgument(format!(
+                "allocation pool {a}-{b} holds the gateway {g}"
+            )));
+        }
+        out.push((a, b));
+    }
+    out.sort();
+    if let Some(w) = out.windows(2).find(|w| w[1].0 <= w[0].1) {
+        return Err(ApiError::InvalidArgument(format!(
+            "allocation pools {}-{} and {}-{} overlap",
+            w[0].0, w[0].1, w[1].0, w[1].1
+        )));
+    }
+    Ok(out)
+}
+
 /// Key types accepted in keypairs.
 const SSH_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
@@ -285,6 +366,50 @@ mod tests {
         let hit = find_overlap("192.168.0.0/16".parse().unwrap(), &existing).unwrap();
         assert_eq!(hit.0, "b");
         assert!(find_overlap("10.2.0.0/16".parse().unwrap(), &existing).is_none());
+    }
+
+    #[test]
+    fn allocation_pools_are_inside_disjoint_and_leave_the_gateway() {
+        let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let gw = Some("10.0.0.1".parse().unwrap());
+        let p = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let ok = allocation_pools(
+            &[p("10.0.0.100", "10.0.0.200"), p("10.0.0.2", "10.0.0.9")],
+            net,
+            gw,
+        )
+        .unwrap();
+        assert_eq!(ok[0].0.to_string(), "10.0.0.2");
+        assert!(allocation_pools(&[], net, gw).unwrap().is_empty());
+        for bad in [
+            vec![p("10.0.0.1", "10.0.0.9")],
+            vec![p("10.0.0.9", "10.0.0.2")],
+            vec![p("10.0.0.200", "10.0.0.255")],
+            vec![p("10.0.1.2", "10.0.1.9")],
+            vec![p("10.0.0.2", "10.0.0.9"), p("10.0.0.9", "10.0.0.20")],
+            vec![p("x", "10.0.0.9")],
+        ] {
+            assert!(allocation_pools(&bad, net, gw).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_routes_are_parsed_and_checked() {
+        let r = |d: &str, h: &str| (d.to_string(), h.to_string());
+        let ok = host_routes(&[r("10.9.0.0/16", "10.0.0.5"), r("0.0.0.0/0", "10.0.0.1")]).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].destination.to_string(), "10.9.0.0/16");
+        for bad in [
+            vec![r("10.9.0.1/16", "10.0.0.5")],
+            vec![r("nope", "10.0.0.5")],
+            vec![r("10.9.0.0/16", "x")],
+            vec![r("10.9.0.0/16", "10.0.0.5"), r("10.9.0.0/16", "10.0.0.6")],
+            (0..=MAX_HOST_ROUTES)
+                .map(|i| r(&format!("10.{i}.0.0/16"), "10.0.0.5"))
+                .collect(),
+        ] {
+            assert!(host_routes(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

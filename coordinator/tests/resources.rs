@@ -210,7 +210,7 @@ async fn networks_ports_secgroups_validation() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(
         e.message(),
-        "network 10.1.0.0/24 overlaps network \"net1\" (10.1.0.0/16) in project default"
+        "network 10.1.0.0/24 overlaps with another subnet: network \"net1\" (10.1.0.0/16) in project default"
     );
     // Overlap across projects is fine; duplicate names within one are not.
     cl.networks

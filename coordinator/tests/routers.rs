@@ -31,6 +31,9 @@ async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkI
         provider: None,
         external: true,
         shared: false,
+        dhcp_disabled: false,
+        host_routes: Vec::new(),
+        allocation_pools: Vec::new(),
         created_at: model::now(),
     };
     etcd.client()
@@ -129,6 +132,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
             name: "bad".into(),
             project: "p1".into(),
             external_gateway: "lonely".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -141,6 +145,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
                 name: "r1".into(),
                 project: p.into(),
                 external_gateway: "ext".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -160,6 +165,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
             name: "r1".into(),
             project: "p1".into(),
             external_gateway: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -181,6 +187,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
             name: "r2".into(),
             project: "p1".into(),
             external_gateway: "ext".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -190,6 +197,52 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         .await
         .unwrap_err();
     refused(e, Code::FailedPrecondition, "is already attached to router");
+
+    // Update: a taken name is refused and nothing changes; a free one and
+    // the administrative state are kept.
+    let upd = |name: Option<&str>, disabled: Option<bool>| pb::UpdateRouterRequest {
+        r#ref: "r2".into(),
+        project: "p1".into(),
+        name: name.map(Into::into),
+        disabled,
+    };
+    let e = cl
+        .routers
+        .update(upd(Some("r1"), Some(true)))
+        .await
+        .unwrap_err();
+    refused(e, Code::AlreadyExists, "router \"r1\" already exists");
+    let r2 = cl
+        .routers
+        .update(upd(None, Some(true)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r2.disabled);
+    assert_eq!(r2.name, "r2");
+    let r3 = cl
+        .routers
+        .update(pb::UpdateRouterRequest {
+            r#ref: r2.id.clone(),
+            project: "p1".into(),
+            name: Some("r3".into()),
+            disabled: Some(false),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r3.name.as_str(), r3.disabled), ("r3", false));
+    let e = cl.routers.get(in_project("r2", "p1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "the old name is free");
+    cl.routers
+        .update(pb::UpdateRouterRequest {
+            r#ref: r2.id.clone(),
+            project: "p1".into(),
+            name: Some("r2".into()),
+            disabled: None,
+        })
+        .await
+        .unwrap();
     let e = cl
         .routers
         .add_subnet(subnet("r2", "ext", "p1"))
@@ -253,7 +306,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         .unwrap_err();
     refused(
         e,
-        Code::FailedPrecondition,
+        Code::NotFound,
         "is not connected to the floating IP's external network by a router",
     );
     let set = cl
@@ -434,6 +487,7 @@ async fn router_with(cl: &mut Clients, name: &str, ext: &str, net: &str) -> pb::
             name: name.into(),
             project: String::new(),
             external_gateway: ext.into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -144,7 +144,7 @@ async fn a_network_gets_its_subnet_after_creation() {
         nets.set_subnet(req(&alice, subnet("bare", "10.1.0.128/25")))
             .await,
         Code::InvalidArgument,
-        "overlaps network \"other\"",
+        "overlaps with another subnet: network \"other\"",
     );
     refused(
         nets.set_subnet(req(&alice, subnet("bare", ""))).await,

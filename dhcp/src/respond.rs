@@ -365,6 +365,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn option_121_is_encoded_as_rfc_3442_says() {
+        let req = request(MAC, MessageType::Discover);
+        let r = respond(&table(), &req, METADATA_IP).expect("offer");
+        let bytes = crate::packet::encode(&r).unwrap();
+        // Options follow the 236-byte header and the 4-byte magic cookie.
+        let mut i = 240;
+        let mut found = None;
+        while i < bytes.len() && bytes[i] != 255 {
+            if bytes[i] == 0 {
+                i += 1;
+                continue;
+            }
+            let len = usize::from(bytes[i + 1]);
+            if bytes[i] == 121 {
+                found = Some(bytes[i + 2..i + 2 + len].to_vec());
+            }
+            i += 2 + len;
+        }
+        // Each route: prefix length, the significant octets of the
+        // destination, then the router.
+        let want: Vec<u8> = [
+            &[16, 10, 200, 10, 9, 0, 254][..],
+            &[32, 169, 254, 169, 254, 0, 0, 0, 0],
+            &[0, 10, 9, 0, 1],
+        ]
+        .concat();
+        assert_eq!(found, Some(want));
+    }
+
+    #[test]
     fn unknown_mac_gets_silence() {
         for t in [
             MessageType::Discover,

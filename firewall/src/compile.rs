@@ -27,6 +27,8 @@ pub struct ValidRule {
     pub proto: Option<u8>,
     /// Inclusive destination port range.
     pub ports: Option<(u16, u16)>,
+    /// ICMP(v6) type and optional code (`proto` is then 1 or 58).
+    pub icmp: Option<(u8, Option<u8>)>,
     /// Remote end.
     pub remote: ValidRemote,
 }
@@ -53,6 +55,9 @@ pub struct Side {
     pub ports: Vec<(Range, u8, (u16, u16))>,
     /// Remote-group rules, by group id.
     pub groups: BTreeMap<String, GroupSide>,
+    /// Rules with an ICMP type (and code): rendered one rule each in both
+    /// modes (rare, and a type/code is no set element of the sweep).
+    pub icmp: Vec<ValidRule>,
 }
 
 /// Remote-group rules of one side, for one group.
@@ -221,9 +226,21 @@ fn validate(rule: &RuleSpec, group: &str) -> Option<ValidRule> {
     if let Some((lo, hi)) = rule.port_range {
         let ok = proto.is_some_and(|p| PORT_PROTOCOLS.contains(&p)) && lo <= hi;
         if !ok {
-            warn!(group, ?rule, "port range needs TCP/UDP/SCTP/DCCP/UDP-Lite and min <= max; rule ignored (ICMP type/code is not supported)");
+            warn!(
+                group,
+                ?rule,
+                "port range needs TCP/UDP/SCTP/DCCP/UDP-Lite and min <= max; rule ignored"
+            );
             return None;
         }
+    }
+    if rule.icmp.is_some() && !(rule.protocol == Protocol::Icmp && rule.port_range.is_none()) {
+        warn!(
+            group,
+            ?rule,
+            "an ICMP type/code needs protocol ICMP and no port range; rule ignored"
+        );
+        return None;
     }
     let remote = match &rule.remote {
         Remote::Any => ValidRemote::Range(match rule.ethertype {
@@ -252,6 +269,7 @@ fn validate(rule: &RuleSpec, group: &str) -> Option<ValidRule> {
     Some(ValidRule {
         proto,
         ports: rule.port_range,
+        icmp: rule.icmp,
         remote,
     })
 }
@@ -315,7 +333,12 @@ fn build_side(mut rules: Vec<ValidRule>) -> Side {
     rules.dedup();
     let mut items: Vec<(Range, Allow)> = Vec::new();
     let mut groups: BTreeMap<String, Vec<Allow>> = BTreeMap::new();
+    let mut icmp = Vec::new();
     for rule in &rules {
+        if rule.icmp.is_some() {
+            icmp.push(rule.clone());
+            continue;
+        }
         let allow = match (rule.proto, rule.ports) {
             (None, _) => Allow::Any,
             (Some(p), None) => Allow::Proto(p),
@@ -328,6 +351,7 @@ fn build_side(mut rules: Vec<ValidRule>) -> Side {
     }
     let mut side = Side {
         rules: rules.clone(),
+        icmp,
         ..Side::default()
     };
     for (range, prof) in sweep(&items, profile) {
@@ -371,6 +395,7 @@ mod tests {
             ethertype: EtherType::V4,
             protocol,
             port_range: ports,
+            icmp: None,
             remote,
         }
     }

@@ -643,6 +643,9 @@ fn side_rules(
             for (gid, g) in &side.groups {
                 rules.extend(group_rules(names, dir, fam, gid, g, verdict));
             }
+            for rule in &side.icmp {
+                rules.push(linear_rule(dir, fam, rule, verdict));
+            }
         }
         RenderMode::Linear => {
             for rule in &side.rules {
@@ -693,6 +696,16 @@ fn linear_rule(dir: Direction, fam: EtherType, rule: &ValidRule, verdict: &str) 
     }
     if let Some(ports) = rule.ports {
         parts.push(format!("th dport {}", fmt_ports(ports)));
+    }
+    if let Some((icmp_type, code)) = rule.icmp {
+        let kw = match fam {
+            EtherType::V4 => "icmp",
+            EtherType::V6 => "icmpv6",
+        };
+        parts.push(format!("{kw} type {icmp_type}"));
+        if let Some(code) = code {
+            parts.push(format!("{kw} code {code}"));
+        }
     }
     parts.push(verdict.to_string());
     parts.join(" ")

@@ -140,6 +140,9 @@ pub struct RuleSpec {
     /// Inclusive destination port range; only valid with a protocol that
     /// has ports (TCP, UDP, SCTP, DCCP, UDP-Lite).
     pub port_range: Option<(u16, u16)>,
+    /// ICMP type and, optionally, code (only with [`Protocol::Icmp`]; ICMPv6
+    /// for IPv6): `None` = every type.
+    pub icmp: Option<(u8, Option<u8>)>,
     /// The other end of the traffic.
     pub remote: Remote,
 }

@@ -44,6 +44,7 @@ fn kernel_accepts_every_rendering_and_restart_is_a_noop() {
             "many",
             many_rules(10_000, "tapa", [2, 0, 0, 0, 0, 1], "10.77.0.11"),
         ),
+        ("icmp", icmp_type_code()),
     ] {
         specs.push((format!("{name}/sets"), ruleset(&spec)));
         specs.push((

@@ -137,6 +137,7 @@ pub fn cases() -> Vec<(&'static str, FirewallSpec)> {
     ];
     vec![
         ("default_group", default_group_spec),
+        ("icmp_type_code", icmp_type_code()),
         ("tcp22_from_cidr", ssh),
         ("remote_group", remote_group),
         ("anti_spoof", anti_spoof),

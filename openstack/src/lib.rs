@@ -10,7 +10,8 @@
 //!   token validation, a catalog pointing at this front end;
 //! - Compute v2.1 ([`compute`]): flavors, servers (create, list, show,
 //!   delete, start, stop, reboot);
-//! - Networking v2.0 ([`network`]): networks;
+//! - Networking v2.0 ([`network`]): networks, subnets, ports, security
+//!   groups, routers, floating IPs;
 //! - Image v2 ([`image`]): images, members ([`image_members`]), schemas
 //!   ([`image_schemas`]).
 //!
@@ -55,6 +56,7 @@ pub fn router(upstream: Upstream) -> Router {
         // (`/image/`, `/volume/`: what Tempest and keystoneauth ask).
         .route("/image/", get(image::versions_doc))
         .route("/volume/", get(volume::versions_doc))
+        .route("/network/", get(network::versions_doc))
         .nest("/identity", identity::router())
         .nest(
             "/compute",

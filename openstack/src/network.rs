@@ -1,15 +1,19 @@
 //! Networking v2.0 (Neutron): networks, subnets ([`subnets`]), ports
-//! ([`ports`]), security groups and rules.
+//! ([`ports`]), security groups and rules, routers ([`routers`]) and
+//! floating IPs ([`floating_ips`]).
 
 pub mod bulk;
 pub mod fields;
+pub mod floating_ips;
 pub mod ports;
+pub mod routers;
 pub mod subnets;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use nubo_common::proto as pb;
 use serde::Deserialize;
@@ -36,7 +40,7 @@ pub fn router() -> Router<Upstream> {
             "/v2.0/networks/{id}",
             get(show_network)
                 .delete(subnets::delete_network)
-                .put(subnets::update_unsupported),
+                .put(subnets::update_network),
         )
         .route(
             "/v2.0/subnets",
@@ -46,7 +50,35 @@ pub fn router() -> Router<Upstream> {
             "/v2.0/subnets/{id}",
             get(subnets::show_subnet)
                 .delete(subnets::delete_subnet)
-                .put(subnets::update_unsupported),
+                .put(subnets::update_subnet),
+        )
+        .route(
+            "/v2.0/routers",
+            get(routers::list_routers).post(routers::create_router),
+        )
+        .route(
+            "/v2.0/routers/{id}",
+            get(routers::show_router)
+                .put(routers::update_router)
+                .delete(routers::delete_router),
+        )
+        .route(
+            "/v2.0/routers/{id}/add_router_interface",
+            put(routers::add_interface),
+        )
+        .route(
+            "/v2.0/routers/{id}/remove_router_interface",
+            put(routers::remove_interface),
+        )
+        .route(
+            "/v2.0/floatingips",
+            get(floating_ips::list_floating_ips).post(floating_ips::create_floating_ip),
+        )
+        .route(
+            "/v2.0/floatingips/{id}",
+            get(floating_ips::show_floating_ip)
+                .put(floating_ips::update_floating_ip)
+                .delete(floating_ips::delete_floating_ip),
         )
         .route("/v2.0/extensions", get(list_extensions))
         .route("/v2.0/extensions/{alias}", get(show_extension))
@@ -68,9 +100,7 @@ pub fn router() -> Router<Upstream> {
         .route("/v2.0/security-groups", get(list_groups).post(create_group))
         .route(
             "/v2.0/security-groups/{id}",
-            get(show_group)
-                .delete(delete_group)
-                .put(subnets::update_unsupported),
+            get(show_group).delete(delete_group).put(update_group),
         )
         .route(
             "/v2.0/security-group-rules",
@@ -83,7 +113,8 @@ pub fn router() -> Router<Upstream> {
         .layer(axum::middleware::from_fn(fields::layer))
 }
 
-async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
+/// `GET /network/` (and `/network`): the version document.
+pub async fn versions_doc(State(up): State<Upstream>) -> Json<Value> {
     Json(json!({"versions": [versions::network_v20(&up.public_url)]}))
 }
 
@@ -92,6 +123,8 @@ async fn v20_doc(State(up): State<Upstream>) -> Json<Value> {
         {"name": "network", "collection": "networks", "links": [{"rel": "self", "href": format!("{}/network/v2.0/networks", up.public_url)}]},
         {"name": "subnet", "collection": "subnets", "links": [{"rel": "self", "href": format!("{}/network/v2.0/subnets", up.public_url)}]},
         {"name": "port", "collection": "ports", "links": [{"rel": "self", "href": format!("{}/network/v2.0/ports", up.public_url)}]},
+        {"name": "router", "collection": "routers", "links": [{"rel": "self", "href": format!("{}/network/v2.0/routers", up.public_url)}]},
+        {"name": "floatingip", "collection": "floatingips", "links": [{"rel": "self", "href": format!("{}/network/v2.0/floatingips", up.public_url)}]},
     ]}))
 }
 
@@ -127,6 +160,21 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "quotas",
         "Quota management support",
         "Project quotas (read only)",
+    ),
+    (
+        "router",
+        "Neutron L3 Router",
+        "Routers (distributed), their interfaces by subnet, and floating IPs",
+    ),
+    (
+        "subnet-external-network",
+        "Subnet External Network",
+        "router:external on subnets: an external network's subnet is visible to every project",
+    ),
+    (
+        "dvr",
+        "Distributed Virtual Router",
+        "Every nubo router is distributed (the distributed attribute is read only)",
     ),
 ];
 
@@ -183,6 +231,16 @@ pub struct Filters {
     pub name: Option<String>,
     /// Exact id.
     pub id: Option<String>,
+    /// `router:external=True|False` (networks only).
+    #[serde(rename = "router:external")]
+    pub external: Option<String>,
+    /// `shared=True|False` (networks only).
+    pub shared: Option<String>,
+}
+
+/// Whether a boolean filter (`True`/`true`/`1`, `False`/…) keeps `value`.
+pub fn bool_filter(filter: Option<&str>, value: bool) -> bool {
+    filter.is_none_or(|f| matches!(f.to_ascii_lowercase().as_str(), "true" | "1") == value)
 }
 
 async fn list_networks(
@@ -195,6 +253,8 @@ async fn list_networks(
         .iter()
         .filter(|n| f.name.as_ref().is_none_or(|x| &n.name == x))
         .filter(|n| f.id.as_ref().is_none_or(|x| &n.id == x))
+        .filter(|n| bool_filter(f.external.as_deref(), n.external))
+        .filter(|n| bool_filter(f.shared.as_deref(), n.shared))
         .map(network_view)
         .collect();
     Ok(Json(json!({"networks": views})).into_response())
@@ -218,14 +278,20 @@ async fn show_network(
 pub fn rule_view(group: &pb::SecurityGroup, r: &pb::SecurityGroupRule) -> Value {
     let opt = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
     let port = |p: u32| if p == 0 { Value::Null } else { json!(p) };
+    // An ICMP rule's type and code are Neutron's port_range_min and _max.
+    let (min, max) = if r.protocol == "icmp" {
+        (json!(r.icmp_type), json!(r.icmp_code))
+    } else {
+        (port(r.port_min), port(r.port_max))
+    };
     json!({
         "id": r.id,
         "security_group_id": group.id,
         "direction": r.direction,
         "ethertype": if r.ethertype == "ipv6" { "IPv6" } else { "IPv4" },
         "protocol": if r.protocol == "any" { Value::Null } else { opt(&r.protocol) },
-        "port_range_min": port(r.port_min),
-        "port_range_max": port(r.port_max),
+        "port_range_min": min,
+        "port_range_max": max,
         "remote_ip_prefix": opt(&r.remote_cidr),
         "remote_group_id": opt(&r.remote_group_id),
         "tenant_id": group.project,
@@ -301,8 +367,9 @@ struct NewGroup {
 async fn create_group(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<GroupBody>,
+    body: Result<Json<GroupBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let body = crate::error::json_body(S, body)?;
     let g = up
         .security_groups(&headers)?
         .create(pb::CreateSecurityGroupRequest {
@@ -318,6 +385,48 @@ async fn create_group(
         Json(json!({"security_group": group_view(&g)})),
     )
         .into_response())
+}
+
+/// `PUT /security-groups/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupUpdateBody {
+    security_group: GroupUpdate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupUpdate {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+/// `PUT /security-groups/{id}`: name and description (nubo's
+/// `SecurityGroups.Update`).
+async fn update_group(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<GroupUpdateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let mut c = up.security_groups(&headers)?;
+    let current = c
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    let u = crate::error::json_body(S, body)?.security_group;
+    let g = c
+        .update(pb::UpdateSecurityGroupRequest {
+            r#ref: current.id,
+            project: String::new(),
+            name: u.name,
+            description: u.description,
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"security_group": group_view(&g)})).into_response())
 }
 
 async fn delete_group(
@@ -422,24 +531,43 @@ pub fn rule_request(r: &NewRule) -> Result<pb::SecurityGroupRule, ApiError> {
             "remote_ip_prefix and remote_group_id are exclusive",
         ));
     }
-    let min = r.port_range_min.unwrap_or(0);
+    // ICMP: port_range_min is the type, port_range_max the code.
+    let protocol = match protocol.as_str() {
+        "ipv6-icmp" | "icmpv6" if ethertype == "ipv6" => "icmp".to_string(),
+        _ => protocol,
+    };
+    let (port_min, port_max, icmp_type, icmp_code) = if protocol == "icmp" {
+        if r.port_range_max.is_some() && r.port_range_min.is_none() {
+            return Err(ApiError::bad_request(
+                S,
+                "an ICMP code (port_range_max) needs an ICMP type (port_range_min)",
+            ));
+        }
+        (0, 0, r.port_range_min, r.port_range_max)
+    } else {
+        let min = r.port_range_min.unwrap_or(0);
+        (min, r.port_range_max.unwrap_or(min), None, None)
+    };
     Ok(pb::SecurityGroupRule {
         id: String::new(),
         direction: r.direction.clone(),
         ethertype: ethertype.into(),
         protocol,
-        port_min: min,
-        port_max: r.port_range_max.unwrap_or(min),
+        port_min,
+        port_max,
         remote_cidr: r.remote_ip_prefix.clone().unwrap_or_default(),
         remote_group_id: r.remote_group_id.clone().unwrap_or_default(),
+        icmp_type,
+        icmp_code,
     })
 }
 
 async fn create_rule(
     State(up): State<Upstream>,
     headers: HeaderMap,
-    Json(body): Json<RuleBody>,
+    body: Result<Json<RuleBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let body = crate::error::json_body(S, body)?;
     let r = &body.security_group_rule;
     let rule = rule_request(r)?;
     let mut c = up.security_groups(&headers)?;
@@ -500,6 +628,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn boolean_filters_read_python_and_json_spellings() {
+        assert!(bool_filter(None, false));
+        assert!(bool_filter(Some("True"), true));
+        assert!(!bool_filter(Some("True"), false));
+        assert!(bool_filter(Some("false"), false));
+        assert!(bool_filter(Some("1"), true));
+    }
+
+    #[test]
     fn neutron_rules_map_to_nubo_rules() {
         let r: NewRule = serde_json::from_value(json!({
             "security_group_id": "g", "direction": "ingress", "ethertype": "IPv4",
@@ -520,6 +657,33 @@ mod tests {
             serde_json::from_value(json!({"security_group_id": "g", "direction": "egress"}))
                 .unwrap();
         assert_eq!(rule_request(&any).unwrap().protocol, "any");
+        let echo: NewRule = serde_json::from_value(json!({"security_group_id": "g",
+            "direction": "ingress", "protocol": "icmp", "port_range_min": 0, "port_range_max": 0}))
+        .unwrap();
+        let n = rule_request(&echo).unwrap();
+        assert_eq!(
+            (n.icmp_type, n.icmp_code, n.port_min, n.port_max),
+            (Some(0), Some(0), 0, 0)
+        );
+        let g = pb::SecurityGroup::default();
+        let v = rule_view(&g, &n);
+        assert_eq!(
+            (v["port_range_min"].clone(), v["port_range_max"].clone()),
+            (json!(0), json!(0))
+        );
+        let t11: NewRule = serde_json::from_value(json!({"security_group_id": "g",
+            "direction": "ingress", "protocol": "icmp", "port_range_min": 11}))
+        .unwrap();
+        let v = rule_view(&g, &rule_request(&t11).unwrap());
+        assert_eq!(
+            (v["port_range_min"].clone(), v["port_range_max"].clone()),
+            (json!(11), Value::Null)
+        );
+        let udp: NewRule = serde_json::from_value(json!({"security_group_id": "g",
+            "direction": "ingress", "protocol": 17}))
+        .unwrap();
+        let v = rule_view(&g, &rule_request(&udp).unwrap());
+        assert_eq!(v["protocol"], "17");
         let both: NewRule =
             serde_json::from_value(json!({"security_group_id": "g", "direction": "ingress",
             "remote_ip_prefix": "10.0.0.0/8", "remote_group_id": "x"}))

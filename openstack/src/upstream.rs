@@ -207,6 +207,22 @@ impl Upstream {
             self.with_token(h)?,
         ))
     }
+    /// Routers.
+    pub fn routers(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::routers_client::RoutersClient<Chan>, ApiError> {
+        Ok(pb::routers_client::RoutersClient::new(self.with_token(h)?))
+    }
+    /// Floating IPs.
+    pub fn floating_ips(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::floating_ips_client::FloatingIpsClient<Chan>, ApiError> {
+        Ok(pb::floating_ips_client::FloatingIpsClient::new(
+            self.with_token(h)?,
+        ))
+    }
     /// Networks.
     pub fn networks(
         &self,

@@ -18,7 +18,8 @@
 //! API makes no users: no dynamic credentials), runs `tempest run
 //! --subunit` on the API tests of compute (servers, flavors, keypairs,
 //! server groups, volume attachments), network (networks, subnets, ports,
-//! security groups), image v2 and volume v3 (admin tests excluded), and
+//! security groups, routers, floating IPs), image v2 and volume v3 (admin
+//! tests excluded), and
 //! prints `| area | passed | failed | skipped |` and one line per failure
 //! with its reason. Everything is kept in
 //! `target/tmp/tempest-last/` (`results.jsonl`, `report.md`,
@@ -36,7 +37,7 @@ use nubo_tests::secure::ADMIN_PASSWORD;
 use serde_json::Value;
 
 /// The API tests of the areas issue 17 names.
-const REGEX: &str = r"^tempest\.api\.(compute\.(servers|flavors|keypairs|volumes\.test_attach_volume)|network\.(test_networks|test_ports|test_security_groups)|image\.v2|volume)\.";
+const REGEX: &str = r"^tempest\.api\.(compute\.(servers|flavors|keypairs|volumes\.test_attach_volume)|network\.(test_networks|test_ports|test_security_groups|test_routers|test_floating_ips)(_negative)?|image\.v2|volume)\.";
 /// Admin tests need a second, admin-owned set of images and networks.
 const EXCLUDE: &str = r"\.admin\.";
 
@@ -93,6 +94,11 @@ fn area(id: &str) -> &'static str {
         (
             "tempest.api.network.test_security_groups",
             "network: security groups",
+        ),
+        ("tempest.api.network.test_routers", "network: routers"),
+        (
+            "tempest.api.network.test_floating_ips",
+            "network: floating IPs",
         ),
         ("tempest.api.image.v2.", "image v2"),
         ("tempest.api.volume.", "volume v3"),
@@ -161,7 +167,13 @@ fn tally(results: &[Value]) -> (Counts, Vec<(&'static str, String, String)>) {
     (counts, failures)
 }
 
-fn tempest_conf(os: &OpenStackLab, accounts: &Path, locks: &Path, images: (&str, &str)) -> String {
+fn tempest_conf(
+    os: &OpenStackLab,
+    accounts: &Path,
+    locks: &Path,
+    images: (&str, &str),
+    public_network: &str,
+) -> String {
     format!(
         r#"[DEFAULT]
 log_file = tempest.log
@@ -226,13 +238,15 @@ ide_bus = false
 project_network_cidr = 10.100.0.0/16
 project_networks_reachable = false
 build_timeout = 60
+public_network_id = {public}
+floating_network_name = public
 
 [network-feature-enabled]
 ipv6 = false
-api_extensions = security-group,quotas,port-security,provider,external-net,binding
+api_extensions = security-group,quotas,port-security,provider,external-net,binding,router,dvr,subnet-external-network
 port_admin_state_change = false
 port_security = false
-floating_ips = false
+floating_ips = true
 
 [image]
 container_formats = bare
@@ -274,6 +288,7 @@ horizon = false
         auth = os.front_end.auth_url(),
         img = images.0,
         img_alt = images.1,
+        public = public_network,
     )
 }
 
@@ -396,6 +411,18 @@ fn tempest_api_tests_against_a_real_cluster() {
         .unwrap();
     alt.json(&["network", "create", "tempest-net", "--cidr", "10.31.0.0/24"])
         .unwrap();
+    // The external network routers' gateways and floating IPs come from
+    // (Tempest's public_network_id): the admin's, as in a deployment.
+    let public = admin
+        .json(&[
+            "network",
+            "create",
+            "public",
+            "--cidr",
+            "10.77.0.0/24",
+            "--external",
+        ])
+        .unwrap();
 
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tempest-last");
     let _ = std::fs::remove_dir_all(&out);
@@ -431,6 +458,7 @@ fn tempest_api_tests_against_a_real_cluster() {
             &accounts,
             &locks,
             (img["id"].as_str().unwrap(), img_alt["id"].as_str().unwrap()),
+            public["id"].as_str().unwrap(),
         ),
     )
     .unwrap();

@@ -22,11 +22,15 @@ use crate::reconciler::{Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
 
 /// The leases of every bridge with running local ports, by bridge name and
-/// MAC. Pure.
+/// MAC (none for a network with DHCP off); each carries the network's host
+/// routes (option 121). Pure.
 pub fn leases(desired: &DesiredNode) -> BTreeMap<String, Leases> {
     let mut out: BTreeMap<String, Leases> = BTreeMap::new();
     for lp in running_ports(desired) {
         let net = lp.network;
+        if net.dhcp_disabled {
+            continue;
+        }
         let mac = lp.port.mac;
         let fallback = format!("host-{}", lp.instance.id().short_hex(8));
         let lease = Lease {
@@ -35,6 +39,7 @@ pub fn leases(desired: &DesiredNode) -> BTreeMap<String, Leases> {
             mtu: Some(net.mtu.max(68)),
             hostname: Some(sanitize_hostname(&lp.instance.spec.name, &fallback)),
             lease_secs: LEASE_SECS,
+            routes: net.host_routes.clone(),
             ..Lease::new(mac, lp.port.ip, net.cidr.prefix_len())
         };
         out.entry(net.bridge()).or_default().insert(mac, lease);
@@ -364,6 +369,36 @@ mod tests {
         assert!(lease.validate().is_ok());
         assert_eq!(l["nb-200"][&p2.mac].mtu, Some(1400));
         assert!(d.instances.contains_key(&i1));
+    }
+
+    #[test]
+    fn host_routes_ride_in_the_lease_and_dhcp_off_serves_nothing() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let routed = w.network(100, 0);
+        let quiet = w.network(200, 0);
+        let (_, p1) = w.instance_on(&n1, routed, &[]);
+        let (_, p2) = w.instance_on(&n1, quiet, &[]);
+        let dest: ipnet::Ipv4Net = "10.9.0.0/16".parse().unwrap();
+        let hop: std::net::Ipv4Addr = "192.168.0.5".parse().unwrap();
+        if let Some(n) = w.cache.networks.get_mut(&routed) {
+            n.host_routes = vec![nubo_common::model::HostRoute {
+                destination: dest,
+                nexthop: hop,
+            }];
+        }
+        let before = leases(&build(&w.cache, &n1, 1500));
+        assert!(before["nb-200"].contains_key(&p2.mac), "DHCP on: a lease");
+        if let Some(n) = w.cache.networks.get_mut(&quiet) {
+            n.dhcp_disabled = true;
+        }
+        let l = leases(&build(&w.cache, &n1, 1500));
+        assert!(!l.contains_key("nb-200"), "DHCP off: no lease, no server");
+        let lease = &l["nb-100"][&p1.mac];
+        assert_eq!(lease.routes, vec![(dest, hop)]);
+        assert_eq!(lease.classless_routes()[0], (dest, hop));
+        assert!(lease.validate().is_ok());
     }
 
     fn table(entries: &[(u8, u8)]) -> Leases {

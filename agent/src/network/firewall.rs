@@ -47,6 +47,7 @@ pub fn rule_spec(r: &SecurityGroupRule) -> RuleSpec {
             model::Protocol::Number(n) => Protocol::Number(n),
         },
         port_range: r.ports,
+        icmp: r.icmp.map(|m| (m.icmp_type, m.code)),
         remote: match &r.remote {
             model::Remote::Any => Remote::Any,
             model::Remote::Cidr(net) => Remote::Cidr(*net),
@@ -612,6 +613,7 @@ mod tests {
             ethertype: model::EtherType::Ipv4,
             protocol: model::Protocol::Tcp,
             ports: Some((22, 22)),
+            icmp: None,
             remote: model::Remote::Cidr("10.9.0.0/16".parse().unwrap()),
         };
         assert_eq!(
@@ -621,9 +623,20 @@ mod tests {
                 ethertype: EtherType::V4,
                 protocol: Protocol::Tcp,
                 port_range: Some((22, 22)),
+                icmp: None,
                 remote: Remote::Cidr("10.9.0.0/16".parse().unwrap()),
             }
         );
+        let echo = SecurityGroupRule {
+            protocol: model::Protocol::Icmp,
+            ports: None,
+            icmp: Some(model::IcmpMatch {
+                icmp_type: 8,
+                code: Some(0),
+            }),
+            ..r
+        };
+        assert_eq!(rule_spec(&echo).icmp, Some((8, Some(0))));
     }
 
     #[test]

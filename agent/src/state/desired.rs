@@ -206,6 +206,11 @@ pub struct DesiredNetwork {
     pub mtu: u16,
     /// DNS servers.
     pub dns: Vec<Ipv4Addr>,
+    /// No DHCP served for its ports.
+    pub dhcp_disabled: bool,
+    /// Static routes handed out by DHCP (option 121), `(destination,
+    /// nexthop)`.
+    pub host_routes: Vec<(Ipv4Net, Ipv4Addr)>,
     /// Local ports on it.
     pub local_ports: BTreeSet<PortId>,
     /// Underlay addresses of the other nodes with ports on it.
@@ -526,6 +531,12 @@ fn desired_network(net: &Network, underlay_mtu: u16) -> Option<DesiredNetwork> {
             (m, _) => m,
         },
         dns: net.dns.clone(),
+        dhcp_disabled: net.dhcp_disabled,
+        host_routes: net
+            .host_routes
+            .iter()
+            .map(|r| (r.destination, r.nexthop))
+            .collect(),
         local_ports: BTreeSet::new(),
         remote_vteps: BTreeSet::new(),
         remote_macs: BTreeMap::new(),

@@ -99,6 +99,7 @@ pub fn resolve_routers(
     cache
         .routers
         .values()
+        .filter(|r| !r.disabled)
         .filter(|r| r.subnets.iter().any(|n| local_networks.contains(n)))
         .map(|r| (r.id, resolve_router(cache, node, r, local_ports)))
         .collect()
@@ -203,6 +204,21 @@ mod tests {
             [&r]
         );
         assert!(build(&w.cache, &n2, 1500).routers.is_empty());
+    }
+
+    #[test]
+    fn a_disabled_router_has_work_nowhere() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let a = w.network(100, 0);
+        let r = w.router(&[a], None);
+        w.instance_on(&n1, a, &[]);
+        assert_eq!(build(&w.cache, &n1, 1500).routers.len(), 1);
+        if let Some(router) = w.cache.routers.get_mut(&r) {
+            router.disabled = true;
+        }
+        assert!(build(&w.cache, &n1, 1500).routers.is_empty());
     }
 
     #[test]

@@ -90,6 +90,9 @@ impl World {
             provider: None,
             external: false,
             shared: false,
+            dhcp_disabled: false,
+            host_routes: Vec::new(),
+            allocation_pools: Vec::new(),
             created_at: model::now(),
         };
         put(c, &keys::network(&net.id), &net).await;

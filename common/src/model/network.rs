@@ -54,8 +54,29 @@ pub struct Network {
     /// Usable by every project, not only its owner's (admin only).
     #[serde(default)]
     pub shared: bool,
+    /// No node answers DHCP for its ports (guests set their address
+    /// themselves; anti-spoofing still allows only the port's address).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp_disabled: bool,
+    /// Static routes handed to guests by DHCP (option 121).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_routes: Vec<HostRoute>,
+    /// The ranges (first, last) IPAM allocates from; empty = every host
+    /// address but the gateway. Inside the subnet, disjoint, without the
+    /// gateway. A port may still ask for any free host address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocation_pools: Vec<(Ipv4Addr, Ipv4Addr)>,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+/// A static route of a subnet's guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    /// Where it leads.
+    pub destination: Ipv4Net,
+    /// Through which address (0.0.0.0: on-link).
+    pub nexthop: Ipv4Addr,
 }
 
 /// How a provider network reaches the wire.
@@ -162,6 +183,21 @@ pub enum Protocol {
     Number(u8),
 }
 
+impl Protocol {
+    /// IP protocols whose packets carry ports (TCP, UDP, DCCP, SCTP,
+    /// UDP-Lite): what a rule's port range may apply to.
+    pub const WITH_PORTS: [u8; 5] = [6, 17, 33, 132, 136];
+
+    /// Whether a rule of this protocol may have a port range.
+    pub fn has_ports(&self) -> bool {
+        match self {
+            Self::Tcp | Self::Udp => true,
+            Self::Number(n) => Self::WITH_PORTS.contains(n),
+            Self::Any | Self::Icmp => false,
+        }
+    }
+}
+
 /// Where the remote end of a rule may be.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,8 +224,22 @@ pub struct SecurityGroupRule {
     /// Inclusive destination port range for TCP/UDP (`None` = all ports).
     #[serde(default)]
     pub ports: Option<(u16, u16)>,
+    /// ICMP type and optional code (protocol ICMP only; `None` = any type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpMatch>,
     /// Remote end.
     pub remote: Remote,
+}
+
+/// The ICMP (ICMPv6 for IPv6) messages a rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpMatch {
+    /// ICMP type, 0-255.
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    /// ICMP code, 0-255 (`None` = any code of the type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
 }
 
 /// A named set of allow rules applied to ports (default: deny ingress).
@@ -222,6 +272,7 @@ impl SecurityGroup {
                 ethertype: EtherType::Ipv4,
                 protocol: Protocol::Any,
                 ports: None,
+                icmp: None,
                 remote: Remote::Any,
             },
             SecurityGroupRule {
@@ -230,6 +281,7 @@ impl SecurityGroup {
                 ethertype: EtherType::Ipv4,
                 protocol: Protocol::Any,
                 ports: None,
+                icmp: None,
                 remote: Remote::Group(own),
             },
         ]
@@ -274,6 +326,10 @@ pub struct Router {
     /// The tenant networks it routes (each in at most one router).
     #[serde(default)]
     pub subnets: Vec<NetworkId>,
+    /// Administratively down: no node routes, SNATs or NATs for it (its
+    /// networks, addresses and floating IPs stay allocated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
     /// Creation time.
     pub created_at: Timestamp,
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use ipnet::IpNet;
 use nubo_common::model::{
-    self, Direction, EtherType, Protocol, Remote, SecurityGroupRule, Timestamp,
+    self, Direction, EtherType, IcmpMatch, Protocol, Remote, SecurityGroupRule, Timestamp,
 };
 use nubo_common::{proto as pb, NetworkId, NodeName, RuleId, SecurityGroupId};
 
@@ -114,6 +114,23 @@ pub fn network(n: &model::Network) -> pb::Network {
         project: n.project.to_string(),
         cidr: n.cidr.map(|c| c.to_string()).unwrap_or_default(),
         subnet_name: n.subnet_name.clone().unwrap_or_default(),
+        dhcp_disabled: n.dhcp_disabled,
+        allocation_pools: n
+            .allocation_pools
+            .iter()
+            .map(|(a, b)| pb::IpRange {
+                start: a.to_string(),
+                end: b.to_string(),
+            })
+            .collect(),
+        host_routes: n
+            .host_routes
+            .iter()
+            .map(|r| pb::HostRoute {
+                destination: r.destination.to_string(),
+                nexthop: r.nexthop.to_string(),
+            })
+            .collect(),
         gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
         vni: n.vni,
         mtu: u32::from(n.mtu),
@@ -194,6 +211,8 @@ pub fn rule(r: &SecurityGroupRule) -> pb::SecurityGroupRule {
         port_max,
         remote_cidr,
         remote_group_id,
+        icmp_type: r.icmp.map(|m| u32::from(m.icmp_type)),
+        icmp_code: r.icmp.and_then(|m| m.code).map(u32::from),
     }
 }
 
@@ -224,10 +243,9 @@ pub fn rule_from_proto(r: &pb::SecurityGroupRule) -> ApiResult<SecurityGroupRule
         "tcp" => Protocol::Tcp,
         "udp" => Protocol::Udp,
         "icmp" => Protocol::Icmp,
+        // A number stays a number (shown as given, as Neutron does); the
+        // firewall matches it as that IP protocol.
         other => match other.parse::<u8>() {
-            Ok(6) => Protocol::Tcp,
-            Ok(17) => Protocol::Udp,
-            Ok(1) => Protocol::Icmp,
             Ok(n) => Protocol::Number(n),
             Err(_) => {
                 return bad(format!(
@@ -238,8 +256,10 @@ pub fn rule_from_proto(r: &pb::SecurityGroupRule) -> ApiResult<SecurityGroupRule
     };
     let ports = match (r.port_min, r.port_max) {
         (0, 0) => None,
-        (a, b) if !matches!(protocol, Protocol::Tcp | Protocol::Udp) => {
-            return bad(format!("rule ports {a}-{b} need protocol tcp or udp"))
+        (a, b) if !protocol.has_ports() => {
+            return bad(format!(
+                "rule ports {a}-{b} need protocol tcp or udp (or the number of a protocol with ports: 6, 17, 33, 132, 136)"
+            ))
         }
         (a, b) if a == 0 || a > b || b > 65535 => {
             return bad(format!(
@@ -247,6 +267,23 @@ pub fn rule_from_proto(r: &pb::SecurityGroupRule) -> ApiResult<SecurityGroupRule
             ))
         }
         (a, b) => Some((a as u16, b as u16)),
+    };
+    let icmp_byte = |what: &str, v: u32| {
+        u8::try_from(v)
+            .map_err(|_| ApiError::InvalidArgument(format!("rule ICMP {what} {v} is not 0-255")))
+    };
+    let icmp = match (r.icmp_type, r.icmp_code) {
+        (None, None) => None,
+        (None, Some(c)) => return bad(format!("rule ICMP code {c} needs an ICMP type")),
+        (Some(t), c) => {
+            if protocol != Protocol::Icmp {
+                return bad(format!("rule ICMP type {t} needs protocol icmp"));
+            }
+            Some(IcmpMatch {
+                icmp_type: icmp_byte("type", t)?,
+                code: c.map(|c| icmp_byte("code", c)).transpose()?,
+            })
+        }
     };
     let remote = match (r.remote_cidr.trim(), r.remote_group_id.trim()) {
         ("", "") => Remote::Any,
@@ -272,6 +309,7 @@ pub fn rule_from_proto(r: &pb::SecurityGroupRule) -> ApiResult<SecurityGroupRule
         ethertype,
         protocol,
         ports,
+        icmp,
         remote,
     })
 }
@@ -336,6 +374,7 @@ pub fn router(v: &RouterView) -> pb::Router {
             .map(|g| g.ip.to_string())
             .unwrap_or_default(),
         subnet_ids: r.subnets.iter().map(ToString::to_string).collect(),
+        disabled: r.disabled,
         created_at: ts(&r.created_at),
         snat_addresses: v
             .snat
@@ -672,6 +711,44 @@ mod tests {
         assert_eq!(back.protocol, "tcp");
         assert_eq!(back.remote_cidr, "10.0.0.0/8");
         assert_eq!((back.port_min, back.port_max), (22, 22));
+    }
+
+    #[test]
+    fn numbers_stay_numbers_and_icmp_types_round_trip() {
+        let udp = rule_from_proto(&r("ingress", "17", 50, 55, "")).unwrap();
+        assert_eq!(udp.protocol, Protocol::Number(17));
+        assert_eq!(rule(&udp).protocol, "17");
+        assert_eq!(udp.ports, Some((50, 55)));
+        let mut echo = r("ingress", "icmp", 0, 0, "");
+        echo.icmp_type = Some(0);
+        echo.icmp_code = Some(0);
+        let m = rule_from_proto(&echo).unwrap();
+        assert_eq!(
+            m.icmp,
+            Some(IcmpMatch {
+                icmp_type: 0,
+                code: Some(0)
+            })
+        );
+        let back = rule(&m);
+        assert_eq!((back.icmp_type, back.icmp_code), (Some(0), Some(0)));
+        let mut any_code = r("ingress", "icmp", 0, 0, "");
+        any_code.icmp_type = Some(11);
+        let back = rule(&rule_from_proto(&any_code).unwrap());
+        assert_eq!((back.icmp_type, back.icmp_code), (Some(11), None));
+        let plain = rule(&rule_from_proto(&r("ingress", "icmp", 0, 0, "")).unwrap());
+        assert_eq!((plain.icmp_type, plain.icmp_code), (None, None));
+        for (proto, t, c) in [
+            ("tcp", Some(3), None),
+            ("icmp", None, Some(1)),
+            ("icmp", Some(256), None),
+            ("icmp", Some(3), Some(300)),
+        ] {
+            let mut bad = r("ingress", proto, 0, 0, "");
+            bad.icmp_type = t;
+            bad.icmp_code = c;
+            assert!(rule_from_proto(&bad).is_err(), "{proto} {t:?} {c:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use nubo_common::proto::{self as pb, networks_server};
 use tonic::Request;
 
 use super::{convert, page, project, reply, scope, R};
-use crate::operations::networks::{self, NewNetwork, NewSubnet};
+use crate::operations::networks::{self, NetworkChanges, NewNetwork, NewSubnet};
 use crate::state::Ctx;
 
 #[tonic::async_trait]
@@ -54,8 +54,30 @@ impl networks_server::Networks for Ctx {
                 gateway: r.gateway,
                 dns: r.dns,
                 name: r.name,
+                dhcp_disabled: r.dhcp_disabled,
+                host_routes: routes(r.host_routes),
+                allocation_pools: r
+                    .allocation_pools
+                    .into_iter()
+                    .map(|p| (p.start, p.end))
+                    .collect(),
             };
             networks::set_subnet(self, &project(&r.project)?, &r.r#ref, sn).await
+        };
+        reply(go.await.map(|n| convert::network(&n)))
+    }
+    async fn update(&self, r: Request<pb::UpdateNetworkRequest>) -> R<pb::Network> {
+        let r = r.into_inner();
+        let go = async {
+            let c = NetworkChanges {
+                name: r.name,
+                subnet_name: r.subnet_name,
+                gateway: r.gateway,
+                dns: r.set_dns.then_some(r.dns),
+                host_routes: r.set_host_routes.then(|| routes(r.host_routes)),
+                dhcp_disabled: r.dhcp_disabled,
+            };
+            networks::update(self, &project(&r.project)?, &r.r#ref, c).await
         };
         reply(go.await.map(|n| convert::network(&n)))
     }
@@ -64,4 +86,10 @@ impl networks_server::Networks for Ctx {
         let go = async { networks::delete_subnet(self, &project(&r.project)?, &r.r#ref).await };
         reply(go.await.map(|n| convert::network(&n)))
     }
+}
+
+/// `(destination, nexthop)` pairs of the API's routes (validated by the
+/// operation).
+fn routes(r: Vec<pb::HostRoute>) -> Vec<(String, String)> {
+    r.into_iter().map(|h| (h.destination, h.nexthop)).collect()
 }

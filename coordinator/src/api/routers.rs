@@ -13,7 +13,7 @@ impl routers_server::Routers for Ctx {
         let r = r.into_inner();
         let gw = Some(r.external_gateway.as_str()).filter(|g| !g.trim().is_empty());
         let go = async {
-            let r = routers::create(self, &project(&r.project)?, &r.name, gw).await?;
+            let r = routers::create(self, &project(&r.project)?, &r.name, gw, r.disabled).await?;
             routers::view(self, r).await
         };
         reply(go.await.map(|x| convert::router(&x)))
@@ -41,6 +41,21 @@ impl routers_server::Routers for Ctx {
         let go = async {
             let r = routers::add_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await?;
             routers::view(self, r).await
+        };
+        reply(go.await.map(|x| convert::router(&x)))
+    }
+    async fn update(&self, r: Request<pb::UpdateRouterRequest>) -> R<pb::Router> {
+        let r = r.into_inner();
+        let go = async {
+            let rt = routers::update(
+                self,
+                &project(&r.project)?,
+                &r.r#ref,
+                r.name.as_deref(),
+                r.disabled,
+            )
+            .await?;
+            routers::view(self, rt).await
         };
         reply(go.await.map(|x| convert::router(&x)))
     }

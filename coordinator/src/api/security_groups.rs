@@ -49,6 +49,21 @@ impl security_groups_server::SecurityGroups for Ctx {
         };
         reply(go.await.map(|g| convert::secgroup(&g)))
     }
+    async fn update(&self, r: Request<pb::UpdateSecurityGroupRequest>) -> R<pb::SecurityGroup> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            security_groups::update(
+                self,
+                &p,
+                &r.r#ref,
+                r.name.as_deref(),
+                r.description.as_deref(),
+            )
+            .await
+        };
+        reply(go.await.map(|g| convert::secgroup(&g)))
+    }
     async fn delete_rule(&self, r: Request<pb::DeleteRuleRequest>) -> R<pb::SecurityGroup> {
         let r = r.into_inner();
         let go = async {

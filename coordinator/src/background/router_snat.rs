@@ -293,6 +293,7 @@ mod tests {
         model::encode(&Router {
             id,
             name: "r1".into(),
+            disabled: false,
             project: nubo_common::ProjectId::new("p1").unwrap(),
             gateway: Some(RouterGateway {
                 network: ext,

@@ -247,7 +247,9 @@ pub async fn associate(
                 .await?
                 .map(|v| v.value.name)
                 .unwrap_or_else(|| port.network.to_string());
-            return Err(ApiError::FailedPrecondition(format!(
+            // NotFound, as Neutron's ExternalGatewayForFloatingIPNotFound:
+            // no router is found on the way out.
+            return Err(ApiError::NotFound(format!(
                 "port {}'s network {net:?} is not connected to the floating IP's external network by a router (nubo router create … --external-gateway, nubo router add subnet)",
                 port.id
             )));

@@ -185,7 +185,7 @@ fn check_overlap(
         .collect();
     match validate::find_overlap(cidr, &others) {
         Some((other_name, other)) => Err(ApiError::InvalidArgument(format!(
-            "network {cidr} overlaps network {other_name:?} ({other}) in project {project}"
+            "network {cidr} overlaps with another subnet: network {other_name:?} ({other}) in project {project}"
         ))),
         None => Ok(()),
     }
@@ -258,6 +258,9 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             provider: provider.clone(),
             external: r.external,
             shared: r.shared,
+            dhcp_disabled: false,
+            host_routes: Vec::new(),
+            allocation_pools: Vec::new(),
             created_at: model::now(),
         };
         let mut t = TxnBuilder::new();
@@ -331,6 +334,12 @@ pub struct NewSubnet {
     pub dns: Vec<String>,
     /// The subnet's name (optional).
     pub name: String,
+    /// No DHCP for its ports.
+    pub dhcp_disabled: bool,
+    /// Static routes `(destination, nexthop)` handed out by DHCP.
+    pub host_routes: Vec<(String, String)>,
+    /// Allocation pools `(first, last)`; empty = the whole subnet.
+    pub allocation_pools: Vec<(String, String)>,
 }
 
 /// Gives the network `r` of `project`, created without a CIDR, its one
@@ -346,13 +355,8 @@ pub async fn set_subnet(
             "a subnet needs a CIDR (--cidr)".into(),
         ));
     };
-    let name = match sn.name.trim() {
-        "" => None,
-        s => {
-            validate::name("subnet", s)?;
-            Some(s.to_string())
-        }
-    };
+    let name = subnet_name(&sn.name)?;
+    let host_routes = validate::host_routes(&sn.host_routes)?;
     for _ in 0..16 {
         let net = super::lookup::network(ctx, project, r).await?;
         let mut n = net.value;
@@ -368,6 +372,10 @@ pub async fn set_subnet(
         n.gateway = subnet.gateway;
         n.dns = subnet.dns.clone();
         n.subnet_name = name.clone();
+        n.dhcp_disabled = sn.dhcp_disabled;
+        n.host_routes = host_routes.clone();
+        n.allocation_pools =
+            validate::allocation_pools(&sn.allocation_pools, subnet.cidr, subnet.gateway)?;
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::network(&n.id), net.mod_rev);
         t.prefix_unchanged_since(&keys::networks_prefix(), rev);
@@ -379,6 +387,157 @@ pub async fn set_subnet(
     }
     Err(ApiError::Unavailable(
         "the project's networks changed concurrently too often; retry".into(),
+    ))
+}
+
+fn subnet_name(s: &str) -> ApiResult<Option<String>> {
+    match s.trim() {
+        "" => Ok(None),
+        s => {
+            validate::name("subnet", s)?;
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
+/// What [`update`] changes in a network (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct NetworkChanges {
+    /// A new name (unique in the project).
+    pub name: Option<String>,
+    /// The subnet's name ("" = none).
+    pub subnet_name: Option<String>,
+    /// The gateway: a host address of the subnet, or "none".
+    pub gateway: Option<String>,
+    /// DNS servers.
+    pub dns: Option<Vec<String>>,
+    /// Static routes `(destination, nexthop)`.
+    pub host_routes: Option<Vec<(String, String)>>,
+    /// DHCP off (true) or on.
+    pub dhcp_disabled: Option<bool>,
+}
+
+/// Applies `c` to network `r` of `project` in one transaction guarded by
+/// its revision. Subnet attributes need a subnet; a new gateway must be a
+/// free host address of it, and is refused while a router answers on the
+/// old one. The agents converge from the record (leases change on the
+/// guests' next renewal).
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    c: NetworkChanges,
+) -> ApiResult<Network> {
+    if let Some(n) = &c.name {
+        validate::name("network", n)?;
+    }
+    let subnet_name = c.subnet_name.as_deref().map(subnet_name).transpose()?;
+    let dns = c.dns.as_deref().map(validate::dns).transpose()?;
+    let host_routes = c
+        .host_routes
+        .as_deref()
+        .map(validate::host_routes)
+        .transpose()?;
+    for _ in 0..16 {
+        let net = super::lookup::network(ctx, project, r).await?;
+        let old = net.value;
+        if old.project != *project && !crate::caller::is_cloud_admin() {
+            return Err(ApiError::PermissionDenied(format!(
+                "network {:?} belongs to project {}",
+                old.name, old.project
+            )));
+        }
+        let mut n = old.clone();
+        let mut t = TxnBuilder::new();
+        t.unchanged(&keys::network(&n.id), net.mod_rev);
+        let subnet_change = subnet_name.is_some()
+            || c.gateway.is_some()
+            || dns.is_some()
+            || host_routes.is_some()
+            || c.dhcp_disabled.is_some();
+        if subnet_change && n.cidr.is_none() {
+            subnet_of(&n)?;
+        }
+        let mut name_free = None;
+        if let Some(name) = c.name.as_ref().filter(|x| **x != n.name) {
+            let idx = keys::name_index(NameKind::Network, &n.project, name);
+            name_free = Some(t.absent(&idx));
+            t.delete(&keys::name_index(NameKind::Network, &n.project, &n.name));
+            t.put(&idx, &n.id);
+            n.name = name.clone();
+        }
+        let mut gateway_guards = None;
+        if let (Some(g), Some(cidr)) = (&c.gateway, n.cidr) {
+            let gw = match g.trim() {
+                "" => {
+                    return Err(ApiError::InvalidArgument(
+                        "gateway: give an address or \"none\"".into(),
+                    ))
+                }
+                other => validate::gateway(other, cidr)?,
+            };
+            if let Some(ip) = gw.filter(|ip| {
+                n.allocation_pools
+                    .iter()
+                    .any(|(a, b)| (*a..=*b).contains(ip))
+            }) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "gateway {ip} is inside an allocation pool of network {:?}",
+                    n.name
+                )));
+            }
+            if gw != n.gateway {
+                let unrouted = t.absent(&keys::router_interface(&n.id));
+                let free = gw.map(|ip| t.absent(&keys::ipam(&n.id, std::net::IpAddr::V4(ip))));
+                gateway_guards = Some((unrouted, free, gw));
+                n.gateway = gw;
+            }
+        }
+        if let Some(s) = subnet_name.clone() {
+            n.subnet_name = s;
+        }
+        if let Some(d) = dns.clone() {
+            n.dns = d;
+        }
+        if let Some(h) = host_routes.clone() {
+            n.host_routes = h;
+        }
+        if let Some(d) = c.dhcp_disabled {
+            n.dhcp_disabled = d;
+        }
+        if n == old {
+            return Ok(n);
+        }
+        t.put(&keys::network(&n.id), &n);
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
+            tracing::info!(network = %n.id, "network updated");
+            return Ok(n);
+        }
+        if name_free.is_some_and(|g| !a.held(g)) {
+            return Err(ApiError::AlreadyExists(format!(
+                "network {:?} already exists in project {}",
+                n.name, n.project
+            )));
+        }
+        if let Some((unrouted, free, gw)) = gateway_guards {
+            if !a.held(unrouted) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "network {:?} is attached to a router, which answers on its gateway; remove it from the router first",
+                    old.name
+                )));
+            }
+            if free.is_some_and(|f| !a.held(f)) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "gateway {} is allocated on network {:?}",
+                    gw.map(|g| g.to_string()).unwrap_or_default(),
+                    old.name
+                )));
+            }
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the network changed concurrently too often; retry".into(),
     ))
 }
 
@@ -399,6 +558,9 @@ pub async fn delete_subnet(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult
         n.subnet_name = None;
         n.gateway = None;
         n.dns.clear();
+        n.dhcp_disabled = false;
+        n.host_routes.clear();
+        n.allocation_pools.clear();
         let mut t = TxnBuilder::new();
         let same = t.unchanged(&keys::network(&n.id), net.mod_rev);
         let unrouted = t.absent(&keys::router_interface(&n.id));
@@ -434,10 +596,12 @@ pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Network> 
 }
 
 /// One page of the networks `scope` sees: its project's (every project's
-/// for an admin's `all_projects`) and the shared ones.
+/// for an admin's `all_projects`), the shared ones and the external ones
+/// (every project may put a router's gateway or a floating IP there, so
+/// every project sees them, as in Neutron).
 pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Page<Network>> {
     super::lookup::list_page(ctx, &keys::networks_prefix(), page, |kv| {
-        decode_or_skip::<Network>(kv).filter(|n| n.shared || scope.sees(&n.project))
+        decode_or_skip::<Network>(kv).filter(|n| n.shared || n.external || scope.sees(&n.project))
     })
     .await
 }

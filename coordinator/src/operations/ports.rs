@@ -49,7 +49,9 @@ impl IpPool {
     /// re-read before the next pick.
     pub(crate) fn conflict(&mut self, ip: Ipv4Addr) {
         self.taken.insert(ip);
-        if ipam::usable_count(self.cidr, self.net.gateway) <= SMALL_NETWORK {
+        if ipam::usable_count(self.cidr, self.net.gateway, &self.net.allocation_pools)
+            <= SMALL_NETWORK
+        {
             self.loaded = false;
         }
     }
@@ -63,7 +65,7 @@ impl IpPool {
         ApiError::ResourceExhausted(format!(
             "network {:?} is full: all {} addresses are in use",
             self.net.name,
-            ipam::usable_count(self.cidr, self.net.gateway)
+            ipam::usable_count(self.cidr, self.net.gateway, &self.net.allocation_pools)
         ))
     }
 }
@@ -202,13 +204,20 @@ async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> 
 
 /// Picks the next address to try on a network.
 pub(crate) async fn next_ip(ctx: &Ctx, pool: &mut IpPool) -> ApiResult<Ipv4Addr> {
-    let small = ipam::usable_count(pool.cidr, pool.net.gateway) <= SMALL_NETWORK;
+    let small = ipam::usable_count(pool.cidr, pool.net.gateway, &pool.net.allocation_pools)
+        <= SMALL_NETWORK;
     if small && !pool.loaded {
         pool.taken = load_taken(ctx, &pool.net.id).await?;
         pool.loaded = true;
     }
     loop {
-        let pick = ipam::pick(pool.cidr, pool.net.gateway, &pool.taken, &mut rand::rng());
+        let pick = ipam::pick(
+            pool.cidr,
+            pool.net.gateway,
+            &pool.net.allocation_pools,
+            &pool.taken,
+            &mut rand::rng(),
+        );
         match pick {
             Some(ip) => return Ok(ip),
             None if pool.loaded => return Err(pool.full()),

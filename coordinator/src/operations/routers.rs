@@ -30,12 +30,13 @@ fn contended(what: &str) -> ApiError {
 }
 
 /// Creates router `name` of `project`, with its gateway on the external
-/// network `gateway` (id or name) when given.
+/// network `gateway` (id or name) when given; `disabled`: created down.
 pub async fn create(
     ctx: &Ctx,
     project: &ProjectId,
     name: &str,
     gateway: Option<&str>,
+    disabled: bool,
 ) -> ApiResult<Router> {
     validate::name("router", name)?;
     let ext = match gateway {
@@ -69,6 +70,7 @@ pub async fn create(
             project: project.clone(),
             gateway: gw,
             subnets: Vec::new(),
+            disabled,
             created_at: model::now(),
         };
         t.put(&idx, &router.id);
@@ -191,6 +193,54 @@ pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> A
             return Err(ApiError::FailedPrecondition(format!(
                 "network {:?} is already attached to router {holder}; remove it there first",
                 network.name
+            )));
+        }
+    }
+    Err(contended("the router"))
+}
+
+/// Renames router `r` of `project` (`name`) and/or takes it down or up
+/// (`disabled`): one transaction guarded by the router's revision; a new
+/// name takes the project's name index entry like a create does.
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    name: Option<&str>,
+    disabled: Option<bool>,
+) -> ApiResult<Router> {
+    if let Some(n) = name {
+        validate::name("router", n)?;
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let router = super::lookup::router(ctx, project, r).await?;
+        let mut rt = router.value.clone();
+        let mut t = TxnBuilder::new();
+        t.unchanged(&keys::router(&rt.id), router.mod_rev);
+        let mut name_free = None;
+        if let Some(n) = name.filter(|n| *n != rt.name) {
+            let idx = keys::name_index(NameKind::Router, project, n);
+            name_free = Some(t.absent(&idx));
+            t.delete(&keys::name_index(NameKind::Router, project, &rt.name));
+            t.put(&idx, &rt.id);
+            rt.name = n.to_string();
+        }
+        if let Some(d) = disabled {
+            rt.disabled = d;
+        }
+        if rt == router.value {
+            return Ok(rt);
+        }
+        t.put(&keys::router(&rt.id), &rt);
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
+            tracing::info!(router = %rt.id, name = %rt.name, disabled = rt.disabled, "router updated");
+            return Ok(rt);
+        }
+        if name_free.is_some_and(|g| !a.held(g)) {
+            return Err(ApiError::AlreadyExists(format!(
+                "router {:?} already exists in project {project}",
+                rt.name
             )));
         }
     }

@@ -213,6 +213,67 @@ async fn edit_rules(
     ))
 }
 
+/// Renames security group `r` of `project` and/or changes its
+/// description; the project's "default" group keeps its name (as in
+/// Neutron: it is found by that name).
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    name: Option<&str>,
+    description: Option<&str>,
+) -> ApiResult<SecurityGroup> {
+    if let Some(n) = name {
+        validate::name("security group", n)?;
+    }
+    for _ in 0..8 {
+        let g = super::lookup::secgroup(ctx, project, r).await?;
+        let old = g.value;
+        let mut sg = old.clone();
+        let key = keys::secgroup(&sg.id);
+        let mut t = TxnBuilder::new();
+        t.unchanged(&key, g.mod_rev);
+        let mut name_free = None;
+        if let Some(n) = name.filter(|n| *n != sg.name) {
+            if sg.name == "default" {
+                return Err(ApiError::FailedPrecondition(
+                    "the \"default\" security group cannot be renamed".into(),
+                ));
+            }
+            let idx = keys::name_index(NameKind::SecurityGroup, &sg.project, n);
+            name_free = Some(t.absent(&idx));
+            t.delete(&keys::name_index(
+                NameKind::SecurityGroup,
+                &sg.project,
+                &sg.name,
+            ));
+            t.put(&idx, &sg.id);
+            sg.name = n.to_string();
+        }
+        if let Some(d) = description {
+            sg.description = d.to_string();
+        }
+        if sg == old {
+            return Ok(sg);
+        }
+        t.put(&key, &sg);
+        let a = ctx.store.commit(&t).await?;
+        if a.succeeded() {
+            tracing::info!(secgroup = %sg.id, name = %sg.name, "security group updated");
+            return Ok(sg);
+        }
+        if name_free.is_some_and(|f| !a.held(f)) {
+            return Err(ApiError::AlreadyExists(format!(
+                "security group {:?} already exists in project {}",
+                sg.name, sg.project
+            )));
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the security group changed concurrently too often; retry".into(),
+    ))
+}
+
 /// Adds `rule` to security group `group` of `project`; AlreadyExists
 /// when an identical rule is there.
 pub async fn add_rule(
@@ -226,14 +287,21 @@ pub async fn add_rule(
     }
     edit_rules(ctx, project, group, |g| {
         let same = g.rules.iter().any(|x| {
-            (x.direction, x.ethertype, x.protocol, x.ports, &x.remote)
-                == (
-                    rule.direction,
-                    rule.ethertype,
-                    rule.protocol,
-                    rule.ports,
-                    &rule.remote,
-                )
+            (
+                x.direction,
+                x.ethertype,
+                x.protocol,
+                x.ports,
+                x.icmp,
+                &x.remote,
+            ) == (
+                rule.direction,
+                rule.ethertype,
+                rule.protocol,
+                rule.ports,
+                rule.icmp,
+                &rule.remote,
+            )
         });
         if same {
             return Err(ApiError::AlreadyExists(format!(

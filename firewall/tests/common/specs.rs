@@ -32,6 +32,7 @@ pub fn rule(
         ethertype: EtherType::V4,
         protocol,
         port_range: ports,
+        icmp: None,
         remote,
     }
 }
@@ -98,5 +99,40 @@ pub fn many_rules(n: u16, tap: &str, mac: [u8; 6], ip: &str) -> FirewallSpec {
     spec(
         vec![port("p-many", tap, mac, ip, &["many"])],
         vec![group("many", rules, &[])],
+    )
+}
+
+/// ICMP rules with a type (and code) next to a plain one: each typed rule
+/// is one nft rule in both modes; a type on a TCP rule is dropped.
+pub fn icmp_type_code() -> FirewallSpec {
+    let typed = |t: u8, c: Option<u8>, remote: Remote| RuleSpec {
+        icmp: Some((t, c)),
+        ..rule(Direction::Ingress, Protocol::Icmp, None, remote)
+    };
+    spec(
+        vec![port(
+            "port-a",
+            "tapa",
+            [0x02, 0x77, 0, 0, 0, 0x11],
+            "10.77.0.11",
+            &["icmp"],
+        )],
+        vec![
+            group(
+                "icmp",
+                vec![
+                    typed(3, Some(2), cidr("10.77.0.0/24")),
+                    typed(0, Some(0), cidr("10.0.0.0/8")),
+                    typed(8, None, Remote::Group("lb".into())),
+                    rule(Direction::Egress, Protocol::Icmp, None, Remote::Any),
+                    RuleSpec {
+                        icmp: Some((8, None)),
+                        ..rule(Direction::Ingress, Protocol::Tcp, None, Remote::Any)
+                    },
+                ],
+                &["10.77.0.11"],
+            ),
+            group("lb", vec![], &["10.77.0.20"]),
+        ],
     )
 }

@@ -60,18 +60,29 @@ pub(crate) async fn list_ports(
     Query(f): Query<PortFilters>,
 ) -> Result<Response, ApiError> {
     let ports = crate::list_all!(up.ports(&headers)?, ports, S)?;
+    let interfaces = super::routers::interface_ports(&up, &headers).await?;
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
     let views: Vec<Value> = ports
         .iter()
-        .filter(|p| f.name.as_ref().is_none_or(|x| &p.name == x))
-        .filter(|p| f.id.as_ref().is_none_or(|x| &p.id == x))
-        .filter(|p| f.network_id.as_ref().is_none_or(|x| &p.network_id == x))
-        .filter(|p| f.device_id.as_ref().is_none_or(|x| &p.device_id == x))
+        .map(port_view)
+        .chain(interfaces)
+        .filter(|p| f.name.as_ref().is_none_or(|x| text(p, "name") == *x))
+        .filter(|p| f.id.as_ref().is_none_or(|x| text(p, "id") == *x))
+        .filter(|p| {
+            f.network_id
+                .as_ref()
+                .is_none_or(|x| text(p, "network_id") == *x)
+        })
+        .filter(|p| {
+            f.device_id
+                .as_ref()
+                .is_none_or(|x| text(p, "device_id") == *x)
+        })
         .filter(|p| {
             f.mac_address
                 .as_ref()
-                .is_none_or(|x| p.mac.eq_ignore_ascii_case(x))
+                .is_none_or(|x| text(p, "mac_address").eq_ignore_ascii_case(x))
         })
-        .map(port_view)
         .collect();
     Ok(Json(json!({"ports": views})).into_response())
 }
@@ -82,13 +93,21 @@ pub(crate) async fn show_port(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let p = up
+    match up
         .ports(&headers)?
-        .get(crate::upstream::get_req(id))
+        .get(crate::upstream::get_req(id.clone()))
         .await
-        .api(S)?
-        .into_inner();
-    Ok(Json(json!({"port": port_view(&p)})).into_response())
+    {
+        Ok(p) => Ok(Json(json!({"port": port_view(&p.into_inner())})).into_response()),
+        // A router's interface has no port record (module `routers`).
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            match super::routers::interface_port(&up, &headers, &id).await? {
+                Some(v) => Ok(Json(json!({"port": v})).into_response()),
+                None => Err(ApiError::from_status(S, &s)),
+            }
+        }
+        Err(s) => Err(ApiError::from_status(S, &s)),
+    }
 }
 
 /// `POST /v2.0/ports` body.
@@ -231,13 +250,18 @@ pub(crate) async fn update_port(
     Path(id): Path<String>,
     body: Result<Json<UpdateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b = crate::error::json_body(S, body).map_err(|e| {
-        ApiError::bad_request(
-            S,
-            format!("{} (nubo updates only a port's security_groups)", e.message),
-        )
-    })?;
     let mut c = up.ports(&headers)?;
+    let b = match crate::error::json_body(S, body) {
+        Ok(b) => b,
+        Err(e) => {
+            // A port that does not exist is a 404 whatever the body asks.
+            c.get(crate::upstream::get_req(id)).await.api(S)?;
+            return Err(ApiError::bad_request(
+                S,
+                format!("{} (nubo updates only a port's security_groups)", e.message),
+            ));
+        }
+    };
     let p = match b.port.security_groups {
         Some(groups) => c
             .update(pb::UpdatePortRequest {

@@ -169,11 +169,30 @@ pub fn allocation_pools(cidr: Ipv4Net, gateway: Option<Ipv4Addr>) -> Vec<(Ipv4Ad
         .collect()
 }
 
+/// The pools IPAM allocates from: the network's own, else the host
+/// addresses without the gateway. Pure.
+fn effective_pools(
+    n: &pb::Network,
+    cidr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let own: Vec<(Ipv4Addr, Ipv4Addr)> = n
+        .allocation_pools
+        .iter()
+        .filter_map(|p| Some((p.start.parse().ok()?, p.end.parse().ok()?)))
+        .collect();
+    if own.is_empty() {
+        allocation_pools(cidr, gateway)
+    } else {
+        own
+    }
+}
+
 /// The Neutron view of a network's subnet; `None` without one. Pure.
 pub fn subnet_view(n: &pb::Network) -> Option<Value> {
     let cidr: Ipv4Net = n.cidr.parse().ok()?;
     let gateway: Option<Ipv4Addr> = n.gateway.parse().ok();
-    let pools: Vec<Value> = allocation_pools(cidr, gateway)
+    let pools: Vec<Value> = effective_pools(n, cidr, gateway)
         .into_iter()
         .map(|(a, b)| json!({"start": a.to_string(), "end": b.to_string()}))
         .collect();
@@ -186,10 +205,11 @@ pub fn subnet_view(n: &pb::Network) -> Option<Value> {
         "ip_version": 4,
         "cidr": cidr.to_string(),
         "gateway_ip": gateway.map(|g| g.to_string()),
-        "enable_dhcp": true,
+        "enable_dhcp": !n.dhcp_disabled,
+        "router:external": n.external,
         "dns_nameservers": n.dns,
         "allocation_pools": pools,
-        "host_routes": [],
+        "host_routes": n.host_routes.iter().map(|r| json!({"destination": r.destination, "nexthop": r.nexthop})).collect::<Vec<_>>(),
         "ipv6_ra_mode": null,
         "ipv6_address_mode": null,
         "subnetpool_id": null,
@@ -226,13 +246,30 @@ struct NewSubnet {
     dns_nameservers: Vec<String>,
     allocation_pools: Option<Vec<Pool>>,
     #[serde(default)]
-    host_routes: Vec<Value>,
+    host_routes: Vec<HostRouteIn>,
     subnetpool_id: Option<String>,
     prefixlen: Option<u8>,
     ipv6_ra_mode: Option<String>,
     ipv6_address_mode: Option<String>,
     #[serde(alias = "tenant_id")]
     project_id: Option<String>,
+}
+
+/// A host route as a client sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostRouteIn {
+    destination: String,
+    nexthop: String,
+}
+
+fn routes_request(r: &[HostRouteIn]) -> Vec<pb::HostRoute> {
+    r.iter()
+        .map(|h| pb::HostRoute {
+            destination: h.destination.clone(),
+            nexthop: h.nexthop.clone(),
+        })
+        .collect()
 }
 
 /// An allocation pool as a client sends it.
@@ -245,7 +282,7 @@ struct Pool {
 
 /// `Some(v)` for a field that is present (even `null`), so that an absent
 /// gateway and `"gateway_ip": null` differ.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -268,12 +305,6 @@ fn subnet_request(s: NewSubnet) -> Result<pb::SetSubnetRequest, ApiError> {
     let cidr: Ipv4Net = cidr_text
         .parse()
         .map_err(|_| ApiError::bad_request(S, format!("invalid cidr {cidr_text:?}")))?;
-    if s.enable_dhcp == Some(false) {
-        return bad("enable_dhcp false is not supported: nubo serves DHCP on every network".into());
-    }
-    if !s.host_routes.is_empty() {
-        return bad("host_routes are not supported (nubo)".into());
-    }
     if !s.description.is_empty() {
         return bad("a subnet description is not supported (nubo)".into());
     }
@@ -282,26 +313,6 @@ fn subnet_request(s: NewSubnet) -> Result<pb::SetSubnetRequest, ApiError> {
         Some(None) => "none".into(),
         Some(Some(g)) => g.clone(),
     };
-    if let Some(pools) = &s.allocation_pools {
-        let gw: Option<Ipv4Addr> = match &s.gateway_ip {
-            None => cidr.hosts().next(),
-            Some(None) => None,
-            Some(Some(g)) => g.parse().ok(),
-        };
-        let ours: Vec<Pool> = allocation_pools(cidr, gw)
-            .into_iter()
-            .map(|(start, end)| Pool { start, end })
-            .collect();
-        if *pools != ours {
-            return bad(format!(
-                "allocation_pools other than the whole subnet without its gateway ({}) are not supported (nubo)",
-                ours.iter()
-                    .map(|p| format!("{}-{}", p.start, p.end))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
     Ok(pb::SetSubnetRequest {
         r#ref: s.network_id,
         project: s.project_id.unwrap_or_default(),
@@ -309,6 +320,18 @@ fn subnet_request(s: NewSubnet) -> Result<pb::SetSubnetRequest, ApiError> {
         gateway,
         dns: s.dns_nameservers,
         name: s.name,
+        dhcp_disabled: s.enable_dhcp == Some(false),
+        host_routes: routes_request(&s.host_routes),
+        // Checked by nubo: inside the CIDR, disjoint, not the gateway.
+        allocation_pools: s
+            .allocation_pools
+            .unwrap_or_default()
+            .iter()
+            .map(|p| pb::IpRange {
+                start: p.start.to_string(),
+                end: p.end.to_string(),
+            })
+            .collect(),
     })
 }
 
@@ -419,14 +442,144 @@ pub(crate) async fn delete_subnet(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `PUT` of a network, subnet or security group: nubo has no update of
-/// their attributes.
-pub(crate) async fn update_unsupported() -> ApiError {
-    ApiError::new(
-        S,
-        StatusCode::NOT_IMPLEMENTED,
-        "updating a network, subnet or security group is not supported by nubo (see docs/openstack-compatibility.md)",
-    )
+/// `PUT /v2.0/networks/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetworkUpdateBody {
+    network: NetworkUpdate,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkUpdate {
+    name: Option<String>,
+    admin_state_up: Option<bool>,
+    description: Option<String>,
+}
+
+/// `PUT /v2.0/networks/{id}`: the name (nubo's `Networks.Update`);
+/// `admin_state_up` true is what a nubo network always is.
+pub(crate) async fn update_network(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<NetworkUpdateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let mut c = up.networks(&headers)?;
+    let current = c
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    let u = crate::error::json_body(S, body)?.network;
+    if u.admin_state_up == Some(false) {
+        return Err(ApiError::bad_request(
+            S,
+            "admin_state_up false is not supported: a nubo network is always up (nubo)",
+        ));
+    }
+    if u.description.as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "a network description is not supported (nubo)",
+        ));
+    }
+    let n = c
+        .update(pb::UpdateNetworkRequest {
+            r#ref: current.id,
+            name: u.name,
+            ..Default::default()
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"network": network_view(&n)})).into_response())
+}
+
+/// `PUT /v2.0/subnets/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubnetUpdateBody {
+    subnet: SubnetUpdate,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubnetUpdate {
+    name: Option<String>,
+    /// `null`: no gateway.
+    #[serde(default, deserialize_with = "present")]
+    gateway_ip: Option<Option<String>>,
+    dns_nameservers: Option<Vec<String>>,
+    host_routes: Option<Vec<HostRouteIn>>,
+    enable_dhcp: Option<bool>,
+    allocation_pools: Option<Vec<Pool>>,
+    description: Option<String>,
+}
+
+/// nubo's update of a subnet (of network `net`). Pure.
+fn subnet_update_request(
+    net: &pb::Network,
+    u: SubnetUpdate,
+) -> Result<pb::UpdateNetworkRequest, ApiError> {
+    if u.description.as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "a subnet description is not supported (nubo)",
+        ));
+    }
+    if let Some(pools) = &u.allocation_pools {
+        let cidr: Ipv4Net = net
+            .cidr
+            .parse()
+            .map_err(|_| ApiError::bad_request(S, "the subnet has no valid cidr"))?;
+        let ours: Vec<Pool> = effective_pools(net, cidr, net.gateway.parse().ok())
+            .into_iter()
+            .map(|(start, end)| Pool { start, end })
+            .collect();
+        if *pools != ours {
+            return Err(ApiError::bad_request(
+                S,
+                "changing allocation_pools is not supported (nubo)",
+            ));
+        }
+    }
+    Ok(pb::UpdateNetworkRequest {
+        r#ref: net.id.clone(),
+        project: String::new(),
+        name: None,
+        subnet_name: u.name,
+        gateway: u.gateway_ip.map(|g| g.unwrap_or_else(|| "none".into())),
+        set_dns: u.dns_nameservers.is_some(),
+        dns: u.dns_nameservers.unwrap_or_default(),
+        set_host_routes: u.host_routes.is_some(),
+        host_routes: u
+            .host_routes
+            .as_deref()
+            .map(routes_request)
+            .unwrap_or_default(),
+        dhcp_disabled: u.enable_dhcp.map(|on| !on),
+    })
+}
+
+/// `PUT /v2.0/subnets/{id}`: name, gateway, DNS servers, host routes,
+/// DHCP (nubo's `Networks.Update`).
+pub(crate) async fn update_subnet(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<SubnetUpdateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let net = network_with_subnet(&up, &headers, id).await?;
+    let u = crate::error::json_body(S, body)?.subnet;
+    let req = subnet_update_request(&net, u)?;
+    let n = up
+        .networks(&headers)?
+        .update(req)
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"subnet": subnet_view(&n)})).into_response())
 }
 
 #[cfg(test)]
@@ -487,21 +640,34 @@ mod tests {
             "allocation_pools": [{"start": "10.0.0.2", "end": "10.0.0.254"}]}}))
         .unwrap();
         assert_eq!(r.gateway, "");
+        let r = subnet(json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
+            "allocation_pools": [{"start": "10.0.0.10", "end": "10.0.0.20"}]}}))
+        .unwrap();
+        assert_eq!(
+            (
+                r.allocation_pools[0].start.as_str(),
+                r.allocation_pools[0].end.as_str()
+            ),
+            ("10.0.0.10", "10.0.0.20")
+        );
+        let r = subnet(json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
+            "enable_dhcp": false,
+            "host_routes": [{"destination": "10.20.0.0/32", "nexthop": "10.0.0.9"}]}}))
+        .unwrap();
+        assert!(r.dhcp_disabled);
+        assert_eq!(
+            (
+                r.host_routes[0].destination.as_str(),
+                r.host_routes[0].nexthop.as_str()
+            ),
+            ("10.20.0.0/32", "10.0.0.9")
+        );
         for (v, text) in [
             (
                 json!({"subnet": {"network_id": "n", "cidr": "fd00::/64", "ip_version": 6}}),
                 "only IPv4",
             ),
             (json!({"subnet": {"network_id": "n"}}), "needs a cidr"),
-            (
-                json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24", "enable_dhcp": false}}),
-                "enable_dhcp",
-            ),
-            (
-                json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24",
-                "allocation_pools": [{"start": "10.0.0.10", "end": "10.0.0.20"}]}}),
-                "10.0.0.2-10.0.0.254",
-            ),
             (
                 json!({"subnet": {"network_id": "n", "cidr": "10.0.0.0/24", "bogus": 1}}),
                 "unknown field `bogus`",
@@ -515,6 +681,39 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(text), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn subnet_updates_say_what_changes() {
+        let net = pb::Network {
+            id: "n".into(),
+            cidr: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        let parse = |v: Value| -> Result<pb::UpdateNetworkRequest, ApiError> {
+            let b: SubnetUpdateBody =
+                serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
+            subnet_update_request(&net, b.subnet)
+        };
+        let r = parse(json!({"subnet": {"name": "s2", "gateway_ip": "10.0.0.2",
+            "dns_nameservers": [], "enable_dhcp": true,
+            "host_routes": [{"destination": "10.9.0.0/16", "nexthop": "10.0.0.5"}]}}))
+        .unwrap();
+        assert_eq!(r.subnet_name.as_deref(), Some("s2"));
+        assert_eq!(r.gateway.as_deref(), Some("10.0.0.2"));
+        assert!(r.set_dns && r.dns.is_empty());
+        assert!(r.set_host_routes);
+        assert_eq!(r.dhcp_disabled, Some(false));
+        assert_eq!(r.name, None);
+        let r = parse(json!({"subnet": {"gateway_ip": null}})).unwrap();
+        assert_eq!(r.gateway.as_deref(), Some("none"));
+        assert!(!r.set_dns && !r.set_host_routes);
+        let e = parse(
+            json!({"subnet": {"allocation_pools": [{"start": "10.0.0.9", "end": "10.0.0.20"}]}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -1,0 +1,550 @@
+//! Neutron routers over nubo's `Routers`: create (with
+//! `external_gateway_info`), list, show, update (name, `admin_state_up`),
+//! delete, and interfaces by `subnet_id`.
+//!
+//! nubo's routers are distributed: a router answers on each of its
+//! networks' gateway address, on every node hosting a port of it. Neutron
+//! shows that as an interface port per network; nubo has no port record for
+//! it, so the interface port is the router's leg on that network, shown
+//! with the network's id (which is also its one subnet's id): `GET
+//! /v2.0/ports/{id}` and `?device_id=<router>` answer it (see
+//! [`interface_ports`]).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nubo_common::proto as pb;
+use nubo_netid::MacAddr;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::S;
+use crate::error::{ApiError, StatusExt};
+use crate::Upstream;
+
+/// The Neutron view of a router. Pure.
+pub fn router_view(r: &pb::Router) -> Value {
+    let gw = if r.gateway_network_id.is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "network_id": r.gateway_network_id,
+            "enable_snat": true,
+            "external_fixed_ips": [{"subnet_id": r.gateway_network_id, "ip_address": r.gateway_ip}],
+        })
+    };
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "tenant_id": r.project,
+        "project_id": r.project,
+        "status": "ACTIVE",
+        "admin_state_up": !r.disabled,
+        "external_gateway_info": gw,
+        "routes": [],
+        "distributed": true,
+        "ha": false,
+        "description": "",
+        "availability_zones": [],
+        "availability_zone_hints": [],
+        "created_at": r.created_at,
+        "tags": [],
+    })
+}
+
+/// The interface port of router `r` on its network `net` (see the module
+/// documentation): id and subnet are the network's, the address its
+/// gateway, the MAC the one nubo's agents answer with there. Pure.
+pub fn interface_port_view(r: &pb::Router, net: &pb::Network) -> Value {
+    let mac = MacAddr::router_mac(&[&r.id, &net.id]);
+    json!({
+        "id": net.id,
+        "name": "",
+        "network_id": net.id,
+        "tenant_id": r.project,
+        "project_id": r.project,
+        "mac_address": mac.to_string(),
+        "fixed_ips": [{"subnet_id": net.id, "ip_address": net.gateway}],
+        "security_groups": [],
+        "port_security_enabled": false,
+        "device_id": r.id,
+        "device_owner": "network:router_interface_distributed",
+        "binding:host_id": "",
+        "binding:vif_type": "distributed",
+        "binding:vnic_type": "normal",
+        "status": if r.disabled { "DOWN" } else { "ACTIVE" },
+        "admin_state_up": !r.disabled,
+        "allowed_address_pairs": [],
+        "extra_dhcp_opts": [],
+        "description": "",
+        "created_at": r.created_at,
+        "tags": [],
+    })
+}
+
+/// Every router interface port the caller sees (routers × their networks).
+pub(crate) async fn interface_ports(
+    up: &Upstream,
+    headers: &HeaderMap,
+) -> Result<Vec<Value>, ApiError> {
+    let routers = crate::list_all!(up.routers(headers)?, routers, S)?;
+    if routers.iter().all(|r| r.subnet_ids.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let nets = crate::list_all!(up.networks(headers)?, networks, S)?;
+    Ok(routers
+        .iter()
+        .flat_map(|r| {
+            r.subnet_ids
+                .iter()
+                .filter_map(|id| nets.iter().find(|n| &n.id == id))
+                .map(move |n| interface_port_view(r, n))
+        })
+        .collect())
+}
+
+/// The interface port `id`, if it is one.
+pub(crate) async fn interface_port(
+    up: &Upstream,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Option<Value>, ApiError> {
+    Ok(interface_ports(up, headers)
+        .await?
+        .into_iter()
+        .find(|p| p["id"] == id))
+}
+
+/// Neutron's router list filters nubo serves.
+#[derive(Debug, Default, Deserialize)]
+pub struct RouterFilters {
+    name: Option<String>,
+    id: Option<String>,
+}
+
+/// `GET /v2.0/routers`.
+pub(crate) async fn list_routers(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(f): Query<RouterFilters>,
+) -> Result<Response, ApiError> {
+    let routers = crate::list_all!(up.routers(&headers)?, routers, S)?;
+    let views: Vec<Value> = routers
+        .iter()
+        .filter(|r| f.name.as_ref().is_none_or(|x| &r.name == x))
+        .filter(|r| f.id.as_ref().is_none_or(|x| &r.id == x))
+        .map(router_view)
+        .collect();
+    Ok(Json(json!({"routers": views})).into_response())
+}
+
+async fn get_router(up: &Upstream, headers: &HeaderMap, id: &str) -> Result<pb::Router, ApiError> {
+    match up
+        .routers(headers)?
+        .get(crate::upstream::get_req(id.to_string()))
+        .await
+    {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::NotFound => Err(ApiError::not_found(
+            S,
+            format!("Router {id} could not be found"),
+        )),
+        Err(s) => Err(ApiError::from_status(S, &s)),
+    }
+}
+
+/// `GET /v2.0/routers/{id}`.
+pub(crate) async fn show_router(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = get_router(&up, &headers, &id).await?;
+    Ok(Json(json!({"router": router_view(&r)})).into_response())
+}
+
+/// `POST /v2.0/routers` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouterBody {
+    router: NewRouter,
+}
+
+/// A router's `external_gateway_info` as a client sends it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayInfo {
+    network_id: Option<String>,
+    enable_snat: Option<bool>,
+    external_fixed_ips: Option<Vec<Value>>,
+}
+
+/// The attributes of a Neutron router nubo understands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRouter {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    admin_state_up: Option<bool>,
+    external_gateway_info: Option<GatewayInfo>,
+    distributed: Option<bool>,
+    ha: Option<bool>,
+    #[serde(default)]
+    availability_zone_hints: Vec<String>,
+    #[serde(alias = "tenant_id")]
+    project_id: Option<String>,
+}
+
+/// The external network of a gateway info ("" = none), or why nubo
+/// cannot honour it. Pure.
+fn gateway_network(g: Option<&GatewayInfo>) -> Result<String, ApiError> {
+    let Some(g) = g else {
+        return Ok(String::new());
+    };
+    if g.enable_snat == Some(false) {
+        return Err(ApiError::bad_request(
+            S,
+            "enable_snat false is not supported (nubo): a router with a gateway SNATs its networks' outbound traffic",
+        ));
+    }
+    if g.external_fixed_ips.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "external_fixed_ips are not supported (nubo): the router's gateway address is allocated",
+        ));
+    }
+    Ok(g.network_id.clone().unwrap_or_default())
+}
+
+/// nubo's request for a Neutron router. Pure.
+fn router_request(r: NewRouter) -> Result<pb::CreateRouterRequest, ApiError> {
+    if r.distributed.is_some() {
+        // Neutron's policy: only an admin sets `distributed`; nubo's routers
+        // are all distributed, so nobody chooses.
+        return Err(ApiError::new(
+            S,
+            StatusCode::FORBIDDEN,
+            "distributed is not settable: every nubo router is distributed",
+        ));
+    }
+    if r.ha == Some(true) {
+        return Err(ApiError::bad_request(
+            S,
+            "ha routers are not supported (nubo): routers are distributed, with no standby",
+        ));
+    }
+    if !r.description.is_empty() || !r.availability_zone_hints.is_empty() {
+        return Err(ApiError::bad_request(
+            S,
+            "a router description and availability_zone_hints are not supported (nubo)",
+        ));
+    }
+    Ok(pb::CreateRouterRequest {
+        name: r.name,
+        project: r.project_id.unwrap_or_default(),
+        external_gateway: gateway_network(r.external_gateway_info.as_ref())?,
+        disabled: r.admin_state_up == Some(false),
+    })
+}
+
+/// `POST /v2.0/routers`.
+pub(crate) async fn create_router(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    body: Result<Json<RouterBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = crate::error::json_body(S, body)?;
+    let req = router_request(b.router)?;
+    let r = up.routers(&headers)?.create(req).await.api(S)?.into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"router": router_view(&r)})),
+    )
+        .into_response())
+}
+
+/// `PUT /v2.0/routers/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouterUpdateBody {
+    router: RouterUpdate,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouterUpdate {
+    name: Option<String>,
+    admin_state_up: Option<bool>,
+    /// Absent or the router's current gateway: accepted.
+    #[serde(default, deserialize_with = "super::subnets::present")]
+    external_gateway_info: Option<Option<GatewayInfo>>,
+    /// `null` or `[]`: accepted (nubo has no extra routes).
+    #[serde(default)]
+    routes: Option<Vec<Value>>,
+    description: Option<String>,
+}
+
+/// `PUT /v2.0/routers/{id}`: name and `admin_state_up` (nubo's
+/// `Routers.Update`); a gateway change, extra routes and a description are
+/// refused with the reason.
+pub(crate) async fn update_router(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<RouterUpdateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let u = crate::error::json_body(S, body)?.router;
+    let current = get_router(&up, &headers, &id).await?;
+    if u.routes.as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "extra routes are not supported (nubo): a router routes between its networks and out through its gateway",
+        ));
+    }
+    if u.description.as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(ApiError::bad_request(
+            S,
+            "a router description is not supported (nubo)",
+        ));
+    }
+    if let Some(g) = &u.external_gateway_info {
+        let wanted = gateway_network(g.as_ref())?;
+        if wanted != current.gateway_network_id {
+            return Err(ApiError::bad_request(
+                S,
+                "changing a router's gateway is not supported (nubo): create the router with its external_gateway_info",
+            ));
+        }
+    }
+    let r = up
+        .routers(&headers)?
+        .update(pb::UpdateRouterRequest {
+            r#ref: current.id.clone(),
+            project: String::new(),
+            name: u.name,
+            disabled: u.admin_state_up.map(|up| !up),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(json!({"router": router_view(&r)})).into_response())
+}
+
+/// `DELETE /v2.0/routers/{id}`.
+pub(crate) async fn delete_router(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = get_router(&up, &headers, &id).await?;
+    up.routers(&headers)?
+        .delete(crate::upstream::delete_req(r.id))
+        .await
+        .api(S)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /v2.0/routers/{id}/add_router_interface` and `…/remove_…` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InterfaceBody {
+    subnet_id: Option<String>,
+    port_id: Option<String>,
+}
+
+fn interface_info(r: &pb::Router, net: &str) -> Value {
+    json!({
+        "id": r.id,
+        "tenant_id": r.project,
+        "project_id": r.project,
+        "subnet_id": net,
+        "subnet_ids": [net],
+        "network_id": net,
+        "port_id": net,
+    })
+}
+
+/// The network of an interface request: its subnet (nubo: the network's
+/// id), or an interface port of this router (the same id). A port of a
+/// guest cannot become the interface: nubo's router answers on the
+/// network's gateway address, which IPAM never gives a port.
+async fn interface_network(
+    up: &Upstream,
+    headers: &HeaderMap,
+    router: &pb::Router,
+    b: InterfaceBody,
+    adding: bool,
+) -> Result<String, ApiError> {
+    match (b.subnet_id, b.port_id) {
+        (Some(s), None) => Ok(s),
+        (None, Some(p)) => {
+            if !adding && router.subnet_ids.contains(&p) {
+                return Ok(p);
+            }
+            let port = up
+                .ports(headers)?
+                .get(crate::upstream::get_req(p.clone()))
+                .await
+                .api(S)?
+                .into_inner();
+            Err(ApiError::bad_request(
+                S,
+                format!(
+                    "port {} cannot be a router interface (nubo): a router answers on its network's gateway address; add the interface by subnet_id {}",
+                    port.id, port.network_id
+                ),
+            ))
+        }
+        _ => Err(ApiError::bad_request(
+            S,
+            "give exactly one of subnet_id and port_id",
+        )),
+    }
+}
+
+/// `PUT /v2.0/routers/{id}/add_router_interface`.
+pub(crate) async fn add_interface(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<InterfaceBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = crate::error::json_body(S, body)?;
+    let router = get_router(&up, &headers, &id).await?;
+    let net = interface_network(&up, &headers, &router, b, true).await?;
+    let r = match up
+        .routers(&headers)?
+        .add_subnet(pb::RouterSubnetRequest {
+            r#ref: router.id.clone(),
+            project: String::new(),
+            network: net.clone(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        // Neutron: an overlapping or unusable subnet is a 400, a subnet in
+        // another router a 409 (nubo's FailedPrecondition).
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            return Err(ApiError::not_found(
+                S,
+                format!("Subnet {net} could not be found"),
+            ))
+        }
+        Err(s) => return Err(ApiError::from_status(S, &s)),
+    };
+    Ok(Json(interface_info(&r, &net)).into_response())
+}
+
+/// `PUT /v2.0/routers/{id}/remove_router_interface`.
+pub(crate) async fn remove_interface(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<InterfaceBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = crate::error::json_body(S, body)?;
+    let router = get_router(&up, &headers, &id).await?;
+    let net = interface_network(&up, &headers, &router, b, false).await?;
+    if !router.subnet_ids.contains(&net) {
+        return Err(ApiError::not_found(
+            S,
+            format!("Router {} has no interface on subnet {net}", router.id),
+        ));
+    }
+    let r = up
+        .routers(&headers)?
+        .remove_subnet(pb::RouterSubnetRequest {
+            r#ref: router.id.clone(),
+            project: String::new(),
+            network: net.clone(),
+        })
+        .await
+        .api(S)?
+        .into_inner();
+    Ok(Json(interface_info(&r, &net)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<pb::CreateRouterRequest, ApiError> {
+        let b: RouterBody =
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
+        router_request(b.router)
+    }
+
+    #[test]
+    fn routers_map_to_nubo_or_are_refused_with_the_reason() {
+        let r = parse(json!({"router": {"name": "r1", "admin_state_up": false,
+            "external_gateway_info": {"network_id": "ext"}}}))
+        .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.external_gateway.as_str(), r.disabled),
+            ("r1", "ext", true)
+        );
+        let r = parse(json!({"router": {"name": "r2", "external_gateway_info": {}}})).unwrap();
+        assert_eq!((r.external_gateway.as_str(), r.disabled), ("", false));
+        for (v, status, text) in [
+            (
+                json!({"router": {"name": "r", "distributed": true}}),
+                StatusCode::FORBIDDEN,
+                "distributed",
+            ),
+            (
+                json!({"router": {"name": "r", "external_gateway_info": {"network_id": "e", "enable_snat": false}}}),
+                StatusCode::BAD_REQUEST,
+                "enable_snat",
+            ),
+            (
+                json!({"router": {"name": "r", "bogus": 1}}),
+                StatusCode::BAD_REQUEST,
+                "unknown field `bogus`",
+            ),
+        ] {
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.status, status);
+            assert!(e.message.contains(text), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_router_shows_its_gateway_state_and_interfaces() {
+        let r = pb::Router {
+            id: "r".into(),
+            name: "r1".into(),
+            gateway_network_id: "ext".into(),
+            gateway_ip: "10.77.0.5".into(),
+            subnet_ids: vec!["n".into()],
+            disabled: true,
+            ..Default::default()
+        };
+        let v = router_view(&r);
+        assert_eq!(v["admin_state_up"], false);
+        assert_eq!(v["external_gateway_info"]["network_id"], "ext");
+        assert_eq!(
+            v["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
+            "10.77.0.5"
+        );
+        let up = router_view(&pb::Router::default());
+        assert_eq!(up["admin_state_up"], true);
+        assert!(up["external_gateway_info"].is_null());
+        let net = pb::Network {
+            id: "n".into(),
+            gateway: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        let p = interface_port_view(&r, &net);
+        assert_eq!(p["device_id"], "r");
+        assert_eq!(p["fixed_ips"][0]["ip_address"], "10.0.0.1");
+        assert_eq!(p["status"], "DOWN");
+        assert_eq!(
+            p["mac_address"],
+            MacAddr::router_mac(&["r", "n"]).to_string()
+        );
+    }
+}
