@@ -1890,6 +1890,8 @@ async fn images_are_shared_between_projects_by_visibility_and_members() {
         assert!(!listed.to_string().contains(sid), "{listed}");
     });
     c.shutdown().await.unwrap();
+}
+
 /// `ref` of a server action request.
 fn act(r: &str) -> pb::ServerActionRequest {
     pb::ServerActionRequest {
