@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use nubo_nodeapi::tls::{self, TlsError};
 use prometheus_client::registry::Registry;
-use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -75,9 +74,6 @@ pub enum EndpointError {
     /// The TLS material was refused.
     #[error("metrics TLS: {0}")]
     Tls(#[from] TlsError),
-    /// The client verifier could not be built from `client_ca`.
-    #[error("metrics client CA: {0}")]
-    Verifier(String),
     /// The bearer token file could not be read or is empty.
     #[error("metrics bearer token {path}: {reason}")]
     Token {
@@ -109,7 +105,9 @@ impl Endpoint {
     /// every error surfaces at start, not at the first scrape.
     pub async fn bind(cfg: &EndpointConfig) -> Result<Self, EndpointError> {
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(cert), Some(key)) => Some(server_config(cert, key, cfg.client_ca.as_deref())?),
+            (Some(cert), Some(key)) => {
+                Some(tls::server_config(cert, key, cfg.client_ca.as_deref())?)
+            }
             (None, None) if cfg.client_ca.is_some() => {
                 return Err(EndpointError::Incomplete(
                     "client_ca needs tls_cert and tls_key",
@@ -160,34 +158,6 @@ impl Endpoint {
             });
         nubo_nodeapi::server::serve(self.listener, app, self.tls).await
     }
-}
-
-fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<Arc<ServerConfig>, EndpointError> {
-    let builder = ServerConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Rustls {
-            what: "protocol versions",
-            source,
-        })?;
-    let builder = match client_ca {
-        Some(ca) => builder.with_client_cert_verifier(
-            WebPkiClientVerifier::builder_with_provider(Arc::new(tls::roots(ca)?), tls::provider())
-                .build()
-                .map_err(|e| EndpointError::Verifier(e.to_string()))?,
-        ),
-        None => builder.with_no_client_auth(),
-    };
-    let cfg = builder
-        .with_single_cert(tls::certs(cert)?, tls::key(key)?)
-        .map_err(|source| TlsError::Rustls {
-            what: "server certificate",
-            source,
-        })?;
-    Ok(Arc::new(cfg))
 }
 
 fn read_token(path: &Path) -> Result<Arc<str>, EndpointError> {

@@ -91,6 +91,38 @@ pub fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A server's side: serve with `cert` (chain) and `key`; with
+/// `client_ca`, require a client certificate signed by it, else take any
+/// client (an HTTPS endpoint such as the OpenStack front end or a metrics
+/// endpoint without client certificates).
+pub fn server_config(
+    cert: &Path,
+    key_path: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions",
+            source,
+        })?;
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let cfg = builder
+        .with_single_cert(certs(cert)?, key(key_path)?)
+        .map_err(|source| TlsError::Rustls {
+            what: "server certificate",
+            source,
+        })?;
+    Ok(Arc::new(cfg))
+}
+
 impl TlsFiles {
     /// The files when all three are configured (a daemon's `[etcd_tls]`:
     /// the same certificate serves etcd and the node API).
@@ -109,23 +141,7 @@ impl TlsFiles {
     /// The agent's side: serve with `cert`, require a client certificate
     /// signed by `ca`.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&self.ca)?), provider())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        let cfg = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|source| TlsError::Rustls {
-                what: "protocol versions",
-                source,
-            })?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs(&self.cert)?, key(&self.key)?)
-            .map_err(|source| TlsError::Rustls {
-                what: "server certificate",
-                source,
-            })?;
-        Ok(Arc::new(cfg))
+        server_config(&self.cert, &self.key, Some(&self.ca))
     }
 
     /// A client's side: trust `ca` only, present `cert`.

@@ -2,8 +2,10 @@
 //! runs as in production (TLS API, token authentication, bootstrapped;
 //! [`NetLab::start_with_tokens`]), agents running real guests (network
 //! namespaces with the netns driver, addresses from the agents' DHCP), and
-//! `nubo-openstack` in front of the coordinator on a loopback port; plus
-//! the `clouds.yaml` the OpenStack clients read.
+//! `nubo-openstack` in front of the coordinator on a loopback port, over
+//! HTTPS with a certificate of the lab's CA (as in production: tokens and
+//! passwords cross it); plus the `clouds.yaml` the OpenStack clients read
+//! (`cacert`: that CA) and [`FrontEnd::curl`].
 //!
 //! ```no_run
 //! # fn demo() -> anyhow::Result<()> {
@@ -22,6 +24,7 @@ use serde_json::Value;
 
 use crate::net_e2e::NetLab;
 use crate::process::{bin_path, Daemon};
+use crate::tls::Certs;
 
 /// How long `nubo-openstack` may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,20 +34,25 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct FrontEnd {
     /// `nubo-openstack` (log in the lab's directory).
     pub daemon: Daemon,
-    /// Its base URL, `http://127.0.0.1:<port>` (the catalog's root;
+    /// Its base URL, `https://127.0.0.1:<port>` (the catalog's root;
     /// Keystone at `<url>/identity/v3`).
     pub url: String,
+    /// The CA its certificate is signed by (what clients trust).
+    pub ca: PathBuf,
     /// Where `clouds.yaml` is written (the lab's directory).
     dir: PathBuf,
 }
 
 impl FrontEnd {
     /// Starts `nubo-openstack` in front of the coordinator at `coordinator`
-    /// (trusting `ca`), logging to `dir/nubo-openstack.log`, and waits
-    /// until it logs that it is ready. What every lab with the OpenStack
-    /// API uses ([`OpenStackLab`], the VM labs of tests/tests).
-    pub fn start(coordinator: &str, ca: &Path, dir: &Path) -> Result<Self> {
+    /// (trusting the CA of `certs`), serving HTTPS with a certificate of
+    /// that CA for 127.0.0.1, logging to `dir/nubo-openstack.log`, and
+    /// waits until it logs that it is ready. What every lab with the
+    /// OpenStack API uses ([`OpenStackLab`], the VM labs of tests/tests).
+    pub fn start(coordinator: &str, certs: &Certs, dir: &Path) -> Result<Self> {
         let listen = format!("127.0.0.1:{}", crate::ports::free_port());
+        let ca = certs.ca();
+        let (cert, key) = certs.server_cert_for("nubo-openstack", "IP:127.0.0.1")?;
         let mut daemon = Daemon::spawn(
             "nubo-openstack",
             Vec::new(),
@@ -56,6 +64,10 @@ impl FrontEnd {
                 coordinator.to_string(),
                 "--ca-cert".into(),
                 ca.display().to_string(),
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
             ],
             dir.join("nubo-openstack.log"),
             &[("RUST_LOG", "info")],
@@ -63,7 +75,8 @@ impl FrontEnd {
         daemon.wait_for_log("nubo-openstack ready", START_TIMEOUT)?;
         Ok(Self {
             daemon,
-            url: format!("http://{listen}"),
+            url: format!("https://{listen}"),
+            ca,
             dir: dir.to_path_buf(),
         })
     }
@@ -79,9 +92,17 @@ impl FrontEnd {
     /// `OS_CLIENT_CONFIG_FILE`).
     pub fn clouds_yaml(&self, clouds: &[(&str, &str, &str, &str)]) -> Result<PathBuf> {
         let path = self.dir.join("clouds.yaml");
-        std::fs::write(&path, clouds_yaml_text(&self.auth_url(), clouds))
+        std::fs::write(&path, clouds_yaml_text(&self.auth_url(), &self.ca, clouds))
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+
+    /// `curl --cacert <the CA>`: a request to the front end that verifies
+    /// its certificate (the caller adds the rest).
+    pub fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.arg("--cacert").arg(&self.ca);
+        c
     }
 }
 
@@ -108,12 +129,11 @@ impl OpenStackLab {
     }
 
     fn with_lab(lab: NetLab) -> Result<Self> {
-        let ca = lab
+        let certs = lab
             .certs
             .as_ref()
-            .context("a lab with tokens has certificates")?
-            .ca();
-        let front_end = FrontEnd::start(&lab.coordinator.endpoint(), &ca, lab.dir.path())?;
+            .context("a lab with tokens has certificates")?;
+        let front_end = FrontEnd::start(&lab.coordinator.endpoint(), certs, lab.dir.path())?;
         Ok(Self { front_end, lab })
     }
 }
@@ -143,12 +163,14 @@ pub fn openstack(clouds: &Path, cloud: &str, args: &[&str]) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("openstack output: {text}"))
 }
 
-/// The text of a `clouds.yaml` for [`OpenStackLab::clouds_yaml`]. Pure.
-pub fn clouds_yaml_text(auth_url: &str, clouds: &[(&str, &str, &str, &str)]) -> String {
+/// The text of a `clouds.yaml` for [`FrontEnd::clouds_yaml`] (clients
+/// verify the front end against `ca`). Pure.
+pub fn clouds_yaml_text(auth_url: &str, ca: &Path, clouds: &[(&str, &str, &str, &str)]) -> String {
+    let ca = ca.display();
     let mut text = String::from("clouds:\n");
     for (cloud, user, password, project) in clouds {
         text.push_str(&format!(
-            "  {cloud}:\n    auth:\n      auth_url: {auth_url}\n      username: {user}\n      password: {password}\n      project_name: {project}\n      user_domain_name: Default\n      project_domain_name: Default\n    identity_api_version: 3\n    region_name: RegionOne\n    interface: public\n"
+            "  {cloud}:\n    auth:\n      auth_url: {auth_url}\n      username: {user}\n      password: {password}\n      project_name: {project}\n      user_domain_name: Default\n      project_domain_name: Default\n    identity_api_version: 3\n    region_name: RegionOne\n    interface: public\n    cacert: {ca}\n"
         ));
     }
     text
@@ -161,11 +183,15 @@ mod tests {
     #[test]
     fn clouds_yaml_names_every_cloud() {
         let t = clouds_yaml_text(
-            "http://h:1/identity/v3",
+            "https://h:1/identity/v3",
+            Path::new("/x/ca.crt"),
             &[("a", "u1", "p1", "x"), ("b", "u2", "p2", "y")],
         );
-        assert!(t.starts_with("clouds:\n  a:\n    auth:\n      auth_url: http://h:1/identity/v3\n"));
-        assert!(t.contains("  b:\n    auth:\n      auth_url: http://h:1/identity/v3\n      username: u2\n      password: p2\n      project_name: y\n"));
+        assert!(
+            t.starts_with("clouds:\n  a:\n    auth:\n      auth_url: https://h:1/identity/v3\n")
+        );
+        assert!(t.contains("  b:\n    auth:\n      auth_url: https://h:1/identity/v3\n      username: u2\n      password: p2\n      project_name: y\n"));
         assert_eq!(t.matches("region_name: RegionOne").count(), 2);
+        assert_eq!(t.matches("    cacert: /x/ca.crt\n").count(), 2);
     }
 }

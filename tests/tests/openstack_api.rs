@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use nubo_tests::netns::{need_root, netns_exec};
-use nubo_tests::openstack_lab::{self, OpenStackLab};
+use nubo_tests::openstack_lab::{self, FrontEnd, OpenStackLab};
 use nubo_tests::{list_items, wait_for};
 use serde_json::{json, Value};
 
@@ -36,20 +36,21 @@ fn openstack(clouds: &Path, args: &[&str]) -> Result<Value> {
 }
 
 /// `curl` to the front end: (status, body).
-fn curl(url: &str, token: Option<&str>, headers: &[&str]) -> (u16, Value) {
-    curl_req("GET", url, token, headers, None)
+fn curl(fe: &FrontEnd, url: &str, token: Option<&str>, headers: &[&str]) -> (u16, Value) {
+    curl_req(fe, "GET", url, token, headers, None)
 }
 
 /// `curl -X METHOD` with an optional JSON body: the status and the JSON
 /// answer (null when it is not JSON).
 fn curl_req(
+    fe: &FrontEnd,
     method: &str,
     url: &str,
     token: Option<&str>,
     headers: &[&str],
     body: Option<&str>,
 ) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
+    let mut cmd = fe.curl();
     cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
     if let Some(b) = body {
         cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
@@ -86,7 +87,8 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     alice
         .json(&["network", "create", "net1", "--cidr", "10.20.0.0/24"])
         .unwrap();
-    let url = os.front_end.url.clone();
+    let fe = &os.front_end;
+    let url = fe.url.clone();
     let clouds = os
         .front_end
         .clouds_yaml(&[
@@ -190,7 +192,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
 
     // Metadata, while the guest holds its lease (a reboot of a netns
     // guest makes a fresh namespace).
-    server_metadata(clouds, &url, &token, &alice, &guest, &id);
+    server_metadata(clouds, fe, &token, &alice, &guest, &id);
 
     // stop / start: the desired power follows.
     openstack(clouds, &["server", "stop", &id]).unwrap();
@@ -304,7 +306,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     let sum = String::from_utf8_lossy(&sum.stdout);
     let sum = sum.split_whitespace().next().unwrap();
     assert!(img.to_string().contains(sum), "{img} lacks sha256 {sum}");
-    glance_chunked_upload_and_patch(clouds, &url, &token, &alice, &file, data.len());
+    glance_chunked_upload_and_patch(clouds, fe, &token, &alice, &file, data.len());
 
     // Neutron's network-then-subnet creation, and a port, agree with nubo.
     let net2 = openstack(clouds, &["network", "create", "-f", "json", "net2"]).unwrap();
@@ -397,6 +399,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
         r#"{"network": {"name": "bad", "color": "red"}}"#,
     ] {
         let (code, answer) = curl_req(
+            fe,
             "POST",
             &format!("{url}/network/v2.0/networks"),
             Some(&token),
@@ -411,6 +414,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     // Token validation and revocation (Keystone's GET/DELETE
     // /v3/auth/tokens; `openstack token revoke`).
     let (code, body) = curl(
+        fe,
         &format!("{url}/identity/v3/auth/tokens"),
         Some(&token),
         &[&format!("X-Subject-Token: {token}")],
@@ -421,16 +425,36 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     let other = openstack(clouds, &["token", "issue", "-f", "json"]).unwrap();
     let other = other["id"].as_str().unwrap().to_string();
     let servers_url = format!("{url}/compute/v2.1/servers");
-    assert_eq!(curl(&servers_url, Some(&other), &[]).0, 200);
+    assert_eq!(curl(fe, &servers_url, Some(&other), &[]).0, 200);
     openstack(clouds, &["token", "revoke", &other]).unwrap();
-    assert_eq!(curl(&servers_url, Some(&other), &[]).0, 401);
+    assert_eq!(curl(fe, &servers_url, Some(&other), &[]).0, 401);
     let (code, _) = curl(
+        fe,
         &format!("{url}/identity/v3/auth/tokens"),
         Some(&token),
         &[&format!("X-Subject-Token: {other}")],
     );
     assert_eq!(code, 404, "a revoked token is not found");
-    assert_eq!(curl(&servers_url, Some(&token), &[]).0, 200);
+    assert_eq!(curl(fe, &servers_url, Some(&token), &[]).0, 200);
+
+    // The front end speaks TLS only, with a certificate of the lab's CA:
+    // the request just served (curl trusting that CA) is refused by a
+    // client that does not trust it (curl's exit status 60: certificate
+    // problem), and plain HTTP on its port gets no API answer.
+    let untrusted = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-H"])
+        .arg(format!("X-Auth-Token: {token}"))
+        .arg(&servers_url)
+        .status()
+        .unwrap();
+    assert_eq!(untrusted.code(), Some(60), "{untrusted:?}");
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("X-Auth-Token: {token}"))
+        .arg(servers_url.replacen("https://", "http://", 1))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "{plain:?}");
 
     // quota show: compute and network quotas, nubo's limits.
     let q = openstack(clouds, &["quota", "show", "-f", "json", "team-a"]).unwrap();
@@ -561,21 +585,24 @@ print("DELETED")
 
     // Bad input in OpenStack's formats.
     let (code, body) = curl(
+        fe,
         &format!("{url}/compute/v2.1/servers/nope"),
         Some(&token),
         &[],
     );
     assert_eq!(code, 404, "{body}");
     assert!(body["itemNotFound"]["message"].is_string(), "{body}");
-    let (code, body) = curl(&format!("{url}/compute/v2.1/servers"), None, &[]);
+    let (code, body) = curl(fe, &format!("{url}/compute/v2.1/servers"), None, &[]);
     assert_eq!(code, 401, "{body}");
     let (code, _) = curl(
+        fe,
         &format!("{url}/compute/v2.1/servers"),
         Some(&token),
         &["OpenStack-API-Version: compute 2.95"],
     );
     assert_eq!(code, 406);
     let (code, body) = curl(
+        fe,
         &format!("{url}/compute/v2.1/servers?marker=nope"),
         Some(&token),
         &[],
@@ -591,16 +618,18 @@ print("DELETED")
 /// and Nova's limits refuse bad input (400/403/404) without changing it.
 fn server_metadata(
     clouds: &Path,
-    url: &str,
+    fe: &FrontEnd,
     token: &str,
     alice: &nubo_tests::Cli,
     guest: &str,
     id: &str,
 ) {
+    let url = &fe.url;
     let meta = |want: Value| {
         let ours = alice.json(&["server", "show", "vm1"]).unwrap();
         assert_eq!(ours["metadata"], want, "{ours}");
         let (code, body) = curl(
+            fe,
             &format!("{url}/compute/v2.1/servers/{id}/metadata"),
             Some(token),
             &[],
@@ -675,13 +704,14 @@ fn server_metadata(
         ("GET", format!("{base}/absent"), Value::Null, 404),
     ] {
         let b = (!body.is_null()).then(|| body.to_string());
-        let (code, answer) = curl_req(method, &path, Some(token), &[], b.as_deref());
+        let (code, answer) = curl_req(fe, method, &path, Some(token), &[], b.as_deref());
         assert_eq!(code, want, "{method} {path}: {answer}");
     }
     // The limit itself fits: 128 items replace all, then back.
     let full: serde_json::Map<String, Value> =
         (0..128).map(|i| (format!("k{i}"), json!("v"))).collect();
     let (code, answer) = curl_req(
+        fe,
         "PUT",
         &base,
         Some(token),
@@ -691,6 +721,7 @@ fn server_metadata(
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["metadata"].as_object().unwrap().len(), 128);
     let (code, answer) = curl_req(
+        fe,
         "PUT",
         &base,
         Some(token),
@@ -699,6 +730,7 @@ fn server_metadata(
     );
     assert_eq!(code, 200, "{answer}");
     let (code, answer) = curl_req(
+        fe,
         "PUT",
         &format!("{base}/tier"),
         Some(token),
@@ -720,13 +752,15 @@ fn server_metadata(
 /// a patch nubo cannot apply are a 4xx with the image unchanged.
 fn glance_chunked_upload_and_patch(
     clouds: &Path,
-    url: &str,
+    fe: &FrontEnd,
     token: &str,
     alice: &nubo_tests::Cli,
     file: &Path,
     len: usize,
 ) {
+    let url = &fe.url;
     let (code, made) = curl_req(
+        fe,
         "POST",
         &format!("{url}/image/v2/images"),
         Some(token),
@@ -735,7 +769,8 @@ fn glance_chunked_upload_and_patch(
     );
     assert_eq!(code, 201, "{made}");
     let id = made["id"].as_str().unwrap().to_string();
-    let out = Command::new("curl")
+    let out = fe
+        .curl()
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
         .args(["-H", &format!("X-Auth-Token: {token}")])
         .args(["-H", "Content-Type: application/octet-stream"])
@@ -784,7 +819,8 @@ fn glance_chunked_upload_and_patch(
         "shared"
     );
     let patch = |body: &str| {
-        let out = Command::new("curl")
+        let out = fe
+            .curl()
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PATCH"])
             .args(["-H", &format!("X-Auth-Token: {token}")])
             .args([
@@ -823,7 +859,7 @@ fn glance_chunked_upload_and_patch(
     );
 
     // Lists page with limit/marker (never a silent cap) and filter.
-    let list = |q: &str| curl(&format!("{url}/image/v2/images{q}"), Some(token), &[]).1;
+    let list = |q: &str| curl(fe, &format!("{url}/image/v2/images{q}"), Some(token), &[]).1;
     let all = list("")["images"].as_array().unwrap().len();
     assert!(all >= 2, "{all}");
     let mut seen = 0;

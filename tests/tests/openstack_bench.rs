@@ -124,7 +124,7 @@ fn bench_openstack_list_and_batch_create_vs_native() {
         .unwrap();
     let fe = FrontEnd::start(
         &cloud.coordinator.endpoint(),
-        &cloud.etcd.certs().ca(),
+        cloud.etcd.certs(),
         dir.path(),
     )
     .unwrap();
@@ -180,7 +180,8 @@ fn bench_openstack_list_and_batch_create_vs_native() {
     for _ in 0..3 {
         // The adapter alone: one GET of /servers/detail.
         let t = Instant::now();
-        let out = std::process::Command::new("curl")
+        let out = fe
+            .curl()
             .args([
                 "-sf",
                 "-o",

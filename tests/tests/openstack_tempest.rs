@@ -190,6 +190,8 @@ default_credentials_domain_name = Default
 
 [identity]
 uri_v3 = {auth}
+ca_certificates_file = {ca}
+disable_ssl_certificate_validation = false
 auth_version = v3
 region = RegionOne
 v3_endpoint_type = public
@@ -286,6 +288,7 @@ horizon = false
         locks = locks.display(),
         accounts = accounts.display(),
         auth = os.front_end.auth_url(),
+        ca = os.front_end.ca.display(),
         img = images.0,
         img_alt = images.1,
         public = public_network,

@@ -50,8 +50,8 @@ fn openstack_client_creates_attaches_and_deletes_a_volume() {
     };
     let lab = &rbd.lab;
     lab.base_objects(128, "10.95.0.0/24").unwrap();
-    let ca = lab.certs.as_ref().expect("a lab with tokens").ca();
-    let front = FrontEnd::start(&lab.coordinator.endpoint(), &ca, lab.dir.path()).unwrap();
+    let certs = lab.certs.as_ref().expect("a lab with tokens");
+    let front = FrontEnd::start(&lab.coordinator.endpoint(), certs, lab.dir.path()).unwrap();
     // The bootstrap admin in its project `admin`, which owns the image and
     // the network base_objects made.
     let clouds = front
