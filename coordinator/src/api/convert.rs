@@ -35,8 +35,9 @@ pub fn flavor(f: &model::Flavor) -> pb::Flavor {
     }
 }
 
-/// Image.
-pub fn image(i: &model::Image) -> pb::Image {
+/// Image, without the caller's part (`owned`, `member_status`): only
+/// through [`image_for`], so every answer says what the caller is to it.
+fn image(i: &model::Image) -> pb::Image {
     pb::Image {
         id: i.id.to_string(),
         name: i.name.clone(),

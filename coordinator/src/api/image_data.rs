@@ -34,8 +34,9 @@ impl image_data_server::ImageData for Ctx {
                 Box::pin(data),
             )
             .await
+            .map(|i| convert::image_for(&i, &p))
         };
-        reply(go.await.map(|i| convert::image(&i)))
+        reply(go.await)
     }
 
     type DownloadStream = ReceiverStream<Result<pb::ImageChunk, Status>>;

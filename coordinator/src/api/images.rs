@@ -29,9 +29,11 @@ impl images_server::Images for Ctx {
                 protected: r.protected,
                 hidden: r.hidden,
             };
-            images::create(self, &p, new).await
+            images::create(self, &p, new)
+                .await
+                .map(|i| convert::image_for(&i, &p))
         };
-        reply(go.await.map(|i| convert::image(&i)))
+        reply(go.await)
     }
     async fn update(&self, r: Request<pb::UpdateImageRequest>) -> R<pb::Image> {
         let r = r.into_inner();
@@ -49,9 +51,12 @@ impl images_server::Images for Ctx {
                 hidden: r.hidden,
                 deactivated: r.deactivated,
             };
-            images::update(self, &project(&r.project)?, &r.r#ref, &changes).await
+            let p = project(&r.project)?;
+            images::update(self, &p, &r.r#ref, &changes)
+                .await
+                .map(|i| convert::image_for(&i, &p))
         };
-        reply(go.await.map(|i| convert::image(&i)))
+        reply(go.await)
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Image> {
         let r = r.into_inner();
