@@ -1,14 +1,36 @@
 //! Pure validation of API input: names, projects, CIDRs, gateways, SSH keys.
 //! Every error is a sentence for a person, mapped to InvalidArgument.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use base64::Engine;
 use ipnet::Ipv4Net;
+use nubo_common::model::{check_server_metadata, ServerMetadataError};
 use nubo_common::ProjectId;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
+
+/// Checks a complete set of metadata (a server's, a volume's, a
+/// snapshot's): too many items is a quota refusal (ResourceExhausted, as
+/// Nova's `metadata_items` quota), a bad key or value invalid input.
+pub fn metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
+    check_server_metadata(m).map_err(|e| match e {
+        ServerMetadataError::TooMany { .. } => ApiError::ResourceExhausted(e.to_string()),
+        _ => ApiError::InvalidArgument(e.to_string()),
+    })
+}
+
+/// A volume's or snapshot's description: at most 255 characters.
+pub fn description(d: &str) -> ApiResult<()> {
+    if d.chars().count() > 255 {
+        return Err(ApiError::InvalidArgument(
+            "description is longer than 255 characters".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// The project of a request: empty means "default".
 ///

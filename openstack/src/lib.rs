@@ -78,7 +78,16 @@ pub fn router(upstream: Upstream) -> Router {
         )
         .nest("/network", network::router())
         .nest("/image", image::router())
-        .nest("/volume", volume::router())
+        .nest(
+            "/volume",
+            volume::router()
+                .route(
+                    "/v3/{project}/volumes/{id}/action",
+                    axum::routing::post(volume_actions::volume_action),
+                )
+                .merge(volume_metadata::router())
+                .merge(volume_snapshots::router()),
+        )
         .fallback(error::not_found)
         .with_state(upstream)
 }

@@ -26,7 +26,9 @@ use crate::Upstream;
 /// Cinder's faults are formatted as Nova's.
 const S: Service = Service::Compute;
 
-/// `/volume/…`.
+/// `/volume/…`: versions, volumes, zones, quotas, limits, types,
+/// extensions (`lib.rs` merges the actions, metadata and snapshots, which
+/// build on this module's formats).
 pub fn router() -> Router<Upstream> {
     Router::new()
         .route("/", get(versions_doc))
@@ -43,16 +45,10 @@ pub fn router() -> Router<Upstream> {
         )
         .route("/v3/{project}/volumes/detail", get(list_volumes))
         .route(
-            "/v3/{project}/volumes/{id}/action",
-            axum::routing::post(crate::volume_actions::volume_action),
-        )
-        .route(
             "/v3/{project}/volumes/{id}",
             get(show_volume).delete(delete_volume).put(update_volume),
         )
         .route("/v3/{project}/extensions", get(extensions))
-        .merge(crate::volume_metadata::router())
-        .merge(crate::volume_snapshots::router())
         .route("/v3/{project}/limits", get(crate::limits::volume_limits))
         .route("/v3/{project}/types", get(list_types))
         .route("/v3/{project}/types/{id}", get(show_type))

@@ -6,10 +6,11 @@ use etcd_client::KeyValue;
 use nubo_common::keys::{self, Key, NameKind};
 use nubo_common::model::{
     self, Flavor, Image, Instance, Keypair, Network, Port, SecurityGroup, ServerGroup, Volume,
+    VolumeSnapshot,
 };
 use nubo_common::{
     FlavorName, ImageId, InstanceId, NetworkId, PortId, ProjectId, SecurityGroupId, ServerGroupId,
-    VolumeId,
+    SnapshotId, VolumeId,
 };
 use nubo_store::kv::{decode_or_skip, kv_key};
 use nubo_store::Versioned;
@@ -470,4 +471,29 @@ mod tests {
             "{err:?}"
         );
     }
+}
+
+/// Snapshot `id` of `project`'s volumes, with its record's mod_revision.
+/// A malformed id is NotFound, as an unknown one.
+pub(crate) async fn snapshot_by_id(
+    ctx: &Ctx,
+    project: &ProjectId,
+    id: &str,
+) -> ApiResult<(String, VolumeSnapshot, i64)> {
+    let not_found = || ApiError::NotFound(format!("snapshot {id} not found"));
+    let want: SnapshotId = id.trim().parse().map_err(|_| not_found())?;
+    let found: Vec<(String, VolumeSnapshot, i64)> = ctx
+        .store
+        .list_all(&keys::volume_snapshots_root(), |kv| {
+            let s = decode_or_skip::<VolumeSnapshot>(kv)?;
+            (s.project == *project && s.snapshot_id() == want).then(|| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    s,
+                    kv.mod_revision(),
+                )
+            })
+        })
+        .await?;
+    found.into_iter().next().ok_or_else(not_found)
 }

@@ -820,7 +820,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     }
     let user_data_b64 = (!r.user_data.is_empty())
         .then(|| base64::engine::general_purpose::STANDARD.encode(&r.user_data));
-    super::servers::check_metadata(&r.metadata)?;
+    validate::metadata(&r.metadata)?;
     let access_ipv4 = super::servers::access_ip("IPv4", &r.access_ipv4)?;
     let access_ipv6 = super::servers::access_ip("IPv6", &r.access_ipv6)?;
     let group = match r.server_group.trim() {

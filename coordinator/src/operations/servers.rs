@@ -5,10 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use etcd_client::Txn;
 use nubo_common::keys::{self, Key};
-use nubo_common::model::{
-    check_server_metadata, Instance, InstanceStatus, Network, NodeUsage, Port, PowerState,
-    ServerMetadataError,
-};
+use nubo_common::model::{Instance, InstanceStatus, Network, NodeUsage, Port, PowerState};
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId};
 use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, unchanged};
 use nubo_store::TxnBuilder;
@@ -17,6 +14,7 @@ use super::ports::release_port;
 use super::{Page, PageRequest, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
+use crate::validate;
 
 /// A server as front ends show it: its spec, what its agent reports, its
 /// ports and the names of their networks.
@@ -338,19 +336,9 @@ async fn power(
     .await
 }
 
-/// Checks a server's complete metadata: too many items is a quota refusal
-/// (ResourceExhausted, as Nova's `metadata_items` quota), a bad key or
-/// value invalid input.
-pub(crate) fn check_metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
-    check_server_metadata(m).map_err(|e| match e {
-        ServerMetadataError::TooMany { .. } => ApiError::ResourceExhausted(e.to_string()),
-        _ => ApiError::InvalidArgument(e.to_string()),
-    })
-}
-
 /// Sets metadata `items` on server `r` of `project`: merged into what it
 /// has (a key it has gets the new value), or replacing all of it with
-/// `replace`. The result must pass [`check_metadata`]; nothing changes
+/// `replace`. The result must pass [`validate::metadata`]; nothing changes
 /// when it does not.
 pub async fn set_metadata(
     ctx: &Ctx,
@@ -366,7 +354,7 @@ pub async fn set_metadata(
             i.metadata.clone()
         };
         next.extend(items.iter().map(|(k, v)| (k.clone(), v.clone())));
-        check_metadata(&next)?;
+        validate::metadata(&next)?;
         i.metadata = next;
         Ok(())
     })
@@ -498,7 +486,7 @@ pub async fn rebuild(
         crate::validate::server_name(n)?;
     }
     if let Some(m) = &rb.metadata {
-        check_metadata(m)?;
+        validate::metadata(m)?;
     }
     let current = super::lookup::server(ctx, project, r).await?.value;
     let image = match rb.image.trim() {

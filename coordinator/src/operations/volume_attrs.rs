@@ -55,7 +55,7 @@ fn updated(old: &Volume, u: &VolumeUpdate) -> ApiResult<Volume> {
         v.name = n;
     }
     if let Some(d) = &u.description {
-        volumes::check_description(d)?;
+        validate::description(d)?;
         v.description = Some(d.clone()).filter(|d| !d.is_empty());
     }
     edit_metadata(

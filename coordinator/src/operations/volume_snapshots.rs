@@ -55,8 +55,8 @@ pub async fn create(
     };
     let name = name.as_str();
     validate::name("snapshot", name)?;
-    super::servers::check_metadata(&info.metadata)?;
-    volumes::check_description(&info.description)?;
+    validate::metadata(&info.metadata)?;
+    validate::description(&info.description)?;
     for _ in 0..TXN_RETRIES {
         let v = super::lookup::volume(ctx, project, volume).await?;
         let vol = &v.value;
@@ -256,34 +256,9 @@ pub async fn revert(
     volumes::render_volume(ctx, &done).await
 }
 
-/// Snapshot `id` of `project`'s volumes, with its record's mod_revision.
-/// A malformed id is NotFound, as an unknown one.
-pub(crate) async fn by_id(
-    ctx: &Ctx,
-    project: &ProjectId,
-    id: &str,
-) -> ApiResult<(String, VolumeSnapshot, i64)> {
-    let not_found = || ApiError::NotFound(format!("snapshot {id} not found"));
-    let want: SnapshotId = id.trim().parse().map_err(|_| not_found())?;
-    let found: Vec<(String, VolumeSnapshot, i64)> = ctx
-        .store
-        .list_all(&keys::volume_snapshots_root(), |kv| {
-            let s = decode_or_skip::<VolumeSnapshot>(kv)?;
-            (s.project == *project && s.snapshot_id() == want).then(|| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    s,
-                    kv.mod_revision(),
-                )
-            })
-        })
-        .await?;
-    found.into_iter().next().ok_or_else(not_found)
-}
-
 /// Snapshot `id` of `project`.
 pub async fn get(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<VolumeSnapshot> {
-    Ok(by_id(ctx, project, id).await?.1)
+    Ok(super::lookup::snapshot_by_id(ctx, project, id).await?.1)
 }
 
 /// Every snapshot of `project`'s volumes, oldest first.
@@ -304,13 +279,13 @@ pub async fn list_project(ctx: &Ctx, project: &ProjectId) -> ApiResult<Vec<Volum
 
 /// Deletes snapshot `id` of `project`.
 pub async fn delete_by_id(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<()> {
-    let (_, snap, _) = by_id(ctx, project, id).await?;
+    let (_, snap, _) = super::lookup::snapshot_by_id(ctx, project, id).await?;
     delete(ctx, project, &snap.volume.to_string(), &snap.name).await
 }
 
 /// Rolls snapshot `id`'s volume back to it.
 pub async fn revert_by_id(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<VolumeView> {
-    let (_, snap, _) = by_id(ctx, project, id).await?;
+    let (_, snap, _) = super::lookup::snapshot_by_id(ctx, project, id).await?;
     revert(ctx, project, &snap.volume.to_string(), &snap.name).await
 }
 
@@ -335,7 +310,7 @@ pub(crate) fn edit_metadata(
             )));
         }
     }
-    super::servers::check_metadata(m)
+    validate::metadata(m)
 }
 
 /// What a snapshot update changes (`None`: unchanged).
@@ -362,7 +337,7 @@ pub async fn update(
     u: SnapshotUpdate,
 ) -> ApiResult<VolumeSnapshot> {
     for _ in 0..TXN_RETRIES {
-        let (key, old, rev) = by_id(ctx, project, id).await?;
+        let (key, old, rev) = super::lookup::snapshot_by_id(ctx, project, id).await?;
         let mut new = old.clone();
         new.id = Some(old.snapshot_id());
         if let Some(n) = &u.name {
@@ -377,7 +352,7 @@ pub async fn update(
             }
         }
         if let Some(d) = &u.description {
-            volumes::check_description(d)?;
+            validate::description(d)?;
             new.description = Some(d.clone()).filter(|d| !d.is_empty());
         }
         edit_metadata(

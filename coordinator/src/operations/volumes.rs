@@ -577,16 +577,6 @@ pub(crate) fn image_metadata_of(img: &Image) -> BTreeMap<String, String> {
     .collect()
 }
 
-/// A volume's or snapshot's description: at most 255 characters.
-pub(crate) fn check_description(d: &str) -> ApiResult<()> {
-    if d.chars().count() > 255 {
-        return Err(ApiError::InvalidArgument(
-            "description is longer than 255 characters".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// What a volume is created from and with, beyond its size and type.
 #[derive(Debug, Default, Clone)]
 pub struct CreateFrom {
@@ -623,14 +613,14 @@ pub async fn create(
             "a volume is made from at most one of an image, a snapshot and a volume".into(),
         ));
     }
-    super::servers::check_metadata(&from.metadata)?;
+    validate::metadata(&from.metadata)?;
     if let Some(d) = &from.description {
-        check_description(d)?;
+        validate::description(d)?;
     }
     let copy = match (from.snapshot_id.trim(), from.source_volume.trim()) {
         ("", "") => None,
         (sid, "") => {
-            let (_, snap, _) = super::volume_snapshots::by_id(ctx, project, sid).await?;
+            let (_, snap, _) = super::lookup::snapshot_by_id(ctx, project, sid).await?;
             Some(CopyOf::Snapshot(snap))
         }
         (_, vr) => {
