@@ -9,14 +9,11 @@
 mod common;
 
 use common::authed as req;
-use common::{channel, issue_token, put_project, put_user};
+use common::{channel, issue_token, member_cloud};
 use nubo_common::keys;
-use nubo_common::model::{Network, Role, UserName};
+use nubo_common::model::Network;
 use nubo_common::proto as pb;
 use nubo_common::NetworkId;
-use nubo_coordinator::api::bootstrap;
-use nubo_coordinator::{AuthMode, Config};
-use nubo_identity::Passwords;
 use nubo_tests::Etcd;
 use tonic::Code;
 
@@ -51,23 +48,7 @@ fn route(d: &str, h: &str) -> pb::HostRoute {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networks_subnets_and_groups_are_updated_in_place() {
     let etcd = Etcd::start().unwrap();
-    let store = etcd.store().await.unwrap();
-    let pw = Passwords::with_params(64, 1, 1).unwrap();
-    bootstrap(&store, &UserName::new("admin").unwrap(), "adminpw", &pw)
-        .await
-        .unwrap();
-    put_project(&etcd, "p1").await;
-    put_user(
-        &etcd,
-        "alice",
-        &pw.hash("pw").unwrap(),
-        Some("p1"),
-        Role::Member,
-    )
-    .await;
-    let mut cfg = Config::for_tests(etcd.endpoint());
-    cfg.auth = AuthMode::Token;
-    let c = nubo_coordinator::start(cfg).await.unwrap();
+    let c = member_cloud(&etcd, &[("alice", "p1")]).await;
     let ch = channel(&c).await;
     let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
     let mut nets = pb::networks_client::NetworksClient::new(ch.clone());

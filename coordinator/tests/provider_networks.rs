@@ -11,13 +11,10 @@ mod common;
 
 use common::authed as req;
 use common::req::{del, get};
-use common::{channel, created, issue_token, put_project, put_user, register_node, res};
+use common::{channel, created, issue_token, member_cloud, register_node, res};
 use nubo_common::keys;
-use nubo_common::model::{Network, ProviderType, Role, UserName};
+use nubo_common::model::{Network, ProviderType};
 use nubo_common::proto as pb;
-use nubo_coordinator::api::bootstrap;
-use nubo_coordinator::{AuthMode, Config};
-use nubo_identity::Passwords;
 use nubo_tests::Etcd;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -69,20 +66,7 @@ async fn refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_external_and_shared_networks() {
     let etcd = Etcd::start().unwrap();
-    let store = etcd.store().await.unwrap();
-    let pw = Passwords::with_params(64, 1, 1).unwrap();
-    bootstrap(&store, &UserName::new("admin").unwrap(), "adminpw", &pw)
-        .await
-        .unwrap();
-    let hash = pw.hash("pw").unwrap();
-    for p in ["p1", "p2"] {
-        put_project(&etcd, p).await;
-    }
-    put_user(&etcd, "alice", &hash, Some("p1"), Role::Member).await;
-    put_user(&etcd, "bob", &hash, Some("p2"), Role::Member).await;
-    let mut cfg = Config::for_tests(etcd.endpoint());
-    cfg.auth = AuthMode::Token;
-    let c = nubo_coordinator::start(cfg).await.unwrap();
+    let c = member_cloud(&etcd, &[("alice", "p1"), ("bob", "p2")]).await;
     let ch = channel(&c).await;
     let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
     let mut nets = pb::networks_client::NetworksClient::new(ch.clone());

@@ -647,3 +647,27 @@ pub async fn flavor_and_image(ch: &Channel, admin: &str, flavor: &str, member: &
         .await
         .unwrap();
 }
+
+/// A token-mode coordinator on `etcd`, bootstrapped with the cloud admin
+/// `admin` (password `adminpw`), and for each `(user, project)` that
+/// project with `user` (password `pw`) as its member.
+pub async fn member_cloud(etcd: &Etcd, members: &[(&str, &str)]) -> Coordinator {
+    let store = etcd.store().await.unwrap();
+    let pw = nubo_identity::Passwords::with_params(64, 1, 1).unwrap();
+    nubo_coordinator::api::bootstrap(
+        &store,
+        &model::UserName::new("admin").unwrap(),
+        "adminpw",
+        &pw,
+    )
+    .await
+    .unwrap();
+    let hash = pw.hash("pw").unwrap();
+    for (user, project) in members {
+        put_project(etcd, project).await;
+        put_user(etcd, user, &hash, Some(project), model::Role::Member).await;
+    }
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.auth = nubo_coordinator::AuthMode::Token;
+    nubo_coordinator::start(cfg).await.unwrap()
+}
