@@ -482,6 +482,7 @@ impl Job for CreateJob<'_> {
             ports,
             network_names: self.plan.net_names(),
             floating_ips: Default::default(),
+            security_groups: Vec::new(),
         })))
     }
 

@@ -7,9 +7,9 @@ use etcd_client::Txn;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
     check_server_metadata, Instance, InstanceStatus, Network, NodeUsage, Port, PowerState,
-    ServerMetadataError,
+    SecurityGroup, ServerMetadataError,
 };
-use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId};
+use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId};
 use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, unchanged};
 use nubo_store::TxnBuilder;
 
@@ -32,6 +32,9 @@ pub struct ServerView {
     pub network_names: HashMap<NetworkId, String>,
     /// The floating IPs of its ports.
     pub floating_ips: HashMap<PortId, std::net::Ipv4Addr>,
+    /// The security groups of its ports (id and name, each once, in port
+    /// order; a group deleted meanwhile is left out).
+    pub security_groups: Vec<(SecurityGroupId, String)>,
 }
 
 /// What one server of these resources counts against its project's quota.
@@ -81,6 +84,22 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
         .filter_map(decode_or_skip::<Network>)
         .map(|n| (n.id, n.name))
         .collect();
+    let sg_ids: Vec<SecurityGroupId> = ports
+        .values()
+        .flat_map(|p| p.security_groups.iter().copied())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let sg_keys: Vec<String> = sg_ids.iter().map(keys::secgroup).collect();
+    let sg_names: HashMap<SecurityGroupId, String> = ctx
+        .store
+        .get_many(&sg_keys)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<SecurityGroup>)
+        .map(|g| (g.id, g.name))
+        .collect();
     Ok(insts
         .iter()
         .zip(statuses)
@@ -99,12 +118,21 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
                 .iter()
                 .filter_map(|p| floating_ips.get(&p.id).map(|a| (p.id, *a)))
                 .collect();
+            let mut security_groups: Vec<(SecurityGroupId, String)> = Vec::new();
+            for g in ps.iter().flat_map(|p| p.security_groups.iter()) {
+                if let Some(n) = sg_names.get(g) {
+                    if !security_groups.iter().any(|(x, _)| x == g) {
+                        security_groups.push((*g, n.clone()));
+                    }
+                }
+            }
             ServerView {
                 instance: i.clone(),
                 status: st,
                 ports: ps,
                 network_names,
                 floating_ips,
+                security_groups,
             }
         })
         .collect())
