@@ -760,7 +760,7 @@ async fn server_metadata_is_stored_within_novas_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_servers_security_groups_change_on_all_its_ports() {
+async fn a_servers_security_groups_and_password() {
     let etcd = Etcd::start().unwrap();
     let c = coordinator(&etcd).await;
     let mut cl = clients(&c).await;
@@ -845,4 +845,35 @@ async fn a_servers_security_groups_change_on_all_its_ports() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // The password its guest posted (the agent's node-owned key): read,
+    // then cleared.
+    let get = pb::GetRequest {
+        r#ref: "sg".into(),
+        project: String::new(),
+    };
+    let pw = |r: tonic::Response<pb::ServerPassword>| r.into_inner().password;
+    assert_eq!(pw(cl.servers.get_password(get.clone()).await.unwrap()), "");
+    let id: nubo_common::InstanceId = s.id.parse().unwrap();
+    let node: nubo_common::NodeName = s.node.parse().unwrap();
+    let mut kv = etcd.client().await.unwrap();
+    kv.put(
+        nubo_common::keys::instance_password(&node, &id),
+        "c2VjcmV0",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pw(cl.servers.get_password(get.clone()).await.unwrap()),
+        "c2VjcmV0"
+    );
+    cl.servers
+        .clear_password(pb::ServerActionRequest {
+            r#ref: "sg".into(),
+            project: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pw(cl.servers.get_password(get).await.unwrap()), "");
 }

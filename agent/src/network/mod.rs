@@ -109,6 +109,7 @@ pub fn subsystems(
     router_netns_prefix: &str,
     metrics: &std::sync::Arc<crate::telemetry::AgentMetrics>,
     probe: Option<probe::ProbeIdentity>,
+    passwords: Option<std::sync::Arc<dyn nubo_metadata::PasswordStore>>,
 ) -> Result<
     (
         Vec<Box<dyn Reconcile>>,
@@ -137,7 +138,8 @@ pub fn subsystems(
         Box::new(
             metadata::Metadata::new(availability_zone)
                 .with_observer(metrics.metadata.clone())
-                .with_probe(probe),
+                .with_probe(probe)
+                .with_passwords(passwords),
         ),
     ]);
     Ok((subs, ready))

@@ -100,6 +100,15 @@ pub enum ServerCmd {
         /// Security group name or id.
         group: String,
     },
+    /// The password the server's guest posted to the metadata service
+    /// (empty when none; typically encrypted with the server's key).
+    Password {
+        /// Server name or id.
+        server: String,
+        /// Clear it instead (the guest may then post a new one).
+        #[arg(long)]
+        clear: bool,
+    },
     /// Remove a security group from every port of a server (a port may be
     /// left with none: then only its anti-spoofing rules apply).
     RemoveSecurityGroup {
@@ -410,6 +419,27 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         ServerCmd::Unlock { server } => {
             let s = api.servers().unlock(action(server)).await.or_fail(api)?;
             show(ctx.format, &s)
+        }
+        ServerCmd::Password { server, clear } => {
+            if clear {
+                api.servers()
+                    .clear_password(action(server))
+                    .await
+                    .or_fail(api)?;
+                return Ok(());
+            }
+            let p = api
+                .servers()
+                .get_password(api.get_req(&server))
+                .await
+                .or_fail(api)?;
+            match ctx.format {
+                Format::Json => output::emit_json(&json!({"password": p.password})),
+                Format::Table => {
+                    println!("{}", p.password);
+                    Ok(())
+                }
+            }
         }
         ServerCmd::AddSecurityGroup { server, group } => {
             let req = nubo_common::proto::ServerSecurityGroupRequest {

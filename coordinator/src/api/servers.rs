@@ -158,6 +158,16 @@ impl servers_server::Servers for Ctx {
         };
         reply(go.await.map(|s| convert::server(&s)))
     }
+    async fn get_password(&self, r: Request<pb::GetRequest>) -> R<pb::ServerPassword> {
+        let r = r.into_inner();
+        let go = async { servers::password(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|password| pb::ServerPassword { password }))
+    }
+    async fn clear_password(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async { servers::clear_password(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
     async fn add_security_group(
         &self,
         r: Request<pb::ServerSecurityGroupRequest>,

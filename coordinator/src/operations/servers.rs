@@ -244,6 +244,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let mut new_usage = None;
         if let Some(node) = &i.node {
             t.delete(&keys::assignment(node, &i.id));
+            t.delete(&keys::instance_password(node, &i.id));
             let ukey = keys::node_usage(node);
             if let Some(u) = ctx.store.read::<NodeUsage>(&ukey).await? {
                 let nu = NodeUsage {
@@ -594,6 +595,35 @@ fn locked_message(name: &str, id: &InstanceId, reason: &str) -> String {
         format!(" ({reason})")
     };
     format!("server {name:?} ({id}) is locked{why}: unlock it first (nubo server unlock)")
+}
+
+/// The password the guest of server `r` of `project` posted to its
+/// node's metadata service ("" when none; kept under the node it was
+/// posted on, so a server moved since shows none).
+pub async fn password(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<String> {
+    let inst = super::lookup::server(ctx, project, r).await?;
+    let Some(node) = &inst.value.node else {
+        return Ok(String::new());
+    };
+    let kv = ctx
+        .store
+        .get_kv(&keys::instance_password(node, &inst.value.id))
+        .await?;
+    Ok(kv
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .unwrap_or_default())
+}
+
+/// Clears the password of server `r` of `project` (see [`password`]).
+pub async fn clear_password(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
+    let inst = super::lookup::server(ctx, project, r).await?;
+    if let Some(node) = &inst.value.node {
+        ctx.store
+            .delete(keys::instance_password(node, &inst.value.id), None)
+            .await?;
+        tracing::info!(instance = %inst.value.id, "server password cleared");
+    }
+    Ok(())
 }
 
 /// Locks server `r` of `project` with `reason` (see [`ensure_unlocked`]);
