@@ -100,7 +100,8 @@ pub fn sanitize_hostname(name: &str, fallback: &str) -> String {
 /// `metrics`. With `probe`, the node's health probes are reconciled too
 /// (before the overlay, which plugs them); the receiver returned lists
 /// the probes ready to check ([`probe::run_checks`]).
-#[allow(clippy::type_complexity)]
+// Each argument is the node configuration one subsystem needs.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn subsystems(
     underlay_ip: IpAddr,
     underlay_mtu: u16,

@@ -75,15 +75,7 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
         .into_iter()
         .collect();
     let net_keys: Vec<String> = net_ids.iter().map(keys::network).collect();
-    let names: HashMap<NetworkId, String> = ctx
-        .store
-        .get_many(&net_keys)
-        .await?
-        .iter()
-        .flatten()
-        .filter_map(decode_or_skip::<Network>)
-        .map(|n| (n.id, n.name))
-        .collect();
+    let names = names_of(ctx, &net_keys, |n: Network| (n.id, n.name)).await?;
     let sg_ids: Vec<SecurityGroupId> = ports
         .values()
         .flat_map(|p| p.security_groups.iter().copied())
@@ -91,15 +83,7 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
         .into_iter()
         .collect();
     let sg_keys: Vec<String> = sg_ids.iter().map(keys::secgroup).collect();
-    let sg_names: HashMap<SecurityGroupId, String> = ctx
-        .store
-        .get_many(&sg_keys)
-        .await?
-        .iter()
-        .flatten()
-        .filter_map(decode_or_skip::<SecurityGroup>)
-        .map(|g| (g.id, g.name))
-        .collect();
+    let sg_names = names_of(ctx, &sg_keys, |g: SecurityGroup| (g.id, g.name)).await?;
     Ok(insts
         .iter()
         .zip(statuses)
@@ -135,6 +119,24 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
                 security_groups,
             }
         })
+        .collect())
+}
+
+/// The records at `keys` (absent or undecodable ones left out) as
+/// `id → name` by `pair`, in one batched read.
+async fn names_of<T: serde::de::DeserializeOwned, K: std::hash::Hash + Eq>(
+    ctx: &Ctx,
+    keys: &[String],
+    pair: impl Fn(T) -> (K, String),
+) -> ApiResult<HashMap<K, String>> {
+    Ok(ctx
+        .store
+        .get_many(keys)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<T>)
+        .map(pair)
         .collect())
 }
 
