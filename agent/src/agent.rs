@@ -204,6 +204,9 @@ async fn run_inner(
             !cfg.no_network,
         )
         .map_err(|e| AgentError::Network(e.to_string()))?;
+        let passwords: std::sync::Arc<dyn nubo_metadata::PasswordStore> = std::sync::Arc::new(
+            crate::network::metadata::EtcdPasswords::new(etcd.clone(), cfg.node.clone()),
+        );
         let (compute, volumes, status) =
             crate::compute::subsystems(cfg.node.clone(), fencing.hypervisor.clone(), etcd, resizer);
         let mut subsystems: Vec<Box<dyn Reconcile>> = vec![
@@ -235,6 +238,7 @@ async fn run_inner(
                 &cfg.router_netns_prefix,
                 &metrics,
                 probe.clone(),
+                Some(passwords),
             )
             .map_err(|e| AgentError::Network(e.to_string()))?;
             subsystems.extend(network);

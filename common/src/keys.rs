@@ -245,6 +245,12 @@ pub fn node_statuses_prefix(n: &NodeName) -> String {
 pub fn instance_status(n: &NodeName, id: &InstanceId) -> String {
     format!("{ROOT}node-owned/{n}/status/{id}")
 }
+/// `/nubo/v1/node-owned/<node>/passwords/<id>` (the guest's password as
+/// it posted it to the metadata service, raw bytes, at most 256; written
+/// once by the agent of `node`, cleared by coordinators)
+pub fn instance_password(n: &NodeName, id: &InstanceId) -> String {
+    format!("{ROOT}node-owned/{n}/passwords/{id}")
+}
 /// `/nubo/v1/node-owned/<node>/usage` (`ObservedUsage`): the node's and
 /// its instances' real usage over the agent's last collection period,
 /// written once per period on the liveness lease (gone with the node).
@@ -868,6 +874,8 @@ pub enum Key {
     InstanceStatus(NodeName, InstanceId),
     /// `/node-owned/<node>/usage`
     NodeObservedUsage(NodeName),
+    /// `/node-owned/<node>/passwords/<id>`
+    InstancePassword(NodeName, InstanceId),
     /// `/guest-stops/<node>/<id>`
     GuestStop(NodeName, InstanceId),
     /// `/assignments/<node>/<id>`
@@ -979,6 +987,9 @@ impl Key {
                 Key::InstanceStatus(n.parse().ok()?, id.parse().ok()?)
             }
             ["node-owned", n, "usage"] => Key::NodeObservedUsage(n.parse().ok()?),
+            ["node-owned", n, "passwords", id] => {
+                Key::InstancePassword(n.parse().ok()?, id.parse().ok()?)
+            }
             ["guest-stops", n, id] => Key::GuestStop(n.parse().ok()?, id.parse().ok()?),
             ["assignments", n, id] => Key::Assignment(n.parse().ok()?, id.parse().ok()?),
             ["election", "coordinator"] => Key::Election,
@@ -1121,6 +1132,10 @@ mod tests {
             (node_alive(&n), Key::NodeAlive(n.clone())),
             (node_usage(&n), Key::NodeUsage(n.clone())),
             (node_observed_usage(&n), Key::NodeObservedUsage(n.clone())),
+            (
+                instance_password(&n, &i),
+                Key::InstancePassword(n.clone(), i),
+            ),
             (node_admin(&n), Key::NodeAdmin(n.clone())),
             (node_health(&n), Key::NodeHealth(n.clone())),
             (

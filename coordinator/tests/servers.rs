@@ -758,3 +758,122 @@ async fn server_metadata_is_stored_within_novas_limits() {
     assert_eq!(spec.metadata.get("b").map(String::as_str), Some("2"));
     assert_eq!(spec.name, "md-new");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_security_groups_and_password() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "a", res(8, 8192, 100), "az1").await;
+    wait_nodes(&mut cl, 1).await;
+    create_network(&mut cl, "n1", "10.61.0.0/24").await;
+    create_network(&mut cl, "n2", "10.62.0.0/24").await;
+    let web = cl
+        .secgroups
+        .create(pb::CreateSecurityGroupRequest {
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = created(
+        &create_servers(&mut cl, server_req("sg", &["n1", "n2"], 1)).await,
+        0,
+    );
+    let names = |s: &pb::Server| -> Vec<String> {
+        s.security_groups.iter().map(|g| g.name.clone()).collect()
+    };
+    assert_eq!(names(&s), ["default"]);
+    let req = |g: &str| pb::ServerSecurityGroupRequest {
+        r#ref: "sg".into(),
+        project: String::new(),
+        security_group: g.into(),
+    };
+    let s = cl
+        .servers
+        .add_security_group(req("web"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&s), ["default", "web"]);
+    // Every port carries it (the spec the agents' firewalls read).
+    for a in &s.addresses {
+        let p = cl
+            .ports
+            .get(pb::GetRequest {
+                r#ref: a.port_id.clone(),
+                project: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(p.security_group_ids.contains(&web.id), "{p:?}");
+    }
+    // Adding it again changes nothing; an unknown group is NotFound.
+    let again = cl
+        .servers
+        .add_security_group(req("web"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&again), ["default", "web"]);
+    let e = cl
+        .servers
+        .add_security_group(req("nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // Removing every group leaves the ports with none.
+    for g in ["default", "web"] {
+        cl.servers.remove_security_group(req(g)).await.unwrap();
+    }
+    let s = cl
+        .servers
+        .get(pb::GetRequest {
+            r#ref: "sg".into(),
+            project: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.security_groups.is_empty(), "{s:?}");
+    let e = cl
+        .servers
+        .remove_security_group(req("web"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // The password its guest posted (the agent's node-owned key): read,
+    // then cleared.
+    let get = pb::GetRequest {
+        r#ref: "sg".into(),
+        project: String::new(),
+    };
+    let pw = |r: tonic::Response<pb::ServerPassword>| r.into_inner().password;
+    assert_eq!(pw(cl.servers.get_password(get.clone()).await.unwrap()), "");
+    let id: nubo_common::InstanceId = s.id.parse().unwrap();
+    let node: nubo_common::NodeName = s.node.parse().unwrap();
+    let mut kv = etcd.client().await.unwrap();
+    kv.put(
+        nubo_common::keys::instance_password(&node, &id),
+        "c2VjcmV0",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pw(cl.servers.get_password(get.clone()).await.unwrap()),
+        "c2VjcmV0"
+    );
+    cl.servers
+        .clear_password(pb::ServerActionRequest {
+            r#ref: "sg".into(),
+            project: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pw(cl.servers.get_password(get).await.unwrap()), "");
+}

@@ -140,6 +140,14 @@ impl MetadataServer {
         })
     }
 
+    /// Keeps the passwords guests post to `/openstack/<version>/password`
+    /// in `store` (without one those routes answer 404). Bridges added from
+    /// now on.
+    pub fn with_passwords(mut self, store: Arc<dyn crate::PasswordStore>) -> Self {
+        self.router = self.router.clone().layer(axum::Extension(store));
+        self
+    }
+
     /// Reports the status of every answer to `observer` (bridges added
     /// from now on).
     pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {

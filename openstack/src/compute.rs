@@ -245,6 +245,15 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "os-extended-volumes:volumes_attached": s.volume_ids.iter().map(|v| json!({"id": v})).collect::<Vec<_>>(),
         "links": server_links(base, &s.id),
     });
+    // Nova shows `security_groups` (names) only when the server's ports
+    // have some.
+    if !s.security_groups.is_empty() {
+        view["security_groups"] = s
+            .security_groups
+            .iter()
+            .map(|g| json!({"name": g.name}))
+            .collect();
+    }
     // Nova shows `progress` only in the statuses that make progress.
     if matches!(status, "ACTIVE" | "BUILD" | "REBUILD") {
         view["progress"] = json!(0);
@@ -1495,5 +1504,19 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(keys, ["id", "links", "name"]);
         assert_eq!(b["links"][0]["rel"], "self");
+    }
+
+    #[test]
+    fn security_groups_show_by_name_only_when_the_ports_have_some() {
+        let mut s = server("running", "");
+        assert!(server_view("http://h", &s).get("security_groups").is_none());
+        s.security_groups = vec![pb::ServerSecurityGroup {
+            id: "g1".into(),
+            name: "default".into(),
+        }];
+        let v = server_view("http://h", &s);
+        assert_eq!(v["security_groups"], json!([{"name": "default"}]));
+        // Not in an update's common view.
+        assert!(update_view("http://h", &s).get("security_groups").is_none());
     }
 }

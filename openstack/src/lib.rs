@@ -36,6 +36,8 @@ pub mod request_id;
 pub mod server_actions;
 pub mod server_groups;
 pub mod server_metadata;
+pub mod server_password;
+pub mod server_secgroups;
 pub mod time;
 pub mod upstream;
 pub mod versions;
@@ -66,6 +68,8 @@ pub fn router(upstream: Upstream) -> Router {
                 .merge(server_metadata::router())
                 .merge(hypervisors::router())
                 .merge(server_actions::router())
+                .merge(server_secgroups::router())
+                .merge(server_password::router())
                 .route("/v2.1/limits", get(limits::compute_limits))
                 // Quota sets here: `quota` uses `compute`'s microversion
                 // helpers, so `compute` may not route to it.

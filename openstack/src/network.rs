@@ -492,14 +492,74 @@ pub struct NewRule {
     ethertype: Option<String>,
     #[serde(default)]
     protocol: Option<Value>,
+    // Wider than a port so that a negative or oversized value gets
+    // Neutron's "Invalid value for port" rather than a parse error.
     #[serde(default)]
-    port_range_min: Option<u32>,
+    port_range_min: Option<i64>,
     #[serde(default)]
-    port_range_max: Option<u32>,
+    port_range_max: Option<i64>,
     #[serde(default)]
     remote_ip_prefix: Option<String>,
     #[serde(default)]
     remote_group_id: Option<String>,
+}
+
+/// Neutron's `port_range_min`/`_max` as nubo's ports or ICMP type and
+/// code, with Neutron's checks and wording (400). Pure.
+fn neutron_ports(
+    protocol: &str,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<(u32, u32, Option<u32>, Option<u32>), ApiError> {
+    let bad = |m: String| Err(ApiError::bad_request(S, m));
+    // The attribute check Neutron applies to every protocol first.
+    for v in [min, max].into_iter().flatten() {
+        if !(0..=65535).contains(&v) {
+            return bad(format!("Invalid value for port {v}"));
+        }
+    }
+    // In range now: the conversions below cannot fail.
+    let (min, max) = (
+        min.and_then(|v| u32::try_from(v).ok()),
+        max.and_then(|v| u32::try_from(v).ok()),
+    );
+    if protocol == "icmp" {
+        for (field, attr, v) in [
+            ("type", "port-range-min", min),
+            ("code", "port-range-max", max),
+        ] {
+            if let Some(v) = v.filter(|v| *v > 255) {
+                return bad(format!(
+                    "Invalid value for ICMP {field} ({attr}): {v}. It must be 0 to 255."
+                ));
+            }
+        }
+        if let (None, Some(code)) = (min, max) {
+            return bad(format!(
+                "ICMP type (port-range-min) is missing when ICMP code (port-range-max) {code} is given."
+            ));
+        }
+        return Ok((0, 0, min, max));
+    }
+    let ports_matter = matches!(protocol, "tcp" | "udp" | "6" | "17" | "33" | "132" | "136");
+    if ports_matter {
+        match (min, max) {
+            (None, Some(_)) => {
+                return bad(
+                    "For TCP/UDP protocols, port_range_min must be <= port_range_max".into(),
+                )
+            }
+            (Some(a), Some(b)) if a > b => {
+                return bad(
+                    "For TCP/UDP protocols, port_range_min must be <= port_range_max".into(),
+                )
+            }
+            (Some(0), _) | (_, Some(0)) => return bad("Invalid value for port 0".into()),
+            _ => {}
+        }
+    }
+    let min = min.unwrap_or(0);
+    Ok((min, max.unwrap_or(min), None, None))
 }
 
 /// nubo's rule for a Neutron one. Pure.
@@ -536,18 +596,8 @@ pub fn rule_request(r: &NewRule) -> Result<pb::SecurityGroupRule, ApiError> {
         "ipv6-icmp" | "icmpv6" if ethertype == "ipv6" => "icmp".to_string(),
         _ => protocol,
     };
-    let (port_min, port_max, icmp_type, icmp_code) = if protocol == "icmp" {
-        if r.port_range_max.is_some() && r.port_range_min.is_none() {
-            return Err(ApiError::bad_request(
-                S,
-                "an ICMP code (port_range_max) needs an ICMP type (port_range_min)",
-            ));
-        }
-        (0, 0, r.port_range_min, r.port_range_max)
-    } else {
-        let min = r.port_range_min.unwrap_or(0);
-        (min, r.port_range_max.unwrap_or(min), None, None)
-    };
+    let (port_min, port_max, icmp_type, icmp_code) =
+        neutron_ports(&protocol, r.port_range_min, r.port_range_max)?;
     Ok(pb::SecurityGroupRule {
         id: String::new(),
         direction: r.direction.clone(),
@@ -569,8 +619,28 @@ async fn create_rule(
 ) -> Result<Response, ApiError> {
     let body = crate::error::json_body(S, body)?;
     let r = &body.security_group_rule;
-    let rule = rule_request(r)?;
+    let mut rule = rule_request(r)?;
     let mut c = up.security_groups(&headers)?;
+    // The remote group, resolved as `nubo security group rule create
+    // --remote-group` does: one that does not exist (whatever its
+    // spelling) is Neutron's 404.
+    if !rule.remote_group_id.is_empty() {
+        let g = c
+            .get(pb::GetRequest {
+                r#ref: rule.remote_group_id.clone(),
+                project: String::new(),
+            })
+            .await
+            .map_err(|e| match e.code() {
+                tonic::Code::NotFound => ApiError::not_found(
+                    S,
+                    format!("Security group {} does not exist", rule.remote_group_id),
+                ),
+                _ => ApiError::from_status(S, &e),
+            })?
+            .into_inner();
+        rule.remote_group_id = g.id;
+    }
     let before = c
         .get(pb::GetRequest {
             r#ref: r.security_group_id.clone(),
@@ -692,5 +762,55 @@ mod tests {
             rule_request(&both).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn bad_ports_get_neutrons_wording() {
+        let msg = |proto: &str, min: Value, max: Value| {
+            let r: NewRule = serde_json::from_value(json!({"security_group_id": "g",
+                "direction": "ingress", "protocol": proto,
+                "port_range_min": min, "port_range_max": max}))
+            .unwrap();
+            rule_request(&r).map_err(|e| (e.status, e.message))
+        };
+        for (proto, min, max, want) in [
+            ("tcp", json!(-16), json!(80), "Invalid value for port -16"),
+            (
+                "tcp",
+                json!(80),
+                json!(79),
+                "port_range_min must be <= port_range_max",
+            ),
+            (
+                "tcp",
+                json!(80),
+                json!(65536),
+                "Invalid value for port 65536",
+            ),
+            (
+                "tcp",
+                Value::Null,
+                json!(6),
+                "port_range_min must be <= port_range_max",
+            ),
+            ("icmp", json!(1), json!(256), "Invalid value for ICMP code"),
+            ("icmp", json!(-1), json!(25), "Invalid value for port -1"),
+            (
+                "icmp",
+                Value::Null,
+                json!(6),
+                "ICMP type (port-range-min) is missing",
+            ),
+            ("icmp", json!(300), json!(1), "Invalid value for ICMP type"),
+        ] {
+            let (status, m) = msg(proto, min.clone(), max.clone()).unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{proto} {min} {max}");
+            assert!(m.contains(want), "{proto} {min} {max}: {m}");
+        }
+        // Positive controls: the edges are accepted.
+        let ok = msg("tcp", json!(1), json!(65535)).unwrap();
+        assert_eq!((ok.port_min, ok.port_max), (1, 65535));
+        let ok = msg("icmp", json!(255), json!(255)).unwrap();
+        assert_eq!((ok.icmp_type, ok.icmp_code), (Some(255), Some(255)));
     }
 }

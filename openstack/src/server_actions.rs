@@ -158,6 +158,10 @@ async fn server_action(
             .map(drop)
         }
         "unlock" => c.unlock(req).await.api(S).map(drop),
+        "addSecurityGroup" | "removeSecurityGroup" => {
+            let add = action == "addSecurityGroup";
+            crate::server_secgroups::change(&mut c, id, add, &body[action.as_str()]).await
+        }
         "rebuild" => {
             let rb = rebuild_request(&id, &body["rebuild"])?;
             let s = c.rebuild(rb).await.api(S)?.into_inner();
@@ -182,7 +186,7 @@ async fn server_action(
             Err(ApiError::new(
                 S,
                 StatusCode::NOT_IMPLEMENTED,
-                format!("server action {other:?} is not supported (os-start, os-stop, reboot, lock, unlock, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
+                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
             ))
         }
     }?;

@@ -210,6 +210,64 @@ pub fn plan(rows: Rows, observed: &MetadataObserved) -> Vec<MetadataAction> {
     out
 }
 
+/// The guests' passwords in etcd, under this node's own keys
+/// (`keys::instance_password`): written once, read back for the guest.
+pub struct EtcdPasswords {
+    etcd: nubo_store::Etcd,
+    node: nubo_common::NodeName,
+}
+
+impl EtcdPasswords {
+    /// The passwords of the instances of `node`.
+    pub fn new(etcd: nubo_store::Etcd, node: nubo_common::NodeName) -> Self {
+        Self { etcd, node }
+    }
+
+    fn key(&self, uuid: &str) -> Result<String, nubo_metadata::PasswordError> {
+        let id: nubo_common::InstanceId = uuid
+            .parse()
+            .map_err(|e| nubo_metadata::PasswordError::Store(format!("{e}")))?;
+        Ok(nubo_common::keys::instance_password(&self.node, &id))
+    }
+}
+
+impl nubo_metadata::PasswordStore for EtcdPasswords {
+    fn get<'a>(&'a self, uuid: &'a str) -> nubo_metadata::PasswordFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let key = self.key(uuid)?;
+            let kv = self
+                .etcd
+                .get_kv(&key)
+                .await
+                .map_err(|e| nubo_metadata::PasswordError::Store(e.to_string()))?;
+            Ok(kv.map(|kv| kv.value().to_vec()).unwrap_or_default())
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        uuid: &'a str,
+        password: Vec<u8>,
+    ) -> nubo_metadata::PasswordFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.key(uuid)?;
+            let txn = etcd_client::Txn::new()
+                .when([nubo_store::kv::absent(&key)])
+                .and_then([etcd_client::TxnOp::put(key.as_str(), password, None)]);
+            let resp = self
+                .etcd
+                .txn(txn)
+                .await
+                .map_err(|e| nubo_metadata::PasswordError::Store(e.to_string()))?;
+            if resp.succeeded() {
+                Ok(())
+            } else {
+                Err(nubo_metadata::PasswordError::AlreadySet)
+            }
+        })
+    }
+}
+
 /// The metadata reconciler.
 pub struct Metadata {
     availability_zone: String,
@@ -221,6 +279,7 @@ pub struct Metadata {
     first: bool,
     observer: Option<std::sync::Arc<dyn nubo_metadata::RequestObserver>>,
     probe: Option<super::probe::ProbeIdentity>,
+    passwords: Option<std::sync::Arc<dyn nubo_metadata::PasswordStore>>,
 }
 
 impl Metadata {
@@ -236,7 +295,17 @@ impl Metadata {
             first: true,
             observer: None,
             probe: None,
+            passwords: None,
         }
+    }
+
+    /// Keeps the passwords guests post in `store`.
+    pub fn with_passwords(
+        mut self,
+        store: Option<std::sync::Arc<dyn nubo_metadata::PasswordStore>>,
+    ) -> Self {
+        self.passwords = store;
+        self
     }
 
     /// Reports the status of every answer to `observer`.
@@ -314,6 +383,10 @@ impl Subsystem for Metadata {
                 MetadataAction::Start => {
                     let s = MetadataServer::start(self.table.clone())
                         .map_err(|e| SubsystemError::Other(format!("metadata server: {e}")))?;
+                    let s = match &self.passwords {
+                        Some(p) => s.with_passwords(p.clone()),
+                        None => s,
+                    };
                     self.server = Some(match &self.observer {
                         Some(o) => s.with_observer(o.clone()),
                         None => s,

@@ -100,7 +100,8 @@ pub fn sanitize_hostname(name: &str, fallback: &str) -> String {
 /// `metrics`. With `probe`, the node's health probes are reconciled too
 /// (before the overlay, which plugs them); the receiver returned lists
 /// the probes ready to check ([`probe::run_checks`]).
-#[allow(clippy::type_complexity)]
+// Each argument is the node configuration one subsystem needs.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn subsystems(
     underlay_ip: IpAddr,
     underlay_mtu: u16,
@@ -109,6 +110,7 @@ pub fn subsystems(
     router_netns_prefix: &str,
     metrics: &std::sync::Arc<crate::telemetry::AgentMetrics>,
     probe: Option<probe::ProbeIdentity>,
+    passwords: Option<std::sync::Arc<dyn nubo_metadata::PasswordStore>>,
 ) -> Result<
     (
         Vec<Box<dyn Reconcile>>,
@@ -137,7 +139,8 @@ pub fn subsystems(
         Box::new(
             metadata::Metadata::new(availability_zone)
                 .with_observer(metrics.metadata.clone())
-                .with_probe(probe),
+                .with_probe(probe)
+                .with_passwords(passwords),
         ),
     ]);
     Ok((subs, ready))

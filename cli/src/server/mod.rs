@@ -92,6 +92,31 @@ pub enum ServerCmd {
         /// Server name or id.
         server: String,
     },
+    /// Add a security group to every port of a server (the firewalls of
+    /// its node converge).
+    AddSecurityGroup {
+        /// Server name or id.
+        server: String,
+        /// Security group name or id.
+        group: String,
+    },
+    /// The password the server's guest posted to the metadata service
+    /// (empty when none; typically encrypted with the server's key).
+    Password {
+        /// Server name or id.
+        server: String,
+        /// Clear it instead (the guest may then post a new one).
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Remove a security group from every port of a server (a port may be
+    /// left with none: then only its anti-spoofing rules apply).
+    RemoveSecurityGroup {
+        /// Server name or id.
+        server: String,
+        /// Security group name or id.
+        group: String,
+    },
     /// List the availability zones servers may be placed in.
     Zones,
     /// What was done to a server (create, start, stop, reboot, rebuild,
@@ -250,6 +275,10 @@ pub fn to_json(s: &Server) -> Value {
         "access_ipv6": opt(&s.access_ipv6),
         "locked": s.locked,
         "locked_reason": opt(&s.locked_reason),
+        "security_groups": s.security_groups.iter().map(|g| json!({
+            "id": g.id,
+            "name": g.name,
+        })).collect::<Vec<_>>(),
         "observed_usage": crate::usage::server_json(s.observed_usage.as_ref()),
     })
 }
@@ -276,6 +305,8 @@ pub fn show_text(s: &Server) -> String {
     let mut fields = to_json(s);
     if let Value::Object(m) = &mut fields {
         m.insert("addresses".into(), Value::String(networks_text(s)));
+        let groups: Vec<&str> = s.security_groups.iter().map(|g| g.name.as_str()).collect();
+        m.insert("security_groups".into(), Value::String(groups.join(", ")));
     }
     let mut out = output::fields_table(&fields).render();
     if s.addresses.is_empty() {
@@ -387,6 +418,49 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
         }
         ServerCmd::Unlock { server } => {
             let s = api.servers().unlock(action(server)).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::Password { server, clear } => {
+            if clear {
+                api.servers()
+                    .clear_password(action(server))
+                    .await
+                    .or_fail(api)?;
+                return Ok(());
+            }
+            let p = api
+                .servers()
+                .get_password(api.get_req(&server))
+                .await
+                .or_fail(api)?;
+            match ctx.format {
+                Format::Json => output::emit_json(&json!({"password": p.password})),
+                Format::Table => {
+                    println!("{}", p.password);
+                    Ok(())
+                }
+            }
+        }
+        ServerCmd::AddSecurityGroup { server, group } => {
+            let req = nubo_common::proto::ServerSecurityGroupRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                security_group: group,
+            };
+            let s = api.servers().add_security_group(req).await.or_fail(api)?;
+            show(ctx.format, &s)
+        }
+        ServerCmd::RemoveSecurityGroup { server, group } => {
+            let req = nubo_common::proto::ServerSecurityGroupRequest {
+                r#ref: server,
+                project: api.project.clone(),
+                security_group: group,
+            };
+            let s = api
+                .servers()
+                .remove_security_group(req)
+                .await
+                .or_fail(api)?;
             show(ctx.format, &s)
         }
         ServerCmd::Actions { server } => {

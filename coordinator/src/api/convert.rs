@@ -482,6 +482,14 @@ pub fn server(v: &crate::operations::servers::ServerView) -> pb::Server {
             a.floating_ip = f.to_string();
         }
     }
+    s.security_groups = v
+        .security_groups
+        .iter()
+        .map(|(id, name)| pb::ServerSecurityGroup {
+            id: id.to_string(),
+            name: name.clone(),
+        })
+        .collect();
     s
 }
 
@@ -552,6 +560,7 @@ fn server_parts(
         observed_usage: None,
         locked: i.locked.is_some(),
         locked_reason: i.locked.clone().unwrap_or_default(),
+        security_groups: Vec::new(),
     }
 }
 

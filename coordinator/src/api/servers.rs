@@ -7,7 +7,9 @@ use tonic::Request;
 use super::{convert, project, reply, R};
 use crate::operations::server_create::{self, Created, NewServers};
 use crate::operations::servers::{self, ListServers};
-use crate::operations::{instance_actions, node_streams, resize, PageRequest, Scope};
+use crate::operations::{
+    instance_actions, node_streams, resize, server_secgroups, PageRequest, Scope,
+};
 use crate::state::Ctx;
 
 fn result_pb(c: Created) -> pb::ServerResult {
@@ -24,6 +26,20 @@ fn result_pb(c: Created) -> pb::ServerResult {
             code: e.code_name().into(),
             index: c.index,
         },
+    }
+}
+
+impl Ctx {
+    async fn server_secgroup(
+        &self,
+        r: pb::ServerSecurityGroupRequest,
+        change: server_secgroups::Change,
+    ) -> R<pb::Server> {
+        let go = async {
+            let p = project(&r.project)?;
+            server_secgroups::change(self, &p, &r.r#ref, &r.security_group, change).await
+        };
+        reply(go.await.map(|s| convert::server(&s)))
     }
 }
 
@@ -141,6 +157,30 @@ impl servers_server::Servers for Ctx {
             servers::rebuild(self, &project(&r.project)?, &r.r#ref, &rb).await
         };
         reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn get_password(&self, r: Request<pb::GetRequest>) -> R<pb::ServerPassword> {
+        let r = r.into_inner();
+        let go = async { servers::password(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|password| pb::ServerPassword { password }))
+    }
+    async fn clear_password(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async { servers::clear_password(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn add_security_group(
+        &self,
+        r: Request<pb::ServerSecurityGroupRequest>,
+    ) -> R<pb::Server> {
+        self.server_secgroup(r.into_inner(), server_secgroups::Change::Add)
+            .await
+    }
+    async fn remove_security_group(
+        &self,
+        r: Request<pb::ServerSecurityGroupRequest>,
+    ) -> R<pb::Server> {
+        self.server_secgroup(r.into_inner(), server_secgroups::Change::Remove)
+            .await
     }
     async fn unlock(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();

@@ -133,6 +133,8 @@ struct Plan {
     networks: Vec<Network>,
     existing_ports: Vec<Versioned<Port>>,
     security_groups: Vec<SecurityGroupId>,
+    /// The names of `security_groups` (for the created servers' views).
+    security_group_names: Vec<(SecurityGroupId, String)>,
     key_name: Option<String>,
     user_data_b64: Option<String>,
     metadata: BTreeMap<String, String>,
@@ -476,12 +478,26 @@ impl Job for CreateJob<'_> {
             v.node = Some(at.node.clone());
             v
         }));
+        let security_groups = {
+            // The groups of its ports whose names the plan knows (those
+            // it gave new ports; a passed port's other groups show on
+            // the next read).
+            let mut out: Vec<(SecurityGroupId, String)> = Vec::new();
+            for g in ports.iter().flat_map(|p| p.security_groups.iter()) {
+                let known = self.plan.security_group_names.iter().find(|(x, _)| x == g);
+                if let Some(k) = known.filter(|_| !out.iter().any(|(x, _)| x == g)) {
+                    out.push(k.clone());
+                }
+            }
+            out
+        };
         Ok(Placed::Server(Box::new(ServerView {
             instance: inst,
             status: None,
             ports,
             network_names: self.plan.net_names(),
             floating_ips: Default::default(),
+            security_groups,
         })))
     }
 
@@ -670,15 +686,16 @@ async fn secgroups_dep(
     refs: &[String],
     src: Source,
     deps: &mut Vec<(String, i64)>,
-) -> ApiResult<Vec<SecurityGroupId>> {
+) -> ApiResult<Vec<(SecurityGroupId, String)>> {
+    let default = |id: uuid::Uuid| vec![(SecurityGroupId::from_uuid(id), "default".to_string())];
     if refs.is_empty() {
         let idx = keys::name_index(NameKind::SecurityGroup, project, "default");
         if let Some(id) = fetch::<uuid::Uuid>(ctx, &idx, src, deps).await? {
-            return Ok(vec![SecurityGroupId::from_uuid(*id)]);
+            return Ok(default(*id));
         }
         super::security_groups::default_secgroup(ctx, project).await?;
         return match fetch::<uuid::Uuid>(ctx, &idx, Source::Etcd, deps).await? {
-            Some(id) => Ok(vec![SecurityGroupId::from_uuid(*id)]),
+            Some(id) => Ok(default(*id)),
             None => Err(ApiError::Unavailable(
                 "the default security group was deleted while being created; retry".into(),
             )),
@@ -696,8 +713,8 @@ async fn secgroups_dep(
             deps,
         )
         .await?;
-        if !out.contains(&g.id) {
-            out.push(g.id);
+        if !out.iter().any(|(id, _)| *id == g.id) {
+            out.push((g.id, g.name.clone()));
         }
     }
     Ok(out)
@@ -795,11 +812,12 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         }
         existing_ports.push(port);
     }
-    let security_groups = if networks.is_empty() {
+    let security_group_names = if networks.is_empty() {
         Vec::new()
     } else {
         secgroups_dep(ctx, &project, &r.security_groups, src, &mut deps).await?
     };
+    let security_groups = security_group_names.iter().map(|(id, _)| *id).collect();
     let key_name = match r.key_name.trim() {
         "" => None,
         k => {
@@ -867,6 +885,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         networks,
         existing_ports,
         security_groups,
+        security_group_names,
         key_name,
         user_data_b64,
         metadata: r.metadata.clone(),

@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use etcd_client::Txn;
 use nubo_common::keys::{self, Key};
-use nubo_common::model::{Instance, InstanceStatus, Network, NodeUsage, Port, PowerState};
-use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId};
+use nubo_common::model::{
+    Instance, InstanceStatus, Network, NodeUsage, Port, PowerState, SecurityGroup,
+};
+use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId};
 use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, unchanged};
 use nubo_store::TxnBuilder;
 
@@ -30,6 +32,9 @@ pub struct ServerView {
     pub network_names: HashMap<NetworkId, String>,
     /// The floating IPs of its ports.
     pub floating_ips: HashMap<PortId, std::net::Ipv4Addr>,
+    /// The security groups of its ports (id and name, each once, in port
+    /// order; a group deleted meanwhile is left out).
+    pub security_groups: Vec<(SecurityGroupId, String)>,
 }
 
 /// What one server of these resources counts against its project's quota.
@@ -70,15 +75,15 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
         .into_iter()
         .collect();
     let net_keys: Vec<String> = net_ids.iter().map(keys::network).collect();
-    let names: HashMap<NetworkId, String> = ctx
-        .store
-        .get_many(&net_keys)
-        .await?
-        .iter()
-        .flatten()
-        .filter_map(decode_or_skip::<Network>)
-        .map(|n| (n.id, n.name))
+    let names = names_of(ctx, &net_keys, |n: Network| (n.id, n.name)).await?;
+    let sg_ids: Vec<SecurityGroupId> = ports
+        .values()
+        .flat_map(|p| p.security_groups.iter().copied())
+        .collect::<HashSet<_>>()
+        .into_iter()
         .collect();
+    let sg_keys: Vec<String> = sg_ids.iter().map(keys::secgroup).collect();
+    let sg_names = names_of(ctx, &sg_keys, |g: SecurityGroup| (g.id, g.name)).await?;
     Ok(insts
         .iter()
         .zip(statuses)
@@ -97,14 +102,41 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
                 .iter()
                 .filter_map(|p| floating_ips.get(&p.id).map(|a| (p.id, *a)))
                 .collect();
+            let mut security_groups: Vec<(SecurityGroupId, String)> = Vec::new();
+            for g in ps.iter().flat_map(|p| p.security_groups.iter()) {
+                if let Some(n) = sg_names.get(g) {
+                    if !security_groups.iter().any(|(x, _)| x == g) {
+                        security_groups.push((*g, n.clone()));
+                    }
+                }
+            }
             ServerView {
                 instance: i.clone(),
                 status: st,
                 ports: ps,
                 network_names,
                 floating_ips,
+                security_groups,
             }
         })
+        .collect())
+}
+
+/// The records at `keys` (absent or undecodable ones left out) as
+/// `id → name` by `pair`, in one batched read.
+async fn names_of<T: serde::de::DeserializeOwned, K: std::hash::Hash + Eq>(
+    ctx: &Ctx,
+    keys: &[String],
+    pair: impl Fn(T) -> (K, String),
+) -> ApiResult<HashMap<K, String>> {
+    Ok(ctx
+        .store
+        .get_many(keys)
+        .await?
+        .iter()
+        .flatten()
+        .filter_map(decode_or_skip::<T>)
+        .map(pair)
         .collect())
 }
 
@@ -214,6 +246,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let mut new_usage = None;
         if let Some(node) = &i.node {
             t.delete(&keys::assignment(node, &i.id));
+            t.delete(&keys::instance_password(node, &i.id));
             let ukey = keys::node_usage(node);
             if let Some(u) = ctx.store.read::<NodeUsage>(&ukey).await? {
                 let nu = NodeUsage {
@@ -554,6 +587,35 @@ fn locked_message(name: &str, id: &InstanceId, reason: &str) -> String {
         format!(" ({reason})")
     };
     format!("server {name:?} ({id}) is locked{why}: unlock it first (nubo server unlock)")
+}
+
+/// The password the guest of server `r` of `project` posted to its
+/// node's metadata service ("" when none; kept under the node it was
+/// posted on, so a server moved since shows none).
+pub async fn password(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<String> {
+    let inst = super::lookup::server(ctx, project, r).await?;
+    let Some(node) = &inst.value.node else {
+        return Ok(String::new());
+    };
+    let kv = ctx
+        .store
+        .get_kv(&keys::instance_password(node, &inst.value.id))
+        .await?;
+    Ok(kv
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .unwrap_or_default())
+}
+
+/// Clears the password of server `r` of `project` (see [`password`]).
+pub async fn clear_password(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
+    let inst = super::lookup::server(ctx, project, r).await?;
+    if let Some(node) = &inst.value.node {
+        ctx.store
+            .delete(keys::instance_password(node, &inst.value.id), None)
+            .await?;
+        tracing::info!(instance = %inst.value.id, "server password cleared");
+    }
+    Ok(())
 }
 
 /// Locks server `r` of `project` with `reason` (see [`ensure_unlocked`]);

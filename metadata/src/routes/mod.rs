@@ -36,7 +36,10 @@ pub(crate) struct Caller(pub(crate) Arc<InstanceMeta>);
 ///
 /// Requests without a [`CallerIdentity`] extension, from unknown callers or
 /// with a mismatching MAC get `404`; methods other than `GET`/`HEAD` (and
-/// `PUT` on [`TOKEN_PATH`]) get `405`.
+/// `PUT` on [`TOKEN_PATH`], `POST` on `/openstack/<version>/password`) get
+/// `405`. The password routes need a [`crate::PasswordStore`] extension
+/// (`Arc<dyn PasswordStore>`, see [`crate::MetadataServer::with_passwords`]);
+/// without one they answer 404.
 pub fn router(lookup: Arc<dyn InstanceLookup>) -> Router {
     Router::new()
         .route("/", get(ec2::versions))
@@ -44,6 +47,10 @@ pub fn router(lookup: Arc<dyn InstanceLookup>) -> Router {
         .route("/openstack/", get(openstack::versions))
         .route("/openstack/{version}", get(openstack::version_dir))
         .route("/openstack/{version}/", get(openstack::version_dir))
+        .route(
+            "/openstack/{version}/password",
+            get(openstack::password).post(openstack::post_password),
+        )
         .route("/openstack/{version}/{file}", get(openstack::file))
         .route(TOKEN_PATH, put(ec2::token))
         .route("/{version}", get(ec2::version_dir))
@@ -57,13 +64,17 @@ pub fn router(lookup: Arc<dyn InstanceLookup>) -> Router {
         .layer(middleware::from_fn(only_allowed_methods))
 }
 
-/// Rejects every method but GET/HEAD (and PUT on the token path) before any
-/// other processing.
+/// Rejects every method but GET/HEAD (PUT on the token path, POST on an
+/// OpenStack `password`) before any other processing.
 async fn only_allowed_methods(req: Request, next: Next) -> Response {
     let method = req.method();
+    let path = req.uri().path();
     let allowed = method == Method::GET
         || method == Method::HEAD
-        || (method == Method::PUT && req.uri().path() == TOKEN_PATH);
+        || (method == Method::PUT && path == TOKEN_PATH)
+        || (method == Method::POST
+            && path.starts_with("/openstack/")
+            && path.ends_with("/password"));
     if allowed {
         return next.run(req).await;
     }

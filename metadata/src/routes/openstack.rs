@@ -1,12 +1,21 @@
 //! The OpenStack layout: `/openstack/<version>/meta_data.json` etc.
 
+use std::sync::Arc;
+
+use axum::body::Body;
 use axum::extract::{Extension, Path};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
+use tracing::{info, warn};
 
 use super::{listing, not_found, user_data, Caller};
 use crate::instance::InstanceMeta;
+use crate::password::{PasswordError, PasswordStore, MAX_PASSWORD_BYTES};
+
+/// The password store, when the daemon gave one.
+type Passwords = Option<Extension<Arc<dyn PasswordStore>>>;
 
 /// Dated OpenStack metadata versions served (as Nova lists them), oldest
 /// first; `latest` is served in addition.
@@ -62,6 +71,62 @@ pub(super) async fn file(
         "vendor_data2.json" => Json(object_or_empty(&meta.vendor_data2)).into_response(),
         "user_data" => user_data(&meta),
         _ => not_found(),
+    }
+}
+
+/// `GET /openstack/<version>/password`: the password the guest posted
+/// ("" when none).
+pub(super) async fn password(
+    Extension(Caller(meta)): Extension<Caller>,
+    Path(version): Path<String>,
+    store: Passwords,
+) -> Response {
+    let Some(Extension(store)) = store.filter(|_| is_version(&version)) else {
+        return not_found();
+    };
+    match store.get(&meta.uuid).await {
+        Ok(p) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            p,
+        )
+            .into_response(),
+        Err(e) => {
+            warn!(uuid = %meta.uuid, error = %e, "could not read an instance password");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response()
+        }
+    }
+}
+
+/// `POST /openstack/<version>/password`: stores the guest's password once
+/// (at most [`MAX_PASSWORD_BYTES`]: 400 beyond; 409 when it has one), as
+/// Nova's metadata service.
+pub(super) async fn post_password(
+    Extension(Caller(meta)): Extension<Caller>,
+    Path(version): Path<String>,
+    store: Passwords,
+    body: Body,
+) -> Response {
+    let Some(Extension(store)) = store.filter(|_| is_version(&version)) else {
+        return not_found();
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PASSWORD_BYTES).await else {
+        return (StatusCode::BAD_REQUEST, "Request is too large.\n").into_response();
+    };
+    match store.set(&meta.uuid, bytes.to_vec()).await {
+        Ok(()) => {
+            info!(uuid = %meta.uuid, bytes = bytes.len(), "instance password stored");
+            StatusCode::OK.into_response()
+        }
+        Err(PasswordError::AlreadySet) => {
+            (StatusCode::CONFLICT, "the password is already set\n").into_response()
+        }
+        Err(e) => {
+            warn!(uuid = %meta.uuid, error = %e, "could not store an instance password");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response()
+        }
     }
 }
 

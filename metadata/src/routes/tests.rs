@@ -506,3 +506,63 @@ async fn table_updates_are_seen_immediately() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// An in-memory password store.
+#[derive(Default)]
+struct MemPasswords(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+
+impl crate::PasswordStore for MemPasswords {
+    fn get<'a>(&'a self, uuid: &'a str) -> crate::PasswordFuture<'a, Vec<u8>> {
+        let p = self.0.lock().expect("lock").get(uuid).cloned();
+        Box::pin(async move { Ok(p.unwrap_or_default()) })
+    }
+    fn set<'a>(&'a self, uuid: &'a str, password: Vec<u8>) -> crate::PasswordFuture<'a, ()> {
+        let mut m = self.0.lock().expect("lock");
+        let r = if m.contains_key(uuid) {
+            Err(crate::PasswordError::AlreadySet)
+        } else {
+            m.insert(uuid.to_string(), password);
+            Ok(())
+        };
+        Box::pin(async move { r })
+    }
+}
+
+#[tokio::test]
+async fn guests_post_their_password_once() {
+    let store: Arc<dyn crate::PasswordStore> = Arc::new(MemPasswords::default());
+    let app = app().layer(axum::Extension(store));
+    let call = |who: (Ipv4Addr, MacAddr), method: Method, body: Vec<u8>| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri("/openstack/latest/password")
+            .body(Body::from(body))
+            .expect("request");
+        r.extensions_mut().insert(identity(who.0, who.1));
+        send_request(app.clone(), r)
+    };
+    let a = (IP_A, MAC_A);
+    assert_eq!(call(a, Method::GET, vec![]).await.body, b"");
+    // Too large: refused, nothing stored.
+    let big = call(a, Method::POST, vec![b'x'; crate::MAX_PASSWORD_BYTES + 1]).await;
+    assert_eq!(big.status, StatusCode::BAD_REQUEST);
+    assert_eq!(call(a, Method::GET, vec![]).await.body, b"");
+    let ok = call(a, Method::POST, vec![b'p'; crate::MAX_PASSWORD_BYTES]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(
+        call(a, Method::GET, vec![]).await.body,
+        vec![b'p'; crate::MAX_PASSWORD_BYTES]
+    );
+    // Write-once; the other instance has its own.
+    let again = call(a, Method::POST, b"other".to_vec()).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(call((IP_B, MAC_B), Method::GET, vec![]).await.body, b"");
+    // Without a store the route is not there.
+    let bare = call_as(
+        Some(identity(IP_A, MAC_A)),
+        Method::GET,
+        "/openstack/latest/password",
+    )
+    .await;
+    assert_eq!(bare.status, StatusCode::NOT_FOUND);
+}
