@@ -443,6 +443,31 @@ pub(crate) async fn external_network(
     Ok(net)
 }
 
+/// Snapshot `id` of `project`'s volumes, with its record's mod_revision.
+/// A malformed id is NotFound, as an unknown one.
+pub(crate) async fn snapshot_by_id(
+    ctx: &Ctx,
+    project: &ProjectId,
+    id: &str,
+) -> ApiResult<(String, VolumeSnapshot, i64)> {
+    let not_found = || ApiError::NotFound(format!("snapshot {id} not found"));
+    let want: SnapshotId = id.trim().parse().map_err(|_| not_found())?;
+    let found: Vec<(String, VolumeSnapshot, i64)> = ctx
+        .store
+        .list_all(&keys::volume_snapshots_root(), |kv| {
+            let s = decode_or_skip::<VolumeSnapshot>(kv)?;
+            (s.project == *project && s.snapshot_id() == want).then(|| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    s,
+                    kv.mod_revision(),
+                )
+            })
+        })
+        .await?;
+    found.into_iter().next().ok_or_else(not_found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,29 +496,4 @@ mod tests {
             "{err:?}"
         );
     }
-}
-
-/// Snapshot `id` of `project`'s volumes, with its record's mod_revision.
-/// A malformed id is NotFound, as an unknown one.
-pub(crate) async fn snapshot_by_id(
-    ctx: &Ctx,
-    project: &ProjectId,
-    id: &str,
-) -> ApiResult<(String, VolumeSnapshot, i64)> {
-    let not_found = || ApiError::NotFound(format!("snapshot {id} not found"));
-    let want: SnapshotId = id.trim().parse().map_err(|_| not_found())?;
-    let found: Vec<(String, VolumeSnapshot, i64)> = ctx
-        .store
-        .list_all(&keys::volume_snapshots_root(), |kv| {
-            let s = decode_or_skip::<VolumeSnapshot>(kv)?;
-            (s.project == *project && s.snapshot_id() == want).then(|| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    s,
-                    kv.mod_revision(),
-                )
-            })
-        })
-        .await?;
-    found.into_iter().next().ok_or_else(not_found)
 }
