@@ -128,6 +128,7 @@ impl World {
             image_metadata: Default::default(),
             source_volume: None,
             source_snapshot: None,
+            device: None,
         };
         let id = v.id;
         self.put(keys::volume(&id), &v);

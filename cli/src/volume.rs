@@ -61,6 +61,10 @@ pub enum VolumeCmd {
         /// Delete the volume when the server is deleted.
         #[arg(long)]
         delete_on_termination: bool,
+        /// The guest device wanted (`vdc`); when it is taken, the lowest
+        /// free one (the answer's `device` says which).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Detach a volume from its server.
     Detach {
@@ -261,6 +265,7 @@ pub fn to_json(v: &Volume) -> Value {
         "status_reason": opt(&v.status_reason),
         "type": opt(&v.volume_type),
         "attached_to": opt(&v.attached_to),
+        "device": opt(&v.device),
         "boot": v.boot,
         "delete_on_termination": v.delete_on_termination,
         "source_image": opt(&v.source_image),
@@ -385,6 +390,7 @@ pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
             volume,
             server,
             delete_on_termination,
+            device,
         } => {
             let v = client(api)
                 .attach(AttachVolumeRequest {
@@ -392,6 +398,7 @@ pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
                     project: api.project.clone(),
                     server_ref: server,
                     delete_on_termination,
+                    device: device.unwrap_or_default(),
                 })
                 .await
                 .or_fail(api)?;

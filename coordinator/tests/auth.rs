@@ -1011,6 +1011,7 @@ async fn volumes_are_isolated_between_projects() {
         image_metadata: Default::default(),
         source_volume: None,
         source_snapshot: None,
+        device: None,
     };
     let mut kv = etcd.client().await.unwrap();
     kv.put(keys::volume(&vol.id), encode(&vol), None)

@@ -324,8 +324,8 @@ async fn volume_lifecycle_and_bad_input() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        (a.status.as_str(), a.attached_to.as_str()),
-        ("in-use", s1.as_str())
+        (a.status.as_str(), a.attached_to.as_str(), a.device.as_str()),
+        ("in-use", s1.as_str(), "vdb")
     );
     let inst: nubo_common::model::Instance =
         common::get(&etcd, &keys::instance(&s1.parse().unwrap()))
@@ -363,7 +363,22 @@ async fn volume_lifecycle_and_bad_input() {
     // Snapshots of attached volumes are allowed (crash-consistent).
     v.create_snapshot(snap("data1", "s2")).await.unwrap();
 
-    // Detach: detaching, then available once nothing holds the image.
+    // Detach: detaching, then available once nothing holds the image —
+    // here the agent of vm1's node still reports it plugged (the guest has
+    // not released it), so its device stays taken: another volume attached
+    // meanwhile gets the next one, even when it asks for vdb.
+    let node = inst.node.clone().expect("vm1 is placed");
+    let plugged = |vols: &[&str]| {
+        serde_json::json!({
+            "state": "running", "node": node, "updated_at": nubo_common::model::now(),
+            "volumes": vols,
+        })
+    };
+    let mut kv = etcd.client().await.unwrap();
+    let status_key = keys::instance_status(&node, &inst.id);
+    kv.put(status_key.as_str(), plugged(&[&vol.id]).to_string(), None)
+        .await
+        .unwrap();
     let d = v
         .detach(pb::DetachVolumeRequest {
             r#ref: "data1".into(),
@@ -378,8 +393,53 @@ async fn volume_lifecycle_and_bad_input() {
             .await
             .unwrap();
     assert!(inst.volumes.is_empty());
+    v.create(create("extra", 1)).await.unwrap();
+    let x = v
+        .attach(pb::AttachVolumeRequest {
+            r#ref: "extra".into(),
+            server_ref: "vm1".into(),
+            device: "/dev/vdb".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(x.device, "vdc", "vdb is still plugged");
+    assert_eq!(
+        wait_status(&mut v, "data1", "detaching").await.device,
+        "vdb"
+    );
+    // A volume deleted while detaching is deleted once released, not
+    // before (here: not while the agent reports it plugged).
+    kv.put(
+        status_key.as_str(),
+        plugged(&[&vol.id, &x.id]).to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+    v.detach(pb::DetachVolumeRequest {
+        r#ref: "extra".into(),
+        project: String::new(),
+    })
+    .await
+    .unwrap();
+    v.delete(del("extra")).await.unwrap();
+    let held_since = std::time::Instant::now();
+    while held_since.elapsed() < Duration::from_secs(3) {
+        // Three passes of the volume loop (one per second).
+        let x = v.get(get("extra")).await.unwrap().into_inner();
+        assert_eq!(x.status, "deleting", "deleted while still plugged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(pool.open(&format!("vol-{}", x.id)).is_ok());
+    kv.put(status_key.as_str(), plugged(&[]).to_string(), None)
+        .await
+        .unwrap();
     let back = wait_status(&mut v, "data1", "available").await;
-    assert!(back.attached_to.is_empty());
+    assert!(back.attached_to.is_empty() && back.device.is_empty());
+    wait_status(&mut v, "extra", "gone").await;
+    assert!(pool.open(&format!("vol-{}", x.id)).is_err());
 
     // Delete-on-termination: deleting vm2 deletes its volume; a volume
     // without it becomes available when vm1 goes.
@@ -392,13 +452,18 @@ async fn volume_lifecycle_and_bad_input() {
     })
     .await
     .unwrap();
-    v.attach(pb::AttachVolumeRequest {
-        r#ref: "data1".into(),
-        server_ref: s1.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // A free device asked for is taken.
+    let a = v
+        .attach(pb::AttachVolumeRequest {
+            r#ref: "data1".into(),
+            server_ref: s1.clone(),
+            device: "vdd".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.device, "vdd");
     cl.servers.delete(del("vm2")).await.unwrap();
     cl.servers.delete(del("vm1")).await.unwrap();
     wait_status(&mut v, "scratch", "gone").await;
@@ -1080,6 +1145,7 @@ async fn boot_from_volume_and_volumes_at_create() {
     let data = v.get(get("data")).await.unwrap().into_inner();
     assert_eq!(s.volume_ids, vec![data.id.clone()]);
     assert_eq!(data.status, "in-use");
+    assert_eq!((boot.device.as_str(), data.device.as_str()), ("vda", "vdb"));
     let pool = admin.pool(&p.volumes).unwrap();
     let parent_info = pool
         .open(&format!("vol-{}", boot.id))

@@ -34,7 +34,7 @@ pub fn router() -> Router<Upstream> {
 
 /// Nova's view of the attachment of volume `v` to `server`. Pure.
 pub fn attachment_view(server: &str, v: &pb::Volume) -> Value {
-    json!({"id": v.id, "serverId": server, "volumeId": v.id, "device": null})
+    json!({"id": v.id, "serverId": server, "volumeId": v.id, "device": crate::volume::guest_device(v)})
 }
 
 /// The server `r` (name or id) as the caller sees it.
@@ -105,8 +105,8 @@ pub(crate) struct AttachBody {
 struct NewAttachment {
     #[serde(rename = "volumeId")]
     volume_id: String,
-    /// A device name hint; Nova with libvirt does not honour it either.
-    #[allow(dead_code)]
+    /// A device name hint (`/dev/vdc`): taken when free, else the lowest
+    /// free device, as nubo's attach does.
     device: Option<String>,
 }
 
@@ -126,6 +126,7 @@ async fn attach(
             project: String::new(),
             server_ref: s.id.clone(),
             delete_on_termination: false,
+            device: b.attachment.device.unwrap_or_default(),
         })
         .await
         .api(S)?

@@ -87,6 +87,15 @@ fn cinder_status(s: &str) -> &str {
     }
 }
 
+/// The guest device of an attached volume as OpenStack writes it
+/// (`/dev/vdb`); null when nubo recorded none. Pure.
+pub fn guest_device(v: &pb::Volume) -> Value {
+    match v.device.as_str() {
+        "" => Value::Null,
+        d => json!(format!("/dev/{d}")),
+    }
+}
+
 /// The Cinder view of a volume (one attachment at most; its id is the
 /// volume's, as Nova's 2.1 attachments use). `user_id` is the creating
 /// user's name (nubo's Keystone user id), empty when nubo recorded none
@@ -102,7 +111,7 @@ pub fn volume_view(v: &pb::Volume) -> Value {
             "volume_id": v.id,
             "server_id": v.attached_to,
             "host_name": null,
-            "device": null,
+            "device": guest_device(v),
             "attached_at": null,
         })]
     };

@@ -30,8 +30,13 @@ const SERVED: &str = "os-extend, os-attach, os-detach, os-reserve, os-unreserve,
 pub enum Action {
     /// Grow to this many GiB.
     Extend(i64),
-    /// Attach to this server.
-    Attach(String),
+    /// Attach to a server.
+    Attach {
+        /// The server.
+        server: String,
+        /// Cinder's `mountpoint` (`/dev/vdc`): nubo's device hint.
+        mountpoint: Option<String>,
+    },
     /// Detach from its server.
     Detach,
     /// available → attaching.
@@ -87,7 +92,13 @@ pub fn parse(id: &str, body: &Value) -> Result<Action, ApiError> {
             .map(Action::Extend)
             .ok_or_else(|| bad("os-extend needs new_size, an integer (GiB)")),
         "os-attach" => match args_obj.get("instance_uuid").and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => Ok(Action::Attach(s.to_string())),
+            Some(s) if !s.is_empty() => Ok(Action::Attach {
+                server: s.to_string(),
+                mountpoint: args_obj
+                    .get("mountpoint")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            }),
             _ => Err(bad(
                 "os-attach needs instance_uuid: nubo attaches volumes to its servers only (no host_name attach)",
             )),
@@ -153,12 +164,13 @@ pub async fn volume_action(
             .map_err(cinder_error)?;
             Ok(accepted)
         }
-        Action::Attach(server) => {
+        Action::Attach { server, mountpoint } => {
             c.attach(pb::AttachVolumeRequest {
                 r#ref: id,
                 project: String::new(),
                 server_ref: server,
                 delete_on_termination: false,
+                device: mountpoint.unwrap_or_default(),
             })
             .await
             .map_err(cinder_error)?;
@@ -228,7 +240,10 @@ mod tests {
                 &json!({"os-attach": {"instance_uuid": "s", "mountpoint": "/dev/vdb"}})
             )
             .unwrap(),
-            Action::Attach("s".into())
+            Action::Attach {
+                server: "s".into(),
+                mountpoint: Some("/dev/vdb".into())
+            }
         );
         assert_eq!(
             parse("v", &json!({"os-reserve": {}})).unwrap(),

@@ -53,10 +53,14 @@ fn create_volume(lab: &VmLab, ceph: &TestCluster, name: &str, vtype: Option<&str
     id
 }
 
-/// `nubo volume attach VOLUME SERVER`.
-fn attach(lab: &VmLab, volume: &str, server: &str) {
-    let v = lab.cli.json(&["volume", "attach", volume, server]).unwrap();
+/// `nubo volume attach VOLUME SERVER [--device DEV]`; returns the guest
+/// device nubo chose.
+fn attach(lab: &VmLab, volume: &str, server: &str, device: Option<&str>) -> String {
+    let mut args = vec!["volume", "attach", volume, server];
+    args.extend(device.iter().flat_map(|d| ["--device", *d]));
+    let v = lab.cli.json(&args).unwrap();
     assert_eq!(v["status"], "in-use", "{v}");
+    v["device"].as_str().unwrap_or_default().to_string()
 }
 
 /// `nubo volume detach VOLUME --wait`: returns once the coordinator saw the
@@ -191,9 +195,10 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         assert_eq!(info["parent"]["snapshot"], "base", "{info}");
     }
 
-    // Both volumes hot-plugged into running vm-a, in attach order.
-    attach(lab, "data", "vm-a");
-    attach(lab, "fast", "vm-a");
+    // Both volumes hot-plugged into running vm-a: the first at the lowest
+    // free device, the second where asked (a free device is taken).
+    assert_eq!(attach(lab, "data", "vm-a", None), "vdb");
+    assert_eq!(attach(lab, "fast", "vm-a", Some("vdd")), "vdd");
     let a_host = lab.host_of(&a_node).unwrap();
     let c = lab
         .wait_console(
@@ -244,7 +249,7 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         .json(&["volume", "type", "set", "iops200", "--write-iops", "100"])
         .unwrap();
     assert_eq!(t["write_iops_sec"], 100, "{t}");
-    wait_live_iops(lab, a_host, &dom, "vdc", 100, Duration::from_secs(60))
+    wait_live_iops(lab, a_host, &dom, "vdd", 100, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}\n{}", diag(lab, a_host, a)));
     let took = changed.elapsed();
     eprintln!("type change reached the attached disk after {took:?}");
@@ -265,8 +270,8 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         1,
         "{secrets}"
     );
-    wait_live_iops(lab, a_host, &dom, "vdc", 200, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("restarted agent retunes vdc: {e}\n{}", diag(lab, a_host, a)));
+    wait_live_iops(lab, a_host, &dom, "vdd", 200, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("restarted agent retunes vdd: {e}\n{}", diag(lab, a_host, a)));
     assert_eq!(
         lab.libvirtds[a_host].qemu_pid(&dom),
         Some(pid),
@@ -310,7 +315,7 @@ fn rbd_root_disks_volumes_hotplug_qos_and_cleanup() {
         status["watchers"].as_array().is_none_or(|w| w.is_empty()),
         "vm-a's QEMU still has the volume open: {status}"
     );
-    attach(lab, "data", "vm-b");
+    assert_eq!(attach(lab, "data", "vm-b", None), "vdb");
     let c = lab
         .wait_console(
             &b_node,

@@ -1,7 +1,8 @@
 //! The volumes subsystem: for every instance assigned here that the
 //! hypervisor runs, observe what is attached, [`plan`] the difference with
-//! the instance's wanted volumes (attach order gives `vdb`, `vdc`, …; a
-//! volume keeps its device while attached) and their QoS, apply it
+//! the instance's wanted volumes (each at the device the coordinator chose
+//! for it, else the lowest free one; a volume keeps its device while
+//! attached) and their QoS, apply it
 //! (hot-plug, unplug, live I/O limits), and publish the attached set
 //! ([`Attached`]), which the status subsystem reports in
 //! `InstanceStatus.volumes` (the coordinator uses it to complete a detach).
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use nubo_common::model::Qos;
+use nubo_common::model::{pick_volume_device, Qos};
 use nubo_common::{InstanceId, VolumeId};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -44,14 +45,11 @@ pub enum VolumeOp {
     },
 }
 
-/// Guest devices volumes may use, in order (`vda` is the root disk).
-pub fn targets() -> impl Iterator<Item = String> {
-    (b'b'..=b'z').map(|c| format!("vd{}", c as char))
-}
-
 /// The operations that bring an instance's attached volumes to `wanted`:
 /// detaches first (freeing devices), then attaches in `wanted` order at
-/// the lowest free device, then retunes of attached volumes whose limits
+/// the device chosen for each ([`WantedVolume::device`]; when that is
+/// still held — e.g. by a disk the guest has not released yet — or none
+/// was chosen, the lowest free one), then retunes of attached volumes whose limits
 /// differ. A volume whose QoS is [`WantedQos::Held`] stays attached with
 /// its limits untouched, and is not attached until it resolves. Volumes
 /// beyond the 25 devices are left out (never panics). Pure.
@@ -70,7 +68,13 @@ pub fn plan(wanted: &[WantedVolume], observed: &[AttachedVolume]) -> Vec<VolumeO
             used.insert(o.target.clone());
         }
     }
-    let mut free = targets().filter(|t| !used.contains(t));
+    // Devices chosen for volumes still to attach are kept for them, so a
+    // volume without a chosen device never takes one.
+    let chosen: BTreeSet<String> = wanted
+        .iter()
+        .filter(|w| !attached.contains(&w.volume))
+        .filter_map(|w| w.device.clone())
+        .collect();
     let mut seen = BTreeSet::new();
     for w in wanted {
         if attached.contains(&w.volume) || !seen.insert(w.volume) {
@@ -79,9 +83,14 @@ pub fn plan(wanted: &[WantedVolume], observed: &[AttachedVolume]) -> Vec<VolumeO
         let Some(qos) = w.qos.limits() else {
             continue;
         };
-        let Some(target) = free.next() else {
+        let taken = used
+            .iter()
+            .chain(chosen.iter().filter(|_| w.device.is_none()));
+        let Some(target) = pick_volume_device(taken.map(String::as_str), w.device.as_deref())
+        else {
             break;
         };
+        used.insert(target.clone());
         ops.push(VolumeOp::Attach(VolumeToAttach {
             volume: w.volume,
             target,
@@ -404,6 +413,7 @@ mod tests {
                 ..Qos::default()
             }),
             read_only: false,
+            device: None,
         }
     }
 
@@ -412,7 +422,39 @@ mod tests {
             volume: vid(n),
             qos: WantedQos::Held("volume type gold not found".into()),
             read_only: false,
+            device: None,
         }
+    }
+
+    #[test]
+    fn a_volume_is_attached_at_its_chosen_device_unless_still_held() {
+        let at = |n: u8, d: &str| WantedVolume {
+            device: Some(d.into()),
+            ..want(n, None)
+        };
+        let target = |ops: &[VolumeOp]| -> Vec<(VolumeId, String)> {
+            ops.iter()
+                .filter_map(|o| match o {
+                    VolumeOp::Attach(a) => Some((a.volume, a.target.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Chosen devices are kept, even out of order.
+        assert_eq!(
+            target(&plan(&[at(1, "vdd"), at(2, "vdb")], &[])),
+            vec![(vid(1), "vdd".into()), (vid(2), "vdb".into())]
+        );
+        // vdb still held by a volume being unplugged: the lowest free one.
+        assert_eq!(
+            target(&plan(&[at(2, "vdb")], &[att(1, "vdb", None)])),
+            vec![(vid(2), "vdc".into())]
+        );
+        // Unchosen volumes take the lowest device the chosen ones leave.
+        assert_eq!(
+            target(&plan(&[want(2, None), at(1, "vdb")], &[])),
+            vec![(vid(2), "vdc".into()), (vid(1), "vdb".into())]
+        );
     }
 
     #[test]

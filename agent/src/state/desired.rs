@@ -133,6 +133,9 @@ pub struct WantedVolume {
     pub qos: WantedQos,
     /// Attach read-only (its record's read-only mark).
     pub read_only: bool,
+    /// The guest device the coordinator chose (`vdb`, …); `None` for
+    /// attachments recorded before it chose them.
+    pub device: Option<String>,
 }
 
 /// The I/O limits a wanted volume should have.
@@ -672,14 +675,14 @@ fn resolve_spec(
     let volumes = spec
         .volumes
         .iter()
-        .map(|a| WantedVolume {
-            volume: a.volume,
-            qos: volume_qos(cache, &a.volume),
-            read_only: cache
-                .volumes
-                .get(&a.volume)
-                .and_then(|v| v.read_only)
-                .unwrap_or(false),
+        .map(|a| {
+            let record = cache.volumes.get(&a.volume);
+            WantedVolume {
+                volume: a.volume,
+                qos: volume_qos(cache, &a.volume),
+                read_only: record.and_then(|v| v.read_only).unwrap_or(false),
+                device: record.and_then(|v| v.device.clone()),
+            }
         })
         .collect();
     Ok(DesiredInstance {

@@ -92,6 +92,12 @@ pub struct Volume {
     /// The snapshot it was copied from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_snapshot: Option<SnapshotId>,
+    /// The guest device it is attached at (`vda` for a boot volume, else
+    /// `vdb`… chosen by [`pick_volume_device`] when attached); set with
+    /// `attached_to`, cleared when released. `None` in records written
+    /// before nubo chose devices (their agents pick the lowest free one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl Volume {
@@ -207,6 +213,33 @@ pub struct VolumeAttachment {
     pub delete_on_termination: bool,
 }
 
+/// The guest device of an instance's root disk (image or boot volume).
+pub const ROOT_DEVICE: &str = "vda";
+
+/// The guest devices volumes may use, in order ([`ROOT_DEVICE`] is the
+/// root disk).
+pub fn volume_devices() -> impl Iterator<Item = String> {
+    (b'b'..=b'z').map(|c| format!("vd{}", c as char))
+}
+
+/// The device a volume attached next to the devices in `used` gets:
+/// `preferred` (a caller's hint such as Cinder's `mountpoint` `/dev/vdc`,
+/// with or without `/dev/`) when it is one of [`volume_devices`] and free,
+/// else the lowest free one; `None` when all 25 are taken. Pure.
+pub fn pick_volume_device<'a>(
+    used: impl IntoIterator<Item = &'a str>,
+    preferred: Option<&str>,
+) -> Option<String> {
+    let used: std::collections::BTreeSet<&str> = used.into_iter().collect();
+    let hint = preferred.map(|p| p.trim().trim_start_matches("/dev/"));
+    if let Some(h) = hint.filter(|h| !used.contains(h)) {
+        if let Some(d) = volume_devices().find(|d| d == h) {
+            return Some(d);
+        }
+    }
+    volume_devices().find(|d| !used.contains(d.as_str()))
+}
+
 /// The serial a volume's disk carries in the guest
 /// (`/dev/disk/by-id/virtio-<serial>`): the first 20 characters of the
 /// volume id (virtio-blk's limit).
@@ -216,4 +249,40 @@ pub fn volume_serial(id: &VolumeId) -> String {
         .filter(|c| *c != '-')
         .take(20)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_devices_are_picked_lowest_free_or_as_hinted() {
+        assert_eq!(pick_volume_device([], None).as_deref(), Some("vdb"));
+        assert_eq!(
+            pick_volume_device(["vdb", "vdd"], None).as_deref(),
+            Some("vdc")
+        );
+        // A free hint is taken, with or without /dev/.
+        assert_eq!(
+            pick_volume_device(["vdb"], Some("/dev/vdf")).as_deref(),
+            Some("vdf")
+        );
+        assert_eq!(pick_volume_device([], Some("vdc")).as_deref(), Some("vdc"));
+        // A used, foreign or root hint is ignored (as Nova does).
+        assert_eq!(
+            pick_volume_device(["vdb"], Some("/dev/vdb")).as_deref(),
+            Some("vdc")
+        );
+        assert_eq!(
+            pick_volume_device([], Some("/dev/sda")).as_deref(),
+            Some("vdb")
+        );
+        assert_eq!(pick_volume_device([], Some("vda")).as_deref(), Some("vdb"));
+        let all: Vec<String> = volume_devices().collect();
+        assert_eq!(all.len(), 25);
+        assert_eq!(
+            pick_volume_device(all.iter().map(String::as_str), Some("vdc")),
+            None
+        );
+    }
 }

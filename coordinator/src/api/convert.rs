@@ -611,6 +611,7 @@ pub fn volume(
             .collect(),
         source_volume: v.source_volume.map(|i| i.to_string()).unwrap_or_default(),
         source_snapshot: v.source_snapshot.map(|i| i.to_string()).unwrap_or_default(),
+        device: v.device.clone().unwrap_or_default(),
     }
 }
 

@@ -62,7 +62,16 @@ impl volumes_server::Volumes for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = project(&r.project)?;
-            volumes::attach(self, &p, &r.r#ref, &r.server_ref, r.delete_on_termination).await
+            let hint = Some(r.device.as_str()).filter(|d| !d.is_empty());
+            volumes::attach(
+                self,
+                &p,
+                &r.r#ref,
+                &r.server_ref,
+                r.delete_on_termination,
+                hint,
+            )
+            .await
         };
         reply(go.await.map(|v| volume_pb(&v)))
     }

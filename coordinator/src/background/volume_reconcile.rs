@@ -5,7 +5,8 @@
 //!   Ceph client has the image open — or the server is gone or stopped, or
 //!   its node is down (its client is fenced before anything moves);
 //! - `deleting` volumes of deleted servers (`delete_on_termination`) are
-//!   removed from Ceph and etcd as soon as the hypervisor closed them;
+//!   removed from Ceph and etcd as soon as the hypervisor closed them, and
+//!   volumes deleted while `detaching` once released (as for a detach);
 //!   other `deleting` ones (a coordinator died mid-delete) once they have
 //!   not changed for [`STALE_AFTER`];
 //! - `creating` or `reverting` volumes unchanged for [`STALE_AFTER`] (their
@@ -25,7 +26,7 @@ use nubo_common::VolumeId;
 use tokio::sync::watch;
 
 use crate::error::ApiResult;
-use crate::operations::volumes::{self, DELETED_WITH_SERVER};
+use crate::operations::volumes::{self, DELETED_WHILE_DETACHING, DELETED_WITH_SERVER};
 use crate::state::Ctx;
 use nubo_store::kv::{decode_or_skip, put, unchanged, Versioned};
 
@@ -88,6 +89,15 @@ pub(crate) async fn pass(ctx: &Ctx, seen: &mut HashMap<VolumeId, (i64, Instant)>
                 if stale || v.value.status_reason.as_deref() == Some(DELETED_WITH_SERVER) =>
             {
                 delete_when_released(ctx, &v).await
+            }
+            VolumeStatus::Deleting
+                if v.value.status_reason.as_deref() == Some(DELETED_WHILE_DETACHING) =>
+            {
+                if released(ctx, &v.value).await? {
+                    volumes::finish_delete(ctx, &v.value, v.mod_rev).await
+                } else {
+                    Ok(())
+                }
             }
             VolumeStatus::Creating if stale => {
                 mark_error(
@@ -181,6 +191,7 @@ async fn finish_detach(ctx: &Ctx, v: &Versioned<Volume>) -> ApiResult<()> {
     let mut nv = v.value.clone();
     nv.status = VolumeStatus::Available;
     nv.attached_to = None;
+    nv.device = None;
     let key = keys::volume(&nv.id);
     let resp = ctx
         .store

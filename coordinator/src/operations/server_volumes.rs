@@ -6,7 +6,7 @@
 //! transaction that writes the instance.
 
 use nubo_common::keys;
-use nubo_common::model::{Volume, VolumeAttachment, VolumeStatus};
+use nubo_common::model::{volume_devices, Volume, VolumeAttachment, VolumeStatus, ROOT_DEVICE};
 use nubo_common::{InstanceId, ProjectId};
 use nubo_store::{TxnBuilder, Versioned};
 
@@ -46,7 +46,8 @@ impl ServerVolumes {
         )
     }
 
-    /// Puts every volume `in-use` by `id`; their keys are contended (two
+    /// Puts every volume `in-use` by `id`, the boot volume at `vda` and the
+    /// others at `vdb`, `vdc`, … in order; their keys are contended (two
     /// placements using one volume are never merged into one transaction).
     pub(crate) fn attach_ops(
         &self,
@@ -54,11 +55,14 @@ impl ServerVolumes {
         t: &mut TxnBuilder,
         contended: &mut Vec<String>,
     ) {
-        for v in self.boot.iter().chain(&self.data) {
+        let boot = self.boot.iter().map(|v| (v, Some(ROOT_DEVICE.to_string())));
+        let data = self.data.iter().zip(volume_devices().map(Some));
+        for (v, device) in boot.chain(data) {
             let key = keys::volume(&v.value.id);
             let mut nv = v.value.clone();
             nv.status = VolumeStatus::InUse;
             nv.attached_to = Some(id);
+            nv.device = device;
             t.put(&key, &nv);
             contended.push(key);
         }

@@ -14,15 +14,15 @@
 //! one transaction); the agent hot-plugs. A detach leaves the volume in
 //! `detaching` until [`crate::background::volume_reconcile`] sees it released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use etcd_client::Txn;
 use nubo_common::keys::{self, NameKind};
 use nubo_common::model::{
-    self, DiskFormat, Image, Instance, QuotaUsage, Volume, VolumeAttachment, VolumeSnapshot,
-    VolumeStatus, VolumeType,
+    self, pick_volume_device, DiskFormat, Image, Instance, InstanceStatus, QuotaUsage, Volume,
+    VolumeAttachment, VolumeSnapshot, VolumeStatus, VolumeType, ROOT_DEVICE,
 };
 use nubo_common::{InstanceId, ProjectId, VolumeId};
 use nubo_storage::{BlockStore, ImportWait, RbdStore};
@@ -50,6 +50,9 @@ pub(crate) const TXN_RETRIES: usize = 32;
 /// `status_reason` of volumes deleted because their server was deleted
 /// with `delete_on_termination` (the reconciler finishes those at once).
 pub(crate) const DELETED_WITH_SERVER: &str = "deleted with its server";
+/// `status_reason` of a volume deleted while it was still detaching: the
+/// volume loop deletes it once its server has let it go.
+pub(crate) const DELETED_WHILE_DETACHING: &str = "deleted while detaching; removed once released";
 
 /// Maps a Ceph failure onto the API error, keeping librbd's explanation.
 pub(crate) fn ceph_error(e: nubo_storage::Error) -> ApiError {
@@ -375,6 +378,7 @@ pub(crate) async fn create_volume_from(ctx: &Ctx, nv: NewVolume) -> ApiResult<Vo
                 Some(CopyOf::Snapshot(s)) => Some(s.snapshot_id()),
                 _ => None,
             },
+            device: None,
         };
         let rev = reserve_volume(ctx, &vol).await?;
         let (vid, size) = (id.to_string(), nv.size_gb);
@@ -713,13 +717,26 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         let vol = &v.value;
         match (vol.status, vol.attached_to) {
             (VolumeStatus::Deleting, _) => return Ok(()),
-            (VolumeStatus::Detaching, Some(i)) => {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "volume {:?} ({}) is still detaching from server {}; delete it once available",
-                    vol.name,
-                    vol.id,
-                    server_label(ctx, i).await
-                )))
+            // Deleted by the volume loop once released (a server deleted
+            // just now, or a detach the guest has not completed).
+            (VolumeStatus::Detaching, Some(_)) => {
+                let mut d = vol.clone();
+                d.status = VolumeStatus::Deleting;
+                d.status_reason = Some(DELETED_WHILE_DETACHING.into());
+                let key = keys::volume(&vol.id);
+                let resp = ctx
+                    .store
+                    .txn(
+                        Txn::new()
+                            .when([unchanged(&key, v.mod_rev)])
+                            .and_then([put(&key, &d)]),
+                    )
+                    .await?;
+                if resp.succeeded() {
+                    tracing::info!(volume = %vol.id, "volume deleted while detaching; removed once released");
+                    return Ok(());
+                }
+                continue;
             }
             (_, Some(i)) => {
                 return Err(ApiError::FailedPrecondition(format!(
@@ -875,6 +892,7 @@ pub async fn attach(
     r: &str,
     server: &str,
     delete_on_termination: bool,
+    device_hint: Option<&str>,
 ) -> ApiResult<VolumeView> {
     rbd(ctx)?;
     for _ in 0..TXN_RETRIES {
@@ -912,9 +930,17 @@ pub async fn attach(
                 i.name
             )));
         }
+        let used = devices_in_use(ctx, i).await?;
+        let Some(device) = pick_volume_device(used.iter().map(String::as_str), device_hint) else {
+            return Err(ApiError::FailedPrecondition(format!(
+                "server {:?} has no free device for another volume",
+                i.name
+            )));
+        };
         let mut nv = vol.clone();
         nv.status = VolumeStatus::InUse;
         nv.attached_to = Some(i.id);
+        nv.device = Some(device);
         let mut ni = i.clone();
         ni.volumes.push(VolumeAttachment {
             volume: vol.id,
@@ -941,6 +967,32 @@ pub async fn attach(
     Err(ApiError::Unavailable(
         "the volume or the server changed concurrently too often; retry".into(),
     ))
+}
+
+/// The guest devices of `inst` taken by volumes: those of its attached
+/// volumes and of volumes its agent still reports plugged (a detach the
+/// guest has not completed yet), read from their records.
+async fn devices_in_use(ctx: &Ctx, inst: &Instance) -> ApiResult<Vec<String>> {
+    let mut ids: BTreeSet<VolumeId> = inst.volumes.iter().map(|a| a.volume).collect();
+    if let Some(node) = &inst.node {
+        if let Some(s) = ctx
+            .store
+            .read::<InstanceStatus>(&keys::instance_status(node, &inst.id))
+            .await?
+        {
+            ids.extend(s.value.volumes);
+        }
+    }
+    let vkeys: Vec<String> = ids.iter().map(keys::volume).collect();
+    let mut used = vec![ROOT_DEVICE.to_string()];
+    for kv in ctx.store.get_many(&vkeys).await?.into_iter().flatten() {
+        if let Some(v) = decode_or_skip::<Volume>(&kv) {
+            if v.attached_to == Some(inst.id) {
+                used.extend(v.device);
+            }
+        }
+    }
+    Ok(used)
 }
 
 /// Detaches volume `r` of `project` from its server: `detaching` until

@@ -37,10 +37,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nubo_common::model::Qos;
 use nubo_common::model::{
     self, MigrationMode, OutgoingMigration, PowerState as DesiredPower, Timestamp,
 };
+use nubo_common::model::{Qos, ROOT_DEVICE};
 use nubo_common::{InstanceId, VolumeId};
 use nubo_libvirt::{
     AttachedDisk, DiskSpec, DomainSpec, DomainType, DriverConfig, IoTune, KernelBoot,
@@ -301,7 +301,7 @@ pub fn volume_of_source(source: &str) -> Option<VolumeId> {
 pub fn attached_volumes(disks: &[AttachedDisk]) -> Vec<AttachedVolume> {
     disks
         .iter()
-        .filter(|d| d.target != "vda")
+        .filter(|d| d.target != ROOT_DEVICE)
         .filter_map(|d| {
             Some(AttachedVolume {
                 volume: volume_of_source(d.source.as_deref()?)?,
