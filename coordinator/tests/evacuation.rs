@@ -106,6 +106,15 @@ async fn failed_node_is_fenced_and_evacuated_with_its_ports_and_comes_back_up() 
     wait_nodes(&mut cl, 3).await;
     wait_health(&cl, "n0", "up").await;
     let before = snapshot(&etcd).await;
+    // The password auto[0]'s guest posted to n0's metadata service.
+    let mut kv = etcd.client().await.unwrap();
+    kv.put(
+        keys::instance_password(&nn("n0"), &auto[0]),
+        "pw-of-auto-0",
+        None,
+    )
+    .await
+    .unwrap();
 
     revoke(&etcd, lease0).await;
     let h = wait_health(&cl, "n0", "evacuated").await;
@@ -138,6 +147,33 @@ async fn failed_node_is_fenced_and_evacuated_with_its_ports_and_comes_back_up() 
     for id in never.iter().chain(&manual) {
         assert_eq!(after.specs[id].node, Some(nn("n0")), "{id} must stay");
     }
+    // The password moved with its server: served from the new node's keys.
+    let to = after.specs[&auto[0]].node.clone().unwrap();
+    let pw = |r: Option<Vec<u8>>| r.map(|v| String::from_utf8(v).unwrap());
+    let at = |n: &NodeName| keys::instance_password(n, &auto[0]);
+    let read = |k: String| {
+        let mut kv = kv.clone();
+        async move {
+            kv.get(k, None)
+                .await
+                .unwrap()
+                .kvs()
+                .first()
+                .map(|x| x.value().to_vec())
+        }
+    };
+    assert_eq!(pw(read(at(&to)).await).as_deref(), Some("pw-of-auto-0"));
+    assert_eq!(read(at(&nn("n0"))).await, None);
+    let shown = cl
+        .servers
+        .get_password(pb::GetRequest {
+            r#ref: auto[0].to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.password, "pw-of-auto-0");
 
     // The agent comes back: up again, unfenced, nothing moves back.
     register_node(&etcd, "n0", res(8, 8 * 512, 100), "nova").await;

@@ -192,6 +192,11 @@ async fn live_migration_switches_everything_in_one_revision() {
     // Still the source's until the switch.
     assert_eq!(snapshot(&etcd).await.specs[&id].node, Some(nn("n0")));
 
+    // The password the guest posted to n0's metadata service.
+    let mut kv = etcd.client().await.unwrap();
+    kv.put(keys::instance_password(&nn("n0"), &id), "pw", None)
+        .await
+        .unwrap();
     report(&etcd, "n0", &mg.id, MigrationPhase::Running, None).await;
     report(&etcd, "n0", &mg.id, MigrationPhase::Migrated, Some(42)).await;
     let done = wait_state(&mut m, &mg.id, "completed").await;
@@ -221,9 +226,15 @@ async fn live_migration_switches_everything_in_one_revision() {
         0
     );
     assert_no_traces(&etcd, &id, &mid).await;
-    // ONE revision: record, assignment, spec, node copy, port, usage.
+    assert_eq!(
+        mod_rev(&etcd, &keys::instance_password(&nn("n0"), &id)).await,
+        0
+    );
+    // ONE revision: record, assignment, spec, node copy, port, usage,
+    // the password.
     let rev = mod_rev(&etcd, &keys::migration(&mid)).await;
     for k in [
+        keys::instance_password(&nn("n1"), &id),
         keys::assignment(&nn("n1"), &id),
         keys::instance(&id),
         keys::node_spec(&nn("n1"), &id),

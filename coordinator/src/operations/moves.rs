@@ -72,6 +72,8 @@ struct MoveRead {
     from_usage: NodeUsage,
     from_rev: i64,
     ports: Vec<(String, Option<KeyValue>)>,
+    /// The password the guest posted, under the source node's keys.
+    password: Option<KeyValue>,
     /// The server group, the nodes of its other members and the revision
     /// they were read at.
     group: Option<(ServerGroupId, HashSet<NodeName>, i64)>,
@@ -84,10 +86,16 @@ impl MoveJob<'_> {
         let ikey = keys::instance(&id);
         let akey = keys::assignment(from, &id);
         let fkey = keys::node_usage(from);
-        let got = ctx
+        let mut got = ctx
             .store
-            .get_many(&[ikey.clone(), akey.clone(), fkey.clone()])
+            .get_many(&[
+                ikey.clone(),
+                akey.clone(),
+                fkey.clone(),
+                keys::instance_password(from, &id),
+            ])
             .await?;
+        let password = got.pop().flatten();
         let (Some(ikv), Some(akv)) = (&got[0], &got[1]) else {
             return Ok(None);
         };
@@ -123,6 +131,7 @@ impl MoveJob<'_> {
             from_usage,
             from_rev,
             ports: port_keys.into_iter().zip(port_kvs).collect(),
+            password,
             group,
             policy,
         }))
@@ -230,6 +239,7 @@ impl Job for MoveJob<'_> {
             },
         );
         rebind_ports(t, id, to, &r.ports);
+        carry_password(t, id, from, to, r.password.as_ref());
         if let Some((g, _, rev)) = &r.group {
             t.prefix_unchanged_since(&keys::server_group_members_prefix(g), *rev);
             t.put(&keys::server_group_member(g, &id), to);
@@ -290,6 +300,35 @@ pub(crate) fn rebind_ports(
         t.unchanged(k, kv.mod_revision());
         port.node = Some(to.clone());
         t.put(k, &port);
+    }
+}
+
+/// Moves the password the guest of `id` posted to the metadata service
+/// (kept under the node that received it: `keys::instance_password`) from
+/// `from` to `to`, as read (`kv`): compared unchanged — or still absent —
+/// so a password posted meanwhile is never lost. Shared by moves and the
+/// migration switch.
+pub(crate) fn carry_password(
+    t: &mut TxnBuilder,
+    id: InstanceId,
+    from: &NodeName,
+    to: &NodeName,
+    kv: Option<&KeyValue>,
+) {
+    let old = keys::instance_password(from, &id);
+    match kv {
+        Some(kv) => {
+            t.unchanged(&old, kv.mod_revision());
+            t.delete(&old);
+            t.op(etcd_client::TxnOp::put(
+                keys::instance_password(to, &id),
+                kv.value().to_vec(),
+                None,
+            ));
+        }
+        None => {
+            t.absent(&old);
+        }
     }
 }
 

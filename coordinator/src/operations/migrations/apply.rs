@@ -127,10 +127,17 @@ async fn switch_into(
     let akey = keys::assignment(from, &id);
     let fkey = keys::node_usage(from);
     let skey = keys::instance_status(from, &id);
-    let got = ctx
+    let mut got = ctx
         .store
-        .get_many(&[ikey.clone(), akey.clone(), fkey.clone(), skey.clone()])
+        .get_many(&[
+            ikey.clone(),
+            akey.clone(),
+            fkey.clone(),
+            skey.clone(),
+            keys::instance_password(from, &id),
+        ])
         .await?;
+    let password = got.pop().flatten();
     let (Some(ikv), Some(akv)) = (&got[0], &got[1]) else {
         // The guest runs on the destination but the server's records are
         // gone: nothing to switch; an operator must look (never guess).
@@ -201,6 +208,7 @@ async fn switch_into(
     let port_kvs = ctx.store.get_many(&port_keys).await?;
     let ports: Vec<_> = port_keys.into_iter().zip(port_kvs).collect();
     crate::operations::moves::rebind_ports(t, id, to, &ports);
+    crate::operations::moves::carry_password(t, id, from, to, password.as_ref());
     if let Some(g) = &inst.server_group {
         t.put(&keys::server_group_member(g, &id), to);
     }
