@@ -51,6 +51,7 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         locked: None,
         rebuild_generation: 0,
         created_at: model::now(),
+        updated_at: None,
     }
 }
 

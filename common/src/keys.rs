@@ -504,6 +504,17 @@ pub fn instance_action(i: &InstanceId, id: &str) -> String {
     format!("{PRIVATE}instance-actions/{i}/{id}")
 }
 
+/// `/nubo/v1/private/deleted-servers/` — what is left of deleted servers.
+pub fn deleted_servers_prefix() -> String {
+    format!("{PRIVATE}deleted-servers/")
+}
+/// `/nubo/v1/private/deleted-servers/<instance>` → `DeletedServer`
+/// (coordinator, in the transaction that deletes the server; pruned by the
+/// leader after the retention).
+pub fn deleted_server(i: &InstanceId) -> String {
+    format!("{PRIVATE}deleted-servers/{i}")
+}
+
 /// `/nubo/v1/private/instance-migrations/` — the instances being moved.
 pub fn instance_migrations_prefix() -> String {
     format!("{PRIVATE}instance-migrations/")
@@ -908,6 +919,8 @@ pub enum Key {
     InstanceMigration(InstanceId),
     /// `private/instance-actions/<instance>/<id>`
     InstanceAction(InstanceId, String),
+    /// `private/deleted-servers/<instance>`
+    DeletedServer(InstanceId),
     /// `private/projects/<id>`
     Project(ProjectId),
     /// `private/users/<name>`
@@ -1042,6 +1055,7 @@ impl Key {
             ["instance-actions", i, id] if !id.is_empty() => {
                 Key::InstanceAction(i.parse().ok()?, id.to_string())
             }
+            ["deleted-servers", i] => Key::DeletedServer(i.parse().ok()?),
             ["projects", p] => Key::Project(p.parse().ok()?),
             ["users", u] => Key::User(u.parse().ok()?),
             ["roles", u, s] if *s == CLOUD_SCOPE => Key::Role(u.parse().ok()?, None),
@@ -1076,6 +1090,7 @@ impl Key {
                 | Key::EvacuationConfig
                 | Key::InstanceMigration(_)
                 | Key::InstanceAction(..)
+                | Key::DeletedServer(_)
                 | Key::Project(_)
                 | Key::User(_)
                 | Key::Role(..)
@@ -1194,6 +1209,7 @@ mod tests {
                 instance_action(&i, "0001-ab"),
                 Key::InstanceAction(i, "0001-ab".into()),
             ),
+            (deleted_server(&i), Key::DeletedServer(i)),
             (project(&proj), Key::Project(proj.clone())),
             (user(&u), Key::User(u.clone())),
             (

@@ -6,11 +6,24 @@ use std::net::Ipv4Addr;
 
 use base64::Engine;
 use ipnet::Ipv4Net;
-use nubo_common::model::{check_server_metadata, ServerMetadataError};
+use nubo_common::model::{check_server_metadata, ServerMetadataError, Timestamp};
 use nubo_common::ProjectId;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
+
+/// An optional RFC 3339 time of a request (`field` names it in the error):
+/// empty is `None`. Pure.
+pub fn optional_time(field: &str, t: &str) -> ApiResult<Option<Timestamp>> {
+    match t.trim() {
+        "" => Ok(None),
+        t => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            .map_err(|e| {
+                ApiError::InvalidArgument(format!("{field} {t:?} is not an RFC 3339 time: {e}"))
+            }),
+    }
+}
 
 /// Checks a complete set of metadata (a server's, a volume's, a
 /// snapshot's): too many items is a quota refusal (ResourceExhausted, as

@@ -877,3 +877,75 @@ async fn a_servers_security_groups_and_password() {
         .unwrap();
     assert_eq!(pw(cl.servers.get_password(get).await.unwrap()), "");
 }
+
+/// `changes_since`: the servers whose spec was written (or whose state was
+/// reported) at or after the time, then the servers deleted since (state
+/// "deleted", their last spec); a future time lists nothing, a bad one is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_since_lists_changed_and_deleted_servers() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "a", res(8, 8192, 100), "az1").await;
+    wait_nodes(&mut cl, 1).await;
+    for name in ["keep", "rename", "gone"] {
+        created(&create_servers(&mut cl, server_req(name, &[], 1)).await, 0);
+    }
+    let list = |since: &str| pb::ListServersRequest {
+        changes_since: since.to_string(),
+        ..Default::default()
+    };
+    let names = |r: pb::ListServersResponse| -> Vec<(String, String)> {
+        r.servers.into_iter().map(|s| (s.name, s.state)).collect()
+    };
+    // Every server changed since a time before them (positive control).
+    let all = names(
+        cl.servers
+            .list(list("2000-01-01T00:00:00Z"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(all.len(), 3, "{all:?}");
+
+    let t0 = chrono::Utc::now().to_rfc3339();
+    cl.servers
+        .update(pb::UpdateServerRequest {
+            r#ref: "rename".into(),
+            name: Some("renamed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    cl.servers.delete(common::req::del("gone")).await.unwrap();
+    let since = names(cl.servers.list(list(&t0)).await.unwrap().into_inner());
+    assert_eq!(
+        since,
+        vec![
+            ("renamed".to_string(), "pending".to_string()),
+            ("gone".to_string(), "deleted".to_string())
+        ]
+    );
+    // Without the filter, deleted servers are not listed.
+    let plain = names(cl.servers.list(list("")).await.unwrap().into_inner());
+    assert_eq!(plain.len(), 2, "{plain:?}");
+    let future = cl.servers.list(list("2051-01-01T12:34:00Z")).await.unwrap();
+    assert!(future.into_inner().servers.is_empty());
+    let e = cl.servers.list(list("2011/01/01")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("changes_since"), "{}", e.message());
+    // What is left is leased: etcd drops it after the retention.
+    let mut kv = etcd.client().await.unwrap();
+    let left = kv
+        .get(
+            nubo_common::keys::deleted_servers_prefix(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.kvs().len(), 1);
+    assert_ne!(left.kvs()[0].lease(), 0, "the record must be leased");
+    c.shutdown().await.unwrap();
+}

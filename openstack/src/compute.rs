@@ -203,7 +203,7 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
         ("stopped", "running") => ("SHUTOFF", "stopped", 4),
         ("stopped", _) => ("SHUTOFF", "stopped", 4),
         ("error", _) => ("ERROR", "error", 0),
-        ("deleting", _) => ("DELETED", "deleted", 0),
+        ("deleting" | "deleted", _) => ("DELETED", "deleted", 0),
         ("rebuilding", "stopped") => ("REBUILD", "stopped", 4),
         ("rebuilding", _) => ("REBUILD", "active", 1),
         // pending, building, unknown: still being built.
@@ -390,8 +390,9 @@ pub fn server_brief(base: &str, s: &pb::Server) -> Value {
 
 /// The query of a server list: paging and Nova's filters `name` and `ip`
 /// (regular expressions searched in the name and the fixed addresses, as
-/// Nova), `status`, `flavor` and `image`. `changes-since` is refused
-/// (400): nubo keeps no deleted servers to answer it honestly.
+/// Nova), `status`, `flavor` and `image`; `changes-since` (servers that
+/// changed since, and those deleted since, `DELETED`) is passed to the
+/// coordinators (see [`changes_since`]).
 #[derive(Debug, Default, Deserialize)]
 pub struct ServerQuery {
     // Paging's fields, not flattened: serde's flatten cannot read numbers
@@ -412,12 +413,6 @@ pub fn filter_servers(
     servers: Vec<pb::Server>,
     q: &ServerQuery,
 ) -> Result<Vec<pb::Server>, ApiError> {
-    if q.changes_since.is_some() {
-        return Err(ApiError::bad_request(
-            S,
-            "changes-since is not supported by nubo (deleted servers are not kept)",
-        ));
-    }
     let pattern = |field: &str, p: &Option<String>| -> Result<Option<regex::Regex>, ApiError> {
         p.as_deref()
             .map(|p| {
@@ -458,19 +453,53 @@ pub fn filter_servers(
         .collect())
 }
 
+/// `changes-since` as RFC 3339 (what the coordinators take): an ISO 8601
+/// time with an offset, or without one (UTC, as Nova reads it), or a date
+/// (its midnight UTC); anything else is 400, as Nova. Pure.
+pub fn changes_since(v: &str) -> Result<String, ApiError> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let v = v.trim();
+    let utc = DateTime::parse_from_rfc3339(v)
+        .map(|t| t.to_utc())
+        .or_else(|_| NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+        })
+        .map_err(|_| {
+            ApiError::bad_request(
+                S,
+                format!("Invalid input for query parameters changes-since. Value: {v}. is not a valid ISO 8601 time"),
+            )
+        })?;
+    Ok(utc.to_rfc3339())
+}
+
 /// Every server the caller may see, read from the gRPC API to the end.
 pub(crate) async fn all_servers(
     up: &Upstream,
     headers: &HeaderMap,
 ) -> Result<Vec<pb::Server>, ApiError> {
+    servers_changed_since(up, headers, String::new()).await
+}
+
+/// [`all_servers`] that changed at or after `since` (RFC 3339), and those
+/// deleted since; empty: all.
+async fn servers_changed_since(
+    up: &Upstream,
+    headers: &HeaderMap,
+    since: String,
+) -> Result<Vec<pb::Server>, ApiError> {
     let client = up.servers(headers)?;
     all_pages(|token| {
         let mut c = client.clone();
+        let since = since.clone();
         async move {
             let r = c
                 .list(pb::ListServersRequest {
                     page_size: PAGE_SIZE,
                     page_token: token,
+                    changes_since: since,
                     ..Default::default()
                 })
                 .await?
@@ -525,7 +554,11 @@ async fn servers_selected(
         marker: q.marker.clone(),
         name: None,
     };
-    let servers = all_servers(up, headers).await?;
+    let since = match &q.changes_since {
+        Some(v) => changes_since(v)?,
+        None => String::new(),
+    };
+    let servers = servers_changed_since(up, headers, since).await?;
     page(filter_servers(servers, q)?, p, |s| s.id.as_str())
 }
 
@@ -1190,7 +1223,15 @@ mod tests {
         assert!(ids(q(json!({"ip": "10.9.9.9"}))).is_empty());
         let e = filter_servers(vec![], &q(json!({"name": "("}))).unwrap_err();
         assert!(e.message.contains("regular expression"), "{}", e.message);
-        let e = filter_servers(vec![], &q(json!({"changes-since": "2026-01-01"}))).unwrap_err();
+        for (given, rfc) in [
+            ("2026-01-01", "2026-01-01T00:00:00+00:00"),
+            ("2051-01-01T12:34:00Z", "2051-01-01T12:34:00+00:00"),
+            ("2026-12-05T12:00:00", "2026-12-05T12:00:00+00:00"),
+            ("2026-12-05T13:00:00+01:00", "2026-12-05T12:00:00+00:00"),
+        ] {
+            assert_eq!(changes_since(given).unwrap(), rfc, "{given}");
+        }
+        let e = changes_since("2011/01/01").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         // ips: version and addr only; the detail view adds type and MAC.
         let ips = addresses(&a, false);

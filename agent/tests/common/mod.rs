@@ -169,6 +169,7 @@ impl World {
             locked: None,
             rebuild_generation: 0,
             created_at: model::now(),
+            updated_at: None,
         };
         put(c, &keys::port(&port.id), &port).await;
         put_spec(c, &inst).await;

@@ -182,6 +182,10 @@ pub struct ListArgs {
     /// Servers of every project.
     #[arg(long)]
     pub all_projects: bool,
+    /// Only servers that changed at or after this RFC 3339 time, and the
+    /// servers deleted since (state `deleted`; kept 7 days).
+    #[arg(long)]
+    pub changes_since: Option<String>,
 }
 
 impl ListArgs {
@@ -194,6 +198,7 @@ impl ListArgs {
             all_projects: self.all_projects,
             node: self.node.clone().unwrap_or_default(),
             name_prefix: self.name_prefix.clone().unwrap_or_default(),
+            changes_since: self.changes_since.clone().unwrap_or_default(),
         }
     }
 }
@@ -843,8 +848,10 @@ mod tests {
             node: Some("cmp-1".into()),
             name_prefix: Some("web-".into()),
             all_projects: true,
+            changes_since: Some("2026-12-05T20:00:00Z".into()),
         };
         let r = a.request("p");
+        assert_eq!(r.changes_since, "2026-12-05T20:00:00Z");
         assert_eq!(
             (
                 r.node.as_str(),

@@ -366,6 +366,21 @@ pub struct Instance {
     pub locked: Option<String>,
     /// Creation time.
     pub created_at: Timestamp,
+    /// When the spec was last written (every write stamps it); `None` in
+    /// specs written before nubo recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
+}
+
+/// `/nubo/v1/private/deleted-servers/<id>`: what is left of a deleted
+/// server, for lists of what changed since a time (Nova's
+/// `changes-since`); leased, so etcd removes it after the retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedServer {
+    /// Its last spec (without user data).
+    pub instance: Instance,
+    /// When it was deleted.
+    pub deleted_at: Timestamp,
 }
 
 /// Most metadata items one server may carry (Nova's default

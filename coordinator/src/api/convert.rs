@@ -490,6 +490,10 @@ pub fn server(v: &crate::operations::servers::ServerView) -> pb::Server {
             name: name.clone(),
         })
         .collect();
+    s.updated_at = ts(&v.updated_at());
+    if v.deleted_at.is_some() {
+        s.state = "deleted".into();
+    }
     s
 }
 

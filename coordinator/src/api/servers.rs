@@ -118,6 +118,7 @@ impl servers_server::Servers for Ctx {
                 },
                 node: r.node,
                 name_prefix: r.name_prefix,
+                changes_since: crate::validate::optional_time("changes_since", &r.changes_since)?,
             };
             servers::list(self, &l).await
         };

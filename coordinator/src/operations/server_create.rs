@@ -375,6 +375,7 @@ impl Job for CreateJob<'_> {
             locked: None,
             rebuild_generation: 0,
             created_at: self.now,
+            updated_at: None,
         };
         let ikey = keys::instance(&id);
         // A fresh id: never there (no failure read needed).
@@ -498,6 +499,7 @@ impl Job for CreateJob<'_> {
             network_names: self.plan.net_names(),
             floating_ips: Default::default(),
             security_groups,
+            deleted_at: None,
         })))
     }
 

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use etcd_client::Txn;
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
-    Instance, InstanceStatus, Network, NodeUsage, Port, PowerState, SecurityGroup,
+    self, DeletedServer, Instance, InstanceStatus, Network, NodeUsage, Port, PowerState,
+    SecurityGroup, Timestamp,
 };
 use nubo_common::{InstanceId, NetworkId, NodeName, PortId, ProjectId, SecurityGroupId};
 use nubo_store::kv::{decode_kv, decode_or_skip, kv_key, unchanged};
@@ -35,6 +36,36 @@ pub struct ServerView {
     /// The security groups of its ports (id and name, each once, in port
     /// order; a group deleted meanwhile is left out).
     pub security_groups: Vec<(SecurityGroupId, String)>,
+    /// When it was deleted: a deleted server listed by a `changes_since`
+    /// list (its last spec, nothing else).
+    pub deleted_at: Option<Timestamp>,
+}
+
+impl ServerView {
+    /// When it last changed: its deletion, else the later of its spec's
+    /// last write (its creation for specs written before nubo stamped
+    /// them) and its agent's last report.
+    pub fn updated_at(&self) -> Timestamp {
+        let spec = self.instance.updated_at.unwrap_or(self.instance.created_at);
+        self.deleted_at.unwrap_or_else(|| {
+            self.status
+                .as_ref()
+                .map_or(spec, |s| s.updated_at.max(spec))
+        })
+    }
+
+    /// What is left of a deleted server, as listed by `changes_since`.
+    fn deleted(d: DeletedServer) -> Self {
+        ServerView {
+            instance: d.instance,
+            status: None,
+            ports: Vec::new(),
+            network_names: HashMap::new(),
+            floating_ips: HashMap::new(),
+            security_groups: Vec::new(),
+            deleted_at: Some(d.deleted_at),
+        }
+    }
 }
 
 /// What one server of these resources counts against its project's quota.
@@ -117,6 +148,7 @@ pub(crate) async fn render(ctx: &Ctx, insts: &[Instance]) -> ApiResult<Vec<Serve
                 network_names,
                 floating_ips,
                 security_groups,
+                deleted_at: None,
             }
         })
         .collect())
@@ -197,6 +229,10 @@ pub struct ListServers {
     pub node: String,
     /// Only servers whose name starts with this.
     pub name_prefix: String,
+    /// Only servers that changed at or after this time ([`ServerView::
+    /// updated_at`]), and then also the servers deleted since (kept for
+    /// [`DELETED_SERVER_RETENTION_SECS`]), after the last page's live ones.
+    pub changes_since: Option<Timestamp>,
 }
 
 /// One page of servers (in id order).
@@ -217,17 +253,59 @@ pub async fn list(ctx: &Ctx, r: &ListServers) -> ApiResult<Page<ServerView>> {
         ok.then_some(i)
     })
     .await?;
+    let mut items = render(ctx, &page.items).await?;
+    if let Some(since) = r.changes_since {
+        items.retain(|v| v.updated_at() >= since);
+        if page.next.is_empty() {
+            items.extend(deleted_since(ctx, r, node.as_ref(), since).await?);
+        }
+    }
     Ok(Page {
-        items: render(ctx, &page.items).await?,
+        items,
         next: page.next,
     })
 }
+
+/// The servers in `r`'s scope (and on `node`) deleted at or after `since`,
+/// in id order.
+async fn deleted_since(
+    ctx: &Ctx,
+    r: &ListServers,
+    node: Option<&NodeName>,
+    since: Timestamp,
+) -> ApiResult<Vec<ServerView>> {
+    let gone = ctx
+        .store
+        .list_all(
+            &keys::deleted_servers_prefix(),
+            decode_or_skip::<DeletedServer>,
+        )
+        .await?;
+    Ok(gone
+        .into_iter()
+        .filter(|d| {
+            let i = &d.instance;
+            d.deleted_at >= since
+                && r.scope.sees(&i.project)
+                && node.is_none_or(|n| i.node.as_ref() == Some(n))
+                && i.name.starts_with(&r.name_prefix)
+        })
+        .map(ServerView::deleted)
+        .collect())
+}
+
+/// How long what is left of a deleted server ([`DeletedServer`]) is kept
+/// for lists of changes (`changes_since`): 7 days, then etcd drops it.
+pub const DELETED_SERVER_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
 /// Deletes the server `r` of `project`: its spec, status, assignment,
 /// group membership and the ports made for it; plugged ports are
 /// unplugged, volumes released (or deleted with it); its node's usage and
 /// its project's quota usage are given back. One transaction.
 pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
+    // The lease of what is left of it (for `changes_since` lists); one
+    // that ends up unused expires on its own.
+    let mut tombstone_lease = None;
     for _ in 0..64 {
         let inst = super::lookup::server(ctx, project, r).await?;
         let i = &inst.value;
@@ -243,6 +321,23 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         t.absent(&keys::instance_migration(&i.id));
         super::specs::delete_into(&mut t, i);
         t.delete_prefix(&keys::instance_actions_prefix(&i.id));
+        let lease = match tombstone_lease {
+            Some(l) => l,
+            None => {
+                *tombstone_lease.insert(ctx.store.lease_grant(DELETED_SERVER_RETENTION_SECS).await?)
+            }
+        };
+        t.op(etcd_client::TxnOp::put(
+            keys::deleted_server(&i.id),
+            model::encode(&DeletedServer {
+                instance: Instance {
+                    user_data_b64: None,
+                    ..i.clone()
+                },
+                deleted_at: model::now(),
+            }),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        ));
         let mut new_usage = None;
         if let Some(node) = &i.node {
             t.delete(&keys::assignment(node, &i.id));

@@ -10,16 +10,19 @@
 
 use etcd_client::TxnOp;
 use nubo_common::keys;
-use nubo_common::model::Instance;
+use nubo_common::model::{self, Instance};
 use nubo_common::NodeName;
 use nubo_store::kv::put;
 use nubo_store::TxnBuilder;
 
-/// The writes that store `inst`: its spec and the copy on its node.
+/// The writes that store `inst`: its spec and the copy on its node, both
+/// stamped with the time of the write (`updated_at`).
 pub(crate) fn put_ops(inst: &Instance) -> Vec<TxnOp> {
-    let mut ops = vec![put(&keys::instance(&inst.id), inst)];
+    let mut inst = inst.clone();
+    inst.updated_at = Some(model::now());
+    let mut ops = vec![put(&keys::instance(&inst.id), &inst)];
     if let Some(n) = &inst.node {
-        ops.push(put(&keys::node_spec(n, &inst.id), inst));
+        ops.push(put(&keys::node_spec(n, &inst.id), &inst));
     }
     ops
 }
