@@ -83,6 +83,12 @@ pub struct GuestRecord {
     /// Routes through `eth0` saved by the pause, restored by the resume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub saved_routes: Vec<SavedRoute>,
+    /// The size it was defined with (vCPUs, MiB; `None`: a record from
+    /// before sizes were kept, never resized): a netns guest has no real
+    /// vCPUs or memory, but it is redefined like a domain
+    /// ([`super::Resizer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<(u32, u64)>,
 }
 
 /// An IPv4 route through the guest's `eth0`, as `/proc/net/route` shows it.
@@ -526,6 +532,7 @@ impl super::Hypervisor for NetnsHypervisor {
             created_at: model::now(),
             paused: false,
             saved_routes: Vec::new(),
+            size: Some(size_of(spec)),
         };
         if let Some(prev) = st.guests.get(&ns) {
             rec.created_at = prev.created_at;
@@ -674,6 +681,48 @@ impl super::Hypervisor for NetnsHypervisor {
     }
 }
 
+/// The (vCPUs, MiB) a spec asks for, as [`super::InstanceSize::of`]. Pure.
+fn size_of(spec: &DesiredInstance) -> (u32, u64) {
+    let s = super::InstanceSize::of(spec);
+    (s.vcpus, s.memory_mb)
+}
+
+/// Resizing a netns guest rewrites the size in its record: what the
+/// compute reconciler compares with the spec, so a running guest of
+/// another size is stopped, redefined and started like a domain.
+#[async_trait]
+impl super::Resizer for NetnsHypervisor {
+    async fn sizes(&self) -> Result<BTreeMap<InstanceId, super::InstanceSize>, HypervisorError> {
+        let st = self.state.lock().await;
+        Ok(st
+            .guests
+            .values()
+            .filter_map(|r| {
+                r.size
+                    .map(|(vcpus, memory_mb)| (r.id, super::InstanceSize { vcpus, memory_mb }))
+            })
+            .collect())
+    }
+
+    async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        let id = spec.id();
+        let ns = self.netns_name(&id);
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let rec = Self::record_of(&mut next, &ns, id)?;
+        if !rec.stopped {
+            return Err(HypervisorError::Unsupported(format!(
+                "resize of running netns guest {id}: stop it first"
+            )));
+        }
+        rec.size = Some(size_of(spec));
+        self.persist(&next).await?;
+        *st = next;
+        info!(instance = %id, size = ?size_of(spec), "netns guest redefined with the new size");
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +738,7 @@ mod tests {
             created_at: model::now(),
             paused: false,
             saved_routes: Vec::new(),
+            size: Some((1, 64)),
         }
     }
 
