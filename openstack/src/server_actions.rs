@@ -340,13 +340,17 @@ fn console_length(args: &Value) -> Result<Option<usize>, ApiError> {
     }
 }
 
-/// The last `n` lines of `text` (all with `None`). Pure.
+/// The tail of `text` as Nova's `length` takes it (all with `None`): the
+/// last `n` pieces of `text` split at newlines, joined again — a log
+/// ending in a newline gives its last `n - 1` lines and that newline, so
+/// the answer always splits into `n` pieces. Pure.
 fn last_lines(text: &str, n: Option<usize>) -> String {
     match n {
         None => text.to_string(),
+        Some(0) => String::new(),
         Some(n) => {
-            let lines: Vec<&str> = text.split_inclusive('\n').collect();
-            lines[lines.len().saturating_sub(n)..].concat()
+            let pieces: Vec<&str> = text.split('\n').collect();
+            pieces[pieces.len().saturating_sub(n)..].join("\n")
         }
     }
 }
@@ -441,8 +445,12 @@ mod tests {
 
     #[test]
     fn console_output_is_the_logs_last_lines() {
+        // As Nova: the last pieces between newlines.
         let log = "one\ntwo\nthree\n";
-        assert_eq!(last_lines(log, Some(2)), "two\nthree\n");
+        assert_eq!(last_lines(log, Some(3)), "two\nthree\n");
+        assert_eq!(last_lines(log, Some(3)).split('\n').count(), 3);
+        assert_eq!(last_lines(log, Some(2)), "three\n");
+        assert_eq!(last_lines("one\ntwo", Some(1)), "two");
         assert_eq!(last_lines(log, Some(0)), "");
         assert_eq!(last_lines(log, Some(9)), log);
         assert_eq!(last_lines(log, None), log);

@@ -12,6 +12,11 @@
 //! the boot counter, and the "stopped" mark (stopping a guest deletes its
 //! namespace). Existing namespaces are adopted as they are on restart.
 //!
+//! Console: a netns guest has no kernel to print, so its console log
+//! (`<state-dir>/console/<id>.log`, served by the node API like a domain's
+//! serial log) holds timestamped lines of what the driver did to it: boot
+//! (namespace, NIC) and stop.
+//!
 //! Only one port per instance is supported; creating an instance with more
 //! fails with [`HypervisorError::Unsupported`].
 //!
@@ -120,6 +125,9 @@ pub struct NetnsHypervisor {
     mtu: u32,
     netlink: Netlink,
     state: Mutex<NetnsState>,
+    /// Where the guests' console logs are (`<state-dir>/console`, served by
+    /// the node API like a domain's serial log).
+    console_dir: PathBuf,
 }
 
 impl std::fmt::Debug for NetnsHypervisor {
@@ -174,6 +182,7 @@ impl NetnsHypervisor {
             mtu,
             netlink,
             state: Mutex::new(state),
+            console_dir: state_dir.join("console"),
         })
     }
 
@@ -213,7 +222,40 @@ impl NetnsHypervisor {
         self.netlink
             .create_netns_guest(ns, &rec.tap, mac, rec.mtu)
             .await
-            .map_err(|e| backend(&format!("create netns guest {ns}"), e))
+            .map_err(|e| backend(&format!("create netns guest {ns}"), e))?;
+        self.console(
+            rec.id,
+            &[
+                format!("nubo netns guest {} booting in namespace {ns}", rec.id),
+                format!("eth0: MAC {}, MTU {}, host end {}", rec.mac, rec.mtu, rec.tap),
+                "eth0 up: the guest is running".to_string(),
+            ],
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Appends `lines` (timestamped) to the guest's console log: a netns
+    /// guest has no kernel to print, so its console tells what the driver
+    /// did to it (boot, NIC, stop). Best effort: a failure is logged.
+    async fn console(&self, id: InstanceId, lines: &[String]) {
+        use tokio::io::AsyncWriteExt;
+        let path = self.console_dir.join(format!("{id}.log"));
+        let now = model::now();
+        let text: String = lines.iter().map(|l| format!("[{now}] {l}\n")).collect();
+        let r = async {
+            tokio::fs::create_dir_all(&self.console_dir).await?;
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await?;
+            f.write_all(text.as_bytes()).await
+        }
+        .await;
+        if let Err(e) = r {
+            warn!(instance = %id, path = %path.display(), error = %e, "could not write the console log");
+        }
     }
 
     fn record_of<'a>(
@@ -575,7 +617,10 @@ impl super::Hypervisor for NetnsHypervisor {
         *st = next;
         delete_netns_guest(&ns)
             .await
-            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))
+            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))?;
+        self.console(id, &[format!("nubo netns guest {id} stopped: namespace {ns} deleted")])
+            .await;
+        Ok(())
     }
 
     async fn reboot(&self, id: InstanceId) -> Result<(), HypervisorError> {
