@@ -7,7 +7,8 @@
 //!
 //! - python-openstackclient with its own `clouds.yaml`: `server create
 //!   --flavor --image --network --wait`, `server list/show/stop/start/
-//!   reboot/resize (confirm, revert)/delete`, `server event list`, `flavor list`, `image list`, `network list`,
+//!   reboot/resize (confirm, revert)/delete`, `server event list`,
+//!   `flavor list`, `image list`, `network list`,
 //!   `keypair create`, `security group (rule) create`, `image create
 //!   --file`, `quota show`; the results agree with `nubo … -f json`, and
 //!   the guest gets the address the API shows by DHCP;
@@ -238,6 +239,14 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
             "tiny"
         );
     };
+    let boots = || {
+        os.lab.agents[0]
+            .console(&id)
+            .matches("booting in namespace")
+            .count()
+    };
+    let booted = boots();
+    assert!(booted >= 1, "{}", os.lab.agents[0].console(&id));
     openstack(
         clouds,
         &["server", "resize", "--flavor", "tiny2", "--wait", &id],
@@ -273,6 +282,28 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
         )
     })
     .unwrap();
+    // The agent shut the guest down and booted it again with the new size
+    // (the netns driver's record holds it; its console tells the boots).
+    wait_for(Duration::from_secs(60), "vm1 redefined with tiny2", || {
+        let st: Value = serde_json::from_str(&std::fs::read_to_string(
+            os.lab.agents[0].state_dir().join("netns-guests.json"),
+        )?)?;
+        let rec = st["guests"]
+            .as_object()
+            .and_then(|g| g.values().find(|r| r["id"] == id.as_str()).cloned())
+            .unwrap_or_default();
+        Ok(if rec["size"] == json!([1, 384]) && boots() > booted {
+            Ok(())
+        } else {
+            Err(rec)
+        })
+    })
+    .unwrap();
+    assert!(
+        os.lab.agents[0].console(&id).contains("stopped: namespace"),
+        "{}",
+        os.lab.agents[0].console(&id)
+    );
     let events = openstack(clouds, &["server", "event", "list", "-f", "json", &id]).unwrap();
     for a in ["resize", "revertResize", "confirmResize"] {
         assert!(

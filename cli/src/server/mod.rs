@@ -787,6 +787,40 @@ mod tests {
     use super::*;
     use nubo_common::proto::ServerAddress;
 
+    #[test]
+    fn resize_takes_a_flavor_or_confirm_or_revert() {
+        let parse = |a: &[&str]| crate::testutil::parse_cmd::<ServerCmd>(a);
+        for (args, want) in [
+            (
+                &["resize", "web", "--flavor", "m2"][..],
+                (Some("m2"), false, false),
+            ),
+            (&["resize", "web", "--confirm"][..], (None, true, false)),
+            (&["resize", "web", "--revert"][..], (None, false, true)),
+        ] {
+            match parse(args).unwrap() {
+                ServerCmd::Resize {
+                    server,
+                    flavor,
+                    confirm,
+                    revert,
+                } => {
+                    assert_eq!(server, "web");
+                    assert_eq!((flavor.as_deref(), confirm, revert), want, "{args:?}");
+                }
+                _ => panic!("{args:?} is not a resize"),
+            }
+        }
+        for bad in [
+            &["resize", "web"][..],
+            &["resize", "web", "--confirm", "--revert"],
+            &["resize", "web", "--flavor", "m2", "--confirm"],
+            &["resize", "web", "--flavor", "m2", "--revert"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
     fn server() -> Server {
         Server {
             id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),

@@ -473,29 +473,21 @@ mod tests {
     #[test]
     fn fits_counts_what_the_server_holds_and_names_the_node() {
         let (inst, big) = fixture();
-        let before = inst.reserved();
+        let fits = |cap: Resources, used: Resources| {
+            check_fits(
+                &inst,
+                &big.name,
+                inst.reserved(),
+                big.resources,
+                cap,
+                used,
+                &RATIOS,
+            )
+        };
         // 4 vCPUs / 512 MiB, this server holds 1 / 128 of the 3 / 384 used.
-        assert!(check_fits(
-            &inst,
-            &big.name,
-            before,
-            big.resources,
-            res(4, 512, 10),
-            res(3, 384, 3),
-            &RATIOS
-        )
-        .is_ok());
+        assert!(fits(res(4, 512, 10), res(3, 384, 3)).is_ok());
         // Full node: 1 vCPU and 128 MiB free besides this server's.
-        let e = check_fits(
-            &inst,
-            &big.name,
-            before,
-            big.resources,
-            res(4, 300, 10),
-            res(4, 300, 1),
-            &RATIOS,
-        )
-        .unwrap_err();
+        let e = fits(res(4, 300, 10), res(4, 300, 1)).unwrap_err();
         assert!(matches!(e, ApiError::FailedPrecondition(_)), "{e}");
         assert!(
             e.to_string().contains("node hv-1 cannot hold flavor big"),

@@ -227,7 +227,10 @@ impl NetnsHypervisor {
             rec.id,
             &[
                 format!("nubo netns guest {} booting in namespace {ns}", rec.id),
-                format!("eth0: MAC {}, MTU {}, host end {}", rec.mac, rec.mtu, rec.tap),
+                format!(
+                    "eth0: MAC {}, MTU {}, host end {}",
+                    rec.mac, rec.mtu, rec.tap
+                ),
                 "eth0 up: the guest is running".to_string(),
             ],
         )
@@ -618,8 +621,13 @@ impl super::Hypervisor for NetnsHypervisor {
         delete_netns_guest(&ns)
             .await
             .map_err(|e| backend(&format!("delete netns guest {ns}"), e))?;
-        self.console(id, &[format!("nubo netns guest {id} stopped: namespace {ns} deleted")])
-            .await;
+        self.console(
+            id,
+            &[format!(
+                "nubo netns guest {id} stopped: namespace {ns} deleted"
+            )],
+        )
+        .await;
         Ok(())
     }
 
