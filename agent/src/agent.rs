@@ -56,14 +56,19 @@ pub fn open_driver(cfg: &AgentConfig) -> Result<Arc<dyn Hypervisor>, HypervisorE
             &cfg.state_dir,
             cfg.fake_boot,
         )?)),
-        DriverKind::Netns => Ok(Arc::new(NetnsHypervisor::open(
-            &cfg.netns_prefix,
-            &cfg.state_dir,
-            u32::from(cfg.underlay_mtu.saturating_sub(50).max(68)),
-        )?)),
+        DriverKind::Netns => Ok(Arc::new(open_netns(cfg)?)),
         // Needs an async connection: opened by [`run`].
         DriverKind::Libvirt => Err(HypervisorError::Unavailable("libvirt (use agent::run)")),
     }
+}
+
+/// The netns driver of the configuration.
+fn open_netns(cfg: &AgentConfig) -> Result<NetnsHypervisor, HypervisorError> {
+    NetnsHypervisor::open(
+        &cfg.netns_prefix,
+        &cfg.state_dir,
+        u32::from(cfg.underlay_mtu.saturating_sub(50).max(68)),
+    )
 }
 
 /// Runs the agent with the driver from the configuration until `shutdown`
@@ -91,6 +96,11 @@ pub async fn run(
             let lv = Arc::new(lv);
             resizer = Some(lv.clone());
             lv
+        }
+        DriverKind::Netns => {
+            let ns = Arc::new(open_netns(&cfg)?);
+            resizer = Some(ns.clone());
+            ns
         }
         _ => open_driver(&cfg)?,
     };

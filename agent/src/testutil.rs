@@ -49,6 +49,7 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         access_ipv4: None,
         access_ipv6: None,
         locked: None,
+        resize: None,
         rebuild_generation: 0,
         created_at: model::now(),
         updated_at: None,

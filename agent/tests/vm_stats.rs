@@ -458,6 +458,7 @@ async fn netns_guest_counters_come_from_its_veth() {
                 created_at: model::now(),
                 paused: false,
                 saved_routes: vec![],
+                size: None,
             },
         )]
         .into(),

@@ -83,7 +83,7 @@ async fn every_spec_write_keeps_the_node_copy_equal() {
     cl.servers.reboot(action(&a)).await.unwrap();
     assert_eq!(assert_node_copies(&etcd).await, 3);
 
-    // Resize (stopped, reported stopped by its node).
+    // Resize (stopped, reported stopped by its node) and confirm.
     cl.servers.stop(action(&a)).await.unwrap();
     let node = spec(&etcd, &aid).await.0.node.unwrap();
     report_status(&etcd, &aid, node.as_str(), InstanceState::Stopped).await;
@@ -96,6 +96,9 @@ async fn every_spec_write_keeps_the_node_copy_equal() {
         .await
         .unwrap();
     assert_eq!(spec(&etcd, &aid).await.0.flavor.as_str(), "m1.big");
+    assert_eq!(assert_node_copies(&etcd).await, 3);
+    cl.servers.confirm_resize(action(&a)).await.unwrap();
+    assert!(spec(&etcd, &aid).await.0.resize.is_none());
     assert_eq!(assert_node_copies(&etcd).await, 3);
 
     // A guest-stop report for the current spec: the leader stops it in the

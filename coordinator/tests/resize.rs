@@ -1,17 +1,20 @@
-//! `Servers.Resize` against a real etcd, the agent played by the test
-//! (it writes the status a fake agent would): refused while running or not
-//! yet reported stopped, refused when the node cannot hold the new size or
-//! the disk size differs; otherwise the spec and the node's usage change in
-//! one transaction.
+//! `Servers.Resize`, `ConfirmResize` and `RevertResize` against a real
+//! etcd (no agent: the spec is what an agent would converge to): a running
+//! or stopped server takes the new size at once and keeps the old flavor
+//! until confirm/revert; the node holds the larger of both sizes meanwhile
+//! and gets the difference back on confirm/revert; a node that cannot hold
+//! the new size, another disk size, an unknown flavor and a second resize
+//! are refused with nothing changed; the steps are recorded as instance
+//! actions; delete during a pending resize gives back all it holds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 
 use common::*;
-use nubo_common::model::{Instance, InstanceState};
+use nubo_common::keys;
+use nubo_common::model::{Instance, PowerState};
 use nubo_common::proto as pb;
-use nubo_common::{keys, NodeName};
 use nubo_tests::Etcd;
 use tonic::Code;
 
@@ -38,13 +41,21 @@ async fn resize(cl: &mut Clients, id: &str, flavor: &str) -> Result<pb::Server, 
         .map(tonic::Response::into_inner)
 }
 
-/// Writes the status the node's agent would write.
-async fn report(etcd: &Etcd, id: &str, node: &str, state: InstanceState) {
-    report_status(etcd, &id.parse().unwrap(), node, state).await;
+fn action(id: &str) -> pb::ServerActionRequest {
+    pb::ServerActionRequest {
+        r#ref: id.into(),
+        ..Default::default()
+    }
+}
+
+async fn spec(etcd: &Etcd, id: &str) -> Instance {
+    get(etcd, &keys::instance(&id.parse().unwrap()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resize_only_a_stopped_server_and_only_if_it_fits() {
+async fn resize_running_or_stopped_then_confirm_or_revert() {
     let etcd = Etcd::start().unwrap();
     let coord = coordinator(&etcd).await;
     let mut cl = clients(&coord).await;
@@ -55,61 +66,124 @@ async fn resize_only_a_stopped_server_and_only_if_it_fits() {
     flavor(&mut cl, "m1.big", 2, 1024, 1).await;
     flavor(&mut cl, "m1.huge", 2, 1600, 1).await;
     flavor(&mut cl, "m1.disk", 1, 512, 5).await;
+    flavor(&mut cl, "m1.tiny", 1, 256, 1).await;
     let mut ids = Vec::new();
     for name in ["a", "b"] {
         let r = create_servers(&mut cl, server_req(name, &[], 1)).await;
         ids.push(created(&r, 0).id);
     }
-    let a = ids[0].clone();
-    // a + b: 1024 of 2048 MiB.
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    // a + b (m1.small, 512 MiB each): 1024 of 2048 MiB.
     assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 1024);
 
-    // Desired running.
-    let e = resize(&mut cl, &a, "m1.big").await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("stop it before resizing"), "{e:?}");
-
-    // Stopped, but the agent has not reported it stopped yet.
-    cl.servers
-        .stop(pb::ServerActionRequest {
-            r#ref: a.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    report(&etcd, &a, "n1", InstanceState::Running).await;
-    let e = resize(&mut cl, &a, "m1.big").await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("not reported stopped yet"), "{e:?}");
-
-    report(&etcd, &a, "n1", InstanceState::Stopped).await;
-    // Another disk size, an unknown flavor, a size the node cannot hold
-    // (1600 + b's 512 > 2048): refused, nothing changes.
+    // Refused, nothing changes: another disk size, an unknown flavor, the
+    // same flavor, a size the node cannot hold (1600 + b's 512 > 2048),
+    // nothing to confirm or revert.
     let e = resize(&mut cl, &a, "m1.disk").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let e = resize(&mut cl, &a, "m1.nope").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = resize(&mut cl, &a, "m1.small").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let e = resize(&mut cl, &a, "m1.huge").await.unwrap_err();
-    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("node n1 cannot hold flavor m1.huge"),
+        "{e:?}"
+    );
     assert!(e.message().contains("1536 MiB free"), "{e:?}");
+    for e in [
+        cl.servers.confirm_resize(action(&a)).await.unwrap_err(),
+        cl.servers.revert_resize(action(&a)).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    }
     assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 1024);
 
-    // Fits: spec and usage change together.
-    resize(&mut cl, &a, "m1.big").await.unwrap();
+    // A running server: the spec takes the new size at once (its agent
+    // converges), keeps running, and remembers the old flavor.
+    let s = resize(&mut cl, &a, "m1.big").await.unwrap();
+    assert_eq!(
+        (s.flavor.as_str(), s.resized_from.as_str()),
+        ("m1.big", "m1.small")
+    );
+    let sp = spec(&etcd, &a).await;
+    assert_eq!((sp.resources.vcpus, sp.resources.ram_mb), (2, 1024));
+    assert_eq!(sp.power, PowerState::Running);
     let u = usage(&etcd, "n1").await;
     assert_eq!((u.used.vcpus, u.used.ram_mb, u.instances), (3, 1536, 2));
-    let spec: Instance = get(&etcd, &keys::instance(&a.parse().unwrap()))
+    // No second resize while one is pending.
+    let e = resize(&mut cl, &a, "m1.tiny").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("--confirm|--revert"), "{e:?}");
+    // Revert: old flavor and size back, usage back.
+    let s = cl
+        .servers
+        .revert_resize(action(&a))
         .await
-        .unwrap();
-    assert_eq!(spec.flavor.as_str(), "m1.big");
-    assert_eq!((spec.resources.vcpus, spec.resources.ram_mb), (2, 1024));
-    assert_eq!(spec.node, Some(NodeName::new("n1").unwrap()));
-    // Same size again: nothing to do. Back down: usage shrinks.
-    resize(&mut cl, &a, "m1.big").await.unwrap();
-    assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 1536);
-    resize(&mut cl, &a, "m1.small").await.unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (s.flavor.as_str(), s.resized_from.as_str()),
+        ("m1.small", "")
+    );
+    let sp = spec(&etcd, &a).await;
+    assert_eq!((sp.resources.vcpus, sp.resources.ram_mb), (1, 512));
+    assert!(sp.resize.is_none());
     assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 1024);
-    // Deleting it gives back what it holds now.
+
+    // Shrinking a stopped server: the node holds the old (larger) size
+    // until confirm; a start while pending keeps what the revert restores.
+    cl.servers.stop(action(&b)).await.unwrap();
+    let s = resize(&mut cl, &b, "m1.tiny").await.unwrap();
+    assert_eq!(s.desired_power, "stopped");
+    assert_eq!(spec(&etcd, &b).await.resources.ram_mb, 256);
+    assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 1024);
+    cl.servers.confirm_resize(action(&b)).await.unwrap();
+    assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 768);
+    let sp = spec(&etcd, &b).await;
+    assert_eq!(
+        (sp.flavor.as_str(), sp.resources.ram_mb, sp.power),
+        ("m1.tiny", 256, PowerState::Stopped)
+    );
+
+    // Revert restores the desired power of the time of the resize.
+    resize(&mut cl, &b, "m1.big").await.unwrap();
+    cl.servers.start(action(&b)).await.unwrap();
+    assert_eq!(spec(&etcd, &b).await.power, PowerState::Running);
+    cl.servers.revert_resize(action(&b)).await.unwrap();
+    let sp = spec(&etcd, &b).await;
+    assert_eq!(
+        (sp.flavor.as_str(), sp.power),
+        ("m1.tiny", PowerState::Stopped)
+    );
+
+    // The steps are recorded.
+    let acts = cl
+        .servers
+        .list_actions(pb::GetRequest {
+            r#ref: b.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = acts.actions.iter().map(|x| x.action.as_str()).collect();
+    assert!(
+        names.ends_with(&[
+            "stop",
+            "resize",
+            "confirmResize",
+            "resize",
+            "start",
+            "revertResize"
+        ]),
+        "{names:?}"
+    );
+
+    // Deleting during a pending resize gives back the larger size.
+    resize(&mut cl, &a, "m1.big").await.unwrap();
+    assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 1280);
     cl.servers
         .delete(pb::DeleteRequest {
             r#ref: a.clone(),
@@ -117,5 +191,5 @@ async fn resize_only_a_stopped_server_and_only_if_it_fits() {
         })
         .await
         .unwrap();
-    assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 512);
+    assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 256);
 }

@@ -211,10 +211,23 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
     }
 }
 
+/// Nova's status, vm_state and power_state of a server: [`nova_status`],
+/// except that a server with a resize waiting for confirm or revert is
+/// `VERIFY_RESIZE` (vm_state `resized`) unless it is in error or being
+/// deleted. Pure.
+pub fn server_status(s: &pb::Server) -> (&'static str, &'static str, u8) {
+    let st = nova_status(&s.state, &s.desired_power);
+    match st.0 {
+        "ERROR" | "DELETED" => st,
+        _ if !s.resized_from.is_empty() => ("VERIFY_RESIZE", "resized", st.2),
+        _ => st,
+    }
+}
+
 /// The Nova view of a server (`GET /servers/{id}`, `/servers/detail`),
 /// as Nova 2.1's schema has it: `fault` only for a server in ERROR. Pure.
 pub fn server_view(base: &str, s: &pb::Server) -> Value {
-    let (status, vm_state, power) = nova_status(&s.state, &s.desired_power);
+    let (status, vm_state, power) = server_status(s);
     let addresses = addresses(s, true);
     let link = |id: &str, kind: &str| json!([{"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}]);
     let mut view = json!({
@@ -255,7 +268,7 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
             .collect();
     }
     // Nova shows `progress` only in the statuses that make progress.
-    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD") {
+    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD" | "VERIFY_RESIZE") {
         view["progress"] = json!(0);
     }
     // Nova shows `fault` only for ERROR (and DELETED) servers, never null.
@@ -434,11 +447,9 @@ pub fn filter_servers(
                 .is_none_or(|r| s.addresses.iter().any(|a| r.is_match(&a.ip)))
         })
         .filter(|s| {
-            q.status.as_ref().is_none_or(|st| {
-                nova_status(&s.state, &s.desired_power)
-                    .0
-                    .eq_ignore_ascii_case(st)
-            })
+            q.status
+                .as_ref()
+                .is_none_or(|st| server_status(s).0.eq_ignore_ascii_case(st))
         })
         .filter(|s| {
             q.flavor

@@ -1,5 +1,7 @@
 //! Server actions of Compute v2.1: `POST /servers/{id}/action` (start,
-//! stop, reboot, rebuild, lock, unlock, os-getConsoleOutput; forceDelete
+//! stop, reboot, rebuild, resize, confirmResize, revertResize (nubo's
+//! `Servers.Resize`/`ConfirmResize`/`RevertResize`), lock, unlock,
+//! os-getConsoleOutput; forceDelete
 //! and restore answered for what nubo is: no soft delete) and
 //! `os-instance-actions` (what was done to a server, from nubo's
 //! per-server record, `Servers.ListActions`).
@@ -158,6 +160,31 @@ async fn server_action(
             .map(drop)
         }
         "unlock" => c.unlock(req).await.api(S).map(drop),
+        "resize" => {
+            let flavor = resize_flavor(&body["resize"])?;
+            // A missing server is a 404; a missing flavor a 400 (Nova).
+            get_server(&up, &headers, id.clone()).await?;
+            match c
+                .resize(pb::ResizeServerRequest {
+                    r#ref: id,
+                    project: String::new(),
+                    flavor,
+                })
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    Err(ApiError::bad_request(S, e.message().to_string()))
+                }
+                Err(e) => Err::<(), _>(e).api(S),
+            }
+        }
+        // Nova answers 204 to confirmResize and 202 to revertResize.
+        "confirmResize" => {
+            c.confirm_resize(req).await.api(S)?;
+            return Ok(versioned(StatusCode::NO_CONTENT));
+        }
+        "revertResize" => c.revert_resize(req).await.api(S).map(drop),
         "addSecurityGroup" | "removeSecurityGroup" => {
             let add = action == "addSecurityGroup";
             crate::server_secgroups::change(&mut c, id, add, &body[action.as_str()]).await
@@ -186,7 +213,7 @@ async fn server_action(
             Err(ApiError::new(
                 S,
                 StatusCode::NOT_IMPLEMENTED,
-                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
+                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, resize, confirmResize, revertResize, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
             ))
         }
     }?;
@@ -232,6 +259,38 @@ fn rebuild_request(id: &str, args: &Value) -> Result<pb::RebuildServerRequest, A
         return Err(ApiError::bad_request(S, "rebuild needs imageRef"));
     }
     Ok(req)
+}
+
+/// The flavor of a `resize` action body (`{"flavorRef": "…"}`, an id or
+/// a link; `OS-DCF:diskConfig` only `MANUAL`, as nubo's servers are).
+/// Pure.
+fn resize_flavor(args: &Value) -> Result<String, ApiError> {
+    let o = args
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request(S, "resize takes an object with flavorRef"))?;
+    for (k, v) in o {
+        match (k.as_str(), v) {
+            ("flavorRef", _) => {}
+            ("OS-DCF:diskConfig", Value::String(d)) if d == "MANUAL" => {}
+            (k, v) => {
+                return Err(ApiError::bad_request(
+                    S,
+                    format!("resize: {k} = {v} is not supported by nubo (flavorRef is)"),
+                ))
+            }
+        }
+    }
+    match o.get("flavorRef") {
+        Some(Value::String(f)) if !f.trim().is_empty() => Ok(last_segment(f.trim())),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        other => Err(ApiError::bad_request(
+            S,
+            format!(
+                "resize needs flavorRef (a flavor id), got {}",
+                other.unwrap_or(&Value::Null)
+            ),
+        )),
+    }
 }
 
 /// The reason of a `lock` action body (`null`, `{}` or
@@ -281,13 +340,17 @@ fn console_length(args: &Value) -> Result<Option<usize>, ApiError> {
     }
 }
 
-/// The last `n` lines of `text` (all with `None`). Pure.
+/// The tail of `text` as Nova's `length` takes it (all with `None`): the
+/// last `n` pieces of `text` split at newlines, joined again — a log
+/// ending in a newline gives its last `n - 1` lines and that newline, so
+/// the answer always splits into `n` pieces. Pure.
 fn last_lines(text: &str, n: Option<usize>) -> String {
     match n {
         None => text.to_string(),
+        Some(0) => String::new(),
         Some(n) => {
-            let lines: Vec<&str> = text.split_inclusive('\n').collect();
-            lines[lines.len().saturating_sub(n)..].concat()
+            let pieces: Vec<&str> = text.split('\n').collect();
+            pieces[pieces.len().saturating_sub(n)..].join("\n")
         }
     }
 }
@@ -328,6 +391,47 @@ mod tests {
     }
 
     #[test]
+    fn a_resize_takes_a_flavor_ref_and_refuses_the_rest() {
+        assert_eq!(resize_flavor(&json!({"flavorRef": "m2"})).unwrap(), "m2");
+        assert_eq!(
+            resize_flavor(
+                &json!({"flavorRef": "https://h/compute/flavors/m2", "OS-DCF:diskConfig": "MANUAL"})
+            )
+            .unwrap(),
+            "m2"
+        );
+        assert_eq!(resize_flavor(&json!({"flavorRef": 7})).unwrap(), "7");
+        for bad in [
+            json!({"flavorRef": null}),
+            json!({"flavorRef": ""}),
+            json!({}),
+            json!(null),
+            json!({"flavorRef": "m2", "OS-DCF:diskConfig": "AUTO"}),
+        ] {
+            let e = resize_flavor(&bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_pending_resize_shows_verify_resize_unless_in_error() {
+        use crate::compute::server_status;
+        let mut s = pb::Server {
+            state: "running".into(),
+            desired_power: "running".into(),
+            ..Default::default()
+        };
+        assert_eq!(server_status(&s).0, "ACTIVE");
+        s.resized_from = "m1".into();
+        assert_eq!(server_status(&s), ("VERIFY_RESIZE", "resized", 1));
+        s.state = "stopped".into();
+        s.desired_power = "stopped".into();
+        assert_eq!(server_status(&s), ("VERIFY_RESIZE", "resized", 4));
+        s.state = "error".into();
+        assert_eq!(server_status(&s).0, "ERROR");
+    }
+
+    #[test]
     fn lock_reasons_are_null_or_a_string() {
         assert_eq!(lock_reason(&Value::Null).unwrap(), "");
         assert_eq!(lock_reason(&json!({})).unwrap(), "");
@@ -341,8 +445,12 @@ mod tests {
 
     #[test]
     fn console_output_is_the_logs_last_lines() {
+        // As Nova: the last pieces between newlines.
         let log = "one\ntwo\nthree\n";
-        assert_eq!(last_lines(log, Some(2)), "two\nthree\n");
+        assert_eq!(last_lines(log, Some(3)), "two\nthree\n");
+        assert_eq!(last_lines(log, Some(3)).split('\n').count(), 3);
+        assert_eq!(last_lines(log, Some(2)), "three\n");
+        assert_eq!(last_lines("one\ntwo", Some(1)), "two");
         assert_eq!(last_lines(log, Some(0)), "");
         assert_eq!(last_lines(log, Some(9)), log);
         assert_eq!(last_lines(log, None), log);

@@ -101,7 +101,8 @@ fn create(lab: &VmLab, name: &str, host: u8, user_data: Option<&str>, extra: &[&
 /// Two VMs on two hosts: DHCP, metadata, ping across VXLAN, security group
 /// removal stops it, kill -9 of the agent adopts the domains (same QEMU
 /// pid), a libvirtd restart leaves them running and the agent reconnects
-/// (stop, resize while stopped, start), a guest that powers itself off is
+/// (resize while running and revert, stop, resize while stopped, confirm,
+/// start), a guest that powers itself off is
 /// reported stopped and booted again by `nubo server start`, and delete
 /// leaves nothing behind.
 #[test]
@@ -211,14 +212,56 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
             "flavor", "create", "t2", "--vcpus", "2", "--ram", "192", "--disk", "1",
         ])
         .unwrap();
-    let refused = lab
+    // Resize while running: the agent shuts vm-a down, redefines it with
+    // 2 vCPUs / 192 MiB and boots it again; the old flavor is kept until
+    // --revert, which gives the old size back the same way.
+    let old_flavor = lab.show(&a_id).unwrap()["flavor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = lab
         .cli
-        .run(&["server", "resize", &a_id, "--flavor", "t2"])
+        .json(&["server", "resize", &a_id, "--flavor", "t2"])
         .unwrap();
-    assert!(
-        !refused.success() && refused.stderr.contains("stop it before resizing"),
-        "{refused:?}"
+    assert_eq!(r["resized_from"], old_flavor.as_str(), "{r}");
+    let boots = |lab: &VmLab| {
+        lab.agents[a_host]
+            .console(&a_id)
+            .matches(&format!("NUBO-GUEST-METADATA: {a_id}"))
+            .count()
+    };
+    let sized = |lab: &VmLab, cpus: &str, kib: &str| -> anyhow::Result<bool> {
+        let info = lab.libvirtds[a_host].virsh(&["dominfo", &a_dom])?;
+        Ok(info
+            .lines()
+            .any(|l| l.starts_with("CPU(s):") && l.ends_with(&format!(" {cpus}")))
+            && info.contains(kib)
+            && info.contains("running"))
+    };
+    wait_until(BOOT, "running vm-a rebooted with 2 vCPUs", || {
+        Ok(sized(&lab, "2", "196608 KiB")? && boots(&lab) >= 2)
+    })
+    .unwrap();
+    assert_ne!(
+        lab.libvirtds[a_host].qemu_pid(&a_dom),
+        Some(pid),
+        "not restarted"
     );
+    let r = lab
+        .cli
+        .json(&["server", "resize", &a_id, "--revert"])
+        .unwrap();
+    assert_eq!(
+        (r["flavor"].as_str(), &r["resized_from"]),
+        (Some(old_flavor.as_str()), &Value::Null),
+        "{r}"
+    );
+    let small_kib = format!("{} KiB", r["resources"]["ram_mb"].as_u64().unwrap() * 1024);
+    wait_until(BOOT, "vm-a back at its old size, running", || {
+        Ok(sized(&lab, "1", &small_kib)? && boots(&lab) >= 3)
+    })
+    .unwrap();
+
     lab.cli.json(&["server", "stop", &a_id]).unwrap();
     wait_until(Duration::from_secs(60), "vm-a stopped", || {
         Ok(lab.show(&a_id)?["state"] == "stopped")
@@ -228,6 +271,15 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     lab.cli
         .json(&["server", "resize", &a_id, "--flavor", "t2"])
         .unwrap();
+    let r = lab
+        .cli
+        .json(&["server", "resize", &a_id, "--confirm"])
+        .unwrap();
+    assert_eq!(
+        (r["flavor"].as_str(), &r["resized_from"]),
+        (Some("t2"), &Value::Null),
+        "{r}"
+    );
     wait_until(
         Duration::from_secs(30),
         "vm-a redefined with 2 vCPUs",
@@ -242,12 +294,7 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     .unwrap();
     lab.cli.json(&["server", "start", &a_id]).unwrap();
     wait_until(BOOT, "vm-a boots again with its new size", || {
-        Ok(lab.show(&a_id)?["state"] == "running"
-            && lab.agents[a_host]
-                .console(&a_id)
-                .matches(&format!("NUBO-GUEST-METADATA: {a_id}"))
-                .count()
-                >= 2)
+        Ok(lab.show(&a_id)?["state"] == "running" && boots(&lab) >= 4)
     })
     .unwrap();
     let log = lab.agents[a_host].current_log();

@@ -7,7 +7,8 @@
 //!
 //! - python-openstackclient with its own `clouds.yaml`: `server create
 //!   --flavor --image --network --wait`, `server list/show/stop/start/
-//!   reboot/delete`, `flavor list`, `image list`, `network list`,
+//!   reboot/resize (confirm, revert)/delete`, `server event list`,
+//!   `flavor list`, `image list`, `network list`,
 //!   `keypair create`, `security group (rule) create`, `image create
 //!   --file`, `quota show`; the results agree with `nubo … -f json`, and
 //!   the guest gets the address the API shows by DHCP;
@@ -80,6 +81,11 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     admin
         .json(&[
             "flavor", "create", "tiny", "--vcpus", "1", "--ram", "256", "--disk", "1",
+        ])
+        .unwrap();
+    admin
+        .json(&[
+            "flavor", "create", "tiny2", "--vcpus", "1", "--ram", "384", "--disk", "1",
         ])
         .unwrap();
     let alice = os.lab.member("alice", "team-a").unwrap();
@@ -221,6 +227,90 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     openstack(clouds, &["server", "reboot", "--wait", &id]).unwrap();
     let shown = openstack(clouds, &["server", "show", "-f", "json", &id]).unwrap();
     assert_eq!(shown["status"], "ACTIVE", "{shown}");
+
+    // resize: VERIFY_RESIZE with the new flavor (nubo keeps the old one)
+    // until revert (old flavor back) or confirm; recorded as actions.
+    let verify = |flavor: &str| {
+        let shown = openstack(clouds, &["server", "show", "-f", "json", &id]).unwrap();
+        assert_eq!(shown["status"], "VERIFY_RESIZE", "{shown}");
+        assert!(shown["flavor"].to_string().contains(flavor), "{shown}");
+        assert_eq!(
+            alice.json(&["server", "show", "vm1"]).unwrap()["resized_from"],
+            "tiny"
+        );
+    };
+    let boots = || {
+        os.lab.agents[0]
+            .console(&id)
+            .matches("booting in namespace")
+            .count()
+    };
+    let booted = boots();
+    assert!(booted >= 1, "{}", os.lab.agents[0].console(&id));
+    openstack(
+        clouds,
+        &["server", "resize", "--flavor", "tiny2", "--wait", &id],
+    )
+    .unwrap();
+    verify("tiny2");
+    openstack(clouds, &["server", "resize", "revert", &id]).unwrap();
+    let s = alice.json(&["server", "show", "vm1"]).unwrap();
+    assert_eq!(
+        (&s["flavor"], &s["resized_from"]),
+        (&json!("tiny"), &Value::Null),
+        "{s}"
+    );
+    openstack(
+        clouds,
+        &["server", "resize", "--flavor", "tiny2", "--wait", &id],
+    )
+    .unwrap();
+    verify("tiny2");
+    openstack(clouds, &["server", "resize", "confirm", &id]).unwrap();
+    wait_for(Duration::from_secs(60), "vm1 ACTIVE with tiny2", || {
+        let shown = openstack(clouds, &["server", "show", "-f", "json", &id])?;
+        let s = alice.json(&["server", "show", "vm1"])?;
+        Ok(
+            if shown["status"] == "ACTIVE"
+                && shown["flavor"].to_string().contains("tiny2")
+                && s["state"] == "running"
+            {
+                Ok(())
+            } else {
+                Err(shown)
+            },
+        )
+    })
+    .unwrap();
+    // The agent shut the guest down and booted it again with the new size
+    // (the netns driver's record holds it; its console tells the boots).
+    wait_for(Duration::from_secs(60), "vm1 redefined with tiny2", || {
+        let st: Value = serde_json::from_str(&std::fs::read_to_string(
+            os.lab.agents[0].state_dir().join("netns-guests.json"),
+        )?)?;
+        let rec = st["guests"]
+            .as_object()
+            .and_then(|g| g.values().find(|r| r["id"] == id.as_str()).cloned())
+            .unwrap_or_default();
+        Ok(if rec["size"] == json!([1, 384]) && boots() > booted {
+            Ok(())
+        } else {
+            Err(rec)
+        })
+    })
+    .unwrap();
+    assert!(
+        os.lab.agents[0].console(&id).contains("stopped: namespace"),
+        "{}",
+        os.lab.agents[0].console(&id)
+    );
+    let events = openstack(clouds, &["server", "event", "list", "-f", "json", &id]).unwrap();
+    for a in ["resize", "revertResize", "confirmResize"] {
+        assert!(
+            events.to_string().contains(&format!("\"{a}\"")),
+            "{a}: {events}"
+        );
+    }
 
     // Keypairs and security groups agree with nubo's.
     let key = dir.path().join("k1.pub");

@@ -214,8 +214,8 @@ max_microversion = 2.1
 [compute-feature-enabled]
 disk_config = false
 change_password = false
-console_output = false
-resize = false
+console_output = true
+resize = true
 pause = false
 shelve = false
 suspend = false

@@ -100,7 +100,7 @@ pub struct ComputeObserved {
     pub instances: Vec<ObservedInstance>,
     /// The statuses this node reported (the reboot generation acted on).
     pub reported: BTreeMap<InstanceId, InstanceStatus>,
-    /// The size of shut-off instances, from drivers that can resize them
+    /// The size of the instances, from drivers that can resize them
     /// ([`Resizer`]); empty otherwise.
     pub sizes: BTreeMap<InstanceId, InstanceSize>,
 }
@@ -146,16 +146,21 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
             });
             continue;
         }
-        let resized = o.power == ObservedPower::Stopped
-            && observed
-                .sizes
-                .get(id)
-                .is_some_and(|s| *s != InstanceSize::of(d));
-        if resized {
+        let resized = observed
+            .sizes
+            .get(id)
+            .is_some_and(|s| *s != InstanceSize::of(d));
+        if resized && o.power == ObservedPower::Stopped {
             out.actions.push(Action::Resize {
                 id: *id,
                 start: d.power() == PowerState::Running,
             });
+            continue;
+        }
+        // Running with another size (`nubo server resize`): shut down
+        // gracefully first; the next pass redefines and boots it.
+        if resized && o.power == ObservedPower::Running {
+            out.actions.push(Action::Stop(*id));
             continue;
         }
         match (d.power(), o.power) {
@@ -237,7 +242,7 @@ impl Subsystem for Compute {
         };
         let instances = self.hv.list().await?;
         let sizes = match &self.resizer {
-            Some(r) => r.stopped_sizes().await?,
+            Some(r) => r.sizes().await?,
             None => BTreeMap::new(),
         };
         Ok(ComputeObserved {
@@ -584,13 +589,19 @@ mod tests {
         ];
         expected.sort();
         assert_eq!(actions, expected);
-        // Redefined: c is simply started; a running domain is never resized
-        // (the coordinator only resizes stopped servers).
+        // Redefined: c is simply started.
         obs.sizes.insert(b, want);
         obs.sizes.insert(c, want);
         assert_eq!(plan(&f.desired, &obs).actions, vec![Action::Start(c)]);
+        // Running with the right size: nothing to do; with another size
+        // (a resize of a running server): shut down first, then redefined
+        // and booted as above.
         obs.instances[2].power = ObservedPower::Running;
+        assert!(plan(&f.desired, &obs).actions.is_empty());
         obs.sizes.insert(c, bigger);
+        assert_eq!(plan(&f.desired, &obs).actions, vec![Action::Stop(c)]);
+        // A size the driver does not know: left alone.
+        obs.sizes.remove(&c);
         assert!(plan(&f.desired, &obs).actions.is_empty());
     }
 

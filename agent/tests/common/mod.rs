@@ -167,6 +167,7 @@ impl World {
             access_ipv4: None,
             access_ipv6: None,
             locked: None,
+            resize: None,
             rebuild_generation: 0,
             created_at: model::now(),
             updated_at: None,

@@ -131,14 +131,23 @@ pub enum ServerCmd {
     /// Migrations: list, show, abort.
     #[command(subcommand)]
     Migration(migrate::MigrationCmd),
-    /// Give a stopped server another flavor's vCPUs and RAM (same disk
-    /// size); `nubo server start` boots it with the new size.
+    /// Give a server another flavor's vCPUs and RAM (same disk size): a
+    /// running server is shut down, resized and booted again, a stopped one
+    /// stays stopped. The old flavor is kept (`resized_from`) until
+    /// `--confirm` (keep the new size) or `--revert` (old size and power
+    /// back). The server stays on its node.
     Resize {
         /// Server name or id.
         server: String,
         /// The new flavor.
+        #[arg(long, required_unless_present_any = ["confirm", "revert"], conflicts_with_all = ["confirm", "revert"])]
+        flavor: Option<String>,
+        /// Confirm the pending resize.
+        #[arg(long, conflicts_with = "revert")]
+        confirm: bool,
+        /// Revert the pending resize.
         #[arg(long)]
-        flavor: String,
+        revert: bool,
     },
     /// Set metadata items of a server (served to the guest as `meta`)
     /// and/or rename it.
@@ -280,6 +289,7 @@ pub fn to_json(s: &Server) -> Value {
         "access_ipv6": opt(&s.access_ipv6),
         "locked": s.locked,
         "locked_reason": opt(&s.locked_reason),
+        "resized_from": opt(&s.resized_from),
         "security_groups": s.security_groups.iter().map(|g| json!({
             "id": g.id,
             "name": g.name,
@@ -515,13 +525,28 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
                 Format::Table => output::emit(&t.render()),
             }
         }
-        ServerCmd::Resize { server, flavor } => {
-            let req = ResizeServerRequest {
-                r#ref: server,
+        ServerCmd::Resize {
+            server,
+            flavor,
+            confirm,
+            revert,
+        } => {
+            let action = ServerActionRequest {
+                r#ref: server.clone(),
                 project: api.project.clone(),
-                flavor,
             };
-            let s = api.servers().resize(req).await.or_fail(api)?;
+            let s = match flavor {
+                Some(flavor) if !confirm && !revert => {
+                    let req = ResizeServerRequest {
+                        r#ref: server,
+                        project: api.project.clone(),
+                        flavor,
+                    };
+                    api.servers().resize(req).await.or_fail(api)?
+                }
+                _ if confirm => api.servers().confirm_resize(action).await.or_fail(api)?,
+                _ => api.servers().revert_resize(action).await.or_fail(api)?,
+            };
             show(ctx.format, &s)
         }
         ServerCmd::Set {
@@ -766,6 +791,40 @@ pub fn common_prefix(names: &[&str]) -> String {
 mod tests {
     use super::*;
     use nubo_common::proto::ServerAddress;
+
+    #[test]
+    fn resize_takes_a_flavor_or_confirm_or_revert() {
+        let parse = |a: &[&str]| crate::testutil::parse_cmd::<ServerCmd>(a);
+        for (args, want) in [
+            (
+                &["resize", "web", "--flavor", "m2"][..],
+                (Some("m2"), false, false),
+            ),
+            (&["resize", "web", "--confirm"][..], (None, true, false)),
+            (&["resize", "web", "--revert"][..], (None, false, true)),
+        ] {
+            match parse(args).unwrap() {
+                ServerCmd::Resize {
+                    server,
+                    flavor,
+                    confirm,
+                    revert,
+                } => {
+                    assert_eq!(server, "web");
+                    assert_eq!((flavor.as_deref(), confirm, revert), want, "{args:?}");
+                }
+                _ => panic!("{args:?} is not a resize"),
+            }
+        }
+        for bad in [
+            &["resize", "web"][..],
+            &["resize", "web", "--confirm", "--revert"],
+            &["resize", "web", "--flavor", "m2", "--confirm"],
+            &["resize", "web", "--flavor", "m2", "--revert"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn server() -> Server {
         Server {

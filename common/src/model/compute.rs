@@ -364,6 +364,10 @@ pub struct Instance {
     /// admins are refused until it is unlocked. `None`: not locked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked: Option<String>,
+    /// A resize waiting for its owner's confirm or revert (OpenStack
+    /// `VERIFY_RESIZE`): `flavor`/`resources` already hold the new size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<PendingResize>,
     /// Creation time.
     pub created_at: Timestamp,
     /// When the spec was last written (every write stamps it); `None` in
@@ -383,6 +387,20 @@ pub struct DeletedServer {
     pub deleted_at: Timestamp,
 }
 
+/// What a resize replaced, kept until it is confirmed (dropped) or
+/// reverted (put back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingResize {
+    /// The flavor before the resize.
+    pub old_flavor: FlavorName,
+    /// The size before the resize.
+    pub old_resources: Resources,
+    /// The desired power when the resize was asked for (a revert restores it).
+    pub old_power: PowerState,
+    /// When the resize was asked for.
+    pub at: Timestamp,
+}
+
 /// Most metadata items one server may carry (Nova's default
 /// `metadata_items` quota).
 pub const MAX_SERVER_METADATA_ITEMS: usize = 128;
@@ -392,6 +410,20 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Instance {
+    /// What the instance holds on its node and in its project's quota:
+    /// its size, or during a pending resize the larger of the old and new
+    /// size in each dimension (so a revert always fits). Pure.
+    pub fn reserved(&self) -> Resources {
+        match &self.resize {
+            Some(r) => Resources {
+                vcpus: self.resources.vcpus.max(r.old_resources.vcpus),
+                ram_mb: self.resources.ram_mb.max(r.old_resources.ram_mb),
+                disk_gb: self.resources.disk_gb.max(r.old_resources.disk_gb),
+            },
+            None => self.resources,
+        }
+    }
+
     /// True when a rebuild was asked for and the agent has not acted on
     /// it: `acted` is the reboot generation its status reports (`None`:
     /// no status yet, so nothing to rebuild). Pure.

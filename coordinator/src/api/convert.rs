@@ -565,6 +565,11 @@ fn server_parts(
         locked: i.locked.is_some(),
         locked_reason: i.locked.clone().unwrap_or_default(),
         security_groups: Vec::new(),
+        resized_from: i
+            .resize
+            .as_ref()
+            .map(|r| r.old_flavor.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -266,4 +266,18 @@ impl servers_server::Servers for Ctx {
         let go = async { resize::resize(self, &project(&r.project)?, &r.r#ref, &r.flavor).await };
         reply(go.await.map(|s| convert::server(&s)))
     }
+    async fn confirm_resize(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async {
+            resize::run(self, &project(&r.project)?, &r.r#ref, resize::Step::Confirm).await
+        };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+    async fn revert_resize(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go = async {
+            resize::run(self, &project(&r.project)?, &r.r#ref, resize::Step::Revert).await
+        };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
 }

@@ -1,17 +1,32 @@
-//! `Servers.Resize`: a stopped server gets another flavor's vCPUs and RAM.
+//! `Servers.Resize`, `ConfirmResize` and `RevertResize`: a server gets
+//! another flavor's vCPUs and RAM, and keeps the old flavor until its owner
+//! confirms or reverts (OpenStack `VERIFY_RESIZE`).
 //!
-//! Allowed only while the server's desired power is `stopped` AND its agent
-//! reports it `stopped` (the domain is shut off, so the agent can redefine
-//! it; `nubo server start` then boots it with the new size). The new size
-//! is reserved on the same node in the transaction that rewrites the spec:
-//! compares on the spec, the status and the node's usage, so a concurrent
-//! placement, start or resize can never over-fill the node. The root disk
-//! size cannot change (the agent does not grow disks yet).
+//! A resize only rewrites the spec (new flavor and size, and
+//! [`PendingResize`] with the old flavor, size and desired power); the
+//! server's agent converges: a running domain whose definition has another
+//! size is shut down gracefully, redefined and booted again, a stopped one
+//! is redefined and stays stopped. Confirm drops the old size; revert puts
+//! the old flavor, size and desired power back, and the agent converges
+//! the same way.
+//!
+//! Reservations: while a resize is pending the node and the project's
+//! quota hold [`Instance::reserved`] (the larger of both sizes in each
+//! dimension), so a revert can never find the node full; confirm and revert
+//! give the difference back. Every step is one transaction through the
+//! placement engine on the server's own node, comparing the spec and the
+//! node's usage, so a concurrent placement, start or resize can never
+//! over-fill the node.
+//!
+//! The server stays on its node: when the node cannot hold the new size the
+//! answer is FailedPrecondition (REST 409) naming the node and the free capacity (the
+//! operator moves the server first with `nubo server migrate`, then
+//! resizes). The root disk size cannot change (the agent does not grow
+//! disks yet).
 
 use nubo_common::keys;
 use nubo_common::model::{
-    Flavor, Image, Instance, InstanceState, InstanceStatus, NodeUsage, PowerState, QuotaUsage,
-    Resources,
+    Flavor, Image, Instance, NodeUsage, PendingResize, QuotaUsage, Resources,
 };
 use nubo_common::{FlavorName, NodeName, ProjectId};
 use nubo_store::{Answer, TxnBuilder, Versioned};
@@ -25,25 +40,24 @@ use crate::state::Ctx;
 const ATTEMPTS: usize = 16;
 
 /// The size `inst` would get from `flavor`, when it may be resized at all
-/// (see the module docs); `Ok(None)` = same size. Pure.
+/// (see the module docs). Pure.
 pub fn resize_to(
     inst: &Instance,
-    status: Option<&InstanceStatus>,
     flavor: &Flavor,
     image_min: Option<(u64, u64)>,
-) -> ApiResult<Option<Resources>> {
+) -> ApiResult<Resources> {
     let name = &inst.name;
-    if inst.power != PowerState::Stopped {
+    if let Some(r) = &inst.resize {
         return Err(ApiError::FailedPrecondition(format!(
-            "server {name:?} is running; stop it before resizing (nubo server stop {name})"
+            "server {name:?} has a resize from flavor {} waiting; confirm or revert it first \
+             (nubo server resize {name} --confirm|--revert)",
+            r.old_flavor
         )));
     }
-    let stopped = status
-        .is_some_and(|s| s.state == InstanceState::Stopped && Some(&s.node) == inst.node.as_ref());
-    if !stopped {
-        let state = status.map_or("unknown", |s| s.state.as_str());
-        return Err(ApiError::FailedPrecondition(format!(
-            "server {name:?} is not reported stopped yet (state {state}); retry once it is"
+    if flavor.name == inst.flavor {
+        return Err(ApiError::InvalidArgument(format!(
+            "server {name:?} already has flavor {}: a resize needs another flavor",
+            flavor.name
         )));
     }
     let new = flavor.resources;
@@ -61,40 +75,85 @@ pub fn resize_to(
             )));
         }
     }
-    Ok((new != inst.resources).then_some(new))
+    Ok(new)
 }
 
-/// ResourceExhausted unless `new` fits on the server's node once its
-/// current size is given back. Pure.
+/// FailedPrecondition (REST: 409) unless `after` fits on the server's node
+/// once `before` (what the server holds there now) is given back; quota is
+/// what answers ResourceExhausted. Pure.
 pub fn check_fits(
     inst: &Instance,
     flavor: &FlavorName,
-    new: Resources,
+    before: Resources,
+    after: Resources,
     node_capacity: Resources,
     used: Resources,
     ratios: &Ratios,
 ) -> ApiResult<()> {
     let free = ratios
         .effective(node_capacity)
-        .saturating_sub(used.saturating_sub(inst.resources));
-    if new.vcpus > free.vcpus || new.ram_mb > free.ram_mb {
+        .saturating_sub(used.saturating_sub(before));
+    if after.vcpus > free.vcpus || after.ram_mb > free.ram_mb {
         let node = inst.node.as_ref().map_or("?", |n| n.as_str());
-        return Err(ApiError::ResourceExhausted(format!(
+        return Err(ApiError::FailedPrecondition(format!(
             "node {node} cannot hold flavor {flavor} ({} vCPUs, {} MiB) for server {:?}: \
-             {} vCPUs and {} MiB free counting the server's current size",
-            new.vcpus, new.ram_mb, inst.name, free.vcpus, free.ram_mb
+             {} vCPUs and {} MiB free counting the server's current size; resize stays on \
+             the server's node (move it first: nubo server migrate {})",
+            after.vcpus, after.ram_mb, inst.name, free.vcpus, free.ram_mb, inst.name
         )));
     }
     Ok(())
 }
 
-/// A resize as a job of the placement engine: the new size is reserved on
-/// the server's own node.
+/// The three steps of a resize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Resize to this flavor.
+    Resize(FlavorName),
+    /// Keep the new size.
+    Confirm,
+    /// Put the old size back.
+    Revert,
+}
+
+impl Step {
+    /// The instance action recorded (Nova's names).
+    fn action(&self) -> &'static str {
+        match self {
+            Step::Resize(_) => "resize",
+            Step::Confirm => "confirmResize",
+            Step::Revert => "revertResize",
+        }
+    }
+}
+
+/// The spec after confirming or reverting `inst`'s pending resize
+/// (FailedPrecondition when none is pending). Pure.
+pub fn finish(inst: &Instance, revert: bool) -> ApiResult<Instance> {
+    let Some(r) = &inst.resize else {
+        return Err(ApiError::FailedPrecondition(format!(
+            "server {:?} has no resize to {}",
+            inst.name,
+            if revert { "revert" } else { "confirm" }
+        )));
+    };
+    let mut next = inst.clone();
+    if revert {
+        next.flavor = r.old_flavor.clone();
+        next.resources = r.old_resources;
+        next.power = r.old_power;
+    }
+    next.resize = None;
+    Ok(next)
+}
+
+/// A resize step as a job of the placement engine: the change of
+/// reservation is made on the server's own node.
 struct ResizeJob<'a> {
     ctx: &'a Ctx,
     project: ProjectId,
     server: &'a str,
-    flavor: FlavorName,
+    step: Step,
     /// What this attempt read.
     read: Option<ResizeRead>,
 }
@@ -103,13 +162,59 @@ struct ResizeRead {
     inst: Versioned<Instance>,
     node: NodeName,
     capacity: Resources,
-    flavor: Flavor,
-    new: Resources,
-    status_rev: i64,
+    /// The flavor shown in errors.
+    flavor: FlavorName,
+    /// What the server holds on its node before and after.
+    before: Resources,
+    after: Resources,
     /// The project's quota usage: its revision and the value to write.
     quota: Option<(i64, QuotaUsage)>,
     /// The spec written.
     next: Instance,
+}
+
+impl ResizeJob<'_> {
+    /// The spec after this step and the flavor it is about.
+    async fn next_spec(&self, i: &Instance) -> ApiResult<(Instance, FlavorName)> {
+        let ctx = self.ctx;
+        match &self.step {
+            Step::Resize(name) => {
+                let flavor = ctx
+                    .store
+                    .read::<Flavor>(&keys::flavor(name))
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!("flavor {:?} not found", name.as_str()))
+                    })?
+                    .value;
+                super::migrations::ensure_not_migrating(ctx, i).await?;
+                let image = ctx.store.read::<Image>(&keys::image(&i.image)).await?;
+                let new = resize_to(
+                    i,
+                    &flavor,
+                    image
+                        .as_ref()
+                        .map(|im| (im.value.min_ram_mb, im.value.min_disk_gb)),
+                )?;
+                let mut next = i.clone();
+                next.flavor = flavor.name.clone();
+                next.resources = new;
+                next.resize = Some(PendingResize {
+                    old_flavor: i.flavor.clone(),
+                    old_resources: i.resources,
+                    old_power: i.power,
+                    at: nubo_common::model::now(),
+                });
+                Ok((next, flavor.name))
+            }
+            Step::Confirm => Ok((finish(i, false)?, i.flavor.clone())),
+            Step::Revert => {
+                let next = finish(i, true)?;
+                let f = next.flavor.clone();
+                Ok((next, f))
+            }
+        }
+    }
 }
 
 impl Job for ResizeJob<'_> {
@@ -120,40 +225,13 @@ impl Job for ResizeJob<'_> {
         let inst = super::lookup::server(ctx, &self.project, self.server).await?;
         let i = &inst.value;
         super::servers::ensure_unlocked(i)?;
-        let flavor = ctx
-            .store
-            .read::<Flavor>(&keys::flavor(&self.flavor))
-            .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("flavor {:?} not found", self.flavor.as_str()))
-            })?
-            .value;
         let Some(node) = i.node.clone() else {
             return Err(ApiError::FailedPrecondition(format!(
                 "server {:?} is not placed on a node",
                 i.name
             )));
         };
-        let status = ctx
-            .store
-            .read::<InstanceStatus>(&keys::instance_status(&node, &i.id))
-            .await?;
-        let image = ctx.store.read::<Image>(&keys::image(&i.image)).await?;
-        let Some(new) = resize_to(
-            i,
-            status.as_ref().map(|s| &s.value),
-            &flavor,
-            image
-                .as_ref()
-                .map(|im| (im.value.min_ram_mb, im.value.min_disk_gb)),
-        )?
-        else {
-            let mut v = super::servers::render(ctx, std::slice::from_ref(i)).await?;
-            return v
-                .pop()
-                .map(Some)
-                .ok_or_else(|| ApiError::NotFound("server vanished".into()));
-        };
+        let (next, flavor) = self.next_spec(i).await?;
         let capacity = ctx
             .view
             .get(&node)
@@ -164,26 +242,29 @@ impl Job for ResizeJob<'_> {
         if let Some(kv) = ctx.store.get_kv(&keys::node_usage(&node)).await? {
             ctx.view.apply_usage_kv(&node, &kv);
         }
+        let (before, after) = (i.reserved(), next.reserved());
         let quota = if super::quotas::enforced(ctx) {
-            let limit = super::quotas::limit(ctx, &i.project).await?;
             let (qu, qrev) = super::quotas::usage(ctx, &i.project).await?;
-            let without = qu.saturating_sub(&quota_delta(&i.resources));
-            let with = nubo_identity::check_quota(&i.project, &limit, &without, &quota_delta(&new))
-                .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
+            let without = qu.saturating_sub(&quota_delta(&before));
+            let with = if matches!(self.step, Step::Resize(_)) {
+                let limit = super::quotas::limit(ctx, &i.project).await?;
+                nubo_identity::check_quota(&i.project, &limit, &without, &quota_delta(&after))
+                    .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?
+            } else {
+                // Confirm and revert only give back.
+                without.saturating_add(&quota_delta(&after))
+            };
             Some((qrev, with))
         } else {
             None
         };
-        let mut next = i.clone();
-        next.flavor = flavor.name.clone();
-        next.resources = new;
         self.read = Some(ResizeRead {
-            status_rev: status.map_or(0, |s| s.mod_rev),
             inst,
             node,
             capacity,
             flavor,
-            new,
+            before,
+            after,
             quota,
             next,
         });
@@ -203,25 +284,28 @@ impl Job for ResizeJob<'_> {
         };
         let i = &r.inst.value;
         let used = at.usage.used;
-        check_fits(
-            i,
-            &r.flavor.name,
-            r.new,
-            r.capacity,
-            used,
-            self.ctx.placement.ratios(),
-        )?;
+        if matches!(self.step, Step::Resize(_)) {
+            check_fits(
+                i,
+                &r.flavor,
+                r.before,
+                r.after,
+                r.capacity,
+                used,
+                self.ctx.placement.ratios(),
+            )?;
+        }
         let ikey = keys::instance(&i.id);
         t.unchanged(&ikey, r.inst.mod_rev);
-        t.unchanged(&keys::instance_status(&r.node, &i.id), r.status_rev);
+        t.absent(&keys::instance_migration(&i.id));
         super::specs::put_into(t, &r.next);
-        super::instance_actions::record_into(t, &r.next, "resize");
+        super::instance_actions::record_into(t, &r.next, self.step.action());
         if let Some((qrev, with)) = &r.quota {
             super::quotas::reserve(t, &i.project, *qrev, with);
         }
         Ok(Reservation {
             usage: NodeUsage {
-                used: used.saturating_sub(i.resources).saturating_add(r.new),
+                used: used.saturating_sub(r.before).saturating_add(r.after),
                 instances: if at.usage_rev == 0 {
                     1
                 } else {
@@ -239,7 +323,7 @@ impl Job for ResizeJob<'_> {
         let Some(r) = self.read.take() else {
             return Err(ApiError::Unavailable("resize without a reading".into()));
         };
-        tracing::info!(instance = %r.next.id, flavor = %r.flavor.name, vcpus = r.new.vcpus, ram_mb = r.new.ram_mb, "server resized");
+        tracing::info!(instance = %r.next.id, node = %r.node, step = self.step.action(), flavor = %r.next.flavor, vcpus = r.next.resources.vcpus, ram_mb = r.next.resources.ram_mb, "server resize step");
         let mut v = super::servers::render(self.ctx, std::slice::from_ref(&r.next)).await?;
         v.pop()
             .ok_or_else(|| ApiError::NotFound("server vanished".into()))
@@ -254,22 +338,19 @@ impl Job for ResizeJob<'_> {
     }
 }
 
-/// Resizes a stopped server (see the module docs).
-/// Resizes stopped server `server` of `project` to flavor `flavor` (see the
-/// module docs).
-pub async fn resize(
+/// Runs one resize step on server `server` of `project` (see the module
+/// docs).
+pub async fn run(
     ctx: &Ctx,
     project: &ProjectId,
     server: &str,
-    flavor: &str,
+    step: Step,
 ) -> ApiResult<ServerView> {
-    let flavor = FlavorName::new(flavor.trim())
-        .map_err(|e| ApiError::InvalidArgument(format!("flavor: {e}")))?;
     let mut job = ResizeJob {
         ctx,
         project: project.clone(),
         server,
-        flavor,
+        step,
         read: None,
     };
     ctx.placement
@@ -284,29 +365,24 @@ pub async fn resize(
         .await
 }
 
+/// Resizes server `server` of `project` to flavor `flavor`, pending
+/// confirm or revert (see the module docs).
+pub async fn resize(
+    ctx: &Ctx,
+    project: &ProjectId,
+    server: &str,
+    flavor: &str,
+) -> ApiResult<ServerView> {
+    let flavor = FlavorName::new(flavor.trim())
+        .map_err(|e| ApiError::InvalidArgument(format!("flavor: {e}")))?;
+    run(ctx, project, server, Step::Resize(flavor)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decides whether `inst` may take `flavor`'s size. `node_capacity` is the
-    /// node's physical capacity, `used` what is reserved there now (including
-    /// this server). `Ok(None)` = nothing to change (same size). Pure.
-    fn check_resize(
-        inst: &Instance,
-        status: Option<&InstanceStatus>,
-        flavor: &Flavor,
-        image_min: Option<(u64, u64)>,
-        node_capacity: Resources,
-        used: Resources,
-        ratios: &Ratios,
-    ) -> ApiResult<Option<Resources>> {
-        let Some(new) = resize_to(inst, status, flavor, image_min)? else {
-            return Ok(None);
-        };
-        check_fits(inst, &flavor.name, new, node_capacity, used, ratios)?;
-        Ok(Some(new))
-    }
-    use nubo_common::{InstanceId, NodeName};
+    use nubo_common::model::PowerState;
+    use nubo_common::InstanceId;
 
     fn res(vcpus: u32, ram_mb: u64, disk_gb: u64) -> Resources {
         Resources {
@@ -316,8 +392,7 @@ mod tests {
         }
     }
 
-    fn fixture() -> (Instance, InstanceStatus, Flavor) {
-        let node = NodeName::new("hv-1").unwrap();
+    fn fixture() -> (Instance, Flavor) {
         let inst: Instance = serde_json::from_value(serde_json::json!({
             "id": InstanceId::new_random(),
             "name": "web",
@@ -326,15 +401,9 @@ mod tests {
             "resources": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1},
             "image": nubo_common::ImageId::new_random(),
             "ports": [],
-            "power": "stopped",
+            "power": "running",
             "node": "hv-1",
             "created_at": nubo_common::model::now(),
-        }))
-        .unwrap();
-        let status: InstanceStatus = serde_json::from_value(serde_json::json!({
-            "state": "stopped",
-            "node": node,
-            "updated_at": nubo_common::model::now(),
         }))
         .unwrap();
         let flavor: Flavor = serde_json::from_value(serde_json::json!({
@@ -343,7 +412,7 @@ mod tests {
             "created_at": nubo_common::model::now(),
         }))
         .unwrap();
-        (inst, status, flavor)
+        (inst, flavor)
     }
 
     const RATIOS: Ratios = Ratios {
@@ -352,72 +421,104 @@ mod tests {
         disk: 1.0,
     };
 
-    fn check(
-        inst: &Instance,
-        status: Option<&InstanceStatus>,
-        flavor: &Flavor,
-        cap: Resources,
-        used: Resources,
-    ) -> ApiResult<Option<Resources>> {
-        check_resize(inst, status, flavor, None, cap, used, &RATIOS)
+    /// `inst` after a resize to `flavor` (as `next_spec` builds it).
+    fn resized(inst: &Instance, flavor: &Flavor) -> Instance {
+        let mut next = inst.clone();
+        next.flavor = flavor.name.clone();
+        next.resources = resize_to(inst, flavor, None).unwrap();
+        next.resize = Some(PendingResize {
+            old_flavor: inst.flavor.clone(),
+            old_resources: inst.resources,
+            old_power: inst.power,
+            at: nubo_common::model::now(),
+        });
+        next
     }
 
     #[test]
-    fn a_stopped_server_that_fits_is_resized() {
-        let (inst, st, big) = fixture();
+    fn running_and_stopped_servers_resize_and_hold_the_larger_size_until_confirmed() {
+        let (mut inst, big) = fixture();
+        for power in [PowerState::Running, PowerState::Stopped] {
+            inst.power = power;
+            let next = resized(&inst, &big);
+            assert_eq!(next.resources, res(2, 256, 1));
+            assert_eq!(next.power, power, "the desired power is kept");
+            // Growing: the node holds the new size.
+            assert_eq!(next.reserved(), res(2, 256, 1));
+            // Confirm keeps the new size, revert puts the old one back.
+            let confirmed = finish(&next, false).unwrap();
+            assert_eq!(
+                (confirmed.flavor.as_str(), confirmed.resources),
+                ("big", res(2, 256, 1))
+            );
+            assert!(confirmed.resize.is_none());
+            let reverted = finish(&next, true).unwrap();
+            assert_eq!(
+                (reverted.flavor.as_str(), reverted.resources),
+                ("small", res(1, 128, 1))
+            );
+            assert_eq!(reverted.power, power);
+            assert!(reverted.resize.is_none());
+        }
+        // Mixed (more vCPUs, less RAM): the larger of each while pending.
+        let mut mixed = big.clone();
+        mixed.resources = res(2, 64, 1);
+        assert_eq!(resized(&inst, &mixed).reserved(), res(2, 128, 1));
+        // A revert restores the power of the time of the resize.
+        let mut next = resized(&inst, &big);
+        next.power = PowerState::Running;
+        assert_eq!(finish(&next, true).unwrap().power, inst.power);
+    }
+
+    #[test]
+    fn fits_counts_what_the_server_holds_and_names_the_node() {
+        let (inst, big) = fixture();
+        let fits = |cap: Resources, used: Resources| {
+            check_fits(
+                &inst,
+                &big.name,
+                inst.reserved(),
+                big.resources,
+                cap,
+                used,
+                &RATIOS,
+            )
+        };
         // 4 vCPUs / 512 MiB, this server holds 1 / 128 of the 3 / 384 used.
-        let r = check(&inst, Some(&st), &big, res(4, 512, 10), res(3, 384, 3)).unwrap();
-        assert_eq!(r, Some(res(2, 256, 1)));
-        // Shrinking always fits.
-        let mut small = big.clone();
-        small.resources = res(1, 64, 1);
-        assert_eq!(
-            check(&inst, Some(&st), &small, res(1, 128, 1), res(1, 128, 1)).unwrap(),
-            Some(res(1, 64, 1))
-        );
-        // Same size: nothing to do.
-        small.resources = inst.resources;
-        assert_eq!(
-            check(&inst, Some(&st), &small, res(1, 128, 1), res(1, 128, 1)).unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn refused_when_running_not_yet_stopped_too_big_or_other_disk() {
-        let (mut inst, mut st, big) = fixture();
-        let cap = res(4, 512, 10);
-        let used = res(1, 128, 1);
-        // Full node: 1 vCPU free besides this server's.
-        let e = check(&inst, Some(&st), &big, res(4, 300, 10), res(4, 300, 1)).unwrap_err();
-        assert!(matches!(e, ApiError::ResourceExhausted(_)), "{e}");
-        assert!(e.to_string().contains("1 vCPUs and 128 MiB free"), "{e}");
-        // Other disk size.
-        let mut other_disk = big.clone();
-        other_disk.resources.disk_gb = 2;
-        let e = check(&inst, Some(&st), &other_disk, cap, used).unwrap_err();
-        assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
-        // Image needs more RAM than the flavor has.
-        let e =
-            check_resize(&inst, Some(&st), &big, Some((512, 0)), cap, used, &RATIOS).unwrap_err();
-        assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
-        // Desired stopped but the agent still reports it running.
-        st.state = InstanceState::Running;
-        let e = check(&inst, Some(&st), &big, cap, used).unwrap_err();
+        assert!(fits(res(4, 512, 10), res(3, 384, 3)).is_ok());
+        // Full node: 1 vCPU and 128 MiB free besides this server's.
+        let e = fits(res(4, 300, 10), res(4, 300, 1)).unwrap_err();
+        assert!(matches!(e, ApiError::FailedPrecondition(_)), "{e}");
         assert!(
-            e.to_string()
-                .contains("not reported stopped yet (state running)"),
+            e.to_string().contains("node hv-1 cannot hold flavor big"),
             "{e}"
         );
-        let e = check(&inst, None, &big, cap, used).unwrap_err();
+        assert!(e.to_string().contains("1 vCPUs and 128 MiB free"), "{e}");
+    }
+
+    #[test]
+    fn refused_for_the_same_flavor_another_disk_a_small_image_or_a_pending_resize() {
+        let (inst, big) = fixture();
+        let mut same = big.clone();
+        same.name = inst.flavor.clone();
+        let e = resize_to(&inst, &same, None).unwrap_err();
+        assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
+        let mut other_disk = big.clone();
+        other_disk.resources.disk_gb = 2;
+        let e = resize_to(&inst, &other_disk, None).unwrap_err();
+        assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
+        let e = resize_to(&inst, &big, Some((512, 0))).unwrap_err();
+        assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
+        // Positive control: the same flavor and image limits pass.
+        assert!(resize_to(&inst, &big, Some((256, 0))).is_ok());
+        // Pending: no second resize; nothing to confirm or revert without one.
+        let next = resized(&inst, &big);
+        let e = resize_to(&next, &same, None).unwrap_err();
         assert!(matches!(e, ApiError::FailedPrecondition(_)), "{e}");
-        // Reported stopped, but by another node.
-        st.state = InstanceState::Stopped;
-        st.node = NodeName::new("hv-2").unwrap();
-        assert!(check(&inst, Some(&st), &big, cap, used).is_err());
-        // Desired running.
-        inst.power = PowerState::Running;
-        let e = check(&inst, Some(&st), &big, cap, used).unwrap_err();
-        assert!(e.to_string().contains("stop it before resizing"), "{e}");
+        assert!(e.to_string().contains("--confirm|--revert"), "{e}");
+        for revert in [false, true] {
+            let e = finish(&inst, revert).unwrap_err();
+            assert!(matches!(e, ApiError::FailedPrecondition(_)), "{e}");
+        }
     }
 }

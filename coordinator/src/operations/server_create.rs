@@ -373,6 +373,7 @@ impl Job for CreateJob<'_> {
             access_ipv4: plan.access_ipv4,
             access_ipv6: plan.access_ipv6,
             locked: None,
+            resize: None,
             rebuild_generation: 0,
             created_at: self.now,
             updated_at: None,

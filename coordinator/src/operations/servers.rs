@@ -345,7 +345,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
             let ukey = keys::node_usage(node);
             if let Some(u) = ctx.store.read::<NodeUsage>(&ukey).await? {
                 let nu = NodeUsage {
-                    used: u.value.used.saturating_sub(i.resources),
+                    used: u.value.used.saturating_sub(i.reserved()),
                     instances: u.value.instances.saturating_sub(1),
                 };
                 t.unchanged(&ukey, u.mod_rev);
@@ -385,7 +385,7 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         // Attached volumes: released or (delete_on_termination)
         // deleted by the volume reconciler once the hypervisor let go.
         super::volumes::release_volumes_of(ctx, i, &mut t).await?;
-        let mut qdelta = quota_delta(&i.resources);
+        let mut qdelta = quota_delta(&i.reserved());
         qdelta.ports = owned_ports;
         super::quotas::release(ctx, &mut t, &i.project, &qdelta).await?;
         if ctx.placement.release(&t, new_usage).await? {

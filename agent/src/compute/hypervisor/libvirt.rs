@@ -339,8 +339,8 @@ pub struct LibvirtHypervisor {
     /// Domains started paused until their NICs are plugged (`None` with
     /// `--no-network`: nothing would plug them).
     plug: Option<Arc<PlugWaiters>>,
-    /// Sizes of the shut-off domains seen by the last [`Self::list`], for
-    /// [`super::Resizer::stopped_sizes`].
+    /// Sizes of the domains seen by the last [`Self::list`], for
+    /// [`super::Resizer::sizes`].
     stopped_sizes: std::sync::Mutex<BTreeMap<InstanceId, InstanceSize>>,
     /// Destination libvirtd URI template of live migrations (`{host}`).
     migration_uri: String,
@@ -756,15 +756,13 @@ impl super::Hypervisor for LibvirtHypervisor {
             let Ok(id) = d.instance_id.parse::<InstanceId>() else {
                 continue;
             };
-            if !d.state.is_active() {
-                sizes.insert(
-                    id,
-                    InstanceSize {
-                        vcpus: d.vcpus,
-                        memory_mb: d.memory_mb,
-                    },
-                );
-            }
+            sizes.insert(
+                id,
+                InstanceSize {
+                    vcpus: d.vcpus,
+                    memory_mb: d.memory_mb,
+                },
+            );
             let rec = st.instances.get(&id);
             // Held for plugging: booting, as far as nubo is concerned.
             let power = match observed_power(d.state) {
@@ -1134,7 +1132,7 @@ impl super::Hypervisor for LibvirtHypervisor {
 #[async_trait]
 impl super::Resizer for LibvirtHypervisor {
     /// From the last [`super::Hypervisor::list`] (compute lists first).
-    async fn stopped_sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError> {
+    async fn sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError> {
         Ok(self
             .stopped_sizes
             .lock()

@@ -288,11 +288,13 @@ impl InstanceSize {
 }
 
 /// A driver that can change the size of a shut-off instance (libvirt:
-/// redefine the domain). Not a boot, so not behind the fencing gate.
+/// redefine the domain; netns: the guest's record). Not a boot, so not
+/// behind the fencing gate.
 #[async_trait]
 pub trait Resizer: Send + Sync + 'static {
-    /// The size of every shut-off instance nubo manages.
-    async fn stopped_sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError>;
+    /// The size of every instance nubo manages (a running one: the size it
+    /// runs with), as far as the driver knows it.
+    async fn sizes(&self) -> Result<BTreeMap<InstanceId, InstanceSize>, HypervisorError>;
     /// Redefines a shut-off instance with `spec`'s vCPUs and memory.
     async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError>;
 }

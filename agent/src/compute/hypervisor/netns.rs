@@ -12,6 +12,11 @@
 //! the boot counter, and the "stopped" mark (stopping a guest deletes its
 //! namespace). Existing namespaces are adopted as they are on restart.
 //!
+//! Console: a netns guest has no kernel to print, so its console log
+//! (`<state-dir>/console/<id>.log`, served by the node API like a domain's
+//! serial log) holds timestamped lines of what the driver did to it: boot
+//! (namespace, NIC) and stop.
+//!
 //! Only one port per instance is supported; creating an instance with more
 //! fails with [`HypervisorError::Unsupported`].
 //!
@@ -83,6 +88,12 @@ pub struct GuestRecord {
     /// Routes through `eth0` saved by the pause, restored by the resume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub saved_routes: Vec<SavedRoute>,
+    /// The size it was defined with (vCPUs, MiB; `None`: a record from
+    /// before sizes were kept, never resized): a netns guest has no real
+    /// vCPUs or memory, but it is redefined like a domain
+    /// ([`super::Resizer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<(u32, u64)>,
 }
 
 /// An IPv4 route through the guest's `eth0`, as `/proc/net/route` shows it.
@@ -114,6 +125,9 @@ pub struct NetnsHypervisor {
     mtu: u32,
     netlink: Netlink,
     state: Mutex<NetnsState>,
+    /// Where the guests' console logs are (`<state-dir>/console`, served by
+    /// the node API like a domain's serial log).
+    console_dir: PathBuf,
 }
 
 impl std::fmt::Debug for NetnsHypervisor {
@@ -168,6 +182,7 @@ impl NetnsHypervisor {
             mtu,
             netlink,
             state: Mutex::new(state),
+            console_dir: state_dir.join("console"),
         })
     }
 
@@ -207,7 +222,43 @@ impl NetnsHypervisor {
         self.netlink
             .create_netns_guest(ns, &rec.tap, mac, rec.mtu)
             .await
-            .map_err(|e| backend(&format!("create netns guest {ns}"), e))
+            .map_err(|e| backend(&format!("create netns guest {ns}"), e))?;
+        self.console(
+            rec.id,
+            &[
+                format!("nubo netns guest {} booting in namespace {ns}", rec.id),
+                format!(
+                    "eth0: MAC {}, MTU {}, host end {}",
+                    rec.mac, rec.mtu, rec.tap
+                ),
+                "eth0 up: the guest is running".to_string(),
+            ],
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Appends `lines` (timestamped) to the guest's console log: a netns
+    /// guest has no kernel to print, so its console tells what the driver
+    /// did to it (boot, NIC, stop). Best effort: a failure is logged.
+    async fn console(&self, id: InstanceId, lines: &[String]) {
+        use tokio::io::AsyncWriteExt;
+        let path = self.console_dir.join(format!("{id}.log"));
+        let now = model::now();
+        let text: String = lines.iter().map(|l| format!("[{now}] {l}\n")).collect();
+        let r = async {
+            tokio::fs::create_dir_all(&self.console_dir).await?;
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await?;
+            f.write_all(text.as_bytes()).await
+        }
+        .await;
+        if let Err(e) = r {
+            warn!(instance = %id, path = %path.display(), error = %e, "could not write the console log");
+        }
     }
 
     fn record_of<'a>(
@@ -526,6 +577,7 @@ impl super::Hypervisor for NetnsHypervisor {
             created_at: model::now(),
             paused: false,
             saved_routes: Vec::new(),
+            size: Some(size_of(spec)),
         };
         if let Some(prev) = st.guests.get(&ns) {
             rec.created_at = prev.created_at;
@@ -568,7 +620,15 @@ impl super::Hypervisor for NetnsHypervisor {
         *st = next;
         delete_netns_guest(&ns)
             .await
-            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))
+            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))?;
+        self.console(
+            id,
+            &[format!(
+                "nubo netns guest {id} stopped: namespace {ns} deleted"
+            )],
+        )
+        .await;
+        Ok(())
     }
 
     async fn reboot(&self, id: InstanceId) -> Result<(), HypervisorError> {
@@ -674,6 +734,48 @@ impl super::Hypervisor for NetnsHypervisor {
     }
 }
 
+/// The (vCPUs, MiB) a spec asks for, as [`super::InstanceSize::of`]. Pure.
+fn size_of(spec: &DesiredInstance) -> (u32, u64) {
+    let s = super::InstanceSize::of(spec);
+    (s.vcpus, s.memory_mb)
+}
+
+/// Resizing a netns guest rewrites the size in its record: what the
+/// compute reconciler compares with the spec, so a running guest of
+/// another size is stopped, redefined and started like a domain.
+#[async_trait]
+impl super::Resizer for NetnsHypervisor {
+    async fn sizes(&self) -> Result<BTreeMap<InstanceId, super::InstanceSize>, HypervisorError> {
+        let st = self.state.lock().await;
+        Ok(st
+            .guests
+            .values()
+            .filter_map(|r| {
+                r.size
+                    .map(|(vcpus, memory_mb)| (r.id, super::InstanceSize { vcpus, memory_mb }))
+            })
+            .collect())
+    }
+
+    async fn resize_stopped(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
+        let id = spec.id();
+        let ns = self.netns_name(&id);
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let rec = Self::record_of(&mut next, &ns, id)?;
+        if !rec.stopped {
+            return Err(HypervisorError::Unsupported(format!(
+                "resize of running netns guest {id}: stop it first"
+            )));
+        }
+        rec.size = Some(size_of(spec));
+        self.persist(&next).await?;
+        *st = next;
+        info!(instance = %id, size = ?size_of(spec), "netns guest redefined with the new size");
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +791,7 @@ mod tests {
             created_at: model::now(),
             paused: false,
             saved_routes: Vec::new(),
+            size: Some((1, 64)),
         }
     }
 

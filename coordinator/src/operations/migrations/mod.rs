@@ -133,6 +133,13 @@ pub fn check_movable(
             "server {name:?} is not placed on a node yet"
         )));
     };
+    if let Some(r) = &inst.resize {
+        return Err(ApiError::FailedPrecondition(format!(
+            "server {name:?} has a resize from flavor {} waiting; confirm or revert it \
+             (nubo server resize {name} --confirm|--revert) before migrating",
+            r.old_flavor
+        )));
+    }
     let state = status.filter(|s| s.node == source).map(|s| s.state);
     if state == Some(InstanceState::Error) {
         let why = status
