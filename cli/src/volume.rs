@@ -76,6 +76,9 @@ pub enum VolumeCmd {
     /// Volume snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Volume transfers to another project.
+    #[command(subcommand)]
+    Transfer(crate::volume_transfer::TransferCmd),
     /// Volume types (QoS classes).
     #[command(subcommand, name = "type")]
     Type(TypeCmd),
@@ -415,6 +418,7 @@ pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
             output::show(ctx.format, &to_json(&v))
         }
         VolumeCmd::Snapshot(c) => snapshot(c, ctx).await,
+        VolumeCmd::Transfer(c) => crate::volume_transfer::run(c, ctx).await,
         VolumeCmd::Type(c) => crate::volume_type::run(c, ctx).await,
     }
 }

@@ -1431,3 +1431,250 @@ async fn cli_volume_smoke() {
     assert!(leftovers(&admin, &p.volumes).is_empty());
     coord.shutdown().await.unwrap();
 }
+
+/// A volume transfer: offered by p1 (`awaiting-transfer`, not deletable),
+/// invisible to p2's list, refused with a wrong key, withdrawn, offered
+/// again and accepted by p2 through the CLI — the volume, its snapshot
+/// and its quota usage move, the accepting user becomes its user; an
+/// accept beyond the receiving project's quota is refused and moves
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
+    let Some(c) = cluster() else { return };
+    let (admin, p, ceph) = ceph_setup(&c, "vt-xfer");
+    let etcd = Etcd::start().unwrap();
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.auth = nubo_coordinator::AuthMode::Token;
+    cfg.ceph = Some(ceph.clone());
+    let coord = {
+        // Users and projects as member_cloud makes them, then a coordinator with Ceph.
+        let store = etcd.store().await.unwrap();
+        let pw = nubo_identity::Passwords::with_params(64, 1, 1).unwrap();
+        nubo_coordinator::api::bootstrap(
+            &store,
+            &nubo_common::model::UserName::new("admin").unwrap(),
+            "adminpw",
+            &pw,
+        )
+        .await
+        .unwrap();
+        let hash = pw.hash("pw").unwrap();
+        for (u, proj) in [("alice", "p1"), ("bob", "p2")] {
+            put_project(&etcd, proj).await;
+            put_user(
+                &etcd,
+                u,
+                &hash,
+                Some(proj),
+                nubo_common::model::Role::Member,
+            )
+            .await;
+        }
+        nubo_coordinator::start(cfg).await.unwrap()
+    };
+    let ch = channel(&coord).await;
+    let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
+    let root = issue_token(&mut tokens, "admin", "adminpw").await;
+    let alice = issue_token(&mut tokens, "alice", "pw").await;
+    let bob = issue_token(&mut tokens, "bob", "pw").await;
+    use common::authed as req;
+    let mut v = Volumes::new(ch.clone());
+    let usage = |tok: String| {
+        let ch = ch.clone();
+        async move {
+            let u = pb::quotas_client::QuotasClient::new(ch)
+                .get(req(&tok, get("")))
+                .await
+                .unwrap()
+                .into_inner()
+                .usage
+                .unwrap();
+            (u.volumes.unwrap_or(0), u.gigabytes.unwrap_or(0))
+        }
+    };
+
+    let vol = v
+        .create(req(&alice, create("tv", 2)))
+        .await
+        .unwrap()
+        .into_inner();
+    v.create_snapshot(req(&alice, snap("tv", "s1")))
+        .await
+        .unwrap();
+    let offer = |tok: &str| {
+        req(
+            tok,
+            pb::CreateVolumeTransferRequest {
+                project: String::new(),
+                volume: "tv".into(),
+                name: "to bob".into(),
+            },
+        )
+    };
+    let t = v.create_transfer(offer(&alice)).await.unwrap().into_inner();
+    assert_eq!(
+        (t.volume_id.as_str(), t.auth_key.len()),
+        (vol.id.as_str(), 16)
+    );
+    let got = v.get(req(&alice, get("tv"))).await.unwrap().into_inner();
+    assert_eq!(got.status, "awaiting-transfer");
+    // Offered: neither deletable nor offered twice.
+    let e = v.delete(req(&alice, del("tv"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = v.create_transfer(offer(&alice)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // The owner lists and shows it (no key shown again); p2 does not.
+    let list = |tok: String| {
+        let ch = ch.clone();
+        async move {
+            Volumes::new(ch)
+                .list_transfers(req(&tok, pb::ListRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+                .transfers
+        }
+    };
+    let mine = list(alice.clone()).await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        (mine[0].id.as_str(), mine[0].auth_key.as_str()),
+        (t.id.as_str(), "")
+    );
+    assert!(list(bob.clone()).await.is_empty());
+    let e = v.get_transfer(req(&bob, get(&t.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // A wrong key moves nothing.
+    let accept = |tok: &str, id: &str, key: &str| {
+        req(
+            tok,
+            pb::AcceptVolumeTransferRequest {
+                project: String::new(),
+                id: id.into(),
+                auth_key: key.into(),
+            },
+        )
+    };
+    let e = v
+        .accept_transfer(accept(&bob, &t.id, "0000000000000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        v.get(req(&alice, get("tv")))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "awaiting-transfer"
+    );
+    // Withdrawn: available again, the old key is useless.
+    v.delete_transfer(req(&alice, del(&t.id))).await.unwrap();
+    assert_eq!(
+        v.get(req(&alice, get("tv")))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "available"
+    );
+    let e = v
+        .accept_transfer(accept(&bob, &t.id, &t.auth_key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Offered and accepted through the CLI.
+    let cli_dir = tempfile::tempdir().unwrap();
+    let cli_as = |user: &str| {
+        let cli = nubo_tests::Cli::new(&coord.endpoint())
+            .and_then(|cli| cli.with_token_store(&cli_dir.path().join(user)))
+            .unwrap();
+        cli.login(user, "pw", cli_dir.path()).unwrap();
+        cli
+    };
+    let (alice_cli, bob_cli) = tokio::task::block_in_place(|| (cli_as("alice"), cli_as("bob")));
+    let offered = tokio::task::block_in_place(|| {
+        alice_cli.json(&["volume", "transfer", "create", "tv", "--name", "again"])
+    })
+    .unwrap();
+    let (tid, key) = (
+        offered["id"].as_str().unwrap().to_string(),
+        offered["auth_key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(
+        (usage(alice.clone()).await, usage(bob.clone()).await),
+        ((1, 2), (0, 0))
+    );
+    let moved =
+        tokio::task::block_in_place(|| bob_cli.json(&["volume", "transfer", "accept", &tid, &key]))
+            .unwrap();
+    assert_eq!(
+        (
+            &moved["id"],
+            &moved["project"],
+            &moved["status"],
+            &moved["created_by"]
+        ),
+        (
+            &serde_json::json!(vol.id),
+            &serde_json::json!("p2"),
+            &serde_json::json!("available"),
+            &serde_json::json!("bob")
+        )
+    );
+    assert_eq!(
+        (usage(alice.clone()).await, usage(bob.clone()).await),
+        ((0, 0), (1, 2))
+    );
+    let e = v.get(req(&alice, get(&vol.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(
+        v.get(req(&bob, get("tv"))).await.unwrap().into_inner().id,
+        vol.id
+    );
+    let snaps = v
+        .list_snapshots(req(&bob, get("tv")))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    assert_eq!(
+        snaps
+            .iter()
+            .map(|s| (s.name.as_str(), s.project.as_str()))
+            .collect::<Vec<_>>(),
+        [("s1", "p2")]
+    );
+    assert!(list(alice.clone()).await.is_empty());
+    assert!(list(bob.clone()).await.is_empty());
+
+    // Back to p1 beyond its quota (0 volumes): refused, nothing moves.
+    pb::quotas_client::QuotasClient::new(ch.clone())
+        .set(req(
+            &root,
+            pb::SetQuotaRequest {
+                project: "p1".into(),
+                limits: Some(pb::QuotaSet {
+                    volumes: Some(0),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let back = v.create_transfer(offer(&bob)).await.unwrap().into_inner();
+    let e = v
+        .accept_transfer(accept(&alice, &back.id, &back.auth_key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        (usage(alice.clone()).await, usage(bob.clone()).await),
+        ((0, 0), (1, 2))
+    );
+    v.delete_transfer(req(&bob, del(&back.id))).await.unwrap();
+    v.delete(req(&bob, del("tv"))).await.unwrap();
+    assert_eq!(usage(bob.clone()).await, (0, 0));
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+}

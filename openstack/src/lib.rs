@@ -45,6 +45,7 @@ pub mod volume;
 pub mod volume_actions;
 pub mod volume_metadata;
 pub mod volume_snapshots;
+pub mod volume_transfers;
 
 use axum::routing::get;
 use axum::Router;
@@ -90,7 +91,8 @@ pub fn router(upstream: Upstream) -> Router {
                     axum::routing::post(volume_actions::volume_action),
                 )
                 .merge(volume_metadata::router())
-                .merge(volume_snapshots::router()),
+                .merge(volume_snapshots::router())
+                .merge(volume_transfers::router()),
         )
         .fallback(error::not_found)
         .with_state(upstream)

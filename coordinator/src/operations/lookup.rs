@@ -55,7 +55,8 @@ owned!(
     model::ServerGroup => ServerGroup,
     model::Instance => Instance,
     model::Volume => Volume,
-    model::Router => Router
+    model::Router => Router,
+    model::VolumeTransfer => VolumeTransfer
 );
 
 /// False for keys under a kind's prefix that are known keys of another

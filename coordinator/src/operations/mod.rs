@@ -36,6 +36,7 @@ pub mod tokens;
 pub mod usage;
 pub mod volume_attrs;
 pub mod volume_snapshots;
+pub mod volume_transfers;
 pub mod volume_types;
 pub mod volumes;
 

@@ -106,6 +106,7 @@ pub fn status_name(s: VolumeStatus) -> &'static str {
         VolumeStatus::Error => "error",
         VolumeStatus::Reverting => "reverting",
         VolumeStatus::Attaching => "attaching",
+        VolumeStatus::AwaitingTransfer => "awaiting-transfer",
     }
 }
 
