@@ -1678,3 +1678,163 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     assert_eq!(usage(bob.clone()).await, (0, 0));
     assert!(leftovers(&admin, &p.volumes).is_empty());
 }
+
+/// Polls until image `id` is `active` (the capture copies in the
+/// background); fails on `error` with its reason.
+async fn wait_image_active(ch: &Channel, id: &str) -> pb::Image {
+    let mut imgs = pb::images_client::ImagesClient::new(ch.clone());
+    for _ in 0..600 {
+        let i = imgs.get(get(id)).await.unwrap().into_inner();
+        match i.status.as_str() {
+            "active" => return i,
+            "error" => panic!("image {id} failed: {}", i.status_reason),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("image {id} never became active");
+}
+
+/// Images from disks: a volume's data (raw through gRPC, qcow2 through
+/// the CLI) and a boot-from-volume server's root disk become images with
+/// the disk's bytes; the volume stays available and no capture snapshot
+/// is left; a format nubo does not make and a server with no root disk
+/// in Ceph are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_from_a_volume_and_a_server_root_disk() {
+    let Some(c) = cluster() else { return };
+    let (admin, p, ceph) = ceph_setup(&c, "vt-capture");
+    let etcd = Etcd::start().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.ceph = Some(ceph.clone());
+    cfg.image_dir = images.path().to_path_buf();
+    let coord = nubo_coordinator::start(cfg).await.unwrap();
+    let mut cl = clients(&coord).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    let ch = channel(&coord).await;
+    let mut v = Volumes::new(ch.clone());
+    let stored = |id: &str| images.path().join(id).join("disk");
+
+    let vol = v.create(create("src", 1)).await.unwrap().into_inner();
+    let at = (1u64 << 20) + 5;
+    {
+        let pool = admin.pool(&p.volumes).unwrap();
+        let mut img = pool.open(&format!("vol-{}", vol.id)).unwrap();
+        img.write(at, b"nubo capture").unwrap();
+        img.flush().unwrap();
+    }
+    let upload = |name: &str, format: &str| pb::UploadVolumeToImageRequest {
+        volume: "src".into(),
+        image_name: name.into(),
+        disk_format: format.into(),
+        ..Default::default()
+    };
+    let e = v.upload_to_image(upload("bad", "vmdk")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let raw = v
+        .upload_to_image(upload("from-vol", "raw"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raw.properties["source_volume_id"], vol.id);
+    let cli = nubo_tests::Cli::new(&coord.endpoint()).expect("nubo binary");
+    let q = tokio::task::block_in_place(|| {
+        cli.json(&[
+            "volume",
+            "upload-image",
+            "src",
+            "from-vol-q",
+            "--disk-format",
+            "qcow2",
+        ])
+    })
+    .unwrap();
+    let raw = wait_image_active(&ch, &raw.id).await;
+    assert_eq!((raw.disk_format.as_str(), raw.size_bytes), ("raw", 1 << 30));
+    let data = std::fs::read(stored(&raw.id)).unwrap();
+    assert_eq!(&data[at as usize..at as usize + 12], b"nubo capture");
+    assert!(data[..at as usize].iter().all(|b| *b == 0));
+    let qid = q["id"].as_str().unwrap().to_string();
+    let qimg = wait_image_active(&ch, &qid).await;
+    assert_eq!(qimg.disk_format, "qcow2");
+    // The qcow2 holds the same disk.
+    let same = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+        .arg(stored(&qid))
+        .arg(stored(&raw.id))
+        .status()
+        .unwrap();
+    assert!(same.success());
+    assert_eq!(
+        v.get(get("src")).await.unwrap().into_inner().status,
+        "available"
+    );
+    let left = leftovers(&admin, &p.volumes);
+    assert!(!left.iter().any(|n| n.contains("@capture-")), "{left:?}");
+
+    // A server: with no root disk in Ceph (the test node runs no agent),
+    // refused; booted from a volume, its boot volume is captured.
+    let img: Vec<(String, Vec<u8>)> = prefix(&etcd, &keys::images_prefix()).await;
+    let base: Image = img
+        .iter()
+        .map(|(k, v)| nubo_common::model::decode::<Image>(k, v).unwrap())
+        .find(|i| i.name == "cirros")
+        .unwrap();
+    let store = RbdStore::new(admin.clone(), p.clone());
+    let parent = store
+        .import_image(
+            &base.id.to_string(),
+            &mut std::io::Read::take(std::io::repeat(0x42), 1 << 20),
+            1 << 20,
+        )
+        .unwrap();
+    let r = create_servers(&mut cl, server_req("plain", &[], 0)).await;
+    let plain = created(&r, 0);
+    let shot = |server: &str| pb::CreateServerImageRequest {
+        server: server.into(),
+        name: format!("{server}-snap"),
+        ..Default::default()
+    };
+    let e = cl.servers.create_image(shot("plain")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("local storage"), "{e:?}");
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
+            boot_from_volume_size_gb: 1,
+            delete_on_termination: true,
+            ..server_req("bfv", &[], 0)
+        },
+    )
+    .await;
+    let bfv = created(&r, 0);
+    let snap = cl
+        .servers
+        .create_image(shot("bfv"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            snap.properties["image_type"].as_str(),
+            snap.properties["instance_uuid"].as_str()
+        ),
+        ("snapshot", bfv.id.as_str())
+    );
+    let snap = wait_image_active(&ch, &snap.id).await;
+    assert_eq!(snap.size_bytes, 1 << 30);
+    let data = std::fs::read(stored(&snap.id)).unwrap();
+    assert!(data[..1 << 20].iter().all(|b| *b == 0x42));
+    assert!(data[1 << 20..].iter().all(|b| *b == 0));
+
+    cl.servers.delete(del("bfv")).await.unwrap();
+    cl.servers.delete(del(&plain.id)).await.unwrap();
+    wait_status(&mut v, &bfv.boot_volume_id, "gone").await;
+    v.delete(del("src")).await.unwrap();
+    let left = leftovers(&admin, &p.volumes);
+    assert!(left.is_empty(), "{left:?}");
+    store.delete(&parent.disk).unwrap();
+    coord.shutdown().await.unwrap();
+}

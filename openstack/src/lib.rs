@@ -35,6 +35,7 @@ pub mod quota;
 pub mod request_id;
 pub mod server_actions;
 pub mod server_groups;
+pub mod server_image;
 pub mod server_metadata;
 pub mod server_password;
 pub mod server_secgroups;

@@ -230,4 +230,20 @@ impl volumes_server::Volumes for Ctx {
             volume: Some(volume_pb(&v)),
         }))
     }
+    async fn upload_to_image(&self, r: Request<pb::UploadVolumeToImageRequest>) -> R<pb::Image> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            let c = crate::operations::image_capture::Capture {
+                name: r.image_name,
+                disk_format: r.disk_format,
+                visibility: r.visibility,
+                properties: r.properties.into_iter().collect(),
+            };
+            crate::operations::image_capture::from_volume(self, &p, &r.volume, r.force, c)
+                .await
+                .map(|i| convert::image_for(&i, &p))
+        };
+        reply(go.await)
+    }
 }

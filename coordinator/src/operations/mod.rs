@@ -10,6 +10,7 @@ pub mod evacuation;
 pub mod flavors;
 pub mod floating_ips;
 pub mod identity;
+pub mod image_capture;
 pub mod image_data;
 pub mod images;
 pub mod instance_actions;
