@@ -1674,7 +1674,18 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
         ((0, 0), (1, 2))
     );
     v.delete_transfer(req(&bob, del(&back.id))).await.unwrap();
-    v.delete(req(&bob, del("tv"))).await.unwrap();
+    // Another project's member cannot delete it by id; a cloud admin can
+    // (Cinder's admin, as Tempest's clean-ups do).
+    let e = v.delete(req(&alice, del(&vol.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let snaps = v
+        .list_snapshots(req(&root, get(&vol.id)))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    assert_eq!(snaps.len(), 1);
+    v.delete(req(&root, del(&vol.id))).await.unwrap();
     assert_eq!(usage(bob.clone()).await, (0, 0));
     assert!(leftovers(&admin, &p.volumes).is_empty());
 }
