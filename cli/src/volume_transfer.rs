@@ -122,8 +122,20 @@ pub async fn run(cmd: TransferCmd, ctx: &Ctx) -> Result<()> {
                 })
                 .await
                 .or_fail(api)?;
-            let v = r.volume.as_ref().map(crate::volume::to_json);
-            output::show(ctx.format, &v.unwrap_or(Value::Null))
+            // The volume as it is now, in this project.
+            let v = r.volume.unwrap_or_default();
+            output::show(
+                ctx.format,
+                &json!({
+                    "id": v.id,
+                    "name": v.name,
+                    "project": v.project,
+                    "status": v.status,
+                    "size_gb": v.size_gb,
+                    "created_by": opt(&v.created_by),
+                    "transfer_id": r.transfer.map(|t| t.id).unwrap_or_default(),
+                }),
+            )
         }
         TransferCmd::Delete { ids } => {
             ctx.delete_all("volume transfers", &ids, |id| async move {
