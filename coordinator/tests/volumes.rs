@@ -1443,35 +1443,10 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     let Some(c) = cluster() else { return };
     let (admin, p, ceph) = ceph_setup(&c, "vt-xfer");
     let etcd = Etcd::start().unwrap();
-    let mut cfg = Config::for_tests(etcd.endpoint());
-    cfg.auth = nubo_coordinator::AuthMode::Token;
-    cfg.ceph = Some(ceph.clone());
-    let coord = {
-        // Users and projects as member_cloud makes them, then a coordinator with Ceph.
-        let store = etcd.store().await.unwrap();
-        let pw = nubo_identity::Passwords::with_params(64, 1, 1).unwrap();
-        nubo_coordinator::api::bootstrap(
-            &store,
-            &nubo_common::model::UserName::new("admin").unwrap(),
-            "adminpw",
-            &pw,
-        )
-        .await
-        .unwrap();
-        let hash = pw.hash("pw").unwrap();
-        for (u, proj) in [("alice", "p1"), ("bob", "p2")] {
-            put_project(&etcd, proj).await;
-            put_user(
-                &etcd,
-                u,
-                &hash,
-                Some(proj),
-                nubo_common::model::Role::Member,
-            )
-            .await;
-        }
-        nubo_coordinator::start(cfg).await.unwrap()
-    };
+    let coord = member_cloud_with(&etcd, &[("alice", "p1"), ("bob", "p2")], |cfg| {
+        cfg.ceph = Some(ceph.clone())
+    })
+    .await;
     let ch = channel(&coord).await;
     let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
     let root = issue_token(&mut tokens, "admin", "adminpw").await;
