@@ -27,6 +27,7 @@ mod testutil;
 mod usage;
 mod volume;
 mod volume_size;
+mod volume_transfer;
 mod volume_type;
 
 use std::process::ExitCode;

@@ -80,6 +80,26 @@ pub enum VolumeCmd {
     /// Volume snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Make an image of a volume's data (crash-consistent now; the image
+    /// is queued until copied, then active).
+    UploadImage {
+        /// Volume name or id.
+        volume: String,
+        /// The new image's name.
+        name: String,
+        /// raw or qcow2.
+        #[arg(long, default_value = "raw")]
+        disk_format: String,
+        /// private, shared, community (public: cloud admin).
+        #[arg(long, default_value = "")]
+        visibility: String,
+        /// Capture an in-use volume.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Volume transfers to another project.
+    #[command(subcommand)]
+    Transfer(crate::volume_transfer::TransferCmd),
     /// Volume types (QoS classes).
     #[command(subcommand, name = "type")]
     Type(TypeCmd),
@@ -422,6 +442,28 @@ pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
             output::show(ctx.format, &to_json(&v))
         }
         VolumeCmd::Snapshot(c) => snapshot(c, ctx).await,
+        VolumeCmd::UploadImage {
+            volume,
+            name,
+            disk_format,
+            visibility,
+            force,
+        } => {
+            let i = client(api)
+                .upload_to_image(nubo_common::proto::UploadVolumeToImageRequest {
+                    project: api.project.clone(),
+                    volume,
+                    image_name: name,
+                    disk_format,
+                    visibility,
+                    force,
+                    properties: Default::default(),
+                })
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &crate::image::to_json(&i))
+        }
+        VolumeCmd::Transfer(c) => crate::volume_transfer::run(c, ctx).await,
         VolumeCmd::Type(c) => crate::volume_type::run(c, ctx).await,
     }
 }

@@ -117,6 +117,9 @@ uuid_id!(
 uuid_id!(
     /// Identifies a migration of an instance.
     MigrationId, "migration id");
+uuid_id!(
+    /// Identifies a volume transfer (a volume offered to another project).
+    TransferId, "volume transfer id");
 
 /// Checks a DNS-label-like name: 1..=63 chars of `[a-zA-Z0-9._-]`, starting
 /// with an alphanumeric character.

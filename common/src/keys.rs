@@ -172,6 +172,14 @@ pub fn volume_snapshots_prefix(v: &VolumeId) -> String {
 pub fn volume_snapshot(v: &VolumeId, name: &str) -> String {
     format!("{ROOT}volume-snapshots/{v}/{name}")
 }
+/// `/nubo/v1/volume-transfers/` — pending volume transfers.
+pub fn volume_transfers_prefix() -> String {
+    format!("{ROOT}volume-transfers/")
+}
+/// `/nubo/v1/volume-transfers/<id>` (`VolumeTransfer`).
+pub fn volume_transfer(id: &crate::TransferId) -> String {
+    format!("{ROOT}volume-transfers/{id}")
+}
 
 /// `/nubo/v1/instances/` — the instance specs (coordinators only: they
 /// hold every tenant's user data; a node reads its instances' copies,
@@ -870,6 +878,8 @@ pub enum Key {
     ServerGroup(ServerGroupId),
     /// `/volumes/<id>`
     Volume(VolumeId),
+    /// `/volume-transfers/<id>`
+    VolumeTransfer(crate::TransferId),
     /// `/volume-types/<name>`
     VolumeType(String),
     /// `/volume-snapshots/<volume>/<name>`
@@ -988,6 +998,7 @@ impl Key {
                 Key::Keypair(p.parse().ok()?, name.to_string())
             }
             ["server-groups", id] => Key::ServerGroup(id.parse().ok()?),
+            ["volume-transfers", id] => Key::VolumeTransfer(id.parse().ok()?),
             ["volumes", id] => Key::Volume(id.parse().ok()?),
             ["volume-types", n] if !n.is_empty() => Key::VolumeType(n.to_string()),
             ["volume-snapshots", v, n] if !n.is_empty() => {
@@ -1136,6 +1147,7 @@ mod tests {
         let p = PortId::new_random();
         let net = NetworkId::new_random();
         let v = VolumeId::new_random();
+        let t = crate::TransferId::new_random();
         let g = ServerGroupId::new_random();
         let proj = ProjectId::default_project();
         let u = UserName::new("alice").unwrap();
@@ -1165,6 +1177,7 @@ mod tests {
             ),
             (server_group(&g), Key::ServerGroup(g)),
             (volume(&v), Key::Volume(v)),
+            (volume_transfer(&t), Key::VolumeTransfer(t)),
             (volume_type("ssd"), Key::VolumeType("ssd".into())),
             (
                 volume_snapshot(&v, "s1"),

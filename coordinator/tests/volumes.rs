@@ -1497,3 +1497,396 @@ async fn cli_volume_smoke() {
     assert!(leftovers(&admin, &p.volumes).is_empty());
     coord.shutdown().await.unwrap();
 }
+
+/// A volume transfer: offered by p1 (`awaiting-transfer`, not deletable),
+/// invisible to p2's list, refused with a wrong key, withdrawn, offered
+/// again and accepted by p2 through the CLI — the volume, its snapshot
+/// and its quota usage move, the accepting user becomes its user; an
+/// accept beyond the receiving project's quota is refused and moves
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
+    let Some(c) = cluster() else { return };
+    let (admin, p, ceph) = ceph_setup(&c, "vt-xfer");
+    let etcd = Etcd::start().unwrap();
+    let coord = member_cloud_with(&etcd, &[("alice", "p1"), ("bob", "p2")], |cfg| {
+        cfg.ceph = Some(ceph.clone())
+    })
+    .await;
+    let ch = channel(&coord).await;
+    let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
+    let root = issue_token(&mut tokens, "admin", "adminpw").await;
+    let alice = issue_token(&mut tokens, "alice", "pw").await;
+    let bob = issue_token(&mut tokens, "bob", "pw").await;
+    use common::authed as req;
+    let mut v = Volumes::new(ch.clone());
+    let usage = |tok: String| {
+        let ch = ch.clone();
+        async move {
+            let u = pb::quotas_client::QuotasClient::new(ch)
+                .get(req(&tok, get("")))
+                .await
+                .unwrap()
+                .into_inner()
+                .usage
+                .unwrap();
+            (u.volumes.unwrap_or(0), u.gigabytes.unwrap_or(0))
+        }
+    };
+
+    let vol = v
+        .create(req(&alice, create("tv", 2)))
+        .await
+        .unwrap()
+        .into_inner();
+    v.create_snapshot(req(&alice, snap("tv", "s1")))
+        .await
+        .unwrap();
+    let offer = |tok: &str| {
+        req(
+            tok,
+            pb::CreateVolumeTransferRequest {
+                project: String::new(),
+                volume: "tv".into(),
+                name: "to bob".into(),
+            },
+        )
+    };
+    let t = v.create_transfer(offer(&alice)).await.unwrap().into_inner();
+    assert_eq!(
+        (t.volume_id.as_str(), t.auth_key.len()),
+        (vol.id.as_str(), 16)
+    );
+    let got = v.get(req(&alice, get("tv"))).await.unwrap().into_inner();
+    assert_eq!(got.status, "awaiting-transfer");
+    // Offered: neither deletable nor offered twice.
+    let e = v.delete(req(&alice, del("tv"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = v.create_transfer(offer(&alice)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // The owner lists and shows it (no key shown again); p2 does not.
+    let list = |tok: String| {
+        let ch = ch.clone();
+        async move {
+            Volumes::new(ch)
+                .list_transfers(req(&tok, pb::ListRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+                .transfers
+        }
+    };
+    let mine = list(alice.clone()).await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        (mine[0].id.as_str(), mine[0].auth_key.as_str()),
+        (t.id.as_str(), "")
+    );
+    assert!(list(bob.clone()).await.is_empty());
+    let e = v.get_transfer(req(&bob, get(&t.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // A wrong key moves nothing.
+    let accept = |tok: &str, id: &str, key: &str| {
+        req(
+            tok,
+            pb::AcceptVolumeTransferRequest {
+                project: String::new(),
+                id: id.into(),
+                auth_key: key.into(),
+            },
+        )
+    };
+    let e = v
+        .accept_transfer(accept(&bob, &t.id, "0000000000000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        v.get(req(&alice, get("tv")))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "awaiting-transfer"
+    );
+    // Withdrawn: available again, the old key is useless.
+    v.delete_transfer(req(&alice, del(&t.id))).await.unwrap();
+    assert_eq!(
+        v.get(req(&alice, get("tv")))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "available"
+    );
+    let e = v
+        .accept_transfer(accept(&bob, &t.id, &t.auth_key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Offered and accepted through the CLI.
+    let cli_dir = tempfile::tempdir().unwrap();
+    let cli_as = |user: &str| {
+        let cli = nubo_tests::Cli::new(&coord.endpoint())
+            .and_then(|cli| cli.with_token_store(&cli_dir.path().join(user)))
+            .unwrap();
+        cli.login(user, "pw", cli_dir.path()).unwrap();
+        cli
+    };
+    let (alice_cli, bob_cli) = tokio::task::block_in_place(|| (cli_as("alice"), cli_as("bob")));
+    let offered = tokio::task::block_in_place(|| {
+        alice_cli.json(&["volume", "transfer", "create", "tv", "--name", "again"])
+    })
+    .unwrap();
+    let (tid, key) = (
+        offered["id"].as_str().unwrap().to_string(),
+        offered["auth_key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(
+        (usage(alice.clone()).await, usage(bob.clone()).await),
+        ((1, 2), (0, 0))
+    );
+    let moved =
+        tokio::task::block_in_place(|| bob_cli.json(&["volume", "transfer", "accept", &tid, &key]))
+            .unwrap();
+    assert_eq!(
+        (
+            &moved["id"],
+            &moved["project"],
+            &moved["status"],
+            &moved["created_by"]
+        ),
+        (
+            &serde_json::json!(vol.id),
+            &serde_json::json!("p2"),
+            &serde_json::json!("available"),
+            &serde_json::json!("bob")
+        )
+    );
+    assert_eq!(
+        (usage(alice.clone()).await, usage(bob.clone()).await),
+        ((0, 0), (1, 2))
+    );
+    let e = v.get(req(&alice, get(&vol.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(
+        v.get(req(&bob, get("tv"))).await.unwrap().into_inner().id,
+        vol.id
+    );
+    let snaps = v
+        .list_snapshots(req(&bob, get("tv")))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    assert_eq!(
+        snaps
+            .iter()
+            .map(|s| (s.name.as_str(), s.project.as_str()))
+            .collect::<Vec<_>>(),
+        [("s1", "p2")]
+    );
+    assert!(list(alice.clone()).await.is_empty());
+    assert!(list(bob.clone()).await.is_empty());
+
+    // Back to p1 beyond its quota (0 volumes): refused, nothing moves.
+    pb::quotas_client::QuotasClient::new(ch.clone())
+        .set(req(
+            &root,
+            pb::SetQuotaRequest {
+                project: "p1".into(),
+                limits: Some(pb::QuotaSet {
+                    volumes: Some(0),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let back = v.create_transfer(offer(&bob)).await.unwrap().into_inner();
+    let e = v
+        .accept_transfer(accept(&alice, &back.id, &back.auth_key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        (usage(alice.clone()).await, usage(bob.clone()).await),
+        ((0, 0), (1, 2))
+    );
+    v.delete_transfer(req(&bob, del(&back.id))).await.unwrap();
+    // Another project's member cannot delete it by id; a cloud admin can
+    // (Cinder's admin, as Tempest's clean-ups do).
+    let e = v.delete(req(&alice, del(&vol.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let snaps = v
+        .list_snapshots(req(&root, get(&vol.id)))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    assert_eq!(snaps.len(), 1);
+    v.delete(req(&root, del(&vol.id))).await.unwrap();
+    assert_eq!(usage(bob.clone()).await, (0, 0));
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+}
+
+/// Polls until image `id` is `active` (the capture copies in the
+/// background); fails on `error` with its reason.
+async fn wait_image_active(ch: &Channel, id: &str) -> pb::Image {
+    let mut imgs = pb::images_client::ImagesClient::new(ch.clone());
+    for _ in 0..600 {
+        let i = imgs.get(get(id)).await.unwrap().into_inner();
+        match i.status.as_str() {
+            "active" => return i,
+            "error" => panic!("image {id} failed: {}", i.status_reason),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("image {id} never became active");
+}
+
+/// Images from disks: a volume's data (raw through gRPC, qcow2 through
+/// the CLI) and a boot-from-volume server's root disk become images with
+/// the disk's bytes; the volume stays available and no capture snapshot
+/// is left; a format nubo does not make and a server with no root disk
+/// in Ceph are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_from_a_volume_and_a_server_root_disk() {
+    let Some(c) = cluster() else { return };
+    let (admin, p, ceph) = ceph_setup(&c, "vt-capture");
+    let etcd = Etcd::start().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    cfg.ceph = Some(ceph.clone());
+    cfg.image_dir = images.path().to_path_buf();
+    let coord = nubo_coordinator::start(cfg).await.unwrap();
+    let mut cl = clients(&coord).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "n1", res(16, 16 * 1024, 1000), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    let ch = channel(&coord).await;
+    let mut v = Volumes::new(ch.clone());
+    let stored = |id: &str| images.path().join(id).join("disk");
+
+    let vol = v.create(create("src", 1)).await.unwrap().into_inner();
+    let at = (1u64 << 20) + 5;
+    {
+        let pool = admin.pool(&p.volumes).unwrap();
+        let mut img = pool.open(&format!("vol-{}", vol.id)).unwrap();
+        img.write(at, b"nubo capture").unwrap();
+        img.flush().unwrap();
+    }
+    let upload = |name: &str, format: &str| pb::UploadVolumeToImageRequest {
+        volume: "src".into(),
+        image_name: name.into(),
+        disk_format: format.into(),
+        ..Default::default()
+    };
+    let e = v.upload_to_image(upload("bad", "vmdk")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let raw = v
+        .upload_to_image(upload("from-vol", "raw"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raw.properties["source_volume_id"], vol.id);
+    let cli = nubo_tests::Cli::new(&coord.endpoint()).expect("nubo binary");
+    let q = tokio::task::block_in_place(|| {
+        cli.json(&[
+            "volume",
+            "upload-image",
+            "src",
+            "from-vol-q",
+            "--disk-format",
+            "qcow2",
+        ])
+    })
+    .unwrap();
+    let raw = wait_image_active(&ch, &raw.id).await;
+    assert_eq!((raw.disk_format.as_str(), raw.size_bytes), ("raw", 1 << 30));
+    let data = std::fs::read(stored(&raw.id)).unwrap();
+    assert_eq!(&data[at as usize..at as usize + 12], b"nubo capture");
+    assert!(data[..at as usize].iter().all(|b| *b == 0));
+    let qid = q["id"].as_str().unwrap().to_string();
+    let qimg = wait_image_active(&ch, &qid).await;
+    assert_eq!(qimg.disk_format, "qcow2");
+    // The qcow2 holds the same disk.
+    let same = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+        .arg(stored(&qid))
+        .arg(stored(&raw.id))
+        .status()
+        .unwrap();
+    assert!(same.success());
+    assert_eq!(
+        v.get(get("src")).await.unwrap().into_inner().status,
+        "available"
+    );
+    let left = leftovers(&admin, &p.volumes);
+    assert!(!left.iter().any(|n| n.contains("@capture-")), "{left:?}");
+
+    // A server: with no root disk in Ceph (the test node runs no agent),
+    // refused; booted from a volume, its boot volume is captured.
+    let img: Vec<(String, Vec<u8>)> = prefix(&etcd, &keys::images_prefix()).await;
+    let base: Image = img
+        .iter()
+        .map(|(k, v)| nubo_common::model::decode::<Image>(k, v).unwrap())
+        .find(|i| i.name == "cirros")
+        .unwrap();
+    let store = RbdStore::new(admin.clone(), p.clone());
+    let parent = store
+        .import_image(
+            &base.id.to_string(),
+            &mut std::io::Read::take(std::io::repeat(0x42), 1 << 20),
+            1 << 20,
+        )
+        .unwrap();
+    let r = create_servers(&mut cl, server_req("plain", &[], 0)).await;
+    let plain = created(&r, 0);
+    let shot = |server: &str| pb::CreateServerImageRequest {
+        server: server.into(),
+        name: format!("{server}-snap"),
+        ..Default::default()
+    };
+    let e = cl.servers.create_image(shot("plain")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("local storage"), "{e:?}");
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
+            boot_from_volume_size_gb: 1,
+            delete_on_termination: true,
+            ..server_req("bfv", &[], 0)
+        },
+    )
+    .await;
+    let bfv = created(&r, 0);
+    let snap = cl
+        .servers
+        .create_image(shot("bfv"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            snap.properties["image_type"].as_str(),
+            snap.properties["instance_uuid"].as_str()
+        ),
+        ("snapshot", bfv.id.as_str())
+    );
+    let snap = wait_image_active(&ch, &snap.id).await;
+    assert_eq!(snap.size_bytes, 1 << 30);
+    let data = std::fs::read(stored(&snap.id)).unwrap();
+    assert!(data[..1 << 20].iter().all(|b| *b == 0x42));
+    assert!(data[1 << 20..].iter().all(|b| *b == 0));
+
+    cl.servers.delete(del("bfv")).await.unwrap();
+    cl.servers.delete(del(&plain.id)).await.unwrap();
+    wait_status(&mut v, &bfv.boot_volume_id, "gone").await;
+    v.delete(del("src")).await.unwrap();
+    let left = leftovers(&admin, &p.volumes);
+    assert!(left.is_empty(), "{left:?}");
+    store.delete(&parent.disk).unwrap();
+    coord.shutdown().await.unwrap();
+}

@@ -35,6 +35,7 @@ pub mod quota;
 pub mod request_id;
 pub mod server_actions;
 pub mod server_groups;
+pub mod server_image;
 pub mod server_metadata;
 pub mod server_password;
 pub mod server_secgroups;
@@ -45,6 +46,7 @@ pub mod volume;
 pub mod volume_actions;
 pub mod volume_metadata;
 pub mod volume_snapshots;
+pub mod volume_transfers;
 
 use axum::routing::get;
 use axum::Router;
@@ -90,7 +92,8 @@ pub fn router(upstream: Upstream) -> Router {
                     axum::routing::post(volume_actions::volume_action),
                 )
                 .merge(volume_metadata::router())
-                .merge(volume_snapshots::router()),
+                .merge(volume_snapshots::router())
+                .merge(volume_transfers::router()),
         )
         .fallback(error::not_found)
         .with_state(upstream)

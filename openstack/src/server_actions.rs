@@ -189,6 +189,15 @@ async fn server_action(
             let add = action == "addSecurityGroup";
             crate::server_secgroups::change(&mut c, id, add, &body[action.as_str()]).await
         }
+        "createImage" => {
+            return crate::server_image::create_image(
+                &mut c,
+                &up.public_url,
+                &id,
+                &body[action.as_str()],
+            )
+            .await;
+        }
         "rebuild" => {
             let rb = rebuild_request(&id, &body["rebuild"])?;
             let s = c.rebuild(rb).await.api(S)?.into_inner();
@@ -213,7 +222,7 @@ async fn server_action(
             Err(ApiError::new(
                 S,
                 StatusCode::NOT_IMPLEMENTED,
-                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, resize, confirmResize, revertResize, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput are; docs/openstack-compatibility.md)"),
+                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, resize, confirmResize, revertResize, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput, createImage are; docs/openstack-compatibility.md)"),
             ))
         }
     }?;

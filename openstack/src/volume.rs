@@ -82,7 +82,7 @@ async fn zones() -> Response {
 fn cinder_status(s: &str) -> &str {
     match s {
         "creating" | "available" | "in-use" | "attaching" | "detaching" | "deleting"
-        | "reverting" => s,
+        | "awaiting-transfer" | "reverting" => s,
         _ => "error",
     }
 }
@@ -130,6 +130,7 @@ pub fn volume_view(v: &pb::Volume) -> Value {
         "name": v.name,
         "size": v.size_gb,
         "user_id": v.created_by,
+        "os-vol-tenant-attr:tenant_id": v.project,
         "status": cinder_status(&v.status),
         "volume_type": if v.volume_type.is_empty() { Value::Null } else { json!(v.volume_type) },
         "attachments": attachments,
@@ -162,6 +163,7 @@ pub fn created_view(v: &pb::Volume) -> Value {
     let mut view = volume_view(v);
     if let Some(o) = view.as_object_mut() {
         o.remove("volume_image_metadata");
+        o.remove("os-vol-tenant-attr:tenant_id");
     }
     view
 }
@@ -658,6 +660,15 @@ mod tests {
             ..v.clone()
         };
         assert_eq!(volume_view(&mine)["user_id"], "alice");
+        // The owning project (a transferred volume's new one).
+        let owned = pb::Volume {
+            project: "p2".into(),
+            ..pb::Volume::default()
+        };
+        assert_eq!(volume_view(&owned)["os-vol-tenant-attr:tenant_id"], "p2");
+        assert!(created_view(&owned)
+            .get("os-vol-tenant-attr:tenant_id")
+            .is_none());
         let from_image = pb::Volume {
             source_image: "img".into(),
             bootable: true,
@@ -672,5 +683,10 @@ mod tests {
             .is_none());
         assert_eq!(view["size"], 2);
         assert_eq!(volume_view(&pb::Volume::default())["status"], "error");
+        let offered = pb::Volume {
+            status: "awaiting-transfer".into(),
+            ..pb::Volume::default()
+        };
+        assert_eq!(volume_view(&offered)["status"], "awaiting-transfer");
     }
 }

@@ -23,7 +23,7 @@ use crate::Upstream;
 const S: Service = Service::Compute;
 
 /// The actions served, named in the refusal of any other.
-const SERVED: &str = "os-extend, os-attach, os-detach, os-reserve, os-unreserve, os-set_bootable, os-update_readonly_flag, os-set_image_metadata, os-unset_image_metadata, os-show_image_metadata";
+const SERVED: &str = "os-volume_upload_image, os-extend, os-attach, os-detach, os-reserve, os-unreserve, os-set_bootable, os-update_readonly_flag, os-set_image_metadata, os-unset_image_metadata, os-show_image_metadata";
 
 /// One parsed action. Pure data.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +47,8 @@ pub enum Action {
     Update(Box<pb::UpdateVolumeRequest>),
     /// Show the image metadata.
     ShowImageMetadata,
+    /// A new image from the volume's data (`Volumes.UploadToImage`).
+    UploadImage(Box<pb::UploadVolumeToImageRequest>),
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
@@ -136,6 +138,34 @@ pub fn parse(id: &str, body: &Value) -> Result<Action, ApiError> {
             })
         }
         "os-show_image_metadata" => Ok(Action::ShowImageMetadata),
+        "os-volume_upload_image" => {
+            let text = |k: &str| args_obj.get(k).and_then(Value::as_str).unwrap_or_default();
+            let image_name = text("image_name");
+            if image_name.is_empty() {
+                return Err(bad("os-volume_upload_image needs image_name"));
+            }
+            match text("container_format") {
+                "" | "bare" => {}
+                other => {
+                    return Err(bad(format!(
+                        "container_format {other:?}: nubo images are bare"
+                    )))
+                }
+            }
+            let force = match args_obj.get("force") {
+                None | Some(Value::Null) => false,
+                v => boolean(v, "force")?,
+            };
+            Ok(Action::UploadImage(Box::new(pb::UploadVolumeToImageRequest {
+                project: String::new(),
+                volume: id.to_string(),
+                image_name: image_name.to_string(),
+                disk_format: text("disk_format").to_string(),
+                visibility: text("visibility").to_string(),
+                force,
+                properties: Default::default(),
+            })))
+        }
         other => Err(bad(format!(
             "volume action {other:?} is not supported by nubo ({SERVED} are)"
         ))),
@@ -212,6 +242,36 @@ pub async fn volume_action(
                 // os-set_bootable: 200.
                 StatusCode::OK.into_response()
             })
+        }
+        Action::UploadImage(r) => {
+            let v = c
+                .get(crate::upstream::get_req(id.clone()))
+                .await
+                .map_err(cinder_error)?
+                .into_inner();
+            let img = c
+                .upload_to_image(*r)
+                .await
+                .map_err(cinder_error)?
+                .into_inner();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"os-volume_upload_image": {
+                    "id": v.id,
+                    "updated_at": null,
+                    "status": "uploading",
+                    "display_description": if v.description.is_empty() { Value::Null } else { json!(v.description) },
+                    "size": v.size_gb,
+                    "volume_type": null,
+                    "image_id": img.id,
+                    "container_format": "bare",
+                    "disk_format": img.disk_format,
+                    "image_name": img.name,
+                    "visibility": img.visibility,
+                    "protected": img.protected,
+                }})),
+            )
+                .into_response())
         }
         Action::ShowImageMetadata => {
             let v = c

@@ -334,6 +334,41 @@ impl RbdStore {
         made
     }
 
+    /// Writes snapshot `snap`'s data to file `dest` (created or truncated;
+    /// all-zero chunks are skipped, so the file stays sparse there) and
+    /// returns its size in bytes. The snapshot is read-only: a disk in use
+    /// keeps running while it is read.
+    pub fn export_snapshot(&self, snap: &SnapshotRef, dest: &std::path::Path) -> Result<u64> {
+        use std::io::{Seek, SeekFrom, Write};
+        let io = |op: &'static str| {
+            let object = dest.display().to_string();
+            move |source| Error::Io { op, object, source }
+        };
+        let pool = self.pool(&snap.disk.pool)?;
+        let image = pool.open_at_snap(&snap.disk.name, &snap.snap)?;
+        let size = image.size()?;
+        let mut f = std::fs::File::create(dest).map_err(io("create"))?;
+        let mut offset = 0u64;
+        while offset < size {
+            let len =
+                usize::try_from((size - offset).min(IMPORT_CHUNK as u64)).unwrap_or(IMPORT_CHUNK);
+            let buf = image.read(offset, len)?;
+            if buf.is_empty() {
+                break;
+            }
+            if buf.iter().all(|b| *b == 0) {
+                f.seek(SeekFrom::Current(buf.len() as i64))
+                    .map_err(io("seek"))?;
+            } else {
+                f.write_all(&buf).map_err(io("write"))?;
+            }
+            offset += buf.len() as u64;
+        }
+        f.set_len(size).map_err(io("set length of"))?;
+        f.sync_all().map_err(io("fsync"))?;
+        Ok(size)
+    }
+
     /// Grows `disk` to `size_gb` GiB; shrinking (or a size of 0) is refused
     /// with [`Error::InvalidArgument`], the same size is a no-op.
     pub fn resize_volume(&self, disk: &DiskRef, size_gb: u64) -> Result<()> {

@@ -169,6 +169,20 @@ pub enum ServerCmd {
         #[arg(long = "property", required = true)]
         properties: Vec<String>,
     },
+    /// Make an image of a server's root disk (crash-consistent now; the
+    /// image is queued until copied, then active).
+    Image {
+        /// Server name or id.
+        server: String,
+        /// The new image's name.
+        name: String,
+        /// raw or qcow2.
+        #[arg(long, default_value = "raw")]
+        disk_format: String,
+        /// Image property KEY=VALUE; repeatable.
+        #[arg(long = "property", value_parser = key_value)]
+        properties: Vec<(String, String)>,
+    },
 }
 
 /// Parses a `--property KEY=VALUE` (the value may contain `=`).
@@ -477,6 +491,25 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
                 .await
                 .or_fail(api)?;
             show(ctx.format, &s)
+        }
+        ServerCmd::Image {
+            server,
+            name,
+            disk_format,
+            properties,
+        } => {
+            let i = api
+                .servers()
+                .create_image(nubo_common::proto::CreateServerImageRequest {
+                    project: api.project.clone(),
+                    server,
+                    name,
+                    properties: properties.into_iter().collect(),
+                    disk_format,
+                })
+                .await
+                .or_fail(api)?;
+            crate::output::show(ctx.format, &crate::image::to_json(&i))
         }
         ServerCmd::Actions { server } => {
             let r = api

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
 use super::UserName;
-use crate::{ImageId, InstanceId, ProjectId, SnapshotId, VolumeId};
+use crate::{ImageId, InstanceId, ProjectId, SnapshotId, TransferId, VolumeId};
 
 /// Lifecycle of a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,9 @@ pub enum VolumeStatus {
     /// Reserved for an attach (Cinder's `os-reserve`): only an attach or
     /// an unreserve moves it on.
     Attaching,
+    /// Offered to another project by a volume transfer: only accepting
+    /// or deleting the transfer moves it on.
+    AwaitingTransfer,
 }
 
 /// A block device.
@@ -249,6 +252,29 @@ pub fn volume_serial(id: &VolumeId) -> String {
         .filter(|c| *c != '-')
         .take(20)
         .collect()
+}
+
+/// A volume offered to another project (Cinder's volume transfer). The
+/// volume stays `awaiting_transfer` while this exists; whoever presents
+/// the auth key (only its salted SHA-256 is kept) takes it into their
+/// project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeTransfer {
+    /// Id.
+    pub id: TransferId,
+    /// Name (may be empty).
+    #[serde(default)]
+    pub name: String,
+    /// The volume offered.
+    pub volume: VolumeId,
+    /// The project giving it away.
+    pub project: ProjectId,
+    /// Random salt of [`Self::key_sha256`] (hex).
+    pub salt: String,
+    /// SHA-256 of salt followed by the auth key (hex).
+    pub key_sha256: String,
+    /// Creation time.
+    pub created_at: Timestamp,
 }
 
 #[cfg(test)]

@@ -661,6 +661,18 @@ pub fn volume_snapshot(s: &model::VolumeSnapshot) -> pb::VolumeSnapshot {
     }
 }
 
+/// The API form of a volume transfer (`auth_key` only when just created).
+pub fn volume_transfer(t: &model::VolumeTransfer, auth_key: &str) -> pb::VolumeTransfer {
+    pb::VolumeTransfer {
+        id: t.id.to_string(),
+        name: t.name.clone(),
+        volume_id: t.volume.to_string(),
+        project: t.project.to_string(),
+        created_at: ts(&t.created_at),
+        auth_key: auth_key.to_string(),
+    }
+}
+
 /// The API form of a migration.
 pub fn migration(v: &crate::operations::migrations::MigrationView) -> pb::Migration {
     use crate::operations::migrations::{mode_str, state_str};

@@ -280,4 +280,20 @@ impl servers_server::Servers for Ctx {
         };
         reply(go.await.map(|s| convert::server(&s)))
     }
+    async fn create_image(&self, r: Request<pb::CreateServerImageRequest>) -> R<pb::Image> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            let c = crate::operations::image_capture::Capture {
+                name: r.name,
+                disk_format: r.disk_format,
+                visibility: String::new(),
+                properties: r.properties.into_iter().collect(),
+            };
+            crate::operations::image_capture::from_server(self, &p, &r.server, c)
+                .await
+                .map(|i| convert::image_for(&i, &p))
+        };
+        reply(go.await)
+    }
 }

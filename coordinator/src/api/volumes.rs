@@ -7,6 +7,7 @@ use tonic::Request;
 use super::{convert, page, project, reply, scope, R};
 use crate::operations::volume_attrs as attrs;
 use crate::operations::volume_snapshots as snapshots;
+use crate::operations::volume_transfers as transfers;
 use crate::operations::volumes::{self, VolumeView};
 use crate::state::Ctx;
 
@@ -188,5 +189,70 @@ impl volumes_server::Volumes for Ctx {
             snapshots::update(self, &project(&r.project)?, &r.id, u).await
         };
         reply(go.await.map(|s| convert::volume_snapshot(&s)))
+    }
+    async fn create_transfer(
+        &self,
+        r: Request<pb::CreateVolumeTransferRequest>,
+    ) -> R<pb::VolumeTransfer> {
+        let r = r.into_inner();
+        let go = async { transfers::create(self, &project(&r.project)?, &r.volume, &r.name).await };
+        reply(
+            go.await
+                .map(|t| convert::volume_transfer(&t.transfer, &t.auth_key)),
+        )
+    }
+    async fn get_transfer(&self, r: Request<pb::GetRequest>) -> R<pb::VolumeTransfer> {
+        let r = r.into_inner();
+        let go = async { transfers::get(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|t| convert::volume_transfer(&t, "")))
+    }
+    async fn list_transfers(
+        &self,
+        r: Request<pb::ListRequest>,
+    ) -> R<pb::ListVolumeTransfersResponse> {
+        let r = r.into_inner();
+        let go = async { transfers::list(self, &scope(&r)?, &page(&r)).await };
+        reply(go.await.map(|p| {
+            pb::ListVolumeTransfersResponse {
+                transfers: p
+                    .items
+                    .iter()
+                    .map(|t| convert::volume_transfer(t, ""))
+                    .collect(),
+                next_page_token: p.next,
+            }
+        }))
+    }
+    async fn delete_transfer(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async { transfers::delete(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn accept_transfer(
+        &self,
+        r: Request<pb::AcceptVolumeTransferRequest>,
+    ) -> R<pb::AcceptVolumeTransferResponse> {
+        let r = r.into_inner();
+        let go = async { transfers::accept(self, &project(&r.project)?, &r.id, &r.auth_key).await };
+        reply(go.await.map(|(t, v)| pb::AcceptVolumeTransferResponse {
+            transfer: Some(convert::volume_transfer(&t, "")),
+            volume: Some(volume_pb(&v)),
+        }))
+    }
+    async fn upload_to_image(&self, r: Request<pb::UploadVolumeToImageRequest>) -> R<pb::Image> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            let c = crate::operations::image_capture::Capture {
+                name: r.image_name,
+                disk_format: r.disk_format,
+                visibility: r.visibility,
+                properties: r.properties.into_iter().collect(),
+            };
+            crate::operations::image_capture::from_volume(self, &p, &r.volume, r.force, c)
+                .await
+                .map(|i| convert::image_for(&i, &p))
+        };
+        reply(go.await)
     }
 }

@@ -20,7 +20,11 @@ fn image_store(ctx: &Ctx) -> ImageStore {
 }
 
 /// Applies `edit` to the image record with a compare-and-swap loop.
-async fn edit_image(ctx: &Ctx, id: &ImageId, edit: impl Fn(&mut Image)) -> ApiResult<Image> {
+pub(crate) async fn edit_image(
+    ctx: &Ctx,
+    id: &ImageId,
+    edit: impl Fn(&mut Image),
+) -> ApiResult<Image> {
     let key = keys::image(id);
     for _ in 0..16 {
         let Some(mut cur) = ctx.store.read::<Image>(&key).await? else {

@@ -55,7 +55,8 @@ owned!(
     model::ServerGroup => ServerGroup,
     model::Instance => Instance,
     model::Volume => Volume,
-    model::Router => Router
+    model::Router => Router,
+    model::VolumeTransfer => VolumeTransfer
 );
 
 /// False for keys under a kind's prefix that are known keys of another
@@ -396,6 +397,31 @@ pub(crate) async fn volume(
         keys::volume(&VolumeId::from_uuid(u))
     })
     .await
+}
+
+/// The volume `r` (id or name) of `project`; for a cloud admin also any
+/// project's volume given by id (Cinder lets an admin act on any
+/// project's volume by id: Tempest's clean-ups delete that way).
+pub(crate) async fn volume_or_admin_any(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<Volume>> {
+    match volume(ctx, project, r).await {
+        Err(ApiError::NotFound(m)) if crate::caller::is_cloud_admin() => {
+            if let Ok(u) = uuid::Uuid::parse_str(r.trim()) {
+                if let Some(v) = ctx
+                    .store
+                    .read::<Volume>(&keys::volume(&VolumeId::from_uuid(u)))
+                    .await?
+                {
+                    return Ok(v);
+                }
+            }
+            Err(ApiError::NotFound(m))
+        }
+        other => other,
+    }
 }
 
 /// The external network `r` (id or name) as `project` sees it: one of its

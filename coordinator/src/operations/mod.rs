@@ -10,6 +10,7 @@ pub mod evacuation;
 pub mod flavors;
 pub mod floating_ips;
 pub mod identity;
+pub mod image_capture;
 pub mod image_data;
 pub mod images;
 pub mod instance_actions;
@@ -36,6 +37,7 @@ pub mod tokens;
 pub mod usage;
 pub mod volume_attrs;
 pub mod volume_snapshots;
+pub mod volume_transfers;
 pub mod volume_types;
 pub mod volumes;
 

@@ -652,6 +652,15 @@ pub async fn flavor_and_image(ch: &Channel, admin: &str, flavor: &str, member: &
 /// `admin` (password `adminpw`), and for each `(user, project)` that
 /// project with `user` (password `pw`) as its member.
 pub async fn member_cloud(etcd: &Etcd, members: &[(&str, &str)]) -> Coordinator {
+    member_cloud_with(etcd, members, |_| {}).await
+}
+
+/// [`member_cloud`] with its configuration changed by `edit` first.
+pub async fn member_cloud_with(
+    etcd: &Etcd,
+    members: &[(&str, &str)],
+    edit: impl FnOnce(&mut Config),
+) -> Coordinator {
     let store = etcd.store().await.unwrap();
     let pw = nubo_identity::Passwords::with_params(64, 1, 1).unwrap();
     nubo_coordinator::api::bootstrap(
@@ -669,5 +678,6 @@ pub async fn member_cloud(etcd: &Etcd, members: &[(&str, &str)]) -> Coordinator 
     }
     let mut cfg = Config::for_tests(etcd.endpoint());
     cfg.auth = nubo_coordinator::AuthMode::Token;
+    edit(&mut cfg);
     nubo_coordinator::start(cfg).await.unwrap()
 }
