@@ -231,7 +231,7 @@ impl World {
             project: ProjectId::default_project(),
             network: net,
             mac: MacAddr::port_mac([0, 0, self.next_ip]),
-            ip: format!("192.168.0.{}", self.next_ip).parse().unwrap(),
+            ip: Some(format!("192.168.0.{}", self.next_ip).parse().unwrap()),
             security_groups: sgs.to_vec(),
             port_security: true,
             device: None,
@@ -319,7 +319,7 @@ impl World {
             network: external,
             address: address.parse().unwrap(),
             port: Some(port.id),
-            fixed_ip: Some(port.ip),
+            fixed_ip: port.ip,
             router: Some(router),
             created_at: model::now(),
         };

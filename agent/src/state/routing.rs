@@ -137,7 +137,7 @@ fn resolve_router(
         .ports
         .values()
         .filter(|p| routed.contains(&p.network))
-        .map(|p| (p.ip, p.mac))
+        .filter_map(|p| Some((p.ip?, p.mac)))
         .collect();
     let external = r.gateway.as_ref().and_then(|gw| {
         let Some(net) = cache.networks.get(&gw.network) else {

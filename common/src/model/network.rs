@@ -117,8 +117,11 @@ pub struct Port {
     pub network: NetworkId,
     /// MAC address (fa:16:3e:xx:xx:xx, unique in the cluster).
     pub mac: MacAddr,
-    /// Fixed IPv4 address (reserved under `/nubo/v1/private/ipam/<network>/<ip>`).
-    pub ip: Ipv4Addr,
+    /// Fixed IPv4 address (reserved under `/nubo/v1/private/ipam/<network>/<ip>`);
+    /// `None` for a port made on a network without a subnet (it has no
+    /// address and cannot be plugged into a server).
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     /// Security groups applied to the port.
     #[serde(default)]
     pub security_groups: Vec<SecurityGroupId>,

@@ -311,7 +311,7 @@ mod tests {
             project: nubo_common::ProjectId::new("p1").unwrap(),
             network: net,
             mac: "fa:16:3e:00:00:01".parse().unwrap(),
-            ip: "10.0.0.5".parse().unwrap(),
+            ip: Some("10.0.0.5".parse().unwrap()),
             security_groups: vec![],
             port_security: true,
             device: node.map(|_| nubo_common::InstanceId::new_random()),

@@ -25,7 +25,12 @@ pub fn port_view(p: &pb::Port) -> Value {
         "tenant_id": p.project,
         "project_id": p.project,
         "mac_address": p.mac,
-        "fixed_ips": [{"subnet_id": p.network_id, "ip_address": p.ip}],
+        // A port made while its network had no subnet has no address.
+        "fixed_ips": if p.ip.is_empty() {
+            json!([])
+        } else {
+            json!([{"subnet_id": p.network_id, "ip_address": p.ip}])
+        },
         "security_groups": p.security_group_ids,
         "port_security_enabled": p.port_security,
         "device_id": p.device_id,
@@ -370,5 +375,6 @@ mod tests {
         assert_eq!(v["device_owner"], "compute:nova");
         let free = port_view(&pb::Port::default());
         assert_eq!(free["status"], "DOWN");
+        assert_eq!(free["fixed_ips"], json!([]), "an address-less port");
     }
 }
