@@ -42,8 +42,8 @@ pub enum RouterCmd {
     /// Disconnect a network (`nubo router remove subnet R NET`).
     #[command(subcommand)]
     Remove(SubnetCmd),
-    /// Rename a router or take it down (`--disable`: no node routes for
-    /// it) or up again (`--enable`).
+    /// Rename a router, take it down (`--disable`: no node routes for
+    /// it) or up again (`--enable`), or set, change or clear its gateway.
     Set {
         /// Router name or id.
         router: String,
@@ -56,6 +56,12 @@ pub enum RouterCmd {
         /// Bring it up.
         #[arg(long)]
         enable: bool,
+        /// Set or change its gateway to this external network (name or id).
+        #[arg(long, conflicts_with = "no_external_gateway")]
+        external_gateway: Option<String>,
+        /// Remove its gateway (no outbound SNAT, no floating IPs).
+        #[arg(long)]
+        no_external_gateway: bool,
     },
     /// Delete routers (they must have no networks).
     Delete {
@@ -152,12 +158,18 @@ pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
             name,
             disable,
             enable,
+            external_gateway,
+            no_external_gateway,
         } => {
             let req = UpdateRouterRequest {
                 r#ref: router,
                 project: api.project.clone(),
                 name,
                 disabled: (disable || enable).then_some(disable),
+                external_gateway: match no_external_gateway {
+                    true => Some(String::new()),
+                    false => external_gateway,
+                },
             };
             api.routers().update(req).await.or_fail(api)?
         }

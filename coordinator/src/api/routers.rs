@@ -47,14 +47,12 @@ impl routers_server::Routers for Ctx {
     async fn update(&self, r: Request<pb::UpdateRouterRequest>) -> R<pb::Router> {
         let r = r.into_inner();
         let go = async {
-            let rt = routers::update(
-                self,
-                &project(&r.project)?,
-                &r.r#ref,
-                r.name.as_deref(),
-                r.disabled,
-            )
-            .await?;
+            let change = routers::RouterChange {
+                name: r.name.as_deref(),
+                disabled: r.disabled,
+                gateway: r.external_gateway.as_deref(),
+            };
+            let rt = routers::update(self, &project(&r.project)?, &r.r#ref, change).await?;
             routers::view(self, rt).await
         };
         reply(go.await.map(|x| convert::router(&x)))

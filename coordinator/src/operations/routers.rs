@@ -199,23 +199,81 @@ pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> A
     Err(contended("the router"))
 }
 
-/// Renames router `r` of `project` (`name`) and/or takes it down or up
-/// (`disabled`): one transaction guarded by the router's revision; a new
-/// name takes the project's name index entry like a create does.
+/// The changes [`update`] makes to a router; `None` leaves a part as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouterChange<'a> {
+    /// A new name (unique in the project).
+    pub name: Option<&'a str>,
+    /// Take it down (`true`) or up.
+    pub disabled: Option<bool>,
+    /// Its gateway: an external network (id or name), or `""` for none.
+    pub gateway: Option<&'a str>,
+}
+
+/// Renames router `r` of `project`, takes it down or up and/or sets,
+/// changes or clears its gateway: one transaction guarded by the router's
+/// revision; a new name takes the project's name index entry like a create
+/// does; a new gateway address is reserved in the external network's IPAM
+/// and the old one released in the same transaction (the leader's SNAT loop
+/// then moves the per-node SNAT addresses). A gateway change is refused
+/// while floating IPs go through the router.
 pub async fn update(
     ctx: &Ctx,
     project: &ProjectId,
     r: &str,
-    name: Option<&str>,
-    disabled: Option<bool>,
+    change: RouterChange<'_>,
 ) -> ApiResult<Router> {
+    let RouterChange {
+        name,
+        disabled,
+        gateway,
+    } = change;
     if let Some(n) = name {
         validate::name("router", n)?;
     }
-    for _ in 0..MAX_ATTEMPTS {
+    // The wanted external network: None = no change, Some(None) = none.
+    let mut pool = match gateway.map(str::trim) {
+        None => None,
+        Some("") => Some(None),
+        Some(g) => Some(Some(IpPool::new(
+            super::lookup::external_network(ctx, project, g, "a router's gateway").await?,
+        )?)),
+    };
+    for _ in 0..MAX_ALLOC_ATTEMPTS {
         let router = super::lookup::router(ctx, project, r).await?;
         let mut rt = router.value.clone();
         let mut t = TxnBuilder::new();
+        let mut ip_guard = None;
+        if let Some(wanted) = pool.as_mut() {
+            let now = rt.gateway.as_ref().map(|g| g.network);
+            let next = wanted.as_ref().map(|p| p.net.id);
+            if now != next {
+                let fips = super::floating_ips::through_router(ctx, &rt.id, None).await?;
+                if !fips.is_empty() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "floating IPs {} go through router {:?}'s gateway; unset them before changing it",
+                        fips.join(", "),
+                        rt.name
+                    )));
+                }
+                if let Some(old) = &rt.gateway {
+                    t.delete(&keys::ipam(&old.network, IpAddr::V4(old.ip)));
+                }
+                rt.gateway = match wanted.as_mut() {
+                    Some(p) => {
+                        let ip = next_ip(ctx, p).await?;
+                        let free =
+                            reserve_ip(&mut t, &p.net.id, ip, IpHolder::RouterGateway(rt.id));
+                        ip_guard = Some((free, ip));
+                        Some(RouterGateway {
+                            network: p.net.id,
+                            ip,
+                        })
+                    }
+                    None => None,
+                };
+            }
+        }
         t.unchanged(&keys::router(&rt.id), router.mod_rev);
         let mut name_free = None;
         if let Some(n) = name.filter(|n| *n != rt.name) {
@@ -234,7 +292,8 @@ pub async fn update(
         t.put(&keys::router(&rt.id), &rt);
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(router = %rt.id, name = %rt.name, disabled = rt.disabled, "router updated");
+            tracing::info!(router = %rt.id, name = %rt.name, disabled = rt.disabled,
+                gateway = ?rt.gateway, "router updated");
             return Ok(rt);
         }
         if name_free.is_some_and(|g| !a.held(g)) {
@@ -242,6 +301,11 @@ pub async fn update(
                 "router {:?} already exists in project {project}",
                 rt.name
             )));
+        }
+        if let (Some((g, ip)), Some(Some(p))) = (ip_guard, pool.as_mut()) {
+            if !a.held(g) {
+                p.conflict(ip);
+            }
         }
     }
     Err(contended("the router"))

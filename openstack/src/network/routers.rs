@@ -279,7 +279,7 @@ pub(crate) struct RouterUpdateBody {
 struct RouterUpdate {
     name: Option<String>,
     admin_state_up: Option<bool>,
-    /// Absent or the router's current gateway: accepted.
+    /// `null`/`{}`: no gateway; a network: set or change it.
     #[serde(default, deserialize_with = "super::subnets::present")]
     external_gateway_info: Option<Option<GatewayInfo>>,
     /// `null` or `[]`: accepted (nubo has no extra routes).
@@ -288,9 +288,9 @@ struct RouterUpdate {
     description: Option<String>,
 }
 
-/// `PUT /v2.0/routers/{id}`: name and `admin_state_up` (nubo's
-/// `Routers.Update`); a gateway change, extra routes and a description are
-/// refused with the reason.
+/// `PUT /v2.0/routers/{id}`: name, `admin_state_up` and
+/// `external_gateway_info` (set, change, clear: nubo's `Routers.Update`);
+/// extra routes and a description are refused with the reason.
 pub(crate) async fn update_router(
     State(up): State<Upstream>,
     headers: HeaderMap,
@@ -311,15 +311,11 @@ pub(crate) async fn update_router(
             "a router description is not supported (nubo)",
         ));
     }
-    if let Some(g) = &u.external_gateway_info {
-        let wanted = gateway_network(g.as_ref())?;
-        if wanted != current.gateway_network_id {
-            return Err(ApiError::bad_request(
-                S,
-                "changing a router's gateway is not supported (nubo): create the router with its external_gateway_info",
-            ));
-        }
-    }
+    let external_gateway = u
+        .external_gateway_info
+        .as_ref()
+        .map(|g| gateway_network(g.as_ref()))
+        .transpose()?;
     let r = up
         .routers(&headers)?
         .update(pb::UpdateRouterRequest {
@@ -327,6 +323,7 @@ pub(crate) async fn update_router(
             project: String::new(),
             name: u.name,
             disabled: u.admin_state_up.map(|up| !up),
+            external_gateway,
         })
         .await
         .api(S)?
