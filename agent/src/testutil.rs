@@ -236,6 +236,7 @@ impl World {
             port_security: true,
             device: None,
             node: None,
+            router: None,
             created_at: model::now(),
         };
         let mut inst = instance(vec![port.id]);
@@ -299,10 +300,43 @@ impl World {
             }),
             subnets: subnets.to_vec(),
             disabled: false,
+            interface_ports: Vec::new(),
             created_at: model::now(),
         };
         self.put(keys::router(&r.id), &r);
         r.id
+    }
+
+    /// Makes router `r` join `net` by a new port with address `ip`: the
+    /// port (its `router` set) and the router's interface record.
+    pub fn router_port(&mut self, r: RouterId, net: NetworkId, ip: &str) -> Port {
+        self.next_ip += 1;
+        let port = Port {
+            id: PortId::new_random(),
+            name: String::new(),
+            project: ProjectId::default_project(),
+            network: net,
+            mac: MacAddr::port_mac([0, 1, self.next_ip]),
+            ip: Some(ip.parse().unwrap()),
+            security_groups: Vec::new(),
+            port_security: true,
+            device: None,
+            node: None,
+            router: Some(r),
+            created_at: model::now(),
+        };
+        let mut rt = self.cache.routers[&r].clone();
+        rt.subnets.retain(|n| *n != net);
+        rt.subnets.push(net);
+        rt.interface_ports.push(model::RouterPort {
+            network: net,
+            port: port.id,
+            ip: ip.parse().unwrap(),
+            mac: port.mac,
+        });
+        self.put(keys::port(&port.id), &port);
+        self.put(keys::router(&r), &rt);
+        port
     }
 
     /// Floating IP `address` of `external`, on `port` through `router`.

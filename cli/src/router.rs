@@ -36,10 +36,12 @@ pub enum RouterCmd {
         /// Router name or id.
         router: String,
     },
-    /// Connect a network to a router (`nubo router add subnet R NET`).
+    /// Connect a network to a router (`nubo router add subnet R NET`, or by
+    /// one of its ports: `nubo router add port R PORT`).
     #[command(subcommand)]
     Add(SubnetCmd),
-    /// Disconnect a network (`nubo router remove subnet R NET`).
+    /// Disconnect a network (`nubo router remove subnet R NET`; a port
+    /// interface is removed by its network).
     #[command(subcommand)]
     Remove(SubnetCmd),
     /// Rename a router, take it down (`--disable`: no node routes for
@@ -81,6 +83,14 @@ pub enum SubnetCmd {
         /// Network name or id.
         network: String,
     },
+    /// A port of a tenant network (`add` only): the router takes its
+    /// address and MAC there; removing the network's interface deletes it.
+    Port {
+        /// Router name or id.
+        router: String,
+        /// Port name or id.
+        port: String,
+    },
 }
 
 /// The JSON (and `show`) form of a router.
@@ -120,11 +130,15 @@ pub fn table(routers: &[Router]) -> Table {
 pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
     let api = &ctx.api;
     let subnet_req = |c: SubnetCmd| {
-        let SubnetCmd::Subnet { router, network } = c;
+        let (router, network, port) = match c {
+            SubnetCmd::Subnet { router, network } => (router, network, String::new()),
+            SubnetCmd::Port { router, port } => (router, String::new(), port),
+        };
         RouterSubnetRequest {
             r#ref: router,
             project: api.project.clone(),
             network,
+            port,
         }
     };
     let r = match cmd {

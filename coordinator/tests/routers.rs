@@ -57,6 +57,16 @@ fn subnet(router: &str, net: &str, p: &str) -> pb::RouterSubnetRequest {
         r#ref: router.into(),
         project: p.into(),
         network: net.into(),
+        ..Default::default()
+    }
+}
+
+fn by_port(router: &str, port: &str, p: &str) -> pb::RouterSubnetRequest {
+    pb::RouterSubnetRequest {
+        r#ref: router.into(),
+        project: p.into(),
+        port: port.into(),
+        ..Default::default()
     }
 }
 
@@ -789,4 +799,106 @@ async fn a_router_gateway_is_set_changed_and_cleared() {
         ("", "")
     );
     assert_eq!(count(&etcd, &keys::ipam_prefix(&ext2)).await, 0);
+}
+
+/// A router joins a network by one of its ports: it takes the port's
+/// address, the port names the router, cannot be deleted or plugged
+/// elsewhere, and goes with the interface; unfit ports are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_joins_a_network_by_a_port() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    network(&mut cl, "net1", "10.1.0.0/24", "p1").await;
+    network(&mut cl, "net2", "10.2.0.0/24", "p1").await;
+    for name in ["r1", "r2"] {
+        cl.routers
+            .create(pb::CreateRouterRequest {
+                name: name.into(),
+                project: "p1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let p = port(&mut cl, "net1", "p1").await;
+    let r = cl
+        .routers
+        .add_subnet(by_port("r1", &p.id, "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let net1 = cl
+        .networks
+        .get(in_project("net1", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.subnet_ids, vec![net1.id.clone()]);
+    assert_eq!(
+        r.interface_ports,
+        vec![pb::RouterInterfacePort {
+            network_id: net1.id.clone(),
+            port_id: p.id.clone(),
+            ip: p.ip.clone(),
+        }]
+    );
+    assert_ne!(p.ip, net1.gateway, "the port's address, not the gateway");
+    let shown = cl
+        .ports
+        .get(in_project(&p.id, "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.router_id, r.id);
+    // Again: nothing changes; another router or the subnet way: refused.
+    cl.routers
+        .add_subnet(by_port("r1", &p.id, "p1"))
+        .await
+        .unwrap();
+    let e = cl
+        .routers
+        .add_subnet(by_port("r2", &p.id, "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, "already a router's interface");
+    let e = cl
+        .routers
+        .add_subnet(subnet("r1", "net1", "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, "already has an interface");
+    // The port is the router's: not deleted, not plugged into a server.
+    let e = cl.ports.delete(req_del(&p.id, "p1")).await.unwrap_err();
+    refused(e, Code::FailedPrecondition, "is an interface of router");
+    // A port with a server is refused (positive control: the same
+    // network's free port above was taken).
+    let q = port(&mut cl, "net2", "p1").await;
+    let qkey = keys::port(&q.id.parse().unwrap());
+    let mut plugged: model::Port = get(&etcd, &qkey).await.unwrap();
+    plugged.device = Some(nubo_common::InstanceId::new_random());
+    etcd.client()
+        .await
+        .unwrap()
+        .put(qkey, model::encode(&plugged), None)
+        .await
+        .unwrap();
+    let e = cl
+        .routers
+        .add_subnet(by_port("r2", &q.id, "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, "plugged into server");
+    // Removing the interface deletes the port and frees its address.
+    cl.routers
+        .remove_subnet(subnet("r1", "net1", "p1"))
+        .await
+        .unwrap();
+    let e = cl.ports.get(in_project(&p.id, "p1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let net1_id: NetworkId = net1.id.parse().unwrap();
+    assert!(ipam_holder(&etcd, &net1_id, p.ip.parse().unwrap())
+        .await
+        .is_none());
+    cl.routers.delete(req_del("r1", "p1")).await.unwrap();
 }

@@ -138,6 +138,7 @@ impl World {
             port_security: false,
             device: Some(id),
             node: Some(node.clone()),
+            router: None,
             created_at: model::now(),
         };
         let inst = Instance {

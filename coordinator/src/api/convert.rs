@@ -172,6 +172,7 @@ pub fn port(p: &model::Port) -> pb::Port {
         security_group_ids: p.security_groups.iter().map(ToString::to_string).collect(),
         device_id: p.device.map(|d| d.to_string()).unwrap_or_default(),
         node: p.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+        router_id: p.router.map(|r| r.to_string()).unwrap_or_default(),
         tap: p.tap_name(),
         port_security: p.port_security,
         created_at: ts(&p.created_at),
@@ -376,6 +377,15 @@ pub fn router(v: &RouterView) -> pb::Router {
             .unwrap_or_default(),
         subnet_ids: r.subnets.iter().map(ToString::to_string).collect(),
         disabled: r.disabled,
+        interface_ports: r
+            .interface_ports
+            .iter()
+            .map(|p| pb::RouterInterfacePort {
+                network_id: p.network.to_string(),
+                port_id: p.port.to_string(),
+                ip: p.ip.to_string(),
+            })
+            .collect(),
         created_at: ts(&r.created_at),
         snat_addresses: v
             .snat

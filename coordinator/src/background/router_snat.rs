@@ -294,6 +294,7 @@ mod tests {
             id,
             name: "r1".into(),
             disabled: false,
+            interface_ports: Vec::new(),
             project: nubo_common::ProjectId::new("p1").unwrap(),
             gateway: Some(RouterGateway {
                 network: ext,
@@ -316,6 +317,7 @@ mod tests {
             port_security: true,
             device: node.map(|_| nubo_common::InstanceId::new_random()),
             node: node.map(|n| NodeName::new(n).unwrap()),
+            router: None,
             created_at: model::now(),
         })
     }

@@ -293,6 +293,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         port_security: !r.no_port_security,
         device: None,
         node: None,
+        router: None,
         created_at: model::now(),
     };
     // No subnet: the port has no address (Neutron's port on a bare network).
@@ -386,6 +387,12 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         if let Some(dev) = p.value.device {
             return Err(ApiError::FailedPrecondition(format!(
                 "port {} is plugged into server {dev}; delete the server first",
+                p.value.id
+            )));
+        }
+        if let Some(r) = p.value.router {
+            return Err(ApiError::FailedPrecondition(format!(
+                "port {} is an interface of router {r}; remove it from the router (which deletes it)",
                 p.value.id
             )));
         }

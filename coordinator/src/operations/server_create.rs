@@ -264,6 +264,7 @@ impl<'a> CreateJob<'a> {
                 port_security: true,
                 device: Some(id),
                 node: None,
+                router: None,
                 created_at: now,
             })
             .collect();
@@ -805,6 +806,12 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         if let Some(dev) = port.value.device {
             return Err(ApiError::FailedPrecondition(format!(
                 "port {} is already plugged into server {dev}",
+                port.value.id
+            )));
+        }
+        if let Some(r) = port.value.router {
+            return Err(ApiError::FailedPrecondition(format!(
+                "port {} is an interface of router {r}",
                 port.value.id
             )));
         }

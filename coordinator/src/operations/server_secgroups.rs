@@ -118,6 +118,7 @@ mod tests {
             port_security: true,
             device: None,
             node: None,
+            router: None,
             created_at: model::now(),
         }
     }

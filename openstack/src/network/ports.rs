@@ -18,6 +18,7 @@ use crate::Upstream;
 /// The Neutron view of a port. Pure.
 pub fn port_view(p: &pb::Port) -> Value {
     let plugged = !p.device_id.is_empty();
+    let routed = !p.router_id.is_empty();
     json!({
         "id": p.id,
         "name": p.name,
@@ -33,12 +34,16 @@ pub fn port_view(p: &pb::Port) -> Value {
         },
         "security_groups": p.security_group_ids,
         "port_security_enabled": p.port_security,
-        "device_id": p.device_id,
-        "device_owner": if plugged { "compute:nova" } else { "" },
+        "device_id": if routed { &p.router_id } else { &p.device_id },
+        "device_owner": match (plugged, routed) {
+            (true, _) => "compute:nova",
+            (false, true) => "network:router_interface_distributed",
+            (false, false) => "",
+        },
         "binding:host_id": p.node,
         "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
         "binding:vnic_type": "normal",
-        "status": if plugged && !p.node.is_empty() { "ACTIVE" } else { "DOWN" },
+        "status": if routed || (plugged && !p.node.is_empty()) { "ACTIVE" } else { "DOWN" },
         "admin_state_up": true,
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
@@ -246,6 +251,21 @@ pub(crate) struct UpdateBody {
 #[serde(deny_unknown_fields)]
 struct PortUpdate {
     security_groups: Option<Vec<String>>,
+    /// Accepted when it names the addresses the port has.
+    fixed_ips: Option<Vec<FixedIp>>,
+}
+
+/// Whether `asked` names exactly the fixed IPs of port view `v` (each by its
+/// subnet, its address or both). Pure.
+fn same_fixed_ips(v: &Value, asked: &[FixedIp]) -> bool {
+    let have = v["fixed_ips"].as_array().cloned().unwrap_or_default();
+    have.len() == asked.len()
+        && have.iter().zip(asked).all(|(h, a)| {
+            a.subnet_id.as_ref().is_none_or(|s| h["subnet_id"] == *s)
+                && a.ip_address
+                    .as_ref()
+                    .is_none_or(|ip| h["ip_address"] == *ip)
+        })
 }
 
 /// `PUT /v2.0/ports/{id}`.
@@ -267,8 +287,28 @@ pub(crate) async fn update_port(
             ));
         }
     };
-    let p = match b.port.security_groups {
-        Some(groups) => c
+    let current = match c.get(crate::upstream::get_req(id.clone())).await {
+        Ok(p) => Some(p.into_inner()),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => return Err(ApiError::from_status(S, &s)),
+    };
+    let view = match &current {
+        Some(p) => port_view(p),
+        // A router's interface on a network joined by its subnet.
+        None => super::routers::interface_port(&up, &headers, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(S, format!("Port {id} could not be found")))?,
+    };
+    if let Some(asked) = &b.port.fixed_ips {
+        if !same_fixed_ips(&view, asked) {
+            return Err(ApiError::bad_request(
+                S,
+                "changing a port's fixed IPs is not supported (nubo): make a new port",
+            ));
+        }
+    }
+    let p = match (b.port.security_groups, current) {
+        (Some(groups), Some(_)) => c
             .update(pb::UpdatePortRequest {
                 r#ref: id,
                 project: String::new(),
@@ -277,11 +317,14 @@ pub(crate) async fn update_port(
             .await
             .api(S)?
             .into_inner(),
-        None => c
-            .get(crate::upstream::get_req(id))
-            .await
-            .api(S)?
-            .into_inner(),
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                S,
+                "a router interface port has no security groups (nubo)",
+            ))
+        }
+        (None, Some(p)) => p,
+        (None, None) => return Ok(Json(json!({"port": view})).into_response()),
     };
     Ok(Json(json!({"port": port_view(&p)})).into_response())
 }
