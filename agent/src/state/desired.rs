@@ -784,7 +784,7 @@ mod tests {
         // Members cluster-wide.
         assert_eq!(
             d.security_groups[&sg].members,
-            BTreeSet::from([p1.ip, p2.ip])
+            BTreeSet::from([p1.ip.unwrap(), p2.ip.unwrap()])
         );
     }
 

@@ -61,6 +61,22 @@ pub struct PortFilters {
     network_id: Option<String>,
     device_id: Option<String>,
     mac_address: Option<String>,
+    /// `ip_address=A`, `ip_address_substr=S` or `subnet_id=N`.
+    fixed_ips: Option<String>,
+}
+
+/// Whether port view `v` has a fixed IP matching Neutron's `fixed_ips`
+/// filter `f` (`ip_address=A`, `ip_address_substr=S`, `subnet_id=N`; an
+/// unknown form matches nothing). Pure.
+fn fixed_ip_matches(v: &Value, f: &str) -> bool {
+    let ips = v["fixed_ips"].as_array().cloned().unwrap_or_default();
+    let field = |ip: &Value, k: &str| ip[k].as_str().unwrap_or_default().to_string();
+    match f.split_once('=') {
+        Some(("ip_address", a)) => ips.iter().any(|ip| field(ip, "ip_address") == a),
+        Some(("ip_address_substr", s)) => ips.iter().any(|ip| field(ip, "ip_address").contains(s)),
+        Some(("subnet_id", n)) => ips.iter().any(|ip| field(ip, "subnet_id") == n),
+        _ => false,
+    }
 }
 
 /// `GET /v2.0/ports`.
@@ -93,6 +109,7 @@ pub(crate) async fn list_ports(
                 .as_ref()
                 .is_none_or(|x| text(p, "mac_address").eq_ignore_ascii_case(x))
         })
+        .filter(|p| f.fixed_ips.as_ref().is_none_or(|x| fixed_ip_matches(p, x)))
         .collect();
     Ok(Json(json!({"ports": views})).into_response())
 }
@@ -400,6 +417,24 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(text), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn the_fixed_ips_filter_matches_address_substring_or_subnet() {
+        let v = port_view(&pb::Port {
+            network_id: "n".into(),
+            ip: "10.0.0.13".into(),
+            ..Default::default()
+        });
+        assert!(fixed_ip_matches(&v, "ip_address=10.0.0.13"));
+        assert!(!fixed_ip_matches(&v, "ip_address=10.0.0.1"));
+        assert!(fixed_ip_matches(&v, "ip_address_substr=0.0.1"));
+        assert!(!fixed_ip_matches(&v, "ip_address_substr=10.1"));
+        assert!(fixed_ip_matches(&v, "subnet_id=n"));
+        assert!(!fixed_ip_matches(&v, "subnet_id=m"));
+        assert!(!fixed_ip_matches(&v, "nonsense"));
+        let bare = port_view(&pb::Port::default());
+        assert!(!fixed_ip_matches(&bare, "subnet_id="));
     }
 
     #[test]
