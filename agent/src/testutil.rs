@@ -80,6 +80,24 @@ pub struct World {
     next_ip: u8,
 }
 
+/// Port number `n` of `net` (192.168.0.`n`), in no server or router.
+fn free_port(net: NetworkId, sgs: &[SecurityGroupId], n: u8) -> Port {
+    Port {
+        id: PortId::new_random(),
+        name: String::new(),
+        project: ProjectId::default_project(),
+        network: net,
+        mac: MacAddr::port_mac([0, 0, n]),
+        ip: Some(format!("192.168.0.{n}").parse().unwrap()),
+        security_groups: sgs.to_vec(),
+        port_security: true,
+        device: None,
+        node: None,
+        router: None,
+        created_at: model::now(),
+    }
+}
+
 impl World {
     pub fn new() -> Self {
         Self {
@@ -225,20 +243,7 @@ impl World {
         sgs: &[SecurityGroupId],
     ) -> (InstanceId, Port) {
         self.next_ip += 1;
-        let port = Port {
-            id: PortId::new_random(),
-            name: String::new(),
-            project: ProjectId::default_project(),
-            network: net,
-            mac: MacAddr::port_mac([0, 0, self.next_ip]),
-            ip: Some(format!("192.168.0.{}", self.next_ip).parse().unwrap()),
-            security_groups: sgs.to_vec(),
-            port_security: true,
-            device: None,
-            node: None,
-            router: None,
-            created_at: model::now(),
-        };
+        let port = free_port(net, sgs, self.next_ip);
         let mut inst = instance(vec![port.id]);
         let image = Image {
             id: inst.image,
@@ -312,18 +317,10 @@ impl World {
     pub fn router_port(&mut self, r: RouterId, net: NetworkId, ip: &str) -> Port {
         self.next_ip += 1;
         let port = Port {
-            id: PortId::new_random(),
-            name: String::new(),
-            project: ProjectId::default_project(),
-            network: net,
             mac: MacAddr::port_mac([0, 1, self.next_ip]),
             ip: Some(ip.parse().unwrap()),
-            security_groups: Vec::new(),
-            port_security: true,
-            device: None,
-            node: None,
             router: Some(r),
-            created_at: model::now(),
+            ..free_port(net, &[], self.next_ip)
         };
         let mut rt = self.cache.routers[&r].clone();
         rt.subnets.retain(|n| *n != net);
