@@ -82,6 +82,24 @@ pub struct World {
     next_ip: u8,
 }
 
+/// Port number `n` of `net` (192.168.0.`n`), in no server or router.
+fn free_port(net: NetworkId, sgs: &[SecurityGroupId], n: u8) -> Port {
+    Port {
+        id: PortId::new_random(),
+        name: String::new(),
+        project: ProjectId::default_project(),
+        network: net,
+        mac: MacAddr::port_mac([0, 0, n]),
+        ip: Some(format!("192.168.0.{n}").parse().unwrap()),
+        security_groups: sgs.to_vec(),
+        port_security: true,
+        device: None,
+        node: None,
+        router: None,
+        created_at: model::now(),
+    }
+}
+
 impl World {
     pub fn new() -> Self {
         Self {
@@ -228,19 +246,7 @@ impl World {
         sgs: &[SecurityGroupId],
     ) -> (InstanceId, Port) {
         self.next_ip += 1;
-        let port = Port {
-            id: PortId::new_random(),
-            name: String::new(),
-            project: ProjectId::default_project(),
-            network: net,
-            mac: MacAddr::port_mac([0, 0, self.next_ip]),
-            ip: format!("192.168.0.{}", self.next_ip).parse().unwrap(),
-            security_groups: sgs.to_vec(),
-            port_security: true,
-            device: None,
-            node: None,
-            created_at: model::now(),
-        };
+        let port = free_port(net, sgs, self.next_ip);
         let mut inst = instance(vec![port.id]);
         let image = Image {
             id: inst.image,
@@ -302,10 +308,35 @@ impl World {
             }),
             subnets: subnets.to_vec(),
             disabled: false,
+            interface_ports: Vec::new(),
             created_at: model::now(),
         };
         self.put(keys::router(&r.id), &r);
         r.id
+    }
+
+    /// Makes router `r` join `net` by a new port with address `ip`: the
+    /// port (its `router` set) and the router's interface record.
+    pub fn router_port(&mut self, r: RouterId, net: NetworkId, ip: &str) -> Port {
+        self.next_ip += 1;
+        let port = Port {
+            mac: MacAddr::port_mac([0, 1, self.next_ip]),
+            ip: Some(ip.parse().unwrap()),
+            router: Some(r),
+            ..free_port(net, &[], self.next_ip)
+        };
+        let mut rt = self.cache.routers[&r].clone();
+        rt.subnets.retain(|n| *n != net);
+        rt.subnets.push(net);
+        rt.interface_ports.push(model::RouterPort {
+            network: net,
+            port: port.id,
+            ip: ip.parse().unwrap(),
+            mac: port.mac,
+        });
+        self.put(keys::port(&port.id), &port);
+        self.put(keys::router(&r), &rt);
+        port
     }
 
     /// Floating IP `address` of `external`, on `port` through `router`.
@@ -322,7 +353,7 @@ impl World {
             network: external,
             address: address.parse().unwrap(),
             port: Some(port.id),
-            fixed_ip: Some(port.ip),
+            fixed_ip: port.ip,
             router: Some(router),
             created_at: model::now(),
         };

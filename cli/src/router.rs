@@ -36,14 +36,16 @@ pub enum RouterCmd {
         /// Router name or id.
         router: String,
     },
-    /// Connect a network to a router (`nubo router add subnet R NET`).
+    /// Connect a network to a router (`nubo router add subnet R NET`, or by
+    /// one of its ports: `nubo router add port R PORT`).
     #[command(subcommand)]
     Add(SubnetCmd),
-    /// Disconnect a network (`nubo router remove subnet R NET`).
+    /// Disconnect a network (`nubo router remove subnet R NET`; a port
+    /// interface is removed by its network).
     #[command(subcommand)]
     Remove(SubnetCmd),
-    /// Rename a router or take it down (`--disable`: no node routes for
-    /// it) or up again (`--enable`).
+    /// Rename a router, take it down (`--disable`: no node routes for
+    /// it) or up again (`--enable`), or set, change or clear its gateway.
     Set {
         /// Router name or id.
         router: String,
@@ -56,6 +58,12 @@ pub enum RouterCmd {
         /// Bring it up.
         #[arg(long)]
         enable: bool,
+        /// Set or change its gateway to this external network (name or id).
+        #[arg(long, conflicts_with = "no_external_gateway")]
+        external_gateway: Option<String>,
+        /// Remove its gateway (no outbound SNAT, no floating IPs).
+        #[arg(long)]
+        no_external_gateway: bool,
     },
     /// Delete routers (they must have no networks).
     Delete {
@@ -74,6 +82,14 @@ pub enum SubnetCmd {
         router: String,
         /// Network name or id.
         network: String,
+    },
+    /// A port of a tenant network (`add` only): the router takes its
+    /// address and MAC there; removing the network's interface deletes it.
+    Port {
+        /// Router name or id.
+        router: String,
+        /// Port name or id.
+        port: String,
     },
 }
 
@@ -114,11 +130,15 @@ pub fn table(routers: &[Router]) -> Table {
 pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
     let api = &ctx.api;
     let subnet_req = |c: SubnetCmd| {
-        let SubnetCmd::Subnet { router, network } = c;
+        let (router, network, port) = match c {
+            SubnetCmd::Subnet { router, network } => (router, network, String::new()),
+            SubnetCmd::Port { router, port } => (router, String::new(), port),
+        };
         RouterSubnetRequest {
             r#ref: router,
             project: api.project.clone(),
             network,
+            port,
         }
     };
     let r = match cmd {
@@ -152,12 +172,18 @@ pub async fn run(cmd: RouterCmd, ctx: &Ctx) -> Result<()> {
             name,
             disable,
             enable,
+            external_gateway,
+            no_external_gateway,
         } => {
             let req = UpdateRouterRequest {
                 r#ref: router,
                 project: api.project.clone(),
                 name,
                 disabled: (disable || enable).then_some(disable),
+                external_gateway: match no_external_gateway {
+                    true => Some(String::new()),
+                    false => external_gateway,
+                },
             };
             api.routers().update(req).await.or_fail(api)?
         }

@@ -431,6 +431,17 @@ pub fn ipam(net: &NetworkId, ip: IpAddr) -> String {
     format!("{PRIVATE}ipam/{net}/{ip}")
 }
 
+/// `/nubo/v1/private/bare-ports/<network>/` — the ports of a network that
+/// have no address (made while it had no subnet).
+pub fn bare_ports_prefix(net: &NetworkId) -> String {
+    format!("{PRIVATE}bare-ports/{net}/")
+}
+/// `/nubo/v1/private/bare-ports/<network>/<port>` → the port id: keeps a
+/// network with address-less ports from being deleted under them.
+pub fn bare_port(net: &NetworkId, port: &PortId) -> String {
+    format!("{PRIVATE}bare-ports/{net}/{port}")
+}
+
 /// `/nubo/v1/private/macs/` — every taken MAC.
 pub fn macs_prefix() -> String {
     format!("{PRIVATE}macs/")

@@ -57,6 +57,16 @@ fn subnet(router: &str, net: &str, p: &str) -> pb::RouterSubnetRequest {
         r#ref: router.into(),
         project: p.into(),
         network: net.into(),
+        ..Default::default()
+    }
+}
+
+fn by_port(router: &str, port: &str, p: &str) -> pb::RouterSubnetRequest {
+    pb::RouterSubnetRequest {
+        r#ref: router.into(),
+        project: p.into(),
+        port: port.into(),
+        ..Default::default()
     }
 }
 
@@ -205,6 +215,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         project: "p1".into(),
         name: name.map(Into::into),
         disabled,
+        external_gateway: None,
     };
     let e = cl
         .routers
@@ -227,6 +238,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
             project: "p1".into(),
             name: Some("r3".into()),
             disabled: Some(false),
+            external_gateway: None,
         })
         .await
         .unwrap()
@@ -240,6 +252,7 @@ async fn routers_and_floating_ips_keep_their_invariants() {
             project: "p1".into(),
             name: Some("r2".into()),
             disabled: None,
+            external_gateway: None,
         })
         .await
         .unwrap();
@@ -670,4 +683,222 @@ async fn every_node_of_a_router_gets_its_own_snat_address() {
         .delete(req_del(&ext.to_string(), "admin"))
         .await
         .unwrap();
+}
+
+fn gateway_change(router: &str, gateway: &str, p: &str) -> pb::UpdateRouterRequest {
+    pb::UpdateRouterRequest {
+        r#ref: router.into(),
+        project: p.into(),
+        external_gateway: Some(gateway.into()),
+        ..Default::default()
+    }
+}
+
+/// A router's gateway set after creation, moved to another external
+/// network (the old address released, a new one reserved in one
+/// transaction), refused while a floating IP goes through it, and cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_gateway_is_set_changed_and_cleared() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    let ext1 = put_external(&etcd, "ext1", "10.77.0.0/24", "10.77.0.1").await;
+    let ext2 = put_external(&etcd, "ext2", "10.78.0.0/24", "10.78.0.1").await;
+    network(&mut cl, "net1", "10.1.0.0/24", "p1").await;
+    let r = cl
+        .routers
+        .create(pb::CreateRouterRequest {
+            name: "r1".into(),
+            project: "p1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.gateway_network_id, "");
+
+    // Bad targets, each with its reason; the router is unchanged.
+    let e = cl
+        .routers
+        .update(gateway_change("r1", "nosuch", "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::NotFound, "nosuch");
+    let e = cl
+        .routers
+        .update(gateway_change("r1", "net1", "p1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // Set: the address is the router's in ext1's IPAM.
+    let set = cl
+        .routers
+        .update(gateway_change("r1", "ext1", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.gateway_network_id, ext1.to_string());
+    let ip1: std::net::Ipv4Addr = set.gateway_ip.parse().unwrap();
+    let held = ipam_holder(&etcd, &ext1, ip1).await.unwrap();
+    assert_eq!(held.router.map(|r| r.to_string()), Some(r.id.clone()));
+    // The same network again: nothing changes.
+    let same = cl
+        .routers
+        .update(gateway_change("r1", &ext1.to_string(), "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.gateway_ip, set.gateway_ip);
+
+    // A floating IP through the router holds its gateway.
+    cl.routers
+        .add_subnet(subnet("r1", "net1", "p1"))
+        .await
+        .unwrap();
+    let p = port(&mut cl, "net1", "p1").await;
+    let fip = cl
+        .fips
+        .create(fip_req("ext1", "", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    cl.fips.set(set_port(&fip.id, &p.id, "p1")).await.unwrap();
+    let e = cl
+        .routers
+        .update(gateway_change("r1", "ext2", "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, &fip.address);
+    cl.fips.unset(in_project(&fip.id, "p1")).await.unwrap();
+
+    // Change: ext1's address released, one of ext2's reserved.
+    let moved = cl
+        .routers
+        .update(gateway_change("r1", "ext2", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.gateway_network_id, ext2.to_string());
+    let ip2: std::net::Ipv4Addr = moved.gateway_ip.parse().unwrap();
+    assert!(ipam_holder(&etcd, &ext1, ip1).await.is_none());
+    assert!(ipam_holder(&etcd, &ext2, ip2).await.is_some());
+
+    // Clear: no gateway, no address held.
+    let cleared = cl
+        .routers
+        .update(gateway_change("r1", "", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            cleared.gateway_network_id.as_str(),
+            cleared.gateway_ip.as_str()
+        ),
+        ("", "")
+    );
+    assert_eq!(count(&etcd, &keys::ipam_prefix(&ext2)).await, 0);
+}
+
+/// A router joins a network by one of its ports: it takes the port's
+/// address, the port names the router, cannot be deleted or plugged
+/// elsewhere, and goes with the interface; unfit ports are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_joins_a_network_by_a_port() {
+    let etcd = Etcd::start().unwrap();
+    let c = coordinator(&etcd).await;
+    let mut cl = clients(&c).await;
+    network(&mut cl, "net1", "10.1.0.0/24", "p1").await;
+    network(&mut cl, "net2", "10.2.0.0/24", "p1").await;
+    for name in ["r1", "r2"] {
+        cl.routers
+            .create(pb::CreateRouterRequest {
+                name: name.into(),
+                project: "p1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let p = port(&mut cl, "net1", "p1").await;
+    let r = cl
+        .routers
+        .add_subnet(by_port("r1", &p.id, "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let net1 = cl
+        .networks
+        .get(in_project("net1", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.subnet_ids, vec![net1.id.clone()]);
+    assert_eq!(
+        r.interface_ports,
+        vec![pb::RouterInterfacePort {
+            network_id: net1.id.clone(),
+            port_id: p.id.clone(),
+            ip: p.ip.clone(),
+        }]
+    );
+    assert_ne!(p.ip, net1.gateway, "the port's address, not the gateway");
+    let shown = cl
+        .ports
+        .get(in_project(&p.id, "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.router_id, r.id);
+    // Again: nothing changes; another router or the subnet way: refused.
+    cl.routers
+        .add_subnet(by_port("r1", &p.id, "p1"))
+        .await
+        .unwrap();
+    let e = cl
+        .routers
+        .add_subnet(by_port("r2", &p.id, "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, "already a router's interface");
+    let e = cl
+        .routers
+        .add_subnet(subnet("r1", "net1", "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, "already has an interface");
+    // The port is the router's: not deleted, not plugged into a server.
+    let e = cl.ports.delete(req_del(&p.id, "p1")).await.unwrap_err();
+    refused(e, Code::FailedPrecondition, "is an interface of router");
+    // A port with a server is refused (positive control: the same
+    // network's free port above was taken).
+    let q = port(&mut cl, "net2", "p1").await;
+    let qkey = keys::port(&q.id.parse().unwrap());
+    let mut plugged: model::Port = get(&etcd, &qkey).await.unwrap();
+    plugged.device = Some(nubo_common::InstanceId::new_random());
+    etcd.client()
+        .await
+        .unwrap()
+        .put(qkey, model::encode(&plugged), None)
+        .await
+        .unwrap();
+    let e = cl
+        .routers
+        .add_subnet(by_port("r2", &q.id, "p1"))
+        .await
+        .unwrap_err();
+    refused(e, Code::FailedPrecondition, "plugged into server");
+    // Removing the interface deletes the port and frees its address.
+    cl.routers
+        .remove_subnet(subnet("r1", "net1", "p1"))
+        .await
+        .unwrap();
+    let e = cl.ports.get(in_project(&p.id, "p1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let net1_id: NetworkId = net1.id.parse().unwrap();
+    assert!(ipam_holder(&etcd, &net1_id, p.ip.parse().unwrap())
+        .await
+        .is_none());
+    cl.routers.delete(req_del("r1", "p1")).await.unwrap();
 }

@@ -1,10 +1,11 @@
 //! A network created without a CIDR, then given its subnet (Neutron's
 //! network-then-subnet creation, also `nubo network subnet set`), through
 //! the API (`auth = "token"`, real etcd, the coordinator in-process): no
-//! port and no server on it before the subnet, a clear error for each bad
-//! request (a gateway without a subnet, an overlap, a second subnet, a
-//! subnet removed while it has ports), and the subnet removed when the
-//! network has no port left.
+//! server on it before the subnet, ports without an address (Neutron's port
+//! on a bare network) that no server can plug and that keep the network
+//! from being deleted, a clear error for each bad request (a gateway
+//! without a subnet, an overlap, a second subnet, a subnet removed while it
+//! has ports), and the subnet removed when the network has no port left.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -91,15 +92,42 @@ async fn a_network_gets_its_subnet_after_creation() {
         .unwrap()
         .into_inner();
 
-    // Nothing plugs into it before its subnet exists.
+    // A port before the subnet exists has no address; no server takes it
+    // and no server is made on the network.
     let port_req = pb::CreatePortRequest {
         network_ref: "bare".into(),
         ..Default::default()
     };
+    let bare_port = ports
+        .create(req(&alice, port_req.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (bare_port.ip.as_str(), bare_port.network_id.as_str()),
+        ("", bare.id.as_str())
+    );
+    assert!(bare_port.mac.starts_with("fa:16:3e:"), "{bare_port:?}");
+    let shown_port = ports
+        .get(req(
+            &alice,
+            pb::GetRequest {
+                r#ref: bare_port.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown_port, bare_port);
+    let net_del = pb::DeleteRequest {
+        r#ref: "bare".into(),
+        ..Default::default()
+    };
     refused(
-        ports.create(req(&alice, port_req.clone())).await,
+        nets.delete(req(&alice, net_del.clone())).await,
         Code::FailedPrecondition,
-        "has no subnet yet",
+        "still has 1 ports",
     );
     common::flavor_and_image(&ch, &root, "m1", &alice).await;
     register_node(&etcd, "n0", res(8, 8 * 1024, 100), "nova").await;
@@ -207,6 +235,21 @@ async fn a_network_gets_its_subnet_after_creation() {
         port.ip.starts_with("10.2.0."),
         "address from the new subnet: {port:?}"
     );
+    // The address-less port stays so; a server refuses it, with the reason.
+    let mut with_bare = common::server_req("vm2", &[], 1);
+    with_bare.flavor = "m1".into();
+    with_bare.ports = vec![bare_port.id.clone()];
+    match servers.create(req(&alice, with_bare)).await {
+        Err(e) => assert!(e.message().contains("has no fixed IP"), "{e:?}"),
+        Ok(r) => {
+            let r = r.into_inner();
+            assert!(r.results[0].server.is_none(), "{r:?}");
+            assert!(
+                format!("{:?}", r.results[0].error).contains("has no fixed IP"),
+                "{r:?}"
+            );
+        }
+    }
 
     // Its subnet stays while a port uses it; goes once none is left.
     let del = pb::DeleteRequest {
@@ -243,4 +286,22 @@ async fn a_network_gets_its_subnet_after_creation() {
         "has no subnet",
     );
     assert_eq!(other.cidr, "10.1.0.0/24");
+
+    // The address-less port kept the network; once deleted, the network goes.
+    refused(
+        nets.delete(req(&alice, net_del.clone())).await,
+        Code::FailedPrecondition,
+        "still has 1 ports",
+    );
+    ports
+        .delete(req(
+            &alice,
+            pb::DeleteRequest {
+                r#ref: bare_port.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    nets.delete(req(&alice, net_del)).await.unwrap();
 }

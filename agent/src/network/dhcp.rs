@@ -361,7 +361,7 @@ mod tests {
             vec![&"nb-100".to_string(), &"nb-200".to_string()]
         );
         let lease = &l["nb-100"][&p1.mac];
-        assert_eq!(lease.ip, p1.ip);
+        assert_eq!(Some(lease.ip), p1.ip);
         assert_eq!(lease.prefix_len, 24);
         assert_eq!(lease.router, Some("192.168.0.1".parse().unwrap()));
         assert_eq!(lease.mtu, Some(1450));

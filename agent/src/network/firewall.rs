@@ -520,7 +520,7 @@ mod tests {
         assert_eq!(spec.ports.len(), 2);
         let port1 = spec.ports.iter().find(|p| p.tap == p1.tap_name()).unwrap();
         assert_eq!(port1.mac.0, p1.mac.octets());
-        assert_eq!(port1.ips, vec![IpAddr::V4(p1.ip)]);
+        assert_eq!(port1.ips, vec![IpAddr::V4(p1.ip.unwrap())]);
         assert_eq!(port1.groups, vec![sg.to_string()]);
         assert!(port1.port_security);
         let port3 = spec.ports.iter().find(|p| p.tap == p3.tap_name()).unwrap();
@@ -532,7 +532,10 @@ mod tests {
         ));
         let mut members = g.members.clone();
         members.sort();
-        assert_eq!(members, vec![IpAddr::V4(p1.ip), IpAddr::V4(p2.ip)]);
+        assert_eq!(
+            members,
+            vec![IpAddr::V4(p1.ip.unwrap()), IpAddr::V4(p2.ip.unwrap())]
+        );
     }
 
     #[test]

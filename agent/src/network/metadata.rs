@@ -472,11 +472,11 @@ mod tests {
         // The server's metadata is the guest's `meta`.
         assert_eq!(m.meta.get("role").map(String::as_str), Some("web"));
         assert_eq!(m.meta.len(), 1);
-        assert_eq!(m.local_ipv4, p1.ip);
+        assert_eq!(Some(m.local_ipv4), p1.ip);
         assert_eq!(m.mac.0, p1.mac.octets());
         let nd = &m.network_data;
         assert_eq!(nd["links"][0]["ethernet_mac_address"], p1.mac.to_string());
-        assert_eq!(nd["networks"][0]["ip_address"], p1.ip.to_string());
+        assert_eq!(nd["networks"][0]["ip_address"], p1.ip.unwrap().to_string());
         assert_eq!(nd["networks"][0]["netmask"], "255.255.255.0");
         assert_eq!(nd["networks"][0]["routes"][0]["gateway"], "192.168.0.1");
         assert_eq!(nd["links"][0]["mtu"], 1450);

@@ -437,8 +437,8 @@ pub fn rebuild(
     // One pass over every port in the cluster: remote VTEPs/MACs and members.
     for port in cache.ports.values() {
         for g in &port.security_groups {
-            if let Some(dsg) = out.security_groups.get_mut(g) {
-                dsg.members.insert(port.ip);
+            if let (Some(dsg), Some(ip)) = (out.security_groups.get_mut(g), port.ip) {
+                dsg.members.insert(ip);
             }
         }
         if local_ports.contains(&port.id) {
@@ -658,10 +658,17 @@ fn resolve_spec(
                 ));
             }
         }
+        // The coordinator never plugs an address-less port; a hand-edited
+        // record that does is held with the reason.
+        let Some(ip) = port.ip else {
+            return Err(Unresolved::Broken(format!(
+                "port {pid} has no fixed IP and cannot be plugged"
+            )));
+        };
         ports.push(DesiredPort {
             id: port.id,
             mac: port.mac,
-            ip: port.ip,
+            ip,
             tap: port.tap_name(),
             network: port.network,
             security_groups: if port.port_security {
@@ -780,7 +787,7 @@ mod tests {
         // Members cluster-wide.
         assert_eq!(
             d.security_groups[&sg].members,
-            BTreeSet::from([p1.ip, p2.ip])
+            BTreeSet::from([p1.ip.unwrap(), p2.ip.unwrap()])
         );
     }
 

@@ -118,7 +118,16 @@ fn resolve_router(
             tracing::warn!(router = %r.id, network = %net_id, "routed network not found; leg left out");
             continue;
         };
-        let (Some(cidr), Some(gateway)) = (net.cidr, net.gateway) else {
+        // Joined by a port: the router answers on the port's address and
+        // MAC; otherwise on the network's gateway, with its own MAC.
+        let (address, mac) = match r.interface_port(net_id) {
+            Some(p) => (Some(p.ip), p.mac),
+            None => (
+                net.gateway,
+                MacAddr::router_mac(&[&rid, &net_id.to_string()]),
+            ),
+        };
+        let (Some(cidr), Some(gateway)) = (net.cidr, address) else {
             tracing::warn!(router = %r.id, network = %net_id, "routed network has no subnet or no gateway; leg left out");
             continue;
         };
@@ -127,7 +136,7 @@ fn resolve_router(
             network: *net_id,
             cidr,
             gateway,
-            mac: MacAddr::router_mac(&[&rid, &net_id.to_string()]),
+            mac,
             host,
             inner,
         });
@@ -136,8 +145,8 @@ fn resolve_router(
     let neighbours = cache
         .ports
         .values()
-        .filter(|p| routed.contains(&p.network))
-        .map(|p| (p.ip, p.mac))
+        .filter(|p| routed.contains(&p.network) && p.router.is_none())
+        .filter_map(|p| Some((p.ip?, p.mac)))
         .collect();
     let external = r.gateway.as_ref().and_then(|gw| {
         let Some(net) = cache.networks.get(&gw.network) else {
@@ -257,12 +266,12 @@ mod tests {
         assert_eq!(x1.host, x2.host, "the same name on every node");
         assert_eq!(
             x1.floating.iter().collect::<Vec<_>>(),
-            [(&"10.77.0.50".parse::<Ipv4Addr>().unwrap(), &p1.ip)]
+            [(&"10.77.0.50".parse::<Ipv4Addr>().unwrap(), &p1.ip.unwrap())]
         );
         assert_eq!(x1.upstream, Some("10.77.0.1".parse().unwrap()));
         // Every port of the routed networks is a neighbour, wherever it is.
-        assert!(r1.neighbours.contains(&(p1.ip, p1.mac)));
-        assert!(r1.neighbours.contains(&(p2.ip, p2.mac)));
+        assert!(r1.neighbours.contains(&(p1.ip.unwrap(), p1.mac)));
+        assert!(r1.neighbours.contains(&(p2.ip.unwrap(), p2.mac)));
         // The routed network without a local port, and the external one,
         // are present with the legs as their only ports.
         for net in [b, ext] {
@@ -274,6 +283,35 @@ mod tests {
             .router_legs
             .iter()
             .any(|l| l.mac == r1.legs[0].mac));
+    }
+
+    #[test]
+    fn a_router_joined_by_a_port_answers_on_its_address_and_mac() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let a = w.network(100, 0);
+        let b = w.network(200, 0);
+        let r = w.router(&[a], None);
+        let rp = w.router_port(r, b, "192.168.0.77");
+        w.instance_on(&n1, a, &[]);
+        let (_, guest_b) = w.instance_on(&n1, b, &[]);
+        let d = build(&w.cache, &n1, 1500);
+        let legs = &d.routers[&r].legs;
+        let by_port = legs.iter().find(|l| l.network == b).unwrap();
+        assert_eq!(
+            (Some(by_port.gateway), by_port.mac),
+            (rp.ip, rp.mac),
+            "the port's address and MAC, not the network's gateway"
+        );
+        // Positive control: the network joined by subnet keeps its gateway.
+        let by_net = legs.iter().find(|l| l.network == a).unwrap();
+        assert_eq!(by_net.gateway, "192.168.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_ne!(by_net.mac, rp.mac);
+        // The router's own port is no neighbour; the guest's is.
+        let n = &d.routers[&r].neighbours;
+        assert!(!n.iter().any(|(_, m)| *m == rp.mac), "{n:?}");
+        assert!(n.contains(&(guest_b.ip.unwrap(), guest_b.mac)));
     }
 
     #[test]

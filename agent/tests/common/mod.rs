@@ -133,11 +133,12 @@ impl World {
             project: ProjectId::default_project(),
             network: self.network,
             mac: MacAddr::port_mac([0, (n >> 8) as u8, n as u8]),
-            ip: format!("10.10.{}.{}", n >> 8, n & 0xff).parse().unwrap(),
+            ip: Some(format!("10.10.{}.{}", n >> 8, n & 0xff).parse().unwrap()),
             security_groups: vec![],
             port_security: false,
             device: Some(id),
             node: Some(node.clone()),
+            router: None,
             created_at: model::now(),
         };
         let inst = Instance {

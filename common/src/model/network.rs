@@ -117,8 +117,11 @@ pub struct Port {
     pub network: NetworkId,
     /// MAC address (fa:16:3e:xx:xx:xx, unique in the cluster).
     pub mac: MacAddr,
-    /// Fixed IPv4 address (reserved under `/nubo/v1/private/ipam/<network>/<ip>`).
-    pub ip: Ipv4Addr,
+    /// Fixed IPv4 address (reserved under `/nubo/v1/private/ipam/<network>/<ip>`);
+    /// `None` for a port made on a network without a subnet (it has no
+    /// address and cannot be plugged into a server).
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     /// Security groups applied to the port.
     #[serde(default)]
     pub security_groups: Vec<SecurityGroupId>,
@@ -131,6 +134,10 @@ pub struct Port {
     /// Node the port is bound to (the node of its instance).
     #[serde(default)]
     pub node: Option<NodeName>,
+    /// The router whose interface it is (the router answers on its
+    /// address); such a port is plugged into no server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterId>,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -330,8 +337,32 @@ pub struct Router {
     /// networks, addresses and floating IPs stay allocated).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// The networks of `subnets` it joined by a port: there it answers on
+    /// that port's address (and MAC) instead of the network's gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interface_ports: Vec<RouterPort>,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+impl Router {
+    /// Its interface port on `network`, if it joined it by a port.
+    pub fn interface_port(&self, network: &NetworkId) -> Option<&RouterPort> {
+        self.interface_ports.iter().find(|p| p.network == *network)
+    }
+}
+
+/// A router's interface made from a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterPort {
+    /// The network.
+    pub network: NetworkId,
+    /// The port (its `router` is the router).
+    pub port: PortId,
+    /// The port's address: the router's on that network.
+    pub ip: Ipv4Addr,
+    /// The port's MAC: the router's on that network.
+    pub mac: MacAddr,
 }
 
 /// A router's way out.

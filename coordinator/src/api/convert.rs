@@ -168,10 +168,11 @@ pub fn port(p: &model::Port) -> pb::Port {
         project: p.project.to_string(),
         network_id: p.network.to_string(),
         mac: p.mac.to_string(),
-        ip: p.ip.to_string(),
+        ip: p.ip.map(|ip| ip.to_string()).unwrap_or_default(),
         security_group_ids: p.security_groups.iter().map(ToString::to_string).collect(),
         device_id: p.device.map(|d| d.to_string()).unwrap_or_default(),
         node: p.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+        router_id: p.router.map(|r| r.to_string()).unwrap_or_default(),
         tap: p.tap_name(),
         port_security: p.port_security,
         created_at: ts(&p.created_at),
@@ -376,6 +377,15 @@ pub fn router(v: &RouterView) -> pb::Router {
             .unwrap_or_default(),
         subnet_ids: r.subnets.iter().map(ToString::to_string).collect(),
         disabled: r.disabled,
+        interface_ports: r
+            .interface_ports
+            .iter()
+            .map(|p| pb::RouterInterfacePort {
+                network_id: p.network.to_string(),
+                port_id: p.port.to_string(),
+                ip: p.ip.to_string(),
+            })
+            .collect(),
         created_at: ts(&r.created_at),
         snat_addresses: v
             .snat
@@ -533,7 +543,7 @@ fn server_parts(
                 network_id: p.network.to_string(),
                 network_name: net_names.get(&p.network).cloned().unwrap_or_default(),
                 port_id: p.id.to_string(),
-                ip: p.ip.to_string(),
+                ip: p.ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 mac: p.mac.to_string(),
                 tap: p.tap_name(),
                 floating_ip: String::new(),

@@ -39,7 +39,8 @@ impl routers_server::Routers for Ctx {
     async fn add_subnet(&self, r: Request<pb::RouterSubnetRequest>) -> R<pb::Router> {
         let r = r.into_inner();
         let go = async {
-            let r = routers::add_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await?;
+            let by = interface(&r)?;
+            let r = routers::add_subnet(self, &project(&r.project)?, &r.r#ref, by).await?;
             routers::view(self, r).await
         };
         reply(go.await.map(|x| convert::router(&x)))
@@ -47,14 +48,12 @@ impl routers_server::Routers for Ctx {
     async fn update(&self, r: Request<pb::UpdateRouterRequest>) -> R<pb::Router> {
         let r = r.into_inner();
         let go = async {
-            let rt = routers::update(
-                self,
-                &project(&r.project)?,
-                &r.r#ref,
-                r.name.as_deref(),
-                r.disabled,
-            )
-            .await?;
+            let change = routers::RouterChange {
+                name: r.name.as_deref(),
+                disabled: r.disabled,
+                gateway: r.external_gateway.as_deref(),
+            };
+            let rt = routers::update(self, &project(&r.project)?, &r.r#ref, change).await?;
             routers::view(self, rt).await
         };
         reply(go.await.map(|x| convert::router(&x)))
@@ -62,10 +61,23 @@ impl routers_server::Routers for Ctx {
     async fn remove_subnet(&self, r: Request<pb::RouterSubnetRequest>) -> R<pb::Router> {
         let r = r.into_inner();
         let go = async {
-            let r =
-                routers::remove_subnet(self, &project(&r.project)?, &r.r#ref, &r.network).await?;
+            let by = interface(&r)?;
+            let r = routers::remove_subnet(self, &project(&r.project)?, &r.r#ref, by).await?;
             routers::view(self, r).await
         };
         reply(go.await.map(|x| convert::router(&x)))
+    }
+}
+
+/// The network or the port an interface request names.
+fn interface(
+    r: &pb::RouterSubnetRequest,
+) -> Result<routers::Interface<'_>, crate::error::ApiError> {
+    match (r.network.trim(), r.port.trim()) {
+        (n, "") => Ok(routers::Interface::Network(n)),
+        ("", p) => Ok(routers::Interface::Port(p)),
+        _ => Err(crate::error::ApiError::InvalidArgument(
+            "give a network or a port, not both".into(),
+        )),
     }
 }

@@ -294,6 +294,7 @@ mod tests {
             id,
             name: "r1".into(),
             disabled: false,
+            interface_ports: Vec::new(),
             project: nubo_common::ProjectId::new("p1").unwrap(),
             gateway: Some(RouterGateway {
                 network: ext,
@@ -311,11 +312,12 @@ mod tests {
             project: nubo_common::ProjectId::new("p1").unwrap(),
             network: net,
             mac: "fa:16:3e:00:00:01".parse().unwrap(),
-            ip: "10.0.0.5".parse().unwrap(),
+            ip: Some("10.0.0.5".parse().unwrap()),
             security_groups: vec![],
             port_security: true,
             device: node.map(|_| nubo_common::InstanceId::new_random()),
             node: node.map(|n| NodeName::new(n).unwrap()),
+            router: None,
             created_at: model::now(),
         })
     }

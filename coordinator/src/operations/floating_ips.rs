@@ -222,6 +222,12 @@ pub async fn associate(
     for _ in 0..MAX_ATTEMPTS {
         let fip = lookup(ctx, project, r).await?;
         let port = target_port(ctx, project, target).await?;
+        let Some(fixed_ip) = port.ip else {
+            return Err(ApiError::FailedPrecondition(format!(
+                "port {} has no fixed IP (its network has no subnet): a floating IP needs one",
+                port.id
+            )));
+        };
         let router_id = ctx
             .store
             .read::<RouterId>(&keys::router_interface(&port.network))
@@ -268,14 +274,14 @@ pub async fn associate(
             t.delete(&keys::floating_ip_port(&old));
         }
         f.port = Some(port.id);
-        f.fixed_ip = Some(port.ip);
+        f.fixed_ip = Some(fixed_ip);
         f.router = Some(router.id);
         t.put(&index, &f.id);
         t.put(&keys::floating_ip(&f.id), &f);
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
             tracing::info!(floating_ip = %f.id, port = %port.id, address = %f.address,
-                fixed_ip = %port.ip, "floating IP associated");
+                fixed_ip = %fixed_ip, "floating IP associated");
             return Ok(f);
         }
         if !a.held(port_free) {

@@ -617,6 +617,8 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         t.unchanged(&key, net.mod_rev);
         let unrouted = t.absent(&keys::router_interface(&n.id));
         t.when(prefix_empty(&ipam_prefix));
+        let bare_prefix = keys::bare_ports_prefix(&n.id);
+        t.when(prefix_empty(&bare_prefix));
         t.delete(&key);
         t.delete(&keys::name_index(NameKind::Network, project, &n.name));
         match &n.provider {
@@ -644,14 +646,17 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
                 n.name
             )));
         }
-        let used = ctx
-            .store
-            .get(
-                ipam_prefix.as_str(),
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await?
-            .count();
+        let mut used = 0;
+        for prefix in [&ipam_prefix, &bare_prefix] {
+            used += ctx
+                .store
+                .get(
+                    prefix.as_str(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await?
+                .count();
+        }
         if used > 0 {
             return Err(ApiError::FailedPrecondition(format!(
                 "network {:?} still has {used} ports or other addresses (floating IPs, router gateways, routers' per-node SNAT addresses); delete them first",

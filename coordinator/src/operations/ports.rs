@@ -117,8 +117,13 @@ pub(crate) fn reserve_ip(
 /// Reserves a new port in `t`: its address and its MAC must be free (the
 /// returned guards, in that order, tell which was taken when `t` fails),
 /// and writes the port.
-pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Guard, Guard) {
-    let ip = reserve_ip(t, &p.network, p.ip, IpHolder::Port(p.id));
+/// A port without an address reserves none (its address guard is `None`).
+pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Option<Guard>, Guard) {
+    let ip =
+        p.ip.map(|ip| reserve_ip(t, &p.network, ip, IpHolder::Port(p.id)));
+    if p.ip.is_none() {
+        t.put(&keys::bare_port(&p.network, &p.id), &p.id);
+    }
     let mac_key = keys::mac(&p.mac);
     let mac = t.absent(&mac_key);
     t.put(&mac_key, &p.id);
@@ -129,7 +134,10 @@ pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Guard, Guard) {
 /// Deletes a port in `t` and releases its address, MAC and owner mark.
 pub(crate) fn release_port(p: &Port, t: &mut TxnBuilder) {
     t.delete(&keys::port(&p.id));
-    t.delete(&keys::ipam(&p.network, IpAddr::V4(p.ip)));
+    match p.ip {
+        Some(ip) => t.delete(&keys::ipam(&p.network, IpAddr::V4(ip))),
+        None => t.delete(&keys::bare_port(&p.network, &p.id)),
+    };
     t.delete(&keys::mac(&p.mac));
     t.delete(&keys::port_owner(&p.id));
 }
@@ -244,7 +252,8 @@ pub struct NewPort {
     pub no_port_security: bool,
 }
 
-/// Creates a port of `project` with an address and a MAC of its own.
+/// Creates a port of `project` with a MAC of its own and, when its network
+/// has a subnet, an address (a port of a network without a subnet has none).
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Port> {
     let project = project.clone();
     if !r.name.is_empty() {
@@ -272,24 +281,31 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         }
     };
     let sgs = super::security_groups::secgroups(ctx, &project, &r.security_groups).await?;
-    let mut pool = IpPool::new(net)?;
+    let net_name = net.name.clone();
     let mut port = Port {
         id: PortId::new_random(),
         name: r.name.clone(),
         project,
-        network: pool.net.id,
+        network: net.id,
         mac: ipam::random_mac(&mut rand::rng()),
-        ip: Ipv4Addr::UNSPECIFIED,
+        ip: None,
         security_groups: sgs,
         port_security: !r.no_port_security,
         device: None,
         node: None,
+        router: None,
         created_at: model::now(),
     };
+    // No subnet: the port has no address (Neutron's port on a bare network).
+    let mut pool = match net.cidr {
+        Some(_) => Some(IpPool::new(net)?),
+        None => None,
+    };
     for _ in 0..MAX_ALLOC_ATTEMPTS {
-        port.ip = match fixed {
-            Some(ip) => ip,
-            None => next_ip(ctx, &mut pool).await?,
+        port.ip = match (fixed, pool.as_mut()) {
+            (Some(ip), _) => Some(ip),
+            (None, Some(pool)) => Some(next_ip(ctx, pool).await?),
+            (None, None) => None,
         };
         let mut t = TxnBuilder::new();
         let (ip_free, mac_free) = reserve_port(&port, &mut t);
@@ -300,25 +316,27 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         super::quotas::add(ctx, &mut t, &port.project, &delta).await?;
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(port = %port.id, network = %port.network, ip = %port.ip, "port created");
+            tracing::info!(port = %port.id, network = %port.network, ip = ?port.ip, "port created");
             return Ok(port);
         }
-        if !a.held(ip_free) {
-            if fixed.is_some() {
-                return Err(ApiError::AlreadyExists(format!(
-                    "address {} is already in use on network {:?}",
-                    port.ip, pool.net.name
-                )));
+        if let (Some(guard), Some(ip)) = (ip_free, port.ip) {
+            if !a.held(guard) {
+                if fixed.is_some() {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "address {ip} is already in use on network {net_name:?}"
+                    )));
+                }
+                if let Some(pool) = pool.as_mut() {
+                    pool.conflict(ip);
+                }
             }
-            pool.conflict(port.ip);
         }
         if !a.held(mac_free) {
             port.mac = ipam::random_mac(&mut rand::rng());
         }
     }
     Err(ApiError::Unavailable(format!(
-        "could not reserve an address on network {:?} after {MAX_ALLOC_ATTEMPTS} attempts (heavy contention); retry",
-        pool.net.name
+        "could not reserve an address on network {net_name:?} after {MAX_ALLOC_ATTEMPTS} attempts (heavy contention); retry"
     )))
 }
 
@@ -369,6 +387,12 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
         if let Some(dev) = p.value.device {
             return Err(ApiError::FailedPrecondition(format!(
                 "port {} is plugged into server {dev}; delete the server first",
+                p.value.id
+            )));
+        }
+        if let Some(r) = p.value.router {
+            return Err(ApiError::FailedPrecondition(format!(
+                "port {} is an interface of router {r}; remove it from the router (which deletes it)",
                 p.value.id
             )));
         }

@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, Network, Router, RouterGateway, RouterSnat};
+use nubo_common::model::{self, Network, Port, Router, RouterGateway, RouterPort, RouterSnat};
 use nubo_common::{ProjectId, RouterId};
 use nubo_store::TxnBuilder;
 
@@ -71,6 +71,7 @@ pub async fn create(
             gateway: gw,
             subnets: Vec::new(),
             disabled,
+            interface_ports: Vec::new(),
             created_at: model::now(),
         };
         t.put(&idx, &router.id);
@@ -130,29 +131,91 @@ pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Pag
     }))
 }
 
-/// Connects network `net` (id or name) of `project` to router `r`: the
-/// network must be a tenant network of the project with a gateway address
-/// (the router answers there), in no other router, and must not overlap the
-/// router's other networks.
-pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> ApiResult<Router> {
+/// How a router joins a network.
+#[derive(Debug, Clone, Copy)]
+pub enum Interface<'a> {
+    /// The network (id or name): the router answers on its gateway address.
+    Network(&'a str),
+    /// A port (id or name) of the network, with an address and no server:
+    /// the router answers on the port's address and MAC.
+    Port(&'a str),
+}
+
+/// Why port `p` cannot become an interface of router `rt`, if it cannot.
+fn unfit_interface_port(p: &Port, rt: &Router) -> Option<String> {
+    if let Some(dev) = p.device {
+        return Some(format!(
+            "port {} is plugged into server {dev}; a router interface port has no server",
+            p.id
+        ));
+    }
+    if p.router.is_some_and(|r| r != rt.id) {
+        return Some(format!("port {} is already a router's interface", p.id));
+    }
+    if p.ip.is_none() {
+        return Some(format!(
+            "port {} has no fixed IP for the router to answer on",
+            p.id
+        ));
+    }
+    None
+}
+
+/// Connects a network of `project` to router `r`, by the network or by one
+/// of its ports (`by`): the network must be a tenant network of the project
+/// with an address for the router (its gateway, or the port's), in no
+/// other router, and must not overlap the router's other networks.
+pub async fn add_subnet(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    by: Interface<'_>,
+) -> ApiResult<Router> {
     for _ in 0..MAX_ATTEMPTS {
         let router = super::lookup::router(ctx, project, r).await?;
-        let network = super::lookup::network(ctx, project, net).await?.value;
+        let port = match by {
+            Interface::Port(p) => Some(super::lookup::port(ctx, project, p).await?),
+            Interface::Network(_) => None,
+        };
+        let net_ref = match (by, &port) {
+            (_, Some(p)) => p.value.network.to_string(),
+            (Interface::Network(n), None) | (Interface::Port(n), None) => n.to_string(),
+        };
+        let network = super::lookup::network(ctx, project, &net_ref).await?.value;
         if network.external {
             return Err(ApiError::InvalidArgument(format!(
                 "network {:?} is external: make it the router's gateway, not one of its subnets",
                 network.name
             )));
         }
-        if network.gateway.is_none() {
-            return Err(ApiError::InvalidArgument(format!(
-                "network {:?} has no gateway address for the router to answer on (create it with --gateway)",
-                network.name
-            )));
-        }
         let mut rt = router.value.clone();
+        match &port {
+            None if network.gateway.is_none() => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "network {:?} has no gateway address for the router to answer on (create it with --gateway, or add the router by a port)",
+                    network.name
+                )));
+            }
+            None => {}
+            Some(p) => {
+                if let Some(why) = unfit_interface_port(&p.value, &rt) {
+                    return Err(ApiError::FailedPrecondition(why));
+                }
+            }
+        }
         if rt.subnets.contains(&network.id) {
-            return Ok(rt);
+            let same = match (&port, rt.interface_port(&network.id)) {
+                (None, None) => true,
+                (Some(p), Some(ip)) => ip.port == p.value.id,
+                _ => false,
+            };
+            if same {
+                return Ok(rt);
+            }
+            return Err(ApiError::FailedPrecondition(format!(
+                "router {:?} already has an interface on network {:?}; remove it first",
+                rt.name, network.name
+            )));
         }
         let others: Vec<(String, ipnet::Ipv4Net)> = ctx
             .store
@@ -176,11 +239,27 @@ pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> A
         let free = t.absent(&iface);
         t.present(&keys::network(&network.id));
         rt.subnets.push(network.id);
+        if let Some(p) = &port {
+            let (Some(ip), pkey) = (p.value.ip, keys::port(&p.value.id)) else {
+                continue;
+            };
+            let mut v = p.value.clone();
+            v.router = Some(rt.id);
+            t.unchanged(&pkey, p.mod_rev);
+            t.put(&pkey, &v);
+            rt.interface_ports.push(RouterPort {
+                network: network.id,
+                port: v.id,
+                ip,
+                mac: v.mac,
+            });
+        }
         t.put(&iface, &rt.id);
         t.put(&keys::router(&rt.id), &rt);
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(router = %rt.id, network = %network.id, "subnet added to router");
+            tracing::info!(router = %rt.id, network = %network.id,
+                port = ?port.map(|p| p.value.id), "subnet added to router");
             return Ok(rt);
         }
         if !a.held(free) {
@@ -199,23 +278,81 @@ pub async fn add_subnet(ctx: &Ctx, project: &ProjectId, r: &str, net: &str) -> A
     Err(contended("the router"))
 }
 
-/// Renames router `r` of `project` (`name`) and/or takes it down or up
-/// (`disabled`): one transaction guarded by the router's revision; a new
-/// name takes the project's name index entry like a create does.
+/// The changes [`update`] makes to a router; `None` leaves a part as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouterChange<'a> {
+    /// A new name (unique in the project).
+    pub name: Option<&'a str>,
+    /// Take it down (`true`) or up.
+    pub disabled: Option<bool>,
+    /// Its gateway: an external network (id or name), or `""` for none.
+    pub gateway: Option<&'a str>,
+}
+
+/// Renames router `r` of `project`, takes it down or up and/or sets,
+/// changes or clears its gateway: one transaction guarded by the router's
+/// revision; a new name takes the project's name index entry like a create
+/// does; a new gateway address is reserved in the external network's IPAM
+/// and the old one released in the same transaction (the leader's SNAT loop
+/// then moves the per-node SNAT addresses). A gateway change is refused
+/// while floating IPs go through the router.
 pub async fn update(
     ctx: &Ctx,
     project: &ProjectId,
     r: &str,
-    name: Option<&str>,
-    disabled: Option<bool>,
+    change: RouterChange<'_>,
 ) -> ApiResult<Router> {
+    let RouterChange {
+        name,
+        disabled,
+        gateway,
+    } = change;
     if let Some(n) = name {
         validate::name("router", n)?;
     }
-    for _ in 0..MAX_ATTEMPTS {
+    // The wanted external network: None = no change, Some(None) = none.
+    let mut pool = match gateway.map(str::trim) {
+        None => None,
+        Some("") => Some(None),
+        Some(g) => Some(Some(IpPool::new(
+            super::lookup::external_network(ctx, project, g, "a router's gateway").await?,
+        )?)),
+    };
+    for _ in 0..MAX_ALLOC_ATTEMPTS {
         let router = super::lookup::router(ctx, project, r).await?;
         let mut rt = router.value.clone();
         let mut t = TxnBuilder::new();
+        let mut ip_guard = None;
+        if let Some(wanted) = pool.as_mut() {
+            let now = rt.gateway.as_ref().map(|g| g.network);
+            let next = wanted.as_ref().map(|p| p.net.id);
+            if now != next {
+                let fips = super::floating_ips::through_router(ctx, &rt.id, None).await?;
+                if !fips.is_empty() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "floating IPs {} go through router {:?}'s gateway; unset them before changing it",
+                        fips.join(", "),
+                        rt.name
+                    )));
+                }
+                if let Some(old) = &rt.gateway {
+                    t.delete(&keys::ipam(&old.network, IpAddr::V4(old.ip)));
+                }
+                rt.gateway = match wanted.as_mut() {
+                    Some(p) => {
+                        let ip = next_ip(ctx, p).await?;
+                        let free =
+                            reserve_ip(&mut t, &p.net.id, ip, IpHolder::RouterGateway(rt.id));
+                        ip_guard = Some((free, ip));
+                        Some(RouterGateway {
+                            network: p.net.id,
+                            ip,
+                        })
+                    }
+                    None => None,
+                };
+            }
+        }
         t.unchanged(&keys::router(&rt.id), router.mod_rev);
         let mut name_free = None;
         if let Some(n) = name.filter(|n| *n != rt.name) {
@@ -234,7 +371,8 @@ pub async fn update(
         t.put(&keys::router(&rt.id), &rt);
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(router = %rt.id, name = %rt.name, disabled = rt.disabled, "router updated");
+            tracing::info!(router = %rt.id, name = %rt.name, disabled = rt.disabled,
+                gateway = ?rt.gateway, "router updated");
             return Ok(rt);
         }
         if name_free.is_some_and(|g| !a.held(g)) {
@@ -243,21 +381,35 @@ pub async fn update(
                 rt.name
             )));
         }
+        if let (Some((g, ip)), Some(Some(p))) = (ip_guard, pool.as_mut()) {
+            if !a.held(g) {
+                p.conflict(ip);
+            }
+        }
     }
     Err(contended("the router"))
 }
 
 /// Disconnects network `net` from router `r`; refused while floating IPs
-/// of ports on that network go through the router.
+/// of ports on that network go through the router. An interface made from
+/// a port deletes that port (as Neutron does).
 pub async fn remove_subnet(
     ctx: &Ctx,
     project: &ProjectId,
     r: &str,
-    net: &str,
+    by: Interface<'_>,
 ) -> ApiResult<Router> {
+    let net = match by {
+        Interface::Network(n) => n.to_string(),
+        Interface::Port(p) => super::lookup::port(ctx, project, p)
+            .await?
+            .value
+            .network
+            .to_string(),
+    };
     for _ in 0..MAX_ATTEMPTS {
         let router = super::lookup::router(ctx, project, r).await?;
-        let network = super::lookup::network(ctx, project, net).await?.value;
+        let network = super::lookup::network(ctx, project, &net).await?.value;
         let mut rt = router.value.clone();
         if !rt.subnets.contains(&network.id) {
             return Err(ApiError::FailedPrecondition(format!(
@@ -276,6 +428,19 @@ pub async fn remove_subnet(
         }
         rt.subnets.retain(|n| *n != network.id);
         let mut t = TxnBuilder::new();
+        if let Some(ip) = rt.interface_port(&network.id).cloned() {
+            rt.interface_ports.retain(|p| p.network != network.id);
+            let pkey = keys::port(&ip.port);
+            if let Some(p) = ctx.store.read::<Port>(&pkey).await? {
+                t.unchanged(&pkey, p.mod_rev);
+                super::ports::release_port(&p.value, &mut t);
+                let delta = model::QuotaUsage {
+                    ports: 1,
+                    ..Default::default()
+                };
+                super::quotas::release(ctx, &mut t, &p.value.project, &delta).await?;
+            }
+        }
         t.unchanged(&keys::router(&rt.id), router.mod_rev);
         t.delete(&keys::router_interface(&network.id));
         t.put(&keys::router(&rt.id), &rt);

@@ -217,7 +217,7 @@ struct CreateJob<'a> {
 /// The guards of one creation attempt, by what they protect.
 struct CreateGuards {
     /// Per new port: its address and its MAC are free.
-    ports: Vec<(Guard, Guard)>,
+    ports: Vec<(Option<Guard>, Guard)>,
     /// Per plugged port: unchanged since read.
     existing: Vec<Guard>,
     /// No member joined the server group since read.
@@ -259,11 +259,12 @@ impl<'a> CreateJob<'a> {
                 project: plan.project.clone(),
                 network: n.id,
                 mac: crate::ipam::random_mac(&mut rand::rng()),
-                ip: Ipv4Addr::UNSPECIFIED,
+                ip: None,
                 security_groups: plan.security_groups.clone(),
                 port_security: true,
                 device: Some(id),
                 node: None,
+                router: None,
                 created_at: now,
             })
             .collect();
@@ -308,7 +309,7 @@ impl Job for CreateJob<'_> {
     async fn prepare(&mut self) -> ApiResult<Option<Placed>> {
         for (j, p) in self.new_ports.iter_mut().enumerate() {
             if self.need_ip[j] {
-                p.ip = super::ports::next_ip(self.ctx, &mut self.pools[j]).await?;
+                p.ip = Some(super::ports::next_ip(self.ctx, &mut self.pools[j]).await?);
                 self.need_ip[j] = false;
             }
         }
@@ -398,7 +399,9 @@ impl Job for CreateJob<'_> {
             p.node = Some(node.clone());
             ports.push(reserve_port(p, t));
             t.put(&keys::port_owner(&p.id), &id);
-            contended.push(keys::ipam(&p.network, IpAddr::V4(p.ip)));
+            if let Some(ip) = p.ip {
+                contended.push(keys::ipam(&p.network, IpAddr::V4(ip)));
+            }
             contended.push(keys::mac(&p.mac));
         }
         let mut existing = Vec::with_capacity(self.existing.len());
@@ -516,9 +519,11 @@ impl Job for CreateJob<'_> {
             return Ok(Retry::Done(Placed::StalePlan));
         }
         for (j, (p, (ip, mac))) in self.new_ports.iter_mut().zip(&g.ports).enumerate() {
-            if !a.held(*ip) {
-                self.pools[j].conflict(p.ip);
-                self.need_ip[j] = true;
+            if let (Some(guard), Some(taken)) = (ip.as_ref(), p.ip) {
+                if !a.held(*guard) {
+                    self.pools[j].conflict(taken);
+                    self.need_ip[j] = true;
+                }
             }
             if !a.held(*mac) {
                 p.mac = crate::ipam::random_mac(&mut rand::rng());
@@ -804,6 +809,18 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         if let Some(dev) = port.value.device {
             return Err(ApiError::FailedPrecondition(format!(
                 "port {} is already plugged into server {dev}",
+                port.value.id
+            )));
+        }
+        if let Some(r) = port.value.router {
+            return Err(ApiError::FailedPrecondition(format!(
+                "port {} is an interface of router {r}",
+                port.value.id
+            )));
+        }
+        if port.value.ip.is_none() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "port {} has no fixed IP (it was made before its network had a subnet); a server's port needs one: make a new port",
                 port.value.id
             )));
         }

@@ -113,11 +113,12 @@ mod tests {
             project: "p".parse().unwrap(),
             network: NetworkId::new_random(),
             mac: "fa:16:3e:00:00:01".parse().unwrap(),
-            ip: "10.0.0.5".parse().unwrap(),
+            ip: Some("10.0.0.5".parse().unwrap()),
             security_groups: groups.to_vec(),
             port_security: true,
             device: None,
             node: None,
+            router: None,
             created_at: model::now(),
         }
     }

@@ -587,7 +587,11 @@ pub async fn check_invariants(etcd: &Etcd, capacity_ram: &HashMap<NodeName, u64>
     }
     let mut ips = HashSet::new();
     for p in s.ports.values() {
-        assert!(ips.insert((p.network, p.ip)), "duplicate address {}", p.ip);
+        assert!(
+            ips.insert((p.network, p.ip)),
+            "duplicate address {:?}",
+            p.ip
+        );
         if let Some(dev) = p.device {
             assert_eq!(
                 p.node, s.specs[&dev].node,

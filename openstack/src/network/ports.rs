@@ -18,6 +18,7 @@ use crate::Upstream;
 /// The Neutron view of a port. Pure.
 pub fn port_view(p: &pb::Port) -> Value {
     let plugged = !p.device_id.is_empty();
+    let routed = !p.router_id.is_empty();
     json!({
         "id": p.id,
         "name": p.name,
@@ -25,15 +26,24 @@ pub fn port_view(p: &pb::Port) -> Value {
         "tenant_id": p.project,
         "project_id": p.project,
         "mac_address": p.mac,
-        "fixed_ips": [{"subnet_id": p.network_id, "ip_address": p.ip}],
+        // A port made while its network had no subnet has no address.
+        "fixed_ips": if p.ip.is_empty() {
+            json!([])
+        } else {
+            json!([{"subnet_id": p.network_id, "ip_address": p.ip}])
+        },
         "security_groups": p.security_group_ids,
         "port_security_enabled": p.port_security,
-        "device_id": p.device_id,
-        "device_owner": if plugged { "compute:nova" } else { "" },
+        "device_id": if routed { &p.router_id } else { &p.device_id },
+        "device_owner": match (plugged, routed) {
+            (true, _) => "compute:nova",
+            (false, true) => "network:router_interface_distributed",
+            (false, false) => "",
+        },
         "binding:host_id": p.node,
         "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
         "binding:vnic_type": "normal",
-        "status": if plugged && !p.node.is_empty() { "ACTIVE" } else { "DOWN" },
+        "status": if routed || (plugged && !p.node.is_empty()) { "ACTIVE" } else { "DOWN" },
         "admin_state_up": true,
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
@@ -51,6 +61,22 @@ pub struct PortFilters {
     network_id: Option<String>,
     device_id: Option<String>,
     mac_address: Option<String>,
+    /// `ip_address=A`, `ip_address_substr=S` or `subnet_id=N`.
+    fixed_ips: Option<String>,
+}
+
+/// Whether port view `v` has a fixed IP matching Neutron's `fixed_ips`
+/// filter `f` (`ip_address=A`, `ip_address_substr=S`, `subnet_id=N`; an
+/// unknown form matches nothing). Pure.
+fn fixed_ip_matches(v: &Value, f: &str) -> bool {
+    let ips = v["fixed_ips"].as_array().cloned().unwrap_or_default();
+    let field = |ip: &Value, k: &str| ip[k].as_str().unwrap_or_default().to_string();
+    match f.split_once('=') {
+        Some(("ip_address", a)) => ips.iter().any(|ip| field(ip, "ip_address") == a),
+        Some(("ip_address_substr", s)) => ips.iter().any(|ip| field(ip, "ip_address").contains(s)),
+        Some(("subnet_id", n)) => ips.iter().any(|ip| field(ip, "subnet_id") == n),
+        _ => false,
+    }
 }
 
 /// `GET /v2.0/ports`.
@@ -83,6 +109,7 @@ pub(crate) async fn list_ports(
                 .as_ref()
                 .is_none_or(|x| text(p, "mac_address").eq_ignore_ascii_case(x))
         })
+        .filter(|p| f.fixed_ips.as_ref().is_none_or(|x| fixed_ip_matches(p, x)))
         .collect();
     Ok(Json(json!({"ports": views})).into_response())
 }
@@ -241,6 +268,21 @@ pub(crate) struct UpdateBody {
 #[serde(deny_unknown_fields)]
 struct PortUpdate {
     security_groups: Option<Vec<String>>,
+    /// Accepted when it names the addresses the port has.
+    fixed_ips: Option<Vec<FixedIp>>,
+}
+
+/// Whether `asked` names exactly the fixed IPs of port view `v` (each by its
+/// subnet, its address or both). Pure.
+fn same_fixed_ips(v: &Value, asked: &[FixedIp]) -> bool {
+    let have = v["fixed_ips"].as_array().cloned().unwrap_or_default();
+    have.len() == asked.len()
+        && have.iter().zip(asked).all(|(h, a)| {
+            a.subnet_id.as_ref().is_none_or(|s| h["subnet_id"] == *s)
+                && a.ip_address
+                    .as_ref()
+                    .is_none_or(|ip| h["ip_address"] == *ip)
+        })
 }
 
 /// `PUT /v2.0/ports/{id}`.
@@ -262,8 +304,28 @@ pub(crate) async fn update_port(
             ));
         }
     };
-    let p = match b.port.security_groups {
-        Some(groups) => c
+    let current = match c.get(crate::upstream::get_req(id.clone())).await {
+        Ok(p) => Some(p.into_inner()),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => return Err(ApiError::from_status(S, &s)),
+    };
+    let view = match &current {
+        Some(p) => port_view(p),
+        // A router's interface on a network joined by its subnet.
+        None => super::routers::interface_port(&up, &headers, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(S, format!("Port {id} could not be found")))?,
+    };
+    if let Some(asked) = &b.port.fixed_ips {
+        if !same_fixed_ips(&view, asked) {
+            return Err(ApiError::bad_request(
+                S,
+                "changing a port's fixed IPs is not supported (nubo): make a new port",
+            ));
+        }
+    }
+    let p = match (b.port.security_groups, current) {
+        (Some(groups), Some(_)) => c
             .update(pb::UpdatePortRequest {
                 r#ref: id,
                 project: String::new(),
@@ -272,11 +334,14 @@ pub(crate) async fn update_port(
             .await
             .api(S)?
             .into_inner(),
-        None => c
-            .get(crate::upstream::get_req(id))
-            .await
-            .api(S)?
-            .into_inner(),
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                S,
+                "a router interface port has no security groups (nubo)",
+            ))
+        }
+        (None, Some(p)) => p,
+        (None, None) => return Ok(Json(json!({"port": view})).into_response()),
     };
     Ok(Json(json!({"port": port_view(&p)})).into_response())
 }
@@ -355,6 +420,24 @@ mod tests {
     }
 
     #[test]
+    fn the_fixed_ips_filter_matches_address_substring_or_subnet() {
+        let v = port_view(&pb::Port {
+            network_id: "n".into(),
+            ip: "10.0.0.13".into(),
+            ..Default::default()
+        });
+        assert!(fixed_ip_matches(&v, "ip_address=10.0.0.13"));
+        assert!(!fixed_ip_matches(&v, "ip_address=10.0.0.1"));
+        assert!(fixed_ip_matches(&v, "ip_address_substr=0.0.1"));
+        assert!(!fixed_ip_matches(&v, "ip_address_substr=10.1"));
+        assert!(fixed_ip_matches(&v, "subnet_id=n"));
+        assert!(!fixed_ip_matches(&v, "subnet_id=m"));
+        assert!(!fixed_ip_matches(&v, "nonsense"));
+        let bare = port_view(&pb::Port::default());
+        assert!(!fixed_ip_matches(&bare, "subnet_id="));
+    }
+
+    #[test]
     fn a_plugged_bound_port_is_active() {
         let p = pb::Port {
             id: "p".into(),
@@ -370,5 +453,6 @@ mod tests {
         assert_eq!(v["device_owner"], "compute:nova");
         let free = port_view(&pb::Port::default());
         assert_eq!(free["status"], "DOWN");
+        assert_eq!(free["fixed_ips"], json!([]), "an address-less port");
     }
 }

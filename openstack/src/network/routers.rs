@@ -97,8 +97,10 @@ pub(crate) async fn interface_ports(
     Ok(routers
         .iter()
         .flat_map(|r| {
+            // A network joined by a port shows that (real) port instead.
             r.subnet_ids
                 .iter()
+                .filter(|id| !r.interface_ports.iter().any(|p| &p.network_id == *id))
                 .filter_map(|id| nets.iter().find(|n| &n.id == id))
                 .map(move |n| interface_port_view(r, n))
         })
@@ -279,7 +281,7 @@ pub(crate) struct RouterUpdateBody {
 struct RouterUpdate {
     name: Option<String>,
     admin_state_up: Option<bool>,
-    /// Absent or the router's current gateway: accepted.
+    /// `null`/`{}`: no gateway; a network: set or change it.
     #[serde(default, deserialize_with = "super::subnets::present")]
     external_gateway_info: Option<Option<GatewayInfo>>,
     /// `null` or `[]`: accepted (nubo has no extra routes).
@@ -288,9 +290,9 @@ struct RouterUpdate {
     description: Option<String>,
 }
 
-/// `PUT /v2.0/routers/{id}`: name and `admin_state_up` (nubo's
-/// `Routers.Update`); a gateway change, extra routes and a description are
-/// refused with the reason.
+/// `PUT /v2.0/routers/{id}`: name, `admin_state_up` and
+/// `external_gateway_info` (set, change, clear: nubo's `Routers.Update`);
+/// extra routes and a description are refused with the reason.
 pub(crate) async fn update_router(
     State(up): State<Upstream>,
     headers: HeaderMap,
@@ -311,15 +313,11 @@ pub(crate) async fn update_router(
             "a router description is not supported (nubo)",
         ));
     }
-    if let Some(g) = &u.external_gateway_info {
-        let wanted = gateway_network(g.as_ref())?;
-        if wanted != current.gateway_network_id {
-            return Err(ApiError::bad_request(
-                S,
-                "changing a router's gateway is not supported (nubo): create the router with its external_gateway_info",
-            ));
-        }
-    }
+    let external_gateway = u
+        .external_gateway_info
+        .as_ref()
+        .map(|g| gateway_network(g.as_ref()))
+        .transpose()?;
     let r = up
         .routers(&headers)?
         .update(pb::UpdateRouterRequest {
@@ -327,6 +325,7 @@ pub(crate) async fn update_router(
             project: String::new(),
             name: u.name,
             disabled: u.admin_state_up.map(|up| !up),
+            external_gateway,
         })
         .await
         .api(S)?
@@ -356,6 +355,15 @@ pub(crate) struct InterfaceBody {
     port_id: Option<String>,
 }
 
+/// The interface port id of router `r` on network `net`: the port it
+/// joined by, or (joined by the subnet) the network's id. Pure.
+fn interface_port_id<'a>(r: &'a pb::Router, net: &'a str) -> &'a str {
+    r.interface_ports
+        .iter()
+        .find(|p| p.network_id == net)
+        .map_or(net, |p| p.port_id.as_str())
+}
+
 fn interface_info(r: &pb::Router, net: &str) -> Value {
     json!({
         "id": r.id,
@@ -364,40 +372,57 @@ fn interface_info(r: &pb::Router, net: &str) -> Value {
         "subnet_id": net,
         "subnet_ids": [net],
         "network_id": net,
-        "port_id": net,
+        "port_id": interface_port_id(r, net),
     })
 }
 
-/// The network of an interface request: its subnet (nubo: the network's
-/// id), or an interface port of this router (the same id). A port of a
-/// guest cannot become the interface: nubo's router answers on the
-/// network's gateway address, which IPAM never gives a port.
-async fn interface_network(
+/// What an interface request names.
+enum InterfaceRef {
+    /// A subnet (nubo: the network's id).
+    Subnet(String),
+    /// A port to add as the interface, and its network.
+    Port { port: String, network: String },
+}
+
+/// The target of an interface request: its subnet (nubo: the network's
+/// id), a port to add (the router takes its address), or, when removing,
+/// an interface port of this router (the network's id, or the port the
+/// router joined by).
+async fn interface_target(
     up: &Upstream,
     headers: &HeaderMap,
     router: &pb::Router,
     b: InterfaceBody,
     adding: bool,
-) -> Result<String, ApiError> {
+) -> Result<InterfaceRef, ApiError> {
     match (b.subnet_id, b.port_id) {
-        (Some(s), None) => Ok(s),
-        (None, Some(p)) => {
-            if !adding && router.subnet_ids.contains(&p) {
-                return Ok(p);
-            }
+        (Some(s), None) => Ok(InterfaceRef::Subnet(s)),
+        (None, Some(p)) if adding => {
             let port = up
                 .ports(headers)?
-                .get(crate::upstream::get_req(p.clone()))
+                .get(crate::upstream::get_req(p))
                 .await
                 .api(S)?
                 .into_inner();
-            Err(ApiError::bad_request(
-                S,
-                format!(
-                    "port {} cannot be a router interface (nubo): a router answers on its network's gateway address; add the interface by subnet_id {}",
-                    port.id, port.network_id
-                ),
-            ))
+            Ok(InterfaceRef::Port {
+                port: port.id,
+                network: port.network_id,
+            })
+        }
+        (None, Some(p)) => {
+            if router.subnet_ids.contains(&p) {
+                return Ok(InterfaceRef::Subnet(p));
+            }
+            match router.interface_ports.iter().find(|i| i.port_id == p) {
+                Some(i) => Ok(InterfaceRef::Subnet(i.network_id.clone())),
+                None => Err(ApiError::not_found(
+                    S,
+                    format!(
+                        "Router {} does not have an interface with port {p}",
+                        router.id
+                    ),
+                )),
+            }
         }
         _ => Err(ApiError::bad_request(
             S,
@@ -415,13 +440,21 @@ pub(crate) async fn add_interface(
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
     let router = get_router(&up, &headers, &id).await?;
-    let net = interface_network(&up, &headers, &router, b, true).await?;
+    let (net, port) = match interface_target(&up, &headers, &router, b, true).await? {
+        InterfaceRef::Subnet(net) => (net, String::new()),
+        InterfaceRef::Port { port, network } => (network, port),
+    };
     let r = match up
         .routers(&headers)?
         .add_subnet(pb::RouterSubnetRequest {
             r#ref: router.id.clone(),
             project: String::new(),
-            network: net.clone(),
+            network: if port.is_empty() {
+                net.clone()
+            } else {
+                String::new()
+            },
+            port,
         })
         .await
     {
@@ -448,24 +481,27 @@ pub(crate) async fn remove_interface(
 ) -> Result<Response, ApiError> {
     let b = crate::error::json_body(S, body)?;
     let router = get_router(&up, &headers, &id).await?;
-    let net = interface_network(&up, &headers, &router, b, false).await?;
+    let (InterfaceRef::Subnet(net) | InterfaceRef::Port { network: net, .. }) =
+        interface_target(&up, &headers, &router, b, false).await?;
     if !router.subnet_ids.contains(&net) {
         return Err(ApiError::not_found(
             S,
             format!("Router {} has no interface on subnet {net}", router.id),
         ));
     }
-    let r = up
-        .routers(&headers)?
+    // The answer names the interface as it was (a port interface's port
+    // is deleted with it).
+    let info = interface_info(&router, &net);
+    up.routers(&headers)?
         .remove_subnet(pb::RouterSubnetRequest {
             r#ref: router.id.clone(),
             project: String::new(),
             network: net.clone(),
+            port: String::new(),
         })
         .await
-        .api(S)?
-        .into_inner();
-    Ok(Json(interface_info(&r, &net)).into_response())
+        .api(S)?;
+    Ok(Json(info).into_response())
 }
 
 #[cfg(test)]
