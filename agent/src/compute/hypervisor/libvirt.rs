@@ -728,6 +728,9 @@ impl LibvirtHypervisor {
     }
 }
 
+/// How long a NIC detach waits for a running guest to release the NIC.
+pub const NIC_UNPLUG_WAIT: Duration = Duration::from_secs(10);
+
 fn load(path: &Path) -> Result<LibvirtState, HypervisorError> {
     super::state_file::load(path)
 }
@@ -1136,7 +1139,7 @@ impl super::Hypervisor for LibvirtHypervisor {
     }
 
     /// The `<interface>` is unplugged; once the guest let it go (waited
-    /// for at most [`UNPLUG_WAIT`](crate::compute::volumes::UNPLUG_WAIT)),
+    /// for at most [`NIC_UNPLUG_WAIT`]),
     /// the tap is deleted and forgotten. A guest that does not release it
     /// in time keeps NIC and tap; a later pass asks again while the NIC
     /// shows, but a tap released after that is only deleted with the
@@ -1148,7 +1151,7 @@ impl super::Hypervisor for LibvirtHypervisor {
             .map_err(|e| self.dom_err(id, e))?;
         // A running guest completes the unplug itself: wait for it (as a
         // volume detach does), so the tap goes in the same pass.
-        let deadline = tokio::time::Instant::now() + crate::compute::volumes::UNPLUG_WAIT;
+        let deadline = tokio::time::Instant::now() + NIC_UNPLUG_WAIT;
         while self.nics(id).await?.iter().any(|t| t == tap) {
             if tokio::time::Instant::now() >= deadline {
                 warn!(instance = %id, tap, "NIC unplug requested; the guest has not released it yet (tap kept)");
