@@ -677,21 +677,36 @@ impl LibvirtDriver {
     /// [`Self::disks`] shows the disk until it did. A no-op if no such disk
     /// is attached.
     pub async fn detach_disk(&self, instance_id: &str, target: &str) -> Result<(), DriverError> {
-        let id = instance_id.to_owned();
         let target = target.to_owned();
+        self.detach_element(instance_id, "detach disk", move |xml| {
+            disk_element(xml, &target).map(str::to_owned)
+        })
+        .await
+    }
+
+    /// Detaches the device element `find` picks from the domain XML (live
+    /// when the domain runs, and from its persistent definition); a no-op
+    /// when `find` finds none.
+    async fn detach_element(
+        &self,
+        instance_id: &str,
+        what: &'static str,
+        find: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
         self.blocking(move |conn, _| {
             let dom = owned(conn, &id)?;
             let active = dom.is_active().map_err(dom_err(&id, "state"))?;
             let detach = |inactive: bool, flags| -> Result<(), DriverError> {
                 let xml = dom.xml_desc(inactive).map_err(dom_err(&id, "get XML"))?;
-                let Some(disk) = disk_element(&xml, &target) else {
+                let Some(elem) = find(&xml) else {
                     return Ok(());
                 };
-                match dom.detach_device(disk, flags) {
+                match dom.detach_device(&elem, flags) {
                     // Gone already, or the guest has not acknowledged an
                     // earlier request yet.
                     Err(e) if e.is_device_missing() || e.is_unplug_pending() => Ok(()),
-                    r => r.map_err(dom_err(&id, "detach disk")),
+                    r => r.map_err(dom_err(&id, what)),
                 }
             };
             if active {
@@ -746,28 +761,12 @@ impl LibvirtDriver {
     /// [`Self::interfaces`] shows the NIC until it did. A no-op if no such
     /// NIC is attached.
     pub async fn detach_interface(&self, instance_id: &str, tap: &str) -> Result<(), DriverError> {
-        let id = instance_id.to_owned();
         let tap = tap.to_owned();
-        self.blocking(move |conn, _| {
-            let dom = owned(conn, &id)?;
-            let active = dom.is_active().map_err(dom_err(&id, "state"))?;
-            let detach = |inactive: bool, flags| -> Result<(), DriverError> {
-                let xml = dom.xml_desc(inactive).map_err(dom_err(&id, "get XML"))?;
-                let Some((_, elem)) = crate::xml::interface_elements(&xml)
-                    .into_iter()
-                    .find(|(t, _)| *t == tap)
-                else {
-                    return Ok(());
-                };
-                match dom.detach_device(elem, flags) {
-                    Err(e) if e.is_device_missing() || e.is_unplug_pending() => Ok(()),
-                    r => r.map_err(dom_err(&id, "detach interface")),
-                }
-            };
-            if active {
-                detach(false, affect_flags(true))?;
-            }
-            detach(true, affect_flags(false))
+        self.detach_element(instance_id, "detach interface", move |xml| {
+            crate::xml::interface_elements(xml)
+                .into_iter()
+                .find(|(t, _)| *t == tap)
+                .map(|(_, elem)| elem.to_owned())
         })
         .await
     }
