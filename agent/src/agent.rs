@@ -229,6 +229,10 @@ async fn run_inner(
                 fencing.gate.clone(),
             )),
             Box::new(crate::fencing::GatedSubsystem::new(
+                crate::compute::nics::Nics::new(fencing.hypervisor.clone()),
+                fencing.gate.clone(),
+            )),
+            Box::new(crate::fencing::GatedSubsystem::new(
                 status,
                 fencing.gate.clone(),
             )),

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nubo_agent::compute::hypervisor::fake::{FakeRecord, FakeState, STATE_FILE};
-use nubo_agent::compute::hypervisor::netns::{GuestRecord, NetnsState};
+use nubo_agent::compute::hypervisor::netns::{GuestNic, GuestRecord, NetnsState};
 use nubo_agent::compute::hypervisor::{
     libvirt::instance_stats, HypervisorError, InstanceStats, ObservedPower,
 };
@@ -450,8 +450,13 @@ async fn netns_guest_counters_come_from_its_veth() {
             ns.clone(),
             GuestRecord {
                 id,
-                tap: tap.clone(),
-                mac: "fa:16:3e:00:00:02".into(),
+                nics: vec![GuestNic {
+                    ifname: "eth0".into(),
+                    tap: tap.clone(),
+                    mac: "fa:16:3e:00:00:02".into(),
+                }],
+                legacy_tap: String::new(),
+                legacy_mac: String::new(),
                 mtu: 1500,
                 stopped: false,
                 boot_count: 1,

@@ -223,7 +223,7 @@ pub fn disk_secret_uuid(disk_elem: &str) -> Option<String> {
 }
 
 /// The value of attribute `attr` of the first `<tag …>` in `body`.
-fn tag_attr(body: &str, tag: &str, attr: &str) -> Option<String> {
+pub(crate) fn tag_attr(body: &str, tag: &str, attr: &str) -> Option<String> {
     let open = format!("<{tag} ");
     let start = body.find(&open)? + open.len();
     let elem = &body[start..];

@@ -23,7 +23,7 @@ use crate::error::DriverError;
 use crate::events::{self, DomainEvent, EventStream, Registration};
 use crate::ffi::{affect_flags, Conn, Dom, VirError};
 use crate::info::{DomainInfo, ForeignDomain, PowerState};
-use crate::spec::{DomainSpec, DEFAULT_NAME_PREFIX};
+use crate::spec::{DomainSpec, Nic, DEFAULT_NAME_PREFIX};
 use crate::stats::DomainStats;
 use crate::xml::{domain_xml_with_prefix, NUBO_METADATA_NS};
 
@@ -677,21 +677,36 @@ impl LibvirtDriver {
     /// [`Self::disks`] shows the disk until it did. A no-op if no such disk
     /// is attached.
     pub async fn detach_disk(&self, instance_id: &str, target: &str) -> Result<(), DriverError> {
-        let id = instance_id.to_owned();
         let target = target.to_owned();
+        self.detach_element(instance_id, "detach disk", move |xml| {
+            disk_element(xml, &target).map(str::to_owned)
+        })
+        .await
+    }
+
+    /// Detaches the device element `find` picks from the domain XML (live
+    /// when the domain runs, and from its persistent definition); a no-op
+    /// when `find` finds none.
+    async fn detach_element(
+        &self,
+        instance_id: &str,
+        what: &'static str,
+        find: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
         self.blocking(move |conn, _| {
             let dom = owned(conn, &id)?;
             let active = dom.is_active().map_err(dom_err(&id, "state"))?;
             let detach = |inactive: bool, flags| -> Result<(), DriverError> {
                 let xml = dom.xml_desc(inactive).map_err(dom_err(&id, "get XML"))?;
-                let Some(disk) = disk_element(&xml, &target) else {
+                let Some(elem) = find(&xml) else {
                     return Ok(());
                 };
-                match dom.detach_device(disk, flags) {
+                match dom.detach_device(&elem, flags) {
                     // Gone already, or the guest has not acknowledged an
                     // earlier request yet.
                     Err(e) if e.is_device_missing() || e.is_unplug_pending() => Ok(()),
-                    r => r.map_err(dom_err(&id, "detach disk")),
+                    r => r.map_err(dom_err(&id, what)),
                 }
             };
             if active {
@@ -700,6 +715,58 @@ impl LibvirtDriver {
             // The persistent definition too (a no-op when the flags above
             // already removed it there).
             detach(true, affect_flags(false))
+        })
+        .await
+    }
+
+    /// The taps of a domain's NICs, in their order (of the running domain
+    /// when it runs, else of its definition).
+    pub async fn interfaces(&self, instance_id: &str) -> Result<Vec<String>, DriverError> {
+        let id = instance_id.to_owned();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            let xml = dom.xml_desc(false).map_err(dom_err(&id, "get XML"))?;
+            Ok(crate::xml::interface_elements(&xml)
+                .into_iter()
+                .map(|(tap, _)| tap)
+                .collect())
+        })
+        .await
+    }
+
+    /// Attaches a NIC: live (hot-plug) and persistent when the domain
+    /// runs, persistent only when it is shut off. A no-op if a NIC with
+    /// that tap is attached already. The tap must exist (`managed='no'`).
+    pub async fn attach_interface(&self, instance_id: &str, nic: &Nic) -> Result<(), DriverError> {
+        let id = instance_id.to_owned();
+        let nic = nic.clone();
+        self.blocking(move |conn, _| {
+            let dom = owned(conn, &id)?;
+            let xml = dom.xml_desc(false).map_err(dom_err(&id, "get XML"))?;
+            if crate::xml::interface_elements(&xml)
+                .iter()
+                .any(|(tap, _)| *tap == nic.tap)
+            {
+                return Ok(());
+            }
+            let active = dom.is_active().map_err(dom_err(&id, "state"))?;
+            dom.attach_device(&crate::xml::interface_xml(&nic), affect_flags(active))
+                .map_err(dom_err(&id, "attach interface"))
+        })
+        .await
+    }
+
+    /// Detaches the NIC whose tap is `tap` (live and persistent). On a
+    /// running domain the guest completes the unplug asynchronously:
+    /// [`Self::interfaces`] shows the NIC until it did. A no-op if no such
+    /// NIC is attached.
+    pub async fn detach_interface(&self, instance_id: &str, tap: &str) -> Result<(), DriverError> {
+        let tap = tap.to_owned();
+        self.detach_element(instance_id, "detach interface", move |xml| {
+            crate::xml::interface_elements(xml)
+                .into_iter()
+                .find(|(t, _)| *t == tap)
+                .map(|(_, elem)| elem.to_owned())
         })
         .await
     }

@@ -40,4 +40,6 @@ pub use info::{DomainInfo, ForeignDomain, PowerState};
 pub use migrate::{migrate_flags, AbortReason, MigrateOptions, MigrationError, MigrationStats};
 pub use spec::{DiskSpec, DomainSpec, DomainType, KernelBoot, Nic, SpecError, DEFAULT_NAME_PREFIX};
 pub use stats::{BalloonStats, BlockStats, DomainStats, InterfaceStats, ParamValue, StatsError};
-pub use xml::{domain_xml, domain_xml_with_prefix, NUBO_METADATA_NS};
+pub use xml::{
+    domain_xml, domain_xml_with_prefix, interface_elements, interface_xml, NUBO_METADATA_NS,
+};

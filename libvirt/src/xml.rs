@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::disk::{rbd_disk_xml, IoTune};
 use crate::escape::esc;
-use crate::spec::{DiskSpec, DomainSpec, DEFAULT_NAME_PREFIX};
+use crate::spec::{DiskSpec, DomainSpec, Nic, DEFAULT_NAME_PREFIX};
 
 /// XML namespace of the `<nubo:instance>` metadata element that marks a
 /// domain as owned by nubo.
@@ -95,18 +95,7 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
         ));
     }
     for nic in &spec.nics {
-        let _ = writeln!(x, "    <interface type='ethernet'>");
-        let _ = writeln!(
-            x,
-            "      <mac address='{}'/>",
-            esc(&nic.mac.to_ascii_lowercase())
-        );
-        let _ = writeln!(x, "      <target dev='{}' managed='no'/>", esc(&nic.tap));
-        let _ = writeln!(x, "      <model type='virtio'/>");
-        if let Some(mtu) = nic.mtu {
-            let _ = writeln!(x, "      <mtu size='{mtu}'/>");
-        }
-        let _ = writeln!(x, "    </interface>");
+        write_interface(&mut x, nic, "    ");
     }
     let log = esc_path(&spec.console_log);
     let _ = writeln!(x, "    <serial type='file'>");
@@ -133,4 +122,86 @@ pub fn domain_xml_with_prefix(spec: &DomainSpec, prefix: &str) -> String {
 
 fn esc_path(p: &Path) -> String {
     esc(&p.to_string_lossy())
+}
+
+/// Appends the `<interface>` element of `nic` to `x`, each line prefixed
+/// with `indent`.
+fn write_interface(x: &mut String, nic: &Nic, indent: &str) {
+    let _ = writeln!(x, "{indent}<interface type='ethernet'>");
+    let _ = writeln!(
+        x,
+        "{indent}  <mac address='{}'/>",
+        esc(&nic.mac.to_ascii_lowercase())
+    );
+    let _ = writeln!(
+        x,
+        "{indent}  <target dev='{}' managed='no'/>",
+        esc(&nic.tap)
+    );
+    let _ = writeln!(x, "{indent}  <model type='virtio'/>");
+    if let Some(mtu) = nic.mtu {
+        let _ = writeln!(x, "{indent}  <mtu size='{mtu}'/>");
+    }
+    let _ = writeln!(x, "{indent}</interface>");
+}
+
+/// The `<interface>` element of `nic` alone, for hot-plugging it
+/// (`virDomainAttachDeviceFlags`); the same element the domain XML has.
+/// Pure.
+pub fn interface_xml(nic: &Nic) -> String {
+    let mut x = String::new();
+    write_interface(&mut x, nic, "");
+    x
+}
+
+/// The `<interface …>…</interface>` elements of a domain XML with their
+/// tap (`<target dev=…>`), in order. A tolerant scanner: an element
+/// without a target is skipped. Pure.
+pub fn interface_elements(domain_xml: &str) -> Vec<(String, &str)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let Some(start) = domain_xml[offset..].find("<interface ") {
+        let start = offset + start;
+        let Some(len) = domain_xml[start..].find("</interface>") else {
+            break;
+        };
+        let end = start + len + "</interface>".len();
+        let elem = &domain_xml[start..end];
+        if let Some(tap) = crate::disk::tag_attr(elem, "target", "dev") {
+            out.push((crate::escape::unesc(&tap), elem));
+        }
+        offset = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod nic_tests {
+    use super::*;
+
+    #[test]
+    fn a_hot_plugged_interface_is_the_domain_s_element_and_is_found_by_tap() {
+        let nic = Nic {
+            tap: "tapab<cd".into(),
+            mac: "FA:16:3E:00:00:01".into(),
+            mtu: Some(1450),
+        };
+        let one = interface_xml(&nic);
+        assert!(one.starts_with("<interface type='ethernet'>\n"), "{one}");
+        assert!(one.contains("<mac address='fa:16:3e:00:00:01'/>"), "{one}");
+        assert!(
+            one.contains("<target dev='tapab&lt;cd' managed='no'/>"),
+            "{one}"
+        );
+        let dom = format!(
+            "<domain><devices>{one}<interface type='ethernet'><mac address='x'/></interface>\
+             <interface type='ethernet'><target dev='tap2'/></interface></devices></domain>"
+        );
+        let found: Vec<String> = interface_elements(&dom)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(found, ["tapab<cd", "tap2"]);
+        assert!(interface_elements("<domain/>").is_empty());
+    }
 }

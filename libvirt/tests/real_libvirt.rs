@@ -378,6 +378,60 @@ async fn full_lifecycle_on_private_libvirtd() {
     };
     assert_eq!(info.and_then(|i| i.qemu_pid), Some(pid), "QEMU survives");
     assert!(driver.is_connected());
+    // NIC hot-plug, on the reconnected driver: a second pre-created tap
+    // gets an <interface> in the running guest (QEMU opens it: carrier),
+    // and is unplugged again. Late in the test on purpose: after a
+    // hot-unplug the tiny guest may answer the ACPI shutdown above (a
+    // guest shutdown instead of the destroy that step waits for).
+    let tap2 = env.names.name("t1");
+    ip_batch(
+        Some(&env.ns()),
+        &format!(
+            "tuntap add dev {tap2} mode tap\nlink set {tap2} master {} up\n",
+            env.bridge()
+        ),
+    )
+    .expect("second tap");
+    let carrier = |tap: &str| {
+        !run("ip", &["-n", &env.ns(), "-o", "link", "show", tap]).contains("NO-CARRIER")
+    };
+    assert!(!carrier(&tap2), "nothing has opened {tap2} yet");
+    assert_eq!(driver.interfaces(id).await.expect("nics"), [env.tap()]);
+    let nic2 = Nic {
+        tap: tap2.clone(),
+        mac: "52:54:00:77:00:02".to_owned(),
+        mtu: Some(1400),
+    };
+    driver
+        .attach_interface(id, &nic2)
+        .await
+        .expect("attach nic");
+    driver
+        .attach_interface(id, &nic2)
+        .await
+        .expect("attach nic again: no-op");
+    assert_eq!(
+        driver.interfaces(id).await.expect("nics"),
+        [env.tap(), tap2.clone()]
+    );
+    wait_until("QEMU opened the hot-plugged tap", || carrier(&tap2)).await;
+    driver
+        .detach_interface(id, &tap2)
+        .await
+        .expect("detach nic");
+    let mut left = Vec::new();
+    for _ in 0..600 {
+        left = driver.interfaces(id).await.expect("nics");
+        if left.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, [env.tap()], "the guest did not release the NIC");
+    driver
+        .detach_interface(id, &tap2)
+        .await
+        .expect("detach again: no-op");
     // The stream registers again on the new connection; a destroy through
     // it is seen there.
     wait_until("events registered again", || events.registrations() >= 2).await;

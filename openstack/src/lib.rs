@@ -36,6 +36,7 @@ pub mod request_id;
 pub mod server_actions;
 pub mod server_groups;
 pub mod server_image;
+pub mod server_interfaces;
 pub mod server_metadata;
 pub mod server_password;
 pub mod server_secgroups;
@@ -72,6 +73,7 @@ pub fn router(upstream: Upstream) -> Router {
                 .merge(server_actions::router())
                 .merge(server_secgroups::router())
                 .merge(server_password::router())
+                .merge(server_interfaces::router())
                 .route("/v2.1/limits", get(limits::compute_limits))
                 // Quota sets here: `quota` uses `compute`'s microversion
                 // helpers, so `compute` may not route to it.

@@ -46,7 +46,10 @@ pub use garp::{
     gratuitous_arp_frame, link_mac, send_gratuitous_arp, send_gratuitous_arp_to,
     unicast_gratuitous_arp_frame,
 };
-pub use guest::{delete_netns_guest, list_netns_guests, netns_guest_exists, GUEST_IFNAME};
+pub use guest::{
+    create_empty_netns_guest, delete_netns_guest, list_netns_guests, netns_guest_exists,
+    remove_netns_guest_nic, GUEST_IFNAME,
+};
 pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 pub use netlink::Netlink;
 pub use netns::run_in_netns;

@@ -304,6 +304,147 @@ fn two_hosts_dhcp_metadata_vxlan_secgroups_restart() {
 /// port without port security, and once that control frame has arrived at
 /// the receiver (sent later, on the same bridge), the forged one must not
 /// have. `forged` and `control_frame` recognise tcpdump lines (`-n -e`).
+/// The guest's NIC `ifname`: its MAC, or `None` when it has none.
+fn nic_mac(g: &Guest, ifname: &str) -> Option<String> {
+    g.exec("cat", &[&format!("/sys/class/net/{ifname}/address")])
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// `g` seen through its port `port` (for [`NetLab::wait_wired`] of that
+/// port's tap).
+fn via_port(g: &Guest, port: &str) -> Guest {
+    let mut v = g.clone();
+    v.port = port.to_string();
+    v
+}
+
+/// DHCP on the guest's `ifname`; the address it got.
+fn dhcp_on(lab: &NetLab, g: &Guest, ifname: &str) -> String {
+    let s = lab.udhcpc_script().display().to_string();
+    g.ok(
+        "busybox",
+        &["udhcpc", "-i", ifname, "-n", "-q", "-t", "5", "-s", &s],
+    )
+    .unwrap();
+    g.ok("ip", &["-4", "-o", "addr", "show", "dev", ifname])
+        .unwrap()
+}
+
+/// Several NICs on a netns guest in the order given (two on one network),
+/// then NIC hot-plug and unplug through `nubo server add|remove`: a new
+/// NIC appears in the running guest with its port's MAC and gets its
+/// address by DHCP (the host's bridge, firewall and DHCP converged); an
+/// unplugged NIC and its tap are gone, the port deleted when the server
+/// made it and kept otherwise; an agent restart changes nothing.
+#[test]
+fn multi_nic_order_and_hotplug() {
+    let prefix;
+    {
+        let mut lab = NetLab::start(1).unwrap();
+        prefix = lab.token_prefix();
+        base_objects(&lab);
+        let cli = &lab.cli;
+        cli.json(&["network", "create", "na", "--cidr", "10.77.1.0/24"])
+            .unwrap();
+        cli.json(&["network", "create", "nb", "--cidr", "10.77.2.0/24"])
+            .unwrap();
+        let g = lab
+            .server(
+                "mn",
+                "",
+                1,
+                &["--network", "nb", "--network", "na", "--network", "nb"],
+            )
+            .unwrap();
+        let show = cli.json(&["server", "show", &g.id]).unwrap();
+        let addrs = show["addresses"].as_array().unwrap().clone();
+        let nets: Vec<&str> = addrs
+            .iter()
+            .map(|a| a["network_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(nets, ["nb", "na", "nb"], "{show}");
+        for (i, a) in addrs.iter().enumerate() {
+            assert_eq!(
+                nic_mac(&g, &format!("eth{i}")).as_deref(),
+                a["mac"].as_str(),
+                "eth{i}: {show}"
+            );
+            lab.wait_wired(&via_port(&g, a["port_id"].as_str().unwrap()))
+                .unwrap();
+        }
+        // Each NIC gets its own port's address, on its own network.
+        for (i, a) in addrs.iter().enumerate() {
+            let ip = a["ip"].as_str().unwrap();
+            let got = dhcp_on(&lab, &g, &format!("eth{i}"));
+            assert!(got.contains(&format!("{ip}/24")), "eth{i}: {got}");
+        }
+
+        // Hot-plug a new port on a network into the running guest.
+        assert_eq!(nic_mac(&g, "eth3"), None);
+        let added = cli.json(&["server", "add", "network", "mn", "na"]).unwrap();
+        let (pid, mac, ip) = (
+            added["id"].as_str().unwrap().to_string(),
+            added["mac"].as_str().unwrap().to_string(),
+            added["ip"].as_str().unwrap().to_string(),
+        );
+        assert_eq!(added["device_id"], g.id.as_str(), "{added}");
+        wait_until(T, "eth3 hot-plugged", || {
+            Ok(nic_mac(&g, "eth3").as_deref() == Some(mac.as_str()))
+        })
+        .unwrap();
+        lab.wait_wired(&via_port(&g, &pid)).unwrap();
+        let got = dhcp_on(&lab, &g, "eth3");
+        assert!(got.contains(&format!("{ip}/24")), "eth3: {got}");
+        let show = cli.json(&["server", "show", "mn"]).unwrap();
+        assert_eq!(show["addresses"].as_array().unwrap().len(), 4, "{show}");
+
+        // Unplug it: the NIC and its tap go, the port made for it too.
+        let tap = via_port(&g, &pid).tap();
+        cli.json(&["server", "remove", "port", "mn", &pid]).unwrap();
+        wait_until(T, "eth3 unplugged", || Ok(nic_mac(&g, "eth3").is_none())).unwrap();
+        let link = lab.hosts[0].exec("ip", &["link", "show", &tap]).unwrap();
+        assert!(!link.status.success(), "tap {tap} left behind");
+        assert!(lab.cli.run(&["port", "show", &pid]).unwrap().ok().is_err());
+        // The others are untouched.
+        assert_eq!(nic_mac(&g, "eth1").as_deref(), addrs[1]["mac"].as_str());
+
+        // An existing port: plugged (the lowest free name), unplugged, kept.
+        let p = cli
+            .json(&["port", "create", "pp", "--network", "nb"])
+            .unwrap();
+        let pmac = p["mac"].as_str().unwrap().to_string();
+        let pid = p["id"].as_str().unwrap().to_string();
+        cli.json(&["server", "add", "port", "mn", &pid]).unwrap();
+        wait_until(T, "pp hot-plugged", || {
+            Ok(nic_mac(&g, "eth3").as_deref() == Some(pmac.as_str()))
+        })
+        .unwrap();
+        // Plugged once only.
+        assert!(lab
+            .cli
+            .run(&["server", "add", "port", "mn", &pid])
+            .unwrap()
+            .ok()
+            .is_err());
+        lab.wait_wired(&via_port(&g, &pid)).unwrap();
+        // `actions=0` covers the NICs subsystem too (it logs no initial plan).
+        lab.restart_agents_unchanged(&[]).unwrap();
+        let cli = &lab.cli;
+        cli.json(&["server", "remove", "port", "mn", &pid]).unwrap();
+        wait_until(T, "pp unplugged", || Ok(nic_mac(&g, "eth3").is_none())).unwrap();
+        let kept = cli.json(&["port", "show", &pid]).unwrap();
+        assert!(kept["device_id"].is_null(), "{kept}");
+        cli.run(&["server", "delete", "mn", "--wait", "--timeout", "60"])
+            .unwrap()
+            .ok()
+            .unwrap();
+        cli.run(&["port", "delete", &pid]).unwrap().ok().unwrap();
+    }
+    assert_guard_clean(&prefix);
+}
+
 fn assert_dropped(
     what: &str,
     sender: &Guest,

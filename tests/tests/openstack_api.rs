@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Result;
 use nubo_tests::netns::{need_root, netns_exec};
 use nubo_tests::openstack_lab::{self, FrontEnd, OpenStackLab};
-use nubo_tests::{list_items, wait_for};
+use nubo_tests::{list_items, wait_for, wait_until};
 use serde_json::{json, Value};
 
 /// `openstack --os-cloud nubo ARGS` ([`openstack_lab::openstack`]).
@@ -199,6 +199,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     // Metadata, while the guest holds its lease (a reboot of a netns
     // guest makes a fresh namespace).
     server_metadata(clouds, fe, &token, &alice, &guest, &id);
+    server_interfaces(clouds, fe, &token, &alice, &guest, &id);
 
     // stop / start: the desired power follows.
     openstack(clouds, &["server", "stop", &id]).unwrap();
@@ -706,6 +707,127 @@ print("DELETED")
 /// views show it, `openstack server set/unset --property` and `nubo server
 /// set/unset` change it, the guest reads it as `meta` in `meta_data.json`,
 /// and Nova's limits refuse bad input (400/403/404) without changing it.
+/// The guest's NIC `ifname`: its MAC, `None` when it has none.
+fn guest_nic_mac(guest: &str, ifname: &str) -> Option<String> {
+    netns_exec(guest, "cat", &[&format!("/sys/class/net/{ifname}/address")])
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Nova's `os-interface` on the running netns guest: `openstack server
+/// add port` / `remove port` (POST with port_id, DELETE) hot-plug and
+/// unplug a NIC of the real guest; POST with net_id + fixed_ips makes a
+/// port at that address; list and show agree with nubo; bad bodies 400,
+/// an unplugged port 404, a plugged one 409.
+fn server_interfaces(
+    clouds: &Path,
+    fe: &FrontEnd,
+    token: &str,
+    alice: &nubo_tests::Cli,
+    guest: &str,
+    id: &str,
+) {
+    let base = format!("{}/compute/v2.1/servers/{id}/os-interface", fe.url);
+    let (code, listed) = curl(fe, &base, Some(token), &[]);
+    assert_eq!(code, 200, "{listed}");
+    let first = listed["interfaceAttachments"].as_array().unwrap();
+    assert_eq!(first.len(), 1, "{listed}");
+    assert_eq!(first[0]["port_state"], "ACTIVE", "{listed}");
+    let net = first[0]["net_id"].as_str().unwrap().to_string();
+    // No eth1 before (the positive control is the hot-plug below).
+    assert_eq!(guest_nic_mac(guest, "eth1"), None);
+
+    let port = openstack(
+        clouds,
+        &["port", "create", "--network", "net1", "-f", "json", "extra"],
+    )
+    .unwrap();
+    let (pid, mac) = (
+        port["id"].as_str().unwrap().to_string(),
+        port["mac_address"].as_str().unwrap().to_string(),
+    );
+    openstack(clouds, &["server", "add", "port", id, &pid]).unwrap();
+    wait_until(Duration::from_secs(30), "eth1 hot-plugged", || {
+        Ok(guest_nic_mac(guest, "eth1").as_deref() == Some(mac.as_str()))
+    })
+    .unwrap();
+    let (code, shown) = curl(fe, &format!("{base}/{pid}"), Some(token), &[]);
+    assert_eq!(code, 200, "{shown}");
+    let a = &shown["interfaceAttachment"];
+    assert_eq!(
+        (
+            a["port_id"].as_str(),
+            a["net_id"].as_str(),
+            a["mac_addr"].as_str()
+        ),
+        (Some(pid.as_str()), Some(net.as_str()), Some(mac.as_str())),
+        "{shown}"
+    );
+    let ours = alice.json(&["server", "show", id]).unwrap();
+    assert_eq!(ours["addresses"].as_array().unwrap().len(), 2, "{ours}");
+    // Plugged already: 409.
+    let b = json!({"interfaceAttachment": {"port_id": pid}}).to_string();
+    let (code, answer) = curl_req(fe, "POST", &base, Some(token), &[], Some(&b));
+    assert_eq!(code, 409, "{answer}");
+    openstack(clouds, &["server", "remove", "port", id, &pid]).unwrap();
+    wait_until(Duration::from_secs(30), "eth1 unplugged", || {
+        Ok(guest_nic_mac(guest, "eth1").is_none())
+    })
+    .unwrap();
+    let kept = openstack(clouds, &["port", "show", "-f", "json", &pid]).unwrap();
+    assert_eq!(kept["device_id"], "", "{kept}");
+    let (code, answer) = curl(fe, &format!("{base}/{pid}"), Some(token), &[]);
+    assert_eq!(code, 404, "{answer}");
+    openstack(clouds, &["port", "delete", &pid]).unwrap();
+
+    // By network at a chosen address: a port made for the server.
+    let b = json!({"interfaceAttachment": {"net_id": net,
+        "fixed_ips": [{"ip_address": "10.20.0.77"}]}})
+    .to_string();
+    let (code, made) = curl_req(fe, "POST", &base, Some(token), &[], Some(&b));
+    assert_eq!(code, 200, "{made}");
+    let a = &made["interfaceAttachment"];
+    assert_eq!(a["fixed_ips"][0]["ip_address"], "10.20.0.77", "{made}");
+    let made_id = a["port_id"].as_str().unwrap().to_string();
+    let made_mac = a["mac_addr"].as_str().unwrap().to_string();
+    wait_until(
+        Duration::from_secs(30),
+        "eth1 hot-plugged by net_id",
+        || Ok(guest_nic_mac(guest, "eth1").as_deref() == Some(made_mac.as_str())),
+    )
+    .unwrap();
+    let (code, _) = curl_req(
+        fe,
+        "DELETE",
+        &format!("{base}/{made_id}"),
+        Some(token),
+        &[],
+        None,
+    );
+    assert_eq!(code, 202);
+    wait_until(Duration::from_secs(30), "eth1 unplugged again", || {
+        Ok(guest_nic_mac(guest, "eth1").is_none())
+    })
+    .unwrap();
+    // The port made for it went with it.
+    let (code, _) = curl(
+        fe,
+        &format!("{}/network/v2.0/ports/{made_id}", fe.url),
+        Some(token),
+        &[],
+    );
+    assert_eq!(code, 404);
+    for bad in [
+        json!({}),
+        json!({"interfaceAttachment": {"port_id": "a", "net_id": "b"}}),
+        json!({"interfaceAttachment": {"fixed_ips": [{"ip_address": "10.20.0.78"}]}}),
+    ] {
+        let (code, answer) = curl_req(fe, "POST", &base, Some(token), &[], Some(&bad.to_string()));
+        assert_eq!(code, 400, "{bad}: {answer}");
+    }
+}
+
 fn server_metadata(
     clouds: &Path,
     fe: &FrontEnd,

@@ -5,6 +5,8 @@
 //!    and destroy instances so that the hypervisor runs what is assigned
 //!    here;
 //! 2. [`volumes::Volumes`]: attach, detach and retune their volumes;
+//!    then [`nics::Nics`]: hot-plug and unplug their NICs as ports are
+//!    added to or removed from them;
 //! 3. [`status::Status`]: report `/instances/<id>/status` from what the
 //!    hypervisor shows, the errors of compute's actions and the attached
 //!    volumes.
@@ -19,6 +21,7 @@
 pub mod hypervisor;
 pub mod instances;
 pub mod migration;
+pub mod nics;
 pub mod plug_gate;
 pub mod power_sync;
 pub mod status;

@@ -124,6 +124,20 @@ impl Hypervisor for GatedHypervisor {
     ) -> Result<(), HypervisorError> {
         self.inner.set_disk_qos(id, volume, qos).await
     }
+    // NICs: forwarded as they are (the NICs subsystem is gated like compute).
+    async fn nics(&self, id: InstanceId) -> Result<Vec<String>, HypervisorError> {
+        self.inner.nics(id).await
+    }
+    async fn attach_nic(
+        &self,
+        id: InstanceId,
+        port: &crate::state::desired::DesiredPort,
+    ) -> Result<(), HypervisorError> {
+        self.inner.attach_nic(id, port).await
+    }
+    async fn detach_nic(&self, id: InstanceId, tap: &str) -> Result<(), HypervisorError> {
+        self.inner.detach_nic(id, tap).await
+    }
 }
 
 /// A [`Subsystem`] that only runs while the node is not fenced or

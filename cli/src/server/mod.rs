@@ -3,6 +3,7 @@
 
 mod create;
 mod migrate;
+mod nics;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -183,6 +184,13 @@ pub enum ServerCmd {
         #[arg(long = "property", value_parser = key_value)]
         properties: Vec<(String, String)>,
     },
+    /// Plug a port (or a new port on a network) into a server: NIC
+    /// hot-plug.
+    #[command(subcommand)]
+    Add(nics::AddCmd),
+    /// Unplug a port from a server: NIC hot-unplug.
+    #[command(subcommand)]
+    Remove(nics::RemoveCmd),
 }
 
 /// Parses a `--property KEY=VALUE` (the value may contain `=`).
@@ -625,6 +633,8 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
             wait,
             timeout,
         } => delete(ctx, servers, wait, Duration::from_secs(timeout)).await,
+        ServerCmd::Add(cmd) => nics::add(cmd, ctx).await,
+        ServerCmd::Remove(cmd) => nics::remove(cmd, ctx).await,
     }
 }
 

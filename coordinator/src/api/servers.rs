@@ -8,7 +8,7 @@ use super::{convert, project, reply, R};
 use crate::operations::server_create::{self, Created, NewServers};
 use crate::operations::servers::{self, ListServers};
 use crate::operations::{
-    instance_actions, node_streams, resize, server_secgroups, PageRequest, Scope,
+    instance_actions, node_streams, resize, server_ports, server_secgroups, PageRequest, Scope,
 };
 use crate::state::Ctx;
 
@@ -182,6 +182,42 @@ impl servers_server::Servers for Ctx {
     ) -> R<pb::Server> {
         self.server_secgroup(r.into_inner(), server_secgroups::Change::Remove)
             .await
+    }
+    async fn add_port(&self, r: Request<pb::ServerPortRequest>) -> R<pb::Port> {
+        let r = r.into_inner();
+        let go = async {
+            let what = match (r.port.trim().is_empty(), r.network.trim().is_empty()) {
+                (false, true) if r.fixed_ip.trim().is_empty() => server_ports::Plug::Port(r.port),
+                (true, false) => server_ports::Plug::Network {
+                    network: r.network,
+                    fixed_ip: r.fixed_ip,
+                },
+                (false, true) => {
+                    return Err(crate::error::ApiError::InvalidArgument(
+                        "fixed_ip goes with network, not with port".into(),
+                    ))
+                }
+                _ => {
+                    return Err(crate::error::ApiError::InvalidArgument(
+                        "give either a port or a network".into(),
+                    ))
+                }
+            };
+            server_ports::add(self, &project(&r.project)?, &r.r#ref, what).await
+        };
+        reply(go.await.map(|p| convert::port(&p)))
+    }
+    async fn remove_port(&self, r: Request<pb::ServerPortRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async {
+            if r.port.trim().is_empty() {
+                return Err(crate::error::ApiError::InvalidArgument(
+                    "the port to remove is missing".into(),
+                ));
+            }
+            server_ports::remove(self, &project(&r.project)?, &r.r#ref, &r.port).await
+        };
+        reply(go.await.map(|()| pb::Empty {}))
     }
     async fn unlock(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();

@@ -29,6 +29,7 @@ pub mod routers;
 pub mod security_groups;
 pub mod server_create;
 pub mod server_groups;
+pub mod server_ports;
 pub mod server_secgroups;
 pub mod server_volumes;
 pub mod servers;

@@ -237,6 +237,31 @@ pub(crate) async fn next_ip(ctx: &Ctx, pool: &mut IpPool) -> ApiResult<Ipv4Addr>
     }
 }
 
+/// Whether `port` can be plugged into a server: not plugged anywhere, not
+/// a router's interface, and with an address (a port made before its
+/// network had a subnet has none). Pure.
+pub(crate) fn check_pluggable(port: &Port) -> ApiResult<()> {
+    if let Some(dev) = port.device {
+        return Err(ApiError::FailedPrecondition(format!(
+            "port {} is already plugged into server {dev}",
+            port.id
+        )));
+    }
+    if let Some(r) = port.router {
+        return Err(ApiError::FailedPrecondition(format!(
+            "port {} is an interface of router {r}",
+            port.id
+        )));
+    }
+    if port.ip.is_none() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "port {} has no fixed IP (it was made before its network had a subnet); a server's port needs one: make a new port",
+            port.id
+        )));
+    }
+    Ok(())
+}
+
 /// A new port (not plugged into a server).
 #[derive(Debug, Clone, Default)]
 pub struct NewPort {

@@ -806,24 +806,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
     let mut existing_ports: Vec<Versioned<Port>> = Vec::with_capacity(r.ports.len());
     for p in &r.ports {
         let port = super::lookup::port(ctx, &project, p).await?;
-        if let Some(dev) = port.value.device {
-            return Err(ApiError::FailedPrecondition(format!(
-                "port {} is already plugged into server {dev}",
-                port.value.id
-            )));
-        }
-        if let Some(r) = port.value.router {
-            return Err(ApiError::FailedPrecondition(format!(
-                "port {} is an interface of router {r}",
-                port.value.id
-            )));
-        }
-        if port.value.ip.is_none() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "port {} has no fixed IP (it was made before its network had a subnet); a server's port needs one: make a new port",
-                port.value.id
-            )));
-        }
+        super::ports::check_pluggable(&port.value)?;
         if existing_ports.iter().any(|e| e.value.id == port.value.id) {
             return Err(ApiError::InvalidArgument(format!(
                 "port {} is listed twice",

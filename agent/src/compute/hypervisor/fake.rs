@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::{AttachedVolume, HypervisorError, ObservedInstance, ObservedPower, VolumeToAttach};
-use crate::state::desired::DesiredInstance;
+use crate::state::desired::{DesiredInstance, DesiredPort};
 use nubo_common::model::PowerState;
 use nubo_common::model::Qos;
 use nubo_common::VolumeId;
@@ -337,6 +337,30 @@ impl super::Hypervisor for FakeHypervisor {
             Self::managed(st, id)?
                 .volumes
                 .retain(|v| v.volume != volume);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn nics(&self, id: InstanceId) -> Result<Vec<String>, HypervisorError> {
+        let mut st = self.state.lock().await;
+        Ok(Self::managed(&mut st, id)?.taps.clone())
+    }
+
+    async fn attach_nic(&self, id: InstanceId, port: &DesiredPort) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            let r = Self::managed(st, id)?;
+            if !r.taps.contains(&port.tap) {
+                r.taps.push(port.tap.clone());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn detach_nic(&self, id: InstanceId, tap: &str) -> Result<(), HypervisorError> {
+        self.mutate(id, |st| {
+            Self::managed(st, id)?.taps.retain(|t| t != tap);
             Ok(())
         })
         .await

@@ -57,7 +57,7 @@ use super::{
     AttachedVolume, HypervisorError, InstanceSize, ObservedInstance, ObservedPower, VolumeToAttach,
 };
 use crate::config::{AgentConfig, DomainTypeKind};
-use crate::state::desired::DesiredInstance;
+use crate::state::desired::{DesiredInstance, DesiredPort};
 use crate::storage::images::ImageFetcher;
 use crate::storage::StorageBackend;
 
@@ -728,6 +728,9 @@ impl LibvirtHypervisor {
     }
 }
 
+/// How long a NIC detach waits for a running guest to release the NIC.
+pub const NIC_UNPLUG_WAIT: Duration = Duration::from_secs(10);
+
 fn load(path: &Path) -> Result<LibvirtState, HypervisorError> {
     super::state_file::load(path)
 }
@@ -1088,6 +1091,83 @@ impl super::Hypervisor for LibvirtHypervisor {
             .detach_disk(&id.to_string(), &target)
             .await
             .map_err(|e| self.dom_err(id, e))
+    }
+
+    async fn nics(&self, id: InstanceId) -> Result<Vec<String>, HypervisorError> {
+        self.driver
+            .interfaces(&id.to_string())
+            .await
+            .map_err(|e| self.dom_err(id, e))
+    }
+
+    /// The tap is made first and kept in the instance's record (recreated
+    /// on start, deleted with the instance), then the `<interface>` is
+    /// hot-plugged (and kept in the definition).
+    async fn attach_nic(&self, id: InstanceId, port: &DesiredPort) -> Result<(), HypervisorError> {
+        let tap = TapRecord {
+            name: port.tap.clone(),
+            mac: port.mac.to_string(),
+            mtu: self.mtu,
+        };
+        {
+            let mut st = self.state.lock().await;
+            let mut next = st.clone();
+            let rec = next
+                .instances
+                .get_mut(&id)
+                .ok_or(HypervisorError::NotFound(id))?;
+            if !rec.taps.iter().any(|t| t.name == tap.name) {
+                rec.taps.push(tap.clone());
+                self.persist(&next).await?;
+                *st = next;
+            }
+        }
+        self.ensure_taps(std::slice::from_ref(&tap)).await?;
+        let nic = Nic {
+            tap: tap.name.clone(),
+            mac: tap.mac.clone(),
+            mtu: Some(tap.mtu),
+        };
+        self.driver
+            .attach_interface(&id.to_string(), &nic)
+            .await
+            .map_err(|e| self.dom_err(id, e))?;
+        info!(instance = %id, tap = %tap.name, "NIC attached");
+        Ok(())
+    }
+
+    /// The `<interface>` is unplugged; once the guest let it go (waited
+    /// for at most [`NIC_UNPLUG_WAIT`]),
+    /// the tap is deleted and forgotten. A guest that does not release it
+    /// in time keeps NIC and tap; a later pass asks again while the NIC
+    /// shows, but a tap released after that is only deleted with the
+    /// instance.
+    async fn detach_nic(&self, id: InstanceId, tap: &str) -> Result<(), HypervisorError> {
+        self.driver
+            .detach_interface(&id.to_string(), tap)
+            .await
+            .map_err(|e| self.dom_err(id, e))?;
+        // A running guest completes the unplug itself: wait for it (as a
+        // volume detach does), so the tap goes in the same pass.
+        let deadline = tokio::time::Instant::now() + NIC_UNPLUG_WAIT;
+        while self.nics(id).await?.iter().any(|t| t == tap) {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(instance = %id, tap, "NIC unplug requested; the guest has not released it yet (tap kept)");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        if let Some(rec) = next.instances.get_mut(&id) {
+            let gone: Vec<TapRecord> = rec.taps.iter().filter(|t| t.name == tap).cloned().collect();
+            rec.taps.retain(|t| t.name != tap);
+            self.persist(&next).await?;
+            *st = next;
+            self.delete_taps(&gone).await;
+        }
+        info!(instance = %id, tap, "NIC detached");
+        Ok(())
     }
 
     async fn set_disk_qos(

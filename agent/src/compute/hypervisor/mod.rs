@@ -16,7 +16,7 @@ use nubo_common::model::{Qos, Timestamp};
 
 use nubo_common::{InstanceId, VolumeId};
 
-use crate::state::desired::DesiredInstance;
+use crate::state::desired::{DesiredInstance, DesiredPort};
 
 pub use fake::FakeHypervisor;
 pub use libvirt::LibvirtHypervisor;
@@ -228,6 +228,32 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn stats(&self) -> Result<Vec<InstanceStats>, HypervisorError> {
         Err(HypervisorError::Unsupported(format!(
             "usage statistics on the {} driver",
+            self.driver()
+        )))
+    }
+    /// The taps of a managed instance's NICs, in its NIC order. Drivers
+    /// without NIC hot-plug answer [`HypervisorError::Unsupported`] (their
+    /// NICs only change when the instance is created again).
+    async fn nics(&self, id: InstanceId) -> Result<Vec<String>, HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "listing the NICs of {id} on the {} driver",
+            self.driver()
+        )))
+    }
+    /// Adds a NIC for `port`: hot-plugged into a running instance, and
+    /// kept in its definition. Idempotent (a NIC with that tap is kept).
+    async fn attach_nic(&self, id: InstanceId, port: &DesiredPort) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "attaching port {} to {id} on the {} driver",
+            port.id,
+            self.driver()
+        )))
+    }
+    /// Removes the NIC whose host end is `tap` (hot-unplug on a running
+    /// instance, and from its definition). Idempotent.
+    async fn detach_nic(&self, id: InstanceId, tap: &str) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "detaching NIC {tap} from {id} on the {} driver",
             self.driver()
         )))
     }

@@ -1,24 +1,29 @@
 //! The netns guest driver: an "instance" is a network namespace
 //! `<prefix><first 8 hex digits of the instance id>` holding one veth end
-//! (`eth0`, with the port's MAC) whose host end is the port's tap name, so
-//! the overlay plugs it into the bridge like any VM tap. Guests are real
-//! enough for DHCP clients, `curl`, `ping` and `nc`, with no hypervisor.
+//! per port (`eth0`, `eth1`, … in the order of the instance's ports, each
+//! with its port's MAC) whose host end is the port's tap name, so the
+//! overlay plugs it into the bridge like any VM tap. Guests are real enough
+//! for DHCP clients, `curl`, `ping` and `nc`, with no hypervisor.
 //!
 //! What runs is discovered, not remembered: [`list`](super::Hypervisor::list) scans
 //! `/run/netns` with [`nubo_overlay::list_netns_guests`]; a guest whose
 //! namespace exists is running. A small state file
 //! (`<state-dir>/netns-guests.json`) only holds what a namespace name cannot
-//! tell: the full instance id, the port (tap, MAC) to recreate it on start,
-//! the boot counter, and the "stopped" mark (stopping a guest deletes its
-//! namespace). Existing namespaces are adopted as they are on restart.
+//! tell: the full instance id, the NICs (guest name, tap, MAC) to recreate
+//! it on start, the boot counter, and the "stopped" mark (stopping a guest
+//! deletes its namespace). Existing namespaces are adopted as they are on
+//! restart.
 //!
 //! Console: a netns guest has no kernel to print, so its console log
 //! (`<state-dir>/console/<id>.log`, served by the node API like a domain's
 //! serial log) holds timestamped lines of what the driver did to it: boot
 //! (namespace, NIC) and stop.
 //!
-//! Only one port per instance is supported; creating an instance with more
-//! fails with [`HypervisorError::Unsupported`].
+//! NICs are hot-plugged ([`Hypervisor::attach_nic`]: one more veth, in the
+//! guest under the lowest free `ethN`) and unplugged
+//! ([`Hypervisor::detach_nic`]: the veth is deleted); a stopped guest only
+//! has its record changed. A guest ends up with at most
+//! [`MAX_NICS`] NICs.
 //!
 //! ## Pause and resume (self-fencing)
 //!
@@ -26,8 +31,8 @@
 //! (1) saves the IPv4 main-table routes through `eth0` (the kernel drops them
 //! when the link goes down), (2) marks the record `paused` with those routes
 //! and persists it, (3) stops every process whose network namespace is the
-//! guest's with `SIGSTOP` (the vCPUs of a netns guest) and (4) sets the
-//! guest's `eth0` administratively down, so its veth peer (the tap) has no
+//! guest's with `SIGSTOP` (the vCPUs of a netns guest) and (4) sets every
+//! guest NIC administratively down, so their veth peers (the taps) have no
 //! carrier and no frame passes either way. The host end is left alone: the
 //! overlay reconciler owns its state (and would set it up again); the
 //! guest end is inside the guest and nothing else touches it.
@@ -35,14 +40,17 @@
 //! that the kernel did not re-create itself are added back, `SIGCONT` to the
 //! processes in the namespace, record unmarked. The namespace, addresses
 //! (IPv4 addresses survive a link down), MAC and boot counter are unchanged.
-//! Limits: IPv6 addresses other than link-local and routes in other tables
-//! are not restored; a process entering the namespace while it is paused
+//! Limits: IPv6 addresses other than link-local, routes in other tables and
+//! routes through NICs other than `eth0` (beyond the prefix routes the
+//! kernel re-creates) are not restored; a process entering the namespace while it is paused
 //! is not stopped; `SIGCONT` also continues a process someone else had
 //! stopped; stopping or destroying a paused guest leaves its stopped
 //! processes alone.
 //!
 //! [`Hypervisor::pause`]: super::Hypervisor::pause
 //! [`Hypervisor::resume`]: super::Hypervisor::resume
+//! [`Hypervisor::attach_nic`]: super::Hypervisor::attach_nic
+//! [`Hypervisor::detach_nic`]: super::Hypervisor::detach_nic
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -52,27 +60,48 @@ use async_trait::async_trait;
 use nubo_common::model::{self, PowerState, Timestamp};
 use nubo_common::InstanceId;
 use nubo_overlay::{
-    delete_netns_guest, list_netns_guests, netns_guest_exists, run_in_netns, Netlink, GUEST_IFNAME,
+    create_empty_netns_guest, delete_netns_guest, list_netns_guests, netns_guest_exists,
+    remove_netns_guest_nic, run_in_netns, Netlink, GUEST_IFNAME,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::{HypervisorError, ObservedInstance, ObservedPower};
-use crate::state::desired::DesiredInstance;
+use crate::state::desired::{DesiredInstance, DesiredPort};
 
 /// File name of the driver's state inside the state directory.
 pub const STATE_FILE: &str = "netns-guests.json";
+
+/// The most NICs a guest has (`eth0` … `eth15`).
+pub const MAX_NICS: usize = 16;
+
+/// One NIC of a guest: a veth pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNic {
+    /// The veth end inside the guest (`eth0`, `eth1`, …).
+    pub ifname: String,
+    /// Host end of the veth (the port's tap name).
+    pub tap: String,
+    /// MAC of the guest end (the port's MAC).
+    pub mac: String,
+}
 
 /// What the driver remembers about one guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestRecord {
     /// The instance id.
     pub id: InstanceId,
-    /// Host end of the veth (the port's tap name).
-    pub tap: String,
-    /// MAC of the guest's `eth0` (the port's MAC).
-    pub mac: String,
+    /// The NICs, in the instance's port order.
+    #[serde(default)]
+    pub nics: Vec<GuestNic>,
+    /// State files written before multi-NIC: the single NIC's tap (moved
+    /// into [`GuestRecord::nics`] as `eth0` on load, never written).
+    #[serde(default, rename = "tap", skip_serializing)]
+    pub legacy_tap: String,
+    /// State files written before multi-NIC: the single NIC's MAC.
+    #[serde(default, rename = "mac", skip_serializing)]
+    pub legacy_mac: String,
     /// MTU both ends are created with.
     pub mtu: u32,
     /// Stopped by nubo: the namespace was deleted on purpose.
@@ -195,47 +224,102 @@ impl NetnsHypervisor {
         super::state_file::save(&self.path, st).await
     }
 
-    /// Creates the namespace and veth of `rec` unless the namespace exists
+    /// Creates the namespace and veths of `rec` unless the namespace exists
     /// (then it is adopted as it is).
     async fn boot(&self, ns: &str, rec: &GuestRecord) -> Result<(), HypervisorError> {
         if netns_guest_exists(ns) {
             info!(netns = ns, "guest namespace exists; adopting it");
             return Ok(());
         }
-        let mac: nubo_netid::MacAddr = rec
+        create_empty_netns_guest(ns)
+            .await
+            .map_err(|e| backend(&format!("create netns guest {ns}"), e))?;
+        for nic in &rec.nics {
+            let plugged = match self.clear_tap(nic).await {
+                Ok(mac) => self.plug(ns, nic, mac, rec.mtu).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = plugged {
+                if let Err(cleanup) = self.teardown(ns, rec).await {
+                    warn!(netns = ns, error = %cleanup, "cleanup of half-booted guest failed");
+                }
+                return Err(e);
+            }
+        }
+        let mut lines = vec![format!(
+            "nubo netns guest {} booting in namespace {ns}",
+            rec.id
+        )];
+        lines.extend(rec.nics.iter().map(|n| {
+            format!(
+                "{}: MAC {}, MTU {}, host end {}",
+                n.ifname, n.mac, rec.mtu, n.tap
+            )
+        }));
+        lines.push("NICs up: the guest is running".to_string());
+        self.console(rec.id, &lines).await;
+        Ok(())
+    }
+
+    /// Parses `nic`'s MAC and deletes a leftover host end (namespace
+    /// deleted behind our back), which would make the veth creation fail.
+    async fn clear_tap(&self, nic: &GuestNic) -> Result<nubo_netid::MacAddr, HypervisorError> {
+        let mac: nubo_netid::MacAddr = nic
             .mac
             .parse()
             .map_err(|e| backend("guest MAC in state file", e))?;
-        // A leftover host end (namespace deleted behind our back) would
-        // make the veth creation fail.
         if self
             .netlink
-            .link_exists(&rec.tap)
+            .link_exists(&nic.tap)
             .await
             .map_err(|e| backend("look up tap", e))?
         {
             self.netlink
-                .delete_link(&rec.tap)
+                .delete_link(&nic.tap)
                 .await
                 .map_err(|e| backend("delete stale tap", e))?;
         }
+        Ok(mac)
+    }
+
+    /// Adds `nic` to the existing namespace `ns`.
+    async fn plug(
+        &self,
+        ns: &str,
+        nic: &GuestNic,
+        mac: nubo_netid::MacAddr,
+        mtu: u32,
+    ) -> Result<(), HypervisorError> {
         self.netlink
-            .create_netns_guest(ns, &rec.tap, mac, rec.mtu)
+            .add_netns_guest_nic(ns, &nic.tap, &nic.ifname, mac, mtu)
             .await
-            .map_err(|e| backend(&format!("create netns guest {ns}"), e))?;
-        self.console(
-            rec.id,
-            &[
-                format!("nubo netns guest {} booting in namespace {ns}", rec.id),
-                format!(
-                    "eth0: MAC {}, MTU {}, host end {}",
-                    rec.mac, rec.mtu, rec.tap
-                ),
-                "eth0 up: the guest is running".to_string(),
-            ],
-        )
-        .await;
-        Ok(())
+            .map_err(|e| backend(&format!("add {} to netns guest {ns}", nic.ifname), e))
+    }
+
+    /// Deletes the guest's namespace with all its NICs (so every tap goes
+    /// at once, not whenever the kernel frees the namespace).
+    async fn teardown(&self, ns: &str, rec: &GuestRecord) -> Result<(), HypervisorError> {
+        for nic in rec.nics.iter().filter(|n| n.ifname != GUEST_IFNAME) {
+            if let Err(e) = remove_netns_guest_nic(ns, &nic.ifname).await {
+                warn!(netns = ns, nic = %nic.ifname, error = %e, "could not delete a guest NIC; removing the namespace anyway");
+            }
+        }
+        delete_netns_guest(ns)
+            .await
+            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))
+    }
+
+    /// Deletes `tap` if it still exists (logged, never an error).
+    async fn delete_leftover_tap(&self, tap: &str) {
+        match self.netlink.link_exists(tap).await {
+            Ok(true) => {
+                if let Err(e) = self.netlink.delete_link(tap).await {
+                    warn!(tap, error = %e, "could not delete leftover tap");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!(tap, error = %e, "could not look up tap"),
+        }
     }
 
     /// Appends `lines` (timestamped) to the guest's console log: a netns
@@ -274,7 +358,47 @@ impl NetnsHypervisor {
 }
 
 fn load(path: &Path) -> Result<NetnsState, HypervisorError> {
-    super::state_file::load(path)
+    let mut st: NetnsState = super::state_file::load(path)?;
+    for rec in st.guests.values_mut() {
+        rec.migrate_legacy();
+    }
+    Ok(st)
+}
+
+impl GuestRecord {
+    /// Moves a pre-multi-NIC record's single NIC into `nics` as `eth0`.
+    pub fn migrate_legacy(&mut self) {
+        let tap = std::mem::take(&mut self.legacy_tap);
+        let mac = std::mem::take(&mut self.legacy_mac);
+        if self.nics.is_empty() && !tap.is_empty() {
+            self.nics.push(GuestNic {
+                ifname: GUEST_IFNAME.to_string(),
+                tap,
+                mac,
+            });
+        }
+    }
+}
+
+/// The NICs of a guest with `ports` (tap, MAC) in order: `eth0`, `eth1`, ….
+/// Pure.
+pub fn nics_for(ports: &[(String, String)]) -> Vec<GuestNic> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (tap, mac))| GuestNic {
+            ifname: format!("eth{i}"),
+            tap: tap.clone(),
+            mac: mac.clone(),
+        })
+        .collect()
+}
+
+/// The lowest `ethN` not used by `nics`, if under [`MAX_NICS`]. Pure.
+pub fn free_ifname(nics: &[GuestNic]) -> Option<String> {
+    (0..MAX_NICS)
+        .map(|i| format!("eth{i}"))
+        .find(|n| !nics.iter().any(|x| &x.ifname == n))
 }
 
 /// Parses `/proc/net/route` and keeps the routes through `ifname`. Pure.
@@ -533,10 +657,11 @@ impl super::Hypervisor for NetnsHypervisor {
                 memory_used_bytes: None,
                 memory_available_bytes: None,
                 disks: Vec::new(),
-                nics: counters
-                    .remove(&r.tap)
+                nics: r
+                    .nics
+                    .iter()
+                    .filter_map(|n| counters.remove(&n.tap))
                     .map(super::NicCounters::guest_view)
-                    .into_iter()
                     .collect(),
             })
             .collect())
@@ -544,20 +669,17 @@ impl super::Hypervisor for NetnsHypervisor {
 
     async fn create(&self, spec: &DesiredInstance) -> Result<(), HypervisorError> {
         let id = spec.id();
-        let port = match spec.ports.as_slice() {
-            [p] => p,
-            [] => {
-                return Err(HypervisorError::Unsupported(
-                    "the netns driver needs exactly one port per instance (got none)".into(),
-                ))
-            }
-            more => {
-                return Err(HypervisorError::Unsupported(format!(
-                    "the netns driver supports one port per instance (got {})",
-                    more.len()
-                )))
-            }
-        };
+        if spec.ports.len() > MAX_NICS {
+            return Err(HypervisorError::Unsupported(format!(
+                "the netns driver supports at most {MAX_NICS} ports per instance (got {})",
+                spec.ports.len()
+            )));
+        }
+        let ports: Vec<(String, String)> = spec
+            .ports
+            .iter()
+            .map(|p| (p.tap.clone(), p.mac.to_string()))
+            .collect();
         let ns = self.netns_name(&id);
         let mut st = self.state.lock().await;
         if let Some(other) = st.guests.get(&ns).filter(|r| r.id != id) {
@@ -569,8 +691,9 @@ impl super::Hypervisor for NetnsHypervisor {
         let running = spec.power() == PowerState::Running;
         let mut rec = GuestRecord {
             id,
-            tap: port.tap.clone(),
-            mac: port.mac.to_string(),
+            nics: nics_for(&ports),
+            legacy_tap: String::new(),
+            legacy_mac: String::new(),
             mtu: self.mtu,
             stopped: !running,
             boot_count: u64::from(running),
@@ -618,9 +741,9 @@ impl super::Hypervisor for NetnsHypervisor {
         // whose namespace is deleted again, never a resurrected guest.
         self.persist(&next).await?;
         *st = next;
-        delete_netns_guest(&ns)
-            .await
-            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))?;
+        if let Some(rec) = st.guests.get(&ns) {
+            self.teardown(&ns, rec).await?;
+        }
         self.console(
             id,
             &[format!(
@@ -636,9 +759,7 @@ impl super::Hypervisor for NetnsHypervisor {
         let mut st = self.state.lock().await;
         let mut next = st.clone();
         let rec = Self::record_of(&mut next, &ns, id)?;
-        delete_netns_guest(&ns)
-            .await
-            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))?;
+        self.teardown(&ns, rec).await?;
         self.boot(&ns, rec).await?;
         rec.paused = false;
         rec.saved_routes.clear();
@@ -651,26 +772,82 @@ impl super::Hypervisor for NetnsHypervisor {
     async fn destroy(&self, id: InstanceId) -> Result<(), HypervisorError> {
         let ns = self.netns_name(&id);
         let mut st = self.state.lock().await;
-        if st.guests.get(&ns).is_none_or(|r| r.id != id) {
+        let Some(rec) = st.guests.get(&ns).filter(|r| r.id == id) else {
             return Err(HypervisorError::NotFound(id));
-        }
-        delete_netns_guest(&ns)
-            .await
-            .map_err(|e| backend(&format!("delete netns guest {ns}"), e))?;
+        };
+        self.teardown(&ns, rec).await?;
         let mut next = st.clone();
         if let Some(rec) = next.guests.remove(&ns) {
-            // The veth host end dies with eth0; a tap left behind would
-            // block a later guest with the same port.
-            match self.netlink.link_exists(&rec.tap).await {
-                Ok(true) => {
-                    if let Err(e) = self.netlink.delete_link(&rec.tap).await {
-                        warn!(tap = %rec.tap, error = %e, "could not delete leftover tap");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => warn!(tap = %rec.tap, error = %e, "could not look up tap"),
+            // The veth host ends die with the guest ends; a tap left
+            // behind would block a later guest with the same port.
+            for nic in &rec.nics {
+                self.delete_leftover_tap(&nic.tap).await;
             }
         }
+        self.persist(&next).await?;
+        *st = next;
+        Ok(())
+    }
+
+    async fn nics(&self, id: InstanceId) -> Result<Vec<String>, HypervisorError> {
+        let ns = self.netns_name(&id);
+        let st = self.state.lock().await;
+        Ok(st
+            .guests
+            .get(&ns)
+            .filter(|r| r.id == id)
+            .ok_or(HypervisorError::NotFound(id))?
+            .nics
+            .iter()
+            .map(|n| n.tap.clone())
+            .collect())
+    }
+
+    /// A running guest gets one more veth at once (as `ethN`, the lowest
+    /// free N); a stopped one gets it in its record, made on the next boot.
+    async fn attach_nic(&self, id: InstanceId, port: &DesiredPort) -> Result<(), HypervisorError> {
+        let ns = self.netns_name(&id);
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let rec = Self::record_of(&mut next, &ns, id)?;
+        if rec.nics.iter().any(|n| n.tap == port.tap) {
+            return Ok(());
+        }
+        let ifname = free_ifname(&rec.nics).ok_or_else(|| {
+            HypervisorError::Unsupported(format!(
+                "the netns driver supports at most {MAX_NICS} NICs per instance"
+            ))
+        })?;
+        let nic = GuestNic {
+            ifname,
+            tap: port.tap.clone(),
+            mac: port.mac.to_string(),
+        };
+        if !rec.stopped && netns_guest_exists(&ns) {
+            let mac = self.clear_tap(&nic).await?;
+            self.plug(&ns, &nic, mac, rec.mtu).await?;
+        }
+        info!(netns = %ns, instance = %id, nic = %nic.ifname, tap = %nic.tap, "NIC attached");
+        rec.nics.push(nic);
+        self.persist(&next).await?;
+        *st = next;
+        Ok(())
+    }
+
+    async fn detach_nic(&self, id: InstanceId, tap: &str) -> Result<(), HypervisorError> {
+        let ns = self.netns_name(&id);
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        let rec = Self::record_of(&mut next, &ns, id)?;
+        let Some(pos) = rec.nics.iter().position(|n| n.tap == tap) else {
+            return Ok(());
+        };
+        let nic = rec.nics.remove(pos);
+        remove_netns_guest_nic(&ns, &nic.ifname)
+            .await
+            .map_err(|e| backend(&format!("remove {} from netns guest {ns}", nic.ifname), e))?;
+        self.delete_leftover_tap(&nic.tap).await;
+        info!(netns = %ns, instance = %id, nic = %nic.ifname, tap = %nic.tap, "NIC detached");
         self.persist(&next).await?;
         *st = next;
         Ok(())
@@ -695,8 +872,16 @@ impl super::Hypervisor for NetnsHypervisor {
         // Also on an already paused guest: catches anything that got in.
         let stopped = signal_netns(&ns, libc::SIGSTOP)
             .map_err(|e| backend(&format!("stop processes in {ns}"), e))?;
-        in_guest(&ns, "set eth0 down", || set_link_admin(GUEST_IFNAME, false)).await?;
-        info!(netns = %ns, processes = stopped, "netns guest paused (eth0 down, processes stopped)");
+        let ifnames: Vec<String> = st
+            .guests
+            .get(&ns)
+            .map(|r| r.nics.iter().map(|n| n.ifname.clone()).collect())
+            .unwrap_or_default();
+        in_guest(&ns, "set NICs down", move || {
+            ifnames.iter().try_for_each(|n| set_link_admin(n, false))
+        })
+        .await?;
+        info!(netns = %ns, processes = stopped, "netns guest paused (NICs down, processes stopped)");
         Ok(())
     }
 
@@ -712,8 +897,11 @@ impl super::Hypervisor for NetnsHypervisor {
             return Ok(());
         }
         let saved = rec.saved_routes.clone();
-        let restored = in_guest(&ns, "set eth0 up and restore routes", move || {
-            set_link_admin(GUEST_IFNAME, true)?;
+        let ifnames: Vec<String> = rec.nics.iter().map(|n| n.ifname.clone()).collect();
+        let restored = in_guest(&ns, "set NICs up and restore routes", move || {
+            for n in &ifnames {
+                set_link_admin(n, true)?;
+            }
             // The kernel re-creates the prefix routes of the addresses at
             // once; add back what it does not (default, static routes).
             let missing = routes_to_restore(&saved, &read_guest_routes()?);
@@ -783,8 +971,9 @@ mod tests {
     fn rec(stopped: bool) -> GuestRecord {
         GuestRecord {
             id: InstanceId::new_random(),
-            tap: "tap0123".into(),
-            mac: "fa:16:3e:00:00:01".into(),
+            nics: nics_for(&[("tap0123".into(), "fa:16:3e:00:00:01".into())]),
+            legacy_tap: String::new(),
+            legacy_mac: String::new(),
             mtu: 1450,
             stopped,
             boot_count: 1,
@@ -882,14 +1071,46 @@ lo\t0000007F\t00000000\t0001\t0\t0\t5\t000000FF\t0\t0\t0\n";
     #[test]
     fn records_without_the_pause_fields_still_load() {
         let old = r#"{"guests":{"nbtxg1":{"id":"5f0c7a9e-8a53-4a7c-9d55-0d6ab4f5b3d1","tap":"tap1","mac":"fa:16:3e:00:00:01","mtu":1450,"boot_count":2,"created_at":"2024-01-01T00:00:00Z"}}}"#;
-        let st: NetnsState = serde_json::from_str(old).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, old).unwrap();
+        let st = load(&path).unwrap();
         let r = &st.guests["nbtxg1"];
         assert!(!r.paused && r.saved_routes.is_empty() && !r.stopped);
+        // The single NIC of the old format is eth0.
+        assert_eq!(
+            r.nics,
+            nics_for(&[("tap1".into(), "fa:16:3e:00:00:01".into())])
+        );
+        assert!(r.legacy_tap.is_empty() && r.legacy_mac.is_empty());
         let mut paused = r.clone();
         paused.paused = true;
         paused.saved_routes = parse_proc_routes(PROC_ROUTE, "eth0");
         let json = serde_json::to_string(&paused).unwrap();
         assert_eq!(serde_json::from_str::<GuestRecord>(&json).unwrap(), paused);
+    }
+
+    #[test]
+    fn nics_are_named_in_port_order_and_the_lowest_free_name_is_reused() {
+        let ports: Vec<(String, String)> = (0..3)
+            .map(|i| (format!("tap{i}"), format!("fa:16:3e:00:00:0{i}")))
+            .collect();
+        let mut nics = nics_for(&ports);
+        let names: Vec<&str> = nics.iter().map(|n| n.ifname.as_str()).collect();
+        assert_eq!(names, ["eth0", "eth1", "eth2"]);
+        assert_eq!(nics[1].tap, "tap1");
+        assert_eq!(free_ifname(&nics).as_deref(), Some("eth3"));
+        nics.remove(1);
+        assert_eq!(free_ifname(&nics).as_deref(), Some("eth1"));
+        let full = nics_for(&vec![(String::new(), String::new()); MAX_NICS]);
+        assert_eq!(free_ifname(&full), None);
+        // Written without the legacy fields.
+        let json = serde_json::to_value(rec(false)).unwrap();
+        assert!(
+            json.get("tap").is_none() && json.get("mac").is_none(),
+            "{json}"
+        );
+        assert_eq!(json["nics"][0]["tap"], "tap0123");
     }
 
     #[test]
