@@ -100,8 +100,24 @@ impl Etcd {
     }
 
     /// Starts etcd as `opts` says; returns once every member is healthy
-    /// (the cluster has a leader).
+    /// (the cluster has a leader). A port probed free but taken before
+    /// etcd bound it (another process's outgoing connection can get it:
+    /// the probe range overlaps the ephemeral range) is retried with fresh
+    /// ports, twice at most.
     pub fn start_with(opts: EtcdOpts) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(opts.clone()) {
+                Err(e) if attempt < 2 && format!("{e:#}").contains("address already in use") => {
+                    attempt += 1;
+                    eprintln!("etcd: a probed port was taken meanwhile; starting again ({e:#})");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn start_once(opts: EtcdOpts) -> Result<Self> {
         if opts.members == 0 {
             bail!("an etcd cluster needs at least one member");
         }

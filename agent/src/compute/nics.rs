@@ -104,14 +104,7 @@ impl Subsystem for Nics {
     }
 
     async fn observe(&mut self, desired: &DesiredNode) -> Result<NicsObserved, SubsystemError> {
-        let present: BTreeSet<InstanceId> = self
-            .hv
-            .list()
-            .await?
-            .into_iter()
-            .filter(|o| o.managed)
-            .map(|o| o.id)
-            .collect();
+        let present = super::hypervisor::managed_ids(self.hv.as_ref()).await?;
         let mut out = NicsObserved::new();
         for id in desired.instances.keys().filter(|id| present.contains(id)) {
             if desired.migrating(id) {

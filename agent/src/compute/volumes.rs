@@ -205,14 +205,7 @@ impl Subsystem for Volumes {
     }
 
     async fn observe(&mut self, desired: &DesiredNode) -> Result<VolumesObserved, SubsystemError> {
-        let running: BTreeSet<InstanceId> = self
-            .hv
-            .list()
-            .await?
-            .into_iter()
-            .filter(|o| o.managed)
-            .map(|o| o.id)
-            .collect();
+        let running = super::hypervisor::managed_ids(self.hv.as_ref()).await?;
         let mut ids = Vec::new();
         for (id, d) in &desired.instances {
             if !running.contains(id) {

@@ -722,19 +722,10 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
             // Deleted by the volume loop once released (a server deleted
             // just now, or a detach the guest has not completed).
             (VolumeStatus::Detaching, Some(_)) => {
-                let mut d = vol.clone();
-                d.status = VolumeStatus::Deleting;
-                d.status_reason = Some(DELETED_WHILE_DETACHING.into());
-                let key = keys::volume(&vol.id);
-                let resp = ctx
-                    .store
-                    .txn(
-                        Txn::new()
-                            .when([unchanged(&key, v.mod_rev)])
-                            .and_then([put(&key, &d)]),
-                    )
-                    .await?;
-                if resp.succeeded() {
+                if mark_deleting(ctx, &v, Some(DELETED_WHILE_DETACHING))
+                    .await?
+                    .is_some()
+                {
                     tracing::info!(volume = %vol.id, "volume deleted while detaching; removed once released");
                     return Ok(());
                 }
@@ -760,22 +751,10 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
                 )))
             }
         }
-        let mut d = vol.clone();
-        d.status = VolumeStatus::Deleting;
-        d.status_reason = None;
-        let key = keys::volume(&vol.id);
-        let resp = ctx
-            .store
-            .txn(
-                Txn::new()
-                    .when([unchanged(&key, v.mod_rev)])
-                    .and_then([put(&key, &d)]),
-            )
-            .await?;
-        if !resp.succeeded() {
+        let Some((d, rev)) = mark_deleting(ctx, &v, None).await? else {
             continue;
-        }
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        };
+        let key = keys::volume(&vol.id);
         if let Err(e) = finish_delete(ctx, &d, rev).await {
             // Keep the reason where the operator looks; deleting again
             // retries.
@@ -969,6 +948,31 @@ pub async fn attach(
     Err(ApiError::Unavailable(
         "the volume or the server changed concurrently too often; retry".into(),
     ))
+}
+
+/// Marks volume `v` `deleting` (with `reason`) if it is still as read:
+/// the record written and the revision of the write, `None` when it
+/// changed meanwhile.
+async fn mark_deleting(
+    ctx: &Ctx,
+    v: &Versioned<Volume>,
+    reason: Option<&str>,
+) -> ApiResult<Option<(Volume, i64)>> {
+    let mut d = v.value.clone();
+    d.status = VolumeStatus::Deleting;
+    d.status_reason = reason.map(str::to_string);
+    let key = keys::volume(&d.id);
+    let resp = ctx
+        .store
+        .txn(
+            Txn::new()
+                .when([unchanged(&key, v.mod_rev)])
+                .and_then([put(&key, &d)]),
+        )
+        .await?;
+    Ok(resp
+        .succeeded()
+        .then(|| (d, resp.header().map(|h| h.revision()).unwrap_or(0))))
 }
 
 /// The guest devices of `inst` taken by volumes: those of its attached

@@ -120,6 +120,19 @@ impl From<HypervisorError> for crate::reconciler::SubsystemError {
 
 /// A compute backend. Object-safe; the agent holds an `Arc<dyn Hypervisor>`.
 ///
+/// The ids of the instances nubo manages on `hv` (running or not).
+pub async fn managed_ids(
+    hv: &dyn Hypervisor,
+) -> Result<std::collections::BTreeSet<InstanceId>, HypervisorError> {
+    Ok(hv
+        .list()
+        .await?
+        .into_iter()
+        .filter(|o| o.managed)
+        .map(|o| o.id)
+        .collect())
+}
+
 /// Every operation is idempotent from the reconciler's point of view: the
 /// compute plan only asks for what differs from [`Hypervisor::list`].
 #[async_trait]
