@@ -50,7 +50,24 @@ if ((${#missing[@]})) && ((check_only == 0)); then
   # The whole list, not only the missing ones: apt resolves them together, so
   # installing one package never removes another of the list (a machine with
   # a newer qemu-utils from backports lost it to qemu-system-x86 7.2).
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${PACKAGES[@]}"
+  # QEMU's packages break each other across releases (qemu-utils 10 from
+  # backports: "Breaks: qemu-system-common (< 1:8.0)"), and apt never
+  # downgrades by itself: a machine that came with a newer qemu-utils from a
+  # source it no longer lists could install nothing ("held broken
+  # packages"). Every QEMU package is asked for at the version the
+  # configured sources offer for qemu-system-x86, so they match.
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  wanted=()
+  for p in "${PACKAGES[@]}"; do
+    if [[ $p == qemu-* && -n $qemu_version && $qemu_version != "(none)" ]]; then
+      have=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)
+      [[ -n $have && $have != "$qemu_version" ]] && echo "note: $p $have is replaced by $qemu_version (QEMU's packages must come from one release)"
+      wanted+=("$p=$qemu_version")
+    else
+      wanted+=("$p")
+    fi
+  done
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends --allow-downgrades "${wanted[@]}"
   missing=()
   for p in "${PACKAGES[@]}"; do
     installed "$p" || missing+=("$p")
