@@ -244,18 +244,21 @@ async fn run_inner(
                     node: cfg.node.to_string(),
                     netns_prefix: cfg.probe_netns_prefix.clone(),
                 });
-            let (network, probes) = crate::network::subsystems(
-                cfg.underlay_ip,
-                cfg.underlay_mtu,
-                &cfg.availability_zone,
-                &cfg.physnets,
-                &cfg.router_netns_prefix,
+            let network = crate::network::subsystems(
+                crate::network::NetworkOptions {
+                    underlay_ip: cfg.underlay_ip,
+                    underlay_mtu: cfg.underlay_mtu,
+                    availability_zone: cfg.availability_zone.clone(),
+                    physnets: cfg.physnets.clone(),
+                    router_netns_prefix: cfg.router_netns_prefix.clone(),
+                    probe: probe.clone(),
+                    passwords: Some(passwords),
+                },
                 &metrics,
-                probe.clone(),
-                Some(passwords),
             )
             .map_err(|e| AgentError::Network(e.to_string()))?;
-            subsystems.extend(network);
+            let probes = network.probes_ready;
+            subsystems.extend(network.subsystems);
             if let (Some(ident), Some(ready), Some(every)) = (probe, probes, cfg.probe_interval) {
                 tasks.spawn(
                     crate::network::probe::run_checks(ident, ready, metrics.probe.clone(), every)

@@ -332,6 +332,95 @@ fn snat_floating_ip_and_security_groups_through_a_distributed_router() {
     }
 }
 
+/// The agent's side of a gateway change and of a router interface made
+/// from a port: clearing r1's gateway takes its SNAT away on the guest's
+/// node (the guest no longer gets out), setting it again brings it back
+/// (through the node's new SNAT address); a port of net3 added to r1
+/// makes the router answer on that port's address, and a guest routing
+/// through it reaches net1 and the outside.
+#[test]
+fn a_gateway_cleared_and_set_again_and_an_interface_made_from_a_port() {
+    let (lab, _wire, ext_host) = lab_with_external();
+    web_group(&lab, &[("icmp", None)]);
+    routed_net1(&lab);
+    let g1 = lab
+        .server("g1", "net1", 1, &["--security-group", "web"])
+        .unwrap();
+    lease(&lab, &g1, "10.0.0.1");
+    let snat = wait_for(T, "r1's SNAT address on hv-1", || {
+        Ok(snat_of(&lab, "r1", "hv-1").ok_or("none yet"))
+    })
+    .unwrap();
+    assert_eq!(source_seen_outside(&lab, &ext_host, &g1), snat.to_string());
+
+    cli_json(&lab, &["router", "set", "r1", "--no-external-gateway"]);
+    // The leader's SNAT controller releases the node's address.
+    wait_until(T, "r1's SNAT address on hv-1 released", || {
+        Ok(snat_of(&lab, "r1", "hv-1").is_none())
+    })
+    .unwrap();
+    wait_until(
+        T,
+        "g1 loses its way out",
+        || Ok(!g1.pings(EXTERNAL_HOST, 1)),
+    )
+    .unwrap();
+    assert!(
+        g1.pings(Ipv4Addr::new(10, 0, 0, 1), 3),
+        "g1 lost its gateway"
+    );
+
+    cli_json(&lab, &["router", "set", "r1", "--external-gateway", "ext"]);
+    let snat = wait_for(T, "r1's new SNAT address on hv-1", || {
+        Ok(snat_of(&lab, "r1", "hv-1").ok_or("none yet"))
+    })
+    .unwrap();
+    assert_eq!(source_seen_outside(&lab, &ext_host, &g1), snat.to_string());
+
+    // An interface made from a port: the router takes the port's address,
+    // not the subnet's gateway.
+    cli_json(
+        &lab,
+        &["network", "create", "net3", "--cidr", "10.0.3.0/24"],
+    );
+    let port = cli_json(
+        &lab,
+        &[
+            "port",
+            "create",
+            "leg3",
+            "--network",
+            "net3",
+            "--ip",
+            "10.0.3.9",
+        ],
+    );
+    assert_eq!(port["ip"], "10.0.3.9", "{port}");
+    cli_json(&lab, &["router", "add", "port", "r1", "leg3"]);
+    let g3 = lab
+        .server("g3", "net3", 2, &["--security-group", "web"])
+        .unwrap();
+    g3.udhcpc(&lab.udhcpc_script()).unwrap();
+    let leg = Ipv4Addr::new(10, 0, 3, 9);
+    if let Err(e) = wait_until(T, "the router answers on the port's address", || {
+        Ok(g3.pings(leg, 1))
+    }) {
+        panic!("{e}\n{}", diagnose(&lab, 2));
+    }
+    g3.ok("ip", &["route", "replace", "default", "via", "10.0.3.9"])
+        .unwrap();
+    if let Err(e) = wait_until(T, "g3 (net3, hv-2) reaches g1 (net1, hv-1)", || {
+        Ok(g3.pings(g1.ip, 1))
+    }) {
+        panic!("{e}\n{}\n{}", diagnose(&lab, 1), diagnose(&lab, 2));
+    }
+    let snat2 = wait_for(T, "r1's SNAT address on hv-2", || {
+        Ok(snat_of(&lab, "r1", "hv-2").ok_or("none yet"))
+    })
+    .unwrap();
+    assert_eq!(source_seen_outside(&lab, &ext_host, &g3), snat2.to_string());
+}
+
 fn cli_json(lab: &NetLab, args: &[&str]) -> Value {
     lab.cli.json(args).unwrap()
 }

@@ -96,54 +96,79 @@ pub fn sanitize_hostname(name: &str, fallback: &str) -> String {
     }
 }
 
+/// The node configuration the network subsystems need.
+#[derive(Clone)]
+pub struct NetworkOptions {
+    /// This node's underlay address (VXLAN source).
+    pub underlay_ip: IpAddr,
+    /// The underlay's MTU.
+    pub underlay_mtu: u16,
+    /// This node's availability zone (metadata serves it).
+    pub availability_zone: String,
+    /// Physical networks and their host interfaces.
+    pub physnets: provider::Physnets,
+    /// Prefix of the routers' network namespaces.
+    pub router_netns_prefix: String,
+    /// With it, the node's health probes are reconciled too.
+    pub probe: Option<probe::ProbeIdentity>,
+    /// Where metadata keeps the guests' encrypted passwords.
+    pub passwords: Option<std::sync::Arc<dyn nubo_metadata::PasswordStore>>,
+}
+
+/// The network subsystems, in their reconcile order.
+pub struct NetworkSubsystems {
+    /// The subsystems.
+    pub subsystems: Vec<Box<dyn Reconcile>>,
+    /// With a probe identity: the probes ready to check
+    /// ([`probe::run_checks`]).
+    pub probes_ready: Option<tokio::sync::watch::Receiver<Vec<probe::ProbeTarget>>>,
+}
+
 /// Builds the network subsystems in their reconcile order, updating
-/// `metrics`. With `probe`, the node's health probes are reconciled too
-/// (before the overlay, which plugs them); the receiver returned lists
-/// the probes ready to check ([`probe::run_checks`]).
-// Each argument is the node configuration one subsystem needs.
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+/// `metrics`. With a probe identity, the node's health probes are
+/// reconciled too (before the overlay, which plugs them).
 pub fn subsystems(
-    underlay_ip: IpAddr,
-    underlay_mtu: u16,
-    availability_zone: &str,
-    physnets: &provider::Physnets,
-    router_netns_prefix: &str,
+    opts: NetworkOptions,
     metrics: &std::sync::Arc<crate::telemetry::AgentMetrics>,
-    probe: Option<probe::ProbeIdentity>,
-    passwords: Option<std::sync::Arc<dyn nubo_metadata::PasswordStore>>,
-) -> Result<
-    (
-        Vec<Box<dyn Reconcile>>,
-        Option<tokio::sync::watch::Receiver<Vec<probe::ProbeTarget>>>,
-    ),
-    SubsystemError,
-> {
+) -> Result<NetworkSubsystems, SubsystemError> {
+    let NetworkOptions {
+        underlay_ip,
+        underlay_mtu,
+        availability_zone,
+        physnets,
+        router_netns_prefix,
+        probe,
+        passwords,
+    } = opts;
     let mut subs: Vec<Box<dyn Reconcile>> =
-        vec![Box::new(router::Routers::new(router_netns_prefix)?)];
-    let mut ready = None;
+        vec![Box::new(router::Routers::new(&router_netns_prefix)?)];
+    let mut probes_ready = None;
     if let Some(ident) = &probe {
         let (probes, rx) = probe::Probes::new(ident.clone())?;
         subs.push(Box::new(probes));
-        ready = Some(rx);
+        probes_ready = Some(rx);
     }
     subs.extend([
         Box::new(overlay::Overlay::new(underlay_ip, underlay_mtu)?.with_probe(probe.clone()))
             as Box<dyn Reconcile>,
         Box::new(provider::Provider::new(physnets.clone())?.with_probe(probe.clone())),
-        Box::new(firewall::Firewall::new(physnets.clone()).with_metrics(metrics.clone())),
+        Box::new(firewall::Firewall::new(physnets).with_metrics(metrics.clone())),
         Box::new(
             dhcp::Dhcp::new()
                 .with_replies(metrics.dhcp.clone())
                 .with_probe(probe.clone()),
         ),
         Box::new(
-            metadata::Metadata::new(availability_zone)
+            metadata::Metadata::new(&availability_zone)
                 .with_observer(metrics.metadata.clone())
                 .with_probe(probe)
                 .with_passwords(passwords),
         ),
     ]);
-    Ok((subs, ready))
+    Ok(NetworkSubsystems {
+        subsystems: subs,
+        probes_ready,
+    })
 }
 
 /// Logs the first plan of a subsystem (on a converged node, after a
