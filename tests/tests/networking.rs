@@ -1260,7 +1260,9 @@ fn dhcp_quick(lab: &NetLab, g: &Guest) -> anyhow::Result<String> {
 /// by hand, pings no one and is pinged by no one, while a guest on an up
 /// port of the same network does; `nubo port set --enable` brings DHCP and
 /// pings back, `--disable` cuts them again, and an agent restart changes
-/// nothing (the port stays down).
+/// nothing (the port stays down). A port made with `--no-security-group`
+/// gets DHCP and metadata but no ping either way until it is given the
+/// default group.
 #[test]
 fn admin_down_port_passes_nothing() {
     let prefix;
@@ -1325,6 +1327,31 @@ fn admin_down_port_passes_nothing() {
             "a disabled port got a lease"
         );
 
+        // A port with port security and no group: DHCP and metadata only.
+        cli.json(&[
+            "port",
+            "create",
+            "pnone",
+            "--network",
+            "nd",
+            "--no-security-group",
+        ])
+        .unwrap();
+        let none = lab.server("none", "", 1, &["--port", "pnone"]).unwrap();
+        lab.wait_wired(&none).unwrap();
+        dhcp(&lab, &none);
+        let id = none.metadata("/latest/meta-data/instance-id", &[]).unwrap();
+        assert_eq!(id.trim(), none.id);
+        assert!(!none.pings(up.ip, 2), "no group, yet egress passed");
+        assert!(!up.pings(none.ip, 2), "no group, yet ingress passed");
+        cli.json(&["port", "set", "pnone", "--security-group", "default"])
+            .unwrap();
+        wait_until(T, "the default group admits pings", || {
+            Ok(up.pings(none.ip, 1))
+        })
+        .unwrap();
+        assert!(none.pings(up.ip, 2));
+
         // An agent restart keeps it down and changes nothing.
         lab.restart_agents_unchanged(&["firewall"]).unwrap();
         let host = &lab.hosts[0];
@@ -1332,13 +1359,15 @@ fn admin_down_port_passes_nothing() {
         assert!(!down.pings(up.ip, 2));
         dhcp(&lab, &up);
         let cli = &lab.cli;
-        for g in ["down", "up"] {
+        for g in ["down", "up", "none"] {
             cli.run(&["server", "delete", g, "--wait", "--timeout", "60"])
                 .unwrap()
                 .ok()
                 .unwrap();
         }
-        cli.run(&["port", "delete", "pdown"]).unwrap().ok().unwrap();
+        for p in ["pdown", "pnone"] {
+            cli.run(&["port", "delete", p]).unwrap().ok().unwrap();
+        }
     }
     assert_guard_clean(&prefix);
 }
