@@ -87,6 +87,8 @@ fn free_port(net: NetworkId, sgs: &[SecurityGroupId], n: u8) -> Port {
     Port {
         id: PortId::new_random(),
         name: String::new(),
+        description: String::new(),
+        admin_state_up: true,
         project: ProjectId::default_project(),
         network: net,
         mac: MacAddr::port_mac([0, 0, n]),
@@ -109,7 +111,8 @@ impl World {
         }
     }
 
-    fn put<T: serde::Serialize>(&mut self, key: String, v: &T) -> Change {
+    /// Puts `v` at `key` as the etcd mirror would see it.
+    pub fn put<T: serde::Serialize>(&mut self, key: String, v: &T) -> Change {
         self.rev += 1;
         self.cache.apply(&key, Some(&model::encode(v)), self.rev)
     }

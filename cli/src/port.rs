@@ -40,7 +40,8 @@ pub enum PortCmd {
         /// Port name or id.
         port: String,
     },
-    /// Change a port's security groups.
+    /// Change a port's name, description, administrative state or
+    /// security groups.
     Set(SetArgs),
     /// Delete ports.
     Delete {
@@ -64,9 +65,21 @@ pub struct CreateArgs {
     /// Security group (name or id, repeatable; default: the project's "default").
     #[arg(long = "security-group", conflicts_with = "no_port_security")]
     pub security_groups: Vec<String>,
+    /// No security group at all (port security on: only DHCP and metadata pass).
+    #[arg(long = "no-security-group", conflicts_with = "security_groups")]
+    pub no_security_groups: bool,
     /// Disable anti-spoofing and security groups on the port.
     #[arg(long)]
     pub no_port_security: bool,
+    /// Description.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Create it administratively down (it passes no traffic until `port set --enable`).
+    #[arg(long)]
+    pub disable: bool,
+    /// Its MAC (aa:bb:cc:dd:ee:ff, unicast, unique; default: nubo picks one).
+    #[arg(long)]
+    pub mac: Option<String>,
 }
 
 impl CreateArgs {
@@ -79,6 +92,10 @@ impl CreateArgs {
             ip: self.ip.map(|ip| ip.to_string()).unwrap_or_default(),
             security_groups: self.security_groups.clone(),
             no_port_security: self.no_port_security,
+            description: self.description.clone(),
+            disabled: self.disable,
+            mac: self.mac.clone().unwrap_or_default(),
+            no_security_groups: self.no_security_groups,
         }
     }
 }
@@ -89,18 +106,46 @@ pub struct SetArgs {
     /// Port name or id.
     pub port: String,
     /// The port's new security groups (names or ids; replaces the current ones).
-    #[arg(long = "security-group", required = true)]
+    #[arg(long = "security-group")]
     pub security_groups: Vec<String>,
+    /// Remove every security group.
+    #[arg(long = "no-security-group", conflicts_with = "security_groups")]
+    pub no_security_groups: bool,
+    /// New name (empty clears it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Administratively up: the port passes traffic again.
+    #[arg(long)]
+    pub enable: bool,
+    /// Administratively down: the port passes no traffic.
+    #[arg(long, conflicts_with = "enable")]
+    pub disable: bool,
 }
 
 impl SetArgs {
-    /// The API request for `project`.
-    pub fn request(&self, project: &str) -> UpdatePortRequest {
-        UpdatePortRequest {
+    /// The API request for `project`; an error when it changes nothing.
+    pub fn request(&self, project: &str) -> Result<UpdatePortRequest> {
+        let r = UpdatePortRequest {
             r#ref: self.port.clone(),
             project: project.to_string(),
             security_groups: self.security_groups.clone(),
+            no_security_groups: self.no_security_groups,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            admin_state_up: (self.enable || self.disable).then_some(self.enable),
+        };
+        let unchanged = UpdatePortRequest {
+            r#ref: r.r#ref.clone(),
+            project: r.project.clone(),
+            ..Default::default()
+        };
+        if r == unchanged {
+            bail!("nothing to change: give --name, --description, --enable/--disable, --security-group or --no-security-group");
         }
+        Ok(r)
     }
 }
 
@@ -118,6 +163,8 @@ pub fn to_json(p: &Port) -> Value {
         "node": opt(&p.node),
         "tap": opt(&p.tap),
         "port_security": p.port_security,
+        "description": p.description,
+        "admin_state_up": p.admin_state_up,
         "created_at": opt(&p.created_at),
     })
 }
@@ -183,7 +230,7 @@ pub async fn run(cmd: PortCmd, ctx: &Ctx) -> Result<()> {
         PortCmd::Set(args) => {
             let p = api
                 .ports()
-                .update(args.request(&api.project))
+                .update(args.request(&api.project)?)
                 .await
                 .or_fail(api)?;
             output::show(ctx.format, &to_json(&p))
@@ -309,8 +356,43 @@ mod tests {
                 ip: "10.0.0.9".into(),
                 security_groups: vec!["web".into(), "ssh".into()],
                 no_port_security: false,
+                ..Default::default()
             }
         );
+        let Ok(PortCmd::Create(a)) = parse(&[
+            "create",
+            "p2",
+            "--network",
+            "net1",
+            "--mac",
+            "02:00:00:00:00:09",
+            "--disable",
+            "--no-security-group",
+            "--description",
+            "d",
+        ]) else {
+            panic!("not a create")
+        };
+        let r = a.request("proj");
+        assert_eq!(
+            (
+                r.mac.as_str(),
+                r.disabled,
+                r.no_security_groups,
+                r.description.as_str()
+            ),
+            ("02:00:00:00:00:09", true, true, "d")
+        );
+        assert!(parse(&[
+            "create",
+            "p",
+            "--network",
+            "n",
+            "--no-security-group",
+            "--security-group",
+            "x"
+        ])
+        .is_err());
     }
 
     fn server(node: &str, nets: &[(&str, &str)]) -> Server {
@@ -377,12 +459,34 @@ mod tests {
         .is_err());
     }
 
-    #[test]
-    fn set_replaces_security_groups_and_needs_one() {
-        let Ok(PortCmd::Set(a)) = parse(&["set", "p1", "--security-group", "web"]) else {
-            panic!("not a set")
+    fn set(args: &[&str]) -> Result<UpdatePortRequest> {
+        let mut all = vec!["set", "p1"];
+        all.extend_from_slice(args);
+        let Ok(PortCmd::Set(a)) = parse(&all) else {
+            bail!("not a set")
         };
-        assert_eq!(a.request("").security_groups, vec!["web".to_string()]);
-        assert!(parse(&["set", "p1"]).is_err());
+        a.request("")
+    }
+
+    #[test]
+    fn set_changes_only_what_is_given_and_something() {
+        let r = set(&["--security-group", "web"]).unwrap();
+        assert_eq!(r.security_groups, vec!["web".to_string()]);
+        assert_eq!((r.name, r.admin_state_up), (None, None));
+        let r = set(&["--name", "n2", "--description", "", "--disable"]).unwrap();
+        assert_eq!(
+            (
+                r.name.as_deref(),
+                r.description.as_deref(),
+                r.admin_state_up
+            ),
+            (Some("n2"), Some(""), Some(false))
+        );
+        assert!(r.security_groups.is_empty() && !r.no_security_groups);
+        assert_eq!(set(&["--enable"]).unwrap().admin_state_up, Some(true));
+        assert!(set(&["--no-security-group"]).unwrap().no_security_groups);
+        assert!(set(&[]).is_err(), "nothing to change");
+        assert!(set(&["--enable", "--disable"]).is_err());
+        assert!(set(&["--no-security-group", "--security-group", "x"]).is_err());
     }
 }

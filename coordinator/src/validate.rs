@@ -35,7 +35,7 @@ pub fn metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
     })
 }
 
-/// A volume's or snapshot's description: at most 255 characters.
+/// A description (volume, snapshot, port): at most 255 characters.
 pub fn description(d: &str) -> ApiResult<()> {
     if d.chars().count() > 255 {
         return Err(ApiError::InvalidArgument(

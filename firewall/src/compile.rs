@@ -418,6 +418,7 @@ mod tests {
                 ips: vec!["10.0.0.5".parse().unwrap()],
                 groups: vec!["g".into()],
                 port_security: true,
+                admin_state_up: true,
             }],
             groups,
             ..FirewallSpec::default()

@@ -45,6 +45,20 @@
 //! so its neighbour discovery would collide) and rewrites the source MAC of
 //! its routed IPv4 frames to the node's routing MAC. See
 //! [`crate::spec::RoutedGateway`].
+//!
+//! # Ports that are down
+//!
+//! A port whose `admin_state_up` is false passes no traffic: its tap is
+//! the first match of `prerouting` (whatever the guest sends, ARP and DHCP
+//! included, is dropped before the bridge learns its MAC or the host sees
+//! it), of `forward` (nothing from other ports or the wire reaches it) and
+//! of `output` (nothing from the host — DHCP replies, metadata — either).
+//! The tap itself stays up and plugged: the state lives in the same
+//! atomic ruleset as anti-spoofing and security groups, so one pass
+//! switches the port off or on for every driver (libvirt taps, netns
+//! veths) alike, no other reconciler (the overlay's plug, libvirt's own
+//! link handling) fights over a link state, and an agent restart renders
+//! the same fingerprint and changes nothing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -382,6 +396,14 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
 
     let tracked = format!("meta mark set meta mark | {MARK_TRACKED:#010x}");
     let all: Vec<&PortPolicy> = c.ports.iter().collect();
+    // Administratively down ports: dropped first, both ways (module docs).
+    let down: Vec<String> = all
+        .iter()
+        .filter(|p| !p.port.admin_state_up)
+        .map(|p| format!("\"{}\"", p.port.tap))
+        .collect();
+    let down_rule =
+        |iface: &str| (!down.is_empty()).then(|| format!("{iface} {{ {} }} drop", down.join(", ")));
     // The wire: VXLAN devices and provider uplinks.
     let uplinks: Vec<String> = c.uplinks.iter().map(|u| format!("\"{u}\"")).collect();
     let mut wire = vec!["\"vx-*\"".to_string()];
@@ -401,7 +423,8 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
             .collect();
         (!entries.is_empty()).then(|| format!("{iface} vmap {{ {} }}", entries.join(", ")))
     };
-    let mut pre: Vec<String> = routed_vmap("iifname", "in").into_iter().collect();
+    let mut pre: Vec<String> = down_rule("iifname").into_iter().collect();
+    pre.extend(routed_vmap("iifname", "in"));
     pre.extend(wire.iter().map(|w| format!("iifname {w} {tracked}")));
     // Router legs are not guest ports (no anti-spoofing, no groups) but
     // their replies to guests must count as established: tracked.
@@ -422,7 +445,8 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
 
     let est = format!("meta mark & {MARK_ESTABLISHED:#010x} == {MARK_ESTABLISHED:#010x} accept");
     let inv = format!("meta mark & {MARK_INVALID:#010x} == {MARK_INVALID:#010x} drop");
-    let mut fwd: Vec<String> = routed_vmap("oifname", "out").into_iter().collect();
+    let mut fwd: Vec<String> = down_rule("oifname").into_iter().collect();
+    fwd.extend(routed_vmap("oifname", "out"));
     fwd.extend(guard.iter().cloned());
     fwd.extend([inv.clone(), est.clone()]);
     fwd.extend(vmap("iifname", &secured, &|p| {
@@ -436,7 +460,9 @@ fn bridge_body(c: &Compiled, limits: &GuestLimits, mode: RenderMode) -> String {
     let mut input = vec![inv, est];
     input.extend(vmap("iifname", &all, &|_| "jump guest_to_host".to_string()));
     out.chain("input", Some(("input", 0)), &input);
-    out.chain("output", Some(("output", 0)), &guard);
+    let mut output: Vec<String> = down_rule("oifname").into_iter().collect();
+    output.extend(guard.iter().cloned());
+    out.chain("output", Some(("output", 0)), &output);
 
     // Metadata and DHCP stay on each node: never let them into the overlay.
     out.chain(
@@ -887,6 +913,7 @@ mod tests {
             ips: vec!["10.0.0.5".parse().unwrap()],
             groups: vec![],
             port_security: secured,
+            admin_state_up: true,
         };
         let mut spec = FirewallSpec {
             ports: vec![port("p1", "tap1", true), port("p2", "tap2", false)],
@@ -957,5 +984,72 @@ mod tests {
         );
         assert!(!t.contains("bad name"), "{t}");
         assert_ne!(rs.fingerprint(), plain.fingerprint());
+    }
+
+    #[test]
+    fn a_down_port_is_dropped_first_both_ways_and_only_it() {
+        use crate::spec::PortSpec;
+        use nubo_netid::MacAddr;
+        let port = |id: &str, tap: &str, n: u8, secured: bool| PortSpec {
+            port_id: id.into(),
+            tap: tap.into(),
+            mac: MacAddr([2, 0, 0, 0, 0, n]),
+            ips: vec![format!("10.0.0.{n}").parse().unwrap()],
+            groups: vec![],
+            port_security: secured,
+            admin_state_up: true,
+        };
+        let up = FirewallSpec {
+            ports: vec![port("p1", "tap1", 1, true), port("p2", "tap2", 2, false)],
+            ..FirewallSpec::default()
+        };
+        let t = ruleset(&up).text().to_string();
+        assert!(
+            !t.contains("\"tap1\" } drop") && !t.contains("\"tap2\" } drop"),
+            "{t}"
+        );
+        for (i, tap) in [(0, "tap1"), (1, "tap2")] {
+            let mut spec = up.clone();
+            spec.ports[i].admin_state_up = false;
+            let rs = ruleset(&spec);
+            let t = rs.text();
+            let other = if tap == "tap1" { "tap2" } else { "tap1" };
+            for (chain, iface) in [
+                ("prerouting", "iifname"),
+                ("forward", "oifname"),
+                ("output", "oifname"),
+            ] {
+                let body = chain_body(t, chain);
+                let first = body
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with("type "))
+                    .unwrap();
+                assert_eq!(
+                    first,
+                    format!("{iface} {{ \"{tap}\" }} drop"),
+                    "{chain}: {body}"
+                );
+                assert!(
+                    !body.contains(&format!("{{ \"{other}\" }} drop")),
+                    "{chain}: {body}"
+                );
+            }
+            assert_ne!(rs.fingerprint(), ruleset(&up).fingerprint());
+            // Deterministic: the same spec renders the same ruleset.
+            assert_eq!(rs, ruleset(&spec));
+        }
+    }
+
+    /// The rules of chain `name` of the bridge table, one a line.
+    fn chain_body(text: &str, name: &str) -> String {
+        let bridge = &text[text.find("table bridge nubo").unwrap()..];
+        let start = bridge.find(&format!("chain {name} {{")).unwrap();
+        bridge[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.trim() != "}")
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }

@@ -114,6 +114,10 @@ pub struct PortSpec {
     /// (OpenStack's `port_security_enabled=False`): its traffic is not
     /// filtered, except towards the host itself.
     pub port_security: bool,
+    /// `false`: the port is administratively down and passes nothing, in
+    /// either direction, to other ports, the wire or the host (DHCP and
+    /// metadata included) — see [`crate::render`], "Ports that are down".
+    pub admin_state_up: bool,
 }
 
 /// A security group: its rules and the addresses of its members.

@@ -64,6 +64,9 @@ pub fn cases() -> Vec<(&'static str, FirewallSpec)> {
             group("lb", vec![], &["10.77.0.20", "10.77.0.21"]),
         ],
     );
+    // A secured port without any group (Neutron's `security_groups: []`):
+    // anti-spoofing, then nothing but ARP/DHCP/ND to other ports and only
+    // DHCP and metadata to the host.
     let mut anti_spoof = spec(
         vec![port("port-a", "tapa", MAC_A, "10.77.0.11", &[])],
         vec![],
@@ -135,8 +138,19 @@ pub fn cases() -> Vec<(&'static str, FirewallSpec)> {
             ..gw("vx-200", "10.88.1.1", [0xfa, 0x16, 0x3f, 0, 0, 0x02])
         },
     ];
+    // Two ports, one administratively down: dropped first, both ways.
+    let mut down = port("port-d", "tapd", MAC_B, "10.77.0.12", &["default"]);
+    down.admin_state_up = false;
+    let port_down = spec(
+        vec![
+            port("port-a", "tapa", MAC_A, "10.77.0.11", &["default"]),
+            down,
+        ],
+        vec![default_group("default", &["10.77.0.11", "10.77.0.12"])],
+    );
     vec![
         ("default_group", default_group_spec),
+        ("port_down", port_down),
         ("icmp_type_code", icmp_type_code()),
         ("tcp22_from_cidr", ssh),
         ("remote_group", remote_group),

@@ -55,6 +55,12 @@ impl MacAddr {
         self.0 == [0; 6]
     }
 
+    /// Whether this is a group (multicast or broadcast) address: the
+    /// lowest bit of the first octet set. A NIC's own address never is.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
+
     /// The IPv6 link-local address SLAAC derives from this MAC (EUI-64).
     pub fn ipv6_link_local(&self) -> Ipv6Addr {
         let b = self.0;

@@ -1232,6 +1232,146 @@ fn kernel_has_rule(h: &nubo_tests::netns::Host, elem: &str) -> bool {
         .any(|l| l.contains(elem))
 }
 
+/// Whether host `h`'s firewall holds port tap `tap` administratively down
+/// (its `iifname … drop` rule in prerouting).
+fn kernel_holds_down(h: &nubo_tests::netns::Host, tap: &str) -> bool {
+    let Ok(out) = h.exec("nft", &["list", "chain", "bridge", "nubo", "prerouting"]) else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        let l = l.trim();
+        l.starts_with("iifname") && l.contains(&format!("\"{tap}\"")) && l.ends_with("drop")
+    })
+}
+
+/// One short DHCP attempt on the guest's eth0 (2 tries, 1 s apart).
+fn dhcp_quick(lab: &NetLab, g: &Guest) -> anyhow::Result<String> {
+    let s = lab.udhcpc_script().display().to_string();
+    g.ok(
+        "busybox",
+        &[
+            "udhcpc", "-i", "eth0", "-n", "-q", "-t", "2", "-T", "1", "-s", &s,
+        ],
+    )
+}
+
+/// A port made administratively down (`nubo port create --disable`)
+/// passes nothing: its guest gets no DHCP lease and, with its address set
+/// by hand, pings no one and is pinged by no one, while a guest on an up
+/// port of the same network does; `nubo port set --enable` brings DHCP and
+/// pings back, `--disable` cuts them again, and an agent restart changes
+/// nothing (the port stays down). A port made with `--no-security-group`
+/// gets DHCP and metadata but no ping either way until it is given the
+/// default group.
+#[test]
+fn admin_down_port_passes_nothing() {
+    let prefix;
+    {
+        let mut lab = NetLab::start(1).unwrap();
+        prefix = lab.token_prefix();
+        base_objects(&lab);
+        let cli = &lab.cli;
+        cli.json(&["network", "create", "nd", "--cidr", "10.79.0.0/24"])
+            .unwrap();
+        let p = cli
+            .json(&["port", "create", "pdown", "--network", "nd", "--disable"])
+            .unwrap();
+        assert_eq!(p["admin_state_up"], false, "{p}");
+        let up = lab.server("up", "nd", 1, &[]).unwrap();
+        let down = lab.server("down", "", 1, &["--port", "pdown"]).unwrap();
+        lab.wait_wired(&up).unwrap();
+        lab.wait_wired(&down).unwrap();
+        let host = &lab.hosts[0];
+        let tap = down.tap();
+        wait_until(T, "the port held down", || {
+            Ok(kernel_holds_down(host, &tap))
+        })
+        .unwrap();
+        assert!(!kernel_holds_down(host, &up.tap()));
+        // The up guest: DHCP works (the control).
+        dhcp(&lab, &up);
+        // The down guest: no lease; its address set by hand reaches no one.
+        let e = dhcp_quick(&lab, &down).unwrap_err().to_string();
+        assert!(
+            !down
+                .addresses()
+                .unwrap()
+                .contains(&format!("{}/24", down.ip)),
+            "{e}"
+        );
+        let cidr = format!("{}/24", down.ip);
+        down.ok("ip", &["addr", "add", &cidr, "dev", "eth0"])
+            .unwrap();
+        assert!(!down.pings(up.ip, 2), "a down port pinged out");
+        assert!(!up.pings(down.ip, 2), "a down port was pinged");
+
+        // Enabled: DHCP and pings both ways.
+        let set = cli.json(&["port", "set", "pdown", "--enable"]).unwrap();
+        assert_eq!(set["admin_state_up"], true, "{set}");
+        wait_until(T, "the port up", || Ok(!kernel_holds_down(host, &tap))).unwrap();
+        down.ok("ip", &["addr", "flush", "dev", "eth0"]).unwrap();
+        dhcp(&lab, &down);
+        wait_until(T, "down pings up", || Ok(down.pings(up.ip, 1))).unwrap();
+        assert!(up.pings(down.ip, 2));
+
+        // Disabled again: cut both ways, DHCP too.
+        cli.json(&["port", "set", "pdown", "--disable"]).unwrap();
+        wait_until(T, "the port down again", || {
+            Ok(kernel_holds_down(host, &tap))
+        })
+        .unwrap();
+        assert!(!down.pings(up.ip, 2), "a disabled port pinged out");
+        assert!(!up.pings(down.ip, 2), "a disabled port was pinged");
+        assert!(
+            dhcp_quick(&lab, &down).is_err(),
+            "a disabled port got a lease"
+        );
+
+        // A port with port security and no group: DHCP and metadata only.
+        cli.json(&[
+            "port",
+            "create",
+            "pnone",
+            "--network",
+            "nd",
+            "--no-security-group",
+        ])
+        .unwrap();
+        let none = lab.server("none", "", 1, &["--port", "pnone"]).unwrap();
+        lab.wait_wired(&none).unwrap();
+        dhcp(&lab, &none);
+        let id = none.metadata("/latest/meta-data/instance-id", &[]).unwrap();
+        assert_eq!(id.trim(), none.id);
+        assert!(!none.pings(up.ip, 2), "no group, yet egress passed");
+        assert!(!up.pings(none.ip, 2), "no group, yet ingress passed");
+        cli.json(&["port", "set", "pnone", "--security-group", "default"])
+            .unwrap();
+        wait_until(T, "the default group admits pings", || {
+            Ok(up.pings(none.ip, 1))
+        })
+        .unwrap();
+        assert!(none.pings(up.ip, 2));
+
+        // An agent restart keeps it down and changes nothing.
+        lab.restart_agents_unchanged(&["firewall"]).unwrap();
+        let host = &lab.hosts[0];
+        assert!(kernel_holds_down(host, &tap));
+        assert!(!down.pings(up.ip, 2));
+        dhcp(&lab, &up);
+        let cli = &lab.cli;
+        for g in ["down", "up", "none"] {
+            cli.run(&["server", "delete", g, "--wait", "--timeout", "60"])
+                .unwrap()
+                .ok()
+                .unwrap();
+        }
+        for p in ["pdown", "pnone"] {
+            cli.run(&["port", "delete", p]).unwrap().ok().unwrap();
+        }
+    }
+    assert_guard_clean(&prefix);
+}
+
 /// DHCP for 120 guests on one bridge: wall time of 120 parallel udhcpc runs.
 #[test]
 #[ignore]

@@ -200,6 +200,7 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
     // guest makes a fresh namespace).
     server_metadata(clouds, fe, &token, &alice, &guest, &id);
     server_interfaces(clouds, fe, &token, &alice, &guest, &id);
+    port_fields(clouds, &alice);
 
     // stop / start: the desired power follows.
     openstack(clouds, &["server", "stop", &id]).unwrap();
@@ -1099,4 +1100,97 @@ fn glance_chunked_upload_and_patch(
 fn ours_server_node(cli: &nubo_tests::Cli) -> String {
     let s = cli.json(&["server", "show", "vm1"]).unwrap();
     s["node"].as_str().unwrap().to_string()
+}
+
+/// A port's own fields through python-openstackclient, checked against
+/// `nubo port show`: made down (`--disable`) with a chosen MAC, no
+/// security group and a description; the same MAC again is refused (409);
+/// renamed and enabled by `port set`, given a group and none again.
+fn port_fields(clouds: &Path, alice: &nubo_tests::Cli) {
+    let mac = "fa:16:3e:0a:0b:0c";
+    let made = openstack(
+        clouds,
+        &[
+            "port",
+            "create",
+            "-f",
+            "json",
+            "--network",
+            "net1",
+            "--disable",
+            "--mac-address",
+            mac,
+            "--no-security-group",
+            "--description",
+            "made down",
+            "pf",
+        ],
+    )
+    .unwrap();
+    let ours = alice.json(&["port", "show", "pf"]).unwrap();
+    assert_eq!(made["id"], ours["id"], "{made} vs {ours}");
+    assert_eq!(
+        (
+            &ours["mac"],
+            &ours["admin_state_up"],
+            &ours["description"],
+            &ours["security_group_ids"]
+        ),
+        (&json!(mac), &json!(false), &json!("made down"), &json!([])),
+        "{ours}"
+    );
+    let e = openstack(
+        clouds,
+        &[
+            "port",
+            "create",
+            "--network",
+            "net1",
+            "--mac-address",
+            mac,
+            "pf-2",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("already in use"), "{e}");
+    openstack(
+        clouds,
+        &[
+            "port",
+            "set",
+            "--name",
+            "pf-renamed",
+            "--enable",
+            "--security-group",
+            "default",
+            "pf",
+        ],
+    )
+    .unwrap();
+    let ours = alice.json(&["port", "show", "pf-renamed"]).unwrap();
+    assert_eq!(ours["admin_state_up"], true, "{ours}");
+    assert_eq!(ours["description"], "made down", "{ours}");
+    assert_eq!(
+        ours["security_group_ids"].as_array().unwrap().len(),
+        1,
+        "{ours}"
+    );
+    openstack(
+        clouds,
+        &[
+            "port",
+            "set",
+            "--no-security-group",
+            "--disable",
+            "pf-renamed",
+        ],
+    )
+    .unwrap();
+    let ours = alice.json(&["port", "show", "pf-renamed"]).unwrap();
+    assert_eq!(
+        (&ours["admin_state_up"], &ours["security_group_ids"]),
+        (&json!(false), &json!([])),
+        "{ours}"
+    );
+    openstack(clouds, &["port", "delete", "pf-renamed"]).unwrap();
 }

@@ -246,7 +246,7 @@ floating_network_name = public
 [network-feature-enabled]
 ipv6 = false
 api_extensions = security-group,quotas,port-security,provider,external-net,binding,router,dvr,subnet-external-network
-port_admin_state_change = false
+port_admin_state_change = true
 port_security = false
 floating_ips = true
 

@@ -179,6 +179,7 @@ mod tests {
             network: NetworkId::new_random(),
             security_groups: Vec::new(),
             port_security: true,
+            admin_state_up: true,
         }
     }
 

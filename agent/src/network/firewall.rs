@@ -75,6 +75,7 @@ pub fn firewall_spec(desired: &DesiredNode, physnets: &Physnets) -> FirewallSpec
                 .map(ToString::to_string)
                 .collect(),
             port_security: lp.port.port_security,
+            admin_state_up: lp.port.admin_state_up,
         })
         .collect();
     ports.sort_by(|a, b| a.tap.cmp(&b.tap));
@@ -503,6 +504,7 @@ mod tests {
     use super::*;
     use crate::state::desired::build;
     use crate::testutil::*;
+    use nubo_common::keys;
 
     #[test]
     fn spec_holds_ports_rules_and_members() {
@@ -535,6 +537,38 @@ mod tests {
         assert_eq!(
             members,
             vec![IpAddr::V4(p1.ip.unwrap()), IpAddr::V4(p2.ip.unwrap())]
+        );
+    }
+
+    #[test]
+    fn a_down_port_is_down_in_the_spec_and_dropped_in_the_ruleset() {
+        let mut w = World::new();
+        let n1 = node_name("n1");
+        w.node(&n1, "10.0.0.1");
+        let net = w.network(100, 0);
+        let (_i1, p1) = w.instance_on(&n1, net, &[]);
+        let (_i2, mut p2) = w.instance_on(&n1, net, &[]);
+        let up = firewall_spec(&build(&w.cache, &n1, 1500), &Physnets::new());
+        assert!(up.ports.iter().all(|p| p.admin_state_up));
+        p2.admin_state_up = false;
+        w.put(keys::port(&p2.id), &p2);
+        let spec = firewall_spec(&build(&w.cache, &n1, 1500), &Physnets::new());
+        let state = |tap: String| {
+            spec.ports
+                .iter()
+                .find(|p| p.tap == tap)
+                .unwrap()
+                .admin_state_up
+        };
+        assert!(state(p1.tap_name()));
+        assert!(!state(p2.tap_name()));
+        let text = nubo_firewall::ruleset(&spec).text().to_string();
+        let drop = format!("iifname {{ \"{}\" }} drop", p2.tap_name());
+        assert!(text.contains(&drop), "{text}");
+        assert!(!text.contains(&format!("{{ \"{}\" }} drop", p1.tap_name())));
+        assert_ne!(
+            nubo_firewall::ruleset(&up).fingerprint(),
+            nubo_firewall::ruleset(&spec).fingerprint()
         );
     }
 

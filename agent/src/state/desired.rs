@@ -189,6 +189,8 @@ pub struct DesiredPort {
     pub security_groups: Vec<SecurityGroupId>,
     /// Anti-spoofing and security groups enabled.
     pub port_security: bool,
+    /// `false`: administratively down, the firewall drops all its traffic.
+    pub admin_state_up: bool,
 }
 
 /// A network present on this node.
@@ -677,6 +679,7 @@ fn resolve_spec(
                 Vec::new()
             },
             port_security: port.port_security,
+            admin_state_up: port.admin_state_up,
         });
     }
     let volumes = spec

@@ -130,6 +130,8 @@ impl World {
         let port = Port {
             id: PortId::new_random(),
             name: String::new(),
+            description: String::new(),
+            admin_state_up: true,
             project: ProjectId::default_project(),
             network: self.network,
             mac: MacAddr::port_mac([0, (n >> 8) as u8, n as u8]),

@@ -111,11 +111,19 @@ pub struct Port {
     /// Optional name.
     #[serde(default)]
     pub name: String,
+    /// Free-form description (at most 255 characters).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Administratively up: `false` = the port passes no traffic (its
+    /// node's firewall drops everything from and to its tap).
+    #[serde(default = "yes")]
+    pub admin_state_up: bool,
     /// Owner.
     pub project: ProjectId,
     /// Network.
     pub network: NetworkId,
-    /// MAC address (fa:16:3e:xx:xx:xx, unique in the cluster).
+    /// MAC address (unique in the cluster): fa:16:3e:xx:xx:xx when nubo
+    /// picks it, any unicast non-zero address when the creator chose it.
     pub mac: MacAddr,
     /// Fixed IPv4 address (reserved under `/nubo/v1/private/ipam/<network>/<ip>`);
     /// `None` for a port made on a network without a subnet (it has no

@@ -173,6 +173,8 @@ pub fn port(p: &model::Port) -> pb::Port {
         device_id: p.device.map(|d| d.to_string()).unwrap_or_default(),
         node: p.node.as_ref().map(ToString::to_string).unwrap_or_default(),
         router_id: p.router.map(|r| r.to_string()).unwrap_or_default(),
+        description: p.description.clone(),
+        admin_state_up: p.admin_state_up,
         tap: p.tap_name(),
         port_security: p.port_security,
         created_at: ts(&p.created_at),

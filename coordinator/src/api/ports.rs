@@ -4,7 +4,7 @@ use nubo_common::proto::{self as pb, ports_server};
 use tonic::Request;
 
 use super::{convert, page, project, reply, scope, R};
-use crate::operations::ports::{self, NewPort};
+use crate::operations::ports::{self, NewPort, PortChanges};
 use crate::state::Ctx;
 
 #[tonic::async_trait]
@@ -34,7 +34,11 @@ impl ports_server::Ports for Ctx {
                 network: r.network_ref,
                 ip: r.ip,
                 security_groups: r.security_groups,
+                no_security_groups: r.no_security_groups,
                 no_port_security: r.no_port_security,
+                description: r.description,
+                disabled: r.disabled,
+                mac: r.mac,
             };
             ports::create(self, &project(&r.project)?, new).await
         };
@@ -57,7 +61,14 @@ impl ports_server::Ports for Ctx {
         let r = r.into_inner();
         let go = async {
             let p = project(&r.project)?;
-            ports::set_security_groups(self, &p, &r.r#ref, &r.security_groups).await
+            let changes = PortChanges {
+                name: r.name,
+                description: r.description,
+                admin_state_up: r.admin_state_up,
+                security_groups: r.security_groups,
+                no_security_groups: r.no_security_groups,
+            };
+            ports::update(self, &p, &r.r#ref, changes).await
         };
         reply(go.await.map(|p| convert::port(&p)))
     }

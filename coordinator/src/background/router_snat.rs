@@ -309,6 +309,8 @@ mod tests {
         model::encode(&Port {
             id,
             name: String::new(),
+            description: String::new(),
+            admin_state_up: true,
             project: nubo_common::ProjectId::new("p1").unwrap(),
             network: net,
             mac: "fa:16:3e:00:00:01".parse().unwrap(),

@@ -8,7 +8,10 @@ use ipnet::Ipv4Net;
 use etcd_client::{GetOptions, Txn};
 use nubo_common::keys;
 use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage};
-use nubo_common::{FloatingIpId, NetworkId, NodeName, PortId, ProjectId, RouterId};
+use nubo_common::{
+    FloatingIpId, NetworkId, NodeName, PortId, ProjectId, RouterId, SecurityGroupId,
+};
+use nubo_netid::MacAddr;
 use nubo_store::kv::{put, unchanged};
 use nubo_store::{Guard, TxnBuilder};
 
@@ -271,19 +274,94 @@ pub struct NewPort {
     pub network: String,
     /// A fixed address; empty = allocated.
     pub ip: String,
-    /// Security groups (ids or names); empty = the project's `default`.
+    /// Security groups (ids or names); empty = the project's `default`
+    /// unless `no_security_groups`.
     pub security_groups: Vec<String>,
+    /// No security group at all (Neutron's `security_groups: []`): with
+    /// port security on, only DHCP and metadata pass.
+    pub no_security_groups: bool,
     /// No anti-spoofing and no security groups.
     pub no_port_security: bool,
+    /// Free-form description.
+    pub description: String,
+    /// Made administratively down (passes no traffic until enabled).
+    pub disabled: bool,
+    /// A chosen MAC (`aa:bb:cc:dd:ee:ff`, unicast, not all-zero, unique in
+    /// the cluster); empty = a random `fa:16:3e` one.
+    pub mac: String,
+}
+
+/// Changes to a port's own fields; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PortChanges {
+    /// New name (empty clears it).
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// Administratively up (`true`) or down.
+    pub admin_state_up: Option<bool>,
+    /// New security groups (ids or names) when not empty.
+    pub security_groups: Vec<String>,
+    /// Remove every security group (exclusive with `security_groups`).
+    pub no_security_groups: bool,
+}
+
+/// A chosen port MAC, checked: six hex octets, unicast, not all-zero, and
+/// not in nubo's router OUI (gateway and node routing MACs live there: a
+/// guest holding one could pose as a distributed gateway). Pure.
+pub(crate) fn chosen_mac(s: &str) -> ApiResult<MacAddr> {
+    let mac: MacAddr = s.trim().parse().map_err(|_| {
+        ApiError::InvalidArgument(format!(
+            "mac {s:?} is not a MAC address (six hex octets, aa:bb:cc:dd:ee:ff)"
+        ))
+    })?;
+    if mac.is_zero() || mac.is_multicast() {
+        return Err(ApiError::InvalidArgument(format!(
+            "mac {mac} is not a unicast address: a port's MAC must be unicast and not all-zero"
+        )));
+    }
+    if mac.octets()[..3] == nubo_netid::ROUTER_MAC_PREFIX {
+        return Err(ApiError::InvalidArgument(format!(
+            "mac {mac} is in nubo's router range (fa:16:3f:…), reserved for router gateways"
+        )));
+    }
+    Ok(mac)
+}
+
+/// Checks a port's name and description. Pure.
+fn check_text(name: &str, description: &str) -> ApiResult<()> {
+    if !name.is_empty() {
+        validate::name("port", name)?;
+    }
+    validate::description(description)
+}
+
+/// The security groups asked for, resolved: `none` = no group, an empty
+/// list = the project's `default`.
+async fn resolve_groups(
+    ctx: &Ctx,
+    project: &ProjectId,
+    refs: &[String],
+    none: bool,
+) -> ApiResult<Vec<SecurityGroupId>> {
+    match (none, refs.is_empty()) {
+        (true, true) => Ok(Vec::new()),
+        (true, false) => Err(ApiError::InvalidArgument(
+            "security groups and \"no security group\" exclude each other".into(),
+        )),
+        (false, _) => super::security_groups::secgroups(ctx, project, refs).await,
+    }
 }
 
 /// Creates a port of `project` with a MAC of its own and, when its network
 /// has a subnet, an address (a port of a network without a subnet has none).
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Port> {
     let project = project.clone();
-    if !r.name.is_empty() {
-        validate::name("port", &r.name)?;
-    }
+    check_text(&r.name, &r.description)?;
+    let chosen = match r.mac.trim() {
+        "" => None,
+        s => Some(chosen_mac(s)?),
+    };
     let net = super::lookup::usable_network(ctx, &project, &r.network)
         .await?
         .value;
@@ -305,14 +383,16 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
             Some(ip)
         }
     };
-    let sgs = super::security_groups::secgroups(ctx, &project, &r.security_groups).await?;
+    let sgs = resolve_groups(ctx, &project, &r.security_groups, r.no_security_groups).await?;
     let net_name = net.name.clone();
     let mut port = Port {
         id: PortId::new_random(),
         name: r.name.clone(),
+        description: r.description.clone(),
+        admin_state_up: !r.disabled,
         project,
         network: net.id,
-        mac: ipam::random_mac(&mut rand::rng()),
+        mac: chosen.unwrap_or_else(|| ipam::random_mac(&mut rand::rng())),
         ip: None,
         security_groups: sgs,
         port_security: !r.no_port_security,
@@ -357,6 +437,11 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
             }
         }
         if !a.held(mac_free) {
+            if let Some(mac) = chosen {
+                return Err(ApiError::AlreadyExists(format!(
+                    "mac {mac} is already in use by another port"
+                )));
+            }
             port.mac = ipam::random_mac(&mut rand::rng());
         }
     }
@@ -375,17 +460,33 @@ pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Pag
     super::lookup::list_scoped(ctx, &keys::ports_prefix(), scope, page).await
 }
 
-/// Replaces the security groups of port `r` of `project`.
-pub async fn set_security_groups(
-    ctx: &Ctx,
-    project: &ProjectId,
-    r: &str,
-    security_groups: &[String],
-) -> ApiResult<Port> {
-    let sgs = super::security_groups::secgroups(ctx, project, security_groups).await?;
+/// Changes the name, description, administrative state and/or security
+/// groups of port `r` of `project` (one guarded write; the agents of the
+/// port's node follow the record).
+pub async fn update(ctx: &Ctx, project: &ProjectId, r: &str, c: PortChanges) -> ApiResult<Port> {
+    check_text(
+        c.name.as_deref().unwrap_or_default(),
+        c.description.as_deref().unwrap_or_default(),
+    )?;
+    let sgs = match (c.no_security_groups, c.security_groups.is_empty()) {
+        (false, true) => None,
+        (none, _) => Some(resolve_groups(ctx, project, &c.security_groups, none).await?),
+    };
     for _ in 0..8 {
         let mut p = super::lookup::port(ctx, project, r).await?;
-        p.value.security_groups = sgs.clone();
+        let v = &mut p.value;
+        if let Some(sgs) = &sgs {
+            v.security_groups = sgs.clone();
+        }
+        if let Some(name) = &c.name {
+            v.name = name.clone();
+        }
+        if let Some(d) = &c.description {
+            v.description = d.clone();
+        }
+        if let Some(up) = c.admin_state_up {
+            v.admin_state_up = up;
+        }
         let key = keys::port(&p.value.id);
         let resp = ctx
             .store
@@ -396,6 +497,7 @@ pub async fn set_security_groups(
             )
             .await?;
         if resp.succeeded() {
+            tracing::info!(port = %p.value.id, admin_state_up = p.value.admin_state_up, "port updated");
             return Ok(p.value);
         }
     }
@@ -438,4 +540,32 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     Err(ApiError::Unavailable(
         "the port changed concurrently too often; retry".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chosen_mac_is_a_unicast_non_zero_non_router_address() {
+        assert_eq!(
+            chosen_mac(" FA:16:3E:00:00:0A ").unwrap().to_string(),
+            "fa:16:3e:00:00:0a"
+        );
+        assert!(chosen_mac("02:00:00:00:00:01").is_ok());
+        for (bad, why) in [
+            ("00:00:00:00:00:00", "unicast"),
+            ("01:00:5e:00:00:01", "unicast"),
+            ("ff:ff:ff:ff:ff:ff", "unicast"),
+            ("fa:16:3f:00:00:01", "router range"),
+            ("fa:16:3e:00:00", "not a MAC"),
+            ("fa-16-3e-00-00-01", "not a MAC"),
+            ("zz:16:3e:00:00:01", "not a MAC"),
+        ] {
+            match chosen_mac(bad) {
+                Err(ApiError::InvalidArgument(m)) => assert!(m.contains(why), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
 }

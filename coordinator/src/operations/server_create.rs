@@ -256,6 +256,8 @@ impl<'a> CreateJob<'a> {
             .map(|n| Port {
                 id: PortId::new_random(),
                 name: String::new(),
+                description: String::new(),
+                admin_state_up: true,
                 project: plan.project.clone(),
                 network: n.id,
                 mac: crate::ipam::random_mac(&mut rand::rng()),

@@ -110,6 +110,8 @@ mod tests {
         Port {
             id: PortId::new_random(),
             name: String::new(),
+            description: String::new(),
+            admin_state_up: true,
             project: "p".parse().unwrap(),
             network: NetworkId::new_random(),
             mac: "fa:16:3e:00:00:01".parse().unwrap(),

@@ -17,6 +17,7 @@ pub fn port(id: &str, tap: &str, mac: [u8; 6], ip: &str, groups: &[&str]) -> Por
         ips: vec![ip.parse().expect("test ip")],
         groups: groups.iter().map(|g| g.to_string()).collect(),
         port_security: true,
+        admin_state_up: true,
     }
 }
 

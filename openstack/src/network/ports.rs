@@ -1,5 +1,6 @@
-//! Neutron ports over nubo's `Ports`: list, show, create, update of the
-//! security groups, delete. A port's one fixed address is on its network's
+//! Neutron ports over nubo's `Ports`: list, show, create (name,
+//! description, `admin_state_up`, a chosen `mac_address`, security groups
+//! — `[]` = none), update of the same fields, delete. A port's one fixed address is on its network's
 //! one subnet (whose id is the network's).
 
 use axum::extract::rejection::JsonRejection;
@@ -43,11 +44,11 @@ pub fn port_view(p: &pb::Port) -> Value {
         "binding:host_id": p.node,
         "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
         "binding:vnic_type": "normal",
-        "status": if routed || (plugged && !p.node.is_empty()) { "ACTIVE" } else { "DOWN" },
-        "admin_state_up": true,
+        "status": if p.admin_state_up && (routed || (plugged && !p.node.is_empty())) { "ACTIVE" } else { "DOWN" },
+        "admin_state_up": p.admin_state_up,
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
-        "description": "",
+        "description": p.description,
         "created_at": p.created_at,
         "tags": [],
     })
@@ -182,20 +183,11 @@ struct NewPort {
 /// nubo's request for a Neutron port. Pure.
 fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
     let bad = |m: &str| Err(ApiError::bad_request(S, format!("{m} (nubo)")));
-    if p.admin_state_up == Some(false) {
-        return bad("admin_state_up false is not supported");
-    }
-    if p.mac_address.is_some() {
-        return bad("a chosen mac_address is not supported: nubo derives every MAC");
-    }
     if !p.device_id.is_empty() || !p.device_owner.is_empty() || p.host_id.is_some() {
         return bad("device_id, device_owner and binding:host_id are set by nubo when a server plugs the port");
     }
     if p.vnic_type.as_deref().is_some_and(|v| v != "normal") {
         return bad("only binding:vnic_type normal is supported");
-    }
-    if !p.description.is_empty() {
-        return bad("a port description is not supported");
     }
     let ip = match p.fixed_ips.as_deref() {
         None | Some([]) => String::new(),
@@ -208,6 +200,8 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
         Some(_) => return bad("a port has one fixed IP"),
     };
     let no_port_security = p.port_security_enabled == Some(false);
+    // Absent: the project's default group; `[]`: no group at all.
+    let no_security_groups = p.security_groups.as_ref().is_some_and(Vec::is_empty);
     let security_groups = p.security_groups.unwrap_or_default();
     if no_port_security && !security_groups.is_empty() {
         return Err(ApiError::bad_request(
@@ -222,6 +216,10 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
         ip,
         security_groups,
         no_port_security,
+        description: p.description,
+        disabled: p.admin_state_up == Some(false),
+        mac: p.mac_address.unwrap_or_default(),
+        no_security_groups,
     })
 }
 
@@ -257,7 +255,8 @@ pub(crate) async fn create_port(
     ))
 }
 
-/// `PUT /v2.0/ports/{id}` body: nubo changes a port's security groups.
+/// `PUT /v2.0/ports/{id}` body: nubo changes a port's name, description,
+/// `admin_state_up` and security groups.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateBody {
@@ -268,6 +267,9 @@ pub(crate) struct UpdateBody {
 #[serde(deny_unknown_fields)]
 struct PortUpdate {
     security_groups: Option<Vec<String>>,
+    name: Option<String>,
+    description: Option<String>,
+    admin_state_up: Option<bool>,
     /// Accepted when it names the addresses the port has.
     fixed_ips: Option<Vec<FixedIp>>,
 }
@@ -300,7 +302,10 @@ pub(crate) async fn update_port(
             c.get(crate::upstream::get_req(id)).await.api(S)?;
             return Err(ApiError::bad_request(
                 S,
-                format!("{} (nubo updates only a port's security_groups)", e.message),
+                format!(
+                    "{} (nubo updates a port's name, description, admin_state_up and security_groups)",
+                    e.message
+                ),
             ));
         }
     };
@@ -324,24 +329,35 @@ pub(crate) async fn update_port(
             ));
         }
     }
-    let p = match (b.port.security_groups, current) {
-        (Some(groups), Some(_)) => c
-            .update(pb::UpdatePortRequest {
+    let u = b.port;
+    let changes = u.security_groups.is_some()
+        || u.name.is_some()
+        || u.description.is_some()
+        || u.admin_state_up.is_some();
+    let p = match (changes, current) {
+        (true, Some(_)) => {
+            let groups = u.security_groups;
+            c.update(pb::UpdatePortRequest {
                 r#ref: id,
                 project: String::new(),
-                security_groups: groups,
+                no_security_groups: groups.as_ref().is_some_and(Vec::is_empty),
+                security_groups: groups.unwrap_or_default(),
+                name: u.name,
+                description: u.description,
+                admin_state_up: u.admin_state_up,
             })
             .await
             .api(S)?
-            .into_inner(),
-        (Some(_), None) => {
+            .into_inner()
+        }
+        (true, None) => {
             return Err(ApiError::bad_request(
                 S,
-                "a router interface port has no security groups (nubo)",
+                "a router interface port's name, description, state and security groups are the router's (nubo)",
             ))
         }
-        (None, Some(p)) => p,
-        (None, None) => return Ok(Json(json!({"port": view})).into_response()),
+        (false, Some(p)) => p,
+        (false, None) => return Ok(Json(json!({"port": view})).into_response()),
     };
     Ok(Json(json!({"port": port_view(&p)})).into_response())
 }
@@ -387,11 +403,16 @@ mod tests {
         let r =
             parse(json!({"port": {"network_id": "n", "port_security_enabled": false}})).unwrap();
         assert!(r.no_port_security);
+        assert!(!r.no_security_groups && !r.disabled && r.mac.is_empty());
+        let r = parse(json!({"port": {"network_id": "n", "security_groups": [],
+            "admin_state_up": false, "mac_address": "fa:16:3e:00:00:07", "description": "d"}}))
+        .unwrap();
+        assert!(r.no_security_groups && r.disabled, "{r:?}");
+        assert_eq!(
+            (r.mac.as_str(), r.description.as_str()),
+            ("fa:16:3e:00:00:07", "d")
+        );
         for (v, text) in [
-            (
-                json!({"port": {"network_id": "n", "mac_address": "fa:16:3e:00:00:01"}}),
-                "mac_address",
-            ),
             (
                 json!({"port": {"network_id": "n", "fixed_ips": [{"ip_address": "10.0.0.9"}, {"ip_address": "10.0.0.10"}]}}),
                 "one fixed IP",
@@ -445,12 +466,21 @@ mod tests {
             ip: "10.0.0.5".into(),
             device_id: "vm".into(),
             node: "n1".into(),
+            admin_state_up: true,
             ..Default::default()
         };
         let v = port_view(&p);
         assert_eq!(v["status"], "ACTIVE");
         assert_eq!(v["fixed_ips"][0]["subnet_id"], "n");
         assert_eq!(v["device_owner"], "compute:nova");
+        let down = port_view(&pb::Port {
+            admin_state_up: false,
+            ..p.clone()
+        });
+        assert_eq!(
+            (&down["status"], &down["admin_state_up"]),
+            (&json!("DOWN"), &json!(false))
+        );
         let free = port_view(&pb::Port::default());
         assert_eq!(free["status"], "DOWN");
         assert_eq!(free["fixed_ips"], json!([]), "an address-less port");
