@@ -33,7 +33,7 @@ use etcd_client::{Txn, TxnOp};
 use futures::StreamExt;
 use nubo_common::keys;
 use nubo_common::model::{
-    CaptureJob, CapturePhase, CaptureReport, Image, ImageStatus, Instance, Timestamp,
+    CaptureJob, CapturePhase, CaptureReport, Image, ImageStatus, Timestamp,
 };
 use nubo_common::ImageId;
 use nubo_store::kv::decode_or_skip;
