@@ -1287,8 +1287,14 @@ mod tests {
             (token_key(), Key::TokenKey),
             (revoked_token("abc"), Key::RevokedToken("abc".into())),
             (capture_job(&im), Key::CaptureJob(im)),
-            (node_capture_order(&n, &im), Key::CaptureOrder(n.clone(), im)),
-            (node_capture_report(&n, &im), Key::CaptureReport(n.clone(), im)),
+            (
+                node_capture_order(&n, &im),
+                Key::CaptureOrder(n.clone(), im),
+            ),
+            (
+                node_capture_report(&n, &im),
+                Key::CaptureReport(n.clone(), im),
+            ),
         ];
         for (k, want) in cases {
             assert_eq!(Key::parse(&k), Some(want.clone()), "{k}");

@@ -57,7 +57,11 @@ async fn capture(cl: &mut Clients, server: &str, name: &str, format: &str) -> pb
 }
 
 async fn image(cl: &mut Clients, id: &str) -> Option<pb::Image> {
-    cl.images.get(req::get(id)).await.ok().map(|r| r.into_inner())
+    cl.images
+        .get(req::get(id))
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 /// Waits until image `id` is no longer queued; returns it.
@@ -68,7 +72,10 @@ async fn settled(cl: &mut Clients, id: &str) -> pb::Image {
         if img.status != "queued" {
             return img;
         }
-        assert!(tokio::time::Instant::now() < until, "image {id} still queued");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "image {id} still queued"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -78,7 +85,11 @@ async fn report(etcd: &Etcd, node: &str, r: &CaptureReport) {
     etcd.client()
         .await
         .unwrap()
-        .put(keys::node_capture_report(&n, &r.image), model::encode(r), None)
+        .put(
+            keys::node_capture_report(&n, &r.image),
+            model::encode(r),
+            None,
+        )
         .await
         .unwrap();
 }
@@ -87,7 +98,9 @@ async fn report(etcd: &Etcd, node: &str, r: &CaptureReport) {
 async fn job_gone(etcd: &Etcd, image: &ImageId) {
     let n0 = NodeName::new("n0").unwrap();
     let until = tokio::time::Instant::now() + WAIT;
-    while get::<CaptureJob>(etcd, &keys::capture_job(image)).await.is_some()
+    while get::<CaptureJob>(etcd, &keys::capture_job(image))
+        .await
+        .is_some()
         || get::<CaptureOrder>(etcd, &keys::node_capture_order(&n0, image))
             .await
             .is_some()
@@ -100,7 +113,11 @@ async fn job_gone(etcd: &Etcd, image: &ImageId) {
 /// A node API of n0 serving `body` at `/v1/disk-capture/<image>` to a
 /// request carrying a stream ticket (published in n0's record). Returns
 /// the requests it answered.
-async fn serve_copy(etcd: &Etcd, image: ImageId, body: Vec<u8>) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+async fn serve_copy(
+    etcd: &Etcd,
+    image: ImageId,
+    body: Vec<u8>,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let n0 = NodeName::new("n0").unwrap();
@@ -139,7 +156,8 @@ async fn serve_copy(etcd: &Etcd, image: ImageId, body: Vec<u8>) -> tokio::sync::
                 r.extend_from_slice(&body);
                 r
             } else {
-                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno".to_vec()
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno"
+                    .to_vec()
             };
             let _ = s.write_all(&resp).await;
             let _ = tx.send(head);
@@ -170,10 +188,18 @@ async fn a_ready_copy_becomes_an_active_image_with_its_bytes() {
     assert_eq!((order.instance, order.disk_format.as_str()), (id, "raw"));
     assert_eq!(img.disk_format, "raw");
     assert_eq!(img.properties.get("instance_uuid"), Some(&id.to_string()));
-    assert_eq!(img.properties.get("image_type").map(String::as_str), Some("snapshot"));
+    assert_eq!(
+        img.properties.get("image_type").map(String::as_str),
+        Some("snapshot")
+    );
 
     // Copying: nothing happens to the image.
-    report(&etcd, "n0", &CaptureReport::new(image, CapturePhase::Copying, None)).await;
+    report(
+        &etcd,
+        "n0",
+        &CaptureReport::new(image, CapturePhase::Copying, None),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(image_status(&mut cl, &img.id).await, "queued");
 
@@ -194,7 +220,10 @@ async fn a_ready_copy_becomes_an_active_image_with_its_bytes() {
     assert_eq!(done.size_bytes, bytes.len() as u64);
     assert_eq!(done.checksum_sha256, hex(&Sha256::digest(&bytes)));
     let head = requests.recv().await.unwrap();
-    assert!(head.to_ascii_lowercase().contains("authorization: ticket "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("authorization: ticket "),
+        "{head}"
+    );
     job_gone(&etcd, &image).await;
 
     // The stored bytes are the node's copy.
@@ -226,12 +255,20 @@ async fn a_failed_copy_a_deleted_server_or_image_end_the_capture() {
     report(
         &etcd,
         "n0",
-        &CaptureReport::new(image, CapturePhase::Failed, Some("qemu-img: no space left".into())),
+        &CaptureReport::new(
+            image,
+            CapturePhase::Failed,
+            Some("qemu-img: no space left".into()),
+        ),
     )
     .await;
     let done = settled(&mut cl, &img.id).await;
     assert_eq!(done.status, "error");
-    assert!(done.status_reason.contains("qemu-img: no space left"), "{}", done.status_reason);
+    assert!(
+        done.status_reason.contains("qemu-img: no space left"),
+        "{}",
+        done.status_reason
+    );
     job_gone(&etcd, &image).await;
 
     // A bad format is refused at once, nothing recorded.
@@ -260,7 +297,11 @@ async fn a_failed_copy_a_deleted_server_or_image_end_the_capture() {
     cl.servers.delete(req::del("vm")).await.unwrap();
     let done = settled(&mut cl, &img.id).await;
     assert_eq!(done.status, "error");
-    assert!(done.status_reason.contains("deleted"), "{}", done.status_reason);
+    assert!(
+        done.status_reason.contains("deleted"),
+        "{}",
+        done.status_reason
+    );
     job_gone(&etcd, &image).await;
 }
 
@@ -275,7 +316,11 @@ async fn a_node_down_beyond_the_grace_fails_the_capture() {
     let down = tokio::time::Instant::now();
     let done = settled(&mut cl, &img.id).await;
     assert_eq!(done.status, "error");
-    assert!(done.status_reason.contains("down"), "{}", done.status_reason);
+    assert!(
+        done.status_reason.contains("down"),
+        "{}",
+        done.status_reason
+    );
     assert!(
         down.elapsed() >= nubo_coordinator::background::captures::NODE_DOWN_GRACE,
         "failed after {:?}, before the grace",

@@ -50,7 +50,8 @@ impl LibvirtDriver {
         let xml = backup_xml(target, dest, format, &targets);
         self.blocking(move |conn, _| {
             let dom = owned(conn, &id)?;
-            dom.backup_begin(&xml).map_err(dom_err(&id, "begin backup"))?;
+            dom.backup_begin(&xml)
+                .map_err(dom_err(&id, "begin backup"))?;
             loop {
                 std::thread::sleep(POLL);
                 let (running, _) = dom
@@ -73,7 +74,8 @@ impl LibvirtDriver {
                     source: crate::VirError {
                         code: -1,
                         domain: -1,
-                        message: message.unwrap_or_else(|| format!("backup job ended with job type {kind}")),
+                        message: message
+                            .unwrap_or_else(|| format!("backup job ended with job type {kind}")),
                     },
                 })
             }

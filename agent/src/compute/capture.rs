@@ -128,9 +128,8 @@ pub fn plan(desired: &DesiredNode, observed: &CapturesObserved) -> Vec<CaptureAc
             continue;
         }
         if let Some(size) = observed.copies.get(image) {
-            let told = report.is_some_and(|r| {
-                r.phase == CapturePhase::Ready && r.size_bytes == Some(*size)
-            });
+            let told = report
+                .is_some_and(|r| r.phase == CapturePhase::Ready && r.size_bytes == Some(*size));
             if !told {
                 out.push(report_as(CapturePhase::Ready, Some(*size), None));
             }
@@ -234,10 +233,14 @@ fn lock(jobs: &Mutex<Jobs>) -> std::sync::MutexGuard<'_, Jobs> {
 
 /// Writes this node's report on a capture.
 async fn put_report(etcd: &Etcd, node: &NodeName, r: &CaptureReport) -> Result<(), String> {
-    etcd.put(keys::node_capture_report(node, &r.image), model::encode(r), None)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("report capture {}: {e}", r.image))
+    etcd.put(
+        keys::node_capture_report(node, &r.image),
+        model::encode(r),
+        None,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("report capture {}: {e}", r.image))
 }
 
 /// Removes `path`; a missing file is fine.
@@ -581,7 +584,11 @@ mod tests {
     #[test]
     fn files_and_reports_without_an_order_are_removed_unless_a_job_writes_them() {
         let d = DesiredNode::default();
-        let (a, b, c) = (ImageId::new_random(), ImageId::new_random(), ImageId::new_random());
+        let (a, b, c) = (
+            ImageId::new_random(),
+            ImageId::new_random(),
+            ImageId::new_random(),
+        );
         let mut obs = CapturesObserved::default();
         obs.copies.insert(a, 10);
         obs.partial.insert(b);

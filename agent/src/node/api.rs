@@ -451,7 +451,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (gate, signer) = test_gate();
-        let app = router(dir.path().to_path_buf(), dir.path().to_path_buf(), None, gate);
+        let app = router(
+            dir.path().to_path_buf(),
+            dir.path().to_path_buf(),
+            None,
+            gate,
+        );
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let path = format!("/v1/console/{id}");
         let get = |t: Option<String>| {
@@ -546,14 +551,23 @@ mod tests {
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let path = nubo_nodeapi::disk_capture_path(&image);
         let body = http_get_with(addr, &path, None).await;
-        assert!(body.contains("401") && !body.contains("NUBO-DISK"), "{body}");
+        assert!(
+            body.contains("401") && !body.contains("NUBO-DISK"),
+            "{body}"
+        );
         let other = nubo_common::ImageId::new_random();
         let t = ticket(&signer, StreamTarget::DiskCapture { image: other }, 30_000);
         let body = http_get_with(addr, &path, Some(&t)).await;
-        assert!(body.contains("403") && !body.contains("NUBO-DISK"), "{body}");
+        assert!(
+            body.contains("403") && !body.contains("NUBO-DISK"),
+            "{body}"
+        );
         let t = ticket(&signer, StreamTarget::DiskCapture { image }, 30_000);
         let body = http_get_with(addr, &path, Some(&t)).await;
-        assert!(body.contains("200 OK") && body.contains("NUBO-DISK-BYTES"), "{body}");
+        assert!(
+            body.contains("200 OK") && body.contains("NUBO-DISK-BYTES"),
+            "{body}"
+        );
         // A copy still being written (only `.part`) is not served.
         std::fs::remove_file(&copy).unwrap();
         let t = ticket(&signer, StreamTarget::DiskCapture { image }, 30_000);

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
-    self, Assignment, CaptureOrder, CaptureReport, Flavor, FloatingIp, GuestStop, Image, IncomingMigration, Instance,
-    InstanceStatus, Keypair, MigrationReport, Network, Node, OutgoingMigration, Port, Router,
-    RouterSnat, SecurityGroup, Volume, VolumeType,
+    self, Assignment, CaptureOrder, CaptureReport, Flavor, FloatingIp, GuestStop, Image,
+    IncomingMigration, Instance, InstanceStatus, Keypair, MigrationReport, Network, Node,
+    OutgoingMigration, Port, Router, RouterSnat, SecurityGroup, Volume, VolumeType,
 };
 use nubo_common::{
     FlavorName, FloatingIpId, ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId,

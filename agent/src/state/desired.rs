@@ -21,11 +21,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use nubo_common::keys;
 use nubo_common::model::{
-    CaptureOrder, CaptureReport, Image, IncomingMigration, Instance, Keypair, MigrationReport, Network, OutgoingMigration,
-    PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
+    CaptureOrder, CaptureReport, Image, IncomingMigration, Instance, Keypair, MigrationReport,
+    Network, OutgoingMigration, PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
 };
 use nubo_common::{
-    ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId, VolumeId,
+    ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId,
+    VolumeId,
 };
 use nubo_netid::MacAddr;
 

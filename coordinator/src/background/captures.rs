@@ -32,9 +32,7 @@ use std::time::Duration;
 use etcd_client::{Txn, TxnOp};
 use futures::StreamExt;
 use nubo_common::keys;
-use nubo_common::model::{
-    CaptureJob, CapturePhase, CaptureReport, Image, ImageStatus, Timestamp,
-};
+use nubo_common::model::{CaptureJob, CapturePhase, CaptureReport, Image, ImageStatus, Timestamp};
 use nubo_common::ImageId;
 use nubo_store::kv::decode_or_skip;
 use tokio::sync::watch;
@@ -124,7 +122,9 @@ pub fn step(s: &Seen<'_>) -> Step {
         Some((CapturePhase::Copying, _)) | None => {}
     }
     if !s.server_exists {
-        return Step::Fail(format!("{what}: the server was deleted before its disk was copied"));
+        return Step::Fail(format!(
+            "{what}: the server was deleted before its disk was copied"
+        ));
     }
     if let Some(d) = s.node_down_for.filter(|d| *d >= NODE_DOWN_GRACE) {
         return Step::Fail(format!("{what}: the node is down (for {}s)", d.as_secs()));
@@ -190,7 +190,12 @@ async fn pass(ctx: &Ctx, memory: &Arc<Mutex<Memory>>, lease: i64) -> ApiResult<(
     Ok(())
 }
 
-async fn one(ctx: &Ctx, memory: &Arc<Mutex<Memory>>, lease: i64, job: &CaptureJob) -> ApiResult<()> {
+async fn one(
+    ctx: &Ctx,
+    memory: &Arc<Mutex<Memory>>,
+    lease: i64,
+    job: &CaptureJob,
+) -> ApiResult<()> {
     let report = ctx
         .store
         .read::<CaptureReport>(&keys::node_capture_report(&job.node, &job.image))
@@ -203,8 +208,16 @@ async fn one(ctx: &Ctx, memory: &Arc<Mutex<Memory>>, lease: i64, job: &CaptureJo
         .read::<Image>(&keys::image(&job.image))
         .await?
         .map(|v| v.value.status);
-    let server_exists = ctx.store.get_kv(&keys::instance(&job.instance)).await?.is_some();
-    let alive = ctx.store.get_kv(&keys::node_alive(&job.node)).await?.is_some();
+    let server_exists = ctx
+        .store
+        .get_kv(&keys::instance(&job.instance))
+        .await?
+        .is_some();
+    let alive = ctx
+        .store
+        .get_kv(&keys::node_alive(&job.node))
+        .await?
+        .is_some();
     let (node_down_for, reading, failed_reads) = {
         let mut m = lock(memory);
         let down = if alive {
@@ -358,7 +371,12 @@ mod tests {
         }
     }
 
-    fn report(j: &CaptureJob, phase: CapturePhase, size: Option<u64>, detail: Option<&str>) -> CaptureReport {
+    fn report(
+        j: &CaptureJob,
+        phase: CapturePhase,
+        size: Option<u64>,
+        detail: Option<&str>,
+    ) -> CaptureReport {
         CaptureReport {
             size_bytes: size,
             ..CaptureReport::new(j.image, phase, detail.map(str::to_string))
@@ -372,7 +390,10 @@ mod tests {
         let copying = report(&j, CapturePhase::Copying, None, None);
         assert_eq!(step(&seen(&j, Some(&copying))), Step::Wait);
         let ready = report(&j, CapturePhase::Ready, Some(4096), None);
-        assert_eq!(step(&seen(&j, Some(&ready))), Step::Read { size: Some(4096) });
+        assert_eq!(
+            step(&seen(&j, Some(&ready))),
+            Step::Read { size: Some(4096) }
+        );
         let mut s = seen(&j, Some(&ready));
         s.reading = true;
         assert_eq!(step(&s), Step::Wait);
@@ -395,13 +416,19 @@ mod tests {
     fn failures_end_in_error_with_their_reason() {
         let j = job();
         let failed = report(&j, CapturePhase::Failed, None, Some("qemu-img: no space"));
-        assert!(matches!(step(&seen(&j, Some(&failed))), Step::Fail(r) if r.contains("qemu-img: no space") && r.contains(&j.instance.to_string())));
+        assert!(
+            matches!(step(&seen(&j, Some(&failed))), Step::Fail(r) if r.contains("qemu-img: no space") && r.contains(&j.instance.to_string()))
+        );
         let mut s = seen(&j, None);
         s.server_exists = false;
         assert!(matches!(step(&s), Step::Fail(r) if r.contains("deleted")));
         let mut s = seen(&j, None);
         s.node_down_for = Some(NODE_DOWN_GRACE - Duration::from_secs(1));
-        assert_eq!(step(&s), Step::Wait, "a short outage (agent restart) is waited out");
+        assert_eq!(
+            step(&s),
+            Step::Wait,
+            "a short outage (agent restart) is waited out"
+        );
         s.node_down_for = Some(NODE_DOWN_GRACE);
         assert!(matches!(step(&s), Step::Fail(r) if r.contains("down")));
         let mut s = seen(&j, None);

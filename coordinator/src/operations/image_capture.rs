@@ -160,7 +160,10 @@ pub async fn from_server(
 
 /// The root disk of `inst` in Ceph's disks pool, if it is there (`None`:
 /// on its node's local storage, or no Ceph here).
-async fn root_in_ceph(ctx: &Ctx, inst: &nubo_common::model::Instance) -> ApiResult<Option<DiskRef>> {
+async fn root_in_ceph(
+    ctx: &Ctx,
+    inst: &nubo_common::model::Instance,
+) -> ApiResult<Option<DiskRef>> {
     let Ok(rbd) = super::volumes::rbd(ctx) else {
         return Ok(None);
     };

@@ -41,9 +41,11 @@ pub(super) async fn request(
         ))
     })?;
     let spec_key = keys::instance(&inst.id);
-    let spec = ctx.store.get_kv(&spec_key).await?.ok_or_else(|| {
-        ApiError::NotFound(format!("server {} does not exist", inst.id))
-    })?;
+    let spec = ctx
+        .store
+        .get_kv(&spec_key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("server {} does not exist", inst.id)))?;
     super::migrations::ensure_not_migrating(ctx, inst).await?;
     let img = images::create(ctx, project, new).await?;
     let now = model::now();

@@ -1077,8 +1077,14 @@ impl super::Hypervisor for LibvirtHypervisor {
         } else {
             // The local backend's root disks are qcow2 overlays (never
             // probed: a guest could write any header into its disk).
-            super::disk_copy::convert(std::path::Path::new(&root), Some("qcow2"), dest, format, false)
-                .await
+            super::disk_copy::convert(
+                std::path::Path::new(&root),
+                Some("qcow2"),
+                dest,
+                format,
+                false,
+            )
+            .await
         }
     }
 
