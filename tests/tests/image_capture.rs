@@ -15,7 +15,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use nubo_tests::net_e2e::NetLab;
+use nubo_tests::net_e2e::{find_str, NetLab};
 use nubo_tests::{wait_for, Cli};
 use serde_json::Value;
 
@@ -125,7 +125,10 @@ fn server_image_of_a_local_disk_is_active_with_the_disks_bytes() {
             "n",
         ])
         .unwrap();
-    assert_eq!(out["state"], "running", "{out}");
+    let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
+    let show = cli.json(&["server", "show", &id]).unwrap();
+    assert_eq!(show["state"], "running", "{show}");
+    assert_eq!(show["image_id"], done["id"], "{show}");
 
     // The disk gone (as if destroyed under the agent): error, with the
     // node's reason, and again nothing left on the node.
