@@ -6,8 +6,12 @@
 //! CLI. The image ends `active` with the size and SHA-256 of the disk as
 //! it was, in raw and converted to qcow2 on the node; a server boots from
 //! it; the node keeps no copy afterwards; a capture of a server whose disk
-//! is gone ends in `error` with the node's reason. Needs root,
-//! `cargo build --bins` first.
+//! is gone ends in `error` with the node's reason. And on libvirt (a TCG
+//! guest, local qcow2 overlay): a running guest is captured by a backup
+//! job without being stopped (same QEMU process, still running), a
+//! shut-off one by `qemu-img convert`, equal to its disk
+//! (`qemu-img compare`). Needs root, `cargo build --bins` first (and the
+//! test guest, built by the lab if missing).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -16,6 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nubo_tests::net_e2e::{find_str, NetLab};
+use nubo_tests::vm_e2e::VmLab;
 use nubo_tests::{wait_for, Cli};
 use serde_json::Value;
 
@@ -150,4 +155,99 @@ fn server_image_of_a_local_disk_is_active_with_the_disks_bytes() {
         "{bad}"
     );
     std::fs::remove_dir(&disk).unwrap();
+}
+
+/// `qemu-img` on the lab's files (`args`), which must succeed; its stdout.
+fn qemu_img(args: &[&str]) -> String {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn server_image_of_a_running_and_a_stopped_libvirt_guest() {
+    let lab = VmLab::start(1).unwrap();
+    lab.base_objects(128, "10.95.0.0/24").unwrap();
+    let cli = &lab.cli;
+    let out = lab
+        .create_server("cap-vm", Some(1), None, &["--wait", "--timeout", "240"])
+        .unwrap();
+    let id = find_str(&out, "id").unwrap_or_else(|| panic!("no id in {out}"));
+    let dom = lab.domain_name(&id);
+    let lv = &lab.libvirtds[0];
+    let pid = lv.qemu_pid(&dom).expect("the guest runs");
+    let root = lv
+        .virsh(&["domblklist", &dom])
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("vda")).then(|| w.next().unwrap_or_default().to_string())
+        })
+        .expect("vda in domblklist");
+
+    // Running: a backup job; the guest is neither stopped nor restarted.
+    cli.json(&[
+        "server",
+        "image",
+        "cap-vm",
+        "run-snap",
+        "--disk-format",
+        "qcow2",
+    ])
+    .unwrap();
+    let img = settled(cli, "run-snap");
+    assert_eq!(img["status"], "active", "{img}");
+    assert_eq!(lv.qemu_pid(&dom), Some(pid), "same QEMU process");
+    assert_eq!(lab.show(&id).unwrap()["state"], "running");
+    let stored = lab.image_dir.join(img["id"].as_str().unwrap()).join("disk");
+    let info: Value = serde_json::from_str(&qemu_img(&[
+        "info",
+        "--output",
+        "json",
+        &stored.to_string_lossy(),
+    ]))
+    .unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"], 1u64 << 30, "{info}");
+    assert!(
+        info.get("backing-filename").is_none(),
+        "self-contained: {info}"
+    );
+
+    // Shut off: qemu-img convert of the overlay and its base, equal to it.
+    cli.json(&["server", "stop", &id]).unwrap();
+    wait_for(Duration::from_secs(60), "cap-vm stopped", || {
+        let s = lab.show(&id)?;
+        Ok(if s["state"] == "stopped" {
+            Ok(())
+        } else {
+            Err(s)
+        })
+    })
+    .unwrap();
+    cli.json(&["server", "image", "cap-vm", "off-snap"])
+        .unwrap();
+    let img = settled(cli, "off-snap");
+    assert_eq!(img["status"], "active", "{img}");
+    assert_eq!(img["disk_format"], "raw");
+    let stored = lab.image_dir.join(img["id"].as_str().unwrap()).join("disk");
+    let same = qemu_img(&[
+        "compare",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        &root,
+        &stored.to_string_lossy(),
+    ]);
+    assert!(same.contains("identical"), "{same}");
+    assert_eq!(lv.qemu_pid(&dom), None, "still shut off");
 }

@@ -861,7 +861,7 @@ impl super::Hypervisor for NetnsHypervisor {
         // Held during the copy: no create, destroy or reboot of the guest
         // meanwhile, so the copy is of one point in time.
         let st = self.state.lock().await;
-        if !st.guests.get(&ns).is_some_and(|r| r.id == id) {
+        if st.guests.get(&ns).is_none_or(|r| r.id != id) {
             return Err(HypervisorError::NotFound(id));
         }
         self.ensure_disk(&id).await?;
