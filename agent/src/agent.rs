@@ -217,6 +217,12 @@ async fn run_inner(
         let passwords: std::sync::Arc<dyn nubo_metadata::PasswordStore> = std::sync::Arc::new(
             crate::network::metadata::EtcdPasswords::new(etcd.clone(), cfg.node.clone()),
         );
+        let captures = crate::compute::capture::Captures::new(
+            cfg.node.clone(),
+            fencing.hypervisor.clone(),
+            etcd.clone(),
+            &cfg.state_dir,
+        );
         let (compute, volumes, status) =
             crate::compute::subsystems(cfg.node.clone(), fencing.hypervisor.clone(), etcd, resizer);
         let mut subsystems: Vec<Box<dyn Reconcile>> = vec![
@@ -281,6 +287,12 @@ async fn run_inner(
         // never while fenced.
         subsystems.push(Box::new(crate::fencing::GatedSubsystem::new(
             migrations,
+            fencing.gate.clone(),
+        )));
+        // Copies of root disks for new images (never while fenced: the
+        // disk may be another node's by now).
+        subsystems.push(Box::new(crate::fencing::GatedSubsystem::new(
+            captures,
             fencing.gate.clone(),
         )));
         // Every family is registered: serve them.

@@ -704,6 +704,31 @@ pub fn node_migration_report(n: &NodeName, id: &MigrationId) -> String {
     format!("{ROOT}node-owned/{n}/migrations/{id}")
 }
 
+/// `/nubo/v1/private/captures/` — the root-disk captures not over yet.
+pub fn captures_prefix() -> String {
+    format!("{PRIVATE}captures/")
+}
+/// `/nubo/v1/private/captures/<image>` (`CaptureJob`): a capture of a
+/// root disk on its node (coordinator; written with the node's order,
+/// deleted by the leader when the image is stored or in error).
+pub fn capture_job(image: &ImageId) -> String {
+    format!("{PRIVATE}captures/{image}")
+}
+/// `/nubo/v1/hosts/<node>/captures/` — the captures a node is to make.
+pub fn node_capture_orders_prefix(n: &NodeName) -> String {
+    format!("{ROOT}hosts/{n}/captures/")
+}
+/// `/nubo/v1/hosts/<node>/captures/<image>` (`CaptureOrder`): copy an
+/// instance's root disk for image `image` (coordinator).
+pub fn node_capture_order(n: &NodeName, image: &ImageId) -> String {
+    format!("{ROOT}hosts/{n}/captures/{image}")
+}
+/// `/nubo/v1/node-owned/<node>/captures/<image>` (`CaptureReport`): how far
+/// the agent of `node` got with the capture for `image`.
+pub fn node_capture_report(n: &NodeName, image: &ImageId) -> String {
+    format!("{ROOT}node-owned/{n}/captures/{image}")
+}
+
 /// `/nubo/v1/router-snat/` — per-node SNAT addresses of routers.
 pub fn router_snats_prefix() -> String {
     format!("{ROOT}router-snat/")
@@ -982,6 +1007,12 @@ pub enum Key {
     OutgoingMigration(NodeName, InstanceId),
     /// `/node-owned/<node>/migrations/<id>`
     MigrationReport(NodeName, MigrationId),
+    /// `private/captures/<image>`
+    CaptureJob(ImageId),
+    /// `/hosts/<node>/captures/<image>`
+    CaptureOrder(NodeName, ImageId),
+    /// `/node-owned/<node>/captures/<image>`
+    CaptureReport(NodeName, ImageId),
 }
 
 impl Key {
@@ -1043,6 +1074,10 @@ impl Key {
             ["node-owned", n, "migrations", id] => {
                 Key::MigrationReport(n.parse().ok()?, id.parse().ok()?)
             }
+            ["hosts", n, "captures", id] => Key::CaptureOrder(n.parse().ok()?, id.parse().ok()?),
+            ["node-owned", n, "captures", id] => {
+                Key::CaptureReport(n.parse().ok()?, id.parse().ok()?)
+            }
             _ => return None,
         })
     }
@@ -1092,6 +1127,7 @@ impl Key {
             ["revoked-tokens", id] if !id.is_empty() => Key::RevokedToken(id.to_string()),
             ["router-interfaces", n] => Key::RouterInterface(n.parse().ok()?),
             ["floating-ip-ports", p] => Key::FloatingIpPort(p.parse().ok()?),
+            ["captures", id] => Key::CaptureJob(id.parse().ok()?),
             _ => return None,
         })
     }
@@ -1125,6 +1161,7 @@ impl Key {
                 | Key::RevokedToken(_)
                 | Key::RouterInterface(_)
                 | Key::FloatingIpPort(_)
+                | Key::CaptureJob(_)
         )
     }
 }
@@ -1165,6 +1202,7 @@ mod tests {
         let a = AppCredId::new_random();
         let m: MacAddr = "fa:16:3e:00:00:01".parse().unwrap();
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let im = ImageId::new_random();
         let cases = [
             (node(&n), Key::Node(n.clone())),
             (node_alive(&n), Key::NodeAlive(n.clone())),
@@ -1248,6 +1286,15 @@ mod tests {
             (audit("0001-ab"), Key::Audit("0001-ab".into())),
             (token_key(), Key::TokenKey),
             (revoked_token("abc"), Key::RevokedToken("abc".into())),
+            (capture_job(&im), Key::CaptureJob(im)),
+            (
+                node_capture_order(&n, &im),
+                Key::CaptureOrder(n.clone(), im),
+            ),
+            (
+                node_capture_report(&n, &im),
+                Key::CaptureReport(n.clone(), im),
+            ),
         ];
         for (k, want) in cases {
             assert_eq!(Key::parse(&k), Some(want.clone()), "{k}");

@@ -336,6 +336,13 @@ async fn start_inner(
         }));
     }
     {
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            background::captures::run(ctx, rx).await;
+            Ok(())
+        }));
+    }
+    {
         let (ctx, rx, gauges) = (ctx.clone(), rx.clone(), metrics.cluster.clone());
         tasks.push(tokio::spawn(async move {
             background::cluster_gauges::run(ctx, gauges, rx).await;

@@ -218,7 +218,7 @@ impl LibvirtDriver {
         self.shared.current().is_alive()
     }
 
-    async fn blocking<T, F>(&self, f: F) -> Result<T, DriverError>
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, DriverError>
     where
         T: Send + 'static,
         F: FnOnce(&Conn, &DriverConfig) -> Result<T, DriverError> + Send + 'static,

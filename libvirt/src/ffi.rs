@@ -601,6 +601,16 @@ impl TypedParams {
         })
     }
 
+    fn get_string(&self, name: &CStr) -> Option<String> {
+        let mut v: *const c_char = ptr::null();
+        // SAFETY: `ptr` holds `n` initialised params (or is null with n =
+        // 0); the string stays owned by the array, copied out at once.
+        let rc = unsafe { sys::virTypedParamsGetString(self.ptr, self.n, name.as_ptr(), &mut v) };
+        (rc == 1 && !v.is_null())
+            // SAFETY: a NUL-terminated string inside the array.
+            .then(|| unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned())
+    }
+
     fn get_ullong(&self, name: &CStr) -> Option<u64> {
         let mut v: std::ffi::c_ulonglong = 0;
         // SAFETY: `ptr` holds `n` initialised params (or is null with n = 0).
@@ -705,6 +715,35 @@ impl Dom {
         let p = unsafe { sys::virDomainGetXMLDesc(self.as_ptr(), flags) };
         // SAFETY: null or a libvirt-allocated string.
         unsafe { owned_cstring(p) }.ok_or_else(VirError::last)
+    }
+}
+
+impl Dom {
+    /// Starts a backup job described by `xml` (`virDomainBackupBegin`, no
+    /// checkpoint). Returns at once; the job runs in QEMU.
+    pub(crate) fn backup_begin(&self, xml: &str) -> Result<(), VirError> {
+        let c = CString::new(xml).map_err(|_| input_error("backup XML"))?;
+        // SAFETY: valid domain and string; no checkpoint XML.
+        check(unsafe { sys::virDomainBackupBegin(self.as_ptr(), c.as_ptr(), ptr::null(), 0) })
+    }
+
+    /// The job running now (`virDomainJobType`: 0 none, 1 bounded,
+    /// 2 unbounded), or with `completed` the last one that ended (3
+    /// completed, 4 failed, 5 cancelled) and its error message.
+    pub(crate) fn job_outcome(&self, completed: bool) -> Result<(i32, Option<String>), VirError> {
+        let mut tp = TypedParams::default();
+        let mut job_type: c_int = 0;
+        let flags = if completed {
+            sys::VIR_DOMAIN_JOB_STATS_COMPLETED
+        } else {
+            0
+        };
+        // SAFETY: as in `job_stats`.
+        check(unsafe {
+            sys::virDomainGetJobStats(self.as_ptr(), &mut job_type, &mut tp.ptr, &mut tp.n, flags)
+        })?;
+        tp.max = tp.n;
+        Ok((job_type, tp.get_string(sys::VIR_DOMAIN_JOB_ERRMSG)))
     }
 }
 

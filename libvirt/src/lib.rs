@@ -10,11 +10,14 @@
 //!   in one bulk call (`virConnectGetAllDomainStats`), as [`DomainStats`].
 //! - [`LibvirtDriver::migrate`]: peer-to-peer live migration with
 //!   post-copy and abort within budgets ([`MigrateOptions`]).
+//! - [`LibvirtDriver::backup_disk`]: a point-in-time copy of a running
+//!   domain's disk (push-mode backup job).
 //! - [`ImageCache`]: verified local base images and qcow2 overlays.
 //!
 //! This crate does not depend on the agent; the agent wraps it behind its
 //! `Hypervisor` trait.
 
+mod backup;
 mod disk;
 mod driver;
 mod error;
@@ -28,6 +31,7 @@ mod spec;
 mod stats;
 mod xml;
 
+pub use backup::backup_xml;
 pub use disk::{
     parse_disks, rbd_disk_xml, volume_disk_xml, AttachedDisk, IoTune, MonHost, RbdDisk, VolumeDisk,
 };

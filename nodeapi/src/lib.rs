@@ -4,8 +4,8 @@
 //! - [`ticket`]: single-use stream tickets, signed by the coordinators'
 //!   Ed25519 key, checked by the node (pure functions).
 //! - [`tls`]: mutual TLS with the cluster CA.
-//! - [`client`]: the HTTP client (console and capture streams, the etcd
-//!   status of the fencing checks).
+//! - [`client`]: the HTTP client (console, capture and disk-capture
+//!   streams, the etcd status of the fencing checks).
 //! - [`server`]: serving a router over TLS, and the [`server::TicketGate`].
 //!
 //! The routes themselves are the agent's (`nubo_agent::node::api`).
@@ -36,4 +36,10 @@ pub fn capture_path(tap: &str, count: Option<u32>) -> String {
         Some(c) => format!("/v1/capture/{tap}?count={c}"),
         None => format!("/v1/capture/{tap}"),
     }
+}
+
+/// Path of the root-disk copy a node made for `image`
+/// ([`StreamTarget::DiskCapture`]).
+pub fn disk_capture_path(image: &nubo_common::ImageId) -> String {
+    format!("/v1/disk-capture/{image}")
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use nubo_common::{InstanceId, NodeName};
+use nubo_common::{ImageId, InstanceId, NodeName};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,13 @@ pub enum StreamTarget {
         /// The tap (`tap` + hex digits).
         tap: String,
     },
+    /// The copy of a root disk a node made for a new image (read by the
+    /// leading coordinator into the image store).
+    #[serde(rename = "disk-capture")]
+    DiskCapture {
+        /// The image.
+        image: ImageId,
+    },
 }
 
 impl std::fmt::Display for StreamTarget {
@@ -58,6 +65,7 @@ impl std::fmt::Display for StreamTarget {
         match self {
             StreamTarget::Console { instance } => write!(f, "console of {instance}"),
             StreamTarget::Capture { tap } => write!(f, "capture on {tap}"),
+            StreamTarget::DiskCapture { image } => write!(f, "disk capture for image {image}"),
         }
     }
 }

@@ -15,9 +15,11 @@
 //! actions progress, then the sweep of the status subsystem). Also here:
 //! the [`plug_gate`] (resumes guests started paused once their NICs are
 //! plugged, run after the network subsystems), [`migration`] (this node's
-//! side of live and cold migrations, run last) and [`power_sync`] (a guest
-//! that powered itself off becomes desired stopped).
+//! side of live and cold migrations, run last), [`capture`] (copies of
+//! root disks for new images) and [`power_sync`] (a guest that powered
+//! itself off becomes desired stopped).
 
+pub mod capture;
 pub mod hypervisor;
 pub mod instances;
 pub mod migration;

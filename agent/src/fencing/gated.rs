@@ -124,6 +124,16 @@ impl Hypervisor for GatedHypervisor {
     ) -> Result<(), HypervisorError> {
         self.inner.set_disk_qos(id, volume, qos).await
     }
+    // Captures: forwarded (a copy boots nothing; the captures subsystem is
+    // gated like compute).
+    async fn capture_root(
+        &self,
+        id: InstanceId,
+        dest: &std::path::Path,
+        format: &str,
+    ) -> Result<u64, HypervisorError> {
+        self.inner.capture_root(id, dest, format).await
+    }
     // NICs: forwarded as they are (the NICs subsystem is gated like compute).
     async fn nics(&self, id: InstanceId) -> Result<Vec<String>, HypervisorError> {
         self.inner.nics(id).await

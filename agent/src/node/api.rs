@@ -5,6 +5,10 @@
 //!   (`<state-dir>/console/<id>.log`), followed while the client reads.
 //! - `GET /v1/capture/<tap>[?count=N]`: `tcpdump -l -n -e` text on a local
 //!   tap, streamed.
+//! - `GET /v1/disk-capture/<image id>`: the complete copy of a root disk
+//!   this node made for a new image (`<state-dir>/captures/<image>.img`,
+//!   see [`crate::compute::capture`]), read by the leading coordinator
+//!   into the image store.
 //! - `GET /v1/etcd-status`: this agent's etcd session and self-fencing
 //!   phase ([`nubo_common::model::EtcdSessionStatus`], JSON), read by the
 //!   peer witnesses of the other agents and by the coordinator before it
@@ -51,6 +55,7 @@ pub const NODE_API_LABEL: &str = nubo_common::model::NODE_API_LABEL;
 #[derive(Clone)]
 struct Ctx {
     console_dir: PathBuf,
+    captures_dir: PathBuf,
     session: Option<SessionWatch>,
     gate: Arc<TicketGate>,
 }
@@ -171,7 +176,12 @@ pub async fn spawn(
         NODE_API_LABEL.to_string(),
         NodeApiAddr::label(addr, tls.is_some()),
     );
-    let app = router(cfg.state_dir.join("console"), session, gate);
+    let app = router(
+        cfg.state_dir.join("console"),
+        crate::compute::capture::captures_dir(&cfg.state_dir),
+        session,
+        gate,
+    );
     info!(%addr, tls = tls.is_some(), "node API listening");
     tasks.spawn(
         async move {
@@ -183,16 +193,23 @@ pub async fn spawn(
     );
 }
 
-fn router(console_dir: PathBuf, session: Option<SessionWatch>, gate: Arc<TicketGate>) -> Router {
+fn router(
+    console_dir: PathBuf,
+    captures_dir: PathBuf,
+    session: Option<SessionWatch>,
+    gate: Arc<TicketGate>,
+) -> Router {
     Router::new()
         .route("/v1/console/{id}", get(console))
         .route("/v1/capture/{tap}", get(capture))
+        .route("/v1/disk-capture/{image}", get(disk_capture))
         .route(
             nubo_common::model::EtcdSessionStatus::PATH,
             get(etcd_status),
         )
         .with_state(Ctx {
             console_dir,
+            captures_dir,
             session,
             gate,
         })
@@ -253,6 +270,54 @@ async fn console(
                         }
                     }
                 }
+                Ok(n) => {
+                    if tx
+                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    stream_body(rx)
+}
+
+async fn disk_capture(
+    State(ctx): State<Ctx>,
+    Path(image): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(image) = image.parse::<nubo_common::ImageId>() else {
+        return (StatusCode::BAD_REQUEST, "bad image id\n").into_response();
+    };
+    if let Err(r) = admit(&ctx, &headers, &StreamTarget::DiskCapture { image }).await {
+        return r;
+    }
+    let path = crate::compute::capture::copy_path(&ctx.captures_dir, &image);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no complete disk capture for image {image} on this node: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        // Chunks the image store takes as they are (at most 1 MiB).
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf).await {
+                Ok(0) => return,
                 Ok(n) => {
                     if tx
                         .send(Ok(Bytes::copy_from_slice(&buf[..n])))
@@ -386,7 +451,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (gate, signer) = test_gate();
-        let app = router(dir.path().to_path_buf(), None, gate);
+        let app = router(
+            dir.path().to_path_buf(),
+            dir.path().to_path_buf(),
+            None,
+            gate,
+        );
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let path = format!("/v1/console/{id}");
         let get = |t: Option<String>| {
@@ -452,7 +522,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (gate, signer) = test_gate();
-        let app = router(std::env::temp_dir(), None, gate);
+        let app = router(std::env::temp_dir(), std::env::temp_dir(), None, gate);
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let body = http_get_with(addr, "/v1/capture/tap0a", None).await;
         assert!(body.contains("401"), "{body}");
@@ -469,6 +539,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn disk_capture_serves_a_complete_copy_only_with_a_ticket_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = nubo_common::ImageId::new_random();
+        let copy = crate::compute::capture::copy_path(dir.path(), &image);
+        std::fs::write(&copy, b"NUBO-DISK-BYTES").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (gate, signer) = test_gate();
+        let app = router(std::env::temp_dir(), dir.path().to_path_buf(), None, gate);
+        let srv = tokio::spawn(async move { axum::serve(listener, app).await });
+        let path = nubo_nodeapi::disk_capture_path(&image);
+        let body = http_get_with(addr, &path, None).await;
+        assert!(
+            body.contains("401") && !body.contains("NUBO-DISK"),
+            "{body}"
+        );
+        let other = nubo_common::ImageId::new_random();
+        let t = ticket(&signer, StreamTarget::DiskCapture { image: other }, 30_000);
+        let body = http_get_with(addr, &path, Some(&t)).await;
+        assert!(
+            body.contains("403") && !body.contains("NUBO-DISK"),
+            "{body}"
+        );
+        let t = ticket(&signer, StreamTarget::DiskCapture { image }, 30_000);
+        let body = http_get_with(addr, &path, Some(&t)).await;
+        assert!(
+            body.contains("200 OK") && body.contains("NUBO-DISK-BYTES"),
+            "{body}"
+        );
+        // A copy still being written (only `.part`) is not served.
+        std::fs::remove_file(&copy).unwrap();
+        let t = ticket(&signer, StreamTarget::DiskCapture { image }, 30_000);
+        let body = http_get_with(addr, &path, Some(&t)).await;
+        assert!(body.contains("404"), "{body}");
+        srv.abort();
+    }
+
+    #[tokio::test]
     async fn etcd_status_reports_the_session() {
         use crate::fencing::rules::{Clock, LeaseAck, ManualClock};
         use nubo_common::model::{EtcdSessionStatus, FencePhase};
@@ -477,7 +585,12 @@ mod tests {
         let (tx, session) = crate::fencing::session(&cfg, clock.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(std::env::temp_dir(), Some(session), test_gate().0);
+        let app = router(
+            std::env::temp_dir(),
+            std::env::temp_dir(),
+            Some(session),
+            test_gate().0,
+        );
         let srv = tokio::spawn(async move { axum::serve(listener, app).await });
         let status = |body: String| -> EtcdSessionStatus {
             let (_, json) = body.split_once("\r\n\r\n").unwrap();

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use nubo_common::keys::{self, Key};
 use nubo_common::model::{
-    self, Assignment, Flavor, FloatingIp, GuestStop, Image, IncomingMigration, Instance,
-    InstanceStatus, Keypair, MigrationReport, Network, Node, OutgoingMigration, Port, Router,
-    RouterSnat, SecurityGroup, Volume, VolumeType,
+    self, Assignment, CaptureOrder, CaptureReport, Flavor, FloatingIp, GuestStop, Image,
+    IncomingMigration, Instance, InstanceStatus, Keypair, MigrationReport, Network, Node,
+    OutgoingMigration, Port, Router, RouterSnat, SecurityGroup, Volume, VolumeType,
 };
 use nubo_common::{
     FlavorName, FloatingIpId, ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId,
@@ -89,6 +89,11 @@ pub struct Cache {
     pub outgoing: BTreeMap<InstanceId, OutgoingMigration>,
     /// This node's migration reports, by migration.
     pub migration_reports: BTreeMap<MigrationId, MigrationReport>,
+    /// The captures this node is to make (`hosts/<node>/captures/<image>`),
+    /// by image.
+    pub capture_orders: BTreeMap<ImageId, CaptureOrder>,
+    /// This node's capture reports, by image.
+    pub capture_reports: BTreeMap<ImageId, CaptureReport>,
     /// Keys whose value did not decode, with the reason.
     pub garbage: BTreeMap<String, String>,
     /// How far each watched prefix is known: every change under it up to
@@ -210,6 +215,18 @@ impl Cache {
                 }
                 // Relevant: a guest that left moves its MAC's FDB entry.
                 put_or_remove(&mut self.migration_reports, g, id, key, value);
+            }
+            Key::CaptureOrder(node, id) => {
+                if self.local_node.as_ref().is_some_and(|n| *n != node) {
+                    return Change::Ignored;
+                }
+                put_or_remove(&mut self.capture_orders, g, id, key, value);
+            }
+            Key::CaptureReport(node, id) => {
+                if self.local_node.as_ref().is_some_and(|n| *n != node) {
+                    return Change::Ignored;
+                }
+                put_or_remove(&mut self.capture_reports, g, id, key, value);
             }
             Key::Assignment(node, id) => {
                 let per_node = self.assignments.entry(node.clone()).or_default();

@@ -21,11 +21,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use nubo_common::keys;
 use nubo_common::model::{
-    Image, IncomingMigration, Instance, Keypair, MigrationReport, Network, OutgoingMigration,
-    PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
+    CaptureOrder, CaptureReport, Image, IncomingMigration, Instance, Keypair, MigrationReport,
+    Network, OutgoingMigration, PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
 };
 use nubo_common::{
-    InstanceId, MigrationId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId, VolumeId,
+    ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId,
+    VolumeId,
 };
 use nubo_netid::MacAddr;
 
@@ -84,6 +85,10 @@ pub struct DesiredNode {
     pub outgoing: BTreeMap<InstanceId, DesiredOutgoing>,
     /// This node's migration reports, by migration.
     pub migration_reports: BTreeMap<MigrationId, MigrationReport>,
+    /// Root-disk captures this node is to make, by image.
+    pub capture_orders: BTreeMap<ImageId, CaptureOrder>,
+    /// This node's capture reports, by image.
+    pub capture_reports: BTreeMap<ImageId, CaptureReport>,
 }
 
 /// An instance to move away, with where to.
@@ -358,6 +363,8 @@ pub fn rebuild(
         );
     }
     out.migration_reports = cache.migration_reports.clone();
+    out.capture_orders = cache.capture_orders.clone();
+    out.capture_reports = cache.capture_reports.clone();
     // A spec copy whose assignment may still be on its way (the switch of
     // a migration writes both, under two prefixes): its guest is held.
     for (id, spec) in &cache.instances {

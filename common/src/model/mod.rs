@@ -5,6 +5,7 @@
 //! written by hand with `etcdctl put` that does not parse is reported as a
 //! [`DecodeError`] naming the key, and the caller logs and skips it.
 
+mod capture;
 mod compute;
 mod identity;
 mod migration;
@@ -12,6 +13,7 @@ mod network;
 mod node;
 mod storage;
 
+pub use capture::*;
 pub use compute::*;
 pub use identity::*;
 pub use migration::*;

@@ -16,8 +16,8 @@
 //! disks made from the image later import it into Ceph as any uploaded
 //! image.
 //!
-//! A server whose root disk is not on Ceph (a node's local disk) cannot
-//! be captured yet: refused with the reason.
+//! A server whose root disk is not on Ceph (a node's local disk) is
+//! copied by its node's agent instead: [`super::local_capture`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -108,7 +108,9 @@ pub async fn from_volume(
 }
 
 /// Makes a new image of `project` from server `server`'s root disk (its
-/// boot volume, or its root disk in Ceph's disks pool).
+/// boot volume, or its root disk in Ceph's disks pool; a root disk on its
+/// node's local storage is copied by that node's agent,
+/// [`super::local_capture`]).
 pub async fn from_server(
     ctx: &Ctx,
     project: &ProjectId,
@@ -116,27 +118,6 @@ pub async fn from_server(
     c: Capture,
 ) -> ApiResult<Image> {
     let inst = super::lookup::server(ctx, project, server).await?.value;
-    let rbd = super::volumes::rbd(ctx).map_err(|_| {
-        ApiError::FailedPrecondition(format!(
-            "server {:?}: capturing a root disk needs Ceph, and this coordinator has none; a node's local disk cannot be captured yet",
-            inst.name
-        ))
-    })?;
-    let (disk, min_disk) = match &inst.boot_volume {
-        Some(b) => (rbd.volume_ref(&b.volume.to_string()), 0),
-        None => (
-            rbd.root_disk_ref(&inst.id.to_string()),
-            inst.resources.disk_gb,
-        ),
-    };
-    let d = disk.clone();
-    if !ceph(ctx, move |s| s.disk_exists(&d)).await? {
-        return Err(ApiError::FailedPrecondition(format!(
-            "server {:?} has no root disk in Ceph ({}): its disk is on its node's local storage (or not made yet), which cannot be captured yet",
-            inst.name,
-            disk.spec()
-        )));
-    }
     let mut props = c.properties.clone();
     for (k, v) in [
         ("image_type", "snapshot".to_string()),
@@ -145,17 +126,50 @@ pub async fn from_server(
     ] {
         props.entry(k.into()).or_insert(v);
     }
-    capture(
-        ctx,
-        project,
-        disk,
-        min_disk,
-        Capture {
-            properties: props,
-            ..c
+    let c = Capture {
+        properties: props,
+        ..c
+    };
+    let (disk, min_disk) = match &inst.boot_volume {
+        Some(b) => {
+            let rbd = super::volumes::rbd(ctx).map_err(|_| {
+                ApiError::FailedPrecondition(format!(
+                    "server {:?} boots from a volume, and this coordinator has no Ceph to read it from",
+                    inst.name
+                ))
+            })?;
+            (rbd.volume_ref(&b.volume.to_string()), 0)
+        }
+        None => match root_in_ceph(ctx, &inst).await? {
+            Some(disk) => (disk, inst.resources.disk_gb),
+            None => {
+                let new = NewImage {
+                    name: c.name.clone(),
+                    disk_format: format_of(&c)?.to_string(),
+                    min_disk_gb: inst.resources.disk_gb,
+                    visibility: c.visibility.clone(),
+                    properties: c.properties.clone(),
+                    ..NewImage::default()
+                };
+                return super::local_capture::request(ctx, project, &inst, new).await;
+            }
         },
-    )
-    .await
+    };
+    capture(ctx, project, disk, min_disk, c).await
+}
+
+/// The root disk of `inst` in Ceph's disks pool, if it is there (`None`:
+/// on its node's local storage, or no Ceph here).
+async fn root_in_ceph(
+    ctx: &Ctx,
+    inst: &nubo_common::model::Instance,
+) -> ApiResult<Option<DiskRef>> {
+    let Ok(rbd) = super::volumes::rbd(ctx) else {
+        return Ok(None);
+    };
+    let disk = rbd.root_disk_ref(&inst.id.to_string());
+    let d = disk.clone();
+    Ok(ceph(ctx, move |s| s.disk_exists(&d)).await?.then_some(disk))
 }
 
 /// Snapshots `disk`, creates the image (`queued`) and starts the copy.

@@ -15,6 +15,7 @@ pub mod image_data;
 pub mod images;
 pub mod instance_actions;
 pub mod keypairs;
+pub mod local_capture;
 pub mod lookup;
 pub mod migrations;
 pub mod moves;

@@ -1,4 +1,5 @@
-//! Console and capture streams, relayed from the node that has them.
+//! Console and capture streams, relayed from the node that has them, and
+//! the disk captures the leader reads from a node ([`disk_capture`]).
 //!
 //! Tenants never talk to hypervisors: the caller asks a coordinator
 //! (`Servers.Console`, `Ports.Capture`), which resolves the server or port
@@ -47,8 +48,19 @@ fn caller() -> (Option<UserName>, Option<ProjectId>, String) {
     }
 }
 
-/// Issues the ticket, audits it and opens the stream on the node.
+/// Issues the ticket, audits it and opens the stream on the node, for
+/// the caller of the request.
 async fn open(ctx: &Ctx, r: Resolved, path: &str) -> ApiResult<NodeStream> {
+    open_for(ctx, r, path, caller()).await
+}
+
+/// [`open`] for `who` (user, project, issued-to text).
+async fn open_for(
+    ctx: &Ctx,
+    r: Resolved,
+    path: &str,
+    (user, project, issued_to): (Option<UserName>, Option<ProjectId>, String),
+) -> ApiResult<NodeStream> {
     let node: Node = ctx
         .store
         .read::<Node>(&keys::node(&r.node))
@@ -62,7 +74,6 @@ async fn open(ctx: &Ctx, r: Resolved, path: &str) -> ApiResult<NodeStream> {
         ))
     })?;
     let signer = ctx.tickets.signer(&ctx.store).await?;
-    let (user, project, issued_to) = caller();
     let issued = nubo_nodeapi::ticket::now_ms();
     let claims = TicketClaims {
         id: uuid::Uuid::new_v4().simple().to_string(),
@@ -142,4 +153,28 @@ pub async fn capture(
         what: format!("port {} capture on {tap}", port.id),
     };
     open(ctx, resolved, &nubo_nodeapi::capture_path(&tap, count)).await
+}
+
+/// The copy of a root disk that `node` made for image `image` (a capture
+/// of a local disk, [`super::local_capture`]), opened by the leading
+/// coordinator for the image's `project`: the ticket is issued to the
+/// coordinator itself, and audited like any other.
+pub async fn disk_capture(
+    ctx: &Ctx,
+    node: &NodeName,
+    image: &nubo_common::ImageId,
+    project: &ProjectId,
+) -> ApiResult<NodeStream> {
+    let resolved = Resolved {
+        node: node.clone(),
+        target: StreamTarget::DiskCapture { image: *image },
+        kind: "images",
+        what: format!("image {image} disk capture"),
+    };
+    let who = (
+        None,
+        Some(project.clone()),
+        format!("coordinator {} (image capture)", ctx.leader.leader_id()),
+    );
+    open_for(ctx, resolved, &nubo_nodeapi::disk_capture_path(image), who).await
 }

@@ -1030,6 +1030,64 @@ impl super::Hypervisor for LibvirtHypervisor {
         Ok(())
     }
 
+    /// A running (or paused) domain: a push-mode backup job of `vda`
+    /// ([`LibvirtDriver::backup_disk`]; the guest keeps running, the copy
+    /// is of the moment the job started). A shut-off one: `qemu-img
+    /// convert` of its local qcow2 overlay and the base beneath it. A root
+    /// disk that is not a local file (RBD) is the coordinator's to capture.
+    async fn capture_root(
+        &self,
+        id: InstanceId,
+        dest: &std::path::Path,
+        format: &str,
+    ) -> Result<u64, HypervisorError> {
+        if !super::disk_copy::valid_format(format) {
+            return Err(HypervisorError::Unsupported(format!(
+                "capture format {format:?} (raw or qcow2)"
+            )));
+        }
+        let name = id.to_string();
+        let info = self
+            .driver
+            .get(&name)
+            .await
+            .map_err(|e| self.dom_err(id, e))?
+            .ok_or(HypervisorError::NotFound(id))?;
+        let disks = self
+            .driver
+            .disks(&name)
+            .await
+            .map_err(|e| self.dom_err(id, e))?;
+        let root = disks
+            .iter()
+            .find(|d| d.target == "vda")
+            .and_then(|d| d.source.clone())
+            .filter(|s| s.starts_with('/'))
+            .ok_or_else(|| {
+                HypervisorError::Unsupported(format!(
+                    "the root disk of {id} is not a local file here (an RBD disk is captured from Ceph)"
+                ))
+            })?;
+        if info.state.is_active() {
+            self.driver
+                .backup_disk(&name, "vda", dest, format)
+                .await
+                .map_err(|e| self.dom_err(id, e))?;
+            super::disk_copy::file_size(dest).await
+        } else {
+            // The local backend's root disks are qcow2 overlays (never
+            // probed: a guest could write any header into its disk).
+            super::disk_copy::convert(
+                std::path::Path::new(&root),
+                Some("qcow2"),
+                dest,
+                format,
+                false,
+            )
+            .await
+        }
+    }
+
     async fn pause(&self, id: InstanceId) -> Result<(), HypervisorError> {
         self.driver
             .suspend(&id.to_string())

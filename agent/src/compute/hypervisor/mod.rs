@@ -2,6 +2,7 @@
 //! technology: [`netns::NetnsHypervisor`] (network-namespace guests; libvirt to
 //! come) plus [`fake::FakeHypervisor`].
 
+pub mod disk_copy;
 pub mod fake;
 pub mod libvirt;
 pub mod netns;
@@ -267,6 +268,23 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn detach_nic(&self, id: InstanceId, tap: &str) -> Result<(), HypervisorError> {
         Err(HypervisorError::Unsupported(format!(
             "detaching NIC {tap} from {id} on the {} driver",
+            self.driver()
+        )))
+    }
+    /// Copies the root disk of a managed instance, as it is at one point
+    /// in time (crash-consistent), into `dest` in `format` (`raw` or
+    /// `qcow2`), and returns the size of the copy in bytes. A running guest
+    /// is running afterwards. Drivers without a local root disk answer
+    /// [`HypervisorError::Unsupported`].
+    async fn capture_root(
+        &self,
+        id: InstanceId,
+        dest: &std::path::Path,
+        format: &str,
+    ) -> Result<u64, HypervisorError> {
+        let _ = (dest, format);
+        Err(HypervisorError::Unsupported(format!(
+            "capturing the root disk of {id} on the {} driver",
             self.driver()
         )))
     }

@@ -19,6 +19,14 @@
 //! serial log) holds timestamped lines of what the driver did to it: boot
 //! (namespace, NIC) and stop.
 //!
+//! Disk: a netns guest has no block device, but so that images can be
+//! made of it like of a VM ([`Hypervisor::capture_root`]), each guest has
+//! a small raw "root disk" file, `<state-dir>/netns-disks/<id>.raw`
+//! ([`DISK_BYTES`], sparse, starting with a text header naming the
+//! instance), made on create (or on the first capture of a guest created
+//! before disks existed) and removed on destroy. Nothing in the guest
+//! writes it; whoever stands in for the guest (a test) may.
+//!
 //! NICs are hot-plugged ([`Hypervisor::attach_nic`]: one more veth, in the
 //! guest under the lowest free `ethN`) and unplugged
 //! ([`Hypervisor::detach_nic`]: the veth is deleted); a stopped guest only
@@ -50,6 +58,7 @@
 //! [`Hypervisor::pause`]: super::Hypervisor::pause
 //! [`Hypervisor::resume`]: super::Hypervisor::resume
 //! [`Hypervisor::attach_nic`]: super::Hypervisor::attach_nic
+//! [`Hypervisor::capture_root`]: super::Hypervisor::capture_root
 //! [`Hypervisor::detach_nic`]: super::Hypervisor::detach_nic
 
 use std::collections::BTreeMap;
@@ -75,6 +84,14 @@ pub const STATE_FILE: &str = "netns-guests.json";
 
 /// The most NICs a guest has (`eth0` … `eth15`).
 pub const MAX_NICS: usize = 16;
+
+/// Size of a guest's disk file (sparse).
+pub const DISK_BYTES: u64 = 1 << 20;
+
+/// The text a new guest disk starts with. Pure.
+pub fn disk_header(id: &InstanceId) -> String {
+    format!("nubo netns guest disk\ninstance {id}\n")
+}
 
 /// One NIC of a guest: a veth pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +174,8 @@ pub struct NetnsHypervisor {
     /// Where the guests' console logs are (`<state-dir>/console`, served by
     /// the node API like a domain's serial log).
     console_dir: PathBuf,
+    /// Where the guests' disk files are (`<state-dir>/netns-disks`).
+    disk_dir: PathBuf,
 }
 
 impl std::fmt::Debug for NetnsHypervisor {
@@ -212,12 +231,48 @@ impl NetnsHypervisor {
             netlink,
             state: Mutex::new(state),
             console_dir: state_dir.join("console"),
+            disk_dir: state_dir.join("netns-disks"),
         })
     }
 
     /// The namespace name of an instance.
     pub fn netns_name(&self, id: &InstanceId) -> String {
         guest_netns_name(&self.prefix, id)
+    }
+
+    /// The disk file of an instance (see the module docs).
+    pub fn disk_path(&self, id: &InstanceId) -> PathBuf {
+        self.disk_dir.join(format!("{id}.raw"))
+    }
+
+    /// Makes the disk file of `id` unless it exists.
+    async fn ensure_disk(&self, id: &InstanceId) -> Result<(), HypervisorError> {
+        let path = self.disk_path(id);
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let state = |source| HypervisorError::State {
+            path: path.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(&self.disk_dir)
+            .await
+            .map_err(state)?;
+        // Written aside and renamed: a crash never leaves half a header.
+        let tmp = self.disk_dir.join(format!("{id}.raw.new"));
+        let f = tokio::fs::File::create(&tmp).await.map_err(state)?;
+        let mut f = f.into_std().await;
+        let header = disk_header(id);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            f.write_all(header.as_bytes())?;
+            f.set_len(DISK_BYTES)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(|e| backend("write guest disk", e))?
+        .map_err(state)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(state)
     }
 
     async fn persist(&self, st: &NetnsState) -> Result<(), HypervisorError> {
@@ -706,6 +761,7 @@ impl super::Hypervisor for NetnsHypervisor {
             rec.created_at = prev.created_at;
             rec.boot_count = prev.boot_count + u64::from(running);
         }
+        self.ensure_disk(&id).await?;
         if running {
             self.boot(&ns, &rec).await?;
         }
@@ -786,7 +842,38 @@ impl super::Hypervisor for NetnsHypervisor {
         }
         self.persist(&next).await?;
         *st = next;
+        let disk = self.disk_path(&id);
+        if let Err(e) = tokio::fs::remove_file(&disk).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(instance = %id, disk = %disk.display(), error = %e, "guest disk left behind");
+            }
+        }
         Ok(())
+    }
+
+    async fn capture_root(
+        &self,
+        id: InstanceId,
+        dest: &Path,
+        format: &str,
+    ) -> Result<u64, HypervisorError> {
+        let ns = self.netns_name(&id);
+        // Held during the copy: no create, destroy or reboot of the guest
+        // meanwhile, so the copy is of one point in time.
+        let st = self.state.lock().await;
+        if st.guests.get(&ns).is_none_or(|r| r.id != id) {
+            return Err(HypervisorError::NotFound(id));
+        }
+        self.ensure_disk(&id).await?;
+        let src = self.disk_path(&id);
+        if format == "raw" {
+            tokio::fs::copy(&src, dest)
+                .await
+                .map_err(|e| backend(&format!("copy {}", src.display()), e))?;
+            super::disk_copy::file_size(dest).await
+        } else {
+            super::disk_copy::convert(&src, Some("raw"), dest, format, false).await
+        }
     }
 
     async fn nics(&self, id: InstanceId) -> Result<Vec<String>, HypervisorError> {
