@@ -208,6 +208,27 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         .unwrap_err();
     refused(e, Code::FailedPrecondition, "is already attached to router");
 
+    // Overlapping subnets in one project are fine (as in Neutron) until
+    // both meet in one router: 400 naming both.
+    let twin = network(&mut cl, "twin", "10.0.0.128/25", "p1").await;
+    let e = cl
+        .routers
+        .add_subnet(subnet("r1", "twin", "p1"))
+        .await
+        .unwrap_err();
+    refused(
+        e,
+        Code::InvalidArgument,
+        "network \"twin\" (10.0.0.128/25) overlaps network \"net1\" (10.0.0.0/24) of router \"r1\"",
+    );
+    cl.networks
+        .delete(pb::DeleteRequest {
+            r#ref: twin.id,
+            project: "p1".into(),
+        })
+        .await
+        .unwrap();
+
     // Update: a taken name is refused and nothing changes; a free one and
     // the administrative state are kept.
     let upd = |name: Option<&str>, disabled: Option<bool>| pb::UpdateRouterRequest {

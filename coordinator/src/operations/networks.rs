@@ -2,6 +2,15 @@
 //! networks), or a flat/VLAN segment of a physical network (provider
 //! networks, admin only, each segment used once); external and shared
 //! networks (admin only).
+//!
+//! Subnets may overlap, in one project too (as in Neutron): nothing on a
+//! node is keyed by a project and an address. Each network has its own
+//! bridge, DHCP socket and IPAM prefix; metadata knows a caller by (bridge,
+//! address, MAC); a router lives in a namespace of its own and is the one
+//! place two subnets meet, so [`super::routers::add_subnet`] refuses a
+//! subnet overlapping one of the router's (and the agent's router spec
+//! refuses it again); a floating IP goes through one router. Remote-group
+//! rules match members by address, as Neutron's do, across networks.
 
 use etcd_client::GetOptions;
 use ipnet::Ipv4Net;
@@ -23,8 +32,9 @@ use crate::validate;
 pub struct NewNetwork {
     /// Its name (unique in the project).
     pub name: String,
-    /// IPv4 CIDR, e.g. `10.20.0.0/24` (must not overlap the project's
-    /// other networks); empty = no subnet yet ([`set_subnet`] adds it).
+    /// IPv4 CIDR, e.g. `10.20.0.0/24` (may overlap the project's other
+    /// networks, as in Neutron: only a router refuses two overlapping
+    /// subnets); empty = no subnet yet ([`set_subnet`] adds it).
     pub cidr: String,
     /// Gateway: empty = the first host address, `none` = no gateway.
     pub gateway: String,
@@ -151,46 +161,6 @@ pub fn subnet_of(net: &Network) -> ApiResult<Ipv4Net> {
     })
 }
 
-/// The names and subnets of `project`'s networks, read at the store
-/// revision it returns (a transaction comparing the networks' prefix
-/// against it re-checks after a concurrent change).
-async fn project_subnets(
-    ctx: &Ctx,
-    project: &ProjectId,
-) -> ApiResult<(i64, Vec<(String, Option<Ipv4Net>)>)> {
-    let rev = ctx.store.revision().await?;
-    let existing = ctx
-        .store
-        .list_all(&keys::networks_prefix(), |kv| {
-            decode_or_skip::<Network>(kv)
-                .filter(|n| n.project == *project)
-                .map(|n| (n.name, n.cidr))
-        })
-        .await?;
-    Ok((rev, existing))
-}
-
-/// Refuses `cidr` when it overlaps another subnet of the project (`name`
-/// is the network getting it, skipped).
-fn check_overlap(
-    cidr: Ipv4Net,
-    name: &str,
-    existing: &[(String, Option<Ipv4Net>)],
-    project: &ProjectId,
-) -> ApiResult<()> {
-    let others: Vec<(String, Ipv4Net)> = existing
-        .iter()
-        .filter(|(n, _)| n != name)
-        .filter_map(|(n, c)| Some((n.clone(), (*c)?)))
-        .collect();
-    match validate::find_overlap(cidr, &others) {
-        Some((other_name, other)) => Err(ApiError::InvalidArgument(format!(
-            "network {cidr} overlaps with another subnet: network {other_name:?} ({other}) in project {project}"
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// Creates a network of `project` with a unique VNI.
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<Network> {
     let project = project.clone();
@@ -227,18 +197,6 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
     let shared_key = r.shared.then(|| keys::shared_network_name(&r.name));
     let idx = keys::name_index(NameKind::Network, &project, &r.name);
     for _ in 0..16 {
-        // The project's networks, read at a revision the txn then
-        // compares against: a concurrent create forces a re-check.
-        let (rev, existing) = project_subnets(ctx, &project).await?;
-        if existing.iter().any(|(n, _)| *n == r.name) {
-            return Err(ApiError::AlreadyExists(format!(
-                "network {:?} already exists in project {project}",
-                r.name
-            )));
-        }
-        if let Some(sn) = &subnet {
-            check_overlap(sn.cidr, &r.name, &existing, &project)?;
-        }
         // Provider networks are on a physical segment: no VNI.
         let vni = if provider.is_some() {
             0
@@ -265,7 +223,6 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
         };
         let mut t = TxnBuilder::new();
         let name_free = t.absent(&idx);
-        t.prefix_unchanged_since(&keys::networks_prefix(), rev);
         t.put(&idx, &net.id);
         if provider.is_none() {
             let vkey = keys::vni(vni);
@@ -326,7 +283,8 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
 /// What [`set_subnet`] gives a network.
 #[derive(Debug, Clone, Default)]
 pub struct NewSubnet {
-    /// IPv4 CIDR (must not overlap the project's other networks).
+    /// IPv4 CIDR (may overlap other networks' subnets; a router refuses
+    /// two overlapping ones).
     pub cidr: String,
     /// Gateway: empty = the first host address, `none` = no gateway.
     pub gateway: String,
@@ -366,8 +324,6 @@ pub async fn set_subnet(
                 n.name
             )));
         }
-        let (rev, existing) = project_subnets(ctx, &n.project).await?;
-        check_overlap(subnet.cidr, &n.name, &existing, &n.project)?;
         n.cidr = Some(subnet.cidr);
         n.gateway = subnet.gateway;
         n.dns = subnet.dns.clone();
@@ -378,7 +334,6 @@ pub async fn set_subnet(
             validate::allocation_pools(&sn.allocation_pools, subnet.cidr, subnet.gateway)?;
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::network(&n.id), net.mod_rev);
-        t.prefix_unchanged_since(&keys::networks_prefix(), rev);
         t.put(&keys::network(&n.id), &n);
         if ctx.store.commit(&t).await?.succeeded() {
             tracing::info!(network = %n.id, cidr = %subnet.cidr, "subnet added");
