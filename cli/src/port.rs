@@ -4,7 +4,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use nubo_common::proto::{CreatePortRequest, Port, Server, ServerAddress, UpdatePortRequest};
+use nubo_common::proto::{
+    CreatePortRequest, FixedIp, Port, Server, ServerAddress, UpdatePortRequest,
+};
 use serde_json::{json, Value};
 use tonic::Code;
 
@@ -40,7 +42,7 @@ pub enum PortCmd {
         /// Port name or id.
         port: String,
     },
-    /// Change a port's security groups.
+    /// Change a port's security groups or fixed IPs.
     Set(SetArgs),
     /// Delete ports.
     Delete {
@@ -59,8 +61,12 @@ pub struct CreateArgs {
     #[arg(long)]
     pub network: String,
     /// Fixed IPv4 address (default: allocated).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fixed_ips")]
     pub ip: Option<Ipv4Addr>,
+    /// A fixed IP: subnet=SUBNET_ID,ip=ADDRESS (either part may be left
+    /// out; repeatable: one address each).
+    #[arg(long = "fixed-ip", value_parser = parse_fixed_ip)]
+    pub fixed_ips: Vec<FixedIp>,
     /// Security group (name or id, repeatable; default: the project's "default").
     #[arg(long = "security-group", conflicts_with = "no_port_security")]
     pub security_groups: Vec<String>,
@@ -77,10 +83,28 @@ impl CreateArgs {
             project: project.to_string(),
             network_ref: self.network.clone(),
             ip: self.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            fixed_ips: self.fixed_ips.clone(),
             security_groups: self.security_groups.clone(),
             no_port_security: self.no_port_security,
         }
     }
+}
+
+/// `subnet=ID,ip=ADDRESS`, either part optional (checked by the
+/// coordinator).
+fn parse_fixed_ip(s: &str) -> Result<FixedIp, String> {
+    let mut f = FixedIp::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("subnet", v)) => f.subnet_id = v.trim().to_string(),
+            Some(("ip", v)) => f.ip = v.trim().to_string(),
+            _ => return Err(format!("{part:?}: expected subnet=ID or ip=ADDRESS")),
+        }
+    }
+    if f.subnet_id.is_empty() && f.ip.is_empty() {
+        return Err(format!("{s:?}: give subnet=ID and/or ip=ADDRESS"));
+    }
+    Ok(f)
 }
 
 /// `nubo port set`.
@@ -89,8 +113,13 @@ pub struct SetArgs {
     /// Port name or id.
     pub port: String,
     /// The port's new security groups (names or ids; replaces the current ones).
-    #[arg(long = "security-group", required = true)]
+    #[arg(long = "security-group", required_unless_present = "fixed_ips")]
     pub security_groups: Vec<String>,
+    /// The port's new fixed IPs, subnet=SUBNET_ID,ip=ADDRESS (repeatable;
+    /// replaces the current ones; a subnet alone keeps the port's address
+    /// there, else gets a new one).
+    #[arg(long = "fixed-ip", value_parser = parse_fixed_ip)]
+    pub fixed_ips: Vec<FixedIp>,
 }
 
 impl SetArgs {
@@ -100,6 +129,8 @@ impl SetArgs {
             r#ref: self.port.clone(),
             project: project.to_string(),
             security_groups: self.security_groups.clone(),
+            set_fixed_ips: !self.fixed_ips.is_empty(),
+            fixed_ips: self.fixed_ips.clone(),
         }
     }
 }
@@ -113,6 +144,11 @@ pub fn to_json(p: &Port) -> Value {
         "network_id": p.network_id,
         "mac": p.mac,
         "ip": p.ip,
+        "fixed_ips": p
+            .fixed_ips
+            .iter()
+            .map(|f| json!({"subnet_id": opt(&f.subnet_id), "ip": f.ip}))
+            .collect::<Vec<_>>(),
         "security_group_ids": p.security_group_ids,
         "device_id": opt(&p.device_id),
         "node": opt(&p.node),
@@ -130,7 +166,15 @@ pub fn table(ports: &[Port]) -> Table {
             p.id.clone(),
             p.name.clone(),
             p.mac.clone(),
-            p.ip.clone(),
+            match p.fixed_ips.len() {
+                0 | 1 => p.ip.clone(),
+                _ => p
+                    .fixed_ips
+                    .iter()
+                    .map(|f| f.ip.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            },
             p.device_id.clone(),
             p.node.clone(),
         ]);

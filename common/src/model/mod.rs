@@ -11,6 +11,7 @@ mod migration;
 mod network;
 mod node;
 mod storage;
+mod subnet;
 
 pub use compute::*;
 pub use identity::*;
@@ -18,6 +19,7 @@ pub use migration::*;
 pub use network::*;
 pub use node::*;
 pub use storage::*;
+pub use subnet::*;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -7,6 +7,7 @@ pub mod app_creds;
 pub mod audit;
 pub mod cluster;
 pub mod evacuation;
+pub mod fixed_ips;
 pub mod flavors;
 pub mod floating_ips;
 pub mod identity;

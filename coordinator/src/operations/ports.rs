@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 
 use etcd_client::{GetOptions, Txn};
 use nubo_common::keys;
-use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage};
+use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage, Subnet};
 use nubo_common::{FloatingIpId, NetworkId, NodeName, PortId, ProjectId, RouterId};
 use nubo_store::kv::{put, unchanged};
 use nubo_store::{Guard, TxnBuilder};
@@ -25,32 +25,49 @@ const SMALL_NETWORK: u64 = 4096;
 /// Attempts at reserving an address / MAC before giving up.
 pub(crate) const MAX_ALLOC_ATTEMPTS: usize = 64;
 
-/// Addresses known to be taken on one network, for picking candidates.
+/// Addresses known to be taken on one subnet of a network, for picking
+/// candidates.
 #[derive(Debug)]
 pub(crate) struct IpPool {
     pub(crate) net: Network,
     cidr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
     taken: HashSet<Ipv4Addr>,
     loaded: bool,
 }
 
 impl IpPool {
-    /// The pool of `net`; refused for a network without a subnet.
+    /// The pool of the first subnet of `net`; refused for a network
+    /// without a subnet.
     pub(crate) fn new(net: Network) -> ApiResult<Self> {
         Ok(Self {
             cidr: super::networks::subnet_of(&net)?,
+            gateway: net.gateway,
+            ranges: net.allocation_pools.clone(),
             net,
             taken: HashSet::new(),
             loaded: false,
         })
     }
 
+    /// The pool of subnet `sn` of `net`.
+    pub(crate) fn for_subnet(net: Network, sn: &Subnet) -> Self {
+        Self {
+            cidr: sn.cidr,
+            gateway: sn.gateway,
+            ranges: sn.allocation_pools.clone(),
+            net,
+            taken: HashSet::new(),
+            loaded: false,
+        }
+    }
+
     /// Marks `ip` as taken (a reservation lost a race); small networks are
     /// re-read before the next pick.
     pub(crate) fn conflict(&mut self, ip: Ipv4Addr) {
         self.taken.insert(ip);
-        if ipam::usable_count(self.cidr, self.net.gateway, &self.net.allocation_pools)
-            <= SMALL_NETWORK
+        if ipam::usable_count(self.cidr, self.gateway, &self.ranges) <= SMALL_NETWORK
         {
             self.loaded = false;
         }
@@ -63,9 +80,10 @@ impl IpPool {
 
     fn full(&self) -> ApiError {
         ApiError::ResourceExhausted(format!(
-            "network {:?} is full: all {} addresses are in use",
+            "subnet {} of network {:?} is full: all {} addresses are in use",
+            self.cidr,
             self.net.name,
-            ipam::usable_count(self.cidr, self.net.gateway, &self.net.allocation_pools)
+            ipam::usable_count(self.cidr, self.gateway, &self.ranges)
         ))
     }
 }
@@ -119,8 +137,18 @@ pub(crate) fn reserve_ip(
 /// and writes the port.
 /// A port without an address reserves none (its address guard is `None`).
 pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Option<Guard>, Guard) {
-    let ip =
-        p.ip.map(|ip| reserve_ip(t, &p.network, ip, IpHolder::Port(p.id)));
+    let (ips, mac) = reserve_port_ips(p, t);
+    (ips.into_iter().next(), mac)
+}
+
+/// [`reserve_port`] with a guard for each of the port's addresses
+/// ([`Port::ips`] order).
+pub(crate) fn reserve_port_ips(p: &Port, t: &mut TxnBuilder) -> (Vec<Guard>, Guard) {
+    let ip = p
+        .ips()
+        .into_iter()
+        .map(|ip| reserve_ip(t, &p.network, ip, IpHolder::Port(p.id)))
+        .collect();
     if p.ip.is_none() {
         t.put(&keys::bare_port(&p.network, &p.id), &p.id);
     }
@@ -134,10 +162,12 @@ pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Option<Guard>, Guar
 /// Deletes a port in `t` and releases its address, MAC and owner mark.
 pub(crate) fn release_port(p: &Port, t: &mut TxnBuilder) {
     t.delete(&keys::port(&p.id));
-    match p.ip {
-        Some(ip) => t.delete(&keys::ipam(&p.network, IpAddr::V4(ip))),
-        None => t.delete(&keys::bare_port(&p.network, &p.id)),
-    };
+    for ip in p.ips() {
+        t.delete(&keys::ipam(&p.network, IpAddr::V4(ip)));
+    }
+    if p.ip.is_none() {
+        t.delete(&keys::bare_port(&p.network, &p.id));
+    }
     t.delete(&keys::mac(&p.mac));
     t.delete(&keys::port_owner(&p.id));
 }
@@ -176,7 +206,7 @@ pub(crate) async fn disassociate_ports_into(
     Ok(())
 }
 
-async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> {
+pub(crate) async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> {
     let prefix = keys::ipam_prefix(net);
     let mut taken = HashSet::new();
     let mut start = prefix.clone().into_bytes();
@@ -212,8 +242,7 @@ async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> 
 
 /// Picks the next address to try on a network.
 pub(crate) async fn next_ip(ctx: &Ctx, pool: &mut IpPool) -> ApiResult<Ipv4Addr> {
-    let small = ipam::usable_count(pool.cidr, pool.net.gateway, &pool.net.allocation_pools)
-        <= SMALL_NETWORK;
+    let small = ipam::usable_count(pool.cidr, pool.gateway, &pool.ranges) <= SMALL_NETWORK;
     if small && !pool.loaded {
         pool.taken = load_taken(ctx, &pool.net.id).await?;
         pool.loaded = true;
@@ -221,8 +250,8 @@ pub(crate) async fn next_ip(ctx: &Ctx, pool: &mut IpPool) -> ApiResult<Ipv4Addr>
     loop {
         let pick = ipam::pick(
             pool.cidr,
-            pool.net.gateway,
-            &pool.net.allocation_pools,
+            pool.gateway,
+            &pool.ranges,
             &pool.taken,
             &mut rand::rng(),
         );
@@ -271,6 +300,8 @@ pub struct NewPort {
     pub network: String,
     /// A fixed address; empty = allocated.
     pub ip: String,
+    /// Fixed addresses (subnet and/or address each), instead of `ip`.
+    pub fixed_ips: Vec<super::fixed_ips::FixedIpRequest>,
     /// Security groups (ids or names); empty = the project's `default`.
     pub security_groups: Vec<String>,
     /// No anti-spoofing and no security groups.
@@ -287,24 +318,8 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
     let net = super::lookup::usable_network(ctx, &project, &r.network)
         .await?
         .value;
-    let fixed = match r.ip.trim() {
-        "" => None,
-        s => {
-            let ip: Ipv4Addr = s
-                .parse()
-                .map_err(|_| ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address")))?;
-            let cidr = super::networks::subnet_of(&net)?;
-            if !ipam::assignable(cidr, net.gateway, ip) {
-                return Err(ApiError::InvalidArgument(format!(
-                    "ip {ip} is not an assignable address of network {:?} ({}, gateway {})",
-                    net.name,
-                    cidr,
-                    net.gateway.map_or("none".to_string(), |g| g.to_string())
-                )));
-            }
-            Some(ip)
-        }
-    };
+    // No subnet: the port has no address (Neutron's port on a bare network).
+    let mut addresses = super::fixed_ips::Addresses::resolve(&net, &r.ip, &r.fixed_ips)?;
     let sgs = super::security_groups::secgroups(ctx, &project, &r.security_groups).await?;
     let net_name = net.name.clone();
     let mut port = Port {
@@ -314,6 +329,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         network: net.id,
         mac: ipam::random_mac(&mut rand::rng()),
         ip: None,
+        more_ips: Vec::new(),
         security_groups: sgs,
         port_security: !r.no_port_security,
         device: None,
@@ -321,19 +337,12 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         router: None,
         created_at: model::now(),
     };
-    // No subnet: the port has no address (Neutron's port on a bare network).
-    let mut pool = match net.cidr {
-        Some(_) => Some(IpPool::new(net)?),
-        None => None,
-    };
     for _ in 0..MAX_ALLOC_ATTEMPTS {
-        port.ip = match (fixed, pool.as_mut()) {
-            (Some(ip), _) => Some(ip),
-            (None, Some(pool)) => Some(next_ip(ctx, pool).await?),
-            (None, None) => None,
-        };
+        let ips = addresses.pick(ctx).await?;
+        port.ip = ips.first().copied();
+        port.more_ips = ips.iter().skip(1).copied().collect();
         let mut t = TxnBuilder::new();
-        let (ip_free, mac_free) = reserve_port(&port, &mut t);
+        let (ips_free, mac_free) = reserve_port_ips(&port, &mut t);
         let delta = QuotaUsage {
             ports: 1,
             ..Default::default()
@@ -341,21 +350,11 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         super::quotas::add(ctx, &mut t, &port.project, &delta).await?;
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(port = %port.id, network = %port.network, ip = ?port.ip, "port created");
+            tracing::info!(port = %port.id, network = %port.network, ips = ?port.ips(), "port created");
             return Ok(port);
         }
-        if let (Some(guard), Some(ip)) = (ip_free, port.ip) {
-            if !a.held(guard) {
-                if fixed.is_some() {
-                    return Err(ApiError::AlreadyExists(format!(
-                        "address {ip} is already in use on network {net_name:?}"
-                    )));
-                }
-                if let Some(pool) = pool.as_mut() {
-                    pool.conflict(ip);
-                }
-            }
-        }
+        let taken: Vec<bool> = ips_free.iter().map(|g| !a.held(*g)).collect();
+        addresses.conflict(&ips, &taken)?;
         if !a.held(mac_free) {
             port.mac = ipam::random_mac(&mut rand::rng());
         }

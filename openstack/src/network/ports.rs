@@ -1,6 +1,6 @@
 //! Neutron ports over nubo's `Ports`: list, show, create, update of the
-//! security groups, delete. A port's one fixed address is on its network's
-//! one subnet (whose id is the network's).
+//! security groups and fixed IPs, delete. A port's fixed addresses are each
+//! on a subnet of its network.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -27,11 +27,7 @@ pub fn port_view(p: &pb::Port) -> Value {
         "project_id": p.project,
         "mac_address": p.mac,
         // A port made while its network had no subnet has no address.
-        "fixed_ips": if p.ip.is_empty() {
-            json!([])
-        } else {
-            json!([{"subnet_id": p.network_id, "ip_address": p.ip}])
-        },
+        "fixed_ips": fixed_ips_view(p),
         "security_groups": p.security_group_ids,
         "port_security_enabled": p.port_security,
         "device_id": if routed { &p.router_id } else { &p.device_id },
@@ -51,6 +47,33 @@ pub fn port_view(p: &pb::Port) -> Value {
         "created_at": p.created_at,
         "tags": [],
     })
+}
+
+/// A port's `fixed_ips` (a port from a reply without them: its one address
+/// on the network's first subnet, whose id is the network's). Pure.
+fn fixed_ips_view(p: &pb::Port) -> Value {
+    if !p.fixed_ips.is_empty() {
+        return p
+            .fixed_ips
+            .iter()
+            .map(|f| json!({"subnet_id": f.subnet_id, "ip_address": f.ip}))
+            .collect();
+    }
+    if p.ip.is_empty() {
+        json!([])
+    } else {
+        json!([{"subnet_id": p.network_id, "ip_address": p.ip}])
+    }
+}
+
+/// nubo's fixed IPs for Neutron's. Pure.
+fn fixed_ips_request(f: &[FixedIp]) -> Vec<pb::FixedIp> {
+    f.iter()
+        .map(|x| pb::FixedIp {
+            subnet_id: x.subnet_id.clone().unwrap_or_default(),
+            ip: x.ip_address.clone().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Neutron's port list filters nubo serves.
@@ -197,16 +220,7 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
     if !p.description.is_empty() {
         return bad("a port description is not supported");
     }
-    let ip = match p.fixed_ips.as_deref() {
-        None | Some([]) => String::new(),
-        Some([one]) => {
-            if one.subnet_id.as_ref().is_some_and(|s| *s != p.network_id) {
-                return bad("the subnet_id of a fixed IP must be its network's one subnet (same id as the network)");
-            }
-            one.ip_address.clone().unwrap_or_default()
-        }
-        Some(_) => return bad("a port has one fixed IP"),
-    };
+    let fixed_ips = fixed_ips_request(p.fixed_ips.as_deref().unwrap_or_default());
     let no_port_security = p.port_security_enabled == Some(false);
     let security_groups = p.security_groups.unwrap_or_default();
     if no_port_security && !security_groups.is_empty() {
@@ -219,9 +233,10 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
         name: p.name,
         project: p.project_id.unwrap_or_default(),
         network_ref: p.network_id,
-        ip,
+        fixed_ips,
         security_groups,
         no_port_security,
+        ..Default::default()
     })
 }
 
@@ -300,7 +315,10 @@ pub(crate) async fn update_port(
             c.get(crate::upstream::get_req(id)).await.api(S)?;
             return Err(ApiError::bad_request(
                 S,
-                format!("{} (nubo updates only a port's security_groups)", e.message),
+                format!(
+                    "{} (nubo updates only a port's security_groups and fixed_ips)",
+                    e.message
+                ),
             ));
         }
     };
@@ -316,20 +334,31 @@ pub(crate) async fn update_port(
             .await?
             .ok_or_else(|| ApiError::not_found(S, format!("Port {id} could not be found")))?,
     };
-    if let Some(asked) = &b.port.fixed_ips {
-        if !same_fixed_ips(&view, asked) {
-            return Err(ApiError::bad_request(
-                S,
-                "changing a port's fixed IPs is not supported (nubo): make a new port",
-            ));
-        }
+    let fixed_ips = b
+        .port
+        .fixed_ips
+        .as_deref()
+        .filter(|asked| !same_fixed_ips(&view, asked));
+    if fixed_ips.is_some() && current.is_none() {
+        return Err(ApiError::bad_request(
+            S,
+            "a router interface port's address is the router's (nubo)",
+        ));
     }
-    let p = match (b.port.security_groups, current) {
+    let groups = match (&b.port.security_groups, &current) {
+        (Some(g), _) => Some(g.clone()),
+        // Only the fixed IPs change: the groups stay.
+        (None, Some(p)) if fixed_ips.is_some() => Some(p.security_group_ids.clone()),
+        _ => None,
+    };
+    let p = match (groups, current) {
         (Some(groups), Some(_)) => c
             .update(pb::UpdatePortRequest {
                 r#ref: id,
                 project: String::new(),
                 security_groups: groups,
+                set_fixed_ips: fixed_ips.is_some(),
+                fixed_ips: fixed_ips.map(fixed_ips_request).unwrap_or_default(),
             })
             .await
             .api(S)?
@@ -378,11 +407,29 @@ mod tests {
         assert_eq!(
             (
                 r.network_ref.as_str(),
-                r.ip.as_str(),
+                r.fixed_ips.clone(),
                 r.security_groups.clone(),
                 r.no_port_security
             ),
-            ("n", "10.0.0.9", vec!["web".to_string()], false)
+            (
+                "n",
+                vec![pb::FixedIp {
+                    subnet_id: "n".into(),
+                    ip: "10.0.0.9".into()
+                }],
+                vec!["web".to_string()],
+                false
+            )
+        );
+        let r = parse(json!({"port": {"network_id": "n",
+            "fixed_ips": [{"subnet_id": "s1"}, {"ip_address": "10.1.0.9"}]}}))
+        .unwrap();
+        assert_eq!(
+            r.fixed_ips
+                .iter()
+                .map(|f| (f.subnet_id.as_str(), f.ip.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("s1", ""), ("", "10.1.0.9")]
         );
         let r =
             parse(json!({"port": {"network_id": "n", "port_security_enabled": false}})).unwrap();
@@ -391,14 +438,6 @@ mod tests {
             (
                 json!({"port": {"network_id": "n", "mac_address": "fa:16:3e:00:00:01"}}),
                 "mac_address",
-            ),
-            (
-                json!({"port": {"network_id": "n", "fixed_ips": [{"ip_address": "10.0.0.9"}, {"ip_address": "10.0.0.10"}]}}),
-                "one fixed IP",
-            ),
-            (
-                json!({"port": {"network_id": "n", "fixed_ips": [{"subnet_id": "other"}]}}),
-                "one subnet",
             ),
             (
                 json!({"port": {"network_id": "n", "device_id": "x"}}),
@@ -451,6 +490,25 @@ mod tests {
         assert_eq!(v["status"], "ACTIVE");
         assert_eq!(v["fixed_ips"][0]["subnet_id"], "n");
         assert_eq!(v["device_owner"], "compute:nova");
+        let two = port_view(&pb::Port {
+            ip: "10.0.0.5".into(),
+            fixed_ips: vec![
+                pb::FixedIp {
+                    subnet_id: "s1".into(),
+                    ip: "10.0.0.5".into(),
+                },
+                pb::FixedIp {
+                    subnet_id: "s2".into(),
+                    ip: "10.1.0.5".into(),
+                },
+            ],
+            ..p
+        });
+        assert_eq!(
+            two["fixed_ips"],
+            json!([{"subnet_id": "s1", "ip_address": "10.0.0.5"},
+                   {"subnet_id": "s2", "ip_address": "10.1.0.5"}])
+        );
         let free = port_view(&pb::Port::default());
         assert_eq!(free["status"], "DOWN");
         assert_eq!(free["fixed_ips"], json!([]), "an address-less port");
