@@ -353,8 +353,48 @@ mod tests {
                 ip: "10.0.0.9".into(),
                 security_groups: vec!["web".into(), "ssh".into()],
                 no_port_security: false,
+                fixed_ips: Vec::new(),
             }
         );
+    }
+
+    #[test]
+    fn fixed_ips_are_repeated_subnet_and_address_pairs() {
+        let Ok(PortCmd::Create(a)) = parse(&[
+            "create",
+            "p1",
+            "--network",
+            "net1",
+            "--fixed-ip",
+            "subnet=s1",
+            "--fixed-ip",
+            "subnet=s2,ip=10.1.0.9",
+            "--fixed-ip",
+            "ip=10.0.0.7",
+        ]) else {
+            panic!("not a create")
+        };
+        let f = |s: &str, ip: &str| FixedIp {
+            subnet_id: s.into(),
+            ip: ip.into(),
+        };
+        assert_eq!(
+            a.request("p").fixed_ips,
+            vec![f("s1", ""), f("s2", "10.1.0.9"), f("", "10.0.0.7")]
+        );
+        for bad in ["net=x", "subnet", ""] {
+            assert!(
+                parse(&["create", "p", "--network", "n", "--fixed-ip", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let Ok(PortCmd::Set(s)) = parse(&["set", "p1", "--fixed-ip", "subnet=s2"]) else {
+            panic!("not a set")
+        };
+        let r = s.request("p");
+        assert!(r.set_fixed_ips && r.security_groups.is_empty());
+        assert_eq!(r.fixed_ips, vec![f("s2", "")]);
+        assert!(parse(&["set", "p1"]).is_err(), "nothing to change");
     }
 
     fn server(node: &str, nets: &[(&str, &str)]) -> Server {

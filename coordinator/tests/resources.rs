@@ -361,6 +361,7 @@ async fn networks_ports_secgroups_validation() {
             r#ref: p2.id.clone(),
             project: String::new(),
             security_groups: vec!["web".into()],
+            ..Default::default()
         })
         .await
         .unwrap();

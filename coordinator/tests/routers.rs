@@ -34,6 +34,8 @@ async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkI
         dhcp_disabled: false,
         host_routes: Vec::new(),
         allocation_pools: Vec::new(),
+        subnet_id: None,
+        more_subnets: Vec::new(),
         created_at: model::now(),
     };
     etcd.client()

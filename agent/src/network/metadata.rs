@@ -102,7 +102,8 @@ pub fn instance_rows(
             m.instance_type = Some(inst.spec.flavor.to_string());
             // Known by each of its addresses (the table's key).
             let bridge = lp.network.bridge();
-            lp.port
+            let mut rows: Vec<(String, InstanceMeta)> = lp
+                .port
                 .more_ips
                 .iter()
                 .map(|ip| {
@@ -110,8 +111,9 @@ pub fn instance_rows(
                     other.local_ipv4 = *ip;
                     (bridge.clone(), other)
                 })
-                .chain(std::iter::once((bridge.clone(), m)))
-                .collect::<Vec<_>>()
+                .collect();
+            rows.push((bridge, m));
+            rows
         })
         .collect();
     rows.sort_by(|a, b| (&a.0, a.1.local_ipv4).cmp(&(&b.0, b.1.local_ipv4)));

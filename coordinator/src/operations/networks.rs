@@ -123,9 +123,9 @@ fn describe(p: &ProviderSegment) -> String {
     }
 }
 
-/// The subnet of a network, with its gateway and DNS servers.
+/// The subnet a request asks for, with its gateway and DNS servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Subnet {
+struct Requested {
     cidr: Ipv4Net,
     gateway: Option<Ipv4Addr>,
     dns: Vec<Ipv4Addr>,
@@ -133,7 +133,7 @@ struct Subnet {
 
 /// The subnet a request asks for: `None` when `cidr` is empty (then the
 /// gateway and DNS servers must be empty too). Pure.
-fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Option<Subnet>> {
+fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Option<Requested>> {
     if cidr.trim().is_empty() {
         if !gateway.trim().is_empty() || !dns.is_empty() {
             return Err(ApiError::InvalidArgument(
@@ -143,7 +143,7 @@ fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Opti
         return Ok(None);
     }
     let cidr = validate::cidr(cidr)?;
-    Ok(Some(Subnet {
+    Ok(Some(Requested {
         cidr,
         gateway: validate::gateway(gateway, cidr)?,
         dns: validate::dns(dns)?,
