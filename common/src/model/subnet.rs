@@ -162,7 +162,10 @@ mod tests {
         all.push(second.clone());
         n.set_subnets(all);
         assert_eq!(n.subnets().len(), 2);
-        assert_eq!(n.subnet_of_ip("10.1.0.9".parse().unwrap()), Some(second.clone()));
+        assert_eq!(
+            n.subnet_of_ip("10.1.0.9".parse().unwrap()),
+            Some(second.clone())
+        );
         assert_eq!(n.subnet(&second.id), Some(second.clone()));
         assert!(n.subnet_of_ip("10.2.0.9".parse().unwrap()).is_none());
         // The first goes: the second moves into the network's own fields

@@ -62,17 +62,15 @@ fn resolve_one(net: &Network, r: &FixedIpRequest) -> ApiResult<(Subnet, Option<I
     };
     let ip = match r.ip.trim() {
         "" => None,
-        s => Some(s.parse::<Ipv4Addr>().map_err(|_| {
-            ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address"))
-        })?),
+        s => Some(
+            s.parse::<Ipv4Addr>()
+                .map_err(|_| ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address")))?,
+        ),
     };
     let subnet = match (subnet, ip) {
         (Some(sn), _) => sn,
         (None, Some(ip)) => net.subnet_of_ip(ip).ok_or_else(|| {
-            ApiError::InvalidArgument(format!(
-                "ip {ip} is in no subnet of network {:?}",
-                net.name
-            ))
+            ApiError::InvalidArgument(format!("ip {ip} is in no subnet of network {:?}", net.name))
         })?,
         (None, None) => {
             return Err(ApiError::InvalidArgument(
@@ -86,9 +84,7 @@ fn resolve_one(net: &Network, r: &FixedIpRequest) -> ApiResult<(Subnet, Option<I
                 "ip {ip} is not an assignable address of network {:?} ({}, gateway {})",
                 net.name,
                 subnet.cidr,
-                subnet
-                    .gateway
-                    .map_or("none".to_string(), |g| g.to_string())
+                subnet.gateway.map_or("none".to_string(), |g| g.to_string())
             )));
         }
     }
@@ -282,7 +278,12 @@ pub async fn set(
                 .iter()
                 .enumerate()
                 .filter(|(_, ip)| !current.contains(ip))
-                .map(|(i, ip)| (i, reserve_ip(&mut t, &old.network, *ip, IpHolder::Port(old.id))))
+                .map(|(i, ip)| {
+                    (
+                        i,
+                        reserve_ip(&mut t, &old.network, *ip, IpHolder::Port(old.id)),
+                    )
+                })
                 .collect();
             t.put(&keys::port(&old.id), &port);
             let a = ctx.store.commit(&t).await?;
@@ -383,7 +384,10 @@ mod tests {
         }
         let mut bare = n.clone();
         bare.set_subnets(Vec::new());
-        assert!(Addresses::resolve(&bare, "", &[]).unwrap().wanted.is_empty());
+        assert!(Addresses::resolve(&bare, "", &[])
+            .unwrap()
+            .wanted
+            .is_empty());
         assert!(Addresses::resolve(&bare, "10.0.0.9", &[]).is_err());
     }
 

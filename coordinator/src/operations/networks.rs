@@ -324,10 +324,8 @@ pub async fn set_subnet(
         let net = super::lookup::network(ctx, project, r).await?;
         let mut n = net.value;
         let mut subnets = n.subnets();
-        let others: Vec<(String, Ipv4Net)> = subnets
-            .iter()
-            .map(|s| (s.id.to_string(), s.cidr))
-            .collect();
+        let others: Vec<(String, Ipv4Net)> =
+            subnets.iter().map(|s| (s.id.to_string(), s.cidr)).collect();
         if let Some((id, other)) = validate::find_overlap(subnet.cidr, &others) {
             // Tempest looks for "overlaps with another subnet" to try the
             // next CIDR.
@@ -595,7 +593,11 @@ pub async fn delete_subnet(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult
             )));
         }
         let first = n.first_subnet_id() == gone.id;
-        let subnets: Vec<Subnet> = n.subnets().into_iter().filter(|s| s.id != gone.id).collect();
+        let subnets: Vec<Subnet> = n
+            .subnets()
+            .into_iter()
+            .filter(|s| s.id != gone.id)
+            .collect();
         n.set_subnets(subnets);
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::network(&n.id), net.mod_rev);

@@ -67,8 +67,7 @@ impl IpPool {
     /// re-read before the next pick.
     pub(crate) fn conflict(&mut self, ip: Ipv4Addr) {
         self.taken.insert(ip);
-        if ipam::usable_count(self.cidr, self.gateway, &self.ranges) <= SMALL_NETWORK
-        {
+        if ipam::usable_count(self.cidr, self.gateway, &self.ranges) <= SMALL_NETWORK {
             self.loaded = false;
         }
     }

@@ -366,7 +366,11 @@ pub(crate) async fn create_subnet(
                     .find(|s| s.cidr == cidr)
                     .cloned()
                     .ok_or_else(|| {
-                        ApiError::new(S, StatusCode::INTERNAL_SERVER_ERROR, "the new subnet is missing")
+                        ApiError::new(
+                            S,
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the new subnet is missing",
+                        )
                     })?;
                 Ok((n, sn))
             }
