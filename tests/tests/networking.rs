@@ -345,7 +345,7 @@ fn dhcp_on(lab: &NetLab, g: &Guest, ifname: &str) -> String {
 fn second_subnet_dhcp_anti_spoofing_and_move() {
     let prefix;
     {
-        let mut lab = NetLab::start(1).unwrap();
+        let lab = NetLab::start(1).unwrap();
         prefix = lab.token_prefix();
         base_objects(&lab);
         let cli = &lab.cli;
