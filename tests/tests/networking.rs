@@ -376,9 +376,15 @@ fn second_subnet_dhcp_anti_spoofing_and_move() {
 
         // Each its subnet's gateway (the default route of option 121).
         let out = dhcp(&lab, &ga);
-        assert!(out.contains("10.77.5.1") && !out.contains("10.77.6.1"), "{out}");
+        assert!(
+            out.contains("10.77.5.1") && !out.contains("10.77.6.1"),
+            "{out}"
+        );
         let out = dhcp(&lab, &gb);
-        assert!(out.contains("10.77.6.1") && out.contains("mask=24"), "{out}");
+        assert!(
+            out.contains("10.77.6.1") && out.contains("mask=24"),
+            "{out}"
+        );
 
         // ga's second address: allowed out, answered by gb (same group).
         ga.ok(
@@ -392,14 +398,15 @@ fn second_subnet_dhcp_anti_spoofing_and_move() {
         .unwrap();
         // An address the port does not hold is dropped.
         let forged: Ipv4Addr = "10.77.6.250".parse().unwrap();
-        ga.ok("ip", &["addr", "add", &format!("{forged}/24"), "dev", "eth0"])
-            .unwrap();
+        ga.ok(
+            "ip",
+            &["addr", "add", &format!("{forged}/24"), "dev", "eth0"],
+        )
+        .unwrap();
         assert!(ping_answered(&ga, Some(forged), gb.ip).is_err());
 
         // gb moves to the first subnet: its next DHCP answer says so.
-        let moved = cli
-            .json(&["port", "set", "pb", "--fixed-ip", &f1])
-            .unwrap();
+        let moved = cli.json(&["port", "set", "pb", "--fixed-ip", &f1]).unwrap();
         let new_ip: Ipv4Addr = moved["ip"].as_str().unwrap().parse().unwrap();
         assert_eq!(new_ip.octets()[..3], [10, 77, 5], "{moved}");
         let script = lab.udhcpc_script();

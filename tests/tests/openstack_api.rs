@@ -495,7 +495,10 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
         ],
     )
     .unwrap_err();
-    assert!(e.to_string().contains("overlaps with another subnet"), "{e}");
+    assert!(
+        e.to_string().contains("overlaps with another subnet"),
+        "{e}"
+    );
     openstack(clouds, &["subnet", "delete", "sub3"]).unwrap();
     // The subnet stays while the port uses it, then goes with the network.
     assert!(openstack(clouds, &["subnet", "delete", "sub2"]).is_err());
