@@ -12,7 +12,7 @@ use nubo_common::model::{self, Network, Port, Subnet};
 use nubo_common::{NetworkId, ProjectId, SubnetId};
 use nubo_store::{Guard, TxnBuilder};
 
-use super::ports::{next_ip, reserve_ip, IpHolder, IpPool, MAX_ALLOC_ATTEMPTS};
+use super::ip_pool::{next_ip, reserve_ip, IpHolder, IpPool, MAX_ALLOC_ATTEMPTS};
 use crate::error::{ApiError, ApiResult};
 use crate::ipam;
 use crate::state::Ctx;
@@ -107,7 +107,7 @@ impl Addresses {
                 .into_iter()
                 .collect(),
             ([], ip) => {
-                super::networks::subnet_of(net)?;
+                super::ip_pool::subnet_of(net)?;
                 vec![FixedIpRequest {
                     subnet: String::new(),
                     ip: ip.into(),
@@ -116,7 +116,7 @@ impl Addresses {
             (many, _) => many.to_vec(),
         };
         if !requests.is_empty() {
-            super::networks::subnet_of(net)?;
+            super::ip_pool::subnet_of(net)?;
         }
         let mut wanted = Vec::new();
         for r in &requests {

@@ -15,6 +15,7 @@ pub mod image_capture;
 pub mod image_data;
 pub mod images;
 pub mod instance_actions;
+pub(crate) mod ip_pool;
 pub mod keypairs;
 pub mod lookup;
 pub mod migrations;

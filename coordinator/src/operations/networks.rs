@@ -150,16 +150,7 @@ fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Opti
     }))
 }
 
-/// The subnet of `net`, or a clear error for a network created without
-/// one.
-pub fn subnet_of(net: &Network) -> ApiResult<Ipv4Net> {
-    net.cidr.ok_or_else(|| {
-        ApiError::FailedPrecondition(format!(
-            "network {:?} has no subnet yet: add one first (nubo network subnet set {} --cidr CIDR)",
-            net.name, net.name
-        ))
-    })
-}
+pub use super::ip_pool::subnet_of;
 
 /// Creates a network of `project` with a unique VNI.
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<Network> {
@@ -584,7 +575,7 @@ pub async fn delete_subnet(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult
         let mut n = net.value;
         let ipam_prefix = keys::ipam_prefix(&n.id);
         let rev = ctx.store.revision().await?;
-        let taken = super::ports::load_taken(ctx, &n.id).await?;
+        let taken = super::ip_pool::load_taken(ctx, &n.id).await?;
         let held = taken.iter().filter(|ip| gone.cidr.contains(*ip)).count();
         if held > 0 {
             return Err(ApiError::FailedPrecondition(format!(
