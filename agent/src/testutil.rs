@@ -93,6 +93,7 @@ fn free_port(net: NetworkId, sgs: &[SecurityGroupId], n: u8) -> Port {
         network: net,
         mac: MacAddr::port_mac([0, 0, n]),
         ip: Some(format!("192.168.0.{n}").parse().unwrap()),
+        more_ips: Vec::new(),
         security_groups: sgs.to_vec(),
         port_security: true,
         device: None,
@@ -215,6 +216,8 @@ impl World {
             dhcp_disabled: false,
             host_routes: Vec::new(),
             allocation_pools: Vec::new(),
+            subnet_id: None,
+            more_subnets: Vec::new(),
             created_at: model::now(),
         };
         let id = net.id;

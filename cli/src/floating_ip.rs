@@ -43,6 +43,9 @@ pub enum FloatingIpCmd {
         /// it with --port).
         #[arg(long)]
         network: Option<String>,
+        /// Which of the port's fixed IPs (default: its first).
+        #[arg(long)]
+        fixed_ip: Option<std::net::Ipv4Addr>,
     },
     /// Remove a floating IP's association.
     Unset {
@@ -114,8 +117,10 @@ pub async fn run(cmd: FloatingCmd, ctx: &Ctx) -> Result<()> {
             server,
             port,
             network,
+            fixed_ip,
         } => {
             let req = SetFloatingIpRequest {
+                fixed_ip: fixed_ip.map(|f| f.to_string()).unwrap_or_default(),
                 r#ref: floating_ip,
                 project: api.project.clone(),
                 port: port.unwrap_or_default(),

@@ -1,4 +1,4 @@
-//! `nubo network …`: tenant networks (one IPv4 subnet on a VXLAN segment)
+//! `nubo network …`: tenant networks (IPv4 subnets on a VXLAN segment)
 //! and provider networks (a flat or VLAN segment of a physical network;
 //! admin only, as are external and shared networks).
 
@@ -7,7 +7,8 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use nubo_common::proto::{
-    CreateNetworkRequest, HostRoute, IpRange, Network, SetSubnetRequest, UpdateNetworkRequest,
+    CreateNetworkRequest, HostRoute, IpRange, Network, SetSubnetRequest, Subnet,
+    UpdateNetworkRequest,
 };
 use serde_json::{json, Value};
 
@@ -37,7 +38,7 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         networks: Vec<String>,
     },
-    /// The subnet of a network created without `--cidr`.
+    /// A network's subnets.
     #[command(subcommand)]
     Subnet(SubnetCmd),
     /// Rename a network or change its subnet's name, gateway, DNS servers,
@@ -50,6 +51,9 @@ pub enum NetworkCmd {
 pub struct SetArgs {
     /// Network name or id.
     pub network: String,
+    /// The subnet (id) the subnet options change (default: the first).
+    #[arg(long)]
+    pub subnet: Option<String>,
     /// New name.
     #[arg(long)]
     pub name: Option<String>,
@@ -93,6 +97,7 @@ impl SetArgs {
             set_host_routes: self.no_host_routes || !self.host_routes.is_empty(),
             host_routes: self.host_routes.clone(),
             dhcp_disabled: (self.no_dhcp || self.dhcp).then_some(self.no_dhcp),
+            subnet_id: self.subnet.clone().unwrap_or_default(),
         }
     }
 }
@@ -111,12 +116,23 @@ fn parse_route(s: &str) -> Result<HostRoute, String> {
 /// `nubo network subnet …`.
 #[derive(Debug, Subcommand)]
 pub enum SubnetCmd {
-    /// Give a network created without `--cidr` its (one) IPv4 subnet.
+    /// Add an IPv4 subnet to a network (not overlapping its others).
+    #[command(alias = "add")]
     Set(SubnetArgs),
-    /// Remove a network's subnet (no ports, addresses or router left).
+    /// Remove a subnet (no ports, addresses or router left).
     Delete {
+        /// Subnet id, or a network (name or id) with one subnet.
+        subnet: String,
+    },
+    /// List a network's subnets.
+    List {
         /// Network name or id.
         network: String,
+    },
+    /// Show one subnet.
+    Show {
+        /// Subnet id.
+        subnet: String,
     },
 }
 
@@ -301,8 +317,46 @@ pub fn to_json(n: &Network) -> Value {
             .iter()
             .map(|r| json!({"destination": r.destination, "nexthop": r.nexthop}))
             .collect::<Vec<_>>(),
+        "subnets": n.subnets.iter().map(subnet_json).collect::<Vec<_>>(),
         "created_at": opt(&n.created_at),
     })
+}
+
+/// The JSON form of a subnet.
+pub fn subnet_json(s: &Subnet) -> Value {
+    json!({
+        "id": s.id,
+        "name": opt(&s.name),
+        "cidr": s.cidr,
+        "gateway": opt(&s.gateway),
+        "dns": s.dns,
+        "dhcp": !s.dhcp_disabled,
+        "allocation_pools": s
+            .allocation_pools
+            .iter()
+            .map(|p| format!("{}-{}", p.start, p.end))
+            .collect::<Vec<_>>(),
+        "host_routes": s
+            .host_routes
+            .iter()
+            .map(|r| json!({"destination": r.destination, "nexthop": r.nexthop}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The `network subnet list` table.
+pub fn subnet_table(subnets: &[Subnet]) -> Table {
+    let mut t = Table::new(&["ID", "Name", "CIDR", "Gateway", "DHCP"]);
+    for s in subnets {
+        t.row(vec![
+            s.id.clone(),
+            s.name.clone(),
+            s.cidr.clone(),
+            s.gateway.clone(),
+            (!s.dhcp_disabled).to_string(),
+        ]);
+    }
+    t
 }
 
 /// The segment column: `vxlan 42`, `vlan 120 physnet1`, `flat physnet1`.
@@ -396,13 +450,32 @@ pub async fn run(cmd: NetworkCmd, ctx: &Ctx) -> Result<()> {
                 .or_fail(api)?;
             output::show(ctx.format, &to_json(&n))
         }
-        NetworkCmd::Subnet(SubnetCmd::Delete { network }) => {
+        NetworkCmd::Subnet(SubnetCmd::Delete { subnet }) => {
             let n = api
                 .networks()
-                .delete_subnet(api.delete_req(&network))
+                .delete_subnet(api.delete_req(&subnet))
                 .await
                 .or_fail(api)?;
             output::show(ctx.format, &to_json(&n))
+        }
+        NetworkCmd::Subnet(SubnetCmd::List { network }) => {
+            let n = api
+                .networks()
+                .get(api.get_req(&network))
+                .await
+                .or_fail(api)?;
+            output::items(ctx.format, &n.subnets, subnet_table, subnet_json)
+        }
+        NetworkCmd::Subnet(SubnetCmd::Show { subnet }) => {
+            let n = api
+                .networks()
+                .get_subnet(api.get_req(&subnet))
+                .await
+                .or_fail(api)?;
+            match n.subnets.iter().find(|s| s.id == subnet) {
+                Some(s) => output::show(ctx.format, &subnet_json(s)),
+                None => anyhow::bail!("network {:?} has several subnets: give a subnet id", n.name),
+            }
         }
     }
 }

@@ -4,7 +4,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use nubo_common::proto::{CreatePortRequest, Port, Server, ServerAddress, UpdatePortRequest};
+use nubo_common::proto::{
+    CreatePortRequest, FixedIp, Port, Server, ServerAddress, UpdatePortRequest,
+};
 use serde_json::{json, Value};
 use tonic::Code;
 
@@ -40,8 +42,8 @@ pub enum PortCmd {
         /// Port name or id.
         port: String,
     },
-    /// Change a port's name, description, administrative state or
-    /// security groups.
+    /// Change a port's name, description, administrative state, security
+    /// groups or fixed IPs.
     Set(SetArgs),
     /// Delete ports.
     Delete {
@@ -60,8 +62,12 @@ pub struct CreateArgs {
     #[arg(long)]
     pub network: String,
     /// Fixed IPv4 address (default: allocated).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fixed_ips")]
     pub ip: Option<Ipv4Addr>,
+    /// A fixed IP: subnet=SUBNET_ID,ip=ADDRESS (either part may be left
+    /// out; repeatable: one address each).
+    #[arg(long = "fixed-ip", value_parser = parse_fixed_ip)]
+    pub fixed_ips: Vec<FixedIp>,
     /// Security group (name or id, repeatable; default: the project's "default").
     #[arg(long = "security-group", conflicts_with = "no_port_security")]
     pub security_groups: Vec<String>,
@@ -90,6 +96,7 @@ impl CreateArgs {
             project: project.to_string(),
             network_ref: self.network.clone(),
             ip: self.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            fixed_ips: self.fixed_ips.clone(),
             security_groups: self.security_groups.clone(),
             no_port_security: self.no_port_security,
             description: self.description.clone(),
@@ -98,6 +105,23 @@ impl CreateArgs {
             no_security_groups: self.no_security_groups,
         }
     }
+}
+
+/// `subnet=ID,ip=ADDRESS`, either part optional (checked by the
+/// coordinator).
+fn parse_fixed_ip(s: &str) -> Result<FixedIp, String> {
+    let mut f = FixedIp::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("subnet", v)) => f.subnet_id = v.trim().to_string(),
+            Some(("ip", v)) => f.ip = v.trim().to_string(),
+            _ => return Err(format!("{part:?}: expected subnet=ID or ip=ADDRESS")),
+        }
+    }
+    if f.subnet_id.is_empty() && f.ip.is_empty() {
+        return Err(format!("{s:?}: give subnet=ID and/or ip=ADDRESS"));
+    }
+    Ok(f)
 }
 
 /// `nubo port set`.
@@ -123,6 +147,11 @@ pub struct SetArgs {
     /// Administratively down: the port passes no traffic.
     #[arg(long, conflicts_with = "enable")]
     pub disable: bool,
+    /// The port's new fixed IPs, subnet=SUBNET_ID,ip=ADDRESS (repeatable;
+    /// replaces the current ones; a subnet alone keeps the port's address
+    /// there, else gets a new one).
+    #[arg(long = "fixed-ip", value_parser = parse_fixed_ip)]
+    pub fixed_ips: Vec<FixedIp>,
 }
 
 impl SetArgs {
@@ -136,6 +165,8 @@ impl SetArgs {
             name: self.name.clone(),
             description: self.description.clone(),
             admin_state_up: (self.enable || self.disable).then_some(self.enable),
+            set_fixed_ips: !self.fixed_ips.is_empty(),
+            fixed_ips: self.fixed_ips.clone(),
         };
         let unchanged = UpdatePortRequest {
             r#ref: r.r#ref.clone(),
@@ -143,7 +174,7 @@ impl SetArgs {
             ..Default::default()
         };
         if r == unchanged {
-            bail!("nothing to change: give --name, --description, --enable/--disable, --security-group or --no-security-group");
+            bail!("nothing to change: give --name, --description, --enable/--disable, --security-group, --no-security-group or --fixed-ip");
         }
         Ok(r)
     }
@@ -158,6 +189,11 @@ pub fn to_json(p: &Port) -> Value {
         "network_id": p.network_id,
         "mac": p.mac,
         "ip": p.ip,
+        "fixed_ips": p
+            .fixed_ips
+            .iter()
+            .map(|f| json!({"subnet_id": opt(&f.subnet_id), "ip": f.ip}))
+            .collect::<Vec<_>>(),
         "security_group_ids": p.security_group_ids,
         "device_id": opt(&p.device_id),
         "node": opt(&p.node),
@@ -177,7 +213,15 @@ pub fn table(ports: &[Port]) -> Table {
             p.id.clone(),
             p.name.clone(),
             p.mac.clone(),
-            p.ip.clone(),
+            match p.fixed_ips.len() {
+                0 | 1 => p.ip.clone(),
+                _ => p
+                    .fixed_ips
+                    .iter()
+                    .map(|f| f.ip.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            },
             p.device_id.clone(),
             p.node.clone(),
         ]);
@@ -393,6 +437,44 @@ mod tests {
             "x"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn fixed_ips_are_repeated_subnet_and_address_pairs() {
+        let Ok(PortCmd::Create(a)) = parse(&[
+            "create",
+            "p1",
+            "--network",
+            "net1",
+            "--fixed-ip",
+            "subnet=s1",
+            "--fixed-ip",
+            "subnet=s2,ip=10.1.0.9",
+            "--fixed-ip",
+            "ip=10.0.0.7",
+        ]) else {
+            panic!("not a create")
+        };
+        let f = |s: &str, ip: &str| FixedIp {
+            subnet_id: s.into(),
+            ip: ip.into(),
+        };
+        assert_eq!(
+            a.request("p").fixed_ips,
+            vec![f("s1", ""), f("s2", "10.1.0.9"), f("", "10.0.0.7")]
+        );
+        for bad in ["net=x", "subnet", ""] {
+            assert!(
+                parse(&["create", "p", "--network", "n", "--fixed-ip", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let Ok(PortCmd::Set(s)) = parse(&["set", "p1", "--fixed-ip", "subnet=s2"]) else {
+            panic!("not a set")
+        };
+        let r = s.request("p").unwrap();
+        assert!(r.set_fixed_ips && r.security_groups.is_empty());
+        assert_eq!(r.fixed_ips, vec![f("s2", "")]);
     }
 
     fn server(node: &str, nets: &[(&str, &str)]) -> Server {

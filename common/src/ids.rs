@@ -91,6 +91,10 @@ uuid_id!(
     /// Identifies a tenant network.
     NetworkId, "network id");
 uuid_id!(
+    /// Identifies a subnet of a network (a network's first subnet has the
+    /// network's id).
+    SubnetId, "subnet id");
+uuid_id!(
     /// Identifies a security group.
     SecurityGroupId, "security group id");
 uuid_id!(

@@ -202,16 +202,22 @@ async fn networks_ports_secgroups_validation() {
         .unwrap()
         .into_inner();
     assert_eq!(n1.gateway, "10.1.0.1");
-    let e = cl
+    // Overlapping subnets in one project are allowed (as in Neutron): only
+    // a router refuses two of them (tests/routers.rs).
+    let n2 = cl
         .networks
         .create(net("net2", "10.1.0.0/24", ""))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert_eq!(
-        e.message(),
-        "network 10.1.0.0/24 overlaps with another subnet: network \"net1\" (10.1.0.0/16) in project default"
-    );
+        .unwrap()
+        .into_inner();
+    assert_eq!(n2.cidr, "10.1.0.0/24");
+    cl.networks
+        .delete(pb::DeleteRequest {
+            r#ref: n2.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     // Overlap across projects is fine; duplicate names within one are not.
     cl.networks
         .create(net("net1", "10.1.0.0/24", "other"))

@@ -34,6 +34,8 @@ async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkI
         dhcp_disabled: false,
         host_routes: Vec::new(),
         allocation_pools: Vec::new(),
+        subnet_id: None,
+        more_subnets: Vec::new(),
         created_at: model::now(),
     };
     etcd.client()
@@ -207,6 +209,27 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         .await
         .unwrap_err();
     refused(e, Code::FailedPrecondition, "is already attached to router");
+
+    // Overlapping subnets in one project are fine (as in Neutron) until
+    // both meet in one router: 400 naming both.
+    let twin = network(&mut cl, "twin", "10.0.0.128/25", "p1").await;
+    let e = cl
+        .routers
+        .add_subnet(subnet("r1", "twin", "p1"))
+        .await
+        .unwrap_err();
+    refused(
+        e,
+        Code::InvalidArgument,
+        "network \"twin\" (10.0.0.128/25) overlaps network \"net1\" (10.0.0.0/24) of router \"r1\"",
+    );
+    cl.networks
+        .delete(pb::DeleteRequest {
+            r#ref: twin.id,
+            project: "p1".into(),
+        })
+        .await
+        .unwrap();
 
     // Update: a taken name is refused and nothing changes; a free one and
     // the administrative state are kept.

@@ -213,7 +213,7 @@ pub fn network_view(n: &pb::Network) -> Value {
         "shared": n.shared,
         "router:external": n.external,
         "mtu": n.mtu,
-        "subnets": if n.cidr.is_empty() { vec![] } else { vec![n.id.clone()] },
+        "subnets": n.subnets.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         "provider:network_type": if n.provider_type.is_empty() { "vxlan" } else { n.provider_type.as_str() },
         "provider:physical_network": if n.physical_network.is_empty() { Value::Null } else { json!(n.physical_network) },
         "provider:segmentation_id": if n.provider_type.is_empty() { json!(n.vni) } else if n.segment == 0 { Value::Null } else { json!(n.segment) },

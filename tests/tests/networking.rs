@@ -332,6 +332,97 @@ fn dhcp_on(lab: &NetLab, g: &Guest, ifname: &str) -> String {
         .unwrap()
 }
 
+/// A network with two subnets: a guest whose port holds an address of each
+/// gets its first by DHCP (that subnet's mask and gateway) and may also
+/// send from its second (anti-spoofing admits every fixed IP of its port);
+/// a guest whose only address is in the second subnet gets it by DHCP with
+/// the second subnet's mask and gateway and answers the first guest's ping
+/// there (its security group knows both of the first's addresses); moved
+/// by `nubo port set --fixed-ip` to the first subnet, it gets its new
+/// address on the next DHCP request; an address the port does not hold is
+/// still dropped.
+#[test]
+fn second_subnet_dhcp_anti_spoofing_and_move() {
+    let prefix;
+    {
+        let lab = NetLab::start(1).unwrap();
+        prefix = lab.token_prefix();
+        base_objects(&lab);
+        let cli = &lab.cli;
+        cli.json(&["network", "create", "ns", "--cidr", "10.77.5.0/24"])
+            .unwrap();
+        let net = cli
+            .json(&["network", "subnet", "add", "ns", "--cidr", "10.77.6.0/24"])
+            .unwrap();
+        let s1 = net["subnets"][0]["id"].as_str().unwrap().to_string();
+        let s2 = net["subnets"][1]["id"].as_str().unwrap().to_string();
+        let port = |name: &str, fixed: &[&str]| {
+            let mut args = vec!["port", "create", name, "--network", "ns"];
+            for f in fixed {
+                args.extend(["--fixed-ip", f]);
+            }
+            cli.json(&args).unwrap()
+        };
+        let (f1, f2) = (format!("subnet={s1}"), format!("subnet={s2}"));
+        let pa = port("pa", &[&f1, &f2]);
+        let pb = port("pb", &[&f2]);
+        let a_second: Ipv4Addr = pa["fixed_ips"][1]["ip"].as_str().unwrap().parse().unwrap();
+        let ga = lab.server("ga", "", 1, &["--port", "pa"]).unwrap();
+        let gb = lab.server("gb", "", 1, &["--port", "pb"]).unwrap();
+        assert_eq!(ga.ip.octets()[..3], [10, 77, 5], "{pa}");
+        assert_eq!(gb.ip.octets()[..3], [10, 77, 6], "{pb}");
+        lab.wait_wired(&ga).unwrap();
+        lab.wait_wired(&gb).unwrap();
+
+        // Each its subnet's gateway (the default route of option 121).
+        let out = dhcp(&lab, &ga);
+        assert!(
+            out.contains("10.77.5.1") && !out.contains("10.77.6.1"),
+            "{out}"
+        );
+        let out = dhcp(&lab, &gb);
+        assert!(
+            out.contains("10.77.6.1") && out.contains("mask=24"),
+            "{out}"
+        );
+
+        // ga's second address: allowed out, answered by gb (same group).
+        ga.ok(
+            "ip",
+            &["addr", "add", &format!("{a_second}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+        wait_until(T, "ga's second address answered", || {
+            Ok(ping_answered(&ga, Some(a_second), gb.ip).is_ok())
+        })
+        .unwrap();
+        // An address the port does not hold is dropped.
+        let forged: Ipv4Addr = "10.77.6.250".parse().unwrap();
+        ga.ok(
+            "ip",
+            &["addr", "add", &format!("{forged}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+        assert!(ping_answered(&ga, Some(forged), gb.ip).is_err());
+
+        // gb moves to the first subnet: its next DHCP answer says so.
+        let moved = cli.json(&["port", "set", "pb", "--fixed-ip", &f1]).unwrap();
+        let new_ip: Ipv4Addr = moved["ip"].as_str().unwrap().parse().unwrap();
+        assert_eq!(new_ip.octets()[..3], [10, 77, 5], "{moved}");
+        let script = lab.udhcpc_script();
+        wait_until(T, "gb's new address by DHCP", || {
+            gb.udhcpc(&script)?;
+            Ok(gb.addresses()?.contains(&format!("{new_ip}/24")))
+        })
+        .unwrap();
+        wait_until(T, "gb answers at its new address", || {
+            Ok(ping_answered(&ga, Some(ga.ip), new_ip).is_ok())
+        })
+        .unwrap();
+    }
+    assert_guard_clean(&prefix);
+}
+
 /// Several NICs on a netns guest in the order given (two on one network),
 /// then NIC hot-plug and unplug through `nubo server add|remove`: a new
 /// NIC appears in the running guest with its port's MAC and gets its

@@ -462,7 +462,27 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
             .contains(ours["ip"].as_str().unwrap()),
         "{port} vs {ours}"
     );
-    // A second subnet on one network is refused (nubo networks have one).
+    // A second subnet on one network has its own id; one overlapping the
+    // network's is refused; the second goes again (no address in it).
+    let sub3 = openstack(
+        clouds,
+        &[
+            "subnet",
+            "create",
+            "-f",
+            "json",
+            "--network",
+            "net2",
+            "--subnet-range",
+            "10.31.0.0/24",
+            "sub3",
+        ],
+    )
+    .unwrap();
+    assert_eq!(sub3["network_id"], json!(net2_id), "{sub3}");
+    assert_ne!(sub3["id"], json!(net2_id), "{sub3}");
+    let ours = alice.json(&["network", "subnet", "list", "net2"]).unwrap();
+    assert_eq!(ours.as_array().map(Vec::len), Some(2), "{ours}");
     let e = openstack(
         clouds,
         &[
@@ -471,12 +491,16 @@ fn openstack_client_and_sdk_drive_a_real_cluster() {
             "--network",
             "net2",
             "--subnet-range",
-            "10.31.0.0/24",
-            "sub3",
+            "10.31.0.128/25",
+            "sub4",
         ],
     )
     .unwrap_err();
-    assert!(e.to_string().contains("one IPv4 subnet"), "{e}");
+    assert!(
+        e.to_string().contains("overlaps with another subnet"),
+        "{e}"
+    );
+    openstack(clouds, &["subnet", "delete", "sub3"]).unwrap();
     // The subnet stays while the port uses it, then goes with the network.
     assert!(openstack(clouds, &["subnet", "delete", "sub2"]).is_err());
     openstack(clouds, &["port", "delete", "p2"]).unwrap();

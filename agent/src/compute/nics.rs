@@ -175,6 +175,7 @@ mod tests {
             id: PortId::new_random(),
             mac: format!("fa:16:3e:00:00:{n:02x}").parse().unwrap(),
             ip: format!("10.0.0.{n}").parse().unwrap(),
+            more_ips: Vec::new(),
             tap: format!("tap{n}"),
             network: NetworkId::new_random(),
             security_groups: Vec::new(),

@@ -22,25 +22,29 @@ use crate::reconciler::{Subsystem, SubsystemError};
 use crate::state::desired::DesiredNode;
 
 /// The leases of every bridge with running local ports, by bridge name and
-/// MAC (none for a network with DHCP off); each carries the network's host
-/// routes (option 121). Pure.
+/// MAC (none for a subnet with DHCP off): a port's first address with the
+/// mask, gateway, DNS servers and host routes (option 121) of its subnet.
+/// Pure.
 pub fn leases(desired: &DesiredNode) -> BTreeMap<String, Leases> {
     let mut out: BTreeMap<String, Leases> = BTreeMap::new();
     for lp in running_ports(desired) {
         let net = lp.network;
-        if net.dhcp_disabled {
+        // The port's first address, with the mask, gateway, DNS and routes
+        // of the subnet holding it.
+        let sn = net.subnet_for(lp.port.ip);
+        if sn.dhcp_disabled {
             continue;
         }
         let mac = lp.port.mac;
         let fallback = format!("host-{}", lp.instance.id().short_hex(8));
         let lease = Lease {
-            router: net.gateway,
-            dns: net.dns.clone(),
+            router: sn.gateway,
+            dns: sn.dns,
             mtu: Some(net.mtu.max(68)),
             hostname: Some(sanitize_hostname(&lp.instance.spec.name, &fallback)),
             lease_secs: LEASE_SECS,
-            routes: net.host_routes.clone(),
-            ..Lease::new(mac, lp.port.ip, net.cidr.prefix_len())
+            routes: sn.host_routes,
+            ..Lease::new(mac, lp.port.ip, sn.cidr.prefix_len())
         };
         out.entry(net.bridge()).or_default().insert(mac, lease);
     }

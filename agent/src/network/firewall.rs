@@ -67,7 +67,10 @@ pub fn firewall_spec(desired: &DesiredNode, physnets: &Physnets) -> FirewallSpec
             port_id: lp.port.id.to_string(),
             tap: lp.port.tap.clone(),
             mac: lp.port.mac,
-            ips: vec![IpAddr::V4(lp.port.ip)],
+            ips: std::iter::once(lp.port.ip)
+                .chain(lp.port.more_ips.iter().copied())
+                .map(IpAddr::V4)
+                .collect(),
             groups: lp
                 .port
                 .security_groups

@@ -27,16 +27,17 @@ use crate::state::desired::DesiredNode;
 /// with its default route, and the DNS servers. Pure.
 pub fn network_data(lp: &LocalPort<'_>) -> serde_json::Value {
     let net = lp.network;
+    let sn = net.subnet_for(lp.port.ip);
     let link_id = lp.port.tap.clone();
     let mut routes = Vec::new();
-    if let Some(gw) = net.gateway {
+    if let Some(gw) = sn.gateway {
         routes.push(json!({
             "network": "0.0.0.0",
             "netmask": "0.0.0.0",
             "gateway": gw.to_string(),
         }));
     }
-    let dns: Vec<serde_json::Value> = net
+    let dns: Vec<serde_json::Value> = sn
         .dns
         .iter()
         .map(|d| json!({"type": "dns", "address": d.to_string()}))
@@ -54,7 +55,7 @@ pub fn network_data(lp: &LocalPort<'_>) -> serde_json::Value {
             "type": "ipv4",
             "link": link_id,
             "ip_address": lp.port.ip.to_string(),
-            "netmask": net.cidr.netmask().to_string(),
+            "netmask": sn.cidr.netmask().to_string(),
             "routes": routes,
             "network_id": net.id.to_string(),
             "services": dns,
@@ -63,8 +64,8 @@ pub fn network_data(lp: &LocalPort<'_>) -> serde_json::Value {
     })
 }
 
-/// The metadata rows of every running local port: `(bridge, meta)`, sorted
-/// by bridge and IP. User data that is not valid base64 is served as absent
+/// The metadata rows of every running local port, one per fixed address:
+/// `(bridge, meta)`, sorted by bridge and IP. User data that is not valid base64 is served as absent
 /// (and logged). Pure but for that log line.
 pub fn instance_rows(
     desired: &DesiredNode,
@@ -72,7 +73,7 @@ pub fn instance_rows(
 ) -> Vec<(String, InstanceMeta)> {
     let mut rows: Vec<(String, InstanceMeta)> = running_ports(desired)
         .into_iter()
-        .map(|lp| {
+        .flat_map(|lp| {
             let inst = lp.instance;
             let id = inst.id();
             let mut m = InstanceMeta::new(id.to_string(), lp.port.ip, lp.port.mac);
@@ -99,7 +100,20 @@ pub fn instance_rows(
             m.launch_index = inst.spec.launch_index;
             m.meta = inst.spec.metadata.clone();
             m.instance_type = Some(inst.spec.flavor.to_string());
-            (lp.network.bridge(), m)
+            // Known by each of its addresses (the table's key).
+            let bridge = lp.network.bridge();
+            let mut rows: Vec<(String, InstanceMeta)> = lp
+                .port
+                .more_ips
+                .iter()
+                .map(|ip| {
+                    let mut other = m.clone();
+                    other.local_ipv4 = *ip;
+                    (bridge.clone(), other)
+                })
+                .collect();
+            rows.push((bridge, m));
+            rows
         })
         .collect();
     rows.sort_by(|a, b| (&a.0, a.1.local_ipv4).cmp(&(&b.0, b.1.local_ipv4)));

@@ -143,9 +143,11 @@ pub fn subsystems(
     let mut subs: Vec<Box<dyn Reconcile>> =
         vec![Box::new(router::Routers::new(&router_netns_prefix)?)];
     let mut probes_ready = None;
+    let mut publish = None;
     if let Some(ident) = &probe {
-        let (probes, rx) = probe::Probes::new(ident.clone())?;
+        let (probes, publisher, rx) = probe::Probes::new(ident.clone())?;
         subs.push(Box::new(probes));
+        publish = Some(publisher);
         probes_ready = Some(rx);
     }
     subs.extend([
@@ -165,6 +167,11 @@ pub fn subsystems(
                 .with_passwords(passwords),
         ),
     ]);
+    // Last: the probes are checked only once the pass has plugged them and
+    // applied the ruleset (see `PublishProbes`).
+    if let Some(p) = publish {
+        subs.push(Box::new(p));
+    }
     Ok(NetworkSubsystems {
         subsystems: subs,
         probes_ready,

@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -240,30 +240,75 @@ pub fn plan(want: &BTreeMap<String, ProbeTarget>, observed: &ProbeObserved) -> V
     out
 }
 
-/// The probe reconciler. Publishes the probes that exist after each pass
-/// for [`run_checks`].
+/// The probes made in a pass, waiting for the end of that pass.
+type Pending = Arc<Mutex<Option<Vec<ProbeTarget>>>>;
+
+/// The probe reconciler: makes and removes the probe namespaces. The
+/// probes that exist after its pass are handed to [`PublishProbes`], which
+/// runs last in the network pass and only then tells [`run_checks`].
 pub struct Probes {
     ident: ProbeIdentity,
     netlink: Netlink,
-    ready: watch::Sender<Vec<ProbeTarget>>,
+    pending: Pending,
     first: bool,
 }
 
+/// Publishes the probes ready to check once the whole network pass has run.
+///
+/// A probe made in a pass is plugged into its bridge by the overlay or
+/// provider subsystem later in that pass, and the node's ruleset (which
+/// keeps DHCP and metadata off the wire) is applied after that: a probe
+/// checked before the end of the pass could send its DHCPDISCOVER onto
+/// a provider network's uplink before the guard exists. This subsystem
+/// runs after every other network subsystem.
+pub struct PublishProbes {
+    pending: Pending,
+    ready: watch::Sender<Vec<ProbeTarget>>,
+}
+
+#[async_trait]
+impl crate::reconciler::Reconcile for PublishProbes {
+    fn name(&self) -> &'static str {
+        "probe-publish"
+    }
+
+    async fn reconcile(&mut self, _desired: &DesiredNode) -> Result<usize, SubsystemError> {
+        let pending = match self.pending.lock() {
+            Ok(mut p) => p.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(ready) = pending {
+            self.ready.send_if_modified(|cur| {
+                let changed = *cur != ready;
+                if changed {
+                    *cur = ready;
+                }
+                changed
+            });
+        }
+        // Telling the checker is not a change of the node.
+        Ok(0)
+    }
+}
+
 impl Probes {
-    /// A reconciler for `ident`'s probes and the receiving end of the
-    /// probes ready to check. Must be called inside a tokio runtime.
+    /// A reconciler for `ident`'s probes, the publisher that must run last
+    /// in the network pass, and the receiving end of the probes ready to
+    /// check. Must be called inside a tokio runtime.
     pub fn new(
         ident: ProbeIdentity,
-    ) -> Result<(Self, watch::Receiver<Vec<ProbeTarget>>), SubsystemError> {
+    ) -> Result<(Self, PublishProbes, watch::Receiver<Vec<ProbeTarget>>), SubsystemError> {
         let netlink = Netlink::new().map_err(|e| SubsystemError::Other(e.to_string()))?;
         let (ready, rx) = watch::channel(Vec::new());
+        let pending = Pending::default();
         Ok((
             Self {
                 ident,
                 netlink,
-                ready,
+                pending: pending.clone(),
                 first: true,
             },
+            PublishProbes { pending, ready },
             rx,
         ))
     }
@@ -357,13 +402,10 @@ impl Subsystem for Probes {
             .into_values()
             .filter(|t| !failed.contains(&t.netns))
             .collect();
-        self.ready.send_if_modified(|cur| {
-            let changed = *cur != ready;
-            if changed {
-                *cur = ready;
-            }
-            changed
-        });
+        match self.pending.lock() {
+            Ok(mut p) => *p = Some(ready),
+            Err(poisoned) => *poisoned.into_inner() = Some(ready),
+        }
         log_plan("probe", &mut self.first, n);
         if errors.is_empty() {
             Ok(n)

@@ -23,6 +23,7 @@ use nubo_common::keys;
 use nubo_common::model::{
     CaptureOrder, CaptureReport, Image, IncomingMigration, Instance, Keypair, MigrationReport,
     Network, OutgoingMigration, PowerState, ProviderSegment, Qos, Remote, Resources, SecurityGroup,
+    Subnet,
 };
 use nubo_common::{
     ImageId, InstanceId, MigrationId, NetworkId, NodeName, PortId, RouterId, SecurityGroupId,
@@ -184,8 +185,11 @@ pub struct DesiredPort {
     pub id: PortId,
     /// MAC address.
     pub mac: MacAddr,
-    /// Fixed IPv4 address.
+    /// Fixed IPv4 address (the one DHCP hands out).
     pub ip: Ipv4Addr,
+    /// Its further fixed addresses (other subnets of its network): allowed
+    /// by anti-spoofing, members of its groups, known to metadata.
+    pub more_ips: Vec<Ipv4Addr>,
     /// Tap device name on this node.
     pub tap: String,
     /// Network.
@@ -230,6 +234,39 @@ pub struct DesiredNetwork {
     /// The legs of local router copies on this network: plugged into its
     /// bridge like taps.
     pub router_legs: Vec<RouterLegPort>,
+    /// Its further subnets (the fields above are its first one's).
+    pub more_subnets: Vec<DesiredSubnet>,
+}
+
+/// A subnet of a network as DHCP and metadata hand it to guests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredSubnet {
+    /// Its range.
+    pub cidr: Ipv4Net,
+    /// Its gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// No DHCP for addresses of it.
+    pub dhcp_disabled: bool,
+    /// Static routes `(destination, nexthop)`.
+    pub host_routes: Vec<(Ipv4Net, Ipv4Addr)>,
+}
+
+impl DesiredSubnet {
+    fn of(s: &Subnet) -> Self {
+        Self {
+            cidr: s.cidr,
+            gateway: s.gateway,
+            dns: s.dns.clone(),
+            dhcp_disabled: s.dhcp_disabled,
+            host_routes: s
+                .host_routes
+                .iter()
+                .map(|r| (r.destination, r.nexthop))
+                .collect(),
+        }
+    }
 }
 
 /// A router leg's end on a network's bridge.
@@ -242,6 +279,22 @@ pub struct RouterLegPort {
 }
 
 impl DesiredNetwork {
+    /// The subnet holding `ip`: a further subnet containing it, else the
+    /// first one (whose fields the network carries).
+    pub fn subnet_for(&self, ip: Ipv4Addr) -> DesiredSubnet {
+        let in_first = self.cidr.contains(&ip);
+        match self.more_subnets.iter().find(|s| s.cidr.contains(&ip)) {
+            Some(s) if !in_first => s.clone(),
+            _ => DesiredSubnet {
+                cidr: self.cidr,
+                gateway: self.gateway,
+                dns: self.dns.clone(),
+                dhcp_disabled: self.dhcp_disabled,
+                host_routes: self.host_routes.clone(),
+            },
+        }
+    }
+
     /// The bridge the network's local taps, DHCP and metadata server sit
     /// on: `nb-<vni>` (overlay) or `np-<id>` (provider network).
     pub fn bridge(&self) -> String {
@@ -446,8 +499,8 @@ pub fn rebuild(
     // One pass over every port in the cluster: remote VTEPs/MACs and members.
     for port in cache.ports.values() {
         for g in &port.security_groups {
-            if let (Some(dsg), Some(ip)) = (out.security_groups.get_mut(g), port.ip) {
-                dsg.members.insert(ip);
+            if let Some(dsg) = out.security_groups.get_mut(g) {
+                dsg.members.extend(port.ips());
             }
         }
         if local_ports.contains(&port.id) {
@@ -553,6 +606,7 @@ fn desired_network(net: &Network, underlay_mtu: u16) -> Option<DesiredNetwork> {
         remote_vteps: BTreeSet::new(),
         remote_macs: BTreeMap::new(),
         router_legs: Vec::new(),
+        more_subnets: net.more_subnets.iter().map(DesiredSubnet::of).collect(),
     })
 }
 
@@ -678,6 +732,7 @@ fn resolve_spec(
             id: port.id,
             mac: port.mac,
             ip,
+            more_ips: port.more_ips.clone(),
             tap: port.tap_name(),
             network: port.network,
             security_groups: if port.port_security {

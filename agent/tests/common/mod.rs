@@ -93,6 +93,8 @@ impl World {
             dhcp_disabled: false,
             host_routes: Vec::new(),
             allocation_pools: Vec::new(),
+            subnet_id: None,
+            more_subnets: Vec::new(),
             created_at: model::now(),
         };
         put(c, &keys::network(&net.id), &net).await;
@@ -136,6 +138,7 @@ impl World {
             network: self.network,
             mac: MacAddr::port_mac([0, (n >> 8) as u8, n as u8]),
             ip: Some(format!("10.10.{}.{}", n >> 8, n & 0xff).parse().unwrap()),
+            more_ips: Vec::new(),
             security_groups: vec![],
             port_security: false,
             device: Some(id),

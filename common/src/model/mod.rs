@@ -12,6 +12,7 @@ mod migration;
 mod network;
 mod node;
 mod storage;
+mod subnet;
 
 pub use capture::*;
 pub use compute::*;
@@ -20,6 +21,7 @@ pub use migration::*;
 pub use network::*;
 pub use node::*;
 pub use storage::*;
+pub use subnet::*;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -6,13 +6,13 @@ use ipnet::{IpNet, Ipv4Net};
 use nubo_netid::MacAddr;
 use serde::{Deserialize, Serialize};
 
-use super::Timestamp;
+use super::{Subnet, Timestamp};
 use crate::{
     FloatingIpId, InstanceId, NetworkId, NodeName, PortId, ProjectId, RouterId, RuleId,
-    SecurityGroupId,
+    SecurityGroupId, SubnetId,
 };
 
-/// A network: one IPv4 subnet on one segment — a VXLAN segment of the
+/// A network: IPv4 subnets on one segment — a VXLAN segment of the
 /// overlay (tenant networks), or a flat or VLAN segment of a physical
 /// network (provider networks, [`ProviderSegment`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,13 @@ pub struct Network {
     /// gateway. A port may still ask for any free host address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allocation_pools: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// The id of the subnet the fields above describe (`None`: the
+    /// network's id, as for every network made before several subnets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<SubnetId>,
+    /// The network's further subnets ([`Network::subnets`] lists all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_subnets: Vec<Subnet>,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -130,6 +137,10 @@ pub struct Port {
     /// address and cannot be plugged into a server).
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Its further fixed addresses, each in a subnet of its network and
+    /// reserved like `ip` ([`Port::ips`] lists all, `ip` first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_ips: Vec<Ipv4Addr>,
     /// Security groups applied to the port.
     #[serde(default)]
     pub security_groups: Vec<SecurityGroupId>,

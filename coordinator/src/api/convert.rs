@@ -157,12 +157,68 @@ pub fn network(n: &model::Network) -> pb::Network {
             .map_or(0, u32::from),
         external: n.external,
         shared: n.shared,
+        subnets: n.subnets().iter().map(subnet).collect(),
+    }
+}
+
+/// Subnet.
+pub fn subnet(s: &model::Subnet) -> pb::Subnet {
+    pb::Subnet {
+        id: s.id.to_string(),
+        name: s.name.clone().unwrap_or_default(),
+        cidr: s.cidr.to_string(),
+        gateway: s.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        dns: s.dns.iter().map(ToString::to_string).collect(),
+        dhcp_disabled: s.dhcp_disabled,
+        host_routes: s
+            .host_routes
+            .iter()
+            .map(|r| pb::HostRoute {
+                destination: r.destination.to_string(),
+                nexthop: r.nexthop.to_string(),
+            })
+            .collect(),
+        allocation_pools: s
+            .allocation_pools
+            .iter()
+            .map(|(a, b)| pb::IpRange {
+                start: a.to_string(),
+                end: b.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Port, its fixed addresses with the subnet of each when its network
+/// `net` is known.
+pub fn port_on(p: &model::Port, net: Option<&model::Network>) -> pb::Port {
+    pb::Port {
+        fixed_ips: p
+            .ips()
+            .into_iter()
+            .map(|ip| pb::FixedIp {
+                subnet_id: net
+                    .and_then(|n| n.subnet_of_ip(ip))
+                    .map(|s| s.id.to_string())
+                    .unwrap_or_default(),
+                ip: ip.to_string(),
+            })
+            .collect(),
+        ..port(p)
     }
 }
 
 /// Port.
 pub fn port(p: &model::Port) -> pb::Port {
     pb::Port {
+        fixed_ips: p
+            .ips()
+            .into_iter()
+            .map(|ip| pb::FixedIp {
+                subnet_id: String::new(),
+                ip: ip.to_string(),
+            })
+            .collect(),
         id: p.id.to_string(),
         name: p.name.clone(),
         project: p.project.to_string(),

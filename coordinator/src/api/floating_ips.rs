@@ -56,7 +56,8 @@ impl floating_ips_server::FloatingIps for Ctx {
         let r = r.into_inner();
         let go = async {
             let t = target(&r)?;
-            floating_ips::associate(self, &project(&r.project)?, &r.r#ref, &t).await
+            let fixed = Some(r.fixed_ip.as_str()).filter(|f| !f.is_empty());
+            floating_ips::associate(self, &project(&r.project)?, &r.r#ref, &t, fixed).await
         };
         reply(go.await.map(|f| convert::floating_ip(&f)))
     }

@@ -71,6 +71,7 @@ impl networks_server::Networks for Ctx {
         let go = async {
             let c = NetworkChanges {
                 name: r.name,
+                subnet: Some(r.subnet_id).filter(|s| !s.is_empty()),
                 subnet_name: r.subnet_name,
                 gateway: r.gateway,
                 dns: r.set_dns.then_some(r.dns),
@@ -84,6 +85,11 @@ impl networks_server::Networks for Ctx {
     async fn delete_subnet(&self, r: Request<pb::DeleteRequest>) -> R<pb::Network> {
         let r = r.into_inner();
         let go = async { networks::delete_subnet(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|n| convert::network(&n)))
+    }
+    async fn get_subnet(&self, r: Request<pb::GetRequest>) -> R<pb::Network> {
+        let r = r.into_inner();
+        let go = async { networks::subnet_network(self, &project(&r.project)?, &r.r#ref).await };
         reply(go.await.map(|n| convert::network(&n)))
     }
 }

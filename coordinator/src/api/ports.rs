@@ -4,8 +4,27 @@ use nubo_common::proto::{self as pb, ports_server};
 use tonic::Request;
 
 use super::{convert, page, project, reply, scope, R};
+use crate::error::ApiResult;
+use crate::operations::fixed_ips::{self, FixedIpRequest};
 use crate::operations::ports::{self, NewPort, PortChanges};
 use crate::state::Ctx;
+
+fn fixed_ips(f: Vec<pb::FixedIp>) -> Vec<FixedIpRequest> {
+    f.into_iter()
+        .map(|x| FixedIpRequest {
+            subnet: x.subnet_id,
+            ip: x.ip,
+        })
+        .collect()
+}
+
+impl Ctx {
+    /// `p` with the subnet of each of its addresses.
+    async fn port_view(&self, p: nubo_common::model::Port) -> ApiResult<pb::Port> {
+        let nets = fixed_ips::networks_of(self, std::slice::from_ref(&p)).await?;
+        Ok(convert::port_on(&p, nets.get(&p.network)))
+    }
+}
 
 #[tonic::async_trait]
 impl ports_server::Ports for Ctx {
@@ -33,6 +52,7 @@ impl ports_server::Ports for Ctx {
                 name: r.name,
                 network: r.network_ref,
                 ip: r.ip,
+                fixed_ips: fixed_ips(r.fixed_ips),
                 security_groups: r.security_groups,
                 no_security_groups: r.no_security_groups,
                 no_port_security: r.no_port_security,
@@ -40,22 +60,34 @@ impl ports_server::Ports for Ctx {
                 disabled: r.disabled,
                 mac: r.mac,
             };
-            ports::create(self, &project(&r.project)?, new).await
+            let p = ports::create(self, &project(&r.project)?, new).await?;
+            self.port_view(p).await
         };
-        reply(go.await.map(|p| convert::port(&p)))
+        reply(go.await)
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Port> {
         let r = r.into_inner();
-        let go = async { ports::get(self, &project(&r.project)?, &r.r#ref).await };
-        reply(go.await.map(|p| convert::port(&p)))
+        let go = async {
+            let p = ports::get(self, &project(&r.project)?, &r.r#ref).await?;
+            self.port_view(p).await
+        };
+        reply(go.await)
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListPortsResponse> {
         let r = r.into_inner();
-        let go = async { ports::list(self, &scope(&r)?, &page(&r)).await };
-        reply(go.await.map(|p| pb::ListPortsResponse {
-            ports: p.items.iter().map(convert::port).collect(),
-            next_page_token: p.next,
-        }))
+        let go = async {
+            let p = ports::list(self, &scope(&r)?, &page(&r)).await?;
+            let nets = fixed_ips::networks_of(self, &p.items).await?;
+            Ok(pb::ListPortsResponse {
+                ports: p
+                    .items
+                    .iter()
+                    .map(|x| convert::port_on(x, nets.get(&x.network)))
+                    .collect(),
+                next_page_token: p.next,
+            })
+        };
+        reply(go.await)
     }
     async fn update(&self, r: Request<pb::UpdatePortRequest>) -> R<pb::Port> {
         let r = r.into_inner();
@@ -68,9 +100,18 @@ impl ports_server::Ports for Ctx {
                 security_groups: r.security_groups,
                 no_security_groups: r.no_security_groups,
             };
-            ports::update(self, &p, &r.r#ref, changes).await
+            // Addresses first (their own guarded write), then the rest.
+            let moved = match r.set_fixed_ips {
+                true => Some(fixed_ips::set(self, &p, &r.r#ref, &fixed_ips(r.fixed_ips)).await?),
+                false => None,
+            };
+            let port = match moved {
+                Some(port) if changes.is_empty() => port,
+                _ => ports::update(self, &p, &r.r#ref, changes).await?,
+            };
+            self.port_view(port).await
         };
-        reply(go.await.map(|p| convert::port(&p)))
+        reply(go.await)
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();

@@ -315,6 +315,7 @@ mod tests {
             network: net,
             mac: "fa:16:3e:00:00:01".parse().unwrap(),
             ip: Some("10.0.0.5".parse().unwrap()),
+            more_ips: Vec::new(),
             security_groups: vec![],
             port_security: true,
             device: node.map(|_| nubo_common::InstanceId::new_random()),

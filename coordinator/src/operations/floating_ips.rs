@@ -210,7 +210,8 @@ async fn target_port(ctx: &Ctx, project: &ProjectId, target: &Target) -> ApiResu
     }
 }
 
-/// Associates floating IP `r` with the port `target` names: the port's
+/// Associates floating IP `r` with the port `target` names, at its fixed
+/// address `fixed_ip` (one of the port's; `None`: its first): the port's
 /// network must be connected by a router to the floating IP's network;
 /// the port must have no other floating IP. Re-associating moves it.
 pub async fn associate(
@@ -218,15 +219,41 @@ pub async fn associate(
     project: &ProjectId,
     r: &str,
     target: &Target,
+    fixed_ip: Option<&str>,
 ) -> ApiResult<FloatingIp> {
+    let wanted = fixed_ip
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                ApiError::InvalidArgument(format!("fixed IP {s:?} is not an IPv4 address"))
+            })
+        })
+        .transpose()?;
     for _ in 0..MAX_ATTEMPTS {
         let fip = lookup(ctx, project, r).await?;
         let port = target_port(ctx, project, target).await?;
-        let Some(fixed_ip) = port.ip else {
+        // Read again with its revision: the transaction below holds it, so
+        // the address chosen is the port's when it commits.
+        let Some(read) = ctx.store.read::<Port>(&keys::port(&port.id)).await? else {
+            continue;
+        };
+        let (port, port_rev) = (read.value, read.mod_rev);
+        let Some(first) = port.ip else {
             return Err(ApiError::FailedPrecondition(format!(
                 "port {} has no fixed IP (its network has no subnet): a floating IP needs one",
                 port.id
             )));
+        };
+        let fixed_ip = match wanted {
+            None => first,
+            Some(ip) if port.ips().contains(&ip) => ip,
+            Some(ip) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{ip} is not a fixed IP of port {}",
+                    port.id
+                )))
+            }
         };
         let router_id = ctx
             .store
@@ -261,16 +288,20 @@ pub async fn associate(
             )));
         };
         let mut f = fip.value.clone();
-        if f.port == Some(port.id) {
+        if f.port == Some(port.id) && f.fixed_ip == Some(fixed_ip) {
             return Ok(f);
         }
         let index = keys::floating_ip_port(&port.id);
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::floating_ip(&f.id), fip.mod_rev);
-        let port_free = t.absent(&index);
-        t.present(&keys::port(&port.id));
+        // Moving to another address of the same port keeps its index.
+        let port_free = match f.port == Some(port.id) {
+            true => t.present(&index),
+            false => t.absent(&index),
+        };
+        t.unchanged(&keys::port(&port.id), port_rev);
         t.present(&keys::router_interface(&port.network));
-        if let Some(old) = f.port {
+        if let Some(old) = f.port.filter(|p| *p != port.id) {
             t.delete(&keys::floating_ip_port(&old));
         }
         f.port = Some(port.id);

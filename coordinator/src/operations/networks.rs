@@ -2,12 +2,21 @@
 //! networks), or a flat/VLAN segment of a physical network (provider
 //! networks, admin only, each segment used once); external and shared
 //! networks (admin only).
+//!
+//! Subnets may overlap, in one project too (as in Neutron): nothing on a
+//! node is keyed by a project and an address. Each network has its own
+//! bridge, DHCP socket and IPAM prefix; metadata knows a caller by (bridge,
+//! address, MAC); a router lives in a namespace of its own and is the one
+//! place two subnets meet, so [`super::routers::add_subnet`] refuses a
+//! subnet overlapping one of the router's (and the agent's router spec
+//! refuses it again); a floating IP goes through one router. Remote-group
+//! rules match members by address, as Neutron's do, across networks.
 
 use etcd_client::GetOptions;
 use ipnet::Ipv4Net;
 use nubo_common::keys::{self, NameKind};
-use nubo_common::model::{self, Network, ProviderSegment, ProviderType, QuotaUsage};
-use nubo_common::{NetworkId, ProjectId};
+use nubo_common::model::{self, Network, ProviderSegment, ProviderType, QuotaUsage, Subnet};
+use nubo_common::{NetworkId, ProjectId, SubnetId};
 use nubo_store::kv::{decode_or_skip, prefix_empty};
 use nubo_store::TxnBuilder;
 use rand::Rng;
@@ -23,8 +32,9 @@ use crate::validate;
 pub struct NewNetwork {
     /// Its name (unique in the project).
     pub name: String,
-    /// IPv4 CIDR, e.g. `10.20.0.0/24` (must not overlap the project's
-    /// other networks); empty = no subnet yet ([`set_subnet`] adds it).
+    /// IPv4 CIDR, e.g. `10.20.0.0/24` (may overlap the project's other
+    /// networks, as in Neutron: only a router refuses two overlapping
+    /// subnets); empty = no subnet yet ([`set_subnet`] adds it).
     pub cidr: String,
     /// Gateway: empty = the first host address, `none` = no gateway.
     pub gateway: String,
@@ -113,9 +123,9 @@ fn describe(p: &ProviderSegment) -> String {
     }
 }
 
-/// The subnet of a network, with its gateway and DNS servers.
+/// The subnet a request asks for, with its gateway and DNS servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Subnet {
+struct Requested {
     cidr: Ipv4Net,
     gateway: Option<Ipv4Addr>,
     dns: Vec<Ipv4Addr>,
@@ -123,7 +133,7 @@ struct Subnet {
 
 /// The subnet a request asks for: `None` when `cidr` is empty (then the
 /// gateway and DNS servers must be empty too). Pure.
-fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Option<Subnet>> {
+fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Option<Requested>> {
     if cidr.trim().is_empty() {
         if !gateway.trim().is_empty() || !dns.is_empty() {
             return Err(ApiError::InvalidArgument(
@@ -133,63 +143,14 @@ fn requested_subnet(cidr: &str, gateway: &str, dns: &[String]) -> ApiResult<Opti
         return Ok(None);
     }
     let cidr = validate::cidr(cidr)?;
-    Ok(Some(Subnet {
+    Ok(Some(Requested {
         cidr,
         gateway: validate::gateway(gateway, cidr)?,
         dns: validate::dns(dns)?,
     }))
 }
 
-/// The subnet of `net`, or a clear error for a network created without
-/// one.
-pub fn subnet_of(net: &Network) -> ApiResult<Ipv4Net> {
-    net.cidr.ok_or_else(|| {
-        ApiError::FailedPrecondition(format!(
-            "network {:?} has no subnet yet: add one first (nubo network subnet set {} --cidr CIDR)",
-            net.name, net.name
-        ))
-    })
-}
-
-/// The names and subnets of `project`'s networks, read at the store
-/// revision it returns (a transaction comparing the networks' prefix
-/// against it re-checks after a concurrent change).
-async fn project_subnets(
-    ctx: &Ctx,
-    project: &ProjectId,
-) -> ApiResult<(i64, Vec<(String, Option<Ipv4Net>)>)> {
-    let rev = ctx.store.revision().await?;
-    let existing = ctx
-        .store
-        .list_all(&keys::networks_prefix(), |kv| {
-            decode_or_skip::<Network>(kv)
-                .filter(|n| n.project == *project)
-                .map(|n| (n.name, n.cidr))
-        })
-        .await?;
-    Ok((rev, existing))
-}
-
-/// Refuses `cidr` when it overlaps another subnet of the project (`name`
-/// is the network getting it, skipped).
-fn check_overlap(
-    cidr: Ipv4Net,
-    name: &str,
-    existing: &[(String, Option<Ipv4Net>)],
-    project: &ProjectId,
-) -> ApiResult<()> {
-    let others: Vec<(String, Ipv4Net)> = existing
-        .iter()
-        .filter(|(n, _)| n != name)
-        .filter_map(|(n, c)| Some((n.clone(), (*c)?)))
-        .collect();
-    match validate::find_overlap(cidr, &others) {
-        Some((other_name, other)) => Err(ApiError::InvalidArgument(format!(
-            "network {cidr} overlaps with another subnet: network {other_name:?} ({other}) in project {project}"
-        ))),
-        None => Ok(()),
-    }
-}
+pub use super::ip_pool::subnet_of;
 
 /// Creates a network of `project` with a unique VNI.
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<Network> {
@@ -227,18 +188,6 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
     let shared_key = r.shared.then(|| keys::shared_network_name(&r.name));
     let idx = keys::name_index(NameKind::Network, &project, &r.name);
     for _ in 0..16 {
-        // The project's networks, read at a revision the txn then
-        // compares against: a concurrent create forces a re-check.
-        let (rev, existing) = project_subnets(ctx, &project).await?;
-        if existing.iter().any(|(n, _)| *n == r.name) {
-            return Err(ApiError::AlreadyExists(format!(
-                "network {:?} already exists in project {project}",
-                r.name
-            )));
-        }
-        if let Some(sn) = &subnet {
-            check_overlap(sn.cidr, &r.name, &existing, &project)?;
-        }
         // Provider networks are on a physical segment: no VNI.
         let vni = if provider.is_some() {
             0
@@ -261,11 +210,12 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             dhcp_disabled: false,
             host_routes: Vec::new(),
             allocation_pools: Vec::new(),
+            subnet_id: None,
+            more_subnets: Vec::new(),
             created_at: model::now(),
         };
         let mut t = TxnBuilder::new();
         let name_free = t.absent(&idx);
-        t.prefix_unchanged_since(&keys::networks_prefix(), rev);
         t.put(&idx, &net.id);
         if provider.is_none() {
             let vkey = keys::vni(vni);
@@ -326,7 +276,8 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
 /// What [`set_subnet`] gives a network.
 #[derive(Debug, Clone, Default)]
 pub struct NewSubnet {
-    /// IPv4 CIDR (must not overlap the project's other networks).
+    /// IPv4 CIDR (may overlap other networks' subnets; a router refuses
+    /// two overlapping ones).
     pub cidr: String,
     /// Gateway: empty = the first host address, `none` = no gateway.
     pub gateway: String,
@@ -342,8 +293,9 @@ pub struct NewSubnet {
     pub allocation_pools: Vec<(String, String)>,
 }
 
-/// Gives the network `r` of `project`, created without a CIDR, its one
-/// subnet; refused when it has one.
+/// Adds a subnet to the network `r` of `project`: its first one takes the
+/// network's id, a further one a new id; it must not overlap the network's
+/// other subnets (other networks' may overlap it).
 pub async fn set_subnet(
     ctx: &Ctx,
     project: &ProjectId,
@@ -357,37 +309,88 @@ pub async fn set_subnet(
     };
     let name = subnet_name(&sn.name)?;
     let host_routes = validate::host_routes(&sn.host_routes)?;
+    let allocation_pools =
+        validate::allocation_pools(&sn.allocation_pools, subnet.cidr, subnet.gateway)?;
     for _ in 0..16 {
         let net = super::lookup::network(ctx, project, r).await?;
         let mut n = net.value;
-        if let Some(c) = n.cidr {
-            return Err(ApiError::AlreadyExists(format!(
-                "network {:?} already has subnet {c}: a nubo network has one IPv4 subnet (create another network for another subnet)",
-                n.name
+        let mut subnets = n.subnets();
+        let others: Vec<(String, Ipv4Net)> =
+            subnets.iter().map(|s| (s.id.to_string(), s.cidr)).collect();
+        if let Some((id, other)) = validate::find_overlap(subnet.cidr, &others) {
+            // Tempest looks for "overlaps with another subnet" to try the
+            // next CIDR.
+            return Err(ApiError::InvalidArgument(format!(
+                "subnet {} overlaps with another subnet of network {:?}: {id} ({other})",
+                subnet.cidr, n.name
             )));
         }
-        let (rev, existing) = project_subnets(ctx, &n.project).await?;
-        check_overlap(subnet.cidr, &n.name, &existing, &n.project)?;
-        n.cidr = Some(subnet.cidr);
-        n.gateway = subnet.gateway;
-        n.dns = subnet.dns.clone();
-        n.subnet_name = name.clone();
-        n.dhcp_disabled = sn.dhcp_disabled;
-        n.host_routes = host_routes.clone();
-        n.allocation_pools =
-            validate::allocation_pools(&sn.allocation_pools, subnet.cidr, subnet.gateway)?;
+        let id = match subnets.is_empty() {
+            true => SubnetId::from_uuid(*n.id.as_uuid()),
+            false => SubnetId::new_random(),
+        };
+        subnets.push(Subnet {
+            id,
+            name: name.clone(),
+            cidr: subnet.cidr,
+            gateway: subnet.gateway,
+            dns: subnet.dns.clone(),
+            dhcp_disabled: sn.dhcp_disabled,
+            host_routes: host_routes.clone(),
+            allocation_pools: allocation_pools.clone(),
+        });
+        n.set_subnets(subnets);
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::network(&n.id), net.mod_rev);
-        t.prefix_unchanged_since(&keys::networks_prefix(), rev);
         t.put(&keys::network(&n.id), &n);
         if ctx.store.commit(&t).await?.succeeded() {
-            tracing::info!(network = %n.id, cidr = %subnet.cidr, "subnet added");
+            tracing::info!(network = %n.id, subnet = %id, cidr = %subnet.cidr, "subnet added");
             return Ok(n);
         }
     }
     Err(ApiError::Unavailable(
-        "the project's networks changed concurrently too often; retry".into(),
+        "the network changed concurrently too often; retry".into(),
     ))
+}
+
+/// The network `r` names and the subnet meant: `r` is a subnet's id (a
+/// network's first subnet may have the network's id), or a network (id or
+/// name) with exactly one subnet.
+pub(crate) async fn lookup_subnet(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<(nubo_store::kv::Versioned<Network>, Subnet)> {
+    if let Ok(id) = r.parse::<SubnetId>() {
+        let holder = ctx
+            .store
+            .list_all(&keys::networks_prefix(), |kv| {
+                decode_or_skip::<Network>(kv).filter(|n| n.subnet(&id).is_some())
+            })
+            .await?;
+        if let Some(n) = holder.first() {
+            let net = super::lookup::network(ctx, project, &n.id.to_string()).await?;
+            if let Some(sn) = net.value.subnet(&id) {
+                return Ok((net, sn));
+            }
+        }
+    }
+    let net = super::lookup::network(ctx, project, r).await?;
+    match net.value.subnets().as_slice() {
+        [one] => {
+            let one = one.clone();
+            Ok((net, one))
+        }
+        [] => Err(ApiError::NotFound(format!(
+            "network {:?} has no subnet",
+            net.value.name
+        ))),
+        many => Err(ApiError::InvalidArgument(format!(
+            "network {:?} has {} subnets: name one by its id",
+            net.value.name,
+            many.len()
+        ))),
+    }
 }
 
 fn subnet_name(s: &str) -> ApiResult<Option<String>> {
@@ -405,6 +408,9 @@ fn subnet_name(s: &str) -> ApiResult<Option<String>> {
 pub struct NetworkChanges {
     /// A new name (unique in the project).
     pub name: Option<String>,
+    /// The subnet the subnet attributes below change (its id; `None`: the
+    /// network's first subnet).
+    pub subnet: Option<String>,
     /// The subnet's name ("" = none).
     pub subnet_name: Option<String>,
     /// The gateway: a host address of the subnet, or "none".
@@ -458,6 +464,18 @@ pub async fn update(
         if subnet_change && n.cidr.is_none() {
             subnet_of(&n)?;
         }
+        let mut subnets = n.subnets();
+        let which = match c.subnet.as_deref().map(str::trim) {
+            None | Some("") => 0,
+            Some(s) => {
+                let id: SubnetId = s.parse().map_err(|_| {
+                    ApiError::InvalidArgument(format!("subnet {s:?} is not a subnet id"))
+                })?;
+                subnets.iter().position(|x| x.id == id).ok_or_else(|| {
+                    ApiError::NotFound(format!("network {:?} has no subnet {id}", n.name))
+                })?
+            }
+        };
         let mut name_free = None;
         if let Some(name) = c.name.as_ref().filter(|x| **x != n.name) {
             let idx = keys::name_index(NameKind::Network, &n.project, name);
@@ -467,7 +485,8 @@ pub async fn update(
             n.name = name.clone();
         }
         let mut gateway_guards = None;
-        if let (Some(g), Some(cidr)) = (&c.gateway, n.cidr) {
+        if let (Some(g), Some(sn)) = (&c.gateway, subnets.get_mut(which)) {
+            let cidr = sn.cidr;
             let gw = match g.trim() {
                 "" => {
                     return Err(ApiError::InvalidArgument(
@@ -477,7 +496,7 @@ pub async fn update(
                 other => validate::gateway(other, cidr)?,
             };
             if let Some(ip) = gw.filter(|ip| {
-                n.allocation_pools
+                sn.allocation_pools
                     .iter()
                     .any(|(a, b)| (*a..=*b).contains(ip))
             }) {
@@ -486,25 +505,29 @@ pub async fn update(
                     n.name
                 )));
             }
-            if gw != n.gateway {
-                let unrouted = t.absent(&keys::router_interface(&n.id));
+            if gw != sn.gateway {
+                // A router answers on the first subnet's gateway.
+                let unrouted = (which == 0).then(|| t.absent(&keys::router_interface(&n.id)));
                 let free = gw.map(|ip| t.absent(&keys::ipam(&n.id, std::net::IpAddr::V4(ip))));
                 gateway_guards = Some((unrouted, free, gw));
-                n.gateway = gw;
+                sn.gateway = gw;
             }
         }
-        if let Some(s) = subnet_name.clone() {
-            n.subnet_name = s;
+        if let Some(sn) = subnets.get_mut(which) {
+            if let Some(s) = subnet_name.clone() {
+                sn.name = s;
+            }
+            if let Some(d) = dns.clone() {
+                sn.dns = d;
+            }
+            if let Some(h) = host_routes.clone() {
+                sn.host_routes = h;
+            }
+            if let Some(d) = c.dhcp_disabled {
+                sn.dhcp_disabled = d;
+            }
         }
-        if let Some(d) = dns.clone() {
-            n.dns = d;
-        }
-        if let Some(h) = host_routes.clone() {
-            n.host_routes = h;
-        }
-        if let Some(d) = c.dhcp_disabled {
-            n.dhcp_disabled = d;
-        }
+        n.set_subnets(subnets);
         if n == old {
             return Ok(n);
         }
@@ -521,7 +544,7 @@ pub async fn update(
             )));
         }
         if let Some((unrouted, free, gw)) = gateway_guards {
-            if !a.held(unrouted) {
+            if unrouted.is_some_and(|g| !a.held(g)) {
                 return Err(ApiError::FailedPrecondition(format!(
                     "network {:?} is attached to a router, which answers on its gateway; remove it from the router first",
                     old.name
@@ -541,53 +564,58 @@ pub async fn update(
     ))
 }
 
-/// Removes the subnet of the network `r` of `project`: refused while it
-/// has ports or other addresses, or is attached to a router.
+/// Removes subnet `r` (a subnet id, or a network with one subnet) of
+/// `project`: refused while addresses of it are allocated (ports, floating
+/// IPs, router gateways), and for the first subnet while the network is
+/// attached to a router (which answers on its gateway). When the first
+/// subnet goes, the next one takes its place, keeping its id.
 pub async fn delete_subnet(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Network> {
     for _ in 0..16 {
-        let net = super::lookup::network(ctx, project, r).await?;
+        let (net, gone) = lookup_subnet(ctx, project, r).await?;
         let mut n = net.value;
-        if n.cidr.is_none() {
-            return Err(ApiError::NotFound(format!(
-                "network {:?} has no subnet",
-                n.name
+        let ipam_prefix = keys::ipam_prefix(&n.id);
+        let rev = ctx.store.revision().await?;
+        let taken = super::ip_pool::load_taken(ctx, &n.id).await?;
+        let held = taken.iter().filter(|ip| gone.cidr.contains(*ip)).count();
+        if held > 0 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "subnet {} ({}) of network {:?} still has {held} ports or other addresses (floating IPs, router gateways); delete them first",
+                gone.id, gone.cidr, n.name
             )));
         }
-        let ipam_prefix = keys::ipam_prefix(&n.id);
-        n.cidr = None;
-        n.subnet_name = None;
-        n.gateway = None;
-        n.dns.clear();
-        n.dhcp_disabled = false;
-        n.host_routes.clear();
-        n.allocation_pools.clear();
+        let first = n.first_subnet_id() == gone.id;
+        let subnets: Vec<Subnet> = n
+            .subnets()
+            .into_iter()
+            .filter(|s| s.id != gone.id)
+            .collect();
+        n.set_subnets(subnets);
         let mut t = TxnBuilder::new();
-        let same = t.unchanged(&keys::network(&n.id), net.mod_rev);
-        let unrouted = t.absent(&keys::router_interface(&n.id));
-        t.when(prefix_empty(&ipam_prefix));
+        t.unchanged(&keys::network(&n.id), net.mod_rev);
+        let unrouted = first.then(|| t.absent(&keys::router_interface(&n.id)));
+        t.prefix_unchanged_since(&ipam_prefix, rev);
         t.put(&keys::network(&n.id), &n);
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(network = %n.id, "subnet removed");
+            tracing::info!(network = %n.id, subnet = %gone.id, "subnet removed");
             return Ok(n);
         }
-        if !a.held(same) {
-            continue;
-        }
-        if !a.held(unrouted) {
+        if unrouted.is_some_and(|g| !a.held(g)) {
             return Err(ApiError::FailedPrecondition(format!(
                 "network {:?} is attached to a router; remove it from the router first (nubo router remove subnet)",
                 n.name
             )));
         }
-        return Err(ApiError::FailedPrecondition(format!(
-            "the subnet of network {:?} still has ports or other addresses (floating IPs, router gateways); delete them first",
-            n.name
-        )));
     }
     Err(ApiError::Unavailable(
         "the network changed concurrently too often; retry".into(),
     ))
+}
+
+/// The network holding subnet `r` (a subnet id, or a network with one
+/// subnet) of `project`.
+pub async fn subnet_network(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Network> {
+    Ok(lookup_subnet(ctx, project, r).await?.0.value)
 }
 
 /// The network `r` (id or name) of `project`, or a shared network.

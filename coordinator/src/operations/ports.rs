@@ -1,129 +1,39 @@
 //! Ports and the address / MAC reservations behind them (IPAM).
 
-use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
-
-use etcd_client::{GetOptions, Txn};
+use etcd_client::Txn;
 use nubo_common::keys;
-use nubo_common::model::{self, IpAllocation, Network, Port, QuotaUsage};
-use nubo_common::{
-    FloatingIpId, NetworkId, NodeName, PortId, ProjectId, RouterId, SecurityGroupId,
-};
+use nubo_common::model::{self, Port, QuotaUsage};
+use nubo_common::{PortId, ProjectId, SecurityGroupId};
 use nubo_netid::MacAddr;
 use nubo_store::kv::{put, unchanged};
 use nubo_store::{Guard, TxnBuilder};
 
+pub(crate) use super::ip_pool::{next_ip, reserve_ip, IpHolder, IpPool, MAX_ALLOC_ATTEMPTS};
 use super::{Page, PageRequest, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::ipam;
 use crate::state::Ctx;
 use crate::validate;
 
-/// Networks up to this many addresses have their taken set read before
-/// picking (cheap, and avoids blind collisions on nearly full networks).
-const SMALL_NETWORK: u64 = 4096;
-
-/// Attempts at reserving an address / MAC before giving up.
-pub(crate) const MAX_ALLOC_ATTEMPTS: usize = 64;
-
-/// Addresses known to be taken on one network, for picking candidates.
-#[derive(Debug)]
-pub(crate) struct IpPool {
-    pub(crate) net: Network,
-    cidr: Ipv4Net,
-    taken: HashSet<Ipv4Addr>,
-    loaded: bool,
-}
-
-impl IpPool {
-    /// The pool of `net`; refused for a network without a subnet.
-    pub(crate) fn new(net: Network) -> ApiResult<Self> {
-        Ok(Self {
-            cidr: super::networks::subnet_of(&net)?,
-            net,
-            taken: HashSet::new(),
-            loaded: false,
-        })
-    }
-
-    /// Marks `ip` as taken (a reservation lost a race); small networks are
-    /// re-read before the next pick.
-    pub(crate) fn conflict(&mut self, ip: Ipv4Addr) {
-        self.taken.insert(ip);
-        if ipam::usable_count(self.cidr, self.net.gateway, &self.net.allocation_pools)
-            <= SMALL_NETWORK
-        {
-            self.loaded = false;
-        }
-    }
-
-    /// Marks `ip` as taken (reserved by this caller) without re-reading.
-    pub(crate) fn taken(&mut self, ip: Ipv4Addr) {
-        self.taken.insert(ip);
-    }
-
-    fn full(&self) -> ApiError {
-        ApiError::ResourceExhausted(format!(
-            "network {:?} is full: all {} addresses are in use",
-            self.net.name,
-            ipam::usable_count(self.cidr, self.net.gateway, &self.net.allocation_pools)
-        ))
-    }
-}
-
-/// Who holds an address of a network's IPAM.
-#[derive(Debug, Clone)]
-pub(crate) enum IpHolder {
-    /// A port's fixed address.
-    Port(PortId),
-    /// A floating IP.
-    FloatingIp(FloatingIpId),
-    /// A router's gateway address.
-    RouterGateway(RouterId),
-    /// A router's SNAT address on one node.
-    RouterSnat(RouterId, NodeName),
-}
-
-/// Reserves address `ip` of `network` for `holder` in `t`: the address
-/// must be free (the returned guard tells, when `t` fails, whether it was
-/// taken). The one place an IPAM entry is written.
-pub(crate) fn reserve_ip(
-    t: &mut TxnBuilder,
-    network: &NetworkId,
-    ip: Ipv4Addr,
-    holder: IpHolder,
-) -> Guard {
-    let key = keys::ipam(network, IpAddr::V4(ip));
-    let free = t.absent(&key);
-    let mut a = IpAllocation {
-        port: None,
-        floating_ip: None,
-        router: None,
-        snat_node: None,
-        ip: IpAddr::V4(ip),
-    };
-    match holder {
-        IpHolder::Port(p) => a.port = Some(p),
-        IpHolder::FloatingIp(f) => a.floating_ip = Some(f),
-        IpHolder::RouterGateway(r) => a.router = Some(r),
-        IpHolder::RouterSnat(r, n) => {
-            a.router = Some(r);
-            a.snat_node = Some(n);
-        }
-    }
-    t.put(&key, &a);
-    free
-}
-
 /// Reserves a new port in `t`: its address and its MAC must be free (the
 /// returned guards, in that order, tell which was taken when `t` fails),
 /// and writes the port.
 /// A port without an address reserves none (its address guard is `None`).
 pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Option<Guard>, Guard) {
-    let ip =
-        p.ip.map(|ip| reserve_ip(t, &p.network, ip, IpHolder::Port(p.id)));
+    let (ips, mac) = reserve_port_ips(p, t);
+    (ips.into_iter().next(), mac)
+}
+
+/// [`reserve_port`] with a guard for each of the port's addresses
+/// ([`Port::ips`] order).
+pub(crate) fn reserve_port_ips(p: &Port, t: &mut TxnBuilder) -> (Vec<Guard>, Guard) {
+    let ip = p
+        .ips()
+        .into_iter()
+        .map(|ip| reserve_ip(t, &p.network, ip, IpHolder::Port(p.id)))
+        .collect();
     if p.ip.is_none() {
         t.put(&keys::bare_port(&p.network, &p.id), &p.id);
     }
@@ -137,10 +47,12 @@ pub(crate) fn reserve_port(p: &Port, t: &mut TxnBuilder) -> (Option<Guard>, Guar
 /// Deletes a port in `t` and releases its address, MAC and owner mark.
 pub(crate) fn release_port(p: &Port, t: &mut TxnBuilder) {
     t.delete(&keys::port(&p.id));
-    match p.ip {
-        Some(ip) => t.delete(&keys::ipam(&p.network, IpAddr::V4(ip))),
-        None => t.delete(&keys::bare_port(&p.network, &p.id)),
-    };
+    for ip in p.ips() {
+        t.delete(&keys::ipam(&p.network, IpAddr::V4(ip)));
+    }
+    if p.ip.is_none() {
+        t.delete(&keys::bare_port(&p.network, &p.id));
+    }
     t.delete(&keys::mac(&p.mac));
     t.delete(&keys::port_owner(&p.id));
 }
@@ -178,68 +90,6 @@ pub(crate) async fn disassociate_ports_into(
     }
     Ok(())
 }
-
-async fn load_taken(ctx: &Ctx, net: &NetworkId) -> ApiResult<HashSet<Ipv4Addr>> {
-    let prefix = keys::ipam_prefix(net);
-    let mut taken = HashSet::new();
-    let mut start = prefix.clone().into_bytes();
-    let end = keys::prefix_end(&prefix);
-    loop {
-        let resp = ctx
-            .store
-            .get(
-                start.clone(),
-                Some(
-                    GetOptions::new()
-                        .with_range(end.clone())
-                        .with_keys_only()
-                        .with_limit(5000),
-                ),
-            )
-            .await?;
-        for kv in resp.kvs() {
-            let k = String::from_utf8_lossy(kv.key());
-            if let Some(Ok(ip)) = k.strip_prefix(&prefix).map(str::parse::<Ipv4Addr>) {
-                taken.insert(ip);
-            }
-        }
-        match resp.kvs().last() {
-            Some(last) if resp.more() => {
-                start = last.key().to_vec();
-                start.push(0);
-            }
-            _ => return Ok(taken),
-        }
-    }
-}
-
-/// Picks the next address to try on a network.
-pub(crate) async fn next_ip(ctx: &Ctx, pool: &mut IpPool) -> ApiResult<Ipv4Addr> {
-    let small = ipam::usable_count(pool.cidr, pool.net.gateway, &pool.net.allocation_pools)
-        <= SMALL_NETWORK;
-    if small && !pool.loaded {
-        pool.taken = load_taken(ctx, &pool.net.id).await?;
-        pool.loaded = true;
-    }
-    loop {
-        let pick = ipam::pick(
-            pool.cidr,
-            pool.net.gateway,
-            &pool.net.allocation_pools,
-            &pool.taken,
-            &mut rand::rng(),
-        );
-        match pick {
-            Some(ip) => return Ok(ip),
-            None if pool.loaded => return Err(pool.full()),
-            None => {
-                pool.taken = load_taken(ctx, &pool.net.id).await?;
-                pool.loaded = true;
-            }
-        }
-    }
-}
-
 /// Whether `port` can be plugged into a server: not plugged anywhere, not
 /// a router's interface, and with an address (a port made before its
 /// network had a subnet has none). Pure.
@@ -274,6 +124,8 @@ pub struct NewPort {
     pub network: String,
     /// A fixed address; empty = allocated.
     pub ip: String,
+    /// Fixed addresses (subnet and/or address each), instead of `ip`.
+    pub fixed_ips: Vec<super::fixed_ips::FixedIpRequest>,
     /// Security groups (ids or names); empty = the project's `default`
     /// unless `no_security_groups`.
     pub security_groups: Vec<String>,
@@ -304,6 +156,17 @@ pub struct PortChanges {
     pub security_groups: Vec<String>,
     /// Remove every security group (exclusive with `security_groups`).
     pub no_security_groups: bool,
+}
+
+impl PortChanges {
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.description.is_none()
+            && self.admin_state_up.is_none()
+            && self.security_groups.is_empty()
+            && !self.no_security_groups
+    }
 }
 
 /// A chosen port MAC, checked: six hex octets, unicast, not all-zero, and
@@ -365,24 +228,8 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
     let net = super::lookup::usable_network(ctx, &project, &r.network)
         .await?
         .value;
-    let fixed = match r.ip.trim() {
-        "" => None,
-        s => {
-            let ip: Ipv4Addr = s
-                .parse()
-                .map_err(|_| ApiError::InvalidArgument(format!("ip {s} is not an IPv4 address")))?;
-            let cidr = super::networks::subnet_of(&net)?;
-            if !ipam::assignable(cidr, net.gateway, ip) {
-                return Err(ApiError::InvalidArgument(format!(
-                    "ip {ip} is not an assignable address of network {:?} ({}, gateway {})",
-                    net.name,
-                    cidr,
-                    net.gateway.map_or("none".to_string(), |g| g.to_string())
-                )));
-            }
-            Some(ip)
-        }
-    };
+    // No subnet: the port has no address (Neutron's port on a bare network).
+    let mut addresses = super::fixed_ips::Addresses::resolve(&net, &r.ip, &r.fixed_ips)?;
     let sgs = resolve_groups(ctx, &project, &r.security_groups, r.no_security_groups).await?;
     let net_name = net.name.clone();
     let mut port = Port {
@@ -394,6 +241,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         network: net.id,
         mac: chosen.unwrap_or_else(|| ipam::random_mac(&mut rand::rng())),
         ip: None,
+        more_ips: Vec::new(),
         security_groups: sgs,
         port_security: !r.no_port_security,
         device: None,
@@ -401,19 +249,12 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         router: None,
         created_at: model::now(),
     };
-    // No subnet: the port has no address (Neutron's port on a bare network).
-    let mut pool = match net.cidr {
-        Some(_) => Some(IpPool::new(net)?),
-        None => None,
-    };
     for _ in 0..MAX_ALLOC_ATTEMPTS {
-        port.ip = match (fixed, pool.as_mut()) {
-            (Some(ip), _) => Some(ip),
-            (None, Some(pool)) => Some(next_ip(ctx, pool).await?),
-            (None, None) => None,
-        };
+        let ips = addresses.pick(ctx).await?;
+        port.ip = ips.first().copied();
+        port.more_ips = ips.iter().skip(1).copied().collect();
         let mut t = TxnBuilder::new();
-        let (ip_free, mac_free) = reserve_port(&port, &mut t);
+        let (ips_free, mac_free) = reserve_port_ips(&port, &mut t);
         let delta = QuotaUsage {
             ports: 1,
             ..Default::default()
@@ -421,21 +262,11 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         super::quotas::add(ctx, &mut t, &port.project, &delta).await?;
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(port = %port.id, network = %port.network, ip = ?port.ip, "port created");
+            tracing::info!(port = %port.id, network = %port.network, ips = ?port.ips(), "port created");
             return Ok(port);
         }
-        if let (Some(guard), Some(ip)) = (ip_free, port.ip) {
-            if !a.held(guard) {
-                if fixed.is_some() {
-                    return Err(ApiError::AlreadyExists(format!(
-                        "address {ip} is already in use on network {net_name:?}"
-                    )));
-                }
-                if let Some(pool) = pool.as_mut() {
-                    pool.conflict(ip);
-                }
-            }
-        }
+        let taken: Vec<bool> = ips_free.iter().map(|g| !a.held(*g)).collect();
+        addresses.conflict(&ips, &taken)?;
         if !a.held(mac_free) {
             if let Some(mac) = chosen {
                 return Err(ApiError::AlreadyExists(format!(

@@ -262,6 +262,7 @@ impl<'a> CreateJob<'a> {
                 network: n.id,
                 mac: crate::ipam::random_mac(&mut rand::rng()),
                 ip: None,
+                more_ips: Vec::new(),
                 security_groups: plan.security_groups.clone(),
                 port_security: true,
                 device: Some(id),

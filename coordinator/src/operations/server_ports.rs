@@ -214,6 +214,7 @@ mod tests {
             network: NetworkId::new_random(),
             mac: "fa:16:3e:00:00:01".parse().unwrap(),
             ip: Some("10.0.0.5".parse().unwrap()),
+            more_ips: Vec::new(),
             security_groups: Vec::new(),
             port_security: true,
             device: None,

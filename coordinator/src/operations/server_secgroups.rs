@@ -116,6 +116,7 @@ mod tests {
             network: NetworkId::new_random(),
             mac: "fa:16:3e:00:00:01".parse().unwrap(),
             ip: Some("10.0.0.5".parse().unwrap()),
+            more_ips: Vec::new(),
             security_groups: groups.to_vec(),
             port_security: true,
             device: None,

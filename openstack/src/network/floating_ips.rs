@@ -161,40 +161,14 @@ fn floating_ip_request(
     ))
 }
 
-/// A nubo port has one fixed address: `fixed_ip_address`, when given, must
-/// be it.
-async fn check_fixed_ip(
-    up: &Upstream,
-    headers: &HeaderMap,
-    port: &str,
-    fixed: Option<&str>,
-) -> Result<(), ApiError> {
-    let Some(fixed) = fixed else {
-        return Ok(());
-    };
-    let p = up
-        .ports(headers)?
-        .get(crate::upstream::get_req(port.to_string()))
-        .await
-        .api(S)?
-        .into_inner();
-    if p.ip != fixed {
-        return Err(ApiError::bad_request(
-            S,
-            format!(
-                "Port {} does not have fixed ip {fixed} (its one address is {})",
-                p.id, p.ip
-            ),
-        ));
-    }
-    Ok(())
-}
-
+/// `Set`: floating IP `fip` to `port`, at its address `fixed` (one of the
+/// port's, checked by nubo; `None`: its first).
 async fn associate(
     up: &Upstream,
     headers: &HeaderMap,
     fip: &str,
     port: String,
+    fixed: Option<String>,
 ) -> Result<pb::FloatingIp, ApiError> {
     Ok(up
         .floating_ips(headers)?
@@ -204,6 +178,7 @@ async fn associate(
             port,
             server: String::new(),
             network: String::new(),
+            fixed_ip: fixed.unwrap_or_default(),
         })
         .await
         .api(S)?
@@ -220,9 +195,6 @@ pub(crate) async fn create_floating_ip(
     let b = crate::error::json_body(S, body)?.floatingip;
     let fixed = b.fixed_ip_address.clone();
     let (req, port) = floating_ip_request(b)?;
-    if let Some(p) = &port {
-        check_fixed_ip(&up, &headers, p, fixed.as_deref()).await?;
-    }
     let mut f = up
         .floating_ips(&headers)?
         .create(req)
@@ -230,7 +202,7 @@ pub(crate) async fn create_floating_ip(
         .api(S)?
         .into_inner();
     if let Some(p) = port {
-        match associate(&up, &headers, &f.id, p).await {
+        match associate(&up, &headers, &f.id, p, fixed).await {
             Ok(done) => f = done,
             Err(e) => {
                 if let Err(undo) = up
@@ -292,10 +264,7 @@ pub(crate) async fn update_floating_ip(
             .await
             .api(S)?
             .into_inner(),
-        Some(Some(port)) => {
-            check_fixed_ip(&up, &headers, &port, u.fixed_ip_address.as_deref()).await?;
-            associate(&up, &headers, &current.id, port).await?
-        }
+        Some(Some(port)) => associate(&up, &headers, &current.id, port, u.fixed_ip_address).await?,
     };
     Ok(Json(json!({"floatingip": floating_ip_view(&f)})).into_response())
 }

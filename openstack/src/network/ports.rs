@@ -1,7 +1,7 @@
 //! Neutron ports over nubo's `Ports`: list, show, create (name,
 //! description, `admin_state_up`, a chosen `mac_address`, security groups
-//! — `[]` = none), update of the same fields, delete. A port's one fixed address is on its network's
-//! one subnet (whose id is the network's).
+//! — `[]` = none — and fixed IPs), update of the same fields, delete. A
+//! port's fixed addresses are each on a subnet of its network.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -28,11 +28,7 @@ pub fn port_view(p: &pb::Port) -> Value {
         "project_id": p.project,
         "mac_address": p.mac,
         // A port made while its network had no subnet has no address.
-        "fixed_ips": if p.ip.is_empty() {
-            json!([])
-        } else {
-            json!([{"subnet_id": p.network_id, "ip_address": p.ip}])
-        },
+        "fixed_ips": fixed_ips_view(p),
         "security_groups": p.security_group_ids,
         "port_security_enabled": p.port_security,
         "device_id": if routed { &p.router_id } else { &p.device_id },
@@ -52,6 +48,33 @@ pub fn port_view(p: &pb::Port) -> Value {
         "created_at": p.created_at,
         "tags": [],
     })
+}
+
+/// A port's `fixed_ips` (a port from a reply without them: its one address
+/// on the network's first subnet, whose id is the network's). Pure.
+fn fixed_ips_view(p: &pb::Port) -> Value {
+    if !p.fixed_ips.is_empty() {
+        return p
+            .fixed_ips
+            .iter()
+            .map(|f| json!({"subnet_id": f.subnet_id, "ip_address": f.ip}))
+            .collect();
+    }
+    if p.ip.is_empty() {
+        json!([])
+    } else {
+        json!([{"subnet_id": p.network_id, "ip_address": p.ip}])
+    }
+}
+
+/// nubo's fixed IPs for Neutron's. Pure.
+fn fixed_ips_request(f: &[FixedIp]) -> Vec<pb::FixedIp> {
+    f.iter()
+        .map(|x| pb::FixedIp {
+            subnet_id: x.subnet_id.clone().unwrap_or_default(),
+            ip: x.ip_address.clone().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Neutron's port list filters nubo serves.
@@ -189,16 +212,7 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
     if p.vnic_type.as_deref().is_some_and(|v| v != "normal") {
         return bad("only binding:vnic_type normal is supported");
     }
-    let ip = match p.fixed_ips.as_deref() {
-        None | Some([]) => String::new(),
-        Some([one]) => {
-            if one.subnet_id.as_ref().is_some_and(|s| *s != p.network_id) {
-                return bad("the subnet_id of a fixed IP must be its network's one subnet (same id as the network)");
-            }
-            one.ip_address.clone().unwrap_or_default()
-        }
-        Some(_) => return bad("a port has one fixed IP"),
-    };
+    let fixed_ips = fixed_ips_request(p.fixed_ips.as_deref().unwrap_or_default());
     let no_port_security = p.port_security_enabled == Some(false);
     // Absent: the project's default group; `[]`: no group at all.
     let no_security_groups = p.security_groups.as_ref().is_some_and(Vec::is_empty);
@@ -213,7 +227,7 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
         name: p.name,
         project: p.project_id.unwrap_or_default(),
         network_ref: p.network_id,
-        ip,
+        fixed_ips,
         security_groups,
         no_port_security,
         description: p.description,
@@ -303,7 +317,7 @@ pub(crate) async fn update_port(
             return Err(ApiError::bad_request(
                 S,
                 format!(
-                    "{} (nubo updates a port's name, description, admin_state_up and security_groups)",
+                    "{} (nubo updates a port's name, description, admin_state_up, security_groups and fixed_ips)",
                     e.message
                 ),
             ));
@@ -321,19 +335,24 @@ pub(crate) async fn update_port(
             .await?
             .ok_or_else(|| ApiError::not_found(S, format!("Port {id} could not be found")))?,
     };
-    if let Some(asked) = &b.port.fixed_ips {
-        if !same_fixed_ips(&view, asked) {
-            return Err(ApiError::bad_request(
-                S,
-                "changing a port's fixed IPs is not supported (nubo): make a new port",
-            ));
-        }
+    let fixed_ips = b
+        .port
+        .fixed_ips
+        .as_deref()
+        .filter(|asked| !same_fixed_ips(&view, asked));
+    if fixed_ips.is_some() && current.is_none() {
+        return Err(ApiError::bad_request(
+            S,
+            "a router interface port's address is the router's (nubo)",
+        ));
     }
+    let fixed_ips = fixed_ips.map(fixed_ips_request);
     let u = b.port;
     let changes = u.security_groups.is_some()
         || u.name.is_some()
         || u.description.is_some()
-        || u.admin_state_up.is_some();
+        || u.admin_state_up.is_some()
+        || fixed_ips.is_some();
     let p = match (changes, current) {
         (true, Some(_)) => {
             let groups = u.security_groups;
@@ -345,6 +364,8 @@ pub(crate) async fn update_port(
                 name: u.name,
                 description: u.description,
                 admin_state_up: u.admin_state_up,
+                set_fixed_ips: fixed_ips.is_some(),
+                fixed_ips: fixed_ips.unwrap_or_default(),
             })
             .await
             .api(S)?
@@ -394,11 +415,29 @@ mod tests {
         assert_eq!(
             (
                 r.network_ref.as_str(),
-                r.ip.as_str(),
+                r.fixed_ips.clone(),
                 r.security_groups.clone(),
                 r.no_port_security
             ),
-            ("n", "10.0.0.9", vec!["web".to_string()], false)
+            (
+                "n",
+                vec![pb::FixedIp {
+                    subnet_id: "n".into(),
+                    ip: "10.0.0.9".into()
+                }],
+                vec!["web".to_string()],
+                false
+            )
+        );
+        let r = parse(json!({"port": {"network_id": "n",
+            "fixed_ips": [{"subnet_id": "s1"}, {"ip_address": "10.1.0.9"}]}}))
+        .unwrap();
+        assert_eq!(
+            r.fixed_ips
+                .iter()
+                .map(|f| (f.subnet_id.as_str(), f.ip.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("s1", ""), ("", "10.1.0.9")]
         );
         let r =
             parse(json!({"port": {"network_id": "n", "port_security_enabled": false}})).unwrap();
@@ -413,14 +452,6 @@ mod tests {
             ("fa:16:3e:00:00:07", "d")
         );
         for (v, text) in [
-            (
-                json!({"port": {"network_id": "n", "fixed_ips": [{"ip_address": "10.0.0.9"}, {"ip_address": "10.0.0.10"}]}}),
-                "one fixed IP",
-            ),
-            (
-                json!({"port": {"network_id": "n", "fixed_ips": [{"subnet_id": "other"}]}}),
-                "one subnet",
-            ),
             (
                 json!({"port": {"network_id": "n", "device_id": "x"}}),
                 "set by nubo",
@@ -480,6 +511,25 @@ mod tests {
         assert_eq!(
             (&down["status"], &down["admin_state_up"]),
             (&json!("DOWN"), &json!(false))
+        );
+        let two = port_view(&pb::Port {
+            ip: "10.0.0.5".into(),
+            fixed_ips: vec![
+                pb::FixedIp {
+                    subnet_id: "s1".into(),
+                    ip: "10.0.0.5".into(),
+                },
+                pb::FixedIp {
+                    subnet_id: "s2".into(),
+                    ip: "10.1.0.5".into(),
+                },
+            ],
+            ..p
+        });
+        assert_eq!(
+            two["fixed_ips"],
+            json!([{"subnet_id": "s1", "ip_address": "10.0.0.5"},
+                   {"subnet_id": "s2", "ip_address": "10.1.0.5"}])
         );
         let free = port_view(&pb::Port::default());
         assert_eq!(free["status"], "DOWN");

@@ -1,7 +1,8 @@
-//! Neutron networks (create, delete) and subnets. A nubo network holds one
-//! IPv4 subnet, so a Neutron subnet is the subnet of its network: it has
-//! the network's id, is created by `Networks.SetSubnet` on a network made
-//! without a CIDR, and removed by `Networks.DeleteSubnet`.
+//! Neutron networks (create, delete) and subnets. A nubo network holds
+//! IPv4 subnets, each with its id (a network's first subnet may have the
+//! network's id): created by `Networks.SetSubnet`, found by
+//! `Networks.GetSubnet`, changed by `Networks.Update` and removed by
+//! `Networks.DeleteSubnet`.
 
 use std::net::Ipv4Addr;
 
@@ -169,10 +170,10 @@ pub fn allocation_pools(cidr: Ipv4Net, gateway: Option<Ipv4Addr>) -> Vec<(Ipv4Ad
         .collect()
 }
 
-/// The pools IPAM allocates from: the network's own, else the host
+/// The pools IPAM allocates from: the subnet's own, else the host
 /// addresses without the gateway. Pure.
 fn effective_pools(
-    n: &pb::Network,
+    n: &pb::Subnet,
     cidr: Ipv4Net,
     gateway: Option<Ipv4Addr>,
 ) -> Vec<(Ipv4Addr, Ipv4Addr)> {
@@ -188,28 +189,34 @@ fn effective_pools(
     }
 }
 
-/// The Neutron view of a network's subnet; `None` without one. Pure.
-pub fn subnet_view(n: &pb::Network) -> Option<Value> {
-    let cidr: Ipv4Net = n.cidr.parse().ok()?;
-    let gateway: Option<Ipv4Addr> = n.gateway.parse().ok();
-    let pools: Vec<Value> = effective_pools(n, cidr, gateway)
+/// The Neutron views of a network's subnets. Pure.
+pub fn subnet_views(n: &pb::Network) -> Vec<Value> {
+    n.subnets.iter().filter_map(|s| subnet_view(n, s)).collect()
+}
+
+/// The Neutron view of subnet `s` of network `n`; `None` for an unreadable
+/// one. Pure.
+pub fn subnet_view(n: &pb::Network, s: &pb::Subnet) -> Option<Value> {
+    let cidr: Ipv4Net = s.cidr.parse().ok()?;
+    let gateway: Option<Ipv4Addr> = s.gateway.parse().ok();
+    let pools: Vec<Value> = effective_pools(s, cidr, gateway)
         .into_iter()
         .map(|(a, b)| json!({"start": a.to_string(), "end": b.to_string()}))
         .collect();
     Some(json!({
-        "id": n.id,
-        "name": n.subnet_name,
+        "id": s.id,
+        "name": s.name,
         "network_id": n.id,
         "tenant_id": n.project,
         "project_id": n.project,
         "ip_version": 4,
         "cidr": cidr.to_string(),
         "gateway_ip": gateway.map(|g| g.to_string()),
-        "enable_dhcp": !n.dhcp_disabled,
+        "enable_dhcp": !s.dhcp_disabled,
         "router:external": n.external,
-        "dns_nameservers": n.dns,
+        "dns_nameservers": s.dns,
         "allocation_pools": pools,
-        "host_routes": n.host_routes.iter().map(|r| json!({"destination": r.destination, "nexthop": r.nexthop})).collect::<Vec<_>>(),
+        "host_routes": s.host_routes.iter().map(|r| json!({"destination": r.destination, "nexthop": r.nexthop})).collect::<Vec<_>>(),
         "ipv6_ra_mode": null,
         "ipv6_address_mode": null,
         "subnetpool_id": null,
@@ -348,11 +355,29 @@ pub(crate) async fn create_subnet(
         requests,
         |r| {
             let mut c = client.clone();
-            async move { Ok(c.set_subnet(r).await.api(S)?.into_inner()) }
+            async move {
+                let cidr = r.cidr.clone();
+                let n = c.set_subnet(r).await.api(S)?.into_inner();
+                // The new subnet: the network's one with that CIDR (a
+                // network's subnets never overlap).
+                let sn = n
+                    .subnets
+                    .iter()
+                    .find(|s| s.cidr == cidr)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            S,
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the new subnet is missing",
+                        )
+                    })?;
+                Ok((n, sn))
+            }
         },
-        |n| {
+        |(_, sn)| {
             let mut c = client.clone();
-            let id = n.id.clone();
+            let id = sn.id.clone();
             async move {
                 c.delete_subnet(crate::upstream::delete_req(id))
                     .await
@@ -365,7 +390,7 @@ pub(crate) async fn create_subnet(
     Ok(super::bulk::created(
         "subnet",
         many,
-        made.iter().filter_map(subnet_view).collect(),
+        made.iter().filter_map(|(n, s)| subnet_view(n, s)).collect(),
     ))
 }
 
@@ -387,35 +412,40 @@ pub(crate) async fn list_subnets(
     let nets = crate::list_all!(up.networks(&headers)?, networks, S)?;
     let views: Vec<Value> = nets
         .iter()
-        .filter(|n| f.name.as_ref().is_none_or(|x| &n.subnet_name == x))
-        .filter(|n| f.id.as_ref().is_none_or(|x| &n.id == x))
         .filter(|n| f.network_id.as_ref().is_none_or(|x| &n.id == x))
-        .filter(|n| f.cidr.as_ref().is_none_or(|x| &n.cidr == x))
-        .filter_map(subnet_view)
+        .flat_map(|n| n.subnets.iter().map(move |s| (n, s)))
+        .filter(|(_, s)| f.name.as_ref().is_none_or(|x| &s.name == x))
+        .filter(|(_, s)| f.id.as_ref().is_none_or(|x| &s.id == x))
+        .filter(|(_, s)| f.cidr.as_ref().is_none_or(|x| &s.cidr == x))
+        .filter_map(|(n, s)| subnet_view(n, s))
         .collect();
     Ok(Json(json!({"subnets": views})).into_response())
 }
 
-/// The network of subnet `id` (the same id), which must have a subnet.
+/// Subnet `id` and its network.
 async fn network_with_subnet(
     up: &Upstream,
     headers: &HeaderMap,
     id: String,
-) -> Result<pb::Network, ApiError> {
+) -> Result<(pb::Network, pb::Subnet), ApiError> {
     let missing = || ApiError::not_found(S, format!("Subnet {id} could not be found."));
     let n = match up
         .networks(headers)?
-        .get(crate::upstream::get_req(id.clone()))
+        .get_subnet(crate::upstream::get_req(id.clone()))
         .await
     {
         Ok(n) => n.into_inner(),
         Err(s) if s.code() == tonic::Code::NotFound => return Err(missing()),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(missing()),
         Err(s) => return Err(ApiError::from_status(S, &s)),
     };
-    if n.cidr.is_empty() {
-        return Err(missing());
-    }
-    Ok(n)
+    let sn = n
+        .subnets
+        .iter()
+        .find(|s| s.id == id)
+        .cloned()
+        .ok_or_else(missing)?;
+    Ok((n, sn))
 }
 
 /// `GET /v2.0/subnets/{id}`.
@@ -424,8 +454,8 @@ pub(crate) async fn show_subnet(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let n = network_with_subnet(&up, &headers, id).await?;
-    Ok(Json(json!({"subnet": subnet_view(&n)})).into_response())
+    let (n, sn) = network_with_subnet(&up, &headers, id).await?;
+    Ok(Json(json!({"subnet": subnet_view(&n, &sn)})).into_response())
 }
 
 /// `DELETE /v2.0/subnets/{id}`.
@@ -434,9 +464,9 @@ pub(crate) async fn delete_subnet(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let n = network_with_subnet(&up, &headers, id).await?;
+    let (_, sn) = network_with_subnet(&up, &headers, id).await?;
     up.networks(&headers)?
-        .delete_subnet(crate::upstream::delete_req(n.id))
+        .delete_subnet(crate::upstream::delete_req(sn.id))
         .await
         .api(S)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -517,9 +547,10 @@ struct SubnetUpdate {
     description: Option<String>,
 }
 
-/// nubo's update of a subnet (of network `net`). Pure.
+/// nubo's update of subnet `sn` of network `net`. Pure.
 fn subnet_update_request(
     net: &pb::Network,
+    sn: &pb::Subnet,
     u: SubnetUpdate,
 ) -> Result<pb::UpdateNetworkRequest, ApiError> {
     if u.description.as_ref().is_some_and(|d| !d.is_empty()) {
@@ -529,11 +560,11 @@ fn subnet_update_request(
         ));
     }
     if let Some(pools) = &u.allocation_pools {
-        let cidr: Ipv4Net = net
+        let cidr: Ipv4Net = sn
             .cidr
             .parse()
             .map_err(|_| ApiError::bad_request(S, "the subnet has no valid cidr"))?;
-        let ours: Vec<Pool> = effective_pools(net, cidr, net.gateway.parse().ok())
+        let ours: Vec<Pool> = effective_pools(sn, cidr, sn.gateway.parse().ok())
             .into_iter()
             .map(|(start, end)| Pool { start, end })
             .collect();
@@ -559,6 +590,7 @@ fn subnet_update_request(
             .map(routes_request)
             .unwrap_or_default(),
         dhcp_disabled: u.enable_dhcp.map(|on| !on),
+        subnet_id: sn.id.clone(),
     })
 }
 
@@ -570,16 +602,21 @@ pub(crate) async fn update_subnet(
     Path(id): Path<String>,
     body: Result<Json<SubnetUpdateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let net = network_with_subnet(&up, &headers, id).await?;
+    let (net, sn) = network_with_subnet(&up, &headers, id).await?;
     let u = crate::error::json_body(S, body)?.subnet;
-    let req = subnet_update_request(&net, u)?;
+    let req = subnet_update_request(&net, &sn, u)?;
     let n = up
         .networks(&headers)?
         .update(req)
         .await
         .api(S)?
         .into_inner();
-    Ok(Json(json!({"subnet": subnet_view(&n)})).into_response())
+    let view = n
+        .subnets
+        .iter()
+        .find(|s| s.id == sn.id)
+        .and_then(|s| subnet_view(&n, s));
+    Ok(Json(json!({"subnet": view})).into_response())
 }
 
 #[cfg(test)]
@@ -685,16 +722,21 @@ mod tests {
 
     #[test]
     fn subnet_updates_say_what_changes() {
-        let net = pb::Network {
-            id: "n".into(),
+        let sn = pb::Subnet {
+            id: "s2".into(),
             cidr: "10.0.0.0/24".into(),
             gateway: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        let net = pb::Network {
+            id: "n".into(),
+            subnets: vec![sn.clone()],
             ..Default::default()
         };
         let parse = |v: Value| -> Result<pb::UpdateNetworkRequest, ApiError> {
             let b: SubnetUpdateBody =
                 serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
-            subnet_update_request(&net, b.subnet)
+            subnet_update_request(&net, &sn, b.subnet)
         };
         let r = parse(json!({"subnet": {"name": "s2", "gateway_ip": "10.0.0.2",
             "dns_nameservers": [], "enable_dhcp": true,
@@ -706,6 +748,7 @@ mod tests {
         assert!(r.set_host_routes);
         assert_eq!(r.dhcp_disabled, Some(false));
         assert_eq!(r.name, None);
+        assert_eq!((r.r#ref.as_str(), r.subnet_id.as_str()), ("n", "s2"));
         let r = parse(json!({"subnet": {"gateway_ip": null}})).unwrap();
         assert_eq!(r.gateway.as_deref(), Some("none"));
         assert!(!r.set_dns && !r.set_host_routes);
