@@ -37,7 +37,9 @@ pub fn router() -> Router<Upstream> {
         .route("/v3/{project}/os-availability-zone", get(zones))
         .route(
             "/v3/{project}/os-quota-sets/{target}",
-            get(crate::quota::volume_quota),
+            get(crate::quota::volume_quota)
+                .put(crate::quota::update_volume_quota)
+                .delete(crate::quota::reset_volume_quota),
         )
         .route(
             "/v3/{project}/volumes",
