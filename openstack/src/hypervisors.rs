@@ -102,7 +102,6 @@ pub fn service_view(n: &pb::Node) -> Value {
         "state": state(n),
         "updated_at": if n.health_since.is_empty() { Value::Null } else { json!(n.health_since) },
         "disabled_reason": null,
-        "forced_down": false,
     })
 }
 

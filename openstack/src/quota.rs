@@ -434,24 +434,21 @@ pub async fn update_volume_quota(
     ))
 }
 
-/// `DELETE /volume/v3/{caller}/os-quota-sets/{project}`: `Quotas.Reset`.
+/// `DELETE /volume/v3/{caller}/os-quota-sets/{project}`: `Quotas.Reset`
+/// (200 without a body, as Cinder).
 pub async fn reset_volume_quota(
     State(up): State<Upstream>,
     headers: HeaderMap,
     Path((_caller, project)): Path<(String, String)>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let q = up
-        .quotas(&headers)?
+) -> Result<axum::http::StatusCode, ApiError> {
+    up.quotas(&headers)?
         .reset(pb::GetRequest {
             r#ref: String::new(),
             project,
         })
         .await
-        .api(Service::Compute)?
-        .into_inner();
-    Ok(axum::Json(
-        json!({ "quota_set": quota_body(&volume_rows(&q), false) }),
-    ))
+        .api(Service::Compute)?;
+    Ok(axum::http::StatusCode::OK)
 }
 
 /// Neutron's `quota` for `project`, limits only or with usage (`detail`).
