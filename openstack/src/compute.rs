@@ -27,15 +27,9 @@ pub fn router() -> Router<Upstream> {
         .route("/", get(versions_doc))
         .route("/v2.1", get(v21_doc))
         .route("/v2.1/", get(v21_doc))
-        .route(
-            "/v2.1/flavors",
-            get(list_flavors).post(crate::flavors_admin::create),
-        )
+        .route("/v2.1/flavors", get(list_flavors))
         .route("/v2.1/flavors/detail", get(list_flavors_detail))
-        .route(
-            "/v2.1/flavors/{id}",
-            get(show_flavor).delete(crate::flavors_admin::delete),
-        )
+        .route("/v2.1/flavors/{id}", get(show_flavor))
         .route("/v2.1/servers", get(list_servers).post(create_server))
         .route("/v2.1/servers/detail", get(list_servers_detail))
         .route(

@@ -78,6 +78,13 @@ pub fn router(upstream: Upstream) -> Router {
                 .merge(server_interfaces::router())
                 .merge(server_migrations::router())
                 .route("/v2.1/limits", get(limits::compute_limits))
+                // Flavor management here: `flavors_admin` uses `compute`'s
+                // flavor view, so `compute` may not route to it.
+                .route("/v2.1/flavors", axum::routing::post(flavors_admin::create))
+                .route(
+                    "/v2.1/flavors/{id}",
+                    axum::routing::delete(flavors_admin::delete),
+                )
                 // Quota sets here: `quota` uses `compute`'s microversion
                 // helpers, so `compute` may not route to it.
                 .route(
