@@ -106,6 +106,7 @@ pub async fn create_resources(channel: &Channel) -> Result<()> {
             vcpus: FLAVOR.vcpus,
             ram_mb: FLAVOR.ram_mb,
             disk_gb: FLAVOR.disk_gb,
+            display_name: String::new(),
         })
         .await
         .context("creating the flavor")?;

@@ -43,6 +43,10 @@ pub struct CreateArgs {
     /// Root disk in GiB.
     #[arg(long)]
     pub disk: u64,
+    /// The name OpenStack clients show (default: the flavor's name, which
+    /// is also its OpenStack id).
+    #[arg(long)]
+    pub display_name: Option<String>,
 }
 
 impl CreateArgs {
@@ -53,6 +57,7 @@ impl CreateArgs {
             vcpus: self.vcpus,
             ram_mb: self.ram,
             disk_gb: self.disk,
+            display_name: self.display_name.clone().unwrap_or_default(),
         }
     }
 }
@@ -61,6 +66,7 @@ impl CreateArgs {
 pub fn to_json(f: &Flavor) -> Value {
     json!({
         "name": f.name,
+        "display_name": opt(&f.display_name),
         "vcpus": f.vcpus,
         "ram_mb": f.ram_mb,
         "disk_gb": f.disk_gb,
@@ -127,6 +133,7 @@ mod tests {
             vcpus: 2,
             ram: 4096,
             disk: 20,
+            display_name: None,
         };
         assert_eq!(
             a.request(),
@@ -134,7 +141,8 @@ mod tests {
                 name: "m1.small".into(),
                 vcpus: 2,
                 ram_mb: 4096,
-                disk_gb: 20
+                disk_gb: 20,
+                display_name: String::new(),
             }
         );
     }
@@ -147,10 +155,11 @@ mod tests {
             ram_mb: 512,
             disk_gb: 1,
             created_at: String::new(),
+            display_name: String::new(),
         };
         assert_eq!(
             serde_json::to_string(&to_json(&f)).unwrap(),
-            r#"{"created_at":null,"disk_gb":1,"name":"m1","ram_mb":512,"vcpus":1}"#
+            r#"{"created_at":null,"disk_gb":1,"display_name":null,"name":"m1","ram_mb":512,"vcpus":1}"#
         );
     }
 }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use nubo_common::proto::{
-    AuditEntry, CreateProjectRequest, CreateUserRequest, DeleteRequest, GetRequest,
+    AuditEntry, CreateProjectRequest, CreateUserRequest, DeleteRequest, Empty, GetRequest,
     IssueTokenRequest, ListRequest, Project, ProjectQuota, QuotaSet, RoleAssignment,
-    SetQuotaRequest, User,
+    SetQuotaRequest, UpdateQuotaRequest, User,
 };
 use serde_json::{json, Value};
 
@@ -136,6 +136,46 @@ pub enum RoleCmd {
 /// `nubo quota set` limits; omitted = unlimited.
 #[derive(Debug, Args)]
 pub struct QuotaArgs {
+    /// The limits.
+    #[command(flatten)]
+    pub limits: QuotaLimits,
+    /// Set the cloud-wide default instead of a project's quota.
+    #[arg(long)]
+    pub default: bool,
+}
+
+/// Quota commands.
+#[derive(Debug, Subcommand)]
+pub enum QuotaCmd {
+    /// The limits and usage of the project (--project, else the token's).
+    Show,
+    /// Set the limits of the project (cloud admin); omitted = unlimited.
+    Set(QuotaArgs),
+    /// Change some limits of the project (cloud admin); the others keep
+    /// what applies now.
+    Update(QuotaUpdateArgs),
+    /// Drop the project's own quota: the cloud-wide default applies again
+    /// (cloud admin).
+    Reset,
+    /// The cloud-wide default.
+    Default,
+}
+
+/// `nubo quota update`: the limits to change.
+#[derive(Debug, Args)]
+pub struct QuotaUpdateArgs {
+    /// The new limits (as `nubo quota set`; omitted = kept).
+    #[command(flatten)]
+    pub limits: QuotaLimits,
+    /// Make these resources unlimited (instances, vcpus, ram_mb, volumes,
+    /// gigabytes, ports, networks, security_groups, floating_ips).
+    #[arg(long, value_delimiter = ',')]
+    pub unlimited: Vec<String>,
+}
+
+/// Limits of `nubo quota set` and `nubo quota update`.
+#[derive(Debug, Args)]
+pub struct QuotaLimits {
     /// Servers.
     #[arg(long)]
     pub instances: Option<u64>,
@@ -163,18 +203,23 @@ pub struct QuotaArgs {
     /// Floating IPs.
     #[arg(long)]
     pub floating_ips: Option<u64>,
-    /// Set the cloud-wide default instead of a project's quota.
-    #[arg(long)]
-    pub default: bool,
 }
 
-/// Quota commands.
-#[derive(Debug, Subcommand)]
-pub enum QuotaCmd {
-    /// The limits and usage of the project (--project, else the token's).
-    Show,
-    /// Set the limits of the project (cloud admin); omitted = unlimited.
-    Set(QuotaArgs),
+impl QuotaLimits {
+    /// The gRPC limits.
+    fn set(&self) -> QuotaSet {
+        QuotaSet {
+            instances: self.instances,
+            vcpus: self.vcpus,
+            ram_mb: self.ram_mb,
+            volumes: self.volumes,
+            gigabytes: self.gigabytes,
+            ports: self.ports,
+            networks: self.networks,
+            security_groups: self.security_groups,
+            floating_ips: self.floating_ips,
+        }
+    }
 }
 
 /// Audit commands (cloud admin).
@@ -503,21 +548,37 @@ pub async fn quota(cmd: QuotaCmd, ctx: &Ctx) -> Result<()> {
                     } else {
                         api.project.clone()
                     },
-                    limits: Some(QuotaSet {
-                        instances: a.instances,
-                        vcpus: a.vcpus,
-                        ram_mb: a.ram_mb,
-                        volumes: a.volumes,
-                        gigabytes: a.gigabytes,
-                        ports: a.ports,
-                        networks: a.networks,
-                        security_groups: a.security_groups,
-                        floating_ips: a.floating_ips,
-                    }),
+                    limits: Some(a.limits.set()),
                 })
                 .await
                 .or_fail(api)?
         }
+        QuotaCmd::Update(a) => {
+            if api.project.is_empty() {
+                bail!("name the project with --project");
+            }
+            api.quotas()
+                .update(UpdateQuotaRequest {
+                    project: api.project.clone(),
+                    limits: Some(a.limits.set()),
+                    unlimited: a.unlimited,
+                })
+                .await
+                .or_fail(api)?
+        }
+        QuotaCmd::Reset => {
+            if api.project.is_empty() {
+                bail!("name the project with --project");
+            }
+            api.quotas()
+                .reset(GetRequest {
+                    r#ref: String::new(),
+                    project: api.project.clone(),
+                })
+                .await
+                .or_fail(api)?
+        }
+        QuotaCmd::Default => api.quotas().get_default(Empty {}).await.or_fail(api)?,
     };
     match ctx.format {
         output::Format::Table => output::emit(&quota_table(&q).render()),

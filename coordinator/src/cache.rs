@@ -239,6 +239,7 @@ mod tests {
             },
             extra: Default::default(),
             created_at: model::now(),
+            display_name: String::new(),
         })
     }
 

@@ -76,6 +76,7 @@ async fn create_flavor(a: &mut Api, root: &str, name: &str, vcpus: u32, ram_mb: 
                 vcpus,
                 ram_mb,
                 disk_gb: 1,
+                display_name: String::new(),
             },
         ))
         .await
@@ -242,6 +243,7 @@ async fn tokens_and_project_isolation() {
         vcpus: 1,
         ram_mb: 512,
         disk_gb: 1,
+        display_name: String::new(),
     };
     let e = a
         .flavors
@@ -2126,4 +2128,102 @@ async fn locks_rebuilds_actions_zones_groups_and_min_count() {
         .into_inner();
     assert_eq!(r.results.iter().filter(|x| x.server.is_some()).count(), 1);
     assert_eq!(server_names(&mut a, &alice, false).await.len(), 2);
+}
+
+/// `Quotas.Update` changes the named limits and keeps the others (a
+/// project without its own quota starts from the default), `Reset` gives
+/// the default back, `GetDefault` is readable by members; updating and
+/// resetting are admin-only, an unknown resource is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_update_merges_and_reset_restores_the_default() {
+    let etcd = Etcd::start().unwrap();
+    let (c, mut a, root) = token_cloud(&etcd).await;
+    let alice = login(&mut a, "alice", "pw").await;
+    let mut quotas = pb::quotas_client::QuotasClient::new(channel(&c).await);
+    let default = quotas
+        .get_default(req(&alice, pb::Empty {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let d = default.limits.unwrap();
+    assert_eq!((d.instances, d.vcpus), (Some(10), Some(20)), "{d:?}");
+    let update = |limits: pb::QuotaSet, unlimited: &[&str]| pb::UpdateQuotaRequest {
+        project: "p1".into(),
+        limits: Some(limits),
+        unlimited: unlimited.iter().map(|s| s.to_string()).collect(),
+    };
+    let ram = pb::QuotaSet {
+        ram_mb: Some(5120),
+        ..Default::default()
+    };
+    let e = quotas
+        .update(req(&alice, update(ram, &[])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let q = quotas
+        .update(req(&root, update(ram, &["instances"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let l = q.limits.unwrap();
+    assert_eq!(
+        (l.ram_mb, l.instances, l.vcpus, l.ports),
+        (Some(5120), None, d.vcpus, d.ports),
+        "{l:?}"
+    );
+    // A second update keeps the first one's changes.
+    let cores = pb::QuotaSet {
+        vcpus: Some(2),
+        ..Default::default()
+    };
+    let l = quotas
+        .update(req(&root, update(cores, &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    assert_eq!(
+        (l.ram_mb, l.instances, l.vcpus),
+        (Some(5120), None, Some(2))
+    );
+    let e = quotas
+        .update(req(&root, update(pb::QuotaSet::default(), &["cpus"])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("\"cpus\""), "{}", e.message());
+    let e = quotas
+        .update(req(&root, update(cores, &["vcpus"])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = quotas.reset(req(&alice, get_in("p1"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let l = quotas
+        .reset(req(&root, get_in("p1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    assert_eq!(l, d);
+    // What alice reads is the default again.
+    let l = quotas
+        .get(req(&alice, get("")))
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    assert_eq!(l, d);
+    c.shutdown().await.unwrap();
+}
+
+fn get_in(project: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        r#ref: String::new(),
+        project: project.into(),
+    }
 }

@@ -73,6 +73,7 @@ async fn kill9_of_the_leader_process_elects_the_follower() {
         vcpus: 1,
         ram_mb: 64,
         disk_gb: 1,
+        display_name: String::new(),
     })
     .await
     .unwrap();

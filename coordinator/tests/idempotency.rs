@@ -163,6 +163,7 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
             vcpus: 1,
             ram_mb: 512,
             disk_gb: 1,
+            display_name: String::new(),
         }),
     )
     .await
@@ -186,6 +187,7 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
         resources: res(1, 256, 1),
         extra: Default::default(),
         created_at: model::now(),
+        display_name: String::new(),
     });
     ctx.cache.apply_raw(&key, &stale, 1, false);
     assert_eq!(

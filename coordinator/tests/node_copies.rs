@@ -66,6 +66,7 @@ async fn every_spec_write_keeps_the_node_copy_equal() {
             vcpus: 2,
             ram_mb: 1024,
             disk_gb: 1,
+            display_name: String::new(),
         })
         .await
         .unwrap();

@@ -25,6 +25,7 @@ async fn flavor(cl: &mut Clients, name: &str, vcpus: u32, ram_mb: u64, disk_gb: 
             vcpus,
             ram_mb,
             disk_gb,
+            display_name: String::new(),
         })
         .await
         .unwrap();

@@ -24,6 +24,7 @@ async fn flavors_images_keypairs_groups_crud_and_errors() {
             vcpus: 1,
             ram_mb: 1,
             disk_gb: 1,
+            display_name: String::new(),
         })
         .await
         .unwrap_err();
@@ -38,6 +39,7 @@ async fn flavors_images_keypairs_groups_crud_and_errors() {
             vcpus: 0,
             ram_mb: 1,
             disk_gb: 1,
+            display_name: String::new(),
         })
         .await
         .unwrap_err();
@@ -411,6 +413,7 @@ async fn lists_paginate_across_pages_without_capping() {
                 vcpus: 1,
                 ram_mb: 1,
                 disk_gb: 0,
+                display_name: String::new(),
             })
             .await
             .unwrap();

@@ -88,10 +88,12 @@ pub fn page<T>(items: Vec<T>, p: &Paging, id: impl Fn(&T) -> &str) -> Result<Vec
         .collect())
 }
 
-fn flavor_view(base: &str, f: &pb::Flavor) -> Value {
+/// A flavor as Nova shows it: nubo's name is its id, its display name
+/// (else the name) its name. Pure.
+pub fn flavor_view(base: &str, f: &pb::Flavor) -> Value {
     json!({
         "id": f.name,
-        "name": f.name,
+        "name": if f.display_name.is_empty() { &f.name } else { &f.display_name },
         "vcpus": f.vcpus,
         "ram": f.ram_mb,
         "disk": f.disk_gb,
@@ -405,7 +407,9 @@ pub fn server_brief(base: &str, s: &pb::Server) -> Value {
 /// (regular expressions searched in the name and the fixed addresses, as
 /// Nova), `status`, `flavor` and `image`; `changes-since` (servers that
 /// changed since, and those deleted since, `DELETED`) is passed to the
-/// coordinators (see [`changes_since`]).
+/// coordinators (see [`changes_since`]), as are the admin's
+/// `all_tenants`, `tenant_id`/`project_id` (only with `all_tenants`, as
+/// Nova) and `host` (the coordinators honour them for cloud admins only).
 #[derive(Debug, Default, Deserialize)]
 pub struct ServerQuery {
     // Paging's fields, not flattened: serde's flatten cannot read numbers
@@ -419,6 +423,32 @@ pub struct ServerQuery {
     image: Option<String>,
     #[serde(rename = "changes-since")]
     changes_since: Option<String>,
+    all_tenants: Option<String>,
+    tenant_id: Option<String>,
+    project_id: Option<String>,
+    host: Option<String>,
+}
+
+/// The scope of a server list's gRPC request: `(all_projects, project,
+/// node)` from Nova's `all_tenants` (present and not false-ish),
+/// `tenant_id`/`project_id` (only with `all_tenants`, as Nova 2.1) and
+/// `host`. Pure.
+pub fn list_scope(q: &ServerQuery) -> (bool, String, String) {
+    let all = q.all_tenants.as_deref().is_some_and(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "0" | "f" | "false" | "n" | "no" | "off"
+        )
+    });
+    let project = match (all, q.tenant_id.as_ref().or(q.project_id.as_ref())) {
+        (true, Some(p)) => p.clone(),
+        _ => String::new(),
+    };
+    (
+        all && project.is_empty(),
+        project,
+        q.host.clone().unwrap_or_default(),
+    )
 }
 
 /// The servers `q` selects (before paging). Pure.
@@ -491,7 +521,7 @@ pub(crate) async fn all_servers(
     up: &Upstream,
     headers: &HeaderMap,
 ) -> Result<Vec<pb::Server>, ApiError> {
-    servers_changed_since(up, headers, String::new()).await
+    servers_changed_since(up, headers, String::new(), Default::default()).await
 }
 
 /// [`all_servers`] that changed at or after `since` (RFC 3339), and those
@@ -500,17 +530,22 @@ async fn servers_changed_since(
     up: &Upstream,
     headers: &HeaderMap,
     since: String,
+    scope: (bool, String, String),
 ) -> Result<Vec<pb::Server>, ApiError> {
     let client = up.servers(headers)?;
     all_pages(|token| {
         let mut c = client.clone();
         let since = since.clone();
+        let (all_projects, project, node) = scope.clone();
         async move {
             let r = c
                 .list(pb::ListServersRequest {
                     page_size: PAGE_SIZE,
                     page_token: token,
                     changes_since: since,
+                    all_projects,
+                    project,
+                    node,
                     ..Default::default()
                 })
                 .await?
@@ -569,7 +604,7 @@ async fn servers_selected(
         Some(v) => changes_since(v)?,
         None => String::new(),
     };
-    let servers = servers_changed_since(up, headers, since).await?;
+    let servers = servers_changed_since(up, headers, since, list_scope(q)).await?;
     page(filter_servers(servers, q)?, p, |s| s.id.as_str())
 }
 

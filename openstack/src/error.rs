@@ -88,7 +88,11 @@ impl ApiError {
             StatusCode::NOT_FOUND => "itemNotFound",
             StatusCode::BAD_REQUEST => "badRequest",
             StatusCode::CONFLICT => "conflictingRequest",
-            StatusCode::FORBIDDEN if self.message.starts_with("Quota exceeded") => "overLimit",
+            StatusCode::FORBIDDEN | StatusCode::PAYLOAD_TOO_LARGE
+                if self.message.starts_with("Quota exceeded") =>
+            {
+                "overLimit"
+            }
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::NOT_IMPLEMENTED => "notImplemented",

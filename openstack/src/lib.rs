@@ -23,6 +23,7 @@ pub mod attachments;
 pub mod cinder_list;
 pub mod compute;
 pub mod error;
+pub mod flavors_admin;
 pub mod hypervisors;
 pub mod identity;
 pub mod image;
@@ -38,6 +39,7 @@ pub mod server_groups;
 pub mod server_image;
 pub mod server_interfaces;
 pub mod server_metadata;
+pub mod server_migrations;
 pub mod server_password;
 pub mod server_secgroups;
 pub mod time;
@@ -74,10 +76,27 @@ pub fn router(upstream: Upstream) -> Router {
                 .merge(server_secgroups::router())
                 .merge(server_password::router())
                 .merge(server_interfaces::router())
+                .merge(server_migrations::router())
                 .route("/v2.1/limits", get(limits::compute_limits))
+                // Flavor management here: `flavors_admin` uses `compute`'s
+                // flavor view, so `compute` may not route to it.
+                .route("/v2.1/flavors", axum::routing::post(flavors_admin::create))
+                .route(
+                    "/v2.1/flavors/{id}",
+                    axum::routing::delete(flavors_admin::delete),
+                )
                 // Quota sets here: `quota` uses `compute`'s microversion
                 // helpers, so `compute` may not route to it.
-                .route("/v2.1/os-quota-sets/{project}", get(quota::compute_quota))
+                .route(
+                    "/v2.1/os-quota-sets/{project}",
+                    get(quota::compute_quota)
+                        .put(quota::update_compute_quota)
+                        .delete(quota::reset_compute_quota),
+                )
+                .route(
+                    "/v2.1/os-quota-sets/{project}/defaults",
+                    get(quota::compute_quota_defaults),
+                )
                 .route(
                     "/v2.1/os-quota-sets/{project}/detail",
                     get(quota::compute_quota_detail),
@@ -92,6 +111,10 @@ pub fn router(upstream: Upstream) -> Router {
                 .route(
                     "/v3/{project}/volumes/{id}/action",
                     axum::routing::post(volume_actions::volume_action),
+                )
+                .route(
+                    "/v3/{project}/os-quota-sets/{target}/defaults",
+                    get(quota::volume_quota_defaults),
                 )
                 .merge(volume_metadata::router())
                 .merge(volume_snapshots::router())

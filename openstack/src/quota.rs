@@ -212,6 +212,245 @@ async fn nova_quota_set(
     )))
 }
 
+/// The nubo resource behind each of Nova's quota keys that nubo limits.
+/// Pure.
+pub fn nova_resource(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "instances" => "instances",
+        "cores" => "vcpus",
+        "ram" => "ram_mb",
+        "floating_ips" => "floating_ips",
+        "fixed_ips" => "ports",
+        "security_groups" => "security_groups",
+        _ => return None,
+    })
+}
+
+/// A quota value of an update: an integer or a string of one; -1 =
+/// unlimited (`None`). Pure.
+fn quota_value(key: &str, v: &Value, s: Service) -> Result<Option<u64>, ApiError> {
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(t) => t.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(-1) => Ok(None),
+        Some(n) if n >= 0 => Ok(Some(n.unsigned_abs())),
+        _ => Err(ApiError::bad_request(
+            s,
+            format!(
+                "Invalid input for field/attribute {key}. Value: {v}. must be an integer >= -1"
+            ),
+        )),
+    }
+}
+
+/// The `Quotas.Update` request of a Nova or Cinder quota update body
+/// (`{key: value}`): each key nubo limits becomes a change (-1 =
+/// unlimited); a key nubo has a fixed limit for (`fixed`: the rows it
+/// shows, e.g. `key_pairs` -1, `injected_files` 0) may only be given that
+/// value; `force` is accepted (nubo never refuses a limit below the
+/// usage); anything else is a 400 naming it. Pure.
+pub fn update_request(
+    project: String,
+    body: &Map<String, Value>,
+    resource: fn(&str) -> Option<&'static str>,
+    fixed: &[(&str, Option<u64>, Option<u64>)],
+    s: Service,
+) -> Result<pb::UpdateQuotaRequest, ApiError> {
+    let mut r = pb::UpdateQuotaRequest {
+        project,
+        limits: Some(pb::QuotaSet::default()),
+        unlimited: Vec::new(),
+    };
+    let set = r.limits.get_or_insert_with(Default::default);
+    for (key, v) in body {
+        if key == "force" {
+            continue;
+        }
+        if let Some(res) = resource(key) {
+            match quota_value(key, v, s)? {
+                None => r.unlimited.push(res.to_string()),
+                Some(n) => match res {
+                    "instances" => set.instances = Some(n),
+                    "vcpus" => set.vcpus = Some(n),
+                    "ram_mb" => set.ram_mb = Some(n),
+                    "volumes" => set.volumes = Some(n),
+                    "gigabytes" => set.gigabytes = Some(n),
+                    "ports" => set.ports = Some(n),
+                    "networks" => set.networks = Some(n),
+                    "security_groups" => set.security_groups = Some(n),
+                    _ => set.floating_ips = Some(n),
+                },
+            }
+            continue;
+        }
+        let Some((_, shown, _)) = fixed.iter().find(|(k, _, _)| k == key) else {
+            return Err(ApiError::bad_request(
+                s,
+                format!("Bad key(s) {key} in quota_set (not a quota nubo knows)"),
+            ));
+        };
+        if quota_value(key, v, s)? != *shown {
+            return Err(ApiError::bad_request(
+                s,
+                format!(
+                    "nubo has no quota for {key}: its limit is fixed at {} (see docs/openstack-compatibility.md)",
+                    limit(*shown)
+                ),
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// Nova's `quota_set` of a gRPC quota (limits only) with its `id`. Pure.
+fn nova_limits(project: &str, q: &pb::ProjectQuota) -> Value {
+    let mut body = quota_body(&compute_rows(q), false);
+    body.insert("id".into(), json!(project));
+    json!({ "quota_set": body })
+}
+
+/// `GET /compute/v2.1/os-quota-sets/{project}/defaults`: the cloud-wide
+/// default (`Quotas.GetDefault`).
+pub async fn compute_quota_defaults(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    crate::microversion::microversion(&headers)?;
+    let q = up
+        .quotas(&headers)?
+        .get_default(pb::Empty {})
+        .await
+        .api(Service::Compute)?
+        .into_inner();
+    Ok(crate::microversion::versioned(axum::Json(nova_limits(
+        &project, &q,
+    ))))
+}
+
+/// `PUT /compute/v2.1/os-quota-sets/{project}` (`Quotas.Update`, cloud
+/// admins): per-user quotas (`user_id`) do not exist in nubo (400).
+pub async fn update_compute_quota(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    const S: Service = Service::Compute;
+    crate::microversion::microversion(&headers)?;
+    if q.contains_key("user_id") {
+        return Err(ApiError::bad_request(
+            S,
+            "nubo has no per-user quotas (user_id): a project's quota applies to all its users",
+        ));
+    }
+    let body = crate::error::json_body(S, body)?;
+    let set = body
+        .get("quota_set")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_request(S, "the body needs a quota_set object"))?;
+    let fixed = compute_rows(&pb::ProjectQuota::default());
+    let r = update_request(project.clone(), set, nova_resource, &fixed, S)?;
+    let q = up.quotas(&headers)?.update(r).await.api(S)?.into_inner();
+    let mut body = quota_body(&compute_rows(&q), false);
+    // Nova's update answer has no id.
+    body.remove("id");
+    Ok(crate::microversion::versioned(axum::Json(
+        json!({ "quota_set": body }),
+    )))
+}
+
+/// `DELETE /compute/v2.1/os-quota-sets/{project}`: `Quotas.Reset` (the
+/// default applies again); 202 as Nova.
+pub async fn reset_compute_quota(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    crate::microversion::microversion(&headers)?;
+    up.quotas(&headers)?
+        .reset(pb::GetRequest {
+            r#ref: String::new(),
+            project,
+        })
+        .await
+        .api(Service::Compute)?;
+    Ok(crate::microversion::versioned(
+        axum::http::StatusCode::ACCEPTED,
+    ))
+}
+
+/// The nubo resource behind each of Cinder's quota keys that nubo
+/// limits. Pure.
+pub fn cinder_resource(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "volumes" => "volumes",
+        "gigabytes" => "gigabytes",
+        _ => return None,
+    })
+}
+
+/// `GET /volume/v3/{caller}/os-quota-sets/{project}/defaults`.
+pub async fn volume_quota_defaults(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_caller, project)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let q = up
+        .quotas(&headers)?
+        .get_default(pb::Empty {})
+        .await
+        .api(Service::Compute)?
+        .into_inner();
+    let mut body = quota_body(&volume_rows(&q), false);
+    body.insert("id".into(), json!(project));
+    Ok(axum::Json(json!({ "quota_set": body })))
+}
+
+/// `PUT /volume/v3/{caller}/os-quota-sets/{project}` (`Quotas.Update`,
+/// cloud admins): `volumes` and `gigabytes`; the quotas nubo does not
+/// have (snapshots, backups, …) only at their shown value.
+pub async fn update_volume_quota(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_caller, project)): Path<(String, String)>,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    const S: Service = Service::Compute;
+    let body = crate::error::json_body(S, body)?;
+    let set = body
+        .get("quota_set")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_request(S, "the body needs a quota_set object"))?;
+    let fixed = volume_rows(&pb::ProjectQuota::default());
+    let r = update_request(project, set, cinder_resource, &fixed, S)?;
+    let q = up.quotas(&headers)?.update(r).await.api(S)?.into_inner();
+    Ok(axum::Json(
+        json!({ "quota_set": quota_body(&volume_rows(&q), false) }),
+    ))
+}
+
+/// `DELETE /volume/v3/{caller}/os-quota-sets/{project}`: `Quotas.Reset`
+/// (200 without a body, as Cinder).
+pub async fn reset_volume_quota(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_caller, project)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    up.quotas(&headers)?
+        .reset(pb::GetRequest {
+            r#ref: String::new(),
+            project,
+        })
+        .await
+        .api(Service::Compute)?;
+    Ok(axum::http::StatusCode::OK)
+}
+
 /// Neutron's `quota` for `project`, limits only or with usage (`detail`).
 async fn neutron_quota(
     up: &Upstream,
@@ -305,6 +544,34 @@ mod tests {
             (b["metadata_items"].clone(), b["key_pairs"].clone()),
             (json!(128), json!(-1))
         );
+        let fixed = compute_rows(&pb::ProjectQuota::default());
+        let body = |v: Value| v.as_object().cloned().unwrap();
+        let r = update_request(
+            "p".into(),
+            &body(json!({"ram": "5120", "cores": -1, "key_pairs": -1, "injected_files": 0, "force": true})),
+            nova_resource,
+            &fixed,
+            Service::Compute,
+        )
+        .unwrap();
+        assert_eq!(r.limits.unwrap().ram_mb, Some(5120));
+        assert_eq!(r.unlimited, vec!["vcpus".to_string()]);
+        for bad in [
+            json!({"key_pairs": 10}),
+            json!({"bogus": 1}),
+            json!({"ram": -2}),
+            json!({"ram": "x"}),
+        ] {
+            let e = update_request(
+                "p".into(),
+                &body(bad.clone()),
+                nova_resource,
+                &fixed,
+                Service::Compute,
+            )
+            .unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
+        }
         let d = quota_body(&compute_rows(&q), true);
         assert_eq!(
             d["instances"],

@@ -206,6 +206,11 @@ async fn server_action(
                 Json(json!({"server": update_view(&up.public_url, &s)})),
             )));
         }
+        "migrate" | "os-migrateLive" => {
+            let live = action == "os-migrateLive";
+            crate::server_migrations::migrate(&up, &headers, &id, live, &body[action.as_str()])
+                .await
+        }
         // nubo deletes at once (no soft delete): nothing to force or to
         // restore. The server must exist (404 otherwise, as Nova).
         "forceDelete" | "restore" => {
@@ -222,7 +227,7 @@ async fn server_action(
             Err(ApiError::new(
                 S,
                 StatusCode::NOT_IMPLEMENTED,
-                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, resize, confirmResize, revertResize, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput, createImage are; docs/openstack-compatibility.md)"),
+                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, resize, confirmResize, revertResize, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput, createImage, migrate, os-migrateLive are; docs/openstack-compatibility.md)"),
             ))
         }
     }?;

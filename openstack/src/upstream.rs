@@ -174,6 +174,15 @@ impl Upstream {
     pub fn nodes(&self, h: &HeaderMap) -> Result<pb::nodes_client::NodesClient<Chan>, ApiError> {
         Ok(pb::nodes_client::NodesClient::new(self.with_token(h)?))
     }
+    /// Migrations (admin only in nubo).
+    pub fn migrations(
+        &self,
+        h: &HeaderMap,
+    ) -> Result<pb::migrations_client::MigrationsClient<Chan>, ApiError> {
+        Ok(pb::migrations_client::MigrationsClient::new(
+            self.with_token(h)?,
+        ))
+    }
     /// Quotas.
     pub fn quotas(&self, h: &HeaderMap) -> Result<pb::quotas_client::QuotasClient<Chan>, ApiError> {
         Ok(pb::quotas_client::QuotasClient::new(self.with_token(h)?))

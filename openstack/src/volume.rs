@@ -37,7 +37,9 @@ pub fn router() -> Router<Upstream> {
         .route("/v3/{project}/os-availability-zone", get(zones))
         .route(
             "/v3/{project}/os-quota-sets/{target}",
-            get(crate::quota::volume_quota),
+            get(crate::quota::volume_quota)
+                .put(crate::quota::update_volume_quota)
+                .delete(crate::quota::reset_volume_quota),
         )
         .route(
             "/v3/{project}/volumes",
@@ -392,7 +394,7 @@ async fn create_volume(
         .volumes(&headers)?
         .create(volume_request(b)?)
         .await
-        .api(S)?
+        .map_err(cinder_error)?
         .into_inner();
     Ok((
         StatusCode::ACCEPTED,
@@ -408,7 +410,12 @@ pub(crate) fn cinder_error(s: tonic::Status) -> ApiError {
     if s.code() == tonic::Code::FailedPrecondition {
         return ApiError::bad_request(S, format!("Invalid volume: {}", s.message()));
     }
-    ApiError::from_status(S, &s)
+    let mut e = ApiError::from_status(S, &s);
+    // Cinder answers an exceeded quota with 413 (Nova with 403).
+    if s.code() == tonic::Code::ResourceExhausted {
+        e.status = StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    e
 }
 
 /// `?cascade=` of a volume delete.

@@ -22,6 +22,11 @@ pub struct Flavor {
     pub extra: BTreeMap<String, String>,
     /// Creation time.
     pub created_at: Timestamp,
+    /// The name OpenStack clients show (empty: [`Flavor::name`], which is
+    /// the flavor's OpenStack id): a flavor made through Nova's API keeps
+    /// its Nova id as its name and its Nova name here.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub display_name: String,
 }
 
 /// Format of an image's data.

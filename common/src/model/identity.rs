@@ -283,6 +283,11 @@ impl QuotaResource {
         Self::FloatingIps,
     ];
 
+    /// The resource named `name` (as [`QuotaResource::as_str`]).
+    pub fn parse(name: &str) -> Option<QuotaResource> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     /// Name as in the JSON records and messages.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -401,6 +406,30 @@ impl Quota {
             QuotaResource::SecurityGroups => self.security_groups,
             QuotaResource::FloatingIps => self.floating_ips,
         }
+    }
+
+    /// The limit of one resource, mutable (`None` = unlimited).
+    pub fn get_mut(&mut self, r: QuotaResource) -> &mut Option<u64> {
+        match r {
+            QuotaResource::Instances => &mut self.instances,
+            QuotaResource::Vcpus => &mut self.vcpus,
+            QuotaResource::RamMb => &mut self.ram_mb,
+            QuotaResource::Volumes => &mut self.volumes,
+            QuotaResource::Gigabytes => &mut self.gigabytes,
+            QuotaResource::Ports => &mut self.ports,
+            QuotaResource::Networks => &mut self.networks,
+            QuotaResource::SecurityGroups => &mut self.security_groups,
+            QuotaResource::FloatingIps => &mut self.floating_ips,
+        }
+    }
+
+    /// This quota with `changes` applied (each resource's new limit,
+    /// `None` = unlimited); the other limits are kept.
+    pub fn with_changes(mut self, changes: &[(QuotaResource, Option<u64>)]) -> Quota {
+        for (r, l) in changes {
+            *self.get_mut(*r) = *l;
+        }
+        self
     }
 }
 

@@ -32,6 +32,7 @@ pub fn flavor(f: &model::Flavor) -> pb::Flavor {
         ram_mb: f.resources.ram_mb,
         disk_gb: f.resources.disk_gb,
         created_at: ts(&f.created_at),
+        display_name: f.display_name.clone(),
     }
 }
 

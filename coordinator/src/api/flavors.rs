@@ -16,6 +16,7 @@ impl flavors_server::Flavors for Ctx {
             vcpus: r.vcpus,
             ram_mb: r.ram_mb,
             disk_gb: r.disk_gb,
+            display_name: r.display_name,
         };
         reply(flavors::create(self, f).await.map(|f| convert::flavor(&f)))
     }

@@ -1,10 +1,11 @@
 //! `Quotas`: the gRPC adapter of [`crate::operations::quotas`].
 
-use nubo_common::model::{Quota, QuotaUsage};
+use nubo_common::model::{Quota, QuotaResource, QuotaUsage};
 use nubo_common::proto::{self as pb, quotas_server::Quotas};
 use tonic::Request;
 
 use super::{project, reply, R};
+use crate::error::ApiError;
 use crate::operations::quotas::{self, ProjectQuota};
 use crate::state::Ctx;
 
@@ -80,4 +81,51 @@ impl Quotas for Ctx {
         };
         reply(go.await.map(quota_pb))
     }
+    async fn get_default(&self, _r: Request<pb::Empty>) -> R<pb::ProjectQuota> {
+        reply(quotas::default(self).await.map(quota_pb))
+    }
+    async fn update(&self, r: Request<pb::UpdateQuotaRequest>) -> R<pb::ProjectQuota> {
+        let r = r.into_inner();
+        let go = async {
+            let project = project(&r.project)?;
+            let changes = changes(r.limits.as_ref(), &r.unlimited)?;
+            quotas::update(self, &project, &changes).await
+        };
+        reply(go.await.map(quota_pb))
+    }
+    async fn reset(&self, r: Request<pb::GetRequest>) -> R<pb::ProjectQuota> {
+        let r = r.into_inner();
+        let go = async { quotas::reset(self, &project(&r.project)?).await };
+        reply(go.await.map(quota_pb))
+    }
+}
+
+/// The changes of an update: the present fields of `set`, and the
+/// resources named in `unlimited` (an unknown name, or one both set and
+/// unlimited, is refused).
+fn changes(
+    set: Option<&pb::QuotaSet>,
+    unlimited: &[String],
+) -> Result<Vec<(QuotaResource, Option<u64>)>, ApiError> {
+    let set = set.copied().unwrap_or_default();
+    let given = from_pb(Some(&set));
+    let mut out: Vec<(QuotaResource, Option<u64>)> = QuotaResource::ALL
+        .into_iter()
+        .filter_map(|r| given.get(r).map(|l| (r, Some(l))))
+        .collect();
+    for name in unlimited {
+        let r = QuotaResource::parse(name).ok_or_else(|| {
+            ApiError::InvalidArgument(format!(
+                "unknown quota resource {name:?} (one of: {})",
+                QuotaResource::ALL.map(|r| r.as_str()).join(", ")
+            ))
+        })?;
+        if out.iter().any(|(o, _)| *o == r) {
+            return Err(ApiError::InvalidArgument(format!(
+                "quota resource {name} is both given a limit and made unlimited"
+            )));
+        }
+        out.push((r, None));
+    }
+    Ok(out)
 }

@@ -21,6 +21,9 @@ pub struct NewFlavor {
     pub ram_mb: u64,
     /// Root disk in GiB.
     pub disk_gb: u64,
+    /// The name OpenStack clients show (empty: `name`); up to 255
+    /// characters, no control characters.
+    pub display_name: String,
 }
 
 /// Creates a flavor; AlreadyExists when the name is taken.
@@ -32,7 +35,14 @@ pub async fn create(ctx: &Ctx, r: NewFlavor) -> ApiResult<Flavor> {
             name.as_str()
         )));
     }
+    if r.display_name.chars().count() > 255 || r.display_name.chars().any(char::is_control) {
+        return Err(ApiError::InvalidArgument(format!(
+            "flavor {:?}: a display name has at most 255 characters and no control characters",
+            name.as_str()
+        )));
+    }
     let f = Flavor {
+        display_name: r.display_name,
         name: name.clone(),
         resources: Resources {
             vcpus: r.vcpus,

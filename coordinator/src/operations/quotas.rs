@@ -10,11 +10,14 @@
 
 use etcd_client::Txn;
 use nubo_common::keys;
-use nubo_common::model::{Quota, QuotaUsage};
+use nubo_common::model::{Quota, QuotaResource, QuotaUsage};
 use nubo_common::ProjectId;
 use nubo_identity::quota::effective_quota;
 use nubo_store::kv::{decode_kv, put};
 use nubo_store::{Guard, TxnBuilder};
+
+/// Attempts of a quota update against concurrent writers.
+const ATTEMPTS: usize = 16;
 
 use crate::config::AuthMode;
 use crate::error::{ApiError, ApiResult};
@@ -140,5 +143,58 @@ pub async fn set(ctx: &Ctx, project: Option<&ProjectId>, limits: Quota) -> ApiRe
         .txn(Txn::new().and_then(vec![put(&keys::quota(project), &limits)]))
         .await?;
     tracing::info!(project = %project, ?limits, "quota set");
+    get(ctx, project).await
+}
+
+/// The cloud-wide default: what projects without their own quota get (the
+/// stored `_default`, else the built-in one).
+pub async fn default(ctx: &Ctx) -> ApiResult<ProjectQuota> {
+    let stored = ctx.store.read::<Quota>(&keys::quota_default()).await?;
+    Ok(ProjectQuota {
+        project: None,
+        limits: effective_quota(None, stored.map(|v| v.value)),
+        usage: None,
+    })
+}
+
+/// Changes some of `project`'s limits (`None` = unlimited); the others
+/// keep what applies to it now (its own quota, else the default, which is
+/// copied into its own). One transaction guarded by both records'
+/// revisions, retried when either moved.
+pub async fn update(
+    ctx: &Ctx,
+    project: &ProjectId,
+    changes: &[(QuotaResource, Option<u64>)],
+) -> ApiResult<ProjectQuota> {
+    let (pk, dk) = (keys::quota(project), keys::quota_default());
+    for _ in 0..ATTEMPTS {
+        let own = ctx.store.read::<Quota>(&pk).await?;
+        let default = ctx.store.read::<Quota>(&dk).await?;
+        let (own_rev, default_rev) = (
+            own.as_ref().map_or(0, |v| v.mod_rev),
+            default.as_ref().map_or(0, |v| v.mod_rev),
+        );
+        let limits =
+            effective_quota(own.map(|v| v.value), default.map(|v| v.value)).with_changes(changes);
+        let mut t = TxnBuilder::new();
+        t.unchanged(&pk, own_rev);
+        t.unchanged(&dk, default_rev);
+        t.put(&pk, &limits);
+        if ctx.store.commit(&t).await?.succeeded() {
+            tracing::info!(project = %project, ?limits, "quota updated");
+            return get(ctx, project).await;
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "the quota of project {project} changed {ATTEMPTS} times meanwhile; retry"
+    )))
+}
+
+/// Drops `project`'s own quota: the default applies to it again.
+pub async fn reset(ctx: &Ctx, project: &ProjectId) -> ApiResult<ProjectQuota> {
+    let mut t = TxnBuilder::new();
+    t.delete(&keys::quota(project));
+    ctx.store.commit(&t).await?;
+    tracing::info!(project = %project, "quota reset to the default");
     get(ctx, project).await
 }

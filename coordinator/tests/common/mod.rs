@@ -358,6 +358,7 @@ pub async fn setup_basics(cl: &mut Clients) {
             vcpus: 1,
             ram_mb: 512,
             disk_gb: 1,
+            display_name: String::new(),
         })
         .await
         .unwrap();
@@ -635,6 +636,7 @@ pub async fn flavor_and_image(ch: &Channel, admin: &str, flavor: &str, member: &
                 vcpus: 1,
                 ram_mb: 128,
                 disk_gb: 1,
+                display_name: String::new(),
             },
         ))
         .await
