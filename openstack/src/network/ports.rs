@@ -227,6 +227,8 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
         name: p.name,
         project: p.project_id.unwrap_or_default(),
         network_ref: p.network_id,
+        // The addresses are in `fixed_ips`.
+        ip: String::new(),
         fixed_ips,
         security_groups,
         no_port_security,
