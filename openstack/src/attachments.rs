@@ -119,18 +119,42 @@ async fn attach(
     microversion(&headers)?;
     let b = crate::error::json_body(S, body)?;
     let s = server(&up, &headers, id).await?;
-    let v = up
+    let volume = b.attachment.volume_id;
+    let attached = up
         .volumes(&headers)?
         .attach(pb::AttachVolumeRequest {
-            r#ref: b.attachment.volume_id,
+            r#ref: volume.clone(),
             project: String::new(),
             server_ref: s.id.clone(),
             delete_on_termination: false,
             device: b.attachment.device.unwrap_or_default(),
         })
-        .await
-        .api(S)?
-        .into_inner();
+        .await;
+    let v = match attached {
+        Ok(v) => v.into_inner(),
+        // Nova answers an attach of a volume in use (to this server or
+        // another) with 400 "Invalid volume", not 409: nubo refused it;
+        // the volume tells whether that was why.
+        Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+            let v = up
+                .volumes(&headers)?
+                .get(crate::upstream::get_req(volume))
+                .await
+                .ok()
+                .map(tonic::Response::into_inner);
+            return Err(match v {
+                Some(v) if !v.attached_to.is_empty() => ApiError::bad_request(
+                    S,
+                    format!(
+                        "Invalid volume: volume {} is already attached to server {}",
+                        v.id, v.attached_to
+                    ),
+                ),
+                _ => ApiError::from_status(S, &e),
+            });
+        }
+        Err(e) => return Err(ApiError::from_status(S, &e)),
+    };
     Ok(versioned(Json(
         json!({"volumeAttachment": attachment_view(&s.id, &v)}),
     )))

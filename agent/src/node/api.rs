@@ -226,6 +226,23 @@ fn stream_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
     Body::from_stream(ReceiverStream::new(rx)).into_response()
 }
 
+/// Sends what one read of a streamed file gave (its bytes, or its error)
+/// to `tx`; false when the stream ends there (the receiver went away, or
+/// the read failed).
+async fn forward(
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    read: std::io::Result<usize>,
+    buf: &[u8],
+) -> bool {
+    match read {
+        Ok(n) => tx.send(Ok(Bytes::copy_from_slice(&buf[..n]))).await.is_ok(),
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            false
+        }
+    }
+}
+
 async fn console(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -270,18 +287,10 @@ async fn console(
                         }
                     }
                 }
-                Ok(n) => {
-                    if tx
-                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
+                read => {
+                    if !forward(&tx, read, &buf).await {
                         return;
                     }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
                 }
             }
         }
@@ -318,18 +327,10 @@ async fn disk_capture(
         loop {
             match file.read(&mut buf).await {
                 Ok(0) => return,
-                Ok(n) => {
-                    if tx
-                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
+                read => {
+                    if !forward(&tx, read, &buf).await {
                         return;
                     }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
                 }
             }
         }
