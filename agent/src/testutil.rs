@@ -72,6 +72,7 @@ pub fn status(n: &NodeName, state: InstanceState, reboot_generation: u64) -> Ins
         last_error: None,
         reboot_generation,
         volumes: Vec::new(),
+        size: None,
     }
 }
 

@@ -176,6 +176,7 @@ async fn move_instance(c: &Client, id: &InstanceId, from: &NodeName, to: &NodeNa
         last_error: None,
         reboot_generation: 0,
         volumes: Vec::new(),
+        size: None,
     };
     let from_key = keys::assignment(from, id);
     let txn = Txn::new()

@@ -133,6 +133,7 @@ async fn write_statuses(
                     last_error: None,
                     reboot_generation: 0,
                     volumes: Vec::new(),
+                    size: None,
                 };
                 TxnOp::put(key, model::encode(&status), None)
             })

@@ -378,6 +378,7 @@ async fn drain_cold_migrates_everything_and_restores_power() {
                             last_error: None,
                             reboot_generation: 0,
                             volumes: Vec::new(),
+                            size: None,
                         };
                         c.put(
                             keys::instance_status(&st.node, &id),

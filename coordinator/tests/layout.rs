@@ -385,6 +385,7 @@ async fn old_statuses_move_to_node_keys_and_specs_get_their_node_copies() {
             last_error: None,
             reboot_generation: 0,
             volumes: Vec::new(),
+            size: None,
         };
         let v = model::encode(&st);
         c.put(keys::legacy_instance_status(&id), v.clone(), None)

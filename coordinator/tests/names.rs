@@ -83,6 +83,7 @@ async fn a_server_found_by_name_logs_no_warning_for_its_status() {
         last_error: None,
         reboot_generation: 0,
         volumes: Vec::new(),
+        size: None,
     };
     let mut e = etcd.client().await.unwrap();
     let status_key = keys::instance_status(&status.node, &id);

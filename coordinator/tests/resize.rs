@@ -5,7 +5,9 @@
 //! and gets the difference back on confirm/revert; a node that cannot hold
 //! the new size, another disk size, an unknown flavor and a second resize
 //! are refused with nothing changed; the steps are recorded as instance
-//! actions; delete during a pending resize gives back all it holds.
+//! actions; delete during a pending resize gives back all it holds. The
+//! phase (`resizing` → `verify`) follows the size the agent reports; an
+//! evacuation during a pending resize moves the larger size it holds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -13,7 +15,7 @@ mod common;
 
 use common::*;
 use nubo_common::keys;
-use nubo_common::model::{Instance, PowerState};
+use nubo_common::model::{GuestSize, Instance, InstanceState, InstanceStatus, PowerState};
 use nubo_common::proto as pb;
 use nubo_tests::Etcd;
 use tonic::Code;
@@ -193,4 +195,181 @@ async fn resize_running_or_stopped_then_confirm_or_revert() {
         .await
         .unwrap();
     assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 256);
+}
+
+/// Writes the status the agent of `node` reports for `id`: `state`, with
+/// the guest's size (vCPUs, MiB) when given.
+async fn report_sized(
+    etcd: &Etcd,
+    id: &str,
+    node: &str,
+    state: InstanceState,
+    size: Option<(u32, u64)>,
+) {
+    let status = InstanceStatus {
+        state,
+        node: node.parse().unwrap(),
+        updated_at: nubo_common::model::now(),
+        last_error: None,
+        reboot_generation: 0,
+        volumes: Vec::new(),
+        size: size.map(|(vcpus, ram_mb)| GuestSize { vcpus, ram_mb }),
+    };
+    let mut c = etcd.client().await.unwrap();
+    c.put(
+        keys::instance_status(&status.node, &id.parse().unwrap()),
+        nubo_common::model::encode(&status),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+async fn show(cl: &mut Clients, id: &str) -> pb::Server {
+    cl.servers
+        .get(pb::GetRequest {
+            r#ref: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phase_follows_the_size_the_agent_reports() {
+    let etcd = Etcd::start().unwrap();
+    let coord = coordinator(&etcd).await;
+    let mut cl = clients(&coord).await;
+    setup_basics(&mut cl).await;
+    register_node(&etcd, "n1", res(4, 4096, 100), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    flavor(&mut cl, "m1.big", 2, 1024, 1).await;
+    let r = create_servers(&mut cl, server_req("a", &[], 1)).await;
+    let a = created(&r, 0).id;
+    // An agent that reported before sizes existed, then with its size.
+    report_status(&etcd, &a.parse().unwrap(), "n1", InstanceState::Running).await;
+    let s = show(&mut cl, &a).await;
+    assert_eq!((s.resize_phase.as_str(), s.applied_vcpus), ("", 0));
+    report_sized(&etcd, &a, "n1", InstanceState::Running, Some((1, 512))).await;
+    let s = show(&mut cl, &a).await;
+    assert_eq!((s.applied_vcpus, s.applied_ram_mb), (1, 512));
+
+    // Resized: the spec has the new size at once, the guest not yet.
+    let s = resize(&mut cl, &a, "m1.big").await.unwrap();
+    assert_eq!(s.resize_phase, "resizing");
+    // Shut down for the redefinition, redefined but not booted again:
+    // still resizing.
+    report_sized(&etcd, &a, "n1", InstanceState::Stopped, Some((1, 512))).await;
+    assert_eq!(show(&mut cl, &a).await.resize_phase, "resizing");
+    report_sized(&etcd, &a, "n1", InstanceState::Stopped, Some((2, 1024))).await;
+    assert_eq!(show(&mut cl, &a).await.resize_phase, "resizing");
+    // Booted with the new size: waiting for confirm or revert.
+    report_sized(&etcd, &a, "n1", InstanceState::Running, Some((2, 1024))).await;
+    let s = show(&mut cl, &a).await;
+    assert_eq!(
+        (s.resize_phase.as_str(), s.applied_vcpus, s.applied_ram_mb),
+        ("verify", 2, 1024)
+    );
+    // Revert: no phase, the agent converges back.
+    let s = cl
+        .servers
+        .revert_resize(action(&a))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.resize_phase.as_str(), s.applied_vcpus), ("", 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evacuation_during_a_pending_resize_moves_what_it_holds() {
+    use nubo_coordinator::{Config, RecordingFencer};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let etcd = Etcd::start().unwrap();
+    let mut cfg = Config::for_tests(etcd.endpoint());
+    // The operator evacuates, not the leader.
+    cfg.failure.suspect_grace = Duration::from_secs(3600);
+    let coord = nubo_coordinator::start_with_fencer(cfg, Arc::new(RecordingFencer::default()))
+        .await
+        .unwrap();
+    let mut cl = clients(&coord).await;
+    setup_basics(&mut cl).await;
+    let lease = register_node(&etcd, "n1", res(4, 2048, 100), "nova").await;
+    wait_nodes(&mut cl, 1).await;
+    flavor(&mut cl, "m1.big", 2, 1024, 1).await;
+    flavor(&mut cl, "m1.tiny", 1, 256, 1).await;
+    let r = create_servers(
+        &mut cl,
+        pb::CreateServerRequest {
+            evacuation_policy: "manual".into(),
+            ..server_req("a", &[], 2)
+        },
+    )
+    .await;
+    let (a, b) = (created(&r, 0).id, created(&r, 1).id);
+    // a grows (512 → 1024), b shrinks (512 → 256): n1 holds the larger
+    // of each, 1024 + 512.
+    resize(&mut cl, &a, "m1.big").await.unwrap();
+    resize(&mut cl, &b, "m1.tiny").await.unwrap();
+    assert_eq!(usage(&etcd, "n1").await.used.ram_mb, 1536);
+    // n2 can hold 1536 but not 2048: placing by the larger size still
+    // fits, and a revert of either then fits too.
+    register_node(&etcd, "n2", res(4, 1536, 100), "nova").await;
+    wait_nodes(&mut cl, 2).await;
+    revoke(&etcd, lease).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node_info(&mut cl.nodes, "n1").await.alive {
+        assert!(tokio::time::Instant::now() < deadline, "n1 still alive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved = cl
+        .nodes
+        .evacuate(pb::EvacuateNodeRequest {
+            name: "n1".into(),
+            force: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.results.len(), 2, "{moved:?}");
+    // Everything n1 held moved: n1 holds nothing, n2 the larger sizes.
+    let (u1, u2) = (usage(&etcd, "n1").await, usage(&etcd, "n2").await);
+    assert_eq!((u1.used.ram_mb, u1.used.vcpus, u1.instances), (0, 0, 0));
+    assert_eq!((u2.used.ram_mb, u2.used.vcpus, u2.instances), (1536, 3, 2));
+    let caps: std::collections::HashMap<_, _> = [
+        (nubo_common::NodeName::new("n1").unwrap(), 2048),
+        (nubo_common::NodeName::new("n2").unwrap(), 1536),
+    ]
+    .into();
+    check_invariants(&etcd, &caps).await;
+    // Still pending on n2, not re-created there yet: resizing.
+    let s = show(&mut cl, &a).await;
+    assert_eq!(
+        (
+            s.node.as_str(),
+            s.resized_from.as_str(),
+            s.resize_phase.as_str()
+        ),
+        ("n2", "m1.small", "resizing")
+    );
+    // Confirm a, revert b: n2 gives back the differences, nothing more.
+    cl.servers.confirm_resize(action(&a)).await.unwrap();
+    assert_eq!(usage(&etcd, "n2").await.used.ram_mb, 1536);
+    cl.servers.revert_resize(action(&b)).await.unwrap();
+    assert_eq!(usage(&etcd, "n2").await.used.ram_mb, 1536);
+    assert_eq!(spec(&etcd, &b).await.resources.ram_mb, 512);
+    check_invariants(&etcd, &caps).await;
+    // Deleting both leaves n2 empty.
+    for id in [&a, &b] {
+        cl.servers
+            .delete(pb::DeleteRequest {
+                r#ref: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let u2 = usage(&etcd, "n2").await;
+    assert_eq!((u2.used.ram_mb, u2.used.vcpus, u2.instances), (0, 0, 0));
 }

@@ -214,16 +214,25 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
 }
 
 /// Nova's status, vm_state and power_state of a server: [`nova_status`],
-/// except that a server with a resize waiting for confirm or revert is
-/// `VERIFY_RESIZE` (vm_state `resized`) unless it is in error or being
-/// deleted. Pure.
+/// except during a pending resize (unless in error or being deleted):
+/// `RESIZE` while the coordinator's `resize_phase` is `resizing` (the
+/// agent has not reported the new size applied; vm_state of the desired
+/// power), then `VERIFY_RESIZE` (vm_state `resized`). Pure.
 pub fn server_status(s: &pb::Server) -> (&'static str, &'static str, u8) {
     let st = nova_status(&s.state, &s.desired_power);
-    match st.0 {
-        "ERROR" | "DELETED" => st,
-        _ if !s.resized_from.is_empty() => ("VERIFY_RESIZE", "resized", st.2),
+    match (st.0, s.resize_phase.as_str()) {
+        ("ERROR" | "DELETED", _) => st,
+        (_, "verify") => ("VERIFY_RESIZE", "resized", st.2),
+        (_, "resizing") if s.desired_power == "stopped" => ("RESIZE", "stopped", st.2),
+        (_, "resizing") => ("RESIZE", "active", st.2),
         _ => st,
     }
+}
+
+/// Nova's task_state of a server: `resize_finish` while its status is
+/// `RESIZE`, else none. Pure.
+pub fn task_state(status: &str) -> Option<&'static str> {
+    (status == "RESIZE").then_some("resize_finish")
 }
 
 /// The Nova view of a server (`GET /servers/{id}`, `/servers/detail`),
@@ -253,7 +262,7 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-STS:vm_state": vm_state,
         "OS-EXT-STS:power_state": power,
-        "OS-EXT-STS:task_state": Value::Null,
+        "OS-EXT-STS:task_state": task_state(status),
         "OS-EXT-AZ:availability_zone": s.availability_zone,
         "OS-EXT-SRV-ATTR:host": s.node,
         "OS-EXT-SRV-ATTR:hypervisor_hostname": s.node,
@@ -270,7 +279,10 @@ pub fn server_view(base: &str, s: &pb::Server) -> Value {
             .collect();
     }
     // Nova shows `progress` only in the statuses that make progress.
-    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD" | "VERIFY_RESIZE") {
+    if matches!(
+        status,
+        "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE"
+    ) {
         view["progress"] = json!(0);
     }
     // Nova shows `fault` only for ERROR (and DELETED) servers, never null.

@@ -428,19 +428,36 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_resize_shows_verify_resize_unless_in_error() {
-        use crate::compute::server_status;
+    fn a_pending_resize_shows_resize_then_verify_resize_unless_in_error() {
+        use crate::compute::{server_status, server_view, task_state};
         let mut s = pb::Server {
             state: "running".into(),
             desired_power: "running".into(),
             ..Default::default()
         };
         assert_eq!(server_status(&s).0, "ACTIVE");
+        assert_eq!(task_state(server_status(&s).0), None);
+        // Not applied yet: RESIZE (task resize_finish), also while the
+        // guest is shut down for its redefinition.
         s.resized_from = "m1".into();
+        s.resize_phase = "resizing".into();
+        assert_eq!(server_status(&s), ("RESIZE", "active", 1));
+        s.state = "stopped".into();
+        assert_eq!(server_status(&s), ("RESIZE", "active", 4));
+        let v = server_view("https://x", &s);
+        assert_eq!(v["status"], "RESIZE");
+        assert_eq!(v["OS-EXT-STS:task_state"], "resize_finish");
+        // Applied: VERIFY_RESIZE, no task.
+        s.state = "running".into();
+        s.resize_phase = "verify".into();
         assert_eq!(server_status(&s), ("VERIFY_RESIZE", "resized", 1));
+        let v = server_view("https://x", &s);
+        assert_eq!(v["OS-EXT-STS:task_state"], Value::Null);
         s.state = "stopped".into();
         s.desired_power = "stopped".into();
         assert_eq!(server_status(&s), ("VERIFY_RESIZE", "resized", 4));
+        s.resize_phase = "resizing".into();
+        assert_eq!(server_status(&s), ("RESIZE", "stopped", 4));
         s.state = "error".into();
         assert_eq!(server_status(&s).0, "ERROR");
     }

@@ -224,6 +224,9 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
         .json(&["server", "resize", &a_id, "--flavor", "t2"])
         .unwrap();
     assert_eq!(r["resized_from"], old_flavor.as_str(), "{r}");
+    // The spec changed, the guest not yet: resizing, at the old size.
+    assert_eq!(r["resize_phase"], "resizing", "{r}");
+    assert_eq!(r["applied_size"]["vcpus"], 1, "{r}");
     let boots = |lab: &VmLab| {
         lab.agents[a_host]
             .console(&a_id)
@@ -240,6 +243,13 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     };
     wait_until(BOOT, "running vm-a rebooted with 2 vCPUs", || {
         Ok(sized(&lab, "2", "196608 KiB")? && boots(&lab) >= 2)
+    })
+    .unwrap();
+    // Its agent reports the size it applied: the resize waits for verify.
+    wait_until(Duration::from_secs(30), "vm-a's resize to verify", || {
+        let s = lab.show(&a_id)?;
+        Ok(s["resize_phase"] == "verify"
+            && s["applied_size"] == serde_json::json!({"vcpus": 2, "ram_mb": 192}))
     })
     .unwrap();
     assert_ne!(
@@ -271,6 +281,16 @@ fn two_vms_dhcp_metadata_ping_adopt_poweroff_delete() {
     lab.cli
         .json(&["server", "resize", &a_id, "--flavor", "t2"])
         .unwrap();
+    // Stopped: verify once redefined (and still stopped).
+    wait_until(
+        Duration::from_secs(30),
+        "stopped vm-a's resize to verify",
+        || {
+            let s = lab.show(&a_id)?;
+            Ok(s["resize_phase"] == "verify" && s["applied_size"]["vcpus"] == 2)
+        },
+    )
+    .unwrap();
     let r = lab
         .cli
         .json(&["server", "resize", &a_id, "--confirm"])

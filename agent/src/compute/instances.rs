@@ -149,7 +149,7 @@ pub fn plan(desired: &DesiredNode, observed: &ComputeObserved) -> ComputePlan {
         let resized = observed
             .sizes
             .get(id)
-            .is_some_and(|s| *s != InstanceSize::of(d));
+            .is_some_and(|s| *s != InstanceSize::of(&d.resources));
         if resized && o.power == ObservedPower::Stopped {
             out.actions.push(Action::Resize {
                 id: *id,
@@ -284,7 +284,7 @@ impl Subsystem for Compute {
                     {
                         continue;
                     }
-                    r.report(*id, report_for(d, None, None, prev.as_ref()))
+                    r.report(*id, report_for(d, None, None, None, prev.as_ref()))
                         .await;
                 }
             }
@@ -307,10 +307,13 @@ impl Subsystem for Compute {
                 .filter(|_| !desired.migrating(&id));
             let mut r = self.reporter.lock().await;
             let prev = r.reported().get(&id).map(|(s, _)| s.clone());
+            // The size observed last; the status sweep of this pass
+            // reports the one the action left.
+            let size = prev.as_ref().and_then(|s| s.size);
             match (result, d) {
                 (Err(e), Some(d)) => {
                     let msg = e.to_string();
-                    let report = report_for(d, None, Some(&msg), prev.as_ref());
+                    let report = report_for(d, None, size, Some(&msg), prev.as_ref());
                     errors.insert(id, msg);
                     r.report(id, report).await;
                 }
@@ -318,7 +321,8 @@ impl Subsystem for Compute {
                     errors.insert(id, e.to_string());
                 }
                 (Ok(()), Some(d)) => {
-                    let report = report_for(d, power_after(action, Some(d)), None, prev.as_ref());
+                    let report =
+                        report_for(d, power_after(action, Some(d)), size, None, prev.as_ref());
                     r.report(id, report).await;
                 }
                 (Ok(()), None) => {}
@@ -569,10 +573,10 @@ mod tests {
         for id in [a, b] {
             f.desired.instances.get_mut(&id).unwrap().spec.power = PowerState::Stopped;
         }
-        let want = InstanceSize::of(&f.desired.instances[&a]);
+        let want = InstanceSize::of(&f.desired.instances[&a].resources);
         let bigger = InstanceSize {
             vcpus: want.vcpus + 1,
-            memory_mb: want.memory_mb * 2,
+            ram_mb: want.ram_mb * 2,
         };
         // a: stopped, right size. b: stopped, old size. c: to start, old size.
         obs.sizes.insert(a, want);

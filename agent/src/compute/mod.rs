@@ -8,8 +8,8 @@
 //!    then [`nics::Nics`]: hot-plug and unplug their NICs as ports are
 //!    added to or removed from them;
 //! 3. [`status::Status`]: report `/instances/<id>/status` from what the
-//!    hypervisor shows, the errors of compute's actions and the attached
-//!    volumes.
+//!    hypervisor shows (power and size), the errors of compute's actions
+//!    and the attached volumes.
 //!
 //! They share a [`status::Reporter`] (statuses written as compute's
 //! actions progress, then the sweep of the status subsystem). Also here:
@@ -50,8 +50,8 @@ pub fn subsystems(
     let attached = volumes::Attached::default();
     let reporter = Reporter::shared(node.clone(), etcd, attached.clone());
     (
-        Compute::new(hv.clone(), reporter.clone()).with_resizer(resizer),
+        Compute::new(hv.clone(), reporter.clone()).with_resizer(resizer.clone()),
         Volumes::new(hv.clone(), attached),
-        Status::new(node, hv, reporter),
+        Status::new(node, hv, reporter).with_resizer(resizer),
     )
 }

@@ -7,6 +7,13 @@
 //! the pure [`status_plan`], the statuses that differ from what etcd holds:
 //! one per instance assigned here, and the removal of those of instances
 //! that left this node. Every write is guarded by this node's assignment.
+//!
+//! The size each guest has on the hypervisor (vCPUs and memory, from the
+//! driver's [`Resizer::sizes`]: the libvirt domain, the netns guest's
+//! record) is reported with it, so the coordinator shows a resize as
+//! finished only once it is applied. Compute's reports during its actions
+//! carry the last reported size; the sweep of the pass reports the
+//! observed one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use nubo_common::{InstanceId, NodeName, VolumeId};
 use nubo_store::Etcd;
 use tracing::{debug, info, warn};
 
-use super::hypervisor::{Hypervisor, ObservedInstance, ObservedPower};
+use super::hypervisor::{Hypervisor, InstanceSize, ObservedInstance, ObservedPower, Resizer};
 use super::volumes::Attached;
 use crate::reconciler::{Subsystem, SubsystemError};
 use crate::state::desired::{DesiredInstance, DesiredNode};
@@ -33,6 +40,8 @@ pub struct Report {
     pub last_error: Option<String>,
     /// Reboot generation acted on.
     pub reboot_generation: u64,
+    /// The guest's size on the hypervisor (`None`: not known).
+    pub size: Option<InstanceSize>,
 }
 
 impl Report {
@@ -42,15 +51,18 @@ impl Report {
             state: s.state,
             last_error: s.last_error.clone(),
             reboot_generation: s.reboot_generation,
+            size: s.size,
         }
     }
 }
 
-/// The status of a desired instance given what the hypervisor shows and the
-/// error of the last operation on it, if any. Pure.
+/// The status of a desired instance given what the hypervisor shows (its
+/// power and size) and the error of the last operation on it, if any.
+/// Pure.
 pub fn report_for(
     d: &DesiredInstance,
     observed: Option<ObservedPower>,
+    size: Option<InstanceSize>,
     error: Option<&str>,
     prev: Option<&InstanceStatus>,
 ) -> Report {
@@ -77,6 +89,8 @@ pub fn report_for(
         } else {
             d.spec.reboot_generation
         },
+        // Nothing on the hypervisor has no size.
+        size: observed.and(size),
     }
 }
 
@@ -85,6 +99,7 @@ pub fn report_for(
 pub fn report_broken(
     reason: &str,
     observed: Option<ObservedPower>,
+    size: Option<InstanceSize>,
     prev: Option<&InstanceStatus>,
 ) -> Report {
     Report {
@@ -95,6 +110,7 @@ pub fn report_broken(
         },
         last_error: Some(reason.to_string()),
         reboot_generation: prev.map(|s| s.reboot_generation).unwrap_or_default(),
+        size: observed.and(size),
     }
 }
 
@@ -252,6 +268,7 @@ impl Reporter {
             last_error: r.last_error,
             reboot_generation: r.reboot_generation,
             volumes,
+            size: r.size,
         };
         match put_status_if_assigned(&self.etcd, &self.node, id, &status).await {
             Ok(Some(rev)) => {
@@ -348,11 +365,13 @@ pub struct StatusObserved {
     pub compute_errors: Option<BTreeMap<InstanceId, String>>,
     /// Volumes attached per instance.
     pub attached: BTreeMap<InstanceId, Vec<VolumeId>>,
+    /// The guests' sizes, from drivers that know them ([`Resizer`]).
+    pub sizes: BTreeMap<InstanceId, InstanceSize>,
 }
 
 /// The status changes that make etcd show what the hypervisor shows: every
 /// assigned instance's status (state, last error of this pass, reboot
-/// generation acted on, attached volumes) where it differs from the
+/// generation acted on, attached volumes, size) where it differs from the
 /// reported one, and the removal of this node's statuses of instances
 /// neither assigned here nor on the hypervisor. Pure.
 pub fn status_plan(
@@ -389,6 +408,7 @@ pub fn status_plan(
                     state: InstanceState::Error,
                     last_error: Some(FOREIGN_ERROR.into()),
                     reboot_generation: 0,
+                    size: None,
                 },
             );
             continue;
@@ -400,6 +420,7 @@ pub fn status_plan(
             report_for(
                 d,
                 o.map(|o| o.power),
+                observed.sizes.get(id).copied(),
                 errors.get(id).map(String::as_str),
                 prev,
             ),
@@ -408,7 +429,10 @@ pub fn status_plan(
     for (id, reason) in &desired.broken {
         let prev = observed.reported.get(id).map(|(s, _)| s);
         let o = now.get(id).filter(|o| o.managed).map(|o| o.power);
-        put(*id, report_broken(reason, o, prev));
+        put(
+            *id,
+            report_broken(reason, o, observed.sizes.get(id).copied(), prev),
+        );
     }
     for (id, (s, rev)) in &observed.reported {
         if s.node == *node
@@ -432,12 +456,25 @@ pub struct Status {
     node: NodeName,
     hv: Arc<dyn Hypervisor>,
     reporter: SharedReporter,
+    /// Where the guests' sizes come from (none: sizes are not reported).
+    resizer: Option<Arc<dyn Resizer>>,
 }
 
 impl Status {
     /// Reports the instances of `node` on `hv` through `reporter`.
     pub fn new(node: NodeName, hv: Arc<dyn Hypervisor>, reporter: SharedReporter) -> Self {
-        Self { node, hv, reporter }
+        Self {
+            node,
+            hv,
+            reporter,
+            resizer: None,
+        }
+    }
+
+    /// Reports the guests' sizes as `resizer` knows them.
+    pub fn with_resizer(mut self, resizer: Option<Arc<dyn Resizer>>) -> Self {
+        self.resizer = resizer;
+        self
     }
 }
 
@@ -462,6 +499,11 @@ impl Subsystem for Status {
             .into_iter()
             .map(|o| (o.id, o))
             .collect();
+        // After the listing: libvirt's sizes are those of its last list.
+        let sizes = match &self.resizer {
+            Some(z) => z.sizes().await?,
+            None => BTreeMap::new(),
+        };
         // (Already merged by compute this pass; merged again in case the
         // pass started elsewhere.)
         let reported = r.book.merge(desired);
@@ -471,6 +513,7 @@ impl Subsystem for Status {
             reported,
             compute_errors: Some(errors),
             attached: r.attached(),
+            sizes,
         })
     }
 
@@ -533,18 +576,31 @@ mod tests {
         let mut d = desired.instances[&ids[0]].clone();
         d.spec.reboot_generation = 3;
         let prev = status(&n, InstanceState::Running, 2);
-        let r = report_for(&d, None, None, None);
+        let size = Some(InstanceSize {
+            vcpus: 2,
+            ram_mb: 1024,
+        });
+        let r = report_for(&d, None, size, None, None);
         assert_eq!(r.state, InstanceState::Building);
         assert_eq!(r.reboot_generation, 3);
-        let r = report_for(&d, Some(ObservedPower::Running), None, Some(&prev));
+        assert_eq!(r.size, None, "nothing on the hypervisor has no size");
+        let r = report_for(&d, Some(ObservedPower::Running), size, None, Some(&prev));
         assert_eq!((r.state, r.reboot_generation), (InstanceState::Running, 3));
+        assert_eq!(r.size, size);
         // A failed reboot leaves the generation pending.
-        let r = report_for(&d, Some(ObservedPower::Running), Some("boom"), Some(&prev));
+        let r = report_for(
+            &d,
+            Some(ObservedPower::Running),
+            None,
+            Some("boom"),
+            Some(&prev),
+        );
         assert_eq!((r.state, r.reboot_generation), (InstanceState::Error, 2));
         assert_eq!(r.last_error.as_deref(), Some("boom"));
-        let r = report_broken("port gone", Some(ObservedPower::Running), Some(&prev));
+        let r = report_broken("port gone", Some(ObservedPower::Running), size, Some(&prev));
         assert_eq!(r.state, InstanceState::Running);
         assert_eq!(r.last_error.as_deref(), Some("port gone"));
+        assert_eq!(r.size, size);
     }
 
     #[test]
@@ -562,6 +618,7 @@ mod tests {
                 .collect(),
             compute_errors: Some(BTreeMap::new()),
             attached: BTreeMap::new(),
+            sizes: BTreeMap::new(),
         };
         assert!(status_plan(&n, &d, &obs).is_empty());
         // Compute did not complete this pass: nothing is reported.
@@ -584,12 +641,60 @@ mod tests {
             report: Report {
                 state: InstanceState::Stopped,
                 last_error: None,
-                reboot_generation: 0
+                reboot_generation: 0,
+                size: None,
             },
             volumes: vec![v],
         }));
         assert!(plan.iter().any(|p| matches!(p,
             StatusAction::Put { id, report, .. } if *id == b && report.state == InstanceState::Error)));
+    }
+
+    #[test]
+    fn the_observed_size_is_reported_once_and_again_when_it_changes() {
+        let (d, ids, n) = fixture(1);
+        let a = ids[0];
+        let small = InstanceSize {
+            vcpus: 1,
+            ram_mb: 512,
+        };
+        let big = InstanceSize {
+            vcpus: 2,
+            ram_mb: 1024,
+        };
+        // An old status without a size: the observed size is added.
+        let mut obs = StatusObserved {
+            instances: [on_hv(a, ObservedPower::Running, true)].into(),
+            reported: BTreeMap::from([(a, (status(&n, InstanceState::Running, 0), 5))]),
+            compute_errors: Some(BTreeMap::new()),
+            attached: BTreeMap::new(),
+            sizes: BTreeMap::from([(a, small)]),
+        };
+        let plan = status_plan(&n, &d, &obs);
+        let [StatusAction::Put { id, report, .. }] = plan.as_slice() else {
+            panic!("one put expected: {plan:?}");
+        };
+        assert_eq!((*id, report.size), (a, Some(small)));
+        // Reported: a converged node writes nothing (restart included).
+        let mut reported = status(&n, InstanceState::Running, 0);
+        reported.size = Some(small);
+        obs.reported.insert(a, (reported, 6));
+        assert!(status_plan(&n, &d, &obs).is_empty());
+        // Redefined with the new size and booted: reported.
+        obs.sizes.insert(a, big);
+        let plan = status_plan(&n, &d, &obs);
+        assert!(
+            matches!(plan.as_slice(), [StatusAction::Put { report, .. }]
+                if report.size == Some(big) && report.state == InstanceState::Running),
+            "{plan:?}"
+        );
+        // A driver without sizes reports none.
+        obs.sizes.clear();
+        let plan = status_plan(&n, &d, &obs);
+        assert!(
+            matches!(plan.as_slice(), [StatusAction::Put { report, .. }] if report.size.is_none()),
+            "{plan:?}"
+        );
     }
 
     #[test]
@@ -619,6 +724,7 @@ mod tests {
             ]),
             compute_errors: Some(BTreeMap::new()),
             attached: BTreeMap::new(),
+            sizes: BTreeMap::new(),
         };
         let plan = status_plan(&n, &d, &obs);
         assert_eq!(
@@ -629,7 +735,8 @@ mod tests {
                     report: Report {
                         state: InstanceState::Error,
                         last_error: Some(FOREIGN_ERROR.into()),
-                        reboot_generation: 0
+                        reboot_generation: 0,
+                        size: None,
                     },
                     volumes: vec![]
                 },
@@ -638,7 +745,8 @@ mod tests {
                     report: Report {
                         state: InstanceState::Running,
                         last_error: Some("port not found".into()),
-                        reboot_generation: 0
+                        reboot_generation: 0,
+                        size: None,
                     },
                     volumes: vec![]
                 },

@@ -136,7 +136,9 @@ pub enum ServerCmd {
     /// running server is shut down, resized and booted again, a stopped one
     /// stays stopped. The old flavor is kept (`resized_from`) until
     /// `--confirm` (keep the new size) or `--revert` (old size and power
-    /// back). The server stays on its node.
+    /// back). The server stays on its node. `nubo server show` tells
+    /// `resize_phase` (`resizing` until its agent reports the new size
+    /// applied, then `verify`) and the `applied_size`.
     Resize {
         /// Server name or id.
         server: String,
@@ -312,6 +314,10 @@ pub fn to_json(s: &Server) -> Value {
         "locked": s.locked,
         "locked_reason": opt(&s.locked_reason),
         "resized_from": opt(&s.resized_from),
+        "resize_phase": opt(&s.resize_phase),
+        "applied_size": if s.applied_vcpus == 0 { Value::Null } else {
+            json!({ "vcpus": s.applied_vcpus, "ram_mb": s.applied_ram_mb })
+        },
         "security_groups": s.security_groups.iter().map(|g| json!({
             "id": g.id,
             "name": g.name,
@@ -942,6 +948,17 @@ mod tests {
         assert_eq!(j["addresses"][0]["floating_ip"], "10.77.0.50");
         assert_eq!(j["addresses"][1]["floating_ip"], Value::Null);
         assert!(networks_text(&server()).starts_with("front=10.0.0.5, 10.77.0.50; "));
+        // No size reported, no resize: null.
+        assert_eq!(j["applied_size"], Value::Null);
+        assert_eq!(j["resize_phase"], Value::Null);
+        let mut resizing = server();
+        resizing.resized_from = "m1.tiny".into();
+        resizing.resize_phase = "resizing".into();
+        resizing.applied_vcpus = 1;
+        resizing.applied_ram_mb = 512;
+        let j = to_json(&resizing);
+        assert_eq!(j["resize_phase"], "resizing");
+        assert_eq!(j["applied_size"], json!({"vcpus": 1, "ram_mb": 512}));
     }
 
     #[test]

@@ -542,6 +542,32 @@ pub struct InstanceStatus {
     /// coordinator completes a detach once a volume is gone from here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeId>,
+    /// The vCPUs and memory the guest has on the hypervisor (the domain's
+    /// definition, the netns driver's record); `None` from agents and
+    /// drivers that do not report it (values written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<GuestSize>,
+}
+
+/// The vCPUs and memory a guest has on its hypervisor, as its agent
+/// reports them in [`InstanceStatus::size`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSize {
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub ram_mb: u64,
+}
+
+impl GuestSize {
+    /// The size a guest of `r` gets (at least one vCPU, as domains get).
+    /// Pure.
+    pub fn of(r: &Resources) -> Self {
+        GuestSize {
+            vcpus: r.vcpus.max(1),
+            ram_mb: r.ram_mb,
+        }
+    }
 }
 
 /// `/nubo/v1/node-owned/<node>/guest-stops/<instance>`: the agent of the

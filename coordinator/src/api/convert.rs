@@ -639,6 +639,9 @@ fn server_parts(
             .as_ref()
             .map(|r| r.old_flavor.to_string())
             .unwrap_or_default(),
+        resize_phase: crate::operations::resize::phase(i, status).as_str().into(),
+        applied_vcpus: status.and_then(|s| s.size).map_or(0, |g| g.vcpus),
+        applied_ram_mb: status.and_then(|s| s.size).map_or(0, |g| g.ram_mb),
     }
 }
 

@@ -2,7 +2,9 @@
 //! assignment, writes the new one, rebinds the spec, its ports (same IP and
 //! MAC: only `port.node` changes), its server-group member record and the
 //! usage of both nodes. Used by automatic evacuation, `Nodes.Evacuate` and
-//! `Nodes.Drain`.
+//! `Nodes.Drain`. What moves is what the instance holds
+//! ([`Instance::reserved`]): during a pending resize the larger of both
+//! sizes, which the resize keeps holding on the new node.
 //!
 //! The transaction compares: the old assignment and the spec are unchanged
 //! (so a move is applied at most once: a second attempt, by this or another
@@ -157,7 +159,10 @@ impl Job for MoveJob<'_> {
         };
         Ok(Target::Scheduled {
             request: PlaceRequest {
-                resources: r.inst.resources,
+                // During a pending resize the larger of both sizes moves
+                // (`Instance::reserved`), so confirm and revert find on
+                // the new node what they give back.
+                resources: r.inst.reserved(),
                 availability_zone: r.inst.availability_zone.as_deref(),
                 group: match (&r.group, r.policy) {
                     (Some((_, m, _)), Some(policy)) => Some(GroupConstraint {
@@ -188,7 +193,7 @@ impl Job for MoveJob<'_> {
             inst.power = p;
         }
         let new_from = NodeUsage {
-            used: r.from_usage.used.saturating_sub(inst.resources),
+            used: r.from_usage.used.saturating_sub(inst.reserved()),
             instances: r.from_usage.instances.saturating_sub(1),
         };
         let ikey = keys::instance(&id);
@@ -236,6 +241,7 @@ impl Job for MoveJob<'_> {
                 last_error: None,
                 reboot_generation: inst.reboot_generation,
                 volumes: Vec::new(),
+                size: None,
             },
         );
         rebind_ports(t, id, to, &r.ports);
@@ -247,7 +253,7 @@ impl Job for MoveJob<'_> {
         self.new_from = Some(new_from);
         Ok(Reservation {
             usage: NodeUsage {
-                used: at.usage.used.saturating_add(inst.resources),
+                used: at.usage.used.saturating_add(inst.reserved()),
                 instances: at.usage.instances.saturating_add(1),
             },
             contended: vec![fkey],
@@ -421,6 +427,7 @@ pub(crate) async fn mark_move_failed(
         node: from.clone(),
         updated_at: model::now(),
         last_error: Some(msg.to_string()),
+        size: old.as_ref().and_then(|s| s.value.size),
         volumes: old
             .as_ref()
             .map(|s| s.value.volumes.clone())

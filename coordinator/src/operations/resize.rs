@@ -18,6 +18,12 @@
 //! node's usage, so a concurrent placement, start or resize can never
 //! over-fill the node.
 //!
+//! Phase: the spec changes at once, the guest later. A pending resize is
+//! [`ResizePhase::Resizing`] until the agent of the server's node reports
+//! (`InstanceStatus::size`) that the guest has the new size and is in its
+//! desired power state, then [`ResizePhase::Verify`] (OpenStack
+//! `RESIZE` → `VERIFY_RESIZE`); see [`phase`].
+//!
 //! The server stays on its node: when the node cannot hold the new size the
 //! answer is FailedPrecondition (REST 409) naming the node and the free capacity (the
 //! operator moves the server first with `nubo server migrate`, then
@@ -26,7 +32,8 @@
 
 use nubo_common::keys;
 use nubo_common::model::{
-    Flavor, Image, Instance, NodeUsage, PendingResize, QuotaUsage, Resources,
+    Flavor, GuestSize, Image, Instance, InstanceState, InstanceStatus, NodeUsage, PendingResize,
+    PowerState, QuotaUsage, Resources,
 };
 use nubo_common::{FlavorName, NodeName, ProjectId};
 use nubo_store::{Answer, TxnBuilder, Versioned};
@@ -103,6 +110,55 @@ pub fn check_fits(
         )));
     }
     Ok(())
+}
+
+/// Where a pending resize is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizePhase {
+    /// No resize pending.
+    None,
+    /// The spec has the new size; the guest does not have it yet.
+    Resizing,
+    /// The guest has the new size: waiting for confirm or revert.
+    Verify,
+}
+
+impl ResizePhase {
+    /// The API name (`""`, `resizing`, `verify`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResizePhase::None => "",
+            ResizePhase::Resizing => "resizing",
+            ResizePhase::Verify => "verify",
+        }
+    }
+}
+
+/// The phase of `inst`'s pending resize given the status its node's agent
+/// reported: `Verify` once the reported size is the spec's and the guest
+/// is in its desired power state. A status without a size (an agent or
+/// driver that does not report sizes, which could never be waited for)
+/// counts as applied once the guest is running or stopped; a status of
+/// another node or none at all (an evacuated server not re-created yet)
+/// is `Resizing`. Pure.
+pub fn phase(inst: &Instance, status: Option<&InstanceStatus>) -> ResizePhase {
+    if inst.resize.is_none() {
+        return ResizePhase::None;
+    }
+    let Some(s) = status.filter(|s| inst.node.as_ref() == Some(&s.node)) else {
+        return ResizePhase::Resizing;
+    };
+    let settled = matches!(
+        (inst.power, s.state),
+        (PowerState::Running, InstanceState::Running)
+            | (PowerState::Stopped, InstanceState::Stopped)
+    );
+    let sized = s.size.is_none_or(|g| g == GuestSize::of(&inst.resources));
+    if settled && sized {
+        ResizePhase::Verify
+    } else {
+        ResizePhase::Resizing
+    }
 }
 
 /// The three steps of a resize.
@@ -520,5 +576,54 @@ mod tests {
             let e = finish(&inst, revert).unwrap_err();
             assert!(matches!(e, ApiError::FailedPrecondition(_)), "{e}");
         }
+    }
+    #[test]
+    fn phase_follows_the_size_and_power_the_agent_reports() {
+        let (inst, big) = fixture();
+        let st = |node: &str, state: InstanceState, size: Option<(u32, u64)>| InstanceStatus {
+            state,
+            node: node.parse().unwrap(),
+            updated_at: nubo_common::model::now(),
+            last_error: None,
+            reboot_generation: 0,
+            volumes: Vec::new(),
+            size: size.map(|(vcpus, ram_mb)| GuestSize { vcpus, ram_mb }),
+        };
+        let old = Some((1, 128));
+        let new = Some((2, 256));
+        // No resize pending: no phase, whatever is reported.
+        assert_eq!(
+            phase(&inst, Some(&st("hv-1", InstanceState::Running, old))),
+            ResizePhase::None
+        );
+        let mut next = resized(&inst, &big);
+        // Not reported yet, the old size, shut down for the redefinition,
+        // redefined but not booted again, another node's report: resizing.
+        for s in [
+            None,
+            Some(st("hv-1", InstanceState::Running, old)),
+            Some(st("hv-1", InstanceState::Stopped, old)),
+            Some(st("hv-1", InstanceState::Stopped, new)),
+            Some(st("hv-1", InstanceState::Pending, None)),
+            Some(st("hv-2", InstanceState::Running, new)),
+        ] {
+            assert_eq!(phase(&next, s.as_ref()), ResizePhase::Resizing, "{s:?}");
+        }
+        // Applied and running again: verify.
+        let done = st("hv-1", InstanceState::Running, new);
+        assert_eq!(phase(&next, Some(&done)), ResizePhase::Verify);
+        assert_eq!(ResizePhase::Verify.as_str(), "verify");
+        // A stopped server: verify once stopped with the new size.
+        next.power = PowerState::Stopped;
+        assert_eq!(phase(&next, Some(&done)), ResizePhase::Resizing);
+        assert_eq!(
+            phase(&next, Some(&st("hv-1", InstanceState::Stopped, new))),
+            ResizePhase::Verify
+        );
+        // A driver that reports no size: applied once settled.
+        assert_eq!(
+            phase(&next, Some(&st("hv-1", InstanceState::Stopped, None))),
+            ResizePhase::Verify
+        );
     }
 }

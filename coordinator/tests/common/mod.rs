@@ -577,7 +577,8 @@ pub async fn check_invariants(etcd: &Etcd, capacity_ram: &HashMap<NodeName, u64>
     let mut ram: HashMap<NodeName, (u64, u32)> = HashMap::new();
     for (node, id) in &s.assignments {
         let e = ram.entry(node.clone()).or_default();
-        e.0 += s.specs[id].resources.ram_mb;
+        // What it holds: during a pending resize the larger size.
+        e.0 += s.specs[id].reserved().ram_mb;
         e.1 += 1;
     }
     for (node, cap) in capacity_ram {

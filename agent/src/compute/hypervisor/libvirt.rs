@@ -763,7 +763,7 @@ impl super::Hypervisor for LibvirtHypervisor {
                 id,
                 InstanceSize {
                     vcpus: d.vcpus,
-                    memory_mb: d.memory_mb,
+                    ram_mb: d.memory_mb,
                 },
             );
             let rec = st.instances.get(&id);

@@ -325,24 +325,10 @@ pub struct MigrationDone {
     pub postcopy: bool,
 }
 
-/// vCPUs and memory of an instance's definition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceSize {
-    /// Virtual CPUs.
-    pub vcpus: u32,
-    /// Memory in MiB.
-    pub memory_mb: u64,
-}
-
-impl InstanceSize {
-    /// The size the spec asks for (at least one vCPU, as domains get).
-    pub fn of(d: &DesiredInstance) -> Self {
-        InstanceSize {
-            vcpus: d.resources.vcpus.max(1),
-            memory_mb: d.resources.ram_mb,
-        }
-    }
-}
+/// vCPUs and memory of an instance's definition: what compute compares
+/// with the spec (`InstanceSize::of(&spec.resources)`) and the status
+/// reports.
+pub use nubo_common::model::GuestSize as InstanceSize;
 
 /// A driver that can change the size of a shut-off instance (libvirt:
 /// redefine the domain; netns: the guest's record). Not a boot, so not

@@ -1011,8 +1011,8 @@ impl super::Hypervisor for NetnsHypervisor {
 
 /// The (vCPUs, MiB) a spec asks for, as [`super::InstanceSize::of`]. Pure.
 fn size_of(spec: &DesiredInstance) -> (u32, u64) {
-    let s = super::InstanceSize::of(spec);
-    (s.vcpus, s.memory_mb)
+    let s = super::InstanceSize::of(&spec.resources);
+    (s.vcpus, s.ram_mb)
 }
 
 /// Resizing a netns guest rewrites the size in its record: what the
@@ -1027,7 +1027,7 @@ impl super::Resizer for NetnsHypervisor {
             .values()
             .filter_map(|r| {
                 r.size
-                    .map(|(vcpus, memory_mb)| (r.id, super::InstanceSize { vcpus, memory_mb }))
+                    .map(|(vcpus, ram_mb)| (r.id, super::InstanceSize { vcpus, ram_mb }))
             })
             .collect())
     }

@@ -198,6 +198,12 @@ async fn switch_into(
             reboot_generation: status
                 .as_ref()
                 .map_or(inst.reboot_generation, |s| s.reboot_generation),
+            // A live-migrated guest keeps its size; a cold one is defined
+            // anew on arrival.
+            size: match m.mode {
+                MigrationMode::Live => status.as_ref().and_then(|s| s.size),
+                MigrationMode::Cold => None,
+            },
             volumes: match m.mode {
                 MigrationMode::Live => status.map(|s| s.volumes).unwrap_or_default(),
                 MigrationMode::Cold => Vec::new(),
