@@ -133,7 +133,7 @@ async fn concurrent_port_creates_never_share_an_address() {
                 assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
                 assert_eq!(
                     e.message(),
-                    "network \"small\" is full: all 253 addresses are in use"
+                    "subnet 10.9.0.0/24 of network \"small\" is full: all 253 addresses are in use"
                 );
                 full += 1;
             }
@@ -188,7 +188,7 @@ async fn batch_beyond_network_size_fails_cleanly_and_delete_releases_everything(
         assert_eq!(b.code, "ResourceExhausted");
         assert_eq!(
             b.error,
-            "network \"n100\" is full: all 125 addresses are in use"
+            "subnet 10.5.0.0/25 of network \"n100\" is full: all 125 addresses are in use"
         );
     }
     let names: HashSet<_> = ok
