@@ -15,9 +15,8 @@ use std::net::IpAddr;
 
 use common::*;
 use nubo_common::keys;
-use nubo_common::model::{self, Network};
 use nubo_common::proto as pb;
-use nubo_common::{NetworkId, ProjectId};
+use nubo_common::NetworkId;
 use nubo_tests::Etcd;
 use tonic::Code;
 
@@ -77,35 +76,6 @@ async fn held(etcd: &Etcd, net: &str, ip: &str) -> bool {
 
 /// An external network of the admin project, as `nubo network create ext
 /// --external` stores it.
-async fn put_external(etcd: &Etcd) {
-    let net = Network {
-        id: NetworkId::new_random(),
-        name: "ext".into(),
-        project: ProjectId::new("admin").unwrap(),
-        cidr: Some("10.77.0.0/24".parse().unwrap()),
-        subnet_name: None,
-        gateway: Some("10.77.0.1".parse().unwrap()),
-        vni: 0,
-        mtu: 0,
-        dns: vec![],
-        provider: None,
-        external: true,
-        shared: false,
-        dhcp_disabled: false,
-        host_routes: Vec::new(),
-        allocation_pools: Vec::new(),
-        subnet_id: None,
-        more_subnets: Vec::new(),
-        created_at: model::now(),
-    };
-    etcd.client()
-        .await
-        .unwrap()
-        .put(keys::network(&net.id), model::encode(&net), None)
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ports_hold_addresses_of_several_subnets_and_move_between_them() {
     let etcd = Etcd::start().unwrap();
@@ -278,7 +248,7 @@ async fn ports_hold_addresses_of_several_subnets_and_move_between_them() {
     );
 
     // A floating IP at the port's second address, then moved to its first.
-    put_external(&etcd).await;
+    put_external(&etcd, "ext", "10.77.0.0/24", "10.77.0.1").await;
     cl.routers
         .create(pb::CreateRouterRequest {
             name: "r1".into(),

@@ -9,44 +9,14 @@ mod common;
 
 use common::*;
 use nubo_common::keys;
-use nubo_common::model::{self, Network};
+use nubo_common::model;
 use nubo_common::proto as pb;
-use nubo_common::{NetworkId, ProjectId};
+use nubo_common::NetworkId;
 use nubo_tests::Etcd;
 use tonic::Code;
 
 /// An external network of the admin project, written as the admin's
 /// `nubo network create ext --external` stores it.
-async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> NetworkId {
-    let net = Network {
-        id: NetworkId::new_random(),
-        name: name.into(),
-        project: ProjectId::new("admin").unwrap(),
-        cidr: Some(cidr.parse().unwrap()),
-        subnet_name: None,
-        gateway: Some(gw.parse().unwrap()),
-        vni: 0,
-        mtu: 0,
-        dns: vec![],
-        provider: None,
-        external: true,
-        shared: false,
-        dhcp_disabled: false,
-        host_routes: Vec::new(),
-        allocation_pools: Vec::new(),
-        subnet_id: None,
-        more_subnets: Vec::new(),
-        created_at: model::now(),
-    };
-    etcd.client()
-        .await
-        .unwrap()
-        .put(keys::network(&net.id), model::encode(&net), None)
-        .await
-        .unwrap();
-    net.id
-}
-
 fn in_project(r: &str, p: &str) -> pb::GetRequest {
     pb::GetRequest {
         r#ref: r.into(),

@@ -272,6 +272,38 @@ pub async fn node_info(nodes: &mut pb::nodes_client::NodesClient<Channel>, name:
         .into_inner()
 }
 
+/// Writes an external network `name` of the admin project straight into
+/// etcd (external networks are an admin's; the tests have no admin token).
+pub async fn put_external(etcd: &Etcd, name: &str, cidr: &str, gw: &str) -> nubo_common::NetworkId {
+    let net = model::Network {
+        id: nubo_common::NetworkId::new_random(),
+        name: name.into(),
+        project: ProjectId::new("admin").unwrap(),
+        cidr: Some(cidr.parse().unwrap()),
+        subnet_name: None,
+        gateway: Some(gw.parse().unwrap()),
+        vni: 0,
+        mtu: 0,
+        dns: vec![],
+        provider: None,
+        external: true,
+        shared: false,
+        dhcp_disabled: false,
+        host_routes: Vec::new(),
+        allocation_pools: Vec::new(),
+        subnet_id: None,
+        more_subnets: Vec::new(),
+        created_at: model::now(),
+    };
+    etcd.client()
+        .await
+        .unwrap()
+        .put(keys::network(&net.id), model::encode(&net), None)
+        .await
+        .unwrap();
+    net.id
+}
+
 /// Creates network `name` with `cidr` in the caller's project.
 pub async fn create_network(cl: &mut Clients, name: &str, cidr: &str) {
     cl.networks
