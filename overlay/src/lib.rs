@@ -29,6 +29,7 @@
 mod error;
 mod garp;
 mod guest;
+mod link_action;
 mod names;
 mod netlink;
 mod netns;
@@ -50,6 +51,7 @@ pub use guest::{
     create_empty_netns_guest, delete_netns_guest, list_netns_guests, netns_guest_exists,
     remove_netns_guest_nic, GUEST_IFNAME,
 };
+pub use link_action::LinkAction;
 pub use names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 pub use netlink::Netlink;
 pub use netns::run_in_netns;

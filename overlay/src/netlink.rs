@@ -21,6 +21,7 @@ use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use tracing::{debug, info, warn};
 
 use crate::error::{netlink_errno, ActionFailure, ApplyError, OverlayError};
+use crate::link_action::LinkAction;
 use crate::names::{bridge_name, parse_bridge_name, parse_vxlan_name, vxlan_name};
 use crate::observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 use crate::plan::OverlayAction;
@@ -201,15 +202,7 @@ impl Netlink {
                     .await
                     .map_err(|e| OverlayError::netlink(format!("create vxlan {name}"), e))
             }
-            OverlayAction::AddAddress {
-                link,
-                addr,
-                prefix_len,
-            } => self.add_address(link, *addr, *prefix_len).await,
-            OverlayAction::SetMtu { link, mtu } => self.set_mtu(link, *mtu).await,
-            OverlayAction::SetMaster { link, master } => self.set_master(link, master).await,
-            OverlayAction::Detach { link } => self.release(link).await,
-            OverlayAction::SetUp { link } => self.set_up(link).await,
+            OverlayAction::Link(a) => self.apply_link(a).await,
             OverlayAction::AddFdb { vni, entry } => self.add_fdb(*vni, entry).await,
             OverlayAction::DelFdb { vni, entry } => self.del_fdb(*vni, entry).await,
             OverlayAction::WaitForPort { vni, tap } => {
@@ -247,6 +240,22 @@ impl Netlink {
             Ok(None) => Ok(None),
             Err(e) if netlink_errno(&e) == Some(ENODEV) => Ok(None),
             Err(e) => Err(OverlayError::netlink(format!("read link {name}"), e)),
+        }
+    }
+
+    /// Applies one change to an existing link (of an overlay or a provider
+    /// plan).
+    pub async fn apply_link(&self, action: &LinkAction) -> Result<(), OverlayError> {
+        match action {
+            LinkAction::AddAddress {
+                link,
+                addr,
+                prefix_len,
+            } => self.add_address(link, *addr, *prefix_len).await,
+            LinkAction::SetMtu { link, mtu } => self.set_mtu(link, *mtu).await,
+            LinkAction::SetMaster { link, master } => self.set_master(link, master).await,
+            LinkAction::Detach { link } => self.release(link).await,
+            LinkAction::SetUp { link } => self.set_up(link).await,
         }
     }
 

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use nubo_netid::MacAddr;
 use tracing::warn;
 
+use crate::link_action::LinkAction;
 use crate::names::{bridge_name, vxlan_name};
 use crate::observed::{LinkKind, ObservedBridge, ObservedOverlay, ObservedPort, ObservedVxlan};
 use crate::spec::{network_mtu, FdbEntry, OverlaySpec, METADATA_ADDR, METADATA_PREFIX_LEN};
@@ -49,39 +50,8 @@ pub enum OverlayAction {
         /// Its MTU.
         mtu: u32,
     },
-    /// Add an address to a link.
-    AddAddress {
-        /// Link name.
-        link: String,
-        /// The address.
-        addr: IpAddr,
-        /// Its prefix length.
-        prefix_len: u8,
-    },
-    /// Change the MTU of a link.
-    SetMtu {
-        /// Link name.
-        link: String,
-        /// New MTU.
-        mtu: u32,
-    },
-    /// Enslave `link` to bridge `master`.
-    SetMaster {
-        /// Link name.
-        link: String,
-        /// Bridge name.
-        master: String,
-    },
-    /// Release `link` from its bridge (a port that no longer belongs there).
-    Detach {
-        /// Link name.
-        link: String,
-    },
-    /// Set a link administratively up.
-    SetUp {
-        /// Link name.
-        link: String,
-    },
+    /// A change to one existing link.
+    Link(LinkAction),
     /// Remove an entry from the FDB of `vx-<vni>`.
     DelFdb {
         /// The network.
@@ -234,23 +204,23 @@ fn plan_bridge(
         }
     };
     if bridge.mtu != mtu {
-        actions.push(OverlayAction::SetMtu {
+        actions.push(OverlayAction::Link(LinkAction::SetMtu {
             link: name.clone(),
             mtu,
-        });
+        }));
     }
     if !bridge
         .addresses
         .contains(&(METADATA_ADDR, METADATA_PREFIX_LEN))
     {
-        actions.push(OverlayAction::AddAddress {
+        actions.push(OverlayAction::Link(LinkAction::AddAddress {
             link: name.clone(),
             addr: METADATA_ADDR,
             prefix_len: METADATA_PREFIX_LEN,
-        });
+        }));
     }
     if !bridge.up {
-        actions.push(OverlayAction::SetUp { link: name });
+        actions.push(OverlayAction::Link(LinkAction::SetUp { link: name }));
     }
 }
 
@@ -288,20 +258,20 @@ fn plan_vxlan(
         }
     };
     if vx.mtu != mtu {
-        actions.push(OverlayAction::SetMtu {
+        actions.push(OverlayAction::Link(LinkAction::SetMtu {
             link: name.clone(),
             mtu,
-        });
+        }));
     }
     let bridge = bridge_name(vni);
     if vx.master.as_deref() != Some(bridge.as_str()) {
-        actions.push(OverlayAction::SetMaster {
+        actions.push(OverlayAction::Link(LinkAction::SetMaster {
             link: name.clone(),
             master: bridge,
-        });
+        }));
     }
     if !vx.up {
-        actions.push(OverlayAction::SetUp { link: name });
+        actions.push(OverlayAction::Link(LinkAction::SetUp { link: name }));
     }
     vx
 }
@@ -331,7 +301,9 @@ fn plan_ports(
     let bridge = bridge_name(vni);
     for (name, port) in ports {
         if port.master.as_deref() == Some(bridge.as_str()) && !wanted_taps.contains(name.as_str()) {
-            actions.push(OverlayAction::Detach { link: name.clone() });
+            actions.push(OverlayAction::Link(LinkAction::Detach {
+                link: name.clone(),
+            }));
         }
     }
     for tap in &net.taps {
@@ -343,19 +315,19 @@ fn plan_ports(
             continue;
         };
         if port.mtu != mtu {
-            actions.push(OverlayAction::SetMtu {
+            actions.push(OverlayAction::Link(LinkAction::SetMtu {
                 link: tap.clone(),
                 mtu,
-            });
+            }));
         }
         if port.master.as_deref() != Some(bridge.as_str()) {
-            actions.push(OverlayAction::SetMaster {
+            actions.push(OverlayAction::Link(LinkAction::SetMaster {
                 link: tap.clone(),
                 master: bridge.clone(),
-            });
+            }));
         }
         if !port.up {
-            actions.push(OverlayAction::SetUp { link: tap.clone() });
+            actions.push(OverlayAction::Link(LinkAction::SetUp { link: tap.clone() }));
         }
     }
 }

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::link_action::LinkAction;
 use crate::observed::LinkKind;
 use crate::spec::{METADATA_ADDR, METADATA_PREFIX_LEN};
 
@@ -142,39 +143,8 @@ pub enum ProviderAction {
         /// The VLAN id.
         vid: u16,
     },
-    /// Add an address to a link.
-    AddAddress {
-        /// Link.
-        link: String,
-        /// Address.
-        addr: IpAddr,
-        /// Prefix length.
-        prefix_len: u8,
-    },
-    /// Change a link's MTU.
-    SetMtu {
-        /// Link.
-        link: String,
-        /// MTU.
-        mtu: u32,
-    },
-    /// Enslave a link to a bridge.
-    SetMaster {
-        /// Link.
-        link: String,
-        /// Bridge.
-        master: String,
-    },
-    /// Release a link from its bridge.
-    Detach {
-        /// Link.
-        link: String,
-    },
-    /// Set a link up.
-    SetUp {
-        /// Link.
-        link: String,
-    },
+    /// A change to one existing link.
+    Link(LinkAction),
 }
 
 /// The provider plan: actions, taps not created yet, and networks that
@@ -285,25 +255,25 @@ fn plan_network<'a>(
         }
     };
     if bridge.mtu != mtu {
-        actions.push(ProviderAction::SetMtu {
+        actions.push(ProviderAction::Link(LinkAction::SetMtu {
             link: net.bridge.clone(),
             mtu,
-        });
+        }));
     }
     if !bridge
         .addresses
         .contains(&(METADATA_ADDR, METADATA_PREFIX_LEN))
     {
-        actions.push(ProviderAction::AddAddress {
+        actions.push(ProviderAction::Link(LinkAction::AddAddress {
             link: net.bridge.clone(),
             addr: METADATA_ADDR,
             prefix_len: METADATA_PREFIX_LEN,
-        });
+        }));
     }
     if !bridge.up {
-        actions.push(ProviderAction::SetUp {
+        actions.push(ProviderAction::Link(LinkAction::SetUp {
             link: net.bridge.clone(),
-        });
+        }));
     }
     // The uplink: the VLAN device (created when missing) or the interface.
     let up_link = match (net.vlan, links.get(&uplink)) {
@@ -318,20 +288,20 @@ fn plan_network<'a>(
         (_, l) => l,
     };
     if !phys.up {
-        actions.push(ProviderAction::SetUp {
+        actions.push(ProviderAction::Link(LinkAction::SetUp {
             link: net.interface.clone(),
-        });
+        }));
     }
     if up_link.and_then(|l| l.master.as_deref()) != Some(net.bridge.as_str()) {
-        actions.push(ProviderAction::SetMaster {
+        actions.push(ProviderAction::Link(LinkAction::SetMaster {
             link: uplink.clone(),
             master: net.bridge.clone(),
-        });
+        }));
     }
     if net.vlan.is_some() && !up_link.is_some_and(|l| l.up) {
-        actions.push(ProviderAction::SetUp {
+        actions.push(ProviderAction::Link(LinkAction::SetUp {
             link: uplink.clone(),
-        });
+        }));
     }
     // Ports enslaved here that are neither the uplink nor wanted anywhere.
     for (name, l) in links {
@@ -339,7 +309,9 @@ fn plan_network<'a>(
             && *name != uplink
             && !all_taps.contains(name.as_str())
         {
-            actions.push(ProviderAction::Detach { link: name.clone() });
+            actions.push(ProviderAction::Link(LinkAction::Detach {
+                link: name.clone(),
+            }));
         }
     }
     for tap in &net.taps {
@@ -352,19 +324,21 @@ fn plan_network<'a>(
             continue;
         };
         if port.mtu != mtu {
-            actions.push(ProviderAction::SetMtu {
+            actions.push(ProviderAction::Link(LinkAction::SetMtu {
                 link: tap.clone(),
                 mtu,
-            });
+            }));
         }
         if port.master.as_deref() != Some(net.bridge.as_str()) {
-            actions.push(ProviderAction::SetMaster {
+            actions.push(ProviderAction::Link(LinkAction::SetMaster {
                 link: tap.clone(),
                 master: net.bridge.clone(),
-            });
+            }));
         }
         if !port.up {
-            actions.push(ProviderAction::SetUp { link: tap.clone() });
+            actions.push(ProviderAction::Link(LinkAction::SetUp {
+                link: tap.clone(),
+            }));
         }
     }
     Ok(())
@@ -427,23 +401,29 @@ mod tests {
                     l.vlan = Some((parent.clone(), *vid));
                     obs.links.insert(name.clone(), l);
                 }
-                ProviderAction::AddAddress {
+                ProviderAction::Link(LinkAction::AddAddress {
                     link,
                     addr,
                     prefix_len,
-                } => {
+                }) => {
                     obs.links
                         .get_mut(link)
                         .unwrap()
                         .addresses
                         .insert((*addr, *prefix_len));
                 }
-                ProviderAction::SetMtu { link, mtu } => obs.links.get_mut(link).unwrap().mtu = *mtu,
-                ProviderAction::SetMaster { link, master } => {
+                ProviderAction::Link(LinkAction::SetMtu { link, mtu }) => {
+                    obs.links.get_mut(link).unwrap().mtu = *mtu
+                }
+                ProviderAction::Link(LinkAction::SetMaster { link, master }) => {
                     obs.links.get_mut(link).unwrap().master = Some(master.clone())
                 }
-                ProviderAction::Detach { link } => obs.links.get_mut(link).unwrap().master = None,
-                ProviderAction::SetUp { link } => obs.links.get_mut(link).unwrap().up = true,
+                ProviderAction::Link(LinkAction::Detach { link }) => {
+                    obs.links.get_mut(link).unwrap().master = None
+                }
+                ProviderAction::Link(LinkAction::SetUp { link }) => {
+                    obs.links.get_mut(link).unwrap().up = true
+                }
             }
         }
     }
@@ -485,28 +465,28 @@ mod tests {
                     bridge: BR.into(),
                     mtu: 1500
                 },
-                ProviderAction::AddAddress {
+                ProviderAction::Link(LinkAction::AddAddress {
                     link: BR.into(),
                     addr: METADATA_ADDR,
                     prefix_len: METADATA_PREFIX_LEN
-                },
-                ProviderAction::SetUp { link: BR.into() },
+                }),
+                ProviderAction::Link(LinkAction::SetUp { link: BR.into() }),
                 ProviderAction::CreateVlan {
                     name: "eth1.120".into(),
                     parent: "eth1".into(),
                     vid: 120
                 },
-                ProviderAction::SetMaster {
+                ProviderAction::Link(LinkAction::SetMaster {
                     link: "eth1.120".into(),
                     master: BR.into()
-                },
-                ProviderAction::SetUp {
+                }),
+                ProviderAction::Link(LinkAction::SetUp {
                     link: "eth1.120".into()
-                },
-                ProviderAction::SetMaster {
+                }),
+                ProviderAction::Link(LinkAction::SetMaster {
                     link: "tap1".into(),
                     master: BR.into()
-                },
+                }),
             ]
         );
         simulate(&mut obs, &plan.actions);
@@ -545,13 +525,17 @@ mod tests {
         let mut obs = host();
         obs.links.get_mut("eth1").unwrap().up = false;
         let plan = plan_provider(&spec, &obs);
-        assert!(plan.actions.contains(&ProviderAction::SetMaster {
-            link: "eth1".into(),
-            master: BR.into()
-        }));
-        assert!(plan.actions.contains(&ProviderAction::SetUp {
-            link: "eth1".into()
-        }));
+        assert!(plan
+            .actions
+            .contains(&ProviderAction::Link(LinkAction::SetMaster {
+                link: "eth1".into(),
+                master: BR.into()
+            })));
+        assert!(plan
+            .actions
+            .contains(&ProviderAction::Link(LinkAction::SetUp {
+                link: "eth1".into()
+            })));
         assert!(!plan
             .actions
             .iter()
@@ -620,9 +604,9 @@ mod tests {
         assert_eq!(plan.waiting, vec!["tap2".to_string()]);
         assert_eq!(
             plan.actions,
-            vec![ProviderAction::Detach {
+            vec![ProviderAction::Link(LinkAction::Detach {
                 link: "tapold".into()
-            }]
+            })]
         );
     }
 }

@@ -109,15 +109,7 @@ impl Netlink {
                         OverlayError::netlink(format!("create VLAN {vid} {name} on {parent}"), e)
                     })
             }
-            ProviderAction::AddAddress {
-                link,
-                addr,
-                prefix_len,
-            } => self.add_address(link, *addr, *prefix_len).await,
-            ProviderAction::SetMtu { link, mtu } => self.set_mtu(link, *mtu).await,
-            ProviderAction::SetMaster { link, master } => self.set_master(link, master).await,
-            ProviderAction::Detach { link } => self.release(link).await,
-            ProviderAction::SetUp { link } => self.set_up(link).await,
+            ProviderAction::Link(a) => self.apply_link(a).await,
         }
     }
 }

@@ -189,6 +189,7 @@ mod tests {
     use crate::testutil::*;
     use nubo_common::keys;
     use nubo_common::model::PowerState;
+    use nubo_overlay::LinkAction;
 
     #[test]
     fn spec_has_local_taps_remote_vteps_and_macs() {
@@ -243,9 +244,9 @@ mod tests {
     #[test]
     fn waiting_for_taps_is_not_an_action() {
         let plan = vec![
-            OverlayAction::SetUp {
+            OverlayAction::Link(LinkAction::SetUp {
                 link: "nb-1".into(),
-            },
+            }),
             OverlayAction::WaitForPort {
                 vni: 1,
                 tap: "tapx".into(),
@@ -254,9 +255,9 @@ mod tests {
         let OverlayPlan { actions, waiting } = split_plan(plan);
         assert_eq!(
             actions,
-            vec![OverlayAction::SetUp {
+            vec![OverlayAction::Link(LinkAction::SetUp {
                 link: "nb-1".into()
-            }]
+            })]
         );
         assert_eq!(waiting, vec!["tapx".to_string()]);
     }

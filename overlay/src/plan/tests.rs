@@ -146,26 +146,26 @@ fn builds_network_from_scratch_in_order() {
             mtu: 1450,
             mac: bridge_mac(ip(LOCAL), 7),
         },
-        OverlayAction::AddAddress {
+        OverlayAction::Link(LinkAction::AddAddress {
             link: "nb-7".into(),
             addr: ip("169.254.169.254"),
             prefix_len: 32,
-        },
-        OverlayAction::SetUp {
+        }),
+        OverlayAction::Link(LinkAction::SetUp {
             link: "nb-7".into(),
-        },
+        }),
         OverlayAction::CreateVxlan {
             vni: 7,
             local: ip(LOCAL),
             mtu: 1450,
         },
-        OverlayAction::SetMaster {
+        OverlayAction::Link(LinkAction::SetMaster {
             link: "vx-7".into(),
             master: "nb-7".into(),
-        },
-        OverlayAction::SetUp {
+        }),
+        OverlayAction::Link(LinkAction::SetUp {
             link: "vx-7".into(),
-        },
+        }),
         OverlayAction::AddFdb {
             vni: 7,
             entry: FdbEntry {
@@ -180,17 +180,17 @@ fn builds_network_from_scratch_in_order() {
                 dst: ip(PEER),
             },
         },
-        OverlayAction::SetMtu {
+        OverlayAction::Link(LinkAction::SetMtu {
             link: "tap1".into(),
             mtu: 1450,
-        },
-        OverlayAction::SetMaster {
+        }),
+        OverlayAction::Link(LinkAction::SetMaster {
             link: "tap1".into(),
             master: "nb-7".into(),
-        },
-        OverlayAction::SetUp {
+        }),
+        OverlayAction::Link(LinkAction::SetUp {
             link: "tap1".into(),
-        },
+        }),
     ];
     assert_eq!(actions, expected);
 }
@@ -295,9 +295,11 @@ fn underlay_mtu_change_resizes_bridge_vxlan_and_ports() {
     let obs = converged(&before);
     let mut after = before.clone();
     after.underlay_mtu = 9000;
-    let set = |link: &str| OverlayAction::SetMtu {
-        link: link.into(),
-        mtu: 8950,
+    let set = |link: &str| {
+        OverlayAction::Link(LinkAction::SetMtu {
+            link: link.into(),
+            mtu: 8950,
+        })
     };
     assert_eq!(
         plan(&after, &obs),
@@ -323,13 +325,13 @@ fn vxlan_with_wrong_local_ip_is_recreated() {
                 local: ip(LOCAL),
                 mtu: 1450
             },
-            OverlayAction::SetMaster {
+            OverlayAction::Link(LinkAction::SetMaster {
                 link: "vx-9".into(),
                 master: "nb-9".into()
-            },
-            OverlayAction::SetUp {
+            }),
+            OverlayAction::Link(LinkAction::SetUp {
                 link: "vx-9".into()
-            },
+            }),
             OverlayAction::AddFdb {
                 vni: 9,
                 entry: FdbEntry {
@@ -387,11 +389,13 @@ fn non_bridge_named_like_a_bridge_is_recreated() {
         actions[1],
         OverlayAction::CreateBridge { vni: 3, .. }
     ));
-    assert!(actions.contains(&OverlayAction::AddAddress {
-        link: "nb-3".into(),
-        addr: ip("169.254.169.254"),
-        prefix_len: 32
-    }));
+    assert!(
+        actions.contains(&OverlayAction::Link(LinkAction::AddAddress {
+            link: "nb-3".into(),
+            addr: ip("169.254.169.254"),
+            prefix_len: 32
+        }))
+    );
 }
 
 #[test]
@@ -405,14 +409,14 @@ fn missing_address_and_down_bridge_are_fixed() {
     assert_eq!(
         plan(&s, &obs),
         vec![
-            OverlayAction::AddAddress {
+            OverlayAction::Link(LinkAction::AddAddress {
                 link: "nb-3".into(),
                 addr: ip("169.254.169.254"),
                 prefix_len: 32
-            },
-            OverlayAction::SetUp {
+            }),
+            OverlayAction::Link(LinkAction::SetUp {
                 link: "nb-3".into()
-            },
+            }),
         ]
     );
 }
@@ -432,10 +436,10 @@ fn missing_tap_is_reported_and_others_attached() {
                 vni: 4,
                 tap: "tapgone".into()
             },
-            OverlayAction::SetMaster {
+            OverlayAction::Link(LinkAction::SetMaster {
                 link: "tapok".into(),
                 master: "nb-4".into()
-            },
+            }),
         ]
     );
 }
@@ -456,13 +460,13 @@ fn stray_port_is_detached_but_moving_port_is_not() {
     assert_eq!(
         plan(&after, &obs),
         vec![
-            OverlayAction::Detach {
+            OverlayAction::Link(LinkAction::Detach {
                 link: "tapstray".into()
-            },
-            OverlayAction::SetMaster {
+            }),
+            OverlayAction::Link(LinkAction::SetMaster {
                 link: "tapb".into(),
                 master: "nb-200".into()
-            },
+            }),
         ]
     );
 }
