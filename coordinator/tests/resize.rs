@@ -271,14 +271,16 @@ async fn the_phase_follows_the_size_the_agent_reports() {
         (s.resize_phase.as_str(), s.applied_vcpus, s.applied_ram_mb),
         ("verify", 2, 1024)
     );
-    // Revert: no phase, the agent converges back.
+    // Revert: reverting until the agent reports the old size again.
     let s = cl
         .servers
         .revert_resize(action(&a))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((s.resize_phase.as_str(), s.applied_vcpus), ("", 2));
+    assert_eq!((s.resize_phase.as_str(), s.applied_vcpus), ("reverting", 2));
+    report_sized(&etcd, &a, "n1", InstanceState::Stopped, Some((1, 512))).await;
+    assert_eq!(show(&mut cl, &a).await.resize_phase, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,12 +217,15 @@ pub fn nova_status(state: &str, desired_power: &str) -> (&'static str, &'static 
 /// except during a pending resize (unless in error or being deleted):
 /// `RESIZE` while the coordinator's `resize_phase` is `resizing` (the
 /// agent has not reported the new size applied; vm_state of the desired
-/// power), then `VERIFY_RESIZE` (vm_state `resized`). Pure.
+/// power), then `VERIFY_RESIZE` (vm_state `resized`); after a revert
+/// `REVERT_RESIZE` (vm_state `resized`) while `resize_phase` is
+/// `reverting`. Pure.
 pub fn server_status(s: &pb::Server) -> (&'static str, &'static str, u8) {
     let st = nova_status(&s.state, &s.desired_power);
     match (st.0, s.resize_phase.as_str()) {
         ("ERROR" | "DELETED", _) => st,
         (_, "verify") => ("VERIFY_RESIZE", "resized", st.2),
+        (_, "reverting") => ("REVERT_RESIZE", "resized", st.2),
         (_, "resizing") if s.desired_power == "stopped" => ("RESIZE", "stopped", st.2),
         (_, "resizing") => ("RESIZE", "active", st.2),
         _ => st,
@@ -230,9 +233,13 @@ pub fn server_status(s: &pb::Server) -> (&'static str, &'static str, u8) {
 }
 
 /// Nova's task_state of a server: `resize_finish` while its status is
-/// `RESIZE`, else none. Pure.
+/// `RESIZE`, `resize_reverting` while `REVERT_RESIZE`, else none. Pure.
 pub fn task_state(status: &str) -> Option<&'static str> {
-    (status == "RESIZE").then_some("resize_finish")
+    match status {
+        "RESIZE" => Some("resize_finish"),
+        "REVERT_RESIZE" => Some("resize_reverting"),
+        _ => None,
+    }
 }
 
 /// The Nova view of a server (`GET /servers/{id}`, `/servers/detail`),

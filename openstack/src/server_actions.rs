@@ -458,6 +458,12 @@ mod tests {
         assert_eq!(server_status(&s), ("VERIFY_RESIZE", "resized", 4));
         s.resize_phase = "resizing".into();
         assert_eq!(server_status(&s), ("RESIZE", "stopped", 4));
+        // Reverted, the old size not back yet: REVERT_RESIZE.
+        s.resized_from = String::new();
+        s.resize_phase = "reverting".into();
+        assert_eq!(server_status(&s), ("REVERT_RESIZE", "resized", 4));
+        let v = server_view("https://x", &s);
+        assert_eq!(v["OS-EXT-STS:task_state"], "resize_reverting");
         s.state = "error".into();
         assert_eq!(server_status(&s).0, "ERROR");
     }

@@ -138,7 +138,8 @@ pub enum ServerCmd {
     /// `--confirm` (keep the new size) or `--revert` (old size and power
     /// back). The server stays on its node. `nubo server show` tells
     /// `resize_phase` (`resizing` until its agent reports the new size
-    /// applied, then `verify`) and the `applied_size`.
+    /// applied, then `verify`; after `--revert`, `reverting` until the old
+    /// size is back) and the `applied_size`.
     Resize {
         /// Server name or id.
         server: String,

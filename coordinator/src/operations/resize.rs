@@ -22,7 +22,11 @@
 //! [`ResizePhase::Resizing`] until the agent of the server's node reports
 //! (`InstanceStatus::size`) that the guest has the new size and is in its
 //! desired power state, then [`ResizePhase::Verify`] (OpenStack
-//! `RESIZE` → `VERIFY_RESIZE`); see [`phase`].
+//! `RESIZE` → `VERIFY_RESIZE`); see [`phase`]. After a revert the spec
+//! has the old size again and no pending resize, while the guest still
+//! has the new one: [`ResizePhase::Reverting`] (OpenStack `REVERT_RESIZE`)
+//! until the agent reports the old size — derived from the report alone,
+//! so nothing extra is stored and an agent restart changes nothing.
 //!
 //! The server stays on its node: when the node cannot hold the new size the
 //! answer is FailedPrecondition (REST 409) naming the node and the free capacity (the
@@ -121,6 +125,8 @@ pub enum ResizePhase {
     Resizing,
     /// The guest has the new size: waiting for confirm or revert.
     Verify,
+    /// Reverted: the spec has the old size again, the guest not yet.
+    Reverting,
 }
 
 impl ResizePhase {
@@ -130,6 +136,7 @@ impl ResizePhase {
             ResizePhase::None => "",
             ResizePhase::Resizing => "resizing",
             ResizePhase::Verify => "verify",
+            ResizePhase::Reverting => "reverting",
         }
     }
 }
@@ -140,12 +147,19 @@ impl ResizePhase {
 /// driver that does not report sizes, which could never be waited for)
 /// counts as applied once the guest is running or stopped; a status of
 /// another node or none at all (an evacuated server not re-created yet)
-/// is `Resizing`. Pure.
+/// is `Resizing`. Without a pending resize, a guest whose node reports
+/// another size than the spec's is `Reverting` (only a revert makes the
+/// spec smaller or larger than a settled guest). Pure.
 pub fn phase(inst: &Instance, status: Option<&InstanceStatus>) -> ResizePhase {
+    let own = status.filter(|s| inst.node.as_ref() == Some(&s.node));
+    let sized = |s: &InstanceStatus| s.size.is_none_or(|g| g == GuestSize::of(&inst.resources));
     if inst.resize.is_none() {
-        return ResizePhase::None;
+        return match own {
+            Some(s) if !sized(s) => ResizePhase::Reverting,
+            _ => ResizePhase::None,
+        };
     }
-    let Some(s) = status.filter(|s| inst.node.as_ref() == Some(&s.node)) else {
+    let Some(s) = own else {
         return ResizePhase::Resizing;
     };
     let settled = matches!(
@@ -153,8 +167,7 @@ pub fn phase(inst: &Instance, status: Option<&InstanceStatus>) -> ResizePhase {
         (PowerState::Running, InstanceState::Running)
             | (PowerState::Stopped, InstanceState::Stopped)
     );
-    let sized = s.size.is_none_or(|g| g == GuestSize::of(&inst.resources));
-    if settled && sized {
+    if settled && sized(s) {
         ResizePhase::Verify
     } else {
         ResizePhase::Resizing
@@ -625,5 +638,26 @@ mod tests {
             phase(&next, Some(&st("hv-1", InstanceState::Stopped, None))),
             ResizePhase::Verify
         );
+        // Reverted: the old size in the spec, the new one on the guest
+        // until the agent has redefined it; another node's report, a
+        // driver without sizes: no phase.
+        let reverted = finish(&next, true).unwrap();
+        for (s, want) in [
+            (
+                st("hv-1", InstanceState::Running, new),
+                ResizePhase::Reverting,
+            ),
+            (
+                st("hv-1", InstanceState::Stopped, new),
+                ResizePhase::Reverting,
+            ),
+            (st("hv-1", InstanceState::Stopped, old), ResizePhase::None),
+            (st("hv-1", InstanceState::Running, old), ResizePhase::None),
+            (st("hv-2", InstanceState::Running, new), ResizePhase::None),
+            (st("hv-1", InstanceState::Running, None), ResizePhase::None),
+        ] {
+            assert_eq!(phase(&reverted, Some(&s)), want, "{s:?}");
+        }
+        assert_eq!(ResizePhase::Reverting.as_str(), "reverting");
     }
 }
