@@ -2,8 +2,10 @@
 //! attachments — list, show, attach (an existing port by `port_id`, or a
 //! new port on `net_id` with an optional `fixed_ips` address) and detach,
 //! over `Servers.AddPort` / `Servers.RemovePort` (the node's agent
-//! hot-plugs the NIC). `port_state` is the Neutron status of the port
-//! (`ACTIVE` once it is bound to the server's node).
+//! hot-plugs the NIC). Each attachment is the port's own record: its
+//! fixed IPs on their subnets, and `port_state` its Neutron status
+//! (`ACTIVE` once up and bound to the server's node, `DOWN` while
+//! administratively down).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -17,6 +19,8 @@ use serde_json::{json, Value};
 use crate::compute::get_server;
 use crate::error::{json_body, ApiError, Service, StatusExt};
 use crate::microversion::{microversion, versioned};
+use crate::network::ports::{fixed_ips_view, port_status};
+use crate::upstream::get_req;
 use crate::Upstream;
 
 const S: Service = Service::Compute;
@@ -32,20 +36,40 @@ pub fn router() -> Router<Upstream> {
         )
 }
 
-/// An interface attachment (a port of a server whose node is `node`).
-/// Pure.
-pub fn attachment_view(port_id: &str, net_id: &str, mac: &str, ip: &str, node: &str) -> Value {
+/// An interface attachment: a port of a server. Pure.
+pub fn attachment_view(p: &pb::Port) -> Value {
     json!({
-        "port_id": port_id,
-        "net_id": net_id,
-        "mac_addr": mac,
-        "fixed_ips": [{"subnet_id": net_id, "ip_address": ip}],
-        "port_state": if node.is_empty() { "DOWN" } else { "ACTIVE" },
+        "port_id": p.id,
+        "net_id": p.network_id,
+        "mac_addr": p.mac,
+        "fixed_ips": fixed_ips_view(p),
+        "port_state": port_status(p),
     })
 }
 
-fn address_view(s: &pb::Server, a: &pb::ServerAddress) -> Value {
-    attachment_view(&a.port_id, &a.network_id, &a.mac, &a.ip, &s.node)
+/// The port `id` of server `s` (by the server's addresses, so a port the
+/// server does not have is Nova's 404 naming it).
+async fn server_port(
+    up: &Upstream,
+    headers: &HeaderMap,
+    s: &pb::Server,
+    port_id: &str,
+) -> Result<pb::Port, ApiError> {
+    if !s.addresses.iter().any(|a| a.port_id == port_id) {
+        return Err(ApiError::not_found(
+            S,
+            format!(
+                "Instance {} has no interface attached to port {port_id}",
+                s.id
+            ),
+        ));
+    }
+    Ok(up
+        .ports(headers)?
+        .get(get_req(port_id.to_string()))
+        .await
+        .api(S)?
+        .into_inner())
 }
 
 /// What an attach body asks for. Pure: `port_id` or `net_id` (with at
@@ -155,7 +179,16 @@ async fn list(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let s = get_server(&up, &headers, id).await?;
-    let v: Vec<Value> = s.addresses.iter().map(|a| address_view(&s, a)).collect();
+    let mut ids: Vec<&str> = Vec::new();
+    for a in &s.addresses {
+        if !ids.contains(&a.port_id.as_str()) {
+            ids.push(&a.port_id);
+        }
+    }
+    let mut v = Vec::with_capacity(ids.len());
+    for id in ids {
+        v.push(attachment_view(&server_port(&up, &headers, &s, id).await?));
+    }
     Ok(versioned(Json(json!({"interfaceAttachments": v}))))
 }
 
@@ -165,21 +198,9 @@ async fn show(
     Path((id, port_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let s = get_server(&up, &headers, id).await?;
-    let a = s
-        .addresses
-        .iter()
-        .find(|a| a.port_id == port_id)
-        .ok_or_else(|| {
-            ApiError::not_found(
-                S,
-                format!(
-                    "Instance {} has no interface attached to port {port_id}",
-                    s.id
-                ),
-            )
-        })?;
+    let p = server_port(&up, &headers, &s, &port_id).await?;
     Ok(versioned(Json(
-        json!({"interfaceAttachment": address_view(&s, a)}),
+        json!({"interfaceAttachment": attachment_view(&p)}),
     )))
 }
 
@@ -215,7 +236,7 @@ async fn attach(
         .api(S)?
         .into_inner();
     Ok(versioned(Json(json!({
-        "interfaceAttachment": attachment_view(&p.id, &p.network_id, &p.mac, &p.ip, &p.node)
+        "interfaceAttachment": attachment_view(&p)
     }))))
 }
 
@@ -272,14 +293,40 @@ mod tests {
 
     #[test]
     fn an_attachment_shows_the_port_and_its_state() {
-        let v = attachment_view("p1", "n1", "fa:16:3e:00:00:01", "10.0.0.5", "hv-1");
-        assert_eq!(v["fixed_ips"][0]["subnet_id"], "n1");
-        assert_eq!(v["fixed_ips"][0]["ip_address"], "10.0.0.5");
-        assert_eq!(v["port_state"], "ACTIVE");
+        let mut p = pb::Port {
+            id: "p1".into(),
+            network_id: "n1".into(),
+            mac: "fa:16:3e:00:00:01".into(),
+            ip: "10.0.0.5".into(),
+            fixed_ips: vec![
+                pb::FixedIp {
+                    subnet_id: "s1".into(),
+                    ip: "10.0.0.5".into(),
+                },
+                pb::FixedIp {
+                    subnet_id: "s2".into(),
+                    ip: "10.1.0.5".into(),
+                },
+            ],
+            device_id: "srv".into(),
+            node: "hv-1".into(),
+            admin_state_up: true,
+            ..Default::default()
+        };
+        let v = attachment_view(&p);
         assert_eq!(
-            attachment_view("p1", "n1", "m", "i", "")["port_state"],
-            "DOWN"
+            (v["port_id"].as_str(), v["net_id"].as_str()),
+            (Some("p1"), Some("n1"))
         );
+        assert_eq!(v["fixed_ips"][1]["subnet_id"], "s2");
+        assert_eq!(v["fixed_ips"][1]["ip_address"], "10.1.0.5");
+        assert_eq!(v["port_state"], "ACTIVE");
+        // Administratively down, or not bound to a node yet: DOWN.
+        p.admin_state_up = false;
+        assert_eq!(attachment_view(&p)["port_state"], "DOWN");
+        p.admin_state_up = true;
+        p.node.clear();
+        assert_eq!(attachment_view(&p)["port_state"], "DOWN");
     }
 
     #[test]

@@ -16,6 +16,18 @@ use super::S;
 use crate::error::{ApiError, StatusExt};
 use crate::Upstream;
 
+/// Neutron's status of a port: `ACTIVE` when administratively up and
+/// either a router interface or plugged into a server and bound to its
+/// node, else `DOWN`. Pure.
+pub fn port_status(p: &pb::Port) -> &'static str {
+    let plugged = !p.device_id.is_empty() && !p.node.is_empty();
+    if p.admin_state_up && (plugged || !p.router_id.is_empty()) {
+        "ACTIVE"
+    } else {
+        "DOWN"
+    }
+}
+
 /// The Neutron view of a port. Pure.
 pub fn port_view(p: &pb::Port) -> Value {
     let plugged = !p.device_id.is_empty();
@@ -40,7 +52,7 @@ pub fn port_view(p: &pb::Port) -> Value {
         "binding:host_id": p.node,
         "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
         "binding:vnic_type": "normal",
-        "status": if p.admin_state_up && (routed || (plugged && !p.node.is_empty())) { "ACTIVE" } else { "DOWN" },
+        "status": port_status(p),
         "admin_state_up": p.admin_state_up,
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
@@ -52,7 +64,8 @@ pub fn port_view(p: &pb::Port) -> Value {
 
 /// A port's `fixed_ips` (a port from a reply without them: its one address
 /// on the network's first subnet, whose id is the network's). Pure.
-fn fixed_ips_view(p: &pb::Port) -> Value {
+/// A port's `fixed_ips`: each address with its subnet. Pure.
+pub fn fixed_ips_view(p: &pb::Port) -> Value {
     if !p.fixed_ips.is_empty() {
         return p
             .fixed_ips
