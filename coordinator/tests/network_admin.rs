@@ -4,14 +4,16 @@
 //! changed by a cloud admin only and refused while in use (a router's
 //! subnet cannot become external; a network holding routers' gateways or
 //! floating IPs cannot become internal), and an external network deleted
-//! with its unassociated floating IPs (released to their projects' quota).
+//! with its unassociated floating IPs (released to their projects' quota);
+//! a port bound to a host by an admin (`binding:host_id`): admins only, a
+//! registered node, plugged only by a server on that node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 
 use common::authed as req;
-use common::{channel, count, issue_token, member_cloud};
+use common::{channel, count, flavor_and_image, issue_token, member_cloud, register_seen, res};
 use nubo_common::keys;
 use nubo_common::proto as pb;
 use nubo_tests::Etcd;
@@ -336,4 +338,150 @@ async fn router_external_is_changed_by_admins_and_refused_while_in_use() {
         .unwrap()
         .into_inner();
     assert!(!back.external);
+}
+
+fn port_on(net: &str, host: &str) -> pb::CreatePortRequest {
+    pb::CreatePortRequest {
+        network_ref: net.into(),
+        host: host.into(),
+        ..Default::default()
+    }
+}
+
+fn set_host(port: &str, host: &str) -> pb::UpdatePortRequest {
+    pb::UpdatePortRequest {
+        r#ref: port.into(),
+        host: Some(host.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_bound_to_a_host_is_plugged_only_by_a_server_there() {
+    let etcd = Etcd::start().unwrap();
+    let c = member_cloud(&etcd, &[("alice", "p1")]).await;
+    // hv1 takes the server; hv2 is registered but too small for it.
+    register_seen(&etcd, &c, "nbt-hv1", res(8, 8192, 100), "nova").await;
+    register_seen(&etcd, &c, "nbt-hv2", res(1, 64, 1), "nova").await;
+    let ch = channel(&c).await;
+    let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
+    let mut nets = pb::networks_client::NetworksClient::new(ch.clone());
+    let mut ports = pb::ports_client::PortsClient::new(ch.clone());
+    let mut servers = pb::servers_client::ServersClient::new(ch.clone());
+    let alice = issue_token(&mut tokens, "alice", "pw").await;
+    let admin = issue_token(&mut tokens, "admin", "adminpw").await;
+    flavor_and_image(&ch, &admin, "m1.small", &admin).await;
+    nets.create(req(&alice, net("a", "10.1.0.0/24")))
+        .await
+        .unwrap();
+    nets.create(req(&admin, net("n", "10.2.0.0/24")))
+        .await
+        .unwrap();
+
+    // Members may not bind; an unknown or malformed host is refused.
+    refused(
+        ports.create(req(&alice, port_on("a", "nbt-hv1"))).await,
+        Code::PermissionDenied,
+        "only a cloud admin",
+    );
+    let plain = ports
+        .create(req(&alice, port_on("a", "")))
+        .await
+        .unwrap()
+        .into_inner();
+    refused(
+        ports
+            .update(req(&alice, set_host(&plain.id, "nbt-hv1")))
+            .await,
+        Code::PermissionDenied,
+        "only a cloud admin",
+    );
+    refused(
+        ports.create(req(&admin, port_on("n", "nbt-nowhere"))).await,
+        Code::InvalidArgument,
+        "not a registered node",
+    );
+    refused(
+        ports.create(req(&admin, port_on("n", "bad host!"))).await,
+        Code::InvalidArgument,
+        "host",
+    );
+
+    // Bound to hv2: shown as such, and no server elsewhere may plug it.
+    let p = ports
+        .create(req(&admin, port_on("n", "nbt-hv2")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (p.requested_host.as_str(), p.node.as_str()),
+        ("nbt-hv2", "")
+    );
+    let shown = ports
+        .get(req(&admin, get(&p.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.requested_host, "nbt-hv2");
+    let boot = pb::CreateServerRequest {
+        name: "s".into(),
+        flavor: "m1.small".into(),
+        image_ref: "cirros".into(),
+        ports: vec![p.id.clone()],
+        count: 1,
+        ..Default::default()
+    };
+    let r = servers
+        .create(req(&admin, boot.clone()))
+        .await
+        .map(|r| r.into_inner());
+    let err = match r {
+        Ok(r) => r.results[0].error.clone(),
+        Err(s) => s.message().to_string(),
+    };
+    assert!(err.contains("bound to host nbt-hv2"), "{err}");
+    let after = ports
+        .get(req(&admin, get(&p.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (after.device_id.as_str(), after.requested_host.as_str()),
+        ("", "nbt-hv2")
+    );
+
+    // Cleared, then bound to hv1: the server there plugs it, and the
+    // binding is the server's node from then on.
+    let cleared = ports
+        .update(req(&admin, set_host(&p.id, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cleared.requested_host, "");
+    ports
+        .update(req(&admin, set_host(&p.id, "nbt-hv1")))
+        .await
+        .unwrap();
+    let made = servers
+        .create(req(&admin, boot))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(made.results[0].error.is_empty(), "{:?}", made.results[0]);
+    let plugged = ports
+        .get(req(&admin, get(&p.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (plugged.node.as_str(), plugged.requested_host.as_str()),
+        ("nbt-hv1", "")
+    );
+    assert!(!plugged.device_id.is_empty());
+    // A plugged port's binding follows its server.
+    refused(
+        ports.update(req(&admin, set_host(&p.id, "nbt-hv2"))).await,
+        Code::FailedPrecondition,
+        "follows the server",
+    );
 }
