@@ -499,6 +499,19 @@ mod tests {
     }
 
     #[test]
+    fn a_network_without_a_name_and_router_external_flags() {
+        let r = parse(&["--cidr", "10.0.0.0/24"]).unwrap();
+        assert_eq!((r.name.as_str(), r.cidr.as_str()), ("", "10.0.0.0/24"));
+        let set = |args: &[&str]| {
+            crate::testutil::parse_args::<SetArgs>(args).map(|a| a.request("p").external)
+        };
+        assert_eq!(set(&["n", "--external"]).unwrap(), Some(true));
+        assert_eq!(set(&["n", "--no-external"]).unwrap(), Some(false));
+        assert_eq!(set(&["n", "--name", "x"]).unwrap(), None);
+        assert!(set(&["n", "--external", "--no-external"]).is_err());
+    }
+
+    #[test]
     fn create_maps_flags_to_the_request() {
         let r = parse(&[
             "net1",
