@@ -898,3 +898,33 @@ pub fn label(n: &Network) -> String {
         format!("{:?}", n.name)
     }
 }
+
+/// Adds to `t` that network `net` is unchanged since read now, after
+/// checking that it still is external (`external`) or internal: what
+/// allocates on an external network (floating IPs, routers' gateways) or
+/// joins an internal one to a router commits only while a concurrent
+/// `router:external` change ([`update`]) has not flipped it.
+pub(crate) async fn guard_external(
+    ctx: &Ctx,
+    t: &mut TxnBuilder,
+    net: &NetworkId,
+    external: bool,
+) -> ApiResult<()> {
+    let key = keys::network(net);
+    let Some(n) = ctx.store.read::<Network>(&key).await? else {
+        return Err(ApiError::NotFound(format!("network {net} not found")));
+    };
+    if n.value.external != external {
+        return Err(ApiError::FailedPrecondition(format!(
+            "network {} is {} now",
+            label(&n.value),
+            if n.value.external {
+                "external"
+            } else {
+                "no longer external"
+            }
+        )));
+    }
+    t.unchanged(&key, n.mod_rev);
+    Ok(())
+}
