@@ -100,6 +100,7 @@ fn free_port(net: NetworkId, sgs: &[SecurityGroupId], n: u8) -> Port {
         device: None,
         node: None,
         router: None,
+        host: None,
         created_at: model::now(),
     }
 }

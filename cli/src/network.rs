@@ -54,9 +54,17 @@ pub struct SetArgs {
     /// The subnet (id) the subnet options change (default: the first).
     #[arg(long)]
     pub subnet: Option<String>,
-    /// New name.
+    /// New name ("" = none: the network is then referenced by its id).
     #[arg(long)]
     pub name: Option<String>,
+    /// Make it an external network: routers' gateways and floating IPs
+    /// (admin; refused while it is a router's subnet).
+    #[arg(long, conflicts_with = "no_external")]
+    pub external: bool,
+    /// Make it internal again (admin; refused while routers' gateways or
+    /// floating IPs are on it).
+    #[arg(long)]
+    pub no_external: bool,
     /// The subnet's name ("" = none).
     #[arg(long)]
     pub subnet_name: Option<String>,
@@ -90,6 +98,7 @@ impl SetArgs {
             r#ref: self.network.clone(),
             project: project.to_string(),
             name: self.name.clone(),
+            external: (self.external || self.no_external).then_some(self.external),
             subnet_name: self.subnet_name.clone(),
             gateway: self.gateway.map(|g| gateway_field(Some(g))),
             set_dns: self.no_dns || !self.dns.is_empty(),
@@ -223,8 +232,9 @@ fn parse_gateway(s: &str) -> Result<Gateway, String> {
 /// `nubo network create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Network name.
-    pub name: String,
+    /// Network name (unique in the project); without: a network without a
+    /// name, referenced by its id (as Neutron allows).
+    pub name: Option<String>,
     /// IPv4 subnet, e.g. 10.20.0.0/24 (without: add it later with `nubo
     /// network subnet set`).
     #[arg(long)]
@@ -270,7 +280,7 @@ impl CreateArgs {
     /// The API request for `project`.
     pub fn request(&self, project: &str) -> CreateNetworkRequest {
         CreateNetworkRequest {
-            name: self.name.clone(),
+            name: self.name.clone().unwrap_or_default(),
             project: project.to_string(),
             cidr: self.cidr.clone().unwrap_or_default(),
             gateway: gateway_field(self.gateway),
@@ -486,6 +496,19 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<CreateNetworkRequest, clap::Error> {
         crate::testutil::parse_args::<CreateArgs>(args).map(|a| a.request("p"))
+    }
+
+    #[test]
+    fn a_network_without_a_name_and_router_external_flags() {
+        let r = parse(&["--cidr", "10.0.0.0/24"]).unwrap();
+        assert_eq!((r.name.as_str(), r.cidr.as_str()), ("", "10.0.0.0/24"));
+        let set = |args: &[&str]| {
+            crate::testutil::parse_args::<SetArgs>(args).map(|a| a.request("p").external)
+        };
+        assert_eq!(set(&["n", "--external"]).unwrap(), Some(true));
+        assert_eq!(set(&["n", "--no-external"]).unwrap(), Some(false));
+        assert_eq!(set(&["n", "--name", "x"]).unwrap(), None);
+        assert!(set(&["n", "--external", "--no-external"]).is_err());
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct CreateArgs {
     /// Its MAC (aa:bb:cc:dd:ee:ff, unicast, unique; default: nubo picks one).
     #[arg(long)]
     pub mac: Option<String>,
+    /// Bind it to this node before a server plugs it (admin; Neutron's
+    /// binding:host_id): only a server on that node may then plug it.
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 impl CreateArgs {
@@ -103,6 +107,7 @@ impl CreateArgs {
             disabled: self.disable,
             mac: self.mac.clone().unwrap_or_default(),
             no_security_groups: self.no_security_groups,
+            host: self.host.clone().unwrap_or_default(),
         }
     }
 }
@@ -152,6 +157,9 @@ pub struct SetArgs {
     /// there, else gets a new one).
     #[arg(long = "fixed-ip", value_parser = parse_fixed_ip)]
     pub fixed_ips: Vec<FixedIp>,
+    /// The node an unplugged port is bound to (admin; "" clears it).
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 impl SetArgs {
@@ -167,6 +175,7 @@ impl SetArgs {
             admin_state_up: (self.enable || self.disable).then_some(self.enable),
             set_fixed_ips: !self.fixed_ips.is_empty(),
             fixed_ips: self.fixed_ips.clone(),
+            host: self.host.clone(),
         };
         let unchanged = UpdatePortRequest {
             r#ref: r.r#ref.clone(),
@@ -174,7 +183,7 @@ impl SetArgs {
             ..Default::default()
         };
         if r == unchanged {
-            bail!("nothing to change: give --name, --description, --enable/--disable, --security-group, --no-security-group or --fixed-ip");
+            bail!("nothing to change: give --name, --description, --enable/--disable, --security-group, --no-security-group, --fixed-ip or --host");
         }
         Ok(r)
     }
@@ -197,6 +206,7 @@ pub fn to_json(p: &Port) -> Value {
         "security_group_ids": p.security_group_ids,
         "device_id": opt(&p.device_id),
         "node": opt(&p.node),
+        "requested_host": opt(&p.requested_host),
         "tap": opt(&p.tap),
         "port_security": p.port_security,
         "description": p.description,

@@ -366,7 +366,8 @@ async fn routers_and_floating_ips_keep_their_invariants() {
         .delete(req_del(&ext.to_string(), "admin"))
         .await
         .unwrap_err();
-    refused(e, Code::FailedPrecondition, "still has");
+    // (Its unassociated floating IPs would go with it, as in Neutron.)
+    refused(e, Code::FailedPrecondition, "associated with a port");
 
     // Deleting a port takes its floating IP's association with it.
     let doomed = port(&mut cl, "net1", "p1").await;

@@ -23,8 +23,13 @@ pub fn router() -> Router<Upstream> {
         .route("/v3", get(v3_doc))
         .route("/v3/", get(v3_doc))
         .route("/v3/auth/tokens", post(issue).get(validate).delete(revoke))
-        .route("/v3/projects", get(list_projects))
-        .route("/v3/projects/{id}", get(show_project))
+        .route("/v3/projects", get(list_projects).post(create_project))
+        .route(
+            "/v3/projects/{id}",
+            get(show_project).delete(delete_project),
+        )
+        .route("/v3/domains", get(list_domains))
+        .route("/v3/domains/{id}", get(show_domain))
 }
 
 async fn versions_doc(State(up): State<Upstream>) -> Response {
@@ -328,6 +333,169 @@ async fn list_projects(
     Ok(Json(json!({"projects": views})))
 }
 
+/// nubo's one domain as Keystone shows it (`default`, named `Default`). Pure.
+pub fn domain_view() -> Value {
+    json!({"id": DOMAIN_ID, "name": DOMAIN_NAME, "description": "nubo has one domain: every project and user is in it",
+        "enabled": true, "tags": [], "options": {}, "links": {"self": "/identity/v3/domains/default"}})
+}
+
+/// The id of nubo's one domain.
+pub const DOMAIN_ID: &str = "default";
+/// The name of nubo's one domain.
+pub const DOMAIN_NAME: &str = "Default";
+
+/// The caller's token, checked by the coordinators (`Tokens.Validate` of
+/// itself): the domain calls answer nothing without a valid token.
+async fn authenticated(up: &Upstream, headers: &HeaderMap) -> Result<(), ApiError> {
+    let own = crate::upstream::caller_token(headers).ok_or_else(ApiError::unauthenticated)?;
+    pb::tokens_client::TokensClient::new(up.with_token(headers)?)
+        .validate(pb::SubjectTokenRequest {
+            token: own.to_string(),
+        })
+        .await
+        .map_err(|s| ApiError::from_status(Service::Identity, &s))?;
+    Ok(())
+}
+
+/// `GET /v3/domains?name=` filter.
+#[derive(Debug, Deserialize)]
+pub struct DomainFilter {
+    name: Option<String>,
+}
+
+/// `GET /v3/domains`: nubo's one domain (none when `name` names another;
+/// names compare case-insensitively, as in Keystone's SQL backend).
+async fn list_domains(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Query(f): Query<DomainFilter>,
+) -> Result<Json<Value>, ApiError> {
+    authenticated(&up, &headers).await?;
+    let views: Vec<Value> = match f.name.as_deref() {
+        Some(n) if !n.eq_ignore_ascii_case(DOMAIN_NAME) => Vec::new(),
+        _ => vec![domain_view()],
+    };
+    Ok(Json(json!({"domains": views})))
+}
+
+/// `GET /v3/domains/{id}`: nubo's one domain; any other is 404.
+async fn show_domain(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authenticated(&up, &headers).await?;
+    if id == DOMAIN_ID {
+        Ok(Json(json!({"domain": domain_view()})))
+    } else {
+        Err(ApiError::not_found(
+            Service::Identity,
+            format!("Could not find domain: {id}."),
+        ))
+    }
+}
+
+/// `POST /v3/projects` body.
+#[derive(Debug, Deserialize)]
+pub struct NewProjectBody {
+    project: NewProject,
+}
+
+/// The Keystone project attributes nubo keeps; any other is a 400.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    name: String,
+    #[serde(default)]
+    description: String,
+    domain_id: Option<String>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    is_domain: bool,
+    parent_id: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// nubo's `CreateProject` for a Keystone project: nubo's project id is
+/// its name, in the one domain; disabled projects, projects acting as
+/// domains, hierarchies and tags do not exist in nubo (400 naming them).
+/// Pure.
+fn project_request(p: NewProject) -> Result<pb::CreateProjectRequest, ApiError> {
+    let bad = |m: String| {
+        Err(ApiError::bad_request(
+            Service::Identity,
+            format!("{m} (nubo)"),
+        ))
+    };
+    if let Some(d) = p.domain_id.as_deref().filter(|d| *d != DOMAIN_ID) {
+        return Err(ApiError::not_found(
+            Service::Identity,
+            format!("Could not find domain: {d}. nubo has one domain, {DOMAIN_ID:?}"),
+        ));
+    }
+    if p.parent_id.as_deref().is_some_and(|x| x != DOMAIN_ID) {
+        return bad("projects have no parent project in nubo".into());
+    }
+    if p.is_domain {
+        return bad("nubo has one domain: a project cannot be a domain".into());
+    }
+    if p.enabled == Some(false) {
+        return bad("a nubo project is always enabled".into());
+    }
+    if !p.tags.is_empty() {
+        return bad("project tags are not supported".into());
+    }
+    Ok(pb::CreateProjectRequest {
+        id: p.name.clone(),
+        name: p.name,
+        description: p.description,
+    })
+}
+
+/// A nubo project as Keystone shows it. Pure.
+pub fn project_pb_view(p: &pb::Project) -> Value {
+    let mut v = project_view(&p.id);
+    v["description"] = json!(p.description);
+    v
+}
+
+/// `POST /v3/projects` (cloud admins): `Identity.CreateProject`.
+async fn create_project(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    body: Result<Json<NewProjectBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = crate::error::json_body(Service::Identity, body)?;
+    let req = project_request(b.project)?;
+    let p = pb::identity_client::IdentityClient::new(up.with_token(&headers)?)
+        .create_project(req)
+        .await
+        .map_err(|s| ApiError::from_status(Service::Identity, &s))?
+        .into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"project": project_pb_view(&p)})),
+    )
+        .into_response())
+}
+
+/// `DELETE /v3/projects/{id}` (cloud admins): `Identity.DeleteProject`.
+async fn delete_project(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    pb::identity_client::IdentityClient::new(up.with_token(&headers)?)
+        .delete_project(pb::DeleteRequest {
+            r#ref: id,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| ApiError::from_status(Service::Identity, &s))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// The `X-Subject-Token` of a validation or revocation.
 fn subject_token(headers: &HeaderMap) -> Result<pb::SubjectTokenRequest, ApiError> {
     let token = headers
@@ -400,6 +568,36 @@ mod tests {
             (r.user.as_str(), r.password.as_str(), r.project.as_str()),
             ("alice", "pw", "p1")
         );
+    }
+
+    #[test]
+    fn keystone_projects_map_to_nubo_projects_in_the_one_domain() {
+        let p = |v: Value| serde_json::from_value::<NewProjectBody>(v).unwrap().project;
+        let r = project_request(p(
+            json!({"project": {"name": "team-a", "description": "d", "domain_id": "default"}}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.name.as_str(), r.description.as_str()),
+            ("team-a", "team-a", "d")
+        );
+        let e = project_request(p(json!({"project": {"name": "x", "domain_id": "other"}})))
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        for bad in [
+            json!({"name": "x", "enabled": false}),
+            json!({"name": "x", "is_domain": true}),
+            json!({"name": "x", "parent_id": "team-b"}),
+            json!({"name": "x", "tags": ["t"]}),
+        ] {
+            let e = project_request(p(json!({"project": bad}))).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert!(serde_json::from_value::<NewProjectBody>(
+            json!({"project": {"name": "x", "colour": 1}})
+        )
+        .is_err());
+        assert_eq!(domain_view()["name"], "Default");
     }
 
     #[test]

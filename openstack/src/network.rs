@@ -154,7 +154,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     (
         "binding",
         "Port Binding",
-        "binding:host_id and binding:vif_type on ports (read only)",
+        "binding:host_id (the server's node; before a server plugs the port, the host a cloud admin bound it to) and binding:vif_type on ports",
     ),
     (
         "quotas",

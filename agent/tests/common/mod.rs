@@ -144,6 +144,7 @@ impl World {
             device: Some(id),
             node: Some(node.clone()),
             router: None,
+            host: None,
             created_at: model::now(),
         };
         let inst = Instance {

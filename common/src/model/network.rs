@@ -153,6 +153,11 @@ pub struct Port {
     /// Node the port is bound to (the node of its instance).
     #[serde(default)]
     pub node: Option<NodeName>,
+    /// The host a cloud admin bound the port to before a server plugs it
+    /// (Neutron's `binding:host_id` set by hand): shown as its binding;
+    /// only a server on that node may plug it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<NodeName>,
     /// The router whose interface it is (the router answers on its
     /// address); such a port is plugged into no server.
     #[serde(default, skip_serializing_if = "Option::is_none")]

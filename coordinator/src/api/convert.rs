@@ -229,6 +229,7 @@ pub fn port(p: &model::Port) -> pb::Port {
         security_group_ids: p.security_groups.iter().map(ToString::to_string).collect(),
         device_id: p.device.map(|d| d.to_string()).unwrap_or_default(),
         node: p.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+        requested_host: p.host.as_ref().map(ToString::to_string).unwrap_or_default(),
         router_id: p.router.map(|r| r.to_string()).unwrap_or_default(),
         description: p.description.clone(),
         admin_state_up: p.admin_state_up,

@@ -71,6 +71,7 @@ impl networks_server::Networks for Ctx {
         let go = async {
             let c = NetworkChanges {
                 name: r.name,
+                external: r.external,
                 subnet: Some(r.subnet_id).filter(|s| !s.is_empty()),
                 subnet_name: r.subnet_name,
                 gateway: r.gateway,

@@ -59,6 +59,7 @@ impl ports_server::Ports for Ctx {
                 description: r.description,
                 disabled: r.disabled,
                 mac: r.mac,
+                host: r.host,
             };
             let p = ports::create(self, &project(&r.project)?, new).await?;
             self.port_view(p).await
@@ -99,6 +100,7 @@ impl ports_server::Ports for Ctx {
                 admin_state_up: r.admin_state_up,
                 security_groups: r.security_groups,
                 no_security_groups: r.no_security_groups,
+                host: r.host,
             };
             // Addresses first (their own guarded write), then the rest.
             let moved = match r.set_fixed_ips {

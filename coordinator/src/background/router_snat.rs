@@ -321,6 +321,7 @@ mod tests {
             device: node.map(|_| nubo_common::InstanceId::new_random()),
             node: node.map(|n| NodeName::new(n).unwrap()),
             router: None,
+            host: None,
             created_at: model::now(),
         })
     }

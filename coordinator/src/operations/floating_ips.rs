@@ -82,7 +82,7 @@ pub async fn create(
         };
         let mut t = TxnBuilder::new();
         let free = reserve_ip(&mut t, &net.id, ip, IpHolder::FloatingIp(id));
-        t.present(&keys::network(&net.id));
+        super::networks::guard_external(ctx, &mut t, &net.id, true).await?;
         t.put(&keys::floating_ip(&id), &fip);
         super::quotas::add(ctx, &mut t, project, &quota_delta()).await?;
         let a = ctx.store.commit(&t).await?;

@@ -30,7 +30,8 @@ use crate::validate;
 /// A new network.
 #[derive(Debug, Clone, Default)]
 pub struct NewNetwork {
-    /// Its name (unique in the project).
+    /// Its name (unique in the project); empty = none, as Neutron allows:
+    /// no name-index entry, the network is referenced by its id only.
     pub name: String,
     /// IPv4 CIDR, e.g. `10.20.0.0/24` (may overlap the project's other
     /// networks, as in Neutron: only a router refuses two overlapping
@@ -155,7 +156,9 @@ pub use super::ip_pool::subnet_of;
 /// Creates a network of `project` with a unique VNI.
 pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<Network> {
     let project = project.clone();
-    validate::name("network", &r.name)?;
+    if !r.name.is_empty() {
+        validate::name("network", &r.name)?;
+    }
     let subnet = requested_subnet(&r.cidr, &r.gateway, &r.dns)?;
     let mtu = match r.mtu {
         0 => 0,
@@ -185,8 +188,9 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
     let segment_key = provider
         .as_ref()
         .map(|p| keys::provider_segment(&p.physical_network, p.segment));
-    let shared_key = r.shared.then(|| keys::shared_network_name(&r.name));
-    let idx = keys::name_index(NameKind::Network, &project, &r.name);
+    let named = !r.name.is_empty();
+    let shared_key = (r.shared && named).then(|| keys::shared_network_name(&r.name));
+    let idx = named.then(|| keys::name_index(NameKind::Network, &project, &r.name));
     for _ in 0..16 {
         // Provider networks are on a physical segment: no VNI.
         let vni = if provider.is_some() {
@@ -215,8 +219,11 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
             created_at: model::now(),
         };
         let mut t = TxnBuilder::new();
-        let name_free = t.absent(&idx);
-        t.put(&idx, &net.id);
+        let name_free = idx.as_ref().map(|idx| {
+            let g = t.absent(idx);
+            t.put(idx, &net.id);
+            g
+        });
         if provider.is_none() {
             let vkey = keys::vni(vni);
             t.absent(&vkey);
@@ -261,7 +268,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewNetwork) -> ApiResult<
                 )));
             }
         }
-        if !a.held(name_free) {
+        if name_free.is_some_and(|g| !a.held(g)) {
             return Err(ApiError::AlreadyExists(format!(
                 "network {:?} already exists in project {project}",
                 r.name
@@ -406,8 +413,13 @@ fn subnet_name(s: &str) -> ApiResult<Option<String>> {
 /// What [`update`] changes in a network (`None`: unchanged).
 #[derive(Debug, Clone, Default)]
 pub struct NetworkChanges {
-    /// A new name (unique in the project).
+    /// A new name (unique in the project; "" = none, id only).
     pub name: Option<String>,
+    /// `router:external` (cloud admins only): refused while the network
+    /// is a router's subnet (making it external) or holds routers'
+    /// gateways or floating IPs (making it internal), as Neutron's
+    /// `ExternalNetworkInUse`.
+    pub external: Option<bool>,
     /// The subnet the subnet attributes below change (its id; `None`: the
     /// network's first subnet).
     pub subnet: Option<String>,
@@ -434,8 +446,13 @@ pub async fn update(
     r: &str,
     c: NetworkChanges,
 ) -> ApiResult<Network> {
-    if let Some(n) = &c.name {
+    if let Some(n) = c.name.as_deref().filter(|n| !n.is_empty()) {
         validate::name("network", n)?;
+    }
+    if c.external.is_some() && !crate::caller::is_cloud_admin() {
+        return Err(ApiError::PermissionDenied(
+            "only a cloud admin may change whether a network is external".into(),
+        ));
     }
     let subnet_name = c.subnet_name.as_deref().map(subnet_name).transpose()?;
     let dns = c.dns.as_deref().map(validate::dns).transpose()?;
@@ -476,14 +493,33 @@ pub async fn update(
                 })?
             }
         };
-        let mut name_free = None;
+        let (mut name_free, mut shared_free) = (None, None);
         if let Some(name) = c.name.as_ref().filter(|x| **x != n.name) {
-            let idx = keys::name_index(NameKind::Network, &n.project, name);
-            name_free = Some(t.absent(&idx));
-            t.delete(&keys::name_index(NameKind::Network, &n.project, &n.name));
-            t.put(&idx, &n.id);
+            if !n.name.is_empty() {
+                t.delete(&keys::name_index(NameKind::Network, &n.project, &n.name));
+                if n.shared {
+                    t.delete(&keys::shared_network_name(&n.name));
+                }
+            }
+            if !name.is_empty() {
+                let idx = keys::name_index(NameKind::Network, &n.project, name);
+                name_free = Some(t.absent(&idx));
+                t.put(&idx, &n.id);
+                if n.shared {
+                    let shared = keys::shared_network_name(name);
+                    shared_free = Some(t.absent(&shared));
+                    t.put(&shared, &n.id);
+                }
+            }
             n.name = name.clone();
         }
+        let external_guard = match c.external.filter(|x| *x != n.external) {
+            None => None,
+            Some(x) => {
+                n.external = x;
+                Some(external_change(ctx, &mut t, &n).await?)
+            }
+        };
         let mut gateway_guards = None;
         if let (Some(g), Some(sn)) = (&c.gateway, subnets.get_mut(which)) {
             let cidr = sn.cidr;
@@ -542,6 +578,20 @@ pub async fn update(
                 "network {:?} already exists in project {}",
                 n.name, n.project
             )));
+        }
+        if shared_free.is_some_and(|g| !a.held(g)) {
+            return Err(ApiError::AlreadyExists(format!(
+                "a shared network named {:?} already exists; shared networks' names are unique across projects",
+                n.name
+            )));
+        }
+        if let Some(ExternalGuard::Unrouted(g)) = external_guard {
+            if !a.held(g) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "network {} is a router's subnet: remove it from the router before making it external",
+                    n.id
+                )));
+            }
         }
         if let Some((unrouted, free, gw)) = gateway_guards {
             if unrouted.is_some_and(|g| !a.held(g)) {
@@ -634,44 +684,105 @@ pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Pag
     .await
 }
 
-/// Deletes the network `r` of `project`; refused while ports use it.
+/// Deletes the network `r` of `project`; refused while ports, routers'
+/// gateways or associated floating IPs use it. An external network's
+/// unassociated floating IPs go with it (as in Neutron), each released
+/// to its project's quota in the same transaction.
 pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     for attempt in 1..=16 {
         let net = super::lookup::network(ctx, project, r).await?;
         let n = net.value;
         let key = keys::network(&n.id);
         let ipam_prefix = keys::ipam_prefix(&n.id);
+        let rev = ctx.store.revision().await?;
+        let fips = if n.external {
+            floating_ips_on(ctx, &n.id).await?
+        } else {
+            Vec::new()
+        };
+        if let Some((f, _)) = fips.iter().find(|(f, _)| f.port.is_some()) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "network {} holds floating IP {} ({}), associated with a port; disassociate it first",
+                n.id, f.id, f.address
+            )));
+        }
         let mut t = TxnBuilder::new();
         t.unchanged(&key, net.mod_rev);
         let unrouted = t.absent(&keys::router_interface(&n.id));
-        t.when(prefix_empty(&ipam_prefix));
+        let mut releases: Vec<(ProjectId, QuotaUsage)> = Vec::new();
+        if fips.is_empty() {
+            t.when(prefix_empty(&ipam_prefix));
+        } else {
+            // Its only addresses must be these floating IPs': the count
+            // read after `rev`, the addresses unchanged since.
+            let taken = ctx
+                .store
+                .get(
+                    ipam_prefix.as_str(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await?
+                .count();
+            let taken = usize::try_from(taken).unwrap_or(usize::MAX);
+            if taken != fips.len() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "network {} still has {} ports or other addresses besides its {} floating IPs (routers' gateways, routers' per-node SNAT addresses); delete them first",
+                    label(&n),
+                    taken.saturating_sub(fips.len()),
+                    fips.len()
+                )));
+            }
+            t.prefix_unchanged_since(&ipam_prefix, rev);
+            for (f, mod_rev) in &fips {
+                t.unchanged(&keys::floating_ip(&f.id), *mod_rev);
+                t.delete(&keys::floating_ip(&f.id));
+                t.delete(&keys::ipam(&f.network, std::net::IpAddr::V4(f.address)));
+                add_usage(
+                    &mut releases,
+                    &f.project,
+                    &QuotaUsage {
+                        floating_ips: 1,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
         let bare_prefix = keys::bare_ports_prefix(&n.id);
         t.when(prefix_empty(&bare_prefix));
         t.delete(&key);
-        t.delete(&keys::name_index(NameKind::Network, project, &n.name));
+        if !n.name.is_empty() {
+            t.delete(&keys::name_index(NameKind::Network, &n.project, &n.name));
+        }
         match &n.provider {
             None => t.delete(&keys::vni(n.vni)),
             Some(p) => t.delete(&keys::provider_segment(&p.physical_network, p.segment)),
         };
-        if n.shared {
+        if n.shared && !n.name.is_empty() {
             t.delete(&keys::shared_network_name(&n.name));
         }
-        let delta = QuotaUsage {
-            networks: 1,
-            ..Default::default()
-        };
-        let quota_on = super::quotas::release(ctx, &mut t, &n.project, &delta)
-            .await?
-            .is_some();
+        add_usage(
+            &mut releases,
+            &n.project,
+            &QuotaUsage {
+                networks: 1,
+                ..Default::default()
+            },
+        );
+        let mut quota_on = false;
+        for (p, delta) in &releases {
+            quota_on |= super::quotas::release(ctx, &mut t, p, delta)
+                .await?
+                .is_some();
+        }
         let a = ctx.store.commit(&t).await?;
         if a.succeeded() {
-            tracing::info!(network = %n.id, "network deleted");
+            tracing::info!(network = %n.id, floating_ips = fips.len(), "network deleted");
             return Ok(());
         }
         if !a.held(unrouted) {
             return Err(ApiError::FailedPrecondition(format!(
-                "network {:?} is attached to a router; remove it from the router first (nubo router remove subnet)",
-                n.name
+                "network {} is attached to a router; remove it from the router first (nubo router remove subnet)",
+                label(&n)
             )));
         }
         let mut used = 0;
@@ -685,19 +796,135 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
                 .await?
                 .count();
         }
-        if used > 0 {
+        if used > 0 && fips.is_empty() {
             return Err(ApiError::FailedPrecondition(format!(
-                "network {:?} still has {used} ports or other addresses (floating IPs, router gateways, routers' per-node SNAT addresses); delete them first",
-                n.name
+                "network {} still has {used} ports or other addresses (floating IPs, router gateways, routers' per-node SNAT addresses); delete them first",
+                label(&n)
             )));
         }
-        // Without quotas, only the port check can fail; with them, a
-        // concurrent usage change is retried.
-        if !quota_on || attempt == 16 {
+        // Without quotas or floating IPs, only the port check can fail;
+        // otherwise a concurrent change is retried.
+        if (!quota_on && fips.is_empty()) || attempt == 16 {
             break;
         }
     }
     Err(ApiError::Unavailable(
         "the network changed concurrently too often; retry".into(),
     ))
+}
+
+/// What guards a change of `router:external` in [`update`]'s transaction.
+enum ExternalGuard {
+    /// Becoming external: the network must not be a router's subnet.
+    Unrouted(nubo_store::Guard),
+    /// Becoming internal: checked against the routers and floating IPs
+    /// read, the network's addresses unchanged since.
+    Unused,
+}
+
+/// Adds to `t` what makes `n` (its new `external` already set) safe to
+/// commit: becoming internal is refused at once while routers' gateways
+/// or floating IPs are on it (Neutron's `ExternalNetworkInUse`, 409), and
+/// `t` then requires its addresses unchanged since they were read (a
+/// gateway or floating IP allocated meanwhile makes the commit fail and
+/// [`update`] read again).
+async fn external_change(ctx: &Ctx, t: &mut TxnBuilder, n: &Network) -> ApiResult<ExternalGuard> {
+    if n.external {
+        return Ok(ExternalGuard::Unrouted(
+            t.absent(&keys::router_interface(&n.id)),
+        ));
+    }
+    let rev = ctx.store.revision().await?;
+    let gateways: Vec<model::Router> = ctx
+        .store
+        .list_all(&keys::routers_prefix(), |kv| {
+            decode_or_skip::<model::Router>(kv)
+                .filter(|r| r.gateway.as_ref().is_some_and(|g| g.network == n.id))
+        })
+        .await?;
+    let fips: Vec<model::FloatingIp> = ctx
+        .store
+        .list_all(&keys::floating_ips_prefix(), |kv| {
+            decode_or_skip::<model::FloatingIp>(kv).filter(|f| f.network == n.id)
+        })
+        .await?;
+    if !gateways.is_empty() || !fips.is_empty() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "network {} cannot be made internal: it holds {} routers' gateways ({}) and {} floating IPs; remove them first",
+            n.id,
+            gateways.len(),
+            gateways
+                .iter()
+                .map(|r| r.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fips.len()
+        )));
+    }
+    t.prefix_unchanged_since(&keys::ipam_prefix(&n.id), rev);
+    Ok(ExternalGuard::Unused)
+}
+
+/// The floating IPs on network `net`, with their records' mod revisions.
+async fn floating_ips_on(ctx: &Ctx, net: &NetworkId) -> ApiResult<Vec<(model::FloatingIp, i64)>> {
+    Ok(ctx
+        .store
+        .list_all(&keys::floating_ips_prefix(), |kv| {
+            decode_or_skip::<model::FloatingIp>(kv)
+                .filter(|f| f.network == *net)
+                .map(|f| (f, kv.mod_revision()))
+        })
+        .await?)
+}
+
+/// Adds `delta` to `project`'s entry of `acc` (one quota write per
+/// project in a transaction). Pure.
+fn add_usage(acc: &mut Vec<(ProjectId, QuotaUsage)>, project: &ProjectId, delta: &QuotaUsage) {
+    match acc.iter_mut().find(|(p, _)| p == project) {
+        Some((_, u)) => {
+            u.networks += delta.networks;
+            u.floating_ips += delta.floating_ips;
+        }
+        None => acc.push((project.clone(), *delta)),
+    }
+}
+
+/// How messages name network `n`: its name quoted, or its id when it has
+/// none. Pure.
+pub fn label(n: &Network) -> String {
+    if n.name.is_empty() {
+        n.id.to_string()
+    } else {
+        format!("{:?}", n.name)
+    }
+}
+
+/// Adds to `t` that network `net` is unchanged since read now, after
+/// checking that it still is external (`external`) or internal: what
+/// allocates on an external network (floating IPs, routers' gateways) or
+/// joins an internal one to a router commits only while a concurrent
+/// `router:external` change ([`update`]) has not flipped it.
+pub(crate) async fn guard_external(
+    ctx: &Ctx,
+    t: &mut TxnBuilder,
+    net: &NetworkId,
+    external: bool,
+) -> ApiResult<()> {
+    let key = keys::network(net);
+    let Some(n) = ctx.store.read::<Network>(&key).await? else {
+        return Err(ApiError::NotFound(format!("network {net} not found")));
+    };
+    if n.value.external != external {
+        return Err(ApiError::FailedPrecondition(format!(
+            "network {} is {} now",
+            label(&n.value),
+            if n.value.external {
+                "external"
+            } else {
+                "no longer external"
+            }
+        )));
+    }
+    t.unchanged(&key, n.mod_rev);
+    Ok(())
 }

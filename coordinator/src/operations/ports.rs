@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use etcd_client::Txn;
 use nubo_common::keys;
 use nubo_common::model::{self, Port, QuotaUsage};
-use nubo_common::{PortId, ProjectId, SecurityGroupId};
+use nubo_common::{NodeName, PortId, ProjectId, SecurityGroupId};
 use nubo_netid::MacAddr;
 use nubo_store::kv::{put, unchanged};
 use nubo_store::{Guard, TxnBuilder};
@@ -141,6 +141,9 @@ pub struct NewPort {
     /// A chosen MAC (`aa:bb:cc:dd:ee:ff`, unicast, not all-zero, unique in
     /// the cluster); empty = a random `fa:16:3e` one.
     pub mac: String,
+    /// Cloud admins: the node it is bound to before a server plugs it
+    /// (Neutron's `binding:host_id`); empty = none.
+    pub host: String,
 }
 
 /// Changes to a port's own fields; `None` leaves a field as it is.
@@ -156,6 +159,9 @@ pub struct PortChanges {
     pub security_groups: Vec<String>,
     /// Remove every security group (exclusive with `security_groups`).
     pub no_security_groups: bool,
+    /// Cloud admins: the requested host (`""` clears it), see
+    /// [`requested_host`].
+    pub host: Option<String>,
 }
 
 impl PortChanges {
@@ -166,6 +172,53 @@ impl PortChanges {
             && self.admin_state_up.is_none()
             && self.security_groups.is_empty()
             && !self.no_security_groups
+            && self.host.is_none()
+    }
+}
+
+/// The host a cloud admin binds a port to (`""`: none), checked: admins
+/// only (as Neutron's `binding:host_id` policy), and a registered node
+/// (an unknown host is refused rather than shown as a binding that
+/// cannot be).
+async fn requested_host(ctx: &Ctx, host: &str) -> ApiResult<Option<NodeName>> {
+    let host = host.trim();
+    if host.is_empty() {
+        return Ok(None);
+    }
+    if !crate::caller::is_cloud_admin() {
+        return Err(ApiError::PermissionDenied(
+            "only a cloud admin may bind a port to a host (binding:host_id)".into(),
+        ));
+    }
+    let node = NodeName::new(host)
+        .map_err(|e| ApiError::InvalidArgument(format!("host {host:?}: {e}")))?;
+    if ctx
+        .store
+        .read::<serde_json::Value>(&keys::node(&node))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "host {node} is not a registered node (nubo node list)"
+        )));
+    }
+    Ok(Some(node))
+}
+
+/// Whether port `p` may be plugged into a server on `node` (`None`: a
+/// server not placed yet): refused when an admin bound it to another
+/// host. Pure.
+pub(crate) fn check_pluggable_on(p: &Port, node: Option<&NodeName>) -> ApiResult<()> {
+    match (&p.host, node) {
+        (Some(h), Some(n)) if h != n => Err(ApiError::FailedPrecondition(format!(
+            "port {} is bound to host {h} (binding:host_id): only a server on that node may plug it, not one on {n}; clear or change its host first",
+            p.id
+        ))),
+        (Some(h), None) => Err(ApiError::FailedPrecondition(format!(
+            "port {} is bound to host {h} (binding:host_id): the server is on no node yet",
+            p.id
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -231,6 +284,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
     // No subnet: the port has no address (Neutron's port on a bare network).
     let mut addresses = super::fixed_ips::Addresses::resolve(&net, &r.ip, &r.fixed_ips)?;
     let sgs = resolve_groups(ctx, &project, &r.security_groups, r.no_security_groups).await?;
+    let host = requested_host(ctx, &r.host).await?;
     let net_name = net.name.clone();
     let mut port = Port {
         id: PortId::new_random(),
@@ -247,6 +301,7 @@ pub async fn create(ctx: &Ctx, project: &ProjectId, r: NewPort) -> ApiResult<Por
         device: None,
         node: None,
         router: None,
+        host,
         created_at: model::now(),
     };
     for _ in 0..MAX_ALLOC_ATTEMPTS {
@@ -303,6 +358,10 @@ pub async fn update(ctx: &Ctx, project: &ProjectId, r: &str, c: PortChanges) -> 
         (false, true) => None,
         (none, _) => Some(resolve_groups(ctx, project, &c.security_groups, none).await?),
     };
+    let host = match &c.host {
+        Some(h) => Some(requested_host(ctx, h).await?),
+        None => None,
+    };
     for _ in 0..8 {
         let mut p = super::lookup::port(ctx, project, r).await?;
         let v = &mut p.value;
@@ -317,6 +376,23 @@ pub async fn update(ctx: &Ctx, project: &ProjectId, r: &str, c: PortChanges) -> 
         }
         if let Some(up) = c.admin_state_up {
             v.admin_state_up = up;
+        }
+        if let Some(h) = &host {
+            if v.router.is_some() && h.is_some() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "port {} is a router's interface, routed on every node: it has no host",
+                    v.id
+                )));
+            }
+            if let (Some(node), Some(want)) = (&v.node, h) {
+                if node != want {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "port {} is plugged into a server on node {node}: its binding follows the server (migrate the server instead)",
+                        v.id
+                    )));
+                }
+            }
+            v.host = h.clone();
         }
         let key = keys::port(&p.value.id);
         let resp = ctx

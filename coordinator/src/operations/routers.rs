@@ -56,6 +56,7 @@ pub async fn create(
             Some(pool) => {
                 let ip = next_ip(ctx, pool).await?;
                 let free = reserve_ip(&mut t, &pool.net.id, ip, IpHolder::RouterGateway(id));
+                super::networks::guard_external(ctx, &mut t, &pool.net.id, true).await?;
                 ip_guard = Some((free, ip));
                 Some(RouterGateway {
                     network: pool.net.id,
@@ -237,7 +238,7 @@ pub async fn add_subnet(
         let mut t = TxnBuilder::new();
         t.unchanged(&keys::router(&rt.id), router.mod_rev);
         let free = t.absent(&iface);
-        t.present(&keys::network(&network.id));
+        super::networks::guard_external(ctx, &mut t, &network.id, false).await?;
         rt.subnets.push(network.id);
         if let Some(p) = &port {
             let (Some(ip), pkey) = (p.value.ip, keys::port(&p.value.id)) else {
@@ -343,6 +344,7 @@ pub async fn update(
                         let ip = next_ip(ctx, p).await?;
                         let free =
                             reserve_ip(&mut t, &p.net.id, ip, IpHolder::RouterGateway(rt.id));
+                        super::networks::guard_external(ctx, &mut t, &p.net.id, true).await?;
                         ip_guard = Some((free, ip));
                         Some(RouterGateway {
                             network: p.net.id,

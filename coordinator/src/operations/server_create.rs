@@ -268,6 +268,7 @@ impl<'a> CreateJob<'a> {
                 device: Some(id),
                 node: None,
                 router: None,
+                host: None,
                 created_at: now,
             })
             .collect();
@@ -410,9 +411,12 @@ impl Job for CreateJob<'_> {
         let mut existing = Vec::with_capacity(self.existing.len());
         for p in &self.existing {
             let key = keys::port(&p.value.id);
+            super::ports::check_pluggable_on(&p.value, Some(node))?;
             let mut plugged = p.value.clone();
             plugged.device = Some(id);
             plugged.node = Some(node.clone());
+            // Plugged, its binding follows the server.
+            plugged.host = None;
             existing.push(t.unchanged_read(&key, p.mod_rev));
             t.put(&key, &plugged);
             contended.push(key);

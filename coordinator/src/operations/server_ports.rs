@@ -53,11 +53,14 @@ pub fn plug(inst: &Instance, port: &Port) -> ApiResult<(Instance, Port)> {
             inst.id
         )));
     }
+    super::ports::check_pluggable_on(port, inst.node.as_ref())?;
     let mut i = inst.clone();
     i.ports.push(port.id);
     let mut p = port.clone();
     p.device = Some(inst.id);
     p.node = inst.node.clone();
+    // Plugged, its binding follows the server (as Nova's replaces it).
+    p.host = None;
     Ok((i, p))
 }
 
@@ -220,6 +223,7 @@ mod tests {
             device: None,
             node: None,
             router: None,
+            host: None,
             created_at: model::now(),
         }
     }
@@ -282,5 +286,34 @@ mod tests {
                 Err(ApiError::FailedPrecondition(_))
             ));
         }
+    }
+
+    #[test]
+    fn a_port_bound_to_a_host_is_plugged_only_on_that_node() {
+        let inst = instance();
+        let node = |n: &str| Some(nubo_common::NodeName::new(n).unwrap());
+        let elsewhere = Port {
+            host: node("hv-2"),
+            ..port()
+        };
+        match plug(&inst, &elsewhere) {
+            Err(ApiError::FailedPrecondition(m)) => assert!(m.contains("hv-2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let unplaced = Instance {
+            node: None,
+            ..inst.clone()
+        };
+        assert!(matches!(
+            plug(&unplaced, &elsewhere),
+            Err(ApiError::FailedPrecondition(_))
+        ));
+        // On its host: plugged, the binding now follows the server.
+        let here = Port {
+            host: node("hv-1"),
+            ..port()
+        };
+        let (_, p2) = plug(&inst, &here).unwrap();
+        assert_eq!((p2.node, p2.host), (node("hv-1"), None));
     }
 }

@@ -122,6 +122,7 @@ mod tests {
             device: None,
             node: None,
             router: None,
+            host: None,
             created_at: model::now(),
         }
     }

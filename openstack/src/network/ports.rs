@@ -49,7 +49,8 @@ pub fn port_view(p: &pb::Port) -> Value {
             (false, true) => "network:router_interface_distributed",
             (false, false) => "",
         },
-        "binding:host_id": p.node,
+        // The server's node once plugged; before, the host an admin bound it to.
+        "binding:host_id": if p.node.is_empty() { &p.requested_host } else { &p.node },
         "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
         "binding:vnic_type": "normal",
         "status": port_status(p),
@@ -219,8 +220,8 @@ struct NewPort {
 /// nubo's request for a Neutron port. Pure.
 fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
     let bad = |m: &str| Err(ApiError::bad_request(S, format!("{m} (nubo)")));
-    if !p.device_id.is_empty() || !p.device_owner.is_empty() || p.host_id.is_some() {
-        return bad("device_id, device_owner and binding:host_id are set by nubo when a server plugs the port");
+    if !p.device_id.is_empty() || !p.device_owner.is_empty() {
+        return bad("device_id and device_owner are set by nubo when a server plugs the port");
     }
     if p.vnic_type.as_deref().is_some_and(|v| v != "normal") {
         return bad("only binding:vnic_type normal is supported");
@@ -249,6 +250,7 @@ fn port_request(p: NewPort) -> Result<pb::CreatePortRequest, ApiError> {
         disabled: p.admin_state_up == Some(false),
         mac: p.mac_address.unwrap_or_default(),
         no_security_groups,
+        host: p.host_id.unwrap_or_default(),
     })
 }
 
@@ -301,6 +303,9 @@ struct PortUpdate {
     admin_state_up: Option<bool>,
     /// Accepted when it names the addresses the port has.
     fixed_ips: Option<Vec<FixedIp>>,
+    /// Cloud admins: the host it is bound to before a server plugs it.
+    #[serde(rename = "binding:host_id")]
+    host_id: Option<String>,
 }
 
 /// Whether `asked` names exactly the fixed IPs of port view `v` (each by its
@@ -367,6 +372,7 @@ pub(crate) async fn update_port(
         || u.name.is_some()
         || u.description.is_some()
         || u.admin_state_up.is_some()
+        || u.host_id.is_some()
         || fixed_ips.is_some();
     let p = match (changes, current) {
         (true, Some(_)) => {
@@ -381,6 +387,7 @@ pub(crate) async fn update_port(
                 admin_state_up: u.admin_state_up,
                 set_fixed_ips: fixed_ips.is_some(),
                 fixed_ips: fixed_ips.unwrap_or_default(),
+                host: u.host_id,
             })
             .await
             .api(S)?
@@ -419,6 +426,21 @@ mod tests {
         let b: PortBody =
             serde_json::from_value(v).map_err(|e| ApiError::bad_request(S, e.to_string()))?;
         port_request(b.port.expect("one port"))
+    }
+
+    #[test]
+    fn binding_host_id_is_the_requested_host_until_a_server_plugs_the_port() {
+        let r = parse(json!({"port": {"network_id": "n", "binding:host_id": "hv-1"}})).unwrap();
+        assert_eq!(r.host, "hv-1");
+        let mut p = pb::Port {
+            requested_host: "hv-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(port_view(&p)["binding:host_id"], "hv-1");
+        assert_eq!(port_view(&p)["binding:vif_type"], "unbound");
+        p.node = "hv-2".into();
+        p.device_id = "i".into();
+        assert_eq!(port_view(&p)["binding:host_id"], "hv-2");
     }
 
     #[test]
@@ -469,6 +491,10 @@ mod tests {
         for (v, text) in [
             (
                 json!({"port": {"network_id": "n", "device_id": "x"}}),
+                "set by nubo",
+            ),
+            (
+                json!({"port": {"network_id": "n", "device_owner": "compute:nova"}}),
                 "set by nubo",
             ),
             (

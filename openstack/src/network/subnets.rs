@@ -485,9 +485,12 @@ struct NetworkUpdate {
     name: Option<String>,
     admin_state_up: Option<bool>,
     description: Option<String>,
+    #[serde(rename = "router:external")]
+    external: Option<bool>,
 }
 
-/// `PUT /v2.0/networks/{id}`: the name (nubo's `Networks.Update`);
+/// `PUT /v2.0/networks/{id}`: the name and `router:external` (nubo's
+/// `Networks.Update`; the latter for cloud admins, 409 while in use);
 /// `admin_state_up` true is what a nubo network always is.
 pub(crate) async fn update_network(
     State(up): State<Upstream>,
@@ -518,6 +521,7 @@ pub(crate) async fn update_network(
         .update(pb::UpdateNetworkRequest {
             r#ref: current.id,
             name: u.name,
+            external: u.external,
             ..Default::default()
         })
         .await
@@ -591,6 +595,7 @@ fn subnet_update_request(
             .unwrap_or_default(),
         dhcp_disabled: u.enable_dhcp.map(|on| !on),
         subnet_id: sn.id.clone(),
+        external: None,
     })
 }
 
