@@ -242,6 +242,20 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
         .unwrap()
         .into_inner();
     assert_eq!(own_fip.project, "admin");
+    // The admin routes Alice's network through her router (both by id).
+    let rt = routers
+        .add_subnet(req(
+            &root,
+            pb::RouterSubnetRequest {
+                r#ref: router.id.clone(),
+                network: net.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rt.project, "p1");
     let set = fips
         .set(req(
             &root,
@@ -308,6 +322,17 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
     // The admin deletes Alice's floating IP, port, router and server by id.
     fips.delete(req(&root, del(&fip.id))).await.unwrap();
     ports.delete(req(&root, del(&admin_port.id))).await.unwrap();
+    routers
+        .remove_subnet(req(
+            &root,
+            pb::RouterSubnetRequest {
+                r#ref: router.id.clone(),
+                network: net.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
     routers.delete(req(&root, del(&router.id))).await.unwrap();
     servers.delete(req(&root, del(&vm.id))).await.unwrap();
     let e = routers.get(req(&alice, get("r1-renamed"))).await.unwrap_err();
