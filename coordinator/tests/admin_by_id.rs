@@ -118,13 +118,29 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
 
     // The admin (token of project "admin", no project in the request)
     // sees each of them by id, in p1.
-    let s = servers.get(req(&root, get(&vm.id))).await.unwrap().into_inner();
+    let s = servers
+        .get(req(&root, get(&vm.id)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((s.id.as_str(), s.project.as_str()), (vm.id.as_str(), "p1"));
-    let n = nets.get(req(&root, get(&net.id))).await.unwrap().into_inner();
+    let n = nets
+        .get(req(&root, get(&net.id)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(n.project, "p1");
-    let p = ports.get(req(&root, get(&port.id))).await.unwrap().into_inner();
+    let p = ports
+        .get(req(&root, get(&port.id)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(p.project, "p1");
-    let rt = routers.get(req(&root, get(&router.id))).await.unwrap().into_inner();
+    let rt = routers
+        .get(req(&root, get(&router.id)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rt.project, "p1");
     let g = sgs.get(req(&root, get(&sg.id))).await.unwrap().into_inner();
     assert_eq!(g.project, "p1");
@@ -168,8 +184,15 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
 
     // The admin acts: stops the server, renames the router, creates a
     // port on Alice's network (Alice's port: the network's project).
-    let s = servers.stop(req(&root, action(&vm.id))).await.unwrap().into_inner();
-    assert_eq!((s.project.as_str(), s.desired_power.as_str()), ("p1", "stopped"));
+    let s = servers
+        .stop(req(&root, action(&vm.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (s.project.as_str(), s.desired_power.as_str()),
+        ("p1", "stopped")
+    );
     let rt = routers
         .update(req(
             &root,
@@ -182,7 +205,10 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((rt.name.as_str(), rt.project.as_str()), ("r1-renamed", "p1"));
+    assert_eq!(
+        (rt.name.as_str(), rt.project.as_str()),
+        ("r1-renamed", "p1")
+    );
     // The name index is the owner's: Alice finds it by its new name.
     routers.get(req(&alice, get("r1-renamed"))).await.unwrap();
     let admin_port = ports
@@ -269,8 +295,15 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
         .unwrap()
         .into_inner();
     assert_eq!(set.port_id, port.id);
-    let shown = fips.get(req(&root, get(&fip.id))).await.unwrap().into_inner();
-    assert_eq!((shown.project.as_str(), shown.port_id.as_str()), ("p1", port.id.as_str()));
+    let shown = fips
+        .get(req(&root, get(&fip.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (shown.project.as_str(), shown.port_id.as_str()),
+        ("p1", port.id.as_str())
+    );
     let listed = |all: bool| pb::ListRequest {
         all_projects: all,
         ..Default::default()
@@ -278,11 +311,26 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
     let ids = |l: pb::ListFloatingIpsResponse| -> Vec<String> {
         l.floating_ips.into_iter().map(|f| f.id).collect()
     };
-    let admin_all = ids(fips.list(req(&root, listed(true))).await.unwrap().into_inner());
-    assert!(admin_all.contains(&fip.id) && admin_all.contains(&own_fip.id), "{admin_all:?}");
-    let alice_sees = ids(fips.list(req(&alice, listed(true))).await.unwrap().into_inner());
+    let admin_all = ids(fips
+        .list(req(&root, listed(true)))
+        .await
+        .unwrap()
+        .into_inner());
+    assert!(
+        admin_all.contains(&fip.id) && admin_all.contains(&own_fip.id),
+        "{admin_all:?}"
+    );
+    let alice_sees = ids(fips
+        .list(req(&alice, listed(true)))
+        .await
+        .unwrap()
+        .into_inner());
     assert_eq!(alice_sees, vec![fip.id.clone()]);
-    let bob_sees = ids(fips.list(req(&bob, listed(true))).await.unwrap().into_inner());
+    let bob_sees = ids(fips
+        .list(req(&bob, listed(true)))
+        .await
+        .unwrap()
+        .into_inner());
     assert!(bob_sees.is_empty(), "{bob_sees:?}");
     let e = fips.get(req(&bob, get(&fip.id))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
@@ -298,7 +346,10 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
         .iter()
         .find(|r| r.action == "servers.stop" && r.user == "admin")
         .expect("the admin's stop is audited");
-    assert_eq!((stop.project.as_str(), stop.acted_in_project.as_str()), ("admin", "p1"));
+    assert_eq!(
+        (stop.project.as_str(), stop.acted_in_project.as_str()),
+        ("admin", "p1")
+    );
     let set = records
         .iter()
         .find(|r| r.action == "floatingips.set" && r.user == "admin")
@@ -310,7 +361,10 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
         .filter(|r| r.action == "floatingips.create" && r.user == "admin")
         .collect();
     assert_eq!(creates.len(), 2, "{records:?}");
-    assert!(creates.iter().all(|r| r.acted_in_project.is_empty()), "{creates:?}");
+    assert!(
+        creates.iter().all(|r| r.acted_in_project.is_empty()),
+        "{creates:?}"
+    );
     assert!(
         records
             .iter()
@@ -335,7 +389,10 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
         .unwrap();
     routers.delete(req(&root, del(&router.id))).await.unwrap();
     servers.delete(req(&root, del(&vm.id))).await.unwrap();
-    let e = routers.get(req(&alice, get("r1-renamed"))).await.unwrap_err();
+    let e = routers
+        .get(req(&alice, get("r1-renamed")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let e = fips.get(req(&alice, get(&fip.id))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");

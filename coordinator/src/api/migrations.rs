@@ -4,8 +4,8 @@
 use nubo_common::proto::{self as pb, migrations_server};
 use tonic::Request;
 
+use super::{convert, owner, project, reply, R};
 use crate::operations::lookup::ById;
-use super::{owner, convert, project, reply, R};
 use crate::operations::migrations::{self, ListMigrations, NewMigration};
 use crate::operations::PageRequest;
 use crate::state::Ctx;

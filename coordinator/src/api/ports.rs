@@ -3,10 +3,10 @@
 use nubo_common::proto::{self as pb, ports_server};
 use tonic::Request;
 
-use crate::operations::lookup::ById;
 use super::{convert, owner, page, reply, scope, R};
 use crate::error::ApiResult;
 use crate::operations::fixed_ips::{self, FixedIpRequest};
+use crate::operations::lookup::ById;
 use crate::operations::ports::{self, NewPort, PortChanges};
 use crate::state::Ctx;
 
@@ -61,8 +61,8 @@ impl ports_server::Ports for Ctx {
                 disabled: r.disabled,
                 mac: r.mac,
             };
-            let p = crate::operations::lookup::new_port_project(self, &r.project, &new.network)
-                .await?;
+            let p =
+                crate::operations::lookup::new_port_project(self, &r.project, &new.network).await?;
             let p = ports::create(self, &p, new).await?;
             self.port_view(p).await
         };
@@ -71,7 +71,12 @@ impl ports_server::Ports for Ctx {
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Port> {
         let r = r.into_inner();
         let go = async {
-            let p = ports::get(self, &owner(self, &r.project, ById::Port, &r.r#ref).await?, &r.r#ref).await?;
+            let p = ports::get(
+                self,
+                &owner(self, &r.project, ById::Port, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await?;
             self.port_view(p).await
         };
         reply(go.await)
@@ -118,7 +123,14 @@ impl ports_server::Ports for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { ports::delete(self, &owner(self, &r.project, ById::Port, &r.r#ref).await?, &r.r#ref).await };
+        let go = async {
+            ports::delete(
+                self,
+                &owner(self, &r.project, ById::Port, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
 }

@@ -4,9 +4,9 @@
 use nubo_common::proto::{self as pb, security_groups_server};
 use tonic::Request;
 
-use crate::operations::lookup::ById;
-use super::{owner, convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
 use crate::error::ApiError;
+use crate::operations::lookup::ById;
 use crate::operations::security_groups;
 use crate::state::Ctx;
 
@@ -22,7 +22,14 @@ impl security_groups_server::SecurityGroups for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::SecurityGroup> {
         let r = r.into_inner();
-        let go = async { security_groups::get(self, &owner(self, &r.project, ById::SecurityGroup, &r.r#ref).await?, &r.r#ref).await };
+        let go = async {
+            security_groups::get(
+                self,
+                &owner(self, &r.project, ById::SecurityGroup, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|g| convert::secgroup(&g)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListSecurityGroupsResponse> {
@@ -35,7 +42,14 @@ impl security_groups_server::SecurityGroups for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { security_groups::delete(self, &owner(self, &r.project, ById::SecurityGroup, &r.r#ref).await?, &r.r#ref).await };
+        let go = async {
+            security_groups::delete(
+                self,
+                &owner(self, &r.project, ById::SecurityGroup, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn add_rule(&self, r: Request<pb::AddRuleRequest>) -> R<pb::SecurityGroup> {
