@@ -77,10 +77,7 @@ pub(crate) async fn list_floating_ips(
 ) -> Result<Response, ApiError> {
     // As Neutron: an admin sees every project's floating IPs (the
     // coordinator honours `all_projects` for cloud admins only).
-    let every = pb::ListRequest {
-        all_projects: true,
-        ..Default::default()
-    };
+    let every = super::routers::every_project();
     let all = crate::list_all!(up.floating_ips(&headers)?, floating_ips, S, every)?;
     let views: Vec<Value> = all
         .iter()

@@ -84,6 +84,7 @@ pub struct PortFilters {
     id: Option<String>,
     network_id: Option<String>,
     device_id: Option<String>,
+    device_owner: Option<String>,
     mac_address: Option<String>,
     /// `ip_address=A`, `ip_address_substr=S` or `subnet_id=N`.
     fixed_ips: Option<String>,
@@ -109,7 +110,12 @@ pub(crate) async fn list_ports(
     headers: HeaderMap,
     Query(f): Query<PortFilters>,
 ) -> Result<Response, ApiError> {
-    let ports = crate::list_all!(up.ports(&headers)?, ports, S)?;
+    let ports = crate::list_all!(
+        up.ports(&headers)?,
+        ports,
+        S,
+        super::routers::every_project()
+    )?;
     let interfaces = super::routers::interface_ports(&up, &headers).await?;
     let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
     let views: Vec<Value> = ports
@@ -127,6 +133,11 @@ pub(crate) async fn list_ports(
             f.device_id
                 .as_ref()
                 .is_none_or(|x| text(p, "device_id") == *x)
+        })
+        .filter(|p| {
+            f.device_owner
+                .as_ref()
+                .is_none_or(|x| text(p, "device_owner") == *x)
         })
         .filter(|p| {
             f.mac_address
