@@ -40,6 +40,13 @@ pub fn port_view(p: &pb::Port) -> Value {
         "binding:host_id": p.node,
         "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
         "binding:vnic_type": "normal",
+        // Neutron's linuxbridge details: the node's firewall filters the
+        // port (port security), on a Linux bridge.
+        "binding:vif_details": if p.node.is_empty() {
+            json!({})
+        } else {
+            json!({"port_filter": p.port_security, "connectivity": "l2"})
+        },
         "status": if p.admin_state_up && (routed || (plugged && !p.node.is_empty())) { "ACTIVE" } else { "DOWN" },
         "admin_state_up": p.admin_state_up,
         "allowed_address_pairs": [],
