@@ -373,6 +373,50 @@ async fn an_admin_acts_on_another_projects_resources_by_id() {
         "{records:?}"
     );
 
+    // The native CLI: `nubo server show ID` without --project, as the
+    // admin (Alice's server) and as Bob (not found); `nubo audit list`.
+    let dir = tempfile::tempdir().unwrap();
+    let login = |user: &str, pw: &str| {
+        let cli = nubo_tests::Cli::new(&c.endpoint())
+            .and_then(|cli| cli.with_token_store(&dir.path().join(format!("home-{user}"))))
+            .unwrap();
+        cli.login(user, pw, dir.path()).unwrap();
+        cli
+    };
+    tokio::task::block_in_place(|| {
+        let admin_cli = login("admin", "adminpw");
+        let shown = admin_cli
+            .run(&["server", "show", &vm.id])
+            .unwrap()
+            .ok()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(
+            (shown["id"].as_str(), shown["project"].as_str()),
+            (Some(vm.id.as_str()), Some("p1"))
+        );
+        let bob_cli = login("bob", "pw");
+        let out = bob_cli.run(&["server", "show", &vm.id]).unwrap();
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("not found in project p2"), "{out:?}");
+        let trail = admin_cli
+            .run(&["audit", "list"])
+            .unwrap()
+            .ok()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert!(
+            trail
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["action"] == "servers.stop" && r["acted_in_project"] == "p1"),
+            "{trail}"
+        );
+    });
+
     // The admin deletes Alice's floating IP, port, router and server by id.
     fips.delete(req(&root, del(&fip.id))).await.unwrap();
     ports.delete(req(&root, del(&admin_port.id))).await.unwrap();
