@@ -591,6 +591,7 @@ fn audit_json(e: &AuditEntry) -> Value {
         "time": e.time,
         "user": opt(&e.user),
         "project": opt(&e.project),
+        "acted_in_project": opt(&e.acted_in_project),
         "action": e.action,
         "resource": opt(&e.resource_id),
         "outcome": e.outcome,
@@ -616,7 +617,11 @@ pub async fn audit(cmd: AuditCmd, ctx: &Ctx) -> Result<()> {
                 t.row(vec![
                     e.time.clone(),
                     e.user.clone(),
-                    e.project.clone(),
+                    if e.acted_in_project.is_empty() {
+                        e.project.clone()
+                    } else {
+                        format!("{} (acted in {})", e.project, e.acted_in_project)
+                    },
                     e.action.clone(),
                     e.resource_id.clone(),
                     e.outcome.clone(),

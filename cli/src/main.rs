@@ -58,7 +58,8 @@ struct Cli {
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// Project to act in (default: the token's project, or the server's
-    /// default project without authentication).
+    /// default project without authentication; a cloud admin naming
+    /// another project's resource by id acts in that resource's project).
     #[arg(long, global = true, env = "NUBO_PROJECT")]
     project: Option<String>,
     #[command(subcommand)]

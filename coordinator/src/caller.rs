@@ -6,6 +6,7 @@
 //! there is no caller and nothing is checked.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use nubo_common::model::Role;
 use nubo_common::ProjectId;
@@ -27,6 +28,7 @@ pub struct Caller {
 
 tokio::task_local! {
     static CALLER: Caller;
+    static ACTING_IN: Arc<Mutex<Option<ProjectId>>>;
 }
 
 /// The caller of the call being served (None with `auth = "none"`, and
@@ -90,6 +92,28 @@ pub fn scope(requested: &str, default_project: impl FnOnce() -> ProjectId) -> Ap
 /// Runs `f` as `c`: [`caller`] returns it inside.
 pub async fn run_as<F: Future>(c: Caller, f: F) -> F::Output {
     CALLER.scope(c, f).await
+}
+
+/// Runs `f` as `c` like [`run_as`], and returns with its output the
+/// project a cloud admin acted in for another project's resource (noted
+/// by [`note_acting_in`]), for the audit record.
+pub async fn run_as_noting<F: Future>(c: Caller, f: F) -> (F::Output, Option<ProjectId>) {
+    let cell = Arc::new(Mutex::new(None));
+    let out = ACTING_IN.scope(cell.clone(), run_as(c, f)).await;
+    let acted = cell.lock().ok().and_then(|mut g| g.take());
+    (out, acted)
+}
+
+/// Notes that the current call acts in `project`, another project's than
+/// the caller's (a cloud admin acting on a resource by id; see
+/// [`crate::operations::lookup::acting_project`]). Outside
+/// [`run_as_noting`] it does nothing.
+pub fn note_acting_in(project: &ProjectId) {
+    let _ = ACTING_IN.try_with(|cell| {
+        if let Ok(mut g) = cell.lock() {
+            *g = Some(project.clone());
+        }
+    });
 }
 
 #[cfg(test)]

@@ -232,6 +232,7 @@ async fn an_old_layout_cluster_is_moved_once_by_two_coordinators_and_keeps_worki
             time: chrono::Utc::now(),
             user: Some(admin.clone()),
             project: None,
+            acted_in: None,
             action: format!("test.{i}"),
             resource_kind: "test".into(),
             resource_id: None,

@@ -506,7 +506,13 @@ async fn bad_requests_get_clear_errors() {
         Code::InvalidArgument,
         "already runs on n0",
     );
-    check(migrate(&mut m, &vm, true, "n9").await, Code::NotFound, "n9");
+    // An unknown destination is a bad argument (Nova: 400), not a
+    // missing resource.
+    check(
+        migrate(&mut m, &vm, true, "n9").await,
+        Code::InvalidArgument,
+        "destination host \"n9\" is not a node of this cloud",
+    );
     // n2 holds one server; fill it, then it has no room.
     let filler = migrate(&mut m, &ids[1].to_string(), true, "n2")
         .await

@@ -113,6 +113,7 @@ impl AuditBuilder {
             time,
             user: self.user,
             project: self.project,
+            acted_in: None,
             action: self.action,
             resource_kind: self.resource_kind,
             resource_id: self.resource_id,

@@ -27,8 +27,37 @@ pub struct ListQuery {
     pub sort: Vec<(String, bool)>,
     /// (view key, wanted value); `metadata` holds a JSON object.
     pub filters: Vec<(String, Value)>,
+    /// Whose items: `all_tenants` (every project's) and `project_id` (one
+    /// project's), which the coordinator honours for cloud admins only
+    /// (a member's `all_tenants` lists its own, as Cinder ignores it).
+    pub projects: Projects,
     /// The parameters as given (for the next link).
     raw: Vec<(String, String)>,
+}
+
+/// Whose items a list asks for.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub enum Projects {
+    /// The caller's project.
+    #[default]
+    Own,
+    /// Every project (`all_tenants`).
+    All,
+    /// One project (`project_id`).
+    One(String),
+}
+
+impl Projects {
+    /// The gRPC list request of this scope (first page).
+    pub fn request(&self) -> nubo_common::proto::ListRequest {
+        let mut r = nubo_common::proto::ListRequest::default();
+        match self {
+            Projects::Own => {}
+            Projects::All => r.all_projects = true,
+            Projects::One(p) => r.project = p.clone(),
+        }
+        r
+    }
 }
 
 /// What a resource's list accepts.
@@ -75,6 +104,7 @@ pub fn parse(raw: Vec<(String, String)>, accepts: Accepts) -> Result<ListQuery, 
         ..Default::default()
     };
     let (mut sort_key, mut sort_dir) = (None, None);
+    let (mut all_tenants, mut project_id) = (false, None);
     for (k, v) in &raw {
         match k.as_str() {
             "limit" => q.limit = Some(int(k, v)?),
@@ -87,15 +117,10 @@ pub fn parse(raw: Vec<(String, String)>, accepts: Accepts) -> Result<ListQuery, 
                 }
             }
             "sort_key" => sort_key = Some(v.clone()),
-            // Clients send it (false: the caller's own project, which is
-            // what nubo lists); every project's is nubo's admin list.
+            // Clients send it (false: the caller's own project).
             "all_tenants" if matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "") => {}
-            "all_tenants" => {
-                return Err(bad(
-                    "all_tenants is not supported through Cinder (nubo volume list --all-projects)"
-                        .into(),
-                ))
-            }
+            "all_tenants" => all_tenants = true,
+            "project_id" | "tenant_id" if !v.trim().is_empty() => project_id = Some(v.clone()),
             "sort_dir" => sort_dir = Some(dir_asc(v)?),
             "metadata" if accepts.filters.contains(&"metadata") => {
                 q.filters.push(("metadata".into(), metadata_filter(v)?))
@@ -112,6 +137,11 @@ pub fn parse(raw: Vec<(String, String)>, accepts: Accepts) -> Result<ListQuery, 
             }
         }
     }
+    q.projects = match (all_tenants, project_id) {
+        (_, Some(p)) => Projects::One(p),
+        (true, None) => Projects::All,
+        (false, None) => Projects::Own,
+    };
     if !q.sort.is_empty() && (sort_key.is_some() || sort_dir.is_some()) {
         return Err(bad(
             "the 'sort' parameter cannot be combined with 'sort_key' or 'sort_dir'".into(),
@@ -326,7 +356,14 @@ mod tests {
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
         }
         assert!(q(&[("limit", "5"), ("sort_key", "id"), ("all_tenants", "0")]).is_ok());
-        assert!(q(&[("all_tenants", "1")]).is_err());
+        assert_eq!(q(&[("all_tenants", "1")]).unwrap().projects, Projects::All);
+        assert_eq!(
+            q(&[("all_tenants", "1"), ("project_id", "p2")])
+                .unwrap()
+                .projects,
+            Projects::One("p2".into())
+        );
+        assert_eq!(q(&[("all_tenants", "0")]).unwrap().projects, Projects::Own);
     }
 
     #[test]

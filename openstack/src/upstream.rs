@@ -289,20 +289,32 @@ where
 
 /// Every item of a gRPC list that takes a `ListRequest`:
 /// `list_all!(client, field, service)` calls `client.list` page after page
-/// and returns `Result<Vec<_>, ApiError>` (the response's `field`).
+/// and returns `Result<Vec<_>, ApiError>` (the response's `field`);
+/// `list_all!(client, field, service, first)` starts from the request
+/// `first` (its project and `all_projects`).
 #[macro_export]
 macro_rules! list_all {
-    ($client:expr, $field:ident, $service:expr) => {{
+    ($client:expr, $field:ident, $service:expr) => {
+        $crate::list_all!(
+            $client,
+            $field,
+            $service,
+            nubo_common::proto::ListRequest::default()
+        )
+    };
+    ($client:expr, $field:ident, $service:expr, $first:expr) => {{
         let client = $client;
+        let first: nubo_common::proto::ListRequest = $first;
         $crate::error::StatusExt::api(
             $crate::upstream::all_pages(|token| {
                 let mut c = client.clone();
+                let first = first.clone();
                 async move {
                     let r = c
                         .list(nubo_common::proto::ListRequest {
                             page_size: $crate::upstream::PAGE_SIZE,
                             page_token: token,
-                            ..Default::default()
+                            ..first
                         })
                         .await?
                         .into_inner();

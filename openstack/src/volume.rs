@@ -222,7 +222,7 @@ async fn volumes_listed(
     detail: bool,
 ) -> Result<Response, ApiError> {
     let q = cinder_list::parse(raw, VOLUME_LIST)?;
-    let all = crate::list_all!(up.volumes(headers)?, volumes, S)?;
+    let all = crate::list_all!(up.volumes(headers)?, volumes, S, q.projects.request())?;
     // Filter and sort on the full views; the brief list shows less.
     let views: Vec<Value> = all.iter().map(volume_view).collect();
     let path = if detail { "volumes/detail" } else { "volumes" };

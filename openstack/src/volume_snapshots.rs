@@ -83,6 +83,13 @@ async fn listed(
     detail: bool,
 ) -> Result<Response, ApiError> {
     let q = cinder_list::parse(raw, SNAPSHOT_LIST)?;
+    if q.projects != cinder_list::Projects::Own {
+        return Err(ApiError::bad_request(
+            S,
+            "Invalid input received: all_tenants and project_id are not supported on the \
+             snapshot list (nubo lists the caller's project's snapshots)",
+        ));
+    }
     let all = up
         .volumes(h)?
         .list_project_snapshots(pb::ListRequest::default())

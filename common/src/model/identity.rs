@@ -552,6 +552,10 @@ pub struct AuditRecord {
     /// The project the token was scoped to.
     #[serde(default)]
     pub project: Option<ProjectId>,
+    /// The project the call acted in when a cloud admin acted on another
+    /// project's resource by its id (None otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acted_in: Option<ProjectId>,
     /// The API action, e.g. "servers.create".
     pub action: String,
     /// The resource kind, e.g. "server".

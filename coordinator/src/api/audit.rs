@@ -23,6 +23,7 @@ fn entry(r: AuditRecord) -> pb::AuditEntry {
         outcome,
         message,
         request_id: r.request_id,
+        acted_in_project: r.acted_in.map(|p| p.to_string()).unwrap_or_default(),
     }
 }
 

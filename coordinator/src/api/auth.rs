@@ -261,11 +261,15 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
     let request_id = request_id_of(&md);
     let claims = bearer_from_metadata(&md)
         .and_then(|t| verify_token(&st.signer, &st.revoked, t, chrono::Utc::now()));
-    let audit = |user: Option<UserName>, project: Option<ProjectId>, outcome: AuditOutcome| {
+    let audit = |user: Option<UserName>,
+                 project: Option<ProjectId>,
+                 acted_in: Option<ProjectId>,
+                 outcome: AuditOutcome| {
         crate::operations::audit::record(
             &st.store,
             user,
             project,
+            acted_in,
             audit_action(&path),
             action.kind,
             resource.clone(),
@@ -279,6 +283,7 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
             let status: tonic::Status = e.into();
             if mutating {
                 audit(
+                    None,
                     None,
                     None,
                     AuditOutcome::Error {
@@ -299,6 +304,7 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
             audit(
                 Some(claims.user.clone()),
                 Some(claims.project.clone()),
+                None,
                 AuditOutcome::Error {
                     code: format!("{:?}", status.code()),
                     message: status.message().to_string(),
@@ -314,9 +320,9 @@ async fn check(State(st): State<AuthState>, req: Request, next: Next) -> Respons
         action,
         request_id: request_id.clone(),
     };
-    let resp = caller::run_as(c, next.run(req)).await;
+    let (resp, acted_in) = caller::run_as_noting(c, next.run(req)).await;
     if mutating {
-        audit(Some(user), Some(project), outcome_of(&resp)).await;
+        audit(Some(user), Some(project), acted_in, outcome_of(&resp)).await;
     }
     resp
 }

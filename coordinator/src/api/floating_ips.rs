@@ -3,9 +3,10 @@
 use nubo_common::proto::{self as pb, floating_ips_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
 use crate::error::ApiError;
 use crate::operations::floating_ips::{self, Target};
+use crate::operations::lookup::ById;
 use crate::state::Ctx;
 
 fn target(r: &pb::SetFloatingIpRequest) -> Result<Target, ApiError> {
@@ -36,7 +37,14 @@ impl floating_ips_server::FloatingIps for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::FloatingIp> {
         let r = r.into_inner();
-        let go = async { floating_ips::get(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            floating_ips::get(
+                self,
+                &owner(self, &r.project, ById::FloatingIp, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|f| convert::floating_ip(&f)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListFloatingIpsResponse> {
@@ -49,7 +57,14 @@ impl floating_ips_server::FloatingIps for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { floating_ips::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            floating_ips::delete(
+                self,
+                &owner(self, &r.project, ById::FloatingIp, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn set(&self, r: Request<pb::SetFloatingIpRequest>) -> R<pb::FloatingIp> {
@@ -57,13 +72,27 @@ impl floating_ips_server::FloatingIps for Ctx {
         let go = async {
             let t = target(&r)?;
             let fixed = Some(r.fixed_ip.as_str()).filter(|f| !f.is_empty());
-            floating_ips::associate(self, &project(&r.project)?, &r.r#ref, &t, fixed).await
+            floating_ips::associate(
+                self,
+                &owner(self, &r.project, ById::FloatingIp, &r.r#ref).await?,
+                &r.r#ref,
+                &t,
+                fixed,
+            )
+            .await
         };
         reply(go.await.map(|f| convert::floating_ip(&f)))
     }
     async fn unset(&self, r: Request<pb::GetRequest>) -> R<pb::FloatingIp> {
         let r = r.into_inner();
-        let go = async { floating_ips::disassociate(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            floating_ips::disassociate(
+                self,
+                &owner(self, &r.project, ById::FloatingIp, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|f| convert::floating_ip(&f)))
     }
 }

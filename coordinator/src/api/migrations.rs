@@ -4,7 +4,8 @@
 use nubo_common::proto::{self as pb, migrations_server};
 use tonic::Request;
 
-use super::{convert, project, reply, R};
+use super::{convert, owner, project, reply, R};
+use crate::operations::lookup::ById;
 use crate::operations::migrations::{self, ListMigrations, NewMigration};
 use crate::operations::PageRequest;
 use crate::state::Ctx;
@@ -15,7 +16,7 @@ impl migrations_server::Migrations for Ctx {
         let r = r.into_inner();
         let go = async {
             let req = NewMigration {
-                project: project(&r.project)?,
+                project: owner(self, &r.project, ById::Server, &r.r#ref).await?,
                 server: r.r#ref,
                 live: r.live,
                 host: Some(r.host).filter(|h| !h.trim().is_empty()),

@@ -33,6 +33,7 @@ use nubo_common::proto as pb;
 use nubo_common::ProjectId;
 
 use crate::error::ApiResult;
+use crate::operations::lookup::ById;
 use crate::operations::{PageRequest, Scope};
 use crate::state::Ctx;
 
@@ -91,6 +92,14 @@ pub(crate) fn reply<T>(r: ApiResult<T>) -> Result<tonic::Response<T>, tonic::Sta
 /// call there (see [`crate::validate::project`]).
 pub(crate) fn project(p: &str) -> ApiResult<ProjectId> {
     crate::validate::project(p)
+}
+
+/// The project a request naming the resource `r` of `kind` acts in: the
+/// request's, or for a cloud admin naming another project's record by id
+/// with an empty project, the owner's (see
+/// [`crate::operations::lookup::acting_project`]).
+pub(crate) async fn owner(ctx: &Ctx, requested: &str, kind: ById, r: &str) -> ApiResult<ProjectId> {
+    crate::operations::lookup::acting_project(ctx, requested, kind, r).await
 }
 
 /// The scope of a list request: its project, and every project only for

@@ -3,7 +3,8 @@
 use nubo_common::proto::{self as pb, networks_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
+use crate::operations::lookup::ById;
 use crate::operations::networks::{self, NetworkChanges, NewNetwork, NewSubnet};
 use crate::state::Ctx;
 
@@ -30,7 +31,14 @@ impl networks_server::Networks for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Network> {
         let r = r.into_inner();
-        let go = async { networks::get(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            networks::get(
+                self,
+                &owner(self, &r.project, ById::Network, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|n| convert::network(&n)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListNetworksResponse> {
@@ -43,7 +51,14 @@ impl networks_server::Networks for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { networks::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            networks::delete(
+                self,
+                &owner(self, &r.project, ById::Network, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn set_subnet(&self, r: Request<pb::SetSubnetRequest>) -> R<pb::Network> {
@@ -62,7 +77,13 @@ impl networks_server::Networks for Ctx {
                     .map(|p| (p.start, p.end))
                     .collect(),
             };
-            networks::set_subnet(self, &project(&r.project)?, &r.r#ref, sn).await
+            networks::set_subnet(
+                self,
+                &owner(self, &r.project, ById::Network, &r.r#ref).await?,
+                &r.r#ref,
+                sn,
+            )
+            .await
         };
         reply(go.await.map(|n| convert::network(&n)))
     }
@@ -79,7 +100,13 @@ impl networks_server::Networks for Ctx {
                 host_routes: r.set_host_routes.then(|| routes(r.host_routes)),
                 dhcp_disabled: r.dhcp_disabled,
             };
-            networks::update(self, &project(&r.project)?, &r.r#ref, c).await
+            networks::update(
+                self,
+                &owner(self, &r.project, ById::Network, &r.r#ref).await?,
+                &r.r#ref,
+                c,
+            )
+            .await
         };
         reply(go.await.map(|n| convert::network(&n)))
     }

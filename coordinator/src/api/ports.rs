@@ -3,9 +3,10 @@
 use nubo_common::proto::{self as pb, ports_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, reply, scope, R};
 use crate::error::ApiResult;
 use crate::operations::fixed_ips::{self, FixedIpRequest};
+use crate::operations::lookup::ById;
 use crate::operations::ports::{self, NewPort, PortChanges};
 use crate::state::Ctx;
 
@@ -37,7 +38,7 @@ impl ports_server::Ports for Ctx {
         let r = r.into_inner();
         let stream = crate::operations::node_streams::capture(
             self,
-            &project(&r.project)?,
+            &owner(self, &r.project, ById::Port, &r.r#ref).await?,
             &r.r#ref,
             r.count,
         )
@@ -61,7 +62,9 @@ impl ports_server::Ports for Ctx {
                 mac: r.mac,
                 host: r.host,
             };
-            let p = ports::create(self, &project(&r.project)?, new).await?;
+            let p =
+                crate::operations::lookup::new_port_project(self, &r.project, &new.network).await?;
+            let p = ports::create(self, &p, new).await?;
             self.port_view(p).await
         };
         reply(go.await)
@@ -69,7 +72,12 @@ impl ports_server::Ports for Ctx {
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Port> {
         let r = r.into_inner();
         let go = async {
-            let p = ports::get(self, &project(&r.project)?, &r.r#ref).await?;
+            let p = ports::get(
+                self,
+                &owner(self, &r.project, ById::Port, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await?;
             self.port_view(p).await
         };
         reply(go.await)
@@ -93,7 +101,7 @@ impl ports_server::Ports for Ctx {
     async fn update(&self, r: Request<pb::UpdatePortRequest>) -> R<pb::Port> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::Port, &r.r#ref).await?;
             let changes = PortChanges {
                 name: r.name,
                 description: r.description,
@@ -117,7 +125,14 @@ impl ports_server::Ports for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { ports::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            ports::delete(
+                self,
+                &owner(self, &r.project, ById::Port, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
 }

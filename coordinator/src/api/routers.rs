@@ -3,7 +3,8 @@
 use nubo_common::proto::{self as pb, routers_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
+use crate::operations::lookup::ById;
 use crate::operations::routers;
 use crate::state::Ctx;
 
@@ -20,7 +21,14 @@ impl routers_server::Routers for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Router> {
         let r = r.into_inner();
-        let go = async { routers::get(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            routers::get(
+                self,
+                &owner(self, &r.project, ById::Router, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|x| convert::router(&x)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListRoutersResponse> {
@@ -33,14 +41,27 @@ impl routers_server::Routers for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { routers::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            routers::delete(
+                self,
+                &owner(self, &r.project, ById::Router, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn add_subnet(&self, r: Request<pb::RouterSubnetRequest>) -> R<pb::Router> {
         let r = r.into_inner();
         let go = async {
             let by = interface(&r)?;
-            let r = routers::add_subnet(self, &project(&r.project)?, &r.r#ref, by).await?;
+            let r = routers::add_subnet(
+                self,
+                &owner(self, &r.project, ById::Router, &r.r#ref).await?,
+                &r.r#ref,
+                by,
+            )
+            .await?;
             routers::view(self, r).await
         };
         reply(go.await.map(|x| convert::router(&x)))
@@ -53,7 +74,13 @@ impl routers_server::Routers for Ctx {
                 disabled: r.disabled,
                 gateway: r.external_gateway.as_deref(),
             };
-            let rt = routers::update(self, &project(&r.project)?, &r.r#ref, change).await?;
+            let rt = routers::update(
+                self,
+                &owner(self, &r.project, ById::Router, &r.r#ref).await?,
+                &r.r#ref,
+                change,
+            )
+            .await?;
             routers::view(self, rt).await
         };
         reply(go.await.map(|x| convert::router(&x)))
@@ -62,7 +89,13 @@ impl routers_server::Routers for Ctx {
         let r = r.into_inner();
         let go = async {
             let by = interface(&r)?;
-            let r = routers::remove_subnet(self, &project(&r.project)?, &r.r#ref, by).await?;
+            let r = routers::remove_subnet(
+                self,
+                &owner(self, &r.project, ById::Router, &r.r#ref).await?,
+                &r.r#ref,
+                by,
+            )
+            .await?;
             routers::view(self, r).await
         };
         reply(go.await.map(|x| convert::router(&x)))

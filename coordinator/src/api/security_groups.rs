@@ -4,8 +4,9 @@
 use nubo_common::proto::{self as pb, security_groups_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
 use crate::error::ApiError;
+use crate::operations::lookup::ById;
 use crate::operations::security_groups;
 use crate::state::Ctx;
 
@@ -21,7 +22,14 @@ impl security_groups_server::SecurityGroups for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::SecurityGroup> {
         let r = r.into_inner();
-        let go = async { security_groups::get(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            security_groups::get(
+                self,
+                &owner(self, &r.project, ById::SecurityGroup, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|g| convert::secgroup(&g)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListSecurityGroupsResponse> {
@@ -34,13 +42,20 @@ impl security_groups_server::SecurityGroups for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { security_groups::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            security_groups::delete(
+                self,
+                &owner(self, &r.project, ById::SecurityGroup, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn add_rule(&self, r: Request<pb::AddRuleRequest>) -> R<pb::SecurityGroup> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::SecurityGroup, &r.group_ref).await?;
             let Some(rule) = r.rule.as_ref() else {
                 return Err(ApiError::InvalidArgument("rule is required".into()));
             };
@@ -52,7 +67,7 @@ impl security_groups_server::SecurityGroups for Ctx {
     async fn update(&self, r: Request<pb::UpdateSecurityGroupRequest>) -> R<pb::SecurityGroup> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::SecurityGroup, &r.r#ref).await?;
             security_groups::update(
                 self,
                 &p,
@@ -67,7 +82,7 @@ impl security_groups_server::SecurityGroups for Ctx {
     async fn delete_rule(&self, r: Request<pb::DeleteRuleRequest>) -> R<pb::SecurityGroup> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::SecurityGroup, &r.group_ref).await?;
             security_groups::delete_rule(self, &p, &r.group_ref, &r.rule_id).await
         };
         reply(go.await.map(|g| convert::secgroup(&g)))

@@ -3,7 +3,8 @@
 use nubo_common::proto::{self as pb, server_groups_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
+use crate::operations::lookup::ById;
 use crate::operations::server_groups;
 use crate::state::Ctx;
 
@@ -17,7 +18,14 @@ impl server_groups_server::ServerGroups for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::ServerGroup> {
         let r = r.into_inner();
-        let go = async { server_groups::get(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            server_groups::get(
+                self,
+                &owner(self, &r.project, ById::ServerGroup, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|g| convert::server_group(&g)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListServerGroupsResponse> {
@@ -30,7 +38,14 @@ impl server_groups_server::ServerGroups for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { server_groups::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            server_groups::delete(
+                self,
+                &owner(self, &r.project, ById::ServerGroup, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
 }

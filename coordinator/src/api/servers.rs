@@ -4,7 +4,8 @@
 use nubo_common::proto::{self as pb, servers_server};
 use tonic::Request;
 
-use super::{convert, project, reply, R};
+use super::{convert, owner, project, reply, R};
+use crate::operations::lookup::ById;
 use crate::operations::server_create::{self, Created, NewServers};
 use crate::operations::servers::{self, ListServers};
 use crate::operations::{
@@ -36,7 +37,7 @@ impl Ctx {
         change: server_secgroups::Change,
     ) -> R<pb::Server> {
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::Server, &r.r#ref).await?;
             server_secgroups::change(self, &p, &r.r#ref, &r.security_group, change).await
         };
         reply(go.await.map(|s| convert::server(&s)))
@@ -52,7 +53,13 @@ impl servers_server::Servers for Ctx {
         r: Request<pb::ConsoleRequest>,
     ) -> Result<tonic::Response<Self::ConsoleStream>, tonic::Status> {
         let r = r.into_inner();
-        let stream = node_streams::console(self, &project(&r.project)?, &r.r#ref, r.follow).await?;
+        let stream = node_streams::console(
+            self,
+            &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+            &r.r#ref,
+            r.follow,
+        )
+        .await?;
         Ok(tonic::Response::new(super::streams::relay(stream)))
     }
 
@@ -93,7 +100,12 @@ impl servers_server::Servers for Ctx {
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async {
-            let s = servers::get(self, &project(&r.project)?, &r.r#ref).await?;
+            let s = servers::get(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await?;
             let usage = match &s.instance.node {
                 Some(n) => crate::operations::usage::of_instance(self, n, &s.instance.id).await,
                 None => None,
@@ -129,22 +141,51 @@ impl servers_server::Servers for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { servers::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::delete(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn start(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go = async { servers::start(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::start(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn stop(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go = async { servers::stop(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::stop(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn lock(&self, r: Request<pb::LockServerRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go = async { servers::lock(self, &project(&r.project)?, &r.r#ref, &r.reason).await };
+        let go = async {
+            servers::lock(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &r.reason,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn rebuild(&self, r: Request<pb::RebuildServerRequest>) -> R<pb::Server> {
@@ -155,18 +196,38 @@ impl servers_server::Servers for Ctx {
                 name: r.name,
                 metadata: r.replace_metadata.then(|| r.metadata.into_iter().collect()),
             };
-            servers::rebuild(self, &project(&r.project)?, &r.r#ref, &rb).await
+            servers::rebuild(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &rb,
+            )
+            .await
         };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn get_password(&self, r: Request<pb::GetRequest>) -> R<pb::ServerPassword> {
         let r = r.into_inner();
-        let go = async { servers::password(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::password(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|password| pb::ServerPassword { password }))
     }
     async fn clear_password(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { servers::clear_password(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::clear_password(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn add_security_group(
@@ -203,7 +264,13 @@ impl servers_server::Servers for Ctx {
                     ))
                 }
             };
-            server_ports::add(self, &project(&r.project)?, &r.r#ref, what).await
+            server_ports::add(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                what,
+            )
+            .await
         };
         reply(go.await.map(|p| convert::port(&p)))
     }
@@ -215,19 +282,32 @@ impl servers_server::Servers for Ctx {
                     "the port to remove is missing".into(),
                 ));
             }
-            server_ports::remove(self, &project(&r.project)?, &r.r#ref, &r.port).await
+            server_ports::remove(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &r.port,
+            )
+            .await
         };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn unlock(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go = async { servers::unlock(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::unlock(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn list_actions(&self, r: Request<pb::GetRequest>) -> R<pb::ListServerActionsResponse> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::Server, &r.r#ref).await?;
             let (id, actions) = instance_actions::list(self, &p, &r.r#ref).await?;
             Ok(pb::ListServerActionsResponse {
                 server_id: id.to_string(),
@@ -268,21 +348,42 @@ impl servers_server::Servers for Ctx {
     }
     async fn reboot(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go = async { servers::reboot(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::reboot(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn set_metadata(&self, r: Request<pb::SetServerMetadataRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async {
             let items = r.metadata.into_iter().collect();
-            servers::set_metadata(self, &project(&r.project)?, &r.r#ref, &items, r.replace).await
+            servers::set_metadata(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &items,
+                r.replace,
+            )
+            .await
         };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn unset_metadata(&self, r: Request<pb::UnsetServerMetadataRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go =
-            async { servers::unset_metadata(self, &project(&r.project)?, &r.r#ref, &r.keys).await };
+        let go = async {
+            servers::unset_metadata(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &r.keys,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn update(&self, r: Request<pb::UpdateServerRequest>) -> R<pb::Server> {
@@ -293,33 +394,59 @@ impl servers_server::Servers for Ctx {
                 access_ipv4: r.access_ipv4,
                 access_ipv6: r.access_ipv6,
             };
-            servers::update(self, &project(&r.project)?, &r.r#ref, &changes).await
+            servers::update(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &changes,
+            )
+            .await
         };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn resize(&self, r: Request<pb::ResizeServerRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go = async { resize::resize(self, &project(&r.project)?, &r.r#ref, &r.flavor).await };
+        let go = async {
+            resize::resize(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &r.flavor,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn confirm_resize(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async {
-            resize::run(self, &project(&r.project)?, &r.r#ref, resize::Step::Confirm).await
+            resize::run(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                resize::Step::Confirm,
+            )
+            .await
         };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn revert_resize(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async {
-            resize::run(self, &project(&r.project)?, &r.r#ref, resize::Step::Revert).await
+            resize::run(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                resize::Step::Revert,
+            )
+            .await
         };
         reply(go.await.map(|s| convert::server(&s)))
     }
     async fn create_image(&self, r: Request<pb::CreateServerImageRequest>) -> R<pb::Image> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::Server, &r.server).await?;
             let c = crate::operations::image_capture::Capture {
                 name: r.name,
                 disk_format: r.disk_format,

@@ -4,7 +4,8 @@
 use nubo_common::proto::{self as pb, volumes_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
+use crate::operations::lookup::ById;
 use crate::operations::volume_attrs as attrs;
 use crate::operations::volume_snapshots as snapshots;
 use crate::operations::volume_transfers as transfers;
@@ -38,7 +39,14 @@ impl volumes_server::Volumes for Ctx {
     }
     async fn get(&self, r: Request<pb::GetRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
-        let go = async { volumes::get(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            volumes::get(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|v| volume_pb(&v)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListVolumesResponse> {
@@ -51,18 +59,33 @@ impl volumes_server::Volumes for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { volumes::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            volumes::delete(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn resize(&self, r: Request<pb::ResizeVolumeRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
-        let go = async { volumes::resize(self, &project(&r.project)?, &r.r#ref, r.size_gb).await };
+        let go = async {
+            volumes::resize(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+                r.size_gb,
+            )
+            .await
+        };
         reply(go.await.map(|v| volume_pb(&v)))
     }
     async fn attach(&self, r: Request<pb::AttachVolumeRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::Volume, &r.r#ref).await?;
             let hint = Some(r.device.as_str()).filter(|d| !d.is_empty());
             volumes::attach(
                 self,
@@ -78,7 +101,14 @@ impl volumes_server::Volumes for Ctx {
     }
     async fn detach(&self, r: Request<pb::DetachVolumeRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
-        let go = async { volumes::detach(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            volumes::detach(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|v| volume_pb(&v)))
     }
     async fn create_snapshot(
@@ -91,7 +121,14 @@ impl volumes_server::Volumes for Ctx {
                 description: r.description,
                 metadata: r.metadata.into_iter().collect(),
             };
-            snapshots::create(self, &project(&r.project)?, &r.r#ref, &r.name, info).await
+            snapshots::create(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+                &r.name,
+                info,
+            )
+            .await
         };
         reply(go.await.map(|s| convert::volume_snapshot(&s)))
     }
@@ -100,7 +137,14 @@ impl volumes_server::Volumes for Ctx {
         r: Request<pb::GetRequest>,
     ) -> R<pb::ListVolumeSnapshotsResponse> {
         let r = r.into_inner();
-        let go = async { snapshots::list(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            snapshots::list(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|s| pb::ListVolumeSnapshotsResponse {
             snapshots: s.iter().map(convert::volume_snapshot).collect(),
         }))
@@ -132,7 +176,7 @@ impl volumes_server::Volumes for Ctx {
     async fn update(&self, r: Request<pb::UpdateVolumeRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
         let go = async {
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::Volume, &r.r#ref).await?;
             let u = attrs::VolumeUpdate {
                 name: r.name,
                 description: r.description,
@@ -150,12 +194,26 @@ impl volumes_server::Volumes for Ctx {
     }
     async fn reserve(&self, r: Request<pb::GetRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
-        let go = async { attrs::reserve(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            attrs::reserve(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|v| volume_pb(&v)))
     }
     async fn unreserve(&self, r: Request<pb::GetRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
-        let go = async { attrs::unreserve(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            attrs::unreserve(
+                self,
+                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|v| volume_pb(&v)))
     }
     async fn get_snapshot(&self, r: Request<pb::GetRequest>) -> R<pb::VolumeSnapshot> {

@@ -21,6 +21,95 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::Ctx;
 use crate::validate;
 
+/// The kinds of records a cloud admin may act on by id in their owner's
+/// project (see [`acting_project`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ById {
+    /// A server (instance).
+    Server,
+    /// A network.
+    Network,
+    /// A port.
+    Port,
+    /// A router.
+    Router,
+    /// A floating IP.
+    FloatingIp,
+    /// A volume.
+    Volume,
+    /// A security group.
+    SecurityGroup,
+    /// A server group.
+    ServerGroup,
+}
+
+impl ById {
+    /// The key of the record with id `u`.
+    fn key(self, u: uuid::Uuid) -> String {
+        match self {
+            ById::Server => keys::instance(&InstanceId::from_uuid(u)),
+            ById::Network => keys::network(&NetworkId::from_uuid(u)),
+            ById::Port => keys::port(&PortId::from_uuid(u)),
+            ById::Router => keys::router(&nubo_common::RouterId::from_uuid(u)),
+            ById::FloatingIp => keys::floating_ip(&nubo_common::FloatingIpId::from_uuid(u)),
+            ById::Volume => keys::volume(&VolumeId::from_uuid(u)),
+            ById::SecurityGroup => keys::secgroup(&SecurityGroupId::from_uuid(u)),
+            ById::ServerGroup => keys::server_group(&ServerGroupId::from_uuid(u)),
+        }
+    }
+}
+
+/// The one field [`acting_project`] reads of a record.
+#[derive(serde::Deserialize)]
+struct OwnerOnly {
+    project: ProjectId,
+}
+
+/// The project a request naming the resource `r` acts in. Normally the
+/// request's project (`requested`; empty = the caller's, see
+/// [`crate::validate::project`]). But when `requested` is empty, the
+/// caller is a cloud admin and `r` is the id of a `kind` record of another
+/// project, it is that record's project: the admin acts in the owner's
+/// project (its quotas, name index and records), as Nova, Neutron and
+/// Cinder let an admin act on any project's resource by id. The override
+/// is logged and noted for the audit record
+/// ([`crate::caller::note_acting_in`]). Anyone else is unchanged: another
+/// project's record stays not found for them.
+pub(crate) async fn acting_project(
+    ctx: &Ctx,
+    requested: &str,
+    kind: ById,
+    r: &str,
+) -> ApiResult<ProjectId> {
+    let own = validate::project(requested)?;
+    if !requested.trim().is_empty() || !crate::caller::is_cloud_admin() {
+        return Ok(own);
+    }
+    let Ok(u) = uuid::Uuid::parse_str(r.trim()) else {
+        return Ok(own);
+    };
+    let owner = match ctx.store.read::<OwnerOnly>(&kind.key(u)).await {
+        Ok(Some(v)) => v.value.project,
+        Ok(None) => return Ok(own),
+        // An unreadable record: the operation's own lookup names it.
+        Err(nubo_store::StoreError::Corrupt(_)) => return Ok(own),
+        Err(e) => return Err(e.into()),
+    };
+    if owner == own {
+        return Ok(own);
+    }
+    let p = validate::project(owner.as_str())?;
+    tracing::info!(
+        ?kind,
+        id = %u,
+        owner = %p,
+        caller_project = %own,
+        "cloud admin acting in the owner's project"
+    );
+    crate::caller::note_acting_in(&p);
+    Ok(p)
+}
+
 /// A flavor name from a request.
 pub(crate) fn flavor_name(s: &str) -> ApiResult<FlavorName> {
     FlavorName::new(s.trim()).map_err(|e| ApiError::InvalidArgument(e.to_string()))
@@ -324,6 +413,58 @@ pub(crate) async fn usable_network(
     }
 }
 
+/// The network `r` as `project` may see it: one it may use
+/// ([`usable_network`]), else any project's external network by id (as in
+/// Neutron, every project sees external networks: it may put a router's
+/// gateway or a floating IP there; the list shows them too).
+pub(crate) async fn visible_network(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+) -> ApiResult<Versioned<Network>> {
+    let err = match usable_network(ctx, project, r).await {
+        Err(e @ ApiError::NotFound(_)) => e,
+        other => return other,
+    };
+    let Ok(u) = uuid::Uuid::parse_str(r.trim()) else {
+        return Err(err);
+    };
+    match ctx
+        .store
+        .read::<Network>(&keys::network(&NetworkId::from_uuid(u)))
+        .await?
+    {
+        Some(v) if v.value.external => Ok(v),
+        _ => Err(err),
+    }
+}
+
+/// The project a new port on network `network` belongs to: the request's
+/// project when given (empty = the caller's); for a cloud admin creating
+/// a port on another project's network that is not shared (which the
+/// caller's project could use itself), the network's project, as
+/// [`acting_project`] — a project's ports live on its own networks or on
+/// shared ones, so the port is the network owner's (its quota, its
+/// listing).
+pub(crate) async fn new_port_project(
+    ctx: &Ctx,
+    requested: &str,
+    network: &str,
+) -> ApiResult<ProjectId> {
+    let shared = match uuid::Uuid::parse_str(network.trim()) {
+        Ok(u) => ctx
+            .store
+            .read::<Network>(&keys::network(&NetworkId::from_uuid(u)))
+            .await?
+            .is_some_and(|n| n.value.shared),
+        Err(_) => false,
+    };
+    if shared {
+        return validate::project(requested);
+    }
+    acting_project(ctx, requested, ById::Network, network).await
+}
+
 /// The port `r` (id or name) of `project`.
 pub(crate) async fn port(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Versioned<Port>> {
     resolve_scan(ctx, "port", project, r, &keys::ports_prefix(), |u| {
@@ -397,31 +538,6 @@ pub(crate) async fn volume(
         keys::volume(&VolumeId::from_uuid(u))
     })
     .await
-}
-
-/// The volume `r` (id or name) of `project`; for a cloud admin also any
-/// project's volume given by id (Cinder lets an admin act on any
-/// project's volume by id: Tempest's clean-ups delete that way).
-pub(crate) async fn volume_or_admin_any(
-    ctx: &Ctx,
-    project: &ProjectId,
-    r: &str,
-) -> ApiResult<Versioned<Volume>> {
-    match volume(ctx, project, r).await {
-        Err(ApiError::NotFound(m)) if crate::caller::is_cloud_admin() => {
-            if let Ok(u) = uuid::Uuid::parse_str(r.trim()) {
-                if let Some(v) = ctx
-                    .store
-                    .read::<Volume>(&keys::volume(&VolumeId::from_uuid(u)))
-                    .await?
-                {
-                    return Ok(v);
-                }
-            }
-            Err(ApiError::NotFound(m))
-        }
-        other => other,
-    }
 }
 
 /// The external network `r` (id or name) as `project` sees it: one of its

@@ -668,9 +668,10 @@ pub async fn subnet_network(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResul
     Ok(lookup_subnet(ctx, project, r).await?.0.value)
 }
 
-/// The network `r` (id or name) of `project`, or a shared network.
+/// The network `r` (id or name) of `project`, a shared network, or any
+/// project's external network by id.
 pub async fn get(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Network> {
-    Ok(super::lookup::usable_network(ctx, project, r).await?.value)
+    Ok(super::lookup::visible_network(ctx, project, r).await?.value)
 }
 
 /// One page of the networks `scope` sees: its project's (every project's

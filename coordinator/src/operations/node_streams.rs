@@ -89,6 +89,7 @@ async fn open_for(
         time: chrono::Utc::now(),
         user,
         project,
+        acted_in: None,
         action: format!("{}.stream-ticket", r.kind),
         resource_kind: r.kind.to_string(),
         resource_id: Some(format!(

@@ -122,10 +122,9 @@ pub async fn create(
     ))
 }
 
-/// The snapshots of volume `volume` of `project` (a cloud admin: any
-/// project's volume by id), oldest first.
+/// The snapshots of volume `volume` of `project`, oldest first.
 pub async fn list(ctx: &Ctx, project: &ProjectId, volume: &str) -> ApiResult<Vec<VolumeSnapshot>> {
-    let v = super::lookup::volume_or_admin_any(ctx, project, volume).await?;
+    let v = super::lookup::volume(ctx, project, volume).await?;
     let mut snapshots: Vec<VolumeSnapshot> = ctx
         .store
         .list_all(&keys::volume_snapshots_prefix(&v.value.id), |kv| {

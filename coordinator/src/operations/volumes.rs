@@ -709,13 +709,12 @@ pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Pag
     })
 }
 
-/// Deletes volume `r` of `project` (RBD image, snapshots, record, quota;
-/// a cloud admin may name any project's volume by id); refused while
-/// attached.
+/// Deletes volume `r` of `project` (RBD image, snapshots, record, quota);
+/// refused while attached.
 pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
     rbd(ctx)?;
     for _ in 0..TXN_RETRIES {
-        let v = super::lookup::volume_or_admin_any(ctx, project, r).await?;
+        let v = super::lookup::volume(ctx, project, r).await?;
         let vol = &v.value;
         match (vol.status, vol.attached_to) {
             (VolumeStatus::Deleting, _) => return Ok(()),

@@ -75,7 +75,10 @@ pub(crate) async fn list_floating_ips(
     headers: HeaderMap,
     Query(f): Query<FloatingIpFilters>,
 ) -> Result<Response, ApiError> {
-    let all = crate::list_all!(up.floating_ips(&headers)?, floating_ips, S)?;
+    // As Neutron: an admin sees every project's floating IPs (the
+    // coordinator honours `all_projects` for cloud admins only).
+    let every = super::routers::every_project();
+    let all = crate::list_all!(up.floating_ips(&headers)?, floating_ips, S, every)?;
     let views: Vec<Value> = all
         .iter()
         .map(floating_ip_view)

@@ -53,6 +53,13 @@ pub fn port_view(p: &pb::Port) -> Value {
         "binding:host_id": if p.node.is_empty() { &p.requested_host } else { &p.node },
         "binding:vif_type": if p.node.is_empty() { "unbound" } else { "bridge" },
         "binding:vnic_type": "normal",
+        // Neutron's linuxbridge details: the node's firewall filters the
+        // port (port security), on a Linux bridge.
+        "binding:vif_details": if p.node.is_empty() {
+            json!({})
+        } else {
+            json!({"port_filter": p.port_security, "connectivity": "l2"})
+        },
         "status": port_status(p),
         "admin_state_up": p.admin_state_up,
         "allowed_address_pairs": [],
@@ -98,6 +105,7 @@ pub struct PortFilters {
     id: Option<String>,
     network_id: Option<String>,
     device_id: Option<String>,
+    device_owner: Option<String>,
     mac_address: Option<String>,
     /// `ip_address=A`, `ip_address_substr=S` or `subnet_id=N`.
     fixed_ips: Option<String>,
@@ -123,7 +131,12 @@ pub(crate) async fn list_ports(
     headers: HeaderMap,
     Query(f): Query<PortFilters>,
 ) -> Result<Response, ApiError> {
-    let ports = crate::list_all!(up.ports(&headers)?, ports, S)?;
+    let ports = crate::list_all!(
+        up.ports(&headers)?,
+        ports,
+        S,
+        super::routers::every_project()
+    )?;
     let interfaces = super::routers::interface_ports(&up, &headers).await?;
     let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
     let views: Vec<Value> = ports
@@ -141,6 +154,11 @@ pub(crate) async fn list_ports(
             f.device_id
                 .as_ref()
                 .is_none_or(|x| text(p, "device_id") == *x)
+        })
+        .filter(|p| {
+            f.device_owner
+                .as_ref()
+                .is_none_or(|x| text(p, "device_owner") == *x)
         })
         .filter(|p| {
             f.mac_address

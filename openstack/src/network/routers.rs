@@ -8,7 +8,9 @@
 //! it, so the interface port is the router's leg on that network, shown
 //! with the network's id (which is also its one subnet's id): `GET
 //! /v2.0/ports/{id}` and `?device_id=<router>` answer it (see
-//! [`interface_ports`]).
+//! [`interface_ports`]). A router's gateway is likewise shown as a
+//! `network:router_gateway` port on the external network (its address,
+//! an id derived from the router's: [`gateway_port_view`]).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -84,16 +86,72 @@ pub fn interface_port_view(r: &pb::Router, net: &pb::Network) -> Value {
     })
 }
 
-/// Every router interface port the caller sees (routers × their networks).
+/// The id of router `router`'s gateway port: a UUID derived from the
+/// router's id (stable, never another resource's). Pure.
+pub fn gateway_port_id(router: &str) -> String {
+    let a = nubo_netid::stable_hash(&[router, "router_gateway"]).to_be_bytes();
+    let b = nubo_netid::stable_hash(&[router, "router_gateway", "2"]).to_be_bytes();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a);
+    bytes[8..].copy_from_slice(&b);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// The gateway port of router `r` (None without a gateway): on the
+/// external network, with the router's address there. Pure.
+pub fn gateway_port_view(r: &pb::Router) -> Option<Value> {
+    if r.gateway_network_id.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "id": gateway_port_id(&r.id),
+        "name": "",
+        "network_id": r.gateway_network_id,
+        "tenant_id": "",
+        "project_id": "",
+        "mac_address": MacAddr::router_mac(&[&r.id, &r.gateway_network_id]).to_string(),
+        "fixed_ips": [{"subnet_id": r.gateway_network_id, "ip_address": r.gateway_ip}],
+        "security_groups": [],
+        "port_security_enabled": false,
+        "device_id": r.id,
+        "device_owner": "network:router_gateway",
+        "binding:host_id": "",
+        "binding:vif_type": "distributed",
+        "binding:vnic_type": "normal",
+        "status": if r.disabled { "DOWN" } else { "ACTIVE" },
+        "admin_state_up": !r.disabled,
+        "allowed_address_pairs": [],
+        "extra_dhcp_opts": [],
+        "description": "",
+        "created_at": r.created_at,
+        "tags": [],
+    }))
+}
+
+/// The first request of a Neutron list: every project's items for a cloud
+/// admin, as Neutron (the coordinator honours `all_projects` for cloud
+/// admins only; a member gets its own).
+pub(crate) fn every_project() -> pb::ListRequest {
+    pb::ListRequest {
+        all_projects: true,
+        ..Default::default()
+    }
+}
+
+/// Every router port the caller sees: interfaces (routers × their
+/// networks) and gateways.
 pub(crate) async fn interface_ports(
     up: &Upstream,
     headers: &HeaderMap,
 ) -> Result<Vec<Value>, ApiError> {
-    let routers = crate::list_all!(up.routers(headers)?, routers, S)?;
+    let routers = crate::list_all!(up.routers(headers)?, routers, S, every_project())?;
+    let gateways: Vec<Value> = routers.iter().filter_map(gateway_port_view).collect();
     if routers.iter().all(|r| r.subnet_ids.is_empty()) {
-        return Ok(Vec::new());
+        return Ok(gateways);
     }
-    let nets = crate::list_all!(up.networks(headers)?, networks, S)?;
+    let nets = crate::list_all!(up.networks(headers)?, networks, S, every_project())?;
     Ok(routers
         .iter()
         .flat_map(|r| {
@@ -104,6 +162,7 @@ pub(crate) async fn interface_ports(
                 .filter_map(|id| nets.iter().find(|n| &n.id == id))
                 .map(move |n| interface_port_view(r, n))
         })
+        .chain(gateways)
         .collect())
 }
 
@@ -132,7 +191,7 @@ pub(crate) async fn list_routers(
     headers: HeaderMap,
     Query(f): Query<RouterFilters>,
 ) -> Result<Response, ApiError> {
-    let routers = crate::list_all!(up.routers(&headers)?, routers, S)?;
+    let routers = crate::list_all!(up.routers(&headers)?, routers, S, every_project())?;
     let views: Vec<Value> = routers
         .iter()
         .filter(|r| f.name.as_ref().is_none_or(|x| &r.name == x))
@@ -574,6 +633,16 @@ mod tests {
             gateway: "10.0.0.1".into(),
             ..Default::default()
         };
+        let g = gateway_port_view(&r).unwrap();
+        assert_eq!(
+            (&g["device_owner"], &g["network_id"], &g["device_id"]),
+            (&json!("network:router_gateway"), &json!("ext"), &json!("r"))
+        );
+        assert_eq!(g["fixed_ips"][0]["ip_address"], "10.77.0.5");
+        assert_eq!(g["id"], gateway_port_id("r"));
+        assert!(uuid::Uuid::parse_str(&gateway_port_id("r")).is_ok());
+        assert_ne!(gateway_port_id("r"), gateway_port_id("r2"));
+        assert!(gateway_port_view(&pb::Router::default()).is_none());
         let p = interface_port_view(&r, &net);
         assert_eq!(p["device_id"], "r");
         assert_eq!(p["fixed_ips"][0]["ip_address"], "10.0.0.1");

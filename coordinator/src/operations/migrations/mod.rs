@@ -415,9 +415,12 @@ pub async fn migrate(ctx: &Ctx, req: NewMigration) -> ApiResult<Migration> {
         None | Some("") => None,
         Some(h) => {
             let n = NodeName::new(h).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+            // A bad argument of an existing server's migration (400, as
+            // Nova's "Compute host … could not be found"), not a missing
+            // resource.
             if ctx.view.get(&n).and_then(|s| s.info).is_none() {
-                return Err(ApiError::NotFound(format!(
-                    "node {:?} not found",
+                return Err(ApiError::InvalidArgument(format!(
+                    "destination host {:?} is not a node of this cloud (nubo node list)",
                     n.as_str()
                 )));
             }
