@@ -45,17 +45,16 @@ async fn spec(etcd: &Etcd, id: &str) -> (Instance, i64) {
     let mut c = etcd.client().await.unwrap();
     let r = c.get(keys::instance(&id), None).await.unwrap();
     let kv = &r.kvs()[0];
-    (serde_json::from_slice(kv.value()).unwrap(), kv.mod_revision())
+    (
+        serde_json::from_slice(kv.value()).unwrap(),
+        kv.mod_revision(),
+    )
 }
 
 /// One server of `project`'s member (`token`) made from `r`; panics when
 /// it was not created.
 async fn one(servers: &mut Servers, token: &str, r: pb::CreateServerRequest) -> pb::Server {
-    let out = servers
-        .create(authed(token, r))
-        .await
-        .unwrap()
-        .into_inner();
+    let out = servers.create(authed(token, r)).await.unwrap().into_inner();
     created(&out, 0)
 }
 
@@ -103,11 +102,20 @@ async fn reset_state_marks_error_for_admins_only_and_inject_changes_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(s.state, "error");
-    assert!(s.last_error.starts_with("set to error by admin at "), "{s:?}");
+    assert!(
+        s.last_error.starts_with("set to error by admin at "),
+        "{s:?}"
+    );
     let seen = show(&mut servers, &alice, &vm.id).await;
-    assert_eq!((seen.state.as_str(), seen.desired_power.as_str()), ("error", "running"));
+    assert_eq!(
+        (seen.state.as_str(), seen.desired_power.as_str()),
+        ("error", "running")
+    );
     let (marked, rev) = spec(&etcd, &vm.id).await;
-    assert_eq!(marked.error_mark.as_ref().map(|m| m.by.as_str()), Some("admin"));
+    assert_eq!(
+        marked.error_mark.as_ref().map(|m| m.by.as_str()),
+        Some("admin")
+    );
     assert_eq!(
         (marked.power, marked.reboot_generation, marked.node.clone()),
         (before.power, before.reboot_generation, before.node.clone())
@@ -127,7 +135,10 @@ async fn reset_state_marks_error_for_admins_only_and_inject_changes_nothing() {
         .unwrap()
         .into_inner()
         .servers;
-    assert_eq!(listed.iter().find(|x| x.id == vm.id).unwrap().state, "error");
+    assert_eq!(
+        listed.iter().find(|x| x.id == vm.id).unwrap().state,
+        "error"
+    );
     // Marking again writes nothing.
     servers
         .reset_state(authed(&root, admin_reset("error")))
@@ -147,7 +158,10 @@ async fn reset_state_marks_error_for_admins_only_and_inject_changes_nothing() {
         project: "p1".into(),
     };
     let e = servers
-        .inject_network_info(authed(&root, admin_act(&InstanceId::new_random().to_string())))
+        .inject_network_info(authed(
+            &root,
+            admin_act(&InstanceId::new_random().to_string()),
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -396,10 +410,7 @@ async fn private_flavors_are_seen_and_used_only_where_shared() {
         flavor: "secret".into(),
         ..server_req("vm", &[], 1)
     };
-    let e = servers
-        .create(authed(&alice, boot()))
-        .await
-        .unwrap_err();
+    let e = servers.create(authed(&alice, boot())).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("private"), "{e:?}");
 
@@ -455,10 +466,7 @@ async fn private_flavors_are_seen_and_used_only_where_shared() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert_eq!(show(&mut servers, &alice, &vm.id).await.flavor, "secret");
-    let e = servers
-        .create(authed(&alice, boot()))
-        .await
-        .unwrap_err();
+    let e = servers.create(authed(&alice, boot())).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = flavors
         .add_access(authed(
@@ -543,15 +551,9 @@ async fn an_admin_makes_and_gives_images_to_other_projects() {
     assert_eq!(e.code(), Code::PermissionDenied);
     // Bob has an image of that name: the move is refused, nothing changes.
     images.create(authed(&bob, new(""))).await.unwrap();
-    let e = images
-        .update(authed(&root, give("p2")))
-        .await
-        .unwrap_err();
+    let e = images.update(authed(&root, give("p2"))).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
-    images
-        .delete(authed(&bob, req::del("base")))
-        .await
-        .unwrap();
+    images.delete(authed(&bob, req::del("base"))).await.unwrap();
     // Given to p2: its name moves along (Bob finds it, Alice no longer).
     let moved = images
         .update(authed(&root, give("p2")))

@@ -241,7 +241,12 @@ async fn show_flavor(
 /// The servers of a `same_host` / `different_host` hint: one id or a
 /// list of them (Nova's schema); anything else 400. Pure.
 fn server_ids(hint: &str, v: &Value) -> Result<Vec<String>, ApiError> {
-    let bad = || ApiError::bad_request(S, format!("scheduler hint {hint:?} is a server id or a list of them"));
+    let bad = || {
+        ApiError::bad_request(
+            S,
+            format!("scheduler hint {hint:?} is a server id or a list of them"),
+        )
+    };
     match v {
         Value::String(id) => Ok(vec![id.clone()]),
         Value::Array(ids) => ids
@@ -1509,8 +1514,10 @@ mod tests {
         let plain: CreateBody =
             serde_json::from_value(json!({"server": {"name": "vm", "flavorRef": "f"}})).unwrap();
         assert_eq!(create_request(&plain).unwrap().server_group, "");
-        let r = create_request(&with(json!({"same_host": "s-1", "different_host": ["s-2", "s-3"]})))
-            .unwrap();
+        let r = create_request(&with(
+            json!({"same_host": "s-1", "different_host": ["s-2", "s-3"]}),
+        ))
+        .unwrap();
         assert_eq!(r.same_host, ["s-1"]);
         assert_eq!(r.different_host, ["s-2", "s-3"]);
         let e = create_request(&with(json!({"same_host": [1]}))).unwrap_err();
@@ -1550,23 +1557,33 @@ mod tests {
             ..Default::default()
         };
         for v in ["f", "false", "No", "0"] {
-            assert_eq!(names(select_flavors(all.clone(), &q(v)).unwrap()), ["b"], "{v}");
+            assert_eq!(
+                names(select_flavors(all.clone(), &q(v)).unwrap()),
+                ["b"],
+                "{v}"
+            );
             assert_eq!(q(v).visibility().unwrap(), Some(false));
         }
         for v in ["t", "true", "yes", "1"] {
             assert_eq!(q(v).visibility().unwrap(), Some(true));
         }
         assert_eq!(q("None").visibility().unwrap(), None);
-        assert_eq!(names(select_flavors(all.clone(), &q("none")).unwrap()).len(), 3);
+        assert_eq!(
+            names(select_flavors(all.clone(), &q("none")).unwrap()).len(),
+            3
+        );
         assert_eq!(
             select_flavors(all, &q("maybe")).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            flavor_view("https://x", &pb::Flavor {
-                private: true,
-                ..Default::default()
-            })["os-flavor-access:is_public"],
+            flavor_view(
+                "https://x",
+                &pb::Flavor {
+                    private: true,
+                    ..Default::default()
+                }
+            )["os-flavor-access:is_public"],
             false
         );
     }

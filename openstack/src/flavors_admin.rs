@@ -113,7 +113,10 @@ pub fn create_request(body: &Value, new_id: &str) -> Result<pb::CreateFlavorRequ
     let private = match o.get("os-flavor-access:is_public").filter(|v| !v.is_null()) {
         None => false,
         Some(p) => !truthy(p).ok_or_else(|| {
-            ApiError::bad_request(S, format!("os-flavor-access:is_public {p} is not a boolean"))
+            ApiError::bad_request(
+                S,
+                format!("os-flavor-access:is_public {p} is not a boolean"),
+            )
         })?,
     };
     if let Some(k) = o.keys().find(|k| {

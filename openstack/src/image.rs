@@ -1081,8 +1081,11 @@ mod tests {
             id: "i".into(),
             ..Default::default()
         };
-        let r = patch_request(&cur, &json!([{"op": "replace", "path": "/owner", "value": "p2"}]))
-            .unwrap();
+        let r = patch_request(
+            &cur,
+            &json!([{"op": "replace", "path": "/owner", "value": "p2"}]),
+        )
+        .unwrap();
         assert_eq!(r.owner.as_deref(), Some("p2"));
         let e = patch_request(&cur, &json!([{"op": "remove", "path": "/owner"}])).unwrap_err();
         assert_eq!(e.status.as_u16(), 403);

@@ -257,10 +257,7 @@ fn reset_state_of(v: &Value) -> Result<String, ApiError> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or_else(|| {
-            ApiError::bad_request(
-                S,
-                "os-resetState takes {\"state\": \"error\" | \"active\"}",
-            )
+            ApiError::bad_request(S, "os-resetState takes {\"state\": \"error\" | \"active\"}")
         })
 }
 

@@ -479,7 +479,11 @@ impl Instance {
     /// failure (empty: none). Pure.
     pub fn shown_error(&self, status: Option<&InstanceStatus>) -> String {
         match (&self.error_mark, status.and_then(|s| s.last_error.as_ref())) {
-            (Some(m), Some(e)) => format!("set to error by {} at {} (agent: {e})", m.by, m.at.to_rfc3339()),
+            (Some(m), Some(e)) => format!(
+                "set to error by {} at {} (agent: {e})",
+                m.by,
+                m.at.to_rfc3339()
+            ),
             (Some(m), None) => format!("set to error by {} at {}", m.by, m.at.to_rfc3339()),
             (None, e) => e.cloned().unwrap_or_default(),
         }
@@ -718,7 +722,10 @@ mod tests {
         let running = st(InstanceState::Running, 2);
         assert_eq!(i.shown_state(None), "pending");
         assert_eq!(i.shown_state(Some(&running)), "running");
-        assert_eq!(i.shown_state(Some(&st(InstanceState::Running, 1))), "rebuilding");
+        assert_eq!(
+            i.shown_state(Some(&st(InstanceState::Running, 1))),
+            "rebuilding"
+        );
         assert_eq!(i.shown_error(Some(&running)), "");
         i.error_mark = Some(ErrorMark {
             by: "admin".into(),
@@ -728,7 +735,9 @@ mod tests {
         assert_eq!(i.shown_state(Some(&running)), "error");
         assert_eq!(i.shown_state(Some(&st(InstanceState::Running, 1))), "error");
         assert_eq!(i.shown_state(None), "error");
-        assert!(i.shown_error(Some(&running)).starts_with("set to error by admin at "));
+        assert!(i
+            .shown_error(Some(&running))
+            .starts_with("set to error by admin at "));
         let mut failed = st(InstanceState::Error, 2);
         failed.last_error = Some("disk gone".into());
         assert!(i.shown_error(Some(&failed)).ends_with("(agent: disk gone)"));

@@ -2,8 +2,8 @@
 //! seen and used only by cloud admins and the projects it is shared with.
 
 use etcd_client::{Txn, TxnOp};
-use nubo_common::{keys, ProjectId};
 use nubo_common::model::{self, Flavor, Resources};
+use nubo_common::{keys, ProjectId};
 use nubo_store::kv::{absent, decode_or_skip, put};
 
 use super::lookup::flavor_name;

@@ -37,7 +37,8 @@ use super::{quotas, server_volumes};
 use crate::cache::FromCached;
 use crate::error::{ApiError, ApiResult};
 use crate::placement::{
-    Chosen, GroupConstraint, HostHints, Job, Limits, Request as PlaceRequest, Reservation, Retry, Target,
+    Chosen, GroupConstraint, HostHints, Job, Limits, Request as PlaceRequest, Reservation, Retry,
+    Target,
 };
 use crate::state::Ctx;
 use crate::validate;
@@ -889,8 +890,14 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         }
     };
     let same_host = hint_nodes(ctx, &project, "same_host", &r.same_host, &mut deps).await?;
-    let different_host =
-        hint_nodes(ctx, &project, "different_host", &r.different_host, &mut deps).await?;
+    let different_host = hint_nodes(
+        ctx,
+        &project,
+        "different_host",
+        &r.different_host,
+        &mut deps,
+    )
+    .await?;
     let evacuation = match r.evacuation_policy.to_ascii_lowercase().as_str() {
         "" | "auto" => EvacuationPolicy::Auto,
         "manual" => EvacuationPolicy::Manual,
