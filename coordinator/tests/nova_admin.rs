@@ -3,7 +3,11 @@
 //! admin-only, audited, nothing written for its node beyond the spec),
 //! `injectNetworkInfo` (changes nothing), the `same_host` /
 //! `different_host` placement hints, and private flavors (seen and used
-//! only by cloud admins and the projects they are shared with).
+//! only by cloud admins and the projects they are shared with), and
+//! Glance's `owner` (an admin makes an image in, or gives it to, another
+//! project; its name index moves along).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

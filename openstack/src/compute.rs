@@ -106,6 +106,19 @@ pub fn flavor_view(base: &str, f: &pb::Flavor) -> Value {
     })
 }
 
+/// Nova's boolean strings (`is_public`). Pure.
+pub(crate) fn truthy(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" | "on" | "y" | "yes" => Some(true),
+            "0" | "f" | "false" | "off" | "n" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// `limit`, `marker`, `minDisk` and `minRam` of a flavor list.
 #[derive(Debug, Default, Deserialize)]
 pub struct FlavorQuery {
@@ -133,7 +146,7 @@ impl FlavorQuery {
         match self.is_public.as_deref().map(str::trim) {
             None => Ok(Some(true)),
             Some(v) if v.eq_ignore_ascii_case("none") => Ok(None),
-            Some(v) => crate::flavors_admin::truthy(&Value::String(v.into()))
+            Some(v) => truthy(&Value::String(v.into()))
                 .map(Some)
                 .ok_or_else(|| ApiError::bad_request(S, format!("Invalid is_public filter [{v}]"))),
         }

@@ -41,19 +41,6 @@ fn int_field(o: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u64
     }
 }
 
-/// Nova's boolean strings (`is_public`). Pure.
-pub(crate) fn truthy(v: &Value) -> Option<bool> {
-    match v {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "t" | "true" | "on" | "y" | "yes" => Some(true),
-            "0" | "f" | "false" | "off" | "n" | "no" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// The `Flavors.Create` request of a Nova `POST /flavors` body; `new_id`
 /// is the id given to a flavor whose body has none. Pure.
 pub fn create_request(body: &Value, new_id: &str) -> Result<pb::CreateFlavorRequest, ApiError> {
@@ -112,7 +99,7 @@ pub fn create_request(body: &Value, new_id: &str) -> Result<pb::CreateFlavorRequ
     }
     let private = match o.get("os-flavor-access:is_public").filter(|v| !v.is_null()) {
         None => false,
-        Some(p) => !truthy(p).ok_or_else(|| {
+        Some(p) => !crate::compute::truthy(p).ok_or_else(|| {
             ApiError::bad_request(
                 S,
                 format!("os-flavor-access:is_public {p} is not a boolean"),
