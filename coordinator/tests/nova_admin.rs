@@ -177,7 +177,8 @@ async fn reset_state_marks_error_for_admins_only_and_inject_changes_nothing() {
         .into_inner();
     assert_eq!(s.id, vm.id);
     assert_eq!(spec(&etcd, &vm.id).await.1, rev);
-    // Nothing but the audit record was written.
+    // Nothing about the server was written (the audit record is; the
+    // leader's node health may be, on its own schedule).
     let mut cl = etcd.client().await.unwrap();
     let changed = cl
         .get(
@@ -196,9 +197,27 @@ async fn reset_state_marks_error_for_admins_only_and_inject_changes_nothing() {
         .map(|kv| kv.key_str().unwrap().to_string())
         .collect();
     assert!(
-        keys_written.iter().all(|k| k.contains("/audit/")),
+        keys_written.iter().any(|k| k.contains("/audit/"))
+            && !keys_written.iter().any(|k| k.contains(vm.id.as_str())),
         "{keys_written:?}"
     );
+
+    // While a migration holds the server: refused (abort it first).
+    let vm_id: InstanceId = vm.id.parse().unwrap();
+    let migration = format!("\"{}\"", uuid::Uuid::new_v4());
+    cl.put(keys::instance_migration(&vm_id), migration, None)
+        .await
+        .unwrap();
+    let e = servers
+        .reset_state(authed(&root, admin_reset("active")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("being migrated"), "{e:?}");
+    assert!(spec(&etcd, &vm.id).await.0.error_mark.is_some());
+    cl.delete(keys::instance_migration(&vm_id), None)
+        .await
+        .unwrap();
 
     // `active` drops the mark: the agent's report shows again.
     let s = servers

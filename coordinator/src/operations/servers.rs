@@ -413,8 +413,9 @@ pub const RESET_STATES: &[&str] = &["error", "active"];
 /// [`Instance::error_mark`] (shown as `error` until dropped), `active`
 /// drops the mark so what its agent reports shows again. Only the record
 /// changes: nothing is done on its node (the guest keeps running or
-/// stays off). Allowed on a locked or migrating server (it is how an
-/// operator flags one that is stuck); audited as every call.
+/// stays off). Allowed on a locked server; refused while it is being
+/// migrated (the migration moves the spec it read: abort it first);
+/// audited as every call.
 pub async fn reset_state(
     ctx: &Ctx,
     project: &ProjectId,
@@ -439,6 +440,8 @@ pub async fn reset_state(
     let by = crate::caller::caller_name().unwrap_or_else(|| "admin".into());
     for _ in 0..16 {
         let mut inst = super::lookup::server(ctx, project, r).await?;
+        // A migration moves the spec it read: abort it first.
+        super::migrations::ensure_not_migrating(ctx, &inst.value).await?;
         let mark = error.then(|| model::ErrorMark {
             by: by.clone(),
             at: model::now(),
@@ -453,7 +456,10 @@ pub async fn reset_state(
             .store
             .txn(
                 Txn::new()
-                    .when([unchanged(&key, inst.mod_rev)])
+                    .when([
+                        unchanged(&key, inst.mod_rev),
+                        nubo_store::kv::absent(&keys::instance_migration(&inst.value.id)),
+                    ])
                     .and_then(super::specs::put_ops(&inst.value)),
             )
             .await?;
