@@ -50,6 +50,7 @@ pub fn instance(ports: Vec<PortId>) -> Instance {
         access_ipv6: None,
         locked: None,
         resize: None,
+        error_mark: None,
         rebuild_generation: 0,
         created_at: model::now(),
         updated_at: None,

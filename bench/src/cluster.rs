@@ -107,6 +107,7 @@ pub async fn create_resources(channel: &Channel) -> Result<()> {
             ram_mb: FLAVOR.ram_mb,
             disk_gb: FLAVOR.disk_gb,
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .context("creating the flavor")?;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use nubo_common::proto::{CreateFlavorRequest, Flavor};
+use nubo_common::proto::{CreateFlavorRequest, Flavor, FlavorAccessRequest};
 use serde_json::{json, Value};
 
 use crate::api::Call;
@@ -14,8 +14,14 @@ use crate::output::{self, Table};
 pub enum FlavorCmd {
     /// Create a flavor.
     Create(CreateArgs),
-    /// List flavors.
-    List,
+    /// List the flavors your project may use (public ones, private ones
+    /// shared with it).
+    List {
+        /// Cloud admins: every flavor, private ones not shared with your
+        /// project too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Show one flavor.
     Show {
         /// Flavor name.
@@ -26,6 +32,30 @@ pub enum FlavorCmd {
         /// Flavor names.
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Share a private flavor with a project, or stop sharing it (cloud
+    /// admins).
+    #[command(subcommand)]
+    Access(AccessCmd),
+}
+
+/// `nubo flavor access …`.
+#[derive(Debug, Subcommand)]
+pub enum AccessCmd {
+    /// Let a project see and use a private flavor.
+    Add {
+        /// Flavor name.
+        flavor: String,
+        /// Project.
+        project: String,
+    },
+    /// Stop sharing a private flavor with a project (its servers keep
+    /// running with it).
+    Remove {
+        /// Flavor name.
+        flavor: String,
+        /// Project.
+        project: String,
     },
 }
 
@@ -47,6 +77,10 @@ pub struct CreateArgs {
     /// is also its OpenStack id).
     #[arg(long)]
     pub display_name: Option<String>,
+    /// Private: only cloud admins and the projects it is shared with
+    /// (`nubo flavor access add`) see and use it.
+    #[arg(long)]
+    pub private: bool,
 }
 
 impl CreateArgs {
@@ -58,6 +92,7 @@ impl CreateArgs {
             ram_mb: self.ram,
             disk_gb: self.disk,
             display_name: self.display_name.clone().unwrap_or_default(),
+            private: self.private,
         }
     }
 }
@@ -71,6 +106,8 @@ pub fn to_json(f: &Flavor) -> Value {
         "ram_mb": f.ram_mb,
         "disk_gb": f.disk_gb,
         "created_at": opt(&f.created_at),
+        "private": f.private,
+        "access_projects": f.access_projects,
     })
 }
 
@@ -96,9 +133,9 @@ pub async fn run(cmd: FlavorCmd, ctx: &Ctx) -> Result<()> {
             let f = api.flavors().create(args.request()).await.or_fail(api)?;
             output::show(ctx.format, &to_json(&f))
         }
-        FlavorCmd::List => {
+        FlavorCmd::List { all } => {
             let items = api
-                .list_all(false, |req| {
+                .list_all(all, |req| {
                     let mut c = api.flavors();
                     async move {
                         let r = c.list(req).await?.into_inner();
@@ -110,6 +147,20 @@ pub async fn run(cmd: FlavorCmd, ctx: &Ctx) -> Result<()> {
         }
         FlavorCmd::Show { name } => {
             let f = api.flavors().get(api.get_req(&name)).await.or_fail(api)?;
+            output::show(ctx.format, &to_json(&f))
+        }
+        FlavorCmd::Access(cmd) => {
+            let (flavor, project, add) = match cmd {
+                AccessCmd::Add { flavor, project } => (flavor, project, true),
+                AccessCmd::Remove { flavor, project } => (flavor, project, false),
+            };
+            let req = FlavorAccessRequest { flavor, project };
+            let f = if add {
+                api.flavors().add_access(req).await
+            } else {
+                api.flavors().remove_access(req).await
+            }
+            .or_fail(api)?;
             output::show(ctx.format, &to_json(&f))
         }
         FlavorCmd::Delete { names } => {
@@ -134,6 +185,7 @@ mod tests {
             ram: 4096,
             disk: 20,
             display_name: None,
+            private: true,
         };
         assert_eq!(
             a.request(),
@@ -143,6 +195,7 @@ mod tests {
                 ram_mb: 4096,
                 disk_gb: 20,
                 display_name: String::new(),
+                private: true,
             }
         );
     }
@@ -156,10 +209,11 @@ mod tests {
             disk_gb: 1,
             created_at: String::new(),
             display_name: String::new(),
+            ..Default::default()
         };
         assert_eq!(
             serde_json::to_string(&to_json(&f)).unwrap(),
-            r#"{"created_at":null,"disk_gb":1,"display_name":null,"name":"m1","ram_mb":512,"vcpus":1}"#
+            r#"{"access_projects":[],"created_at":null,"disk_gb":1,"display_name":null,"name":"m1","private":false,"ram_mb":512,"vcpus":1}"#
         );
     }
 }

@@ -86,6 +86,10 @@ pub struct SetArgs {
     /// Reactivate a deactivated image.
     #[arg(long)]
     pub reactivate: bool,
+    /// Cloud admins: give the image to this project (its name must be
+    /// free there).
+    #[arg(long)]
+    pub owner: Option<String>,
 }
 
 /// `KEY=VALUE`.
@@ -121,6 +125,7 @@ impl SetArgs {
             protected: flag(self.protected, self.unprotected),
             hidden: flag(self.hidden, self.unhidden),
             deactivated: flag(self.deactivate, self.reactivate),
+            owner: self.owner,
         };
         let unchanged = UpdateImageRequest {
             r#ref: req.r#ref.clone(),

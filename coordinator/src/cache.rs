@@ -240,6 +240,8 @@ mod tests {
             extra: Default::default(),
             created_at: model::now(),
             display_name: String::new(),
+            private: false,
+            access: Default::default(),
         })
     }
 

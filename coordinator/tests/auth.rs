@@ -77,6 +77,7 @@ async fn create_flavor(a: &mut Api, root: &str, name: &str, vcpus: u32, ram_mb: 
                 ram_mb,
                 disk_gb: 1,
                 display_name: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -244,6 +245,7 @@ async fn tokens_and_project_isolation() {
         ram_mb: 512,
         disk_gb: 1,
         display_name: String::new(),
+        ..Default::default()
     };
     let e = a
         .flavors

@@ -74,6 +74,7 @@ async fn kill9_of_the_leader_process_elects_the_follower() {
         ram_mb: 64,
         disk_gb: 1,
         display_name: String::new(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -164,6 +164,7 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
             ram_mb: 512,
             disk_gb: 1,
             display_name: String::new(),
+            ..Default::default()
         }),
     )
     .await
@@ -188,6 +189,8 @@ async fn a_stale_cache_entry_never_commits_a_placement() {
         extra: Default::default(),
         created_at: model::now(),
         display_name: String::new(),
+        private: false,
+        access: Default::default(),
     });
     ctx.cache.apply_raw(&key, &stale, 1, false);
     assert_eq!(

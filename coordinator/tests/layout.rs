@@ -144,6 +144,7 @@ async fn an_old_layout_cluster_is_moved_once_by_two_coordinators_and_keeps_worki
                 ram_mb: 512,
                 disk_gb: 1,
                 display_name: String::new(),
+                ..Default::default()
             },
         ))
         .await

@@ -67,6 +67,7 @@ async fn every_spec_write_keeps_the_node_copy_equal() {
             ram_mb: 1024,
             disk_gb: 1,
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -28,6 +28,7 @@ async fn flavor(cl: &mut Clients, name: &str, vcpus: u32, ram_mb: u64, disk_gb: 
             ram_mb,
             disk_gb,
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

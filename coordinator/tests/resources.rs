@@ -25,6 +25,7 @@ async fn flavors_images_keypairs_groups_crud_and_errors() {
             ram_mb: 1,
             disk_gb: 1,
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -40,6 +41,7 @@ async fn flavors_images_keypairs_groups_crud_and_errors() {
             ram_mb: 1,
             disk_gb: 1,
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -414,6 +416,7 @@ async fn lists_paginate_across_pages_without_capping() {
                 ram_mb: 1,
                 disk_gb: 0,
                 display_name: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();

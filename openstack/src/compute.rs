@@ -100,10 +100,23 @@ pub fn flavor_view(base: &str, f: &pb::Flavor) -> Value {
         "swap": "",
         "OS-FLV-EXT-DATA:ephemeral": 0,
         "OS-FLV-DISABLED:disabled": false,
-        "os-flavor-access:is_public": true,
+        "os-flavor-access:is_public": !f.private,
         "rxtx_factor": 1.0,
         "links": [{"rel": "self", "href": format!("{base}/compute/v2.1/flavors/{}", f.name)}],
     })
+}
+
+/// Nova's boolean strings (`is_public`). Pure.
+pub(crate) fn truthy(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" | "on" | "y" | "yes" => Some(true),
+            "0" | "f" | "false" | "off" | "n" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// `limit`, `marker`, `minDisk` and `minRam` of a flavor list.
@@ -119,6 +132,25 @@ pub struct FlavorQuery {
     /// Only flavors with at least this memory (MiB).
     #[serde(rename = "minRam")]
     pub min_ram: Option<u64>,
+    /// Nova's `is_public`: absent or true = the flavors the caller's
+    /// project may use (public, and private ones shared with it), false =
+    /// the private ones, `none` = all (the last two: every flavor for
+    /// cloud admins; others only ever see those they may use).
+    pub is_public: Option<String>,
+}
+
+impl FlavorQuery {
+    /// The `is_public` filter: `Some(true)` (the default), `Some(false)`
+    /// or `None` (all); anything else 400, as Nova. Pure.
+    pub fn visibility(&self) -> Result<Option<bool>, ApiError> {
+        match self.is_public.as_deref().map(str::trim) {
+            None => Ok(Some(true)),
+            Some(v) if v.eq_ignore_ascii_case("none") => Ok(None),
+            Some(v) => truthy(&Value::String(v.into()))
+                .map(Some)
+                .ok_or_else(|| ApiError::bad_request(S, format!("Invalid is_public filter [{v}]"))),
+        }
+    }
 }
 
 /// The flavors `q` selects, paged. Pure.
@@ -126,10 +158,13 @@ pub fn select_flavors(
     flavors: Vec<pb::Flavor>,
     q: &FlavorQuery,
 ) -> Result<Vec<pb::Flavor>, ApiError> {
+    let visibility = q.visibility()?;
     let kept: Vec<pb::Flavor> = flavors
         .into_iter()
         .filter(|f| q.min_disk.is_none_or(|d| f.disk_gb >= d))
         .filter(|f| q.min_ram.is_none_or(|r| f.ram_mb >= r))
+        // `is_public=false`: the private ones of those listed.
+        .filter(|f| visibility != Some(false) || f.private)
         .collect();
     let paging = Paging {
         limit: q.limit,
@@ -145,7 +180,27 @@ async fn flavors_selected(
     q: &FlavorQuery,
 ) -> Result<Vec<pb::Flavor>, ApiError> {
     microversion(headers)?;
-    let flavors = crate::list_all!(up.flavors(headers)?, flavors, S)?;
+    // By default the flavors the caller's project may use; `is_public`
+    // false or none: every flavor the caller may see.
+    let all_projects = q.visibility()? != Some(true);
+    let client = up.flavors(headers)?;
+    let flavors = crate::upstream::all_pages(|token| {
+        let mut c = client.clone();
+        async move {
+            let r = c
+                .list(pb::ListRequest {
+                    page_size: crate::upstream::PAGE_SIZE,
+                    page_token: token,
+                    all_projects,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((r.flavors, r.next_page_token))
+        }
+    })
+    .await
+    .api(S)?;
     select_flavors(flavors, q)
 }
 
@@ -194,6 +249,25 @@ async fn show_flavor(
     Ok(versioned(Json(
         json!({"flavor": flavor_view(&up.public_url, &f)}),
     )))
+}
+
+/// The servers of a `same_host` / `different_host` hint: one id or a
+/// list of them (Nova's schema); anything else 400. Pure.
+fn server_ids(hint: &str, v: &Value) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            S,
+            format!("scheduler hint {hint:?} is a server id or a list of them"),
+        )
+    };
+    match v {
+        Value::String(id) => Ok(vec![id.clone()]),
+        Value::Array(ids) => ids
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
 }
 
 /// Nova's status, vm_state and power_state for nubo's observed state and
@@ -852,13 +926,16 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         ));
     }
     let mut server_group = String::new();
+    let (mut same_host, mut different_host) = (Vec::new(), Vec::new());
     for (hint, v) in body.scheduler_hints.iter().flatten() {
         match (hint.as_str(), v) {
             ("group", Value::String(g)) => server_group = g.clone(),
+            ("same_host", v) => same_host = server_ids(hint, v)?,
+            ("different_host", v) => different_host = server_ids(hint, v)?,
             _ => {
                 return Err(ApiError::bad_request(
                     S,
-                    format!("scheduler hint {hint:?} is not supported: only \"group\" (a server group id) is"),
+                    format!("scheduler hint {hint:?} is not supported: only \"group\" (a server group id), \"same_host\" and \"different_host\" (server ids) are"),
                 ))
             }
         }
@@ -921,6 +998,8 @@ pub fn create_request(body: &CreateBody) -> Result<pb::CreateServerRequest, ApiE
         },
         availability_zone: s.availability_zone.clone().unwrap_or_default(),
         server_group,
+        same_host,
+        different_host,
         metadata,
         access_ipv4: s.access_ipv4.clone().unwrap_or_default(),
         access_ipv6: s.access_ipv6.clone().unwrap_or_default(),
@@ -1444,7 +1523,7 @@ mod tests {
     }
 
     #[test]
-    fn the_group_hint_places_the_server_in_its_group() {
+    fn scheduler_hints_group_same_host_and_different_host() {
         let with = |hints: Value| -> CreateBody {
             serde_json::from_value(json!({"server": {"name": "vm", "imageRef": "i",
                 "flavorRef": "f"}, "os:scheduler_hints": hints}))
@@ -1455,9 +1534,18 @@ mod tests {
         let plain: CreateBody =
             serde_json::from_value(json!({"server": {"name": "vm", "flavorRef": "f"}})).unwrap();
         assert_eq!(create_request(&plain).unwrap().server_group, "");
-        let e = create_request(&with(json!({"same_host": ["x"]}))).unwrap_err();
+        let r = create_request(&with(
+            json!({"same_host": "s-1", "different_host": ["s-2", "s-3"]}),
+        ))
+        .unwrap();
+        assert_eq!(r.same_host, ["s-1"]);
+        assert_eq!(r.different_host, ["s-2", "s-3"]);
+        let e = create_request(&with(json!({"same_host": [1]}))).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.message.contains("same_host"), "{}", e.message);
+        let e = create_request(&with(json!({"query": "[]"}))).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("query"), "{}", e.message);
     }
 
     #[test]
@@ -1477,8 +1565,46 @@ mod tests {
         let Query(q) = Query::<FlavorQuery>::try_from_uri(&uri).unwrap();
         assert_eq!(names(select_flavors(all.clone(), &q).unwrap()), ["b", "c"]);
         assert_eq!(
-            names(select_flavors(all, &FlavorQuery::default()).unwrap()),
+            names(select_flavors(all.clone(), &FlavorQuery::default()).unwrap()),
             ["a", "b", "c"]
+        );
+        // is_public: false keeps the private ones; true and none keep all
+        // (the coordinator chose which to list); anything else is 400.
+        let mut all = all;
+        all[1].private = true;
+        let q = |v: &str| FlavorQuery {
+            is_public: Some(v.into()),
+            ..Default::default()
+        };
+        for v in ["f", "false", "No", "0"] {
+            assert_eq!(
+                names(select_flavors(all.clone(), &q(v)).unwrap()),
+                ["b"],
+                "{v}"
+            );
+            assert_eq!(q(v).visibility().unwrap(), Some(false));
+        }
+        for v in ["t", "true", "yes", "1"] {
+            assert_eq!(q(v).visibility().unwrap(), Some(true));
+        }
+        assert_eq!(q("None").visibility().unwrap(), None);
+        assert_eq!(
+            names(select_flavors(all.clone(), &q("none")).unwrap()).len(),
+            3
+        );
+        assert_eq!(
+            select_flavors(all, &q("maybe")).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            flavor_view(
+                "https://x",
+                &pb::Flavor {
+                    private: true,
+                    ..Default::default()
+                }
+            )["os-flavor-access:is_public"],
+            false
         );
     }
 

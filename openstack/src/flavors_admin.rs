@@ -1,12 +1,14 @@
 //! Nova's flavor management (cloud admins, as in Nova): `POST /flavors`
-//! (`Flavors.Create`) and `DELETE /flavors/{id}` (`Flavors.Delete`).
+//! (`Flavors.Create`), `DELETE /flavors/{id}` (`Flavors.Delete`) and the
+//! access lists of private flavors (`os-flavor-access`,
+//! `addTenantAccess`/`removeTenantAccess`: `Flavors.AddAccess` /
+//! `RemoveAccess`).
 //!
 //! A nubo flavor is keyed by its name, which is its OpenStack id; a
 //! flavor made here keeps Nova's `id` as that name (a generated UUID when
 //! the body has none, as Nova) and Nova's `name` as its display name.
 //! What nubo flavors do not have is refused with a 400 naming it, never
-//! dropped: swap, ephemeral disks, an `rxtx_factor` other than 1, and
-//! private flavors (`os-flavor-access:is_public` false).
+//! dropped: swap, ephemeral disks and an `rxtx_factor` other than 1.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -36,19 +38,6 @@ fn int_field(o: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u64
         Some(v @ Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| bad(v)),
         Some(v @ Value::String(t)) => t.trim().parse::<u64>().map(Some).map_err(|_| bad(v)),
         Some(v) => Err(bad(v)),
-    }
-}
-
-/// Nova's boolean strings (`is_public`). Pure.
-fn truthy(v: &Value) -> Option<bool> {
-    match v {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "t" | "true" | "on" | "y" | "yes" => Some(true),
-            "0" | "f" | "false" | "off" | "n" | "no" => Some(false),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -108,23 +97,15 @@ pub fn create_request(body: &Value, new_id: &str) -> Result<pb::CreateFlavorRequ
             ));
         }
     }
-    if let Some(p) = o.get("os-flavor-access:is_public").filter(|v| !v.is_null()) {
-        match truthy(p) {
-            Some(true) => {}
-            Some(false) => {
-                return Err(ApiError::bad_request(
-                    S,
-                    "nubo has no private flavors: every flavor is public (os-flavor-access:is_public true)",
-                ))
-            }
-            None => {
-                return Err(ApiError::bad_request(
-                    S,
-                    format!("os-flavor-access:is_public {p} is not a boolean"),
-                ))
-            }
-        }
-    }
+    let private = match o.get("os-flavor-access:is_public").filter(|v| !v.is_null()) {
+        None => false,
+        Some(p) => !crate::compute::truthy(p).ok_or_else(|| {
+            ApiError::bad_request(
+                S,
+                format!("os-flavor-access:is_public {p} is not a boolean"),
+            )
+        })?,
+    };
     if let Some(k) = o.keys().find(|k| {
         !matches!(
             k.as_str(),
@@ -151,7 +132,86 @@ pub fn create_request(body: &Value, new_id: &str) -> Result<pb::CreateFlavorRequ
         vcpus,
         ram_mb: ram,
         disk_gb: disk,
+        private,
     })
+}
+
+/// Nova's `flavor_access` list of a flavor: one entry per project it is
+/// shared with. Pure.
+pub fn access_view(f: &pb::Flavor) -> Value {
+    let list: Vec<Value> = f
+        .access_projects
+        .iter()
+        .map(|p| json!({"flavor_id": f.name, "tenant_id": p}))
+        .collect();
+    json!({"flavor_access": list})
+}
+
+/// `GET /flavors/{id}/os-flavor-access`: whom a private flavor is shared
+/// with (`Flavors.Get`; only cloud admins see the list); a public flavor
+/// has none: 404, as Nova.
+pub async fn access_list(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let f = up
+        .flavors(&headers)?
+        .get(crate::upstream::get_req(id))
+        .await
+        .api(S)?
+        .into_inner();
+    if !f.private {
+        return Err(ApiError::not_found(
+            S,
+            "Access list not available for public flavors.",
+        ));
+    }
+    Ok(versioned(Json(access_view(&f))))
+}
+
+/// `POST /flavors/{id}/action` `addTenantAccess` / `removeTenantAccess`
+/// (`{"tenant": project}`): `Flavors.AddAccess` / `RemoveAccess` (a
+/// public flavor or a project added twice 409, one not there 404);
+/// answers the new list.
+pub async fn action(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    microversion(&headers)?;
+    let body = json_body(S, body)?;
+    let (add, inner) = match (body.get("addTenantAccess"), body.get("removeTenantAccess")) {
+        (Some(a), None) => (true, a),
+        (None, Some(r)) => (false, r),
+        _ => {
+            return Err(ApiError::bad_request(
+                S,
+                "a flavor action is addTenantAccess or removeTenantAccess",
+            ))
+        }
+    };
+    let project = inner
+        .get("tenant")
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request(S, "the action needs a tenant (a project id)"))?
+        .to_string();
+    let req = pb::FlavorAccessRequest {
+        flavor: id,
+        project,
+    };
+    let mut c = up.flavors(&headers)?;
+    let f = if add {
+        c.add_access(req).await
+    } else {
+        c.remove_access(req).await
+    }
+    .api(S)?
+    .into_inner();
+    Ok(versioned(Json(access_view(&f))))
 }
 
 /// `POST /flavors` (200 with the flavor, as Nova).
@@ -211,11 +271,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.name, "generated");
+        assert!(!r.private);
+        let r = create_request(
+            &json!({"flavor": {"name": "x", "ram": 64, "vcpus": 1, "disk": 0, "os-flavor-access:is_public": "False"}}),
+            "g",
+        )
+        .unwrap();
+        assert!(r.private);
+        let f = pb::Flavor {
+            name: "g".into(),
+            private: true,
+            access_projects: vec!["p1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            access_view(&f),
+            json!({"flavor_access": [{"flavor_id": "g", "tenant_id": "p1"}]})
+        );
         for bad in [
             json!({"flavor": {"name": "x", "ram": 64, "vcpus": 1, "disk": 1, "swap": 1024}}),
             json!({"flavor": {"name": "x", "ram": 64, "vcpus": 1, "disk": 1, "OS-FLV-EXT-DATA:ephemeral": 10}}),
             json!({"flavor": {"name": "x", "ram": 64, "vcpus": 1, "disk": 1, "rxtx_factor": 2.0}}),
-            json!({"flavor": {"name": "x", "ram": 64, "vcpus": 1, "disk": 1, "os-flavor-access:is_public": "False"}}),
+            json!({"flavor": {"name": "x", "ram": 64, "vcpus": 1, "disk": 1, "os-flavor-access:is_public": "maybe"}}),
             json!({"flavor": {"name": "x", "ram": -1, "vcpus": 1, "disk": 1}}),
             json!({"flavor": {"name": "x", "ram": 64, "vcpus": 1}}),
             json!({"flavor": {"ram": 64, "vcpus": 1, "disk": 1}}),

@@ -330,7 +330,6 @@ pub struct NewImage {
 /// them rather than a property of that name).
 const NOT_AT_CREATE: &[&str] = &[
     "id",
-    "owner",
     "locations",
     "location",
     "status",
@@ -371,7 +370,18 @@ pub fn create_request(n: &NewImage) -> Result<pb::CreateImageRequest, ApiError> 
         }
     }
     let mut properties = std::collections::HashMap::new();
+    // `owner`: the project the image is made in (another one than the
+    // caller's: cloud admins only, the coordinator checks).
+    let mut project = String::new();
     for (k, v) in &n.extra {
+        if k == "owner" {
+            project = v
+                .as_str()
+                .filter(|o| !o.trim().is_empty())
+                .ok_or_else(|| ApiError::bad_request(S, "owner must be a project id"))?
+                .to_string();
+            continue;
+        }
         if NOT_AT_CREATE.contains(&k.as_str()) {
             return Err(ApiError::new(
                 S,
@@ -394,6 +404,7 @@ pub fn create_request(n: &NewImage) -> Result<pb::CreateImageRequest, ApiError> 
         properties,
         protected: n.protected.unwrap_or(false),
         hidden: n.os_hidden.unwrap_or(false),
+        project,
         ..Default::default()
     })
 }
@@ -431,7 +442,6 @@ const READ_ONLY: &[&str] = &[
     "os_hash_value",
     "created_at",
     "updated_at",
-    "owner",
     "file",
     "self",
     "schema",
@@ -507,6 +517,20 @@ pub fn patch_request(cur: &pb::Image, ops: &Value) -> Result<pb::UpdateImageRequ
                     .and_then(Value::as_str)
                     .ok_or_else(|| ApiError::bad_request(S, "visibility must be a string"))?;
                 req.visibility = Some(v.to_string());
+            }
+            ("owner", true) => {
+                let o = value
+                    .and_then(Value::as_str)
+                    .filter(|o| !o.trim().is_empty())
+                    .ok_or_else(|| ApiError::bad_request(S, "owner must be a project id"))?;
+                req.owner = Some(o.to_string());
+            }
+            ("owner", false) => {
+                return Err(ApiError::new(
+                    S,
+                    StatusCode::FORBIDDEN,
+                    "an image always has an owner: replace it",
+                ))
             }
             ("protected", true) => req.protected = Some(boolean("protected")?),
             ("os_hidden", true) => req.hidden = Some(boolean("os_hidden")?),
@@ -1050,6 +1074,20 @@ mod tests {
         let n: NewImage = serde_json::from_value(json!({"name": "n", "kernel_id": 3})).unwrap();
         assert_eq!(create_request(&n).unwrap_err().status.as_u16(), 400);
         let n: NewImage = serde_json::from_value(json!({"name": "n", "owner": "p"})).unwrap();
-        assert_eq!(create_request(&n).unwrap_err().status.as_u16(), 403);
+        assert_eq!(create_request(&n).unwrap().project, "p");
+        let n: NewImage = serde_json::from_value(json!({"name": "n", "owner": 1})).unwrap();
+        assert_eq!(create_request(&n).unwrap_err().status.as_u16(), 400);
+        let cur = pb::Image {
+            id: "i".into(),
+            ..Default::default()
+        };
+        let r = patch_request(
+            &cur,
+            &json!([{"op": "replace", "path": "/owner", "value": "p2"}]),
+        )
+        .unwrap();
+        assert_eq!(r.owner.as_deref(), Some("p2"));
+        let e = patch_request(&cur, &json!([{"op": "remove", "path": "/owner"}])).unwrap_err();
+        assert_eq!(e.status.as_u16(), 403);
     }
 }

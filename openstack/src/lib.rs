@@ -85,6 +85,14 @@ pub fn router(upstream: Upstream) -> Router {
                     "/v2.1/flavors/{id}",
                     axum::routing::delete(flavors_admin::delete),
                 )
+                .route(
+                    "/v2.1/flavors/{id}/os-flavor-access",
+                    get(flavors_admin::access_list),
+                )
+                .route(
+                    "/v2.1/flavors/{id}/action",
+                    axum::routing::post(flavors_admin::action),
+                )
                 // Quota sets here: `quota` uses `compute`'s microversion
                 // helpers, so `compute` may not route to it.
                 .route(

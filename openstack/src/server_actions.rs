@@ -160,6 +160,22 @@ async fn server_action(
             .map(drop)
         }
         "unlock" => c.unlock(req).await.api(S).map(drop),
+        // Cloud admins: the coordinator checks the caller and the state.
+        "os-resetState" => {
+            let state = reset_state_of(&body["os-resetState"])?;
+            c.reset_state(pb::ResetServerStateRequest {
+                r#ref: id,
+                project: String::new(),
+                state,
+            })
+            .await
+            .api(S)
+            .map(drop)
+        }
+        // Nothing to inject: agents serve a server's network from DHCP and
+        // metadata, always current (Servers.InjectNetworkInfo checks the
+        // caller and the server, and changes nothing).
+        "injectNetworkInfo" => c.inject_network_info(req).await.api(S).map(drop),
         "resize" => {
             let flavor = resize_flavor(&body["resize"])?;
             // A missing server is a 404; a missing flavor a 400 (Nova).
@@ -227,11 +243,22 @@ async fn server_action(
             Err(ApiError::new(
                 S,
                 StatusCode::NOT_IMPLEMENTED,
-                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, resize, confirmResize, revertResize, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput, createImage, migrate, os-migrateLive are; docs/openstack-compatibility.md)"),
+                format!("server action {other:?} is not supported (os-start, os-stop, reboot, rebuild, resize, confirmResize, revertResize, lock, unlock, addSecurityGroup, removeSecurityGroup, os-getConsoleOutput, createImage, migrate, os-migrateLive, os-resetState, injectNetworkInfo are; docs/openstack-compatibility.md)"),
             ))
         }
     }?;
     Ok(versioned(StatusCode::ACCEPTED))
+}
+
+/// The `state` of an `os-resetState` body: a string (Nova's schema; the
+/// coordinator says which values it takes), anything else 400. Pure.
+fn reset_state_of(v: &Value) -> Result<String, ApiError> {
+    v.get("state")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ApiError::bad_request(S, "os-resetState takes {\"state\": \"error\" | \"active\"}")
+        })
 }
 
 /// The `Servers.Rebuild` request of a Nova `rebuild` action: `imageRef`

@@ -44,7 +44,7 @@ use serde_json::Value;
 const REGEX: &str = r"^tempest\.api\.(compute\.(servers|flavors|keypairs|volumes\.test_attach_volume|limits|test_quotas|admin\.(test_availability_zone|test_create_server|test_delete_server|test_flavors|test_hypervisor|test_keypairs_v210|test_live_migration|test_migrations|test_quotas|test_servers|test_services|test_volume))|network\.(admin\.)?(test_networks|test_ports|test_security_groups|test_routers|test_floating_ips|test_external_network)|image\.v2|volume)";
 /// Admin test classes left out, each for a reason docs/openstack-
 /// compatibility.md gives ("Admin tests left out").
-const EXCLUDE: &str = r"\.admin\.(test_flavors_access|test_flavors_extra_specs|test_quotas|test_migrations|test_image_task|test_image_caching|test_images_metadefs|test_qos|test_volume_types|test_volume_type_access|test_group|test_backends_capabilities|test_volume_pools|test_volume_hosts|test_volume_services|test_user_messages|test_snapshot_manage|test_volume_manage|test_volume_retype|test_multi_backend|test_encrypted_volumes|test_volumes_backup|test_volume_quota_classes|test_routers_dvr)";
+const EXCLUDE: &str = r"\.admin\.(test_flavors_extra_specs|test_quotas|test_migrations|test_image_task|test_image_caching|test_images_metadefs|test_qos|test_volume_types|test_volume_type_access|test_group|test_backends_capabilities|test_volume_pools|test_volume_hosts|test_volume_services|test_user_messages|test_snapshot_manage|test_volume_manage|test_volume_retype|test_multi_backend|test_encrypted_volumes|test_volumes_backup|test_volume_quota_classes|test_routers_dvr)";
 
 /// Reads a subunit v2 stream on stdin; prints one JSON line per test:
 /// id, status, and the reason (a skip's reason, a failure's last

@@ -175,6 +175,7 @@ impl World {
             access_ipv6: None,
             locked: None,
             resize: None,
+            error_mark: None,
             rebuild_generation: 0,
             created_at: model::now(),
             updated_at: None,

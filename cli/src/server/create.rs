@@ -72,6 +72,14 @@ pub struct CreateArgs {
     /// Server group (name or id) the instances join.
     #[arg(long)]
     pub server_group: Option<String>,
+    /// Place on a node holding this server (name or id); repeatable: any
+    /// of them (OpenStack's `same_host` hint).
+    #[arg(long)]
+    pub same_host: Vec<String>,
+    /// Place on no node holding this server (name or id); repeatable
+    /// (OpenStack's `different_host` hint).
+    #[arg(long)]
+    pub different_host: Vec<String>,
     /// What happens when the server's node fails: auto (restarted elsewhere),
     /// manual (only by `nubo node evacuate`) or never. Default: the cluster's.
     #[arg(long, value_parser = ["auto", "manual", "never"])]
@@ -120,6 +128,8 @@ impl CreateArgs {
                 .unwrap_or_default(),
             delete_on_termination: self.delete_on_termination,
             metadata: self.properties.iter().cloned().collect(),
+            same_host: self.same_host.clone(),
+            different_host: self.different_host.clone(),
             ..Default::default()
         }
     }
@@ -559,6 +569,12 @@ mod tests {
             "az2",
             "--server-group",
             "spread",
+            "--same-host",
+            "db",
+            "--different-host",
+            "web-1",
+            "--different-host",
+            "web-2",
             "--evacuation-policy",
             "never",
             "--property",
@@ -587,6 +603,8 @@ mod tests {
                 count: 120,
                 availability_zone: "az2".into(),
                 server_group: "spread".into(),
+                same_host: vec!["db".into()],
+                different_host: vec!["web-1".into(), "web-2".into()],
                 stopped: false,
                 evacuation_policy: "never".into(),
                 client_token: "tok-1".into(),

@@ -159,11 +159,16 @@ pub enum ServerCmd {
         /// Server name or id.
         server: String,
         /// KEY=VALUE; repeatable.
-        #[arg(long = "property", value_parser = key_value, required_unless_present = "name")]
+        #[arg(long = "property", value_parser = key_value, required_unless_present_any = ["name", "state"])]
         properties: Vec<(String, String)>,
         /// New name.
         #[arg(long)]
         name: Option<String>,
+        /// Cloud admins: mark the server `error` by hand, or `active` to
+        /// drop that mark (only the record changes, nothing on its node;
+        /// audited).
+        #[arg(long, value_parser = ["error", "active"])]
+        state: Option<String>,
     },
     /// Remove metadata items of a server.
     Unset {
@@ -601,8 +606,17 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
             server,
             properties,
             name,
+            state,
         } => {
             let mut shown = None;
+            if let Some(state) = state {
+                let req = nubo_common::proto::ResetServerStateRequest {
+                    r#ref: server.clone(),
+                    project: api.project.clone(),
+                    state,
+                };
+                shown = Some(api.servers().reset_state(req).await.or_fail(api)?);
+            }
             if !properties.is_empty() {
                 let req = SetServerMetadataRequest {
                     r#ref: server.clone(),
@@ -623,7 +637,7 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx) -> Result<()> {
             }
             match shown {
                 Some(s) => show(ctx.format, &s),
-                None => bail!("nothing to change: give --property or --name"),
+                None => bail!("nothing to change: give --property, --name or --state"),
             }
         }
         ServerCmd::Unset { server, properties } => {

@@ -1,6 +1,6 @@
 //! Flavors, images, keypairs, server groups and instances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,22 @@ pub struct Flavor {
     /// its Nova id as its name and its Nova name here.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub display_name: String,
+    /// Private (OpenStack `os-flavor-access:is_public` false): seen and
+    /// used only by cloud admins and the projects in [`Flavor::access`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
+    /// The projects a private flavor is shared with (empty for a public
+    /// one).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub access: BTreeSet<ProjectId>,
+}
+
+impl Flavor {
+    /// True when `project` may see and use the flavor: it is public, or
+    /// private and shared with `project`. Pure.
+    pub fn usable_by(&self, project: &ProjectId) -> bool {
+        !self.private || self.access.contains(project)
+    }
 }
 
 /// Format of an image's data.
@@ -373,6 +389,12 @@ pub struct Instance {
     /// `VERIFY_RESIZE`): `flavor`/`resources` already hold the new size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<PendingResize>,
+    /// A cloud admin marked it `error` by hand (OpenStack `os-resetState`):
+    /// shown as `error` whatever its agent reports, until an admin resets
+    /// it to `active` or its owner starts, stops, reboots or rebuilds it.
+    /// Changes nothing on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_mark: Option<ErrorMark>,
     /// Creation time.
     pub created_at: Timestamp,
     /// When the spec was last written (every write stamps it); `None` in
@@ -390,6 +412,15 @@ pub struct DeletedServer {
     pub instance: Instance,
     /// When it was deleted.
     pub deleted_at: Timestamp,
+}
+
+/// Who marked a server `error` by hand, and when ([`Instance::error_mark`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMark {
+    /// The cloud admin who set it.
+    pub by: String,
+    /// When.
+    pub at: Timestamp,
 }
 
 /// What a resize replaced, kept until it is confirmed (dropped) or
@@ -426,6 +457,35 @@ impl Instance {
                 disk_gb: self.resources.disk_gb.max(r.old_resources.disk_gb),
             },
             None => self.resources,
+        }
+    }
+
+    /// The lifecycle state front ends show for the instance given its
+    /// agent's report: an admin's [`Instance::error_mark`] first, then a
+    /// rebuild its agent has not done (`rebuilding`), then the reported
+    /// state (`pending` before any report). Pure.
+    pub fn shown_state(&self, status: Option<&InstanceStatus>) -> &'static str {
+        if self.error_mark.is_some() {
+            return InstanceState::Error.as_str();
+        }
+        match status {
+            Some(s) if self.rebuild_pending(Some(s.reboot_generation)) => "rebuilding",
+            Some(s) => s.state.as_str(),
+            None => InstanceState::Pending.as_str(),
+        }
+    }
+
+    /// Why it shows `error`: the admin's mark, else the agent's reported
+    /// failure (empty: none). Pure.
+    pub fn shown_error(&self, status: Option<&InstanceStatus>) -> String {
+        match (&self.error_mark, status.and_then(|s| s.last_error.as_ref())) {
+            (Some(m), Some(e)) => format!(
+                "set to error by {} at {} (agent: {e})",
+                m.by,
+                m.at.to_rfc3339()
+            ),
+            (Some(m), None) => format!("set to error by {} at {}", m.by, m.at.to_rfc3339()),
+            (None, e) => e.cloned().unwrap_or_default(),
         }
     }
 
@@ -638,6 +698,53 @@ mod tests {
                 count: MAX_SERVER_METADATA_ITEMS + 1
             })
         );
+    }
+
+    #[test]
+    fn an_error_mark_shows_error_until_dropped() {
+        let mut i: Instance = serde_json::from_value(serde_json::json!({
+            "id": "3f0d2a4c-1d2e-4f60-9a1b-2c3d4e5f6a7b", "name": "vm",
+            "project": "p1", "flavor": "m1", "image": "4f0d2a4c-1d2e-4f60-9a1b-2c3d4e5f6a7b",
+            "resources": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1},
+            "ports": [], "power": "running", "reboot_generation": 2,
+            "rebuild_generation": 2, "created_at": crate::model::now(),
+        }))
+        .unwrap();
+        let st = |state, generation| InstanceStatus {
+            state,
+            node: NodeName::new("n0").unwrap(),
+            updated_at: crate::model::now(),
+            last_error: None,
+            reboot_generation: generation,
+            volumes: Vec::new(),
+            size: None,
+        };
+        let running = st(InstanceState::Running, 2);
+        assert_eq!(i.shown_state(None), "pending");
+        assert_eq!(i.shown_state(Some(&running)), "running");
+        assert_eq!(
+            i.shown_state(Some(&st(InstanceState::Running, 1))),
+            "rebuilding"
+        );
+        assert_eq!(i.shown_error(Some(&running)), "");
+        i.error_mark = Some(ErrorMark {
+            by: "admin".into(),
+            at: crate::model::now(),
+        });
+        // The mark wins over what the agent reports, a pending rebuild too.
+        assert_eq!(i.shown_state(Some(&running)), "error");
+        assert_eq!(i.shown_state(Some(&st(InstanceState::Running, 1))), "error");
+        assert_eq!(i.shown_state(None), "error");
+        assert!(i
+            .shown_error(Some(&running))
+            .starts_with("set to error by admin at "));
+        let mut failed = st(InstanceState::Error, 2);
+        failed.last_error = Some("disk gone".into());
+        assert!(i.shown_error(Some(&failed)).ends_with("(agent: disk gone)"));
+        // Dropped: the agent's report again (its own error stays).
+        i.error_mark = None;
+        assert_eq!(i.shown_state(Some(&failed)), "error");
+        assert_eq!(i.shown_error(Some(&failed)), "disk gone");
     }
 }
 

@@ -33,6 +33,8 @@ pub fn flavor(f: &model::Flavor) -> pb::Flavor {
         disk_gb: f.resources.disk_gb,
         created_at: ts(&f.created_at),
         display_name: f.display_name.clone(),
+        private: f.private,
+        access_projects: f.access.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -587,16 +589,10 @@ fn server_parts(
             model::PowerState::Stopped => "stopped",
         }
         .into(),
-        // A rebuild the agent has not done yet shows as `rebuilding`.
-        state: match status {
-            Some(s) if i.rebuild_pending(Some(s.reboot_generation)) => "rebuilding",
-            _ => status.map_or("pending", |s| s.state.as_str()),
-        }
-        .into(),
+        // An admin's error mark, then a rebuild not done yet, then the report.
+        state: i.shown_state(status).into(),
         node: i.node.as_ref().map(ToString::to_string).unwrap_or_default(),
-        last_error: status
-            .and_then(|s| s.last_error.clone())
-            .unwrap_or_default(),
+        last_error: i.shown_error(status),
         addresses: ports
             .iter()
             .map(|p| pb::ServerAddress {

@@ -17,6 +17,7 @@ impl flavors_server::Flavors for Ctx {
             ram_mb: r.ram_mb,
             disk_gb: r.disk_gb,
             display_name: r.display_name,
+            private: r.private,
         };
         reply(flavors::create(self, f).await.map(|f| convert::flavor(&f)))
     }
@@ -25,11 +26,22 @@ impl flavors_server::Flavors for Ctx {
         reply(f.map(|f| convert::flavor(&f)))
     }
     async fn list(&self, r: Request<pb::ListRequest>) -> R<pb::ListFlavorsResponse> {
-        let p = flavors::list(self, &page(&r.into_inner())).await;
+        let r = r.into_inner();
+        let p = flavors::list(self, &page(&r), r.all_projects).await;
         reply(p.map(|p| pb::ListFlavorsResponse {
             flavors: p.items.iter().map(convert::flavor).collect(),
             next_page_token: p.next,
         }))
+    }
+    async fn add_access(&self, r: Request<pb::FlavorAccessRequest>) -> R<pb::Flavor> {
+        let r = r.into_inner();
+        let f = flavors::set_access(self, &r.flavor, &r.project, true).await;
+        reply(f.map(|f| convert::flavor(&f)))
+    }
+    async fn remove_access(&self, r: Request<pb::FlavorAccessRequest>) -> R<pb::Flavor> {
+        let r = r.into_inner();
+        let f = flavors::set_access(self, &r.flavor, &r.project, false).await;
+        reply(f.map(|f| convert::flavor(&f)))
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         reply(

@@ -50,6 +50,7 @@ impl images_server::Images for Ctx {
                 protected: r.protected,
                 hidden: r.hidden,
                 deactivated: r.deactivated,
+                owner: r.owner,
             };
             let p = project(&r.project)?;
             images::update(self, &p, &r.r#ref, &changes)

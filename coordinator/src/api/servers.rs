@@ -80,6 +80,8 @@ impl servers_server::Servers for Ctx {
                 min_count: r.min_count,
                 availability_zone: r.availability_zone,
                 server_group: r.server_group,
+                same_host: r.same_host,
+                different_host: r.different_host,
                 stopped: r.stopped,
                 evacuation_policy: r.evacuation_policy,
                 client_token: r.client_token,
@@ -292,6 +294,20 @@ impl servers_server::Servers for Ctx {
         };
         reply(go.await.map(|()| pb::Empty {}))
     }
+    async fn reset_state(&self, r: Request<pb::ResetServerStateRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go =
+            async { servers::reset_state(self, &project(&r.project)?, &r.r#ref, &r.state).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+
+    async fn inject_network_info(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
+        let r = r.into_inner();
+        let go =
+            async { servers::inject_network_info(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|s| convert::server(&s)))
+    }
+
     async fn unlock(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
         let go = async {

@@ -1,8 +1,9 @@
-//! Flavors: instance sizes (global, cloud admin).
+//! Flavors: instance sizes (global, cloud admin). A private flavor is
+//! seen and used only by cloud admins and the projects it is shared with.
 
 use etcd_client::{Txn, TxnOp};
-use nubo_common::keys;
 use nubo_common::model::{self, Flavor, Resources};
+use nubo_common::{keys, ProjectId};
 use nubo_store::kv::{absent, decode_or_skip, put};
 
 use super::lookup::flavor_name;
@@ -24,6 +25,8 @@ pub struct NewFlavor {
     /// The name OpenStack clients show (empty: `name`); up to 255
     /// characters, no control characters.
     pub display_name: String,
+    /// Private: shared with no project at first ([`set_access`]).
+    pub private: bool,
 }
 
 /// Creates a flavor; AlreadyExists when the name is taken.
@@ -51,6 +54,8 @@ pub async fn create(ctx: &Ctx, r: NewFlavor) -> ApiResult<Flavor> {
         },
         extra: Default::default(),
         created_at: model::now(),
+        private: r.private,
+        access: Default::default(),
     };
     let key = keys::flavor(&name);
     let resp = ctx
@@ -66,14 +71,127 @@ pub async fn create(ctx: &Ctx, r: NewFlavor) -> ApiResult<Flavor> {
     Ok(f)
 }
 
-/// The flavor named `r`.
-pub async fn get(ctx: &Ctx, r: &str) -> ApiResult<Flavor> {
-    Ok(super::lookup::flavor(ctx, r).await?.value)
+/// The project of a caller who is not a cloud admin (whose view of
+/// private flavors is limited); `None` for cloud admins and without
+/// authentication.
+fn limited_project() -> Option<ProjectId> {
+    if crate::caller::is_cloud_admin() {
+        return None;
+    }
+    crate::caller::caller().map(|c| c.claims.project)
 }
 
-/// One page of the flavors.
-pub async fn list(ctx: &Ctx, page: &PageRequest) -> ApiResult<Page<Flavor>> {
-    super::lookup::list_page(ctx, &keys::flavors_prefix(), page, decode_or_skip::<Flavor>).await
+/// `f` as the caller may see it: `None` when it is private and not shared
+/// with the caller's project (cloud admins see every flavor); only cloud
+/// admins see whom a flavor is shared with.
+fn visible(f: Flavor, project: Option<&ProjectId>) -> Option<Flavor> {
+    match project {
+        None => Some(f),
+        Some(p) if f.usable_by(p) => Some(Flavor {
+            access: Default::default(),
+            ..f
+        }),
+        Some(_) => None,
+    }
+}
+
+/// The flavor named `r` (NotFound for a private one the caller's project
+/// has no access to, as if it did not exist).
+pub async fn get(ctx: &Ctx, r: &str) -> ApiResult<Flavor> {
+    let f = super::lookup::flavor(ctx, r).await?.value;
+    let name = f.name.clone();
+    visible(f, limited_project().as_ref())
+        .ok_or_else(|| ApiError::NotFound(format!("flavor {:?} not found", name.as_str())))
+}
+
+/// One page of the flavors the caller's project may use: the public ones
+/// and the private ones shared with it (what Nova lists by default, for
+/// admins too); with `all`, a cloud admin gets every flavor (others still
+/// only those they may use).
+pub async fn list(ctx: &Ctx, page: &PageRequest, all: bool) -> ApiResult<Page<Flavor>> {
+    let limited = limited_project();
+    let shared_with = match (&limited, all) {
+        (Some(p), _) => Some(p.clone()),
+        // A cloud admin without `all`: its own project's view.
+        (None, false) => crate::caller::caller().map(|c| c.claims.project),
+        (None, true) => None,
+    };
+    super::lookup::list_page(ctx, &keys::flavors_prefix(), page, |kv| {
+        let f = decode_or_skip::<Flavor>(kv)?;
+        if shared_with.as_ref().is_some_and(|p| !f.usable_by(p)) {
+            return None;
+        }
+        visible(f, limited.as_ref())
+    })
+    .await
+}
+
+/// Checks that `project` may boot (or resize to) flavor `f`: a private
+/// flavor needs access, unless a cloud admin asks. NotFound otherwise, as
+/// if the flavor did not exist (front ends say 400, as Nova).
+pub(crate) fn ensure_usable(f: &Flavor, project: &ProjectId) -> ApiResult<()> {
+    if f.usable_by(project) || crate::caller::is_cloud_admin() {
+        return Ok(());
+    }
+    Err(ApiError::NotFound(format!(
+        "flavor {:?} not found (it is private and not shared with project {project})",
+        f.name.as_str()
+    )))
+}
+
+/// Shares private flavor `r` with `project` (`add`) or stops sharing it,
+/// in one transaction on the revision read (cloud admins: the API layer
+/// allows only them). A public flavor: FailedPrecondition; sharing twice:
+/// AlreadyExists; removing a project it is not shared with: NotFound.
+pub async fn set_access(ctx: &Ctx, r: &str, project: &str, add: bool) -> ApiResult<Flavor> {
+    let project =
+        ProjectId::new(project.trim()).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    for _ in 0..16 {
+        let mut f = super::lookup::flavor(ctx, r).await?;
+        let name = f.value.name.clone();
+        if !f.value.private {
+            return Err(ApiError::FailedPrecondition(format!(
+                "flavor {:?} is public: every project may use it, there is no access list",
+                name.as_str()
+            )));
+        }
+        let changed = if add {
+            f.value.access.insert(project.clone())
+        } else {
+            f.value.access.remove(&project)
+        };
+        match (changed, add) {
+            (false, true) => {
+                return Err(ApiError::AlreadyExists(format!(
+                    "flavor {:?} is shared with project {project} already",
+                    name.as_str()
+                )))
+            }
+            (false, false) => {
+                return Err(ApiError::NotFound(format!(
+                    "flavor {:?} is not shared with project {project}",
+                    name.as_str()
+                )))
+            }
+            _ => {}
+        }
+        let key = keys::flavor(&name);
+        let resp = ctx
+            .store
+            .txn(
+                Txn::new()
+                    .when([nubo_store::kv::unchanged(&key, f.mod_rev)])
+                    .and_then([put(&key, &f.value)]),
+            )
+            .await?;
+        if resp.succeeded() {
+            tracing::info!(flavor = %name.as_str(), %project, add, "flavor access changed");
+            return Ok(f.value);
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the flavor changed concurrently too often; retry".into(),
+    ))
 }
 
 /// Deletes the flavor named `r`; NotFound when there is none.

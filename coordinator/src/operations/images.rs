@@ -256,6 +256,8 @@ pub struct ImageChanges {
     pub hidden: Option<bool>,
     /// Deactivate (true, an active image only) or reactivate (false).
     pub deactivated: Option<bool>,
+    /// Give it to this project (cloud admins only).
+    pub owner: Option<String>,
 }
 
 /// Applies the changes other than the name to `img`. Pure apart from
@@ -330,25 +332,44 @@ pub async fn update(
     if let Some(n) = &changes.name {
         validate::name("image", n)?;
     }
+    let owner = match changes.owner.as_deref().map(str::trim) {
+        None => None,
+        Some(_) if !crate::caller::is_cloud_admin() => {
+            return Err(ApiError::PermissionDenied(
+                "only a cloud admin may give an image to another project".into(),
+            ))
+        }
+        Some(o) => Some(ProjectId::new(o).map_err(|e| ApiError::InvalidArgument(e.to_string()))?),
+    };
     for _ in 0..16 {
         let cur = super::lookup::image(ctx, project, r).await?;
         let mut img = cur.value.clone();
         if let Some(n) = &changes.name {
             img.name.clone_from(n);
         }
+        if let Some(o) = &owner {
+            img.project = o.clone();
+        }
         apply(&mut img, changes)?;
         let key = keys::image(&img.id);
         let new_idx = keys::name_index(NameKind::Image, &img.project, &img.name);
-        let renamed = img.name != cur.value.name;
+        // A new name or owner moves its name index entry (a nameless
+        // image has none).
+        let renamed = img.name != cur.value.name || img.project != cur.value.project;
         let mut when = vec![unchanged(&key, cur.mod_rev)];
         let mut ops = vec![put(&key, &img)];
         if renamed {
-            let old_idx = keys::name_index(NameKind::Image, &img.project, &cur.value.name);
-            when.push(absent(&new_idx));
-            ops.push(put(&new_idx, &img.id));
+            let old_idx = keys::name_index(NameKind::Image, &cur.value.project, &cur.value.name);
+            if !img.name.is_empty() {
+                when.push(absent(&new_idx));
+                ops.push(put(&new_idx, &img.id));
+            }
             if !cur.value.name.is_empty() {
                 ops.push(TxnOp::delete(old_idx.as_str(), None));
             }
+        }
+        if img.project != cur.value.project {
+            tracing::warn!(image = %img.id, from = %cur.value.project, to = %img.project, "image given to another project");
         }
         let resp = ctx.store.txn(Txn::new().when(when).and_then(ops)).await?;
         if resp.succeeded() {

@@ -171,6 +171,8 @@ impl Job for MoveJob<'_> {
                     }),
                     _ => None,
                 },
+                // Hints apply at creation only (nubo keeps none).
+                hosts: Default::default(),
             },
             avoid: Some(self.from),
         })

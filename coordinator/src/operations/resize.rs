@@ -256,6 +256,7 @@ impl ResizeJob<'_> {
                         ApiError::NotFound(format!("flavor {:?} not found", name.as_str()))
                     })?
                     .value;
+                super::flavors::ensure_usable(&flavor, &i.project)?;
                 super::migrations::ensure_not_migrating(ctx, i).await?;
                 let image = ctx.store.read::<Image>(&keys::image(&i.image)).await?;
                 let new = resize_to(

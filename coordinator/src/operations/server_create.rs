@@ -37,7 +37,8 @@ use super::{quotas, server_volumes};
 use crate::cache::FromCached;
 use crate::error::{ApiError, ApiResult};
 use crate::placement::{
-    Chosen, GroupConstraint, Job, Limits, Request as PlaceRequest, Reservation, Retry, Target,
+    Chosen, GroupConstraint, HostHints, Job, Limits, Request as PlaceRequest, Reservation, Retry,
+    Target,
 };
 use crate::state::Ctx;
 use crate::validate;
@@ -93,6 +94,12 @@ pub struct NewServers {
     pub access_ipv4: String,
     /// IPv6 access address (informational; empty: none).
     pub access_ipv6: String,
+    /// Scheduler hint `same_host`: servers (ids or names) one of whose
+    /// nodes each new server goes to.
+    pub same_host: Vec<String>,
+    /// Scheduler hint `different_host`: servers whose nodes the new
+    /// servers avoid.
+    pub different_host: Vec<String>,
 }
 
 /// The outcome of one server of a create request.
@@ -142,6 +149,10 @@ struct Plan {
     access_ipv6: Option<std::net::Ipv6Addr>,
     availability_zone: Option<String>,
     group: Option<ServerGroup>,
+    /// The nodes of the `same_host` servers (`None`: no such hint).
+    same_host: Option<HashSet<NodeName>>,
+    /// The nodes of the `different_host` servers.
+    different_host: Option<HashSet<NodeName>>,
     power: PowerState,
     evacuation: EvacuationPolicy,
     /// Volumes attached at create / the boot volume (see `server_volumes`).
@@ -343,6 +354,10 @@ impl Job for CreateJob<'_> {
                     }),
                     _ => None,
                 },
+                hosts: HostHints {
+                    same: plan.same_host.as_ref(),
+                    different: plan.different_host.as_ref(),
+                },
             },
             avoid: None,
         })
@@ -379,6 +394,7 @@ impl Job for CreateJob<'_> {
             access_ipv6: plan.access_ipv6,
             locked: None,
             resize: None,
+            error_mark: None,
             rebuild_generation: 0,
             created_at: self.now,
             updated_at: None,
@@ -787,6 +803,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         .ok_or_else(|| {
             ApiError::NotFound(format!("flavor {:?} not found", flavor_name.as_str()))
         })?;
+    super::flavors::ensure_usable(&flavor, &project)?;
     let image = image_dep(ctx, &project, &image_ref, src, &mut deps).await?;
     // The root disk is the boot volume when there is one.
     let disk_gb = vols
@@ -876,6 +893,15 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
             Some(ServerGroup::clone(&g))
         }
     };
+    let same_host = hint_nodes(ctx, &project, "same_host", &r.same_host, &mut deps).await?;
+    let different_host = hint_nodes(
+        ctx,
+        &project,
+        "different_host",
+        &r.different_host,
+        &mut deps,
+    )
+    .await?;
     let evacuation = match r.evacuation_policy.to_ascii_lowercase().as_str() {
         "" | "auto" => EvacuationPolicy::Auto,
         "manual" => EvacuationPolicy::Manual,
@@ -903,6 +929,8 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         access_ipv6,
         availability_zone: Some(r.availability_zone.trim().to_string()).filter(|s| !s.is_empty()),
         group,
+        same_host,
+        different_host,
         power: if r.stopped {
             PowerState::Stopped
         } else {
@@ -1085,6 +1113,38 @@ async fn existing_results(ctx: &Ctx, done: &HashMap<u32, InstanceId>) -> ApiResu
             }),
     );
     Ok(out)
+}
+
+/// The nodes of the servers a scheduler hint (`same_host` /
+/// `different_host`) lists, each of the project (ids or names; one not
+/// found is a 400 naming the hint); their specs join `deps`, so a server
+/// that moves meanwhile fails the placement (then retried). A listed
+/// server placed nowhere adds no node. `None` when the hint is absent.
+async fn hint_nodes(
+    ctx: &Ctx,
+    project: &ProjectId,
+    hint: &str,
+    servers: &[String],
+    deps: &mut Vec<(String, i64)>,
+) -> ApiResult<Option<HashSet<NodeName>>> {
+    if servers.is_empty() {
+        return Ok(None);
+    }
+    let mut nodes = HashSet::new();
+    for s in servers {
+        let inst = match super::lookup::server(ctx, project, s.trim()).await {
+            Ok(i) => i,
+            Err(ApiError::NotFound(m)) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "scheduler hint {hint}: {m}"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        deps.push((keys::instance(&inst.value.id), inst.mod_rev));
+        nodes.extend(inst.value.node.clone());
+    }
+    Ok(Some(nodes))
 }
 
 async fn group_members(ctx: &Ctx, g: &ServerGroup) -> ApiResult<(HashSet<NodeName>, i64)> {

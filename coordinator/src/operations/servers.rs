@@ -401,6 +401,94 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
 /// The spec changes recorded as instance actions (by their `what`).
 const RECORDED_ACTIONS: &[&str] = &["start", "stop", "reboot", "rebuild", "lock", "unlock"];
 
+/// The owner's actions that drop an admin's error mark (they say what the
+/// server should be now, as in Nova a rebuild or reboot leaves `ERROR`).
+const CLEARS_ERROR_MARK: &[&str] = &["start", "stop", "reboot", "rebuild"];
+
+/// The states a cloud admin may set by hand ([`reset_state`]).
+pub const RESET_STATES: &[&str] = &["error", "active"];
+
+/// Sets the recorded state of server `r` of `project` by hand (cloud
+/// admins only; OpenStack `os-resetState`): `error` marks it
+/// [`Instance::error_mark`] (shown as `error` until dropped), `active`
+/// drops the mark so what its agent reports shows again. Only the record
+/// changes: nothing is done on its node (the guest keeps running or
+/// stays off). Allowed on a locked server; refused while it is being
+/// migrated (the migration moves the spec it read: abort it first);
+/// audited as every call.
+pub async fn reset_state(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    state: &str,
+) -> ApiResult<ServerView> {
+    if !crate::caller::is_cloud_admin() {
+        return Err(ApiError::PermissionDenied(
+            "only a cloud admin may reset a server's state".into(),
+        ));
+    }
+    let error = match state {
+        "error" => true,
+        "active" => false,
+        other => {
+            return Err(ApiError::InvalidArgument(format!(
+                "state {other:?} cannot be set by hand: only {} (error marks the server, active drops the mark)",
+                RESET_STATES.join(" or ")
+            )))
+        }
+    };
+    let by = crate::caller::caller_name().unwrap_or_else(|| "admin".into());
+    for _ in 0..16 {
+        let mut inst = super::lookup::server(ctx, project, r).await?;
+        // A migration moves the spec it read: abort it first.
+        super::migrations::ensure_not_migrating(ctx, &inst.value).await?;
+        let mark = error.then(|| model::ErrorMark {
+            by: by.clone(),
+            at: model::now(),
+        });
+        if inst.value.error_mark.is_some() == mark.is_some() {
+            // Already so: nothing to write (the first mark's time stays).
+            return view(ctx, &inst.value).await;
+        }
+        inst.value.error_mark = mark;
+        let key = keys::instance(&inst.value.id);
+        let resp = ctx
+            .store
+            .txn(
+                Txn::new()
+                    .when([
+                        unchanged(&key, inst.mod_rev),
+                        nubo_store::kv::absent(&keys::instance_migration(&inst.value.id)),
+                    ])
+                    .and_then(super::specs::put_ops(&inst.value)),
+            )
+            .await?;
+        if resp.succeeded() {
+            tracing::warn!(instance = %inst.value.id, state, by = %by, "server state reset by hand");
+            return view(ctx, &inst.value).await;
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the server changed concurrently too often; retry".into(),
+    ))
+}
+
+/// OpenStack's `injectNetworkInfo` (cloud admins only): nubo has nothing
+/// to inject — a server's agent serves its addresses, routes and DNS by
+/// DHCP and metadata from the current records, so a guest always gets the
+/// network it has. Checks the caller and that the server exists, writes
+/// nothing, answers the server as it is.
+pub async fn inject_network_info(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<ServerView> {
+    if !crate::caller::is_cloud_admin() {
+        return Err(ApiError::PermissionDenied(
+            "only a cloud admin may ask to inject network info".into(),
+        ));
+    }
+    let inst = super::lookup::server(ctx, project, r).await?;
+    tracing::info!(instance = %inst.value.id, "injectNetworkInfo: nothing to inject (DHCP and metadata are always current)");
+    view(ctx, &inst.value).await
+}
+
 /// Changes the spec of server `r` of `project` with `edit` (which may
 /// refuse) in one transaction on the revision it read, retried when the
 /// spec changed meanwhile. Refused while the server is being migrated (a
@@ -419,6 +507,9 @@ async fn edit_spec(
             ensure_unlocked(&inst.value)?;
         }
         edit(&mut inst.value)?;
+        if CLEARS_ERROR_MARK.contains(&what) {
+            inst.value.error_mark = None;
+        }
         let key = keys::instance(&inst.value.id);
         let mut ops = super::specs::put_ops(&inst.value);
         // What OpenStack records as instance actions.

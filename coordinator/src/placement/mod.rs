@@ -18,5 +18,5 @@ pub mod scheduler;
 pub mod view;
 
 pub use engine::{Chosen, Engine, Job, Limits, Reservation, Retry, Target, NODE_CONFLICTS};
-pub use scheduler::{GroupConstraint, NodeState, Ratios, Request};
+pub use scheduler::{GroupConstraint, HostHints, NodeState, Ratios, Request};
 pub use view::ClusterView;

@@ -94,6 +94,27 @@ pub struct Request<'a> {
     pub availability_zone: Option<&'a str>,
     /// Server-group constraint.
     pub group: Option<GroupConstraint<'a>>,
+    /// Node constraints of the request's scheduler hints.
+    pub hosts: HostHints<'a>,
+}
+
+/// Node constraints from scheduler hints (OpenStack `same_host` /
+/// `different_host`): the nodes of the servers listed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostHints<'a> {
+    /// Only these nodes (`same_host`: a node holding one of the listed
+    /// servers; empty set: none qualifies). `None`: no such hint.
+    pub same: Option<&'a HashSet<NodeName>>,
+    /// Never these nodes (`different_host`).
+    pub different: Option<&'a HashSet<NodeName>>,
+}
+
+impl HostHints<'_> {
+    /// True when `node` violates a hint. Pure.
+    pub fn excludes(&self, node: &NodeName) -> bool {
+        self.same.is_some_and(|s| !s.contains(node))
+            || self.different.is_some_and(|d| d.contains(node))
+    }
 }
 
 /// Why no node qualified, by filter (for the error message).
@@ -111,6 +132,8 @@ pub struct Rejections {
     pub zone: usize,
     /// Violates the server group policy.
     pub group: usize,
+    /// Excluded by a `same_host` / `different_host` hint.
+    pub hints: usize,
     /// Not enough free vCPU / RAM / disk.
     pub capacity: usize,
 }
@@ -129,6 +152,7 @@ impl Rejections {
             (self.disabled, "disabled"),
             (self.zone, "in another availability zone"),
             (self.group, "excluded by the server group policy"),
+            (self.hints, "excluded by the same_host/different_host hint"),
             (self.capacity, "full"),
             (self.unusable, "unusable (unregistered or unreadable usage)"),
         ] {
@@ -182,6 +206,8 @@ pub fn candidates<'n>(
             ServerGroupPolicy::AntiAffinity => g.member_nodes.contains(name),
         }) {
             rej.group += 1;
+        } else if req.hosts.excludes(name) {
+            rej.hints += 1;
         } else {
             let free = st.free(ratios);
             if req.resources.fits_in(&free) {
@@ -279,6 +305,7 @@ mod tests {
             },
             availability_zone: None,
             group: None,
+            hosts: HostHints::default(),
         }
     }
 
@@ -340,6 +367,7 @@ mod tests {
                 disabled: 1,
                 zone: 1,
                 group: 0,
+                hints: 0,
                 capacity: 2
             }
         );
@@ -356,6 +384,51 @@ mod tests {
         r.resources.vcpus = 8;
         assert!(candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).is_ok());
         r.resources.vcpus = 9;
+        assert!(candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).is_err());
+    }
+
+    #[test]
+    fn same_host_and_different_host_hints() {
+        let nodes: BTreeMap<_, _> = [
+            node("a", 4, 8192, 0, "nova"),
+            node("b", 4, 8192, 0, "nova"),
+            node("c", 4, 8192, 0, "nova"),
+        ]
+        .into();
+        let none = HashSet::new();
+        let a: HashSet<_> = [NodeName::new("a").unwrap()].into();
+        let ab: HashSet<_> = [NodeName::new("a").unwrap(), NodeName::new("b").unwrap()].into();
+        let mut r = req(1024);
+        // same_host: only the nodes of the listed servers.
+        r.hosts.same = Some(&ab);
+        let mut s = candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).unwrap();
+        s.sort();
+        assert_eq!(names(&s), ["a", "b"]);
+        // different_host too: what is left of both.
+        r.hosts.different = Some(&a);
+        let s = candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).unwrap();
+        assert_eq!(names(&s), ["b"]);
+        // different_host alone: any other node.
+        r.hosts.same = None;
+        let mut s = candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).unwrap();
+        s.sort();
+        assert_eq!(names(&s), ["b", "c"]);
+        // Contradicting hints: nothing, and the message says why.
+        r.hosts.same = Some(&a);
+        let rej = candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).unwrap_err();
+        assert_eq!(rej.hints, 3);
+        assert!(
+            rej.explain(&r)
+                .contains("3 excluded by the same_host/different_host hint"),
+            "{}",
+            rej.explain(&r)
+        );
+        // same_host of servers placed nowhere: no node qualifies.
+        let empty = HashSet::new();
+        r.hosts = HostHints {
+            same: Some(&empty),
+            different: None,
+        };
         assert!(candidates(nodes.iter(), &r, &R, Placement::Spread, &none, 10).is_err());
     }
 

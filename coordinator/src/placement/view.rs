@@ -426,6 +426,7 @@ mod tests {
             },
             availability_zone: None,
             group: None,
+            hosts: Default::default(),
         }
     }
 

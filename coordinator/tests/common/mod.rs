@@ -391,6 +391,7 @@ pub async fn setup_basics(cl: &mut Clients) {
             ram_mb: 512,
             disk_gb: 1,
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -670,6 +671,7 @@ pub async fn flavor_and_image(ch: &Channel, admin: &str, flavor: &str, member: &
                 ram_mb: 128,
                 disk_gb: 1,
                 display_name: String::new(),
+                ..Default::default()
             },
         ))
         .await

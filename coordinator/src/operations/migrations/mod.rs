@@ -204,6 +204,8 @@ impl MigrateJob<'_> {
                 }),
                 _ => None,
             },
+            // Hints apply at creation only (nubo keeps none).
+            hosts: Default::default(),
         }
     }
 
