@@ -3,8 +3,9 @@
 use nubo_common::proto::{self as pb, images_server};
 use tonic::Request;
 
-use super::{convert, page, project, reply, scope, R};
+use super::{convert, owner, page, project, reply, scope, R};
 use crate::operations::images::{self, NewImage};
+use crate::operations::lookup::ById;
 use crate::state::Ctx;
 
 #[tonic::async_trait]
@@ -52,7 +53,7 @@ impl images_server::Images for Ctx {
                 deactivated: r.deactivated,
                 owner: r.owner,
             };
-            let p = project(&r.project)?;
+            let p = owner(self, &r.project, ById::Image, &r.r#ref).await?;
             images::update(self, &p, &r.r#ref, &changes)
                 .await
                 .map(|i| convert::image_for(&i, &p))
@@ -87,7 +88,14 @@ impl images_server::Images for Ctx {
     }
     async fn delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        let go = async { images::delete(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            images::delete(
+                self,
+                &owner(self, &r.project, ById::Image, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|()| pb::Empty {}))
     }
     async fn list_members(&self, r: Request<pb::GetRequest>) -> R<pb::ListImageMembersResponse> {

@@ -41,6 +41,8 @@ pub(crate) enum ById {
     SecurityGroup,
     /// A server group.
     ServerGroup,
+    /// An image.
+    Image,
 }
 
 impl ById {
@@ -55,6 +57,7 @@ impl ById {
             ById::Volume => keys::volume(&VolumeId::from_uuid(u)),
             ById::SecurityGroup => keys::secgroup(&SecurityGroupId::from_uuid(u)),
             ById::ServerGroup => keys::server_group(&ServerGroupId::from_uuid(u)),
+            ById::Image => keys::image(&ImageId::from_uuid(u)),
         }
     }
 }
