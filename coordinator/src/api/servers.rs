@@ -296,15 +296,28 @@ impl servers_server::Servers for Ctx {
     }
     async fn reset_state(&self, r: Request<pb::ResetServerStateRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go =
-            async { servers::reset_state(self, &project(&r.project)?, &r.r#ref, &r.state).await };
+        let go = async {
+            servers::reset_state(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+                &r.state,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
 
     async fn inject_network_info(&self, r: Request<pb::ServerActionRequest>) -> R<pb::Server> {
         let r = r.into_inner();
-        let go =
-            async { servers::inject_network_info(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            servers::inject_network_info(
+                self,
+                &owner(self, &r.project, ById::Server, &r.r#ref).await?,
+                &r.r#ref,
+            )
+            .await
+        };
         reply(go.await.map(|s| convert::server(&s)))
     }
 
