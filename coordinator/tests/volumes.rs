@@ -383,6 +383,7 @@ async fn volume_lifecycle_and_bad_input() {
         .detach(pb::DetachVolumeRequest {
             r#ref: "data1".into(),
             project: String::new(),
+            if_attached: false,
         })
         .await
         .unwrap()
@@ -421,6 +422,7 @@ async fn volume_lifecycle_and_bad_input() {
     v.detach(pb::DetachVolumeRequest {
         r#ref: "extra".into(),
         project: String::new(),
+        if_attached: false,
     })
     .await
     .unwrap();
@@ -1158,6 +1160,7 @@ async fn boot_from_volume_and_volumes_at_create() {
         .detach(pb::DetachVolumeRequest {
             r#ref: boot.id.clone(),
             project: String::new(),
+            if_attached: false,
         })
         .await
         .unwrap_err();
@@ -1645,7 +1648,8 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     );
     assert_eq!(
         (usage(alice.clone()).await, usage(bob.clone()).await),
-        ((1, 2), (0, 0))
+        // The 2 GiB volume and its 2 GiB snapshot (as Cinder counts).
+        ((1, 4), (0, 0))
     );
     let moved =
         tokio::task::block_in_place(|| bob_cli.json(&["volume", "transfer", "accept", &tid, &key]))
@@ -1666,7 +1670,7 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     );
     assert_eq!(
         (usage(alice.clone()).await, usage(bob.clone()).await),
-        ((0, 0), (1, 2))
+        ((0, 0), (1, 4))
     );
     let e = v.get(req(&alice, get(&vol.id))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -1712,7 +1716,7 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert_eq!(
         (usage(alice.clone()).await, usage(bob.clone()).await),
-        ((0, 0), (1, 2))
+        ((0, 0), (1, 4))
     );
     v.delete_transfer(req(&bob, del(&back.id))).await.unwrap();
     // Another project's member cannot delete it by id; a cloud admin can

@@ -5,6 +5,7 @@ use nubo_common::proto::{self as pb, volumes_server};
 use tonic::Request;
 
 use super::{convert, page, project, reply, scope, R};
+use crate::operations::volume_admin as admin;
 use crate::operations::volume_attrs as attrs;
 use crate::operations::volume_snapshots as snapshots;
 use crate::operations::volume_transfers as transfers;
@@ -78,7 +79,13 @@ impl volumes_server::Volumes for Ctx {
     }
     async fn detach(&self, r: Request<pb::DetachVolumeRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
-        let go = async { volumes::detach(self, &project(&r.project)?, &r.r#ref).await };
+        let go = async {
+            let how = volumes::Detach {
+                if_attached: r.if_attached,
+                force: false,
+            };
+            volumes::detach_with(self, &project(&r.project)?, &r.r#ref, how).await
+        };
         reply(go.await.map(|v| volume_pb(&v)))
     }
     async fn create_snapshot(
@@ -254,5 +261,58 @@ impl volumes_server::Volumes for Ctx {
                 .map(|i| convert::image_for(&i, &p))
         };
         reply(go.await)
+    }
+    async fn reset_status(&self, r: Request<pb::ResetVolumeStatusRequest>) -> R<pb::Volume> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            admin::reset_status(
+                self,
+                &p,
+                &r.r#ref,
+                &r.status,
+                &r.attach_status,
+                &r.migration_status,
+            )
+            .await
+        };
+        reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn force_delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async { admin::force_delete(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn force_detach(&self, r: Request<pb::DetachVolumeRequest>) -> R<pb::Volume> {
+        let r = r.into_inner();
+        let go = async { admin::force_detach(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn reset_snapshot_status(
+        &self,
+        r: Request<pb::ResetSnapshotStatusRequest>,
+    ) -> R<pb::VolumeSnapshot> {
+        let r = r.into_inner();
+        let go = async {
+            admin::reset_snapshot_status(self, &project(&r.project)?, &r.r#ref, &r.status).await
+        };
+        reply(go.await.map(|s| convert::volume_snapshot(&s)))
+    }
+    async fn force_delete_snapshot(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go =
+            async { admin::force_delete_snapshot(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn update_snapshot_status(
+        &self,
+        r: Request<pb::UpdateSnapshotStatusRequest>,
+    ) -> R<pb::VolumeSnapshot> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            admin::update_snapshot_status(self, &p, &r.r#ref, &r.status, &r.progress).await
+        };
+        reply(go.await.map(|s| convert::volume_snapshot(&s)))
     }
 }

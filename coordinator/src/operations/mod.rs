@@ -39,6 +39,7 @@ pub mod servers;
 pub(crate) mod specs;
 pub mod tokens;
 pub mod usage;
+pub mod volume_admin;
 pub mod volume_attrs;
 pub mod volume_snapshots;
 pub mod volume_transfers;

@@ -7,17 +7,21 @@
 //! snapshot first (a missing one counts as removed), then the record. So
 //! concurrent creates of one name never reach Ceph twice, and a volume's
 //! deletion (which removes every RBD snapshot and the record prefix) leaves
-//! nothing behind.
+//! nothing behind. A snapshot counts one `snapshots` and its size in
+//! `gigabytes` of its project's quota (as in Cinder), added in the
+//! creating transaction and given back with the record.
 
 use etcd_client::{Txn, TxnOp};
 use nubo_common::keys;
 use std::collections::BTreeMap;
 
-use nubo_common::model::{self, Volume, VolumeSnapshot, VolumeStatus};
-use nubo_common::{ProjectId, SnapshotId};
+use nubo_common::model::{
+    self, QuotaUsage, SnapshotStatus, Volume, VolumeSnapshot, VolumeStatus,
+};
+use nubo_common::{ProjectId, SnapshotId, VolumeId};
 use nubo_storage::BlockStore;
 use nubo_store::kv::{absent, decode_or_skip, put, unchanged};
-use nubo_store::Versioned;
+use nubo_store::{TxnBuilder, Versioned};
 
 use super::volumes::{self, VolumeView, TXN_RETRIES};
 use crate::error::{ApiError, ApiResult};
@@ -77,18 +81,22 @@ pub async fn create(
             project: vol.project.clone(),
             size_gb: vol.size_gb,
             created_at: model::now(),
+            status: SnapshotStatus::Available,
+            progress: None,
+            status_reset: None,
+            quota_counted: super::quotas::enforced(ctx),
         };
         let (vkey, skey) = (keys::volume(&vol.id), keys::volume_snapshot(&vol.id, name));
-        let resp = ctx
-            .store
-            .txn(
-                Txn::new()
-                    .when([unchanged(&vkey, v.mod_rev), absent(&skey)])
-                    .and_then([put(&skey, &snap)]),
-            )
-            .await?;
-        if !resp.succeeded() {
-            if ctx.store.get_kv(&skey).await?.is_some() {
+        // The record, the volume unchanged and the quota (`snapshots`
+        // and, as in Cinder, `gigabytes`) in one transaction.
+        let mut t = TxnBuilder::new();
+        t.unchanged(&vkey, v.mod_rev);
+        let name_free = t.absent(&skey);
+        t.put(&skey, &snap);
+        super::quotas::add(ctx, &mut t, &vol.project, &quota_of([&snap])).await?;
+        let a = ctx.store.commit(&t).await?;
+        if !a.succeeded() {
+            if !a.held(name_free) {
                 return Err(ApiError::AlreadyExists(format!(
                     "volume {:?} already has a snapshot named {:?}",
                     vol.name, name
@@ -96,7 +104,7 @@ pub async fn create(
             }
             continue;
         }
-        let srev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let srev = a.revision();
         let (vid, snap_name) = (vol.id.to_string(), name.to_string());
         if let Err(e) = volumes::ceph(ctx, move |s| {
             s.snapshot_create(&s.volume_ref(&vid), &snap_name).map(drop)
@@ -104,14 +112,7 @@ pub async fn create(
         .await
         {
             tracing::warn!(volume = %vol.id, snapshot = %name, error = %e, "RBD snapshot failed; removing the record");
-            let _ = ctx
-                .store
-                .txn(
-                    Txn::new()
-                        .when([unchanged(&skey, srev)])
-                        .and_then([TxnOp::delete(skey.as_str(), None)]),
-                )
-                .await;
+            remove_record(ctx, &skey, &snap, srev).await;
             return Err(e);
         }
         tracing::info!(volume = %vol.id, snapshot = %name, "volume snapshot created");
@@ -154,10 +155,30 @@ async fn snapshot(
     }
 }
 
-/// Deletes snapshot `name` of volume `volume` of `project`.
+/// Deletes snapshot `name` of volume `volume` of `project` (only an
+/// `available` or `error` one, as Cinder).
 pub async fn delete(ctx: &Ctx, project: &ProjectId, volume: &str, name: &str) -> ApiResult<()> {
-    volumes::rbd(ctx)?;
     let (v, snap, srev) = snapshot(ctx, project, volume, name).await?;
+    if !matches!(snap.status, SnapshotStatus::Available | SnapshotStatus::Error) {
+        return Err(ApiError::FailedPrecondition(format!(
+            "snapshot {:?} is {}; only an available or error snapshot can be deleted (a cloud admin may force-delete it)",
+            snap.name,
+            snap.status.as_str()
+        )));
+    }
+    delete_record(ctx, &v, &snap, srev).await
+}
+
+/// Removes snapshot `snap` (read at `srev`) of volume `v`: the RBD
+/// snapshot (a missing one counts as removed), then the record and its
+/// quota usage.
+pub(crate) async fn delete_record(
+    ctx: &Ctx,
+    v: &Versioned<Volume>,
+    snap: &VolumeSnapshot,
+    srev: i64,
+) -> ApiResult<()> {
+    volumes::rbd(ctx)?;
     if v.value.status == VolumeStatus::Deleting {
         return Err(ApiError::FailedPrecondition(format!(
             "volume {:?} is being deleted with its snapshots",
@@ -177,15 +198,67 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, volume: &str, name: &str) ->
     })
     .await?;
     let skey = keys::volume_snapshot(&v.value.id, &snap.name);
-    ctx.store
-        .txn(
-            Txn::new()
-                .when([unchanged(&skey, srev)])
-                .and_then([TxnOp::delete(skey.as_str(), None)]),
-        )
-        .await?;
+    remove_record(ctx, &skey, snap, srev).await;
     tracing::info!(volume = %v.value.id, snapshot = %snap.name, "volume snapshot deleted");
     Ok(())
+}
+
+/// Deletes record `skey` (read at `srev`) and gives back its quota,
+/// retried while only the usage moved (best effort: a failure is
+/// logged).
+async fn remove_record(ctx: &Ctx, skey: &str, snap: &VolumeSnapshot, srev: i64) {
+    for _ in 0..TXN_RETRIES {
+        let mut t = TxnBuilder::new();
+        let same = t.unchanged(skey, srev);
+        t.delete(skey);
+        if let Err(e) = super::quotas::release(ctx, &mut t, &snap.project, &quota_of([snap])).await
+        {
+            tracing::warn!(snapshot = %snap.name, error = %e, "cannot remove the snapshot record");
+            return;
+        }
+        match ctx.store.commit(&t).await {
+            Ok(a) if a.succeeded() || !a.held(same) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(snapshot = %snap.name, error = %e, "cannot remove the snapshot record");
+                return;
+            }
+        }
+    }
+}
+
+/// The quota usage snapshots hold: one `snapshots` each and their sizes
+/// in `gigabytes` (as Cinder), for those counted when taken. Pure.
+pub(crate) fn quota_of<'a>(snaps: impl IntoIterator<Item = &'a VolumeSnapshot>) -> QuotaUsage {
+    snaps
+        .into_iter()
+        .filter(|s| s.quota_counted)
+        .fold(QuotaUsage::default(), |u, s| {
+            u.saturating_add(&QuotaUsage {
+                snapshots: 1,
+                gigabytes: s.size_gb,
+                ..QuotaUsage::default()
+            })
+        })
+}
+
+/// Every snapshot record of volume `volume`: key, record, mod_revision.
+pub(crate) async fn records_of(
+    ctx: &Ctx,
+    volume: &VolumeId,
+) -> ApiResult<Vec<(String, VolumeSnapshot, i64)>> {
+    Ok(ctx
+        .store
+        .list_all(&keys::volume_snapshots_prefix(volume), |kv| {
+            decode_or_skip::<VolumeSnapshot>(kv).map(|s| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    s,
+                    kv.mod_revision(),
+                )
+            })
+        })
+        .await?)
 }
 
 /// Rolls detached volume `volume` of `project` back to snapshot `name`.
@@ -198,6 +271,7 @@ pub async fn revert(
     volumes::rbd(ctx)?;
     let (v, snap, _) = snapshot(ctx, project, volume, name).await?;
     let vol = &v.value;
+    require_available(&snap)?;
     if vol.status != VolumeStatus::Available || vol.attached_to.is_some() {
         return Err(ApiError::FailedPrecondition(format!(
             "volume {:?} is {}; detach it before reverting to a snapshot",
@@ -255,6 +329,18 @@ pub async fn revert(
     rolled?;
     tracing::info!(volume = %vol.id, snapshot = %snap.name, "volume reverted to snapshot");
     volumes::render_volume(ctx, &done).await
+}
+
+/// FailedPrecondition unless `snap` is `available` (to copy or revert to).
+pub(crate) fn require_available(snap: &VolumeSnapshot) -> ApiResult<()> {
+    if snap.status.is_available() {
+        return Ok(());
+    }
+    Err(ApiError::FailedPrecondition(format!(
+        "snapshot {:?} is {}; only an available snapshot can be used",
+        snap.name,
+        snap.status.as_str()
+    )))
 }
 
 /// Snapshot `id` of `project`.
