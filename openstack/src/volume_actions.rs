@@ -336,6 +336,25 @@ mod tests {
     #[test]
     fn actions_parse_to_nubo_calls_and_unknown_ones_are_named() {
         assert_eq!(
+            parse("v", &json!({"os-reset_status": {"status": "maintenance", "attach_status": null}}))
+                .unwrap(),
+            Action::ResetStatus(pb::ResetVolumeStatusRequest {
+                r#ref: "v".into(),
+                status: "maintenance".into(),
+                ..Default::default()
+            })
+        );
+        assert!(parse("v", &json!({"os-reset_status": {"status": 1}})).is_err());
+        assert_eq!(
+            parse("v", &json!({"os-force_delete": {}})).unwrap(),
+            Action::ForceDelete
+        );
+        assert_eq!(
+            parse("v", &json!({"os-force_detach": {"attachment_id": "a", "connector": null}}))
+                .unwrap(),
+            Action::ForceDetach
+        );
+        assert_eq!(
             parse("v", &json!({"os-extend": {"new_size": 3}})).unwrap(),
             Action::Extend(3)
         );
@@ -390,7 +409,11 @@ mod tests {
             let e = parse("v", &b).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{b}");
         }
-        let e = parse("v", &json!({"os-force_delete": {}})).unwrap_err();
-        assert!(e.message.contains("os-force_delete"), "{}", e.message);
+        let e = parse("v", &json!({"os-migrate_volume": {}})).unwrap_err();
+        assert!(
+            e.message.contains("os-migrate_volume") && e.message.contains("os-force_detach"),
+            "{}",
+            e.message
+        );
     }
 }

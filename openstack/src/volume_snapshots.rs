@@ -402,4 +402,48 @@ mod tests {
         assert!(forced(&Some(json!("perhaps"))).is_err());
         assert!(forced(&Some(json!(3))).is_err());
     }
+
+    #[test]
+    fn snapshot_actions_parse_and_unknown_ones_are_named() {
+        assert_eq!(
+            parse_action(&json!({"os-reset_status": {"status": "error_deleting"}})).unwrap(),
+            SnapshotAction::ResetStatus("error_deleting".into())
+        );
+        assert_eq!(
+            parse_action(&json!({"os-force_delete": {}})).unwrap(),
+            SnapshotAction::ForceDelete
+        );
+        assert_eq!(
+            parse_action(&json!({"os-update_snapshot_status": {"status": "error", "progress": "80%"}}))
+                .unwrap(),
+            SnapshotAction::UpdateStatus("error".into(), "80%".into())
+        );
+        for bad in [
+            json!({"os-reset_status": {}}),
+            json!({"os-reset_status": {"status": 3}}),
+            json!({"os-unmanage": {}}),
+            json!({"a": {}, "b": {}}),
+        ] {
+            assert_eq!(parse_action(&bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        let e = parse_action(&json!({"os-unmanage": {}})).unwrap_err();
+        assert!(format!("{e:?}").contains("os-update_snapshot_status"), "{e:?}");
+    }
+
+    #[test]
+    fn the_view_shows_the_recorded_status_and_progress() {
+        let mut s = pb::VolumeSnapshot {
+            status: "creating".into(),
+            ..Default::default()
+        };
+        let v = snapshot_view(&s, true);
+        assert_eq!((v["status"].as_str(), v["os-extended-snapshot-attributes:progress"].as_str()), (Some("creating"), Some("0%")));
+        s.status = "error".into();
+        s.progress = "80%".into();
+        let v = snapshot_view(&s, true);
+        assert_eq!((v["status"].as_str(), v["os-extended-snapshot-attributes:progress"].as_str()), (Some("error"), Some("80%")));
+        s.status = String::new();
+        s.progress = String::new();
+        assert_eq!(snapshot_view(&s, true)["os-extended-snapshot-attributes:progress"], "100%");
+    }
 }
