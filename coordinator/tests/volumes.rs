@@ -1974,7 +1974,8 @@ async fn admin_resets_and_forces_volumes_and_snapshots_and_snapshot_quotas() {
         let seen = v.get(req(&alice, get("stuck"))).await.unwrap().into_inner();
         assert_eq!(seen.status, status);
         assert!(
-            seen.status_reset.contains(&format!("-> {status} by admin at")),
+            seen.status_reset
+                .contains(&format!("-> {status} by admin at")),
             "{seen:?}"
         );
     }
@@ -2076,10 +2077,7 @@ async fn admin_resets_and_forces_volumes_and_snapshots_and_snapshot_quotas() {
         ))
         .await
         .unwrap();
-    let e = v
-        .create(req(&alice, create("huge", 3)))
-        .await
-        .unwrap_err();
+    let e = v.create(req(&alice, create("huge", 3))).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().contains("per_volume_gigabytes"), "{e:?}");
     v.create(req(&alice, create("data", 1))).await.unwrap();
@@ -2088,14 +2086,20 @@ async fn admin_resets_and_forces_volumes_and_snapshots_and_snapshot_quotas() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((s1.status.as_str(), s1.progress.as_str()), ("available", ""));
+    assert_eq!(
+        (s1.status.as_str(), s1.progress.as_str()),
+        ("available", "")
+    );
     assert_eq!(usage(alice.clone()).await, (1, 2, 1));
     let e = v
         .create_snapshot(req(&alice, snap("data", "s2")))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
-    assert!(e.message().contains("quota exceeded for snapshots"), "{e:?}");
+    assert!(
+        e.message().contains("quota exceeded for snapshots"),
+        "{e:?}"
+    );
     // Two snapshots allowed, but 2 GiB: the snapshot's size is refused.
     quotas
         .update(req(
@@ -2116,7 +2120,10 @@ async fn admin_resets_and_forces_volumes_and_snapshots_and_snapshot_quotas() {
         .create_snapshot(req(&alice, snap("data", "s2")))
         .await
         .unwrap_err();
-    assert!(e.message().contains("quota exceeded for gigabytes"), "{e:?}");
+    assert!(
+        e.message().contains("quota exceeded for gigabytes"),
+        "{e:?}"
+    );
     let q = quotas
         .get(req(&alice, get("")))
         .await
@@ -2170,7 +2177,10 @@ async fn admin_resets_and_forces_volumes_and_snapshots_and_snapshot_quotas() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((got.status.as_str(), got.progress.as_str()), ("error", "80%"));
+    assert_eq!(
+        (got.status.as_str(), got.progress.as_str()),
+        ("error", "80%")
+    );
     let e = v
         .update_snapshot_status(req(&alice, upd("available", "")))
         .await
@@ -2205,7 +2215,9 @@ async fn admin_resets_and_forces_volumes_and_snapshots_and_snapshot_quotas() {
         .unwrap();
     assert_eq!(usage(alice.clone()).await, (1, 1, 0));
     assert!(
-        leftovers(&admin, &p.volumes).iter().all(|l| !l.contains('@')),
+        leftovers(&admin, &p.volumes)
+            .iter()
+            .all(|l| !l.contains('@')),
         "{:?}",
         leftovers(&admin, &p.volumes)
     );
@@ -2279,7 +2291,10 @@ async fn force_detach_and_resets_of_an_attached_volume() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((got.status.as_str(), got.attached_to.as_str()), ("available", s1.as_str()));
+    assert_eq!(
+        (got.status.as_str(), got.attached_to.as_str()),
+        ("available", s1.as_str())
+    );
     let e = v.attach(attach(&s2)).await.unwrap_err();
     assert!(e.message().contains("attached to server"), "{e:?}");
     let e = v.delete(del("d")).await.unwrap_err();

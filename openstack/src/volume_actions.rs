@@ -336,8 +336,11 @@ mod tests {
     #[test]
     fn actions_parse_to_nubo_calls_and_unknown_ones_are_named() {
         assert_eq!(
-            parse("v", &json!({"os-reset_status": {"status": "maintenance", "attach_status": null}}))
-                .unwrap(),
+            parse(
+                "v",
+                &json!({"os-reset_status": {"status": "maintenance", "attach_status": null}})
+            )
+            .unwrap(),
             Action::ResetStatus(pb::ResetVolumeStatusRequest {
                 r#ref: "v".into(),
                 status: "maintenance".into(),
@@ -350,8 +353,11 @@ mod tests {
             Action::ForceDelete
         );
         assert_eq!(
-            parse("v", &json!({"os-force_detach": {"attachment_id": "a", "connector": null}}))
-                .unwrap(),
+            parse(
+                "v",
+                &json!({"os-force_detach": {"attachment_id": "a", "connector": null}})
+            )
+            .unwrap(),
             Action::ForceDetach
         );
         assert_eq!(

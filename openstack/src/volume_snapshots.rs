@@ -414,8 +414,10 @@ mod tests {
             SnapshotAction::ForceDelete
         );
         assert_eq!(
-            parse_action(&json!({"os-update_snapshot_status": {"status": "error", "progress": "80%"}}))
-                .unwrap(),
+            parse_action(
+                &json!({"os-update_snapshot_status": {"status": "error", "progress": "80%"}})
+            )
+            .unwrap(),
             SnapshotAction::UpdateStatus("error".into(), "80%".into())
         );
         for bad in [
@@ -424,10 +426,17 @@ mod tests {
             json!({"os-unmanage": {}}),
             json!({"a": {}, "b": {}}),
         ] {
-            assert_eq!(parse_action(&bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(
+                parse_action(&bad).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
         }
         let e = parse_action(&json!({"os-unmanage": {}})).unwrap_err();
-        assert!(format!("{e:?}").contains("os-update_snapshot_status"), "{e:?}");
+        assert!(
+            format!("{e:?}").contains("os-update_snapshot_status"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -437,13 +446,28 @@ mod tests {
             ..Default::default()
         };
         let v = snapshot_view(&s, true);
-        assert_eq!((v["status"].as_str(), v["os-extended-snapshot-attributes:progress"].as_str()), (Some("creating"), Some("0%")));
+        assert_eq!(
+            (
+                v["status"].as_str(),
+                v["os-extended-snapshot-attributes:progress"].as_str()
+            ),
+            (Some("creating"), Some("0%"))
+        );
         s.status = "error".into();
         s.progress = "80%".into();
         let v = snapshot_view(&s, true);
-        assert_eq!((v["status"].as_str(), v["os-extended-snapshot-attributes:progress"].as_str()), (Some("error"), Some("80%")));
+        assert_eq!(
+            (
+                v["status"].as_str(),
+                v["os-extended-snapshot-attributes:progress"].as_str()
+            ),
+            (Some("error"), Some("80%"))
+        );
         s.status = String::new();
         s.progress = String::new();
-        assert_eq!(snapshot_view(&s, true)["os-extended-snapshot-attributes:progress"], "100%");
+        assert_eq!(
+            snapshot_view(&s, true)["os-extended-snapshot-attributes:progress"],
+            "100%"
+        );
     }
 }

@@ -188,7 +188,9 @@ impl Volume {
     /// True while the status is one a cloud admin set by hand (the
     /// background loops leave such a volume alone).
     pub fn status_held_by_admin(&self, api_status: &str) -> bool {
-        self.status_reset.as_ref().is_some_and(|r| r.to == api_status)
+        self.status_reset
+            .as_ref()
+            .is_some_and(|r| r.to == api_status)
     }
 
     /// Bootable: as marked, else when made from an image.

@@ -125,10 +125,7 @@ pub async fn reset_status(
                         format!("attached to server {}", volumes::server_label(ctx, i).await),
                         "force-detach it (nubo volume detach --force)",
                     ),
-                    None => (
-                        "not attached".to_string(),
-                        "attach it to a server",
-                    ),
+                    None => ("not attached".to_string(), "attach it to a server"),
                 };
                 return Err(ApiError::FailedPrecondition(format!(
                     "volume {:?} ({}) is {is}: nubo's attachment is the server's, not a recorded status; {how}",
@@ -200,7 +197,7 @@ pub async fn force_detach(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<
 
 /// The snapshot `id` of `project`, or (a cloud admin) of any project:
 /// key, record, mod_revision.
-async fn snapshot_any(
+pub(crate) async fn snapshot_any(
     ctx: &Ctx,
     project: &ProjectId,
     id: &str,
@@ -367,13 +364,22 @@ mod tests {
 
     #[test]
     fn only_cinders_settable_statuses_parse() {
-        assert_eq!(resettable_status("maintenance").unwrap(), VolumeStatus::Maintenance);
+        assert_eq!(
+            resettable_status("maintenance").unwrap(),
+            VolumeStatus::Maintenance
+        );
         assert_eq!(resettable_status(" in-use ").unwrap(), VolumeStatus::InUse);
         assert_eq!(
             resettable_status("error_deleting").unwrap(),
             VolumeStatus::ErrorDeleting
         );
-        for bad in ["reverting", "awaiting-transfer", "managing", "", "AVAILABLE"] {
+        for bad in [
+            "reverting",
+            "awaiting-transfer",
+            "managing",
+            "",
+            "AVAILABLE",
+        ] {
             let e = resettable_status(bad).unwrap_err().to_string();
             assert!(e.contains("maintenance"), "{bad}: {e}");
         }

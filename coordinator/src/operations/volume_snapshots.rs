@@ -15,9 +15,7 @@ use etcd_client::{Txn, TxnOp};
 use nubo_common::keys;
 use std::collections::BTreeMap;
 
-use nubo_common::model::{
-    self, QuotaUsage, SnapshotStatus, Volume, VolumeSnapshot, VolumeStatus,
-};
+use nubo_common::model::{self, QuotaUsage, SnapshotStatus, Volume, VolumeSnapshot, VolumeStatus};
 use nubo_common::{ProjectId, SnapshotId, VolumeId};
 use nubo_storage::BlockStore;
 use nubo_store::kv::{absent, decode_or_skip, put, unchanged};
@@ -159,7 +157,10 @@ async fn snapshot(
 /// `available` or `error` one, as Cinder).
 pub async fn delete(ctx: &Ctx, project: &ProjectId, volume: &str, name: &str) -> ApiResult<()> {
     let (v, snap, srev) = snapshot(ctx, project, volume, name).await?;
-    if !matches!(snap.status, SnapshotStatus::Available | SnapshotStatus::Error) {
+    if !matches!(
+        snap.status,
+        SnapshotStatus::Available | SnapshotStatus::Error
+    ) {
         return Err(ApiError::FailedPrecondition(format!(
             "snapshot {:?} is {}; only an available or error snapshot can be deleted (a cloud admin may force-delete it)",
             snap.name,
@@ -343,9 +344,9 @@ pub(crate) fn require_available(snap: &VolumeSnapshot) -> ApiResult<()> {
     )))
 }
 
-/// Snapshot `id` of `project`.
+/// Snapshot `id` of `project` (a cloud admin: any project's).
 pub async fn get(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<VolumeSnapshot> {
-    Ok(super::lookup::snapshot_by_id(ctx, project, id).await?.1)
+    Ok(super::volume_admin::snapshot_any(ctx, project, id).await?.1)
 }
 
 /// Every snapshot of `project`'s volumes, oldest first.

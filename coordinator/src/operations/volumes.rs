@@ -336,7 +336,10 @@ pub(crate) async fn check_per_volume_limit(
     if !super::quotas::enforced(ctx) {
         return Ok(());
     }
-    if let Some(max) = super::quotas::limit(ctx, project).await?.per_volume_gigabytes {
+    if let Some(max) = super::quotas::limit(ctx, project)
+        .await?
+        .per_volume_gigabytes
+    {
         if gb > max {
             return Err(ApiError::ResourceExhausted(format!(
                 "quota exceeded for project {project}: per_volume_gigabytes limit {max} GiB, requested a volume of {gb} GiB"
