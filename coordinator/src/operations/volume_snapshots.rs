@@ -56,7 +56,7 @@ pub async fn create(
         _ => name.to_string(),
     };
     let name = name.as_str();
-    validate::name("snapshot", name)?;
+    validate::snapshot_name(name)?;
     validate::metadata(&info.metadata)?;
     validate::description(&info.description)?;
     for _ in 0..TXN_RETRIES {
@@ -72,7 +72,9 @@ pub async fn create(
         let snap = VolumeSnapshot {
             id: Some(id),
             name: name.to_string(),
-            rbd_name: None,
+            // RBD snapshot names stay short: a long display name takes
+            // its RBD snapshot under `snapshot-<id>`.
+            rbd_name: (name.len() > 63).then(|| generated_name(&id)),
             description: Some(info.description.clone()).filter(|d| !d.is_empty()),
             metadata: info.metadata.clone(),
             volume: vol.id,
@@ -103,7 +105,7 @@ pub async fn create(
             continue;
         }
         let srev = a.revision();
-        let (vid, snap_name) = (vol.id.to_string(), name.to_string());
+        let (vid, snap_name) = (vol.id.to_string(), snap.rbd_snap().to_string());
         if let Err(e) = volumes::ceph(ctx, move |s| {
             s.snapshot_create(&s.volume_ref(&vid), &snap_name).map(drop)
         })
@@ -433,7 +435,7 @@ pub async fn update(
                 "" => generated_name(&old.snapshot_id()),
                 n => n.to_string(),
             };
-            validate::name("snapshot", &n)?;
+            validate::snapshot_name(&n)?;
             if n != old.name {
                 new.rbd_name = Some(old.rbd_snap().to_string());
                 new.name = n;
