@@ -36,6 +36,7 @@ pub mod server_ports;
 pub mod server_secgroups;
 pub mod server_volumes;
 pub mod servers;
+pub(crate) mod snapshot_records;
 pub(crate) mod specs;
 pub mod tokens;
 pub mod usage;

@@ -20,8 +20,8 @@
 use etcd_client::Txn;
 use nubo_common::keys;
 use nubo_common::model::{self, SnapshotStatus, StatusReset, VolumeSnapshot, VolumeStatus};
-use nubo_common::{ProjectId, SnapshotId};
-use nubo_store::kv::{decode_or_skip, put, unchanged};
+use nubo_common::ProjectId;
+use nubo_store::kv::{put, unchanged};
 
 use super::volumes::{self, status_name, Detach, VolumeView, TXN_RETRIES};
 use crate::error::{ApiError, ApiResult};
@@ -195,37 +195,6 @@ pub async fn force_detach(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<
     .await
 }
 
-/// The snapshot `id` of `project`, or (a cloud admin) of any project:
-/// key, record, mod_revision.
-pub(crate) async fn snapshot_any(
-    ctx: &Ctx,
-    project: &ProjectId,
-    id: &str,
-) -> ApiResult<(String, VolumeSnapshot, i64)> {
-    match super::lookup::snapshot_by_id(ctx, project, id).await {
-        Err(ApiError::NotFound(m)) if crate::caller::is_cloud_admin() => {
-            let Ok(want) = id.trim().parse::<SnapshotId>() else {
-                return Err(ApiError::NotFound(m));
-            };
-            let found: Vec<(String, VolumeSnapshot, i64)> = ctx
-                .store
-                .list_all(&keys::volume_snapshots_root(), |kv| {
-                    let s = decode_or_skip::<VolumeSnapshot>(kv)?;
-                    (s.snapshot_id() == want).then(|| {
-                        (
-                            String::from_utf8_lossy(kv.key()).into_owned(),
-                            s,
-                            kv.mod_revision(),
-                        )
-                    })
-                })
-                .await?;
-            found.into_iter().next().ok_or(ApiError::NotFound(m))
-        }
-        other => other,
-    }
-}
-
 /// Writes `new` over snapshot record `key` if it is still at `rev`.
 async fn put_snapshot(ctx: &Ctx, key: &str, rev: i64, new: &VolumeSnapshot) -> ApiResult<bool> {
     Ok(ctx
@@ -261,7 +230,7 @@ pub async fn reset_snapshot_status(
     require_admin("resetting a snapshot's status")?;
     let to = snapshot_status(status)?;
     for _ in 0..TXN_RETRIES {
-        let (key, old, rev) = snapshot_any(ctx, project, id).await?;
+        let (key, old, rev) = super::snapshot_records::snapshot_any(ctx, project, id).await?;
         let mut new = old.clone();
         new.id = Some(old.snapshot_id());
         new.status = to;
@@ -287,7 +256,7 @@ pub async fn reset_snapshot_status(
 /// project's): the RBD snapshot, the record, its quota.
 pub async fn force_delete_snapshot(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<()> {
     require_admin("force-deleting a snapshot")?;
-    let (_, snap, srev) = snapshot_any(ctx, project, id).await?;
+    let (_, snap, srev) = super::snapshot_records::snapshot_any(ctx, project, id).await?;
     let Some(v) = ctx
         .store
         .read::<model::Volume>(&keys::volume(&snap.volume))

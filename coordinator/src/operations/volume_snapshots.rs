@@ -15,8 +15,8 @@ use etcd_client::{Txn, TxnOp};
 use nubo_common::keys;
 use std::collections::BTreeMap;
 
-use nubo_common::model::{self, QuotaUsage, SnapshotStatus, Volume, VolumeSnapshot, VolumeStatus};
-use nubo_common::{ProjectId, SnapshotId, VolumeId};
+use nubo_common::model::{self, SnapshotStatus, Volume, VolumeSnapshot, VolumeStatus};
+use nubo_common::{ProjectId, SnapshotId};
 use nubo_storage::BlockStore;
 use nubo_store::kv::{absent, decode_or_skip, put, unchanged};
 use nubo_store::{TxnBuilder, Versioned};
@@ -93,7 +93,13 @@ pub async fn create(
         t.unchanged(&vkey, v.mod_rev);
         let name_free = t.absent(&skey);
         t.put(&skey, &snap);
-        super::quotas::add(ctx, &mut t, &vol.project, &quota_of([&snap])).await?;
+        super::quotas::add(
+            ctx,
+            &mut t,
+            &vol.project,
+            &super::snapshot_records::quota_of([&snap]),
+        )
+        .await?;
         let a = ctx.store.commit(&t).await?;
         if !a.succeeded() {
             if !a.held(name_free) {
@@ -214,7 +220,13 @@ async fn remove_record(ctx: &Ctx, skey: &str, snap: &VolumeSnapshot, srev: i64) 
         let mut t = TxnBuilder::new();
         let same = t.unchanged(skey, srev);
         t.delete(skey);
-        if let Err(e) = super::quotas::release(ctx, &mut t, &snap.project, &quota_of([snap])).await
+        if let Err(e) = super::quotas::release(
+            ctx,
+            &mut t,
+            &snap.project,
+            &super::snapshot_records::quota_of([snap]),
+        )
+        .await
         {
             tracing::warn!(snapshot = %snap.name, error = %e, "cannot remove the snapshot record");
             return;
@@ -230,40 +242,6 @@ async fn remove_record(ctx: &Ctx, skey: &str, snap: &VolumeSnapshot, srev: i64) 
     }
 }
 
-/// The quota usage snapshots hold: one `snapshots` each and their sizes
-/// in `gigabytes` (as Cinder), for those counted when taken. Pure.
-pub(crate) fn quota_of<'a>(snaps: impl IntoIterator<Item = &'a VolumeSnapshot>) -> QuotaUsage {
-    snaps
-        .into_iter()
-        .filter(|s| s.quota_counted)
-        .fold(QuotaUsage::default(), |u, s| {
-            u.saturating_add(&QuotaUsage {
-                snapshots: 1,
-                gigabytes: s.size_gb,
-                ..QuotaUsage::default()
-            })
-        })
-}
-
-/// Every snapshot record of volume `volume`: key, record, mod_revision.
-pub(crate) async fn records_of(
-    ctx: &Ctx,
-    volume: &VolumeId,
-) -> ApiResult<Vec<(String, VolumeSnapshot, i64)>> {
-    Ok(ctx
-        .store
-        .list_all(&keys::volume_snapshots_prefix(volume), |kv| {
-            decode_or_skip::<VolumeSnapshot>(kv).map(|s| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    s,
-                    kv.mod_revision(),
-                )
-            })
-        })
-        .await?)
-}
-
 /// Rolls detached volume `volume` of `project` back to snapshot `name`.
 pub async fn revert(
     ctx: &Ctx,
@@ -274,7 +252,7 @@ pub async fn revert(
     volumes::rbd(ctx)?;
     let (v, snap, _) = snapshot(ctx, project, volume, name).await?;
     let vol = &v.value;
-    require_available(&snap)?;
+    super::snapshot_records::require_available(&snap)?;
     if vol.status != VolumeStatus::Available || vol.attached_to.is_some() {
         return Err(ApiError::FailedPrecondition(format!(
             "volume {:?} is {}; detach it before reverting to a snapshot",
@@ -334,21 +312,11 @@ pub async fn revert(
     volumes::render_volume(ctx, &done).await
 }
 
-/// FailedPrecondition unless `snap` is `available` (to copy or revert to).
-pub(crate) fn require_available(snap: &VolumeSnapshot) -> ApiResult<()> {
-    if snap.status.is_available() {
-        return Ok(());
-    }
-    Err(ApiError::FailedPrecondition(format!(
-        "snapshot {:?} is {}; only an available snapshot can be used",
-        snap.name,
-        snap.status.as_str()
-    )))
-}
-
 /// Snapshot `id` of `project` (a cloud admin: any project's).
 pub async fn get(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<VolumeSnapshot> {
-    Ok(super::volume_admin::snapshot_any(ctx, project, id).await?.1)
+    Ok(super::snapshot_records::snapshot_any(ctx, project, id)
+        .await?
+        .1)
 }
 
 /// Every snapshot of `project`'s volumes, oldest first.

@@ -246,7 +246,7 @@ pub async fn accept(
                 })
             })
             .await?;
-        let held = super::volume_snapshots::quota_of(snaps.iter().map(|(_, s, _)| s));
+        let held = super::snapshot_records::quota_of(snaps.iter().map(|(_, s, _)| s));
         for (key, mut s, rev) in snaps {
             s.project = project.clone();
             t.unchanged(&key, rev);

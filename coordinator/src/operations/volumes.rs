@@ -565,8 +565,8 @@ pub(crate) async fn delete_ops(ctx: &Ctx, vol: &Volume, rev: i64) -> ApiResult<T
     let key = keys::volume(&vol.id);
     // No snapshot is added meanwhile: its creation compares the
     // volume's revision, which this transaction holds.
-    let snaps = super::volume_snapshots::records_of(ctx, &vol.id).await?;
-    let held = super::volume_snapshots::quota_of(snaps.iter().map(|(_, s, _)| s));
+    let snaps = super::snapshot_records::records_of(ctx, &vol.id).await?;
+    let held = super::snapshot_records::quota_of(snaps.iter().map(|(_, s, _)| s));
     let mut t = TxnBuilder::new();
     t.unchanged(&key, rev);
     t.delete(&key);
@@ -669,7 +669,7 @@ pub async fn create(
         ("", "") => None,
         (sid, "") => {
             let (_, snap, _) = super::lookup::snapshot_by_id(ctx, project, sid).await?;
-            super::volume_snapshots::require_available(&snap)?;
+            super::snapshot_records::require_available(&snap)?;
             Some(CopyOf::Snapshot(snap))
         }
         (_, vr) => {
