@@ -156,6 +156,7 @@ impl World {
             source_volume: None,
             source_snapshot: None,
             device: None,
+            status_reset: None,
         };
         let id = v.id;
         self.put(keys::volume(&id), &v);

@@ -168,7 +168,8 @@ pub struct QuotaUpdateArgs {
     #[command(flatten)]
     pub limits: QuotaLimits,
     /// Make these resources unlimited (instances, vcpus, ram_mb, volumes,
-    /// gigabytes, ports, networks, security_groups, floating_ips).
+    /// gigabytes, ports, networks, security_groups, floating_ips,
+    /// snapshots, backups, backup_gigabytes, per_volume_gigabytes).
     #[arg(long, value_delimiter = ',')]
     pub unlimited: Vec<String>,
 }
@@ -203,6 +204,18 @@ pub struct QuotaLimits {
     /// Floating IPs.
     #[arg(long)]
     pub floating_ips: Option<u64>,
+    /// Volume snapshots (their sizes count in --gigabytes too).
+    #[arg(long)]
+    pub snapshots: Option<u64>,
+    /// Volume backups (nubo has none: kept for Cinder clients, usage 0).
+    #[arg(long)]
+    pub backups: Option<u64>,
+    /// Volume backup GiB (nubo has none: kept for Cinder clients, usage 0).
+    #[arg(long)]
+    pub backup_gigabytes: Option<u64>,
+    /// The largest single volume, GiB.
+    #[arg(long)]
+    pub per_volume_gigabytes: Option<u64>,
 }
 
 impl QuotaLimits {
@@ -218,6 +231,10 @@ impl QuotaLimits {
             networks: self.networks,
             security_groups: self.security_groups,
             floating_ips: self.floating_ips,
+            snapshots: self.snapshots,
+            backups: self.backups,
+            backup_gigabytes: self.backup_gigabytes,
+            per_volume_gigabytes: self.per_volume_gigabytes,
         }
     }
 }
@@ -497,6 +514,10 @@ fn quota_json(q: &ProjectQuota) -> Value {
         "networks": row(l.networks, u.networks),
         "security_groups": row(l.security_groups, u.security_groups),
         "floating_ips": row(l.floating_ips, u.floating_ips),
+        "snapshots": row(l.snapshots, u.snapshots),
+        "backups": row(l.backups, u.backups),
+        "backup_gigabytes": row(l.backup_gigabytes, u.backup_gigabytes),
+        "per_volume_gigabytes": row(l.per_volume_gigabytes, u.per_volume_gigabytes),
     })
 }
 
@@ -515,6 +536,14 @@ fn quota_table(q: &ProjectQuota) -> Table {
         ("networks", l.networks, u.networks),
         ("security_groups", l.security_groups, u.security_groups),
         ("floating_ips", l.floating_ips, u.floating_ips),
+        ("snapshots", l.snapshots, u.snapshots),
+        ("backups", l.backups, u.backups),
+        ("backup_gigabytes", l.backup_gigabytes, u.backup_gigabytes),
+        (
+            "per_volume_gigabytes",
+            l.per_volume_gigabytes,
+            u.per_volume_gigabytes,
+        ),
     ] {
         t.row(vec![
             name.to_string(),

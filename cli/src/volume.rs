@@ -7,8 +7,9 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use nubo_common::proto::{
     volumes_client::VolumesClient, AttachVolumeRequest, CreateVolumeRequest, DetachVolumeRequest,
-    ResizeVolumeRequest, UpdateVolumeRequest, UpdateVolumeSnapshotRequest, Volume, VolumeSnapshot,
-    VolumeSnapshotRequest,
+    ResetSnapshotStatusRequest, ResetVolumeStatusRequest, ResizeVolumeRequest,
+    UpdateSnapshotStatusRequest, UpdateVolumeRequest, UpdateVolumeSnapshotRequest, Volume,
+    VolumeSnapshot, VolumeSnapshotRequest,
 };
 use serde_json::{json, Value};
 
@@ -40,6 +41,10 @@ pub enum VolumeCmd {
         /// Volume names or ids.
         #[arg(required = true)]
         volumes: Vec<String>,
+        /// Whatever their status (cloud admin; any project's volume by
+        /// id): RBD image, snapshots and record. Still not an attached one.
+        #[arg(long)]
+        force: bool,
     },
     /// Change a volume's name, description, metadata, marks or image
     /// metadata.
@@ -70,6 +75,10 @@ pub enum VolumeCmd {
     Detach {
         /// Volume name or id.
         volume: String,
+        /// Whatever its recorded status (cloud admin; any project's volume
+        /// by id).
+        #[arg(long)]
+        force: bool,
         /// Wait until the hypervisor let it go (status available).
         #[arg(long)]
         wait: bool,
@@ -134,9 +143,44 @@ pub struct SetArgs {
     /// Image metadata key to remove; repeatable.
     #[arg(long = "unset-image-property")]
     pub unset_image_properties: Vec<String>,
+    /// Cloud admin: set the recorded status (available, error,
+    /// maintenance, …); nothing changes on Ceph or the server.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Cloud admin, with --state: the attach status it must have
+    /// (attached or detached; force-detach changes it).
+    #[arg(long)]
+    pub attach_state: Option<String>,
 }
 
 impl SetArgs {
+    /// True when an attribute (not the state) changes.
+    pub fn changes_attributes(&self) -> bool {
+        self.name.is_some()
+            || self.description.is_some()
+            || !self.properties.is_empty()
+            || !self.unset_properties.is_empty()
+            || self.bootable.is_some()
+            || self.read_only.is_some()
+            || !self.image_properties.is_empty()
+            || !self.unset_image_properties.is_empty()
+    }
+
+    /// The status reset request for `project`, if --state or
+    /// --attach-state is given.
+    pub fn reset(&self, project: &str) -> Option<ResetVolumeStatusRequest> {
+        if self.state.is_none() && self.attach_state.is_none() {
+            return None;
+        }
+        Some(ResetVolumeStatusRequest {
+            r#ref: self.volume.clone(),
+            project: project.to_string(),
+            status: self.state.clone().unwrap_or_default(),
+            attach_status: self.attach_state.clone().unwrap_or_default(),
+            migration_status: String::new(),
+        })
+    }
+
     /// The API request for `project`.
     pub fn request(&self, project: &str) -> UpdateVolumeRequest {
         UpdateVolumeRequest {
@@ -222,10 +266,15 @@ pub enum SnapshotCmd {
         /// Snapshot id.
         id: String,
     },
-    /// Change a snapshot's name, description or metadata.
+    /// Change a snapshot's name, description or metadata (or, cloud
+    /// admin, its recorded status with --state).
     Set {
         /// Snapshot id.
         id: String,
+        /// Cloud admin: set the recorded status (creating, available,
+        /// deleting, error, error_deleting); the RBD snapshot is untouched.
+        #[arg(long)]
+        state: Option<String>,
         /// New name.
         #[arg(long)]
         name: Option<String>,
@@ -251,6 +300,22 @@ pub enum SnapshotCmd {
         /// Snapshot names.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Whatever their status (cloud admin).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Report a snapshot's progress (its owner; Cinder's
+    /// os-update_snapshot_status): creating -> creating|available|error,
+    /// deleting -> deleting|error_deleting.
+    Progress {
+        /// Snapshot id.
+        id: String,
+        /// The new status.
+        #[arg(long)]
+        state: String,
+        /// Progress, e.g. 80%.
+        #[arg(long, default_value = "")]
+        progress: String,
     },
     /// Roll a (detached) volume back to a snapshot.
     Revert {
@@ -283,6 +348,7 @@ pub fn to_json(v: &Volume) -> Value {
         "size_gb": v.size_gb,
         "status": v.status,
         "status_reason": opt(&v.status_reason),
+        "status_reset": opt(&v.status_reset),
         "type": opt(&v.volume_type),
         "attached_to": opt(&v.attached_to),
         "device": opt(&v.device),
@@ -333,6 +399,9 @@ fn snap_json(s: &VolumeSnapshot) -> Value {
         "metadata": s.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "volume_id": s.volume_id,
         "size_gb": s.size_gb,
+        "status": s.status,
+        "progress": opt(&s.progress),
+        "status_reset": opt(&s.status_reset),
         "created_at": opt(&s.created_at),
     })
 }
@@ -378,22 +447,36 @@ pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
             let v = client(api).get(api.get_req(&volume)).await.or_fail(api)?;
             output::show(ctx.format, &to_json(&v))
         }
-        VolumeCmd::Delete { volumes } => {
+        VolumeCmd::Delete { volumes, force } => {
             ctx.delete_all("volumes", &volumes, |r| async move {
-                client(api)
-                    .delete(api.delete_req(&r))
-                    .await
-                    .or_fail(api)
-                    .map(drop)
+                let mut c = client(api);
+                let req = api.delete_req(&r);
+                let done = if force {
+                    c.force_delete(req).await
+                } else {
+                    c.delete(req).await
+                };
+                done.or_fail(api).map(drop)
             })
             .await
         }
         VolumeCmd::Set(args) => {
-            let v = client(api)
-                .update(args.request(&api.project))
-                .await
-                .or_fail(api)?;
-            output::show(ctx.format, &to_json(&v))
+            let mut v = None;
+            if args.changes_attributes() || args.reset(&api.project).is_none() {
+                v = Some(
+                    client(api)
+                        .update(args.request(&api.project))
+                        .await
+                        .or_fail(api)?,
+                );
+            }
+            if let Some(r) = args.reset(&api.project) {
+                v = Some(client(api).reset_status(r).await.or_fail(api)?);
+            }
+            match v {
+                Some(v) => output::show(ctx.format, &to_json(&v)),
+                None => bail!("nothing to change"),
+            }
         }
         VolumeCmd::Resize { volume, size } => {
             let v = client(api)
@@ -426,16 +509,22 @@ pub async fn run(cmd: VolumeCmd, ctx: &Ctx) -> Result<()> {
         }
         VolumeCmd::Detach {
             volume,
+            force,
             wait,
             timeout,
         } => {
-            let mut v = client(api)
-                .detach(DetachVolumeRequest {
-                    r#ref: volume.clone(),
-                    project: api.project.clone(),
-                })
-                .await
-                .or_fail(api)?;
+            let req = DetachVolumeRequest {
+                r#ref: volume.clone(),
+                project: api.project.clone(),
+                if_attached: false,
+            };
+            let mut c = client(api);
+            let mut v = if force {
+                c.force_detach(req).await
+            } else {
+                c.detach(req).await
+            }
+            .or_fail(api)?;
             if wait {
                 v = wait_available(api, &v.id, Duration::from_secs(timeout)).await?;
             }
@@ -519,6 +608,28 @@ async fn snapshot(cmd: SnapshotCmd, ctx: &Ctx) -> Result<()> {
         }
         SnapshotCmd::Set {
             id,
+            state: Some(state),
+            name: None,
+            description: None,
+            properties,
+            unset_properties,
+        } if properties.is_empty() && unset_properties.is_empty() => {
+            let s = client(api)
+                .reset_snapshot_status(ResetSnapshotStatusRequest {
+                    r#ref: id,
+                    project: api.project.clone(),
+                    status: state,
+                })
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &snap_json(&s))
+        }
+        SnapshotCmd::Set { state: Some(_), .. } => {
+            bail!("--state is set alone (a cloud admin's status reset); change the other attributes in another call")
+        }
+        SnapshotCmd::Set {
+            id,
+            state: None,
             name,
             description,
             properties,
@@ -545,16 +656,56 @@ async fn snapshot(cmd: SnapshotCmd, ctx: &Ctx) -> Result<()> {
                 .or_fail(api)?;
             output::items(ctx.format, &l.snapshots, snap_table, snap_json)
         }
-        SnapshotCmd::Delete { volume, names } => {
+        SnapshotCmd::Delete {
+            volume,
+            names,
+            force,
+        } => {
             let volume = &volume;
-            ctx.delete_all("snapshots", &names, |n| async move {
+            let snaps = if force {
                 client(api)
-                    .delete_snapshot(snap_req(api, volume, &n))
+                    .list_snapshots(api.get_req(volume))
+                    .await
+                    .or_fail(api)?
+                    .snapshots
+            } else {
+                Vec::new()
+            };
+            let snaps = &snaps;
+            ctx.delete_all("snapshots", &names, |n| async move {
+                if !force {
+                    return client(api)
+                        .delete_snapshot(snap_req(api, volume, &n))
+                        .await
+                        .or_fail(api)
+                        .map(drop);
+                }
+                let Some(s) = snaps.iter().find(|s| s.name == n || s.id == n) else {
+                    bail!("volume {volume} has no snapshot named {n:?}");
+                };
+                client(api)
+                    .force_delete_snapshot(api.delete_req(&s.id))
                     .await
                     .or_fail(api)
                     .map(drop)
             })
             .await
+        }
+        SnapshotCmd::Progress {
+            id,
+            state,
+            progress,
+        } => {
+            let s = client(api)
+                .update_snapshot_status(UpdateSnapshotStatusRequest {
+                    r#ref: id,
+                    project: api.project.clone(),
+                    status: state,
+                    progress,
+                })
+                .await
+                .or_fail(api)?;
+            output::show(ctx.format, &snap_json(&s))
         }
         SnapshotCmd::Revert { volume, name } => {
             let v = client(api)

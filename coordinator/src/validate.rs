@@ -86,6 +86,31 @@ pub fn name(kind: &str, s: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Most characters of a volume snapshot name (Cinder's 255).
+pub const MAX_SNAPSHOT_NAME: usize = 255;
+
+/// Checks a volume snapshot name: as [`name`] (it is part of the
+/// snapshot's etcd key), but up to [`MAX_SNAPSHOT_NAME`] characters as in
+/// Cinder (a name longer than 63 characters keeps its RBD snapshot under
+/// `snapshot-<id>`).
+pub fn snapshot_name(s: &str) -> ApiResult<()> {
+    if s.len() <= 63 {
+        return name("snapshot", s);
+    }
+    if s.len() > MAX_SNAPSHOT_NAME {
+        return Err(ApiError::InvalidArgument(format!(
+            "snapshot name {s:?} is longer than {MAX_SNAPSHOT_NAME} characters"
+        )));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) || !s.chars().all(allowed) {
+        return Err(ApiError::InvalidArgument(format!(
+            "snapshot name {s:?} must start with a letter or digit and may contain only letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
 /// Most characters of a server name (as Nova's display names).
 pub const MAX_SERVER_NAME: usize = 255;
 
@@ -344,6 +369,19 @@ pub fn client_token(s: &str) -> ApiResult<Option<&str>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn snapshot_names_are_names_up_to_cinders_255_characters() {
+        let long = format!("tempest-{}-Snapshot-1816793829", "A".repeat(40));
+        assert!(long.len() > 63);
+        assert!(snapshot_name(&long).is_ok());
+        assert!(snapshot_name("s1").is_ok());
+        assert!(snapshot_name(&"a".repeat(255)).is_ok());
+        assert!(snapshot_name(&"a".repeat(256)).is_err());
+        assert!(snapshot_name(&format!("{long}/x")).is_err());
+        assert!(snapshot_name(&format!("-{long}")).is_err());
+        assert!(snapshot_name("").is_err());
+    }
     use super::*;
 
     #[test]

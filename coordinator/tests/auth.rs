@@ -1016,6 +1016,7 @@ async fn volumes_are_isolated_between_projects() {
         source_volume: None,
         source_snapshot: None,
         device: None,
+        status_reset: None,
     };
     let mut kv = etcd.client().await.unwrap();
     kv.put(keys::volume(&vol.id), encode(&vol), None)

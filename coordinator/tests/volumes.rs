@@ -383,6 +383,7 @@ async fn volume_lifecycle_and_bad_input() {
         .detach(pb::DetachVolumeRequest {
             r#ref: "data1".into(),
             project: String::new(),
+            if_attached: false,
         })
         .await
         .unwrap()
@@ -421,6 +422,7 @@ async fn volume_lifecycle_and_bad_input() {
     v.detach(pb::DetachVolumeRequest {
         r#ref: "extra".into(),
         project: String::new(),
+        if_attached: false,
     })
     .await
     .unwrap();
@@ -1158,6 +1160,7 @@ async fn boot_from_volume_and_volumes_at_create() {
         .detach(pb::DetachVolumeRequest {
             r#ref: boot.id.clone(),
             project: String::new(),
+            if_attached: false,
         })
         .await
         .unwrap_err();
@@ -1645,7 +1648,8 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     );
     assert_eq!(
         (usage(alice.clone()).await, usage(bob.clone()).await),
-        ((1, 2), (0, 0))
+        // The 2 GiB volume and its 2 GiB snapshot (as Cinder counts).
+        ((1, 4), (0, 0))
     );
     let moved =
         tokio::task::block_in_place(|| bob_cli.json(&["volume", "transfer", "accept", &tid, &key]))
@@ -1666,7 +1670,7 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     );
     assert_eq!(
         (usage(alice.clone()).await, usage(bob.clone()).await),
-        ((0, 0), (1, 2))
+        ((0, 0), (1, 4))
     );
     let e = v.get(req(&alice, get(&vol.id))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -1712,7 +1716,7 @@ async fn volume_transfer_moves_the_volume_its_snapshots_and_quota() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert_eq!(
         (usage(alice.clone()).await, usage(bob.clone()).await),
-        ((0, 0), (1, 2))
+        ((0, 0), (1, 4))
     );
     v.delete_transfer(req(&bob, del(&back.id))).await.unwrap();
     // Another project's member cannot delete it by id; a cloud admin can
@@ -1903,5 +1907,452 @@ async fn images_from_a_volume_and_a_server_root_disk() {
     let left = leftovers(&admin, &p.volumes);
     assert!(left.is_empty(), "{left:?}");
     store.delete(&parent.disk).unwrap();
+    coord.shutdown().await.unwrap();
+}
+
+/// Cinder's admin actions on nubo (two projects, a cloud admin and
+/// members): status resets change the record only, are admin-only and
+/// audited, and a status set by hand is never finished by the volume loop;
+/// force-delete whatever the status (RBD image and quota gone), never an
+/// attached volume; snapshot resets, force-delete and the owner's
+/// progress report; the snapshot quota (`snapshots` and `gigabytes`, as
+/// Cinder counts) and `per_volume_gigabytes` refused in the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_resets_and_forces_volumes_and_snapshots_and_snapshot_quotas() {
+    let Some(c) = cluster() else { return };
+    let (admin, p, ceph) = ceph_setup(&c, "vt-admin");
+    let etcd = Etcd::start().unwrap();
+    let coord = member_cloud_with(&etcd, &[("alice", "p1"), ("bob", "p2")], |cfg| {
+        cfg.ceph = Some(ceph.clone())
+    })
+    .await;
+    let ch = channel(&coord).await;
+    let mut tokens = pb::tokens_client::TokensClient::new(ch.clone());
+    let root = issue_token(&mut tokens, "admin", "adminpw").await;
+    let alice = issue_token(&mut tokens, "alice", "pw").await;
+    let bob = issue_token(&mut tokens, "bob", "pw").await;
+    use common::authed as req;
+    let mut v = Volumes::new(ch.clone());
+    let mut quotas = pb::quotas_client::QuotasClient::new(ch.clone());
+    let reset = |r: &str, status: &str| pb::ResetVolumeStatusRequest {
+        r#ref: r.into(),
+        status: status.into(),
+        ..Default::default()
+    };
+    let vol = v
+        .create(req(&alice, create("stuck", 1)))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Members cannot reset or force anything, not even their own.
+    for e in [
+        v.reset_status(req(&alice, reset(&vol.id, "error")))
+            .await
+            .unwrap_err(),
+        v.force_delete(req(&alice, del(&vol.id))).await.unwrap_err(),
+        v.force_detach(req(
+            &alice,
+            pb::DetachVolumeRequest {
+                r#ref: vol.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    // The admin, by id, on p1's volume: the record only, who and when.
+    for status in ["error", "available", "maintenance"] {
+        let got = v
+            .reset_status(req(&root, reset(&vol.id, status)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.status, status);
+        let seen = v.get(req(&alice, get("stuck"))).await.unwrap().into_inner();
+        assert_eq!(seen.status, status);
+        assert!(
+            seen.status_reset
+                .contains(&format!("-> {status} by admin at")),
+            "{seen:?}"
+        );
+    }
+    // maintenance: nothing moves it on but the admin.
+    let e = v.delete(req(&alice, del("stuck"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = v
+        .create_snapshot(req(&alice, snap("stuck", "s0")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // Bad resets name what is allowed; the attachment is not a status.
+    let e = v
+        .reset_status(req(&root, reset(&vol.id, "reverting")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("maintenance"), "{e:?}");
+    let e = v
+        .reset_status(req(
+            &root,
+            pb::ResetVolumeStatusRequest {
+                attach_status: "attached".into(),
+                ..reset(&vol.id, "in-use")
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("not attached"), "{e:?}");
+    let e = v
+        .reset_status(req(
+            &root,
+            pb::ResetVolumeStatusRequest {
+                migration_status: "migrating".into(),
+                ..reset(&vol.id, "available")
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // A `detaching` set by hand is the admin's: the volume loop (every
+    // second) would otherwise release a volume not attached at once.
+    v.reset_status(req(&root, reset(&vol.id, "detaching")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        v.get(req(&alice, get("stuck")))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "detaching"
+    );
+    // Force-delete in `creating` (set by hand): image, record, quota gone.
+    v.reset_status(req(&root, reset(&vol.id, "creating")))
+        .await
+        .unwrap();
+    v.force_delete(req(&root, del(&vol.id))).await.unwrap();
+    let e = v.get(req(&alice, get(&vol.id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let usage = |tok: String| {
+        let ch = ch.clone();
+        async move {
+            let u = pb::quotas_client::QuotasClient::new(ch)
+                .get(req(&tok, get("")))
+                .await
+                .unwrap()
+                .into_inner()
+                .usage
+                .unwrap();
+            (
+                u.volumes.unwrap_or(0),
+                u.gigabytes.unwrap_or(0),
+                u.snapshots.unwrap_or(0),
+            )
+        }
+    };
+    assert_eq!(usage(alice.clone()).await, (0, 0, 0));
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+
+    // Snapshot quota: 1 snapshot, 3 GiB for volumes and snapshots.
+    quotas
+        .update(req(
+            &root,
+            pb::UpdateQuotaRequest {
+                project: "p1".into(),
+                limits: Some(pb::QuotaSet {
+                    snapshots: Some(1),
+                    gigabytes: Some(3),
+                    backups: Some(11),
+                    backup_gigabytes: Some(1009),
+                    per_volume_gigabytes: Some(2),
+                    ..Default::default()
+                }),
+                unlimited: vec![],
+            },
+        ))
+        .await
+        .unwrap();
+    let e = v.create(req(&alice, create("huge", 3))).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("per_volume_gigabytes"), "{e:?}");
+    v.create(req(&alice, create("data", 1))).await.unwrap();
+    let s1 = v
+        .create_snapshot(req(&alice, snap("data", "s1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (s1.status.as_str(), s1.progress.as_str()),
+        ("available", "")
+    );
+    assert_eq!(usage(alice.clone()).await, (1, 2, 1));
+    let e = v
+        .create_snapshot(req(&alice, snap("data", "s2")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("quota exceeded for snapshots"),
+        "{e:?}"
+    );
+    // Two snapshots allowed, but 2 GiB: the snapshot's size is refused.
+    quotas
+        .update(req(
+            &root,
+            pb::UpdateQuotaRequest {
+                project: "p1".into(),
+                limits: Some(pb::QuotaSet {
+                    snapshots: Some(2),
+                    gigabytes: Some(2),
+                    ..Default::default()
+                }),
+                unlimited: vec![],
+            },
+        ))
+        .await
+        .unwrap();
+    let e = v
+        .create_snapshot(req(&alice, snap("data", "s2")))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("quota exceeded for gigabytes"),
+        "{e:?}"
+    );
+    let q = quotas
+        .get(req(&alice, get("")))
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    assert_eq!(
+        (q.backups, q.backup_gigabytes, q.per_volume_gigabytes),
+        (Some(11), Some(1009), Some(2))
+    );
+
+    // Snapshot resets: admin only, any project's by id.
+    let sreset = |status: &str| pb::ResetSnapshotStatusRequest {
+        r#ref: s1.id.clone(),
+        project: String::new(),
+        status: status.into(),
+    };
+    let e = v
+        .reset_snapshot_status(req(&alice, sreset("error")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let got = v
+        .reset_snapshot_status(req(&root, sreset("creating")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, "creating");
+    // A copy of a snapshot that is not available is refused.
+    let e = v
+        .create(req(
+            &alice,
+            pb::CreateVolumeRequest {
+                snapshot_id: s1.id.clone(),
+                ..create("copy", 0)
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // The owner reports progress from `creating`; other moves are refused.
+    let upd = |status: &str, progress: &str| pb::UpdateSnapshotStatusRequest {
+        r#ref: s1.id.clone(),
+        project: String::new(),
+        status: status.into(),
+        progress: progress.into(),
+    };
+    let got = v
+        .update_snapshot_status(req(&alice, upd("error", "80%")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (got.status.as_str(), got.progress.as_str()),
+        ("error", "80%")
+    );
+    let e = v
+        .update_snapshot_status(req(&alice, upd("available", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = v
+        .update_snapshot_status(req(&bob, upd("error", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    v.reset_snapshot_status(req(&root, sreset("deleting")))
+        .await
+        .unwrap();
+    let e = v
+        .delete_snapshot(req(
+            &alice,
+            pb::VolumeSnapshotRequest {
+                id: s1.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = v
+        .force_delete_snapshot(req(&alice, del(&s1.id)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    v.force_delete_snapshot(req(&root, del(&s1.id)))
+        .await
+        .unwrap();
+    assert_eq!(usage(alice.clone()).await, (1, 1, 0));
+    assert!(
+        leftovers(&admin, &p.volumes)
+            .iter()
+            .all(|l| !l.contains('@')),
+        "{:?}",
+        leftovers(&admin, &p.volumes)
+    );
+    // A volume deleted with its snapshots gives their quota back too.
+    v.create_snapshot(req(&alice, snap("data", "s3")))
+        .await
+        .unwrap();
+    assert_eq!(usage(alice.clone()).await, (1, 2, 1));
+    v.delete(req(&alice, del("data"))).await.unwrap();
+    assert_eq!(usage(alice.clone()).await, (0, 0, 0));
+    assert!(leftovers(&admin, &p.volumes).is_empty());
+
+    // Audited: who reset what, refused attempts included.
+    let audit = pb::audit_client::AuditClient::new(ch.clone())
+        .list(req(
+            &root,
+            pb::ListRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let actions: Vec<(&str, &str, &str)> = audit
+        .records
+        .iter()
+        .map(|r| (r.action.as_str(), r.outcome.as_str(), r.user.as_str()))
+        .collect();
+    for want in [
+        ("volumes.resetstatus", "ok", "admin"),
+        ("volumes.resetstatus", "PermissionDenied", "alice"),
+        ("volumes.forcedelete", "ok", "admin"),
+        ("volumes.resetsnapshotstatus", "ok", "admin"),
+        ("volumes.forcedeletesnapshot", "ok", "admin"),
+    ] {
+        assert!(actions.contains(&want), "{want:?} not in {actions:?}");
+    }
+    coord.shutdown().await.unwrap();
+}
+
+/// Force-detach and resets of an attached volume (no auth: the caller is
+/// a cloud admin): a volume reset to `available` while attached stays
+/// attached (the server's spec is the truth) — another attach and a
+/// delete are refused, a detach still works; reset to `error`, a
+/// force-detach takes it out of the server's spec and it becomes
+/// `available` once released; force-delete refuses an attached volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn force_detach_and_resets_of_an_attached_volume() {
+    let Some(c) = cluster() else { return };
+    let (admin, p, ceph) = ceph_setup(&c, "vt-fdetach");
+    let etcd = Etcd::start().unwrap();
+    let (coord, mut cl) = one_node_cloud(&etcd, &ceph).await;
+    let mut v = Volumes::new(channel(&coord).await);
+    let s1 = server(&mut cl, "s1").await;
+    let s2 = server(&mut cl, "s2").await;
+    let attach = |server: &str| pb::AttachVolumeRequest {
+        r#ref: "d".into(),
+        server_ref: server.into(),
+        ..Default::default()
+    };
+    v.create(create("d", 1)).await.unwrap();
+    v.attach(attach(&s1)).await.unwrap();
+    let got = v
+        .reset_status(pb::ResetVolumeStatusRequest {
+            r#ref: "d".into(),
+            status: "available".into(),
+            attach_status: "attached".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (got.status.as_str(), got.attached_to.as_str()),
+        ("available", s1.as_str())
+    );
+    let e = v.attach(attach(&s2)).await.unwrap_err();
+    assert!(e.message().contains("attached to server"), "{e:?}");
+    let e = v.delete(del("d")).await.unwrap_err();
+    assert!(e.message().contains("detach it first"), "{e:?}");
+    let e = v.force_delete(del("d")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("force-detach"), "{e:?}");
+    let e = v
+        .reset_status(pb::ResetVolumeStatusRequest {
+            r#ref: "d".into(),
+            attach_status: "detached".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("force-detach"), "{e:?}");
+    // Reset to error: a plain detach refuses nothing it should not, the
+    // force-detach releases it.
+    v.reset_status(pb::ResetVolumeStatusRequest {
+        r#ref: "d".into(),
+        status: "maintenance".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = v
+        .detach(pb::DetachVolumeRequest {
+            r#ref: "d".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    v.force_detach(pb::DetachVolumeRequest {
+        r#ref: "d".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let done = wait_status(&mut v, "d", "available").await;
+    assert!(done.attached_to.is_empty(), "{done:?}");
+    let key = keys::instance(&s1.parse().unwrap());
+    let spec: Vec<(String, Vec<u8>)> = prefix(&etcd, &key).await;
+    let (k, raw) = spec.iter().find(|(k, _)| *k == key).unwrap();
+    let inst: nubo_common::model::Instance = nubo_common::model::decode(k, raw).unwrap();
+    assert!(inst.volumes.is_empty(), "{:?}", inst.volumes);
+    // Cinder's os-detach of a volume not attached: left as it is.
+    let again = v
+        .detach(pb::DetachVolumeRequest {
+            r#ref: "d".into(),
+            if_attached: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.status, "available");
+    v.delete(del("d")).await.unwrap();
+    assert!(leftovers(&admin, &p.volumes).is_empty());
     coord.shutdown().await.unwrap();
 }

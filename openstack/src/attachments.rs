@@ -181,6 +181,7 @@ async fn detach(
         .detach(pb::DetachVolumeRequest {
             r#ref: volume,
             project: String::new(),
+            if_attached: false,
         })
         .await
         .api(S)?;

@@ -111,13 +111,18 @@ pub fn volume_absolute_limits(q: &pb::ProjectQuota) -> Map<String, Value> {
             l.gigabytes,
             u.gigabytes,
         ),
-        ("maxTotalSnapshots", "totalSnapshotsUsed", None, None),
-        ("maxTotalBackups", "totalBackupsUsed", None, None),
+        (
+            "maxTotalSnapshots",
+            "totalSnapshotsUsed",
+            l.snapshots,
+            u.snapshots,
+        ),
+        ("maxTotalBackups", "totalBackupsUsed", l.backups, u.backups),
         (
             "maxTotalBackupGigabytes",
             "totalBackupGigabytesUsed",
-            None,
-            None,
+            l.backup_gigabytes,
+            u.backup_gigabytes,
         ),
     ] {
         m.insert(max.into(), limit(lim));
@@ -132,10 +137,14 @@ pub fn volume_rows(q: &pb::ProjectQuota) -> Vec<(&'static str, Option<u64>, Opti
     vec![
         ("volumes", l.volumes, u.volumes),
         ("gigabytes", l.gigabytes, u.gigabytes),
-        ("snapshots", None, None),
-        ("backups", None, None),
-        ("backup_gigabytes", None, None),
-        ("per_volume_gigabytes", None, None),
+        ("snapshots", l.snapshots, u.snapshots),
+        ("backups", l.backups, u.backups),
+        ("backup_gigabytes", l.backup_gigabytes, u.backup_gigabytes),
+        (
+            "per_volume_gigabytes",
+            l.per_volume_gigabytes,
+            u.per_volume_gigabytes,
+        ),
         ("groups", None, None),
     ]
 }
@@ -281,6 +290,10 @@ pub fn update_request(
                     "ports" => set.ports = Some(n),
                     "networks" => set.networks = Some(n),
                     "security_groups" => set.security_groups = Some(n),
+                    "snapshots" => set.snapshots = Some(n),
+                    "backups" => set.backups = Some(n),
+                    "backup_gigabytes" => set.backup_gigabytes = Some(n),
+                    "per_volume_gigabytes" => set.per_volume_gigabytes = Some(n),
                     _ => set.floating_ips = Some(n),
                 },
             }
@@ -390,6 +403,11 @@ pub fn cinder_resource(key: &str) -> Option<&'static str> {
     Some(match key {
         "volumes" => "volumes",
         "gigabytes" => "gigabytes",
+        "snapshots" => "snapshots",
+        // nubo has no backups: the limits are kept, the usage is 0.
+        "backups" => "backups",
+        "backup_gigabytes" => "backup_gigabytes",
+        "per_volume_gigabytes" => "per_volume_gigabytes",
         _ => return None,
     })
 }
@@ -412,8 +430,9 @@ pub async fn volume_quota_defaults(
 }
 
 /// `PUT /volume/v3/{caller}/os-quota-sets/{project}` (`Quotas.Update`,
-/// cloud admins): `volumes` and `gigabytes`; the quotas nubo does not
-/// have (snapshots, backups, …) only at their shown value.
+/// cloud admins): `volumes`, `gigabytes`, `snapshots`,
+/// `per_volume_gigabytes`, and `backups` / `backup_gigabytes` (kept,
+/// usage always 0: nubo has no backups); `groups` only at its shown value.
 pub async fn update_volume_quota(
     State(up): State<Upstream>,
     headers: HeaderMap,

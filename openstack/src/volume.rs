@@ -84,7 +84,7 @@ async fn zones() -> Response {
 fn cinder_status(s: &str) -> &str {
     match s {
         "creating" | "available" | "in-use" | "attaching" | "detaching" | "deleting"
-        | "awaiting-transfer" | "reverting" => s,
+        | "awaiting-transfer" | "reverting" | "maintenance" | "error_deleting" => s,
         _ => "error",
     }
 }

@@ -4,9 +4,11 @@
 //! named by `instance_uuid` gets the disk hot-plugged), `os-reserve` /
 //! `os-unreserve` (`Volumes.Reserve` / `Unreserve`), `os-set_bootable`,
 //! `os-update_readonly_flag`, `os-set_image_metadata`,
-//! `os-unset_image_metadata` (`Volumes.Update`) and
-//! `os-show_image_metadata`. Any other action is a 400 naming it (as
-//! Cinder answers an action it does not know).
+//! `os-unset_image_metadata` (`Volumes.Update`),
+//! `os-show_image_metadata`, and the admin actions `os-reset_status`
+//! (`Volumes.ResetStatus`), `os-force_delete` (`Volumes.ForceDelete`) and
+//! `os-force_detach` (`Volumes.ForceDetach`). Any other action is a 400
+//! naming it (as Cinder answers an action it does not know).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -23,7 +25,7 @@ use crate::Upstream;
 const S: Service = Service::Compute;
 
 /// The actions served, named in the refusal of any other.
-const SERVED: &str = "os-volume_upload_image, os-extend, os-attach, os-detach, os-reserve, os-unreserve, os-set_bootable, os-update_readonly_flag, os-set_image_metadata, os-unset_image_metadata, os-show_image_metadata";
+const SERVED: &str = "os-volume_upload_image, os-extend, os-attach, os-detach, os-reserve, os-unreserve, os-set_bootable, os-update_readonly_flag, os-set_image_metadata, os-unset_image_metadata, os-show_image_metadata, os-reset_status, os-force_delete, os-force_detach";
 
 /// One parsed action. Pure data.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +51,12 @@ pub enum Action {
     ShowImageMetadata,
     /// A new image from the volume's data (`Volumes.UploadToImage`).
     UploadImage(Box<pb::UploadVolumeToImageRequest>),
+    /// A cloud admin sets the recorded status (`Volumes.ResetStatus`).
+    ResetStatus(pb::ResetVolumeStatusRequest),
+    /// A cloud admin deletes it whatever its status.
+    ForceDelete,
+    /// A cloud admin detaches it whatever its status.
+    ForceDetach,
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
@@ -106,6 +114,22 @@ pub fn parse(id: &str, body: &Value) -> Result<Action, ApiError> {
             )),
         },
         "os-detach" => Ok(Action::Detach),
+        "os-reset_status" => {
+            let text = |k: &str| match args_obj.get(k) {
+                None | Some(Value::Null) => Ok(String::new()),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(bad(format!("os-reset_status: {k} {other} is not a string"))),
+            };
+            Ok(Action::ResetStatus(pb::ResetVolumeStatusRequest {
+                r#ref: id.to_string(),
+                project: String::new(),
+                status: text("status")?,
+                attach_status: text("attach_status")?,
+                migration_status: text("migration_status")?,
+            }))
+        }
+        "os-force_delete" => Ok(Action::ForceDelete),
+        "os-force_detach" => Ok(Action::ForceDetach),
         "os-reserve" => Ok(Action::Reserve),
         "os-unreserve" => Ok(Action::Unreserve),
         "os-set_bootable" => update(pb::UpdateVolumeRequest {
@@ -210,6 +234,27 @@ pub async fn volume_action(
             c.detach(pb::DetachVolumeRequest {
                 r#ref: id,
                 project: String::new(),
+                if_attached: true,
+            })
+            .await
+            .map_err(cinder_error)?;
+            Ok(accepted)
+        }
+        Action::ResetStatus(r) => {
+            c.reset_status(r).await.map_err(cinder_error)?;
+            Ok(accepted)
+        }
+        Action::ForceDelete => {
+            c.force_delete(crate::upstream::delete_req(id))
+                .await
+                .map_err(cinder_error)?;
+            Ok(accepted)
+        }
+        Action::ForceDetach => {
+            c.force_detach(pb::DetachVolumeRequest {
+                r#ref: id,
+                project: String::new(),
+                if_attached: false,
             })
             .await
             .map_err(cinder_error)?;
@@ -291,6 +336,31 @@ mod tests {
     #[test]
     fn actions_parse_to_nubo_calls_and_unknown_ones_are_named() {
         assert_eq!(
+            parse(
+                "v",
+                &json!({"os-reset_status": {"status": "maintenance", "attach_status": null}})
+            )
+            .unwrap(),
+            Action::ResetStatus(pb::ResetVolumeStatusRequest {
+                r#ref: "v".into(),
+                status: "maintenance".into(),
+                ..Default::default()
+            })
+        );
+        assert!(parse("v", &json!({"os-reset_status": {"status": 1}})).is_err());
+        assert_eq!(
+            parse("v", &json!({"os-force_delete": {}})).unwrap(),
+            Action::ForceDelete
+        );
+        assert_eq!(
+            parse(
+                "v",
+                &json!({"os-force_detach": {"attachment_id": "a", "connector": null}})
+            )
+            .unwrap(),
+            Action::ForceDetach
+        );
+        assert_eq!(
             parse("v", &json!({"os-extend": {"new_size": 3}})).unwrap(),
             Action::Extend(3)
         );
@@ -345,7 +415,11 @@ mod tests {
             let e = parse("v", &b).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{b}");
         }
-        let e = parse("v", &json!({"os-force_delete": {}})).unwrap_err();
-        assert!(e.message.contains("os-force_delete"), "{}", e.message);
+        let e = parse("v", &json!({"os-migrate_volume": {}})).unwrap_err();
+        assert!(
+            e.message.contains("os-migrate_volume") && e.message.contains("os-force_detach"),
+            "{}",
+            e.message
+        );
     }
 }

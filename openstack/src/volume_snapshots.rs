@@ -37,6 +37,93 @@ pub fn router() -> Router<Upstream> {
                 .put(update_snapshot)
                 .delete(delete_snapshot),
         )
+        .route(
+            "/v3/{project}/snapshots/{id}/action",
+            axum::routing::post(snapshot_action),
+        )
+}
+
+/// One parsed snapshot action. Pure data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotAction {
+    /// A cloud admin sets the recorded status (`Volumes.ResetSnapshotStatus`).
+    ResetStatus(String),
+    /// A cloud admin deletes it whatever its status.
+    ForceDelete,
+    /// The owner's progress report: status and progress.
+    UpdateStatus(String, String),
+}
+
+/// Parses a snapshot action body (`{"<action>": {args}}`). Pure.
+pub fn parse_action(body: &Value) -> Result<SnapshotAction, ApiError> {
+    let bad = |m: String| ApiError::bad_request(S, format!("Invalid input received: {m}"));
+    let Some((name, args)) = body
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.iter().next())
+    else {
+        return Err(bad("an action body is an object with one key".into()));
+    };
+    let text = |k: &str| -> Result<String, ApiError> {
+        match args.get(k) {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(bad(format!("{name}: {k} {other} is not a string"))),
+        }
+    };
+    let status = || -> Result<String, ApiError> {
+        let s = text("status")?;
+        if s.is_empty() {
+            return Err(bad(format!("{name} needs status")));
+        }
+        Ok(s)
+    };
+    match name.as_str() {
+        "os-reset_status" => Ok(SnapshotAction::ResetStatus(status()?)),
+        "os-force_delete" => Ok(SnapshotAction::ForceDelete),
+        "os-update_snapshot_status" => Ok(SnapshotAction::UpdateStatus(status()?, text("progress")?)),
+        other => Err(bad(format!(
+            "snapshot action {other:?} is not supported by nubo (os-reset_status, os-force_delete, os-update_snapshot_status are)"
+        ))),
+    }
+}
+
+/// `POST /v3/{project}/snapshots/{id}/action` (202 as Cinder).
+async fn snapshot_action(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Path((_project, id)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = crate::error::json_body(S, body)?;
+    let mut c = up.volumes(&headers)?;
+    match parse_action(&body)? {
+        SnapshotAction::ResetStatus(status) => {
+            c.reset_snapshot_status(pb::ResetSnapshotStatusRequest {
+                r#ref: id,
+                project: String::new(),
+                status,
+            })
+            .await
+            .map_err(cinder_error)?;
+        }
+        SnapshotAction::ForceDelete => {
+            c.force_delete_snapshot(crate::upstream::delete_req(id))
+                .await
+                .map_err(cinder_error)?;
+        }
+        SnapshotAction::UpdateStatus(status, progress) => {
+            c.update_snapshot_status(pb::UpdateSnapshotStatusRequest {
+                r#ref: id,
+                project: String::new(),
+                status,
+                progress,
+            })
+            .await
+            .map_err(cinder_error)?;
+        }
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 /// The Cinder view of a snapshot; `detail` adds the extended attributes.
@@ -47,14 +134,19 @@ pub fn snapshot_view(s: &pb::VolumeSnapshot, detail: bool) -> Value {
         "name": s.name,
         "description": if s.description.is_empty() { Value::Null } else { json!(s.description) },
         "volume_id": s.volume_id,
-        "status": "available",
+        "status": if s.status.is_empty() { "available" } else { s.status.as_str() },
         "size": s.size_gb,
         "created_at": s.created_at,
         "updated_at": null,
         "metadata": s.metadata,
     });
     if detail {
-        v["os-extended-snapshot-attributes:progress"] = json!("100%");
+        let progress = match (s.progress.as_str(), s.status.as_str()) {
+            ("", "" | "available") => "100%",
+            ("", _) => "0%",
+            (p, _) => p,
+        };
+        v["os-extended-snapshot-attributes:progress"] = json!(progress);
         v["os-extended-snapshot-attributes:project_id"] = json!(s.project);
     }
     v
@@ -316,5 +408,73 @@ mod tests {
         assert!(!forced(&None).unwrap());
         assert!(forced(&Some(json!("perhaps"))).is_err());
         assert!(forced(&Some(json!(3))).is_err());
+    }
+
+    #[test]
+    fn snapshot_actions_parse_and_unknown_ones_are_named() {
+        assert_eq!(
+            parse_action(&json!({"os-reset_status": {"status": "error_deleting"}})).unwrap(),
+            SnapshotAction::ResetStatus("error_deleting".into())
+        );
+        assert_eq!(
+            parse_action(&json!({"os-force_delete": {}})).unwrap(),
+            SnapshotAction::ForceDelete
+        );
+        assert_eq!(
+            parse_action(
+                &json!({"os-update_snapshot_status": {"status": "error", "progress": "80%"}})
+            )
+            .unwrap(),
+            SnapshotAction::UpdateStatus("error".into(), "80%".into())
+        );
+        for bad in [
+            json!({"os-reset_status": {}}),
+            json!({"os-reset_status": {"status": 3}}),
+            json!({"os-unmanage": {}}),
+            json!({"a": {}, "b": {}}),
+        ] {
+            assert_eq!(
+                parse_action(&bad).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+        let e = parse_action(&json!({"os-unmanage": {}})).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("os-update_snapshot_status"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_view_shows_the_recorded_status_and_progress() {
+        let mut s = pb::VolumeSnapshot {
+            status: "creating".into(),
+            ..Default::default()
+        };
+        let v = snapshot_view(&s, true);
+        assert_eq!(
+            (
+                v["status"].as_str(),
+                v["os-extended-snapshot-attributes:progress"].as_str()
+            ),
+            (Some("creating"), Some("0%"))
+        );
+        s.status = "error".into();
+        s.progress = "80%".into();
+        let v = snapshot_view(&s, true);
+        assert_eq!(
+            (
+                v["status"].as_str(),
+                v["os-extended-snapshot-attributes:progress"].as_str()
+            ),
+            (Some("error"), Some("80%"))
+        );
+        s.status = String::new();
+        s.progress = String::new();
+        assert_eq!(
+            snapshot_view(&s, true)["os-extended-snapshot-attributes:progress"],
+            "100%"
+        );
     }
 }

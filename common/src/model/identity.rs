@@ -267,11 +267,22 @@ pub enum QuotaResource {
     SecurityGroups,
     /// Floating IPs.
     FloatingIps,
+    /// Volume snapshots (their sizes also count in `Gigabytes`, as in
+    /// Cinder).
+    Snapshots,
+    /// Volume backups: nubo has no backups, so the usage stays 0; the
+    /// limit is kept for Cinder clients that set it.
+    Backups,
+    /// Volume backup GiB (as [`QuotaResource::Backups`]: usage always 0).
+    BackupGigabytes,
+    /// The largest single volume, GiB: not a counter (its usage stays 0);
+    /// checked against each volume's size at create and extend.
+    PerVolumeGigabytes,
 }
 
 impl QuotaResource {
     /// Every resource, in the order checks report them.
-    pub const ALL: [QuotaResource; 9] = [
+    pub const ALL: [QuotaResource; 13] = [
         Self::Instances,
         Self::Vcpus,
         Self::RamMb,
@@ -281,6 +292,10 @@ impl QuotaResource {
         Self::Networks,
         Self::SecurityGroups,
         Self::FloatingIps,
+        Self::Snapshots,
+        Self::Backups,
+        Self::BackupGigabytes,
+        Self::PerVolumeGigabytes,
     ];
 
     /// The resource named `name` (as [`QuotaResource::as_str`]).
@@ -300,6 +315,10 @@ impl QuotaResource {
             Self::Networks => "networks",
             Self::SecurityGroups => "security_groups",
             Self::FloatingIps => "floating_ips",
+            Self::Snapshots => "snapshots",
+            Self::Backups => "backups",
+            Self::BackupGigabytes => "backup_gigabytes",
+            Self::PerVolumeGigabytes => "per_volume_gigabytes",
         }
     }
 }
@@ -342,6 +361,33 @@ pub struct Quota {
     /// Floating IPs.
     #[serde(default = "default_floating_ips", deserialize_with = "limit")]
     pub floating_ips: Option<u64>,
+    /// Volume snapshots.
+    #[serde(default = "default_snapshots", deserialize_with = "limit")]
+    pub snapshots: Option<u64>,
+    /// Volume backups (nubo has none: usage always 0).
+    #[serde(default = "default_backups", deserialize_with = "limit")]
+    pub backups: Option<u64>,
+    /// Volume backup GiB (nubo has none: usage always 0).
+    #[serde(default = "default_backup_gigabytes", deserialize_with = "limit")]
+    pub backup_gigabytes: Option<u64>,
+    /// The largest single volume, GiB.
+    #[serde(default, deserialize_with = "limit")]
+    pub per_volume_gigabytes: Option<u64>,
+}
+
+/// What a stored quota written before snapshot quotas existed allows.
+fn default_snapshots() -> Option<u64> {
+    Quota::cloud_default().snapshots
+}
+
+/// What a stored quota written before backup quotas existed allows.
+fn default_backups() -> Option<u64> {
+    Quota::cloud_default().backups
+}
+
+/// What a stored quota written before backup quotas existed allows.
+fn default_backup_gigabytes() -> Option<u64> {
+    Quota::cloud_default().backup_gigabytes
 }
 
 /// What a stored quota written before floating IPs existed allows.
@@ -373,12 +419,18 @@ impl Quota {
         networks: None,
         security_groups: None,
         floating_ips: None,
+        snapshots: None,
+        backups: None,
+        backup_gigabytes: None,
+        per_volume_gigabytes: None,
     };
 
     /// The built-in cloud-wide default, used when neither
     /// `/quotas/<project>` nor `/quotas/_default` exists (OpenStack's
     /// defaults: 10 instances, 20 vCPUs, 50 GiB RAM, 10 volumes, 1000 GiB,
-    /// 500 ports, 100 networks, 10 security groups, 50 floating IPs).
+    /// 500 ports, 100 networks, 10 security groups, 50 floating IPs;
+    /// Cinder's 10 snapshots, 10 backups, 1000 backup GiB, no per-volume
+    /// limit).
     pub const fn cloud_default() -> Quota {
         Quota {
             instances: Some(10),
@@ -390,6 +442,10 @@ impl Quota {
             networks: Some(100),
             security_groups: Some(10),
             floating_ips: Some(50),
+            snapshots: Some(10),
+            backups: Some(10),
+            backup_gigabytes: Some(1_000),
+            per_volume_gigabytes: None,
         }
     }
 
@@ -405,6 +461,10 @@ impl Quota {
             QuotaResource::Networks => self.networks,
             QuotaResource::SecurityGroups => self.security_groups,
             QuotaResource::FloatingIps => self.floating_ips,
+            QuotaResource::Snapshots => self.snapshots,
+            QuotaResource::Backups => self.backups,
+            QuotaResource::BackupGigabytes => self.backup_gigabytes,
+            QuotaResource::PerVolumeGigabytes => self.per_volume_gigabytes,
         }
     }
 
@@ -420,6 +480,10 @@ impl Quota {
             QuotaResource::Networks => &mut self.networks,
             QuotaResource::SecurityGroups => &mut self.security_groups,
             QuotaResource::FloatingIps => &mut self.floating_ips,
+            QuotaResource::Snapshots => &mut self.snapshots,
+            QuotaResource::Backups => &mut self.backups,
+            QuotaResource::BackupGigabytes => &mut self.backup_gigabytes,
+            QuotaResource::PerVolumeGigabytes => &mut self.per_volume_gigabytes,
         }
     }
 
@@ -471,6 +535,19 @@ pub struct QuotaUsage {
     /// Floating IPs.
     #[serde(default)]
     pub floating_ips: u64,
+    /// Volume snapshots (counted by snapshots taken since nubo counts
+    /// them, see `VolumeSnapshot::quota_counted`).
+    #[serde(default)]
+    pub snapshots: u64,
+    /// Always 0: nubo has no volume backups.
+    #[serde(default)]
+    pub backups: u64,
+    /// Always 0: nubo has no volume backups.
+    #[serde(default)]
+    pub backup_gigabytes: u64,
+    /// Always 0: a per-volume limit, not a counter.
+    #[serde(default)]
+    pub per_volume_gigabytes: u64,
 }
 
 impl QuotaUsage {
@@ -486,6 +563,10 @@ impl QuotaUsage {
             QuotaResource::Networks => self.networks,
             QuotaResource::SecurityGroups => self.security_groups,
             QuotaResource::FloatingIps => self.floating_ips,
+            QuotaResource::Snapshots => self.snapshots,
+            QuotaResource::Backups => self.backups,
+            QuotaResource::BackupGigabytes => self.backup_gigabytes,
+            QuotaResource::PerVolumeGigabytes => self.per_volume_gigabytes,
         }
     }
 
@@ -501,6 +582,10 @@ impl QuotaUsage {
             QuotaResource::Networks => &mut self.networks,
             QuotaResource::SecurityGroups => &mut self.security_groups,
             QuotaResource::FloatingIps => &mut self.floating_ips,
+            QuotaResource::Snapshots => &mut self.snapshots,
+            QuotaResource::Backups => &mut self.backups,
+            QuotaResource::BackupGigabytes => &mut self.backup_gigabytes,
+            QuotaResource::PerVolumeGigabytes => &mut self.per_volume_gigabytes,
         }
     }
 

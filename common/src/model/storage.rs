@@ -38,6 +38,83 @@ pub enum VolumeStatus {
     /// Offered to another project by a volume transfer: only accepting
     /// or deleting the transfer moves it on.
     AwaitingTransfer,
+    /// Set by a cloud admin's status reset only (Cinder's `maintenance`):
+    /// nothing but another reset or a force-delete moves it on.
+    Maintenance,
+    /// Set by a cloud admin's status reset only (Cinder's
+    /// `error_deleting`); deletable like `error`.
+    #[serde(rename = "error_deleting")]
+    ErrorDeleting,
+}
+
+/// A status a cloud admin set by hand (Cinder's `os-reset_status`): the
+/// record changed, nothing on the backend did. While the record still has
+/// the status set (`to`), nubo's background loops leave it alone (a
+/// `deleting` or `creating` set by hand is never finished or failed by
+/// them); any operation that moves the record on clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReset {
+    /// The status before (API name).
+    pub from: String,
+    /// The status set (API name).
+    pub to: String,
+    /// The admin who set it (`None` with `auth = "none"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<UserName>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Lifecycle of a volume snapshot. nubo takes the RBD snapshot within the
+/// create call, so a snapshot is `available` once it exists; the other
+/// states come from a cloud admin's status reset or from
+/// `os-update_snapshot_status` (the snapshot's owner reporting progress).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotStatus {
+    /// Being created.
+    Creating,
+    /// Usable.
+    #[default]
+    Available,
+    /// Being deleted.
+    Deleting,
+    /// Failed.
+    Error,
+    /// A deletion failed.
+    ErrorDeleting,
+}
+
+impl SnapshotStatus {
+    /// Every status.
+    pub const ALL: [SnapshotStatus; 5] = [
+        Self::Creating,
+        Self::Available,
+        Self::Deleting,
+        Self::Error,
+        Self::ErrorDeleting,
+    ];
+
+    /// The API name (`error_deleting`, …).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Available => "available",
+            Self::Deleting => "deleting",
+            Self::Error => "error",
+            Self::ErrorDeleting => "error_deleting",
+        }
+    }
+
+    /// The status named `s` (as [`SnapshotStatus::as_str`]).
+    pub fn parse(s: &str) -> Option<SnapshotStatus> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// True for `available`.
+    pub fn is_available(&self) -> bool {
+        *self == Self::Available
+    }
 }
 
 /// A block device.
@@ -101,9 +178,21 @@ pub struct Volume {
     /// before nubo chose devices (their agents pick the lowest free one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The status a cloud admin set by hand, while it is still the
+    /// status (see [`StatusReset`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reset: Option<StatusReset>,
 }
 
 impl Volume {
+    /// True while the status is one a cloud admin set by hand (the
+    /// background loops leave such a volume alone).
+    pub fn status_held_by_admin(&self, api_status: &str) -> bool {
+        self.status_reset
+            .as_ref()
+            .is_some_and(|r| r.to == api_status)
+    }
+
     /// Bootable: as marked, else when made from an image.
     pub fn is_bootable(&self) -> bool {
         self.bootable.unwrap_or(self.source_image.is_some())
@@ -177,6 +266,22 @@ pub struct VolumeSnapshot {
     pub size_gb: u64,
     /// Creation time.
     pub created_at: Timestamp,
+    /// Lifecycle state (records written before snapshots had one:
+    /// `available`).
+    #[serde(default, skip_serializing_if = "SnapshotStatus::is_available")]
+    pub status: SnapshotStatus,
+    /// Progress its owner reported (`os-update_snapshot_status`), e.g.
+    /// `80%`; `None`: complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// The status a cloud admin set by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reset: Option<StatusReset>,
+    /// Counted in its project's `snapshots` and `gigabytes` quota usage
+    /// (false for snapshots taken before nubo counted them: releasing
+    /// them gives nothing back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quota_counted: bool,
 }
 
 impl VolumeSnapshot {

@@ -77,8 +77,12 @@ pub fn action_for(path: &str) -> Option<Action> {
     let admin_only = match service {
         "Nodes" | "Migrations" | "Identity" | "Audit" => true,
         "Flavors" | "Cluster" | "Quotas" | "VolumeTypes" => !read,
+        // The operator's tools to unstick a record (ResetStatus,
+        // ResetSnapshotStatus, ForceDelete, ForceDeleteSnapshot,
+        // ForceDetach).
+        "Volumes" => method.starts_with("Reset") || method.starts_with("Force"),
         "Servers" | "Networks" | "Ports" | "SecurityGroups" | "Keypairs" | "ServerGroups"
-        | "Images" | "ImageData" | "Volumes" | "Routers" | "FloatingIps" => false,
+        | "Images" | "ImageData" | "Routers" | "FloatingIps" => false,
         // Any authenticated user manages its own (handlers check the owner).
         "ApplicationCredentials" | "Tokens" => false,
         _ => true,

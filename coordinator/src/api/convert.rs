@@ -690,7 +690,25 @@ pub fn volume(
         source_volume: v.source_volume.map(|i| i.to_string()).unwrap_or_default(),
         source_snapshot: v.source_snapshot.map(|i| i.to_string()).unwrap_or_default(),
         device: v.device.clone().unwrap_or_default(),
+        status_reset: v
+            .status_reset
+            .as_ref()
+            .filter(|_| v.status_held_by_admin(volume_status_name(v.status)))
+            .map(status_reset)
+            .unwrap_or_default(),
     }
+}
+
+/// "<from> -> <to> by <user> at <time>" of a status set by hand.
+pub fn status_reset(r: &model::StatusReset) -> String {
+    let by = r.by.as_ref().map(|u| u.to_string());
+    format!(
+        "{} -> {} by {} at {}",
+        r.from,
+        r.to,
+        by.as_deref().unwrap_or("(no caller)"),
+        ts(&r.at)
+    )
 }
 
 /// Volume QoS to proto (absent = unlimited).
@@ -727,6 +745,14 @@ pub fn volume_snapshot(s: &model::VolumeSnapshot) -> pb::VolumeSnapshot {
             .iter()
             .map(|(k, x)| (k.clone(), x.clone()))
             .collect(),
+        status: s.status.as_str().to_string(),
+        progress: s.progress.clone().unwrap_or_default(),
+        status_reset: s
+            .status_reset
+            .as_ref()
+            .filter(|r| r.to == s.status.as_str())
+            .map(status_reset)
+            .unwrap_or_default(),
     }
 }
 

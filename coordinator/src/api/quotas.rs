@@ -20,6 +20,10 @@ fn to_pb(q: &Quota) -> pb::QuotaSet {
         networks: q.networks,
         security_groups: q.security_groups,
         floating_ips: q.floating_ips,
+        snapshots: q.snapshots,
+        backups: q.backups,
+        backup_gigabytes: q.backup_gigabytes,
+        per_volume_gigabytes: q.per_volume_gigabytes,
     }
 }
 
@@ -34,6 +38,10 @@ fn usage_pb(u: &QuotaUsage) -> pb::QuotaSet {
         networks: Some(u.networks),
         security_groups: Some(u.security_groups),
         floating_ips: Some(u.floating_ips),
+        snapshots: Some(u.snapshots),
+        backups: Some(u.backups),
+        backup_gigabytes: Some(u.backup_gigabytes),
+        per_volume_gigabytes: Some(u.per_volume_gigabytes),
     }
 }
 
@@ -52,6 +60,10 @@ fn from_pb(q: Option<&pb::QuotaSet>) -> Quota {
         networks: q.networks,
         security_groups: q.security_groups,
         floating_ips: q.floating_ips,
+        snapshots: q.snapshots,
+        backups: q.backups,
+        backup_gigabytes: q.backup_gigabytes,
+        per_volume_gigabytes: q.per_volume_gigabytes,
     }
 }
 

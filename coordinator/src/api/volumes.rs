@@ -6,6 +6,7 @@ use tonic::Request;
 
 use super::{convert, owner, page, project, reply, scope, R};
 use crate::operations::lookup::ById;
+use crate::operations::volume_admin as admin;
 use crate::operations::volume_attrs as attrs;
 use crate::operations::volume_snapshots as snapshots;
 use crate::operations::volume_transfers as transfers;
@@ -102,12 +103,12 @@ impl volumes_server::Volumes for Ctx {
     async fn detach(&self, r: Request<pb::DetachVolumeRequest>) -> R<pb::Volume> {
         let r = r.into_inner();
         let go = async {
-            volumes::detach(
-                self,
-                &owner(self, &r.project, ById::Volume, &r.r#ref).await?,
-                &r.r#ref,
-            )
-            .await
+            let how = volumes::Detach {
+                if_attached: r.if_attached,
+                force: false,
+            };
+            let p = owner(self, &r.project, ById::Volume, &r.r#ref).await?;
+            volumes::detach_with(self, &p, &r.r#ref, how).await
         };
         reply(go.await.map(|v| volume_pb(&v)))
     }
@@ -312,5 +313,64 @@ impl volumes_server::Volumes for Ctx {
                 .map(|i| convert::image_for(&i, &p))
         };
         reply(go.await)
+    }
+    async fn reset_status(&self, r: Request<pb::ResetVolumeStatusRequest>) -> R<pb::Volume> {
+        let r = r.into_inner();
+        let go = async {
+            let p = owner(self, &r.project, ById::Volume, &r.r#ref).await?;
+            admin::reset_status(
+                self,
+                &p,
+                &r.r#ref,
+                &r.status,
+                &r.attach_status,
+                &r.migration_status,
+            )
+            .await
+        };
+        reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn force_delete(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go = async {
+            let p = owner(self, &r.project, ById::Volume, &r.r#ref).await?;
+            admin::force_delete(self, &p, &r.r#ref).await
+        };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn force_detach(&self, r: Request<pb::DetachVolumeRequest>) -> R<pb::Volume> {
+        let r = r.into_inner();
+        let go = async {
+            let p = owner(self, &r.project, ById::Volume, &r.r#ref).await?;
+            admin::force_detach(self, &p, &r.r#ref).await
+        };
+        reply(go.await.map(|v| volume_pb(&v)))
+    }
+    async fn reset_snapshot_status(
+        &self,
+        r: Request<pb::ResetSnapshotStatusRequest>,
+    ) -> R<pb::VolumeSnapshot> {
+        let r = r.into_inner();
+        let go = async {
+            admin::reset_snapshot_status(self, &project(&r.project)?, &r.r#ref, &r.status).await
+        };
+        reply(go.await.map(|s| convert::volume_snapshot(&s)))
+    }
+    async fn force_delete_snapshot(&self, r: Request<pb::DeleteRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let go =
+            async { admin::force_delete_snapshot(self, &project(&r.project)?, &r.r#ref).await };
+        reply(go.await.map(|()| pb::Empty {}))
+    }
+    async fn update_snapshot_status(
+        &self,
+        r: Request<pb::UpdateSnapshotStatusRequest>,
+    ) -> R<pb::VolumeSnapshot> {
+        let r = r.into_inner();
+        let go = async {
+            let p = project(&r.project)?;
+            admin::update_snapshot_status(self, &p, &r.r#ref, &r.status, &r.progress).await
+        };
+        reply(go.await.map(|s| convert::volume_snapshot(&s)))
     }
 }

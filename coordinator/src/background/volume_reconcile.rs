@@ -10,7 +10,9 @@
 //!   other `deleting` ones (a coordinator died mid-delete) once they have
 //!   not changed for [`STALE_AFTER`];
 //! - `creating` or `reverting` volumes unchanged for [`STALE_AFTER`] (their
-//!   coordinator died mid-way) go to `error`, so they can be deleted.
+//!   coordinator died mid-way) go to `error`, so they can be deleted;
+//! - a status a cloud admin set by hand (`Volume::status_reset`) is left
+//!   alone while it is still the volume's status.
 //!
 //! Every write compares the revision it was decided from.
 
@@ -68,6 +70,9 @@ pub(crate) async fn pass(ctx: &Ctx, seen: &mut HashMap<VolumeId, (i64, Instant)>
                             | VolumeStatus::Reverting
                     )
                 })
+                // A status a cloud admin set by hand is the admin's: the
+                // loop neither finishes nor fails it.
+                .filter(|v| !v.status_held_by_admin(volumes::status_name(v.status)))
                 .map(|v| Versioned {
                     value: v,
                     mod_rev: kv.mod_revision(),

@@ -7,17 +7,19 @@
 //! snapshot first (a missing one counts as removed), then the record. So
 //! concurrent creates of one name never reach Ceph twice, and a volume's
 //! deletion (which removes every RBD snapshot and the record prefix) leaves
-//! nothing behind.
+//! nothing behind. A snapshot counts one `snapshots` and its size in
+//! `gigabytes` of its project's quota (as in Cinder), added in the
+//! creating transaction and given back with the record.
 
 use etcd_client::{Txn, TxnOp};
 use nubo_common::keys;
 use std::collections::BTreeMap;
 
-use nubo_common::model::{self, Volume, VolumeSnapshot, VolumeStatus};
+use nubo_common::model::{self, SnapshotStatus, Volume, VolumeSnapshot, VolumeStatus};
 use nubo_common::{ProjectId, SnapshotId};
 use nubo_storage::BlockStore;
 use nubo_store::kv::{absent, decode_or_skip, put, unchanged};
-use nubo_store::Versioned;
+use nubo_store::{TxnBuilder, Versioned};
 
 use super::volumes::{self, VolumeView, TXN_RETRIES};
 use crate::error::{ApiError, ApiResult};
@@ -54,7 +56,7 @@ pub async fn create(
         _ => name.to_string(),
     };
     let name = name.as_str();
-    validate::name("snapshot", name)?;
+    validate::snapshot_name(name)?;
     validate::metadata(&info.metadata)?;
     validate::description(&info.description)?;
     for _ in 0..TXN_RETRIES {
@@ -70,25 +72,37 @@ pub async fn create(
         let snap = VolumeSnapshot {
             id: Some(id),
             name: name.to_string(),
-            rbd_name: None,
+            // RBD snapshot names stay short: a long display name takes
+            // its RBD snapshot under `snapshot-<id>`.
+            rbd_name: (name.len() > 63).then(|| generated_name(&id)),
             description: Some(info.description.clone()).filter(|d| !d.is_empty()),
             metadata: info.metadata.clone(),
             volume: vol.id,
             project: vol.project.clone(),
             size_gb: vol.size_gb,
             created_at: model::now(),
+            status: SnapshotStatus::Available,
+            progress: None,
+            status_reset: None,
+            quota_counted: super::quotas::enforced(ctx),
         };
         let (vkey, skey) = (keys::volume(&vol.id), keys::volume_snapshot(&vol.id, name));
-        let resp = ctx
-            .store
-            .txn(
-                Txn::new()
-                    .when([unchanged(&vkey, v.mod_rev), absent(&skey)])
-                    .and_then([put(&skey, &snap)]),
-            )
-            .await?;
-        if !resp.succeeded() {
-            if ctx.store.get_kv(&skey).await?.is_some() {
+        // The record, the volume unchanged and the quota (`snapshots`
+        // and, as in Cinder, `gigabytes`) in one transaction.
+        let mut t = TxnBuilder::new();
+        t.unchanged(&vkey, v.mod_rev);
+        let name_free = t.absent(&skey);
+        t.put(&skey, &snap);
+        super::quotas::add(
+            ctx,
+            &mut t,
+            &vol.project,
+            &super::snapshot_records::quota_of([&snap]),
+        )
+        .await?;
+        let a = ctx.store.commit(&t).await?;
+        if !a.succeeded() {
+            if !a.held(name_free) {
                 return Err(ApiError::AlreadyExists(format!(
                     "volume {:?} already has a snapshot named {:?}",
                     vol.name, name
@@ -96,22 +110,15 @@ pub async fn create(
             }
             continue;
         }
-        let srev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let (vid, snap_name) = (vol.id.to_string(), name.to_string());
+        let srev = a.revision();
+        let (vid, snap_name) = (vol.id.to_string(), snap.rbd_snap().to_string());
         if let Err(e) = volumes::ceph(ctx, move |s| {
             s.snapshot_create(&s.volume_ref(&vid), &snap_name).map(drop)
         })
         .await
         {
             tracing::warn!(volume = %vol.id, snapshot = %name, error = %e, "RBD snapshot failed; removing the record");
-            let _ = ctx
-                .store
-                .txn(
-                    Txn::new()
-                        .when([unchanged(&skey, srev)])
-                        .and_then([TxnOp::delete(skey.as_str(), None)]),
-                )
-                .await;
+            remove_record(ctx, &skey, &snap, srev).await;
             return Err(e);
         }
         tracing::info!(volume = %vol.id, snapshot = %name, "volume snapshot created");
@@ -153,10 +160,33 @@ async fn snapshot(
     }
 }
 
-/// Deletes snapshot `name` of volume `volume` of `project`.
+/// Deletes snapshot `name` of volume `volume` of `project` (only an
+/// `available` or `error` one, as Cinder).
 pub async fn delete(ctx: &Ctx, project: &ProjectId, volume: &str, name: &str) -> ApiResult<()> {
-    volumes::rbd(ctx)?;
     let (v, snap, srev) = snapshot(ctx, project, volume, name).await?;
+    if !matches!(
+        snap.status,
+        SnapshotStatus::Available | SnapshotStatus::Error
+    ) {
+        return Err(ApiError::FailedPrecondition(format!(
+            "snapshot {:?} is {}; only an available or error snapshot can be deleted (a cloud admin may force-delete it)",
+            snap.name,
+            snap.status.as_str()
+        )));
+    }
+    delete_record(ctx, &v, &snap, srev).await
+}
+
+/// Removes snapshot `snap` (read at `srev`) of volume `v`: the RBD
+/// snapshot (a missing one counts as removed), then the record and its
+/// quota usage.
+pub(crate) async fn delete_record(
+    ctx: &Ctx,
+    v: &Versioned<Volume>,
+    snap: &VolumeSnapshot,
+    srev: i64,
+) -> ApiResult<()> {
+    volumes::rbd(ctx)?;
     if v.value.status == VolumeStatus::Deleting {
         return Err(ApiError::FailedPrecondition(format!(
             "volume {:?} is being deleted with its snapshots",
@@ -176,15 +206,39 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, volume: &str, name: &str) ->
     })
     .await?;
     let skey = keys::volume_snapshot(&v.value.id, &snap.name);
-    ctx.store
-        .txn(
-            Txn::new()
-                .when([unchanged(&skey, srev)])
-                .and_then([TxnOp::delete(skey.as_str(), None)]),
-        )
-        .await?;
+    remove_record(ctx, &skey, snap, srev).await;
     tracing::info!(volume = %v.value.id, snapshot = %snap.name, "volume snapshot deleted");
     Ok(())
+}
+
+/// Deletes record `skey` (read at `srev`) and gives back its quota,
+/// retried while only the usage moved (best effort: a failure is
+/// logged).
+async fn remove_record(ctx: &Ctx, skey: &str, snap: &VolumeSnapshot, srev: i64) {
+    for _ in 0..TXN_RETRIES {
+        let mut t = TxnBuilder::new();
+        let same = t.unchanged(skey, srev);
+        t.delete(skey);
+        if let Err(e) = super::quotas::release(
+            ctx,
+            &mut t,
+            &snap.project,
+            &super::snapshot_records::quota_of([snap]),
+        )
+        .await
+        {
+            tracing::warn!(snapshot = %snap.name, error = %e, "cannot remove the snapshot record");
+            return;
+        }
+        match ctx.store.commit(&t).await {
+            Ok(a) if a.succeeded() || !a.held(same) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(snapshot = %snap.name, error = %e, "cannot remove the snapshot record");
+                return;
+            }
+        }
+    }
 }
 
 /// Rolls detached volume `volume` of `project` back to snapshot `name`.
@@ -197,6 +251,7 @@ pub async fn revert(
     volumes::rbd(ctx)?;
     let (v, snap, _) = snapshot(ctx, project, volume, name).await?;
     let vol = &v.value;
+    super::snapshot_records::require_available(&snap)?;
     if vol.status != VolumeStatus::Available || vol.attached_to.is_some() {
         return Err(ApiError::FailedPrecondition(format!(
             "volume {:?} is {}; detach it before reverting to a snapshot",
@@ -256,9 +311,11 @@ pub async fn revert(
     volumes::render_volume(ctx, &done).await
 }
 
-/// Snapshot `id` of `project`.
+/// Snapshot `id` of `project` (a cloud admin: any project's).
 pub async fn get(ctx: &Ctx, project: &ProjectId, id: &str) -> ApiResult<VolumeSnapshot> {
-    Ok(super::lookup::snapshot_by_id(ctx, project, id).await?.1)
+    Ok(super::snapshot_records::snapshot_any(ctx, project, id)
+        .await?
+        .1)
 }
 
 /// Every snapshot of `project`'s volumes, oldest first.
@@ -345,7 +402,7 @@ pub async fn update(
                 "" => generated_name(&old.snapshot_id()),
                 n => n.to_string(),
             };
-            validate::name("snapshot", &n)?;
+            validate::snapshot_name(&n)?;
             if n != old.name {
                 new.rbd_name = Some(old.rbd_snap().to_string());
                 new.name = n;

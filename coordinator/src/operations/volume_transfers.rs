@@ -246,12 +246,13 @@ pub async fn accept(
                 })
             })
             .await?;
+        let held = super::snapshot_records::quota_of(snaps.iter().map(|(_, s, _)| s));
         for (key, mut s, rev) in snaps {
             s.project = project.clone();
             t.unchanged(&key, rev);
             t.put(&key, &s);
         }
-        let delta = quota_delta(1, old.size_gb);
+        let delta = quota_delta(1, old.size_gb).saturating_add(&held);
         if old.project != *project {
             super::quotas::release(ctx, &mut t, &old.project, &delta).await?;
             super::quotas::add(ctx, &mut t, project, &delta).await?;

@@ -110,6 +110,8 @@ pub fn status_name(s: VolumeStatus) -> &'static str {
         VolumeStatus::Reverting => "reverting",
         VolumeStatus::Attaching => "attaching",
         VolumeStatus::AwaitingTransfer => "awaiting-transfer",
+        VolumeStatus::Maintenance => "maintenance",
+        VolumeStatus::ErrorDeleting => "error_deleting",
     }
 }
 
@@ -309,6 +311,7 @@ pub(crate) async fn new_volume(
             Some(img.value)
         }
     };
+    check_per_volume_limit(ctx, &project, size_gb).await?;
     check_pool_space(ctx, size_gb).await?;
     Ok(NewVolume {
         id,
@@ -321,6 +324,29 @@ pub(crate) async fn new_volume(
         metadata: BTreeMap::new(),
         copy: None,
     })
+}
+
+/// ResourceExhausted when a volume of `gb` GiB is larger than
+/// `project`'s `per_volume_gigabytes` quota (quotas enforced only).
+pub(crate) async fn check_per_volume_limit(
+    ctx: &Ctx,
+    project: &ProjectId,
+    gb: u64,
+) -> ApiResult<()> {
+    if !super::quotas::enforced(ctx) {
+        return Ok(());
+    }
+    if let Some(max) = super::quotas::limit(ctx, project)
+        .await?
+        .per_volume_gigabytes
+    {
+        if gb > max {
+            return Err(ApiError::ResourceExhausted(format!(
+                "quota exceeded for project {project}: per_volume_gigabytes limit {max} GiB, requested a volume of {gb} GiB"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// ResourceExhausted when `gb` more GiB do not fit in the volumes pool.
@@ -380,6 +406,7 @@ pub(crate) async fn create_volume_from(ctx: &Ctx, nv: NewVolume) -> ApiResult<Vo
                 _ => None,
             },
             device: None,
+            status_reset: None,
         };
         let rev = reserve_volume(ctx, &vol).await?;
         let (vid, size) = (id.to_string(), nv.size_gb);
@@ -432,8 +459,19 @@ pub(crate) async fn create_volume_from(ctx: &Ctx, nv: NewVolume) -> ApiResult<Vo
             if let Some(v) = ctx.store.read::<Volume>(&key).await? {
                 return Ok(v.value);
             }
-            return Err(ApiError::Unavailable(format!(
-                "volume {id} vanished while being created"
+            // Force-deleted by a cloud admin meanwhile: the image just
+            // made must not outlive its record.
+            let vid = id.to_string();
+            if let Err(e) = ceph(ctx, move |s| match s.delete(&s.volume_ref(&vid)) {
+                Err(nubo_storage::Error::NotFound { .. }) => Ok(()),
+                r => r,
+            })
+            .await
+            {
+                tracing::warn!(error = %e, "the record was deleted during creation and its RBD image could not be removed");
+            }
+            return Err(ApiError::NotFound(format!(
+                "volume {id} was deleted while being created"
             )));
         }
         tracing::info!(size_gb = vol.size_gb, "volume created");
@@ -525,12 +563,17 @@ pub(crate) async fn undo_create(ctx: &Ctx, vol: &Volume, rev: i64, cause: &ApiEr
 /// name, snapshot records and quota usage.
 pub(crate) async fn delete_ops(ctx: &Ctx, vol: &Volume, rev: i64) -> ApiResult<TxnBuilder> {
     let key = keys::volume(&vol.id);
+    // No snapshot is added meanwhile: its creation compares the
+    // volume's revision, which this transaction holds.
+    let snaps = super::snapshot_records::records_of(ctx, &vol.id).await?;
+    let held = super::snapshot_records::quota_of(snaps.iter().map(|(_, s, _)| s));
     let mut t = TxnBuilder::new();
     t.unchanged(&key, rev);
     t.delete(&key);
     t.delete(&keys::name_index(NameKind::Volume, &vol.project, &vol.name));
     t.delete_prefix(&keys::volume_snapshots_prefix(&vol.id));
-    super::quotas::release(ctx, &mut t, &vol.project, &quota_delta(1, vol.size_gb)).await?;
+    let delta = quota_delta(1, vol.size_gb).saturating_add(&held);
+    super::quotas::release(ctx, &mut t, &vol.project, &delta).await?;
     Ok(t)
 }
 
@@ -626,6 +669,7 @@ pub async fn create(
         ("", "") => None,
         (sid, "") => {
             let (_, snap, _) = super::lookup::snapshot_by_id(ctx, project, sid).await?;
+            super::snapshot_records::require_available(&snap)?;
             Some(CopyOf::Snapshot(snap))
         }
         (_, vr) => {
@@ -712,11 +756,24 @@ pub async fn list(ctx: &Ctx, scope: &Scope, page: &PageRequest) -> ApiResult<Pag
 /// Deletes volume `r` of `project` (RBD image, snapshots, record, quota);
 /// refused while attached.
 pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
+    delete_with(ctx, project, r, false).await
+}
+
+/// [`delete`], or with `force` (a cloud admin's force-delete, checked by
+/// the caller) whatever the volume's status — a `deleting` one is
+/// finished now; an attached one is still refused (force-detach first).
+pub(crate) async fn delete_with(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    force: bool,
+) -> ApiResult<()> {
     rbd(ctx)?;
     for _ in 0..TXN_RETRIES {
         let v = super::lookup::volume(ctx, project, r).await?;
         let vol = &v.value;
         match (vol.status, vol.attached_to) {
+            (VolumeStatus::Deleting, None) if force => {}
             (VolumeStatus::Deleting, _) => return Ok(()),
             // Deleted by the volume loop once released (a server deleted
             // just now, or a detach the guest has not completed).
@@ -731,17 +788,31 @@ pub async fn delete(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<()> {
                 continue;
             }
             (_, Some(i)) => {
+                let how = if force {
+                    "force-detach it first (nubo volume detach --force)"
+                } else {
+                    "detach it first"
+                };
                 return Err(ApiError::FailedPrecondition(format!(
-                    "volume {:?} ({}) is attached to server {}; detach it first",
+                    "volume {:?} ({}) is attached to server {}; {how}",
                     vol.name,
                     vol.id,
                     server_label(ctx, i).await
-                )))
+                )));
             }
             _ => {}
         }
+        if vol.status == VolumeStatus::AwaitingTransfer {
+            return Err(ApiError::FailedPrecondition(format!(
+                "volume {:?} is offered by a volume transfer; delete the transfer first",
+                vol.name
+            )));
+        }
         match vol.status {
             VolumeStatus::Available | VolumeStatus::Error => {}
+            _ if force => {
+                tracing::warn!(volume = %vol.id, status = status_name(vol.status), "volume force-deleted by a cloud admin");
+            }
             s => {
                 return Err(ApiError::FailedPrecondition(format!(
                     "volume {:?} is {}; it can be deleted once available",
@@ -811,6 +882,7 @@ pub async fn resize(ctx: &Ctx, project: &ProjectId, r: &str, size: i64) -> ApiRe
             return Ok(view(ctx, &old, None));
         }
         let grow = new - old.size_gb;
+        check_per_volume_limit(ctx, &old.project, new).await?;
         check_pool_space(ctx, grow).await?;
         let key = keys::volume(&old.id);
         let mut grown = old.clone();
@@ -960,6 +1032,7 @@ async fn mark_deleting(
     let mut d = v.value.clone();
     d.status = VolumeStatus::Deleting;
     d.status_reason = reason.map(str::to_string);
+    d.status_reset = None;
     let key = keys::volume(&d.id);
     let resp = ctx
         .store
@@ -1003,19 +1076,57 @@ async fn devices_in_use(ctx: &Ctx, inst: &Instance) -> ApiResult<Vec<String>> {
 /// Detaches volume `r` of `project` from its server: `detaching` until
 /// the volume loop sees it released.
 pub async fn detach(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<VolumeView> {
+    detach_with(ctx, project, r, Detach::default()).await
+}
+
+/// How a detach treats a volume in an unexpected state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Detach {
+    /// A volume that is not attached is left as it is (Cinder's
+    /// `os-detach`) instead of refused.
+    pub if_attached: bool,
+    /// A cloud admin's force-detach (checked by the caller): whatever
+    /// the recorded status (one reset by hand included), any project's
+    /// volume by id.
+    pub force: bool,
+}
+
+/// [`detach`] with the options of `how`. The server's spec loses the
+/// volume and the volume is `detaching` until its node lets it go — a
+/// force-detach too, so it is never offered while still plugged.
+pub async fn detach_with(
+    ctx: &Ctx,
+    project: &ProjectId,
+    r: &str,
+    how: Detach,
+) -> ApiResult<VolumeView> {
     rbd(ctx)?;
     for _ in 0..TXN_RETRIES {
         let v = super::lookup::volume(ctx, project, r).await?;
         let vol = &v.value;
         let Some(iid) = vol.attached_to else {
+            if how.if_attached && vol.status != VolumeStatus::Maintenance {
+                return Ok(view(ctx, vol, None));
+            }
             return Err(ApiError::FailedPrecondition(format!(
                 "volume {:?} ({}) is not attached",
                 vol.name, vol.id
             )));
         };
+        let held = vol.status_held_by_admin(status_name(vol.status));
         match vol.status {
-            VolumeStatus::InUse => {}
-            VolumeStatus::Detaching => return Ok(view(ctx, vol, None)),
+            VolumeStatus::Deleting => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "volume {:?} is being deleted",
+                    vol.name
+                )))
+            }
+            VolumeStatus::Detaching if !(how.force && held) => return Ok(view(ctx, vol, None)),
+            _ if how.force => {
+                tracing::warn!(volume = %vol.id, instance = %iid, status = status_name(vol.status), "volume force-detached by a cloud admin");
+            }
+            // The attachment is real whatever an admin's reset recorded.
+            VolumeStatus::InUse | VolumeStatus::Available | VolumeStatus::Error => {}
             s => {
                 return Err(ApiError::FailedPrecondition(format!(
                     "volume {:?} is {}",
@@ -1028,6 +1139,7 @@ pub async fn detach(ctx: &Ctx, project: &ProjectId, r: &str) -> ApiResult<Volume
         let ikey = keys::instance(&iid);
         let mut nv = vol.clone();
         nv.status = VolumeStatus::Detaching;
+        nv.status_reset = None;
         let (compares, ops) = match ctx.store.read::<Instance>(&ikey).await? {
             Some(inst) => {
                 if inst.value.boot_volume.as_ref().map(|b| b.volume) == Some(vol.id) {
