@@ -51,7 +51,9 @@ use crate::state::Ctx;
 const ATTEMPTS: usize = 16;
 
 /// The size `inst` would get from `flavor`, when it may be resized at all
-/// (see the module docs). Pure.
+/// (see the module docs). The root disk is checked apart, after the
+/// project's quota ([`same_disk`]): a request over quota is refused for
+/// that first, as Nova does. Pure.
 pub fn resize_to(
     inst: &Instance,
     flavor: &Flavor,
@@ -72,12 +74,6 @@ pub fn resize_to(
         )));
     }
     let new = flavor.resources;
-    if new.disk_gb != inst.resources.disk_gb {
-        return Err(ApiError::InvalidArgument(format!(
-            "flavor {} has a {} GiB disk and server {name:?} {} GiB: resize changes vCPUs and RAM only",
-            flavor.name, new.disk_gb, inst.resources.disk_gb
-        )));
-    }
     if let Some((min_ram, _)) = image_min {
         if new.ram_mb < min_ram {
             return Err(ApiError::InvalidArgument(format!(
@@ -87,6 +83,18 @@ pub fn resize_to(
         }
     }
     Ok(new)
+}
+
+/// InvalidArgument unless `next` (the spec after a resize) keeps the root
+/// disk size of `inst`: the agent does not grow disks yet. Pure.
+pub fn same_disk(inst: &Instance, next: &Instance) -> ApiResult<()> {
+    if next.resources.disk_gb == inst.resources.disk_gb {
+        return Ok(());
+    }
+    Err(ApiError::InvalidArgument(format!(
+        "flavor {} has a {} GiB disk and server {:?} {} GiB: resize changes vCPUs and RAM only",
+        next.flavor, next.resources.disk_gb, inst.name, inst.resources.disk_gb
+    )))
 }
 
 /// FailedPrecondition (REST: 409) unless `after` fits on the server's node
@@ -328,6 +336,7 @@ impl Job for ResizeJob<'_> {
         } else {
             None
         };
+        same_disk(i, &next)?;
         self.read = Some(ResizeRead {
             inst,
             node,
@@ -575,8 +584,10 @@ mod tests {
         assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
         let mut other_disk = big.clone();
         other_disk.resources.disk_gb = 2;
-        let e = resize_to(&inst, &other_disk, None).unwrap_err();
+        let e = same_disk(&inst, &resized(&inst, &other_disk)).unwrap_err();
         assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
+        assert!(e.to_string().contains("2 GiB disk"), "{e}");
+        assert!(same_disk(&inst, &resized(&inst, &big)).is_ok());
         let e = resize_to(&inst, &big, Some((512, 0))).unwrap_err();
         assert!(matches!(e, ApiError::InvalidArgument(_)), "{e}");
         // Positive control: the same flavor and image limits pass.
