@@ -894,6 +894,7 @@ async fn plan_from(ctx: &Ctx, r: &NewServers, src: Source) -> ApiResult<Plan> {
         }
     };
     let same_host = hint_nodes(ctx, &project, "same_host", &r.same_host, &mut deps).await?;
+    let same_host = narrow_to_bound_host(same_host, bound_host(&existing_ports)?)?;
     let different_host = hint_nodes(
         ctx,
         &project,
@@ -1115,6 +1116,47 @@ async fn existing_results(ctx: &Ctx, done: &HashMap<u32, InstanceId>) -> ApiResu
     Ok(out)
 }
 
+/// The one node the ports a server is created with are bound to by a
+/// cloud admin (Neutron's `binding:host_id`, [`Port::host`]), if any: the
+/// server can only be placed there. Ports bound to different nodes can
+/// never be plugged together: InvalidArgument naming them. Pure.
+fn bound_host(ports: &[Versioned<Port>]) -> ApiResult<Option<(NodeName, PortId)>> {
+    let mut found: Option<(NodeName, PortId)> = None;
+    for p in ports {
+        let Some(h) = &p.value.host else { continue };
+        match &found {
+            Some((other, first)) if other != h => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "port {first} is bound to host {other} and port {} to host {h}: one server \
+                     cannot plug both",
+                    p.value.id
+                )))
+            }
+            Some(_) => {}
+            None => found = Some((h.clone(), p.value.id)),
+        }
+    }
+    Ok(found)
+}
+
+/// The `same_host` node set once a port's binding is applied: only the
+/// port's host, which a `same_host` hint must allow (InvalidArgument
+/// otherwise). Pure.
+fn narrow_to_bound_host(
+    same_host: Option<HashSet<NodeName>>,
+    bound: Option<(NodeName, PortId)>,
+) -> ApiResult<Option<HashSet<NodeName>>> {
+    let Some((host, port)) = bound else {
+        return Ok(same_host);
+    };
+    if same_host.as_ref().is_some_and(|s| !s.contains(&host)) {
+        return Err(ApiError::InvalidArgument(format!(
+            "port {port} is bound to host {host}, which the same_host hint does not allow"
+        )));
+    }
+    Ok(Some(HashSet::from([host])))
+}
+
 /// The nodes of the servers a scheduler hint (`same_host` /
 /// `different_host`) lists, each of the project (ids or names; one not
 /// found is a 400 naming the hint); their specs join `deps`, so a server
@@ -1221,4 +1263,70 @@ async fn boot_from_new_volume(ctx: &Ctx, r: NewServers) -> ApiResult<(NewServers
     let mut r = r;
     r.boot_volume = vol.id.to_string();
     Ok((r, Some(vol)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(host: Option<&str>) -> Versioned<Port> {
+        Versioned {
+            value: Port {
+                id: PortId::new_random(),
+                name: String::new(),
+                description: String::new(),
+                admin_state_up: true,
+                project: ProjectId::default_project(),
+                network: NetworkId::new_random(),
+                mac: "fa:16:3e:00:00:01".parse().unwrap(),
+                ip: None,
+                more_ips: Vec::new(),
+                security_groups: Vec::new(),
+                port_security: true,
+                device: None,
+                node: None,
+                host: host.map(|h| h.parse().unwrap()),
+                router: None,
+                created_at: nubo_common::model::now(),
+            },
+            mod_rev: 1,
+        }
+    }
+
+    fn nodes(n: &[&str]) -> HashSet<NodeName> {
+        n.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_port_bound_to_a_host_places_the_server_there() {
+        // No bound port: the hint is unchanged.
+        let free = [port(None), port(None)];
+        assert_eq!(bound_host(&free).unwrap(), None);
+        let hint = Some(nodes(&["a", "b"]));
+        assert_eq!(narrow_to_bound_host(hint.clone(), None).unwrap(), hint);
+        // A bound port (twice the same host is fine): only that node.
+        let ports = [port(None), port(Some("b")), port(Some("b"))];
+        let bound = bound_host(&ports).unwrap();
+        assert_eq!(bound.as_ref().map(|(h, _)| h.as_str()), Some("b"));
+        assert_eq!(
+            narrow_to_bound_host(None, bound.clone()).unwrap(),
+            Some(nodes(&["b"]))
+        );
+        assert_eq!(
+            narrow_to_bound_host(hint, bound.clone()).unwrap(),
+            Some(nodes(&["b"]))
+        );
+        // A same_host hint that excludes the port's host, and ports bound
+        // to two hosts: refused, naming them.
+        let e = narrow_to_bound_host(Some(nodes(&["a"])), bound).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::InvalidArgument(m) if m.contains("bound to host b") && m.contains("same_host")),
+            "{e:?}"
+        );
+        let e = bound_host(&[port(Some("a")), port(Some("b"))]).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::InvalidArgument(m) if m.contains("host a") && m.contains("host b")),
+            "{e:?}"
+        );
+    }
 }

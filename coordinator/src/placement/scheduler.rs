@@ -99,7 +99,8 @@ pub struct Request<'a> {
 }
 
 /// Node constraints from scheduler hints (OpenStack `same_host` /
-/// `different_host`): the nodes of the servers listed.
+/// `different_host`): the nodes of the servers listed; a port bound to a
+/// host by an admin (`binding:host_id`) narrows `same` to that node.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostHints<'a> {
     /// Only these nodes (`same_host`: a node holding one of the listed
@@ -152,7 +153,10 @@ impl Rejections {
             (self.disabled, "disabled"),
             (self.zone, "in another availability zone"),
             (self.group, "excluded by the server group policy"),
-            (self.hints, "excluded by the same_host/different_host hint"),
+            (
+                self.hints,
+                "excluded by the same_host/different_host hint or a port's binding:host_id",
+            ),
             (self.capacity, "full"),
             (self.unusable, "unusable (unregistered or unreadable usage)"),
         ] {
