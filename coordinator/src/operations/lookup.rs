@@ -191,21 +191,15 @@ pub(crate) async fn usable_image(
     project: &ProjectId,
     r: &str,
 ) -> ApiResult<Versioned<Image>> {
-    let err = match image(ctx, project, r).await {
-        Err(e @ ApiError::NotFound(_)) => e,
-        other => return other,
-    };
-    let Ok(u) = uuid::Uuid::parse_str(r.trim()) else {
-        return Err(err);
-    };
-    match ctx
-        .store
-        .read::<Image>(&keys::image(&ImageId::from_uuid(u)))
-        .await?
-    {
-        Some(v) if may_use(&v.value, project) => Ok(v),
-        _ => Err(err),
-    }
+    let own = image(ctx, project, r).await;
+    or_by_id(
+        ctx,
+        own,
+        r,
+        |u| keys::image(&ImageId::from_uuid(u)),
+        |i| may_use(i, project),
+    )
+    .await
 }
 
 /// The keypair `name` of `project`.
@@ -425,19 +419,36 @@ pub(crate) async fn visible_network(
     project: &ProjectId,
     r: &str,
 ) -> ApiResult<Versioned<Network>> {
-    let err = match usable_network(ctx, project, r).await {
+    let usable = usable_network(ctx, project, r).await;
+    or_by_id(
+        ctx,
+        usable,
+        r,
+        |u| keys::network(&NetworkId::from_uuid(u)),
+        |n: &Network| n.external,
+    )
+    .await
+}
+
+/// `first` (a lookup's answer), or, when it is NotFound and `r` is an
+/// id, the record under `key_of(id)` if `keep` accepts it; otherwise
+/// `first`'s NotFound.
+async fn or_by_id<T: DeserializeOwned>(
+    ctx: &Ctx,
+    first: ApiResult<Versioned<T>>,
+    r: &str,
+    key_of: impl Fn(uuid::Uuid) -> String,
+    keep: impl Fn(&T) -> bool,
+) -> ApiResult<Versioned<T>> {
+    let err = match first {
         Err(e @ ApiError::NotFound(_)) => e,
         other => return other,
     };
     let Ok(u) = uuid::Uuid::parse_str(r.trim()) else {
         return Err(err);
     };
-    match ctx
-        .store
-        .read::<Network>(&keys::network(&NetworkId::from_uuid(u)))
-        .await?
-    {
-        Some(v) if v.value.external => Ok(v),
+    match ctx.store.read::<T>(&key_of(u)).await? {
+        Some(v) if keep(&v.value) => Ok(v),
         _ => Err(err),
     }
 }
